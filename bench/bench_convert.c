@@ -1,0 +1,114 @@
+/*
+ * Whole-process benchmark of qconvert --dtype keep against cp of the same
+ * safetensors file to the same disk, run alternately in one process so both see
+ * the same machine state. Also samples qconvert's anonymous resident memory (what it
+ * allocates itself; pages of the mapped input are file-backed and not counted).
+ *
+ * Usage: bench_convert BIN_DIR WORK_DIR [runs]
+ *   WORK_DIR/qwen1.5-0.5b-bf16 is generated with qgen on first use.
+ */
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* RssAnon of pid in kB, or -1 once the process is gone. */
+static long rss_anon_kb(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "RssAnon: %ld", &kb) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return kb;
+}
+
+/* Runs argv, returns wall seconds; *peak_kb gets the highest RssAnon seen (sampled every 2 ms). */
+static double run(char *const argv[], long *peak_kb)
+{
+    double t0 = now();
+    pid_t pid = fork();
+    if (pid == 0) {
+        int null = open("/dev/null", O_WRONLY);
+        dup2(null, 1);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    long peak = 0;
+    int status;
+    while (waitpid(pid, &status, WNOHANG) == 0) {
+        long kb = rss_anon_kb(pid);
+        if (kb > peak)
+            peak = kb;
+        usleep(2000);
+    }
+    double t = now() - t0;
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        fprintf(stderr, "%s failed (status %d)\n", argv[0], status);
+        exit(1);
+    }
+    if (peak_kb)
+        *peak_kb = peak;
+    return t;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 3) {
+        fprintf(stderr, "usage: bench_convert BIN_DIR WORK_DIR [runs]\n");
+        return 2;
+    }
+    int runs = argc > 3 ? atoi(argv[3]) : 3;
+    char model[4096], st[4096], copy[4096], out[4096], qgen[4096], qconvert[4096];
+    snprintf(model, sizeof model, "%s/qwen1.5-0.5b-bf16", argv[2]);
+    snprintf(st, sizeof st, "%s/model.safetensors", model);
+    snprintf(copy, sizeof copy, "%s/copy.safetensors", argv[2]);
+    snprintf(out, sizeof out, "%s/bench.qpk", argv[2]);
+    snprintf(qgen, sizeof qgen, "%s/qgen", argv[1]);
+    snprintf(qconvert, sizeof qconvert, "%s/qconvert", argv[1]);
+    mkdir(argv[2], 0755);
+    struct stat sb;
+    if (stat(st, &sb) != 0) {
+        char *gen[] = {qgen, model, "--preset", "0.5b", "--dtype", "bf16", "-q", NULL};
+        printf("generating %s ...\n", model);
+        run(gen, NULL);
+        stat(st, &sb);
+    }
+    double mb = (double)sb.st_size / 1e6, best_cp = 1e30, best_q = 1e30;
+    long peak = 0;
+    char *cp[] = {"/bin/cp", st, copy, NULL};
+    char *qc[] = {qconvert, model, "-o", out, "--dtype", "keep", "-q", NULL};
+    run(cp, NULL); /* warm the page cache for both */
+    for (int i = 0; i < runs; i++) {
+        double t = run(cp, NULL);
+        best_cp = t < best_cp ? t : best_cp;
+        long kb;
+        t = run(qc, &kb);
+        best_q = t < best_q ? t : best_q;
+        peak = kb > peak ? kb : peak;
+        printf("run %d: cp %.3f s, qconvert %.3f s\n", i + 1, best_cp, t);
+    }
+    printf("input            %.1f MB (Qwen1.5-0.5B shape, BF16)\n", mb);
+    printf("cp               %.3f s  %7.1f MB/s  (best of %d)\n", best_cp, mb / best_cp, runs);
+    printf("qconvert keep    %.3f s  %7.1f MB/s  (best of %d; includes fsync)\n", best_q, mb / best_q, runs);
+    printf("ratio            %.2fx cp  (target <= 1.50x)\n", best_q / best_cp);
+    printf("peak anon memory %.1f MB  (target < 300 MB; sampled every 2 ms)\n", (double)peak / 1024.0);
+    unlink(copy);
+    unlink(out);
+    return 0;
+}

@@ -1,0 +1,456 @@
+/*
+ * A Hugging Face model folder: config.json plus one safetensors file or a sharded
+ * set with its index, checked against the tensors the config implies.
+ */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "qpk/convert.h"
+#include "internal.h"
+
+#define MAX_MODEL_FILE (512u << 20)
+#define MAX_SHARDS 4096
+
+struct qpk_checkpoint {
+    char *dir;
+    qpk_config cfg;
+    qpk_safetensors **shards;
+    char **shard_names;
+    size_t n_shards;
+    const qpk_st_tensor **slots; /* [(layer + 1) * QPK_ROLE_COUNT_ + role] */
+    const char **ignored;
+    size_t n_ignored;
+};
+
+static void logf_(const qpk_callbacks *cb, qpk_log_level lv, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void logf_(const qpk_callbacks *cb, qpk_log_level lv, const char *fmt, ...)
+{
+    if (!cb || !cb->log)
+        return;
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    cb->log(cb->ud, lv, msg);
+}
+
+static char *join(const char *dir, const char *name)
+{
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *p = malloc(n);
+    if (p)
+        snprintf(p, n, "%s/%s", dir, name);
+    return p;
+}
+
+/* ------------------------------------------------------------ small files */
+
+static qpk_status slurp(const char *path, char **data, size_t *len, bool *missing, qpk_err *e)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        if (missing)
+            *missing = errno == ENOENT;
+        return qpk_err_setf(e, QPK_E_IO, "cannot open '%s': %s", path, strerror(errno));
+    }
+    struct stat sb;
+    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_size > (off_t)MAX_MODEL_FILE) {
+        fclose(f);
+        return qpk_err_setf(e, QPK_E_LIMIT, "'%s' is not a regular file of at most %u bytes", path, MAX_MODEL_FILE);
+    }
+    char *buf = malloc((size_t)sb.st_size + 1);
+    if (!buf) {
+        fclose(f);
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory reading '%s'", path);
+    }
+    size_t got = fread(buf, 1, (size_t)sb.st_size, f);
+    int bad = ferror(f);
+    fclose(f);
+    if (bad || got != (size_t)sb.st_size) {
+        free(buf);
+        return qpk_err_setf(e, QPK_E_IO, "cannot read '%s'", path);
+    }
+    buf[got] = 0;
+    *data = buf, *len = got;
+    return QPK_OK;
+}
+
+/* A git "symlink" checked out as a plain file: one line naming a relative path. */
+static bool looks_like_link(const char *s, size_t n)
+{
+    if (n == 0 || n > 1024 || s[0] == '{' || s[0] == '[' || s[0] == '/')
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20 && !(s[i] == '\n' && i == n - 1))
+            return false;
+    return true;
+}
+
+qpk_status qpk_read_model_file(const char *dir, const char *name, char **data, size_t *len,
+                               bool *missing, qpk_err *e)
+{
+    if (missing)
+        *missing = false;
+    char *path = join(dir, name);
+    if (!path)
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    qpk_status s = slurp(path, data, len, missing, e);
+    free(path);
+    if (s != QPK_OK || !looks_like_link(*data, *len))
+        return s;
+    char *target = strndup(*data, *len - ((*data)[*len - 1] == '\n'));
+    char *target_path = target ? join(dir, target) : NULL;
+    struct stat sb;
+    if (target_path && stat(target_path, &sb) == 0 && S_ISREG(sb.st_mode)) {
+        free(*data);
+        *data = NULL;
+        s = slurp(target_path, data, len, NULL, e);
+    }
+    free(target);
+    free(target_path);
+    return s;
+}
+
+/* --------------------------------------------------------------- shards */
+
+static qpk_status add_shard(qpk_checkpoint *ck, const char *name, qpk_err *e)
+{
+    if (!*name || strchr(name, '/') || strcmp(name, "..") == 0 || strcmp(name, ".") == 0)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "shard name '%.200s' is not a plain file name", name);
+    if (ck->n_shards == MAX_SHARDS)
+        return qpk_err_setf(e, QPK_E_LIMIT, "more than %d shards", MAX_SHARDS);
+    qpk_safetensors **sh = realloc(ck->shards, (ck->n_shards + 1) * sizeof *sh);
+    if (sh)
+        ck->shards = sh;
+    char **nm = realloc(ck->shard_names, (ck->n_shards + 1) * sizeof *nm);
+    if (nm)
+        ck->shard_names = nm;
+    char *path = join(ck->dir, name), *copy = strdup(name);
+    if (!sh || !nm || !path || !copy) {
+        free(path), free(copy);
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    }
+    qpk_status s = qpk_st_open(&ck->shards[ck->n_shards], path, e);
+    free(path);
+    if (s != QPK_OK) {
+        free(copy);
+        return s;
+    }
+    ck->shard_names[ck->n_shards++] = copy;
+    return QPK_OK;
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* cJSON keeps duplicate keys, and a name mapped twice would pass every other check. */
+static qpk_status check_unique_keys(const cJSON *obj, qpk_err *e)
+{
+    size_t n = (size_t)cJSON_GetArraySize(obj), i = 0;
+    const char **keys = malloc((n ? n : 1) * sizeof *keys);
+    if (!keys)
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    const cJSON *it;
+    cJSON_ArrayForEach(it, obj) keys[i++] = it->string;
+    qsort(keys, n, sizeof *keys, cmp_str);
+    qpk_status s = QPK_OK;
+    for (i = 1; i < n && s == QPK_OK; i++)
+        if (strcmp(keys[i - 1], keys[i]) == 0)
+            s = qpk_err_setf(e, QPK_E_CORRUPT, "index maps '%.200s' twice", keys[i]);
+    free(keys);
+    return s;
+}
+
+/* Shards named model-0000i-of-0000N: the index must reference every i in 1..N. */
+static qpk_status check_shard_series(const qpk_checkpoint *ck, qpk_err *e)
+{
+    unsigned total = 0;
+    for (size_t i = 0; i < ck->n_shards; i++) {
+        unsigned k, n;
+        char tail[32];
+        if (sscanf(ck->shard_names[i], "model-%5u-of-%5u%31s", &k, &n, tail) != 3 || strcmp(tail, ".safetensors"))
+            return QPK_OK; /* not the standard naming: nothing to infer */
+        if (total && n != total)
+            return qpk_err_setf(e, QPK_E_MISMATCH, "shard names disagree on the shard count (%u vs %u)", total, n);
+        total = n;
+    }
+    for (unsigned k = 1; k <= total; k++) {
+        char want[64];
+        bool found = false;
+        snprintf(want, sizeof want, "model-%05u-of-%05u.safetensors", k, total);
+        for (size_t i = 0; i < ck->n_shards && !found; i++)
+            found = strcmp(ck->shard_names[i], want) == 0;
+        if (!found)
+            return qpk_err_setf(e, QPK_E_MISMATCH, "the index lists no tensor of %s", want);
+    }
+    return QPK_OK;
+}
+
+static qpk_status open_index(qpk_checkpoint *ck, const char *text, size_t len, qpk_err *e)
+{
+    cJSON *root = cJSON_ParseWithLengthOpts(text, len, NULL, false);
+    const cJSON *map = root ? cJSON_GetObjectItemCaseSensitive(root, "weight_map") : NULL;
+    qpk_status s = QPK_OK;
+    const cJSON *it;
+    if (!cJSON_IsObject(map)) {
+        s = qpk_err_setf(e, QPK_E_CORRUPT, "model.safetensors.index.json: no \"weight_map\" object");
+        goto out;
+    }
+    /* Shards in order of first appearance: deterministic for a given index. */
+    cJSON_ArrayForEach(it, map)
+    {
+        if (!cJSON_IsString(it)) {
+            s = qpk_err_setf(e, QPK_E_CORRUPT, "index: weight_map['%.200s'] is not a file name", it->string);
+            goto out;
+        }
+        bool known = false;
+        for (size_t i = 0; i < ck->n_shards && !known; i++)
+            known = strcmp(ck->shard_names[i], it->valuestring) == 0;
+        if (!known && (s = add_shard(ck, it->valuestring, e)) != QPK_OK)
+            goto out;
+    }
+    /* Each mapped tensor must be in its shard; each shard tensor must be mapped there. */
+    cJSON_ArrayForEach(it, map)
+    {
+        for (size_t i = 0; i < ck->n_shards; i++)
+            if (strcmp(ck->shard_names[i], it->valuestring) == 0 && !qpk_st_find(ck->shards[i], it->string)) {
+                s = qpk_err_setf(e, QPK_E_MISMATCH, "index maps '%.200s' to shard '%.200s', which does not hold it",
+                                 it->string, it->valuestring);
+                goto out;
+            }
+    }
+    for (size_t i = 0; i < ck->n_shards; i++)
+        for (size_t j = 0; j < qpk_st_n_tensors(ck->shards[i]); j++) {
+            const char *name = qpk_st_tensor_at(ck->shards[i], j)->name;
+            const cJSON *m = cJSON_GetObjectItemCaseSensitive(map, name);
+            if (!m) {
+                s = qpk_err_setf(e, QPK_E_MISMATCH, "tensor '%.200s' in shard '%.200s' is not in the index", name,
+                                 ck->shard_names[i]);
+                goto out;
+            }
+            if (strcmp(m->valuestring, ck->shard_names[i]) != 0) {
+                s = qpk_err_setf(e, QPK_E_MISMATCH, "tensor '%.200s' is in shard '%.200s' and also in '%.200s'", name,
+                                 ck->shard_names[i], m->valuestring);
+                goto out;
+            }
+        }
+    s = check_unique_keys(map, e);
+    if (s == QPK_OK)
+        s = check_shard_series(ck, e);
+out:
+    cJSON_Delete(root);
+    return s;
+}
+
+static qpk_status open_files(qpk_checkpoint *ck, qpk_err *e)
+{
+    char *idx;
+    size_t len;
+    bool missing;
+    qpk_status s = qpk_read_model_file(ck->dir, "model.safetensors.index.json", &idx, &len, &missing, e);
+    if (s == QPK_OK) {
+        s = open_index(ck, idx, len, e);
+        free(idx);
+        return s;
+    }
+    if (!missing)
+        return s;
+    s = add_shard(ck, "model.safetensors", e);
+    if (s == QPK_E_IO) {
+        char *bin = join(ck->dir, "pytorch_model.bin");
+        struct stat sb;
+        bool has_bin = bin && stat(bin, &sb) == 0;
+        free(bin);
+        return qpk_err_setf(e, QPK_E_IO, "no model.safetensors or model.safetensors.index.json in '%s'%s", ck->dir,
+                            has_bin ? " (pytorch_model.bin is not supported: save the model as safetensors)" : "");
+    }
+    return s;
+}
+
+/* ------------------------------------------------------------- model check */
+
+static size_t slot(qpk_role role, int layer) { return (size_t)(layer + 1) * QPK_ROLE_COUNT_ + role; }
+
+static bool is_float(qpk_st_dtype d)
+{
+    return d == QPK_ST_F32 || d == QPK_ST_F16 || d == QPK_ST_BF16 || d == QPK_ST_F64;
+}
+
+static qpk_status check_tensor(const qpk_checkpoint *ck, const qpk_st_tensor *t, qpk_role role, qpk_err *e)
+{
+    int64_t dims[2];
+    int nd = qpk_role_shape(&ck->cfg, role, dims);
+    if (!is_float(t->dtype))
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "tensor '%s' has dtype %s; weights must be F32, F16, BF16 or F64",
+                            t->name, qpk_st_dtype_name(t->dtype));
+    if (t->ndim != nd || t->shape[0] != dims[0] || (nd == 2 && t->shape[1] != dims[1])) {
+        char got[64] = "[", want[64];
+        for (int i = 0; i < t->ndim && i < 4; i++)
+            snprintf(got + strlen(got), sizeof got - strlen(got), i ? ", %lld" : "%lld", (long long)t->shape[i]);
+        strcat(got, "]");
+        if (nd == 2)
+            snprintf(want, sizeof want, "[%lld, %lld]", (long long)dims[0], (long long)dims[1]);
+        else
+            snprintf(want, sizeof want, "[%lld]", (long long)dims[0]);
+        return qpk_err_setf(e, QPK_E_MISMATCH, "tensor '%s' has shape %s; config.json implies %s", t->name, got, want);
+    }
+    return QPK_OK;
+}
+
+/* Element-wise equality of two float tensors of the same shape, whatever their dtypes. */
+static bool same_values(const qpk_st_tensor *a, const qpk_st_tensor *b)
+{
+    if (a->dtype == b->dtype)
+        return memcmp(a->data, b->data, (size_t)a->nbytes) == 0;
+    enum { CHUNK = 4096 };
+    float x[CHUNK], y[CHUNK];
+    for (uint64_t i = 0; i < a->numel; i += CHUNK) {
+        size_t n = a->numel - i < CHUNK ? (size_t)(a->numel - i) : CHUNK;
+        qpk_st_to_f32(a, i, n, x);
+        qpk_st_to_f32(b, i, n, y);
+        if (memcmp(x, y, n * sizeof *x) != 0)
+            return false;
+    }
+    return true;
+}
+
+static qpk_status classify(qpk_checkpoint *ck, const qpk_callbacks *cb, qpk_err *e)
+{
+    const qpk_config *c = &ck->cfg;
+    size_t total = 0;
+    for (size_t i = 0; i < ck->n_shards; i++)
+        total += qpk_st_n_tensors(ck->shards[i]);
+    ck->slots = calloc((size_t)(c->n_layers + 1) * QPK_ROLE_COUNT_, sizeof *ck->slots);
+    ck->ignored = calloc(total ? total : 1, sizeof *ck->ignored);
+    if (!ck->slots || !ck->ignored)
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    const qpk_st_tensor *tied_head = NULL;
+    for (size_t i = 0; i < ck->n_shards; i++)
+        for (size_t j = 0; j < qpk_st_n_tensors(ck->shards[i]); j++) {
+            const qpk_st_tensor *t = qpk_st_tensor_at(ck->shards[i], j);
+            qpk_role role;
+            int layer;
+            if (!qpk_tensor_role(c, t->name, &role, &layer))
+                ck->ignored[ck->n_ignored++] = t->name;
+            else if (role == QPK_ROLE_LM_HEAD && c->tie_word_embeddings)
+                tied_head = t;
+            else
+                ck->slots[slot(role, layer)] = t;
+        }
+    for (size_t i = 0; i < qpk_model_n_tensors(c); i++) {
+        qpk_role role;
+        int layer;
+        char name[QPK_MAX_NAME];
+        qpk_model_tensor_at(c, i, &role, &layer);
+        const qpk_st_tensor *t = ck->slots[slot(role, layer)];
+        if (!t) {
+            qpk_tensor_name(name, sizeof name, role, layer);
+            return qpk_err_setf(e, QPK_E_MISMATCH, "missing tensor '%s'%s", name,
+                                role == QPK_ROLE_LM_HEAD ? " (tie_word_embeddings is false)" : "");
+        }
+        qpk_status s = check_tensor(ck, t, role, e);
+        if (s != QPK_OK)
+            return s;
+    }
+    if (tied_head) {
+        const qpk_st_tensor *emb = ck->slots[slot(QPK_ROLE_EMBED, -1)];
+        qpk_status s = check_tensor(ck, tied_head, QPK_ROLE_LM_HEAD, e);
+        if (s != QPK_OK)
+            return s;
+        if (!same_values(tied_head, emb))
+            logf_(cb, QPK_LOG_WARN,
+                  "lm_head.weight differs from model.embed_tokens.weight; tie_word_embeddings is true, so it "
+                  "is ignored and the head uses the embedding (as transformers does)");
+    }
+    for (size_t i = 0; i < ck->n_ignored; i++)
+        logf_(cb, QPK_LOG_WARN, "unexpected tensor '%s' is not part of a Qwen2 model: ignored", ck->ignored[i]);
+    return QPK_OK;
+}
+
+qpk_status qpk_checkpoint_open(qpk_checkpoint **out, const char *dir, const qpk_callbacks *cb, qpk_err *e)
+{
+    *out = NULL;
+    qpk_checkpoint *ck = calloc(1, sizeof *ck);
+    if (!ck || !(ck->dir = strdup(dir))) {
+        free(ck);
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    }
+    char *cfg;
+    size_t len;
+    bool missing;
+    qpk_status s = qpk_read_model_file(dir, "config.json", &cfg, &len, &missing, e);
+    if (s == QPK_OK) {
+        s = qpk_config_parse(&ck->cfg, cfg, len, e);
+        free(cfg);
+        if (s != QPK_OK)
+            qpk_err_prefix(e, "%s/config.json", dir);
+    } else if (missing) {
+        struct stat sb;
+        s = qpk_err_setf(e, QPK_E_IO, stat(dir, &sb) == 0 && S_ISDIR(sb.st_mode)
+                                          ? "'%s' has no config.json: not a Hugging Face model folder"
+                                          : "'%s' is not a folder",
+                         dir);
+    }
+    if (s == QPK_OK)
+        s = open_files(ck, e);
+    if (s == QPK_OK)
+        s = classify(ck, cb, e);
+    if (s != QPK_OK) {
+        qpk_checkpoint_close(ck);
+        return s;
+    }
+    *out = ck;
+    return QPK_OK;
+}
+
+void qpk_checkpoint_close(qpk_checkpoint *ck)
+{
+    if (!ck)
+        return;
+    for (size_t i = 0; i < ck->n_shards; i++) {
+        qpk_st_close(ck->shards[i]);
+        free(ck->shard_names[i]);
+    }
+    free(ck->shards);
+    free(ck->shard_names);
+    free(ck->slots);
+    free(ck->ignored);
+    free(ck->dir);
+    free(ck);
+}
+
+const qpk_config *qpk_checkpoint_config(const qpk_checkpoint *ck) { return &ck->cfg; }
+
+const qpk_st_tensor *qpk_checkpoint_tensor(const qpk_checkpoint *ck, qpk_role role, int layer)
+{
+    if (role == QPK_ROLE_LM_HEAD && ck->cfg.tie_word_embeddings)
+        role = QPK_ROLE_EMBED;
+    if (!qpk_role_is_per_layer(role))
+        layer = -1;
+    else if (layer < 0 || layer >= ck->cfg.n_layers)
+        return NULL;
+    return ck->slots[slot(role, layer)];
+}
+
+size_t qpk_checkpoint_n_files(const qpk_checkpoint *ck) { return ck->n_shards; }
+
+const char *qpk_checkpoint_file(const qpk_checkpoint *ck, size_t i, uint64_t *size)
+{
+    if (i >= ck->n_shards)
+        return NULL;
+    if (size)
+        *size = qpk_st_file_size(ck->shards[i]);
+    return ck->shard_names[i];
+}
+
+size_t qpk_checkpoint_n_ignored(const qpk_checkpoint *ck) { return ck->n_ignored; }
+const char *qpk_checkpoint_ignored(const qpk_checkpoint *ck, size_t i)
+{
+    return i < ck->n_ignored ? ck->ignored[i] : NULL;
+}

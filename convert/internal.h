@@ -1,0 +1,33 @@
+/* Helpers shared inside the convert library. */
+#ifndef QPK_CONVERT_INTERNAL_H
+#define QPK_CONVERT_INTERNAL_H
+
+#include "qpk/convert.h"
+#include "qpk/quant.h"
+
+/* Elements [first, first + n) of a float safetensors tensor, as f32 (F64 rounds to nearest). */
+static inline void qpk_st_to_f32(const qpk_st_tensor *t, uint64_t first, size_t n, float *dst)
+{
+    const uint8_t *p = (const uint8_t *)t->data + first * qpk_st_dtype_size(t->dtype);
+    switch (t->dtype) {
+    case QPK_ST_F64:
+        for (size_t i = 0; i < n; i++) {
+            double d;
+            memcpy(&d, p + 8 * i, 8);
+            dst[i] = (float)d;
+        }
+        break;
+    case QPK_ST_F32: qpk_row_to_f32(QPK_TYPE_F32, p, dst, n); break;
+    case QPK_ST_F16: qpk_row_to_f32(QPK_TYPE_F16, p, dst, n); break;
+    case QPK_ST_BF16: qpk_row_to_f32(QPK_TYPE_BF16, p, dst, n); break;
+    default: memset(dst, 0, n * sizeof *dst); break;
+    }
+}
+
+/* The qpk type a float safetensors dtype is stored as under --dtype keep. */
+static inline qpk_type qpk_st_keep_type(qpk_st_dtype d)
+{
+    return d == QPK_ST_F16 ? QPK_TYPE_F16 : d == QPK_ST_BF16 ? QPK_TYPE_BF16 : QPK_TYPE_F32;
+}
+
+#endif

@@ -1,0 +1,237 @@
+/*
+ * Atomic output files. Bytes go to an unnamed temporary (O_TMPFILE) in the
+ * destination folder, so a crash, a kill or a full disk leaves nothing behind;
+ * commit fsyncs it, names it and renames it over the destination in one step.
+ * Where O_TMPFILE or /proc is unavailable, a hidden mkstemp file stands in and
+ * is unlinked on every failure path.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define OUT_BUF (4u << 20)
+
+struct qpk_outfile {
+    int fd;
+    char *path;     /* destination */
+    char *tmp_path; /* named temporary (fallback), else NULL */
+    qpk_status failed;
+    uint64_t pos; /* file offset of buf[0] */
+    uint8_t *buf;
+    size_t len;
+};
+
+static char *dir_of(const char *path)
+{
+    char *copy = strdup(path);
+    char *d = copy ? strdup(dirname(copy)) : NULL;
+    free(copy);
+    return d;
+}
+
+static qpk_status fail_io(qpk_outfile *o, qpk_err *e, const char *what)
+{
+    o->failed = QPK_E_IO;
+    return qpk_err_setf(e, QPK_E_IO, "%s while writing '%s'", what, o->path);
+}
+
+static qpk_status pwrite_all(qpk_outfile *o, const void *p, size_t n, uint64_t off, qpk_err *e)
+{
+    const uint8_t *b = p;
+    while (n > 0) {
+        ssize_t k = pwrite(o->fd, b, n > (1u << 30) ? (1u << 30) : n, (off_t)off);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return fail_io(o, e, k < 0 ? strerror(errno) : "short write");
+        b += k, n -= (size_t)k, off += (uint64_t)k;
+    }
+    return QPK_OK;
+}
+
+static qpk_status flush(qpk_outfile *o, qpk_err *e)
+{
+    if (o->len == 0)
+        return QPK_OK;
+    qpk_status s = pwrite_all(o, o->buf, o->len, o->pos, e);
+    o->pos += o->len;
+    o->len = 0;
+    return s;
+}
+
+static qpk_status open_temp(qpk_outfile *o, qpk_err *e)
+{
+    char *dir = dir_of(o->path);
+    if (!dir)
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+#ifdef O_TMPFILE
+    /* Naming an O_TMPFILE later goes through /proc/self/fd. */
+    if (access("/proc/self/fd", X_OK) == 0) {
+        o->fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0644);
+        if (o->fd >= 0) {
+            free(dir);
+            return QPK_OK;
+        }
+    }
+#endif
+    char *base_copy = strdup(o->path);
+    size_t n = strlen(o->path) + strlen(dir) + 32;
+    o->tmp_path = malloc(n);
+    if (base_copy && o->tmp_path)
+        snprintf(o->tmp_path, n, "%s/.%s.tmp-XXXXXX", dir, basename(base_copy));
+    free(base_copy);
+    free(dir);
+    if (!o->tmp_path)
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    o->fd = mkostemp(o->tmp_path, O_CLOEXEC);
+    if (o->fd < 0) {
+        int err = errno;
+        free(o->tmp_path);
+        o->tmp_path = NULL;
+        return qpk_err_setf(e, QPK_E_IO, "cannot create a file beside '%s': %s", o->path, strerror(err));
+    }
+    if (fchmod(o->fd, 0644) != 0)
+        return qpk_err_setf(e, QPK_E_IO, "cannot set the mode of '%s': %s", o->tmp_path, strerror(errno));
+    return QPK_OK;
+}
+
+qpk_status qpk_outfile_create(qpk_outfile **out, const char *path, qpk_err *e)
+{
+    *out = NULL;
+    if (!path || !*path)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "empty output path");
+    qpk_outfile *o = calloc(1, sizeof *o);
+    if (!o)
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    o->fd = -1;
+    o->path = strdup(path);
+    o->buf = malloc(OUT_BUF);
+    qpk_status s = o->path && o->buf ? open_temp(o, e) : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    if (s != QPK_OK) {
+        qpk_outfile_discard(o);
+        return s;
+    }
+    *out = o;
+    return QPK_OK;
+}
+
+void qpk_outfile_discard(qpk_outfile *o)
+{
+    if (!o)
+        return;
+    if (o->fd >= 0)
+        close(o->fd);
+    if (o->tmp_path)
+        unlink(o->tmp_path);
+    free(o->tmp_path);
+    free(o->buf);
+    free(o->path);
+    free(o);
+}
+
+uint64_t qpk_outfile_tell(const qpk_outfile *o) { return o->pos + o->len; }
+const char *qpk_outfile_path(const qpk_outfile *o) { return o->path; }
+
+qpk_status qpk_outfile_write(qpk_outfile *o, const void *p, size_t n, qpk_err *e)
+{
+    if (o->failed)
+        return qpk_err_setf(e, o->failed, "an earlier write to '%s' failed", o->path);
+    if (o->len + n <= OUT_BUF) {
+        memcpy(o->buf + o->len, p, n);
+        o->len += n;
+        return QPK_OK;
+    }
+    qpk_status s = flush(o, e);
+    if (s != QPK_OK)
+        return s;
+    if (n >= OUT_BUF / 2) { /* large writes go straight from the caller's memory */
+        s = pwrite_all(o, p, n, o->pos, e);
+        o->pos += n;
+        return s;
+    }
+    memcpy(o->buf, p, n);
+    o->len = n;
+    return QPK_OK;
+}
+
+qpk_status qpk_outfile_pad(qpk_outfile *o, uint64_t align, qpk_err *e)
+{
+    static const uint8_t zeros[256];
+    uint64_t target = align_up(qpk_outfile_tell(o), align);
+    while (qpk_outfile_tell(o) < target) {
+        uint64_t k = target - qpk_outfile_tell(o);
+        qpk_status s = qpk_outfile_write(o, zeros, k < sizeof zeros ? (size_t)k : sizeof zeros, e);
+        if (s != QPK_OK)
+            return s;
+    }
+    return QPK_OK;
+}
+
+qpk_status qpk_outfile_pwrite(qpk_outfile *o, const void *p, size_t n, uint64_t off, qpk_err *e)
+{
+    if (o->failed)
+        return qpk_err_setf(e, o->failed, "an earlier write to '%s' failed", o->path);
+    qpk_status s = flush(o, e);
+    return s != QPK_OK ? s : pwrite_all(o, p, n, off, e);
+}
+
+static qpk_status sync_dir(const char *path, qpk_err *e)
+{
+    char *dir = dir_of(path);
+    if (!dir)
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    qpk_status s = QPK_OK;
+    if (fd < 0 || fsync(fd) != 0)
+        s = qpk_err_setf(e, QPK_E_IO, "cannot sync folder '%s': %s", dir, strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    free(dir);
+    return s;
+}
+
+/* Gives the finished temporary its final name, replacing any file there atomically. */
+static qpk_status publish(qpk_outfile *o, qpk_err *e)
+{
+    if (!o->tmp_path) {
+        size_t n = strlen(o->path) + 48;
+        char proc[64], *tmp = malloc(n);
+        if (!tmp)
+            return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+        snprintf(proc, sizeof proc, "/proc/self/fd/%d", o->fd);
+        for (unsigned k = 0;; k++) {
+            snprintf(tmp, n, "%s.tmp-%ld-%u", o->path, (long)getpid(), k);
+            if (linkat(AT_FDCWD, proc, AT_FDCWD, tmp, AT_SYMLINK_FOLLOW) == 0)
+                break;
+            if (errno != EEXIST || k == 1000) {
+                int err = errno;
+                free(tmp);
+                return qpk_err_setf(e, QPK_E_IO, "cannot create '%s': %s", o->path, strerror(err));
+            }
+        }
+        o->tmp_path = tmp;
+    }
+    if (rename(o->tmp_path, o->path) != 0)
+        return qpk_err_setf(e, QPK_E_IO, "cannot rename into '%s': %s", o->path, strerror(errno));
+    free(o->tmp_path);
+    o->tmp_path = NULL; /* the real file now: discard must not unlink it */
+    return sync_dir(o->path, e);
+}
+
+qpk_status qpk_outfile_commit(qpk_outfile *o, qpk_err *e)
+{
+    qpk_status s = o->failed ? qpk_err_setf(e, o->failed, "an earlier write to '%s' failed", o->path)
+                             : flush(o, e);
+    if (s == QPK_OK && fsync(o->fd) != 0)
+        s = fail_io(o, e, strerror(errno));
+    if (s == QPK_OK)
+        s = publish(o, e);
+    qpk_outfile_discard(o);
+    return s;
+}

@@ -1,0 +1,425 @@
+/*
+ * The Qwen2 model description: config.json parsing (the only parser of it in qpk),
+ * its normalized JSON form stored in .qpk metadata, and the tensor naming scheme.
+ */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* ---------------------------------------------------------------- JSON fields */
+
+/* A JSON number that is an integer in [lo, hi]; absent -> *out = dflt unless required. */
+static qpk_status get_int(const cJSON *obj, const char *key, bool required, int64_t dflt,
+                          int64_t lo, int64_t hi, int64_t *out, qpk_err *e)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!it || cJSON_IsNull(it)) {
+        if (required)
+            return qpk_err_setf(e, QPK_E_CORRUPT, "missing required key '%s'", key);
+        *out = dflt;
+        return QPK_OK;
+    }
+    if (!cJSON_IsNumber(it))
+        return qpk_err_setf(e, QPK_E_CORRUPT, "'%s' is not a number", key);
+    double v = it->valuedouble;
+    if (!(v == floor(v)) || v < (double)lo || v > (double)hi)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "'%s' = %g is not an integer in [%lld, %lld]",
+                            key, v, (long long)lo, (long long)hi);
+    *out = (int64_t)v;
+    return QPK_OK;
+}
+
+static qpk_status get_real(const cJSON *obj, const char *key, double dflt, double *out, qpk_err *e)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!it || cJSON_IsNull(it)) {
+        *out = dflt;
+        return QPK_OK;
+    }
+    if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble) || it->valuedouble <= 0)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "'%s' must be a positive finite number", key);
+    *out = it->valuedouble;
+    return QPK_OK;
+}
+
+static qpk_status get_bool(const cJSON *obj, const char *key, bool dflt, bool *out, qpk_err *e)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!it || cJSON_IsNull(it)) {
+        *out = dflt;
+        return QPK_OK;
+    }
+    if (!cJSON_IsBool(it))
+        return qpk_err_setf(e, QPK_E_CORRUPT, "'%s' is not true or false", key);
+    *out = cJSON_IsTrue(it);
+    return QPK_OK;
+}
+
+static qpk_status get_str(const cJSON *obj, const char *key, const char *dflt, char *out, size_t cap,
+                          qpk_err *e)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+    const char *s = dflt;
+    if (it && !cJSON_IsNull(it)) {
+        if (!cJSON_IsString(it))
+            return qpk_err_setf(e, QPK_E_CORRUPT, "'%s' is not a string", key);
+        s = it->valuestring;
+    }
+    if (strlen(s) >= cap)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "'%s' value too long", key);
+    memcpy(out, s, strlen(s) + 1);
+    return QPK_OK;
+}
+
+#define TRY(x)                                                                                     \
+    do {                                                                                           \
+        qpk_status s_ = (x);                                                                       \
+        if (s_ != QPK_OK)                                                                          \
+            return s_;                                                                             \
+    } while (0)
+
+/* ------------------------------------------------------------------- parsing */
+
+static qpk_status parse_eos(const cJSON *root, qpk_config *c, qpk_err *e)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, "eos_token_id");
+    c->n_eos = 0;
+    if (!it || cJSON_IsNull(it))
+        return QPK_OK;
+    if (cJSON_IsNumber(it)) {
+        int64_t v;
+        TRY(get_int(root, "eos_token_id", true, 0, 0, QPK_MAX_VOCAB - 1, &v, e));
+        c->eos_token_ids[c->n_eos++] = v;
+        return QPK_OK;
+    }
+    if (!cJSON_IsArray(it))
+        return qpk_err_setf(e, QPK_E_CORRUPT, "'eos_token_id' is neither a number nor a list");
+    const cJSON *x;
+    cJSON_ArrayForEach(x, it)
+    {
+        double v = cJSON_IsNumber(x) ? x->valuedouble : -1;
+        if (v != floor(v) || v < 0 || v >= (double)QPK_MAX_VOCAB)
+            return qpk_err_setf(e, QPK_E_CORRUPT, "'eos_token_id' holds a bad id");
+        if (c->n_eos == (int)(sizeof c->eos_token_ids / sizeof c->eos_token_ids[0]))
+            return qpk_err_setf(e, QPK_E_LIMIT, "more than 8 eos_token_id values");
+        c->eos_token_ids[c->n_eos++] = (int64_t)v;
+    }
+    return QPK_OK;
+}
+
+static qpk_status check_architecture(const cJSON *root, qpk_err *e)
+{
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
+    if (!mt)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "missing 'model_type' (expected \"qwen2\")");
+    if (!cJSON_IsString(mt))
+        return qpk_err_setf(e, QPK_E_CORRUPT, "'model_type' is not a string");
+    if (strcmp(mt->valuestring, "qwen2") != 0)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED,
+                            "model_type \"%.64s\" is not supported: qpk converts "
+                            "\"qwen2\" models (Qwen1.5 and Qwen2)",
+                            mt->valuestring);
+    const cJSON *qc = cJSON_GetObjectItemCaseSensitive(root, "quantization_config");
+    if (qc && !cJSON_IsNull(qc))
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED,
+                            "the checkpoint is already quantized (quantization_config is set); "
+                            "convert the original floating-point checkpoint");
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
+    if (rs && !cJSON_IsNull(rs))
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED,
+                            "rope_scaling is set; qpk implements plain RoPE only");
+    return QPK_OK;
+}
+
+static qpk_status check_shapes(qpk_config *c, const cJSON *root, qpk_err *e)
+{
+    if (c->hidden_size % c->n_heads != 0)
+        return qpk_err_setf(e, QPK_E_CORRUPT,
+                            "hidden_size %lld is not a multiple of num_attention_heads %lld",
+                            (long long)c->hidden_size, (long long)c->n_heads);
+    c->head_dim = c->hidden_size / c->n_heads;
+    if (c->head_dim % 2 != 0)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "head_dim %lld is odd; RoPE needs pairs",
+                            (long long)c->head_dim);
+    int64_t hd;
+    TRY(get_int(root, "head_dim", false, c->head_dim, 1, QPK_MAX_HIDDEN, &hd, e));
+    if (hd != c->head_dim)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED,
+                            "head_dim %lld differs from hidden_size/num_attention_heads = %lld",
+                            (long long)hd, (long long)c->head_dim);
+    if (c->n_kv_heads > c->n_heads || c->n_heads % c->n_kv_heads != 0)
+        return qpk_err_setf(e, QPK_E_CORRUPT,
+                            "num_attention_heads %lld is not a multiple of num_key_value_heads %lld",
+                            (long long)c->n_heads, (long long)c->n_kv_heads);
+    if (c->bos_token_id >= c->vocab_size)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "bos_token_id %lld >= vocab_size",
+                            (long long)c->bos_token_id);
+    for (int i = 0; i < c->n_eos; i++)
+        if (c->eos_token_ids[i] >= c->vocab_size)
+            return qpk_err_setf(e, QPK_E_CORRUPT, "eos_token_id %lld >= vocab_size",
+                                (long long)c->eos_token_ids[i]);
+    return QPK_OK;
+}
+
+/* cJSON keeps the first of two equal keys, Python's json the last: refuse the ambiguity. */
+static qpk_status check_no_duplicate_keys(const cJSON *obj, qpk_err *e)
+{
+    for (const cJSON *a = obj->child; a; a = a->next)
+        for (const cJSON *b = a->next; b; b = b->next)
+            if (strcmp(a->string, b->string) == 0)
+                return qpk_err_setf(e, QPK_E_CORRUPT, "key '%.64s' appears twice", a->string);
+    return QPK_OK;
+}
+
+static qpk_status config_from_cjson(qpk_config *c, const cJSON *root, qpk_err *e)
+{
+    memset(c, 0, sizeof *c);
+    if (!cJSON_IsObject(root))
+        return qpk_err_setf(e, QPK_E_CORRUPT, "top level is not an object");
+    if (cJSON_GetArraySize(root) > 4096)
+        return qpk_err_setf(e, QPK_E_LIMIT, "more than 4096 keys");
+    TRY(check_no_duplicate_keys(root, e));
+    TRY(check_architecture(root, e));
+    TRY(get_int(root, "vocab_size", true, 0, 1, QPK_MAX_VOCAB, &c->vocab_size, e));
+    TRY(get_int(root, "hidden_size", true, 0, 1, QPK_MAX_HIDDEN, &c->hidden_size, e));
+    TRY(get_int(root, "intermediate_size", true, 0, 1, 8 * QPK_MAX_HIDDEN, &c->intermediate_size, e));
+    TRY(get_int(root, "num_hidden_layers", true, 0, 1, QPK_MAX_LAYERS, &c->n_layers, e));
+    TRY(get_int(root, "num_attention_heads", true, 0, 1, QPK_MAX_HEADS, &c->n_heads, e));
+    TRY(get_int(root, "num_key_value_heads", false, c->n_heads, 1, QPK_MAX_HEADS, &c->n_kv_heads, e));
+    TRY(get_int(root, "max_position_embeddings", false, 32768, 1, 1LL << 24, &c->max_position_embeddings, e));
+    /* Defaults are transformers' Qwen2Config defaults. */
+    TRY(get_real(root, "rope_theta", 10000.0, &c->rope_theta, e));
+    TRY(get_real(root, "rms_norm_eps", 1e-6, &c->rms_norm_eps, e));
+    TRY(get_bool(root, "tie_word_embeddings", false, &c->tie_word_embeddings, e));
+    TRY(get_bool(root, "use_sliding_window", false, &c->use_sliding_window, e));
+    TRY(get_int(root, "sliding_window", false, 4096, 0, 1LL << 24, &c->sliding_window, e));
+    TRY(get_int(root, "max_window_layers", false, 28, 0, QPK_MAX_LAYERS * 64LL, &c->max_window_layers, e));
+    TRY(get_str(root, "hidden_act", "silu", c->hidden_act, sizeof c->hidden_act, e));
+    TRY(get_str(root, "torch_dtype", "", c->torch_dtype, sizeof c->torch_dtype, e));
+    TRY(get_int(root, "bos_token_id", false, -1, 0, QPK_MAX_VOCAB - 1, &c->bos_token_id, e));
+    TRY(parse_eos(root, c, e));
+    if (strcmp(c->hidden_act, "silu") != 0)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "hidden_act \"%s\" is not supported (only silu)",
+                            c->hidden_act);
+    return check_shapes(c, root, e);
+}
+
+/* Parses len bytes of JSON that must hold one value and nothing but whitespace after it. */
+static qpk_status parse_json(const char *json, size_t len, cJSON **out, qpk_err *e)
+{
+    const char *end = NULL;
+    *out = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, false);
+    if (!root)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "not valid JSON (near byte %td)",
+                            end ? end - json : (ptrdiff_t)0);
+    for (const char *p = end; p < json + len; p++)
+        if (*p != ' ' && *p != '\n' && *p != '\r' && *p != '\t') {
+            cJSON_Delete(root);
+            return qpk_err_setf(e, QPK_E_CORRUPT, "trailing bytes after the JSON value (byte %td)",
+                                p - json);
+        }
+    *out = root;
+    return QPK_OK;
+}
+
+qpk_status qpk_config_parse(qpk_config *c, const char *json, size_t len, qpk_err *e)
+{
+    cJSON *root;
+    memset(c, 0, sizeof *c);
+    TRY(parse_json(json, len, &root, e));
+    qpk_status s = config_from_cjson(c, root, e);
+    cJSON_Delete(root);
+    return s;
+}
+
+qpk_status qpk_meta_validate(const char *meta, size_t len, qpk_config *cfg, qpk_err *e)
+{
+    cJSON *root;
+    TRY(parse_json(meta, len, &root, e));
+    const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(root, "format");
+    const cJSON *ver = cJSON_GetObjectItemCaseSensitive(root, "format_version");
+    const cJSON *arch = cJSON_GetObjectItemCaseSensitive(root, "architecture");
+    qpk_status s = QPK_OK;
+    if (!cJSON_IsObject(root))
+        s = qpk_err_setf(e, QPK_E_CORRUPT, "metadata is not a JSON object");
+    else if (!cJSON_IsString(fmt) || strcmp(fmt->valuestring, "qpk") != 0)
+        s = qpk_err_setf(e, QPK_E_CORRUPT, "metadata: \"format\" is not \"qpk\"");
+    else if (!cJSON_IsNumber(ver) || ver->valuedouble != QPK_FORMAT_VERSION)
+        s = qpk_err_setf(e, QPK_E_CORRUPT, "metadata: \"format_version\" is not %u", QPK_FORMAT_VERSION);
+    else if (!cJSON_IsString(arch) || strcmp(arch->valuestring, "qwen2") != 0)
+        s = qpk_err_setf(e, QPK_E_UNSUPPORTED, "metadata: \"architecture\" is not \"qwen2\"");
+    else if ((s = config_from_cjson(cfg, cJSON_GetObjectItemCaseSensitive(root, "config"), e)) != QPK_OK)
+        qpk_err_prefix(e, "metadata \"config\"");
+    cJSON_Delete(root);
+    return s;
+}
+
+char *qpk_config_to_json(const qpk_config *c)
+{
+    cJSON *o = cJSON_CreateObject();
+    if (!o)
+        return NULL;
+    cJSON_AddStringToObject(o, "model_type", "qwen2");
+    cJSON_AddNumberToObject(o, "vocab_size", (double)c->vocab_size);
+    cJSON_AddNumberToObject(o, "hidden_size", (double)c->hidden_size);
+    cJSON_AddNumberToObject(o, "intermediate_size", (double)c->intermediate_size);
+    cJSON_AddNumberToObject(o, "num_hidden_layers", (double)c->n_layers);
+    cJSON_AddNumberToObject(o, "num_attention_heads", (double)c->n_heads);
+    cJSON_AddNumberToObject(o, "num_key_value_heads", (double)c->n_kv_heads);
+    cJSON_AddNumberToObject(o, "head_dim", (double)c->head_dim);
+    cJSON_AddNumberToObject(o, "max_position_embeddings", (double)c->max_position_embeddings);
+    cJSON_AddNumberToObject(o, "rope_theta", c->rope_theta);
+    cJSON_AddNumberToObject(o, "rms_norm_eps", c->rms_norm_eps);
+    cJSON_AddBoolToObject(o, "tie_word_embeddings", c->tie_word_embeddings);
+    cJSON_AddBoolToObject(o, "use_sliding_window", c->use_sliding_window);
+    cJSON_AddNumberToObject(o, "sliding_window", (double)c->sliding_window);
+    cJSON_AddNumberToObject(o, "max_window_layers", (double)c->max_window_layers);
+    cJSON_AddStringToObject(o, "hidden_act", c->hidden_act);
+    cJSON_AddStringToObject(o, "torch_dtype", c->torch_dtype);
+    if (c->bos_token_id >= 0)
+        cJSON_AddNumberToObject(o, "bos_token_id", (double)c->bos_token_id);
+    else
+        cJSON_AddNullToObject(o, "bos_token_id");
+    if (c->n_eos == 1) {
+        cJSON_AddNumberToObject(o, "eos_token_id", (double)c->eos_token_ids[0]);
+    } else if (c->n_eos == 0) {
+        cJSON_AddNullToObject(o, "eos_token_id");
+    } else {
+        cJSON *a = cJSON_AddArrayToObject(o, "eos_token_id");
+        for (int i = 0; a && i < c->n_eos; i++)
+            cJSON_AddItemToArray(a, cJSON_CreateNumber((double)c->eos_token_ids[i]));
+    }
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return s;
+}
+
+/* ------------------------------------------------------------- tensor roles */
+
+#define PER_LAYER_ROLES 12
+static const qpk_role LAYER_ORDER[PER_LAYER_ROLES] = {
+    QPK_ROLE_ATTN_NORM, QPK_ROLE_Q, QPK_ROLE_Q_BIAS, QPK_ROLE_K,    QPK_ROLE_K_BIAS, QPK_ROLE_V,
+    QPK_ROLE_V_BIAS,    QPK_ROLE_O, QPK_ROLE_FFN_NORM, QPK_ROLE_GATE, QPK_ROLE_UP,     QPK_ROLE_DOWN,
+};
+
+static const char *const ROLE_SUFFIX[QPK_ROLE_COUNT_] = {
+    [QPK_ROLE_EMBED] = "model.embed_tokens.weight",
+    [QPK_ROLE_ATTN_NORM] = "input_layernorm.weight",
+    [QPK_ROLE_Q] = "self_attn.q_proj.weight",
+    [QPK_ROLE_Q_BIAS] = "self_attn.q_proj.bias",
+    [QPK_ROLE_K] = "self_attn.k_proj.weight",
+    [QPK_ROLE_K_BIAS] = "self_attn.k_proj.bias",
+    [QPK_ROLE_V] = "self_attn.v_proj.weight",
+    [QPK_ROLE_V_BIAS] = "self_attn.v_proj.bias",
+    [QPK_ROLE_O] = "self_attn.o_proj.weight",
+    [QPK_ROLE_FFN_NORM] = "post_attention_layernorm.weight",
+    [QPK_ROLE_GATE] = "mlp.gate_proj.weight",
+    [QPK_ROLE_UP] = "mlp.up_proj.weight",
+    [QPK_ROLE_DOWN] = "mlp.down_proj.weight",
+    [QPK_ROLE_FINAL_NORM] = "model.norm.weight",
+    [QPK_ROLE_LM_HEAD] = "lm_head.weight",
+};
+
+bool qpk_role_is_per_layer(qpk_role r)
+{
+    return r != QPK_ROLE_EMBED && r != QPK_ROLE_FINAL_NORM && r != QPK_ROLE_LM_HEAD;
+}
+
+bool qpk_role_is_matrix(qpk_role r)
+{
+    switch (r) {
+    case QPK_ROLE_EMBED:
+    case QPK_ROLE_Q:
+    case QPK_ROLE_K:
+    case QPK_ROLE_V:
+    case QPK_ROLE_O:
+    case QPK_ROLE_GATE:
+    case QPK_ROLE_UP:
+    case QPK_ROLE_DOWN:
+    case QPK_ROLE_LM_HEAD: return true;
+    default: return false;
+    }
+}
+
+size_t qpk_model_n_tensors(const qpk_config *c)
+{
+    return 2 + (size_t)c->n_layers * PER_LAYER_ROLES + (c->tie_word_embeddings ? 0 : 1);
+}
+
+void qpk_model_tensor_at(const qpk_config *c, size_t i, qpk_role *role, int *layer)
+{
+    size_t n_layer_tensors = (size_t)c->n_layers * PER_LAYER_ROLES;
+    *layer = -1;
+    if (i == 0)
+        *role = QPK_ROLE_EMBED;
+    else if (i <= n_layer_tensors) {
+        *layer = (int)((i - 1) / PER_LAYER_ROLES);
+        *role = LAYER_ORDER[(i - 1) % PER_LAYER_ROLES];
+    } else if (i == n_layer_tensors + 1)
+        *role = QPK_ROLE_FINAL_NORM;
+    else
+        *role = QPK_ROLE_LM_HEAD;
+}
+
+int qpk_tensor_name(char *buf, size_t cap, qpk_role role, int layer)
+{
+    if (qpk_role_is_per_layer(role))
+        return snprintf(buf, cap, "model.layers.%d.%s", layer, ROLE_SUFFIX[role]);
+    return snprintf(buf, cap, "%s", ROLE_SUFFIX[role]);
+}
+
+int qpk_role_shape(const qpk_config *c, qpk_role role, int64_t dims[2])
+{
+    int64_t q = c->n_heads * c->head_dim, kv = c->n_kv_heads * c->head_dim;
+    switch (role) {
+    case QPK_ROLE_EMBED:
+    case QPK_ROLE_LM_HEAD: dims[0] = c->vocab_size, dims[1] = c->hidden_size; return 2;
+    case QPK_ROLE_Q: dims[0] = q, dims[1] = c->hidden_size; return 2;
+    case QPK_ROLE_K:
+    case QPK_ROLE_V: dims[0] = kv, dims[1] = c->hidden_size; return 2;
+    case QPK_ROLE_O: dims[0] = c->hidden_size, dims[1] = q; return 2;
+    case QPK_ROLE_GATE:
+    case QPK_ROLE_UP: dims[0] = c->intermediate_size, dims[1] = c->hidden_size; return 2;
+    case QPK_ROLE_DOWN: dims[0] = c->hidden_size, dims[1] = c->intermediate_size; return 2;
+    case QPK_ROLE_Q_BIAS: dims[0] = q; return 1;
+    case QPK_ROLE_K_BIAS:
+    case QPK_ROLE_V_BIAS: dims[0] = kv; return 1;
+    case QPK_ROLE_ATTN_NORM:
+    case QPK_ROLE_FFN_NORM:
+    case QPK_ROLE_FINAL_NORM:
+    case QPK_ROLE_COUNT_: break;
+    }
+    dims[0] = c->hidden_size;
+    return 1;
+}
+
+bool qpk_tensor_role(const qpk_config *c, const char *name, qpk_role *role, int *layer)
+{
+    for (int r = 0; r < QPK_ROLE_COUNT_; r++)
+        if (!qpk_role_is_per_layer((qpk_role)r) && strcmp(name, ROLE_SUFFIX[r]) == 0) {
+            *role = (qpk_role)r, *layer = -1;
+            return true;
+        }
+    static const char prefix[] = "model.layers.";
+    if (strncmp(name, prefix, sizeof prefix - 1) != 0)
+        return false;
+    const char *p = name + sizeof prefix - 1;
+    if (*p < '0' || *p > '9' || (*p == '0' && p[1] != '.'))
+        return false;
+    long n = 0;
+    while (*p >= '0' && *p <= '9' && n <= QPK_MAX_LAYERS)
+        n = n * 10 + (*p++ - '0');
+    if (*p++ != '.' || n >= c->n_layers)
+        return false;
+    for (int i = 0; i < PER_LAYER_ROLES; i++)
+        if (strcmp(p, ROLE_SUFFIX[LAYER_ORDER[i]]) == 0) {
+            *role = LAYER_ORDER[i], *layer = (int)n;
+            return true;
+        }
+    return false;
+}

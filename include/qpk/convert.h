@@ -1,0 +1,121 @@
+/*
+ * qpk/convert.h - reading Hugging Face checkpoints (safetensors, sharded or not,
+ * config.json, tokenizer files) and converting them to .qpk.
+ */
+#ifndef QPK_CONVERT_H
+#define QPK_CONVERT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "qpk/format.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ================================================================ safetensors == */
+
+/* Every dtype of the safetensors spec, so any valid file parses; weights accept F64..BF16. */
+typedef enum qpk_st_dtype {
+    QPK_ST_F64, QPK_ST_F32, QPK_ST_F16, QPK_ST_BF16,
+    QPK_ST_I64, QPK_ST_I32, QPK_ST_I16, QPK_ST_I8,
+    QPK_ST_U64, QPK_ST_U32, QPK_ST_U16, QPK_ST_U8,
+    QPK_ST_BOOL, QPK_ST_F8_E4M3, QPK_ST_F8_E5M2,
+    QPK_ST_DTYPE_COUNT_
+} qpk_st_dtype;
+
+const char *qpk_st_dtype_name(qpk_st_dtype d); /* "BF16", ... */
+size_t qpk_st_dtype_size(qpk_st_dtype d);
+
+#define QPK_ST_MAX_DIMS 8
+#define QPK_ST_MAX_HEADER 100000000u /* bytes of JSON header accepted */
+
+typedef struct qpk_st_tensor {
+    const char *name;
+    qpk_st_dtype dtype;
+    int ndim;
+    int64_t shape[QPK_ST_MAX_DIMS];
+    uint64_t numel;
+    uint64_t nbytes;
+    const void *data; /* into the mapping; valid until the file is closed */
+} qpk_st_tensor;
+
+typedef struct qpk_safetensors qpk_safetensors;
+
+/*
+ * Maps and validates one .safetensors file: header length (<= 100,000,000 and
+ * inside the file), UTF-8 JSON, known dtypes, every span inside the data area,
+ * equal to numel x dtype size, no overlaps or holes, no duplicate names.
+ */
+qpk_status qpk_st_open(qpk_safetensors **out, const char *path, qpk_err *e);
+/* The same over a caller-owned buffer (kept until close). */
+qpk_status qpk_st_open_memory(qpk_safetensors **out, const void *buf, size_t size, qpk_err *e);
+void qpk_st_close(qpk_safetensors *st); /* NULL-safe */
+size_t qpk_st_n_tensors(const qpk_safetensors *st);
+const qpk_st_tensor *qpk_st_tensor_at(const qpk_safetensors *st, size_t i); /* sorted by name */
+const qpk_st_tensor *qpk_st_find(const qpk_safetensors *st, const char *name);
+uint64_t qpk_st_file_size(const qpk_safetensors *st);
+
+/* ================================================================ checkpoint == */
+
+typedef enum qpk_log_level { QPK_LOG_INFO, QPK_LOG_WARN } qpk_log_level;
+
+/* How a long operation talks to its caller. Every member may be NULL. */
+typedef struct qpk_callbacks {
+    void (*log)(void *ud, qpk_log_level level, const char *msg);
+    /* Called as work advances: bytes (or steps) done of total, and what is being done. */
+    void (*progress)(void *ud, const char *what, uint64_t done, uint64_t total);
+    /* Polled between units of work; returning true stops with QPK_E_CANCELLED. */
+    bool (*cancel)(void *ud);
+    void *ud;
+} qpk_callbacks;
+
+typedef struct qpk_checkpoint qpk_checkpoint;
+
+/*
+ * Opens a Hugging Face model folder: config.json, then model.safetensors or the
+ * shards named by model.safetensors.index.json (checked against the shards: every
+ * tensor in exactly one shard, no missing shard). Checks every tensor the config
+ * implies is present with its shape and a float dtype; warns (through cb->log)
+ * about unexpected tensors, and about an lm_head that differs from a tied embedding.
+ */
+qpk_status qpk_checkpoint_open(qpk_checkpoint **out, const char *dir, const qpk_callbacks *cb,
+                               qpk_err *e);
+void qpk_checkpoint_close(qpk_checkpoint *ck); /* NULL-safe */
+const qpk_config *qpk_checkpoint_config(const qpk_checkpoint *ck);
+/* The source of (role, layer); the head of a tied model is the embedding. */
+const qpk_st_tensor *qpk_checkpoint_tensor(const qpk_checkpoint *ck, qpk_role role, int layer);
+/* The safetensors files read, in order (names relative to the folder). */
+size_t qpk_checkpoint_n_files(const qpk_checkpoint *ck);
+const char *qpk_checkpoint_file(const qpk_checkpoint *ck, size_t i, uint64_t *size);
+/* Tensors present in the files but not used (reported as warnings at open). */
+size_t qpk_checkpoint_n_ignored(const qpk_checkpoint *ck);
+const char *qpk_checkpoint_ignored(const qpk_checkpoint *ck, size_t i);
+
+/*
+ * Reads a small file of the model folder (config.json, tokenizer.json, ...) into a
+ * malloc'd buffer. A file that holds only a relative path to another file (how git
+ * stores a symbolic link where links are not supported) is followed once.
+ * QPK_E_IO with errno ENOENT semantics -> *missing = true (if missing != NULL).
+ */
+qpk_status qpk_read_model_file(const char *dir, const char *name, char **data, size_t *len,
+                               bool *missing, qpk_err *e);
+
+/* ================================================================ conversion == */
+
+typedef struct qpk_convert_opts {
+    int dtype;            /* -1: keep each tensor's type (F64 -> F32); else a float qpk_type */
+    int n_threads;        /* 0: all cores */
+    const char *command;  /* recorded in the provenance (callers leave out thread counts) */
+    qpk_callbacks cb;
+} qpk_convert_opts;
+
+/* Converts the model folder `dir` into `out` (atomically: nothing at out on failure). */
+qpk_status qpk_convert(const char *dir, const char *out, const qpk_convert_opts *opts, qpk_err *e);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* QPK_CONVERT_H */

@@ -1,0 +1,311 @@
+/*
+ * qpk/format.h - the .qpk file format: status codes, tensor types, the Qwen2 model
+ * description, and a validating reader and an atomic streaming writer.
+ *
+ * The byte layout is specified in format/FORMAT.md. In short, a .qpk file is
+ *
+ *   [header 64 B][section directory n x 32 B][pad][tensor data, each aligned]...
+ *   [META section: JSON][TENSORS section: table + names][FILES section: zlib blobs]
+ *
+ * all little-endian. Tensor data come first so the writer streams them in one pass
+ * and writes everything that depends on them (checksums, offsets) at the end.
+ *
+ * Conventions of this library (and of every qpk library):
+ *  - functions return a qpk_status; on failure they fill the optional qpk_err with a
+ *    message naming the offending object ("tensor 'x' ends past EOF at byte N");
+ *  - nothing prints, nothing exits, nothing aborts on bad input;
+ *  - pointers into a file are borrowed views valid until qpk_close().
+ */
+#ifndef QPK_FORMAT_H
+#define QPK_FORMAT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define QPK_VERSION_STRING "0.1.0"
+
+/* ===================================================================== status == */
+
+/* Frozen once released: values are never renumbered, new ones are appended. */
+typedef enum qpk_status {
+    QPK_OK = 0,
+    QPK_E_INVALID_ARG = 1, /* the caller passed something impossible */
+    QPK_E_IO = 2,          /* the OS refused: open, read, write, mmap, fsync, rename */
+    QPK_E_NOMEM = 3,
+    QPK_E_CORRUPT = 4,     /* bytes that do not follow their format */
+    QPK_E_UNSUPPORTED = 5, /* well-formed, but not something qpk implements */
+    QPK_E_MISMATCH = 6,    /* inputs disagree: missing tensor, wrong shape, config conflict */
+    QPK_E_CHECKSUM = 7,    /* stored and computed xxh3 differ */
+    QPK_E_LIMIT = 8,       /* a size or count past a documented limit */
+    QPK_E_VALUE = 9,       /* a number qpk refuses: NaN, inf, overflow on conversion */
+    QPK_E_CANCELLED = 10,  /* the caller's cancel callback asked to stop */
+    QPK_STATUS_COUNT
+} qpk_status;
+
+/* Where a failed call explains itself. Always optional (NULL is accepted). */
+typedef struct qpk_err {
+    qpk_status status;
+    char msg[768];
+} qpk_err;
+
+/* Static text for a status code ("corrupt input", ...). Never NULL. */
+const char *qpk_strerror(qpk_status s);
+
+/* Fills e (if not NULL) and returns s. Used by every qpk library to report. */
+qpk_status qpk_err_setf(qpk_err *e, qpk_status s, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Prepends "context: " to an already-filled message (keeps the status). */
+qpk_status qpk_err_prefix(qpk_err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ====================================================================== types == */
+
+/*
+ * Tensor element types stored in a .qpk. Ids are part of the file format.
+ * 0..15 are plain element types; 16..63 are reserved for group-quantized types,
+ * whose tensors carry a group size (the number of consecutive weights along the
+ * last, input dimension that share one scale). See FORMAT.md.
+ */
+typedef enum qpk_type {
+    QPK_TYPE_F32 = 0,
+    QPK_TYPE_F16 = 1,
+    QPK_TYPE_BF16 = 2,
+    QPK_TYPE_COUNT_ /* one past the largest id this build knows */
+} qpk_type;
+
+/* "f32", "f16", "bf16", ...; NULL for an id this build does not know. */
+const char *qpk_type_name(uint32_t type);
+/* Parses a name as printed by qpk_type_name (case-insensitive). Returns false if unknown. */
+bool qpk_type_from_name(const char *name, qpk_type *out);
+/* True for the group-quantized types (which need a group size). */
+bool qpk_type_is_quantized(uint32_t type);
+
+/*
+ * Bytes a tensor of this type and shape occupies, with every multiplication
+ * checked for overflow. Validates the group size against the type and the last
+ * dimension. ndim in 1..QPK_MAX_DIMS, dims >= 0.
+ */
+#define QPK_MAX_DIMS 4
+qpk_status qpk_tensor_nbytes(uint32_t type, uint32_t group_size, int ndim, const int64_t *dims,
+                             uint64_t *out, qpk_err *e);
+
+/* ========================================================== model description == */
+
+/*
+ * The one description of a Qwen2 model that the converter, the runtime and the
+ * exporters share. Parsed from an HF config.json, or from the "config" object of a
+ * .qpk's metadata (the same keys, normalized: every field present).
+ */
+typedef struct qpk_config {
+    int64_t vocab_size;
+    int64_t hidden_size;
+    int64_t intermediate_size;
+    int64_t n_layers;   /* num_hidden_layers */
+    int64_t n_heads;    /* num_attention_heads */
+    int64_t n_kv_heads; /* num_key_value_heads (absent in old configs: = n_heads) */
+    int64_t head_dim;   /* hidden_size / n_heads */
+    int64_t max_position_embeddings;
+    double rope_theta;
+    double rms_norm_eps;
+    bool tie_word_embeddings;
+    bool use_sliding_window;
+    int64_t sliding_window;
+    int64_t max_window_layers;
+    char hidden_act[16];  /* only "silu" is accepted */
+    char torch_dtype[16]; /* informational: "bfloat16", "float32", ... ("" if absent) */
+    int64_t bos_token_id; /* -1 if absent or null */
+    int n_eos;            /* eos_token_id may be one id or a list */
+    int64_t eos_token_ids[8];
+} qpk_config;
+
+/* Limits that keep a hostile config from asking for absurd allocations. */
+#define QPK_MAX_VOCAB (1LL << 24)
+#define QPK_MAX_HIDDEN (1LL << 17)
+#define QPK_MAX_LAYERS 1024
+#define QPK_MAX_HEADS 1024
+
+/*
+ * Parses config.json text (len bytes, need not be NUL-terminated) into c.
+ * Rejects a model_type other than "qwen2" by name, a hidden_act other than silu,
+ * rope_scaling, inconsistent head counts, and values past the limits above.
+ */
+qpk_status qpk_config_parse(qpk_config *c, const char *json, size_t len, qpk_err *e);
+
+/* Normalized JSON of c (HF key names, every field present). malloc'd; free() it. NULL on OOM. */
+char *qpk_config_to_json(const qpk_config *c);
+
+/* The tensors of a Qwen2 model, each a role, with per-layer roles repeated per layer. */
+typedef enum qpk_role {
+    QPK_ROLE_EMBED = 0, /* model.embed_tokens.weight        [vocab, hidden] */
+    QPK_ROLE_ATTN_NORM, /* model.layers.N.input_layernorm.weight   [hidden] */
+    QPK_ROLE_Q,         /* ...self_attn.q_proj.weight  [heads*hd, hidden] */
+    QPK_ROLE_Q_BIAS,    /* ...self_attn.q_proj.bias    [heads*hd] */
+    QPK_ROLE_K,         /* ...self_attn.k_proj.weight  [kv*hd, hidden] */
+    QPK_ROLE_K_BIAS,
+    QPK_ROLE_V,         /* ...self_attn.v_proj.weight  [kv*hd, hidden] */
+    QPK_ROLE_V_BIAS,
+    QPK_ROLE_O,         /* ...self_attn.o_proj.weight  [hidden, heads*hd] */
+    QPK_ROLE_FFN_NORM,  /* ...post_attention_layernorm.weight [hidden] */
+    QPK_ROLE_GATE,      /* ...mlp.gate_proj.weight     [inter, hidden] */
+    QPK_ROLE_UP,        /* ...mlp.up_proj.weight       [inter, hidden] */
+    QPK_ROLE_DOWN,      /* ...mlp.down_proj.weight     [hidden, inter] */
+    QPK_ROLE_FINAL_NORM,/* model.norm.weight           [hidden] */
+    QPK_ROLE_LM_HEAD,   /* lm_head.weight              [vocab, hidden] (untied only) */
+    QPK_ROLE_COUNT_
+} qpk_role;
+
+#define QPK_MAX_NAME 256
+
+/* True for roles that exist once per layer. */
+bool qpk_role_is_per_layer(qpk_role r);
+/* True for the 2-D weights that multiply activations (q,k,v,o,gate,up,down, embed, head). */
+bool qpk_role_is_matrix(qpk_role r);
+
+/*
+ * The tensors a model with config c must have, in the canonical order qpk files
+ * store them (embedding, then layer by layer in the order the forward pass reads
+ * them, final norm, head). lm_head is listed only when untied.
+ */
+size_t qpk_model_n_tensors(const qpk_config *c);
+void qpk_model_tensor_at(const qpk_config *c, size_t i, qpk_role *role, int *layer);
+
+/* The HF name of (role, layer), e.g. "model.layers.3.mlp.up_proj.weight". Returns its length. */
+int qpk_tensor_name(char *buf, size_t cap, qpk_role role, int layer);
+/* Shape implied by the config. Returns ndim (1 or 2). */
+int qpk_role_shape(const qpk_config *c, qpk_role role, int64_t dims[2]);
+/* Inverse of qpk_tensor_name. False if the name is not a Qwen2 tensor of a model with c's layer count. */
+bool qpk_tensor_role(const qpk_config *c, const char *name, qpk_role *role, int *layer);
+
+/* ================================================================ .qpk reader == */
+
+typedef struct qpk_file qpk_file;
+
+/* One row of the tensor table, with data pointing into the mapped file. */
+typedef struct qpk_tensor {
+    const char *name; /* NUL-terminated copy owned by the qpk_file */
+    uint32_t type;    /* a qpk_type */
+    uint32_t group_size;
+    int ndim;
+    int64_t dims[QPK_MAX_DIMS]; /* outermost first ([out, in] for a linear weight) */
+    uint64_t offset;            /* absolute byte offset in the file */
+    uint64_t nbytes;
+    uint64_t xxh3;              /* XXH3-64 (seed 0) of the nbytes bytes */
+    const void *data;
+} qpk_tensor;
+
+typedef struct qpk_open_opts {
+    uint32_t max_tensors;    /* 0: default 1,000,000 */
+    uint64_t max_meta_bytes; /* 0: default 64 MiB */
+    bool verify_checksums;   /* hash every tensor at open (otherwise: qpk_verify_tensor) */
+} qpk_open_opts;
+
+/*
+ * Maps path and validates everything before exposing any pointer: magic, version,
+ * header and section checksums, every offset and size against the file, tensor
+ * alignment and overlaps, names, types and group sizes, the metadata JSON and its
+ * model config. opts may be NULL.
+ */
+qpk_status qpk_open(qpk_file **out, const char *path, const qpk_open_opts *opts, qpk_err *e);
+/* Same validation over a caller-owned buffer (which must outlive the handle). */
+qpk_status qpk_open_memory(qpk_file **out, const void *buf, size_t size, const qpk_open_opts *opts,
+                           qpk_err *e);
+void qpk_close(qpk_file *f); /* NULL-safe */
+
+uint32_t qpk_file_version(const qpk_file *f);
+uint64_t qpk_file_size(const qpk_file *f);
+uint32_t qpk_file_alignment(const qpk_file *f);
+size_t qpk_n_tensors(const qpk_file *f);
+const qpk_tensor *qpk_tensor_at(const qpk_file *f, size_t i);
+const qpk_tensor *qpk_find_tensor(const qpk_file *f, const char *name); /* NULL if absent */
+/* The metadata JSON (not NUL-terminated; *len bytes). */
+const char *qpk_metadata(const qpk_file *f, size_t *len);
+/* The model description parsed from the metadata at open. */
+const qpk_config *qpk_file_config(const qpk_file *f);
+
+/* Recomputes tensor i's XXH3 and compares it with the table. */
+qpk_status qpk_verify_tensor(const qpk_file *f, size_t i, qpk_err *e);
+
+/*
+ * Checks that the file holds exactly the tensors its config implies, each with
+ * the implied shape (extra tensors are an error too). Quantized types allowed.
+ */
+qpk_status qpk_check_model(const qpk_file *f, qpk_err *e);
+
+/* Embedded files (tokenizer.json, ...): count, and name/size of each. */
+size_t qpk_n_blobs(const qpk_file *f);
+const char *qpk_blob_name(const qpk_file *f, size_t i, uint64_t *raw_size);
+/*
+ * Inflates blob `name` into buf (cap bytes). Query the size first with
+ * qpk_blob_name or with buf = NULL (then *len gets the size and QPK_OK is returned).
+ * Verifies the blob's XXH3. QPK_E_MISMATCH if there is no such blob.
+ */
+qpk_status qpk_blob_read(const qpk_file *f, const char *name, void *buf, size_t cap, size_t *len,
+                         qpk_err *e);
+
+/* ================================================================ .qpk writer == */
+
+typedef struct qpk_writer qpk_writer;
+
+/*
+ * Starts writing path. Data go to an unnamed temporary file in the same folder
+ * (O_TMPFILE, or a hidden mkstemp file where the filesystem lacks it); path
+ * itself appears only in qpk_writer_finish, complete and fsync'd, by rename.
+ */
+qpk_status qpk_writer_create(qpk_writer **out, const char *path, qpk_err *e);
+
+/* Begins a tensor: its bytes follow through qpk_writer_write, exactly nbytes of them. */
+qpk_status qpk_writer_begin_tensor(qpk_writer *w, const char *name, uint32_t type,
+                                   uint32_t group_size, int ndim, const int64_t *dims,
+                                   qpk_err *e);
+qpk_status qpk_writer_write(qpk_writer *w, const void *data, size_t n, qpk_err *e);
+qpk_status qpk_writer_end_tensor(qpk_writer *w, qpk_err *e);
+
+/* Adds an embedded file (stored zlib-compressed). At most 64 blobs, names up to 255 bytes. */
+qpk_status qpk_writer_add_blob(qpk_writer *w, const char *name, const void *data, size_t n,
+                               qpk_err *e);
+
+/*
+ * Writes metadata (a JSON object, validated), the tensor table and the header,
+ * fsyncs, renames into place and fsyncs the folder. Frees w whatever the outcome;
+ * on failure nothing is left at path (an existing file there is untouched).
+ */
+qpk_status qpk_writer_finish(qpk_writer *w, const char *meta_json, size_t meta_len, qpk_err *e);
+
+/* Abandons the file: removes the temporary, frees w. NULL-safe. */
+void qpk_writer_discard(qpk_writer *w);
+
+/* ============================================================ atomic output == */
+
+/*
+ * A file that appears at its path complete or not at all: written to an unnamed
+ * temporary in the same folder, fsync'd and renamed into place by commit. Used by
+ * the .qpk writer and by every other writer in qpk (GGUF, generated checkpoints).
+ */
+typedef struct qpk_outfile qpk_outfile;
+
+qpk_status qpk_outfile_create(qpk_outfile **out, const char *path, qpk_err *e);
+/* Appends n bytes (buffered). After any failure every later call fails too. */
+qpk_status qpk_outfile_write(qpk_outfile *o, const void *p, size_t n, qpk_err *e);
+/* Appends zero bytes up to the next multiple of align (a power of two). */
+qpk_status qpk_outfile_pad(qpk_outfile *o, uint64_t align, qpk_err *e);
+/* Overwrites bytes already appended (a header written last). */
+qpk_status qpk_outfile_pwrite(qpk_outfile *o, const void *p, size_t n, uint64_t off, qpk_err *e);
+uint64_t qpk_outfile_tell(const qpk_outfile *o);
+const char *qpk_outfile_path(const qpk_outfile *o);
+/* Flushes, fsyncs, renames over the path, fsyncs the folder; frees o whatever the outcome. */
+qpk_status qpk_outfile_commit(qpk_outfile *o, qpk_err *e);
+/* Drops everything written; nothing appears at the path. NULL-safe. */
+void qpk_outfile_discard(qpk_outfile *o);
+
+/* XXH3-64 of a buffer, as the format uses it (seed 0). */
+uint64_t qpk_xxh3(const void *data, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* QPK_FORMAT_H */

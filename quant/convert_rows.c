@@ -1,0 +1,48 @@
+/* Row conversions between the plain float types. */
+#include <math.h>
+
+#include "qpk/quant.h"
+
+void qpk_row_to_f32(uint32_t src_type, const void *src, float *dst, size_t n)
+{
+    switch (src_type) {
+    case QPK_TYPE_F32: memcpy(dst, src, n * sizeof *dst); break;
+    case QPK_TYPE_F16:
+        for (size_t i = 0; i < n; i++)
+            dst[i] = qpk_f16_to_f32(((const uint16_t *)src)[i]);
+        break;
+    case QPK_TYPE_BF16:
+        for (size_t i = 0; i < n; i++)
+            dst[i] = qpk_bf16_to_f32(((const uint16_t *)src)[i]);
+        break;
+    default: break;
+    }
+}
+
+size_t qpk_row_from_f32(uint32_t dst_type, const float *src, void *dst, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(src[i]))
+            return i;
+    switch (dst_type) {
+    case QPK_TYPE_F32: memcpy(dst, src, n * sizeof *src); break;
+    case QPK_TYPE_F16:
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h = qpk_f32_to_f16(src[i]);
+            if ((h & 0x7c00u) == 0x7c00u)
+                return i;
+            ((uint16_t *)dst)[i] = h;
+        }
+        break;
+    case QPK_TYPE_BF16:
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h = qpk_f32_to_bf16(src[i]);
+            if ((h & 0x7f80u) == 0x7f80u)
+                return i;
+            ((uint16_t *)dst)[i] = h;
+        }
+        break;
+    default: return 0;
+    }
+    return n;
+}

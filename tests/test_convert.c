@@ -1,0 +1,615 @@
+/*
+ * safetensors reader, config.json parser, checkpoint checks and conversion.
+ * Every malformed input is one defect with its exact expected error; every
+ * failed conversion must leave no output file behind.
+ */
+#include <dirent.h>
+#include <math.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "convcheck.h"
+#include "gen.h"
+#include "qpk/convert.h"
+#include "qpk/quant.h"
+#include "testhelp.h"
+
+static char g_root[] = "/tmp/qpk-test-convert-XXXXXX";
+
+static void write_file(const char *dir, const char *name, const void *data, size_t n)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    fwrite(data, 1, n, f);
+    fclose(f);
+}
+
+static void write_text(const char *dir, const char *name, const char *text)
+{
+    write_file(dir, name, text, strlen(text));
+}
+
+static bool exists(const char *path) { return access(path, F_OK) == 0; }
+
+static void rm_rf(const char *dir)
+{
+    DIR *d = opendir(dir);
+    for (struct dirent *de; d && (de = readdir(d));) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+            continue;
+        char p[4096];
+        snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
+        unlink(p);
+    }
+    if (d)
+        closedir(d);
+    rmdir(dir);
+}
+
+/* A safetensors file image from a header text and a data area of data_len bytes. */
+static uint8_t *st_image(const char *header, size_t data_len, size_t *n)
+{
+    size_t hl = strlen(header);
+    *n = 8 + hl + data_len;
+    uint8_t *b = calloc(1, *n);
+    for (int i = 0; i < 8; i++)
+        b[i] = (uint8_t)((uint64_t)hl >> 8 * i);
+    memcpy(b + 8, header, hl);
+    for (size_t i = 0; i < data_len; i++)
+        b[8 + hl + i] = (uint8_t)i;
+    return b;
+}
+
+/* ------------------------------------------------------------ safetensors */
+
+typedef struct st_case {
+    const char *what, *header;
+    size_t data_len;
+    qpk_status want;
+    const char *msg;
+} st_case;
+
+static const st_case ST_CASES[] = {
+    {"unknown dtype", "{\"a\":{\"dtype\":\"Q4\",\"shape\":[2],\"data_offsets\":[0,2]}}", 2, QPK_E_CORRUPT, "unknown dtype"},
+    {"negative shape", "{\"a\":{\"dtype\":\"U8\",\"shape\":[-2],\"data_offsets\":[0,2]}}", 2, QPK_E_CORRUPT, "non-integer or negative"},
+    {"fractional shape", "{\"a\":{\"dtype\":\"U8\",\"shape\":[1.5],\"data_offsets\":[0,2]}}", 2, QPK_E_CORRUPT, "non-integer"},
+    {"begin after end", "{\"a\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[2,1]}}", 2, QPK_E_CORRUPT, "begin <= end"},
+    {"three offsets", "{\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,1,2]}}", 2, QPK_E_CORRUPT, "[begin, end]"},
+    {"past the data (truncated)", "{\"a\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}", 12, QPK_E_CORRUPT, "past the data area"},
+    {"span vs shape", "{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,16]}}", 16, QPK_E_CORRUPT, "needs 12"},
+    {"overlap", "{\"a\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[0,4]},\"b\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[2,6]}}", 6, QPK_E_CORRUPT, "overlaps"},
+    {"hole", "{\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2]},\"b\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[4,6]}}", 6, QPK_E_CORRUPT, "hole of 2 bytes"},
+    {"uncovered tail", "{\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2]}}", 5, QPK_E_CORRUPT, "3 bytes after the last tensor"},
+    {"duplicate name", "{\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2]},\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[2,4]}}", 4, QPK_E_CORRUPT, "duplicate tensor name 'a'"},
+    {"metadata not an object", "{\"__metadata__\":[1]}", 0, QPK_E_CORRUPT, "__metadata__ is not an object"},
+    {"metadata value", "{\"__metadata__\":{\"k\":1}}", 0, QPK_E_CORRUPT, "is not a string"},
+    {"nine dimensions", "{\"a\":{\"dtype\":\"U8\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,1]}}", 1, QPK_E_LIMIT, "9 dimensions"},
+    {"entry without dtype", "{\"a\":{\"shape\":[1],\"data_offsets\":[0,1]}}", 1, QPK_E_CORRUPT, "needs dtype"},
+    {"empty name", "{\"\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1, QPK_E_CORRUPT, "empty name"},
+    {"not JSON", "{\"a\":{\"dtype\":", 0, QPK_E_CORRUPT, "not valid JSON"},
+    {"trailing garbage", "{}  x", 0, QPK_E_CORRUPT, "bytes after its JSON"},
+    {"not an object", "[1,2]", 0, QPK_E_CORRUPT, "does not start with '{'"},
+    {"invalid UTF-8", "{\"a\xff\":{}}", 0, QPK_E_CORRUPT, "not valid UTF-8"},
+    {"overlong UTF-8", "{\"a\xc0\xaf\":{}}", 0, QPK_E_CORRUPT, "not valid UTF-8"},
+    {"UTF-16 surrogate", "{\"a\xed\xa0\x80\":{}}", 0, QPK_E_CORRUPT, "not valid UTF-8"},
+    {"offset not exact in double", "{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1e300]}}", 1, QPK_E_CORRUPT, "data_offsets"},
+};
+
+static void test_safetensors_defects(void)
+{
+    for (size_t i = 0; i < sizeof ST_CASES / sizeof *ST_CASES; i++) {
+        const st_case *c = &ST_CASES[i];
+        size_t n;
+        uint8_t *b = st_image(c->header, c->data_len, &n);
+        qpk_safetensors *st = NULL;
+        qpk_err e = {0};
+        qpk_status s = qpk_st_open_memory(&st, b, n, &e);
+        CHECKF(s == c->want && strstr(e.msg, c->msg), "case '%s': status %d, \"%s\" (want \"%s\")", c->what, s,
+               e.msg, c->msg);
+        CHECK(st == NULL);
+        free(b);
+    }
+    /* Length-field defects, which a header text cannot express. */
+    qpk_safetensors *st;
+    qpk_err e = {0};
+    uint8_t b[16] = {0};
+    CHECK_ERR(qpk_st_open_memory(&st, b, 5, &e), QPK_E_CORRUPT, e, "no 8-byte header length");
+    b[0] = 0x01, b[3] = 0x10; /* 0x10000001 bytes: past the 100 MB limit */
+    b[4] = 0x00;
+    CHECK_ERR(qpk_st_open_memory(&st, b, 16, &e), QPK_E_LIMIT, e, "exceeds the limit");
+    memset(b, 0, 8), b[0] = 100;
+    CHECK_ERR(qpk_st_open_memory(&st, b, 16, &e), QPK_E_CORRUPT, e, "runs past the end");
+    printf("%zu distinct malformed safetensors inputs checked\n", sizeof ST_CASES / sizeof *ST_CASES + 3);
+}
+
+static void test_safetensors_valid(void)
+{
+    /* Empty tensors, __metadata__, space padding, every dtype size. */
+    const char *h = "{\"__metadata__\":{\"format\":\"pt\"},\"e\":{\"dtype\":\"F16\",\"shape\":[0,4],\"data_offsets\":[0,0]},"
+                    "\"x\":{\"dtype\":\"BF16\",\"shape\":[2,2],\"data_offsets\":[0,8]},"
+                    "\"y\":{\"dtype\":\"F64\",\"shape\":[1],\"data_offsets\":[8,16]}}    ";
+    size_t n;
+    uint8_t *b = st_image(h, 16, &n);
+    qpk_safetensors *st;
+    qpk_err e = {0};
+    CHECKF(qpk_st_open_memory(&st, b, n, &e) == QPK_OK, "%s", e.msg);
+    if (st) {
+        CHECK(qpk_st_n_tensors(st) == 3);
+        const qpk_st_tensor *x = qpk_st_find(st, "x"), *em = qpk_st_find(st, "e");
+        CHECK(x && x->dtype == QPK_ST_BF16 && x->numel == 4 && x->nbytes == 8 && x->ndim == 2);
+        CHECK(em && em->numel == 0 && em->nbytes == 0);
+        CHECK(qpk_st_find(st, "z") == NULL);
+        qpk_st_close(st);
+    }
+    free(b);
+}
+
+/* ------------------------------------------------------------ config.json */
+
+#define BASE_CFG "\"model_type\":\"qwen2\",\"vocab_size\":64,\"hidden_size\":32,\"intermediate_size\":48,\"num_hidden_layers\":2,\"num_attention_heads\":4"
+
+static void test_config(void)
+{
+    qpk_config c;
+    qpk_err e = {0};
+    const char *ok = "{" BASE_CFG "}";
+    CHECKF(qpk_config_parse(&c, ok, strlen(ok), &e) == QPK_OK, "%s", e.msg);
+    /* Old configs without num_key_value_heads mean MHA; other defaults are Qwen2Config's. */
+    CHECK(c.n_kv_heads == 4 && c.head_dim == 8 && c.rope_theta == 10000.0 && c.rms_norm_eps == 1e-6);
+    CHECK(!c.tie_word_embeddings && c.bos_token_id == -1 && c.n_eos == 0 && !strcmp(c.hidden_act, "silu"));
+    const char *gqa = "{" BASE_CFG ",\"num_key_value_heads\":2,\"eos_token_id\":[5,7],\"rope_theta\":1e6}";
+    CHECK(qpk_config_parse(&c, gqa, strlen(gqa), &e) == QPK_OK && c.n_kv_heads == 2 && c.n_eos == 2 &&
+          c.eos_token_ids[1] == 7 && c.rope_theta == 1e6);
+    /* The normalized JSON parses back to the same description. */
+    char *j = qpk_config_to_json(&c);
+    qpk_config c2;
+    CHECK(qpk_config_parse(&c2, j, strlen(j), &e) == QPK_OK && !memcmp(&c, &c2, sizeof c));
+    free(j);
+    static const struct {
+        const char *json;
+        qpk_status want;
+        const char *msg;
+    } bad[] = {
+        {"{\"model_type\":\"llama\",\"vocab_size\":4}", QPK_E_UNSUPPORTED, "model_type \"llama\" is not supported"},
+        {"{\"vocab_size\":4}", QPK_E_CORRUPT, "missing 'model_type'"},
+        {"{\"model_type\":\"qwen2\",\"vocab_size\":64}", QPK_E_CORRUPT, "missing required key 'hidden_size'"},
+        {"{" BASE_CFG ",\"num_key_value_heads\":3}", QPK_E_CORRUPT, "not a multiple of num_key_value_heads"},
+        {"{\"model_type\":\"qwen2\",\"vocab_size\":64,\"hidden_size\":30,\"intermediate_size\":8,\"num_hidden_layers\":1,\"num_attention_heads\":4}",
+         QPK_E_CORRUPT, "not a multiple of num_attention_heads"},
+        {"{" BASE_CFG ",\"hidden_act\":\"gelu\"}", QPK_E_UNSUPPORTED, "hidden_act \"gelu\""},
+        {"{" BASE_CFG ",\"rope_scaling\":{\"type\":\"yarn\"}}", QPK_E_UNSUPPORTED, "rope_scaling"},
+        {"{" BASE_CFG ",\"quantization_config\":{\"quant_method\":\"gptq\"}}", QPK_E_UNSUPPORTED, "already quantized"},
+        {"{" BASE_CFG ",\"rms_norm_eps\":-1}", QPK_E_CORRUPT, "positive finite"},
+        {"{" BASE_CFG ",\"tie_word_embeddings\":1}", QPK_E_CORRUPT, "not true or false"},
+        {"{\"model_type\":\"qwen2\",\"vocab_size\":64,\"hidden_size\":32,\"intermediate_size\":48,\"num_hidden_layers\":2.5,\"num_attention_heads\":4}",
+         QPK_E_CORRUPT, "'num_hidden_layers' = 2.5 is not an integer"},
+        {"{" BASE_CFG ",\"eos_token_id\":64}", QPK_E_CORRUPT, "eos_token_id 64 >= vocab_size"},
+        {"{" BASE_CFG ",\"hidden_size\":32}", QPK_E_CORRUPT, "key 'hidden_size' appears twice"},
+        {"{" BASE_CFG ",\"bos_token_id\":70}", QPK_E_CORRUPT, "bos_token_id 70 >= vocab_size"},
+        {"{" BASE_CFG ",\"head_dim\":16}", QPK_E_UNSUPPORTED, "head_dim 16 differs"},
+        {"{\"model_type\":\"qwen2\",\"vocab_size\":999999999,\"hidden_size\":32,\"intermediate_size\":48,\"num_hidden_layers\":2,\"num_attention_heads\":4}",
+         QPK_E_CORRUPT, "'vocab_size' = 1e+09 is not an integer in [1, 16777216]"},
+        {"{" BASE_CFG "} x", QPK_E_CORRUPT, "trailing bytes"},
+        {"{" BASE_CFG, QPK_E_CORRUPT, "not valid JSON"},
+        {"[1]", QPK_E_CORRUPT, "not an object"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        qpk_status s = qpk_config_parse(&c, bad[i].json, strlen(bad[i].json), &e);
+        CHECKF(s == bad[i].want && strstr(e.msg, bad[i].msg), "config %zu: status %d \"%s\" (want \"%s\")", i, s,
+               e.msg, bad[i].msg);
+    }
+    printf("%zu distinct malformed configs checked\n", sizeof bad / sizeof *bad);
+}
+
+/* ------------------------------------------------------------ checkpoints */
+
+static qpk_gen_spec tiny_spec(void)
+{
+    qpk_gen_spec sp;
+    qpk_gen_preset("tiny", &sp);
+    sp.dtype = QPK_ST_F32;
+    return sp;
+}
+
+static char *make_dir(const char *name)
+{
+    static char path[4096];
+    snprintf(path, sizeof path, "%s/%s", g_root, name);
+    mkdir(path, 0755);
+    return path;
+}
+
+/* Writes a model.safetensors with the tiny model's tensors, edited by `edit` (NULL: none). */
+typedef struct st_edit {
+    const char *drop;      /* leave this tensor out */
+    const char *retype;    /* store this one as I8 */
+    const char *reshape;   /* give this one an extra row */
+    const char *extra;     /* add this unexpected tensor */
+    bool lm_head;          /* add lm_head.weight */
+    float lm_head_delta;   /* added to lm_head's first element */
+} st_edit;
+
+static void write_model(const char *dir, const qpk_config *c, const st_edit *ed)
+{
+    char header[65536] = "{", name[QPK_MAX_NAME];
+    uint8_t *data = NULL;
+    size_t len = 0, n = qpk_model_n_tensors(c);
+    for (size_t i = 0; i <= n + 1; i++) {
+        qpk_role role;
+        int layer;
+        int64_t d[2];
+        if (i < n) {
+            qpk_model_tensor_at(c, i, &role, &layer);
+            qpk_tensor_name(name, sizeof name, role, layer);
+        } else if (i == n && ed->lm_head) {
+            role = QPK_ROLE_LM_HEAD, layer = -1;
+            strcpy(name, "lm_head.weight");
+        } else if (i == n + 1 && ed->extra) {
+            role = QPK_ROLE_FINAL_NORM, layer = -1;
+            strcpy(name, ed->extra);
+        } else {
+            continue;
+        }
+        if (ed->drop && !strcmp(name, ed->drop))
+            continue;
+        int nd = qpk_role_shape(c, role, d);
+        if (ed->reshape && !strcmp(name, ed->reshape))
+            d[0]++;
+        bool i8 = ed->retype && !strcmp(name, ed->retype);
+        size_t numel = (size_t)d[0] * (size_t)(nd == 2 ? d[1] : 1), bytes = numel * (i8 ? 1 : 4);
+        data = realloc(data, len + bytes);
+        for (size_t k = 0; k < numel && !i8; k++) {
+            /* The embedding and lm_head share values so a tied head can be "the same". */
+            float v = 0.01f * (float)((k * 7 + (role == QPK_ROLE_LM_HEAD ? 0 : i) * 13) % 97) - 0.48f;
+            if (role == QPK_ROLE_LM_HEAD && k == 0)
+                v += ed->lm_head_delta;
+            memcpy(data + len + 4 * k, &v, 4);
+        }
+        if (i8)
+            memset(data + len, 1, bytes);
+        char shape[64];
+        if (nd == 2)
+            snprintf(shape, sizeof shape, "%lld,%lld", (long long)d[0], (long long)d[1]);
+        else
+            snprintf(shape, sizeof shape, "%lld", (long long)d[0]);
+        snprintf(header + strlen(header), sizeof header - strlen(header),
+                 "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[%s],\"data_offsets\":[%zu,%zu]}", header[1] ? "," : "",
+                 name, i8 ? "I8" : "F32", shape, len, len + bytes);
+        len += bytes;
+    }
+    strcat(header, "}");
+    size_t img_len;
+    uint8_t *img = st_image(header, 0, &img_len);
+    img = realloc(img, img_len + len);
+    memcpy(img + img_len, data, len);
+    write_file(dir, "model.safetensors", img, img_len + len);
+    free(img);
+    free(data);
+}
+
+/* config.json for c; model_type replaced when other_arch is set. */
+static void write_config(const char *dir, const qpk_config *c, const char *other_arch)
+{
+    char *j = qpk_config_to_json(c), buf[4096];
+    char *mt = strstr(j, "\"qwen2\"");
+    if (other_arch)
+        snprintf(buf, sizeof buf, "%.*s\"%s\"%s", (int)(mt - j), j, other_arch, mt + 7);
+    else
+        snprintf(buf, sizeof buf, "%s", j);
+    write_text(dir, "config.json", buf);
+    free(j);
+}
+
+typedef struct logbook {
+    int warnings;
+    char last[1024];
+} logbook;
+
+static void capture(void *ud, qpk_log_level lv, const char *msg)
+{
+    logbook *lb = ud;
+    if (lv == QPK_LOG_WARN) {
+        lb->warnings++;
+        snprintf(lb->last, sizeof lb->last, "%s", msg);
+    }
+}
+
+/* Converts dir to dir/out.qpk and checks the outcome; a failure must leave no file. */
+static void expect_convert(const char *dir, qpk_status want, const char *msg, logbook *lb)
+{
+    char out[4096];
+    snprintf(out, sizeof out, "%s/out.qpk", dir);
+    unlink(out);
+    logbook local = {0};
+    qpk_convert_opts o = {.dtype = -1, .cb = {.log = capture, .ud = lb ? lb : &local}};
+    qpk_err e = {0};
+    qpk_status s = qpk_convert(dir, out, &o, &e);
+    CHECKF(s == want && (want == QPK_OK || strstr(e.msg, msg)), "%s: status %d \"%s\" (want %d \"%s\")", dir, s,
+           e.msg, want, msg);
+    if (want != QPK_OK)
+        CHECKF(!exists(out), "%s: output left behind", dir);
+    /* Nothing else either: the folder holds only what the test put there. */
+    DIR *d = opendir(dir);
+    for (struct dirent *de; d && (de = readdir(d));)
+        CHECKF(!strstr(de->d_name, ".tmp"), "temporary '%s' left in %s", de->d_name, dir);
+    if (d)
+        closedir(d);
+}
+
+static void test_checkpoint_defects(void)
+{
+    qpk_gen_spec sp = tiny_spec();
+    const qpk_config *c = &sp.cfg;
+    static const struct {
+        const char *dir;
+        st_edit ed;
+        const char *cfg_extra;
+        bool untie;
+        qpk_status want;
+        const char *msg;
+    } cases[] = {
+        {"missing-bias", {.drop = "model.layers.1.self_attn.k_proj.bias"}, NULL, false, QPK_E_MISMATCH,
+         "missing tensor 'model.layers.1.self_attn.k_proj.bias'"},
+        {"missing-norm", {.drop = "model.norm.weight"}, NULL, false, QPK_E_MISMATCH, "missing tensor 'model.norm.weight'"},
+        {"missing-head", {.drop = "lm_head.weight"}, NULL, true, QPK_E_MISMATCH, "missing tensor 'lm_head.weight' (tie_word_embeddings is false)"},
+        {"wrong-shape", {.reshape = "model.layers.0.self_attn.v_proj.weight"}, NULL, false, QPK_E_MISMATCH,
+         "'model.layers.0.self_attn.v_proj.weight' has shape [33, 64]; config.json implies [32, 64]"},
+        {"wrong-dtype", {.retype = "model.layers.0.mlp.up_proj.weight"}, NULL, false, QPK_E_UNSUPPORTED,
+         "'model.layers.0.mlp.up_proj.weight' has dtype I8"},
+        {"other-arch", {0}, "mistral", false, QPK_E_UNSUPPORTED, "model_type \"mistral\""},
+        {"bad-head-shape", {.lm_head = true, .reshape = "lm_head.weight"}, NULL, false, QPK_E_MISMATCH,
+         "'lm_head.weight' has shape"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char *dir = make_dir(cases[i].dir);
+        qpk_config cc = *c;
+        cc.tie_word_embeddings = !cases[i].untie;
+        write_model(dir, &cc, &cases[i].ed);
+        write_config(dir, &cc, cases[i].cfg_extra);
+        expect_convert(dir, cases[i].want, cases[i].msg, NULL);
+    }
+    char *dir = make_dir("no-config");
+    expect_convert(dir, QPK_E_IO, "has no config.json", NULL);
+    expect_convert("/nonexistent-qpk", QPK_E_IO, "is not a folder", NULL);
+    dir = make_dir("no-weights");
+    write_config(dir, c, NULL);
+    write_text(dir, "pytorch_model.bin", "x");
+    expect_convert(dir, QPK_E_IO, "pytorch_model.bin is not supported", NULL);
+    dir = make_dir("bad-config");
+    write_text(dir, "config.json", "{\"model_type\": \"qwen2\",");
+    expect_convert(dir, QPK_E_CORRUPT, "config.json: not valid JSON", NULL);
+    dir = make_dir("bad-safetensors");
+    write_config(dir, c, NULL);
+    write_file(dir, "model.safetensors", "\x02\0\0\0\0\0\0\0{]", 10);
+    expect_convert(dir, QPK_E_CORRUPT, "model.safetensors: header is not valid JSON", NULL);
+}
+
+static void test_warnings(void)
+{
+    qpk_gen_spec sp = tiny_spec();
+    logbook lb = {0};
+    char *dir = make_dir("extra");
+    write_model(dir, &sp.cfg, &(st_edit){.extra = "model.layers.0.self_attn.rotary_emb.inv_freq"});
+    write_config(dir, &sp.cfg, NULL);
+    expect_convert(dir, QPK_OK, "", &lb);
+    CHECK(lb.warnings == 1 && strstr(lb.last, "unexpected tensor 'model.layers.0.self_attn.rotary_emb.inv_freq'"));
+
+    memset(&lb, 0, sizeof lb);
+    dir = make_dir("tied-same-head");
+    write_model(dir, &sp.cfg, &(st_edit){.lm_head = true});
+    write_config(dir, &sp.cfg, NULL);
+    expect_convert(dir, QPK_OK, "", &lb);
+    CHECKF(lb.warnings == 0, "%s", lb.last);
+
+    memset(&lb, 0, sizeof lb);
+    dir = make_dir("tied-other-head");
+    write_model(dir, &sp.cfg, &(st_edit){.lm_head = true, .lm_head_delta = 0.5f});
+    write_config(dir, &sp.cfg, NULL);
+    expect_convert(dir, QPK_OK, "", &lb);
+    CHECK(lb.warnings == 1 && strstr(lb.last, "lm_head.weight differs"));
+    /* ... and the file holds the embedding once, no head. */
+    char out[4096];
+    snprintf(out, sizeof out, "%s/out.qpk", dir);
+    qpk_file *f;
+    qpk_err e = {0};
+    CHECK(qpk_open(&f, out, NULL, &e) == QPK_OK && !qpk_find_tensor(f, "lm_head.weight") &&
+          qpk_check_model(f, &e) == QPK_OK);
+    qpk_close(f);
+}
+
+/* ------------------------------------------------------------ sharded */
+
+static void write_index(const char *dir, const char *map)
+{
+    char buf[8192];
+    snprintf(buf, sizeof buf, "{\"metadata\":{\"total_size\":1},\"weight_map\":{%s}}", map);
+    write_text(dir, "model.safetensors.index.json", buf);
+}
+
+static void test_shards(void)
+{
+    qpk_gen_spec sp = tiny_spec();
+    sp.n_shards = 3;
+    char *dir = make_dir("sharded");
+    qpk_err e = {0};
+    CHECK(qpk_gen_write(&sp, dir, NULL, &e) == QPK_OK);
+    expect_convert(dir, QPK_OK, "", NULL);
+
+    /* Index defects on a toy of two shards: the checks run before any model check. */
+    const char *h1 = "{\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2]}}";
+    const char *h2[] = {
+        "{\"b\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2]}}",
+        "{\"b\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2]},\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[2,3]}}",
+        "{\"b\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2]},\"c\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[2,3]}}",
+    };
+    static const struct {
+        const char *name, *map;
+        int second; /* which h2 */
+        qpk_status want;
+        const char *msg;
+    } cases[] = {
+        {"idx-missing-shard", "\"a\":\"s1.safetensors\",\"b\":\"s3.safetensors\"", 0, QPK_E_IO, "s3.safetensors"},
+        {"idx-wrong-shard", "\"a\":\"s2.safetensors\",\"b\":\"s2.safetensors\"", 0, QPK_E_MISMATCH,
+         "maps 'a' to shard 's2.safetensors', which does not hold it"},
+        {"idx-unlisted", "\"a\":\"s1.safetensors\",\"b\":\"s2.safetensors\"", 2, QPK_E_MISMATCH,
+         "tensor 'c' in shard 's2.safetensors' is not in the index"},
+        {"idx-two-shards", "\"a\":\"s1.safetensors\",\"b\":\"s2.safetensors\"", 1, QPK_E_MISMATCH,
+         "tensor 'a' is in shard 's2.safetensors' and also in 's1.safetensors'"},
+        {"idx-path", "\"a\":\"../s1.safetensors\"", 0, QPK_E_CORRUPT, "not a plain file name"},
+        {"idx-twice", "\"a\":\"s1.safetensors\",\"a\":\"s1.safetensors\",\"b\":\"s2.safetensors\"", 0, QPK_E_CORRUPT,
+         "maps 'a' twice"},
+        {"idx-lost-shard", "\"a\":\"model-00001-of-00003.safetensors\",\"b\":\"model-00003-of-00003.safetensors\"", 0,
+         QPK_E_MISMATCH, "lists no tensor of model-00002-of-00003.safetensors"},
+        {"idx-no-map", NULL, 0, QPK_E_CORRUPT, "no \"weight_map\""},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        dir = make_dir(cases[i].name);
+        write_config(dir, &sp.cfg, NULL);
+        size_t n;
+        uint8_t *b = st_image(h1, 2, &n);
+        write_file(dir, "s1.safetensors", b, n);
+        write_file(dir, "model-00001-of-00003.safetensors", b, n);
+        free(b);
+        b = st_image(h2[cases[i].second], cases[i].second ? 3 : 2, &n);
+        write_file(dir, "s2.safetensors", b, n);
+        write_file(dir, "model-00003-of-00003.safetensors", b, n);
+        free(b);
+        if (cases[i].map)
+            write_index(dir, cases[i].map);
+        else
+            write_text(dir, "model.safetensors.index.json", "{\"metadata\":{}}");
+        expect_convert(dir, cases[i].want, cases[i].msg, NULL);
+    }
+}
+
+/* ------------------------------------------------------------ round trips */
+
+static void test_round_trips(void)
+{
+    static const struct {
+        const char *name;
+        qpk_st_dtype dtype;
+        bool untied, lm_head;
+        int kv, shards;
+    } shapes[] = {
+        {"rt-bf16-tied", QPK_ST_BF16, false, false, 2, 1},
+        {"rt-f16-untied-sharded", QPK_ST_F16, true, false, 4, 4},
+        {"rt-f32-head-copy", QPK_ST_F32, false, true, 1, 2},
+    };
+    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
+        qpk_gen_spec sp = tiny_spec();
+        sp.dtype = shapes[i].dtype;
+        sp.cfg.tie_word_embeddings = !shapes[i].untied;
+        sp.lm_head_when_tied = shapes[i].lm_head;
+        sp.cfg.n_kv_heads = shapes[i].kv;
+        sp.n_shards = shapes[i].shards;
+        char *dir = make_dir(shapes[i].name);
+        qpk_err e = {0};
+        CHECKF(qpk_gen_write(&sp, dir, NULL, &e) == QPK_OK, "%s", e.msg);
+        int dtypes[] = {-1, QPK_TYPE_F32, QPK_TYPE_F16, QPK_TYPE_BF16};
+        for (size_t k = 0; k < 4; k++) {
+            char out[4096];
+            snprintf(out, sizeof out, "%s/out-%zu.qpk", dir, k);
+            qpk_convert_opts o = {.dtype = dtypes[k], .n_threads = 1 + (int)k % 2};
+            CHECKF(qpk_convert(dir, out, &o, &e) == QPK_OK, "%s", e.msg);
+            CHECK(check_against_source(dir, out, dtypes[k]));
+        }
+    }
+}
+
+static void test_values_refused(void)
+{
+    qpk_gen_spec sp = tiny_spec();
+    char *dir = make_dir("values");
+    qpk_err e = {0};
+    qpk_gen_write(&sp, dir, NULL, &e);
+    /* Poke a value too large for f16 into the first weight of the F32 file. */
+    char path[4096];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    FILE *f = fopen(path, "r+b");
+    uint64_t hl = 0;
+    fread(&hl, 8, 1, f);
+    fseek(f, (long)(8 + hl + 8), SEEK_SET);
+    float big = 1e5f;
+    fwrite(&big, 4, 1, f);
+    fclose(f);
+    char out[4096];
+    snprintf(out, sizeof out, "%s/out.qpk", dir);
+    qpk_convert_opts o = {.dtype = QPK_TYPE_F16};
+    CHECK_ERR(qpk_convert(dir, out, &o, &e), QPK_E_VALUE, e, "element 2 (100000) is too large for f16");
+    CHECK(!exists(out));
+    o.dtype = QPK_TYPE_BF16; /* bf16 holds it */
+    CHECK(qpk_convert(dir, out, &o, &e) == QPK_OK);
+}
+
+static bool cancel_now(void *ud)
+{
+    (void)ud;
+    return true;
+}
+
+static void test_cancel_and_links(void)
+{
+    qpk_gen_spec sp = tiny_spec();
+    char *dir = make_dir("cancel");
+    qpk_err e = {0};
+    qpk_gen_write(&sp, dir, NULL, &e);
+    write_text(dir, "real-tokenizer.json", "{\"model\":{}}");
+    write_text(dir, "tokenizer.json", "real-tokenizer.json\n"); /* a git symlink checked out as a file */
+    char out[4096];
+    snprintf(out, sizeof out, "%s/out.qpk", dir);
+    qpk_convert_opts o = {.dtype = -1, .cb = {.cancel = cancel_now}};
+    CHECK_ERR(qpk_convert(dir, out, &o, &e), QPK_E_CANCELLED, e, "cancelled");
+    CHECK(!exists(out));
+    o.cb.cancel = NULL;
+    CHECK(qpk_convert(dir, out, &o, &e) == QPK_OK);
+    qpk_file *f;
+    char buf[64];
+    size_t len;
+    CHECK(qpk_open(&f, out, NULL, &e) == QPK_OK &&
+          qpk_blob_read(f, "tokenizer.json", buf, sizeof buf, &len, &e) == QPK_OK && len == 12 &&
+          !memcmp(buf, "{\"model\":{}}", 12));
+    qpk_close(f);
+    /* Same input, same options, any thread count: the same bytes. */
+    char out2[4096];
+    snprintf(out2, sizeof out2, "%s/out2.qpk", dir);
+    o.n_threads = 2;
+    CHECK(qpk_convert(dir, out2, &o, &e) == QPK_OK);
+    FILE *a = fopen(out, "rb"), *b = fopen(out2, "rb");
+    int ca, cb, same = 1;
+    do {
+        ca = fgetc(a), cb = fgetc(b);
+        same &= ca == cb;
+    } while (ca != EOF && cb != EOF);
+    fclose(a), fclose(b);
+    CHECK(same);
+}
+
+int main(void)
+{
+    if (!mkdtemp(g_root))
+        return 2;
+    test_safetensors_defects();
+    test_safetensors_valid();
+    test_config();
+    test_checkpoint_defects();
+    test_warnings();
+    test_shards();
+    test_round_trips();
+    test_values_refused();
+    test_cancel_and_links();
+    if (!th_failed) { /* keep the evidence when something failed */
+        DIR *d = opendir(g_root);
+        for (struct dirent *de; d && (de = readdir(d));)
+            if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
+                char p[4096];
+                snprintf(p, sizeof p, "%s/%s", g_root, de->d_name);
+                rm_rf(p);
+            }
+        if (d)
+            closedir(d);
+        rmdir(g_root);
+    }
+    return th_summary("test_convert");
+}

@@ -1,0 +1,233 @@
+/* qinspect: print what a .qpk holds, and verify its checksums. */
+#include <cjson/cJSON.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+static void usage(void)
+{
+    printf("Usage: qinspect FILE.qpk [options]\n"
+           "\n"
+           "Prints the header, model config, quantization recipe, provenance, embedded\n"
+           "files and tensor table of a .qpk file. Every offset and size is validated\n"
+           "when the file is opened.\n"
+           "\n"
+           "Options:\n"
+           "      --verify     also recompute every tensor's and embedded file's XXH3\n"
+           "                   and check the tensors against the model config\n"
+           "      --json       print one JSON object instead of text\n"
+           "      --no-tensors leave out the tensor table\n"
+           "  -h, --help       this help\n"
+           "      --version    print the version\n"
+           "\n"
+           "Exit codes: 0 ok, 2 usage, 3 bad or corrupt file (checksum mismatch included),\n"
+           "4 I/O error, 5 internal.\n");
+}
+
+static void shape_str(const qpk_tensor *t, char *buf, size_t cap)
+{
+    size_t n = (size_t)snprintf(buf, cap, "[");
+    for (int d = 0; d < t->ndim && n < cap; d++)
+        n += (size_t)snprintf(buf + n, cap - n, d ? ", %lld" : "%lld", (long long)t->dims[d]);
+    if (n < cap)
+        snprintf(buf + n, cap - n, "]");
+}
+
+/* Bits of storage per element of a tensor (scales included for quantized types). */
+static double bits_per_weight(const qpk_tensor *t)
+{
+    uint64_t numel = 1;
+    for (int d = 0; d < t->ndim; d++)
+        numel *= (uint64_t)t->dims[d];
+    return numel ? 8.0 * (double)t->nbytes / (double)numel : 0.0;
+}
+
+static qpk_status verify_all(cli *c, const qpk_file *f, qpk_err *e)
+{
+    qpk_callbacks cb = cli_callbacks(c);
+    uint64_t total = 0, done = 0;
+    for (size_t i = 0; i < qpk_n_tensors(f); i++)
+        total += qpk_tensor_at(f, i)->nbytes;
+    for (size_t i = 0; i < qpk_n_tensors(f); i++) {
+        qpk_status s = qpk_verify_tensor(f, i, e);
+        if (s != QPK_OK)
+            return s;
+        done += qpk_tensor_at(f, i)->nbytes;
+        cb.progress(cb.ud, qpk_tensor_at(f, i)->name, done, total);
+    }
+    for (size_t i = 0; i < qpk_n_blobs(f); i++) {
+        uint64_t size;
+        const char *name = qpk_blob_name(f, i, &size);
+        void *buf = malloc(size ? (size_t)size : 1);
+        if (!buf)
+            return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+        qpk_status s = qpk_blob_read(f, name, buf, (size_t)size, NULL, e);
+        free(buf);
+        if (s != QPK_OK)
+            return s;
+    }
+    cli_progress_done(c);
+    return qpk_check_model(f, e);
+}
+
+static void print_text(const char *path, const qpk_file *f, const cJSON *meta, bool tensors, bool verified)
+{
+    const qpk_config *c = qpk_file_config(f);
+    printf("file          %s\n", path);
+    printf("size          %" PRIu64 " bytes\n", qpk_file_size(f));
+    printf("format        qpk v%u, alignment %u\n", qpk_file_version(f), qpk_file_alignment(f));
+    printf("model         qwen2: vocab %lld, hidden %lld, intermediate %lld, layers %lld\n",
+           (long long)c->vocab_size, (long long)c->hidden_size, (long long)c->intermediate_size,
+           (long long)c->n_layers);
+    printf("attention     %lld heads, %lld kv heads, head_dim %lld, rope_theta %g, max positions %lld\n",
+           (long long)c->n_heads, (long long)c->n_kv_heads, (long long)c->head_dim, c->rope_theta,
+           (long long)c->max_position_embeddings);
+    printf("norms         rms_norm_eps %g; embeddings %s\n", c->rms_norm_eps,
+           c->tie_word_embeddings ? "tied (one tensor serves the head)" : "untied");
+    printf("tokens        bos %lld, eos", (long long)c->bos_token_id);
+    for (int i = 0; i < c->n_eos; i++)
+        printf(" %lld", (long long)c->eos_token_ids[i]);
+    printf("%s\n", c->n_eos ? "" : " none");
+    const cJSON *q = cJSON_GetObjectItemCaseSensitive(meta, "quantization");
+    char *qs = q && !cJSON_IsNull(q) ? cJSON_PrintUnformatted(q) : NULL;
+    printf("quantization  %s\n", qs ? qs : "none");
+    free(qs);
+    const cJSON *prov = cJSON_GetObjectItemCaseSensitive(meta, "provenance");
+    const cJSON *tool = cJSON_GetObjectItemCaseSensitive(prov, "tool");
+    const cJSON *ver = cJSON_GetObjectItemCaseSensitive(prov, "version");
+    const cJSON *cmd = cJSON_GetObjectItemCaseSensitive(prov, "command");
+    if (cJSON_IsString(tool) && cJSON_IsString(ver))
+        printf("written by    %s %s%s%s\n", tool->valuestring, ver->valuestring, cJSON_IsString(cmd) ? ": " : "",
+               cJSON_IsString(cmd) ? cmd->valuestring : "");
+    printf("embedded      %zu file(s)", qpk_n_blobs(f));
+    for (size_t i = 0; i < qpk_n_blobs(f); i++) {
+        uint64_t size;
+        const char *name = qpk_blob_name(f, i, &size);
+        printf("%s %s (%" PRIu64 " bytes)", i ? "," : ":", name, size);
+    }
+    printf("\n");
+    uint64_t per_type[QPK_TYPE_COUNT_] = {0}, bytes = 0;
+    for (size_t i = 0; i < qpk_n_tensors(f); i++) {
+        const qpk_tensor *t = qpk_tensor_at(f, i);
+        per_type[t->type] += t->nbytes;
+        bytes += t->nbytes;
+    }
+    printf("tensors       %zu, %" PRIu64 " bytes:", qpk_n_tensors(f), bytes);
+    for (uint32_t t = 0; t < QPK_TYPE_COUNT_; t++)
+        if (per_type[t])
+            printf(" %s %" PRIu64, qpk_type_name(t), per_type[t]);
+    printf("\n");
+    if (verified)
+        printf("verified      all tensor and file checksums match; tensors match the config\n");
+    if (!tensors)
+        return;
+    printf("\n%-4s %-52s %-6s %6s %-16s %12s %12s\n", "#", "name", "type", "bpw", "shape", "bytes", "offset");
+    for (size_t i = 0; i < qpk_n_tensors(f); i++) {
+        const qpk_tensor *t = qpk_tensor_at(f, i);
+        char shape[96], type[32];
+        shape_str(t, shape, sizeof shape);
+        if (t->group_size)
+            snprintf(type, sizeof type, "%s/g%u", qpk_type_name(t->type), t->group_size);
+        else
+            snprintf(type, sizeof type, "%s", qpk_type_name(t->type));
+        printf("%-4zu %-52s %-6s %6.2f %-16s %12" PRIu64 " %12" PRIu64 "\n", i, t->name, type, bits_per_weight(t),
+               shape, t->nbytes, t->offset);
+    }
+}
+
+static void print_json(const char *path, const qpk_file *f, cJSON *meta, bool tensors, bool verified)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "file", path);
+    cJSON_AddNumberToObject(o, "size", (double)qpk_file_size(f));
+    cJSON_AddNumberToObject(o, "format_version", qpk_file_version(f));
+    cJSON_AddNumberToObject(o, "alignment", qpk_file_alignment(f));
+    cJSON_AddItemReferenceToObject(o, "metadata", meta);
+    cJSON *files = cJSON_AddArrayToObject(o, "embedded_files");
+    for (size_t i = 0; i < qpk_n_blobs(f); i++) {
+        uint64_t size;
+        cJSON *b = cJSON_CreateObject();
+        cJSON_AddStringToObject(b, "name", qpk_blob_name(f, i, &size));
+        cJSON_AddNumberToObject(b, "size", (double)size);
+        cJSON_AddItemToArray(files, b);
+    }
+    if (tensors) {
+        cJSON *arr = cJSON_AddArrayToObject(o, "tensors");
+        for (size_t i = 0; i < qpk_n_tensors(f); i++) {
+            const qpk_tensor *t = qpk_tensor_at(f, i);
+            cJSON *x = cJSON_CreateObject(), *shape = cJSON_CreateArray();
+            char hex[17];
+            snprintf(hex, sizeof hex, "%016" PRIx64, t->xxh3);
+            for (int d = 0; d < t->ndim; d++)
+                cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)t->dims[d]));
+            cJSON_AddStringToObject(x, "name", t->name);
+            cJSON_AddStringToObject(x, "type", qpk_type_name(t->type));
+            cJSON_AddNumberToObject(x, "group_size", t->group_size);
+            cJSON_AddItemToObject(x, "shape", shape);
+            cJSON_AddNumberToObject(x, "offset", (double)t->offset);
+            cJSON_AddNumberToObject(x, "bytes", (double)t->nbytes);
+            cJSON_AddNumberToObject(x, "bits_per_weight", bits_per_weight(t));
+            cJSON_AddStringToObject(x, "xxh3", hex);
+            cJSON_AddItemToArray(arr, x);
+        }
+    }
+    cJSON_AddBoolToObject(o, "verified", verified);
+    char *s = cJSON_Print(o);
+    if (s)
+        printf("%s\n", s);
+    free(s);
+    cJSON_Delete(o);
+}
+
+int main(int argc, char **argv)
+{
+    cli c;
+    cli_init(&c, "qinspect");
+    const char *path = NULL;
+    bool verify = false, json = false, tensors = true;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage();
+            return 0;
+        } else if (!strcmp(a, "--version")) {
+            printf("qinspect %s\n", QPK_VERSION_STRING);
+            return 0;
+        } else if (!strcmp(a, "--verify")) {
+            verify = true;
+        } else if (!strcmp(a, "--json")) {
+            json = true;
+        } else if (!strcmp(a, "--no-tensors")) {
+            tensors = false;
+        } else if (a[0] == '-' && a[1]) {
+            return cli_usage_error(&c, "unknown option '%s'", a);
+        } else if (!path) {
+            path = a;
+        } else {
+            return cli_usage_error(&c, "unexpected argument '%s'", a);
+        }
+    }
+    if (!path)
+        return cli_usage_error(&c, "missing FILE.qpk");
+    qpk_file *f;
+    qpk_err e = {0};
+    if (qpk_open(&f, path, NULL, &e) != QPK_OK)
+        return cli_fail(&c, &e);
+    if (verify && verify_all(&c, f, &e) != QPK_OK) {
+        qpk_close(f);
+        return cli_fail(&c, &e);
+    }
+    size_t len;
+    const char *m = qpk_metadata(f, &len);
+    cJSON *meta = cJSON_ParseWithLength(m, len); /* validated at open */
+    if (json)
+        print_json(path, f, meta, tensors, verify);
+    else
+        print_text(path, f, meta, tensors, verify);
+    cJSON_Delete(meta);
+    qpk_close(f);
+    return 0;
+}

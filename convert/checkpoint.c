@@ -25,6 +25,8 @@ struct qpk_checkpoint {
     const qpk_st_tensor **slots; /* [(layer + 1) * QPK_ROLE_COUNT_ + role] */
     const char **ignored;
     size_t n_ignored;
+    float **owned; /* f32 copies of F64 tensors made for a runtime model */
+    size_t n_owned;
 };
 
 static void logf_(const qpk_callbacks *cb, qpk_log_level lv, const char *fmt, ...)
@@ -421,6 +423,9 @@ void qpk_checkpoint_close(qpk_checkpoint *ck)
     free(ck->shard_names);
     free(ck->slots);
     free(ck->ignored);
+    for (size_t i = 0; i < ck->n_owned; i++)
+        free(ck->owned[i]);
+    free(ck->owned);
     free(ck->dir);
     free(ck);
 }
@@ -453,4 +458,34 @@ size_t qpk_checkpoint_n_ignored(const qpk_checkpoint *ck) { return ck->n_ignored
 const char *qpk_checkpoint_ignored(const qpk_checkpoint *ck, size_t i)
 {
     return i < ck->n_ignored ? ck->ignored[i] : NULL;
+}
+
+/* ------------------------------------------------------------ runtime model */
+
+static qpk_status checkpoint_weight(void *ud, qpk_role role, int layer, qpk_matrix *w, qpk_err *e)
+{
+    qpk_checkpoint *ck = ud;
+    const qpk_st_tensor *t = qpk_checkpoint_tensor(ck, role, layer);
+    const void *data = t->data;
+    qpk_type type = qpk_st_keep_type(t->dtype);
+    if (t->dtype == QPK_ST_F64) {
+        float **owned = realloc(ck->owned, (ck->n_owned + 1) * sizeof *owned);
+        float *copy = malloc((size_t)t->numel * sizeof *copy + 1);
+        if (owned)
+            ck->owned = owned;
+        if (!owned || !copy) {
+            free(copy);
+            return qpk_err_setf(e, QPK_E_NOMEM, "out of memory converting '%s' from F64", t->name);
+        }
+        qpk_st_to_f32(t, 0, (size_t)t->numel, copy);
+        ck->owned[ck->n_owned++] = copy;
+        data = copy;
+    }
+    *w = (qpk_matrix){type, 0, t->ndim == 2 ? t->shape[0] : 1, t->shape[t->ndim - 1], data};
+    return QPK_OK;
+}
+
+qpk_status qpk_checkpoint_model(qpk_model **out, qpk_checkpoint *ck, qpk_err *e)
+{
+    return qpk_model_create(out, &ck->cfg, checkpoint_weight, ck, e);
 }

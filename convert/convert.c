@@ -73,10 +73,11 @@ static qpk_status convert_values(job *j, const qpk_st_tensor *t, qpk_type type, 
     return QPK_OK;
 }
 
-static void note_source(job *j, const qpk_st_tensor *t)
+/* Records a source tensor in the provenance; `hash` is its XXH3 when already known. */
+static void note_source(job *j, const qpk_st_tensor *t, const uint64_t *hash)
 {
     char hex[17];
-    snprintf(hex, sizeof hex, "%016" PRIx64, qpk_xxh3(t->data, (size_t)t->nbytes));
+    snprintf(hex, sizeof hex, "%016" PRIx64, hash ? *hash : qpk_xxh3(t->data, (size_t)t->nbytes));
     cJSON *o = cJSON_AddObjectToObject(j->prov_tensors, t->name);
     cJSON *shape = cJSON_CreateArray();
     for (int d = 0; d < t->ndim; d++)
@@ -104,15 +105,17 @@ static qpk_status write_tensors(job *j, const qpk_checkpoint *ck, qpk_err *e)
         qpk_tensor_name(name, sizeof name, role, layer);
         const qpk_st_tensor *t = qpk_checkpoint_tensor(ck, role, layer);
         qpk_type type = j->o->dtype < 0 ? qpk_st_keep_type(t->dtype) : (qpk_type)j->o->dtype;
+        bool as_is = qpk_st_keep_type(t->dtype) == type && t->dtype != QPK_ST_F64;
+        uint64_t h = 0;
         qpk_status s = qpk_writer_begin_tensor(j->w, name, type, 0, t->ndim, t->shape, e);
         if (s == QPK_OK)
-            s = qpk_st_keep_type(t->dtype) == type && t->dtype != QPK_ST_F64 ? copy_bytes(j, t, e)
-                                                                             : convert_values(j, t, type, e);
+            s = as_is ? copy_bytes(j, t, e) : convert_values(j, t, type, e);
         if (s == QPK_OK)
             s = qpk_writer_end_tensor(j->w, e);
         if (s != QPK_OK)
             return s;
-        note_source(j, t);
+        h = qpk_writer_last_xxh3(j->w); /* stored as is: the source's bytes, so one hash serves both */
+        note_source(j, t, as_is ? &h : NULL);
     }
     return QPK_OK;
 }

@@ -142,6 +142,11 @@ qpk_status qpk_writer_end_tensor(qpk_writer *w, qpk_err *e)
     return QPK_OK;
 }
 
+uint64_t qpk_writer_last_xxh3(const qpk_writer *w)
+{
+    return w->n_entries ? w->entries[w->n_entries - 1].xxh3 : 0;
+}
+
 qpk_status qpk_writer_add_blob(qpk_writer *w, const char *name, const void *data, size_t n, qpk_err *e)
 {
     if (w->n_blobs == QPK_MAX_BLOBS)

@@ -1,19 +1,31 @@
-/* Row conversions between the plain float types. */
+/*
+ * Row conversions between the plain float types. Sources may sit at any byte offset
+ * (safetensors does not align its data), so elements are read and written through
+ * memcpy, which compilers turn into plain unaligned loads.
+ */
 #include <math.h>
 
 #include "qpk/quant.h"
 
+static inline uint16_t get16(const uint8_t *p)
+{
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+
 void qpk_row_to_f32(uint32_t src_type, const void *src, float *dst, size_t n)
 {
+    const uint8_t *p = src;
     switch (src_type) {
     case QPK_TYPE_F32: memcpy(dst, src, n * sizeof *dst); break;
     case QPK_TYPE_F16:
         for (size_t i = 0; i < n; i++)
-            dst[i] = qpk_f16_to_f32(((const uint16_t *)src)[i]);
+            dst[i] = qpk_f16_to_f32(get16(p + 2 * i));
         break;
     case QPK_TYPE_BF16:
         for (size_t i = 0; i < n; i++)
-            dst[i] = qpk_bf16_to_f32(((const uint16_t *)src)[i]);
+            dst[i] = qpk_bf16_to_f32(get16(p + 2 * i));
         break;
     default: break;
     }
@@ -31,7 +43,7 @@ size_t qpk_row_from_f32(uint32_t dst_type, const float *src, void *dst, size_t n
             uint16_t h = qpk_f32_to_f16(src[i]);
             if ((h & 0x7c00u) == 0x7c00u)
                 return i;
-            ((uint16_t *)dst)[i] = h;
+            memcpy((uint8_t *)dst + 2 * i, &h, 2);
         }
         break;
     case QPK_TYPE_BF16:
@@ -39,7 +51,7 @@ size_t qpk_row_from_f32(uint32_t dst_type, const float *src, void *dst, size_t n
             uint16_t h = qpk_f32_to_bf16(src[i]);
             if ((h & 0x7f80u) == 0x7f80u)
                 return i;
-            ((uint16_t *)dst)[i] = h;
+            memcpy((uint8_t *)dst + 2 * i, &h, 2);
         }
         break;
     default: return 0;

@@ -67,5 +67,41 @@ sed -i 's/"qwen2"/"llama"/' "$tmp/m/config.json"
 expect 3 'model_type "llama" is not supported' -- "$bin/qconvert" "$tmp/m" -o "$tmp/llama.qpk"
 expect 1 "" -- test -e "$tmp/llama.qpk"
 
+# qverify: perplexity, comparisons, gates, JSON.
+"$bin/qgen" -q "$tmp/v" --preset tiny --dtype f32
+"$bin/qconvert" -q "$tmp/v" -o "$tmp/v32.qpk"
+"$bin/qconvert" -q "$tmp/v" -o "$tmp/v16.qpk" --dtype f16
+for i in $(seq 0 255); do printf "\\x$(printf %02x $(( (i * 7 + 3) % 256 )))\\x00\\x00\\x00"; done > "$tmp/t.i32"
+printf '\x01\x02\x03' > "$tmp/odd.i32"
+printf '\x0f\x27\x00\x00\x01\x00\x00\x00' > "$tmp/big.i32"
+expect 0 "^Usage: qverify" -- "$bin/qverify" --help
+expect 0 "perplexity +[0-9.]+ \+/- [0-9.]+" -- "$bin/qverify" "$tmp/v32.qpk" --tokens "$tmp/t.i32" -c 64
+expect 0 "^\[1\][0-9.]+,\[2\][0-9.]+" -- "$bin/qverify" "$tmp/v32.qpk" --tokens "$tmp/t.i32" -c 64 --chunks 2
+expect 0 "top-1 +100.000% agreement" -- "$bin/qverify" "$tmp/v32.qpk" --ref "$tmp/v32.qpk" --tokens "$tmp/t.i32" -c 64
+# The HF folder (F32) and its f32 conversion compute the same bits: every gate at its tightest passes.
+expect 0 "KL divergence +mean 0;" -- "$bin/qverify" "$tmp/v32.qpk" --ref "$tmp/v" --tokens "$tmp/t.i32" -c 64 \
+  --max-kld 0 --max-abs 0 --min-top1 100 --max-dppl 0 --score-all
+expect 1 "gate failed: --max-kld 0 " -- "$bin/qverify" "$tmp/v16.qpk" --ref "$tmp/v32.qpk" --tokens "$tmp/t.i32" -c 64 --max-kld 0
+expect 1 "gate failed: --max-abs 0 " -- "$bin/qverify" "$tmp/v16.qpk" --ref "$tmp/v32.qpk" --tokens "$tmp/t.i32" -c 64 --max-abs 0
+expect 1 "gate failed: --min-top1 100.5" -- "$bin/qverify" "$tmp/v16.qpk" --ref "$tmp/v32.qpk" --tokens "$tmp/t.i32" -c 64 --min-top1 100.5
+expect 1 "gate failed: --max-dppl 0 " -- "$bin/qverify" "$tmp/v16.qpk" --ref "$tmp/v32.qpk" --tokens "$tmp/t.i32" -c 64 --max-dppl 0
+expect 1 "gate failed: --max-ppl 1 " -- "$bin/qverify" "$tmp/v32.qpk" --tokens "$tmp/t.i32" -c 64 --max-ppl 1
+expect 0 "" -- "$bin/qverify" "$tmp/v16.qpk" --ref "$tmp/v32.qpk" --tokens "$tmp/t.i32" -c 64 --max-kld 1 --min-top1 50 --max-abs 10 --max-dppl 0.5
+json=$("$bin/qverify" "$tmp/v16.qpk" --ref "$tmp/v32.qpk" --tokens "$tmp/t.i32" -c 64 --json --max-kld 0 2>/dev/null)
+for key in n_tokens n_scored ppl ppl_stderr ppl_ref max_abs_diff mean_abs_diff top1_pct kld_mean kld_p50 \
+           kld_p90 kld_p99 kld_p999 kld_max dp_mean; do
+  expect 0 "\"$key\":[[:space:]]*[-0-9]" -- echo "$json"
+done
+expect 0 '"gates_failed":[[:space:]]*\["max-kld"\]' -- echo "$json"
+expect 0 '"ppl_ref":[[:space:]]*null' -- "$bin/qverify" "$tmp/v32.qpk" --tokens "$tmp/t.i32" -c 64 --json
+expect 2 "nothing to measure" -- "$bin/qverify" "$tmp/v32.qpk"
+expect 2 "--max-kld needs --ref" -- "$bin/qverify" "$tmp/v32.qpk" --tokens "$tmp/t.i32" --max-kld 1
+expect 2 "needs --tokens" -- "$bin/qverify" "$tmp/v32.qpk" --ref "$tmp/v16.qpk"
+expect 3 "not a whole number of int32" -- "$bin/qverify" "$tmp/v32.qpk" --tokens "$tmp/odd.i32" -c 2
+expect 3 "token id 9999" -- "$bin/qverify" "$tmp/v32.qpk" --tokens "$tmp/big.i32" -c 2
+expect 2 "chunk length of at least 2" -- "$bin/qverify" "$tmp/v32.qpk" --tokens "$tmp/big.i32" -c 1
+expect 3 "header length" -- "$bin/qverify" "$tmp/v32.qpk" --ref "$tmp/odd.i32"
+expect 4 "cannot open" -- "$bin/qverify" "$tmp/none.qpk" --tokens "$tmp/t.i32"
+
 echo "cli_test: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

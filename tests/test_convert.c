@@ -8,7 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "convcheck.h"
+#include "testutil.h"
 #include "gen.h"
 #include "qpk/convert.h"
 #include "qpk/quant.h"
@@ -31,21 +31,6 @@ static void write_text(const char *dir, const char *name, const char *text)
 }
 
 static bool exists(const char *path) { return access(path, F_OK) == 0; }
-
-static void rm_rf(const char *dir)
-{
-    DIR *d = opendir(dir);
-    for (struct dirent *de; d && (de = readdir(d));) {
-        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
-            continue;
-        char p[4096];
-        snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
-        unlink(p);
-    }
-    if (d)
-        closedir(d);
-    rmdir(dir);
-}
 
 /* A safetensors file image from a header text and a data area of data_len bytes. */
 static uint8_t *st_image(const char *header, size_t data_len, size_t *n)
@@ -599,17 +584,7 @@ int main(void)
     test_round_trips();
     test_values_refused();
     test_cancel_and_links();
-    if (!th_failed) { /* keep the evidence when something failed */
-        DIR *d = opendir(g_root);
-        for (struct dirent *de; d && (de = readdir(d));)
-            if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
-                char p[4096];
-                snprintf(p, sizeof p, "%s/%s", g_root, de->d_name);
-                rm_rf(p);
-            }
-        if (d)
-            closedir(d);
-        rmdir(g_root);
-    }
+    if (!th_failed) /* keep the evidence when something failed */
+        rm_rf(g_root);
     return th_summary("test_convert");
 }

@@ -7,24 +7,9 @@
 #include <cjson/cJSON.h>
 #include <unistd.h>
 
-#include "convcheck.h"
+#include "testutil.h"
 #include "fixtures.h"
 #include "testhelp.h"
-
-static char *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    *n = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc(*n + 1);
-    *n = fread(b, 1, *n, f);
-    b[*n] = 0;
-    fclose(f);
-    return b;
-}
 
 static void check_metadata(const qpk_file *f, const char *model_dir)
 {

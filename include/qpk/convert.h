@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "qpk/format.h"
+#include "qpk/runtime.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -87,6 +88,12 @@ void qpk_checkpoint_close(qpk_checkpoint *ck); /* NULL-safe */
 const qpk_config *qpk_checkpoint_config(const qpk_checkpoint *ck);
 /* The source of (role, layer); the head of a tied model is the embedding. */
 const qpk_st_tensor *qpk_checkpoint_tensor(const qpk_checkpoint *ck, qpk_role role, int layer);
+/*
+ * A runtime model over the checkpoint's mapped tensors, used in place (F64 tensors,
+ * which the kernels do not take, are converted to f32 copies that ck owns). The
+ * checkpoint must outlive the model.
+ */
+qpk_status qpk_checkpoint_model(qpk_model **out, qpk_checkpoint *ck, qpk_err *e);
 /* The safetensors files read, in order (names relative to the folder). */
 size_t qpk_checkpoint_n_files(const qpk_checkpoint *ck);
 const char *qpk_checkpoint_file(const qpk_checkpoint *ck, size_t i, uint64_t *size);

@@ -264,6 +264,8 @@ qpk_status qpk_writer_begin_tensor(qpk_writer *w, const char *name, uint32_t typ
                                    qpk_err *e);
 qpk_status qpk_writer_write(qpk_writer *w, const void *data, size_t n, qpk_err *e);
 qpk_status qpk_writer_end_tensor(qpk_writer *w, qpk_err *e);
+/* The XXH3 of the tensor last ended (what its table entry will hold). */
+uint64_t qpk_writer_last_xxh3(const qpk_writer *w);
 
 /* Adds an embedded file (stored zlib-compressed). At most 64 blobs, names up to 255 bytes. */
 qpk_status qpk_writer_add_blob(qpk_writer *w, const char *name, const void *data, size_t n,

@@ -92,6 +92,78 @@ void qpk_row_to_f32(uint32_t src_type, const void *src, float *dst, size_t n);
  */
 size_t qpk_row_from_f32(uint32_t dst_type, const float *src, void *dst, size_t n);
 
+/* ================================================================ matrices == */
+
+/* A weight matrix [rows = out, cols = in], row-major, stored in any qpk type. */
+typedef struct qpk_matrix {
+    uint32_t type;
+    uint32_t group_size;
+    int64_t rows, cols;
+    const void *data;
+} qpk_matrix;
+
+/* Bytes of one row (every supported type stores rows contiguously). */
+size_t qpk_matrix_row_bytes(const qpk_matrix *w);
+
+/*
+ * The compute kernels of one instruction set.
+ *
+ * Every weight-row dot product, in gemv and gemm alike, is computed the same way:
+ * the K elements form blocks of 8; block b accumulates lane-wise (FMA, in order) into
+ * chain b mod 4; each 8-lane chain is reduced as ((l0+l4)+(l2+l6))+((l1+l5)+(l3+l7));
+ * the chains combine as (c0+c1)+(c2+c3); the K mod 8 tail elements follow, in order.
+ * So a token's result is bit-identical whether it is computed alone (decode) or in a
+ * batch (prefill), and whatever rows a thread is given. Four chains let decode read
+ * each row as one sequential stream without waiting on FMA latency.
+ */
+typedef struct qpk_kernels {
+    const char *name; /* "avx2" or "scalar" */
+    /* dst[0..cols) = row r of w, in f32. */
+    void (*row_to_f32)(const qpk_matrix *w, int64_t r, float *dst);
+    /*
+     * y[r] = dot(W[r], x) for r in [r0, r1).
+     * scratch: qpk_gemm_scratch_floats(cols) floats, private to the caller's thread.
+     */
+    void (*gemv)(const qpk_matrix *w, const float *x, float *y, int64_t r0, int64_t r1, float *scratch);
+    /* y[t * ldy + r] = dot(W[r], x[t * ldx ..]) for t in [0, T), r in [r0, r1); scratch as gemv. */
+    void (*gemm)(const qpk_matrix *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
+                 int64_t r0, int64_t r1, float *scratch);
+    /* dot of two f32 vectors (attention scores). */
+    float (*dot)(const float *a, const float *b, int64_t n);
+    /* y += a * x (attention values). */
+    void (*axpy)(float a, const float *x, float *y, int64_t n);
+    /*
+     * sum of exp(x[i] - shift), the exponentials in f32 (within 2 ulp of expf), the sum
+     * in f64; if out is not NULL, out[i] = that exponential. For log-softmax over a
+     * whole vocabulary (shift = the maximum).
+     */
+    double (*sum_exp)(const float *x, int64_t n, float shift, float *out);
+    /* Index of the largest element (the first of equals); *max gets its value. */
+    int64_t (*argmax)(const float *x, int64_t n, float *max);
+} qpk_kernels;
+
+/* AVX2+FMA+F16C kernels when the CPU has them, else the scalar ones. */
+const qpk_kernels *qpk_kernels_best(void);
+const qpk_kernels *qpk_kernels_scalar(void);
+size_t qpk_gemm_scratch_floats(int64_t cols);
+
+/* =============================================================== thread pool == */
+
+/*
+ * A fixed set of worker threads that run tasks [0, n) of a job; the calling thread
+ * takes part. Tasks must write disjoint outputs: then the result does not depend
+ * on which thread runs which task, nor on their number.
+ */
+typedef struct qpk_pool qpk_pool;
+typedef void (*qpk_task_fn)(void *ctx, int64_t task, int thread);
+
+/* n_threads >= 1 (0: all online CPUs). */
+qpk_status qpk_pool_create(qpk_pool **out, int n_threads, qpk_err *e);
+void qpk_pool_free(qpk_pool *p); /* NULL-safe */
+int qpk_pool_threads(const qpk_pool *p);
+/* Runs fn(ctx, i, thread) for i in [0, n_tasks); returns when all are done. */
+void qpk_pool_run(qpk_pool *p, int64_t n_tasks, qpk_task_fn fn, void *ctx);
+
 #ifdef __cplusplus
 }
 #endif

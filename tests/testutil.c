@@ -1,9 +1,11 @@
-/* Shared by the conversion tests: a .qpk checked tensor by tensor against its source folder. */
+/* Helpers shared by the test programs. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <unistd.h>
 
-#include "convcheck.h"
+#include "testutil.h"
 #include "qpk/quant.h"
 
 /* Every tensor of out equals its source converted to the stored type. */
@@ -58,3 +60,35 @@ bool check_against_source(const char *dir, const char *out, int dtype)
     return same;
 }
 
+
+void rm_rf(const char *dir)
+{
+    DIR *d = opendir(dir);
+    for (struct dirent *de; d && (de = readdir(d));) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+            continue;
+        char p[4096];
+        snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
+        if (unlink(p) != 0)
+            rm_rf(p);
+    }
+    if (d)
+        closedir(d);
+    rmdir(dir);
+}
+
+char *slurp(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)(size > 0 ? size : 0) + 1);
+    *n = b ? fread(b, 1, (size_t)size, f) : 0;
+    if (b)
+        b[*n] = 0;
+    fclose(f);
+    return b;
+}

@@ -1,0 +1,93 @@
+/*
+ * Whole-model benchmark of the runtime, with the machine's limits measured in the
+ * same run: prefill tokens/s (prompts of 128 and 512 tokens, logits of the last
+ * one, as llama-bench does) against the f32 FMA peak, and decode tokens/s against
+ * the memory-bandwidth floor (weight bytes read per token / streaming bandwidth).
+ *
+ * Usage: bench_runtime MODEL [threads] [--scalar]
+ *   MODEL: a .qpk or an HF folder (e.g. from `qgen DIR --preset 0.5b`).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "limits.h"
+#include "qpk/verify.h"
+
+/* FLOPs of the layers' weight matrices per token (attention scores and the head excluded). */
+static double layer_flops_per_token(const qpk_config *c)
+{
+    double H = (double)c->hidden_size, I = (double)c->intermediate_size;
+    double q = (double)(c->n_heads * c->head_dim), kv = (double)(c->n_kv_heads * c->head_dim);
+    return 2 * (double)c->n_layers * (H * q * 2 + H * kv * 2 + 3 * H * I);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fprintf(stderr, "usage: bench_runtime MODEL [threads] [--scalar]\n");
+        return 2;
+    }
+    int threads = argc > 2 ? atoi(argv[2]) : 0;
+    bool scalar = argc > 3 && !strcmp(argv[3], "--scalar");
+    qpk_err e = {0};
+    qpk_source *src;
+    qpk_pool *pool;
+    if (qpk_source_open(&src, argv[1], false, NULL, &e) != QPK_OK || qpk_pool_create(&pool, threads, &e) != QPK_OK) {
+        fprintf(stderr, "%s\n", e.msg);
+        return 1;
+    }
+    const qpk_model *m = qpk_source_model(src);
+    const qpk_config *c = qpk_model_config(m);
+    double peak = bench_fma_peak(pool), bw = bench_read_bandwidth(pool);
+    int n_threads = qpk_pool_threads(pool);
+    qpk_pool_free(pool);
+
+    qpk_context *ctx;
+    qpk_context_opts o = {.n_ctx = 1024, .n_batch = 512, .n_threads = n_threads, .scalar = scalar};
+    if (qpk_context_create(&ctx, m, &o, &e) != QPK_OK) {
+        fprintf(stderr, "%s\n", e.msg);
+        return 1;
+    }
+    int32_t *tok = malloc(512 * sizeof *tok);
+    for (int i = 0; i < 512; i++)
+        tok[i] = (int32_t)((i * 7919 + 13) % c->vocab_size);
+    float *logits = malloc((size_t)c->vocab_size * sizeof *logits);
+    qpk_eval(ctx, tok, 8, logits, 1, &e); /* warm the mapping and the caches */
+    printf("model %s: hidden %lld, layers %lld, vocab %lld; %d threads, kernels %s\n", argv[1],
+           (long long)c->hidden_size, (long long)c->n_layers, (long long)c->vocab_size, n_threads,
+           qpk_context_kernels(ctx));
+    printf("machine limits: f32 FMA peak %.1f GFLOP/s, streaming read %.1f GB/s\n\n", peak, bw);
+
+    const int prompts[2] = {128, 512};
+    for (int p = 0; p < 2; p++) {
+        double best = 1e30;
+        for (int rep = 0; rep < 3; rep++) {
+            qpk_context_reset(ctx);
+            double t = bench_now();
+            qpk_eval(ctx, tok, prompts[p], logits, 1, &e);
+            t = bench_now() - t;
+            best = t < best ? t : best;
+        }
+        /* The head runs for the last token only, as it does in llama-bench. */
+        double flops = prompts[p] * layer_flops_per_token(c) + 2.0 * (double)c->hidden_size * (double)c->vocab_size;
+        double tps = prompts[p] / best, gflops = flops / best / 1e9;
+        printf("prefill pp%-4d %8.1f tokens/s  %7.1f GFLOP/s = %3.0f%% of the FMA peak\n", prompts[p], tps, gflops,
+               100 * gflops / peak);
+    }
+    /* Decode: 64 tokens after a 16-token prompt, logits of each. */
+    qpk_context_reset(ctx);
+    qpk_eval(ctx, tok, 16, logits, 1, &e);
+    double t = bench_now();
+    int n = 64;
+    for (int i = 0; i < n; i++)
+        qpk_eval(ctx, tok + 16 + i, 1, logits, 1, &e);
+    t = bench_now() - t;
+    double bytes = (double)qpk_model_decode_bytes(m), floor_tps = bw * 1e9 / bytes, tps = n / t;
+    printf("decode tg%-5d %8.1f tokens/s  %7.2f GB/s of weights; floor %.1f tokens/s (%.0f MB/token) -> %.0f%% of it\n",
+           n, tps, tps * bytes / 1e9, floor_tps, bytes / 1e6, 100 * tps / floor_tps);
+    free(tok), free(logits);
+    qpk_context_free(ctx);
+    qpk_source_close(src);
+    return 0;
+}

@@ -1,0 +1,75 @@
+/*
+ * qpk/runtime.h - the reference runtime: an exact CPU forward pass of
+ * Qwen2ForCausalLM over weights used in place (a mapped .qpk, or a mapped HF
+ * checkpoint), with a KV cache, batched prefill and single-token decode.
+ *
+ * Semantics (transformers' Qwen2, v4.37): embedding; per layer RMSNorm in f32 with
+ * the config's eps, q/k/v projections with bias, RoPE in the rotate_half convention
+ * (pairs i and i + head_dim/2, inv_freq = theta^(-2i/head_dim), angles in f32),
+ * grouped-query causal softmax attention, o_proj, residual, RMSNorm, SwiGLU MLP,
+ * residual; final RMSNorm; logits against lm_head or the tied embedding.
+ * Weights are converted to f32 inside the kernels; all arithmetic and accumulation
+ * is f32. Results do not depend on the thread count, and a token's logits are the
+ * same bits whether it is evaluated in a batch or alone after the others.
+ */
+#ifndef QPK_RUNTIME_H
+#define QPK_RUNTIME_H
+
+#include "qpk/format.h"
+#include "qpk/quant.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct qpk_model qpk_model;
+
+/*
+ * Supplies one tensor of the model (role, layer; layer -1 for the others) as a
+ * matrix view: vectors (norms, biases) as 1 x n. The view must stay valid for the
+ * life of the model. Called once per tensor by qpk_model_create.
+ */
+typedef qpk_status (*qpk_weight_fn)(void *ud, qpk_role role, int layer, qpk_matrix *out, qpk_err *e);
+
+/* Builds a model, checking every shape against cfg and every type against the kernels. */
+qpk_status qpk_model_create(qpk_model **out, const qpk_config *cfg, qpk_weight_fn get, void *ud, qpk_err *e);
+/* A model over an open .qpk file (which must outlive it). */
+qpk_status qpk_model_from_qpk(qpk_model **out, const qpk_file *f, qpk_err *e);
+void qpk_model_free(qpk_model *m); /* NULL-safe */
+const qpk_config *qpk_model_config(const qpk_model *m);
+/* Bytes of weights one decoded token reads (every matrix once, plus one embedding row). */
+uint64_t qpk_model_decode_bytes(const qpk_model *m);
+
+typedef struct qpk_context qpk_context;
+
+typedef struct qpk_context_opts {
+    int n_ctx;     /* positions the context may hold; 0: max_position_embeddings */
+    int n_batch;   /* tokens per forward step (larger inputs are split); 0: 512 */
+    int n_threads; /* 0: all online CPUs */
+    bool scalar;   /* use the scalar kernels even where AVX2 is available */
+} qpk_context_opts;
+
+/* KV memory grows with the positions in use, not with n_ctx. opts may be NULL. */
+qpk_status qpk_context_create(qpk_context **out, const qpk_model *m, const qpk_context_opts *opts, qpk_err *e);
+void qpk_context_free(qpk_context *c); /* NULL-safe */
+/* Forgets all positions (the next token is position 0). */
+void qpk_context_reset(qpk_context *c);
+int qpk_context_pos(const qpk_context *c);
+const char *qpk_context_kernels(const qpk_context *c); /* "avx2" or "scalar" */
+/* The context's kernel table and thread pool, for work alongside the model (metrics). */
+const qpk_kernels *qpk_context_kernel_table(const qpk_context *c);
+qpk_pool *qpk_context_pool(qpk_context *c);
+
+/*
+ * Appends n tokens at the current position and runs them through the model.
+ * logits receives n_logits x vocab_size floats: the logits of the last n_logits of
+ * the n tokens (0 <= n_logits <= n; logits may be NULL when n_logits is 0).
+ * Fails, changing nothing, on a token id outside the vocabulary or when the
+ * context would exceed n_ctx.
+ */
+qpk_status qpk_eval(qpk_context *c, const int32_t *tokens, int n, float *logits, int n_logits, qpk_err *e);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* QPK_RUNTIME_H */

@@ -1,0 +1,131 @@
+/*
+ * qpk/verify.h - measuring a model: perplexity (llama.cpp's convention) and
+ * comparison of its logits with a reference (another model, or a reference-logits
+ * file) as KL divergence, top-1 agreement, logit error and change in the probability
+ * of the correct token. Every number qpk reports comes from here.
+ */
+#ifndef QPK_VERIFY_H
+#define QPK_VERIFY_H
+
+#include <math.h>
+
+#include "qpk/convert.h"
+#include "qpk/runtime.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ====================================================== per-position metrics == */
+
+/*
+ * log-softmax of one position's logits over the whole vocabulary, in f32 with the
+ * normalizer summed in f64: returns log(sum exp(x)); *argmax gets the top token.
+ * exps (may be NULL) receives exp(x - max) for reuse, n floats.
+ */
+double qpk_logsumexp(const qpk_kernels *k, const float *x, int64_t n, int64_t *argmax, float *exps);
+
+/* Running perplexity: the NLLs summed in f64. */
+typedef struct qpk_ppl {
+    double sum, sum_sq;
+    uint64_t n;
+} qpk_ppl;
+
+void qpk_ppl_add(qpk_ppl *p, double nll);
+double qpk_ppl_value(const qpk_ppl *p);  /* exp(mean NLL) */
+double qpk_ppl_stderr(const qpk_ppl *p); /* ppl x standard error of the mean NLL */
+
+/* Accumulated comparison of model logits against reference logits. */
+typedef struct qpk_compare {
+    uint64_t n_positions, n_values, top1_agree, n_dp;
+    double max_abs, sum_abs, sum_dp;
+    double *kld; /* one value per position (for percentiles) */
+    size_t kld_cap;
+    qpk_ppl ppl_model, ppl_ref;
+} qpk_compare;
+
+/*
+ * Adds one position: model and ref logits (n each), the token that follows (-1 if
+ * none: then no NLL or probability change is counted). scratch: 2n floats.
+ */
+qpk_status qpk_compare_add(qpk_compare *c, const qpk_kernels *k, const float *model, const float *ref, int64_t n,
+                           int32_t target, float *scratch, qpk_err *e);
+void qpk_compare_free(qpk_compare *c);
+
+/* ================================================================= results == */
+
+#define QPK_NO_VALUE NAN /* a number that was not measured (JSON null) */
+
+typedef struct qpk_verify_result {
+    uint64_t n_tokens;  /* tokens evaluated */
+    uint64_t n_scored;  /* positions whose next-token NLL is in the perplexity */
+    uint64_t n_compared; /* positions compared with the reference */
+    int n_chunks, n_ctx;
+    double ppl, ppl_stderr, ppl_ref, ppl_ref_stderr;
+    double max_abs_diff, mean_abs_diff, top1_pct, dp_mean;
+    double kld_mean, kld_p50, kld_p90, kld_p99, kld_p999, kld_max;
+    double seconds;
+} qpk_verify_result;
+
+/* Fills r from the accumulators (percentiles by nearest rank on the sorted values). */
+void qpk_verify_finish(const qpk_compare *c, qpk_verify_result *r);
+
+/* ================================================================= sources == */
+
+/* Something to measure or compare with: a .qpk, an HF folder, or a reference-logits file. */
+typedef struct qpk_source qpk_source;
+
+typedef enum qpk_source_kind { QPK_SOURCE_QPK, QPK_SOURCE_HF, QPK_SOURCE_LOGITS } qpk_source_kind;
+
+/*
+ * Opens path: a folder is an HF checkpoint (converted in memory through the same
+ * reader qconvert uses, weights used in place); a file starting with the .qpk magic
+ * is a .qpk; any other file is a reference-logits safetensors file, accepted only
+ * when allow_logits is set.
+ */
+qpk_status qpk_source_open(qpk_source **out, const char *path, bool allow_logits, const qpk_callbacks *cb,
+                           qpk_err *e);
+void qpk_source_close(qpk_source *s); /* NULL-safe */
+qpk_source_kind qpk_source_kind_of(const qpk_source *s);
+const qpk_model *qpk_source_model(const qpk_source *s);          /* NULL for a logits file */
+const qpk_safetensors *qpk_source_logits(const qpk_source *s);   /* NULL for a model */
+
+/* ================================================================== runner == */
+
+typedef struct qpk_verify_opts {
+    int n_ctx;        /* chunk length in tokens (-c); 0: 512 */
+    bool score_all;   /* score every position after the first, not only the second half */
+    int max_chunks;   /* 0: every whole chunk of the input */
+    int n_threads;    /* 0: all cores */
+    bool scalar;      /* scalar kernels */
+    /* After each chunk: its index (from 0), the chunk count, the running ppl. */
+    void (*on_chunk)(void *ud, int chunk, int n_chunks, double ppl);
+    qpk_callbacks cb; /* progress and cancellation */
+} qpk_verify_opts;
+
+/*
+ * Perplexity of model over tokens, llama.cpp's way: the input cut into
+ * non-overlapping chunks of n_ctx tokens (a partial last chunk is dropped), each
+ * evaluated from an empty cache with no BOS added; in each chunk, logits at
+ * positions first..n_ctx-2 predict tokens first+1..n_ctx-1, with first = n_ctx/2
+ * (or 0 with score_all). With ref (may be NULL), the reference model runs on the
+ * same chunks and the scored positions are also compared.
+ */
+qpk_status qpk_verify_tokens(const qpk_model *model, const qpk_model *ref, const int32_t *tokens, size_t n,
+                             const qpk_verify_opts *o, qpk_verify_result *r, qpk_err *e);
+
+/*
+ * Against a reference-logits file (safetensors: "tokens" I32/I64 [S, T], "logits"
+ * F32/F16/BF16 [S, T, V]): each of the S sequences is evaluated from an empty cache
+ * and all T positions are compared; perplexity is over positions 0..T-2 of each.
+ */
+qpk_status qpk_verify_ref_file(const qpk_model *model, const qpk_safetensors *ref, const qpk_verify_opts *o,
+                               qpk_verify_result *r, qpk_err *e);
+
+/* Checks a reference-logits file against a model's vocabulary before any work. */
+qpk_status qpk_ref_file_check(const qpk_safetensors *ref, int64_t vocab, qpk_err *e);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* QPK_VERIFY_H */

@@ -1,0 +1,117 @@
+/*
+ * Scalar kernels (the reference and the fallback) and the choice of kernel table.
+ * Dot products follow the 4-chain, 8-lane shape documented in qpk/quant.h.
+ */
+#include <math.h>
+
+#include "kernels.h"
+
+size_t qpk_matrix_row_bytes(const qpk_matrix *w)
+{
+    switch (w->type) {
+    case QPK_TYPE_F32: return (size_t)w->cols * 4;
+    case QPK_TYPE_F16:
+    case QPK_TYPE_BF16: return (size_t)w->cols * 2;
+    default: return 0;
+    }
+}
+
+size_t qpk_gemm_scratch_floats(int64_t cols) { return (size_t)QPK_GEMM_ROWS * SCRATCH_STRIDE(cols) + 16; }
+
+static void row_to_f32(const qpk_matrix *w, int64_t r, float *dst)
+{
+    qpk_row_to_f32(w->type, qpk_row_ptr(w, r), dst, (size_t)w->cols);
+}
+
+static float reduce8(const float a[8])
+{
+    return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+}
+
+/* The weight-row dot product: 4 chains of 8 lanes over blocks of 8, then the tail. */
+static float dot4(const float *x, const float *w, int64_t n)
+{
+    float acc[4][8] = {{0}};
+    int64_t nb = n / 8;
+    for (int64_t b = 0; b < nb; b++)
+        for (int j = 0; j < 8; j++)
+            acc[b % 4][j] += x[8 * b + j] * w[8 * b + j];
+    float s = (reduce8(acc[0]) + reduce8(acc[1])) + (reduce8(acc[2]) + reduce8(acc[3]));
+    for (int64_t k = 8 * nb; k < n; k++)
+        s += x[k] * w[k];
+    return s;
+}
+
+/* A plain dot product (attention scores): one chain of 8 lanes, then the tail. */
+static float dot(const float *x, const float *y, int64_t n)
+{
+    float acc[8] = {0};
+    int64_t k = 0;
+    for (; k + 8 <= n; k += 8)
+        for (int j = 0; j < 8; j++)
+            acc[j] += x[k + j] * y[k + j];
+    float s = reduce8(acc);
+    for (; k < n; k++)
+        s += x[k] * y[k];
+    return s;
+}
+
+static void axpy(float a, const float *x, float *y, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        y[i] += a * x[i];
+}
+
+/* Rows are converted (f32 ones copied) into scratch first: weights may be unaligned. */
+static void gemv(const qpk_matrix *w, const float *x, float *y, int64_t r0, int64_t r1, float *scratch)
+{
+    for (int64_t r = r0; r < r1; r++) {
+        row_to_f32(w, r, scratch);
+        y[r] = dot4(x, scratch, w->cols);
+    }
+}
+
+static void gemm(const qpk_matrix *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
+                 int64_t r0, int64_t r1, float *scratch)
+{
+    for (int64_t r = r0; r < r1; r++) {
+        row_to_f32(w, r, scratch);
+        for (int64_t t = 0; t < T; t++)
+            y[t * ldy + r] = dot4(x + t * ldx, scratch, w->cols); /* the same call as gemv's */
+    }
+}
+
+static double sum_exp(const float *x, int64_t n, float shift, float *out)
+{
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) {
+        float v = expf(x[i] - shift);
+        if (out)
+            out[i] = v;
+        s += v;
+    }
+    return s;
+}
+
+static int64_t argmax(const float *x, int64_t n, float *max)
+{
+    int64_t best = 0;
+    for (int64_t i = 1; i < n; i++)
+        if (x[i] > x[best])
+            best = i;
+    *max = n ? x[best] : 0;
+    return best;
+}
+
+static const qpk_kernels SCALAR = {"scalar", row_to_f32, gemv, gemm, dot, axpy, sum_exp, argmax};
+
+const qpk_kernels *qpk_kernels_scalar(void) { return &SCALAR; }
+
+const qpk_kernels *qpk_kernels_best(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+        return &qpk_kernels_avx2_table;
+#endif
+    return &SCALAR;
+}

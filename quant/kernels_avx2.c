@@ -1,0 +1,335 @@
+/*
+ * AVX2 + FMA + F16C kernels (this file is compiled with -mavx2 -mfma -mf16c and
+ * reached only after a CPU check).
+ *
+ * Every weight-row dot product has the 4-chain shape of qpk/quant.h. gemv reads one
+ * row at a time, front to back, converting on the fly with its four chains in flight;
+ * gemm converts a block of QPK_GEMM_ROWS rows to f32 once per QPK_GEMM_TOKENS tokens
+ * and runs a 4-token x 3-row register tile over it, one chain at a time. The
+ * conversions are exact, so both give bit-identical results for a token and a row.
+ */
+#include <immintrin.h>
+#include <math.h>
+
+#include "kernels.h"
+
+static inline float hsum(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+
+static inline float fma1(float a, float b, float c)
+{
+    return _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(c)));
+}
+
+/* 8 weights of a row starting at element k, as f32. */
+static inline __m256 load8(uint32_t type, const uint8_t *row, int64_t k)
+{
+    switch (type) {
+    case QPK_TYPE_F16: return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + 2 * k)));
+    case QPK_TYPE_BF16:
+        return _mm256_castsi256_ps(
+            _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(row + 2 * k))), 16));
+    default: return _mm256_loadu_ps((const float *)(row + 4 * k));
+    }
+}
+
+static inline float load1(uint32_t type, const uint8_t *row, int64_t k)
+{
+    uint16_t h;
+    switch (type) {
+    case QPK_TYPE_F16: memcpy(&h, row + 2 * k, 2); return qpk_f16_to_f32(h);
+    case QPK_TYPE_BF16: memcpy(&h, row + 2 * k, 2); return qpk_bf16_to_f32(h);
+    default: {
+        float f;
+        memcpy(&f, row + 4 * k, 4);
+        return f;
+    }
+    }
+}
+
+static void row_to_f32(const qpk_matrix *w, int64_t r, float *dst)
+{
+    const uint8_t *row = qpk_row_ptr(w, r);
+    const int64_t n = w->cols;
+    int64_t k = 0;
+    switch (w->type) { /* one loop per type: no branch, and nothing re-read from *w */
+    case QPK_TYPE_BF16:
+        for (; k + 8 <= n; k += 8)
+            _mm256_storeu_ps(dst + k, load8(QPK_TYPE_BF16, row, k));
+        break;
+    case QPK_TYPE_F16:
+        for (; k + 8 <= n; k += 8)
+            _mm256_storeu_ps(dst + k, load8(QPK_TYPE_F16, row, k));
+        break;
+    default:
+        for (; k + 8 <= n; k += 8)
+            _mm256_storeu_ps(dst + k, load8(QPK_TYPE_F32, row, k));
+        break;
+    }
+    for (; k < n; k++)
+        dst[k] = load1(w->type, row, k);
+}
+
+static float dot(const float *a, const float *b, int64_t n)
+{
+    __m256 acc = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 8 <= n; k += 8)
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), acc);
+    float s = hsum(acc);
+    for (; k < n; k++)
+        s = fma1(a[k], b[k], s);
+    return s;
+}
+
+static void axpy(float a, const float *x, float *y, int64_t n)
+{
+    __m256 av = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++)
+        y[i] = fma1(a, x[i], y[i]);
+}
+
+/* ---------------------------------------------------------------- gemv */
+
+/* (c0 + c1) + (c2 + c3) of the reduced chains, then the tail in order: as the scalar dot4. */
+static inline float combine(const float c[4], const float *x, const uint8_t *row, uint32_t type, int64_t k,
+                            int64_t K)
+{
+    float s = (c[0] + c[1]) + (c[2] + c[3]);
+    for (; k < K; k++)
+        s = fma1(x[k], load1(type, row, k), s);
+    return s;
+}
+
+/*
+ * One row, read front to back as a single stream (what the prefetchers follow best),
+ * with its four chains in flight at once.
+ */
+static inline __attribute__((always_inline)) float gemv_row(uint32_t type, const uint8_t *row, const float *x,
+                                                            int64_t K)
+{
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), load8(type, row, k), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8), load8(type, row, k + 8), a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 16), load8(type, row, k + 16), a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 24), load8(type, row, k + 24), a3);
+    }
+    if (k + 8 <= K)
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), load8(type, row, k), a0), k += 8;
+    if (k + 8 <= K)
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), load8(type, row, k), a1), k += 8;
+    if (k + 8 <= K)
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), load8(type, row, k), a2), k += 8;
+    float c[4] = {hsum(a0), hsum(a1), hsum(a2), hsum(a3)};
+    return combine(c, x, row, type, k, K);
+}
+
+static void gemv(const qpk_matrix *w, const float *x, float *y, int64_t r0, int64_t r1, float *scratch)
+{
+    (void)scratch;
+    const int64_t K = w->cols;
+    switch (w->type) { /* specialise on the type so load8 folds to one path */
+    case QPK_TYPE_BF16:
+        for (int64_t r = r0; r < r1; r++)
+            y[r] = gemv_row(QPK_TYPE_BF16, qpk_row_ptr(w, r), x, K);
+        break;
+    case QPK_TYPE_F16:
+        for (int64_t r = r0; r < r1; r++)
+            y[r] = gemv_row(QPK_TYPE_F16, qpk_row_ptr(w, r), x, K);
+        break;
+    default:
+        for (int64_t r = r0; r < r1; r++)
+            y[r] = gemv_row(QPK_TYPE_F32, qpk_row_ptr(w, r), x, K);
+        break;
+    }
+}
+
+/* ---------------------------------------------------------------- gemm */
+
+/*
+ * An NT x NR tile of dot products between tokens x[i] and f32 rows w[j]. The four
+ * chains are computed one after another (pass c takes blocks c, c+4, ...), which needs
+ * no more registers than one chain. K is cut into spans of KSPAN blocks so that a
+ * span's x and w stay in L1 across the four passes; each chain's accumulators are
+ * carried from span to span, so every chain still sums its blocks in order.
+ */
+#define KSPAN 64
+
+static inline __attribute__((always_inline)) void tile(const int NT, const int NR, const float *x, int64_t ldx,
+                                                       const float *const *w, int64_t K, float *y, int64_t ldy)
+{
+    __m256 keep[4][4][3];
+    const int64_t nb = K / 8;
+#pragma GCC unroll 1
+    for (int64_t b0 = 0; b0 < nb; b0 += KSPAN) {
+        const int64_t b1 = b0 + KSPAN < nb ? b0 + KSPAN : nb;
+#pragma GCC unroll 1
+        for (int c = 0; c < 4; c++) {
+            __m256 acc[4][3];
+#pragma GCC unroll 4
+            for (int i = 0; i < NT; i++)
+#pragma GCC unroll 3
+                for (int j = 0; j < NR; j++)
+                    acc[i][j] = b0 ? keep[c][i][j] : _mm256_setzero_ps();
+            for (int64_t b = b0 + c; b < b1; b += 4) {
+                const int64_t k = 8 * b;
+                __m256 wv[3];
+#pragma GCC unroll 3
+                for (int j = 0; j < NR; j++)
+                    wv[j] = _mm256_loadu_ps(w[j] + k);
+#pragma GCC unroll 4
+                for (int i = 0; i < NT; i++) {
+                    __m256 xv = _mm256_loadu_ps(x + i * ldx + k);
+#pragma GCC unroll 3
+                    for (int j = 0; j < NR; j++)
+                        acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
+                }
+            }
+#pragma GCC unroll 4
+            for (int i = 0; i < NT; i++)
+#pragma GCC unroll 3
+                for (int j = 0; j < NR; j++)
+                    keep[c][i][j] = acc[i][j];
+        }
+    }
+    for (int i = 0; i < NT; i++)
+        for (int j = 0; j < NR; j++) {
+            float c4[4] = {0, 0, 0, 0};
+            if (nb)
+                for (int c = 0; c < 4; c++)
+                    c4[c] = hsum(keep[c][i][j]);
+            y[i * ldy + j] = combine(c4, x + i * ldx, (const uint8_t *)w[j], QPK_TYPE_F32, 8 * nb, K);
+        }
+}
+
+#define TILE_CASE(nt, nr)                                                                                         \
+    case (nt) * 4 + (nr): tile(nt, nr, x, ldx, w, K, y, ldy); return;
+
+static void tile_any(int nt, int nr, const float *x, int64_t ldx, const float *const *w, int64_t K, float *y,
+                     int64_t ldy)
+{
+    switch (nt * 4 + nr) {
+        TILE_CASE(4, 3) TILE_CASE(3, 3) TILE_CASE(2, 3) TILE_CASE(1, 3)
+        TILE_CASE(4, 2) TILE_CASE(3, 2) TILE_CASE(2, 2) TILE_CASE(1, 2)
+        TILE_CASE(4, 1) TILE_CASE(3, 1) TILE_CASE(2, 1) TILE_CASE(1, 1)
+    default: return;
+    }
+}
+
+static void gemm(const qpk_matrix *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
+                 int64_t r0, int64_t r1, float *scratch)
+{
+    const int64_t K = w->cols;
+    for (int64_t t0 = 0; t0 < T; t0 += QPK_GEMM_TOKENS) {
+        int64_t tn = T - t0 < QPK_GEMM_TOKENS ? T - t0 : QPK_GEMM_TOKENS;
+        for (int64_t r = r0; r < r1; r += QPK_GEMM_ROWS) {
+            int rn = r1 - r < QPK_GEMM_ROWS ? (int)(r1 - r) : QPK_GEMM_ROWS;
+            const float *rows[QPK_GEMM_ROWS];
+            /* Even f32 rows are copied: at the padded stride they do not share L1 sets. */
+            for (int j = 0; j < rn; j++) {
+                row_to_f32(w, r + j, scratch + (size_t)j * SCRATCH_STRIDE(K));
+                rows[j] = scratch + (size_t)j * SCRATCH_STRIDE(K);
+            }
+            for (int64_t t = 0; t < tn; t += 4) {
+                int nt = tn - t < 4 ? (int)(tn - t) : 4;
+                const float *xt = x + (t0 + t) * ldx;
+                float *yt = y + (t0 + t) * ldy + r;
+                for (int j = 0; j < rn; j += 3)
+                    tile_any(nt, rn - j < 3 ? rn - j : 3, xt, ldx, rows + j, K, yt + j, ldy);
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- softmax */
+
+/*
+ * exp(x) for x <= ~0 (arguments are logits minus their maximum): x = n ln2 + r with
+ * a two-part ln2 (Cody-Waite), exp(r) by a degree-6 minimax polynomial (the classic
+ * Cephes expf coefficients), 2^n by exponent arithmetic. Below -87.3 the result
+ * would be subnormal: it is flushed to 0, which changes a sum of >= 1 by < 1e-37.
+ */
+static inline __m256 exp8(__m256 x)
+{
+    const __m256 lo = _mm256_set1_ps(-87.33654f);
+    __m256 zero_mask = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_max_ps(x, lo);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(zero_mask, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
+static double sum_exp(const float *x, int64_t n, float shift, float *out)
+{
+    __m256 sh = _mm256_set1_ps(shift);
+    __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), sh));
+        if (out)
+            _mm256_storeu_ps(out + i, v);
+        acc0 = _mm256_add_pd(acc0, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+        acc1 = _mm256_add_pd(acc1, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+    }
+    double lanes[4];
+    _mm256_storeu_pd(lanes, _mm256_add_pd(acc0, acc1));
+    double s = (lanes[0] + lanes[2]) + (lanes[1] + lanes[3]);
+    for (; i < n; i++) {
+        float t[8] = {x[i] - shift}, r[8];
+        _mm256_storeu_ps(r, exp8(_mm256_loadu_ps(t)));
+        if (out)
+            out[i] = r[0];
+        s += r[0];
+    }
+    return s;
+}
+
+static int64_t argmax(const float *x, int64_t n, float *max)
+{
+    if (n < 8) {
+        int64_t best = 0;
+        for (int64_t i = 1; i < n; i++)
+            if (x[i] > x[best])
+                best = i;
+        *max = n ? x[best] : 0;
+        return best;
+    }
+    /* First the maximum, then its first index: two cheap passes beat tracking indices. */
+    __m256 m = _mm256_loadu_ps(x);
+    int64_t i = 8;
+    for (; i + 8 <= n; i += 8)
+        m = _mm256_max_ps(m, _mm256_loadu_ps(x + i));
+    float lanes[8], best = -INFINITY;
+    _mm256_storeu_ps(lanes, m);
+    for (int j = 0; j < 8; j++)
+        best = lanes[j] > best ? lanes[j] : best;
+    for (; i < n; i++)
+        best = x[i] > best ? x[i] : best;
+    *max = best;
+    for (i = 0; i < n; i++)
+        if (x[i] == best)
+            return i;
+    return 0;
+}
+
+const qpk_kernels qpk_kernels_avx2_table = {"avx2", row_to_f32, gemv, gemm, dot, axpy, sum_exp, argmax};

@@ -1,0 +1,193 @@
+/*
+ * The verification metrics against direct double-precision formulas, and every
+ * malformed reference-logits file with its exact error.
+ */
+#include <math.h>
+#include <unistd.h>
+
+#include "../verify/metrics.h"
+#include "gen.h"
+#include "qpk/verify.h"
+#include "testhelp.h"
+#include "testutil.h"
+
+static void test_metrics(const qpk_kernels *k)
+{
+    enum { V = 1001 };
+    static float a[V], b[V], scratch[2 * V];
+    uint64_t s = 7;
+    for (int i = 0; i < V; i++) {
+        s = s * 6364136223846793005ull + 1;
+        a[i] = (float)((double)(s >> 40) / 1677721.6 - 5.0); /* roughly [-5, 5) */
+        b[i] = a[i] + (float)(0.3 * sin(i));
+    }
+    /* Direct formulas in double. */
+    double ma = -1e300, mb = -1e300, sa = 0, sb = 0;
+    for (int i = 0; i < V; i++)
+        ma = fmax(ma, a[i]), mb = fmax(mb, b[i]);
+    for (int i = 0; i < V; i++)
+        sa += exp(a[i] - ma), sb += exp(b[i] - mb);
+    double la = ma + log(sa), lb = mb + log(sb), kl = 0, maxd = 0, sumd = 0;
+    for (int i = 0; i < V; i++) {
+        double pb = exp(b[i] - lb);
+        kl += pb * ((b[i] - lb) - (a[i] - la));
+        maxd = fmax(maxd, fabs(a[i] - b[i]));
+        sumd += fabs(a[i] - b[i]);
+    }
+    int64_t am;
+    CHECK(fabs(qpk_logsumexp(k, a, V, &am, NULL) - la) < 1e-6);
+    CHECK(a[am] == (float)ma);
+    qpk_compare c = {0};
+    qpk_err e = {0};
+    const int target = 17;
+    CHECK(qpk_compare_add(&c, k, a, b, V, target, scratch, &e) == QPK_OK);
+    CHECK(qpk_compare_add(&c, k, a, a, V, -1, scratch, &e) == QPK_OK); /* identical: KLD 0, no NLL */
+    qpk_verify_result r;
+    qpk_verify_finish(&c, &r);
+    /* The exponentials are f32 (within 2 ulp): the KLD carries about 1e-7 of relative error. */
+    CHECKF(fabs(c.kld[0] - kl) < 1e-6 * kl, "%s: KLD %.10g vs %.10g", k->name, c.kld[0], kl);
+    CHECK(c.kld[1] == 0);
+    CHECK(r.n_compared == 2 && r.n_scored == 1);
+    CHECK(fabs(r.max_abs_diff - maxd) < 1e-12 && fabs(r.mean_abs_diff - sumd / (2.0 * V)) < 1e-9);
+    CHECK(r.top1_pct == (a[am] == (float)ma && qpk_kernels_scalar()->argmax(b, V, &(float){0}) == am ? 100 : 50));
+    CHECK(fabs(r.ppl - exp(la - a[target])) < 1e-6 * r.ppl);
+    CHECK(fabs(r.ppl_ref - exp(lb - b[target])) < 1e-6 * r.ppl_ref);
+    CHECK(fabs(r.dp_mean - (exp(a[target] - la) - exp(b[target] - lb))) < 1e-9);
+    qpk_compare_free(&c);
+
+    /* Percentiles by nearest rank on 1..1000, and the standard error of a perplexity. */
+    qpk_compare p = {0};
+    qpk_position pos = {.nll = NAN};
+    for (int i = 1000; i >= 1; i--) {
+        pos.kld = i;
+        qpk_compare_push(&p, &pos, 1, true, &e);
+    }
+    qpk_verify_finish(&p, &r);
+    CHECK(r.kld_p50 == 500 && r.kld_p90 == 900 && r.kld_p99 == 990 && r.kld_p999 == 999 && r.kld_max == 1000);
+    CHECK(r.kld_mean == 500.5);
+    qpk_compare_free(&p);
+    qpk_ppl q = {0};
+    qpk_ppl_add(&q, 1), qpk_ppl_add(&q, 3);
+    CHECK(fabs(qpk_ppl_value(&q) - exp(2)) < 1e-12);
+    CHECK(fabs(qpk_ppl_stderr(&q) - exp(2) * 1.0) < 1e-12); /* sd 1 over sqrt(n-1) = 1 */
+}
+
+/* --------------------------------------------------- malformed reference files */
+
+static char g_dir[] = "/tmp/qpk-test-verify-XXXXXX";
+
+/* A safetensors file with tokens [1, T] (dtype tdt) and logits [1, LT, V] (dtype ldt). */
+static void write_ref(const char *path, const char *tdt, int T, const char *ldt, int LT, int V, int bad_token,
+                      bool truncate)
+{
+    size_t tsize = !strcmp(tdt, "I64") ? 8 : 4, lsize = !strcmp(ldt, "F32") || !strcmp(ldt, "I32") ? 4 : 2;
+    size_t tb = tsize * (size_t)T, lb = lsize * (size_t)LT * (size_t)V;
+    char h[512];
+    int n = snprintf(h, sizeof h,
+                     "{\"tokens\":{\"dtype\":\"%s\",\"shape\":[1,%d],\"data_offsets\":[0,%zu]},"
+                     "\"logits\":{\"dtype\":\"%s\",\"shape\":[1,%d,%d],\"data_offsets\":[%zu,%zu]}}",
+                     tdt, T, tb, ldt, LT, V, tb, tb + lb);
+    uint8_t *data = calloc(1, tb + lb);
+    for (int t = 0; t < T; t++) {
+        int64_t id = t == 1 && bad_token ? bad_token : t % V;
+        memcpy(data + tsize * (size_t)t, &id, tsize); /* little-endian: the low bytes first */
+    }
+    FILE *f = fopen(path, "wb");
+    uint64_t hl = (uint64_t)n;
+    fwrite(&hl, 8, 1, f);
+    fwrite(h, 1, (size_t)n, f);
+    fwrite(data, 1, truncate ? (tb + lb) / 2 : tb + lb, f);
+    fclose(f);
+    free(data);
+}
+
+static void test_ref_files(void)
+{
+    qpk_gen_spec sp;
+    qpk_gen_preset("tiny", &sp); /* vocab 512 */
+    char model[600], path[600];
+    snprintf(model, sizeof model, "%s/tiny", g_dir);
+    qpk_err e = {0};
+    qpk_source *m, *ref;
+    if (qpk_gen_write(&sp, model, NULL, &e) != QPK_OK || qpk_source_open(&m, model, false, NULL, &e) != QPK_OK) {
+        CHECKF(false, "%s", e.msg);
+        return;
+    }
+    static const struct {
+        const char *what, *tdt, *ldt;
+        int T, LT, V, bad_token;
+        bool truncate;
+        qpk_status want;
+        const char *msg;
+    } cases[] = {
+        {"good", "I32", "F32", 8, 8, 512, 0, false, QPK_OK, ""},
+        {"good i64 bf16", "I64", "BF16", 8, 8, 512, 0, false, QPK_OK, ""},
+        {"vocab mismatch", "I32", "F32", 8, 8, 500, 0, false, QPK_E_MISMATCH, "has 500 entries per position; the model's vocabulary has 512"},
+        {"length mismatch", "I32", "F32", 8, 7, 512, 0, false, QPK_E_MISMATCH, "must have shape [1, 8, V]"},
+        {"token out of range", "I32", "F32", 8, 8, 512, 999, false, QPK_E_VALUE, "'tokens'[1] = 999 is outside"},
+        {"token out of int32", "I64", "F32", 8, 8, 512, -5, false, QPK_E_VALUE, "is outside the vocabulary"},
+        {"tokens dtype", "F32", "F32", 8, 8, 512, 0, false, QPK_E_UNSUPPORTED, "'tokens' has dtype F32"},
+        {"logits dtype", "I32", "I32", 8, 8, 512, 0, false, QPK_E_UNSUPPORTED, "'logits' has dtype I32"},
+        {"truncated", "I32", "F32", 8, 8, 512, 0, true, QPK_E_CORRUPT, "past the data area"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        snprintf(path, sizeof path, "%s/ref-%zu.safetensors", g_dir, i);
+        write_ref(path, cases[i].tdt, cases[i].T, cases[i].ldt, cases[i].LT, cases[i].V, cases[i].bad_token,
+                  cases[i].truncate);
+        qpk_status s = qpk_source_open(&ref, path, true, NULL, &e);
+        if (s == QPK_OK) {
+            CHECK(qpk_source_kind_of(ref) == QPK_SOURCE_LOGITS);
+            qpk_verify_opts o = {.n_threads = 1};
+            qpk_verify_result r;
+            s = qpk_verify_ref_file(qpk_source_model(m), qpk_source_logits(ref), &o, &r, &e);
+            if (s == QPK_OK) /* zero reference logits: a uniform distribution over 512 tokens */
+                CHECK(r.n_compared == 8 && r.n_scored == 7 && fabs(r.ppl_ref - 512) < 1e-6);
+            qpk_source_close(ref);
+        }
+        CHECKF(s == cases[i].want && strstr(e.msg, cases[i].msg), "ref file '%s': status %d \"%s\" (want \"%s\")",
+               cases[i].what, s, e.msg, cases[i].msg);
+        e.msg[0] = 0;
+    }
+    /* A model given where logits are not allowed is read as a .qpk, and fails as one. */
+    CHECK_ERR(qpk_source_open(&ref, path, false, NULL, &e), QPK_E_CORRUPT, e, "bad magic");
+    CHECK_ERR(qpk_source_open(&ref, "/nonexistent.qpk", true, NULL, &e), QPK_E_IO, e, "cannot open");
+    qpk_source_close(m);
+}
+
+static void test_runner_errors(void)
+{
+    qpk_gen_spec sp;
+    qpk_gen_preset("tiny", &sp);
+    char model[600];
+    snprintf(model, sizeof model, "%s/tiny2", g_dir);
+    qpk_err e = {0};
+    qpk_source *m;
+    if (qpk_gen_write(&sp, model, NULL, &e) != QPK_OK || qpk_source_open(&m, model, false, NULL, &e) != QPK_OK)
+        return;
+    int32_t tok[40] = {0};
+    qpk_verify_opts o = {.n_ctx = 64};
+    qpk_verify_result r;
+    CHECK_ERR(qpk_verify_tokens(qpk_source_model(m), NULL, tok, 40, &o, &r, &e), QPK_E_INVALID_ARG, e,
+              "40 tokens do not fill one chunk of 64");
+    tok[30] = 600;
+    o.n_ctx = 32;
+    CHECK_ERR(qpk_verify_tokens(qpk_source_model(m), NULL, tok, 40, &o, &r, &e), QPK_E_VALUE, e, "token id 600");
+    tok[30] = 3;
+    /* A model against itself: everything agrees exactly. */
+    CHECK(qpk_verify_tokens(qpk_source_model(m), qpk_source_model(m), tok, 40, &o, &r, &e) == QPK_OK);
+    CHECK(r.kld_max == 0 && r.top1_pct == 100 && r.max_abs_diff == 0 && r.ppl == r.ppl_ref && r.n_compared == 15);
+    qpk_source_close(m);
+}
+
+int main(void)
+{
+    if (!mkdtemp(g_dir))
+        return 2;
+    test_metrics(qpk_kernels_best());
+    test_metrics(qpk_kernels_scalar());
+    test_ref_files();
+    test_runner_errors();
+    if (!th_failed)
+        rm_rf(g_dir);
+    return th_summary("test_verify");
+}

@@ -1,0 +1,150 @@
+/*
+ * Per-position metrics. Log-softmax is f32 exponentials summed in f64 over the full
+ * vocabulary; KL divergence, perplexity and probability changes accumulate in f64.
+ */
+#include <stdlib.h>
+
+#include "metrics.h"
+
+double qpk_logsumexp(const qpk_kernels *k, const float *x, int64_t n, int64_t *argmax, float *exps)
+{
+    float mx;
+    int64_t am = k->argmax(x, n, &mx);
+    if (argmax)
+        *argmax = am;
+    return (double)mx + log(k->sum_exp(x, n, mx, exps));
+}
+
+void qpk_ppl_add(qpk_ppl *p, double nll)
+{
+    p->sum += nll;
+    p->sum_sq += nll * nll;
+    p->n++;
+}
+
+double qpk_ppl_value(const qpk_ppl *p) { return p->n ? exp(p->sum / (double)p->n) : QPK_NO_VALUE; }
+
+double qpk_ppl_stderr(const qpk_ppl *p)
+{
+    if (p->n < 2)
+        return QPK_NO_VALUE;
+    double mean = p->sum / (double)p->n, var = p->sum_sq / (double)p->n - mean * mean;
+    return qpk_ppl_value(p) * sqrt((var > 0 ? var : 0) / (double)(p->n - 1));
+}
+
+void qpk_measure(const qpk_kernels *k, const float *model, const float *ref, int64_t n, int32_t target,
+                 float *scratch, qpk_position *out)
+{
+    int64_t am, bm = -1;
+    double la = qpk_logsumexp(k, model, n, &am, NULL);
+    memset(out, 0, sizeof *out);
+    out->nll = target >= 0 ? la - (double)model[target] : QPK_NO_VALUE;
+    if (!ref)
+        return;
+    float *eb = scratch;
+    double lb = qpk_logsumexp(k, ref, n, &bm, eb);
+    /* KL(ref || model) = sum_v p_ref(v) (log p_ref(v) - log p_model(v)), p_ref = eb / sum(eb). */
+    double shift = la - lb, kl = 0, sum_abs = 0, max_abs = 0, norm = exp(lb - (double)ref[bm]);
+    for (int64_t v = 0; v < n; v++) {
+        double d = (double)ref[v] - (double)model[v];
+        kl += (double)eb[v] * (d + shift);
+        double ad = fabs(d);
+        sum_abs += ad;
+        max_abs = ad > max_abs ? ad : max_abs;
+    }
+    out->kld = kl / norm;
+    out->sum_abs = sum_abs, out->max_abs = max_abs;
+    out->top1 = am == bm;
+    if (target >= 0) {
+        out->nll_ref = lb - (double)ref[target];
+        out->dp = exp(-out->nll) - exp(-out->nll_ref);
+    }
+}
+
+qpk_status qpk_compare_push(qpk_compare *c, const qpk_position *p, int64_t n_values, bool compared, qpk_err *e)
+{
+    if (!isnan(p->nll)) {
+        qpk_ppl_add(&c->ppl_model, p->nll);
+        if (compared) {
+            qpk_ppl_add(&c->ppl_ref, p->nll_ref);
+            c->sum_dp += p->dp;
+            c->n_dp++;
+        }
+    }
+    if (!compared)
+        return QPK_OK;
+    if (c->n_positions == c->kld_cap) {
+        size_t cap = c->kld_cap ? 2 * c->kld_cap : 4096;
+        double *k = realloc(c->kld, cap * sizeof *k);
+        if (!k)
+            return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+        c->kld = k, c->kld_cap = cap;
+    }
+    c->kld[c->n_positions++] = p->kld;
+    c->n_values += (uint64_t)n_values;
+    c->sum_abs += p->sum_abs;
+    c->max_abs = p->max_abs > c->max_abs ? p->max_abs : c->max_abs;
+    c->top1_agree += p->top1;
+    return QPK_OK;
+}
+
+qpk_status qpk_compare_add(qpk_compare *c, const qpk_kernels *k, const float *model, const float *ref, int64_t n,
+                           int32_t target, float *scratch, qpk_err *e)
+{
+    qpk_position p;
+    qpk_measure(k, model, ref, n, target, scratch, &p);
+    return qpk_compare_push(c, &p, n, ref != NULL, e);
+}
+
+void qpk_compare_free(qpk_compare *c)
+{
+    free(c->kld);
+    memset(c, 0, sizeof *c);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Nearest rank: the smallest value with at least p% of the values at or below it. */
+static double percentile(const double *sorted, size_t n, double p)
+{
+    size_t rank = (size_t)ceil(p * (double)n / 100.0 - 1e-9); /* 90% of 1000 is rank 900, not 901 */
+    return sorted[rank ? rank - 1 : 0];
+}
+
+void qpk_verify_finish(const qpk_compare *c, qpk_verify_result *r)
+{
+    r->n_scored = c->ppl_model.n;
+    r->ppl = qpk_ppl_value(&c->ppl_model);
+    r->ppl_stderr = qpk_ppl_stderr(&c->ppl_model);
+    r->ppl_ref = qpk_ppl_value(&c->ppl_ref);
+    r->ppl_ref_stderr = qpk_ppl_stderr(&c->ppl_ref);
+    r->n_compared = c->n_positions;
+    r->dp_mean = c->n_dp ? c->sum_dp / (double)c->n_dp : QPK_NO_VALUE;
+    double *none[] = {&r->max_abs_diff, &r->mean_abs_diff, &r->top1_pct, &r->kld_mean, &r->kld_p50,
+                      &r->kld_p90,      &r->kld_p99,       &r->kld_p999, &r->kld_max};
+    for (size_t i = 0; i < sizeof none / sizeof *none; i++)
+        *none[i] = QPK_NO_VALUE;
+    if (!c->n_positions)
+        return;
+    r->max_abs_diff = c->max_abs;
+    r->mean_abs_diff = c->sum_abs / (double)c->n_values;
+    r->top1_pct = 100.0 * (double)c->top1_agree / (double)c->n_positions;
+    double *s = malloc(c->n_positions * sizeof *s), sum = 0;
+    if (!s)
+        return;
+    memcpy(s, c->kld, c->n_positions * sizeof *s);
+    qsort(s, c->n_positions, sizeof *s, cmp_double);
+    for (size_t i = 0; i < c->n_positions; i++)
+        sum += c->kld[i];
+    r->kld_mean = sum / (double)c->n_positions;
+    r->kld_p50 = percentile(s, c->n_positions, 50);
+    r->kld_p90 = percentile(s, c->n_positions, 90);
+    r->kld_p99 = percentile(s, c->n_positions, 99);
+    r->kld_p999 = percentile(s, c->n_positions, 99.9);
+    r->kld_max = s[c->n_positions - 1];
+    free(s);
+}

@@ -1,0 +1,20 @@
+/* Private to the verify library: one position's measurements, computed in parallel
+ * and accumulated in order (so totals do not depend on the thread count). */
+#ifndef QPK_VERIFY_METRICS_H
+#define QPK_VERIFY_METRICS_H
+
+#include <string.h>
+
+#include "qpk/verify.h"
+
+typedef struct qpk_position {
+    double nll, nll_ref, kld, max_abs, sum_abs, dp;
+    bool top1;
+} qpk_position;
+
+/* Measures one position (ref may be NULL: then only nll); scratch: n floats. */
+void qpk_measure(const qpk_kernels *k, const float *model, const float *ref, int64_t n, int32_t target,
+                 float *scratch, qpk_position *out);
+qpk_status qpk_compare_push(qpk_compare *c, const qpk_position *p, int64_t n_values, bool compared, qpk_err *e);
+
+#endif

@@ -1,0 +1,80 @@
+/* The forward pass's operations, written to round as transformers' f32 code does. */
+#include <math.h>
+#include <string.h>
+
+#include "ops.h"
+
+void qpk_op_rms_norm(const qpk_kernels *k, const float *x, const float *w, float *out, int64_t T, int64_t H,
+                     float eps)
+{
+    for (int64_t t = 0; t < T; t++) {
+        const float *xt = x + t * H;
+        float r = 1.0f / sqrtf(k->dot(xt, xt, H) / (float)H + eps);
+        for (int64_t i = 0; i < H; i++)
+            out[t * H + i] = w[i] * (xt[i] * r);
+    }
+}
+
+void qpk_op_rope_freqs(float *inv_freq, double theta, int64_t head_dim)
+{
+    for (int64_t i = 0; i < head_dim / 2; i++)
+        inv_freq[i] = (float)(1.0 / pow(theta, (double)(2 * i) / (double)head_dim));
+}
+
+void qpk_op_rope_tables(float *cos_t, float *sin_t, const float *inv_freq, int64_t pos0, int64_t T, int64_t half)
+{
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t i = 0; i < half; i++) {
+            /* transformers forms position x inv_freq in f32, then takes cos and sin. */
+            float angle = (float)(pos0 + t) * inv_freq[i];
+            cos_t[t * half + i] = (float)cos((double)angle);
+            sin_t[t * half + i] = (float)sin((double)angle);
+        }
+}
+
+void qpk_op_rope(float *v, const float *cos_t, const float *sin_t, int64_t T, int64_t heads, int64_t head_dim)
+{
+    int64_t half = head_dim / 2;
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t h = 0; h < heads; h++) {
+            float *p = v + (t * heads + h) * head_dim;
+            const float *c = cos_t + t * half, *s = sin_t + t * half;
+            for (int64_t i = 0; i < half; i++) {
+                float a = p[i], b = p[i + half];
+                p[i] = a * c[i] - b * s[i];
+                p[i + half] = b * c[i] + a * s[i];
+            }
+        }
+}
+
+void qpk_op_softmax(float *s, int64_t n)
+{
+    float mx = -INFINITY, sum = 0;
+    for (int64_t i = 0; i < n; i++)
+        mx = s[i] > mx ? s[i] : mx;
+    for (int64_t i = 0; i < n; i++)
+        sum += (s[i] = expf(s[i] - mx));
+    for (int64_t i = 0; i < n; i++)
+        s[i] /= sum;
+}
+
+void qpk_op_attend(const qpk_kernels *k, const float *q, const float *keys, const float *vals, int64_t first,
+                   int64_t last, int64_t head_dim, float *scores, float *out)
+{
+    /* transformers divides by sqrt(head_dim) as a Python float, i.e. rounded to f32. */
+    float root = (float)sqrt((double)head_dim);
+    for (int64_t i = first; i <= last; i++)
+        scores[i] = k->dot(q, keys + i * head_dim, head_dim) / root;
+    qpk_op_softmax(scores + first, last - first + 1);
+    memset(out, 0, (size_t)head_dim * sizeof *out);
+    for (int64_t i = first; i <= last; i++)
+        k->axpy(scores[i], vals + i * head_dim, out, head_dim);
+}
+
+void qpk_op_swiglu(float *gate, const float *up, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float g = gate[i];
+        gate[i] = g * (1.0f / (1.0f + expf(-g))) * up[i];
+    }
+}

@@ -1,0 +1,36 @@
+/*
+ * The operations of the Qwen2 forward pass, one token or one head at a time, in f32.
+ * Private to the runtime; tests check each against a double-precision reference.
+ */
+#ifndef QPK_VERIFY_OPS_H
+#define QPK_VERIFY_OPS_H
+
+#include "qpk/quant.h"
+
+/* out[t] = x[t] * rsqrt(mean(x[t]^2) + eps) * w, for T rows of H. */
+void qpk_op_rms_norm(const qpk_kernels *k, const float *x, const float *w, float *out, int64_t T, int64_t H,
+                     float eps);
+
+/* inv_freq[i] = 1 / theta^(2i / head_dim), rounded to f32. */
+void qpk_op_rope_freqs(float *inv_freq, double theta, int64_t head_dim);
+
+/* cos/sin[t][i] of angle (f32)(pos0 + t) * inv_freq[i] (the angle rounded to f32 first). */
+void qpk_op_rope_tables(float *cos, float *sin, const float *inv_freq, int64_t pos0, int64_t T, int64_t half);
+
+/* rotate_half RoPE in place on v [T][heads][head_dim]: pairs (i, i + head_dim/2). */
+void qpk_op_rope(float *v, const float *cos, const float *sin, int64_t T, int64_t heads, int64_t head_dim);
+
+/* s[0..n) = softmax(s), in place (max-subtracted, f32). */
+void qpk_op_softmax(float *s, int64_t n);
+
+/*
+ * One query head over keys/values [first, last] (rows of head_dim):
+ * out = softmax(q . k_i / sqrt(head_dim)) . v. scores: last + 1 floats.
+ */
+void qpk_op_attend(const qpk_kernels *k, const float *q, const float *keys, const float *vals, int64_t first,
+                   int64_t last, int64_t head_dim, float *scores, float *out);
+
+/* gate[i] = silu(gate[i]) * up[i], silu(x) = x * sigmoid(x). */
+void qpk_op_swiglu(float *gate, const float *up, int64_t n);
+
+#endif

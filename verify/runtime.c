@@ -1,0 +1,434 @@
+/*
+ * The reference forward pass of Qwen2ForCausalLM. Shapes in comments: T tokens in
+ * the batch, H hidden, I intermediate, Q = heads x head_dim, KV = kv_heads x head_dim.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops.h"
+#include "qpk/runtime.h"
+
+typedef struct layer_weights {
+    qpk_matrix q, k, v, o, gate, up, down; /* [Q,H] [KV,H] [KV,H] [H,Q] [I,H] [I,H] [H,I] */
+    const float *attn_norm, *ffn_norm;     /* [H] */
+    const float *bq, *bk, *bv;             /* [Q] [KV] [KV] */
+} layer_weights;
+
+struct qpk_model {
+    qpk_config cfg;
+    qpk_matrix embed, head; /* [V,H]; head is embed when tied */
+    const float *final_norm;
+    layer_weights *layers;
+    float *vectors; /* norms and biases, converted to f32 once (a few KB per layer) */
+};
+
+/* ====================================================================== model */
+
+static qpk_status get_matrix(qpk_weight_fn get, void *ud, const qpk_config *c, qpk_role role, int layer,
+                             qpk_matrix *w, qpk_err *e)
+{
+    char name[QPK_MAX_NAME];
+    int64_t dims[2];
+    qpk_tensor_name(name, sizeof name, role, layer);
+    qpk_status s = get(ud, role, layer, w, e);
+    if (s != QPK_OK)
+        return s;
+    int nd = qpk_role_shape(c, role, dims);
+    int64_t rows = nd == 2 ? dims[0] : 1, cols = nd == 2 ? dims[1] : dims[0];
+    if (w->rows != rows || w->cols != cols)
+        return qpk_err_setf(e, QPK_E_MISMATCH, "tensor '%s' is %lld x %lld, the config implies %lld x %lld", name,
+                            (long long)w->rows, (long long)w->cols, (long long)rows, (long long)cols);
+    if (qpk_matrix_row_bytes(w) == 0)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "tensor '%s': the runtime has no kernel for type %s", name,
+                            qpk_type_name(w->type) ? qpk_type_name(w->type) : "?");
+    return QPK_OK;
+}
+
+/* A vector tensor converted to f32 at *cursor (which advances). */
+static qpk_status get_vector(qpk_weight_fn get, void *ud, const qpk_config *c, qpk_role role, int layer,
+                             float **cursor, const float **out, qpk_err *e)
+{
+    qpk_matrix w;
+    qpk_status s = get_matrix(get, ud, c, role, layer, &w, e);
+    if (s != QPK_OK)
+        return s;
+    qpk_kernels_scalar()->row_to_f32(&w, 0, *cursor);
+    *out = *cursor;
+    *cursor += w.cols;
+    return QPK_OK;
+}
+
+qpk_status qpk_model_create(qpk_model **out, const qpk_config *c, qpk_weight_fn get, void *ud, qpk_err *e)
+{
+    *out = NULL;
+    qpk_model *m = calloc(1, sizeof *m);
+    int64_t q = c->n_heads * c->head_dim, kv = c->n_kv_heads * c->head_dim;
+    size_t nvec = (size_t)c->hidden_size + (size_t)c->n_layers * (size_t)(2 * c->hidden_size + q + 2 * kv);
+    if (!m || !(m->layers = calloc((size_t)c->n_layers, sizeof *m->layers)) ||
+        !(m->vectors = malloc(nvec * sizeof(float)))) {
+        qpk_model_free(m);
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    }
+    m->cfg = *c;
+    float *cur = m->vectors;
+    qpk_status s = get_matrix(get, ud, c, QPK_ROLE_EMBED, -1, &m->embed, e);
+    if (s == QPK_OK)
+        s = get_vector(get, ud, c, QPK_ROLE_FINAL_NORM, -1, &cur, &m->final_norm, e);
+    if (s == QPK_OK && !c->tie_word_embeddings)
+        s = get_matrix(get, ud, c, QPK_ROLE_LM_HEAD, -1, &m->head, e);
+    else
+        m->head = m->embed;
+    for (int l = 0; l < c->n_layers && s == QPK_OK; l++) {
+        layer_weights *L = &m->layers[l];
+        const struct {
+            qpk_role role;
+            qpk_matrix *w;
+        } mats[] = {{QPK_ROLE_Q, &L->q},       {QPK_ROLE_K, &L->k},   {QPK_ROLE_V, &L->v},
+                    {QPK_ROLE_O, &L->o},       {QPK_ROLE_GATE, &L->gate}, {QPK_ROLE_UP, &L->up},
+                    {QPK_ROLE_DOWN, &L->down}};
+        const struct {
+            qpk_role role;
+            const float **v;
+        } vecs[] = {{QPK_ROLE_ATTN_NORM, &L->attn_norm}, {QPK_ROLE_FFN_NORM, &L->ffn_norm},
+                    {QPK_ROLE_Q_BIAS, &L->bq},           {QPK_ROLE_K_BIAS, &L->bk},
+                    {QPK_ROLE_V_BIAS, &L->bv}};
+        for (size_t i = 0; i < sizeof mats / sizeof *mats && s == QPK_OK; i++)
+            s = get_matrix(get, ud, c, mats[i].role, l, mats[i].w, e);
+        for (size_t i = 0; i < sizeof vecs / sizeof *vecs && s == QPK_OK; i++)
+            s = get_vector(get, ud, c, vecs[i].role, l, &cur, vecs[i].v, e);
+    }
+    if (s != QPK_OK) {
+        qpk_model_free(m);
+        return s;
+    }
+    *out = m;
+    return QPK_OK;
+}
+
+static qpk_status qpk_file_weight(void *ud, qpk_role role, int layer, qpk_matrix *w, qpk_err *e)
+{
+    char name[QPK_MAX_NAME];
+    qpk_tensor_name(name, sizeof name, role, layer);
+    const qpk_tensor *t = qpk_find_tensor(ud, name);
+    if (!t)
+        return qpk_err_setf(e, QPK_E_MISMATCH, "missing tensor '%s'", name);
+    if (t->ndim > 2)
+        return qpk_err_setf(e, QPK_E_MISMATCH, "tensor '%s' has %d dimensions", name, t->ndim);
+    *w = (qpk_matrix){t->type, t->group_size, t->ndim == 2 ? t->dims[0] : 1, t->dims[t->ndim - 1], t->data};
+    return QPK_OK;
+}
+
+qpk_status qpk_model_from_qpk(qpk_model **out, const qpk_file *f, qpk_err *e)
+{
+    qpk_status s = qpk_check_model(f, e);
+    return s != QPK_OK ? s : qpk_model_create(out, qpk_file_config(f), qpk_file_weight, (void *)f, e);
+}
+
+void qpk_model_free(qpk_model *m)
+{
+    if (!m)
+        return;
+    free(m->layers);
+    free(m->vectors);
+    free(m);
+}
+
+const qpk_config *qpk_model_config(const qpk_model *m) { return &m->cfg; }
+
+static uint64_t matrix_bytes(const qpk_matrix *w) { return (uint64_t)w->rows * qpk_matrix_row_bytes(w); }
+
+uint64_t qpk_model_decode_bytes(const qpk_model *m)
+{
+    uint64_t b = matrix_bytes(&m->head) + qpk_matrix_row_bytes(&m->embed);
+    for (int64_t l = 0; l < m->cfg.n_layers; l++) {
+        const layer_weights *L = &m->layers[l];
+        b += matrix_bytes(&L->q) + matrix_bytes(&L->k) + matrix_bytes(&L->v) + matrix_bytes(&L->o) +
+             matrix_bytes(&L->gate) + matrix_bytes(&L->up) + matrix_bytes(&L->down);
+    }
+    return b;
+}
+
+/* ==================================================================== context */
+
+struct qpk_context {
+    const qpk_model *m;
+    const qpk_kernels *k;
+    qpk_pool *pool;
+    int n_ctx, n_batch, pos, cap; /* cap: positions the KV cache holds now */
+    float **kcache, **vcache;     /* per layer: [kv_heads][cap][head_dim] */
+    /* Activations for up to n_batch tokens. */
+    float *x, *xn, *q, *kk, *vv, *att, *gate, *up; /* [T,H] [T,H] [T,Q] [T,KV] [T,KV] [T,Q] [T,I] [T,I] */
+    float *inv_freq;                                 /* [head_dim/2] */
+    float *cos, *sin;                                /* [T, head_dim/2] for the batch's positions */
+    float *scratch;                                  /* per thread: gemm scratch, then attention scores */
+    size_t scratch_per_thread;
+};
+
+static void *alloc_floats(size_t n) { return malloc((n ? n : 1) * sizeof(float)); }
+
+qpk_status qpk_context_create(qpk_context **out, const qpk_model *m, const qpk_context_opts *o, qpk_err *e)
+{
+    *out = NULL;
+    const qpk_config *c = &m->cfg;
+    qpk_context_opts d = {0};
+    if (!o)
+        o = &d;
+    int n_ctx = o->n_ctx > 0 ? o->n_ctx : (int)c->max_position_embeddings;
+    int n_batch = o->n_batch > 0 ? o->n_batch : 512;
+    if (n_ctx > c->max_position_embeddings)
+        return qpk_err_setf(e, QPK_E_LIMIT, "n_ctx %d exceeds max_position_embeddings %lld", n_ctx,
+                            (long long)c->max_position_embeddings);
+    n_batch = n_batch < n_ctx ? n_batch : n_ctx;
+    qpk_context *x = calloc(1, sizeof *x);
+    if (!x)
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    x->m = m, x->n_ctx = n_ctx, x->n_batch = n_batch;
+    x->k = o->scalar ? qpk_kernels_scalar() : qpk_kernels_best();
+    qpk_status s = qpk_pool_create(&x->pool, o->n_threads, e);
+    if (s != QPK_OK) {
+        free(x);
+        return s;
+    }
+    size_t T = (size_t)n_batch, H = (size_t)c->hidden_size, I = (size_t)c->intermediate_size;
+    size_t Q = (size_t)(c->n_heads * c->head_dim), KV = (size_t)(c->n_kv_heads * c->head_dim);
+    size_t widest = (size_t)(I > Q ? I : Q) > H ? (I > Q ? I : Q) : H;
+    x->scratch_per_thread = qpk_gemm_scratch_floats((int64_t)widest);
+    if (x->scratch_per_thread < (size_t)n_ctx + 16)
+        x->scratch_per_thread = (size_t)n_ctx + 16;
+    x->kcache = calloc((size_t)c->n_layers, sizeof *x->kcache);
+    x->vcache = calloc((size_t)c->n_layers, sizeof *x->vcache);
+    x->x = alloc_floats(T * H), x->xn = alloc_floats(T * H);
+    x->q = alloc_floats(T * Q), x->att = alloc_floats(T * Q);
+    x->kk = alloc_floats(T * KV), x->vv = alloc_floats(T * KV);
+    x->gate = alloc_floats(T * I), x->up = alloc_floats(T * I);
+    x->inv_freq = alloc_floats((size_t)c->head_dim / 2);
+    x->cos = alloc_floats(T * (size_t)c->head_dim / 2), x->sin = alloc_floats(T * (size_t)c->head_dim / 2);
+    x->scratch = alloc_floats(x->scratch_per_thread * (size_t)qpk_pool_threads(x->pool));
+    if (!x->kcache || !x->vcache || !x->x || !x->xn || !x->q || !x->att || !x->kk || !x->vv || !x->gate ||
+        !x->up || !x->inv_freq || !x->cos || !x->sin || !x->scratch) {
+        qpk_context_free(x);
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory for a context of %d tokens per batch", n_batch);
+    }
+    qpk_op_rope_freqs(x->inv_freq, c->rope_theta, c->head_dim);
+    *out = x;
+    return QPK_OK;
+}
+
+void qpk_context_free(qpk_context *c)
+{
+    if (!c)
+        return;
+    for (int64_t l = 0; c->kcache && l < c->m->cfg.n_layers; l++) {
+        free(c->kcache[l]);
+        free(c->vcache[l]);
+    }
+    free(c->kcache), free(c->vcache);
+    free(c->x), free(c->xn), free(c->q), free(c->att), free(c->kk), free(c->vv), free(c->gate), free(c->up);
+    free(c->inv_freq), free(c->cos), free(c->sin), free(c->scratch);
+    qpk_pool_free(c->pool);
+    free(c);
+}
+
+void qpk_context_reset(qpk_context *c) { c->pos = 0; }
+int qpk_context_pos(const qpk_context *c) { return c->pos; }
+const char *qpk_context_kernels(const qpk_context *c) { return c->k->name; }
+const qpk_kernels *qpk_context_kernel_table(const qpk_context *c) { return c->k; }
+qpk_pool *qpk_context_pool(qpk_context *c) { return c->pool; }
+
+/* Grows the KV cache (doubling) so that it holds `need` positions. */
+static qpk_status reserve(qpk_context *c, int need, qpk_err *e)
+{
+    if (need <= c->cap)
+        return QPK_OK;
+    const qpk_config *cf = &c->m->cfg;
+    int cap = c->cap ? c->cap : 256;
+    while (cap < need)
+        cap *= 2;
+    cap = cap < c->n_ctx ? cap : c->n_ctx;
+    size_t hd = (size_t)cf->head_dim, per = (size_t)cf->n_kv_heads * (size_t)cap * hd;
+    for (int64_t l = 0; l < cf->n_layers; l++) {
+        float *nk = alloc_floats(per), *nv = alloc_floats(per);
+        if (!nk || !nv) {
+            free(nk), free(nv);
+            return qpk_err_setf(e, QPK_E_NOMEM, "out of memory for a KV cache of %d positions", cap);
+        }
+        for (int64_t h = 0; h < cf->n_kv_heads && c->pos > 0; h++) {
+            memcpy(nk + (size_t)h * (size_t)cap * hd, c->kcache[l] + (size_t)h * (size_t)c->cap * hd,
+                   (size_t)c->pos * hd * sizeof(float));
+            memcpy(nv + (size_t)h * (size_t)cap * hd, c->vcache[l] + (size_t)h * (size_t)c->cap * hd,
+                   (size_t)c->pos * hd * sizeof(float));
+        }
+        free(c->kcache[l]), free(c->vcache[l]);
+        c->kcache[l] = nk, c->vcache[l] = nv;
+    }
+    c->cap = cap;
+    return QPK_OK;
+}
+
+/* ================================================================ parallel ops */
+
+typedef struct matmul_job {
+    qpk_context *c;
+    const qpk_matrix *w;
+    const float *x;
+    float *y;
+    int64_t T, rows_per_task;
+} matmul_job;
+
+static void matmul_task(void *arg, int64_t task, int thread)
+{
+    matmul_job *j = arg;
+    int64_t r0 = task * j->rows_per_task, r1 = r0 + j->rows_per_task;
+    r1 = r1 < j->w->rows ? r1 : j->w->rows;
+    float *scratch = j->c->scratch + (size_t)thread * j->c->scratch_per_thread;
+    if (j->T == 1)
+        j->c->k->gemv(j->w, j->x, j->y, r0, r1, scratch);
+    else
+        j->c->k->gemm(j->w, j->x, j->T, j->w->cols, j->y, j->w->rows, r0, r1, scratch);
+}
+
+/* y[T, rows] = x[T, cols] . W^T, split by rows over the pool (each output has one writer). */
+static void matmul(qpk_context *c, const qpk_matrix *w, const float *x, int64_t T, float *y)
+{
+    int threads = qpk_pool_threads(c->pool);
+    /* About 4 tasks per thread for balance, rounded to 24 rows (a multiple of both kernels' blocks). */
+    int64_t per = (w->rows + 4 * threads - 1) / (4 * threads);
+    per = (per + 23) / 24 * 24;
+    matmul_job j = {c, w, x, y, T, per};
+    qpk_pool_run(c->pool, (w->rows + per - 1) / per, matmul_task, &j);
+}
+
+static void add_bias(float *y, const float *b, int64_t T, int64_t n)
+{
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t i = 0; i < n; i++)
+            y[t * n + i] += b[i];
+}
+
+typedef struct attn_job {
+    qpk_context *c;
+    int64_t layer, T;
+} attn_job;
+
+/* One (query token, head): attention over the visible positions of the cache. */
+static void attn_task(void *arg, int64_t task, int thread)
+{
+    attn_job *j = arg;
+    qpk_context *c = j->c;
+    const qpk_config *cf = &c->m->cfg;
+    int64_t hd = cf->head_dim, t = task / cf->n_heads, h = task % cf->n_heads;
+    int64_t kvh = h / (cf->n_heads / cf->n_kv_heads), p = c->pos + t, first = 0;
+    if (cf->use_sliding_window && j->layer >= cf->max_window_layers && p - cf->sliding_window + 1 > 0)
+        first = p - cf->sliding_window + 1;
+    size_t head = (size_t)kvh * (size_t)c->cap * (size_t)hd;
+    qpk_op_attend(c->k, c->q + (t * cf->n_heads + h) * hd, c->kcache[j->layer] + head, c->vcache[j->layer] + head,
+                  first, p, hd, c->scratch + (size_t)thread * c->scratch_per_thread,
+                  c->att + (t * cf->n_heads + h) * hd);
+}
+
+typedef struct swiglu_job {
+    float *gate;
+    const float *up;
+    int64_t n, per;
+} swiglu_job;
+
+static void swiglu_task(void *arg, int64_t task, int thread)
+{
+    (void)thread;
+    swiglu_job *j = arg;
+    int64_t i0 = task * j->per, i1 = i0 + j->per < j->n ? i0 + j->per : j->n;
+    qpk_op_swiglu(j->gate + i0, j->up + i0, i1 - i0);
+}
+
+/* ============================================================= forward pass */
+
+static void forward_layer(qpk_context *c, int64_t l, int64_t T)
+{
+    const qpk_config *cf = &c->m->cfg;
+    const layer_weights *L = &c->m->layers[l];
+    int64_t H = cf->hidden_size, Q = cf->n_heads * cf->head_dim, KV = cf->n_kv_heads * cf->head_dim;
+    int64_t hd = cf->head_dim;
+
+    /* Attention block. */
+    float eps = (float)cf->rms_norm_eps;
+    qpk_op_rms_norm(c->k, c->x, L->attn_norm, c->xn, T, H, eps);
+    matmul(c, &L->q, c->xn, T, c->q);
+    matmul(c, &L->k, c->xn, T, c->kk);
+    matmul(c, &L->v, c->xn, T, c->vv);
+    add_bias(c->q, L->bq, T, Q);
+    add_bias(c->kk, L->bk, T, KV);
+    add_bias(c->vv, L->bv, T, KV);
+    qpk_op_rope(c->q, c->cos, c->sin, T, cf->n_heads, hd);
+    qpk_op_rope(c->kk, c->cos, c->sin, T, cf->n_kv_heads, hd);
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t h = 0; h < cf->n_kv_heads; h++) {
+            size_t at = ((size_t)h * (size_t)c->cap + (size_t)(c->pos + t)) * (size_t)hd;
+            memcpy(c->kcache[l] + at, c->kk + (t * cf->n_kv_heads + h) * hd, (size_t)hd * sizeof(float));
+            memcpy(c->vcache[l] + at, c->vv + (t * cf->n_kv_heads + h) * hd, (size_t)hd * sizeof(float));
+        }
+    attn_job aj = {c, l, T};
+    qpk_pool_run(c->pool, T * cf->n_heads, attn_task, &aj);
+    matmul(c, &L->o, c->att, T, c->xn);
+    for (int64_t i = 0; i < T * H; i++)
+        c->x[i] += c->xn[i];
+
+    /* MLP block: down(silu(gate(x)) * up(x)). */
+    qpk_op_rms_norm(c->k, c->x, L->ffn_norm, c->xn, T, H, eps);
+    matmul(c, &L->gate, c->xn, T, c->gate);
+    matmul(c, &L->up, c->xn, T, c->up);
+    int64_t n = T * cf->intermediate_size, per = 4096;
+    swiglu_job sj = {c->gate, c->up, n, per};
+    qpk_pool_run(c->pool, (n + per - 1) / per, swiglu_task, &sj);
+    matmul(c, &L->down, c->gate, T, c->xn);
+    for (int64_t i = 0; i < T * H; i++)
+        c->x[i] += c->xn[i];
+}
+
+/* One batch of at most n_batch tokens; logits of its last n_logits. */
+static qpk_status forward(qpk_context *c, const int32_t *tokens, int64_t T, float *logits, int64_t n_logits,
+                          qpk_err *e)
+{
+    const qpk_config *cf = &c->m->cfg;
+    int64_t H = cf->hidden_size;
+    qpk_status s = reserve(c, c->pos + (int)T, e);
+    if (s != QPK_OK)
+        return s;
+    for (int64_t t = 0; t < T; t++)
+        c->k->row_to_f32(&c->m->embed, tokens[t], c->x + t * H);
+    qpk_op_rope_tables(c->cos, c->sin, c->inv_freq, c->pos, T, cf->head_dim / 2);
+    for (int64_t l = 0; l < cf->n_layers; l++)
+        forward_layer(c, l, T);
+    c->pos += (int)T;
+    if (n_logits == 0)
+        return QPK_OK;
+    qpk_op_rms_norm(c->k, c->x + (T - n_logits) * H, c->m->final_norm, c->xn, n_logits, H,
+                    (float)cf->rms_norm_eps);
+    matmul(c, &c->m->head, c->xn, n_logits, logits);
+    return QPK_OK;
+}
+
+qpk_status qpk_eval(qpk_context *c, const int32_t *tokens, int n, float *logits, int n_logits, qpk_err *e)
+{
+    const qpk_config *cf = &c->m->cfg;
+    if (n < 0 || n_logits < 0 || n_logits > n || (n_logits > 0 && !logits))
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "bad token or logit count (%d, %d)", n, n_logits);
+    if (n > c->n_ctx - c->pos)
+        return qpk_err_setf(e, QPK_E_LIMIT, "%d tokens at position %d exceed the context of %d", n, c->pos,
+                            c->n_ctx);
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= cf->vocab_size)
+            return qpk_err_setf(e, QPK_E_VALUE, "token id %d at index %d is outside the vocabulary (%lld)",
+                                tokens[i], i, (long long)cf->vocab_size);
+    for (int done = 0; done < n; done += c->n_batch) {
+        int T = n - done < c->n_batch ? n - done : c->n_batch;
+        /* This batch's share of the requested logits: those among the last n_logits tokens. */
+        int first_wanted = n - n_logits, from = first_wanted > done ? first_wanted - done : 0;
+        int want = from < T ? T - from : 0;
+        float *out = want ? logits + (size_t)(done + from - first_wanted) * (size_t)cf->vocab_size : NULL;
+        qpk_status s = forward(c, tokens + done, T, out, want, e);
+        if (s != QPK_OK)
+            return s;
+    }
+    return QPK_OK;
+}

@@ -1,0 +1,76 @@
+/* Opening whatever a user names as a model or a reference. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "qpk/verify.h"
+
+struct qpk_source {
+    qpk_source_kind kind;
+    qpk_file *file;
+    qpk_checkpoint *ck;
+    qpk_safetensors *logits;
+    qpk_model *model;
+};
+
+static bool has_qpk_magic(const char *path)
+{
+    unsigned char m[8] = {0};
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    ssize_t n = read(fd, m, sizeof m);
+    close(fd);
+    return n == 8 && memcmp(m, "QPKF\r\n\x1a\n", 8) == 0;
+}
+
+qpk_status qpk_source_open(qpk_source **out, const char *path, bool allow_logits, const qpk_callbacks *cb,
+                           qpk_err *e)
+{
+    *out = NULL;
+    struct stat sb;
+    if (stat(path, &sb) != 0)
+        return qpk_err_setf(e, QPK_E_IO, "cannot open '%s': %s", path, strerror(errno));
+    qpk_source *s = calloc(1, sizeof *s);
+    if (!s)
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    qpk_status st;
+    if (S_ISDIR(sb.st_mode)) {
+        s->kind = QPK_SOURCE_HF;
+        st = qpk_checkpoint_open(&s->ck, path, cb, e);
+        if (st == QPK_OK)
+            st = qpk_checkpoint_model(&s->model, s->ck, e);
+    } else if (has_qpk_magic(path) || !allow_logits) {
+        s->kind = QPK_SOURCE_QPK;
+        st = qpk_open(&s->file, path, NULL, e);
+        if (st == QPK_OK && (st = qpk_model_from_qpk(&s->model, s->file, e)) != QPK_OK)
+            qpk_err_prefix(e, "%s", path);
+    } else {
+        s->kind = QPK_SOURCE_LOGITS;
+        st = qpk_st_open(&s->logits, path, e);
+    }
+    if (st != QPK_OK) {
+        qpk_source_close(s);
+        return st;
+    }
+    *out = s;
+    return QPK_OK;
+}
+
+void qpk_source_close(qpk_source *s)
+{
+    if (!s)
+        return;
+    qpk_model_free(s->model);
+    qpk_checkpoint_close(s->ck);
+    qpk_close(s->file);
+    qpk_st_close(s->logits);
+    free(s);
+}
+
+qpk_source_kind qpk_source_kind_of(const qpk_source *s) { return s->kind; }
+const qpk_model *qpk_source_model(const qpk_source *s) { return s->model; }
+const qpk_safetensors *qpk_source_logits(const qpk_source *s) { return s->logits; }

@@ -128,6 +128,27 @@ int main(int argc, char **argv)
     printf("qconvert keep    %.3f s  %7.1f MB/s  (best of %d; includes fsync)\n", best_q, mb / best_q, runs);
     printf("ratio            %.2fx cp  (target <= 1.50x)\n", best_q / best_cp);
     printf("peak anon memory %.1f MB  (target < 300 MB; sampled every 2 ms)\n", (double)peak / 1024.0);
+
+    /* Quantization throughput: input bytes per second, fsync included. */
+    static const char *const recipes[][2] = {{"int8", "32"}, {"int4", "32"}, {"int4s", "32"}, {"int8", "128"},
+                                             {"int4", "128"}};
+    printf("\nquantization (input %.1f MB, best of %d):\n", mb, runs);
+    for (size_t r = 0; r < sizeof recipes / sizeof *recipes; r++) {
+        char *qq[] = {qconvert, model, "-o", out, "--quant", (char *)recipes[r][0], "--group", (char *)recipes[r][1],
+                      "-q", NULL};
+        double best = 1e30;
+        long kb, peak_q = 0;
+        for (int i = 0; i < runs; i++) {
+            unlink(out), run(sync_cmd, NULL);
+            double t = run(qq, &kb);
+            best = t < best ? t : best;
+            peak_q = kb > peak_q ? kb : peak_q;
+        }
+        struct stat ob;
+        stat(out, &ob);
+        printf("  %-5s g%-4s %6.3f s  %6.2f GB/s input  -> %6.1f MB  (peak anon %.0f MB)\n", recipes[r][0],
+               recipes[r][1], best, mb / 1e3 / best, (double)ob.st_size / 1e6, (double)peak_q / 1024.0);
+    }
     unlink(copy);
     unlink(out);
     return 0;

@@ -20,6 +20,9 @@ static const char *const EMBEDDED_FILES[] = {"tokenizer.json", "tokenizer_config
 typedef struct job {
     const qpk_convert_opts *o;
     qpk_writer *w;
+    qpk_pool *pool;
+    float *rows_f32;    /* per thread: one source row in f32 */
+    size_t widest;      /* floats per thread in rows_f32 */
     uint64_t done, total;
     float *f32;
     void *out;
@@ -74,6 +77,70 @@ static qpk_status convert_values(job *j, const qpk_st_tensor *t, qpk_type type, 
 }
 
 /* Records a source tensor in the provenance; `hash` is its XXH3 when already known. */
+/* ---------------------------------------------------------- quantization */
+
+#define QUANT_CHUNK_BYTES (8u << 20) /* output rows per writer call: bounded memory */
+#define QUANT_TASK_ROWS 8
+
+typedef struct quant_job {
+    job *j;
+    const qpk_st_tensor *t;
+    uint32_t type, group;
+    int64_t row0, n_rows, cols;
+    size_t row_bytes;
+    uint8_t *out;
+    qpk_status *status; /* per task, so the first failing row is reported whatever the threads */
+    qpk_err *errs;
+} quant_job;
+
+static void quant_task(void *arg, int64_t task, int thread)
+{
+    quant_job *q = arg;
+    float *x = q->j->rows_f32 + (size_t)thread * q->j->widest;
+    int64_t r1 = (task + 1) * QUANT_TASK_ROWS < q->n_rows ? (task + 1) * QUANT_TASK_ROWS : q->n_rows;
+    q->status[task] = QPK_OK;
+    for (int64_t r = task * QUANT_TASK_ROWS; r < r1; r++) {
+        qpk_st_to_f32(q->t, (uint64_t)(q->row0 + r) * (uint64_t)q->cols, (size_t)q->cols, x);
+        qpk_status s = qpk_quantize_row(q->type, q->group, x, q->cols, q->out + (size_t)r * q->row_bytes,
+                                        &q->errs[task]);
+        if (s != QPK_OK) {
+            qpk_err_prefix(&q->errs[task], "tensor '%s' row %lld", q->t->name, (long long)(q->row0 + r));
+            q->status[task] = s;
+            return;
+        }
+    }
+}
+
+/* Round-to-nearest quantization of a whole tensor, chunk by chunk of rows, on all threads. */
+static qpk_status quantize_tensor(job *j, const qpk_st_tensor *t, uint32_t type, uint32_t group, qpk_err *e)
+{
+    int64_t cols = t->shape[t->ndim - 1], rows = (int64_t)(t->numel / (uint64_t)cols);
+    size_t row_bytes = (size_t)(cols / group) * qpk_type_block_bytes(type, group);
+    int64_t chunk = (int64_t)(QUANT_CHUNK_BYTES / row_bytes);
+    chunk = chunk < QUANT_TASK_ROWS ? QUANT_TASK_ROWS : chunk / QUANT_TASK_ROWS * QUANT_TASK_ROWS;
+    int64_t max_tasks = chunk / QUANT_TASK_ROWS;
+    quant_job q = {j, t, type, group, 0, 0, cols, row_bytes, malloc((size_t)chunk * row_bytes),
+                   calloc((size_t)max_tasks, sizeof(qpk_status)), calloc((size_t)max_tasks, sizeof(qpk_err))};
+    qpk_status s = q.out && q.status && q.errs ? QPK_OK : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    for (int64_t r0 = 0; r0 < rows && s == QPK_OK; r0 += chunk) {
+        q.row0 = r0, q.n_rows = rows - r0 < chunk ? rows - r0 : chunk;
+        int64_t tasks = (q.n_rows + QUANT_TASK_ROWS - 1) / QUANT_TASK_ROWS;
+        qpk_pool_run(j->pool, tasks, quant_task, &q);
+        for (int64_t i = 0; i < tasks && s == QPK_OK; i++)
+            if (q.status[i] != QPK_OK) {
+                *e = q.errs[i];
+                s = q.status[i];
+            }
+        if (s == QPK_OK)
+            s = qpk_writer_write(j->w, q.out, (size_t)q.n_rows * row_bytes, e);
+        j->done += (uint64_t)q.n_rows * (uint64_t)cols * qpk_st_dtype_size(t->dtype);
+        if (s == QPK_OK)
+            s = poll(j, t->name, e);
+    }
+    free(q.out), free(q.status), free(q.errs);
+    return s;
+}
+
 static void note_source(job *j, const qpk_st_tensor *t, const uint64_t *hash)
 {
     char hex[17];
@@ -104,12 +171,17 @@ static qpk_status write_tensors(job *j, const qpk_checkpoint *ck, qpk_err *e)
         qpk_model_tensor_at(c, i, &role, &layer);
         qpk_tensor_name(name, sizeof name, role, layer);
         const qpk_st_tensor *t = qpk_checkpoint_tensor(ck, role, layer);
-        qpk_type type = j->o->dtype < 0 ? qpk_st_keep_type(t->dtype) : (qpk_type)j->o->dtype;
+        uint32_t type, group;
+        qpk_status s = qpk_tensor_plan(j->o, t, role, name, &type, &group, e);
+        if (s != QPK_OK)
+            return s;
         bool as_is = qpk_st_keep_type(t->dtype) == type && t->dtype != QPK_ST_F64;
         uint64_t h = 0;
-        qpk_status s = qpk_writer_begin_tensor(j->w, name, type, 0, t->ndim, t->shape, e);
+        s = qpk_writer_begin_tensor(j->w, name, type, group, t->ndim, t->shape, e);
         if (s == QPK_OK)
-            s = as_is ? copy_bytes(j, t, e) : convert_values(j, t, type, e);
+            s = qpk_type_is_quantized(type) ? quantize_tensor(j, t, type, group, e)
+                : as_is                     ? copy_bytes(j, t, e)
+                                            : convert_values(j, t, (qpk_type)type, e);
         if (s == QPK_OK)
             s = qpk_writer_end_tensor(j->w, e);
         if (s != QPK_OK)
@@ -146,6 +218,35 @@ static qpk_status embed_files(job *j, const char *dir, cJSON *prov, qpk_err *e)
     return QPK_OK;
 }
 
+static void add_recipe(cJSON *m, const qpk_convert_opts *o)
+{
+    if (!o->quant && !o->n_rules) {
+        cJSON_AddNullToObject(m, "quantization");
+        return;
+    }
+    cJSON *q = cJSON_AddObjectToObject(m, "quantization");
+    cJSON_AddStringToObject(q, "method", "rtn");
+    cJSON_AddStringToObject(q, "type", o->quant ? qpk_type_name((uint32_t)o->quant) : "none");
+    if (o->group == QPK_GROUP_ROW)
+        cJSON_AddStringToObject(q, "group", "row");
+    else
+        cJSON_AddNumberToObject(q, "group", o->group);
+    cJSON_AddStringToObject(q, "embedding", o->quant ? "int8" : "as --dtype");
+    cJSON_AddStringToObject(q, "norms_and_biases", o->quant ? "f32" : "as --dtype");
+    cJSON *rules = cJSON_AddArrayToObject(q, "rules");
+    for (size_t i = 0; i < o->n_rules; i++) {
+        char text[200];
+        const qpk_quant_rule *r = &o->rules[i];
+        if (r->group == QPK_GROUP_ROW)
+            snprintf(text, sizeof text, "%s=%s/row", r->pattern, qpk_type_name((uint32_t)r->type));
+        else if (r->group)
+            snprintf(text, sizeof text, "%s=%s/g%u", r->pattern, qpk_type_name((uint32_t)r->type), r->group);
+        else
+            snprintf(text, sizeof text, "%s=%s", r->pattern, qpk_type_name((uint32_t)r->type));
+        cJSON_AddItemToArray(rules, cJSON_CreateString(text));
+    }
+}
+
 static cJSON *base_metadata(const qpk_checkpoint *ck, const qpk_convert_opts *o, cJSON **prov)
 {
     cJSON *m = cJSON_CreateObject();
@@ -162,7 +263,7 @@ static cJSON *base_metadata(const qpk_checkpoint *ck, const qpk_convert_opts *o,
     cJSON_AddStringToObject(m, "architecture", "qwen2");
     cJSON_AddItemToObject(m, "config", cfg);
     cJSON_AddBoolToObject(m, "tied", qpk_checkpoint_config(ck)->tie_word_embeddings);
-    cJSON_AddNullToObject(m, "quantization");
+    add_recipe(m, o);
     *prov = cJSON_AddObjectToObject(m, "provenance");
     cJSON_AddStringToObject(*prov, "tool", "qconvert");
     cJSON_AddStringToObject(*prov, "version", QPK_VERSION_STRING);
@@ -183,10 +284,26 @@ static cJSON *base_metadata(const qpk_checkpoint *ck, const qpk_convert_opts *o,
     return m;
 }
 
+/* Room for one source row in f32 per thread. */
+static qpk_status job_buffers(job *j, const qpk_config *c, qpk_err *e)
+{
+    int64_t widest = c->hidden_size > c->intermediate_size ? c->hidden_size : c->intermediate_size;
+    widest = widest > c->n_heads * c->head_dim ? widest : c->n_heads * c->head_dim;
+    j->widest = (size_t)widest;
+    j->rows_f32 = malloc(j->widest * (size_t)qpk_pool_threads(j->pool) * sizeof(float));
+    j->f32 = malloc(CHUNK_ELEMS * sizeof(float));
+    j->out = malloc(CHUNK_ELEMS * sizeof(float));
+    return j->rows_f32 && j->f32 && j->out ? QPK_OK : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+}
+
 qpk_status qpk_convert(const char *dir, const char *out, const qpk_convert_opts *o, qpk_err *e)
 {
     if (o->dtype >= 0 && o->dtype != QPK_TYPE_F32 && o->dtype != QPK_TYPE_F16 && o->dtype != QPK_TYPE_BF16)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "--dtype must be keep, f32, f16 or bf16");
+    if (o->quant && !qpk_type_is_quantized((uint32_t)o->quant))
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "--quant must be int8, int4 or int4s");
+    if (o->quant && (o->group == 0 || (o->group != QPK_GROUP_ROW && o->group % QPK_GROUP_QUANTUM)))
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "--group must be a multiple of %d or row", QPK_GROUP_QUANTUM);
     qpk_checkpoint *ck = NULL;
     job j = {.o = o};
     cJSON *meta = NULL, *prov = NULL;
@@ -195,14 +312,13 @@ qpk_status qpk_convert(const char *dir, const char *out, const qpk_convert_opts 
     if (s == QPK_OK && !(meta = base_metadata(ck, o, &prov)))
         s = qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     if (s == QPK_OK)
+        s = qpk_pool_create(&j.pool, o->n_threads, e);
+    if (s == QPK_OK)
+        s = job_buffers(&j, qpk_checkpoint_config(ck), e);
+    if (s == QPK_OK)
         s = qpk_writer_create(&j.w, out, e);
-    if (s == QPK_OK) {
+    if (s == QPK_OK)
         j.prov_tensors = cJSON_AddObjectToObject(prov, "source_tensors");
-        j.f32 = malloc(CHUNK_ELEMS * sizeof(float));
-        j.out = malloc(CHUNK_ELEMS * sizeof(float));
-        if (!j.f32 || !j.out)
-            s = qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
-    }
     if (s == QPK_OK)
         s = write_tensors(&j, ck, e);
     if (s == QPK_OK)
@@ -214,9 +330,11 @@ qpk_status qpk_convert(const char *dir, const char *out, const qpk_convert_opts 
         j.w = NULL;
     }
     qpk_writer_discard(j.w);
+    qpk_pool_free(j.pool);
     free(text);
     free(j.f32);
     free(j.out);
+    free(j.rows_f32);
     cJSON_Delete(meta);
     qpk_checkpoint_close(ck);
     return s;

@@ -30,4 +30,8 @@ static inline qpk_type qpk_st_keep_type(qpk_st_dtype d)
     return d == QPK_ST_F16 ? QPK_TYPE_F16 : d == QPK_ST_BF16 ? QPK_TYPE_BF16 : QPK_TYPE_F32;
 }
 
+/* The type (and group) tensor `name` of role `role` is stored as under options o. */
+qpk_status qpk_tensor_plan(const qpk_convert_opts *o, const qpk_st_tensor *src, qpk_role role, const char *name,
+                           uint32_t *type, uint32_t *group, qpk_err *e);
+
 #endif

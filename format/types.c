@@ -12,7 +12,20 @@ static const type_info TYPES[QPK_TYPE_COUNT_] = {
     [QPK_TYPE_F32] = {"f32", 4},
     [QPK_TYPE_F16] = {"f16", 2},
     [QPK_TYPE_BF16] = {"bf16", 2},
+    [QPK_TYPE_INT8] = {"int8", 0},
+    [QPK_TYPE_INT4] = {"int4", 0},
+    [QPK_TYPE_INT4S] = {"int4s", 0},
 };
+
+size_t qpk_type_block_bytes(uint32_t type, uint32_t g)
+{
+    switch (type) {
+    case QPK_TYPE_INT8: return 2 + (size_t)g;      /* f16 d, g x int8 */
+    case QPK_TYPE_INT4: return 4 + (size_t)g / 2;  /* f16 d, u8 z, u8 0, g/2 bytes of codes */
+    case QPK_TYPE_INT4S: return 2 + (size_t)g / 2; /* f16 d, g/2 bytes of codes */
+    default: return 0;
+    }
+}
 
 const char *qpk_type_name(uint32_t type)
 {
@@ -62,5 +75,15 @@ qpk_status qpk_tensor_nbytes(uint32_t type, uint32_t group_size, int ndim, const
             return qpk_err_setf(e, QPK_E_LIMIT, "byte size overflows 64 bits");
         return QPK_OK;
     }
-    return qpk_err_setf(e, QPK_E_UNSUPPORTED, "type %s has no size rule", t->name);
+    /* Groups of group_size run along the last (input) dimension of each row. */
+    int64_t cols = dims[ndim - 1];
+    if (group_size == 0 || group_size % QPK_GROUP_QUANTUM != 0 || group_size > (1u << 20))
+        return qpk_err_setf(e, QPK_E_CORRUPT, "type %s needs a group size that is a positive multiple of %d (got %u)",
+                            t->name, QPK_GROUP_QUANTUM, group_size);
+    if (cols % group_size != 0)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "type %s: rows of %lld are not a whole number of groups of %u", t->name,
+                            (long long)cols, group_size);
+    if (!mul_ok(numel / group_size, qpk_type_block_bytes(type, group_size), out))
+        return qpk_err_setf(e, QPK_E_LIMIT, "byte size overflows 64 bits");
+    return QPK_OK;
 }

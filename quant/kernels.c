@@ -12,6 +12,12 @@ size_t qpk_matrix_row_bytes(const qpk_matrix *w)
     case QPK_TYPE_F32: return (size_t)w->cols * 4;
     case QPK_TYPE_F16:
     case QPK_TYPE_BF16: return (size_t)w->cols * 2;
+    case QPK_TYPE_INT8:
+    case QPK_TYPE_INT4:
+    case QPK_TYPE_INT4S:
+        if (w->group_size == 0 || w->group_size % QPK_GROUP_QUANTUM || w->cols % w->group_size)
+            return 0;
+        return (size_t)(w->cols / w->group_size) * qpk_type_block_bytes(w->type, w->group_size);
     default: return 0;
     }
 }
@@ -20,7 +26,7 @@ size_t qpk_gemm_scratch_floats(int64_t cols) { return (size_t)QPK_GEMM_ROWS * SC
 
 static void row_to_f32(const qpk_matrix *w, int64_t r, float *dst)
 {
-    qpk_row_to_f32(w->type, qpk_row_ptr(w, r), dst, (size_t)w->cols);
+    qpk_dequantize_row(w->type, w->group_size, qpk_row_ptr(w, r), w->cols, dst);
 }
 
 static float reduce8(const float a[8])
@@ -36,7 +42,10 @@ static float dot4(const float *x, const float *w, int64_t n)
     for (int64_t b = 0; b < nb; b++)
         for (int j = 0; j < 8; j++)
             acc[b % 4][j] += x[8 * b + j] * w[8 * b + j];
-    float s = (reduce8(acc[0]) + reduce8(acc[1])) + (reduce8(acc[2]) + reduce8(acc[3]));
+    float lanes[8];
+    for (int j = 0; j < 8; j++)
+        lanes[j] = (acc[0][j] + acc[1][j]) + (acc[2][j] + acc[3][j]);
+    float s = reduce8(lanes);
     for (int64_t k = 8 * nb; k < n; k++)
         s += x[k] * w[k];
     return s;

@@ -52,12 +52,67 @@ static inline float load1(uint32_t type, const uint8_t *row, int64_t k)
     }
 }
 
+/* ------------------------------------------------------ group-quantized codes */
+
+/* The f16 scale (and int4 zero point) at the head of a block, broadcast. */
+static inline __m256 block_scale(const uint8_t *b)
+{
+    uint16_t h;
+    memcpy(&h, b, 2);
+    return _mm256_set1_ps(_cvtsh_ss(h));
+}
+
+/*
+ * The 32 weights of chunk c of a block, in order, as 4 vectors: d * (q - z) computed
+ * exactly (the products have at most 18 significant bits), as the reference does.
+ */
+static inline __attribute__((always_inline)) void dequant_chunk(uint32_t type, const uint8_t *block, int64_t c,
+                                                                __m256 d, __m256 zero, __m256 out[4])
+{
+    __m128i q[4];
+    if (type == QPK_TYPE_INT8) {
+        const uint8_t *p = block + 2 + 32 * c;
+        for (int j = 0; j < 4; j++)
+            q[j] = _mm_loadl_epi64((const __m128i *)(p + 8 * j));
+        for (int j = 0; j < 4; j++)
+            out[j] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q[j])));
+        return;
+    }
+    const uint8_t *p = block + (type == QPK_TYPE_INT4 ? 4 : 2) + 16 * c;
+    const __m128i m = _mm_set1_epi8(15), raw = _mm_loadu_si128((const __m128i *)p);
+    __m128i lo = _mm_and_si128(raw, m), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m); /* codes 0..15, 16..31 */
+    q[0] = lo, q[1] = _mm_srli_si128(lo, 8), q[2] = hi, q[3] = _mm_srli_si128(hi, 8);
+    for (int j = 0; j < 4; j++)
+        out[j] = _mm256_mul_ps(d, _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q[j])), zero));
+}
+
+static inline __m256 block_zero(uint32_t type, const uint8_t *b)
+{
+    return _mm256_set1_ps(type == QPK_TYPE_INT4 ? (float)b[2] : type == QPK_TYPE_INT4S ? 8.0f : 0.0f);
+}
+
+static void dequant_row(uint32_t type, uint32_t group, const uint8_t *row, int64_t n, float *dst)
+{
+    const size_t bb = qpk_type_block_bytes(type, group);
+    for (int64_t g = 0; g < n; g += group, row += bb) {
+        __m256 d = block_scale(row), z = block_zero(type, row), w[4];
+        for (int64_t c = 0; c < group / 32; c++) {
+            dequant_chunk(type, row, c, d, z, w);
+            for (int j = 0; j < 4; j++)
+                _mm256_storeu_ps(dst + g + 32 * c + 8 * j, w[j]);
+        }
+    }
+}
+
 static void row_to_f32(const qpk_matrix *w, int64_t r, float *dst)
 {
     const uint8_t *row = qpk_row_ptr(w, r);
     const int64_t n = w->cols;
     int64_t k = 0;
     switch (w->type) { /* one loop per type: no branch, and nothing re-read from *w */
+    case QPK_TYPE_INT8: dequant_row(QPK_TYPE_INT8, w->group_size, row, n, dst); return;
+    case QPK_TYPE_INT4: dequant_row(QPK_TYPE_INT4, w->group_size, row, n, dst); return;
+    case QPK_TYPE_INT4S: dequant_row(QPK_TYPE_INT4S, w->group_size, row, n, dst); return;
     case QPK_TYPE_BF16:
         for (; k + 8 <= n; k += 8)
             _mm256_storeu_ps(dst + k, load8(QPK_TYPE_BF16, row, k));
@@ -99,11 +154,11 @@ static void axpy(float a, const float *x, float *y, int64_t n)
 
 /* ---------------------------------------------------------------- gemv */
 
-/* (c0 + c1) + (c2 + c3) of the reduced chains, then the tail in order: as the scalar dot4. */
-static inline float combine(const float c[4], const float *x, const uint8_t *row, uint32_t type, int64_t k,
+/* The chains added lane-wise as (c0 + c1) + (c2 + c3), reduced, then the tail in order: as dot4. */
+static inline float combine(const __m256 c[4], const float *x, const uint8_t *row, uint32_t type, int64_t k,
                             int64_t K)
 {
-    float s = (c[0] + c[1]) + (c[2] + c[3]);
+    float s = hsum(_mm256_add_ps(_mm256_add_ps(c[0], c[1]), _mm256_add_ps(c[2], c[3])));
     for (; k < K; k++)
         s = fma1(x[k], load1(type, row, k), s);
     return s;
@@ -130,15 +185,46 @@ static inline __attribute__((always_inline)) float gemv_row(uint32_t type, const
         a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), load8(type, row, k), a1), k += 8;
     if (k + 8 <= K)
         a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), load8(type, row, k), a2), k += 8;
-    float c[4] = {hsum(a0), hsum(a1), hsum(a2), hsum(a3)};
+    const __m256 c[4] = {a0, a1, a2, a3};
     return combine(c, x, row, type, k, K);
+}
+
+/* A group-quantized row: each chunk of 32 feeds chains 0..3 in turn (rows are whole chunks). */
+static inline __attribute__((always_inline)) float gemv_qrow(uint32_t type, uint32_t group, const uint8_t *row,
+                                                             const float *x, int64_t K)
+{
+    const size_t bb = qpk_type_block_bytes(type, group);
+    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t g = 0; g < K; g += group, row += bb) {
+        __m256 d = block_scale(row), z = block_zero(type, row), w[4];
+        for (int64_t c = 0; c < group / 32; c++) {
+            const float *xc = x + g + 32 * c;
+            dequant_chunk(type, row, c, d, z, w);
+            for (int j = 0; j < 4; j++)
+                a[j] = _mm256_fmadd_ps(_mm256_loadu_ps(xc + 8 * j), w[j], a[j]);
+        }
+    }
+    return combine(a, x, row, type, K, K);
 }
 
 static void gemv(const qpk_matrix *w, const float *x, float *y, int64_t r0, int64_t r1, float *scratch)
 {
     (void)scratch;
     const int64_t K = w->cols;
-    switch (w->type) { /* specialise on the type so load8 folds to one path */
+    const uint32_t G = w->group_size;
+    switch (w->type) { /* specialise on the type so load8 and dequant_chunk fold to one path */
+    case QPK_TYPE_INT8:
+        for (int64_t r = r0; r < r1; r++)
+            y[r] = gemv_qrow(QPK_TYPE_INT8, G, qpk_row_ptr(w, r), x, K);
+        break;
+    case QPK_TYPE_INT4:
+        for (int64_t r = r0; r < r1; r++)
+            y[r] = gemv_qrow(QPK_TYPE_INT4, G, qpk_row_ptr(w, r), x, K);
+        break;
+    case QPK_TYPE_INT4S:
+        for (int64_t r = r0; r < r1; r++)
+            y[r] = gemv_qrow(QPK_TYPE_INT4S, G, qpk_row_ptr(w, r), x, K);
+        break;
     case QPK_TYPE_BF16:
         for (int64_t r = r0; r < r1; r++)
             y[r] = gemv_row(QPK_TYPE_BF16, qpk_row_ptr(w, r), x, K);
@@ -204,10 +290,10 @@ static inline __attribute__((always_inline)) void tile(const int NT, const int N
     }
     for (int i = 0; i < NT; i++)
         for (int j = 0; j < NR; j++) {
-            float c4[4] = {0, 0, 0, 0};
+            __m256 c4[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
             if (nb)
                 for (int c = 0; c < 4; c++)
-                    c4[c] = hsum(keep[c][i][j]);
+                    c4[c] = keep[c][i][j];
             y[i * ldy + j] = combine(c4, x + i * ldx, (const uint8_t *)w[j], QPK_TYPE_F32, 8 * nb, K);
         }
 }

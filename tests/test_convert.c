@@ -571,10 +571,127 @@ static void test_cancel_and_links(void)
     CHECK(same);
 }
 
+/* ------------------------------------------------------------ quantization */
+
+static void test_rules(void)
+{
+    qpk_quant_rule r;
+    qpk_err e = {0};
+    CHECK(qpk_quant_rule_parse("down_proj=int8", &r, &e) == QPK_OK && !strcmp(r.pattern, "down_proj") &&
+          r.type == QPK_TYPE_INT8 && r.group == 0);
+    CHECK(qpk_quant_rule_parse("layers.1*.mlp.*=int4/g64", &r, &e) == QPK_OK && r.group == 64);
+    CHECK(qpk_quant_rule_parse("lm_head=int4s/row", &r, &e) == QPK_OK && r.group == QPK_GROUP_ROW);
+    CHECK(qpk_quant_rule_parse("lm_head=F16", &r, &e) == QPK_OK && r.type == QPK_TYPE_F16);
+    CHECK_ERR(qpk_quant_rule_parse("down_proj", &r, &e), QPK_E_INVALID_ARG, e, "expected PATTERN=TYPE");
+    CHECK_ERR(qpk_quant_rule_parse("=int8", &r, &e), QPK_E_INVALID_ARG, e, "expected PATTERN=TYPE");
+    CHECK_ERR(qpk_quant_rule_parse("x=q5", &r, &e), QPK_E_INVALID_ARG, e, "unknown type 'q5'");
+    CHECK_ERR(qpk_quant_rule_parse("x=int8/g48", &r, &e), QPK_E_INVALID_ARG, e, "group must be");
+    CHECK_ERR(qpk_quant_rule_parse("x=f16/g32", &r, &e), QPK_E_INVALID_ARG, e, "only quantized types");
+}
+
+static bool contains(const char *hay, size_t n, const char *needle)
+{
+    return memmem(hay, n, needle, strlen(needle)) != NULL;
+}
+
+static bool files_equal(const char *a, const char *b)
+{
+    size_t na, nb;
+    char *x = slurp(a, &na), *y = slurp(b, &nb);
+    bool same = x && y && na == nb && !memcmp(x, y, na);
+    free(x), free(y);
+    return same;
+}
+
+static void test_quantized(void)
+{
+    qpk_gen_spec sp = tiny_spec(); /* hidden 64, intermediate 160: groups of 32 divide both */
+    sp.dtype = QPK_ST_BF16;
+    char *dir = make_dir("quant"), out[4096], out2[4096];
+    qpk_err e = {0};
+    qpk_gen_write(&sp, dir, NULL, &e);
+    snprintf(out, sizeof out, "%s/q.qpk", dir);
+    snprintf(out2, sizeof out2, "%s/q2.qpk", dir);
+    qpk_quant_rule rules[2];
+    qpk_quant_rule_parse("down_proj=int8", &rules[0], &e);
+    qpk_quant_rule_parse("embed_tokens=f16", &rules[1], &e);
+    qpk_convert_opts o = {.dtype = -1, .quant = QPK_TYPE_INT4, .group = 32, .rules = rules, .n_rules = 2, .n_threads = 1};
+    CHECKF(qpk_convert(dir, out, &o, &e) == QPK_OK, "%s", e.msg);
+    o.n_threads = 2; /* the bytes do not depend on the thread count */
+    CHECKF(qpk_convert(dir, out2, &o, &e) == QPK_OK && files_equal(out, out2), "%s", e.msg);
+    qpk_file *f;
+    qpk_checkpoint *ck;
+    if (qpk_open(&f, out, NULL, &e) != QPK_OK || qpk_checkpoint_open(&ck, dir, NULL, &e) != QPK_OK) {
+        CHECKF(false, "%s", e.msg);
+        return;
+    }
+    const qpk_tensor *t;
+    CHECK((t = qpk_find_tensor(f, "model.layers.1.self_attn.k_proj.weight")) && t->type == QPK_TYPE_INT4 && t->group_size == 32);
+    CHECK((t = qpk_find_tensor(f, "model.layers.0.mlp.down_proj.weight")) && t->type == QPK_TYPE_INT8 && t->group_size == 32);
+    CHECK((t = qpk_find_tensor(f, "model.embed_tokens.weight")) && t->type == QPK_TYPE_F16);
+    CHECK((t = qpk_find_tensor(f, "model.layers.0.self_attn.q_proj.bias")) && t->type == QPK_TYPE_F32);
+    CHECK((t = qpk_find_tensor(f, "model.norm.weight")) && t->type == QPK_TYPE_F32);
+    /* Quantized bytes are the reference quantizer's, row by row, from the source in f32. */
+    const qpk_st_tensor *src = qpk_checkpoint_tensor(ck, QPK_ROLE_UP, 1);
+    t = qpk_find_tensor(f, "model.layers.1.mlp.up_proj.weight");
+    float row[64];
+    uint8_t ref[64];
+    bool same = t != NULL;
+    size_t rb = 2 * qpk_type_block_bytes(QPK_TYPE_INT4, 32);
+    for (int64_t r = 0; same && r < src->shape[0]; r++) {
+        qpk_row_to_f32(QPK_TYPE_BF16, (const uint8_t *)src->data + r * 128, row, 64);
+        same &= qpk_quantize_row(QPK_TYPE_INT4, 32, row, 64, ref, &e) == QPK_OK &&
+                !memcmp(ref, (const uint8_t *)t->data + (size_t)r * rb, rb);
+    }
+    CHECK(same);
+    size_t mlen;
+    const char *meta = qpk_metadata(f, &mlen);
+    CHECK(contains(meta, mlen, "\"method\":\"rtn\",\"type\":\"int4\",\"group\":32"));
+    CHECK(contains(meta, mlen, "\"rules\":[\"down_proj=int8\",\"embed_tokens=f16\"]"));
+    qpk_close(f);
+    qpk_checkpoint_close(ck);
+
+    /* Groups that do not divide a row: refused, naming the tensor; nothing written. */
+    unlink(out);
+    o.n_rules = 0, o.group = 128;
+    CHECK_ERR(qpk_convert(dir, out, &o, &e), QPK_E_INVALID_ARG, e,
+              "tensor 'model.embed_tokens.weight': rows of 64 are not a whole number of groups of 128");
+    CHECK(!exists(out));
+    o.group = QPK_GROUP_ROW; /* per row always divides */
+    CHECKF(qpk_convert(dir, out, &o, &e) == QPK_OK, "%s", e.msg);
+
+    /* A NaN weight: refused, naming the tensor, the row and the weight. */
+    char *bad = make_dir("quant-nan");
+    qpk_gen_spec sp32 = tiny_spec();
+    qpk_gen_write(&sp32, bad, NULL, &e);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/model.safetensors", bad);
+    size_t n;
+    char *img = slurp(path, &n);
+    const qpk_safetensors *probe = NULL;
+    qpk_safetensors *st;
+    if (qpk_st_open_memory(&st, img, n, &e) == QPK_OK) {
+        probe = st;
+        const qpk_st_tensor *gate = qpk_st_find(probe, "model.layers.1.mlp.gate_proj.weight");
+        float nan = NAN;
+        memcpy((char *)gate->data + (3 * 64 + 5) * 4, &nan, 4); /* row 3, weight 5 */
+        qpk_st_close(st);
+        write_file(bad, "model.safetensors", img, n);
+    }
+    free(img);
+    snprintf(out, sizeof out, "%s/q.qpk", bad);
+    o.group = 32;
+    CHECK_ERR(qpk_convert(bad, out, &o, &e), QPK_E_VALUE, e,
+              "tensor 'model.layers.1.mlp.gate_proj.weight' row 3: weights 0..31: weight 5 of a group is nan");
+    CHECK(!exists(out));
+}
+
 int main(void)
 {
     if (!mkdtemp(g_root))
         return 2;
+    test_rules();
+    test_quantized();
     test_safetensors_defects();
     test_safetensors_valid();
     test_config();

@@ -128,10 +128,197 @@ static void test_rows(void)
     CHECK(qpk_row_from_f32(QPK_TYPE_F32, src, back, 5) == 1);
 }
 
+/* ---------------------------------------------------------- quantization */
+
+static float gauss(void)
+{
+    float s = 0;
+    for (int i = 0; i < 4; i++)
+        s += (float)(rnd32() & 0xffff) / 65536.0f;
+    return (s - 2.0f) * 1.7320508f;
+}
+
+static const uint32_t QTYPES[3] = {QPK_TYPE_INT8, QPK_TYPE_INT4, QPK_TYPE_INT4S};
+
+/* Every weight within |d|/2 of its code (int4s: within |d| when clamped at +7), d the group's stored scale. */
+static void test_rtn_bound(void)
+{
+    enum { N = 384 };
+    const uint32_t groups[4] = {32, 64, 128, N};
+    float x[N], w[N];
+    uint8_t blocks[N * 2];
+    for (int dist = 0; dist < 6; dist++)
+        for (int t = 0; t < 3; t++)
+            for (int g = 0; g < 4; g++) {
+                for (int i = 0; i < N; i++) {
+                    float v = gauss() * 0.02f;
+                    x[i] = dist == 0 ? v
+                           : dist == 1 ? (i % 53 == 0 ? 50 * v : v)      /* outliers */
+                           : dist == 2 ? 0.0f                            /* all zero */
+                           : dist == 3 ? 0.37f                           /* constant */
+                           : dist == 4 ? v * 1e-6f                       /* f16-subnormal scales */
+                                       : v * 2e5f;                       /* large */
+                }
+                qpk_err e = {0};
+                uint32_t G = groups[g], type = QTYPES[t];
+                CHECKF(qpk_quantize_row(type, G, x, N, blocks, &e) == QPK_OK, "%s", e.msg);
+                qpk_dequantize_row(type, G, blocks, N, w);
+                int bad = 0, nan = 0;
+                size_t bb = qpk_type_block_bytes(type, G);
+                for (int i = 0; i < N; i++) {
+                    qpk_qparams p;
+                    int32_t q[N];
+                    qpk_unpack_group(type, G, blocks + (size_t)(i / (int)G) * bb, &p, q);
+                    nan += isnan(w[i]);
+                    int32_t code = q[i % (int)G];
+                    double bound = fabs(p.d) / 2.0 * (1 + 1e-7);
+                    if (type == QPK_TYPE_INT4S && code == 7 && (double)x[i] / p.d > 7.5)
+                        bound *= 2; /* the far side of the extreme: +8 clamps to +7 */
+                    bad += fabs((double)x[i] - (double)w[i]) > bound;
+                    if (dist == 2)
+                        bad += p.d != 0 || w[i] != 0;
+                }
+                CHECKF(bad == 0 && nan == 0, "%s g%u distribution %d: %d weights beyond d/2, %d NaN",
+                       qpk_type_name(type), G, dist, bad, nan);
+            }
+}
+
+static void test_rtn_errors(void)
+{
+    float x[64] = {0};
+    uint8_t out[128];
+    qpk_err e = {0};
+    x[5] = NAN;
+    CHECK_ERR(qpk_quantize_row(QPK_TYPE_INT4, 32, x, 64, out, &e), QPK_E_VALUE, e, "weights 0..31: weight 5 of a group is nan");
+    x[5] = 0, x[40] = -INFINITY;
+    CHECK_ERR(qpk_quantize_row(QPK_TYPE_INT8, 32, x, 64, out, &e), QPK_E_VALUE, e, "weights 32..63: weight 8 of a group is -inf");
+    x[40] = 1e7f; /* 1e7 / 127 is past 65504 */
+    CHECK_ERR(qpk_quantize_row(QPK_TYPE_INT8, 32, x, 64, out, &e), QPK_E_VALUE, e, "past the f16 range");
+    CHECK_ERR(qpk_quantize_row(QPK_TYPE_INT8, 32, x, 48, out, &e), QPK_E_INVALID_ARG, e, "not whole groups");
+}
+
+/* Blocks worked out by hand from FORMAT.md, for x_i = i - 16, i = 0..31. */
+static void test_hand_blocks(void)
+{
+    float x[32];
+    uint8_t b[40];
+    qpk_err e = {0};
+    for (int i = 0; i < 32; i++)
+        x[i] = (float)(i - 16);
+    /* int8: d = smallest f16 >= 16/127 = 0.12598: 0.125 * (1 + 9/1024) = 0x3009; q = round(x / d). */
+    qpk_quantize_row(QPK_TYPE_INT8, 32, x, 32, b, &e);
+    CHECK(b[0] == 0x09 && b[1] == 0x30);
+    CHECK((int8_t)b[2] == -127 && (int8_t)b[2 + 16] == 0 && (int8_t)b[2 + 17] == 8 && (int8_t)b[2 + 31] == 119);
+    /* int4s: extreme -16 -> d = -16 / -8 = 2 (0x4000); q = round(x/2) in -8..7 stored +8;
+     * byte j = q_j | q_(j+16) << 4. */
+    qpk_quantize_row(QPK_TYPE_INT4S, 32, x, 32, b, &e);
+    CHECK(b[0] == 0x00 && b[1] == 0x40);
+    CHECK(b[2] == 0x80);      /* q0 = -8 -> 0; q16 = 0 -> 8 */
+    CHECK(b[2 + 15] == 0xF8); /* q15 = round(-0.5) = 0 -> 8; q31 = 7.5 -> 8, clamped to 7 -> 15 */
+    CHECK(b[2 + 1] == 0x80);  /* q1 = round(-7.5) = -8 (ties to even) -> 0; q17 = round(0.5) = 0 -> 8 */
+    /* int4: z = round(16 / (31/15)) = round(7.74) = 8; d = smallest f16 >= max(16/8, 15/7) = 2.142857:
+     * 1.0714 x 1024 = 73.1 -> 74: 2 * (1 + 74/1024) = 0x404A; q = round(x/d) + 8: x=-16 -> -7.46 -> -7
+     * -> 1; x=15 -> 6.99 -> 7 -> 15. */
+    qpk_quantize_row(QPK_TYPE_INT4, 32, x, 32, b, &e);
+    CHECK(b[0] == 0x4A && b[1] == 0x40 && b[2] == 8 && b[3] == 0);
+    CHECK(b[4] == 0x81 && b[4 + 15] == 0xF8); /* byte 0: q0 = 1, q16 = 8; byte 15: q15 = 8, q31 = 15 */
+    /* A group whose extreme is positive gets a negative int4s scale: x = 16 - i. */
+    for (int i = 0; i < 32; i++)
+        x[i] = (float)(16 - i);
+    qpk_quantize_row(QPK_TYPE_INT4S, 32, x, 32, b, &e);
+    CHECK(b[0] == 0x00 && b[1] == 0xC0); /* -2 */
+    CHECK((b[2] & 15) == 0);              /* x0 = 16 -> q = -8 -> nibble 0 */
+}
+
+/* --------------------------------------------------------------- kernels */
+
+static void fill_matrix(qpk_matrix *m, uint32_t type, uint32_t group, int64_t rows, int64_t cols, float *f32)
+{
+    for (int64_t i = 0; i < rows * cols; i++)
+        f32[i] = gauss() * 0.05f;
+    m->type = type, m->group_size = group, m->rows = rows, m->cols = cols;
+    size_t rb = type == QPK_TYPE_F32 ? (size_t)cols * 4 : type < QPK_TYPE_INT8 ? (size_t)cols * 2
+                                                          : (size_t)(cols / group) * qpk_type_block_bytes(type, group);
+    uint8_t *d = malloc(rb * (size_t)rows + 1);
+    qpk_err e = {0};
+    for (int64_t r = 0; r < rows; r++) {
+        if (qpk_type_is_quantized(type))
+            qpk_quantize_row(type, group, f32 + r * cols, cols, d + (size_t)r * rb, &e);
+        else
+            qpk_row_from_f32(type, f32 + r * cols, d + (size_t)r * rb, (size_t)cols);
+    }
+    m->data = d;
+}
+
+/*
+ * Optimized kernels against the scalar ones: dequantization bit for bit; dot products
+ * within the worst-case rounding of two K-term f32 sums; and gemv against gemm bit for
+ * bit within each table (the decode-equals-prefill promise).
+ */
+static void test_kernels(void)
+{
+    const qpk_kernels *best = qpk_kernels_best(), *ref = qpk_kernels_scalar();
+    static const struct {
+        uint32_t type, group;
+        int64_t rows, cols;
+    } cases[] = {
+        {QPK_TYPE_F32, 0, 13, 37},   {QPK_TYPE_F16, 0, 9, 100},   {QPK_TYPE_BF16, 0, 17, 1000},
+        {QPK_TYPE_BF16, 0, 5, 8},    {QPK_TYPE_F32, 0, 3, 3},     {QPK_TYPE_INT8, 32, 13, 96},
+        {QPK_TYPE_INT8, 64, 7, 384}, {QPK_TYPE_INT4, 32, 11, 64}, {QPK_TYPE_INT4, 128, 9, 384},
+        {QPK_TYPE_INT4S, 32, 21, 96}, {QPK_TYPE_INT4S, 96, 8, 288}, {QPK_TYPE_INT4, 384, 3, 384},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        int64_t R = cases[c].rows, K = cases[c].cols, T = 1 + (int64_t)c % 6;
+        float *f32 = malloc((size_t)(R * K) * 4), *x = malloc((size_t)(T * K) * 4), *a = malloc((size_t)K * 4),
+              *b = malloc((size_t)K * 4);
+        float *yv = malloc((size_t)(T * R) * 4), *yg = malloc((size_t)(T * R) * 4), *ys = malloc((size_t)(T * R) * 4);
+        float *scratch = malloc(qpk_gemm_scratch_floats(K) * 4);
+        qpk_matrix m;
+        fill_matrix(&m, cases[c].type, cases[c].group, R, K, f32);
+        for (int64_t i = 0; i < T * K; i++)
+            x[i] = gauss();
+        bool deq = true;
+        for (int64_t r = 0; r < R; r++) {
+            best->row_to_f32(&m, r, a);
+            qpk_dequantize_row(m.type, m.group_size, (const uint8_t *)m.data + (size_t)r * qpk_matrix_row_bytes(&m), K, b);
+            deq &= !memcmp(a, b, (size_t)K * 4);
+        }
+        CHECKF(deq, "case %zu (%s): dequantization differs from the reference", c, qpk_type_name(m.type));
+        const qpk_kernels *tables[2] = {best, ref};
+        for (int k = 0; k < 2; k++) {
+            for (int64_t t = 0; t < T; t++)
+                tables[k]->gemv(&m, x + t * K, yv + t * R, 0, R, scratch);
+            tables[k]->gemm(&m, x, T, K, yg, R, 0, R, scratch);
+            CHECKF(!memcmp(yv, yg, (size_t)(T * R) * 4), "case %zu %s: gemv and gemm differ", c, tables[k]->name);
+            if (k == 1)
+                memcpy(ys, yg, (size_t)(T * R) * 4);
+        }
+        tables[0]->gemm(&m, x, T, K, yg, R, 0, R, scratch);
+        double worst = 0;
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t r = 0; r < R; r++) {
+                best->row_to_f32(&m, r, a);
+                double mag = 0;
+                for (int64_t i = 0; i < K; i++)
+                    mag += fabs((double)x[t * K + i] * a[i]);
+                double err = fabs((double)yg[t * R + r] - ys[t * R + r]) / (mag * 0x1p-24 + 1e-30);
+                worst = err > worst ? err : worst;
+            }
+        /* Each sum is within K u sum|xw| of the exact one (u = 2^-24): the two within 2K u. */
+        CHECKF(worst <= 2.0 * (double)K, "case %zu (%s): avx2 vs scalar differ by %.1f u sum|xw| (K = %lld)", c,
+               qpk_type_name(m.type), worst, (long long)K);
+        free((void *)m.data), free(f32), free(x), free(a), free(b), free(yv), free(yg), free(ys), free(scratch);
+    }
+}
+
 int main(void)
 {
     test_f16_decode();
     test_rounding();
     test_rows();
+    test_rtn_bound();
+    test_rtn_errors();
+    test_hand_blocks();
+    test_kernels();
     return th_summary("test_quant");
 }

@@ -117,13 +117,17 @@ static void test_ops(const qpk_kernels *k)
 
 /* ------------------------------------------------------------ naive model */
 
-/* Row r of a tensor of the file, as doubles. */
+/* Row r of a tensor of the file, as doubles (quantized rows decoded by the reference). */
 static void row_d(const qpk_file *f, const char *name, int64_t r, int64_t n, double *out)
 {
     const qpk_tensor *t = qpk_find_tensor(f, name);
-    const float *p = (const float *)t->data + r * n; /* the test model is stored in f32 */
+    qpk_matrix m = {t->type, t->group_size, t->ndim == 2 ? t->dims[0] : 1, n, t->data};
+    float *row = malloc((size_t)n * sizeof *row);
+    qpk_dequantize_row(t->type, t->group_size, (const uint8_t *)t->data + (size_t)r * qpk_matrix_row_bytes(&m), n,
+                       row);
     for (int64_t i = 0; i < n; i++)
-        out[i] = p[i];
+        out[i] = row[i];
+    free(row);
 }
 
 static void lin(const qpk_file *f, const char *name, const double *x, int64_t in, int64_t out_n, double *y)
@@ -321,6 +325,48 @@ static void test_model(void)
     qpk_close(f);
 }
 
+/* Quantized weights: the same promises, and the same function as the naive forward of the dequantized weights. */
+static void test_quantized_model(void)
+{
+    qpk_gen_spec sp;
+    qpk_gen_preset("tiny", &sp);
+    char model[600], out[600];
+    snprintf(model, sizeof model, "%s/qmodel", g_dir);
+    qpk_err e = {0};
+    qpk_gen_write(&sp, model, NULL, &e);
+    const int types[3] = {QPK_TYPE_INT8, QPK_TYPE_INT4, QPK_TYPE_INT4S};
+    enum { T = 23 };
+    int32_t tok[T];
+    for (int i = 0; i < T; i++)
+        tok[i] = (int32_t)((i * 97 + 5) % 512);
+    double *want = malloc((size_t)T * 512 * sizeof *want);
+    for (int k = 0; k < 3; k++) {
+        snprintf(out, sizeof out, "%s/q%d.qpk", g_dir, k);
+        qpk_convert_opts co = {.dtype = -1, .quant = types[k], .group = 32};
+        qpk_file *f;
+        qpk_model *m;
+        if (qpk_convert(model, out, &co, &e) != QPK_OK || qpk_open(&f, out, NULL, &e) != QPK_OK ||
+            qpk_model_from_qpk(&m, f, &e) != QPK_OK) {
+            CHECKF(false, "%s", e.msg);
+            continue;
+        }
+        naive_forward(f, tok, T, want);
+        for (int s = 0; s < 2; s++) {
+            float *a = run(m, tok, T, 2, s, 512, false), *b = run(m, tok, T, 1, s, 512, false);
+            float *d = run(m, tok, T, 2, s, 512, true);
+            double err = max_rel_err(a, want, (size_t)T * 512);
+            CHECKF(err < 1e-5, "%s %s: logits differ from the double forward by %g", qpk_type_name((uint32_t)types[k]),
+                   s ? "scalar" : "best", err);
+            CHECK(!memcmp(a, b, (size_t)T * 512 * sizeof *a));
+            CHECK(!memcmp(a, d, (size_t)T * 512 * sizeof *a));
+            free(a), free(b), free(d);
+        }
+        qpk_model_free(m);
+        qpk_close(f);
+    }
+    free(want);
+}
+
 /* A long context grows the KV cache several times; decode must still equal prefill. */
 static void test_long_context(void)
 {
@@ -354,6 +400,7 @@ int main(void)
     test_ops(qpk_kernels_scalar());
     test_model();
     test_long_context();
+    test_quantized_model();
     if (!th_failed)
         rm_rf(g_dir);
     return th_summary("test_runtime");

@@ -17,6 +17,17 @@ static void usage(void)
            "  -o, --output PATH     output file (required)\n"
            "      --dtype TYPE      keep | f32 | f16 | bf16   (default keep: each tensor\n"
            "                        as stored; F64 becomes f32)\n"
+           "      --quant TYPE      int8 | int4 | int4s: quantize the linear weights (q, k,\n"
+           "                        v, o, gate, up, down) by round-to-nearest in groups\n"
+           "                        along the input dimension; the embedding (and head)\n"
+           "                        become int8, norms and biases f32\n"
+           "      --group G         32 | 64 | 128 (default) | row: weights per scale\n"
+           "      --embed-type TYPE the embedding's and head's type (default int8 with\n"
+           "                        --quant): f32, f16, bf16, int8, int4, int4s\n"
+           "      --keep PAT=TYPE[/gN|/row]\n"
+           "                        override tensors whose name matches PAT (a substring,\n"
+           "                        or a glob with * ? [ ]); repeatable, the last match\n"
+           "                        wins, e.g. --keep down_proj=int8 --keep lm_head=f16\n"
            "  -t, --threads N       worker threads (default: all cores)\n"
            "  -q, --quiet           no progress or notes, only warnings and errors\n"
            "  -h, --help            this help\n"
@@ -30,7 +41,10 @@ int main(int argc, char **argv)
     cli c;
     cli_init(&c, "qconvert");
     const char *in = NULL, *out = NULL;
-    qpk_convert_opts o = {.dtype = -1};
+    qpk_convert_opts o = {.dtype = -1, .group = 128};
+    qpk_quant_rule rules[64];
+    size_t n_rules = 0, n_embed = 0;
+    qpk_err e = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -57,6 +71,42 @@ int main(int argc, char **argv)
             else
                 return cli_usage_error(&c, "--dtype '%s': expected keep, f32, f16 or bf16", v);
             i++;
+        } else if (!strcmp(a, "--quant")) {
+            qpk_type t;
+            if (!v || !qpk_type_from_name(v, &t) || !qpk_type_is_quantized(t))
+                return cli_usage_error(&c, "--quant takes int8, int4 or int4s");
+            o.quant = (int)t, i++;
+        } else if (!strcmp(a, "--group")) {
+            long long g;
+            if (v && !strcmp(v, "row"))
+                o.group = QPK_GROUP_ROW;
+            else if (cli_parse_int(v, QPK_GROUP_QUANTUM, 1 << 20, &g) && g % QPK_GROUP_QUANTUM == 0)
+                o.group = (uint32_t)g;
+            else
+                return cli_usage_error(&c, "--group takes a multiple of %d (32, 64, 128, ...) or row", QPK_GROUP_QUANTUM);
+            i++;
+        } else if (!strcmp(a, "--keep") || !strcmp(a, "--embed-type")) {
+            if (!v)
+                return cli_usage_error(&c, "%s needs a value", a);
+            if (n_rules + 2 > sizeof rules / sizeof *rules)
+                return cli_usage_error(&c, "too many --keep rules");
+            if (!strcmp(a, "--keep")) {
+                if (qpk_quant_rule_parse(v, &rules[n_rules], &e) != QPK_OK)
+                    return cli_usage_error(&c, "%s", e.msg);
+                n_rules++;
+            } else {
+                /* --embed-type T: rules for the embedding and the head, ahead of the user's own. */
+                char text[64];
+                const char *names[2] = {"model.embed_tokens.weight", "lm_head.weight"};
+                memmove(rules + 2, rules, n_rules * sizeof *rules);
+                for (int k = 0; k < 2; k++) {
+                    snprintf(text, sizeof text, "%s=%s", names[k], v);
+                    if (qpk_quant_rule_parse(text, &rules[k], &e) != QPK_OK)
+                        return cli_usage_error(&c, "--embed-type: %s", e.msg);
+                }
+                n_rules += 2, n_embed++;
+            }
+            i++;
         } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
             long long n;
             if (!cli_parse_int(v, 1, 1024, &n))
@@ -74,10 +124,12 @@ int main(int argc, char **argv)
         return cli_usage_error(&c, "missing MODEL_DIR");
     if (!out)
         return cli_usage_error(&c, "missing -o OUT.qpk");
+    if (n_embed > 1)
+        return cli_usage_error(&c, "--embed-type given twice");
     char *cmd = cli_command_line(argc, argv);
     o.command = cmd;
     o.cb = cli_callbacks(&c);
-    qpk_err e = {0};
+    o.rules = rules, o.n_rules = n_rules;
     double t0 = cli_now();
     qpk_status s = qpk_convert(in, out, &o, &e);
     free(cmd);

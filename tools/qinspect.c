@@ -87,7 +87,10 @@ static void print_text(const char *path, const qpk_file *f, const cJSON *meta, b
            (long long)c->max_position_embeddings);
     printf("norms         rms_norm_eps %g; embeddings %s\n", c->rms_norm_eps,
            c->tie_word_embeddings ? "tied (one tensor serves the head)" : "untied");
-    printf("tokens        bos %lld, eos", (long long)c->bos_token_id);
+    if (c->bos_token_id >= 0)
+        printf("tokens        bos %lld, eos", (long long)c->bos_token_id);
+    else
+        printf("tokens        bos none, eos");
     for (int i = 0; i < c->n_eos; i++)
         printf(" %lld", (long long)c->eos_token_ids[i]);
     printf("%s\n", c->n_eos ? "" : " none");
@@ -124,7 +127,7 @@ static void print_text(const char *path, const qpk_file *f, const cJSON *meta, b
         printf("verified      all tensor and file checksums match; tensors match the config\n");
     if (!tensors)
         return;
-    printf("\n%-4s %-52s %-6s %6s %-16s %12s %12s\n", "#", "name", "type", "bpw", "shape", "bytes", "offset");
+    printf("\n%-4s %-52s %-10s %6s %-16s %12s %12s\n", "#", "name", "type", "bpw", "shape", "bytes", "offset");
     for (size_t i = 0; i < qpk_n_tensors(f); i++) {
         const qpk_tensor *t = qpk_tensor_at(f, i);
         char shape[96], type[32];
@@ -133,7 +136,7 @@ static void print_text(const char *path, const qpk_file *f, const cJSON *meta, b
             snprintf(type, sizeof type, "%s/g%u", qpk_type_name(t->type), t->group_size);
         else
             snprintf(type, sizeof type, "%s", qpk_type_name(t->type));
-        printf("%-4zu %-52s %-6s %6.2f %-16s %12" PRIu64 " %12" PRIu64 "\n", i, t->name, type, bits_per_weight(t),
+        printf("%-4zu %-52s %-10s %6.2f %-16s %12" PRIu64 " %12" PRIu64 "\n", i, t->name, type, bits_per_weight(t),
                shape, t->nbytes, t->offset);
     }
 }

@@ -112,14 +112,38 @@ qpk_status qpk_read_model_file(const char *dir, const char *name, char **data, s
 
 /* ================================================================ conversion == */
 
+/* A per-tensor override: tensors whose name matches pattern get type (and group). */
+typedef struct qpk_quant_rule {
+    char pattern[128]; /* glob (fnmatch) if it has * ? [ ; else a substring of the name */
+    int type;          /* a qpk_type */
+    uint32_t group;    /* for quantized types: 0 = the global group */
+} qpk_quant_rule;
+
+/* Parses "pattern=type[/gN|/row]" (e.g. "down_proj=int8", "lm_head=f16", "mlp=int4/g32"). */
+qpk_status qpk_quant_rule_parse(const char *text, qpk_quant_rule *out, qpk_err *e);
+
+#define QPK_GROUP_ROW UINT32_MAX /* a group as long as the row */
+
 typedef struct qpk_convert_opts {
     int dtype;            /* -1: keep each tensor's type (F64 -> F32); else a float qpk_type */
-    int n_threads;        /* 0: all cores */
+    int quant;            /* 0: none; else QPK_TYPE_INT8, INT4 or INT4S for the linear weights */
+    uint32_t group;       /* group size for quantized tensors: 32, 64, 128... or QPK_GROUP_ROW */
+    /* Applied in order after the defaults, the last match winning. (qconvert's
+     * --embed-type T is the rules embed_tokens=T, lm_head=T ahead of the user's.) */
+    const qpk_quant_rule *rules;
+    size_t n_rules;
+    int n_threads;        /* 0: all cores; the output does not depend on it */
     const char *command;  /* recorded in the provenance (callers leave out thread counts) */
     qpk_callbacks cb;
 } qpk_convert_opts;
 
-/* Converts the model folder `dir` into `out` (atomically: nothing at out on failure). */
+/*
+ * Converts the model folder `dir` into `out` (atomically: nothing at out on failure).
+ * With quant set, the linear weights (q, k, v, o, gate, up, down) are quantized by
+ * round-to-nearest in groups along their input dimension, the embedding (and head)
+ * become int8, norms and biases stay f32, then the rules apply. The recipe goes into
+ * the metadata. Rows are quantized on all threads; the file does not depend on their count.
+ */
 qpk_status qpk_convert(const char *dir, const char *out, const qpk_convert_opts *opts, qpk_err *e);
 
 #ifdef __cplusplus

@@ -75,6 +75,10 @@ typedef enum qpk_type {
     QPK_TYPE_F32 = 0,
     QPK_TYPE_F16 = 1,
     QPK_TYPE_BF16 = 2,
+    /* Group-quantized (FORMAT.md section 6 gives each block layout): */
+    QPK_TYPE_INT8 = 16,  /* symmetric: w = d * q, q in [-127, 127] */
+    QPK_TYPE_INT4 = 17,  /* asymmetric: w = d * (q - z), q and z in [0, 15] */
+    QPK_TYPE_INT4S = 18, /* symmetric: w = d * q, q in [-8, 7] */
     QPK_TYPE_COUNT_ /* one past the largest id this build knows */
 } qpk_type;
 
@@ -84,6 +88,10 @@ const char *qpk_type_name(uint32_t type);
 bool qpk_type_from_name(const char *name, qpk_type *out);
 /* True for the group-quantized types (which need a group size). */
 bool qpk_type_is_quantized(uint32_t type);
+/* Bytes of one group of group_size weights (its scale, zero point and codes). */
+size_t qpk_type_block_bytes(uint32_t type, uint32_t group_size);
+/* Group sizes are multiples of this, so 4-bit codes pack into whole 16-byte halves. */
+#define QPK_GROUP_QUANTUM 32
 
 /*
  * Bytes a tensor of this type and shape occupies, with every multiplication

@@ -92,6 +92,48 @@ void qpk_row_to_f32(uint32_t src_type, const void *src, float *dst, size_t n);
  */
 size_t qpk_row_from_f32(uint32_t dst_type, const float *src, void *dst, size_t n);
 
+/* ============================================================ quantization == */
+
+/*
+ * One group's quantization parameters: w = d * q (int8, int4s) or d * (q - z) (int4).
+ * d is an f16 value (stored as such), z an integer in [0, 15].
+ */
+typedef struct qpk_qparams {
+    float d;
+    int32_t z;
+} qpk_qparams;
+
+/*
+ * Round-to-nearest parameters for n weights of one group, the range shrunk by
+ * clip (1 = the full range; AWQ's clipping search passes less). Each rule puts the
+ * group's extreme weight on a code (measured on the fixture model, that matters far
+ * more than a uniform bound: it cut int4 KLD 2x and int4s 3.4x against the half-step
+ * rules d = (max-min)/15 and d = max(-min/8.5, max/7.5)):
+ *   int8:  d = the smallest f16 >= max|w| / 127: every weight within d/2 of its code;
+ *   int4s: d = (the weight of largest magnitude, signed) / -8, its magnitude rounded
+ *          up to an f16 (so d may be negative, as in ggml's Q4_0): every weight within
+ *          |d|/2, except those on the far side whose code +8 clamps to +7 (within |d|);
+ *   int4:  z = round(-min / ((max - min) / 15)), then d = the smallest f16 >= the
+ *          scale covering both min and max with that z: every weight within d/2.
+ * min and max are taken with 0 included. An all-zero group gets d = 0 (it decodes to
+ * zeros, never NaN). Fails with QPK_E_VALUE on a non-finite weight or a scale past
+ * the f16 range (65504).
+ */
+qpk_status qpk_group_params(uint32_t type, const float *x, int64_t n, float clip, qpk_qparams *p, qpk_err *e);
+/* The code of x under p: round to nearest (ties to even), clamped to the type's range. */
+int32_t qpk_quantize_value(uint32_t type, const qpk_qparams *p, float x);
+/* The weight a code stands for (exact in f32). */
+float qpk_dequantize_value(uint32_t type, const qpk_qparams *p, int32_t q);
+/* Writes one block (FORMAT.md layout) from its parameters and its group's codes. */
+void qpk_pack_group(uint32_t type, uint32_t group, const qpk_qparams *p, const int32_t *q, void *block);
+/* Reads one block back: parameters and codes. */
+void qpk_unpack_group(uint32_t type, uint32_t group, const void *block, qpk_qparams *p, int32_t *q);
+
+/* Round-to-nearest quantization of a row of n weights (n a multiple of group). */
+qpk_status qpk_quantize_row(uint32_t type, uint32_t group, const float *x, int64_t n, void *out, qpk_err *e);
+/* Reference dequantization of a row (any type, plain ones included). */
+void qpk_dequantize_row(uint32_t type, uint32_t group, const void *in, int64_t n, float *out);
+
 /* ================================================================ matrices == */
 
 /* A weight matrix [rows = out, cols = in], row-major, stored in any qpk type. */
@@ -102,7 +144,7 @@ typedef struct qpk_matrix {
     const void *data;
 } qpk_matrix;
 
-/* Bytes of one row (every supported type stores rows contiguously). */
+/* Bytes of one row (every supported type stores rows contiguously); 0 for an unknown type. */
 size_t qpk_matrix_row_bytes(const qpk_matrix *w);
 
 /*
@@ -110,8 +152,8 @@ size_t qpk_matrix_row_bytes(const qpk_matrix *w);
  *
  * Every weight-row dot product, in gemv and gemm alike, is computed the same way:
  * the K elements form blocks of 8; block b accumulates lane-wise (FMA, in order) into
- * chain b mod 4; each 8-lane chain is reduced as ((l0+l4)+(l2+l6))+((l1+l5)+(l3+l7));
- * the chains combine as (c0+c1)+(c2+c3); the K mod 8 tail elements follow, in order.
+ * chain b mod 4; the chains combine lane-wise as (c0+c1)+(c2+c3); the 8 lanes reduce
+ * as ((l0+l4)+(l2+l6))+((l1+l5)+(l3+l7)); the K mod 8 tail elements follow, in order.
  * So a token's result is bit-identical whether it is computed alone (decode) or in a
  * batch (prefill), and whatever rows a thread is given. Four chains let decode read
  * each row as one sequential stream without waiting on FMA latency.

@@ -1,0 +1,81 @@
+/*
+ * Which type each tensor is stored as: the --dtype / --quant defaults, then the
+ * user's rules. One function decides, for the converter and for the recipe it records.
+ */
+#include <fnmatch.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+qpk_status qpk_quant_rule_parse(const char *text, qpk_quant_rule *out, qpk_err *e)
+{
+    memset(out, 0, sizeof *out);
+    const char *eq = strrchr(text, '=');
+    if (!eq || eq == text || (size_t)(eq - text) >= sizeof out->pattern)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "rule '%s': expected PATTERN=TYPE[/gN|/row]", text);
+    memcpy(out->pattern, text, (size_t)(eq - text));
+    char type[32];
+    snprintf(type, sizeof type, "%s", eq + 1);
+    char *slash = strchr(type, '/');
+    if (slash) {
+        *slash++ = 0;
+        char *end;
+        if (!strcmp(slash, "row"))
+            out->group = QPK_GROUP_ROW;
+        else if (slash[0] == 'g' && (out->group = (uint32_t)strtoul(slash + 1, &end, 10)) > 0 && !*end &&
+                 out->group % QPK_GROUP_QUANTUM == 0)
+            ;
+        else
+            return qpk_err_setf(e, QPK_E_INVALID_ARG, "rule '%s': group must be gN (N a multiple of %d) or row",
+                                text, QPK_GROUP_QUANTUM);
+    }
+    qpk_type t;
+    if (!qpk_type_from_name(type, &t))
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "rule '%s': unknown type '%s' (f32, f16, bf16, int8, int4, int4s)",
+                            text, type);
+    if (slash && !qpk_type_is_quantized(t))
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "rule '%s': only quantized types take a group", text);
+    out->type = (int)t;
+    return QPK_OK;
+}
+
+static bool rule_matches(const qpk_quant_rule *r, const char *name)
+{
+    if (strpbrk(r->pattern, "*?["))
+        return fnmatch(r->pattern, name, 0) == 0;
+    return strstr(name, r->pattern) != NULL;
+}
+
+qpk_status qpk_tensor_plan(const qpk_convert_opts *o, const qpk_st_tensor *src, qpk_role role, const char *name,
+                           uint32_t *type, uint32_t *group, qpk_err *e)
+{
+    bool vector = !qpk_role_is_matrix(role);
+    *group = 0;
+    if (o->quant) {
+        *type = vector ? QPK_TYPE_F32
+                : (role == QPK_ROLE_EMBED || role == QPK_ROLE_LM_HEAD) ? QPK_TYPE_INT8
+                                                                         : (uint32_t)o->quant;
+        *group = qpk_type_is_quantized(*type) ? o->group : 0;
+    } else {
+        *type = o->dtype < 0 ? qpk_st_keep_type(src->dtype) : (uint32_t)o->dtype;
+    }
+    /* A quantized type in a rule applies to matrices only: norms and biases keep theirs. */
+    for (size_t i = 0; i < o->n_rules; i++)
+        if (rule_matches(&o->rules[i], name) && !(vector && qpk_type_is_quantized((uint32_t)o->rules[i].type))) {
+            *type = (uint32_t)o->rules[i].type;
+            *group = qpk_type_is_quantized(*type) ? (o->rules[i].group ? o->rules[i].group : o->group) : 0;
+        }
+    if (!qpk_type_is_quantized(*type))
+        return QPK_OK;
+    int64_t cols = src->shape[src->ndim - 1];
+    if (*group == QPK_GROUP_ROW)
+        *group = (uint32_t)cols;
+    if (*group == 0 || *group % QPK_GROUP_QUANTUM || cols % *group)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG,
+                            "tensor '%s': rows of %lld are not a whole number of groups of %u (groups are multiples "
+                            "of %d dividing the row; try another --group, or a rule for this tensor)",
+                            name, (long long)cols, *group, QPK_GROUP_QUANTUM);
+    return QPK_OK;
+}

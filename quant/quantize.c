@@ -1,0 +1,184 @@
+/*
+ * Group quantization: the reference (scalar) quantizers and dequantizer. Kernels
+ * elsewhere must decode exactly what qpk_dequantize_row decodes.
+ */
+#include <math.h>
+
+#include "qpk/quant.h"
+
+static inline void put16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
+static inline uint16_t get16(const uint8_t *p)
+{
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+
+/* The smallest f16 >= x (x >= 0, finite); 0x7c00 (inf) when x is past 65504. */
+static uint16_t f16_round_up(float x)
+{
+    uint16_t h = qpk_f32_to_f16(x);
+    if ((h & 0x7c00u) != 0x7c00u && qpk_f16_to_f32(h) < x)
+        h++; /* positive f16s order like their bit patterns */
+    return h;
+}
+
+qpk_status qpk_group_params(uint32_t type, const float *x, int64_t n, float clip, qpk_qparams *p, qpk_err *e)
+{
+    float lo = 0, hi = 0; /* 0 is always in the range: an all-zero or constant group needs it */
+    for (int64_t i = 0; i < n; i++) {
+        if (!isfinite(x[i]))
+            return qpk_err_setf(e, QPK_E_VALUE, "weight %lld of a group is %g", (long long)i, (double)x[i]);
+        lo = x[i] < lo ? x[i] : lo;
+        hi = x[i] > hi ? x[i] : hi;
+    }
+    lo *= clip, hi *= clip;
+    float ideal;
+    p->z = 0;
+    switch (type) {
+    case QPK_TYPE_INT8: ideal = fmaxf(-lo, hi) / 127.0f; break;
+    case QPK_TYPE_INT4S:
+        /* The extreme weight (signed) lands exactly on code -8: d may be negative. */
+        ideal = (-lo > hi ? lo : hi) / -8.0f;
+        break;
+    default: {
+        /* An integer zero point first, then the smallest scale covering both ends with it. */
+        float d0 = (hi - lo) / 15.0f, z = d0 > 0 ? nearbyintf(-lo / d0) : 0;
+        p->z = (int32_t)(z < 0 ? 0 : z > 15 ? 15 : z);
+        ideal = fmaxf(p->z ? -lo / (float)p->z : 0, p->z < 15 ? hi / (float)(15 - p->z) : 0);
+        break;
+    }
+    }
+    /* Rounded away from zero: a tiny group keeps a nonzero scale, and no code moves past its end. */
+    uint16_t h = f16_round_up(fabsf(ideal)) | (ideal < 0 ? 0x8000u : 0);
+    if ((h & 0x7c00u) == 0x7c00u || !isfinite(ideal))
+        return qpk_err_setf(e, QPK_E_VALUE, "a group's scale %g is past the f16 range (weights up to %g)",
+                            (double)ideal, (double)fmaxf(-lo, hi));
+    p->d = qpk_f16_to_f32(h);
+    if (p->d == 0)
+        p->z = 0;
+    return QPK_OK;
+}
+
+int32_t qpk_quantize_value(uint32_t type, const qpk_qparams *p, float x)
+{
+    if (p->d == 0)
+        return type == QPK_TYPE_INT4 ? p->z : 0; /* the all-zero group: no division by a zero scale */
+    float q = nearbyintf(x / p->d);
+    switch (type) {
+    case QPK_TYPE_INT8: return (int32_t)fminf(fmaxf(q, -127), 127);
+    case QPK_TYPE_INT4S: return (int32_t)fminf(fmaxf(q, -8), 7);
+    default: return (int32_t)fminf(fmaxf(q + (float)p->z, 0), 15);
+    }
+}
+
+float qpk_dequantize_value(uint32_t type, const qpk_qparams *p, int32_t q)
+{
+    return p->d * (float)(type == QPK_TYPE_INT4 ? q - p->z : q);
+}
+
+/*
+ * Blocks are written and read 32 codes at a time (the layout's unit), so any group
+ * size works without a group-sized buffer. 4-bit codes: in each 32-code chunk of 16
+ * bytes, byte j holds code j in its low nibble and code j + 16 in its high one.
+ */
+static size_t header_bytes(uint32_t type) { return type == QPK_TYPE_INT4 ? 4 : 2; }
+
+static void put_header(uint32_t type, const qpk_qparams *p, uint8_t *b)
+{
+    put16(b, qpk_f32_to_f16(p->d)); /* d is an f16 value: exact */
+    if (type == QPK_TYPE_INT4)
+        b[2] = (uint8_t)p->z, b[3] = 0;
+}
+
+static void get_header(uint32_t type, const uint8_t *b, qpk_qparams *p)
+{
+    p->d = qpk_f16_to_f32(get16(b));
+    p->z = type == QPK_TYPE_INT4 ? b[2] : 0;
+}
+
+/* Codes of chunk c (elements 32c .. 32c+31 of the group). */
+static void put_chunk(uint32_t type, const int32_t *q, uint32_t c, uint8_t *block)
+{
+    uint8_t *b = block + header_bytes(type);
+    if (type == QPK_TYPE_INT8) {
+        for (int i = 0; i < 32; i++)
+            b[32 * c + i] = (uint8_t)(int8_t)q[i];
+        return;
+    }
+    int32_t bias = type == QPK_TYPE_INT4S ? 8 : 0;
+    for (int j = 0; j < 16; j++)
+        b[16 * c + j] = (uint8_t)((q[j] + bias) | (q[j + 16] + bias) << 4);
+}
+
+static void get_chunk(uint32_t type, const uint8_t *block, uint32_t c, int32_t *q)
+{
+    const uint8_t *b = block + header_bytes(type);
+    if (type == QPK_TYPE_INT8) {
+        for (int i = 0; i < 32; i++)
+            q[i] = (int8_t)b[32 * c + i];
+        return;
+    }
+    int32_t bias = type == QPK_TYPE_INT4S ? 8 : 0;
+    for (int j = 0; j < 16; j++) {
+        q[j] = (b[16 * c + j] & 15) - bias;
+        q[j + 16] = (b[16 * c + j] >> 4) - bias;
+    }
+}
+
+void qpk_pack_group(uint32_t type, uint32_t group, const qpk_qparams *p, const int32_t *q, void *block)
+{
+    put_header(type, p, block);
+    for (uint32_t c = 0; c < group / 32; c++)
+        put_chunk(type, q + 32 * c, c, block);
+}
+
+void qpk_unpack_group(uint32_t type, uint32_t group, const void *block, qpk_qparams *p, int32_t *q)
+{
+    get_header(type, block, p);
+    for (uint32_t c = 0; c < group / 32; c++)
+        get_chunk(type, block, c, q + 32 * c);
+}
+
+qpk_status qpk_quantize_row(uint32_t type, uint32_t group, const float *x, int64_t n, void *out, qpk_err *e)
+{
+    uint8_t *o = out;
+    size_t bb = qpk_type_block_bytes(type, group);
+    if (bb == 0 || group == 0 || group % 32 != 0 || n % group != 0)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "a row of %lld is not whole groups of %u of a quantized type",
+                            (long long)n, group);
+    for (int64_t g = 0; g < n; g += group, o += bb) {
+        qpk_qparams p;
+        qpk_status s = qpk_group_params(type, x + g, group, 1.0f, &p, e);
+        if (s != QPK_OK)
+            return qpk_err_prefix(e, "weights %lld..%lld", (long long)g, (long long)(g + group - 1));
+        put_header(type, &p, o);
+        for (uint32_t c = 0; c < group / 32; c++) {
+            int32_t q[32];
+            for (int i = 0; i < 32; i++)
+                q[i] = qpk_quantize_value(type, &p, x[g + 32 * c + i]);
+            put_chunk(type, q, c, o);
+        }
+    }
+    return QPK_OK;
+}
+
+void qpk_dequantize_row(uint32_t type, uint32_t group, const void *in, int64_t n, float *out)
+{
+    if (!qpk_type_is_quantized(type)) {
+        qpk_row_to_f32(type, in, out, (size_t)n);
+        return;
+    }
+    const uint8_t *b = in;
+    size_t bb = qpk_type_block_bytes(type, group);
+    for (int64_t g = 0; g < n; g += group, b += bb) {
+        qpk_qparams p;
+        get_header(type, b, &p);
+        for (uint32_t c = 0; c < group / 32; c++) {
+            int32_t q[32];
+            get_chunk(type, b, c, q);
+            for (int i = 0; i < 32; i++)
+                out[g + 32 * c + i] = qpk_dequantize_value(type, &p, q[i]);
+        }
+    }
+}

@@ -1,0 +1,46 @@
+#!/bin/bash
+# Quality gates, as CI runs them: quantized conversions of the fixture model against its
+# f32 conversion on the fixture's eval tokens (-c 128, llama.cpp's second-half scoring),
+# through the tools a user runs. Margins over the values measured when the gates were
+# set are given beside each (the note of issue 5 has the full table).
+# Usage: quality_test.sh BIN_DIR   (QPK_FIXTURES locates the fixtures; QPK_PPL_CHUNKS
+# limits the chunks, for sanitizer builds)
+set -u
+bin=$1
+fx=${QPK_FIXTURES:-}
+if [ ! -d "$fx/qwen-tiny-a" ]; then
+  echo "fixtures not found at '$fx'"
+  [ "${CI:-}" = true ] && exit 1 || exit 77
+fi
+tmp=$(mktemp -d /tmp/qpk-quality-XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+chunks=()
+[ -n "${QPK_PPL_CHUNKS:-}" ] && chunks=(--chunks "$QPK_PPL_CHUNKS")
+fail=0
+
+gate() { # gate NAME QCONVERT-ARGS... -- QVERIFY-GATES...
+  local name=$1 conv=() gates=()
+  shift
+  while [ "$1" != "--" ]; do conv+=("$1"); shift; done
+  shift
+  gates=("$@")
+  "$bin/qconvert" -q "$fx/qwen-tiny-a" -o "$tmp/q.qpk" "${conv[@]}" || { fail=1; return; }
+  if "$bin/qverify" "$tmp/q.qpk" --ref "$tmp/f32.qpk" --tokens "$fx/tokens/eval_public.i32" -c 128 -q \
+       "${chunks[@]}" "${gates[@]}" > "$tmp/out.txt" 2>&1; then
+    echo "pass: $name ($(grep -E 'top-1|KL' "$tmp/out.txt" | tr -s ' ' | tr '\n' ';'))"
+  else
+    echo "FAIL: $name"; cat "$tmp/out.txt"; fail=1
+  fi
+}
+
+"$bin/qconvert" -q "$fx/qwen-tiny-a" -o "$tmp/f32.qpk" --dtype f32 || exit 1
+# int8 at every group size keeps top-1 at 99% or more (the issue's gate); measured 99.77% and
+# KLD 1.0e-5 at g32, so the KLD gate has a 5x margin.
+for g in 32 64 128; do
+  gate "int8 g$g" --quant int8 --group $g -- --min-top1 99 --max-kld 5e-5
+done
+# int4 and int4s at g32 against regressions in the rules that choose scales: measured KLD
+# about 2.0e-4 (int4) and 1.6e-4 (int4s), top-1 about 99%.
+gate "int4 g32" --quant int4 --group 32 -- --max-kld 4e-4 --min-top1 98
+gate "int4s g32" --quant int4s --group 32 -- --max-kld 3.2e-4 --min-top1 98
+exit $fail

@@ -120,6 +120,25 @@ qpk_status qpk_read_model_file(const char *dir, const char *name, char **data, s
     return s;
 }
 
+qpk_status qpk_read_tokens(const char *path, int32_t **ids, size_t *n, qpk_err *e)
+{
+    char *data;
+    size_t len;
+    bool missing;
+    *ids = NULL, *n = 0;
+    qpk_status s = slurp(path, &data, &len, &missing, e);
+    if (s != QPK_OK)
+        return s;
+    if (len % 4 != 0) {
+        free(data);
+        return qpk_err_setf(e, QPK_E_CORRUPT, "'%s' is %zu bytes, not a whole number of int32 token ids", path, len);
+    }
+    /* Little-endian on every machine qpk supports; slurp's buffer is malloc-aligned. */
+    *ids = (int32_t *)(void *)data;
+    *n = len / 4;
+    return QPK_OK;
+}
+
 /* --------------------------------------------------------------- shards */
 
 static qpk_status add_shard(qpk_checkpoint *ck, const char *name, qpk_err *e)

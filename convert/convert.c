@@ -23,6 +23,8 @@ typedef struct job {
     qpk_pool *pool;
     float *rows_f32;    /* per thread: one source row in f32 */
     size_t widest;      /* floats per thread in rows_f32 */
+    qpk_calib *calib;   /* GPTQ/AWQ: the layer-by-layer state */
+    qpk_calib_times times;
     uint64_t done, total;
     float *f32;
     void *out;
@@ -154,6 +156,35 @@ static void note_source(job *j, const qpk_st_tensor *t, const uint64_t *hash)
     cJSON_AddStringToObject(o, "xxh3", hex);
 }
 
+/* A tensor of a calibrated layer: its bytes come from the calibration, which runs at the layer's first tensor. */
+static qpk_status write_calibrated(job *j, const qpk_checkpoint *ck, qpk_role role, int layer, const char *name,
+                                   qpk_err *e)
+{
+    const qpk_config *c = qpk_checkpoint_config(ck);
+    qpk_status s = QPK_OK;
+    if (role == QPK_ROLE_ATTN_NORM) {
+        double t0 = qpk_seconds();
+        if ((s = qpk_calib_layer(j->calib, layer, &j->times, e)) != QPK_OK)
+            return s;
+        char what[96];
+        snprintf(what, sizeof what, "%s layer %d/%lld: %.1f s", j->o->method == QPK_METHOD_GPTQ ? "GPTQ" : "AWQ",
+                 layer + 1, (long long)c->n_layers, qpk_seconds() - t0);
+        if ((s = poll(j, what, e)) != QPK_OK)
+            return s;
+    }
+    const qpk_st_tensor *t = qpk_checkpoint_tensor(ck, role, layer);
+    uint32_t type, group;
+    const void *bytes;
+    size_t n;
+    qpk_calib_tensor(j->calib, role, &type, &group, &bytes, &n);
+    if ((s = qpk_writer_begin_tensor(j->w, name, type, group, t->ndim, t->shape, e)) == QPK_OK &&
+        (s = qpk_writer_write(j->w, bytes, n, e)) == QPK_OK)
+        s = qpk_writer_end_tensor(j->w, e);
+    j->done += t->nbytes;
+    note_source(j, t, NULL);
+    return s;
+}
+
 static qpk_status write_tensors(job *j, const qpk_checkpoint *ck, qpk_err *e)
 {
     const qpk_config *c = qpk_checkpoint_config(ck);
@@ -170,6 +201,12 @@ static qpk_status write_tensors(job *j, const qpk_checkpoint *ck, qpk_err *e)
         char name[QPK_MAX_NAME];
         qpk_model_tensor_at(c, i, &role, &layer);
         qpk_tensor_name(name, sizeof name, role, layer);
+        if (j->calib && qpk_role_is_per_layer(role)) {
+            qpk_status s = write_calibrated(j, ck, role, layer, name, e);
+            if (s != QPK_OK)
+                return s;
+            continue;
+        }
         const qpk_st_tensor *t = qpk_checkpoint_tensor(ck, role, layer);
         uint32_t type, group;
         qpk_status s = qpk_tensor_plan(j->o, t, role, name, &type, &group, e);
@@ -225,7 +262,8 @@ static void add_recipe(cJSON *m, const qpk_convert_opts *o)
         return;
     }
     cJSON *q = cJSON_AddObjectToObject(m, "quantization");
-    cJSON_AddStringToObject(q, "method", "rtn");
+    static const char *const methods[] = {"rtn", "gptq", "awq"};
+    cJSON_AddStringToObject(q, "method", methods[o->method]);
     cJSON_AddStringToObject(q, "type", o->quant ? qpk_type_name((uint32_t)o->quant) : "none");
     if (o->group == QPK_GROUP_ROW)
         cJSON_AddStringToObject(q, "group", "row");
@@ -233,6 +271,28 @@ static void add_recipe(cJSON *m, const qpk_convert_opts *o)
         cJSON_AddNumberToObject(q, "group", o->group);
     cJSON_AddStringToObject(q, "embedding", o->quant ? "int8" : "as --dtype");
     cJSON_AddStringToObject(q, "norms_and_biases", o->quant ? "f32" : "as --dtype");
+    if (o->method != QPK_METHOD_RTN) {
+        const qpk_calib_opts *co = &o->calib;
+        char hex[17];
+        cJSON *cal = cJSON_AddObjectToObject(q, "calibration");
+        snprintf(hex, sizeof hex, "%016llx", (unsigned long long)co->source_xxh3);
+        cJSON_AddStringToObject(cal, "file", co->source ? co->source : "");
+        cJSON_AddStringToObject(cal, "xxh3", hex);
+        cJSON_AddNumberToObject(cal, "tokens", (double)co->n_tokens);
+        cJSON_AddNumberToObject(cal, "samples", co->samples > 0 ? co->samples : 64);
+        cJSON_AddNumberToObject(cal, "length", co->seq_len > 0 ? co->seq_len : 512);
+        cJSON_AddNumberToObject(cal, "seed", (double)co->seed);
+        if (o->method == QPK_METHOD_GPTQ) {
+            cJSON_AddNumberToObject(cal, "damp", co->damp > 0 ? co->damp : 0.01);
+            cJSON_AddBoolToObject(cal, "act_order", co->act_order);
+        } else {
+            cJSON_AddNumberToObject(cal, "alpha_grid", 20);
+            cJSON_AddNumberToObject(cal, "clip_grid", 11);
+            cJSON_AddNumberToObject(cal, "search_rows", 512);
+            cJSON_AddBoolToObject(cal, "fold_only", co->awq_fold_only);
+        }
+        cJSON_AddStringToObject(q, "embedding_and_head", "rtn");
+    }
     cJSON *rules = cJSON_AddArrayToObject(q, "rules");
     for (size_t i = 0; i < o->n_rules; i++) {
         char text[200];
@@ -304,6 +364,10 @@ qpk_status qpk_convert(const char *dir, const char *out, const qpk_convert_opts 
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "--quant must be int8, int4 or int4s");
     if (o->quant && (o->group == 0 || (o->group != QPK_GROUP_ROW && o->group % QPK_GROUP_QUANTUM)))
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "--group must be a multiple of %d or row", QPK_GROUP_QUANTUM);
+    if (o->method != QPK_METHOD_RTN && !o->quant)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "GPTQ and AWQ need --quant (the type they calibrate for)");
+    if (o->method != QPK_METHOD_RTN && !o->calib.tokens)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "GPTQ and AWQ need calibration data (--calib or --calib-tokens)");
     qpk_checkpoint *ck = NULL;
     job j = {.o = o};
     cJSON *meta = NULL, *prov = NULL;
@@ -315,6 +379,8 @@ qpk_status qpk_convert(const char *dir, const char *out, const qpk_convert_opts 
         s = qpk_pool_create(&j.pool, o->n_threads, e);
     if (s == QPK_OK)
         s = job_buffers(&j, qpk_checkpoint_config(ck), e);
+    if (s == QPK_OK && o->method != QPK_METHOD_RTN)
+        s = qpk_calib_begin(&j.calib, ck, o, j.pool, e);
     if (s == QPK_OK)
         s = qpk_writer_create(&j.w, out, e);
     if (s == QPK_OK)
@@ -329,6 +395,14 @@ qpk_status qpk_convert(const char *dir, const char *out, const qpk_convert_opts 
         s = qpk_writer_finish(j.w, text, strlen(text), e);
         j.w = NULL;
     }
+    if (s == QPK_OK && j.calib && o->cb.log) {
+        char msg[200];
+        int len, n = qpk_calib_windows(j.calib, &len);
+        snprintf(msg, sizeof msg, "calibrated on %d windows of %d tokens: statistics %.1f s, quantization %.1f s, "
+                 "quantized passes %.1f s", n, len, j.times.gather, j.times.quantize, j.times.forward);
+        o->cb.log(o->cb.ud, QPK_LOG_INFO, msg);
+    }
+    qpk_calib_end(j.calib);
     qpk_writer_discard(j.w);
     qpk_pool_free(j.pool);
     free(text);

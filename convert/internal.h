@@ -34,4 +34,24 @@ static inline qpk_type qpk_st_keep_type(qpk_st_dtype d)
 qpk_status qpk_tensor_plan(const qpk_convert_opts *o, const qpk_st_tensor *src, qpk_role role, const char *name,
                            uint32_t *type, uint32_t *group, qpk_err *e);
 
+/* ------------------------------------------------ calibration (calibrate.c) */
+
+typedef struct qpk_calib qpk_calib;
+typedef struct qpk_calib_times {
+    double gather, quantize, forward; /* seconds, summed over layers */
+} qpk_calib_times;
+
+/* Draws the calibration windows and embeds them; ready for layer 0. */
+qpk_status qpk_calib_begin(qpk_calib **out, qpk_checkpoint *ck, const qpk_convert_opts *o, qpk_pool *pool,
+                           qpk_err *e);
+/* Calibrates and quantizes layer l (layers in order, from 0); times (may be NULL) accumulate. */
+qpk_status qpk_calib_layer(qpk_calib *c, int l, qpk_calib_times *times, qpk_err *e);
+/* The stored form of tensor r of the layer last calibrated (valid until the next layer). */
+void qpk_calib_tensor(const qpk_calib *c, qpk_role r, uint32_t *type, uint32_t *group, const void **bytes,
+                      size_t *nbytes);
+/* Number of windows, and their length. */
+int qpk_calib_windows(const qpk_calib *c, int *len);
+void qpk_calib_end(qpk_calib *c); /* NULL-safe */
+double qpk_seconds(void);
+
 #endif

@@ -151,3 +151,37 @@ void qpk_pool_run(qpk_pool *p, int64_t n_tasks, qpk_task_fn fn, void *ctx)
         pthread_mutex_unlock(&p->mu);
     }
 }
+
+/* ------------------------------------------------------------------ matmul */
+
+typedef struct matmul_job {
+    const qpk_kernels *k;
+    const qpk_matrix *w;
+    const float *x;
+    float *y, *scratch;
+    int64_t T, rows_per_task;
+    size_t scratch_per_thread;
+} matmul_job;
+
+static void matmul_task(void *arg, int64_t task, int thread)
+{
+    matmul_job *j = arg;
+    int64_t r0 = task * j->rows_per_task, r1 = r0 + j->rows_per_task;
+    r1 = r1 < j->w->rows ? r1 : j->w->rows;
+    float *scratch = j->scratch + (size_t)thread * j->scratch_per_thread;
+    if (j->T == 1)
+        j->k->gemv(j->w, j->x, j->y, r0, r1, scratch);
+    else
+        j->k->gemm(j->w, j->x, j->T, j->w->cols, j->y, j->w->rows, r0, r1, scratch);
+}
+
+void qpk_matmul(qpk_pool *pool, const qpk_kernels *k, const qpk_matrix *w, const float *x, int64_t T, float *y,
+                float *scratch)
+{
+    int threads = qpk_pool_threads(pool);
+    /* About 4 tasks per thread for balance, in multiples of 24 rows (whole kernel blocks). */
+    int64_t per = (w->rows + 4 * threads - 1) / (4 * threads);
+    per = (per + 23) / 24 * 24;
+    matmul_job j = {k, w, x, y, scratch, T, per, qpk_gemm_scratch_floats(w->cols)};
+    qpk_pool_run(pool, (w->rows + per - 1) / per, matmul_task, &j);
+}

@@ -28,6 +28,18 @@ static void usage(void)
            "                        override tensors whose name matches PAT (a substring,\n"
            "                        or a glob with * ? [ ]); repeatable, the last match\n"
            "                        wins, e.g. --keep down_proj=int8 --keep lm_head=f16\n"
+           "      --method M        rtn (default) | gptq | awq: how the --quant weights are\n"
+           "                        chosen; gptq and awq calibrate layer by layer on\n"
+           "      --calib-tokens F  raw little-endian int32 token ids\n"
+           "      --calib-samples N windows drawn from the calibration data (default 64)\n"
+           "      --calib-len L     tokens per window (default 512)\n"
+           "      --seed S          which windows (default 0)\n"
+           "      --damp X          GPTQ: Hessian dampening, fraction of its mean diagonal\n"
+           "                        (default 0.01)\n"
+           "      --act-order       GPTQ: columns by decreasing Hessian diagonal (groups\n"
+           "                        stay static and contiguous)\n"
+           "      --awq-fold-only   AWQ: choose the scales for --quant and fold them, but\n"
+           "                        store the linears in f32 (an AWQ-scaled float model)\n"
            "  -t, --threads N       worker threads (default: all cores)\n"
            "  -q, --quiet           no progress or notes, only warnings and errors\n"
            "  -h, --help            this help\n"
@@ -43,6 +55,7 @@ int main(int argc, char **argv)
     const char *in = NULL, *out = NULL;
     qpk_convert_opts o = {.dtype = -1, .group = 128};
     qpk_quant_rule rules[64];
+    const char *calib_path = NULL;
     size_t n_rules = 0, n_embed = 0;
     qpk_err e = {0};
     for (int i = 1; i < argc; i++) {
@@ -107,6 +120,33 @@ int main(int argc, char **argv)
                 n_rules += 2, n_embed++;
             }
             i++;
+        } else if (!strcmp(a, "--method")) {
+            if (!v || (strcmp(v, "rtn") && strcmp(v, "gptq") && strcmp(v, "awq")))
+                return cli_usage_error(&c, "--method takes rtn, gptq or awq");
+            o.method = !strcmp(v, "gptq") ? QPK_METHOD_GPTQ : !strcmp(v, "awq") ? QPK_METHOD_AWQ : QPK_METHOD_RTN;
+            i++;
+        } else if (!strcmp(a, "--calib-tokens")) {
+            if (!v)
+                return cli_usage_error(&c, "%s needs a path", a);
+            calib_path = v, i++;
+        } else if (!strcmp(a, "--calib-samples") || !strcmp(a, "--calib-len")) {
+            long long n;
+            if (!cli_parse_int(v, 1, 1 << 20, &n))
+                return cli_usage_error(&c, "%s needs a positive count", a);
+            *(!strcmp(a, "--calib-len") ? &o.calib.seq_len : &o.calib.samples) = (int)n, i++;
+        } else if (!strcmp(a, "--seed")) {
+            long long n;
+            if (!cli_parse_int(v, 0, INT64_MAX, &n))
+                return cli_usage_error(&c, "--seed needs a non-negative number");
+            o.calib.seed = (uint64_t)n, i++;
+        } else if (!strcmp(a, "--damp")) {
+            if (!cli_parse_double(v, &o.calib.damp) || !(o.calib.damp > 0 && o.calib.damp < 10))
+                return cli_usage_error(&c, "--damp needs a number in (0, 10)");
+            i++;
+        } else if (!strcmp(a, "--act-order")) {
+            o.calib.act_order = true;
+        } else if (!strcmp(a, "--awq-fold-only")) {
+            o.calib.awq_fold_only = true;
         } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
             long long n;
             if (!cli_parse_int(v, 1, 1024, &n))
@@ -126,6 +166,19 @@ int main(int argc, char **argv)
         return cli_usage_error(&c, "missing -o OUT.qpk");
     if (n_embed > 1)
         return cli_usage_error(&c, "--embed-type given twice");
+    if (o.method != QPK_METHOD_RTN && !o.quant)
+        return cli_usage_error(&c, "--method %s needs --quant", o.method == QPK_METHOD_GPTQ ? "gptq" : "awq");
+    if (o.method != QPK_METHOD_RTN && !calib_path)
+        return cli_usage_error(&c, "--method %s needs calibration data: --calib-tokens FILE",
+                               o.method == QPK_METHOD_GPTQ ? "gptq" : "awq");
+    int32_t *calib = NULL;
+    if (calib_path) {
+        if (qpk_read_tokens(calib_path, &calib, &o.calib.n_tokens, &e) != QPK_OK)
+            return cli_fail(&c, &e);
+        o.calib.tokens = calib;
+        o.calib.source = calib_path;
+        o.calib.source_xxh3 = qpk_xxh3(calib, o.calib.n_tokens * sizeof *calib);
+    }
     char *cmd = cli_command_line(argc, argv);
     o.command = cmd;
     o.cb = cli_callbacks(&c);
@@ -133,6 +186,7 @@ int main(int argc, char **argv)
     double t0 = cli_now();
     qpk_status s = qpk_convert(in, out, &o, &e);
     free(cmd);
+    free(calib);
     if (s != QPK_OK)
         return cli_fail(&c, &e);
     cli_progress_done(&c);

@@ -73,33 +73,6 @@ static bool gate_passes(int g, double limit, const qpk_verify_result *r, double 
     }
 }
 
-static int32_t *read_tokens(const char *path, size_t *n, qpk_err *e)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        qpk_err_setf(e, QPK_E_IO, "cannot open '%s': %s", path, strerror(errno));
-        return NULL;
-    }
-    struct stat sb;
-    fstat(fileno(f), &sb);
-    if (sb.st_size % 4 != 0) {
-        fclose(f);
-        qpk_err_setf(e, QPK_E_CORRUPT, "'%s' is %lld bytes, not a whole number of int32 token ids", path,
-                     (long long)sb.st_size);
-        return NULL;
-    }
-    *n = (size_t)sb.st_size / 4;
-    int32_t *t = malloc(*n * 4 + 4);
-    if (!t || fread(t, 4, *n, f) != *n) {
-        free(t);
-        fclose(f);
-        qpk_err_setf(e, QPK_E_IO, "cannot read '%s'", path);
-        return NULL;
-    }
-    fclose(f);
-    return t; /* little-endian on every machine qpk supports; ids are range-checked by the runtime */
-}
-
 static void on_chunk(void *ud, int chunk, int n_chunks, double ppl)
 {
     cli *c = ud;
@@ -264,8 +237,8 @@ int main(int argc, char **argv)
             qpk_source_close(model);
             return cli_usage_error(&c, "%s needs --ref", gates[g].flag);
         }
-    if (s == QPK_OK && tokens_path && !(tokens = read_tokens(tokens_path, &n_tokens, &e)))
-        s = e.status;
+    if (s == QPK_OK && tokens_path)
+        s = qpk_read_tokens(tokens_path, &tokens, &n_tokens, &e);
     if (s == QPK_OK && !c.quiet)
         printf("qverify: %s%s%s\n", model_path, ref_path ? " vs " : "", ref_path ? ref_path : "");
     if (s == QPK_OK)

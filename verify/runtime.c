@@ -9,17 +9,11 @@
 #include "ops.h"
 #include "qpk/runtime.h"
 
-typedef struct layer_weights {
-    qpk_matrix q, k, v, o, gate, up, down; /* [Q,H] [KV,H] [KV,H] [H,Q] [I,H] [I,H] [H,I] */
-    const float *attn_norm, *ffn_norm;     /* [H] */
-    const float *bq, *bk, *bv;             /* [Q] [KV] [KV] */
-} layer_weights;
-
 struct qpk_model {
     qpk_config cfg;
     qpk_matrix embed, head; /* [V,H]; head is embed when tied */
     const float *final_norm;
-    layer_weights *layers;
+    qpk_layer_weights *layers;
     float *vectors; /* norms and biases, converted to f32 once (a few KB per layer) */
 };
 
@@ -80,7 +74,7 @@ qpk_status qpk_model_create(qpk_model **out, const qpk_config *c, qpk_weight_fn 
     else
         m->head = m->embed;
     for (int l = 0; l < c->n_layers && s == QPK_OK; l++) {
-        layer_weights *L = &m->layers[l];
+        qpk_layer_weights *L = &m->layers[l];
         const struct {
             qpk_role role;
             qpk_matrix *w;
@@ -125,6 +119,11 @@ qpk_status qpk_model_from_qpk(qpk_model **out, const qpk_file *f, qpk_err *e)
     return s != QPK_OK ? s : qpk_model_create(out, qpk_file_config(f), qpk_file_weight, (void *)f, e);
 }
 
+const qpk_layer_weights *qpk_model_layer(const qpk_model *m, int l)
+{
+    return l >= 0 && l < m->cfg.n_layers ? &m->layers[l] : NULL;
+}
+
 void qpk_model_free(qpk_model *m)
 {
     if (!m)
@@ -142,7 +141,7 @@ uint64_t qpk_model_decode_bytes(const qpk_model *m)
 {
     uint64_t b = matrix_bytes(&m->head) + qpk_matrix_row_bytes(&m->embed);
     for (int64_t l = 0; l < m->cfg.n_layers; l++) {
-        const layer_weights *L = &m->layers[l];
+        const qpk_layer_weights *L = &m->layers[l];
         b += matrix_bytes(&L->q) + matrix_bytes(&L->k) + matrix_bytes(&L->v) + matrix_bytes(&L->o) +
              matrix_bytes(&L->gate) + matrix_bytes(&L->up) + matrix_bytes(&L->down);
     }
@@ -155,6 +154,7 @@ struct qpk_context {
     const qpk_model *m;
     const qpk_kernels *k;
     qpk_pool *pool;
+    bool own_pool;
     int n_ctx, n_batch, pos, cap; /* cap: positions the KV cache holds now */
     float **kcache, **vcache;     /* per layer: [kv_heads][cap][head_dim] */
     /* Activations for up to n_batch tokens. */
@@ -185,7 +185,8 @@ qpk_status qpk_context_create(qpk_context **out, const qpk_model *m, const qpk_c
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     x->m = m, x->n_ctx = n_ctx, x->n_batch = n_batch;
     x->k = o->scalar ? qpk_kernels_scalar() : qpk_kernels_best();
-    qpk_status s = qpk_pool_create(&x->pool, o->n_threads, e);
+    x->pool = o->pool, x->own_pool = !o->pool;
+    qpk_status s = x->own_pool ? qpk_pool_create(&x->pool, o->n_threads, e) : QPK_OK;
     if (s != QPK_OK) {
         free(x);
         return s;
@@ -226,7 +227,8 @@ void qpk_context_free(qpk_context *c)
     free(c->kcache), free(c->vcache);
     free(c->x), free(c->xn), free(c->q), free(c->att), free(c->kk), free(c->vv), free(c->gate), free(c->up);
     free(c->inv_freq), free(c->cos), free(c->sin), free(c->scratch);
-    qpk_pool_free(c->pool);
+    if (c->own_pool)
+        qpk_pool_free(c->pool);
     free(c);
 }
 
@@ -268,35 +270,10 @@ static qpk_status reserve(qpk_context *c, int need, qpk_err *e)
 
 /* ================================================================ parallel ops */
 
-typedef struct matmul_job {
-    qpk_context *c;
-    const qpk_matrix *w;
-    const float *x;
-    float *y;
-    int64_t T, rows_per_task;
-} matmul_job;
-
-static void matmul_task(void *arg, int64_t task, int thread)
-{
-    matmul_job *j = arg;
-    int64_t r0 = task * j->rows_per_task, r1 = r0 + j->rows_per_task;
-    r1 = r1 < j->w->rows ? r1 : j->w->rows;
-    float *scratch = j->c->scratch + (size_t)thread * j->c->scratch_per_thread;
-    if (j->T == 1)
-        j->c->k->gemv(j->w, j->x, j->y, r0, r1, scratch);
-    else
-        j->c->k->gemm(j->w, j->x, j->T, j->w->cols, j->y, j->w->rows, r0, r1, scratch);
-}
-
-/* y[T, rows] = x[T, cols] . W^T, split by rows over the pool (each output has one writer). */
+/* y[T, rows] = x[T, cols] . W^T on all threads. */
 static void matmul(qpk_context *c, const qpk_matrix *w, const float *x, int64_t T, float *y)
 {
-    int threads = qpk_pool_threads(c->pool);
-    /* About 4 tasks per thread for balance, rounded to 24 rows (a multiple of both kernels' blocks). */
-    int64_t per = (w->rows + 4 * threads - 1) / (4 * threads);
-    per = (per + 23) / 24 * 24;
-    matmul_job j = {c, w, x, y, T, per};
-    qpk_pool_run(c->pool, (w->rows + per - 1) / per, matmul_task, &j);
+    qpk_matmul(c->pool, c->k, w, x, T, y, c->scratch);
 }
 
 static void add_bias(float *y, const float *b, int64_t T, int64_t n)
@@ -308,7 +285,7 @@ static void add_bias(float *y, const float *b, int64_t T, int64_t n)
 
 typedef struct attn_job {
     qpk_context *c;
-    int64_t layer, T;
+    int64_t layer, slot, T;
 } attn_job;
 
 /* One (query token, head): attention over the visible positions of the cache. */
@@ -322,7 +299,7 @@ static void attn_task(void *arg, int64_t task, int thread)
     if (cf->use_sliding_window && j->layer >= cf->max_window_layers && p - cf->sliding_window + 1 > 0)
         first = p - cf->sliding_window + 1;
     size_t head = (size_t)kvh * (size_t)c->cap * (size_t)hd;
-    qpk_op_attend(c->k, c->q + (t * cf->n_heads + h) * hd, c->kcache[j->layer] + head, c->vcache[j->layer] + head,
+    qpk_op_attend(c->k, c->q + (t * cf->n_heads + h) * hd, c->kcache[j->slot] + head, c->vcache[j->slot] + head,
                   first, p, hd, c->scratch + (size_t)thread * c->scratch_per_thread,
                   c->att + (t * cf->n_heads + h) * hd);
 }
@@ -343,16 +320,22 @@ static void swiglu_task(void *arg, int64_t task, int thread)
 
 /* ============================================================= forward pass */
 
-static void forward_layer(qpk_context *c, int64_t l, int64_t T)
+/*
+ * One decoder layer on the T hidden states in c->x: weights L, layer index l (the
+ * sliding-window rule), KV cache slot `slot`. capture sees each linear group's input.
+ */
+static void forward_layer(qpk_context *c, const qpk_layer_weights *L, int64_t l, int64_t slot, int64_t T,
+                          qpk_capture_fn capture, void *ud)
 {
     const qpk_config *cf = &c->m->cfg;
-    const layer_weights *L = &c->m->layers[l];
     int64_t H = cf->hidden_size, Q = cf->n_heads * cf->head_dim, KV = cf->n_kv_heads * cf->head_dim;
     int64_t hd = cf->head_dim;
 
     /* Attention block. */
     float eps = (float)cf->rms_norm_eps;
     qpk_op_rms_norm(c->k, c->x, L->attn_norm, c->xn, T, H, eps);
+    if (capture)
+        capture(ud, QPK_ROLE_Q, c->xn, T, H);
     matmul(c, &L->q, c->xn, T, c->q);
     matmul(c, &L->k, c->xn, T, c->kk);
     matmul(c, &L->v, c->xn, T, c->vv);
@@ -364,22 +347,28 @@ static void forward_layer(qpk_context *c, int64_t l, int64_t T)
     for (int64_t t = 0; t < T; t++)
         for (int64_t h = 0; h < cf->n_kv_heads; h++) {
             size_t at = ((size_t)h * (size_t)c->cap + (size_t)(c->pos + t)) * (size_t)hd;
-            memcpy(c->kcache[l] + at, c->kk + (t * cf->n_kv_heads + h) * hd, (size_t)hd * sizeof(float));
-            memcpy(c->vcache[l] + at, c->vv + (t * cf->n_kv_heads + h) * hd, (size_t)hd * sizeof(float));
+            memcpy(c->kcache[slot] + at, c->kk + (t * cf->n_kv_heads + h) * hd, (size_t)hd * sizeof(float));
+            memcpy(c->vcache[slot] + at, c->vv + (t * cf->n_kv_heads + h) * hd, (size_t)hd * sizeof(float));
         }
-    attn_job aj = {c, l, T};
+    attn_job aj = {c, l, slot, T};
     qpk_pool_run(c->pool, T * cf->n_heads, attn_task, &aj);
+    if (capture)
+        capture(ud, QPK_ROLE_O, c->att, T, cf->n_heads * hd);
     matmul(c, &L->o, c->att, T, c->xn);
     for (int64_t i = 0; i < T * H; i++)
         c->x[i] += c->xn[i];
 
     /* MLP block: down(silu(gate(x)) * up(x)). */
     qpk_op_rms_norm(c->k, c->x, L->ffn_norm, c->xn, T, H, eps);
+    if (capture)
+        capture(ud, QPK_ROLE_GATE, c->xn, T, H);
     matmul(c, &L->gate, c->xn, T, c->gate);
     matmul(c, &L->up, c->xn, T, c->up);
     int64_t n = T * cf->intermediate_size, per = 4096;
     swiglu_job sj = {c->gate, c->up, n, per};
     qpk_pool_run(c->pool, (n + per - 1) / per, swiglu_task, &sj);
+    if (capture)
+        capture(ud, QPK_ROLE_DOWN, c->gate, T, cf->intermediate_size);
     matmul(c, &L->down, c->gate, T, c->xn);
     for (int64_t i = 0; i < T * H; i++)
         c->x[i] += c->xn[i];
@@ -398,7 +387,7 @@ static qpk_status forward(qpk_context *c, const int32_t *tokens, int64_t T, floa
         c->k->row_to_f32(&c->m->embed, tokens[t], c->x + t * H);
     qpk_op_rope_tables(c->cos, c->sin, c->inv_freq, c->pos, T, cf->head_dim / 2);
     for (int64_t l = 0; l < cf->n_layers; l++)
-        forward_layer(c, l, T);
+        forward_layer(c, &c->m->layers[l], l, l, T, NULL, NULL);
     c->pos += (int)T;
     if (n_logits == 0)
         return QPK_OK;
@@ -430,5 +419,24 @@ qpk_status qpk_eval(qpk_context *c, const int32_t *tokens, int n, float *logits,
         if (s != QPK_OK)
             return s;
     }
+    return QPK_OK;
+}
+
+qpk_status qpk_layer_forward(qpk_context *c, const qpk_layer_weights *w, int layer, float *x, int T,
+                             qpk_capture_fn capture, void *ud, qpk_err *e)
+{
+    const qpk_config *cf = &c->m->cfg;
+    if (T < 1 || T > c->n_batch)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "%d tokens: a layer runs 1..%d at once", T, c->n_batch);
+    c->pos = 0;
+    qpk_status s = reserve(c, T, e);
+    if (s != QPK_OK)
+        return s;
+    size_t bytes = (size_t)T * (size_t)cf->hidden_size * sizeof(float);
+    memcpy(c->x, x, bytes);
+    qpk_op_rope_tables(c->cos, c->sin, c->inv_freq, 0, T, cf->head_dim / 2);
+    forward_layer(c, w, layer, 0, T, capture, ud); /* cache slot 0: the context is reset below */
+    memcpy(x, c->x, bytes);
+    c->pos = 0;
     return QPK_OK;
 }

@@ -110,6 +110,13 @@ const char *qpk_checkpoint_ignored(const qpk_checkpoint *ck, size_t i);
 qpk_status qpk_read_model_file(const char *dir, const char *name, char **data, size_t *len,
                                bool *missing, qpk_err *e);
 
+/*
+ * Reads a file of raw little-endian int32 token ids into a malloc'd array (free() it).
+ * QPK_E_CORRUPT if the size is not a multiple of 4. Ids are not range-checked here:
+ * the runtime checks them against the model.
+ */
+qpk_status qpk_read_tokens(const char *path, int32_t **ids, size_t *n, qpk_err *e);
+
 /* ================================================================ conversion == */
 
 /* A per-tensor override: tensors whose name matches pattern get type (and group). */
@@ -124,6 +131,22 @@ qpk_status qpk_quant_rule_parse(const char *text, qpk_quant_rule *out, qpk_err *
 
 #define QPK_GROUP_ROW UINT32_MAX /* a group as long as the row */
 
+typedef enum qpk_method { QPK_METHOD_RTN = 0, QPK_METHOD_GPTQ, QPK_METHOD_AWQ } qpk_method;
+
+/* Calibration for GPTQ and AWQ. */
+typedef struct qpk_calib_opts {
+    const int32_t *tokens; /* the calibration token stream */
+    size_t n_tokens;
+    int samples;           /* windows drawn from it (0: 64) */
+    int seq_len;           /* tokens per window (0: 512) */
+    uint64_t seed;         /* which windows: deterministic for a seed */
+    double damp;           /* GPTQ: fraction of the mean Hessian diagonal added to it (0: 0.01) */
+    bool act_order;        /* GPTQ: columns by decreasing Hessian diagonal, static groups */
+    bool awq_fold_only;    /* AWQ: choose and fold the scales, then store the linears in f32 */
+    const char *source;    /* recorded in the recipe: the calibration file's name */
+    uint64_t source_xxh3;  /* and the XXH3 of its bytes */
+} qpk_calib_opts;
+
 typedef struct qpk_convert_opts {
     int dtype;            /* -1: keep each tensor's type (F64 -> F32); else a float qpk_type */
     int quant;            /* 0: none; else QPK_TYPE_INT8, INT4 or INT4S for the linear weights */
@@ -132,6 +155,8 @@ typedef struct qpk_convert_opts {
      * --embed-type T is the rules embed_tokens=T, lm_head=T ahead of the user's.) */
     const qpk_quant_rule *rules;
     size_t n_rules;
+    qpk_method method;    /* how the quantized linear weights are chosen (embedding and head: RTN) */
+    qpk_calib_opts calib; /* for GPTQ and AWQ */
     int n_threads;        /* 0: all cores; the output does not depend on it */
     const char *command;  /* recorded in the provenance (callers leave out thread counts) */
     qpk_callbacks cb;

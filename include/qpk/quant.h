@@ -190,13 +190,13 @@ const qpk_kernels *qpk_kernels_scalar(void);
 size_t qpk_gemm_scratch_floats(int64_t cols);
 
 /* =============================================================== thread pool == */
+typedef struct qpk_pool qpk_pool;
 
 /*
  * A fixed set of worker threads that run tasks [0, n) of a job; the calling thread
  * takes part. Tasks must write disjoint outputs: then the result does not depend
  * on which thread runs which task, nor on their number.
  */
-typedef struct qpk_pool qpk_pool;
 typedef void (*qpk_task_fn)(void *ctx, int64_t task, int thread);
 
 /* n_threads >= 1 (0: all online CPUs). */
@@ -205,6 +205,36 @@ void qpk_pool_free(qpk_pool *p); /* NULL-safe */
 int qpk_pool_threads(const qpk_pool *p);
 /* Runs fn(ctx, i, thread) for i in [0, n_tasks); returns when all are done. */
 void qpk_pool_run(qpk_pool *p, int64_t n_tasks, qpk_task_fn fn, void *ctx);
+
+/*
+ * y[T][rows] = x[T][cols] . W^T on all the pool's threads, rows split among them (each
+ * output has one writer: the result does not depend on the thread count). T == 1 takes
+ * the gemv path. scratch: qpk_pool_threads(pool) x qpk_gemm_scratch_floats(cols) floats.
+ */
+void qpk_matmul(qpk_pool *pool, const qpk_kernels *k, const qpk_matrix *w, const float *x, int64_t T, float *y,
+                float *scratch);
+
+/* ==================================================================== GPTQ == */
+
+typedef struct qpk_gptq_opts {
+    double damp;    /* added to H's diagonal, as a fraction of its mean (0: 0.01) */
+    bool act_order; /* columns in decreasing order of H's diagonal, with static groups */
+} qpk_gptq_opts;
+
+/*
+ * GPTQ (Frantar et al. 2022) for the weight matrix W [rows x cols] (row-major f32)
+ * given H = 2 X^T X / n [cols x cols] (row-major f64; modified) of its inputs X.
+ * Writes rows x cols/group blocks of `type` to out (the .qpk layout) and leaves in
+ * W the weights those blocks decode to. Columns whose H diagonal is 0 (inputs never
+ * seen) are zeroed. With act_order, the parameters of every group are fixed before
+ * the columns are visited by decreasing H diagonal ("static groups"): the stored
+ * groups stay contiguous and need no permutation at run time. Without it, a
+ * group's parameters are chosen when its first column is reached, from the weights
+ * as updated by then. Rows are independent; pool (may be NULL) spreads them over
+ * threads without changing the result.
+ */
+qpk_status qpk_gptq(uint32_t type, uint32_t group, float *W, int64_t rows, int64_t cols, double *H,
+                    const qpk_gptq_opts *o, qpk_pool *pool, void *out, qpk_err *e);
 
 #ifdef __cplusplus
 }

@@ -24,6 +24,13 @@ extern "C" {
 
 typedef struct qpk_model qpk_model;
 
+/* The weights of one decoder layer: matrices as views, norms and biases in f32. */
+typedef struct qpk_layer_weights {
+    qpk_matrix q, k, v, o, gate, up, down; /* [Q,H] [KV,H] [KV,H] [H,Q] [I,H] [I,H] [H,I] */
+    const float *attn_norm, *ffn_norm;     /* [H] */
+    const float *bq, *bk, *bv;             /* [Q] [KV] [KV] */
+} qpk_layer_weights;
+
 /*
  * Supplies one tensor of the model (role, layer; layer -1 for the others) as a
  * matrix view: vectors (norms, biases) as 1 x n. The view must stay valid for the
@@ -37,6 +44,8 @@ qpk_status qpk_model_create(qpk_model **out, const qpk_config *cfg, qpk_weight_f
 qpk_status qpk_model_from_qpk(qpk_model **out, const qpk_file *f, qpk_err *e);
 void qpk_model_free(qpk_model *m); /* NULL-safe */
 const qpk_config *qpk_model_config(const qpk_model *m);
+/* Layer l's weights (0 <= l < n_layers). */
+const qpk_layer_weights *qpk_model_layer(const qpk_model *m, int l);
 /* Bytes of weights one decoded token reads (every matrix once, plus one embedding row). */
 uint64_t qpk_model_decode_bytes(const qpk_model *m);
 
@@ -47,6 +56,7 @@ typedef struct qpk_context_opts {
     int n_batch;   /* tokens per forward step (larger inputs are split); 0: 512 */
     int n_threads; /* 0: all online CPUs */
     bool scalar;   /* use the scalar kernels even where AVX2 is available */
+    qpk_pool *pool; /* run on this pool (shared with the caller) instead of a new one */
 } qpk_context_opts;
 
 /* KV memory grows with the positions in use, not with n_ctx. opts may be NULL. */
@@ -68,6 +78,21 @@ qpk_pool *qpk_context_pool(qpk_context *c);
  * context would exceed n_ctx.
  */
 qpk_status qpk_eval(qpk_context *c, const int32_t *tokens, int n, float *logits, int n_logits, qpk_err *e);
+
+/*
+ * Sees the input of each group of linears as a layer runs: role Q (the input of q, k
+ * and v), O (of o_proj), GATE (of gate and up), DOWN (of down_proj); T rows of n floats.
+ */
+typedef void (*qpk_capture_fn)(void *ud, qpk_role role, const float *x, int64_t T, int64_t n);
+
+/*
+ * Runs the decoder layer w (layer index `layer`, for the sliding-window rule) on one
+ * sequence of T hidden states (T x hidden_size floats, updated in place) at positions
+ * 0..T-1, T <= n_batch. For calibration: the weights need not belong to the model
+ * (they are what is being quantized). Resets the context. capture may be NULL.
+ */
+qpk_status qpk_layer_forward(qpk_context *c, const qpk_layer_weights *w, int layer, float *x, int T,
+                             qpk_capture_fn capture, void *ud, qpk_err *e);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,186 @@
+/*
+ * GPTQ on single linear layers: with correlated inputs it must beat round-to-nearest
+ * on the output error ||X W^T - X Q^T||; with H = I it must be round-to-nearest, byte
+ * for byte; act-order keeps the stored layout (static, contiguous groups); inputs never
+ * seen zero their weights; the result does not depend on the thread count.
+ */
+#include <math.h>
+
+#include "qpk/quant.h"
+#include "testhelp.h"
+
+enum { N = 1024, D = 128, R = 48 };
+
+static uint64_t g_rng = 0xfeedbeef;
+static double gauss(void)
+{
+    double s = 0;
+    for (int i = 0; i < 12; i++) {
+        g_rng = g_rng * 6364136223846793005ull + 1442695040888963407ull;
+        s += (double)(g_rng >> 11) / 9007199254740992.0;
+    }
+    return s - 6.0;
+}
+
+static float X[N * D], W[R * D];
+static double H[D * D];
+
+/* Inputs with strongly correlated channels, and a few loud ones, as activations have. */
+static void make_inputs(bool identity)
+{
+    static double A[D * D];
+    for (int i = 0; i < D * D; i++)
+        A[i] = (i / D == i % D ? 1.0 : 0.0) + 0.3 * gauss() / sqrt(D);
+    for (int t = 0; t < N; t++) {
+        double z[D];
+        for (int k = 0; k < D; k++)
+            z[k] = gauss() * (k % 17 == 0 ? 8.0 : 1.0);
+        for (int j = 0; j < D; j++) {
+            double s = 0;
+            for (int k = 0; k < D; k++)
+                s += z[k] * A[k * D + j];
+            X[t * D + j] = (float)s;
+        }
+    }
+    for (int i = 0; i < R * D; i++)
+        W[i] = (float)(0.02 * gauss());
+    for (int i = 0; i < D; i++)
+        for (int j = 0; j < D; j++) {
+            double s = 0;
+            for (int t = 0; t < N && !identity; t++)
+                s += (double)X[t * D + i] * X[t * D + j];
+            H[i * D + j] = identity ? (i == j) : 2 * s / N;
+        }
+}
+
+/* ||X W^T - X Q^T||_F, with Q the weights the blocks decode to. */
+static double output_error(uint32_t type, uint32_t group, const void *blocks)
+{
+    static float Q[R * D];
+    size_t rb = (size_t)(D / group) * qpk_type_block_bytes(type, group);
+    for (int r = 0; r < R; r++)
+        qpk_dequantize_row(type, group, (const uint8_t *)blocks + (size_t)r * rb, D, Q + r * D);
+    double e = 0;
+    for (int t = 0; t < N; t++)
+        for (int r = 0; r < R; r++) {
+            double d = 0;
+            for (int k = 0; k < D; k++)
+                d += (double)X[t * D + k] * ((double)W[r * D + k] - Q[r * D + k]);
+            e += d * d;
+        }
+    return sqrt(e);
+}
+
+static void rtn(uint32_t type, uint32_t group, const float *w, uint8_t *out)
+{
+    qpk_err e;
+    size_t rb = (size_t)(D / group) * qpk_type_block_bytes(type, group);
+    for (int r = 0; r < R; r++)
+        qpk_quantize_row(type, group, w + r * D, D, out + (size_t)r * rb, &e);
+}
+
+static qpk_status gptq(uint32_t type, uint32_t group, bool act_order, qpk_pool *pool, uint8_t *out, float *wq)
+{
+    static double h[D * D];
+    memcpy(h, H, sizeof h);
+    memcpy(wq, W, sizeof W);
+    qpk_gptq_opts o = {0.01, act_order};
+    qpk_err e = {0};
+    qpk_status s = qpk_gptq(type, group, wq, R, D, h, &o, pool, out, &e);
+    if (s != QPK_OK)
+        fprintf(stderr, "gptq: %s\n", e.msg);
+    return s;
+}
+
+static void test_beats_rtn(qpk_pool *pool1, qpk_pool *pool2)
+{
+    static uint8_t a[R * D * 2], b[R * D * 2], c[R * D * 2];
+    static float wq[R * D], wq2[R * D];
+    make_inputs(false);
+    const uint32_t types[3] = {QPK_TYPE_INT4, QPK_TYPE_INT4S, QPK_TYPE_INT8};
+    const uint32_t groups[2] = {32, 128};
+    for (int t = 0; t < 3; t++)
+        for (int g = 0; g < 2; g++)
+            for (int ao = 0; ao < 2; ao++) {
+                rtn(types[t], groups[g], W, a);
+                CHECK(gptq(types[t], groups[g], ao, pool1, b, wq) == QPK_OK);
+                double er = output_error(types[t], groups[g], a), eg = output_error(types[t], groups[g], b);
+                printf("%-5s g%-3u act-order %d: output error GPTQ / RTN = %.3f\n", qpk_type_name(types[t]), groups[g],
+                       ao, eg / er);
+                CHECKF(eg < er, "%s g%u act_order %d: GPTQ %g not below RTN %g", qpk_type_name(types[t]), groups[g],
+                       ao, eg, er);
+                /* The blocks decode to what GPTQ left in W. */
+                static float dec[R * D];
+                size_t rb = (size_t)(D / groups[g]) * qpk_type_block_bytes(types[t], groups[g]);
+                for (int r = 0; r < R; r++)
+                    qpk_dequantize_row(types[t], groups[g], b + (size_t)r * rb, D, dec + r * D);
+                CHECK(!memcmp(dec, wq, sizeof dec));
+                /* Any thread count: the same bytes. */
+                CHECK(gptq(types[t], groups[g], ao, pool2, c, wq2) == QPK_OK && !memcmp(b, c, (size_t)R * rb));
+                if (ao) {
+                    /* Static groups: each block's parameters are those of the original weights' group. */
+                    bool same = true;
+                    for (int r = 0; r < R; r++)
+                        for (int k = 0; k < D; k += (int)groups[g]) {
+                            qpk_qparams want, got;
+                            qpk_err e;
+                            static int32_t q[128];
+                            qpk_group_params(types[t], W + r * D + k, groups[g], 1.0f, &want, &e);
+                            qpk_unpack_group(types[t], groups[g],
+                                             b + (size_t)r * rb + (size_t)(k / (int)groups[g]) * qpk_type_block_bytes(types[t], groups[g]),
+                                             &got, q);
+                            same &= want.d == got.d && want.z == got.z;
+                        }
+                    CHECK(same);
+                }
+            }
+}
+
+static void test_identity_is_rtn(void)
+{
+    static uint8_t a[R * D * 2], b[R * D * 2];
+    static float wq[R * D];
+    make_inputs(true);
+    const uint32_t types[3] = {QPK_TYPE_INT4, QPK_TYPE_INT4S, QPK_TYPE_INT8};
+    for (int t = 0; t < 3; t++)
+        for (int ao = 0; ao < 2; ao++) {
+            rtn(types[t], 32, W, a);
+            CHECK(gptq(types[t], 32, ao, NULL, b, wq) == QPK_OK);
+            size_t n = (size_t)R * (D / 32) * qpk_type_block_bytes(types[t], 32);
+            CHECKF(!memcmp(a, b, n), "%s act_order %d: H = I does not give RTN's bytes", qpk_type_name(types[t]), ao);
+        }
+}
+
+static void test_dead_inputs_and_errors(void)
+{
+    static uint8_t b[R * D * 2];
+    static float wq[R * D];
+    make_inputs(false);
+    for (int k = 0; k < D; k++) /* input 5 never seen */
+        H[5 * D + k] = H[k * D + 5] = 0;
+    CHECK(gptq(QPK_TYPE_INT4, 32, false, NULL, b, wq) == QPK_OK);
+    bool zero = true;
+    for (int r = 0; r < R; r++)
+        zero &= wq[r * D + 5] == 0;
+    CHECK(zero);
+    qpk_err e = {0};
+    static double h[D * D];
+    CHECK_ERR(qpk_gptq(QPK_TYPE_INT4, 48, wq, R, D, h, &(qpk_gptq_opts){0}, NULL, b, &e), QPK_E_INVALID_ARG, e,
+              "not whole groups of 48");
+    CHECK_ERR(qpk_gptq(QPK_TYPE_F16, 32, wq, R, D, h, &(qpk_gptq_opts){0}, NULL, b, &e), QPK_E_INVALID_ARG, e,
+              "not whole groups");
+}
+
+int main(void)
+{
+    qpk_pool *p1, *p2;
+    qpk_err e;
+    if (qpk_pool_create(&p1, 1, &e) != QPK_OK || qpk_pool_create(&p2, 2, &e) != QPK_OK)
+        return 2;
+    test_beats_rtn(p1, p2);
+    test_identity_is_rtn();
+    test_dead_inputs_and_errors();
+    qpk_pool_free(p1);
+    qpk_pool_free(p2);
+    return th_summary("test_gptq");
+}

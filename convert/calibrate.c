@@ -84,7 +84,7 @@ static qpk_status embed_windows(qpk_calib *c, qpk_err *e)
     const qpk_st_tensor *emb = qpk_checkpoint_tensor(c->ck, QPK_ROLE_EMBED, -1);
     int64_t H = c->cfg->hidden_size;
     if (co->n_tokens < (size_t)c->L)
-        return qpk_err_setf(e, QPK_E_INVALID_ARG, "calibration needs at least %d tokens (--calib-len), got %zu", c->L,
+        return qpk_err_setf(e, QPK_E_MISMATCH, "calibration needs at least %d tokens (--calib-len), got %zu", c->L,
                             co->n_tokens);
     uint64_t seed = co->seed, span = co->n_tokens - (size_t)c->L + 1;
     for (int w = 0; w < c->n; w++) {

@@ -120,6 +120,11 @@ qpk_status qpk_read_model_file(const char *dir, const char *name, char **data, s
     return s;
 }
 
+qpk_status qpk_read_file(const char *path, char **data, size_t *len, qpk_err *e)
+{
+    return slurp(path, data, len, NULL, e);
+}
+
 qpk_status qpk_read_tokens(const char *path, int32_t **ids, size_t *n, qpk_err *e)
 {
     char *data;

@@ -1,7 +1,7 @@
 /*
- * qpk_convert: HF folder -> .qpk, streaming one tensor at a time from the mapped
- * safetensors into the writer. Memory use is one conversion chunk, whatever the
- * model size; the output appears only when complete (see the writer).
+ * qpk_convert: HF folder -> .qpk (or GGUF), streaming one tensor at a time from the
+ * mapped safetensors into the writer. Memory use is one conversion chunk, whatever
+ * the model size; the output appears only when complete (see the writers).
  */
 #include <cjson/cJSON.h>
 #include <inttypes.h>
@@ -10,6 +10,7 @@
 #include <stdlib.h>
 
 #include "internal.h"
+#include "qpk/gguf.h"
 
 #define CHUNK_ELEMS (1u << 18)       /* f32 staging for conversions: 1 MiB */
 #define COPY_CHUNK (64ull << 20)     /* bytes per write when copying as is */
@@ -19,7 +20,8 @@ static const char *const EMBEDDED_FILES[] = {"tokenizer.json", "tokenizer_config
 
 typedef struct job {
     const qpk_convert_opts *o;
-    qpk_writer *w;
+    qpk_writer *w;          /* the .qpk being written, or */
+    qpk_gguf_export *gguf;  /* the GGUF (whose tensors are all declared before any data) */
     qpk_pool *pool;
     float *rows_f32;    /* per thread: one source row in f32 */
     size_t widest;      /* floats per thread in rows_f32 */
@@ -41,12 +43,32 @@ static qpk_status poll(job *j, const char *what, qpk_err *e)
     return QPK_OK;
 }
 
+/* The output's three tensor calls, whichever the format. */
+static qpk_status out_begin(job *j, const char *name, uint32_t type, uint32_t group, const qpk_st_tensor *t,
+                            qpk_err *e)
+{
+    return j->gguf ? QPK_OK : qpk_writer_begin_tensor(j->w, name, type, group, t->ndim, t->shape, e);
+}
+
+static qpk_status out_write(job *j, const void *p, size_t n, qpk_err *e)
+{
+    return j->gguf ? qpk_gguf_export_write(j->gguf, p, n, e) : qpk_writer_write(j->w, p, n, e);
+}
+
+static qpk_status out_end(job *j, qpk_err *e)
+{
+    if (!j->gguf)
+        return qpk_writer_end_tensor(j->w, e);
+    qpk_gguf_export_next(j->gguf);
+    return QPK_OK;
+}
+
 static qpk_status copy_bytes(job *j, const qpk_st_tensor *t, qpk_err *e)
 {
     const uint8_t *p = t->data;
     for (uint64_t off = 0; off < t->nbytes; off += COPY_CHUNK) {
         size_t n = (size_t)(t->nbytes - off < COPY_CHUNK ? t->nbytes - off : COPY_CHUNK);
-        qpk_status s = qpk_writer_write(j->w, p + off, n, e);
+        qpk_status s = out_write(j, p + off, n, e);
         if (s != QPK_OK)
             return s;
         j->done += n;
@@ -68,7 +90,7 @@ static qpk_status convert_values(job *j, const qpk_st_tensor *t, qpk_type type, 
                                 (double)j->f32[bad],
                                 isfinite(j->f32[bad]) ? (type == QPK_TYPE_F16 ? "too large for f16" : "too large")
                                                       : "not finite");
-        qpk_status s = qpk_writer_write(j->w, j->out, n * out_size, e);
+        qpk_status s = out_write(j, j->out, n * out_size, e);
         if (s != QPK_OK)
             return s;
         j->done += n * qpk_st_dtype_size(t->dtype);
@@ -78,7 +100,6 @@ static qpk_status convert_values(job *j, const qpk_st_tensor *t, qpk_type type, 
     return QPK_OK;
 }
 
-/* Records a source tensor in the provenance; `hash` is its XXH3 when already known. */
 /* ---------------------------------------------------------- quantization */
 
 #define QUANT_CHUNK_BYTES (8u << 20) /* output rows per writer call: bounded memory */
@@ -134,7 +155,7 @@ static qpk_status quantize_tensor(job *j, const qpk_st_tensor *t, uint32_t type,
                 s = q.status[i];
             }
         if (s == QPK_OK)
-            s = qpk_writer_write(j->w, q.out, (size_t)q.n_rows * row_bytes, e);
+            s = out_write(j, q.out, (size_t)q.n_rows * row_bytes, e);
         j->done += (uint64_t)q.n_rows * (uint64_t)cols * qpk_st_dtype_size(t->dtype);
         if (s == QPK_OK)
             s = poll(j, t->name, e);
@@ -143,8 +164,11 @@ static qpk_status quantize_tensor(job *j, const qpk_st_tensor *t, uint32_t type,
     return s;
 }
 
+/* Records a source tensor in the .qpk's provenance; `hash` is its XXH3 when already known. */
 static void note_source(job *j, const qpk_st_tensor *t, const uint64_t *hash)
 {
+    if (!j->prov_tensors)
+        return;
     char hex[17];
     snprintf(hex, sizeof hex, "%016" PRIx64, hash ? *hash : qpk_xxh3(t->data, (size_t)t->nbytes));
     cJSON *o = cJSON_AddObjectToObject(j->prov_tensors, t->name);
@@ -177,9 +201,8 @@ static qpk_status write_calibrated(job *j, const qpk_checkpoint *ck, qpk_role ro
     const void *bytes;
     size_t n;
     qpk_calib_tensor(j->calib, role, &type, &group, &bytes, &n);
-    if ((s = qpk_writer_begin_tensor(j->w, name, type, group, t->ndim, t->shape, e)) == QPK_OK &&
-        (s = qpk_writer_write(j->w, bytes, n, e)) == QPK_OK)
-        s = qpk_writer_end_tensor(j->w, e);
+    if ((s = out_begin(j, name, type, group, t, e)) == QPK_OK && (s = out_write(j, bytes, n, e)) == QPK_OK)
+        s = out_end(j, e);
     j->done += t->nbytes;
     note_source(j, t, NULL);
     return s;
@@ -214,19 +237,89 @@ static qpk_status write_tensors(job *j, const qpk_checkpoint *ck, qpk_err *e)
             return s;
         bool as_is = qpk_st_keep_type(t->dtype) == type && t->dtype != QPK_ST_F64;
         uint64_t h = 0;
-        s = qpk_writer_begin_tensor(j->w, name, type, group, t->ndim, t->shape, e);
+        s = out_begin(j, name, type, group, t, e);
         if (s == QPK_OK)
             s = qpk_type_is_quantized(type) ? quantize_tensor(j, t, type, group, e)
                 : as_is                     ? copy_bytes(j, t, e)
                                             : convert_values(j, t, (qpk_type)type, e);
         if (s == QPK_OK)
-            s = qpk_writer_end_tensor(j->w, e);
+            s = out_end(j, e);
         if (s != QPK_OK)
             return s;
-        h = qpk_writer_last_xxh3(j->w); /* stored as is: the source's bytes, so one hash serves both */
+        if (!j->gguf)
+            h = qpk_writer_last_xxh3(j->w); /* stored as is: the source's bytes, so one hash serves both */
         note_source(j, t, as_is ? &h : NULL);
     }
     return QPK_OK;
+}
+
+/* ------------------------------------------------------------------ GGUF */
+
+/* How a tensor is stored: the plan, except an AWQ fold-only run's linears (f32; see calibrate.c). */
+static qpk_status stored_plan(const qpk_convert_opts *o, const qpk_st_tensor *t, qpk_role role, const char *name,
+                              uint32_t *type, uint32_t *group, qpk_err *e)
+{
+    qpk_status s = qpk_tensor_plan(o, t, role, name, type, group, e);
+    if (s == QPK_OK && o->method == QPK_METHOD_AWQ && o->calib.awq_fold_only && qpk_role_is_per_layer(role) &&
+        qpk_role_is_matrix(role))
+        *type = QPK_TYPE_F32, *group = 0;
+    return s;
+}
+
+/* The folder's last path component: the model's name in GGUF. */
+static void folder_name(const char *dir, char *buf, size_t cap)
+{
+    size_t n = strlen(dir);
+    while (n > 1 && dir[n - 1] == '/')
+        n--;
+    size_t b = n;
+    while (b > 0 && dir[b - 1] != '/')
+        b--;
+    snprintf(buf, cap, "%.*s", (int)(n - b), dir + b);
+}
+
+/* A GGUF needs its tensors and metadata before any data: plan every tensor now. */
+static qpk_status gguf_head(job *j, const qpk_checkpoint *ck, const char *dir, const cJSON *meta, qpk_err *e)
+{
+    const qpk_config *c = qpk_checkpoint_config(ck);
+    uint64_t linear_elems[QPK_TYPE_COUNT_] = {0};
+    size_t n = qpk_model_n_tensors(c);
+    qpk_status s = QPK_OK;
+    for (size_t i = 0; i < n && s == QPK_OK; i++) {
+        qpk_role role;
+        int layer;
+        char name[QPK_MAX_NAME];
+        uint32_t type, group;
+        qpk_model_tensor_at(c, i, &role, &layer);
+        qpk_tensor_name(name, sizeof name, role, layer);
+        const qpk_st_tensor *t = qpk_checkpoint_tensor(ck, role, layer);
+        if ((s = stored_plan(j->o, t, role, name, &type, &group, e)) == QPK_OK)
+            s = qpk_gguf_export_declare(j->gguf, role, layer, type, group, t->ndim, t->shape, e);
+        if (s == QPK_OK && qpk_role_is_per_layer(role) && qpk_role_is_matrix(role))
+            linear_elems[type] += t->numel;
+    }
+    uint32_t most = 0;
+    for (uint32_t t = 0; t < QPK_TYPE_COUNT_; t++)
+        most = linear_elems[t] > linear_elems[most] ? t : most;
+    char *tok = NULL, *tok_cfg = NULL, *recipe = NULL, name[256];
+    size_t tok_len = 0, cfg_len = 0;
+    bool missing = false;
+    if (s == QPK_OK && (s = qpk_read_model_file(dir, "tokenizer.json", &tok, &tok_len, &missing, e)) != QPK_OK &&
+        missing)
+        s = qpk_err_setf(e, QPK_E_MISMATCH, "GGUF carries the model's tokenizer, and %s has no tokenizer.json", dir);
+    if (s == QPK_OK) {
+        qpk_status r = qpk_read_model_file(dir, "tokenizer_config.json", &tok_cfg, &cfg_len, &missing, e);
+        s = r == QPK_OK || missing ? QPK_OK : r; /* optional */
+    }
+    const cJSON *q = cJSON_GetObjectItemCaseSensitive(meta, "quantization");
+    if (s == QPK_OK && cJSON_IsObject(q) && !(recipe = cJSON_PrintUnformatted(q)))
+        s = qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    folder_name(dir, name, sizeof name);
+    if (s == QPK_OK)
+        s = qpk_gguf_export_meta(j->gguf, c, name, tok, tok_len, tok_cfg, cfg_len, qpk_gguf_file_type(most), recipe,
+                                 e);
+    free(tok), free(tok_cfg), free(recipe);
+    return s;
 }
 
 static qpk_status embed_files(job *j, const char *dir, cJSON *prov, qpk_err *e)
@@ -278,6 +371,7 @@ static void add_recipe(cJSON *m, const qpk_convert_opts *o)
         snprintf(hex, sizeof hex, "%016llx", (unsigned long long)co->source_xxh3);
         cJSON_AddStringToObject(cal, "file", co->source ? co->source : "");
         cJSON_AddStringToObject(cal, "xxh3", hex);
+        cJSON_AddStringToObject(cal, "format", co->source_is_text ? "text" : "int32 tokens");
         cJSON_AddNumberToObject(cal, "tokens", (double)co->n_tokens);
         cJSON_AddNumberToObject(cal, "samples", co->samples > 0 ? co->samples : 64);
         cJSON_AddNumberToObject(cal, "length", co->seq_len > 0 ? co->seq_len : 512);
@@ -381,19 +475,28 @@ qpk_status qpk_convert(const char *dir, const char *out, const qpk_convert_opts 
         s = job_buffers(&j, qpk_checkpoint_config(ck), e);
     if (s == QPK_OK && o->method != QPK_METHOD_RTN)
         s = qpk_calib_begin(&j.calib, ck, o, j.pool, e);
-    if (s == QPK_OK)
-        s = qpk_writer_create(&j.w, out, e);
-    if (s == QPK_OK)
-        j.prov_tensors = cJSON_AddObjectToObject(prov, "source_tensors");
-    if (s == QPK_OK)
-        s = write_tensors(&j, ck, e);
-    if (s == QPK_OK)
-        s = embed_files(&j, dir, prov, e);
-    if (s == QPK_OK && !(text = cJSON_PrintUnformatted(meta)))
-        s = qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
-    if (s == QPK_OK) {
-        s = qpk_writer_finish(j.w, text, strlen(text), e);
-        j.w = NULL;
+    if (s == QPK_OK && o->to == QPK_OUT_GGUF) {
+        if ((s = qpk_gguf_export_create(&j.gguf, out, e)) == QPK_OK)
+            s = gguf_head(&j, ck, dir, meta, e);
+        if (s == QPK_OK)
+            s = write_tensors(&j, ck, e);
+        if (s == QPK_OK) {
+            s = qpk_gguf_export_finish(j.gguf, &o->cb, e);
+            j.gguf = NULL;
+        }
+    } else if (s == QPK_OK) {
+        if ((s = qpk_writer_create(&j.w, out, e)) == QPK_OK)
+            j.prov_tensors = cJSON_AddObjectToObject(prov, "source_tensors");
+        if (s == QPK_OK)
+            s = write_tensors(&j, ck, e);
+        if (s == QPK_OK)
+            s = embed_files(&j, dir, prov, e);
+        if (s == QPK_OK && !(text = cJSON_PrintUnformatted(meta)))
+            s = qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+        if (s == QPK_OK) {
+            s = qpk_writer_finish(j.w, text, strlen(text), e);
+            j.w = NULL;
+        }
     }
     if (s == QPK_OK && j.calib && o->cb.log) {
         char msg[200];
@@ -404,6 +507,7 @@ qpk_status qpk_convert(const char *dir, const char *out, const qpk_convert_opts 
     }
     qpk_calib_end(j.calib);
     qpk_writer_discard(j.w);
+    qpk_gguf_export_discard(j.gguf);
     qpk_pool_free(j.pool);
     free(text);
     free(j.f32);

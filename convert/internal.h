@@ -54,4 +54,33 @@ int qpk_calib_windows(const qpk_calib *c, int *len);
 void qpk_calib_end(qpk_calib *c); /* NULL-safe */
 double qpk_seconds(void);
 
+/* Embedded file `name` of f, malloc'd and NUL-terminated; *data NULL when f has none. */
+qpk_status qpk_read_blob(const qpk_file *f, const char *name, char **data, size_t *len, qpk_err *e);
+
+/* ------------------------------------------------- GGUF export (gguf_export.c) */
+
+typedef struct qpk_gguf_export qpk_gguf_export;
+
+qpk_status qpk_gguf_export_create(qpk_gguf_export **out, const char *path, qpk_err *e);
+/* Nothing appears at the path. NULL-safe. */
+void qpk_gguf_export_discard(qpk_gguf_export *x);
+/*
+ * The metadata: architecture and hyperparameters from c, the tokenizer from
+ * tokenizer.json (required) and tokenizer_config.json (may be NULL), general.file_type
+ * (llama.cpp's LLAMA_FTYPE) and the qpk recipe (JSON, may be NULL).
+ */
+qpk_status qpk_gguf_export_meta(qpk_gguf_export *x, const qpk_config *c, const char *name, const char *tok_json,
+                                size_t tok_len, const char *tok_cfg, size_t cfg_len, uint32_t file_type,
+                                const char *recipe, qpk_err *e);
+/* Declares tensor (role, layer) stored as qpk type/group, dims outermost first (as .qpk). */
+qpk_status qpk_gguf_export_declare(qpk_gguf_export *x, qpk_role role, int layer, uint32_t type, uint32_t group,
+                                   int ndim, const int64_t *dims, qpk_err *e);
+/* The declared tensors' bytes in order, in their qpk encoding; next() after each tensor. */
+qpk_status qpk_gguf_export_write(qpk_gguf_export *x, const void *data, size_t n, qpk_err *e);
+void qpk_gguf_export_next(qpk_gguf_export *x);
+/* Commits the file; x is freed whatever the outcome. */
+qpk_status qpk_gguf_export_finish(qpk_gguf_export *x, const qpk_callbacks *cb, qpk_err *e);
+/* llama.cpp's general.file_type for a model whose linear weights are mostly `type`. */
+uint32_t qpk_gguf_file_type(uint32_t type);
+
 #endif

@@ -67,6 +67,8 @@ qpk_status qpk_tensor_plan(const qpk_convert_opts *o, const qpk_st_tensor *src, 
             *type = (uint32_t)o->rules[i].type;
             *group = qpk_type_is_quantized(*type) ? (o->rules[i].group ? o->rules[i].group : o->group) : 0;
         }
+    if (vector && o->to == QPK_OUT_GGUF)
+        *type = QPK_TYPE_F32; /* llama.cpp takes norms and biases in f32 only */
     if (!qpk_type_is_quantized(*type))
         return QPK_OK;
     int64_t cols = src->shape[src->ndim - 1];

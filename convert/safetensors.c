@@ -274,29 +274,13 @@ qpk_status qpk_st_open_memory(qpk_safetensors **out, const void *buf, size_t siz
 qpk_status qpk_st_open(qpk_safetensors **out, const char *path, qpk_err *e)
 {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return qpk_err_setf(e, QPK_E_IO, "cannot open '%s': %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return qpk_err_setf(e, QPK_E_IO, "'%s' is not a regular file", path);
-    }
-    void *p = NULL;
-    if (sb.st_size > 0) {
-        p = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (p == MAP_FAILED) {
-            int err = errno;
-            close(fd);
-            return qpk_err_setf(e, QPK_E_IO, "cannot map '%s': %s", path, strerror(err));
-        }
-        madvise(p, (size_t)sb.st_size, MADV_SEQUENTIAL);
-    }
-    close(fd);
-    qpk_status s = qpk_st_open_memory(out, p, (size_t)sb.st_size, e);
-    if (s != QPK_OK) {
-        if (p)
-            munmap(p, (size_t)sb.st_size);
+    const void *p;
+    size_t size;
+    qpk_status s = qpk_map_file(path, MADV_SEQUENTIAL, &p, &size, e); /* converted front to back */
+    if (s != QPK_OK)
+        return s;
+    if ((s = qpk_st_open_memory(out, p, size, e)) != QPK_OK) {
+        qpk_unmap_file(p, size);
         return qpk_err_prefix(e, "%s", path);
     }
     (*out)->mapped = p != NULL;
@@ -308,7 +292,7 @@ void qpk_st_close(qpk_safetensors *st)
     if (!st)
         return;
     if (st->mapped)
-        munmap((void *)st->base, (size_t)st->size);
+        qpk_unmap_file(st->base, (size_t)st->size);
     free(st->tensors);
     free(st->names);
     free(st);

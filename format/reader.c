@@ -340,30 +340,65 @@ qpk_status qpk_open_memory(qpk_file **out, const void *buf, size_t size, const q
     return QPK_OK;
 }
 
-qpk_status qpk_open(qpk_file **out, const char *path, const qpk_open_opts *opts, qpk_err *e)
+bool qpk_file_starts_with(const char *path, const void *magic, size_t n)
 {
-    *out = NULL;
+    unsigned char head[16];
+    if (n > sizeof head)
+        return false;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    ssize_t got = read(fd, head, n);
+    close(fd);
+    return got == (ssize_t)n && memcmp(head, magic, n) == 0;
+}
+
+bool qpk_is_qpk_file(const char *path) { return qpk_file_starts_with(path, QPK_MAGIC, QPK_MAGIC_LEN); }
+
+qpk_status qpk_map_file(const char *path, int advice, const void **data, size_t *size, qpk_err *e)
+{
+    *data = NULL, *size = 0;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return qpk_err_setf(e, QPK_E_IO, "cannot open '%s': %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
         close(fd);
         return qpk_err_setf(e, QPK_E_IO, "'%s' is not a regular file", path);
     }
-    if (st.st_size < (off_t)QPK_HEADER_SIZE) {
+    void *p = NULL;
+    if (sb.st_size > 0 && (p = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0)) == MAP_FAILED) {
+        int err = errno;
         close(fd);
-        return qpk_err_setf(e, QPK_E_CORRUPT, "'%s': %lld bytes, shorter than the 64-byte header", path,
-                            (long long)st.st_size);
-    }
-    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    int err = errno;
-    close(fd);
-    if (p == MAP_FAILED)
         return qpk_err_setf(e, QPK_E_IO, "cannot map '%s': %s", path, strerror(err));
-    qpk_status s = qpk_open_memory(out, p, (size_t)st.st_size, opts, e);
-    if (s != QPK_OK) {
-        munmap(p, (size_t)st.st_size);
+    }
+    if (p && advice)
+        madvise(p, (size_t)sb.st_size, advice);
+    close(fd);
+    *data = p, *size = (size_t)sb.st_size;
+    return QPK_OK;
+}
+
+void qpk_unmap_file(const void *data, size_t size)
+{
+    if (data)
+        munmap((void *)data, size);
+}
+
+qpk_status qpk_open(qpk_file **out, const char *path, const qpk_open_opts *opts, qpk_err *e)
+{
+    *out = NULL;
+    const void *p;
+    size_t size;
+    qpk_status s = qpk_map_file(path, 0, &p, &size, e);
+    if (s != QPK_OK)
+        return s;
+    if (size < QPK_HEADER_SIZE) {
+        qpk_unmap_file(p, size);
+        return qpk_err_setf(e, QPK_E_CORRUPT, "'%s': %zu bytes, shorter than the 64-byte header", path, size);
+    }
+    if ((s = qpk_open_memory(out, p, size, opts, e)) != QPK_OK) {
+        qpk_unmap_file(p, size);
         return qpk_err_prefix(e, "%s", path);
     }
     (*out)->mapped = true;
@@ -375,7 +410,7 @@ void qpk_close(qpk_file *f)
     if (!f)
         return;
     if (f->mapped)
-        munmap((void *)f->base, (size_t)f->size);
+        qpk_unmap_file(f->base, (size_t)f->size);
     free(f->tensors);
     free(f->by_name);
     free(f->names);

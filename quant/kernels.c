@@ -2,6 +2,9 @@
  * Scalar kernels (the reference and the fallback) and the choice of kernel table.
  * Dot products follow the 4-chain, 8-lane shape documented in qpk/quant.h.
  */
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 #include <math.h>
 
 #include "kernels.h"
@@ -119,7 +122,11 @@ const qpk_kernels *qpk_kernels_scalar(void) { return &SCALAR; }
 const qpk_kernels *qpk_kernels_best(void)
 {
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+    /* F16C by its CPUID bit (leaf 1, ECX bit 29): clang 14 has no "f16c" for
+     * __builtin_cpu_supports. AVX2's check already covers the OS saving YMM state. */
+    unsigned a, b, c, d;
+    bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c >> 29 & 1);
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c)
         return &qpk_kernels_avx2_table;
 #endif
     return &SCALAR;

@@ -23,7 +23,7 @@ expect() {
   fi
 }
 
-for t in qconvert qinspect qgen; do
+for t in qconvert qinspect qgen qverify qtokenize; do
   expect 0 "^Usage: $t" -- "$bin/$t" --help
   expect 2 "unknown option '--bogus'" -- "$bin/$t" --bogus
 done
@@ -102,6 +102,77 @@ expect 3 "token id 9999" -- "$bin/qverify" "$tmp/v32.qpk" --tokens "$tmp/big.i32
 expect 2 "chunk length of at least 2" -- "$bin/qverify" "$tmp/v32.qpk" --tokens "$tmp/big.i32" -c 1
 expect 3 "header length" -- "$bin/qverify" "$tmp/v32.qpk" --ref "$tmp/odd.i32"
 expect 4 "cannot open" -- "$bin/qverify" "$tmp/none.qpk" --tokens "$tmp/t.i32"
+
+# Calibrated quantization: usage errors, and the same bytes for any thread count.
+expect 2 "needs --quant" -- "$bin/qconvert" "$tmp/v" -o "$tmp/c.qpk" --method gptq --calib-tokens "$tmp/t.i32"
+expect 2 "needs calibration data" -- "$bin/qconvert" "$tmp/v" -o "$tmp/c.qpk" --method awq --quant int4
+expect 2 "rtn, gptq or awq" -- "$bin/qconvert" "$tmp/v" -o "$tmp/c.qpk" --method hqq
+expect 2 "needs a number in" -- "$bin/qconvert" "$tmp/v" -o "$tmp/c.qpk" --damp -1
+expect 3 "calibration needs at least 512 tokens" -- "$bin/qconvert" "$tmp/v" -o "$tmp/c.qpk" --quant int4 \
+  --group 32 --method gptq --calib-tokens "$tmp/big.i32"
+for m in gptq awq; do
+  "$bin/qconvert" -q "$tmp/v" -o "$tmp/c1.qpk" --quant int4 --group 32 --method $m --calib-tokens "$tmp/t.i32" \
+    --calib-samples 4 --calib-len 64 -t 1 && mv "$tmp/c1.qpk" "$tmp/first.qpk"
+  "$bin/qconvert" -q "$tmp/v" -o "$tmp/c1.qpk" --quant int4 --group 32 --method $m --calib-tokens "$tmp/t.i32" \
+    --calib-samples 4 --calib-len 64 -t 2
+  expect 0 "" -- cmp "$tmp/first.qpk" "$tmp/c1.qpk"
+  expect 0 "\"method\":\"$m\"" -- "$bin/qinspect" "$tmp/c1.qpk" --no-tensors
+done
+
+# GGUF for llama.cpp: refusals, then (with the fixtures' tokenizer) export, re-pack and inspection.
+"$bin/qgen" "$tmp/g" --preset tiny >/dev/null
+expect 3 "no tokenizer.json" -- "$bin/qconvert" "$tmp/g" -o "$tmp/m.gguf"
+expect 2 "groups of 32: leave out --group" -- "$bin/qconvert" "$tmp/g" -o "$tmp/m.gguf" --quant int8 --group 128
+expect 2 "qpk or gguf" -- "$bin/qconvert" "$tmp/g" -o "$tmp/m.gguf" --to ggml
+expect 2 "already a .qpk" -- "$bin/qconvert" "$tmp/m.qpk" -o "$tmp/again.qpk"
+expect 2 "re-packed with its tensors as they are" -- "$bin/qconvert" "$tmp/m.qpk" -o "$tmp/m.gguf" --quant int8
+expect 3 "embeds no tokenizer.json" -- "$bin/qconvert" "$tmp/m.qpk" -o "$tmp/m.gguf"
+expect 1 "" -- test -e "$tmp/m.gguf"
+expect 0 "test.strings +\\[string x 4\\]" -- "$bin/qinspect" "$(dirname "$0")/fuzz/corpus/gguf/all-types.gguf"
+expect 3 "general.architecture is not" -- "$bin/qinspect" "$(dirname "$0")/fuzz/corpus/gguf/all-types.gguf" --verify
+a=${QPK_FIXTURES:-}/qwen-tiny-a
+if [ -d "$a" ]; then
+  expect 0 "wrote" -- "$bin/qconvert" "$a" -o "$tmp/a.gguf" --quant int4s
+  expect 0 "check +qwen2 tensors and shapes complete" -- "$bin/qinspect" "$tmp/a.gguf" --verify
+  expect 0 "blk.3.ffn_down.weight +Q4_0 +\\[384, 128\\]" -- "$bin/qinspect" "$tmp/a.gguf"
+  expect 0 '"format":[[:space:]]*"gguf"' -- "$bin/qinspect" "$tmp/a.gguf" --json --no-tensors
+  expect 0 "wrote" -- "$bin/qconvert" "$a" -o "$tmp/a4.qpk" --quant int4 --group 32
+  expect 0 "Q4_1: [0-9]+ of [0-9]+ blocks" -- "$bin/qconvert" "$tmp/a4.qpk" -o "$tmp/a4.bin" --to gguf
+  expect 0 "blk.0.attn_q.weight +Q4_1" -- "$bin/qinspect" "$tmp/a4.bin"
+  expect 0 "wrote" -- "$bin/qconvert" "$a" -o "$tmp/a128.qpk" --quant int8
+  expect 3 "in groups of 128: GGUF" -- "$bin/qconvert" "$tmp/a128.qpk" -o "$tmp/a128.gguf"
+  expect 1 "" -- test -e "$tmp/a128.gguf"
+  head -c 4000 "$tmp/a.gguf" >"$tmp/trunc.gguf"
+  expect 3 "runs past the end of the file" -- "$bin/qinspect" "$tmp/trunc.gguf"
+  cp "$tmp/a.gguf" "$tmp/v9.gguf"
+  printf '\x09' | dd of="$tmp/v9.gguf" bs=1 seek=4 conv=notrunc 2>/dev/null
+  expect 3 "GGUF version 9" -- "$bin/qinspect" "$tmp/v9.gguf"
+  # qtokenize: the fixture README's example, through a folder, a .qpk and a link file.
+  printf 'Hello, my dog is cute' >"$tmp/hello.txt"
+  expect 0 "^9707 11 847 5562 374 18838$" -- "$bin/qtokenize" "$a" "$tmp/hello.txt"
+  expect 0 "^9707 11 847 5562 374 18838$" -- "$bin/qtokenize" "$tmp/a4.qpk" "$tmp/hello.txt"
+  expect 0 "^9707 11 847 5562 374 18838$" -- "$bin/qtokenize" "$a-outlier/tokenizer.json" "$tmp/hello.txt"
+  printf '9707, 11 847\n5562 374 18838 151643\n' >"$tmp/ids.txt"
+  expect 0 "^Hello, my dog is cute$" -- "$bin/qtokenize" "$a" --decode --skip-special "$tmp/ids.txt"
+  printf '9707 999999\n' >"$tmp/bad-ids.txt"
+  expect 3 "999999" -- "$bin/qtokenize" "$a" --decode "$tmp/bad-ids.txt"
+  # Text in: qverify --text tokenizes with the model's own tokenizer (the .qpk's embedded
+  # copy) to the fixture's ids, so the perplexity is the one --tokens gives.
+  fx=$QPK_FIXTURES
+  p1=$("$bin/qverify" "$tmp/a4.qpk" --tokens "$fx/tokens/eval_public.i32" -c 64 --chunks 3 -q | grep '^perplexity')
+  p2=$("$bin/qverify" "$tmp/a4.qpk" --text "$fx/text/eval_public.txt" -c 64 --chunks 3 -q | grep '^perplexity')
+  expect 0 "" -- test -n "$p1" -a "$p1" = "$p2"
+  expect 2 "not both" -- "$bin/qverify" "$tmp/a4.qpk" --text "$fx/text/eval_public.txt" --tokens "$fx/tokens/eval_public.i32"
+  expect 2 "goes with --method gptq or awq" -- "$bin/qconvert" "$a" -o "$tmp/c.qpk" --quant int4 --calib "$fx/text/calib.txt"
+  expect 2 "one of --calib and --calib-tokens" -- "$bin/qconvert" "$a" -o "$tmp/c.qpk" --quant int4 --method gptq \
+    --calib "$fx/text/calib.txt" --calib-tokens "$tmp/t.i32"
+  expect 0 '"format":"text"' -- sh -c "\"$bin/qconvert\" -q \"$a\" -o \"$tmp/c.qpk\" --quant int4s --group 32 \
+    --method awq --calib \"$fx/text/calib.txt\" --calib-samples 2 --calib-len 64 && \"$bin/qinspect\" \"$tmp/c.qpk\" --no-tensors"
+  # ... and exports to GGUF as Q4_0 through the same path
+  expect 0 "blk.0.ffn_up.weight +Q4_0" -- sh -c "\"$bin/qconvert\" -q \"$tmp/c.qpk\" --to gguf -o \"$tmp/c.gguf\" && \"$bin/qinspect\" \"$tmp/c.gguf\""
+else
+  echo "cli_test: no fixtures at '${QPK_FIXTURES:-}': GGUF export checks skipped" >&2
+fi
 
 echo "cli_test: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -44,6 +44,9 @@ bool cli_parse_double(const char *s, double *out);
 /* argv joined with spaces and quoted where needed, leaving out "-t N" / "--threads N". */
 char *cli_command_line(int argc, char **argv);
 
+/* qinspect's GGUF view (inspect_gguf.c): prints the file, or fails with the tool's exit code. */
+int inspect_gguf(cli *c, const char *path, bool json, bool tensors, bool verify);
+
 /* Seconds on a monotonic clock. */
 double cli_now(void);
 

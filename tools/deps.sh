@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs the Debian packages qpk needs to build and test, if they are missing.
 set -e
-pkgs="build-essential cmake pkg-config zlib1g-dev libcjson-dev libxxhash-dev"
+pkgs="build-essential cmake pkg-config zlib1g-dev libcjson-dev libxxhash-dev unicode-data bzip2"
 missing=""
 for p in $pkgs; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

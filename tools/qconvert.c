@@ -1,4 +1,4 @@
-/* qconvert: Hugging Face Qwen2 folder -> .qpk. */
+/* qconvert: Hugging Face Qwen2 folder -> .qpk or GGUF; .qpk -> GGUF. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,13 +8,20 @@
 static void usage(void)
 {
     printf("Usage: qconvert MODEL_DIR -o OUT.qpk [options]\n"
+           "       qconvert MODEL_DIR|IN.qpk --to gguf -o OUT.gguf [options]\n"
            "\n"
            "Converts a Hugging Face Qwen1.5 / Qwen2 checkpoint folder (config.json,\n"
            "model.safetensors or sharded model-*.safetensors with their index,\n"
-           "tokenizer files) into one .qpk file. The output appears only when complete.\n"
+           "tokenizer files) into one .qpk file, or into a GGUF file for llama.cpp.\n"
+           "A .qpk input is re-packed as GGUF with its tensors as they are. The output\n"
+           "appears only when complete.\n"
            "\n"
            "Options:\n"
            "  -o, --output PATH     output file (required)\n"
+           "      --to FORMAT       qpk | gguf (default: gguf when PATH ends in .gguf).\n"
+           "                        GGUF holds int8/int4s/int4 in groups of 32 as ggml's\n"
+           "                        Q8_0/Q4_0/Q4_1 (--group defaults to 32); norms and\n"
+           "                        biases are f32\n"
            "      --dtype TYPE      keep | f32 | f16 | bf16   (default keep: each tensor\n"
            "                        as stored; F64 becomes f32)\n"
            "      --quant TYPE      int8 | int4 | int4s: quantize the linear weights (q, k,\n"
@@ -30,7 +37,8 @@ static void usage(void)
            "                        wins, e.g. --keep down_proj=int8 --keep lm_head=f16\n"
            "      --method M        rtn (default) | gptq | awq: how the --quant weights are\n"
            "                        chosen; gptq and awq calibrate layer by layer on\n"
-           "      --calib-tokens F  raw little-endian int32 token ids\n"
+           "      --calib FILE      UTF-8 text, tokenized with the model's tokenizer.json\n"
+           "      --calib-tokens F  or raw little-endian int32 token ids\n"
            "      --calib-samples N windows drawn from the calibration data (default 64)\n"
            "      --calib-len L     tokens per window (default 512)\n"
            "      --seed S          which windows (default 0)\n"
@@ -52,10 +60,12 @@ int main(int argc, char **argv)
 {
     cli c;
     cli_init(&c, "qconvert");
-    const char *in = NULL, *out = NULL;
+    const char *in = NULL, *out = NULL, *to = NULL;
+    bool group_given = false, model_opts = false; /* options that only a conversion from a folder takes */
     qpk_convert_opts o = {.dtype = -1, .group = 128};
     qpk_quant_rule rules[64];
-    const char *calib_path = NULL;
+    const char *calib_path = NULL; /* --calib-tokens, or --calib (calib_text) */
+    bool calib_text = false;
     size_t n_rules = 0, n_embed = 0;
     qpk_err e = {0};
     for (int i = 1; i < argc; i++) {
@@ -73,7 +83,12 @@ int main(int argc, char **argv)
             if (!v)
                 return cli_usage_error(&c, "%s needs a path", a);
             out = v, i++;
+        } else if (!strcmp(a, "--to")) {
+            if (!v || (strcmp(v, "qpk") && strcmp(v, "gguf")))
+                return cli_usage_error(&c, "--to takes qpk or gguf");
+            to = v, i++;
         } else if (!strcmp(a, "--dtype")) {
+            model_opts = true;
             qpk_type t;
             if (!v)
                 return cli_usage_error(&c, "--dtype needs a value");
@@ -86,11 +101,13 @@ int main(int argc, char **argv)
             i++;
         } else if (!strcmp(a, "--quant")) {
             qpk_type t;
+            model_opts = true;
             if (!v || !qpk_type_from_name(v, &t) || !qpk_type_is_quantized(t))
                 return cli_usage_error(&c, "--quant takes int8, int4 or int4s");
             o.quant = (int)t, i++;
         } else if (!strcmp(a, "--group")) {
             long long g;
+            model_opts = group_given = true;
             if (v && !strcmp(v, "row"))
                 o.group = QPK_GROUP_ROW;
             else if (cli_parse_int(v, QPK_GROUP_QUANTUM, 1 << 20, &g) && g % QPK_GROUP_QUANTUM == 0)
@@ -101,6 +118,7 @@ int main(int argc, char **argv)
         } else if (!strcmp(a, "--keep") || !strcmp(a, "--embed-type")) {
             if (!v)
                 return cli_usage_error(&c, "%s needs a value", a);
+            model_opts = true;
             if (n_rules + 2 > sizeof rules / sizeof *rules)
                 return cli_usage_error(&c, "too many --keep rules");
             if (!strcmp(a, "--keep")) {
@@ -124,11 +142,13 @@ int main(int argc, char **argv)
             if (!v || (strcmp(v, "rtn") && strcmp(v, "gptq") && strcmp(v, "awq")))
                 return cli_usage_error(&c, "--method takes rtn, gptq or awq");
             o.method = !strcmp(v, "gptq") ? QPK_METHOD_GPTQ : !strcmp(v, "awq") ? QPK_METHOD_AWQ : QPK_METHOD_RTN;
-            i++;
-        } else if (!strcmp(a, "--calib-tokens")) {
+            model_opts = true, i++;
+        } else if (!strcmp(a, "--calib-tokens") || !strcmp(a, "--calib")) {
             if (!v)
                 return cli_usage_error(&c, "%s needs a path", a);
-            calib_path = v, i++;
+            if (calib_path)
+                return cli_usage_error(&c, "give one of --calib and --calib-tokens, once");
+            calib_path = v, calib_text = !strcmp(a, "--calib"), i++;
         } else if (!strcmp(a, "--calib-samples") || !strcmp(a, "--calib-len")) {
             long long n;
             if (!cli_parse_int(v, 1, 1 << 20, &n))
@@ -164,20 +184,49 @@ int main(int argc, char **argv)
         return cli_usage_error(&c, "missing MODEL_DIR");
     if (!out)
         return cli_usage_error(&c, "missing -o OUT.qpk");
+    size_t out_len = strlen(out);
+    o.to = (to ? !strcmp(to, "gguf") : out_len >= 5 && !strcmp(out + out_len - 5, ".gguf")) ? QPK_OUT_GGUF : QPK_OUT_QPK;
+    if (o.to == QPK_OUT_GGUF && !group_given)
+        o.group = 32;
+    if (o.to == QPK_OUT_GGUF && o.quant && o.group != 32)
+        return cli_usage_error(&c, "GGUF's Q8_0, Q4_0 and Q4_1 hold groups of 32: leave out --group or give 32");
+    if (qpk_is_qpk_file(in)) {
+        if (o.to != QPK_OUT_GGUF)
+            return cli_usage_error(&c, "%s is already a .qpk: it can be re-packed as GGUF (--to gguf)", in);
+        if (model_opts || calib_path)
+            return cli_usage_error(&c, "a .qpk is re-packed with its tensors as they are: --dtype, --quant, --group, "
+                                       "--keep, --embed-type and --method apply to a Hugging Face folder");
+        o.cb = cli_callbacks(&c);
+        double t0 = cli_now();
+        if (qpk_export_gguf(in, out, &o, &e) != QPK_OK)
+            return cli_fail(&c, &e);
+        cli_progress_done(&c);
+        if (!c.quiet)
+            fprintf(stderr, "qconvert: wrote %s in %.2f s\n", out, cli_now() - t0);
+        return 0;
+    }
     if (n_embed > 1)
         return cli_usage_error(&c, "--embed-type given twice");
     if (o.method != QPK_METHOD_RTN && !o.quant)
         return cli_usage_error(&c, "--method %s needs --quant", o.method == QPK_METHOD_GPTQ ? "gptq" : "awq");
     if (o.method != QPK_METHOD_RTN && !calib_path)
-        return cli_usage_error(&c, "--method %s needs calibration data: --calib-tokens FILE",
+        return cli_usage_error(&c, "--method %s needs calibration data: --calib TEXT or --calib-tokens FILE",
                                o.method == QPK_METHOD_GPTQ ? "gptq" : "awq");
+    if (o.method == QPK_METHOD_RTN && calib_path)
+        return cli_usage_error(&c, "calibration data goes with --method gptq or awq");
     int32_t *calib = NULL;
-    if (calib_path) {
+    if (calib_path && calib_text) {
+        if (qpk_tokenize_file(in, calib_path, &calib, &o.calib.n_tokens, &o.calib.source_xxh3, &e) != QPK_OK)
+            return cli_fail(&c, &e);
+    } else if (calib_path) {
         if (qpk_read_tokens(calib_path, &calib, &o.calib.n_tokens, &e) != QPK_OK)
             return cli_fail(&c, &e);
+        o.calib.source_xxh3 = qpk_xxh3(calib, o.calib.n_tokens * sizeof *calib);
+    }
+    if (calib_path) {
         o.calib.tokens = calib;
         o.calib.source = calib_path;
-        o.calib.source_xxh3 = qpk_xxh3(calib, o.calib.n_tokens * sizeof *calib);
+        o.calib.source_is_text = calib_text;
     }
     char *cmd = cli_command_line(argc, argv);
     o.command = cmd;

@@ -1,4 +1,4 @@
-/* qinspect: print what a .qpk holds, and verify its checksums. */
+/* qinspect: print what a .qpk (or a GGUF) holds, and verify it. */
 #include <cjson/cJSON.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -9,15 +9,18 @@
 
 static void usage(void)
 {
-    printf("Usage: qinspect FILE.qpk [options]\n"
+    printf("Usage: qinspect FILE.qpk|FILE.gguf [options]\n"
            "\n"
            "Prints the header, model config, quantization recipe, provenance, embedded\n"
-           "files and tensor table of a .qpk file. Every offset and size is validated\n"
-           "when the file is opened.\n"
+           "files and tensor table of a .qpk file; of a GGUF file (llama.cpp's format,\n"
+           "known by its magic), the header, metadata and tensor infos. Every offset and\n"
+           "size is validated when the file is opened.\n"
            "\n"
            "Options:\n"
-           "      --verify     also recompute every tensor's and embedded file's XXH3\n"
-           "                   and check the tensors against the model config\n"
+           "      --verify     .qpk: also recompute every tensor's and embedded file's\n"
+           "                   XXH3 and check the tensors against the model config;\n"
+           "                   GGUF: check the qwen2 keys, tokenizer and every tensor's\n"
+           "                   name and shape\n"
            "      --json       print one JSON object instead of text\n"
            "      --no-tensors leave out the tensor table\n"
            "  -h, --help       this help\n"
@@ -215,6 +218,8 @@ int main(int argc, char **argv)
     }
     if (!path)
         return cli_usage_error(&c, "missing FILE.qpk");
+    if (qpk_file_starts_with(path, "GGUF", 4))
+        return inspect_gguf(&c, path, json, tensors, verify);
     qpk_file *f;
     qpk_err e = {0};
     if (qpk_open(&f, path, NULL, &e) != QPK_OK)

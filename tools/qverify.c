@@ -13,7 +13,7 @@
 
 static void usage(void)
 {
-    printf("Usage: qverify MODEL [--tokens FILE] [--ref REF] [options]\n"
+    printf("Usage: qverify MODEL [--tokens FILE | --text FILE] [--ref REF] [options]\n"
            "\n"
            "MODEL is a .qpk file or a Hugging Face model folder (read in memory, no\n"
            "conversion file written).\n"
@@ -21,6 +21,9 @@ static void usage(void)
            "  --tokens FILE     raw little-endian int32 token ids: perplexity in llama.cpp's\n"
            "                    convention (non-overlapping chunks of -c tokens, each from an\n"
            "                    empty cache, no BOS, the second half of each chunk scored)\n"
+           "  --text FILE       UTF-8 text, tokenized with MODEL's tokenizer (a .qpk's\n"
+           "                    embedded tokenizer.json, or the folder's) as one string,\n"
+           "                    special-token strings kept as text; then as --tokens\n"
            "  --ref REF         a reference to compare the logits with:\n"
            "                    - a reference-logits .safetensors file (tensors tokens [S, T],\n"
            "                      logits [S, T, V]): its token sequences are evaluated and all\n"
@@ -153,7 +156,7 @@ int main(int argc, char **argv)
 {
     cli c;
     cli_init(&c, "qverify");
-    const char *model_path = NULL, *tokens_path = NULL, *ref_path = NULL;
+    const char *model_path = NULL, *tokens_path = NULL, *text_path = NULL, *ref_path = NULL;
     bool json = false;
     gate gates[N_GATES];
     memcpy(gates, g_gates_template, sizeof gates);
@@ -175,10 +178,10 @@ int main(int argc, char **argv)
             if (!cli_parse_double(v, &gates[g].limit) || !isfinite(gates[g].limit))
                 return cli_usage_error(&c, "%s needs a number", a);
             gates[g].set = true, i++;
-        } else if (!strcmp(a, "--tokens") || !strcmp(a, "--ref")) {
+        } else if (!strcmp(a, "--tokens") || !strcmp(a, "--text") || !strcmp(a, "--ref")) {
             if (!v)
                 return cli_usage_error(&c, "%s needs a path", a);
-            *(!strcmp(a, "--tokens") ? &tokens_path : &ref_path) = v, i++;
+            *(!strcmp(a, "--tokens") ? &tokens_path : !strcmp(a, "--text") ? &text_path : &ref_path) = v, i++;
         } else if (!strcmp(a, "-c") || !strcmp(a, "--ctx")) {
             if (!cli_parse_int(v, 2, 1 << 24, &n))
                 return cli_usage_error(&c, "%s needs a chunk length of at least 2", a);
@@ -209,8 +212,11 @@ int main(int argc, char **argv)
     }
     if (!model_path)
         return cli_usage_error(&c, "missing MODEL");
-    if (!tokens_path && !ref_path)
-        return cli_usage_error(&c, "nothing to measure: give --tokens FILE and/or --ref REF");
+    if (tokens_path && text_path)
+        return cli_usage_error(&c, "give --tokens or --text, not both");
+    const char *input_path = tokens_path ? tokens_path : text_path; /* the evaluation input, either kind */
+    if (!input_path && !ref_path)
+        return cli_usage_error(&c, "nothing to measure: give --tokens FILE (or --text FILE) and/or --ref REF");
     if (json)
         c.quiet = true;
     qpk_callbacks cb = cli_callbacks(&c);
@@ -224,13 +230,14 @@ int main(int argc, char **argv)
     if (s == QPK_OK && ref_path)
         s = qpk_source_open(&ref, ref_path, true, &cb, &e);
     bool logits_ref = ref && qpk_source_kind_of(ref) == QPK_SOURCE_LOGITS;
-    if (s == QPK_OK && logits_ref && tokens_path) {
+    if (s == QPK_OK && logits_ref && input_path) {
         qpk_source_close(model), qpk_source_close(ref);
-        return cli_usage_error(&c, "--tokens does not apply to a reference-logits file (its own tokens are used)");
+        return cli_usage_error(&c, "%s does not apply to a reference-logits file (its own tokens are used)",
+                               tokens_path ? "--tokens" : "--text");
     }
-    if (s == QPK_OK && ref && !logits_ref && !tokens_path) {
+    if (s == QPK_OK && ref && !logits_ref && !input_path) {
         qpk_source_close(model), qpk_source_close(ref);
-        return cli_usage_error(&c, "comparing with another model needs --tokens FILE");
+        return cli_usage_error(&c, "comparing with another model needs --tokens FILE or --text FILE");
     }
     for (int g = 0; g < N_GATES && s == QPK_OK; g++)
         if (gates[g].set && g != G_PPL && !ref) {
@@ -239,6 +246,8 @@ int main(int argc, char **argv)
         }
     if (s == QPK_OK && tokens_path)
         s = qpk_read_tokens(tokens_path, &tokens, &n_tokens, &e);
+    if (s == QPK_OK && text_path)
+        s = qpk_tokenize_file(model_path, text_path, &tokens, &n_tokens, NULL, &e);
     if (s == QPK_OK && !c.quiet)
         printf("qverify: %s%s%s\n", model_path, ref_path ? " vs " : "", ref_path ? ref_path : "");
     if (s == QPK_OK)

@@ -16,17 +16,6 @@ struct qpk_source {
     qpk_model *model;
 };
 
-static bool has_qpk_magic(const char *path)
-{
-    unsigned char m[8] = {0};
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return false;
-    ssize_t n = read(fd, m, sizeof m);
-    close(fd);
-    return n == 8 && memcmp(m, "QPKF\r\n\x1a\n", 8) == 0;
-}
-
 qpk_status qpk_source_open(qpk_source **out, const char *path, bool allow_logits, const qpk_callbacks *cb,
                            qpk_err *e)
 {
@@ -43,7 +32,7 @@ qpk_status qpk_source_open(qpk_source **out, const char *path, bool allow_logits
         st = qpk_checkpoint_open(&s->ck, path, cb, e);
         if (st == QPK_OK)
             st = qpk_checkpoint_model(&s->model, s->ck, e);
-    } else if (has_qpk_magic(path) || !allow_logits) {
+    } else if (qpk_is_qpk_file(path) || !allow_logits) {
         s->kind = QPK_SOURCE_QPK;
         st = qpk_open(&s->file, path, NULL, e);
         if (st == QPK_OK && (st = qpk_model_from_qpk(&s->model, s->file, e)) != QPK_OK)

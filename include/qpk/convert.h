@@ -110,6 +110,24 @@ const char *qpk_checkpoint_ignored(const qpk_checkpoint *ck, size_t i);
 qpk_status qpk_read_model_file(const char *dir, const char *name, char **data, size_t *len,
                                bool *missing, qpk_err *e);
 
+/* A whole file (at most 512 MiB) into a malloc'd, NUL-terminated buffer. */
+qpk_status qpk_read_file(const char *path, char **data, size_t *len, qpk_err *e);
+
+/*
+ * The tokenizer.json of src, malloc'd: a .qpk's embedded copy, a model folder's file, or
+ * src itself when it is neither. QPK_E_MISMATCH for a .qpk that embeds none.
+ */
+qpk_status qpk_read_tokenizer_json(const char *src, char **json, size_t *len, qpk_err *e);
+
+/*
+ * Tokenizes the text file at path with model's tokenizer (model as for
+ * qpk_read_tokenizer_json) as Hugging Face's encode(text, add_special_tokens=False)
+ * does, with special-token strings in the text kept as text. *ids is malloc'd;
+ * *hash (may be NULL) gets the XXH3 of the file's bytes.
+ */
+qpk_status qpk_tokenize_file(const char *model, const char *path, int32_t **ids, size_t *n, uint64_t *hash,
+                             qpk_err *e);
+
 /*
  * Reads a file of raw little-endian int32 token ids into a malloc'd array (free() it).
  * QPK_E_CORRUPT if the size is not a multiple of 4. Ids are not range-checked here:
@@ -143,11 +161,16 @@ typedef struct qpk_calib_opts {
     double damp;           /* GPTQ: fraction of the mean Hessian diagonal added to it (0: 0.01) */
     bool act_order;        /* GPTQ: columns by decreasing Hessian diagonal, static groups */
     bool awq_fold_only;    /* AWQ: choose and fold the scales, then store the linears in f32 */
-    const char *source;    /* recorded in the recipe: the calibration file's name */
+    const char *source;    /* recorded in the recipe: the calibration file's name, */
+    bool source_is_text;   /* whether it is text (else int32 token ids), */
     uint64_t source_xxh3;  /* and the XXH3 of its bytes */
 } qpk_calib_opts;
 
+/* What qpk_convert writes. */
+typedef enum qpk_output { QPK_OUT_QPK = 0, QPK_OUT_GGUF } qpk_output;
+
 typedef struct qpk_convert_opts {
+    qpk_output to;        /* .qpk, or GGUF for llama.cpp (norms and biases then always f32) */
     int dtype;            /* -1: keep each tensor's type (F64 -> F32); else a float qpk_type */
     int quant;            /* 0: none; else QPK_TYPE_INT8, INT4 or INT4S for the linear weights */
     uint32_t group;       /* group size for quantized tensors: 32, 64, 128... or QPK_GROUP_ROW */
@@ -170,6 +193,15 @@ typedef struct qpk_convert_opts {
  * the metadata. Rows are quantized on all threads; the file does not depend on their count.
  */
 qpk_status qpk_convert(const char *dir, const char *out, const qpk_convert_opts *opts, qpk_err *e);
+
+/*
+ * Re-packs the .qpk file `in` as GGUF at `out` (atomically), each tensor in the type it
+ * has: f32/f16/bf16 as they are, int8 and int4s in groups of 32 as Q8_0 and Q4_0 (the
+ * same bytes), int4 in groups of 32 as Q4_1. Norms and biases become f32 (exactly).
+ * Other groups are refused: re-convert from the Hugging Face folder with --group 32.
+ * Only opts->cb is used; opts may be NULL.
+ */
+qpk_status qpk_export_gguf(const char *in, const char *out, const qpk_convert_opts *opts, qpk_err *e);
 
 #ifdef __cplusplus
 }

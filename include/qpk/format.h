@@ -223,6 +223,17 @@ qpk_status qpk_open(qpk_file **out, const char *path, const qpk_open_opts *opts,
 qpk_status qpk_open_memory(qpk_file **out, const void *buf, size_t size, const qpk_open_opts *opts,
                            qpk_err *e);
 void qpk_close(qpk_file *f); /* NULL-safe */
+/*
+ * Maps the regular file at path read-only (*data NULL for an empty file). advice is an
+ * madvise() hint (0: none). The readers' shared way in; undo with qpk_unmap_file.
+ */
+qpk_status qpk_map_file(const char *path, int advice, const void **data, size_t *size, qpk_err *e);
+void qpk_unmap_file(const void *data, size_t size); /* NULL-safe */
+
+/* Whether path is a readable file whose first n (<= 16) bytes are magic; */
+bool qpk_file_starts_with(const char *path, const void *magic, size_t n);
+/* and whether it starts with the .qpk magic (which says nothing of the rest). */
+bool qpk_is_qpk_file(const char *path);
 
 uint32_t qpk_file_version(const qpk_file *f);
 uint64_t qpk_file_size(const qpk_file *f);

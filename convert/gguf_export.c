@@ -1,0 +1,477 @@
+/*
+ * Qwen2 as llama.cpp reads it from GGUF: metadata keys, tensor names and dimension
+ * order, the tokenizer, and the block types. int8 and int4s blocks of 32 are ggml's
+ * Q8_0 and Q4_0 byte for byte; int4 blocks become Q4_1 (m = -d z, exact when it fits
+ * an f16, else the nearest f16: counted and reported). Also the .qpk -> GGUF re-pack.
+ */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "qpk/gguf.h"
+#include "qpk/quant.h"
+#include "qpk/tokenizer.h"
+
+struct qpk_gguf_export {
+    qpk_gguf_writer *w;
+    /* The tensors in declaration order: how each one's bytes are written. */
+    uint32_t *qtype;
+    size_t n, cap, cur;
+    uint64_t cur_left;
+    uint64_t q41_blocks, q41_inexact; /* int4 -> Q4_1 blocks, and those whose m was rounded */
+    double q41_max_change;            /* the largest weight change that rounding caused */
+    bool q41_overflow;                /* some m is beyond f16's range */
+};
+
+uint32_t qpk_gguf_file_type(uint32_t type)
+{
+    switch (type) { /* llama.cpp's LLAMA_FTYPE_ALL_F32, MOSTLY_F16, MOSTLY_Q8_0, ... */
+    case QPK_TYPE_F16: return 1;
+    case QPK_TYPE_INT4S: return 2;
+    case QPK_TYPE_INT4: return 3;
+    case QPK_TYPE_INT8: return 7;
+    case QPK_TYPE_BF16: return 32;
+    default: return 0;
+    }
+}
+
+/* ---------------------------------------------------------------- names */
+
+static const char *const GGUF_ROLE[QPK_ROLE_COUNT_] = {
+    [QPK_ROLE_EMBED] = "token_embd.weight",      [QPK_ROLE_ATTN_NORM] = "attn_norm.weight",
+    [QPK_ROLE_Q] = "attn_q.weight",              [QPK_ROLE_Q_BIAS] = "attn_q.bias",
+    [QPK_ROLE_K] = "attn_k.weight",              [QPK_ROLE_K_BIAS] = "attn_k.bias",
+    [QPK_ROLE_V] = "attn_v.weight",              [QPK_ROLE_V_BIAS] = "attn_v.bias",
+    [QPK_ROLE_O] = "attn_output.weight",         [QPK_ROLE_FFN_NORM] = "ffn_norm.weight",
+    [QPK_ROLE_GATE] = "ffn_gate.weight",         [QPK_ROLE_UP] = "ffn_up.weight",
+    [QPK_ROLE_DOWN] = "ffn_down.weight",         [QPK_ROLE_FINAL_NORM] = "output_norm.weight",
+    [QPK_ROLE_LM_HEAD] = "output.weight",
+};
+
+static void gguf_tensor_name(char *buf, size_t cap, qpk_role role, int layer)
+{
+    if (qpk_role_is_per_layer(role))
+        snprintf(buf, cap, "blk.%d.%s", layer, GGUF_ROLE[role]);
+    else
+        snprintf(buf, cap, "%s", GGUF_ROLE[role]);
+}
+
+/* The ggml type of a qpk tensor type and group, or a refusal naming the tensor. */
+static qpk_status ggml_type_of(uint32_t type, uint32_t group, const char *name, uint32_t *out, qpk_err *e)
+{
+    switch (type) {
+    case QPK_TYPE_F32: *out = QPK_GGML_F32; return QPK_OK;
+    case QPK_TYPE_F16: *out = QPK_GGML_F16; return QPK_OK;
+    case QPK_TYPE_BF16: *out = QPK_GGML_BF16; return QPK_OK;
+    default: break;
+    }
+    if (group != 32)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED,
+                            "tensor '%s' is %s in groups of %u: GGUF's Q8_0, Q4_0 and Q4_1 have groups of 32 "
+                            "(convert from the Hugging Face folder with --group 32)",
+                            name, qpk_type_name(type), group);
+    *out = type == QPK_TYPE_INT8 ? QPK_GGML_Q8_0 : type == QPK_TYPE_INT4S ? QPK_GGML_Q4_0 : QPK_GGML_Q4_1;
+    return QPK_OK;
+}
+
+/* --------------------------------------------------------------- create */
+
+qpk_status qpk_gguf_export_create(qpk_gguf_export **out, const char *path, qpk_err *e)
+{
+    *out = NULL;
+    qpk_gguf_export *x = calloc(1, sizeof *x);
+    if (!x)
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    qpk_status s = qpk_gguf_writer_create(&x->w, path, e);
+    if (s != QPK_OK) {
+        free(x);
+        return s;
+    }
+    *out = x;
+    return QPK_OK;
+}
+
+void qpk_gguf_export_discard(qpk_gguf_export *x)
+{
+    if (!x)
+        return;
+    qpk_gguf_writer_discard(x->w);
+    free(x->qtype);
+    free(x);
+}
+
+/* ------------------------------------------------------------- metadata */
+
+typedef struct vocab {
+    const qpk_tokenizer *tok;
+    char *buf; /* the string being handed out: "[PADn]", or a merge "a b" */
+    size_t cap;
+    bool failed;
+} vocab;
+
+static char *room(vocab *v, size_t n)
+{
+    if (n > v->cap) {
+        char *b = realloc(v->buf, n);
+        if (!b) {
+            v->failed = true;
+            return NULL;
+        }
+        v->buf = b, v->cap = n;
+    }
+    return v->buf;
+}
+
+/* Token i's string; ids past the tokenizer (the padded rows) are "[PADi]", as llama.cpp's converter names them. */
+static const char *token_text(void *ud, uint64_t i, size_t *len)
+{
+    vocab *v = ud;
+    const char *s = qpk_tokenizer_token(v->tok, (int32_t)i, len);
+    if (s)
+        return s;
+    char *b = room(v, 32);
+    *len = b ? (size_t)snprintf(b, 32, "[PAD%llu]", (unsigned long long)i) : 0;
+    return b ? b : "";
+}
+
+/* Merge i as "a b". */
+static const char *merge_text(void *ud, uint64_t i, size_t *len)
+{
+    vocab *v = ud;
+    const char *a, *b;
+    size_t al, bl;
+    qpk_tokenizer_merge(v->tok, (size_t)i, &a, &al, &b, &bl);
+    char *out = room(v, al + bl + 1);
+    if (!out) {
+        *len = 0;
+        return "";
+    }
+    memcpy(out, a, al), out[al] = ' ', memcpy(out + al + 1, b, bl);
+    *len = al + bl + 1;
+    return out;
+}
+
+/* Token types as llama.cpp's converter assigns them. */
+static int32_t token_type(const qpk_tokenizer *t, int32_t id)
+{
+    size_t len;
+    const char *s = qpk_tokenizer_token(t, id, &len);
+    switch (qpk_tokenizer_token_kind(t, id)) {
+    case QPK_TOKEN_NORMAL: return 1;
+    case QPK_TOKEN_SPECIAL: return 3; /* control */
+    case QPK_TOKEN_ADDED:
+        /* An added token written like a control token is one, whatever its flag says. */
+        return len >= 4 && !memcmp(s, "<|", 2) && !memcmp(s + len - 2, "|>", 2) ? 3 : 4;
+    default: return 5; /* unused: a padded row with no token */
+    }
+}
+
+static const char *cfg_string(const cJSON *cfg, const char *key)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(cfg, key);
+    if (cJSON_IsObject(it)) /* {"content": "<|endoftext|>", ...} in older files */
+        it = cJSON_GetObjectItemCaseSensitive(it, "content");
+    return cJSON_IsString(it) ? it->valuestring : NULL;
+}
+
+static int32_t special_id(const qpk_tokenizer *tok, const cJSON *cfg, const char *key, int32_t fallback)
+{
+    const char *text = cfg_string(cfg, key);
+    int32_t id = text ? qpk_tokenizer_find(tok, text, strlen(text)) : -1;
+    return id >= 0 ? id : fallback;
+}
+
+#define KV(x)                                                                                      \
+    do {                                                                                           \
+        if ((s = (x)) != QPK_OK)                                                                   \
+            goto out;                                                                              \
+    } while (0)
+
+qpk_status qpk_gguf_export_meta(qpk_gguf_export *x, const qpk_config *c, const char *name, const char *tok_json,
+                                size_t tok_len, const char *tok_cfg, size_t cfg_len, uint32_t file_type,
+                                const char *recipe, qpk_err *e)
+{
+    qpk_gguf_writer *w = x->w;
+    qpk_tokenizer *tok = NULL;
+    cJSON *cfg = tok_cfg ? cJSON_ParseWithLength(tok_cfg, cfg_len) : NULL;
+    int32_t *types = NULL;
+    vocab v = {0};
+    qpk_status s = qpk_tokenizer_load(&tok, tok_json, tok_len, e);
+    if (s != QPK_OK)
+        return qpk_err_prefix(e, "tokenizer.json");
+    v.tok = tok;
+    KV(qpk_gguf_kv_string(w, "general.architecture", "qwen2", 5, e));
+    KV(qpk_gguf_kv_string(w, "general.name", name, strlen(name), e));
+    KV(qpk_gguf_kv_u32(w, "general.file_type", file_type, e));
+    KV(qpk_gguf_kv_u32(w, "general.quantization_version", 2, e)); /* ggml's, written always as its converter does */
+    KV(qpk_gguf_kv_u32(w, "qwen2.block_count", (uint32_t)c->n_layers, e));
+    KV(qpk_gguf_kv_u32(w, "qwen2.context_length", (uint32_t)c->max_position_embeddings, e));
+    KV(qpk_gguf_kv_u32(w, "qwen2.embedding_length", (uint32_t)c->hidden_size, e));
+    KV(qpk_gguf_kv_u32(w, "qwen2.feed_forward_length", (uint32_t)c->intermediate_size, e));
+    KV(qpk_gguf_kv_u32(w, "qwen2.attention.head_count", (uint32_t)c->n_heads, e));
+    KV(qpk_gguf_kv_u32(w, "qwen2.attention.head_count_kv", (uint32_t)c->n_kv_heads, e));
+    KV(qpk_gguf_kv_f32(w, "qwen2.rope.freq_base", (float)c->rope_theta, e));
+    KV(qpk_gguf_kv_f32(w, "qwen2.attention.layer_norm_rms_epsilon", (float)c->rms_norm_eps, e));
+    /* The tokenizer: every row of the vocabulary, padded rows included. */
+    KV(qpk_gguf_kv_string(w, "tokenizer.ggml.model", "gpt2", 4, e));
+    KV(qpk_gguf_kv_string(w, "tokenizer.ggml.pre", "qwen2", 5, e));
+    uint64_t n = (uint64_t)c->vocab_size;
+    if (qpk_tokenizer_n_tokens(tok) > n) {
+        s = qpk_err_setf(e, QPK_E_MISMATCH, "the tokenizer has %zu tokens, more than the vocabulary's %llu rows",
+                         qpk_tokenizer_n_tokens(tok), (unsigned long long)n);
+        goto out;
+    }
+    KV(qpk_gguf_kv_string_array(w, "tokenizer.ggml.tokens", n, token_text, &v, e));
+    if (!(types = malloc((size_t)n * sizeof *types))) {
+        s = qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+        goto out;
+    }
+    for (uint64_t i = 0; i < n; i++)
+        types[i] = token_type(tok, (int32_t)i);
+    KV(qpk_gguf_kv_i32_array(w, "tokenizer.ggml.token_type", types, n, e));
+    KV(qpk_gguf_kv_string_array(w, "tokenizer.ggml.merges", qpk_tokenizer_n_merges(tok), merge_text, &v, e));
+    if (v.failed) {
+        s = qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+        goto out;
+    }
+    /* Special ids as llama.cpp's converter finds them: tokenizer_config.json's token, else config.json's id. */
+    int32_t bos = special_id(tok, cfg, "bos_token", c->bos_token_id);
+    int32_t eos = special_id(tok, cfg, "eos_token", c->n_eos > 0 ? c->eos_token_ids[0] : -1);
+    int32_t pad = special_id(tok, cfg, "pad_token", -1);
+    if (bos >= 0)
+        KV(qpk_gguf_kv_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)bos, e));
+    if (eos >= 0)
+        KV(qpk_gguf_kv_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)eos, e));
+    if (pad >= 0)
+        KV(qpk_gguf_kv_u32(w, "tokenizer.ggml.padding_token_id", (uint32_t)pad, e));
+    const cJSON *add_bos = cJSON_GetObjectItemCaseSensitive(cfg, "add_bos_token");
+    KV(qpk_gguf_kv_bool(w, "tokenizer.ggml.add_bos_token", cJSON_IsTrue(add_bos), e));
+    const char *tmpl = cfg_string(cfg, "chat_template");
+    if (tmpl)
+        KV(qpk_gguf_kv_string(w, "tokenizer.chat_template", tmpl, strlen(tmpl), e));
+    if (recipe)
+        KV(qpk_gguf_kv_string(w, "qpk.quantization", recipe, strlen(recipe), e));
+    KV(qpk_gguf_kv_string(w, "qpk.version", QPK_VERSION_STRING, strlen(QPK_VERSION_STRING), e));
+out:
+    free(types);
+    free(v.buf);
+    cJSON_Delete(cfg);
+    qpk_tokenizer_free(tok);
+    return s;
+}
+
+/* ---------------------------------------------------------------- tensors */
+
+qpk_status qpk_gguf_export_declare(qpk_gguf_export *x, qpk_role role, int layer, uint32_t type, uint32_t group,
+                                   int ndim, const int64_t *dims, qpk_err *e)
+{
+    char name[64];
+    uint32_t gt = 0;
+    gguf_tensor_name(name, sizeof name, role, layer);
+    qpk_status s = ggml_type_of(type, group, name, &gt, e);
+    if (s != QPK_OK)
+        return s;
+    uint64_t ne[4];
+    for (int d = 0; d < ndim; d++) /* GGUF lists the contiguous dimension first */
+        ne[d] = (uint64_t)dims[ndim - 1 - d];
+    if ((s = qpk_gguf_add_tensor(x->w, name, gt, ndim, ne, e)) != QPK_OK)
+        return s;
+    if (x->n == x->cap) {
+        size_t cap = x->cap ? 2 * x->cap : 256;
+        uint32_t *q = realloc(x->qtype, cap * sizeof *q);
+        if (!q)
+            return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+        x->qtype = q, x->cap = cap;
+    }
+    x->qtype[x->n++] = type;
+    return QPK_OK;
+}
+
+/* One int4 block of 32 (f16 d, u8 z, u8 0, 16 bytes of codes) as Q4_1 (f16 d, f16 m, the same codes). */
+static void to_q41(qpk_gguf_export *x, const uint8_t *in, uint8_t *out)
+{
+    uint16_t dh;
+    memcpy(&dh, in, 2);
+    float d = qpk_f16_to_f32(dh), m = -d * (float)in[2]; /* exact in f32: d has 11 significant bits, z 4 */
+    uint16_t mh = qpk_f32_to_f16(m);
+    float back = qpk_f16_to_f32(mh);
+    if (!isfinite(back))
+        x->q41_overflow = true;
+    else if (back != m) {
+        x->q41_inexact++;
+        x->q41_max_change = fabs((double)back - m) > x->q41_max_change ? fabs((double)back - m) : x->q41_max_change;
+    }
+    x->q41_blocks++;
+    memcpy(out, in, 2);
+    memcpy(out + 2, &mh, 2);
+    memcpy(out + 4, in + 4, 16);
+}
+
+qpk_status qpk_gguf_export_write(qpk_gguf_export *x, const void *data, size_t n, qpk_err *e)
+{
+    if (x->cur >= x->n)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "GGUF data past the declared tensors");
+    if (x->qtype[x->cur] != QPK_TYPE_INT4)
+        return qpk_gguf_write(x->w, data, n, e);
+    if (n % 20 != 0)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "int4 data must come in whole blocks");
+    uint8_t buf[20 * 256];
+    const uint8_t *p = data;
+    while (n > 0) {
+        size_t k = n < sizeof buf ? n : sizeof buf;
+        for (size_t b = 0; b < k; b += 20)
+            to_q41(x, p + b, buf + b);
+        if (x->q41_overflow)
+            return qpk_err_setf(e, QPK_E_VALUE, "an int4 block's offset -d*z is beyond f16's range: no Q4_1 for it");
+        qpk_status s = qpk_gguf_write(x->w, buf, k, e);
+        if (s != QPK_OK)
+            return s;
+        p += k, n -= k;
+    }
+    return QPK_OK;
+}
+
+/* Marks the current tensor done (its bytes all given). */
+void qpk_gguf_export_next(qpk_gguf_export *x) { x->cur++; }
+
+qpk_status qpk_gguf_export_finish(qpk_gguf_export *x, const qpk_callbacks *cb, qpk_err *e)
+{
+    if (cb && cb->log && x->q41_blocks) {
+        char msg[256];
+        snprintf(msg, sizeof msg,
+                 "int4 -> Q4_1: %llu of %llu blocks needed m = -d z rounded to f16 (largest weight change %.3g); "
+                 "the others are exact",
+                 (unsigned long long)x->q41_inexact, (unsigned long long)x->q41_blocks, x->q41_max_change);
+        cb->log(cb->ud, QPK_LOG_INFO, msg);
+    }
+    qpk_status s = qpk_gguf_finish(x->w, e);
+    x->w = NULL;
+    qpk_gguf_export_discard(x);
+    return s;
+}
+
+/* ------------------------------------------------------- .qpk -> GGUF */
+
+#define REPACK_CHUNK (16u << 20) /* bytes per write, and f32 staging for vectors */
+
+/* The file's name without folders and extension: the model's name in GGUF. */
+static void base_name(const char *path, char *buf, size_t cap)
+{
+    const char *b = strrchr(path, '/');
+    b = b ? b + 1 : path;
+    size_t n = strlen(b);
+    if (n > 4 && !strcmp(b + n - 4, ".qpk"))
+        n -= 4;
+    snprintf(buf, cap, "%.*s", (int)n, b);
+}
+
+static qpk_status repack_meta(qpk_gguf_export *x, const qpk_file *f, const char *in, uint32_t file_type, qpk_err *e)
+{
+    char *tok, *cfg, *recipe = NULL, name[256];
+    size_t tok_len, cfg_len, meta_len;
+    qpk_status s = qpk_read_blob(f, "tokenizer.json", &tok, &tok_len, e);
+    if (s == QPK_OK && !tok)
+        s = qpk_err_setf(e, QPK_E_MISMATCH, "GGUF carries the model's tokenizer, and %s embeds no tokenizer.json", in);
+    if (s == QPK_OK)
+        s = qpk_read_blob(f, "tokenizer_config.json", &cfg, &cfg_len, e);
+    if (s != QPK_OK) {
+        free(tok);
+        return s;
+    }
+    const char *m = qpk_metadata(f, &meta_len);
+    cJSON *meta = cJSON_ParseWithLength(m, meta_len);
+    const cJSON *q = cJSON_GetObjectItemCaseSensitive(meta, "quantization");
+    if (cJSON_IsObject(q) && !(recipe = cJSON_PrintUnformatted(q)))
+        s = qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    base_name(in, name, sizeof name);
+    if (s == QPK_OK)
+        s = qpk_gguf_export_meta(x, qpk_file_config(f), name, tok, tok_len, cfg, cfg_len, file_type, recipe, e);
+    cJSON_Delete(meta);
+    free(recipe), free(tok), free(cfg);
+    return s;
+}
+
+/* Tensor t's bytes, checked against its hash, as declared: vectors widened to f32. */
+static qpk_status repack_tensor(qpk_gguf_export *x, const qpk_file *f, size_t index, float *stage, qpk_err *e)
+{
+    const qpk_tensor *t = qpk_tensor_at(f, index);
+    qpk_status s = qpk_verify_tensor(f, index, e);
+    const uint8_t *p = t->data;
+    if (t->ndim == 1 && t->type != QPK_TYPE_F32) {
+        size_t size = t->type == QPK_TYPE_F32 ? 4 : 2, per = REPACK_CHUNK / sizeof(float);
+        for (uint64_t i = 0; i < (uint64_t)t->dims[0] && s == QPK_OK; i += per) {
+            size_t n = (size_t)((uint64_t)t->dims[0] - i < per ? (uint64_t)t->dims[0] - i : per);
+            qpk_row_to_f32(t->type, p + i * size, stage, n);
+            s = qpk_gguf_export_write(x, stage, n * sizeof(float), e);
+        }
+    } else {
+        for (uint64_t off = 0; off < t->nbytes && s == QPK_OK; off += REPACK_CHUNK) {
+            size_t n = (size_t)(t->nbytes - off < REPACK_CHUNK ? t->nbytes - off : REPACK_CHUNK);
+            s = qpk_gguf_export_write(x, p + off, n, e);
+        }
+    }
+    qpk_gguf_export_next(x);
+    return s != QPK_OK ? qpk_err_prefix(e, "tensor '%s'", t->name) : QPK_OK;
+}
+
+qpk_status qpk_export_gguf(const char *in, const char *out, const qpk_convert_opts *o, qpk_err *e)
+{
+    const qpk_callbacks *cb = o ? &o->cb : NULL;
+    qpk_file *f = NULL;
+    qpk_gguf_export *x = NULL;
+    float *stage = NULL;
+    qpk_status s = qpk_open(&f, in, NULL, e);
+    if (s == QPK_OK)
+        s = qpk_check_model(f, e);
+    if (s != QPK_OK) {
+        qpk_close(f);
+        return s;
+    }
+    const qpk_config *c = qpk_file_config(f);
+    size_t n = qpk_model_n_tensors(c), *index = calloc(n, sizeof *index);
+    uint64_t linear_elems[QPK_TYPE_COUNT_] = {0}, total = 0, done = 0;
+    if (!index || !(stage = malloc(REPACK_CHUNK)))
+        s = qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    if (s == QPK_OK)
+        s = qpk_gguf_export_create(&x, out, e);
+    for (size_t i = 0; i < n && s == QPK_OK; i++) {
+        qpk_role role;
+        int layer;
+        char name[QPK_MAX_NAME];
+        qpk_model_tensor_at(c, i, &role, &layer);
+        qpk_tensor_name(name, sizeof name, role, layer);
+        const qpk_tensor *t = qpk_find_tensor(f, name);
+        index[i] = (size_t)(t - qpk_tensor_at(f, 0));
+        uint32_t type = qpk_role_is_matrix(role) ? t->type : QPK_TYPE_F32;
+        s = qpk_gguf_export_declare(x, role, layer, type, t->group_size, t->ndim, t->dims, e);
+        if (qpk_role_is_per_layer(role) && qpk_role_is_matrix(role))
+            linear_elems[t->type] += (uint64_t)t->dims[0] * (uint64_t)t->dims[1];
+        total += t->nbytes;
+    }
+    uint32_t most = 0;
+    for (uint32_t t = 0; t < QPK_TYPE_COUNT_; t++)
+        most = linear_elems[t] > linear_elems[most] ? t : most;
+    if (s == QPK_OK)
+        s = repack_meta(x, f, in, qpk_gguf_file_type(most), e);
+    for (size_t i = 0; i < n && s == QPK_OK; i++) {
+        const qpk_tensor *t = qpk_tensor_at(f, index[i]);
+        if ((s = repack_tensor(x, f, index[i], stage, e)) != QPK_OK)
+            break;
+        done += t->nbytes;
+        if (cb && cb->progress)
+            cb->progress(cb->ud, t->name, done, total);
+        if (cb && cb->cancel && cb->cancel(cb->ud))
+            s = qpk_err_setf(e, QPK_E_CANCELLED, "export cancelled");
+    }
+    if (s == QPK_OK) {
+        s = qpk_gguf_export_finish(x, cb, e);
+        x = NULL;
+    }
+    qpk_gguf_export_discard(x);
+    free(stage), free(index);
+    qpk_close(f);
+    return s;
+}

@@ -1,0 +1,121 @@
+/*
+ * qpk/gguf.h - GGUF v3 files, the format of llama.cpp and ggml (spec: docs/gguf.md of
+ * ggml-org/ggml): a streaming, atomic, deterministic writer and a reader that
+ * validates every length and offset before exposing anything.
+ *
+ * Layout: "GGUF", u32 version, u64 tensor count, u64 key-value count; the key-values
+ * (string key, u32 value type, value); the tensor infos (string name, u32 n_dims,
+ * u64 ne[n_dims] with the contiguous dimension first, u32 ggml type, u64 offset from
+ * the data start); zero padding to general.alignment (32 when absent); the data,
+ * each tensor at a multiple of the alignment. Strings are u64 length + bytes.
+ */
+#ifndef QPK_GGUF_H
+#define QPK_GGUF_H
+
+#include "qpk/format.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Value types of GGUF key-values. */
+typedef enum qpk_gguf_type {
+    QPK_GGUF_U8 = 0, QPK_GGUF_I8 = 1, QPK_GGUF_U16 = 2, QPK_GGUF_I16 = 3,
+    QPK_GGUF_U32 = 4, QPK_GGUF_I32 = 5, QPK_GGUF_F32 = 6, QPK_GGUF_BOOL = 7,
+    QPK_GGUF_STRING = 8, QPK_GGUF_ARRAY = 9, QPK_GGUF_U64 = 10, QPK_GGUF_I64 = 11,
+    QPK_GGUF_F64 = 12, QPK_GGUF_TYPE_COUNT_
+} qpk_gguf_type;
+
+/* The ggml tensor types qpk writes (the reader knows the sizes of more, see gguf.c). */
+enum {
+    QPK_GGML_F32 = 0, QPK_GGML_F16 = 1, QPK_GGML_Q4_0 = 2, QPK_GGML_Q4_1 = 3,
+    QPK_GGML_Q8_0 = 8, QPK_GGML_BF16 = 30
+};
+
+/* "F32", "Q4_0", ...; NULL for a type whose layout this build does not know. */
+const char *qpk_ggml_type_name(uint32_t type);
+/* Bytes of a tensor of this type with ne[0] (contiguous) .. ne[n_dims-1], overflow-checked. */
+qpk_status qpk_ggml_nbytes(uint32_t type, int n_dims, const uint64_t *ne, uint64_t *out, qpk_err *e);
+
+/* ================================================================== writer == */
+
+typedef struct qpk_gguf_writer qpk_gguf_writer;
+
+qpk_status qpk_gguf_writer_create(qpk_gguf_writer **out, const char *path, qpk_err *e);
+void qpk_gguf_writer_discard(qpk_gguf_writer *w); /* nothing appears at the path; NULL-safe */
+
+/* Key-values, written in the order given (keys: ASCII, up to 65535 bytes). */
+qpk_status qpk_gguf_kv_string(qpk_gguf_writer *w, const char *key, const char *s, size_t len, qpk_err *e);
+qpk_status qpk_gguf_kv_u32(qpk_gguf_writer *w, const char *key, uint32_t v, qpk_err *e);
+qpk_status qpk_gguf_kv_u64(qpk_gguf_writer *w, const char *key, uint64_t v, qpk_err *e);
+qpk_status qpk_gguf_kv_f32(qpk_gguf_writer *w, const char *key, float v, qpk_err *e);
+qpk_status qpk_gguf_kv_bool(qpk_gguf_writer *w, const char *key, bool v, qpk_err *e);
+qpk_status qpk_gguf_kv_i32_array(qpk_gguf_writer *w, const char *key, const int32_t *v, uint64_t n, qpk_err *e);
+/* An array of n strings, string i given by get(ud, i, &len). */
+qpk_status qpk_gguf_kv_string_array(qpk_gguf_writer *w, const char *key, uint64_t n,
+                                    const char *(*get)(void *ud, uint64_t i, size_t *len), void *ud, qpk_err *e);
+
+/* Declares the next tensor (all are declared before any data). ne: contiguous dimension first. */
+qpk_status qpk_gguf_add_tensor(qpk_gguf_writer *w, const char *name, uint32_t type, int n_dims,
+                               const uint64_t *ne, qpk_err *e);
+/* The data of the declared tensors, in order, in pieces of any size. */
+qpk_status qpk_gguf_write(qpk_gguf_writer *w, const void *data, size_t n, qpk_err *e);
+/* Checks every tensor got all its bytes, then commits (atomically). Frees w. */
+qpk_status qpk_gguf_finish(qpk_gguf_writer *w, qpk_err *e);
+
+/* ================================================================== reader == */
+
+typedef struct qpk_gguf qpk_gguf;
+
+typedef struct qpk_gguf_value {
+    uint32_t type; /* a qpk_gguf_type */
+    union {
+        uint64_t u;  /* U8..U64, BOOL */
+        int64_t i;   /* I8..I64 */
+        double f;    /* F32, F64 */
+    } num;
+    const char *str; /* STRING: bytes in the file (not NUL-terminated) */
+    uint64_t len;    /* STRING: bytes; ARRAY: elements */
+    uint32_t elem_type;       /* ARRAY: the elements' type */
+    const uint8_t *elems;     /* ARRAY of numbers: the raw little-endian elements */
+    size_t kv;                /* which key-value this is (for qpk_gguf_array_string) */
+} qpk_gguf_value;
+
+typedef struct qpk_gguf_tensor {
+    const char *name; /* NUL-terminated copy */
+    uint32_t type;
+    int n_dims;
+    uint64_t ne[4];
+    uint64_t offset; /* absolute, in the file */
+    uint64_t nbytes;
+    const void *data;
+} qpk_gguf_tensor;
+
+/*
+ * Maps and validates a GGUF file: magic, version (2 or 3), counts against limits,
+ * every string and array inside the file, known value types (arrays of arrays are
+ * refused), the alignment, every tensor's name, dims, type, size, alignment, and
+ * range inside the file, without overlaps.
+ */
+qpk_status qpk_gguf_open(qpk_gguf **out, const char *path, qpk_err *e);
+qpk_status qpk_gguf_open_memory(qpk_gguf **out, const void *buf, size_t size, qpk_err *e);
+void qpk_gguf_close(qpk_gguf *g); /* NULL-safe */
+
+uint32_t qpk_gguf_version(const qpk_gguf *g);
+uint64_t qpk_gguf_file_size(const qpk_gguf *g);
+uint32_t qpk_gguf_alignment(const qpk_gguf *g);
+size_t qpk_gguf_n_kv(const qpk_gguf *g);
+/* Key i (NUL-terminated copy) and its value. */
+const char *qpk_gguf_kv_at(const qpk_gguf *g, size_t i, qpk_gguf_value *v);
+/* The value of key, or false if absent. */
+bool qpk_gguf_find(const qpk_gguf *g, const char *key, qpk_gguf_value *v);
+/* Element i of a STRING array value. */
+const char *qpk_gguf_array_string(const qpk_gguf *g, const qpk_gguf_value *v, uint64_t i, uint64_t *len);
+size_t qpk_gguf_n_tensors(const qpk_gguf *g);
+const qpk_gguf_tensor *qpk_gguf_tensor_at(const qpk_gguf *g, size_t i);
+const qpk_gguf_tensor *qpk_gguf_find_tensor(const qpk_gguf *g, const char *name);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* QPK_GGUF_H */

@@ -1,0 +1,44 @@
+/* libFuzzer target: the GGUF reader, every key-value, array element and tensor it exposes. */
+#include <stdlib.h>
+
+#include "qpk/gguf.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    qpk_gguf *g;
+    qpk_err e;
+    if (qpk_gguf_open_memory(&g, data, size, &e) != QPK_OK)
+        return 0;
+    volatile uint8_t sink = 0; /* every byte the reader points at must be readable */
+    for (size_t i = 0; i < qpk_gguf_n_kv(g); i++) {
+        qpk_gguf_value v, w;
+        const char *key = qpk_gguf_kv_at(g, i, &v);
+        if (!key || !qpk_gguf_find(g, key, &w) || w.type != v.type)
+            __builtin_trap();
+        if (v.type == QPK_GGUF_STRING && v.len)
+            sink ^= (uint8_t)(v.str[0] ^ v.str[v.len - 1]);
+        if (v.type != QPK_GGUF_ARRAY)
+            continue;
+        for (uint64_t k = 0; k < v.len && v.elem_type == QPK_GGUF_STRING; k++) {
+            uint64_t len;
+            const char *s = qpk_gguf_array_string(g, &v, k, &len);
+            if (!s)
+                __builtin_trap();
+            if (len)
+                sink ^= (uint8_t)(s[0] ^ s[len - 1]);
+        }
+        if (v.elem_type != QPK_GGUF_STRING && v.len)
+            sink ^= v.elems[0];
+    }
+    for (size_t i = 0; i < qpk_gguf_n_tensors(g); i++) {
+        const qpk_gguf_tensor *t = qpk_gguf_tensor_at(g, i);
+        if (qpk_gguf_find_tensor(g, t->name) != t || t->offset + t->nbytes > size)
+            __builtin_trap();
+        if (t->nbytes)
+            sink ^= (uint8_t)(((const uint8_t *)t->data)[0] ^ ((const uint8_t *)t->data)[t->nbytes - 1]);
+    }
+    (void)sink;
+    qpk_gguf_close(g);
+    return 0;
+}

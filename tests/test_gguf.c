@@ -1,0 +1,979 @@
+/*
+ * GGUF export, checked by a reader written here from the spec (docs/gguf.md of
+ * ggml-org/ggml and ggml's block structs), independent of format/gguf_read.c:
+ * metadata, names, shapes, types and dequantized values against the source
+ * checkpoint; hand-computed Q8_0/Q4_0/Q4_1 blocks; .qpk re-packing; refusals; and
+ * malformed files against the library's validating reader.
+ */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "fixtures.h"
+#include "gen.h"
+#include "qpk/gguf.h"
+#include "qpk/quant.h"
+#include "testhelp.h"
+#include "testutil.h"
+
+static char g_root[] = "/tmp/qpk-test-gguf-XXXXXX";
+
+static const char *tmp(const char *name)
+{
+    static char path[8][4096];
+    static int slot;
+    slot = (slot + 1) % 8;
+    snprintf(path[slot], sizeof path[slot], "%s/%s", g_root, name);
+    return path[slot];
+}
+
+/* ============================================================ spec reader == */
+
+typedef struct sval {
+    uint32_t type, elem_type;
+    uint64_t u;          /* unsigned and bool scalars */
+    int64_t i;           /* signed scalars */
+    double f;            /* float scalars */
+    const char *s;       /* string */
+    uint64_t len;        /* string bytes, or array elements */
+    const uint8_t *raw;  /* numeric array elements */
+    uint64_t *str_off;   /* string array: each element's offset */
+} sval;
+
+typedef struct skv {
+    char *key;
+    sval v;
+} skv;
+
+typedef struct stensor {
+    char name[65];
+    uint32_t n_dims, type;
+    uint64_t ne[4], offset; /* offset: absolute */
+} stensor;
+
+typedef struct sfile {
+    uint8_t *buf;
+    size_t size, pos;
+    bool bad;
+    uint32_t version, alignment;
+    skv *kv;
+    uint64_t n_kv, n_t, data;
+    stensor *t;
+} sfile;
+
+static const uint8_t *take(sfile *f, uint64_t n)
+{
+    if (f->bad || n > f->size - f->pos) {
+        f->bad = true;
+        return NULL;
+    }
+    f->pos += n;
+    return f->buf + f->pos - n;
+}
+
+static uint64_t le(const uint8_t *p, int n)
+{
+    uint64_t v = 0;
+    for (int b = 0; p && b < n; b++)
+        v |= (uint64_t)p[b] << (8 * b);
+    return v;
+}
+
+static uint64_t take_u(sfile *f, int n) { return le(take(f, (uint64_t)n), n); }
+
+/* Sizes of the value types 0..12 (8 string and 9 array are variable). */
+static const int VSIZE[13] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
+
+static void scalar_from(uint32_t type, uint64_t raw, sval *v)
+{
+    v->type = type, v->u = raw;
+    switch (type) {
+    case 1: v->i = (int8_t)raw; break;
+    case 3: v->i = (int16_t)raw; break;
+    case 5: v->i = (int32_t)raw; break;
+    case 11: v->i = (int64_t)raw; break;
+    case 6: {
+        float x;
+        uint32_t b = (uint32_t)raw;
+        memcpy(&x, &b, 4);
+        v->f = x;
+        break;
+    }
+    case 12: memcpy(&v->f, &raw, 8); break;
+    default: break;
+    }
+}
+
+static void read_value(sfile *f, uint32_t type, sval *v)
+{
+    v->type = type;
+    if (type == 8) {
+        v->len = take_u(f, 8);
+        v->s = (const char *)take(f, v->len);
+    } else if (type == 9) {
+        v->elem_type = (uint32_t)take_u(f, 4);
+        v->len = take_u(f, 8);
+        if (v->elem_type == 8) {
+            v->str_off = calloc(v->len ? v->len : 1, sizeof *v->str_off);
+            for (uint64_t i = 0; i < v->len && !f->bad && v->str_off; i++) {
+                v->str_off[i] = f->pos;
+                take(f, take_u(f, 8));
+            }
+        } else if (v->elem_type < 13 && VSIZE[v->elem_type]) {
+            v->raw = take(f, v->len * (uint64_t)VSIZE[v->elem_type]);
+        } else {
+            f->bad = true;
+        }
+    } else if (type < 13) {
+        scalar_from(type, take_u(f, VSIZE[type]), v);
+    } else {
+        f->bad = true;
+    }
+}
+
+static bool spec_open(sfile *f, const char *path)
+{
+    memset(f, 0, sizeof *f);
+    f->buf = (uint8_t *)slurp(path, &f->size);
+    if (!f->buf)
+        return false;
+    const uint8_t *magic = take(f, 4);
+    if (!magic || memcmp(magic, "GGUF", 4))
+        return false;
+    f->version = (uint32_t)take_u(f, 4);
+    f->n_t = take_u(f, 8);
+    f->n_kv = take_u(f, 8);
+    if (f->n_t > 100000 || f->n_kv > 100000)
+        return false;
+    f->kv = calloc(f->n_kv + 1, sizeof *f->kv);
+    f->t = calloc(f->n_t + 1, sizeof *f->t);
+    f->alignment = 32; /* the spec's default */
+    for (uint64_t i = 0; i < f->n_kv && !f->bad; i++) {
+        uint64_t n = take_u(f, 8);
+        const uint8_t *k = take(f, n);
+        if (!k)
+            break;
+        f->kv[i].key = strndup((const char *)k, (size_t)n);
+        read_value(f, (uint32_t)take_u(f, 4), &f->kv[i].v);
+        if (!strcmp(f->kv[i].key, "general.alignment"))
+            f->alignment = (uint32_t)f->kv[i].v.u;
+    }
+    for (uint64_t i = 0; i < f->n_t && !f->bad; i++) {
+        stensor *t = &f->t[i];
+        uint64_t n = take_u(f, 8);
+        const uint8_t *name = take(f, n);
+        if (!name || n > 64)
+            return false;
+        memcpy(t->name, name, (size_t)n);
+        t->n_dims = (uint32_t)take_u(f, 4);
+        if (t->n_dims < 1 || t->n_dims > 4)
+            return false;
+        for (uint32_t d = 0; d < t->n_dims; d++)
+            t->ne[d] = take_u(f, 8);
+        t->type = (uint32_t)take_u(f, 4);
+        t->offset = take_u(f, 8);
+    }
+    f->data = (f->pos + f->alignment - 1) / f->alignment * f->alignment;
+    for (uint64_t i = 0; i < f->n_t; i++)
+        f->t[i].offset += f->data;
+    return !f->bad;
+}
+
+static void spec_close(sfile *f)
+{
+    for (uint64_t i = 0; f->kv && i < f->n_kv; i++)
+        free(f->kv[i].key), free(f->kv[i].v.str_off);
+    free(f->kv), free(f->t), free(f->buf);
+}
+
+static const sval *spec_kv(const sfile *f, const char *key)
+{
+    for (uint64_t i = 0; i < f->n_kv; i++)
+        if (f->kv[i].key && !strcmp(f->kv[i].key, key))
+            return &f->kv[i].v;
+    return NULL;
+}
+
+static const stensor *spec_tensor(const sfile *f, const char *name)
+{
+    for (uint64_t i = 0; i < f->n_t; i++)
+        if (!strcmp(f->t[i].name, name))
+            return &f->t[i];
+    return NULL;
+}
+
+/* String element i of an array value (its bytes in the file). */
+static const char *spec_str(const sfile *f, const sval *v, uint64_t i, uint64_t *len)
+{
+    uint64_t off = v->str_off[i];
+    *len = le(f->buf + off, 8);
+    return (const char *)f->buf + off + 8;
+}
+
+static bool str_is(const sval *v, const char *s)
+{
+    return v && v->type == 8 && v->len == strlen(s) && !memcmp(v->s, s, v->len);
+}
+
+static uint64_t u32_of(const sval *v) { return v && v->type == 4 ? v->u : UINT64_MAX; }
+
+/* IEEE half -> float, written out from the definition. */
+static float half(uint16_t h)
+{
+    int sign = h >> 15, exp = (h >> 10) & 31, man = h & 1023;
+    double v = exp == 0 ? ldexp(man, -24) : exp == 31 ? (man ? NAN : INFINITY) : ldexp(1024 + man, exp - 25);
+    return (float)(sign ? -v : v);
+}
+
+static float bf16(uint16_t h)
+{
+    uint32_t b = (uint32_t)h << 16;
+    float x;
+    memcpy(&x, &b, 4);
+    return x;
+}
+
+/* Bytes of one block and elements per block, per ggml's block structs. */
+static bool block_of(uint32_t type, int *elems, int *bytes)
+{
+    switch (type) {
+    case 0: *elems = 1, *bytes = 4; return true;   /* F32 */
+    case 1: *elems = 1, *bytes = 2; return true;   /* F16 */
+    case 30: *elems = 1, *bytes = 2; return true;  /* BF16 */
+    case 2: *elems = 32, *bytes = 18; return true; /* Q4_0: half d; u8 qs[16] */
+    case 3: *elems = 32, *bytes = 20; return true; /* Q4_1: half d, m; u8 qs[16] */
+    case 8: *elems = 32, *bytes = 34; return true; /* Q8_0: half d; i8 qs[32] */
+    default: return false;
+    }
+}
+
+/* Dequantizes one block of `type` at p into out; *scale gets its d (0 for float types). */
+static void dequant_block(uint32_t type, const uint8_t *p, float *out, float *scale)
+{
+    *scale = 0;
+    switch (type) {
+    case 0: {
+        uint32_t b = (uint32_t)le(p, 4);
+        memcpy(out, &b, 4);
+        break;
+    }
+    case 1: out[0] = half((uint16_t)le(p, 2)); break;
+    case 30: out[0] = bf16((uint16_t)le(p, 2)); break;
+    case 8:
+        *scale = half((uint16_t)le(p, 2));
+        for (int j = 0; j < 32; j++)
+            out[j] = *scale * (float)(int8_t)p[2 + j];
+        break;
+    case 2:
+        *scale = half((uint16_t)le(p, 2));
+        for (int j = 0; j < 16; j++) {
+            out[j] = *scale * (float)((p[2 + j] & 15) - 8);
+            out[j + 16] = *scale * (float)((p[2 + j] >> 4) - 8);
+        }
+        break;
+    case 3: {
+        *scale = half((uint16_t)le(p, 2));
+        float m = half((uint16_t)le(p + 2, 2));
+        for (int j = 0; j < 16; j++) {
+            out[j] = *scale * (float)(p[4 + j] & 15) + m;
+            out[j + 16] = *scale * (float)(p[4 + j] >> 4) + m;
+        }
+        break;
+    }
+    }
+}
+
+/* ============================================================== the model == */
+
+/* HF suffix -> GGUF suffix, from llama.cpp's tensor-name table for qwen2. */
+static const char *const NAME_MAP[][2] = {
+    {"input_layernorm.weight", "attn_norm.weight"},  {"self_attn.q_proj.weight", "attn_q.weight"},
+    {"self_attn.q_proj.bias", "attn_q.bias"},        {"self_attn.k_proj.weight", "attn_k.weight"},
+    {"self_attn.k_proj.bias", "attn_k.bias"},        {"self_attn.v_proj.weight", "attn_v.weight"},
+    {"self_attn.v_proj.bias", "attn_v.bias"},        {"self_attn.o_proj.weight", "attn_output.weight"},
+    {"post_attention_layernorm.weight", "ffn_norm.weight"}, {"mlp.gate_proj.weight", "ffn_gate.weight"},
+    {"mlp.up_proj.weight", "ffn_up.weight"},         {"mlp.down_proj.weight", "ffn_down.weight"},
+};
+
+static bool gguf_name(const char *hf, char *out, size_t cap)
+{
+    if (!strcmp(hf, "model.embed_tokens.weight"))
+        return snprintf(out, cap, "token_embd.weight"), true;
+    if (!strcmp(hf, "model.norm.weight"))
+        return snprintf(out, cap, "output_norm.weight"), true;
+    if (!strcmp(hf, "lm_head.weight"))
+        return snprintf(out, cap, "output.weight"), true;
+    int layer, n = 0;
+    if (sscanf(hf, "model.layers.%d.%n", &layer, &n) != 1 || n == 0)
+        return false;
+    for (size_t i = 0; i < sizeof NAME_MAP / sizeof *NAME_MAP; i++)
+        if (!strcmp(hf + n, NAME_MAP[i][0]))
+            return snprintf(out, cap, "blk.%d.%s", layer, NAME_MAP[i][1]), true;
+    return false;
+}
+
+/* Source element i of a float safetensors tensor. */
+static float src_value(const qpk_st_tensor *t, uint64_t i)
+{
+    const uint8_t *p = t->data;
+    switch (t->dtype) {
+    case QPK_ST_F32: {
+        uint32_t b = (uint32_t)le(p + 4 * i, 4);
+        float x;
+        memcpy(&x, &b, 4);
+        return x;
+    }
+    case QPK_ST_F16: return half((uint16_t)le(p + 2 * i, 2));
+    case QPK_ST_BF16: return bf16((uint16_t)le(p + 2 * i, 2));
+    default: return NAN;
+    }
+}
+
+static cJSON *read_json(const char *dir, const char *name)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    size_t n;
+    char *text = slurp(path, &n);
+    if (text && strchr(text, '{') == NULL) { /* a link file: a relative path to the real one */
+        char target[4096];
+        snprintf(target, sizeof target, "%s/%.*s", dir, (int)strcspn(text, "\n"), text);
+        free(text);
+        text = slurp(target, &n);
+    }
+    cJSON *j = text ? cJSON_Parse(text) : NULL;
+    free(text);
+    return j;
+}
+
+/* A special token's id: tokenizer_config.json's token (string or {content}) looked up in tokenizer.json. */
+static int64_t special_id(const cJSON *tok, const cJSON *tcfg, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItem(tcfg, key);
+    if (cJSON_IsObject(v))
+        v = cJSON_GetObjectItem(v, "content");
+    if (!cJSON_IsString(v))
+        return -1;
+    const cJSON *a;
+    cJSON_ArrayForEach(a, cJSON_GetObjectItem(tok, "added_tokens"))
+        if (!strcmp(cJSON_GetObjectItem(a, "content")->valuestring, v->valuestring))
+            return (int64_t)cJSON_GetObjectItem(a, "id")->valuedouble;
+    const cJSON *id = cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(tok, "model"), "vocab"), v->valuestring);
+    return id ? (int64_t)id->valuedouble : -1;
+}
+
+/* Metadata against config.json, tokenizer.json and tokenizer_config.json of dir. */
+static void check_meta(const sfile *f, const char *dir, uint32_t file_type)
+{
+    cJSON *cfg = read_json(dir, "config.json"), *tok = read_json(dir, "tokenizer.json");
+    cJSON *tcfg = read_json(dir, "tokenizer_config.json");
+    CHECK(cfg && tok && tcfg);
+    if (!cfg || !tok || !tcfg)
+        goto out;
+#define CFG(k) ((uint64_t)cJSON_GetObjectItem(cfg, k)->valuedouble)
+    CHECK(f->version == 3 && f->alignment == 32 && u32_of(spec_kv(f, "general.alignment")) == 32);
+    CHECK(str_is(spec_kv(f, "general.architecture"), "qwen2"));
+    CHECK(u32_of(spec_kv(f, "general.file_type")) == file_type);
+    CHECK(u32_of(spec_kv(f, "qwen2.block_count")) == CFG("num_hidden_layers"));
+    CHECK(u32_of(spec_kv(f, "qwen2.context_length")) == CFG("max_position_embeddings"));
+    CHECK(u32_of(spec_kv(f, "qwen2.embedding_length")) == CFG("hidden_size"));
+    CHECK(u32_of(spec_kv(f, "qwen2.feed_forward_length")) == CFG("intermediate_size"));
+    CHECK(u32_of(spec_kv(f, "qwen2.attention.head_count")) == CFG("num_attention_heads"));
+    const cJSON *kvh = cJSON_GetObjectItem(cfg, "num_key_value_heads");
+    CHECK(u32_of(spec_kv(f, "qwen2.attention.head_count_kv")) == (kvh ? CFG("num_key_value_heads")
+                                                                        : CFG("num_attention_heads")));
+    const sval *theta = spec_kv(f, "qwen2.rope.freq_base"), *eps = spec_kv(f, "qwen2.attention.layer_norm_rms_epsilon");
+    CHECK(theta && theta->type == 6 && theta->f == (float)cJSON_GetObjectItem(cfg, "rope_theta")->valuedouble);
+    CHECK(eps && eps->type == 6 && eps->f == (float)cJSON_GetObjectItem(cfg, "rms_norm_eps")->valuedouble);
+
+    /* The tokenizer: every row named, the tokenizer's own entries as tokenizer.json spells them. */
+    CHECK(str_is(spec_kv(f, "tokenizer.ggml.model"), "gpt2") && str_is(spec_kv(f, "tokenizer.ggml.pre"), "qwen2"));
+    const sval *tokens = spec_kv(f, "tokenizer.ggml.tokens"), *types = spec_kv(f, "tokenizer.ggml.token_type");
+    uint64_t vocab = CFG("vocab_size");
+    CHECK(tokens && tokens->type == 9 && tokens->elem_type == 8 && tokens->len == vocab);
+    CHECK(types && types->type == 9 && types->elem_type == 5 && types->len == vocab);
+    if (!tokens || !types || tokens->len != vocab || types->len != vocab)
+        goto out;
+    char **want = calloc(vocab, sizeof *want);
+    int *want_type = calloc(vocab, sizeof *want_type);
+    const cJSON *item;
+    cJSON_ArrayForEach(item, cJSON_GetObjectItem(cJSON_GetObjectItem(tok, "model"), "vocab"))
+        if ((uint64_t)item->valuedouble < vocab)
+            want[(uint64_t)item->valuedouble] = item->string, want_type[(uint64_t)item->valuedouble] = 1;
+    cJSON_ArrayForEach(item, cJSON_GetObjectItem(tok, "added_tokens")) {
+        uint64_t id = (uint64_t)cJSON_GetObjectItem(item, "id")->valuedouble;
+        const char *s = cJSON_GetObjectItem(item, "content")->valuestring;
+        size_t n = strlen(s);
+        bool looks_control = n >= 4 && !strncmp(s, "<|", 2) && !strcmp(s + n - 2, "|>");
+        if (id < vocab)
+            want[id] = (char *)s, want_type[id] = cJSON_IsTrue(cJSON_GetObjectItem(item, "special")) || looks_control ? 3 : 4;
+    }
+    uint64_t bad_tokens = 0, bad_types = 0, pads = 0;
+    for (uint64_t i = 0; i < vocab; i++) {
+        char pad[32];
+        uint64_t len;
+        const char *got = spec_str(f, tokens, i, &len);
+        const char *w = want[i] ? want[i] : (snprintf(pad, sizeof pad, "[PAD%llu]", (unsigned long long)i), pad);
+        pads += !want[i];
+        bad_tokens += len != strlen(w) || memcmp(got, w, len);
+        bad_types += (int32_t)le(types->raw + 4 * i, 4) != (want[i] ? want_type[i] : 5);
+    }
+    CHECKF(bad_tokens == 0 && bad_types == 0, "%llu tokens and %llu types differ", (unsigned long long)bad_tokens,
+           (unsigned long long)bad_types);
+    CHECK(pads > 0); /* the fixtures' vocabularies are padded */
+    free(want), free(want_type);
+
+    /* Merges: "a b", from either spelling tokenizer.json uses. */
+    const cJSON *merges = cJSON_GetObjectItem(cJSON_GetObjectItem(tok, "model"), "merges");
+    const sval *m = spec_kv(f, "tokenizer.ggml.merges");
+    CHECK(m && m->type == 9 && m->elem_type == 8 && m->len == (uint64_t)cJSON_GetArraySize(merges));
+    uint64_t i = 0, bad_merges = 0;
+    cJSON_ArrayForEach(item, merges) {
+        char buf[1024];
+        if (cJSON_IsString(item))
+            snprintf(buf, sizeof buf, "%s", item->valuestring);
+        else
+            snprintf(buf, sizeof buf, "%s %s", cJSON_GetArrayItem(item, 0)->valuestring,
+                     cJSON_GetArrayItem(item, 1)->valuestring);
+        uint64_t len;
+        const char *got = m && i < m->len ? spec_str(f, m, i, &len) : "";
+        bad_merges += !m || i >= m->len || len != strlen(buf) || memcmp(got, buf, len);
+        i++;
+    }
+    CHECK(bad_merges == 0);
+
+    /* Special ids as llama.cpp's converter finds them; the chat template verbatim. */
+    int64_t eos = special_id(tok, tcfg, "eos_token"), pad = special_id(tok, tcfg, "pad_token");
+    int64_t bos = special_id(tok, tcfg, "bos_token");
+    CHECK(u32_of(spec_kv(f, "tokenizer.ggml.eos_token_id")) == (uint64_t)(eos >= 0 ? eos : (int64_t)CFG("eos_token_id")));
+    const cJSON *cfg_bos = cJSON_GetObjectItem(cfg, "bos_token_id"); /* may be null: then no key */
+    if (bos < 0 && cJSON_IsNumber(cfg_bos))
+        bos = (int64_t)cfg_bos->valuedouble;
+    CHECK(bos >= 0 ? u32_of(spec_kv(f, "tokenizer.ggml.bos_token_id")) == (uint64_t)bos
+                   : !spec_kv(f, "tokenizer.ggml.bos_token_id"));
+    CHECK(pad < 0 || u32_of(spec_kv(f, "tokenizer.ggml.padding_token_id")) == (uint64_t)pad);
+    const sval *add_bos = spec_kv(f, "tokenizer.ggml.add_bos_token");
+    CHECK(add_bos && add_bos->type == 7 && add_bos->u == (uint64_t)cJSON_IsTrue(cJSON_GetObjectItem(tcfg, "add_bos_token")));
+    const cJSON *tmpl = cJSON_GetObjectItem(tcfg, "chat_template");
+    CHECK(!cJSON_IsString(tmpl) || str_is(spec_kv(f, "tokenizer.chat_template"), tmpl->valuestring));
+#undef CFG
+out:
+    cJSON_Delete(cfg), cJSON_Delete(tok), cJSON_Delete(tcfg);
+}
+
+/* The layout the spec requires: every tensor aligned, inside the file, in the data section, no overlaps. */
+static void check_layout(const sfile *f)
+{
+    uint64_t bad = 0, end = f->data;
+    for (uint64_t i = 0; i < f->n_t; i++) {
+        const stensor *t = &f->t[i];
+        int elems, bytes;
+        if (!block_of(t->type, &elems, &bytes)) {
+            bad++;
+            continue;
+        }
+        uint64_t n = t->ne[0] / (uint64_t)elems * (uint64_t)bytes;
+        for (uint32_t d = 1; d < t->n_dims; d++)
+            n *= t->ne[d];
+        /* this writer lays tensors out in order: each starts at the aligned end of the previous */
+        bad += (t->offset - f->data) % f->alignment != 0 || t->offset != (end + 31) / 32 * 32 || t->offset + n > f->size;
+        end = t->offset + n;
+    }
+    CHECKF(bad == 0, "%llu tensors misplaced", (unsigned long long)bad);
+}
+
+typedef enum expect { EXACT, ROUND_F16, QUANTIZED } expect;
+
+/*
+ * Every tensor of the checkpoint at dir is in f under its GGUF name, with the shape
+ * reversed, the given type (vectors: F32), and values: EXACT equal to the source,
+ * ROUND_F16 the source rounded to f16, QUANTIZED within one step d of its block, and
+ * equal to the same tensor of the .qpk at `qpk` dequantized (Q4_1: up to m's rounding).
+ */
+static void check_tensors(const sfile *f, const char *dir, uint32_t matrix_type, expect how, const char *qpk)
+{
+    qpk_checkpoint *ck;
+    qpk_err e = {0};
+    CHECK(qpk_checkpoint_open(&ck, dir, NULL, &e) == QPK_OK);
+    qpk_file *q = NULL;
+    if (qpk)
+        CHECK(qpk_open(&q, qpk, NULL, &e) == QPK_OK);
+    const qpk_config *c = qpk_checkpoint_config(ck);
+    size_t n = qpk_model_n_tensors(c), found = 0;
+    uint64_t bad_values = 0, bad_qpk = 0, checked = 0;
+    for (size_t k = 0; k < n; k++) {
+        qpk_role role;
+        int layer;
+        char hf[128], name[80];
+        qpk_model_tensor_at(c, k, &role, &layer);
+        qpk_tensor_name(hf, sizeof hf, role, layer);
+        CHECK(gguf_name(hf, name, sizeof name));
+        const qpk_st_tensor *src = qpk_checkpoint_tensor(ck, role, layer);
+        const stensor *t = spec_tensor(f, name);
+        CHECKF(t != NULL, "%s missing", name);
+        if (!t)
+            continue;
+        found++;
+        bool vector = src->ndim == 1;
+        bool embedding = role == QPK_ROLE_EMBED || role == QPK_ROLE_LM_HEAD; /* int8 under every --quant */
+        uint32_t want = vector ? 0 : embedding && how == QUANTIZED ? 8 : matrix_type;
+        CHECKF(t->type == want, "%s is type %u", name, t->type);
+        CHECK(t->n_dims == (uint32_t)src->ndim);
+        for (int d = 0; d < src->ndim; d++)
+            CHECK(t->ne[d] == (uint64_t)src->shape[src->ndim - 1 - d]);
+        int elems, bytes;
+        if (!block_of(t->type, &elems, &bytes))
+            continue;
+        const qpk_tensor *qt = q && !vector ? qpk_find_tensor(q, hf) : NULL;
+        int64_t cols = src->shape[src->ndim - 1];
+        float *ref = qt ? malloc((size_t)cols * sizeof *ref) : NULL;
+        const uint8_t *p = f->buf + t->offset;
+        for (uint64_t i = 0; i < src->numel; i += (uint64_t)elems, p += bytes) {
+            float v[32], d;
+            dequant_block(t->type, p, v, &d);
+            if (ref && i % (uint64_t)cols == 0)
+                qpk_dequantize_row(qt->type, qt->group_size, (const uint8_t *)qt->data +
+                                   i / (uint64_t)cols * (qt->nbytes / (uint64_t)(src->numel / (uint64_t)cols)),
+                                   cols, ref);
+            for (int j = 0; j < elems; j++) {
+                float s = src_value(src, i + (uint64_t)j), err = fabsf(v[j] - s);
+                bool ok = how == EXACT || (vector && how == QUANTIZED) ? v[j] == s
+                          : how == ROUND_F16      ? (fabsf(s) >= 0x1p-14f ? v[j] == s : err <= 0x1p-25f)
+                                                  : err <= fabsf(d) * 1.0001f;
+                bad_values += !ok;
+                if (!ok && bad_values < 5)
+                    fprintf(stderr, "%s[%llu]: %g vs source %g (block scale %g)\n", name,
+                            (unsigned long long)(i + (uint64_t)j), v[j], s, d);
+                if (ref) {
+                    float r = ref[(i + (uint64_t)j) % (uint64_t)cols];
+                    /* Q4_1's m is -d z rounded to f16: within half an f16 ulp of |d z| <= 15 d */
+                    bad_qpk += t->type == 3 ? fabsf(v[j] - r) > 15 * d * 0x1p-11f : v[j] != r;
+                }
+                checked++;
+            }
+        }
+        free(ref);
+    }
+    CHECKF(bad_values == 0 && bad_qpk == 0, "%llu of %llu values off the source, %llu off the .qpk",
+           (unsigned long long)bad_values, (unsigned long long)checked, (unsigned long long)bad_qpk);
+    CHECKF(found == f->n_t, "%zu expected tensors, %llu in the file", found, (unsigned long long)f->n_t);
+    CHECK((spec_tensor(f, "output.weight") != NULL) == !c->tie_word_embeddings);
+    qpk_close(q);
+    qpk_checkpoint_close(ck);
+}
+
+/* The library's reader sees what the spec reader sees. */
+static void check_library_reader(const sfile *f, const char *path)
+{
+    qpk_gguf *g;
+    qpk_err e = {0};
+    CHECKF(qpk_gguf_open(&g, path, &e) == QPK_OK, "%s", e.msg);
+    if (!g)
+        return;
+    CHECK(qpk_gguf_n_kv(g) == f->n_kv && qpk_gguf_n_tensors(g) == f->n_t && qpk_gguf_alignment(g) == f->alignment);
+    uint64_t bad = 0;
+    for (size_t i = 0; i < qpk_gguf_n_kv(g) && i < f->n_kv; i++) {
+        qpk_gguf_value v;
+        const char *key = qpk_gguf_kv_at(g, i, &v);
+        bad += strcmp(key, f->kv[i].key) || v.type != f->kv[i].v.type || v.len != f->kv[i].v.len;
+    }
+    for (size_t i = 0; i < qpk_gguf_n_tensors(g) && i < f->n_t; i++) {
+        const qpk_gguf_tensor *t = qpk_gguf_tensor_at(g, i);
+        bad += strcmp(t->name, f->t[i].name) || t->type != f->t[i].type || t->offset != f->t[i].offset ||
+               memcmp(t->ne, f->t[i].ne, f->t[i].n_dims * sizeof *t->ne) || t->n_dims != (int)f->t[i].n_dims;
+    }
+    CHECK(bad == 0);
+    qpk_gguf_close(g);
+}
+
+static qpk_convert_opts opts(qpk_output to, int dtype, int quant)
+{
+    qpk_convert_opts o = {.to = to, .dtype = dtype, .quant = quant, .group = 32, .n_threads = 2};
+    return o;
+}
+
+/* --------------------------------------------------------------- fixture */
+
+static void test_fixture_exports(const char *fix)
+{
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/qwen-tiny-a", fix);
+    static const struct {
+        const char *name;
+        int dtype, quant;
+        uint32_t ggml, file_type;
+        expect how;
+    } cases[] = {
+        {"f32", QPK_TYPE_F32, 0, 0, 0, EXACT},
+        {"f16", QPK_TYPE_F16, 0, 1, 1, ROUND_F16},
+        {"keep", -1, 0, 30, 32, EXACT},
+        {"q8_0", -1, QPK_TYPE_INT8, 8, 7, QUANTIZED},
+        {"q4_0", -1, QPK_TYPE_INT4S, 2, 2, QUANTIZED},
+        {"q4_1", -1, QPK_TYPE_INT4, 3, 3, QUANTIZED},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "a-%s.gguf", cases[i].name);
+        const char *path = tmp(name), *qpk = NULL;
+        qpk_err e = {0};
+        qpk_convert_opts o = opts(QPK_OUT_GGUF, cases[i].dtype, cases[i].quant);
+        CHECKF(qpk_convert(dir, path, &o, &e) == QPK_OK, "%s: %s", cases[i].name, e.msg);
+        if (cases[i].quant) { /* the same quantization as .qpk, to compare values with */
+            qpk = tmp("a.qpk");
+            o.to = QPK_OUT_QPK;
+            CHECKF(qpk_convert(dir, qpk, &o, &e) == QPK_OK, "%s", e.msg);
+        }
+        sfile f;
+        CHECKF(spec_open(&f, path), "%s does not parse", cases[i].name);
+        check_layout(&f);
+        check_meta(&f, dir, cases[i].file_type);
+        check_tensors(&f, dir, cases[i].ggml, cases[i].how, qpk);
+        check_library_reader(&f, path);
+        /* The token embedding is the head too (tied): the quantized files keep it Q8_0. */
+        const stensor *emb = spec_tensor(&f, "token_embd.weight");
+        CHECK(emb && emb->type == (cases[i].quant ? 8u : cases[i].ggml));
+        spec_close(&f);
+        printf("%s: checked\n", name);
+    }
+}
+
+/* ---------------------------------------------------- hand-computed blocks */
+
+/* Copies a fixture folder's files (links followed) into a writable folder. */
+static void copy_model(const char *from, const char *to)
+{
+    static const char *const files[] = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"};
+    mkdir(to, 0755);
+    for (size_t i = 0; i < 4; i++) {
+        char *data;
+        size_t len;
+        qpk_err e = {0};
+        CHECK(qpk_read_model_file(from, files[i], &data, &len, NULL, &e) == QPK_OK);
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", to, files[i]);
+        FILE *f = fopen(path, "wb");
+        CHECK(f && fwrite(data, 1, len, f) == len);
+        if (f)
+            fclose(f);
+        free(data);
+    }
+}
+
+static void put_bf16(uint8_t *p, float x)
+{
+    uint32_t b;
+    memcpy(&b, &x, 4);
+    CHECK((b & 0xffff) == 0); /* the designed values are exact in bf16 */
+    p[0] = (uint8_t)(b >> 16), p[1] = (uint8_t)(b >> 24);
+}
+
+/*
+ * Three blocks of row 0 of layer 0's q_proj, designed so that each method's scale is
+ * exact and the block can be written down from the spec by hand:
+ *   block 0 (Q8_0): w = q / 128 for q = -127..: d = 1/128 (f16 0x2000), qs = q
+ *   block 1 (Q4_0): w = (j % 16 - 8) / 4: extreme -2 -> d = -2 / -8 = 0.25 (0x3400),
+ *                   nibbles j % 16 + ... -> qs[j] = j | j << 4
+ *   block 2 (Q4_1): w = (j % 16) / 2 - 1: min -1, max 6.5 -> d = 0.5 (0x3800), z = 2,
+ *                   m = -1 (0xbc00), qs[j] = j | j << 4
+ */
+static void test_hand_blocks(const char *fix)
+{
+    char from[4096], dir[4096];
+    snprintf(from, sizeof from, "%s/qwen-tiny-a", fix);
+    snprintf(dir, sizeof dir, "%s/hand", g_root);
+    copy_model(from, dir);
+    char st_path[4096];
+    snprintf(st_path, sizeof st_path, "%s/model.safetensors", dir);
+    size_t size;
+    uint8_t *file = (uint8_t *)slurp(st_path, &size);
+    qpk_safetensors *st;
+    qpk_err e = {0};
+    CHECK(file && qpk_st_open_memory(&st, file, size, &e) == QPK_OK);
+    const qpk_st_tensor *q = qpk_st_find(st, "model.layers.0.self_attn.q_proj.weight");
+    CHECK(q && q->dtype == QPK_ST_BF16);
+    uint8_t *row = (uint8_t *)q->data;
+    for (int j = 0; j < 32; j++) {
+        put_bf16(row + 2 * j, (float)(j == 0 ? -127 : j * 4 - 64) / 128.0f);
+        put_bf16(row + 2 * (32 + j), (float)(j % 16 - 8) / 4.0f);
+        put_bf16(row + 2 * (64 + j), (float)(j % 16) / 2.0f - 1.0f);
+    }
+    qpk_st_close(st);
+    FILE *out = fopen(st_path, "wb");
+    CHECK(out && fwrite(file, 1, size, out) == size);
+    if (out)
+        fclose(out);
+    free(file);
+
+    uint8_t want[3][34];
+    want[0][0] = 0x00, want[0][1] = 0x20;
+    for (int j = 0; j < 32; j++)
+        want[0][2 + j] = (uint8_t)(int8_t)(j == 0 ? -127 : j * 4 - 64);
+    want[1][0] = 0x00, want[1][1] = 0x34;
+    want[2][0] = 0x00, want[2][1] = 0x38, want[2][2] = 0x00, want[2][3] = 0xbc;
+    for (int j = 0; j < 16; j++)
+        want[1][2 + j] = want[2][4 + j] = (uint8_t)(j | j << 4);
+    static const struct { int quant; int block, bytes; } cases[] = {
+        {QPK_TYPE_INT8, 0, 34}, {QPK_TYPE_INT4S, 1, 18}, {QPK_TYPE_INT4, 2, 20}};
+    for (int c = 0; c < 3; c++) {
+        const char *path = tmp("hand.gguf");
+        qpk_convert_opts o = opts(QPK_OUT_GGUF, -1, cases[c].quant);
+        CHECKF(qpk_convert(dir, path, &o, &e) == QPK_OK, "%s", e.msg);
+        sfile f;
+        CHECK(spec_open(&f, path));
+        const stensor *t = spec_tensor(&f, "blk.0.attn_q.weight");
+        CHECK(t && t->type == (c == 0 ? 8u : c == 1 ? 2u : 3u));
+        if (t)
+            CHECKF(!memcmp(f.buf + t->offset + cases[c].block * cases[c].bytes, want[c], (size_t)cases[c].bytes),
+                   "block %d differs from the hand-computed one", c);
+        spec_close(&f);
+    }
+}
+
+/* ------------------------------------------------------ .qpk re-packing */
+
+static void test_repack(const char *fix)
+{
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/qwen-tiny-a", fix);
+    qpk_err e = {0};
+    /* int8 g32 .qpk -> GGUF: the same tensor bytes as converting the folder directly. */
+    const char *qpk = tmp("r.qpk"), *direct = tmp("r-direct.gguf"), *repacked = tmp("r-repacked.gguf");
+    qpk_convert_opts o = opts(QPK_OUT_QPK, -1, QPK_TYPE_INT8);
+    CHECK(qpk_convert(dir, qpk, &o, &e) == QPK_OK);
+    o.to = QPK_OUT_GGUF;
+    CHECK(qpk_convert(dir, direct, &o, &e) == QPK_OK);
+    CHECKF(qpk_export_gguf(qpk, repacked, NULL, &e) == QPK_OK, "%s", e.msg);
+    sfile a, b;
+    CHECK(spec_open(&a, direct) && spec_open(&b, repacked));
+    CHECK(a.n_t == b.n_t && a.n_kv == b.n_kv);
+    uint64_t differ = 0;
+    for (uint64_t i = 0; i < a.n_t && i < b.n_t; i++) {
+        const stensor *x = &a.t[i], *y = spec_tensor(&b, x->name);
+        uint64_t n = i + 1 < a.n_t ? a.t[i + 1].offset - x->offset : a.size - x->offset;
+        differ += !y || y->type != x->type || memcmp(a.buf + x->offset, b.buf + y->offset, (size_t)n);
+    }
+    CHECK(differ == 0);
+    /* Metadata equal but for the name (the folder's vs the file's). */
+    for (uint64_t i = 0; i < a.n_kv && i < b.n_kv; i++)
+        if (strcmp(a.kv[i].key, "general.name"))
+            CHECKF(!strcmp(a.kv[i].key, b.kv[i].key) && a.kv[i].v.type == b.kv[i].v.type &&
+                   a.kv[i].v.len == b.kv[i].v.len, "%s", a.kv[i].key);
+    CHECK(str_is(spec_kv(&b, "general.name"), "r"));
+    spec_close(&a), spec_close(&b);
+
+    /* An f16 .qpk: norms and biases widen to f32, exactly. */
+    o = opts(QPK_OUT_QPK, QPK_TYPE_F16, 0);
+    CHECK(qpk_convert(dir, qpk, &o, &e) == QPK_OK);
+    CHECK(qpk_export_gguf(qpk, repacked, NULL, &e) == QPK_OK);
+    CHECK(spec_open(&a, repacked));
+    check_tensors(&a, dir, 1, ROUND_F16, NULL);
+    spec_close(&a);
+
+    /* Groups of 128 have no GGUF type: refused, nothing written. */
+    o = opts(QPK_OUT_QPK, -1, QPK_TYPE_INT4S);
+    o.group = 128;
+    CHECK(qpk_convert(dir, qpk, &o, &e) == QPK_OK);
+    const char *refused = tmp("refused.gguf");
+    CHECK_ERR(qpk_export_gguf(qpk, refused, NULL, &e), QPK_E_UNSUPPORTED, e, "groups of 32");
+    CHECK(access(refused, F_OK) != 0);
+    o.to = QPK_OUT_GGUF;
+    CHECK_ERR(qpk_convert(dir, refused, &o, &e), QPK_E_UNSUPPORTED, e, "groups of 128");
+    CHECK(access(refused, F_OK) != 0);
+}
+
+/* ------------------------------------------- untied, GQA, generated model */
+
+static void test_untied_gqa(const char *fix)
+{
+    qpk_gen_spec sp;
+    qpk_gen_preset("tiny", &sp);
+    sp.cfg.tie_word_embeddings = false;
+    sp.cfg.vocab_size = 151936; /* rows for the real tokenizer */
+    sp.dtype = QPK_ST_BF16;
+    sp.n_shards = 2;
+    const char *dir = tmp("untied");
+    qpk_err e = {0};
+    CHECKF(qpk_gen_write(&sp, dir, NULL, &e) == QPK_OK, "%s", e.msg);
+    CHECK(sp.cfg.n_kv_heads < sp.cfg.n_heads);
+    char from[4096];
+    snprintf(from, sizeof from, "%s/qwen-tiny-a", fix);
+    /* the generated folder has no tokenizer: a missing one is an error that leaves nothing */
+    const char *path = tmp("untied.gguf");
+    qpk_convert_opts o = opts(QPK_OUT_GGUF, -1, QPK_TYPE_INT8);
+    CHECK_ERR(qpk_convert(dir, path, &o, &e), QPK_E_MISMATCH, e, "no tokenizer.json");
+    CHECK(access(path, F_OK) != 0);
+    for (int i = 0; i < 2; i++) {
+        const char *name = i ? "tokenizer_config.json" : "tokenizer.json";
+        char *data;
+        size_t len;
+        CHECK(qpk_read_model_file(from, name, &data, &len, NULL, &e) == QPK_OK);
+        char p[4096];
+        snprintf(p, sizeof p, "%s/%s", dir, name);
+        FILE *f = fopen(p, "wb");
+        CHECK(f && fwrite(data, 1, len, f) == len);
+        if (f)
+            fclose(f);
+        free(data);
+    }
+    CHECKF(qpk_convert(dir, path, &o, &e) == QPK_OK, "%s", e.msg);
+    const char *qpk = tmp("untied.qpk");
+    o.to = QPK_OUT_QPK;
+    CHECK(qpk_convert(dir, qpk, &o, &e) == QPK_OK);
+    sfile f;
+    CHECK(spec_open(&f, path));
+    check_layout(&f);
+    check_meta(&f, dir, 7);
+    check_tensors(&f, dir, 8, QUANTIZED, qpk);
+    const stensor *k = spec_tensor(&f, "blk.0.attn_k.weight"), *out = spec_tensor(&f, "output.weight");
+    CHECK(k && k->ne[0] == (uint64_t)sp.cfg.hidden_size &&
+          k->ne[1] == (uint64_t)(sp.cfg.n_kv_heads * sp.cfg.hidden_size / sp.cfg.n_heads));
+    CHECK(out && out->type == 8 && out->ne[1] == 151936);
+    spec_close(&f);
+
+    /* The same file whatever the thread count. */
+    const char *one = tmp("untied-t1.gguf");
+    o = opts(QPK_OUT_GGUF, -1, QPK_TYPE_INT4);
+    o.n_threads = 1;
+    CHECK(qpk_convert(dir, one, &o, &e) == QPK_OK);
+    o.n_threads = 3;
+    CHECK(qpk_convert(dir, path, &o, &e) == QPK_OK);
+    size_t n1, n2;
+    char *a = slurp(one, &n1), *b = slurp(path, &n2);
+    CHECK(a && b && n1 == n2 && !memcmp(a, b, n1));
+    free(a), free(b);
+}
+
+/* --------------------------------------------------------- malformed files */
+
+typedef struct buf {
+    uint8_t b[4096];
+    size_t n;
+} buf;
+
+static void put(buf *b, const void *p, size_t n) { memcpy(b->b + b->n, p, n), b->n += n; }
+static void put_u32(buf *b, uint32_t v) { put(b, &v, 4); }
+static void put_u64(buf *b, uint64_t v) { put(b, &v, 8); }
+static void put_str(buf *b, const char *s) { put_u64(b, strlen(s)), put(b, s, strlen(s)); }
+
+typedef struct spec {
+    uint32_t version;
+    uint64_t n_t, n_kv;          /* as written in the header */
+    const char *key2;            /* the second key */
+    uint32_t val_type;           /* the second value's type */
+    uint32_t elem_type;          /* for an array */
+    uint64_t str_len;            /* string length as written */
+    uint32_t align;
+    uint32_t n_dims, ttype;
+    uint64_t ne0, off0, off1;
+    uint32_t bool_val;
+    size_t cut;                  /* bytes cut from the end */
+} spec;
+
+/* A small GGUF: 2 key-values (general.alignment, then one more), 2 F32 tensors of ne0 elements. */
+static buf build(spec s)
+{
+    buf b = {.n = 0};
+    put(&b, "GGUF", 4);
+    put_u32(&b, s.version);
+    put_u64(&b, s.n_t);
+    put_u64(&b, s.n_kv);
+    put_str(&b, "general.alignment");
+    put_u32(&b, 4);
+    put_u32(&b, s.align);
+    put_str(&b, s.key2);
+    put_u32(&b, s.val_type);
+    if (s.val_type == 8) {
+        put_u64(&b, s.str_len);
+        put(&b, "qwen2", 5);
+    } else if (s.val_type == 9) {
+        put_u32(&b, s.elem_type);
+        put_u64(&b, 1);
+        put_u32(&b, 7);
+    } else {
+        put_u32(&b, s.bool_val);
+    }
+    for (int t = 0; t < 2; t++) {
+        put_str(&b, t ? "b" : "a");
+        put_u32(&b, s.n_dims);
+        for (uint32_t d = 0; d < s.n_dims && d < 6; d++)
+            put_u64(&b, d ? 1 : s.ne0);
+        put_u32(&b, s.ttype);
+        put_u64(&b, t ? s.off1 : s.off0);
+    }
+    while (b.n % 32)
+        b.b[b.n++] = 0;
+    for (int i = 0; i < 64; i++)
+        put_u32(&b, 0);
+    b.n -= s.cut;
+    return b;
+}
+
+static void test_malformed(void)
+{
+    const spec ok = {3, 2, 2, "general.architecture", 8, 0, 5, 32, 1, 0, 8, 0, 32, 1, 0};
+    qpk_gguf *g;
+    qpk_err e = {0};
+    buf b = build(ok);
+    CHECKF(qpk_gguf_open_memory(&g, b.b, b.n, &e) == QPK_OK, "%s", e.msg);
+    qpk_gguf_close(g);
+    struct {
+        spec s;
+        qpk_status want;
+        const char *msg;
+    } bad[] = {
+        {{1, 2, 2, "general.architecture", 8, 0, 5, 32, 1, 0, 8, 0, 32, 1, 0}, QPK_E_UNSUPPORTED, "version 1"},
+        {{3, 2, 2, "general.architecture", 8, 0, 5, 32, 1, 0, 8, 0, 32, 1, 300}, QPK_E_CORRUPT, "past the end"},
+        {{3, 2, 9, "general.architecture", 8, 0, 5, 32, 1, 0, 8, 0, 32, 1, 0}, QPK_E_CORRUPT, ""},
+        {{3, 2, 1u << 30, "general.architecture", 8, 0, 5, 32, 1, 0, 8, 0, 32, 1, 0}, QPK_E_LIMIT, "key-values"},
+        {{3, 2, 2, "general.architecture", 8, 0, UINT64_MAX, 32, 1, 0, 8, 0, 32, 1, 0}, QPK_E_CORRUPT, "a string"},
+        {{3, 2, 2, "general.alignment", 8, 0, 5, 32, 1, 0, 8, 0, 32, 1, 0}, QPK_E_CORRUPT, "appears twice"},
+        {{3, 2, 2, "general.architecture", 13, 0, 5, 32, 1, 0, 8, 0, 32, 1, 0}, QPK_E_CORRUPT, "unknown value type"},
+        {{3, 2, 2, "general.architecture", 9, 9, 5, 32, 1, 0, 8, 0, 32, 1, 0}, QPK_E_UNSUPPORTED, "arrays of arrays"},
+        {{3, 2, 2, "general.architecture", 7, 0, 5, 32, 1, 0, 8, 0, 32, 2, 0}, QPK_E_CORRUPT, "bool"},
+        {{3, 2, 2, "general.architecture", 8, 0, 5, 24, 1, 0, 8, 0, 32, 1, 0}, QPK_E_CORRUPT, "alignment"},
+        {{3, 2, 2, "general.architecture", 8, 0, 5, 32, 5, 0, 8, 0, 32, 1, 0}, QPK_E_CORRUPT, "dimensions"},
+        {{3, 2, 2, "general.architecture", 8, 0, 5, 32, 1, 99, 8, 0, 32, 1, 0}, QPK_E_UNSUPPORTED, "ggml type 99"},
+        {{3, 2, 2, "general.architecture", 8, 0, 5, 32, 1, 8, 40, 0, 64, 1, 0}, QPK_E_CORRUPT, "not whole Q8_0 blocks"},
+        {{3, 2, 2, "general.architecture", 8, 0, 5, 32, 1, 0, 8, 4, 32, 1, 0}, QPK_E_CORRUPT, "not aligned"},
+        {{3, 2, 2, "general.architecture", 8, 0, 5, 32, 1, 0, 16, 0, 32, 1, 0}, QPK_E_CORRUPT, "overlap"},
+        {{3, 2, 2, "general.architecture", 8, 0, 5, 32, 1, 0, 8, 0, 1u << 20, 1, 0}, QPK_E_CORRUPT, "past the end"},
+        {{3, 2, 2, "general.architecture", 8, 0, 5, 32, 1, 0, 1ull << 62, 0, 32, 1, 0}, QPK_E_LIMIT, "overflows"},
+        {{3, 2, 2, "general.architecture", 8, 0, 5, 32, 1, 0, 8, 0, 32, 1, 240}, QPK_E_CORRUPT, "past the end"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        b = build(bad[i].s);
+        g = NULL;
+        qpk_status s = qpk_gguf_open_memory(&g, b.b, b.n, &e);
+        CHECKF(s == bad[i].want && strstr(e.msg, bad[i].msg), "case %zu: status %d, \"%s\"", i, (int)s, e.msg);
+        CHECK(g == NULL);
+    }
+    /* Every truncation of the valid file fails cleanly. */
+    b = build(ok);
+    size_t fails = 0;
+    for (size_t n = 0; n < b.n - 256; n++) {
+        fails += qpk_gguf_open_memory(&g, b.b, n, &e) != QPK_OK;
+    }
+    CHECK(fails == b.n - 256);
+    printf("%zu malformed GGUF files checked\n", sizeof bad / sizeof *bad + fails);
+}
+
+int main(void)
+{
+    if (!mkdtemp(g_root))
+        return 1;
+    test_malformed();
+    const char *fix = fixtures_dir();
+    if (fix) {
+        test_fixture_exports(fix);
+        test_hand_blocks(fix);
+        test_repack(fix);
+        test_untied_gqa(fix);
+    }
+    rm_rf(tmp("hand"));
+    rm_rf(tmp("untied"));
+    rm_rf(g_root);
+    int r = th_summary("test_gguf");
+    return r ? r : fix ? 0 : fixtures_missing();
+}

@@ -1,0 +1,292 @@
+/* qinspect's view of a GGUF file: header, metadata, tensors, and a Qwen2 check. */
+#include <cjson/cJSON.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "qpk/gguf.h"
+
+#define SHOWN_ELEMS 6  /* array elements printed before "..." */
+#define SHOWN_CHARS 72 /* string bytes printed before "..." */
+
+static const char *const VALUE_TYPE[QPK_GGUF_TYPE_COUNT_] = {
+    "u8", "i8", "u16", "i16", "u32", "i32", "f32", "bool", "string", "array", "u64", "i64", "f64"};
+static const unsigned ELEM_SIZE[QPK_GGUF_TYPE_COUNT_] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
+
+/* Element i of a numeric array, decoded into a scalar value. */
+static qpk_gguf_value array_elem(const qpk_gguf_value *a, uint64_t i)
+{
+    qpk_gguf_value v = {.type = a->elem_type};
+    const uint8_t *p = a->elems + i * ELEM_SIZE[a->elem_type];
+    uint64_t raw = 0;
+    for (unsigned b = 0; b < ELEM_SIZE[a->elem_type]; b++)
+        raw |= (uint64_t)p[b] << (8 * b);
+    switch (a->elem_type) {
+    case QPK_GGUF_I8: v.num.i = (int8_t)raw; break;
+    case QPK_GGUF_I16: v.num.i = (int16_t)raw; break;
+    case QPK_GGUF_I32: v.num.i = (int32_t)raw; break;
+    case QPK_GGUF_I64: v.num.i = (int64_t)raw; break;
+    case QPK_GGUF_F32: {
+        float f;
+        uint32_t b32 = (uint32_t)raw;
+        memcpy(&f, &b32, 4);
+        v.num.f = f;
+        break;
+    }
+    case QPK_GGUF_F64: memcpy(&v.num.f, &raw, 8); break;
+    default: v.num.u = raw; break;
+    }
+    return v;
+}
+
+static void print_string(const char *s, uint64_t len)
+{
+    putchar('"');
+    for (uint64_t i = 0; i < len && i < SHOWN_CHARS; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == '"' || ch == '\\')
+            printf("\\%c", ch);
+        else if (ch < 0x20 || ch == 0x7f)
+            printf("\\x%02x", ch);
+        else
+            putchar(ch);
+    }
+    printf(len > SHOWN_CHARS ? "\"..." : "\"");
+}
+
+static void print_scalar(const qpk_gguf_value *v)
+{
+    switch (v->type) {
+    case QPK_GGUF_I8: case QPK_GGUF_I16: case QPK_GGUF_I32: case QPK_GGUF_I64:
+        printf("%" PRId64, v->num.i);
+        break;
+    case QPK_GGUF_F32: case QPK_GGUF_F64: printf("%.9g", v->num.f); break;
+    case QPK_GGUF_BOOL: printf(v->num.u ? "true" : "false"); break;
+    case QPK_GGUF_STRING: print_string(v->str, v->len); break;
+    default: printf("%" PRIu64, v->num.u); break;
+    }
+}
+
+static void print_value(const qpk_gguf *g, const qpk_gguf_value *v)
+{
+    if (v->type != QPK_GGUF_ARRAY) {
+        print_scalar(v);
+        return;
+    }
+    printf("[%s x %" PRIu64 "]", VALUE_TYPE[v->elem_type], v->len);
+    for (uint64_t i = 0; i < v->len && i < SHOWN_ELEMS; i++) {
+        printf(i ? ", " : " ");
+        if (v->elem_type == QPK_GGUF_STRING) {
+            uint64_t len;
+            const char *s = qpk_gguf_array_string(g, v, i, &len);
+            print_string(s, len);
+        } else {
+            qpk_gguf_value e = array_elem(v, i);
+            print_scalar(&e);
+        }
+    }
+    if (v->len > SHOWN_ELEMS)
+        printf(", ...");
+}
+
+static cJSON *json_scalar(const qpk_gguf_value *v)
+{
+    switch (v->type) {
+    case QPK_GGUF_I8: case QPK_GGUF_I16: case QPK_GGUF_I32: case QPK_GGUF_I64: return cJSON_CreateNumber((double)v->num.i);
+    case QPK_GGUF_F32: case QPK_GGUF_F64: return cJSON_CreateNumber(v->num.f);
+    case QPK_GGUF_BOOL: return cJSON_CreateBool(v->num.u != 0);
+    case QPK_GGUF_STRING: {
+        char *s = strndup(v->str, (size_t)v->len); /* cJSON escapes; a NUL inside cuts the string short */
+        cJSON *j = cJSON_CreateString(s ? s : "");
+        free(s);
+        return j;
+    }
+    default: return cJSON_CreateNumber((double)v->num.u);
+    }
+}
+
+/* Scalars as themselves; arrays as {type, count, head: the first elements}. */
+static cJSON *json_value(const qpk_gguf *g, const qpk_gguf_value *v)
+{
+    if (v->type != QPK_GGUF_ARRAY)
+        return json_scalar(v);
+    cJSON *o = cJSON_CreateObject(), *head = cJSON_CreateArray();
+    cJSON_AddStringToObject(o, "type", VALUE_TYPE[v->elem_type]);
+    cJSON_AddNumberToObject(o, "count", (double)v->len);
+    for (uint64_t i = 0; i < v->len && i < SHOWN_ELEMS; i++) {
+        qpk_gguf_value e = array_elem(v, i);
+        if (v->elem_type == QPK_GGUF_STRING) {
+            e.type = QPK_GGUF_STRING;
+            e.str = qpk_gguf_array_string(g, v, i, &e.len);
+        }
+        cJSON_AddItemToArray(head, json_scalar(&e));
+    }
+    cJSON_AddItemToObject(o, "head", head);
+    return o;
+}
+
+/* ---------------------------------------------------------- Qwen2 check */
+
+static bool get_u32_key(const qpk_gguf *g, const char *key, uint64_t *out, qpk_err *e)
+{
+    qpk_gguf_value v;
+    if (!qpk_gguf_find(g, key, &v) || (v.type != QPK_GGUF_U32 && v.type != QPK_GGUF_U64)) {
+        qpk_err_setf(e, QPK_E_MISMATCH, "no %s (u32)", key);
+        return false;
+    }
+    *out = v.num.u;
+    return true;
+}
+
+static bool expect_tensor(const qpk_gguf *g, const char *name, int n_dims, uint64_t ne0, uint64_t ne1, size_t *found,
+                          qpk_err *e)
+{
+    const qpk_gguf_tensor *t = qpk_gguf_find_tensor(g, name);
+    if (!t) {
+        qpk_err_setf(e, QPK_E_MISMATCH, "tensor %s is missing", name);
+        return false;
+    }
+    if (t->n_dims != n_dims || t->ne[0] != ne0 || (n_dims == 2 && t->ne[1] != ne1)) {
+        if (n_dims == 2)
+            qpk_err_setf(e, QPK_E_MISMATCH, "tensor %s: expected ne [%" PRIu64 ", %" PRIu64 "]", name, ne0, ne1);
+        else
+            qpk_err_setf(e, QPK_E_MISMATCH, "tensor %s: expected ne [%" PRIu64 "]", name, ne0);
+        return false;
+    }
+    (*found)++;
+    return true;
+}
+
+/* What llama.cpp needs of a qwen2 GGUF: the hyperparameters, a tokenizer, and every tensor with its shape. */
+static qpk_status check_qwen2(const qpk_gguf *g, qpk_err *e)
+{
+    qpk_gguf_value v;
+    if (!qpk_gguf_find(g, "general.architecture", &v) || v.type != QPK_GGUF_STRING || v.len != 5 ||
+        memcmp(v.str, "qwen2", 5))
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "general.architecture is not \"qwen2\": only Qwen2 is checked");
+    uint64_t layers, embd, ff, heads, kv_heads;
+    if (!get_u32_key(g, "qwen2.block_count", &layers, e) || !get_u32_key(g, "qwen2.embedding_length", &embd, e) ||
+        !get_u32_key(g, "qwen2.feed_forward_length", &ff, e) ||
+        !get_u32_key(g, "qwen2.attention.head_count", &heads, e) ||
+        !get_u32_key(g, "qwen2.attention.head_count_kv", &kv_heads, e))
+        return QPK_E_MISMATCH;
+    if (heads == 0 || kv_heads == 0 || embd % heads || heads % kv_heads || layers > 100000)
+        return qpk_err_setf(e, QPK_E_MISMATCH, "inconsistent head counts");
+    if (!qpk_gguf_find(g, "tokenizer.ggml.tokens", &v) || v.type != QPK_GGUF_ARRAY || v.elem_type != QPK_GGUF_STRING)
+        return qpk_err_setf(e, QPK_E_MISMATCH, "no tokenizer.ggml.tokens");
+    uint64_t vocab = v.len, kv_dim = embd / heads * kv_heads;
+    size_t found = 0;
+    char name[64];
+    if (!expect_tensor(g, "token_embd.weight", 2, embd, vocab, &found, e) ||
+        !expect_tensor(g, "output_norm.weight", 1, embd, 0, &found, e))
+        return QPK_E_MISMATCH;
+    if (qpk_gguf_find_tensor(g, "output.weight") && !expect_tensor(g, "output.weight", 2, embd, vocab, &found, e))
+        return QPK_E_MISMATCH;
+    static const struct { const char *name; int n_dims; int ne0, ne1; } LAYER[] = {
+        /* sizes: 0 embd, 1 kv_dim, 2 ff */
+        {"attn_norm.weight", 1, 0, 0}, {"attn_q.weight", 2, 0, 0},   {"attn_q.bias", 1, 0, 0},
+        {"attn_k.weight", 2, 0, 1},    {"attn_k.bias", 1, 1, 0},     {"attn_v.weight", 2, 0, 1},
+        {"attn_v.bias", 1, 1, 0},      {"attn_output.weight", 2, 0, 0}, {"ffn_norm.weight", 1, 0, 0},
+        {"ffn_gate.weight", 2, 0, 2},  {"ffn_up.weight", 2, 0, 2},   {"ffn_down.weight", 2, 2, 0},
+    };
+    const uint64_t size[3] = {embd, kv_dim, ff};
+    for (uint64_t l = 0; l < layers; l++)
+        for (size_t i = 0; i < sizeof LAYER / sizeof *LAYER; i++) {
+            snprintf(name, sizeof name, "blk.%" PRIu64 ".%s", l, LAYER[i].name);
+            if (!expect_tensor(g, name, LAYER[i].n_dims, size[LAYER[i].ne0], size[LAYER[i].ne1], &found, e))
+                return QPK_E_MISMATCH;
+        }
+    if (found != qpk_gguf_n_tensors(g))
+        return qpk_err_setf(e, QPK_E_MISMATCH, "%zu tensors beyond those of a qwen2 model",
+                            qpk_gguf_n_tensors(g) - found);
+    return QPK_OK;
+}
+
+/* ---------------------------------------------------------------- main */
+
+static void print_text(const char *path, const qpk_gguf *g, uint64_t size, bool tensors, bool verified)
+{
+    printf("file          %s\n", path);
+    printf("size          %" PRIu64 " bytes\n", size);
+    printf("format        GGUF v%u, alignment %u\n", qpk_gguf_version(g), qpk_gguf_alignment(g));
+    printf("metadata      %zu keys\n", qpk_gguf_n_kv(g));
+    for (size_t i = 0; i < qpk_gguf_n_kv(g); i++) {
+        qpk_gguf_value v;
+        const char *key = qpk_gguf_kv_at(g, i, &v);
+        printf("  %-40s ", key);
+        print_value(g, &v);
+        putchar('\n');
+    }
+    if (verified)
+        printf("check         qwen2 tensors and shapes complete\n");
+    printf("tensors       %zu\n", qpk_gguf_n_tensors(g));
+    for (size_t i = 0; tensors && i < qpk_gguf_n_tensors(g); i++) {
+        const qpk_gguf_tensor *t = qpk_gguf_tensor_at(g, i);
+        char shape[96];
+        int n = snprintf(shape, sizeof shape, "[");
+        for (int d = 0; d < t->n_dims; d++)
+            n += snprintf(shape + n, sizeof shape - (size_t)n, d ? ", %" PRIu64 : "%" PRIu64, t->ne[d]);
+        snprintf(shape + n, sizeof shape - (size_t)n, "]");
+        printf("  %-32s %-5s %-16s %12" PRIu64 " bytes at %" PRIu64 "\n", t->name, qpk_ggml_type_name(t->type), shape,
+               t->nbytes, t->offset);
+    }
+}
+
+static void print_json(const char *path, const qpk_gguf *g, uint64_t size, bool tensors, bool verified)
+{
+    cJSON *o = cJSON_CreateObject(), *meta = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "file", path);
+    cJSON_AddStringToObject(o, "format", "gguf");
+    cJSON_AddNumberToObject(o, "size", (double)size);
+    cJSON_AddNumberToObject(o, "format_version", qpk_gguf_version(g));
+    cJSON_AddNumberToObject(o, "alignment", qpk_gguf_alignment(g));
+    for (size_t i = 0; i < qpk_gguf_n_kv(g); i++) {
+        qpk_gguf_value v;
+        const char *key = qpk_gguf_kv_at(g, i, &v);
+        cJSON_AddItemToObject(meta, key, json_value(g, &v));
+    }
+    cJSON_AddItemToObject(o, "metadata", meta);
+    if (tensors) {
+        cJSON *arr = cJSON_AddArrayToObject(o, "tensors");
+        for (size_t i = 0; i < qpk_gguf_n_tensors(g); i++) {
+            const qpk_gguf_tensor *t = qpk_gguf_tensor_at(g, i);
+            cJSON *x = cJSON_CreateObject(), *ne = cJSON_CreateArray();
+            for (int d = 0; d < t->n_dims; d++)
+                cJSON_AddItemToArray(ne, cJSON_CreateNumber((double)t->ne[d]));
+            cJSON_AddStringToObject(x, "name", t->name);
+            cJSON_AddStringToObject(x, "type", qpk_ggml_type_name(t->type));
+            cJSON_AddItemToObject(x, "ne", ne);
+            cJSON_AddNumberToObject(x, "offset", (double)t->offset);
+            cJSON_AddNumberToObject(x, "bytes", (double)t->nbytes);
+            cJSON_AddItemToArray(arr, x);
+        }
+    }
+    cJSON_AddBoolToObject(o, "verified", verified);
+    char *s = cJSON_Print(o);
+    if (s)
+        printf("%s\n", s);
+    free(s);
+    cJSON_Delete(o);
+}
+
+int inspect_gguf(cli *c, const char *path, bool json, bool tensors, bool verify)
+{
+    qpk_gguf *g;
+    qpk_err e = {0};
+    if (qpk_gguf_open(&g, path, &e) != QPK_OK)
+        return cli_fail(c, &e);
+    if (verify && check_qwen2(g, &e) != QPK_OK) {
+        qpk_gguf_close(g);
+        qpk_err_prefix(&e, "%s", path);
+        return cli_fail(c, &e);
+    }
+    uint64_t size = qpk_gguf_file_size(g);
+    if (json)
+        print_json(path, g, size, tensors, verify);
+    else
+        print_text(path, g, size, tensors, verify);
+    qpk_gguf_close(g);
+    return 0;
+}

@@ -77,17 +77,30 @@ int main(int argc, char **argv)
         const char *name;
         int64_t rows, cols;
     } shapes[] = {{"gate/up 2816x1024", 2816, 1024}, {"down 1024x2816", 1024, 2816}, {"head 151936x1024", 151936, 1024}};
-    const uint32_t types[] = {QPK_TYPE_F32, QPK_TYPE_BF16, QPK_TYPE_F16};
-    printf("%-18s %-5s %14s %8s %14s %8s\n", "matrix", "type", "gemm T=512", "of peak", "gemv GB/s", "of bw");
+    const struct {
+        uint32_t type, group;
+    } types[] = {{QPK_TYPE_F32, 0},   {QPK_TYPE_BF16, 0},  {QPK_TYPE_F16, 0},    {QPK_TYPE_INT8, 32},
+                 {QPK_TYPE_INT4S, 32}, {QPK_TYPE_INT4, 32}, {QPK_TYPE_INT4, 128}};
+    printf("%-18s %-9s %14s %8s %14s %8s\n", "matrix", "type", "gemm T=512", "of peak", "gemv GB/s", "of bw");
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
         for (size_t t = 0; t < sizeof types / sizeof *types; t++) {
             int64_t R = shapes[s].rows, C = shapes[s].cols, T = 512;
-            qpk_matrix w = {types[t], 0, R, C, NULL};
+            qpk_matrix w = {types[t].type, types[t].group, R, C, NULL};
             size_t wb = qpk_matrix_row_bytes(&w) * (size_t)R;
             uint8_t *wd = malloc(wb);
-            for (size_t i = 0; i < wb / 2; i++)
-                ((uint16_t *)wd)[i] = (uint16_t)(0x3c00 ^ (i * 2654435761u >> 20 & 0x3ff)); /* finite f16/bf16 */
-            if (types[t] == QPK_TYPE_F32)
+            if (qpk_type_is_quantized(types[t].type)) { /* real blocks: RTN of pseudo-random rows */
+                float *row = malloc((size_t)C * sizeof *row);
+                for (int64_t r = 0; r < R; r++) {
+                    for (int64_t i = 0; i < C; i++)
+                        row[i] = (float)((uint32_t)((r * C + i) * 2654435761u) >> 8) / 16777216.0f - 0.5f;
+                    qpk_quantize_row(w.type, w.group_size, row, C, wd + (size_t)r * qpk_matrix_row_bytes(&w), &e);
+                }
+                free(row);
+            } else {
+                for (size_t i = 0; i < wb / 2; i++)
+                    ((uint16_t *)wd)[i] = (uint16_t)(0x3c00 ^ (i * 2654435761u >> 20 & 0x3ff)); /* finite f16/bf16 */
+            }
+            if (types[t].type == QPK_TYPE_F32)
                 for (size_t i = 0; i < wb / 4; i++)
                     ((float *)wd)[i] = (float)(i % 97) * 0.01f;
             w.data = wd;
@@ -99,8 +112,11 @@ int main(int argc, char **argv)
             double tg = run_mm(pool, k, &w, x, y, TT, big ? 2 : 3);
             double tv = run_mm(pool, k, &w, x, y, 1, 5);
             double gflops = 2.0 * (double)TT * (double)R * (double)C / tg / 1e9, gbs = (double)wb / tv / 1e9;
-            printf("%-18s %-5s %8.1f GF/s%s %7.0f%% %9.1f GB/s %7.0f%%\n", shapes[s].name, qpk_type_name(types[t]),
-                   gflops, big ? "*" : " ", 100 * gflops / peak, gbs, 100 * gbs / bw);
+            char tname[32];
+            snprintf(tname, sizeof tname, types[t].group ? "%s/g%u" : "%s", qpk_type_name(types[t].type),
+                     types[t].group);
+            printf("%-18s %-9s %8.1f GF/s%s %7.0f%% %9.1f GB/s %7.0f%%\n", shapes[s].name, tname, gflops,
+                   big ? "*" : " ", 100 * gflops / peak, gbs, 100 * gbs / bw);
             free(wd), free(x), free(y);
         }
     printf("\n* head gemm with T=64 (a perplexity piece)\n");

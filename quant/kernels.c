@@ -119,15 +119,34 @@ static const qpk_kernels SCALAR = {"scalar", row_to_f32, gemv, gemm, dot, axpy, 
 
 const qpk_kernels *qpk_kernels_scalar(void) { return &SCALAR; }
 
-const qpk_kernels *qpk_kernels_best(void)
+/* The tables this CPU runs, from the plainest (scalar) to the best. */
+static size_t supported(const qpk_kernels *out[3])
 {
+    size_t n = 0;
+    out[n++] = &SCALAR;
 #if defined(__x86_64__) && defined(__GNUC__)
     /* F16C by its CPUID bit (leaf 1, ECX bit 29): clang 14 has no "f16c" for
-     * __builtin_cpu_supports. AVX2's check already covers the OS saving YMM state. */
+     * __builtin_cpu_supports. AVX2's check already covers the OS saving YMM state,
+     * and AVX-512F's the ZMM state. */
     unsigned a, b, c, d;
     bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c >> 29 & 1);
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c)
-        return &qpk_kernels_avx2_table;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c) {
+        out[n++] = &qpk_kernels_avx2_table;
+        if (__builtin_cpu_supports("avx512f"))
+            out[n++] = &qpk_kernels_avx512_table;
+    }
 #endif
-    return &SCALAR;
+    return n;
+}
+
+const qpk_kernels *qpk_kernels_best(void)
+{
+    const qpk_kernels *t[3];
+    return t[supported(t) - 1];
+}
+
+const qpk_kernels *qpk_kernels_available(size_t i)
+{
+    const qpk_kernels *t[3];
+    return i < supported(t) ? t[i] : NULL;
 }

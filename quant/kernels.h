@@ -20,5 +20,6 @@ static inline const uint8_t *qpk_row_ptr(const qpk_matrix *w, int64_t r)
 #define SCRATCH_STRIDE(cols) ((((size_t)(cols) + 15) & ~(size_t)15) + 16)
 
 extern const qpk_kernels qpk_kernels_avx2_table;
+extern const qpk_kernels qpk_kernels_avx512_table; /* AVX2's, with 4-bit codes by AVX-512F permutes */
 
 #endif

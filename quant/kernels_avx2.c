@@ -62,28 +62,34 @@ static inline __m256 block_scale(const uint8_t *b)
     return _mm256_set1_ps(_cvtsh_ss(h));
 }
 
+/* 32 weights in order, as four vectors (named: arrays of vectors would live on the stack). */
+typedef struct w32 {
+    __m256 a, b, c, d;
+} w32;
+
+/* Bytes before the codes in a block, and code bytes per chunk of 32. */
+#define CODES_AT(type) ((type) == QPK_TYPE_INT4 ? 4 : 2)
+#define CHUNK_BYTES(type) ((type) == QPK_TYPE_INT8 ? 32 : 16)
+
 /*
- * The 32 weights of chunk c of a block, in order, as 4 vectors: d * (q - z) computed
- * exactly (the products have at most 18 significant bits), as the reference does.
+ * The 32 weights whose codes start at p: d * (q - z) computed exactly (the products
+ * have at most 18 significant bits), as the reference does.
  */
-static inline __attribute__((always_inline)) void dequant_chunk(uint32_t type, const uint8_t *block, int64_t c,
-                                                                __m256 d, __m256 zero, __m256 out[4])
+static inline __attribute__((always_inline)) w32 dequant32(uint32_t type, const uint8_t *p, __m256 d, __m256 zero)
 {
-    __m128i q[4];
+    w32 w;
     if (type == QPK_TYPE_INT8) {
-        const uint8_t *p = block + 2 + 32 * c;
-        for (int j = 0; j < 4; j++)
-            q[j] = _mm_loadl_epi64((const __m128i *)(p + 8 * j));
-        for (int j = 0; j < 4; j++)
-            out[j] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q[j])));
-        return;
+#define Q8(off) _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p + off)))))
+        w.a = Q8(0), w.b = Q8(8), w.c = Q8(16), w.d = Q8(24);
+#undef Q8
+        return w;
     }
-    const uint8_t *p = block + (type == QPK_TYPE_INT4 ? 4 : 2) + 16 * c;
     const __m128i m = _mm_set1_epi8(15), raw = _mm_loadu_si128((const __m128i *)p);
-    __m128i lo = _mm_and_si128(raw, m), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m); /* codes 0..15, 16..31 */
-    q[0] = lo, q[1] = _mm_srli_si128(lo, 8), q[2] = hi, q[3] = _mm_srli_si128(hi, 8);
-    for (int j = 0; j < 4; j++)
-        out[j] = _mm256_mul_ps(d, _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q[j])), zero));
+    const __m128i lo = _mm_and_si128(raw, m), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m); /* codes 0..15, 16..31 */
+#define Q4(v) _mm256_mul_ps(d, _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)), zero))
+    w.a = Q4(lo), w.b = Q4(_mm_srli_si128(lo, 8)), w.c = Q4(hi), w.d = Q4(_mm_srli_si128(hi, 8));
+#undef Q4
+    return w;
 }
 
 static inline __m256 block_zero(uint32_t type, const uint8_t *b)
@@ -91,15 +97,17 @@ static inline __m256 block_zero(uint32_t type, const uint8_t *b)
     return _mm256_set1_ps(type == QPK_TYPE_INT4 ? (float)b[2] : type == QPK_TYPE_INT4S ? 8.0f : 0.0f);
 }
 
-static void dequant_row(uint32_t type, uint32_t group, const uint8_t *row, int64_t n, float *dst)
+static inline __attribute__((always_inline)) void dequant_row_t(uint32_t type, uint32_t group, const uint8_t *row,
+                                                                int64_t n, float *dst)
 {
     const size_t bb = qpk_type_block_bytes(type, group);
     for (int64_t g = 0; g < n; g += group, row += bb) {
-        __m256 d = block_scale(row), z = block_zero(type, row), w[4];
-        for (int64_t c = 0; c < group / 32; c++) {
-            dequant_chunk(type, row, c, d, z, w);
-            for (int j = 0; j < 4; j++)
-                _mm256_storeu_ps(dst + g + 32 * c + 8 * j, w[j]);
+        const __m256 d = block_scale(row), z = block_zero(type, row);
+        const uint8_t *codes = row + CODES_AT(type);
+        for (int64_t k = g; k < g + group; k += 32, codes += CHUNK_BYTES(type)) {
+            w32 w = dequant32(type, codes, d, z);
+            _mm256_storeu_ps(dst + k, w.a), _mm256_storeu_ps(dst + k + 8, w.b);
+            _mm256_storeu_ps(dst + k + 16, w.c), _mm256_storeu_ps(dst + k + 24, w.d);
         }
     }
 }
@@ -110,9 +118,9 @@ static void row_to_f32(const qpk_matrix *w, int64_t r, float *dst)
     const int64_t n = w->cols;
     int64_t k = 0;
     switch (w->type) { /* one loop per type: no branch, and nothing re-read from *w */
-    case QPK_TYPE_INT8: dequant_row(QPK_TYPE_INT8, w->group_size, row, n, dst); return;
-    case QPK_TYPE_INT4: dequant_row(QPK_TYPE_INT4, w->group_size, row, n, dst); return;
-    case QPK_TYPE_INT4S: dequant_row(QPK_TYPE_INT4S, w->group_size, row, n, dst); return;
+    case QPK_TYPE_INT8: dequant_row_t(QPK_TYPE_INT8, w->group_size, row, n, dst); return;
+    case QPK_TYPE_INT4: dequant_row_t(QPK_TYPE_INT4, w->group_size, row, n, dst); return;
+    case QPK_TYPE_INT4S: dequant_row_t(QPK_TYPE_INT4S, w->group_size, row, n, dst); return;
     case QPK_TYPE_BF16:
         for (; k + 8 <= n; k += 8)
             _mm256_storeu_ps(dst + k, load8(QPK_TYPE_BF16, row, k));
@@ -194,17 +202,20 @@ static inline __attribute__((always_inline)) float gemv_qrow(uint32_t type, uint
                                                              const float *x, int64_t K)
 {
     const size_t bb = qpk_type_block_bytes(type, group);
-    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     for (int64_t g = 0; g < K; g += group, row += bb) {
-        __m256 d = block_scale(row), z = block_zero(type, row), w[4];
-        for (int64_t c = 0; c < group / 32; c++) {
-            const float *xc = x + g + 32 * c;
-            dequant_chunk(type, row, c, d, z, w);
-            for (int j = 0; j < 4; j++)
-                a[j] = _mm256_fmadd_ps(_mm256_loadu_ps(xc + 8 * j), w[j], a[j]);
+        const __m256 d = block_scale(row), z = block_zero(type, row);
+        const uint8_t *codes = row + CODES_AT(type);
+        for (int64_t k = g; k < g + group; k += 32, codes += CHUNK_BYTES(type)) {
+            w32 w = dequant32(type, codes, d, z);
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), w.a, a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8), w.b, a1);
+            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 16), w.c, a2);
+            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 24), w.d, a3);
         }
     }
-    return combine(a, x, row, type, K, K);
+    const __m256 c[4] = {a0, a1, a2, a3};
+    return combine(c, x, row, type, K, K);
 }
 
 static void gemv(const qpk_matrix *w, const float *x, float *y, int64_t r0, int64_t r1, float *scratch)
@@ -312,8 +323,11 @@ static void tile_any(int nt, int nr, const float *x, int64_t ldx, const float *c
     }
 }
 
-static void gemm(const qpk_matrix *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
-                 int64_t r0, int64_t r1, float *scratch)
+typedef void row_fn(const qpk_matrix *w, int64_t r, float *dst);
+
+static inline __attribute__((always_inline)) void gemm_rows(row_fn *convert, const qpk_matrix *w, const float *x,
+                                                            int64_t T, int64_t ldx, float *y, int64_t ldy, int64_t r0,
+                                                            int64_t r1, float *scratch)
 {
     const int64_t K = w->cols;
     for (int64_t t0 = 0; t0 < T; t0 += QPK_GEMM_TOKENS) {
@@ -323,7 +337,7 @@ static void gemm(const qpk_matrix *w, const float *x, int64_t T, int64_t ldx, fl
             const float *rows[QPK_GEMM_ROWS];
             /* Even f32 rows are copied: at the padded stride they do not share L1 sets. */
             for (int j = 0; j < rn; j++) {
-                row_to_f32(w, r + j, scratch + (size_t)j * SCRATCH_STRIDE(K));
+                convert(w, r + j, scratch + (size_t)j * SCRATCH_STRIDE(K));
                 rows[j] = scratch + (size_t)j * SCRATCH_STRIDE(K);
             }
             for (int64_t t = 0; t < tn; t += 4) {
@@ -335,6 +349,12 @@ static void gemm(const qpk_matrix *w, const float *x, int64_t T, int64_t ldx, fl
             }
         }
     }
+}
+
+static void gemm(const qpk_matrix *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy, int64_t r0,
+                 int64_t r1, float *scratch)
+{
+    gemm_rows(row_to_f32, w, x, T, ldx, y, ldy, r0, r1, scratch);
 }
 
 /* ---------------------------------------------------------------- softmax */
@@ -419,3 +439,102 @@ static int64_t argmax(const float *x, int64_t n, float *max)
 }
 
 const qpk_kernels qpk_kernels_avx2_table = {"avx2", row_to_f32, gemv, gemm, dot, axpy, sum_exp, argmax};
+
+/* ------------------------------------------------------ AVX-512: 4-bit codes */
+
+/*
+ * With AVX-512, the 16 weights a 4-bit block can hold, d * (q - z) for q = 0..15, are
+ * formed once per block (exactly, as above) and each code becomes its weight with one
+ * permute: 2 instructions per 16 weights instead of 8 (prefill, which dequantizes rows
+ * for the gemm tiles, gains about 25%). Each 512-bit accumulator carries two of the
+ * 8-lane chains, so every sum is the AVX2 path's, bit for bit. Everything else is the
+ * AVX2 table's.
+ */
+#define AVX512 __attribute__((target("avx512f")))
+
+AVX512 static inline __m512 q4_weights(uint32_t type, const uint8_t *block)
+{
+    uint16_t h;
+    memcpy(&h, block, 2);
+    const __m512 q = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512 z = _mm512_set1_ps(type == QPK_TYPE_INT4 ? (float)block[2] : 8.0f);
+    return _mm512_mul_ps(_mm512_set1_ps(_cvtsh_ss(h)), _mm512_sub_ps(q, z));
+}
+
+/* The two halves of a 512-bit accumulator: chains (lo, hi). */
+AVX512 static inline __m256 half(__m512 v, int hi)
+{
+    return hi ? _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)) : _mm512_castps512_ps256(v);
+}
+
+AVX512 static inline __attribute__((always_inline)) float gemv_q4row(uint32_t type, uint32_t group,
+                                                                     const uint8_t *row, const float *x, int64_t K)
+{
+    const size_t bb = qpk_type_block_bytes(type, group);
+    const __m128i m = _mm_set1_epi8(15);
+    __m512 a01 = _mm512_setzero_ps(), a23 = a01;
+    for (int64_t g = 0; g < K; g += group, row += bb) {
+        const __m512 table = q4_weights(type, row);
+        const uint8_t *codes = row + CODES_AT(type);
+        for (int64_t k = g; k < g + group; k += 32, codes += 16) {
+            const __m128i raw = _mm_loadu_si128((const __m128i *)codes);
+            const __m512i lo = _mm512_cvtepu8_epi32(_mm_and_si128(raw, m));
+            const __m512i hi = _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(raw, 4), m));
+            a01 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k), _mm512_permutexvar_ps(lo, table), a01);
+            a23 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k + 16), _mm512_permutexvar_ps(hi, table), a23);
+        }
+    }
+    const __m256 c[4] = {half(a01, 0), half(a01, 1), half(a23, 0), half(a23, 1)};
+    return combine(c, x, row, type, K, K);
+}
+
+AVX512 static void q4_row_to_f32(uint32_t type, uint32_t group, const uint8_t *row, int64_t n, float *dst)
+{
+    const size_t bb = qpk_type_block_bytes(type, group);
+    const __m128i m = _mm_set1_epi8(15);
+    for (int64_t g = 0; g < n; g += group, row += bb) {
+        const __m512 table = q4_weights(type, row);
+        const uint8_t *codes = row + CODES_AT(type);
+        for (int64_t k = g; k < g + group; k += 32, codes += 16) {
+            const __m128i raw = _mm_loadu_si128((const __m128i *)codes);
+            _mm512_storeu_ps(dst + k, _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_and_si128(raw, m)), table));
+            _mm512_storeu_ps(dst + k + 16,
+                             _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(raw, 4), m)),
+                                                   table));
+        }
+    }
+}
+
+static void row_to_f32_512(const qpk_matrix *w, int64_t r, float *dst)
+{
+    if (w->type == QPK_TYPE_INT4 || w->type == QPK_TYPE_INT4S)
+        q4_row_to_f32(w->type, w->group_size, qpk_row_ptr(w, r), w->cols, dst);
+    else
+        row_to_f32(w, r, dst);
+}
+
+AVX512 static void gemv_512(const qpk_matrix *w, const float *x, float *y, int64_t r0, int64_t r1, float *scratch)
+{
+    const int64_t K = w->cols;
+    const uint32_t G = w->group_size;
+    switch (w->type) {
+    case QPK_TYPE_INT4:
+        for (int64_t r = r0; r < r1; r++)
+            y[r] = gemv_q4row(QPK_TYPE_INT4, G, qpk_row_ptr(w, r), x, K);
+        break;
+    case QPK_TYPE_INT4S:
+        for (int64_t r = r0; r < r1; r++)
+            y[r] = gemv_q4row(QPK_TYPE_INT4S, G, qpk_row_ptr(w, r), x, K);
+        break;
+    default: gemv(w, x, y, r0, r1, scratch); break;
+    }
+}
+
+static void gemm_512(const qpk_matrix *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy, int64_t r0,
+                     int64_t r1, float *scratch)
+{
+    gemm_rows(row_to_f32_512, w, x, T, ldx, y, ldy, r0, r1, scratch);
+}
+
+const qpk_kernels qpk_kernels_avx512_table = {"avx512", row_to_f32_512, gemv_512, gemm_512, dot, axpy, sum_exp,
+                                              argmax};

@@ -251,13 +251,14 @@ static void fill_matrix(qpk_matrix *m, uint32_t type, uint32_t group, int64_t ro
 }
 
 /*
- * Optimized kernels against the scalar ones: dequantization bit for bit; dot products
- * within the worst-case rounding of two K-term f32 sums; and gemv against gemm bit for
- * bit within each table (the decode-equals-prefill promise).
+ * Each optimized table this CPU runs against the scalar one: dequantization bit for bit;
+ * dot products within the worst-case rounding of two K-term f32 sums; gemv against gemm
+ * bit for bit within each table (the decode-equals-prefill promise); and the SIMD tables
+ * (avx2, avx512) against each other bit for bit.
  */
-static void test_kernels(void)
+static void test_kernels_of(const qpk_kernels *best, const qpk_kernels *prev)
 {
-    const qpk_kernels *best = qpk_kernels_best(), *ref = qpk_kernels_scalar();
+    const qpk_kernels *ref = qpk_kernels_scalar();
     static const struct {
         uint32_t type, group;
         int64_t rows, cols;
@@ -293,6 +294,13 @@ static void test_kernels(void)
             if (k == 1)
                 memcpy(ys, yg, (size_t)(T * R) * 4);
         }
+        if (prev) { /* another SIMD table: the same arithmetic, so the same bits */
+            float *yp = malloc((size_t)(T * R) * 4);
+            tables[0]->gemm(&m, x, T, K, yg, R, 0, R, scratch);
+            prev->gemm(&m, x, T, K, yp, R, 0, R, scratch);
+            CHECKF(!memcmp(yg, yp, (size_t)(T * R) * 4), "case %zu: %s and %s differ", c, best->name, prev->name);
+            free(yp);
+        }
         tables[0]->gemm(&m, x, T, K, yg, R, 0, R, scratch);
         double worst = 0;
         for (int64_t t = 0; t < T; t++)
@@ -305,9 +313,19 @@ static void test_kernels(void)
                 worst = err > worst ? err : worst;
             }
         /* Each sum is within K u sum|xw| of the exact one (u = 2^-24): the two within 2K u. */
-        CHECKF(worst <= 2.0 * (double)K, "case %zu (%s): avx2 vs scalar differ by %.1f u sum|xw| (K = %lld)", c,
-               qpk_type_name(m.type), worst, (long long)K);
+        CHECKF(worst <= 2.0 * (double)K, "case %zu (%s): %s vs scalar differ by %.1f u sum|xw| (K = %lld)", c,
+               qpk_type_name(m.type), best->name, worst, (long long)K);
         free((void *)m.data), free(f32), free(x), free(a), free(b), free(yv), free(yg), free(ys), free(scratch);
+    }
+}
+
+static void test_kernels(void)
+{
+    const qpk_kernels *prev = NULL;
+    for (size_t i = 1; qpk_kernels_available(i); i++) {
+        test_kernels_of(qpk_kernels_available(i), prev);
+        printf("kernels %s checked\n", qpk_kernels_available(i)->name);
+        prev = qpk_kernels_available(i);
     }
 }
 

@@ -159,7 +159,7 @@ size_t qpk_matrix_row_bytes(const qpk_matrix *w);
  * each row as one sequential stream without waiting on FMA latency.
  */
 typedef struct qpk_kernels {
-    const char *name; /* "avx2" or "scalar" */
+    const char *name; /* "avx512", "avx2" or "scalar" */
     /* dst[0..cols) = row r of w, in f32. */
     void (*row_to_f32)(const qpk_matrix *w, int64_t r, float *dst);
     /*
@@ -184,9 +184,12 @@ typedef struct qpk_kernels {
     int64_t (*argmax)(const float *x, int64_t n, float *max);
 } qpk_kernels;
 
-/* AVX2+FMA+F16C kernels when the CPU has them, else the scalar ones. */
+/* The best table this CPU runs: "avx512" (AVX2's with AVX-512F for 4-bit codes), "avx2"
+ * (AVX2+FMA+F16C) or "scalar". avx512 and avx2 give the same bits. */
 const qpk_kernels *qpk_kernels_best(void);
 const qpk_kernels *qpk_kernels_scalar(void);
+/* Table i of those this CPU runs (0: scalar), NULL past the last: for tests and benchmarks. */
+const qpk_kernels *qpk_kernels_available(size_t i);
 size_t qpk_gemm_scratch_floats(int64_t cols);
 
 /* =============================================================== thread pool == */

@@ -321,29 +321,24 @@ static qpk_status quantize_gptq(qpk_calib *c, qpk_err *e)
 {
     qpk_gptq_opts go = {c->o->calib.damp, c->o->calib.act_order};
     for (int g = 0; g < N_GROUPS; g++) {
-        group_stats *st = &c->st[g];
-        double *H = malloc((size_t)(st->d * st->d) * sizeof *H);
-        if (!H)
-            return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
-        for (int i = 0; i < GROUP_SIZE[g]; i++) {
+        qpk_gptq_plan *plan = NULL; /* one factorization for the linears sharing this input */
+        qpk_status s = QPK_OK;
+        for (int i = 0; i < GROUP_SIZE[g] && s == QPK_OK; i++) {
             qpk_role r = GROUP_ROLES[g][i];
             int64_t rows, cols;
             numel_of(c->cfg, r, &rows, &cols);
-            qpk_status s;
-            if (qpk_type_is_quantized(c->type[r])) {
-                /* qpk_gptq consumes its H; its scale does not matter (damping is relative). */
-                memcpy(H, st->H, (size_t)(st->d * st->d) * sizeof *H);
-                s = qpk_gptq(c->type[r], c->group[r], c->f32[r], rows, cols, H, &go, c->pool, c->bytes[r], e);
-                c->nbytes[r] = (size_t)(rows * (cols / c->group[r])) * qpk_type_block_bytes(c->type[r], c->group[r]);
-            } else {
+            if (!qpk_type_is_quantized(c->type[r])) {
                 s = store(c, r, NULL, e);
+                continue;
             }
-            if (s != QPK_OK) {
-                free(H);
-                return s;
-            }
+            if (!plan && (s = qpk_gptq_plan_create(&plan, c->st[g].H, cols, &go, c->pool, e)) != QPK_OK)
+                break;
+            s = qpk_gptq_quantize(plan, c->type[r], c->group[r], c->f32[r], rows, c->pool, c->bytes[r], e);
+            c->nbytes[r] = (size_t)(rows * (cols / c->group[r])) * qpk_type_block_bytes(c->type[r], c->group[r]);
         }
-        free(H);
+        qpk_gptq_plan_free(plan);
+        if (s != QPK_OK)
+            return s;
     }
     return QPK_OK;
 }

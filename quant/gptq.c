@@ -3,12 +3,13 @@
  * Pre-trained Transformers", 2022), written from the paper's algorithm:
  *
  *   H = 2 X^T X / n (+ damping), U = the upper Cholesky factor of H^-1;
- *   for each column i (in blocks of B for lazy updates):
- *     q_i = quantize(w_i); e = (w_i - q_i) / U_ii; w_j -= e U_ij for the later j.
+ *   for each column i: q_i = quantize(w_i); e = (w_i - q_i) / U_ii;
+ *   w_j -= e U_ij for the later j.
  *
- * Each row of W is quantized independently of the others (they share only U), so
- * rows are spread over threads and the result does not depend on their number.
- * Linear algebra is in f64 (n^3 work, done once per matrix); the updates are in f32.
+ * U depends only on H, so a plan holding it serves every matrix that reads the same
+ * input (q, k and v; gate and up). Each row of W is quantized independently of the
+ * others (they share only U), so rows are spread over threads and the result does
+ * not depend on their number. Linear algebra is in f64; the updates are in f32.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -18,83 +19,173 @@
 
 /* ------------------------------------------------------------ linear algebra */
 
-/* In place: lower Cholesky factor L of the SPD matrix A (n x n, row-major). Upper part untouched. */
-static bool cholesky_lower(double *A, int64_t n)
+/*
+ * U, the upper Cholesky factor of H^-1 (U^T U = H^-1), comes from one Cholesky
+ * factorization and one triangular inverse, n^3/3 multiply-adds in all: with J the
+ * order reversal, if J H J = L L^T then U = J L^-1 J. Both steps are blocked so that
+ * the rows they reuse stay in cache, and spread over the pool's threads; every
+ * element is computed by one fixed sequence of operations, so U does not depend on
+ * the thread count.
+ */
+
+typedef double v2d __attribute__((vector_size(16))); /* SSE2 everywhere on x86-64 */
+
+static inline v2d load2(const double *p)
 {
-    for (int64_t j = 0; j < n; j++) {
-        double *aj = A + j * n;
-        double d = aj[j];
-        for (int64_t k = 0; k < j; k++)
-            d -= aj[k] * aj[k];
-        if (!(d > 0))
-            return false;
-        d = sqrt(d);
-        aj[j] = d;
-        for (int64_t i = j + 1; i < n; i++) {
-            double *ai = A + i * n, s = ai[j];
-            for (int64_t k = 0; k < j; k++)
-                s -= ai[k] * aj[k];
-            ai[j] = s / d;
+    v2d v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static double dot1(const double *a, const double *b, int64_t n)
+{
+    v2d s0 = {0, 0}, s1 = s0;
+    int64_t k = 0;
+    for (; k + 4 <= n; k += 4)
+        s0 += load2(a + k) * load2(b + k), s1 += load2(a + k + 2) * load2(b + k + 2);
+    s0 += s1;
+    double r = s0[0] + s0[1];
+    for (; k < n; k++)
+        r += a[k] * b[k];
+    return r;
+}
+
+/* out[r] = a . b[r] over [0, n) for r < 4: one pass over a, four sums in registers. */
+static void dot4(const double *a, const double *const b[4], int64_t n, double out[4])
+{
+    v2d s[4][2] = {{{0, 0}}};
+    int64_t k = 0;
+    for (; k + 4 <= n; k += 4) {
+        const v2d x0 = load2(a + k), x1 = load2(a + k + 2);
+        for (int r = 0; r < 4; r++)
+            s[r][0] += x0 * load2(b[r] + k), s[r][1] += x1 * load2(b[r] + k + 2);
+    }
+    for (int r = 0; r < 4; r++) {
+        v2d t = s[r][0] + s[r][1];
+        out[r] = t[0] + t[1];
+        for (int64_t q = k; q < n; q++)
+            out[r] += a[q] * b[r][q];
+    }
+}
+
+/* Columns per Cholesky panel: the panel's rows of L (PANEL x n doubles) stay in L2 while every later row meets them. */
+#define PANEL 32
+#define ROWS_PER_CHOL_TASK 8
+
+typedef struct chol_job {
+    double *A; /* n x n, row-major; lower part becomes L */
+    int64_t n, jb, je;
+} chol_job;
+
+/* Row i, columns [jb, top): subtract the earlier panels' contribution (columns < jb). */
+static void chol_update(const chol_job *j, int64_t i, int64_t top)
+{
+    double *ai = j->A + i * j->n;
+    int64_t c = j->jb;
+    for (; c + 4 <= top; c += 4) {
+        const double *b[4] = {j->A + c * j->n, j->A + (c + 1) * j->n, j->A + (c + 2) * j->n, j->A + (c + 3) * j->n};
+        double d[4];
+        dot4(ai, b, j->jb, d);
+        for (int r = 0; r < 4; r++)
+            ai[c + r] -= d[r];
+    }
+    for (; c < top; c++)
+        ai[c] -= dot1(ai, j->A + c * j->n, j->jb);
+}
+
+/* Row i, columns [jb, top) with top <= i: the panel's own part, the panel's rows above already final. */
+static void chol_solve(const chol_job *j, int64_t i, int64_t top)
+{
+    double *ai = j->A + i * j->n;
+    for (int64_t c = j->jb; c < top; c++) {
+        const double *ac = j->A + c * j->n;
+        ai[c] = (ai[c] - dot1(ai + j->jb, ac + j->jb, c - j->jb)) / ac[c];
+    }
+}
+
+static void chol_task(void *arg, int64_t task, int thread)
+{
+    (void)thread;
+    const chol_job *j = arg;
+    const int64_t i0 = j->je + task * ROWS_PER_CHOL_TASK;
+    const int64_t i1 = i0 + ROWS_PER_CHOL_TASK < j->n ? i0 + ROWS_PER_CHOL_TASK : j->n;
+    for (int64_t i = i0; i < i1; i++) {
+        chol_update(j, i, j->je);
+        chol_solve(j, i, j->je);
+    }
+}
+
+/* In place: the lower Cholesky factor L of the SPD matrix A (upper part left as is). False if not SPD. */
+static bool cholesky_lower(double *A, int64_t n, qpk_pool *pool)
+{
+    for (int64_t jb = 0; jb < n; jb += PANEL) {
+        chol_job j = {A, n, jb, jb + PANEL < n ? jb + PANEL : n};
+        for (int64_t i = jb; i < j.je; i++) { /* the panel's diagonal block, in order */
+            chol_update(&j, i, i + 1);
+            chol_solve(&j, i, i);
+            double *ai = A + i * n, d = ai[i] - dot1(ai + jb, ai + jb, i - jb);
+            if (!(d > 0))
+                return false;
+            ai[i] = sqrt(d);
         }
+        int64_t tasks = (n - j.je + ROWS_PER_CHOL_TASK - 1) / ROWS_PER_CHOL_TASK;
+        if (pool)
+            qpk_pool_run(pool, tasks, chol_task, &j);
+        else
+            for (int64_t t = 0; t < tasks; t++)
+                chol_task(&j, t, 0);
     }
     return true;
 }
 
-/*
- * U = the upper Cholesky factor of H^-1, H given in A (destroyed); U written to A:
- * L = chol(H), M = L^-1, H^-1 = M^T M, U = chol_upper(H^-1). Every inner loop runs
- * along a row, so the n^3 work streams through memory. tmp: n x n doubles.
- */
-static bool inverse_cholesky_upper(double *A, int64_t n, double *M)
+typedef struct inverse_job {
+    const double *L; /* n x n lower */
+    double *XT;      /* n x n, zeroed: row c becomes column c of L^-1 */
+    int64_t n;
+} inverse_job;
+
+/* Columns 4t .. 4t+3 of L^-1 by forward substitution, which needs only L: one pass over L's rows serves four. */
+static void inverse_task(void *arg, int64_t task, int thread)
 {
-    if (!cholesky_lower(A, n))
+    (void)thread;
+    const inverse_job *j = arg;
+    const int64_t n = j->n, c0 = 4 * task, nc = n - c0 < 4 ? n - c0 : 4;
+    double *x[4];
+    for (int r = 0; r < 4; r++)
+        x[r] = j->XT + (c0 + (r < nc ? r : 0)) * n;
+    for (int64_t i = c0; i < n; i++) {
+        const double *li = j->L + i * n;
+        if (i >= c0 + 4) {
+            double d[4];
+            dot4(li + c0, (const double *const[4]){x[0] + c0, x[1] + c0, x[2] + c0, x[3] + c0}, i - c0, d);
+            for (int r = 0; r < nc; r++)
+                x[r][i] = -d[r] / li[i];
+        } else { /* inside the 4 x 4 diagonal block; entries above the diagonal stay 0 */
+            for (int r = 0; r < nc && c0 + r <= i; r++)
+                x[r][i] = c0 + r == i ? 1.0 / li[i] : -dot1(li + c0, x[r] + c0, i - c0) / li[i];
+        }
+    }
+}
+
+/*
+ * U (n x n f32, upper) with U^T U = (J B J)^-1, from B (destroyed): the caller passes
+ * its matrix already reversed. XT: n x n doubles of work. False if B is not SPD.
+ */
+static bool upper_factor_of_inverse(double *A, int64_t n, double *XT, float *U, qpk_pool *pool)
+{
+    if (!cholesky_lower(A, n, pool))
         return false;
-    /* M = L^-1 by rows: row i = (e_i - sum_{k<i} L_ik row_k) / L_ii. */
-    for (int64_t i = 0; i < n; i++) {
-        double *mi = M + i * n;
-        const double *li = A + i * n;
-        for (int64_t j = 0; j < n; j++)
-            mi[j] = 0;
-        for (int64_t k = 0; k < i; k++) {
-            const double *mk = M + k * n;
-            double c = li[k];
-            for (int64_t j = 0; j <= k; j++)
-                mi[j] -= c * mk[j];
-        }
-        mi[i] = 1;
-        for (int64_t j = 0; j <= i; j++)
-            mi[j] /= li[i];
-    }
-    /* A = M^T M as a sum of rank-1 updates by rows of M (row k touches columns 0..k). */
-    for (int64_t i = 0; i < n * n; i++)
-        A[i] = 0;
-    for (int64_t k = 0; k < n; k++) {
-        const double *mk = M + k * n;
-        for (int64_t i = 0; i <= k; i++) {
-            double c = mk[i];
-            double *ai = A + i * n;
-            for (int64_t j = i; j <= k; j++)
-                ai[j] += c * mk[j];
-        }
-    }
-    /* Upper Cholesky, right-looking: row i scaled, then the trailing rows updated. Only j >= i is kept. */
-    for (int64_t i = 0; i < n; i++) {
-        double *ui = A + i * n;
-        if (!(ui[i] > 0))
-            return false;
-        double d = sqrt(ui[i]);
-        ui[i] = d;
-        for (int64_t j = i + 1; j < n; j++)
-            ui[j] /= d;
-        for (int64_t r = i + 1; r < n; r++) {
-            double c = ui[r], *ar = A + r * n;
-            for (int64_t j = r; j < n; j++)
-                ar[j] -= c * ui[j];
-        }
-    }
-    for (int64_t i = 0; i < n; i++) /* leave only U */
-        for (int64_t j = 0; j < i; j++)
-            A[i * n + j] = 0;
+    memset(XT, 0, (size_t)(n * n) * sizeof *XT);
+    inverse_job j = {A, XT, n};
+    if (pool)
+        qpk_pool_run(pool, (n + 3) / 4, inverse_task, &j);
+    else
+        for (int64_t t = 0; t < (n + 3) / 4; t++)
+            inverse_task(&j, t, 0);
+    /* U = J L^-1 J: U[a][b] = (L^-1)[n-1-a][n-1-b] = XT[n-1-b][n-1-a]. */
+    for (int64_t a = 0; a < n; a++)
+        for (int64_t b = 0; b < n; b++)
+            U[a * n + b] = b < a ? 0.0f : (float)XT[(n - 1 - b) * n + (n - 1 - a)];
     return true;
 }
 
@@ -167,68 +258,102 @@ static int cmp_items(const void *a, const void *b)
     return x->index < y->index ? -1 : x->index > y->index;
 }
 
-qpk_status qpk_gptq(uint32_t type, uint32_t group, float *W, int64_t rows, int64_t cols, double *H,
-                    const qpk_gptq_opts *o, qpk_pool *pool, void *out, qpk_err *e)
+struct qpk_gptq_plan {
+    int64_t n;
+    bool act_order;
+    int64_t *perm; /* processing position -> column */
+    bool *dead;    /* columns whose input was never nonzero */
+    float *U;      /* n x n: upper Cholesky factor of the damped, permuted H^-1 */
+};
+
+void qpk_gptq_plan_free(qpk_gptq_plan *p)
 {
-    if (!qpk_type_is_quantized(type) || group == 0 || group % QPK_GROUP_QUANTUM || cols % group)
-        return qpk_err_setf(e, QPK_E_INVALID_ARG, "GPTQ: rows of %lld are not whole groups of %u", (long long)cols,
+    if (p)
+        free(p->perm), free(p->dead), free(p->U), free(p);
+}
+
+qpk_status qpk_gptq_plan_create(qpk_gptq_plan **out, const double *H, int64_t n, const qpk_gptq_opts *o,
+                                qpk_pool *pool, qpk_err *e)
+{
+    *out = NULL;
+    qpk_gptq_plan *p = calloc(1, sizeof *p);
+    sort_item *items = malloc((size_t)n * sizeof *items);
+    double *B = malloc((size_t)(n * n) * sizeof *B), *work = malloc((size_t)(n * n) * sizeof *work);
+    if (p)
+        p->n = n, p->act_order = o->act_order, p->perm = malloc((size_t)n * sizeof *p->perm),
+        p->dead = malloc((size_t)n * sizeof *p->dead), p->U = malloc((size_t)(n * n) * sizeof *p->U);
+    qpk_status s = QPK_OK;
+    if (!p || !items || !B || !work || !p->perm || !p->dead || !p->U) {
+        s = qpk_err_setf(e, QPK_E_NOMEM, "GPTQ: out of memory for a Hessian of %lld columns", (long long)n);
+        goto out;
+    }
+    /* Dead inputs carry no information: their weights are zeroed, and a unit diagonal keeps H invertible. */
+    double mean = 0;
+    for (int64_t i = 0; i < n; i++) {
+        p->dead[i] = H[i * n + i] == 0;
+        mean += (p->dead[i] ? 1.0 : H[i * n + i]) / (double)n;
+        items[i] = (sort_item){o->act_order ? H[i * n + i] : 0.0, i};
+    }
+    if (o->act_order)
+        qsort(items, (size_t)n, sizeof *items, cmp_items);
+    for (int64_t i = 0; i < n; i++)
+        p->perm[i] = items[i].index;
+    /* Damping, raised tenfold (up to three times) if the matrix is still not positive definite. */
+    double damp = o->damp > 0 ? o->damp : 0.01;
+    bool ok = false;
+    for (int attempt = 0; attempt < 4 && !ok; attempt++, damp *= 10) {
+        for (int64_t i = 0; i < n; i++) /* B = J P^T H P J: permuted, then reversed */
+            for (int64_t j = 0; j < n; j++) {
+                const int64_t a = p->perm[n - 1 - i], b = p->perm[n - 1 - j];
+                B[i * n + j] = (a == b && p->dead[a] ? 1.0 : H[a * n + b]) + (i == j ? damp * mean : 0.0);
+            }
+        ok = upper_factor_of_inverse(B, n, work, p->U, pool);
+    }
+    if (!ok)
+        s = qpk_err_setf(e, QPK_E_VALUE, "GPTQ: the Hessian is not positive definite even with damping %g", damp / 10);
+out:
+    free(items), free(B), free(work);
+    if (s != QPK_OK)
+        qpk_gptq_plan_free(p);
+    else
+        *out = p;
+    return s;
+}
+
+qpk_status qpk_gptq_quantize(const qpk_gptq_plan *p, uint32_t type, uint32_t group, float *W, int64_t rows,
+                             qpk_pool *pool, void *out, qpk_err *e)
+{
+    const int64_t n = p->n;
+    if (!qpk_type_is_quantized(type) || group == 0 || group % QPK_GROUP_QUANTUM || n % group)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "GPTQ: rows of %lld are not whole groups of %u", (long long)n,
                             group);
-    const int64_t n = cols, ng = cols / group;
+    const int64_t ng = n / group;
     qpk_status s = QPK_OK;
     int threads = pool ? qpk_pool_threads(pool) : 1;
     int64_t tasks = (rows + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
-    int64_t *perm = malloc((size_t)n * sizeof *perm);
-    sort_item *items = malloc((size_t)n * sizeof *items);
-    double *Hp = malloc((size_t)(n * n) * sizeof *Hp), *tmp = malloc((size_t)(n * n) * sizeof *tmp);
-    float *U = malloc((size_t)(n * n) * sizeof *U);
     float *work = malloc((size_t)threads * ROWS_PER_TASK * (size_t)n * sizeof *work);
     qpk_qparams *params = calloc((size_t)(rows * ng), sizeof *params);
     int32_t *codes = malloc((size_t)(rows * n) * sizeof *codes);
     qpk_status *status = calloc((size_t)tasks, sizeof *status);
     qpk_err *errs = calloc((size_t)tasks, sizeof *errs);
-    if (!perm || !items || !Hp || !tmp || !U || !work || !params || !codes || !status || !errs) {
+    if (!work || !params || !codes || !status || !errs) {
         s = qpk_err_setf(e, QPK_E_NOMEM, "GPTQ: out of memory for a %lld x %lld matrix", (long long)rows,
-                         (long long)cols);
+                         (long long)n);
         goto out;
     }
-    /* Dead inputs (never nonzero in the calibration data) carry no information: zero their weights. */
-    double mean = 0;
-    for (int64_t i = 0; i < n; i++) {
-        if (H[i * n + i] == 0) {
-            H[i * n + i] = 1;
+    for (int64_t i = 0; i < n; i++)
+        if (p->dead[i])
             for (int64_t r = 0; r < rows; r++)
                 W[r * n + i] = 0;
-        }
-        mean += H[i * n + i] / (double)n;
-    }
     /* With act-order, the parameters of each group are fixed first ("static groups"), from the weights as given. */
-    if (o->act_order)
+    if (p->act_order)
         for (int64_t r = 0; r < rows && s == QPK_OK; r++)
             for (int64_t g = 0; g < ng && s == QPK_OK; g++)
                 if ((s = qpk_group_params(type, W + r * n + g * group, group, 1.0f, &params[r * ng + g], e)) != QPK_OK)
                     qpk_err_prefix(e, "row %lld", (long long)r);
-    for (int64_t i = 0; i < n; i++)
-        items[i] = (sort_item){o->act_order ? H[i * n + i] : 0.0, i};
-    if (o->act_order)
-        qsort(items, (size_t)n, sizeof *items, cmp_items);
-    for (int64_t i = 0; i < n; i++)
-        perm[i] = items[i].index;
-    /* Damping, raised tenfold (up to three times) if the matrix is still not positive definite. */
-    double damp = o->damp > 0 ? o->damp : 0.01;
-    bool ok = false;
-    for (int attempt = 0; attempt < 4 && s == QPK_OK && !ok; attempt++, damp *= 10) {
-        for (int64_t i = 0; i < n; i++)
-            for (int64_t j = 0; j < n; j++)
-                Hp[i * n + j] = H[perm[i] * n + perm[j]] + (i == j ? damp * mean : 0.0);
-        ok = inverse_cholesky_upper(Hp, n, tmp);
-    }
-    if (s == QPK_OK && !ok)
-        s = qpk_err_setf(e, QPK_E_VALUE, "GPTQ: the Hessian is not positive definite even with damping %g", damp / 10);
     if (s != QPK_OK)
         goto out;
-    for (int64_t i = 0; i < n * n; i++)
-        U[i] = (float)Hp[i];
-    gptq_job job = {type, group, W, rows, cols, U, perm, o->act_order, params, codes, work, status, errs};
+    gptq_job job = {type, group, W, rows, n, p->U, p->perm, p->act_order, params, codes, work, status, errs};
     if (pool)
         qpk_pool_run(pool, tasks, gptq_task, &job);
     else
@@ -247,7 +372,20 @@ qpk_status qpk_gptq(uint32_t type, uint32_t group, float *W, int64_t rows, int64
                                (uint8_t *)out + (size_t)(r * ng + g) * bb);
     }
 out:
-    free(perm), free(items), free(Hp), free(tmp), free(U), free(work), free(params), free(codes), free(status),
-        free(errs);
+    free(work), free(params), free(codes), free(status), free(errs);
+    return s;
+}
+
+qpk_status qpk_gptq(uint32_t type, uint32_t group, float *W, int64_t rows, int64_t cols, const double *H,
+                    const qpk_gptq_opts *o, qpk_pool *pool, void *out, qpk_err *e)
+{
+    if (!qpk_type_is_quantized(type) || group == 0 || group % QPK_GROUP_QUANTUM || cols % group)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "GPTQ: rows of %lld are not whole groups of %u", (long long)cols,
+                            group);
+    qpk_gptq_plan *p;
+    qpk_status s = qpk_gptq_plan_create(&p, H, cols, o, pool, e);
+    if (s == QPK_OK)
+        s = qpk_gptq_quantize(p, type, group, W, rows, pool, out, e);
+    qpk_gptq_plan_free(p);
     return s;
 }

@@ -225,18 +225,26 @@ typedef struct qpk_gptq_opts {
 } qpk_gptq_opts;
 
 /*
- * GPTQ (Frantar et al. 2022) for the weight matrix W [rows x cols] (row-major f32)
- * given H = 2 X^T X / n [cols x cols] (row-major f64; modified) of its inputs X.
- * Writes rows x cols/group blocks of `type` to out (the .qpk layout) and leaves in
- * W the weights those blocks decode to. Columns whose H diagonal is 0 (inputs never
- * seen) are zeroed. With act_order, the parameters of every group are fixed before
- * the columns are visited by decreasing H diagonal ("static groups"): the stored
- * groups stay contiguous and need no permutation at run time. Without it, a
- * group's parameters are chosen when its first column is reached, from the weights
- * as updated by then. Rows are independent; pool (may be NULL) spreads them over
- * threads without changing the result.
+ * GPTQ (Frantar et al. 2022) for a weight matrix W [rows x cols] (row-major f32)
+ * given H = 2 X^T X / n [cols x cols] (row-major f64) of its inputs X, in two steps:
+ * a plan factors H once (the upper Cholesky factor of the damped H^-1), then serves
+ * every matrix with the same inputs. Quantizing writes rows x cols/group blocks of
+ * `type` to out (the .qpk layout) and leaves in W the weights those blocks decode to.
+ * Columns whose H diagonal is 0 (inputs never seen) are zeroed. With act_order, the
+ * parameters of every group are fixed before the columns are visited by decreasing
+ * H diagonal ("static groups"): the stored groups stay contiguous and need no
+ * permutation at run time. Without it, a group's parameters are chosen when its
+ * first column is reached, from the weights as updated by then. pool (may be NULL)
+ * spreads the work over threads without changing the result.
  */
-qpk_status qpk_gptq(uint32_t type, uint32_t group, float *W, int64_t rows, int64_t cols, double *H,
+typedef struct qpk_gptq_plan qpk_gptq_plan;
+qpk_status qpk_gptq_plan_create(qpk_gptq_plan **out, const double *H, int64_t cols, const qpk_gptq_opts *o,
+                                qpk_pool *pool, qpk_err *e);
+void qpk_gptq_plan_free(qpk_gptq_plan *p); /* NULL-safe */
+qpk_status qpk_gptq_quantize(const qpk_gptq_plan *p, uint32_t type, uint32_t group, float *W, int64_t rows,
+                             qpk_pool *pool, void *out, qpk_err *e);
+/* Both steps for one matrix. */
+qpk_status qpk_gptq(uint32_t type, uint32_t group, float *W, int64_t rows, int64_t cols, const double *H,
                     const qpk_gptq_opts *o, qpk_pool *pool, void *out, qpk_err *e);
 
 #ifdef __cplusplus

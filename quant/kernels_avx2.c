@@ -445,8 +445,8 @@ const qpk_kernels qpk_kernels_avx2_table = {"avx2", row_to_f32, gemv, gemm, dot,
 /*
  * With AVX-512, the 16 weights a 4-bit block can hold, d * (q - z) for q = 0..15, are
  * formed once per block (exactly, as above) and each code becomes its weight with one
- * permute: 2 instructions per 16 weights instead of 8 (prefill, which dequantizes rows
- * for the gemm tiles, gains about 25%). Each 512-bit accumulator carries two of the
+ * permute: about 2 instructions per 16 weights instead of 8 (prefill, which dequantizes
+ * rows for the gemm tiles, gains about 25%). Each 512-bit accumulator carries two of the
  * 8-lane chains, so every sum is the AVX2 path's, bit for bit. Everything else is the
  * AVX2 table's.
  */
@@ -461,6 +461,17 @@ AVX512 static inline __m512 q4_weights(uint32_t type, const uint8_t *block)
     return _mm512_mul_ps(_mm512_set1_ps(_cvtsh_ss(h)), _mm512_sub_ps(q, z));
 }
 
+/*
+ * The 16 code bytes of a chunk of 32 weights, one per 32-bit lane: byte i holds code i
+ * in its low nibble and code 16 + i in its high one. A permute reads only the low 4 bits
+ * of each index, so these lanes index codes 0..15 as they are, and codes 16..31 once
+ * shifted right by 4: one widening per 32 codes, no masking.
+ */
+AVX512 static inline __m512i q4_indices(const uint8_t *codes)
+{
+    return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)codes));
+}
+
 /* The two halves of a 512-bit accumulator: chains (lo, hi). */
 AVX512 static inline __m256 half(__m512 v, int hi)
 {
@@ -471,17 +482,15 @@ AVX512 static inline __attribute__((always_inline)) float gemv_q4row(uint32_t ty
                                                                      const uint8_t *row, const float *x, int64_t K)
 {
     const size_t bb = qpk_type_block_bytes(type, group);
-    const __m128i m = _mm_set1_epi8(15);
     __m512 a01 = _mm512_setzero_ps(), a23 = a01;
     for (int64_t g = 0; g < K; g += group, row += bb) {
         const __m512 table = q4_weights(type, row);
         const uint8_t *codes = row + CODES_AT(type);
         for (int64_t k = g; k < g + group; k += 32, codes += 16) {
-            const __m128i raw = _mm_loadu_si128((const __m128i *)codes);
-            const __m512i lo = _mm512_cvtepu8_epi32(_mm_and_si128(raw, m));
-            const __m512i hi = _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(raw, 4), m));
-            a01 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k), _mm512_permutexvar_ps(lo, table), a01);
-            a23 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k + 16), _mm512_permutexvar_ps(hi, table), a23);
+            const __m512i both = q4_indices(codes);
+            a01 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k), _mm512_permutexvar_ps(both, table), a01);
+            a23 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k + 16),
+                                  _mm512_permutexvar_ps(_mm512_srli_epi32(both, 4), table), a23);
         }
     }
     const __m256 c[4] = {half(a01, 0), half(a01, 1), half(a23, 0), half(a23, 1)};
@@ -491,16 +500,13 @@ AVX512 static inline __attribute__((always_inline)) float gemv_q4row(uint32_t ty
 AVX512 static void q4_row_to_f32(uint32_t type, uint32_t group, const uint8_t *row, int64_t n, float *dst)
 {
     const size_t bb = qpk_type_block_bytes(type, group);
-    const __m128i m = _mm_set1_epi8(15);
     for (int64_t g = 0; g < n; g += group, row += bb) {
         const __m512 table = q4_weights(type, row);
         const uint8_t *codes = row + CODES_AT(type);
         for (int64_t k = g; k < g + group; k += 32, codes += 16) {
-            const __m128i raw = _mm_loadu_si128((const __m128i *)codes);
-            _mm512_storeu_ps(dst + k, _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_and_si128(raw, m)), table));
-            _mm512_storeu_ps(dst + k + 16,
-                             _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(raw, 4), m)),
-                                                   table));
+            const __m512i both = q4_indices(codes);
+            _mm512_storeu_ps(dst + k, _mm512_permutexvar_ps(both, table));
+            _mm512_storeu_ps(dst + k + 16, _mm512_permutexvar_ps(_mm512_srli_epi32(both, 4), table));
         }
     }
 }

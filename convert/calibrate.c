@@ -22,6 +22,7 @@ enum { G_QKV, G_O, G_GU, G_DOWN, N_GROUPS };
 #define AWQ_GRID 20       /* alphas 0, 1/20, ..., 19/20 */
 #define AWQ_CLIP_STEPS 11 /* clip ratios 1.00, 0.95, ..., 0.50 */
 #define AWQ_SAMPLE_ROWS 512 /* input rows kept per group for AWQ's searches */
+#define GRAM_SLABS 8        /* row slabs of GPTQ's symmetric x^T x: 1/2 + 1/16 of the work */
 
 /* The 12 per-layer tensors, in the order qpk files store them (format/config.c). */
 #define N_LAYER_TENSORS 12
@@ -108,14 +109,24 @@ static void capture(void *ud, qpk_role role, const float *x, int64_t T, int64_t 
     int g = role == QPK_ROLE_Q ? G_QKV : role == QPK_ROLE_O ? G_O : role == QPK_ROLE_GATE ? G_GU : G_DOWN;
     group_stats *s = &c->st[g];
     if (c->o->method == QPK_METHOD_GPTQ) {
-        /* H += x^T x, as the f32 Gram matrix of the columns of x, accumulated in f64. */
+        /*
+         * H += x^T x, as the f32 Gram matrix of the columns of x, accumulated in f64.
+         * Only its upper triangle (mirrored once the layer is seen): slab by slab of
+         * rows, the columns from the slab's first row on, 56% of the full product.
+         */
         for (int64_t t = 0; t < T; t++)
             for (int64_t i = 0; i < n; i++)
                 c->xt[i * T + t] = x[t * n + i];
-        qpk_matrix m = {QPK_TYPE_F32, 0, n, T, c->xt};
-        qpk_matmul(c->pool, c->k, &m, c->xt, n, c->xtx, c->scratch);
-        for (int64_t i = 0; i < n * n; i++)
-            s->H[i] += c->xtx[i];
+        for (int slab = 0; slab < GRAM_SLABS; slab++) {
+            const int64_t a0 = n * slab / GRAM_SLABS, a1 = n * (slab + 1) / GRAM_SLABS, w = n - a0;
+            if (a1 == a0)
+                continue;
+            qpk_matrix m = {QPK_TYPE_F32, 0, w, T, c->xt + a0 * T};
+            qpk_matmul(c->pool, c->k, &m, c->xt + a0 * T, a1 - a0, c->xtx, c->scratch);
+            for (int64_t a = a0; a < a1; a++)
+                for (int64_t b = a; b < n; b++)
+                    s->H[a * n + b] += c->xtx[(a - a0) * w + (b - a0)];
+        }
     } else {
         for (int64_t t = 0; t < T; t++) {
             for (int64_t i = 0; i < n; i++)
@@ -331,8 +342,15 @@ static qpk_status quantize_gptq(qpk_calib *c, qpk_err *e)
                 s = store(c, r, NULL, e);
                 continue;
             }
-            if (!plan && (s = qpk_gptq_plan_create(&plan, c->st[g].H, cols, &go, c->pool, e)) != QPK_OK)
-                break;
+            if (!plan) {
+                const int64_t d = c->st[g].d;
+                double *H = c->st[g].H;
+                for (int64_t a = 0; a < d; a++) /* capture filled the upper triangle */
+                    for (int64_t b = 0; b < a; b++)
+                        H[a * d + b] = H[b * d + a];
+                if ((s = qpk_gptq_plan_create(&plan, H, cols, &go, c->pool, e)) != QPK_OK)
+                    break;
+            }
             s = qpk_gptq_quantize(plan, c->type[r], c->group[r], c->f32[r], rows, c->pool, c->bytes[r], e);
             c->nbytes[r] = (size_t)(rows * (cols / c->group[r])) * qpk_type_block_bytes(c->type[r], c->group[r]);
         }

@@ -29,7 +29,7 @@ enum { G_QKV, G_O, G_GU, G_DOWN, N_GROUPS };
 
 typedef struct group_stats {
     int64_t d;          /* input width */
-    double *H;          /* GPTQ: sum of x x^T (d x d) */
+    double *H;          /* GPTQ: sum of x x^T (d x d; upper triangle until the plan) */
     double *absmean;    /* AWQ: sum of |x| per channel */
     float *rows;        /* AWQ: sampled input rows (AWQ_SAMPLE_ROWS x d) */
     int64_t n_rows, n_seen;

@@ -456,7 +456,7 @@ qpk_status qpk_convert(const char *dir, const char *out, const qpk_convert_opts 
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "--dtype must be keep, f32, f16 or bf16");
     if (o->quant && !qpk_type_is_quantized((uint32_t)o->quant))
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "--quant must be int8, int4 or int4s");
-    if (o->quant && (o->group == 0 || (o->group != QPK_GROUP_ROW && o->group % QPK_GROUP_QUANTUM)))
+    if (o->quant && o->group != QPK_GROUP_ROW && !qpk_group_ok((uint32_t)o->quant, o->group, 0))
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "--group must be a multiple of %d or row", QPK_GROUP_QUANTUM);
     if (o->method != QPK_METHOD_RTN && !o->quant)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "GPTQ and AWQ need --quant (the type they calibrate for)");

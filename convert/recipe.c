@@ -24,10 +24,7 @@ qpk_status qpk_quant_rule_parse(const char *text, qpk_quant_rule *out, qpk_err *
         char *end;
         if (!strcmp(slash, "row"))
             out->group = QPK_GROUP_ROW;
-        else if (slash[0] == 'g' && (out->group = (uint32_t)strtoul(slash + 1, &end, 10)) > 0 && !*end &&
-                 out->group % QPK_GROUP_QUANTUM == 0)
-            ;
-        else
+        else if (slash[0] != 'g' || (out->group = (uint32_t)strtoul(slash + 1, &end, 10)) == 0 || *end)
             return qpk_err_setf(e, QPK_E_INVALID_ARG, "rule '%s': group must be gN (N a multiple of %d) or row",
                                 text, QPK_GROUP_QUANTUM);
     }
@@ -35,6 +32,9 @@ qpk_status qpk_quant_rule_parse(const char *text, qpk_quant_rule *out, qpk_err *
     if (!qpk_type_from_name(type, &t))
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "rule '%s': unknown type '%s' (f32, f16, bf16, int8, int4, int4s)",
                             text, type);
+    if (slash && out->group != QPK_GROUP_ROW && qpk_type_is_quantized(t) && !qpk_group_ok(t, out->group, 0))
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "rule '%s': group must be gN (N a multiple of %d) or row", text,
+                            QPK_GROUP_QUANTUM);
     if (slash && !qpk_type_is_quantized(t))
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "rule '%s': only quantized types take a group", text);
     out->type = (int)t;
@@ -74,7 +74,7 @@ qpk_status qpk_tensor_plan(const qpk_convert_opts *o, const qpk_st_tensor *src, 
     int64_t cols = src->shape[src->ndim - 1];
     if (*group == QPK_GROUP_ROW)
         *group = (uint32_t)cols;
-    if (*group == 0 || *group % QPK_GROUP_QUANTUM || cols % *group)
+    if (!qpk_group_ok(*type, *group, cols))
         return qpk_err_setf(e, QPK_E_INVALID_ARG,
                             "tensor '%s': rows of %lld are not a whole number of groups of %u (groups are multiples "
                             "of %d dividing the row; try another --group, or a rule for this tensor)",

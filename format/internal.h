@@ -5,7 +5,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "qpk/format.h"
+#include "qpk_private.h"
 
 /* Layout constants of .qpk v1 (FORMAT.md is the normative text). */
 #define QPK_MAGIC "QPKF\r\n\x1a\n"

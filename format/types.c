@@ -1,35 +1,23 @@
-/* The table of tensor types: names and storage sizes. Kernels live in quant/. */
+/*
+ * The size and group rules of tensor types, derived from the type table
+ * (qpk_private.h). Kernels (quant/) and exporters (GGUF) key their own per-type code
+ * on the same ids.
+ */
 #include <strings.h>
 
 #include "internal.h"
 
-typedef struct type_info {
-    const char *name;
-    uint32_t elem_bytes; /* plain types: bytes per element; 0 for quantized */
-} type_info;
+#define TYPES QPK_TYPE_TABLE
 
-static const type_info TYPES[QPK_TYPE_COUNT_] = {
-    [QPK_TYPE_F32] = {"f32", 4},
-    [QPK_TYPE_F16] = {"f16", 2},
-    [QPK_TYPE_BF16] = {"bf16", 2},
-    [QPK_TYPE_INT8] = {"int8", 0},
-    [QPK_TYPE_INT4] = {"int4", 0},
-    [QPK_TYPE_INT4S] = {"int4s", 0},
-};
-
-size_t qpk_type_block_bytes(uint32_t type, uint32_t g)
+const qpk_type_info *qpk_type_info_of(uint32_t type)
 {
-    switch (type) {
-    case QPK_TYPE_INT8: return 2 + (size_t)g;      /* f16 d, g x int8 */
-    case QPK_TYPE_INT4: return 4 + (size_t)g / 2;  /* f16 d, u8 z, u8 0, g/2 bytes of codes */
-    case QPK_TYPE_INT4S: return 2 + (size_t)g / 2; /* f16 d, g/2 bytes of codes */
-    default: return 0;
-    }
+    return type < QPK_TYPE_COUNT_ && TYPES[type].name ? &TYPES[type] : NULL;
 }
 
 const char *qpk_type_name(uint32_t type)
 {
-    return type < QPK_TYPE_COUNT_ ? TYPES[type].name : NULL;
+    const qpk_type_info *t = qpk_type_info_of(type);
+    return t ? t->name : NULL;
 }
 
 bool qpk_type_from_name(const char *name, qpk_type *out)
@@ -44,7 +32,38 @@ bool qpk_type_from_name(const char *name, qpk_type *out)
 
 bool qpk_type_is_quantized(uint32_t type)
 {
-    return type < QPK_TYPE_COUNT_ && TYPES[type].name && TYPES[type].elem_bytes == 0;
+    const qpk_type_info *t = qpk_type_info_of(type);
+    return t && t->elem_bytes == 0;
+}
+
+/* The group rule without the row: what a block type accepts as its group size. */
+static bool group_size_ok(const qpk_type_info *t, uint32_t group)
+{
+    if (t->elem_bytes)
+        return group == 0;
+    if (t->block)
+        return group == t->block;
+    return group > 0 && group % QPK_GROUP_QUANTUM == 0 && group <= QPK_MAX_GROUP;
+}
+
+bool qpk_group_ok(uint32_t type, uint32_t group, int64_t cols)
+{
+    const qpk_type_info *t = qpk_type_info_of(type);
+    return t && cols >= 0 && group_size_ok(t, group) && (t->elem_bytes || cols % group == 0);
+}
+
+size_t qpk_type_block_bytes(uint32_t type, uint32_t group)
+{
+    const qpk_type_info *t = qpk_type_info_of(type);
+    return t && !t->elem_bytes ? t->head_bytes + (size_t)group * t->bits / 8 : 0;
+}
+
+size_t qpk_type_row_bytes(uint32_t type, uint32_t group, int64_t cols)
+{
+    if (!qpk_group_ok(type, group, cols))
+        return 0;
+    const qpk_type_info *t = qpk_type_info_of(type);
+    return t->elem_bytes ? (size_t)cols * t->elem_bytes : (size_t)(cols / group) * qpk_type_block_bytes(type, group);
 }
 
 static bool mul_ok(uint64_t a, uint64_t b, uint64_t *out)
@@ -55,7 +74,8 @@ static bool mul_ok(uint64_t a, uint64_t b, uint64_t *out)
 qpk_status qpk_tensor_nbytes(uint32_t type, uint32_t group_size, int ndim, const int64_t *dims,
                              uint64_t *out, qpk_err *e)
 {
-    if (type >= QPK_TYPE_COUNT_ || !TYPES[type].name)
+    const qpk_type_info *t = qpk_type_info_of(type);
+    if (!t)
         return qpk_err_setf(e, QPK_E_UNSUPPORTED, "unknown tensor type id %u", type);
     if (ndim < 1 || ndim > QPK_MAX_DIMS)
         return qpk_err_setf(e, QPK_E_CORRUPT, "ndim %d outside 1..%d", ndim, QPK_MAX_DIMS);
@@ -66,21 +86,20 @@ qpk_status qpk_tensor_nbytes(uint32_t type, uint32_t group_size, int ndim, const
         if (!mul_ok(numel, (uint64_t)dims[i], &numel))
             return qpk_err_setf(e, QPK_E_LIMIT, "element count overflows 64 bits");
     }
-    const type_info *t = &TYPES[type];
-    if (t->elem_bytes) {
-        if (group_size != 0)
-            return qpk_err_setf(e, QPK_E_CORRUPT, "type %s takes no group size (got %u)", t->name,
-                                group_size);
-        if (!mul_ok(numel, t->elem_bytes, out))
-            return qpk_err_setf(e, QPK_E_LIMIT, "byte size overflows 64 bits");
-        return QPK_OK;
-    }
-    /* Groups of group_size run along the last (input) dimension of each row. */
-    int64_t cols = dims[ndim - 1];
-    if (group_size == 0 || group_size % QPK_GROUP_QUANTUM != 0 || group_size > (1u << 20))
+    if (!group_size_ok(t, group_size)) {
+        if (t->elem_bytes)
+            return qpk_err_setf(e, QPK_E_CORRUPT, "type %s takes no group size (got %u)", t->name, group_size);
+        if (t->block)
+            return qpk_err_setf(e, QPK_E_CORRUPT, "type %s has blocks of %u (got a group size of %u)", t->name,
+                                t->block, group_size);
         return qpk_err_setf(e, QPK_E_CORRUPT, "type %s needs a group size that is a positive multiple of %d (got %u)",
                             t->name, QPK_GROUP_QUANTUM, group_size);
-    if (cols % group_size != 0)
+    }
+    if (t->elem_bytes)
+        return mul_ok(numel, t->elem_bytes, out) ? QPK_OK : qpk_err_setf(e, QPK_E_LIMIT, "byte size overflows 64 bits");
+    /* Groups run along the last (input) dimension of each row. */
+    int64_t cols = dims[ndim - 1];
+    if (!qpk_group_ok(type, group_size, cols))
         return qpk_err_setf(e, QPK_E_CORRUPT, "type %s: rows of %lld are not a whole number of groups of %u", t->name,
                             (long long)cols, group_size);
     if (!mul_ok(numel / group_size, qpk_type_block_bytes(type, group_size), out))

@@ -324,7 +324,7 @@ qpk_status qpk_gptq_quantize(const qpk_gptq_plan *p, uint32_t type, uint32_t gro
                              qpk_pool *pool, void *out, qpk_err *e)
 {
     const int64_t n = p->n;
-    if (!qpk_type_is_quantized(type) || group == 0 || group % QPK_GROUP_QUANTUM || n % group)
+    if (!qpk_type_has_grid(type) || !qpk_group_ok(type, group, n))
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "GPTQ: rows of %lld are not whole groups of %u", (long long)n,
                             group);
     const int64_t ng = n / group;
@@ -379,7 +379,7 @@ out:
 qpk_status qpk_gptq(uint32_t type, uint32_t group, float *W, int64_t rows, int64_t cols, const double *H,
                     const qpk_gptq_opts *o, qpk_pool *pool, void *out, qpk_err *e)
 {
-    if (!qpk_type_is_quantized(type) || group == 0 || group % QPK_GROUP_QUANTUM || cols % group)
+    if (!qpk_type_has_grid(type) || !qpk_group_ok(type, group, cols))
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "GPTQ: rows of %lld are not whole groups of %u", (long long)cols,
                             group);
     qpk_gptq_plan *p;

@@ -9,25 +9,11 @@
 
 #include "kernels.h"
 
-size_t qpk_matrix_row_bytes(const qpk_matrix *w)
-{
-    switch (w->type) {
-    case QPK_TYPE_F32: return (size_t)w->cols * 4;
-    case QPK_TYPE_F16:
-    case QPK_TYPE_BF16: return (size_t)w->cols * 2;
-    case QPK_TYPE_INT8:
-    case QPK_TYPE_INT4:
-    case QPK_TYPE_INT4S:
-        if (w->group_size == 0 || w->group_size % QPK_GROUP_QUANTUM || w->cols % w->group_size)
-            return 0;
-        return (size_t)(w->cols / w->group_size) * qpk_type_block_bytes(w->type, w->group_size);
-    default: return 0;
-    }
-}
+size_t qpk_matrix_row_bytes(const qpk_matrix *w) { return qpk_type_row_bytes(w->type, w->group_size, w->cols); }
 
 size_t qpk_gemm_scratch_floats(int64_t cols) { return (size_t)QPK_GEMM_ROWS * SCRATCH_STRIDE(cols) + 16; }
 
-static void row_to_f32(const qpk_matrix *w, int64_t r, float *dst)
+void qpk_scalar_row_to_f32(const qpk_matrix *w, int64_t r, float *dst)
 {
     qpk_dequantize_row(w->type, w->group_size, qpk_row_ptr(w, r), w->cols, dst);
 }
@@ -75,21 +61,25 @@ static void axpy(float a, const float *x, float *y, int64_t n)
 }
 
 /* Rows are converted (f32 ones copied) into scratch first: weights may be unaligned. */
+float qpk_scalar_row_dot(const qpk_matrix *w, int64_t r, const float *x, float *scratch)
+{
+    qpk_scalar_row_to_f32(w, r, scratch);
+    return dot4(x, scratch, w->cols);
+}
+
 static void gemv(const qpk_matrix *w, const float *x, float *y, int64_t r0, int64_t r1, float *scratch)
 {
-    for (int64_t r = r0; r < r1; r++) {
-        row_to_f32(w, r, scratch);
-        y[r] = dot4(x, scratch, w->cols);
-    }
+    for (int64_t r = r0; r < r1; r++)
+        y[r] = qpk_scalar_row_dot(w, r, x, scratch);
 }
 
 static void gemm(const qpk_matrix *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
                  int64_t r0, int64_t r1, float *scratch)
 {
     for (int64_t r = r0; r < r1; r++) {
-        row_to_f32(w, r, scratch);
+        qpk_scalar_row_to_f32(w, r, scratch);
         for (int64_t t = 0; t < T; t++)
-            y[t * ldy + r] = dot4(x + t * ldx, scratch, w->cols); /* the same call as gemv's */
+            y[t * ldy + r] = dot4(x + t * ldx, scratch, w->cols); /* the same sum as gemv's */
     }
 }
 
@@ -115,7 +105,7 @@ static int64_t argmax(const float *x, int64_t n, float *max)
     return best;
 }
 
-static const qpk_kernels SCALAR = {"scalar", row_to_f32, gemv, gemm, dot, axpy, sum_exp, argmax};
+static const qpk_kernels SCALAR = {"scalar", qpk_scalar_row_to_f32, gemv, gemm, dot, axpy, sum_exp, argmax};
 
 const qpk_kernels *qpk_kernels_scalar(void) { return &SCALAR; }
 

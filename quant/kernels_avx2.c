@@ -11,6 +11,7 @@
 #include <immintrin.h>
 #include <math.h>
 
+#include "grid.h"
 #include "kernels.h"
 
 static inline float hsum(__m256 v)
@@ -54,7 +55,7 @@ static inline float load1(uint32_t type, const uint8_t *row, int64_t k)
 
 /* ------------------------------------------------------ group-quantized codes */
 
-/* The f16 scale (and int4 zero point) at the head of a block, broadcast. */
+/* The f16 scale at the head of a block, broadcast. */
 static inline __m256 block_scale(const uint8_t *b)
 {
     uint16_t h;
@@ -67,9 +68,9 @@ typedef struct w32 {
     __m256 a, b, c, d;
 } w32;
 
-/* Bytes before the codes in a block, and code bytes per chunk of 32. */
-#define CODES_AT(type) ((type) == QPK_TYPE_INT4 ? 4 : 2)
-#define CHUNK_BYTES(type) ((type) == QPK_TYPE_INT8 ? 32 : 16)
+/* Bytes before the codes in a block, and code bytes per chunk of 32 (constants for a constant type). */
+#define CODES_AT(type) (QPK_TYPE_TABLE[type].head_bytes)
+#define CHUNK_BYTES(type) (4 * QPK_TYPE_TABLE[type].bits)
 
 /*
  * The 32 weights whose codes start at p: d * (q - z) computed exactly (the products
@@ -78,7 +79,7 @@ typedef struct w32 {
 static inline __attribute__((always_inline)) w32 dequant32(uint32_t type, const uint8_t *p, __m256 d, __m256 zero)
 {
     w32 w;
-    if (type == QPK_TYPE_INT8) {
+    if (QPK_TYPE_TABLE[type].bits == 8) {
 #define Q8(off) _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p + off)))))
         w.a = Q8(0), w.b = Q8(8), w.c = Q8(16), w.d = Q8(24);
 #undef Q8
@@ -92,10 +93,14 @@ static inline __attribute__((always_inline)) w32 dequant32(uint32_t type, const 
     return w;
 }
 
-static inline __m256 block_zero(uint32_t type, const uint8_t *b)
+/* What a block's stored 4-bit codes are offset by: its zero point, or the type's bias. */
+static inline float block_zero_f(uint32_t type, const uint8_t *b)
 {
-    return _mm256_set1_ps(type == QPK_TYPE_INT4 ? (float)b[2] : type == QPK_TYPE_INT4S ? 8.0f : 0.0f);
+    const qpk_grid *g = &QPK_GRIDS[type];
+    return g->rule == QPK_RULE_ZERO_POINT ? (float)b[g->zero_at] : (float)g->bias;
 }
+
+static inline __m256 block_zero(uint32_t type, const uint8_t *b) { return _mm256_set1_ps(block_zero_f(type, b)); }
 
 static inline __attribute__((always_inline)) void dequant_row_t(uint32_t type, uint32_t group, const uint8_t *row,
                                                                 int64_t n, float *dst)
@@ -112,30 +117,14 @@ static inline __attribute__((always_inline)) void dequant_row_t(uint32_t type, u
     }
 }
 
-static void row_to_f32(const qpk_matrix *w, int64_t r, float *dst)
+static inline __attribute__((always_inline)) void plain_row_t(uint32_t type, const uint8_t *row, int64_t n,
+                                                              float *dst)
 {
-    const uint8_t *row = qpk_row_ptr(w, r);
-    const int64_t n = w->cols;
     int64_t k = 0;
-    switch (w->type) { /* one loop per type: no branch, and nothing re-read from *w */
-    case QPK_TYPE_INT8: dequant_row_t(QPK_TYPE_INT8, w->group_size, row, n, dst); return;
-    case QPK_TYPE_INT4: dequant_row_t(QPK_TYPE_INT4, w->group_size, row, n, dst); return;
-    case QPK_TYPE_INT4S: dequant_row_t(QPK_TYPE_INT4S, w->group_size, row, n, dst); return;
-    case QPK_TYPE_BF16:
-        for (; k + 8 <= n; k += 8)
-            _mm256_storeu_ps(dst + k, load8(QPK_TYPE_BF16, row, k));
-        break;
-    case QPK_TYPE_F16:
-        for (; k + 8 <= n; k += 8)
-            _mm256_storeu_ps(dst + k, load8(QPK_TYPE_F16, row, k));
-        break;
-    default:
-        for (; k + 8 <= n; k += 8)
-            _mm256_storeu_ps(dst + k, load8(QPK_TYPE_F32, row, k));
-        break;
-    }
+    for (; k + 8 <= n; k += 8)
+        _mm256_storeu_ps(dst + k, load8(type, row, k));
     for (; k < n; k++)
-        dst[k] = load1(w->type, row, k);
+        dst[k] = load1(type, row, k);
 }
 
 static float dot(const float *a, const float *b, int64_t n)
@@ -218,37 +207,63 @@ static inline __attribute__((always_inline)) float gemv_qrow(uint32_t type, uint
     return combine(c, x, row, type, K, K);
 }
 
+/*
+ * The row kernels of each type, specialized at compile time (the type is a constant in
+ * each instance). A type without a row in a table takes the scalar reference's.
+ */
+#define PLAIN_ROWS(T)                                                                                             \
+    static void to_f32_##T(const qpk_matrix *w, int64_t r, float *dst)                                          \
+    {                                                                                                            \
+        plain_row_t(QPK_TYPE_##T, qpk_row_ptr(w, r), w->cols, dst);                                              \
+    }                                                                                                            \
+    static float dot_##T(const qpk_matrix *w, int64_t r, const float *x, float *scratch)                        \
+    {                                                                                                            \
+        (void)scratch;                                                                                           \
+        return gemv_row(QPK_TYPE_##T, qpk_row_ptr(w, r), x, w->cols);                                            \
+    }
+#define BLOCK_ROWS(T)                                                                                             \
+    static void to_f32_##T(const qpk_matrix *w, int64_t r, float *dst)                                          \
+    {                                                                                                            \
+        dequant_row_t(QPK_TYPE_##T, w->group_size, qpk_row_ptr(w, r), w->cols, dst);                             \
+    }                                                                                                            \
+    static float dot_##T(const qpk_matrix *w, int64_t r, const float *x, float *scratch)                        \
+    {                                                                                                            \
+        (void)scratch;                                                                                           \
+        return gemv_qrow(QPK_TYPE_##T, w->group_size, qpk_row_ptr(w, r), x, w->cols);                            \
+    }
+PLAIN_ROWS(F32)
+PLAIN_ROWS(F16)
+PLAIN_ROWS(BF16)
+BLOCK_ROWS(INT8)
+BLOCK_ROWS(INT4)
+BLOCK_ROWS(INT4S)
+
+static const qpk_type_kernels AVX2_TYPES[QPK_TYPE_COUNT_] = {
+    [QPK_TYPE_F32] = {to_f32_F32, dot_F32},    [QPK_TYPE_F16] = {to_f32_F16, dot_F16},
+    [QPK_TYPE_BF16] = {to_f32_BF16, dot_BF16}, [QPK_TYPE_INT8] = {to_f32_INT8, dot_INT8},
+    [QPK_TYPE_INT4] = {to_f32_INT4, dot_INT4}, [QPK_TYPE_INT4S] = {to_f32_INT4S, dot_INT4S},
+};
+
+/* Row kernels for w's type from table t, the scalar reference's where t has none. */
+static inline qpk_type_kernels rows_of(const qpk_type_kernels *t, const qpk_matrix *w)
+{
+    qpk_type_kernels k = t[w->type];
+    return (qpk_type_kernels){k.to_f32 ? k.to_f32 : qpk_scalar_row_to_f32, k.dot ? k.dot : qpk_scalar_row_dot};
+}
+
+static void gemv_with(const qpk_type_kernels *t, const qpk_matrix *w, const float *x, float *y, int64_t r0,
+                      int64_t r1, float *scratch)
+{
+    qpk_dot_fn *dot_row = rows_of(t, w).dot;
+    for (int64_t r = r0; r < r1; r++)
+        y[r] = dot_row(w, r, x, scratch);
+}
+
+static void row_to_f32(const qpk_matrix *w, int64_t r, float *dst) { rows_of(AVX2_TYPES, w).to_f32(w, r, dst); }
+
 static void gemv(const qpk_matrix *w, const float *x, float *y, int64_t r0, int64_t r1, float *scratch)
 {
-    (void)scratch;
-    const int64_t K = w->cols;
-    const uint32_t G = w->group_size;
-    switch (w->type) { /* specialise on the type so load8 and dequant_chunk fold to one path */
-    case QPK_TYPE_INT8:
-        for (int64_t r = r0; r < r1; r++)
-            y[r] = gemv_qrow(QPK_TYPE_INT8, G, qpk_row_ptr(w, r), x, K);
-        break;
-    case QPK_TYPE_INT4:
-        for (int64_t r = r0; r < r1; r++)
-            y[r] = gemv_qrow(QPK_TYPE_INT4, G, qpk_row_ptr(w, r), x, K);
-        break;
-    case QPK_TYPE_INT4S:
-        for (int64_t r = r0; r < r1; r++)
-            y[r] = gemv_qrow(QPK_TYPE_INT4S, G, qpk_row_ptr(w, r), x, K);
-        break;
-    case QPK_TYPE_BF16:
-        for (int64_t r = r0; r < r1; r++)
-            y[r] = gemv_row(QPK_TYPE_BF16, qpk_row_ptr(w, r), x, K);
-        break;
-    case QPK_TYPE_F16:
-        for (int64_t r = r0; r < r1; r++)
-            y[r] = gemv_row(QPK_TYPE_F16, qpk_row_ptr(w, r), x, K);
-        break;
-    default:
-        for (int64_t r = r0; r < r1; r++)
-            y[r] = gemv_row(QPK_TYPE_F32, qpk_row_ptr(w, r), x, K);
-        break;
-    }
+    gemv_with(AVX2_TYPES, w, x, y, r0, r1, scratch);
 }
 
 /* ---------------------------------------------------------------- gemm */
@@ -323,9 +338,7 @@ static void tile_any(int nt, int nr, const float *x, int64_t ldx, const float *c
     }
 }
 
-typedef void row_fn(const qpk_matrix *w, int64_t r, float *dst);
-
-static inline __attribute__((always_inline)) void gemm_rows(row_fn *convert, const qpk_matrix *w, const float *x,
+static inline __attribute__((always_inline)) void gemm_rows(qpk_row_fn *convert, const qpk_matrix *w, const float *x,
                                                             int64_t T, int64_t ldx, float *y, int64_t ldy, int64_t r0,
                                                             int64_t r1, float *scratch)
 {
@@ -354,7 +367,7 @@ static inline __attribute__((always_inline)) void gemm_rows(row_fn *convert, con
 static void gemm(const qpk_matrix *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy, int64_t r0,
                  int64_t r1, float *scratch)
 {
-    gemm_rows(row_to_f32, w, x, T, ldx, y, ldy, r0, r1, scratch);
+    gemm_rows(rows_of(AVX2_TYPES, w).to_f32, w, x, T, ldx, y, ldy, r0, r1, scratch);
 }
 
 /* ---------------------------------------------------------------- softmax */
@@ -457,7 +470,7 @@ AVX512 static inline __m512 q4_weights(uint32_t type, const uint8_t *block)
     uint16_t h;
     memcpy(&h, block, 2);
     const __m512 q = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-    const __m512 z = _mm512_set1_ps(type == QPK_TYPE_INT4 ? (float)block[2] : 8.0f);
+    const __m512 z = _mm512_set1_ps(block_zero_f(type, block));
     return _mm512_mul_ps(_mm512_set1_ps(_cvtsh_ss(h)), _mm512_sub_ps(q, z));
 }
 
@@ -511,35 +524,37 @@ AVX512 static void q4_row_to_f32(uint32_t type, uint32_t group, const uint8_t *r
     }
 }
 
-static void row_to_f32_512(const qpk_matrix *w, int64_t r, float *dst)
-{
-    if (w->type == QPK_TYPE_INT4 || w->type == QPK_TYPE_INT4S)
-        q4_row_to_f32(w->type, w->group_size, qpk_row_ptr(w, r), w->cols, dst);
-    else
-        row_to_f32(w, r, dst);
-}
-
-AVX512 static void gemv_512(const qpk_matrix *w, const float *x, float *y, int64_t r0, int64_t r1, float *scratch)
-{
-    const int64_t K = w->cols;
-    const uint32_t G = w->group_size;
-    switch (w->type) {
-    case QPK_TYPE_INT4:
-        for (int64_t r = r0; r < r1; r++)
-            y[r] = gemv_q4row(QPK_TYPE_INT4, G, qpk_row_ptr(w, r), x, K);
-        break;
-    case QPK_TYPE_INT4S:
-        for (int64_t r = r0; r < r1; r++)
-            y[r] = gemv_q4row(QPK_TYPE_INT4S, G, qpk_row_ptr(w, r), x, K);
-        break;
-    default: gemv(w, x, y, r0, r1, scratch); break;
+#define Q4_ROWS(T)                                                                                                \
+    static void to_f32_512_##T(const qpk_matrix *w, int64_t r, float *dst)                                      \
+    {                                                                                                            \
+        q4_row_to_f32(QPK_TYPE_##T, w->group_size, qpk_row_ptr(w, r), w->cols, dst);                             \
+    }                                                                                                            \
+    AVX512 static float dot_512_##T(const qpk_matrix *w, int64_t r, const float *x, float *scratch)             \
+    {                                                                                                            \
+        (void)scratch;                                                                                           \
+        return gemv_q4row(QPK_TYPE_##T, w->group_size, qpk_row_ptr(w, r), x, w->cols);                           \
     }
+Q4_ROWS(INT4)
+Q4_ROWS(INT4S)
+
+/* AVX2's rows, with AVX-512's for the 4-bit types. */
+static const qpk_type_kernels AVX512_TYPES[QPK_TYPE_COUNT_] = {
+    [QPK_TYPE_F32] = {to_f32_F32, dot_F32},            [QPK_TYPE_F16] = {to_f32_F16, dot_F16},
+    [QPK_TYPE_BF16] = {to_f32_BF16, dot_BF16},         [QPK_TYPE_INT8] = {to_f32_INT8, dot_INT8},
+    [QPK_TYPE_INT4] = {to_f32_512_INT4, dot_512_INT4}, [QPK_TYPE_INT4S] = {to_f32_512_INT4S, dot_512_INT4S},
+};
+
+static void row_to_f32_512(const qpk_matrix *w, int64_t r, float *dst) { rows_of(AVX512_TYPES, w).to_f32(w, r, dst); }
+
+static void gemv_512(const qpk_matrix *w, const float *x, float *y, int64_t r0, int64_t r1, float *scratch)
+{
+    gemv_with(AVX512_TYPES, w, x, y, r0, r1, scratch);
 }
 
 static void gemm_512(const qpk_matrix *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy, int64_t r0,
                      int64_t r1, float *scratch)
 {
-    gemm_rows(row_to_f32_512, w, x, T, ldx, y, ldy, r0, r1, scratch);
+    gemm_rows(rows_of(AVX512_TYPES, w).to_f32, w, x, T, ldx, y, ldy, r0, r1, scratch);
 }
 
 const qpk_kernels qpk_kernels_avx512_table = {"avx512", row_to_f32_512, gemv_512, gemm_512, dot, axpy, sum_exp,

@@ -4,6 +4,7 @@
  */
 #include <math.h>
 
+#include "grid.h"
 #include "qpk/quant.h"
 
 static inline void put16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
@@ -23,8 +24,15 @@ static uint16_t f16_round_up(float x)
     return h;
 }
 
+static const qpk_grid *grid_of(uint32_t type) { return type < QPK_TYPE_COUNT_ && QPK_GRIDS[type].rule ? &QPK_GRIDS[type] : NULL; }
+
+bool qpk_type_has_grid(uint32_t type) { return grid_of(type) != NULL; }
+
 qpk_status qpk_group_params(uint32_t type, const float *x, int64_t n, float clip, qpk_qparams *p, qpk_err *e)
 {
+    const qpk_grid *gr = grid_of(type);
+    if (!gr)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "type %s has no group quantizer", qpk_type_name(type));
     float lo = 0, hi = 0; /* 0 is always in the range: an all-zero or constant group needs it */
     for (int64_t i = 0; i < n; i++) {
         if (!isfinite(x[i]))
@@ -35,17 +43,13 @@ qpk_status qpk_group_params(uint32_t type, const float *x, int64_t n, float clip
     lo *= clip, hi *= clip;
     float ideal;
     p->z = 0;
-    switch (type) {
-    case QPK_TYPE_INT8: ideal = fmaxf(-lo, hi) / 127.0f; break;
-    case QPK_TYPE_INT4S:
-        /* The extreme weight (signed) lands exactly on code -8: d may be negative. */
-        ideal = (-lo > hi ? lo : hi) / -8.0f;
-        break;
+    switch (gr->rule) {
+    case QPK_RULE_ABSMAX: ideal = fmaxf(-lo, hi) / (float)gr->qmax; break;
+    case QPK_RULE_SIGNED_EXTREME: ideal = (-lo > hi ? lo : hi) / (float)gr->qmin; break; /* d may be negative */
     default: {
-        /* An integer zero point first, then the smallest scale covering both ends with it. */
-        float d0 = (hi - lo) / 15.0f, z = d0 > 0 ? nearbyintf(-lo / d0) : 0;
-        p->z = (int32_t)(z < 0 ? 0 : z > 15 ? 15 : z);
-        ideal = fmaxf(p->z ? -lo / (float)p->z : 0, p->z < 15 ? hi / (float)(15 - p->z) : 0);
+        float d0 = (hi - lo) / (float)gr->qmax, z = d0 > 0 ? nearbyintf(-lo / d0) : 0;
+        p->z = (int32_t)(z < (float)gr->qmin ? (float)gr->qmin : z > (float)gr->qmax ? (float)gr->qmax : z);
+        ideal = fmaxf(p->z ? -lo / (float)p->z : 0, p->z < gr->qmax ? hi / (float)(gr->qmax - p->z) : 0);
         break;
     }
     }
@@ -62,81 +66,83 @@ qpk_status qpk_group_params(uint32_t type, const float *x, int64_t n, float clip
 
 int32_t qpk_quantize_value(uint32_t type, const qpk_qparams *p, float x)
 {
+    const qpk_grid *gr = grid_of(type);
+    const bool zp = gr->rule == QPK_RULE_ZERO_POINT;
     if (p->d == 0)
-        return type == QPK_TYPE_INT4 ? p->z : 0; /* the all-zero group: no division by a zero scale */
-    float q = nearbyintf(x / p->d);
-    switch (type) {
-    case QPK_TYPE_INT8: return (int32_t)fminf(fmaxf(q, -127), 127);
-    case QPK_TYPE_INT4S: return (int32_t)fminf(fmaxf(q, -8), 7);
-    default: return (int32_t)fminf(fmaxf(q + (float)p->z, 0), 15);
-    }
+        return zp ? p->z : 0; /* the all-zero group: no division by a zero scale */
+    float q = nearbyintf(x / p->d) + (zp ? (float)p->z : 0.0f);
+    return (int32_t)fminf(fmaxf(q, (float)gr->qmin), (float)gr->qmax);
 }
 
 float qpk_dequantize_value(uint32_t type, const qpk_qparams *p, int32_t q)
 {
-    return p->d * (float)(type == QPK_TYPE_INT4 ? q - p->z : q);
+    return p->d * (float)(grid_of(type)->rule == QPK_RULE_ZERO_POINT ? q - p->z : q);
 }
 
 /*
  * Blocks are written and read 32 codes at a time (the layout's unit), so any group
- * size works without a group-sized buffer. 4-bit codes: in each 32-code chunk of 16
- * bytes, byte j holds code j in its low nibble and code j + 16 in its high one.
+ * size works without a group-sized buffer. A block is the type's head (f16 d, then the
+ * zero point when the rule has one) and its codes: 8-bit codes one per byte; 4-bit
+ * codes in chunks of 16 bytes, byte j holding code j in its low nibble and j + 16 in
+ * its high one.
  */
-static size_t header_bytes(uint32_t type) { return type == QPK_TYPE_INT4 ? 4 : 2; }
-
 static void put_header(uint32_t type, const qpk_qparams *p, uint8_t *b)
 {
     put16(b, qpk_f32_to_f16(p->d)); /* d is an f16 value: exact */
-    if (type == QPK_TYPE_INT4)
-        b[2] = (uint8_t)p->z, b[3] = 0;
+    const qpk_grid *gr = grid_of(type);
+    if (gr->rule == QPK_RULE_ZERO_POINT)
+        b[gr->zero_at] = (uint8_t)p->z, b[gr->zero_at + 1] = 0;
 }
 
 static void get_header(uint32_t type, const uint8_t *b, qpk_qparams *p)
 {
     p->d = qpk_f16_to_f32(get16(b));
-    p->z = type == QPK_TYPE_INT4 ? b[2] : 0;
+    const qpk_grid *gr = grid_of(type);
+    p->z = gr->rule == QPK_RULE_ZERO_POINT ? b[gr->zero_at] : 0;
 }
 
 /* Codes of chunk c (elements 32c .. 32c+31 of the group). */
 static void put_chunk(uint32_t type, const int32_t *q, uint32_t c, uint8_t *block)
 {
-    uint8_t *b = block + header_bytes(type);
-    if (type == QPK_TYPE_INT8) {
+    const qpk_type_info *t = qpk_type_info_of(type);
+    const int32_t bias = grid_of(type)->bias;
+    uint8_t *b = block + t->head_bytes + 4 * t->bits * c;
+    if (t->bits == 8) {
         for (int i = 0; i < 32; i++)
-            b[32 * c + i] = (uint8_t)(int8_t)q[i];
+            b[i] = (uint8_t)(q[i] + bias);
         return;
     }
-    int32_t bias = type == QPK_TYPE_INT4S ? 8 : 0;
     for (int j = 0; j < 16; j++)
-        b[16 * c + j] = (uint8_t)((q[j] + bias) | (q[j + 16] + bias) << 4);
+        b[j] = (uint8_t)((q[j] + bias) | (q[j + 16] + bias) << 4);
 }
 
 static void get_chunk(uint32_t type, const uint8_t *block, uint32_t c, int32_t *q)
 {
-    const uint8_t *b = block + header_bytes(type);
-    if (type == QPK_TYPE_INT8) {
+    const qpk_type_info *t = qpk_type_info_of(type);
+    const int32_t bias = grid_of(type)->bias;
+    const uint8_t *b = block + t->head_bytes + 4 * t->bits * c;
+    if (t->bits == 8) {
         for (int i = 0; i < 32; i++)
-            q[i] = (int8_t)b[32 * c + i];
+            q[i] = (int8_t)b[i] - bias;
         return;
     }
-    int32_t bias = type == QPK_TYPE_INT4S ? 8 : 0;
     for (int j = 0; j < 16; j++) {
-        q[j] = (b[16 * c + j] & 15) - bias;
-        q[j + 16] = (b[16 * c + j] >> 4) - bias;
+        q[j] = (b[j] & 15) - bias;
+        q[j + 16] = (b[j] >> 4) - bias;
     }
 }
 
 void qpk_pack_group(uint32_t type, uint32_t group, const qpk_qparams *p, const int32_t *q, void *block)
 {
     put_header(type, p, block);
-    for (uint32_t c = 0; c < group / 32; c++)
+    for (uint32_t c = 0; c < group / QPK_GROUP_QUANTUM; c++)
         put_chunk(type, q + 32 * c, c, block);
 }
 
 void qpk_unpack_group(uint32_t type, uint32_t group, const void *block, qpk_qparams *p, int32_t *q)
 {
     get_header(type, block, p);
-    for (uint32_t c = 0; c < group / 32; c++)
+    for (uint32_t c = 0; c < group / QPK_GROUP_QUANTUM; c++)
         get_chunk(type, block, c, q + 32 * c);
 }
 
@@ -144,7 +150,7 @@ qpk_status qpk_quantize_row(uint32_t type, uint32_t group, const float *x, int64
 {
     uint8_t *o = out;
     size_t bb = qpk_type_block_bytes(type, group);
-    if (bb == 0 || group == 0 || group % 32 != 0 || n % group != 0)
+    if (!grid_of(type) || !qpk_group_ok(type, group, n))
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "a row of %lld is not whole groups of %u of a quantized type",
                             (long long)n, group);
     for (int64_t g = 0; g < n; g += group, o += bb) {
@@ -153,7 +159,7 @@ qpk_status qpk_quantize_row(uint32_t type, uint32_t group, const float *x, int64
         if (s != QPK_OK)
             return qpk_err_prefix(e, "weights %lld..%lld", (long long)g, (long long)(g + group - 1));
         put_header(type, &p, o);
-        for (uint32_t c = 0; c < group / 32; c++) {
+        for (uint32_t c = 0; c < group / QPK_GROUP_QUANTUM; c++) {
             int32_t q[32];
             for (int i = 0; i < 32; i++)
                 q[i] = qpk_quantize_value(type, &p, x[g + 32 * c + i]);
@@ -174,7 +180,7 @@ void qpk_dequantize_row(uint32_t type, uint32_t group, const void *in, int64_t n
     for (int64_t g = 0; g < n; g += group, b += bb) {
         qpk_qparams p;
         get_header(type, b, &p);
-        for (uint32_t c = 0; c < group / 32; c++) {
+        for (uint32_t c = 0; c < group / QPK_GROUP_QUANTUM; c++) {
             int32_t q[32];
             get_chunk(type, b, c, q);
             for (int i = 0; i < 32; i++)

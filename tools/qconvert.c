@@ -110,8 +110,8 @@ int main(int argc, char **argv)
             model_opts = group_given = true;
             if (v && !strcmp(v, "row"))
                 o.group = QPK_GROUP_ROW;
-            else if (cli_parse_int(v, QPK_GROUP_QUANTUM, 1 << 20, &g) && g % QPK_GROUP_QUANTUM == 0)
-                o.group = (uint32_t)g;
+            else if (cli_parse_int(v, 1, QPK_MAX_GROUP, &g) && qpk_group_ok(QPK_TYPE_INT4, (uint32_t)g, 0))
+                o.group = (uint32_t)g; /* the rule of every type --quant takes */
             else
                 return cli_usage_error(&c, "--group takes a multiple of %d (32, 64, 128, ...) or row", QPK_GROUP_QUANTUM);
             i++;

@@ -82,16 +82,46 @@ typedef enum qpk_type {
     QPK_TYPE_COUNT_ /* one past the largest id this build knows */
 } qpk_type;
 
+/*
+ * What each type is, as stored: one row per type (format/types.c), and every rule
+ * that depends on a type (sizes, group sizes, names, the GGUF type) asks this table.
+ * Plain types store elements; block types store a row as blocks of weights, each block
+ * `head_bytes` of parameters (scale, zero point) then the weights' `bits`-bit codes.
+ * Some block types fix their block (as ggml's do); the others take a group size per
+ * tensor: a positive multiple of QPK_GROUP_QUANTUM that divides the row.
+ */
+typedef struct qpk_type_info {
+    const char *name;    /* "f32", "int4s", ... as the tools spell it */
+    uint32_t elem_bytes; /* plain types: bytes per element; 0 for block types */
+    uint32_t bits;       /* block types: bits per code */
+    uint32_t head_bytes; /* block types: bytes before the codes in each block */
+    uint32_t block;      /* weights per block when the type fixes it; 0: the tensor's group size */
+    int32_t ggml_type;   /* the GGUF type it exports to in blocks of 32, or -1 */
+} qpk_type_info;
+
+/* Group sizes of the types that take one are multiples of this (whole 16-byte halves of 4-bit codes). */
+#define QPK_GROUP_QUANTUM 32
+#define QPK_MAX_GROUP (1u << 20)
+
+/* The row of a type id, NULL for an id this build does not know. */
+const qpk_type_info *qpk_type_info_of(uint32_t type);
 /* "f32", "f16", "bf16", ...; NULL for an id this build does not know. */
 const char *qpk_type_name(uint32_t type);
 /* Parses a name as printed by qpk_type_name (case-insensitive). Returns false if unknown. */
 bool qpk_type_from_name(const char *name, qpk_type *out);
-/* True for the group-quantized types (which need a group size). */
+/* True for the block (quantized) types, which need a group size. */
 bool qpk_type_is_quantized(uint32_t type);
-/* Bytes of one group of group_size weights (its scale, zero point and codes). */
-size_t qpk_type_block_bytes(uint32_t type, uint32_t group_size);
-/* Group sizes are multiples of this, so 4-bit codes pack into whole 16-byte halves. */
-#define QPK_GROUP_QUANTUM 32
+/*
+ * The group rule, the one place it is written: plain types take group 0; block types
+ * with a fixed block take exactly that block, the others a positive multiple of
+ * QPK_GROUP_QUANTUM up to QPK_MAX_GROUP; for block types, cols must be whole blocks
+ * (cols = 0 asks about the group alone, before a row is known).
+ */
+bool qpk_group_ok(uint32_t type, uint32_t group, int64_t cols);
+/* Bytes of one block of `group` weights (its parameters and codes); 0 for plain types. */
+size_t qpk_type_block_bytes(uint32_t type, uint32_t group);
+/* Bytes of one row of cols weights, or 0 when the type is unknown or the group breaks the rule. */
+size_t qpk_type_row_bytes(uint32_t type, uint32_t group, int64_t cols);
 
 /*
  * Bytes a tensor of this type and shape occupies, with every multiplication

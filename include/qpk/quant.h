@@ -120,6 +120,8 @@ typedef struct qpk_qparams {
  * the f16 range (65504).
  */
 qpk_status qpk_group_params(uint32_t type, const float *x, int64_t n, float clip, qpk_qparams *p, qpk_err *e);
+/* Whether type has such a (d, z) grid, i.e. is one that qpk quantizes to by these rules. */
+bool qpk_type_has_grid(uint32_t type);
 /* The code of x under p: round to nearest (ties to even), clamped to the type's range. */
 int32_t qpk_quantize_value(uint32_t type, const qpk_qparams *p, float x);
 /* The weight a code stands for (exact in f32). */

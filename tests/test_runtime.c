@@ -6,7 +6,7 @@
 #include <math.h>
 #include <unistd.h>
 
-#include "../verify/ops.h"
+#include "../runtime/ops.h"
 #include "gen.h"
 #include "qpk/runtime.h"
 #include "qpk/verify.h"

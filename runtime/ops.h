@@ -2,8 +2,8 @@
  * The operations of the Qwen2 forward pass, one token or one head at a time, in f32.
  * Private to the runtime; tests check each against a double-precision reference.
  */
-#ifndef QPK_VERIFY_OPS_H
-#define QPK_VERIFY_OPS_H
+#ifndef QPK_RUNTIME_OPS_H
+#define QPK_RUNTIME_OPS_H
 
 #include "qpk/quant.h"
 

@@ -180,90 +180,98 @@ static void note_source(job *j, const qpk_st_tensor *t, const uint64_t *hash)
     cJSON_AddStringToObject(o, "xxh3", hex);
 }
 
-/* A tensor of a calibrated layer: its bytes come from the calibration, which runs at the layer's first tensor. */
+/* A tensor of the layer the calibration has just quantized: its bytes come from there. */
 static qpk_status write_calibrated(job *j, const qpk_checkpoint *ck, qpk_role role, int layer, const char *name,
                                    qpk_err *e)
 {
-    const qpk_config *c = qpk_checkpoint_config(ck);
-    qpk_status s = QPK_OK;
-    if (role == QPK_ROLE_ATTN_NORM) {
-        double t0 = qpk_seconds();
-        if ((s = qpk_calib_layer(j->calib, layer, &j->times, e)) != QPK_OK)
-            return s;
-        char what[96];
-        snprintf(what, sizeof what, "%s layer %d/%lld: %.1f s", j->o->method == QPK_METHOD_GPTQ ? "GPTQ" : "AWQ",
-                 layer + 1, (long long)c->n_layers, qpk_seconds() - t0);
-        if ((s = poll(j, what, e)) != QPK_OK)
-            return s;
-    }
     const qpk_st_tensor *t = qpk_checkpoint_tensor(ck, role, layer);
     uint32_t type, group;
     const void *bytes;
     size_t n;
     qpk_calib_tensor(j->calib, role, &type, &group, &bytes, &n);
-    if ((s = out_begin(j, name, type, group, t, e)) == QPK_OK && (s = out_write(j, bytes, n, e)) == QPK_OK)
-        s = out_end(j, e);
+    QPK_TRY(out_begin(j, name, type, group, t, e));
+    QPK_TRY(out_write(j, bytes, n, e));
+    QPK_TRY(out_end(j, e));
     j->done += t->nbytes;
     note_source(j, t, NULL);
-    return s;
+    return QPK_OK;
 }
 
+/* One tensor, from the calibration (a calibrated layer's) or straight from its source. */
+static qpk_status write_tensor(job *j, const qpk_checkpoint *ck, qpk_role role, int layer, qpk_err *e)
+{
+    char name[QPK_MAX_NAME];
+    qpk_tensor_name(name, sizeof name, role, layer);
+    if (j->calib && qpk_role_is_per_layer(role))
+        return write_calibrated(j, ck, role, layer, name, e);
+    const qpk_st_tensor *t = qpk_checkpoint_tensor(ck, role, layer);
+    uint32_t type, group;
+    QPK_TRY(qpk_tensor_plan(j->o, t, role, name, &type, &group, e));
+    bool as_is = qpk_st_keep_type(t->dtype) == type && t->dtype != QPK_ST_F64;
+    QPK_TRY(out_begin(j, name, type, group, t, e));
+    QPK_TRY(qpk_type_is_quantized(type) ? quantize_tensor(j, t, type, group, e)
+            : as_is                     ? copy_bytes(j, t, e)
+                                        : convert_values(j, t, (qpk_type)type, e));
+    QPK_TRY(out_end(j, e));
+    /* Stored as is: the source's bytes, so the writer's hash serves both. */
+    uint64_t h = j->gguf ? 0 : qpk_writer_last_xxh3(j->w);
+    note_source(j, t, as_is && !j->gguf ? &h : NULL);
+    return QPK_OK;
+}
+
+/* Calibrates layer l (GPTQ/AWQ): an explicit step at the layer boundary, before its tensors are written. */
+static qpk_status calibrate_layer(job *j, const qpk_config *c, int l, qpk_err *e)
+{
+    double t0 = qpk_seconds();
+    QPK_TRY(qpk_calib_layer(j->calib, l, &j->times, e));
+    char what[96];
+    snprintf(what, sizeof what, "%s layer %d/%lld: %.1f s", j->o->method == QPK_METHOD_GPTQ ? "GPTQ" : "AWQ", l + 1,
+             (long long)c->n_layers, qpk_seconds() - t0);
+    return poll(j, what, e);
+}
+
+/* Every tensor in the canonical order: embedding, layer by layer, final norm, head. */
 static qpk_status write_tensors(job *j, const qpk_checkpoint *ck, qpk_err *e)
 {
     const qpk_config *c = qpk_checkpoint_config(ck);
-    size_t n = qpk_model_n_tensors(c);
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < qpk_model_n_tensors(c); i++) {
         qpk_role role;
         int layer;
         qpk_model_tensor_at(c, i, &role, &layer);
         j->total += qpk_checkpoint_tensor(ck, role, layer)->nbytes;
     }
-    for (size_t i = 0; i < n; i++) {
-        qpk_role role;
-        int layer;
-        char name[QPK_MAX_NAME];
-        qpk_model_tensor_at(c, i, &role, &layer);
-        qpk_tensor_name(name, sizeof name, role, layer);
-        if (j->calib && qpk_role_is_per_layer(role)) {
-            qpk_status s = write_calibrated(j, ck, role, layer, name, e);
-            if (s != QPK_OK)
-                return s;
-            continue;
-        }
-        const qpk_st_tensor *t = qpk_checkpoint_tensor(ck, role, layer);
-        uint32_t type, group;
-        qpk_status s = qpk_tensor_plan(j->o, t, role, name, &type, &group, e);
-        if (s != QPK_OK)
-            return s;
-        bool as_is = qpk_st_keep_type(t->dtype) == type && t->dtype != QPK_ST_F64;
-        uint64_t h = 0;
-        s = out_begin(j, name, type, group, t, e);
-        if (s == QPK_OK)
-            s = qpk_type_is_quantized(type) ? quantize_tensor(j, t, type, group, e)
-                : as_is                     ? copy_bytes(j, t, e)
-                                            : convert_values(j, t, (qpk_type)type, e);
-        if (s == QPK_OK)
-            s = out_end(j, e);
-        if (s != QPK_OK)
-            return s;
-        if (!j->gguf)
-            h = qpk_writer_last_xxh3(j->w); /* stored as is: the source's bytes, so one hash serves both */
-        note_source(j, t, as_is ? &h : NULL);
+    QPK_TRY(write_tensor(j, ck, QPK_ROLE_EMBED, -1, e));
+    for (int l = 0; l < c->n_layers; l++) {
+        if (j->calib)
+            QPK_TRY(calibrate_layer(j, c, l, e));
+        for (int i = 0; i < QPK_LAYER_ROLES; i++)
+            QPK_TRY(write_tensor(j, ck, qpk_layer_role(i), l, e));
     }
+    QPK_TRY(write_tensor(j, ck, QPK_ROLE_FINAL_NORM, -1, e));
+    if (!c->tie_word_embeddings)
+        QPK_TRY(write_tensor(j, ck, QPK_ROLE_LM_HEAD, -1, e));
     return QPK_OK;
 }
 
 /* ------------------------------------------------------------------ GGUF */
 
-/* How a tensor is stored: the plan, except an AWQ fold-only run's linears (f32; see calibrate.c). */
-static qpk_status stored_plan(const qpk_convert_opts *o, const qpk_st_tensor *t, qpk_role role, const char *name,
-                              uint32_t *type, uint32_t *group, qpk_err *e)
+/* A checkpoint's tensors as the GGUF plan takes them: as they will be stored. */
+typedef struct gguf_source {
+    const qpk_convert_opts *o;
+    const qpk_checkpoint *ck;
+} gguf_source;
+
+static qpk_status checkpoint_source(void *ud, qpk_role role, int layer, uint32_t *type, uint32_t *group, int *ndim,
+                                    const int64_t **dims, qpk_err *e)
 {
-    qpk_status s = qpk_tensor_plan(o, t, role, name, type, group, e);
-    if (s == QPK_OK && o->method == QPK_METHOD_AWQ && o->calib.awq_fold_only && qpk_role_is_per_layer(role) &&
-        qpk_role_is_matrix(role))
-        *type = QPK_TYPE_F32, *group = 0;
-    return s;
+    const gguf_source *g = ud;
+    char name[QPK_MAX_NAME];
+    qpk_tensor_name(name, sizeof name, role, layer);
+    const qpk_st_tensor *t = qpk_checkpoint_tensor(g->ck, role, layer);
+    QPK_TRY(qpk_tensor_plan(g->o, t, role, name, type, group, e));
+    qpk_tensor_stored(g->o, role, type, group);
+    *ndim = t->ndim, *dims = t->shape;
+    return QPK_OK;
 }
 
 /* The folder's last path component: the model's name in GGUF. */
@@ -281,31 +289,11 @@ static void folder_name(const char *dir, char *buf, size_t cap)
 /* A GGUF needs its tensors and metadata before any data: plan every tensor now. */
 static qpk_status gguf_head(job *j, const qpk_checkpoint *ck, const char *dir, const cJSON *meta, qpk_err *e)
 {
-    const qpk_config *c = qpk_checkpoint_config(ck);
-    uint64_t linear_elems[QPK_TYPE_COUNT_] = {0};
-    size_t n = qpk_model_n_tensors(c);
-    qpk_status s = QPK_OK;
-    for (size_t i = 0; i < n && s == QPK_OK; i++) {
-        qpk_role role;
-        int layer;
-        char name[QPK_MAX_NAME];
-        uint32_t type, group;
-        qpk_model_tensor_at(c, i, &role, &layer);
-        qpk_tensor_name(name, sizeof name, role, layer);
-        const qpk_st_tensor *t = qpk_checkpoint_tensor(ck, role, layer);
-        if ((s = stored_plan(j->o, t, role, name, &type, &group, e)) == QPK_OK)
-            s = qpk_gguf_export_declare(j->gguf, role, layer, type, group, t->ndim, t->shape, e);
-        if (s == QPK_OK && qpk_role_is_per_layer(role) && qpk_role_is_matrix(role))
-            linear_elems[type] += t->numel;
-    }
-    uint32_t most = 0;
-    for (uint32_t t = 0; t < QPK_TYPE_COUNT_; t++)
-        most = linear_elems[t] > linear_elems[most] ? t : most;
     char *tok = NULL, *tok_cfg = NULL, *recipe = NULL, name[256];
     size_t tok_len = 0, cfg_len = 0;
     bool missing = false;
-    if (s == QPK_OK && (s = qpk_read_model_file(dir, "tokenizer.json", &tok, &tok_len, &missing, e)) != QPK_OK &&
-        missing)
+    qpk_status s = qpk_read_model_file(dir, "tokenizer.json", &tok, &tok_len, &missing, e);
+    if (s != QPK_OK && missing)
         s = qpk_err_setf(e, QPK_E_MISMATCH, "GGUF carries the model's tokenizer, and %s has no tokenizer.json", dir);
     if (s == QPK_OK) {
         qpk_status r = qpk_read_model_file(dir, "tokenizer_config.json", &tok_cfg, &cfg_len, &missing, e);
@@ -315,9 +303,10 @@ static qpk_status gguf_head(job *j, const qpk_checkpoint *ck, const char *dir, c
     if (s == QPK_OK && cJSON_IsObject(q) && !(recipe = cJSON_PrintUnformatted(q)))
         s = qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     folder_name(dir, name, sizeof name);
+    gguf_source src = {j->o, ck};
+    qpk_gguf_meta gm = {name, tok, tok_len, tok_cfg, cfg_len, recipe};
     if (s == QPK_OK)
-        s = qpk_gguf_export_meta(j->gguf, c, name, tok, tok_len, tok_cfg, cfg_len, qpk_gguf_file_type(most), recipe,
-                                 e);
+        s = qpk_gguf_export_plan(j->gguf, qpk_checkpoint_config(ck), checkpoint_source, &src, &gm, e);
     free(tok), free(tok_cfg), free(recipe);
     return s;
 }
@@ -366,6 +355,8 @@ static void add_recipe(cJSON *m, const qpk_convert_opts *o)
     cJSON_AddStringToObject(q, "norms_and_biases", o->quant ? "f32" : "as --dtype");
     if (o->method != QPK_METHOD_RTN) {
         const qpk_calib_opts *co = &o->calib;
+        qpk_calib_params p;
+        qpk_calib_resolve(co, &p);
         char hex[17];
         cJSON *cal = cJSON_AddObjectToObject(q, "calibration");
         snprintf(hex, sizeof hex, "%016llx", (unsigned long long)co->source_xxh3);
@@ -373,17 +364,17 @@ static void add_recipe(cJSON *m, const qpk_convert_opts *o)
         cJSON_AddStringToObject(cal, "xxh3", hex);
         cJSON_AddStringToObject(cal, "format", co->source_is_text ? "text" : "int32 tokens");
         cJSON_AddNumberToObject(cal, "tokens", (double)co->n_tokens);
-        cJSON_AddNumberToObject(cal, "samples", co->samples > 0 ? co->samples : 64);
-        cJSON_AddNumberToObject(cal, "length", co->seq_len > 0 ? co->seq_len : 512);
-        cJSON_AddNumberToObject(cal, "seed", (double)co->seed);
+        cJSON_AddNumberToObject(cal, "samples", p.samples);
+        cJSON_AddNumberToObject(cal, "length", p.seq_len);
+        cJSON_AddNumberToObject(cal, "seed", (double)p.seed);
         if (o->method == QPK_METHOD_GPTQ) {
-            cJSON_AddNumberToObject(cal, "damp", co->damp > 0 ? co->damp : 0.01);
-            cJSON_AddBoolToObject(cal, "act_order", co->act_order);
+            cJSON_AddNumberToObject(cal, "damp", p.gptq.damp);
+            cJSON_AddBoolToObject(cal, "act_order", p.gptq.act_order);
         } else {
-            cJSON_AddNumberToObject(cal, "alpha_grid", 20);
-            cJSON_AddNumberToObject(cal, "clip_grid", 11);
-            cJSON_AddNumberToObject(cal, "search_rows", 512);
-            cJSON_AddBoolToObject(cal, "fold_only", co->awq_fold_only);
+            cJSON_AddNumberToObject(cal, "alpha_grid", p.awq.alpha_grid);
+            cJSON_AddNumberToObject(cal, "clip_grid", p.awq.clip_steps);
+            cJSON_AddNumberToObject(cal, "search_rows", p.awq.sample_rows);
+            cJSON_AddBoolToObject(cal, "fold_only", p.awq_fold_only);
         }
         cJSON_AddStringToObject(q, "embedding_and_head", "rtn");
     }
@@ -500,9 +491,9 @@ qpk_status qpk_convert(const char *dir, const char *out, const qpk_convert_opts 
     }
     if (s == QPK_OK && j.calib && o->cb.log) {
         char msg[200];
-        int len, n = qpk_calib_windows(j.calib, &len);
+        const qpk_calib_params *p = qpk_calib_params_of(j.calib);
         snprintf(msg, sizeof msg, "calibrated on %d windows of %d tokens: statistics %.1f s, quantization %.1f s, "
-                 "quantized passes %.1f s", n, len, j.times.gather, j.times.quantize, j.times.forward);
+                 "quantized passes %.1f s", p->samples, p->seq_len, j.times.gather, j.times.quantize, j.times.forward);
         o->cb.log(o->cb.ud, QPK_LOG_INFO, msg);
     }
     qpk_calib_end(j.calib);

@@ -17,8 +17,9 @@
 
 struct qpk_gguf_export {
     qpk_gguf_writer *w;
-    /* The tensors in declaration order: how each one's bytes are written. */
+    /* The tensors in declaration order: the qpk type each one's bytes come in. */
     uint32_t *qtype;
+    bool *vector; /* norms and biases: written as f32 whatever they come in */
     size_t n, cap, cur;
     uint64_t cur_left;
     uint64_t q41_blocks, q41_inexact; /* int4 -> Q4_1 blocks, and those whose m was rounded */
@@ -26,7 +27,7 @@ struct qpk_gguf_export {
     bool q41_overflow;                /* some m is beyond f16's range */
 };
 
-uint32_t qpk_gguf_file_type(uint32_t type)
+static uint32_t qpk_gguf_file_type(uint32_t type)
 {
     switch (type) { /* llama.cpp's LLAMA_FTYPE_ALL_F32, MOSTLY_F16, MOSTLY_Q8_0, ... */
     case QPK_TYPE_F16: return 1;
@@ -100,6 +101,7 @@ void qpk_gguf_export_discard(qpk_gguf_export *x)
         return;
     qpk_gguf_writer_discard(x->w);
     free(x->qtype);
+    free(x->vector);
     free(x);
 }
 
@@ -184,78 +186,84 @@ static int32_t special_id(const qpk_tokenizer *tok, const cJSON *cfg, const char
     return id >= 0 ? id : fallback;
 }
 
-#define KV(x)                                                                                      \
-    do {                                                                                           \
-        if ((s = (x)) != QPK_OK)                                                                   \
-            goto out;                                                                              \
-    } while (0)
-
-qpk_status qpk_gguf_export_meta(qpk_gguf_export *x, const qpk_config *c, const char *name, const char *tok_json,
-                                size_t tok_len, const char *tok_cfg, size_t cfg_len, uint32_t file_type,
-                                const char *recipe, qpk_err *e)
+/* The special ids as llama.cpp's converter finds them: tokenizer_config.json's token, else config.json's id. */
+static qpk_status write_special_ids(qpk_gguf_writer *w, const qpk_config *c, const qpk_tokenizer *tok,
+                                    const cJSON *cfg, qpk_err *e)
 {
-    qpk_gguf_writer *w = x->w;
-    qpk_tokenizer *tok = NULL;
-    cJSON *cfg = tok_cfg ? cJSON_ParseWithLength(tok_cfg, cfg_len) : NULL;
-    int32_t *types = NULL;
-    vocab v = {0};
-    qpk_status s = qpk_tokenizer_load(&tok, tok_json, tok_len, e);
-    if (s != QPK_OK)
-        return qpk_err_prefix(e, "tokenizer.json");
-    v.tok = tok;
-    KV(qpk_gguf_kv_string(w, "general.architecture", "qwen2", 5, e));
-    KV(qpk_gguf_kv_string(w, "general.name", name, strlen(name), e));
-    KV(qpk_gguf_kv_u32(w, "general.file_type", file_type, e));
-    KV(qpk_gguf_kv_u32(w, "general.quantization_version", 2, e)); /* ggml's, written always as its converter does */
-    KV(qpk_gguf_kv_u32(w, "qwen2.block_count", (uint32_t)c->n_layers, e));
-    KV(qpk_gguf_kv_u32(w, "qwen2.context_length", (uint32_t)c->max_position_embeddings, e));
-    KV(qpk_gguf_kv_u32(w, "qwen2.embedding_length", (uint32_t)c->hidden_size, e));
-    KV(qpk_gguf_kv_u32(w, "qwen2.feed_forward_length", (uint32_t)c->intermediate_size, e));
-    KV(qpk_gguf_kv_u32(w, "qwen2.attention.head_count", (uint32_t)c->n_heads, e));
-    KV(qpk_gguf_kv_u32(w, "qwen2.attention.head_count_kv", (uint32_t)c->n_kv_heads, e));
-    KV(qpk_gguf_kv_f32(w, "qwen2.rope.freq_base", (float)c->rope_theta, e));
-    KV(qpk_gguf_kv_f32(w, "qwen2.attention.layer_norm_rms_epsilon", (float)c->rms_norm_eps, e));
-    /* The tokenizer: every row of the vocabulary, padded rows included. */
-    KV(qpk_gguf_kv_string(w, "tokenizer.ggml.model", "gpt2", 4, e));
-    KV(qpk_gguf_kv_string(w, "tokenizer.ggml.pre", "qwen2", 5, e));
-    uint64_t n = (uint64_t)c->vocab_size;
-    if (qpk_tokenizer_n_tokens(tok) > n) {
-        s = qpk_err_setf(e, QPK_E_MISMATCH, "the tokenizer has %zu tokens, more than the vocabulary's %llu rows",
-                         qpk_tokenizer_n_tokens(tok), (unsigned long long)n);
-        goto out;
-    }
-    KV(qpk_gguf_kv_string_array(w, "tokenizer.ggml.tokens", n, token_text, &v, e));
-    if (!(types = malloc((size_t)n * sizeof *types))) {
-        s = qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
-        goto out;
-    }
-    for (uint64_t i = 0; i < n; i++)
-        types[i] = token_type(tok, (int32_t)i);
-    KV(qpk_gguf_kv_i32_array(w, "tokenizer.ggml.token_type", types, n, e));
-    KV(qpk_gguf_kv_string_array(w, "tokenizer.ggml.merges", qpk_tokenizer_n_merges(tok), merge_text, &v, e));
-    if (v.failed) {
-        s = qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
-        goto out;
-    }
-    /* Special ids as llama.cpp's converter finds them: tokenizer_config.json's token, else config.json's id. */
     int32_t bos = special_id(tok, cfg, "bos_token", c->bos_token_id);
     int32_t eos = special_id(tok, cfg, "eos_token", c->n_eos > 0 ? c->eos_token_ids[0] : -1);
     int32_t pad = special_id(tok, cfg, "pad_token", -1);
     if (bos >= 0)
-        KV(qpk_gguf_kv_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)bos, e));
+        QPK_TRY(qpk_gguf_kv_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)bos, e));
     if (eos >= 0)
-        KV(qpk_gguf_kv_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)eos, e));
+        QPK_TRY(qpk_gguf_kv_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)eos, e));
     if (pad >= 0)
-        KV(qpk_gguf_kv_u32(w, "tokenizer.ggml.padding_token_id", (uint32_t)pad, e));
+        QPK_TRY(qpk_gguf_kv_u32(w, "tokenizer.ggml.padding_token_id", (uint32_t)pad, e));
     const cJSON *add_bos = cJSON_GetObjectItemCaseSensitive(cfg, "add_bos_token");
-    KV(qpk_gguf_kv_bool(w, "tokenizer.ggml.add_bos_token", cJSON_IsTrue(add_bos), e));
+    QPK_TRY(qpk_gguf_kv_bool(w, "tokenizer.ggml.add_bos_token", cJSON_IsTrue(add_bos), e));
     const char *tmpl = cfg_string(cfg, "chat_template");
     if (tmpl)
-        KV(qpk_gguf_kv_string(w, "tokenizer.chat_template", tmpl, strlen(tmpl), e));
-    if (recipe)
-        KV(qpk_gguf_kv_string(w, "qpk.quantization", recipe, strlen(recipe), e));
-    KV(qpk_gguf_kv_string(w, "qpk.version", QPK_VERSION_STRING, strlen(QPK_VERSION_STRING), e));
-out:
+        QPK_TRY(qpk_gguf_kv_string(w, "tokenizer.chat_template", tmpl, strlen(tmpl), e));
+    return QPK_OK;
+}
+
+/* The tokenizer: every row of the vocabulary (padded rows included), types, merges, special ids. */
+static qpk_status write_tokenizer(qpk_gguf_writer *w, const qpk_config *c, const qpk_tokenizer *tok,
+                                  const cJSON *cfg, int32_t *types, vocab *v, qpk_err *e)
+{
+    QPK_TRY(qpk_gguf_kv_string(w, "tokenizer.ggml.model", "gpt2", 4, e));
+    QPK_TRY(qpk_gguf_kv_string(w, "tokenizer.ggml.pre", "qwen2", 5, e));
+    uint64_t n = (uint64_t)c->vocab_size;
+    if (qpk_tokenizer_n_tokens(tok) > n)
+        return qpk_err_setf(e, QPK_E_MISMATCH, "the tokenizer has %zu tokens, more than the vocabulary's %llu rows",
+                            qpk_tokenizer_n_tokens(tok), (unsigned long long)n);
+    QPK_TRY(qpk_gguf_kv_string_array(w, "tokenizer.ggml.tokens", n, token_text, v, e));
+    for (uint64_t i = 0; i < n; i++)
+        types[i] = token_type(tok, (int32_t)i);
+    QPK_TRY(qpk_gguf_kv_i32_array(w, "tokenizer.ggml.token_type", types, n, e));
+    QPK_TRY(qpk_gguf_kv_string_array(w, "tokenizer.ggml.merges", qpk_tokenizer_n_merges(tok), merge_text, v, e));
+    if (v->failed)
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    return write_special_ids(w, c, tok, cfg, e);
+}
+
+static qpk_status write_keys(qpk_gguf_writer *w, const qpk_config *c, const qpk_gguf_meta *m, uint32_t file_type,
+                             qpk_err *e)
+{
+    QPK_TRY(qpk_gguf_kv_string(w, "general.architecture", "qwen2", 5, e));
+    QPK_TRY(qpk_gguf_kv_string(w, "general.name", m->name, strlen(m->name), e));
+    QPK_TRY(qpk_gguf_kv_u32(w, "general.file_type", file_type, e));
+    QPK_TRY(qpk_gguf_kv_u32(w, "general.quantization_version", 2, e)); /* ggml's, written always as its converter does */
+    QPK_TRY(qpk_gguf_kv_u32(w, "qwen2.block_count", (uint32_t)c->n_layers, e));
+    QPK_TRY(qpk_gguf_kv_u32(w, "qwen2.context_length", (uint32_t)c->max_position_embeddings, e));
+    QPK_TRY(qpk_gguf_kv_u32(w, "qwen2.embedding_length", (uint32_t)c->hidden_size, e));
+    QPK_TRY(qpk_gguf_kv_u32(w, "qwen2.feed_forward_length", (uint32_t)c->intermediate_size, e));
+    QPK_TRY(qpk_gguf_kv_u32(w, "qwen2.attention.head_count", (uint32_t)c->n_heads, e));
+    QPK_TRY(qpk_gguf_kv_u32(w, "qwen2.attention.head_count_kv", (uint32_t)c->n_kv_heads, e));
+    QPK_TRY(qpk_gguf_kv_f32(w, "qwen2.rope.freq_base", (float)c->rope_theta, e));
+    QPK_TRY(qpk_gguf_kv_f32(w, "qwen2.attention.layer_norm_rms_epsilon", (float)c->rms_norm_eps, e));
+    return QPK_OK;
+}
+
+/* The metadata: architecture and hyperparameters, the tokenizer, and the qpk recipe. */
+static qpk_status write_meta(qpk_gguf_export *x, const qpk_config *c, const qpk_gguf_meta *m, uint32_t file_type,
+                             qpk_err *e)
+{
+    qpk_tokenizer *tok = NULL;
+    if (qpk_tokenizer_load(&tok, m->tok_json, m->tok_len, e) != QPK_OK)
+        return qpk_err_prefix(e, "tokenizer.json");
+    cJSON *cfg = m->tok_cfg ? cJSON_ParseWithLength(m->tok_cfg, m->cfg_len) : NULL;
+    int32_t *types = malloc((size_t)c->vocab_size * sizeof *types);
+    vocab v = {.tok = tok};
+    qpk_status s = types ? QPK_OK : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    if (s == QPK_OK)
+        s = write_keys(x->w, c, m, file_type, e);
+    if (s == QPK_OK)
+        s = write_tokenizer(x->w, c, tok, cfg, types, &v, e);
+    if (s == QPK_OK && m->recipe)
+        s = qpk_gguf_kv_string(x->w, "qpk.quantization", m->recipe, strlen(m->recipe), e);
+    if (s == QPK_OK)
+        s = qpk_gguf_kv_string(x->w, "qpk.version", QPK_VERSION_STRING, strlen(QPK_VERSION_STRING), e);
     free(types);
     free(v.buf);
     cJSON_Delete(cfg);
@@ -265,29 +273,55 @@ out:
 
 /* ---------------------------------------------------------------- tensors */
 
-qpk_status qpk_gguf_export_declare(qpk_gguf_export *x, qpk_role role, int layer, uint32_t type, uint32_t group,
-                                   int ndim, const int64_t *dims, qpk_err *e)
+/* Declares tensor (role, layer) whose bytes come as qpk type/group, dims outermost first (as .qpk). */
+static qpk_status declare(qpk_gguf_export *x, qpk_role role, int layer, uint32_t type, uint32_t group, int ndim,
+                          const int64_t *dims, qpk_err *e)
 {
     char name[64];
     uint32_t gt = 0;
     gguf_tensor_name(name, sizeof name, role, layer);
-    qpk_status s = ggml_type_of(type, group, name, &gt, e);
-    if (s != QPK_OK)
-        return s;
+    const bool vector = !qpk_role_is_matrix(role); /* llama.cpp takes norms and biases in f32 only */
+    QPK_TRY(ggml_type_of(vector ? QPK_TYPE_F32 : type, group, name, &gt, e));
     uint64_t ne[4];
     for (int d = 0; d < ndim; d++) /* GGUF lists the contiguous dimension first */
         ne[d] = (uint64_t)dims[ndim - 1 - d];
-    if ((s = qpk_gguf_add_tensor(x->w, name, gt, ndim, ne, e)) != QPK_OK)
-        return s;
+    QPK_TRY(qpk_gguf_add_tensor(x->w, name, gt, ndim, ne, e));
     if (x->n == x->cap) {
         size_t cap = x->cap ? 2 * x->cap : 256;
         uint32_t *q = realloc(x->qtype, cap * sizeof *q);
-        if (!q)
+        if (q)
+            x->qtype = q;
+        bool *v = realloc(x->vector, cap * sizeof *v);
+        if (v)
+            x->vector = v;
+        if (!q || !v)
             return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
-        x->qtype = q, x->cap = cap;
+        x->cap = cap;
     }
-    x->qtype[x->n++] = type;
+    x->qtype[x->n] = type, x->vector[x->n] = vector;
+    x->n++;
     return QPK_OK;
+}
+
+qpk_status qpk_gguf_export_plan(qpk_gguf_export *x, const qpk_config *c, qpk_gguf_source_fn source, void *ud,
+                                const qpk_gguf_meta *m, qpk_err *e)
+{
+    uint64_t linear_elems[QPK_TYPE_COUNT_] = {0};
+    for (size_t i = 0; i < qpk_model_n_tensors(c); i++) {
+        qpk_role role;
+        int layer, ndim;
+        uint32_t type, group;
+        const int64_t *dims;
+        qpk_model_tensor_at(c, i, &role, &layer);
+        QPK_TRY(source(ud, role, layer, &type, &group, &ndim, &dims, e));
+        QPK_TRY(declare(x, role, layer, type, group, ndim, dims, e));
+        if (qpk_role_is_per_layer(role) && qpk_role_is_matrix(role))
+            linear_elems[type] += (uint64_t)dims[0] * (uint64_t)dims[1];
+    }
+    uint32_t most = 0;
+    for (uint32_t t = 0; t < QPK_TYPE_COUNT_; t++)
+        most = linear_elems[t] > linear_elems[most] ? t : most;
+    return write_meta(x, c, m, qpk_gguf_file_type(most), e);
 }
 
 /* One int4 block of 32 (f16 d, u8 z, u8 0, 16 bytes of codes) as Q4_1 (f16 d, f16 m, the same codes). */
@@ -310,11 +344,30 @@ static void to_q41(qpk_gguf_export *x, const uint8_t *in, uint8_t *out)
     memcpy(out + 4, in + 4, 16);
 }
 
+/* A vector's values, in whatever float type they come, as f32. */
+static qpk_status write_widened(qpk_gguf_export *x, uint32_t type, const uint8_t *p, size_t n, qpk_err *e)
+{
+    const size_t esize = qpk_type_info_of(type)->elem_bytes;
+    if (n % esize != 0)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "%s data must come in whole elements", qpk_type_name(type));
+    float stage[4096];
+    for (size_t done = 0; done < n / esize;) {
+        size_t k = n / esize - done < 4096 ? n / esize - done : 4096;
+        qpk_row_to_f32(type, p + done * esize, stage, k);
+        QPK_TRY(qpk_gguf_write(x->w, stage, k * sizeof *stage, e));
+        done += k;
+    }
+    return QPK_OK;
+}
+
 qpk_status qpk_gguf_export_write(qpk_gguf_export *x, const void *data, size_t n, qpk_err *e)
 {
     if (x->cur >= x->n)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "GGUF data past the declared tensors");
-    if (x->qtype[x->cur] != QPK_TYPE_INT4)
+    const uint32_t type = x->qtype[x->cur];
+    if (x->vector[x->cur] && type != QPK_TYPE_F32)
+        return write_widened(x, type, data, n, e);
+    if (type != QPK_TYPE_INT4)
         return qpk_gguf_write(x->w, data, n, e);
     if (n % 20 != 0)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "int4 data must come in whole blocks");
@@ -326,9 +379,7 @@ qpk_status qpk_gguf_export_write(qpk_gguf_export *x, const void *data, size_t n,
             to_q41(x, p + b, buf + b);
         if (x->q41_overflow)
             return qpk_err_setf(e, QPK_E_VALUE, "an int4 block's offset -d*z is beyond f16's range: no Q4_1 for it");
-        qpk_status s = qpk_gguf_write(x->w, buf, k, e);
-        if (s != QPK_OK)
-            return s;
+        QPK_TRY(qpk_gguf_write(x->w, buf, k, e));
         p += k, n -= k;
     }
     return QPK_OK;
@@ -368,50 +419,52 @@ static void base_name(const char *path, char *buf, size_t cap)
     snprintf(buf, cap, "%.*s", (int)n, b);
 }
 
-static qpk_status repack_meta(qpk_gguf_export *x, const qpk_file *f, const char *in, uint32_t file_type, qpk_err *e)
+/* A .qpk's tensors as the plan takes them: as they are stored. */
+static qpk_status qpk_source(void *ud, qpk_role role, int layer, uint32_t *type, uint32_t *group, int *ndim,
+                             const int64_t **dims, qpk_err *e)
 {
-    char *tok, *cfg, *recipe = NULL, name[256];
-    size_t tok_len, cfg_len, meta_len;
+    char name[QPK_MAX_NAME];
+    qpk_tensor_name(name, sizeof name, role, layer);
+    const qpk_tensor *t = qpk_find_tensor(ud, name);
+    if (!t)
+        return qpk_err_setf(e, QPK_E_MISMATCH, "missing tensor '%s'", name);
+    *type = t->type, *group = t->group_size, *ndim = t->ndim, *dims = t->dims;
+    return QPK_OK;
+}
+
+/* The plan of the whole file: tensors as stored, the embedded tokenizer files, the recorded recipe. */
+static qpk_status repack_plan(qpk_gguf_export *x, const qpk_file *f, const char *in, qpk_err *e)
+{
+    char *tok, *cfg = NULL, *recipe = NULL, name[256];
+    size_t tok_len, cfg_len = 0, meta_len;
     qpk_status s = qpk_read_blob(f, "tokenizer.json", &tok, &tok_len, e);
     if (s == QPK_OK && !tok)
         s = qpk_err_setf(e, QPK_E_MISMATCH, "GGUF carries the model's tokenizer, and %s embeds no tokenizer.json", in);
     if (s == QPK_OK)
         s = qpk_read_blob(f, "tokenizer_config.json", &cfg, &cfg_len, e);
-    if (s != QPK_OK) {
-        free(tok);
-        return s;
-    }
     const char *m = qpk_metadata(f, &meta_len);
     cJSON *meta = cJSON_ParseWithLength(m, meta_len);
     const cJSON *q = cJSON_GetObjectItemCaseSensitive(meta, "quantization");
-    if (cJSON_IsObject(q) && !(recipe = cJSON_PrintUnformatted(q)))
+    if (s == QPK_OK && cJSON_IsObject(q) && !(recipe = cJSON_PrintUnformatted(q)))
         s = qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     base_name(in, name, sizeof name);
+    qpk_gguf_meta gm = {name, tok, tok_len, cfg, cfg_len, recipe};
     if (s == QPK_OK)
-        s = qpk_gguf_export_meta(x, qpk_file_config(f), name, tok, tok_len, cfg, cfg_len, file_type, recipe, e);
+        s = qpk_gguf_export_plan(x, qpk_file_config(f), qpk_source, (void *)f, &gm, e);
     cJSON_Delete(meta);
     free(recipe), free(tok), free(cfg);
     return s;
 }
 
-/* Tensor t's bytes, checked against its hash, as declared: vectors widened to f32. */
-static qpk_status repack_tensor(qpk_gguf_export *x, const qpk_file *f, size_t index, float *stage, qpk_err *e)
+/* Tensor t's bytes, checked against its hash, as they are (the exporter converts what GGUF needs). */
+static qpk_status repack_tensor(qpk_gguf_export *x, const qpk_file *f, size_t index, qpk_err *e)
 {
     const qpk_tensor *t = qpk_tensor_at(f, index);
     qpk_status s = qpk_verify_tensor(f, index, e);
     const uint8_t *p = t->data;
-    if (t->ndim == 1 && t->type != QPK_TYPE_F32) {
-        size_t size = t->type == QPK_TYPE_F32 ? 4 : 2, per = REPACK_CHUNK / sizeof(float);
-        for (uint64_t i = 0; i < (uint64_t)t->dims[0] && s == QPK_OK; i += per) {
-            size_t n = (size_t)((uint64_t)t->dims[0] - i < per ? (uint64_t)t->dims[0] - i : per);
-            qpk_row_to_f32(t->type, p + i * size, stage, n);
-            s = qpk_gguf_export_write(x, stage, n * sizeof(float), e);
-        }
-    } else {
-        for (uint64_t off = 0; off < t->nbytes && s == QPK_OK; off += REPACK_CHUNK) {
-            size_t n = (size_t)(t->nbytes - off < REPACK_CHUNK ? t->nbytes - off : REPACK_CHUNK);
-            s = qpk_gguf_export_write(x, p + off, n, e);
-        }
+    for (uint64_t off = 0; off < t->nbytes && s == QPK_OK; off += REPACK_CHUNK) {
+        size_t n = (size_t)(t->nbytes - off < REPACK_CHUNK ? t->nbytes - off : REPACK_CHUNK);
+        s = qpk_gguf_export_write(x, p + off, n, e);
     }
     qpk_gguf_export_next(x);
     return s != QPK_OK ? qpk_err_prefix(e, "tensor '%s'", t->name) : QPK_OK;
@@ -422,43 +475,25 @@ qpk_status qpk_export_gguf(const char *in, const char *out, const qpk_convert_op
     const qpk_callbacks *cb = o ? &o->cb : NULL;
     qpk_file *f = NULL;
     qpk_gguf_export *x = NULL;
-    float *stage = NULL;
     qpk_status s = qpk_open(&f, in, NULL, e);
     if (s == QPK_OK)
         s = qpk_check_model(f, e);
-    if (s != QPK_OK) {
-        qpk_close(f);
-        return s;
-    }
-    const qpk_config *c = qpk_file_config(f);
-    size_t n = qpk_model_n_tensors(c), *index = calloc(n, sizeof *index);
-    uint64_t linear_elems[QPK_TYPE_COUNT_] = {0}, total = 0, done = 0;
-    if (!index || !(stage = malloc(REPACK_CHUNK)))
-        s = qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     if (s == QPK_OK)
         s = qpk_gguf_export_create(&x, out, e);
-    for (size_t i = 0; i < n && s == QPK_OK; i++) {
+    if (s == QPK_OK)
+        s = repack_plan(x, f, in, e);
+    const qpk_config *c = s == QPK_OK ? qpk_file_config(f) : NULL;
+    uint64_t total = 0, done = 0;
+    for (size_t i = 0; s == QPK_OK && i < qpk_n_tensors(f); i++)
+        total += qpk_tensor_at(f, i)->nbytes;
+    for (size_t i = 0; s == QPK_OK && i < qpk_model_n_tensors(c); i++) {
         qpk_role role;
         int layer;
         char name[QPK_MAX_NAME];
         qpk_model_tensor_at(c, i, &role, &layer);
         qpk_tensor_name(name, sizeof name, role, layer);
         const qpk_tensor *t = qpk_find_tensor(f, name);
-        index[i] = (size_t)(t - qpk_tensor_at(f, 0));
-        uint32_t type = qpk_role_is_matrix(role) ? t->type : QPK_TYPE_F32;
-        s = qpk_gguf_export_declare(x, role, layer, type, t->group_size, t->ndim, t->dims, e);
-        if (qpk_role_is_per_layer(role) && qpk_role_is_matrix(role))
-            linear_elems[t->type] += (uint64_t)t->dims[0] * (uint64_t)t->dims[1];
-        total += t->nbytes;
-    }
-    uint32_t most = 0;
-    for (uint32_t t = 0; t < QPK_TYPE_COUNT_; t++)
-        most = linear_elems[t] > linear_elems[most] ? t : most;
-    if (s == QPK_OK)
-        s = repack_meta(x, f, in, qpk_gguf_file_type(most), e);
-    for (size_t i = 0; i < n && s == QPK_OK; i++) {
-        const qpk_tensor *t = qpk_tensor_at(f, index[i]);
-        if ((s = repack_tensor(x, f, index[i], stage, e)) != QPK_OK)
+        if ((s = repack_tensor(x, f, (size_t)(t - qpk_tensor_at(f, 0)), e)) != QPK_OK)
             break;
         done += t->nbytes;
         if (cb && cb->progress)
@@ -471,7 +506,6 @@ qpk_status qpk_export_gguf(const char *in, const char *out, const qpk_convert_op
         x = NULL;
     }
     qpk_gguf_export_discard(x);
-    free(stage), free(index);
     qpk_close(f);
     return s;
 }

@@ -4,6 +4,7 @@
 
 #include "qpk/convert.h"
 #include "qpk/quant.h"
+#include "qpk_private.h"
 
 /* Elements [first, first + n) of a float safetensors tensor, as f32 (F64 rounds to nearest). */
 static inline void qpk_st_to_f32(const qpk_st_tensor *t, uint64_t first, size_t n, float *dst)
@@ -30,9 +31,14 @@ static inline qpk_type qpk_st_keep_type(qpk_st_dtype d)
     return d == QPK_ST_F16 ? QPK_TYPE_F16 : d == QPK_ST_BF16 ? QPK_TYPE_BF16 : QPK_TYPE_F32;
 }
 
-/* The type (and group) tensor `name` of role `role` is stored as under options o. */
+/*
+ * The type (and group) tensor `name` of role `role` is quantized to under options o:
+ * what round-to-nearest writes, and what GPTQ and AWQ calibrate for.
+ */
 qpk_status qpk_tensor_plan(const qpk_convert_opts *o, const qpk_st_tensor *src, qpk_role role, const char *name,
                            uint32_t *type, uint32_t *group, qpk_err *e);
+/* How a planned tensor is finally stored: an AWQ fold-only run keeps its folded linears in f32. */
+void qpk_tensor_stored(const qpk_convert_opts *o, qpk_role role, uint32_t *type, uint32_t *group);
 
 /* ------------------------------------------------ calibration (calibrate.c) */
 
@@ -49,8 +55,8 @@ qpk_status qpk_calib_layer(qpk_calib *c, int l, qpk_calib_times *times, qpk_err 
 /* The stored form of tensor r of the layer last calibrated (valid until the next layer). */
 void qpk_calib_tensor(const qpk_calib *c, qpk_role r, uint32_t *type, uint32_t *group, const void **bytes,
                       size_t *nbytes);
-/* Number of windows, and their length. */
-int qpk_calib_windows(const qpk_calib *c, int *len);
+/* The resolved parameters it runs with. */
+const qpk_calib_params *qpk_calib_params_of(const qpk_calib *c);
 void qpk_calib_end(qpk_calib *c); /* NULL-safe */
 double qpk_seconds(void);
 
@@ -64,23 +70,36 @@ typedef struct qpk_gguf_export qpk_gguf_export;
 qpk_status qpk_gguf_export_create(qpk_gguf_export **out, const char *path, qpk_err *e);
 /* Nothing appears at the path. NULL-safe. */
 void qpk_gguf_export_discard(qpk_gguf_export *x);
+/* What a GGUF says besides its tensors. */
+typedef struct qpk_gguf_meta {
+    const char *name;               /* general.name */
+    const char *tok_json;           /* tokenizer.json (required) */
+    size_t tok_len;
+    const char *tok_cfg;            /* tokenizer_config.json (may be NULL) */
+    size_t cfg_len;
+    const char *recipe;             /* the qpk recipe, JSON (may be NULL) */
+} qpk_gguf_meta;
+
+/* How tensor (role, layer) comes to the exporter: its qpk type, group and dims (outermost first). */
+typedef qpk_status (*qpk_gguf_source_fn)(void *ud, qpk_role role, int layer, uint32_t *type, uint32_t *group,
+                                         int *ndim, const int64_t **dims, qpk_err *e);
+
 /*
- * The metadata: architecture and hyperparameters from c, the tokenizer from
- * tokenizer.json (required) and tokenizer_config.json (may be NULL), general.file_type
- * (llama.cpp's LLAMA_FTYPE) and the qpk recipe (JSON, may be NULL).
+ * The one GGUF planning path, for every source: declares the tensors of a model with
+ * config c in the canonical order, each in the ggml type its qpk type becomes (norms
+ * and biases f32, as llama.cpp takes them), then writes the metadata: hyperparameters,
+ * general.file_type (llama.cpp's LLAMA_FTYPE of the type most linear weights have), the
+ * tokenizer and the recipe.
  */
-qpk_status qpk_gguf_export_meta(qpk_gguf_export *x, const qpk_config *c, const char *name, const char *tok_json,
-                                size_t tok_len, const char *tok_cfg, size_t cfg_len, uint32_t file_type,
-                                const char *recipe, qpk_err *e);
-/* Declares tensor (role, layer) stored as qpk type/group, dims outermost first (as .qpk). */
-qpk_status qpk_gguf_export_declare(qpk_gguf_export *x, qpk_role role, int layer, uint32_t type, uint32_t group,
-                                   int ndim, const int64_t *dims, qpk_err *e);
-/* The declared tensors' bytes in order, in their qpk encoding; next() after each tensor. */
+qpk_status qpk_gguf_export_plan(qpk_gguf_export *x, const qpk_config *c, qpk_gguf_source_fn source, void *ud,
+                                const qpk_gguf_meta *m, qpk_err *e);
+/*
+ * The declared tensors' bytes in order, in the qpk type each was declared with (vectors
+ * are widened to f32, int4 blocks become Q4_1); next() after each tensor.
+ */
 qpk_status qpk_gguf_export_write(qpk_gguf_export *x, const void *data, size_t n, qpk_err *e);
 void qpk_gguf_export_next(qpk_gguf_export *x);
 /* Commits the file; x is freed whatever the outcome. */
 qpk_status qpk_gguf_export_finish(qpk_gguf_export *x, const qpk_callbacks *cb, qpk_err *e);
-/* llama.cpp's general.file_type for a model whose linear weights are mostly `type`. */
-uint32_t qpk_gguf_file_type(uint32_t type);
 
 #endif

@@ -48,6 +48,12 @@ static bool rule_matches(const qpk_quant_rule *r, const char *name)
     return strstr(name, r->pattern) != NULL;
 }
 
+void qpk_tensor_stored(const qpk_convert_opts *o, qpk_role role, uint32_t *type, uint32_t *group)
+{
+    if (o->method == QPK_METHOD_AWQ && o->calib.awq_fold_only && qpk_role_is_per_layer(role) && qpk_role_is_matrix(role))
+        *type = QPK_TYPE_F32, *group = 0;
+}
+
 qpk_status qpk_tensor_plan(const qpk_convert_opts *o, const qpk_st_tensor *src, qpk_role role, const char *name,
                            uint32_t *type, uint32_t *group, qpk_err *e)
 {

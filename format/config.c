@@ -75,13 +75,6 @@ static qpk_status get_str(const cJSON *obj, const char *key, const char *dflt, c
     return QPK_OK;
 }
 
-#define TRY(x)                                                                                     \
-    do {                                                                                           \
-        qpk_status s_ = (x);                                                                       \
-        if (s_ != QPK_OK)                                                                          \
-            return s_;                                                                             \
-    } while (0)
-
 /* ------------------------------------------------------------------- parsing */
 
 static qpk_status parse_eos(const cJSON *root, qpk_config *c, qpk_err *e)
@@ -92,7 +85,7 @@ static qpk_status parse_eos(const cJSON *root, qpk_config *c, qpk_err *e)
         return QPK_OK;
     if (cJSON_IsNumber(it)) {
         int64_t v;
-        TRY(get_int(root, "eos_token_id", true, 0, 0, QPK_MAX_VOCAB - 1, &v, e));
+        QPK_TRY(get_int(root, "eos_token_id", true, 0, 0, QPK_MAX_VOCAB - 1, &v, e));
         c->eos_token_ids[c->n_eos++] = v;
         return QPK_OK;
     }
@@ -146,7 +139,7 @@ static qpk_status check_shapes(qpk_config *c, const cJSON *root, qpk_err *e)
         return qpk_err_setf(e, QPK_E_UNSUPPORTED, "head_dim %lld is odd; RoPE needs pairs",
                             (long long)c->head_dim);
     int64_t hd;
-    TRY(get_int(root, "head_dim", false, c->head_dim, 1, QPK_MAX_HIDDEN, &hd, e));
+    QPK_TRY(get_int(root, "head_dim", false, c->head_dim, 1, QPK_MAX_HIDDEN, &hd, e));
     if (hd != c->head_dim)
         return qpk_err_setf(e, QPK_E_UNSUPPORTED,
                             "head_dim %lld differs from hidden_size/num_attention_heads = %lld",
@@ -182,26 +175,26 @@ static qpk_status config_from_cjson(qpk_config *c, const cJSON *root, qpk_err *e
         return qpk_err_setf(e, QPK_E_CORRUPT, "top level is not an object");
     if (cJSON_GetArraySize(root) > 4096)
         return qpk_err_setf(e, QPK_E_LIMIT, "more than 4096 keys");
-    TRY(check_no_duplicate_keys(root, e));
-    TRY(check_architecture(root, e));
-    TRY(get_int(root, "vocab_size", true, 0, 1, QPK_MAX_VOCAB, &c->vocab_size, e));
-    TRY(get_int(root, "hidden_size", true, 0, 1, QPK_MAX_HIDDEN, &c->hidden_size, e));
-    TRY(get_int(root, "intermediate_size", true, 0, 1, 8 * QPK_MAX_HIDDEN, &c->intermediate_size, e));
-    TRY(get_int(root, "num_hidden_layers", true, 0, 1, QPK_MAX_LAYERS, &c->n_layers, e));
-    TRY(get_int(root, "num_attention_heads", true, 0, 1, QPK_MAX_HEADS, &c->n_heads, e));
-    TRY(get_int(root, "num_key_value_heads", false, c->n_heads, 1, QPK_MAX_HEADS, &c->n_kv_heads, e));
-    TRY(get_int(root, "max_position_embeddings", false, 32768, 1, 1LL << 24, &c->max_position_embeddings, e));
+    QPK_TRY(check_no_duplicate_keys(root, e));
+    QPK_TRY(check_architecture(root, e));
+    QPK_TRY(get_int(root, "vocab_size", true, 0, 1, QPK_MAX_VOCAB, &c->vocab_size, e));
+    QPK_TRY(get_int(root, "hidden_size", true, 0, 1, QPK_MAX_HIDDEN, &c->hidden_size, e));
+    QPK_TRY(get_int(root, "intermediate_size", true, 0, 1, 8 * QPK_MAX_HIDDEN, &c->intermediate_size, e));
+    QPK_TRY(get_int(root, "num_hidden_layers", true, 0, 1, QPK_MAX_LAYERS, &c->n_layers, e));
+    QPK_TRY(get_int(root, "num_attention_heads", true, 0, 1, QPK_MAX_HEADS, &c->n_heads, e));
+    QPK_TRY(get_int(root, "num_key_value_heads", false, c->n_heads, 1, QPK_MAX_HEADS, &c->n_kv_heads, e));
+    QPK_TRY(get_int(root, "max_position_embeddings", false, 32768, 1, 1LL << 24, &c->max_position_embeddings, e));
     /* Defaults are transformers' Qwen2Config defaults. */
-    TRY(get_real(root, "rope_theta", 10000.0, &c->rope_theta, e));
-    TRY(get_real(root, "rms_norm_eps", 1e-6, &c->rms_norm_eps, e));
-    TRY(get_bool(root, "tie_word_embeddings", false, &c->tie_word_embeddings, e));
-    TRY(get_bool(root, "use_sliding_window", false, &c->use_sliding_window, e));
-    TRY(get_int(root, "sliding_window", false, 4096, 0, 1LL << 24, &c->sliding_window, e));
-    TRY(get_int(root, "max_window_layers", false, 28, 0, QPK_MAX_LAYERS * 64LL, &c->max_window_layers, e));
-    TRY(get_str(root, "hidden_act", "silu", c->hidden_act, sizeof c->hidden_act, e));
-    TRY(get_str(root, "torch_dtype", "", c->torch_dtype, sizeof c->torch_dtype, e));
-    TRY(get_int(root, "bos_token_id", false, -1, 0, QPK_MAX_VOCAB - 1, &c->bos_token_id, e));
-    TRY(parse_eos(root, c, e));
+    QPK_TRY(get_real(root, "rope_theta", 10000.0, &c->rope_theta, e));
+    QPK_TRY(get_real(root, "rms_norm_eps", 1e-6, &c->rms_norm_eps, e));
+    QPK_TRY(get_bool(root, "tie_word_embeddings", false, &c->tie_word_embeddings, e));
+    QPK_TRY(get_bool(root, "use_sliding_window", false, &c->use_sliding_window, e));
+    QPK_TRY(get_int(root, "sliding_window", false, 4096, 0, 1LL << 24, &c->sliding_window, e));
+    QPK_TRY(get_int(root, "max_window_layers", false, 28, 0, QPK_MAX_LAYERS * 64LL, &c->max_window_layers, e));
+    QPK_TRY(get_str(root, "hidden_act", "silu", c->hidden_act, sizeof c->hidden_act, e));
+    QPK_TRY(get_str(root, "torch_dtype", "", c->torch_dtype, sizeof c->torch_dtype, e));
+    QPK_TRY(get_int(root, "bos_token_id", false, -1, 0, QPK_MAX_VOCAB - 1, &c->bos_token_id, e));
+    QPK_TRY(parse_eos(root, c, e));
     if (strcmp(c->hidden_act, "silu") != 0)
         return qpk_err_setf(e, QPK_E_UNSUPPORTED, "hidden_act \"%s\" is not supported (only silu)",
                             c->hidden_act);
@@ -231,7 +224,7 @@ qpk_status qpk_config_parse(qpk_config *c, const char *json, size_t len, qpk_err
 {
     cJSON *root;
     memset(c, 0, sizeof *c);
-    TRY(parse_json(json, len, &root, e));
+    QPK_TRY(parse_json(json, len, &root, e));
     qpk_status s = config_from_cjson(c, root, e);
     cJSON_Delete(root);
     return s;
@@ -240,7 +233,7 @@ qpk_status qpk_config_parse(qpk_config *c, const char *json, size_t len, qpk_err
 qpk_status qpk_meta_validate(const char *meta, size_t len, qpk_config *cfg, qpk_err *e)
 {
     cJSON *root;
-    TRY(parse_json(meta, len, &root, e));
+    QPK_TRY(parse_json(meta, len, &root, e));
     const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(root, "format");
     const cJSON *ver = cJSON_GetObjectItemCaseSensitive(root, "format_version");
     const cJSON *arch = cJSON_GetObjectItemCaseSensitive(root, "architecture");
@@ -301,8 +294,7 @@ char *qpk_config_to_json(const qpk_config *c)
 
 /* ------------------------------------------------------------- tensor roles */
 
-#define PER_LAYER_ROLES 12
-static const qpk_role LAYER_ORDER[PER_LAYER_ROLES] = {
+static const qpk_role LAYER_ORDER[QPK_LAYER_ROLES] = {
     QPK_ROLE_ATTN_NORM, QPK_ROLE_Q, QPK_ROLE_Q_BIAS, QPK_ROLE_K,    QPK_ROLE_K_BIAS, QPK_ROLE_V,
     QPK_ROLE_V_BIAS,    QPK_ROLE_O, QPK_ROLE_FFN_NORM, QPK_ROLE_GATE, QPK_ROLE_UP,     QPK_ROLE_DOWN,
 };
@@ -324,6 +316,8 @@ static const char *const ROLE_SUFFIX[QPK_ROLE_COUNT_] = {
     [QPK_ROLE_FINAL_NORM] = "model.norm.weight",
     [QPK_ROLE_LM_HEAD] = "lm_head.weight",
 };
+
+qpk_role qpk_layer_role(int i) { return LAYER_ORDER[i]; }
 
 bool qpk_role_is_per_layer(qpk_role r)
 {
@@ -348,18 +342,18 @@ bool qpk_role_is_matrix(qpk_role r)
 
 size_t qpk_model_n_tensors(const qpk_config *c)
 {
-    return 2 + (size_t)c->n_layers * PER_LAYER_ROLES + (c->tie_word_embeddings ? 0 : 1);
+    return 2 + (size_t)c->n_layers * QPK_LAYER_ROLES + (c->tie_word_embeddings ? 0 : 1);
 }
 
 void qpk_model_tensor_at(const qpk_config *c, size_t i, qpk_role *role, int *layer)
 {
-    size_t n_layer_tensors = (size_t)c->n_layers * PER_LAYER_ROLES;
+    size_t n_layer_tensors = (size_t)c->n_layers * QPK_LAYER_ROLES;
     *layer = -1;
     if (i == 0)
         *role = QPK_ROLE_EMBED;
     else if (i <= n_layer_tensors) {
-        *layer = (int)((i - 1) / PER_LAYER_ROLES);
-        *role = LAYER_ORDER[(i - 1) % PER_LAYER_ROLES];
+        *layer = (int)((i - 1) / QPK_LAYER_ROLES);
+        *role = LAYER_ORDER[(i - 1) % QPK_LAYER_ROLES];
     } else if (i == n_layer_tensors + 1)
         *role = QPK_ROLE_FINAL_NORM;
     else
@@ -416,7 +410,7 @@ bool qpk_tensor_role(const qpk_config *c, const char *name, qpk_role *role, int 
         n = n * 10 + (*p++ - '0');
     if (*p++ != '.' || n >= c->n_layers)
         return false;
-    for (int i = 0; i < PER_LAYER_ROLES; i++)
+    for (int i = 0; i < QPK_LAYER_ROLES; i++)
         if (strcmp(p, ROLE_SUFFIX[LAYER_ORDER[i]]) == 0) {
             *role = LAYER_ORDER[i], *layer = (int)n;
             return true;

@@ -48,16 +48,10 @@ static qpk_status need(cursor *c, uint64_t n, const char *what)
     return QPK_OK;
 }
 
-#define TRY(x)                                                                                     \
-    do {                                                                                           \
-        qpk_status s_ = (x);                                                                       \
-        if (s_ != QPK_OK)                                                                          \
-            return s_;                                                                             \
-    } while (0)
 
 static qpk_status get_u32(cursor *c, uint32_t *v, const char *what)
 {
-    TRY(need(c, 4, what));
+    QPK_TRY(need(c, 4, what));
     *v = rd_u32(c->base + c->pos);
     c->pos += 4;
     return QPK_OK;
@@ -65,7 +59,7 @@ static qpk_status get_u32(cursor *c, uint32_t *v, const char *what)
 
 static qpk_status get_u64(cursor *c, uint64_t *v, const char *what)
 {
-    TRY(need(c, 8, what));
+    QPK_TRY(need(c, 8, what));
     *v = rd_u64(c->base + c->pos);
     c->pos += 8;
     return QPK_OK;
@@ -73,8 +67,8 @@ static qpk_status get_u64(cursor *c, uint64_t *v, const char *what)
 
 static qpk_status get_str(cursor *c, const char **s, uint64_t *len, const char *what)
 {
-    TRY(get_u64(c, len, what));
-    TRY(need(c, *len, what));
+    QPK_TRY(get_u64(c, len, what));
+    QPK_TRY(need(c, *len, what));
     *s = (const char *)c->base + c->pos;
     c->pos += *len;
     return QPK_OK;
@@ -85,7 +79,7 @@ static const uint32_t SCALAR_SIZE[QPK_GGUF_TYPE_COUNT_] = {1, 1, 2, 2, 4, 4, 4, 
 static qpk_status scalar(cursor *c, uint32_t type, qpk_gguf_value *v)
 {
     uint32_t n = SCALAR_SIZE[type];
-    TRY(need(c, n, "a value"));
+    QPK_TRY(need(c, n, "a value"));
     const uint8_t *p = c->base + c->pos;
     uint64_t raw = n == 1 ? p[0] : n == 2 ? (uint64_t)(p[0] | p[1] << 8) : n == 4 ? rd_u32(p) : rd_u64(p);
     c->pos += n;
@@ -121,8 +115,8 @@ static qpk_status value(cursor *c, uint32_t type, kv *k)
         return get_str(c, &v->str, &v->len, "a string");
     if (type != QPK_GGUF_ARRAY)
         return scalar(c, type, v);
-    TRY(get_u32(c, &v->elem_type, "an array type"));
-    TRY(get_u64(c, &v->len, "an array length"));
+    QPK_TRY(get_u32(c, &v->elem_type, "an array type"));
+    QPK_TRY(get_u64(c, &v->len, "an array length"));
     if (v->elem_type == QPK_GGUF_ARRAY)
         return qpk_err_setf(c->e, QPK_E_UNSUPPORTED, "arrays of arrays are not supported");
     if (v->elem_type >= QPK_GGUF_TYPE_COUNT_)
@@ -131,21 +125,21 @@ static qpk_status value(cursor *c, uint32_t type, kv *k)
         return qpk_err_setf(c->e, QPK_E_LIMIT, "an array of %llu elements (limit %u)", (unsigned long long)v->len,
                             MAX_ARRAY);
     if (v->elem_type != QPK_GGUF_STRING) {
-        TRY(need(c, v->len * SCALAR_SIZE[v->elem_type], "an array"));
+        QPK_TRY(need(c, v->len * SCALAR_SIZE[v->elem_type], "an array"));
         v->elems = c->base + c->pos;
         c->pos += v->len * SCALAR_SIZE[v->elem_type];
         return QPK_OK;
     }
     /* Each string's length must be read to find the next: index them once (after checking
      * that the file can hold that many lengths, so a lying count cannot make us allocate). */
-    TRY(need(c, v->len * 8, "an array of strings"));
+    QPK_TRY(need(c, v->len * 8, "an array of strings"));
     if (!(k->str_offsets = malloc((size_t)(v->len ? v->len : 1) * sizeof *k->str_offsets)))
         return qpk_err_setf(c->e, QPK_E_NOMEM, "out of memory");
     for (uint64_t i = 0; i < v->len; i++) {
         const char *s;
         uint64_t n;
         k->str_offsets[i] = c->pos;
-        TRY(get_str(c, &s, &n, "an array string"));
+        QPK_TRY(get_str(c, &s, &n, "an array string"));
     }
     return QPK_OK;
 }
@@ -180,7 +174,7 @@ static qpk_status parse_kvs(qpk_gguf *g, cursor *c)
         const char *s;
         uint64_t n;
         uint32_t type;
-        TRY(get_str(c, &s, &n, "a key"));
+        QPK_TRY(get_str(c, &s, &n, "a key"));
         if (n == 0 || n > 65535)
             return qpk_err_setf(c->e, QPK_E_CORRUPT, "key %zu has length %llu", i, (unsigned long long)n);
         if (!(k->key = malloc((size_t)n + 1)))
@@ -189,13 +183,13 @@ static qpk_status parse_kvs(qpk_gguf *g, cursor *c)
         k->key[n] = 0;
         if (strlen(k->key) != n)
             return qpk_err_setf(c->e, QPK_E_CORRUPT, "key %zu holds a NUL byte", i);
-        TRY(get_u32(c, &type, "a value type"));
+        QPK_TRY(get_u32(c, &type, "a value type"));
         k->v.kv = i;
         qpk_status st = value(c, type, k);
         if (st != QPK_OK)
             return qpk_err_prefix(c->e, "key '%.64s'", k->key);
     }
-    TRY(unique(c->e, g->n_kv, sizeof *g->kvs, g->kvs, key_of_kv, "key"));
+    QPK_TRY(unique(c->e, g->n_kv, sizeof *g->kvs, g->kvs, key_of_kv, "key"));
     qpk_gguf_value a;
     g->alignment = 32;
     if (qpk_gguf_find(g, "general.alignment", &a)) {
@@ -221,28 +215,28 @@ static qpk_status parse_tensors(qpk_gguf *g, cursor *c)
         const char *s;
         uint64_t n;
         uint32_t nd;
-        TRY(get_str(c, &s, &n, "a tensor name"));
+        QPK_TRY(get_str(c, &s, &n, "a tensor name"));
         if (n == 0 || n > 64)
             return qpk_err_setf(c->e, QPK_E_CORRUPT, "tensor %zu: name of %llu bytes (1..64)", i, (unsigned long long)n);
         char *name = g->names + i * 65;
         memcpy(name, s, (size_t)n);
         name[n] = 0;
         t->name = name;
-        TRY(get_u32(c, &nd, "a dimension count"));
+        QPK_TRY(get_u32(c, &nd, "a dimension count"));
         if (nd < 1 || nd > 4)
             return qpk_err_setf(c->e, QPK_E_CORRUPT, "tensor '%s': %u dimensions (1..4)", name, nd);
         t->n_dims = (int)nd;
         for (uint32_t d = 0; d < nd; d++)
-            TRY(get_u64(c, &t->ne[d], "a dimension"));
-        TRY(get_u32(c, &t->type, "a tensor type"));
-        TRY(get_u64(c, &t->offset, "a tensor offset"));
+            QPK_TRY(get_u64(c, &t->ne[d], "a dimension"));
+        QPK_TRY(get_u32(c, &t->type, "a tensor type"));
+        QPK_TRY(get_u64(c, &t->offset, "a tensor offset"));
         if (qpk_ggml_nbytes(t->type, t->n_dims, t->ne, &t->nbytes, c->e) != QPK_OK)
             return qpk_err_prefix(c->e, "tensor '%s'", name);
         if (t->offset % g->alignment)
             return qpk_err_setf(c->e, QPK_E_CORRUPT, "tensor '%s': offset %llu is not aligned to %u", name,
                                 (unsigned long long)t->offset, g->alignment);
     }
-    TRY(unique(c->e, g->n_t, sizeof *g->t, g->t, name_of_tensor, "tensor name"));
+    QPK_TRY(unique(c->e, g->n_t, sizeof *g->t, g->t, name_of_tensor, "tensor name"));
     uint64_t data = align_up(c->pos, g->alignment);
     if (data > g->size && g->n_t)
         return qpk_err_setf(c->e, QPK_E_CORRUPT, "the tensor data would start past the end of the file");
@@ -273,15 +267,15 @@ static qpk_status parse(qpk_gguf *g, qpk_err *e)
 {
     cursor c = {g->base, 0, g->size, e};
     uint64_t nt, nkv;
-    TRY(need(&c, 4, "the magic"));
+    QPK_TRY(need(&c, 4, "the magic"));
     if (memcmp(g->base, "GGUF", 4) != 0)
         return qpk_err_setf(e, QPK_E_CORRUPT, "bad magic: not a GGUF file");
     c.pos = 4;
-    TRY(get_u32(&c, &g->version, "the version"));
+    QPK_TRY(get_u32(&c, &g->version, "the version"));
     if (g->version != 2 && g->version != 3)
         return qpk_err_setf(e, QPK_E_UNSUPPORTED, "GGUF version %u (this reader knows 2 and 3)", g->version);
-    TRY(get_u64(&c, &nt, "the tensor count"));
-    TRY(get_u64(&c, &nkv, "the key-value count"));
+    QPK_TRY(get_u64(&c, &nt, "the tensor count"));
+    QPK_TRY(get_u64(&c, &nkv, "the key-value count"));
     if (nt > MAX_ITEMS || nkv > MAX_ITEMS)
         return qpk_err_setf(e, QPK_E_LIMIT, "%llu tensors and %llu key-values (limit %u each)",
                             (unsigned long long)nt, (unsigned long long)nkv, MAX_ITEMS);
@@ -290,7 +284,7 @@ static qpk_status parse(qpk_gguf *g, qpk_err *e)
     g->t = calloc(g->n_t ? g->n_t : 1, sizeof *g->t);
     if (!g->kvs || !g->t)
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
-    TRY(parse_kvs(g, &c));
+    QPK_TRY(parse_kvs(g, &c));
     return parse_tensors(g, &c);
 }
 

@@ -8,6 +8,14 @@
 
 #include "qpk/format.h"
 
+/* The one way qpk code forwards a failure: evaluate, and return the status if it is not QPK_OK. */
+#define QPK_TRY(expr)                                                                                            \
+    do {                                                                                                         \
+        qpk_status qpk_try_ = (expr);                                                                            \
+        if (qpk_try_ != QPK_OK)                                                                                  \
+            return qpk_try_;                                                                                     \
+    } while (0)
+
 /*
  * One row per type (FORMAT.md section 6 is the normative description of each layout);
  * qpk_type_info_of() hands the rows out. Static so that a kernel indexing it with a

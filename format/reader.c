@@ -48,12 +48,6 @@ struct qpk_file {
 #define CHECKSUM_DIFFERS(a, b) ((a) != (b))
 #endif
 
-#define TRY(x)                                                                                     \
-    do {                                                                                           \
-        qpk_status s_ = (x);                                                                       \
-        if (s_ != QPK_OK)                                                                          \
-            return s_;                                                                             \
-    } while (0)
 
 /* True if [off, off+len) lies inside [0, size): no overflow possible. */
 static bool span_ok(uint64_t off, uint64_t len, uint64_t size)
@@ -230,7 +224,7 @@ static qpk_status parse_table(qpk_file *f, const layout *L, uint32_t max_tensors
     char *cursor = f->names;
     uint64_t pool_used = 0;
     for (size_t i = 0; i < n; i++) {
-        TRY(parse_entry(f, L, s + QPK_TENSORS_PREFIX + i * QPK_TENSOR_ENTRY_SIZE, pool, pool_size, &pool_used,
+        QPK_TRY(parse_entry(f, L, s + QPK_TENSORS_PREFIX + i * QPK_TENSOR_ENTRY_SIZE, pool, pool_size, &pool_used,
                         &cursor, i, e));
         if (i > 0 && t_end(&f->tensors[i - 1]) > f->tensors[i].offset)
             return qpk_err_setf(e, QPK_E_CORRUPT, "tensor '%s' overlaps '%s' or is out of order",
@@ -306,7 +300,7 @@ static qpk_status parse_files(qpk_file *f, const layout *L, qpk_err *e)
 static qpk_status validate(qpk_file *f, const qpk_open_opts *o, qpk_err *e)
 {
     layout L = {0};
-    TRY(check_header(f, &L, e));
+    QPK_TRY(check_header(f, &L, e));
     uint64_t max_meta = o && o->max_meta_bytes ? o->max_meta_bytes : (64ull << 20);
     if (L.meta.size > max_meta)
         return qpk_err_setf(e, QPK_E_LIMIT, "metadata is %llu bytes, over the limit %llu",
@@ -315,11 +309,11 @@ static qpk_status validate(qpk_file *f, const qpk_open_opts *o, qpk_err *e)
     f->meta_len = (size_t)L.meta.size;
     if (qpk_meta_validate(f->meta, f->meta_len, &f->cfg, e) != QPK_OK)
         return qpk_err_prefix(e, "metadata");
-    TRY(parse_table(f, &L, o && o->max_tensors ? o->max_tensors : 1000000u, e));
-    TRY(parse_files(f, &L, e));
+    QPK_TRY(parse_table(f, &L, o && o->max_tensors ? o->max_tensors : 1000000u, e));
+    QPK_TRY(parse_files(f, &L, e));
     if (o && o->verify_checksums)
         for (size_t i = 0; i < f->n_tensors; i++)
-            TRY(qpk_verify_tensor(f, i, e));
+            QPK_TRY(qpk_verify_tensor(f, i, e));
     return QPK_OK;
 }
 

@@ -189,6 +189,65 @@ static bool upper_factor_of_inverse(double *A, int64_t n, double *XT, float *U, 
     return true;
 }
 
+/* -------------------------------------------------------------- statistics */
+
+#define GRAM_SLABS 8 /* row slabs of the symmetric x^T x: 1/2 + 1/16 of the full product */
+
+struct qpk_gram_ws {
+    float *xt;      /* the batch transposed: [n][T] */
+    float *xtx;     /* one slab's products */
+    float *scratch; /* matmul scratch of every thread */
+};
+
+qpk_status qpk_gram_ws_create(qpk_gram_ws **out, int64_t n_max, int64_t t_max, qpk_pool *pool, qpk_err *e)
+{
+    *out = NULL;
+    qpk_gram_ws *ws = calloc(1, sizeof *ws);
+    if (ws) {
+        ws->xt = malloc((size_t)(n_max * t_max) * sizeof(float));
+        ws->xtx = malloc((size_t)(n_max * n_max) * sizeof(float));
+        ws->scratch = malloc((size_t)qpk_pool_threads(pool) * qpk_gemm_scratch_floats(t_max) * sizeof(float));
+    }
+    if (!ws || !ws->xt || !ws->xtx || !ws->scratch) {
+        qpk_gram_ws_free(ws);
+        return qpk_err_setf(e, QPK_E_NOMEM, "GPTQ: out of memory for the statistics of %lld inputs", (long long)n_max);
+    }
+    *out = ws;
+    return QPK_OK;
+}
+
+void qpk_gram_ws_free(qpk_gram_ws *ws)
+{
+    if (ws)
+        free(ws->xt), free(ws->xtx), free(ws->scratch), free(ws);
+}
+
+void qpk_gram_add_upper(double *H, const float *x, int64_t T, int64_t n, qpk_gram_ws *ws, qpk_pool *pool,
+                        const qpk_kernels *k)
+{
+    /* Slab by slab of rows, the columns from the slab's first row on: the upper triangle and a little more. */
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t i = 0; i < n; i++)
+            ws->xt[i * T + t] = x[t * n + i];
+    for (int slab = 0; slab < GRAM_SLABS; slab++) {
+        const int64_t a0 = n * slab / GRAM_SLABS, a1 = n * (slab + 1) / GRAM_SLABS, w = n - a0;
+        if (a1 == a0)
+            continue;
+        qpk_matrix m = {QPK_TYPE_F32, 0, w, T, ws->xt + a0 * T};
+        qpk_matmul(pool, k, &m, ws->xt + a0 * T, a1 - a0, ws->xtx, ws->scratch);
+        for (int64_t a = a0; a < a1; a++)
+            for (int64_t b = a; b < n; b++)
+                H[a * n + b] += ws->xtx[(a - a0) * w + (b - a0)];
+    }
+}
+
+void qpk_gram_mirror(double *H, int64_t n)
+{
+    for (int64_t a = 0; a < n; a++)
+        for (int64_t b = 0; b < a; b++)
+            H[a * n + b] = H[b * n + a];
+}
+
 /* ------------------------------------------------------------------- GPTQ */
 
 #define ROWS_PER_TASK 16 /* rows quantized together share each read of a row of U */
@@ -276,6 +335,8 @@ qpk_status qpk_gptq_plan_create(qpk_gptq_plan **out, const double *H, int64_t n,
                                 qpk_pool *pool, qpk_err *e)
 {
     *out = NULL;
+    if (!(o->damp > 0))
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "GPTQ: the dampening must be positive (got %g)", o->damp);
     qpk_gptq_plan *p = calloc(1, sizeof *p);
     sort_item *items = malloc((size_t)n * sizeof *items);
     double *B = malloc((size_t)(n * n) * sizeof *B), *work = malloc((size_t)(n * n) * sizeof *work);
@@ -299,7 +360,7 @@ qpk_status qpk_gptq_plan_create(qpk_gptq_plan **out, const double *H, int64_t n,
     for (int64_t i = 0; i < n; i++)
         p->perm[i] = items[i].index;
     /* Damping, raised tenfold (up to three times) if the matrix is still not positive definite. */
-    double damp = o->damp > 0 ? o->damp : 0.01;
+    double damp = o->damp;
     bool ok = false;
     for (int attempt = 0; attempt < 4 && !ok; attempt++, damp *= 10) {
         for (int64_t i = 0; i < n; i++) /* B = J P^T H P J: permuted, then reversed */

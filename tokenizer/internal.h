@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "qpk/tokenizer.h"
+#include "qpk_private.h"
 #include "unicode.h"
 
 /* Per-id flags. */

@@ -14,12 +14,6 @@
 #include "json.h"
 #include "pretok.h"
 
-#define TRY(x)                                                                                     \
-    do {                                                                                           \
-        qpk_status s_ = (x);                                                                       \
-        if (s_ != QPK_OK)                                                                          \
-            return s_;                                                                             \
-    } while (0)
 
 /* A token string quoted for a message: control bytes escaped, cut near 48 bytes (at a
  * character boundary). */
@@ -69,7 +63,7 @@ static qpk_status get_bool(const cJSON *obj, const char *key, const char *where,
                            bool *out, qpk_err *e)
 {
     const cJSON *it;
-    TRY(field(obj, key, where, &it, e));
+    QPK_TRY(field(obj, key, where, &it, e));
     if (!present(it)) {
         *out = dflt;
         return QPK_OK;
@@ -86,7 +80,7 @@ static qpk_status get_type(const cJSON *obj, const char *where, const char **typ
     if (!cJSON_IsObject(obj))
         return qpk_err_setf(e, QPK_E_CORRUPT, "%s is not an object", where);
     const cJSON *it;
-    TRY(field(obj, "type", where, &it, e));
+    QPK_TRY(field(obj, "type", where, &it, e));
     if (!cJSON_IsString(it))
         return qpk_err_setf(e, QPK_E_CORRUPT, "%s has no \"type\" string", where);
     *type = it->valuestring;
@@ -128,11 +122,11 @@ static qpk_status check_normalizer(qpk_tokenizer *t, const cJSON *root, qpk_err 
 {
     const cJSON *n;
     const char *type;
-    TRY(field(root, "normalizer", "tokenizer.json", &n, e));
+    QPK_TRY(field(root, "normalizer", "tokenizer.json", &n, e));
     t->nfc = false;
     if (!present(n))
         return QPK_OK;
-    TRY(get_type(n, "normalizer", &type, e));
+    QPK_TRY(get_type(n, "normalizer", &type, e));
     if (strcmp(type, "NFC") != 0)
         return qpk_err_setf(e, QPK_E_UNSUPPORTED,
                             "normalizer '%.64s' is not supported (qpk implements NFC or none)", type);
@@ -144,13 +138,13 @@ static qpk_status check_split(const cJSON *s, qpk_err *e)
 {
     const cJSON *pat, *re, *beh;
     bool invert;
-    TRY(field(s, "pattern", "Split pre_tokenizer", &pat, e));
+    QPK_TRY(field(s, "pattern", "Split pre_tokenizer", &pat, e));
     if (!cJSON_IsObject(pat))
         return qpk_err_setf(e, QPK_E_CORRUPT, "Split pre_tokenizer: 'pattern' is not an object");
-    TRY(field(pat, "Regex", "Split pattern", &re, e));
+    QPK_TRY(field(pat, "Regex", "Split pattern", &re, e));
     if (!re) {
         const cJSON *str;
-        TRY(field(pat, "String", "Split pattern", &str, e));
+        QPK_TRY(field(pat, "String", "Split pattern", &str, e));
         if (cJSON_IsString(str))
             return qpk_err_setf(e, QPK_E_UNSUPPORTED,
                                 "pre_tokenizer Split on the string '%.64s' is not supported "
@@ -164,13 +158,13 @@ static qpk_status check_split(const cJSON *s, qpk_err *e)
                             "pre_tokenizer Split regex '%.200s' is not supported (qpk implements "
                             "only the Qwen1.5/Qwen2 pattern, compared byte for byte)",
                             re->valuestring);
-    TRY(field(s, "behavior", "Split pre_tokenizer", &beh, e));
+    QPK_TRY(field(s, "behavior", "Split pre_tokenizer", &beh, e));
     if (!cJSON_IsString(beh) || strcmp(beh->valuestring, "Isolated") != 0)
         return qpk_err_setf(e, QPK_E_UNSUPPORTED,
                             "pre_tokenizer Split behavior '%.32s' is not supported (qpk implements "
                             "Isolated)",
                             cJSON_IsString(beh) ? beh->valuestring : "?");
-    TRY(get_bool(s, "invert", "Split pre_tokenizer", false, &invert, e));
+    QPK_TRY(get_bool(s, "invert", "Split pre_tokenizer", false, &invert, e));
     if (invert)
         return qpk_err_setf(e, QPK_E_UNSUPPORTED, "pre_tokenizer Split with invert: true is not supported");
     return QPK_OK;
@@ -180,8 +174,8 @@ static qpk_status check_split(const cJSON *s, qpk_err *e)
 static qpk_status check_byte_level(const cJSON *b, qpk_err *e)
 {
     bool prefix, regex;
-    TRY(get_bool(b, "add_prefix_space", "ByteLevel pre_tokenizer", true, &prefix, e));
-    TRY(get_bool(b, "use_regex", "ByteLevel pre_tokenizer", true, &regex, e));
+    QPK_TRY(get_bool(b, "add_prefix_space", "ByteLevel pre_tokenizer", true, &prefix, e));
+    QPK_TRY(get_bool(b, "use_regex", "ByteLevel pre_tokenizer", true, &regex, e));
     if (prefix)
         return qpk_err_setf(e, QPK_E_UNSUPPORTED,
                             "pre_tokenizer ByteLevel with add_prefix_space: true is not supported");
@@ -196,17 +190,17 @@ static qpk_status check_pre_tokenizer(const cJSON *root, qpk_err *e)
 {
     const cJSON *p, *list;
     const char *type, *t0, *t1;
-    TRY(field(root, "pre_tokenizer", "tokenizer.json", &p, e));
+    QPK_TRY(field(root, "pre_tokenizer", "tokenizer.json", &p, e));
     if (!present(p))
         return qpk_err_setf(e, QPK_E_UNSUPPORTED,
                             "no pre_tokenizer: qpk implements Sequence[Split(Qwen2 regex), ByteLevel]");
-    TRY(get_type(p, "pre_tokenizer", &type, e));
+    QPK_TRY(get_type(p, "pre_tokenizer", &type, e));
     if (strcmp(type, "Sequence") != 0)
         return qpk_err_setf(e, QPK_E_UNSUPPORTED,
                             "pre_tokenizer '%.64s' is not supported (qpk implements "
                             "Sequence[Split(Qwen2 regex), ByteLevel])",
                             type);
-    TRY(field(p, "pretokenizers", "pre_tokenizer", &list, e));
+    QPK_TRY(field(p, "pretokenizers", "pre_tokenizer", &list, e));
     if (!cJSON_IsArray(list))
         return qpk_err_setf(e, QPK_E_CORRUPT, "pre_tokenizer Sequence has no 'pretokenizers' list");
     if (cJSON_GetArraySize(list) != 2)
@@ -215,14 +209,14 @@ static qpk_status check_pre_tokenizer(const cJSON *root, qpk_err *e)
                             "Split then ByteLevel)",
                             cJSON_GetArraySize(list));
     const cJSON *a = list->child, *b = a->next;
-    TRY(get_type(a, "pre_tokenizer step 1", &t0, e));
-    TRY(get_type(b, "pre_tokenizer step 2", &t1, e));
+    QPK_TRY(get_type(a, "pre_tokenizer step 1", &t0, e));
+    QPK_TRY(get_type(b, "pre_tokenizer step 2", &t1, e));
     if (strcmp(t0, "Split") != 0 || strcmp(t1, "ByteLevel") != 0)
         return qpk_err_setf(e, QPK_E_UNSUPPORTED,
                             "pre_tokenizer Sequence[%.32s, %.32s] is not supported (qpk implements "
                             "Split then ByteLevel)",
                             t0, t1);
-    TRY(check_split(a, e));
+    QPK_TRY(check_split(a, e));
     return check_byte_level(b, e);
 }
 
@@ -230,18 +224,18 @@ static qpk_status check_decoder(const cJSON *root, qpk_err *e)
 {
     const cJSON *d, *pp;
     const char *type;
-    TRY(field(root, "decoder", "tokenizer.json", &d, e));
+    QPK_TRY(field(root, "decoder", "tokenizer.json", &d, e));
     if (!present(d))
         return qpk_err_setf(e, QPK_E_UNSUPPORTED, "no decoder: qpk implements the ByteLevel decoder");
-    TRY(get_type(d, "decoder", &type, e));
+    QPK_TRY(get_type(d, "decoder", &type, e));
     if (strcmp(type, "ByteLevel") != 0)
         return qpk_err_setf(e, QPK_E_UNSUPPORTED,
                             "decoder '%.64s' is not supported (qpk implements ByteLevel)", type);
     /* The post-processor only adds special tokens (when asked to: we never are) and
      * adjusts offsets; its shape is all we check. */
-    TRY(field(root, "post_processor", "tokenizer.json", &pp, e));
+    QPK_TRY(field(root, "post_processor", "tokenizer.json", &pp, e));
     if (present(pp))
-        TRY(get_type(pp, "post_processor", &type, e));
+        QPK_TRY(get_type(pp, "post_processor", &type, e));
     return QPK_OK;
 }
 
@@ -251,7 +245,7 @@ static qpk_status check_model_flags(qpk_tokenizer *t, const cJSON *m, qpk_err *e
 {
     const char *type = "BPE";
     const cJSON *it;
-    TRY(field(m, "type", "model", &it, e));
+    QPK_TRY(field(m, "type", "model", &it, e));
     if (it) { /* very old files leave the type out */
         if (!cJSON_IsString(it))
             return qpk_err_setf(e, QPK_E_CORRUPT, "model 'type' is not a string");
@@ -261,13 +255,13 @@ static qpk_status check_model_flags(qpk_tokenizer *t, const cJSON *m, qpk_err *e
         return qpk_err_setf(e, QPK_E_UNSUPPORTED,
                             "model type '%.64s' is not supported (qpk implements byte-level BPE)",
                             type);
-    TRY(field(m, "dropout", "model", &it, e));
+    QPK_TRY(field(m, "dropout", "model", &it, e));
     if (present(it) && !(cJSON_IsNumber(it) && it->valuedouble == 0))
         return qpk_err_setf(e, QPK_E_UNSUPPORTED,
                             "BPE dropout is not supported (it makes tokenization random)");
     static const char *const empty_strings[] = {"continuing_subword_prefix", "end_of_word_suffix"};
     for (int i = 0; i < 2; i++) {
-        TRY(field(m, empty_strings[i], "model", &it, e));
+        QPK_TRY(field(m, empty_strings[i], "model", &it, e));
         if (present(it) && !cJSON_IsString(it))
             return qpk_err_setf(e, QPK_E_CORRUPT, "model '%s' is not a string", empty_strings[i]);
         if (present(it) && it->valuestring[0])
@@ -276,12 +270,12 @@ static qpk_status check_model_flags(qpk_tokenizer *t, const cJSON *m, qpk_err *e
     }
     /* unk_token and fuse_unk only act on a character missing from the vocabulary, and we
      * insist that all 256 byte-level symbols are there: they cannot change the ids. */
-    TRY(field(m, "unk_token", "model", &it, e));
+    QPK_TRY(field(m, "unk_token", "model", &it, e));
     if (present(it) && !cJSON_IsString(it))
         return qpk_err_setf(e, QPK_E_CORRUPT, "model 'unk_token' is not a string");
     bool flag;
-    TRY(get_bool(m, "fuse_unk", "model", false, &flag, e));
-    TRY(get_bool(m, "byte_fallback", "model", false, &flag, e));
+    QPK_TRY(get_bool(m, "fuse_unk", "model", false, &flag, e));
+    QPK_TRY(get_bool(m, "byte_fallback", "model", false, &flag, e));
     if (flag)
         return qpk_err_setf(e, QPK_E_UNSUPPORTED, "BPE byte_fallback: true is not supported");
     return get_bool(m, "ignore_merges", "model", false, &t->ignore_merges, e);
@@ -300,14 +294,14 @@ static qpk_status parse_added(const cJSON *it, uint32_t i, added_tok *a, qpk_err
     if (!cJSON_IsObject(it))
         return qpk_err_setf(e, QPK_E_CORRUPT, "%s is not an object", where);
     const cJSON *id, *content;
-    TRY(field(it, "id", where, &id, e));
-    TRY(field(it, "content", where, &content, e));
+    QPK_TRY(field(it, "id", where, &id, e));
+    QPK_TRY(field(it, "content", where, &content, e));
     if (!cJSON_IsString(content))
         return qpk_err_setf(e, QPK_E_CORRUPT, "%s has no 'content' string", where);
     if (!id)
         return qpk_err_setf(e, QPK_E_CORRUPT, "%s has no 'id'", where);
-    TRY(get_id(id, where, &a->id, e));
-    TRY(check_str(content->valuestring, "added token", e));
+    QPK_TRY(get_id(id, where, &a->id, e));
+    QPK_TRY(check_str(content->valuestring, "added token", e));
     a->content = content->valuestring;
     char b[96];
     if (!a->content[0])
@@ -316,7 +310,7 @@ static qpk_status parse_added(const cJSON *it, uint32_t i, added_tok *a, qpk_err
     static const char *const must_be_false[] = {"single_word", "lstrip", "rstrip", "normalized"};
     for (int k = 0; k < 4; k++) {
         bool v;
-        TRY(get_bool(it, must_be_false[k], where, k == 3, &v, e));
+        QPK_TRY(get_bool(it, must_be_false[k], where, k == 3, &v, e));
         if (v)
             return qpk_err_setf(e, QPK_E_UNSUPPORTED,
                                 "added token '%s' (id %u) has %s: true%s, which qpk does not "
@@ -348,7 +342,7 @@ static qpk_status plan_added(const cJSON *list, added_tok **out, uint32_t *n_out
     uint32_t i = 0;
     cJSON_ArrayForEach(it, list)
     {
-        TRY(parse_added(it, i, &a[i], e));
+        QPK_TRY(parse_added(it, i, &a[i], e));
         if (a[i].id > *max_id)
             *max_id = a[i].id;
         *bytes += strlen(a[i].content);
@@ -816,11 +810,11 @@ static qpk_status load_model(qpk_tokenizer *t, const char *json, const spans *sp
                              const cJSON *root, qpk_err *e)
 {
     const cJSON *m, *added_list;
-    TRY(field(root, "model", "tokenizer.json", &m, e));
+    QPK_TRY(field(root, "model", "tokenizer.json", &m, e));
     if (!cJSON_IsObject(m))
         return qpk_err_setf(e, QPK_E_CORRUPT, "tokenizer.json has no 'model' object");
-    TRY(check_model_flags(t, m, e));
-    TRY(field(root, "added_tokens", "tokenizer.json", &added_list, e));
+    QPK_TRY(check_model_flags(t, m, e));
+    QPK_TRY(field(root, "added_tokens", "tokenizer.json", &added_list, e));
     ventry *vocab = NULL;
     added_tok *added = NULL;
     uint32_t n_vocab = 0, n_added = 0, max_id = 0;
@@ -852,14 +846,14 @@ static qpk_status build(qpk_tokenizer *t, const char *json, const spans *sp, con
     if (!cJSON_IsObject(root))
         return qpk_err_setf(e, QPK_E_CORRUPT, "tokenizer.json is not a JSON object");
     const cJSON *v;
-    TRY(field(root, "version", "tokenizer.json", &v, e));
+    QPK_TRY(field(root, "version", "tokenizer.json", &v, e));
     if (v && !(cJSON_IsString(v) && strcmp(v->valuestring, "1.0") == 0))
         return qpk_err_setf(e, QPK_E_UNSUPPORTED, "tokenizer.json version '%.32s' (expected \"1.0\")",
                             cJSON_IsString(v) ? v->valuestring : "?");
-    TRY(check_normalizer(t, root, e));
-    TRY(check_pre_tokenizer(root, e));
-    TRY(check_decoder(root, e));
-    TRY(load_model(t, json, sp, root, e));
+    QPK_TRY(check_normalizer(t, root, e));
+    QPK_TRY(check_pre_tokenizer(root, e));
+    QPK_TRY(check_decoder(root, e));
+    QPK_TRY(load_model(t, json, sp, root, e));
     t->cache = tok_cache_new();
     if (!t->cache)
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
@@ -878,7 +872,7 @@ qpk_status qpk_tokenizer_load(qpk_tokenizer **out, const char *json, size_t len,
     if (!e)
         e = &local; /* the reader keeps its first error here */
     spans sp;
-    TRY(scan_document(json, len, &sp, e));
+    QPK_TRY(scan_document(json, len, &sp, e));
     size_t small_len = 0;
     char *small = without_tables(json, len, &sp, &small_len);
     if (!small)

@@ -151,20 +151,35 @@ qpk_status qpk_quant_rule_parse(const char *text, qpk_quant_rule *out, qpk_err *
 
 typedef enum qpk_method { QPK_METHOD_RTN = 0, QPK_METHOD_GPTQ, QPK_METHOD_AWQ } qpk_method;
 
-/* Calibration for GPTQ and AWQ. */
+#define QPK_CALIB_SAMPLES 64 /* calibration windows by default */
+#define QPK_CALIB_LEN 512    /* tokens per window by default */
+
+/* Calibration for GPTQ and AWQ, as asked: 0 means the default. */
 typedef struct qpk_calib_opts {
     const int32_t *tokens; /* the calibration token stream */
     size_t n_tokens;
-    int samples;           /* windows drawn from it (0: 64) */
-    int seq_len;           /* tokens per window (0: 512) */
+    int samples;           /* windows drawn from it (0: QPK_CALIB_SAMPLES) */
+    int seq_len;           /* tokens per window (0: QPK_CALIB_LEN) */
     uint64_t seed;         /* which windows: deterministic for a seed */
-    double damp;           /* GPTQ: fraction of the mean Hessian diagonal added to it (0: 0.01) */
+    double damp;           /* GPTQ: fraction of the mean Hessian diagonal added to it (0: QPK_GPTQ_DAMP) */
     bool act_order;        /* GPTQ: columns by decreasing Hessian diagonal, static groups */
     bool awq_fold_only;    /* AWQ: choose and fold the scales, then store the linears in f32 */
     const char *source;    /* recorded in the recipe: the calibration file's name, */
     bool source_is_text;   /* whether it is text (else int32 token ids), */
     uint64_t source_xxh3;  /* and the XXH3 of its bytes */
 } qpk_calib_opts;
+
+/* Calibration as it runs and as the recipe records it: every value resolved. */
+typedef struct qpk_calib_params {
+    int samples, seq_len;
+    uint64_t seed;
+    qpk_gptq_opts gptq;
+    qpk_awq_opts awq;
+    bool awq_fold_only;
+} qpk_calib_params;
+
+/* The one place the calibration defaults are applied: p from o, each 0 in o taking its default. */
+void qpk_calib_resolve(const qpk_calib_opts *o, qpk_calib_params *p);
 
 /* What qpk_convert writes. */
 typedef enum qpk_output { QPK_OUT_QPK = 0, QPK_OUT_GGUF } qpk_output;

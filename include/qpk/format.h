@@ -199,6 +199,10 @@ typedef enum qpk_role {
 
 #define QPK_MAX_NAME 256
 
+/* The roles of one decoder layer, in the order qpk files store them and the forward pass reads them. */
+#define QPK_LAYER_ROLES 12
+qpk_role qpk_layer_role(int i); /* 0 <= i < QPK_LAYER_ROLES */
+
 /* True for roles that exist once per layer. */
 bool qpk_role_is_per_layer(qpk_role r);
 /* True for the 2-D weights that multiply activations (q,k,v,o,gate,up,down, embed, head). */

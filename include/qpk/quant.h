@@ -131,6 +131,14 @@ void qpk_pack_group(uint32_t type, uint32_t group, const qpk_qparams *p, const i
 /* Reads one block back: parameters and codes. */
 void qpk_unpack_group(uint32_t type, uint32_t group, const void *block, qpk_qparams *p, int32_t *q);
 
+/*
+ * Round-to-nearest of one group of n weights, its range shrunk by clip: the parameters,
+ * the codes (q may be NULL) and the weights they decode to (deq may be NULL, or w).
+ * What GPTQ's and AWQ's searches and the calibrated stores all quantize with.
+ */
+qpk_status qpk_quantize_group(uint32_t type, const float *w, int64_t n, float clip, qpk_qparams *p, int32_t *q,
+                              float *deq, qpk_err *e);
+
 /* Round-to-nearest quantization of a row of n weights (n a multiple of group). */
 qpk_status qpk_quantize_row(uint32_t type, uint32_t group, const float *x, int64_t n, void *out, qpk_err *e);
 /* Reference dequantization of a row (any type, plain ones included). */
@@ -221,10 +229,25 @@ void qpk_matmul(qpk_pool *pool, const qpk_kernels *k, const qpk_matrix *w, const
 
 /* ==================================================================== GPTQ == */
 
+#define QPK_GPTQ_DAMP 0.01 /* the default dampening: a fraction of H's mean diagonal */
+
 typedef struct qpk_gptq_opts {
-    double damp;    /* added to H's diagonal, as a fraction of its mean (0: 0.01) */
+    double damp;    /* added to H's diagonal, as a fraction of its mean (> 0) */
     bool act_order; /* columns in decreasing order of H's diagonal, with static groups */
 } qpk_gptq_opts;
+
+/*
+ * GPTQ's statistics: H += x^T x over T rows of n inputs (the f32 Gram matrix of x's
+ * columns, accumulated in f64), only H's upper triangle (56% of the full product);
+ * qpk_gram_mirror completes H once every row is in. The workspace serves inputs up to
+ * n_max wide in batches of up to t_max rows; its result does not depend on the pool.
+ */
+typedef struct qpk_gram_ws qpk_gram_ws;
+qpk_status qpk_gram_ws_create(qpk_gram_ws **out, int64_t n_max, int64_t t_max, qpk_pool *pool, qpk_err *e);
+void qpk_gram_ws_free(qpk_gram_ws *ws); /* NULL-safe */
+void qpk_gram_add_upper(double *H, const float *x, int64_t T, int64_t n, qpk_gram_ws *ws, qpk_pool *pool,
+                        const qpk_kernels *k);
+void qpk_gram_mirror(double *H, int64_t n);
 
 /*
  * GPTQ (Frantar et al. 2022) for a weight matrix W [rows x cols] (row-major f32)
@@ -248,6 +271,49 @@ qpk_status qpk_gptq_quantize(const qpk_gptq_plan *p, uint32_t type, uint32_t gro
 /* Both steps for one matrix. */
 qpk_status qpk_gptq(uint32_t type, uint32_t group, float *W, int64_t rows, int64_t cols, const double *H,
                     const qpk_gptq_opts *o, qpk_pool *pool, void *out, qpk_err *e);
+
+/* ===================================================================== AWQ == */
+
+/*
+ * AWQ (Lin et al. 2023) for the linears that read one input (q/k/v, gate/up, ...):
+ * per-input-channel scales s = mean|x|^alpha, alpha on a grid, chosen to minimize the
+ * output error of the linears quantized with W diag(s) on sampled input rows; then,
+ * with the scales folded (by the caller: it knows what produces the input), a clip
+ * ratio per group of each row. Pure math: the caller gathers the statistics.
+ */
+#define QPK_AWQ_ALPHA_GRID 20   /* alphas 0, 1/20, ..., 19/20 */
+#define QPK_AWQ_CLIP_STEPS 11   /* clip ratios 1.00, 0.95, ..., 0.50 */
+#define QPK_AWQ_SAMPLE_ROWS 512 /* input rows kept per shared input for the searches */
+
+typedef struct qpk_awq_opts {
+    int alpha_grid; /* alphas a / alpha_grid for a in [0, alpha_grid) */
+    int clip_steps; /* clip ratios 1 - 0.05 i for i in [0, clip_steps) */
+    int sample_rows;
+} qpk_awq_opts;
+
+/* One linear reading the shared input: f32 weights [rows][cols] and how it is stored (plain: not quantized). */
+typedef struct qpk_awq_linear {
+    const float *w;
+    int64_t rows, cols;
+    uint32_t type, group;
+} qpk_awq_linear;
+
+/*
+ * The scales (d = cols of every linear) from mean_abs[d] (mean |x| per channel) and
+ * n_rows sampled input rows [n_rows][d]; normalized so that max(s) min(s) = 1. alpha = 0
+ * is plain RTN, so the choice is never worse than RTN on the samples. All 1 when no
+ * linear is quantized or there are no samples.
+ */
+qpk_status qpk_awq_scales(const qpk_awq_linear *lin, int n_lin, const double *mean_abs, const float *rows,
+                          int64_t n_rows, const qpk_awq_opts *o, qpk_pool *pool, const qpk_kernels *k, float *s,
+                          qpk_err *e);
+/*
+ * For each group of each row of the (scaled) linear, the clip ratio whose quantization
+ * error has the least output error on the (scaled) input rows xs [n_rows][cols]:
+ * clip[row * groups + group].
+ */
+qpk_status qpk_awq_clip(const qpk_awq_linear *lin, const float *xs, int64_t n_rows, const qpk_awq_opts *o,
+                        qpk_pool *pool, const qpk_kernels *k, float *clip, qpk_err *e);
 
 #ifdef __cplusplus
 }

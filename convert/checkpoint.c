@@ -131,9 +131,7 @@ qpk_status qpk_read_tokens(const char *path, int32_t **ids, size_t *n, qpk_err *
     size_t len;
     bool missing;
     *ids = NULL, *n = 0;
-    qpk_status s = slurp(path, &data, &len, &missing, e);
-    if (s != QPK_OK)
-        return s;
+    QPK_TRY(slurp(path, &data, &len, &missing, e));
     if (len % 4 != 0) {
         free(data);
         return qpk_err_setf(e, QPK_E_CORRUPT, "'%s' is %zu bytes, not a whole number of int32 token ids", path, len);
@@ -380,15 +378,11 @@ static qpk_status classify(qpk_checkpoint *ck, const qpk_callbacks *cb, qpk_err 
             return qpk_err_setf(e, QPK_E_MISMATCH, "missing tensor '%s'%s", name,
                                 role == QPK_ROLE_LM_HEAD ? " (tie_word_embeddings is false)" : "");
         }
-        qpk_status s = check_tensor(ck, t, role, e);
-        if (s != QPK_OK)
-            return s;
+        QPK_TRY(check_tensor(ck, t, role, e));
     }
     if (tied_head) {
         const qpk_st_tensor *emb = ck->slots[slot(QPK_ROLE_EMBED, -1)];
-        qpk_status s = check_tensor(ck, tied_head, QPK_ROLE_LM_HEAD, e);
-        if (s != QPK_OK)
-            return s;
+        QPK_TRY(check_tensor(ck, tied_head, QPK_ROLE_LM_HEAD, e));
         if (!same_values(tied_head, emb))
             logf_(cb, QPK_LOG_WARN,
                   "lm_head.weight differs from model.embed_tokens.weight; tie_word_embeddings is true, so it "

@@ -68,12 +68,9 @@ static qpk_status copy_bytes(job *j, const qpk_st_tensor *t, qpk_err *e)
     const uint8_t *p = t->data;
     for (uint64_t off = 0; off < t->nbytes; off += COPY_CHUNK) {
         size_t n = (size_t)(t->nbytes - off < COPY_CHUNK ? t->nbytes - off : COPY_CHUNK);
-        qpk_status s = out_write(j, p + off, n, e);
-        if (s != QPK_OK)
-            return s;
+        QPK_TRY(out_write(j, p + off, n, e));
         j->done += n;
-        if ((s = poll(j, t->name, e)) != QPK_OK)
-            return s;
+        QPK_TRY(poll(j, t->name, e));
     }
     return QPK_OK;
 }
@@ -90,12 +87,9 @@ static qpk_status convert_values(job *j, const qpk_st_tensor *t, qpk_type type, 
                                 (double)j->f32[bad],
                                 isfinite(j->f32[bad]) ? (type == QPK_TYPE_F16 ? "too large for f16" : "too large")
                                                       : "not finite");
-        qpk_status s = out_write(j, j->out, n * out_size, e);
-        if (s != QPK_OK)
-            return s;
+        QPK_TRY(out_write(j, j->out, n * out_size, e));
         j->done += n * qpk_st_dtype_size(t->dtype);
-        if ((s = poll(j, t->name, e)) != QPK_OK)
-            return s;
+        QPK_TRY(poll(j, t->name, e));
     }
     return QPK_OK;
 }

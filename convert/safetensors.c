@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "qpk_private.h"
 #include "qpk/convert.h"
 
 struct qpk_safetensors {
@@ -207,9 +208,7 @@ static qpk_status parse_header(qpk_safetensors *st, const cJSON *root, const uin
         memcpy(cursor, it->string, len);
         t->name = cursor;
         cursor += len;
-        qpk_status s = parse_entry(t, it, data, data_size, e);
-        if (s != QPK_OK)
-            return s;
+        QPK_TRY(parse_entry(t, it, data, data_size, e));
     }
     qsort(st->tensors, st->n, sizeof *st->tensors, cmp_name);
     for (size_t i = 1; i < st->n; i++)
@@ -279,7 +278,7 @@ qpk_status qpk_st_open(qpk_safetensors **out, const char *path, qpk_err *e)
     qpk_status s = qpk_map_file(path, MADV_SEQUENTIAL, &p, &size, e); /* converted front to back */
     if (s != QPK_OK)
         return s;
-    if ((s = qpk_st_open_memory(out, p, size, e)) != QPK_OK) {
+    if (qpk_st_open_memory(out, p, size, e) != QPK_OK) {
         qpk_unmap_file(p, size);
         return qpk_err_prefix(e, "%s", path);
     }

@@ -168,11 +168,9 @@ qpk_status qpk_outfile_write(qpk_outfile *o, const void *p, size_t n, qpk_err *e
         o->len += n;
         return QPK_OK;
     }
-    qpk_status s = flush(o, e);
-    if (s != QPK_OK)
-        return s;
+    QPK_TRY(flush(o, e));
     if (n >= OUT_BUF / 2) { /* large writes go straight from the caller's memory */
-        s = pwrite_all(o, p, n, o->pos, e);
+        qpk_status s = pwrite_all(o, p, n, o->pos, e);
         o->pos += n;
         start_writeback(o);
         return s;
@@ -188,9 +186,7 @@ qpk_status qpk_outfile_pad(qpk_outfile *o, uint64_t align, qpk_err *e)
     uint64_t target = align_up(qpk_outfile_tell(o), align);
     while (qpk_outfile_tell(o) < target) {
         uint64_t k = target - qpk_outfile_tell(o);
-        qpk_status s = qpk_outfile_write(o, zeros, k < sizeof zeros ? (size_t)k : sizeof zeros, e);
-        if (s != QPK_OK)
-            return s;
+        QPK_TRY(qpk_outfile_write(o, zeros, k < sizeof zeros ? (size_t)k : sizeof zeros, e));
     }
     return QPK_OK;
 }
@@ -199,8 +195,8 @@ qpk_status qpk_outfile_pwrite(qpk_outfile *o, const void *p, size_t n, uint64_t 
 {
     if (o->failed)
         return qpk_err_setf(e, o->failed, "an earlier write to '%s' failed", o->path);
-    qpk_status s = flush(o, e);
-    return s != QPK_OK ? s : pwrite_all(o, p, n, off, e);
+    QPK_TRY(flush(o, e));
+    return pwrite_all(o, p, n, off, e);
 }
 
 static qpk_status sync_dir(const char *path, qpk_err *e)

@@ -309,10 +309,8 @@ qpk_status qpk_gguf_open(qpk_gguf **out, const char *path, qpk_err *e)
     *out = NULL;
     const void *p;
     size_t size;
-    qpk_status s = qpk_map_file(path, 0, &p, &size, e);
-    if (s != QPK_OK)
-        return s;
-    if ((s = qpk_gguf_open_memory(out, p, size, e)) != QPK_OK) {
+    QPK_TRY(qpk_map_file(path, 0, &p, &size, e));
+    if (qpk_gguf_open_memory(out, p, size, e) != QPK_OK) {
         qpk_unmap_file(p, size);
         return qpk_err_prefix(e, "%s", path);
     }

@@ -384,14 +384,12 @@ qpk_status qpk_open(qpk_file **out, const char *path, const qpk_open_opts *opts,
     *out = NULL;
     const void *p;
     size_t size;
-    qpk_status s = qpk_map_file(path, 0, &p, &size, e);
-    if (s != QPK_OK)
-        return s;
+    QPK_TRY(qpk_map_file(path, 0, &p, &size, e));
     if (size < QPK_HEADER_SIZE) {
         qpk_unmap_file(p, size);
         return qpk_err_setf(e, QPK_E_CORRUPT, "'%s': %zu bytes, shorter than the 64-byte header", path, size);
     }
-    if ((s = qpk_open_memory(out, p, size, opts, e)) != QPK_OK) {
+    if (qpk_open_memory(out, p, size, opts, e) != QPK_OK) {
         qpk_unmap_file(p, size);
         return qpk_err_prefix(e, "%s", path);
     }

@@ -102,8 +102,7 @@ qpk_status qpk_writer_begin_tensor(qpk_writer *w, const char *name, uint32_t typ
             return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
         w->entries = p, w->cap_entries = cap;
     }
-    if ((s = qpk_outfile_pad(w->out, QPK_DEFAULT_ALIGNMENT, e)) != QPK_OK)
-        return s;
+    QPK_TRY(qpk_outfile_pad(w->out, QPK_DEFAULT_ALIGNMENT, e));
     entry *t = &w->entries[w->n_entries];
     memset(t, 0, sizeof *t);
     if (!(t->name = strdup(name)))
@@ -182,9 +181,7 @@ qpk_status qpk_writer_add_blob(qpk_writer *w, const char *name, const void *data
 static qpk_status emit_section(qpk_writer *w, uint8_t *dir_entry, uint32_t kind, const void *p,
                                size_t n, qpk_err *e)
 {
-    qpk_status s = qpk_outfile_pad(w->out, 8, e);
-    if (s != QPK_OK)
-        return s;
+    QPK_TRY(qpk_outfile_pad(w->out, 8, e));
     wr_u32(dir_entry, kind);
     wr_u32(dir_entry + 4, QPK_SECTION_CRITICAL);
     wr_u64(dir_entry + 8, qpk_outfile_tell(w->out));
@@ -289,8 +286,7 @@ static qpk_status finish(qpk_writer *w, const char *meta, size_t meta_len, qpk_e
     wr_u64(head + 40, w->data_offset);
     wr_u64(head + 48, data_size);
     wr_u64(head + 56, qpk_xxh3(head, sizeof head)); /* computed with the field still zero */
-    if ((s = qpk_outfile_pwrite(w->out, head, sizeof head, 0, e)) != QPK_OK)
-        return s;
+    QPK_TRY(qpk_outfile_pwrite(w->out, head, sizeof head, 0, e));
     s = qpk_outfile_commit(w->out, e);
     w->out = NULL;
     return s;

@@ -149,9 +149,7 @@ void qpk_unpack_group(uint32_t type, uint32_t group, const void *block, qpk_qpar
 qpk_status qpk_quantize_group(uint32_t type, const float *w, int64_t n, float clip, qpk_qparams *p, int32_t *q,
                               float *deq, qpk_err *e)
 {
-    qpk_status s = qpk_group_params(type, w, n, clip, p, e);
-    if (s != QPK_OK)
-        return s;
+    QPK_TRY(qpk_group_params(type, w, n, clip, p, e));
     for (int64_t k = 0; k < n; k++) {
         int32_t c = qpk_quantize_value(type, p, w[k]);
         if (q)

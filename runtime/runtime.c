@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "qpk_private.h"
 #include "ops.h"
 #include "qpk/runtime.h"
 
@@ -25,9 +26,7 @@ static qpk_status get_matrix(qpk_weight_fn get, void *ud, const qpk_config *c, q
     char name[QPK_MAX_NAME];
     int64_t dims[2];
     qpk_tensor_name(name, sizeof name, role, layer);
-    qpk_status s = get(ud, role, layer, w, e);
-    if (s != QPK_OK)
-        return s;
+    QPK_TRY(get(ud, role, layer, w, e));
     int nd = qpk_role_shape(c, role, dims);
     int64_t rows = nd == 2 ? dims[0] : 1, cols = nd == 2 ? dims[1] : dims[0];
     if (w->rows != rows || w->cols != cols)
@@ -44,9 +43,7 @@ static qpk_status get_vector(qpk_weight_fn get, void *ud, const qpk_config *c, q
                              float **cursor, const float **out, qpk_err *e)
 {
     qpk_matrix w;
-    qpk_status s = get_matrix(get, ud, c, role, layer, &w, e);
-    if (s != QPK_OK)
-        return s;
+    QPK_TRY(get_matrix(get, ud, c, role, layer, &w, e));
     qpk_kernels_scalar()->row_to_f32(&w, 0, *cursor);
     *out = *cursor;
     *cursor += w.cols;
@@ -380,9 +377,7 @@ static qpk_status forward(qpk_context *c, const int32_t *tokens, int64_t T, floa
 {
     const qpk_config *cf = &c->m->cfg;
     int64_t H = cf->hidden_size;
-    qpk_status s = reserve(c, c->pos + (int)T, e);
-    if (s != QPK_OK)
-        return s;
+    QPK_TRY(reserve(c, c->pos + (int)T, e));
     for (int64_t t = 0; t < T; t++)
         c->k->row_to_f32(&c->m->embed, tokens[t], c->x + t * H);
     qpk_op_rope_tables(c->cos, c->sin, c->inv_freq, c->pos, T, cf->head_dim / 2);
@@ -415,9 +410,7 @@ qpk_status qpk_eval(qpk_context *c, const int32_t *tokens, int n, float *logits,
         int first_wanted = n - n_logits, from = first_wanted > done ? first_wanted - done : 0;
         int want = from < T ? T - from : 0;
         float *out = want ? logits + (size_t)(done + from - first_wanted) * (size_t)cf->vocab_size : NULL;
-        qpk_status s = forward(c, tokens + done, T, out, want, e);
-        if (s != QPK_OK)
-            return s;
+        QPK_TRY(forward(c, tokens + done, T, out, want, e));
     }
     return QPK_OK;
 }
@@ -429,9 +422,7 @@ qpk_status qpk_layer_forward(qpk_context *c, const qpk_layer_weights *w, int lay
     if (T < 1 || T > c->n_batch)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "%d tokens: a layer runs 1..%d at once", T, c->n_batch);
     c->pos = 0;
-    qpk_status s = reserve(c, T, e);
-    if (s != QPK_OK)
-        return s;
+    QPK_TRY(reserve(c, T, e));
     size_t bytes = (size_t)T * (size_t)cf->hidden_size * sizeof(float);
     memcpy(c->x, x, bytes);
     qpk_op_rope_tables(c->cos, c->sin, c->inv_freq, 0, T, cf->head_dim / 2);

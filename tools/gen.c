@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "qpk_private.h"
 #include "gen.h"
 #include "qpk/quant.h"
 
@@ -99,10 +100,8 @@ static qpk_status write_text(const char *dir, const char *name, const char *text
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", dir, name);
     qpk_outfile *o;
-    qpk_status s = qpk_outfile_create(&o, path, e);
-    if (s != QPK_OK)
-        return s;
-    s = qpk_outfile_write(o, text, strlen(text), e);
+    QPK_TRY(qpk_outfile_create(&o, path, e));
+    qpk_status s = qpk_outfile_write(o, text, strlen(text), e);
     if (s == QPK_OK)
         s = qpk_outfile_write(o, "\n", 1, e);
     if (s != QPK_OK) {

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "qpk_private.h"
 #include "cli.h"
 
 static void usage(void)
@@ -55,9 +56,7 @@ static qpk_status verify_all(cli *c, const qpk_file *f, qpk_err *e)
     for (size_t i = 0; i < qpk_n_tensors(f); i++)
         total += qpk_tensor_at(f, i)->nbytes;
     for (size_t i = 0; i < qpk_n_tensors(f); i++) {
-        qpk_status s = qpk_verify_tensor(f, i, e);
-        if (s != QPK_OK)
-            return s;
+        QPK_TRY(qpk_verify_tensor(f, i, e));
         done += qpk_tensor_at(f, i)->nbytes;
         cb.progress(cb.ud, qpk_tensor_at(f, i)->name, done, total);
     }

@@ -51,31 +51,6 @@ static void usage(void)
            "5 internal, 130 interrupted.\n");
 }
 
-typedef struct gate {
-    const char *flag;
-    double limit;
-    bool set;
-} gate;
-
-enum { G_KLD, G_TOP1, G_ABS, G_DPPL, G_PPL, N_GATES };
-
-static gate g_gates_template[N_GATES] = {
-    {"--max-kld", 0, false}, {"--min-top1", 0, false}, {"--max-abs", 0, false},
-    {"--max-dppl", 0, false}, {"--max-ppl", 0, false},
-};
-
-/* The measured value a gate looks at, and whether it passes. */
-static bool gate_passes(int g, double limit, const qpk_verify_result *r, double *value)
-{
-    switch (g) {
-    case G_KLD: *value = r->kld_mean; return *value <= limit;
-    case G_TOP1: *value = r->top1_pct; return *value >= limit;
-    case G_ABS: *value = r->max_abs_diff; return *value <= limit;
-    case G_DPPL: *value = fabs(r->ppl - r->ppl_ref) / r->ppl_ref; return *value <= limit;
-    default: *value = r->ppl; return *value <= limit;
-    }
-}
-
 static void on_chunk(void *ud, int chunk, int n_chunks, double ppl)
 {
     cli *c = ud;
@@ -114,7 +89,7 @@ static void print_json(const qpk_verify_result *r, const char *model, const char
     add_num(o, "ppl_stderr", r->ppl_stderr);
     add_num(o, "ppl_ref", r->ppl_ref);
     add_num(o, "ppl_ref_stderr", r->ppl_ref_stderr);
-    add_num(o, "dppl_rel", isnan(r->ppl_ref) ? NAN : (r->ppl - r->ppl_ref) / r->ppl_ref);
+    add_num(o, "dppl_rel", r->dppl_rel);
     add_num(o, "max_abs_diff", r->max_abs_diff);
     add_num(o, "mean_abs_diff", r->mean_abs_diff);
     add_num(o, "top1_pct", r->top1_pct);
@@ -143,8 +118,7 @@ static void print_text(const qpk_verify_result *r, bool compared)
     printf("perplexity     %.4f +/- %.4f\n", r->ppl, r->ppl_stderr);
     if (!compared)
         return;
-    printf("reference ppl  %.4f +/- %.4f  (change %+.4f%%)\n", r->ppl_ref, r->ppl_ref_stderr,
-           100.0 * (r->ppl - r->ppl_ref) / r->ppl_ref);
+    printf("reference ppl  %.4f +/- %.4f  (change %+.4f%%)\n", r->ppl_ref, r->ppl_ref_stderr, 100.0 * r->dppl_rel);
     printf("logits         max |diff| %.4g, mean |diff| %.4g\n", r->max_abs_diff, r->mean_abs_diff);
     printf("top-1          %.3f%% agreement\n", r->top1_pct);
     printf("KL divergence  mean %.6g; p50 %.4g, p90 %.4g, p99 %.4g, p99.9 %.4g, max %.4g\n", r->kld_mean, r->kld_p50,
@@ -157,16 +131,15 @@ int main(int argc, char **argv)
     cli c;
     cli_init(&c, "qverify");
     const char *model_path = NULL, *tokens_path = NULL, *text_path = NULL, *ref_path = NULL;
-    bool json = false;
-    gate gates[N_GATES];
-    memcpy(gates, g_gates_template, sizeof gates);
+    bool json = false, gate_set[QPK_GATE_COUNT_] = {false};
+    double gate_limit[QPK_GATE_COUNT_] = {0};
     qpk_verify_opts o = {.n_ctx = 512};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         long long n;
         int g = -1;
-        for (int k = 0; k < N_GATES; k++)
-            if (!strcmp(a, gates[k].flag))
+        for (int k = 0; k < QPK_GATE_COUNT_; k++)
+            if (!strncmp(a, "--", 2) && !strcmp(a + 2, qpk_gate_name((qpk_gate)k)))
                 g = k;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage();
@@ -175,9 +148,9 @@ int main(int argc, char **argv)
             printf("qverify %s\n", QPK_VERSION_STRING);
             return 0;
         } else if (g >= 0) {
-            if (!cli_parse_double(v, &gates[g].limit) || !isfinite(gates[g].limit))
+            if (!cli_parse_double(v, &gate_limit[g]) || !isfinite(gate_limit[g]))
                 return cli_usage_error(&c, "%s needs a number", a);
-            gates[g].set = true, i++;
+            gate_set[g] = true, i++;
         } else if (!strcmp(a, "--tokens") || !strcmp(a, "--text") || !strcmp(a, "--ref")) {
             if (!v)
                 return cli_usage_error(&c, "%s needs a path", a);
@@ -239,10 +212,10 @@ int main(int argc, char **argv)
         qpk_source_close(model), qpk_source_close(ref);
         return cli_usage_error(&c, "comparing with another model needs --tokens FILE or --text FILE");
     }
-    for (int g = 0; g < N_GATES && s == QPK_OK; g++)
-        if (gates[g].set && g != G_PPL && !ref) {
+    for (int g = 0; g < QPK_GATE_COUNT_ && s == QPK_OK; g++)
+        if (gate_set[g] && qpk_gate_needs_ref((qpk_gate)g) && !ref) {
             qpk_source_close(model);
-            return cli_usage_error(&c, "%s needs --ref", gates[g].flag);
+            return cli_usage_error(&c, "--%s needs --ref", qpk_gate_name((qpk_gate)g));
         }
     if (s == QPK_OK && tokens_path)
         s = qpk_read_tokens(tokens_path, &tokens, &n_tokens, &e);
@@ -261,15 +234,15 @@ int main(int argc, char **argv)
         return cli_fail(&c, &e);
     cli_progress_done(&c);
     cJSON *failed = cJSON_CreateArray();
-    char lines[N_GATES][160];
+    char lines[QPK_GATE_COUNT_][160];
     int n_failed = 0;
-    for (int g = 0; g < N_GATES; g++) {
+    for (int g = 0; g < QPK_GATE_COUNT_; g++) {
         double value;
-        if (!gates[g].set || gate_passes(g, gates[g].limit, &r, &value))
+        if (!gate_set[g] || qpk_gate_passes((qpk_gate)g, gate_limit[g], &r, &value))
             continue;
-        cJSON_AddItemToArray(failed, cJSON_CreateString(gates[g].flag + 2));
-        snprintf(lines[n_failed++], sizeof lines[0], "gate failed: %s %g (measured %g)", gates[g].flag,
-                 gates[g].limit, value);
+        cJSON_AddItemToArray(failed, cJSON_CreateString(qpk_gate_name((qpk_gate)g)));
+        snprintf(lines[n_failed++], sizeof lines[0], "gate failed: --%s %g (measured %g)", qpk_gate_name((qpk_gate)g),
+                 gate_limit[g], value);
     }
     if (json) { /* takes ownership of failed */
         print_json(&r, model_path, ref_path, o.scalar ? "scalar" : qpk_kernels_best()->name,

@@ -122,6 +122,7 @@ void qpk_verify_finish(const qpk_compare *c, qpk_verify_result *r)
     r->ppl_stderr = qpk_ppl_stderr(&c->ppl_model);
     r->ppl_ref = qpk_ppl_value(&c->ppl_ref);
     r->ppl_ref_stderr = qpk_ppl_stderr(&c->ppl_ref);
+    r->dppl_rel = (r->ppl - r->ppl_ref) / r->ppl_ref; /* NaN (not measured) without a reference */
     r->n_compared = c->n_positions;
     r->dp_mean = c->n_dp ? c->sum_dp / (double)c->n_dp : QPK_NO_VALUE;
     double *none[] = {&r->max_abs_diff, &r->mean_abs_diff, &r->top1_pct, &r->kld_mean, &r->kld_p50,
@@ -147,4 +148,23 @@ void qpk_verify_finish(const qpk_compare *c, qpk_verify_result *r)
     r->kld_p999 = percentile(s, c->n_positions, 99.9);
     r->kld_max = s[c->n_positions - 1];
     free(s);
+}
+
+/* ---------------------------------------------------------------- gates */
+
+static const char *const GATE_NAMES[QPK_GATE_COUNT_] = {"max-kld", "min-top1", "max-abs", "max-dppl", "max-ppl"};
+
+const char *qpk_gate_name(qpk_gate g) { return g < QPK_GATE_COUNT_ ? GATE_NAMES[g] : "?"; }
+
+bool qpk_gate_needs_ref(qpk_gate g) { return g != QPK_GATE_MAX_PPL; }
+
+bool qpk_gate_passes(qpk_gate g, double limit, const qpk_verify_result *r, double *measured)
+{
+    switch (g) {
+    case QPK_GATE_MAX_KLD: *measured = r->kld_mean; return *measured <= limit;
+    case QPK_GATE_MIN_TOP1: *measured = r->top1_pct; return *measured >= limit;
+    case QPK_GATE_MAX_ABS: *measured = r->max_abs_diff; return *measured <= limit;
+    case QPK_GATE_MAX_DPPL: *measured = fabs(r->dppl_rel); return *measured <= limit;
+    default: *measured = r->ppl; return *measured <= limit;
+    }
 }

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "qpk_private.h"
 #include "metrics.h"
 
 /* Positions whose logits are materialized at once: bounds memory to PIECE x vocab floats per model. */
@@ -83,9 +84,7 @@ static qpk_status measure_piece(runner *R, int n, bool compare, bool count_unsco
     for (int i = 0; i < n; i++) {
         if (R->targets[i] < 0 && !count_unscored)
             continue;
-        qpk_status s = qpk_compare_push(&R->acc, &R->pos[i], R->V, compare, e);
-        if (s != QPK_OK)
-            return s;
+        QPK_TRY(qpk_compare_push(&R->acc, &R->pos[i], R->V, compare, e));
     }
     return QPK_OK;
 }
@@ -201,9 +200,7 @@ qpk_status qpk_verify_ref_file(const qpk_model *model, const qpk_safetensors *re
 {
     memset(r, 0, sizeof *r);
     const qpk_config *cf = qpk_model_config(model);
-    qpk_status s = qpk_ref_file_check(ref, cf->vocab_size, e);
-    if (s != QPK_OK)
-        return s;
+    QPK_TRY(qpk_ref_file_check(ref, cf->vocab_size, e));
     const qpk_st_tensor *tk = qpk_st_find(ref, "tokens"), *lg = qpk_st_find(ref, "logits");
     int64_t S = tk->shape[0], T = tk->shape[1], V = cf->vocab_size;
     if (T > cf->max_position_embeddings)
@@ -215,7 +212,7 @@ qpk_status qpk_verify_ref_file(const qpk_model *model, const qpk_safetensors *re
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     runner R;
     double t0 = now();
-    s = runner_init(&R, model, NULL, (int)T, o, e);
+    qpk_status s = runner_init(&R, model, NULL, (int)T, o, e);
     qpk_type lt = lg->dtype == QPK_ST_F32 ? QPK_TYPE_F32 : lg->dtype == QPK_ST_F16 ? QPK_TYPE_F16 : QPK_TYPE_BF16;
     size_t esize = qpk_st_dtype_size(lg->dtype);
     for (int64_t q = 0; q < S && s == QPK_OK; q++) {

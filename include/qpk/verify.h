@@ -62,6 +62,7 @@ typedef struct qpk_verify_result {
     uint64_t n_compared; /* positions compared with the reference */
     int n_chunks, n_ctx;
     double ppl, ppl_stderr, ppl_ref, ppl_ref_stderr;
+    double dppl_rel; /* (ppl - ppl_ref) / ppl_ref */
     double max_abs_diff, mean_abs_diff, top1_pct, dp_mean;
     double kld_mean, kld_p50, kld_p90, kld_p99, kld_p999, kld_max;
     double seconds;
@@ -69,6 +70,25 @@ typedef struct qpk_verify_result {
 
 /* Fills r from the accumulators (percentiles by nearest rank on the sorted values). */
 void qpk_verify_finish(const qpk_compare *c, qpk_verify_result *r);
+
+/* =================================================================== gates == */
+
+/* Pass/fail limits on a result, as qverify's --max-kld ... options set them. */
+typedef enum qpk_gate {
+    QPK_GATE_MAX_KLD,  /* kld_mean <= limit */
+    QPK_GATE_MIN_TOP1, /* top1_pct >= limit */
+    QPK_GATE_MAX_ABS,  /* max_abs_diff <= limit */
+    QPK_GATE_MAX_DPPL, /* |dppl_rel| <= limit */
+    QPK_GATE_MAX_PPL,  /* ppl <= limit */
+    QPK_GATE_COUNT_
+} qpk_gate;
+
+/* "max-kld", "min-top1", "max-abs", "max-dppl", "max-ppl". */
+const char *qpk_gate_name(qpk_gate g);
+/* Whether gate g needs a reference (every gate but max-ppl). */
+bool qpk_gate_needs_ref(qpk_gate g);
+/* Whether r passes gate g at limit; *measured gets the value compared. A value that was not measured fails. */
+bool qpk_gate_passes(qpk_gate g, double limit, const qpk_verify_result *r, double *measured);
 
 /* ================================================================= sources == */
 

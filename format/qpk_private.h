@@ -1,7 +1,8 @@
 /*
- * What qpk's libraries share that is not public API: the type table itself (so that
- * kernels fold a type's layout into constants), and, in later sections, the plumbing
- * the format library offers its siblings. Never installed; include/qpk/ is the API.
+ * What qpk's libraries (and its own tools) share that is not public API: the error
+ * forwarding macro, the type table itself (so that kernels fold a type's layout into
+ * constants), mapped input and atomic output files. Never installed: include/qpk/ is
+ * the API another runtime sees.
  */
 #ifndef QPK_PRIVATE_H
 #define QPK_PRIVATE_H
@@ -30,5 +31,43 @@ static const qpk_type_info QPK_TYPE_TABLE[QPK_TYPE_COUNT_] = {
     [QPK_TYPE_INT4] = {"int4", 0, 4, 4, 0, 3},   /* f16 d, u8 z, u8 0; to Q4_1 with m = -d z */
     [QPK_TYPE_INT4S] = {"int4s", 0, 4, 2, 0, 2}, /* f16 d; at G = 32 ggml's Q4_0 */
 };
+
+/* ------------------------------------------------------------ mapped input */
+
+/*
+ * Maps the regular file at path read-only (*data NULL for an empty file). advice is an
+ * madvise() hint (0: none). The readers' shared way in; undo with qpk_unmap_file.
+ */
+qpk_status qpk_map_file(const char *path, int advice, const void **data, size_t *size, qpk_err *e);
+void qpk_unmap_file(const void *data, size_t size); /* NULL-safe */
+
+/* Whether path is a readable file whose first n (<= 16) bytes are magic. */
+bool qpk_file_starts_with(const char *path, const void *magic, size_t n);
+
+/* ------------------------------------------------------------ atomic output */
+
+/*
+ * A file that appears at its path complete or not at all: written to an unnamed
+ * temporary in the same folder, fsync'd and renamed into place by commit. Used by
+ * the .qpk writer and by every other writer in qpk (GGUF, generated checkpoints).
+ */
+typedef struct qpk_outfile qpk_outfile;
+
+qpk_status qpk_outfile_create(qpk_outfile **out, const char *path, qpk_err *e);
+/* Appends n bytes (buffered). After any failure every later call fails too. */
+qpk_status qpk_outfile_write(qpk_outfile *o, const void *p, size_t n, qpk_err *e);
+/* Appends zero bytes up to the next multiple of align (a power of two). */
+qpk_status qpk_outfile_pad(qpk_outfile *o, uint64_t align, qpk_err *e);
+/* Overwrites bytes already appended (a header written last). */
+qpk_status qpk_outfile_pwrite(qpk_outfile *o, const void *p, size_t n, uint64_t off, qpk_err *e);
+uint64_t qpk_outfile_tell(const qpk_outfile *o);
+const char *qpk_outfile_path(const qpk_outfile *o);
+/* Flushes, fsyncs, renames over the path, fsyncs the folder; frees o whatever the outcome. */
+qpk_status qpk_outfile_commit(qpk_outfile *o, qpk_err *e);
+/* Drops everything written; nothing appears at the path. NULL-safe. */
+void qpk_outfile_discard(qpk_outfile *o);
+
+/* XXH3-64 of a buffer, as the format uses it (seed 0). */
+uint64_t qpk_xxh3(const void *data, size_t n);
 
 #endif

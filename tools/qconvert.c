@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "qpk_private.h"
 #include "cli.h"
 
 static void usage(void)

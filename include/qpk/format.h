@@ -257,16 +257,7 @@ qpk_status qpk_open(qpk_file **out, const char *path, const qpk_open_opts *opts,
 qpk_status qpk_open_memory(qpk_file **out, const void *buf, size_t size, const qpk_open_opts *opts,
                            qpk_err *e);
 void qpk_close(qpk_file *f); /* NULL-safe */
-/*
- * Maps the regular file at path read-only (*data NULL for an empty file). advice is an
- * madvise() hint (0: none). The readers' shared way in; undo with qpk_unmap_file.
- */
-qpk_status qpk_map_file(const char *path, int advice, const void **data, size_t *size, qpk_err *e);
-void qpk_unmap_file(const void *data, size_t size); /* NULL-safe */
-
-/* Whether path is a readable file whose first n (<= 16) bytes are magic; */
-bool qpk_file_starts_with(const char *path, const void *magic, size_t n);
-/* and whether it starts with the .qpk magic (which says nothing of the rest). */
+/* Whether path is a readable file that starts with the .qpk magic (which says nothing of the rest). */
 bool qpk_is_qpk_file(const char *path);
 
 uint32_t qpk_file_version(const qpk_file *f);
@@ -333,32 +324,6 @@ qpk_status qpk_writer_finish(qpk_writer *w, const char *meta_json, size_t meta_l
 
 /* Abandons the file: removes the temporary, frees w. NULL-safe. */
 void qpk_writer_discard(qpk_writer *w);
-
-/* ============================================================ atomic output == */
-
-/*
- * A file that appears at its path complete or not at all: written to an unnamed
- * temporary in the same folder, fsync'd and renamed into place by commit. Used by
- * the .qpk writer and by every other writer in qpk (GGUF, generated checkpoints).
- */
-typedef struct qpk_outfile qpk_outfile;
-
-qpk_status qpk_outfile_create(qpk_outfile **out, const char *path, qpk_err *e);
-/* Appends n bytes (buffered). After any failure every later call fails too. */
-qpk_status qpk_outfile_write(qpk_outfile *o, const void *p, size_t n, qpk_err *e);
-/* Appends zero bytes up to the next multiple of align (a power of two). */
-qpk_status qpk_outfile_pad(qpk_outfile *o, uint64_t align, qpk_err *e);
-/* Overwrites bytes already appended (a header written last). */
-qpk_status qpk_outfile_pwrite(qpk_outfile *o, const void *p, size_t n, uint64_t off, qpk_err *e);
-uint64_t qpk_outfile_tell(const qpk_outfile *o);
-const char *qpk_outfile_path(const qpk_outfile *o);
-/* Flushes, fsyncs, renames over the path, fsyncs the folder; frees o whatever the outcome. */
-qpk_status qpk_outfile_commit(qpk_outfile *o, qpk_err *e);
-/* Drops everything written; nothing appears at the path. NULL-safe. */
-void qpk_outfile_discard(qpk_outfile *o);
-
-/* XXH3-64 of a buffer, as the format uses it (seed 0). */
-uint64_t qpk_xxh3(const void *data, size_t n);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,36 @@
+#!/bin/bash
+# The dependency direction of docs/architecture.md, checked on the objects themselves:
+# every qpk_ symbol a folder library uses must be defined in that folder or in one below
+# it (format <- tokenizer, quant <- runtime <- convert <- verify).
+# Usage: layering_test.sh BUILD_DIR
+set -u
+build=$1
+declare -A below=(
+  [format]="format"
+  [tokenizer]="tokenizer format"
+  [quant]="quant format"
+  [runtime]="runtime quant format"
+  [convert]="convert runtime quant tokenizer format"
+  [verify]="verify convert runtime quant tokenizer format"
+)
+tmp=$(mktemp -d /tmp/qpk-layers-XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+for layer in "${!below[@]}"; do
+  find "$build/$layer" -name '*.o' -path '*CMakeFiles/qpk_*' | xargs -r nm --defined-only 2>/dev/null |
+    awk '$2 ~ /^[TDRB]$/ {print $3}' | sort -u > "$tmp/$layer.def"
+done
+fail=0
+for layer in "${!below[@]}"; do
+  : > "$tmp/allowed"
+  for l in ${below[$layer]}; do cat "$tmp/$l.def" >> "$tmp/allowed"; done
+  sort -u -o "$tmp/allowed" "$tmp/allowed"
+  find "$build/$layer" -name '*.o' -path '*CMakeFiles/qpk_*' | xargs -r nm --undefined-only 2>/dev/null |
+    awk '$1 == "U" && $2 ~ /^qpk_/ {print $2}' | sort -u > "$tmp/used"
+  bad=$(comm -23 "$tmp/used" "$tmp/allowed")
+  if [ -n "$bad" ]; then
+    echo "FAIL: $layer uses symbols from above it: $(echo $bad)"; fail=1
+  else
+    echo "pass: $layer uses only ${below[$layer]} ($(wc -l < "$tmp/used") qpk_ symbols)"
+  fi
+done
+exit $fail

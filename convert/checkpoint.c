@@ -12,6 +12,7 @@
 
 #include "qpk/convert.h"
 #include "internal.h"
+#include "qpk_json.h"
 
 #define MAX_MODEL_FILE (512u << 20)
 #define MAX_SHARDS 4096
@@ -171,26 +172,6 @@ static qpk_status add_shard(qpk_checkpoint *ck, const char *name, qpk_err *e)
     return QPK_OK;
 }
 
-static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
-
-/* cJSON keeps duplicate keys, and a name mapped twice would pass every other check. */
-static qpk_status check_unique_keys(const cJSON *obj, qpk_err *e)
-{
-    size_t n = (size_t)cJSON_GetArraySize(obj), i = 0;
-    const char **keys = malloc((n ? n : 1) * sizeof *keys);
-    if (!keys)
-        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
-    const cJSON *it;
-    cJSON_ArrayForEach(it, obj) keys[i++] = it->string;
-    qsort(keys, n, sizeof *keys, cmp_str);
-    qpk_status s = QPK_OK;
-    for (i = 1; i < n && s == QPK_OK; i++)
-        if (strcmp(keys[i - 1], keys[i]) == 0)
-            s = qpk_err_setf(e, QPK_E_CORRUPT, "index maps '%.200s' twice", keys[i]);
-    free(keys);
-    return s;
-}
-
 /* Shards named model-0000i-of-0000N: the index must reference every i in 1..N. */
 static qpk_status check_shard_series(const qpk_checkpoint *ck, qpk_err *e)
 {
@@ -218,8 +199,9 @@ static qpk_status check_shard_series(const qpk_checkpoint *ck, qpk_err *e)
 
 static qpk_status open_index(qpk_checkpoint *ck, const char *text, size_t len, qpk_err *e)
 {
-    cJSON *root = cJSON_ParseWithLengthOpts(text, len, NULL, false);
-    const cJSON *map = root ? cJSON_GetObjectItemCaseSensitive(root, "weight_map") : NULL;
+    cJSON *root;
+    QPK_TRY(qpk_json_parse("model.safetensors.index.json", text, len, &root, e));
+    const cJSON *map = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
     qpk_status s = QPK_OK;
     const cJSON *it;
     if (!cJSON_IsObject(map)) {
@@ -264,9 +246,7 @@ static qpk_status open_index(qpk_checkpoint *ck, const char *text, size_t len, q
                 goto out;
             }
         }
-    s = check_unique_keys(map, e);
-    if (s == QPK_OK)
-        s = check_shard_series(ck, e);
+    s = check_shard_series(ck, e);
 out:
     cJSON_Delete(root);
     return s;

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "qpk_json.h"
 #include "qpk/gguf.h"
 #include "qpk/quant.h"
 #include "qpk/tokenizer.h"
@@ -250,12 +251,18 @@ static qpk_status write_meta(qpk_gguf_export *x, const qpk_config *c, const qpk_
                              qpk_err *e)
 {
     qpk_tokenizer *tok = NULL;
+    cJSON *cfg = NULL;
     if (qpk_tokenizer_load(&tok, m->tok_json, m->tok_len, e) != QPK_OK)
         return qpk_err_prefix(e, "tokenizer.json");
-    cJSON *cfg = m->tok_cfg ? cJSON_ParseWithLength(m->tok_cfg, m->cfg_len) : NULL;
+    qpk_status s = m->tok_cfg ? qpk_json_parse("tokenizer_config.json", m->tok_cfg, m->cfg_len, &cfg, e) : QPK_OK;
+    if (s != QPK_OK) {
+        qpk_tokenizer_free(tok);
+        return s;
+    }
     int32_t *types = malloc((size_t)c->vocab_size * sizeof *types);
     vocab v = {.tok = tok};
-    qpk_status s = types ? QPK_OK : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    if (!types)
+        s = qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     if (s == QPK_OK)
         s = write_keys(x->w, c, m, file_type, e);
     if (s == QPK_OK)

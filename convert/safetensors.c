@@ -16,6 +16,7 @@
 
 #include "qpk_private.h"
 #include "qpk/convert.h"
+#include "qpk_json.h"
 
 struct qpk_safetensors {
     const uint8_t *base;
@@ -39,40 +40,6 @@ static const struct {
 
 const char *qpk_st_dtype_name(qpk_st_dtype d) { return d < QPK_ST_DTYPE_COUNT_ ? DTYPES[d].name : "?"; }
 size_t qpk_st_dtype_size(qpk_st_dtype d) { return d < QPK_ST_DTYPE_COUNT_ ? DTYPES[d].size : 0; }
-
-/* Strict UTF-8: no overlong forms, no surrogates, nothing past U+10FFFF. Returns the bad offset or n. */
-static size_t utf8_invalid_at(const uint8_t *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        uint8_t c = s[i];
-        size_t len;
-        uint32_t cp, min;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if ((c & 0xe0) == 0xc0) {
-            len = 2, cp = c & 0x1f, min = 0x80;
-        } else if ((c & 0xf0) == 0xe0) {
-            len = 3, cp = c & 0x0f, min = 0x800;
-        } else if ((c & 0xf8) == 0xf0) {
-            len = 4, cp = c & 0x07, min = 0x10000;
-        } else {
-            return i;
-        }
-        if (len > n - i)
-            return i;
-        for (size_t k = 1; k < len; k++) {
-            if ((s[i + k] & 0xc0) != 0x80)
-                return i;
-            cp = cp << 6 | (s[i + k] & 0x3f);
-        }
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-            return i;
-        i += len;
-    }
-    return n;
-}
 
 /* A JSON number that is a non-negative integer exactly representable in a double. */
 static bool json_uint(const cJSON *it, uint64_t *out)
@@ -232,22 +199,10 @@ static qpk_status validate(qpk_safetensors *st, qpk_err *e)
         return qpk_err_setf(e, QPK_E_CORRUPT, "header length %llu runs past the end of the file (%llu bytes)",
                             (unsigned long long)n, (unsigned long long)st->size);
     const uint8_t *h = st->base + 8;
-    size_t bad = utf8_invalid_at(h, (size_t)n);
-    if (bad != n)
-        return qpk_err_setf(e, QPK_E_CORRUPT, "header is not valid UTF-8 (byte %zu)", bad);
     if (n == 0 || h[0] != '{')
         return qpk_err_setf(e, QPK_E_CORRUPT, "header does not start with '{'");
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts((const char *)h, (size_t)n, &end, false);
-    if (!root)
-        return qpk_err_setf(e, QPK_E_CORRUPT, "header is not valid JSON (near byte %td)",
-                            end ? end - (const char *)h : (ptrdiff_t)0);
-    qpk_status s = QPK_OK;
-    for (const char *p = end; p < (const char *)h + n; p++)
-        if (*p != ' ' && *p != '\n' && *p != '\r' && *p != '\t') {
-            s = qpk_err_setf(e, QPK_E_CORRUPT, "header has bytes after its JSON object");
-            break;
-        }
+    cJSON *root;
+    qpk_status s = qpk_json_parse("header", (const char *)h, (size_t)n, &root, e);
     if (s == QPK_OK)
         s = parse_header(st, root, h + n, st->size - 8 - n, e);
     cJSON_Delete(root);

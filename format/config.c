@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "qpk_json.h"
 
 /* ---------------------------------------------------------------- JSON fields */
 
@@ -158,16 +159,6 @@ static qpk_status check_shapes(qpk_config *c, const cJSON *root, qpk_err *e)
     return QPK_OK;
 }
 
-/* cJSON keeps the first of two equal keys, Python's json the last: refuse the ambiguity. */
-static qpk_status check_no_duplicate_keys(const cJSON *obj, qpk_err *e)
-{
-    for (const cJSON *a = obj->child; a; a = a->next)
-        for (const cJSON *b = a->next; b; b = b->next)
-            if (strcmp(a->string, b->string) == 0)
-                return qpk_err_setf(e, QPK_E_CORRUPT, "key '%.64s' appears twice", a->string);
-    return QPK_OK;
-}
-
 static qpk_status config_from_cjson(qpk_config *c, const cJSON *root, qpk_err *e)
 {
     memset(c, 0, sizeof *c);
@@ -175,7 +166,6 @@ static qpk_status config_from_cjson(qpk_config *c, const cJSON *root, qpk_err *e
         return qpk_err_setf(e, QPK_E_CORRUPT, "top level is not an object");
     if (cJSON_GetArraySize(root) > 4096)
         return qpk_err_setf(e, QPK_E_LIMIT, "more than 4096 keys");
-    QPK_TRY(check_no_duplicate_keys(root, e));
     QPK_TRY(check_architecture(root, e));
     QPK_TRY(get_int(root, "vocab_size", true, 0, 1, QPK_MAX_VOCAB, &c->vocab_size, e));
     QPK_TRY(get_int(root, "hidden_size", true, 0, 1, QPK_MAX_HIDDEN, &c->hidden_size, e));
@@ -201,30 +191,11 @@ static qpk_status config_from_cjson(qpk_config *c, const cJSON *root, qpk_err *e
     return check_shapes(c, root, e);
 }
 
-/* Parses len bytes of JSON that must hold one value and nothing but whitespace after it. */
-static qpk_status parse_json(const char *json, size_t len, cJSON **out, qpk_err *e)
-{
-    const char *end = NULL;
-    *out = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, false);
-    if (!root)
-        return qpk_err_setf(e, QPK_E_CORRUPT, "not valid JSON (near byte %td)",
-                            end ? end - json : (ptrdiff_t)0);
-    for (const char *p = end; p < json + len; p++)
-        if (*p != ' ' && *p != '\n' && *p != '\r' && *p != '\t') {
-            cJSON_Delete(root);
-            return qpk_err_setf(e, QPK_E_CORRUPT, "trailing bytes after the JSON value (byte %td)",
-                                p - json);
-        }
-    *out = root;
-    return QPK_OK;
-}
-
 qpk_status qpk_config_parse(qpk_config *c, const char *json, size_t len, qpk_err *e)
 {
     cJSON *root;
     memset(c, 0, sizeof *c);
-    QPK_TRY(parse_json(json, len, &root, e));
+    QPK_TRY(qpk_json_parse("config.json", json, len, &root, e));
     qpk_status s = config_from_cjson(c, root, e);
     cJSON_Delete(root);
     return s;
@@ -233,7 +204,7 @@ qpk_status qpk_config_parse(qpk_config *c, const char *json, size_t len, qpk_err
 qpk_status qpk_meta_validate(const char *meta, size_t len, qpk_config *cfg, qpk_err *e)
 {
     cJSON *root;
-    QPK_TRY(parse_json(meta, len, &root, e));
+    QPK_TRY(qpk_json_parse("JSON", meta, len, &root, e));
     const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(root, "format");
     const cJSON *ver = cJSON_GetObjectItemCaseSensitive(root, "format_version");
     const cJSON *arch = cJSON_GetObjectItemCaseSensitive(root, "architecture");

@@ -32,6 +32,25 @@ static const qpk_type_info QPK_TYPE_TABLE[QPK_TYPE_COUNT_] = {
     [QPK_TYPE_INT4S] = {"int4s", 0, 4, 2, 0, 2}, /* f16 d; at G = 32 ggml's Q4_0 */
 };
 
+/* -------------------------------------------------------------------- UTF-8 */
+
+/* Writes cp (a scalar value) as UTF-8; returns the byte count. */
+size_t qpk_utf8_put(uint32_t cp, char *out);
+
+/* Length of the well-formed UTF-8 sequence at s (n bytes available), or 0. */
+size_t qpk_utf8_char(const char *s, size_t n);
+
+/* Length of the longest prefix of s that is valid UTF-8 (== n when all of it is). */
+size_t qpk_utf8_valid_prefix(const char *s, size_t n);
+
+/*
+ * Copies s to out replacing every maximal subpart of an ill-formed sequence with U+FFFD,
+ * exactly as Python's bytes.decode("utf-8", errors="replace") (the Unicode "best
+ * practice" of chapter 3, U+FFFD substitution of maximal subparts). out must hold 3 * n
+ * bytes. Returns the length written.
+ */
+size_t qpk_utf8_repair(const char *s, size_t n, char *out);
+
 /* ------------------------------------------------------------ mapped input */
 
 /*

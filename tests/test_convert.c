@@ -66,18 +66,18 @@ static const st_case ST_CASES[] = {
     {"overlap", "{\"a\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[0,4]},\"b\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[2,6]}}", 6, QPK_E_CORRUPT, "overlaps"},
     {"hole", "{\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2]},\"b\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[4,6]}}", 6, QPK_E_CORRUPT, "hole of 2 bytes"},
     {"uncovered tail", "{\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2]}}", 5, QPK_E_CORRUPT, "3 bytes after the last tensor"},
-    {"duplicate name", "{\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2]},\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[2,4]}}", 4, QPK_E_CORRUPT, "duplicate tensor name 'a'"},
+    {"duplicate name", "{\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2]},\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[2,4]}}", 4, QPK_E_CORRUPT, "header: key 'a' appears twice in one object"},
     {"metadata not an object", "{\"__metadata__\":[1]}", 0, QPK_E_CORRUPT, "__metadata__ is not an object"},
     {"metadata value", "{\"__metadata__\":{\"k\":1}}", 0, QPK_E_CORRUPT, "is not a string"},
     {"nine dimensions", "{\"a\":{\"dtype\":\"U8\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,1]}}", 1, QPK_E_LIMIT, "9 dimensions"},
     {"entry without dtype", "{\"a\":{\"shape\":[1],\"data_offsets\":[0,1]}}", 1, QPK_E_CORRUPT, "needs dtype"},
     {"empty name", "{\"\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1, QPK_E_CORRUPT, "empty name"},
-    {"not JSON", "{\"a\":{\"dtype\":", 0, QPK_E_CORRUPT, "not valid JSON"},
-    {"trailing garbage", "{}  x", 0, QPK_E_CORRUPT, "bytes after its JSON"},
+    {"not JSON", "{\"a\":{\"dtype\":", 0, QPK_E_CORRUPT, "header: unexpected end at byte 14"},
+    {"trailing garbage", "{}  x", 0, QPK_E_CORRUPT, "header: bytes after the JSON value (byte 4)"},
     {"not an object", "[1,2]", 0, QPK_E_CORRUPT, "does not start with '{'"},
-    {"invalid UTF-8", "{\"a\xff\":{}}", 0, QPK_E_CORRUPT, "not valid UTF-8"},
-    {"overlong UTF-8", "{\"a\xc0\xaf\":{}}", 0, QPK_E_CORRUPT, "not valid UTF-8"},
-    {"UTF-16 surrogate", "{\"a\xed\xa0\x80\":{}}", 0, QPK_E_CORRUPT, "not valid UTF-8"},
+    {"invalid UTF-8", "{\"a\xff\":{}}", 0, QPK_E_CORRUPT, "header: invalid UTF-8 in a string at byte 3"},
+    {"overlong UTF-8", "{\"a\xc0\xaf\":{}}", 0, QPK_E_CORRUPT, "header: invalid UTF-8 in a string at byte 3"},
+    {"UTF-16 surrogate", "{\"a\xed\xa0\x80\":{}}", 0, QPK_E_CORRUPT, "header: invalid UTF-8 in a string at byte 3"},
     {"offset not exact in double", "{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1e300]}}", 1, QPK_E_CORRUPT, "data_offsets"},
 };
 
@@ -175,8 +175,8 @@ static void test_config(void)
         {"{" BASE_CFG ",\"head_dim\":16}", QPK_E_UNSUPPORTED, "head_dim 16 differs"},
         {"{\"model_type\":\"qwen2\",\"vocab_size\":999999999,\"hidden_size\":32,\"intermediate_size\":48,\"num_hidden_layers\":2,\"num_attention_heads\":4}",
          QPK_E_CORRUPT, "'vocab_size' = 1e+09 is not an integer in [1, 16777216]"},
-        {"{" BASE_CFG "} x", QPK_E_CORRUPT, "trailing bytes"},
-        {"{" BASE_CFG, QPK_E_CORRUPT, "not valid JSON"},
+        {"{" BASE_CFG "} x", QPK_E_CORRUPT, "config.json: bytes after the JSON value"},
+        {"{" BASE_CFG, QPK_E_CORRUPT, "config.json: expected ',' or '}'"},
         {"[1]", QPK_E_CORRUPT, "not an object"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
@@ -363,11 +363,11 @@ static void test_checkpoint_defects(void)
     expect_convert(dir, QPK_E_IO, "pytorch_model.bin is not supported", NULL);
     dir = make_dir("bad-config");
     write_text(dir, "config.json", "{\"model_type\": \"qwen2\",");
-    expect_convert(dir, QPK_E_CORRUPT, "config.json: not valid JSON", NULL);
+    expect_convert(dir, QPK_E_CORRUPT, "config.json: expected a string at byte 23", NULL);
     dir = make_dir("bad-safetensors");
     write_config(dir, c, NULL);
     write_file(dir, "model.safetensors", "\x02\0\0\0\0\0\0\0{]", 10);
-    expect_convert(dir, QPK_E_CORRUPT, "model.safetensors: header is not valid JSON", NULL);
+    expect_convert(dir, QPK_E_CORRUPT, "model.safetensors: header: expected a string at byte 1", NULL);
 }
 
 static void test_warnings(void)
@@ -443,7 +443,7 @@ static void test_shards(void)
          "tensor 'a' is in shard 's2.safetensors' and also in 's1.safetensors'"},
         {"idx-path", "\"a\":\"../s1.safetensors\"", 0, QPK_E_CORRUPT, "not a plain file name"},
         {"idx-twice", "\"a\":\"s1.safetensors\",\"a\":\"s1.safetensors\",\"b\":\"s2.safetensors\"", 0, QPK_E_CORRUPT,
-         "maps 'a' twice"},
+         "index.json: key 'a' appears twice in one object"},
         {"idx-lost-shard", "\"a\":\"model-00001-of-00003.safetensors\",\"b\":\"model-00003-of-00003.safetensors\"", 0,
          QPK_E_MISMATCH, "lists no tensor of model-00002-of-00003.safetensors"},
         {"idx-no-map", NULL, 0, QPK_E_CORRUPT, "no \"weight_map\""},

@@ -300,7 +300,7 @@ static const defect DEFECTS[] = {
     {"directory past EOF", d_dir_past_eof, true, QPK_E_CORRUPT, "section directory"},
     {"data area misplaced", d_data_misplaced, true, QPK_E_CORRUPT, "data area"},
     {"metadata checksum", d_meta_flip, false, QPK_E_CHECKSUM, "kind 1) checksum"},
-    {"metadata not JSON", d_meta_not_json, true, QPK_E_CORRUPT, "not valid JSON"},
+    {"metadata not JSON", d_meta_not_json, true, QPK_E_CORRUPT, "metadata: JSON: expected ',' or ']' at byte 9"},
     {"metadata version", d_meta_version, true, QPK_E_CORRUPT, "format_version"},
     {"metadata other model", d_meta_model_type, true, QPK_E_UNSUPPORTED, "model_type \"llama\""},
     {"section overlaps data", d_section_overlap, true, QPK_E_CORRUPT, "overlaps or is outside"},

@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "internal.h"
-#include "json.h"
+#include "qpk_json.h"
 #include "pretok.h"
 
 
@@ -359,16 +359,16 @@ typedef struct spans {
 } spans;
 
 /* Reads an object key into *kb (growing it). */
-static bool read_key(jreader *r, char **kb, size_t *kcap)
+static bool read_key(qpk_jreader *r, char **kb, size_t *kcap)
 {
-    return jr_string(r, kb, kcap, 0, NULL) && jr_expect(r, ':', "expected ':'");
+    return qpk_jr_string(r, kb, kcap, 0, NULL) && qpk_jr_expect(r, ':', "expected ':'");
 }
 
 /* The members of model: records where vocab and merges are, skips the rest. */
-static bool scan_model(jreader *r, spans *sp, char **kb, size_t *kcap)
+static bool scan_model(qpk_jreader *r, spans *sp, char **kb, size_t *kcap)
 {
     r->p++; /* '{' */
-    if (jr_peek(r) == '}') {
+    if (qpk_jr_peek(r) == '}') {
         r->p++;
         return true;
     }
@@ -379,20 +379,20 @@ static bool scan_model(jreader *r, spans *sp, char **kb, size_t *kcap)
                              : strcmp(*kb, "merges") == 0 ? &sp->merges
                                                           : NULL;
         if (start && *start)
-            return jr_fail(r, QPK_E_CORRUPT, start == &sp->vocab ? "model: key 'vocab' given twice"
+            return qpk_jr_fail(r, QPK_E_CORRUPT, start == &sp->vocab ? "model: key 'vocab' given twice"
                                                                  : "model: key 'merges' given twice");
-        char c = jr_peek(r);
+        char c = qpk_jr_peek(r);
         const char *v = r->p;
         /* read_vocab and read_merges validate these strictly when they read them */
-        if (!(start && (c == '{' || c == '[') ? jr_skip_brackets(r) : jr_skip(r, 2)))
+        if (!(start && (c == '{' || c == '[') ? qpk_jr_skip_brackets(r) : qpk_jr_skip(r, 2)))
             return false;
         if (start) {
             *start = v;
             *(start == &sp->vocab ? &sp->vocab_end : &sp->merges_end) = r->p;
         }
-        char d = jr_peek(r);
+        char d = qpk_jr_peek(r);
         if (d != ',' && d != '}')
-            return jr_fail(r, QPK_E_CORRUPT, "expected ',' or '}'");
+            return qpk_jr_fail(r, QPK_E_CORRUPT, "expected ',' or '}'");
         r->p++;
         if (d == '}')
             return true;
@@ -405,35 +405,35 @@ static bool scan_model(jreader *r, spans *sp, char **kb, size_t *kcap)
  */
 static qpk_status scan_document(const char *json, size_t len, spans *sp, qpk_err *e)
 {
-    jreader r = {json, json, json + len, e, false};
+    qpk_jreader r = {.base = json, .p = json, .end = json + len, .e = e, .doc = "tokenizer.json"};
     char *kb = NULL;
     size_t kcap = 0;
     bool ok, seen_model = false;
     memset(sp, 0, sizeof *sp);
-    if (jr_peek(&r) != '{') {
-        ok = jr_skip(&r, 0); /* build() refuses a value that is not an object */
+    if (qpk_jr_peek(&r) != '{') {
+        ok = qpk_jr_skip(&r, 0); /* build() refuses a value that is not an object */
     } else {
         r.p++;
         ok = true;
-        if (jr_peek(&r) == '}')
+        if (qpk_jr_peek(&r) == '}')
             r.p++;
         else
             for (;;) {
                 if (!(ok = read_key(&r, &kb, &kcap)))
                     break;
-                if (strcmp(kb, "model") == 0 && jr_peek(&r) == '{') {
+                if (strcmp(kb, "model") == 0 && qpk_jr_peek(&r) == '{') {
                     if (seen_model) {
-                        ok = jr_fail(&r, QPK_E_CORRUPT, "key 'model' given twice");
+                        ok = qpk_jr_fail(&r, QPK_E_CORRUPT, "key 'model' given twice");
                         break;
                     }
                     seen_model = true;
                     ok = scan_model(&r, sp, &kb, &kcap);
                 } else {
-                    ok = jr_skip(&r, 1);
+                    ok = qpk_jr_skip(&r, 1);
                 }
-                char d = jr_peek(&r);
+                char d = qpk_jr_peek(&r);
                 if (!ok || (d != ',' && d != '}')) {
-                    ok = ok ? jr_fail(&r, QPK_E_CORRUPT, "expected ',' or '}'") : false;
+                    ok = ok ? qpk_jr_fail(&r, QPK_E_CORRUPT, "expected ',' or '}'") : false;
                     break;
                 }
                 r.p++;
@@ -442,9 +442,10 @@ static qpk_status scan_document(const char *json, size_t len, spans *sp, qpk_err
             }
     }
     free(kb);
+    qpk_jr_free(&r);
     if (!ok)
         return e ? e->status : QPK_E_CORRUPT;
-    if (jr_peek(&r) != 0)
+    if (qpk_jr_peek(&r) != 0)
         return qpk_err_setf(e, QPK_E_CORRUPT, "tokenizer.json has bytes after its JSON value (byte %td)",
                             r.p - json);
     return QPK_OK;
@@ -486,10 +487,10 @@ static qpk_status read_vocab(qpk_tokenizer *t, const char *json, const spans *sp
 {
     if (!sp->vocab || *sp->vocab != '{')
         return qpk_err_setf(e, QPK_E_CORRUPT, "model has no 'vocab' object");
-    jreader r = {json, sp->vocab + 1, sp->vocab_end, e, false};
+    qpk_jreader r = {.base = json, .p = sp->vocab + 1, .end = sp->vocab_end, .e = e, .doc = "tokenizer.json"};
     size_t n = 0, cap = 0;
     ventry *v = NULL;
-    bool more = jr_peek(&r) != '}';
+    bool more = qpk_jr_peek(&r) != '}';
     if (!more)
         r.p++;
     while (more) {
@@ -503,31 +504,31 @@ static qpk_status read_vocab(qpk_tokenizer *t, const char *json, const spans *sp
         size_t len;
         uint64_t id;
         *list = v;
-        if (!jr_string(&r, &t->pool, &t->pool_cap, t->pool_len, &len))
+        if (!qpk_jr_string(&r, &t->pool, &t->pool_cap, t->pool_len, &len))
             return e->status;
         char b[96];
         const char *str = t->pool + t->pool_len;
         if (len > QPK_TOKENIZER_MAX_TOKEN)
             return qpk_err_setf(e, QPK_E_LIMIT, "vocab token '%s' is %zu bytes, past the limit %d",
                                 show(str, len, b), len, QPK_TOKENIZER_MAX_TOKEN);
-        if (!jr_expect(&r, ':', "expected ':'"))
+        if (!qpk_jr_expect(&r, ':', "expected ':'"))
             return e->status;
-        if (!jr_uint(&r, QPK_TOKENIZER_MAX_ID, &id, "id not an integer in [0, 16777215]"))
+        if (!qpk_jr_uint(&r, QPK_TOKENIZER_MAX_ID, &id, "id not an integer in [0, 16777215]"))
             return qpk_err_prefix(e, "vocab token '%s'", show(str, len, b));
         v[n++] = (ventry){(uint32_t)t->pool_len, (uint32_t)len, (uint32_t)id};
         t->pool_len += len + 1;
         if ((uint32_t)id > *max_id)
             *max_id = (uint32_t)id;
-        char d = jr_peek(&r);
+        char d = qpk_jr_peek(&r);
         if (d != ',' && d != '}')
-            return jr_fail(&r, QPK_E_CORRUPT, "expected ',' or '}'"), e->status;
+            return qpk_jr_fail(&r, QPK_E_CORRUPT, "expected ',' or '}'"), e->status;
         r.p++;
         more = d == ',';
     }
     *list = v;
     *n_out = (uint32_t)n;
-    if (jr_peek(&r) != 0)
-        return jr_fail(&r, QPK_E_CORRUPT, "unexpected character"), e->status;
+    if (qpk_jr_peek(&r) != 0)
+        return qpk_jr_fail(&r, QPK_E_CORRUPT, "unexpected character"), e->status;
     if (n == 0)
         return qpk_err_setf(e, QPK_E_CORRUPT, "the vocabulary is empty");
     return QPK_OK;
@@ -611,26 +612,26 @@ static int32_t vocab_id(const qpk_tokenizer *t, const char *s, size_t n)
  * "a b" with exactly one space, as tokenizers splits it, or ["a", "b"]. *skip for the
  * "#version" lines tokenizers leaves out of the "a b" form.
  */
-static bool read_merge(jreader *r, bool legacy, char **buf, size_t *cap, size_t *an, size_t *bn,
+static bool read_merge(qpk_jreader *r, bool legacy, char **buf, size_t *cap, size_t *an, size_t *bn,
                        bool *skip)
 {
     *skip = false;
-    char c = jr_peek(r);
+    char c = qpk_jr_peek(r);
     if (c != '"' && c != '[')
-        return r->failed ? false : jr_fail(r, QPK_E_CORRUPT, "a merge is neither \"a b\" nor [\"a\", \"b\"]");
+        return r->failed ? false : qpk_jr_fail(r, QPK_E_CORRUPT, "a merge is neither \"a b\" nor [\"a\", \"b\"]");
     if (c != (legacy ? '"' : '['))
-        return jr_fail(r, QPK_E_CORRUPT,
+        return qpk_jr_fail(r, QPK_E_CORRUPT,
                        legacy ? "merge is not a string like the first" : "merge is not a pair like the first");
     if (!legacy) {
         r->p++;
-        if (!jr_string(r, buf, cap, 0, an) || !jr_expect(r, ',', "merge is not a pair of strings") ||
-            !jr_string(r, buf, cap, *an, bn) || !jr_expect(r, ']', "merge is not a pair of strings"))
+        if (!qpk_jr_string(r, buf, cap, 0, an) || !qpk_jr_expect(r, ',', "merge is not a pair of strings") ||
+            !qpk_jr_string(r, buf, cap, *an, bn) || !qpk_jr_expect(r, ']', "merge is not a pair of strings"))
             return false;
         return true;
     }
     const char *at = r->p;
     size_t n;
-    if (!jr_string(r, buf, cap, 0, &n))
+    if (!qpk_jr_string(r, buf, cap, 0, &n))
         return false;
     if (n >= 8 && memcmp(*buf, "#version", 8) == 0) {
         *skip = true;
@@ -639,7 +640,7 @@ static bool read_merge(jreader *r, bool legacy, char **buf, size_t *cap, size_t 
     char *sp = memchr(*buf, ' ', n);
     if (!sp || memchr(sp + 1, ' ', n - (size_t)(sp - *buf) - 1)) {
         r->p = at;
-        return jr_fail(r, QPK_E_CORRUPT, "merge is not two tokens and one space");
+        return qpk_jr_fail(r, QPK_E_CORRUPT, "merge is not two tokens and one space");
     }
     *an = (size_t)(sp - *buf);
     *bn = n - *an - 1;
@@ -652,12 +653,12 @@ static qpk_status read_merges(qpk_tokenizer *t, const char *json, const spans *s
 {
     if (!sp->merges || *sp->merges != '[')
         return qpk_err_setf(e, QPK_E_CORRUPT, "model has no 'merges' list");
-    jreader r = {json, sp->merges + 1, sp->merges_end, e, false};
+    qpk_jreader r = {.base = json, .p = sp->merges + 1, .end = sp->merges_end, .e = e, .doc = "tokenizer.json"};
     uint32_t (*m)[3] = NULL; /* left, right, merged */
     size_t n = 0, cap = 0, bcap = 0;
     char *buf = NULL, ba[96], bb[96], bm[96];
     qpk_status s = QPK_OK;
-    bool legacy = jr_peek(&r) == '"', more = jr_peek(&r) != ']';
+    bool legacy = qpk_jr_peek(&r) == '"', more = qpk_jr_peek(&r) != ']';
     if (!more)
         r.p++;
     while (more && s == QPK_OK) {
@@ -667,9 +668,9 @@ static qpk_status read_merges(qpk_tokenizer *t, const char *json, const spans *s
             s = e->status;
             break;
         }
-        char d = jr_peek(&r);
+        char d = qpk_jr_peek(&r);
         if (d != ',' && d != ']') {
-            jr_fail(&r, QPK_E_CORRUPT, "expected ',' or ']'");
+            qpk_jr_fail(&r, QPK_E_CORRUPT, "expected ',' or ']'");
             s = e->status;
             break;
         }
@@ -699,8 +700,8 @@ static qpk_status read_merges(qpk_tokenizer *t, const char *json, const spans *s
         n++;
     }
     free(buf);
-    if (s == QPK_OK && jr_peek(&r) != 0)
-        s = (jr_fail(&r, QPK_E_CORRUPT, "unexpected character"), e->status);
+    if (s == QPK_OK && qpk_jr_peek(&r) != 0)
+        s = (qpk_jr_fail(&r, QPK_E_CORRUPT, "unexpected character"), e->status);
     size_t slots = 16;
     while (s == QPK_OK && slots < n + n / 2)
         slots *= 2;

@@ -1,5 +1,5 @@
 /*
- * What the tokenizer needs from Unicode: UTF-8 decoding and repair, the character
+ * What the tokenizer needs from Unicode: UTF-8 decoding, the character
  * classes of the Qwen2 pre-tokenizer regex (\p{L}, \p{N}, \s), and NFC. The tables
  * behind them are generated from one UCD release (unicode_tables.c, see README.md), so
  * the classes and the normalization always agree on which characters exist.
@@ -11,6 +11,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "qpk_private.h" /* UTF-8 */
 
 /* Property bits of a code point (qpk_uc_prop). */
 #define QPK_UC_L 0x01        /* general category Lu Ll Lt Lm Lo: the regex's \p{L} */
@@ -71,23 +73,6 @@ static inline uint32_t qpk_utf8_get(const unsigned char *s, size_t *n)
     *n = 4;
     return (c & 0x07) << 18 | (s[1] & 0x3Fu) << 12 | (s[2] & 0x3Fu) << 6 | (s[3] & 0x3Fu);
 }
-
-/* Writes cp (a scalar value) as UTF-8; returns the byte count. */
-size_t qpk_utf8_put(uint32_t cp, char *out);
-
-/* Length of the well-formed UTF-8 sequence at s (n bytes available), or 0. */
-size_t qpk_utf8_char(const char *s, size_t n);
-
-/* Length of the longest prefix of s that is valid UTF-8 (== n when all of it is). */
-size_t qpk_utf8_valid_prefix(const char *s, size_t n);
-
-/*
- * Copies s to out replacing every maximal subpart of an ill-formed sequence with U+FFFD,
- * exactly as Python's bytes.decode("utf-8", errors="replace") (the Unicode "best
- * practice" of chapter 3, U+FFFD substitution of maximal subparts). out must hold 3 * n
- * bytes. Returns the length written.
- */
-size_t qpk_utf8_repair(const char *s, size_t n, char *out);
 
 /* Growable scratch space for NFC, reused across calls by its owner. */
 typedef struct qpk_nfc_buf {

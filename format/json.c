@@ -1,24 +1,25 @@
-/* The strict JSON reader of json.h. */
-#include "json.h"
+/* The strict JSON reader of qpk_json.h. */
+#include "qpk_json.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "unicode.h"
+#include "qpk_private.h"
 
-bool jr_fail(jreader *r, qpk_status s, const char *what)
+bool qpk_jr_fail(qpk_jreader *r, qpk_status s, const char *what)
 {
     if (!r->failed)
-        qpk_err_setf(r->e, s, "tokenizer.json: %s at byte %td", what, r->p - r->base);
+        qpk_err_setf(r->e, s, "%s: %s at byte %td", r->doc ? r->doc : "JSON", what, r->p - r->base);
     r->failed = true;
     r->p = r->end; /* every later read fails fast */
     return false;
 }
 
-bool jr_expect(jreader *r, char c, const char *what)
+bool qpk_jr_expect(qpk_jreader *r, char c, const char *what)
 {
-    if (jr_peek(r) != c)
-        return r->failed ? false : jr_fail(r, QPK_E_CORRUPT, what);
+    if (qpk_jr_peek(r) != c)
+        return r->failed ? false : qpk_jr_fail(r, QPK_E_CORRUPT, what);
     r->p++;
     return true;
 }
@@ -42,7 +43,7 @@ static int hex4(const char *s)
  * Decodes the string body s..q (q at the closing quote) into out (NULL: only validate).
  * out needs q - s bytes: no escape decodes to more bytes than it is written with.
  */
-static bool body(jreader *r, const char *s, const char *q, char *out, size_t *n)
+static bool body(qpk_jreader *r, const char *s, const char *q, char *out, size_t *n)
 {
     size_t o = 0;
     while (s < q) {
@@ -63,7 +64,7 @@ static bool body(jreader *r, const char *s, const char *q, char *out, size_t *n)
             size_t k = qpk_utf8_char(s, (size_t)(q - s));
             if (!k) {
                 r->p = s;
-                return jr_fail(r, QPK_E_CORRUPT, "invalid UTF-8 in a string");
+                return qpk_jr_fail(r, QPK_E_CORRUPT, "invalid UTF-8 in a string");
             }
             if (out)
                 memcpy(out + o, s, k);
@@ -72,7 +73,7 @@ static bool body(jreader *r, const char *s, const char *q, char *out, size_t *n)
         }
         if (c < 0x20) {
             r->p = s;
-            return jr_fail(r, QPK_E_CORRUPT, "raw control character in a string");
+            return qpk_jr_fail(r, QPK_E_CORRUPT, "raw control character in a string");
         }
         /* an escape; the caller made sure a byte follows the backslash */
         char x = s[1], d;
@@ -86,7 +87,7 @@ static bool body(jreader *r, const char *s, const char *q, char *out, size_t *n)
         case 'u': d = 0; break;
         default:
             r->p = s;
-            return jr_fail(r, QPK_E_CORRUPT, "invalid escape in a string");
+            return qpk_jr_fail(r, QPK_E_CORRUPT, "invalid escape in a string");
         }
         if (x != 'u') {
             if (out)
@@ -105,11 +106,11 @@ static bool body(jreader *r, const char *s, const char *q, char *out, size_t *n)
         }
         r->p = s;
         if (cp == -1)
-            return jr_fail(r, QPK_E_CORRUPT, "bad \\u escape in a string");
+            return qpk_jr_fail(r, QPK_E_CORRUPT, "bad \\u escape in a string");
         if (cp == -2)
-            return jr_fail(r, QPK_E_CORRUPT, "unpaired surrogate escape in a string");
+            return qpk_jr_fail(r, QPK_E_CORRUPT, "unpaired surrogate escape in a string");
         if (cp == 0)
-            return jr_fail(r, QPK_E_UNSUPPORTED, "\\u0000 in a string (NUL is not supported)");
+            return qpk_jr_fail(r, QPK_E_UNSUPPORTED, "\\u0000 in a string (NUL is not supported)");
         char tmp[4];
         size_t k = qpk_utf8_put((uint32_t)cp, tmp);
         if (out)
@@ -137,13 +138,13 @@ static const char *string_end(const char *s, const char *end)
     return NULL;
 }
 
-bool jr_string(jreader *r, char **buf, size_t *cap, size_t off, size_t *n)
+bool qpk_jr_string(qpk_jreader *r, char **buf, size_t *cap, size_t off, size_t *n)
 {
-    if (jr_peek(r) != '"')
-        return r->failed ? false : jr_fail(r, QPK_E_CORRUPT, "expected a string");
+    if (qpk_jr_peek(r) != '"')
+        return r->failed ? false : qpk_jr_fail(r, QPK_E_CORRUPT, "expected a string");
     const char *s = r->p + 1, *q = string_end(s, r->end);
     if (!q)
-        return jr_fail(r, QPK_E_CORRUPT, "unterminated string");
+        return qpk_jr_fail(r, QPK_E_CORRUPT, "unterminated string");
     size_t raw = (size_t)(q - s);
     if (buf && off + raw + 1 > *cap) {
         size_t c = *cap ? *cap : 4096;
@@ -151,7 +152,7 @@ bool jr_string(jreader *r, char **buf, size_t *cap, size_t off, size_t *n)
             c *= 2;
         char *b = realloc(*buf, c);
         if (!b)
-            return jr_fail(r, QPK_E_NOMEM, "out of memory");
+            return qpk_jr_fail(r, QPK_E_NOMEM, "out of memory");
         *buf = b, *cap = c;
     }
     size_t len = 0;
@@ -165,7 +166,7 @@ bool jr_string(jreader *r, char **buf, size_t *cap, size_t off, size_t *n)
     return true;
 }
 
-bool jr_skip_brackets(jreader *r)
+bool qpk_jr_skip_brackets(qpk_jreader *r)
 {
     int depth = 0;
     for (const char *p = r->p; p < r->end; p++) {
@@ -181,10 +182,10 @@ bool jr_skip_brackets(jreader *r)
             return true;
         }
     }
-    return jr_fail(r, QPK_E_CORRUPT, "unterminated object or array");
+    return qpk_jr_fail(r, QPK_E_CORRUPT, "unterminated object or array");
 }
 
-static bool digits(jreader *r)
+static bool digits(qpk_jreader *r)
 {
     const char *s = r->p;
     while (r->p < r->end && *r->p >= '0' && *r->p <= '9')
@@ -193,34 +194,34 @@ static bool digits(jreader *r)
 }
 
 /* -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? */
-static bool number(jreader *r)
+static bool number(qpk_jreader *r)
 {
     if (r->p < r->end && *r->p == '-')
         r->p++;
     const char *int_start = r->p;
     if (!digits(r) || (*int_start == '0' && r->p - int_start > 1))
-        return jr_fail(r, QPK_E_CORRUPT, "malformed number");
+        return qpk_jr_fail(r, QPK_E_CORRUPT, "malformed number");
     if (r->p < r->end && *r->p == '.') {
         r->p++;
         if (!digits(r))
-            return jr_fail(r, QPK_E_CORRUPT, "malformed number");
+            return qpk_jr_fail(r, QPK_E_CORRUPT, "malformed number");
     }
     if (r->p < r->end && (*r->p | 0x20) == 'e') {
         r->p++;
         if (r->p < r->end && (*r->p == '+' || *r->p == '-'))
             r->p++;
         if (!digits(r))
-            return jr_fail(r, QPK_E_CORRUPT, "malformed number");
+            return qpk_jr_fail(r, QPK_E_CORRUPT, "malformed number");
     }
     return true;
 }
 
-bool jr_uint(jreader *r, uint64_t max, uint64_t *v, const char *what)
+bool qpk_jr_uint(qpk_jreader *r, uint64_t max, uint64_t *v, const char *what)
 {
-    char c = jr_peek(r);
+    char c = qpk_jr_peek(r);
     const char *s = r->p;
     if (c != '-' && (c < '0' || c > '9'))
-        return r->failed ? false : jr_fail(r, QPK_E_CORRUPT, what);
+        return r->failed ? false : qpk_jr_fail(r, QPK_E_CORRUPT, what);
     if (!number(r))
         return false;
     uint64_t x = 0;
@@ -228,7 +229,7 @@ bool jr_uint(jreader *r, uint64_t max, uint64_t *v, const char *what)
     for (const char *d = s; d < r->p; d++) {
         if (*d < '0' || *d > '9') { /* a sign, a fraction or an exponent */
             r->p = s;
-            return jr_fail(r, QPK_E_CORRUPT, what);
+            return qpk_jr_fail(r, QPK_E_CORRUPT, what);
         }
         x = x * 10 + (uint64_t)(*d - '0');
         if (x > max)
@@ -236,29 +237,92 @@ bool jr_uint(jreader *r, uint64_t max, uint64_t *v, const char *what)
     }
     if (big) {
         r->p = s;
-        return jr_fail(r, QPK_E_LIMIT, what);
+        return qpk_jr_fail(r, QPK_E_LIMIT, what);
     }
     *v = x;
     return true;
 }
 
-static bool literal(jreader *r, const char *w)
+static bool literal(qpk_jreader *r, const char *w)
 {
     size_t n = strlen(w);
     if ((size_t)(r->end - r->p) < n || memcmp(r->p, w, n) != 0)
-        return jr_fail(r, QPK_E_CORRUPT, "unexpected character");
+        return qpk_jr_fail(r, QPK_E_CORRUPT, "unexpected character");
     r->p += n;
     return true;
 }
 
-bool jr_skip(jreader *r, int depth)
+void qpk_jr_free(qpk_jreader *r)
 {
-    char c = jr_peek(r);
-    if (depth > JR_MAX_DEPTH)
-        return jr_fail(r, QPK_E_LIMIT, "values nested too deeply");
+    free(r->keys), free(r->kidx);
+    r->keys = NULL, r->kidx = NULL;
+    r->keys_cap = r->keys_used = r->kidx_cap = r->kidx_used = 0;
+}
+
+/* Reads the next key (decoded) onto the reader's key stack. */
+static bool push_key(qpk_jreader *r)
+{
+    size_t n;
+    if (!qpk_jr_string(r, &r->keys, &r->keys_cap, r->keys_used, &n))
+        return false;
+    if (r->kidx_used == r->kidx_cap) {
+        size_t cap = r->kidx_cap ? 2 * r->kidx_cap : 64;
+        qpk_jkey *k = realloc(r->kidx, cap * sizeof *k);
+        if (!k)
+            return qpk_jr_fail(r, QPK_E_NOMEM, "out of memory");
+        r->kidx = k, r->kidx_cap = cap;
+    }
+    r->kidx[r->kidx_used++] = (qpk_jkey){r->keys_used, n};
+    r->keys_used += n + 1;
+    return true;
+}
+
+typedef struct key_view {
+    const char *s;
+    size_t len;
+} key_view;
+
+static int cmp_keys(const void *a, const void *b)
+{
+    const key_view *x = a, *y = b;
+    size_t n = x->len < y->len ? x->len : y->len;
+    int c = memcmp(x->s, y->s, n);
+    return c ? c : (x->len > y->len) - (x->len < y->len);
+}
+
+/* The keys of the object just closed (those above keys0 / kidx0) are distinct; pops them. */
+static bool unique_keys(qpk_jreader *r, size_t keys0, size_t kidx0)
+{
+    size_t n = r->kidx_used - kidx0;
+    bool ok = true;
+    if (n > 1) {
+        key_view small[16], *v = n <= 16 ? small : malloc(n * sizeof *v);
+        if (!v)
+            return qpk_jr_fail(r, QPK_E_NOMEM, "out of memory");
+        for (size_t i = 0; i < n; i++)
+            v[i] = (key_view){r->keys + r->kidx[kidx0 + i].off, r->kidx[kidx0 + i].len};
+        qsort(v, n, sizeof *v, cmp_keys);
+        for (size_t i = 1; i < n && ok; i++)
+            if (!cmp_keys(&v[i - 1], &v[i])) {
+                char what[128];
+                snprintf(what, sizeof what, "key '%.64s' appears twice in one object", v[i].s);
+                ok = qpk_jr_fail(r, QPK_E_CORRUPT, what);
+            }
+        if (v != small)
+            free(v);
+    }
+    r->keys_used = keys0, r->kidx_used = kidx0;
+    return ok;
+}
+
+bool qpk_jr_skip(qpk_jreader *r, int depth)
+{
+    char c = qpk_jr_peek(r);
+    if (depth > QPK_JSON_MAX_DEPTH)
+        return qpk_jr_fail(r, QPK_E_LIMIT, "values nested too deeply");
     switch (c) {
     case '"':
-        return jr_string(r, NULL, NULL, 0, NULL);
+        return qpk_jr_string(r, NULL, NULL, 0, NULL);
     case 't':
         return literal(r, "true");
     case 'f':
@@ -269,23 +333,24 @@ bool jr_skip(jreader *r, int depth)
     case '[': {
         char close = c == '{' ? '}' : ']';
         r->p++;
-        if (jr_peek(r) == close) {
+        if (qpk_jr_peek(r) == close) {
             r->p++;
             return true;
         }
+        const size_t keys0 = r->keys_used, kidx0 = r->kidx_used;
         for (;;) {
-            if (c == '{' && (!jr_string(r, NULL, NULL, 0, NULL) || !jr_expect(r, ':', "expected ':'")))
+            if (c == '{' && (!push_key(r) || !qpk_jr_expect(r, ':', "expected ':'")))
                 return false;
-            if (!jr_skip(r, depth + 1))
+            if (!qpk_jr_skip(r, depth + 1))
                 return false;
-            char d = jr_peek(r);
+            char d = qpk_jr_peek(r);
             if (d != ',' && d != close)
                 return r->failed ? false
-                                 : jr_fail(r, QPK_E_CORRUPT,
-                                           c == '{' ? "expected ',' or '}'" : "expected ',' or ']'");
+                                 : qpk_jr_fail(r, QPK_E_CORRUPT,
+                                               c == '{' ? "expected ',' or '}'" : "expected ',' or ']'");
             r->p++;
             if (d == close)
-                return true;
+                return c == '[' || unique_keys(r, keys0, kidx0);
         }
     }
     default:
@@ -293,6 +358,28 @@ bool jr_skip(jreader *r, int depth)
             return number(r);
         if (r->failed)
             return false;
-        return jr_fail(r, QPK_E_CORRUPT, c ? "unexpected character" : "unexpected end");
+        return qpk_jr_fail(r, QPK_E_CORRUPT, c ? "unexpected character" : "unexpected end");
     }
+}
+
+qpk_status qpk_json_check(const char *doc, const char *s, size_t n, qpk_err *e)
+{
+    qpk_jreader r = {.base = s, .p = s, .end = s + n, .e = e, .doc = doc};
+    bool ok = qpk_jr_skip(&r, 0);
+    qpk_jr_free(&r);
+    if (!ok)
+        return e ? e->status : QPK_E_CORRUPT;
+    if (qpk_jr_peek(&r) != 0)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "%s: bytes after the JSON value (byte %td)", doc ? doc : "JSON",
+                            r.p - s);
+    return QPK_OK;
+}
+
+qpk_status qpk_json_parse(const char *doc, const char *s, size_t n, cJSON **out, qpk_err *e)
+{
+    *out = NULL;
+    QPK_TRY(qpk_json_check(doc, s, n, e));
+    if (!(*out = cJSON_ParseWithLength(s, n)))
+        return qpk_err_setf(e, QPK_E_NOMEM, "%s: out of memory", doc ? doc : "JSON");
+    return QPK_OK;
 }

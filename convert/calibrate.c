@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -95,9 +96,6 @@ static qpk_status embed_windows(qpk_calib *c, qpk_err *e)
     const qpk_st_tensor *emb = qpk_checkpoint_tensor(c->ck, QPK_ROLE_EMBED, -1);
     const int L = c->p.seq_len;
     int64_t H = c->cfg->hidden_size;
-    if (co->n_tokens < (size_t)L)
-        return qpk_err_setf(e, QPK_E_MISMATCH, "calibration needs at least %d tokens (--calib-len), got %zu", L,
-                            co->n_tokens);
     uint64_t seed = c->p.seed, span = co->n_tokens - (size_t)L + 1;
     for (int w = 0; w < c->p.samples; w++) {
         uint64_t start = mix(&seed) % span;
@@ -148,6 +146,52 @@ void qpk_calib_end(qpk_calib *c)
     free(c);
 }
 
+/*
+ * Bytes calibration holds at once: the windows' hidden states, one layer in f32 and as
+ * stored, the statistics of the method, and a context for one window.
+ */
+static double memory_needed(const qpk_config *cf, const qpk_calib_params *p, qpk_method method, int threads)
+{
+    const double H = (double)cf->hidden_size, I = (double)cf->intermediate_size;
+    const double Q = (double)(cf->n_heads * cf->head_dim), KV = (double)(cf->n_kv_heads * cf->head_dim);
+    const double L = p->seq_len, widest = I > H ? (I > Q ? I : Q) : (H > Q ? H : Q);
+    double bytes = ((double)p->samples + 1) * L * H * 4;                /* hidden states, one window */
+    bytes += 8 * (2 * H * Q + 2 * H * KV + 3 * H * I + 2 * H + Q + 2 * KV); /* a layer, f32 + stored */
+    if (method == QPK_METHOD_GPTQ)
+        bytes += 8 * (2 * H * H + Q * Q + I * I) + 4 * (widest * L + widest * widest) /* H, Gram work */
+                 + 8.0 * widest * widest + 12.0 * widest * widest;                   /* one plan */
+    else
+        bytes += (double)p->awq.sample_rows * (2 * H + Q + I) * 4 * 2 + 16 * widest * widest / 8;
+    bytes += L * (4 * H + 4 * Q + 2 * KV + 2 * I) * 4 + (double)threads * (6 * widest + L) * 4; /* a context */
+    return bytes;
+}
+
+static qpk_status check_size(const qpk_calib *c, qpk_method method, int threads, qpk_err *e)
+{
+    const qpk_calib_opts *co = &c->o->calib;
+    if (co->n_tokens < (size_t)c->p.seq_len)
+        return qpk_err_setf(e, QPK_E_MISMATCH, "calibration needs at least %d tokens (--calib-len), got %zu",
+                            c->p.seq_len, co->n_tokens);
+    /* Windows start anywhere in the data: there are only so many different ones. */
+    uint64_t distinct = (uint64_t)co->n_tokens - (uint64_t)c->p.seq_len + 1;
+    if ((uint64_t)c->p.samples > distinct)
+        return qpk_err_setf(e, QPK_E_LIMIT,
+                            "%d calibration windows of %d tokens: the calibration data (%zu tokens) holds only %llu "
+                            "different ones (lower --calib-samples or --calib-len, or give more data)",
+                            c->p.samples, c->p.seq_len, co->n_tokens, (unsigned long long)distinct);
+    double need = memory_needed(c->cfg, &c->p, method, threads);
+    double have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    char msg[200];
+    snprintf(msg, sizeof msg, "calibration: %d windows of %d tokens (from %zu), about %.2f GB of memory", c->p.samples,
+             c->p.seq_len, co->n_tokens, need / 1e9);
+    if (c->o->cb.log)
+        c->o->cb.log(c->o->cb.ud, QPK_LOG_INFO, msg);
+    if (have > 0 && need > have)
+        return qpk_err_setf(e, QPK_E_LIMIT, "%s: more than this machine's %.2f GB (lower --calib-samples or --calib-len)",
+                            msg, have / 1e9);
+    return QPK_OK;
+}
+
 qpk_status qpk_calib_begin(qpk_calib **out, qpk_checkpoint *ck, const qpk_convert_opts *o, qpk_pool *pool,
                            qpk_err *e)
 {
@@ -157,6 +201,11 @@ qpk_status qpk_calib_begin(qpk_calib **out, qpk_checkpoint *ck, const qpk_conver
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     c->ck = ck, c->o = o, c->cfg = qpk_checkpoint_config(ck), c->pool = pool, c->k = qpk_kernels_best();
     qpk_calib_resolve(&o->calib, &c->p);
+    qpk_status s = check_size(c, o->method, qpk_pool_threads(pool), e);
+    if (s != QPK_OK) {
+        free(c);
+        return s;
+    }
     const qpk_config *cf = c->cfg;
     const int n = c->p.samples, L = c->p.seq_len;
     int64_t H = cf->hidden_size, I = cf->intermediate_size, Q = cf->n_heads * cf->head_dim;
@@ -168,13 +217,13 @@ qpk_status qpk_calib_begin(qpk_calib **out, qpk_checkpoint *ck, const qpk_conver
     c->sample_stride = (int64_t)n * L / c->p.awq.sample_rows;
     c->sample_stride = c->sample_stride > 0 ? c->sample_stride : 1;
     for (int g = 0; g < N_GROUPS && ok; g++) {
-        group_stats *s = &c->st[g];
-        s->d = widths[g];
+        group_stats *st = &c->st[g];
+        st->d = widths[g];
         if (o->method == QPK_METHOD_GPTQ)
-            ok = (s->H = malloc((size_t)(s->d * s->d) * sizeof(double))) != NULL;
+            ok = (st->H = malloc((size_t)(st->d * st->d) * sizeof(double))) != NULL;
         else
-            ok = (s->absmean = malloc((size_t)s->d * sizeof(double))) &&
-                 (s->rows = malloc((size_t)c->p.awq.sample_rows * (size_t)s->d * sizeof(float)));
+            ok = (st->absmean = malloc((size_t)st->d * sizeof(double))) &&
+                 (st->rows = malloc((size_t)c->p.awq.sample_rows * (size_t)st->d * sizeof(float)));
     }
     for (int r = 0; r < QPK_ROLE_COUNT_ && ok; r++) {
         int64_t rows, cols;
@@ -182,8 +231,7 @@ qpk_status qpk_calib_begin(qpk_calib **out, qpk_checkpoint *ck, const qpk_conver
             ok = (c->f32[r] = malloc((size_t)numel_of(cf, (qpk_role)r, &rows, &cols) * sizeof(float))) &&
                  (c->bytes[r] = malloc((size_t)(rows * cols) * sizeof(float)));
     }
-    qpk_status s = ok ? QPK_OK
-                      : qpk_err_setf(e, QPK_E_NOMEM, "out of memory for %d calibration windows of %d tokens", n, L);
+    s = ok ? QPK_OK : qpk_err_setf(e, QPK_E_NOMEM, "out of memory for %d calibration windows of %d tokens", n, L);
     if (s == QPK_OK && o->method == QPK_METHOD_GPTQ)
         s = qpk_gram_ws_create(&c->gram, widest, L, pool, e);
     if (s == QPK_OK)
@@ -227,6 +275,10 @@ static qpk_status load_layer(qpk_calib *c, int l, qpk_err *e)
         qpk_tensor_name(name, sizeof name, r, l);
         const qpk_st_tensor *src = qpk_checkpoint_tensor(c->ck, r, l);
         qpk_st_to_f32(src, 0, (size_t)src->numel, c->f32[r]);
+        size_t bad = qpk_first_nonfinite(QPK_TYPE_F32, c->f32[r], (size_t)src->numel);
+        if (bad != (size_t)src->numel)
+            return qpk_err_setf(e, QPK_E_VALUE, "tensor '%s': element %zu is %g: calibration needs finite weights", name,
+                                bad, (double)c->f32[r][bad]);
         QPK_TRY(qpk_tensor_plan(c->o, src, r, name, &c->type[r], &c->group[r], e));
     }
     return QPK_OK;

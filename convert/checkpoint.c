@@ -57,32 +57,7 @@ static char *join(const char *dir, const char *name)
 
 static qpk_status slurp(const char *path, char **data, size_t *len, bool *missing, qpk_err *e)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        if (missing)
-            *missing = errno == ENOENT;
-        return qpk_err_setf(e, QPK_E_IO, "cannot open '%s': %s", path, strerror(errno));
-    }
-    struct stat sb;
-    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_size > (off_t)MAX_MODEL_FILE) {
-        fclose(f);
-        return qpk_err_setf(e, QPK_E_LIMIT, "'%s' is not a regular file of at most %u bytes", path, MAX_MODEL_FILE);
-    }
-    char *buf = malloc((size_t)sb.st_size + 1);
-    if (!buf) {
-        fclose(f);
-        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory reading '%s'", path);
-    }
-    size_t got = fread(buf, 1, (size_t)sb.st_size, f);
-    int bad = ferror(f);
-    fclose(f);
-    if (bad || got != (size_t)sb.st_size) {
-        free(buf);
-        return qpk_err_setf(e, QPK_E_IO, "cannot read '%s'", path);
-    }
-    buf[got] = 0;
-    *data = buf, *len = got;
-    return QPK_OK;
+    return qpk_read_whole(path, MAX_MODEL_FILE, data, len, missing, e);
 }
 
 /* A git "symlink" checked out as a plain file: one line naming a relative path. */
@@ -252,8 +227,24 @@ out:
     return s;
 }
 
-static qpk_status open_files(qpk_checkpoint *ck, qpk_err *e)
+/*
+ * The weights, with transformers' precedence: model.safetensors when it exists (an index
+ * beside it is then ignored, with a warning), else the shards of
+ * model.safetensors.index.json.
+ */
+static qpk_status open_files(qpk_checkpoint *ck, const qpk_callbacks *cb, qpk_err *e)
 {
+    char *single = join(ck->dir, "model.safetensors"), *index = join(ck->dir, "model.safetensors.index.json");
+    struct stat sb;
+    bool has_single = single && lstat(single, &sb) == 0, has_index = index && lstat(index, &sb) == 0;
+    free(single), free(index);
+    if (has_single) {
+        if (has_index)
+            logf_(cb, QPK_LOG_WARN,
+                  "%s has both model.safetensors and model.safetensors.index.json: model.safetensors is read, as "
+                  "transformers does, and the index and its shards are ignored", ck->dir);
+        return add_shard(ck, "model.safetensors", e);
+    }
     char *idx;
     size_t len;
     bool missing;
@@ -265,16 +256,11 @@ static qpk_status open_files(qpk_checkpoint *ck, qpk_err *e)
     }
     if (!missing)
         return s;
-    s = add_shard(ck, "model.safetensors", e);
-    if (s == QPK_E_IO) {
-        char *bin = join(ck->dir, "pytorch_model.bin");
-        struct stat sb;
-        bool has_bin = bin && stat(bin, &sb) == 0;
-        free(bin);
-        return qpk_err_setf(e, QPK_E_IO, "no model.safetensors or model.safetensors.index.json in '%s'%s", ck->dir,
-                            has_bin ? " (pytorch_model.bin is not supported: save the model as safetensors)" : "");
-    }
-    return s;
+    char *bin = join(ck->dir, "pytorch_model.bin");
+    bool has_bin = bin && stat(bin, &sb) == 0;
+    free(bin);
+    return qpk_err_setf(e, QPK_E_IO, "no model.safetensors or model.safetensors.index.json in '%s'%s", ck->dir,
+                        has_bin ? " (pytorch_model.bin is not supported: save the model as safetensors)" : "");
 }
 
 /* ------------------------------------------------------------- model check */
@@ -398,7 +384,7 @@ qpk_status qpk_checkpoint_open(qpk_checkpoint **out, const char *dir, const qpk_
                          dir);
     }
     if (s == QPK_OK)
-        s = open_files(ck, e);
+        s = open_files(ck, cb, e);
     if (s == QPK_OK)
         s = classify(ck, cb, e);
     if (s != QPK_OK) {

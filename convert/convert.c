@@ -63,11 +63,31 @@ static qpk_status out_end(job *j, qpk_err *e)
     return QPK_OK;
 }
 
+/* Refuses a non-finite weight (unless allowed), naming the tensor, the element and where it is. */
+static qpk_status nonfinite(const job *j, const qpk_st_tensor *t, uint64_t index, float value, qpk_err *e)
+{
+    if (j->o->allow_nonfinite)
+        return QPK_OK;
+    int64_t cols = t->shape[t->ndim - 1] ? t->shape[t->ndim - 1] : 1;
+    return qpk_err_setf(e, QPK_E_VALUE,
+                        "tensor '%s': element %" PRIu64 " (row %" PRIu64 ", column %" PRIu64 ") is %g: non-finite "
+                        "weights are refused (--allow-nonfinite keeps them as they are)",
+                        t->name, index, index / (uint64_t)cols, index % (uint64_t)cols, (double)value);
+}
+
 static qpk_status copy_bytes(job *j, const qpk_st_tensor *t, qpk_err *e)
 {
     const uint8_t *p = t->data;
+    const qpk_type type = qpk_st_keep_type(t->dtype);
+    const size_t esize = qpk_st_dtype_size(t->dtype);
     for (uint64_t off = 0; off < t->nbytes; off += COPY_CHUNK) {
         size_t n = (size_t)(t->nbytes - off < COPY_CHUNK ? t->nbytes - off : COPY_CHUNK);
+        size_t bad = qpk_first_nonfinite(type, p + off, n / esize);
+        if (bad != n / esize) {
+            float v;
+            qpk_st_to_f32(t, off / esize + bad, 1, &v);
+            QPK_TRY(nonfinite(j, t, off / esize + bad, v, e));
+        }
         QPK_TRY(out_write(j, p + off, n, e));
         j->done += n;
         QPK_TRY(poll(j, t->name, e));
@@ -81,12 +101,23 @@ static qpk_status convert_values(job *j, const qpk_st_tensor *t, qpk_type type, 
     for (uint64_t i = 0; i < t->numel; i += CHUNK_ELEMS) {
         size_t n = (size_t)(t->numel - i < CHUNK_ELEMS ? t->numel - i : CHUNK_ELEMS);
         qpk_st_to_f32(t, i, n, j->f32);
-        size_t bad = qpk_row_from_f32(type, j->f32, j->out, n);
-        if (bad != n)
-            return qpk_err_setf(e, QPK_E_VALUE, "tensor '%s': element %" PRIu64 " (%g) is %s", t->name, i + bad,
-                                (double)j->f32[bad],
-                                isfinite(j->f32[bad]) ? (type == QPK_TYPE_F16 ? "too large for f16" : "too large")
-                                                      : "not finite");
+        /* Converted piece by piece between the non-finite values, which stay what they are when allowed. */
+        for (size_t done = 0; done < n;) {
+            uint8_t *o = (uint8_t *)j->out;
+            size_t bad = done + qpk_row_from_f32(type, j->f32 + done, o + done * out_size, n - done);
+            if (bad < n && !isfinite(j->f32[bad])) /* the pieces before it are not converted yet: now they are */
+                bad = done + qpk_row_from_f32(type, j->f32 + done, o + done * out_size, bad - done);
+            if (bad == n)
+                break;
+            float v = j->f32[bad];
+            if (isfinite(v))
+                return qpk_err_setf(e, QPK_E_VALUE, "tensor '%s': element %" PRIu64 " (%g) is too large for %s",
+                                    t->name, i + bad, (double)v, qpk_type_name(type));
+            QPK_TRY(nonfinite(j, t, i + bad, v, e));
+            uint16_t h = type == QPK_TYPE_F16 ? qpk_f32_to_f16(v) : qpk_f32_to_bf16(v);
+            memcpy(o + bad * out_size, type == QPK_TYPE_F32 ? (const void *)&v : (const void *)&h, out_size);
+            done = bad + 1;
+        }
         QPK_TRY(out_write(j, j->out, n * out_size, e));
         j->done += n * qpk_st_dtype_size(t->dtype);
         QPK_TRY(poll(j, t->name, e));
@@ -143,6 +174,8 @@ static qpk_status quantize_tensor(job *j, const qpk_st_tensor *t, uint32_t type,
         q.row0 = r0, q.n_rows = rows - r0 < chunk ? rows - r0 : chunk;
         int64_t tasks = (q.n_rows + QUANT_TASK_ROWS - 1) / QUANT_TASK_ROWS;
         qpk_pool_run(j->pool, tasks, quant_task, &q);
+        if (qpk_pool_cancelled(j->pool))
+            s = qpk_err_setf(e, QPK_E_CANCELLED, "conversion cancelled");
         for (int64_t i = 0; i < tasks && s == QPK_OK; i++)
             if (q.status[i] != QPK_OK) {
                 *e = q.errs[i];
@@ -435,6 +468,20 @@ static qpk_status job_buffers(job *j, const qpk_config *c, qpk_err *e)
     return j->rows_f32 && j->f32 && j->out ? QPK_OK : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
 }
 
+/* The output must not be any file the conversion reads: it would replace that input. */
+static qpk_status check_output(const qpk_checkpoint *ck, const char *dir, const char *out, qpk_err *e)
+{
+    static const char *const READ[] = {"config.json", "model.safetensors.index.json", "tokenizer.json",
+                                       "tokenizer_config.json", "generation_config.json"};
+    char path[4096];
+    for (size_t i = 0; i < qpk_checkpoint_n_files(ck) + sizeof READ / sizeof *READ; i++) {
+        size_t n = qpk_checkpoint_n_files(ck);
+        snprintf(path, sizeof path, "%s/%s", dir, i < n ? qpk_checkpoint_file(ck, i, NULL) : READ[i - n]);
+        QPK_TRY(qpk_check_not_input(out, path, e));
+    }
+    return QPK_OK;
+}
+
 qpk_status qpk_convert(const char *dir, const char *out, const qpk_convert_opts *o, qpk_err *e)
 {
     if (o->dtype >= 0 && o->dtype != QPK_TYPE_F32 && o->dtype != QPK_TYPE_F16 && o->dtype != QPK_TYPE_BF16)
@@ -452,10 +499,12 @@ qpk_status qpk_convert(const char *dir, const char *out, const qpk_convert_opts 
     cJSON *meta = NULL, *prov = NULL;
     char *text = NULL;
     qpk_status s = qpk_checkpoint_open(&ck, dir, &o->cb, e);
+    if (s == QPK_OK)
+        s = check_output(ck, dir, out, e);
     if (s == QPK_OK && !(meta = base_metadata(ck, o, &prov)))
         s = qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
-    if (s == QPK_OK)
-        s = qpk_pool_create(&j.pool, o->n_threads, e);
+    if (s == QPK_OK && (s = qpk_pool_create(&j.pool, o->n_threads, e)) == QPK_OK && o->cb.cancel)
+        qpk_pool_set_cancel(j.pool, o->cb.cancel, o->cb.ud);
     if (s == QPK_OK)
         s = job_buffers(&j, qpk_checkpoint_config(ck), e);
     if (s == QPK_OK && o->method != QPK_METHOD_RTN)

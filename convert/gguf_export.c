@@ -482,7 +482,9 @@ qpk_status qpk_export_gguf(const char *in, const char *out, const qpk_convert_op
     const qpk_callbacks *cb = o ? &o->cb : NULL;
     qpk_file *f = NULL;
     qpk_gguf_export *x = NULL;
-    qpk_status s = qpk_open(&f, in, NULL, e);
+    qpk_status s = qpk_check_not_input(out, in, e);
+    if (s == QPK_OK)
+        s = qpk_open(&f, in, NULL, e);
     if (s == QPK_OK)
         s = qpk_check_model(f, e);
     if (s == QPK_OK)

@@ -4,7 +4,6 @@
  */
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "internal.h"
 #include "qpk/tokenizer.h"
@@ -32,13 +31,12 @@ qpk_status qpk_read_blob(const qpk_file *f, const char *name, char **data, size_
 
 qpk_status qpk_read_tokenizer_json(const char *src, char **json, size_t *len, qpk_err *e)
 {
-    struct stat sb;
+    qpk_input_kind kind;
     *json = NULL, *len = 0;
-    if (stat(src, &sb) != 0)
-        return qpk_err_setf(e, QPK_E_IO, "cannot open '%s'", src);
-    if (S_ISDIR(sb.st_mode))
+    QPK_TRY(qpk_identify(src, &kind, e));
+    if (kind == QPK_INPUT_FOLDER)
         return qpk_read_model_file(src, "tokenizer.json", json, len, NULL, e);
-    if (!qpk_is_qpk_file(src)) {
+    if (kind != QPK_INPUT_QPK) {
         /* Read as a file of its folder, so that a git link stored as a file (one line: a
          * relative path, as the outlier fixture's tokenizer.json) is followed. */
         const char *slash = strrchr(src, '/');

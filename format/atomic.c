@@ -3,10 +3,15 @@
  * destination folder, so a crash, a kill or a full disk leaves nothing behind;
  * commit fsyncs it, names it and renames it over the destination in one step.
  * Where O_TMPFILE or /proc is unavailable, a hidden mkstemp file stands in and
- * is unlinked on every failure path.
+ * is unlinked on every failure path. A SIGKILL cannot be caught: it leaves that named
+ * temporary behind. Its name says which process made it (.NAME.qpk-tmp.PID.XXXXXX), so
+ * the next output into the same folder removes the temporaries of processes that are
+ * gone (never those of a process still running).
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -86,14 +91,46 @@ static qpk_status flush(qpk_outfile *o, qpk_err *e)
     return s;
 }
 
+#define TMP_TAG ".qpk-tmp."
+
+/* The PID in a temporary's name (.NAME.qpk-tmp.PID.SUFFIX), or 0 if the name is not one of ours. */
+static long temp_owner(const char *name)
+{
+    const char *t = name[0] == '.' ? strstr(name, TMP_TAG) : NULL;
+    if (!t)
+        return 0;
+    char *end;
+    long pid = strtol(t + strlen(TMP_TAG), &end, 10);
+    return pid > 0 && *end == '.' && end[1] ? pid : 0;
+}
+
+/* Removes the temporaries in dir that processes now gone left (killed before they could clean up). */
+static void remove_stale_temps(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    for (struct dirent *ent; (ent = readdir(d));) {
+        long pid = temp_owner(ent->d_name);
+        struct stat sb;
+        if (!pid || kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+            continue; /* not ours, or its process still exists (or may: EPERM) */
+        if (fstatat(dirfd(d), ent->d_name, &sb, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(sb.st_mode) &&
+            sb.st_uid == geteuid())
+            unlinkat(dirfd(d), ent->d_name, 0);
+    }
+    closedir(d);
+}
+
 static qpk_status open_temp(qpk_outfile *o, qpk_err *e)
 {
     char *dir = dir_of(o->path);
     if (!dir)
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    remove_stale_temps(dir);
 #ifdef O_TMPFILE
-    /* Naming an O_TMPFILE later goes through /proc/self/fd. */
-    if (access("/proc/self/fd", X_OK) == 0) {
+    /* Naming an O_TMPFILE later goes through /proc/self/fd. QPK_NO_TMPFILE (tests) takes the fallback. */
+    if (access("/proc/self/fd", X_OK) == 0 && !getenv("QPK_NO_TMPFILE")) {
         o->fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0644);
         if (o->fd >= 0) {
             free(dir);
@@ -102,10 +139,10 @@ static qpk_status open_temp(qpk_outfile *o, qpk_err *e)
     }
 #endif
     char *base_copy = strdup(o->path);
-    size_t n = strlen(o->path) + strlen(dir) + 32;
+    size_t n = strlen(o->path) + strlen(dir) + 64;
     o->tmp_path = malloc(n);
     if (base_copy && o->tmp_path)
-        snprintf(o->tmp_path, n, "%s/.%s.tmp-XXXXXX", dir, basename(base_copy));
+        snprintf(o->tmp_path, n, "%s/.%s" TMP_TAG "%ld.XXXXXX", dir, basename(base_copy), (long)getpid());
     free(base_copy);
     free(dir);
     if (!o->tmp_path)
@@ -127,6 +164,11 @@ qpk_status qpk_outfile_create(qpk_outfile **out, const char *path, qpk_err *e)
     *out = NULL;
     if (!path || !*path)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "empty output path");
+    /* Only a regular file (or a link, which the rename replaces) is ever replaced: never a device, a FIFO, a folder. */
+    struct stat sb;
+    if (lstat(path, &sb) == 0 && !S_ISREG(sb.st_mode) && !S_ISLNK(sb.st_mode))
+        return qpk_err_setf(e, QPK_E_IO, "'%s' exists and is %s: an output replaces only a regular file", path,
+                            qpk_file_kind(sb.st_mode));
     qpk_outfile *o = calloc(1, sizeof *o);
     if (!o)
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
@@ -218,21 +260,25 @@ static qpk_status sync_dir(const char *path, qpk_err *e)
 static qpk_status publish(qpk_outfile *o, qpk_err *e)
 {
     if (!o->tmp_path) {
-        size_t n = strlen(o->path) + 48;
+        char *dir = dir_of(o->path), *base_copy = strdup(o->path);
+        size_t n = strlen(o->path) * 2 + 64;
         char proc[64], *tmp = malloc(n);
-        if (!tmp)
+        if (!tmp || !dir || !base_copy) {
+            free(tmp), free(dir), free(base_copy);
             return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+        }
         snprintf(proc, sizeof proc, "/proc/self/fd/%d", o->fd);
         for (unsigned k = 0;; k++) {
-            snprintf(tmp, n, "%s.tmp-%ld-%u", o->path, (long)getpid(), k);
+            snprintf(tmp, n, "%s/.%s" TMP_TAG "%ld.l%u", dir, basename(base_copy), (long)getpid(), k);
             if (linkat(AT_FDCWD, proc, AT_FDCWD, tmp, AT_SYMLINK_FOLLOW) == 0)
                 break;
             if (errno != EEXIST || k == 1000) {
                 int err = errno;
-                free(tmp);
+                free(tmp), free(dir), free(base_copy);
                 return qpk_err_setf(e, QPK_E_IO, "cannot create '%s': %s", o->path, strerror(err));
             }
         }
+        free(dir), free(base_copy);
         o->tmp_path = tmp;
     }
     if (rename(o->tmp_path, o->path) != 0)

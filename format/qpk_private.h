@@ -23,13 +23,16 @@
  * constant type gets the numbers at compile time.
  */
 static const qpk_type_info QPK_TYPE_TABLE[QPK_TYPE_COUNT_] = {
-    /*                     name     elem bits head block ggml */
-    [QPK_TYPE_F32] = {"f32", 4, 0, 0, 0, 0},
-    [QPK_TYPE_F16] = {"f16", 2, 0, 0, 0, 1},
-    [QPK_TYPE_BF16] = {"bf16", 2, 0, 0, 0, 30},
-    [QPK_TYPE_INT8] = {"int8", 0, 8, 2, 0, 8},   /* f16 d; at G = 32 ggml's Q8_0 */
-    [QPK_TYPE_INT4] = {"int4", 0, 4, 4, 0, 3},   /* f16 d, u8 z, u8 0; to Q4_1 with m = -d z */
-    [QPK_TYPE_INT4S] = {"int4s", 0, 4, 2, 0, 2}, /* f16 d; at G = 32 ggml's Q4_0 */
+#define PLAIN(n, bytes, ggml) {.name = n, .elem_bytes = bytes, .ggml_type = ggml, .scale_at = {-1, -1}}
+#define BLOCK(n, b, head, ggml) {.name = n, .bits = b, .head_bytes = head, .ggml_type = ggml, .scale_at = {0, -1}}
+    [QPK_TYPE_F32] = PLAIN("f32", 4, 0),
+    [QPK_TYPE_F16] = PLAIN("f16", 2, 1),
+    [QPK_TYPE_BF16] = PLAIN("bf16", 2, 30),
+    [QPK_TYPE_INT8] = BLOCK("int8", 8, 2, 8),   /* f16 d; at G = 32 ggml's Q8_0 */
+    [QPK_TYPE_INT4] = BLOCK("int4", 4, 4, 3),   /* f16 d, u8 z, u8 0; to Q4_1 with m = -d z */
+    [QPK_TYPE_INT4S] = BLOCK("int4s", 4, 2, 2), /* f16 d; at G = 32 ggml's Q4_0 */
+#undef PLAIN
+#undef BLOCK
 };
 
 /* -------------------------------------------------------------------- UTF-8 */
@@ -52,6 +55,33 @@ size_t qpk_utf8_valid_prefix(const char *s, size_t n);
 size_t qpk_utf8_repair(const char *s, size_t n, char *out);
 
 /* ------------------------------------------------------------ mapped input */
+
+/* "a folder", "a FIFO", "a character device", ... for a st_mode. */
+const char *qpk_file_kind(unsigned mode);
+/*
+ * Opens path for reading without blocking, and only if it is a regular file: anything
+ * else (a folder, a FIFO, a device, a socket) is refused naming its kind. *missing (may
+ * be NULL) tells whether it does not exist; *size (may be NULL) gets its size.
+ */
+qpk_status qpk_open_regular(const char *path, int *fd, uint64_t *size, bool *missing, qpk_err *e);
+/* A whole regular file of at most max bytes into a malloc'd, NUL-terminated buffer. */
+qpk_status qpk_read_whole(const char *path, size_t max, char **data, size_t *len, bool *missing, qpk_err *e);
+/* What a path given as a model or a reference is, by its kind and its first bytes. */
+typedef enum qpk_input_kind {
+    QPK_INPUT_OTHER = 0,
+    QPK_INPUT_FOLDER,      /* a Hugging Face model folder, presumably */
+    QPK_INPUT_QPK,         /* starts with the .qpk magic */
+    QPK_INPUT_GGUF,        /* starts with "GGUF" */
+    QPK_INPUT_SAFETENSORS, /* a header length, then '{' */
+} qpk_input_kind;
+/* Fails for what cannot be opened, or is neither a folder nor a regular file (by its kind). */
+qpk_status qpk_identify(const char *path, qpk_input_kind *kind, qpk_err *e);
+const char *qpk_input_kind_name(qpk_input_kind k); /* "a GGUF file", ... */
+
+/* Whether a and b name the same existing file (device and inode, not names). */
+bool qpk_same_file(const char *a, const char *b);
+/* QPK_E_INVALID_ARG when output out is the same file as input in, naming both. */
+qpk_status qpk_check_not_input(const char *out, const char *in, qpk_err *e);
 
 /*
  * Maps the regular file at path read-only (*data NULL for an empty file). advice is an

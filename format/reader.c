@@ -334,50 +334,7 @@ qpk_status qpk_open_memory(qpk_file **out, const void *buf, size_t size, const q
     return QPK_OK;
 }
 
-bool qpk_file_starts_with(const char *path, const void *magic, size_t n)
-{
-    unsigned char head[16];
-    if (n > sizeof head)
-        return false;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return false;
-    ssize_t got = read(fd, head, n);
-    close(fd);
-    return got == (ssize_t)n && memcmp(head, magic, n) == 0;
-}
-
 bool qpk_is_qpk_file(const char *path) { return qpk_file_starts_with(path, QPK_MAGIC, QPK_MAGIC_LEN); }
-
-qpk_status qpk_map_file(const char *path, int advice, const void **data, size_t *size, qpk_err *e)
-{
-    *data = NULL, *size = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return qpk_err_setf(e, QPK_E_IO, "cannot open '%s': %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return qpk_err_setf(e, QPK_E_IO, "'%s' is not a regular file", path);
-    }
-    void *p = NULL;
-    if (sb.st_size > 0 && (p = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0)) == MAP_FAILED) {
-        int err = errno;
-        close(fd);
-        return qpk_err_setf(e, QPK_E_IO, "cannot map '%s': %s", path, strerror(err));
-    }
-    if (p && advice)
-        madvise(p, (size_t)sb.st_size, advice);
-    close(fd);
-    *data = p, *size = (size_t)sb.st_size;
-    return QPK_OK;
-}
-
-void qpk_unmap_file(const void *data, size_t size)
-{
-    if (data)
-        munmap((void *)data, size);
-}
 
 qpk_status qpk_open(qpk_file **out, const char *path, const qpk_open_opts *opts, qpk_err *e)
 {
@@ -446,6 +403,26 @@ const char *qpk_metadata(const qpk_file *f, size_t *len)
     return f->meta;
 }
 
+/* Every f16 scale of a block tensor is finite: a NaN or infinite scale poisons its whole block. */
+static qpk_status check_scales(const qpk_tensor *t, qpk_err *e)
+{
+    const qpk_type_info *ti = qpk_type_info_of(t->type);
+    if (ti->elem_bytes)
+        return QPK_OK;
+    const size_t bb = qpk_type_block_bytes(t->type, t->group_size);
+    const uint64_t n = t->nbytes / bb, per_row = (uint64_t)t->dims[t->ndim - 1] / t->group_size;
+    const uint8_t *p = t->data;
+    for (uint64_t b = 0; b < n; b++)
+        for (int k = 0; k < 2 && ti->scale_at[k] >= 0; k++) {
+            const uint8_t *h = p + b * bb + ti->scale_at[k];
+            if ((h[1] & 0x7c) == 0x7c)
+                return qpk_err_setf(e, QPK_E_VALUE, "tensor '%s': row %llu, group %llu has a non-finite scale (f16 %02x%02x)",
+                                    t->name, (unsigned long long)(b / per_row), (unsigned long long)(b % per_row), h[1],
+                                    h[0]);
+        }
+    return QPK_OK;
+}
+
 qpk_status qpk_verify_tensor(const qpk_file *f, size_t i, qpk_err *e)
 {
     if (i >= f->n_tensors)
@@ -455,7 +432,7 @@ qpk_status qpk_verify_tensor(const qpk_file *f, size_t i, qpk_err *e)
     if (CHECKSUM_DIFFERS(h, t->xxh3))
         return qpk_err_setf(e, QPK_E_CHECKSUM, "tensor '%s': data checksum %016llx, table says %016llx",
                             t->name, (unsigned long long)h, (unsigned long long)t->xxh3);
-    return QPK_OK;
+    return check_scales(t, e);
 }
 
 qpk_status qpk_check_model(const qpk_file *f, qpk_err *e)

@@ -112,7 +112,9 @@ qpk_status qpk_awq_scales(const qpk_awq_linear *lin, int n_lin, const double *me
         for (int64_t c = 0; c < d; c++)
             s[c] /= norm;
         double loss = loss_of(&S, s);
-        if (!isfinite(loss))
+        if (qpk_pool_cancelled(pool))
+            st = qpk_err_setf(e, QPK_E_CANCELLED, "cancelled");
+        else if (!isfinite(loss))
             st = qpk_err_setf(e, QPK_E_VALUE, "AWQ: the search loss is not finite (alpha %g)", alpha);
         else if (loss < best) {
             best = loss;
@@ -174,5 +176,5 @@ qpk_status qpk_awq_clip(const qpk_awq_linear *lin, const float *xs, int64_t n_ro
     clip_job j = {lin, o, k, xs, n_rows, clip, dw};
     qpk_pool_run(pool, (lin->rows + CLIP_TASK_ROWS - 1) / CLIP_TASK_ROWS, clip_task, &j);
     free(dw);
-    return QPK_OK;
+    return qpk_pool_cancelled(pool) ? qpk_err_setf(e, QPK_E_CANCELLED, "cancelled") : QPK_OK;
 }

@@ -58,3 +58,28 @@ size_t qpk_row_from_f32(uint32_t dst_type, const float *src, void *dst, size_t n
     }
     return n;
 }
+
+size_t qpk_first_nonfinite(uint32_t type, const void *src, size_t n)
+{
+    const uint8_t *p = src;
+    uint32_t x;
+    /* By the bits: an exponent of all ones is an infinity or a NaN, in each format. */
+    switch (type) {
+    case QPK_TYPE_F32:
+        for (size_t i = 0; i < n; i++)
+            if (memcpy(&x, p + 4 * i, 4), (x & 0x7f800000u) == 0x7f800000u)
+                return i;
+        return n;
+    case QPK_TYPE_F16:
+        for (size_t i = 0; i < n; i++)
+            if ((get16(p + 2 * i) & 0x7c00u) == 0x7c00u)
+                return i;
+        return n;
+    case QPK_TYPE_BF16:
+        for (size_t i = 0; i < n; i++)
+            if ((get16(p + 2 * i) & 0x7f80u) == 0x7f80u)
+                return i;
+        return n;
+    default: return n;
+    }
+}

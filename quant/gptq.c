@@ -119,6 +119,8 @@ static void chol_task(void *arg, int64_t task, int thread)
 static bool cholesky_lower(double *A, int64_t n, qpk_pool *pool)
 {
     for (int64_t jb = 0; jb < n; jb += PANEL) {
+        if (pool && qpk_pool_cancelled(pool))
+            return false; /* the caller tells this from a failed factorization */
         chol_job j = {A, n, jb, jb + PANEL < n ? jb + PANEL : n};
         for (int64_t i = jb; i < j.je; i++) { /* the panel's diagonal block, in order */
             chol_update(&j, i, i + 1);
@@ -369,6 +371,10 @@ qpk_status qpk_gptq_plan_create(qpk_gptq_plan **out, const double *H, int64_t n,
                 B[i * n + j] = (a == b && p->dead[a] ? 1.0 : H[a * n + b]) + (i == j ? damp * mean : 0.0);
             }
         ok = upper_factor_of_inverse(B, n, work, p->U, pool);
+        if (pool && qpk_pool_cancelled(pool)) {
+            s = qpk_err_setf(e, QPK_E_CANCELLED, "cancelled");
+            goto out;
+        }
     }
     if (!ok)
         s = qpk_err_setf(e, QPK_E_VALUE, "GPTQ: the Hessian is not positive definite even with damping %g", damp / 10);
@@ -420,6 +426,8 @@ qpk_status qpk_gptq_quantize(const qpk_gptq_plan *p, uint32_t type, uint32_t gro
     else
         for (int64_t t = 0; t < tasks; t++)
             gptq_task(&job, t, 0);
+    if (pool && qpk_pool_cancelled(pool))
+        s = qpk_err_setf(e, QPK_E_CANCELLED, "cancelled");
     for (int64_t t = 0; t < tasks && s == QPK_OK; t++)
         if (status[t] != QPK_OK) {
             *e = errs[t];

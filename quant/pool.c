@@ -25,6 +25,9 @@ struct qpk_pool {
     qpk_task_fn fn;
     void *ctx;
     atomic_bool stop;
+    bool (*cancel)(void *ud); /* polled before each task; once true, no task runs */
+    void *cancel_ud;
+    atomic_bool cancelled;
 };
 
 typedef struct worker_arg {
@@ -39,11 +42,24 @@ static inline void cpu_relax(void)
 #endif
 }
 
+bool qpk_pool_cancelled(qpk_pool *p)
+{
+    if (!atomic_load_explicit(&p->cancelled, memory_order_relaxed) && p->cancel && p->cancel(p->cancel_ud))
+        atomic_store_explicit(&p->cancelled, true, memory_order_relaxed);
+    return atomic_load_explicit(&p->cancelled, memory_order_relaxed);
+}
+
+void qpk_pool_set_cancel(qpk_pool *p, bool (*cancel)(void *ud), void *ud)
+{
+    p->cancel = cancel, p->cancel_ud = ud;
+    atomic_store(&p->cancelled, false);
+}
+
 static void drain(qpk_pool *p, int thread)
 {
     for (;;) {
         int64_t i = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
-        if (i >= p->n_tasks)
+        if (i >= p->n_tasks || (p->cancel && qpk_pool_cancelled(p)))
             return;
         p->fn(p->ctx, i, thread);
     }
@@ -129,7 +145,7 @@ int qpk_pool_threads(const qpk_pool *p) { return p->n_threads; }
 void qpk_pool_run(qpk_pool *p, int64_t n_tasks, qpk_task_fn fn, void *ctx)
 {
     if (p->n_threads == 1 || n_tasks <= 1) {
-        for (int64_t i = 0; i < n_tasks; i++)
+        for (int64_t i = 0; i < n_tasks && !(p->cancel && qpk_pool_cancelled(p)); i++)
             fn(ctx, i, 0);
         return;
     }

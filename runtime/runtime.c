@@ -188,6 +188,8 @@ qpk_status qpk_context_create(qpk_context **out, const qpk_model *m, const qpk_c
         free(x);
         return s;
     }
+    if (x->own_pool && o->cancel)
+        qpk_pool_set_cancel(x->pool, o->cancel, o->cancel_ud);
     size_t T = (size_t)n_batch, H = (size_t)c->hidden_size, I = (size_t)c->intermediate_size;
     size_t Q = (size_t)(c->n_heads * c->head_dim), KV = (size_t)(c->n_kv_heads * c->head_dim);
     size_t widest = (size_t)(I > Q ? I : Q) > H ? (I > Q ? I : Q) : H;
@@ -411,6 +413,8 @@ qpk_status qpk_eval(qpk_context *c, const int32_t *tokens, int n, float *logits,
         int want = from < T ? T - from : 0;
         float *out = want ? logits + (size_t)(done + from - first_wanted) * (size_t)cf->vocab_size : NULL;
         QPK_TRY(forward(c, tokens + done, T, out, want, e));
+        if (qpk_pool_cancelled(c->pool))
+            return qpk_err_setf(e, QPK_E_CANCELLED, "cancelled");
     }
     return QPK_OK;
 }
@@ -429,5 +433,5 @@ qpk_status qpk_layer_forward(qpk_context *c, const qpk_layer_weights *w, int lay
     forward_layer(c, w, layer, 0, T, capture, ud); /* cache slot 0: the context is reset below */
     memcpy(x, c->x, bytes);
     c->pos = 0;
-    return QPK_OK;
+    return qpk_pool_cancelled(c->pool) ? qpk_err_setf(e, QPK_E_CANCELLED, "cancelled") : QPK_OK;
 }

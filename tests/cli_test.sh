@@ -32,7 +32,7 @@ expect 2 "missing MODEL_DIR" -- "$bin/qconvert"
 expect 2 "missing -o" -- "$bin/qconvert" "$tmp"
 expect 2 "expected keep, f32, f16 or bf16" -- "$bin/qconvert" "$tmp" -o x.qpk --dtype q4
 expect 2 "thread count" -- "$bin/qconvert" "$tmp" -o x.qpk -t 0
-expect 4 "is not a folder" -- "$bin/qconvert" "$tmp/none" -o "$tmp/x.qpk"
+expect 4 "cannot open .*none.: No such file" -- "$bin/qconvert" "$tmp/none" -o "$tmp/x.qpk"
 expect 4 "has no config.json" -- "$bin/qconvert" "$tmp" -o "$tmp/x.qpk"
 
 # A real conversion, then inspection.
@@ -100,7 +100,7 @@ expect 2 "needs --tokens" -- "$bin/qverify" "$tmp/v32.qpk" --ref "$tmp/v16.qpk"
 expect 3 "not a whole number of int32" -- "$bin/qverify" "$tmp/v32.qpk" --tokens "$tmp/odd.i32" -c 2
 expect 3 "token id 9999" -- "$bin/qverify" "$tmp/v32.qpk" --tokens "$tmp/big.i32" -c 2
 expect 2 "chunk length of at least 2" -- "$bin/qverify" "$tmp/v32.qpk" --tokens "$tmp/big.i32" -c 1
-expect 3 "header length" -- "$bin/qverify" "$tmp/v32.qpk" --ref "$tmp/odd.i32"
+expect 3 "odd.i32. is a file of an unknown kind; expected a .qpk file" -- "$bin/qverify" "$tmp/v32.qpk" --ref "$tmp/odd.i32"
 expect 4 "cannot open" -- "$bin/qverify" "$tmp/none.qpk" --tokens "$tmp/t.i32"
 
 # Calibrated quantization: usage errors, and the same bytes for any thread count.

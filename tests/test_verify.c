@@ -149,7 +149,7 @@ static void test_ref_files(void)
         e.msg[0] = 0;
     }
     /* A model given where logits are not allowed is read as a .qpk, and fails as one. */
-    CHECK_ERR(qpk_source_open(&ref, path, false, NULL, &e), QPK_E_CORRUPT, e, "bad magic");
+    CHECK_ERR(qpk_source_open(&ref, path, false, NULL, &e), QPK_E_UNSUPPORTED, e, "is a safetensors file; expected a .qpk file");
     CHECK_ERR(qpk_source_open(&ref, "/nonexistent.qpk", true, NULL, &e), QPK_E_IO, e, "cannot open");
     qpk_source_close(m);
 }

@@ -1,5 +1,7 @@
 #include "cli.h"
 
+#include "qpk_private.h"
+
 #include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -23,9 +25,12 @@ void cli_init(cli *c, const char *tool)
     memset(c, 0, sizeof *c);
     c->tool = tool;
     c->tty = isatty(2);
+    /* The first signal asks the work to stop (it polls, and the tool exits 130 within about
+     * a second, leaving nothing behind); the handler then resets, so a second one kills. */
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESETHAND;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
@@ -38,13 +43,58 @@ double cli_now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+size_t cli_put_escaped(FILE *f, const char *s, size_t n, size_t max, bool quoted)
+{
+    size_t i = 0;
+    while (i < n && i < max) {
+        unsigned char ch = (unsigned char)s[i];
+        size_t k = ch < 0x80 ? 1 : qpk_utf8_char(s + i, n - i);
+        /* C0 and C1 controls, DEL and bytes that are not UTF-8 never reach the terminal as they are. */
+        bool c1 = k == 2 && ch == 0xC2 && (unsigned char)s[i + 1] < 0xA0;
+        if (quoted && (ch == '"' || ch == '\\')) {
+            fprintf(f, "\\%c", ch);
+            i++;
+        } else if (k == 0 || c1 || ch < 0x20 || ch == 0x7f) {
+            for (size_t j = 0; j < (k ? k : 1); j++)
+                fprintf(f, "\\x%02x", (unsigned char)s[i + j]);
+            i += k ? k : 1;
+        } else {
+            fwrite(s + i, 1, k, f);
+            i += k;
+        }
+    }
+    return i;
+}
+
+char *cli_json_safe(const char *s, size_t n)
+{
+    char *out = malloc(3 * n + 1), *o = out;
+    for (size_t i = 0; out && i < n;) {
+        size_t k = (unsigned char)s[i] < 0x80 ? 1 : qpk_utf8_char(s + i, n - i);
+        if (k == 0 || s[i] == 0) { /* not UTF-8, or a NUL that would end the string: U+FFFD */
+            memcpy(o, "\xef\xbf\xbd", 3);
+            o += 3, i++;
+        } else {
+            memcpy(o, s + i, k);
+            o += k, i += k;
+        }
+    }
+    if (out)
+        *o = 0; /* cJSON escapes the control characters */
+    return out;
+}
+
+void cli_print_msg(FILE *f, const char *msg) { cli_put_escaped(f, msg, strlen(msg), SIZE_MAX, false); }
+
 static void on_log(void *ud, qpk_log_level level, const char *msg)
 {
     cli *c = ud;
     if (c->quiet && level == QPK_LOG_INFO)
         return;
     cli_progress_done(c);
-    fprintf(stderr, "%s: %s%s\n", c->tool, level == QPK_LOG_WARN ? "warning: " : "", msg);
+    fprintf(stderr, "%s: %s", c->tool, level == QPK_LOG_WARN ? "warning: " : "");
+    cli_print_msg(stderr, msg);
+    fputc('\n', stderr);
 }
 
 static void on_progress(void *ud, const char *what, uint64_t done, uint64_t total)
@@ -66,6 +116,8 @@ static bool on_cancel(void *ud)
     (void)ud;
     return g_interrupted != 0;
 }
+
+bool cli_interrupted(void) { return g_interrupted != 0; }
 
 qpk_callbacks cli_callbacks(cli *c)
 {
@@ -96,7 +148,13 @@ int cli_exit_code(qpk_status s)
 int cli_fail(cli *c, const qpk_err *e)
 {
     cli_progress_done(c);
-    fprintf(stderr, "%s: error: %s (%s)\n", c->tool, e->msg, qpk_strerror(e->status));
+    if (g_interrupted) { /* whatever the interrupted call made of it (EINTR: an I/O error) */
+        fprintf(stderr, "%s: interrupted\n", c->tool);
+        return QPK_EXIT_CANCELLED;
+    }
+    fprintf(stderr, "%s: error: ", c->tool);
+    cli_print_msg(stderr, e->msg);
+    fprintf(stderr, " (%s)\n", qpk_strerror(e->status));
     return cli_exit_code(e->status);
 }
 

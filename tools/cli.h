@@ -4,6 +4,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "qpk/convert.h"
 
@@ -29,6 +30,19 @@ typedef struct cli {
 void cli_init(cli *c, const char *tool);
 /* Callbacks that print warnings and progress to stderr and poll Ctrl-C. */
 qpk_callbacks cli_callbacks(cli *c);
+/*
+ * Prints the first max bytes of s[0..n) so that nothing in it can act on a terminal:
+ * valid UTF-8 as it is; control characters, DEL, C1 controls and bytes that are not
+ * UTF-8 as \xNN; with quoted, '"' and backslash as \" and \\. Returns the bytes consumed.
+ */
+size_t cli_put_escaped(FILE *f, const char *s, size_t n, size_t max, bool quoted);
+/* A message (from a file's contents, perhaps) printed that way. */
+void cli_print_msg(FILE *f, const char *msg);
+/* s[0..n) as a NUL-terminated string that is valid UTF-8 (bad bytes become U+FFFD), for JSON. malloc'd. */
+char *cli_json_safe(const char *s, size_t n);
+
+/* Whether a signal asked the tool to stop. */
+bool cli_interrupted(void);
 /* Clears a progress line, if one is shown. */
 void cli_progress_done(cli *c);
 /* Prints "tool: error: msg" and returns the exit code for the status. */

@@ -44,16 +44,8 @@ static qpk_gguf_value array_elem(const qpk_gguf_value *a, uint64_t i)
 static void print_string(const char *s, uint64_t len)
 {
     putchar('"');
-    for (uint64_t i = 0; i < len && i < SHOWN_CHARS; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (ch == '"' || ch == '\\')
-            printf("\\%c", ch);
-        else if (ch < 0x20 || ch == 0x7f)
-            printf("\\x%02x", ch);
-        else
-            putchar(ch);
-    }
-    printf(len > SHOWN_CHARS ? "\"..." : "\"");
+    size_t shown = cli_put_escaped(stdout, s, (size_t)len, SHOWN_CHARS, true);
+    printf(shown < len ? "\"..." : "\"");
 }
 
 static void print_scalar(const qpk_gguf_value *v)
@@ -98,7 +90,7 @@ static cJSON *json_scalar(const qpk_gguf_value *v)
     case QPK_GGUF_F32: case QPK_GGUF_F64: return cJSON_CreateNumber(v->num.f);
     case QPK_GGUF_BOOL: return cJSON_CreateBool(v->num.u != 0);
     case QPK_GGUF_STRING: {
-        char *s = strndup(v->str, (size_t)v->len); /* cJSON escapes; a NUL inside cuts the string short */
+        char *s = cli_json_safe(v->str, (size_t)v->len);
         cJSON *j = cJSON_CreateString(s ? s : "");
         free(s);
         return j;
@@ -208,14 +200,18 @@ static qpk_status check_qwen2(const qpk_gguf *g, qpk_err *e)
 
 static void print_text(const char *path, const qpk_gguf *g, uint64_t size, bool tensors, bool verified)
 {
-    printf("file          %s\n", path);
+    printf("file          ");
+    cli_print_msg(stdout, path);
+    putchar('\n');
     printf("size          %" PRIu64 " bytes\n", size);
     printf("format        GGUF v%u, alignment %u\n", qpk_gguf_version(g), qpk_gguf_alignment(g));
     printf("metadata      %zu keys\n", qpk_gguf_n_kv(g));
     for (size_t i = 0; i < qpk_gguf_n_kv(g); i++) {
         qpk_gguf_value v;
         const char *key = qpk_gguf_kv_at(g, i, &v);
-        printf("  %-40s ", key);
+        printf("  ");
+        size_t n = cli_put_escaped(stdout, key, strlen(key), SIZE_MAX, false);
+        printf("%*s ", n < 40 ? (int)(40 - n) : 0, "");
         print_value(g, &v);
         putchar('\n');
     }
@@ -229,15 +225,19 @@ static void print_text(const char *path, const qpk_gguf *g, uint64_t size, bool 
         for (int d = 0; d < t->n_dims; d++)
             n += snprintf(shape + n, sizeof shape - (size_t)n, d ? ", %" PRIu64 : "%" PRIu64, t->ne[d]);
         snprintf(shape + n, sizeof shape - (size_t)n, "]");
-        printf("  %-32s %-5s %-16s %12" PRIu64 " bytes at %" PRIu64 "\n", t->name, qpk_ggml_type_name(t->type), shape,
-               t->nbytes, t->offset);
+        printf("  ");
+        size_t w = cli_put_escaped(stdout, t->name, strlen(t->name), SIZE_MAX, false);
+        printf("%*s %-5s %-16s %12" PRIu64 " bytes at %" PRIu64 "\n", w < 32 ? (int)(32 - w) : 0, "",
+               qpk_ggml_type_name(t->type), shape, t->nbytes, t->offset);
     }
 }
 
 static void print_json(const char *path, const qpk_gguf *g, uint64_t size, bool tensors, bool verified)
 {
     cJSON *o = cJSON_CreateObject(), *meta = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "file", path);
+    char *safe_path = cli_json_safe(path, strlen(path));
+    cJSON_AddStringToObject(o, "file", safe_path ? safe_path : "");
+    free(safe_path);
     cJSON_AddStringToObject(o, "format", "gguf");
     cJSON_AddNumberToObject(o, "size", (double)size);
     cJSON_AddNumberToObject(o, "format_version", qpk_gguf_version(g));
@@ -245,7 +245,9 @@ static void print_json(const char *path, const qpk_gguf *g, uint64_t size, bool 
     for (size_t i = 0; i < qpk_gguf_n_kv(g); i++) {
         qpk_gguf_value v;
         const char *key = qpk_gguf_kv_at(g, i, &v);
-        cJSON_AddItemToObject(meta, key, json_value(g, &v));
+        char *safe = cli_json_safe(key, strlen(key));
+        cJSON_AddItemToObject(meta, safe ? safe : "", json_value(g, &v));
+        free(safe);
     }
     cJSON_AddItemToObject(o, "metadata", meta);
     if (tensors) {
@@ -255,7 +257,9 @@ static void print_json(const char *path, const qpk_gguf *g, uint64_t size, bool 
             cJSON *x = cJSON_CreateObject(), *ne = cJSON_CreateArray();
             for (int d = 0; d < t->n_dims; d++)
                 cJSON_AddItemToArray(ne, cJSON_CreateNumber((double)t->ne[d]));
-            cJSON_AddStringToObject(x, "name", t->name);
+            char *name = cli_json_safe(t->name, strlen(t->name));
+            cJSON_AddStringToObject(x, "name", name ? name : "");
+            free(name);
             cJSON_AddStringToObject(x, "type", qpk_ggml_type_name(t->type));
             cJSON_AddItemToObject(x, "ne", ne);
             cJSON_AddNumberToObject(x, "offset", (double)t->offset);

@@ -6,6 +6,13 @@
 #include "qpk_private.h"
 #include "cli.h"
 
+static void cli_wrote(const char *out, double t0)
+{
+    fprintf(stderr, "qconvert: wrote ");
+    cli_print_msg(stderr, out);
+    fprintf(stderr, " in %.2f s\n", cli_now() - t0);
+}
+
 static void usage(void)
 {
     printf("Usage: qconvert MODEL_DIR -o OUT.qpk [options]\n"
@@ -49,6 +56,8 @@ static void usage(void)
            "                        stay static and contiguous)\n"
            "      --awq-fold-only   AWQ: choose the scales for --quant and fold them, but\n"
            "                        store the linears in f32 (an AWQ-scaled float model)\n"
+           "      --allow-nonfinite keep NaN and infinite weights of tensors stored as floats\n"
+           "                        (by default a non-finite weight is refused, named)\n"
            "  -t, --threads N       worker threads (default: all cores)\n"
            "  -q, --quiet           no progress or notes, only warnings and errors\n"
            "  -h, --help            this help\n"
@@ -168,6 +177,8 @@ int main(int argc, char **argv)
             o.calib.act_order = true;
         } else if (!strcmp(a, "--awq-fold-only")) {
             o.calib.awq_fold_only = true;
+        } else if (!strcmp(a, "--allow-nonfinite")) {
+            o.allow_nonfinite = model_opts = true;
         } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
             long long n;
             if (!cli_parse_int(v, 1, 1024, &n))
@@ -191,7 +202,15 @@ int main(int argc, char **argv)
         o.group = 32;
     if (o.to == QPK_OUT_GGUF && o.quant && o.group != 32)
         return cli_usage_error(&c, "GGUF's Q8_0, Q4_0 and Q4_1 hold groups of 32: leave out --group or give 32");
-    if (qpk_is_qpk_file(in)) {
+    qpk_input_kind kind;
+    if (qpk_identify(in, &kind, &e) != QPK_OK)
+        return cli_fail(&c, &e);
+    if (kind != QPK_INPUT_FOLDER && kind != QPK_INPUT_QPK) {
+        qpk_err_setf(&e, QPK_E_UNSUPPORTED, "'%s' is %s: qconvert reads a Hugging Face model folder or a .qpk file",
+                     in, qpk_input_kind_name(kind));
+        return cli_fail(&c, &e);
+    }
+    if (kind == QPK_INPUT_QPK) {
         if (o.to != QPK_OUT_GGUF)
             return cli_usage_error(&c, "%s is already a .qpk: it can be re-packed as GGUF (--to gguf)", in);
         if (model_opts || calib_path)
@@ -203,7 +222,7 @@ int main(int argc, char **argv)
             return cli_fail(&c, &e);
         cli_progress_done(&c);
         if (!c.quiet)
-            fprintf(stderr, "qconvert: wrote %s in %.2f s\n", out, cli_now() - t0);
+            cli_wrote(out, t0);
         return 0;
     }
     if (n_embed > 1)
@@ -241,6 +260,6 @@ int main(int argc, char **argv)
         return cli_fail(&c, &e);
     cli_progress_done(&c);
     if (!c.quiet)
-        fprintf(stderr, "qconvert: wrote %s in %.2f s\n", out, cli_now() - t0);
+        cli_wrote(out, t0);
     return 0;
 }

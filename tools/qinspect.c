@@ -56,6 +56,8 @@ static qpk_status verify_all(cli *c, const qpk_file *f, qpk_err *e)
     for (size_t i = 0; i < qpk_n_tensors(f); i++)
         total += qpk_tensor_at(f, i)->nbytes;
     for (size_t i = 0; i < qpk_n_tensors(f); i++) {
+        if (cb.cancel(cb.ud))
+            return qpk_err_setf(e, QPK_E_CANCELLED, "cancelled");
         QPK_TRY(qpk_verify_tensor(f, i, e));
         done += qpk_tensor_at(f, i)->nbytes;
         cb.progress(cb.ud, qpk_tensor_at(f, i)->name, done, total);
@@ -78,7 +80,9 @@ static qpk_status verify_all(cli *c, const qpk_file *f, qpk_err *e)
 static void print_text(const char *path, const qpk_file *f, const cJSON *meta, bool tensors, bool verified)
 {
     const qpk_config *c = qpk_file_config(f);
-    printf("file          %s\n", path);
+    printf("file          ");
+    cli_print_msg(stdout, path);
+    putchar('\n');
     printf("size          %" PRIu64 " bytes\n", qpk_file_size(f));
     printf("format        qpk v%u, alignment %u\n", qpk_file_version(f), qpk_file_alignment(f));
     printf("model         qwen2: vocab %lld, hidden %lld, intermediate %lld, layers %lld\n",
@@ -98,15 +102,25 @@ static void print_text(const char *path, const qpk_file *f, const cJSON *meta, b
     printf("%s\n", c->n_eos ? "" : " none");
     const cJSON *q = cJSON_GetObjectItemCaseSensitive(meta, "quantization");
     char *qs = q && !cJSON_IsNull(q) ? cJSON_PrintUnformatted(q) : NULL;
-    printf("quantization  %s\n", qs ? qs : "none");
+    printf("quantization  ");
+    cli_print_msg(stdout, qs ? qs : "none");
+    putchar('\n');
     free(qs);
     const cJSON *prov = cJSON_GetObjectItemCaseSensitive(meta, "provenance");
     const cJSON *tool = cJSON_GetObjectItemCaseSensitive(prov, "tool");
     const cJSON *ver = cJSON_GetObjectItemCaseSensitive(prov, "version");
     const cJSON *cmd = cJSON_GetObjectItemCaseSensitive(prov, "command");
-    if (cJSON_IsString(tool) && cJSON_IsString(ver))
-        printf("written by    %s %s%s%s\n", tool->valuestring, ver->valuestring, cJSON_IsString(cmd) ? ": " : "",
-               cJSON_IsString(cmd) ? cmd->valuestring : "");
+    if (cJSON_IsString(tool) && cJSON_IsString(ver)) {
+        printf("written by    ");
+        cli_print_msg(stdout, tool->valuestring);
+        putchar(' ');
+        cli_print_msg(stdout, ver->valuestring);
+        if (cJSON_IsString(cmd)) {
+            printf(": ");
+            cli_print_msg(stdout, cmd->valuestring);
+        }
+        putchar('\n');
+    }
     printf("embedded      %zu file(s)", qpk_n_blobs(f));
     for (size_t i = 0; i < qpk_n_blobs(f); i++) {
         uint64_t size;
@@ -146,7 +160,9 @@ static void print_text(const char *path, const qpk_file *f, const cJSON *meta, b
 static void print_json(const char *path, const qpk_file *f, cJSON *meta, bool tensors, bool verified)
 {
     cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "file", path);
+    char *safe_path = cli_json_safe(path, strlen(path));
+    cJSON_AddStringToObject(o, "file", safe_path ? safe_path : "");
+    free(safe_path);
     cJSON_AddNumberToObject(o, "size", (double)qpk_file_size(f));
     cJSON_AddNumberToObject(o, "format_version", qpk_file_version(f));
     cJSON_AddNumberToObject(o, "alignment", qpk_file_alignment(f));
@@ -217,10 +233,18 @@ int main(int argc, char **argv)
     }
     if (!path)
         return cli_usage_error(&c, "missing FILE.qpk");
-    if (qpk_file_starts_with(path, "GGUF", 4))
-        return inspect_gguf(&c, path, json, tensors, verify);
-    qpk_file *f;
     qpk_err e = {0};
+    qpk_input_kind kind;
+    if (qpk_identify(path, &kind, &e) != QPK_OK)
+        return cli_fail(&c, &e);
+    if (kind == QPK_INPUT_GGUF)
+        return inspect_gguf(&c, path, json, tensors, verify);
+    if (kind != QPK_INPUT_QPK) {
+        qpk_err_setf(&e, QPK_E_UNSUPPORTED, "'%s' is %s, neither a .qpk nor a GGUF file%s", path,
+                     qpk_input_kind_name(kind), kind == QPK_INPUT_OTHER ? " (bad magic)" : "");
+        return cli_fail(&c, &e);
+    }
+    qpk_file *f;
     if (qpk_open(&f, path, NULL, &e) != QPK_OK)
         return cli_fail(&c, &e);
     if (verify && verify_all(&c, f, &e) != QPK_OK) {

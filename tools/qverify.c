@@ -75,10 +75,13 @@ static void print_json(const qpk_verify_result *r, const char *model, const char
                        int threads, cJSON *failed)
 {
     cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "model", model);
-    if (ref)
-        cJSON_AddStringToObject(o, "ref", ref);
-    else
+    char *safe = cli_json_safe(model, strlen(model));
+    cJSON_AddStringToObject(o, "model", safe ? safe : "");
+    free(safe);
+    if (ref && (safe = cli_json_safe(ref, strlen(ref)))) {
+        cJSON_AddStringToObject(o, "ref", safe);
+        free(safe);
+    } else
         cJSON_AddNullToObject(o, "ref");
     cJSON_AddNumberToObject(o, "n_ctx", r->n_ctx);
     cJSON_AddNumberToObject(o, "n_chunks", r->n_chunks);
@@ -221,8 +224,15 @@ int main(int argc, char **argv)
         s = qpk_read_tokens(tokens_path, &tokens, &n_tokens, &e);
     if (s == QPK_OK && text_path)
         s = qpk_tokenize_file(model_path, text_path, &tokens, &n_tokens, NULL, &e);
-    if (s == QPK_OK && !c.quiet)
-        printf("qverify: %s%s%s\n", model_path, ref_path ? " vs " : "", ref_path ? ref_path : "");
+    if (s == QPK_OK && !c.quiet) {
+        printf("qverify: ");
+        cli_print_msg(stdout, model_path);
+        if (ref_path) {
+            printf(" vs ");
+            cli_print_msg(stdout, ref_path);
+        }
+        putchar('\n');
+    }
     if (s == QPK_OK)
         s = logits_ref ? qpk_verify_ref_file(qpk_source_model(model), qpk_source_logits(ref), &o, &r, &e)
                        : qpk_verify_tokens(qpk_source_model(model), ref ? qpk_source_model(ref) : NULL, tokens,

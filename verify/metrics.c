@@ -32,12 +32,26 @@ double qpk_ppl_stderr(const qpk_ppl *p)
     return qpk_ppl_value(p) * sqrt((var > 0 ? var : 0) / (double)(p->n - 1));
 }
 
+/* The index of the first NaN or infinity among x[0..n), or -1. */
+static int64_t first_nonfinite(const float *x, int64_t n)
+{
+    for (int64_t v = 0; v < n; v++)
+        if (!isfinite(x[v]))
+            return v;
+    return -1;
+}
+
 void qpk_measure(const qpk_kernels *k, const float *model, const float *ref, int64_t n, int32_t target,
                  float *scratch, qpk_position *out)
 {
+    memset(out, 0, sizeof *out);
+    /* A non-finite value makes every number below meaningless (NaN compares false, and would pass any gate). */
+    out->bad_model = first_nonfinite(model, n);
+    out->bad_ref = ref ? first_nonfinite(ref, n) : -1;
+    if (out->bad_model >= 0 || out->bad_ref >= 0)
+        return;
     int64_t am, bm = -1;
     double la = qpk_logsumexp(k, model, n, &am, NULL);
-    memset(out, 0, sizeof *out);
     out->nll = target >= 0 ? la - (double)model[target] : QPK_NO_VALUE;
     if (!ref)
         return;

@@ -10,6 +10,7 @@
 typedef struct qpk_position {
     double nll, nll_ref, kld, max_abs, sum_abs, dp;
     bool top1;
+    int64_t bad_model, bad_ref; /* the first non-finite logit of each side, or -1 */
 } qpk_position;
 
 /* Measures one position (ref may be NULL: then only nll); scratch: n floats. */

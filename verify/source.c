@@ -1,12 +1,8 @@
 /* Opening whatever a user names as a model or a reference. */
-#include <errno.h>
-#include <fcntl.h>
 #include <stdlib.h>
-#include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "qpk/verify.h"
+#include "qpk_private.h"
 
 struct qpk_source {
     qpk_source_kind kind;
@@ -20,19 +16,21 @@ qpk_status qpk_source_open(qpk_source **out, const char *path, bool allow_logits
                            qpk_err *e)
 {
     *out = NULL;
-    struct stat sb;
-    if (stat(path, &sb) != 0)
-        return qpk_err_setf(e, QPK_E_IO, "cannot open '%s': %s", path, strerror(errno));
+    qpk_input_kind kind;
+    QPK_TRY(qpk_identify(path, &kind, e));
+    if (kind != QPK_INPUT_FOLDER && kind != QPK_INPUT_QPK && !(allow_logits && kind == QPK_INPUT_SAFETENSORS))
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "'%s' is %s; expected a .qpk file or a Hugging Face model folder%s",
+                            path, qpk_input_kind_name(kind), allow_logits ? ", or a reference-logits safetensors file" : "");
     qpk_source *s = calloc(1, sizeof *s);
     if (!s)
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     qpk_status st;
-    if (S_ISDIR(sb.st_mode)) {
+    if (kind == QPK_INPUT_FOLDER) {
         s->kind = QPK_SOURCE_HF;
         st = qpk_checkpoint_open(&s->ck, path, cb, e);
         if (st == QPK_OK)
             st = qpk_checkpoint_model(&s->model, s->ck, e);
-    } else if (qpk_is_qpk_file(path) || !allow_logits) {
+    } else if (kind == QPK_INPUT_QPK) {
         s->kind = QPK_SOURCE_QPK;
         st = qpk_open(&s->file, path, NULL, e);
         if (st == QPK_OK && (st = qpk_model_from_qpk(&s->model, s->file, e)) != QPK_OK)

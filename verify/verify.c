@@ -38,7 +38,7 @@ static qpk_status runner_init(runner *R, const qpk_model *model, const qpk_model
     R->o = o;
     R->V = qpk_model_config(model)->vocab_size;
     qpk_context_opts co = {.n_ctx = n_ctx, .n_batch = n_ctx < 512 ? n_ctx : 512, .n_threads = o->n_threads,
-                           .scalar = o->scalar};
+                           .scalar = o->scalar, .cancel = o->cb.cancel, .cancel_ud = o->cb.ud};
     qpk_status s = qpk_context_create(&R->cm, model, &co, e);
     if (s == QPK_OK && ref)
         s = qpk_context_create(&R->cr, ref, &co, e);
@@ -76,11 +76,28 @@ static void measure_task(void *arg, int64_t i, int thread)
                 R->scratch + (size_t)thread * (size_t)R->V, &R->pos[i]);
 }
 
-/* Measures the n positions now in lm (and lr), then adds them in order. */
-static qpk_status measure_piece(runner *R, int n, bool compare, bool count_unscored, qpk_err *e)
+/*
+ * Measures the n positions now in lm (and lr), then adds them in order. They are
+ * positions pos0.. of sequence `seq` (named `unit`: a chunk, a reference sequence).
+ */
+static qpk_status measure_piece(runner *R, int n, bool compare, bool count_unscored, const char *unit, int64_t seq,
+                                int64_t pos0, qpk_err *e)
 {
     measure_job j = {R, compare};
     qpk_pool_run(qpk_context_pool(R->cm), n, measure_task, &j);
+    if (qpk_pool_cancelled(qpk_context_pool(R->cm)))
+        return qpk_err_setf(e, QPK_E_CANCELLED, "cancelled");
+    for (int i = 0; i < n; i++) {
+        const qpk_position *p = &R->pos[i];
+        if (p->bad_model >= 0 || p->bad_ref >= 0) {
+            bool model = p->bad_model >= 0;
+            int64_t v = model ? p->bad_model : p->bad_ref;
+            const float *x = (model ? R->lm : R->lr) + (size_t)i * (size_t)R->V;
+            return qpk_err_setf(e, QPK_E_VALUE, "the %s's logits at %s %lld, position %lld are not finite (logit %lld "
+                                "is %g): nothing can be measured from them", model ? "model" : "reference", unit,
+                                (long long)seq, (long long)(pos0 + i), (long long)v, (double)x[v]);
+        }
+    }
     for (int i = 0; i < n; i++) {
         if (R->targets[i] < 0 && !count_unscored)
             continue;
@@ -136,7 +153,7 @@ qpk_status qpk_verify_tokens(const qpk_model *model, const qpk_model *ref, const
             for (int i = 0; i < m; i++)
                 R.targets[i] = tk[p + i + 1];
             if (s == QPK_OK)
-                s = measure_piece(&R, m, R.cr != NULL, false, e);
+                s = measure_piece(&R, m, R.cr != NULL, false, "chunk", (int64_t)c, p, e);
         }
         if (s == QPK_OK)
             s = step(o, (int)c, (int)n_chunks, qpk_ppl_value(&R.acc.ppl_model), e);
@@ -155,12 +172,12 @@ qpk_status qpk_verify_tokens(const qpk_model *model, const qpk_model *ref, const
 
 static bool is_float_dtype(qpk_st_dtype d) { return d == QPK_ST_F32 || d == QPK_ST_F16 || d == QPK_ST_BF16; }
 
-static int32_t token_at(const qpk_st_tensor *t, uint64_t i)
+static int64_t token_at(const qpk_st_tensor *t, uint64_t i)
 {
     if (t->dtype == QPK_ST_I64) {
         int64_t v;
         memcpy(&v, (const uint8_t *)t->data + 8 * i, 8);
-        return v < INT32_MIN || v > INT32_MAX ? -1 : (int32_t)v;
+        return v;
     }
     int32_t v;
     memcpy(&v, (const uint8_t *)t->data + 4 * i, 4);
@@ -187,10 +204,10 @@ qpk_status qpk_ref_file_check(const qpk_safetensors *ref, int64_t vocab, qpk_err
         return qpk_err_setf(e, QPK_E_MISMATCH, "'logits' has %lld entries per position; the model's vocabulary has %lld",
                             (long long)lg->shape[2], (long long)vocab);
     for (uint64_t i = 0; i < tk->numel; i++) {
-        int32_t t = token_at(tk, i);
+        int64_t t = token_at(tk, i);
         if (t < 0 || t >= vocab)
-            return qpk_err_setf(e, QPK_E_VALUE, "'tokens'[%llu] = %d is outside the vocabulary (%lld)",
-                                (unsigned long long)i, t, (long long)vocab);
+            return qpk_err_setf(e, QPK_E_VALUE, "'tokens'[%llu] = %lld is outside the vocabulary (%lld)",
+                                (unsigned long long)i, (long long)t, (long long)vocab);
     }
     return QPK_OK;
 }
@@ -217,7 +234,7 @@ qpk_status qpk_verify_ref_file(const qpk_model *model, const qpk_safetensors *re
     size_t esize = qpk_st_dtype_size(lg->dtype);
     for (int64_t q = 0; q < S && s == QPK_OK; q++) {
         for (int64_t t = 0; t < T; t++)
-            seq[t] = token_at(tk, (uint64_t)(q * T + t));
+            seq[t] = (int32_t)token_at(tk, (uint64_t)(q * T + t)); /* in range: checked above */
         qpk_context_reset(R.cm);
         for (int64_t p = 0; p < T && s == QPK_OK; p += PIECE) {
             int m = T - p < PIECE ? (int)(T - p) : PIECE;
@@ -228,7 +245,7 @@ qpk_status qpk_verify_ref_file(const qpk_model *model, const qpk_safetensors *re
                 R.targets[i] = p + i + 1 < T ? seq[p + i + 1] : -1;
             }
             if (s == QPK_OK)
-                s = measure_piece(&R, m, true, true, e);
+                s = measure_piece(&R, m, true, true, "sequence", q, p, e);
         }
         if (s == QPK_OK)
             s = step(o, (int)q, (int)S, qpk_ppl_value(&R.acc.ppl_model), e);

@@ -196,6 +196,7 @@ typedef struct qpk_convert_opts {
     qpk_method method;    /* how the quantized linear weights are chosen (embedding and head: RTN) */
     qpk_calib_opts calib; /* for GPTQ and AWQ */
     int n_threads;        /* 0: all cores; the output does not depend on it */
+    bool allow_nonfinite; /* keep NaN and infinite weights of tensors not quantized (else refused, named) */
     const char *command;  /* recorded in the provenance (callers leave out thread counts) */
     qpk_callbacks cb;
 } qpk_convert_opts;

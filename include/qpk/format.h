@@ -97,6 +97,7 @@ typedef struct qpk_type_info {
     uint32_t head_bytes; /* block types: bytes before the codes in each block */
     uint32_t block;      /* weights per block when the type fixes it; 0: the tensor's group size */
     int32_t ggml_type;   /* the GGUF type it exports to in blocks of 32, or -1 */
+    int32_t scale_at[2]; /* block types: byte offsets of the f16 scales in a block (-1: none) */
 } qpk_type_info;
 
 /* Group sizes of the types that take one are multiples of this (whole 16-byte halves of 4-bit codes). */
@@ -271,7 +272,7 @@ const char *qpk_metadata(const qpk_file *f, size_t *len);
 /* The model description parsed from the metadata at open. */
 const qpk_config *qpk_file_config(const qpk_file *f);
 
-/* Recomputes tensor i's XXH3 and compares it with the table. */
+/* Recomputes tensor i's XXH3 and compares it with the table; checks that its scales are finite. */
 qpk_status qpk_verify_tensor(const qpk_file *f, size_t i, qpk_err *e);
 
 /*

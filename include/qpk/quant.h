@@ -92,6 +92,9 @@ void qpk_row_to_f32(uint32_t src_type, const void *src, float *dst, size_t n);
  */
 size_t qpk_row_from_f32(uint32_t dst_type, const float *src, void *dst, size_t n);
 
+/* The index of the first NaN or infinity among n elements of a plain type (F32, F16, BF16), or n. */
+size_t qpk_first_nonfinite(uint32_t type, const void *src, size_t n);
+
 /* ============================================================ quantization == */
 
 /*
@@ -218,6 +221,14 @@ void qpk_pool_free(qpk_pool *p); /* NULL-safe */
 int qpk_pool_threads(const qpk_pool *p);
 /* Runs fn(ctx, i, thread) for i in [0, n_tasks); returns when all are done. */
 void qpk_pool_run(qpk_pool *p, int64_t n_tasks, qpk_task_fn fn, void *ctx);
+/*
+ * Cooperative cancellation, about as fast as one task: cancel(ud) is polled before each
+ * task, and once it returns true no further task of any job runs (a job in progress
+ * ends early, its outputs incomplete). Whoever runs jobs checks qpk_pool_cancelled()
+ * after them and stops with QPK_E_CANCELLED. Setting a predicate clears the state.
+ */
+void qpk_pool_set_cancel(qpk_pool *p, bool (*cancel)(void *ud), void *ud);
+bool qpk_pool_cancelled(qpk_pool *p);
 
 /*
  * y[T][rows] = x[T][cols] . W^T on all the pool's threads, rows split among them (each

@@ -57,6 +57,9 @@ typedef struct qpk_context_opts {
     int n_threads; /* 0: all online CPUs */
     bool scalar;   /* use the scalar kernels even where AVX2 is available */
     qpk_pool *pool; /* run on this pool (shared with the caller) instead of a new one */
+    /* Polled as work runs (a new pool only): once true, qpk_eval stops with QPK_E_CANCELLED. */
+    bool (*cancel)(void *ud);
+    void *cancel_ud;
 } qpk_context_opts;
 
 /* KV memory grows with the positions in use, not with n_ctx. opts may be NULL. */

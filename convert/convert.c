@@ -11,6 +11,8 @@
 
 #include "internal.h"
 #include "qpk/gguf.h"
+#include "qpk/tokenizer.h"
+#include "qpk_json.h"
 
 #define CHUNK_ELEMS (1u << 18)       /* f32 staging for conversions: 1 MiB */
 #define COPY_CHUNK (64ull << 20)     /* bytes per write when copying as is */
@@ -20,6 +22,7 @@ static const char *const EMBEDDED_FILES[] = {"tokenizer.json", "tokenizer_config
 
 typedef struct job {
     const qpk_convert_opts *o;
+    const qpk_config *cfg;
     qpk_writer *w;          /* the .qpk being written, or */
     qpk_gguf_export *gguf;  /* the GGUF (whose tensors are all declared before any data) */
     qpk_pool *pool;
@@ -338,6 +341,33 @@ static qpk_status gguf_head(job *j, const qpk_checkpoint *ck, const char *dir, c
     return s;
 }
 
+/*
+ * What is embedded must read back: every file strict JSON, and a tokenizer whose ids the
+ * vocabulary holds (as GGUF export requires). One that qpk's tokenizer cannot read is
+ * embedded all the same, with a warning: conversion and token-id evaluation need no text.
+ */
+static qpk_status check_embedded(const job *j, const char *name, const char *data, size_t len, qpk_err *e)
+{
+    QPK_TRY(qpk_json_check(name, data, len, e));
+    if (strcmp(name, "tokenizer.json") != 0)
+        return QPK_OK;
+    qpk_tokenizer *tok;
+    qpk_err why = {0};
+    if (qpk_tokenizer_load(&tok, data, len, &why) != QPK_OK) {
+        if (why.status == QPK_E_NOMEM)
+            return qpk_err_setf(e, why.status, "%s", why.msg);
+        char msg[900];
+        snprintf(msg, sizeof msg, "tokenizer.json is embedded, but qpk's tokenizer cannot read it (%s): --text and "
+                 "--calib will not work with this file", why.msg);
+        if (j->o->cb.log)
+            j->o->cb.log(j->o->cb.ud, QPK_LOG_WARN, msg);
+        return QPK_OK;
+    }
+    qpk_status s = qpk_tokenizer_fits(tok, j->cfg->vocab_size, e);
+    qpk_tokenizer_free(tok);
+    return s;
+}
+
 static qpk_status embed_files(job *j, const char *dir, cJSON *prov, qpk_err *e)
 {
     cJSON *list = cJSON_AddArrayToObject(prov, "embedded_files");
@@ -354,6 +384,8 @@ static qpk_status embed_files(job *j, const char *dir, cJSON *prov, qpk_err *e)
             }
             continue;
         }
+        if (s == QPK_OK)
+            s = check_embedded(j, EMBEDDED_FILES[i], data, len, e);
         if (s == QPK_OK)
             s = qpk_writer_add_blob(j->w, EMBEDDED_FILES[i], data, len, e);
         free(data);
@@ -468,6 +500,27 @@ static qpk_status job_buffers(job *j, const qpk_config *c, qpk_err *e)
     return j->rows_f32 && j->f32 && j->out ? QPK_OK : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
 }
 
+/* A --keep rule that matches no tensor of the model does nothing: say so. */
+static void warn_unmatched_rules(const qpk_convert_opts *o, const qpk_config *c)
+{
+    for (size_t r = 0; r < o->n_rules && o->cb.log; r++) {
+        bool hit = o->rules[r].implied;
+        for (size_t i = 0; i < qpk_model_n_tensors(c) && !hit; i++) {
+            qpk_role role;
+            int layer;
+            char name[QPK_MAX_NAME];
+            qpk_model_tensor_at(c, i, &role, &layer);
+            qpk_tensor_name(name, sizeof name, role, layer);
+            hit = qpk_quant_rule_matches(&o->rules[r], name);
+        }
+        if (!hit) {
+            char msg[256];
+            snprintf(msg, sizeof msg, "the rule '%s' matches no tensor of this model: it does nothing", o->rules[r].pattern);
+            o->cb.log(o->cb.ud, QPK_LOG_WARN, msg);
+        }
+    }
+}
+
 /* The output must not be any file the conversion reads: it would replace that input. */
 static qpk_status check_output(const qpk_checkpoint *ck, const char *dir, const char *out, qpk_err *e)
 {
@@ -501,6 +554,10 @@ qpk_status qpk_convert(const char *dir, const char *out, const qpk_convert_opts 
     qpk_status s = qpk_checkpoint_open(&ck, dir, &o->cb, e);
     if (s == QPK_OK)
         s = check_output(ck, dir, out, e);
+    if (s == QPK_OK) {
+        j.cfg = qpk_checkpoint_config(ck);
+        warn_unmatched_rules(o, j.cfg);
+    }
     if (s == QPK_OK && !(meta = base_metadata(ck, o, &prov)))
         s = qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     if (s == QPK_OK && (s = qpk_pool_create(&j.pool, o->n_threads, e)) == QPK_OK && o->cb.cancel)

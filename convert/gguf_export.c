@@ -215,9 +215,7 @@ static qpk_status write_tokenizer(qpk_gguf_writer *w, const qpk_config *c, const
     QPK_TRY(qpk_gguf_kv_string(w, "tokenizer.ggml.model", "gpt2", 4, e));
     QPK_TRY(qpk_gguf_kv_string(w, "tokenizer.ggml.pre", "qwen2", 5, e));
     uint64_t n = (uint64_t)c->vocab_size;
-    if (qpk_tokenizer_n_tokens(tok) > n)
-        return qpk_err_setf(e, QPK_E_MISMATCH, "the tokenizer has %zu tokens, more than the vocabulary's %llu rows",
-                            qpk_tokenizer_n_tokens(tok), (unsigned long long)n);
+    QPK_TRY(qpk_tokenizer_fits(tok, c->vocab_size, e));
     QPK_TRY(qpk_gguf_kv_string_array(w, "tokenizer.ggml.tokens", n, token_text, v, e));
     for (uint64_t i = 0; i < n; i++)
         types[i] = token_type(tok, (int32_t)i);

@@ -9,6 +9,26 @@
 
 #include "internal.h"
 
+/* A glob fnmatch reads as written: every '[' opens a class that a ']' closes ("[]" and "[!]" hold a ']'). */
+static bool glob_ok(const char *p)
+{
+    for (; *p; p++) {
+        if (*p == '\\' && p[1])
+            p++;
+        else if (*p == '[') {
+            const char *q = p + 1;
+            q += *q == '!' || *q == '^';
+            q += *q == ']';
+            while (*q && *q != ']')
+                q++;
+            if (!*q)
+                return false;
+            p = q;
+        }
+    }
+    return true;
+}
+
 qpk_status qpk_quant_rule_parse(const char *text, qpk_quant_rule *out, qpk_err *e)
 {
     memset(out, 0, sizeof *out);
@@ -16,6 +36,8 @@ qpk_status qpk_quant_rule_parse(const char *text, qpk_quant_rule *out, qpk_err *
     if (!eq || eq == text || (size_t)(eq - text) >= sizeof out->pattern)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "rule '%s': expected PATTERN=TYPE[/gN|/row]", text);
     memcpy(out->pattern, text, (size_t)(eq - text));
+    if (!glob_ok(out->pattern))
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "rule '%s': the pattern has a '[' that no ']' closes", text);
     char type[32];
     snprintf(type, sizeof type, "%s", eq + 1);
     char *slash = strchr(type, '/');
@@ -41,7 +63,7 @@ qpk_status qpk_quant_rule_parse(const char *text, qpk_quant_rule *out, qpk_err *
     return QPK_OK;
 }
 
-static bool rule_matches(const qpk_quant_rule *r, const char *name)
+bool qpk_quant_rule_matches(const qpk_quant_rule *r, const char *name)
 {
     if (strpbrk(r->pattern, "*?["))
         return fnmatch(r->pattern, name, 0) == 0;
@@ -69,7 +91,7 @@ qpk_status qpk_tensor_plan(const qpk_convert_opts *o, const qpk_st_tensor *src, 
     }
     /* A quantized type in a rule applies to matrices only: norms and biases keep theirs. */
     for (size_t i = 0; i < o->n_rules; i++)
-        if (rule_matches(&o->rules[i], name) && !(vector && qpk_type_is_quantized((uint32_t)o->rules[i].type))) {
+        if (qpk_quant_rule_matches(&o->rules[i], name) && !(vector && qpk_type_is_quantized((uint32_t)o->rules[i].type))) {
             *type = (uint32_t)o->rules[i].type;
             *group = qpk_type_is_quantized(*type) ? (o->rules[i].group ? o->rules[i].group : o->group) : 0;
         }

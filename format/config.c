@@ -149,6 +149,8 @@ static qpk_status check_shapes(qpk_config *c, const cJSON *root, qpk_err *e)
         return qpk_err_setf(e, QPK_E_CORRUPT,
                             "num_attention_heads %lld is not a multiple of num_key_value_heads %lld",
                             (long long)c->n_heads, (long long)c->n_kv_heads);
+    if (c->use_sliding_window && c->sliding_window == 0)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "use_sliding_window is true but sliding_window is 0 (an empty window)");
     if (c->bos_token_id >= c->vocab_size)
         return qpk_err_setf(e, QPK_E_CORRUPT, "bos_token_id %lld >= vocab_size",
                             (long long)c->bos_token_id);

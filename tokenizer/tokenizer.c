@@ -200,6 +200,14 @@ size_t qpk_tokenizer_n_tokens(const qpk_tokenizer *t)
     return t ? t->n_ids : 0;
 }
 
+qpk_status qpk_tokenizer_fits(const qpk_tokenizer *t, int64_t vocab, qpk_err *e)
+{
+    if (vocab < 0 || qpk_tokenizer_n_tokens(t) > (uint64_t)vocab)
+        return qpk_err_setf(e, QPK_E_MISMATCH, "the tokenizer has %zu tokens, more than the vocabulary's %lld rows",
+                            qpk_tokenizer_n_tokens(t), (long long)vocab);
+    return QPK_OK;
+}
+
 const char *qpk_tokenizer_token(const qpk_tokenizer *t, int32_t id, size_t *len)
 {
     if (len)

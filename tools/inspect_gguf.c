@@ -119,83 +119,6 @@ static cJSON *json_value(const qpk_gguf *g, const qpk_gguf_value *v)
     return o;
 }
 
-/* ---------------------------------------------------------- Qwen2 check */
-
-static bool get_u32_key(const qpk_gguf *g, const char *key, uint64_t *out, qpk_err *e)
-{
-    qpk_gguf_value v;
-    if (!qpk_gguf_find(g, key, &v) || (v.type != QPK_GGUF_U32 && v.type != QPK_GGUF_U64)) {
-        qpk_err_setf(e, QPK_E_MISMATCH, "no %s (u32)", key);
-        return false;
-    }
-    *out = v.num.u;
-    return true;
-}
-
-static bool expect_tensor(const qpk_gguf *g, const char *name, int n_dims, uint64_t ne0, uint64_t ne1, size_t *found,
-                          qpk_err *e)
-{
-    const qpk_gguf_tensor *t = qpk_gguf_find_tensor(g, name);
-    if (!t) {
-        qpk_err_setf(e, QPK_E_MISMATCH, "tensor %s is missing", name);
-        return false;
-    }
-    if (t->n_dims != n_dims || t->ne[0] != ne0 || (n_dims == 2 && t->ne[1] != ne1)) {
-        if (n_dims == 2)
-            qpk_err_setf(e, QPK_E_MISMATCH, "tensor %s: expected ne [%" PRIu64 ", %" PRIu64 "]", name, ne0, ne1);
-        else
-            qpk_err_setf(e, QPK_E_MISMATCH, "tensor %s: expected ne [%" PRIu64 "]", name, ne0);
-        return false;
-    }
-    (*found)++;
-    return true;
-}
-
-/* What llama.cpp needs of a qwen2 GGUF: the hyperparameters, a tokenizer, and every tensor with its shape. */
-static qpk_status check_qwen2(const qpk_gguf *g, qpk_err *e)
-{
-    qpk_gguf_value v;
-    if (!qpk_gguf_find(g, "general.architecture", &v) || v.type != QPK_GGUF_STRING || v.len != 5 ||
-        memcmp(v.str, "qwen2", 5))
-        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "general.architecture is not \"qwen2\": only Qwen2 is checked");
-    uint64_t layers, embd, ff, heads, kv_heads;
-    if (!get_u32_key(g, "qwen2.block_count", &layers, e) || !get_u32_key(g, "qwen2.embedding_length", &embd, e) ||
-        !get_u32_key(g, "qwen2.feed_forward_length", &ff, e) ||
-        !get_u32_key(g, "qwen2.attention.head_count", &heads, e) ||
-        !get_u32_key(g, "qwen2.attention.head_count_kv", &kv_heads, e))
-        return QPK_E_MISMATCH;
-    if (heads == 0 || kv_heads == 0 || embd % heads || heads % kv_heads || layers > 100000)
-        return qpk_err_setf(e, QPK_E_MISMATCH, "inconsistent head counts");
-    if (!qpk_gguf_find(g, "tokenizer.ggml.tokens", &v) || v.type != QPK_GGUF_ARRAY || v.elem_type != QPK_GGUF_STRING)
-        return qpk_err_setf(e, QPK_E_MISMATCH, "no tokenizer.ggml.tokens");
-    uint64_t vocab = v.len, kv_dim = embd / heads * kv_heads;
-    size_t found = 0;
-    char name[64];
-    if (!expect_tensor(g, "token_embd.weight", 2, embd, vocab, &found, e) ||
-        !expect_tensor(g, "output_norm.weight", 1, embd, 0, &found, e))
-        return QPK_E_MISMATCH;
-    if (qpk_gguf_find_tensor(g, "output.weight") && !expect_tensor(g, "output.weight", 2, embd, vocab, &found, e))
-        return QPK_E_MISMATCH;
-    static const struct { const char *name; int n_dims; int ne0, ne1; } LAYER[] = {
-        /* sizes: 0 embd, 1 kv_dim, 2 ff */
-        {"attn_norm.weight", 1, 0, 0}, {"attn_q.weight", 2, 0, 0},   {"attn_q.bias", 1, 0, 0},
-        {"attn_k.weight", 2, 0, 1},    {"attn_k.bias", 1, 1, 0},     {"attn_v.weight", 2, 0, 1},
-        {"attn_v.bias", 1, 1, 0},      {"attn_output.weight", 2, 0, 0}, {"ffn_norm.weight", 1, 0, 0},
-        {"ffn_gate.weight", 2, 0, 2},  {"ffn_up.weight", 2, 0, 2},   {"ffn_down.weight", 2, 2, 0},
-    };
-    const uint64_t size[3] = {embd, kv_dim, ff};
-    for (uint64_t l = 0; l < layers; l++)
-        for (size_t i = 0; i < sizeof LAYER / sizeof *LAYER; i++) {
-            snprintf(name, sizeof name, "blk.%" PRIu64 ".%s", l, LAYER[i].name);
-            if (!expect_tensor(g, name, LAYER[i].n_dims, size[LAYER[i].ne0], size[LAYER[i].ne1], &found, e))
-                return QPK_E_MISMATCH;
-        }
-    if (found != qpk_gguf_n_tensors(g))
-        return qpk_err_setf(e, QPK_E_MISMATCH, "%zu tensors beyond those of a qwen2 model",
-                            qpk_gguf_n_tensors(g) - found);
-    return QPK_OK;
-}
-
 /* ---------------------------------------------------------------- main */
 
 static void print_text(const char *path, const qpk_gguf *g, uint64_t size, bool tensors, bool verified)
@@ -281,7 +204,8 @@ int inspect_gguf(cli *c, const char *path, bool json, bool tensors, bool verify)
     qpk_err e = {0};
     if (qpk_gguf_open(&g, path, &e) != QPK_OK)
         return cli_fail(c, &e);
-    if (verify && check_qwen2(g, &e) != QPK_OK) {
+    qpk_config cfg;
+    if (verify && qpk_gguf_qwen2(g, &cfg, &e) != QPK_OK) {
         qpk_gguf_close(g);
         qpk_err_prefix(&e, "%s", path);
         return cli_fail(c, &e);

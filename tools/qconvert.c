@@ -72,6 +72,7 @@ int main(int argc, char **argv)
     cli_init(&c, "qconvert");
     const char *in = NULL, *out = NULL, *to = NULL;
     bool group_given = false, model_opts = false; /* options that only a conversion from a folder takes */
+    bool gptq_opts = false, windows_given = false;
     qpk_convert_opts o = {.dtype = -1, .group = 128};
     qpk_quant_rule rules[64];
     const char *calib_path = NULL; /* --calib-tokens, or --calib (calib_text) */
@@ -144,6 +145,7 @@ int main(int argc, char **argv)
                     snprintf(text, sizeof text, "%s=%s", names[k], v);
                     if (qpk_quant_rule_parse(text, &rules[k], &e) != QPK_OK)
                         return cli_usage_error(&c, "--embed-type: %s", e.msg);
+                    rules[k].implied = true; /* the head's rule does nothing for a tied model: no warning */
                 }
                 n_rules += 2, n_embed++;
             }
@@ -164,17 +166,19 @@ int main(int argc, char **argv)
             if (!cli_parse_int(v, 1, 1 << 20, &n))
                 return cli_usage_error(&c, "%s needs a positive count", a);
             *(!strcmp(a, "--calib-len") ? &o.calib.seq_len : &o.calib.samples) = (int)n, i++;
+            windows_given = true;
         } else if (!strcmp(a, "--seed")) {
             long long n;
             if (!cli_parse_int(v, 0, INT64_MAX, &n))
                 return cli_usage_error(&c, "--seed needs a non-negative number");
             o.calib.seed = (uint64_t)n, i++;
+            windows_given = true;
         } else if (!strcmp(a, "--damp")) {
             if (!cli_parse_double(v, &o.calib.damp) || !(o.calib.damp > 0 && o.calib.damp < 10))
                 return cli_usage_error(&c, "--damp needs a number in (0, 10)");
-            i++;
+            i++, gptq_opts = true;
         } else if (!strcmp(a, "--act-order")) {
-            o.calib.act_order = true;
+            o.calib.act_order = gptq_opts = true;
         } else if (!strcmp(a, "--awq-fold-only")) {
             o.calib.awq_fold_only = true;
         } else if (!strcmp(a, "--allow-nonfinite")) {
@@ -227,6 +231,22 @@ int main(int argc, char **argv)
     }
     if (n_embed > 1)
         return cli_usage_error(&c, "--embed-type given twice");
+    /* Options that would do nothing are refused rather than ignored. */
+    if (gptq_opts && o.method != QPK_METHOD_GPTQ)
+        return cli_usage_error(&c, "--damp and --act-order are GPTQ's: they go with --method gptq");
+    if (o.calib.awq_fold_only && o.method != QPK_METHOD_AWQ)
+        return cli_usage_error(&c, "--awq-fold-only goes with --method awq");
+    if (windows_given && o.method == QPK_METHOD_RTN)
+        return cli_usage_error(&c, "--calib-samples, --calib-len and --seed choose calibration windows: they go with "
+                                   "--method gptq or awq");
+    bool quantized_rule = false;
+    for (size_t k = 0; k < n_rules; k++)
+        quantized_rule |= qpk_type_is_quantized((uint32_t)rules[k].type);
+    if (group_given && !o.quant && !quantized_rule)
+        return cli_usage_error(&c, "--group sets the group of quantized tensors: give --quant (or a --keep rule with a "
+                                   "quantized type)");
+    if (calib_path && qpk_same_file(out, calib_path))
+        return cli_usage_error(&c, "the output '%s' is the calibration file: refusing to replace an input", out);
     if (o.method != QPK_METHOD_RTN && !o.quant)
         return cli_usage_error(&c, "--method %s needs --quant", o.method == QPK_METHOD_GPTQ ? "gptq" : "awq");
     if (o.method != QPK_METHOD_RTN && !calib_path)
@@ -242,6 +262,12 @@ int main(int argc, char **argv)
         if (qpk_read_tokens(calib_path, &calib, &o.calib.n_tokens, &e) != QPK_OK)
             return cli_fail(&c, &e);
         o.calib.source_xxh3 = qpk_xxh3(calib, o.calib.n_tokens * sizeof *calib);
+    }
+    if (calib_path && o.calib.n_tokens == 0) {
+        free(calib);
+        qpk_err_setf(&e, QPK_E_MISMATCH, "the calibration file '%s' holds no tokens%s", calib_path,
+                     calib_text ? " (its text is empty)" : "");
+        return cli_fail(&c, &e);
     }
     if (calib_path) {
         o.calib.tokens = calib;

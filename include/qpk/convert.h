@@ -135,6 +135,19 @@ qpk_status qpk_tokenize_file(const char *model, const char *path, int32_t **ids,
  */
 qpk_status qpk_read_tokens(const char *path, int32_t **ids, size_t *n, qpk_err *e);
 
+/* ==================================================================== GGUF == */
+
+typedef struct qpk_gguf qpk_gguf; /* qpk/gguf.h */
+
+/*
+ * A GGUF file as a Qwen2 model: checks the architecture, every qwen2 hyperparameter (types,
+ * finite positive rope base and norm epsilon), the tokenizer keys (a gpt2 tokenizer with
+ * the qwen2 pre-tokenizer; tokens valid UTF-8; token types known; every merge two tokens
+ * of the vocabulary; every special id a token) and every tensor's name, shape and type
+ * (norms and biases F32), and describes it as the one qpk_config.
+ */
+qpk_status qpk_gguf_qwen2(const qpk_gguf *g, qpk_config *cfg, qpk_err *e);
+
 /* ================================================================ conversion == */
 
 /* A per-tensor override: tensors whose name matches pattern get type (and group). */
@@ -142,10 +155,13 @@ typedef struct qpk_quant_rule {
     char pattern[128]; /* glob (fnmatch) if it has * ? [ ; else a substring of the name */
     int type;          /* a qpk_type */
     uint32_t group;    /* for quantized types: 0 = the global group */
+    bool implied;      /* made by the tool from another option: no warning when it matches nothing */
 } qpk_quant_rule;
 
 /* Parses "pattern=type[/gN|/row]" (e.g. "down_proj=int8", "lm_head=f16", "mlp=int4/g32"). */
 qpk_status qpk_quant_rule_parse(const char *text, qpk_quant_rule *out, qpk_err *e);
+/* Whether rule r applies to the tensor called name. */
+bool qpk_quant_rule_matches(const qpk_quant_rule *r, const char *name);
 
 #define QPK_GROUP_ROW UINT32_MAX /* a group as long as the row */
 

@@ -115,6 +115,8 @@ qpk_status qpk_tokenizer_decode(const qpk_tokenizer *t, const int32_t *ids, size
 
 /* 1 + the largest id (vocabulary and added tokens); ids below it may still be holes. */
 size_t qpk_tokenizer_n_tokens(const qpk_tokenizer *t);
+/* QPK_E_MISMATCH unless every id of t has a row in a vocabulary of `vocab` rows (what a model file must hold). */
+qpk_status qpk_tokenizer_fits(const qpk_tokenizer *t, int64_t vocab, qpk_err *e);
 
 /*
  * The token's string as tokenizer.json spells it: the byte-level form for BPE tokens

@@ -1,0 +1,282 @@
+/*
+ * A GGUF file as a Qwen2 model: its hyperparameters become the one qpk_config (built as
+ * config.json text and parsed by qpk_config_parse, so the same rules hold), and
+ * everything a runtime relies on is checked first: the keys' types and values, the
+ * tokenizer keys, and every tensor's name, shape and type.
+ */
+#include <cjson/cJSON.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "qpk/gguf.h"
+
+/* llama.cpp's token types: undefined, normal, unknown, control, user-defined, unused, byte. */
+#define MAX_TOKEN_TYPE 6
+
+static qpk_status get_uint(const qpk_gguf *g, const char *key, bool required, uint64_t dflt, uint64_t *out,
+                           qpk_err *e)
+{
+    qpk_gguf_value v;
+    if (!qpk_gguf_find(g, key, &v)) {
+        if (required)
+            return qpk_err_setf(e, QPK_E_MISMATCH, "no %s", key);
+        *out = dflt;
+        return QPK_OK;
+    }
+    if (v.type != QPK_GGUF_U32 && v.type != QPK_GGUF_U64 && v.type != QPK_GGUF_I32)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "%s is not an unsigned integer", key);
+    if (v.type == QPK_GGUF_I32 && v.num.i < 0)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "%s is %" PRId64 ", negative", key, v.num.i);
+    *out = v.type == QPK_GGUF_I32 ? (uint64_t)v.num.i : v.num.u;
+    return QPK_OK;
+}
+
+static qpk_status get_positive(const qpk_gguf *g, const char *key, bool required, double dflt, double *out,
+                               qpk_err *e)
+{
+    qpk_gguf_value v;
+    if (!qpk_gguf_find(g, key, &v)) {
+        if (required)
+            return qpk_err_setf(e, QPK_E_MISMATCH, "no %s", key);
+        *out = dflt;
+        return QPK_OK;
+    }
+    if (v.type != QPK_GGUF_F32 && v.type != QPK_GGUF_F64)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "%s is not a float", key);
+    if (!isfinite(v.num.f) || v.num.f <= 0)
+        return qpk_err_setf(e, QPK_E_VALUE, "%s is %g: it must be a positive finite number", key, v.num.f);
+    *out = v.num.f;
+    return QPK_OK;
+}
+
+static bool is_string(const qpk_gguf *g, const char *key, const char *want)
+{
+    qpk_gguf_value v;
+    return qpk_gguf_find(g, key, &v) && v.type == QPK_GGUF_STRING && v.len == strlen(want) &&
+           !memcmp(v.str, want, v.len);
+}
+
+/* ------------------------------------------------------------- the tokenizer */
+
+/* The vocabulary as a set of strings: open addressing over (pointer, length). */
+typedef struct token_set {
+    const char **s;
+    uint64_t *len;
+    size_t cap;
+} token_set;
+
+static uint64_t hash_bytes(const char *s, uint64_t n)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (uint64_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
+    return h;
+}
+
+static bool set_has(const token_set *t, const char *s, uint64_t n)
+{
+    for (size_t i = hash_bytes(s, n) & (t->cap - 1);; i = (i + 1) & (t->cap - 1)) {
+        if (!t->s[i])
+            return false;
+        if (t->len[i] == n && !memcmp(t->s[i], s, n))
+            return true;
+    }
+}
+
+static void set_add(token_set *t, const char *s, uint64_t n)
+{
+    size_t i = hash_bytes(s, n) & (t->cap - 1);
+    while (t->s[i] && !(t->len[i] == n && !memcmp(t->s[i], s, n)))
+        i = (i + 1) & (t->cap - 1);
+    t->s[i] = s, t->len[i] = n;
+}
+
+/* Every merge is "a b", two tokens of the vocabulary. */
+static qpk_status check_merges(const qpk_gguf *g, const qpk_gguf_value *tokens, qpk_err *e)
+{
+    qpk_gguf_value m;
+    if (!qpk_gguf_find(g, "tokenizer.ggml.merges", &m))
+        return qpk_err_setf(e, QPK_E_MISMATCH, "no tokenizer.ggml.merges (a gpt2 tokenizer needs them)");
+    if (m.type != QPK_GGUF_ARRAY || m.elem_type != QPK_GGUF_STRING)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "tokenizer.ggml.merges is not an array of strings");
+    token_set t = {0};
+    t.cap = 1;
+    while (t.cap < 2 * tokens->len + 2)
+        t.cap *= 2;
+    t.s = calloc(t.cap, sizeof *t.s), t.len = calloc(t.cap, sizeof *t.len);
+    qpk_status s = t.s && t.len ? QPK_OK : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    for (uint64_t i = 0; i < tokens->len && s == QPK_OK; i++) {
+        uint64_t n;
+        const char *str = qpk_gguf_array_string(g, tokens, i, &n);
+        set_add(&t, str, n);
+    }
+    for (uint64_t i = 0; i < m.len && s == QPK_OK; i++) {
+        uint64_t n;
+        const char *str = qpk_gguf_array_string(g, &m, i, &n);
+        const char *sp = memchr(str, ' ', (size_t)n);
+        if (!sp || sp == str || sp + 1 == str + n || memchr(sp + 1, ' ', (size_t)(str + n - sp - 1)))
+            s = qpk_err_setf(e, QPK_E_CORRUPT, "tokenizer.ggml.merges[%" PRIu64 "] is not two tokens \"a b\"", i);
+        else if (!set_has(&t, str, (uint64_t)(sp - str)) || !set_has(&t, sp + 1, (uint64_t)(str + n - sp - 1)))
+            s = qpk_err_setf(e, QPK_E_CORRUPT, "tokenizer.ggml.merges[%" PRIu64 "] \"%.*s\" names a token the "
+                             "vocabulary does not have", i, (int)(n < 80 ? n : 80), str);
+    }
+    free(t.s), free(t.len);
+    return s;
+}
+
+static qpk_status check_tokenizer(const qpk_gguf *g, uint64_t *vocab, qpk_err *e)
+{
+    if (!is_string(g, "tokenizer.ggml.model", "gpt2"))
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "tokenizer.ggml.model is not \"gpt2\" (Qwen2's byte-level BPE)");
+    qpk_gguf_value v;
+    if (qpk_gguf_find(g, "tokenizer.ggml.pre", &v) && !is_string(g, "tokenizer.ggml.pre", "qwen2"))
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "tokenizer.ggml.pre is not \"qwen2\"");
+    qpk_gguf_value tok;
+    if (!qpk_gguf_find(g, "tokenizer.ggml.tokens", &tok) || tok.type != QPK_GGUF_ARRAY ||
+        tok.elem_type != QPK_GGUF_STRING || tok.len == 0)
+        return qpk_err_setf(e, QPK_E_MISMATCH, "no tokenizer.ggml.tokens (an array of strings)");
+    for (uint64_t i = 0; i < tok.len; i++) {
+        uint64_t n;
+        const char *s = qpk_gguf_array_string(g, &tok, i, &n);
+        if (qpk_utf8_valid_prefix(s, (size_t)n) != n)
+            return qpk_err_setf(e, QPK_E_CORRUPT, "tokenizer.ggml.tokens[%" PRIu64 "] is not valid UTF-8", i);
+    }
+    if (qpk_gguf_find(g, "tokenizer.ggml.token_type", &v)) {
+        if (v.type != QPK_GGUF_ARRAY || v.elem_type != QPK_GGUF_I32 || v.len != tok.len)
+            return qpk_err_setf(e, QPK_E_CORRUPT, "tokenizer.ggml.token_type is not one i32 per token");
+        for (uint64_t i = 0; i < v.len; i++) {
+            int32_t t;
+            memcpy(&t, v.elems + 4 * i, 4);
+            if (t < 0 || t > MAX_TOKEN_TYPE)
+                return qpk_err_setf(e, QPK_E_CORRUPT, "tokenizer.ggml.token_type[%" PRIu64 "] is %d (0..%d)", i, t,
+                                    MAX_TOKEN_TYPE);
+        }
+    }
+    /* Every special id a runtime may emit or insert must be a token. */
+    for (size_t i = 0; i < qpk_gguf_n_kv(g); i++) {
+        const char *key = qpk_gguf_kv_at(g, i, &v);
+        size_t n = strlen(key);
+        if (strncmp(key, "tokenizer.ggml.", 15) || n < 24 || strcmp(key + n - 9, "_token_id"))
+            continue;
+        uint64_t id;
+        QPK_TRY(get_uint(g, key, true, 0, &id, e));
+        if (id >= tok.len)
+            return qpk_err_setf(e, QPK_E_CORRUPT, "%s is %" PRIu64 ", outside the vocabulary of %" PRIu64 " tokens",
+                                key, id, tok.len);
+    }
+    *vocab = tok.len;
+    return check_merges(g, &tok, e);
+}
+
+/* --------------------------------------------------------------- tensors */
+
+static qpk_status expect_tensor(const qpk_gguf *g, const char *name, int n_dims, uint64_t ne0, uint64_t ne1,
+                                size_t *found, qpk_err *e)
+{
+    const qpk_gguf_tensor *t = qpk_gguf_find_tensor(g, name);
+    if (!t)
+        return qpk_err_setf(e, QPK_E_MISMATCH, "tensor %s is missing", name);
+    if (t->n_dims != n_dims || t->ne[0] != ne0 || (n_dims == 2 && t->ne[1] != ne1)) {
+        if (n_dims == 2)
+            return qpk_err_setf(e, QPK_E_MISMATCH, "tensor %s: expected ne [%" PRIu64 ", %" PRIu64 "]", name, ne0, ne1);
+        return qpk_err_setf(e, QPK_E_MISMATCH, "tensor %s: expected ne [%" PRIu64 "]", name, ne0);
+    }
+    /* Norms and biases are added and multiplied in f32 by llama.cpp: they must be F32. */
+    if (n_dims == 1 && t->type != QPK_GGML_F32)
+        return qpk_err_setf(e, QPK_E_MISMATCH, "tensor %s is %s: norms and biases must be F32", name,
+                            qpk_ggml_type_name(t->type));
+    (*found)++;
+    return QPK_OK;
+}
+
+static qpk_status check_tensors(const qpk_gguf *g, const qpk_config *c, qpk_err *e)
+{
+    const uint64_t embd = (uint64_t)c->hidden_size, vocab = (uint64_t)c->vocab_size;
+    const uint64_t q_dim = (uint64_t)(c->n_heads * c->head_dim), kv_dim = (uint64_t)(c->n_kv_heads * c->head_dim);
+    size_t found = 0;
+    QPK_TRY(expect_tensor(g, "token_embd.weight", 2, embd, vocab, &found, e));
+    QPK_TRY(expect_tensor(g, "output_norm.weight", 1, embd, 0, &found, e));
+    if (!c->tie_word_embeddings)
+        QPK_TRY(expect_tensor(g, "output.weight", 2, embd, vocab, &found, e));
+    static const struct {
+        const char *name;
+        int n_dims, ne0, ne1; /* sizes: 0 embd, 1 kv_dim, 2 ff, 3 q_dim */
+    } LAYER[] = {
+        {"attn_norm.weight", 1, 0, 0}, {"attn_q.weight", 2, 0, 3},       {"attn_q.bias", 1, 3, 0},
+        {"attn_k.weight", 2, 0, 1},    {"attn_k.bias", 1, 1, 0},         {"attn_v.weight", 2, 0, 1},
+        {"attn_v.bias", 1, 1, 0},      {"attn_output.weight", 2, 3, 0}, {"ffn_norm.weight", 1, 0, 0},
+        {"ffn_gate.weight", 2, 0, 2},  {"ffn_up.weight", 2, 0, 2},       {"ffn_down.weight", 2, 2, 0},
+    };
+    const uint64_t size[4] = {embd, kv_dim, (uint64_t)c->intermediate_size, q_dim};
+    char name[64];
+    for (int64_t l = 0; l < c->n_layers; l++)
+        for (size_t i = 0; i < sizeof LAYER / sizeof *LAYER; i++) {
+            snprintf(name, sizeof name, "blk.%" PRId64 ".%s", l, LAYER[i].name);
+            QPK_TRY(expect_tensor(g, name, LAYER[i].n_dims, size[LAYER[i].ne0], size[LAYER[i].ne1], &found, e));
+        }
+    if (found != qpk_gguf_n_tensors(g))
+        return qpk_err_setf(e, QPK_E_MISMATCH, "%zu tensors beyond those of a qwen2 model",
+                            qpk_gguf_n_tensors(g) - found);
+    return QPK_OK;
+}
+
+/* ------------------------------------------------------------------- API */
+
+qpk_status qpk_gguf_qwen2(const qpk_gguf *g, qpk_config *cfg, qpk_err *e)
+{
+    qpk_gguf_value arch;
+    if (!qpk_gguf_find(g, "general.architecture", &arch) || arch.type != QPK_GGUF_STRING)
+        return qpk_err_setf(e, QPK_E_MISMATCH, "no general.architecture");
+    if (!is_string(g, "general.architecture", "qwen2"))
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "general.architecture is \"%.*s\": qpk reads \"qwen2\" models",
+                            (int)(arch.len < 64 ? arch.len : 64), arch.str);
+    uint64_t layers, ctx, embd, ff, heads, kv_heads, vocab = 0;
+    double theta, eps;
+    QPK_TRY(get_uint(g, "qwen2.block_count", true, 0, &layers, e));
+    QPK_TRY(get_uint(g, "qwen2.context_length", true, 0, &ctx, e));
+    QPK_TRY(get_uint(g, "qwen2.embedding_length", true, 0, &embd, e));
+    QPK_TRY(get_uint(g, "qwen2.feed_forward_length", true, 0, &ff, e));
+    QPK_TRY(get_uint(g, "qwen2.attention.head_count", true, 0, &heads, e));
+    QPK_TRY(get_uint(g, "qwen2.attention.head_count_kv", false, heads, &kv_heads, e));
+    QPK_TRY(get_positive(g, "qwen2.rope.freq_base", false, 10000.0, &theta, e)); /* llama.cpp's default */
+    QPK_TRY(get_positive(g, "qwen2.attention.layer_norm_rms_epsilon", true, 0, &eps, e));
+    QPK_TRY(check_tokenizer(g, &vocab, e));
+    const qpk_gguf_tensor *emb = qpk_gguf_find_tensor(g, "token_embd.weight");
+    if (emb && emb->n_dims == 2 && emb->ne[1] > vocab)
+        vocab = emb->ne[1]; /* rows past the tokenizer (padding), as in qwen's own files */
+    /* The same rules as for config.json, by way of its text. */
+    cJSON *o = cJSON_CreateObject();
+    const struct {
+        const char *key;
+        double v;
+    } nums[] = {{"vocab_size", (double)vocab},         {"hidden_size", (double)embd},
+                {"intermediate_size", (double)ff},     {"num_hidden_layers", (double)layers},
+                {"num_attention_heads", (double)heads}, {"num_key_value_heads", (double)kv_heads},
+                {"max_position_embeddings", (double)ctx}, {"rope_theta", theta},
+                {"rms_norm_eps", eps}};
+    cJSON_AddStringToObject(o, "model_type", "qwen2");
+    for (size_t i = 0; i < sizeof nums / sizeof *nums; i++)
+        cJSON_AddNumberToObject(o, nums[i].key, nums[i].v);
+    cJSON_AddBoolToObject(o, "tie_word_embeddings", !qpk_gguf_find_tensor(g, "output.weight"));
+    static const char *const IDS[2][2] = {{"tokenizer.ggml.bos_token_id", "bos_token_id"},
+                                          {"tokenizer.ggml.eos_token_id", "eos_token_id"}};
+    for (int i = 0; i < 2; i++) {
+        uint64_t id;
+        qpk_gguf_value v;
+        if (qpk_gguf_find(g, IDS[i][0], &v) && get_uint(g, IDS[i][0], true, 0, &id, NULL) == QPK_OK)
+            cJSON_AddNumberToObject(o, IDS[i][1], (double)id);
+    }
+    char *text = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (!text)
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    qpk_status st = qpk_config_parse(cfg, text, strlen(text), e);
+    free(text);
+    if (st != QPK_OK)
+        return qpk_err_prefix(e, "the GGUF's qwen2 hyperparameters");
+    return check_tensors(g, cfg, e);
+}

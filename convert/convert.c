@@ -313,7 +313,9 @@ static void folder_name(const char *dir, char *buf, size_t cap)
     size_t b = n;
     while (b > 0 && dir[b - 1] != '/')
         b--;
-    snprintf(buf, cap, "%.*s", (int)(n - b), dir + b);
+    char *safe = strndup(dir + b, n - b), *utf8 = safe ? qpk_utf8_dup(safe) : NULL; /* GGUF strings are UTF-8 */
+    snprintf(buf, cap, "%s", utf8 ? utf8 : "");
+    free(safe), free(utf8);
 }
 
 /* A GGUF needs its tensors and metadata before any data: plan every tensor now. */
@@ -396,6 +398,14 @@ static qpk_status embed_files(job *j, const char *dir, cJSON *prov, qpk_err *e)
     return QPK_OK;
 }
 
+/* A string from outside (a path, a command line) as JSON must have it: valid UTF-8. */
+static void add_text(cJSON *o, const char *key, const char *s)
+{
+    char *safe = qpk_utf8_dup(s ? s : "");
+    cJSON_AddStringToObject(o, key, safe ? safe : "");
+    free(safe);
+}
+
 static void add_recipe(cJSON *m, const qpk_convert_opts *o)
 {
     if (!o->quant && !o->n_rules) {
@@ -419,7 +429,7 @@ static void add_recipe(cJSON *m, const qpk_convert_opts *o)
         char hex[17];
         cJSON *cal = cJSON_AddObjectToObject(q, "calibration");
         snprintf(hex, sizeof hex, "%016llx", (unsigned long long)co->source_xxh3);
-        cJSON_AddStringToObject(cal, "file", co->source ? co->source : "");
+        add_text(cal, "file", co->source);
         cJSON_AddStringToObject(cal, "xxh3", hex);
         cJSON_AddStringToObject(cal, "format", co->source_is_text ? "text" : "int32 tokens");
         cJSON_AddNumberToObject(cal, "tokens", (double)co->n_tokens);
@@ -471,7 +481,7 @@ static cJSON *base_metadata(const qpk_checkpoint *ck, const qpk_convert_opts *o,
     *prov = cJSON_AddObjectToObject(m, "provenance");
     cJSON_AddStringToObject(*prov, "tool", "qconvert");
     cJSON_AddStringToObject(*prov, "version", QPK_VERSION_STRING);
-    cJSON_AddStringToObject(*prov, "command", o->command ? o->command : "");
+    add_text(*prov, "command", o->command);
     cJSON_AddStringToObject(*prov, "dtype", o->dtype < 0 ? "keep" : qpk_type_name((uint32_t)o->dtype));
     cJSON *files = cJSON_AddArrayToObject(*prov, "source_files");
     for (size_t i = 0; i < qpk_checkpoint_n_files(ck); i++) {

@@ -421,7 +421,9 @@ static void base_name(const char *path, char *buf, size_t cap)
     size_t n = strlen(b);
     if (n > 4 && !strcmp(b + n - 4, ".qpk"))
         n -= 4;
-    snprintf(buf, cap, "%.*s", (int)n, b);
+    char *raw = strndup(b, n), *utf8 = raw ? qpk_utf8_dup(raw) : NULL; /* GGUF strings are UTF-8 */
+    snprintf(buf, cap, "%s", utf8 ? utf8 : "");
+    free(raw), free(utf8);
 }
 
 /* A .qpk's tensors as the plan takes them: as they are stored. */

@@ -54,6 +54,10 @@ size_t qpk_utf8_valid_prefix(const char *s, size_t n);
  */
 size_t qpk_utf8_repair(const char *s, size_t n, char *out);
 
+/* A malloc'd, NUL-terminated copy of s repaired as qpk_utf8_repair does (NULL on OOM): for strings
+ * from outside (paths, command lines) that go into JSON or GGUF, which must be UTF-8. */
+char *qpk_utf8_dup(const char *s);
+
 /* ------------------------------------------------------------ mapped input */
 
 /* "a folder", "a FIFO", "a character device", ... for a st_mode. */

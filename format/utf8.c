@@ -2,6 +2,7 @@
  * UTF-8, the one implementation every qpk reader and printer uses: well-formedness as
  * Unicode's Table 3-7 defines it, and repair as Python's decode(errors="replace") does.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "qpk_private.h"
@@ -124,3 +125,12 @@ size_t qpk_utf8_repair(const char *str, size_t n, char *out)
     return o;
 }
 
+
+char *qpk_utf8_dup(const char *s)
+{
+    size_t n = strlen(s);
+    char *out = malloc(3 * n + 1);
+    if (out)
+        out[qpk_utf8_repair(s, n, out)] = 0;
+    return out;
+}

@@ -79,6 +79,13 @@ static const st_case ST_CASES[] = {
     {"overlong UTF-8", "{\"a\xc0\xaf\":{}}", 0, QPK_E_CORRUPT, "header: invalid UTF-8 in a string at byte 3"},
     {"UTF-16 surrogate", "{\"a\xed\xa0\x80\":{}}", 0, QPK_E_CORRUPT, "header: invalid UTF-8 in a string at byte 3"},
     {"offset not exact in double", "{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1e300]}}", 1, QPK_E_CORRUPT, "data_offsets"},
+    /* Where JSON parsers disagree (issue 12): a key twice in one entry, a NUL escape anywhere. */
+    {"dtype given twice", "{\"a\":{\"dtype\":\"F16\",\"shape\":[1],\"dtype\":\"BF16\",\"data_offsets\":[0,2]}}", 2, QPK_E_CORRUPT, "key 'dtype' appears twice"},
+    {"shape twice, escaped", "{\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"sh\\u0061pe\":[1],\"data_offsets\":[0,2]}}", 2, QPK_E_CORRUPT, "key 'shape' appears twice"},
+    {"NUL in a name", "{\"model.norm.weight\\u0000x\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2]}}", 2, QPK_E_UNSUPPORTED, "\\u0000"},
+    {"NUL in metadata", "{\"__metadata__\":{\"format\":\"pt\\u0000\"}}", 0, QPK_E_UNSUPPORTED, "\\u0000"},
+    {"metadata key twice", "{\"__metadata__\":{\"f\":\"a\",\"f\":\"b\"}}", 0, QPK_E_CORRUPT, "key 'f' appears twice"},
+    {"raw control byte", "{\"a\t\":{}}", 0, QPK_E_CORRUPT, "raw control character"},
 };
 
 static void test_safetensors_defects(void)
@@ -178,6 +185,10 @@ static void test_config(void)
         {"{" BASE_CFG "} x", QPK_E_CORRUPT, "config.json: bytes after the JSON value"},
         {"{" BASE_CFG, QPK_E_CORRUPT, "config.json: expected ',' or '}'"},
         {"[1]", QPK_E_CORRUPT, "not an object"},
+        {"{" BASE_CFG ",\"x\":{\"a\":1,\"a\":2}}", QPK_E_CORRUPT, "key 'a' appears twice"},
+        {"{\"model_type\":\"qwen2\\u0000moe\",\"vocab_size\":64}", QPK_E_UNSUPPORTED, "\\u0000"},
+        {"{" BASE_CFG ",\"use_sliding_window\":true,\"sliding_window\":0}", QPK_E_CORRUPT, "an empty window"},
+        {"{" BASE_CFG ",\"torch_dtype\":\"bfloat16\\u0000\"}", QPK_E_UNSUPPORTED, "\\u0000"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         qpk_status s = qpk_config_parse(&c, bad[i].json, strlen(bad[i].json), &e);
@@ -686,10 +697,219 @@ static void test_quantized(void)
     CHECK(!exists(out));
 }
 
+/* ------------------------------------------------------ hostile inputs */
+
+static void test_nonfinite_weights(void)
+{
+    qpk_gen_spec sp = tiny_spec();
+    char *dir = make_dir("nan");
+    qpk_err e = {0};
+    qpk_gen_write(&sp, dir, NULL, &e);
+    /* A NaN as the third element of the first tensor in the file (the embedding), stored as is. */
+    char path[4096], out[4096], out2[4096];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    FILE *f = fopen(path, "r+b");
+    uint64_t hl = 0;
+    CHECK(fread(&hl, 8, 1, f) == 1);
+    fseek(f, (long)(8 + hl + 8), SEEK_SET);
+    float nan = NAN;
+    fwrite(&nan, 4, 1, f);
+    fclose(f);
+    snprintf(out, sizeof out, "%s/out.qpk", dir);
+    snprintf(out2, sizeof out2, "%s/out2.qpk", dir);
+    qpk_convert_opts o = {.dtype = -1};
+    CHECK_ERR(qpk_convert(dir, out, &o, &e), QPK_E_VALUE, e,
+              "tensor 'model.embed_tokens.weight': element 2 (row 0, column 2) is nan: non-finite weights are refused");
+    CHECK(!exists(out));
+    o.dtype = QPK_TYPE_F16;
+    CHECK_ERR(qpk_convert(dir, out, &o, &e), QPK_E_VALUE, e, "element 2 (row 0, column 2) is nan");
+    o.quant = QPK_TYPE_INT8, o.group = 32, o.dtype = -1; /* quantized: never, allowed or not */
+    o.allow_nonfinite = true;
+    CHECK_ERR(qpk_convert(dir, out, &o, &e), QPK_E_VALUE, e, "weight 2 of a group is nan");
+    /* Allowed: kept as it is, in f32 byte for byte, in f16 as an f16 NaN. */
+    o.quant = 0;
+    CHECKF(qpk_convert(dir, out, &o, &e) == QPK_OK, "%s", e.msg);
+    o.dtype = QPK_TYPE_F16;
+    CHECKF(qpk_convert(dir, out2, &o, &e) == QPK_OK, "%s", e.msg);
+    qpk_file *a = NULL, *b = NULL;
+    CHECK(qpk_open(&a, out, NULL, &e) == QPK_OK && qpk_open(&b, out2, NULL, &e) == QPK_OK);
+    if (a && b) {
+        const qpk_tensor *ta = qpk_find_tensor(a, "model.embed_tokens.weight"), *tb = qpk_find_tensor(b, "model.embed_tokens.weight");
+        float x;
+        uint16_t h;
+        memcpy(&x, (const uint8_t *)ta->data + 8, 4), memcpy(&h, (const uint8_t *)tb->data + 4, 2);
+        CHECK(isnan(x) && (h & 0x7c00) == 0x7c00 && (h & 0x3ff));
+    }
+    qpk_close(a), qpk_close(b);
+}
+
+static void test_outputs_and_inputs(void)
+{
+    qpk_gen_spec sp = tiny_spec();
+    char *dir = make_dir("outputs");
+    qpk_err e = {0};
+    qpk_gen_write(&sp, dir, NULL, &e);
+    char out[4096], before[4096];
+    qpk_convert_opts o = {.dtype = -1};
+    snprintf(before, sizeof before, "%s/model.safetensors", dir);
+    struct stat sb0, sb1;
+    stat(before, &sb0);
+    /* -o naming an input: refused by identity, whatever the name (a hard link here). */
+    snprintf(out, sizeof out, "%s/model.safetensors", dir);
+    CHECK_ERR(qpk_convert(dir, out, &o, &e), QPK_E_INVALID_ARG, e, "is the input");
+    snprintf(out, sizeof out, "%s/weights-link", dir);
+    CHECK(link(before, out) == 0);
+    CHECK_ERR(qpk_convert(dir, out, &o, &e), QPK_E_INVALID_ARG, e, "is the input");
+    unlink(out);
+    snprintf(out, sizeof out, "%s/config.json", dir);
+    CHECK_ERR(qpk_convert(dir, out, &o, &e), QPK_E_INVALID_ARG, e, "is the input");
+    stat(before, &sb1);
+    CHECK(sb0.st_ino == sb1.st_ino && sb0.st_size == sb1.st_size);
+    /* Nothing but a regular file is ever replaced: not a FIFO, not a folder. */
+    snprintf(out, sizeof out, "%s/fifo.qpk", dir);
+    CHECK(mkfifo(out, 0644) == 0);
+    CHECK_ERR(qpk_convert(dir, out, &o, &e), QPK_E_IO, e, "exists and is a FIFO");
+    snprintf(out, sizeof out, "%s/folder.qpk", dir);
+    mkdir(out, 0755);
+    CHECK_ERR(qpk_convert(dir, out, &o, &e), QPK_E_IO, e, "exists and is a folder");
+    /* A .qpk re-packed onto itself. */
+    snprintf(out, sizeof out, "%s/a.qpk", dir);
+    CHECK(qpk_convert(dir, out, &o, &e) == QPK_OK);
+    CHECK_ERR(qpk_export_gguf(out, out, NULL, &e), QPK_E_INVALID_ARG, e, "is the input");
+    CHECK(qpk_is_qpk_file(out));
+}
+
+static void test_odd_files(void)
+{
+    qpk_gen_spec sp = tiny_spec();
+    qpk_err e = {0};
+    char path[4096];
+    /* model.safetensors that cannot be read: each says why, and none blocks. */
+    struct {
+        const char *dir, *msg;
+        int kind; /* 0 a FIFO, 1 a folder, 2 a symlink loop, 3 a dangling link, 4 a character device */
+    } odd[] = {
+        {"st-fifo", "is a FIFO, not a regular file", 0},
+        {"st-folder", "is a folder, not a regular file", 1},
+        {"st-loop", "Too many levels of symbolic links", 2},
+        {"st-dangling", "No such file or directory", 3},
+        {"st-device", "is a character device, not a regular file", 4},
+    };
+    for (size_t i = 0; i < sizeof odd / sizeof *odd; i++) {
+        char *dir = make_dir(odd[i].dir);
+        qpk_gen_write(&sp, dir, NULL, &e);
+        snprintf(path, sizeof path, "%s/model.safetensors", dir);
+        unlink(path);
+        switch (odd[i].kind) {
+        case 0: mkfifo(path, 0644); break;
+        case 1: mkdir(path, 0755); break;
+        case 2: symlink("model.safetensors", path); break;
+        case 3: symlink("nowhere.safetensors", path); break;
+        default: symlink("/dev/zero", path); break;
+        }
+        expect_convert(dir, QPK_E_IO, odd[i].msg, NULL);
+    }
+    /* config.json a folder, and a FIFO. */
+    char *dir = make_dir("cfg-folder");
+    qpk_gen_write(&sp, dir, NULL, &e);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    unlink(path), mkdir(path, 0755);
+    expect_convert(dir, QPK_E_IO, "config.json' is a folder, not a regular file", NULL);
+    dir = make_dir("cfg-fifo");
+    qpk_gen_write(&sp, dir, NULL, &e);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    unlink(path), mkfifo(path, 0644);
+    expect_convert(dir, QPK_E_IO, "config.json' is a FIFO", NULL);
+    /* Both a single file and an index: transformers' precedence (the single file), with a warning. */
+    char both[4096];
+    snprintf(both, sizeof both, "%s", make_dir("both")); /* make_dir's buffer is reused */
+    dir = both;
+    sp.n_shards = 2;
+    qpk_gen_write(&sp, dir, NULL, &e);
+    char single[4096];
+    snprintf(single, sizeof single, "%s/model.safetensors", dir);
+    sp.n_shards = 1, sp.seed = 99;
+    char other[4096], out[4096], ref[4096];
+    snprintf(other, sizeof other, "%s", make_dir("both-single"));
+    qpk_gen_write(&sp, other, NULL, &e);
+    snprintf(ref, sizeof ref, "%s/ref.qpk", other);
+    qpk_convert_opts o = {.dtype = -1};
+    CHECK(qpk_convert(other, ref, &o, &e) == QPK_OK); /* what the single file alone gives */
+    snprintf(path, sizeof path, "%s/model.safetensors", other);
+    CHECK(rename(path, single) == 0);
+    logbook lb = {0};
+    expect_convert(dir, QPK_OK, "", &lb);
+    CHECK(strstr(lb.last, "model.safetensors is read, as transformers does"));
+    snprintf(out, sizeof out, "%s/out.qpk", dir);
+    qpk_file *a = NULL, *b = NULL;
+    CHECK(qpk_open(&a, out, NULL, &e) == QPK_OK && qpk_open(&b, ref, NULL, &e) == QPK_OK);
+    for (size_t i = 0; a && b && i < qpk_n_tensors(a); i++)
+        CHECK(qpk_tensor_at(a, i)->xxh3 == qpk_tensor_at(b, i)->xxh3);
+    qpk_close(a), qpk_close(b);
+}
+
+static void test_tokenizer_and_rules(void)
+{
+    const char *fix = getenv("QPK_FIXTURES");
+    qpk_gen_spec sp = tiny_spec();
+    qpk_err e = {0};
+    char *dir = make_dir("big-tokenizer"), path[4096];
+    qpk_gen_write(&sp, dir, NULL, &e);
+    if (fix) { /* the real tokenizer (151,669 ids) beside a 512-row vocabulary */
+        char src[4096];
+        snprintf(src, sizeof src, "%s/qwen-tiny-a/tokenizer.json", fix);
+        snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+        CHECK(symlink(src, path) == 0);
+        expect_convert(dir, QPK_E_MISMATCH, "the tokenizer has 151669 tokens, more than the vocabulary's 512 rows", NULL);
+    }
+    qpk_quant_rule r;
+    CHECK_ERR(qpk_quant_rule_parse("layers.[0=f16", &r, &e), QPK_E_INVALID_ARG, e, "a '[' that no ']' closes");
+    CHECK_ERR(qpk_quant_rule_parse("x[!=int8", &r, &e), QPK_E_INVALID_ARG, e, "no ']' closes");
+    CHECK(qpk_quant_rule_parse("layers.[01].*=f16", &r, &e) == QPK_OK);
+    CHECK(qpk_quant_rule_parse("a[]]b=f16", &r, &e) == QPK_OK && qpk_quant_rule_matches(&r, "a]b"));
+    /* A rule that matches nothing does nothing: a warning says so. */
+    dir = make_dir("unmatched");
+    qpk_gen_write(&sp, dir, NULL, &e);
+    qpk_quant_rule rules[2];
+    qpk_quant_rule_parse("no_such_proj=int8", &rules[0], &e);
+    qpk_quant_rule_parse("lm_head.weight=f16", &rules[1], &e);
+    rules[1].implied = true;
+    logbook lb = {0};
+    snprintf(path, sizeof path, "%s/out.qpk", dir);
+    qpk_convert_opts o = {.dtype = -1, .rules = rules, .n_rules = 2, .cb = {.log = capture, .ud = &lb}};
+    CHECK(qpk_convert(dir, path, &o, &e) == QPK_OK);
+    CHECKF(lb.warnings == 1 && strstr(lb.last, "'no_such_proj' matches no tensor"), "%d: %s", lb.warnings, lb.last);
+}
+
+static void test_calibration_sizes(void)
+{
+    qpk_gen_spec sp = tiny_spec();
+    qpk_err e = {0};
+    char *dir = make_dir("calib-size"), path[4096];
+    qpk_gen_write(&sp, dir, NULL, &e);
+    snprintf(path, sizeof path, "%s/out.qpk", dir);
+    int32_t tokens[256];
+    for (int i = 0; i < 256; i++)
+        tokens[i] = i % 100;
+    logbook lb = {0};
+    qpk_convert_opts o = {.dtype = -1, .quant = QPK_TYPE_INT4, .group = 32, .method = QPK_METHOD_GPTQ,
+                          .calib = {.tokens = tokens, .n_tokens = 256, .samples = 1000000, .seq_len = 128},
+                          .cb = {.log = capture, .ud = &lb}};
+    CHECK_ERR(qpk_convert(dir, path, &o, &e), QPK_E_LIMIT, e, "holds only 129 different ones");
+    CHECK(!exists(path));
+    o.calib.samples = 4, o.calib.seq_len = 64;
+    CHECKF(qpk_convert(dir, path, &o, &e) == QPK_OK, "%s", e.msg);
+}
+
 int main(void)
 {
     if (!mkdtemp(g_root))
         return 2;
+    test_nonfinite_weights();
+    test_outputs_and_inputs();
+    test_odd_files();
+    test_tokenizer_and_rules();
+    test_calibration_sizes();
     test_rules();
     test_quantized();
     test_safetensors_defects();

@@ -190,6 +190,20 @@ static void d_meta_not_json(uint8_t *b, size_t *n)
     uint64_t size;
     (void)n, section(b, 1, &size)[0] = '[';
 }
+/* "format" twice: same length edit of the "architecture" key. */
+static void d_meta_dup_key(uint8_t *b, size_t *n)
+{
+    uint64_t size;
+    char *m = (char *)section(b, 1, &size), *k = strstr(m, "\"architecture\":\"qwen2\"");
+    (void)n, memcpy(k, "\"format\":\"qpk\",\"x\":1  ", 22);
+}
+/* A NUL escape in the model type, which C would cut short to "qwen2". */
+static void d_meta_nul(uint8_t *b, size_t *n)
+{
+    uint64_t size;
+    char *m = (char *)section(b, 1, &size), *k = strstr(m, "\"architecture\":\"qwen2\"");
+    (void)n, memcpy(k, "\"arch\\u0000tecture\":1", 22);
+}
 static void d_meta_version(uint8_t *b, size_t *n)
 {
     uint64_t size;
@@ -302,6 +316,8 @@ static const defect DEFECTS[] = {
     {"metadata checksum", d_meta_flip, false, QPK_E_CHECKSUM, "kind 1) checksum"},
     {"metadata not JSON", d_meta_not_json, true, QPK_E_CORRUPT, "metadata: JSON: expected ',' or ']' at byte 9"},
     {"metadata version", d_meta_version, true, QPK_E_CORRUPT, "format_version"},
+    {"metadata key twice", d_meta_dup_key, true, QPK_E_CORRUPT, "key 'format' appears twice"},
+    {"metadata NUL escape", d_meta_nul, true, QPK_E_UNSUPPORTED, "\\u0000"},
     {"metadata other model", d_meta_model_type, true, QPK_E_UNSUPPORTED, "model_type \"llama\""},
     {"section overlaps data", d_section_overlap, true, QPK_E_CORRUPT, "overlaps or is outside"},
     {"unknown critical section", d_section_kind, true, QPK_E_UNSUPPORTED, "unknown critical section kind 9"},
@@ -503,10 +519,49 @@ static void test_err_prefix(void)
     CHECK(strncmp(e.msg, "p: xxx", 6) == 0 && strlen(e.msg) == sizeof e.msg - 1);
 }
 
+/* A quantized tensor whose f16 scale is NaN or infinite, with every checksum made consistent. */
+static void test_nonfinite_scales(void)
+{
+    char path[256];
+    snprintf(path, sizeof path, "%s/scales.qpk", g_dir);
+    const uint32_t types[2] = {QPK_TYPE_INT8, QPK_TYPE_INT4};
+    const uint16_t bad[2] = {0x7e00, 0xfc00}; /* a NaN, -infinity */
+    for (int t = 0; t < 2; t++) {
+        qpk_writer *w;
+        qpk_err e = {0};
+        int64_t dims[2] = {3, 64};
+        size_t bytes = 3 * qpk_type_row_bytes(types[t], 32, 64);
+        uint8_t data[512] = {0};
+        CHECK(qpk_writer_create(&w, path, &e) == QPK_OK);
+        CHECK(qpk_writer_begin_tensor(w, "x", types[t], 32, 2, dims, &e) == QPK_OK);
+        CHECK(qpk_writer_write(w, data, bytes, &e) == QPK_OK && qpk_writer_end_tensor(w, &e) == QPK_OK);
+        char *meta = meta_for(&TINY);
+        CHECK(qpk_writer_finish(w, meta, strlen(meta), &e) == QPK_OK);
+        free(meta);
+        size_t n;
+        uint8_t *b = slurp(path, &n), *ent = entry(b, 0);
+        uint8_t *block = b + rd64(ent) + 2 * qpk_type_block_bytes(types[t], 32) + 1 * qpk_type_row_bytes(types[t], 32, 64);
+        memcpy(block, &bad[t], 2); /* row 1, group 0... then 2 blocks further: row 1, group 1 */
+        wr64(ent + 16, XXH3_64bits(b + rd64(ent), rd64(ent + 8)));
+        reseal(b, n);
+        qpk_file *f = NULL;
+        CHECK(qpk_open_memory(&f, b, n, NULL, &e) == QPK_OK); /* the structure is sound */
+        CHECK_ERR(qpk_verify_tensor(f, 0, &e), QPK_E_VALUE, e, "tensor 'x': row 2, group 0 has a non-finite scale");
+        qpk_close(f);
+        f = NULL;
+        CHECK_ERR(qpk_open_memory(&f, b, n, &(qpk_open_opts){.verify_checksums = true}, &e), QPK_E_VALUE, e,
+                  "non-finite scale");
+        CHECK(f == NULL);
+        free(b);
+    }
+    unlink(path);
+}
+
 int main(void)
 {
     if (!mkdtemp(g_dir))
         return 2;
+    test_nonfinite_scales();
     char path[256];
     snprintf(path, sizeof path, "%s/sample.qpk", g_dir);
     qpk_err e = {0};

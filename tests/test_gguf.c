@@ -959,11 +959,136 @@ static void test_malformed(void)
     printf("%zu malformed GGUF files checked\n", sizeof bad / sizeof *bad + fails);
 }
 
+/* ------------------------------------------------ GGUF files as Qwen2 models */
+
+/* One defect at a time in an otherwise valid, tiny qwen2 GGUF (hidden 32, GQA 2/1, 8 tokens). */
+typedef struct qwen2_defect {
+    const char *what;
+    qpk_status want;
+    const char *msg;
+    const char *arch;      /* general.architecture (NULL: "qwen2") */
+    uint32_t eos;          /* tokenizer.ggml.eos_token_id (0: 6) */
+    bool eps_nan, eps_zero, token_utf8, merge_unknown, merge_one, norm_q8, bias_f16, no_merges, extra_tensor;
+    int32_t token_type;    /* given to token 2 (0: 1) */
+    uint64_t short_vocab;  /* token_embd rows (0: 8) */
+} qwen2_defect;
+
+static const char *const TOKENS[8] = {"a", "b", "c", "ab", "bc", "abc", "<|endoftext|>", "\xc4\xa0x"};
+
+static const char *token_at(void *ud, uint64_t i, size_t *len)
+{
+    const qwen2_defect *d = ud;
+    const char *s = d->token_utf8 && i == 7 ? "\xff\xfe" : TOKENS[i];
+    *len = strlen(s);
+    return s;
+}
+
+static const char *merge_at(void *ud, uint64_t i, size_t *len)
+{
+    const qwen2_defect *d = ud;
+    static const char *const M[3] = {"a b", "b c", "ab c"};
+    const char *s = i == 2 && d->merge_unknown ? "ab zz" : i == 2 && d->merge_one ? "abc" : M[i];
+    *len = strlen(s);
+    return s;
+}
+
+static void write_qwen2(const char *path, const qwen2_defect *d)
+{
+    qpk_gguf_writer *w;
+    qpk_err e = {0};
+    const char *arch = d->arch ? d->arch : "qwen2";
+    int32_t types[8] = {1, 1, 1, 1, 1, 1, 3, 1};
+    if (d->token_type)
+        types[2] = d->token_type;
+    CHECK(qpk_gguf_writer_create(&w, path, &e) == QPK_OK);
+    qpk_gguf_kv_string(w, "general.architecture", arch, strlen(arch), &e);
+    qpk_gguf_kv_u32(w, "qwen2.block_count", 1, &e);
+    qpk_gguf_kv_u32(w, "qwen2.context_length", 128, &e);
+    qpk_gguf_kv_u32(w, "qwen2.embedding_length", 32, &e);
+    qpk_gguf_kv_u32(w, "qwen2.feed_forward_length", 64, &e);
+    qpk_gguf_kv_u32(w, "qwen2.attention.head_count", 2, &e);
+    qpk_gguf_kv_u32(w, "qwen2.attention.head_count_kv", 1, &e);
+    qpk_gguf_kv_f32(w, "qwen2.rope.freq_base", 1e6f, &e);
+    qpk_gguf_kv_f32(w, "qwen2.attention.layer_norm_rms_epsilon", d->eps_nan ? NAN : d->eps_zero ? 0.0f : 1e-6f, &e);
+    qpk_gguf_kv_string(w, "tokenizer.ggml.model", "gpt2", 4, &e);
+    qpk_gguf_kv_string(w, "tokenizer.ggml.pre", "qwen2", 5, &e);
+    qpk_gguf_kv_string_array(w, "tokenizer.ggml.tokens", 8, token_at, (void *)d, &e);
+    qpk_gguf_kv_i32_array(w, "tokenizer.ggml.token_type", types, 8, &e);
+    if (!d->no_merges)
+        qpk_gguf_kv_string_array(w, "tokenizer.ggml.merges", 3, merge_at, (void *)d, &e);
+    qpk_gguf_kv_u32(w, "tokenizer.ggml.eos_token_id", d->eos ? d->eos : 6, &e);
+    static const struct {
+        const char *name;
+        int n;
+        uint64_t ne0, ne1;
+    } T[] = {{"token_embd.weight", 2, 32, 8},      {"blk.0.attn_norm.weight", 1, 32, 0}, {"blk.0.attn_q.weight", 2, 32, 32},
+             {"blk.0.attn_q.bias", 1, 32, 0},      {"blk.0.attn_k.weight", 2, 32, 16},  {"blk.0.attn_k.bias", 1, 16, 0},
+             {"blk.0.attn_v.weight", 2, 32, 16},   {"blk.0.attn_v.bias", 1, 16, 0},     {"blk.0.attn_output.weight", 2, 32, 32},
+             {"blk.0.ffn_norm.weight", 1, 32, 0},  {"blk.0.ffn_gate.weight", 2, 32, 64}, {"blk.0.ffn_up.weight", 2, 32, 64},
+             {"blk.0.ffn_down.weight", 2, 64, 32}, {"output_norm.weight", 1, 32, 0},    {"blk.0.extra.weight", 1, 32, 0}};
+    uint64_t bytes[15];
+    size_t n_t = d->extra_tensor ? 15 : 14;
+    for (size_t i = 0; i < n_t; i++) {
+        uint64_t ne[2] = {T[i].ne0, i == 0 && d->short_vocab ? d->short_vocab : T[i].ne1};
+        uint32_t type = QPK_GGML_F32;
+        if (i == 1 && d->norm_q8)
+            type = QPK_GGML_Q8_0;
+        if (i == 3 && d->bias_f16)
+            type = QPK_GGML_F16;
+        CHECK(qpk_gguf_add_tensor(w, T[i].name, type, T[i].n, ne, &e) == QPK_OK);
+        qpk_ggml_nbytes(type, T[i].n, ne, &bytes[i], &e);
+    }
+    static const uint8_t zeros[4096];
+    for (size_t i = 0; i < n_t; i++)
+        CHECK(qpk_gguf_write(w, zeros, (size_t)bytes[i], &e) == QPK_OK);
+    CHECKF(qpk_gguf_finish(w, &e) == QPK_OK, "%s", e.msg);
+}
+
+static void test_qwen2_checks(void)
+{
+    static const qwen2_defect D[] = {
+        {"valid", QPK_OK, ""},
+        {"other architecture", QPK_E_UNSUPPORTED, "general.architecture is \"llama\"", .arch = "llama"},
+        {"eos past the vocabulary", QPK_E_CORRUPT, "tokenizer.ggml.eos_token_id is 4294967295, outside the vocabulary",
+         .eos = 0xffffffffu},
+        {"eps NaN", QPK_E_VALUE, "layer_norm_rms_epsilon is nan: it must be a positive finite number", .eps_nan = true},
+        {"eps zero", QPK_E_VALUE, "layer_norm_rms_epsilon is 0", .eps_zero = true},
+        {"token type 99", QPK_E_CORRUPT, "tokenizer.ggml.token_type[2] is 99", .token_type = 99},
+        {"token type negative", QPK_E_CORRUPT, "tokenizer.ggml.token_type[2] is -1", .token_type = -1},
+        {"token not UTF-8", QPK_E_CORRUPT, "tokenizer.ggml.tokens[7] is not valid UTF-8", .token_utf8 = true},
+        {"merge of an unknown token", QPK_E_CORRUPT, "merges[2] \"ab zz\" names a token", .merge_unknown = true},
+        {"merge of one token", QPK_E_CORRUPT, "merges[2] is not two tokens", .merge_one = true},
+        {"no merges", QPK_E_MISMATCH, "no tokenizer.ggml.merges", .no_merges = true},
+        {"norm stored as Q8_0", QPK_E_MISMATCH, "blk.0.attn_norm.weight is Q8_0: norms and biases must be F32", .norm_q8 = true},
+        {"bias stored as F16", QPK_E_MISMATCH, "blk.0.attn_q.bias is F16", .bias_f16 = true},
+        {"embedding short of the tokens", QPK_E_MISMATCH, "token_embd.weight: expected ne [32, 8]", .short_vocab = 7},
+        {"an extra tensor", QPK_E_MISMATCH, "1 tensors beyond those of a qwen2 model", .extra_tensor = true},
+    };
+    for (size_t i = 0; i < sizeof D / sizeof *D; i++) {
+        const char *path = tmp("q2.gguf");
+        write_qwen2(path, &D[i]);
+        qpk_gguf *g = NULL;
+        qpk_err e = {0};
+        qpk_config c;
+        CHECKF(qpk_gguf_open(&g, path, &e) == QPK_OK, "%s: %s", D[i].what, e.msg);
+        qpk_status s = g ? qpk_gguf_qwen2(g, &c, &e) : QPK_E_IO;
+        CHECKF(s == D[i].want && strstr(e.msg, D[i].msg), "qwen2 GGUF '%s': status %d \"%s\" (want \"%s\")", D[i].what,
+               (int)s, e.msg, D[i].msg);
+        if (s == QPK_OK)
+            CHECK(c.hidden_size == 32 && c.n_kv_heads == 1 && c.head_dim == 16 && c.vocab_size == 8 &&
+                  c.tie_word_embeddings && c.n_eos == 1 && c.eos_token_ids[0] == 6 && c.rope_theta == 1e6);
+        qpk_gguf_close(g);
+        unlink(path);
+    }
+    printf("%zu qwen2 GGUF checks\n", sizeof D / sizeof *D);
+}
+
 int main(void)
 {
     if (!mkdtemp(g_root))
         return 1;
     test_malformed();
+    test_qwen2_checks();
     const char *fix = fixtures_dir();
     if (fix) {
         test_fixture_exports(fix);

@@ -77,8 +77,8 @@ static void test_metrics(const qpk_kernels *k)
 static char g_dir[] = "/tmp/qpk-test-verify-XXXXXX";
 
 /* A safetensors file with tokens [1, T] (dtype tdt) and logits [1, LT, V] (dtype ldt). */
-static void write_ref(const char *path, const char *tdt, int T, const char *ldt, int LT, int V, int bad_token,
-                      bool truncate)
+static void write_ref(const char *path, const char *tdt, int T, const char *ldt, int LT, int V, int64_t bad_token,
+                      bool truncate, int nan_pos)
 {
     size_t tsize = !strcmp(tdt, "I64") ? 8 : 4, lsize = !strcmp(ldt, "F32") || !strcmp(ldt, "I32") ? 4 : 2;
     size_t tb = tsize * (size_t)T, lb = lsize * (size_t)LT * (size_t)V;
@@ -91,6 +91,10 @@ static void write_ref(const char *path, const char *tdt, int T, const char *ldt,
     for (int t = 0; t < T; t++) {
         int64_t id = t == 1 && bad_token ? bad_token : t % V;
         memcpy(data + tsize * (size_t)t, &id, tsize); /* little-endian: the low bytes first */
+    }
+    if (nan_pos >= 0 && lsize == 4) { /* logit 3 of that position */
+        float nan = NAN;
+        memcpy(data + tb + 4 * ((size_t)nan_pos * (size_t)V + 3), &nan, 4);
     }
     FILE *f = fopen(path, "wb");
     uint64_t hl = (uint64_t)n;
@@ -115,25 +119,30 @@ static void test_ref_files(void)
     }
     static const struct {
         const char *what, *tdt, *ldt;
-        int T, LT, V, bad_token;
+        int T, LT, V;
+        int64_t bad_token;
         bool truncate;
+        int nan_pos;
         qpk_status want;
         const char *msg;
     } cases[] = {
-        {"good", "I32", "F32", 8, 8, 512, 0, false, QPK_OK, ""},
-        {"good i64 bf16", "I64", "BF16", 8, 8, 512, 0, false, QPK_OK, ""},
-        {"vocab mismatch", "I32", "F32", 8, 8, 500, 0, false, QPK_E_MISMATCH, "has 500 entries per position; the model's vocabulary has 512"},
-        {"length mismatch", "I32", "F32", 8, 7, 512, 0, false, QPK_E_MISMATCH, "must have shape [1, 8, V]"},
-        {"token out of range", "I32", "F32", 8, 8, 512, 999, false, QPK_E_VALUE, "'tokens'[1] = 999 is outside"},
-        {"token out of int32", "I64", "F32", 8, 8, 512, -5, false, QPK_E_VALUE, "is outside the vocabulary"},
-        {"tokens dtype", "F32", "F32", 8, 8, 512, 0, false, QPK_E_UNSUPPORTED, "'tokens' has dtype F32"},
-        {"logits dtype", "I32", "I32", 8, 8, 512, 0, false, QPK_E_UNSUPPORTED, "'logits' has dtype I32"},
-        {"truncated", "I32", "F32", 8, 8, 512, 0, true, QPK_E_CORRUPT, "past the data area"},
+        {"good", "I32", "F32", 8, 8, 512, 0, false, -1, QPK_OK, ""},
+        {"good i64 bf16", "I64", "BF16", 8, 8, 512, 0, false, -1, QPK_OK, ""},
+        {"vocab mismatch", "I32", "F32", 8, 8, 500, 0, false, -1, QPK_E_MISMATCH, "has 500 entries per position; the model's vocabulary has 512"},
+        {"length mismatch", "I32", "F32", 8, 7, 512, 0, false, -1, QPK_E_MISMATCH, "must have shape [1, 8, V]"},
+        {"token out of range", "I32", "F32", 8, 8, 512, 999, false, -1, QPK_E_VALUE, "'tokens'[1] = 999 is outside"},
+        {"token negative", "I64", "F32", 8, 8, 512, -5, false, -1, QPK_E_VALUE, "'tokens'[1] = -5 is outside"},
+        {"token past int32", "I64", "F32", 8, 8, 512, 4294967301LL, false, -1, QPK_E_VALUE, "'tokens'[1] = 4294967301 is outside"},
+        {"tokens dtype", "F32", "F32", 8, 8, 512, 0, false, -1, QPK_E_UNSUPPORTED, "'tokens' has dtype F32"},
+        {"logits dtype", "I32", "I32", 8, 8, 512, 0, false, -1, QPK_E_UNSUPPORTED, "'logits' has dtype I32"},
+        {"truncated", "I32", "F32", 8, 8, 512, 0, true, -1, QPK_E_CORRUPT, "past the data area"},
+        {"NaN reference", "I32", "F32", 8, 8, 512, 0, false, 5, QPK_E_VALUE,
+         "the reference's logits at sequence 0, position 5 are not finite (logit 3 is nan)"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         snprintf(path, sizeof path, "%s/ref-%zu.safetensors", g_dir, i);
         write_ref(path, cases[i].tdt, cases[i].T, cases[i].ldt, cases[i].LT, cases[i].V, cases[i].bad_token,
-                  cases[i].truncate);
+                  cases[i].truncate, cases[i].nan_pos);
         qpk_status s = qpk_source_open(&ref, path, true, NULL, &e);
         if (s == QPK_OK) {
             CHECK(qpk_source_kind_of(ref) == QPK_SOURCE_LOGITS);
@@ -179,6 +188,45 @@ static void test_runner_errors(void)
     qpk_source_close(m);
 }
 
+/* A model whose weights hold a NaN: qverify names the first position it poisons, whatever the gates. */
+static void test_nonfinite_model(void)
+{
+    qpk_gen_spec sp;
+    qpk_gen_preset("tiny", &sp);
+    sp.dtype = QPK_ST_F32;
+    char model[600], path[700];
+    snprintf(model, sizeof model, "%s/nan", g_dir);
+    qpk_err e = {0};
+    if (qpk_gen_write(&sp, model, NULL, &e) != QPK_OK)
+        return;
+    snprintf(path, sizeof path, "%s/model.safetensors", model);
+    FILE *f = fopen(path, "r+b"); /* element 2 of the first tensor in the file: the embedding row of token 0 */
+    uint64_t hl = 0;
+    CHECK(fread(&hl, 8, 1, f) == 1);
+    fseek(f, (long)(8 + hl + 8), SEEK_SET);
+    float nan = NAN;
+    fwrite(&nan, 4, 1, f);
+    fclose(f);
+    snprintf(path, sizeof path, "%s/nan.qpk", g_dir);
+    qpk_convert_opts co = {.dtype = -1, .allow_nonfinite = true};
+    qpk_source *m = NULL, *clean = NULL;
+    CHECK(qpk_convert(model, path, &co, &e) == QPK_OK && qpk_source_open(&m, path, false, NULL, &e) == QPK_OK);
+    int32_t tok[64];
+    for (int i = 0; i < 64; i++)
+        tok[i] = 1 + i % 7; /* token 0 never appears, but its row is also the tied head's: logit 0 is NaN */
+    qpk_verify_opts o = {.n_ctx = 64};
+    qpk_verify_result r;
+    CHECK_ERR(qpk_verify_tokens(qpk_source_model(m), NULL, tok, 64, &o, &r, &e), QPK_E_VALUE, e,
+              "the model's logits at chunk 0, position 32 are not finite (logit 0 is nan)");
+    /* As the reference, the same: the side is named. */
+    qpk_gen_write(&sp, model, NULL, &e);
+    CHECK(qpk_source_open(&clean, model, false, NULL, &e) == QPK_OK);
+    if (clean && m)
+        CHECK_ERR(qpk_verify_tokens(qpk_source_model(clean), qpk_source_model(m), tok, 64, &o, &r, &e), QPK_E_VALUE, e,
+                  "the reference's logits at chunk 0, position 32 are not finite (logit 0 is nan)");
+    qpk_source_close(m), qpk_source_close(clean);
+}
+
 int main(void)
 {
     if (!mkdtemp(g_dir))
@@ -187,6 +235,7 @@ int main(void)
     test_metrics(qpk_kernels_scalar());
     test_ref_files();
     test_runner_errors();
+    test_nonfinite_model();
     if (!th_failed)
         rm_rf(g_dir);
     return th_summary("test_verify");

@@ -1,6 +1,8 @@
-/* libFuzzer target: the GGUF reader, every key-value, array element and tensor it exposes. */
+/* libFuzzer target: the GGUF reader, every key-value, array element and tensor it exposes,
+ * and the Qwen2 checks of a GGUF model (hyperparameters, tokenizer keys, tensors). */
 #include <stdlib.h>
 
+#include "qpk/convert.h"
 #include "qpk/gguf.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -39,6 +41,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             sink ^= (uint8_t)(((const uint8_t *)t->data)[0] ^ ((const uint8_t *)t->data)[t->nbytes - 1]);
     }
     (void)sink;
+    qpk_config cfg;
+    qpk_gguf_qwen2(g, &cfg, &e);
     qpk_gguf_close(g);
     return 0;
 }

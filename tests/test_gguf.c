@@ -1038,9 +1038,11 @@ static void write_qwen2(const char *path, const qwen2_defect *d)
         CHECK(qpk_gguf_add_tensor(w, T[i].name, type, T[i].n, ne, &e) == QPK_OK);
         qpk_ggml_nbytes(type, T[i].n, ne, &bytes[i], &e);
     }
-    static const uint8_t zeros[4096];
-    for (size_t i = 0; i < n_t; i++)
+    static const uint8_t zeros[32 * 64 * sizeof(float)]; /* the largest tensor above */
+    for (size_t i = 0; i < n_t; i++) {
+        CHECK(bytes[i] <= sizeof zeros);
         CHECK(qpk_gguf_write(w, zeros, (size_t)bytes[i], &e) == QPK_OK);
+    }
     CHECKF(qpk_gguf_finish(w, &e) == QPK_OK, "%s", e.msg);
 }
 

@@ -316,9 +316,9 @@ qpk_status qpk_gguf_export_plan(qpk_gguf_export *x, const qpk_config *c, qpk_ggu
         qpk_role role;
         int layer, ndim;
         uint32_t type, group;
-        const int64_t *dims;
+        int64_t dims[QPK_MAX_DIMS];
         qpk_model_tensor_at(c, i, &role, &layer);
-        QPK_TRY(source(ud, role, layer, &type, &group, &ndim, &dims, e));
+        QPK_TRY(source(ud, role, layer, &type, &group, &ndim, dims, e));
         QPK_TRY(declare(x, role, layer, type, group, ndim, dims, e));
         if (qpk_role_is_per_layer(role) && qpk_role_is_matrix(role))
             linear_elems[type] += (uint64_t)dims[0] * (uint64_t)dims[1];
@@ -428,14 +428,15 @@ static void base_name(const char *path, char *buf, size_t cap)
 
 /* A .qpk's tensors as the plan takes them: as they are stored. */
 static qpk_status qpk_source(void *ud, qpk_role role, int layer, uint32_t *type, uint32_t *group, int *ndim,
-                             const int64_t **dims, qpk_err *e)
+                             int64_t dims[QPK_MAX_DIMS], qpk_err *e)
 {
     char name[QPK_MAX_NAME];
     qpk_tensor_name(name, sizeof name, role, layer);
     const qpk_tensor *t = qpk_find_tensor(ud, name);
     if (!t)
         return qpk_err_setf(e, QPK_E_MISMATCH, "missing tensor '%s'", name);
-    *type = t->type, *group = t->group_size, *ndim = t->ndim, *dims = t->dims;
+    *type = t->type, *group = t->group_size, *ndim = t->ndim;
+    memcpy(dims, t->dims, (size_t)t->ndim * sizeof *dims);
     return QPK_OK;
 }
 

@@ -28,9 +28,11 @@ static const qpk_type_info QPK_TYPE_TABLE[QPK_TYPE_COUNT_] = {
     [QPK_TYPE_F32] = PLAIN("f32", 4, 0),
     [QPK_TYPE_F16] = PLAIN("f16", 2, 1),
     [QPK_TYPE_BF16] = PLAIN("bf16", 2, 30),
+    [QPK_TYPE_I32] = PLAIN("i32", 4, 26),
     [QPK_TYPE_INT8] = BLOCK("int8", 8, 2, 8),   /* f16 d; at G = 32 ggml's Q8_0 */
     [QPK_TYPE_INT4] = BLOCK("int4", 4, 4, 3),   /* f16 d, u8 z, u8 0; to Q4_1 with m = -d z */
     [QPK_TYPE_INT4S] = BLOCK("int4s", 4, 2, 2), /* f16 d; at G = 32 ggml's Q4_0 */
+    [QPK_TYPE_INT8Z] = BLOCK("int8z", 8, 4, 8), /* f16 d, u16 z; to Q8_0 when every q - z fits int8 */
 #undef PLAIN
 #undef BLOCK
 };

@@ -59,6 +59,34 @@ const qpk_st_tensor *qpk_st_tensor_at(const qpk_safetensors *st, size_t i); /* s
 const qpk_st_tensor *qpk_st_find(const qpk_safetensors *st, const char *name);
 uint64_t qpk_st_file_size(const qpk_safetensors *st);
 
+/*
+ * Writing safetensors as transformers saves them: one model.safetensors, or shards
+ * model-0000i-of-0000N.safetensors with model.safetensors.index.json. The tensors are
+ * declared first (name, dtype, shape, bytes, shard: shards numbered from 0, in order);
+ * their bytes then stream in, in order, in pieces of any size. Every file appears
+ * atomically; metadata {"format": "pt"}.
+ */
+typedef struct qpk_st_entry {
+    char name[256];
+    qpk_st_dtype dtype;
+    int ndim;
+    int64_t shape[4];
+    uint64_t nbytes;
+    int shard;
+} qpk_st_entry;
+
+typedef struct qpk_st_set qpk_st_set;
+
+/* Shards in order, each at most max_bytes of tensor data (a larger tensor alone in its own). */
+void qpk_st_assign_shards(qpk_st_entry *t, size_t n, uint64_t max_bytes);
+qpk_status qpk_st_set_create(qpk_st_set **out, const char *dir, const qpk_st_entry *t, size_t n, qpk_err *e);
+qpk_status qpk_st_set_write(qpk_st_set *s, const void *data, size_t n, qpk_err *e);
+/* Commits the last shard and, for several, the index; frees s whatever the outcome. */
+qpk_status qpk_st_set_finish(qpk_st_set *s, qpk_err *e);
+void qpk_st_set_discard(qpk_st_set *s); /* NULL-safe; committed shards stay */
+/* A small file dir/name with these bytes, atomically. */
+qpk_status qpk_write_text_file(const char *dir, const char *name, const char *text, size_t n, qpk_err *e);
+
 /* ================================================================ checkpoint == */
 
 typedef enum qpk_log_level { QPK_LOG_INFO, QPK_LOG_WARN } qpk_log_level;

@@ -4,10 +4,12 @@
  * the model size; the output appears only when complete (see the writers).
  */
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "internal.h"
 #include "qpk/gguf.h"
@@ -379,10 +381,7 @@ static qpk_status checkpoint_source(void *ud, qpk_role role, int layer, uint32_t
     qpk_tensor_name(name, sizeof name, role, layer);
     const qpk_qlinear *q = qpk_checkpoint_qlinear(g->ck, role, layer);
     if (q && q->perm)
-        return qpk_err_setf(e, QPK_E_UNSUPPORTED,
-                            "%s is act-order (its groups are not runs of 32 columns): no GGUF type holds it as it "
-                            "is; --requantize requantizes such linears to groups of 32 and reports what it costs",
-                            q->name);
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, QPK_ACT_ORDER_GGUF_MSG, q->name);
     if (q) {
         *type = q->type, *group = q->group, *ndim = 2;
         dims[0] = q->rows, dims[1] = q->cols;
@@ -512,7 +511,8 @@ static void add_recipe(cJSON *m, const qpk_convert_opts *o)
         cJSON_AddStringToObject(q, "group", "row");
     else
         cJSON_AddNumberToObject(q, "group", o->group);
-    cJSON_AddStringToObject(q, "embedding", o->quant ? "int8" : "as --dtype");
+    bool float_embedding = !o->quant || o->to == QPK_OUT_GPTQ || o->to == QPK_OUT_AWQ; /* see qpk_tensor_plan */
+    cJSON_AddStringToObject(q, "embedding", float_embedding ? "as --dtype" : "int8");
     cJSON_AddStringToObject(q, "norms_and_biases", o->quant ? "f32" : "as --dtype");
     if (o->method != QPK_METHOD_RTN) {
         const qpk_calib_opts *co = &o->calib;
@@ -691,7 +691,7 @@ static qpk_status check_output(const qpk_checkpoint *ck, const char *dir, const 
     return QPK_OK;
 }
 
-qpk_status qpk_convert(const char *dir, const char *out, const qpk_convert_opts *o, qpk_err *e)
+static qpk_status convert_file(const char *dir, const char *out, const qpk_convert_opts *o, qpk_err *e)
 {
     if (o->dtype >= 0 && o->dtype != QPK_TYPE_F32 && o->dtype != QPK_TYPE_F16 && o->dtype != QPK_TYPE_BF16)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "--dtype must be keep, f32, f16 or bf16");
@@ -726,7 +726,7 @@ qpk_status qpk_convert(const char *dir, const char *out, const qpk_convert_opts 
         s = job_buffers(&j, qpk_checkpoint_config(ck), e);
     if (s == QPK_OK && o->method != QPK_METHOD_RTN)
         s = qpk_calib_begin(&j.calib, ck, o, j.pool, e);
-    if (s == QPK_OK && o->to == QPK_OUT_GGUF) {
+    if (s == QPK_OK && o->to == QPK_OUT_GGUF) { /* GPTQ/AWQ folders are made from a .qpk: see qpk_convert */
         if ((s = qpk_gguf_export_create(&j.gguf, out, e)) == QPK_OK)
             s = gguf_head(&j, ck, dir, meta, e);
         if (s == QPK_OK)
@@ -767,4 +767,39 @@ qpk_status qpk_convert(const char *dir, const char *out, const qpk_convert_opts 
     cJSON_Delete(meta);
     qpk_checkpoint_close(ck);
     return s;
+}
+
+/*
+ * A GPTQ or AWQ folder is re-packed from a .qpk, so every quantizer and every check of
+ * the .qpk path serves it too: the .qpk is staged inside the folder's hidden temporary
+ * (which a killed process's successor removes), then removed before the folder appears.
+ */
+static qpk_status convert_to_folder(const char *dir, const char *out, const qpk_convert_opts *o, qpk_err *e)
+{
+    qpk_outdir *d = NULL;
+    QPK_TRY(qpk_outdir_create(&d, out, e));
+    const char *tmp = qpk_outdir_tmp(d);
+    char *stage = malloc(strlen(tmp) + sizeof "/.stage.qpk");
+    qpk_status s = stage ? QPK_OK : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    if (s == QPK_OK) {
+        sprintf(stage, "%s/.stage.qpk", tmp);
+        s = convert_file(dir, stage, o, e);
+    }
+    if (s == QPK_OK)
+        s = qpk_export_hf_into(stage, d, o, e);
+    if (s == QPK_OK && unlink(stage) != 0)
+        s = qpk_err_setf(e, QPK_E_IO, "cannot remove '%s': %s", stage, strerror(errno));
+    free(stage);
+    if (s != QPK_OK) {
+        qpk_outdir_discard(d);
+        return s;
+    }
+    return qpk_outdir_commit(d, e);
+}
+
+qpk_status qpk_convert(const char *dir, const char *out, const qpk_convert_opts *o, qpk_err *e)
+{
+    if (o->to == QPK_OUT_GPTQ || o->to == QPK_OUT_AWQ)
+        return convert_to_folder(dir, out, o, e);
+    return convert_file(dir, out, o, e);
 }

@@ -235,8 +235,8 @@ static qpk_status check_tensors(qpk_qlinear *l, qpk_err *e)
     const qpk_st_tensor *t[4] = {l->qweight, l->qzeros, l->scales, l->g_idx};
     for (int i = 0; i < 3; i++)
         if (!t[i])
-            return qpk_err_setf(e, QPK_E_MISMATCH, "%s has no %s (a %s checkpoint stores qweight, qzeros and scales)",
-                                l->name, PART[i], q->method == QPK_HFQ_AWQ ? "AWQ" : "GPTQ");
+            return qpk_err_setf(e, QPK_E_MISMATCH, "%s has no %s (%s checkpoint stores qweight, qzeros and scales)",
+                                l->name, PART[i], q->method == QPK_HFQ_AWQ ? "an AWQ" : "a GPTQ");
     for (int i = 0; i < 4; i++)
         if (t[i] && i != 2 && t[i]->dtype != QPK_ST_I32)
             return qpk_err_setf(e, QPK_E_CORRUPT, "%s.%s has dtype %s, not I32", l->name, PART[i],

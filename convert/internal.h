@@ -109,7 +109,17 @@ double qpk_seconds(void);
 /* Embedded file `name` of f, malloc'd and NUL-terminated; *data NULL when f has none. */
 qpk_status qpk_read_blob(const qpk_file *f, const char *name, char **data, size_t *len, qpk_err *e);
 
+/* ---------------------------------------------- GPTQ/AWQ export (hf_export.c) */
+
+/* qpk_export_hf's work, into the hidden folder of d (which the caller commits or discards). */
+qpk_status qpk_export_hf_into(const char *in, qpk_outdir *d, const qpk_convert_opts *o, qpk_err *e);
+
 /* ------------------------------------------------- GGUF export (gguf_export.c) */
+
+/* The refusal of an act-order linear (named by %s) in GGUF, wherever it comes from. */
+#define QPK_ACT_ORDER_GGUF_MSG                                                                                         \
+    "%s is act-order (its groups gather scattered input columns): no GGUF type holds it as it is; --requantize "      \
+    "requantizes such linears to groups of 32 and reports the KL divergence it costs"
 
 typedef struct qpk_gguf_export qpk_gguf_export;
 

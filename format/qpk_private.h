@@ -122,6 +122,23 @@ qpk_status qpk_outfile_commit(qpk_outfile *o, qpk_err *e);
 /* Drops everything written; nothing appears at the path. NULL-safe. */
 void qpk_outfile_discard(qpk_outfile *o);
 
+/*
+ * A folder that appears at its path complete or not at all: its files are written into
+ * a hidden folder beside it (.NAME.qpk-tmp.PID.XXXXXX), which commit fsyncs and renames
+ * into place. An existing folder at the path is replaced only when empty: a folder
+ * holding anything is refused, never deleted. The temporaries of processes killed
+ * before they could clean up are removed by the next output into the same folder.
+ */
+typedef struct qpk_outdir qpk_outdir;
+
+qpk_status qpk_outdir_create(qpk_outdir **out, const char *path, qpk_err *e);
+/* The hidden folder files go into until commit. */
+const char *qpk_outdir_tmp(const qpk_outdir *d);
+/* fsyncs the files and the folder, renames it into place, fsyncs the parent; frees d whatever the outcome. */
+qpk_status qpk_outdir_commit(qpk_outdir *d, qpk_err *e);
+/* Removes the hidden folder and what it holds; nothing appears at the path. NULL-safe. */
+void qpk_outdir_discard(qpk_outdir *d);
+
 /* XXH3-64 of a buffer, as the format uses it (seed 0). */
 uint64_t qpk_xxh3(const void *data, size_t n);
 

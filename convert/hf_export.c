@@ -246,24 +246,30 @@ static void pack_task(void *arg, int64_t task, int thread)
     const int64_t o1 = o0 + LINEAR_TASK_OUTPUTS < p->out ? o0 + LINEAR_TASK_OUTPUTS : p->out;
     int32_t *q = malloc(G * sizeof *q);
     p->status[task] = q ? QPK_OK : qpk_err_setf(&p->errs[task], QPK_E_NOMEM, "out of memory");
+    /* Shifts and strides, not divisions, in the loop over every weight. */
+    const uint32_t bits = (uint32_t)l->bits, log2_pn = bits == 4 ? 3 : 2;
+    const size_t awq_stride = (size_t)(p->out / 8);
     for (int64_t o = o0; o < o1 && q; o++) {
         const uint8_t *row = (const uint8_t *)p->w->data + (size_t)o * row_bytes;
+        uint32_t *awq_word = p->qweight + o / 8, *gptq_col = p->qweight + o;
+        const uint32_t awq_shift = 4u * (uint32_t)AWQ_INVERSE[o % 8];
         for (int64_t g = 0; g < p->groups; g++) {
             const uint8_t *b = row + (size_t)g * bb;
             qpk_qparams prm;
             qpk_unpack_group(type, G, b, &prm, q);
+            const int64_t col0 = g * G;
             for (uint32_t j = 0; j < G; j++) {
-                int64_t col = g * G + j, i = col;
+                int64_t i = col0 + j;
                 if (p->perm) {
                     int32_t v;
-                    memcpy(&v, p->perm + col, 4); /* mapped file data */
+                    memcpy(&v, p->perm + i, 4); /* mapped file data */
                     i = v;
                 }
-                uint32_t u = (uint32_t)(q[j] + mid);
-                if (l->awq)
-                    p->qweight[i * (p->out / 8) + o / 8] |= u << (4 * AWQ_INVERSE[o % 8]);
-                else
-                    p->qweight[(i / pn) * p->out + o] |= u << (l->bits * (i % pn));
+                const uint32_t u = (uint32_t)(q[j] + mid);
+                if (l->awq) /* row i, the word of output o */
+                    awq_word[(size_t)i * awq_stride] |= u << awq_shift;
+                else /* word row i / pn, column o */
+                    gptq_col[(size_t)(i >> log2_pn) * (size_t)p->out] |= u << ((uint32_t)(i & (pn - 1)) * bits);
             }
             int32_t z = sym ? mid : prm.z;
             uint32_t zs;

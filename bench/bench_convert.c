@@ -9,65 +9,13 @@
  * Usage: bench_convert BIN_DIR WORK_DIR [runs]
  *   WORK_DIR/qwen1.5-0.5b-bf16 is generated with qgen on first use.
  */
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-/* RssAnon of pid in kB, or -1 once the process is gone. */
-static long rss_anon_kb(pid_t pid)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    long kb = -1;
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "RssAnon: %ld", &kb) == 1)
-            break;
-    if (f)
-        fclose(f);
-    return kb;
-}
-
-/* Runs argv, returns wall seconds; *peak_kb gets the highest RssAnon seen (sampled every 2 ms). */
-static double run(char *const argv[], long *peak_kb)
-{
-    double t0 = now();
-    pid_t pid = fork();
-    if (pid == 0) {
-        int null = open("/dev/null", O_WRONLY);
-        dup2(null, 1);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    long peak = 0;
-    int status;
-    while (waitpid(pid, &status, WNOHANG) == 0) {
-        long kb = rss_anon_kb(pid);
-        if (kb > peak)
-            peak = kb;
-        usleep(2000);
-    }
-    double t = now() - t0;
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        fprintf(stderr, "%s failed (status %d)\n", argv[0], status);
-        exit(1);
-    }
-    if (peak_kb)
-        *peak_kb = peak;
-    return t;
-}
+#include "proc.h"
 
 int main(int argc, char **argv)
 {
@@ -88,14 +36,14 @@ int main(int argc, char **argv)
     if (stat(st, &sb) != 0) {
         char *gen[] = {qgen, model, "--preset", "0.5b", "--dtype", "bf16", "-q", NULL};
         printf("generating %s ...\n", model);
-        run(gen, NULL);
+        proc_run(gen, NULL);
         stat(st, &sb);
     }
     double mb = (double)sb.st_size / 1e6, best_cp = 1e30, best_q = 1e30;
     long peak = 0;
     char *cp[] = {"/bin/cp", st, copy, NULL};
     char *qc[] = {qconvert, model, "-o", out, "--dtype", "keep", "-q", NULL};
-    run(cp, NULL); /* warm the page cache for both */
+    proc_run(cp, NULL); /* warm the page cache for both */
     char *sync_cmd[] = {"/bin/sync", NULL};
     double best_cps = 1e30;
     char *cps[] = {"/bin/sh", "-c", NULL, NULL};
@@ -108,15 +56,15 @@ int main(int argc, char **argv)
          * the one before: freeing a previous 1 GB output costs the filesystem (online
          * discard on this machine's ext4) a variable second or more, whoever writes.
          */
-        unlink(copy), run(sync_cmd, NULL);
-        double tc = run(cp, NULL);
+        unlink(copy), proc_run(sync_cmd, NULL);
+        double tc = proc_run(cp, NULL);
         best_cp = tc < best_cp ? tc : best_cp;
-        unlink(copy), run(sync_cmd, NULL);
-        double ts = run(cps, NULL);
+        unlink(copy), proc_run(sync_cmd, NULL);
+        double ts = proc_run(cps, NULL);
         best_cps = ts < best_cps ? ts : best_cps;
-        unlink(out), run(sync_cmd, NULL);
+        unlink(out), proc_run(sync_cmd, NULL);
         long kb;
-        double t = run(qc, &kb);
+        double t = proc_run(qc, &kb);
         best_q = t < best_q ? t : best_q;
         peak = kb > peak ? kb : peak;
         printf("run %d: cp %.3f s, cp+sync %.3f s, qconvert %.3f s\n", i + 1, tc, ts, t);
@@ -139,8 +87,8 @@ int main(int argc, char **argv)
         double best = 1e30;
         long kb, peak_q = 0;
         for (int i = 0; i < runs; i++) {
-            unlink(out), run(sync_cmd, NULL);
-            double t = run(qq, &kb);
+            unlink(out), proc_run(sync_cmd, NULL);
+            double t = proc_run(qq, &kb);
             best = t < best ? t : best;
             peak_q = kb > peak_q ? kb : peak_q;
         }

@@ -20,13 +20,15 @@
 struct qpk_checkpoint {
     char *dir;
     qpk_config cfg;
+    qpk_hfq hfq;          /* a GPTQ/AWQ checkpoint's quantization (method NONE: float) */
+    qpk_qlinear *qlin;    /* [(layer + 1) * QPK_ROLE_COUNT_ + role]: its quantized linears (rows 0: float) */
     qpk_safetensors **shards;
     char **shard_names;
     size_t n_shards;
     const qpk_st_tensor **slots; /* [(layer + 1) * QPK_ROLE_COUNT_ + role] */
     const char **ignored;
     size_t n_ignored;
-    float **owned; /* f32 copies of F64 tensors made for a runtime model */
+    void **owned; /* what a runtime model needs beyond the mapping: F64 tensors in f32, imported linears */
     size_t n_owned;
 };
 
@@ -137,7 +139,18 @@ static qpk_status add_shard(qpk_checkpoint *ck, const char *name, qpk_err *e)
         free(path), free(copy);
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     }
-    qpk_status s = qpk_st_open(&ck->shards[ck->n_shards], path, e);
+    /* A shard checked out as a git link (one line naming the real file): followed once. */
+    struct stat sb;
+    char *text = NULL, *target = NULL;
+    size_t len;
+    if (stat(path, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size < 1024 &&
+        qpk_read_whole(path, 1024, &text, &len, NULL, NULL) == QPK_OK && looks_like_link(text, len) &&
+        (target = strndup(text, len - (text[len - 1] == '\n')))) {
+        free(path);
+        path = join(ck->dir, target);
+    }
+    free(text), free(target);
+    qpk_status s = path ? qpk_st_open(&ck->shards[ck->n_shards], path, e) : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     free(path);
     if (s != QPK_OK) {
         free(copy);
@@ -310,6 +323,82 @@ static bool same_values(const qpk_st_tensor *a, const qpk_st_tensor *b)
     return true;
 }
 
+/* The tensor called name in any shard, or NULL. */
+static const qpk_st_tensor *find_any(const qpk_checkpoint *ck, const char *name)
+{
+    for (size_t i = 0; i < ck->n_shards; i++) {
+        const qpk_st_tensor *t = qpk_st_find(ck->shards[i], name);
+        if (t)
+            return t;
+    }
+    return NULL;
+}
+
+static const char *const QPARTS[4] = {".qweight", ".qzeros", ".scales", ".g_idx"};
+
+/* Whether name is a part of a quantized linear of this checkpoint (P.qweight, ...). */
+static bool is_qpart(const qpk_checkpoint *ck, const char *name)
+{
+    if (ck->hfq.method == QPK_HFQ_NONE)
+        return false;
+    for (int k = 0; k < 4; k++) {
+        size_t n = strlen(name), s = strlen(QPARTS[k]);
+        char weight[QPK_MAX_NAME];
+        qpk_role role;
+        int layer;
+        if (n > s && !strcmp(name + n - s, QPARTS[k]) && n - s + 8 < sizeof weight) {
+            snprintf(weight, sizeof weight, "%.*s.weight", (int)(n - s), name);
+            if (qpk_tensor_role(&ck->cfg, weight, &role, &layer) && qpk_role_is_per_layer(role) && qpk_role_is_matrix(role))
+                return true;
+        }
+    }
+    return false;
+}
+
+/* Each linear of a GPTQ/AWQ checkpoint: quantized (its parts checked and imported), or float where allowed. */
+static qpk_status claim_quantized(qpk_checkpoint *ck, qpk_err *e)
+{
+    const qpk_config *c = &ck->cfg;
+    if (ck->hfq.method == QPK_HFQ_NONE)
+        return QPK_OK;
+    if (!(ck->qlin = calloc((size_t)(c->n_layers + 1) * QPK_ROLE_COUNT_, sizeof *ck->qlin)))
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    for (int l = 0; l < c->n_layers; l++)
+        for (int i = 0; i < QPK_LAYER_ROLES; i++) {
+            qpk_role r = qpk_layer_role(i);
+            if (!qpk_role_is_matrix(r))
+                continue;
+            qpk_qlinear *q = &ck->qlin[slot(r, l)];
+            char name[QPK_MAX_NAME], part[QPK_MAX_NAME + 16];
+            int64_t dims[2];
+            qpk_tensor_name(name, sizeof name, r, l);
+            name[strlen(name) - strlen(".weight")] = 0;
+            const qpk_st_tensor *t[4];
+            for (int k = 0; k < 4; k++) {
+                snprintf(part, sizeof part, "%s%s", name, QPARTS[k]);
+                t[k] = find_any(ck, part);
+            }
+            bool any = t[0] || t[1] || t[2] || t[3];
+            const qpk_st_tensor *fw = ck->slots[slot(r, l)];
+            if (any && fw)
+                return qpk_err_setf(e, QPK_E_CORRUPT, "%s is stored both quantized and as a float .weight", name);
+            if (!any) {
+                if (fw && !qpk_hfq_skips(&ck->hfq, name))
+                    return qpk_err_setf(e, QPK_E_UNSUPPORTED,
+                                        "%s is stored in float while the checkpoint says %s (and it is not among the "
+                                        "modules to not convert): a mixed checkpoint is not supported",
+                                        name, ck->hfq.method == QPK_HFQ_GPTQ ? "gptq" : "awq");
+                continue; /* a float linear, or a missing one: the model check names it */
+            }
+            qpk_role_shape(c, r, dims);
+            *q = (qpk_qlinear){.q = &ck->hfq, .qweight = t[0], .qzeros = t[1], .scales = t[2], .g_idx = t[3],
+                               .rows = dims[0], .cols = dims[1]};
+            snprintf(q->name, sizeof q->name, "%s", name);
+            QPK_TRY(qpk_qlinear_init(q, e));
+        }
+    return QPK_OK;
+}
+
 static qpk_status classify(qpk_checkpoint *ck, const qpk_callbacks *cb, qpk_err *e)
 {
     const qpk_config *c = &ck->cfg;
@@ -326,19 +415,24 @@ static qpk_status classify(qpk_checkpoint *ck, const qpk_callbacks *cb, qpk_err 
             const qpk_st_tensor *t = qpk_st_tensor_at(ck->shards[i], j);
             qpk_role role;
             int layer;
-            if (!qpk_tensor_role(c, t->name, &role, &layer))
-                ck->ignored[ck->n_ignored++] = t->name;
+            if (!qpk_tensor_role(c, t->name, &role, &layer)) {
+                if (!is_qpart(ck, t->name))
+                    ck->ignored[ck->n_ignored++] = t->name;
+            }
             else if (role == QPK_ROLE_LM_HEAD && c->tie_word_embeddings)
                 tied_head = t;
             else
                 ck->slots[slot(role, layer)] = t;
         }
+    QPK_TRY(claim_quantized(ck, e));
     for (size_t i = 0; i < qpk_model_n_tensors(c); i++) {
         qpk_role role;
         int layer;
         char name[QPK_MAX_NAME];
         qpk_model_tensor_at(c, i, &role, &layer);
         const qpk_st_tensor *t = ck->slots[slot(role, layer)];
+        if (!t && qpk_checkpoint_qlinear(ck, role, layer))
+            continue;
         if (!t) {
             qpk_tensor_name(name, sizeof name, role, layer);
             return qpk_err_setf(e, QPK_E_MISMATCH, "missing tensor '%s'%s", name,
@@ -373,9 +467,17 @@ qpk_status qpk_checkpoint_open(qpk_checkpoint **out, const char *dir, const qpk_
     qpk_status s = qpk_read_model_file(dir, "config.json", &cfg, &len, &missing, e);
     if (s == QPK_OK) {
         s = qpk_config_parse(&ck->cfg, cfg, len, e);
-        free(cfg);
         if (s != QPK_OK)
             qpk_err_prefix(e, "%s/config.json", dir);
+        char *qcfg = NULL;
+        size_t qlen = 0;
+        bool qmissing = false;
+        if (s == QPK_OK && (s = qpk_read_model_file(dir, "quantize_config.json", &qcfg, &qlen, &qmissing, e)) != QPK_OK &&
+            qmissing)
+            s = QPK_OK; /* optional */
+        if (s == QPK_OK)
+            s = qpk_hfq_parse(cfg, len, qcfg, qlen, &ck->hfq, e);
+        free(cfg), free(qcfg);
     } else if (missing) {
         struct stat sb;
         s = qpk_err_setf(e, QPK_E_IO, stat(dir, &sb) == 0 && S_ISDIR(sb.st_mode)
@@ -405,6 +507,9 @@ void qpk_checkpoint_close(qpk_checkpoint *ck)
     }
     free(ck->shards);
     free(ck->shard_names);
+    for (size_t i = 0; ck->qlin && i < (size_t)(ck->cfg.n_layers + 1) * QPK_ROLE_COUNT_; i++)
+        qpk_qlinear_free(&ck->qlin[i]);
+    free(ck->qlin);
     free(ck->slots);
     free(ck->ignored);
     for (size_t i = 0; i < ck->n_owned; i++)
@@ -427,6 +532,16 @@ const qpk_st_tensor *qpk_checkpoint_tensor(const qpk_checkpoint *ck, qpk_role ro
     return ck->slots[slot(role, layer)];
 }
 
+const qpk_qlinear *qpk_checkpoint_qlinear(const qpk_checkpoint *ck, qpk_role role, int layer)
+{
+    if (!ck->qlin || !qpk_role_is_per_layer(role) || layer < 0 || layer >= ck->cfg.n_layers)
+        return NULL;
+    const qpk_qlinear *q = &ck->qlin[slot(role, layer)];
+    return q->qweight ? q : NULL;
+}
+
+const qpk_hfq *qpk_checkpoint_hfq(const qpk_checkpoint *ck) { return &ck->hfq; }
+
 size_t qpk_checkpoint_n_files(const qpk_checkpoint *ck) { return ck->n_shards; }
 
 const char *qpk_checkpoint_file(const qpk_checkpoint *ck, size_t i, uint64_t *size)
@@ -446,23 +561,39 @@ const char *qpk_checkpoint_ignored(const qpk_checkpoint *ck, size_t i)
 
 /* ------------------------------------------------------------ runtime model */
 
+/* A copy the checkpoint keeps for a runtime model (freed with it). */
+static void *keep(qpk_checkpoint *ck, size_t bytes)
+{
+    void **owned = realloc(ck->owned, (ck->n_owned + 1) * sizeof *owned);
+    if (owned)
+        ck->owned = owned;
+    void *p = owned ? malloc(bytes ? bytes : 1) : NULL;
+    if (p)
+        ck->owned[ck->n_owned++] = p;
+    return p;
+}
+
 static qpk_status checkpoint_weight(void *ud, qpk_role role, int layer, qpk_matrix *w, qpk_err *e)
 {
     qpk_checkpoint *ck = ud;
+    const qpk_qlinear *q = qpk_checkpoint_qlinear(ck, role, layer);
+    if (q) { /* imported into qpk blocks: the runtime computes with exactly these weights */
+        size_t bytes = qpk_type_row_bytes(q->type, q->group, q->cols) * (size_t)q->rows;
+        uint8_t *data = keep(ck, bytes);
+        if (!data)
+            return qpk_err_setf(e, QPK_E_NOMEM, "out of memory importing '%s'", q->name);
+        QPK_TRY(qpk_qlinear_rows(q, 0, q->rows, data, e));
+        *w = (qpk_matrix){q->type, q->group, q->rows, q->cols, data, q->perm};
+        return QPK_OK;
+    }
     const qpk_st_tensor *t = qpk_checkpoint_tensor(ck, role, layer);
     const void *data = t->data;
     qpk_type type = qpk_st_keep_type(t->dtype);
     if (t->dtype == QPK_ST_F64) {
-        float **owned = realloc(ck->owned, (ck->n_owned + 1) * sizeof *owned);
-        float *copy = malloc((size_t)t->numel * sizeof *copy + 1);
-        if (owned)
-            ck->owned = owned;
-        if (!owned || !copy) {
-            free(copy);
+        float *copy = keep(ck, (size_t)t->numel * sizeof *copy);
+        if (!copy)
             return qpk_err_setf(e, QPK_E_NOMEM, "out of memory converting '%s' from F64", t->name);
-        }
         qpk_st_to_f32(t, 0, (size_t)t->numel, copy);
-        ck->owned[ck->n_owned++] = copy;
         data = copy;
     }
     *w = (qpk_matrix){type, 0, t->ndim == 2 ? t->shape[0] : 1, t->shape[t->ndim - 1], data};

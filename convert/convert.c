@@ -4,10 +4,12 @@
  * the model size; the output appears only when complete (see the writers).
  */
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "internal.h"
 #include "qpk/gguf.h"
@@ -47,10 +49,10 @@ static qpk_status poll(job *j, const char *what, qpk_err *e)
 }
 
 /* The output's three tensor calls, whichever the format. */
-static qpk_status out_begin(job *j, const char *name, uint32_t type, uint32_t group, const qpk_st_tensor *t,
+static qpk_status out_begin(job *j, const char *name, uint32_t type, uint32_t group, int ndim, const int64_t *dims,
                             qpk_err *e)
 {
-    return j->gguf ? QPK_OK : qpk_writer_begin_tensor(j->w, name, type, group, t->ndim, t->shape, e);
+    return j->gguf ? QPK_OK : qpk_writer_begin_tensor(j->w, name, type, group, ndim, dims, e);
 }
 
 static qpk_status out_write(job *j, const void *p, size_t n, qpk_err *e)
@@ -210,6 +212,82 @@ static void note_source(job *j, const qpk_st_tensor *t, const uint64_t *hash)
     cJSON_AddStringToObject(o, "xxh3", hex);
 }
 
+/* ------------------------------------------------- imported GPTQ / AWQ linears */
+
+typedef struct import_job {
+    const qpk_qlinear *q;
+    int64_t row0, n_rows;
+    size_t row_bytes;
+    uint8_t *out;
+    qpk_status *status;
+    qpk_err *errs;
+} import_job;
+
+#define IMPORT_TASK_ROWS 64
+
+static void import_task(void *arg, int64_t task, int thread)
+{
+    (void)thread;
+    import_job *m = arg;
+    const int64_t r = task * IMPORT_TASK_ROWS, n = m->n_rows - r < IMPORT_TASK_ROWS ? m->n_rows - r : IMPORT_TASK_ROWS;
+    m->status[task] = qpk_qlinear_rows(m->q, m->row0 + r, n, m->out + (size_t)r * m->row_bytes, &m->errs[task]);
+}
+
+/* The source tensors of an imported linear (what it is made of), in the provenance. */
+static void note_sources(job *j, const qpk_qlinear *q)
+{
+    const qpk_st_tensor *parts[4] = {q->qweight, q->qzeros, q->scales, q->g_idx};
+    for (int k = 0; k < 4; k++)
+        if (parts[k])
+            note_source(j, parts[k], NULL);
+}
+
+static uint64_t qlinear_source_bytes(const qpk_qlinear *q)
+{
+    return q->qweight->nbytes + q->qzeros->nbytes + q->scales->nbytes + (q->g_idx ? q->g_idx->nbytes : 0);
+}
+
+/* A GPTQ/AWQ linear as qpk blocks, exactly, chunk by chunk on the pool; its input permutation after it. */
+static qpk_status write_imported(job *j, const qpk_qlinear *q, qpk_role role, int layer, const char *name, qpk_err *e)
+{
+    const int64_t dims[2] = {q->rows, q->cols};
+    const size_t row_bytes = qpk_type_row_bytes(q->type, q->group, q->cols);
+    int64_t chunk = (int64_t)(QUANT_CHUNK_BYTES / row_bytes) / IMPORT_TASK_ROWS * IMPORT_TASK_ROWS;
+    chunk = chunk < IMPORT_TASK_ROWS ? IMPORT_TASK_ROWS : chunk;
+    const int64_t max_tasks = chunk / IMPORT_TASK_ROWS;
+    import_job m = {q, 0, 0, row_bytes, malloc((size_t)chunk * row_bytes), calloc((size_t)max_tasks, sizeof(qpk_status)),
+                    calloc((size_t)max_tasks, sizeof(qpk_err))};
+    qpk_status s = m.out && m.status && m.errs ? out_begin(j, name, q->type, q->group, 2, dims, e)
+                                               : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    const double per_row = (double)qlinear_source_bytes(q) / (double)q->rows;
+    for (int64_t r0 = 0; r0 < q->rows && s == QPK_OK; r0 += chunk) {
+        m.row0 = r0, m.n_rows = q->rows - r0 < chunk ? q->rows - r0 : chunk;
+        int64_t tasks = (m.n_rows + IMPORT_TASK_ROWS - 1) / IMPORT_TASK_ROWS;
+        qpk_pool_run(j->pool, tasks, import_task, &m);
+        if (qpk_pool_cancelled(j->pool))
+            s = qpk_err_setf(e, QPK_E_CANCELLED, "conversion cancelled");
+        for (int64_t i = 0; i < tasks && s == QPK_OK; i++)
+            if (m.status[i] != QPK_OK)
+                s = qpk_err_setf(e, m.status[i], "%s", m.errs[i].msg);
+        if (s == QPK_OK)
+            s = out_write(j, m.out, (size_t)m.n_rows * row_bytes, e);
+        j->done += (uint64_t)(per_row * (double)m.n_rows);
+        if (s == QPK_OK)
+            s = poll(j, name, e);
+    }
+    free(m.out), free(m.status), free(m.errs);
+    QPK_TRY(s);
+    QPK_TRY(out_end(j, e));
+    note_sources(j, q);
+    if (!q->perm)
+        return QPK_OK;
+    char perm_name[QPK_MAX_NAME];
+    qpk_perm_name(perm_name, sizeof perm_name, role, layer);
+    QPK_TRY(out_begin(j, perm_name, QPK_TYPE_I32, 0, 1, &q->cols, e));
+    QPK_TRY(out_write(j, q->perm, (size_t)q->cols * sizeof *q->perm, e)); /* little-endian, as the format */
+    return out_end(j, e);
+}
+
 /* A tensor of the layer the calibration has just quantized: its bytes come from there. */
 static qpk_status write_calibrated(job *j, const qpk_checkpoint *ck, qpk_role role, int layer, const char *name,
                                    qpk_err *e)
@@ -219,7 +297,7 @@ static qpk_status write_calibrated(job *j, const qpk_checkpoint *ck, qpk_role ro
     const void *bytes;
     size_t n;
     qpk_calib_tensor(j->calib, role, &type, &group, &bytes, &n);
-    QPK_TRY(out_begin(j, name, type, group, t, e));
+    QPK_TRY(out_begin(j, name, type, group, t->ndim, t->shape, e));
     QPK_TRY(out_write(j, bytes, n, e));
     QPK_TRY(out_end(j, e));
     j->done += t->nbytes;
@@ -234,11 +312,14 @@ static qpk_status write_tensor(job *j, const qpk_checkpoint *ck, qpk_role role, 
     qpk_tensor_name(name, sizeof name, role, layer);
     if (j->calib && qpk_role_is_per_layer(role))
         return write_calibrated(j, ck, role, layer, name, e);
+    const qpk_qlinear *q = qpk_checkpoint_qlinear(ck, role, layer);
+    if (q)
+        return write_imported(j, q, role, layer, name, e);
     const qpk_st_tensor *t = qpk_checkpoint_tensor(ck, role, layer);
     uint32_t type, group;
     QPK_TRY(qpk_tensor_plan(j->o, t, role, name, &type, &group, e));
     bool as_is = qpk_st_keep_type(t->dtype) == type && t->dtype != QPK_ST_F64;
-    QPK_TRY(out_begin(j, name, type, group, t, e));
+    QPK_TRY(out_begin(j, name, type, group, t->ndim, t->shape, e));
     QPK_TRY(qpk_type_is_quantized(type) ? quantize_tensor(j, t, type, group, e)
             : as_is                     ? copy_bytes(j, t, e)
                                         : convert_values(j, t, (qpk_type)type, e));
@@ -268,7 +349,8 @@ static qpk_status write_tensors(job *j, const qpk_checkpoint *ck, qpk_err *e)
         qpk_role role;
         int layer;
         qpk_model_tensor_at(c, i, &role, &layer);
-        j->total += qpk_checkpoint_tensor(ck, role, layer)->nbytes;
+        const qpk_qlinear *q = qpk_checkpoint_qlinear(ck, role, layer);
+        j->total += q ? qlinear_source_bytes(q) : qpk_checkpoint_tensor(ck, role, layer)->nbytes;
     }
     QPK_TRY(write_tensor(j, ck, QPK_ROLE_EMBED, -1, e));
     for (int l = 0; l < c->n_layers; l++) {
@@ -292,15 +374,24 @@ typedef struct gguf_source {
 } gguf_source;
 
 static qpk_status checkpoint_source(void *ud, qpk_role role, int layer, uint32_t *type, uint32_t *group, int *ndim,
-                                    const int64_t **dims, qpk_err *e)
+                                    int64_t dims[QPK_MAX_DIMS], qpk_err *e)
 {
     const gguf_source *g = ud;
     char name[QPK_MAX_NAME];
     qpk_tensor_name(name, sizeof name, role, layer);
+    const qpk_qlinear *q = qpk_checkpoint_qlinear(g->ck, role, layer);
+    if (q && q->perm)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, QPK_ACT_ORDER_GGUF_MSG, q->name);
+    if (q) {
+        *type = q->type, *group = q->group, *ndim = 2;
+        dims[0] = q->rows, dims[1] = q->cols;
+        return QPK_OK;
+    }
     const qpk_st_tensor *t = qpk_checkpoint_tensor(g->ck, role, layer);
     QPK_TRY(qpk_tensor_plan(g->o, t, role, name, type, group, e));
     qpk_tensor_stored(g->o, role, type, group);
-    *ndim = t->ndim, *dims = t->shape;
+    *ndim = t->ndim;
+    memcpy(dims, t->shape, (size_t)t->ndim * sizeof *dims);
     return QPK_OK;
 }
 
@@ -420,7 +511,8 @@ static void add_recipe(cJSON *m, const qpk_convert_opts *o)
         cJSON_AddStringToObject(q, "group", "row");
     else
         cJSON_AddNumberToObject(q, "group", o->group);
-    cJSON_AddStringToObject(q, "embedding", o->quant ? "int8" : "as --dtype");
+    bool float_embedding = !o->quant || o->to == QPK_OUT_GPTQ || o->to == QPK_OUT_AWQ; /* see qpk_tensor_plan */
+    cJSON_AddStringToObject(q, "embedding", float_embedding ? "as --dtype" : "int8");
     cJSON_AddStringToObject(q, "norms_and_biases", o->quant ? "f32" : "as --dtype");
     if (o->method != QPK_METHOD_RTN) {
         const qpk_calib_opts *co = &o->calib;
@@ -461,6 +553,57 @@ static void add_recipe(cJSON *m, const qpk_convert_opts *o)
     }
 }
 
+/* An imported GPTQ/AWQ checkpoint's recipe: where its linears come from, and what they became. */
+static void add_import(cJSON *m, const qpk_checkpoint *ck)
+{
+    const qpk_hfq *h = qpk_checkpoint_hfq(ck);
+    const qpk_config *c = qpk_checkpoint_config(ck);
+    cJSON *q = cJSON_AddObjectToObject(m, "quantization");
+    cJSON_AddStringToObject(q, "method", "imported");
+    cJSON *src = cJSON_AddObjectToObject(q, "source");
+    cJSON_AddStringToObject(src, "format", h->method == QPK_HFQ_GPTQ ? "gptq" : "awq");
+    cJSON_AddStringToObject(src, "layout", h->method == QPK_HFQ_AWQ ? "gemm" : h->v2 ? "gptq_v2" : "gptq");
+    cJSON_AddNumberToObject(src, "bits", h->bits);
+    if (h->group == -1)
+        cJSON_AddStringToObject(src, "group_size", "row");
+    else
+        cJSON_AddNumberToObject(src, "group_size", (double)h->group);
+    cJSON_AddBoolToObject(src, "sym", h->sym);
+    cJSON_AddBoolToObject(src, "desc_act", h->desc_act);
+    /* How many linears became each qpk type, and how many take their input permuted. */
+    int count[QPK_TYPE_COUNT_] = {0}, permuted = 0, floats = 0;
+    for (int l = 0; l < c->n_layers; l++)
+        for (int i = 0; i < QPK_LAYER_ROLES; i++) {
+            qpk_role r = qpk_layer_role(i);
+            const qpk_qlinear *ql = qpk_checkpoint_qlinear(ck, r, l);
+            if (ql)
+                count[ql->type]++, permuted += ql->perm != NULL;
+            else
+                floats += qpk_role_is_matrix(r);
+        }
+    cJSON *types = cJSON_AddObjectToObject(q, "linears");
+    for (uint32_t t = 0; t < QPK_TYPE_COUNT_; t++)
+        if (count[t])
+            cJSON_AddNumberToObject(types, qpk_type_name(t), count[t]);
+    if (floats)
+        cJSON_AddNumberToObject(types, "float", floats);
+    cJSON_AddNumberToObject(q, "permuted_inputs", permuted);
+    cJSON_AddStringToObject(q, "embedding_and_norms", "as stored (--dtype)");
+}
+
+/* Whether any imported linear takes its input permuted: then the file is version 2. */
+static bool has_permutations(const qpk_checkpoint *ck)
+{
+    const qpk_config *c = qpk_checkpoint_config(ck);
+    for (int l = 0; l < c->n_layers; l++)
+        for (int i = 0; i < QPK_LAYER_ROLES; i++) {
+            const qpk_qlinear *ql = qpk_checkpoint_qlinear(ck, qpk_layer_role(i), l);
+            if (ql && ql->perm)
+                return true;
+        }
+    return false;
+}
+
 static cJSON *base_metadata(const qpk_checkpoint *ck, const qpk_convert_opts *o, cJSON **prov)
 {
     cJSON *m = cJSON_CreateObject();
@@ -473,11 +616,14 @@ static cJSON *base_metadata(const qpk_checkpoint *ck, const qpk_convert_opts *o,
         return NULL;
     }
     cJSON_AddStringToObject(m, "format", "qpk");
-    cJSON_AddNumberToObject(m, "format_version", 1);
+    cJSON_AddNumberToObject(m, "format_version", has_permutations(ck) ? 2 : 1);
     cJSON_AddStringToObject(m, "architecture", "qwen2");
     cJSON_AddItemToObject(m, "config", cfg);
     cJSON_AddBoolToObject(m, "tied", qpk_checkpoint_config(ck)->tie_word_embeddings);
-    add_recipe(m, o);
+    if (qpk_checkpoint_hfq(ck)->method != QPK_HFQ_NONE)
+        add_import(m, ck);
+    else
+        add_recipe(m, o);
     *prov = cJSON_AddObjectToObject(m, "provenance");
     cJSON_AddStringToObject(*prov, "tool", "qconvert");
     cJSON_AddStringToObject(*prov, "version", QPK_VERSION_STRING);
@@ -545,7 +691,7 @@ static qpk_status check_output(const qpk_checkpoint *ck, const char *dir, const 
     return QPK_OK;
 }
 
-qpk_status qpk_convert(const char *dir, const char *out, const qpk_convert_opts *o, qpk_err *e)
+static qpk_status convert_file(const char *dir, const char *out, const qpk_convert_opts *o, qpk_err *e)
 {
     if (o->dtype >= 0 && o->dtype != QPK_TYPE_F32 && o->dtype != QPK_TYPE_F16 && o->dtype != QPK_TYPE_BF16)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "--dtype must be keep, f32, f16 or bf16");
@@ -564,6 +710,10 @@ qpk_status qpk_convert(const char *dir, const char *out, const qpk_convert_opts 
     qpk_status s = qpk_checkpoint_open(&ck, dir, &o->cb, e);
     if (s == QPK_OK)
         s = check_output(ck, dir, out, e);
+    if (s == QPK_OK && qpk_checkpoint_hfq(ck)->method != QPK_HFQ_NONE && (o->quant || o->method != QPK_METHOD_RTN))
+        s = qpk_err_setf(e, QPK_E_INVALID_ARG, "%s is already quantized (%s): its linears are imported exactly, "
+                         "never requantized; --quant and --method do not apply", dir,
+                         qpk_checkpoint_hfq(ck)->method == QPK_HFQ_GPTQ ? "gptq" : "awq");
     if (s == QPK_OK) {
         j.cfg = qpk_checkpoint_config(ck);
         warn_unmatched_rules(o, j.cfg);
@@ -576,7 +726,7 @@ qpk_status qpk_convert(const char *dir, const char *out, const qpk_convert_opts 
         s = job_buffers(&j, qpk_checkpoint_config(ck), e);
     if (s == QPK_OK && o->method != QPK_METHOD_RTN)
         s = qpk_calib_begin(&j.calib, ck, o, j.pool, e);
-    if (s == QPK_OK && o->to == QPK_OUT_GGUF) {
+    if (s == QPK_OK && o->to == QPK_OUT_GGUF) { /* GPTQ/AWQ folders are made from a .qpk: see qpk_convert */
         if ((s = qpk_gguf_export_create(&j.gguf, out, e)) == QPK_OK)
             s = gguf_head(&j, ck, dir, meta, e);
         if (s == QPK_OK)
@@ -617,4 +767,39 @@ qpk_status qpk_convert(const char *dir, const char *out, const qpk_convert_opts 
     cJSON_Delete(meta);
     qpk_checkpoint_close(ck);
     return s;
+}
+
+/*
+ * A GPTQ or AWQ folder is re-packed from a .qpk, so every quantizer and every check of
+ * the .qpk path serves it too: the .qpk is staged inside the folder's hidden temporary
+ * (which a killed process's successor removes), then removed before the folder appears.
+ */
+static qpk_status convert_to_folder(const char *dir, const char *out, const qpk_convert_opts *o, qpk_err *e)
+{
+    qpk_outdir *d = NULL;
+    QPK_TRY(qpk_outdir_create(&d, out, e));
+    const char *tmp = qpk_outdir_tmp(d);
+    char *stage = malloc(strlen(tmp) + sizeof "/.stage.qpk");
+    qpk_status s = stage ? QPK_OK : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    if (s == QPK_OK) {
+        sprintf(stage, "%s/.stage.qpk", tmp);
+        s = convert_file(dir, stage, o, e);
+    }
+    if (s == QPK_OK)
+        s = qpk_export_hf_into(stage, d, o, e);
+    if (s == QPK_OK && unlink(stage) != 0)
+        s = qpk_err_setf(e, QPK_E_IO, "cannot remove '%s': %s", stage, strerror(errno));
+    free(stage);
+    if (s != QPK_OK) {
+        qpk_outdir_discard(d);
+        return s;
+    }
+    return qpk_outdir_commit(d, e);
+}
+
+qpk_status qpk_convert(const char *dir, const char *out, const qpk_convert_opts *o, qpk_err *e)
+{
+    if (o->to == QPK_OUT_GPTQ || o->to == QPK_OUT_AWQ)
+        return convert_to_folder(dir, out, o, e);
+    return convert_file(dir, out, o, e);
 }

@@ -2,7 +2,10 @@
  * Qwen2 as llama.cpp reads it from GGUF: metadata keys, tensor names and dimension
  * order, the tokenizer, and the block types. int8 and int4s blocks of 32 are ggml's
  * Q8_0 and Q4_0 byte for byte; int4 blocks become Q4_1 (m = -d z, exact when it fits
- * an f16, else the nearest f16: counted and reported). Also the .qpk -> GGUF re-pack.
+ * an f16, else the nearest f16: counted and reported); int8z blocks become Q8_0 when
+ * every q - z fits an int8. A larger group (64, 128, a whole row: imported GPTQ/AWQ
+ * checkpoints) is cut into blocks of 32 that share its scale, so it is exact too.
+ * Also the .qpk -> GGUF re-pack.
  */
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -16,16 +19,21 @@
 #include "qpk/quant.h"
 #include "qpk/tokenizer.h"
 
+/* A declared tensor: how its bytes come, and what it is called in the file. */
+typedef struct planned {
+    uint32_t type, group; /* the qpk type and group its bytes come in */
+    bool vector;          /* norms and biases: written as f32 whatever they come in */
+    char name[64];
+} planned;
+
 struct qpk_gguf_export {
     qpk_gguf_writer *w;
-    /* The tensors in declaration order: the qpk type each one's bytes come in. */
-    uint32_t *qtype;
-    bool *vector; /* norms and biases: written as f32 whatever they come in */
+    planned *t; /* in declaration order */
     size_t n, cap, cur;
-    uint64_t cur_left;
+    uint8_t *blocks; /* one source block as ggml blocks of 32 */
+    size_t blocks_cap;
     uint64_t q41_blocks, q41_inexact; /* int4 -> Q4_1 blocks, and those whose m was rounded */
     double q41_max_change;            /* the largest weight change that rounding caused */
-    bool q41_overflow;                /* some m is beyond f16's range */
 };
 
 static uint32_t qpk_gguf_file_type(uint32_t type)
@@ -34,7 +42,7 @@ static uint32_t qpk_gguf_file_type(uint32_t type)
     case QPK_TYPE_F16: return 1;
     case QPK_TYPE_INT4S: return 2;
     case QPK_TYPE_INT4: return 3;
-    case QPK_TYPE_INT8: return 7;
+    case QPK_TYPE_INT8: case QPK_TYPE_INT8Z: return 7;
     case QPK_TYPE_BF16: return 32;
     default: return 0;
     }
@@ -70,12 +78,13 @@ static qpk_status ggml_type_of(uint32_t type, uint32_t group, const char *name, 
     case QPK_TYPE_BF16: *out = QPK_GGML_BF16; return QPK_OK;
     default: break;
     }
-    if (group != 32)
-        return qpk_err_setf(e, QPK_E_UNSUPPORTED,
-                            "tensor '%s' is %s in groups of %u: GGUF's Q8_0, Q4_0 and Q4_1 have groups of 32 "
-                            "(convert from the Hugging Face folder with --group 32)",
-                            name, qpk_type_name(type), group);
-    *out = type == QPK_TYPE_INT8 ? QPK_GGML_Q8_0 : type == QPK_TYPE_INT4S ? QPK_GGML_Q4_0 : QPK_GGML_Q4_1;
+    if (!qpk_type_is_quantized(type) || group % 32 != 0)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "tensor '%s' is %s%s: no GGUF type holds it", name,
+                            qpk_type_name(type), qpk_type_is_quantized(type) ? " in groups that are not blocks of 32" : "");
+    /* A group of G shares one scale: G/32 blocks of ggml's with that scale hold it exactly. */
+    *out = type == QPK_TYPE_INT8 || type == QPK_TYPE_INT8Z ? QPK_GGML_Q8_0
+           : type == QPK_TYPE_INT4S                        ? QPK_GGML_Q4_0
+                                                           : QPK_GGML_Q4_1;
     return QPK_OK;
 }
 
@@ -101,8 +110,8 @@ void qpk_gguf_export_discard(qpk_gguf_export *x)
     if (!x)
         return;
     qpk_gguf_writer_discard(x->w);
-    free(x->qtype);
-    free(x->vector);
+    free(x->t);
+    free(x->blocks);
     free(x);
 }
 
@@ -293,18 +302,14 @@ static qpk_status declare(qpk_gguf_export *x, qpk_role role, int layer, uint32_t
     QPK_TRY(qpk_gguf_add_tensor(x->w, name, gt, ndim, ne, e));
     if (x->n == x->cap) {
         size_t cap = x->cap ? 2 * x->cap : 256;
-        uint32_t *q = realloc(x->qtype, cap * sizeof *q);
-        if (q)
-            x->qtype = q;
-        bool *v = realloc(x->vector, cap * sizeof *v);
-        if (v)
-            x->vector = v;
-        if (!q || !v)
+        planned *t = realloc(x->t, cap * sizeof *t);
+        if (!t)
             return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
-        x->cap = cap;
+        x->t = t, x->cap = cap;
     }
-    x->qtype[x->n] = type, x->vector[x->n] = vector;
-    x->n++;
+    planned *t = &x->t[x->n++];
+    t->type = type, t->group = group, t->vector = vector;
+    snprintf(t->name, sizeof t->name, "%s", name);
     return QPK_OK;
 }
 
@@ -316,9 +321,9 @@ qpk_status qpk_gguf_export_plan(qpk_gguf_export *x, const qpk_config *c, qpk_ggu
         qpk_role role;
         int layer, ndim;
         uint32_t type, group;
-        const int64_t *dims;
+        int64_t dims[QPK_MAX_DIMS];
         qpk_model_tensor_at(c, i, &role, &layer);
-        QPK_TRY(source(ud, role, layer, &type, &group, &ndim, &dims, e));
+        QPK_TRY(source(ud, role, layer, &type, &group, &ndim, dims, e));
         QPK_TRY(declare(x, role, layer, type, group, ndim, dims, e));
         if (qpk_role_is_per_layer(role) && qpk_role_is_matrix(role))
             linear_elems[type] += (uint64_t)dims[0] * (uint64_t)dims[1];
@@ -329,24 +334,60 @@ qpk_status qpk_gguf_export_plan(qpk_gguf_export *x, const qpk_config *c, qpk_ggu
     return write_meta(x, c, m, qpk_gguf_file_type(most), e);
 }
 
-/* One int4 block of 32 (f16 d, u8 z, u8 0, 16 bytes of codes) as Q4_1 (f16 d, f16 m, the same codes). */
-static void to_q41(qpk_gguf_export *x, const uint8_t *in, uint8_t *out)
+/* An int4 block's offset m = -d z as Q4_1's f16: counted when rounded; false when past f16's range. */
+static bool q41_offset(qpk_gguf_export *x, const uint8_t *block, uint16_t *mh)
 {
     uint16_t dh;
-    memcpy(&dh, in, 2);
-    float d = qpk_f16_to_f32(dh), m = -d * (float)in[2]; /* exact in f32: d has 11 significant bits, z 4 */
-    uint16_t mh = qpk_f32_to_f16(m);
-    float back = qpk_f16_to_f32(mh);
+    memcpy(&dh, block, 2);
+    float d = qpk_f16_to_f32(dh), m = -d * (float)block[2]; /* exact in f32: d has 11 significant bits, z 8 */
+    *mh = qpk_f32_to_f16(m);
+    float back = qpk_f16_to_f32(*mh);
     if (!isfinite(back))
-        x->q41_overflow = true;
-    else if (back != m) {
+        return false;
+    if (back != m) {
         x->q41_inexact++;
         x->q41_max_change = fabs((double)back - m) > x->q41_max_change ? fabs((double)back - m) : x->q41_max_change;
     }
-    x->q41_blocks++;
-    memcpy(out, in, 2);
-    memcpy(out + 2, &mh, 2);
-    memcpy(out + 4, in + 4, 16);
+    return true;
+}
+
+/*
+ * One source block of G weights (FORMAT.md) as G/32 ggml blocks with its scale:
+ * int8 -> Q8_0 and int4s -> Q4_0 (their chunks of 32 are ggml's codes as they are),
+ * int4 -> Q4_1 (m = -d z), int8z -> Q8_0 (q - z, which must fit an int8).
+ */
+static qpk_status to_ggml(qpk_gguf_export *x, const planned *t, const uint8_t *in, uint8_t *out, qpk_err *e)
+{
+    const qpk_type_info *ti = qpk_type_info_of(t->type);
+    const uint8_t *codes = in + ti->head_bytes;
+    const size_t chunk = 4 * ti->bits; /* bytes of codes per 32 weights */
+    uint16_t mh = 0;
+    if (t->type == QPK_TYPE_INT4 && !q41_offset(x, in, &mh))
+        return qpk_err_setf(e, QPK_E_VALUE, "tensor '%s': an int4 block's offset -d*z is beyond f16's range: no "
+                            "Q4_1 holds it", t->name);
+    const int32_t z = t->type == QPK_TYPE_INT8Z ? (int32_t)(in[2] | in[3] << 8) : 0;
+    for (uint32_t c = 0; c < t->group / 32; c++) {
+        memcpy(out, in, 2); /* d */
+        if (t->type == QPK_TYPE_INT4) {
+            memcpy(out + 2, &mh, 2);
+            memcpy(out + 4, codes + c * chunk, chunk);
+            out += 20, x->q41_blocks++;
+        } else if (t->type == QPK_TYPE_INT8Z) {
+            for (int i = 0; i < 32; i++) {
+                int32_t q = codes[c * chunk + (size_t)i] - z;
+                if (q < -128 || q > 127)
+                    return qpk_err_setf(e, QPK_E_UNSUPPORTED, "tensor '%s': a code minus its zero point is %d, "
+                                        "outside Q8_0's int8: no GGUF type holds this 8-bit block as it is",
+                                        t->name, q);
+                out[2 + i] = (uint8_t)(int8_t)q;
+            }
+            out += 34;
+        } else {
+            memcpy(out + 2, codes + c * chunk, chunk);
+            out += 2 + chunk;
+        }
+    }
+    return QPK_OK;
 }
 
 /* A vector's values, in whatever float type they come, as f32. */
@@ -369,23 +410,26 @@ qpk_status qpk_gguf_export_write(qpk_gguf_export *x, const void *data, size_t n,
 {
     if (x->cur >= x->n)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "GGUF data past the declared tensors");
-    const uint32_t type = x->qtype[x->cur];
-    if (x->vector[x->cur] && type != QPK_TYPE_F32)
-        return write_widened(x, type, data, n, e);
-    if (type != QPK_TYPE_INT4)
+    const planned *t = &x->t[x->cur];
+    if (t->vector && t->type != QPK_TYPE_F32)
+        return write_widened(x, t->type, data, n, e);
+    /* Bytes that are ggml's as they are: plain types, and int8 and int4s blocks of 32. */
+    if (!qpk_type_is_quantized(t->type) ||
+        (t->group == 32 && (t->type == QPK_TYPE_INT8 || t->type == QPK_TYPE_INT4S)))
         return qpk_gguf_write(x->w, data, n, e);
-    if (n % 20 != 0)
-        return qpk_err_setf(e, QPK_E_INVALID_ARG, "int4 data must come in whole blocks");
-    uint8_t buf[20 * 256];
-    const uint8_t *p = data;
-    while (n > 0) {
-        size_t k = n < sizeof buf ? n : sizeof buf;
-        for (size_t b = 0; b < k; b += 20)
-            to_q41(x, p + b, buf + b);
-        if (x->q41_overflow)
-            return qpk_err_setf(e, QPK_E_VALUE, "an int4 block's offset -d*z is beyond f16's range: no Q4_1 for it");
-        QPK_TRY(qpk_gguf_write(x->w, buf, k, e));
-        p += k, n -= k;
+    const size_t bb = qpk_type_block_bytes(t->type, t->group);
+    const size_t out_bb = (t->group / 32) * (t->type == QPK_TYPE_INT4 ? 20u : t->type == QPK_TYPE_INT4S ? 18u : 34u);
+    if (n % bb != 0)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "%s data must come in whole blocks", qpk_type_name(t->type));
+    if (out_bb > x->blocks_cap) {
+        uint8_t *b = realloc(x->blocks, out_bb);
+        if (!b)
+            return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+        x->blocks = b, x->blocks_cap = out_bb;
+    }
+    for (const uint8_t *p = data, *end = p + n; p < end; p += bb) {
+        QPK_TRY(to_ggml(x, t, p, x->blocks, e));
+        QPK_TRY(qpk_gguf_write(x->w, x->blocks, out_bb, e));
     }
     return QPK_OK;
 }
@@ -428,14 +472,18 @@ static void base_name(const char *path, char *buf, size_t cap)
 
 /* A .qpk's tensors as the plan takes them: as they are stored. */
 static qpk_status qpk_source(void *ud, qpk_role role, int layer, uint32_t *type, uint32_t *group, int *ndim,
-                             const int64_t **dims, qpk_err *e)
+                             int64_t dims[QPK_MAX_DIMS], qpk_err *e)
 {
     char name[QPK_MAX_NAME];
     qpk_tensor_name(name, sizeof name, role, layer);
     const qpk_tensor *t = qpk_find_tensor(ud, name);
     if (!t)
         return qpk_err_setf(e, QPK_E_MISMATCH, "missing tensor '%s'", name);
-    *type = t->type, *group = t->group_size, *ndim = t->ndim, *dims = t->dims;
+    char perm[QPK_MAX_NAME];
+    if (qpk_perm_name(perm, sizeof perm, role, layer) && qpk_find_tensor(ud, perm))
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, QPK_ACT_ORDER_GGUF_MSG, name);
+    *type = t->type, *group = t->group_size, *ndim = t->ndim;
+    memcpy(dims, t->dims, (size_t)t->ndim * sizeof *dims);
     return QPK_OK;
 }
 
@@ -469,8 +517,11 @@ static qpk_status repack_tensor(qpk_gguf_export *x, const qpk_file *f, size_t in
     const qpk_tensor *t = qpk_tensor_at(f, index);
     qpk_status s = qpk_verify_tensor(f, index, e);
     const uint8_t *p = t->data;
-    for (uint64_t off = 0; off < t->nbytes && s == QPK_OK; off += REPACK_CHUNK) {
-        size_t n = (size_t)(t->nbytes - off < REPACK_CHUNK ? t->nbytes - off : REPACK_CHUNK);
+    /* Whole rows at a time: the exporter converts blocks, and a row is whole blocks. */
+    const uint64_t row = t->ndim == 2 ? qpk_type_row_bytes(t->type, t->group_size, t->dims[1]) : 1;
+    const uint64_t chunk = row >= REPACK_CHUNK ? row : REPACK_CHUNK / row * row;
+    for (uint64_t off = 0; off < t->nbytes && s == QPK_OK; off += chunk) {
+        size_t n = (size_t)(t->nbytes - off < chunk ? t->nbytes - off : chunk);
         s = qpk_gguf_export_write(x, p + off, n, e);
     }
     qpk_gguf_export_next(x);

@@ -40,6 +40,52 @@ qpk_status qpk_tensor_plan(const qpk_convert_opts *o, const qpk_st_tensor *src, 
 /* How a planned tensor is finally stored: an AWQ fold-only run keeps its folded linears in f32. */
 void qpk_tensor_stored(const qpk_convert_opts *o, qpk_role role, uint32_t *type, uint32_t *group);
 
+/* ------------------------------------------ GPTQ / AWQ checkpoints (hfquant.c) */
+
+typedef enum qpk_hfq_method { QPK_HFQ_NONE = 0, QPK_HFQ_GPTQ, QPK_HFQ_AWQ } qpk_hfq_method;
+
+/* A checkpoint's quantization_config (or quantize_config.json), as far as the layout goes. */
+typedef struct qpk_hfq {
+    qpk_hfq_method method;
+    int bits;          /* 4 or 8 (AWQ: 4) */
+    int64_t group;     /* group_size; -1: one group per row */
+    bool sym, desc_act;
+    bool v2;           /* GPTQ checkpoint_format gptq_v2: zeros stored as they are (v1: zero - 1) */
+    char skip[16][64]; /* AWQ's modules_to_not_convert */
+    int n_skip;
+} qpk_hfq;
+
+/*
+ * Reads config.json's quantization_config, or quantize_config.json (qcfg, may be NULL)
+ * when config.json has none; when both are there they must agree. q->method is
+ * QPK_HFQ_NONE for a float checkpoint. Unknown methods, bits, layouts are refused by name.
+ */
+qpk_status qpk_hfq_parse(const char *config, size_t n, const char *qcfg, size_t qn, qpk_hfq *q, qpk_err *e);
+/* Whether the linear called name is one the config leaves in float (AWQ's modules_to_not_convert). */
+bool qpk_hfq_skips(const qpk_hfq *q, const char *name);
+
+/* One quantized linear of such a checkpoint, and how it imports into qpk blocks. */
+typedef struct qpk_qlinear {
+    const qpk_hfq *q;
+    char name[QPK_MAX_NAME];   /* "model.layers.3.mlp.up_proj" */
+    const qpk_st_tensor *qweight, *qzeros, *scales, *g_idx; /* g_idx may be NULL */
+    int64_t rows, cols;        /* out, in (from the config) */
+    int64_t groups;            /* the checkpoint's groups per row */
+    uint32_t type, group;      /* the qpk type and group it imports as */
+    int32_t *perm;             /* act-order: stored column j is input perm[j] (owned); else NULL */
+} qpk_qlinear;
+
+/* Checks the tensors against the config and the layout, and decides type, group and permutation. */
+qpk_status qpk_qlinear_init(qpk_qlinear *l, qpk_err *e);
+void qpk_qlinear_free(qpk_qlinear *l);
+/* Rows [r0, r0 + n) as qpk blocks (qpk_type_row_bytes each), exactly. */
+qpk_status qpk_qlinear_rows(const qpk_qlinear *l, int64_t r0, int64_t n, uint8_t *out, qpk_err *e);
+
+/* A checkpoint's quantized linear (role, layer), or NULL when that linear is float. */
+const qpk_qlinear *qpk_checkpoint_qlinear(const qpk_checkpoint *ck, qpk_role role, int layer);
+/* The checkpoint's quantization (method QPK_HFQ_NONE for a float one). */
+const qpk_hfq *qpk_checkpoint_hfq(const qpk_checkpoint *ck);
+
 /* ------------------------------------------------ calibration (calibrate.c) */
 
 typedef struct qpk_calib qpk_calib;
@@ -63,7 +109,17 @@ double qpk_seconds(void);
 /* Embedded file `name` of f, malloc'd and NUL-terminated; *data NULL when f has none. */
 qpk_status qpk_read_blob(const qpk_file *f, const char *name, char **data, size_t *len, qpk_err *e);
 
+/* ---------------------------------------------- GPTQ/AWQ export (hf_export.c) */
+
+/* qpk_export_hf's work, into the hidden folder of d (which the caller commits or discards). */
+qpk_status qpk_export_hf_into(const char *in, qpk_outdir *d, const qpk_convert_opts *o, qpk_err *e);
+
 /* ------------------------------------------------- GGUF export (gguf_export.c) */
+
+/* The refusal of an act-order linear (named by %s) in GGUF, wherever it comes from. */
+#define QPK_ACT_ORDER_GGUF_MSG                                                                                         \
+    "%s is act-order (its groups gather scattered input columns): no GGUF type holds it as it is; --requantize "      \
+    "requantizes such linears to groups of 32 and reports the KL divergence it costs"
 
 typedef struct qpk_gguf_export qpk_gguf_export;
 
@@ -82,7 +138,7 @@ typedef struct qpk_gguf_meta {
 
 /* How tensor (role, layer) comes to the exporter: its qpk type, group and dims (outermost first). */
 typedef qpk_status (*qpk_gguf_source_fn)(void *ud, qpk_role role, int layer, uint32_t *type, uint32_t *group,
-                                         int *ndim, const int64_t **dims, qpk_err *e);
+                                         int *ndim, int64_t dims[QPK_MAX_DIMS], qpk_err *e);
 
 /*
  * The one GGUF planning path, for every source: declares the tensors of a model with

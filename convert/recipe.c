@@ -82,9 +82,11 @@ qpk_status qpk_tensor_plan(const qpk_convert_opts *o, const qpk_st_tensor *src, 
     bool vector = !qpk_role_is_matrix(role);
     *group = 0;
     if (o->quant) {
+        bool hf = o->to == QPK_OUT_GPTQ || o->to == QPK_OUT_AWQ; /* those layouts keep the embedding float */
         *type = vector ? QPK_TYPE_F32
-                : (role == QPK_ROLE_EMBED || role == QPK_ROLE_LM_HEAD) ? QPK_TYPE_INT8
-                                                                         : (uint32_t)o->quant;
+                : (role == QPK_ROLE_EMBED || role == QPK_ROLE_LM_HEAD)
+                    ? (hf ? (o->dtype < 0 ? qpk_st_keep_type(src->dtype) : (uint32_t)o->dtype) : QPK_TYPE_INT8)
+                    : (uint32_t)o->quant;
         *group = qpk_type_is_quantized(*type) ? o->group : 0;
     } else {
         *type = o->dtype < 0 ? qpk_st_keep_type(src->dtype) : (uint32_t)o->dtype;

@@ -104,6 +104,25 @@ static long temp_owner(const char *name)
     return pid > 0 && *end == '.' && end[1] ? pid : 0;
 }
 
+/* Removes the regular files of folder fd (an output folder never holds anything else), then the folder. */
+static void remove_flat_dir(int parent, const char *name)
+{
+    int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    if (!d) {
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    for (struct dirent *ent; (ent = readdir(d));) {
+        struct stat sb;
+        if (fstatat(dirfd(d), ent->d_name, &sb, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(sb.st_mode))
+            unlinkat(dirfd(d), ent->d_name, 0);
+    }
+    closedir(d);
+    unlinkat(parent, name, AT_REMOVEDIR); /* fails, harmlessly, if anything else was put there */
+}
+
 /* Removes the temporaries in dir that processes now gone left (killed before they could clean up). */
 static void remove_stale_temps(const char *dir)
 {
@@ -115,9 +134,12 @@ static void remove_stale_temps(const char *dir)
         struct stat sb;
         if (!pid || kill((pid_t)pid, 0) == 0 || errno != ESRCH)
             continue; /* not ours, or its process still exists (or may: EPERM) */
-        if (fstatat(dirfd(d), ent->d_name, &sb, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(sb.st_mode) &&
-            sb.st_uid == geteuid())
+        if (fstatat(dirfd(d), ent->d_name, &sb, AT_SYMLINK_NOFOLLOW) != 0 || sb.st_uid != geteuid())
+            continue;
+        if (S_ISREG(sb.st_mode))
             unlinkat(dirfd(d), ent->d_name, 0);
+        else if (S_ISDIR(sb.st_mode))
+            remove_flat_dir(dirfd(d), ent->d_name);
     }
     closedir(d);
 }
@@ -297,5 +319,92 @@ qpk_status qpk_outfile_commit(qpk_outfile *o, qpk_err *e)
     if (s == QPK_OK)
         s = publish(o, e);
     qpk_outfile_discard(o);
+    return s;
+}
+
+/* ------------------------------------------------------------ atomic folders */
+
+struct qpk_outdir {
+    char *path, *tmp;
+};
+
+const char *qpk_outdir_tmp(const qpk_outdir *d) { return d->tmp; }
+
+qpk_status qpk_outdir_create(qpk_outdir **out, const char *path, qpk_err *e)
+{
+    *out = NULL;
+    if (!path || !*path)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "empty output path");
+    struct stat sb;
+    if (lstat(path, &sb) == 0) {
+        if (!S_ISDIR(sb.st_mode))
+            return qpk_err_setf(e, QPK_E_IO, "'%s' exists and is %s: this output is a folder", path,
+                                qpk_file_kind(sb.st_mode));
+        DIR *d = opendir(path);
+        bool empty = d != NULL;
+        for (struct dirent *ent; d && empty && (ent = readdir(d));)
+            empty = !strcmp(ent->d_name, ".") || !strcmp(ent->d_name, "..");
+        if (d)
+            closedir(d);
+        if (!empty)
+            return qpk_err_setf(e, QPK_E_IO, "the folder '%s' exists and is not empty: qpk replaces only an empty "
+                                "folder (remove it, or choose another path)", path);
+    }
+    qpk_outdir *d = calloc(1, sizeof *d);
+    char *parent = dir_of(path), *base_copy = strdup(path);
+    size_t n = strlen(path) * 2 + 64;
+    if (d)
+        d->path = strdup(path), d->tmp = malloc(n);
+    if (!d || !d->path || !d->tmp || !parent || !base_copy) {
+        free(parent), free(base_copy);
+        qpk_outdir_discard(d);
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    }
+    remove_stale_temps(parent);
+    snprintf(d->tmp, n, "%s/.%s" TMP_TAG "%ld.XXXXXX", parent, basename(base_copy), (long)getpid());
+    free(parent), free(base_copy);
+    if (!mkdtemp(d->tmp)) {
+        int err = errno;
+        free(d->tmp), d->tmp = NULL;
+        qpk_outdir_discard(d);
+        return qpk_err_setf(e, QPK_E_IO, "cannot create a folder beside '%s': %s", path, strerror(err));
+    }
+    chmod(d->tmp, 0755); /* mkdtemp makes it 0700; a model folder is as readable as any file qpk writes */
+    *out = d;
+    return QPK_OK;
+}
+
+void qpk_outdir_discard(qpk_outdir *d)
+{
+    if (!d)
+        return;
+    if (d->tmp)
+        remove_flat_dir(AT_FDCWD, d->tmp);
+    free(d->tmp), free(d->path), free(d);
+}
+
+/* fsync of a path opened read-only (a file or a folder). */
+static bool sync_path(int dirfd_, const char *name, int flags)
+{
+    int fd = openat(dirfd_, name, O_RDONLY | O_CLOEXEC | flags);
+    bool ok = fd >= 0 && fsync(fd) == 0;
+    if (fd >= 0)
+        close(fd);
+    return ok;
+}
+
+qpk_status qpk_outdir_commit(qpk_outdir *d, qpk_err *e)
+{
+    /* Each file was fsync'd when it was committed into the folder; the folder's entries now. */
+    qpk_status s = sync_path(AT_FDCWD, d->tmp, O_DIRECTORY)
+                       ? QPK_OK
+                       : qpk_err_setf(e, QPK_E_IO, "cannot sync folder '%s': %s", d->tmp, strerror(errno));
+    if (s == QPK_OK && rename(d->tmp, d->path) != 0)
+        s = qpk_err_setf(e, QPK_E_IO, "cannot rename into '%s': %s", d->path, strerror(errno));
+    if (s == QPK_OK) {
+        free(d->tmp), d->tmp = NULL; /* in place now: discard must not remove it */
+        s = sync_dir(d->path, e);
+    }
+    qpk_outdir_discard(d);
     return s;
 }

@@ -117,11 +117,6 @@ static qpk_status check_architecture(const cJSON *root, qpk_err *e)
                             "model_type \"%.64s\" is not supported: qpk converts "
                             "\"qwen2\" models (Qwen1.5 and Qwen2)",
                             mt->valuestring);
-    const cJSON *qc = cJSON_GetObjectItemCaseSensitive(root, "quantization_config");
-    if (qc && !cJSON_IsNull(qc))
-        return qpk_err_setf(e, QPK_E_UNSUPPORTED,
-                            "the checkpoint is already quantized (quantization_config is set); "
-                            "convert the original floating-point checkpoint");
     const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
     if (rs && !cJSON_IsNull(rs))
         return qpk_err_setf(e, QPK_E_UNSUPPORTED,
@@ -203,7 +198,7 @@ qpk_status qpk_config_parse(qpk_config *c, const char *json, size_t len, qpk_err
     return s;
 }
 
-qpk_status qpk_meta_validate(const char *meta, size_t len, qpk_config *cfg, qpk_err *e)
+qpk_status qpk_meta_validate(const char *meta, size_t len, qpk_config *cfg, uint32_t *version, qpk_err *e)
 {
     cJSON *root;
     QPK_TRY(qpk_json_parse("JSON", meta, len, &root, e));
@@ -215,12 +210,14 @@ qpk_status qpk_meta_validate(const char *meta, size_t len, qpk_config *cfg, qpk_
         s = qpk_err_setf(e, QPK_E_CORRUPT, "metadata is not a JSON object");
     else if (!cJSON_IsString(fmt) || strcmp(fmt->valuestring, "qpk") != 0)
         s = qpk_err_setf(e, QPK_E_CORRUPT, "metadata: \"format\" is not \"qpk\"");
-    else if (!cJSON_IsNumber(ver) || ver->valuedouble != QPK_FORMAT_VERSION)
-        s = qpk_err_setf(e, QPK_E_CORRUPT, "metadata: \"format_version\" is not %u", QPK_FORMAT_VERSION);
+    else if (!cJSON_IsNumber(ver) || (ver->valuedouble != 1 && ver->valuedouble != QPK_FORMAT_VERSION))
+        s = qpk_err_setf(e, QPK_E_CORRUPT, "metadata: \"format_version\" is not 1 or %u", QPK_FORMAT_VERSION);
     else if (!cJSON_IsString(arch) || strcmp(arch->valuestring, "qwen2") != 0)
         s = qpk_err_setf(e, QPK_E_UNSUPPORTED, "metadata: \"architecture\" is not \"qwen2\"");
     else if ((s = config_from_cjson(cfg, cJSON_GetObjectItemCaseSensitive(root, "config"), e)) != QPK_OK)
         qpk_err_prefix(e, "metadata \"config\"");
+    else
+        *version = (uint32_t)ver->valuedouble;
     cJSON_Delete(root);
     return s;
 }
@@ -338,6 +335,14 @@ int qpk_tensor_name(char *buf, size_t cap, qpk_role role, int layer)
     if (qpk_role_is_per_layer(role))
         return snprintf(buf, cap, "model.layers.%d.%s", layer, ROLE_SUFFIX[role]);
     return snprintf(buf, cap, "%s", ROLE_SUFFIX[role]);
+}
+
+int qpk_perm_name(char *buf, size_t cap, qpk_role role, int layer)
+{
+    if (!qpk_role_is_per_layer(role) || !qpk_role_is_matrix(role))
+        return 0;
+    const char *s = ROLE_SUFFIX[role];
+    return snprintf(buf, cap, "model.layers.%d.%.*s.perm", layer, (int)(strlen(s) - strlen(".weight")), s);
 }
 
 int qpk_role_shape(const qpk_config *c, qpk_role role, int64_t dims[2])

@@ -10,7 +10,7 @@
 /* Layout constants of .qpk v1 (FORMAT.md is the normative text). */
 #define QPK_MAGIC "QPKF\r\n\x1a\n"
 #define QPK_MAGIC_LEN 8
-#define QPK_FORMAT_VERSION 1u
+#define QPK_FORMAT_VERSION 2u /* the newest this build reads and writes; version 1 files read as ever */
 #define QPK_HEADER_SIZE 64u
 #define QPK_SECTION_ENTRY_SIZE 32u
 #define QPK_TENSOR_ENTRY_SIZE 80u
@@ -57,7 +57,7 @@ static inline int qpk_name_ok(const char *s, size_t n)
     return 1;
 }
 
-/* Checks that meta is a JSON object with the keys every .qpk has; fills cfg. */
-qpk_status qpk_meta_validate(const char *meta, size_t len, qpk_config *cfg, qpk_err *e);
+/* Checks that meta is a JSON object with the keys every .qpk has; fills cfg and *version (1 or 2). */
+qpk_status qpk_meta_validate(const char *meta, size_t len, qpk_config *cfg, uint32_t *version, qpk_err *e);
 
 #endif

@@ -28,9 +28,11 @@ static const qpk_type_info QPK_TYPE_TABLE[QPK_TYPE_COUNT_] = {
     [QPK_TYPE_F32] = PLAIN("f32", 4, 0),
     [QPK_TYPE_F16] = PLAIN("f16", 2, 1),
     [QPK_TYPE_BF16] = PLAIN("bf16", 2, 30),
+    [QPK_TYPE_I32] = PLAIN("i32", 4, 26),
     [QPK_TYPE_INT8] = BLOCK("int8", 8, 2, 8),   /* f16 d; at G = 32 ggml's Q8_0 */
     [QPK_TYPE_INT4] = BLOCK("int4", 4, 4, 3),   /* f16 d, u8 z, u8 0; to Q4_1 with m = -d z */
     [QPK_TYPE_INT4S] = BLOCK("int4s", 4, 2, 2), /* f16 d; at G = 32 ggml's Q4_0 */
+    [QPK_TYPE_INT8Z] = BLOCK("int8z", 8, 4, 8), /* f16 d, u16 z; to Q8_0 when every q - z fits int8 */
 #undef PLAIN
 #undef BLOCK
 };
@@ -119,6 +121,23 @@ const char *qpk_outfile_path(const qpk_outfile *o);
 qpk_status qpk_outfile_commit(qpk_outfile *o, qpk_err *e);
 /* Drops everything written; nothing appears at the path. NULL-safe. */
 void qpk_outfile_discard(qpk_outfile *o);
+
+/*
+ * A folder that appears at its path complete or not at all: its files are written into
+ * a hidden folder beside it (.NAME.qpk-tmp.PID.XXXXXX), which commit fsyncs and renames
+ * into place. An existing folder at the path is replaced only when empty: a folder
+ * holding anything is refused, never deleted. The temporaries of processes killed
+ * before they could clean up are removed by the next output into the same folder.
+ */
+typedef struct qpk_outdir qpk_outdir;
+
+qpk_status qpk_outdir_create(qpk_outdir **out, const char *path, qpk_err *e);
+/* The hidden folder files go into until commit. */
+const char *qpk_outdir_tmp(const qpk_outdir *d);
+/* fsyncs the files and the folder, renames it into place, fsyncs the parent; frees d whatever the outcome. */
+qpk_status qpk_outdir_commit(qpk_outdir *d, qpk_err *e);
+/* Removes the hidden folder and what it holds; nothing appears at the path. NULL-safe. */
+void qpk_outdir_discard(qpk_outdir *d);
 
 /* XXH3-64 of a buffer, as the format uses it (seed 0). */
 uint64_t qpk_xxh3(const void *data, size_t n);

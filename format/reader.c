@@ -76,8 +76,8 @@ static qpk_status check_header(qpk_file *f, layout *L, qpk_err *e)
     if (memcmp(h, QPK_MAGIC, QPK_MAGIC_LEN) != 0)
         return qpk_err_setf(e, QPK_E_CORRUPT, "bad magic: not a .qpk file");
     f->version = rd_u32(h + 8);
-    if (f->version != QPK_FORMAT_VERSION)
-        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "format version %u; this reader knows version %u",
+    if (f->version < 1 || f->version > QPK_FORMAT_VERSION)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "format version %u; this reader knows versions 1 to %u",
                             f->version, QPK_FORMAT_VERSION);
     if (rd_u32(h + 12) != QPK_HEADER_SIZE)
         return qpk_err_setf(e, QPK_E_CORRUPT, "header size %u, expected %u", rd_u32(h + 12), QPK_HEADER_SIZE);
@@ -307,8 +307,11 @@ static qpk_status validate(qpk_file *f, const qpk_open_opts *o, qpk_err *e)
                             (unsigned long long)L.meta.size, (unsigned long long)max_meta);
     f->meta = (const char *)f->base + L.meta.off;
     f->meta_len = (size_t)L.meta.size;
-    if (qpk_meta_validate(f->meta, f->meta_len, &f->cfg, e) != QPK_OK)
+    uint32_t meta_version;
+    if (qpk_meta_validate(f->meta, f->meta_len, &f->cfg, &meta_version, e) != QPK_OK)
         return qpk_err_prefix(e, "metadata");
+    if (meta_version != f->version)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "the header says version %u, the metadata %u", f->version, meta_version);
     QPK_TRY(parse_table(f, &L, o && o->max_tensors ? o->max_tensors : 1000000u, e));
     QPK_TRY(parse_files(f, &L, e));
     if (o && o->verify_checksums)
@@ -438,7 +441,7 @@ qpk_status qpk_verify_tensor(const qpk_file *f, size_t i, qpk_err *e)
 qpk_status qpk_check_model(const qpk_file *f, qpk_err *e)
 {
     const qpk_config *c = &f->cfg;
-    size_t n = qpk_model_n_tensors(c);
+    size_t n = qpk_model_n_tensors(c), perms = 0;
     for (size_t i = 0; i < n; i++) {
         qpk_role role;
         int layer;
@@ -452,9 +455,18 @@ qpk_status qpk_check_model(const qpk_file *f, qpk_err *e)
         int nd = qpk_role_shape(c, role, dims);
         if (t->ndim != nd || t->dims[0] != dims[0] || (nd == 2 && t->dims[1] != dims[1]))
             return qpk_err_setf(e, QPK_E_MISMATCH, "tensor '%s' has the wrong shape for the config", name);
+        /* A linear's input permutation (version 2): i32 [in] beside it. */
+        const qpk_tensor *p = qpk_perm_name(name, sizeof name, role, layer) ? qpk_find_tensor(f, name) : NULL;
+        if (!p)
+            continue;
+        if (f->version < 2)
+            return qpk_err_setf(e, QPK_E_CORRUPT, "tensor '%s' is a permutation, which version 1 files do not have", name);
+        if (p->type != QPK_TYPE_I32 || p->ndim != 1 || p->dims[0] != dims[1])
+            return qpk_err_setf(e, QPK_E_MISMATCH, "permutation '%s' is not i32 [%lld]", name, (long long)dims[1]);
+        perms++;
     }
-    if (f->n_tensors != n)
-        return qpk_err_setf(e, QPK_E_MISMATCH, "%zu tensors, the config implies %zu", f->n_tensors, n);
+    if (f->n_tensors != n + perms)
+        return qpk_err_setf(e, QPK_E_MISMATCH, "%zu tensors, the config implies %zu", f->n_tensors, n + perms);
     return QPK_OK;
 }
 

@@ -256,7 +256,8 @@ static qpk_status finish(qpk_writer *w, const char *meta, size_t meta_len, qpk_e
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "finish inside tensor '%s'",
                             w->entries[w->n_entries - 1].name);
     qpk_config cfg;
-    qpk_status s = qpk_meta_validate(meta, meta_len, &cfg, e);
+    uint32_t version;
+    qpk_status s = qpk_meta_validate(meta, meta_len, &cfg, &version, e);
     if (s != QPK_OK)
         return qpk_err_prefix(e, "refusing to write metadata");
     uint8_t head[QPK_HEADER_SIZE + 3 * QPK_SECTION_ENTRY_SIZE] = {0};
@@ -277,7 +278,7 @@ static qpk_status finish(qpk_writer *w, const char *meta, size_t meta_len, qpk_e
     if (s != QPK_OK)
         return s;
     memcpy(head, QPK_MAGIC, QPK_MAGIC_LEN);
-    wr_u32(head + 8, QPK_FORMAT_VERSION);
+    wr_u32(head + 8, version); /* as the metadata says: 2 when the file holds what version 1 readers lack */
     wr_u32(head + 12, QPK_HEADER_SIZE);
     wr_u64(head + 16, qpk_outfile_tell(w->out));
     wr_u32(head + 24, QPK_DEFAULT_ALIGNMENT);

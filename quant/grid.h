@@ -19,15 +19,23 @@ typedef enum qpk_scale_rule {
 
 typedef struct qpk_grid {
     qpk_scale_rule rule;
-    int32_t qmin, qmax; /* codes */
-    int32_t bias;       /* a code is stored as q + bias (w = d * (stored - bias)) */
-    uint32_t zero_at;   /* QPK_RULE_ZERO_POINT: the byte of the block holding z (w = d * (q - z)) */
+    int32_t qmin, qmax;  /* codes */
+    int32_t bias;        /* a code is stored as q + bias (w = d * (stored - bias)) */
+    uint32_t zero_at;    /* QPK_RULE_ZERO_POINT: the byte of the block where z starts (w = d * (q - z)) */
+    uint32_t zero_bytes; /* and its width, little-endian (1 or 2) */
 } qpk_grid;
 
 static const qpk_grid QPK_GRIDS[QPK_TYPE_COUNT_] = {
-    [QPK_TYPE_INT8] = {QPK_RULE_ABSMAX, -127, 127, 0, 0},
-    [QPK_TYPE_INT4] = {QPK_RULE_ZERO_POINT, 0, 15, 0, 2},
-    [QPK_TYPE_INT4S] = {QPK_RULE_SIGNED_EXTREME, -8, 7, 8, 0},
+    [QPK_TYPE_INT8] = {QPK_RULE_ABSMAX, -127, 127, 0, 0, 0},
+    [QPK_TYPE_INT4] = {QPK_RULE_ZERO_POINT, 0, 15, 0, 2, 1},
+    [QPK_TYPE_INT4S] = {QPK_RULE_SIGNED_EXTREME, -8, 7, 8, 0, 0},
+    [QPK_TYPE_INT8Z] = {QPK_RULE_ZERO_POINT, 0, 255, 0, 2, 2},
 };
+
+/* The zero point stored in block b of a type with QPK_RULE_ZERO_POINT. */
+static inline int32_t qpk_grid_zero(const qpk_grid *g, const uint8_t *b)
+{
+    return g->zero_bytes == 2 ? (int32_t)(b[g->zero_at] | b[g->zero_at + 1] << 8) : (int32_t)b[g->zero_at];
+}
 
 #endif

@@ -79,10 +79,18 @@ typedef struct w32 {
 static inline __attribute__((always_inline)) w32 dequant32(uint32_t type, const uint8_t *p, __m256 d, __m256 zero)
 {
     w32 w;
-    if (QPK_TYPE_TABLE[type].bits == 8) {
+    if (QPK_TYPE_TABLE[type].bits == 8 && QPK_GRIDS[type].qmin < 0) { /* signed codes */
 #define Q8(off) _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p + off)))))
         w.a = Q8(0), w.b = Q8(8), w.c = Q8(16), w.d = Q8(24);
 #undef Q8
+        return w;
+    }
+    if (QPK_TYPE_TABLE[type].bits == 8) { /* unsigned codes and a zero point */
+#define U8(off)                                                                                                   \
+    _mm256_mul_ps(d, _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p + off)))), \
+                                   zero))
+        w.a = U8(0), w.b = U8(8), w.c = U8(16), w.d = U8(24);
+#undef U8
         return w;
     }
     const __m128i m = _mm_set1_epi8(15), raw = _mm_loadu_si128((const __m128i *)p);
@@ -93,11 +101,11 @@ static inline __attribute__((always_inline)) w32 dequant32(uint32_t type, const 
     return w;
 }
 
-/* What a block's stored 4-bit codes are offset by: its zero point, or the type's bias. */
+/* What a block's stored codes are offset by: its zero point, or the type's bias. */
 static inline float block_zero_f(uint32_t type, const uint8_t *b)
 {
     const qpk_grid *g = &QPK_GRIDS[type];
-    return g->rule == QPK_RULE_ZERO_POINT ? (float)b[g->zero_at] : (float)g->bias;
+    return g->rule == QPK_RULE_ZERO_POINT ? (float)qpk_grid_zero(g, b) : (float)g->bias;
 }
 
 static inline __m256 block_zero(uint32_t type, const uint8_t *b) { return _mm256_set1_ps(block_zero_f(type, b)); }
@@ -237,11 +245,13 @@ PLAIN_ROWS(BF16)
 BLOCK_ROWS(INT8)
 BLOCK_ROWS(INT4)
 BLOCK_ROWS(INT4S)
+BLOCK_ROWS(INT8Z)
 
 static const qpk_type_kernels AVX2_TYPES[QPK_TYPE_COUNT_] = {
     [QPK_TYPE_F32] = {to_f32_F32, dot_F32},    [QPK_TYPE_F16] = {to_f32_F16, dot_F16},
     [QPK_TYPE_BF16] = {to_f32_BF16, dot_BF16}, [QPK_TYPE_INT8] = {to_f32_INT8, dot_INT8},
     [QPK_TYPE_INT4] = {to_f32_INT4, dot_INT4}, [QPK_TYPE_INT4S] = {to_f32_INT4S, dot_INT4S},
+    [QPK_TYPE_INT8Z] = {to_f32_INT8Z, dot_INT8Z},
 };
 
 /* Row kernels for w's type from table t, the scalar reference's where t has none. */
@@ -542,6 +552,7 @@ static const qpk_type_kernels AVX512_TYPES[QPK_TYPE_COUNT_] = {
     [QPK_TYPE_F32] = {to_f32_F32, dot_F32},            [QPK_TYPE_F16] = {to_f32_F16, dot_F16},
     [QPK_TYPE_BF16] = {to_f32_BF16, dot_BF16},         [QPK_TYPE_INT8] = {to_f32_INT8, dot_INT8},
     [QPK_TYPE_INT4] = {to_f32_512_INT4, dot_512_INT4}, [QPK_TYPE_INT4S] = {to_f32_512_INT4S, dot_512_INT4S},
+    [QPK_TYPE_INT8Z] = {to_f32_INT8Z, dot_INT8Z},
 };
 
 static void row_to_f32_512(const qpk_matrix *w, int64_t r, float *dst) { rows_of(AVX512_TYPES, w).to_f32(w, r, dst); }

@@ -90,15 +90,15 @@ static void put_header(uint32_t type, const qpk_qparams *p, uint8_t *b)
 {
     put16(b, qpk_f32_to_f16(p->d)); /* d is an f16 value: exact */
     const qpk_grid *gr = grid_of(type);
-    if (gr->rule == QPK_RULE_ZERO_POINT)
-        b[gr->zero_at] = (uint8_t)p->z, b[gr->zero_at + 1] = 0;
+    if (gr->rule == QPK_RULE_ZERO_POINT) /* then a zero byte (int4) or the high byte (int8z) */
+        b[gr->zero_at] = (uint8_t)p->z, b[gr->zero_at + 1] = (uint8_t)(gr->zero_bytes == 2 ? p->z >> 8 : 0);
 }
 
 static void get_header(uint32_t type, const uint8_t *b, qpk_qparams *p)
 {
     p->d = qpk_f16_to_f32(get16(b));
     const qpk_grid *gr = grid_of(type);
-    p->z = gr->rule == QPK_RULE_ZERO_POINT ? b[gr->zero_at] : 0;
+    p->z = gr->rule == QPK_RULE_ZERO_POINT ? qpk_grid_zero(gr, b) : 0;
 }
 
 /* Codes of chunk c (elements 32c .. 32c+31 of the group). */
@@ -121,9 +121,9 @@ static void get_chunk(uint32_t type, const uint8_t *block, uint32_t c, int32_t *
     const qpk_type_info *t = qpk_type_info_of(type);
     const int32_t bias = grid_of(type)->bias;
     const uint8_t *b = block + t->head_bytes + 4 * t->bits * c;
-    if (t->bits == 8) {
+    if (t->bits == 8) { /* signed codes stored as two's complement; unsigned ones as they are */
         for (int i = 0; i < 32; i++)
-            q[i] = (int8_t)b[i] - bias;
+            q[i] = (grid_of(type)->qmin < 0 ? (int32_t)(int8_t)b[i] : (int32_t)b[i]) - bias;
         return;
     }
     for (int j = 0; j < 16; j++) {

@@ -12,6 +12,7 @@
 
 struct qpk_model {
     qpk_config cfg;
+    bool has_perm; /* some linear takes its input permuted: contexts keep room to gather it */
     qpk_matrix embed, head; /* [V,H]; head is embed when tied */
     const float *final_norm;
     qpk_layer_weights *layers;
@@ -19,6 +20,24 @@ struct qpk_model {
 };
 
 /* ====================================================================== model */
+
+/* A permutation takes each input exactly once: anything else would read past x or miss part of it. */
+static qpk_status check_perm(const int32_t *perm, int64_t n, const char *name, qpk_err *e)
+{
+    uint8_t *seen = calloc((size_t)n + 1, 1);
+    if (!seen)
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    qpk_status s = QPK_OK;
+    for (int64_t j = 0; j < n && s == QPK_OK; j++) {
+        int32_t v;
+        memcpy(&v, perm + j, 4); /* mapped file data: no alignment promised beyond the tensor's */
+        if (v < 0 || v >= n || seen[v]++)
+            s = qpk_err_setf(e, QPK_E_CORRUPT, "tensor '%s': its input permutation takes input %d %s", name, v,
+                             v < 0 || v >= n ? "that does not exist" : "twice");
+    }
+    free(seen);
+    return s;
+}
 
 static qpk_status get_matrix(qpk_weight_fn get, void *ud, const qpk_config *c, qpk_role role, int layer,
                              qpk_matrix *w, qpk_err *e)
@@ -35,7 +54,7 @@ static qpk_status get_matrix(qpk_weight_fn get, void *ud, const qpk_config *c, q
     if (qpk_matrix_row_bytes(w) == 0)
         return qpk_err_setf(e, QPK_E_UNSUPPORTED, "tensor '%s': the runtime has no kernel for type %s", name,
                             qpk_type_name(w->type) ? qpk_type_name(w->type) : "?");
-    return QPK_OK;
+    return w->perm ? check_perm(w->perm, w->cols, name, e) : QPK_OK;
 }
 
 /* A vector tensor converted to f32 at *cursor (which advances). */
@@ -84,8 +103,10 @@ qpk_status qpk_model_create(qpk_model **out, const qpk_config *c, qpk_weight_fn 
         } vecs[] = {{QPK_ROLE_ATTN_NORM, &L->attn_norm}, {QPK_ROLE_FFN_NORM, &L->ffn_norm},
                     {QPK_ROLE_Q_BIAS, &L->bq},           {QPK_ROLE_K_BIAS, &L->bk},
                     {QPK_ROLE_V_BIAS, &L->bv}};
-        for (size_t i = 0; i < sizeof mats / sizeof *mats && s == QPK_OK; i++)
+        for (size_t i = 0; i < sizeof mats / sizeof *mats && s == QPK_OK; i++) {
             s = get_matrix(get, ud, c, mats[i].role, l, mats[i].w, e);
+            m->has_perm |= s == QPK_OK && mats[i].w->perm;
+        }
         for (size_t i = 0; i < sizeof vecs / sizeof *vecs && s == QPK_OK; i++)
             s = get_vector(get, ud, c, vecs[i].role, l, &cur, vecs[i].v, e);
     }
@@ -106,7 +127,11 @@ static qpk_status qpk_file_weight(void *ud, qpk_role role, int layer, qpk_matrix
         return qpk_err_setf(e, QPK_E_MISMATCH, "missing tensor '%s'", name);
     if (t->ndim > 2)
         return qpk_err_setf(e, QPK_E_MISMATCH, "tensor '%s' has %d dimensions", name, t->ndim);
-    *w = (qpk_matrix){t->type, t->group_size, t->ndim == 2 ? t->dims[0] : 1, t->dims[t->ndim - 1], t->data};
+    *w = (qpk_matrix){t->type, t->group_size, t->ndim == 2 ? t->dims[0] : 1, t->dims[t->ndim - 1], t->data, NULL};
+    const qpk_tensor *p = qpk_perm_name(name, sizeof name, role, layer) ? qpk_find_tensor(ud, name) : NULL;
+    if (p && (p->type != QPK_TYPE_I32 || p->ndim != 1 || p->dims[0] != w->cols))
+        return qpk_err_setf(e, QPK_E_MISMATCH, "permutation '%s' is not i32 [%lld]", name, (long long)w->cols);
+    w->perm = p ? p->data : NULL;
     return QPK_OK;
 }
 
@@ -159,6 +184,7 @@ struct qpk_context {
     float *inv_freq;                                 /* [head_dim/2] */
     float *cos, *sin;                                /* [T, head_dim/2] for the batch's positions */
     float *scratch;                                  /* per thread: gemm scratch, then attention scores */
+    float *xperm;                                    /* [T, widest]: an input gathered for a permuted linear */
     size_t scratch_per_thread;
 };
 
@@ -205,8 +231,9 @@ qpk_status qpk_context_create(qpk_context **out, const qpk_model *m, const qpk_c
     x->inv_freq = alloc_floats((size_t)c->head_dim / 2);
     x->cos = alloc_floats(T * (size_t)c->head_dim / 2), x->sin = alloc_floats(T * (size_t)c->head_dim / 2);
     x->scratch = alloc_floats(x->scratch_per_thread * (size_t)qpk_pool_threads(x->pool));
+    x->xperm = m->has_perm ? alloc_floats(T * widest) : NULL;
     if (!x->kcache || !x->vcache || !x->x || !x->xn || !x->q || !x->att || !x->kk || !x->vv || !x->gate ||
-        !x->up || !x->inv_freq || !x->cos || !x->sin || !x->scratch) {
+        !x->up || !x->inv_freq || !x->cos || !x->sin || !x->scratch || (m->has_perm && !x->xperm)) {
         qpk_context_free(x);
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory for a context of %d tokens per batch", n_batch);
     }
@@ -225,7 +252,7 @@ void qpk_context_free(qpk_context *c)
     }
     free(c->kcache), free(c->vcache);
     free(c->x), free(c->xn), free(c->q), free(c->att), free(c->kk), free(c->vv), free(c->gate), free(c->up);
-    free(c->inv_freq), free(c->cos), free(c->sin), free(c->scratch);
+    free(c->inv_freq), free(c->cos), free(c->sin), free(c->scratch), free(c->xperm);
     if (c->own_pool)
         qpk_pool_free(c->pool);
     free(c);
@@ -269,9 +296,18 @@ static qpk_status reserve(qpk_context *c, int need, qpk_err *e)
 
 /* ================================================================ parallel ops */
 
-/* y[T, rows] = x[T, cols] . W^T on all threads. */
+/* y[T, rows] = x[T, cols] . W^T on all threads (x gathered first for a permuted linear). */
 static void matmul(qpk_context *c, const qpk_matrix *w, const float *x, int64_t T, float *y)
 {
+    if (w->perm) {
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t j = 0; j < w->cols; j++) {
+                int32_t src;
+                memcpy(&src, w->perm + j, 4);
+                c->xperm[t * w->cols + j] = x[t * w->cols + src];
+            }
+        x = c->xperm;
+    }
     qpk_matmul(c->pool, c->k, w, x, T, y, c->scratch);
 }
 

@@ -123,7 +123,7 @@ done
 "$bin/qgen" "$tmp/g" --preset tiny >/dev/null
 expect 3 "no tokenizer.json" -- "$bin/qconvert" "$tmp/g" -o "$tmp/m.gguf"
 expect 2 "groups of 32: leave out --group" -- "$bin/qconvert" "$tmp/g" -o "$tmp/m.gguf" --quant int8 --group 128
-expect 2 "qpk or gguf" -- "$bin/qconvert" "$tmp/g" -o "$tmp/m.gguf" --to ggml
+expect 2 "qpk, gguf, gptq or awq" -- "$bin/qconvert" "$tmp/g" -o "$tmp/m.gguf" --to ggml
 expect 2 "already a .qpk" -- "$bin/qconvert" "$tmp/m.qpk" -o "$tmp/again.qpk"
 expect 2 "re-packed with its tensors as they are" -- "$bin/qconvert" "$tmp/m.qpk" -o "$tmp/m.gguf" --quant int8
 expect 3 "embeds no tokenizer.json" -- "$bin/qconvert" "$tmp/m.qpk" -o "$tmp/m.gguf"
@@ -140,8 +140,9 @@ if [ -d "$a" ]; then
   expect 0 "Q4_1: [0-9]+ of [0-9]+ blocks" -- "$bin/qconvert" "$tmp/a4.qpk" -o "$tmp/a4.bin" --to gguf
   expect 0 "blk.0.attn_q.weight +Q4_1" -- "$bin/qinspect" "$tmp/a4.bin"
   expect 0 "wrote" -- "$bin/qconvert" "$a" -o "$tmp/a128.qpk" --quant int8
-  expect 3 "in groups of 128: GGUF" -- "$bin/qconvert" "$tmp/a128.qpk" -o "$tmp/a128.gguf"
-  expect 1 "" -- test -e "$tmp/a128.gguf"
+  # A group of 128 is four Q8_0 blocks sharing its scale: exact, no requantization.
+  expect 0 "wrote" -- "$bin/qconvert" "$tmp/a128.qpk" -o "$tmp/a128.gguf"
+  expect 0 "blk.0.attn_q.weight +Q8_0" -- "$bin/qinspect" "$tmp/a128.gguf"
   head -c 4000 "$tmp/a.gguf" >"$tmp/trunc.gguf"
   expect 3 "runs past the end of the file" -- "$bin/qinspect" "$tmp/trunc.gguf"
   cp "$tmp/a.gguf" "$tmp/v9.gguf"
@@ -170,6 +171,21 @@ if [ -d "$a" ]; then
     --method awq --calib \"$fx/text/calib.txt\" --calib-samples 2 --calib-len 64 && \"$bin/qinspect\" \"$tmp/c.qpk\" --no-tensors"
   # ... and exports to GGUF as Q4_0 through the same path
   expect 0 "blk.0.ffn_up.weight +Q4_0" -- sh -c "\"$bin/qconvert\" -q \"$tmp/c.qpk\" --to gguf -o \"$tmp/c.gguf\" && \"$bin/qinspect\" \"$tmp/c.gguf\""
+  # GPTQ/AWQ checkpoints: imported with their source recorded, exported, refused where a layout cannot hold them.
+  g=$fx/qwen-tiny-a-gptq-int4-actorder
+  expect 0 '"method":"imported","source":\{"format":"gptq","layout":"gptq","bits":4,"group_size":32,"sym":false,"desc_act":true' \
+    -- sh -c "\"$bin/qconvert\" -q \"$g\" -o \"$tmp/g.qpk\" && \"$bin/qinspect\" \"$tmp/g.qpk\" --no-tensors"
+  expect 0 "format +qpk v2" -- "$bin/qinspect" "$tmp/g.qpk" --no-tensors
+  expect 2 "already quantized \(gptq\)" -- "$bin/qconvert" "$g" -o "$tmp/x.qpk" --quant int4
+  expect 3 "act-order .*--requantize" -- "$bin/qconvert" "$g" -o "$tmp/g.gguf"
+  expect 0 "28 act-order linears requantized to groups of 32 .*KLD mean" -- "$bin/qconvert" "$g" -o "$tmp/g.gguf" --requantize
+  expect 0 "desc_act.:[[:space:]]+true" -- sh -c "\"$bin/qconvert\" -q \"$tmp/g.qpk\" --to gptq -o \"$tmp/g-out\" && cat \"$tmp/g-out/config.json\""
+  expect 3 "takes its input permuted" -- "$bin/qconvert" "$tmp/g.qpk" --to awq -o "$tmp/g-awq"
+  expect 0 "" -- test ! -e "$tmp/g-awq"
+  expect 2 "go with --to gptq or awq" -- "$bin/qconvert" "$g" -o "$tmp/x.qpk" --shard-size 1GB
+  expect 2 "--shard-size takes a size" -- "$bin/qconvert" "$a" --to gptq -o "$tmp/x" --quant int4 --shard-size 4XB
+  expect 2 "--gptq-format goes with --to gptq" -- "$bin/qconvert" "$a" --to awq -o "$tmp/x" --quant int4 --gptq-format v2
+  expect 2 "it goes with --to gguf" -- "$bin/qconvert" "$g" --to awq -o "$tmp/x" --requantize
 else
   echo "cli_test: no fixtures at '${QPK_FIXTURES:-}': GGUF export checks skipped" >&2
 fi

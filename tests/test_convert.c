@@ -171,7 +171,7 @@ static void test_config(void)
          QPK_E_CORRUPT, "not a multiple of num_attention_heads"},
         {"{" BASE_CFG ",\"hidden_act\":\"gelu\"}", QPK_E_UNSUPPORTED, "hidden_act \"gelu\""},
         {"{" BASE_CFG ",\"rope_scaling\":{\"type\":\"yarn\"}}", QPK_E_UNSUPPORTED, "rope_scaling"},
-        {"{" BASE_CFG ",\"quantization_config\":{\"quant_method\":\"gptq\"}}", QPK_E_UNSUPPORTED, "already quantized"},
+        {"{" BASE_CFG ",\"rope_theta\":0}", QPK_E_CORRUPT, "'rope_theta' must be a positive finite number"},
         {"{" BASE_CFG ",\"rms_norm_eps\":-1}", QPK_E_CORRUPT, "positive finite"},
         {"{" BASE_CFG ",\"tie_word_embeddings\":1}", QPK_E_CORRUPT, "not true or false"},
         {"{\"model_type\":\"qwen2\",\"vocab_size\":64,\"hidden_size\":32,\"intermediate_size\":48,\"num_hidden_layers\":2.5,\"num_attention_heads\":4}",

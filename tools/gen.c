@@ -87,37 +87,16 @@ static void fill(qpk_role role, uint64_t *rng, float *v, size_t n)
 
 /* ------------------------------------------------------------------ files */
 
-typedef struct gen_tensor {
-    char name[QPK_MAX_NAME];
-    qpk_role role;
-    int layer, ndim, shard;
-    int64_t dims[2];
-    uint64_t nbytes, offset; /* offset inside its shard's data area */
-} gen_tensor;
-
 static qpk_status write_text(const char *dir, const char *name, const char *text, qpk_err *e)
 {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    qpk_outfile *o;
-    QPK_TRY(qpk_outfile_create(&o, path, e));
-    qpk_status s = qpk_outfile_write(o, text, strlen(text), e);
-    if (s == QPK_OK)
-        s = qpk_outfile_write(o, "\n", 1, e);
-    if (s != QPK_OK) {
-        qpk_outfile_discard(o);
-        return s;
-    }
-    return qpk_outfile_commit(o, e);
-}
-
-static char *shard_name(char *buf, size_t cap, int i, int n)
-{
-    if (n == 1)
-        snprintf(buf, cap, "model.safetensors");
-    else
-        snprintf(buf, cap, "model-%05d-of-%05d.safetensors", i + 1, n);
-    return buf;
+    size_t n = strlen(text);
+    char *line = malloc(n + 2);
+    if (!line)
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    memcpy(line, text, n), line[n] = '\n';
+    qpk_status s = qpk_write_text_file(dir, name, line, n + 1, e);
+    free(line);
+    return s;
 }
 
 static qpk_status write_config(const qpk_gen_spec *sp, const char *dir, qpk_err *e)
@@ -146,96 +125,33 @@ static qpk_status write_config(const qpk_gen_spec *sp, const char *dir, qpk_err 
     return write_text(dir, "generation_config.json", gen, e);
 }
 
-static const char *dtype_name(qpk_st_dtype d) { return qpk_st_dtype_name(d); }
-
-static qpk_status write_shard(const qpk_gen_spec *sp, const char *dir, gen_tensor *ts, size_t n, int shard,
-                              const qpk_callbacks *cb, uint64_t *done, uint64_t total, qpk_err *e)
+/* Every tensor's values, streamed into the safetensors set in order. */
+static qpk_status write_values(const qpk_gen_spec *sp, qpk_st_set *set, const qpk_st_entry *ts, const qpk_role *roles,
+                               size_t n, const qpk_callbacks *cb, uint64_t total, qpk_err *e)
 {
-    cJSON *h = cJSON_CreateObject();
-    cJSON *meta = cJSON_AddObjectToObject(h, "__metadata__");
-    cJSON_AddStringToObject(meta, "format", "pt");
-    uint64_t off = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (ts[i].shard != shard)
-            continue;
-        cJSON *t = cJSON_AddObjectToObject(h, ts[i].name);
-        cJSON *shape = cJSON_AddArrayToObject(t, "shape"), *offs = cJSON_AddArrayToObject(t, "data_offsets");
-        cJSON_AddStringToObject(t, "dtype", dtype_name(sp->dtype));
-        for (int d = 0; d < ts[i].ndim; d++)
-            cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)ts[i].dims[d]));
-        ts[i].offset = off;
-        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)off));
-        off += ts[i].nbytes;
-        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)off));
-    }
-    char *json = cJSON_PrintUnformatted(h);
-    cJSON_Delete(h);
-    if (!json)
-        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
-    size_t jl = strlen(json), padded = (jl + 7) & ~(size_t)7; /* pad with spaces to 8 bytes, as safetensors does */
-    uint8_t len8[8];
-    for (int i = 0; i < 8; i++)
-        len8[i] = (uint8_t)((uint64_t)padded >> (8 * i));
-    char path[4096], name[64];
-    snprintf(path, sizeof path, "%s/%s", dir, shard_name(name, sizeof name, shard, sp->n_shards));
-    qpk_outfile *o;
-    qpk_status s = qpk_outfile_create(&o, path, e);
-    if (s == QPK_OK)
-        s = qpk_outfile_write(o, len8, 8, e);
-    if (s == QPK_OK)
-        s = qpk_outfile_write(o, json, jl, e);
-    for (size_t i = jl; s == QPK_OK && i < padded; i++)
-        s = qpk_outfile_write(o, " ", 1, e);
-    free(json);
     enum { CHUNK = 1 << 16 };
     float *v = malloc(CHUNK * sizeof *v);
     uint8_t *out = malloc(CHUNK * sizeof *v);
-    if (s == QPK_OK && (!v || !out))
-        s = qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    qpk_status s = v && out ? QPK_OK : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     qpk_type qt = sp->dtype == QPK_ST_F32 ? QPK_TYPE_F32 : sp->dtype == QPK_ST_F16 ? QPK_TYPE_F16 : QPK_TYPE_BF16;
     size_t esize = qpk_st_dtype_size(sp->dtype);
+    uint64_t done = 0;
     for (size_t i = 0; s == QPK_OK && i < n; i++) {
-        if (ts[i].shard != shard)
-            continue;
         /* The head of a tied model is stored as an exact copy of the embedding. */
-        bool copy = ts[i].role == QPK_ROLE_LM_HEAD && sp->cfg.tie_word_embeddings;
+        bool copy = roles[i] == QPK_ROLE_LM_HEAD && sp->cfg.tie_word_embeddings;
         uint64_t rng = sp->seed * 0x100000001b3ull + (copy ? 0 : i) * 0x9e3779b97f4a7c15ull;
         uint64_t numel = ts[i].nbytes / esize;
         for (uint64_t k = 0; s == QPK_OK && k < numel; k += CHUNK) {
             size_t m = numel - k < CHUNK ? (size_t)(numel - k) : CHUNK;
-            fill(ts[i].role, &rng, v, m);
+            fill(roles[i], &rng, v, m);
             qpk_row_from_f32(qt, v, out, m);
-            s = qpk_outfile_write(o, out, m * esize, e);
-            *done += m * esize;
+            s = qpk_st_set_write(set, out, m * esize, e);
+            done += m * esize;
             if (cb && cb->progress)
-                cb->progress(cb->ud, ts[i].name, *done, total);
+                cb->progress(cb->ud, ts[i].name, done, total);
         }
     }
-    free(v);
-    free(out);
-    if (s != QPK_OK) {
-        qpk_outfile_discard(o);
-        return s;
-    }
-    return qpk_outfile_commit(o, e);
-}
-
-static qpk_status write_index(const qpk_gen_spec *sp, const char *dir, const gen_tensor *ts, size_t n, qpk_err *e)
-{
-    cJSON *root = cJSON_CreateObject();
-    uint64_t total = 0;
-    for (size_t i = 0; i < n; i++)
-        total += ts[i].nbytes;
-    cJSON_AddNumberToObject(cJSON_AddObjectToObject(root, "metadata"), "total_size", (double)total);
-    cJSON *map = cJSON_AddObjectToObject(root, "weight_map");
-    char name[64];
-    for (size_t i = 0; i < n; i++)
-        cJSON_AddStringToObject(map, ts[i].name, shard_name(name, sizeof name, ts[i].shard, sp->n_shards));
-    char *text = cJSON_Print(root);
-    cJSON_Delete(root);
-    qpk_status s = text ? write_text(dir, "model.safetensors.index.json", text, e)
-                        : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
-    free(text);
+    free(v), free(out);
     return s;
 }
 
@@ -257,19 +173,26 @@ qpk_status qpk_gen_write(const qpk_gen_spec *sp, const char *dir, const qpk_call
     size_t n = qpk_model_n_tensors(&sp->cfg) + (sp->cfg.tie_word_embeddings && sp->lm_head_when_tied);
     if ((size_t)sp->n_shards > n)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "%d shards for %zu tensors", sp->n_shards, n);
-    gen_tensor *ts = calloc(n, sizeof *ts);
-    if (!ts)
+    qpk_st_entry *ts = calloc(n, sizeof *ts);
+    qpk_role *roles = calloc(n, sizeof *roles);
+    if (!ts || !roles) {
+        free(ts), free(roles);
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    }
     uint64_t total = 0, esize = qpk_st_dtype_size(sp->dtype);
     for (size_t i = 0; i < n; i++) {
-        gen_tensor *t = &ts[i];
+        qpk_st_entry *t = &ts[i];
+        int layer = -1;
+        int64_t dims[2];
         if (i < qpk_model_n_tensors(&sp->cfg))
-            qpk_model_tensor_at(&sp->cfg, i, &t->role, &t->layer);
+            qpk_model_tensor_at(&sp->cfg, i, &roles[i], &layer);
         else
-            t->role = QPK_ROLE_LM_HEAD, t->layer = -1;
-        qpk_tensor_name(t->name, sizeof t->name, t->role, t->layer);
-        t->ndim = qpk_role_shape(&sp->cfg, t->role, t->dims);
-        t->nbytes = (uint64_t)t->dims[0] * (uint64_t)(t->ndim == 2 ? t->dims[1] : 1) * esize;
+            roles[i] = QPK_ROLE_LM_HEAD;
+        qpk_tensor_name(t->name, sizeof t->name, roles[i], layer);
+        t->ndim = qpk_role_shape(&sp->cfg, roles[i], dims);
+        t->shape[0] = dims[0], t->shape[1] = dims[1];
+        t->dtype = sp->dtype;
+        t->nbytes = (uint64_t)dims[0] * (uint64_t)(t->ndim == 2 ? dims[1] : 1) * esize;
         total += t->nbytes;
     }
     /* Contiguous runs of tensors, cut where the running size passes each shard's share. */
@@ -284,11 +207,17 @@ qpk_status qpk_gen_write(const qpk_gen_spec *sp, const char *dir, const qpk_call
         acc += ts[i].nbytes;
     }
     s = write_config(sp, dir, e);
-    uint64_t done = 0;
-    for (int sh = 0; s == QPK_OK && sh < sp->n_shards; sh++)
-        s = write_shard(sp, dir, ts, n, sh, cb, &done, total, e);
-    if (s == QPK_OK && sp->n_shards > 1)
-        s = write_index(sp, dir, ts, n, e);
+    qpk_st_set *set = NULL;
+    if (s == QPK_OK)
+        s = qpk_st_set_create(&set, dir, ts, n, e);
+    if (s == QPK_OK)
+        s = write_values(sp, set, ts, roles, n, cb, total, e);
+    if (s == QPK_OK) {
+        s = qpk_st_set_finish(set, e);
+        set = NULL;
+    }
+    qpk_st_set_discard(set);
+    free(roles);
     free(ts);
     return s;
 }

@@ -1,9 +1,11 @@
-/* qconvert: Hugging Face Qwen2 folder -> .qpk or GGUF; .qpk -> GGUF. */
+/* qconvert: Hugging Face Qwen2 folder -> .qpk, GGUF, GPTQ or AWQ folder; .qpk -> GGUF, GPTQ or AWQ. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "qpk_private.h"
+#include "qpk/verify.h"
 #include "cli.h"
 
 static void cli_wrote(const char *out, double t0)
@@ -13,23 +15,134 @@ static void cli_wrote(const char *out, double t0)
     fprintf(stderr, " in %.2f s\n", cli_now() - t0);
 }
 
+/* A size as transformers writes max_shard_size: "4GB" is 4e9 bytes, "2GiB" 2^31; a bare number is bytes. */
+static bool parse_size(const char *v, uint64_t *out)
+{
+    static const struct {
+        const char *suffix;
+        double mult;
+    } U[] = {{"", 1},          {"B", 1},          {"KB", 1e3},          {"MB", 1e6},         {"GB", 1e9},
+             {"TB", 1e12},     {"KiB", 1024.0},   {"MiB", 1048576.0},   {"GiB", 1073741824.0}};
+    char *end;
+    if (!v || !*v)
+        return false;
+    double x = strtod(v, &end);
+    for (size_t i = 0; i < sizeof U / sizeof *U; i++)
+        if (!strcmp(end, U[i].suffix) && x * U[i].mult >= 1 && x * U[i].mult < 1e18) {
+            *out = (uint64_t)(x * U[i].mult);
+            return true;
+        }
+    return false;
+}
+
+/* A staging file beside out, named as qpk's temporaries are (a later run removes it if this one is killed). */
+static char *stage_path(const char *out, const char *tag)
+{
+    const char *slash = strrchr(out, '/');
+    size_t dir = slash ? (size_t)(slash - out + 1) : 0, n = strlen(out) + 64;
+    char *p = malloc(n);
+    if (p)
+        snprintf(p, n, "%.*s.%s.qpk-tmp.%ld.%s", (int)dir, out, out + dir, (long)getpid(), tag);
+    return p;
+}
+
+#define REQUANT_RANDOM_TOKENS 512 /* the measure without text: 2 windows of 256 */
+
+/*
+ * --requantize: act-order linears have no GGUF type, so they are requantized to groups
+ * of 32 (explicitly asked), and what that costs is measured on the spot: the exact model
+ * and the requantized one run on the same tokens (--calib text, else pseudo-random ids)
+ * and their KL divergence is reported before the GGUF is written from the requantized one.
+ */
+static int requantize_to_gguf(cli *c, const char *in, bool folder, const char *out, const qpk_convert_opts *o,
+                              const int32_t *tokens, size_t n_tokens)
+{
+    qpk_err e = {0};
+    const bool gguf = o->to == QPK_OUT_GGUF; /* else the requantized .qpk itself is the output */
+    char *a = folder ? stage_path(out, "exact") : NULL, *b = gguf ? stage_path(out, "requant") : strdup(out);
+    const char *exact = folder ? a : in;
+    int n = 0;
+    int32_t *random = NULL;
+    qpk_source *sa = NULL, *sb = NULL;
+    qpk_convert_opts qo = *o;
+    qo.to = QPK_OUT_QPK;
+    qpk_status s = b && (a || !folder) ? QPK_OK : qpk_err_setf(&e, QPK_E_NOMEM, "out of memory");
+    if (s == QPK_OK && folder)
+        s = qpk_convert(in, a, &qo, &e);
+    if (s == QPK_OK)
+        s = qpk_requantize_permuted(exact, b, o, &n, &e);
+    if (s == QPK_OK && n > 0) {
+        if ((s = qpk_source_open(&sa, exact, false, &o->cb, &e)) == QPK_OK)
+            s = qpk_source_open(&sb, b, false, &o->cb, &e);
+        if (s == QPK_OK && !tokens) { /* a fixed xorshift stream of ids: the same measure every run */
+            int64_t vocab = qpk_model_config(qpk_source_model(sa))->vocab_size;
+            uint64_t r = 0x9e3779b97f4a7c15ull;
+            if (!(random = malloc(REQUANT_RANDOM_TOKENS * sizeof *random)))
+                s = qpk_err_setf(&e, QPK_E_NOMEM, "out of memory");
+            for (int i = 0; random && i < REQUANT_RANDOM_TOKENS; i++) {
+                r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+                random[i] = (int32_t)(r % (uint64_t)vocab);
+            }
+            tokens = random, n_tokens = REQUANT_RANDOM_TOKENS;
+        }
+        qpk_verify_opts vo = {.n_ctx = n_tokens < 512 ? (int)n_tokens : 256, .score_all = true, .max_chunks = 8,
+                              .n_threads = o->n_threads, .cb = o->cb};
+        qpk_verify_result r;
+        if (s == QPK_OK && vo.n_ctx < 2)
+            s = qpk_err_setf(&e, QPK_E_MISMATCH, "the text to measure --requantize on holds fewer than 2 tokens");
+        if (s == QPK_OK)
+            s = qpk_verify_tokens(qpk_source_model(sb), qpk_source_model(sa), tokens, n_tokens, &vo, &r, &e);
+        if (s == QPK_OK) {
+            cli_progress_done(c);
+            fprintf(stderr,
+                    "qconvert: --requantize: %d act-order linears requantized to groups of 32 (RTN); against the "
+                    "exact model on %llu %s: KLD mean %.4g (p99 %.4g), top-1 %.2f%%\n",
+                    n, (unsigned long long)r.n_compared, random ? "positions of pseudo-random tokens (give --calib "
+                    "TEXT to measure on text)" : "positions of the given text", r.kld_mean, r.kld_p99, r.top1_pct);
+        }
+    } else if (s == QPK_OK && !c->quiet) {
+        fprintf(stderr, "qconvert: --requantize: no act-order linear: nothing requantized, the GGUF is exact\n");
+    }
+    qpk_source_close(sa), qpk_source_close(sb);
+    if (s == QPK_OK && gguf)
+        s = qpk_export_gguf(b, out, o, &e);
+    if (a)
+        unlink(a);
+    if (b && gguf)
+        unlink(b);
+    free(a), free(b), free(random);
+    return s == QPK_OK ? 0 : cli_fail(c, &e);
+}
+
 static void usage(void)
 {
     printf("Usage: qconvert MODEL_DIR -o OUT.qpk [options]\n"
            "       qconvert MODEL_DIR|IN.qpk --to gguf -o OUT.gguf [options]\n"
+           "       qconvert MODEL_DIR|IN.qpk --to gptq|awq -o OUT_DIR [options]\n"
            "\n"
            "Converts a Hugging Face Qwen1.5 / Qwen2 checkpoint folder (config.json,\n"
            "model.safetensors or sharded model-*.safetensors with their index,\n"
-           "tokenizer files) into one .qpk file, or into a GGUF file for llama.cpp.\n"
-           "A .qpk input is re-packed as GGUF with its tensors as they are. The output\n"
-           "appears only when complete.\n"
+           "tokenizer files) into one .qpk file, a GGUF file for llama.cpp, or a GPTQ or\n"
+           "AWQ folder for transformers, vLLM, SGLang and ExLlamaV2. A folder that is\n"
+           "already GPTQ or AWQ (Qwen's -GPTQ-Int4, -GPTQ-Int8, -AWQ releases) is read\n"
+           "exactly, never requantized. A .qpk input is re-packed with its tensors as they\n"
+           "are. The output appears only when complete.\n"
            "\n"
            "Options:\n"
-           "  -o, --output PATH     output file (required)\n"
-           "      --to FORMAT       qpk | gguf (default: gguf when PATH ends in .gguf).\n"
+           "  -o, --output PATH     output file, or folder for gptq and awq (required)\n"
+           "      --to FORMAT       qpk | gguf | gptq | awq (default: gguf when PATH ends\n"
+           "                        in .gguf, else qpk).\n"
            "                        GGUF holds int8/int4s/int4 in groups of 32 as ggml's\n"
            "                        Q8_0/Q4_0/Q4_1 (--group defaults to 32); norms and\n"
-           "                        biases are f32\n"
+           "                        biases are f32.\n"
+           "                        GPTQ: int4 (sym false), int4s (sym true), int8 (8-bit);\n"
+           "                        AWQ (GEMM): int4, int4s. One bit width and group size\n"
+           "                        for every linear; the embedding and head stay floats\n"
+           "      --shard-size N    gptq/awq: bytes of tensors per safetensors shard, e.g.\n"
+           "                        4GB (default, as transformers), 500MB, 2GiB\n"
+           "      --gptq-format F   v1 (default: what vLLM and transformers read) | v2\n"
+           "                        (zeros stored as they are; v1 stores zero - 1 and so\n"
+           "                        cannot hold a zero point of 0)\n"
            "      --dtype TYPE      keep | f32 | f16 | bf16   (default keep: each tensor\n"
            "                        as stored; F64 becomes f32)\n"
            "      --quant TYPE      int8 | int4 | int4s: quantize the linear weights (q, k,\n"
@@ -56,6 +169,10 @@ static void usage(void)
            "                        stay static and contiguous)\n"
            "      --awq-fold-only   AWQ: choose the scales for --quant and fold them, but\n"
            "                        store the linears in f32 (an AWQ-scaled float model)\n"
+           "      --requantize      gguf: requantize act-order linears (GPTQ desc_act, whose\n"
+           "                        groups no GGUF type holds) to groups of 32, and report\n"
+           "                        the KL divergence it costs (on --calib TEXT if given);\n"
+           "                        with --to qpk, writes the .qpk such a GGUF is made from\n"
            "      --allow-nonfinite keep NaN and infinite weights of tensors stored as floats\n"
            "                        (by default a non-finite weight is refused, named)\n"
            "  -t, --threads N       worker threads (default: all cores)\n"
@@ -72,7 +189,7 @@ int main(int argc, char **argv)
     cli_init(&c, "qconvert");
     const char *in = NULL, *out = NULL, *to = NULL;
     bool group_given = false, model_opts = false; /* options that only a conversion from a folder takes */
-    bool gptq_opts = false, windows_given = false;
+    bool gptq_opts = false, windows_given = false, folder_opts = false, requant = false;
     qpk_convert_opts o = {.dtype = -1, .group = 128};
     qpk_quant_rule rules[64];
     const char *calib_path = NULL; /* --calib-tokens, or --calib (calib_text) */
@@ -95,9 +212,17 @@ int main(int argc, char **argv)
                 return cli_usage_error(&c, "%s needs a path", a);
             out = v, i++;
         } else if (!strcmp(a, "--to")) {
-            if (!v || (strcmp(v, "qpk") && strcmp(v, "gguf")))
-                return cli_usage_error(&c, "--to takes qpk or gguf");
+            if (!v || (strcmp(v, "qpk") && strcmp(v, "gguf") && strcmp(v, "gptq") && strcmp(v, "awq")))
+                return cli_usage_error(&c, "--to takes qpk, gguf, gptq or awq");
             to = v, i++;
+        } else if (!strcmp(a, "--shard-size")) {
+            if (!parse_size(v, &o.shard_size))
+                return cli_usage_error(&c, "--shard-size takes a size such as 4GB, 500MB, 2GiB or a byte count");
+            folder_opts = true, i++;
+        } else if (!strcmp(a, "--gptq-format")) {
+            if (!v || (strcmp(v, "v1") && strcmp(v, "v2")))
+                return cli_usage_error(&c, "--gptq-format takes v1 or v2");
+            o.gptq_v2 = !strcmp(v, "v2"), folder_opts = true, i++;
         } else if (!strcmp(a, "--dtype")) {
             model_opts = true;
             qpk_type t;
@@ -181,6 +306,8 @@ int main(int argc, char **argv)
             o.calib.act_order = gptq_opts = true;
         } else if (!strcmp(a, "--awq-fold-only")) {
             o.calib.awq_fold_only = true;
+        } else if (!strcmp(a, "--requantize")) {
+            requant = true;
         } else if (!strcmp(a, "--allow-nonfinite")) {
             o.allow_nonfinite = model_opts = true;
         } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
@@ -201,7 +328,18 @@ int main(int argc, char **argv)
     if (!out)
         return cli_usage_error(&c, "missing -o OUT.qpk");
     size_t out_len = strlen(out);
-    o.to = (to ? !strcmp(to, "gguf") : out_len >= 5 && !strcmp(out + out_len - 5, ".gguf")) ? QPK_OUT_GGUF : QPK_OUT_QPK;
+    if (to)
+        o.to = !strcmp(to, "gguf") ? QPK_OUT_GGUF : !strcmp(to, "gptq") ? QPK_OUT_GPTQ : !strcmp(to, "awq") ? QPK_OUT_AWQ : QPK_OUT_QPK;
+    else
+        o.to = out_len >= 5 && !strcmp(out + out_len - 5, ".gguf") ? QPK_OUT_GGUF : QPK_OUT_QPK;
+    bool to_folder = o.to == QPK_OUT_GPTQ || o.to == QPK_OUT_AWQ;
+    if (requant && o.to != QPK_OUT_GGUF && o.to != QPK_OUT_QPK)
+        return cli_usage_error(&c, "--requantize makes act-order linears fit GGUF: it goes with --to gguf (or --to qpk, "
+                                   "for the .qpk such a GGUF is made from)");
+    if (folder_opts && !to_folder)
+        return cli_usage_error(&c, "--shard-size and --gptq-format shape GPTQ and AWQ folders: they go with --to gptq or awq");
+    if (o.gptq_v2 && o.to != QPK_OUT_GPTQ)
+        return cli_usage_error(&c, "--gptq-format goes with --to gptq");
     if (o.to == QPK_OUT_GGUF && !group_given)
         o.group = 32;
     if (o.to == QPK_OUT_GGUF && o.quant && o.group != 32)
@@ -215,14 +353,27 @@ int main(int argc, char **argv)
         return cli_fail(&c, &e);
     }
     if (kind == QPK_INPUT_QPK) {
-        if (o.to != QPK_OUT_GGUF)
-            return cli_usage_error(&c, "%s is already a .qpk: it can be re-packed as GGUF (--to gguf)", in);
-        if (model_opts || calib_path)
+        if (o.to == QPK_OUT_QPK && !requant)
+            return cli_usage_error(&c, "%s is already a .qpk: it can be re-packed as GGUF, GPTQ or AWQ (--to gguf|gptq|awq)",
+                                   in);
+        if (model_opts || (calib_path && !requant))
             return cli_usage_error(&c, "a .qpk is re-packed with its tensors as they are: --dtype, --quant, --group, "
                                        "--keep, --embed-type and --method apply to a Hugging Face folder");
         o.cb = cli_callbacks(&c);
         double t0 = cli_now();
-        if (qpk_export_gguf(in, out, &o, &e) != QPK_OK)
+        if (requant) {
+            int32_t *tok = NULL;
+            size_t n_tok = 0;
+            if (calib_path && (calib_text ? qpk_tokenize_file(in, calib_path, &tok, &n_tok, NULL, &e)
+                                          : qpk_read_tokens(calib_path, &tok, &n_tok, &e)) != QPK_OK)
+                return cli_fail(&c, &e);
+            int rc = requantize_to_gguf(&c, in, false, out, &o, tok, n_tok);
+            free(tok);
+            if (rc == 0 && !c.quiet)
+                cli_wrote(out, t0);
+            return rc;
+        }
+        if ((to_folder ? qpk_export_hf(in, out, &o, &e) : qpk_export_gguf(in, out, &o, &e)) != QPK_OK)
             return cli_fail(&c, &e);
         cli_progress_done(&c);
         if (!c.quiet)
@@ -252,8 +403,8 @@ int main(int argc, char **argv)
     if (o.method != QPK_METHOD_RTN && !calib_path)
         return cli_usage_error(&c, "--method %s needs calibration data: --calib TEXT or --calib-tokens FILE",
                                o.method == QPK_METHOD_GPTQ ? "gptq" : "awq");
-    if (o.method == QPK_METHOD_RTN && calib_path)
-        return cli_usage_error(&c, "calibration data goes with --method gptq or awq");
+    if (o.method == QPK_METHOD_RTN && calib_path && !requant)
+        return cli_usage_error(&c, "calibration data goes with --method gptq or awq (or --requantize, to measure on)");
     int32_t *calib = NULL;
     if (calib_path && calib_text) {
         if (qpk_tokenize_file(in, calib_path, &calib, &o.calib.n_tokens, &o.calib.source_xxh3, &e) != QPK_OK)
@@ -279,6 +430,15 @@ int main(int argc, char **argv)
     o.cb = cli_callbacks(&c);
     o.rules = rules, o.n_rules = n_rules;
     double t0 = cli_now();
+    if (requant) {
+        if (o.method == QPK_METHOD_RTN)
+            o.calib.tokens = NULL; /* the text is only to measure on */
+        int rc = requantize_to_gguf(&c, in, true, out, &o, calib, o.calib.n_tokens);
+        free(cmd), free(calib);
+        if (rc == 0 && !c.quiet)
+            cli_wrote(out, t0);
+        return rc;
+    }
     qpk_status s = qpk_convert(in, out, &o, &e);
     free(cmd);
     free(calib);

@@ -59,6 +59,34 @@ const qpk_st_tensor *qpk_st_tensor_at(const qpk_safetensors *st, size_t i); /* s
 const qpk_st_tensor *qpk_st_find(const qpk_safetensors *st, const char *name);
 uint64_t qpk_st_file_size(const qpk_safetensors *st);
 
+/*
+ * Writing safetensors as transformers saves them: one model.safetensors, or shards
+ * model-0000i-of-0000N.safetensors with model.safetensors.index.json. The tensors are
+ * declared first (name, dtype, shape, bytes, shard: shards numbered from 0, in order);
+ * their bytes then stream in, in order, in pieces of any size. Every file appears
+ * atomically; metadata {"format": "pt"}.
+ */
+typedef struct qpk_st_entry {
+    char name[256];
+    qpk_st_dtype dtype;
+    int ndim;
+    int64_t shape[4];
+    uint64_t nbytes;
+    int shard;
+} qpk_st_entry;
+
+typedef struct qpk_st_set qpk_st_set;
+
+/* Shards in order, each at most max_bytes of tensor data (a larger tensor alone in its own). */
+void qpk_st_assign_shards(qpk_st_entry *t, size_t n, uint64_t max_bytes);
+qpk_status qpk_st_set_create(qpk_st_set **out, const char *dir, const qpk_st_entry *t, size_t n, qpk_err *e);
+qpk_status qpk_st_set_write(qpk_st_set *s, const void *data, size_t n, qpk_err *e);
+/* Commits the last shard and, for several, the index; frees s whatever the outcome. */
+qpk_status qpk_st_set_finish(qpk_st_set *s, qpk_err *e);
+void qpk_st_set_discard(qpk_st_set *s); /* NULL-safe; committed shards stay */
+/* A small file dir/name with these bytes, atomically. */
+qpk_status qpk_write_text_file(const char *dir, const char *name, const char *text, size_t n, qpk_err *e);
+
 /* ================================================================ checkpoint == */
 
 typedef enum qpk_log_level { QPK_LOG_INFO, QPK_LOG_WARN } qpk_log_level;
@@ -198,10 +226,16 @@ typedef struct qpk_calib_params {
 void qpk_calib_resolve(const qpk_calib_opts *o, qpk_calib_params *p);
 
 /* What qpk_convert writes. */
-typedef enum qpk_output { QPK_OUT_QPK = 0, QPK_OUT_GGUF } qpk_output;
+typedef enum qpk_output { QPK_OUT_QPK = 0, QPK_OUT_GGUF, QPK_OUT_GPTQ, QPK_OUT_AWQ } qpk_output;
+
+/* Safetensors shards of GPTQ/AWQ folders hold at most this many bytes of tensors by default. */
+#define QPK_SHARD_SIZE 4000000000ull
 
 typedef struct qpk_convert_opts {
-    qpk_output to;        /* .qpk, or GGUF for llama.cpp (norms and biases then always f32) */
+    qpk_output to;        /* .qpk, GGUF for llama.cpp (norms and biases then always f32), or a GPTQ or
+                           * AWQ folder (the embedding and head then stay floats by default) */
+    uint64_t shard_size;  /* GPTQ/AWQ folders: bytes of tensors per shard (0: QPK_SHARD_SIZE) */
+    bool gptq_v2;         /* GPTQ folders: checkpoint_format gptq_v2 (zeros as they are; v1 stores zero - 1) */
     int dtype;            /* -1: keep each tensor's type (F64 -> F32); else a float qpk_type */
     int quant;            /* 0: none; else QPK_TYPE_INT8, INT4 or INT4S for the linear weights */
     uint32_t group;       /* group size for quantized tensors: 32, 64, 128... or QPK_GROUP_ROW */
@@ -234,6 +268,30 @@ qpk_status qpk_convert(const char *dir, const char *out, const qpk_convert_opts 
  * Only opts->cb is used; opts may be NULL.
  */
 qpk_status qpk_export_gguf(const char *in, const char *out, const qpk_convert_opts *opts, qpk_err *e);
+
+/*
+ * Rewrites the .qpk file `in` as `out` with every act-order linear (one stored with an
+ * input permutation) requantized by round-to-nearest in groups of 32 in input order,
+ * from its exact weights (int8z becomes int8); all else is copied as it is, and the
+ * recipe records it. What GGUF export needs for such checkpoints, on explicit request.
+ * *n_requantized (may be NULL) gets the number of linears requantized.
+ */
+qpk_status qpk_requantize_permuted(const char *in, const char *out, const qpk_convert_opts *opts, int *n_requantized,
+                                   qpk_err *e);
+
+/*
+ * Re-packs the .qpk file `in` as a GPTQ (opts->to QPK_OUT_GPTQ) or AWQ (QPK_OUT_AWQ)
+ * model folder at `out` for transformers, vLLM, SGLang and ExLlamaV2, without
+ * requantizing: config.json with quantization_config (and quantize_config.json for
+ * GPTQ), model.safetensors or shards of at most opts->shard_size bytes with their
+ * index, and the tokenizer and generation files the .qpk embeds. int4 -> 4-bit with
+ * zero points, int4s -> 4-bit sym (GPTQ) or zero 8 (AWQ), int8 -> GPTQ 8-bit sym, int8z
+ * -> GPTQ 8-bit; act-order permutations -> GPTQ desc_act with g_idx. Refused, naming
+ * the tensor: a linear in float, mixed bits or group sizes, a quantized embedding or
+ * head, AWQ with 8 bits, per-row groups or permutations, a zero point the layout cannot
+ * hold. The folder appears complete or not at all; an existing one must be empty.
+ */
+qpk_status qpk_export_hf(const char *in, const char *out, const qpk_convert_opts *opts, qpk_err *e);
 
 #ifdef __cplusplus
 }

@@ -75,10 +75,12 @@ typedef enum qpk_type {
     QPK_TYPE_F32 = 0,
     QPK_TYPE_F16 = 1,
     QPK_TYPE_BF16 = 2,
+    QPK_TYPE_I32 = 3, /* integers: an input permutation (format version 2) */
     /* Group-quantized (FORMAT.md section 6 gives each block layout): */
     QPK_TYPE_INT8 = 16,  /* symmetric: w = d * q, q in [-127, 127] */
     QPK_TYPE_INT4 = 17,  /* asymmetric: w = d * (q - z), q and z in [0, 15] */
     QPK_TYPE_INT4S = 18, /* symmetric: w = d * q, q in [-8, 7] */
+    QPK_TYPE_INT8Z = 19, /* asymmetric 8-bit: w = d * (q - z), q in [0, 255], z in [0, 256] */
     QPK_TYPE_COUNT_ /* one past the largest id this build knows */
 } qpk_type;
 
@@ -219,6 +221,14 @@ void qpk_model_tensor_at(const qpk_config *c, size_t i, qpk_role *role, int *lay
 
 /* The HF name of (role, layer), e.g. "model.layers.3.mlp.up_proj.weight". Returns its length. */
 int qpk_tensor_name(char *buf, size_t cap, qpk_role role, int layer);
+/*
+ * The name of a linear's input permutation, e.g. "model.layers.3.mlp.up_proj.perm": in a
+ * version 2 file, an i32 tensor [in] beside the weight. The runtime feeds the linear
+ * x[perm[0]], x[perm[1]], ...: its columns are stored in that order (so that an
+ * act-order GPTQ checkpoint's groups are contiguous). Returns the length, 0 for a role
+ * that is not a per-layer linear.
+ */
+int qpk_perm_name(char *buf, size_t cap, qpk_role role, int layer);
 /* Shape implied by the config. Returns ndim (1 or 2). */
 int qpk_role_shape(const qpk_config *c, qpk_role role, int64_t dims[2]);
 /* Inverse of qpk_tensor_name. False if the name is not a Qwen2 tensor of a model with c's layer count. */

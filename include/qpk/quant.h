@@ -155,6 +155,10 @@ typedef struct qpk_matrix {
     uint32_t group_size;
     int64_t rows, cols;
     const void *data;
+    /* NULL, or the order in which the stored columns take the input: column j multiplies
+     * x[perm[j]] (an act-order checkpoint's permutation). The kernels never see it: the
+     * runtime gathers x first (qpk_matmul does not). */
+    const int32_t *perm;
 } qpk_matrix;
 
 /* Bytes of one row (every supported type stores rows contiguously); 0 for an unknown type. */

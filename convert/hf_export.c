@@ -1,0 +1,501 @@
+/*
+ * .qpk -> a GPTQ or AWQ model folder, as transformers, vLLM, SGLang and ExLlamaV2 load
+ * them (the layouts hfquant.c reads, written back): config.json with its
+ * quantization_config, quantize_config.json for GPTQ, safetensors sharded past a size
+ * limit with their index, and the tokenizer and generation files the .qpk embeds.
+ *
+ * Nothing is requantized: each block's f16 scale, zero point and codes are repacked as
+ * they are, so the folder's reference dequantization gives the .qpk's weights bit for
+ * bit, and every float tensor keeps its type (exact too). What a layout cannot hold is
+ * refused, naming the tensor: a linear left in float, mixed bit widths or group sizes,
+ * 8-bit or permuted or per-row linears in AWQ, a quantized embedding, a zero point out
+ * of the layout's range (GPTQ v1 stores zero - 1, so it holds 1..2^bits and not 0).
+ * The folder appears complete or not at all (qpk_outdir).
+ */
+#include <cjson/cJSON.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define LINEAR_TASK_OUTPUTS 64 /* outputs per task: a multiple of 8, so no packed word is shared by two tasks */
+
+/* AWQ's nibble k of a word holds output 8c + ORDER[k]; INVERSE[o % 8] is that k (as hfquant.c reads it). */
+static const int AWQ_INVERSE[8] = {0, 4, 1, 5, 2, 6, 3, 7};
+
+/* The layout's parameters, the same for every linear. */
+typedef struct hf_layout {
+    bool awq, v2;       /* AWQ GEMM; else GPTQ, v2 storing zeros as they are */
+    int bits;           /* 4 or 8 */
+    int64_t group_size; /* -1: one group per row */
+    bool sym, desc_act;
+} hf_layout;
+
+typedef struct hf_export {
+    const qpk_file *f;
+    const qpk_config *cfg;
+    const qpk_convert_opts *o;
+    hf_layout lay;
+    qpk_st_entry *ent;
+    size_t n_ent, cap_ent;
+    qpk_pool *pool;
+} hf_export;
+
+static bool is_linear(qpk_role r) { return qpk_role_is_per_layer(r) && qpk_role_is_matrix(r); }
+
+static const char *layout_name(const hf_layout *l) { return l->awq ? "AWQ" : "GPTQ"; }
+
+/* --------------------------------------------------------------- planning */
+
+/* Decides the layout from the first linear, and checks every linear against it. */
+static qpk_status check_linear(hf_export *x, const qpk_tensor *w, bool first, qpk_err *e)
+{
+    hf_layout *l = &x->lay;
+    const uint32_t t = w->type;
+    if (!qpk_type_is_quantized(t))
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED,
+                            "%s is %s: the %s layout stores every linear of the decoder quantized (convert with "
+                            "--quant, and no --keep rule keeping a linear in float)",
+                            w->name, qpk_type_name(t), layout_name(l));
+    const int bits = (int)qpk_type_info_of(t)->bits;
+    const bool sym = t == QPK_TYPE_INT4S || t == QPK_TYPE_INT8;
+    if (l->awq && bits != 4)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s is %s: AWQ's GEMM layout holds 4-bit codes only (--to gptq "
+                            "holds 8 bits)", w->name, qpk_type_name(t));
+    if (first) {
+        l->bits = bits, l->sym = sym;
+        l->group_size = w->group_size;
+    } else if (bits != l->bits) {
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s is %s while other linears have %d-bit codes: a %s folder has "
+                            "one bit width", w->name, qpk_type_name(t), l->bits, layout_name(l));
+    }
+    l->sym &= sym;
+    return QPK_OK;
+}
+
+/*
+ * The group size of the folder: one G shared by every linear, or -1 (GPTQ) when every
+ * linear has one group per row (the rows of q and down differ in length).
+ */
+static qpk_status check_groups(hf_export *x, const qpk_tensor *const *lin, size_t n, qpk_err *e)
+{
+    bool same = true, per_row = true;
+    for (size_t i = 0; i < n; i++) {
+        same &= lin[i]->group_size == lin[0]->group_size;
+        per_row &= (int64_t)lin[i]->group_size == lin[i]->dims[1];
+    }
+    if (same || (per_row && !x->lay.awq)) {
+        x->lay.group_size = same ? (int64_t)lin[0]->group_size : -1;
+        return QPK_OK;
+    }
+    if (per_row)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s has one group per row: AWQ's layout has groups of one size "
+                            "(--to gptq holds per-row groups as group_size -1)", lin[0]->name);
+    size_t i = 1;
+    while (lin[i]->group_size == lin[0]->group_size)
+        i++;
+    return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s has groups of %u and %s of %u: a %s folder has one group_size",
+                        lin[i]->name, lin[i]->group_size, lin[0]->name, lin[0]->group_size, layout_name(&x->lay));
+}
+
+static qpk_status add_entry(hf_export *x, const char *name, qpk_st_dtype dtype, int ndim, const int64_t *shape,
+                            qpk_err *e)
+{
+    if (x->n_ent == x->cap_ent) {
+        size_t cap = x->cap_ent ? 2 * x->cap_ent : 256;
+        qpk_st_entry *p = realloc(x->ent, cap * sizeof *p);
+        if (!p)
+            return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+        x->ent = p, x->cap_ent = cap;
+    }
+    qpk_st_entry *t = &x->ent[x->n_ent++];
+    memset(t, 0, sizeof *t);
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->dtype = dtype, t->ndim = ndim;
+    t->nbytes = qpk_st_dtype_size(dtype);
+    for (int d = 0; d < ndim; d++)
+        t->shape[d] = shape[d], t->nbytes *= (uint64_t)shape[d];
+    return QPK_OK;
+}
+
+static qpk_st_dtype float_dtype(uint32_t type)
+{
+    return type == QPK_TYPE_F16 ? QPK_ST_F16 : type == QPK_TYPE_BF16 ? QPK_ST_BF16 : QPK_ST_F32;
+}
+
+/* The name of a linear's part: "model.layers.3.mlp.up_proj.weight" -> "model.layers.3.mlp.up_proj.qweight". */
+static void part_name(char *buf, size_t cap, const char *weight_name, const char *part)
+{
+    size_t n = strlen(weight_name) - strlen("weight");
+    snprintf(buf, cap, "%.*s%s", (int)n, weight_name, part);
+}
+
+/* The folder's tensors, declared in the model's order, each linear as its packed parts. */
+static qpk_status plan_tensors(hf_export *x, qpk_err *e)
+{
+    const qpk_config *c = x->cfg;
+    const hf_layout *l = &x->lay;
+    for (size_t i = 0; i < qpk_model_n_tensors(c); i++) {
+        qpk_role role;
+        int layer;
+        char name[QPK_MAX_NAME], part[QPK_MAX_NAME + 8];
+        qpk_model_tensor_at(c, i, &role, &layer);
+        qpk_tensor_name(name, sizeof name, role, layer);
+        const qpk_tensor *t = qpk_find_tensor(x->f, name);
+        if (!is_linear(role)) {
+            if (qpk_type_is_quantized(t->type))
+                return qpk_err_setf(e, QPK_E_UNSUPPORTED,
+                                    "%s is %s: in %s folders only the decoder's linears are quantized (transformers "
+                                    "and vLLM read the embedding and head as floats): convert with --embed-type f16",
+                                    t->name, qpk_type_name(t->type), layout_name(l));
+            QPK_TRY(add_entry(x, name, float_dtype(t->type), t->ndim, t->dims, e));
+            continue;
+        }
+        const int64_t out = t->dims[0], in = t->dims[1], groups = in / t->group_size, pn = 32 / l->bits;
+        if (l->awq ? out % 8 : in % pn || out % pn)
+            return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s [%lld, %lld]: the %s layout packs %lld codes per word "
+                                "along its %s", name, (long long)out, (long long)in, layout_name(l),
+                                (long long)(l->awq ? 8 : pn), l->awq ? "outputs" : "inputs and outputs");
+        const int64_t qw[2] = {l->awq ? in : in / pn, l->awq ? out / 8 : out};
+        const int64_t qz[2] = {groups, l->awq ? out / 8 : out / pn}, sc[2] = {groups, out};
+        part_name(part, sizeof part, name, "qweight");
+        QPK_TRY(add_entry(x, part, QPK_ST_I32, 2, qw, e));
+        part_name(part, sizeof part, name, "qzeros");
+        QPK_TRY(add_entry(x, part, QPK_ST_I32, 2, qz, e));
+        part_name(part, sizeof part, name, "scales");
+        QPK_TRY(add_entry(x, part, QPK_ST_F16, 2, sc, e));
+        if (!l->awq) {
+            part_name(part, sizeof part, name, "g_idx");
+            QPK_TRY(add_entry(x, part, QPK_ST_I32, 1, &in, e));
+        }
+    }
+    return QPK_OK;
+}
+
+static qpk_status plan(hf_export *x, qpk_err *e)
+{
+    const qpk_config *c = x->cfg;
+    size_t n = (size_t)c->n_layers * 7, k = 0;
+    const qpk_tensor **lin = malloc((n ? n : 1) * sizeof *lin);
+    if (!lin)
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    qpk_status s = QPK_OK;
+    for (int l = 0; l < c->n_layers && s == QPK_OK; l++)
+        for (int i = 0; i < QPK_LAYER_ROLES && s == QPK_OK; i++) {
+            qpk_role r = qpk_layer_role(i);
+            char name[QPK_MAX_NAME];
+            if (!is_linear(r))
+                continue;
+            qpk_tensor_name(name, sizeof name, r, l);
+            lin[k] = qpk_find_tensor(x->f, name);
+            s = check_linear(x, lin[k], k == 0, e);
+            qpk_perm_name(name, sizeof name, r, l);
+            if (s == QPK_OK && qpk_find_tensor(x->f, name)) {
+                if (x->lay.awq)
+                    s = qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s takes its input permuted (act-order): AWQ's layout "
+                                     "has no g_idx (--to gptq writes it with desc_act)", lin[k]->name);
+                x->lay.desc_act = true;
+            }
+            k++;
+        }
+    if (s == QPK_OK && k)
+        s = check_groups(x, lin, k, e);
+    free(lin);
+    return s == QPK_OK ? plan_tensors(x, e) : s;
+}
+
+/* ---------------------------------------------------------------- packing */
+
+/* One linear's packed parts, filled by tasks over ranges of outputs. */
+typedef struct pack_job {
+    const hf_layout *lay;
+    const qpk_tensor *w;
+    const int32_t *perm; /* stored column j is input perm[j]; NULL: j itself */
+    int64_t out, in, groups;
+    uint32_t *qweight, *qzeros;
+    uint16_t *scales;
+    qpk_status *status;
+    qpk_err *errs;
+} pack_job;
+
+/* The zero as the layout stores it, or false when it cannot (GPTQ v1 holds 1..2^bits, v2 and AWQ 0..2^bits - 1). */
+static bool stored_zero(const hf_layout *l, int32_t z, uint32_t *out)
+{
+    const int32_t top = (1 << l->bits) - 1;
+    int32_t v = l->awq || l->v2 ? z : z - 1;
+    if (v < 0 || v > top)
+        return false;
+    *out = (uint32_t)v;
+    return true;
+}
+
+static void pack_task(void *arg, int64_t task, int thread)
+{
+    (void)thread;
+    pack_job *p = arg;
+    const hf_layout *l = p->lay;
+    const uint32_t type = p->w->type, G = p->w->group_size;
+    const size_t row_bytes = qpk_type_row_bytes(type, G, p->in), bb = qpk_type_block_bytes(type, G);
+    const int pn = 32 / l->bits;
+    /* The symmetric types' codes are centred on 0; the layouts store them from 0 with the middle code as zero. */
+    const bool sym = type == QPK_TYPE_INT4S || type == QPK_TYPE_INT8;
+    const int32_t mid = sym ? 1 << (l->bits - 1) : 0;
+    const int64_t o0 = task * LINEAR_TASK_OUTPUTS;
+    const int64_t o1 = o0 + LINEAR_TASK_OUTPUTS < p->out ? o0 + LINEAR_TASK_OUTPUTS : p->out;
+    int32_t *q = malloc(G * sizeof *q);
+    p->status[task] = q ? QPK_OK : qpk_err_setf(&p->errs[task], QPK_E_NOMEM, "out of memory");
+    /* Shifts and strides, not divisions, in the loop over every weight. */
+    const uint32_t bits = (uint32_t)l->bits, log2_pn = bits == 4 ? 3 : 2;
+    const size_t awq_stride = (size_t)(p->out / 8);
+    for (int64_t o = o0; o < o1 && q; o++) {
+        const uint8_t *row = (const uint8_t *)p->w->data + (size_t)o * row_bytes;
+        uint32_t *awq_word = p->qweight + o / 8, *gptq_col = p->qweight + o;
+        const uint32_t awq_shift = 4u * (uint32_t)AWQ_INVERSE[o % 8];
+        for (int64_t g = 0; g < p->groups; g++) {
+            const uint8_t *b = row + (size_t)g * bb;
+            qpk_qparams prm;
+            qpk_unpack_group(type, G, b, &prm, q);
+            const int64_t col0 = g * G;
+            for (uint32_t j = 0; j < G; j++) {
+                int64_t i = col0 + j;
+                if (p->perm) {
+                    int32_t v;
+                    memcpy(&v, p->perm + i, 4); /* mapped file data */
+                    i = v;
+                }
+                const uint32_t u = (uint32_t)(q[j] + mid);
+                if (l->awq) /* row i, the word of output o */
+                    awq_word[(size_t)i * awq_stride] |= u << awq_shift;
+                else /* word row i / pn, column o */
+                    gptq_col[(size_t)(i >> log2_pn) * (size_t)p->out] |= u << ((uint32_t)(i & (pn - 1)) * bits);
+            }
+            int32_t z = sym ? mid : prm.z;
+            uint32_t zs;
+            if (!stored_zero(l, z, &zs)) {
+                p->status[task] = qpk_err_setf(&p->errs[task], QPK_E_UNSUPPORTED,
+                                               "%s row %lld group %lld has zero point %d, which %s cannot hold%s",
+                                               p->w->name, (long long)o, (long long)g, z,
+                                               l->awq ? "AWQ's 4-bit zeros" : l->v2 ? "GPTQ v2's zeros"
+                                                                                    : "GPTQ v1 (zero - 1 in its bits)",
+                                               l->awq || l->v2 ? "" : ": --gptq-format v2 stores zeros as they are "
+                                                                      "(GPTQModel reads it; vLLM reads v1 only), or "
+                                                                      "--to awq");
+                free(q);
+                return;
+            }
+            if (l->awq)
+                p->qzeros[g * (p->out / 8) + o / 8] |= zs << (4 * AWQ_INVERSE[o % 8]);
+            else
+                p->qzeros[g * (p->out / pn) + o / pn] |= zs << (l->bits * (o % pn));
+            memcpy(&p->scales[g * p->out + o], b + qpk_type_info_of(type)->scale_at[0], 2); /* the f16 as stored */
+        }
+    }
+    free(q);
+}
+
+/* --------------------------------------------------------------- writing */
+
+static qpk_status write_linear(hf_export *x, qpk_st_set *set, const qpk_tensor *w, qpk_role role, int layer,
+                               qpk_err *e)
+{
+    const hf_layout *l = &x->lay;
+    char perm_name[QPK_MAX_NAME];
+    qpk_perm_name(perm_name, sizeof perm_name, role, layer);
+    const qpk_tensor *pt = qpk_find_tensor(x->f, perm_name);
+    const int64_t out = w->dims[0], in = w->dims[1], G = w->group_size, groups = in / G;
+    const size_t qw_words = (size_t)(in * out / (32 / l->bits)), qz_words = (size_t)(groups * out / (32 / l->bits));
+    const int64_t tasks = (out + LINEAR_TASK_OUTPUTS - 1) / LINEAR_TASK_OUTPUTS;
+    pack_job p = {l, w, pt ? pt->data : NULL, out, in, groups, calloc(qw_words, 4), calloc(qz_words, 4),
+                  malloc((size_t)(groups * out) * 2), calloc((size_t)tasks, sizeof(qpk_status)),
+                  calloc((size_t)tasks, sizeof(qpk_err))};
+    int32_t *g_idx = l->awq ? NULL : malloc((size_t)in * sizeof *g_idx);
+    qpk_status s = p.qweight && p.qzeros && p.scales && p.status && p.errs && (l->awq || g_idx)
+                       ? QPK_OK
+                       : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    if (s == QPK_OK) {
+        qpk_pool_run(x->pool, tasks, pack_task, &p);
+        if (qpk_pool_cancelled(x->pool))
+            s = qpk_err_setf(e, QPK_E_CANCELLED, "export cancelled");
+        for (int64_t i = 0; i < tasks && s == QPK_OK; i++)
+            if (p.status[i] != QPK_OK)
+                s = qpk_err_setf(e, p.status[i], "%s", p.errs[i].msg);
+    }
+    /* The group of each input: its stored column's (the permutation was checked when the file was opened). */
+    for (int64_t j = 0; g_idx && s == QPK_OK && j < in; j++) {
+        int32_t i = (int32_t)j;
+        if (p.perm)
+            memcpy(&i, p.perm + j, 4);
+        g_idx[i] = (int32_t)(j / G);
+    }
+    if (s == QPK_OK)
+        s = qpk_st_set_write(set, p.qweight, qw_words * 4, e);
+    if (s == QPK_OK)
+        s = qpk_st_set_write(set, p.qzeros, qz_words * 4, e);
+    if (s == QPK_OK)
+        s = qpk_st_set_write(set, p.scales, (size_t)(groups * out) * 2, e);
+    if (s == QPK_OK && g_idx)
+        s = qpk_st_set_write(set, g_idx, (size_t)in * sizeof *g_idx, e);
+    free(p.qweight), free(p.qzeros), free(p.scales), free(p.status), free(p.errs), free(g_idx);
+    return s;
+}
+
+static qpk_status write_tensors(hf_export *x, qpk_st_set *set, qpk_err *e)
+{
+    const qpk_config *c = x->cfg;
+    const qpk_callbacks *cb = &x->o->cb;
+    uint64_t done = 0, total = qpk_file_size(x->f);
+    for (size_t i = 0; i < qpk_model_n_tensors(c); i++) {
+        qpk_role role;
+        int layer;
+        char name[QPK_MAX_NAME];
+        qpk_model_tensor_at(c, i, &role, &layer);
+        qpk_tensor_name(name, sizeof name, role, layer);
+        const qpk_tensor *t = qpk_find_tensor(x->f, name);
+        QPK_TRY(is_linear(role) ? write_linear(x, set, t, role, layer, e) : qpk_st_set_write(set, t->data, t->nbytes, e));
+        done += t->nbytes;
+        if (cb->progress)
+            cb->progress(cb->ud, name, done, total);
+        if (cb->cancel && cb->cancel(cb->ud))
+            return qpk_err_setf(e, QPK_E_CANCELLED, "export cancelled");
+    }
+    return QPK_OK;
+}
+
+/* quantization_config, as transformers, vLLM and the quantizers' own loaders read it. */
+static cJSON *quant_config(const hf_layout *l)
+{
+    cJSON *q = cJSON_CreateObject();
+    cJSON_AddStringToObject(q, "quant_method", l->awq ? "awq" : "gptq");
+    cJSON_AddNumberToObject(q, "bits", l->bits);
+    cJSON_AddNumberToObject(q, "group_size", (double)l->group_size);
+    if (l->awq) {
+        cJSON_AddStringToObject(q, "version", "gemm");
+        cJSON_AddBoolToObject(q, "zero_point", true);
+        cJSON_AddNullToObject(q, "modules_to_not_convert");
+    } else {
+        cJSON_AddBoolToObject(q, "sym", l->sym);
+        cJSON_AddBoolToObject(q, "desc_act", l->desc_act);
+        cJSON_AddBoolToObject(q, "static_groups", false);
+        cJSON_AddBoolToObject(q, "true_sequential", true);
+        cJSON_AddBoolToObject(q, "lm_head", false);
+        cJSON_AddStringToObject(q, "checkpoint_format", l->v2 ? "gptq_v2" : "gptq");
+        cJSON *meta = cJSON_AddObjectToObject(q, "meta"), *who = cJSON_AddArrayToObject(meta, "quantizer");
+        cJSON_AddItemToArray(who, cJSON_CreateString("qpk:" QPK_VERSION_STRING));
+    }
+    return q;
+}
+
+/* Writes JSON text (with a final newline) as a file of the folder. */
+static qpk_status write_json(const char *dir, const char *name, cJSON *root, qpk_err *e)
+{
+    char *text = root ? cJSON_Print(root) : NULL;
+    size_t n = text ? strlen(text) : 0;
+    char *line = text ? malloc(n + 2) : NULL;
+    qpk_status s = line ? QPK_OK : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    if (s == QPK_OK) {
+        memcpy(line, text, n), line[n] = '\n';
+        s = qpk_write_text_file(dir, name, line, n + 1, e);
+    }
+    free(text), free(line);
+    return s;
+}
+
+static qpk_status write_configs(hf_export *x, const char *dir, qpk_err *e)
+{
+    char *cfg_text = qpk_config_to_json(x->cfg);
+    cJSON *cfg = cfg_text ? cJSON_Parse(cfg_text) : NULL;
+    free(cfg_text);
+    if (!cfg)
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    cJSON *arch = cJSON_CreateArray();
+    cJSON_AddItemToArray(arch, cJSON_CreateString("Qwen2ForCausalLM"));
+    cJSON_AddItemToObject(cfg, "architectures", arch);
+    /* The GPU kernels of both layouts compute in f16, the dtype of the scales; the other tensors keep theirs. */
+    cJSON_ReplaceItemInObjectCaseSensitive(cfg, "torch_dtype", cJSON_CreateString("float16"));
+    cJSON_AddItemToObject(cfg, "quantization_config", quant_config(&x->lay));
+    qpk_status s = write_json(dir, "config.json", cfg, e);
+    cJSON_Delete(cfg);
+    if (s != QPK_OK || x->lay.awq)
+        return s;
+    cJSON *side = quant_config(&x->lay); /* AutoGPTQ's and GPTQModel's own file says the same */
+    s = write_json(dir, "quantize_config.json", side, e);
+    cJSON_Delete(side);
+    return s;
+}
+
+/* The tokenizer and generation files the .qpk embeds, byte for byte. */
+static qpk_status copy_blobs(hf_export *x, const char *dir, qpk_err *e)
+{
+    static const char *const FILES[] = {"tokenizer.json", "tokenizer_config.json", "generation_config.json"};
+    for (size_t i = 0; i < sizeof FILES / sizeof *FILES; i++) {
+        char *data;
+        size_t len;
+        QPK_TRY(qpk_read_blob(x->f, FILES[i], &data, &len, e));
+        if (!data) {
+            if (x->o->cb.log) {
+                char msg[160];
+                snprintf(msg, sizeof msg, "the .qpk embeds no %s: the folder has none", FILES[i]);
+                x->o->cb.log(x->o->cb.ud, !strcmp(FILES[i], "tokenizer.json") ? QPK_LOG_WARN : QPK_LOG_INFO, msg);
+            }
+            continue;
+        }
+        qpk_status s = qpk_write_text_file(dir, FILES[i], data, len, e);
+        free(data);
+        QPK_TRY(s);
+    }
+    return QPK_OK;
+}
+
+qpk_status qpk_export_hf_into(const char *in, qpk_outdir *d, const qpk_convert_opts *o, qpk_err *e)
+{
+    if (o->to != QPK_OUT_GPTQ && o->to != QPK_OUT_AWQ)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "qpk_export_hf writes GPTQ or AWQ folders");
+    if (o->gptq_v2 && o->to == QPK_OUT_AWQ)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "--gptq-format applies to --to gptq");
+    qpk_file *f = NULL;
+    qpk_st_set *set = NULL;
+    hf_export x = {.o = o, .lay = {.awq = o->to == QPK_OUT_AWQ, .v2 = o->gptq_v2}};
+    qpk_status s = qpk_open(&f, in, NULL, e);
+    if (s == QPK_OK)
+        s = qpk_check_model(f, e);
+    if (s == QPK_OK) {
+        x.f = f, x.cfg = qpk_file_config(f);
+        s = plan(&x, e);
+    }
+    if (s == QPK_OK && (s = qpk_pool_create(&x.pool, o->n_threads, e)) == QPK_OK && o->cb.cancel)
+        qpk_pool_set_cancel(x.pool, o->cb.cancel, o->cb.ud);
+    if (s == QPK_OK) {
+        qpk_st_assign_shards(x.ent, x.n_ent, o->shard_size ? o->shard_size : QPK_SHARD_SIZE);
+        s = qpk_st_set_create(&set, qpk_outdir_tmp(d), x.ent, x.n_ent, e);
+    }
+    if (s == QPK_OK)
+        s = write_tensors(&x, set, e);
+    if (s == QPK_OK) {
+        s = qpk_st_set_finish(set, e);
+        set = NULL;
+    }
+    if (s == QPK_OK)
+        s = write_configs(&x, qpk_outdir_tmp(d), e);
+    if (s == QPK_OK)
+        s = copy_blobs(&x, qpk_outdir_tmp(d), e);
+    qpk_st_set_discard(set);
+    qpk_pool_free(x.pool);
+    free(x.ent);
+    qpk_close(f);
+    return s;
+}
+
+qpk_status qpk_export_hf(const char *in, const char *out, const qpk_convert_opts *o, qpk_err *e)
+{
+    qpk_outdir *d = NULL;
+    QPK_TRY(qpk_check_not_input(out, in, e));
+    QPK_TRY(qpk_outdir_create(&d, out, e));
+    qpk_status s = qpk_export_hf_into(in, d, o, e);
+    if (s != QPK_OK) {
+        qpk_outdir_discard(d);
+        return s;
+    }
+    return qpk_outdir_commit(d, e);
+}

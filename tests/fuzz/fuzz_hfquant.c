@@ -1,0 +1,64 @@
+/*
+ * libFuzzer target: the GPTQ/AWQ readers. The first byte chooses what the rest is:
+ *   bit 7 set: config.json text, for quantization_config parsing;
+ *   else: a layout (bits 0-1 method/bits, 2 sym, 3 desc_act, 4 v2; byte 1 the group
+ *   code; bytes 2-3 the linear's outputs / 8 and inputs / 32, small) then a safetensors
+ *   file holding L.qweight, L.qzeros, L.scales and perhaps L.g_idx, which are checked,
+ *   imported, and decoded: every weight must come out finite.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    qpk_err e;
+    if (size < 1)
+        return 0;
+    if (data[0] & 0x80) {
+        qpk_hfq q;
+        if (qpk_hfq_parse((const char *)data + 1, size - 1, NULL, 0, &q, &e) == QPK_OK && q.method != QPK_HFQ_NONE &&
+            (q.bits != 4 && q.bits != 8))
+            __builtin_trap(); /* a parse that passes gives a layout the importer knows */
+        return 0;
+    }
+    if (size < 4)
+        return 0;
+    static const int64_t GROUPS[4] = {32, 64, 128, -1};
+    qpk_hfq q = {.method = (data[0] & 3) == 3 ? QPK_HFQ_AWQ : QPK_HFQ_GPTQ,
+                 .bits = (data[0] & 3) == 1 ? 8 : 4,
+                 .group = GROUPS[data[1] & 3],
+                 .sym = data[0] >> 2 & 1,
+                 .desc_act = data[0] >> 3 & 1,
+                 .v2 = data[0] >> 4 & 1};
+    qpk_safetensors *st;
+    if (qpk_st_open_memory(&st, data + 4, size - 4, &e) != QPK_OK)
+        return 0;
+    qpk_qlinear l = {.q = &q,
+                     .qweight = qpk_st_find(st, "L.qweight"),
+                     .qzeros = qpk_st_find(st, "L.qzeros"),
+                     .scales = qpk_st_find(st, "L.scales"),
+                     .g_idx = qpk_st_find(st, "L.g_idx"),
+                     .rows = 8 * (1 + (data[2] & 15)),
+                     .cols = 32 * (1 + (data[3] & 15))};
+    strcpy(l.name, "L");
+    if (qpk_qlinear_init(&l, &e) == QPK_OK) {
+        size_t row = qpk_type_row_bytes(l.type, l.group, l.cols);
+        uint8_t *blocks = malloc(row * (size_t)l.rows);
+        float *w = malloc((size_t)l.cols * sizeof *w);
+        if (blocks && w && qpk_qlinear_rows(&l, 0, l.rows, blocks, &e) == QPK_OK)
+            for (int64_t r = 0; r < l.rows; r++) {
+                qpk_dequantize_row(l.type, l.group, blocks + (size_t)r * row, l.cols, w);
+                for (int64_t i = 0; i < l.cols; i++)
+                    if (!isfinite(w[i]))
+                        __builtin_trap();
+            }
+        free(blocks), free(w);
+    }
+    qpk_qlinear_free(&l);
+    qpk_st_close(st);
+    return 0;
+}

@@ -1,0 +1,690 @@
+/*
+ * GPTQ and AWQ checkpoints in and out, against the fixtures packed by independent code:
+ * - every imported weight equals dequant-expected bit for bit (act-order too);
+ * - the folder and its .qpk reproduce ref-logits (float64 forward) within 1e-4, top-1 100%;
+ * - .qpk -> GPTQ/AWQ folder gives back the fixture's very tensors, and reads back the same;
+ * - a float model -> --to awq --method awq keeps its calibrated quality (KLD well below RTN's);
+ * - GGUF from each folder holds the exact weights (Q8_0 and Q4_0 to the bit, Q4_1 within m's rounding);
+ * - malformed checkpoints, and what the layouts cannot hold, are refused by name with no output;
+ * - folders appear atomically and deterministically (any thread count).
+ */
+#include <dirent.h>
+#include <math.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "fixtures.h"
+#include "qpk/gguf.h"
+#include "qpk/quant.h"
+#include "qpk/verify.h"
+#include "testhelp.h"
+#include "testutil.h"
+
+static const char *FX;
+static char TMP[] = "/tmp/qpk-test-hfquant-XXXXXX";
+
+static const char *const FIXTURES[] = {"gptq-int4", "gptq-int4-actorder", "gptq-int8", "awq"};
+
+static const char *path2(char *buf, const char *a, const char *b)
+{
+    snprintf(buf, 4096, "%s/%s", a, b);
+    return buf;
+}
+
+/* ------------------------------------------------ a folder's tensors, by name */
+
+/* Every tensor of a model folder's safetensors files (links as git stores them followed). */
+typedef struct folder {
+    qpk_safetensors *st[16];
+    char *buf[16];
+    int n;
+} folder;
+
+static void folder_close(folder *f)
+{
+    for (int i = 0; i < f->n; i++)
+        qpk_st_close(f->st[i]), free(f->buf[i]);
+    f->n = 0;
+}
+
+static bool folder_open(folder *f, const char *dir)
+{
+    memset(f, 0, sizeof *f);
+    DIR *d = opendir(dir);
+    bool ok = d != NULL;
+    for (struct dirent *de; ok && d && (de = readdir(d));) {
+        size_t len = strlen(de->d_name), n;
+        if (len < 12 || strcmp(de->d_name + len - 12, ".safetensors") || strstr(de->d_name, "expected") ||
+            strstr(de->d_name, "ref-") || f->n == 16)
+            continue;
+        char p[4096], q[4096];
+        char *b = slurp(path2(p, dir, de->d_name), &n);
+        if (b && n < 512 && !strchr(b, '{')) { /* a link as git stores it: the real file's relative path */
+            b[strcspn(b, "\n")] = 0;
+            snprintf(q, sizeof q, "%s/%s", dir, b);
+            free(b);
+            b = slurp(q, &n);
+        }
+        qpk_err e = {0};
+        f->buf[f->n] = b;
+        ok = b && qpk_st_open_memory(&f->st[f->n], b, n, &e) == QPK_OK;
+        if (ok)
+            f->n++;
+        else
+            free(b);
+    }
+    if (d)
+        closedir(d);
+    return ok && f->n > 0;
+}
+
+static const qpk_st_tensor *folder_find(const folder *f, const char *name)
+{
+    for (int i = 0; i < f->n; i++) {
+        const qpk_st_tensor *t = qpk_st_find(f->st[i], name);
+        if (t)
+            return t;
+    }
+    return NULL;
+}
+
+static size_t folder_count(const folder *f)
+{
+    size_t n = 0;
+    for (int i = 0; i < f->n; i++)
+        n += qpk_st_n_tensors(f->st[i]);
+    return n;
+}
+
+/* ---------------------------------------------------------- import, exactly */
+
+/* Row r of linear t as the runtime computes with it, in input order (un-permuted). */
+static void weight_row(const qpk_file *f, const qpk_tensor *t, const char *perm_name, int64_t r, float *tmp, float *out)
+{
+    const int64_t cols = t->dims[1];
+    qpk_dequantize_row(t->type, t->group_size,
+                       (const uint8_t *)t->data + (size_t)r * qpk_type_row_bytes(t->type, t->group_size, cols), cols,
+                       tmp);
+    const qpk_tensor *p = qpk_find_tensor(f, perm_name);
+    for (int64_t j = 0; j < cols; j++) {
+        int32_t i = (int32_t)j;
+        if (p)
+            memcpy(&i, (const uint8_t *)p->data + 4 * j, 4);
+        out[i] = tmp[j];
+    }
+}
+
+/* Every linear of the .qpk equals dequant-expected, bit for bit; returns the linears checked. */
+static int check_exact(const char *fixture, const char *qpk)
+{
+    char p[4096];
+    qpk_safetensors *exp = NULL;
+    qpk_file *f = NULL;
+    qpk_err e = {0};
+    snprintf(p, sizeof p, "%s/dequant-expected.safetensors", fixture);
+    CHECKF(qpk_st_open(&exp, p, &e) == QPK_OK, "%s", e.msg);
+    CHECKF(qpk_open(&f, qpk, NULL, &e) == QPK_OK, "%s", e.msg);
+    if (!exp || !f) {
+        qpk_st_close(exp), qpk_close(f);
+        return 0;
+    }
+    int linears = 0;
+    uint64_t differ = 0;
+    float tmp[1024], row[1024];
+    for (size_t i = 0; i < qpk_st_n_tensors(exp); i++) {
+        const qpk_st_tensor *x = qpk_st_tensor_at(exp, i);
+        const qpk_tensor *t = qpk_find_tensor(f, x->name);
+        qpk_role role;
+        int layer;
+        char perm[QPK_MAX_NAME];
+        if (!t || !qpk_tensor_role(qpk_file_config(f), x->name, &role, &layer) || x->dtype != QPK_ST_F32 ||
+            t->dims[0] != x->shape[0] || t->dims[1] != x->shape[1] || t->dims[1] > 1024) {
+            CHECKF(false, "%s: %s missing or not as expected", qpk, x->name);
+            continue;
+        }
+        qpk_perm_name(perm, sizeof perm, role, layer);
+        for (int64_t r = 0; r < t->dims[0]; r++) {
+            weight_row(f, t, perm, r, tmp, row);
+            differ += memcmp(row, (const float *)x->data + r * t->dims[1], (size_t)t->dims[1] * 4) != 0;
+        }
+        linears++;
+    }
+    CHECKF(differ == 0 && linears == 28, "%s: %llu rows differ from dequant-expected (%d linears)", qpk,
+           (unsigned long long)differ, linears);
+    qpk_st_close(exp), qpk_close(f);
+    return linears;
+}
+
+/* The model at path (folder or .qpk) against the fixture's ref-logits: max |diff| and top-1. */
+static void check_ref_logits(const char *fixture, const char *path)
+{
+    char p[4096];
+    qpk_source *m = NULL, *ref = NULL;
+    qpk_err e = {0};
+    qpk_verify_result r;
+    qpk_verify_opts vo = {0};
+    bool ok = qpk_source_open(&m, path, false, NULL, &e) == QPK_OK &&
+              qpk_source_open(&ref, path2(p, fixture, "ref-logits.safetensors"), true, NULL, &e) == QPK_OK &&
+              qpk_verify_ref_file(qpk_source_model(m), qpk_source_logits(ref), &vo, &r, &e) == QPK_OK;
+    CHECKF(ok, "%s: %s", path, e.msg);
+    /* The reference is a float64 forward of the same weights: the f32 forward differs by ~2e-6 (measured 1.9e-6). */
+    CHECKF(ok && r.max_abs_diff <= 1e-4 && r.top1_pct == 100.0, "%s vs ref-logits: max |diff| %g, top-1 %.2f%%", path,
+           r.max_abs_diff, r.top1_pct);
+    qpk_source_close(m), qpk_source_close(ref);
+}
+
+/* Every tensor of folder a is in folder b with the same dtype, shape and bytes (and b has no more). */
+static void check_same_tensors(const char *a_dir, const char *b_dir)
+{
+    folder a, b;
+    bool ok = folder_open(&a, a_dir) && folder_open(&b, b_dir);
+    CHECKF(ok, "open %s / %s", a_dir, b_dir);
+    size_t differ = 0, checked = 0;
+    for (int s = 0; ok && s < a.n; s++)
+        for (size_t i = 0; i < qpk_st_n_tensors(a.st[s]); i++) {
+            const qpk_st_tensor *x = qpk_st_tensor_at(a.st[s], i), *y = folder_find(&b, x->name);
+            bool same = y && x->dtype == y->dtype && x->ndim == y->ndim && x->nbytes == y->nbytes &&
+                        !memcmp(x->shape, y->shape, sizeof x->shape) && !memcmp(x->data, y->data, x->nbytes);
+            if (!same && differ++ < 3)
+                fprintf(stderr, "  %s differs in %s\n", x->name, b_dir);
+            checked++;
+        }
+    CHECKF(ok && differ == 0 && checked == folder_count(&b), "%s -> %s: %zu of %zu tensors differ (%zu there)", a_dir,
+           b_dir, differ, checked, ok ? folder_count(&b) : 0);
+    folder_close(&a), folder_close(&b);
+}
+
+static void test_fixtures(void)
+{
+    char fixture[4096], qpk[4096], out[4096], back[4096];
+    for (size_t k = 0; k < sizeof FIXTURES / sizeof *FIXTURES; k++) {
+        snprintf(fixture, sizeof fixture, "%s/qwen-tiny-a-%s", FX, FIXTURES[k]);
+        snprintf(qpk, sizeof qpk, "%s/%s.qpk", TMP, FIXTURES[k]);
+        qpk_convert_opts o = {.dtype = -1};
+        qpk_err e = {0};
+        CHECKF(qpk_convert(fixture, qpk, &o, &e) == QPK_OK, "%s: %s", fixture, e.msg);
+        check_exact(fixture, qpk);
+        check_ref_logits(fixture, fixture); /* read in place */
+        check_ref_logits(fixture, qpk);
+        /* Out again in the same layout: the fixture's own tensors, byte for byte. */
+        bool awq = !strcmp(FIXTURES[k], "awq");
+        snprintf(out, sizeof out, "%s/%s.out", TMP, FIXTURES[k]);
+        qpk_convert_opts x = {.to = awq ? QPK_OUT_AWQ : QPK_OUT_GPTQ, .n_threads = 1 + (int)(k % 2)};
+        CHECKF(qpk_export_hf(qpk, out, &x, &e) == QPK_OK, "%s: %s", out, e.msg);
+        check_same_tensors(fixture, out);
+        /* ... and that folder reads back as the same weights. */
+        snprintf(back, sizeof back, "%s/%s.back.qpk", TMP, FIXTURES[k]);
+        CHECKF(qpk_convert(out, back, &o, &e) == QPK_OK, "%s: %s", out, e.msg);
+        check_exact(fixture, back);
+        /* GPTQ's int4 sym folder as AWQ (zero 8): another layout, the same weights. */
+        if (k == 0) {
+            char awq_out[4096], awq_back[4096];
+            snprintf(awq_out, sizeof awq_out, "%s/gptq-as-awq", TMP);
+            snprintf(awq_back, sizeof awq_back, "%s/gptq-as-awq.qpk", TMP);
+            qpk_convert_opts a = {.to = QPK_OUT_AWQ};
+            CHECKF(qpk_convert(fixture, awq_out, &a, &e) == QPK_OK, "%s", e.msg);
+            CHECKF(qpk_convert(awq_out, awq_back, &o, &e) == QPK_OK, "%s", e.msg);
+            check_exact(fixture, awq_back);
+            rm_rf(awq_out), unlink(awq_back);
+        }
+        rm_rf(out), unlink(back), unlink(qpk);
+    }
+}
+
+/* ------------------------------------------------------------ GGUF, exactly */
+
+/* ggml's dequantization of one block of 32, written from ggml-common.h's layouts. */
+static void ggml_block(uint32_t type, const uint8_t *b, float *w)
+{
+    uint16_t h;
+    memcpy(&h, b, 2);
+    float d = qpk_f16_to_f32(h);
+    if (type == QPK_GGML_Q8_0) {
+        for (int i = 0; i < 32; i++)
+            w[i] = d * (float)(int8_t)b[2 + i];
+    } else if (type == QPK_GGML_Q4_0) {
+        for (int j = 0; j < 16; j++)
+            w[j] = d * (float)((b[2 + j] & 15) - 8), w[j + 16] = d * (float)((b[2 + j] >> 4) - 8);
+    } else { /* Q4_1: d, m, codes */
+        memcpy(&h, b + 2, 2);
+        float m = qpk_f16_to_f32(h);
+        for (int j = 0; j < 16; j++)
+            w[j] = d * (float)(b[4 + j] & 15) + m, w[j + 16] = d * (float)(b[4 + j] >> 4) + m;
+    }
+}
+
+static void test_gguf_exact(void)
+{
+    static const char *const GGUF_NAME[7] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+    static const char *const HF_NAME[7] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                           "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+    for (size_t k = 0; k < sizeof FIXTURES / sizeof *FIXTURES; k++) {
+        if (!strcmp(FIXTURES[k], "gptq-int4-actorder"))
+            continue; /* no GGUF type holds it: refused below */
+        char fixture[4096], out[4096], p[4096];
+        snprintf(fixture, sizeof fixture, "%s/qwen-tiny-a-%s", FX, FIXTURES[k]);
+        snprintf(out, sizeof out, "%s/%s.gguf", TMP, FIXTURES[k]);
+        qpk_convert_opts o = {.to = QPK_OUT_GGUF, .dtype = -1};
+        qpk_err e = {0};
+        qpk_gguf *g = NULL;
+        qpk_safetensors *exp = NULL;
+        CHECKF(qpk_convert(fixture, out, &o, &e) == QPK_OK, "%s: %s", out, e.msg);
+        if (qpk_gguf_open(&g, out, &e) != QPK_OK ||
+            qpk_st_open(&exp, path2(p, fixture, "dequant-expected.safetensors"), &e) != QPK_OK) {
+            CHECKF(false, "%s", e.msg);
+            qpk_gguf_close(g);
+            continue;
+        }
+        /* Q8_0 and Q4_0 hold the weights exactly; Q4_1's m = -d z is rounded to f16 (d z: at most 1 ulp of it). */
+        double worst = 0;
+        uint64_t inexact = 0;
+        for (int l = 0; l < 4; l++)
+            for (int r = 0; r < 7; r++) {
+                char gname[64], hname[128];
+                snprintf(gname, sizeof gname, "blk.%d.%s.weight", l, GGUF_NAME[r]);
+                snprintf(hname, sizeof hname, "model.layers.%d.%s.weight", l, HF_NAME[r]);
+                const qpk_gguf_tensor *t = qpk_gguf_find_tensor(g, gname);
+                const qpk_st_tensor *x = qpk_st_find(exp, hname);
+                if (!t || !x) {
+                    CHECKF(false, "%s: %s", out, gname);
+                    continue;
+                }
+                const size_t bb = t->type == QPK_GGML_Q8_0 ? 34 : t->type == QPK_GGML_Q4_0 ? 18 : 20;
+                const float *want = x->data;
+                float w[32];
+                for (uint64_t b = 0; b < x->numel / 32; b++) {
+                    ggml_block(t->type, (const uint8_t *)t->data + b * bb, w);
+                    for (int i = 0; i < 32; i++) {
+                        double err = fabs((double)w[i] - want[b * 32 + (uint64_t)i]);
+                        worst = err > worst ? err : worst;
+                        inexact += err != 0;
+                    }
+                }
+            }
+        bool q41 = !strcmp(FIXTURES[k], "awq");
+        CHECKF(q41 ? worst <= 1e-4 : inexact == 0, "%s: %llu weights differ from dequant-expected (largest %g)", out,
+               (unsigned long long)inexact, worst);
+        qpk_gguf_close(g), qpk_st_close(exp);
+        unlink(out);
+    }
+    /* Act-order: refused, naming --requantize; nothing written. */
+    char fixture[4096], out[4096];
+    snprintf(fixture, sizeof fixture, "%s/qwen-tiny-a-gptq-int4-actorder", FX);
+    snprintf(out, sizeof out, "%s/actorder.gguf", TMP);
+    qpk_convert_opts o = {.to = QPK_OUT_GGUF, .dtype = -1};
+    qpk_err e = {0};
+    CHECK_ERR(qpk_convert(fixture, out, &o, &e), QPK_E_UNSUPPORTED, e, "is act-order");
+    CHECK(strstr(e.msg, "--requantize") && access(out, F_OK) != 0);
+}
+
+/* ---------------------------------------------------------- calibrated export */
+
+static void test_awq_quality(void)
+{
+    char model[4096], p[4096], rtn[4096], awq[4096];
+    snprintf(model, sizeof model, "%s/qwen-tiny-a-outlier", FX); /* activation outliers: what AWQ is for */
+    snprintf(rtn, sizeof rtn, "%s/rtn-awq", TMP);
+    snprintf(awq, sizeof awq, "%s/calibrated-awq", TMP);
+    int32_t *calib = NULL, *eval = NULL;
+    size_t n_calib = 0, n_eval = 0;
+    qpk_err e = {0};
+    snprintf(p, sizeof p, "%s/text/calib.txt", FX);
+    CHECKF(qpk_tokenize_file(model, p, &calib, &n_calib, NULL, &e) == QPK_OK, "%s", e.msg);
+    snprintf(p, sizeof p, "%s/tokens/eval_public.i32", FX);
+    CHECKF(qpk_read_tokens(p, &eval, &n_eval, &e) == QPK_OK, "%s", e.msg);
+    qpk_convert_opts o = {.to = QPK_OUT_AWQ, .dtype = -1, .quant = QPK_TYPE_INT4, .group = 64};
+    CHECKF(qpk_convert(model, rtn, &o, &e) == QPK_OK, "%s", e.msg);
+    o.method = QPK_METHOD_AWQ;
+    o.calib = (qpk_calib_opts){.tokens = calib, .n_tokens = n_calib, .samples = 8, .seq_len = 256};
+    CHECKF(qpk_convert(model, awq, &o, &e) == QPK_OK, "%s", e.msg);
+    /* Both read back as AWQ folders and measured against the BF16 model on the same text. */
+    double kld[2] = {NAN, NAN};
+    const char *dirs[2] = {rtn, awq};
+    qpk_source *ref = NULL;
+    CHECKF(qpk_source_open(&ref, model, false, NULL, &e) == QPK_OK, "%s", e.msg);
+    for (int k = 0; k < 2 && ref; k++) {
+        qpk_source *m = NULL;
+        qpk_verify_result r;
+        qpk_verify_opts vo = {.n_ctx = 256, .max_chunks = 8};
+        if (qpk_source_open(&m, dirs[k], false, NULL, &e) == QPK_OK &&
+            qpk_verify_tokens(qpk_source_model(m), qpk_source_model(ref), eval, n_eval, &vo, &r, &e) == QPK_OK)
+            kld[k] = r.kld_mean;
+        else
+            CHECKF(false, "%s: %s", dirs[k], e.msg);
+        qpk_source_close(m);
+    }
+    /* Measured: AWQ's KLD is a fraction of RTN's on this model (the quality gates hold it at a third). */
+    fprintf(stderr, "int4 g64 as AWQ folders, KLD vs BF16: RTN %.4g, AWQ %.4g\n", kld[0], kld[1]);
+    CHECKF(kld[1] < 0.5 * kld[0], "calibrated AWQ folder KLD %g, RTN %g", kld[1], kld[0]);
+    qpk_source_close(ref);
+    free(calib), free(eval);
+    rm_rf(rtn), rm_rf(awq);
+}
+
+/* --------------------------------------------------- malformed checkpoints */
+
+typedef enum action { KEEP, DROP, TRUNCATE, AS_F32, SET_WORD, SET_HALF, ZERO_ALL, TO_FLOAT } action;
+
+typedef struct defect {
+    const char *what, *fixture;
+    const char *cfg_from, *cfg_to; /* a textual edit of config.json */
+    const char *tensor;            /* the tensor acted on */
+    action act;
+    uint64_t index;
+    uint32_t value;
+    qpk_status want;
+    const char *msg;
+    const char *side_config;       /* a quantize_config.json beside it */
+} defect;
+
+/* The fixture rewritten as one model.safetensors with one defect, and its config.json edited. */
+static bool make_variant(const defect *d, const char *dir)
+{
+    char src[4096], p[4096];
+    snprintf(src, sizeof src, "%s/qwen-tiny-a-%s", FX, d->fixture);
+    folder f;
+    if (!folder_open(&f, src) || mkdir(dir, 0755) != 0)
+        return false;
+    size_t n = folder_count(&f), k = 0;
+    qpk_st_entry *ent = calloc(n + 1, sizeof *ent);
+    uint8_t **data = calloc(n + 1, sizeof *data);
+    char prefix[256] = "";
+    if (d->act == TO_FLOAT) /* the linear whose parts become one float weight */
+        snprintf(prefix, sizeof prefix, "%.*s", (int)(strrchr(d->tensor, '.') - d->tensor + 1), d->tensor);
+    for (int s = 0; s < f.n; s++)
+        for (size_t i = 0; i < qpk_st_n_tensors(f.st[s]); i++) {
+            const qpk_st_tensor *t = qpk_st_tensor_at(f.st[s], i);
+            bool hit = d->tensor && !strcmp(t->name, d->tensor);
+            if ((hit && d->act == DROP) || (*prefix && !strncmp(t->name, prefix, strlen(prefix)) && !hit))
+                continue;
+            qpk_st_entry *x = &ent[k];
+            snprintf(x->name, sizeof x->name, "%s", t->name);
+            x->dtype = t->dtype, x->ndim = t->ndim, x->nbytes = t->nbytes;
+            memcpy(x->shape, t->shape, sizeof x->shape);
+            data[k] = malloc(t->nbytes ? t->nbytes : 1);
+            memcpy(data[k], t->data, t->nbytes);
+            if (hit && d->act == TRUNCATE)
+                x->shape[0]--, x->nbytes -= t->nbytes / (uint64_t)t->shape[0];
+            if (hit && d->act == AS_F32)
+                x->dtype = QPK_ST_F32;
+            if (hit && d->act == SET_WORD)
+                memcpy(data[k] + 4 * d->index, &d->value, 4);
+            if (hit && d->act == SET_HALF) {
+                uint16_t h = (uint16_t)d->value;
+                memcpy(data[k] + 2 * d->index, &h, 2);
+            }
+            if (hit && d->act == ZERO_ALL)
+                memset(data[k], 0, t->nbytes);
+            if (hit && d->act == TO_FLOAT) { /* q_proj.weight F16 [128, 128], zeros */
+                snprintf(x->name, sizeof x->name, "%sweight", prefix);
+                x->dtype = QPK_ST_F16, x->ndim = 2, x->shape[0] = x->shape[1] = 128, x->nbytes = 128 * 128 * 2;
+                free(data[k]);
+                data[k] = calloc(1, x->nbytes);
+            }
+            k++;
+        }
+    qpk_err e = {0};
+    qpk_st_set *set = NULL;
+    bool ok = qpk_st_set_create(&set, dir, ent, k, &e) == QPK_OK;
+    for (size_t i = 0; ok && i < k; i++)
+        ok = qpk_st_set_write(set, data[i], ent[i].nbytes, &e) == QPK_OK;
+    ok = ok && qpk_st_set_finish(set, &e) == QPK_OK;
+    size_t len;
+    char *cfg = slurp(path2(p, src, "config.json"), &len), *at = cfg && d->cfg_from ? strstr(cfg, d->cfg_from) : NULL;
+    FILE *out = fopen(path2(p, dir, "config.json"), "w");
+    if (out && cfg) {
+        if (at)
+            fprintf(out, "%.*s%s%s", (int)(at - cfg), cfg, d->cfg_to, at + strlen(d->cfg_from));
+        else
+            fputs(cfg, out);
+    }
+    ok = ok && out && (!d->cfg_from || at);
+    if (out)
+        fclose(out);
+    if (d->side_config && (out = fopen(path2(p, dir, "quantize_config.json"), "w")))
+        fputs(d->side_config, out), fclose(out);
+    for (size_t i = 0; i < k; i++)
+        free(data[i]);
+    free(data), free(ent), free(cfg);
+    folder_close(&f);
+    return ok;
+}
+
+static void test_malformed(void)
+{
+#define Q "model.layers.0.self_attn.q_proj."
+#define D "model.layers.1.mlp.down_proj."
+    static const defect DEFECTS[] = {
+        {"qweight shape", "gptq-int4", NULL, NULL, Q "qweight", TRUNCATE, 0, 0, QPK_E_MISMATCH,
+         Q "qweight has shape [15, 128]; config.json implies [16, 128]"},
+        {"qweight not I32", "gptq-int4", NULL, NULL, Q "qweight", AS_F32, 0, 0, QPK_E_CORRUPT, "qweight has dtype F32, not I32"},
+        {"g_idx out of range", "gptq-int4-actorder", NULL, NULL, D "g_idx", SET_WORD, 7, 99, QPK_E_CORRUPT,
+         D "g_idx[7] is 99, outside its 12 groups"},
+        {"g_idx negative", "gptq-int4-actorder", NULL, NULL, D "g_idx", SET_WORD, 3, 0xffffffffu, QPK_E_CORRUPT,
+         "g_idx[3] is -1, outside"},
+        {"g_idx wrong length", "gptq-int4", NULL, NULL, Q "g_idx", TRUNCATE, 0, 0, QPK_E_MISMATCH,
+         Q "g_idx has shape [127]; config.json implies [128]"},
+        {"g_idx groups uneven", "gptq-int4-actorder", NULL, NULL, Q "g_idx", ZERO_ALL, 0, 0, QPK_E_UNSUPPORTED,
+         "group 0 has 128 columns, not group_size 32"},
+        {"bits 3", "gptq-int4", "\"bits\": 4", "\"bits\": 3", NULL, KEEP, 0, 0, QPK_E_UNSUPPORTED, "GPTQ with 3 bits"},
+        {"bits 2", "gptq-int4", "\"bits\": 4", "\"bits\": 2", NULL, KEEP, 0, 0, QPK_E_UNSUPPORTED, "GPTQ with 2 bits"},
+        {"no qzeros", "gptq-int4", NULL, NULL, Q "qzeros", DROP, 0, 0, QPK_E_MISMATCH, "q_proj has no qzeros"},
+        {"no scales", "awq", NULL, NULL, Q "scales", DROP, 0, 0, QPK_E_MISMATCH, "q_proj has no scales (an AWQ checkpoint"},
+        {"scale NaN", "gptq-int8", NULL, NULL, Q "scales", SET_HALF, 5, 0x7e00, QPK_E_VALUE, Q "scales[0][5] is nan: not finite"},
+        {"scale infinite", "awq", NULL, NULL, D "scales", SET_HALF, 130, 0x7c00, QPK_E_VALUE, D "scales[1][2] is inf"},
+        {"awq gemv", "awq", "\"gemm\"", "\"gemv\"", NULL, KEEP, 0, 0, QPK_E_UNSUPPORTED, "AWQ version \"gemv\""},
+        {"awq without zero points", "awq", "\"zero_point\": true", "\"zero_point\": false", NULL, KEEP, 0, 0,
+         QPK_E_UNSUPPORTED, "AWQ without zero points"},
+        {"group_size not dividing", "gptq-int8", "\"group_size\": 128", "\"group_size\": 96", NULL, KEEP, 0, 0,
+         QPK_E_UNSUPPORTED, "group_size 96 does not divide its 128 inputs"},
+        {"group_size 0", "gptq-int4", "\"group_size\": 64", "\"group_size\": 0", NULL, KEEP, 0, 0, QPK_E_CORRUPT,
+         "group_size 0"},
+        {"qzeros of the wrong width", "gptq-int4", NULL, NULL, Q "qzeros", TRUNCATE, 0, 0, QPK_E_MISMATCH,
+         Q "qzeros has shape [1, 16]; config.json implies [2, 16]"},
+        {"a linear in float beside quantized ones", "gptq-int4", NULL, NULL, Q "qweight", TO_FLOAT, 0, 0,
+         QPK_E_UNSUPPORTED, "model.layers.0.self_attn.q_proj is stored in float while the checkpoint says gptq"},
+        {"unknown method", "gptq-int4", "\"quant_method\": \"gptq\"", "\"quant_method\": \"hqq\"", NULL, KEEP, 0, 0,
+         QPK_E_UNSUPPORTED, "quant_method \"hqq\""},
+        {"unknown checkpoint_format", "gptq-int4", "\"checkpoint_format\": \"gptq\"",
+         "\"checkpoint_format\": \"marlin\"", NULL, KEEP, 0, 0, QPK_E_UNSUPPORTED, "checkpoint_format \"marlin\""},
+        {"quantize_config.json disagrees", "gptq-int4", NULL, NULL, NULL, KEEP, 0, 0, QPK_E_MISMATCH,
+         "quantize_config.json and config.json's quantization_config disagree",
+         "{\"bits\": 8, \"group_size\": 64, \"sym\": true, \"desc_act\": false}"},
+    };
+#undef Q
+#undef D
+    int n = 0;
+    for (size_t i = 0; i < sizeof DEFECTS / sizeof *DEFECTS; i++) {
+        const defect *d = &DEFECTS[i];
+        char dir[4096], out[4096];
+        snprintf(dir, sizeof dir, "%s/bad-%zu", TMP, i);
+        snprintf(out, sizeof out, "%s/bad-%zu.qpk", TMP, i);
+        if (!make_variant(d, dir)) {
+            CHECKF(false, "could not make '%s'", d->what);
+            rm_rf(dir);
+            continue;
+        }
+        qpk_convert_opts o = {.dtype = -1};
+        qpk_err e = {0};
+        qpk_status s = qpk_convert(dir, out, &o, &e);
+        CHECKF(s == d->want && strstr(e.msg, d->msg), "'%s': status %d \"%s\" (want %d \"%s\")", d->what, (int)s, e.msg,
+               (int)d->want, d->msg);
+        CHECKF(access(out, F_OK) != 0, "'%s' left an output", d->what);
+        n++;
+        rm_rf(dir);
+    }
+    fprintf(stderr, "%d malformed quantized checkpoints checked\n", n);
+}
+
+/* ------------------------------------------------------ what a layout cannot hold */
+
+/* No temporary of qpk's left in TMP. */
+static bool no_temporaries(void)
+{
+    DIR *d = opendir(TMP);
+    bool clean = d != NULL;
+    for (struct dirent *de; d && (de = readdir(d));)
+        clean &= strstr(de->d_name, "qpk-tmp") == NULL;
+    if (d)
+        closedir(d);
+    return clean;
+}
+
+/* A copy of .qpk `in` with one byte of tensor `name` set to v (hashes recomputed: a well-formed file). */
+static bool copy_with_byte(const char *in, const char *out, const char *name, uint64_t at, uint8_t v)
+{
+    qpk_file *f = NULL;
+    qpk_writer *w = NULL;
+    qpk_err e = {0};
+    bool ok = qpk_open(&f, in, NULL, &e) == QPK_OK && qpk_writer_create(&w, out, &e) == QPK_OK;
+    for (size_t i = 0; ok && i < qpk_n_tensors(f); i++) {
+        const qpk_tensor *t = qpk_tensor_at(f, i);
+        uint8_t *b = malloc(t->nbytes ? t->nbytes : 1);
+        memcpy(b, t->data, t->nbytes);
+        if (!strcmp(t->name, name))
+            b[at] = v;
+        ok = qpk_writer_begin_tensor(w, t->name, t->type, t->group_size, t->ndim, t->dims, &e) == QPK_OK &&
+             qpk_writer_write(w, b, t->nbytes, &e) == QPK_OK && qpk_writer_end_tensor(w, &e) == QPK_OK;
+        free(b);
+    }
+    size_t len;
+    const char *m = ok ? qpk_metadata(f, &len) : NULL;
+    ok = ok && qpk_writer_finish(w, m, len, &e) == QPK_OK;
+    if (!ok)
+        qpk_writer_discard(w), fprintf(stderr, "copy_with_byte: %s\n", e.msg);
+    qpk_close(f);
+    return ok;
+}
+
+static void expect_export(const char *in, qpk_output to, bool v2, qpk_status want, const char *msg)
+{
+    char out[4096];
+    snprintf(out, sizeof out, "%s/refused", TMP);
+    qpk_convert_opts x = {.to = to, .gptq_v2 = v2};
+    qpk_err e = {0};
+    qpk_status s = qpk_export_hf(in, out, &x, &e);
+    CHECKF(s == want && strstr(e.msg, msg), "export of %s: status %d \"%s\" (want %d \"%s\")", in, (int)s, e.msg,
+           (int)want, msg);
+    CHECKF(s == QPK_OK || (access(out, F_OK) != 0 && no_temporaries()), "a refused export left something behind");
+    rm_rf(out);
+}
+
+static void test_export_refusals(void)
+{
+    char model[4096], q[4096], z[4096];
+    snprintf(model, sizeof model, "%s/qwen-tiny-a", FX);
+    snprintf(q, sizeof q, "%s/m.qpk", TMP);
+    snprintf(z, sizeof z, "%s/z.qpk", TMP);
+    qpk_err e = {0};
+    struct {
+        int quant;
+        const char *rule; /* a --keep rule, or NULL */
+        qpk_output to;
+        const char *msg;
+    } C[] = {
+        {0, NULL, QPK_OUT_GPTQ, "model.layers.0.self_attn.q_proj.weight is bf16: the GPTQ layout stores every linear"},
+        {QPK_TYPE_INT8, NULL, QPK_OUT_AWQ, "q_proj.weight is int8: AWQ's GEMM layout holds 4-bit codes only"},
+        {QPK_TYPE_INT4, "down_proj=int8", QPK_OUT_GPTQ, "down_proj.weight is int8 while other linears have 4-bit codes"},
+        {QPK_TYPE_INT4, "down_proj=int4/g32", QPK_OUT_GPTQ, "down_proj.weight has groups of 32 and "
+                                                           "model.layers.0.self_attn.q_proj.weight of 64"},
+        {QPK_TYPE_INT4, "embed_tokens=int8", QPK_OUT_GPTQ, "model.embed_tokens.weight is int8: in GPTQ folders only"},
+    };
+    for (size_t i = 0; i < sizeof C / sizeof *C; i++) {
+        qpk_quant_rule rules[2];
+        qpk_convert_opts o = {.dtype = -1, .quant = C[i].quant, .group = 64, .rules = rules, .n_rules = 1};
+        qpk_quant_rule_parse("embed_tokens=bf16", &rules[0], &e); /* a .qpk's default embedding is int8 */
+        if (C[i].rule && qpk_quant_rule_parse(C[i].rule, &rules[1], &e) == QPK_OK)
+            o.n_rules = 2;
+        CHECKF(qpk_convert(model, q, &o, &e) == QPK_OK, "%s", e.msg);
+        expect_export(q, C[i].to, false, QPK_E_UNSUPPORTED, C[i].msg);
+    }
+    /* Per-row groups: GPTQ's group_size -1; AWQ has none. */
+    qpk_quant_rule embed;
+    qpk_quant_rule_parse("embed_tokens=bf16", &embed, &e);
+    qpk_convert_opts row = {.dtype = -1, .quant = QPK_TYPE_INT4S, .group = QPK_GROUP_ROW, .rules = &embed, .n_rules = 1};
+    CHECKF(qpk_convert(model, q, &row, &e) == QPK_OK, "%s", e.msg);
+    expect_export(q, QPK_OUT_AWQ, false, QPK_E_UNSUPPORTED, "has one group per row: AWQ's layout");
+    expect_export(q, QPK_OUT_GPTQ, false, QPK_OK, "");
+    /* Act-order in AWQ. */
+    char act[4096];
+    snprintf(act, sizeof act, "%s/qwen-tiny-a-gptq-int4-actorder", FX);
+    qpk_convert_opts keep = {.dtype = -1};
+    CHECKF(qpk_convert(act, q, &keep, &e) == QPK_OK, "%s", e.msg);
+    expect_export(q, QPK_OUT_AWQ, false, QPK_E_UNSUPPORTED, "takes its input permuted (act-order)");
+    /* Zero points: 0 has no GPTQ v1 code (it stores zero - 1); v2 and AWQ hold it. 16 only v1 holds. */
+    qpk_convert_opts asym = {.dtype = -1, .quant = QPK_TYPE_INT4, .group = 64, .rules = &embed, .n_rules = 1};
+    CHECKF(qpk_convert(model, q, &asym, &e) == QPK_OK, "%s", e.msg);
+    const char *lin = "model.layers.2.mlp.up_proj.weight";
+    const uint64_t block = 3 * qpk_type_block_bytes(QPK_TYPE_INT4, 64); /* row 1, group 1: 2 groups per row */
+    CHECK(copy_with_byte(q, z, lin, block + 2, 0));
+    expect_export(z, QPK_OUT_GPTQ, false, QPK_E_UNSUPPORTED,
+                  "model.layers.2.mlp.up_proj.weight row 1 group 1 has zero point 0, which GPTQ v1");
+    expect_export(z, QPK_OUT_GPTQ, true, QPK_OK, "");
+    expect_export(z, QPK_OUT_AWQ, false, QPK_OK, "");
+    CHECK(copy_with_byte(q, z, lin, block + 2, 16));
+    expect_export(z, QPK_OUT_GPTQ, false, QPK_OK, "");
+    expect_export(z, QPK_OUT_GPTQ, true, QPK_E_UNSUPPORTED, "has zero point 16, which GPTQ v2's zeros cannot hold");
+    expect_export(z, QPK_OUT_AWQ, false, QPK_E_UNSUPPORTED, "has zero point 16, which AWQ's 4-bit zeros cannot hold");
+    unlink(q), unlink(z);
+}
+
+/* ------------------------------------------------ folders: atomic, sharded, deterministic */
+
+static void test_folders(void)
+{
+    char model[4096], out[4096], p[4096], one[4096];
+    snprintf(model, sizeof model, "%s/qwen-tiny-a", FX);
+    snprintf(out, sizeof out, "%s/folder", TMP);
+    snprintf(one, sizeof one, "%s/one", TMP);
+    qpk_err e = {0};
+    /* An existing folder that holds anything is refused and left as it is; an empty one is replaced. */
+    mkdir(out, 0755);
+    FILE *f = fopen(path2(p, out, "mine.txt"), "w");
+    if (f)
+        fputs("keep me", f), fclose(f);
+    qpk_convert_opts o = {.dtype = -1, .quant = QPK_TYPE_INT4S, .group = 128, .to = QPK_OUT_GPTQ, .n_threads = 1};
+    CHECK_ERR(qpk_convert(model, out, &o, &e), QPK_E_IO, e, "exists and is not empty");
+    size_t n;
+    char *kept = slurp(p, &n);
+    CHECK(kept && !strcmp(kept, "keep me") && no_temporaries());
+    free(kept);
+    unlink(p);
+    CHECKF(qpk_convert(model, out, &o, &e) == QPK_OK, "into an empty folder: %s", e.msg);
+    /* The same with two threads and small shards: the same tensors, in 2 shards (the embedding alone) and an index. */
+    o.n_threads = 2, o.shard_size = 16000000;
+    CHECKF(qpk_convert(model, one, &o, &e) == QPK_OK, "%s", e.msg);
+    CHECK(access(path2(p, one, "model-00002-of-00002.safetensors"), F_OK) == 0 &&
+          access(path2(p, one, "model.safetensors.index.json"), F_OK) == 0);
+    check_same_tensors(out, one);
+    rm_rf(one);
+    /* Byte-identical for any thread count. */
+    o.shard_size = 0;
+    CHECKF(qpk_convert(model, one, &o, &e) == QPK_OK, "%s", e.msg);
+    static const char *const FILES[] = {"model.safetensors", "config.json", "quantize_config.json", "tokenizer.json"};
+    for (size_t i = 0; i < sizeof FILES / sizeof *FILES; i++) {
+        size_t na, nb;
+        char pa[4096], pb[4096];
+        char *a = slurp(path2(pa, out, FILES[i]), &na), *b = slurp(path2(pb, one, FILES[i]), &nb);
+        CHECKF(a && b && na == nb && !memcmp(a, b, na), "%s differs between 1 and 2 threads", FILES[i]);
+        free(a), free(b);
+    }
+    rm_rf(one), rm_rf(out);
+    CHECK(no_temporaries());
+}
+
+int main(void)
+{
+    FX = fixtures_dir();
+    if (!FX)
+        return fixtures_missing();
+    if (!mkdtemp(TMP))
+        return 2;
+    test_fixtures();
+    test_gguf_exact();
+    test_malformed();
+    test_export_refusals();
+    test_folders();
+    test_awq_quality();
+    rm_rf(TMP);
+    return th_summary("test_hfquant");
+}

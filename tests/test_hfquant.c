@@ -516,6 +516,74 @@ static void test_malformed(void)
     fprintf(stderr, "%d malformed quantized checkpoints checked\n", n);
 }
 
+/* --------------------------------------------- zero points off the middle code */
+
+/*
+ * Variants of the symmetric fixtures with some zero points moved, row 0's first group
+ * compared with the fixture's exact weights: GPTQ v1's stored 15 (a zero of 0 stored as -1,
+ * wrapped) reads as 16, as the runtimes' kernels read it; an 8-bit zero of 129 makes int8z.
+ * Each folder then goes out again as GPTQ with the same qzeros.
+ */
+static void test_zero_points(void)
+{
+#define QZ(n) "model.layers.0.self_attn.q_proj." n
+    static const struct {
+        defect d;
+        uint32_t type;  /* what the linear imports as */
+        int32_t shift;  /* the zero's change, for outputs 0..changed-1 */
+        int changed;
+    } Z[] = {
+        {{"v1 zero wrapped", "gptq-int4", NULL, NULL, QZ("qzeros"), SET_WORD, 0, 0xffffffffu, QPK_OK, ""},
+         QPK_TYPE_INT4, 8, 8},
+        {{"8-bit zero 129", "gptq-int8", NULL, NULL, QZ("qzeros"), SET_WORD, 0, 0x7f7f7f80u, QPK_OK, ""},
+         QPK_TYPE_INT8Z, 1, 1},
+    };
+#undef QZ
+    for (size_t k = 0; k < sizeof Z / sizeof *Z; k++) {
+        char dir[4096], qpk[4096], out[4096], p[4096];
+        snprintf(dir, sizeof dir, "%s/zero-%zu", TMP, k);
+        snprintf(qpk, sizeof qpk, "%s/zero-%zu.qpk", TMP, k);
+        snprintf(out, sizeof out, "%s/zero-%zu.out", TMP, k);
+        qpk_convert_opts o = {.dtype = -1};
+        qpk_err e = {0};
+        qpk_file *f = NULL;
+        qpk_safetensors *exp = NULL;
+        snprintf(p, sizeof p, "%s/qwen-tiny-a-%s/dequant-expected.safetensors", FX, Z[k].d.fixture);
+        if (!make_variant(&Z[k].d, dir) || qpk_convert(dir, qpk, &o, &e) != QPK_OK || qpk_open(&f, qpk, NULL, &e) != QPK_OK ||
+            qpk_st_open(&exp, p, &e) != QPK_OK) {
+            CHECKF(false, "%s: %s", Z[k].d.what, e.msg);
+        } else {
+            const char *name = "model.layers.0.self_attn.q_proj.weight";
+            const qpk_tensor *t = qpk_find_tensor(f, name);
+            const qpk_st_tensor *x = qpk_st_find(exp, name);
+            CHECKF(t && t->type == Z[k].type, "%s: imported as %s", Z[k].d.what, t ? qpk_type_name(t->type) : "?");
+            float row[128], tmp[128];
+            bool exact = t && x && t->dims[1] == 128;
+            for (int64_t r = 0; exact && r < t->dims[0]; r++) {
+                weight_row(f, t, "", r, tmp, row);
+                const float *want = (const float *)x->data + r * 128;
+                for (uint32_t i = 0; i < 128; i++) {
+                    /* The changed zeros are group 0's of the first outputs: w - shift * d there, the same elsewhere. */
+                    float d = 0;
+                    if (r < Z[k].changed && i < t->group_size) {
+                        const uint8_t *blk = (const uint8_t *)t->data + (size_t)r * qpk_type_row_bytes(t->type, t->group_size, 128);
+                        uint16_t h;
+                        memcpy(&h, blk, 2);
+                        d = qpk_f16_to_f32(h);
+                    }
+                    exact &= row[i] == want[i] - (float)Z[k].shift * d;
+                }
+            }
+            CHECKF(exact, "%s: the weights are not the fixture's with the zero moved", Z[k].d.what);
+            qpk_convert_opts x2 = {.to = QPK_OUT_GPTQ};
+            CHECKF(qpk_export_hf(qpk, out, &x2, &e) == QPK_OK, "%s: %s", Z[k].d.what, e.msg);
+            check_same_tensors(dir, out);
+        }
+        qpk_close(f), qpk_st_close(exp);
+        rm_rf(dir), rm_rf(out), unlink(qpk);
+    }
+}
+
 /* ------------------------------------------------------ what a layout cannot hold */
 
 /* No temporary of qpk's left in TMP. */
@@ -682,6 +750,7 @@ int main(void)
     test_fixtures();
     test_gguf_exact();
     test_malformed();
+    test_zero_points();
     test_export_refusals();
     test_folders();
     test_awq_quality();

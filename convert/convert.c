@@ -554,7 +554,7 @@ static void add_recipe(cJSON *m, const qpk_convert_opts *o)
 }
 
 /* An imported GPTQ/AWQ checkpoint's recipe: where its linears come from, and what they became. */
-static void add_import(cJSON *m, const qpk_checkpoint *ck)
+static void add_import(cJSON *m, const qpk_checkpoint *ck, const qpk_convert_opts *o)
 {
     const qpk_hfq *h = qpk_checkpoint_hfq(ck);
     const qpk_config *c = qpk_checkpoint_config(ck);
@@ -588,7 +588,10 @@ static void add_import(cJSON *m, const qpk_checkpoint *ck)
     if (floats)
         cJSON_AddNumberToObject(types, "float", floats);
     cJSON_AddNumberToObject(q, "permuted_inputs", permuted);
-    cJSON_AddStringToObject(q, "embedding_and_norms", "as stored (--dtype)");
+    cJSON_AddStringToObject(q, "embedding_and_norms", "as stored (--dtype), then the rules");
+    cJSON *rules = cJSON_AddArrayToObject(q, "rules");
+    for (size_t i = 0; i < o->n_rules; i++)
+        cJSON_AddItemToArray(rules, cJSON_CreateString(o->rules[i].pattern));
 }
 
 /* Whether any imported linear takes its input permuted: then the file is version 2. */
@@ -621,7 +624,7 @@ static cJSON *base_metadata(const qpk_checkpoint *ck, const qpk_convert_opts *o,
     cJSON_AddItemToObject(m, "config", cfg);
     cJSON_AddBoolToObject(m, "tied", qpk_checkpoint_config(ck)->tie_word_embeddings);
     if (qpk_checkpoint_hfq(ck)->method != QPK_HFQ_NONE)
-        add_import(m, ck);
+        add_import(m, ck, o);
     else
         add_recipe(m, o);
     *prov = cJSON_AddObjectToObject(m, "provenance");
@@ -677,6 +680,25 @@ static void warn_unmatched_rules(const qpk_convert_opts *o, const qpk_config *c)
     }
 }
 
+/* A --keep rule cannot reach an imported GPTQ/AWQ linear: it is stored as it is, never requantized. */
+static qpk_status check_rules_on_imported(const qpk_checkpoint *ck, const qpk_convert_opts *o, qpk_err *e)
+{
+    const qpk_config *c = qpk_checkpoint_config(ck);
+    for (size_t r = 0; r < o->n_rules; r++)
+        for (int l = 0; l < c->n_layers; l++)
+            for (int i = 0; i < QPK_LAYER_ROLES; i++) {
+                char name[QPK_MAX_NAME];
+                qpk_role role = qpk_layer_role(i);
+                qpk_tensor_name(name, sizeof name, role, l);
+                if (qpk_checkpoint_qlinear(ck, role, l) && qpk_quant_rule_matches(&o->rules[r], name))
+                    return qpk_err_setf(e, QPK_E_INVALID_ARG,
+                                        "the rule '%s' matches %s, which is imported from the checkpoint as it is "
+                                        "(never requantized): rules apply to the float tensors (embedding, head, "
+                                        "norms, biases)", o->rules[r].pattern, name);
+            }
+    return QPK_OK;
+}
+
 /* The output must not be any file the conversion reads: it would replace that input. */
 static qpk_status check_output(const qpk_checkpoint *ck, const char *dir, const char *out, qpk_err *e)
 {
@@ -714,6 +736,8 @@ static qpk_status convert_file(const char *dir, const char *out, const qpk_conve
         s = qpk_err_setf(e, QPK_E_INVALID_ARG, "%s is already quantized (%s): its linears are imported exactly, "
                          "never requantized; --quant and --method do not apply", dir,
                          qpk_checkpoint_hfq(ck)->method == QPK_HFQ_GPTQ ? "gptq" : "awq");
+    if (s == QPK_OK)
+        s = check_rules_on_imported(ck, o, e);
     if (s == QPK_OK) {
         j.cfg = qpk_checkpoint_config(ck);
         warn_unmatched_rules(o, j.cfg);
@@ -774,8 +798,38 @@ static qpk_status convert_file(const char *dir, const char *out, const qpk_conve
  * the .qpk path serves it too: the .qpk is staged inside the folder's hidden temporary
  * (which a killed process's successor removes), then removed before the folder appears.
  */
+/* What a GPTQ/AWQ folder cannot hold, known from the options alone: refused before any work. */
+static qpk_status check_folder_options(const char *dir, const qpk_convert_opts *o, qpk_err *e)
+{
+    const bool awq = o->to == QPK_OUT_AWQ;
+    const char *layout = awq ? "AWQ" : "GPTQ";
+    if (o->calib.awq_fold_only)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "--awq-fold-only keeps the linears in f32, which a %s folder cannot "
+                            "hold", layout);
+    if (awq && o->quant == QPK_TYPE_INT8)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "AWQ's GEMM layout holds 4-bit codes only: --quant int4 or int4s "
+                            "(--to gptq holds int8)");
+    if (awq && o->quant && o->group == QPK_GROUP_ROW)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "AWQ's layout has groups of one size, not one per row: give --group "
+                            "(--to gptq holds per-row groups)");
+    bool quantized_rule = false;
+    for (size_t i = 0; i < o->n_rules; i++)
+        quantized_rule |= qpk_type_is_quantized((uint32_t)o->rules[i].type);
+    if (o->quant || quantized_rule)
+        return QPK_OK;
+    /* No --quant: only a checkpoint that is already GPTQ or AWQ has quantized linears to write. */
+    qpk_checkpoint *ck = NULL;
+    qpk_status s = qpk_checkpoint_open(&ck, dir, NULL, e);
+    if (s == QPK_OK && qpk_checkpoint_hfq(ck)->method == QPK_HFQ_NONE)
+        s = qpk_err_setf(e, QPK_E_INVALID_ARG, "a %s folder stores the linears quantized: give --quant (%s)", layout,
+                         awq ? "int4 or int4s" : "int4, int4s or int8");
+    qpk_checkpoint_close(ck);
+    return s;
+}
+
 static qpk_status convert_to_folder(const char *dir, const char *out, const qpk_convert_opts *o, qpk_err *e)
 {
+    QPK_TRY(check_folder_options(dir, o, e));
     qpk_outdir *d = NULL;
     QPK_TRY(qpk_outdir_create(&d, out, e));
     const char *tmp = qpk_outdir_tmp(d);

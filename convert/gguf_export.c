@@ -334,8 +334,8 @@ qpk_status qpk_gguf_export_plan(qpk_gguf_export *x, const qpk_config *c, qpk_ggu
     return write_meta(x, c, m, qpk_gguf_file_type(most), e);
 }
 
-/* An int4 block's offset m = -d z as Q4_1's f16: counted when rounded; false when past f16's range. */
-static bool q41_offset(qpk_gguf_export *x, const uint8_t *block, uint16_t *mh)
+/* An int4 block's offset m = -d z as Q4_1's f16 (its n blocks of 32 counted when rounded); false past f16's range. */
+static bool q41_offset(qpk_gguf_export *x, const uint8_t *block, uint32_t n, uint16_t *mh)
 {
     uint16_t dh;
     memcpy(&dh, block, 2);
@@ -345,7 +345,7 @@ static bool q41_offset(qpk_gguf_export *x, const uint8_t *block, uint16_t *mh)
     if (!isfinite(back))
         return false;
     if (back != m) {
-        x->q41_inexact++;
+        x->q41_inexact += n;
         x->q41_max_change = fabs((double)back - m) > x->q41_max_change ? fabs((double)back - m) : x->q41_max_change;
     }
     return true;
@@ -362,7 +362,7 @@ static qpk_status to_ggml(qpk_gguf_export *x, const planned *t, const uint8_t *i
     const uint8_t *codes = in + ti->head_bytes;
     const size_t chunk = 4 * ti->bits; /* bytes of codes per 32 weights */
     uint16_t mh = 0;
-    if (t->type == QPK_TYPE_INT4 && !q41_offset(x, in, &mh))
+    if (t->type == QPK_TYPE_INT4 && !q41_offset(x, in, t->group / 32, &mh))
         return qpk_err_setf(e, QPK_E_VALUE, "tensor '%s': an int4 block's offset -d*z is beyond f16's range: no "
                             "Q4_1 holds it", t->name);
     const int32_t z = t->type == QPK_TYPE_INT8Z ? (int32_t)(in[2] | in[3] << 8) : 0;
@@ -377,7 +377,8 @@ static qpk_status to_ggml(qpk_gguf_export *x, const planned *t, const uint8_t *i
                 int32_t q = codes[c * chunk + (size_t)i] - z;
                 if (q < -128 || q > 127)
                     return qpk_err_setf(e, QPK_E_UNSUPPORTED, "tensor '%s': a code minus its zero point is %d, "
-                                        "outside Q8_0's int8: no GGUF type holds this 8-bit block as it is",
+                                        "outside Q8_0's int8: no GGUF type holds this 8-bit block as it is "
+                                        "(--requantize requantizes such linears to Q8_0 and reports what it costs)",
                                         t->name, q);
                 out[2 + i] = (uint8_t)(int8_t)q;
             }

@@ -274,14 +274,19 @@ static void pack_task(void *arg, int64_t task, int thread)
             int32_t z = sym ? mid : prm.z;
             uint32_t zs;
             if (!stored_zero(l, z, &zs)) {
+                /* What else holds it: v2 a zero of 0, v1 (the default) one of 2^bits, AWQ 4-bit zeros 0..15. */
+                const char *hint = l->awq          ? (z == 16 ? ": --to gptq (v1) holds it" : "")
+                                   : l->v2         ? (z == 1 << l->bits ? ": GPTQ v1 (the default) holds it" : "")
+                                   : l->bits == 4 ? ": --gptq-format v2 stores zeros as they are (GPTQModel reads "
+                                                     "it; vLLM reads v1 only), or --to awq"
+                                                   : ": --gptq-format v2 stores zeros as they are (GPTQModel reads "
+                                                     "it; vLLM reads v1 only)";
                 p->status[task] = qpk_err_setf(&p->errs[task], QPK_E_UNSUPPORTED,
                                                "%s row %lld group %lld has zero point %d, which %s cannot hold%s",
                                                p->w->name, (long long)o, (long long)g, z,
                                                l->awq ? "AWQ's 4-bit zeros" : l->v2 ? "GPTQ v2's zeros"
                                                                                     : "GPTQ v1 (zero - 1 in its bits)",
-                                               l->awq || l->v2 ? "" : ": --gptq-format v2 stores zeros as they are "
-                                                                      "(GPTQModel reads it; vLLM reads v1 only), or "
-                                                                      "--to awq");
+                                               hint);
                 free(q);
                 return;
             }

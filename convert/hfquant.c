@@ -110,7 +110,7 @@ static qpk_status parse_one(const cJSON *qc, qpk_hfq *q, qpk_err *e)
             return qpk_err_setf(e, QPK_E_CORRUPT, "quantization_config: modules_to_not_convert is not a list");
         cJSON_ArrayForEach(it, skip)
         {
-            if (!cJSON_IsString(it) || strlen(it->valuestring) >= sizeof q->skip[0])
+            if (!cJSON_IsString(it) || !it->valuestring[0] || strlen(it->valuestring) >= sizeof q->skip[0])
                 return qpk_err_setf(e, QPK_E_CORRUPT, "quantization_config: a module to not convert is not a name");
             if (q->n_skip == (int)(sizeof q->skip / sizeof q->skip[0]))
                 return qpk_err_setf(e, QPK_E_LIMIT, "quantization_config: more than %d modules to not convert",
@@ -136,8 +136,13 @@ qpk_status qpk_hfq_parse(const char *config, size_t n, const char *qcfg, size_t 
     bool in_config = qc && !cJSON_IsNull(qc);
     if (s == QPK_OK && in_config)
         s = parse_one(qc, q, e);
-    else if (s == QPK_OK && side) /* AutoGPTQ's folders may carry it only there */
+    else if (s == QPK_OK && side) { /* AutoGPTQ's folders may carry it only there, often without quant_method */
+        if (!cJSON_GetObjectItemCaseSensitive(side, "quant_method"))
+            cJSON_AddStringToObject(side, "quant_method", "gptq");
         s = parse_one(side, q, e);
+        if (s != QPK_OK)
+            qpk_err_prefix(e, "quantize_config.json");
+    }
     if (s == QPK_OK && in_config && side) { /* both: they must say the same */
         qpk_hfq other;
         cJSON *copy = cJSON_Duplicate(side, true);
@@ -196,10 +201,11 @@ static bool scale_at(const qpk_qlinear *l, int64_t g, int64_t o, float *out)
     return isfinite(x) && qpk_f16_to_f32(qpk_f32_to_f16(x)) == x;
 }
 
+/* The group of input i: g_idx's (copied and checked at init, so the file cannot change it under us). */
 static int32_t group_of(const qpk_qlinear *l, int64_t i)
 {
-    if (l->g_idx)
-        return (int32_t)rd32(l->g_idx, (uint64_t)i);
+    if (l->groups_of)
+        return l->groups_of[i];
     return (int32_t)(l->q->group == -1 ? 0 : i / l->q->group);
 }
 
@@ -242,7 +248,7 @@ static qpk_status check_tensors(qpk_qlinear *l, qpk_err *e)
             return qpk_err_setf(e, QPK_E_CORRUPT, "%s.%s has dtype %s, not I32", l->name, PART[i],
                                 qpk_st_dtype_name(t[i]->dtype));
     if (l->scales->dtype != QPK_ST_F16 && l->scales->dtype != QPK_ST_BF16 && l->scales->dtype != QPK_ST_F32)
-        return qpk_err_setf(e, QPK_E_CORRUPT, "%s.scales has dtype %s, not F16 or BF16", l->name,
+        return qpk_err_setf(e, QPK_E_CORRUPT, "%s.scales has dtype %s, not F16, BF16 or F32", l->name,
                             qpk_st_dtype_name(l->scales->dtype));
     if (in % group != 0)
         return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s: group_size %lld does not divide its %lld inputs", l->name,
@@ -273,8 +279,12 @@ static qpk_status order_columns(qpk_qlinear *l, qpk_err *e)
     const int64_t in = l->cols, group = in / l->groups;
     bool contiguous = true;
     int64_t *count = calloc((size_t)l->groups, sizeof *count);
-    if (!count)
+    if (!count || (l->g_idx && !(l->groups_of = malloc((size_t)in * sizeof *l->groups_of)))) {
+        free(count);
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    }
+    for (int64_t i = 0; l->groups_of && i < in; i++)
+        l->groups_of[i] = (int32_t)rd32(l->g_idx, (uint64_t)i);
     for (int64_t i = 0; i < in; i++) {
         int32_t g = group_of(l, i);
         if (g < 0 || g >= l->groups) {
@@ -335,7 +345,7 @@ qpk_status qpk_qlinear_init(qpk_qlinear *l, qpk_err *e)
 void qpk_qlinear_free(qpk_qlinear *l)
 {
     if (l)
-        free(l->perm), l->perm = NULL;
+        free(l->perm), free(l->groups_of), l->perm = NULL, l->groups_of = NULL;
 }
 
 /* Codes of outputs [r0, r0 + n) for every input, codes[(o - r0) * in + i]. */

@@ -73,6 +73,7 @@ typedef struct qpk_qlinear {
     int64_t groups;            /* the checkpoint's groups per row */
     uint32_t type, group;      /* the qpk type and group it imports as */
     int32_t *perm;             /* act-order: stored column j is input perm[j] (owned); else NULL */
+    int32_t *groups_of;        /* g_idx, copied and checked (owned); NULL without one */
 } qpk_qlinear;
 
 /* Checks the tensors against the config and the layout, and decides type, group and permutation. */

@@ -1,9 +1,10 @@
 /*
- * Requantizing what a target cannot hold as it is: an act-order linear (its groups
- * gather scattered input columns, kept in a .qpk by an input permutation) has no GGUF
- * type. qpk_requantize_permuted rewrites such linears by round-to-nearest in groups of
- * 32 in input order, from their exact weights; everything else is copied byte for
- * byte. Only on explicit request (qconvert --requantize), which then measures the cost.
+ * Requantizing what GGUF cannot hold as it is: an act-order linear (its groups gather
+ * scattered input columns, kept in a .qpk by an input permutation), and an asymmetric
+ * 8-bit linear (int8z) some of whose codes minus their zero point leave Q8_0's int8.
+ * qpk_requantize_for_gguf rewrites such linears by round-to-nearest in groups of 32 in
+ * input order, from their exact weights; everything else is copied byte for byte. Only
+ * on explicit request (qconvert --requantize), which then measures the cost.
  */
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -17,7 +18,20 @@
 /* The type an act-order linear becomes: the same grid, as GGUF holds it (int8z has no Q8_0 zero: int8). */
 static uint32_t requant_type(uint32_t type) { return type == QPK_TYPE_INT8Z ? QPK_TYPE_INT8 : type; }
 
-/* Rows of w, each decoded exactly, un-permuted into input order, then quantized to groups of 32. */
+/* Whether every code of an int8z tensor minus its block's zero point fits an int8 (Q8_0 holds it as it is). */
+static bool int8z_fits(const qpk_tensor *t)
+{
+    const size_t bb = qpk_type_block_bytes(t->type, t->group_size);
+    for (const uint8_t *b = t->data, *end = b + t->nbytes; b < end; b += bb) {
+        const int32_t z = b[2] | b[3] << 8;
+        for (uint32_t i = 0; i < t->group_size; i++)
+            if (b[4 + i] - z < -128 || b[4 + i] - z > 127)
+                return false;
+    }
+    return true;
+}
+
+/* Rows of w, each decoded exactly, un-permuted into input order (perm may be NULL), then quantized to groups of 32. */
 static qpk_status requantize(qpk_writer *w, const qpk_tensor *t, const qpk_tensor *perm, qpk_err *e)
 {
     const int64_t rows = t->dims[0], cols = t->dims[1];
@@ -31,8 +45,9 @@ static qpk_status requantize(qpk_writer *w, const qpk_tensor *t, const qpk_tenso
     for (int64_t r = 0; r < rows && s == QPK_OK; r++) {
         qpk_dequantize_row(t->type, t->group_size, (const uint8_t *)t->data + (size_t)r * in_row, cols, stored);
         for (int64_t j = 0; j < cols; j++) {
-            int32_t i;
-            memcpy(&i, (const uint8_t *)perm->data + 4 * j, 4); /* checked a permutation at open */
+            int32_t i = (int32_t)j;
+            if (perm)
+                memcpy(&i, (const uint8_t *)perm->data + 4 * j, 4); /* a permutation: qpk_check_model checked it */
             x[i] = stored[j];
         }
         s = qpk_quantize_row(type, REQUANT_GROUP, x, cols, out, e);
@@ -67,8 +82,12 @@ static char *requant_metadata(const qpk_file *f, int n, qpk_err *e)
     char *text = NULL;
     if (q) {
         cJSON_ReplaceItemInObjectCaseSensitive(meta, "format_version", cJSON_CreateNumber(1));
+        if (cJSON_GetObjectItemCaseSensitive(q, "permuted_inputs"))
+            cJSON_ReplaceItemInObjectCaseSensitive(q, "permuted_inputs", cJSON_CreateNumber(0));
+        cJSON_DeleteItemFromObjectCaseSensitive(q, "requantized"); /* a second pass finds nothing: say so, once */
         cJSON *r = cJSON_AddObjectToObject(q, "requantized");
-        cJSON_AddStringToObject(r, "why", "act-order groups are not runs of 32 input columns");
+        cJSON_AddStringToObject(r, "why", "act-order groups are not runs of 32 input columns; int8z codes whose "
+                                "offset from the zero leaves Q8_0's int8");
         cJSON_AddStringToObject(r, "method", "rtn");
         cJSON_AddNumberToObject(r, "group", REQUANT_GROUP);
         cJSON_AddNumberToObject(r, "linears", n);
@@ -80,7 +99,7 @@ static char *requant_metadata(const qpk_file *f, int n, qpk_err *e)
     return text;
 }
 
-qpk_status qpk_requantize_permuted(const char *in, const char *out, const qpk_convert_opts *o, int *n_requantized,
+qpk_status qpk_requantize_for_gguf(const char *in, const char *out, const qpk_convert_opts *o, int *n_requantized,
                                    qpk_err *e)
 {
     qpk_file *f = NULL;
@@ -104,8 +123,9 @@ qpk_status qpk_requantize_permuted(const char *in, const char *out, const qpk_co
         const qpk_tensor *t = qpk_find_tensor(f, name), *perm = NULL;
         if (qpk_perm_name(name, sizeof name, role, layer))
             perm = qpk_find_tensor(f, name);
-        s = perm ? requantize(w, t, perm, e) : copy_tensor(w, t, e);
-        n += perm != NULL;
+        bool redo = perm || (t->type == QPK_TYPE_INT8Z && !int8z_fits(t));
+        s = redo ? requantize(w, t, perm, e) : copy_tensor(w, t, e);
+        n += redo;
         if (s == QPK_OK && o && o->cb.cancel && o->cb.cancel(o->cb.ud))
             s = qpk_err_setf(e, QPK_E_CANCELLED, "conversion cancelled");
     }

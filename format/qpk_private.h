@@ -139,6 +139,12 @@ qpk_status qpk_outdir_commit(qpk_outdir *d, qpk_err *e);
 /* Removes the hidden folder and what it holds; nothing appears at the path. NULL-safe. */
 void qpk_outdir_discard(qpk_outdir *d);
 
+/*
+ * A linear's input permutation (FORMAT.md section 5): n int32 values, each input in
+ * [0, n) exactly once. Every consumer relies on this check (qpk_check_model, the runtime).
+ */
+qpk_status qpk_check_permutation(const void *perm, int64_t n, const char *name, qpk_err *e);
+
 /* XXH3-64 of a buffer, as the format uses it (seed 0). */
 uint64_t qpk_xxh3(const void *data, size_t n);
 

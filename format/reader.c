@@ -438,6 +438,23 @@ qpk_status qpk_verify_tensor(const qpk_file *f, size_t i, qpk_err *e)
     return check_scales(t, e);
 }
 
+qpk_status qpk_check_permutation(const void *perm, int64_t n, const char *name, qpk_err *e)
+{
+    uint8_t *seen = calloc((size_t)n + 1, 1);
+    if (!seen)
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    qpk_status s = QPK_OK;
+    for (int64_t j = 0; j < n && s == QPK_OK; j++) {
+        int32_t v;
+        memcpy(&v, (const uint8_t *)perm + 4 * j, 4); /* mapped file data: no alignment promised beyond the tensor's */
+        if (v < 0 || v >= n || seen[v]++)
+            s = qpk_err_setf(e, QPK_E_CORRUPT, "'%s': the input permutation takes input %d %s", name, v,
+                             v < 0 || v >= n ? "that does not exist" : "twice");
+    }
+    free(seen);
+    return s;
+}
+
 qpk_status qpk_check_model(const qpk_file *f, qpk_err *e)
 {
     const qpk_config *c = &f->cfg;
@@ -452,6 +469,8 @@ qpk_status qpk_check_model(const qpk_file *f, qpk_err *e)
         const qpk_tensor *t = qpk_find_tensor(f, name);
         if (!t)
             return qpk_err_setf(e, QPK_E_MISMATCH, "missing tensor '%s'", name);
+        if (t->type == QPK_TYPE_I32)
+            return qpk_err_setf(e, QPK_E_MISMATCH, "tensor '%s' is i32: integers are for permutations only", name);
         int nd = qpk_role_shape(c, role, dims);
         if (t->ndim != nd || t->dims[0] != dims[0] || (nd == 2 && t->dims[1] != dims[1]))
             return qpk_err_setf(e, QPK_E_MISMATCH, "tensor '%s' has the wrong shape for the config", name);
@@ -463,6 +482,7 @@ qpk_status qpk_check_model(const qpk_file *f, qpk_err *e)
             return qpk_err_setf(e, QPK_E_CORRUPT, "tensor '%s' is a permutation, which version 1 files do not have", name);
         if (p->type != QPK_TYPE_I32 || p->ndim != 1 || p->dims[0] != dims[1])
             return qpk_err_setf(e, QPK_E_MISMATCH, "permutation '%s' is not i32 [%lld]", name, (long long)dims[1]);
+        QPK_TRY(qpk_check_permutation(p->data, p->dims[0], name, e));
         perms++;
     }
     if (f->n_tensors != n + perms)

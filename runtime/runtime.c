@@ -21,24 +21,6 @@ struct qpk_model {
 
 /* ====================================================================== model */
 
-/* A permutation takes each input exactly once: anything else would read past x or miss part of it. */
-static qpk_status check_perm(const int32_t *perm, int64_t n, const char *name, qpk_err *e)
-{
-    uint8_t *seen = calloc((size_t)n + 1, 1);
-    if (!seen)
-        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
-    qpk_status s = QPK_OK;
-    for (int64_t j = 0; j < n && s == QPK_OK; j++) {
-        int32_t v;
-        memcpy(&v, perm + j, 4); /* mapped file data: no alignment promised beyond the tensor's */
-        if (v < 0 || v >= n || seen[v]++)
-            s = qpk_err_setf(e, QPK_E_CORRUPT, "tensor '%s': its input permutation takes input %d %s", name, v,
-                             v < 0 || v >= n ? "that does not exist" : "twice");
-    }
-    free(seen);
-    return s;
-}
-
 static qpk_status get_matrix(qpk_weight_fn get, void *ud, const qpk_config *c, qpk_role role, int layer,
                              qpk_matrix *w, qpk_err *e)
 {
@@ -54,7 +36,8 @@ static qpk_status get_matrix(qpk_weight_fn get, void *ud, const qpk_config *c, q
     if (qpk_matrix_row_bytes(w) == 0)
         return qpk_err_setf(e, QPK_E_UNSUPPORTED, "tensor '%s': the runtime has no kernel for type %s", name,
                             qpk_type_name(w->type) ? qpk_type_name(w->type) : "?");
-    return w->perm ? check_perm(w->perm, w->cols, name, e) : QPK_OK;
+    /* A permutation takes each input exactly once: anything else would read past x or miss part of it. */
+    return w->perm ? qpk_check_permutation(w->perm, w->cols, name, e) : QPK_OK;
 }
 
 /* A vector tensor converted to f32 at *cursor (which advances). */

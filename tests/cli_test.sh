@@ -178,7 +178,7 @@ if [ -d "$a" ]; then
   expect 0 "format +qpk v2" -- "$bin/qinspect" "$tmp/g.qpk" --no-tensors
   expect 2 "already quantized \(gptq\)" -- "$bin/qconvert" "$g" -o "$tmp/x.qpk" --quant int4
   expect 3 "act-order .*--requantize" -- "$bin/qconvert" "$g" -o "$tmp/g.gguf"
-  expect 0 "28 act-order linears requantized to groups of 32 .*KLD mean" -- "$bin/qconvert" "$g" -o "$tmp/g.gguf" --requantize
+  expect 0 "28 linears requantized to groups of 32 .*KLD mean" -- "$bin/qconvert" "$g" -o "$tmp/g.gguf" --requantize
   expect 0 "desc_act.:[[:space:]]+true" -- sh -c "\"$bin/qconvert\" -q \"$tmp/g.qpk\" --to gptq -o \"$tmp/g-out\" && cat \"$tmp/g-out/config.json\""
   expect 3 "takes its input permuted" -- "$bin/qconvert" "$tmp/g.qpk" --to awq -o "$tmp/g-awq"
   expect 0 "" -- test ! -e "$tmp/g-awq"

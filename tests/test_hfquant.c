@@ -443,6 +443,12 @@ static bool make_variant(const defect *d, const char *dir)
         fclose(out);
     if (d->side_config && (out = fopen(path2(p, dir, "quantize_config.json"), "w")))
         fputs(d->side_config, out), fclose(out);
+    static const char *const TOK[] = {"tokenizer.json", "tokenizer_config.json"};
+    for (int i = 0; i < 2; i++) { /* model A's, which every fixture links to */
+        char from[4096];
+        snprintf(from, sizeof from, "%s/qwen-tiny-a/%s", FX, TOK[i]);
+        ok = ok && symlink(from, path2(p, dir, TOK[i])) == 0;
+    }
     for (size_t i = 0; i < k; i++)
         free(data[i]);
     free(data), free(ent), free(cfg);
@@ -582,6 +588,43 @@ static void test_zero_points(void)
         qpk_close(f), qpk_st_close(exp);
         rm_rf(dir), rm_rf(out), unlink(qpk);
     }
+    /* An 8-bit zero of 200: codes 0..71 minus it leave Q8_0's int8. GGUF refuses it, naming --requantize,
+     * which requantizes that one linear. */
+    defect far = {"8-bit zero 200", "gptq-int8", NULL, NULL, "model.layers.0.self_attn.q_proj.qzeros", SET_WORD, 0,
+                  0x7f7f7fc7u, QPK_OK, ""};
+    char dir[4096], qpk[4096], rq[4096], gguf[4096];
+    snprintf(dir, sizeof dir, "%s/zero-far", TMP);
+    snprintf(qpk, sizeof qpk, "%s/zero-far.qpk", TMP);
+    snprintf(rq, sizeof rq, "%s/zero-far-rq.qpk", TMP);
+    snprintf(gguf, sizeof gguf, "%s/zero-far.gguf", TMP);
+    qpk_convert_opts o = {.dtype = -1}, g = {.to = QPK_OUT_GGUF, .dtype = -1};
+    qpk_err e = {0};
+    int n = -1;
+    CHECK(make_variant(&far, dir));
+    CHECKF(qpk_convert(dir, qpk, &o, &e) == QPK_OK, "%s", e.msg);
+    CHECK_ERR(qpk_convert(dir, gguf, &g, &e), QPK_E_UNSUPPORTED, e, "outside Q8_0's int8");
+    CHECK(strstr(e.msg, "--requantize") && access(gguf, F_OK) != 0);
+    CHECKF(qpk_requantize_for_gguf(qpk, rq, &o, &n, &e) == QPK_OK && n == 1, "%s (%d requantized)", e.msg, n);
+    CHECKF(qpk_export_gguf(rq, gguf, &o, &e) == QPK_OK, "%s", e.msg);
+    rm_rf(dir), unlink(qpk), unlink(rq), unlink(gguf);
+}
+
+/* Older AutoGPTQ folders say it only in quantize_config.json, often without quant_method. */
+static void test_side_config(void)
+{
+    defect d = {"quantize_config.json only", "gptq-int4", "\"quantization_config\"", "\"not_quantization_config\"",
+                NULL, KEEP, 0, 0, QPK_OK, "", "{\"bits\": 4, \"group_size\": 64, \"sym\": true, \"desc_act\": false}"};
+    char dir[4096], qpk[4096];
+    snprintf(dir, sizeof dir, "%s/side", TMP);
+    snprintf(qpk, sizeof qpk, "%s/side.qpk", TMP);
+    qpk_convert_opts o = {.dtype = -1};
+    qpk_err e = {0};
+    CHECK(make_variant(&d, dir));
+    CHECKF(qpk_convert(dir, qpk, &o, &e) == QPK_OK, "%s", e.msg);
+    char fixture[4096];
+    snprintf(fixture, sizeof fixture, "%s/qwen-tiny-a-gptq-int4", FX);
+    check_exact(fixture, qpk);
+    rm_rf(dir), unlink(qpk);
 }
 
 /* ------------------------------------------------------ what a layout cannot hold */
@@ -598,8 +641,11 @@ static bool no_temporaries(void)
     return clean;
 }
 
-/* A copy of .qpk `in` with one byte of tensor `name` set to v (hashes recomputed: a well-formed file). */
-static bool copy_with_byte(const char *in, const char *out, const char *name, uint64_t at, uint8_t v)
+/*
+ * A copy of .qpk `in` with one byte of tensor `name` set to v, and its type set to type unless that is
+ * negative (hashes recomputed: a well-formed file, whatever it says).
+ */
+static bool copy_changed(const char *in, const char *out, const char *name, uint64_t at, uint8_t v, int type)
 {
     qpk_file *f = NULL;
     qpk_writer *w = NULL;
@@ -609,9 +655,11 @@ static bool copy_with_byte(const char *in, const char *out, const char *name, ui
         const qpk_tensor *t = qpk_tensor_at(f, i);
         uint8_t *b = malloc(t->nbytes ? t->nbytes : 1);
         memcpy(b, t->data, t->nbytes);
-        if (!strcmp(t->name, name))
+        bool hit = !strcmp(t->name, name);
+        if (hit)
             b[at] = v;
-        ok = qpk_writer_begin_tensor(w, t->name, t->type, t->group_size, t->ndim, t->dims, &e) == QPK_OK &&
+        ok = qpk_writer_begin_tensor(w, t->name, hit && type >= 0 ? (uint32_t)type : t->type, t->group_size,
+                                     t->ndim, t->dims, &e) == QPK_OK &&
              qpk_writer_write(w, b, t->nbytes, &e) == QPK_OK && qpk_writer_end_tensor(w, &e) == QPK_OK;
         free(b);
     }
@@ -619,7 +667,7 @@ static bool copy_with_byte(const char *in, const char *out, const char *name, ui
     const char *m = ok ? qpk_metadata(f, &len) : NULL;
     ok = ok && qpk_writer_finish(w, m, len, &e) == QPK_OK;
     if (!ok)
-        qpk_writer_discard(w), fprintf(stderr, "copy_with_byte: %s\n", e.msg);
+        qpk_writer_discard(w), fprintf(stderr, "copy_changed: %s\n", e.msg);
     qpk_close(f);
     return ok;
 }
@@ -679,17 +727,54 @@ static void test_export_refusals(void)
     qpk_convert_opts keep = {.dtype = -1};
     CHECKF(qpk_convert(act, q, &keep, &e) == QPK_OK, "%s", e.msg);
     expect_export(q, QPK_OUT_AWQ, false, QPK_E_UNSUPPORTED, "takes its input permuted (act-order)");
+    /* A permutation that takes an input twice, or one that does not exist, and integers where weights go:
+     * every reader refuses them before use (the exporters would write out of bounds). */
+    const char *perm = "model.layers.1.mlp.down_proj.perm", *w = "model.layers.0.input_layernorm.weight";
+    static const struct {
+        uint64_t at;
+        uint8_t v;
+        const char *msg;
+    } P[] = {{4 * 5 + 3, 0x80, "takes input -"}, {4 * 5 + 1, 0x7f, "that does not exist"}, {4 * 5, 0, "twice"}};
+    for (size_t i = 0; i < sizeof P / sizeof *P; i++) {
+        CHECK(copy_changed(q, z, perm, P[i].at, P[i].v, -1));
+        qpk_file *f = NULL;
+        qpk_source *src = NULL;
+        CHECK(qpk_open(&f, z, NULL, &e) == QPK_OK);
+        CHECK_ERR(qpk_check_model(f, &e), QPK_E_CORRUPT, e, P[i].msg);
+        qpk_close(f);
+        expect_export(z, QPK_OUT_GPTQ, false, QPK_E_CORRUPT, P[i].msg);
+        CHECK_ERR(qpk_source_open(&src, z, false, NULL, &e), QPK_E_CORRUPT, e, P[i].msg);
+        qpk_source_close(src);
+    }
+    qpk_convert_opts f32 = {.dtype = QPK_TYPE_F32};
+    CHECKF(qpk_convert(model, q, &f32, &e) == QPK_OK, "%s", e.msg);
+    CHECK(copy_changed(q, z, w, 0, 0, QPK_TYPE_I32));
+    expect_export(z, QPK_OUT_GPTQ, false, QPK_E_MISMATCH, "input_layernorm.weight' is i32: integers are for permutations");
+    /* --keep rules reach only what is float in a GPTQ/AWQ checkpoint. */
+    qpk_quant_rule down;
+    qpk_quant_rule_parse("down_proj=int8", &down, &e);
+    qpk_convert_opts ruled = {.dtype = -1, .rules = &down, .n_rules = 1};
+    CHECK_ERR(qpk_convert(act, q, &ruled, &e), QPK_E_INVALID_ARG, e,
+              "the rule 'down_proj' matches model.layers.0.mlp.down_proj.weight, which is imported");
+    /* What a folder cannot hold, refused before any work from the options alone. */
+    char out[4096];
+    snprintf(out, sizeof out, "%s/never", TMP);
+    qpk_convert_opts fo = {.dtype = -1, .to = QPK_OUT_AWQ, .quant = QPK_TYPE_INT8, .group = 64};
+    CHECK_ERR(qpk_convert(model, out, &fo, &e), QPK_E_INVALID_ARG, e, "AWQ's GEMM layout holds 4-bit codes only");
+    fo.quant = 0, fo.to = QPK_OUT_GPTQ;
+    CHECK_ERR(qpk_convert(model, out, &fo, &e), QPK_E_INVALID_ARG, e, "a GPTQ folder stores the linears quantized");
+    CHECK(access(out, F_OK) != 0 && no_temporaries());
     /* Zero points: 0 has no GPTQ v1 code (it stores zero - 1); v2 and AWQ hold it. 16 only v1 holds. */
     qpk_convert_opts asym = {.dtype = -1, .quant = QPK_TYPE_INT4, .group = 64, .rules = &embed, .n_rules = 1};
     CHECKF(qpk_convert(model, q, &asym, &e) == QPK_OK, "%s", e.msg);
     const char *lin = "model.layers.2.mlp.up_proj.weight";
     const uint64_t block = 3 * qpk_type_block_bytes(QPK_TYPE_INT4, 64); /* row 1, group 1: 2 groups per row */
-    CHECK(copy_with_byte(q, z, lin, block + 2, 0));
+    CHECK(copy_changed(q, z, lin, block + 2, 0, -1));
     expect_export(z, QPK_OUT_GPTQ, false, QPK_E_UNSUPPORTED,
                   "model.layers.2.mlp.up_proj.weight row 1 group 1 has zero point 0, which GPTQ v1");
     expect_export(z, QPK_OUT_GPTQ, true, QPK_OK, "");
     expect_export(z, QPK_OUT_AWQ, false, QPK_OK, "");
-    CHECK(copy_with_byte(q, z, lin, block + 2, 16));
+    CHECK(copy_changed(q, z, lin, block + 2, 16, -1));
     expect_export(z, QPK_OUT_GPTQ, false, QPK_OK, "");
     expect_export(z, QPK_OUT_GPTQ, true, QPK_E_UNSUPPORTED, "has zero point 16, which GPTQ v2's zeros cannot hold");
     expect_export(z, QPK_OUT_AWQ, false, QPK_E_UNSUPPORTED, "has zero point 16, which AWQ's 4-bit zeros cannot hold");
@@ -751,6 +836,7 @@ int main(void)
     test_gguf_exact();
     test_malformed();
     test_zero_points();
+    test_side_config();
     test_export_refusals();
     test_folders();
     test_awq_quality();

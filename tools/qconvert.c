@@ -49,7 +49,7 @@ static char *stage_path(const char *out, const char *tag)
 #define REQUANT_RANDOM_TOKENS 512 /* the measure without text: 2 windows of 256 */
 
 /*
- * --requantize: act-order linears have no GGUF type, so they are requantized to groups
+ * --requantize: act-order linears (and int8z ones past Q8_0) have no GGUF type, so they are requantized to groups
  * of 32 (explicitly asked), and what that costs is measured on the spot: the exact model
  * and the requantized one run on the same tokens (--calib text, else pseudo-random ids)
  * and their KL divergence is reported before the GGUF is written from the requantized one.
@@ -70,7 +70,7 @@ static int requantize_to_gguf(cli *c, const char *in, bool folder, const char *o
     if (s == QPK_OK && folder)
         s = qpk_convert(in, a, &qo, &e);
     if (s == QPK_OK)
-        s = qpk_requantize_permuted(exact, b, o, &n, &e);
+        s = qpk_requantize_for_gguf(exact, b, o, &n, &e);
     if (s == QPK_OK && n > 0) {
         if ((s = qpk_source_open(&sa, exact, false, &o->cb, &e)) == QPK_OK)
             s = qpk_source_open(&sb, b, false, &o->cb, &e);
@@ -95,13 +95,14 @@ static int requantize_to_gguf(cli *c, const char *in, bool folder, const char *o
         if (s == QPK_OK) {
             cli_progress_done(c);
             fprintf(stderr,
-                    "qconvert: --requantize: %d act-order linears requantized to groups of 32 (RTN); against the "
+                    "qconvert: --requantize: %d linears requantized to groups of 32 (RTN); against the "
                     "exact model on %llu %s: KLD mean %.4g (p99 %.4g), top-1 %.2f%%\n",
                     n, (unsigned long long)r.n_compared, random ? "positions of pseudo-random tokens (give --calib "
                     "TEXT to measure on text)" : "positions of the given text", r.kld_mean, r.kld_p99, r.top1_pct);
         }
     } else if (s == QPK_OK && !c->quiet) {
-        fprintf(stderr, "qconvert: --requantize: no act-order linear: nothing requantized, the GGUF is exact\n");
+        fprintf(stderr, "qconvert: --requantize: no linear needed it: nothing requantized, the %s is exact\n",
+                gguf ? "GGUF" : ".qpk");
     }
     qpk_source_close(sa), qpk_source_close(sb);
     if (s == QPK_OK && gguf)
@@ -169,8 +170,9 @@ static void usage(void)
            "                        stay static and contiguous)\n"
            "      --awq-fold-only   AWQ: choose the scales for --quant and fold them, but\n"
            "                        store the linears in f32 (an AWQ-scaled float model)\n"
-           "      --requantize      gguf: requantize act-order linears (GPTQ desc_act, whose\n"
-           "                        groups no GGUF type holds) to groups of 32, and report\n"
+           "      --requantize      gguf: requantize the linears no GGUF type holds (GPTQ\n"
+           "                        act-order; 8-bit with zeros Q8_0 cannot hold) to groups\n"
+           "                        of 32, and report\n"
            "                        the KL divergence it costs (on --calib TEXT if given);\n"
            "                        with --to qpk, writes the .qpk such a GGUF is made from\n"
            "      --allow-nonfinite keep NaN and infinite weights of tensors stored as floats\n"
@@ -356,9 +358,10 @@ int main(int argc, char **argv)
         if (o.to == QPK_OUT_QPK && !requant)
             return cli_usage_error(&c, "%s is already a .qpk: it can be re-packed as GGUF, GPTQ or AWQ (--to gguf|gptq|awq)",
                                    in);
-        if (model_opts || (calib_path && !requant))
+        if (model_opts || gptq_opts || windows_given || o.calib.awq_fold_only || (calib_path && !requant))
             return cli_usage_error(&c, "a .qpk is re-packed with its tensors as they are: --dtype, --quant, --group, "
-                                       "--keep, --embed-type and --method apply to a Hugging Face folder");
+                                       "--keep, --embed-type, --method and the calibration options apply to a Hugging "
+                                       "Face folder");
         o.cb = cli_callbacks(&c);
         double t0 = cli_now();
         if (requant) {

@@ -270,13 +270,14 @@ qpk_status qpk_convert(const char *dir, const char *out, const qpk_convert_opts 
 qpk_status qpk_export_gguf(const char *in, const char *out, const qpk_convert_opts *opts, qpk_err *e);
 
 /*
- * Rewrites the .qpk file `in` as `out` with every act-order linear (one stored with an
- * input permutation) requantized by round-to-nearest in groups of 32 in input order,
- * from its exact weights (int8z becomes int8); all else is copied as it is, and the
+ * Rewrites the .qpk file `in` as `out` with the linears GGUF cannot hold requantized by
+ * round-to-nearest in groups of 32 in input order, from their exact weights: act-order
+ * ones (stored with an input permutation), and int8z ones with a code whose offset from
+ * its zero leaves Q8_0's int8 (they become int8). All else is copied as it is, and the
  * recipe records it. What GGUF export needs for such checkpoints, on explicit request.
  * *n_requantized (may be NULL) gets the number of linears requantized.
  */
-qpk_status qpk_requantize_permuted(const char *in, const char *out, const qpk_convert_opts *opts, int *n_requantized,
+qpk_status qpk_requantize_for_gguf(const char *in, const char *out, const qpk_convert_opts *opts, int *n_requantized,
                                    qpk_err *e);
 
 /*

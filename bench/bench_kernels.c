@@ -45,7 +45,7 @@ static double run_mm(qpk_pool *pool, const qpk_kernels *k, const qpk_matrix *w, 
     size_t sp = qpk_gemm_scratch_floats(w->cols);
     float *scratch = malloc(sp * (size_t)threads * sizeof(float));
     int64_t per = (w->rows + 4 * threads - 1) / (4 * threads);
-    per = (per + 23) / 24 * 24;
+    per = (per + 31) / 32 * 32; /* whole gemm panels, as qpk_matmul */
     mm_job j = {k, w, x, y, T, per, scratch, sp};
     double best = 1e30;
     for (int r = 0; r < reps; r++) {

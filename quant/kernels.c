@@ -1,6 +1,6 @@
 /*
  * Scalar kernels (the reference and the fallback) and the choice of kernel table.
- * Dot products follow the 4-chain, 8-lane shape documented in qpk/quant.h.
+ * gemv follows the 4-chain, 8-lane shape documented in qpk/quant.h; gemm its one FMA chain.
  */
 #if defined(__x86_64__)
 #include <cpuid.h>
@@ -11,7 +11,12 @@
 
 size_t qpk_matrix_row_bytes(const qpk_matrix *w) { return qpk_type_row_bytes(w->type, w->group_size, w->cols); }
 
-size_t qpk_gemm_scratch_floats(int64_t cols) { return (size_t)QPK_GEMM_ROWS * SCRATCH_STRIDE(cols) + 16; }
+/* A panel's rows in f32, then its packed chunk (64-byte aligned inside). */
+size_t qpk_gemm_scratch_floats(int64_t cols)
+{
+    const size_t kc = cols < QPK_GEMM_KC ? (size_t)cols : QPK_GEMM_KC;
+    return (size_t)QPK_GEMM_PANEL * SCRATCH_STRIDE(cols) + kc * QPK_GEMM_PANEL + 16;
+}
 
 void qpk_scalar_row_to_f32(const qpk_matrix *w, int64_t r, float *dst)
 {
@@ -73,13 +78,18 @@ static void gemv(const qpk_matrix *w, const float *x, float *y, int64_t r0, int6
         y[r] = qpk_scalar_row_dot(w, r, x, scratch);
 }
 
+/* The gemm sum of every table: one chain of fused multiply-adds over k, in order. */
 static void gemm(const qpk_matrix *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
                  int64_t r0, int64_t r1, float *scratch)
 {
     for (int64_t r = r0; r < r1; r++) {
         qpk_scalar_row_to_f32(w, r, scratch);
-        for (int64_t t = 0; t < T; t++)
-            y[t * ldy + r] = dot4(x + t * ldx, scratch, w->cols); /* the same sum as gemv's */
+        for (int64_t t = 0; t < T; t++) {
+            float acc = 0.0f;
+            for (int64_t k = 0; k < w->cols; k++)
+                acc = fmaf(x[t * ldx + k], scratch[k], acc);
+            y[t * ldy + r] = acc;
+        }
     }
 }
 

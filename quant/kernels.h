@@ -10,9 +10,9 @@ static inline const uint8_t *qpk_row_ptr(const qpk_matrix *w, int64_t r)
     return (const uint8_t *)w->data + (size_t)r * qpk_matrix_row_bytes(w);
 }
 
-/* Rows converted per gemm block, and tokens per cache block: see kernels_avx2.c. */
-#define QPK_GEMM_ROWS 6
-#define QPK_GEMM_TOKENS 64
+/* gemm's packed panels: rows per panel, and columns per packed chunk (a chunk of a panel stays in L2). */
+#define QPK_GEMM_PANEL 32
+#define QPK_GEMM_KC 2048
 /*
  * Converted rows sit this many floats apart: a whole number of cache lines plus one,
  * so that rows of a power-of-two length do not all fall into the same L1 sets.

@@ -2,11 +2,10 @@
  * AVX2 + FMA + F16C kernels (this file is compiled with -mavx2 -mfma -mf16c and
  * reached only after a CPU check).
  *
- * Every weight-row dot product has the 4-chain shape of qpk/quant.h. gemv reads one
- * row at a time, front to back, converting on the fly with its four chains in flight;
- * gemm converts a block of QPK_GEMM_ROWS rows to f32 once per QPK_GEMM_TOKENS tokens
- * and runs a 4-token x 3-row register tile over it, one chain at a time. The
- * conversions are exact, so both give bit-identical results for a token and a row.
+ * gemv reads one row at a time, front to back, converting on the fly with the four
+ * chains of qpk/quant.h in flight; gemm packs 32 rows at a time and runs a register tile
+ * of tokens x 32 rows over them, one FMA chain per output (below). The conversions are
+ * exact, so every table computes the same sums.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -279,97 +278,142 @@ static void gemv(const qpk_matrix *w, const float *x, float *y, int64_t r0, int6
 /* ---------------------------------------------------------------- gemm */
 
 /*
- * An NT x NR tile of dot products between tokens x[i] and f32 rows w[j]. The four
- * chains are computed one after another (pass c takes blocks c, c+4, ...), which needs
- * no more registers than one chain. K is cut into spans of KSPAN blocks so that a
- * span's x and w stay in L1 across the four passes; each chain's accumulators are
- * carried from span to span, so every chain still sums its blocks in order.
+ * Prefill, BLIS-style. W's rows are taken QPK_GEMM_PANEL (32) at a time: converted to
+ * f32 once per call, then packed k-major (packed[k * 32 + j]) in chunks of up to
+ * QPK_GEMM_KC columns, so that a register tile of tokens x 32 rows runs over the chunk
+ * with, per k, the 32 weights as vectors and each token's x[k] broadcast into them. Each
+ * output y[t][r] is one lane's chain of FMAs over k in order (carried through y from one
+ * chunk to the next, which is exact), so its bits depend on neither the tile, the batch,
+ * the thread nor the instruction set; the scalar table computes the same chain.
  */
-#define KSPAN 64
+#define PANEL QPK_GEMM_PANEL
 
-static inline __attribute__((always_inline)) void tile(const int NT, const int NR, const float *x, int64_t ldx,
-                                                       const float *const *w, int64_t K, float *y, int64_t ldy)
+static inline float *align64(float *p) { return (float *)(((uintptr_t)p + 63) & ~(uintptr_t)63); }
+
+/* v[0..7] transposed in place: v[i][j] <- v[j][i]. */
+static inline __attribute__((always_inline)) void transpose8(__m256 v[8])
 {
-    __m256 keep[4][4][3];
-    const int64_t nb = K / 8;
-#pragma GCC unroll 1
-    for (int64_t b0 = 0; b0 < nb; b0 += KSPAN) {
-        const int64_t b1 = b0 + KSPAN < nb ? b0 + KSPAN : nb;
-#pragma GCC unroll 1
-        for (int c = 0; c < 4; c++) {
-            __m256 acc[4][3];
-#pragma GCC unroll 4
-            for (int i = 0; i < NT; i++)
-#pragma GCC unroll 3
-                for (int j = 0; j < NR; j++)
-                    acc[i][j] = b0 ? keep[c][i][j] : _mm256_setzero_ps();
-            for (int64_t b = b0 + c; b < b1; b += 4) {
-                const int64_t k = 8 * b;
-                __m256 wv[3];
-#pragma GCC unroll 3
-                for (int j = 0; j < NR; j++)
-                    wv[j] = _mm256_loadu_ps(w[j] + k);
-#pragma GCC unroll 4
-                for (int i = 0; i < NT; i++) {
-                    __m256 xv = _mm256_loadu_ps(x + i * ldx + k);
-#pragma GCC unroll 3
-                    for (int j = 0; j < NR; j++)
-                        acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
-                }
-            }
-#pragma GCC unroll 4
-            for (int i = 0; i < NT; i++)
-#pragma GCC unroll 3
-                for (int j = 0; j < NR; j++)
-                    keep[c][i][j] = acc[i][j];
-        }
+    __m256 t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(v[i], v[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(v[i], v[i + 1]);
     }
-    for (int i = 0; i < NT; i++)
-        for (int j = 0; j < NR; j++) {
-            __m256 c4[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-            if (nb)
-                for (int c = 0; c < 4; c++)
-                    c4[c] = keep[c][i][j];
-            y[i * ldy + j] = combine(c4, x + i * ldx, (const uint8_t *)w[j], QPK_TYPE_F32, 8 * nb, K);
-        }
-}
-
-#define TILE_CASE(nt, nr)                                                                                         \
-    case (nt) * 4 + (nr): tile(nt, nr, x, ldx, w, K, y, ldy); return;
-
-static void tile_any(int nt, int nr, const float *x, int64_t ldx, const float *const *w, int64_t K, float *y,
-                     int64_t ldy)
-{
-    switch (nt * 4 + nr) {
-        TILE_CASE(4, 3) TILE_CASE(3, 3) TILE_CASE(2, 3) TILE_CASE(1, 3)
-        TILE_CASE(4, 2) TILE_CASE(3, 2) TILE_CASE(2, 2) TILE_CASE(1, 2)
-        TILE_CASE(4, 1) TILE_CASE(3, 1) TILE_CASE(2, 1) TILE_CASE(1, 1)
-    default: return;
+    for (int i = 0; i < 8; i += 4) {
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xee);
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+    }
+    for (int i = 0; i < 4; i++) {
+        v[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+        v[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
     }
 }
 
-static inline __attribute__((always_inline)) void gemm_rows(qpk_row_fn *convert, const qpk_matrix *w, const float *x,
-                                                            int64_t T, int64_t ldx, float *y, int64_t ldy, int64_t r0,
-                                                            int64_t r1, float *scratch)
+/* Columns [k0, k0 + kc) of the panel's f32 rows (row j at rows + j * ld; rows j >= nr read as 0), k-major. */
+static void pack_panel(const float *rows, size_t ld, int nr, int64_t k0, int64_t kc, float *packed)
+{
+    int64_t k = 0;
+    for (; k + 8 <= kc; k += 8)
+        for (int j0 = 0; j0 < PANEL; j0 += 8) {
+            __m256 v[8];
+            for (int i = 0; i < 8; i++)
+                v[i] = j0 + i < nr ? _mm256_loadu_ps(rows + (size_t)(j0 + i) * ld + k0 + k) : _mm256_setzero_ps();
+            transpose8(v);
+            for (int i = 0; i < 8; i++)
+                _mm256_store_ps(packed + (k + i) * PANEL + j0, v[i]);
+        }
+    for (; k < kc; k++)
+        for (int j = 0; j < PANEL; j++)
+            packed[k * PANEL + j] = j < nr ? rows[(size_t)j * ld + k0 + k] : 0.0f;
+}
+
+/* Lanes of an 8-row vector that hold rows [0, n) of a panel half, from its lane `first`. */
+static inline __m256i row_mask(int n, int first)
+{
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n - first), lane);
+}
+
+/*
+ * MR tokens x 16 rows (half h of the panel: packed + 16 h), two vectors of 8 rows: per k,
+ * two loads, MR broadcasts, 2 MR FMAs. nr: the rows of this half that exist (1..16).
+ */
+static inline __attribute__((always_inline)) void tile16(const int MR, const float *x, int64_t ldx, const float *p,
+                                                         int64_t kc, float *y, int64_t ldy, int nr, bool first)
+{
+    __m256 c[6][2];
+    const __m256i m0 = row_mask(nr, 0), m1 = row_mask(nr, 8);
+    const bool full = nr >= 16;
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; i++) {
+        c[i][0] = first ? _mm256_setzero_ps() : full ? _mm256_loadu_ps(y + i * ldy) : _mm256_maskload_ps(y + i * ldy, m0);
+        c[i][1] = first ? _mm256_setzero_ps() : full ? _mm256_loadu_ps(y + i * ldy + 8)
+                                                    : _mm256_maskload_ps(y + i * ldy + 8, m1);
+    }
+    for (int64_t k = 0; k < kc; k++) {
+        const __m256 b0 = _mm256_load_ps(p + k * PANEL), b1 = _mm256_load_ps(p + k * PANEL + 8);
+#pragma GCC unroll 6
+        for (int i = 0; i < MR; i++) {
+            const __m256 a = _mm256_broadcast_ss(x + i * ldx + k);
+            c[i][0] = _mm256_fmadd_ps(a, b0, c[i][0]);
+            c[i][1] = _mm256_fmadd_ps(a, b1, c[i][1]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; i++) {
+        if (full) {
+            _mm256_storeu_ps(y + i * ldy, c[i][0]);
+            _mm256_storeu_ps(y + i * ldy + 8, c[i][1]);
+        } else {
+            _mm256_maskstore_ps(y + i * ldy, m0, c[i][0]);
+            _mm256_maskstore_ps(y + i * ldy + 8, m1, c[i][1]);
+        }
+    }
+}
+
+#define AVX2_MR 6
+
+static void tile_avx2(int mr, const float *x, int64_t ldx, const float *p, int64_t kc, float *y, int64_t ldy, int nr,
+                      bool first)
+{
+    for (int h = 0; h < 2 && 16 * h < nr; h++) {
+        const float *ph = p + 16 * h;
+        float *yh = y + 16 * h;
+        const int n = nr - 16 * h;
+        switch (mr) {
+        case 6: tile16(6, x, ldx, ph, kc, yh, ldy, n, first); break;
+        case 5: tile16(5, x, ldx, ph, kc, yh, ldy, n, first); break;
+        case 4: tile16(4, x, ldx, ph, kc, yh, ldy, n, first); break;
+        case 3: tile16(3, x, ldx, ph, kc, yh, ldy, n, first); break;
+        case 2: tile16(2, x, ldx, ph, kc, yh, ldy, n, first); break;
+        default: tile16(1, x, ldx, ph, kc, yh, ldy, n, first); break;
+        }
+    }
+}
+
+/* A register tile over one packed chunk: mr tokens (at most the table's), the panel's nr rows. */
+typedef void tile_fn(int mr, const float *x, int64_t ldx, const float *p, int64_t kc, float *y, int64_t ldy, int nr,
+                     bool first);
+
+static inline __attribute__((always_inline)) void gemm_panels(qpk_row_fn *convert, tile_fn *tile, const int MR,
+                                                              const qpk_matrix *w, const float *x, int64_t T,
+                                                              int64_t ldx, float *y, int64_t ldy, int64_t r0,
+                                                              int64_t r1, float *scratch)
 {
     const int64_t K = w->cols;
-    for (int64_t t0 = 0; t0 < T; t0 += QPK_GEMM_TOKENS) {
-        int64_t tn = T - t0 < QPK_GEMM_TOKENS ? T - t0 : QPK_GEMM_TOKENS;
-        for (int64_t r = r0; r < r1; r += QPK_GEMM_ROWS) {
-            int rn = r1 - r < QPK_GEMM_ROWS ? (int)(r1 - r) : QPK_GEMM_ROWS;
-            const float *rows[QPK_GEMM_ROWS];
-            /* Even f32 rows are copied: at the padded stride they do not share L1 sets. */
-            for (int j = 0; j < rn; j++) {
-                convert(w, r + j, scratch + (size_t)j * SCRATCH_STRIDE(K));
-                rows[j] = scratch + (size_t)j * SCRATCH_STRIDE(K);
-            }
-            for (int64_t t = 0; t < tn; t += 4) {
-                int nt = tn - t < 4 ? (int)(tn - t) : 4;
-                const float *xt = x + (t0 + t) * ldx;
-                float *yt = y + (t0 + t) * ldy + r;
-                for (int j = 0; j < rn; j += 3)
-                    tile_any(nt, rn - j < 3 ? rn - j : 3, xt, ldx, rows + j, K, yt + j, ldy);
-            }
+    const size_t ld = SCRATCH_STRIDE(K);
+    float *rows = scratch, *packed = align64(scratch + (size_t)PANEL * ld);
+    for (int64_t r = r0; r < r1; r += PANEL) {
+        const int nr = r1 - r < PANEL ? (int)(r1 - r) : PANEL;
+        for (int j = 0; j < nr; j++)
+            convert(w, r + j, rows + (size_t)j * ld);
+        for (int64_t k0 = 0; k0 < K; k0 += QPK_GEMM_KC) {
+            const int64_t kc = K - k0 < QPK_GEMM_KC ? K - k0 : QPK_GEMM_KC;
+            pack_panel(rows, ld, nr, k0, kc, packed);
+            for (int64_t t = 0; t < T; t += MR)
+                tile(T - t < MR ? (int)(T - t) : MR, x + t * ldx + k0, ldx, packed, kc, y + t * ldy + r, ldy, nr,
+                     k0 == 0);
         }
     }
 }
@@ -377,7 +421,7 @@ static inline __attribute__((always_inline)) void gemm_rows(qpk_row_fn *convert,
 static void gemm(const qpk_matrix *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy, int64_t r0,
                  int64_t r1, float *scratch)
 {
-    gemm_rows(rows_of(AVX2_TYPES, w).to_f32, w, x, T, ldx, y, ldy, r0, r1, scratch);
+    gemm_panels(rows_of(AVX2_TYPES, w).to_f32, tile_avx2, AVX2_MR, w, x, T, ldx, y, ldy, r0, r1, scratch);
 }
 
 /* ---------------------------------------------------------------- softmax */
@@ -562,10 +606,56 @@ static void gemv_512(const qpk_matrix *w, const float *x, float *y, int64_t r0, 
     gemv_with(AVX512_TYPES, w, x, y, r0, r1, scratch);
 }
 
+/* MR tokens x the 32 rows of a panel, two 16-row vectors: per k, two loads, MR broadcasts, 2 MR FMAs. */
+AVX512 static inline __attribute__((always_inline)) void tile32(const int MR, const float *x, int64_t ldx,
+                                                                const float *p, int64_t kc, float *y, int64_t ldy,
+                                                                int nr, bool first)
+{
+    __m512 c[8][2];
+    const __mmask16 m0 = nr >= 16 ? 0xffff : (__mmask16)((1u << nr) - 1);
+    const __mmask16 m1 = nr >= 32 ? 0xffff : nr <= 16 ? 0 : (__mmask16)((1u << (nr - 16)) - 1);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; i++) {
+        c[i][0] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m0, y + i * ldy);
+        c[i][1] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m1, y + i * ldy + 16);
+    }
+    for (int64_t k = 0; k < kc; k++) {
+        const __m512 b0 = _mm512_load_ps(p + k * PANEL), b1 = _mm512_load_ps(p + k * PANEL + 16);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; i++) {
+            const __m512 a = _mm512_set1_ps(x[i * ldx + k]);
+            c[i][0] = _mm512_fmadd_ps(a, b0, c[i][0]);
+            c[i][1] = _mm512_fmadd_ps(a, b1, c[i][1]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; i++) {
+        _mm512_mask_storeu_ps(y + i * ldy, m0, c[i][0]);
+        _mm512_mask_storeu_ps(y + i * ldy + 16, m1, c[i][1]);
+    }
+}
+
+#define AVX512_MR 8
+
+AVX512 static void tile_avx512(int mr, const float *x, int64_t ldx, const float *p, int64_t kc, float *y, int64_t ldy,
+                               int nr, bool first)
+{
+    switch (mr) {
+    case 8: tile32(8, x, ldx, p, kc, y, ldy, nr, first); break;
+    case 7: tile32(7, x, ldx, p, kc, y, ldy, nr, first); break;
+    case 6: tile32(6, x, ldx, p, kc, y, ldy, nr, first); break;
+    case 5: tile32(5, x, ldx, p, kc, y, ldy, nr, first); break;
+    case 4: tile32(4, x, ldx, p, kc, y, ldy, nr, first); break;
+    case 3: tile32(3, x, ldx, p, kc, y, ldy, nr, first); break;
+    case 2: tile32(2, x, ldx, p, kc, y, ldy, nr, first); break;
+    default: tile32(1, x, ldx, p, kc, y, ldy, nr, first); break;
+    }
+}
+
 static void gemm_512(const qpk_matrix *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy, int64_t r0,
                      int64_t r1, float *scratch)
 {
-    gemm_rows(rows_of(AVX512_TYPES, w).to_f32, w, x, T, ldx, y, ldy, r0, r1, scratch);
+    gemm_panels(rows_of(AVX512_TYPES, w).to_f32, tile_avx512, AVX512_MR, w, x, T, ldx, y, ldy, r0, r1, scratch);
 }
 
 const qpk_kernels qpk_kernels_avx512_table = {"avx512", row_to_f32_512, gemv_512, gemm_512, dot, axpy, sum_exp,

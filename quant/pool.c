@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#include "qpk/quant.h"
+#include "kernels.h"
 
 #define SPIN_ROUNDS 20000
 
@@ -195,9 +195,9 @@ void qpk_matmul(qpk_pool *pool, const qpk_kernels *k, const qpk_matrix *w, const
                 float *scratch)
 {
     int threads = qpk_pool_threads(pool);
-    /* About 4 tasks per thread for balance, in multiples of 24 rows (whole kernel blocks). */
+    /* About 4 tasks per thread for balance, in whole gemm panels. */
     int64_t per = (w->rows + 4 * threads - 1) / (4 * threads);
-    per = (per + 23) / 24 * 24;
+    per = (per + QPK_GEMM_PANEL - 1) / QPK_GEMM_PANEL * QPK_GEMM_PANEL;
     matmul_job j = {k, w, x, y, scratch, T, per, qpk_gemm_scratch_floats(w->cols)};
     qpk_pool_run(pool, (w->rows + per - 1) / per, matmul_task, &j);
 }

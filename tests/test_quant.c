@@ -252,9 +252,9 @@ static void fill_matrix(qpk_matrix *m, uint32_t type, uint32_t group, int64_t ro
 
 /*
  * Each optimized table this CPU runs against the scalar one: dequantization bit for bit;
- * dot products within the worst-case rounding of two K-term f32 sums; gemv against gemm
- * bit for bit within each table (the decode-equals-prefill promise); and the SIMD tables
- * (avx2, avx512) against each other bit for bit.
+ * gemm bit for bit (one FMA chain per output, whatever the table, the tile or the batch);
+ * gemv (decode's 4-chain dot products) within the worst-case rounding of two K-term f32
+ * sums of gemm; and the SIMD tables' gemv against each other bit for bit.
  */
 static void test_kernels_of(const qpk_kernels *best, const qpk_kernels *prev)
 {
@@ -267,13 +267,15 @@ static void test_kernels_of(const qpk_kernels *best, const qpk_kernels *prev)
         {QPK_TYPE_BF16, 0, 5, 8},    {QPK_TYPE_F32, 0, 3, 3},     {QPK_TYPE_INT8, 32, 13, 96},
         {QPK_TYPE_INT8, 64, 7, 384}, {QPK_TYPE_INT4, 32, 11, 64}, {QPK_TYPE_INT4, 128, 9, 384},
         {QPK_TYPE_INT4S, 32, 21, 96}, {QPK_TYPE_INT4S, 96, 8, 288}, {QPK_TYPE_INT4, 384, 3, 384},
+        {QPK_TYPE_BF16, 0, 67, 2100}, /* rows past a panel and columns past a packed chunk */
+        {QPK_TYPE_INT8Z, 32, 40, 2176},
     };
     for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
-        int64_t R = cases[c].rows, K = cases[c].cols, T = 1 + (int64_t)c % 6;
+        int64_t R = cases[c].rows, K = cases[c].cols, T = 1 + (int64_t)c % 11;
         float *f32 = malloc((size_t)(R * K) * 4), *x = malloc((size_t)(T * K) * 4), *a = malloc((size_t)K * 4),
               *b = malloc((size_t)K * 4);
         float *yv = malloc((size_t)(T * R) * 4), *yg = malloc((size_t)(T * R) * 4), *ys = malloc((size_t)(T * R) * 4);
-        float *scratch = malloc(qpk_gemm_scratch_floats(K) * 4);
+        float *yp = malloc((size_t)(T * R) * 4), *scratch = malloc(qpk_gemm_scratch_floats(K) * 4);
         qpk_matrix m;
         fill_matrix(&m, cases[c].type, cases[c].group, R, K, f32);
         for (int64_t i = 0; i < T * K; i++)
@@ -285,23 +287,25 @@ static void test_kernels_of(const qpk_kernels *best, const qpk_kernels *prev)
             deq &= !memcmp(a, b, (size_t)K * 4);
         }
         CHECKF(deq, "case %zu (%s): dequantization differs from the reference", c, qpk_type_name(m.type));
-        const qpk_kernels *tables[2] = {best, ref};
-        for (int k = 0; k < 2; k++) {
+        ref->gemm(&m, x, T, K, ys, R, 0, R, scratch);
+        best->gemm(&m, x, T, K, yg, R, 0, R, scratch);
+        CHECKF(!memcmp(yg, ys, (size_t)(T * R) * 4), "case %zu (%s): %s gemm differs from the scalar one", c,
+               qpk_type_name(m.type), best->name);
+        /* Any split of the rows (whole panels or not) and of the tokens gives the same bits. */
+        best->gemm(&m, x, T, K, yp, R, 0, R / 2, scratch);
+        best->gemm(&m, x, T, K, yp, R, R / 2, R, scratch);
+        if (T > 1) {
+            best->gemm(&m, x, 1, K, yp, R, 0, R, scratch);
+            best->gemm(&m, x + K, T - 1, K, yp + R, R, 0, R, scratch);
+        }
+        CHECKF(!memcmp(yg, yp, (size_t)(T * R) * 4), "case %zu: %s gemm depends on the split", c, best->name);
+        for (int64_t t = 0; t < T; t++)
+            best->gemv(&m, x + t * K, yv + t * R, 0, R, scratch);
+        if (prev) { /* another SIMD table: the same gemv arithmetic, so the same bits */
             for (int64_t t = 0; t < T; t++)
-                tables[k]->gemv(&m, x + t * K, yv + t * R, 0, R, scratch);
-            tables[k]->gemm(&m, x, T, K, yg, R, 0, R, scratch);
-            CHECKF(!memcmp(yv, yg, (size_t)(T * R) * 4), "case %zu %s: gemv and gemm differ", c, tables[k]->name);
-            if (k == 1)
-                memcpy(ys, yg, (size_t)(T * R) * 4);
+                prev->gemv(&m, x + t * K, yp + t * R, 0, R, scratch);
+            CHECKF(!memcmp(yv, yp, (size_t)(T * R) * 4), "case %zu: %s and %s gemv differ", c, best->name, prev->name);
         }
-        if (prev) { /* another SIMD table: the same arithmetic, so the same bits */
-            float *yp = malloc((size_t)(T * R) * 4);
-            tables[0]->gemm(&m, x, T, K, yg, R, 0, R, scratch);
-            prev->gemm(&m, x, T, K, yp, R, 0, R, scratch);
-            CHECKF(!memcmp(yg, yp, (size_t)(T * R) * 4), "case %zu: %s and %s differ", c, best->name, prev->name);
-            free(yp);
-        }
-        tables[0]->gemm(&m, x, T, K, yg, R, 0, R, scratch);
         double worst = 0;
         for (int64_t t = 0; t < T; t++)
             for (int64_t r = 0; r < R; r++) {
@@ -309,13 +313,13 @@ static void test_kernels_of(const qpk_kernels *best, const qpk_kernels *prev)
                 double mag = 0;
                 for (int64_t i = 0; i < K; i++)
                     mag += fabs((double)x[t * K + i] * a[i]);
-                double err = fabs((double)yg[t * R + r] - ys[t * R + r]) / (mag * 0x1p-24 + 1e-30);
+                double err = fabs((double)yv[t * R + r] - ys[t * R + r]) / (mag * 0x1p-24 + 1e-30);
                 worst = err > worst ? err : worst;
             }
         /* Each sum is within K u sum|xw| of the exact one (u = 2^-24): the two within 2K u. */
-        CHECKF(worst <= 2.0 * (double)K, "case %zu (%s): %s vs scalar differ by %.1f u sum|xw| (K = %lld)", c,
+        CHECKF(worst <= 2.0 * (double)K, "case %zu (%s): %s gemv vs gemm differ by %.1f u sum|xw| (K = %lld)", c,
                qpk_type_name(m.type), best->name, worst, (long long)K);
-        free((void *)m.data), free(f32), free(x), free(a), free(b), free(yv), free(yg), free(ys), free(scratch);
+        free((void *)m.data), free(f32), free(x), free(a), free(b), free(yv), free(yg), free(ys), free(yp), free(scratch);
     }
 }
 

@@ -1,7 +1,7 @@
 /*
  * The runtime: each op against a naive double-precision implementation, a whole
  * random GQA model against a naive double forward pass, and the invariances the
- * kernels promise (thread count, batch split, decode after prefill: same bits).
+ * kernels promise (thread count, batch split: same bits; decode after prefill: within rounding).
  */
 #include <math.h>
 #include <unistd.h>
@@ -29,6 +29,23 @@ static double max_rel_err(const float *got, const double *want, size_t n)
         err = fabs(got[i] - want[i]) > err ? fabs(got[i] - want[i]) : err;
     return err / (scale > 0 ? scale : 1);
 }
+
+/*
+ * Decode (gemv: 4-chain dot products) and prefill (gemm: one FMA chain per output) round
+ * differently; both are within a few ulp of the exact sums, so their logits agree to
+ * well under the 1e-5 both keep from the double forward (measured: at most 4.5e-7 of the
+ * largest logit on these models; the bound is 2e-6).
+ */
+static double max_rel_diff(const float *a, const float *b, size_t n)
+{
+    double scale = 0, err = 0;
+    for (size_t i = 0; i < n; i++) {
+        scale = fabs(b[i]) > scale ? fabs(b[i]) : scale;
+        err = fabs((double)a[i] - b[i]) > err ? fabs((double)a[i] - b[i]) : err;
+    }
+    return err / (scale > 0 ? scale : 1);
+}
+#define DECODE_TOL 2e-6
 
 /* ------------------------------------------------------------------ ops */
 
@@ -290,7 +307,8 @@ static void test_model(void)
         float *b = run(m, tok, T, 1, scalar_opts[s], 512, false);
         CHECK(!memcmp(a, b, (size_t)(T * V) * sizeof *a)); /* thread count: same bits */
         float *d = run(m, tok, T, 2, scalar_opts[s], 512, true);
-        CHECK(!memcmp(a, d, (size_t)(T * V) * sizeof *a)); /* decode after prefill: same bits */
+        CHECKF(max_rel_diff(d, a, (size_t)(T * V)) < DECODE_TOL, "decode vs prefill: %g",
+               max_rel_diff(d, a, (size_t)(T * V))); /* decode after prefill: within rounding */
         float *p = run(m, tok, T, 2, scalar_opts[s], 7, false);
         CHECK(!memcmp(a, p, (size_t)(T * V) * sizeof *a)); /* batches of 7: same bits */
         free(a), free(b), free(d), free(p);
@@ -358,7 +376,8 @@ static void test_quantized_model(void)
             CHECKF(err < 1e-5, "%s %s: logits differ from the double forward by %g", qpk_type_name((uint32_t)types[k]),
                    s ? "scalar" : "best", err);
             CHECK(!memcmp(a, b, (size_t)T * 512 * sizeof *a));
-            CHECK(!memcmp(a, d, (size_t)T * 512 * sizeof *a));
+            CHECKF(max_rel_diff(d, a, (size_t)T * 512) < DECODE_TOL, "decode vs prefill: %g",
+                   max_rel_diff(d, a, (size_t)T * 512));
             free(a), free(b), free(d);
         }
         qpk_model_free(m);
@@ -367,7 +386,7 @@ static void test_quantized_model(void)
     free(want);
 }
 
-/* A long context grows the KV cache several times; decode must still equal prefill. */
+/* A long context grows the KV cache several times; decode must still agree with prefill. */
 static void test_long_context(void)
 {
     qpk_gen_spec sp;
@@ -387,7 +406,8 @@ static void test_long_context(void)
         tok[i] = (int32_t)((i * 131 + 7) % 512);
     float *a = run(qpk_source_model(src), tok, T, 2, false, 512, false);
     float *d = run(qpk_source_model(src), tok, T, 2, false, 512, true);
-    CHECK(!memcmp(a, d, (size_t)T * 512 * sizeof *a));
+    CHECKF(max_rel_diff(d, a, (size_t)T * 512) < DECODE_TOL, "long context, decode vs prefill: %g",
+           max_rel_diff(d, a, (size_t)T * 512));
     free(a), free(d);
     qpk_source_close(src);
 }

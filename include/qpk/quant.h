@@ -165,15 +165,19 @@ typedef struct qpk_matrix {
 size_t qpk_matrix_row_bytes(const qpk_matrix *w);
 
 /*
- * The compute kernels of one instruction set.
+ * The compute kernels of one instruction set. Two summation orders, each fixed:
  *
- * Every weight-row dot product, in gemv and gemm alike, is computed the same way:
- * the K elements form blocks of 8; block b accumulates lane-wise (FMA, in order) into
- * chain b mod 4; the chains combine lane-wise as (c0+c1)+(c2+c3); the 8 lanes reduce
- * as ((l0+l4)+(l2+l6))+((l1+l5)+(l3+l7)); the K mod 8 tail elements follow, in order.
- * So a token's result is bit-identical whether it is computed alone (decode) or in a
- * batch (prefill), and whatever rows a thread is given. Four chains let decode read
- * each row as one sequential stream without waiting on FMA latency.
+ * gemm (prefill, T >= 2 tokens): y[t][r] is one chain of fused multiply-adds over k in
+ * order, starting from 0. Every table computes exactly that, so a token's logits are
+ * bit-identical whatever the batch it is in, the rows a thread is given, and the
+ * instruction set (scalar, AVX2, AVX-512). This is what lets the SIMD kernels hold 32
+ * rows in vectors and broadcast x[k] into them (BLIS's outer-product form).
+ *
+ * gemv (decode, one token): a dot product per row read as one sequential stream: the K
+ * elements form blocks of 8; block b accumulates lane-wise (FMA, in order) into chain
+ * b mod 4; the chains combine lane-wise as (c0+c1)+(c2+c3); the 8 lanes reduce as
+ * ((l0+l4)+(l2+l6))+((l1+l5)+(l3+l7)); the K mod 8 tail elements follow, in order. The
+ * SIMD tables agree bit for bit; gemv and gemm agree within the rounding of two f32 sums.
  */
 typedef struct qpk_kernels {
     const char *name; /* "avx512", "avx2" or "scalar" */

@@ -5,7 +5,7 @@
  *  - gemm (prefill) GFLOP/s and gemv (decode) GB/s of weights, for each weight type,
  *    on Qwen1.5-0.5B shapes, each as a fraction of the limit that bounds it.
  *
- * Usage: bench_kernels [threads] [--scalar]
+ * Usage: bench_kernels [threads] [--scalar|--avx2|--avx512]
  */
 #include <immintrin.h>
 #include <stdio.h>
@@ -61,12 +61,19 @@ static double run_mm(qpk_pool *pool, const qpk_kernels *k, const qpk_matrix *w, 
 int main(int argc, char **argv)
 {
     int threads = argc > 1 ? atoi(argv[1]) : 0;
-    bool scalar = argc > 2 && !strcmp(argv[2], "--scalar");
+    const char *table = argc > 2 && !strncmp(argv[2], "--", 2) ? argv[2] + 2 : NULL; /* --scalar, --avx2, --avx512 */
     qpk_pool *pool;
     qpk_err e;
     if (qpk_pool_create(&pool, threads, &e) != QPK_OK)
         return 1;
-    const qpk_kernels *k = scalar ? qpk_kernels_scalar() : qpk_kernels_best();
+    const qpk_kernels *k = qpk_kernels_best();
+    for (size_t i = 0; table && qpk_kernels_available(i); i++)
+        if (!strcmp(qpk_kernels_available(i)->name, table))
+            k = qpk_kernels_available(i);
+    if (table && strcmp(k->name, table)) {
+        fprintf(stderr, "no '%s' kernels on this CPU\n", table);
+        return 2;
+    }
     double peak = bench_fma_peak(pool), bw = bench_read_bandwidth(pool);
     printf("machine: %d threads, kernels %s\n", qpk_pool_threads(pool), k->name);
     printf("f32 FMA peak        %8.1f GFLOP/s\n", peak);

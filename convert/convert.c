@@ -28,6 +28,7 @@ typedef struct job {
     qpk_writer *w;          /* the .qpk being written, or */
     qpk_gguf_export *gguf;  /* the GGUF (whose tensors are all declared before any data) */
     qpk_pool *pool;
+    const qpk_kernels *kernels; /* round-to-nearest rows */
     float *rows_f32;    /* per thread: one source row in f32 */
     size_t widest;      /* floats per thread in rows_f32 */
     qpk_calib *calib;   /* GPTQ/AWQ: the layer-by-layer state */
@@ -154,7 +155,7 @@ static void quant_task(void *arg, int64_t task, int thread)
     q->status[task] = QPK_OK;
     for (int64_t r = task * QUANT_TASK_ROWS; r < r1; r++) {
         qpk_st_to_f32(q->t, (uint64_t)(q->row0 + r) * (uint64_t)q->cols, (size_t)q->cols, x);
-        qpk_status s = qpk_quantize_row(q->type, q->group, x, q->cols, q->out + (size_t)r * q->row_bytes,
+        qpk_status s = q->j->kernels->quantize_row(q->type, q->group, x, q->cols, q->out + (size_t)r * q->row_bytes,
                                         &q->errs[task]);
         if (s != QPK_OK) {
             qpk_err_prefix(&q->errs[task], "tensor '%s' row %lld", q->t->name, (long long)(q->row0 + r));
@@ -726,7 +727,7 @@ static qpk_status convert_file(const char *dir, const char *out, const qpk_conve
     if (o->method != QPK_METHOD_RTN && !o->calib.tokens)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "GPTQ and AWQ need calibration data (--calib or --calib-tokens)");
     qpk_checkpoint *ck = NULL;
-    job j = {.o = o};
+    job j = {.o = o, .kernels = qpk_kernels_best()};
     cJSON *meta = NULL, *prov = NULL;
     char *text = NULL;
     qpk_status s = qpk_checkpoint_open(&ck, dir, &o->cb, e);

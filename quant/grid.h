@@ -8,6 +8,7 @@
 #ifndef QPK_QUANT_GRID_H
 #define QPK_QUANT_GRID_H
 
+#include "qpk/quant.h"
 #include "qpk_private.h"
 
 typedef enum qpk_scale_rule {
@@ -37,5 +38,13 @@ static inline int32_t qpk_grid_zero(const qpk_grid *g, const uint8_t *b)
 {
     return g->zero_bytes == 2 ? (int32_t)(b[g->zero_at] | b[g->zero_at + 1] << 8) : (int32_t)b[g->zero_at];
 }
+
+/*
+ * The two halves of qpk_group_params, for kernels that scan a group their own way: the
+ * parameters from the group's range (lo <= 0 <= hi, finite: the scan's job), and the
+ * block head they give.
+ */
+qpk_status qpk_params_from_range(uint32_t type, float lo, float hi, float clip, qpk_qparams *p, qpk_err *e);
+void qpk_put_block_header(uint32_t type, const qpk_qparams *p, uint8_t *block);
 
 #endif

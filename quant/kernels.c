@@ -115,7 +115,8 @@ static int64_t argmax(const float *x, int64_t n, float *max)
     return best;
 }
 
-static const qpk_kernels SCALAR = {"scalar", qpk_scalar_row_to_f32, gemv, gemm, dot, axpy, sum_exp, argmax};
+static const qpk_kernels SCALAR = {"scalar", qpk_scalar_row_to_f32, gemv, gemm, dot, axpy, sum_exp, argmax,
+                                   qpk_quantize_row};
 
 const qpk_kernels *qpk_kernels_scalar(void) { return &SCALAR; }
 

@@ -424,6 +424,91 @@ static void gemm(const qpk_matrix *w, const float *x, int64_t T, int64_t ldx, fl
     gemm_panels(rows_of(AVX2_TYPES, w).to_f32, tile_avx2, AVX2_MR, w, x, T, ldx, y, ldy, r0, r1, scratch);
 }
 
+/* ------------------------------------------------------- round to nearest */
+
+/*
+ * qpk_quantize_row's arithmetic, 8 weights at a time: the group's range by vector min and
+ * max (the reference's compares, in another order: min and max do not depend on it), the
+ * same qpk_params_from_range, then per weight the same division, rounding to nearest
+ * even, zero point and clamp, all exact IEEE operations: the same codes. A group holding
+ * a non-finite weight goes to the reference, which names it.
+ */
+static inline __attribute__((always_inline)) __m256i codes8(const float *x, __m256 d, __m256 z, __m256 qmin,
+                                                             __m256 qmax)
+{
+    __m256 q = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x), d), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    q = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(q, z), qmin), qmax);
+    return _mm256_cvtps_epi32(q);
+}
+
+static inline __attribute__((always_inline)) qpk_status quantize_row_t(uint32_t type, uint32_t group, const float *x,
+                                                                       int64_t n, uint8_t *o, qpk_err *e)
+{
+    const qpk_grid *gr = &QPK_GRIDS[type];
+    const size_t bb = qpk_type_block_bytes(type, group);
+    const bool zp = gr->rule == QPK_RULE_ZERO_POINT;
+    const __m256 qmin = _mm256_set1_ps((float)gr->qmin), qmax = _mm256_set1_ps((float)gr->qmax);
+    const __m256i bias = _mm256_set1_epi32(gr->bias), order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int64_t g = 0; g < n; g += group, o += bb) {
+        __m256 lo = _mm256_setzero_ps(), hi = lo, bad = lo;
+        const __m256 inf = _mm256_set1_ps(INFINITY);
+        for (int64_t k = g; k < g + group; k += 8) {
+            const __m256 v = _mm256_loadu_ps(x + k);
+            lo = _mm256_min_ps(lo, v), hi = _mm256_max_ps(hi, v);
+            bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), v), inf, _CMP_NLT_UQ));
+        }
+        if (!_mm256_testz_ps(bad, bad))
+            return qpk_quantize_row(type, group, x, n, o - g / group * bb, e); /* names the weight */
+        __m128 l4 = _mm_min_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps(lo, 1));
+        __m128 h4 = _mm_max_ps(_mm256_castps256_ps128(hi), _mm256_extractf128_ps(hi, 1));
+        l4 = _mm_min_ps(l4, _mm_movehl_ps(l4, l4)), h4 = _mm_max_ps(h4, _mm_movehl_ps(h4, h4));
+        l4 = _mm_min_ss(l4, _mm_shuffle_ps(l4, l4, 1)), h4 = _mm_max_ss(h4, _mm_shuffle_ps(h4, h4, 1));
+        qpk_qparams p;
+        qpk_status s = qpk_params_from_range(type, _mm_cvtss_f32(l4), _mm_cvtss_f32(h4), 1.0f, &p, e);
+        if (s != QPK_OK)
+            return qpk_err_prefix(e, "weights %lld..%lld", (long long)g, (long long)(g + group - 1));
+        qpk_put_block_header(type, &p, o);
+        uint8_t *codes = o + CODES_AT(type);
+        for (int64_t k = g; k < g + group; k += 32, codes += CHUNK_BYTES(type)) {
+            __m256i q[4];
+            if (p.d == 0) { /* the all-zero group: every code is the zero (or 0), as the reference */
+                for (int i = 0; i < 4; i++)
+                    q[i] = _mm256_set1_epi32(zp ? p.z : 0);
+            } else {
+                const __m256 d = _mm256_set1_ps(p.d), z = _mm256_set1_ps(zp ? (float)p.z : 0.0f);
+                for (int i = 0; i < 4; i++)
+                    q[i] = codes8(x + k + 8 * i, d, z, qmin, qmax);
+            }
+            for (int i = 0; i < 4; i++)
+                q[i] = _mm256_add_epi32(q[i], bias);
+            /* 32 codes in order as bytes: signed ones saturate as int8, unsigned as uint8 (all in range). */
+            const __m256i w01 = _mm256_packs_epi32(q[0], q[1]), w23 = _mm256_packs_epi32(q[2], q[3]);
+            const __m256i bytes = _mm256_permutevar8x32_epi32(
+                gr->qmin < 0 && gr->bias == 0 ? _mm256_packs_epi16(w01, w23) : _mm256_packus_epi16(w01, w23), order);
+            if (QPK_TYPE_TABLE[type].bits == 8) {
+                _mm256_storeu_si256((__m256i *)codes, bytes);
+            } else { /* byte j: code j low, code j + 16 high */
+                const __m128i low = _mm256_castsi256_si128(bytes), high = _mm256_extracti128_si256(bytes, 1);
+                _mm_storeu_si128((__m128i *)codes, _mm_or_si128(low, _mm_slli_epi16(high, 4)));
+            }
+        }
+    }
+    return QPK_OK;
+}
+
+static qpk_status quantize_row(uint32_t type, uint32_t group, const float *x, int64_t n, void *out, qpk_err *e)
+{
+    if (!qpk_type_has_grid(type) || !qpk_group_ok(type, group, n))
+        return qpk_quantize_row(type, group, x, n, out, e); /* the reference refuses it, and says why */
+    switch (type) {
+    case QPK_TYPE_INT8: return quantize_row_t(QPK_TYPE_INT8, group, x, n, out, e);
+    case QPK_TYPE_INT4: return quantize_row_t(QPK_TYPE_INT4, group, x, n, out, e);
+    case QPK_TYPE_INT4S: return quantize_row_t(QPK_TYPE_INT4S, group, x, n, out, e);
+    case QPK_TYPE_INT8Z: return quantize_row_t(QPK_TYPE_INT8Z, group, x, n, out, e);
+    default: return qpk_quantize_row(type, group, x, n, out, e);
+    }
+}
+
 /* ---------------------------------------------------------------- softmax */
 
 /*
@@ -505,7 +590,8 @@ static int64_t argmax(const float *x, int64_t n, float *max)
     return 0;
 }
 
-const qpk_kernels qpk_kernels_avx2_table = {"avx2", row_to_f32, gemv, gemm, dot, axpy, sum_exp, argmax};
+const qpk_kernels qpk_kernels_avx2_table = {"avx2", row_to_f32, gemv, gemm, dot, axpy, sum_exp, argmax,
+                                            quantize_row};
 
 /* ------------------------------------------------------ AVX-512: 4-bit codes */
 
@@ -659,4 +745,4 @@ static void gemm_512(const qpk_matrix *w, const float *x, int64_t T, int64_t ldx
 }
 
 const qpk_kernels qpk_kernels_avx512_table = {"avx512", row_to_f32_512, gemv_512, gemm_512, dot, axpy, sum_exp,
-                                              argmax};
+                                              argmax, quantize_row};

@@ -30,8 +30,7 @@ bool qpk_type_has_grid(uint32_t type) { return grid_of(type) != NULL; }
 
 qpk_status qpk_group_params(uint32_t type, const float *x, int64_t n, float clip, qpk_qparams *p, qpk_err *e)
 {
-    const qpk_grid *gr = grid_of(type);
-    if (!gr)
+    if (!grid_of(type))
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "type %s has no group quantizer", qpk_type_name(type));
     float lo = 0, hi = 0; /* 0 is always in the range: an all-zero or constant group needs it */
     for (int64_t i = 0; i < n; i++) {
@@ -40,6 +39,12 @@ qpk_status qpk_group_params(uint32_t type, const float *x, int64_t n, float clip
         lo = x[i] < lo ? x[i] : lo;
         hi = x[i] > hi ? x[i] : hi;
     }
+    return qpk_params_from_range(type, lo, hi, clip, p, e);
+}
+
+qpk_status qpk_params_from_range(uint32_t type, float lo, float hi, float clip, qpk_qparams *p, qpk_err *e)
+{
+    const qpk_grid *gr = grid_of(type);
     lo *= clip, hi *= clip;
     float ideal;
     p->z = 0;
@@ -86,7 +91,7 @@ float qpk_dequantize_value(uint32_t type, const qpk_qparams *p, int32_t q)
  * codes in chunks of 16 bytes, byte j holding code j in its low nibble and j + 16 in
  * its high one.
  */
-static void put_header(uint32_t type, const qpk_qparams *p, uint8_t *b)
+void qpk_put_block_header(uint32_t type, const qpk_qparams *p, uint8_t *b)
 {
     put16(b, qpk_f32_to_f16(p->d)); /* d is an f16 value: exact */
     const qpk_grid *gr = grid_of(type);
@@ -134,7 +139,7 @@ static void get_chunk(uint32_t type, const uint8_t *block, uint32_t c, int32_t *
 
 void qpk_pack_group(uint32_t type, uint32_t group, const qpk_qparams *p, const int32_t *q, void *block)
 {
-    put_header(type, p, block);
+    qpk_put_block_header(type, p, block);
     for (uint32_t c = 0; c < group / QPK_GROUP_QUANTUM; c++)
         put_chunk(type, q + 32 * c, c, block);
 }
@@ -172,7 +177,7 @@ qpk_status qpk_quantize_row(uint32_t type, uint32_t group, const float *x, int64
         qpk_status s = qpk_group_params(type, x + g, group, 1.0f, &p, e);
         if (s != QPK_OK)
             return qpk_err_prefix(e, "weights %lld..%lld", (long long)g, (long long)(g + group - 1));
-        put_header(type, &p, o);
+        qpk_put_block_header(type, &p, o);
         for (uint32_t c = 0; c < group / QPK_GROUP_QUANTUM; c++) {
             int32_t q[32];
             for (int i = 0; i < 32; i++)

@@ -323,11 +323,43 @@ static void test_kernels_of(const qpk_kernels *best, const qpk_kernels *prev)
     }
 }
 
+/* Each table's round-to-nearest rows against the reference, byte for byte: random rows,
+ * an all-zero group, a constant group, huge and tiny magnitudes; a NaN gives the same error. */
+static void test_quantize_rows(const qpk_kernels *k)
+{
+    static const uint32_t types[] = {QPK_TYPE_INT8, QPK_TYPE_INT4, QPK_TYPE_INT4S, QPK_TYPE_INT8Z};
+    static const uint32_t groups[] = {32, 64, 128, 384};
+    enum { N = 768 };
+    float x[N];
+    uint8_t a[N * 2], b[N * 2];
+    for (size_t t = 0; t < sizeof types / sizeof *types; t++)
+        for (size_t g = 0; g < sizeof groups / sizeof *groups; g++)
+            for (int trial = 0; trial < 4; trial++) {
+                for (int i = 0; i < N; i++)
+                    x[i] = gauss() * (trial == 1 ? 1e-6f : trial == 2 ? 3e3f : 1.0f);
+                for (int i = 0; i < 32; i++) /* a zero group, a constant one, a non-negative one */
+                    x[i] = 0, x[32 + i] = trial == 3 ? 0.5f : x[32 + i], x[64 + i] = fabsf(x[64 + i]);
+                qpk_err e1 = {0}, e2 = {0};
+                memset(a, 0xAA, sizeof a), memset(b, 0x55, sizeof b);
+                qpk_status s1 = qpk_quantize_row(types[t], groups[g], x, N, a, &e1);
+                qpk_status s2 = k->quantize_row(types[t], groups[g], x, N, b, &e2);
+                size_t n = qpk_type_row_bytes(types[t], groups[g], N);
+                CHECKF(s1 == s2 && (s1 != QPK_OK || !memcmp(a, b, n)), "%s quantize_row %s/g%u trial %d differs",
+                       k->name, qpk_type_name(types[t]), groups[g], trial);
+            }
+    x[300] = NAN;
+    qpk_err e1 = {0}, e2 = {0};
+    qpk_status s1 = qpk_quantize_row(QPK_TYPE_INT8, 32, x, N, a, &e1), s2 = k->quantize_row(QPK_TYPE_INT8, 32, x, N, b, &e2);
+    CHECKF(s1 == QPK_E_VALUE && s2 == s1 && !strcmp(e1.msg, e2.msg), "%s: NaN: \"%s\" vs \"%s\"", k->name, e1.msg,
+           e2.msg);
+}
+
 static void test_kernels(void)
 {
     const qpk_kernels *prev = NULL;
     for (size_t i = 1; qpk_kernels_available(i); i++) {
         test_kernels_of(qpk_kernels_available(i), prev);
+        test_quantize_rows(qpk_kernels_available(i));
         printf("kernels %s checked\n", qpk_kernels_available(i)->name);
         prev = qpk_kernels_available(i);
     }

@@ -203,6 +203,8 @@ typedef struct qpk_kernels {
     double (*sum_exp)(const float *x, int64_t n, float shift, float *out);
     /* Index of the largest element (the first of equals); *max gets its value. */
     int64_t (*argmax)(const float *x, int64_t n, float *max);
+    /* qpk_quantize_row, the same bytes (round-to-nearest: one division and one rounding per weight). */
+    qpk_status (*quantize_row)(uint32_t type, uint32_t group, const float *x, int64_t n, void *out, qpk_err *e);
 } qpk_kernels;
 
 /* The best table this CPU runs: "avx512" (AVX2's with AVX-512F for 4-bit codes), "avx2"

@@ -50,31 +50,19 @@ static double dot1(const double *a, const double *b, int64_t n)
     return r;
 }
 
-/* out[r] = a . b[r] over [0, n) for r < 4: one pass over a, four sums in registers. */
-static void dot4(const double *a, const double *const b[4], int64_t n, double out[4])
-{
-    v2d s[4][2] = {{{0, 0}}};
-    int64_t k = 0;
-    for (; k + 4 <= n; k += 4) {
-        const v2d x0 = load2(a + k), x1 = load2(a + k + 2);
-        for (int r = 0; r < 4; r++)
-            s[r][0] += x0 * load2(b[r] + k), s[r][1] += x1 * load2(b[r] + k + 2);
-    }
-    for (int r = 0; r < 4; r++) {
-        v2d t = s[r][0] + s[r][1];
-        out[r] = t[0] + t[1];
-        for (int64_t q = k; q < n; q++)
-            out[r] += a[q] * b[r][q];
-    }
-}
 
 /* Columns per Cholesky panel: the panel's rows of L (PANEL x n doubles) stay in L2 while every later row meets them. */
 #define PANEL 32
 #define ROWS_PER_CHOL_TASK 8
 
+/*
+ * The bulk of the factorizations' work is four dot products of one row against four
+ * others at a time: the kernel table's dot4_f64 (every table computes the same bits).
+ */
 typedef struct chol_job {
     double *A; /* n x n, row-major; lower part becomes L */
     int64_t n, jb, je;
+    const qpk_kernels *k;
 } chol_job;
 
 /* Row i, columns [jb, top): subtract the earlier panels' contribution (columns < jb). */
@@ -85,7 +73,7 @@ static void chol_update(const chol_job *j, int64_t i, int64_t top)
     for (; c + 4 <= top; c += 4) {
         const double *b[4] = {j->A + c * j->n, j->A + (c + 1) * j->n, j->A + (c + 2) * j->n, j->A + (c + 3) * j->n};
         double d[4];
-        dot4(ai, b, j->jb, d);
+        j->k->dot4_f64(ai, b, j->jb, d);
         for (int r = 0; r < 4; r++)
             ai[c + r] -= d[r];
     }
@@ -116,12 +104,12 @@ static void chol_task(void *arg, int64_t task, int thread)
 }
 
 /* In place: the lower Cholesky factor L of the SPD matrix A (upper part left as is). False if not SPD. */
-static bool cholesky_lower(double *A, int64_t n, qpk_pool *pool)
+static bool cholesky_lower(double *A, int64_t n, qpk_pool *pool, const qpk_kernels *k)
 {
     for (int64_t jb = 0; jb < n; jb += PANEL) {
         if (pool && qpk_pool_cancelled(pool))
             return false; /* the caller tells this from a failed factorization */
-        chol_job j = {A, n, jb, jb + PANEL < n ? jb + PANEL : n};
+        chol_job j = {A, n, jb, jb + PANEL < n ? jb + PANEL : n, k};
         for (int64_t i = jb; i < j.je; i++) { /* the panel's diagonal block, in order */
             chol_update(&j, i, i + 1);
             chol_solve(&j, i, i);
@@ -144,6 +132,7 @@ typedef struct inverse_job {
     const double *L; /* n x n lower */
     double *XT;      /* n x n, zeroed: row c becomes column c of L^-1 */
     int64_t n;
+    const qpk_kernels *k;
 } inverse_job;
 
 /* Columns 4t .. 4t+3 of L^-1 by forward substitution, which needs only L: one pass over L's rows serves four. */
@@ -159,7 +148,7 @@ static void inverse_task(void *arg, int64_t task, int thread)
         const double *li = j->L + i * n;
         if (i >= c0 + 4) {
             double d[4];
-            dot4(li + c0, (const double *const[4]){x[0] + c0, x[1] + c0, x[2] + c0, x[3] + c0}, i - c0, d);
+            j->k->dot4_f64(li + c0, (const double *const[4]){x[0] + c0, x[1] + c0, x[2] + c0, x[3] + c0}, i - c0, d);
             for (int r = 0; r < nc; r++)
                 x[r][i] = -d[r] / li[i];
         } else { /* inside the 4 x 4 diagonal block; entries above the diagonal stay 0 */
@@ -175,10 +164,11 @@ static void inverse_task(void *arg, int64_t task, int thread)
  */
 static bool upper_factor_of_inverse(double *A, int64_t n, double *XT, float *U, qpk_pool *pool)
 {
-    if (!cholesky_lower(A, n, pool))
+    const qpk_kernels *k = qpk_kernels_best();
+    if (!cholesky_lower(A, n, pool, k))
         return false;
     memset(XT, 0, (size_t)(n * n) * sizeof *XT);
-    inverse_job j = {A, XT, n};
+    inverse_job j = {A, XT, n, k};
     if (pool)
         qpk_pool_run(pool, (n + 3) / 4, inverse_task, &j);
     else
@@ -253,6 +243,13 @@ void qpk_gram_mirror(double *H, int64_t n)
 /* ------------------------------------------------------------------- GPTQ */
 
 #define ROWS_PER_TASK 16 /* rows quantized together share each read of a row of U */
+/*
+ * Columns per block: inside a block each quantized column updates the block's later
+ * columns at once (axpy); the columns past the block get the block's updates in one
+ * deferred, register-tiled pass (gemm_acc: GPTQ's "lazy batch"). Each weight still gets
+ * the same FMAs in the same order, so the result is the unblocked algorithm's, bit for bit.
+ */
+#define GPTQ_BLOCK 128
 
 typedef struct gptq_job {
     uint32_t type, group;
@@ -263,9 +260,11 @@ typedef struct gptq_job {
     bool act_order;
     qpk_qparams *params;    /* [rows][cols / group] */
     int32_t *codes;         /* [rows][cols], original column order */
-    float *work;            /* per thread: ROWS_PER_TASK x cols, the rows in processing order */
+    float *work;            /* per thread: ROWS_PER_TASK x cols, the rows in processing order, then
+                             * ROWS_PER_TASK x GPTQ_BLOCK: the block's negated errors */
     qpk_status *status;
     qpk_err *errs;
+    const qpk_kernels *k;
 } gptq_job;
 
 static void gptq_task(void *arg, int64_t task, int thread)
@@ -273,14 +272,15 @@ static void gptq_task(void *arg, int64_t task, int thread)
     gptq_job *j = arg;
     const int64_t n = j->cols, G = j->group, r0 = task * ROWS_PER_TASK;
     const int64_t nr = j->rows - r0 < ROWS_PER_TASK ? j->rows - r0 : ROWS_PER_TASK;
-    float *w = j->work + (size_t)thread * ROWS_PER_TASK * (size_t)n;
-    const qpk_kernels *k = qpk_kernels_best();
+    float *w = j->work + (size_t)thread * ROWS_PER_TASK * (size_t)(n + GPTQ_BLOCK), *neg_err = w + ROWS_PER_TASK * n;
+    const qpk_kernels *k = j->k;
     j->status[task] = QPK_OK;
     for (int64_t r = 0; r < nr; r++)
         for (int64_t i = 0; i < n; i++)
             w[r * n + i] = j->W[(r0 + r) * n + j->perm[i]];
     for (int64_t i = 0; i < n; i++) {
-        const int64_t col = j->perm[i], g = col / G;
+        const int64_t col = j->perm[i], g = col / G, b0 = i / GPTQ_BLOCK * GPTQ_BLOCK;
+        const int64_t b1 = b0 + GPTQ_BLOCK < n ? b0 + GPTQ_BLOCK : n;
         const float *ui = j->U + i * n;
         for (int64_t r = 0; r < nr; r++) {
             float *wr = w + r * n;
@@ -298,8 +298,11 @@ static void gptq_task(void *arg, int64_t task, int thread)
             float deq = qpk_dequantize_value(j->type, p, q), e = (wr[i] - deq) / ui[i];
             j->codes[(r0 + r) * n + col] = q;
             wr[i] = deq;
-            k->axpy(-e, ui + i + 1, wr + i + 1, n - i - 1); /* the later columns absorb the error */
+            k->axpy(-e, ui + i + 1, wr + i + 1, b1 - i - 1); /* the block's later columns absorb the error */
+            neg_err[r * GPTQ_BLOCK + (i - b0)] = -e;
         }
+        if (i + 1 == b1 && b1 < n) /* the columns past the block absorb its errors */
+            k->gemm_acc(neg_err, GPTQ_BLOCK, nr, j->U + b0 * n + b1, n, b1 - b0, w + b1, n, n - b1);
     }
     for (int64_t r = 0; r < nr; r++)
         for (int64_t i = 0; i < n; i++)
@@ -398,7 +401,7 @@ qpk_status qpk_gptq_quantize(const qpk_gptq_plan *p, uint32_t type, uint32_t gro
     qpk_status s = QPK_OK;
     int threads = pool ? qpk_pool_threads(pool) : 1;
     int64_t tasks = (rows + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
-    float *work = malloc((size_t)threads * ROWS_PER_TASK * (size_t)n * sizeof *work);
+    float *work = malloc((size_t)threads * ROWS_PER_TASK * (size_t)(n + GPTQ_BLOCK) * sizeof *work);
     qpk_qparams *params = calloc((size_t)(rows * ng), sizeof *params);
     int32_t *codes = malloc((size_t)(rows * n) * sizeof *codes);
     qpk_status *status = calloc((size_t)tasks, sizeof *status);
@@ -420,7 +423,8 @@ qpk_status qpk_gptq_quantize(const qpk_gptq_plan *p, uint32_t type, uint32_t gro
                     qpk_err_prefix(e, "row %lld", (long long)r);
     if (s != QPK_OK)
         goto out;
-    gptq_job job = {type, group, W, rows, n, p->U, p->perm, p->act_order, params, codes, work, status, errs};
+    gptq_job job = {type, group, W, rows, n, p->U, p->perm, p->act_order, params, codes, work, status, errs,
+                    qpk_kernels_best()};
     if (pool)
         qpk_pool_run(pool, tasks, gptq_task, &job);
     else

@@ -340,7 +340,8 @@ static inline __m256i row_mask(int n, int first)
  * two loads, MR broadcasts, 2 MR FMAs. nr: the rows of this half that exist (1..16).
  */
 static inline __attribute__((always_inline)) void tile16(const int MR, const float *x, int64_t ldx, const float *p,
-                                                         int64_t kc, float *y, int64_t ldy, int nr, bool first)
+                                                         int64_t ldp, int64_t kc, float *y, int64_t ldy, int nr,
+                                                         bool first)
 {
     __m256 c[6][2];
     const __m256i m0 = row_mask(nr, 0), m1 = row_mask(nr, 8);
@@ -352,7 +353,7 @@ static inline __attribute__((always_inline)) void tile16(const int MR, const flo
                                                     : _mm256_maskload_ps(y + i * ldy + 8, m1);
     }
     for (int64_t k = 0; k < kc; k++) {
-        const __m256 b0 = _mm256_load_ps(p + k * PANEL), b1 = _mm256_load_ps(p + k * PANEL + 8);
+        const __m256 b0 = _mm256_loadu_ps(p + k * ldp), b1 = _mm256_loadu_ps(p + k * ldp + 8);
 #pragma GCC unroll 6
         for (int i = 0; i < MR; i++) {
             const __m256 a = _mm256_broadcast_ss(x + i * ldx + k);
@@ -374,27 +375,30 @@ static inline __attribute__((always_inline)) void tile16(const int MR, const flo
 
 #define AVX2_MR 6
 
-static void tile_avx2(int mr, const float *x, int64_t ldx, const float *p, int64_t kc, float *y, int64_t ldy, int nr,
-                      bool first)
+static void tile_avx2(int mr, const float *x, int64_t ldx, const float *p, int64_t ldp, int64_t kc, float *y,
+                      int64_t ldy, int nr, bool first)
 {
     for (int h = 0; h < 2 && 16 * h < nr; h++) {
         const float *ph = p + 16 * h;
         float *yh = y + 16 * h;
         const int n = nr - 16 * h;
         switch (mr) {
-        case 6: tile16(6, x, ldx, ph, kc, yh, ldy, n, first); break;
-        case 5: tile16(5, x, ldx, ph, kc, yh, ldy, n, first); break;
-        case 4: tile16(4, x, ldx, ph, kc, yh, ldy, n, first); break;
-        case 3: tile16(3, x, ldx, ph, kc, yh, ldy, n, first); break;
-        case 2: tile16(2, x, ldx, ph, kc, yh, ldy, n, first); break;
-        default: tile16(1, x, ldx, ph, kc, yh, ldy, n, first); break;
+        case 6: tile16(6, x, ldx, ph, ldp, kc, yh, ldy, n, first); break;
+        case 5: tile16(5, x, ldx, ph, ldp, kc, yh, ldy, n, first); break;
+        case 4: tile16(4, x, ldx, ph, ldp, kc, yh, ldy, n, first); break;
+        case 3: tile16(3, x, ldx, ph, ldp, kc, yh, ldy, n, first); break;
+        case 2: tile16(2, x, ldx, ph, ldp, kc, yh, ldy, n, first); break;
+        default: tile16(1, x, ldx, ph, ldp, kc, yh, ldy, n, first); break;
         }
     }
 }
 
-/* A register tile over one packed chunk: mr tokens (at most the table's), the panel's nr rows. */
-typedef void tile_fn(int mr, const float *x, int64_t ldx, const float *p, int64_t kc, float *y, int64_t ldy, int nr,
-                     bool first);
+/*
+ * A register tile: mr tokens (at most the table's) x nr (<= 32) rows of a k-major panel p
+ * (row j of k at p[k * ldp + j]), over kc columns, on top of y (or from 0 when first).
+ */
+typedef void tile_fn(int mr, const float *x, int64_t ldx, const float *p, int64_t ldp, int64_t kc, float *y,
+                     int64_t ldy, int nr, bool first);
 
 static inline __attribute__((always_inline)) void gemm_panels(qpk_row_fn *convert, tile_fn *tile, const int MR,
                                                               const qpk_matrix *w, const float *x, int64_t T,
@@ -412,8 +416,8 @@ static inline __attribute__((always_inline)) void gemm_panels(qpk_row_fn *conver
             const int64_t kc = K - k0 < QPK_GEMM_KC ? K - k0 : QPK_GEMM_KC;
             pack_panel(rows, ld, nr, k0, kc, packed);
             for (int64_t t = 0; t < T; t += MR)
-                tile(T - t < MR ? (int)(T - t) : MR, x + t * ldx + k0, ldx, packed, kc, y + t * ldy + r, ldy, nr,
-                     k0 == 0);
+                tile(T - t < MR ? (int)(T - t) : MR, x + t * ldx + k0, ldx, packed, PANEL, kc, y + t * ldy + r, ldy,
+                     nr, k0 == 0);
         }
     }
 }
@@ -422,6 +426,23 @@ static void gemm(const qpk_matrix *w, const float *x, int64_t T, int64_t ldx, fl
                  int64_t r1, float *scratch)
 {
     gemm_panels(rows_of(AVX2_TYPES, w).to_f32, tile_avx2, AVX2_MR, w, x, T, ldx, y, ldy, r0, r1, scratch);
+}
+
+/* y[t][j] += x[t] . p[.][j] over an unpacked k-major matrix, in tiles of 32 columns: the gemm tile with first = 0. */
+static inline __attribute__((always_inline)) void gemm_acc_with(tile_fn *tile, const int MR, const float *x,
+                                                                int64_t ldx, int64_t T, const float *p, int64_t ldp,
+                                                                int64_t K, float *y, int64_t ldy, int64_t J)
+{
+    for (int64_t j = 0; j < J; j += PANEL)
+        for (int64_t t = 0; t < T; t += MR)
+            tile(T - t < MR ? (int)(T - t) : MR, x + t * ldx, ldx, p + j, ldp, K, y + t * ldy + j, ldy,
+                 J - j < PANEL ? (int)(J - j) : PANEL, false);
+}
+
+static void gemm_acc(const float *x, int64_t ldx, int64_t T, const float *p, int64_t ldp, int64_t K, float *y,
+                     int64_t ldy, int64_t J)
+{
+    gemm_acc_with(tile_avx2, AVX2_MR, x, ldx, T, p, ldp, K, y, ldy, J);
 }
 
 /* ------------------------------------------------------- round to nearest */
@@ -590,8 +611,41 @@ static int64_t argmax(const float *x, int64_t n, float *max)
     return 0;
 }
 
+/* ------------------------------------------------------------- f64 dots */
+
+/* ((l0+l4)+(l2+l6))+((l1+l5)+(l3+l7)) of lanes lo = l0..l3, hi = l4..l7. */
+static inline double reduce8_f64(__m256d lo, __m256d hi)
+{
+    const __m256d s = _mm256_add_pd(lo, hi); /* l0+l4, l1+l5, l2+l6, l3+l7 */
+    const __m128d a = _mm256_castpd256_pd128(s), b = _mm256_extractf128_pd(s, 1);
+    /* (s0 + s2) + (s1 + s3) */
+    const __m128d t = _mm_add_pd(a, b);
+    return _mm_cvtsd_f64(t) + _mm_cvtsd_f64(_mm_unpackhi_pd(t, t));
+}
+
+static void dot4_f64(const double *a, const double *const b[4], int64_t n, double out[4])
+{
+    __m256d lo[4], hi[4];
+    for (int r = 0; r < 4; r++)
+        lo[r] = hi[r] = _mm256_setzero_pd();
+    int64_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+        const __m256d a0 = _mm256_loadu_pd(a + k), a1 = _mm256_loadu_pd(a + k + 4);
+        for (int r = 0; r < 4; r++) {
+            lo[r] = _mm256_fmadd_pd(a0, _mm256_loadu_pd(b[r] + k), lo[r]);
+            hi[r] = _mm256_fmadd_pd(a1, _mm256_loadu_pd(b[r] + k + 4), hi[r]);
+        }
+    }
+    for (int r = 0; r < 4; r++) {
+        double s = reduce8_f64(lo[r], hi[r]);
+        for (int64_t q = k; q < n; q++)
+            s = _mm_cvtsd_f64(_mm_fmadd_sd(_mm_set_sd(a[q]), _mm_set_sd(b[r][q]), _mm_set_sd(s)));
+        out[r] = s;
+    }
+}
+
 const qpk_kernels qpk_kernels_avx2_table = {"avx2", row_to_f32, gemv, gemm, dot, axpy, sum_exp, argmax,
-                                            quantize_row};
+                                            quantize_row, dot4_f64, gemm_acc};
 
 /* ------------------------------------------------------ AVX-512: 4-bit codes */
 
@@ -694,8 +748,8 @@ static void gemv_512(const qpk_matrix *w, const float *x, float *y, int64_t r0, 
 
 /* MR tokens x the 32 rows of a panel, two 16-row vectors: per k, two loads, MR broadcasts, 2 MR FMAs. */
 AVX512 static inline __attribute__((always_inline)) void tile32(const int MR, const float *x, int64_t ldx,
-                                                                const float *p, int64_t kc, float *y, int64_t ldy,
-                                                                int nr, bool first)
+                                                                const float *p, int64_t ldp, int64_t kc, float *y,
+                                                                int64_t ldy, int nr, bool first)
 {
     __m512 c[8][2];
     const __mmask16 m0 = nr >= 16 ? 0xffff : (__mmask16)((1u << nr) - 1);
@@ -706,7 +760,7 @@ AVX512 static inline __attribute__((always_inline)) void tile32(const int MR, co
         c[i][1] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m1, y + i * ldy + 16);
     }
     for (int64_t k = 0; k < kc; k++) {
-        const __m512 b0 = _mm512_load_ps(p + k * PANEL), b1 = _mm512_load_ps(p + k * PANEL + 16);
+        const __m512 b0 = _mm512_loadu_ps(p + k * ldp), b1 = _mm512_loadu_ps(p + k * ldp + 16);
 #pragma GCC unroll 8
         for (int i = 0; i < MR; i++) {
             const __m512 a = _mm512_set1_ps(x[i * ldx + k]);
@@ -723,19 +777,25 @@ AVX512 static inline __attribute__((always_inline)) void tile32(const int MR, co
 
 #define AVX512_MR 8
 
-AVX512 static void tile_avx512(int mr, const float *x, int64_t ldx, const float *p, int64_t kc, float *y, int64_t ldy,
-                               int nr, bool first)
+AVX512 static void tile_avx512(int mr, const float *x, int64_t ldx, const float *p, int64_t ldp, int64_t kc, float *y,
+                               int64_t ldy, int nr, bool first)
 {
     switch (mr) {
-    case 8: tile32(8, x, ldx, p, kc, y, ldy, nr, first); break;
-    case 7: tile32(7, x, ldx, p, kc, y, ldy, nr, first); break;
-    case 6: tile32(6, x, ldx, p, kc, y, ldy, nr, first); break;
-    case 5: tile32(5, x, ldx, p, kc, y, ldy, nr, first); break;
-    case 4: tile32(4, x, ldx, p, kc, y, ldy, nr, first); break;
-    case 3: tile32(3, x, ldx, p, kc, y, ldy, nr, first); break;
-    case 2: tile32(2, x, ldx, p, kc, y, ldy, nr, first); break;
-    default: tile32(1, x, ldx, p, kc, y, ldy, nr, first); break;
+    case 8: tile32(8, x, ldx, p, ldp, kc, y, ldy, nr, first); break;
+    case 7: tile32(7, x, ldx, p, ldp, kc, y, ldy, nr, first); break;
+    case 6: tile32(6, x, ldx, p, ldp, kc, y, ldy, nr, first); break;
+    case 5: tile32(5, x, ldx, p, ldp, kc, y, ldy, nr, first); break;
+    case 4: tile32(4, x, ldx, p, ldp, kc, y, ldy, nr, first); break;
+    case 3: tile32(3, x, ldx, p, ldp, kc, y, ldy, nr, first); break;
+    case 2: tile32(2, x, ldx, p, ldp, kc, y, ldy, nr, first); break;
+    default: tile32(1, x, ldx, p, ldp, kc, y, ldy, nr, first); break;
     }
+}
+
+static void gemm_acc_512(const float *x, int64_t ldx, int64_t T, const float *p, int64_t ldp, int64_t K, float *y,
+                         int64_t ldy, int64_t J)
+{
+    gemm_acc_with(tile_avx512, AVX512_MR, x, ldx, T, p, ldp, K, y, ldy, J);
 }
 
 static void gemm_512(const qpk_matrix *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy, int64_t r0,
@@ -744,5 +804,25 @@ static void gemm_512(const qpk_matrix *w, const float *x, int64_t T, int64_t ldx
     gemm_panels(rows_of(AVX512_TYPES, w).to_f32, tile_avx512, AVX512_MR, w, x, T, ldx, y, ldy, r0, r1, scratch);
 }
 
+/* AVX2's f64 dot with one 8-lane vector per row: the same lanes, the same bits. */
+AVX512 static void dot4_f64_512(const double *a, const double *const b[4], int64_t n, double out[4])
+{
+    __m512d acc[4];
+    for (int r = 0; r < 4; r++)
+        acc[r] = _mm512_setzero_pd();
+    int64_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+        const __m512d av = _mm512_loadu_pd(a + k);
+        for (int r = 0; r < 4; r++)
+            acc[r] = _mm512_fmadd_pd(av, _mm512_loadu_pd(b[r] + k), acc[r]);
+    }
+    for (int r = 0; r < 4; r++) {
+        double s = reduce8_f64(_mm512_castpd512_pd256(acc[r]), _mm512_extractf64x4_pd(acc[r], 1));
+        for (int64_t q = k; q < n; q++)
+            s = _mm_cvtsd_f64(_mm_fmadd_sd(_mm_set_sd(a[q]), _mm_set_sd(b[r][q]), _mm_set_sd(s)));
+        out[r] = s;
+    }
+}
+
 const qpk_kernels qpk_kernels_avx512_table = {"avx512", row_to_f32_512, gemv_512, gemm_512, dot, axpy, sum_exp,
-                                              argmax, quantize_row};
+                                              argmax, quantize_row, dot4_f64_512, gemm_acc_512};

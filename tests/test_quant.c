@@ -354,12 +354,32 @@ static void test_quantize_rows(const qpk_kernels *k)
            e2.msg);
 }
 
+/* Each table's f64 dot products against the scalar one, bit for bit, over lengths with every tail. */
+static void test_dot4_f64(const qpk_kernels *k)
+{
+    enum { N = 203 };
+    double a[N], b[4][N], want[4], got[4];
+    for (int i = 0; i < N; i++) {
+        a[i] = gauss();
+        for (int r = 0; r < 4; r++)
+            b[r][i] = gauss() * (r + 1);
+    }
+    bool same = true;
+    for (int n = 0; n <= N; n += 7) {
+        qpk_kernels_scalar()->dot4_f64(a, (const double *const[4]){b[0], b[1], b[2], b[3]}, n, want);
+        k->dot4_f64(a, (const double *const[4]){b[0], b[1], b[2], b[3]}, n, got);
+        same &= !memcmp(want, got, sizeof want);
+    }
+    CHECKF(same, "%s dot4_f64 differs from the scalar one", k->name);
+}
+
 static void test_kernels(void)
 {
     const qpk_kernels *prev = NULL;
     for (size_t i = 1; qpk_kernels_available(i); i++) {
         test_kernels_of(qpk_kernels_available(i), prev);
         test_quantize_rows(qpk_kernels_available(i));
+        test_dot4_f64(qpk_kernels_available(i));
         printf("kernels %s checked\n", qpk_kernels_available(i)->name);
         prev = qpk_kernels_available(i);
     }

@@ -83,7 +83,7 @@ echo
 printf '| %-38s | %10s | %10s | %9s |\n' figure llama.cpp qpk "qpk/peer"
 printf '|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..40})" "------------" "------------" "-----------"
 row() { printf '| %-38s | %10.1f | %10.1f | %9.2f |\n' "$1" "$2" "$3" "$(echo "$3 / $2" | bc -l)"; }
-names=([F16]="F16 vs bf16" [Q8_0]="Q8_0 vs int8 g32" [Q4_0]="Q4_0 vs int4s g32")
+declare -A names=([F16]="F16 vs bf16" [Q8_0]="Q8_0 vs int8 g32" [Q4_0]="Q4_0 vs int4s g32")
 for t in F16 Q8_0 Q4_0; do row "prefill pp512, ${names[$t]} (tok/s)" "${L[$t.pp512]}" "${Q[$t.pp512]}"; done
 for t in F16 Q8_0 Q4_0; do row "prefill pp128, ${names[$t]} (tok/s)" "${L[$t.pp128]}" "${Q[$t.pp128]}"; done
 for t in F16 Q8_0 Q4_0; do row "decode tg64, ${names[$t]} (tok/s)" "${L[$t.tg64]}" "${Q[$t.tg64]}"; done

@@ -22,10 +22,9 @@
 /*
  * U, the upper Cholesky factor of H^-1 (U^T U = H^-1), comes from one Cholesky
  * factorization and one triangular inverse, n^3/3 multiply-adds in all: with J the
- * order reversal, if J H J = L L^T then U = J L^-1 J. Both steps are blocked so that
- * the rows they reuse stay in cache, and spread over the pool's threads; every
- * element is computed by one fixed sequence of operations, so U does not depend on
- * the thread count.
+ * order reversal, if J H J = L L^T then U = J L^-1 J. Both are blocked (below) and
+ * spread over the pool's threads; every element is computed by one fixed sequence of
+ * operations, so U depends neither on the thread count nor on the instruction set.
  */
 
 typedef double v2d __attribute__((vector_size(16))); /* SSE2 everywhere on x86-64 */
@@ -51,34 +50,27 @@ static double dot1(const double *a, const double *b, int64_t n)
 }
 
 
-/* Columns per Cholesky panel: the panel's rows of L (PANEL x n doubles) stay in L2 while every later row meets them. */
-#define PANEL 32
-#define ROWS_PER_CHOL_TASK 8
-
 /*
- * The bulk of the factorizations' work is four dot products of one row against four
- * others at a time: the kernel table's dot4_f64 (every table computes the same bits).
+ * Both factorizations go in blocks of PANEL columns, so that nearly all their work is
+ * one tiled product per block (the kernel table's gemm_sub_f64: every table computes the
+ * same bits) and only the small triangles inside a block are done element by element.
  */
+#define PANEL 32
+#define ROWS_PER_TASK_F 48 /* rows per task of a panel update */
+
 typedef struct chol_job {
-    double *A; /* n x n, row-major; lower part becomes L */
+    double *A;       /* n x n, row-major; lower part becomes L */
     int64_t n, jb, je;
+    const double *P; /* the panel's rows of L, columns [0, jb), k-major: P[k * PANEL + j] */
     const qpk_kernels *k;
 } chol_job;
 
-/* Row i, columns [jb, top): subtract the earlier panels' contribution (columns < jb). */
-static void chol_update(const chol_job *j, int64_t i, int64_t top)
+/* Rows [i0, i1): the panel's columns lose the earlier columns' contribution (one tiled product). */
+static void chol_update(const chol_job *j, int64_t i0, int64_t i1)
 {
-    double *ai = j->A + i * j->n;
-    int64_t c = j->jb;
-    for (; c + 4 <= top; c += 4) {
-        const double *b[4] = {j->A + c * j->n, j->A + (c + 1) * j->n, j->A + (c + 2) * j->n, j->A + (c + 3) * j->n};
-        double d[4];
-        j->k->dot4_f64(ai, b, j->jb, d);
-        for (int r = 0; r < 4; r++)
-            ai[c + r] -= d[r];
-    }
-    for (; c < top; c++)
-        ai[c] -= dot1(ai, j->A + c * j->n, j->jb);
+    if (j->jb > 0)
+        j->k->gemm_sub_f64(j->A + i0 * j->n, j->n, i1 - i0, j->P, PANEL, j->jb, j->A + i0 * j->n + j->jb, j->n,
+                           j->je - j->jb);
 }
 
 /* Row i, columns [jb, top) with top <= i: the panel's own part, the panel's rows above already final. */
@@ -95,30 +87,32 @@ static void chol_task(void *arg, int64_t task, int thread)
 {
     (void)thread;
     const chol_job *j = arg;
-    const int64_t i0 = j->je + task * ROWS_PER_CHOL_TASK;
-    const int64_t i1 = i0 + ROWS_PER_CHOL_TASK < j->n ? i0 + ROWS_PER_CHOL_TASK : j->n;
-    for (int64_t i = i0; i < i1; i++) {
-        chol_update(j, i, j->je);
+    const int64_t i0 = j->je + task * ROWS_PER_TASK_F;
+    const int64_t i1 = i0 + ROWS_PER_TASK_F < j->n ? i0 + ROWS_PER_TASK_F : j->n;
+    chol_update(j, i0, i1);
+    for (int64_t i = i0; i < i1; i++)
         chol_solve(j, i, j->je);
-    }
 }
 
-/* In place: the lower Cholesky factor L of the SPD matrix A (upper part left as is). False if not SPD. */
-static bool cholesky_lower(double *A, int64_t n, qpk_pool *pool, const qpk_kernels *k)
+/* In place: the lower Cholesky factor L of the SPD matrix A (upper part left as is). P: n x PANEL doubles of work. */
+static bool cholesky_lower(double *A, int64_t n, double *P, qpk_pool *pool, const qpk_kernels *k)
 {
     for (int64_t jb = 0; jb < n; jb += PANEL) {
         if (pool && qpk_pool_cancelled(pool))
             return false; /* the caller tells this from a failed factorization */
-        chol_job j = {A, n, jb, jb + PANEL < n ? jb + PANEL : n, k};
+        chol_job j = {A, n, jb, jb + PANEL < n ? jb + PANEL : n, P, k};
+        for (int64_t c = 0; c < jb; c++) /* the panel's rows, transposed: the product's packed operand */
+            for (int64_t r = jb; r < j.je; r++)
+                P[c * PANEL + (r - jb)] = A[r * n + c];
+        chol_update(&j, jb, j.je);
         for (int64_t i = jb; i < j.je; i++) { /* the panel's diagonal block, in order */
-            chol_update(&j, i, i + 1);
             chol_solve(&j, i, i);
             double *ai = A + i * n, d = ai[i] - dot1(ai + jb, ai + jb, i - jb);
             if (!(d > 0))
                 return false;
             ai[i] = sqrt(d);
         }
-        int64_t tasks = (n - j.je + ROWS_PER_CHOL_TASK - 1) / ROWS_PER_CHOL_TASK;
+        int64_t tasks = (n - j.je + ROWS_PER_TASK_F - 1) / ROWS_PER_TASK_F;
         if (pool)
             qpk_pool_run(pool, tasks, chol_task, &j);
         else
@@ -130,54 +124,70 @@ static bool cholesky_lower(double *A, int64_t n, qpk_pool *pool, const qpk_kerne
 
 typedef struct inverse_job {
     const double *L; /* n x n lower */
-    double *XT;      /* n x n, zeroed: row c becomes column c of L^-1 */
+    double *X;       /* n x n, zeroed: becomes L^-1 (lower) */
     int64_t n;
     const qpk_kernels *k;
 } inverse_job;
 
-/* Columns 4t .. 4t+3 of L^-1 by forward substitution, which needs only L: one pass over L's rows serves four. */
+/* x[0, w) = (x - sum over k in [k0, k1) of l[k] X[k][c0 + .]) / d: the row operations inside a block. */
+static void inverse_rows(const inverse_job *j, int64_t i, int64_t k0, int64_t k1, int64_t c0, int64_t w)
+{
+    const double *li = j->L + i * j->n;
+    double *xi = j->X + i * j->n + c0;
+    for (int64_t k = k0; k < k1; k++) {
+        const double *xk = j->X + k * j->n + c0;
+        for (int64_t c = 0; c < w; c++)
+            xi[c] -= li[k] * xk[c];
+    }
+    for (int64_t c = 0; c < w; c++)
+        xi[c] /= li[i];
+}
+
+/*
+ * Columns [cb, cb + PANEL) of L^-1 by forward substitution, which needs only L: the
+ * diagonal block row by row, then the rows below in blocks, each block's bulk one tiled
+ * product with the rows of X already done. Column blocks are independent: one per task.
+ */
+#define INVERSE_ROWS 64
+
 static void inverse_task(void *arg, int64_t task, int thread)
 {
     (void)thread;
     const inverse_job *j = arg;
-    const int64_t n = j->n, c0 = 4 * task, nc = n - c0 < 4 ? n - c0 : 4;
-    double *x[4];
-    for (int r = 0; r < 4; r++)
-        x[r] = j->XT + (c0 + (r < nc ? r : 0)) * n;
-    for (int64_t i = c0; i < n; i++) {
-        const double *li = j->L + i * n;
-        if (i >= c0 + 4) {
-            double d[4];
-            j->k->dot4_f64(li + c0, (const double *const[4]){x[0] + c0, x[1] + c0, x[2] + c0, x[3] + c0}, i - c0, d);
-            for (int r = 0; r < nc; r++)
-                x[r][i] = -d[r] / li[i];
-        } else { /* inside the 4 x 4 diagonal block; entries above the diagonal stay 0 */
-            for (int r = 0; r < nc && c0 + r <= i; r++)
-                x[r][i] = c0 + r == i ? 1.0 / li[i] : -dot1(li + c0, x[r] + c0, i - c0) / li[i];
-        }
+    const int64_t n = j->n, cb = task * PANEL, ce = cb + PANEL < n ? cb + PANEL : n, w = ce - cb;
+    for (int64_t i = cb; i < ce; i++) {
+        j->X[i * n + i] = 1.0; /* with the division below: 1 / l_ii */
+        inverse_rows(j, i, cb, i, cb, i - cb + 1);
+    }
+    for (int64_t ib = ce; ib < n; ib += INVERSE_ROWS) {
+        const int64_t ie = ib + INVERSE_ROWS < n ? ib + INVERSE_ROWS : n;
+        j->k->gemm_sub_f64(j->L + ib * n + cb, n, ie - ib, j->X + cb * n + cb, n, ib - cb, j->X + ib * n + cb, n, w);
+        for (int64_t i = ib; i < ie; i++)
+            inverse_rows(j, i, ib, i, cb, w);
     }
 }
 
 /*
  * U (n x n f32, upper) with U^T U = (J B J)^-1, from B (destroyed): the caller passes
- * its matrix already reversed. XT: n x n doubles of work. False if B is not SPD.
+ * its matrix already reversed. X: n x n doubles of work, P: n x PANEL. False if B is not SPD.
  */
-static bool upper_factor_of_inverse(double *A, int64_t n, double *XT, float *U, qpk_pool *pool)
+static bool upper_factor_of_inverse(double *A, int64_t n, double *X, double *P, float *U, qpk_pool *pool)
 {
     const qpk_kernels *k = qpk_kernels_best();
-    if (!cholesky_lower(A, n, pool, k))
+    if (!cholesky_lower(A, n, P, pool, k))
         return false;
-    memset(XT, 0, (size_t)(n * n) * sizeof *XT);
-    inverse_job j = {A, XT, n, k};
+    memset(X, 0, (size_t)(n * n) * sizeof *X);
+    inverse_job j = {A, X, n, k};
+    const int64_t tasks = (n + PANEL - 1) / PANEL;
     if (pool)
-        qpk_pool_run(pool, (n + 3) / 4, inverse_task, &j);
+        qpk_pool_run(pool, tasks, inverse_task, &j);
     else
-        for (int64_t t = 0; t < (n + 3) / 4; t++)
+        for (int64_t t = 0; t < tasks; t++)
             inverse_task(&j, t, 0);
-    /* U = J L^-1 J: U[a][b] = (L^-1)[n-1-a][n-1-b] = XT[n-1-b][n-1-a]. */
+    /* U = J L^-1 J: U[a][b] = (L^-1)[n-1-a][n-1-b]. */
     for (int64_t a = 0; a < n; a++)
         for (int64_t b = 0; b < n; b++)
-            U[a * n + b] = b < a ? 0.0f : (float)XT[(n - 1 - b) * n + (n - 1 - a)];
+            U[a * n + b] = b < a ? 0.0f : (float)X[(n - 1 - a) * n + (n - 1 - b)];
     return true;
 }
 
@@ -345,11 +355,12 @@ qpk_status qpk_gptq_plan_create(qpk_gptq_plan **out, const double *H, int64_t n,
     qpk_gptq_plan *p = calloc(1, sizeof *p);
     sort_item *items = malloc((size_t)n * sizeof *items);
     double *B = malloc((size_t)(n * n) * sizeof *B), *work = malloc((size_t)(n * n) * sizeof *work);
+    double *panel = malloc((size_t)n * PANEL * sizeof *panel);
     if (p)
         p->n = n, p->act_order = o->act_order, p->perm = malloc((size_t)n * sizeof *p->perm),
         p->dead = malloc((size_t)n * sizeof *p->dead), p->U = malloc((size_t)(n * n) * sizeof *p->U);
     qpk_status s = QPK_OK;
-    if (!p || !items || !B || !work || !p->perm || !p->dead || !p->U) {
+    if (!p || !items || !B || !work || !panel || !p->perm || !p->dead || !p->U) {
         s = qpk_err_setf(e, QPK_E_NOMEM, "GPTQ: out of memory for a Hessian of %lld columns", (long long)n);
         goto out;
     }
@@ -373,7 +384,7 @@ qpk_status qpk_gptq_plan_create(qpk_gptq_plan **out, const double *H, int64_t n,
                 const int64_t a = p->perm[n - 1 - i], b = p->perm[n - 1 - j];
                 B[i * n + j] = (a == b && p->dead[a] ? 1.0 : H[a * n + b]) + (i == j ? damp * mean : 0.0);
             }
-        ok = upper_factor_of_inverse(B, n, work, p->U, pool);
+        ok = upper_factor_of_inverse(B, n, work, panel, p->U, pool);
         if (pool && qpk_pool_cancelled(pool)) {
             s = qpk_err_setf(e, QPK_E_CANCELLED, "cancelled");
             goto out;
@@ -382,7 +393,7 @@ qpk_status qpk_gptq_plan_create(qpk_gptq_plan **out, const double *H, int64_t n,
     if (!ok)
         s = qpk_err_setf(e, QPK_E_VALUE, "GPTQ: the Hessian is not positive definite even with damping %g", damp / 10);
 out:
-    free(items), free(B), free(work);
+    free(items), free(B), free(work), free(panel);
     if (s != QPK_OK)
         qpk_gptq_plan_free(p);
     else

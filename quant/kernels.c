@@ -115,21 +115,6 @@ static int64_t argmax(const float *x, int64_t n, float *max)
     return best;
 }
 
-void qpk_scalar_dot4_f64(const double *a, const double *const b[4], int64_t n, double out[4])
-{
-    for (int r = 0; r < 4; r++) {
-        double lane[8] = {0};
-        int64_t k = 0;
-        for (; k + 8 <= n; k += 8)
-            for (int l = 0; l < 8; l++)
-                lane[l] = fma(a[k + l], b[r][k + l], lane[l]);
-        double s = ((lane[0] + lane[4]) + (lane[2] + lane[6])) + ((lane[1] + lane[5]) + (lane[3] + lane[7]));
-        for (; k < n; k++)
-            s = fma(a[k], b[r][k], s);
-        out[r] = s;
-    }
-}
-
 static void gemm_acc(const float *x, int64_t ldx, int64_t T, const float *p, int64_t ldp, int64_t K, float *y,
                      int64_t ldy, int64_t J)
 {
@@ -142,8 +127,20 @@ static void gemm_acc(const float *x, int64_t ldx, int64_t T, const float *p, int
         }
 }
 
+static void gemm_sub_f64(const double *x, int64_t ldx, int64_t T, const double *p, int64_t ldp, int64_t K, double *y,
+                         int64_t ldy, int64_t J)
+{
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t j = 0; j < J; j++) {
+            double acc = y[t * ldy + j];
+            for (int64_t k = 0; k < K; k++)
+                acc = fma(-x[t * ldx + k], p[k * ldp + j], acc);
+            y[t * ldy + j] = acc;
+        }
+}
+
 static const qpk_kernels SCALAR = {"scalar", qpk_scalar_row_to_f32, gemv, gemm, dot, axpy, sum_exp, argmax,
-                                   qpk_quantize_row, qpk_scalar_dot4_f64, gemm_acc};
+                                   qpk_quantize_row, gemm_acc, gemm_sub_f64};
 
 const qpk_kernels *qpk_kernels_scalar(void) { return &SCALAR; }
 

@@ -32,9 +32,6 @@ typedef struct qpk_type_kernels {
     qpk_dot_fn *dot;
 } qpk_type_kernels;
 
-/* The f64 dot products of every table (scalar: the reference, FMA by FMA). */
-void qpk_scalar_dot4_f64(const double *a, const double *const b[4], int64_t n, double out[4]);
-
 /* The scalar row kernels of any type (the reference; what other tables fall back to). */
 void qpk_scalar_row_to_f32(const qpk_matrix *w, int64_t r, float *dst);
 float qpk_scalar_row_dot(const qpk_matrix *w, int64_t r, const float *x, float *scratch);

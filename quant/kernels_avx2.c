@@ -611,41 +611,50 @@ static int64_t argmax(const float *x, int64_t n, float *max)
     return 0;
 }
 
-/* ------------------------------------------------------------- f64 dots */
-
-/* ((l0+l4)+(l2+l6))+((l1+l5)+(l3+l7)) of lanes lo = l0..l3, hi = l4..l7. */
-static inline double reduce8_f64(__m256d lo, __m256d hi)
+/*
+ * gemm_sub_f64's register tile: MR rows of x by 8 columns of p (two 4-double vectors), one
+ * fnmadd chain per output; nj (1..8) columns exist.
+ */
+static inline __attribute__((always_inline)) void sub_tile8(const int MR, const double *x, int64_t ldx,
+                                                            const double *p, int64_t ldp, int64_t K, double *y,
+                                                            int64_t ldy, int nj)
 {
-    const __m256d s = _mm256_add_pd(lo, hi); /* l0+l4, l1+l5, l2+l6, l3+l7 */
-    const __m128d a = _mm256_castpd256_pd128(s), b = _mm256_extractf128_pd(s, 1);
-    /* (s0 + s2) + (s1 + s3) */
-    const __m128d t = _mm_add_pd(a, b);
-    return _mm_cvtsd_f64(t) + _mm_cvtsd_f64(_mm_unpackhi_pd(t, t));
-}
-
-static void dot4_f64(const double *a, const double *const b[4], int64_t n, double out[4])
-{
-    __m256d lo[4], hi[4];
-    for (int r = 0; r < 4; r++)
-        lo[r] = hi[r] = _mm256_setzero_pd();
-    int64_t k = 0;
-    for (; k + 8 <= n; k += 8) {
-        const __m256d a0 = _mm256_loadu_pd(a + k), a1 = _mm256_loadu_pd(a + k + 4);
-        for (int r = 0; r < 4; r++) {
-            lo[r] = _mm256_fmadd_pd(a0, _mm256_loadu_pd(b[r] + k), lo[r]);
-            hi[r] = _mm256_fmadd_pd(a1, _mm256_loadu_pd(b[r] + k + 4), hi[r]);
+    __m256d c[6][2];
+    const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
+    const __m256i m0 = _mm256_cmpgt_epi64(_mm256_set1_epi64x(nj), lane);
+    const __m256i m1 = _mm256_cmpgt_epi64(_mm256_set1_epi64x(nj - 4), lane);
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; i++)
+        c[i][0] = _mm256_maskload_pd(y + i * ldy, m0), c[i][1] = _mm256_maskload_pd(y + i * ldy + 4, m1);
+    for (int64_t k = 0; k < K; k++) {
+        const __m256d b0 = _mm256_maskload_pd(p + k * ldp, m0), b1 = _mm256_maskload_pd(p + k * ldp + 4, m1);
+#pragma GCC unroll 6
+        for (int i = 0; i < MR; i++) {
+            const __m256d a = _mm256_broadcast_sd(x + i * ldx + k);
+            c[i][0] = _mm256_fnmadd_pd(a, b0, c[i][0]);
+            c[i][1] = _mm256_fnmadd_pd(a, b1, c[i][1]);
         }
     }
-    for (int r = 0; r < 4; r++) {
-        double s = reduce8_f64(lo[r], hi[r]);
-        for (int64_t q = k; q < n; q++)
-            s = _mm_cvtsd_f64(_mm_fmadd_sd(_mm_set_sd(a[q]), _mm_set_sd(b[r][q]), _mm_set_sd(s)));
-        out[r] = s;
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; i++)
+        _mm256_maskstore_pd(y + i * ldy, m0, c[i][0]), _mm256_maskstore_pd(y + i * ldy + 4, m1, c[i][1]);
+}
+
+static void gemm_sub_f64(const double *x, int64_t ldx, int64_t T, const double *p, int64_t ldp, int64_t K, double *y,
+                         int64_t ldy, int64_t J)
+{
+    for (int64_t j = 0; j < J; j += 8) {
+        const int nj = J - j < 8 ? (int)(J - j) : 8;
+        int64_t t = 0;
+        for (; t + 6 <= T; t += 6)
+            sub_tile8(6, x + t * ldx, ldx, p + j, ldp, K, y + t * ldy + j, ldy, nj);
+        for (; t < T; t++)
+            sub_tile8(1, x + t * ldx, ldx, p + j, ldp, K, y + t * ldy + j, ldy, nj);
     }
 }
 
 const qpk_kernels qpk_kernels_avx2_table = {"avx2", row_to_f32, gemv, gemm, dot, axpy, sum_exp, argmax,
-                                            quantize_row, dot4_f64, gemm_acc};
+                                            quantize_row, gemm_acc, gemm_sub_f64};
 
 /* ------------------------------------------------------ AVX-512: 4-bit codes */
 
@@ -741,9 +750,57 @@ static const qpk_type_kernels AVX512_TYPES[QPK_TYPE_COUNT_] = {
 
 static void row_to_f32_512(const qpk_matrix *w, int64_t r, float *dst) { rows_of(AVX512_TYPES, w).to_f32(w, r, dst); }
 
-static void gemv_512(const qpk_matrix *w, const float *x, float *y, int64_t r0, int64_t r1, float *scratch)
+/*
+ * Four rows at a time: each row's sums are gemv_q4row's (two accumulators, the same FMAs
+ * in the same order), but four rows give the FMA units eight independent chains instead
+ * of two, and each x chunk is loaded once for the four.
+ */
+AVX512 static inline __attribute__((always_inline)) void gemv_q4rows4(uint32_t type, uint32_t group,
+                                                                      const uint8_t *row, size_t row_bytes,
+                                                                      const float *x, int64_t K, float *y)
 {
-    gemv_with(AVX512_TYPES, w, x, y, r0, r1, scratch);
+    const size_t bb = qpk_type_block_bytes(type, group);
+    __m512 a01[4], a23[4];
+    for (int r = 0; r < 4; r++)
+        a01[r] = a23[r] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < K; g += group) {
+        __m512 table[4];
+        const uint8_t *codes[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            const uint8_t *b = row + r * row_bytes + (size_t)(g / group) * bb;
+            table[r] = q4_weights(type, b), codes[r] = b + CODES_AT(type);
+        }
+        for (int64_t k = g; k < g + group; k += 32) {
+            const __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++) {
+                const __m512i both = q4_indices(codes[r] + (k - g) / 2);
+                a01[r] = _mm512_fmadd_ps(x0, _mm512_permutexvar_ps(both, table[r]), a01[r]);
+                a23[r] = _mm512_fmadd_ps(x1, _mm512_permutexvar_ps(_mm512_srli_epi32(both, 4), table[r]), a23[r]);
+            }
+        }
+    }
+    for (int r = 0; r < 4; r++) {
+        const __m256 c[4] = {half(a01[r], 0), half(a01[r], 1), half(a23[r], 0), half(a23[r], 1)};
+        y[r] = combine(c, x, row, type, K, K);
+    }
+}
+
+AVX512 static void gemv_512(const qpk_matrix *w, const float *x, float *y, int64_t r0, int64_t r1, float *scratch)
+{
+    if (w->type != QPK_TYPE_INT4 && w->type != QPK_TYPE_INT4S) {
+        gemv_with(AVX512_TYPES, w, x, y, r0, r1, scratch);
+        return;
+    }
+    const size_t rb = qpk_matrix_row_bytes(w);
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4)
+        if (w->type == QPK_TYPE_INT4)
+            gemv_q4rows4(QPK_TYPE_INT4, w->group_size, qpk_row_ptr(w, r), rb, x, w->cols, y + r);
+        else
+            gemv_q4rows4(QPK_TYPE_INT4S, w->group_size, qpk_row_ptr(w, r), rb, x, w->cols, y + r);
+    gemv_with(AVX512_TYPES, w, x, y, r, r1, scratch);
 }
 
 /* MR tokens x the 32 rows of a panel, two 16-row vectors: per k, two loads, MR broadcasts, 2 MR FMAs. */
@@ -804,25 +861,52 @@ static void gemm_512(const qpk_matrix *w, const float *x, int64_t T, int64_t ldx
     gemm_panels(rows_of(AVX512_TYPES, w).to_f32, tile_avx512, AVX512_MR, w, x, T, ldx, y, ldy, r0, r1, scratch);
 }
 
-/* AVX2's f64 dot with one 8-lane vector per row: the same lanes, the same bits. */
-AVX512 static void dot4_f64_512(const double *a, const double *const b[4], int64_t n, double out[4])
+/* gemm_sub_f64 with MR rows by 32 columns (four 8-double vectors): the same chains, the same bits. */
+AVX512 static inline __attribute__((always_inline)) void sub_tile32(const int MR, const double *x, int64_t ldx,
+                                                                    const double *p, int64_t ldp, int64_t K,
+                                                                    double *y, int64_t ldy, int nj)
 {
-    __m512d acc[4];
-    for (int r = 0; r < 4; r++)
-        acc[r] = _mm512_setzero_pd();
-    int64_t k = 0;
-    for (; k + 8 <= n; k += 8) {
-        const __m512d av = _mm512_loadu_pd(a + k);
-        for (int r = 0; r < 4; r++)
-            acc[r] = _mm512_fmadd_pd(av, _mm512_loadu_pd(b[r] + k), acc[r]);
+    __m512d c[6][4];
+    __mmask8 m[4];
+    for (int v = 0; v < 4; v++)
+        m[v] = nj >= 8 * (v + 1) ? 0xff : nj <= 8 * v ? 0 : (__mmask8)((1u << (nj - 8 * v)) - 1);
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; v++)
+            c[i][v] = _mm512_maskz_loadu_pd(m[v], y + i * ldy + 8 * v);
+    for (int64_t k = 0; k < K; k++) {
+        __m512d b[4];
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; v++)
+            b[v] = _mm512_maskz_loadu_pd(m[v], p + k * ldp + 8 * v);
+#pragma GCC unroll 6
+        for (int i = 0; i < MR; i++) {
+            const __m512d a = _mm512_set1_pd(x[i * ldx + k]);
+#pragma GCC unroll 4
+            for (int v = 0; v < 4; v++)
+                c[i][v] = _mm512_fnmadd_pd(a, b[v], c[i][v]);
+        }
     }
-    for (int r = 0; r < 4; r++) {
-        double s = reduce8_f64(_mm512_castpd512_pd256(acc[r]), _mm512_extractf64x4_pd(acc[r], 1));
-        for (int64_t q = k; q < n; q++)
-            s = _mm_cvtsd_f64(_mm_fmadd_sd(_mm_set_sd(a[q]), _mm_set_sd(b[r][q]), _mm_set_sd(s)));
-        out[r] = s;
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; v++)
+            _mm512_mask_storeu_pd(y + i * ldy + 8 * v, m[v], c[i][v]);
+}
+
+AVX512 static void gemm_sub_f64_512(const double *x, int64_t ldx, int64_t T, const double *p, int64_t ldp, int64_t K,
+                                    double *y, int64_t ldy, int64_t J)
+{
+    for (int64_t j = 0; j < J; j += 32) {
+        const int nj = J - j < 32 ? (int)(J - j) : 32;
+        int64_t t = 0;
+        for (; t + 6 <= T; t += 6)
+            sub_tile32(6, x + t * ldx, ldx, p + j, ldp, K, y + t * ldy + j, ldy, nj);
+        for (; t < T; t++)
+            sub_tile32(1, x + t * ldx, ldx, p + j, ldp, K, y + t * ldy + j, ldy, nj);
     }
 }
 
 const qpk_kernels qpk_kernels_avx512_table = {"avx512", row_to_f32_512, gemv_512, gemm_512, dot, axpy, sum_exp,
-                                              argmax, quantize_row, dot4_f64_512, gemm_acc_512};
+                                              argmax, quantize_row, gemm_acc_512, gemm_sub_f64_512};

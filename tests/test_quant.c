@@ -354,23 +354,30 @@ static void test_quantize_rows(const qpk_kernels *k)
            e2.msg);
 }
 
-/* Each table's f64 dot products against the scalar one, bit for bit, over lengths with every tail. */
-static void test_dot4_f64(const qpk_kernels *k)
+/* Each table's accumulating products (GPTQ's deferred updates, its factorizations) against the scalar ones, bit for bit. */
+static void test_gemm_acc(const qpk_kernels *k)
 {
-    enum { N = 203 };
-    double a[N], b[4][N], want[4], got[4];
-    for (int i = 0; i < N; i++) {
-        a[i] = gauss();
-        for (int r = 0; r < 4; r++)
-            b[r][i] = gauss() * (r + 1);
-    }
-    bool same = true;
-    for (int n = 0; n <= N; n += 7) {
-        qpk_kernels_scalar()->dot4_f64(a, (const double *const[4]){b[0], b[1], b[2], b[3]}, n, want);
-        k->dot4_f64(a, (const double *const[4]){b[0], b[1], b[2], b[3]}, n, got);
-        same &= !memcmp(want, got, sizeof want);
-    }
-    CHECKF(same, "%s dot4_f64 differs from the scalar one", k->name);
+    const qpk_kernels *ref = qpk_kernels_scalar();
+    enum { T = 13, K = 37, J = 71 };
+    float xf[T * K], pf[K * J], yf[T * J], zf[T * J];
+    double xd[T * K], pd[K * J], yd[T * J], zd[T * J];
+    for (int i = 0; i < T * K; i++)
+        xf[i] = gauss(), xd[i] = gauss();
+    for (int i = 0; i < K * J; i++)
+        pf[i] = gauss(), pd[i] = gauss();
+    for (int i = 0; i < T * J; i++)
+        yf[i] = zf[i] = gauss(), yd[i] = zd[i] = gauss();
+    ref->gemm_acc(xf, K, T, pf, J, K, yf, J, J);
+    k->gemm_acc(xf, K, T, pf, J, K, zf, J, J);
+    CHECKF(!memcmp(yf, zf, sizeof yf), "%s gemm_acc differs from the scalar one", k->name);
+    ref->gemm_sub_f64(xd, K, T, pd, J, K, yd, J, J);
+    k->gemm_sub_f64(xd, K, T, pd, J, K, zd, J, J);
+    CHECKF(!memcmp(yd, zd, sizeof yd), "%s gemm_sub_f64 differs from the scalar one", k->name);
+    /* A corner of it (row and column tails), the rest untouched. */
+    memcpy(zd, yd, sizeof yd);
+    k->gemm_sub_f64(xd + K, K, 5, pd + 3, J, 9, zd + J + 3, J, 11);
+    ref->gemm_sub_f64(xd + K, K, 5, pd + 3, J, 9, yd + J + 3, J, 11);
+    CHECKF(!memcmp(yd, zd, sizeof yd), "%s gemm_sub_f64 on a corner differs", k->name);
 }
 
 static void test_kernels(void)
@@ -379,7 +386,7 @@ static void test_kernels(void)
     for (size_t i = 1; qpk_kernels_available(i); i++) {
         test_kernels_of(qpk_kernels_available(i), prev);
         test_quantize_rows(qpk_kernels_available(i));
-        test_dot4_f64(qpk_kernels_available(i));
+        test_gemm_acc(qpk_kernels_available(i));
         printf("kernels %s checked\n", qpk_kernels_available(i)->name);
         prev = qpk_kernels_available(i);
     }

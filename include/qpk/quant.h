@@ -206,18 +206,19 @@ typedef struct qpk_kernels {
     /* qpk_quantize_row, the same bytes (round-to-nearest: one division and one rounding per weight). */
     qpk_status (*quantize_row)(uint32_t type, uint32_t group, const float *x, int64_t n, void *out, qpk_err *e);
     /*
-     * out[r] = a . b[r] in f64 for r < 4 (GPTQ's factorizations): 8 lanes, lane l summing
-     * a[k] b[k] for k = l mod 8 by FMA in order; lanes reduced as ((l0+l4)+(l2+l6))+
-     * ((l1+l5)+(l3+l7)); the n mod 8 tail after, in order, by FMA. Every table: the same bits.
-     */
-    void (*dot4_f64)(const double *a, const double *const b[4], int64_t n, double out[4]);
-    /*
      * y[t][j] += sum over k of x[t][k] p[k][j] for t < T, j < J, on top of y: each output
      * one FMA chain over k in order, as gemm (GPTQ's deferred updates of the later columns:
      * the same FMAs, in the same order, as one axpy per k).
      */
     void (*gemm_acc)(const float *x, int64_t ldx, int64_t T, const float *p, int64_t ldp, int64_t K, float *y,
                      int64_t ldy, int64_t J);
+    /*
+     * y[t][j] -= sum over k of x[t][k] p[k][j] in f64, on top of y: each output one chain
+     * of fused negated multiply-adds over k in order (GPTQ's blocked factorizations). Every
+     * table: the same bits.
+     */
+    void (*gemm_sub_f64)(const double *x, int64_t ldx, int64_t T, const double *p, int64_t ldp, int64_t K,
+                         double *y, int64_t ldy, int64_t J);
 } qpk_kernels;
 
 /* The best table this CPU runs: "avx512" (AVX2's with AVX-512F for 4-bit codes), "avx2"

@@ -750,57 +750,9 @@ static const qpk_type_kernels AVX512_TYPES[QPK_TYPE_COUNT_] = {
 
 static void row_to_f32_512(const qpk_matrix *w, int64_t r, float *dst) { rows_of(AVX512_TYPES, w).to_f32(w, r, dst); }
 
-/*
- * Four rows at a time: each row's sums are gemv_q4row's (two accumulators, the same FMAs
- * in the same order), but four rows give the FMA units eight independent chains instead
- * of two, and each x chunk is loaded once for the four.
- */
-AVX512 static inline __attribute__((always_inline)) void gemv_q4rows4(uint32_t type, uint32_t group,
-                                                                      const uint8_t *row, size_t row_bytes,
-                                                                      const float *x, int64_t K, float *y)
+static void gemv_512(const qpk_matrix *w, const float *x, float *y, int64_t r0, int64_t r1, float *scratch)
 {
-    const size_t bb = qpk_type_block_bytes(type, group);
-    __m512 a01[4], a23[4];
-    for (int r = 0; r < 4; r++)
-        a01[r] = a23[r] = _mm512_setzero_ps();
-    for (int64_t g = 0; g < K; g += group) {
-        __m512 table[4];
-        const uint8_t *codes[4];
-#pragma GCC unroll 4
-        for (int r = 0; r < 4; r++) {
-            const uint8_t *b = row + r * row_bytes + (size_t)(g / group) * bb;
-            table[r] = q4_weights(type, b), codes[r] = b + CODES_AT(type);
-        }
-        for (int64_t k = g; k < g + group; k += 32) {
-            const __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
-#pragma GCC unroll 4
-            for (int r = 0; r < 4; r++) {
-                const __m512i both = q4_indices(codes[r] + (k - g) / 2);
-                a01[r] = _mm512_fmadd_ps(x0, _mm512_permutexvar_ps(both, table[r]), a01[r]);
-                a23[r] = _mm512_fmadd_ps(x1, _mm512_permutexvar_ps(_mm512_srli_epi32(both, 4), table[r]), a23[r]);
-            }
-        }
-    }
-    for (int r = 0; r < 4; r++) {
-        const __m256 c[4] = {half(a01[r], 0), half(a01[r], 1), half(a23[r], 0), half(a23[r], 1)};
-        y[r] = combine(c, x, row, type, K, K);
-    }
-}
-
-AVX512 static void gemv_512(const qpk_matrix *w, const float *x, float *y, int64_t r0, int64_t r1, float *scratch)
-{
-    if (w->type != QPK_TYPE_INT4 && w->type != QPK_TYPE_INT4S) {
-        gemv_with(AVX512_TYPES, w, x, y, r0, r1, scratch);
-        return;
-    }
-    const size_t rb = qpk_matrix_row_bytes(w);
-    int64_t r = r0;
-    for (; r + 4 <= r1; r += 4)
-        if (w->type == QPK_TYPE_INT4)
-            gemv_q4rows4(QPK_TYPE_INT4, w->group_size, qpk_row_ptr(w, r), rb, x, w->cols, y + r);
-        else
-            gemv_q4rows4(QPK_TYPE_INT4S, w->group_size, qpk_row_ptr(w, r), rb, x, w->cols, y + r);
-    gemv_with(AVX512_TYPES, w, x, y, r, r1, scratch);
+    gemv_with(AVX512_TYPES, w, x, y, r0, r1, scratch);
 }
 
 /* MR tokens x the 32 rows of a panel, two 16-row vectors: per k, two loads, MR broadcasts, 2 MR FMAs. */

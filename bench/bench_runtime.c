@@ -4,8 +4,11 @@
  * one, as llama-bench does) against the f32 FMA peak, and decode tokens/s against
  * the memory-bandwidth floor (weight bytes read per token / streaming bandwidth).
  *
- * Usage: bench_runtime MODEL [threads] [--scalar]
+ * Usage: bench_runtime MODEL [threads] [--scalar | --decode-only]
  *   MODEL: a .qpk or an HF folder (e.g. from `qgen DIR --preset 0.5b`).
+ *   --decode-only: 256 decode tokens and nothing else, for a profiler (perf record):
+ *   where one token's time goes, op by op. Decode is also timed without the head
+ *   (no logits asked for), which splits the head from the layers.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,11 +28,11 @@ static double layer_flops_per_token(const qpk_config *c)
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: bench_runtime MODEL [threads] [--scalar]\n");
+        fprintf(stderr, "usage: bench_runtime MODEL [threads] [--scalar | --decode-only]\n");
         return 2;
     }
     int threads = argc > 2 ? atoi(argv[2]) : 0;
-    bool scalar = argc > 3 && !strcmp(argv[3], "--scalar");
+    bool scalar = argc > 3 && !strcmp(argv[3], "--scalar"), decode_only = argc > 3 && !strcmp(argv[3], "--decode-only");
     qpk_err e = {0};
     qpk_source *src;
     qpk_pool *pool;
@@ -60,7 +63,7 @@ int main(int argc, char **argv)
     printf("machine limits: f32 FMA peak %.1f GFLOP/s, streaming read %.1f GB/s\n\n", peak, bw);
 
     const int prompts[2] = {128, 512};
-    for (int p = 0; p < 2; p++) {
+    for (int p = 0; p < 2 && !decode_only; p++) {
         double best = 1e30;
         for (int rep = 0; rep < 3; rep++) {
             qpk_context_reset(ctx);
@@ -75,17 +78,22 @@ int main(int argc, char **argv)
         printf("prefill pp%-4d %8.1f tokens/s  %7.1f GFLOP/s = %3.0f%% of the FMA peak\n", prompts[p], tps, gflops,
                100 * gflops / peak);
     }
-    /* Decode: 64 tokens after a 16-token prompt, logits of each. */
-    qpk_context_reset(ctx);
-    qpk_eval(ctx, tok, 16, logits, 1, &e);
-    double t = bench_now();
-    int n = 64;
-    for (int i = 0; i < n; i++)
-        qpk_eval(ctx, tok + 16 + i, 1, logits, 1, &e);
-    t = bench_now() - t;
-    double bytes = (double)qpk_model_decode_bytes(m), floor_tps = bw * 1e9 / bytes, tps = n / t;
+    /* Decode: 64 tokens after a 16-token prompt, logits of each; then the same without the head. */
+    const int n = decode_only ? 256 : 64;
+    double t[2];
+    for (int head = 1; head >= 0; head--) {
+        qpk_context_reset(ctx);
+        qpk_eval(ctx, tok, 16, logits, 1, &e);
+        t[head] = bench_now();
+        for (int i = 0; i < n; i++)
+            qpk_eval(ctx, tok + 16 + (i % 256), 1, logits, head, &e);
+        t[head] = bench_now() - t[head];
+    }
+    double bytes = (double)qpk_model_decode_bytes(m), floor_tps = bw * 1e9 / bytes, tps = n / t[1];
     printf("decode tg%-5d %8.1f tokens/s  %7.2f GB/s of weights; floor %.1f tokens/s (%.0f MB/token) -> %.0f%% of it\n",
            n, tps, tps * bytes / 1e9, floor_tps, bytes / 1e6, 100 * tps / floor_tps);
+    printf("decode split   %8.2f ms/token: layers %.2f ms, head %.2f ms\n", 1e3 * t[1] / n, 1e3 * t[0] / n,
+           1e3 * (t[1] - t[0]) / n);
     free(tok), free(logits);
     qpk_context_free(ctx);
     qpk_source_close(src);

@@ -45,6 +45,8 @@ typedef struct group_stats {
     int64_t d;       /* input width */
     double *H;       /* GPTQ: sum of x x^T (d x d; upper triangle until the plan) */
     double *absmean; /* AWQ: sum of |x| per channel, then its mean */
+    double *sumsq;   /* AWQ, imatrix: sum of x^2 per channel */
+    float *imp;      /* the importance of each input column for ggml's block fits (mean x^2, AWQ-scaled) */
     float *rows;     /* AWQ: sampled input rows (sample_rows x d) */
     int64_t n_rows, n_seen;
 } group_stats;
@@ -117,11 +119,17 @@ static void capture(void *ud, qpk_role role, const float *x, int64_t T, int64_t 
     qpk_calib *c = ud;
     int g = role == QPK_ROLE_Q ? G_QKV : role == QPK_ROLE_O ? G_O : role == QPK_ROLE_GATE ? G_GU : G_DOWN;
     group_stats *s = &c->st[g];
-    if (c->o->method == QPK_METHOD_GPTQ) {
+    if (qpk_method_uses_gptq(c->o->method)) {
         qpk_gram_add_upper(s->H, x, T, n, c->gram, c->pool, c->k);
-        return;
+        if (c->o->method == QPK_METHOD_GPTQ)
+            return;
     }
     for (int64_t t = 0; t < T; t++) {
+        for (int64_t i = 0; i < n; i++)
+            s->sumsq[i] += (double)x[t * n + i] * x[t * n + i];
+        s->n_seen += c->o->method == QPK_METHOD_IMATRIX;
+        if (c->o->method == QPK_METHOD_IMATRIX)
+            continue;
         for (int64_t i = 0; i < n; i++)
             s->absmean[i] += fabs((double)x[t * n + i]);
         if (s->n_seen++ % c->sample_stride == 0 && s->n_rows < c->p.awq.sample_rows)
@@ -138,7 +146,7 @@ void qpk_calib_end(qpk_calib *c)
     qpk_context_free(c->ctx);
     qpk_model_free(c->model);
     for (int g = 0; g < N_GROUPS; g++)
-        free(c->st[g].H), free(c->st[g].absmean), free(c->st[g].rows);
+        free(c->st[g].H), free(c->st[g].absmean), free(c->st[g].rows), free(c->st[g].sumsq), free(c->st[g].imp);
     for (int r = 0; r < QPK_ROLE_COUNT_; r++)
         free(c->f32[r]), free(c->bytes[r]);
     qpk_gram_ws_free(c->gram);
@@ -157,10 +165,10 @@ static double memory_needed(const qpk_config *cf, const qpk_calib_params *p, qpk
     const double L = p->seq_len, widest = I > H ? (I > Q ? I : Q) : (H > Q ? H : Q);
     double bytes = ((double)p->samples + 1) * L * H * 4;                /* hidden states, one window */
     bytes += 8 * (2 * H * Q + 2 * H * KV + 3 * H * I + 2 * H + Q + 2 * KV); /* a layer, f32 + stored */
-    if (method == QPK_METHOD_GPTQ)
+    if (qpk_method_uses_gptq(method))
         bytes += 8 * (2 * H * H + Q * Q + I * I) + 4 * (widest * L + widest * widest) /* H, Gram work */
                  + 8.0 * widest * widest + 12.0 * widest * widest;                   /* one plan */
-    else
+    if (method != QPK_METHOD_GPTQ)
         bytes += (double)p->awq.sample_rows * (2 * H + Q + I) * 4 * 2 + 16 * widest * widest / 8;
     bytes += L * (4 * H + 4 * Q + 2 * KV + 2 * I) * 4 + (double)threads * (6 * widest + L) * 4; /* a context */
     return bytes;
@@ -219,11 +227,13 @@ qpk_status qpk_calib_begin(qpk_calib **out, qpk_checkpoint *ck, const qpk_conver
     for (int g = 0; g < N_GROUPS && ok; g++) {
         group_stats *st = &c->st[g];
         st->d = widths[g];
-        if (o->method == QPK_METHOD_GPTQ)
+        if (qpk_method_uses_gptq(o->method))
             ok = (st->H = malloc((size_t)(st->d * st->d) * sizeof(double))) != NULL;
-        else
+        if (ok && qpk_method_uses_awq(o->method))
             ok = (st->absmean = malloc((size_t)st->d * sizeof(double))) &&
                  (st->rows = malloc((size_t)c->p.awq.sample_rows * (size_t)st->d * sizeof(float)));
+        if (ok && o->method != QPK_METHOD_GPTQ)
+            ok = (st->sumsq = malloc((size_t)st->d * sizeof(double))) && (st->imp = malloc((size_t)st->d * sizeof(float)));
     }
     for (int r = 0; r < QPK_ROLE_COUNT_ && ok; r++) {
         int64_t rows, cols;
@@ -232,7 +242,7 @@ qpk_status qpk_calib_begin(qpk_calib **out, qpk_checkpoint *ck, const qpk_conver
                  (c->bytes[r] = malloc((size_t)(rows * cols) * sizeof(float)));
     }
     s = ok ? QPK_OK : qpk_err_setf(e, QPK_E_NOMEM, "out of memory for %d calibration windows of %d tokens", n, L);
-    if (s == QPK_OK && o->method == QPK_METHOD_GPTQ)
+    if (s == QPK_OK && qpk_method_uses_gptq(o->method))
         s = qpk_gram_ws_create(&c->gram, widest, L, pool, e);
     if (s == QPK_OK)
         s = qpk_checkpoint_model(&c->model, ck, e);
@@ -279,7 +289,7 @@ static qpk_status load_layer(qpk_calib *c, int l, qpk_err *e)
         if (bad != (size_t)src->numel)
             return qpk_err_setf(e, QPK_E_VALUE, "tensor '%s': element %zu is %g: calibration needs finite weights", name,
                                 bad, (double)c->f32[r][bad]);
-        QPK_TRY(qpk_tensor_plan(c->o, src, r, name, &c->type[r], &c->group[r], e));
+        QPK_TRY(qpk_tensor_plan(c->o, c->cfg, src, r, l, name, &c->type[r], &c->group[r], e));
     }
     return QPK_OK;
 }
@@ -293,6 +303,8 @@ static qpk_status gather(qpk_calib *c, int l, qpk_err *e)
             memset(s->H, 0, (size_t)(s->d * s->d) * sizeof *s->H);
         if (s->absmean)
             memset(s->absmean, 0, (size_t)s->d * sizeof *s->absmean);
+        if (s->sumsq)
+            memset(s->sumsq, 0, (size_t)s->d * sizeof *s->sumsq);
         s->n_rows = s->n_seen = 0;
     }
     qpk_layer_weights v = layer_view(c);
@@ -319,12 +331,25 @@ static qpk_status advance(qpk_calib *c, int l, qpk_err *e)
  * stored bytes decode to (what the next layer will see). Quantized types: RTN, each
  * group clipped by clip[row * groups + group] when clip is given.
  */
-static qpk_status store(qpk_calib *c, qpk_role r, const float *clip, qpk_err *e)
+static qpk_status store(qpk_calib *c, qpk_role r, const float *clip, const float *imp, qpk_err *e)
 {
     int64_t rows, cols;
     numel_of(c->cfg, r, &rows, &cols);
     uint32_t type = c->type[r], G = c->group[r];
     float *w = c->f32[r];
+    if (qpk_type_is_quantized(type) && !qpk_type_has_grid(type)) { /* ggml's block types: whole rows, weighted */
+        const size_t rb = qpk_type_row_bytes(type, G, cols);
+        qpk_status s = QPK_OK;
+        for (int64_t i = 0; i < rows && s == QPK_OK; i++) {
+            uint8_t *o = c->bytes[r] + (size_t)i * rb;
+            if ((s = qpk_quantize_row_imp(type, G, w + i * cols, cols, imp, o, e)) != QPK_OK)
+                qpk_err_prefix(e, "row %lld", (long long)i);
+            else
+                qpk_dequantize_row(type, G, o, cols, w + i * cols);
+        }
+        c->nbytes[r] = (size_t)rows * rb;
+        return s;
+    }
     if (!qpk_type_is_quantized(type)) {
         size_t esize = qpk_type_info_of(type)->elem_bytes;
         size_t bad = qpk_row_from_f32(type, w, c->bytes[r], (size_t)(rows * cols));
@@ -364,7 +389,7 @@ static qpk_status quantize_gptq(qpk_calib *c, qpk_err *e)
             int64_t rows, cols;
             numel_of(c->cfg, r, &rows, &cols);
             if (!qpk_type_is_quantized(c->type[r])) {
-                s = store(c, r, NULL, e);
+                s = store(c, r, NULL, NULL, e);
                 continue;
             }
             if (!plan) {
@@ -426,22 +451,11 @@ static void awq_fold(qpk_calib *c, int g, const float *s)
     }
 }
 
-static qpk_status quantize_awq(qpk_calib *c, qpk_err *e)
+/* AWQ's scales of every group on the float weights, each folded before the next is searched. */
+static qpk_status awq_scales(qpk_calib *c, float *scales[N_GROUPS], qpk_err *e)
 {
     const qpk_config *cf = c->cfg;
-    const qpk_awq_opts *ao = &c->p.awq;
-    int64_t widest = cf->intermediate_size > cf->hidden_size ? cf->intermediate_size : cf->hidden_size, most = 0;
-    for (int i = 0; i < QPK_LAYER_ROLES; i++) {
-        int64_t rows, cols, n = numel_of(cf, qpk_layer_role(i), &rows, &cols);
-        most = n > most ? n : most;
-    }
-    float *scales[N_GROUPS] = {0}, *xs = malloc((size_t)(ao->sample_rows * widest) * sizeof(float));
-    float *clip = malloc((size_t)(most / QPK_GROUP_QUANTUM + 1) * sizeof(float));
-    bool ok = xs && clip;
-    for (int g = 0; g < N_GROUPS && ok; g++)
-        ok = (scales[g] = malloc((size_t)c->st[g].d * sizeof(float))) != NULL;
-    qpk_status s = ok ? QPK_OK : qpk_err_setf(e, QPK_E_NOMEM, "out of memory for AWQ");
-    /* Scales first, every group on the float weights, each folded before the next is searched. */
+    qpk_status s = QPK_OK;
     for (int g = 0; g < N_GROUPS && s == QPK_OK; g++) {
         group_stats *st = &c->st[g];
         if (g == G_O && cf->n_kv_heads != cf->n_heads) { /* v's channels do not map one to one onto o's */
@@ -453,34 +467,96 @@ static qpk_status quantize_awq(qpk_calib *c, qpk_err *e)
             st->absmean[k] /= (double)(st->n_seen ? st->n_seen : 1);
         qpk_awq_linear lin[3];
         int n = awq_linears(c, g, lin);
-        if ((s = qpk_awq_scales(lin, n, st->absmean, st->rows, st->n_rows, ao, c->pool, c->k, scales[g], e)) == QPK_OK)
+        if ((s = qpk_awq_scales(lin, n, st->absmean, st->rows, st->n_rows, &c->p.awq, c->pool, c->k, scales[g], e)) ==
+            QPK_OK)
             awq_fold(c, g, scales[g]);
     }
+    return s;
+}
+
+/* The folded linears see x / s: their Hessian is diag(1/s) H diag(1/s) (the upper triangle is what is kept). */
+static void scale_hessians(qpk_calib *c, float *const scales[N_GROUPS])
+{
+    for (int g = 0; g < N_GROUPS; g++) {
+        const int64_t d = c->st[g].d;
+        for (int64_t i = 0; i < d; i++)
+            for (int64_t j = i; j < d; j++)
+                c->st[g].H[i * d + j] /= (double)scales[g][i] * scales[g][j];
+    }
+}
+
+/* AWQ after its scales: each group's clip ratios on the scaled weights and inputs, then storage. */
+static qpk_status awq_clip_store(qpk_calib *c, float *const scales[N_GROUPS], float *xs, float *clip, qpk_err *e)
+{
     /* The folded float layer, when that is what is asked for (the scales were chosen for the planned types). */
     for (int i = 0; i < QPK_LAYER_ROLES; i++)
         qpk_tensor_stored(c->o, qpk_layer_role(i), &c->type[qpk_layer_role(i)], &c->group[qpk_layer_role(i)]);
-    /* Then clipping, on the scaled weights and inputs, and storage. q and k are not
-     * clipped: attention scores are sensitive to their outliers (as AutoAWQ does). */
+    /* q and k are not clipped: attention scores are sensitive to their outliers (as AutoAWQ does). */
+    qpk_status s = QPK_OK;
     for (int g = 0; g < N_GROUPS && s == QPK_OK; g++) {
         group_stats *st = &c->st[g];
         for (int64_t t = 0; t < st->n_rows; t++)
             for (int64_t k = 0; k < st->d; k++)
                 xs[t * st->d + k] = st->rows[t * st->d + k] / scales[g][k];
+        /* What ggml's block fits weigh by: the scaled inputs' mean square. */
+        for (int64_t k = 0; k < st->d; k++)
+            st->imp[k] = (float)(st->sumsq[k] / (double)(st->n_seen ? st->n_seen : 1) / ((double)scales[g][k] * scales[g][k]));
         qpk_awq_linear lin[3];
         awq_linears(c, g, lin);
         for (int i = 0; i < GROUP_SIZE[g] && s == QPK_OK; i++) {
             qpk_role r = GROUP_ROLES[g][i];
-            bool clipped = qpk_type_is_quantized(c->type[r]) && r != QPK_ROLE_Q && r != QPK_ROLE_K;
+            bool clipped = qpk_type_has_grid(c->type[r]) && r != QPK_ROLE_Q && r != QPK_ROLE_K;
             if (clipped)
-                s = qpk_awq_clip(&lin[i], xs, st->n_rows, ao, c->pool, c->k, clip, e);
+                s = qpk_awq_clip(&lin[i], xs, st->n_rows, &c->p.awq, c->pool, c->k, clip, e);
             if (s == QPK_OK)
-                s = store(c, r, clipped ? clip : NULL, e);
+                s = store(c, r, clipped ? clip : NULL, st->imp, e);
         }
+    }
+    return s;
+}
+
+/* AWQ, and AWQ followed by GPTQ (the scales folded in, then GPTQ on the scaled weights instead of clipping). */
+static qpk_status quantize_awq(qpk_calib *c, qpk_err *e)
+{
+    const qpk_config *cf = c->cfg;
+    int64_t widest = cf->intermediate_size > cf->hidden_size ? cf->intermediate_size : cf->hidden_size, most = 0;
+    for (int i = 0; i < QPK_LAYER_ROLES; i++) {
+        int64_t rows, cols, n = numel_of(cf, qpk_layer_role(i), &rows, &cols);
+        most = n > most ? n : most;
+    }
+    float *scales[N_GROUPS] = {0}, *xs = malloc((size_t)(c->p.awq.sample_rows * widest) * sizeof(float));
+    float *clip = malloc((size_t)(most / QPK_GROUP_QUANTUM + 1) * sizeof(float));
+    bool ok = xs && clip;
+    for (int g = 0; g < N_GROUPS && ok; g++)
+        ok = (scales[g] = malloc((size_t)c->st[g].d * sizeof(float))) != NULL;
+    qpk_status s = ok ? QPK_OK : qpk_err_setf(e, QPK_E_NOMEM, "out of memory for AWQ");
+    if (s == QPK_OK)
+        s = awq_scales(c, scales, e);
+    if (s == QPK_OK && c->o->method == QPK_METHOD_AWQ_GPTQ) {
+        scale_hessians(c, scales);
+        s = quantize_gptq(c, e);
+    } else if (s == QPK_OK) {
+        s = awq_clip_store(c, scales, xs, clip, e);
     }
     free(xs), free(clip);
     for (int g = 0; g < N_GROUPS; g++)
         free(scales[g]);
     return s;
+}
+
+/* --------------------------------------------------------------- imatrix */
+
+/* Round-to-nearest, ggml's block fits weighing each input column by its mean square (llama.cpp's imatrix). */
+static qpk_status quantize_imatrix(qpk_calib *c, qpk_err *e)
+{
+    for (int g = 0; g < N_GROUPS; g++) {
+        group_stats *st = &c->st[g];
+        for (int64_t k = 0; k < st->d; k++)
+            st->imp[k] = (float)(st->sumsq[k] / (double)(st->n_seen ? st->n_seen : 1));
+        for (int i = 0; i < GROUP_SIZE[g]; i++)
+            QPK_TRY(store(c, GROUP_ROLES[g][i], NULL, st->imp, e));
+    }
+    return QPK_OK;
 }
 
 /* ------------------------------------------------------------------ API */
@@ -500,11 +576,13 @@ qpk_status qpk_calib_layer(qpk_calib *c, int l, qpk_calib_times *times, qpk_err 
         s = gather(c, l, e);
     double t1 = qpk_seconds();
     if (s == QPK_OK)
-        s = c->o->method == QPK_METHOD_GPTQ ? quantize_gptq(c, e) : quantize_awq(c, e);
+        s = c->o->method == QPK_METHOD_GPTQ  ? quantize_gptq(c, e)
+            : qpk_method_uses_awq(c->o->method) ? quantize_awq(c, e)
+                                             : quantize_imatrix(c, e);
     /* Norms and biases (AWQ may have rescaled some) are stored as planned. */
     for (int i = 0; i < QPK_LAYER_ROLES && s == QPK_OK; i++)
         if (!qpk_role_is_matrix(qpk_layer_role(i)))
-            s = store(c, qpk_layer_role(i), NULL, e);
+            s = store(c, qpk_layer_role(i), NULL, NULL, e);
     double t2 = qpk_seconds();
     if (s == QPK_OK)
         s = advance(c, l, e);

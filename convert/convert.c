@@ -318,7 +318,7 @@ static qpk_status write_tensor(job *j, const qpk_checkpoint *ck, qpk_role role, 
         return write_imported(j, q, role, layer, name, e);
     const qpk_st_tensor *t = qpk_checkpoint_tensor(ck, role, layer);
     uint32_t type, group;
-    QPK_TRY(qpk_tensor_plan(j->o, t, role, name, &type, &group, e));
+    QPK_TRY(qpk_tensor_plan(j->o, j->cfg, t, role, layer, name, &type, &group, e));
     bool as_is = qpk_st_keep_type(t->dtype) == type && t->dtype != QPK_ST_F64;
     QPK_TRY(out_begin(j, name, type, group, t->ndim, t->shape, e));
     QPK_TRY(qpk_type_is_quantized(type) ? quantize_tensor(j, t, type, group, e)
@@ -337,7 +337,7 @@ static qpk_status calibrate_layer(job *j, const qpk_config *c, int l, qpk_err *e
     double t0 = qpk_seconds();
     QPK_TRY(qpk_calib_layer(j->calib, l, &j->times, e));
     char what[96];
-    snprintf(what, sizeof what, "%s layer %d/%lld: %.1f s", j->o->method == QPK_METHOD_GPTQ ? "GPTQ" : "AWQ", l + 1,
+    snprintf(what, sizeof what, "%s layer %d/%lld: %.1f s", qpk_method_name(j->o->method), l + 1,
              (long long)c->n_layers, qpk_seconds() - t0);
     return poll(j, what, e);
 }
@@ -389,7 +389,7 @@ static qpk_status checkpoint_source(void *ud, qpk_role role, int layer, uint32_t
         return QPK_OK;
     }
     const qpk_st_tensor *t = qpk_checkpoint_tensor(g->ck, role, layer);
-    QPK_TRY(qpk_tensor_plan(g->o, t, role, name, type, group, e));
+    QPK_TRY(qpk_tensor_plan(g->o, qpk_checkpoint_config(g->ck), t, role, layer, name, type, group, e));
     qpk_tensor_stored(g->o, role, type, group);
     *ndim = t->ndim;
     memcpy(dims, t->shape, (size_t)t->ndim * sizeof *dims);
@@ -500,21 +500,22 @@ static void add_text(cJSON *o, const char *key, const char *s)
 
 static void add_recipe(cJSON *m, const qpk_convert_opts *o)
 {
-    if (!o->quant && !o->n_rules) {
+    if (!o->quant && !o->preset && !o->n_rules) {
         cJSON_AddNullToObject(m, "quantization");
         return;
     }
     cJSON *q = cJSON_AddObjectToObject(m, "quantization");
-    static const char *const methods[] = {"rtn", "gptq", "awq"};
-    cJSON_AddStringToObject(q, "method", methods[o->method]);
+    cJSON_AddStringToObject(q, "method", qpk_method_name(o->method));
+    if (o->preset)
+        cJSON_AddStringToObject(q, "preset", qpk_preset_name(o->preset));
     cJSON_AddStringToObject(q, "type", o->quant ? qpk_type_name((uint32_t)o->quant) : "none");
     if (o->group == QPK_GROUP_ROW)
         cJSON_AddStringToObject(q, "group", "row");
     else
         cJSON_AddNumberToObject(q, "group", o->group);
-    bool float_embedding = !o->quant || o->to == QPK_OUT_GPTQ || o->to == QPK_OUT_AWQ; /* see qpk_tensor_plan */
-    cJSON_AddStringToObject(q, "embedding", float_embedding ? "as --dtype" : "int8");
-    cJSON_AddStringToObject(q, "norms_and_biases", o->quant ? "f32" : "as --dtype");
+    bool float_embedding = (!o->quant && !o->preset) || o->to == QPK_OUT_GPTQ || o->to == QPK_OUT_AWQ;
+    cJSON_AddStringToObject(q, "embedding", o->preset ? "as the preset" : float_embedding ? "as --dtype" : "int8");
+    cJSON_AddStringToObject(q, "norms_and_biases", o->quant || o->preset ? "f32" : "as --dtype");
     if (o->method != QPK_METHOD_RTN) {
         const qpk_calib_opts *co = &o->calib;
         qpk_calib_params p;
@@ -529,14 +530,20 @@ static void add_recipe(cJSON *m, const qpk_convert_opts *o)
         cJSON_AddNumberToObject(cal, "samples", p.samples);
         cJSON_AddNumberToObject(cal, "length", p.seq_len);
         cJSON_AddNumberToObject(cal, "seed", (double)p.seed);
-        if (o->method == QPK_METHOD_GPTQ) {
+        if (o->method == QPK_METHOD_IMATRIX) {
+            cJSON_AddStringToObject(cal, "statistic", "mean x^2 per input column");
+        }
+        if (qpk_method_uses_gptq(o->method)) {
             cJSON_AddNumberToObject(cal, "damp", p.gptq.damp);
             cJSON_AddBoolToObject(cal, "act_order", p.gptq.act_order);
-        } else {
+        }
+        if (qpk_method_uses_awq(o->method)) {
             cJSON_AddNumberToObject(cal, "alpha_grid", p.awq.alpha_grid);
-            cJSON_AddNumberToObject(cal, "clip_grid", p.awq.clip_steps);
+            if (o->method == QPK_METHOD_AWQ) {
+                cJSON_AddNumberToObject(cal, "clip_grid", p.awq.clip_steps);
+                cJSON_AddBoolToObject(cal, "fold_only", p.awq_fold_only);
+            }
             cJSON_AddNumberToObject(cal, "search_rows", p.awq.sample_rows);
-            cJSON_AddBoolToObject(cal, "fold_only", p.awq_fold_only);
         }
         cJSON_AddStringToObject(q, "embedding_and_head", "rtn");
     }
@@ -718,11 +725,14 @@ static qpk_status convert_file(const char *dir, const char *out, const qpk_conve
 {
     if (o->dtype >= 0 && o->dtype != QPK_TYPE_F32 && o->dtype != QPK_TYPE_F16 && o->dtype != QPK_TYPE_BF16)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "--dtype must be keep, f32, f16 or bf16");
-    if (o->quant && !qpk_type_is_quantized((uint32_t)o->quant))
-        return qpk_err_setf(e, QPK_E_INVALID_ARG, "--quant must be int8, int4 or int4s");
-    if (o->quant && o->group != QPK_GROUP_ROW && !qpk_group_ok((uint32_t)o->quant, o->group, 0))
+    if (o->quant && !qpk_type_can_quantize((uint32_t)o->quant))
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "--quant must be int8, int4, int4s, q4_k, q5_k or q6_k");
+    const bool fixed_block = o->quant && qpk_type_info_of((uint32_t)o->quant)->block;
+    if (o->quant && !fixed_block && o->group != QPK_GROUP_ROW && !qpk_group_ok((uint32_t)o->quant, o->group, 0))
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "--group must be a multiple of %d or row", QPK_GROUP_QUANTUM);
-    if (o->method != QPK_METHOD_RTN && !o->quant)
+    if (o->quant && o->preset)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "give --quant or --preset, not both");
+    if (o->method != QPK_METHOD_RTN && !o->quant && !o->preset)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "GPTQ and AWQ need --quant (the type they calibrate for)");
     if (o->method != QPK_METHOD_RTN && !o->calib.tokens)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "GPTQ and AWQ need calibration data (--calib or --calib-tokens)");
@@ -733,7 +743,8 @@ static qpk_status convert_file(const char *dir, const char *out, const qpk_conve
     qpk_status s = qpk_checkpoint_open(&ck, dir, &o->cb, e);
     if (s == QPK_OK)
         s = check_output(ck, dir, out, e);
-    if (s == QPK_OK && qpk_checkpoint_hfq(ck)->method != QPK_HFQ_NONE && (o->quant || o->method != QPK_METHOD_RTN))
+    if (s == QPK_OK && qpk_checkpoint_hfq(ck)->method != QPK_HFQ_NONE &&
+        (o->quant || o->preset || o->method != QPK_METHOD_RTN))
         s = qpk_err_setf(e, QPK_E_INVALID_ARG, "%s is already quantized (%s): its linears are imported exactly, "
                          "never requantized; --quant and --method do not apply", dir,
                          qpk_checkpoint_hfq(ck)->method == QPK_HFQ_GPTQ ? "gptq" : "awq");

@@ -43,30 +43,17 @@ static uint32_t qpk_gguf_file_type(uint32_t type)
     case QPK_TYPE_INT4S: return 2;
     case QPK_TYPE_INT4: return 3;
     case QPK_TYPE_INT8: case QPK_TYPE_INT8Z: return 7;
+    case QPK_TYPE_Q4_1: return 3;
+    case QPK_TYPE_Q5_0: return 8;
+    case QPK_TYPE_Q5_1: return 9;
+    case QPK_TYPE_Q2_K: return 10;
+    case QPK_TYPE_Q3_K: return 12; /* _M */
+    case QPK_TYPE_Q4_K: return 15; /* _M: the mix most files of mostly Q4_K are */
+    case QPK_TYPE_Q5_K: return 17; /* _M */
+    case QPK_TYPE_Q6_K: return 18;
     case QPK_TYPE_BF16: return 32;
     default: return 0;
     }
-}
-
-/* ---------------------------------------------------------------- names */
-
-static const char *const GGUF_ROLE[QPK_ROLE_COUNT_] = {
-    [QPK_ROLE_EMBED] = "token_embd.weight",      [QPK_ROLE_ATTN_NORM] = "attn_norm.weight",
-    [QPK_ROLE_Q] = "attn_q.weight",              [QPK_ROLE_Q_BIAS] = "attn_q.bias",
-    [QPK_ROLE_K] = "attn_k.weight",              [QPK_ROLE_K_BIAS] = "attn_k.bias",
-    [QPK_ROLE_V] = "attn_v.weight",              [QPK_ROLE_V_BIAS] = "attn_v.bias",
-    [QPK_ROLE_O] = "attn_output.weight",         [QPK_ROLE_FFN_NORM] = "ffn_norm.weight",
-    [QPK_ROLE_GATE] = "ffn_gate.weight",         [QPK_ROLE_UP] = "ffn_up.weight",
-    [QPK_ROLE_DOWN] = "ffn_down.weight",         [QPK_ROLE_FINAL_NORM] = "output_norm.weight",
-    [QPK_ROLE_LM_HEAD] = "output.weight",
-};
-
-static void gguf_tensor_name(char *buf, size_t cap, qpk_role role, int layer)
-{
-    if (qpk_role_is_per_layer(role))
-        snprintf(buf, cap, "blk.%d.%s", layer, GGUF_ROLE[role]);
-    else
-        snprintf(buf, cap, "%s", GGUF_ROLE[role]);
 }
 
 /* The ggml type of a qpk tensor type and group, or a refusal naming the tensor. */
@@ -77,6 +64,11 @@ static qpk_status ggml_type_of(uint32_t type, uint32_t group, const char *name, 
     case QPK_TYPE_F16: *out = QPK_GGML_F16; return QPK_OK;
     case QPK_TYPE_BF16: *out = QPK_GGML_BF16; return QPK_OK;
     default: break;
+    }
+    const qpk_type_info *ti = qpk_type_info_of(type);
+    if (ti && ti->block) { /* ggml's own block types: the same bytes */
+        *out = (uint32_t)ti->ggml_type;
+        return QPK_OK;
     }
     if (!qpk_type_is_quantized(type) || group % 32 != 0)
         return qpk_err_setf(e, QPK_E_UNSUPPORTED, "tensor '%s' is %s%s: no GGUF type holds it", name,
@@ -293,7 +285,7 @@ static qpk_status declare(qpk_gguf_export *x, qpk_role role, int layer, uint32_t
 {
     char name[64];
     uint32_t gt = 0;
-    gguf_tensor_name(name, sizeof name, role, layer);
+    qpk_gguf_tensor_name(name, sizeof name, role, layer);
     const bool vector = !qpk_role_is_matrix(role); /* llama.cpp takes norms and biases in f32 only */
     QPK_TRY(ggml_type_of(vector ? QPK_TYPE_F32 : type, group, name, &gt, e));
     uint64_t ne[4];
@@ -414,8 +406,8 @@ qpk_status qpk_gguf_export_write(qpk_gguf_export *x, const void *data, size_t n,
     const planned *t = &x->t[x->cur];
     if (t->vector && t->type != QPK_TYPE_F32)
         return write_widened(x, t->type, data, n, e);
-    /* Bytes that are ggml's as they are: plain types, and int8 and int4s blocks of 32. */
-    if (!qpk_type_is_quantized(t->type) ||
+    /* Bytes that are ggml's as they are: plain types, ggml's block types, and int8 and int4s blocks of 32. */
+    if (!qpk_type_is_quantized(t->type) || qpk_type_info_of(t->type)->block ||
         (t->group == 32 && (t->type == QPK_TYPE_INT8 || t->type == QPK_TYPE_INT4S)))
         return qpk_gguf_write(x->w, data, n, e);
     const size_t bb = qpk_type_block_bytes(t->type, t->group);

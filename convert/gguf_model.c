@@ -189,6 +189,10 @@ static qpk_status expect_tensor(const qpk_gguf *g, const char *name, int n_dims,
     if (n_dims == 1 && t->type != QPK_GGML_F32)
         return qpk_err_setf(e, QPK_E_MISMATCH, "tensor %s is %s: norms and biases must be F32", name,
                             qpk_ggml_type_name(t->type));
+    uint32_t type, group;
+    if (n_dims == 2 && !qpk_type_of_ggml(t->type, &type, &group))
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "tensor %s is %s: qpk computes with F32, F16, BF16, Q8_0, Q4_0, "
+                            "Q4_1, Q5_0, Q5_1, Q2_K .. Q6_K", name, qpk_ggml_type_name(t->type));
     (*found)++;
     return QPK_OK;
 }
@@ -222,6 +226,27 @@ static qpk_status check_tensors(const qpk_gguf *g, const qpk_config *c, qpk_err 
         return qpk_err_setf(e, QPK_E_MISMATCH, "%zu tensors beyond those of a qwen2 model",
                             qpk_gguf_n_tensors(g) - found);
     return QPK_OK;
+}
+
+/* ---------------------------------------------------------------- names */
+
+static const char *const GGUF_ROLE[QPK_ROLE_COUNT_] = {
+    [QPK_ROLE_EMBED] = "token_embd.weight",      [QPK_ROLE_ATTN_NORM] = "attn_norm.weight",
+    [QPK_ROLE_Q] = "attn_q.weight",              [QPK_ROLE_Q_BIAS] = "attn_q.bias",
+    [QPK_ROLE_K] = "attn_k.weight",              [QPK_ROLE_K_BIAS] = "attn_k.bias",
+    [QPK_ROLE_V] = "attn_v.weight",              [QPK_ROLE_V_BIAS] = "attn_v.bias",
+    [QPK_ROLE_O] = "attn_output.weight",         [QPK_ROLE_FFN_NORM] = "ffn_norm.weight",
+    [QPK_ROLE_GATE] = "ffn_gate.weight",         [QPK_ROLE_UP] = "ffn_up.weight",
+    [QPK_ROLE_DOWN] = "ffn_down.weight",         [QPK_ROLE_FINAL_NORM] = "output_norm.weight",
+    [QPK_ROLE_LM_HEAD] = "output.weight",
+};
+
+void qpk_gguf_tensor_name(char *buf, size_t cap, qpk_role role, int layer)
+{
+    if (qpk_role_is_per_layer(role))
+        snprintf(buf, cap, "blk.%d.%s", layer, GGUF_ROLE[role]);
+    else
+        snprintf(buf, cap, "%s", GGUF_ROLE[role]);
 }
 
 /* ------------------------------------------------------------------- API */
@@ -279,4 +304,139 @@ qpk_status qpk_gguf_qwen2(const qpk_gguf *g, qpk_config *cfg, qpk_err *e)
     if (st != QPK_OK)
         return qpk_err_prefix(e, "the GGUF's qwen2 hyperparameters");
     return check_tensors(g, cfg, e);
+}
+
+/* ------------------------------------------------------------- the model */
+
+/* Tensor (role, layer) of a checked Qwen2 GGUF as a qpk matrix over its mapped bytes. */
+static qpk_status gguf_weight(void *ud, qpk_role role, int layer, qpk_matrix *w, qpk_err *e)
+{
+    char name[64];
+    qpk_gguf_tensor_name(name, sizeof name, role, layer);
+    const qpk_gguf_tensor *t = qpk_gguf_find_tensor(ud, name);
+    uint32_t type, group;
+    if (!t || !qpk_type_of_ggml(t->type, &type, &group))
+        return qpk_err_setf(e, QPK_E_MISMATCH, "tensor %s is missing or of a type qpk lacks", name);
+    *w = (qpk_matrix){type, group, t->n_dims == 2 ? (int64_t)t->ne[1] : 1, (int64_t)t->ne[0], t->data, NULL};
+    return QPK_OK;
+}
+
+/* Every block's f16 scales are finite numbers. */
+static qpk_status check_scales(const qpk_gguf *g, qpk_err *e)
+{
+    for (size_t i = 0; i < qpk_gguf_n_tensors(g); i++) {
+        const qpk_gguf_tensor *t = qpk_gguf_tensor_at(g, i);
+        uint32_t type, group;
+        if (!qpk_type_of_ggml(t->type, &type, &group) || !qpk_type_is_quantized(type))
+            continue;
+        const uint64_t n = t->nbytes / qpk_type_block_bytes(type, group);
+        const uint64_t b = qpk_first_bad_scale(type, group, t->data, n);
+        if (b < n)
+            return qpk_err_setf(e, QPK_E_VALUE, "tensor %s: block %" PRIu64 " has a NaN or infinite scale (%s)", t->name, b,
+                                qpk_ggml_type_name(t->type));
+    }
+    return QPK_OK;
+}
+
+qpk_status qpk_gguf_model(qpk_model **out, const qpk_gguf *g, qpk_err *e)
+{
+    qpk_config c;
+    *out = NULL;
+    QPK_TRY(qpk_gguf_qwen2(g, &c, e));
+    QPK_TRY(check_scales(g, e));
+    return qpk_model_create(out, &c, gguf_weight, (void *)g, e);
+}
+
+/* ------------------------------------------------------------ the tokenizer */
+
+/* A string of the GGUF (not NUL-terminated) as a cJSON string. */
+static cJSON *string_of(const char *s, uint64_t n)
+{
+    char *z = strndup(s, (size_t)n);
+    cJSON *j = z ? cJSON_CreateString(z) : NULL;
+    free(z);
+    return j;
+}
+
+/*
+ * The tokenizer.json a Qwen2 GGUF's tokenizer.ggml.* keys describe, for qpk's tokenizer
+ * (and for a .qpk made from the GGUF): byte-level BPE with the vocabulary's normal tokens
+ * and the merges, control tokens (type 3) as special added tokens, user-defined ones (4)
+ * as plain added tokens, unused rows (5: padding) left out; Qwen2's pre-tokenizer (the
+ * GGUF says pre = qwen2: qpk_gguf_qwen2 checked it) and NFC.
+ */
+qpk_status qpk_gguf_tokenizer_json(const qpk_gguf *g, char **json, size_t *len, qpk_err *e)
+{
+    qpk_gguf_value tokens, types, merges;
+    *json = NULL, *len = 0;
+    if (!qpk_gguf_find(g, "tokenizer.ggml.tokens", &tokens) || tokens.type != QPK_GGUF_ARRAY ||
+        tokens.elem_type != QPK_GGUF_STRING || !qpk_gguf_find(g, "tokenizer.ggml.merges", &merges) ||
+        merges.type != QPK_GGUF_ARRAY || merges.elem_type != QPK_GGUF_STRING)
+        return qpk_err_setf(e, QPK_E_MISMATCH, "the GGUF has no gpt2 tokenizer (tokens and merges)");
+    bool typed = qpk_gguf_find(g, "tokenizer.ggml.token_type", &types) && types.type == QPK_GGUF_ARRAY &&
+                 types.elem_type == QPK_GGUF_I32 && types.len == tokens.len;
+    static const char *const BYTE_LEVEL = "{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"trim_offsets\":false,"
+                                          "\"use_regex\":false}";
+    static const char *const SPLIT = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "
+                                     "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+    cJSON *root = cJSON_CreateObject(), *added = cJSON_AddArrayToObject(root, "added_tokens");
+    cJSON_AddStringToObject(cJSON_AddObjectToObject(root, "normalizer"), "type", "NFC");
+    cJSON *pre = cJSON_AddObjectToObject(root, "pre_tokenizer"), *seq = cJSON_AddArrayToObject(pre, "pretokenizers");
+    cJSON_AddStringToObject(pre, "type", "Sequence");
+    cJSON *split = cJSON_CreateObject();
+    cJSON_AddStringToObject(split, "type", "Split");
+    cJSON_AddStringToObject(cJSON_AddObjectToObject(split, "pattern"), "Regex", SPLIT);
+    cJSON_AddStringToObject(split, "behavior", "Isolated");
+    cJSON_AddBoolToObject(split, "invert", false);
+    cJSON_AddItemToArray(seq, split);
+    cJSON_AddItemToArray(seq, cJSON_Parse(BYTE_LEVEL));
+    cJSON_AddItemToObject(root, "post_processor", cJSON_Parse(BYTE_LEVEL));
+    cJSON_AddItemToObject(root, "decoder", cJSON_Parse(BYTE_LEVEL));
+    cJSON *model = cJSON_AddObjectToObject(root, "model");
+    cJSON_AddStringToObject(model, "type", "BPE");
+    cJSON_AddBoolToObject(model, "byte_fallback", false);
+    cJSON *vocab = cJSON_AddObjectToObject(model, "vocab"), *ms = cJSON_AddArrayToObject(model, "merges");
+    qpk_status s = QPK_OK;
+    for (uint64_t i = 0; i < tokens.len && s == QPK_OK; i++) {
+        uint64_t n;
+        const char *t = qpk_gguf_array_string(g, &tokens, i, &n);
+        int32_t type = 1;
+        if (typed)
+            memcpy(&type, types.elems + 4 * i, 4);
+        char *name = strndup(t, (size_t)n);
+        if (!name) {
+            s = qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+            break;
+        }
+        if (type == 3 || type == 4) {
+            cJSON *a = cJSON_CreateObject();
+            cJSON_AddNumberToObject(a, "id", (double)i);
+            cJSON_AddStringToObject(a, "content", name);
+            cJSON_AddBoolToObject(a, "special", type == 3);
+            cJSON_AddBoolToObject(a, "normalized", false);
+            cJSON_AddItemToArray(added, a);
+        } else if (type != 5) {
+            cJSON_AddNumberToObject(vocab, name, (double)i);
+        }
+        free(name);
+    }
+    for (uint64_t i = 0; i < merges.len && s == QPK_OK; i++) {
+        uint64_t n;
+        const char *m = qpk_gguf_array_string(g, &merges, i, &n);
+        const char *sp = memchr(m, ' ', (size_t)n);
+        if (!sp) {
+            s = qpk_err_setf(e, QPK_E_CORRUPT, "tokenizer.ggml.merges[%" PRIu64 "] is not two tokens", i);
+            break;
+        }
+        cJSON *pair = cJSON_CreateArray();
+        cJSON_AddItemToArray(pair, string_of(m, (uint64_t)(sp - m)));
+        cJSON_AddItemToArray(pair, string_of(sp + 1, n - (uint64_t)(sp - m) - 1));
+        cJSON_AddItemToArray(ms, pair);
+    }
+    if (s == QPK_OK && !(*json = cJSON_PrintUnformatted(root)))
+        s = qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    if (s == QPK_OK)
+        *len = strlen(*json);
+    cJSON_Delete(root);
+    return s;
 }

@@ -35,8 +35,8 @@ static inline qpk_type qpk_st_keep_type(qpk_st_dtype d)
  * The type (and group) tensor `name` of role `role` is quantized to under options o:
  * what round-to-nearest writes, and what GPTQ and AWQ calibrate for.
  */
-qpk_status qpk_tensor_plan(const qpk_convert_opts *o, const qpk_st_tensor *src, qpk_role role, const char *name,
-                           uint32_t *type, uint32_t *group, qpk_err *e);
+qpk_status qpk_tensor_plan(const qpk_convert_opts *o, const qpk_config *c, const qpk_st_tensor *src, qpk_role role,
+                           int layer, const char *name, uint32_t *type, uint32_t *group, qpk_err *e);
 /* How a planned tensor is finally stored: an AWQ fold-only run keeps its folded linears in f32. */
 void qpk_tensor_stored(const qpk_convert_opts *o, qpk_role role, uint32_t *type, uint32_t *group);
 
@@ -116,6 +116,9 @@ qpk_status qpk_read_blob(const qpk_file *f, const char *name, char **data, size_
 qpk_status qpk_export_hf_into(const char *in, qpk_outdir *d, const qpk_convert_opts *o, qpk_err *e);
 
 /* ------------------------------------------------- GGUF export (gguf_export.c) */
+
+/* llama.cpp's name of tensor (role, layer): "token_embd.weight", "blk.3.ffn_up.weight" ... */
+void qpk_gguf_tensor_name(char *buf, size_t cap, qpk_role role, int layer);
 
 /* The refusal of an act-order linear (named by %s) in GGUF, wherever it comes from. */
 #define QPK_ACT_ORDER_GGUF_MSG                                                                                         \

@@ -76,12 +76,75 @@ void qpk_tensor_stored(const qpk_convert_opts *o, qpk_role role, uint32_t *type,
         *type = QPK_TYPE_F32, *group = 0;
 }
 
-qpk_status qpk_tensor_plan(const qpk_convert_opts *o, const qpk_st_tensor *src, qpk_role role, const char *name,
-                           uint32_t *type, uint32_t *group, qpk_err *e)
+const char *qpk_method_name(qpk_method m)
+{
+    static const char *const NAMES[] = {"rtn", "gptq", "awq", "imatrix", "awq+gptq"};
+    return m <= QPK_METHOD_AWQ_GPTQ ? NAMES[m] : "?";
+}
+
+bool qpk_method_uses_gptq(qpk_method m) { return m == QPK_METHOD_GPTQ || m == QPK_METHOD_AWQ_GPTQ; }
+bool qpk_method_uses_awq(qpk_method m) { return m == QPK_METHOD_AWQ || m == QPK_METHOD_AWQ_GPTQ; }
+
+const char *qpk_preset_name(qpk_preset p)
+{
+    static const char *const NAMES[] = {"none", "q4_k_m", "q5_k_m", "q6_k", "q8_0"};
+    return p <= QPK_PRESET_Q8_0 ? NAMES[p] : "?";
+}
+
+bool qpk_preset_from_name(const char *name, qpk_preset *out)
+{
+    for (int p = QPK_PRESET_Q4_K_M; p <= QPK_PRESET_Q8_0; p++)
+        if (!strcmp(name, qpk_preset_name((qpk_preset)p))) {
+            *out = (qpk_preset)p;
+            return true;
+        }
+    return false;
+}
+
+/* llama.cpp's mixes give some layers more bits: the first and last eighth, and every third between. */
+static bool more_bits(int layer, int64_t n_layers)
+{
+    return layer < n_layers / 8 || layer >= 7 * n_layers / 8 || (layer - n_layers / 8) % 3 == 2;
+}
+
+/*
+ * The type of a matrix under a preset, as llama-quantize's mixes choose it for a Qwen2
+ * model: the preset's type for the linears; v_proj and down_proj in Q6_K in the layers
+ * more_bits picks (_M mixes); the head (the embedding, when tied) in Q6_K (Q8_0 for
+ * q8_0); an untied embedding in the preset's type.
+ */
+static uint32_t preset_type(qpk_preset p, qpk_role role, int layer, const qpk_config *c)
+{
+    static const uint32_t BASE[] = {[QPK_PRESET_Q4_K_M] = QPK_TYPE_Q4_K, [QPK_PRESET_Q5_K_M] = QPK_TYPE_Q5_K,
+                                    [QPK_PRESET_Q6_K] = QPK_TYPE_Q6_K, [QPK_PRESET_Q8_0] = QPK_TYPE_INT8};
+    const uint32_t base = BASE[p];
+    const bool mixed = p == QPK_PRESET_Q4_K_M || p == QPK_PRESET_Q5_K_M;
+    if (role == QPK_ROLE_LM_HEAD || (role == QPK_ROLE_EMBED && c->tie_word_embeddings))
+        return p == QPK_PRESET_Q8_0 ? QPK_TYPE_INT8 : QPK_TYPE_Q6_K;
+    if (mixed && (role == QPK_ROLE_V || role == QPK_ROLE_DOWN) && more_bits(layer, c->n_layers))
+        return QPK_TYPE_Q6_K;
+    return base;
+}
+
+/* A K-quant whose rows are not whole super-blocks of 256 falls back as llama.cpp's do. */
+static void k_fallback(uint32_t *type, uint32_t *group, int64_t cols)
+{
+    const qpk_type_info *t = qpk_type_info_of(*type);
+    if (!t || t->block != 256 || cols % 256 == 0)
+        return;
+    *type = *type == QPK_TYPE_Q4_K ? QPK_TYPE_Q5_0 : *type == QPK_TYPE_Q5_K ? QPK_TYPE_Q5_1 : QPK_TYPE_INT8;
+    *group = 32;
+}
+
+qpk_status qpk_tensor_plan(const qpk_convert_opts *o, const qpk_config *c, const qpk_st_tensor *src, qpk_role role,
+                           int layer, const char *name, uint32_t *type, uint32_t *group, qpk_err *e)
 {
     bool vector = !qpk_role_is_matrix(role);
     *group = 0;
-    if (o->quant) {
+    if (o->preset) {
+        *type = vector ? QPK_TYPE_F32 : preset_type(o->preset, role, layer, c);
+        *group = qpk_type_is_quantized(*type) ? 32 : 0;
+    } else if (o->quant) {
         bool hf = o->to == QPK_OUT_GPTQ || o->to == QPK_OUT_AWQ; /* those layouts keep the embedding float */
         *type = vector ? QPK_TYPE_F32
                 : (role == QPK_ROLE_EMBED || role == QPK_ROLE_LM_HEAD)
@@ -102,6 +165,10 @@ qpk_status qpk_tensor_plan(const qpk_convert_opts *o, const qpk_st_tensor *src, 
     if (!qpk_type_is_quantized(*type))
         return QPK_OK;
     int64_t cols = src->shape[src->ndim - 1];
+    const qpk_type_info *ti = qpk_type_info_of(*type);
+    if (ti->block) /* ggml's types fix their block */
+        *group = ti->block;
+    k_fallback(type, group, cols);
     if (*group == QPK_GROUP_ROW)
         *group = (uint32_t)cols;
     if (!qpk_group_ok(*type, *group, cols))

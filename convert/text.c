@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "qpk/gguf.h"
 #include "qpk/tokenizer.h"
 
 qpk_status qpk_read_blob(const qpk_file *f, const char *name, char **data, size_t *len, qpk_err *e)
@@ -36,6 +37,16 @@ qpk_status qpk_read_tokenizer_json(const char *src, char **json, size_t *len, qp
     QPK_TRY(qpk_identify(src, &kind, e));
     if (kind == QPK_INPUT_FOLDER)
         return qpk_read_model_file(src, "tokenizer.json", json, len, NULL, e);
+    if (kind == QPK_INPUT_GGUF) {
+        qpk_gguf *g;
+        qpk_config c;
+        QPK_TRY(qpk_gguf_open(&g, src, e));
+        qpk_status s = qpk_gguf_qwen2(g, &c, e);
+        if (s == QPK_OK)
+            s = qpk_gguf_tokenizer_json(g, json, len, e);
+        qpk_gguf_close(g);
+        return s;
+    }
     if (kind != QPK_INPUT_QPK) {
         /* Read as a file of its folder, so that a git link stored as a file (one line: a
          * relative path, as the outlier fixture's tokenizer.json) is followed. */

@@ -39,3 +39,22 @@ qpk_status qpk_ggml_nbytes(uint32_t type, int n_dims, const uint64_t *ne, uint64
     *out = n;
     return QPK_OK;
 }
+
+bool qpk_type_of_ggml(uint32_t ggml_type, uint32_t *type, uint32_t *group)
+{
+    static const struct {
+        uint32_t ggml, type, group;
+    } MAP[] = {
+        {QPK_GGML_F32, QPK_TYPE_F32, 0},     {QPK_GGML_F16, QPK_TYPE_F16, 0},     {QPK_GGML_BF16, QPK_TYPE_BF16, 0},
+        {QPK_GGML_Q8_0, QPK_TYPE_INT8, 32},  {QPK_GGML_Q4_0, QPK_TYPE_INT4S, 32}, {QPK_GGML_Q4_1, QPK_TYPE_Q4_1, 32},
+        {QPK_GGML_Q5_0, QPK_TYPE_Q5_0, 32},  {QPK_GGML_Q5_1, QPK_TYPE_Q5_1, 32},  {QPK_GGML_Q2_K, QPK_TYPE_Q2_K, 256},
+        {QPK_GGML_Q3_K, QPK_TYPE_Q3_K, 256}, {QPK_GGML_Q4_K, QPK_TYPE_Q4_K, 256}, {QPK_GGML_Q5_K, QPK_TYPE_Q5_K, 256},
+        {QPK_GGML_Q6_K, QPK_TYPE_Q6_K, 256},
+    };
+    for (size_t i = 0; i < sizeof MAP / sizeof *MAP; i++)
+        if (MAP[i].ggml == ggml_type) {
+            *type = MAP[i].type, *group = MAP[i].group;
+            return true;
+        }
+    return false;
+}

@@ -33,8 +33,20 @@ static const qpk_type_info QPK_TYPE_TABLE[QPK_TYPE_COUNT_] = {
     [QPK_TYPE_INT4] = BLOCK("int4", 4, 4, 3),   /* f16 d, u8 z, u8 0; to Q4_1 with m = -d z */
     [QPK_TYPE_INT4S] = BLOCK("int4s", 4, 2, 2), /* f16 d; at G = 32 ggml's Q4_0 */
     [QPK_TYPE_INT8Z] = BLOCK("int8z", 8, 4, 8), /* f16 d, u16 z; to Q8_0 when every q - z fits int8 */
+/* ggml's: a fixed block of n weights, `bits` per code plus `head` other bytes, f16 scales at s0 (and s1). */
+#define GGML(n, b, head, blk, ggml, s0, s1)                                                                        \
+    {.name = n, .bits = b, .head_bytes = head, .block = blk, .ggml_type = ggml, .scale_at = {s0, s1}}
+    [QPK_TYPE_Q4_1] = GGML("q4_1", 4, 4, 32, 3, 0, 2),
+    [QPK_TYPE_Q5_0] = GGML("q5_0", 5, 2, 32, 6, 0, -1),
+    [QPK_TYPE_Q5_1] = GGML("q5_1", 5, 4, 32, 7, 0, 2),
+    [QPK_TYPE_Q2_K] = GGML("q2_k", 2, 20, 256, 10, 80, 82),
+    [QPK_TYPE_Q3_K] = GGML("q3_k", 3, 14, 256, 11, 108, -1),
+    [QPK_TYPE_Q4_K] = GGML("q4_k", 4, 16, 256, 12, 0, 2),
+    [QPK_TYPE_Q5_K] = GGML("q5_k", 5, 16, 256, 13, 0, 2),
+    [QPK_TYPE_Q6_K] = GGML("q6_k", 6, 18, 256, 14, 208, -1),
 #undef PLAIN
 #undef BLOCK
+#undef GGML
 };
 
 /* -------------------------------------------------------------------- UTF-8 */

@@ -406,24 +406,20 @@ const char *qpk_metadata(const qpk_file *f, size_t *len)
     return f->meta;
 }
 
-/* Every f16 scale of a block tensor is finite: a NaN or infinite scale poisons its whole block. */
+/* Every f16 scale of a block tensor is finite. */
 static qpk_status check_scales(const qpk_tensor *t, qpk_err *e)
 {
-    const qpk_type_info *ti = qpk_type_info_of(t->type);
-    if (ti->elem_bytes)
-        return QPK_OK;
     const size_t bb = qpk_type_block_bytes(t->type, t->group_size);
+    if (!bb)
+        return QPK_OK;
     const uint64_t n = t->nbytes / bb, per_row = (uint64_t)t->dims[t->ndim - 1] / t->group_size;
-    const uint8_t *p = t->data;
-    for (uint64_t b = 0; b < n; b++)
-        for (int k = 0; k < 2 && ti->scale_at[k] >= 0; k++) {
-            const uint8_t *h = p + b * bb + ti->scale_at[k];
-            if ((h[1] & 0x7c) == 0x7c)
-                return qpk_err_setf(e, QPK_E_VALUE, "tensor '%s': row %llu, group %llu has a non-finite scale (f16 %02x%02x)",
-                                    t->name, (unsigned long long)(b / per_row), (unsigned long long)(b % per_row), h[1],
-                                    h[0]);
-        }
-    return QPK_OK;
+    const uint64_t b = qpk_first_bad_scale(t->type, t->group_size, t->data, n);
+    if (b == n)
+        return QPK_OK;
+    const uint8_t *blk = (const uint8_t *)t->data + b * bb;
+    return qpk_err_setf(e, QPK_E_VALUE, "tensor '%s': row %llu, group %llu has a non-finite scale (block bytes %02x%02x%02x%02x)",
+                        t->name, (unsigned long long)(b / per_row), (unsigned long long)(b % per_row), blk[0], blk[1],
+                        blk[2], blk[3]);
 }
 
 qpk_status qpk_verify_tensor(const qpk_file *f, size_t i, qpk_err *e)

@@ -58,6 +58,18 @@ size_t qpk_type_block_bytes(uint32_t type, uint32_t group)
     return t && !t->elem_bytes ? t->head_bytes + (size_t)group * t->bits / 8 : 0;
 }
 
+uint64_t qpk_first_bad_scale(uint32_t type, uint32_t group, const void *blocks, uint64_t n)
+{
+    const qpk_type_info *t = qpk_type_info_of(type);
+    const size_t bb = qpk_type_block_bytes(type, group);
+    const uint8_t *p = blocks;
+    for (uint64_t b = 0; bb && b < n; b++)
+        for (int k = 0; k < 2 && t->scale_at[k] >= 0; k++)
+            if ((p[b * bb + (size_t)t->scale_at[k] + 1] & 0x7c) == 0x7c) /* f16 exponent all ones */
+                return b;
+    return n;
+}
+
 size_t qpk_type_row_bytes(uint32_t type, uint32_t group, int64_t cols)
 {
     if (!qpk_group_ok(type, group, cols))

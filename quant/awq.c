@@ -25,18 +25,24 @@ static void fq_task(void *arg, int64_t task, int thread)
     const fq_job *j = arg;
     const qpk_awq_linear *l = j->lin;
     const int64_t r1 = (task + 1) * FQ_TASK_ROWS < l->rows ? (task + 1) * FQ_TASK_ROWS : l->rows;
+    /* ggml's block types quantize whole rows: their bytes go through this buffer. */
+    const bool rows = !qpk_type_has_grid(l->type);
+    uint8_t *bytes = rows ? malloc(qpk_type_row_bytes(l->type, l->group, l->cols)) : NULL;
     for (int64_t i = task * FQ_TASK_ROWS; i < r1; i++) {
         float *o = j->out + i * l->cols;
         for (int64_t k = 0; k < l->cols; k++)
             o[k] = l->w[i * l->cols + k] * j->s[k];
-        for (int64_t g = 0; g < l->cols; g += l->group) {
+        /* A non-finite weight leaves its group (row) as it is: the store that follows refuses it by name. */
+        if (rows && bytes && qpk_quantize_row(l->type, l->group, o, l->cols, bytes, NULL) == QPK_OK)
+            qpk_dequantize_row(l->type, l->group, bytes, l->cols, o);
+        for (int64_t g = 0; !rows && g < l->cols; g += l->group) {
             qpk_qparams p;
-            /* A non-finite weight leaves its group as it is: the store that follows refuses it by name. */
             qpk_quantize_group(l->type, o + g, l->group, 1.0f, &p, NULL, o + g, NULL);
         }
         for (int64_t k = 0; k < l->cols; k++)
             o[k] /= j->s[k];
     }
+    free(bytes);
 }
 
 typedef struct search {

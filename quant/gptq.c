@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ggml_blocks.h"
 #include "qpk/quant.h"
 
 /* ------------------------------------------------------------ linear algebra */
@@ -275,7 +276,23 @@ typedef struct gptq_job {
     qpk_status *status;
     qpk_err *errs;
     const qpk_kernels *k;
+    /* ggml's block types: each block's scales (its codes are packed at the end), their size, the importance */
+    uint8_t *blocks; /* [rows][cols / group][bb] */
+    size_t bb;
+    const float *imp; /* [cols], original order */
 } gptq_job;
+
+/* The nearest code of x at (row, col) on its ggml block's grid, and the weight it decodes to. */
+static void ggml_code(const gptq_job *j, int64_t row, int64_t col, float x, int32_t *q, float *deq)
+{
+    const uint8_t *b = j->blocks + ((size_t)row * (size_t)(j->cols / j->group) + (size_t)(col / j->group)) * j->bb;
+    float a[16], m[16];
+    int qmin, qmax;
+    const int sub = qpk_ggml_grid(j->type, b, a, m, &qmin, &qmax), s = (int)(col % j->group) / sub;
+    int v = a[s] != 0 ? (int)nearbyintf((x + m[s]) / a[s]) : 0;
+    v = v < qmin ? qmin : v > qmax ? qmax : v;
+    *q = v, *deq = a[s] * (float)v - m[s]; /* as the dequantization computes it */
+}
 
 static void gptq_task(void *arg, int64_t task, int thread)
 {
@@ -294,18 +311,27 @@ static void gptq_task(void *arg, int64_t task, int thread)
         const float *ui = j->U + i * n;
         for (int64_t r = 0; r < nr; r++) {
             float *wr = w + r * n;
-            qpk_qparams *p = &j->params[(r0 + r) * (n / G) + g];
+            qpk_qparams *p = j->blocks ? NULL : &j->params[(r0 + r) * (n / G) + g];
             /* Without act-order, a group's parameters come from its weights as updated so far. */
             if (!j->act_order && i % G == 0) {
-                qpk_status s = qpk_group_params(j->type, wr + i, G, 1.0f, p, &j->errs[task]);
+                qpk_status s = j->blocks ? qpk_ggml_quantize_row(j->type, wr + i, G, j->imp ? j->imp + col : NULL,
+                                                                  j->blocks + ((size_t)(r0 + r) * (size_t)(n / G) +
+                                                                               (size_t)g) * j->bb,
+                                                                  &j->errs[task])
+                                         : qpk_group_params(j->type, wr + i, G, 1.0f, p, &j->errs[task]);
                 if (s != QPK_OK) {
                     j->status[task] = s;
                     qpk_err_prefix(&j->errs[task], "row %lld", (long long)(r0 + r));
                     return;
                 }
             }
-            int32_t q = qpk_quantize_value(j->type, p, wr[i]);
-            float deq = qpk_dequantize_value(j->type, p, q), e = (wr[i] - deq) / ui[i];
+            int32_t q;
+            float deq;
+            if (j->blocks)
+                ggml_code(j, r0 + r, col, wr[i], &q, &deq);
+            else
+                q = qpk_quantize_value(j->type, p, wr[i]), deq = qpk_dequantize_value(j->type, p, q);
+            const float e = (wr[i] - deq) / ui[i];
             j->codes[(r0 + r) * n + col] = q;
             wr[i] = deq;
             k->axpy(-e, ui + i + 1, wr + i + 1, b1 - i - 1); /* the block's later columns absorb the error */
@@ -338,12 +364,13 @@ struct qpk_gptq_plan {
     int64_t *perm; /* processing position -> column */
     bool *dead;    /* columns whose input was never nonzero */
     float *U;      /* n x n: upper Cholesky factor of the damped, permuted H^-1 */
+    float *imp;    /* H's diagonal (each input's mean square): what ggml's block fits weigh errors by */
 };
 
 void qpk_gptq_plan_free(qpk_gptq_plan *p)
 {
     if (p)
-        free(p->perm), free(p->dead), free(p->U), free(p);
+        free(p->perm), free(p->dead), free(p->U), free(p->imp), free(p);
 }
 
 qpk_status qpk_gptq_plan_create(qpk_gptq_plan **out, const double *H, int64_t n, const qpk_gptq_opts *o,
@@ -358,9 +385,10 @@ qpk_status qpk_gptq_plan_create(qpk_gptq_plan **out, const double *H, int64_t n,
     double *panel = malloc((size_t)n * PANEL * sizeof *panel);
     if (p)
         p->n = n, p->act_order = o->act_order, p->perm = malloc((size_t)n * sizeof *p->perm),
-        p->dead = malloc((size_t)n * sizeof *p->dead), p->U = malloc((size_t)(n * n) * sizeof *p->U);
+        p->dead = malloc((size_t)n * sizeof *p->dead), p->U = malloc((size_t)(n * n) * sizeof *p->U),
+        p->imp = malloc((size_t)n * sizeof *p->imp);
     qpk_status s = QPK_OK;
-    if (!p || !items || !B || !work || !panel || !p->perm || !p->dead || !p->U) {
+    if (!p || !items || !B || !work || !panel || !p->perm || !p->dead || !p->U || !p->imp) {
         s = qpk_err_setf(e, QPK_E_NOMEM, "GPTQ: out of memory for a Hessian of %lld columns", (long long)n);
         goto out;
     }
@@ -368,6 +396,7 @@ qpk_status qpk_gptq_plan_create(qpk_gptq_plan **out, const double *H, int64_t n,
     double mean = 0;
     for (int64_t i = 0; i < n; i++) {
         p->dead[i] = H[i * n + i] == 0;
+        p->imp[i] = (float)H[i * n + i];
         mean += (p->dead[i] ? 1.0 : H[i * n + i]) / (double)n;
         items[i] = (sort_item){o->act_order ? H[i * n + i] : 0.0, i};
     }
@@ -405,11 +434,14 @@ qpk_status qpk_gptq_quantize(const qpk_gptq_plan *p, uint32_t type, uint32_t gro
                              qpk_pool *pool, void *out, qpk_err *e)
 {
     const int64_t n = p->n;
-    if (!qpk_type_has_grid(type) || !qpk_group_ok(type, group, n))
+    const bool ggml = qpk_ggml_type(type);
+    if (!(qpk_type_has_grid(type) || qpk_ggml_can_quantize(type)) || !qpk_group_ok(type, group, n))
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "GPTQ: rows of %lld are not whole groups of %u", (long long)n,
                             group);
     const int64_t ng = n / group;
-    qpk_status s = QPK_OK;
+    const size_t bb = qpk_type_block_bytes(type, group);
+    uint8_t *blocks = ggml ? malloc((size_t)(rows * ng) * bb) : NULL;
+    qpk_status s = ggml && !blocks ? qpk_err_setf(e, QPK_E_NOMEM, "GPTQ: out of memory") : QPK_OK;
     int threads = pool ? qpk_pool_threads(pool) : 1;
     int64_t tasks = (rows + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
     float *work = malloc((size_t)threads * ROWS_PER_TASK * (size_t)(n + GPTQ_BLOCK) * sizeof *work);
@@ -427,15 +459,21 @@ qpk_status qpk_gptq_quantize(const qpk_gptq_plan *p, uint32_t type, uint32_t gro
             for (int64_t r = 0; r < rows; r++)
                 W[r * n + i] = 0;
     /* With act-order, the parameters of each group are fixed first ("static groups"), from the weights as given. */
-    if (p->act_order)
-        for (int64_t r = 0; r < rows && s == QPK_OK; r++)
-            for (int64_t g = 0; g < ng && s == QPK_OK; g++)
-                if ((s = qpk_group_params(type, W + r * n + g * group, group, 1.0f, &params[r * ng + g], e)) != QPK_OK)
+    for (int64_t r = 0; p->act_order && r < rows && s == QPK_OK; r++) {
+            if (ggml) { /* a whole row's blocks at once, each fitted to its weights and their importance */
+                if ((s = qpk_ggml_quantize_row(type, W + r * n, n, p->imp, blocks + (size_t)(r * ng) * bb, e)) != QPK_OK)
                     qpk_err_prefix(e, "row %lld", (long long)r);
+            } else {
+                for (int64_t g = 0; g < ng && s == QPK_OK; g++)
+                    if ((s = qpk_group_params(type, W + r * n + g * group, group, 1.0f, &params[r * ng + g], e)) !=
+                        QPK_OK)
+                        qpk_err_prefix(e, "row %lld", (long long)r);
+            }
+    }
     if (s != QPK_OK)
         goto out;
     gptq_job job = {type, group, W, rows, n, p->U, p->perm, p->act_order, params, codes, work, status, errs,
-                    qpk_kernels_best()};
+                    qpk_kernels_best(), blocks, bb, p->imp};
     if (pool)
         qpk_pool_run(pool, tasks, gptq_task, &job);
     else
@@ -448,22 +486,26 @@ qpk_status qpk_gptq_quantize(const qpk_gptq_plan *p, uint32_t type, uint32_t gro
             *e = errs[t];
             s = status[t];
         }
-    if (s == QPK_OK) {
-        size_t bb = qpk_type_block_bytes(type, group);
+    if (s == QPK_OK)
         for (int64_t r = 0; r < rows; r++)
-            for (int64_t g = 0; g < ng; g++)
-                qpk_pack_group(type, group, &params[r * ng + g], codes + r * n + g * group,
-                               (uint8_t *)out + (size_t)(r * ng + g) * bb);
-    }
+            for (int64_t g = 0; g < ng; g++) {
+                uint8_t *o = (uint8_t *)out + (size_t)(r * ng + g) * bb;
+                if (ggml) { /* the block's scales, and the codes GPTQ chose on their grid */
+                    memcpy(o, blocks + (size_t)(r * ng + g) * bb, bb);
+                    qpk_ggml_pack_codes(type, o, codes + r * n + g * group);
+                } else {
+                    qpk_pack_group(type, group, &params[r * ng + g], codes + r * n + g * group, o);
+                }
+            }
 out:
-    free(work), free(params), free(codes), free(status), free(errs);
+    free(work), free(params), free(codes), free(status), free(errs), free(blocks);
     return s;
 }
 
 qpk_status qpk_gptq(uint32_t type, uint32_t group, float *W, int64_t rows, int64_t cols, const double *H,
                     const qpk_gptq_opts *o, qpk_pool *pool, void *out, qpk_err *e)
 {
-    if (!qpk_type_has_grid(type) || !qpk_group_ok(type, group, cols))
+    if (!(qpk_type_has_grid(type) || qpk_ggml_can_quantize(type)) || !qpk_group_ok(type, group, cols))
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "GPTQ: rows of %lld are not whole groups of %u", (long long)cols,
                             group);
     qpk_gptq_plan *p;

@@ -4,6 +4,7 @@
  */
 #include <math.h>
 
+#include "ggml_blocks.h"
 #include "grid.h"
 #include "qpk/quant.h"
 
@@ -27,6 +28,8 @@ static uint16_t f16_round_up(float x)
 static const qpk_grid *grid_of(uint32_t type) { return type < QPK_TYPE_COUNT_ && QPK_GRIDS[type].rule ? &QPK_GRIDS[type] : NULL; }
 
 bool qpk_type_has_grid(uint32_t type) { return grid_of(type) != NULL; }
+
+bool qpk_type_can_quantize(uint32_t type) { return grid_of(type) != NULL || qpk_ggml_can_quantize(type); }
 
 qpk_status qpk_group_params(uint32_t type, const float *x, int64_t n, float clip, qpk_qparams *p, qpk_err *e)
 {
@@ -165,8 +168,22 @@ qpk_status qpk_quantize_group(uint32_t type, const float *w, int64_t n, float cl
     return QPK_OK;
 }
 
+qpk_status qpk_quantize_row_imp(uint32_t type, uint32_t group, const float *x, int64_t n, const float *imp, void *out,
+                                qpk_err *e)
+{
+    if (qpk_ggml_type(type)) {
+        if (!qpk_group_ok(type, group, n))
+            return qpk_err_setf(e, QPK_E_INVALID_ARG, "a row of %lld is not whole %s blocks", (long long)n,
+                                qpk_type_name(type));
+        return qpk_ggml_quantize_row(type, x, n, imp, out, e);
+    }
+    return qpk_quantize_row(type, group, x, n, out, e);
+}
+
 qpk_status qpk_quantize_row(uint32_t type, uint32_t group, const float *x, int64_t n, void *out, qpk_err *e)
 {
+    if (qpk_ggml_type(type))
+        return qpk_quantize_row_imp(type, group, x, n, NULL, out, e);
     uint8_t *o = out;
     size_t bb = qpk_type_block_bytes(type, group);
     if (!grid_of(type) || !qpk_group_ok(type, group, n))
@@ -192,6 +209,10 @@ void qpk_dequantize_row(uint32_t type, uint32_t group, const void *in, int64_t n
 {
     if (!qpk_type_is_quantized(type)) {
         qpk_row_to_f32(type, in, out, (size_t)n);
+        return;
+    }
+    if (qpk_ggml_type(type)) {
+        qpk_ggml_dequantize_row(type, in, n, out);
         return;
     }
     const uint8_t *b = in;

@@ -106,7 +106,7 @@ expect 4 "cannot open" -- "$bin/qverify" "$tmp/none.qpk" --tokens "$tmp/t.i32"
 # Calibrated quantization: usage errors, and the same bytes for any thread count.
 expect 2 "needs --quant" -- "$bin/qconvert" "$tmp/v" -o "$tmp/c.qpk" --method gptq --calib-tokens "$tmp/t.i32"
 expect 2 "needs calibration data" -- "$bin/qconvert" "$tmp/v" -o "$tmp/c.qpk" --method awq --quant int4
-expect 2 "rtn, gptq or awq" -- "$bin/qconvert" "$tmp/v" -o "$tmp/c.qpk" --method hqq
+expect 2 "rtn, gptq, awq, awq\+gptq or imatrix" -- "$bin/qconvert" "$tmp/v" -o "$tmp/c.qpk" --method hqq
 expect 2 "needs a number in" -- "$bin/qconvert" "$tmp/v" -o "$tmp/c.qpk" --damp -1
 expect 3 "calibration needs at least 512 tokens" -- "$bin/qconvert" "$tmp/v" -o "$tmp/c.qpk" --quant int4 \
   --group 32 --method gptq --calib-tokens "$tmp/big.i32"
@@ -169,6 +169,11 @@ if [ -d "$a" ]; then
     --calib "$fx/text/calib.txt" --calib-tokens "$tmp/t.i32"
   expect 0 '"format":"text"' -- sh -c "\"$bin/qconvert\" -q \"$a\" -o \"$tmp/c.qpk\" --quant int4s --group 32 \
     --method awq --calib \"$fx/text/calib.txt\" --calib-samples 2 --calib-len 64 && \"$bin/qinspect\" \"$tmp/c.qpk\" --no-tensors"
+  # awq+gptq takes GPTQ's options and records both methods' parameters.
+  expect 0 '"method":"awq\+gptq".*"damp":0.02,"act_order":false,"alpha_grid":20' -- sh -c "\"$bin/qconvert\" -q \"$a\" -o \"$tmp/c2.qpk\" \
+    --quant int4 --group 32 --method awq+gptq --damp 0.02 --calib \"$fx/text/calib.txt\" --calib-samples 2 --calib-len 64 && \
+    \"$bin/qinspect\" \"$tmp/c2.qpk\" --no-tensors"
+  expect 2 "--method takes rtn, gptq, awq, awq\+gptq or imatrix" -- "$bin/qconvert" "$a" -o "$tmp/c.qpk" --quant int4 --method gptq+awq
   # ... and exports to GGUF as Q4_0 through the same path
   expect 0 "blk.0.ffn_up.weight +Q4_0" -- sh -c "\"$bin/qconvert\" -q \"$tmp/c.qpk\" --to gguf -o \"$tmp/c.gguf\" && \"$bin/qinspect\" \"$tmp/c.gguf\""
   # GPTQ/AWQ checkpoints: imported with their source recorded, exported, refused where a layout cannot hold them.

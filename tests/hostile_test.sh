@@ -152,7 +152,7 @@ grep -q 'x1b\[31mred\\xff' <<<"$out" && ok || bad "no escaped name in: $(head -2
 expect 3 "zero.qpk' is a file of an unknown kind: qconvert reads" -- "$bin/qconvert" "$tmp/zero.qpk" --to gguf -o "$tmp/x.gguf"
 expect 3 "three.gguf' is a file of an unknown kind, neither a .qpk nor a GGUF file \(bad magic\)" -- "$bin/qinspect" "$tmp/three.gguf"
 cp "$(dirname "$0")/fuzz/corpus/gguf/all-types.gguf" "$tmp/m.gguf"
-expect 3 "m.gguf' is a GGUF file; expected a .qpk file" -- "$bin/qverify" "$tmp/m.qpk" --ref "$tmp/m.gguf" --tokens "$tmp/ids.i32"
+expect 3 "m.gguf: no general.architecture" -- "$bin/qverify" "$tmp/m.qpk" --ref "$tmp/m.gguf" --tokens "$tmp/ids.i32"
 : > "$tmp/empty.txt"; : > "$tmp/empty.i32"
 expect 3 "the calibration file '.*empty.i32' holds no tokens" -- "$bin/qconvert" "$tmp/m" -o "$tmp/x.qpk" --quant int4 --group 32 --method gptq --calib-tokens "$tmp/empty.i32"
 expect 2 "--awq-fold-only goes with --method awq" -- "$bin/qconvert" "$tmp/m" -o "$tmp/x.qpk" --quant int4 --method gptq --calib-tokens "$tmp/calib256.i32" --awq-fold-only

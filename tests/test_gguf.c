@@ -980,7 +980,7 @@ typedef struct qwen2_defect {
     const char *msg;
     const char *arch;      /* general.architecture (NULL: "qwen2") */
     uint32_t eos;          /* tokenizer.ggml.eos_token_id (0: 6) */
-    bool eps_nan, eps_zero, token_utf8, merge_unknown, merge_one, norm_q8, bias_f16, no_merges, extra_tensor;
+    bool eps_nan, eps_zero, token_utf8, merge_unknown, merge_one, norm_q8, bias_f16, no_merges, extra_tensor, q8_1;
     int32_t token_type;    /* given to token 2 (0: 1) */
     uint64_t short_vocab;  /* token_embd rows (0: 8) */
 } qwen2_defect;
@@ -1045,6 +1045,8 @@ static void write_qwen2(const char *path, const qwen2_defect *d)
         uint32_t type = QPK_GGML_F32;
         if (i == 1 && d->norm_q8)
             type = QPK_GGML_Q8_0;
+        if (i == 2 && d->q8_1) /* a block type qpk has no kernels for */
+            type = 9;
         if (i == 3 && d->bias_f16)
             type = QPK_GGML_F16;
         CHECK(qpk_gguf_add_tensor(w, T[i].name, type, T[i].n, ne, &e) == QPK_OK);
@@ -1075,6 +1077,8 @@ static void test_qwen2_checks(void)
         {"no merges", QPK_E_MISMATCH, "no tokenizer.ggml.merges", .no_merges = true},
         {"norm stored as Q8_0", QPK_E_MISMATCH, "blk.0.attn_norm.weight is Q8_0: norms and biases must be F32", .norm_q8 = true},
         {"bias stored as F16", QPK_E_MISMATCH, "blk.0.attn_q.bias is F16", .bias_f16 = true},
+        {"a matrix in a type qpk lacks", QPK_E_UNSUPPORTED, "tensor blk.0.attn_q.weight is Q8_1: qpk computes with",
+         .q8_1 = true},
         {"embedding short of the tokens", QPK_E_MISMATCH, "token_embd.weight: expected ne [32, 8]", .short_vocab = 7},
         {"an extra tensor", QPK_E_MISMATCH, "1 tensors beyond those of a qwen2 model", .extra_tensor = true},
     };

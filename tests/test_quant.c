@@ -269,6 +269,8 @@ static void test_kernels_of(const qpk_kernels *best, const qpk_kernels *prev)
         {QPK_TYPE_INT4S, 32, 21, 96}, {QPK_TYPE_INT4S, 96, 8, 288}, {QPK_TYPE_INT4, 384, 3, 384},
         {QPK_TYPE_BF16, 0, 67, 2100}, /* rows past a panel and columns past a packed chunk */
         {QPK_TYPE_INT8Z, 32, 40, 2176},
+        {QPK_TYPE_Q4_K, 256, 9, 512},  {QPK_TYPE_Q6_K, 256, 7, 768}, {QPK_TYPE_Q5_K, 256, 5, 256},
+        {QPK_TYPE_Q4_1, 32, 6, 96},    {QPK_TYPE_Q5_0, 32, 5, 64},   {QPK_TYPE_Q5_1, 32, 35, 128},
     };
     for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
         int64_t R = cases[c].rows, K = cases[c].cols, T = 1 + (int64_t)c % 11;
@@ -305,6 +307,18 @@ static void test_kernels_of(const qpk_kernels *best, const qpk_kernels *prev)
             for (int64_t t = 0; t < T; t++)
                 prev->gemv(&m, x + t * K, yp + t * R, 0, R, scratch);
             CHECKF(!memcmp(yv, yp, (size_t)(T * R) * 4), "case %zu: %s and %s gemv differ", c, best->name, prev->name);
+        }
+        if (qpk_type_info_of(m.type)->ggml_type >= 0 && qpk_type_info_of(m.type)->block >= 256) {
+            /* ggml's K-quants: decode's dot products are the f32 row's, bit for bit (weights made in registers). */
+            float *w32 = malloc((size_t)(R * K) * 4);
+            for (int64_t r = 0; r < R; r++)
+                best->row_to_f32(&m, r, w32 + r * K);
+            qpk_matrix f = {QPK_TYPE_F32, 0, R, K, w32, NULL};
+            for (int64_t t = 0; t < T; t++)
+                best->gemv(&f, x + t * K, yp + t * R, 0, R, scratch);
+            CHECKF(!memcmp(yv, yp, (size_t)(T * R) * 4), "case %zu (%s): %s gemv differs from its f32 rows'", c,
+                   qpk_type_name(m.type), best->name);
+            free(w32);
         }
         double worst = 0;
         for (int64_t t = 0; t < T; t++)

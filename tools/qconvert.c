@@ -5,14 +5,51 @@
 #include <unistd.h>
 
 #include "qpk_private.h"
+#include "qpk/gguf.h"
 #include "qpk/verify.h"
 #include "cli.h"
 
+/* The weights a written .qpk or GGUF file holds and their bytes (0 for a folder). */
+static void file_weights(const char *path, uint64_t *n, uint64_t *bytes)
+{
+    qpk_file *f;
+    qpk_gguf *g;
+    qpk_err e;
+    *n = *bytes = 0;
+    if (qpk_open(&f, path, NULL, &e) == QPK_OK) {
+        for (size_t i = 0; i < qpk_n_tensors(f); i++) {
+            const qpk_tensor *t = qpk_tensor_at(f, i);
+            uint64_t k = 1;
+            for (int d = 0; d < t->ndim; d++)
+                k *= (uint64_t)t->dims[d];
+            if (t->type != QPK_TYPE_I32) /* a permutation is not a weight */
+                *n += k, *bytes += t->nbytes;
+        }
+        qpk_close(f);
+    } else if (qpk_gguf_open(&g, path, &e) == QPK_OK) {
+        for (size_t i = 0; i < qpk_gguf_n_tensors(g); i++) {
+            const qpk_gguf_tensor *t = qpk_gguf_tensor_at(g, i);
+            uint64_t k = 1;
+            for (int d = 0; d < t->n_dims; d++)
+                k *= t->ne[d];
+            *n += k, *bytes += t->nbytes;
+        }
+        qpk_gguf_close(g);
+    }
+}
+
+/* As llama.cpp reports a model: its tensors' size, and their bits over the weights they hold. */
 static void cli_wrote(const char *out, double t0)
 {
+    const double dt = cli_now() - t0;
     fprintf(stderr, "qconvert: wrote ");
     cli_print_msg(stderr, out);
-    fprintf(stderr, " in %.2f s\n", cli_now() - t0);
+    uint64_t n, bytes;
+    file_weights(out, &n, &bytes);
+    if (n)
+        fprintf(stderr, " (tensors %.2f MiB, %.2f bits per weight)", (double)bytes / 1048576.0,
+                8.0 * (double)bytes / (double)n);
+    fprintf(stderr, " in %.2f s\n", dt);
 }
 
 /* A size as transformers writes max_shard_size: "4GB" is 4e9 bytes, "2GiB" 2^31; a bare number is bytes. */
@@ -120,6 +157,7 @@ static void usage(void)
     printf("Usage: qconvert MODEL_DIR -o OUT.qpk [options]\n"
            "       qconvert MODEL_DIR|IN.qpk --to gguf -o OUT.gguf [options]\n"
            "       qconvert MODEL_DIR|IN.qpk --to gptq|awq -o OUT_DIR [options]\n"
+           "       qconvert IN.gguf -o OUT.qpk\n"
            "\n"
            "Converts a Hugging Face Qwen1.5 / Qwen2 checkpoint folder (config.json,\n"
            "model.safetensors or sharded model-*.safetensors with their index,\n"
@@ -127,15 +165,16 @@ static void usage(void)
            "AWQ folder for transformers, vLLM, SGLang and ExLlamaV2. A folder that is\n"
            "already GPTQ or AWQ (Qwen's -GPTQ-Int4, -GPTQ-Int8, -AWQ releases) is read\n"
            "exactly, never requantized. A .qpk input is re-packed with its tensors as they\n"
-           "are. The output appears only when complete.\n"
+           "are; so is a qwen2 GGUF file (llama.cpp's types kept, Q4_K_M stays Q4_K_M).\n"
+           "The output appears only when complete.\n"
            "\n"
            "Options:\n"
            "  -o, --output PATH     output file, or folder for gptq and awq (required)\n"
            "      --to FORMAT       qpk | gguf | gptq | awq (default: gguf when PATH ends\n"
            "                        in .gguf, else qpk).\n"
            "                        GGUF holds int8/int4s/int4 in groups of 32 as ggml's\n"
-           "                        Q8_0/Q4_0/Q4_1 (--group defaults to 32); norms and\n"
-           "                        biases are f32.\n"
+           "                        Q8_0/Q4_0/Q4_1 (--group defaults to 32), q4_k etc.\n"
+           "                        as themselves; norms and biases are f32.\n"
            "                        GPTQ: int4 (sym false), int4s (sym true), int8 (8-bit);\n"
            "                        AWQ (GEMM): int4, int4s. One bit width and group size\n"
            "                        for every linear; the embedding and head stay floats\n"
@@ -146,10 +185,15 @@ static void usage(void)
            "                        cannot hold a zero point of 0)\n"
            "      --dtype TYPE      keep | f32 | f16 | bf16   (default keep: each tensor\n"
            "                        as stored; F64 becomes f32)\n"
-           "      --quant TYPE      int8 | int4 | int4s: quantize the linear weights (q, k,\n"
-           "                        v, o, gate, up, down) by round-to-nearest in groups\n"
-           "                        along the input dimension; the embedding (and head)\n"
-           "                        become int8, norms and biases f32\n"
+           "      --quant TYPE      int8 | int4 | int4s | q4_k | q5_k | q6_k: quantize the\n"
+           "                        linear weights (q, k, v, o, gate, up, down) by\n"
+           "                        round-to-nearest in groups along the input dimension\n"
+           "                        (q*_k: llama.cpp's K-quants, super-blocks of 256, their\n"
+           "                        scales searched; rows not of 256 fall back to\n"
+           "                        q5_0/q5_1/q8_0 as llama.cpp does); the embedding (and\n"
+           "                        head) become int8, norms and biases f32\n"
+           "      --preset MIX      q4_k_m | q5_k_m | q6_k | q8_0: every matrix's type as\n"
+           "                        llama-quantize's mix of that name chooses it\n"
            "      --group G         32 | 64 | 128 (default) | row: weights per scale\n"
            "      --embed-type TYPE the embedding's and head's type (default int8 with\n"
            "                        --quant): f32, f16, bf16, int8, int4, int4s\n"
@@ -157,8 +201,11 @@ static void usage(void)
            "                        override tensors whose name matches PAT (a substring,\n"
            "                        or a glob with * ? [ ]); repeatable, the last match\n"
            "                        wins, e.g. --keep down_proj=int8 --keep lm_head=f16\n"
-           "      --method M        rtn (default) | gptq | awq: how the --quant weights are\n"
-           "                        chosen; gptq and awq calibrate layer by layer on\n"
+           "      --method M        rtn (default) | gptq | awq | awq+gptq | imatrix: how the\n"
+           "                        --quant weights are chosen; gptq and awq calibrate\n"
+           "                        layer by layer (awq+gptq: AWQ's scales, then GPTQ's\n"
+           "                        error feedback on the scaled weights), imatrix weighs the K-quants' scale searches by\n"
+           "                        each input's mean square (llama.cpp's imatrix), on\n"
            "      --calib FILE      UTF-8 text, tokenized with the model's tokenizer.json\n"
            "      --calib-tokens F  or raw little-endian int32 token ids\n"
            "      --calib-samples N windows drawn from the calibration data (default 64)\n"
@@ -240,9 +287,14 @@ int main(int argc, char **argv)
         } else if (!strcmp(a, "--quant")) {
             qpk_type t;
             model_opts = true;
-            if (!v || !qpk_type_from_name(v, &t) || !qpk_type_is_quantized(t))
-                return cli_usage_error(&c, "--quant takes int8, int4 or int4s");
+            if (!v || !qpk_type_from_name(v, &t) || !qpk_type_can_quantize(t))
+                return cli_usage_error(&c, "--quant takes int8, int4, int4s, q4_k, q5_k or q6_k");
             o.quant = (int)t, i++;
+        } else if (!strcmp(a, "--preset")) {
+            model_opts = true;
+            if (!v || !qpk_preset_from_name(v, &o.preset))
+                return cli_usage_error(&c, "--preset takes q4_k_m, q5_k_m, q6_k or q8_0");
+            i++;
         } else if (!strcmp(a, "--group")) {
             long long g;
             model_opts = group_given = true;
@@ -278,9 +330,14 @@ int main(int argc, char **argv)
             }
             i++;
         } else if (!strcmp(a, "--method")) {
-            if (!v || (strcmp(v, "rtn") && strcmp(v, "gptq") && strcmp(v, "awq")))
-                return cli_usage_error(&c, "--method takes rtn, gptq or awq");
-            o.method = !strcmp(v, "gptq") ? QPK_METHOD_GPTQ : !strcmp(v, "awq") ? QPK_METHOD_AWQ : QPK_METHOD_RTN;
+            if (!v || (strcmp(v, "rtn") && strcmp(v, "gptq") && strcmp(v, "awq") && strcmp(v, "imatrix") &&
+                       strcmp(v, "awq+gptq")))
+                return cli_usage_error(&c, "--method takes rtn, gptq, awq, awq+gptq or imatrix");
+            o.method = !strcmp(v, "gptq")       ? QPK_METHOD_GPTQ
+                       : !strcmp(v, "awq")      ? QPK_METHOD_AWQ
+                       : !strcmp(v, "awq+gptq") ? QPK_METHOD_AWQ_GPTQ
+                       : !strcmp(v, "imatrix")  ? QPK_METHOD_IMATRIX
+                                                : QPK_METHOD_RTN;
             model_opts = true, i++;
         } else if (!strcmp(a, "--calib-tokens") || !strcmp(a, "--calib")) {
             if (!v)
@@ -344,15 +401,40 @@ int main(int argc, char **argv)
         return cli_usage_error(&c, "--gptq-format goes with --to gptq");
     if (o.to == QPK_OUT_GGUF && !group_given)
         o.group = 32;
-    if (o.to == QPK_OUT_GGUF && o.quant && o.group != 32)
+    const bool k_quant = o.preset || (o.quant && qpk_type_info_of((uint32_t)o.quant)->block);
+    if (k_quant && group_given)
+        return cli_usage_error(&c, "K-quants and presets fix their blocks (super-blocks of 256, sub-blocks of 32 or "
+                                   "16): leave out --group");
+    if (o.quant && o.preset)
+        return cli_usage_error(&c, "give --quant or --preset, not both");
+    if (o.to == QPK_OUT_GGUF && o.quant && !k_quant && o.group != 32)
         return cli_usage_error(&c, "GGUF's Q8_0, Q4_0 and Q4_1 hold groups of 32: leave out --group or give 32");
     qpk_input_kind kind;
     if (qpk_identify(in, &kind, &e) != QPK_OK)
         return cli_fail(&c, &e);
-    if (kind != QPK_INPUT_FOLDER && kind != QPK_INPUT_QPK) {
-        qpk_err_setf(&e, QPK_E_UNSUPPORTED, "'%s' is %s: qconvert reads a Hugging Face model folder or a .qpk file",
-                     in, qpk_input_kind_name(kind));
+    if (kind != QPK_INPUT_FOLDER && kind != QPK_INPUT_QPK && kind != QPK_INPUT_GGUF) {
+        qpk_err_setf(&e, QPK_E_UNSUPPORTED,
+                     "'%s' is %s: qconvert reads a Hugging Face model folder, a .qpk file or a GGUF file", in,
+                     qpk_input_kind_name(kind));
         return cli_fail(&c, &e);
+    }
+    if (kind == QPK_INPUT_GGUF) {
+        if (o.to != QPK_OUT_QPK)
+            return cli_usage_error(&c, "%s is a GGUF: qconvert reads it into a .qpk (its tensors as they are)", in);
+        if (model_opts || gptq_opts || windows_given || o.calib.awq_fold_only || calib_path || requant)
+            return cli_usage_error(&c, "a GGUF is read with its tensors as they are: the quantization options apply "
+                                       "to a Hugging Face folder");
+        char *cmd = cli_command_line(argc, argv);
+        o.command = cmd, o.cb = cli_callbacks(&c);
+        double t0 = cli_now();
+        qpk_status s = qpk_convert_gguf(in, out, &o, &e);
+        free(cmd);
+        if (s != QPK_OK)
+            return cli_fail(&c, &e);
+        cli_progress_done(&c);
+        if (!c.quiet)
+            cli_wrote(out, t0);
+        return 0;
     }
     if (kind == QPK_INPUT_QPK) {
         if (o.to == QPK_OUT_QPK && !requant)
@@ -386,8 +468,8 @@ int main(int argc, char **argv)
     if (n_embed > 1)
         return cli_usage_error(&c, "--embed-type given twice");
     /* Options that would do nothing are refused rather than ignored. */
-    if (gptq_opts && o.method != QPK_METHOD_GPTQ)
-        return cli_usage_error(&c, "--damp and --act-order are GPTQ's: they go with --method gptq");
+    if (gptq_opts && !qpk_method_uses_gptq(o.method))
+        return cli_usage_error(&c, "--damp and --act-order are GPTQ's: they go with --method gptq or awq+gptq");
     if (o.calib.awq_fold_only && o.method != QPK_METHOD_AWQ)
         return cli_usage_error(&c, "--awq-fold-only goes with --method awq");
     if (windows_given && o.method == QPK_METHOD_RTN)
@@ -396,16 +478,16 @@ int main(int argc, char **argv)
     bool quantized_rule = false;
     for (size_t k = 0; k < n_rules; k++)
         quantized_rule |= qpk_type_is_quantized((uint32_t)rules[k].type);
-    if (group_given && !o.quant && !quantized_rule)
+    if (group_given && !o.quant && !o.preset && !quantized_rule)
         return cli_usage_error(&c, "--group sets the group of quantized tensors: give --quant (or a --keep rule with a "
                                    "quantized type)");
     if (calib_path && qpk_same_file(out, calib_path))
         return cli_usage_error(&c, "the output '%s' is the calibration file: refusing to replace an input", out);
-    if (o.method != QPK_METHOD_RTN && !o.quant)
-        return cli_usage_error(&c, "--method %s needs --quant", o.method == QPK_METHOD_GPTQ ? "gptq" : "awq");
+    if (o.method != QPK_METHOD_RTN && !o.quant && !o.preset)
+        return cli_usage_error(&c, "--method %s needs --quant or --preset", qpk_method_name(o.method));
     if (o.method != QPK_METHOD_RTN && !calib_path)
         return cli_usage_error(&c, "--method %s needs calibration data: --calib TEXT or --calib-tokens FILE",
-                               o.method == QPK_METHOD_GPTQ ? "gptq" : "awq");
+                               qpk_method_name(o.method));
     if (o.method == QPK_METHOD_RTN && calib_path && !requant)
         return cli_usage_error(&c, "calibration data goes with --method gptq or awq (or --requantize, to measure on)");
     int32_t *calib = NULL;

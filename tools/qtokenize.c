@@ -9,17 +9,20 @@
 
 static void usage(void)
 {
-    printf("Usage: qtokenize TOKENIZER.json|MODEL.qpk|MODEL_DIR [options] [FILE]\n"
+    printf("Usage: qtokenize TOKENIZER.json|MODEL.qpk|MODEL_DIR|MODEL.gguf [options] [FILE]\n"
            "\n"
            "Encodes the text of FILE (default: standard input) into token ids with the\n"
-           "tokenizer of a model: a tokenizer.json, the one embedded in a .qpk, or the\n"
-           "tokenizer.json of a Hugging Face model folder. The ids are those of\n"
+           "tokenizer of a model: a tokenizer.json, the one embedded in a .qpk, the\n"
+           "tokenizer.json of a Hugging Face model folder, or the one a GGUF's\n"
+           "tokenizer.ggml.* keys describe. The ids are those of\n"
            "tokenizers' encode(text, add_special_tokens=False): no BOS or EOS is added.\n"
            "Invalid UTF-8 is read as U+FFFD, as Python's decode(errors=\"replace\") does.\n"
            "\n"
            "Options:\n"
            "      --ids           print the ids on one line, separated by spaces (default)\n"
            "      --lines         print one id per line\n"
+           "      --i32           write the ids as little-endian int32 (what qverify\n"
+           "                      --tokens and qconvert --calib-tokens read)\n"
            "      --text          print one token per line: its id, a tab, and its text\n"
            "                      (non-printable bytes as \\n, \\t, \\xNN)\n"
            "      --no-special    the strings of special tokens (<|im_start|>, ...) are\n"
@@ -58,7 +61,7 @@ static char *slurp_stream(FILE *f, size_t *len)
     return b;
 }
 
-enum mode { OUT_IDS, OUT_LINES, OUT_TEXT };
+enum mode { OUT_IDS, OUT_LINES, OUT_TEXT, OUT_I32 };
 
 static void print_escaped(const char *s, size_t n)
 {
@@ -86,6 +89,16 @@ static int encode(cli *c, const qpk_tokenizer *t, const char *in, size_t n, bool
     qpk_err e = {0};
     if (qpk_tokenizer_encode_alloc(t, in, n, special, &ids, &count, &e) != QPK_OK)
         return cli_fail(c, &e);
+    if (m == OUT_I32) { /* little-endian int32, what --tokens and --calib-tokens read */
+        for (size_t i = 0; i < count; i++) {
+            const uint32_t v = (uint32_t)ids[i];
+            const unsigned char le[4] = {(unsigned char)v, (unsigned char)(v >> 8), (unsigned char)(v >> 16),
+                                         (unsigned char)(v >> 24)};
+            fwrite(le, 1, 4, stdout);
+        }
+        free(ids);
+        return fflush(stdout) == 0 ? QPK_EXIT_OK : QPK_EXIT_IO;
+    }
     for (size_t i = 0; i < count; i++)
         printf(m == OUT_LINES ? "%d\n" : i ? " %d" : "%d", ids[i]);
     if (m == OUT_IDS)
@@ -183,6 +196,8 @@ int main(int argc, char **argv)
             return QPK_EXIT_OK;
         } else if (strcmp(a, "--ids") == 0) {
             m = OUT_IDS;
+        } else if (strcmp(a, "--i32") == 0) {
+            m = OUT_I32;
         } else if (strcmp(a, "--lines") == 0) {
             m = OUT_LINES;
         } else if (strcmp(a, "--text") == 0) {

@@ -142,8 +142,9 @@ qpk_status qpk_read_model_file(const char *dir, const char *name, char **data, s
 qpk_status qpk_read_file(const char *path, char **data, size_t *len, qpk_err *e);
 
 /*
- * The tokenizer.json of src, malloc'd: a .qpk's embedded copy, a model folder's file, or
- * src itself when it is neither. QPK_E_MISMATCH for a .qpk that embeds none.
+ * The tokenizer.json of src, malloc'd: a .qpk's embedded copy, a model folder's file, the
+ * one a GGUF's tokenizer keys describe, or src itself when it is none of these.
+ * QPK_E_MISMATCH for a .qpk that embeds none.
  */
 qpk_status qpk_read_tokenizer_json(const char *src, char **json, size_t *len, qpk_err *e);
 
@@ -176,6 +177,19 @@ typedef struct qpk_gguf qpk_gguf; /* qpk/gguf.h */
  */
 qpk_status qpk_gguf_qwen2(const qpk_gguf *g, qpk_config *cfg, qpk_err *e);
 
+/*
+ * A runtime model over a Qwen2 GGUF's tensors, used in place (g must outlive it): checked
+ * by qpk_gguf_qwen2, every quantized block's f16 scales finite. Each tensor keeps its ggml
+ * type (qpk_type_of_ggml) and computes with the weights ggml's dequantization gives.
+ */
+qpk_status qpk_gguf_model(qpk_model **out, const qpk_gguf *g, qpk_err *e);
+
+/*
+ * The tokenizer.json (malloc'd) that a Qwen2 GGUF's tokenizer.ggml.* keys describe:
+ * what qpk's tokenizer reads for a GGUF, and what a .qpk made from one embeds.
+ */
+qpk_status qpk_gguf_tokenizer_json(const qpk_gguf *g, char **json, size_t *len, qpk_err *e);
+
 /* ================================================================ conversion == */
 
 /* A per-tensor override: tensors whose name matches pattern get type (and group). */
@@ -193,7 +207,34 @@ bool qpk_quant_rule_matches(const qpk_quant_rule *r, const char *name);
 
 #define QPK_GROUP_ROW UINT32_MAX /* a group as long as the row */
 
-typedef enum qpk_method { QPK_METHOD_RTN = 0, QPK_METHOD_GPTQ, QPK_METHOD_AWQ } qpk_method;
+/*
+ * How quantized weights are chosen: round-to-nearest; GPTQ and AWQ (calibrated, layer by
+ * layer); imatrix: round-to-nearest whose scale searches weigh each input column by its
+ * mean square over the calibration data (llama.cpp's importance matrix; ggml's types use
+ * it, and GPTQ and AWQ use it too for them); AWQ_GPTQ: AWQ's scales folded in, then GPTQ's
+ * error feedback on the scaled weights in place of AWQ's clipping.
+ */
+typedef enum qpk_method {
+    QPK_METHOD_RTN = 0,
+    QPK_METHOD_GPTQ,
+    QPK_METHOD_AWQ,
+    QPK_METHOD_IMATRIX,
+    QPK_METHOD_AWQ_GPTQ
+} qpk_method;
+const char *qpk_method_name(qpk_method m); /* "rtn", "gptq", "awq", "imatrix", "awq+gptq" */
+/* Whether a method collects GPTQ's Hessians, and whether it searches AWQ's scales. */
+bool qpk_method_uses_gptq(qpk_method m);
+bool qpk_method_uses_awq(qpk_method m);
+
+/*
+ * llama-quantize's mixes (llama_tensor_get_type, for Qwen2): Q4_K_M and Q5_K_M (Q4_K/Q5_K,
+ * with v_proj and down_proj in Q6_K in a third of the layers), Q6_K and Q8_0; the head (the
+ * tied embedding) in Q6_K (Q8_0 for q8_0); rows that are not whole super-blocks of 256
+ * fall back to Q5_0, Q5_1 and Q8_0 as llama.cpp's do.
+ */
+typedef enum qpk_preset { QPK_PRESET_NONE = 0, QPK_PRESET_Q4_K_M, QPK_PRESET_Q5_K_M, QPK_PRESET_Q6_K, QPK_PRESET_Q8_0 } qpk_preset;
+const char *qpk_preset_name(qpk_preset p); /* "q4_k_m", ... */
+bool qpk_preset_from_name(const char *name, qpk_preset *out);
 
 #define QPK_CALIB_SAMPLES 64 /* calibration windows by default */
 #define QPK_CALIB_LEN 512    /* tokens per window by default */
@@ -237,7 +278,9 @@ typedef struct qpk_convert_opts {
     uint64_t shard_size;  /* GPTQ/AWQ folders: bytes of tensors per shard (0: QPK_SHARD_SIZE) */
     bool gptq_v2;         /* GPTQ folders: checkpoint_format gptq_v2 (zeros as they are; v1 stores zero - 1) */
     int dtype;            /* -1: keep each tensor's type (F64 -> F32); else a float qpk_type */
-    int quant;            /* 0: none; else QPK_TYPE_INT8, INT4 or INT4S for the linear weights */
+    int quant;            /* 0: none; else the type of the linear weights: int8, int4, int4s, q4_k, q5_k, q6_k
+                           * (K-quants fall back as presets do where rows are not whole super-blocks) */
+    qpk_preset preset;    /* a llama.cpp mix for every matrix (then quant is 0) */
     uint32_t group;       /* group size for quantized tensors: 32, 64, 128... or QPK_GROUP_ROW */
     /* Applied in order after the defaults, the last match winning. (qconvert's
      * --embed-type T is the rules embed_tokens=T, lm_head=T ahead of the user's.) */
@@ -268,6 +311,14 @@ qpk_status qpk_convert(const char *dir, const char *out, const qpk_convert_opts 
  * Only opts->cb is used; opts may be NULL.
  */
 qpk_status qpk_export_gguf(const char *in, const char *out, const qpk_convert_opts *opts, qpk_err *e);
+
+/*
+ * The Qwen2 GGUF `in` as a .qpk at `out` (atomically): every tensor in its ggml type, byte
+ * for byte (qpk_type_of_ggml), the config from its qwen2.* keys, tokenizer.json and
+ * tokenizer_config.json from its tokenizer keys, the source in the recipe. opts may be
+ * NULL (only cb and command are used).
+ */
+qpk_status qpk_convert_gguf(const char *in, const char *out, const qpk_convert_opts *opts, qpk_err *e);
 
 /*
  * Rewrites the .qpk file `in` as `out` with the linears GGUF cannot hold requantized by

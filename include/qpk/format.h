@@ -81,6 +81,16 @@ typedef enum qpk_type {
     QPK_TYPE_INT4 = 17,  /* asymmetric: w = d * (q - z), q and z in [0, 15] */
     QPK_TYPE_INT4S = 18, /* symmetric: w = d * q, q in [-8, 7] */
     QPK_TYPE_INT8Z = 19, /* asymmetric 8-bit: w = d * (q - z), q in [0, 255], z in [0, 256] */
+    /* ggml's block types, byte for byte (a GGUF file's tensors as they are; ggml's Q8_0 and
+     * Q4_0 are int8 and int4s with groups of 32): */
+    QPK_TYPE_Q4_1 = 20, /* 32 weights: f16 d, f16 m, 4-bit codes; w = d q + m */
+    QPK_TYPE_Q5_0 = 21, /* 32 weights: f16 d, 5-bit codes; w = d (q - 16) */
+    QPK_TYPE_Q5_1 = 22, /* 32 weights: f16 d, f16 m, 5-bit codes; w = d q + m */
+    QPK_TYPE_Q2_K = 23, /* 256 weights in 16 of 16: 4-bit scales and mins, 2-bit codes */
+    QPK_TYPE_Q3_K = 24, /* 256 weights in 16 of 16: 6-bit scales, 3-bit codes */
+    QPK_TYPE_Q4_K = 25, /* 256 weights in 8 of 32: 6-bit scales and mins, 4-bit codes */
+    QPK_TYPE_Q5_K = 26, /* 256 weights in 8 of 32: 6-bit scales and mins, 5-bit codes */
+    QPK_TYPE_Q6_K = 27, /* 256 weights in 16 of 16: 8-bit scales, 6-bit codes */
     QPK_TYPE_COUNT_ /* one past the largest id this build knows */
 } qpk_type;
 
@@ -96,7 +106,7 @@ typedef struct qpk_type_info {
     const char *name;    /* "f32", "int4s", ... as the tools spell it */
     uint32_t elem_bytes; /* plain types: bytes per element; 0 for block types */
     uint32_t bits;       /* block types: bits per code */
-    uint32_t head_bytes; /* block types: bytes before the codes in each block */
+    uint32_t head_bytes; /* block types: bytes of a block besides its codes (before them, except in ggml's types) */
     uint32_t block;      /* weights per block when the type fixes it; 0: the tensor's group size */
     int32_t ggml_type;   /* the GGUF type it exports to in blocks of 32, or -1 */
     int32_t scale_at[2]; /* block types: byte offsets of the f16 scales in a block (-1: none) */
@@ -123,6 +133,8 @@ bool qpk_type_is_quantized(uint32_t type);
 bool qpk_group_ok(uint32_t type, uint32_t group, int64_t cols);
 /* Bytes of one block of `group` weights (its parameters and codes); 0 for plain types. */
 size_t qpk_type_block_bytes(uint32_t type, uint32_t group);
+/* The first of n blocks whose f16 scale (or min) is NaN or infinite, or n: such a block poisons every sum it enters. */
+uint64_t qpk_first_bad_scale(uint32_t type, uint32_t group, const void *blocks, uint64_t n);
 /* Bytes of one row of cols weights, or 0 when the type is unknown or the group breaks the rule. */
 size_t qpk_type_row_bytes(uint32_t type, uint32_t group, int64_t cols);
 

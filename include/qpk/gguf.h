@@ -26,11 +26,20 @@ typedef enum qpk_gguf_type {
     QPK_GGUF_F64 = 12, QPK_GGUF_TYPE_COUNT_
 } qpk_gguf_type;
 
-/* The ggml tensor types qpk writes (the reader knows the sizes of more, see gguf.c). */
+/* The ggml tensor types qpk reads and writes (the reader knows the sizes of more, see gguf_types.c). */
 enum {
     QPK_GGML_F32 = 0, QPK_GGML_F16 = 1, QPK_GGML_Q4_0 = 2, QPK_GGML_Q4_1 = 3,
-    QPK_GGML_Q8_0 = 8, QPK_GGML_BF16 = 30
+    QPK_GGML_Q5_0 = 6, QPK_GGML_Q5_1 = 7, QPK_GGML_Q8_0 = 8,
+    QPK_GGML_Q2_K = 10, QPK_GGML_Q3_K = 11, QPK_GGML_Q4_K = 12, QPK_GGML_Q5_K = 13, QPK_GGML_Q6_K = 14,
+    QPK_GGML_BF16 = 30
 };
+
+/*
+ * The qpk type (and group) that holds a ggml type's bytes as they are: F32/F16/BF16,
+ * Q8_0 = int8 and Q4_0 = int4s in groups of 32, Q4_1 .. Q6_K as qpk's types of the same
+ * name. False for a ggml type qpk does not compute with.
+ */
+bool qpk_type_of_ggml(uint32_t ggml_type, uint32_t *type, uint32_t *group);
 
 /* "F32", "Q4_0", ...; NULL for a type whose layout this build does not know. */
 const char *qpk_ggml_type_name(uint32_t type);

@@ -125,6 +125,8 @@ typedef struct qpk_qparams {
 qpk_status qpk_group_params(uint32_t type, const float *x, int64_t n, float clip, qpk_qparams *p, qpk_err *e);
 /* Whether type has such a (d, z) grid, i.e. is one that qpk quantizes to by these rules. */
 bool qpk_type_has_grid(uint32_t type);
+/* Whether qpk quantizes to type at all: the grid types, and ggml's Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K. */
+bool qpk_type_can_quantize(uint32_t type);
 /* The code of x under p: round to nearest (ties to even), clamped to the type's range. */
 int32_t qpk_quantize_value(uint32_t type, const qpk_qparams *p, float x);
 /* The weight a code stands for (exact in f32). */
@@ -142,8 +144,18 @@ void qpk_unpack_group(uint32_t type, uint32_t group, const void *block, qpk_qpar
 qpk_status qpk_quantize_group(uint32_t type, const float *w, int64_t n, float clip, qpk_qparams *p, int32_t *q,
                               float *deq, qpk_err *e);
 
-/* Round-to-nearest quantization of a row of n weights (n a multiple of group). */
+/*
+ * Round-to-nearest quantization of a row of n weights (n a multiple of group). ggml's
+ * types search each block's scales for the least weighted error (quant/ggml_blocks.c).
+ */
 qpk_status qpk_quantize_row(uint32_t type, uint32_t group, const float *x, int64_t n, void *out, qpk_err *e);
+/*
+ * The same with importance: imp[i] (n values; NULL for none) weighs the error of input
+ * column i, as llama.cpp's imatrix does (the mean of x_i^2 over calibration data). Used by
+ * ggml's types; the grid types' rules do not take it.
+ */
+qpk_status qpk_quantize_row_imp(uint32_t type, uint32_t group, const float *x, int64_t n, const float *imp, void *out,
+                                qpk_err *e);
 /* Reference dequantization of a row (any type, plain ones included). */
 void qpk_dequantize_row(uint32_t type, uint32_t group, const void *in, int64_t n, float *out);
 

@@ -92,15 +92,16 @@ bool qpk_gate_passes(qpk_gate g, double limit, const qpk_verify_result *r, doubl
 
 /* ================================================================= sources == */
 
-/* Something to measure or compare with: a .qpk, an HF folder, or a reference-logits file. */
+/* Something to measure or compare with: a .qpk, a GGUF, an HF folder, or a reference-logits file. */
 typedef struct qpk_source qpk_source;
 
-typedef enum qpk_source_kind { QPK_SOURCE_QPK, QPK_SOURCE_HF, QPK_SOURCE_LOGITS } qpk_source_kind;
+typedef enum qpk_source_kind { QPK_SOURCE_QPK, QPK_SOURCE_HF, QPK_SOURCE_LOGITS, QPK_SOURCE_GGUF } qpk_source_kind;
 
 /*
  * Opens path: a folder is an HF checkpoint (converted in memory through the same
  * reader qconvert uses, weights used in place); a file starting with the .qpk magic
- * is a .qpk; any other file is a reference-logits safetensors file, accepted only
+ * is a .qpk; one starting with GGUF's, a Qwen2 GGUF (its tensors used in place, in
+ * their ggml types); any other file is a reference-logits safetensors file, accepted only
  * when allow_logits is set.
  */
 qpk_status qpk_source_open(qpk_source **out, const char *path, bool allow_logits, const qpk_callbacks *cb,

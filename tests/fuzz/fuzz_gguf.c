@@ -1,9 +1,11 @@
 /* libFuzzer target: the GGUF reader, every key-value, array element and tensor it exposes,
- * and the Qwen2 checks of a GGUF model (hyperparameters, tokenizer keys, tensors). */
+ * the Qwen2 checks of a GGUF model (hyperparameters, tokenizer keys, tensors), and what passes
+ * them as a model: the runtime's checks, every weight dequantized, the tokenizer it describes. */
 #include <stdlib.h>
 
 #include "qpk/convert.h"
 #include "qpk/gguf.h"
+#include "qpk/runtime.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -41,8 +43,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             sink ^= (uint8_t)(((const uint8_t *)t->data)[0] ^ ((const uint8_t *)t->data)[t->nbytes - 1]);
     }
     (void)sink;
-    qpk_config cfg;
-    qpk_gguf_qwen2(g, &cfg, &e);
+    qpk_model *m;
+    if (qpk_gguf_model(&m, g, &e) == QPK_OK) {
+        for (size_t i = 0; i < qpk_gguf_n_tensors(g); i++) {
+            const qpk_gguf_tensor *t = qpk_gguf_tensor_at(g, i);
+            uint32_t type, group;
+            if (!qpk_type_of_ggml(t->type, &type, &group))
+                __builtin_trap(); /* the model took a tensor of a type qpk lacks */
+            const int64_t cols = (int64_t)t->ne[0], rows = t->n_dims == 2 ? (int64_t)t->ne[1] : 1;
+            const size_t row_bytes = t->nbytes / (uint64_t)rows;
+            float *w = malloc((size_t)cols * sizeof *w);
+            for (int64_t r = 0; r < rows && w; r++)
+                qpk_dequantize_row(type, group, (const uint8_t *)t->data + (size_t)r * row_bytes, cols, w);
+            free(w);
+        }
+        char *json;
+        size_t len;
+        if (qpk_gguf_tokenizer_json(g, &json, &len, &e) == QPK_OK)
+            free(json);
+        qpk_model_free(m);
+    }
     qpk_gguf_close(g);
     return 0;
 }

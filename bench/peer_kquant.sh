@@ -1,0 +1,72 @@
+#!/bin/bash
+# K-quants side by side with llama.cpp, in one run, on this machine, on the generated
+# Qwen1.5-0.5B-shaped model of bench/peer.sh (run that first: it makes the model and its
+# F16/BF16 GGUFs in WORK_DIR):
+#   RTN Q4_K_M: llama-quantize (BF16 GGUF -> Q4_K_M) against qconvert --preset q4_k_m
+#     (HF folder -> GGUF), paired, the median of three;
+#   calibrated Q4_K_M on SAMPLES x 512 tokens of calib.txt: llama-imatrix + llama-quantize
+#     --imatrix against qconvert --method imatrix and --method awq, once each;
+#   runtime on the same weights: llama-bench on llama-quantize's Q4_K_M and Q6_K files
+#     against bench_runtime on .qpk files read from those very GGUFs.
+# Usage: bench/peer_kquant.sh QPK_BUILD_DIR LLAMA_BUILD_DIR WORK_DIR [threads] [fixtures_dir] [samples]
+# RUNTIME_ONLY=1 skips the quantization timings (the runtime rows alone take a few minutes).
+set -eu
+qb=$(cd "$1" && pwd) lb=$(cd "$2" && pwd) work=$3 threads=${4:-$(nproc)}
+fx=${5:-$(cd "$(dirname "$0")/.." && pwd)/../shared/fixtures} samples=${6:-32}
+bin=$qb/tools lbin=$lb/bin model=$work/qwen1.5-0.5b-bf16 calib=$fx/text/calib.txt
+[ -f "$work/m-bf16.gguf" ] || { echo "run bench/peer.sh first (it makes $work/m-bf16.gguf)"; exit 1; }
+
+secs() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null 2>&1; t1=$(date +%s.%N); echo "$t1 - $t0" | bc; }
+median() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
+rtn_l=0 rtn_q=0 imx_l=0 imx_q=0 awq_q=0
+if [ -z "${RUNTIME_ONLY:-}" ]; then
+a=() b=()
+for i in 1 2 3; do
+  rm -f "$work/lq.gguf" "$work/qq.gguf"; sync
+  a+=("$(secs "$lbin/llama-quantize" "$work/m-bf16.gguf" "$work/lq.gguf" Q4_K_M "$threads")")
+  rm -f "$work/lq.gguf"; sync
+  b+=("$(secs "$bin/qconvert" "$model" -q -t "$threads" -o "$work/qq.gguf" --preset q4_k_m)")
+done
+rtn_l=$(median "${a[@]}") rtn_q=$(median "${b[@]}")
+rm -f "$work/qq.gguf"
+cal=(--calib "$calib" --calib-samples "$samples" --calib-len 512)
+imx_l=$(echo "$(secs "$lbin/llama-imatrix" -m "$work/m-f16.gguf" -f "$calib" -c 512 --chunks "$samples" -t "$threads" \
+  -o "$work/imatrix.dat") + $(secs "$lbin/llama-quantize" --imatrix "$work/imatrix.dat" "$work/m-bf16.gguf" "$work/lq.gguf" \
+  Q4_K_M "$threads")" | bc)
+imx_q=$(secs "$bin/qconvert" "$model" -q -t "$threads" -o "$work/qq.gguf" --preset q4_k_m --method imatrix "${cal[@]}")
+awq_q=$(secs "$bin/qconvert" "$model" -q -t "$threads" -o "$work/qq.gguf" --preset q4_k_m --method awq "${cal[@]}")
+rm -f "$work/lq.gguf" "$work/qq.gguf"
+fi
+
+declare -A L Q
+for t in Q4_K_M Q6_K; do
+  [ -f "$work/m-$t.gguf" ] || "$lbin/llama-quantize" "$work/m-f16.gguf" "$work/m-$t.gguf" $t "$threads" >/dev/null 2>&1
+  "$bin/qconvert" -q "$work/m-$t.gguf" -o "$work/m-$t.qpk"
+  while read -r k v; do L[$t.$k]=$v; done < <("$lbin/llama-bench" -m "$work/m-$t.gguf" -p 128,512 -n 64 -t "$threads" -o csv \
+    2>/dev/null | awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) { gsub(/"/, "", $i); col[$i] = i } next }
+      { gsub(/"/, ""); p = $col["n_prompt"]; g = $col["n_gen"]; v = $col["avg_ts"]; if (g == 0) print "pp" p, v; else print "tg" g, v }')
+  while read -r k v; do Q[$t.$k]=$v; done < <("$qb/bench/bench_runtime" "$work/m-$t.qpk" "$threads" |
+    awk '/^prefill pp/ { print $2, $3 } /^decode tg/ { print $2, $3 }')
+done
+
+commit=$(git -C "$lb/.." rev-parse --short HEAD 2>/dev/null || echo "?")
+flags=$(grep -E '^(GGML_NATIVE|CMAKE_BUILD_TYPE):' "$lb/CMakeCache.txt" 2>/dev/null | tr '\n' ' ')
+echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) CPUs; $threads threads"
+echo "peer: llama.cpp $commit ($flags); qpk $(git -C "$(dirname "$0")" rev-parse --short HEAD 2>/dev/null || echo ?)"
+echo
+printf '| %-52s | %10s | %10s | %9s |\n' figure llama.cpp qpk "qpk/peer"
+printf '|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..54})" "------------" "------------" "-----------"
+row() { printf "| %-52s | %10.${4:-1}f | %10.${4:-1}f | %9.2f |\n" "$1" "$2" "$3" "$(echo "$3 / $2" | bc -l)"; }
+if [ -z "${RUNTIME_ONLY:-}" ]; then
+  row "RTN Q4_K_M from BF16 (s, median 3)" "$rtn_l" "$rtn_q" 2
+  row "imatrix Q4_K_M, $samples x 512 (s; llama: imatrix + quantize)" "$imx_l" "$imx_q" 2
+  row "AWQ Q4_K_M, $samples x 512 (s) vs llama's imatrix Q4_K_M" "$imx_l" "$awq_q" 2
+fi
+for t in Q4_K_M Q6_K; do
+  row "prefill pp512, $t, the same weights (tok/s)" "${L[$t.pp512]}" "${Q[$t.pp512]}"
+  row "prefill pp128, $t (tok/s)" "${L[$t.pp128]}" "${Q[$t.pp128]}"
+  row "decode tg64, $t (tok/s)" "${L[$t.tg64]}" "${Q[$t.tg64]}"
+done
+echo
+echo "Seconds: lower is better (qpk/peer < 1: qpk faster). Tokens/s: higher is better. qpk computes"
+echo "with f32 activations against the exact weights; llama.cpp quantizes activations to 8 bits."

@@ -1,0 +1,673 @@
+/*
+ * ggml's block types (FORMAT.md section 6, after ggml-common.h's structs and
+ * ggml-quants.c's dequantize_row_* definitions): the reference dequantization, written
+ * from those definitions. Each weight is the f32 value of the same expression, in the
+ * same order (products of an f16 scale and small integers are exact; Q6_K's
+ * d * scale * q rounds once, as written there), so every reader of a GGUF file that
+ * follows ggml gets these bits.
+ */
+#include <math.h>
+
+#include "ggml_blocks.h"
+
+static inline float f16_at(const uint8_t *p)
+{
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return qpk_f16_to_f32(h);
+}
+
+/* Q4_K and Q5_K: the 6-bit scale and min of sub-block j (0..7) from the 12 packed bytes. */
+static inline void scale_min_k4(int j, const uint8_t *q, int *sc, int *m)
+{
+    if (j < 4) {
+        *sc = q[j] & 63, *m = q[j + 4] & 63;
+    } else {
+        *sc = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+static void q4_1(const uint8_t *b, float *y)
+{
+    const float d = f16_at(b), m = f16_at(b + 2);
+    for (int j = 0; j < 16; j++) {
+        y[j] = (float)(b[4 + j] & 15) * d + m;
+        y[j + 16] = (float)(b[4 + j] >> 4) * d + m;
+    }
+}
+
+static void q5_0(const uint8_t *b, float *y)
+{
+    const float d = f16_at(b);
+    uint32_t qh;
+    memcpy(&qh, b + 2, 4);
+    for (int j = 0; j < 16; j++) {
+        const int x0 = ((b[6 + j] & 15) | (int)((qh >> j) << 4 & 16)) - 16;
+        const int x1 = ((b[6 + j] >> 4) | (int)((qh >> (j + 12)) & 16)) - 16;
+        y[j] = (float)x0 * d, y[j + 16] = (float)x1 * d;
+    }
+}
+
+static void q5_1(const uint8_t *b, float *y)
+{
+    const float d = f16_at(b), m = f16_at(b + 2);
+    uint32_t qh;
+    memcpy(&qh, b + 4, 4);
+    for (int j = 0; j < 16; j++) {
+        const int x0 = (b[8 + j] & 15) | (int)((qh >> j) << 4 & 16);
+        const int x1 = (b[8 + j] >> 4) | (int)((qh >> (j + 12)) & 16);
+        y[j] = (float)x0 * d + m, y[j + 16] = (float)x1 * d + m;
+    }
+}
+
+/* Q2_K: scales[16] (low nibble scale, high nibble min), qs[64], f16 d, f16 dmin. */
+static void q2_k(const uint8_t *b, float *y)
+{
+    const uint8_t *sc = b, *q = b + 16;
+    const float d = f16_at(b + 80), dmin = f16_at(b + 82);
+    int is = 0;
+    for (int n = 0; n < 256; n += 128, q += 32)
+        for (int shift = 0; shift < 8; shift += 2)
+            for (int half = 0; half < 2; half++, is++) {
+                const float dl = d * (float)(sc[is] & 15), ml = dmin * (float)(sc[is] >> 4);
+                for (int l = 0; l < 16; l++)
+                    *y++ = dl * (float)((q[16 * half + l] >> shift) & 3) - ml;
+            }
+}
+
+/* Q3_K: hmask[32], qs[64], 12 bytes of 6-bit scales, f16 d. */
+static void q3_k(const uint8_t *b, float *y)
+{
+    const uint8_t *hm = b, *q = b + 32, *packed = b + 96;
+    const float d = f16_at(b + 108);
+    /* The 16 scales: low 4 bits from bytes 0..7, high 2 bits from bytes 8..11. */
+    int8_t scales[16];
+    for (int i = 0; i < 16; i++) {
+        const int low = i < 8 ? packed[i] & 15 : packed[i - 8] >> 4;
+        const int high = (packed[8 + i % 4] >> (2 * (i / 4))) & 3;
+        scales[i] = (int8_t)((low | high << 4) - 32);
+    }
+    int is = 0;
+    uint8_t m = 1;
+    for (int n = 0; n < 256; n += 128, q += 32)
+        for (int shift = 0; shift < 8; shift += 2, m <<= 1)
+            for (int half = 0; half < 2; half++, is++) {
+                const float dl = d * (float)scales[is];
+                for (int l = 0; l < 16; l++) {
+                    const int i = 16 * half + l;
+                    *y++ = dl * (float)((int8_t)((q[i] >> shift) & 3) - ((hm[i] & m) ? 0 : 4));
+                }
+            }
+}
+
+/* Q4_K: f16 d, f16 dmin, 12 bytes of scales and mins, qs[128]. */
+static void q4_k(const uint8_t *b, float *y)
+{
+    const float d = f16_at(b), dmin = f16_at(b + 2);
+    const uint8_t *q = b + 16;
+    for (int j = 0; j < 8; j += 2, q += 32) {
+        int sc, m;
+        scale_min_k4(j, b + 4, &sc, &m);
+        const float d1 = d * (float)sc, m1 = dmin * (float)m;
+        scale_min_k4(j + 1, b + 4, &sc, &m);
+        const float d2 = d * (float)sc, m2 = dmin * (float)m;
+        for (int l = 0; l < 32; l++)
+            *y++ = d1 * (float)(q[l] & 15) - m1;
+        for (int l = 0; l < 32; l++)
+            *y++ = d2 * (float)(q[l] >> 4) - m2;
+    }
+}
+
+/* Q5_K: f16 d, f16 dmin, 12 bytes of scales and mins, qh[32], qs[128]. */
+static void q5_k(const uint8_t *b, float *y)
+{
+    const float d = f16_at(b), dmin = f16_at(b + 2);
+    const uint8_t *qh = b + 16, *q = b + 48;
+    uint8_t u1 = 1, u2 = 2;
+    for (int j = 0; j < 8; j += 2, q += 32, u1 <<= 2, u2 <<= 2) {
+        int sc, m;
+        scale_min_k4(j, b + 4, &sc, &m);
+        const float d1 = d * (float)sc, m1 = dmin * (float)m;
+        scale_min_k4(j + 1, b + 4, &sc, &m);
+        const float d2 = d * (float)sc, m2 = dmin * (float)m;
+        for (int l = 0; l < 32; l++)
+            *y++ = d1 * (float)((q[l] & 15) + (qh[l] & u1 ? 16 : 0)) - m1;
+        for (int l = 0; l < 32; l++)
+            *y++ = d2 * (float)((q[l] >> 4) + (qh[l] & u2 ? 16 : 0)) - m2;
+    }
+}
+
+/* Q6_K: ql[128], qh[64], int8 scales[16], f16 d. */
+static void q6_k(const uint8_t *b, float *y)
+{
+    const uint8_t *ql = b, *qh = b + 128;
+    const int8_t *sc = (const int8_t *)(b + 192);
+    const float d = f16_at(b + 208);
+    for (int n = 0; n < 256; n += 128, ql += 64, qh += 32, sc += 8, y += 128)
+        for (int l = 0; l < 32; l++) {
+            const int is = l / 16;
+            const int q1 = ((ql[l] & 15) | ((qh[l] >> 0) & 3) << 4) - 32;
+            const int q2 = ((ql[l + 32] & 15) | ((qh[l] >> 2) & 3) << 4) - 32;
+            const int q3 = ((ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4) - 32;
+            const int q4 = ((ql[l + 32] >> 4) | ((qh[l] >> 6) & 3) << 4) - 32;
+            y[l] = d * (float)sc[is] * (float)q1; /* (d sc) q: two roundings at most, as ggml writes it */
+            y[l + 32] = d * (float)sc[is + 2] * (float)q2;
+            y[l + 64] = d * (float)sc[is + 4] * (float)q3;
+            y[l + 96] = d * (float)sc[is + 6] * (float)q4;
+        }
+}
+
+bool qpk_ggml_type(uint32_t type) { return type >= QPK_TYPE_Q4_1 && type <= QPK_TYPE_Q6_K; }
+
+void qpk_ggml_dequantize_row(uint32_t type, const void *in, int64_t n, float *out)
+{
+    const qpk_type_info *t = qpk_type_info_of(type);
+    const size_t bb = qpk_type_block_bytes(type, t->block);
+    const uint8_t *b = in;
+    for (int64_t i = 0; i < n; i += t->block, b += bb, out += t->block)
+        switch (type) {
+        case QPK_TYPE_Q4_1: q4_1(b, out); break;
+        case QPK_TYPE_Q5_0: q5_0(b, out); break;
+        case QPK_TYPE_Q5_1: q5_1(b, out); break;
+        case QPK_TYPE_Q2_K: q2_k(b, out); break;
+        case QPK_TYPE_Q3_K: q3_k(b, out); break;
+        case QPK_TYPE_Q4_K: q4_k(b, out); break;
+        case QPK_TYPE_Q5_K: q5_k(b, out); break;
+        default: q6_k(b, out); break;
+        }
+}
+
+/* ================================================================ quantizers */
+
+/*
+ * Quantizing to ggml's block types: each sub-block's scale (and min) is fitted to its
+ * weights by weighted least squares over a grid of candidate code assignments (the
+ * approach of llama.cpp's make_qkx2/make_qx searches, written here from the idea: our own
+ * grid and refit), the sub-scales are quantized against a super-block scale chosen by the
+ * same weighted fit, and then each sub-block tries its quantized scale and min one step
+ * either way, keeping what decodes closest: the error is measured on the weights as
+ * ggml's dequantization will give them. Weights of the error: importance[i] (mean x^2
+ * of input column i over calibration data, llama.cpp's imatrix) times sqrt(s^2 + w_i^2),
+ * or, without importance, s + |w_i| (s: the super-block's rms weight, doubled).
+ */
+#define FIT_STEPS 12 /* candidate scales each side of the plain one */
+
+/* x rounded to the nearest code in [lo, hi], clamped before the conversion: a tiny scale
+ * may make x huge or infinite, and 0/0 NaN (which takes lo). */
+static inline int code_of(float x, int lo, int hi)
+{
+    x = x < (float)hi ? x : (float)hi; /* minss, maxss: no branches */
+    x = x > (float)lo ? x : (float)lo; /* NaN too */
+    /* Ties to even, as nearbyintf in the default mode, without a libm call: adding 1.5 * 2^23
+     * leaves no fraction bits (|x| < 2^22 here). */
+    return (int)((x + 12582912.0f) - 12582912.0f);
+}
+
+/* The weights of the error for the 256 (or 32) weights of a super-block. */
+static void error_weights(const float *x, int n, const float *imp, float *w)
+{
+    double s2 = 0;
+    for (int i = 0; i < n; i++)
+        s2 += (double)x[i] * x[i];
+    const float sigma2 = (float)(2 * s2 / n), av = sqrtf(sigma2);
+    for (int i = 0; i < n; i++)
+        w[i] = imp ? imp[i] * sqrtf(sigma2 + x[i] * x[i]) : av + fabsf(x[i]);
+}
+
+/* x rounded to the nearest code in [lo, hi], as a float (the form the candidate loops vectorize). */
+static inline float code_f(float x, float lo, float hi)
+{
+    x = x < hi ? x : hi;
+    x = x > lo ? x : lo;
+    return (x + 12582912.0f) - 12582912.0f;
+}
+
+enum { N_CAND = 2 * FIT_STEPS + 1 };
+
+/*
+ * The candidate scales are swept together, weight by weight: each candidate's sums are
+ * an independent chain (the loop over candidates vectorizes), where a sweep candidate by
+ * candidate would wait on one chain of additions per weight.
+ */
+
+/* x ~ a L - m with L in [0, nmax], m >= 0: a (0 for a constant group), *m, L; weighted error in *err. */
+static float fit_asym(int n, int nmax, const float *x, const float *w, uint8_t *L, float *m, double *err)
+{
+    float lo = 0, hi = x[0];
+    for (int i = 0; i < n; i++)
+        lo = x[i] < lo ? x[i] : lo, hi = x[i] > hi ? x[i] : hi;
+    *err = 0;
+    if (!(hi > lo)) {
+        memset(L, 0, (size_t)n);
+        *m = -lo;
+        return 0;
+    }
+    float iscale[N_CAND];
+    double sl[N_CAND] = {0}, sl2[N_CAND] = {0}, sxl[N_CAND] = {0}, sw = 0, sx = 0, sx2 = 0;
+    for (int k = 0; k < N_CAND; k++)
+        iscale[k] = ((float)nmax + 0.08f * (float)(k - FIT_STEPS)) / (hi - lo);
+    for (int i = 0; i < n; i++) {
+        const double wi = w[i], xi = x[i]; /* double: D below is a difference of nearly equal sums */
+        const float u = x[i] - lo;
+        sw += wi, sx += wi * xi, sx2 += wi * xi * xi;
+        for (int k = 0; k < N_CAND; k++) {
+            const double l = code_f(iscale[k] * u, 0, (float)nmax);
+            sl[k] += wi * l, sl2[k] += wi * l * l, sxl[k] += wi * l * xi;
+        }
+    }
+    float best_a = (hi - lo) / (float)nmax, best_m = -lo, best_is = 1 / best_a;
+    double best = INFINITY;
+    for (int k = 0; k < N_CAND; k++) {
+        const double D = sw * sl2[k] - sl[k] * sl[k];
+        if (!(D > 1e-12 * sw * sl2[k])) /* every weight on one code: no line through them (rounding leaves D ~ 0) */
+            continue;
+        double a = (sw * sxl[k] - sx * sl[k]) / D, b = (sl2[k] * sx - sl[k] * sxl[k]) / D;
+        if (b > 0) /* the min is subtracted: x ~ a L - m, m >= 0 */
+            b = 0, a = sxl[k] / sl2[k];
+        if (!(a > 0))
+            continue;
+        const double e = sx2 - a * sxl[k] - b * sx; /* the weighted squared error of a least-squares fit */
+        if (e < best)
+            best = e, best_a = (float)a, best_m = (float)-b, best_is = iscale[k];
+    }
+    /* The codes of the best candidate (or, when none fitted, of plain min-max). */
+    for (int i = 0; i < n; i++)
+        L[i] = (uint8_t)code_f(best_is * (x[i] - lo), 0, (float)nmax);
+    *m = best_m, *err = best;
+    return best_a;
+}
+
+/* x ~ a L with L in [-(nmax+1), nmax]: a (signed), L. */
+static float fit_sym(int n, int nmax, const float *x, const float *w, int8_t *L)
+{
+    float ext = 0;
+    for (int i = 0; i < n; i++)
+        ext = fabsf(x[i]) > fabsf(ext) ? x[i] : ext;
+    if (ext == 0) {
+        memset(L, 0, (size_t)n);
+        return 0;
+    }
+    const float qlo = (float)-(nmax + 1), qhi = (float)nmax;
+    float iscale[N_CAND], sl2[N_CAND] = {0}, sxl[N_CAND] = {0};
+    for (int k = 0; k < N_CAND; k++)
+        iscale[k] = -((float)(nmax + 1) + 0.08f * (float)(k - FIT_STEPS)) / ext;
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < N_CAND; k++) {
+            const float l = code_f(iscale[k] * x[i], qlo, qhi);
+            sl2[k] += w[i] * l * l, sxl[k] += w[i] * l * x[i];
+        }
+    /* The fit's error is sum w x^2 - sxl^2 / sl2: the largest sxl^2 / sl2 wins. */
+    float best_a = ext / qlo, best_is = 1 / best_a;
+    double best = -1;
+    for (int k = 0; k < N_CAND; k++) {
+        if (!(sl2[k] > 0))
+            continue;
+        const double gain = (double)sxl[k] * sxl[k] / sl2[k];
+        if (gain > best)
+            best = gain, best_a = sxl[k] / sl2[k], best_is = iscale[k];
+    }
+    for (int i = 0; i < n; i++)
+        L[i] = (int8_t)code_f(best_is * x[i], qlo, qhi);
+    return best_a;
+}
+
+/*
+ * A super-block scale for n non-negative sub-scales v (quantized to [0, qmax]): the f16
+ * value among a few candidates around max/qmax, and their weighted least-squares refits,
+ * that reproduces v best (weights sw). Returns it; q gets the quantized sub-scales.
+ */
+static float fit_super(int n, int qmax, const float *v, const float *sw, uint8_t *q)
+{
+    float max = 0;
+    for (int i = 0; i < n; i++)
+        max = v[i] > max ? v[i] : max;
+    if (!(max > 0)) {
+        memset(q, 0, (size_t)n);
+        return 0;
+    }
+    float best_d = qpk_f16_to_f32(qpk_f32_to_f16(max / (float)qmax));
+    double best = INFINITY;
+    for (int k = -4; k <= 8; k++) {
+        for (int refit = 0; refit < 2; refit++) {
+            float d = max / ((float)qmax + 0.25f * (float)k);
+            double sqv = 0, sqq = 0;
+            if (refit) { /* least squares on the codes the plain candidate gave */
+                for (int i = 0; i < n; i++) {
+                    const int l = code_of(v[i] / d, 0, qmax);
+                    sqv += sw[i] * l * v[i], sqq += sw[i] * l * l;
+                }
+                if (!(sqq > 0))
+                    continue;
+                d = (float)(sqv / sqq);
+            }
+            d = qpk_f16_to_f32(qpk_f32_to_f16(d)); /* as stored */
+            if (!(d > 0) || !isfinite(d))
+                continue;
+            double e = 0;
+            for (int i = 0; i < n; i++) {
+                const double r = d * code_of(v[i] / d, 0, qmax) - v[i];
+                e += sw[i] * r * r;
+            }
+            if (e < best)
+                best = e, best_d = d;
+        }
+    }
+    if (!(best_d > 0) || !isfinite(best_d)) { /* sub-scales below the smallest f16 step, or past the f16 range */
+        memset(q, 0, (size_t)n);
+        return best_d > 0 ? best_d : 0; /* an infinite one is refused by the caller */
+    }
+    for (int i = 0; i < n; i++)
+        q[i] = (uint8_t)code_of(v[i] / best_d, 0, qmax);
+    return best_d;
+}
+
+/* Codes of 32 weights for a decoded scale d and min m (x ~ d L - m), and their weighted error. */
+static double codes_asym(const float *x, const float *w, int nmax, float d, float m, uint8_t *L)
+{
+    double e = 0;
+    for (int i = 0; i < 32; i++) {
+        const int l = d > 0 ? code_of((x[i] + m) / d, 0, nmax) : 0;
+        L[i] = (uint8_t)l;
+        const float y = d * (float)l - m; /* as ggml decodes it */
+        e += w[i] * ((double)y - x[i]) * ((double)y - x[i]);
+    }
+    return e;
+}
+
+/* Q4_K (nmax 15) and Q5_K (31): 8 sub-blocks of 32 with 6-bit scales and mins. */
+static void quantize_kx(int nmax, const float *x, const float *imp, uint8_t *b)
+{
+    float w[256], scale[8], min[8], sw[8];
+    uint8_t L[256], qs[8], qm[8];
+    error_weights(x, 256, imp, w);
+    for (int j = 0; j < 8; j++) {
+        double err;
+        scale[j] = fit_asym(32, nmax, x + 32 * j, w + 32 * j, L + 32 * j, &min[j], &err);
+        sw[j] = 0;
+        for (int i = 0; i < 32; i++)
+            sw[j] += w[32 * j + i];
+    }
+    const float d = fit_super(8, 63, scale, sw, qs), dmin = fit_super(8, 63, min, sw, qm);
+    const uint16_t dh = qpk_f32_to_f16(d), mh = qpk_f32_to_f16(dmin);
+    const float dd = qpk_f16_to_f32(dh), dm = qpk_f16_to_f32(mh);
+    /* Each sub-block: its quantized scale and min, or one step either way, whichever decodes closest. */
+    for (int j = 0; j < 8; j++) {
+        double best = INFINITY;
+        int bs = qs[j], bm = qm[j];
+        uint8_t Lt[32];
+        for (int ds = -1; ds <= 1; ds++)
+            for (int dmn = -1; dmn <= 1; dmn++) {
+                const int s = qs[j] + ds, mq = qm[j] + dmn;
+                if (s < 0 || s > 63 || mq < 0 || mq > 63)
+                    continue;
+                const double e = codes_asym(x + 32 * j, w + 32 * j, nmax, dd * (float)s, dm * (float)mq, Lt);
+                if (e < best)
+                    best = e, bs = s, bm = mq, memcpy(L + 32 * j, Lt, 32);
+            }
+        qs[j] = (uint8_t)bs, qm[j] = (uint8_t)bm;
+    }
+    memcpy(b, &dh, 2), memcpy(b + 2, &mh, 2);
+    uint8_t *sc = b + 4;
+    memset(sc, 0, 12);
+    for (int j = 0; j < 8; j++) { /* the 6-bit packing scale_min_k4 reads */
+        if (j < 4) {
+            sc[j] = qs[j], sc[j + 4] = qm[j];
+        } else {
+            sc[j + 4] = (uint8_t)((qs[j] & 15) | (qm[j] & 15) << 4);
+            sc[j - 4] |= (uint8_t)((qs[j] >> 4) << 6);
+            sc[j] |= (uint8_t)((qm[j] >> 4) << 6);
+        }
+    }
+    if (nmax == 15) {
+        uint8_t *q = b + 16;
+        for (int j = 0; j < 256; j += 64, q += 32)
+            for (int l = 0; l < 32; l++)
+                q[l] = (uint8_t)(L[j + l] | L[j + l + 32] << 4);
+    } else {
+        uint8_t *qh = b + 16, *q = b + 48;
+        memset(qh, 0, 32);
+        uint8_t m1 = 1, m2 = 2;
+        for (int j = 0; j < 256; j += 64, q += 32, m1 <<= 2, m2 <<= 2)
+            for (int l = 0; l < 32; l++) {
+                const int l1 = L[j + l], l2 = L[j + l + 32];
+                q[l] = (uint8_t)((l1 & 15) | (l2 & 15) << 4);
+                qh[l] |= (uint8_t)((l1 > 15 ? m1 : 0) | (l2 > 15 ? m2 : 0));
+            }
+    }
+}
+
+/* Q6_K: 16 sub-blocks of 16, 8-bit scales against one f16, codes in [-32, 31]. */
+static void quantize_q6k(const float *x, const float *imp, uint8_t *b)
+{
+    float w[256], scale[16];
+    int8_t L[256];
+    error_weights(x, 256, imp, w);
+    float ext = 0;
+    for (int j = 0; j < 16; j++) {
+        scale[j] = fit_sym(16, 31, x + 16 * j, w + 16 * j, L + 16 * j);
+        ext = fabsf(scale[j]) > fabsf(ext) ? scale[j] : ext;
+    }
+    int8_t sc[16] = {0};
+    float d = 0;
+    if (ext != 0) {
+        const float iscale = -128.0f / ext;
+        d = qpk_f16_to_f32(qpk_f32_to_f16(1 / iscale));
+        for (int j = 0; j < 16; j++)
+            sc[j] = (int8_t)code_of(scale[j] / d, -128, 127);
+    }
+    for (int j = 0; j < 16; j++) { /* the quantized scale, or one step either way */
+        double best = INFINITY;
+        int bs = sc[j];
+        for (int ds = -1; ds <= 1; ds++) {
+            const int s = sc[j] + ds;
+            if (s < -128 || s > 127)
+                continue;
+            const float ds_ = d * (float)s, inv = ds_ != 0 ? 1 / ds_ : 0;
+            float e = 0, Lt[16];
+            for (int i = 0; i < 16; i++) {
+                Lt[i] = code_f(x[16 * j + i] * inv, -32, 31);
+                const float r = ds_ * Lt[i] - x[16 * j + i]; /* ds_ * l is the weight as ggml decodes it */
+                e += w[16 * j + i] * r * r;
+            }
+            if (e < best) {
+                best = e, bs = s;
+                for (int i = 0; i < 16; i++)
+                    L[16 * j + i] = (int8_t)Lt[i];
+            }
+        }
+        sc[j] = (int8_t)bs;
+    }
+    uint8_t *ql = b, *qh = b + 128;
+    memset(qh, 0, 64);
+    for (int n = 0; n < 256; n += 128, ql += 64, qh += 32)
+        for (int l = 0; l < 32; l++) {
+            const int q1 = L[n + l] + 32, q2 = L[n + l + 32] + 32, q3 = L[n + l + 64] + 32, q4 = L[n + l + 96] + 32;
+            ql[l] = (uint8_t)((q1 & 15) | (q3 & 15) << 4);
+            ql[l + 32] = (uint8_t)((q2 & 15) | (q4 & 15) << 4);
+            qh[l] = (uint8_t)((q1 >> 4) | (q2 >> 4) << 2 | (q3 >> 4) << 4 | (q4 >> 4) << 6);
+        }
+    memcpy(b + 192, sc, 16);
+    const uint16_t dh = qpk_f32_to_f16(d);
+    memcpy(b + 208, &dh, 2);
+}
+
+/* Q4_1 (nmax 15) and Q5_1 (31): 32 weights, f16 d and m (w = d q + m). */
+static void quantize_x1(int nmax, const float *x, const float *imp, uint8_t *b)
+{
+    float w[32], m;
+    uint8_t L[32];
+    double err;
+    error_weights(x, 32, imp, w);
+    float d = fit_asym(32, nmax, x, w, L, &m, &err);
+    const uint16_t dh = qpk_f32_to_f16(d), mh = qpk_f32_to_f16(-m);
+    const float dd = qpk_f16_to_f32(dh), mm = qpk_f16_to_f32(mh);
+    for (int i = 0; i < 32; i++) /* codes for the stored d and m */
+        L[i] = (uint8_t)(dd > 0 ? code_of((x[i] - mm) / dd, 0, nmax) : 0);
+    memcpy(b, &dh, 2), memcpy(b + 2, &mh, 2);
+    uint8_t *q = b + (nmax == 15 ? 4 : 8);
+    uint32_t qh = 0;
+    for (int j = 0; j < 16; j++) {
+        q[j] = (uint8_t)((L[j] & 15) | (L[j + 16] & 15) << 4);
+        qh |= (uint32_t)(L[j] >> 4) << j | (uint32_t)(L[j + 16] >> 4) << (j + 16);
+    }
+    if (nmax == 31)
+        memcpy(b + 4, &qh, 4);
+}
+
+/* Q5_0: 32 weights, f16 d, codes in [-16, 15]. */
+static void quantize_q50(const float *x, const float *imp, uint8_t *b)
+{
+    float w[32];
+    int8_t L[32];
+    error_weights(x, 32, imp, w);
+    float d = 0, ext = 0;
+    for (int i = 0; i < 32; i++)
+        ext = fabsf(x[i]) > fabsf(ext) ? x[i] : ext;
+    double best = INFINITY;
+    for (int k = -FIT_STEPS; k <= FIT_STEPS && ext != 0; k++) {
+        const float a = qpk_f16_to_f32(qpk_f32_to_f16(ext / -(16.0f + 0.08f * (float)k)));
+        if (a == 0)
+            continue;
+        double e = 0;
+        for (int i = 0; i < 32; i++) {
+            const int l = code_of(x[i] / a, -16, 15);
+            const double r = (double)((float)l * a) - x[i];
+            e += w[i] * r * r;
+        }
+        if (e < best)
+            best = e, d = a;
+    }
+    for (int i = 0; i < 32; i++)
+        L[i] = (int8_t)(d != 0 ? code_of(x[i] / d, -16, 15) : 0);
+    const uint16_t dh = qpk_f32_to_f16(d);
+    memcpy(b, &dh, 2);
+    uint32_t qh = 0;
+    for (int j = 0; j < 16; j++) {
+        const int l0 = L[j] + 16, l1 = L[j + 16] + 16;
+        b[6 + j] = (uint8_t)((l0 & 15) | (l1 & 15) << 4);
+        qh |= (uint32_t)(l0 >> 4) << j | (uint32_t)(l1 >> 4) << (j + 16);
+    }
+    memcpy(b + 2, &qh, 4);
+}
+
+bool qpk_ggml_can_quantize(uint32_t type)
+{
+    return type == QPK_TYPE_Q4_1 || type == QPK_TYPE_Q5_0 || type == QPK_TYPE_Q5_1 || type == QPK_TYPE_Q4_K ||
+           type == QPK_TYPE_Q5_K || type == QPK_TYPE_Q6_K;
+}
+
+static float max_abs(const float *x, int64_t n)
+{
+    float m = 0;
+    for (int64_t i = 0; i < n; i++)
+        m = fabsf(x[i]) > m ? fabsf(x[i]) : m;
+    return m;
+}
+
+qpk_status qpk_ggml_quantize_row(uint32_t type, const float *x, int64_t n, const float *imp, void *out, qpk_err *e)
+{
+    const qpk_type_info *t = qpk_type_info_of(type);
+    if (!qpk_ggml_can_quantize(type))
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "qpk does not quantize to %s (it reads it)", t ? t->name : "?");
+    if (n % t->block)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "a row of %lld is not whole %s blocks of %u", (long long)n, t->name,
+                            t->block);
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(x[i]))
+            return qpk_err_setf(e, QPK_E_VALUE, "weight %lld is %g", (long long)i, (double)x[i]);
+    const size_t bb = qpk_type_block_bytes(type, t->block);
+    uint8_t *b = out;
+    for (int64_t i = 0; i < n; i += t->block, b += bb) {
+        const float *xi = x + i, *wi = imp ? imp + i : NULL;
+        switch (type) {
+        case QPK_TYPE_Q4_K: quantize_kx(15, xi, wi, b); break;
+        case QPK_TYPE_Q5_K: quantize_kx(31, xi, wi, b); break;
+        case QPK_TYPE_Q6_K: quantize_q6k(xi, wi, b); break;
+        case QPK_TYPE_Q4_1: quantize_x1(15, xi, wi, b); break;
+        case QPK_TYPE_Q5_1: quantize_x1(31, xi, wi, b); break;
+        default: quantize_q50(xi, wi, b); break;
+        }
+        if (qpk_first_bad_scale(type, t->block, b, 1) == 0)
+            return qpk_err_setf(e, QPK_E_VALUE, "weights %lld..%lld (up to %g) need a scale past the f16 range of %s",
+                                (long long)i, (long long)(i + t->block - 1), (double)max_abs(xi, t->block), t->name);
+    }
+    return QPK_OK;
+}
+
+/* ============================================================ block grids */
+
+int qpk_ggml_grid(uint32_t type, const uint8_t *b, float *a, float *m, int *qmin, int *qmax)
+{
+    switch (type) {
+    case QPK_TYPE_Q4_K:
+    case QPK_TYPE_Q5_K: {
+        const float d = f16_at(b), dmin = f16_at(b + 2);
+        for (int j = 0; j < 8; j++) {
+            int sc, mn;
+            scale_min_k4(j, b + 4, &sc, &mn);
+            a[j] = d * (float)sc, m[j] = dmin * (float)mn;
+        }
+        *qmin = 0, *qmax = type == QPK_TYPE_Q4_K ? 15 : 31;
+        return 32;
+    }
+    case QPK_TYPE_Q6_K: {
+        const float d = f16_at(b + 208);
+        for (int j = 0; j < 16; j++)
+            a[j] = d * (float)(int8_t)b[192 + j], m[j] = 0;
+        *qmin = -32, *qmax = 31;
+        return 16;
+    }
+    case QPK_TYPE_Q5_0:
+        a[0] = f16_at(b), m[0] = 0, *qmin = -16, *qmax = 15;
+        return 32;
+    default: /* Q4_1, Q5_1: w = d q + m, written a q - (-m) */
+        a[0] = f16_at(b), m[0] = -f16_at(b + 2), *qmin = 0, *qmax = type == QPK_TYPE_Q4_1 ? 15 : 31;
+        return 32;
+    }
+}
+
+void qpk_ggml_pack_codes(uint32_t type, uint8_t *b, const int32_t *q)
+{
+    switch (type) {
+    case QPK_TYPE_Q4_K:
+        for (int j = 0; j < 256; j += 64)
+            for (int l = 0; l < 32; l++)
+                b[16 + j / 2 + l] = (uint8_t)(q[j + l] | q[j + l + 32] << 4);
+        break;
+    case QPK_TYPE_Q5_K: {
+        uint8_t *qh = b + 16, *qs = b + 48;
+        memset(qh, 0, 32);
+        uint8_t m1 = 1, m2 = 2;
+        for (int j = 0; j < 256; j += 64, qs += 32, m1 <<= 2, m2 <<= 2)
+            for (int l = 0; l < 32; l++) {
+                qs[l] = (uint8_t)((q[j + l] & 15) | (q[j + l + 32] & 15) << 4);
+                qh[l] |= (uint8_t)((q[j + l] > 15 ? m1 : 0) | (q[j + l + 32] > 15 ? m2 : 0));
+            }
+        break;
+    }
+    case QPK_TYPE_Q6_K: {
+        uint8_t *ql = b, *qh = b + 128;
+        memset(qh, 0, 64);
+        for (int n = 0; n < 256; n += 128, ql += 64, qh += 32)
+            for (int l = 0; l < 32; l++) {
+                const int q1 = q[n + l] + 32, q2 = q[n + l + 32] + 32, q3 = q[n + l + 64] + 32, q4 = q[n + l + 96] + 32;
+                ql[l] = (uint8_t)((q1 & 15) | (q3 & 15) << 4);
+                ql[l + 32] = (uint8_t)((q2 & 15) | (q4 & 15) << 4);
+                qh[l] = (uint8_t)((q1 >> 4) | (q2 >> 4) << 2 | (q3 >> 4) << 4 | (q4 >> 4) << 6);
+            }
+        break;
+    }
+    default: { /* Q4_1, Q5_0, Q5_1 */
+        const int bias = type == QPK_TYPE_Q5_0 ? 16 : 0, at = type == QPK_TYPE_Q4_1 ? 4 : type == QPK_TYPE_Q5_0 ? 6 : 8;
+        uint32_t qh = 0;
+        for (int j = 0; j < 16; j++) {
+            const int l0 = q[j] + bias, l1 = q[j + 16] + bias;
+            b[at + j] = (uint8_t)((l0 & 15) | (l1 & 15) << 4);
+            qh |= (uint32_t)(l0 >> 4) << j | (uint32_t)(l1 >> 4) << (j + 16);
+        }
+        if (type != QPK_TYPE_Q4_1)
+            memcpy(b + at - 4, &qh, 4);
+    }
+    }
+}

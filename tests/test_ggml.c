@@ -1,0 +1,218 @@
+/*
+ * ggml's block types, against ggml itself: tests/data/ggml holds GGUF files written by
+ * llama.cpp's llama-quantize (Q2_K .. Q6_K mixes, Q4_1, Q5_0, Q5_1) and expected.json, the
+ * XXH3 of every tensor as ggml's own to_float dequantizes it (tests/llamacpp/make_ggml_files.sh).
+ * qpk's reference dequantization and every kernel table must give those bits; the files
+ * must read as models and run; qpk's own quantizers must write blocks that decode as
+ * their grids say; a NaN scale in a K-quant block, and a type qpk lacks, are refused.
+ */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <unistd.h>
+
+#include "qpk/convert.h"
+#include "qpk/gguf.h"
+#include "qpk/quant.h"
+#include "qpk/runtime.h"
+#include "ggml_blocks.h"
+#include "testhelp.h"
+#include "testutil.h"
+
+#ifndef QPK_TEST_DATA
+#define QPK_TEST_DATA "tests/data"
+#endif
+
+static uint64_t xxh3_of(const float *f, size_t n) { return qpk_xxh3(f, n * sizeof *f); }
+
+/* Every tensor of one llama.cpp-written file, decoded by the reference and by each kernel table. */
+static void check_file(const char *dir, const char *file, const cJSON *want)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    qpk_gguf *g = NULL;
+    qpk_model *m = NULL;
+    qpk_err e = {0};
+    if (qpk_gguf_open(&g, path, &e) != QPK_OK || qpk_gguf_model(&m, g, &e) != QPK_OK) {
+        CHECKF(false, "%s: %s", file, e.msg);
+        qpk_gguf_close(g);
+        return;
+    }
+    int checked = 0, differ = 0;
+    for (size_t i = 0; i < qpk_gguf_n_tensors(g); i++) {
+        const qpk_gguf_tensor *t = qpk_gguf_tensor_at(g, i);
+        const cJSON *w = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(want, t->name), "xxh3");
+        uint32_t type, group;
+        if (!cJSON_IsString(w) || !qpk_type_of_ggml(t->type, &type, &group)) {
+            CHECKF(false, "%s: %s has no expectation or an unknown type", file, t->name);
+            continue;
+        }
+        const int64_t cols = (int64_t)t->ne[0], rows = t->n_dims == 2 ? (int64_t)t->ne[1] : 1;
+        float *f = malloc((size_t)(rows * cols) * sizeof *f);
+        const size_t rb = qpk_type_row_bytes(type, group, cols);
+        for (int64_t r = 0; r < rows; r++)
+            qpk_dequantize_row(type, group, (const uint8_t *)t->data + (size_t)r * rb, cols, f + r * cols);
+        char hex[17];
+        snprintf(hex, sizeof hex, "%016llx", (unsigned long long)xxh3_of(f, (size_t)(rows * cols)));
+        bool same = !strcmp(hex, w->valuestring);
+        qpk_matrix mat = {type, group, rows, cols, t->data, NULL};
+        for (size_t k = 0; same && qpk_kernels_available(k); k++) {
+            for (int64_t r = 0; r < rows; r++)
+                qpk_kernels_available(k)->row_to_f32(&mat, r, f + r * cols);
+            same = xxh3_of(f, (size_t)(rows * cols)) == strtoull(w->valuestring, NULL, 16);
+        }
+        differ += !same;
+        checked++;
+        if (!same)
+            fprintf(stderr, "  %s %s (%s) differs from ggml's\n", file, t->name, qpk_ggml_type_name(t->type));
+        free(f);
+    }
+    CHECKF(differ == 0 && checked > 10, "%s: %d of %d tensors differ from ggml's dequantization", file, differ, checked);
+    /* And it runs: a few tokens, finite logits. */
+    qpk_context *c = NULL;
+    qpk_context_opts o = {.n_ctx = 16, .n_threads = 1};
+    float *logits = malloc((size_t)qpk_model_config(m)->vocab_size * 4 * sizeof *logits);
+    const int32_t tok[4] = {84, 104, 266, 32};
+    bool ok = qpk_context_create(&c, m, &o, &e) == QPK_OK && qpk_eval(c, tok, 4, logits, 4, &e) == QPK_OK;
+    for (int64_t i = 0; ok && i < qpk_model_config(m)->vocab_size * 4; i++)
+        ok = isfinite(logits[i]);
+    CHECKF(ok, "%s: eval: %s", file, e.msg);
+    free(logits);
+    qpk_context_free(c);
+    qpk_model_free(m);
+    qpk_gguf_close(g);
+}
+
+/* A copy of a file with two bytes of a tensor's first block set (an f16 scale made NaN). */
+static void check_nan_scale(const char *dir)
+{
+    char src[4096], dst[] = "/tmp/qpk-test-ggml-XXXXXX";
+    snprintf(src, sizeof src, "%s/tiny-Q4_K_M.gguf", dir);
+    size_t n;
+    char *bytes = slurp(src, &n);
+    qpk_gguf *g = NULL;
+    qpk_err e = {0};
+    int fd = mkstemp(dst);
+    CHECK(bytes && fd >= 0 && qpk_gguf_open(&g, src, &e) == QPK_OK);
+    if (!bytes || fd < 0 || !g) {
+        free(bytes);
+        return;
+    }
+    const qpk_gguf_tensor *t = qpk_gguf_find_tensor(g, "blk.0.ffn_up.weight");
+    CHECK(t && t->type == QPK_GGML_Q4_K);
+    const uint16_t nan = 0x7e00;
+    memcpy(bytes + t->offset + 144 * 3, &nan, 2); /* block 3's d */
+    qpk_gguf_close(g);
+    CHECK(write(fd, bytes, n) == (ssize_t)n);
+    close(fd);
+    qpk_model *m = NULL;
+    g = NULL;
+    CHECK(qpk_gguf_open(&g, dst, &e) == QPK_OK);
+    CHECK_ERR(qpk_gguf_model(&m, g, &e), QPK_E_VALUE, e, "tensor blk.0.ffn_up.weight: block 3 has a NaN or infinite scale (Q4_K)");
+    qpk_model_free(m), qpk_gguf_close(g);
+    unlink(dst);
+    free(bytes);
+}
+
+/* The same file cut 100 bytes short: its last tensor's blocks end past the data, named before any use. */
+static void check_truncated(const char *dir)
+{
+    char src[4096];
+    snprintf(src, sizeof src, "%s/tiny-Q4_K_M.gguf", dir);
+    size_t n;
+    char *bytes = slurp(src, &n);
+    CHECK(bytes && n > 100);
+    if (!bytes || n <= 100) {
+        free(bytes);
+        return;
+    }
+    qpk_gguf *g = NULL;
+    qpk_err e = {0};
+    CHECK_ERR(qpk_gguf_open_memory(&g, bytes, n - 100, &e), QPK_E_CORRUPT, e,
+              "tensor 'blk.0.ffn_up.weight' [281984, +36864) runs past the end of the file");
+    qpk_gguf_close(g);
+    free(bytes);
+}
+
+/* qpk's own quantizers: rows of random weights (with outliers), written and decoded. */
+static void check_quantizers(void)
+{
+    static const uint32_t types[] = {QPK_TYPE_Q4_K, QPK_TYPE_Q5_K, QPK_TYPE_Q6_K, QPK_TYPE_Q4_1, QPK_TYPE_Q5_0,
+                                     QPK_TYPE_Q5_1};
+    enum { N = 1024 };
+    float x[N], y[N], imp[N];
+    uint8_t b[N * 2], again[N * 2];
+    uint64_t s = 88172645463325252ull;
+    for (int i = 0; i < N; i++) {
+        s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+        x[i] = ((float)(s % 20001) / 10000.0f - 1.0f) * (i % 97 == 0 ? 20.0f : 1.0f);
+        imp[i] = 1.0f + (float)(i % 7);
+    }
+    double rel[6] = {0};
+    for (size_t k = 0; k < sizeof types / sizeof *types; k++) {
+        const uint32_t type = types[k], block = qpk_type_info_of(type)->block;
+        qpk_err e = {0};
+        double weighted_err[2] = {0, 0};
+        for (int weighted = 0; weighted < 2; weighted++) {
+            CHECKF(qpk_quantize_row_imp(type, block, x, N, weighted ? imp : NULL, b, &e) == QPK_OK, "%s", e.msg);
+            qpk_dequantize_row(type, block, b, N, y);
+            double err = 0, ref = 0;
+            for (int i = 0; i < N; i++) {
+                err += (double)(y[i] - x[i]) * (y[i] - x[i]), ref += (double)x[i] * x[i];
+                weighted_err[weighted] += imp[i] * (double)(y[i] - x[i]) * (y[i] - x[i]);
+            }
+            if (!weighted)
+                rel[k] = err / ref;
+            CHECKF(err / ref < 0.05, "%s: relative squared error %g: the layout is off", qpk_type_name(type), err / ref);
+        }
+        /* Importance is what the weighted search minimizes: it must not do worse on it than the plain one. */
+        CHECKF(weighted_err[1] <= weighted_err[0], "%s: with importance %g, without %g (importance-weighted)",
+               qpk_type_name(type), weighted_err[1], weighted_err[0]);
+        /* The grid a block reports decodes it: codes recovered from the decoded weights pack back to the same bytes. */
+        const size_t bb = qpk_type_block_bytes(type, block);
+        bool same = true;
+        int32_t q[256];
+        for (uint32_t blk = 0; blk < N / block; blk++) {
+            const uint8_t *bk = b + blk * bb;
+            float a[16], m[16];
+            int qmin, qmax;
+            const int sub = qpk_ggml_grid(type, bk, a, m, &qmin, &qmax);
+            for (uint32_t i = 0; i < block; i++) {
+                const int j = (int)i / sub;
+                q[i] = a[j] != 0 ? (int32_t)nearbyintf((y[blk * block + i] + m[j]) / a[j]) : 0;
+                same &= q[i] >= qmin && q[i] <= qmax && a[j] * (float)q[i] - m[j] == y[blk * block + i];
+            }
+            memcpy(again + blk * bb, bk, bb);
+            qpk_ggml_pack_codes(type, again + blk * bb, q);
+        }
+        CHECKF(same && !memcmp(again, b, (N / block) * bb), "%s: the block grid and the codes disagree",
+               qpk_type_name(type));
+    }
+    /* More bits, less error: Q6_K < Q5_K < Q4_K, Q5_1 < Q4_1. */
+    CHECKF(rel[2] < rel[1] && rel[1] < rel[0] && rel[5] < rel[3], "errors %g %g %g, %g %g", rel[0], rel[1], rel[2],
+           rel[3], rel[5]);
+}
+
+int main(void)
+{
+    const char *dir = getenv("QPK_TEST_DATA") ? getenv("QPK_TEST_DATA") : QPK_TEST_DATA "/ggml";
+    char path[4096];
+    snprintf(path, sizeof path, "%s/expected.json", dir);
+    size_t n;
+    char *text = slurp(path, &n);
+    cJSON *want = text ? cJSON_Parse(text) : NULL;
+    CHECKF(want != NULL, "cannot read %s", path);
+    const cJSON *f;
+    int files = 0;
+    cJSON_ArrayForEach(f, want)
+    {
+        check_file(dir, f->string, f);
+        files++;
+    }
+    CHECK(files == 8);
+    check_nan_scale(dir);
+    check_truncated(dir);
+    check_quantizers();
+    cJSON_Delete(want);
+    free(text);
+    return th_summary("test_ggml");
+}

@@ -505,7 +505,9 @@ static inline __attribute__((always_inline)) void tile16(const int MR, const flo
                                                     : _mm256_maskload_ps(y + i * ldy + 8, m1);
     }
     for (int64_t k = 0; k < kc; k++) {
-        const __m256 b0 = _mm256_loadu_ps(p + k * ldp), b1 = _mm256_loadu_ps(p + k * ldp + 8);
+        /* Masked when partial: gemm_acc's p is a caller's matrix, not a padded panel. */
+        const __m256 b0 = full ? _mm256_loadu_ps(p + k * ldp) : _mm256_maskload_ps(p + k * ldp, m0);
+        const __m256 b1 = full ? _mm256_loadu_ps(p + k * ldp + 8) : _mm256_maskload_ps(p + k * ldp + 8, m1);
 #pragma GCC unroll 6
         for (int i = 0; i < MR; i++) {
             const __m256 a = _mm256_broadcast_ss(x + i * ldx + k);
@@ -924,7 +926,7 @@ AVX512 static inline __attribute__((always_inline)) void tile32(const int MR, co
         c[i][1] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m1, y + i * ldy + 16);
     }
     for (int64_t k = 0; k < kc; k++) {
-        const __m512 b0 = _mm512_loadu_ps(p + k * ldp), b1 = _mm512_loadu_ps(p + k * ldp + 16);
+        const __m512 b0 = _mm512_maskz_loadu_ps(m0, p + k * ldp), b1 = _mm512_maskz_loadu_ps(m1, p + k * ldp + 16);
 #pragma GCC unroll 8
         for (int i = 0; i < MR; i++) {
             const __m512 a = _mm512_set1_ps(x[i * ldx + k]);

@@ -101,29 +101,14 @@ static void q3_k(const uint8_t *b, float *y)
             }
 }
 
-/* Q4_K: f16 d, f16 dmin, 12 bytes of scales and mins, qs[128]. */
-static void q4_k(const uint8_t *b, float *y)
+/*
+ * Q4_K: f16 d, f16 dmin, 12 bytes of scales and mins, qs[128]. Q5_K: the same with qh[32]
+ * before qs, whose bits 2j and 2j+1 are bit 4 of sub-blocks 2j and 2j+1 (qh NULL: Q4_K).
+ */
+static void q4_5_k(const uint8_t *b, const uint8_t *qh, float *y)
 {
     const float d = f16_at(b), dmin = f16_at(b + 2);
-    const uint8_t *q = b + 16;
-    for (int j = 0; j < 8; j += 2, q += 32) {
-        int sc, m;
-        scale_min_k4(j, b + 4, &sc, &m);
-        const float d1 = d * (float)sc, m1 = dmin * (float)m;
-        scale_min_k4(j + 1, b + 4, &sc, &m);
-        const float d2 = d * (float)sc, m2 = dmin * (float)m;
-        for (int l = 0; l < 32; l++)
-            *y++ = d1 * (float)(q[l] & 15) - m1;
-        for (int l = 0; l < 32; l++)
-            *y++ = d2 * (float)(q[l] >> 4) - m2;
-    }
-}
-
-/* Q5_K: f16 d, f16 dmin, 12 bytes of scales and mins, qh[32], qs[128]. */
-static void q5_k(const uint8_t *b, float *y)
-{
-    const float d = f16_at(b), dmin = f16_at(b + 2);
-    const uint8_t *qh = b + 16, *q = b + 48;
+    const uint8_t *q = b + (qh ? 48 : 16);
     uint8_t u1 = 1, u2 = 2;
     for (int j = 0; j < 8; j += 2, q += 32, u1 <<= 2, u2 <<= 2) {
         int sc, m;
@@ -132,9 +117,9 @@ static void q5_k(const uint8_t *b, float *y)
         scale_min_k4(j + 1, b + 4, &sc, &m);
         const float d2 = d * (float)sc, m2 = dmin * (float)m;
         for (int l = 0; l < 32; l++)
-            *y++ = d1 * (float)((q[l] & 15) + (qh[l] & u1 ? 16 : 0)) - m1;
+            *y++ = d1 * (float)((q[l] & 15) + (qh && (qh[l] & u1) ? 16 : 0)) - m1;
         for (int l = 0; l < 32; l++)
-            *y++ = d2 * (float)((q[l] >> 4) + (qh[l] & u2 ? 16 : 0)) - m2;
+            *y++ = d2 * (float)((q[l] >> 4) + (qh && (qh[l] & u2) ? 16 : 0)) - m2;
     }
 }
 
@@ -172,8 +157,8 @@ void qpk_ggml_dequantize_row(uint32_t type, const void *in, int64_t n, float *ou
         case QPK_TYPE_Q5_1: q5_1(b, out); break;
         case QPK_TYPE_Q2_K: q2_k(b, out); break;
         case QPK_TYPE_Q3_K: q3_k(b, out); break;
-        case QPK_TYPE_Q4_K: q4_k(b, out); break;
-        case QPK_TYPE_Q5_K: q5_k(b, out); break;
+        case QPK_TYPE_Q4_K: q4_5_k(b, NULL, out); break;
+        case QPK_TYPE_Q5_K: q4_5_k(b, b + 16, out); break;
         default: q6_k(b, out); break;
         }
 }

@@ -247,61 +247,72 @@ BLOCK_ROWS(INT4S)
 BLOCK_ROWS(INT8Z)
 
 /*
- * ggml's block types: the row decoded into scratch, then the f32 row's dot product, which
- * sums in the same order as the scalar table's. Q4_K and Q6_K (the K-quant mixes' bulk)
- * decode eight weights per instruction; every product is the reference's: Q4_K's
- * (d sc) q is exact (17 + 4 bits) before its one subtraction, Q6_K's (d sc) q rounds once.
+ * ggml's block types. Q4_K and Q6_K (the K-quant mixes' bulk) are decoded eight weights per
+ * instruction, each weight the reference's: Q4_K's (d sc) q is exact (17 + 4 bits) before
+ * its one subtraction, Q6_K's (d sc) q rounds once. The other types are decoded by the
+ * reference into scratch, then dotted as an f32 row (the scalar table's summation order).
  */
+
+/* The 32 weights of Q4_K sub-block j (0..7) of block b, as four vectors of 8 in order. */
+static inline __attribute__((always_inline)) void q4_k_weights(const uint8_t *b, float d, float dmin, int j,
+                                                               __m256 wv[4])
+{
+    const uint8_t *sc = b + 4, *q = b + 16 + 32 * (j / 2);
+    const int sj = j < 4 ? sc[j] & 63 : (sc[j + 4] & 15) | (sc[j - 4] >> 6) << 4;
+    const int mj = j < 4 ? sc[j + 4] & 63 : (sc[j + 4] >> 4) | (sc[j] >> 6) << 4;
+    const __m256 dl = _mm256_set1_ps(d * (float)sj), ml = _mm256_set1_ps(dmin * (float)mj);
+    const __m128i low = _mm_set1_epi8(15);
+    __m128i u = _mm_loadu_si128((const __m128i *)q), v = _mm_loadu_si128((const __m128i *)(q + 16));
+    u = j % 2 ? _mm_and_si128(_mm_srli_epi16(u, 4), low) : _mm_and_si128(u, low);
+    v = j % 2 ? _mm_and_si128(_mm_srli_epi16(v, 4), low) : _mm_and_si128(v, low);
+    const __m128i c[4] = {u, _mm_srli_si128(u, 8), v, _mm_srli_si128(v, 8)};
+    for (int k = 0; k < 4; k++)
+        wv[k] = _mm256_sub_ps(_mm256_mul_ps(dl, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c[k]))), ml);
+}
+
+/* Q6_K weights l..l+7 (l in 0, 8, 16, 24) of one half of 128 and their copies 32, 64 and 96 further on. */
+static inline __attribute__((always_inline)) void q6_k_weights(const uint8_t *ql, const uint8_t *qh,
+                                                               const int8_t *sc, float d, int l, __m256 wv[4])
+{
+    const __m256i low = _mm256_set1_epi32(15), three = _mm256_set1_epi32(3), bias = _mm256_set1_epi32(32);
+    const __m256i lo0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(ql + l)));
+    const __m256i lo1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(ql + l + 32)));
+    const __m256i hi = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qh + l)));
+    const __m256i q[4] = {
+        _mm256_or_si256(_mm256_and_si256(lo0, low), _mm256_slli_epi32(_mm256_and_si256(hi, three), 4)),
+        _mm256_or_si256(_mm256_and_si256(lo1, low), _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(hi, 2), three), 4)),
+        _mm256_or_si256(_mm256_srli_epi32(lo0, 4), _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(hi, 4), three), 4)),
+        _mm256_or_si256(_mm256_srli_epi32(lo1, 4), _mm256_slli_epi32(_mm256_srli_epi32(hi, 6), 4)),
+    };
+    for (int k = 0; k < 4; k++) /* scales is, is + 2, is + 4, is + 6 (is = l / 16) */
+        wv[k] = _mm256_mul_ps(_mm256_set1_ps(d * (float)sc[l / 16 + 2 * k]), _mm256_cvtepi32_ps(_mm256_sub_epi32(q[k], bias)));
+}
+
 static void q4_k_row(const uint8_t *b, int64_t n, float *y)
 {
-    const __m128i low = _mm_set1_epi8(15);
     for (int64_t i = 0; i < n; i += 256, b += 144) {
         const float d = qpk_f16_to_f32((uint16_t)(b[0] | b[1] << 8)), dmin = qpk_f16_to_f32((uint16_t)(b[2] | b[3] << 8));
-        const uint8_t *sc = b + 4, *q = b + 16;
         for (int j = 0; j < 8; j++, y += 32) {
-            const int sj = j < 4 ? sc[j] & 63 : (sc[j + 4] & 15) | (sc[j - 4] >> 6) << 4;
-            const int mj = j < 4 ? sc[j + 4] & 63 : (sc[j + 4] >> 4) | (sc[j] >> 6) << 4;
-            const __m256 dl = _mm256_set1_ps(d * (float)sj), ml = _mm256_set1_ps(dmin * (float)mj);
-            const uint8_t *qj = q + 32 * (j / 2);
-            for (int l = 0; l < 32; l += 16) {
-                __m128i v = _mm_loadu_si128((const __m128i *)(qj + l));
-                v = j % 2 ? _mm_and_si128(_mm_srli_epi16(v, 4), low) : _mm_and_si128(v, low);
-                const __m256 a = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
-                const __m256 c = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8)));
-                _mm256_storeu_ps(y + l, _mm256_sub_ps(_mm256_mul_ps(dl, a), ml));
-                _mm256_storeu_ps(y + l + 8, _mm256_sub_ps(_mm256_mul_ps(dl, c), ml));
-            }
+            __m256 wv[4];
+            q4_k_weights(b, d, dmin, j, wv);
+            for (int k = 0; k < 4; k++)
+                _mm256_storeu_ps(y + 8 * k, wv[k]);
         }
     }
 }
 
 static void q6_k_row(const uint8_t *b, int64_t n, float *y)
 {
-    const __m256i low = _mm256_set1_epi32(15), three = _mm256_set1_epi32(3), bias = _mm256_set1_epi32(32);
     for (int64_t i = 0; i < n; i += 256, b += 210) {
         const float d = qpk_f16_to_f32((uint16_t)(b[208] | b[209] << 8));
         const int8_t *sc = (const int8_t *)(b + 192);
         const uint8_t *ql = b, *qh = b + 128;
         for (int h = 0; h < 2; h++, ql += 64, qh += 32, sc += 8, y += 128)
             for (int l = 0; l < 32; l += 8) {
-                const int is = l / 16;
-                const __m256i lo0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(ql + l)));
-                const __m256i lo1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(ql + l + 32)));
-                const __m256i hi = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qh + l)));
-                const __m256i q1 = _mm256_or_si256(_mm256_and_si256(lo0, low), _mm256_slli_epi32(_mm256_and_si256(hi, three), 4));
-                const __m256i q2 = _mm256_or_si256(_mm256_and_si256(lo1, low),
-                                                   _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(hi, 2), three), 4));
-                const __m256i q3 = _mm256_or_si256(_mm256_srli_epi32(lo0, 4),
-                                                   _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(hi, 4), three), 4));
-                const __m256i q4 = _mm256_or_si256(_mm256_srli_epi32(lo1, 4), _mm256_slli_epi32(_mm256_srli_epi32(hi, 6), 4));
-                _mm256_storeu_ps(y + l, _mm256_mul_ps(_mm256_set1_ps(d * (float)sc[is]),
-                                                      _mm256_cvtepi32_ps(_mm256_sub_epi32(q1, bias))));
-                _mm256_storeu_ps(y + l + 32, _mm256_mul_ps(_mm256_set1_ps(d * (float)sc[is + 2]),
-                                                           _mm256_cvtepi32_ps(_mm256_sub_epi32(q2, bias))));
-                _mm256_storeu_ps(y + l + 64, _mm256_mul_ps(_mm256_set1_ps(d * (float)sc[is + 4]),
-                                                           _mm256_cvtepi32_ps(_mm256_sub_epi32(q3, bias))));
-                _mm256_storeu_ps(y + l + 96, _mm256_mul_ps(_mm256_set1_ps(d * (float)sc[is + 6]),
-                                                           _mm256_cvtepi32_ps(_mm256_sub_epi32(q4, bias))));
+                __m256 wv[4];
+                q6_k_weights(ql, qh, sc, d, l, wv);
+                for (int k = 0; k < 4; k++)
+                    _mm256_storeu_ps(y + l + 32 * k, wv[k]);
             }
     }
 }
@@ -316,65 +327,37 @@ static float dot_q4_k(const qpk_matrix *w, int64_t r, const float *x, float *scr
 {
     (void)scratch;
     const uint8_t *b = qpk_row_ptr(w, r);
-    const __m128i low = _mm_set1_epi8(15);
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int64_t i = 0; i < w->cols; i += 256, b += 144) {
         const float d = qpk_f16_to_f32((uint16_t)(b[0] | b[1] << 8)), dmin = qpk_f16_to_f32((uint16_t)(b[2] | b[3] << 8));
-        const uint8_t *sc = b + 4;
         for (int j = 0; j < 8; j++) {
-            const int sj = j < 4 ? sc[j] & 63 : (sc[j + 4] & 15) | (sc[j - 4] >> 6) << 4;
-            const int mj = j < 4 ? sc[j + 4] & 63 : (sc[j + 4] >> 4) | (sc[j] >> 6) << 4;
-            const __m256 dl = _mm256_set1_ps(d * (float)sj), ml = _mm256_set1_ps(dmin * (float)mj);
-            const uint8_t *qj = b + 16 + 32 * (j / 2);
-            __m128i u = _mm_loadu_si128((const __m128i *)qj), v = _mm_loadu_si128((const __m128i *)(qj + 16));
-            u = j % 2 ? _mm_and_si128(_mm_srli_epi16(u, 4), low) : _mm_and_si128(u, low);
-            v = j % 2 ? _mm_and_si128(_mm_srli_epi16(v, 4), low) : _mm_and_si128(v, low);
-            const float *xk = x + i + 32 * j;
-#define Q4K_W(q) _mm256_sub_ps(_mm256_mul_ps(dl, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q))), ml)
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(xk), Q4K_W(u), a0);
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(xk + 8), Q4K_W(_mm_srli_si128(u, 8)), a1);
-            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(xk + 16), Q4K_W(v), a2);
-            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(xk + 24), Q4K_W(_mm_srli_si128(v, 8)), a3);
-#undef Q4K_W
+            __m256 wv[4];
+            q4_k_weights(b, d, dmin, j, wv);
+            for (int k = 0; k < 4; k++)
+                a[k] = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 32 * j + 8 * k), wv[k], a[k]);
         }
     }
-    return hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    return hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
 }
 
 static float dot_q6_k(const qpk_matrix *w, int64_t r, const float *x, float *scratch)
 {
     (void)scratch;
     const uint8_t *b = qpk_row_ptr(w, r);
-    const __m256i low = _mm256_set1_epi32(15), three = _mm256_set1_epi32(3), bias = _mm256_set1_epi32(32);
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int64_t i = 0; i < w->cols; i += 256, b += 210) {
         const float d = qpk_f16_to_f32((uint16_t)(b[208] | b[209] << 8));
         const int8_t *sc = (const int8_t *)(b + 192);
         const uint8_t *ql = b, *qh = b + 128;
         for (int h = 0; h < 2; h++, ql += 64, qh += 32, sc += 8)
             for (int l = 0; l < 32; l += 8) { /* chain l / 8, positions l, l+32, l+64, l+96 in order */
-                const int is = l / 16;
-                const float *xk = x + i + 128 * h + l;
-                const __m256i lo0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(ql + l)));
-                const __m256i lo1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(ql + l + 32)));
-                const __m256i hi = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qh + l)));
-                const __m256i q1 = _mm256_or_si256(_mm256_and_si256(lo0, low), _mm256_slli_epi32(_mm256_and_si256(hi, three), 4));
-                const __m256i q2 = _mm256_or_si256(_mm256_and_si256(lo1, low),
-                                                   _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(hi, 2), three), 4));
-                const __m256i q3 = _mm256_or_si256(_mm256_srli_epi32(lo0, 4),
-                                                   _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(hi, 4), three), 4));
-                const __m256i q4 = _mm256_or_si256(_mm256_srli_epi32(lo1, 4), _mm256_slli_epi32(_mm256_srli_epi32(hi, 6), 4));
-#define Q6K_W(q, s) _mm256_mul_ps(_mm256_set1_ps(d * (float)(s)), _mm256_cvtepi32_ps(_mm256_sub_epi32(q, bias)))
-                __m256 a = acc[l / 8];
-                a = _mm256_fmadd_ps(_mm256_loadu_ps(xk), Q6K_W(q1, sc[is]), a);
-                a = _mm256_fmadd_ps(_mm256_loadu_ps(xk + 32), Q6K_W(q2, sc[is + 2]), a);
-                a = _mm256_fmadd_ps(_mm256_loadu_ps(xk + 64), Q6K_W(q3, sc[is + 4]), a);
-                a = _mm256_fmadd_ps(_mm256_loadu_ps(xk + 96), Q6K_W(q4, sc[is + 6]), a);
-                acc[l / 8] = a;
-#undef Q6K_W
+                __m256 wv[4];
+                q6_k_weights(ql, qh, sc, d, l, wv);
+                for (int k = 0; k < 4; k++)
+                    a[l / 8] = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 128 * h + l + 32 * k), wv[k], a[l / 8]);
             }
     }
-    return hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    return hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
 }
 
 static void ggml_row_to_f32(const qpk_matrix *w, int64_t r, float *dst)

@@ -404,22 +404,10 @@ static void quantize_kx(int nmax, const float *x, const float *imp, uint8_t *b)
             sc[j] |= (uint8_t)((qm[j] >> 4) << 6);
         }
     }
-    if (nmax == 15) {
-        uint8_t *q = b + 16;
-        for (int j = 0; j < 256; j += 64, q += 32)
-            for (int l = 0; l < 32; l++)
-                q[l] = (uint8_t)(L[j + l] | L[j + l + 32] << 4);
-    } else {
-        uint8_t *qh = b + 16, *q = b + 48;
-        memset(qh, 0, 32);
-        uint8_t m1 = 1, m2 = 2;
-        for (int j = 0; j < 256; j += 64, q += 32, m1 <<= 2, m2 <<= 2)
-            for (int l = 0; l < 32; l++) {
-                const int l1 = L[j + l], l2 = L[j + l + 32];
-                q[l] = (uint8_t)((l1 & 15) | (l2 & 15) << 4);
-                qh[l] |= (uint8_t)((l1 > 15 ? m1 : 0) | (l2 > 15 ? m2 : 0));
-            }
-    }
+    int32_t codes[256];
+    for (int i = 0; i < 256; i++)
+        codes[i] = L[i];
+    qpk_ggml_pack_codes(nmax == 15 ? QPK_TYPE_Q4_K : QPK_TYPE_Q5_K, b, codes);
 }
 
 /* Q6_K: 16 sub-blocks of 16, 8-bit scales against one f16, codes in [-32, 31]. */
@@ -463,15 +451,10 @@ static void quantize_q6k(const float *x, const float *imp, uint8_t *b)
         }
         sc[j] = (int8_t)bs;
     }
-    uint8_t *ql = b, *qh = b + 128;
-    memset(qh, 0, 64);
-    for (int n = 0; n < 256; n += 128, ql += 64, qh += 32)
-        for (int l = 0; l < 32; l++) {
-            const int q1 = L[n + l] + 32, q2 = L[n + l + 32] + 32, q3 = L[n + l + 64] + 32, q4 = L[n + l + 96] + 32;
-            ql[l] = (uint8_t)((q1 & 15) | (q3 & 15) << 4);
-            ql[l + 32] = (uint8_t)((q2 & 15) | (q4 & 15) << 4);
-            qh[l] = (uint8_t)((q1 >> 4) | (q2 >> 4) << 2 | (q3 >> 4) << 4 | (q4 >> 4) << 6);
-        }
+    int32_t codes[256];
+    for (int i = 0; i < 256; i++)
+        codes[i] = L[i];
+    qpk_ggml_pack_codes(QPK_TYPE_Q6_K, b, codes);
     memcpy(b + 192, sc, 16);
     const uint16_t dh = qpk_f32_to_f16(d);
     memcpy(b + 208, &dh, 2);

@@ -34,13 +34,14 @@ int main(int argc, char **argv)
     int threads = argc > 2 ? atoi(argv[2]) : 0;
     bool scalar = argc > 3 && !strcmp(argv[3], "--scalar"), decode_only = argc > 3 && !strcmp(argv[3], "--decode-only");
     qpk_err e = {0};
-    qpk_source *src;
+    qpk_source *src = NULL;
+    qpk_model *m = NULL;
     qpk_pool *pool;
-    if (qpk_source_open(&src, argv[1], false, NULL, &e) != QPK_OK || qpk_pool_create(&pool, threads, &e) != QPK_OK) {
+    if (qpk_source_open(&src, argv[1], NULL, &e) != QPK_OK || qpk_model_from_source(&m, src, &e) != QPK_OK ||
+        qpk_pool_create(&pool, threads, &e) != QPK_OK) {
         fprintf(stderr, "%s\n", e.msg);
         return 1;
     }
-    const qpk_model *m = qpk_source_model(src);
     const qpk_config *c = qpk_model_config(m);
     double peak = bench_fma_peak(pool), bw = bench_read_bandwidth(pool);
     int n_threads = qpk_pool_threads(pool);
@@ -96,6 +97,7 @@ int main(int argc, char **argv)
            1e3 * (t[1] - t[0]) / n);
     free(tok), free(logits);
     qpk_context_free(ctx);
+    qpk_model_free(m);
     qpk_source_close(src);
     return 0;
 }

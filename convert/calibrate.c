@@ -200,13 +200,14 @@ static qpk_status check_size(const qpk_calib *c, qpk_method method, int threads,
     return QPK_OK;
 }
 
-qpk_status qpk_calib_begin(qpk_calib **out, qpk_checkpoint *ck, const qpk_convert_opts *o, qpk_pool *pool,
+qpk_status qpk_calib_begin(qpk_calib **out, qpk_source *src, const qpk_convert_opts *o, qpk_pool *pool,
                            qpk_err *e)
 {
     *out = NULL;
     qpk_calib *c = calloc(1, sizeof *c);
     if (!c)
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    qpk_checkpoint *ck = qpk_source_checkpoint(src);
     c->ck = ck, c->o = o, c->cfg = qpk_checkpoint_config(ck), c->pool = pool, c->k = qpk_kernels_best();
     qpk_calib_resolve(&o->calib, &c->p);
     qpk_status s = check_size(c, o->method, qpk_pool_threads(pool), e);
@@ -245,7 +246,7 @@ qpk_status qpk_calib_begin(qpk_calib **out, qpk_checkpoint *ck, const qpk_conver
     if (s == QPK_OK && qpk_method_uses_gptq(o->method))
         s = qpk_gram_ws_create(&c->gram, widest, L, pool, e);
     if (s == QPK_OK)
-        s = qpk_checkpoint_model(&c->model, ck, e);
+        s = qpk_model_from_source(&c->model, src, e);
     qpk_context_opts co = {.n_ctx = L, .n_batch = L, .pool = pool};
     if (s == QPK_OK)
         s = qpk_context_create(&c->ctx, c->model, &co, e);

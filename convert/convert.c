@@ -1,7 +1,12 @@
 /*
- * qpk_convert: HF folder -> .qpk (or GGUF), streaming one tensor at a time from the
- * mapped safetensors into the writer. Memory use is one conversion chunk, whatever
- * the model size; the output appears only when complete (see the writers).
+ * The engine: a source -> a plan -> a sink, one tensor at a time in the canonical order.
+ * Every tensor is declared first (the plan: each one's type, from the recipe rules, the
+ * calibration method, or as it is stored; requantized where the target needs it and the
+ * caller asks), then streamed from the mapped source into the sink: copied as it is,
+ * converted between floats, quantized by round-to-nearest on all threads, taken from the
+ * calibration of its layer, imported exactly (GPTQ/AWQ), or requantized from its exact
+ * weights. Memory is one chunk of rows (and one layer when calibrating), whatever the
+ * model size; the output appears only when complete.
  */
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -25,8 +30,16 @@ static const char *const EMBEDDED_FILES[] = {"tokenizer.json", "tokenizer_config
 typedef struct job {
     const qpk_convert_opts *o;
     const qpk_config *cfg;
-    qpk_writer *w;          /* the .qpk being written, or */
-    qpk_gguf_export *gguf;  /* the GGUF (whose tensors are all declared before any data) */
+    qpk_source *src;
+    qpk_checkpoint *ck;     /* a Hugging Face source's folder, else NULL */
+    qpk_sink *sink;
+    qpk_sink_tensor *plan;  /* each tensor as declared, in the canonical order */
+    bool *requant;          /* which of them are requantized for the target */
+    int n_requantized;
+    void **kept;            /* keep_requantized: the requantized tensors' bytes, by index */
+    qpk_sink_file files[3]; /* the model's files (EMBEDDED_FILES present), owned */
+    size_t n_files;
+    uint64_t written;
     qpk_pool *pool;
     const qpk_kernels *kernels; /* round-to-nearest rows */
     float *rows_f32;    /* per thread: one source row in f32 */
@@ -49,25 +62,15 @@ static qpk_status poll(job *j, const char *what, qpk_err *e)
     return QPK_OK;
 }
 
-/* The output's three tensor calls, whichever the format. */
-static qpk_status out_begin(job *j, const char *name, uint32_t type, uint32_t group, int ndim, const int64_t *dims,
-                            qpk_err *e)
-{
-    return j->gguf ? QPK_OK : qpk_writer_begin_tensor(j->w, name, type, group, ndim, dims, e);
-}
+static qpk_status out_begin(job *j, qpk_err *e) { return qpk_sink_begin_tensor(j->sink, e); }
 
 static qpk_status out_write(job *j, const void *p, size_t n, qpk_err *e)
 {
-    return j->gguf ? qpk_gguf_export_write(j->gguf, p, n, e) : qpk_writer_write(j->w, p, n, e);
+    j->written += n;
+    return qpk_sink_write(j->sink, p, n, e);
 }
 
-static qpk_status out_end(job *j, qpk_err *e)
-{
-    if (!j->gguf)
-        return qpk_writer_end_tensor(j->w, e);
-    qpk_gguf_export_next(j->gguf);
-    return QPK_OK;
-}
+static qpk_status out_end(job *j, const int32_t *perm, qpk_err *e) { return qpk_sink_end_tensor(j->sink, perm, e); }
 
 /* Refuses a non-finite weight (unless allowed), naming the tensor, the element and where it is. */
 static qpk_status nonfinite(const job *j, const qpk_st_tensor *t, uint64_t index, float value, qpk_err *e)
@@ -248,18 +251,16 @@ static uint64_t qlinear_source_bytes(const qpk_qlinear *q)
     return q->qweight->nbytes + q->qzeros->nbytes + q->scales->nbytes + (q->g_idx ? q->g_idx->nbytes : 0);
 }
 
-/* A GPTQ/AWQ linear as qpk blocks, exactly, chunk by chunk on the pool; its input permutation after it. */
-static qpk_status write_imported(job *j, const qpk_qlinear *q, qpk_role role, int layer, const char *name, qpk_err *e)
+/* A GPTQ/AWQ linear as qpk blocks, exactly, chunk by chunk on the pool; its input permutation with it. */
+static qpk_status write_imported(job *j, const qpk_qlinear *q, const char *name, qpk_err *e)
 {
-    const int64_t dims[2] = {q->rows, q->cols};
     const size_t row_bytes = qpk_type_row_bytes(q->type, q->group, q->cols);
     int64_t chunk = (int64_t)(QUANT_CHUNK_BYTES / row_bytes) / IMPORT_TASK_ROWS * IMPORT_TASK_ROWS;
     chunk = chunk < IMPORT_TASK_ROWS ? IMPORT_TASK_ROWS : chunk;
     const int64_t max_tasks = chunk / IMPORT_TASK_ROWS;
     import_job m = {q, 0, 0, row_bytes, malloc((size_t)chunk * row_bytes), calloc((size_t)max_tasks, sizeof(qpk_status)),
                     calloc((size_t)max_tasks, sizeof(qpk_err))};
-    qpk_status s = m.out && m.status && m.errs ? out_begin(j, name, q->type, q->group, 2, dims, e)
-                                               : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    qpk_status s = m.out && m.status && m.errs ? out_begin(j, e) : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     const double per_row = (double)qlinear_source_bytes(q) / (double)q->rows;
     for (int64_t r0 = 0; r0 < q->rows && s == QPK_OK; r0 += chunk) {
         m.row0 = r0, m.n_rows = q->rows - r0 < chunk ? q->rows - r0 : chunk;
@@ -278,57 +279,142 @@ static qpk_status write_imported(job *j, const qpk_qlinear *q, qpk_role role, in
     }
     free(m.out), free(m.status), free(m.errs);
     QPK_TRY(s);
-    QPK_TRY(out_end(j, e));
+    QPK_TRY(out_end(j, q->perm, e));
     note_sources(j, q);
-    if (!q->perm)
-        return QPK_OK;
-    char perm_name[QPK_MAX_NAME];
-    qpk_perm_name(perm_name, sizeof perm_name, role, layer);
-    QPK_TRY(out_begin(j, perm_name, QPK_TYPE_I32, 0, 1, &q->cols, e));
-    QPK_TRY(out_write(j, q->perm, (size_t)q->cols * sizeof *q->perm, e)); /* little-endian, as the format */
-    return out_end(j, e);
+    return QPK_OK;
 }
 
 /* A tensor of the layer the calibration has just quantized: its bytes come from there. */
-static qpk_status write_calibrated(job *j, const qpk_checkpoint *ck, qpk_role role, int layer, const char *name,
-                                   qpk_err *e)
+static qpk_status write_calibrated(job *j, size_t i, const char *name, qpk_err *e)
 {
-    const qpk_st_tensor *t = qpk_checkpoint_tensor(ck, role, layer);
+    const qpk_sink_tensor *p = &j->plan[i];
+    const qpk_st_tensor *t = qpk_checkpoint_tensor(j->ck, p->role, p->layer);
     uint32_t type, group;
     const void *bytes;
     size_t n;
-    qpk_calib_tensor(j->calib, role, &type, &group, &bytes, &n);
-    QPK_TRY(out_begin(j, name, type, group, t->ndim, t->shape, e));
+    qpk_calib_tensor(j->calib, p->role, &type, &group, &bytes, &n);
+    if (type != p->type || group != p->group_size) /* the plan and the calibration read the same rules */
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "tensor '%s': calibrated as %s, planned as %s", name,
+                            qpk_type_name(type), qpk_type_name(p->type));
+    QPK_TRY(out_begin(j, e));
     QPK_TRY(out_write(j, bytes, n, e));
-    QPK_TRY(out_end(j, e));
+    QPK_TRY(out_end(j, NULL, e));
     j->done += t->nbytes;
     note_source(j, t, NULL);
     return QPK_OK;
 }
 
-/* One tensor, from the calibration (a calibrated layer's) or straight from its source. */
-static qpk_status write_tensor(job *j, const qpk_checkpoint *ck, qpk_role role, int layer, qpk_err *e)
+/* A tensor of a Hugging Face folder: from the calibration, imported, or from its float values. */
+static qpk_status write_from_folder(job *j, size_t i, const char *name, qpk_err *e)
 {
-    char name[QPK_MAX_NAME];
-    qpk_tensor_name(name, sizeof name, role, layer);
-    if (j->calib && qpk_role_is_per_layer(role))
-        return write_calibrated(j, ck, role, layer, name, e);
-    const qpk_qlinear *q = qpk_checkpoint_qlinear(ck, role, layer);
+    const qpk_sink_tensor *p = &j->plan[i];
+    if (j->calib && qpk_role_is_per_layer(p->role))
+        return write_calibrated(j, i, name, e);
+    const qpk_qlinear *q = qpk_checkpoint_qlinear(j->ck, p->role, p->layer);
     if (q)
-        return write_imported(j, q, role, layer, name, e);
-    const qpk_st_tensor *t = qpk_checkpoint_tensor(ck, role, layer);
-    uint32_t type, group;
-    QPK_TRY(qpk_tensor_plan(j->o, j->cfg, t, role, layer, name, &type, &group, e));
+        return write_imported(j, q, name, e);
+    const qpk_st_tensor *t = qpk_checkpoint_tensor(j->ck, p->role, p->layer);
+    const uint32_t type = p->type, group = p->group_size;
     bool as_is = qpk_st_keep_type(t->dtype) == type && t->dtype != QPK_ST_F64;
-    QPK_TRY(out_begin(j, name, type, group, t->ndim, t->shape, e));
+    QPK_TRY(out_begin(j, e));
     QPK_TRY(qpk_type_is_quantized(type) ? quantize_tensor(j, t, type, group, e)
             : as_is                     ? copy_bytes(j, t, e)
                                         : convert_values(j, t, (qpk_type)type, e));
-    QPK_TRY(out_end(j, e));
-    /* Stored as is: the source's bytes, so the writer's hash serves both. */
-    uint64_t h = j->gguf ? 0 : qpk_writer_last_xxh3(j->w);
-    note_source(j, t, as_is && !j->gguf ? &h : NULL);
+    QPK_TRY(out_end(j, NULL, e));
+    /* Stored as is: the source's bytes, so the .qpk writer's hash serves both. */
+    uint64_t h = qpk_sink_last_xxh3(j->sink);
+    note_source(j, t, as_is && h ? &h : NULL);
     return QPK_OK;
+}
+
+/* ------------------------------------------------ any source's qpk matrices */
+
+#define COPY_ROWS_BYTES (16u << 20) /* bytes per write when copying a stored tensor: whole rows */
+
+/* A tensor kept as the source stores it: its bytes (checked once more), in pieces of whole rows. */
+static qpk_status copy_matrix(job *j, const qpk_matrix *m, const char *name, qpk_err *e)
+{
+    const size_t row = qpk_matrix_row_bytes(m);
+    const uint64_t total = (uint64_t)row * (uint64_t)m->rows;
+    const uint64_t chunk = row >= COPY_ROWS_BYTES ? row : COPY_ROWS_BYTES / row * row;
+    QPK_TRY(out_begin(j, e));
+    for (uint64_t off = 0; off < total; off += chunk) {
+        size_t n = (size_t)(total - off < chunk ? total - off : chunk);
+        QPK_TRY(out_write(j, (const uint8_t *)m->data + off, n, e));
+        j->done += n;
+        QPK_TRY(poll(j, name, e));
+    }
+    return out_end(j, m->perm, e);
+}
+
+/* Whether every code of an int8z tensor minus its block's zero point fits an int8 (Q8_0 holds it as it is). */
+static bool int8z_fits(const qpk_matrix *m)
+{
+    const size_t bb = qpk_type_block_bytes(m->type, m->group_size);
+    const uint64_t total = (uint64_t)qpk_matrix_row_bytes(m) * (uint64_t)m->rows;
+    for (const uint8_t *b = m->data, *end = b + total; b < end; b += bb) {
+        const int32_t z = b[2] | b[3] << 8;
+        for (uint32_t i = 0; i < m->group_size; i++)
+            if (b[4 + i] - z < -128 || b[4 + i] - z > 127)
+                return false;
+    }
+    return true;
+}
+
+#define REQUANT_GROUP 32 /* ggml's blocks */
+
+/*
+ * A linear GGUF cannot hold as it is, requantized: each row decoded exactly, put back in
+ * input order (perm may be NULL), quantized to groups of 32 of the same grid (int8z ->
+ * int8). keep (may be NULL) receives the bytes too, for the in-memory model.
+ */
+static qpk_status requantize_matrix(job *j, const qpk_matrix *m, size_t i, const char *name, qpk_err *e)
+{
+    const int64_t rows = m->rows, cols = m->cols;
+    const uint32_t type = j->plan[i].type;
+    const size_t in_row = qpk_matrix_row_bytes(m), out_row = qpk_type_row_bytes(type, REQUANT_GROUP, cols);
+    float *stored = malloc((size_t)cols * sizeof *stored), *x = malloc((size_t)cols * sizeof *x);
+    uint8_t *kept = j->kept ? malloc(out_row * (size_t)rows) : NULL, *row = malloc(out_row);
+    qpk_status s = stored && x && row && out_row && (kept || !j->kept) ? out_begin(j, e)
+                                                                       : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    for (int64_t r = 0; r < rows && s == QPK_OK; r++) {
+        qpk_dequantize_row(m->type, m->group_size, (const uint8_t *)m->data + (size_t)r * in_row, cols, stored);
+        for (int64_t c = 0; c < cols; c++) {
+            int32_t k = (int32_t)c;
+            if (m->perm)
+                memcpy(&k, m->perm + c, 4); /* a permutation: every source checks it */
+            x[k] = stored[c];
+        }
+        uint8_t *dst = kept ? kept + (size_t)r * out_row : row;
+        s = qpk_quantize_row(type, REQUANT_GROUP, x, cols, dst, e);
+        if (s == QPK_OK)
+            s = out_write(j, dst, out_row, e);
+        else
+            qpk_err_prefix(e, "%s row %lld", name, (long long)r);
+        j->done += in_row;
+        if (s == QPK_OK && (r & 255) == 255)
+            s = poll(j, name, e);
+    }
+    free(stored), free(x), free(row);
+    if (s == QPK_OK)
+        s = out_end(j, NULL, e);
+    if (s != QPK_OK) {
+        free(kept);
+        return s;
+    }
+    if (j->kept)
+        j->kept[i] = kept;
+    return QPK_OK;
+}
+
+/* Tensor i of any source: kept as it is, or requantized for the target. */
+static qpk_status write_from_matrix(job *j, size_t i, const char *name, qpk_err *e)
+{
+    const qpk_sink_tensor *p = &j->plan[i];
+    qpk_matrix m;
+    QPK_TRY(qpk_source_matrix(j->src, p->role, p->layer, &m, e));
+    QPK_TRY(qpk_source_verify(j->src, p->role, p->layer, e));
+    return j->requant[i] ? requantize_matrix(j, &m, i, name, e) : copy_matrix(j, &m, name, e);
 }
 
 /* Calibrates layer l (GPTQ/AWQ): an explicit step at the layer boundary, before its tensors are written. */
@@ -342,59 +428,25 @@ static qpk_status calibrate_layer(job *j, const qpk_config *c, int l, qpk_err *e
     return poll(j, what, e);
 }
 
-/* Every tensor in the canonical order: embedding, layer by layer, final norm, head. */
-static qpk_status write_tensors(job *j, const qpk_checkpoint *ck, qpk_err *e)
+/* Every tensor in the canonical order: embedding, layer by layer (calibrated first), final norm, head. */
+static qpk_status write_tensors(job *j, qpk_err *e)
 {
-    const qpk_config *c = qpk_checkpoint_config(ck);
+    const qpk_config *c = j->cfg;
+    int calibrated = -1;
     for (size_t i = 0; i < qpk_model_n_tensors(c); i++) {
-        qpk_role role;
-        int layer;
-        qpk_model_tensor_at(c, i, &role, &layer);
-        const qpk_qlinear *q = qpk_checkpoint_qlinear(ck, role, layer);
-        j->total += q ? qlinear_source_bytes(q) : qpk_checkpoint_tensor(ck, role, layer)->nbytes;
+        const qpk_sink_tensor *p = &j->plan[i];
+        char name[QPK_MAX_NAME];
+        qpk_tensor_name(name, sizeof name, p->role, p->layer);
+        if (j->calib && p->layer > calibrated) {
+            QPK_TRY(calibrate_layer(j, c, p->layer, e));
+            calibrated = p->layer;
+        }
+        QPK_TRY(j->ck && !j->requant[i] ? write_from_folder(j, i, name, e) : write_from_matrix(j, i, name, e));
     }
-    QPK_TRY(write_tensor(j, ck, QPK_ROLE_EMBED, -1, e));
-    for (int l = 0; l < c->n_layers; l++) {
-        if (j->calib)
-            QPK_TRY(calibrate_layer(j, c, l, e));
-        for (int i = 0; i < QPK_LAYER_ROLES; i++)
-            QPK_TRY(write_tensor(j, ck, qpk_layer_role(i), l, e));
-    }
-    QPK_TRY(write_tensor(j, ck, QPK_ROLE_FINAL_NORM, -1, e));
-    if (!c->tie_word_embeddings)
-        QPK_TRY(write_tensor(j, ck, QPK_ROLE_LM_HEAD, -1, e));
     return QPK_OK;
 }
 
-/* ------------------------------------------------------------------ GGUF */
-
-/* A checkpoint's tensors as the GGUF plan takes them: as they will be stored. */
-typedef struct gguf_source {
-    const qpk_convert_opts *o;
-    const qpk_checkpoint *ck;
-} gguf_source;
-
-static qpk_status checkpoint_source(void *ud, qpk_role role, int layer, uint32_t *type, uint32_t *group, int *ndim,
-                                    int64_t dims[QPK_MAX_DIMS], qpk_err *e)
-{
-    const gguf_source *g = ud;
-    char name[QPK_MAX_NAME];
-    qpk_tensor_name(name, sizeof name, role, layer);
-    const qpk_qlinear *q = qpk_checkpoint_qlinear(g->ck, role, layer);
-    if (q && q->perm)
-        return qpk_err_setf(e, QPK_E_UNSUPPORTED, QPK_ACT_ORDER_GGUF_MSG, q->name);
-    if (q) {
-        *type = q->type, *group = q->group, *ndim = 2;
-        dims[0] = q->rows, dims[1] = q->cols;
-        return QPK_OK;
-    }
-    const qpk_st_tensor *t = qpk_checkpoint_tensor(g->ck, role, layer);
-    QPK_TRY(qpk_tensor_plan(g->o, qpk_checkpoint_config(g->ck), t, role, layer, name, type, group, e));
-    qpk_tensor_stored(g->o, role, type, group);
-    *ndim = t->ndim;
-    memcpy(dims, t->shape, (size_t)t->ndim * sizeof *dims);
-    return QPK_OK;
-}
+/* ------------------------------------------------------------ the plan */
 
 /* The folder's last path component: the model's name in GGUF. */
 static void folder_name(const char *dir, char *buf, size_t cap)
@@ -408,31 +460,6 @@ static void folder_name(const char *dir, char *buf, size_t cap)
     char *safe = strndup(dir + b, n - b), *utf8 = safe ? qpk_utf8_dup(safe) : NULL; /* GGUF strings are UTF-8 */
     snprintf(buf, cap, "%s", utf8 ? utf8 : "");
     free(safe), free(utf8);
-}
-
-/* A GGUF needs its tensors and metadata before any data: plan every tensor now. */
-static qpk_status gguf_head(job *j, const qpk_checkpoint *ck, const char *dir, const cJSON *meta, qpk_err *e)
-{
-    char *tok = NULL, *tok_cfg = NULL, *recipe = NULL, name[256];
-    size_t tok_len = 0, cfg_len = 0;
-    bool missing = false;
-    qpk_status s = qpk_read_model_file(dir, "tokenizer.json", &tok, &tok_len, &missing, e);
-    if (s != QPK_OK && missing)
-        s = qpk_err_setf(e, QPK_E_MISMATCH, "GGUF carries the model's tokenizer, and %s has no tokenizer.json", dir);
-    if (s == QPK_OK) {
-        qpk_status r = qpk_read_model_file(dir, "tokenizer_config.json", &tok_cfg, &cfg_len, &missing, e);
-        s = r == QPK_OK || missing ? QPK_OK : r; /* optional */
-    }
-    const cJSON *q = cJSON_GetObjectItemCaseSensitive(meta, "quantization");
-    if (s == QPK_OK && cJSON_IsObject(q) && !(recipe = cJSON_PrintUnformatted(q)))
-        s = qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
-    folder_name(dir, name, sizeof name);
-    gguf_source src = {j->o, ck};
-    qpk_gguf_meta gm = {name, tok, tok_len, tok_cfg, cfg_len, recipe};
-    if (s == QPK_OK)
-        s = qpk_gguf_export_plan(j->gguf, qpk_checkpoint_config(ck), checkpoint_source, &src, &gm, e);
-    free(tok), free(tok_cfg), free(recipe);
-    return s;
 }
 
 /*
@@ -462,30 +489,24 @@ static qpk_status check_embedded(const job *j, const char *name, const char *dat
     return s;
 }
 
-static qpk_status embed_files(job *j, const char *dir, cJSON *prov, qpk_err *e)
+/* The model's files, in a fixed order: those a folder has are checked before they are carried. */
+static qpk_status gather_files(job *j, qpk_err *e)
 {
-    cJSON *list = cJSON_AddArrayToObject(prov, "embedded_files");
     for (size_t i = 0; i < sizeof EMBEDDED_FILES / sizeof *EMBEDDED_FILES; i++) {
         char *data;
         size_t len;
-        bool missing;
-        qpk_status s = qpk_read_model_file(dir, EMBEDDED_FILES[i], &data, &len, &missing, e);
-        if (s != QPK_OK && missing) {
-            if (j->o->cb.log) {
+        QPK_TRY(qpk_source_file(j->src, EMBEDDED_FILES[i], &data, &len, e));
+        if (!data) {
+            if (j->ck && j->o->cb.log) {
                 char msg[128];
                 snprintf(msg, sizeof msg, "no %s in the model folder: not embedded", EMBEDDED_FILES[i]);
                 j->o->cb.log(j->o->cb.ud, QPK_LOG_INFO, msg);
             }
             continue;
         }
-        if (s == QPK_OK)
-            s = check_embedded(j, EMBEDDED_FILES[i], data, len, e);
-        if (s == QPK_OK)
-            s = qpk_writer_add_blob(j->w, EMBEDDED_FILES[i], data, len, e);
-        free(data);
-        if (s != QPK_OK)
-            return s;
-        cJSON_AddItemToArray(list, cJSON_CreateString(EMBEDDED_FILES[i]));
+        j->files[j->n_files++] = (qpk_sink_file){EMBEDDED_FILES[i], data, len};
+        if (j->ck)
+            QPK_TRY(check_embedded(j, EMBEDDED_FILES[i], data, len, e));
     }
     return QPK_OK;
 }
@@ -602,20 +623,16 @@ static void add_import(cJSON *m, const qpk_checkpoint *ck, const qpk_convert_opt
         cJSON_AddItemToArray(rules, cJSON_CreateString(o->rules[i].pattern));
 }
 
-/* Whether any imported linear takes its input permuted: then the file is version 2. */
-static bool has_permutations(const qpk_checkpoint *ck)
+/* The file version follows from the tensors: a permuted input needs version 2. */
+static int format_version(const job *j)
 {
-    const qpk_config *c = qpk_checkpoint_config(ck);
-    for (int l = 0; l < c->n_layers; l++)
-        for (int i = 0; i < QPK_LAYER_ROLES; i++) {
-            const qpk_qlinear *ql = qpk_checkpoint_qlinear(ck, qpk_layer_role(i), l);
-            if (ql && ql->perm)
-                return true;
-        }
-    return false;
+    for (size_t i = 0; i < qpk_model_n_tensors(j->cfg); i++)
+        if (j->plan[i].permuted)
+            return 2;
+    return 1;
 }
 
-static cJSON *base_metadata(const qpk_checkpoint *ck, const qpk_convert_opts *o, cJSON **prov)
+static cJSON *folder_metadata(const job *j, const qpk_checkpoint *ck, const qpk_convert_opts *o, cJSON **prov)
 {
     cJSON *m = cJSON_CreateObject();
     char *cfg_json = qpk_config_to_json(qpk_checkpoint_config(ck));
@@ -627,7 +644,7 @@ static cJSON *base_metadata(const qpk_checkpoint *ck, const qpk_convert_opts *o,
         return NULL;
     }
     cJSON_AddStringToObject(m, "format", "qpk");
-    cJSON_AddNumberToObject(m, "format_version", has_permutations(ck) ? 2 : 1);
+    cJSON_AddNumberToObject(m, "format_version", format_version(j));
     cJSON_AddStringToObject(m, "architecture", "qwen2");
     cJSON_AddItemToObject(m, "config", cfg);
     cJSON_AddBoolToObject(m, "tied", qpk_checkpoint_config(ck)->tie_word_embeddings);
@@ -653,6 +670,87 @@ static cJSON *base_metadata(const qpk_checkpoint *ck, const qpk_convert_opts *o,
     for (size_t i = 0; i < qpk_checkpoint_n_ignored(ck); i++)
         cJSON_AddItemToArray(ign, cJSON_CreateString(qpk_checkpoint_ignored(ck, i)));
     return m;
+}
+
+/* A GGUF's recipe: imported, from which file type, and how many matrices came in each ggml type. */
+static cJSON *gguf_recipe(const qpk_gguf *g, const qpk_config *c)
+{
+    cJSON *q = cJSON_CreateObject();
+    cJSON_AddStringToObject(q, "method", "imported");
+    cJSON *src = cJSON_AddObjectToObject(q, "source");
+    cJSON_AddStringToObject(src, "format", "gguf");
+    qpk_gguf_value v;
+    if (qpk_gguf_find(g, "general.file_type", &v) && v.type == QPK_GGUF_U32)
+        cJSON_AddNumberToObject(src, "file_type", (double)v.num.u);
+    cJSON *types = cJSON_AddObjectToObject(q, "tensors");
+    for (size_t i = 0; i < qpk_model_n_tensors(c); i++) {
+        qpk_role role;
+        int layer;
+        char name[64];
+        qpk_model_tensor_at(c, i, &role, &layer);
+        qpk_gguf_tensor_name(name, sizeof name, role, layer);
+        const char *tn = qpk_ggml_type_name(qpk_gguf_find_tensor(g, name)->type);
+        cJSON *n = cJSON_GetObjectItemCaseSensitive(types, tn);
+        if (n)
+            cJSON_SetNumberValue(n, n->valuedouble + 1);
+        else
+            cJSON_AddNumberToObject(types, tn, 1);
+    }
+    return q;
+}
+
+/* The one builder of .qpk metadata: the keys in one order, the version from the tensors, the recipe by source. */
+static cJSON *build_metadata(job *j, cJSON **prov)
+{
+    *prov = NULL;
+    if (j->ck)
+        return folder_metadata(j, j->ck, j->o, prov);
+    if (qpk_source_qpk(j->src)) { /* a .qpk re-written: its own metadata, the version following the tensors */
+        size_t len;
+        const char *text = qpk_metadata(qpk_source_qpk(j->src), &len);
+        cJSON *m = cJSON_ParseWithLength(text, len);
+        if (m)
+            cJSON_ReplaceItemInObjectCaseSensitive(m, "format_version", cJSON_CreateNumber(format_version(j)));
+        return m;
+    }
+    cJSON *m = cJSON_CreateObject();
+    char *cfg_json = qpk_config_to_json(j->cfg);
+    cJSON *cfg = cfg_json ? cJSON_Parse(cfg_json) : NULL;
+    free(cfg_json);
+    if (!m || !cfg) {
+        cJSON_Delete(m), cJSON_Delete(cfg);
+        return NULL;
+    }
+    cJSON_AddStringToObject(m, "format", "qpk");
+    cJSON_AddNumberToObject(m, "format_version", format_version(j));
+    cJSON_AddStringToObject(m, "architecture", "qwen2");
+    cJSON_AddItemToObject(m, "config", cfg);
+    cJSON_AddBoolToObject(m, "tied", j->cfg->tie_word_embeddings);
+    cJSON_AddItemToObject(m, "quantization", gguf_recipe(qpk_source_gguf(j->src), j->cfg));
+    *prov = cJSON_AddObjectToObject(m, "provenance");
+    cJSON_AddStringToObject(*prov, "tool", "qconvert");
+    cJSON_AddStringToObject(*prov, "version", QPK_VERSION_STRING);
+    add_text(*prov, "command", j->o->command);
+    return m;
+}
+
+/* The recipe says what was requantized for the target, and why. */
+static void mark_requantized(cJSON *meta, int n)
+{
+    cJSON *q = cJSON_GetObjectItemCaseSensitive(meta, "quantization");
+    if (!cJSON_IsObject(q)) {
+        cJSON_DeleteItemFromObjectCaseSensitive(meta, "quantization");
+        q = cJSON_AddObjectToObject(meta, "quantization");
+    }
+    if (cJSON_GetObjectItemCaseSensitive(q, "permuted_inputs"))
+        cJSON_ReplaceItemInObjectCaseSensitive(q, "permuted_inputs", cJSON_CreateNumber(0));
+    cJSON_DeleteItemFromObjectCaseSensitive(q, "requantized"); /* a second pass finds nothing: say so, once */
+    cJSON *r = cJSON_AddObjectToObject(q, "requantized");
+    cJSON_AddStringToObject(r, "why", "act-order groups are not runs of 32 input columns; int8z codes whose "
+                            "offset from the zero leaves Q8_0's int8");
+    cJSON_AddStringToObject(r, "method", "rtn");
+    cJSON_AddNumberToObject(r, "group", REQUANT_GROUP);
+    cJSON_AddNumberToObject(r, "linears", n);
 }
 
 /* Room for one source row in f32 per thread. */
@@ -707,113 +805,46 @@ static qpk_status check_rules_on_imported(const qpk_checkpoint *ck, const qpk_co
     return QPK_OK;
 }
 
-/* The output must not be any file the conversion reads: it would replace that input. */
-static qpk_status check_output(const qpk_checkpoint *ck, const char *dir, const char *out, qpk_err *e)
-{
-    static const char *const READ[] = {"config.json", "model.safetensors.index.json", "tokenizer.json",
-                                       "tokenizer_config.json", "generation_config.json"};
-    char path[4096];
-    for (size_t i = 0; i < qpk_checkpoint_n_files(ck) + sizeof READ / sizeof *READ; i++) {
-        size_t n = qpk_checkpoint_n_files(ck);
-        snprintf(path, sizeof path, "%s/%s", dir, i < n ? qpk_checkpoint_file(ck, i, NULL) : READ[i - n]);
-        QPK_TRY(qpk_check_not_input(out, path, e));
-    }
-    return QPK_OK;
-}
+/* ------------------------------------------------------------ the engine */
 
-static qpk_status convert_file(const char *dir, const char *out, const qpk_convert_opts *o, qpk_err *e)
+/* Options that contradict each other or the source, refused before any work. */
+static qpk_status check_options(const job *j, qpk_sink *sink, qpk_err *e)
 {
+    const qpk_convert_opts *o = j->o;
+    const qpk_output to = qpk_sink_kind(sink);
     if (o->dtype >= 0 && o->dtype != QPK_TYPE_F32 && o->dtype != QPK_TYPE_F16 && o->dtype != QPK_TYPE_BF16)
-        return qpk_err_setf(e, QPK_E_INVALID_ARG, "--dtype must be keep, f32, f16 or bf16");
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "the float type must be f32, f16 or bf16 (or each tensor's own)");
     if (o->quant && !qpk_type_can_quantize((uint32_t)o->quant))
-        return qpk_err_setf(e, QPK_E_INVALID_ARG, "--quant must be int8, int4, int4s, q4_k, q5_k or q6_k");
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "%s is not a type qpk quantizes to: int8, int4, int4s, q4_k, q5_k "
+                            "or q6_k", qpk_type_name((uint32_t)o->quant) ? qpk_type_name((uint32_t)o->quant) : "?");
     const bool fixed_block = o->quant && qpk_type_info_of((uint32_t)o->quant)->block;
     if (o->quant && !fixed_block && o->group != QPK_GROUP_ROW && !qpk_group_ok((uint32_t)o->quant, o->group, 0))
-        return qpk_err_setf(e, QPK_E_INVALID_ARG, "--group must be a multiple of %d or row", QPK_GROUP_QUANTUM);
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "a group of %u weights: groups are multiples of %d, or a whole row",
+                            o->group, QPK_GROUP_QUANTUM);
     if (o->quant && o->preset)
-        return qpk_err_setf(e, QPK_E_INVALID_ARG, "give --quant or --preset, not both");
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "a type for the linears and a preset mix: one or the other");
     if (o->method != QPK_METHOD_RTN && !o->quant && !o->preset)
-        return qpk_err_setf(e, QPK_E_INVALID_ARG, "GPTQ and AWQ need --quant (the type they calibrate for)");
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "%s needs the type it calibrates for", qpk_method_name(o->method));
     if (o->method != QPK_METHOD_RTN && !o->calib.tokens)
-        return qpk_err_setf(e, QPK_E_INVALID_ARG, "GPTQ and AWQ need calibration data (--calib or --calib-tokens)");
-    qpk_checkpoint *ck = NULL;
-    job j = {.o = o, .kernels = qpk_kernels_best()};
-    cJSON *meta = NULL, *prov = NULL;
-    char *text = NULL;
-    qpk_status s = qpk_checkpoint_open(&ck, dir, &o->cb, e);
-    if (s == QPK_OK)
-        s = check_output(ck, dir, out, e);
-    if (s == QPK_OK && qpk_checkpoint_hfq(ck)->method != QPK_HFQ_NONE &&
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "%s needs calibration tokens", qpk_method_name(o->method));
+    if (o->requantize && to != QPK_OUT_GGUF && to != QPK_OUT_QPK)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "requantizing makes linears fit GGUF: it goes with a GGUF output "
+                            "(or a .qpk, the file such a GGUF is made from)");
+    const bool changes = o->quant || o->preset || o->method != QPK_METHOD_RTN || o->n_rules || o->dtype >= 0 ||
+                         o->calib.awq_fold_only;
+    if (!j->ck && changes)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "%s is a %s: its tensors are carried as they are; types, rules and "
+                            "calibration apply to a Hugging Face folder", qpk_source_path(j->src),
+                            qpk_source_format(j->src));
+    if (j->ck && qpk_checkpoint_hfq(j->ck)->method != QPK_HFQ_NONE &&
         (o->quant || o->preset || o->method != QPK_METHOD_RTN))
-        s = qpk_err_setf(e, QPK_E_INVALID_ARG, "%s is already quantized (%s): its linears are imported exactly, "
-                         "never requantized; --quant and --method do not apply", dir,
-                         qpk_checkpoint_hfq(ck)->method == QPK_HFQ_GPTQ ? "gptq" : "awq");
-    if (s == QPK_OK)
-        s = check_rules_on_imported(ck, o, e);
-    if (s == QPK_OK) {
-        j.cfg = qpk_checkpoint_config(ck);
-        warn_unmatched_rules(o, j.cfg);
-    }
-    if (s == QPK_OK && !(meta = base_metadata(ck, o, &prov)))
-        s = qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
-    if (s == QPK_OK && (s = qpk_pool_create(&j.pool, o->n_threads, e)) == QPK_OK && o->cb.cancel)
-        qpk_pool_set_cancel(j.pool, o->cb.cancel, o->cb.ud);
-    if (s == QPK_OK)
-        s = job_buffers(&j, qpk_checkpoint_config(ck), e);
-    if (s == QPK_OK && o->method != QPK_METHOD_RTN)
-        s = qpk_calib_begin(&j.calib, ck, o, j.pool, e);
-    if (s == QPK_OK && o->to == QPK_OUT_GGUF) { /* GPTQ/AWQ folders are made from a .qpk: see qpk_convert */
-        if ((s = qpk_gguf_export_create(&j.gguf, out, e)) == QPK_OK)
-            s = gguf_head(&j, ck, dir, meta, e);
-        if (s == QPK_OK)
-            s = write_tensors(&j, ck, e);
-        if (s == QPK_OK) {
-            s = qpk_gguf_export_finish(j.gguf, &o->cb, e);
-            j.gguf = NULL;
-        }
-    } else if (s == QPK_OK) {
-        if ((s = qpk_writer_create(&j.w, out, e)) == QPK_OK)
-            j.prov_tensors = cJSON_AddObjectToObject(prov, "source_tensors");
-        if (s == QPK_OK)
-            s = write_tensors(&j, ck, e);
-        if (s == QPK_OK)
-            s = embed_files(&j, dir, prov, e);
-        if (s == QPK_OK && !(text = cJSON_PrintUnformatted(meta)))
-            s = qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
-        if (s == QPK_OK) {
-            s = qpk_writer_finish(j.w, text, strlen(text), e);
-            j.w = NULL;
-        }
-    }
-    if (s == QPK_OK && j.calib && o->cb.log) {
-        char msg[200];
-        const qpk_calib_params *p = qpk_calib_params_of(j.calib);
-        snprintf(msg, sizeof msg, "calibrated on %d windows of %d tokens: statistics %.1f s, quantization %.1f s, "
-                 "quantized passes %.1f s", p->samples, p->seq_len, j.times.gather, j.times.quantize, j.times.forward);
-        o->cb.log(o->cb.ud, QPK_LOG_INFO, msg);
-    }
-    qpk_calib_end(j.calib);
-    qpk_writer_discard(j.w);
-    qpk_gguf_export_discard(j.gguf);
-    qpk_pool_free(j.pool);
-    free(text);
-    free(j.f32);
-    free(j.out);
-    free(j.rows_f32);
-    cJSON_Delete(meta);
-    qpk_checkpoint_close(ck);
-    return s;
-}
-
-/*
- * A GPTQ or AWQ folder is re-packed from a .qpk, so every quantizer and every check of
- * the .qpk path serves it too: the .qpk is staged inside the folder's hidden temporary
- * (which a killed process's successor removes), then removed before the folder appears.
- */
-/* What a GPTQ/AWQ folder cannot hold, known from the options alone: refused before any work. */
-static qpk_status check_folder_options(const char *dir, const qpk_convert_opts *o, qpk_err *e)
-{
-    const bool awq = o->to == QPK_OUT_AWQ;
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "%s is already quantized (%s): its linears are imported exactly, "
+                            "never requantized; a quantization type or method does not apply", qpk_source_path(j->src),
+                            qpk_source_format(j->src));
+    if (to != QPK_OUT_GPTQ && to != QPK_OUT_AWQ)
+        return QPK_OK;
+    /* What a GPTQ/AWQ folder cannot hold, known from the options alone. */
+    const bool awq = to == QPK_OUT_AWQ;
     const char *layout = awq ? "AWQ" : "GPTQ";
     if (o->calib.awq_fold_only)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "--awq-fold-only keeps the linears in f32, which a %s folder cannot "
@@ -827,45 +858,233 @@ static qpk_status check_folder_options(const char *dir, const qpk_convert_opts *
     bool quantized_rule = false;
     for (size_t i = 0; i < o->n_rules; i++)
         quantized_rule |= qpk_type_is_quantized((uint32_t)o->rules[i].type);
-    if (o->quant || quantized_rule)
+    if (j->ck && !o->quant && !quantized_rule && qpk_checkpoint_hfq(j->ck)->method == QPK_HFQ_NONE)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "a %s folder stores the linears quantized: give --quant (%s)", layout,
+                            awq ? "int4 or int4s" : "int4, int4s or int8");
+    return QPK_OK;
+}
+
+/* Tensor i of the plan: as a folder's rules make it, or as the source stores it; requantized where asked. */
+static qpk_status plan_tensor(job *j, size_t i, qpk_output to, qpk_err *e)
+{
+    qpk_sink_tensor *p = &j->plan[i];
+    qpk_model_tensor_at(j->cfg, i, &p->role, &p->layer);
+    char name[QPK_MAX_NAME];
+    qpk_tensor_name(name, sizeof name, p->role, p->layer);
+    const qpk_qlinear *q = j->ck ? qpk_checkpoint_qlinear(j->ck, p->role, p->layer) : NULL;
+    if (j->ck && !q) {
+        const qpk_st_tensor *t = qpk_checkpoint_tensor(j->ck, p->role, p->layer);
+        QPK_TRY(qpk_tensor_plan(j->o, j->cfg, t, p->role, p->layer, name, &p->type, &p->group_size, e));
+        if (j->calib)
+            qpk_tensor_stored(j->o, p->role, &p->type, &p->group_size);
+        p->ndim = t->ndim;
+        memcpy(p->dims, t->shape, (size_t)t->ndim * sizeof *p->dims);
+        j->total += t->nbytes;
         return QPK_OK;
-    /* No --quant: only a checkpoint that is already GPTQ or AWQ has quantized linears to write. */
-    qpk_checkpoint *ck = NULL;
-    qpk_status s = qpk_checkpoint_open(&ck, dir, NULL, e);
-    if (s == QPK_OK && qpk_checkpoint_hfq(ck)->method == QPK_HFQ_NONE)
-        s = qpk_err_setf(e, QPK_E_INVALID_ARG, "a %s folder stores the linears quantized: give --quant (%s)", layout,
-                         awq ? "int4 or int4s" : "int4, int4s or int8");
-    qpk_checkpoint_close(ck);
+    }
+    qpk_matrix m;
+    QPK_TRY(qpk_source_matrix(j->src, p->role, p->layer, &m, e));
+    p->type = m.type, p->group_size = m.group_size, p->permuted = m.perm != NULL;
+    p->ndim = qpk_role_shape(j->cfg, p->role, p->dims);
+    j->total += q ? qlinear_source_bytes(q) : (uint64_t)qpk_matrix_row_bytes(&m) * (uint64_t)m.rows;
+    /* The rule for GGUF (and the .qpk a GGUF is made from): what no ggml type holds as it is, requantized on request. */
+    const bool linear = qpk_role_is_per_layer(p->role) && qpk_role_is_matrix(p->role);
+    if ((to == QPK_OUT_GGUF || to == QPK_OUT_QPK) && j->o->requantize && linear &&
+        (m.perm || (m.type == QPK_TYPE_INT8Z && !int8z_fits(&m)))) {
+        j->requant[i] = true;
+        p->type = m.type == QPK_TYPE_INT8Z ? QPK_TYPE_INT8 : m.type;
+        p->group_size = REQUANT_GROUP, p->permuted = false;
+    }
+    return QPK_OK;
+}
+
+/* The folder's name, or a file's without its extension: the model's name in GGUF. */
+static void model_name(const qpk_source *src, char *buf, size_t cap)
+{
+    const char *path = qpk_source_path(src);
+    if (qpk_source_kind_of(src) == QPK_SOURCE_HF) {
+        folder_name(path, buf, cap);
+        return;
+    }
+    const char *b = strrchr(path, '/');
+    b = b ? b + 1 : path;
+    size_t n = strlen(b);
+    if (n > 4 && !strcmp(b + n - 4, ".qpk"))
+        n -= 4;
+    char *raw = strndup(b, n), *utf8 = raw ? qpk_utf8_dup(raw) : NULL; /* GGUF strings are UTF-8 */
+    snprintf(buf, cap, "%s", utf8 ? utf8 : "");
+    free(raw), free(utf8);
+}
+
+/* The model as written, in memory: the requantized tensors from their copies, the rest from the source. */
+typedef struct written_model {
+    job *j;
+} written_model;
+
+static qpk_status written_weight(void *ud, qpk_role role, int layer, qpk_matrix *w, qpk_err *e)
+{
+    job *j = ((written_model *)ud)->j;
+    for (size_t i = 0; i < qpk_model_n_tensors(j->cfg); i++)
+        if (j->plan[i].role == role && j->plan[i].layer == layer && j->requant[i]) {
+            const qpk_sink_tensor *p = &j->plan[i];
+            *w = (qpk_matrix){p->type, p->group_size, p->dims[0], p->dims[1], j->kept[i], NULL};
+            return QPK_OK;
+        }
+    return qpk_source_matrix(j->src, role, layer, w, e);
+}
+
+static void job_free(job *j)
+{
+    qpk_calib_end(j->calib);
+    qpk_pool_free(j->pool);
+    free(j->f32), free(j->out), free(j->rows_f32);
+    for (size_t i = 0; i < j->n_files; i++)
+        free((void *)j->files[i].data);
+    free(j->plan), free(j->requant);
+}
+
+static qpk_status run(job *j, qpk_sink *sink, qpk_convert_result *r, qpk_err *e)
+{
+    const qpk_convert_opts *o = j->o;
+    const qpk_output to = qpk_sink_kind(sink);
+    const size_t n = qpk_model_n_tensors(j->cfg);
+    cJSON *meta = NULL, *prov = NULL;
+    char *text = NULL, *recipe = NULL, name[256];
+    QPK_TRY(check_options(j, sink, e));
+    if (j->ck)
+        QPK_TRY(check_rules_on_imported(j->ck, o, e));
+    if (j->ck)
+        warn_unmatched_rules(o, j->cfg);
+    QPK_TRY(qpk_pool_create(&j->pool, o->n_threads, e));
+    if (o->cb.cancel)
+        qpk_pool_set_cancel(j->pool, o->cb.cancel, o->cb.ud);
+    if (!(j->plan = calloc(n, sizeof *j->plan)) || !(j->requant = calloc(n, sizeof *j->requant)))
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    if (j->ck) {
+        QPK_TRY(job_buffers(j, j->cfg, e));
+        if (o->method != QPK_METHOD_RTN)
+            QPK_TRY(qpk_calib_begin(&j->calib, j->src, o, j->pool, e));
+    }
+    for (size_t i = 0; i < n; i++)
+        QPK_TRY(plan_tensor(j, i, to, e));
+    for (size_t i = 0; i < n; i++)
+        j->n_requantized += j->requant[i];
+    QPK_TRY(gather_files(j, e));
+    if (!(meta = build_metadata(j, &prov)))
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    if (o->requantize)
+        mark_requantized(meta, j->n_requantized);
+    const cJSON *q = cJSON_GetObjectItemCaseSensitive(meta, "quantization");
+    qpk_status s = cJSON_IsObject(q) && !(recipe = cJSON_PrintUnformatted(q)) ? qpk_err_setf(e, QPK_E_NOMEM, "out of memory")
+                                                                              : QPK_OK;
+    model_name(j->src, name, sizeof name);
+    const qpk_sink_model sm = {j->cfg, j->plan, n, j->files, j->n_files, name, recipe};
+    if (s == QPK_OK)
+        s = qpk_sink_declare(sink, &sm, e);
+    if (s == QPK_OK && o->keep_requantized && j->n_requantized && !(j->kept = calloc(n, sizeof *j->kept)))
+        s = qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    if (s == QPK_OK && to == QPK_OUT_QPK && j->ck)
+        j->prov_tensors = cJSON_AddObjectToObject(prov, "source_tensors");
+    if (s == QPK_OK)
+        s = write_tensors(j, e);
+    if (s == QPK_OK && j->ck && to == QPK_OUT_QPK) {
+        cJSON *list = cJSON_AddArrayToObject(prov, "embedded_files");
+        for (size_t i = 0; i < j->n_files; i++)
+            cJSON_AddItemToArray(list, cJSON_CreateString(j->files[i].name));
+    } else if (s == QPK_OK && prov && to == QPK_OUT_QPK) { /* from a GGUF: the files made from its keys */
+        cJSON *list = cJSON_AddArrayToObject(prov, "embedded_files");
+        for (size_t i = 0; i < j->n_files; i++)
+            cJSON_AddItemToArray(list, cJSON_CreateString(j->files[i].name));
+    }
+    if (s == QPK_OK && !(text = cJSON_PrintUnformatted(meta)))
+        s = qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    if (s == QPK_OK && j->calib && o->cb.log) {
+        char msg[200];
+        const qpk_calib_params *p = qpk_calib_params_of(j->calib);
+        snprintf(msg, sizeof msg, "calibrated on %d windows of %d tokens: statistics %.1f s, quantization %.1f s, "
+                 "quantized passes %.1f s", p->samples, p->seq_len, j->times.gather, j->times.quantize, j->times.forward);
+        o->cb.log(o->cb.ud, QPK_LOG_INFO, msg);
+    }
+    if (s == QPK_OK && r && j->kept) {
+        written_model wm = {j};
+        s = qpk_model_create(&r->model, j->cfg, written_weight, &wm, e);
+    }
+    free(recipe);
+    cJSON_Delete(meta);
+    if (s == QPK_OK)
+        s = qpk_sink_finish(sink, text, strlen(text), e);
+    else
+        qpk_sink_discard(sink);
+    free(text);
     return s;
 }
 
-static qpk_status convert_to_folder(const char *dir, const char *out, const qpk_convert_opts *o, qpk_err *e)
+qpk_status qpk_convert(qpk_source *src, const qpk_convert_opts *o, qpk_sink *sink, qpk_convert_result *r, qpk_err *e)
 {
-    QPK_TRY(check_folder_options(dir, o, e));
-    qpk_outdir *d = NULL;
-    QPK_TRY(qpk_outdir_create(&d, out, e));
-    const char *tmp = qpk_outdir_tmp(d);
-    char *stage = malloc(strlen(tmp) + sizeof "/.stage.qpk");
-    qpk_status s = stage ? QPK_OK : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
-    if (s == QPK_OK) {
-        sprintf(stage, "%s/.stage.qpk", tmp);
-        s = convert_file(dir, stage, o, e);
+    if (r)
+        *r = (qpk_convert_result){0};
+    if (!qpk_source_config(src)) {
+        qpk_sink_discard(sink);
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "'%s' is not a model", qpk_source_path(src));
     }
-    if (s == QPK_OK)
-        s = qpk_export_hf_into(stage, d, o, e);
-    if (s == QPK_OK && unlink(stage) != 0)
-        s = qpk_err_setf(e, QPK_E_IO, "cannot remove '%s': %s", stage, strerror(errno));
-    free(stage);
-    if (s != QPK_OK) {
-        qpk_outdir_discard(d);
-        return s;
+    job j = {.o = o, .src = src, .cfg = qpk_source_config(src), .ck = qpk_source_checkpoint(src),
+             .sink = sink, .kernels = qpk_kernels_best()};
+    qpk_status s = run(&j, sink, r, e); /* consumes the sink */
+    if (r) {
+        r->n_requantized = j.n_requantized;
+        r->tensors_bytes = j.written;
+        if (s == QPK_OK && r->model) {
+            r->owned_ = j.kept, j.kept = NULL;
+            r->n_owned_ = qpk_model_n_tensors(j.cfg);
+        }
     }
-    return qpk_outdir_commit(d, e);
+    if (j.kept)
+        for (size_t i = 0; i < qpk_model_n_tensors(j.cfg); i++)
+            free(j.kept[i]);
+    free(j.kept);
+    job_free(&j);
+    if (s != QPK_OK && r) {
+        qpk_model_free(r->model);
+        r->model = NULL;
+    }
+    return s;
 }
 
-qpk_status qpk_convert(const char *dir, const char *out, const qpk_convert_opts *o, qpk_err *e)
+void qpk_convert_result_free(qpk_convert_result *r)
 {
-    if (o->to == QPK_OUT_GPTQ || o->to == QPK_OUT_AWQ)
-        return convert_to_folder(dir, out, o, e);
-    return convert_file(dir, out, o, e);
+    if (!r)
+        return;
+    qpk_model_free(r->model);
+    void **kept = r->owned_;
+    for (size_t i = 0; kept && i < r->n_owned_; i++)
+        free(kept[i]);
+    free(kept);
+    qpk_source_close(r->source_);
+    r->model = NULL, r->owned_ = NULL, r->source_ = NULL;
+}
+
+qpk_status qpk_convert_path(const char *in, const char *out, const qpk_convert_opts *o, qpk_convert_result *r,
+                            qpk_err *e)
+{
+    qpk_source *src = NULL;
+    qpk_sink *sink = NULL;
+    const qpk_source_opts so = {.cb = o->cb};
+    const qpk_sink_opts ko = {o->shard_size, o->gptq_v2, o->n_threads, o->cb};
+    qpk_status s = qpk_source_open(&src, in, &so, e);
+    for (size_t i = 0; s == QPK_OK && i < qpk_source_n_inputs(src); i++)
+        s = qpk_check_not_input(out, qpk_source_input(src, i), e);
+    if (s == QPK_OK && o->calib.source && o->calib.tokens)
+        s = qpk_check_not_input(out, o->calib.source, e);
+    if (s == QPK_OK)
+        s = qpk_sink_create(&sink, o->to, out, &ko, e);
+    if (s == QPK_OK)
+        s = qpk_convert(src, o, sink, r, e);
+    if (s != QPK_OK && r)
+        qpk_convert_result_free(r);
+    /* A model kept in memory reads the source: the caller closes it with the result. */
+    if (s == QPK_OK && r && r->model)
+        r->source_ = src;
+    else
+        qpk_source_close(src);
+    return s;
 }

@@ -101,27 +101,18 @@ qpk_status qpk_model_create(qpk_model **out, const qpk_config *c, qpk_weight_fn 
     return QPK_OK;
 }
 
-static qpk_status qpk_file_weight(void *ud, qpk_role role, int layer, qpk_matrix *w, qpk_err *e)
+static qpk_status source_weight(void *ud, qpk_role role, int layer, qpk_matrix *w, qpk_err *e)
 {
-    char name[QPK_MAX_NAME];
-    qpk_tensor_name(name, sizeof name, role, layer);
-    const qpk_tensor *t = qpk_find_tensor(ud, name);
-    if (!t)
-        return qpk_err_setf(e, QPK_E_MISMATCH, "missing tensor '%s'", name);
-    if (t->ndim > 2)
-        return qpk_err_setf(e, QPK_E_MISMATCH, "tensor '%s' has %d dimensions", name, t->ndim);
-    *w = (qpk_matrix){t->type, t->group_size, t->ndim == 2 ? t->dims[0] : 1, t->dims[t->ndim - 1], t->data, NULL};
-    const qpk_tensor *p = qpk_perm_name(name, sizeof name, role, layer) ? qpk_find_tensor(ud, name) : NULL;
-    if (p && (p->type != QPK_TYPE_I32 || p->ndim != 1 || p->dims[0] != w->cols))
-        return qpk_err_setf(e, QPK_E_MISMATCH, "permutation '%s' is not i32 [%lld]", name, (long long)w->cols);
-    w->perm = p ? p->data : NULL;
-    return QPK_OK;
+    return qpk_source_matrix(ud, role, layer, w, e);
 }
 
-qpk_status qpk_model_from_qpk(qpk_model **out, const qpk_file *f, qpk_err *e)
+qpk_status qpk_model_from_source(qpk_model **out, qpk_source *src, qpk_err *e)
 {
-    qpk_status s = qpk_check_model(f, e);
-    return s != QPK_OK ? s : qpk_model_create(out, qpk_file_config(f), qpk_file_weight, (void *)f, e);
+    *out = NULL;
+    const qpk_config *c = qpk_source_config(src);
+    if (!c)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "'%s' is not a model", qpk_source_path(src));
+    return qpk_model_create(out, c, source_weight, src, e);
 }
 
 const qpk_layer_weights *qpk_model_layer(const qpk_model *m, int l)

@@ -1,7 +1,7 @@
 #!/bin/bash
 # The dependency direction of docs/architecture.md, checked on the objects themselves:
 # every qpk_ symbol a folder library uses must be defined in that folder or in one below
-# it (format <- tokenizer, quant <- runtime <- convert <- verify).
+# it (format <- tokenizer, quant <- model <- runtime <- convert, verify).
 # Usage: layering_test.sh BUILD_DIR
 set -u
 build=$1
@@ -9,9 +9,10 @@ declare -A below=(
   [format]="format"
   [tokenizer]="tokenizer format"
   [quant]="quant format"
-  [runtime]="runtime quant format"
-  [convert]="convert runtime quant tokenizer format"
-  [verify]="verify convert runtime quant tokenizer format"
+  [model]="model quant tokenizer format"
+  [runtime]="runtime model quant tokenizer format"
+  [convert]="convert runtime model quant tokenizer format"
+  [verify]="verify runtime model quant tokenizer format"
 )
 tmp=$(mktemp -d /tmp/qpk-layers-XXXXXX)
 trap 'rm -rf "$tmp"' EXIT

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "testutil.h"
+#include "model_private.h"
 #include "gen.h"
 #include "qpk/convert.h"
 #include "qpk/quant.h"
@@ -320,7 +321,7 @@ static void expect_convert(const char *dir, qpk_status want, const char *msg, lo
     logbook local = {0};
     qpk_convert_opts o = {.dtype = -1, .cb = {.log = capture, .ud = lb ? lb : &local}};
     qpk_err e = {0};
-    qpk_status s = qpk_convert(dir, out, &o, &e);
+    qpk_status s = tu_convert(dir, out, &o, &e);
     CHECKF(s == want && (want == QPK_OK || strstr(e.msg, msg)), "%s: status %d \"%s\" (want %d \"%s\")", dir, s,
            e.msg, want, msg);
     if (want != QPK_OK)
@@ -508,7 +509,7 @@ static void test_round_trips(void)
             char out[4096];
             snprintf(out, sizeof out, "%s/out-%zu.qpk", dir, k);
             qpk_convert_opts o = {.dtype = dtypes[k], .n_threads = 1 + (int)k % 2};
-            CHECKF(qpk_convert(dir, out, &o, &e) == QPK_OK, "%s", e.msg);
+            CHECKF(tu_convert(dir, out, &o, &e) == QPK_OK, "%s", e.msg);
             CHECK(check_against_source(dir, out, dtypes[k]));
         }
     }
@@ -533,10 +534,10 @@ static void test_values_refused(void)
     char out[4096];
     snprintf(out, sizeof out, "%s/out.qpk", dir);
     qpk_convert_opts o = {.dtype = QPK_TYPE_F16};
-    CHECK_ERR(qpk_convert(dir, out, &o, &e), QPK_E_VALUE, e, "element 2 (100000) is too large for f16");
+    CHECK_ERR(tu_convert(dir, out, &o, &e), QPK_E_VALUE, e, "element 2 (100000) is too large for f16");
     CHECK(!exists(out));
     o.dtype = QPK_TYPE_BF16; /* bf16 holds it */
-    CHECK(qpk_convert(dir, out, &o, &e) == QPK_OK);
+    CHECK(tu_convert(dir, out, &o, &e) == QPK_OK);
 }
 
 static bool cancel_now(void *ud)
@@ -556,10 +557,10 @@ static void test_cancel_and_links(void)
     char out[4096];
     snprintf(out, sizeof out, "%s/out.qpk", dir);
     qpk_convert_opts o = {.dtype = -1, .cb = {.cancel = cancel_now}};
-    CHECK_ERR(qpk_convert(dir, out, &o, &e), QPK_E_CANCELLED, e, "cancelled");
+    CHECK_ERR(tu_convert(dir, out, &o, &e), QPK_E_CANCELLED, e, "cancelled");
     CHECK(!exists(out));
     o.cb.cancel = NULL;
-    CHECK(qpk_convert(dir, out, &o, &e) == QPK_OK);
+    CHECK(tu_convert(dir, out, &o, &e) == QPK_OK);
     qpk_file *f;
     char buf[64];
     size_t len;
@@ -571,7 +572,7 @@ static void test_cancel_and_links(void)
     char out2[4096];
     snprintf(out2, sizeof out2, "%s/out2.qpk", dir);
     o.n_threads = 2;
-    CHECK(qpk_convert(dir, out2, &o, &e) == QPK_OK);
+    CHECK(tu_convert(dir, out2, &o, &e) == QPK_OK);
     FILE *a = fopen(out, "rb"), *b = fopen(out2, "rb");
     int ca, cb, same = 1;
     do {
@@ -627,9 +628,9 @@ static void test_quantized(void)
     qpk_quant_rule_parse("down_proj=int8", &rules[0], &e);
     qpk_quant_rule_parse("embed_tokens=f16", &rules[1], &e);
     qpk_convert_opts o = {.dtype = -1, .quant = QPK_TYPE_INT4, .group = 32, .rules = rules, .n_rules = 2, .n_threads = 1};
-    CHECKF(qpk_convert(dir, out, &o, &e) == QPK_OK, "%s", e.msg);
+    CHECKF(tu_convert(dir, out, &o, &e) == QPK_OK, "%s", e.msg);
     o.n_threads = 2; /* the bytes do not depend on the thread count */
-    CHECKF(qpk_convert(dir, out2, &o, &e) == QPK_OK && files_equal(out, out2), "%s", e.msg);
+    CHECKF(tu_convert(dir, out2, &o, &e) == QPK_OK && files_equal(out, out2), "%s", e.msg);
     qpk_file *f;
     qpk_checkpoint *ck;
     if (qpk_open(&f, out, NULL, &e) != QPK_OK || qpk_checkpoint_open(&ck, dir, NULL, &e) != QPK_OK) {
@@ -665,11 +666,11 @@ static void test_quantized(void)
     /* Groups that do not divide a row: refused, naming the tensor; nothing written. */
     unlink(out);
     o.n_rules = 0, o.group = 128;
-    CHECK_ERR(qpk_convert(dir, out, &o, &e), QPK_E_INVALID_ARG, e,
+    CHECK_ERR(tu_convert(dir, out, &o, &e), QPK_E_INVALID_ARG, e,
               "tensor 'model.embed_tokens.weight': rows of 64 are not a whole number of groups of 128");
     CHECK(!exists(out));
     o.group = QPK_GROUP_ROW; /* per row always divides */
-    CHECKF(qpk_convert(dir, out, &o, &e) == QPK_OK, "%s", e.msg);
+    CHECKF(tu_convert(dir, out, &o, &e) == QPK_OK, "%s", e.msg);
 
     /* A NaN weight: refused, naming the tensor, the row and the weight. */
     char *bad = make_dir("quant-nan");
@@ -692,7 +693,7 @@ static void test_quantized(void)
     free(img);
     snprintf(out, sizeof out, "%s/q.qpk", bad);
     o.group = 32;
-    CHECK_ERR(qpk_convert(bad, out, &o, &e), QPK_E_VALUE, e,
+    CHECK_ERR(tu_convert(bad, out, &o, &e), QPK_E_VALUE, e,
               "tensor 'model.layers.1.mlp.gate_proj.weight' row 3: weights 0..31: weight 5 of a group is nan");
     CHECK(!exists(out));
 }
@@ -718,19 +719,19 @@ static void test_nonfinite_weights(void)
     snprintf(out, sizeof out, "%s/out.qpk", dir);
     snprintf(out2, sizeof out2, "%s/out2.qpk", dir);
     qpk_convert_opts o = {.dtype = -1};
-    CHECK_ERR(qpk_convert(dir, out, &o, &e), QPK_E_VALUE, e,
+    CHECK_ERR(tu_convert(dir, out, &o, &e), QPK_E_VALUE, e,
               "tensor 'model.embed_tokens.weight': element 2 (row 0, column 2) is nan: non-finite weights are refused");
     CHECK(!exists(out));
     o.dtype = QPK_TYPE_F16;
-    CHECK_ERR(qpk_convert(dir, out, &o, &e), QPK_E_VALUE, e, "element 2 (row 0, column 2) is nan");
+    CHECK_ERR(tu_convert(dir, out, &o, &e), QPK_E_VALUE, e, "element 2 (row 0, column 2) is nan");
     o.quant = QPK_TYPE_INT8, o.group = 32, o.dtype = -1; /* quantized: never, allowed or not */
     o.allow_nonfinite = true;
-    CHECK_ERR(qpk_convert(dir, out, &o, &e), QPK_E_VALUE, e, "weight 2 of a group is nan");
+    CHECK_ERR(tu_convert(dir, out, &o, &e), QPK_E_VALUE, e, "weight 2 of a group is nan");
     /* Allowed: kept as it is, in f32 byte for byte, in f16 as an f16 NaN. */
     o.quant = 0;
-    CHECKF(qpk_convert(dir, out, &o, &e) == QPK_OK, "%s", e.msg);
+    CHECKF(tu_convert(dir, out, &o, &e) == QPK_OK, "%s", e.msg);
     o.dtype = QPK_TYPE_F16;
-    CHECKF(qpk_convert(dir, out2, &o, &e) == QPK_OK, "%s", e.msg);
+    CHECKF(tu_convert(dir, out2, &o, &e) == QPK_OK, "%s", e.msg);
     qpk_file *a = NULL, *b = NULL;
     CHECK(qpk_open(&a, out, NULL, &e) == QPK_OK && qpk_open(&b, out2, NULL, &e) == QPK_OK);
     if (a && b) {
@@ -756,26 +757,26 @@ static void test_outputs_and_inputs(void)
     stat(before, &sb0);
     /* -o naming an input: refused by identity, whatever the name (a hard link here). */
     snprintf(out, sizeof out, "%s/model.safetensors", dir);
-    CHECK_ERR(qpk_convert(dir, out, &o, &e), QPK_E_INVALID_ARG, e, "is the input");
+    CHECK_ERR(tu_convert(dir, out, &o, &e), QPK_E_INVALID_ARG, e, "is the input");
     snprintf(out, sizeof out, "%s/weights-link", dir);
     CHECK(link(before, out) == 0);
-    CHECK_ERR(qpk_convert(dir, out, &o, &e), QPK_E_INVALID_ARG, e, "is the input");
+    CHECK_ERR(tu_convert(dir, out, &o, &e), QPK_E_INVALID_ARG, e, "is the input");
     unlink(out);
     snprintf(out, sizeof out, "%s/config.json", dir);
-    CHECK_ERR(qpk_convert(dir, out, &o, &e), QPK_E_INVALID_ARG, e, "is the input");
+    CHECK_ERR(tu_convert(dir, out, &o, &e), QPK_E_INVALID_ARG, e, "is the input");
     stat(before, &sb1);
     CHECK(sb0.st_ino == sb1.st_ino && sb0.st_size == sb1.st_size);
     /* Nothing but a regular file is ever replaced: not a FIFO, not a folder. */
     snprintf(out, sizeof out, "%s/fifo.qpk", dir);
     CHECK(mkfifo(out, 0644) == 0);
-    CHECK_ERR(qpk_convert(dir, out, &o, &e), QPK_E_IO, e, "exists and is a FIFO");
+    CHECK_ERR(tu_convert(dir, out, &o, &e), QPK_E_IO, e, "exists and is a FIFO");
     snprintf(out, sizeof out, "%s/folder.qpk", dir);
     mkdir(out, 0755);
-    CHECK_ERR(qpk_convert(dir, out, &o, &e), QPK_E_IO, e, "exists and is a folder");
+    CHECK_ERR(tu_convert(dir, out, &o, &e), QPK_E_IO, e, "exists and is a folder");
     /* A .qpk re-packed onto itself. */
     snprintf(out, sizeof out, "%s/a.qpk", dir);
-    CHECK(qpk_convert(dir, out, &o, &e) == QPK_OK);
-    CHECK_ERR(qpk_export_gguf(out, out, NULL, &e), QPK_E_INVALID_ARG, e, "is the input");
+    CHECK(tu_convert(dir, out, &o, &e) == QPK_OK);
+    CHECK_ERR(tu_export_gguf(out, out, NULL, &e), QPK_E_INVALID_ARG, e, "is the input");
     CHECK(qpk_is_qpk_file(out));
 }
 
@@ -834,7 +835,7 @@ static void test_odd_files(void)
     qpk_gen_write(&sp, other, NULL, &e);
     snprintf(ref, sizeof ref, "%s/ref.qpk", other);
     qpk_convert_opts o = {.dtype = -1};
-    CHECK(qpk_convert(other, ref, &o, &e) == QPK_OK); /* what the single file alone gives */
+    CHECK(tu_convert(other, ref, &o, &e) == QPK_OK); /* what the single file alone gives */
     snprintf(path, sizeof path, "%s/model.safetensors", other);
     CHECK(rename(path, single) == 0);
     logbook lb = {0};
@@ -877,7 +878,7 @@ static void test_tokenizer_and_rules(void)
     logbook lb = {0};
     snprintf(path, sizeof path, "%s/out.qpk", dir);
     qpk_convert_opts o = {.dtype = -1, .rules = rules, .n_rules = 2, .cb = {.log = capture, .ud = &lb}};
-    CHECK(qpk_convert(dir, path, &o, &e) == QPK_OK);
+    CHECK(tu_convert(dir, path, &o, &e) == QPK_OK);
     CHECKF(lb.warnings == 1 && strstr(lb.last, "'no_such_proj' matches no tensor"), "%d: %s", lb.warnings, lb.last);
 }
 
@@ -895,10 +896,10 @@ static void test_calibration_sizes(void)
     qpk_convert_opts o = {.dtype = -1, .quant = QPK_TYPE_INT4, .group = 32, .method = QPK_METHOD_GPTQ,
                           .calib = {.tokens = tokens, .n_tokens = 256, .samples = 1000000, .seq_len = 128},
                           .cb = {.log = capture, .ud = &lb}};
-    CHECK_ERR(qpk_convert(dir, path, &o, &e), QPK_E_LIMIT, e, "holds only 129 different ones");
+    CHECK_ERR(tu_convert(dir, path, &o, &e), QPK_E_LIMIT, e, "holds only 129 different ones");
     CHECK(!exists(path));
     o.calib.samples = 4, o.calib.seq_len = 64;
-    CHECKF(qpk_convert(dir, path, &o, &e) == QPK_OK, "%s", e.msg);
+    CHECKF(tu_convert(dir, path, &o, &e) == QPK_OK, "%s", e.msg);
 }
 
 int main(void)

@@ -66,7 +66,7 @@ static void round_trip(const char *model_dir, const char *tmp)
         snprintf(out, sizeof out, "%s/fixture-%d.qpk", tmp, k);
         qpk_convert_opts o = {.dtype = dtypes[k]};
         qpk_err e = {0};
-        CHECKF(qpk_convert(model_dir, out, &o, &e) == QPK_OK, "%s", e.msg);
+        CHECKF(tu_convert(model_dir, out, &o, &e) == QPK_OK, "%s", e.msg);
         CHECKF(check_against_source(model_dir, out, dtypes[k]), "%s dtype %d", model_dir, dtypes[k]);
         qpk_file *f;
         if (qpk_open(&f, out, NULL, &e) != QPK_OK) {

@@ -29,7 +29,7 @@ static double ref_mean_nll(const cJSON *mode, int chunks)
     return s / chunks;
 }
 
-static void check_parity(const char *what, const qpk_source *src, const char *model_dir)
+static void check_parity(const char *what, qpk_source *src, const char *model_dir)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/ref-parity.safetensors", model_dir);
@@ -41,7 +41,7 @@ static void check_parity(const char *what, const qpk_source *src, const char *mo
     }
     qpk_verify_opts o = {0};
     qpk_verify_result r;
-    CHECKF(qpk_verify_ref_file(qpk_source_model(src), ref, &o, &r, &e) == QPK_OK, "%s", e.msg);
+    CHECKF(qpk_verify_ref_file(tu_model(src), ref, &o, &r, &e) == QPK_OK, "%s", e.msg);
     printf("%-34s parity: max |diff| %.3g, mean |diff| %.3g, top-1 %.1f%%, KLD mean %.3g\n", what, r.max_abs_diff,
            r.mean_abs_diff, r.top1_pct, r.kld_mean);
     CHECKF(r.n_compared == 16 && r.max_abs_diff <= 1e-4 && r.top1_pct == 100.0, "%s: max diff %g, top1 %g", what,
@@ -49,7 +49,7 @@ static void check_parity(const char *what, const qpk_source *src, const char *mo
     qpk_st_close(ref);
 }
 
-static void check_ppl(const char *what, const qpk_source *src, const char *model_dir, const int32_t *tok, size_t n,
+static void check_ppl(const char *what, qpk_source *src, const char *model_dir, const int32_t *tok, size_t n,
                       int chunks)
 {
     char path[4096];
@@ -62,7 +62,7 @@ static void check_ppl(const char *what, const qpk_source *src, const char *model
         qpk_verify_opts o = {.n_ctx = 128, .score_all = m == 1, .max_chunks = chunks};
         qpk_verify_result r;
         qpk_err e = {0};
-        CHECKF(qpk_verify_tokens(qpk_source_model(src), NULL, tok, n, &o, &r, &e) == QPK_OK, "%s", e.msg);
+        CHECKF(qpk_verify_tokens(tu_model(src), NULL, tok, n, &o, &r, &e) == QPK_OK, "%s", e.msg);
         double want = exp(ref_mean_nll(cJSON_GetObjectItemCaseSensitive(ev, modes[m]), chunks));
         double rel = fabs(r.ppl - want) / want;
         printf("%-34s ppl %-13s %.4f, reference %.4f, relative difference %.2g (%d chunks, %.1f s)\n", what, modes[m],
@@ -98,13 +98,13 @@ int main(void)
             if (k < 2) {
                 snprintf(out, sizeof out, "%s/%d.qpk", tmp, k);
                 qpk_convert_opts o = {.dtype = dtypes[k]};
-                CHECKF(qpk_convert(dir, out, &o, &e) == QPK_OK, "%s", e.msg);
+                CHECKF(tu_convert(dir, out, &o, &e) == QPK_OK, "%s", e.msg);
                 snprintf(what, sizeof what, "%s --dtype %s", models[mi], k ? "keep" : "f32");
             } else {
                 snprintf(out, sizeof out, "%s", dir);
                 snprintf(what, sizeof what, "%s (HF folder)", models[mi]);
             }
-            if (qpk_source_open(&src, out, false, NULL, &e) != QPK_OK) {
+            if (tu_open(&src, out, false, &e) != QPK_OK) {
                 CHECKF(false, "%s", e.msg);
                 continue;
             }
@@ -112,7 +112,7 @@ int main(void)
             /* Perplexity once per model (the f32 file); the bf16 bits are the same values. */
             if (k == 0)
                 check_ppl(what, src, dir, tok, tlen / 4, chunks);
-            qpk_source_close(src);
+            tu_close(src);
             if (k < 2)
                 unlink(out);
         }

@@ -17,6 +17,7 @@
 #include "ggml_blocks.h"
 #include "testhelp.h"
 #include "testutil.h"
+#include "model_private.h"
 
 #ifndef QPK_TEST_DATA
 #define QPK_TEST_DATA "tests/data"
@@ -32,7 +33,7 @@ static void check_file(const char *dir, const char *file, const cJSON *want)
     qpk_gguf *g = NULL;
     qpk_model *m = NULL;
     qpk_err e = {0};
-    if (qpk_gguf_open(&g, path, &e) != QPK_OK || qpk_gguf_model(&m, g, &e) != QPK_OK) {
+    if (qpk_gguf_open(&g, path, &e) != QPK_OK || tu_gguf_model(&m, g, &e) != QPK_OK) {
         CHECKF(false, "%s: %s", file, e.msg);
         qpk_gguf_close(g);
         return;
@@ -107,7 +108,7 @@ static void check_nan_scale(const char *dir)
     qpk_model *m = NULL;
     g = NULL;
     CHECK(qpk_gguf_open(&g, dst, &e) == QPK_OK);
-    CHECK_ERR(qpk_gguf_model(&m, g, &e), QPK_E_VALUE, e, "tensor blk.0.ffn_up.weight: block 3 has a NaN or infinite scale (Q4_K)");
+    CHECK_ERR(tu_gguf_model(&m, g, &e), QPK_E_VALUE, e, "tensor blk.0.ffn_up.weight: block 3 has a NaN or infinite scale (Q4_K)");
     qpk_model_free(m), qpk_gguf_close(g);
     unlink(dst);
     free(bytes);

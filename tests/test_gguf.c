@@ -17,6 +17,7 @@
 #include "qpk/quant.h"
 #include "testhelp.h"
 #include "testutil.h"
+#include "model_private.h"
 
 static char g_root[] = "/tmp/qpk-test-gguf-XXXXXX";
 
@@ -619,11 +620,11 @@ static void test_fixture_exports(const char *fix)
         const char *path = tmp(name), *qpk = NULL;
         qpk_err e = {0};
         qpk_convert_opts o = opts(QPK_OUT_GGUF, cases[i].dtype, cases[i].quant);
-        CHECKF(qpk_convert(dir, path, &o, &e) == QPK_OK, "%s: %s", cases[i].name, e.msg);
+        CHECKF(tu_convert(dir, path, &o, &e) == QPK_OK, "%s: %s", cases[i].name, e.msg);
         if (cases[i].quant) { /* the same quantization as .qpk, to compare values with */
             qpk = tmp("a.qpk");
             o.to = QPK_OUT_QPK;
-            CHECKF(qpk_convert(dir, qpk, &o, &e) == QPK_OK, "%s", e.msg);
+            CHECKF(tu_convert(dir, qpk, &o, &e) == QPK_OK, "%s", e.msg);
         }
         sfile f;
         CHECKF(spec_open(&f, path), "%s does not parse", cases[i].name);
@@ -719,7 +720,7 @@ static void test_hand_blocks(const char *fix)
     for (int c = 0; c < 3; c++) {
         const char *path = tmp("hand.gguf");
         qpk_convert_opts o = opts(QPK_OUT_GGUF, -1, cases[c].quant);
-        CHECKF(qpk_convert(dir, path, &o, &e) == QPK_OK, "%s", e.msg);
+        CHECKF(tu_convert(dir, path, &o, &e) == QPK_OK, "%s", e.msg);
         sfile f;
         CHECK(spec_open(&f, path));
         const stensor *t = spec_tensor(&f, "blk.0.attn_q.weight");
@@ -741,10 +742,10 @@ static void test_repack(const char *fix)
     /* int8 g32 .qpk -> GGUF: the same tensor bytes as converting the folder directly. */
     const char *qpk = tmp("r.qpk"), *direct = tmp("r-direct.gguf"), *repacked = tmp("r-repacked.gguf");
     qpk_convert_opts o = opts(QPK_OUT_QPK, -1, QPK_TYPE_INT8);
-    CHECK(qpk_convert(dir, qpk, &o, &e) == QPK_OK);
+    CHECK(tu_convert(dir, qpk, &o, &e) == QPK_OK);
     o.to = QPK_OUT_GGUF;
-    CHECK(qpk_convert(dir, direct, &o, &e) == QPK_OK);
-    CHECKF(qpk_export_gguf(qpk, repacked, NULL, &e) == QPK_OK, "%s", e.msg);
+    CHECK(tu_convert(dir, direct, &o, &e) == QPK_OK);
+    CHECKF(tu_export_gguf(qpk, repacked, NULL, &e) == QPK_OK, "%s", e.msg);
     sfile a, b;
     CHECK(spec_open(&a, direct) && spec_open(&b, repacked));
     CHECK(a.n_t == b.n_t && a.n_kv == b.n_kv);
@@ -765,8 +766,8 @@ static void test_repack(const char *fix)
 
     /* An f16 .qpk: norms and biases widen to f32, exactly. */
     o = opts(QPK_OUT_QPK, QPK_TYPE_F16, 0);
-    CHECK(qpk_convert(dir, qpk, &o, &e) == QPK_OK);
-    CHECK(qpk_export_gguf(qpk, repacked, NULL, &e) == QPK_OK);
+    CHECK(tu_convert(dir, qpk, &o, &e) == QPK_OK);
+    CHECK(tu_export_gguf(qpk, repacked, NULL, &e) == QPK_OK);
     CHECK(spec_open(&a, repacked));
     check_tensors(&a, dir, 1, ROUND_F16, NULL);
     spec_close(&a);
@@ -774,9 +775,9 @@ static void test_repack(const char *fix)
     /* A group of 128 is four Q4_0 blocks with its scale: each block's d and codes are the group's. */
     o = opts(QPK_OUT_QPK, -1, QPK_TYPE_INT4S);
     o.group = 128;
-    CHECK(qpk_convert(dir, qpk, &o, &e) == QPK_OK);
+    CHECK(tu_convert(dir, qpk, &o, &e) == QPK_OK);
     const char *g128 = tmp("g128.gguf");
-    CHECKF(qpk_export_gguf(qpk, g128, NULL, &e) == QPK_OK, "%s", e.msg);
+    CHECKF(tu_export_gguf(qpk, g128, NULL, &e) == QPK_OK, "%s", e.msg);
     qpk_file *f = NULL;
     qpk_gguf *g = NULL;
     if (qpk_open(&f, qpk, NULL, &e) == QPK_OK && qpk_gguf_open(&g, g128, &e) == QPK_OK) {
@@ -814,7 +815,7 @@ static void test_untied_gqa(const char *fix)
     /* the generated folder has no tokenizer: a missing one is an error that leaves nothing */
     const char *path = tmp("untied.gguf");
     qpk_convert_opts o = opts(QPK_OUT_GGUF, -1, QPK_TYPE_INT8);
-    CHECK_ERR(qpk_convert(dir, path, &o, &e), QPK_E_MISMATCH, e, "no tokenizer.json");
+    CHECK_ERR(tu_convert(dir, path, &o, &e), QPK_E_MISMATCH, e, "no tokenizer.json");
     CHECK(access(path, F_OK) != 0);
     for (int i = 0; i < 2; i++) {
         const char *name = i ? "tokenizer_config.json" : "tokenizer.json";
@@ -829,10 +830,10 @@ static void test_untied_gqa(const char *fix)
             fclose(f);
         free(data);
     }
-    CHECKF(qpk_convert(dir, path, &o, &e) == QPK_OK, "%s", e.msg);
+    CHECKF(tu_convert(dir, path, &o, &e) == QPK_OK, "%s", e.msg);
     const char *qpk = tmp("untied.qpk");
     o.to = QPK_OUT_QPK;
-    CHECK(qpk_convert(dir, qpk, &o, &e) == QPK_OK);
+    CHECK(tu_convert(dir, qpk, &o, &e) == QPK_OK);
     sfile f;
     CHECK(spec_open(&f, path));
     check_layout(&f);
@@ -848,9 +849,9 @@ static void test_untied_gqa(const char *fix)
     const char *one = tmp("untied-t1.gguf");
     o = opts(QPK_OUT_GGUF, -1, QPK_TYPE_INT4);
     o.n_threads = 1;
-    CHECK(qpk_convert(dir, one, &o, &e) == QPK_OK);
+    CHECK(tu_convert(dir, one, &o, &e) == QPK_OK);
     o.n_threads = 3;
-    CHECK(qpk_convert(dir, path, &o, &e) == QPK_OK);
+    CHECK(tu_convert(dir, path, &o, &e) == QPK_OK);
     size_t n1, n2;
     char *a = slurp(one, &n1), *b = slurp(path, &n2);
     CHECK(a && b && n1 == n2 && !memcmp(a, b, n1));

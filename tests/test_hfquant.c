@@ -19,6 +19,7 @@
 #include "qpk/verify.h"
 #include "testhelp.h"
 #include "testutil.h"
+#include "model_private.h"
 
 static const char *FX;
 static char TMP[] = "/tmp/qpk-test-hfquant-XXXXXX";
@@ -163,14 +164,14 @@ static void check_ref_logits(const char *fixture, const char *path)
     qpk_err e = {0};
     qpk_verify_result r;
     qpk_verify_opts vo = {0};
-    bool ok = qpk_source_open(&m, path, false, NULL, &e) == QPK_OK &&
-              qpk_source_open(&ref, path2(p, fixture, "ref-logits.safetensors"), true, NULL, &e) == QPK_OK &&
-              qpk_verify_ref_file(qpk_source_model(m), qpk_source_logits(ref), &vo, &r, &e) == QPK_OK;
+    bool ok = tu_open(&m, path, false, &e) == QPK_OK &&
+              tu_open(&ref, path2(p, fixture, "ref-logits.safetensors"), true, &e) == QPK_OK &&
+              qpk_verify_ref_file(tu_model(m), qpk_source_logits(ref), &vo, &r, &e) == QPK_OK;
     CHECKF(ok, "%s: %s", path, e.msg);
     /* The reference is a float64 forward of the same weights: the f32 forward differs by ~2e-6 (measured 1.9e-6). */
     CHECKF(ok && r.max_abs_diff <= 1e-4 && r.top1_pct == 100.0, "%s vs ref-logits: max |diff| %g, top-1 %.2f%%", path,
            r.max_abs_diff, r.top1_pct);
-    qpk_source_close(m), qpk_source_close(ref);
+    tu_close(m), tu_close(ref);
 }
 
 /* Every tensor of folder a is in folder b with the same dtype, shape and bytes (and b has no more). */
@@ -202,7 +203,7 @@ static void test_fixtures(void)
         snprintf(qpk, sizeof qpk, "%s/%s.qpk", TMP, FIXTURES[k]);
         qpk_convert_opts o = {.dtype = -1};
         qpk_err e = {0};
-        CHECKF(qpk_convert(fixture, qpk, &o, &e) == QPK_OK, "%s: %s", fixture, e.msg);
+        CHECKF(tu_convert(fixture, qpk, &o, &e) == QPK_OK, "%s: %s", fixture, e.msg);
         check_exact(fixture, qpk);
         check_ref_logits(fixture, fixture); /* read in place */
         check_ref_logits(fixture, qpk);
@@ -210,11 +211,11 @@ static void test_fixtures(void)
         bool awq = !strcmp(FIXTURES[k], "awq");
         snprintf(out, sizeof out, "%s/%s.out", TMP, FIXTURES[k]);
         qpk_convert_opts x = {.to = awq ? QPK_OUT_AWQ : QPK_OUT_GPTQ, .n_threads = 1 + (int)(k % 2)};
-        CHECKF(qpk_export_hf(qpk, out, &x, &e) == QPK_OK, "%s: %s", out, e.msg);
+        CHECKF(tu_export_hf(qpk, out, &x, &e) == QPK_OK, "%s: %s", out, e.msg);
         check_same_tensors(fixture, out);
         /* ... and that folder reads back as the same weights. */
         snprintf(back, sizeof back, "%s/%s.back.qpk", TMP, FIXTURES[k]);
-        CHECKF(qpk_convert(out, back, &o, &e) == QPK_OK, "%s: %s", out, e.msg);
+        CHECKF(tu_convert(out, back, &o, &e) == QPK_OK, "%s: %s", out, e.msg);
         check_exact(fixture, back);
         /* GPTQ's int4 sym folder as AWQ (zero 8): another layout, the same weights. */
         if (k == 0) {
@@ -222,8 +223,8 @@ static void test_fixtures(void)
             snprintf(awq_out, sizeof awq_out, "%s/gptq-as-awq", TMP);
             snprintf(awq_back, sizeof awq_back, "%s/gptq-as-awq.qpk", TMP);
             qpk_convert_opts a = {.to = QPK_OUT_AWQ};
-            CHECKF(qpk_convert(fixture, awq_out, &a, &e) == QPK_OK, "%s", e.msg);
-            CHECKF(qpk_convert(awq_out, awq_back, &o, &e) == QPK_OK, "%s", e.msg);
+            CHECKF(tu_convert(fixture, awq_out, &a, &e) == QPK_OK, "%s", e.msg);
+            CHECKF(tu_convert(awq_out, awq_back, &o, &e) == QPK_OK, "%s", e.msg);
             check_exact(fixture, awq_back);
             rm_rf(awq_out), unlink(awq_back);
         }
@@ -268,7 +269,7 @@ static void test_gguf_exact(void)
         qpk_err e = {0};
         qpk_gguf *g = NULL;
         qpk_safetensors *exp = NULL;
-        CHECKF(qpk_convert(fixture, out, &o, &e) == QPK_OK, "%s: %s", out, e.msg);
+        CHECKF(tu_convert(fixture, out, &o, &e) == QPK_OK, "%s: %s", out, e.msg);
         if (qpk_gguf_open(&g, out, &e) != QPK_OK ||
             qpk_st_open(&exp, path2(p, fixture, "dequant-expected.safetensors"), &e) != QPK_OK) {
             CHECKF(false, "%s", e.msg);
@@ -313,7 +314,7 @@ static void test_gguf_exact(void)
     snprintf(out, sizeof out, "%s/actorder.gguf", TMP);
     qpk_convert_opts o = {.to = QPK_OUT_GGUF, .dtype = -1};
     qpk_err e = {0};
-    CHECK_ERR(qpk_convert(fixture, out, &o, &e), QPK_E_UNSUPPORTED, e, "is act-order");
+    CHECK_ERR(tu_convert(fixture, out, &o, &e), QPK_E_UNSUPPORTED, e, "is act-order");
     CHECK(strstr(e.msg, "--requantize") && access(out, F_OK) != 0);
 }
 
@@ -329,34 +330,34 @@ static void test_awq_quality(void)
     size_t n_calib = 0, n_eval = 0;
     qpk_err e = {0};
     snprintf(p, sizeof p, "%s/text/calib.txt", FX);
-    CHECKF(qpk_tokenize_file(model, p, &calib, &n_calib, NULL, &e) == QPK_OK, "%s", e.msg);
+    CHECKF(tu_tokenize_file(model, p, &calib, &n_calib, NULL, &e) == QPK_OK, "%s", e.msg);
     snprintf(p, sizeof p, "%s/tokens/eval_public.i32", FX);
     CHECKF(qpk_read_tokens(p, &eval, &n_eval, &e) == QPK_OK, "%s", e.msg);
     qpk_convert_opts o = {.to = QPK_OUT_AWQ, .dtype = -1, .quant = QPK_TYPE_INT4, .group = 64};
-    CHECKF(qpk_convert(model, rtn, &o, &e) == QPK_OK, "%s", e.msg);
+    CHECKF(tu_convert(model, rtn, &o, &e) == QPK_OK, "%s", e.msg);
     o.method = QPK_METHOD_AWQ;
     o.calib = (qpk_calib_opts){.tokens = calib, .n_tokens = n_calib, .samples = 8, .seq_len = 256};
-    CHECKF(qpk_convert(model, awq, &o, &e) == QPK_OK, "%s", e.msg);
+    CHECKF(tu_convert(model, awq, &o, &e) == QPK_OK, "%s", e.msg);
     /* Both read back as AWQ folders and measured against the BF16 model on the same text. */
     double kld[2] = {NAN, NAN};
     const char *dirs[2] = {rtn, awq};
     qpk_source *ref = NULL;
-    CHECKF(qpk_source_open(&ref, model, false, NULL, &e) == QPK_OK, "%s", e.msg);
+    CHECKF(tu_open(&ref, model, false, &e) == QPK_OK, "%s", e.msg);
     for (int k = 0; k < 2 && ref; k++) {
         qpk_source *m = NULL;
         qpk_verify_result r;
         qpk_verify_opts vo = {.n_ctx = 256, .max_chunks = 8};
-        if (qpk_source_open(&m, dirs[k], false, NULL, &e) == QPK_OK &&
-            qpk_verify_tokens(qpk_source_model(m), qpk_source_model(ref), eval, n_eval, &vo, &r, &e) == QPK_OK)
+        if (tu_open(&m, dirs[k], false, &e) == QPK_OK &&
+            qpk_verify_tokens(tu_model(m), tu_model(ref), eval, n_eval, &vo, &r, &e) == QPK_OK)
             kld[k] = r.kld_mean;
         else
             CHECKF(false, "%s: %s", dirs[k], e.msg);
-        qpk_source_close(m);
+        tu_close(m);
     }
     /* Measured: AWQ's KLD is a fraction of RTN's on this model (the quality gates hold it at a third). */
     fprintf(stderr, "int4 g64 as AWQ folders, KLD vs BF16: RTN %.4g, AWQ %.4g\n", kld[0], kld[1]);
     CHECKF(kld[1] < 0.5 * kld[0], "calibrated AWQ folder KLD %g, RTN %g", kld[1], kld[0]);
-    qpk_source_close(ref);
+    tu_close(ref);
     free(calib), free(eval);
     rm_rf(rtn), rm_rf(awq);
 }
@@ -512,7 +513,7 @@ static void test_malformed(void)
         }
         qpk_convert_opts o = {.dtype = -1};
         qpk_err e = {0};
-        qpk_status s = qpk_convert(dir, out, &o, &e);
+        qpk_status s = tu_convert(dir, out, &o, &e);
         CHECKF(s == d->want && strstr(e.msg, d->msg), "'%s': status %d \"%s\" (want %d \"%s\")", d->what, (int)s, e.msg,
                (int)d->want, d->msg);
         CHECKF(access(out, F_OK) != 0, "'%s' left an output", d->what);
@@ -555,7 +556,7 @@ static void test_zero_points(void)
         qpk_file *f = NULL;
         qpk_safetensors *exp = NULL;
         snprintf(p, sizeof p, "%s/qwen-tiny-a-%s/dequant-expected.safetensors", FX, Z[k].d.fixture);
-        if (!make_variant(&Z[k].d, dir) || qpk_convert(dir, qpk, &o, &e) != QPK_OK || qpk_open(&f, qpk, NULL, &e) != QPK_OK ||
+        if (!make_variant(&Z[k].d, dir) || tu_convert(dir, qpk, &o, &e) != QPK_OK || qpk_open(&f, qpk, NULL, &e) != QPK_OK ||
             qpk_st_open(&exp, p, &e) != QPK_OK) {
             CHECKF(false, "%s: %s", Z[k].d.what, e.msg);
         } else {
@@ -582,7 +583,7 @@ static void test_zero_points(void)
             }
             CHECKF(exact, "%s: the weights are not the fixture's with the zero moved", Z[k].d.what);
             qpk_convert_opts x2 = {.to = QPK_OUT_GPTQ};
-            CHECKF(qpk_export_hf(qpk, out, &x2, &e) == QPK_OK, "%s: %s", Z[k].d.what, e.msg);
+            CHECKF(tu_export_hf(qpk, out, &x2, &e) == QPK_OK, "%s: %s", Z[k].d.what, e.msg);
             check_same_tensors(dir, out);
         }
         qpk_close(f), qpk_st_close(exp);
@@ -601,11 +602,11 @@ static void test_zero_points(void)
     qpk_err e = {0};
     int n = -1;
     CHECK(make_variant(&far, dir));
-    CHECKF(qpk_convert(dir, qpk, &o, &e) == QPK_OK, "%s", e.msg);
-    CHECK_ERR(qpk_convert(dir, gguf, &g, &e), QPK_E_UNSUPPORTED, e, "outside Q8_0's int8");
+    CHECKF(tu_convert(dir, qpk, &o, &e) == QPK_OK, "%s", e.msg);
+    CHECK_ERR(tu_convert(dir, gguf, &g, &e), QPK_E_UNSUPPORTED, e, "outside Q8_0's int8");
     CHECK(strstr(e.msg, "--requantize") && access(gguf, F_OK) != 0);
-    CHECKF(qpk_requantize_for_gguf(qpk, rq, &o, &n, &e) == QPK_OK && n == 1, "%s (%d requantized)", e.msg, n);
-    CHECKF(qpk_export_gguf(rq, gguf, &o, &e) == QPK_OK, "%s", e.msg);
+    CHECKF(tu_requantize_for_gguf(qpk, rq, &o, &n, &e) == QPK_OK && n == 1, "%s (%d requantized)", e.msg, n);
+    CHECKF(tu_export_gguf(rq, gguf, &o, &e) == QPK_OK, "%s", e.msg);
     rm_rf(dir), unlink(qpk), unlink(rq), unlink(gguf);
 }
 
@@ -620,7 +621,7 @@ static void test_side_config(void)
     qpk_convert_opts o = {.dtype = -1};
     qpk_err e = {0};
     CHECK(make_variant(&d, dir));
-    CHECKF(qpk_convert(dir, qpk, &o, &e) == QPK_OK, "%s", e.msg);
+    CHECKF(tu_convert(dir, qpk, &o, &e) == QPK_OK, "%s", e.msg);
     char fixture[4096];
     snprintf(fixture, sizeof fixture, "%s/qwen-tiny-a-gptq-int4", FX);
     check_exact(fixture, qpk);
@@ -678,7 +679,7 @@ static void expect_export(const char *in, qpk_output to, bool v2, qpk_status wan
     snprintf(out, sizeof out, "%s/refused", TMP);
     qpk_convert_opts x = {.to = to, .gptq_v2 = v2};
     qpk_err e = {0};
-    qpk_status s = qpk_export_hf(in, out, &x, &e);
+    qpk_status s = tu_export_hf(in, out, &x, &e);
     CHECKF(s == want && strstr(e.msg, msg), "export of %s: status %d \"%s\" (want %d \"%s\")", in, (int)s, e.msg,
            (int)want, msg);
     CHECKF(s == QPK_OK || (access(out, F_OK) != 0 && no_temporaries()), "a refused export left something behind");
@@ -711,21 +712,21 @@ static void test_export_refusals(void)
         qpk_quant_rule_parse("embed_tokens=bf16", &rules[0], &e); /* a .qpk's default embedding is int8 */
         if (C[i].rule && qpk_quant_rule_parse(C[i].rule, &rules[1], &e) == QPK_OK)
             o.n_rules = 2;
-        CHECKF(qpk_convert(model, q, &o, &e) == QPK_OK, "%s", e.msg);
+        CHECKF(tu_convert(model, q, &o, &e) == QPK_OK, "%s", e.msg);
         expect_export(q, C[i].to, false, QPK_E_UNSUPPORTED, C[i].msg);
     }
     /* Per-row groups: GPTQ's group_size -1; AWQ has none. */
     qpk_quant_rule embed;
     qpk_quant_rule_parse("embed_tokens=bf16", &embed, &e);
     qpk_convert_opts row = {.dtype = -1, .quant = QPK_TYPE_INT4S, .group = QPK_GROUP_ROW, .rules = &embed, .n_rules = 1};
-    CHECKF(qpk_convert(model, q, &row, &e) == QPK_OK, "%s", e.msg);
+    CHECKF(tu_convert(model, q, &row, &e) == QPK_OK, "%s", e.msg);
     expect_export(q, QPK_OUT_AWQ, false, QPK_E_UNSUPPORTED, "has one group per row: AWQ's layout");
     expect_export(q, QPK_OUT_GPTQ, false, QPK_OK, "");
     /* Act-order in AWQ. */
     char act[4096];
     snprintf(act, sizeof act, "%s/qwen-tiny-a-gptq-int4-actorder", FX);
     qpk_convert_opts keep = {.dtype = -1};
-    CHECKF(qpk_convert(act, q, &keep, &e) == QPK_OK, "%s", e.msg);
+    CHECKF(tu_convert(act, q, &keep, &e) == QPK_OK, "%s", e.msg);
     expect_export(q, QPK_OUT_AWQ, false, QPK_E_UNSUPPORTED, "takes its input permuted (act-order)");
     /* A permutation that takes an input twice, or one that does not exist, and integers where weights go:
      * every reader refuses them before use (the exporters would write out of bounds). */
@@ -743,30 +744,30 @@ static void test_export_refusals(void)
         CHECK_ERR(qpk_check_model(f, &e), QPK_E_CORRUPT, e, P[i].msg);
         qpk_close(f);
         expect_export(z, QPK_OUT_GPTQ, false, QPK_E_CORRUPT, P[i].msg);
-        CHECK_ERR(qpk_source_open(&src, z, false, NULL, &e), QPK_E_CORRUPT, e, P[i].msg);
-        qpk_source_close(src);
+        CHECK_ERR(tu_open(&src, z, false, &e), QPK_E_CORRUPT, e, P[i].msg);
+        tu_close(src);
     }
     qpk_convert_opts f32 = {.dtype = QPK_TYPE_F32};
-    CHECKF(qpk_convert(model, q, &f32, &e) == QPK_OK, "%s", e.msg);
+    CHECKF(tu_convert(model, q, &f32, &e) == QPK_OK, "%s", e.msg);
     CHECK(copy_changed(q, z, w, 0, 0, QPK_TYPE_I32));
     expect_export(z, QPK_OUT_GPTQ, false, QPK_E_MISMATCH, "input_layernorm.weight' is i32: integers are for permutations");
     /* --keep rules reach only what is float in a GPTQ/AWQ checkpoint. */
     qpk_quant_rule down;
     qpk_quant_rule_parse("down_proj=int8", &down, &e);
     qpk_convert_opts ruled = {.dtype = -1, .rules = &down, .n_rules = 1};
-    CHECK_ERR(qpk_convert(act, q, &ruled, &e), QPK_E_INVALID_ARG, e,
+    CHECK_ERR(tu_convert(act, q, &ruled, &e), QPK_E_INVALID_ARG, e,
               "the rule 'down_proj' matches model.layers.0.mlp.down_proj.weight, which is imported");
     /* What a folder cannot hold, refused before any work from the options alone. */
     char out[4096];
     snprintf(out, sizeof out, "%s/never", TMP);
     qpk_convert_opts fo = {.dtype = -1, .to = QPK_OUT_AWQ, .quant = QPK_TYPE_INT8, .group = 64};
-    CHECK_ERR(qpk_convert(model, out, &fo, &e), QPK_E_INVALID_ARG, e, "AWQ's GEMM layout holds 4-bit codes only");
+    CHECK_ERR(tu_convert(model, out, &fo, &e), QPK_E_INVALID_ARG, e, "AWQ's GEMM layout holds 4-bit codes only");
     fo.quant = 0, fo.to = QPK_OUT_GPTQ;
-    CHECK_ERR(qpk_convert(model, out, &fo, &e), QPK_E_INVALID_ARG, e, "a GPTQ folder stores the linears quantized");
+    CHECK_ERR(tu_convert(model, out, &fo, &e), QPK_E_INVALID_ARG, e, "a GPTQ folder stores the linears quantized");
     CHECK(access(out, F_OK) != 0 && no_temporaries());
     /* Zero points: 0 has no GPTQ v1 code (it stores zero - 1); v2 and AWQ hold it. 16 only v1 holds. */
     qpk_convert_opts asym = {.dtype = -1, .quant = QPK_TYPE_INT4, .group = 64, .rules = &embed, .n_rules = 1};
-    CHECKF(qpk_convert(model, q, &asym, &e) == QPK_OK, "%s", e.msg);
+    CHECKF(tu_convert(model, q, &asym, &e) == QPK_OK, "%s", e.msg);
     const char *lin = "model.layers.2.mlp.up_proj.weight";
     const uint64_t block = 3 * qpk_type_block_bytes(QPK_TYPE_INT4, 64); /* row 1, group 1: 2 groups per row */
     CHECK(copy_changed(q, z, lin, block + 2, 0, -1));
@@ -796,23 +797,23 @@ static void test_folders(void)
     if (f)
         fputs("keep me", f), fclose(f);
     qpk_convert_opts o = {.dtype = -1, .quant = QPK_TYPE_INT4S, .group = 128, .to = QPK_OUT_GPTQ, .n_threads = 1};
-    CHECK_ERR(qpk_convert(model, out, &o, &e), QPK_E_IO, e, "exists and is not empty");
+    CHECK_ERR(tu_convert(model, out, &o, &e), QPK_E_IO, e, "exists and is not empty");
     size_t n;
     char *kept = slurp(p, &n);
     CHECK(kept && !strcmp(kept, "keep me") && no_temporaries());
     free(kept);
     unlink(p);
-    CHECKF(qpk_convert(model, out, &o, &e) == QPK_OK, "into an empty folder: %s", e.msg);
+    CHECKF(tu_convert(model, out, &o, &e) == QPK_OK, "into an empty folder: %s", e.msg);
     /* The same with two threads and small shards: the same tensors, in 2 shards (the embedding alone) and an index. */
     o.n_threads = 2, o.shard_size = 16000000;
-    CHECKF(qpk_convert(model, one, &o, &e) == QPK_OK, "%s", e.msg);
+    CHECKF(tu_convert(model, one, &o, &e) == QPK_OK, "%s", e.msg);
     CHECK(access(path2(p, one, "model-00002-of-00002.safetensors"), F_OK) == 0 &&
           access(path2(p, one, "model.safetensors.index.json"), F_OK) == 0);
     check_same_tensors(out, one);
     rm_rf(one);
     /* Byte-identical for any thread count. */
     o.shard_size = 0;
-    CHECKF(qpk_convert(model, one, &o, &e) == QPK_OK, "%s", e.msg);
+    CHECKF(tu_convert(model, one, &o, &e) == QPK_OK, "%s", e.msg);
     static const char *const FILES[] = {"model.safetensors", "config.json", "quantize_config.json", "tokenizer.json"};
     for (size_t i = 0; i < sizeof FILES / sizeof *FILES; i++) {
         size_t na, nb;

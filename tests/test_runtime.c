@@ -284,10 +284,10 @@ static void test_model(void)
     snprintf(out, sizeof out, "%s/gqa.qpk", g_dir);
     qpk_err e = {0};
     qpk_convert_opts co = {.dtype = QPK_TYPE_F32};
-    CHECKF(qpk_gen_write(&sp, model, NULL, &e) == QPK_OK && qpk_convert(model, out, &co, &e) == QPK_OK, "%s", e.msg);
+    CHECKF(qpk_gen_write(&sp, model, NULL, &e) == QPK_OK && tu_convert(model, out, &co, &e) == QPK_OK, "%s", e.msg);
     qpk_file *f;
     qpk_model *m;
-    if (qpk_open(&f, out, NULL, &e) != QPK_OK || qpk_model_from_qpk(&m, f, &e) != QPK_OK) {
+    if (qpk_open(&f, out, NULL, &e) != QPK_OK || tu_model_from_qpk(&m, f, &e) != QPK_OK) {
         CHECKF(false, "%s", e.msg);
         return;
     }
@@ -315,11 +315,11 @@ static void test_model(void)
     }
     /* The same model read straight from the HF folder computes the same bits. */
     qpk_source *src;
-    CHECKF(qpk_source_open(&src, model, false, NULL, &e) == QPK_OK, "%s", e.msg);
-    float *a = run(m, tok, T, 2, false, 512, false), *h = run(qpk_source_model(src), tok, T, 2, false, 512, false);
+    CHECKF(tu_open(&src, model, false, &e) == QPK_OK, "%s", e.msg);
+    float *a = run(m, tok, T, 2, false, 512, false), *h = run(tu_model(src), tok, T, 2, false, 512, false);
     CHECK(!memcmp(a, h, (size_t)(T * V) * sizeof *a));
     free(a), free(h);
-    qpk_source_close(src);
+    tu_close(src);
 
     /* Errors leave the context unchanged. */
     qpk_context *c;
@@ -363,8 +363,8 @@ static void test_quantized_model(void)
         qpk_convert_opts co = {.dtype = -1, .quant = types[k], .group = 32};
         qpk_file *f;
         qpk_model *m;
-        if (qpk_convert(model, out, &co, &e) != QPK_OK || qpk_open(&f, out, NULL, &e) != QPK_OK ||
-            qpk_model_from_qpk(&m, f, &e) != QPK_OK) {
+        if (tu_convert(model, out, &co, &e) != QPK_OK || qpk_open(&f, out, NULL, &e) != QPK_OK ||
+            tu_model_from_qpk(&m, f, &e) != QPK_OK) {
             CHECKF(false, "%s", e.msg);
             continue;
         }
@@ -396,7 +396,7 @@ static void test_long_context(void)
     qpk_err e = {0};
     qpk_gen_write(&sp, model, NULL, &e);
     qpk_source *src;
-    if (qpk_source_open(&src, model, false, NULL, &e) != QPK_OK) {
+    if (tu_open(&src, model, false, &e) != QPK_OK) {
         CHECKF(false, "%s", e.msg);
         return;
     }
@@ -404,12 +404,12 @@ static void test_long_context(void)
     int32_t tok[T];
     for (int i = 0; i < T; i++)
         tok[i] = (int32_t)((i * 131 + 7) % 512);
-    float *a = run(qpk_source_model(src), tok, T, 2, false, 512, false);
-    float *d = run(qpk_source_model(src), tok, T, 2, false, 512, true);
+    float *a = run(tu_model(src), tok, T, 2, false, 512, false);
+    float *d = run(tu_model(src), tok, T, 2, false, 512, true);
     CHECKF(max_rel_diff(d, a, (size_t)T * 512) < DECODE_TOL, "long context, decode vs prefill: %g",
            max_rel_diff(d, a, (size_t)T * 512));
     free(a), free(d);
-    qpk_source_close(src);
+    tu_close(src);
 }
 
 int main(void)

@@ -113,7 +113,7 @@ static void test_ref_files(void)
     snprintf(model, sizeof model, "%s/tiny", g_dir);
     qpk_err e = {0};
     qpk_source *m, *ref;
-    if (qpk_gen_write(&sp, model, NULL, &e) != QPK_OK || qpk_source_open(&m, model, false, NULL, &e) != QPK_OK) {
+    if (qpk_gen_write(&sp, model, NULL, &e) != QPK_OK || tu_open(&m, model, false, &e) != QPK_OK) {
         CHECKF(false, "%s", e.msg);
         return;
     }
@@ -143,24 +143,24 @@ static void test_ref_files(void)
         snprintf(path, sizeof path, "%s/ref-%zu.safetensors", g_dir, i);
         write_ref(path, cases[i].tdt, cases[i].T, cases[i].ldt, cases[i].LT, cases[i].V, cases[i].bad_token,
                   cases[i].truncate, cases[i].nan_pos);
-        qpk_status s = qpk_source_open(&ref, path, true, NULL, &e);
+        qpk_status s = tu_open(&ref, path, true, &e);
         if (s == QPK_OK) {
             CHECK(qpk_source_kind_of(ref) == QPK_SOURCE_LOGITS);
             qpk_verify_opts o = {.n_threads = 1};
             qpk_verify_result r;
-            s = qpk_verify_ref_file(qpk_source_model(m), qpk_source_logits(ref), &o, &r, &e);
+            s = qpk_verify_ref_file(tu_model(m), qpk_source_logits(ref), &o, &r, &e);
             if (s == QPK_OK) /* zero reference logits: a uniform distribution over 512 tokens */
                 CHECK(r.n_compared == 8 && r.n_scored == 7 && fabs(r.ppl_ref - 512) < 1e-6);
-            qpk_source_close(ref);
+            tu_close(ref);
         }
         CHECKF(s == cases[i].want && strstr(e.msg, cases[i].msg), "ref file '%s': status %d \"%s\" (want \"%s\")",
                cases[i].what, s, e.msg, cases[i].msg);
         e.msg[0] = 0;
     }
     /* A model given where logits are not allowed is read as a .qpk, and fails as one. */
-    CHECK_ERR(qpk_source_open(&ref, path, false, NULL, &e), QPK_E_UNSUPPORTED, e, "is a safetensors file; expected a .qpk file");
-    CHECK_ERR(qpk_source_open(&ref, "/nonexistent.qpk", true, NULL, &e), QPK_E_IO, e, "cannot open");
-    qpk_source_close(m);
+    CHECK_ERR(tu_open(&ref, path, false, &e), QPK_E_UNSUPPORTED, e, "is a safetensors file; expected a .qpk file");
+    CHECK_ERR(tu_open(&ref, "/nonexistent.qpk", true, &e), QPK_E_IO, e, "cannot open");
+    tu_close(m);
 }
 
 static void test_runner_errors(void)
@@ -171,21 +171,21 @@ static void test_runner_errors(void)
     snprintf(model, sizeof model, "%s/tiny2", g_dir);
     qpk_err e = {0};
     qpk_source *m;
-    if (qpk_gen_write(&sp, model, NULL, &e) != QPK_OK || qpk_source_open(&m, model, false, NULL, &e) != QPK_OK)
+    if (qpk_gen_write(&sp, model, NULL, &e) != QPK_OK || tu_open(&m, model, false, &e) != QPK_OK)
         return;
     int32_t tok[40] = {0};
     qpk_verify_opts o = {.n_ctx = 64};
     qpk_verify_result r;
-    CHECK_ERR(qpk_verify_tokens(qpk_source_model(m), NULL, tok, 40, &o, &r, &e), QPK_E_INVALID_ARG, e,
+    CHECK_ERR(qpk_verify_tokens(tu_model(m), NULL, tok, 40, &o, &r, &e), QPK_E_INVALID_ARG, e,
               "40 tokens do not fill one chunk of 64");
     tok[30] = 600;
     o.n_ctx = 32;
-    CHECK_ERR(qpk_verify_tokens(qpk_source_model(m), NULL, tok, 40, &o, &r, &e), QPK_E_VALUE, e, "token id 600");
+    CHECK_ERR(qpk_verify_tokens(tu_model(m), NULL, tok, 40, &o, &r, &e), QPK_E_VALUE, e, "token id 600");
     tok[30] = 3;
     /* A model against itself: everything agrees exactly. */
-    CHECK(qpk_verify_tokens(qpk_source_model(m), qpk_source_model(m), tok, 40, &o, &r, &e) == QPK_OK);
+    CHECK(qpk_verify_tokens(tu_model(m), tu_model(m), tok, 40, &o, &r, &e) == QPK_OK);
     CHECK(r.kld_max == 0 && r.top1_pct == 100 && r.max_abs_diff == 0 && r.ppl == r.ppl_ref && r.n_compared == 15);
-    qpk_source_close(m);
+    tu_close(m);
 }
 
 /* A model whose weights hold a NaN: qverify names the first position it poisons, whatever the gates. */
@@ -210,21 +210,21 @@ static void test_nonfinite_model(void)
     snprintf(path, sizeof path, "%s/nan.qpk", g_dir);
     qpk_convert_opts co = {.dtype = -1, .allow_nonfinite = true};
     qpk_source *m = NULL, *clean = NULL;
-    CHECK(qpk_convert(model, path, &co, &e) == QPK_OK && qpk_source_open(&m, path, false, NULL, &e) == QPK_OK);
+    CHECK(tu_convert(model, path, &co, &e) == QPK_OK && tu_open(&m, path, false, &e) == QPK_OK);
     int32_t tok[64];
     for (int i = 0; i < 64; i++)
         tok[i] = 1 + i % 7; /* token 0 never appears, but its row is also the tied head's: logit 0 is NaN */
     qpk_verify_opts o = {.n_ctx = 64};
     qpk_verify_result r;
-    CHECK_ERR(qpk_verify_tokens(qpk_source_model(m), NULL, tok, 64, &o, &r, &e), QPK_E_VALUE, e,
+    CHECK_ERR(qpk_verify_tokens(tu_model(m), NULL, tok, 64, &o, &r, &e), QPK_E_VALUE, e,
               "the model's logits at chunk 0, position 32 are not finite (logit 0 is nan)");
     /* As the reference, the same: the side is named. */
     qpk_gen_write(&sp, model, NULL, &e);
-    CHECK(qpk_source_open(&clean, model, false, NULL, &e) == QPK_OK);
+    CHECK(tu_open(&clean, model, false, &e) == QPK_OK);
     if (clean && m)
-        CHECK_ERR(qpk_verify_tokens(qpk_source_model(clean), qpk_source_model(m), tok, 64, &o, &r, &e), QPK_E_VALUE, e,
+        CHECK_ERR(qpk_verify_tokens(tu_model(clean), tu_model(m), tok, 64, &o, &r, &e), QPK_E_VALUE, e,
                   "the reference's logits at chunk 0, position 32 are not finite (logit 0 is nan)");
-    qpk_source_close(m), qpk_source_close(clean);
+    tu_close(m), tu_close(clean);
 }
 
 int main(void)

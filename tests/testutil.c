@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "testutil.h"
+#include "model_private.h"
 #include "qpk/quant.h"
 
 /* Every tensor of out equals its source converted to the stored type. */
@@ -91,4 +92,135 @@ char *slurp(const char *path, size_t *n)
         b[*n] = 0;
     fclose(f);
     return b;
+}
+
+/* ------------------------------------------------------------ engine wrappers */
+
+#define TU_MODELS 32
+static struct {
+    qpk_source *src;
+    qpk_model *m;
+} tu_models[TU_MODELS]; /* test-only: which model runs over which source */
+
+qpk_status tu_open(qpk_source **src, const char *path, bool allow_logits, qpk_err *e)
+{
+    const qpk_source_opts o = {.allow_logits = allow_logits};
+    return qpk_source_open(src, path, &o, e);
+}
+
+const qpk_model *tu_model(qpk_source *src)
+{
+    for (int i = 0; i < TU_MODELS; i++)
+        if (tu_models[i].src == src)
+            return tu_models[i].m;
+    for (int i = 0; i < TU_MODELS; i++)
+        if (!tu_models[i].src) {
+            qpk_err e;
+            if (qpk_model_from_source(&tu_models[i].m, src, &e) != QPK_OK) {
+                fprintf(stderr, "tu_model: %s\n", e.msg);
+                return NULL;
+            }
+            tu_models[i].src = src;
+            return tu_models[i].m;
+        }
+    return NULL;
+}
+
+void tu_close(qpk_source *src)
+{
+    for (int i = 0; src && i < TU_MODELS; i++)
+        if (tu_models[i].src == src) {
+            qpk_model_free(tu_models[i].m);
+            tu_models[i].src = NULL, tu_models[i].m = NULL;
+        }
+    qpk_source_close(src);
+}
+
+qpk_status tu_convert(const char *in, const char *out, const qpk_convert_opts *o, qpk_err *e)
+{
+    return qpk_convert_path(in, out, o, NULL, e);
+}
+
+/* Options for carrying a file's tensors as they are into target to. */
+static qpk_convert_opts as_is(const qpk_convert_opts *o, qpk_output to)
+{
+    qpk_convert_opts c = {0};
+    if (o)
+        c.cb = o->cb, c.command = o->command, c.n_threads = o->n_threads, c.shard_size = o->shard_size,
+        c.gptq_v2 = o->gptq_v2;
+    c.dtype = -1, c.to = to;
+    return c;
+}
+
+qpk_status tu_export_gguf(const char *in, const char *out, const qpk_convert_opts *o, qpk_err *e)
+{
+    qpk_convert_opts c = as_is(o, QPK_OUT_GGUF);
+    return qpk_convert_path(in, out, &c, NULL, e);
+}
+
+qpk_status tu_convert_gguf(const char *in, const char *out, const qpk_convert_opts *o, qpk_err *e)
+{
+    qpk_convert_opts c = as_is(o, QPK_OUT_QPK);
+    return qpk_convert_path(in, out, &c, NULL, e);
+}
+
+qpk_status tu_export_hf(const char *in, const char *out, const qpk_convert_opts *o, qpk_err *e)
+{
+    qpk_convert_opts c = as_is(o, o->to);
+    return qpk_convert_path(in, out, &c, NULL, e);
+}
+
+qpk_status tu_requantize_for_gguf(const char *in, const char *out, const qpk_convert_opts *o, int *n, qpk_err *e)
+{
+    qpk_convert_opts c = as_is(o, QPK_OUT_QPK);
+    c.requantize = true;
+    qpk_convert_result r;
+    qpk_status s = qpk_convert_path(in, out, &c, &r, e);
+    if (n)
+        *n = r.n_requantized;
+    return s;
+}
+
+static qpk_status file_weight(void *ud, qpk_role role, int layer, qpk_matrix *w, qpk_err *e)
+{
+    char name[QPK_MAX_NAME];
+    qpk_tensor_name(name, sizeof name, role, layer);
+    const qpk_tensor *t = qpk_find_tensor(ud, name);
+    if (!t)
+        return qpk_err_setf(e, QPK_E_MISMATCH, "missing tensor '%s'", name);
+    *w = (qpk_matrix){t->type, t->group_size, t->ndim == 2 ? t->dims[0] : 1, t->dims[t->ndim - 1], t->data, NULL};
+    const qpk_tensor *p = qpk_perm_name(name, sizeof name, role, layer) ? qpk_find_tensor(ud, name) : NULL;
+    w->perm = p ? p->data : NULL;
+    return QPK_OK;
+}
+
+qpk_status tu_model_from_qpk(qpk_model **m, const qpk_file *f, qpk_err *e)
+{
+    qpk_status s = qpk_check_model(f, e);
+    return s != QPK_OK ? s : qpk_model_create(m, qpk_file_config(f), file_weight, (void *)f, e);
+}
+
+static qpk_status gguf_weight(void *ud, qpk_role role, int layer, qpk_matrix *w, qpk_err *e)
+{
+    return qpk_gguf_matrix(ud, role, layer, w, e);
+}
+
+qpk_status tu_gguf_model(qpk_model **m, const qpk_gguf *g, qpk_err *e)
+{
+    qpk_config c;
+    *m = NULL;
+    qpk_status s = qpk_gguf_qwen2(g, &c, e);
+    if (s == QPK_OK)
+        s = qpk_gguf_check_scales(g, e);
+    return s != QPK_OK ? s : qpk_model_create(m, &c, gguf_weight, (void *)g, e);
+}
+
+qpk_status tu_tokenize_file(const char *model, const char *path, int32_t **ids, size_t *n, uint64_t *hash, qpk_err *e)
+{
+    qpk_source *src;
+    qpk_status s = qpk_source_open(&src, model, NULL, e);
+    if (s == QPK_OK)
+        s = qpk_source_tokenize_file(src, path, ids, n, hash, e);
+    qpk_source_close(src);
+    return s;
 }

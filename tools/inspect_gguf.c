@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "model_private.h"
 #include "qpk/gguf.h"
 
 #define SHOWN_ELEMS 6  /* array elements printed before "..." */

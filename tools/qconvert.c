@@ -72,84 +72,103 @@ static bool parse_size(const char *v, uint64_t *out)
     return false;
 }
 
-/* A staging file beside out, named as qpk's temporaries are (a later run removes it if this one is killed). */
-static char *stage_path(const char *out, const char *tag)
-{
-    const char *slash = strrchr(out, '/');
-    size_t dir = slash ? (size_t)(slash - out + 1) : 0, n = strlen(out) + 64;
-    char *p = malloc(n);
-    if (p)
-        snprintf(p, n, "%.*s.%s.qpk-tmp.%ld.%s", (int)dir, out, out + dir, (long)getpid(), tag);
-    return p;
-}
-
 #define REQUANT_RANDOM_TOKENS 512 /* the measure without text: 2 windows of 256 */
 
 /*
- * --requantize: act-order linears (and int8z ones past Q8_0) have no GGUF type, so they are requantized to groups
- * of 32 (explicitly asked), and what that costs is measured on the spot: the exact model
- * and the requantized one run on the same tokens (--calib text, else pseudo-random ids)
- * and their KL divergence is reported before the GGUF is written from the requantized one.
+ * --requantize: what the engine requantized for GGUF is measured on the spot, from memory:
+ * the source's exact model and the model as written (kept by the engine) run on the same
+ * tokens (--calib text, else pseudo-random ids) and their KL divergence is reported.
  */
-static int requantize_to_gguf(cli *c, const char *in, bool folder, const char *out, const qpk_convert_opts *o,
-                              const int32_t *tokens, size_t n_tokens)
+static qpk_status report_requantized(cli *c, qpk_source *src, const qpk_convert_result *r, const qpk_convert_opts *o,
+                                     const int32_t *tokens, size_t n_tokens, qpk_err *e)
+{
+    if (!r->model) {
+        if (!c->quiet)
+            fprintf(stderr, "qconvert: --requantize: no linear needed it: nothing requantized, the %s is exact\n",
+                    o->to == QPK_OUT_GGUF ? "GGUF" : ".qpk");
+        return QPK_OK;
+    }
+    qpk_model *exact = NULL;
+    int32_t *random = NULL;
+    qpk_status s = qpk_model_from_source(&exact, src, e);
+    if (s == QPK_OK && !tokens) { /* a fixed xorshift stream of ids: the same measure every run */
+        int64_t vocab = qpk_source_config(src)->vocab_size;
+        uint64_t x = 0x9e3779b97f4a7c15ull;
+        if (!(random = malloc(REQUANT_RANDOM_TOKENS * sizeof *random)))
+            s = qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+        for (int i = 0; random && i < REQUANT_RANDOM_TOKENS; i++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            random[i] = (int32_t)(x % (uint64_t)vocab);
+        }
+        tokens = random, n_tokens = REQUANT_RANDOM_TOKENS;
+    }
+    qpk_verify_opts vo = {.n_ctx = n_tokens < 512 ? (int)n_tokens : 256, .score_all = true, .max_chunks = 8,
+                          .n_threads = o->n_threads, .cb = o->cb};
+    qpk_verify_result v;
+    if (s == QPK_OK && vo.n_ctx < 2)
+        s = qpk_err_setf(e, QPK_E_MISMATCH, "the text to measure --requantize on holds fewer than 2 tokens");
+    if (s == QPK_OK)
+        s = qpk_verify_tokens(r->model, exact, tokens, n_tokens, &vo, &v, e);
+    if (s == QPK_OK) {
+        cli_progress_done(c);
+        fprintf(stderr,
+                "qconvert: --requantize: %d linears requantized to groups of 32 (RTN); against the "
+                "exact model on %llu %s: KLD mean %.4g (p99 %.4g), top-1 %.2f%%\n",
+                r->n_requantized, (unsigned long long)v.n_compared, random ? "positions of pseudo-random tokens (give "
+                "--calib TEXT to measure on text)" : "positions of the given text", v.kld_mean, v.kld_p99, v.top1_pct);
+    }
+    qpk_model_free(exact);
+    free(random);
+    return s;
+}
+
+/* Opens the input, runs the engine into the output, and reports (--requantize: what it cost). */
+static int convert(cli *c, const char *in, const char *out, qpk_convert_opts *o, const char *calib_path,
+                   bool calib_text)
 {
     qpk_err e = {0};
-    const bool gguf = o->to == QPK_OUT_GGUF; /* else the requantized .qpk itself is the output */
-    char *a = folder ? stage_path(out, "exact") : NULL, *b = gguf ? stage_path(out, "requant") : strdup(out);
-    const char *exact = folder ? a : in;
-    int n = 0;
-    int32_t *random = NULL;
-    qpk_source *sa = NULL, *sb = NULL;
-    qpk_convert_opts qo = *o;
-    qo.to = QPK_OUT_QPK;
-    qpk_status s = b && (a || !folder) ? QPK_OK : qpk_err_setf(&e, QPK_E_NOMEM, "out of memory");
-    if (s == QPK_OK && folder)
-        s = qpk_convert(in, a, &qo, &e);
-    if (s == QPK_OK)
-        s = qpk_requantize_for_gguf(exact, b, o, &n, &e);
-    if (s == QPK_OK && n > 0) {
-        if ((s = qpk_source_open(&sa, exact, false, &o->cb, &e)) == QPK_OK)
-            s = qpk_source_open(&sb, b, false, &o->cb, &e);
-        if (s == QPK_OK && !tokens) { /* a fixed xorshift stream of ids: the same measure every run */
-            int64_t vocab = qpk_model_config(qpk_source_model(sa))->vocab_size;
-            uint64_t r = 0x9e3779b97f4a7c15ull;
-            if (!(random = malloc(REQUANT_RANDOM_TOKENS * sizeof *random)))
-                s = qpk_err_setf(&e, QPK_E_NOMEM, "out of memory");
-            for (int i = 0; random && i < REQUANT_RANDOM_TOKENS; i++) {
-                r ^= r << 13, r ^= r >> 7, r ^= r << 17;
-                random[i] = (int32_t)(r % (uint64_t)vocab);
-            }
-            tokens = random, n_tokens = REQUANT_RANDOM_TOKENS;
-        }
-        qpk_verify_opts vo = {.n_ctx = n_tokens < 512 ? (int)n_tokens : 256, .score_all = true, .max_chunks = 8,
-                              .n_threads = o->n_threads, .cb = o->cb};
-        qpk_verify_result r;
-        if (s == QPK_OK && vo.n_ctx < 2)
-            s = qpk_err_setf(&e, QPK_E_MISMATCH, "the text to measure --requantize on holds fewer than 2 tokens");
-        if (s == QPK_OK)
-            s = qpk_verify_tokens(qpk_source_model(sb), qpk_source_model(sa), tokens, n_tokens, &vo, &r, &e);
-        if (s == QPK_OK) {
-            cli_progress_done(c);
-            fprintf(stderr,
-                    "qconvert: --requantize: %d linears requantized to groups of 32 (RTN); against the "
-                    "exact model on %llu %s: KLD mean %.4g (p99 %.4g), top-1 %.2f%%\n",
-                    n, (unsigned long long)r.n_compared, random ? "positions of pseudo-random tokens (give --calib "
-                    "TEXT to measure on text)" : "positions of the given text", r.kld_mean, r.kld_p99, r.top1_pct);
-        }
-    } else if (s == QPK_OK && !c->quiet) {
-        fprintf(stderr, "qconvert: --requantize: no linear needed it: nothing requantized, the %s is exact\n",
-                gguf ? "GGUF" : ".qpk");
+    qpk_source *src = NULL;
+    qpk_sink *sink = NULL;
+    int32_t *calib = NULL;
+    qpk_convert_result r = {0};
+    const qpk_source_opts so = {.cb = o->cb};
+    const qpk_sink_opts ko = {o->shard_size, o->gptq_v2, o->n_threads, o->cb};
+    double t0 = cli_now();
+    qpk_status s = qpk_source_open(&src, in, &so, &e);
+    if (s == QPK_OK && calib_path && calib_text)
+        s = qpk_source_tokenize_file(src, calib_path, &calib, &o->calib.n_tokens, &o->calib.source_xxh3, &e);
+    else if (s == QPK_OK && calib_path)
+        if ((s = qpk_read_tokens(calib_path, &calib, &o->calib.n_tokens, &e)) == QPK_OK)
+            o->calib.source_xxh3 = qpk_xxh3(calib, o->calib.n_tokens * sizeof *calib);
+    if (s == QPK_OK && calib_path && o->calib.n_tokens == 0)
+        s = qpk_err_setf(&e, QPK_E_MISMATCH, "the calibration file '%s' holds no tokens%s", calib_path,
+                         calib_text ? " (its text is empty)" : "");
+    if (s == QPK_OK && calib_path && (o->method != QPK_METHOD_RTN)) {
+        o->calib.tokens = calib;
+        o->calib.source = calib_path;
+        o->calib.source_is_text = calib_text;
     }
-    qpk_source_close(sa), qpk_source_close(sb);
-    if (s == QPK_OK && gguf)
-        s = qpk_export_gguf(b, out, o, &e);
-    if (a)
-        unlink(a);
-    if (b && gguf)
-        unlink(b);
-    free(a), free(b), free(random);
-    return s == QPK_OK ? 0 : cli_fail(c, &e);
+    for (size_t i = 0; s == QPK_OK && i < qpk_source_n_inputs(src); i++)
+        s = qpk_check_not_input(out, qpk_source_input(src, i), &e);
+    o->keep_requantized = o->requantize;
+    if (s == QPK_OK)
+        s = qpk_sink_create(&sink, o->to, out, &ko, &e);
+    if (s == QPK_OK)
+        s = qpk_convert(src, o, sink, &r, &e); /* consumes the sink */
+    if (s == QPK_OK && o->requantize)
+        s = report_requantized(c, src, &r, o, calib, o->calib.n_tokens, &e);
+    qpk_convert_result_free(&r);
+    qpk_source_close(src);
+    free(calib);
+    if (s != QPK_OK) {
+        if (strstr(e.msg, "requantizing") && !o->requantize) /* the library names no flag: the tool does */
+            snprintf(e.msg + strlen(e.msg), sizeof e.msg - strlen(e.msg), " (--requantize)");
+        return cli_fail(c, &e);
+    }
+    cli_progress_done(c);
+    if (!c->quiet)
+        cli_wrote(out, t0);
+    return 0;
 }
 
 static void usage(void)
@@ -418,119 +437,54 @@ int main(int argc, char **argv)
                      qpk_input_kind_name(kind));
         return cli_fail(&c, &e);
     }
-    if (kind == QPK_INPUT_GGUF) {
-        if (o.to != QPK_OUT_QPK)
-            return cli_usage_error(&c, "%s is a GGUF: qconvert reads it into a .qpk (its tensors as they are)", in);
-        if (model_opts || gptq_opts || windows_given || o.calib.awq_fold_only || calib_path || requant)
-            return cli_usage_error(&c, "a GGUF is read with its tensors as they are: the quantization options apply "
-                                       "to a Hugging Face folder");
-        char *cmd = cli_command_line(argc, argv);
-        o.command = cmd, o.cb = cli_callbacks(&c);
-        double t0 = cli_now();
-        qpk_status s = qpk_convert_gguf(in, out, &o, &e);
-        free(cmd);
-        if (s != QPK_OK)
-            return cli_fail(&c, &e);
-        cli_progress_done(&c);
-        if (!c.quiet)
-            cli_wrote(out, t0);
-        return 0;
-    }
-    if (kind == QPK_INPUT_QPK) {
-        if (o.to == QPK_OUT_QPK && !requant)
+    if (kind == QPK_INPUT_GGUF && o.to != QPK_OUT_QPK)
+        return cli_usage_error(&c, "%s is a GGUF: qconvert reads it into a .qpk (its tensors as they are)", in);
+    if (kind != QPK_INPUT_FOLDER) {
+        if (kind == QPK_INPUT_QPK && o.to == QPK_OUT_QPK && !requant)
             return cli_usage_error(&c, "%s is already a .qpk: it can be re-packed as GGUF, GPTQ or AWQ (--to gguf|gptq|awq)",
                                    in);
+        if (kind == QPK_INPUT_GGUF && (model_opts || gptq_opts || windows_given || o.calib.awq_fold_only || calib_path ||
+                                       requant))
+            return cli_usage_error(&c, "a GGUF is read with its tensors as they are: the quantization options apply "
+                                       "to a Hugging Face folder");
         if (model_opts || gptq_opts || windows_given || o.calib.awq_fold_only || (calib_path && !requant))
             return cli_usage_error(&c, "a .qpk is re-packed with its tensors as they are: --dtype, --quant, --group, "
                                        "--keep, --embed-type, --method and the calibration options apply to a Hugging "
                                        "Face folder");
-        o.cb = cli_callbacks(&c);
-        double t0 = cli_now();
-        if (requant) {
-            int32_t *tok = NULL;
-            size_t n_tok = 0;
-            if (calib_path && (calib_text ? qpk_tokenize_file(in, calib_path, &tok, &n_tok, NULL, &e)
-                                          : qpk_read_tokens(calib_path, &tok, &n_tok, &e)) != QPK_OK)
-                return cli_fail(&c, &e);
-            int rc = requantize_to_gguf(&c, in, false, out, &o, tok, n_tok);
-            free(tok);
-            if (rc == 0 && !c.quiet)
-                cli_wrote(out, t0);
-            return rc;
-        }
-        if ((to_folder ? qpk_export_hf(in, out, &o, &e) : qpk_export_gguf(in, out, &o, &e)) != QPK_OK)
-            return cli_fail(&c, &e);
-        cli_progress_done(&c);
-        if (!c.quiet)
-            cli_wrote(out, t0);
-        return 0;
+    } else {
+        if (n_embed > 1)
+            return cli_usage_error(&c, "--embed-type given twice");
+        /* Options that would do nothing are refused rather than ignored. */
+        if (gptq_opts && !qpk_method_uses_gptq(o.method))
+            return cli_usage_error(&c, "--damp and --act-order are GPTQ's: they go with --method gptq or awq+gptq");
+        if (o.calib.awq_fold_only && o.method != QPK_METHOD_AWQ)
+            return cli_usage_error(&c, "--awq-fold-only goes with --method awq");
+        if (windows_given && o.method == QPK_METHOD_RTN)
+            return cli_usage_error(&c, "--calib-samples, --calib-len and --seed choose calibration windows: they go "
+                                       "with --method gptq or awq");
+        bool quantized_rule = false;
+        for (size_t k = 0; k < n_rules; k++)
+            quantized_rule |= qpk_type_is_quantized((uint32_t)rules[k].type);
+        if (group_given && !o.quant && !o.preset && !quantized_rule)
+            return cli_usage_error(&c, "--group sets the group of quantized tensors: give --quant (or a --keep rule "
+                                       "with a quantized type)");
+        if (o.method != QPK_METHOD_RTN && !o.quant && !o.preset)
+            return cli_usage_error(&c, "--method %s needs --quant or --preset", qpk_method_name(o.method));
+        if (o.method != QPK_METHOD_RTN && !calib_path)
+            return cli_usage_error(&c, "--method %s needs calibration data: --calib TEXT or --calib-tokens FILE",
+                                   qpk_method_name(o.method));
+        if (o.method == QPK_METHOD_RTN && calib_path && !requant)
+            return cli_usage_error(&c, "calibration data goes with --method gptq or awq (or --requantize, to measure "
+                                       "on)");
     }
-    if (n_embed > 1)
-        return cli_usage_error(&c, "--embed-type given twice");
-    /* Options that would do nothing are refused rather than ignored. */
-    if (gptq_opts && !qpk_method_uses_gptq(o.method))
-        return cli_usage_error(&c, "--damp and --act-order are GPTQ's: they go with --method gptq or awq+gptq");
-    if (o.calib.awq_fold_only && o.method != QPK_METHOD_AWQ)
-        return cli_usage_error(&c, "--awq-fold-only goes with --method awq");
-    if (windows_given && o.method == QPK_METHOD_RTN)
-        return cli_usage_error(&c, "--calib-samples, --calib-len and --seed choose calibration windows: they go with "
-                                   "--method gptq or awq");
-    bool quantized_rule = false;
-    for (size_t k = 0; k < n_rules; k++)
-        quantized_rule |= qpk_type_is_quantized((uint32_t)rules[k].type);
-    if (group_given && !o.quant && !o.preset && !quantized_rule)
-        return cli_usage_error(&c, "--group sets the group of quantized tensors: give --quant (or a --keep rule with a "
-                                   "quantized type)");
     if (calib_path && qpk_same_file(out, calib_path))
         return cli_usage_error(&c, "the output '%s' is the calibration file: refusing to replace an input", out);
-    if (o.method != QPK_METHOD_RTN && !o.quant && !o.preset)
-        return cli_usage_error(&c, "--method %s needs --quant or --preset", qpk_method_name(o.method));
-    if (o.method != QPK_METHOD_RTN && !calib_path)
-        return cli_usage_error(&c, "--method %s needs calibration data: --calib TEXT or --calib-tokens FILE",
-                               qpk_method_name(o.method));
-    if (o.method == QPK_METHOD_RTN && calib_path && !requant)
-        return cli_usage_error(&c, "calibration data goes with --method gptq or awq (or --requantize, to measure on)");
-    int32_t *calib = NULL;
-    if (calib_path && calib_text) {
-        if (qpk_tokenize_file(in, calib_path, &calib, &o.calib.n_tokens, &o.calib.source_xxh3, &e) != QPK_OK)
-            return cli_fail(&c, &e);
-    } else if (calib_path) {
-        if (qpk_read_tokens(calib_path, &calib, &o.calib.n_tokens, &e) != QPK_OK)
-            return cli_fail(&c, &e);
-        o.calib.source_xxh3 = qpk_xxh3(calib, o.calib.n_tokens * sizeof *calib);
-    }
-    if (calib_path && o.calib.n_tokens == 0) {
-        free(calib);
-        qpk_err_setf(&e, QPK_E_MISMATCH, "the calibration file '%s' holds no tokens%s", calib_path,
-                     calib_text ? " (its text is empty)" : "");
-        return cli_fail(&c, &e);
-    }
-    if (calib_path) {
-        o.calib.tokens = calib;
-        o.calib.source = calib_path;
-        o.calib.source_is_text = calib_text;
-    }
     char *cmd = cli_command_line(argc, argv);
     o.command = cmd;
     o.cb = cli_callbacks(&c);
     o.rules = rules, o.n_rules = n_rules;
-    double t0 = cli_now();
-    if (requant) {
-        if (o.method == QPK_METHOD_RTN)
-            o.calib.tokens = NULL; /* the text is only to measure on */
-        int rc = requantize_to_gguf(&c, in, true, out, &o, calib, o.calib.n_tokens);
-        free(cmd), free(calib);
-        if (rc == 0 && !c.quiet)
-            cli_wrote(out, t0);
-        return rc;
-    }
-    qpk_status s = qpk_convert(in, out, &o, &e);
+    o.requantize = requant;
+    int rc = convert(&c, in, out, &o, calib_path, calib_text);
     free(cmd);
-    free(calib);
-    if (s != QPK_OK)
-        return cli_fail(&c, &e);
-    cli_progress_done(&c);
-    if (!c.quiet)
-        cli_wrote(out, t0);
-    return 0;
+    return rc;
 }

@@ -203,9 +203,11 @@ int main(int argc, char **argv)
     size_t n_tokens = 0;
     qpk_verify_result r;
     o.cb = cb, o.on_chunk = on_chunk;
-    qpk_status s = qpk_source_open(&model, model_path, false, &cb, &e);
+    qpk_model *mm = NULL, *rm = NULL; /* the runtime models over the two sources */
+    const qpk_source_opts mo = {.cb = cb}, ro = {.allow_logits = true, .cb = cb};
+    qpk_status s = qpk_source_open(&model, model_path, &mo, &e);
     if (s == QPK_OK && ref_path)
-        s = qpk_source_open(&ref, ref_path, true, &cb, &e);
+        s = qpk_source_open(&ref, ref_path, &ro, &e);
     bool logits_ref = ref && qpk_source_kind_of(ref) == QPK_SOURCE_LOGITS;
     if (s == QPK_OK && logits_ref && input_path) {
         qpk_source_close(model), qpk_source_close(ref);
@@ -224,7 +226,7 @@ int main(int argc, char **argv)
     if (s == QPK_OK && tokens_path)
         s = qpk_read_tokens(tokens_path, &tokens, &n_tokens, &e);
     if (s == QPK_OK && text_path)
-        s = qpk_tokenize_file(model_path, text_path, &tokens, &n_tokens, NULL, &e);
+        s = qpk_source_tokenize_file(model, text_path, &tokens, &n_tokens, NULL, &e);
     if (s == QPK_OK && !c.quiet) {
         printf("qverify: ");
         cli_print_msg(stdout, model_path);
@@ -235,10 +237,15 @@ int main(int argc, char **argv)
         putchar('\n');
     }
     if (s == QPK_OK)
-        s = logits_ref ? qpk_verify_ref_file(qpk_source_model(model), qpk_source_logits(ref), &o, &r, &e)
-                       : qpk_verify_tokens(qpk_source_model(model), ref ? qpk_source_model(ref) : NULL, tokens,
-                                           n_tokens, &o, &r, &e);
+        s = qpk_model_from_source(&mm, model, &e);
+    if (s == QPK_OK && ref && !logits_ref)
+        s = qpk_model_from_source(&rm, ref, &e);
+    if (s == QPK_OK)
+        s = logits_ref ? qpk_verify_ref_file(mm, qpk_source_logits(ref), &o, &r, &e)
+                       : qpk_verify_tokens(mm, rm, tokens, n_tokens, &o, &r, &e);
     free(tokens);
+    qpk_model_free(mm);
+    qpk_model_free(rm);
     qpk_source_close(model);
     qpk_source_close(ref);
     if (s != QPK_OK)

@@ -1,6 +1,7 @@
 /*
- * qpk/convert.h - reading Hugging Face checkpoints (safetensors, sharded or not,
- * config.json, tokenizer files) and converting them to .qpk.
+ * qpk/convert.h - the one conversion engine: a source (qpk/model.h) -> a plan (types,
+ * recipe rules, presets, calibration, requantization where the target needs it) -> a
+ * sink, streaming tensor by tensor.
  */
 #ifndef QPK_CONVERT_H
 #define QPK_CONVERT_H
@@ -10,185 +11,12 @@
 #include <stdint.h>
 
 #include "qpk/format.h"
+#include "qpk/model.h"
 #include "qpk/runtime.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-/* ================================================================ safetensors == */
-
-/* Every dtype of the safetensors spec, so any valid file parses; weights accept F64..BF16. */
-typedef enum qpk_st_dtype {
-    QPK_ST_F64, QPK_ST_F32, QPK_ST_F16, QPK_ST_BF16,
-    QPK_ST_I64, QPK_ST_I32, QPK_ST_I16, QPK_ST_I8,
-    QPK_ST_U64, QPK_ST_U32, QPK_ST_U16, QPK_ST_U8,
-    QPK_ST_BOOL, QPK_ST_F8_E4M3, QPK_ST_F8_E5M2,
-    QPK_ST_DTYPE_COUNT_
-} qpk_st_dtype;
-
-const char *qpk_st_dtype_name(qpk_st_dtype d); /* "BF16", ... */
-size_t qpk_st_dtype_size(qpk_st_dtype d);
-
-#define QPK_ST_MAX_DIMS 8
-#define QPK_ST_MAX_HEADER 100000000u /* bytes of JSON header accepted */
-
-typedef struct qpk_st_tensor {
-    const char *name;
-    qpk_st_dtype dtype;
-    int ndim;
-    int64_t shape[QPK_ST_MAX_DIMS];
-    uint64_t numel;
-    uint64_t nbytes;
-    const void *data; /* into the mapping; valid until the file is closed */
-} qpk_st_tensor;
-
-typedef struct qpk_safetensors qpk_safetensors;
-
-/*
- * Maps and validates one .safetensors file: header length (<= 100,000,000 and
- * inside the file), UTF-8 JSON, known dtypes, every span inside the data area,
- * equal to numel x dtype size, no overlaps or holes, no duplicate names.
- */
-qpk_status qpk_st_open(qpk_safetensors **out, const char *path, qpk_err *e);
-/* The same over a caller-owned buffer (kept until close). */
-qpk_status qpk_st_open_memory(qpk_safetensors **out, const void *buf, size_t size, qpk_err *e);
-void qpk_st_close(qpk_safetensors *st); /* NULL-safe */
-size_t qpk_st_n_tensors(const qpk_safetensors *st);
-const qpk_st_tensor *qpk_st_tensor_at(const qpk_safetensors *st, size_t i); /* sorted by name */
-const qpk_st_tensor *qpk_st_find(const qpk_safetensors *st, const char *name);
-uint64_t qpk_st_file_size(const qpk_safetensors *st);
-
-/*
- * Writing safetensors as transformers saves them: one model.safetensors, or shards
- * model-0000i-of-0000N.safetensors with model.safetensors.index.json. The tensors are
- * declared first (name, dtype, shape, bytes, shard: shards numbered from 0, in order);
- * their bytes then stream in, in order, in pieces of any size. Every file appears
- * atomically; metadata {"format": "pt"}.
- */
-typedef struct qpk_st_entry {
-    char name[256];
-    qpk_st_dtype dtype;
-    int ndim;
-    int64_t shape[4];
-    uint64_t nbytes;
-    int shard;
-} qpk_st_entry;
-
-typedef struct qpk_st_set qpk_st_set;
-
-/* Shards in order, each at most max_bytes of tensor data (a larger tensor alone in its own). */
-void qpk_st_assign_shards(qpk_st_entry *t, size_t n, uint64_t max_bytes);
-qpk_status qpk_st_set_create(qpk_st_set **out, const char *dir, const qpk_st_entry *t, size_t n, qpk_err *e);
-qpk_status qpk_st_set_write(qpk_st_set *s, const void *data, size_t n, qpk_err *e);
-/* Commits the last shard and, for several, the index; frees s whatever the outcome. */
-qpk_status qpk_st_set_finish(qpk_st_set *s, qpk_err *e);
-void qpk_st_set_discard(qpk_st_set *s); /* NULL-safe; committed shards stay */
-/* A small file dir/name with these bytes, atomically. */
-qpk_status qpk_write_text_file(const char *dir, const char *name, const char *text, size_t n, qpk_err *e);
-
-/* ================================================================ checkpoint == */
-
-typedef enum qpk_log_level { QPK_LOG_INFO, QPK_LOG_WARN } qpk_log_level;
-
-/* How a long operation talks to its caller. Every member may be NULL. */
-typedef struct qpk_callbacks {
-    void (*log)(void *ud, qpk_log_level level, const char *msg);
-    /* Called as work advances: bytes (or steps) done of total, and what is being done. */
-    void (*progress)(void *ud, const char *what, uint64_t done, uint64_t total);
-    /* Polled between units of work; returning true stops with QPK_E_CANCELLED. */
-    bool (*cancel)(void *ud);
-    void *ud;
-} qpk_callbacks;
-
-typedef struct qpk_checkpoint qpk_checkpoint;
-
-/*
- * Opens a Hugging Face model folder: config.json, then model.safetensors or the
- * shards named by model.safetensors.index.json (checked against the shards: every
- * tensor in exactly one shard, no missing shard). Checks every tensor the config
- * implies is present with its shape and a float dtype; warns (through cb->log)
- * about unexpected tensors, and about an lm_head that differs from a tied embedding.
- */
-qpk_status qpk_checkpoint_open(qpk_checkpoint **out, const char *dir, const qpk_callbacks *cb,
-                               qpk_err *e);
-void qpk_checkpoint_close(qpk_checkpoint *ck); /* NULL-safe */
-const qpk_config *qpk_checkpoint_config(const qpk_checkpoint *ck);
-/* The source of (role, layer); the head of a tied model is the embedding. */
-const qpk_st_tensor *qpk_checkpoint_tensor(const qpk_checkpoint *ck, qpk_role role, int layer);
-/*
- * A runtime model over the checkpoint's mapped tensors, used in place (F64 tensors,
- * which the kernels do not take, are converted to f32 copies that ck owns). The
- * checkpoint must outlive the model.
- */
-qpk_status qpk_checkpoint_model(qpk_model **out, qpk_checkpoint *ck, qpk_err *e);
-/* The safetensors files read, in order (names relative to the folder). */
-size_t qpk_checkpoint_n_files(const qpk_checkpoint *ck);
-const char *qpk_checkpoint_file(const qpk_checkpoint *ck, size_t i, uint64_t *size);
-/* Tensors present in the files but not used (reported as warnings at open). */
-size_t qpk_checkpoint_n_ignored(const qpk_checkpoint *ck);
-const char *qpk_checkpoint_ignored(const qpk_checkpoint *ck, size_t i);
-
-/*
- * Reads a small file of the model folder (config.json, tokenizer.json, ...) into a
- * malloc'd buffer. A file that holds only a relative path to another file (how git
- * stores a symbolic link where links are not supported) is followed once.
- * QPK_E_IO with errno ENOENT semantics -> *missing = true (if missing != NULL).
- */
-qpk_status qpk_read_model_file(const char *dir, const char *name, char **data, size_t *len,
-                               bool *missing, qpk_err *e);
-
-/* A whole file (at most 512 MiB) into a malloc'd, NUL-terminated buffer. */
-qpk_status qpk_read_file(const char *path, char **data, size_t *len, qpk_err *e);
-
-/*
- * The tokenizer.json of src, malloc'd: a .qpk's embedded copy, a model folder's file, the
- * one a GGUF's tokenizer keys describe, or src itself when it is none of these.
- * QPK_E_MISMATCH for a .qpk that embeds none.
- */
-qpk_status qpk_read_tokenizer_json(const char *src, char **json, size_t *len, qpk_err *e);
-
-/*
- * Tokenizes the text file at path with model's tokenizer (model as for
- * qpk_read_tokenizer_json) as Hugging Face's encode(text, add_special_tokens=False)
- * does, with special-token strings in the text kept as text. *ids is malloc'd;
- * *hash (may be NULL) gets the XXH3 of the file's bytes.
- */
-qpk_status qpk_tokenize_file(const char *model, const char *path, int32_t **ids, size_t *n, uint64_t *hash,
-                             qpk_err *e);
-
-/*
- * Reads a file of raw little-endian int32 token ids into a malloc'd array (free() it).
- * QPK_E_CORRUPT if the size is not a multiple of 4. Ids are not range-checked here:
- * the runtime checks them against the model.
- */
-qpk_status qpk_read_tokens(const char *path, int32_t **ids, size_t *n, qpk_err *e);
-
-/* ==================================================================== GGUF == */
-
-typedef struct qpk_gguf qpk_gguf; /* qpk/gguf.h */
-
-/*
- * A GGUF file as a Qwen2 model: checks the architecture, every qwen2 hyperparameter (types,
- * finite positive rope base and norm epsilon), the tokenizer keys (a gpt2 tokenizer with
- * the qwen2 pre-tokenizer; tokens valid UTF-8; token types known; every merge two tokens
- * of the vocabulary; every special id a token) and every tensor's name, shape and type
- * (norms and biases F32), and describes it as the one qpk_config.
- */
-qpk_status qpk_gguf_qwen2(const qpk_gguf *g, qpk_config *cfg, qpk_err *e);
-
-/*
- * A runtime model over a Qwen2 GGUF's tensors, used in place (g must outlive it): checked
- * by qpk_gguf_qwen2, every quantized block's f16 scales finite. Each tensor keeps its ggml
- * type (qpk_type_of_ggml) and computes with the weights ggml's dequantization gives.
- */
-qpk_status qpk_gguf_model(qpk_model **out, const qpk_gguf *g, qpk_err *e);
-
-/*
- * The tokenizer.json (malloc'd) that a Qwen2 GGUF's tokenizer.ggml.* keys describe:
- * what qpk's tokenizer reads for a GGUF, and what a .qpk made from one embeds.
- */
-qpk_status qpk_gguf_tokenizer_json(const qpk_gguf *g, char **json, size_t *len, qpk_err *e);
 
 /* ================================================================ conversion == */
 
@@ -266,17 +94,19 @@ typedef struct qpk_calib_params {
 /* The one place the calibration defaults are applied: p from o, each 0 in o taking its default. */
 void qpk_calib_resolve(const qpk_calib_opts *o, qpk_calib_params *p);
 
-/* What qpk_convert writes. */
-typedef enum qpk_output { QPK_OUT_QPK = 0, QPK_OUT_GGUF, QPK_OUT_GPTQ, QPK_OUT_AWQ } qpk_output;
-
-/* Safetensors shards of GPTQ/AWQ folders hold at most this many bytes of tensors by default. */
-#define QPK_SHARD_SIZE 4000000000ull
-
 typedef struct qpk_convert_opts {
     qpk_output to;        /* .qpk, GGUF for llama.cpp (norms and biases then always f32), or a GPTQ or
                            * AWQ folder (the embedding and head then stay floats by default) */
     uint64_t shard_size;  /* GPTQ/AWQ folders: bytes of tensors per shard (0: QPK_SHARD_SIZE) */
     bool gptq_v2;         /* GPTQ folders: checkpoint_format gptq_v2 (zeros as they are; v1 stores zero - 1) */
+    /* Linears a GGUF cannot hold as they are (act-order ones, whose groups gather scattered
+     * input columns; int8z ones with a code whose offset from its zero leaves Q8_0's int8)
+     * are requantized by round-to-nearest in groups of 32 in input order from their exact
+     * weights, and counted. Without it they are refused, naming the tensor. */
+    bool requantize;
+    /* With requantize: keep the requantized model in memory (qpk_convert_result.model) to
+     * measure what requantizing cost against the source, without reading the output back. */
+    bool keep_requantized;
     int dtype;            /* -1: keep each tensor's type (F64 -> F32); else a float qpk_type */
     int quant;            /* 0: none; else the type of the linear weights: int8, int4, int4s, q4_k, q5_k, q6_k
                            * (K-quants fall back as presets do where rows are not whole super-blocks) */
@@ -294,56 +124,38 @@ typedef struct qpk_convert_opts {
     qpk_callbacks cb;
 } qpk_convert_opts;
 
-/*
- * Converts the model folder `dir` into `out` (atomically: nothing at out on failure).
- * With quant set, the linear weights (q, k, v, o, gate, up, down) are quantized by
- * round-to-nearest in groups along their input dimension, the embedding (and head)
- * become int8, norms and biases stay f32, then the rules apply. The recipe goes into
- * the metadata. Rows are quantized on all threads; the file does not depend on their count.
- */
-qpk_status qpk_convert(const char *dir, const char *out, const qpk_convert_opts *opts, qpk_err *e);
+/* What a conversion did. */
+typedef struct qpk_convert_result {
+    int n_requantized;       /* linears requantized for the target (opts.requantize) */
+    uint64_t tensors_bytes;  /* bytes of tensor data written */
+    /* keep_requantized: the model as written (the requantized linears in memory, the
+     * others views into the source, which must outlive it); NULL when nothing was requantized. */
+    qpk_model *model;
+    void *owned_;            /* what model uses besides the source (private) */
+    size_t n_owned_;
+    qpk_source *source_;     /* qpk_convert_path: the source it opened, when model reads it (private) */
+} qpk_convert_result;
+void qpk_convert_result_free(qpk_convert_result *r); /* NULL-safe; frees the model */
 
 /*
- * Re-packs the .qpk file `in` as GGUF at `out` (atomically), each tensor in the type it
- * has: f32/f16/bf16 as they are, int8 and int4s in groups of 32 as Q8_0 and Q4_0 (the
- * same bytes), int4 in groups of 32 as Q4_1. Norms and biases become f32 (exactly).
- * Other groups are refused: re-convert from the Hugging Face folder with --group 32.
- * Only opts->cb is used; opts may be NULL.
+ * The one conversion: each tensor of src, in the canonical order, planned (kept as it
+ * is, converted to another float type, quantized by round-to-nearest or calibrated
+ * GPTQ/AWQ/imatrix, imported exactly, or requantized where the target needs it and opts
+ * ask), then written to sink, which is declared before the first byte and finished at
+ * the end. The sink is consumed: finished on success, discarded on failure, so nothing
+ * appears at its path unless the whole conversion succeeds. Progress reports phases and
+ * units of work (bytes of source tensors; calibration as its share of the work).
+ * r may be NULL. The output does not depend on the thread count.
  */
-qpk_status qpk_export_gguf(const char *in, const char *out, const qpk_convert_opts *opts, qpk_err *e);
+qpk_status qpk_convert(qpk_source *src, const qpk_convert_opts *opts, qpk_sink *sink, qpk_convert_result *r,
+                       qpk_err *e);
 
 /*
- * The Qwen2 GGUF `in` as a .qpk at `out` (atomically): every tensor in its ggml type, byte
- * for byte (qpk_type_of_ggml), the config from its qwen2.* keys, tokenizer.json and
- * tokenizer_config.json from its tokenizer keys, the source in the recipe. opts may be
- * NULL (only cb and command are used).
+ * The same from paths: opens `in` as a source, refuses an `out` that is one of its
+ * files, creates the sink opts->to names at `out` and converts. r may be NULL.
  */
-qpk_status qpk_convert_gguf(const char *in, const char *out, const qpk_convert_opts *opts, qpk_err *e);
-
-/*
- * Rewrites the .qpk file `in` as `out` with the linears GGUF cannot hold requantized by
- * round-to-nearest in groups of 32 in input order, from their exact weights: act-order
- * ones (stored with an input permutation), and int8z ones with a code whose offset from
- * its zero leaves Q8_0's int8 (they become int8). All else is copied as it is, and the
- * recipe records it. What GGUF export needs for such checkpoints, on explicit request.
- * *n_requantized (may be NULL) gets the number of linears requantized.
- */
-qpk_status qpk_requantize_for_gguf(const char *in, const char *out, const qpk_convert_opts *opts, int *n_requantized,
-                                   qpk_err *e);
-
-/*
- * Re-packs the .qpk file `in` as a GPTQ (opts->to QPK_OUT_GPTQ) or AWQ (QPK_OUT_AWQ)
- * model folder at `out` for transformers, vLLM, SGLang and ExLlamaV2, without
- * requantizing: config.json with quantization_config (and quantize_config.json for
- * GPTQ), model.safetensors or shards of at most opts->shard_size bytes with their
- * index, and the tokenizer and generation files the .qpk embeds. int4 -> 4-bit with
- * zero points, int4s -> 4-bit sym (GPTQ) or zero 8 (AWQ), int8 -> GPTQ 8-bit sym, int8z
- * -> GPTQ 8-bit; act-order permutations -> GPTQ desc_act with g_idx. Refused, naming
- * the tensor: a linear in float, mixed bits or group sizes, a quantized embedding or
- * head, AWQ with 8 bits, per-row groups or permutations, a zero point the layout cannot
- * hold. The folder appears complete or not at all; an existing one must be empty.
- */
-qpk_status qpk_export_hf(const char *in, const char *out, const qpk_convert_opts *opts, qpk_err *e);
+qpk_status qpk_convert_path(const char *in, const char *out, const qpk_convert_opts *opts, qpk_convert_result *r,
+                            qpk_err *e);
 
 #ifdef __cplusplus
 }

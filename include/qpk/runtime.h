@@ -1,7 +1,7 @@
 /*
  * qpk/runtime.h - the reference runtime: an exact CPU forward pass of
- * Qwen2ForCausalLM over weights used in place (a mapped .qpk, or a mapped HF
- * checkpoint), with a KV cache, batched prefill and single-token decode.
+ * Qwen2ForCausalLM over weights used in place (any source: a mapped .qpk, HF
+ * checkpoint or GGUF), with a KV cache, batched prefill and single-token decode.
  *
  * Semantics (transformers' Qwen2, v4.37): embedding; per layer RMSNorm in f32 with
  * the config's eps, q/k/v projections with bias, RoPE in the rotate_half convention
@@ -16,6 +16,7 @@
 #define QPK_RUNTIME_H
 
 #include "qpk/format.h"
+#include "qpk/model.h"
 #include "qpk/quant.h"
 
 #ifdef __cplusplus
@@ -40,8 +41,8 @@ typedef qpk_status (*qpk_weight_fn)(void *ud, qpk_role role, int layer, qpk_matr
 
 /* Builds a model, checking every shape against cfg and every type against the kernels. */
 qpk_status qpk_model_create(qpk_model **out, const qpk_config *cfg, qpk_weight_fn get, void *ud, qpk_err *e);
-/* A model over an open .qpk file (which must outlive it). */
-qpk_status qpk_model_from_qpk(qpk_model **out, const qpk_file *f, qpk_err *e);
+/* A model over any source (qpk/model.h), its weights used in place; the source must outlive it. */
+qpk_status qpk_model_from_source(qpk_model **out, qpk_source *src, qpk_err *e);
 void qpk_model_free(qpk_model *m); /* NULL-safe */
 const qpk_config *qpk_model_config(const qpk_model *m);
 /* Layer l's weights (0 <= l < n_layers). */

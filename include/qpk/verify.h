@@ -9,7 +9,7 @@
 
 #include <math.h>
 
-#include "qpk/convert.h"
+#include "qpk/model.h"
 #include "qpk/runtime.h"
 
 #ifdef __cplusplus
@@ -89,27 +89,6 @@ const char *qpk_gate_name(qpk_gate g);
 bool qpk_gate_needs_ref(qpk_gate g);
 /* Whether r passes gate g at limit; *measured gets the value compared. A value that was not measured fails. */
 bool qpk_gate_passes(qpk_gate g, double limit, const qpk_verify_result *r, double *measured);
-
-/* ================================================================= sources == */
-
-/* Something to measure or compare with: a .qpk, a GGUF, an HF folder, or a reference-logits file. */
-typedef struct qpk_source qpk_source;
-
-typedef enum qpk_source_kind { QPK_SOURCE_QPK, QPK_SOURCE_HF, QPK_SOURCE_LOGITS, QPK_SOURCE_GGUF } qpk_source_kind;
-
-/*
- * Opens path: a folder is an HF checkpoint (converted in memory through the same
- * reader qconvert uses, weights used in place); a file starting with the .qpk magic
- * is a .qpk; one starting with GGUF's, a Qwen2 GGUF (its tensors used in place, in
- * their ggml types); any other file is a reference-logits safetensors file, accepted only
- * when allow_logits is set.
- */
-qpk_status qpk_source_open(qpk_source **out, const char *path, bool allow_logits, const qpk_callbacks *cb,
-                           qpk_err *e);
-void qpk_source_close(qpk_source *s); /* NULL-safe */
-qpk_source_kind qpk_source_kind_of(const qpk_source *s);
-const qpk_model *qpk_source_model(const qpk_source *s);          /* NULL for a logits file */
-const qpk_safetensors *qpk_source_logits(const qpk_source *s);   /* NULL for a model */
 
 /* ================================================================== runner == */
 

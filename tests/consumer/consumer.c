@@ -58,9 +58,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "consumer: the reference needs tokens I32 and logits F32 over the vocabulary\n");
         return 1;
     }
+    qpk_source *src;
     qpk_model *m;
     qpk_context *ctx;
-    if (qpk_model_from_qpk(&m, f, &e) != QPK_OK)
+    if (qpk_source_open(&src, argv[1], NULL, &e) != QPK_OK || qpk_model_from_source(&m, src, &e) != QPK_OK)
         return fail("model", &e);
     if (qpk_context_create(&ctx, m, &(qpk_context_opts){.n_ctx = 16}, &e) != QPK_OK)
         return fail("context", &e);
@@ -80,6 +81,7 @@ int main(int argc, char **argv)
     qpk_context_free(ctx);
     qpk_model_free(m);
     qpk_st_close(ref);
+    qpk_source_close(src);
     qpk_close(f);
     return worst <= 1e-4 ? 0 : 1;
 }

@@ -6,6 +6,7 @@
 #include "qpk/convert.h"
 #include "qpk/gguf.h"
 #include "qpk/runtime.h"
+#include "model_private.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -43,8 +44,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             sink ^= (uint8_t)(((const uint8_t *)t->data)[0] ^ ((const uint8_t *)t->data)[t->nbytes - 1]);
     }
     (void)sink;
-    qpk_model *m;
-    if (qpk_gguf_model(&m, g, &e) == QPK_OK) {
+    qpk_config cfg;
+    if (qpk_gguf_qwen2(g, &cfg, &e) == QPK_OK && qpk_gguf_check_scales(g, &e) == QPK_OK) {
         for (size_t i = 0; i < qpk_gguf_n_tensors(g); i++) {
             const qpk_gguf_tensor *t = qpk_gguf_tensor_at(g, i);
             uint32_t type, group;
@@ -61,7 +62,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         size_t len;
         if (qpk_gguf_tokenizer_json(g, &json, &len, &e) == QPK_OK)
             free(json);
-        qpk_model_free(m);
     }
     qpk_gguf_close(g);
     return 0;

@@ -15,7 +15,7 @@
 #include <unistd.h>
 
 #include "qpk_private.h"
-#include "qpk/convert.h"
+#include "qpk/safetensors.h"
 #include "qpk_json.h"
 
 struct qpk_safetensors {

@@ -12,7 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "qpk/safetensors.h"
+#include "qpk_private.h"
 
 struct qpk_st_set {
     char *dir;

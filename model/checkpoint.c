@@ -10,7 +10,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "qpk/convert.h"
 #include "internal.h"
 #include "qpk_json.h"
 
@@ -559,9 +558,9 @@ const char *qpk_checkpoint_ignored(const qpk_checkpoint *ck, size_t i)
     return i < ck->n_ignored ? ck->ignored[i] : NULL;
 }
 
-/* ------------------------------------------------------------ runtime model */
+/* ------------------------------------------------------------ tensors as matrices */
 
-/* A copy the checkpoint keeps for a runtime model (freed with it). */
+/* A copy the checkpoint keeps for a matrix view (freed with it). */
 static void *keep(qpk_checkpoint *ck, size_t bytes)
 {
     void **owned = realloc(ck->owned, (ck->n_owned + 1) * sizeof *owned);
@@ -573,9 +572,8 @@ static void *keep(qpk_checkpoint *ck, size_t bytes)
     return p;
 }
 
-static qpk_status checkpoint_weight(void *ud, qpk_role role, int layer, qpk_matrix *w, qpk_err *e)
+qpk_status qpk_checkpoint_matrix(qpk_checkpoint *ck, qpk_role role, int layer, qpk_matrix *w, qpk_err *e)
 {
-    qpk_checkpoint *ck = ud;
     const qpk_qlinear *q = qpk_checkpoint_qlinear(ck, role, layer);
     if (q) { /* imported into qpk blocks: the runtime computes with exactly these weights */
         size_t bytes = qpk_type_row_bytes(q->type, q->group, q->cols) * (size_t)q->rows;
@@ -598,9 +596,4 @@ static qpk_status checkpoint_weight(void *ud, qpk_role role, int layer, qpk_matr
     }
     *w = (qpk_matrix){type, 0, t->ndim == 2 ? t->shape[0] : 1, t->shape[t->ndim - 1], data};
     return QPK_OK;
-}
-
-qpk_status qpk_checkpoint_model(qpk_model **out, qpk_checkpoint *ck, qpk_err *e)
-{
-    return qpk_model_create(out, &ck->cfg, checkpoint_weight, ck, e);
 }

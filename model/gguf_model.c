@@ -306,14 +306,13 @@ qpk_status qpk_gguf_qwen2(const qpk_gguf *g, qpk_config *cfg, qpk_err *e)
     return check_tensors(g, cfg, e);
 }
 
-/* ------------------------------------------------------------- the model */
+/* ----------------------------------------------------------- the tensors */
 
-/* Tensor (role, layer) of a checked Qwen2 GGUF as a qpk matrix over its mapped bytes. */
-static qpk_status gguf_weight(void *ud, qpk_role role, int layer, qpk_matrix *w, qpk_err *e)
+qpk_status qpk_gguf_matrix(const qpk_gguf *g, qpk_role role, int layer, qpk_matrix *w, qpk_err *e)
 {
     char name[64];
     qpk_gguf_tensor_name(name, sizeof name, role, layer);
-    const qpk_gguf_tensor *t = qpk_gguf_find_tensor(ud, name);
+    const qpk_gguf_tensor *t = qpk_gguf_find_tensor(g, name);
     uint32_t type, group;
     if (!t || !qpk_type_of_ggml(t->type, &type, &group))
         return qpk_err_setf(e, QPK_E_MISMATCH, "tensor %s is missing or of a type qpk lacks", name);
@@ -321,8 +320,7 @@ static qpk_status gguf_weight(void *ud, qpk_role role, int layer, qpk_matrix *w,
     return QPK_OK;
 }
 
-/* Every block's f16 scales are finite numbers. */
-static qpk_status check_scales(const qpk_gguf *g, qpk_err *e)
+qpk_status qpk_gguf_check_scales(const qpk_gguf *g, qpk_err *e)
 {
     for (size_t i = 0; i < qpk_gguf_n_tensors(g); i++) {
         const qpk_gguf_tensor *t = qpk_gguf_tensor_at(g, i);
@@ -336,15 +334,6 @@ static qpk_status check_scales(const qpk_gguf *g, qpk_err *e)
                                 qpk_ggml_type_name(t->type));
     }
     return QPK_OK;
-}
-
-qpk_status qpk_gguf_model(qpk_model **out, const qpk_gguf *g, qpk_err *e)
-{
-    qpk_config c;
-    *out = NULL;
-    QPK_TRY(qpk_gguf_qwen2(g, &c, e));
-    QPK_TRY(check_scales(g, e));
-    return qpk_model_create(out, &c, gguf_weight, (void *)g, e);
 }
 
 /* ------------------------------------------------------------ the tokenizer */
@@ -440,3 +429,35 @@ qpk_status qpk_gguf_tokenizer_json(const qpk_gguf *g, char **json, size_t *len, 
     cJSON_Delete(root);
     return s;
 }
+
+/* tokenizer_config.json as far as a GGUF says it: special tokens and the chat template. */
+char *qpk_gguf_tokenizer_config(const qpk_gguf *g)
+{
+    cJSON *o = cJSON_CreateObject();
+    qpk_gguf_value tokens, v;
+    bool have_tokens = qpk_gguf_find(g, "tokenizer.ggml.tokens", &tokens);
+    static const char *const IDS[][2] = {{"tokenizer.ggml.bos_token_id", "bos_token"},
+                                         {"tokenizer.ggml.eos_token_id", "eos_token"},
+                                         {"tokenizer.ggml.padding_token_id", "pad_token"}};
+    for (size_t i = 0; i < sizeof IDS / sizeof *IDS; i++)
+        if (have_tokens && qpk_gguf_find(g, IDS[i][0], &v) && v.type == QPK_GGUF_U32 && v.num.u < tokens.len) {
+            uint64_t n;
+            const char *s = qpk_gguf_array_string(g, &tokens, v.num.u, &n);
+            char *z = strndup(s, (size_t)n);
+            if (z)
+                cJSON_AddStringToObject(o, IDS[i][1], z);
+            free(z);
+        }
+    if (qpk_gguf_find(g, "tokenizer.ggml.add_bos_token", &v) && v.type == QPK_GGUF_BOOL)
+        cJSON_AddBoolToObject(o, "add_bos_token", v.num.u != 0);
+    if (qpk_gguf_find(g, "tokenizer.chat_template", &v) && v.type == QPK_GGUF_STRING) {
+        char *z = strndup(v.str, (size_t)v.len), *safe = z ? qpk_utf8_dup(z) : NULL;
+        if (safe)
+            cJSON_AddStringToObject(o, "chat_template", safe);
+        free(z), free(safe);
+    }
+    char *text = cJSON_Print(o);
+    cJSON_Delete(o);
+    return text;
+}
+

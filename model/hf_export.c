@@ -1,8 +1,8 @@
 /*
- * .qpk -> a GPTQ or AWQ model folder, as transformers, vLLM, SGLang and ExLlamaV2 load
- * them (the layouts hfquant.c reads, written back): config.json with its
+ * The GPTQ and AWQ sinks: a model folder as transformers, vLLM, SGLang and ExLlamaV2 load
+ * it (the layouts hfquant.c reads, written back): config.json with its
  * quantization_config, quantize_config.json for GPTQ, safetensors sharded past a size
- * limit with their index, and the tokenizer and generation files the .qpk embeds.
+ * limit with their index, and the tokenizer and generation files the model carries.
  *
  * Nothing is requantized: each block's f16 scale, zero point and codes are repacked as
  * they are, so the folder's reference dequantization gives the .qpk's weights bit for
@@ -33,15 +33,32 @@ typedef struct hf_layout {
     bool sym, desc_act;
 } hf_layout;
 
-typedef struct hf_export {
-    const qpk_file *f;
+/* A linear as it comes: its qpk blocks (a whole tensor, gathered from the writes) and its name. */
+typedef struct hf_linear {
+    char name[QPK_MAX_NAME];
+    uint32_t type, group_size;
+    int64_t dims[2];
+    const void *data;
+} hf_linear;
+
+struct qpk_hf_sink {
     const qpk_config *cfg;
-    const qpk_convert_opts *o;
+    qpk_config cfg_copy;
+    qpk_sink_opts o;
     hf_layout lay;
+    qpk_outdir *dir;
+    qpk_st_set *set;
     qpk_st_entry *ent;
     size_t n_ent, cap_ent;
     qpk_pool *pool;
-} hf_export;
+    const qpk_sink_file *files;
+    size_t n_files;
+    hf_linear cur;   /* the tensor being written */
+    bool linear;     /* whether it is a linear (gathered, then packed at its end) */
+    uint8_t *buf;    /* its blocks */
+    size_t len, need, cap;
+};
+typedef struct qpk_hf_sink hf_export;
 
 static bool is_linear(qpk_role r) { return qpk_role_is_per_layer(r) && qpk_role_is_matrix(r); }
 
@@ -50,7 +67,7 @@ static const char *layout_name(const hf_layout *l) { return l->awq ? "AWQ" : "GP
 /* --------------------------------------------------------------- planning */
 
 /* Decides the layout from the first linear, and checks every linear against it. */
-static qpk_status check_linear(hf_export *x, const qpk_tensor *w, bool first, qpk_err *e)
+static qpk_status check_linear(hf_export *x, const hf_linear *w, bool first, qpk_err *e)
 {
     hf_layout *l = &x->lay;
     const uint32_t t = w->type;
@@ -79,25 +96,25 @@ static qpk_status check_linear(hf_export *x, const qpk_tensor *w, bool first, qp
  * The group size of the folder: one G shared by every linear, or -1 (GPTQ) when every
  * linear has one group per row (the rows of q and down differ in length).
  */
-static qpk_status check_groups(hf_export *x, const qpk_tensor *const *lin, size_t n, qpk_err *e)
+static qpk_status check_groups(hf_export *x, const hf_linear *lin, size_t n, qpk_err *e)
 {
     bool same = true, per_row = true;
     for (size_t i = 0; i < n; i++) {
-        same &= lin[i]->group_size == lin[0]->group_size;
-        per_row &= (int64_t)lin[i]->group_size == lin[i]->dims[1];
+        same &= lin[i].group_size == lin[0].group_size;
+        per_row &= (int64_t)lin[i].group_size == lin[i].dims[1];
     }
     if (same || (per_row && !x->lay.awq)) {
-        x->lay.group_size = same ? (int64_t)lin[0]->group_size : -1;
+        x->lay.group_size = same ? (int64_t)lin[0].group_size : -1;
         return QPK_OK;
     }
     if (per_row)
         return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s has one group per row: AWQ's layout has groups of one size "
-                            "(--to gptq holds per-row groups as group_size -1)", lin[0]->name);
+                            "(--to gptq holds per-row groups as group_size -1)", lin[0].name);
     size_t i = 1;
-    while (lin[i]->group_size == lin[0]->group_size)
+    while (lin[i].group_size == lin[0].group_size)
         i++;
     return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s has groups of %u and %s of %u: a %s folder has one group_size",
-                        lin[i]->name, lin[i]->group_size, lin[0]->name, lin[0]->group_size, layout_name(&x->lay));
+                        lin[i].name, lin[i].group_size, lin[0].name, lin[0].group_size, layout_name(&x->lay));
 }
 
 static qpk_status add_entry(hf_export *x, const char *name, qpk_st_dtype dtype, int ndim, const int64_t *shape,
@@ -132,24 +149,28 @@ static void part_name(char *buf, size_t cap, const char *weight_name, const char
     snprintf(buf, cap, "%.*s%s", (int)n, weight_name, part);
 }
 
-/* The folder's tensors, declared in the model's order, each linear as its packed parts. */
-static qpk_status plan_tensors(hf_export *x, qpk_err *e)
+/* A declared tensor as the layout checks see it. */
+static hf_linear linear_of(const qpk_sink_tensor *t)
 {
-    const qpk_config *c = x->cfg;
+    hf_linear l = {.type = t->type, .group_size = t->group_size, .dims = {t->dims[0], t->dims[t->ndim - 1]}};
+    qpk_tensor_name(l.name, sizeof l.name, t->role, t->layer);
+    return l;
+}
+
+/* The folder's tensors, declared in the model's order, each linear as its packed parts. */
+static qpk_status plan_tensors(hf_export *x, const qpk_sink_model *m, qpk_err *e)
+{
     const hf_layout *l = &x->lay;
-    for (size_t i = 0; i < qpk_model_n_tensors(c); i++) {
-        qpk_role role;
-        int layer;
+    for (size_t i = 0; i < m->n_tensors; i++) {
+        const qpk_sink_tensor *t = &m->tensors[i];
         char name[QPK_MAX_NAME], part[QPK_MAX_NAME + 8];
-        qpk_model_tensor_at(c, i, &role, &layer);
-        qpk_tensor_name(name, sizeof name, role, layer);
-        const qpk_tensor *t = qpk_find_tensor(x->f, name);
-        if (!is_linear(role)) {
+        qpk_tensor_name(name, sizeof name, t->role, t->layer);
+        if (!is_linear(t->role)) {
             if (qpk_type_is_quantized(t->type))
                 return qpk_err_setf(e, QPK_E_UNSUPPORTED,
                                     "%s is %s: in %s folders only the decoder's linears are quantized (transformers "
                                     "and vLLM read the embedding and head as floats): convert with --embed-type f16",
-                                    t->name, qpk_type_name(t->type), layout_name(l));
+                                    name, qpk_type_name(t->type), layout_name(l));
             QPK_TRY(add_entry(x, name, float_dtype(t->type), t->ndim, t->dims, e));
             continue;
         }
@@ -174,36 +195,31 @@ static qpk_status plan_tensors(hf_export *x, qpk_err *e)
     return QPK_OK;
 }
 
-static qpk_status plan(hf_export *x, qpk_err *e)
+static qpk_status plan(hf_export *x, const qpk_sink_model *m, qpk_err *e)
 {
-    const qpk_config *c = x->cfg;
-    size_t n = (size_t)c->n_layers * 7, k = 0;
-    const qpk_tensor **lin = malloc((n ? n : 1) * sizeof *lin);
+    hf_linear *lin = malloc((m->n_tensors ? m->n_tensors : 1) * sizeof *lin);
     if (!lin)
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     qpk_status s = QPK_OK;
-    for (int l = 0; l < c->n_layers && s == QPK_OK; l++)
-        for (int i = 0; i < QPK_LAYER_ROLES && s == QPK_OK; i++) {
-            qpk_role r = qpk_layer_role(i);
-            char name[QPK_MAX_NAME];
-            if (!is_linear(r))
-                continue;
-            qpk_tensor_name(name, sizeof name, r, l);
-            lin[k] = qpk_find_tensor(x->f, name);
-            s = check_linear(x, lin[k], k == 0, e);
-            qpk_perm_name(name, sizeof name, r, l);
-            if (s == QPK_OK && qpk_find_tensor(x->f, name)) {
-                if (x->lay.awq)
-                    s = qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s takes its input permuted (act-order): AWQ's layout "
-                                     "has no g_idx (--to gptq writes it with desc_act)", lin[k]->name);
-                x->lay.desc_act = true;
-            }
-            k++;
+    size_t k = 0;
+    for (size_t i = 0; i < m->n_tensors && s == QPK_OK; i++) {
+        const qpk_sink_tensor *t = &m->tensors[i];
+        if (!is_linear(t->role))
+            continue;
+        lin[k] = linear_of(t);
+        s = check_linear(x, &lin[k], k == 0, e);
+        if (s == QPK_OK && t->permuted) {
+            if (x->lay.awq)
+                s = qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s takes its input permuted (act-order): AWQ's layout "
+                                 "has no g_idx (--to gptq writes it with desc_act)", lin[k].name);
+            x->lay.desc_act = true;
         }
+        k++;
+    }
     if (s == QPK_OK && k)
         s = check_groups(x, lin, k, e);
     free(lin);
-    return s == QPK_OK ? plan_tensors(x, e) : s;
+    return s == QPK_OK ? plan_tensors(x, m, e) : s;
 }
 
 /* ---------------------------------------------------------------- packing */
@@ -211,7 +227,7 @@ static qpk_status plan(hf_export *x, qpk_err *e)
 /* One linear's packed parts, filled by tasks over ranges of outputs. */
 typedef struct pack_job {
     const hf_layout *lay;
-    const qpk_tensor *w;
+    const hf_linear *w;
     const int32_t *perm; /* stored column j is input perm[j]; NULL: j itself */
     int64_t out, in, groups;
     uint32_t *qweight, *qzeros;
@@ -302,17 +318,13 @@ static void pack_task(void *arg, int64_t task, int thread)
 
 /* --------------------------------------------------------------- writing */
 
-static qpk_status write_linear(hf_export *x, qpk_st_set *set, const qpk_tensor *w, qpk_role role, int layer,
-                               qpk_err *e)
+static qpk_status write_linear(hf_export *x, qpk_st_set *set, const hf_linear *w, const int32_t *perm, qpk_err *e)
 {
     const hf_layout *l = &x->lay;
-    char perm_name[QPK_MAX_NAME];
-    qpk_perm_name(perm_name, sizeof perm_name, role, layer);
-    const qpk_tensor *pt = qpk_find_tensor(x->f, perm_name);
     const int64_t out = w->dims[0], in = w->dims[1], G = w->group_size, groups = in / G;
     const size_t qw_words = (size_t)(in * out / (32 / l->bits)), qz_words = (size_t)(groups * out / (32 / l->bits));
     const int64_t tasks = (out + LINEAR_TASK_OUTPUTS - 1) / LINEAR_TASK_OUTPUTS;
-    pack_job p = {l, w, pt ? pt->data : NULL, out, in, groups, calloc(qw_words, 4), calloc(qz_words, 4),
+    pack_job p = {l, w, perm, out, in, groups, calloc(qw_words, 4), calloc(qz_words, 4),
                   malloc((size_t)(groups * out) * 2), calloc((size_t)tasks, sizeof(qpk_status)),
                   calloc((size_t)tasks, sizeof(qpk_err))};
     int32_t *g_idx = l->awq ? NULL : malloc((size_t)in * sizeof *g_idx);
@@ -327,7 +339,7 @@ static qpk_status write_linear(hf_export *x, qpk_st_set *set, const qpk_tensor *
             if (p.status[i] != QPK_OK)
                 s = qpk_err_setf(e, p.status[i], "%s", p.errs[i].msg);
     }
-    /* The group of each input: its stored column's (the permutation was checked when the file was opened). */
+    /* The group of each input: its stored column's (every source checks its permutations). */
     for (int64_t j = 0; g_idx && s == QPK_OK && j < in; j++) {
         int32_t i = (int32_t)j;
         if (p.perm)
@@ -344,28 +356,6 @@ static qpk_status write_linear(hf_export *x, qpk_st_set *set, const qpk_tensor *
         s = qpk_st_set_write(set, g_idx, (size_t)in * sizeof *g_idx, e);
     free(p.qweight), free(p.qzeros), free(p.scales), free(p.status), free(p.errs), free(g_idx);
     return s;
-}
-
-static qpk_status write_tensors(hf_export *x, qpk_st_set *set, qpk_err *e)
-{
-    const qpk_config *c = x->cfg;
-    const qpk_callbacks *cb = &x->o->cb;
-    uint64_t done = 0, total = qpk_file_size(x->f);
-    for (size_t i = 0; i < qpk_model_n_tensors(c); i++) {
-        qpk_role role;
-        int layer;
-        char name[QPK_MAX_NAME];
-        qpk_model_tensor_at(c, i, &role, &layer);
-        qpk_tensor_name(name, sizeof name, role, layer);
-        const qpk_tensor *t = qpk_find_tensor(x->f, name);
-        QPK_TRY(is_linear(role) ? write_linear(x, set, t, role, layer, e) : qpk_st_set_write(set, t->data, t->nbytes, e));
-        done += t->nbytes;
-        if (cb->progress)
-            cb->progress(cb->ud, name, done, total);
-        if (cb->cancel && cb->cancel(cb->ud))
-            return qpk_err_setf(e, QPK_E_CANCELLED, "export cancelled");
-    }
-    return QPK_OK;
 }
 
 /* quantization_config, as transformers, vLLM and the quantizers' own loaders read it. */
@@ -430,77 +420,118 @@ static qpk_status write_configs(hf_export *x, const char *dir, qpk_err *e)
     return s;
 }
 
-/* The tokenizer and generation files the .qpk embeds, byte for byte. */
-static qpk_status copy_blobs(hf_export *x, const char *dir, qpk_err *e)
+/* The tokenizer and generation files the model carries, byte for byte. */
+static qpk_status copy_files(hf_export *x, const char *dir, qpk_err *e)
 {
     static const char *const FILES[] = {"tokenizer.json", "tokenizer_config.json", "generation_config.json"};
     for (size_t i = 0; i < sizeof FILES / sizeof *FILES; i++) {
-        char *data;
-        size_t len;
-        QPK_TRY(qpk_read_blob(x->f, FILES[i], &data, &len, e));
-        if (!data) {
-            if (x->o->cb.log) {
-                char msg[160];
-                snprintf(msg, sizeof msg, "the .qpk embeds no %s: the folder has none", FILES[i]);
-                x->o->cb.log(x->o->cb.ud, !strcmp(FILES[i], "tokenizer.json") ? QPK_LOG_WARN : QPK_LOG_INFO, msg);
-            }
-            continue;
+        const qpk_sink_file *f = NULL;
+        for (size_t k = 0; k < x->n_files && !f; k++)
+            f = !strcmp(x->files[k].name, FILES[i]) ? &x->files[k] : NULL;
+        if (f) {
+            QPK_TRY(qpk_write_text_file(dir, FILES[i], f->data, f->len, e));
+        } else if (x->o.cb.log) {
+            char msg[160];
+            snprintf(msg, sizeof msg, "the model has no %s: the folder has none", FILES[i]);
+            x->o.cb.log(x->o.cb.ud, !strcmp(FILES[i], "tokenizer.json") ? QPK_LOG_WARN : QPK_LOG_INFO, msg);
         }
-        qpk_status s = qpk_write_text_file(dir, FILES[i], data, len, e);
-        free(data);
-        QPK_TRY(s);
     }
     return QPK_OK;
 }
 
-qpk_status qpk_export_hf_into(const char *in, qpk_outdir *d, const qpk_convert_opts *o, qpk_err *e)
+/* ------------------------------------------------------------------ the sink */
+
+qpk_status qpk_hf_sink_create(qpk_hf_sink **out, bool awq, const char *path, const qpk_sink_opts *o, qpk_err *e)
 {
-    if (o->to != QPK_OUT_GPTQ && o->to != QPK_OUT_AWQ)
-        return qpk_err_setf(e, QPK_E_INVALID_ARG, "qpk_export_hf writes GPTQ or AWQ folders");
-    if (o->gptq_v2 && o->to == QPK_OUT_AWQ)
-        return qpk_err_setf(e, QPK_E_INVALID_ARG, "--gptq-format applies to --to gptq");
-    qpk_file *f = NULL;
-    qpk_st_set *set = NULL;
-    hf_export x = {.o = o, .lay = {.awq = o->to == QPK_OUT_AWQ, .v2 = o->gptq_v2}};
-    qpk_status s = qpk_open(&f, in, NULL, e);
-    if (s == QPK_OK)
-        s = qpk_check_model(f, e);
-    if (s == QPK_OK) {
-        x.f = f, x.cfg = qpk_file_config(f);
-        s = plan(&x, e);
+    *out = NULL;
+    hf_export *x = calloc(1, sizeof *x);
+    if (!x)
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    x->o = *o;
+    x->lay = (hf_layout){.awq = awq, .v2 = o->gptq_v2};
+    qpk_status s = qpk_outdir_create(&x->dir, path, e);
+    if (s == QPK_OK && (s = qpk_pool_create(&x->pool, o->n_threads, e)) == QPK_OK && o->cb.cancel)
+        qpk_pool_set_cancel(x->pool, o->cb.cancel, o->cb.ud);
+    if (s != QPK_OK) {
+        qpk_hf_sink_discard(x);
+        return s;
     }
-    if (s == QPK_OK && (s = qpk_pool_create(&x.pool, o->n_threads, e)) == QPK_OK && o->cb.cancel)
-        qpk_pool_set_cancel(x.pool, o->cb.cancel, o->cb.ud);
-    if (s == QPK_OK) {
-        qpk_st_assign_shards(x.ent, x.n_ent, o->shard_size ? o->shard_size : QPK_SHARD_SIZE);
-        s = qpk_st_set_create(&set, qpk_outdir_tmp(d), x.ent, x.n_ent, e);
+    *out = x;
+    return QPK_OK;
+}
+
+qpk_status qpk_hf_sink_declare(qpk_hf_sink *x, const qpk_sink_model *m, qpk_err *e)
+{
+    x->cfg_copy = *m->cfg, x->cfg = &x->cfg_copy;
+    x->files = m->files, x->n_files = m->n_files;
+    QPK_TRY(plan(x, m, e));
+    qpk_st_assign_shards(x->ent, x->n_ent, x->o.shard_size ? x->o.shard_size : QPK_SHARD_SIZE);
+    return qpk_st_set_create(&x->set, qpk_outdir_tmp(x->dir), x->ent, x->n_ent, e);
+}
+
+qpk_status qpk_hf_sink_begin(qpk_hf_sink *x, const qpk_sink_tensor *t, qpk_err *e)
+{
+    x->cur = linear_of(t);
+    x->linear = is_linear(t->role);
+    x->len = 0;
+    if (!x->linear)
+        return QPK_OK;
+    /* Packing reads a linear whole (AWQ interleaves outputs, GPTQ packs along inputs): gather it. */
+    x->need = qpk_type_row_bytes(t->type, t->group_size, t->dims[1]) * (size_t)t->dims[0];
+    if (x->need > x->cap) {
+        uint8_t *b = realloc(x->buf, x->need);
+        if (!b)
+            return qpk_err_setf(e, QPK_E_NOMEM, "out of memory for %s", x->cur.name);
+        x->buf = b, x->cap = x->need;
     }
+    return QPK_OK;
+}
+
+qpk_status qpk_hf_sink_write(qpk_hf_sink *x, const void *data, size_t n, qpk_err *e)
+{
+    if (!x->linear)
+        return qpk_st_set_write(x->set, data, n, e);
+    if (n > x->need - x->len)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "%s: more bytes than the tensor holds", x->cur.name);
+    memcpy(x->buf + x->len, data, n);
+    x->len += n;
+    return QPK_OK;
+}
+
+qpk_status qpk_hf_sink_end(qpk_hf_sink *x, const int32_t *perm, qpk_err *e)
+{
+    if (!x->linear)
+        return QPK_OK;
+    if (x->len != x->need)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "%s: fewer bytes than the tensor holds", x->cur.name);
+    x->cur.data = x->buf;
+    return write_linear(x, x->set, &x->cur, perm, e);
+}
+
+qpk_status qpk_hf_sink_finish(qpk_hf_sink *x, qpk_err *e)
+{
+    qpk_status s = qpk_st_set_finish(x->set, e);
+    x->set = NULL;
     if (s == QPK_OK)
-        s = write_tensors(&x, set, e);
+        s = write_configs(x, qpk_outdir_tmp(x->dir), e);
+    if (s == QPK_OK)
+        s = copy_files(x, qpk_outdir_tmp(x->dir), e);
     if (s == QPK_OK) {
-        s = qpk_st_set_finish(set, e);
-        set = NULL;
+        s = qpk_outdir_commit(x->dir, e);
+        x->dir = NULL;
     }
-    if (s == QPK_OK)
-        s = write_configs(&x, qpk_outdir_tmp(d), e);
-    if (s == QPK_OK)
-        s = copy_blobs(&x, qpk_outdir_tmp(d), e);
-    qpk_st_set_discard(set);
-    qpk_pool_free(x.pool);
-    free(x.ent);
-    qpk_close(f);
+    qpk_hf_sink_discard(x);
     return s;
 }
 
-qpk_status qpk_export_hf(const char *in, const char *out, const qpk_convert_opts *o, qpk_err *e)
+void qpk_hf_sink_discard(qpk_hf_sink *x)
 {
-    qpk_outdir *d = NULL;
-    QPK_TRY(qpk_check_not_input(out, in, e));
-    QPK_TRY(qpk_outdir_create(&d, out, e));
-    qpk_status s = qpk_export_hf_into(in, d, o, e);
-    if (s != QPK_OK) {
-        qpk_outdir_discard(d);
-        return s;
-    }
-    return qpk_outdir_commit(d, e);
+    if (!x)
+        return;
+    qpk_st_set_discard(x->set);
+    qpk_outdir_discard(x->dir);
+    qpk_pool_free(x->pool);
+    free(x->ent);
+    free(x->buf);
+    free(x);
 }

@@ -1,0 +1,148 @@
+/*
+ * What the model layer's readers and writers share with the layers above it inside the
+ * tree (the engine, tools, tests): the Hugging Face checkpoint and its GPTQ/AWQ linears,
+ * the GGUF exporter, the GGUF-as-Qwen2 checks. Never installed: qpk/model.h is the API.
+ */
+#ifndef QPK_MODEL_PRIVATE_H
+#define QPK_MODEL_PRIVATE_H
+
+#include <string.h>
+
+#include "qpk/gguf.h"
+#include "qpk/model.h"
+#include "qpk/quant.h"
+#include "qpk_private.h"
+
+/* Elements [first, first + n) of a float safetensors tensor, as f32 (F64 rounds to nearest). */
+static inline void qpk_st_to_f32(const qpk_st_tensor *t, uint64_t first, size_t n, float *dst)
+{
+    const uint8_t *p = (const uint8_t *)t->data + first * qpk_st_dtype_size(t->dtype);
+    switch (t->dtype) {
+    case QPK_ST_F64:
+        for (size_t i = 0; i < n; i++) {
+            double d;
+            memcpy(&d, p + 8 * i, 8);
+            dst[i] = (float)d;
+        }
+        break;
+    case QPK_ST_F32: qpk_row_to_f32(QPK_TYPE_F32, p, dst, n); break;
+    case QPK_ST_F16: qpk_row_to_f32(QPK_TYPE_F16, p, dst, n); break;
+    case QPK_ST_BF16: qpk_row_to_f32(QPK_TYPE_BF16, p, dst, n); break;
+    default: memset(dst, 0, n * sizeof *dst); break;
+    }
+}
+
+/* The qpk type a float safetensors dtype is stored as under --dtype keep. */
+static inline qpk_type qpk_st_keep_type(qpk_st_dtype d)
+{
+    return d == QPK_ST_F16 ? QPK_TYPE_F16 : d == QPK_ST_BF16 ? QPK_TYPE_BF16 : QPK_TYPE_F32;
+}
+
+/* ------------------------------------------------ Hugging Face folders (checkpoint.c) */
+
+typedef struct qpk_checkpoint qpk_checkpoint;
+
+/*
+ * Opens a Hugging Face model folder: config.json, then model.safetensors or the
+ * shards named by model.safetensors.index.json (checked against the shards: every
+ * tensor in exactly one shard, no missing shard). Checks every tensor the config
+ * implies is present with its shape and a float dtype; warns (through cb->log)
+ * about unexpected tensors, and about an lm_head that differs from a tied embedding.
+ */
+qpk_status qpk_checkpoint_open(qpk_checkpoint **out, const char *dir, const qpk_callbacks *cb, qpk_err *e);
+void qpk_checkpoint_close(qpk_checkpoint *ck); /* NULL-safe */
+const qpk_config *qpk_checkpoint_config(const qpk_checkpoint *ck);
+const char *qpk_checkpoint_dir(const qpk_checkpoint *ck);
+/* The source of (role, layer); the head of a tied model is the embedding. */
+const qpk_st_tensor *qpk_checkpoint_tensor(const qpk_checkpoint *ck, qpk_role role, int layer);
+/* Tensor (role, layer) as a qpk matrix (F64 rounded to an f32 copy, GPTQ/AWQ repacked: both kept by ck). */
+qpk_status qpk_checkpoint_matrix(qpk_checkpoint *ck, qpk_role role, int layer, qpk_matrix *w, qpk_err *e);
+/* The safetensors files read, in order (names relative to the folder). */
+size_t qpk_checkpoint_n_files(const qpk_checkpoint *ck);
+const char *qpk_checkpoint_file(const qpk_checkpoint *ck, size_t i, uint64_t *size);
+/* Tensors present in the files but not used (reported as warnings at open). */
+size_t qpk_checkpoint_n_ignored(const qpk_checkpoint *ck);
+const char *qpk_checkpoint_ignored(const qpk_checkpoint *ck, size_t i);
+
+/* ------------------------------------------ GPTQ / AWQ checkpoints (hfquant.c) */
+
+typedef enum qpk_hfq_method { QPK_HFQ_NONE = 0, QPK_HFQ_GPTQ, QPK_HFQ_AWQ } qpk_hfq_method;
+
+/* A checkpoint's quantization_config (or quantize_config.json), as far as the layout goes. */
+typedef struct qpk_hfq {
+    qpk_hfq_method method;
+    int bits;          /* 4 or 8 (AWQ: 4) */
+    int64_t group;     /* group_size; -1: one group per row */
+    bool sym, desc_act;
+    bool v2;           /* GPTQ checkpoint_format gptq_v2: zeros stored as they are (v1: zero - 1) */
+    char skip[16][64]; /* AWQ's modules_to_not_convert */
+    int n_skip;
+} qpk_hfq;
+
+/*
+ * Reads config.json's quantization_config, or quantize_config.json (qcfg, may be NULL)
+ * when config.json has none; when both are there they must agree. q->method is
+ * QPK_HFQ_NONE for a float checkpoint. Unknown methods, bits, layouts are refused by name.
+ */
+qpk_status qpk_hfq_parse(const char *config, size_t n, const char *qcfg, size_t qn, qpk_hfq *q, qpk_err *e);
+/* Whether the linear called name is one the config leaves in float (AWQ's modules_to_not_convert). */
+bool qpk_hfq_skips(const qpk_hfq *q, const char *name);
+
+/* One quantized linear of such a checkpoint, and how it imports into qpk blocks. */
+typedef struct qpk_qlinear {
+    const qpk_hfq *q;
+    char name[QPK_MAX_NAME];   /* "model.layers.3.mlp.up_proj" */
+    const qpk_st_tensor *qweight, *qzeros, *scales, *g_idx; /* g_idx may be NULL */
+    int64_t rows, cols;        /* out, in (from the config) */
+    int64_t groups;            /* the checkpoint's groups per row */
+    uint32_t type, group;      /* the qpk type and group it imports as */
+    int32_t *perm;             /* act-order: stored column j is input perm[j] (owned); else NULL */
+    int32_t *groups_of;        /* g_idx, copied and checked (owned); NULL without one */
+} qpk_qlinear;
+
+/* Checks the tensors against the config and the layout, and decides type, group and permutation. */
+qpk_status qpk_qlinear_init(qpk_qlinear *l, qpk_err *e);
+void qpk_qlinear_free(qpk_qlinear *l);
+/* Rows [r0, r0 + n) as qpk blocks (qpk_type_row_bytes each), exactly. */
+qpk_status qpk_qlinear_rows(const qpk_qlinear *l, int64_t r0, int64_t n, uint8_t *out, qpk_err *e);
+
+/* A checkpoint's quantized linear (role, layer), or NULL when that linear is float. */
+const qpk_qlinear *qpk_checkpoint_qlinear(const qpk_checkpoint *ck, qpk_role role, int layer);
+/* The checkpoint's quantization (method QPK_HFQ_NONE for a float one). */
+const qpk_hfq *qpk_checkpoint_hfq(const qpk_checkpoint *ck);
+
+/* The source's checkpoint (kind QPK_SOURCE_HF), its .qpk file (QPK_SOURCE_QPK), its GGUF (QPK_SOURCE_GGUF), else NULL. */
+qpk_checkpoint *qpk_source_checkpoint(const qpk_source *s);
+const qpk_file *qpk_source_qpk(const qpk_source *s);
+const qpk_gguf *qpk_source_gguf(const qpk_source *s);
+
+/* Embedded file `name` of f, malloc'd and NUL-terminated; *data NULL when f has none. */
+qpk_status qpk_read_blob(const qpk_file *f, const char *name, char **data, size_t *len, qpk_err *e);
+
+/* ---------------------------------------------------------------- GGUF (gguf_model.c) */
+
+/*
+ * A GGUF file as a Qwen2 model: checks the architecture, every qwen2 hyperparameter (types,
+ * finite positive rope base and norm epsilon), the tokenizer keys (a gpt2 tokenizer with
+ * the qwen2 pre-tokenizer; tokens valid UTF-8; token types known; every merge two tokens
+ * of the vocabulary; every special id a token) and every tensor's name, shape and type
+ * (norms and biases F32), and describes it as the one qpk_config.
+ */
+qpk_status qpk_gguf_qwen2(const qpk_gguf *g, qpk_config *cfg, qpk_err *e);
+/* Every quantized block's f16 scales are finite. */
+qpk_status qpk_gguf_check_scales(const qpk_gguf *g, qpk_err *e);
+/* Tensor (role, layer) of a checked Qwen2 GGUF as a qpk matrix over its mapped bytes. */
+qpk_status qpk_gguf_matrix(const qpk_gguf *g, qpk_role role, int layer, qpk_matrix *w, qpk_err *e);
+/* The tokenizer.json (malloc'd) that a Qwen2 GGUF's tokenizer.ggml.* keys describe. */
+qpk_status qpk_gguf_tokenizer_json(const qpk_gguf *g, char **json, size_t *len, qpk_err *e);
+/* tokenizer_config.json as far as a GGUF says it (special tokens, chat template); malloc'd, NULL on OOM. */
+char *qpk_gguf_tokenizer_config(const qpk_gguf *g);
+/* llama.cpp's name of tensor (role, layer): "token_embd.weight", "blk.3.ffn_up.weight" ... */
+void qpk_gguf_tensor_name(char *buf, size_t cap, qpk_role role, int layer);
+
+/* The refusal of an act-order linear (named by %s) in GGUF, wherever it comes from. */
+#define QPK_ACT_ORDER_GGUF_MSG                                                                                         \
+    "%s is act-order (its groups gather scattered input columns): no GGUF type holds it as it is; requantizing to " \
+    "groups of 32 (the converter's requantize option) makes it fit, at a cost it measures"
+
+#endif

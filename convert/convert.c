@@ -442,6 +442,9 @@ static qpk_status write_tensors(job *j, qpk_err *e)
             calibrated = p->layer;
         }
         QPK_TRY(j->ck && !j->requant[i] ? write_from_folder(j, i, name, e) : write_from_matrix(j, i, name, e));
+        const qpk_qlinear *q = j->ck && j->requant[i] ? qpk_checkpoint_qlinear(j->ck, p->role, p->layer) : NULL;
+        if (q) /* requantized from an imported linear: its parts are still what it was made of */
+            note_sources(j, q);
     }
     return QPK_OK;
 }

@@ -725,8 +725,11 @@ static qpk_status convert_file(const char *dir, const char *out, const qpk_conve
 {
     if (o->dtype >= 0 && o->dtype != QPK_TYPE_F32 && o->dtype != QPK_TYPE_F16 && o->dtype != QPK_TYPE_BF16)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "--dtype must be keep, f32, f16 or bf16");
-    if (o->quant && !qpk_type_can_quantize((uint32_t)o->quant))
-        return qpk_err_setf(e, QPK_E_INVALID_ARG, "--quant must be int8, int4, int4s, q4_k, q5_k or q6_k");
+    if (o->quant && !qpk_type_is_quant_target((uint32_t)o->quant)) {
+        char types[128];
+        qpk_quant_type_list(types, sizeof types, ", ", " or ");
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "--quant must be %s", types);
+    }
     const bool fixed_block = o->quant && qpk_type_info_of((uint32_t)o->quant)->block;
     if (o->quant && !fixed_block && o->group != QPK_GROUP_ROW && !qpk_group_ok((uint32_t)o->quant, o->group, 0))
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "--group must be a multiple of %d or row", QPK_GROUP_QUANTUM);

@@ -23,9 +23,10 @@ static bool int8z_fits(const qpk_tensor *t)
 {
     const size_t bb = qpk_type_block_bytes(t->type, t->group_size);
     for (const uint8_t *b = t->data, *end = b + t->nbytes; b < end; b += bb) {
-        const int32_t z = b[2] | b[3] << 8;
+        const int32_t z = qpk_le16(b + offsetof(qpk_head_int8z, z));
+        const uint8_t *q = b + sizeof(qpk_head_int8z);
         for (uint32_t i = 0; i < t->group_size; i++)
-            if (b[4 + i] - z < -128 || b[4 + i] - z > 127)
+            if (q[i] - z < -128 || q[i] - z > 127)
                 return false;
     }
     return true;

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -353,9 +354,10 @@ static bool int8z_fits(const qpk_matrix *m)
     const size_t bb = qpk_type_block_bytes(m->type, m->group_size);
     const uint64_t total = (uint64_t)qpk_matrix_row_bytes(m) * (uint64_t)m->rows;
     for (const uint8_t *b = m->data, *end = b + total; b < end; b += bb) {
-        const int32_t z = b[2] | b[3] << 8;
+        const int32_t z = qpk_le16(b + offsetof(qpk_head_int8z, z));
+        const uint8_t *q = b + sizeof(qpk_head_int8z);
         for (uint32_t i = 0; i < m->group_size; i++)
-            if (b[4 + i] - z < -128 || b[4 + i] - z > 127)
+            if (q[i] - z < -128 || q[i] - z > 127)
                 return false;
     }
     return true;
@@ -817,9 +819,12 @@ static qpk_status check_options(const job *j, qpk_sink *sink, qpk_err *e)
     const qpk_output to = qpk_sink_kind(sink);
     if (o->dtype >= 0 && o->dtype != QPK_TYPE_F32 && o->dtype != QPK_TYPE_F16 && o->dtype != QPK_TYPE_BF16)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "the float type must be f32, f16 or bf16 (or each tensor's own)");
-    if (o->quant && !qpk_type_can_quantize((uint32_t)o->quant))
-        return qpk_err_setf(e, QPK_E_INVALID_ARG, "%s is not a type qpk quantizes to: int8, int4, int4s, q4_k, q5_k "
-                            "or q6_k", qpk_type_name((uint32_t)o->quant) ? qpk_type_name((uint32_t)o->quant) : "?");
+    if (o->quant && !qpk_type_is_quant_target((uint32_t)o->quant)) {
+        char types[128];
+        qpk_quant_type_list(types, sizeof types, ", ", " or ");
+        const char *name = qpk_type_name((uint32_t)o->quant);
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "%s is not a type qpk quantizes to: %s", name ? name : "?", types);
+    }
     const bool fixed_block = o->quant && qpk_type_info_of((uint32_t)o->quant)->block;
     if (o->quant && !fixed_block && o->group != QPK_GROUP_ROW && !qpk_group_ok((uint32_t)o->quant, o->group, 0))
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "a group of %u weights: groups are multiples of %d, or a whole row",

@@ -8,6 +8,7 @@
 #define QPK_PRIVATE_H
 
 #include "qpk/format.h"
+#include "qpk_blocks.h"
 
 /* The one way qpk code forwards a failure: evaluate, and return the status if it is not QPK_OK. */
 #define QPK_TRY(expr)                                                                                            \
@@ -20,34 +21,51 @@
 /*
  * One row per type (FORMAT.md section 6 is the normative description of each layout);
  * qpk_type_info_of() hands the rows out. Static so that a kernel indexing it with a
- * constant type gets the numbers at compile time.
+ * constant type gets the numbers at compile time. The quant library keeps the rest of a
+ * row, what computes (grids, reference dequantization and quantization, packing), in
+ * QPK_QUANT_TRAITS (quant/traits.h), keyed by the same ids: format/ does not link quant/.
+ * file_type is llama.cpp's LLAMA_FTYPE (0 ALL_F32, 1 MOSTLY_F16, 2 MOSTLY_Q4_0, ...).
  */
 static const qpk_type_info QPK_TYPE_TABLE[QPK_TYPE_COUNT_] = {
-#define PLAIN(n, bytes, ggml) {.name = n, .elem_bytes = bytes, .ggml_type = ggml, .scale_at = {-1, -1}}
-#define BLOCK(n, b, head, ggml) {.name = n, .bits = b, .head_bytes = head, .ggml_type = ggml, .scale_at = {0, -1}}
-    [QPK_TYPE_F32] = PLAIN("f32", 4, 0),
-    [QPK_TYPE_F16] = PLAIN("f16", 2, 1),
-    [QPK_TYPE_BF16] = PLAIN("bf16", 2, 30),
-    [QPK_TYPE_I32] = PLAIN("i32", 4, 26),
-    [QPK_TYPE_INT8] = BLOCK("int8", 8, 2, 8),   /* f16 d; at G = 32 ggml's Q8_0 */
-    [QPK_TYPE_INT4] = BLOCK("int4", 4, 4, 3),   /* f16 d, u8 z, u8 0; to Q4_1 with m = -d z */
-    [QPK_TYPE_INT4S] = BLOCK("int4s", 4, 2, 2), /* f16 d; at G = 32 ggml's Q4_0 */
-    [QPK_TYPE_INT8Z] = BLOCK("int8z", 8, 4, 8), /* f16 d, u16 z; to Q8_0 when every q - z fits int8 */
-/* ggml's: a fixed block of n weights, `bits` per code plus `head` other bytes, f16 scales at s0 (and s1). */
-#define GGML(n, b, head, blk, ggml, s0, s1)                                                                        \
-    {.name = n, .bits = b, .head_bytes = head, .block = blk, .ggml_type = ggml, .scale_at = {s0, s1}}
-    [QPK_TYPE_Q4_1] = GGML("q4_1", 4, 4, 32, 3, 0, 2),
-    [QPK_TYPE_Q5_0] = GGML("q5_0", 5, 2, 32, 6, 0, -1),
-    [QPK_TYPE_Q5_1] = GGML("q5_1", 5, 4, 32, 7, 0, 2),
-    [QPK_TYPE_Q2_K] = GGML("q2_k", 2, 20, 256, 10, 80, 82),
-    [QPK_TYPE_Q3_K] = GGML("q3_k", 3, 14, 256, 11, 108, -1),
-    [QPK_TYPE_Q4_K] = GGML("q4_k", 4, 16, 256, 12, 0, 2),
-    [QPK_TYPE_Q5_K] = GGML("q5_k", 5, 16, 256, 13, 0, 2),
-    [QPK_TYPE_Q6_K] = GGML("q6_k", 6, 18, 256, 14, 208, -1),
+#define AT(S, field) ((int32_t)offsetof(S, field))
+/* Plain types: elements of `bytes`; ggml's type of the same bytes. */
+#define PLAIN(n, bytes, ggml, gname, ftype)                                                                      \
+    {.name = n, .elem_bytes = bytes, .ggml_type = ggml, .scale_at = {-1, -1}, .ggml_name = gname, .file_type = ftype}
+    [QPK_TYPE_F32] = PLAIN("f32", 4, 0, "F32", 0),
+    [QPK_TYPE_F16] = PLAIN("f16", 2, 1, "F16", 1),
+    [QPK_TYPE_BF16] = PLAIN("bf16", 2, 30, "BF16", 32),
+    [QPK_TYPE_I32] = PLAIN("i32", 4, -1, NULL, 0), /* input permutations, which GGUF has no place for */
+/* Group types: the head struct H (f16 d first), then the codes; in GGUF, ggml's blocks of 32. */
+#define GROUP(n, b, H, ggml, gname, ftype, quant)                                                                \
+    {.name = n, .bits = b, .head_bytes = sizeof(H), .ggml_type = ggml, .scale_at = {AT(H, d), -1},              \
+     .ggml_name = gname, .file_type = ftype, .quant_target = quant}
+    [QPK_TYPE_INT8] = GROUP("int8", 8, qpk_head_int8, 8, "Q8_0", 7, true),
+    [QPK_TYPE_INT4] = GROUP("int4", 4, qpk_head_int4, 3, NULL, 3, true), /* to Q4_1 with m = -d z */
+    [QPK_TYPE_INT4S] = GROUP("int4s", 4, qpk_head_int4s, 2, "Q4_0", 2, true),
+    /* To Q8_0 when every q - z fits int8. Imported GPTQ checkpoints' type: qpk's own 8 bits are int8. */
+    [QPK_TYPE_INT8Z] = GROUP("int8z", 8, qpk_head_int8z, 8, NULL, 7, false),
+/* ggml's: the struct S of blk weights at `bits` per code; f16 scales at d (and s1). */
+#define GGML(n, b, S, blk, ggml, gname, ftype, quant, s1)                                                        \
+    {.name = n, .bits = b, .head_bytes = sizeof(S) - (blk) * (b) / 8, .block = blk, .ggml_type = ggml,           \
+     .scale_at = {AT(S, d), s1}, .ggml_name = gname, .file_type = ftype, .quant_target = quant}
+    [QPK_TYPE_Q4_1] = GGML("q4_1", 4, qpk_block_q4_1, 32, 3, "Q4_1", 3, true, AT(qpk_block_q4_1, m)),
+    [QPK_TYPE_Q5_0] = GGML("q5_0", 5, qpk_block_q5_0, 32, 6, "Q5_0", 8, true, -1),
+    [QPK_TYPE_Q5_1] = GGML("q5_1", 5, qpk_block_q5_1, 32, 7, "Q5_1", 9, true, AT(qpk_block_q5_1, m)),
+    /* Q2_K and Q3_K are read, never written: qpk has no quantizer for them. */
+    [QPK_TYPE_Q2_K] = GGML("q2_k", 2, qpk_block_q2_k, 256, 10, "Q2_K", 10, false, AT(qpk_block_q2_k, dmin)),
+    [QPK_TYPE_Q3_K] = GGML("q3_k", 3, qpk_block_q3_k, 256, 11, "Q3_K", 12 /* _M */, false, -1),
+    /* _M: the mix most files of mostly Q4_K (Q5_K) are */
+    [QPK_TYPE_Q4_K] = GGML("q4_k", 4, qpk_block_q4_k, 256, 12, "Q4_K", 15, true, AT(qpk_block_q4_k, dmin)),
+    [QPK_TYPE_Q5_K] = GGML("q5_k", 5, qpk_block_q5_k, 256, 13, "Q5_K", 17, true, AT(qpk_block_q5_k, dmin)),
+    [QPK_TYPE_Q6_K] = GGML("q6_k", 6, qpk_block_q6_k, 256, 14, "Q6_K", 18, true, -1),
+#undef AT
 #undef PLAIN
-#undef BLOCK
+#undef GROUP
 #undef GGML
 };
+
+/* Weights per ggml block of the types with a group (Q8_0, Q4_0, Q4_1): groups travel through GGUF as such blocks. */
+#define QPK_GGML_GROUP 32
 
 /* -------------------------------------------------------------------- UTF-8 */
 

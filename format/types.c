@@ -3,6 +3,7 @@
  * (qpk_private.h). Kernels (quant/) and exporters (GGUF) key their own per-type code
  * on the same ids.
  */
+#include <stdio.h>
 #include <strings.h>
 
 #include "internal.h"
@@ -34,6 +35,31 @@ bool qpk_type_is_quantized(uint32_t type)
 {
     const qpk_type_info *t = qpk_type_info_of(type);
     return t && t->elem_bytes == 0;
+}
+
+bool qpk_type_is_quant_target(uint32_t type)
+{
+    const qpk_type_info *t = qpk_type_info_of(type);
+    return t && t->quant_target;
+}
+
+size_t qpk_quant_type_list(char *buf, size_t cap, const char *sep, const char *last)
+{
+    size_t n = 0, left = 0;
+    for (uint32_t t = 0; t < QPK_TYPE_COUNT_; t++)
+        left += TYPES[t].quant_target;
+    if (cap)
+        buf[0] = '\0';
+    for (uint32_t t = 0; t < QPK_TYPE_COUNT_; t++) {
+        if (!TYPES[t].quant_target)
+            continue;
+        const char *before = n == 0 ? "" : left == 1 ? last : sep;
+        const int k = snprintf(buf ? buf + (n < cap ? n : cap) : NULL, n < cap ? cap - n : 0, "%s%s", before,
+                               TYPES[t].name);
+        n += k > 0 ? (size_t)k : 0;
+        left--;
+    }
+    return n;
 }
 
 /* The group rule without the row: what a block type accepts as its group size. */

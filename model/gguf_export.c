@@ -35,47 +35,15 @@ struct qpk_gguf_export {
     double q41_max_change;            /* the largest weight change that rounding caused */
 };
 
-static uint32_t qpk_gguf_file_type(uint32_t type)
-{
-    switch (type) { /* llama.cpp's LLAMA_FTYPE_ALL_F32, MOSTLY_F16, MOSTLY_Q8_0, ... */
-    case QPK_TYPE_F16: return 1;
-    case QPK_TYPE_INT4S: return 2;
-    case QPK_TYPE_INT4: return 3;
-    case QPK_TYPE_INT8: case QPK_TYPE_INT8Z: return 7;
-    case QPK_TYPE_Q4_1: return 3;
-    case QPK_TYPE_Q5_0: return 8;
-    case QPK_TYPE_Q5_1: return 9;
-    case QPK_TYPE_Q2_K: return 10;
-    case QPK_TYPE_Q3_K: return 12; /* _M */
-    case QPK_TYPE_Q4_K: return 15; /* _M: the mix most files of mostly Q4_K are */
-    case QPK_TYPE_Q5_K: return 17; /* _M */
-    case QPK_TYPE_Q6_K: return 18;
-    case QPK_TYPE_BF16: return 32;
-    default: return 0;
-    }
-}
-
-/* The ggml type of a qpk tensor type and group, or a refusal naming the tensor. */
+/* The ggml type of a qpk tensor type and group (its row's), or a refusal naming the tensor. */
 static qpk_status ggml_type_of(uint32_t type, uint32_t group, const char *name, uint32_t *out, qpk_err *e)
 {
-    switch (type) {
-    case QPK_TYPE_F32: *out = QPK_GGML_F32; return QPK_OK;
-    case QPK_TYPE_F16: *out = QPK_GGML_F16; return QPK_OK;
-    case QPK_TYPE_BF16: *out = QPK_GGML_BF16; return QPK_OK;
-    default: break;
-    }
     const qpk_type_info *ti = qpk_type_info_of(type);
-    if (ti && ti->block) { /* ggml's own block types: the same bytes */
-        *out = (uint32_t)ti->ggml_type;
-        return QPK_OK;
-    }
-    if (!qpk_type_is_quantized(type) || group % 32 != 0)
+    /* A group of G shares one scale: G/32 blocks of ggml's with that scale hold it exactly. */
+    if (!ti || ti->ggml_type < 0 || (qpk_type_is_quantized(type) && !ti->block && group % QPK_GGML_GROUP != 0))
         return qpk_err_setf(e, QPK_E_UNSUPPORTED, "tensor '%s' is %s%s: no GGUF type holds it", name,
                             qpk_type_name(type), qpk_type_is_quantized(type) ? " in groups that are not blocks of 32" : "");
-    /* A group of G shares one scale: G/32 blocks of ggml's with that scale hold it exactly. */
-    *out = type == QPK_TYPE_INT8 || type == QPK_TYPE_INT8Z ? QPK_GGML_Q8_0
-           : type == QPK_TYPE_INT4S                        ? QPK_GGML_Q4_0
-                                                           : QPK_GGML_Q4_1;
+    *out = (uint32_t)ti->ggml_type;
     return QPK_OK;
 }
 
@@ -322,7 +290,7 @@ qpk_status qpk_gguf_export_plan(qpk_gguf_export *x, const qpk_config *c, qpk_ggu
     uint32_t most = 0;
     for (uint32_t t = 0; t < QPK_TYPE_COUNT_; t++)
         most = linear_elems[t] > linear_elems[most] ? t : most;
-    return write_meta(x, c, m, qpk_gguf_file_type(most), e);
+    return write_meta(x, c, m, qpk_type_info_of(most)->file_type, e);
 }
 
 /* An int4 block's offset m = -d z as Q4_1's f16 (its n blocks of 32 counted when rounded); false past f16's range. */
@@ -330,7 +298,8 @@ static bool q41_offset(qpk_gguf_export *x, const uint8_t *block, uint32_t n, uin
 {
     uint16_t dh;
     memcpy(&dh, block, 2);
-    float d = qpk_f16_to_f32(dh), m = -d * (float)block[2]; /* exact in f32: d has 11 significant bits, z 8 */
+    /* exact in f32: d has 11 significant bits, z 8 */
+    float d = qpk_f16_to_f32(dh), m = -d * (float)block[offsetof(qpk_head_int4, z)];
     *mh = qpk_f32_to_f16(m);
     float back = qpk_f16_to_f32(*mh);
     if (!isfinite(back))
@@ -356,13 +325,13 @@ static qpk_status to_ggml(qpk_gguf_export *x, const planned *t, const uint8_t *i
     if (t->type == QPK_TYPE_INT4 && !q41_offset(x, in, t->group / 32, &mh))
         return qpk_err_setf(e, QPK_E_VALUE, "tensor '%s': an int4 block's offset -d*z is beyond f16's range: no "
                             "Q4_1 holds it", t->name);
-    const int32_t z = t->type == QPK_TYPE_INT8Z ? (int32_t)(in[2] | in[3] << 8) : 0;
+    const int32_t z = t->type == QPK_TYPE_INT8Z ? qpk_le16(in + offsetof(qpk_head_int8z, z)) : 0;
     for (uint32_t c = 0; c < t->group / 32; c++) {
         memcpy(out, in, 2); /* d */
         if (t->type == QPK_TYPE_INT4) {
-            memcpy(out + 2, &mh, 2);
-            memcpy(out + 4, codes + c * chunk, chunk);
-            out += 20, x->q41_blocks++;
+            memcpy(out + offsetof(qpk_block_q4_1, m), &mh, 2);
+            memcpy(out + offsetof(qpk_block_q4_1, qs), codes + c * chunk, chunk);
+            out += sizeof(qpk_block_q4_1), x->q41_blocks++;
         } else if (t->type == QPK_TYPE_INT8Z) {
             for (int i = 0; i < 32; i++) {
                 int32_t q = codes[c * chunk + (size_t)i] - z;
@@ -371,12 +340,12 @@ static qpk_status to_ggml(qpk_gguf_export *x, const planned *t, const uint8_t *i
                                         "outside Q8_0's int8: no GGUF type holds this 8-bit block as it is "
                                         "(--requantize requantizes such linears to Q8_0 and reports what it costs)",
                                         t->name, q);
-                out[2 + i] = (uint8_t)(int8_t)q;
+                out[offsetof(qpk_block_q8_0, qs) + (size_t)i] = (uint8_t)(int8_t)q;
             }
-            out += 34;
-        } else {
-            memcpy(out + 2, codes + c * chunk, chunk);
-            out += 2 + chunk;
+            out += sizeof(qpk_block_q8_0);
+        } else { /* Q8_0, Q4_0: d, then the codes as they are */
+            memcpy(out + offsetof(qpk_block_q8_0, qs), codes + c * chunk, chunk);
+            out += offsetof(qpk_block_q8_0, qs) + chunk;
         }
     }
     return QPK_OK;
@@ -410,7 +379,8 @@ qpk_status qpk_gguf_export_write(qpk_gguf_export *x, const void *data, size_t n,
         (t->group == 32 && (t->type == QPK_TYPE_INT8 || t->type == QPK_TYPE_INT4S)))
         return qpk_gguf_write(x->w, data, n, e);
     const size_t bb = qpk_type_block_bytes(t->type, t->group);
-    const size_t out_bb = (t->group / 32) * (t->type == QPK_TYPE_INT4 ? 20u : t->type == QPK_TYPE_INT4S ? 18u : 34u);
+    uint64_t out_bb; /* the group's ggml blocks */
+    QPK_TRY(qpk_ggml_nbytes((uint32_t)qpk_type_info_of(t->type)->ggml_type, 1, &(uint64_t){t->group}, &out_bb, e));
     if (n % bb != 0)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "%s data must come in whole blocks", qpk_type_name(t->type));
     if (out_bb > x->blocks_cap) {

@@ -4,11 +4,13 @@
  * from those definitions. Each weight is the f32 value of the same expression, in the
  * same order (products of an f16 scale and small integers are exact; Q6_K's
  * d * scale * q rounds once, as written there), so every reader of a GGUF file that
- * follows ggml gets these bits.
+ * follows ggml gets these bits. One block at a time: each type's functions are its row
+ * of QPK_QUANT_TRAITS (traits.h), the row-level entry points below look them up there.
  */
 #include <math.h>
 
 #include "ggml_blocks.h"
+#include "traits.h"
 
 static inline float f16_at(const uint8_t *p)
 {
@@ -28,44 +30,51 @@ static inline void scale_min_k4(int j, const uint8_t *q, int *sc, int *m)
     }
 }
 
-static void q4_1(const uint8_t *b, float *y)
+void qpk_q4_1_to_f32(const uint8_t *b, float *y)
 {
-    const float d = f16_at(b), m = f16_at(b + 2);
+    typedef qpk_block_q4_1 B;
+    const float d = f16_at(b + offsetof(B, d)), m = f16_at(b + offsetof(B, m));
+    const uint8_t *qs = b + offsetof(B, qs);
     for (int j = 0; j < 16; j++) {
-        y[j] = (float)(b[4 + j] & 15) * d + m;
-        y[j + 16] = (float)(b[4 + j] >> 4) * d + m;
+        y[j] = (float)(qs[j] & 15) * d + m;
+        y[j + 16] = (float)(qs[j] >> 4) * d + m;
     }
 }
 
-static void q5_0(const uint8_t *b, float *y)
+void qpk_q5_0_to_f32(const uint8_t *b, float *y)
 {
-    const float d = f16_at(b);
+    typedef qpk_block_q5_0 B;
+    const float d = f16_at(b + offsetof(B, d));
+    const uint8_t *qs = b + offsetof(B, qs);
     uint32_t qh;
-    memcpy(&qh, b + 2, 4);
+    memcpy(&qh, b + offsetof(B, qh), 4);
     for (int j = 0; j < 16; j++) {
-        const int x0 = ((b[6 + j] & 15) | (int)((qh >> j) << 4 & 16)) - 16;
-        const int x1 = ((b[6 + j] >> 4) | (int)((qh >> (j + 12)) & 16)) - 16;
+        const int x0 = ((qs[j] & 15) | (int)((qh >> j) << 4 & 16)) - 16;
+        const int x1 = ((qs[j] >> 4) | (int)((qh >> (j + 12)) & 16)) - 16;
         y[j] = (float)x0 * d, y[j + 16] = (float)x1 * d;
     }
 }
 
-static void q5_1(const uint8_t *b, float *y)
+void qpk_q5_1_to_f32(const uint8_t *b, float *y)
 {
-    const float d = f16_at(b), m = f16_at(b + 2);
+    typedef qpk_block_q5_1 B;
+    const float d = f16_at(b + offsetof(B, d)), m = f16_at(b + offsetof(B, m));
+    const uint8_t *qs = b + offsetof(B, qs);
     uint32_t qh;
-    memcpy(&qh, b + 4, 4);
+    memcpy(&qh, b + offsetof(B, qh), 4);
     for (int j = 0; j < 16; j++) {
-        const int x0 = (b[8 + j] & 15) | (int)((qh >> j) << 4 & 16);
-        const int x1 = (b[8 + j] >> 4) | (int)((qh >> (j + 12)) & 16);
+        const int x0 = (qs[j] & 15) | (int)((qh >> j) << 4 & 16);
+        const int x1 = (qs[j] >> 4) | (int)((qh >> (j + 12)) & 16);
         y[j] = (float)x0 * d + m, y[j + 16] = (float)x1 * d + m;
     }
 }
 
-/* Q2_K: scales[16] (low nibble scale, high nibble min), qs[64], f16 d, f16 dmin. */
-static void q2_k(const uint8_t *b, float *y)
+/* Q2_K: scales (low nibble scale, high nibble min), then 2-bit codes. */
+void qpk_q2_k_to_f32(const uint8_t *b, float *y)
 {
-    const uint8_t *sc = b, *q = b + 16;
-    const float d = f16_at(b + 80), dmin = f16_at(b + 82);
+    typedef qpk_block_q2_k B;
+    const uint8_t *sc = b + offsetof(B, scales), *q = b + offsetof(B, qs);
+    const float d = f16_at(b + offsetof(B, d)), dmin = f16_at(b + offsetof(B, dmin));
     int is = 0;
     for (int n = 0; n < 256; n += 128, q += 32)
         for (int shift = 0; shift < 8; shift += 2)
@@ -76,11 +85,11 @@ static void q2_k(const uint8_t *b, float *y)
             }
 }
 
-/* Q3_K: hmask[32], qs[64], 12 bytes of 6-bit scales, f16 d. */
-static void q3_k(const uint8_t *b, float *y)
+void qpk_q3_k_to_f32(const uint8_t *b, float *y)
 {
-    const uint8_t *hm = b, *q = b + 32, *packed = b + 96;
-    const float d = f16_at(b + 108);
+    typedef qpk_block_q3_k B;
+    const uint8_t *hm = b + offsetof(B, hmask), *q = b + offsetof(B, qs), *packed = b + offsetof(B, scales);
+    const float d = f16_at(b + offsetof(B, d));
     /* The 16 scales: low 4 bits from bytes 0..7, high 2 bits from bytes 8..11. */
     int8_t scales[16];
     for (int i = 0; i < 16; i++) {
@@ -102,19 +111,21 @@ static void q3_k(const uint8_t *b, float *y)
 }
 
 /*
- * Q4_K: f16 d, f16 dmin, 12 bytes of scales and mins, qs[128]. Q5_K: the same with qh[32]
- * before qs, whose bits 2j and 2j+1 are bit 4 of sub-blocks 2j and 2j+1 (qh NULL: Q4_K).
+ * Q4_K, and Q5_K: the same head (d, dmin, scales at the same offsets) with qh before qs,
+ * whose bits 2j and 2j+1 are bit 4 of sub-blocks 2j and 2j+1 (qh NULL: Q4_K).
  */
+_Static_assert(offsetof(qpk_block_q5_k, scales) == offsetof(qpk_block_q4_k, scales), "Q4_K and Q5_K share a head");
 static void q4_5_k(const uint8_t *b, const uint8_t *qh, float *y)
 {
-    const float d = f16_at(b), dmin = f16_at(b + 2);
-    const uint8_t *q = b + (qh ? 48 : 16);
+    typedef qpk_block_q4_k B;
+    const float d = f16_at(b + offsetof(B, d)), dmin = f16_at(b + offsetof(B, dmin));
+    const uint8_t *q = b + (qh ? offsetof(qpk_block_q5_k, qs) : offsetof(B, qs)), *scales = b + offsetof(B, scales);
     uint8_t u1 = 1, u2 = 2;
     for (int j = 0; j < 8; j += 2, q += 32, u1 <<= 2, u2 <<= 2) {
         int sc, m;
-        scale_min_k4(j, b + 4, &sc, &m);
+        scale_min_k4(j, scales, &sc, &m);
         const float d1 = d * (float)sc, m1 = dmin * (float)m;
-        scale_min_k4(j + 1, b + 4, &sc, &m);
+        scale_min_k4(j + 1, scales, &sc, &m);
         const float d2 = d * (float)sc, m2 = dmin * (float)m;
         for (int l = 0; l < 32; l++)
             *y++ = d1 * (float)((q[l] & 15) + (qh && (qh[l] & u1) ? 16 : 0)) - m1;
@@ -123,12 +134,15 @@ static void q4_5_k(const uint8_t *b, const uint8_t *qh, float *y)
     }
 }
 
-/* Q6_K: ql[128], qh[64], int8 scales[16], f16 d. */
-static void q6_k(const uint8_t *b, float *y)
+void qpk_q4_k_to_f32(const uint8_t *b, float *y) { q4_5_k(b, NULL, y); }
+void qpk_q5_k_to_f32(const uint8_t *b, float *y) { q4_5_k(b, b + offsetof(qpk_block_q5_k, qh), y); }
+
+void qpk_q6_k_to_f32(const uint8_t *b, float *y)
 {
-    const uint8_t *ql = b, *qh = b + 128;
-    const int8_t *sc = (const int8_t *)(b + 192);
-    const float d = f16_at(b + 208);
+    typedef qpk_block_q6_k B;
+    const uint8_t *ql = b + offsetof(B, ql), *qh = b + offsetof(B, qh);
+    const int8_t *sc = (const int8_t *)(b + offsetof(B, scales));
+    const float d = f16_at(b + offsetof(B, d));
     for (int n = 0; n < 256; n += 128, ql += 64, qh += 32, sc += 8, y += 128)
         for (int l = 0; l < 32; l++) {
             const int is = l / 16;
@@ -143,24 +157,16 @@ static void q6_k(const uint8_t *b, float *y)
         }
 }
 
-bool qpk_ggml_type(uint32_t type) { return type >= QPK_TYPE_Q4_1 && type <= QPK_TYPE_Q6_K; }
+bool qpk_ggml_type(uint32_t type) { return type < QPK_TYPE_COUNT_ && QPK_QUANT_TRAITS[type].to_f32; }
 
 void qpk_ggml_dequantize_row(uint32_t type, const void *in, int64_t n, float *out)
 {
     const qpk_type_info *t = qpk_type_info_of(type);
     const size_t bb = qpk_type_block_bytes(type, t->block);
+    qpk_block_to_f32_fn *const to_f32 = QPK_QUANT_TRAITS[type].to_f32;
     const uint8_t *b = in;
     for (int64_t i = 0; i < n; i += t->block, b += bb, out += t->block)
-        switch (type) {
-        case QPK_TYPE_Q4_1: q4_1(b, out); break;
-        case QPK_TYPE_Q5_0: q5_0(b, out); break;
-        case QPK_TYPE_Q5_1: q5_1(b, out); break;
-        case QPK_TYPE_Q2_K: q2_k(b, out); break;
-        case QPK_TYPE_Q3_K: q3_k(b, out); break;
-        case QPK_TYPE_Q4_K: q4_5_k(b, NULL, out); break;
-        case QPK_TYPE_Q5_K: q4_5_k(b, b + 16, out); break;
-        default: q6_k(b, out); break;
-        }
+        to_f32(b, out);
 }
 
 /* ================================================================ quantizers */
@@ -392,9 +398,9 @@ static void quantize_kx(int nmax, const float *x, const float *imp, uint8_t *b)
             }
         qs[j] = (uint8_t)bs, qm[j] = (uint8_t)bm;
     }
-    memcpy(b, &dh, 2), memcpy(b + 2, &mh, 2);
-    uint8_t *sc = b + 4;
-    memset(sc, 0, 12);
+    memcpy(b + offsetof(qpk_block_q4_k, d), &dh, 2), memcpy(b + offsetof(qpk_block_q4_k, dmin), &mh, 2);
+    uint8_t *sc = b + offsetof(qpk_block_q4_k, scales);
+    memset(sc, 0, QPK_FIELD_SIZE(qpk_block_q4_k, scales));
     for (int j = 0; j < 8; j++) { /* the 6-bit packing scale_min_k4 reads */
         if (j < 4) {
             sc[j] = qs[j], sc[j + 4] = qm[j];
@@ -407,7 +413,7 @@ static void quantize_kx(int nmax, const float *x, const float *imp, uint8_t *b)
     int32_t codes[256];
     for (int i = 0; i < 256; i++)
         codes[i] = L[i];
-    qpk_ggml_pack_codes(nmax == 15 ? QPK_TYPE_Q4_K : QPK_TYPE_Q5_K, b, codes);
+    (nmax == 15 ? qpk_q4_k_pack : qpk_q5_k_pack)(b, codes);
 }
 
 /* Q6_K: 16 sub-blocks of 16, 8-bit scales against one f16, codes in [-32, 31]. */
@@ -454,10 +460,10 @@ static void quantize_q6k(const float *x, const float *imp, uint8_t *b)
     int32_t codes[256];
     for (int i = 0; i < 256; i++)
         codes[i] = L[i];
-    qpk_ggml_pack_codes(QPK_TYPE_Q6_K, b, codes);
-    memcpy(b + 192, sc, 16);
+    qpk_q6_k_pack(b, codes);
+    memcpy(b + offsetof(qpk_block_q6_k, scales), sc, sizeof sc);
     const uint16_t dh = qpk_f32_to_f16(d);
-    memcpy(b + 208, &dh, 2);
+    memcpy(b + offsetof(qpk_block_q6_k, d), &dh, 2);
 }
 
 /* Q4_1 (nmax 15) and Q5_1 (31): 32 weights, f16 d and m (w = d q + m). */
@@ -472,15 +478,16 @@ static void quantize_x1(int nmax, const float *x, const float *imp, uint8_t *b)
     const float dd = qpk_f16_to_f32(dh), mm = qpk_f16_to_f32(mh);
     for (int i = 0; i < 32; i++) /* codes for the stored d and m */
         L[i] = (uint8_t)(dd > 0 ? code_of((x[i] - mm) / dd, 0, nmax) : 0);
-    memcpy(b, &dh, 2), memcpy(b + 2, &mh, 2);
-    uint8_t *q = b + (nmax == 15 ? 4 : 8);
+    _Static_assert(offsetof(qpk_block_q5_1, m) == offsetof(qpk_block_q4_1, m), "Q4_1 and Q5_1 share d and m");
+    memcpy(b + offsetof(qpk_block_q4_1, d), &dh, 2), memcpy(b + offsetof(qpk_block_q4_1, m), &mh, 2);
+    uint8_t *q = b + (nmax == 15 ? offsetof(qpk_block_q4_1, qs) : offsetof(qpk_block_q5_1, qs));
     uint32_t qh = 0;
     for (int j = 0; j < 16; j++) {
         q[j] = (uint8_t)((L[j] & 15) | (L[j + 16] & 15) << 4);
         qh |= (uint32_t)(L[j] >> 4) << j | (uint32_t)(L[j + 16] >> 4) << (j + 16);
     }
     if (nmax == 31)
-        memcpy(b + 4, &qh, 4);
+        memcpy(b + offsetof(qpk_block_q5_1, qh), &qh, 4);
 }
 
 /* Q5_0: 32 weights, f16 d, codes in [-16, 15]. */
@@ -509,21 +516,25 @@ static void quantize_q50(const float *x, const float *imp, uint8_t *b)
     for (int i = 0; i < 32; i++)
         L[i] = (int8_t)(d != 0 ? code_of(x[i] / d, -16, 15) : 0);
     const uint16_t dh = qpk_f32_to_f16(d);
-    memcpy(b, &dh, 2);
+    memcpy(b + offsetof(qpk_block_q5_0, d), &dh, 2);
+    uint8_t *qs = b + offsetof(qpk_block_q5_0, qs);
     uint32_t qh = 0;
     for (int j = 0; j < 16; j++) {
         const int l0 = L[j] + 16, l1 = L[j + 16] + 16;
-        b[6 + j] = (uint8_t)((l0 & 15) | (l1 & 15) << 4);
+        qs[j] = (uint8_t)((l0 & 15) | (l1 & 15) << 4);
         qh |= (uint32_t)(l0 >> 4) << j | (uint32_t)(l1 >> 4) << (j + 16);
     }
-    memcpy(b + 2, &qh, 4);
+    memcpy(b + offsetof(qpk_block_q5_0, qh), &qh, 4);
 }
 
-bool qpk_ggml_can_quantize(uint32_t type)
-{
-    return type == QPK_TYPE_Q4_1 || type == QPK_TYPE_Q5_0 || type == QPK_TYPE_Q5_1 || type == QPK_TYPE_Q4_K ||
-           type == QPK_TYPE_Q5_K || type == QPK_TYPE_Q6_K;
-}
+void qpk_q4_1_quantize(const float *x, const float *imp, uint8_t *b) { quantize_x1(15, x, imp, b); }
+void qpk_q5_0_quantize(const float *x, const float *imp, uint8_t *b) { quantize_q50(x, imp, b); }
+void qpk_q5_1_quantize(const float *x, const float *imp, uint8_t *b) { quantize_x1(31, x, imp, b); }
+void qpk_q4_k_quantize(const float *x, const float *imp, uint8_t *b) { quantize_kx(15, x, imp, b); }
+void qpk_q5_k_quantize(const float *x, const float *imp, uint8_t *b) { quantize_kx(31, x, imp, b); }
+void qpk_q6_k_quantize(const float *x, const float *imp, uint8_t *b) { quantize_q6k(x, imp, b); }
+
+bool qpk_ggml_can_quantize(uint32_t type) { return type < QPK_TYPE_COUNT_ && QPK_QUANT_TRAITS[type].quantize; }
 
 static float max_abs(const float *x, int64_t n)
 {
@@ -545,17 +556,11 @@ qpk_status qpk_ggml_quantize_row(uint32_t type, const float *x, int64_t n, const
         if (!isfinite(x[i]))
             return qpk_err_setf(e, QPK_E_VALUE, "weight %lld is %g", (long long)i, (double)x[i]);
     const size_t bb = qpk_type_block_bytes(type, t->block);
+    qpk_block_quantize_fn *const quantize = QPK_QUANT_TRAITS[type].quantize;
     uint8_t *b = out;
     for (int64_t i = 0; i < n; i += t->block, b += bb) {
         const float *xi = x + i, *wi = imp ? imp + i : NULL;
-        switch (type) {
-        case QPK_TYPE_Q4_K: quantize_kx(15, xi, wi, b); break;
-        case QPK_TYPE_Q5_K: quantize_kx(31, xi, wi, b); break;
-        case QPK_TYPE_Q6_K: quantize_q6k(xi, wi, b); break;
-        case QPK_TYPE_Q4_1: quantize_x1(15, xi, wi, b); break;
-        case QPK_TYPE_Q5_1: quantize_x1(31, xi, wi, b); break;
-        default: quantize_q50(xi, wi, b); break;
-        }
+        quantize(xi, wi, b);
         if (qpk_first_bad_scale(type, t->block, b, 1) == 0)
             return qpk_err_setf(e, QPK_E_VALUE, "weights %lld..%lld (up to %g) need a scale past the f16 range of %s",
                                 (long long)i, (long long)(i + t->block - 1), (double)max_abs(xi, t->block), t->name);
@@ -565,77 +570,101 @@ qpk_status qpk_ggml_quantize_row(uint32_t type, const float *x, int64_t n, const
 
 /* ============================================================ block grids */
 
-int qpk_ggml_grid(uint32_t type, const uint8_t *b, float *a, float *m, int *qmin, int *qmax)
+/* Q4_1, and Q5_1 (d and m where Q4_1 has them): w = d q + m, written a q - (-m). */
+int qpk_q4_1_scales(const uint8_t *b, float *a, float *m)
 {
-    switch (type) {
-    case QPK_TYPE_Q4_K:
-    case QPK_TYPE_Q5_K: {
-        const float d = f16_at(b), dmin = f16_at(b + 2);
-        for (int j = 0; j < 8; j++) {
-            int sc, mn;
-            scale_min_k4(j, b + 4, &sc, &mn);
-            a[j] = d * (float)sc, m[j] = dmin * (float)mn;
-        }
-        *qmin = 0, *qmax = type == QPK_TYPE_Q4_K ? 15 : 31;
-        return 32;
-    }
-    case QPK_TYPE_Q6_K: {
-        const float d = f16_at(b + 208);
-        for (int j = 0; j < 16; j++)
-            a[j] = d * (float)(int8_t)b[192 + j], m[j] = 0;
-        *qmin = -32, *qmax = 31;
-        return 16;
-    }
-    case QPK_TYPE_Q5_0:
-        a[0] = f16_at(b), m[0] = 0, *qmin = -16, *qmax = 15;
-        return 32;
-    default: /* Q4_1, Q5_1: w = d q + m, written a q - (-m) */
-        a[0] = f16_at(b), m[0] = -f16_at(b + 2), *qmin = 0, *qmax = type == QPK_TYPE_Q4_1 ? 15 : 31;
-        return 32;
-    }
+    a[0] = f16_at(b + offsetof(qpk_block_q4_1, d)), m[0] = -f16_at(b + offsetof(qpk_block_q4_1, m));
+    return 32;
 }
 
-void qpk_ggml_pack_codes(uint32_t type, uint8_t *b, const int32_t *q)
+int qpk_q5_0_scales(const uint8_t *b, float *a, float *m)
 {
-    switch (type) {
-    case QPK_TYPE_Q4_K:
-        for (int j = 0; j < 256; j += 64)
-            for (int l = 0; l < 32; l++)
-                b[16 + j / 2 + l] = (uint8_t)(q[j + l] | q[j + l + 32] << 4);
-        break;
-    case QPK_TYPE_Q5_K: {
-        uint8_t *qh = b + 16, *qs = b + 48;
-        memset(qh, 0, 32);
-        uint8_t m1 = 1, m2 = 2;
-        for (int j = 0; j < 256; j += 64, qs += 32, m1 <<= 2, m2 <<= 2)
-            for (int l = 0; l < 32; l++) {
-                qs[l] = (uint8_t)((q[j + l] & 15) | (q[j + l + 32] & 15) << 4);
-                qh[l] |= (uint8_t)((q[j + l] > 15 ? m1 : 0) | (q[j + l + 32] > 15 ? m2 : 0));
-            }
-        break;
-    }
-    case QPK_TYPE_Q6_K: {
-        uint8_t *ql = b, *qh = b + 128;
-        memset(qh, 0, 64);
-        for (int n = 0; n < 256; n += 128, ql += 64, qh += 32)
-            for (int l = 0; l < 32; l++) {
-                const int q1 = q[n + l] + 32, q2 = q[n + l + 32] + 32, q3 = q[n + l + 64] + 32, q4 = q[n + l + 96] + 32;
-                ql[l] = (uint8_t)((q1 & 15) | (q3 & 15) << 4);
-                ql[l + 32] = (uint8_t)((q2 & 15) | (q4 & 15) << 4);
-                qh[l] = (uint8_t)((q1 >> 4) | (q2 >> 4) << 2 | (q3 >> 4) << 4 | (q4 >> 4) << 6);
-            }
-        break;
-    }
-    default: { /* Q4_1, Q5_0, Q5_1 */
-        const int bias = type == QPK_TYPE_Q5_0 ? 16 : 0, at = type == QPK_TYPE_Q4_1 ? 4 : type == QPK_TYPE_Q5_0 ? 6 : 8;
-        uint32_t qh = 0;
-        for (int j = 0; j < 16; j++) {
-            const int l0 = q[j] + bias, l1 = q[j + 16] + bias;
-            b[at + j] = (uint8_t)((l0 & 15) | (l1 & 15) << 4);
-            qh |= (uint32_t)(l0 >> 4) << j | (uint32_t)(l1 >> 4) << (j + 16);
-        }
-        if (type != QPK_TYPE_Q4_1)
-            memcpy(b + at - 4, &qh, 4);
-    }
-    }
+    a[0] = f16_at(b + offsetof(qpk_block_q5_0, d)), m[0] = 0;
+    return 32;
 }
+
+/* Q4_K, and Q5_K (the same head). */
+int qpk_q4_k_scales(const uint8_t *b, float *a, float *m)
+{
+    const float d = f16_at(b + offsetof(qpk_block_q4_k, d)), dmin = f16_at(b + offsetof(qpk_block_q4_k, dmin));
+    for (int j = 0; j < 8; j++) {
+        int sc, mn;
+        scale_min_k4(j, b + offsetof(qpk_block_q4_k, scales), &sc, &mn);
+        a[j] = d * (float)sc, m[j] = dmin * (float)mn;
+    }
+    return 32;
+}
+
+int qpk_q6_k_scales(const uint8_t *b, float *a, float *m)
+{
+    const float d = f16_at(b + offsetof(qpk_block_q6_k, d));
+    const int8_t *sc = (const int8_t *)(b + offsetof(qpk_block_q6_k, scales));
+    for (int j = 0; j < 16; j++)
+        a[j] = d * (float)sc[j], m[j] = 0;
+    return 16;
+}
+
+int qpk_ggml_grid(uint32_t type, const uint8_t *b, float *a, float *m, int *qmin, int *qmax)
+{
+    const qpk_quant_traits *t = &QPK_QUANT_TRAITS[type];
+    *qmin = t->grid.qmin, *qmax = t->grid.qmax;
+    return t->scales(b, a, m);
+}
+
+void qpk_q4_k_pack(uint8_t *b, const int32_t *q)
+{
+    uint8_t *qs = b + offsetof(qpk_block_q4_k, qs);
+    for (int j = 0; j < 256; j += 64)
+        for (int l = 0; l < 32; l++)
+            qs[j / 2 + l] = (uint8_t)(q[j + l] | q[j + l + 32] << 4);
+}
+
+void qpk_q5_k_pack(uint8_t *b, const int32_t *q)
+{
+    uint8_t *qh = b + offsetof(qpk_block_q5_k, qh), *qs = b + offsetof(qpk_block_q5_k, qs);
+    memset(qh, 0, QPK_FIELD_SIZE(qpk_block_q5_k, qh));
+    uint8_t m1 = 1, m2 = 2;
+    for (int j = 0; j < 256; j += 64, qs += 32, m1 <<= 2, m2 <<= 2)
+        for (int l = 0; l < 32; l++) {
+            qs[l] = (uint8_t)((q[j + l] & 15) | (q[j + l + 32] & 15) << 4);
+            qh[l] |= (uint8_t)((q[j + l] > 15 ? m1 : 0) | (q[j + l + 32] > 15 ? m2 : 0));
+        }
+}
+
+void qpk_q6_k_pack(uint8_t *b, const int32_t *q)
+{
+    uint8_t *ql = b + offsetof(qpk_block_q6_k, ql), *qh = b + offsetof(qpk_block_q6_k, qh);
+    memset(qh, 0, QPK_FIELD_SIZE(qpk_block_q6_k, qh));
+    for (int n = 0; n < 256; n += 128, ql += 64, qh += 32)
+        for (int l = 0; l < 32; l++) {
+            const int q1 = q[n + l] + 32, q2 = q[n + l + 32] + 32, q3 = q[n + l + 64] + 32, q4 = q[n + l + 96] + 32;
+            ql[l] = (uint8_t)((q1 & 15) | (q3 & 15) << 4);
+            ql[l + 32] = (uint8_t)((q2 & 15) | (q4 & 15) << 4);
+            qh[l] = (uint8_t)((q1 >> 4) | (q2 >> 4) << 2 | (q3 >> 4) << 4 | (q4 >> 4) << 6);
+        }
+}
+
+/* Q4_1, Q5_0, Q5_1: 32 nibbles at byte qs, and (qh_at != SIZE_MAX) their bits 4 in the u32 at byte qh_at. */
+static void pack_32(uint8_t *b, const int32_t *q, int bias, size_t qs, size_t qh_at)
+{
+    uint32_t qh = 0;
+    for (int j = 0; j < 16; j++) {
+        const int l0 = q[j] + bias, l1 = q[j + 16] + bias;
+        b[qs + (size_t)j] = (uint8_t)((l0 & 15) | (l1 & 15) << 4);
+        qh |= (uint32_t)(l0 >> 4) << j | (uint32_t)(l1 >> 4) << (j + 16);
+    }
+    if (qh_at != SIZE_MAX)
+        memcpy(b + qh_at, &qh, 4);
+}
+
+void qpk_q4_1_pack(uint8_t *b, const int32_t *q) { pack_32(b, q, 0, offsetof(qpk_block_q4_1, qs), SIZE_MAX); }
+void qpk_q5_0_pack(uint8_t *b, const int32_t *q)
+{
+    pack_32(b, q, 16, offsetof(qpk_block_q5_0, qs), offsetof(qpk_block_q5_0, qh));
+}
+void qpk_q5_1_pack(uint8_t *b, const int32_t *q)
+{
+    pack_32(b, q, 0, offsetof(qpk_block_q5_1, qs), offsetof(qpk_block_q5_1, qh));
+}
+
+void qpk_ggml_pack_codes(uint32_t type, uint8_t *b, const int32_t *q) { QPK_QUANT_TRAITS[type].pack(b, q); }

@@ -10,7 +10,7 @@
 #include <immintrin.h>
 #include <math.h>
 
-#include "grid.h"
+#include "traits.h"
 #include "kernels.h"
 
 static inline float hsum(__m256 v)
@@ -78,7 +78,7 @@ typedef struct w32 {
 static inline __attribute__((always_inline)) w32 dequant32(uint32_t type, const uint8_t *p, __m256 d, __m256 zero)
 {
     w32 w;
-    if (QPK_TYPE_TABLE[type].bits == 8 && QPK_GRIDS[type].qmin < 0) { /* signed codes */
+    if (QPK_TYPE_TABLE[type].bits == 8 && QPK_QUANT_TRAITS[type].grid.qmin < 0) { /* signed codes */
 #define Q8(off) _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p + off)))))
         w.a = Q8(0), w.b = Q8(8), w.c = Q8(16), w.d = Q8(24);
 #undef Q8
@@ -103,7 +103,7 @@ static inline __attribute__((always_inline)) w32 dequant32(uint32_t type, const 
 /* What a block's stored codes are offset by: its zero point, or the type's bias. */
 static inline float block_zero_f(uint32_t type, const uint8_t *b)
 {
-    const qpk_grid *g = &QPK_GRIDS[type];
+    const qpk_grid *g = &QPK_QUANT_TRAITS[type].grid;
     return g->rule == QPK_RULE_ZERO_POINT ? (float)qpk_grid_zero(g, b) : (float)g->bias;
 }
 
@@ -253,11 +253,16 @@ BLOCK_ROWS(INT8Z)
  * reference into scratch, then dotted as an f32 row (the scalar table's summation order).
  */
 
+/* The f16 scales of a Q4_K or Q6_K block. */
+static inline float q4_k_d(const uint8_t *b) { return qpk_f16_to_f32(qpk_le16(b + offsetof(qpk_block_q4_k, d))); }
+static inline float q4_k_dmin(const uint8_t *b) { return qpk_f16_to_f32(qpk_le16(b + offsetof(qpk_block_q4_k, dmin))); }
+static inline float q6_k_d(const uint8_t *b) { return qpk_f16_to_f32(qpk_le16(b + offsetof(qpk_block_q6_k, d))); }
+
 /* The 32 weights of Q4_K sub-block j (0..7) of block b, as four vectors of 8 in order. */
 static inline __attribute__((always_inline)) void q4_k_weights(const uint8_t *b, float d, float dmin, int j,
                                                                __m256 wv[4])
 {
-    const uint8_t *sc = b + 4, *q = b + 16 + 32 * (j / 2);
+    const uint8_t *sc = b + offsetof(qpk_block_q4_k, scales), *q = b + offsetof(qpk_block_q4_k, qs) + 32 * (j / 2);
     const int sj = j < 4 ? sc[j] & 63 : (sc[j + 4] & 15) | (sc[j - 4] >> 6) << 4;
     const int mj = j < 4 ? sc[j + 4] & 63 : (sc[j + 4] >> 4) | (sc[j] >> 6) << 4;
     const __m256 dl = _mm256_set1_ps(d * (float)sj), ml = _mm256_set1_ps(dmin * (float)mj);
@@ -290,8 +295,8 @@ static inline __attribute__((always_inline)) void q6_k_weights(const uint8_t *ql
 
 static void q4_k_row(const uint8_t *b, int64_t n, float *y)
 {
-    for (int64_t i = 0; i < n; i += 256, b += 144) {
-        const float d = qpk_f16_to_f32((uint16_t)(b[0] | b[1] << 8)), dmin = qpk_f16_to_f32((uint16_t)(b[2] | b[3] << 8));
+    for (int64_t i = 0; i < n; i += 256, b += sizeof(qpk_block_q4_k)) {
+        const float d = q4_k_d(b), dmin = q4_k_dmin(b);
         for (int j = 0; j < 8; j++, y += 32) {
             __m256 wv[4];
             q4_k_weights(b, d, dmin, j, wv);
@@ -303,10 +308,10 @@ static void q4_k_row(const uint8_t *b, int64_t n, float *y)
 
 static void q6_k_row(const uint8_t *b, int64_t n, float *y)
 {
-    for (int64_t i = 0; i < n; i += 256, b += 210) {
-        const float d = qpk_f16_to_f32((uint16_t)(b[208] | b[209] << 8));
-        const int8_t *sc = (const int8_t *)(b + 192);
-        const uint8_t *ql = b, *qh = b + 128;
+    for (int64_t i = 0; i < n; i += 256, b += sizeof(qpk_block_q6_k)) {
+        const float d = q6_k_d(b);
+        const int8_t *sc = (const int8_t *)(b + offsetof(qpk_block_q6_k, scales));
+        const uint8_t *ql = b + offsetof(qpk_block_q6_k, ql), *qh = b + offsetof(qpk_block_q6_k, qh);
         for (int h = 0; h < 2; h++, ql += 64, qh += 32, sc += 8, y += 128)
             for (int l = 0; l < 32; l += 8) {
                 __m256 wv[4];
@@ -328,8 +333,8 @@ static float dot_q4_k(const qpk_matrix *w, int64_t r, const float *x, float *scr
     (void)scratch;
     const uint8_t *b = qpk_row_ptr(w, r);
     __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int64_t i = 0; i < w->cols; i += 256, b += 144) {
-        const float d = qpk_f16_to_f32((uint16_t)(b[0] | b[1] << 8)), dmin = qpk_f16_to_f32((uint16_t)(b[2] | b[3] << 8));
+    for (int64_t i = 0; i < w->cols; i += 256, b += sizeof(qpk_block_q4_k)) {
+        const float d = q4_k_d(b), dmin = q4_k_dmin(b);
         for (int j = 0; j < 8; j++) {
             __m256 wv[4];
             q4_k_weights(b, d, dmin, j, wv);
@@ -345,10 +350,10 @@ static float dot_q6_k(const qpk_matrix *w, int64_t r, const float *x, float *scr
     (void)scratch;
     const uint8_t *b = qpk_row_ptr(w, r);
     __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int64_t i = 0; i < w->cols; i += 256, b += 210) {
-        const float d = qpk_f16_to_f32((uint16_t)(b[208] | b[209] << 8));
-        const int8_t *sc = (const int8_t *)(b + 192);
-        const uint8_t *ql = b, *qh = b + 128;
+    for (int64_t i = 0; i < w->cols; i += 256, b += sizeof(qpk_block_q6_k)) {
+        const float d = q6_k_d(b);
+        const int8_t *sc = (const int8_t *)(b + offsetof(qpk_block_q6_k, scales));
+        const uint8_t *ql = b + offsetof(qpk_block_q6_k, ql), *qh = b + offsetof(qpk_block_q6_k, qh);
         for (int h = 0; h < 2; h++, ql += 64, qh += 32, sc += 8)
             for (int l = 0; l < 32; l += 8) { /* chain l / 8, positions l, l+32, l+64, l+96 in order */
                 __m256 wv[4];
@@ -602,7 +607,7 @@ static inline __attribute__((always_inline)) __m256i codes8(const float *x, __m2
 static inline __attribute__((always_inline)) qpk_status quantize_row_t(uint32_t type, uint32_t group, const float *x,
                                                                        int64_t n, uint8_t *o, qpk_err *e)
 {
-    const qpk_grid *gr = &QPK_GRIDS[type];
+    const qpk_grid *gr = &QPK_QUANT_TRAITS[type].grid;
     const size_t bb = qpk_type_block_bytes(type, group);
     const bool zp = gr->rule == QPK_RULE_ZERO_POINT;
     const __m256 qmin = _mm256_set1_ps((float)gr->qmin), qmax = _mm256_set1_ps((float)gr->qmax);

@@ -5,7 +5,7 @@
 #include <math.h>
 
 #include "ggml_blocks.h"
-#include "grid.h"
+#include "traits.h"
 #include "qpk/quant.h"
 
 static inline void put16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
@@ -25,7 +25,10 @@ static uint16_t f16_round_up(float x)
     return h;
 }
 
-static const qpk_grid *grid_of(uint32_t type) { return type < QPK_TYPE_COUNT_ && QPK_GRIDS[type].rule ? &QPK_GRIDS[type] : NULL; }
+static const qpk_grid *grid_of(uint32_t type)
+{
+    return type < QPK_TYPE_COUNT_ && QPK_QUANT_TRAITS[type].grid.rule ? &QPK_QUANT_TRAITS[type].grid : NULL;
+}
 
 bool qpk_type_has_grid(uint32_t type) { return grid_of(type) != NULL; }
 

@@ -663,8 +663,15 @@ static void test_quantized(void)
     qpk_close(f);
     qpk_checkpoint_close(ck);
 
-    /* Groups that do not divide a row: refused, naming the tensor; nothing written. */
+    /* A type --quant does not take (int8z: imported GPTQ's), refused with the list of those it does. */
     unlink(out);
+    o.quant = QPK_TYPE_INT8Z;
+    CHECK_ERR(tu_convert(dir, out, &o, &e), QPK_E_INVALID_ARG, e,
+              "int8z is not a type qpk quantizes to: int8, int4, int4s, q4_1, q5_0, q5_1, q4_k, q5_k or q6_k");
+    CHECK(!exists(out));
+    o.quant = QPK_TYPE_INT4;
+
+    /* Groups that do not divide a row: refused, naming the tensor; nothing written. */
     o.n_rules = 0, o.group = 128;
     CHECK_ERR(tu_convert(dir, out, &o, &e), QPK_E_INVALID_ARG, e,
               "tensor 'model.embed_tokens.weight': rows of 64 are not a whole number of groups of 128");

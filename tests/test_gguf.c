@@ -1102,10 +1102,67 @@ static void test_qwen2_checks(void)
     printf("%zu qwen2 GGUF checks\n", sizeof D / sizeof *D);
 }
 
+/*
+ * The ggml types as the reader knows them, written out here from ggml-common.h and
+ * llama.h (the library derives them from its type rows): names, block sizes and bytes,
+ * the qpk type and group that reads each as it is, and general.file_type per qpk type.
+ */
+static void test_ggml_types(void)
+{
+    static const struct {
+        uint32_t id;
+        const char *name;
+        uint32_t block, bytes;
+        int32_t qpk, group; /* -1: no qpk type reads it */
+    } G[] = {
+        {0, "F32", 1, 4, QPK_TYPE_F32, 0},           {1, "F16", 1, 2, QPK_TYPE_F16, 0},
+        {2, "Q4_0", 32, 18, QPK_TYPE_INT4S, 32},     {3, "Q4_1", 32, 20, QPK_TYPE_Q4_1, 32},
+        {6, "Q5_0", 32, 22, QPK_TYPE_Q5_0, 32},      {7, "Q5_1", 32, 24, QPK_TYPE_Q5_1, 32},
+        {8, "Q8_0", 32, 34, QPK_TYPE_INT8, 32},      {9, "Q8_1", 32, 36, -1, -1},
+        {10, "Q2_K", 256, 84, QPK_TYPE_Q2_K, 256},   {11, "Q3_K", 256, 110, QPK_TYPE_Q3_K, 256},
+        {12, "Q4_K", 256, 144, QPK_TYPE_Q4_K, 256},  {13, "Q5_K", 256, 176, QPK_TYPE_Q5_K, 256},
+        {14, "Q6_K", 256, 210, QPK_TYPE_Q6_K, 256},  {15, "Q8_K", 256, 292, -1, -1},
+        {24, "I8", 1, 1, -1, -1},                    {25, "I16", 1, 2, -1, -1},
+        {26, "I32", 1, 4, -1, -1},                   {27, "I64", 1, 8, -1, -1},
+        {28, "F64", 1, 8, -1, -1},                   {30, "BF16", 1, 2, QPK_TYPE_BF16, 0},
+    };
+    size_t k = 0;
+    for (uint32_t id = 0; id < 64; id++) {
+        const bool known = k < sizeof G / sizeof *G && G[k].id == id;
+        const char *name = qpk_ggml_type_name(id);
+        uint32_t type = 99, group = 99;
+        const bool reads = qpk_type_of_ggml(id, &type, &group);
+        uint64_t ne[2] = {known ? 3 * G[k].block : 256, 2}, n = 0;
+        qpk_err e = {0};
+        const qpk_status s = qpk_ggml_nbytes(id, 2, ne, &n, &e);
+        if (!known) {
+            CHECKF(!name && !reads && s == QPK_E_UNSUPPORTED, "ggml type %u", id);
+            continue;
+        }
+        CHECKF(name && !strcmp(name, G[k].name), "ggml type %u is %s", id, name ? name : "NULL");
+        CHECKF(s == QPK_OK && n == 2 * 3 * (uint64_t)G[k].bytes, "ggml type %u: %llu bytes", id, (unsigned long long)n);
+        CHECKF(reads == (G[k].qpk >= 0) && (!reads || (type == (uint32_t)G[k].qpk && group == (uint32_t)G[k].group)),
+               "ggml type %u read as %u/%u", id, type, group);
+        k++;
+    }
+    CHECK(k == sizeof G / sizeof *G);
+    /* llama.cpp's LLAMA_FTYPE of a file mostly of each type (Q3_K, Q4_K, Q5_K: their _M mixes). */
+    static const uint32_t FTYPE[QPK_TYPE_COUNT_] = {
+        [QPK_TYPE_F16] = 1,   [QPK_TYPE_BF16] = 32, [QPK_TYPE_INT8] = 7,  [QPK_TYPE_INT4] = 3,  [QPK_TYPE_INT4S] = 2,
+        [QPK_TYPE_INT8Z] = 7, [QPK_TYPE_Q4_1] = 3,  [QPK_TYPE_Q5_0] = 8,  [QPK_TYPE_Q5_1] = 9,  [QPK_TYPE_Q2_K] = 10,
+        [QPK_TYPE_Q3_K] = 12, [QPK_TYPE_Q4_K] = 15, [QPK_TYPE_Q5_K] = 17, [QPK_TYPE_Q6_K] = 18,
+    };
+    for (uint32_t t = 0; t < QPK_TYPE_COUNT_; t++)
+        if (qpk_type_info_of(t))
+            CHECKF(qpk_type_info_of(t)->file_type == FTYPE[t], "%s: file type %u", qpk_type_name(t),
+                   qpk_type_info_of(t)->file_type);
+}
+
 int main(void)
 {
     if (!mkdtemp(g_root))
         return 1;
+    test_ggml_types();
     test_malformed();
     test_qwen2_checks();
     const char *fix = fixtures_dir();

@@ -195,6 +195,8 @@ static void test_rtn_errors(void)
     x[40] = 1e7f; /* 1e7 / 127 is past 65504 */
     CHECK_ERR(qpk_quantize_row(QPK_TYPE_INT8, 32, x, 64, out, &e), QPK_E_VALUE, e, "past the f16 range");
     CHECK_ERR(qpk_quantize_row(QPK_TYPE_INT8, 32, x, 48, out, &e), QPK_E_INVALID_ARG, e, "not whole groups");
+    for (uint32_t t = 0; t < QPK_TYPE_COUNT_; t++) /* what --quant takes, qpk quantizes to */
+        CHECKF(!qpk_type_is_quant_target(t) || qpk_type_can_quantize(t), "%s", qpk_type_name(t));
 }
 
 /* Blocks worked out by hand from FORMAT.md, for x_i = i - 16, i = 0..31. */

@@ -306,8 +306,11 @@ int main(int argc, char **argv)
         } else if (!strcmp(a, "--quant")) {
             qpk_type t;
             model_opts = true;
-            if (!v || !qpk_type_from_name(v, &t) || !qpk_type_can_quantize(t))
-                return cli_usage_error(&c, "--quant takes int8, int4, int4s, q4_k, q5_k or q6_k");
+            if (!v || !qpk_type_from_name(v, &t) || !qpk_type_is_quant_target(t)) {
+                char types[128];
+                qpk_quant_type_list(types, sizeof types, ", ", " or ");
+                return cli_usage_error(&c, "--quant takes %s", types);
+            }
             o.quant = (int)t, i++;
         } else if (!strcmp(a, "--preset")) {
             model_opts = true;

@@ -108,8 +108,14 @@ typedef struct qpk_type_info {
     uint32_t bits;       /* block types: bits per code */
     uint32_t head_bytes; /* block types: bytes of a block besides its codes (before them, except in ggml's types) */
     uint32_t block;      /* weights per block when the type fixes it; 0: the tensor's group size */
-    int32_t ggml_type;   /* the GGUF type it exports to in blocks of 32, or -1 */
+    int32_t ggml_type;   /* the GGUF type it is written as (types with a group: in blocks of 32), or -1 */
     int32_t scale_at[2]; /* block types: byte offsets of the f16 scales in a block (-1: none) */
+    /* ggml's name for ggml_type when a GGUF tensor of that type is read as this type, its bytes
+     * as they are (at `block`, or in groups of 32); NULL when ggml_type is only what this type
+     * is written as (int4 as Q4_1, int8z as Q8_0), or none. */
+    const char *ggml_name;
+    uint32_t file_type; /* llama.cpp's LLAMA_FTYPE of a GGUF whose linears are mostly this type */
+    bool quant_target;  /* whether a conversion quantizes linears to it (--quant; qpk_quant_type_list) */
 } qpk_type_info;
 
 /* Group sizes of the types that take one are multiples of this (whole 16-byte halves of 4-bit codes). */
@@ -124,6 +130,15 @@ const char *qpk_type_name(uint32_t type);
 bool qpk_type_from_name(const char *name, qpk_type *out);
 /* True for the block (quantized) types, which need a group size. */
 bool qpk_type_is_quantized(uint32_t type);
+/* Whether a conversion's --quant may name this type (its row's quant_target). */
+bool qpk_type_is_quant_target(uint32_t type);
+/*
+ * The names of the types --quant takes, in id order, joined by sep, the last two by last
+ * (", " and " or ": "int8, int4, ... or q6_k"; " | " twice for a usage line). Written into
+ * buf as snprintf would (NUL-terminated when cap > 0, cut short when it does not fit);
+ * returns the length of the whole list.
+ */
+size_t qpk_quant_type_list(char *buf, size_t cap, const char *sep, const char *last);
 /*
  * The group rule, the one place it is written: plain types take group 0; block types
  * with a fixed block take exactly that block, the others a positive multiple of

@@ -1,0 +1,135 @@
+/*
+ * Block layouts as structs (FORMAT.md section 6): ggml's, after ggml-common.h's block_*
+ * structs, and the heads of qpk's group types, whose codes follow the head. Code names
+ * a field by offsetof and a block by sizeof instead of writing byte offsets; blocks sit
+ * at any byte of a mapped file, so fields are read and written through memcpy or byte
+ * by byte at those offsets, never through a pointer to the struct.
+ *
+ * 16-bit fields (f16 scales, int8z's zero point) are uint16_t and the rest arrays of
+ * bytes, so no field needs more than 2-byte alignment and every struct below is its
+ * fields end to end: each size is asserted to be that sum, which is also the size ggml
+ * gives the block.
+ */
+#ifndef QPK_BLOCKS_H
+#define QPK_BLOCKS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* The struct is n bytes: its fields with no padding between or after them. */
+#define QPK_BLOCK_SIZE(type, n) _Static_assert(sizeof(type) == (n), #type " must be " #n " bytes, without padding")
+/* Bytes of one field. */
+#define QPK_FIELD_SIZE(type, field) sizeof(((type *)0)->field)
+
+/* ------------------------------------------------------ ggml's block types */
+
+/* Q4_0 and Q8_0: what qpk's int4s and int8 blocks of 32 are byte for byte. */
+typedef struct qpk_block_q4_0 {
+    uint16_t d;
+    uint8_t qs[16];
+} qpk_block_q4_0;
+QPK_BLOCK_SIZE(qpk_block_q4_0, 2 + 16);
+
+typedef struct qpk_block_q8_0 {
+    uint16_t d;
+    uint8_t qs[32]; /* int8 codes */
+} qpk_block_q8_0;
+QPK_BLOCK_SIZE(qpk_block_q8_0, 2 + 32);
+
+typedef struct qpk_block_q4_1 {
+    uint16_t d, m;
+    uint8_t qs[16];
+} qpk_block_q4_1;
+QPK_BLOCK_SIZE(qpk_block_q4_1, 2 + 2 + 16);
+
+/* qh: ggml's uint8_t[4], bit j = bit 4 of weight j (a u32, read by memcpy). */
+typedef struct qpk_block_q5_0 {
+    uint16_t d;
+    uint8_t qh[4];
+    uint8_t qs[16];
+} qpk_block_q5_0;
+QPK_BLOCK_SIZE(qpk_block_q5_0, 2 + 4 + 16);
+
+typedef struct qpk_block_q5_1 {
+    uint16_t d, m;
+    uint8_t qh[4];
+    uint8_t qs[16];
+} qpk_block_q5_1;
+QPK_BLOCK_SIZE(qpk_block_q5_1, 2 + 2 + 4 + 16);
+
+typedef struct qpk_block_q2_k {
+    uint8_t scales[16]; /* low nibble scale, high nibble min */
+    uint8_t qs[64];
+    uint16_t d, dmin;
+} qpk_block_q2_k;
+QPK_BLOCK_SIZE(qpk_block_q2_k, 16 + 64 + 2 + 2);
+
+typedef struct qpk_block_q3_k {
+    uint8_t hmask[32];
+    uint8_t qs[64];
+    uint8_t scales[12]; /* 16 6-bit scales */
+    uint16_t d;
+} qpk_block_q3_k;
+QPK_BLOCK_SIZE(qpk_block_q3_k, 32 + 64 + 12 + 2);
+
+typedef struct qpk_block_q4_k {
+    uint16_t d, dmin;
+    uint8_t scales[12]; /* 8 6-bit scales and 8 6-bit mins */
+    uint8_t qs[128];
+} qpk_block_q4_k;
+QPK_BLOCK_SIZE(qpk_block_q4_k, 2 + 2 + 12 + 128);
+
+typedef struct qpk_block_q5_k {
+    uint16_t d, dmin;
+    uint8_t scales[12];
+    uint8_t qh[32];
+    uint8_t qs[128];
+} qpk_block_q5_k;
+QPK_BLOCK_SIZE(qpk_block_q5_k, 2 + 2 + 12 + 32 + 128);
+
+typedef struct qpk_block_q6_k {
+    uint8_t ql[128];
+    uint8_t qh[64];
+    int8_t scales[16];
+    uint16_t d;
+} qpk_block_q6_k;
+QPK_BLOCK_SIZE(qpk_block_q6_k, 128 + 64 + 16 + 2);
+
+/* ------------------------------------------- heads of qpk's group types */
+
+typedef struct qpk_head_int8 {
+    uint16_t d;
+} qpk_head_int8;
+QPK_BLOCK_SIZE(qpk_head_int8, 2);
+
+typedef struct qpk_head_int4s {
+    uint16_t d;
+} qpk_head_int4s;
+QPK_BLOCK_SIZE(qpk_head_int4s, 2);
+
+typedef struct qpk_head_int4 {
+    uint16_t d;
+    uint8_t z;
+    uint8_t zero; /* always 0: the codes start at offset 4, where Q4_1's do */
+} qpk_head_int4;
+QPK_BLOCK_SIZE(qpk_head_int4, 2 + 1 + 1);
+
+typedef struct qpk_head_int8z {
+    uint16_t d;
+    uint16_t z; /* up to 256: GPTQ's v1 zero of 0 reads back as 255 + 1 */
+} qpk_head_int8z;
+QPK_BLOCK_SIZE(qpk_head_int8z, 2 + 2);
+
+/* What GGUF export copies as it is: int8 and int4s blocks of 32 are Q8_0 and Q4_0, int4's codes sit where Q4_1's do. */
+_Static_assert(sizeof(qpk_head_int8) + 32 == sizeof(qpk_block_q8_0), "int8 at 32 is Q8_0");
+_Static_assert(sizeof(qpk_head_int4s) + 16 == sizeof(qpk_block_q4_0), "int4s at 32 is Q4_0");
+_Static_assert(sizeof(qpk_head_int4) == offsetof(qpk_block_q4_1, qs), "int4's codes where Q4_1's are");
+_Static_assert(offsetof(qpk_block_q4_0, qs) == offsetof(qpk_block_q8_0, qs), "Q4_0's and Q8_0's codes after d alone");
+
+/* A little-endian u16 at p, which may sit at any byte. */
+static inline uint16_t qpk_le16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] | p[1] << 8);
+}
+
+#endif

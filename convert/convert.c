@@ -978,6 +978,12 @@ static qpk_status run(job *j, qpk_sink *sink, qpk_convert_result *r, qpk_err *e)
     for (size_t i = 0; i < n; i++)
         j->n_requantized += j->requant[i];
     QPK_TRY(gather_files(j, e));
+    bool has_tokenizer = false;
+    for (size_t i = 0; i < j->n_files; i++)
+        has_tokenizer |= !strcmp(j->files[i].name, "tokenizer.json");
+    if (to == QPK_OUT_GGUF && !has_tokenizer)
+        return qpk_err_setf(e, QPK_E_MISMATCH, "GGUF carries the model's tokenizer, and %s %s no tokenizer.json",
+                            qpk_source_path(j->src), qpk_source_kind_of(j->src) == QPK_SOURCE_QPK ? "embeds" : "has");
     if (!(meta = build_metadata(j, &prov)))
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     if (o->requantize)

@@ -368,7 +368,7 @@ static void test_checkpoint_defects(void)
     }
     char *dir = make_dir("no-config");
     expect_convert(dir, QPK_E_IO, "has no config.json", NULL);
-    expect_convert("/nonexistent-qpk", QPK_E_IO, "is not a folder", NULL);
+    expect_convert("/nonexistent-qpk", QPK_E_IO, "cannot open", NULL);
     dir = make_dir("no-weights");
     write_config(dir, c, NULL);
     write_text(dir, "pytorch_model.bin", "x");

@@ -1025,10 +1025,10 @@ static qpk_status run(job *j, qpk_sink *sink, qpk_convert_result *r, qpk_err *e)
     }
     free(recipe);
     cJSON_Delete(meta);
-    if (s == QPK_OK)
+    if (s == QPK_OK) {
+        j->sink = NULL; /* finish consumes it, whatever the outcome */
         s = qpk_sink_finish(sink, text, strlen(text), e);
-    else
-        qpk_sink_discard(sink);
+    }
     free(text);
     return s;
 }
@@ -1043,7 +1043,8 @@ qpk_status qpk_convert(qpk_source *src, const qpk_convert_opts *o, qpk_sink *sin
     }
     job j = {.o = o, .src = src, .cfg = qpk_source_config(src), .ck = qpk_source_checkpoint(src),
              .sink = sink, .kernels = qpk_kernels_best()};
-    qpk_status s = run(&j, sink, r, e); /* consumes the sink */
+    qpk_status s = run(&j, sink, r, e);
+    qpk_sink_discard(j.sink); /* what run did not finish leaves nothing behind */
     if (r) {
         r->n_requantized = j.n_requantized;
         r->tensors_bytes = j.written;

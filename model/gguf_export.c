@@ -338,7 +338,7 @@ static qpk_status to_ggml(qpk_gguf_export *x, const planned *t, const uint8_t *i
                 if (q < -128 || q > 127)
                     return qpk_err_setf(e, QPK_E_UNSUPPORTED, "tensor '%s': a code minus its zero point is %d, "
                                         "outside Q8_0's int8: no GGUF type holds this 8-bit block as it is "
-                                        "(--requantize requantizes such linears to Q8_0 and reports what it costs)",
+                                        "(requantizing it to Q8_0 makes it fit, at a cost the converter measures)",
                                         t->name, q);
                 out[offsetof(qpk_block_q8_0, qs) + (size_t)i] = (uint8_t)(int8_t)q;
             }

@@ -308,14 +308,14 @@ static void test_gguf_exact(void)
         qpk_gguf_close(g), qpk_st_close(exp);
         unlink(out);
     }
-    /* Act-order: refused, naming --requantize; nothing written. */
+    /* Act-order: refused, saying requantizing makes it fit; nothing written. */
     char fixture[4096], out[4096];
     snprintf(fixture, sizeof fixture, "%s/qwen-tiny-a-gptq-int4-actorder", FX);
     snprintf(out, sizeof out, "%s/actorder.gguf", TMP);
     qpk_convert_opts o = {.to = QPK_OUT_GGUF, .dtype = -1};
     qpk_err e = {0};
     CHECK_ERR(tu_convert(fixture, out, &o, &e), QPK_E_UNSUPPORTED, e, "is act-order");
-    CHECK(strstr(e.msg, "--requantize") && access(out, F_OK) != 0);
+    CHECK(strstr(e.msg, "requantizing") && access(out, F_OK) != 0);
 }
 
 /* ---------------------------------------------------------- calibrated export */
@@ -604,7 +604,7 @@ static void test_zero_points(void)
     CHECK(make_variant(&far, dir));
     CHECKF(tu_convert(dir, qpk, &o, &e) == QPK_OK, "%s", e.msg);
     CHECK_ERR(tu_convert(dir, gguf, &g, &e), QPK_E_UNSUPPORTED, e, "outside Q8_0's int8");
-    CHECK(strstr(e.msg, "--requantize") && access(gguf, F_OK) != 0);
+    CHECK(strstr(e.msg, "requantizing") && access(gguf, F_OK) != 0);
     CHECKF(tu_requantize_for_gguf(qpk, rq, &o, &n, &e) == QPK_OK && n == 1, "%s (%d requantized)", e.msg, n);
     CHECKF(tu_export_gguf(rq, gguf, &o, &e) == QPK_OK, "%s", e.msg);
     rm_rf(dir), unlink(qpk), unlink(rq), unlink(gguf);

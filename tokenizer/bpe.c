@@ -15,7 +15,7 @@
  * other 68, in byte order, take U+0100 onwards (0x00..0x20 -> U+0100..U+0120,
  * 0x7F..0xA0 -> U+0121..U+0142, 0xAD -> U+0143).
  */
-uint32_t tok_byte_char(uint8_t b)
+uint32_t qpk_tok_byte_char(uint8_t b)
 {
     if (b <= 0x20)
         return 0x100u + b;
@@ -26,7 +26,7 @@ uint32_t tok_byte_char(uint8_t b)
     return b;
 }
 
-int tok_char_byte(uint32_t cp)
+int qpk_tok_char_byte(uint32_t cp)
 {
     if ((cp >= 0x21 && cp <= 0x7E) || (cp >= 0xA1 && cp <= 0xFF && cp != 0xAD))
         return (int)cp;
@@ -41,7 +41,7 @@ int tok_char_byte(uint32_t cp)
 
 /* ---------------------------------------------------------------- hash maps */
 
-uint64_t tok_hash(const void *p, size_t n)
+uint64_t qpk_tok_hash(const void *p, size_t n)
 {
     const unsigned char *s = p;
     uint64_t h = 0x9E3779B97F4A7C15ull ^ (n * 0xFF51AFD7ED558CCDull);
@@ -59,11 +59,11 @@ uint64_t tok_hash(const void *p, size_t n)
 }
 
 /* Slots hold the hash's high half as a tag, so probing rarely touches the strings. */
-int32_t tok_map_find(const qpk_tokenizer *t, const char *s, size_t n)
+int32_t qpk_tok_map_find(const qpk_tokenizer *t, const char *s, size_t n)
 {
     if (!t->map)
         return -1;
-    uint64_t h = tok_hash(s, n), tag = h >> 32 << 32;
+    uint64_t h = qpk_tok_hash(s, n), tag = h >> 32 << 32;
     for (uint32_t i = (uint32_t)h & t->map_mask;; i = (i + 1) & t->map_mask) {
         uint64_t v = t->map[i];
         if (v == 0)
@@ -76,11 +76,11 @@ int32_t tok_map_find(const qpk_tokenizer *t, const char *s, size_t n)
     }
 }
 
-bool tok_map_insert(qpk_tokenizer *t, uint32_t id)
+bool qpk_tok_map_insert(qpk_tokenizer *t, uint32_t id)
 {
     const char *s = t->pool + t->str[id].off;
     size_t n = t->str[id].len;
-    uint64_t h = tok_hash(s, n), tag = h >> 32 << 32;
+    uint64_t h = qpk_tok_hash(s, n), tag = h >> 32 << 32;
     for (uint32_t i = (uint32_t)h & t->map_mask;; i = (i + 1) & t->map_mask) {
         uint64_t v = t->map[i];
         if (v == 0) {
@@ -94,7 +94,7 @@ bool tok_map_insert(qpk_tokenizer *t, uint32_t id)
     }
 }
 
-bool tok_pair_insert(qpk_tokenizer *t, uint32_t a, uint32_t b, uint32_t rank, uint32_t merged)
+bool qpk_tok_pair_insert(qpk_tokenizer *t, uint32_t a, uint32_t b, uint32_t rank, uint32_t merged)
 {
     uint64_t key = (uint64_t)a << 32 | b;
     for (uint32_t i = (uint32_t)((key * 0x9E3779B97F4A7C15ull) >> 32) & t->pair_mask;;
@@ -109,7 +109,7 @@ bool tok_pair_insert(qpk_tokenizer *t, uint32_t a, uint32_t b, uint32_t rank, ui
     }
 }
 
-bool tok_ids_push(tok_ids *a, int32_t id)
+bool qpk_tok_ids_push(tok_ids *a, int32_t id)
 {
     if (a->n == a->cap) {
         size_t c = a->cap ? 2 * a->cap : 1024;
@@ -148,7 +148,7 @@ struct bpe_cache {
     size_t used, keys_len, ids_len;
 };
 
-bpe_cache *tok_cache_new(void)
+bpe_cache *qpk_tok_cache_new(void)
 {
     bpe_cache *c = calloc(1, sizeof *c);
     if (c)
@@ -156,7 +156,7 @@ bpe_cache *tok_cache_new(void)
     return c;
 }
 
-void tok_cache_free(bpe_cache *c)
+void qpk_tok_cache_free(bpe_cache *c)
 {
     if (!c)
         return;
@@ -166,7 +166,7 @@ void tok_cache_free(bpe_cache *c)
     free(c);
 }
 
-void tok_cache_acquire(const qpk_tokenizer *t, tok_work *w)
+void qpk_tok_cache_acquire(const qpk_tokenizer *t, tok_work *w)
 {
     bpe_cache *c = t->cache;
     w->cache = NULL;
@@ -186,7 +186,7 @@ void tok_cache_acquire(const qpk_tokenizer *t, tok_work *w)
     w->cache = c;
 }
 
-void tok_cache_release(const qpk_tokenizer *t, tok_work *w)
+void qpk_tok_cache_release(const qpk_tokenizer *t, tok_work *w)
 {
     if (w->cache)
         atomic_flag_clear_explicit(&t->cache->busy, memory_order_release);
@@ -339,7 +339,7 @@ static bool merge_all(const qpk_tokenizer *t, tok_work *w, const unsigned char *
             return false;
     }
     for (int32_t i = 0; i >= 0; i = w->next[i]) /* symbol 0 never dies: it only absorbs */
-        if (!tok_ids_push(&w->out, (int32_t)w->sym[i]))
+        if (!qpk_tok_ids_push(&w->out, (int32_t)w->sym[i]))
             return false;
     return true;
 }
@@ -355,23 +355,23 @@ static int32_t whole_piece(const qpk_tokenizer *t, tok_work *w, const unsigned c
     }
     size_t k = 0;
     for (size_t i = 0; i < n; i++)
-        k += qpk_utf8_put(tok_byte_char(p[i]), w->bl + k);
-    int32_t id = tok_map_find(t, w->bl, k);
+        k += qpk_utf8_put(qpk_tok_byte_char(p[i]), w->bl + k);
+    int32_t id = qpk_tok_map_find(t, w->bl, k);
     return id >= 0 && (t->flags[id] & TOK_VOCAB) ? id : -1;
 }
 
-bool tok_bpe_piece(const qpk_tokenizer *t, tok_work *w, const unsigned char *p, size_t n)
+bool qpk_tok_bpe_piece(const qpk_tokenizer *t, tok_work *w, const unsigned char *p, size_t n)
 {
     if (n == 1)
-        return tok_ids_push(&w->out, (int32_t)t->byte_id[p[0]]);
+        return qpk_tok_ids_push(&w->out, (int32_t)t->byte_id[p[0]]);
     uint64_t h = 0;
     bool cacheable = w->cache && n <= CACHE_MAX_PIECE;
     if (cacheable) {
-        h = tok_hash(p, n);
+        h = qpk_tok_hash(p, n);
         const cache_slot *s = cache_find(w->cache, p, n, h);
         if (s) {
             for (uint32_t i = 0; i < s->n_ids; i++)
-                if (!tok_ids_push(&w->out, w->cache->ids[s->ids + i]))
+                if (!qpk_tok_ids_push(&w->out, w->cache->ids[s->ids + i]))
                     return false;
             return true;
         }
@@ -382,7 +382,7 @@ bool tok_bpe_piece(const qpk_tokenizer *t, tok_work *w, const unsigned char *p, 
         if (id == -2)
             return false;
         if (id >= 0) {
-            if (!tok_ids_push(&w->out, id))
+            if (!qpk_tok_ids_push(&w->out, id))
                 return false;
             if (cacheable)
                 cache_put(w->cache, p, n, h, w->out.v + first, 1);
@@ -396,7 +396,7 @@ bool tok_bpe_piece(const qpk_tokenizer *t, tok_work *w, const unsigned char *p, 
     return true;
 }
 
-void tok_work_free(tok_work *w)
+void qpk_tok_work_free(tok_work *w)
 {
     free(w->out.v);
     qpk_nfc_buf_free(&w->nfc);

@@ -67,16 +67,16 @@ struct qpk_tokenizer {
 };
 
 /* GPT-2's bytes_to_unicode: the code point standing for each byte. */
-uint32_t tok_byte_char(uint8_t b);
+uint32_t qpk_tok_byte_char(uint8_t b);
 /* Inverse: the byte a code point stands for, or -1. */
-int tok_char_byte(uint32_t cp);
+int qpk_tok_char_byte(uint32_t cp);
 
-uint64_t tok_hash(const void *p, size_t n);
+uint64_t qpk_tok_hash(const void *p, size_t n);
 
 /* String map over t->pool. find returns the id or -1. */
-int32_t tok_map_find(const qpk_tokenizer *t, const char *s, size_t n);
+int32_t qpk_tok_map_find(const qpk_tokenizer *t, const char *s, size_t n);
 /* Inserts id (whose string is already in the pool); false if the string is there already. */
-bool tok_map_insert(qpk_tokenizer *t, uint32_t id);
+bool qpk_tok_map_insert(qpk_tokenizer *t, uint32_t id);
 
 /* The merge of (a, b), or NULL. */
 static inline const pair_slot *tok_pair_find(const qpk_tokenizer *t, uint32_t a, uint32_t b)
@@ -92,14 +92,14 @@ static inline const pair_slot *tok_pair_find(const qpk_tokenizer *t, uint32_t a,
     }
 }
 /* Inserts a merge; false if the pair is already there. */
-bool tok_pair_insert(qpk_tokenizer *t, uint32_t a, uint32_t b, uint32_t rank, uint32_t merged);
+bool qpk_tok_pair_insert(qpk_tokenizer *t, uint32_t a, uint32_t b, uint32_t rank, uint32_t merged);
 
 /* Growable id array. */
 typedef struct tok_ids {
     int32_t *v;
     size_t n, cap;
 } tok_ids;
-bool tok_ids_push(tok_ids *a, int32_t id);
+bool qpk_tok_ids_push(tok_ids *a, int32_t id);
 
 /* Working memory of one encode call. */
 typedef struct tok_work {
@@ -118,14 +118,14 @@ typedef struct tok_work {
 } tok_work;
 
 /* Appends the BPE ids of one pre-tokenized piece (raw bytes). false on out-of-memory. */
-bool tok_bpe_piece(const qpk_tokenizer *t, tok_work *w, const unsigned char *p, size_t n);
+bool qpk_tok_bpe_piece(const qpk_tokenizer *t, tok_work *w, const unsigned char *p, size_t n);
 
 /* Takes the shared piece cache if no other call holds it (allocating it on first use). */
-void tok_cache_acquire(const qpk_tokenizer *t, tok_work *w);
-void tok_cache_release(const qpk_tokenizer *t, tok_work *w);
-void tok_cache_free(bpe_cache *c);
-bpe_cache *tok_cache_new(void);
+void qpk_tok_cache_acquire(const qpk_tokenizer *t, tok_work *w);
+void qpk_tok_cache_release(const qpk_tokenizer *t, tok_work *w);
+void qpk_tok_cache_free(bpe_cache *c);
+bpe_cache *qpk_tok_cache_new(void);
 
-void tok_work_free(tok_work *w);
+void qpk_tok_work_free(tok_work *w);
 
 #endif

@@ -581,7 +581,7 @@ static qpk_status fill_vocab(qpk_tokenizer *t, const ventry *v, uint32_t n, qpk_
         t->str[id].off = v[i].off;
         t->str[id].len = v[i].len;
         t->flags[id] = TOK_VOCAB;
-        if (!tok_map_insert(t, id))
+        if (!qpk_tok_map_insert(t, id))
             return qpk_err_setf(e, QPK_E_CORRUPT, "vocab: token '%s' appears twice",
                                 show(t->pool + v[i].off, v[i].len, b1));
     }
@@ -589,8 +589,8 @@ static qpk_status fill_vocab(qpk_tokenizer *t, const ventry *v, uint32_t n, qpk_
     /* Every byte must have its symbol: tokenizers would silently drop a missing one. */
     for (int byte = 0; byte < 256; byte++) {
         char s[4];
-        size_t len = qpk_utf8_put(tok_byte_char((uint8_t)byte), s);
-        int32_t id = tok_map_find(t, s, len);
+        size_t len = qpk_utf8_put(qpk_tok_byte_char((uint8_t)byte), s);
+        int32_t id = qpk_tok_map_find(t, s, len);
         if (id < 0)
             return qpk_err_setf(e, QPK_E_UNSUPPORTED,
                                 "the vocabulary lacks the byte-level symbol '%.*s' of byte 0x%02X "
@@ -603,7 +603,7 @@ static qpk_status fill_vocab(qpk_tokenizer *t, const ventry *v, uint32_t n, qpk_
 
 static int32_t vocab_id(const qpk_tokenizer *t, const char *s, size_t n)
 {
-    int32_t id = tok_map_find(t, s, n);
+    int32_t id = qpk_tok_map_find(t, s, n);
     return id >= 0 && (t->flags[id] & TOK_VOCAB) ? id : -1;
 }
 
@@ -716,7 +716,7 @@ static qpk_status read_merges(qpk_tokenizer *t, const char *json, const spans *s
         t->pair_mask = (uint32_t)slots - 1;
     }
     for (uint32_t i = 0; s == QPK_OK && i < n; i++) {
-        if (!tok_pair_insert(t, m[i][0], m[i][1], i, m[i][2])) {
+        if (!qpk_tok_pair_insert(t, m[i][0], m[i][1], i, m[i][2])) {
             s = qpk_err_setf(e, QPK_E_CORRUPT, "merges %u and %u are both ('%s', '%s')",
                              tok_pair_find(t, m[i][0], m[i][1])->rank, i,
                              show(t->pool + t->str[m[i][0]].off, t->str[m[i][0]].len, ba),
@@ -774,7 +774,7 @@ static qpk_status add_token(qpk_tokenizer *t, const added_tok *a, int64_t *max_a
     const char *content = a->content;
     size_t n = strlen(content);
     char b1[96], b2[96];
-    int32_t have = tok_map_find(t, content, n);
+    int32_t have = qpk_tok_map_find(t, content, n);
     if (have >= 0 && (t->flags[have] & TOK_ADDED))
         return qpk_err_setf(e, QPK_E_CORRUPT, "added token '%s' is listed twice",
                             show(content, n, b1));
@@ -797,7 +797,7 @@ static qpk_status add_token(qpk_tokenizer *t, const added_tok *a, int64_t *max_a
     if (have < 0) {
         t->str[id].off = pool_add(t, content, n);
         t->str[id].len = (uint32_t)n;
-        tok_map_insert(t, id);
+        qpk_tok_map_insert(t, id);
     }
     t->flags[id] |= TOK_ADDED | (a->special ? TOK_SPECIAL : 0);
     if ((int64_t)id > *max_added)
@@ -855,7 +855,7 @@ static qpk_status build(qpk_tokenizer *t, const char *json, const spans *sp, con
     QPK_TRY(check_pre_tokenizer(root, e));
     QPK_TRY(check_decoder(root, e));
     QPK_TRY(load_model(t, json, sp, root, e));
-    t->cache = tok_cache_new();
+    t->cache = qpk_tok_cache_new();
     if (!t->cache)
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     return QPK_OK;
@@ -904,6 +904,6 @@ void qpk_tokenizer_free(qpk_tokenizer *t)
     free(t->merges);
     free(t->pairs);
     free(t->trie);
-    tok_cache_free(t->cache);
+    qpk_tok_cache_free(t->cache);
     free(t);
 }

@@ -22,7 +22,7 @@ static qpk_status encode_text(const qpk_tokenizer *t, tok_work *w, const char *s
         return QPK_E_NOMEM;
     for (size_t pos = 0; pos < n;) {
         size_t end = qpk_pretok_next(s, n, pos);
-        if (!tok_bpe_piece(t, w, (const unsigned char *)s + pos, end - pos))
+        if (!qpk_tok_bpe_piece(t, w, (const unsigned char *)s + pos, end - pos))
             return QPK_E_NOMEM;
         pos = end;
     }
@@ -67,7 +67,7 @@ static qpk_status encode_impl(const qpk_tokenizer *t, const char *text, size_t l
         text = w->repaired;
     }
     const unsigned char *s = (const unsigned char *)text;
-    tok_cache_acquire(t, w);
+    qpk_tok_cache_acquire(t, w);
     qpk_status st = QPK_OK;
     size_t gap = 0, i = 0;
     while (i < len && st == QPK_OK) {
@@ -86,13 +86,13 @@ static qpk_status encode_impl(const qpk_tokenizer *t, const char *text, size_t l
             continue;
         }
         st = encode_text(t, w, text + gap, i - gap);
-        if (st == QPK_OK && !tok_ids_push(&w->out, id))
+        if (st == QPK_OK && !qpk_tok_ids_push(&w->out, id))
             st = QPK_E_NOMEM;
         gap = i = i + mlen;
     }
     if (st == QPK_OK)
         st = encode_text(t, w, text + gap, len - gap);
-    tok_cache_release(t, w);
+    qpk_tok_cache_release(t, w);
     if (st == QPK_E_NOMEM)
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory while encoding %zu bytes", len);
     return st;
@@ -115,7 +115,7 @@ qpk_status qpk_tokenizer_encode(const qpk_tokenizer *t, const char *text, size_t
                 s = qpk_err_setf(e, QPK_E_LIMIT, "buffer of %zu ids, %zu needed", cap, w.out.n);
         }
     }
-    tok_work_free(&w);
+    qpk_tok_work_free(&w);
     return s;
 }
 
@@ -133,7 +133,7 @@ qpk_status qpk_tokenizer_encode_alloc(const qpk_tokenizer *t, const char *text, 
         *ids = w.out.v; /* hand the array over (it may be larger than needed) */
         w.out.v = NULL;
     }
-    tok_work_free(&w);
+    qpk_tok_work_free(&w);
     return s;
 }
 
@@ -148,7 +148,7 @@ static size_t decode_token(const char *str, size_t n, char *out)
     size_t chars = 0;
     for (size_t i = 0; i < n; chars++) {
         size_t l;
-        if (tok_char_byte(qpk_utf8_get(s + i, &l)) < 0) {
+        if (qpk_tok_char_byte(qpk_utf8_get(s + i, &l)) < 0) {
             if (out)
                 memcpy(out, str, n);
             return n;
@@ -158,7 +158,7 @@ static size_t decode_token(const char *str, size_t n, char *out)
     if (out)
         for (size_t i = 0, k = 0; i < n; k++) {
             size_t l;
-            out[k] = (char)tok_char_byte(qpk_utf8_get(s + i, &l));
+            out[k] = (char)qpk_tok_char_byte(qpk_utf8_get(s + i, &l));
             i += l;
         }
     return chars;
@@ -255,7 +255,7 @@ int32_t qpk_tokenizer_find(const qpk_tokenizer *t, const char *s, size_t len)
 {
     if (!t || (!s && len))
         return -1;
-    return tok_map_find(t, s ? s : "", len);
+    return qpk_tok_map_find(t, s ? s : "", len);
 }
 
 const char *qpk_tokenizer_unicode_version(void)

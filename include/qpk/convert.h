@@ -29,9 +29,9 @@ typedef struct qpk_quant_rule {
 } qpk_quant_rule;
 
 /* Parses "pattern=type[/gN|/row]" (e.g. "down_proj=int8", "lm_head=f16", "mlp=int4/g32"). */
-qpk_status qpk_quant_rule_parse(const char *text, qpk_quant_rule *out, qpk_err *e);
+QPK_API qpk_status qpk_quant_rule_parse(const char *text, qpk_quant_rule *out, qpk_err *e);
 /* Whether rule r applies to the tensor called name. */
-bool qpk_quant_rule_matches(const qpk_quant_rule *r, const char *name);
+QPK_API bool qpk_quant_rule_matches(const qpk_quant_rule *r, const char *name);
 
 #define QPK_GROUP_ROW UINT32_MAX /* a group as long as the row */
 
@@ -49,10 +49,10 @@ typedef enum qpk_method {
     QPK_METHOD_IMATRIX,
     QPK_METHOD_AWQ_GPTQ
 } qpk_method;
-const char *qpk_method_name(qpk_method m); /* "rtn", "gptq", "awq", "imatrix", "awq+gptq" */
+QPK_API const char *qpk_method_name(qpk_method m); /* "rtn", "gptq", "awq", "imatrix", "awq+gptq" */
 /* Whether a method collects GPTQ's Hessians, and whether it searches AWQ's scales. */
-bool qpk_method_uses_gptq(qpk_method m);
-bool qpk_method_uses_awq(qpk_method m);
+QPK_API bool qpk_method_uses_gptq(qpk_method m);
+QPK_API bool qpk_method_uses_awq(qpk_method m);
 
 /*
  * llama-quantize's mixes (llama_tensor_get_type, for Qwen2): Q4_K_M and Q5_K_M (Q4_K/Q5_K,
@@ -61,8 +61,8 @@ bool qpk_method_uses_awq(qpk_method m);
  * fall back to Q5_0, Q5_1 and Q8_0 as llama.cpp's do.
  */
 typedef enum qpk_preset { QPK_PRESET_NONE = 0, QPK_PRESET_Q4_K_M, QPK_PRESET_Q5_K_M, QPK_PRESET_Q6_K, QPK_PRESET_Q8_0 } qpk_preset;
-const char *qpk_preset_name(qpk_preset p); /* "q4_k_m", ... */
-bool qpk_preset_from_name(const char *name, qpk_preset *out);
+QPK_API const char *qpk_preset_name(qpk_preset p); /* "q4_k_m", ... */
+QPK_API bool qpk_preset_from_name(const char *name, qpk_preset *out);
 
 #define QPK_CALIB_SAMPLES 64 /* calibration windows by default */
 #define QPK_CALIB_LEN 512    /* tokens per window by default */
@@ -92,7 +92,7 @@ typedef struct qpk_calib_params {
 } qpk_calib_params;
 
 /* The one place the calibration defaults are applied: p from o, each 0 in o taking its default. */
-void qpk_calib_resolve(const qpk_calib_opts *o, qpk_calib_params *p);
+QPK_API void qpk_calib_resolve(const qpk_calib_opts *o, qpk_calib_params *p);
 
 typedef struct qpk_convert_opts {
     qpk_output to;        /* .qpk, GGUF for llama.cpp (norms and biases then always f32), or a GPTQ or
@@ -135,7 +135,7 @@ typedef struct qpk_convert_result {
     size_t n_owned_;
     qpk_source *source_;     /* qpk_convert_path: the source it opened, when model reads it (private) */
 } qpk_convert_result;
-void qpk_convert_result_free(qpk_convert_result *r); /* NULL-safe; frees the model */
+QPK_API void qpk_convert_result_free(qpk_convert_result *r); /* NULL-safe; frees the model */
 
 /*
  * The one conversion: each tensor of src, in the canonical order, planned (kept as it
@@ -147,14 +147,14 @@ void qpk_convert_result_free(qpk_convert_result *r); /* NULL-safe; frees the mod
  * units of work (bytes of source tensors; calibration as its share of the work).
  * r may be NULL. The output does not depend on the thread count.
  */
-qpk_status qpk_convert(qpk_source *src, const qpk_convert_opts *opts, qpk_sink *sink, qpk_convert_result *r,
+QPK_API qpk_status qpk_convert(qpk_source *src, const qpk_convert_opts *opts, qpk_sink *sink, qpk_convert_result *r,
                        qpk_err *e);
 
 /*
  * The same from paths: opens `in` as a source, refuses an `out` that is one of its
  * files, creates the sink opts->to names at `out` and converts. r may be NULL.
  */
-qpk_status qpk_convert_path(const char *in, const char *out, const qpk_convert_opts *opts, qpk_convert_result *r,
+QPK_API qpk_status qpk_convert_path(const char *in, const char *out, const qpk_convert_opts *opts, qpk_convert_result *r,
                             qpk_err *e);
 
 #ifdef __cplusplus

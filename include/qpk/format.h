@@ -29,6 +29,16 @@ extern "C" {
 
 #define QPK_VERSION_STRING "0.1.0"
 
+/*
+ * What libqpk exports: every function declared with QPK_API, and nothing else (the
+ * library is built with hidden visibility). Declarations in a header's
+ * QPK_STATIC_LINKING_ONLY section are qpk's own machinery, reachable only by linking
+ * libqpk.a with that macro defined, and not stable.
+ */
+#ifndef QPK_API
+#define QPK_API __attribute__((visibility("default")))
+#endif
+
 /* ===================================================================== status == */
 
 /* Frozen once released: values are never renumbered, new ones are appended. */
@@ -54,14 +64,14 @@ typedef struct qpk_err {
 } qpk_err;
 
 /* Static text for a status code ("corrupt input", ...). Never NULL. */
-const char *qpk_strerror(qpk_status s);
+QPK_API const char *qpk_strerror(qpk_status s);
 
 /* Fills e (if not NULL) and returns s. Used by every qpk library to report. */
-qpk_status qpk_err_setf(qpk_err *e, qpk_status s, const char *fmt, ...)
+QPK_API qpk_status qpk_err_setf(qpk_err *e, qpk_status s, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 /* Prepends "context: " to an already-filled message (keeps the status). */
-qpk_status qpk_err_prefix(qpk_err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+QPK_API qpk_status qpk_err_prefix(qpk_err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* ====================================================================== types == */
 
@@ -123,35 +133,35 @@ typedef struct qpk_type_info {
 #define QPK_MAX_GROUP (1u << 20)
 
 /* The row of a type id, NULL for an id this build does not know. */
-const qpk_type_info *qpk_type_info_of(uint32_t type);
+QPK_API const qpk_type_info *qpk_type_info_of(uint32_t type);
 /* "f32", "f16", "bf16", ...; NULL for an id this build does not know. */
-const char *qpk_type_name(uint32_t type);
+QPK_API const char *qpk_type_name(uint32_t type);
 /* Parses a name as printed by qpk_type_name (case-insensitive). Returns false if unknown. */
-bool qpk_type_from_name(const char *name, qpk_type *out);
+QPK_API bool qpk_type_from_name(const char *name, qpk_type *out);
 /* True for the block (quantized) types, which need a group size. */
-bool qpk_type_is_quantized(uint32_t type);
+QPK_API bool qpk_type_is_quantized(uint32_t type);
 /* Whether a conversion's --quant may name this type (its row's quant_target). */
-bool qpk_type_is_quant_target(uint32_t type);
+QPK_API bool qpk_type_is_quant_target(uint32_t type);
 /*
  * The names of the types --quant takes, in id order, joined by sep, the last two by last
  * (", " and " or ": "int8, int4, ... or q6_k"; " | " twice for a usage line). Written into
  * buf as snprintf would (NUL-terminated when cap > 0, cut short when it does not fit);
  * returns the length of the whole list.
  */
-size_t qpk_quant_type_list(char *buf, size_t cap, const char *sep, const char *last);
+QPK_API size_t qpk_quant_type_list(char *buf, size_t cap, const char *sep, const char *last);
 /*
  * The group rule, the one place it is written: plain types take group 0; block types
  * with a fixed block take exactly that block, the others a positive multiple of
  * QPK_GROUP_QUANTUM up to QPK_MAX_GROUP; for block types, cols must be whole blocks
  * (cols = 0 asks about the group alone, before a row is known).
  */
-bool qpk_group_ok(uint32_t type, uint32_t group, int64_t cols);
+QPK_API bool qpk_group_ok(uint32_t type, uint32_t group, int64_t cols);
 /* Bytes of one block of `group` weights (its parameters and codes); 0 for plain types. */
-size_t qpk_type_block_bytes(uint32_t type, uint32_t group);
+QPK_API size_t qpk_type_block_bytes(uint32_t type, uint32_t group);
 /* The first of n blocks whose f16 scale (or min) is NaN or infinite, or n: such a block poisons every sum it enters. */
-uint64_t qpk_first_bad_scale(uint32_t type, uint32_t group, const void *blocks, uint64_t n);
+QPK_API uint64_t qpk_first_bad_scale(uint32_t type, uint32_t group, const void *blocks, uint64_t n);
 /* Bytes of one row of cols weights, or 0 when the type is unknown or the group breaks the rule. */
-size_t qpk_type_row_bytes(uint32_t type, uint32_t group, int64_t cols);
+QPK_API size_t qpk_type_row_bytes(uint32_t type, uint32_t group, int64_t cols);
 
 /*
  * Bytes a tensor of this type and shape occupies, with every multiplication
@@ -159,7 +169,7 @@ size_t qpk_type_row_bytes(uint32_t type, uint32_t group, int64_t cols);
  * dimension. ndim in 1..QPK_MAX_DIMS, dims >= 0.
  */
 #define QPK_MAX_DIMS 4
-qpk_status qpk_tensor_nbytes(uint32_t type, uint32_t group_size, int ndim, const int64_t *dims,
+QPK_API qpk_status qpk_tensor_nbytes(uint32_t type, uint32_t group_size, int ndim, const int64_t *dims,
                              uint64_t *out, qpk_err *e);
 
 /* ========================================================== model description == */
@@ -202,10 +212,10 @@ typedef struct qpk_config {
  * Rejects a model_type other than "qwen2" by name, a hidden_act other than silu,
  * rope_scaling, inconsistent head counts, and values past the limits above.
  */
-qpk_status qpk_config_parse(qpk_config *c, const char *json, size_t len, qpk_err *e);
+QPK_API qpk_status qpk_config_parse(qpk_config *c, const char *json, size_t len, qpk_err *e);
 
 /* Normalized JSON of c (HF key names, every field present). malloc'd; free() it. NULL on OOM. */
-char *qpk_config_to_json(const qpk_config *c);
+QPK_API char *qpk_config_to_json(const qpk_config *c);
 
 /* The tensors of a Qwen2 model, each a role, with per-layer roles repeated per layer. */
 typedef enum qpk_role {
@@ -231,23 +241,23 @@ typedef enum qpk_role {
 
 /* The roles of one decoder layer, in the order qpk files store them and the forward pass reads them. */
 #define QPK_LAYER_ROLES 12
-qpk_role qpk_layer_role(int i); /* 0 <= i < QPK_LAYER_ROLES */
+QPK_API qpk_role qpk_layer_role(int i); /* 0 <= i < QPK_LAYER_ROLES */
 
 /* True for roles that exist once per layer. */
-bool qpk_role_is_per_layer(qpk_role r);
+QPK_API bool qpk_role_is_per_layer(qpk_role r);
 /* True for the 2-D weights that multiply activations (q,k,v,o,gate,up,down, embed, head). */
-bool qpk_role_is_matrix(qpk_role r);
+QPK_API bool qpk_role_is_matrix(qpk_role r);
 
 /*
  * The tensors a model with config c must have, in the canonical order qpk files
  * store them (embedding, then layer by layer in the order the forward pass reads
  * them, final norm, head). lm_head is listed only when untied.
  */
-size_t qpk_model_n_tensors(const qpk_config *c);
-void qpk_model_tensor_at(const qpk_config *c, size_t i, qpk_role *role, int *layer);
+QPK_API size_t qpk_model_n_tensors(const qpk_config *c);
+QPK_API void qpk_model_tensor_at(const qpk_config *c, size_t i, qpk_role *role, int *layer);
 
 /* The HF name of (role, layer), e.g. "model.layers.3.mlp.up_proj.weight". Returns its length. */
-int qpk_tensor_name(char *buf, size_t cap, qpk_role role, int layer);
+QPK_API int qpk_tensor_name(char *buf, size_t cap, qpk_role role, int layer);
 /*
  * The name of a linear's input permutation, e.g. "model.layers.3.mlp.up_proj.perm": in a
  * version 2 file, an i32 tensor [in] beside the weight. The runtime feeds the linear
@@ -255,11 +265,11 @@ int qpk_tensor_name(char *buf, size_t cap, qpk_role role, int layer);
  * act-order GPTQ checkpoint's groups are contiguous). Returns the length, 0 for a role
  * that is not a per-layer linear.
  */
-int qpk_perm_name(char *buf, size_t cap, qpk_role role, int layer);
+QPK_API int qpk_perm_name(char *buf, size_t cap, qpk_role role, int layer);
 /* Shape implied by the config. Returns ndim (1 or 2). */
-int qpk_role_shape(const qpk_config *c, qpk_role role, int64_t dims[2]);
+QPK_API int qpk_role_shape(const qpk_config *c, qpk_role role, int64_t dims[2]);
 /* Inverse of qpk_tensor_name. False if the name is not a Qwen2 tensor of a model with c's layer count. */
-bool qpk_tensor_role(const qpk_config *c, const char *name, qpk_role *role, int *layer);
+QPK_API bool qpk_tensor_role(const qpk_config *c, const char *name, qpk_role *role, int *layer);
 
 /* ================================================================ .qpk reader == */
 
@@ -290,43 +300,43 @@ typedef struct qpk_open_opts {
  * alignment and overlaps, names, types and group sizes, the metadata JSON and its
  * model config. opts may be NULL.
  */
-qpk_status qpk_open(qpk_file **out, const char *path, const qpk_open_opts *opts, qpk_err *e);
+QPK_API qpk_status qpk_open(qpk_file **out, const char *path, const qpk_open_opts *opts, qpk_err *e);
 /* Same validation over a caller-owned buffer (which must outlive the handle). */
-qpk_status qpk_open_memory(qpk_file **out, const void *buf, size_t size, const qpk_open_opts *opts,
+QPK_API qpk_status qpk_open_memory(qpk_file **out, const void *buf, size_t size, const qpk_open_opts *opts,
                            qpk_err *e);
-void qpk_close(qpk_file *f); /* NULL-safe */
+QPK_API void qpk_close(qpk_file *f); /* NULL-safe */
 /* Whether path is a readable file that starts with the .qpk magic (which says nothing of the rest). */
-bool qpk_is_qpk_file(const char *path);
+QPK_API bool qpk_is_qpk_file(const char *path);
 
-uint32_t qpk_file_version(const qpk_file *f);
-uint64_t qpk_file_size(const qpk_file *f);
-uint32_t qpk_file_alignment(const qpk_file *f);
-size_t qpk_n_tensors(const qpk_file *f);
-const qpk_tensor *qpk_tensor_at(const qpk_file *f, size_t i);
-const qpk_tensor *qpk_find_tensor(const qpk_file *f, const char *name); /* NULL if absent */
+QPK_API uint32_t qpk_file_version(const qpk_file *f);
+QPK_API uint64_t qpk_file_size(const qpk_file *f);
+QPK_API uint32_t qpk_file_alignment(const qpk_file *f);
+QPK_API size_t qpk_n_tensors(const qpk_file *f);
+QPK_API const qpk_tensor *qpk_tensor_at(const qpk_file *f, size_t i);
+QPK_API const qpk_tensor *qpk_find_tensor(const qpk_file *f, const char *name); /* NULL if absent */
 /* The metadata JSON (not NUL-terminated; *len bytes). */
-const char *qpk_metadata(const qpk_file *f, size_t *len);
+QPK_API const char *qpk_metadata(const qpk_file *f, size_t *len);
 /* The model description parsed from the metadata at open. */
-const qpk_config *qpk_file_config(const qpk_file *f);
+QPK_API const qpk_config *qpk_file_config(const qpk_file *f);
 
 /* Recomputes tensor i's XXH3 and compares it with the table; checks that its scales are finite. */
-qpk_status qpk_verify_tensor(const qpk_file *f, size_t i, qpk_err *e);
+QPK_API qpk_status qpk_verify_tensor(const qpk_file *f, size_t i, qpk_err *e);
 
 /*
  * Checks that the file holds exactly the tensors its config implies, each with
  * the implied shape (extra tensors are an error too). Quantized types allowed.
  */
-qpk_status qpk_check_model(const qpk_file *f, qpk_err *e);
+QPK_API qpk_status qpk_check_model(const qpk_file *f, qpk_err *e);
 
 /* Embedded files (tokenizer.json, ...): count, and name/size of each. */
-size_t qpk_n_blobs(const qpk_file *f);
-const char *qpk_blob_name(const qpk_file *f, size_t i, uint64_t *raw_size);
+QPK_API size_t qpk_n_blobs(const qpk_file *f);
+QPK_API const char *qpk_blob_name(const qpk_file *f, size_t i, uint64_t *raw_size);
 /*
  * Inflates blob `name` into buf (cap bytes). Query the size first with
  * qpk_blob_name or with buf = NULL (then *len gets the size and QPK_OK is returned).
  * Verifies the blob's XXH3. QPK_E_MISMATCH if there is no such blob.
  */
-qpk_status qpk_blob_read(const qpk_file *f, const char *name, void *buf, size_t cap, size_t *len,
+QPK_API qpk_status qpk_blob_read(const qpk_file *f, const char *name, void *buf, size_t cap, size_t *len,
                          qpk_err *e);
 
 /* ================================================================ .qpk writer == */
@@ -338,19 +348,19 @@ typedef struct qpk_writer qpk_writer;
  * (O_TMPFILE, or a hidden mkstemp file where the filesystem lacks it); path
  * itself appears only in qpk_writer_finish, complete and fsync'd, by rename.
  */
-qpk_status qpk_writer_create(qpk_writer **out, const char *path, qpk_err *e);
+QPK_API qpk_status qpk_writer_create(qpk_writer **out, const char *path, qpk_err *e);
 
 /* Begins a tensor: its bytes follow through qpk_writer_write, exactly nbytes of them. */
-qpk_status qpk_writer_begin_tensor(qpk_writer *w, const char *name, uint32_t type,
+QPK_API qpk_status qpk_writer_begin_tensor(qpk_writer *w, const char *name, uint32_t type,
                                    uint32_t group_size, int ndim, const int64_t *dims,
                                    qpk_err *e);
-qpk_status qpk_writer_write(qpk_writer *w, const void *data, size_t n, qpk_err *e);
-qpk_status qpk_writer_end_tensor(qpk_writer *w, qpk_err *e);
+QPK_API qpk_status qpk_writer_write(qpk_writer *w, const void *data, size_t n, qpk_err *e);
+QPK_API qpk_status qpk_writer_end_tensor(qpk_writer *w, qpk_err *e);
 /* The XXH3 of the tensor last ended (what its table entry will hold). */
-uint64_t qpk_writer_last_xxh3(const qpk_writer *w);
+QPK_API uint64_t qpk_writer_last_xxh3(const qpk_writer *w);
 
 /* Adds an embedded file (stored zlib-compressed). At most 64 blobs, names up to 255 bytes. */
-qpk_status qpk_writer_add_blob(qpk_writer *w, const char *name, const void *data, size_t n,
+QPK_API qpk_status qpk_writer_add_blob(qpk_writer *w, const char *name, const void *data, size_t n,
                                qpk_err *e);
 
 /*
@@ -358,10 +368,10 @@ qpk_status qpk_writer_add_blob(qpk_writer *w, const char *name, const void *data
  * fsyncs, renames into place and fsyncs the folder. Frees w whatever the outcome;
  * on failure nothing is left at path (an existing file there is untouched).
  */
-qpk_status qpk_writer_finish(qpk_writer *w, const char *meta_json, size_t meta_len, qpk_err *e);
+QPK_API qpk_status qpk_writer_finish(qpk_writer *w, const char *meta_json, size_t meta_len, qpk_err *e);
 
 /* Abandons the file: removes the temporary, frees w. NULL-safe. */
-void qpk_writer_discard(qpk_writer *w);
+QPK_API void qpk_writer_discard(qpk_writer *w);
 
 #ifdef __cplusplus
 }

@@ -39,38 +39,38 @@ enum {
  * Q8_0 = int8 and Q4_0 = int4s in groups of 32, Q4_1 .. Q6_K as qpk's types of the same
  * name. False for a ggml type qpk does not compute with.
  */
-bool qpk_type_of_ggml(uint32_t ggml_type, uint32_t *type, uint32_t *group);
+QPK_API bool qpk_type_of_ggml(uint32_t ggml_type, uint32_t *type, uint32_t *group);
 
 /* "F32", "Q4_0", ...; NULL for a type whose layout this build does not know. */
-const char *qpk_ggml_type_name(uint32_t type);
+QPK_API const char *qpk_ggml_type_name(uint32_t type);
 /* Bytes of a tensor of this type with ne[0] (contiguous) .. ne[n_dims-1], overflow-checked. */
-qpk_status qpk_ggml_nbytes(uint32_t type, int n_dims, const uint64_t *ne, uint64_t *out, qpk_err *e);
+QPK_API qpk_status qpk_ggml_nbytes(uint32_t type, int n_dims, const uint64_t *ne, uint64_t *out, qpk_err *e);
 
 /* ================================================================== writer == */
 
 typedef struct qpk_gguf_writer qpk_gguf_writer;
 
-qpk_status qpk_gguf_writer_create(qpk_gguf_writer **out, const char *path, qpk_err *e);
-void qpk_gguf_writer_discard(qpk_gguf_writer *w); /* nothing appears at the path; NULL-safe */
+QPK_API qpk_status qpk_gguf_writer_create(qpk_gguf_writer **out, const char *path, qpk_err *e);
+QPK_API void qpk_gguf_writer_discard(qpk_gguf_writer *w); /* nothing appears at the path; NULL-safe */
 
 /* Key-values, written in the order given (keys: ASCII, up to 65535 bytes). */
-qpk_status qpk_gguf_kv_string(qpk_gguf_writer *w, const char *key, const char *s, size_t len, qpk_err *e);
-qpk_status qpk_gguf_kv_u32(qpk_gguf_writer *w, const char *key, uint32_t v, qpk_err *e);
-qpk_status qpk_gguf_kv_u64(qpk_gguf_writer *w, const char *key, uint64_t v, qpk_err *e);
-qpk_status qpk_gguf_kv_f32(qpk_gguf_writer *w, const char *key, float v, qpk_err *e);
-qpk_status qpk_gguf_kv_bool(qpk_gguf_writer *w, const char *key, bool v, qpk_err *e);
-qpk_status qpk_gguf_kv_i32_array(qpk_gguf_writer *w, const char *key, const int32_t *v, uint64_t n, qpk_err *e);
+QPK_API qpk_status qpk_gguf_kv_string(qpk_gguf_writer *w, const char *key, const char *s, size_t len, qpk_err *e);
+QPK_API qpk_status qpk_gguf_kv_u32(qpk_gguf_writer *w, const char *key, uint32_t v, qpk_err *e);
+QPK_API qpk_status qpk_gguf_kv_u64(qpk_gguf_writer *w, const char *key, uint64_t v, qpk_err *e);
+QPK_API qpk_status qpk_gguf_kv_f32(qpk_gguf_writer *w, const char *key, float v, qpk_err *e);
+QPK_API qpk_status qpk_gguf_kv_bool(qpk_gguf_writer *w, const char *key, bool v, qpk_err *e);
+QPK_API qpk_status qpk_gguf_kv_i32_array(qpk_gguf_writer *w, const char *key, const int32_t *v, uint64_t n, qpk_err *e);
 /* An array of n strings, string i given by get(ud, i, &len). */
-qpk_status qpk_gguf_kv_string_array(qpk_gguf_writer *w, const char *key, uint64_t n,
+QPK_API qpk_status qpk_gguf_kv_string_array(qpk_gguf_writer *w, const char *key, uint64_t n,
                                     const char *(*get)(void *ud, uint64_t i, size_t *len), void *ud, qpk_err *e);
 
 /* Declares the next tensor (all are declared before any data). ne: contiguous dimension first. */
-qpk_status qpk_gguf_add_tensor(qpk_gguf_writer *w, const char *name, uint32_t type, int n_dims,
+QPK_API qpk_status qpk_gguf_add_tensor(qpk_gguf_writer *w, const char *name, uint32_t type, int n_dims,
                                const uint64_t *ne, qpk_err *e);
 /* The data of the declared tensors, in order, in pieces of any size. */
-qpk_status qpk_gguf_write(qpk_gguf_writer *w, const void *data, size_t n, qpk_err *e);
+QPK_API qpk_status qpk_gguf_write(qpk_gguf_writer *w, const void *data, size_t n, qpk_err *e);
 /* Checks every tensor got all its bytes, then commits (atomically). Frees w. */
-qpk_status qpk_gguf_finish(qpk_gguf_writer *w, qpk_err *e);
+QPK_API qpk_status qpk_gguf_finish(qpk_gguf_writer *w, qpk_err *e);
 
 /* ================================================================== reader == */
 
@@ -106,23 +106,23 @@ typedef struct qpk_gguf_tensor {
  * refused), the alignment, every tensor's name, dims, type, size, alignment, and
  * range inside the file, without overlaps.
  */
-qpk_status qpk_gguf_open(qpk_gguf **out, const char *path, qpk_err *e);
-qpk_status qpk_gguf_open_memory(qpk_gguf **out, const void *buf, size_t size, qpk_err *e);
-void qpk_gguf_close(qpk_gguf *g); /* NULL-safe */
+QPK_API qpk_status qpk_gguf_open(qpk_gguf **out, const char *path, qpk_err *e);
+QPK_API qpk_status qpk_gguf_open_memory(qpk_gguf **out, const void *buf, size_t size, qpk_err *e);
+QPK_API void qpk_gguf_close(qpk_gguf *g); /* NULL-safe */
 
-uint32_t qpk_gguf_version(const qpk_gguf *g);
-uint64_t qpk_gguf_file_size(const qpk_gguf *g);
-uint32_t qpk_gguf_alignment(const qpk_gguf *g);
-size_t qpk_gguf_n_kv(const qpk_gguf *g);
+QPK_API uint32_t qpk_gguf_version(const qpk_gguf *g);
+QPK_API uint64_t qpk_gguf_file_size(const qpk_gguf *g);
+QPK_API uint32_t qpk_gguf_alignment(const qpk_gguf *g);
+QPK_API size_t qpk_gguf_n_kv(const qpk_gguf *g);
 /* Key i (NUL-terminated copy) and its value. */
-const char *qpk_gguf_kv_at(const qpk_gguf *g, size_t i, qpk_gguf_value *v);
+QPK_API const char *qpk_gguf_kv_at(const qpk_gguf *g, size_t i, qpk_gguf_value *v);
 /* The value of key, or false if absent. */
-bool qpk_gguf_find(const qpk_gguf *g, const char *key, qpk_gguf_value *v);
+QPK_API bool qpk_gguf_find(const qpk_gguf *g, const char *key, qpk_gguf_value *v);
 /* Element i of a STRING array value. */
-const char *qpk_gguf_array_string(const qpk_gguf *g, const qpk_gguf_value *v, uint64_t i, uint64_t *len);
-size_t qpk_gguf_n_tensors(const qpk_gguf *g);
-const qpk_gguf_tensor *qpk_gguf_tensor_at(const qpk_gguf *g, size_t i);
-const qpk_gguf_tensor *qpk_gguf_find_tensor(const qpk_gguf *g, const char *name);
+QPK_API const char *qpk_gguf_array_string(const qpk_gguf *g, const qpk_gguf_value *v, uint64_t i, uint64_t *len);
+QPK_API size_t qpk_gguf_n_tensors(const qpk_gguf *g);
+QPK_API const qpk_gguf_tensor *qpk_gguf_tensor_at(const qpk_gguf *g, size_t i);
+QPK_API const qpk_gguf_tensor *qpk_gguf_find_tensor(const qpk_gguf *g, const char *name);
 
 #ifdef __cplusplus
 }

@@ -65,16 +65,16 @@ typedef struct qpk_source_opts {
  * validated before the source is returned: a model's every tensor is present with its
  * shape and a type qpk computes with. opts may be NULL.
  */
-qpk_status qpk_source_open(qpk_source **out, const char *path, const qpk_source_opts *opts, qpk_err *e);
-void qpk_source_close(qpk_source *s); /* NULL-safe */
-qpk_source_kind qpk_source_kind_of(const qpk_source *s);
-const char *qpk_source_path(const qpk_source *s);
+QPK_API qpk_status qpk_source_open(qpk_source **out, const char *path, const qpk_source_opts *opts, qpk_err *e);
+QPK_API void qpk_source_close(qpk_source *s); /* NULL-safe */
+QPK_API qpk_source_kind qpk_source_kind_of(const qpk_source *s);
+QPK_API const char *qpk_source_path(const qpk_source *s);
 /* "hf", "gptq", "awq", "qpk", "gguf" or "logits". */
-const char *qpk_source_format(const qpk_source *s);
+QPK_API const char *qpk_source_format(const qpk_source *s);
 /* The model's description; NULL for a logits file. */
-const qpk_config *qpk_source_config(const qpk_source *s);
+QPK_API const qpk_config *qpk_source_config(const qpk_source *s);
 /* The logits file (kind QPK_SOURCE_LOGITS), else NULL. */
-const qpk_safetensors *qpk_source_logits(const qpk_source *s);
+QPK_API const qpk_safetensors *qpk_source_logits(const qpk_source *s);
 
 /*
  * Tensor (role, layer; layer -1 for the others) as the runtime and the converter take
@@ -83,31 +83,31 @@ const qpk_safetensors *qpk_source_logits(const qpk_source *s);
  * rounded once to f32, GPTQ/AWQ linears are repacked into qpk blocks bit for bit (both
  * made on first use and kept until close). The head of a tied model is the embedding.
  */
-qpk_status qpk_source_matrix(qpk_source *s, qpk_role role, int layer, qpk_matrix *out, qpk_err *e);
+QPK_API qpk_status qpk_source_matrix(qpk_source *s, qpk_role role, int layer, qpk_matrix *out, qpk_err *e);
 
 /*
  * Checks a tensor's stored bytes once more before they are copied into an output (a
  * .qpk's checksum; the other layouts were checked at open).
  */
-qpk_status qpk_source_verify(const qpk_source *s, qpk_role role, int layer, qpk_err *e);
+QPK_API qpk_status qpk_source_verify(const qpk_source *s, qpk_role role, int layer, qpk_err *e);
 
 /*
  * A file of the model: "tokenizer.json", "tokenizer_config.json", "generation_config.json"
  * (embedded in a .qpk, in the folder, or made from a GGUF's tokenizer keys). malloc'd
  * and NUL-terminated; *data NULL (and QPK_OK) when the model has none.
  */
-qpk_status qpk_source_file(const qpk_source *s, const char *name, char **data, size_t *len, qpk_err *e);
+QPK_API qpk_status qpk_source_file(const qpk_source *s, const char *name, char **data, size_t *len, qpk_err *e);
 
 /* The files a source reads (for "the output must not replace an input"): count and each path. */
-size_t qpk_source_n_inputs(const qpk_source *s);
-const char *qpk_source_input(const qpk_source *s, size_t i);
+QPK_API size_t qpk_source_n_inputs(const qpk_source *s);
+QPK_API const char *qpk_source_input(const qpk_source *s, size_t i);
 
 /*
  * Tokenizes the text file at path with the source's tokenizer as Hugging Face's
  * encode(text, add_special_tokens=False) does, special-token strings kept as text.
  * *ids is malloc'd; *hash (may be NULL) gets the XXH3 of the file's bytes.
  */
-qpk_status qpk_source_tokenize_file(const qpk_source *s, const char *path, int32_t **ids, size_t *n, uint64_t *hash,
+QPK_API qpk_status qpk_source_tokenize_file(const qpk_source *s, const char *path, int32_t **ids, size_t *n, uint64_t *hash,
                                     qpk_err *e);
 
 /* ============================================================ plain files == */
@@ -117,20 +117,20 @@ qpk_status qpk_source_tokenize_file(const qpk_source *s, const char *path, int32
  * that holds only a relative path to another file (how git stores a symbolic link where
  * links are not supported) is followed once. *missing (may be NULL) tells ENOENT apart.
  */
-qpk_status qpk_read_model_file(const char *dir, const char *name, char **data, size_t *len, bool *missing,
+QPK_API qpk_status qpk_read_model_file(const char *dir, const char *name, char **data, size_t *len, bool *missing,
                                qpk_err *e);
 /* A whole file (at most 512 MiB) into a malloc'd, NUL-terminated buffer. */
-qpk_status qpk_read_file(const char *path, char **data, size_t *len, qpk_err *e);
+QPK_API qpk_status qpk_read_file(const char *path, char **data, size_t *len, qpk_err *e);
 /* The tokenizer.json of src, malloc'd: a model's (as qpk_source_file gives it), or src itself. */
-qpk_status qpk_read_tokenizer_json(const char *src, char **json, size_t *len, qpk_err *e);
+QPK_API qpk_status qpk_read_tokenizer_json(const char *src, char **json, size_t *len, qpk_err *e);
 /* A file of raw little-endian int32 token ids (size a multiple of 4) into a malloc'd array. */
-qpk_status qpk_read_tokens(const char *path, int32_t **ids, size_t *n, qpk_err *e);
+QPK_API qpk_status qpk_read_tokens(const char *path, int32_t **ids, size_t *n, qpk_err *e);
 
 /* ==================================================================== sinks == */
 
 /* What a sink writes. */
 typedef enum qpk_output { QPK_OUT_QPK = 0, QPK_OUT_GGUF, QPK_OUT_GPTQ, QPK_OUT_AWQ } qpk_output;
-const char *qpk_output_name(qpk_output o); /* "qpk", "gguf", "gptq", "awq" */
+QPK_API const char *qpk_output_name(qpk_output o); /* "qpk", "gguf", "gptq", "awq" */
 
 /* Safetensors shards of GPTQ/AWQ folders hold at most this many bytes of tensors by default. */
 #define QPK_SHARD_SIZE 4000000000ull
@@ -173,25 +173,25 @@ typedef struct qpk_sink_model {
 typedef struct qpk_sink qpk_sink;
 
 /* A sink writing `path` (a file, or a folder for GPTQ/AWQ; nothing appears there before finish). opts may be NULL. */
-qpk_status qpk_sink_create(qpk_sink **out, qpk_output kind, const char *path, const qpk_sink_opts *opts, qpk_err *e);
-qpk_output qpk_sink_kind(const qpk_sink *s);
+QPK_API qpk_status qpk_sink_create(qpk_sink **out, qpk_output kind, const char *path, const qpk_sink_opts *opts, qpk_err *e);
+QPK_API qpk_output qpk_sink_kind(const qpk_sink *s);
 /*
  * Declares the model. Refuses, naming the tensor, what the target cannot hold as it is
  * (GGUF: permuted linears, types without a ggml type; folders: linears not quantized to
  * one bit width and group, quantized embeddings, zero points past the layout).
  */
-qpk_status qpk_sink_declare(qpk_sink *s, const qpk_sink_model *m, qpk_err *e);
+QPK_API qpk_status qpk_sink_declare(qpk_sink *s, const qpk_sink_model *m, qpk_err *e);
 /* The next declared tensor's bytes, in its declared type, in pieces of whole rows. */
-qpk_status qpk_sink_begin_tensor(qpk_sink *s, qpk_err *e);
-qpk_status qpk_sink_write(qpk_sink *s, const void *data, size_t n, qpk_err *e);
+QPK_API qpk_status qpk_sink_begin_tensor(qpk_sink *s, qpk_err *e);
+QPK_API qpk_status qpk_sink_write(qpk_sink *s, const void *data, size_t n, qpk_err *e);
 /* Ends the tensor; perm: its input permutation (cols int32) when declared permuted, else NULL. */
-qpk_status qpk_sink_end_tensor(qpk_sink *s, const int32_t *perm, qpk_err *e);
+QPK_API qpk_status qpk_sink_end_tensor(qpk_sink *s, const int32_t *perm, qpk_err *e);
 /* A .qpk sink: the XXH3 of the tensor last ended (what its table holds); 0 for the others. */
-uint64_t qpk_sink_last_xxh3(const qpk_sink *s);
+QPK_API uint64_t qpk_sink_last_xxh3(const qpk_sink *s);
 /* Makes the output appear complete (meta: a .qpk's metadata JSON; the others ignore it). Frees s. */
-qpk_status qpk_sink_finish(qpk_sink *s, const char *meta, size_t meta_len, qpk_err *e);
+QPK_API qpk_status qpk_sink_finish(qpk_sink *s, const char *meta, size_t meta_len, qpk_err *e);
 /* Leaves nothing at the path. NULL-safe. */
-void qpk_sink_discard(qpk_sink *s);
+QPK_API void qpk_sink_discard(qpk_sink *s);
 
 #ifdef __cplusplus
 }

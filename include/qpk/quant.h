@@ -83,19 +83,95 @@ static inline uint16_t qpk_f32_to_bf16(float f)
 /* ===================================================== row conversions == */
 
 /* dst[i] = value of src[i] (type F32, F16 or BF16); exact. */
-void qpk_row_to_f32(uint32_t src_type, const void *src, float *dst, size_t n);
+QPK_API void qpk_row_to_f32(uint32_t src_type, const void *src, float *dst, size_t n);
 
 /*
  * dst[i] = src[i] rounded to dst_type (F32, F16 or BF16), ties to even.
  * Returns n on success, else the index of the first element that is not finite
  * or that overflows the destination type (the output is then incomplete).
  */
-size_t qpk_row_from_f32(uint32_t dst_type, const float *src, void *dst, size_t n);
+QPK_API size_t qpk_row_from_f32(uint32_t dst_type, const float *src, void *dst, size_t n);
 
 /* The index of the first NaN or infinity among n elements of a plain type (F32, F16, BF16), or n. */
-size_t qpk_first_nonfinite(uint32_t type, const void *src, size_t n);
+QPK_API size_t qpk_first_nonfinite(uint32_t type, const void *src, size_t n);
 
 /* ============================================================ quantization == */
+
+/* Whether type has a (d, z) grid, i.e. is one that qpk quantizes to by the grid rules. */
+QPK_API bool qpk_type_has_grid(uint32_t type);
+/* Whether qpk quantizes to type at all: the grid types, and ggml's Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K. */
+QPK_API bool qpk_type_can_quantize(uint32_t type);
+
+/*
+ * Round-to-nearest quantization of a row of n weights (n a multiple of group). ggml's
+ * types search each block's scales for the least weighted error (quant/ggml_blocks.c).
+ */
+QPK_API qpk_status qpk_quantize_row(uint32_t type, uint32_t group, const float *x, int64_t n, void *out, qpk_err *e);
+/*
+ * The same with importance: imp[i] (n values; NULL for none) weighs the error of input
+ * column i, as llama.cpp's imatrix does (the mean of x_i^2 over calibration data). Used by
+ * ggml's types; the grid types' rules do not take it.
+ */
+QPK_API qpk_status qpk_quantize_row_imp(uint32_t type, uint32_t group, const float *x, int64_t n, const float *imp, void *out,
+                                qpk_err *e);
+/* Reference dequantization of a row (any type, plain ones included). */
+QPK_API void qpk_dequantize_row(uint32_t type, uint32_t group, const void *in, int64_t n, float *out);
+
+/* ================================================================ matrices == */
+
+typedef struct qpk_kernels qpk_kernels; /* compute kernels of one instruction set (experimental section) */
+typedef struct qpk_pool qpk_pool;       /* worker threads (experimental section) */
+
+/* A weight matrix [rows = out, cols = in], row-major, stored in any qpk type. */
+typedef struct qpk_matrix {
+    uint32_t type;
+    uint32_t group_size;
+    int64_t rows, cols;
+    const void *data;
+    /* NULL, or the order in which the stored columns take the input: column j multiplies
+     * x[perm[j]] (an act-order checkpoint's permutation). The kernels never see it: the
+     * runtime gathers x first (qpk_matmul does not). */
+    const int32_t *perm;
+} qpk_matrix;
+
+/* Bytes of one row (every supported type stores rows contiguously); 0 for an unknown type. */
+QPK_API size_t qpk_matrix_row_bytes(const qpk_matrix *w);
+
+/* ==================================================================== GPTQ == */
+
+#define QPK_GPTQ_DAMP 0.01 /* the default dampening: a fraction of H's mean diagonal */
+
+typedef struct qpk_gptq_opts {
+    double damp;    /* added to H's diagonal, as a fraction of its mean (> 0) */
+    bool act_order; /* columns in decreasing order of H's diagonal, with static groups */
+} qpk_gptq_opts;
+
+/* ===================================================================== AWQ == */
+
+/*
+ * AWQ (Lin et al. 2023) for the linears that read one input (q/k/v, gate/up, ...):
+ * per-input-channel scales s = mean|x|^alpha, alpha on a grid, chosen to minimize the
+ * output error of the linears quantized with W diag(s) on sampled input rows; then,
+ * with the scales folded (by the caller: it knows what produces the input), a clip
+ * ratio per group of each row. Pure math: the caller gathers the statistics.
+ */
+#define QPK_AWQ_ALPHA_GRID 20   /* alphas 0, 1/20, ..., 19/20 */
+#define QPK_AWQ_CLIP_STEPS 11   /* clip ratios 1.00, 0.95, ..., 0.50 */
+#define QPK_AWQ_SAMPLE_ROWS 512 /* input rows kept per shared input for the searches */
+
+typedef struct qpk_awq_opts {
+    int alpha_grid; /* alphas a / alpha_grid for a in [0, alpha_grid) */
+    int clip_steps; /* clip ratios 1 - 0.05 i for i in [0, clip_steps) */
+    int sample_rows;
+} qpk_awq_opts;
+
+/* ============================================ experimental: static linking only == */
+/*
+ * qpk's own machinery, for the tools, tests and benchmarks built with it (define
+ * QPK_STATIC_LINKING_ONLY and link libqpk.a): group parameters, the kernel tables, the
+ * thread pool, GPTQ's and AWQ's searches. Not exported by libqpk.so, not stable.
+ */
+#ifdef QPK_STATIC_LINKING_ONLY
 
 /*
  * One group's quantization parameters: w = d * q (int8, int4s) or d * (q - z) (int4).
@@ -123,10 +199,6 @@ typedef struct qpk_qparams {
  * the f16 range (65504).
  */
 qpk_status qpk_group_params(uint32_t type, const float *x, int64_t n, float clip, qpk_qparams *p, qpk_err *e);
-/* Whether type has such a (d, z) grid, i.e. is one that qpk quantizes to by these rules. */
-bool qpk_type_has_grid(uint32_t type);
-/* Whether qpk quantizes to type at all: the grid types, and ggml's Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K. */
-bool qpk_type_can_quantize(uint32_t type);
 /* The code of x under p: round to nearest (ties to even), clamped to the type's range. */
 int32_t qpk_quantize_value(uint32_t type, const qpk_qparams *p, float x);
 /* The weight a code stands for (exact in f32). */
@@ -145,38 +217,6 @@ qpk_status qpk_quantize_group(uint32_t type, const float *w, int64_t n, float cl
                               float *deq, qpk_err *e);
 
 /*
- * Round-to-nearest quantization of a row of n weights (n a multiple of group). ggml's
- * types search each block's scales for the least weighted error (quant/ggml_blocks.c).
- */
-qpk_status qpk_quantize_row(uint32_t type, uint32_t group, const float *x, int64_t n, void *out, qpk_err *e);
-/*
- * The same with importance: imp[i] (n values; NULL for none) weighs the error of input
- * column i, as llama.cpp's imatrix does (the mean of x_i^2 over calibration data). Used by
- * ggml's types; the grid types' rules do not take it.
- */
-qpk_status qpk_quantize_row_imp(uint32_t type, uint32_t group, const float *x, int64_t n, const float *imp, void *out,
-                                qpk_err *e);
-/* Reference dequantization of a row (any type, plain ones included). */
-void qpk_dequantize_row(uint32_t type, uint32_t group, const void *in, int64_t n, float *out);
-
-/* ================================================================ matrices == */
-
-/* A weight matrix [rows = out, cols = in], row-major, stored in any qpk type. */
-typedef struct qpk_matrix {
-    uint32_t type;
-    uint32_t group_size;
-    int64_t rows, cols;
-    const void *data;
-    /* NULL, or the order in which the stored columns take the input: column j multiplies
-     * x[perm[j]] (an act-order checkpoint's permutation). The kernels never see it: the
-     * runtime gathers x first (qpk_matmul does not). */
-    const int32_t *perm;
-} qpk_matrix;
-
-/* Bytes of one row (every supported type stores rows contiguously); 0 for an unknown type. */
-size_t qpk_matrix_row_bytes(const qpk_matrix *w);
-
-/*
  * The compute kernels of one instruction set. Two summation orders, each fixed:
  *
  * gemm (prefill, T >= 2 tokens): y[t][r] is one chain of fused multiply-adds over k in
@@ -191,7 +231,7 @@ size_t qpk_matrix_row_bytes(const qpk_matrix *w);
  * ((l0+l4)+(l2+l6))+((l1+l5)+(l3+l7)); the K mod 8 tail elements follow, in order. The
  * SIMD tables agree bit for bit; gemv and gemm agree within the rounding of two f32 sums.
  */
-typedef struct qpk_kernels {
+struct qpk_kernels {
     const char *name; /* "avx512", "avx2" or "scalar" */
     /* dst[0..cols) = row r of w, in f32. */
     void (*row_to_f32)(const qpk_matrix *w, int64_t r, float *dst);
@@ -231,7 +271,7 @@ typedef struct qpk_kernels {
      */
     void (*gemm_sub_f64)(const double *x, int64_t ldx, int64_t T, const double *p, int64_t ldp, int64_t K,
                          double *y, int64_t ldy, int64_t J);
-} qpk_kernels;
+};
 
 /* The best table this CPU runs: "avx512" (AVX2's with AVX-512F for 4-bit codes), "avx2"
  * (AVX2+FMA+F16C) or "scalar". avx512 and avx2 give the same bits. */
@@ -242,7 +282,6 @@ const qpk_kernels *qpk_kernels_available(size_t i);
 size_t qpk_gemm_scratch_floats(int64_t cols);
 
 /* =============================================================== thread pool == */
-typedef struct qpk_pool qpk_pool;
 
 /*
  * A fixed set of worker threads that run tasks [0, n) of a job; the calling thread
@@ -273,15 +312,6 @@ bool qpk_pool_cancelled(qpk_pool *p);
  */
 void qpk_matmul(qpk_pool *pool, const qpk_kernels *k, const qpk_matrix *w, const float *x, int64_t T, float *y,
                 float *scratch);
-
-/* ==================================================================== GPTQ == */
-
-#define QPK_GPTQ_DAMP 0.01 /* the default dampening: a fraction of H's mean diagonal */
-
-typedef struct qpk_gptq_opts {
-    double damp;    /* added to H's diagonal, as a fraction of its mean (> 0) */
-    bool act_order; /* columns in decreasing order of H's diagonal, with static groups */
-} qpk_gptq_opts;
 
 /*
  * GPTQ's statistics: H += x^T x over T rows of n inputs (the f32 Gram matrix of x's
@@ -319,25 +349,6 @@ qpk_status qpk_gptq_quantize(const qpk_gptq_plan *p, uint32_t type, uint32_t gro
 qpk_status qpk_gptq(uint32_t type, uint32_t group, float *W, int64_t rows, int64_t cols, const double *H,
                     const qpk_gptq_opts *o, qpk_pool *pool, void *out, qpk_err *e);
 
-/* ===================================================================== AWQ == */
-
-/*
- * AWQ (Lin et al. 2023) for the linears that read one input (q/k/v, gate/up, ...):
- * per-input-channel scales s = mean|x|^alpha, alpha on a grid, chosen to minimize the
- * output error of the linears quantized with W diag(s) on sampled input rows; then,
- * with the scales folded (by the caller: it knows what produces the input), a clip
- * ratio per group of each row. Pure math: the caller gathers the statistics.
- */
-#define QPK_AWQ_ALPHA_GRID 20   /* alphas 0, 1/20, ..., 19/20 */
-#define QPK_AWQ_CLIP_STEPS 11   /* clip ratios 1.00, 0.95, ..., 0.50 */
-#define QPK_AWQ_SAMPLE_ROWS 512 /* input rows kept per shared input for the searches */
-
-typedef struct qpk_awq_opts {
-    int alpha_grid; /* alphas a / alpha_grid for a in [0, alpha_grid) */
-    int clip_steps; /* clip ratios 1 - 0.05 i for i in [0, clip_steps) */
-    int sample_rows;
-} qpk_awq_opts;
-
 /* One linear reading the shared input: f32 weights [rows][cols] and how it is stored (plain: not quantized). */
 typedef struct qpk_awq_linear {
     const float *w;
@@ -361,6 +372,8 @@ qpk_status qpk_awq_scales(const qpk_awq_linear *lin, int n_lin, const double *me
  */
 qpk_status qpk_awq_clip(const qpk_awq_linear *lin, const float *xs, int64_t n_rows, const qpk_awq_opts *o,
                         qpk_pool *pool, const qpk_kernels *k, float *clip, qpk_err *e);
+
+#endif /* QPK_STATIC_LINKING_ONLY */
 
 #ifdef __cplusplus
 }

@@ -25,6 +25,46 @@ extern "C" {
 
 typedef struct qpk_model qpk_model;
 
+/* A model over any source (qpk/model.h), its weights used in place; the source must outlive it. */
+QPK_API qpk_status qpk_model_from_source(qpk_model **out, qpk_source *src, qpk_err *e);
+QPK_API void qpk_model_free(qpk_model *m); /* NULL-safe */
+QPK_API const qpk_config *qpk_model_config(const qpk_model *m);
+/* Bytes of weights one decoded token reads (every matrix once, plus one embedding row). */
+QPK_API uint64_t qpk_model_decode_bytes(const qpk_model *m);
+
+typedef struct qpk_context qpk_context;
+
+typedef struct qpk_context_opts {
+    int n_ctx;     /* positions the context may hold; 0: max_position_embeddings */
+    int n_batch;   /* tokens per forward step (larger inputs are split); 0: 512 */
+    int n_threads; /* 0: all online CPUs */
+    bool scalar;   /* use the scalar kernels even where AVX2 is available */
+    qpk_pool *pool; /* run on this pool (shared with the caller) instead of a new one */
+    /* Polled as work runs (a new pool only): once true, qpk_eval stops with QPK_E_CANCELLED. */
+    bool (*cancel)(void *ud);
+    void *cancel_ud;
+} qpk_context_opts;
+
+/* KV memory grows with the positions in use, not with n_ctx. opts may be NULL. */
+QPK_API qpk_status qpk_context_create(qpk_context **out, const qpk_model *m, const qpk_context_opts *opts, qpk_err *e);
+QPK_API void qpk_context_free(qpk_context *c); /* NULL-safe */
+/* Forgets all positions (the next token is position 0). */
+QPK_API void qpk_context_reset(qpk_context *c);
+QPK_API int qpk_context_pos(const qpk_context *c);
+QPK_API const char *qpk_context_kernels(const qpk_context *c); /* "avx2" or "scalar" */
+/*
+ * Appends n tokens at the current position and runs them through the model.
+ * logits receives n_logits x vocab_size floats: the logits of the last n_logits of
+ * the n tokens (0 <= n_logits <= n; logits may be NULL when n_logits is 0).
+ * Fails, changing nothing, on a token id outside the vocabulary or when the
+ * context would exceed n_ctx.
+ */
+QPK_API qpk_status qpk_eval(qpk_context *c, const int32_t *tokens, int n, float *logits, int n_logits, qpk_err *e);
+
+/* ============================================ experimental: static linking only == */
+/* The runtime's parts for qpk's own calibration and metrics (see qpk/quant.h). */
+#ifdef QPK_STATIC_LINKING_ONLY
+
 /* The weights of one decoder layer: matrices as views, norms and biases in f32. */
 typedef struct qpk_layer_weights {
     qpk_matrix q, k, v, o, gate, up, down; /* [Q,H] [KV,H] [KV,H] [H,Q] [I,H] [I,H] [H,I] */
@@ -41,47 +81,11 @@ typedef qpk_status (*qpk_weight_fn)(void *ud, qpk_role role, int layer, qpk_matr
 
 /* Builds a model, checking every shape against cfg and every type against the kernels. */
 qpk_status qpk_model_create(qpk_model **out, const qpk_config *cfg, qpk_weight_fn get, void *ud, qpk_err *e);
-/* A model over any source (qpk/model.h), its weights used in place; the source must outlive it. */
-qpk_status qpk_model_from_source(qpk_model **out, qpk_source *src, qpk_err *e);
-void qpk_model_free(qpk_model *m); /* NULL-safe */
-const qpk_config *qpk_model_config(const qpk_model *m);
 /* Layer l's weights (0 <= l < n_layers). */
 const qpk_layer_weights *qpk_model_layer(const qpk_model *m, int l);
-/* Bytes of weights one decoded token reads (every matrix once, plus one embedding row). */
-uint64_t qpk_model_decode_bytes(const qpk_model *m);
-
-typedef struct qpk_context qpk_context;
-
-typedef struct qpk_context_opts {
-    int n_ctx;     /* positions the context may hold; 0: max_position_embeddings */
-    int n_batch;   /* tokens per forward step (larger inputs are split); 0: 512 */
-    int n_threads; /* 0: all online CPUs */
-    bool scalar;   /* use the scalar kernels even where AVX2 is available */
-    qpk_pool *pool; /* run on this pool (shared with the caller) instead of a new one */
-    /* Polled as work runs (a new pool only): once true, qpk_eval stops with QPK_E_CANCELLED. */
-    bool (*cancel)(void *ud);
-    void *cancel_ud;
-} qpk_context_opts;
-
-/* KV memory grows with the positions in use, not with n_ctx. opts may be NULL. */
-qpk_status qpk_context_create(qpk_context **out, const qpk_model *m, const qpk_context_opts *opts, qpk_err *e);
-void qpk_context_free(qpk_context *c); /* NULL-safe */
-/* Forgets all positions (the next token is position 0). */
-void qpk_context_reset(qpk_context *c);
-int qpk_context_pos(const qpk_context *c);
-const char *qpk_context_kernels(const qpk_context *c); /* "avx2" or "scalar" */
 /* The context's kernel table and thread pool, for work alongside the model (metrics). */
 const qpk_kernels *qpk_context_kernel_table(const qpk_context *c);
 qpk_pool *qpk_context_pool(qpk_context *c);
-
-/*
- * Appends n tokens at the current position and runs them through the model.
- * logits receives n_logits x vocab_size floats: the logits of the last n_logits of
- * the n tokens (0 <= n_logits <= n; logits may be NULL when n_logits is 0).
- * Fails, changing nothing, on a token id outside the vocabulary or when the
- * context would exceed n_ctx.
- */
-qpk_status qpk_eval(qpk_context *c, const int32_t *tokens, int n, float *logits, int n_logits, qpk_err *e);
 
 /*
  * Sees the input of each group of linears as a layer runs: role Q (the input of q, k
@@ -97,6 +101,8 @@ typedef void (*qpk_capture_fn)(void *ud, qpk_role role, const float *x, int64_t 
  */
 qpk_status qpk_layer_forward(qpk_context *c, const qpk_layer_weights *w, int layer, float *x, int T,
                              qpk_capture_fn capture, void *ud, qpk_err *e);
+
+#endif /* QPK_STATIC_LINKING_ONLY */
 
 #ifdef __cplusplus
 }

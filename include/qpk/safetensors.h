@@ -26,8 +26,8 @@ typedef enum qpk_st_dtype {
     QPK_ST_DTYPE_COUNT_
 } qpk_st_dtype;
 
-const char *qpk_st_dtype_name(qpk_st_dtype d); /* "BF16", ... */
-size_t qpk_st_dtype_size(qpk_st_dtype d);
+QPK_API const char *qpk_st_dtype_name(qpk_st_dtype d); /* "BF16", ... */
+QPK_API size_t qpk_st_dtype_size(qpk_st_dtype d);
 
 #define QPK_ST_MAX_DIMS 8
 #define QPK_ST_MAX_HEADER 100000000u /* bytes of JSON header accepted */
@@ -49,14 +49,14 @@ typedef struct qpk_safetensors qpk_safetensors;
  * inside the file), UTF-8 JSON, known dtypes, every span inside the data area,
  * equal to numel x dtype size, no overlaps or holes, no duplicate names.
  */
-qpk_status qpk_st_open(qpk_safetensors **out, const char *path, qpk_err *e);
+QPK_API qpk_status qpk_st_open(qpk_safetensors **out, const char *path, qpk_err *e);
 /* The same over a caller-owned buffer (kept until close). */
-qpk_status qpk_st_open_memory(qpk_safetensors **out, const void *buf, size_t size, qpk_err *e);
-void qpk_st_close(qpk_safetensors *st); /* NULL-safe */
-size_t qpk_st_n_tensors(const qpk_safetensors *st);
-const qpk_st_tensor *qpk_st_tensor_at(const qpk_safetensors *st, size_t i); /* sorted by name */
-const qpk_st_tensor *qpk_st_find(const qpk_safetensors *st, const char *name);
-uint64_t qpk_st_file_size(const qpk_safetensors *st);
+QPK_API qpk_status qpk_st_open_memory(qpk_safetensors **out, const void *buf, size_t size, qpk_err *e);
+QPK_API void qpk_st_close(qpk_safetensors *st); /* NULL-safe */
+QPK_API size_t qpk_st_n_tensors(const qpk_safetensors *st);
+QPK_API const qpk_st_tensor *qpk_st_tensor_at(const qpk_safetensors *st, size_t i); /* sorted by name */
+QPK_API const qpk_st_tensor *qpk_st_find(const qpk_safetensors *st, const char *name);
+QPK_API uint64_t qpk_st_file_size(const qpk_safetensors *st);
 
 /*
  * Writing safetensors as transformers saves them: one model.safetensors, or shards
@@ -77,14 +77,14 @@ typedef struct qpk_st_entry {
 typedef struct qpk_st_set qpk_st_set;
 
 /* Shards in order, each at most max_bytes of tensor data (a larger tensor alone in its own). */
-void qpk_st_assign_shards(qpk_st_entry *t, size_t n, uint64_t max_bytes);
-qpk_status qpk_st_set_create(qpk_st_set **out, const char *dir, const qpk_st_entry *t, size_t n, qpk_err *e);
-qpk_status qpk_st_set_write(qpk_st_set *s, const void *data, size_t n, qpk_err *e);
+QPK_API void qpk_st_assign_shards(qpk_st_entry *t, size_t n, uint64_t max_bytes);
+QPK_API qpk_status qpk_st_set_create(qpk_st_set **out, const char *dir, const qpk_st_entry *t, size_t n, qpk_err *e);
+QPK_API qpk_status qpk_st_set_write(qpk_st_set *s, const void *data, size_t n, qpk_err *e);
 /* Commits the last shard and, for several, the index; frees s whatever the outcome. */
-qpk_status qpk_st_set_finish(qpk_st_set *s, qpk_err *e);
-void qpk_st_set_discard(qpk_st_set *s); /* NULL-safe; committed shards stay */
+QPK_API qpk_status qpk_st_set_finish(qpk_st_set *s, qpk_err *e);
+QPK_API void qpk_st_set_discard(qpk_st_set *s); /* NULL-safe; committed shards stay */
 /* A small file dir/name with these bytes, atomically. */
-qpk_status qpk_write_text_file(const char *dir, const char *name, const char *text, size_t n, qpk_err *e);
+QPK_API qpk_status qpk_write_text_file(const char *dir, const char *name, const char *text, size_t n, qpk_err *e);
 
 #ifdef __cplusplus
 }

@@ -61,9 +61,9 @@ typedef struct qpk_tokenizer qpk_tokenizer;
  * Statuses: QPK_E_CORRUPT (malformed), QPK_E_UNSUPPORTED (valid but not implemented),
  * QPK_E_LIMIT, QPK_E_NOMEM, QPK_E_INVALID_ARG.
  */
-qpk_status qpk_tokenizer_load(qpk_tokenizer **out, const char *json, size_t len, qpk_err *e);
+QPK_API qpk_status qpk_tokenizer_load(qpk_tokenizer **out, const char *json, size_t len, qpk_err *e);
 
-void qpk_tokenizer_free(qpk_tokenizer *t); /* NULL-safe */
+QPK_API void qpk_tokenizer_free(qpk_tokenizer *t); /* NULL-safe */
 
 /*
  * Encodes text (len bytes of UTF-8) into ids, as `tokenizers` does for
@@ -83,12 +83,12 @@ void qpk_tokenizer_free(qpk_tokenizer *t); /* NULL-safe */
  * otherwise cap < *n fills the first cap ids and returns QPK_E_LIMIT. Encoding twice costs
  * twice: qpk_tokenizer_encode_alloc sizes and fills in one pass.
  */
-qpk_status qpk_tokenizer_encode(const qpk_tokenizer *t, const char *text, size_t len,
+QPK_API qpk_status qpk_tokenizer_encode(const qpk_tokenizer *t, const char *text, size_t len,
                                 bool parse_special, int32_t *ids, size_t cap, size_t *n,
                                 qpk_err *e);
 
 /* As qpk_tokenizer_encode, into a malloc'd array (*ids; free() it; NULL when *n is 0). */
-qpk_status qpk_tokenizer_encode_alloc(const qpk_tokenizer *t, const char *text, size_t len,
+QPK_API qpk_status qpk_tokenizer_encode_alloc(const qpk_tokenizer *t, const char *text, size_t len,
                                       bool parse_special, int32_t **ids, size_t *n, qpk_err *e);
 
 /*
@@ -107,23 +107,23 @@ qpk_status qpk_tokenizer_encode_alloc(const qpk_tokenizer *t, const char *text, 
  * out == NULL or cap == 0 measures; cap < *len is QPK_E_LIMIT; the output is
  * NUL-terminated when cap > *len. An id with no token is QPK_E_VALUE, naming it.
  */
-qpk_status qpk_tokenizer_decode(const qpk_tokenizer *t, const int32_t *ids, size_t n,
+QPK_API qpk_status qpk_tokenizer_decode(const qpk_tokenizer *t, const int32_t *ids, size_t n,
                                 bool skip_special, char *out, size_t cap, size_t *len,
                                 qpk_err *e);
 
 /* ------------------------------------------------- the vocabulary, for exporters */
 
 /* 1 + the largest id (vocabulary and added tokens); ids below it may still be holes. */
-size_t qpk_tokenizer_n_tokens(const qpk_tokenizer *t);
+QPK_API size_t qpk_tokenizer_n_tokens(const qpk_tokenizer *t);
 /* QPK_E_MISMATCH unless every id of t has a row in a vocabulary of `vocab` rows (what a model file must hold). */
-qpk_status qpk_tokenizer_fits(const qpk_tokenizer *t, int64_t vocab, qpk_err *e);
+QPK_API qpk_status qpk_tokenizer_fits(const qpk_tokenizer *t, int64_t vocab, qpk_err *e);
 
 /*
  * The token's string as tokenizer.json spells it: the byte-level form for BPE tokens
  * ("Ġthe" for " the"), the content for added ones. NUL-terminated (it never contains a
  * NUL), owned by t. NULL for an id with no token or out of range.
  */
-const char *qpk_tokenizer_token(const qpk_tokenizer *t, int32_t id, size_t *len);
+QPK_API const char *qpk_tokenizer_token(const qpk_tokenizer *t, int32_t id, size_t *len);
 
 typedef enum qpk_token_kind {
     QPK_TOKEN_NONE,    /* no token has this id */
@@ -133,24 +133,24 @@ typedef enum qpk_token_kind {
 } qpk_token_kind;
 
 /* An added token whose content is also a vocabulary token reports its added kind. */
-qpk_token_kind qpk_tokenizer_token_kind(const qpk_tokenizer *t, int32_t id);
+QPK_API qpk_token_kind qpk_tokenizer_token_kind(const qpk_tokenizer *t, int32_t id);
 
 /* Number of merges (lines starting with "#version" in the "a b" form are not merges). */
-size_t qpk_tokenizer_n_merges(const qpk_tokenizer *t);
+QPK_API size_t qpk_tokenizer_n_merges(const qpk_tokenizer *t);
 
 /*
  * Merge of rank i (0 = applied first), as its two byte-level strings (NUL-terminated,
  * owned by t). i must be < qpk_tokenizer_n_merges(t); otherwise all four outputs are
  * NULL / 0.
  */
-void qpk_tokenizer_merge(const qpk_tokenizer *t, size_t i, const char **a, size_t *alen,
+QPK_API void qpk_tokenizer_merge(const qpk_tokenizer *t, size_t i, const char **a, size_t *alen,
                          const char **b, size_t *blen);
 
 /* Id of the token whose string (as qpk_tokenizer_token gives it) is exactly s, or -1. */
-int32_t qpk_tokenizer_find(const qpk_tokenizer *t, const char *s, size_t len);
+QPK_API int32_t qpk_tokenizer_find(const qpk_tokenizer *t, const char *s, size_t len);
 
 /* The Unicode version of the NFC and character-class tables ("15.0.0"). */
-const char *qpk_tokenizer_unicode_version(void);
+QPK_API const char *qpk_tokenizer_unicode_version(void);
 
 #ifdef __cplusplus
 }

@@ -16,14 +16,7 @@
 extern "C" {
 #endif
 
-/* ====================================================== per-position metrics == */
-
-/*
- * log-softmax of one position's logits over the whole vocabulary, in f32 with the
- * normalizer summed in f64: returns log(sum exp(x)); *argmax gets the top token.
- * exps (may be NULL) receives exp(x - max) for reuse, n floats.
- */
-double qpk_logsumexp(const qpk_kernels *k, const float *x, int64_t n, int64_t *argmax, float *exps);
+/* =============================================================== perplexity == */
 
 /* Running perplexity: the NLLs summed in f64. */
 typedef struct qpk_ppl {
@@ -31,26 +24,9 @@ typedef struct qpk_ppl {
     uint64_t n;
 } qpk_ppl;
 
-void qpk_ppl_add(qpk_ppl *p, double nll);
-double qpk_ppl_value(const qpk_ppl *p);  /* exp(mean NLL) */
-double qpk_ppl_stderr(const qpk_ppl *p); /* ppl x standard error of the mean NLL */
-
-/* Accumulated comparison of model logits against reference logits. */
-typedef struct qpk_compare {
-    uint64_t n_positions, n_values, top1_agree, n_dp;
-    double max_abs, sum_abs, sum_dp;
-    double *kld; /* one value per position (for percentiles) */
-    size_t kld_cap;
-    qpk_ppl ppl_model, ppl_ref;
-} qpk_compare;
-
-/*
- * Adds one position: model and ref logits (n each), the token that follows (-1 if
- * none: then no NLL or probability change is counted). scratch: 2n floats.
- */
-qpk_status qpk_compare_add(qpk_compare *c, const qpk_kernels *k, const float *model, const float *ref, int64_t n,
-                           int32_t target, float *scratch, qpk_err *e);
-void qpk_compare_free(qpk_compare *c);
+QPK_API void qpk_ppl_add(qpk_ppl *p, double nll);
+QPK_API double qpk_ppl_value(const qpk_ppl *p);  /* exp(mean NLL) */
+QPK_API double qpk_ppl_stderr(const qpk_ppl *p); /* ppl x standard error of the mean NLL */
 
 /* ================================================================= results == */
 
@@ -68,9 +44,6 @@ typedef struct qpk_verify_result {
     double seconds;
 } qpk_verify_result;
 
-/* Fills r from the accumulators (percentiles by nearest rank on the sorted values). */
-void qpk_verify_finish(const qpk_compare *c, qpk_verify_result *r);
-
 /* =================================================================== gates == */
 
 /* Pass/fail limits on a result, as qverify's --max-kld ... options set them. */
@@ -84,11 +57,11 @@ typedef enum qpk_gate {
 } qpk_gate;
 
 /* "max-kld", "min-top1", "max-abs", "max-dppl", "max-ppl". */
-const char *qpk_gate_name(qpk_gate g);
+QPK_API const char *qpk_gate_name(qpk_gate g);
 /* Whether gate g needs a reference (every gate but max-ppl). */
-bool qpk_gate_needs_ref(qpk_gate g);
+QPK_API bool qpk_gate_needs_ref(qpk_gate g);
 /* Whether r passes gate g at limit; *measured gets the value compared. A value that was not measured fails. */
-bool qpk_gate_passes(qpk_gate g, double limit, const qpk_verify_result *r, double *measured);
+QPK_API bool qpk_gate_passes(qpk_gate g, double limit, const qpk_verify_result *r, double *measured);
 
 /* ================================================================== runner == */
 
@@ -111,7 +84,7 @@ typedef struct qpk_verify_opts {
  * (or 0 with score_all). With ref (may be NULL), the reference model runs on the
  * same chunks and the scored positions are also compared.
  */
-qpk_status qpk_verify_tokens(const qpk_model *model, const qpk_model *ref, const int32_t *tokens, size_t n,
+QPK_API qpk_status qpk_verify_tokens(const qpk_model *model, const qpk_model *ref, const int32_t *tokens, size_t n,
                              const qpk_verify_opts *o, qpk_verify_result *r, qpk_err *e);
 
 /*
@@ -119,11 +92,45 @@ qpk_status qpk_verify_tokens(const qpk_model *model, const qpk_model *ref, const
  * F32/F16/BF16 [S, T, V]): each of the S sequences is evaluated from an empty cache
  * and all T positions are compared; perplexity is over positions 0..T-2 of each.
  */
-qpk_status qpk_verify_ref_file(const qpk_model *model, const qpk_safetensors *ref, const qpk_verify_opts *o,
+QPK_API qpk_status qpk_verify_ref_file(const qpk_model *model, const qpk_safetensors *ref, const qpk_verify_opts *o,
                                qpk_verify_result *r, qpk_err *e);
 
 /* Checks a reference-logits file against a model's vocabulary before any work. */
-qpk_status qpk_ref_file_check(const qpk_safetensors *ref, int64_t vocab, qpk_err *e);
+QPK_API qpk_status qpk_ref_file_check(const qpk_safetensors *ref, int64_t vocab, qpk_err *e);
+
+/* ============================================ experimental: static linking only == */
+/* The per-position metrics behind the results (see qpk/quant.h). */
+#ifdef QPK_STATIC_LINKING_ONLY
+
+
+/*
+ * log-softmax of one position's logits over the whole vocabulary, in f32 with the
+ * normalizer summed in f64: returns log(sum exp(x)); *argmax gets the top token.
+ * exps (may be NULL) receives exp(x - max) for reuse, n floats.
+ */
+double qpk_logsumexp(const qpk_kernels *k, const float *x, int64_t n, int64_t *argmax, float *exps);
+
+/* Accumulated comparison of model logits against reference logits. */
+typedef struct qpk_compare {
+    uint64_t n_positions, n_values, top1_agree, n_dp;
+    double max_abs, sum_abs, sum_dp;
+    double *kld; /* one value per position (for percentiles) */
+    size_t kld_cap;
+    qpk_ppl ppl_model, ppl_ref;
+} qpk_compare;
+
+/*
+ * Adds one position: model and ref logits (n each), the token that follows (-1 if
+ * none: then no NLL or probability change is counted). scratch: 2n floats.
+ */
+qpk_status qpk_compare_add(qpk_compare *c, const qpk_kernels *k, const float *model, const float *ref, int64_t n,
+                           int32_t target, float *scratch, qpk_err *e);
+void qpk_compare_free(qpk_compare *c);
+
+/* Fills r from the accumulators (percentiles by nearest rank on the sorted values). */
+void qpk_verify_finish(const qpk_compare *c, qpk_verify_result *r);
+
+#endif /* QPK_STATIC_LINKING_ONLY */
 
 #ifdef __cplusplus
 }

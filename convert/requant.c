@@ -54,7 +54,7 @@ static qpk_status requantize(qpk_writer *w, const qpk_tensor *t, const qpk_tenso
         if (s == QPK_OK)
             s = qpk_writer_write(w, out, out_row, e);
         else
-            qpk_err_prefix(e, "%s row %lld", t->name, (long long)r);
+            qpk_err_prefix(e, s, "%s row %lld", t->name, (long long)r);
     }
     free(stored), free(x), free(out);
     QPK_TRY(s);

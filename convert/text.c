@@ -75,7 +75,7 @@ qpk_status qpk_tokenize_file(const char *model, const char *path, int32_t **ids,
     *ids = NULL, *n = 0;
     qpk_status s = qpk_read_tokenizer_json(model, &json, &json_len, e);
     if (s == QPK_OK && (s = qpk_tokenizer_load(&tok, json, json_len, e)) != QPK_OK)
-        qpk_err_prefix(e, "the tokenizer of %s", model);
+        qpk_err_prefix(e, s, "the tokenizer of %s", model);
     free(json);
     if (s == QPK_OK)
         s = qpk_read_file(path, &text, &text_len, e);

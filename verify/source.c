@@ -38,12 +38,12 @@ qpk_status qpk_source_open(qpk_source **out, const char *path, bool allow_logits
         s->kind = QPK_SOURCE_QPK;
         st = qpk_open(&s->file, path, NULL, e);
         if (st == QPK_OK && (st = qpk_model_from_qpk(&s->model, s->file, e)) != QPK_OK)
-            qpk_err_prefix(e, "%s", path);
+            qpk_err_prefix(e, st, "%s", path);
     } else if (kind == QPK_INPUT_GGUF) {
         s->kind = QPK_SOURCE_GGUF;
         st = qpk_gguf_open(&s->gguf, path, e);
         if (st == QPK_OK && (st = qpk_gguf_model(&s->model, s->gguf, e)) != QPK_OK)
-            qpk_err_prefix(e, "%s", path);
+            qpk_err_prefix(e, st, "%s", path);
     } else {
         s->kind = QPK_SOURCE_LOGITS;
         st = qpk_st_open(&s->logits, path, e);

@@ -344,7 +344,7 @@ static qpk_status store(qpk_calib *c, qpk_role r, const float *clip, const float
         for (int64_t i = 0; i < rows && s == QPK_OK; i++) {
             uint8_t *o = c->bytes[r] + (size_t)i * rb;
             if ((s = qpk_quantize_row_imp(type, G, w + i * cols, cols, imp, o, e)) != QPK_OK)
-                qpk_err_prefix(e, "row %lld", (long long)i);
+                qpk_err_prefix(e, s, "row %lld", (long long)i);
             else
                 qpk_dequantize_row(type, G, o, cols, w + i * cols);
         }
@@ -369,7 +369,7 @@ static qpk_status store(qpk_calib *c, qpk_role r, const float *clip, const float
             qpk_qparams p;
             float *wg = w + i * cols + g * G;
             if ((s = qpk_quantize_group(type, wg, G, clip ? clip[i * ng + g] : 1.0f, &p, codes, wg, e)) != QPK_OK)
-                qpk_err_prefix(e, "row %lld", (long long)i);
+                qpk_err_prefix(e, s, "row %lld", (long long)i);
             else
                 qpk_pack_group(type, G, &p, codes, c->bytes[r] + (size_t)(i * ng + g) * bb);
         }
@@ -588,7 +588,7 @@ qpk_status qpk_calib_layer(qpk_calib *c, int l, qpk_calib_times *times, qpk_err 
     if (s == QPK_OK)
         s = advance(c, l, e);
     if (s != QPK_OK)
-        return qpk_err_prefix(e, "calibrating layer %d", l);
+        return qpk_err_prefix(e, s, "calibrating layer %d", l);
     if (times) {
         times->gather += t1 - t0;
         times->quantize += t2 - t1;

@@ -162,7 +162,7 @@ static void quant_task(void *arg, int64_t task, int thread)
         qpk_status s = q->j->kernels->quantize_row(q->type, q->group, x, q->cols, q->out + (size_t)r * q->row_bytes,
                                         &q->errs[task]);
         if (s != QPK_OK) {
-            qpk_err_prefix(&q->errs[task], "tensor '%s' row %lld", q->t->name, (long long)(q->row0 + r));
+            qpk_err_prefix(&q->errs[task], s, "tensor '%s' row %lld", q->t->name, (long long)(q->row0 + r));
             q->status[task] = s;
             return;
         }
@@ -188,7 +188,8 @@ static qpk_status quantize_tensor(job *j, const qpk_st_tensor *t, uint32_t type,
             s = qpk_err_setf(e, QPK_E_CANCELLED, "conversion cancelled");
         for (int64_t i = 0; i < tasks && s == QPK_OK; i++)
             if (q.status[i] != QPK_OK) {
-                *e = q.errs[i];
+                if (e)
+                    *e = q.errs[i];
                 s = q.status[i];
             }
         if (s == QPK_OK)
@@ -392,7 +393,7 @@ static qpk_status requantize_matrix(job *j, const qpk_matrix *m, size_t i, const
         if (s == QPK_OK)
             s = out_write(j, dst, out_row, e);
         else
-            qpk_err_prefix(e, "%s row %lld", name, (long long)r);
+            qpk_err_prefix(e, s, "%s row %lld", name, (long long)r);
         j->done += in_row;
         if (s == QPK_OK && (r & 255) == 255)
             s = poll(j, name, e);

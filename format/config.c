@@ -215,7 +215,7 @@ qpk_status qpk_meta_validate(const char *meta, size_t len, qpk_config *cfg, uint
     else if (!cJSON_IsString(arch) || strcmp(arch->valuestring, "qwen2") != 0)
         s = qpk_err_setf(e, QPK_E_UNSUPPORTED, "metadata: \"architecture\" is not \"qwen2\"");
     else if ((s = config_from_cjson(cfg, cJSON_GetObjectItemCaseSensitive(root, "config"), e)) != QPK_OK)
-        qpk_err_prefix(e, "metadata \"config\"");
+        qpk_err_prefix(e, s, "metadata \"config\"");
     else
         *version = (uint32_t)ver->valuedouble;
     cJSON_Delete(root);

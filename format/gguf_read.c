@@ -187,7 +187,7 @@ static qpk_status parse_kvs(qpk_gguf *g, cursor *c)
         k->v.kv = i;
         qpk_status st = value(c, type, k);
         if (st != QPK_OK)
-            return qpk_err_prefix(c->e, "key '%.64s'", k->key);
+            return qpk_err_prefix(c->e, st, "key '%.64s'", k->key);
     }
     QPK_TRY(unique(c->e, g->n_kv, sizeof *g->kvs, g->kvs, key_of_kv, "key"));
     qpk_gguf_value a;
@@ -230,8 +230,9 @@ static qpk_status parse_tensors(qpk_gguf *g, cursor *c)
             QPK_TRY(get_u64(c, &t->ne[d], "a dimension"));
         QPK_TRY(get_u32(c, &t->type, "a tensor type"));
         QPK_TRY(get_u64(c, &t->offset, "a tensor offset"));
-        if (qpk_ggml_nbytes(t->type, t->n_dims, t->ne, &t->nbytes, c->e) != QPK_OK)
-            return qpk_err_prefix(c->e, "tensor '%s'", name);
+        qpk_status st = qpk_ggml_nbytes(t->type, t->n_dims, t->ne, &t->nbytes, c->e);
+        if (st != QPK_OK)
+            return qpk_err_prefix(c->e, st, "tensor '%s'", name);
         if (t->offset % g->alignment)
             return qpk_err_setf(c->e, QPK_E_CORRUPT, "tensor '%s': offset %llu is not aligned to %u", name,
                                 (unsigned long long)t->offset, g->alignment);
@@ -310,9 +311,10 @@ qpk_status qpk_gguf_open(qpk_gguf **out, const char *path, qpk_err *e)
     const void *p;
     size_t size;
     QPK_TRY(qpk_map_file(path, 0, &p, &size, e));
-    if (qpk_gguf_open_memory(out, p, size, e) != QPK_OK) {
+    qpk_status s = qpk_gguf_open_memory(out, p, size, e);
+    if (s != QPK_OK) {
         qpk_unmap_file(p, size);
-        return qpk_err_prefix(e, "%s", path);
+        return qpk_err_prefix(e, s, "%s", path);
     }
     (*out)->mapped = true;
     return QPK_OK;

@@ -191,7 +191,7 @@ qpk_status qpk_gguf_add_tensor(qpk_gguf_writer *w, const char *name, uint32_t ty
         t->ne[d] = ne[d];
     qpk_status s = qpk_ggml_nbytes(type, n_dims, t->ne, &t->nbytes, e);
     if (s != QPK_OK)
-        return qpk_err_prefix(e, "GGUF tensor '%s'", name);
+        return qpk_err_prefix(e, s, "GGUF tensor '%s'", name);
     t->offset = w->n_t ? align_up(w->t[w->n_t - 1].offset + w->t[w->n_t - 1].nbytes, GGUF_ALIGNMENT) : 0;
     w->n_t++;
     return QPK_OK;

@@ -10,7 +10,7 @@
 bool qpk_jr_fail(qpk_jreader *r, qpk_status s, const char *what)
 {
     if (!r->failed)
-        qpk_err_setf(r->e, s, "%s: %s at byte %td", r->doc ? r->doc : "JSON", what, r->p - r->base);
+        r->status = qpk_err_setf(r->e, s, "%s: %s at byte %td", r->doc ? r->doc : "JSON", what, r->p - r->base);
     r->failed = true;
     r->p = r->end; /* every later read fails fast */
     return false;
@@ -368,7 +368,7 @@ qpk_status qpk_json_check(const char *doc, const char *s, size_t n, qpk_err *e)
     bool ok = qpk_jr_skip(&r, 0);
     qpk_jr_free(&r);
     if (!ok)
-        return e ? e->status : QPK_E_CORRUPT;
+        return r.status;
     if (qpk_jr_peek(&r) != 0)
         return qpk_err_setf(e, QPK_E_CORRUPT, "%s: bytes after the JSON value (byte %td)", doc ? doc : "JSON",
                             r.p - s);

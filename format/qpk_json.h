@@ -32,8 +32,9 @@ typedef struct qpk_jreader {
     const char *base; /* the whole document: messages give offsets from here */
     const char *p, *end;
     qpk_err *e;
-    bool failed;     /* the first error is kept in e */
-    const char *doc; /* the document's name in messages ("JSON" when NULL) */
+    bool failed;       /* the first error is kept in e */
+    qpk_status status; /* and its status here, for callers whose e may be NULL */
+    const char *doc;   /* the document's name in messages ("JSON" when NULL) */
     /* The keys of the objects being skipped, for the duplicate check (qpk_jr_free releases them). */
     char *keys;
     size_t keys_cap, keys_used;

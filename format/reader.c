@@ -184,8 +184,9 @@ static qpk_status parse_entry(qpk_file *f, const layout *L, const uint8_t *p, co
     if (rd_u32(p + 76) != 0)
         return qpk_err_setf(e, QPK_E_CORRUPT, "tensor '%s': reserved field is not zero", t->name);
     uint64_t expect;
-    if (qpk_tensor_nbytes(t->type, t->group_size, t->ndim, t->dims, &expect, e) != QPK_OK)
-        return qpk_err_prefix(e, "tensor '%s'", t->name);
+    qpk_status s = qpk_tensor_nbytes(t->type, t->group_size, t->ndim, t->dims, &expect, e);
+    if (s != QPK_OK)
+        return qpk_err_prefix(e, s, "tensor '%s'", t->name);
     if (expect != t->nbytes)
         return qpk_err_setf(e, QPK_E_CORRUPT, "tensor '%s': %llu bytes stored, its type and shape need %llu",
                             t->name, (unsigned long long)t->nbytes, (unsigned long long)expect);
@@ -308,8 +309,9 @@ static qpk_status validate(qpk_file *f, const qpk_open_opts *o, qpk_err *e)
     f->meta = (const char *)f->base + L.meta.off;
     f->meta_len = (size_t)L.meta.size;
     uint32_t meta_version;
-    if (qpk_meta_validate(f->meta, f->meta_len, &f->cfg, &meta_version, e) != QPK_OK)
-        return qpk_err_prefix(e, "metadata");
+    qpk_status s = qpk_meta_validate(f->meta, f->meta_len, &f->cfg, &meta_version, e);
+    if (s != QPK_OK)
+        return qpk_err_prefix(e, s, "metadata");
     if (meta_version != f->version)
         return qpk_err_setf(e, QPK_E_CORRUPT, "the header says version %u, the metadata %u", f->version, meta_version);
     QPK_TRY(parse_table(f, &L, o && o->max_tensors ? o->max_tensors : 1000000u, e));
@@ -349,9 +351,10 @@ qpk_status qpk_open(qpk_file **out, const char *path, const qpk_open_opts *opts,
         qpk_unmap_file(p, size);
         return qpk_err_setf(e, QPK_E_CORRUPT, "'%s': %zu bytes, shorter than the 64-byte header", path, size);
     }
-    if (qpk_open_memory(out, p, size, opts, e) != QPK_OK) {
+    qpk_status s = qpk_open_memory(out, p, size, opts, e);
+    if (s != QPK_OK) {
         qpk_unmap_file(p, size);
-        return qpk_err_prefix(e, "%s", path);
+        return qpk_err_prefix(e, s, "%s", path);
     }
     (*out)->mapped = true;
     return QPK_OK;

@@ -233,9 +233,9 @@ qpk_status qpk_st_open(qpk_safetensors **out, const char *path, qpk_err *e)
     qpk_status s = qpk_map_file(path, MADV_SEQUENTIAL, &p, &size, e); /* converted front to back */
     if (s != QPK_OK)
         return s;
-    if (qpk_st_open_memory(out, p, size, e) != QPK_OK) {
+    if ((s = qpk_st_open_memory(out, p, size, e)) != QPK_OK) {
         qpk_unmap_file(p, size);
-        return qpk_err_prefix(e, "%s", path);
+        return qpk_err_prefix(e, s, "%s", path);
     }
     (*out)->mapped = p != NULL;
     return QPK_OK;

@@ -36,10 +36,11 @@ qpk_status qpk_err_setf(qpk_err *e, qpk_status s, const char *fmt, ...)
     return s;
 }
 
-qpk_status qpk_err_prefix(qpk_err *e, const char *fmt, ...)
+qpk_status qpk_err_prefix(qpk_err *e, qpk_status s, const char *fmt, ...)
 {
+    /* s, not e->status: with e == NULL the caller still has to return the failure it got. */
     if (!e)
-        return QPK_OK;
+        return s;
     char head[256];
     va_list ap;
     va_start(ap, fmt);
@@ -55,5 +56,6 @@ qpk_status qpk_err_prefix(qpk_err *e, const char *fmt, ...)
     memcpy(e->msg, head, hl - 2);
     memcpy(e->msg + hl - 2, ": ", 2);
     e->msg[hl + ol] = 0;
-    return e->status;
+    e->status = s; /* what the caller returns and what e says stay one status */
+    return s;
 }

@@ -94,7 +94,7 @@ qpk_status qpk_writer_begin_tensor(qpk_writer *w, const char *name, uint32_t typ
     uint64_t nbytes;
     qpk_status s = qpk_tensor_nbytes(type, group_size, ndim, dims, &nbytes, e);
     if (s != QPK_OK)
-        return qpk_err_prefix(e, "tensor '%s'", name);
+        return qpk_err_prefix(e, s, "tensor '%s'", name);
     if (w->n_entries == w->cap_entries) {
         size_t cap = w->cap_entries ? 2 * w->cap_entries : 64;
         entry *p = realloc(w->entries, cap * sizeof *p);
@@ -259,7 +259,7 @@ static qpk_status finish(qpk_writer *w, const char *meta, size_t meta_len, qpk_e
     uint32_t version;
     qpk_status s = qpk_meta_validate(meta, meta_len, &cfg, &version, e);
     if (s != QPK_OK)
-        return qpk_err_prefix(e, "refusing to write metadata");
+        return qpk_err_prefix(e, s, "refusing to write metadata");
     uint8_t head[QPK_HEADER_SIZE + 3 * QPK_SECTION_ENTRY_SIZE] = {0};
     uint8_t *dir = head + QPK_HEADER_SIZE;
     uint64_t data_size = qpk_outfile_tell(w->out) - w->data_offset;

@@ -467,7 +467,7 @@ qpk_status qpk_checkpoint_open(qpk_checkpoint **out, const char *dir, const qpk_
     if (s == QPK_OK) {
         s = qpk_config_parse(&ck->cfg, cfg, len, e);
         if (s != QPK_OK)
-            qpk_err_prefix(e, "%s/config.json", dir);
+            qpk_err_prefix(e, s, "%s/config.json", dir);
         char *qcfg = NULL;
         size_t qlen = 0;
         bool qmissing = false;

@@ -218,9 +218,10 @@ static qpk_status write_meta(qpk_gguf_export *x, const qpk_config *c, const qpk_
 {
     qpk_tokenizer *tok = NULL;
     cJSON *cfg = NULL;
-    if (qpk_tokenizer_load(&tok, m->tok_json, m->tok_len, e) != QPK_OK)
-        return qpk_err_prefix(e, "tokenizer.json");
-    qpk_status s = m->tok_cfg ? qpk_json_parse("tokenizer_config.json", m->tok_cfg, m->cfg_len, &cfg, e) : QPK_OK;
+    qpk_status s = qpk_tokenizer_load(&tok, m->tok_json, m->tok_len, e);
+    if (s != QPK_OK)
+        return qpk_err_prefix(e, s, "tokenizer.json");
+    s = m->tok_cfg ? qpk_json_parse("tokenizer_config.json", m->tok_cfg, m->cfg_len, &cfg, e) : QPK_OK;
     if (s != QPK_OK) {
         qpk_tokenizer_free(tok);
         return s;

@@ -302,7 +302,7 @@ qpk_status qpk_gguf_qwen2(const qpk_gguf *g, qpk_config *cfg, qpk_err *e)
     qpk_status st = qpk_config_parse(cfg, text, strlen(text), e);
     free(text);
     if (st != QPK_OK)
-        return qpk_err_prefix(e, "the GGUF's qwen2 hyperparameters");
+        return qpk_err_prefix(e, st, "the GGUF's qwen2 hyperparameters");
     return check_tensors(g, cfg, e);
 }
 

@@ -141,7 +141,7 @@ qpk_status qpk_hfq_parse(const char *config, size_t n, const char *qcfg, size_t 
             cJSON_AddStringToObject(side, "quant_method", "gptq");
         s = parse_one(side, q, e);
         if (s != QPK_OK)
-            qpk_err_prefix(e, "quantize_config.json");
+            qpk_err_prefix(e, s, "quantize_config.json");
     }
     if (s == QPK_OK && in_config && side) { /* both: they must say the same */
         qpk_hfq other;

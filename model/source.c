@@ -60,7 +60,7 @@ static qpk_status open_qpk(qpk_source *s, qpk_err *e)
     QPK_TRY(qpk_open(&s->file, s->path, NULL, e));
     qpk_status st = qpk_check_model(s->file, e);
     if (st != QPK_OK)
-        return qpk_err_prefix(e, "%s", s->path), st;
+        return qpk_err_prefix(e, st, "%s", s->path);
     s->cfg = *qpk_file_config(s->file);
     return add_input(s, NULL, s->path, e);
 }
@@ -72,7 +72,7 @@ static qpk_status open_gguf(qpk_source *s, qpk_err *e)
     if (st == QPK_OK) /* what the runtime would refuse is refused here, once */
         st = qpk_gguf_check_scales(s->gguf, e);
     if (st != QPK_OK)
-        return qpk_err_prefix(e, "%s", s->path), st;
+        return qpk_err_prefix(e, st, "%s", s->path);
     return add_input(s, NULL, s->path, e);
 }
 
@@ -190,7 +190,7 @@ qpk_status qpk_source_verify(const qpk_source *s, qpk_role role, int layer, qpk_
         if (t) {
             qpk_status st = qpk_verify_tensor(s->file, (size_t)(t - qpk_tensor_at(s->file, 0)), e);
             if (st != QPK_OK)
-                return qpk_err_prefix(e, "tensor '%s'", name), st;
+                return qpk_err_prefix(e, st, "tensor '%s'", name);
         }
     }
     return QPK_OK;
@@ -232,7 +232,7 @@ qpk_status qpk_source_tokenize_file(const qpk_source *s, const char *path, int32
         st = qpk_err_setf(e, QPK_E_MISMATCH, "%s %s no tokenizer.json", s->path,
                           s->kind == QPK_SOURCE_QPK ? "embeds" : "has");
     if (st == QPK_OK && (st = qpk_tokenizer_load(&tok, json, json_len, e)) != QPK_OK)
-        qpk_err_prefix(e, "the tokenizer of %s", s->path);
+        qpk_err_prefix(e, st, "the tokenizer of %s", s->path);
     free(json);
     if (st == QPK_OK)
         st = qpk_read_file(path, &text, &text_len, e);

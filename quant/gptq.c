@@ -321,7 +321,7 @@ static void gptq_task(void *arg, int64_t task, int thread)
                                          : qpk_group_params(j->type, wr + i, G, 1.0f, p, &j->errs[task]);
                 if (s != QPK_OK) {
                     j->status[task] = s;
-                    qpk_err_prefix(&j->errs[task], "row %lld", (long long)(r0 + r));
+                    qpk_err_prefix(&j->errs[task], s, "row %lld", (long long)(r0 + r));
                     return;
                 }
             }
@@ -462,12 +462,12 @@ qpk_status qpk_gptq_quantize(const qpk_gptq_plan *p, uint32_t type, uint32_t gro
     for (int64_t r = 0; p->act_order && r < rows && s == QPK_OK; r++) {
             if (ggml) { /* a whole row's blocks at once, each fitted to its weights and their importance */
                 if ((s = qpk_ggml_quantize_row(type, W + r * n, n, p->imp, blocks + (size_t)(r * ng) * bb, e)) != QPK_OK)
-                    qpk_err_prefix(e, "row %lld", (long long)r);
+                    qpk_err_prefix(e, s, "row %lld", (long long)r);
             } else {
                 for (int64_t g = 0; g < ng && s == QPK_OK; g++)
                     if ((s = qpk_group_params(type, W + r * n + g * group, group, 1.0f, &params[r * ng + g], e)) !=
                         QPK_OK)
-                        qpk_err_prefix(e, "row %lld", (long long)r);
+                        qpk_err_prefix(e, s, "row %lld", (long long)r);
             }
     }
     if (s != QPK_OK)
@@ -483,7 +483,8 @@ qpk_status qpk_gptq_quantize(const qpk_gptq_plan *p, uint32_t type, uint32_t gro
         s = qpk_err_setf(e, QPK_E_CANCELLED, "cancelled");
     for (int64_t t = 0; t < tasks && s == QPK_OK; t++)
         if (status[t] != QPK_OK) {
-            *e = errs[t];
+            if (e)
+                *e = errs[t];
             s = status[t];
         }
     if (s == QPK_OK)

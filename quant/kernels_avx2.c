@@ -629,7 +629,7 @@ static inline __attribute__((always_inline)) qpk_status quantize_row_t(uint32_t 
         qpk_qparams p;
         qpk_status s = qpk_params_from_range(type, _mm_cvtss_f32(l4), _mm_cvtss_f32(h4), 1.0f, &p, e);
         if (s != QPK_OK)
-            return qpk_err_prefix(e, "weights %lld..%lld", (long long)g, (long long)(g + group - 1));
+            return qpk_err_prefix(e, s, "weights %lld..%lld", (long long)g, (long long)(g + group - 1));
         qpk_put_block_header(type, &p, o);
         uint8_t *codes = o + CODES_AT(type);
         for (int64_t k = g; k < g + group; k += 32, codes += CHUNK_BYTES(type)) {

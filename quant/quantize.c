@@ -196,7 +196,7 @@ qpk_status qpk_quantize_row(uint32_t type, uint32_t group, const float *x, int64
         qpk_qparams p;
         qpk_status s = qpk_group_params(type, x + g, group, 1.0f, &p, e);
         if (s != QPK_OK)
-            return qpk_err_prefix(e, "weights %lld..%lld", (long long)g, (long long)(g + group - 1));
+            return qpk_err_prefix(e, s, "weights %lld..%lld", (long long)g, (long long)(g + group - 1));
         qpk_put_block_header(type, &p, o);
         for (uint32_t c = 0; c < group / QPK_GROUP_QUANTUM; c++) {
             int32_t q[32];

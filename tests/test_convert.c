@@ -89,8 +89,30 @@ static const st_case ST_CASES[] = {
     {"raw control byte", "{\"a\t\":{}}", 0, QPK_E_CORRUPT, "raw control character"},
 };
 
+/*
+ * The error contract: malformed bytes given again without an e fail with the status the call with
+ * one got (`with_e`), leaving no handle, from memory and from a file (qpk_st_open prefixes the path).
+ */
+static void st_replay_null_e(const char *what, const uint8_t *b, size_t n, qpk_status with_e)
+{
+    qpk_safetensors *st = NULL;
+    qpk_status s = qpk_st_open_memory(&st, b, n, NULL);
+    CHECKF(s != QPK_OK && s == with_e && st == NULL, "'%s' with e == NULL: status %d (want %d)", what, s, with_e);
+    qpk_st_close(st);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/defect.safetensors", g_root);
+    write_file(g_root, "defect.safetensors", b, n);
+    st = NULL;
+    s = qpk_st_open(&st, path, NULL);
+    CHECKF(s != QPK_OK && s == with_e && st == NULL, "'%s' from a file with e == NULL: status %d (want %d)", what, s,
+           with_e);
+    qpk_st_close(st);
+    unlink(path);
+}
+
 static void test_safetensors_defects(void)
 {
+    size_t null_e = 0;
     for (size_t i = 0; i < sizeof ST_CASES / sizeof *ST_CASES; i++) {
         const st_case *c = &ST_CASES[i];
         size_t n;
@@ -101,19 +123,27 @@ static void test_safetensors_defects(void)
         CHECKF(s == c->want && strstr(e.msg, c->msg), "case '%s': status %d, \"%s\" (want \"%s\")", c->what, s,
                e.msg, c->msg);
         CHECK(st == NULL);
+        st_replay_null_e(c->what, b, n, s), null_e++;
         free(b);
     }
     /* Length-field defects, which a header text cannot express. */
     qpk_safetensors *st;
     qpk_err e = {0};
     uint8_t b[16] = {0};
-    CHECK_ERR(qpk_st_open_memory(&st, b, 5, &e), QPK_E_CORRUPT, e, "no 8-byte header length");
+    qpk_status s = qpk_st_open_memory(&st, b, 5, &e);
+    CHECK_ERR(s, QPK_E_CORRUPT, e, "no 8-byte header length");
+    st_replay_null_e("5 bytes", b, 5, s), null_e++;
     b[0] = 0x01, b[3] = 0x10; /* 0x10000001 bytes: past the 100 MB limit */
     b[4] = 0x00;
-    CHECK_ERR(qpk_st_open_memory(&st, b, 16, &e), QPK_E_LIMIT, e, "exceeds the limit");
+    s = qpk_st_open_memory(&st, b, 16, &e);
+    CHECK_ERR(s, QPK_E_LIMIT, e, "exceeds the limit");
+    st_replay_null_e("header length past the limit", b, 16, s), null_e++;
     memset(b, 0, 8), b[0] = 100;
-    CHECK_ERR(qpk_st_open_memory(&st, b, 16, &e), QPK_E_CORRUPT, e, "runs past the end");
+    s = qpk_st_open_memory(&st, b, 16, &e);
+    CHECK_ERR(s, QPK_E_CORRUPT, e, "runs past the end");
+    st_replay_null_e("header past the end", b, 16, s), null_e++;
     printf("%zu distinct malformed safetensors inputs checked\n", sizeof ST_CASES / sizeof *ST_CASES + 3);
+    printf("%zu of them replayed with e == NULL (memory and file)\n", null_e);
 }
 
 static void test_safetensors_valid(void)
@@ -195,8 +225,11 @@ static void test_config(void)
         qpk_status s = qpk_config_parse(&c, bad[i].json, strlen(bad[i].json), &e);
         CHECKF(s == bad[i].want && strstr(e.msg, bad[i].msg), "config %zu: status %d \"%s\" (want \"%s\")", i, s,
                e.msg, bad[i].msg);
+        qpk_status s2 = qpk_config_parse(&c, bad[i].json, strlen(bad[i].json), NULL);
+        CHECKF(s2 != QPK_OK && s2 == s, "config %zu with e == NULL: status %d (want %d)", i, s2, s);
     }
     printf("%zu distinct malformed configs checked\n", sizeof bad / sizeof *bad);
+    printf("%zu of them replayed with e == NULL\n", sizeof bad / sizeof *bad);
 }
 
 /* ------------------------------------------------------------ checkpoints */
@@ -312,6 +345,8 @@ static void capture(void *ud, qpk_log_level lv, const char *msg)
     }
 }
 
+static size_t g_convert_null_e; /* failing conversions replayed with e == NULL */
+
 /* Converts dir to dir/out.qpk and checks the outcome; a failure must leave no file. */
 static void expect_convert(const char *dir, qpk_status want, const char *msg, logbook *lb)
 {
@@ -326,6 +361,11 @@ static void expect_convert(const char *dir, qpk_status want, const char *msg, lo
            e.msg, want, msg);
     if (want != QPK_OK)
         CHECKF(!exists(out), "%s: output left behind", dir);
+    if (want != QPK_OK) { /* the error contract: without an e, the same failure and no output */
+        qpk_status s2 = tu_convert(dir, out, &o, NULL);
+        CHECKF(s2 != QPK_OK && s2 == s && !exists(out), "%s with e == NULL: status %d (want %d)", dir, s2, s);
+        g_convert_null_e++;
+    }
     /* Nothing else either: the folder holds only what the test put there. */
     DIR *d = opendir(dir);
     for (struct dirent *de; d && (de = readdir(d));)
@@ -336,6 +376,7 @@ static void expect_convert(const char *dir, qpk_status want, const char *msg, lo
 
 static void test_checkpoint_defects(void)
 {
+    const size_t null_e0 = g_convert_null_e;
     qpk_gen_spec sp = tiny_spec();
     const qpk_config *c = &sp.cfg;
     static const struct {
@@ -380,6 +421,7 @@ static void test_checkpoint_defects(void)
     write_config(dir, c, NULL);
     write_file(dir, "model.safetensors", "\x02\0\0\0\0\0\0\0{]", 10);
     expect_convert(dir, QPK_E_CORRUPT, "model.safetensors: header: expected a string at byte 1", NULL);
+    printf("%zu malformed checkpoints replayed with e == NULL\n", g_convert_null_e - null_e0);
 }
 
 static void test_warnings(void)
@@ -434,6 +476,7 @@ static void test_shards(void)
     expect_convert(dir, QPK_OK, "", NULL);
 
     /* Index defects on a toy of two shards: the checks run before any model check. */
+    const size_t null_e0 = g_convert_null_e;
     const char *h1 = "{\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2]}}";
     const char *h2[] = {
         "{\"b\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2]}}",
@@ -478,6 +521,7 @@ static void test_shards(void)
             write_text(dir, "model.safetensors.index.json", "{\"metadata\":{}}");
         expect_convert(dir, cases[i].want, cases[i].msg, NULL);
     }
+    printf("%zu malformed indexes replayed with e == NULL\n", g_convert_null_e - null_e0);
 }
 
 /* ------------------------------------------------------------ round trips */
@@ -929,6 +973,7 @@ int main(void)
     test_round_trips();
     test_values_refused();
     test_cancel_and_links();
+    printf("%zu failing conversions in all replayed with e == NULL\n", g_convert_null_e);
     if (!th_failed) /* keep the evidence when something failed */
         rm_rf(g_root);
     return th_summary("test_convert");

@@ -349,6 +349,9 @@ static const defect DEFECTS[] = {
 
 static void test_defects(const uint8_t *good, size_t n)
 {
+    char path[256];
+    snprintf(path, sizeof path, "%s/defect.qpk", g_dir);
+    size_t null_e = 0;
     for (size_t i = 0; i < sizeof DEFECTS / sizeof *DEFECTS; i++) {
         const defect *d = &DEFECTS[i];
         uint8_t *b = calloc(1, n + 64);
@@ -365,9 +368,25 @@ static void test_defects(const uint8_t *good, size_t n)
                d->what, s, d->want, e.msg, d->msg);
         CHECK(f == NULL);
         qpk_close(f);
+        /* Again without an e (the error contract): the same failure and no handle, from memory and from a
+         * file, whose path qpk_open prefixes to the message. */
+        qpk_status s2 = qpk_open_memory(&f, b, m, &o, NULL);
+        CHECKF(s2 != QPK_OK && s2 == s && f == NULL, "defect '%s' with e == NULL: status %d (want %d)", d->what,
+               s2, s);
+        qpk_close(f);
+        FILE *out = fopen(path, "wb");
+        CHECK(out && fwrite(b, 1, m, out) == m && fclose(out) == 0);
+        f = NULL;
+        s2 = qpk_open(&f, path, &o, NULL);
+        CHECKF(s2 != QPK_OK && s2 == s && f == NULL, "defect '%s' from a file with e == NULL: status %d (want %d)",
+               d->what, s2, s);
+        qpk_close(f);
+        null_e++;
         free(b);
     }
+    unlink(path);
     printf("%zu distinct malformed .qpk inputs checked\n", sizeof DEFECTS / sizeof *DEFECTS);
+    printf("%zu of them replayed with e == NULL (memory and file)\n", null_e);
 }
 
 /* ------------------------------------------------------------ round trip */
@@ -524,13 +543,15 @@ static void test_types(void)
 static void test_err_prefix(void)
 {
     qpk_err e = {0};
-    qpk_err_setf(&e, QPK_E_IO, "inner");
-    qpk_err_prefix(&e, "outer %d", 1);
+    qpk_status s = qpk_err_setf(&e, QPK_E_IO, "inner");
+    CHECK(qpk_err_prefix(&e, s, "outer %d", 1) == QPK_E_IO);
     CHECK(strcmp(e.msg, "outer 1: inner") == 0 && e.status == QPK_E_IO);
     memset(e.msg, 'x', sizeof e.msg - 1);
     e.msg[sizeof e.msg - 1] = 0;
-    qpk_err_prefix(&e, "p");
+    qpk_err_prefix(&e, s, "p");
     CHECK(strncmp(e.msg, "p: xxx", 6) == 0 && strlen(e.msg) == sizeof e.msg - 1);
+    /* Without an e the failure is still forwarded: `return qpk_err_prefix(e, s, ...)` must not succeed. */
+    CHECK(qpk_err_prefix(NULL, QPK_E_CORRUPT, "ctx %d", 2) == QPK_E_CORRUPT);
 }
 
 /* A quantized tensor whose f16 scale is NaN or infinite, with every checksum made consistent. */

@@ -955,21 +955,42 @@ static void test_malformed(void)
         {{3, 2, 2, "general.architecture", 8, 0, 5, 32, 1, 0, 1ull << 62, 0, 32, 1, 0}, QPK_E_LIMIT, "overflows"},
         {{3, 2, 2, "general.architecture", 8, 0, 5, 32, 1, 0, 8, 0, 32, 1, 240}, QPK_E_CORRUPT, "past the end"},
     };
+    const char *path = tmp("bad.gguf");
+    size_t null_e = 0;
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         b = build(bad[i].s);
         g = NULL;
         qpk_status s = qpk_gguf_open_memory(&g, b.b, b.n, &e);
         CHECKF(s == bad[i].want && strstr(e.msg, bad[i].msg), "case %zu: status %d, \"%s\"", i, (int)s, e.msg);
         CHECK(g == NULL);
+        /* The error contract: without an e, the same failure and no handle, from memory and from a file
+         * (whose path qpk_gguf_open prefixes to the message). */
+        qpk_status s2 = qpk_gguf_open_memory(&g, b.b, b.n, NULL);
+        CHECKF(s2 != QPK_OK && s2 == s && g == NULL, "case %zu with e == NULL: status %d (want %d)", i, (int)s2, (int)s);
+        qpk_gguf_close(g);
+        FILE *f = fopen(path, "wb");
+        CHECK(f && fwrite(b.b, 1, b.n, f) == b.n && fclose(f) == 0);
+        g = NULL;
+        s2 = qpk_gguf_open(&g, path, NULL);
+        CHECKF(s2 != QPK_OK && s2 == s && g == NULL, "case %zu from a file with e == NULL: status %d (want %d)", i,
+               (int)s2, (int)s);
+        qpk_gguf_close(g);
+        null_e++;
     }
-    /* Every truncation of the valid file fails cleanly. */
+    unlink(path);
+    /* Every truncation of the valid file fails cleanly, with an e or without. */
     b = build(ok);
     size_t fails = 0;
     for (size_t n = 0; n < b.n - 256; n++) {
-        fails += qpk_gguf_open_memory(&g, b.b, n, &e) != QPK_OK;
+        qpk_status s = qpk_gguf_open_memory(&g, b.b, n, &e);
+        fails += s != QPK_OK;
+        qpk_status s2 = qpk_gguf_open_memory(&g, b.b, n, NULL);
+        CHECKF(s2 != QPK_OK && s2 == s && g == NULL, "%zu bytes with e == NULL: status %d (want %d)", n, (int)s2, (int)s);
+        null_e++;
     }
     CHECK(fails == b.n - 256);
     printf("%zu malformed GGUF files checked\n", sizeof bad / sizeof *bad + fails);
+    printf("%zu of them replayed with e == NULL\n", null_e);
 }
 
 /* ------------------------------------------------ GGUF files as Qwen2 models */
@@ -1063,6 +1084,7 @@ static void write_qwen2(const char *path, const qwen2_defect *d)
 
 static void test_qwen2_checks(void)
 {
+    size_t null_e = 0;
     static const qwen2_defect D[] = {
         {"valid", QPK_OK, ""},
         {"other architecture", QPK_E_UNSUPPORTED, "general.architecture is \"llama\"", .arch = "llama"},
@@ -1093,6 +1115,17 @@ static void test_qwen2_checks(void)
         qpk_status s = g ? qpk_gguf_qwen2(g, &c, &e) : QPK_E_IO;
         CHECKF(s == D[i].want && strstr(e.msg, D[i].msg), "qwen2 GGUF '%s': status %d \"%s\" (want \"%s\")", D[i].what,
                (int)s, e.msg, D[i].msg);
+        if (g && s != QPK_OK) { /* the error contract: without an e, the same failure, and no model */
+            qpk_status s2 = qpk_gguf_qwen2(g, &c, NULL);
+            CHECKF(s2 != QPK_OK && s2 == s, "qwen2 GGUF '%s' with e == NULL: status %d (want %d)", D[i].what, (int)s2,
+                   (int)s);
+            qpk_model *m = NULL;
+            s2 = tu_gguf_model(&m, g, NULL);
+            CHECKF(s2 != QPK_OK && s2 == s && m == NULL, "qwen2 GGUF '%s' as a model with e == NULL: status %d (want %d)",
+                   D[i].what, (int)s2, (int)s);
+            qpk_model_free(m);
+            null_e++;
+        }
         if (s == QPK_OK)
             CHECK(c.hidden_size == 32 && c.n_kv_heads == 1 && c.head_dim == 16 && c.vocab_size == 8 &&
                   c.tie_word_embeddings && c.n_eos == 1 && c.eos_token_ids[0] == 6 && c.rope_theta == 1e6);
@@ -1100,6 +1133,7 @@ static void test_qwen2_checks(void)
         unlink(path);
     }
     printf("%zu qwen2 GGUF checks\n", sizeof D / sizeof *D);
+    printf("%zu of them replayed with e == NULL\n", null_e);
 }
 
 /*

@@ -266,6 +266,15 @@ static void test_dead_inputs_and_errors(void)
               "not whole groups of 48");
     CHECK_ERR(qpk_gptq(QPK_TYPE_F16, 32, wq, R, D, h, &(qpk_gptq_opts){0}, NULL, b, &e), QPK_E_INVALID_ARG, e,
               "not whole groups");
+    /* A weight no grid holds fails inside a task: its status comes out whether or not an e is given. */
+    memcpy(h, H, sizeof h), memcpy(wq, W, sizeof W);
+    wq[3 * D + 7] = NAN;
+    qpk_status s = qpk_gptq(QPK_TYPE_INT4, 32, wq, R, D, h, &(qpk_gptq_opts){0.01, false}, NULL, b, &e);
+    CHECK_ERR(s, QPK_E_VALUE, e, "row 3");
+    memcpy(h, H, sizeof h), memcpy(wq, W, sizeof W);
+    wq[3 * D + 7] = NAN;
+    qpk_status s2 = qpk_gptq(QPK_TYPE_INT4, 32, wq, R, D, h, &(qpk_gptq_opts){0.01, false}, NULL, b, NULL);
+    CHECKF(s2 == s, "with e == NULL: status %d (want %d)", (int)s2, (int)s);
 }
 
 int main(void)

@@ -517,10 +517,15 @@ static void test_malformed(void)
         CHECKF(s == d->want && strstr(e.msg, d->msg), "'%s': status %d \"%s\" (want %d \"%s\")", d->what, (int)s, e.msg,
                (int)d->want, d->msg);
         CHECKF(access(out, F_OK) != 0, "'%s' left an output", d->what);
+        /* The error contract: without an e, the same failure and no output. */
+        qpk_status s2 = tu_convert(dir, out, &o, NULL);
+        CHECKF(s2 != QPK_OK && s2 == s && access(out, F_OK) != 0, "'%s' with e == NULL: status %d (want %d)", d->what,
+               (int)s2, (int)s);
         n++;
         rm_rf(dir);
     }
     fprintf(stderr, "%d malformed quantized checkpoints checked\n", n);
+    fprintf(stderr, "%d of them replayed with e == NULL\n", n);
 }
 
 /* --------------------------------------------- zero points off the middle code */

@@ -490,6 +490,16 @@ static void test_tiny(void)
 
 /* ---------------------------------------------------------- malformed files */
 
+/* The error contract: a load that failed with an e (status with_e) fails alike without one, leaving no tokenizer. */
+static bool fails_alike(const char *json, size_t len, qpk_status with_e)
+{
+    qpk_tokenizer *t = (qpk_tokenizer *)1;
+    qpk_status s = qpk_tokenizer_load(&t, json, len, NULL);
+    if (s == QPK_OK)
+        qpk_tokenizer_free(t);
+    return s != QPK_OK && s == with_e && t == NULL;
+}
+
 /* The tiny tokenizer with the first occurrence of `from` replaced by `to`. */
 static char *edit(const char *from, const char *to)
 {
@@ -510,6 +520,7 @@ static char *edit(const char *from, const char *to)
 
 static void test_malformed(void)
 {
+    size_t null_e = 0;
     static const struct {
         const char *from, *to;
         qpk_status want;
@@ -583,20 +594,37 @@ static void test_malformed(void)
         CHECKF(s == cases[i].want && strstr(e.msg, cases[i].msg) && t == NULL,
                "case %zu: status %d (want %d), \"%s\" (want \"%s\")", i, (int)s, (int)cases[i].want,
                e.msg, cases[i].msg);
+        CHECKF(fails_alike(j, strlen(j), s), "case %zu with e == NULL", i);
+        null_e++;
         free(j);
     }
     /* Whole-file defects. */
+    static const struct {
+        const char *json;
+        qpk_status want;
+        const char *msg;
+    } whole[] = {
+        {"", QPK_E_CORRUPT, "unexpected end"},
+        {"[1,2]", QPK_E_CORRUPT, "tokenizer.json is not a JSON object"},
+        {"{} x", QPK_E_CORRUPT, "bytes after its JSON value (byte 3)"},
+        {"{\"a\":01}", QPK_E_CORRUPT, "malformed number"},
+        {"{\"a\":\"x", QPK_E_CORRUPT, "unterminated string"},
+        {"{}", QPK_E_UNSUPPORTED, "no pre_tokenizer"},
+    };
     qpk_tokenizer *t;
     qpk_err e = {0};
-    CHECK_ERR(qpk_tokenizer_load(&t, "", 0, &e), QPK_E_CORRUPT, e, "unexpected end");
-    CHECK_ERR(qpk_tokenizer_load(&t, "[1,2]", 5, &e), QPK_E_CORRUPT, e, "tokenizer.json is not a JSON object");
-    CHECK_ERR(qpk_tokenizer_load(&t, "{} x", 4, &e), QPK_E_CORRUPT, e, "bytes after its JSON value (byte 3)");
-    CHECK_ERR(qpk_tokenizer_load(&t, "{\"a\":01}", 8, &e), QPK_E_CORRUPT, e, "malformed number");
-    CHECK_ERR(qpk_tokenizer_load(&t, "{\"a\":\"x", 7, &e), QPK_E_CORRUPT, e, "unterminated string");
-    CHECK_ERR(qpk_tokenizer_load(&t, "{}", 2, &e), QPK_E_UNSUPPORTED, e, "no pre_tokenizer");
+    for (size_t i = 0; i < sizeof whole / sizeof *whole; i++) {
+        qpk_status s = qpk_tokenizer_load(&t, whole[i].json, strlen(whole[i].json), &e);
+        CHECK_ERR(s, whole[i].want, e, whole[i].msg);
+        CHECKF(fails_alike(whole[i].json, strlen(whole[i].json), s), "'%s' with e == NULL", whole[i].json);
+        null_e++;
+    }
     CHECK_ERR(qpk_tokenizer_load(NULL, "{}", 2, &e), QPK_E_INVALID_ARG, e, "NULL");
+    CHECK(qpk_tokenizer_load(NULL, "{}", 2, NULL) == QPK_E_INVALID_ARG);
     char *j = tiny_json(NULL, NULL, NULL);
     CHECK(qpk_tokenizer_load(&t, j, strlen(j) - 1, &e) == QPK_E_CORRUPT); /* cut short */
+    CHECK(fails_alike(j, strlen(j) - 1, QPK_E_CORRUPT));
+    null_e += 2;
     free(j);
     j = tiny_json(NULL, "[]", "[]");
     CHECK(qpk_tokenizer_load(&t, j, strlen(j), &e) == QPK_OK);
@@ -613,7 +641,10 @@ static void test_malformed(void)
     j = edit("\"ba\":260", "\"ba\":261");
     CHECK_ERR(qpk_tokenizer_load(&t, j, strlen(j), &e), QPK_E_CORRUPT, e,
               "added token '<s>' takes id 261 of vocabulary token 'ba'");
+    CHECK(fails_alike(j, strlen(j), QPK_E_CORRUPT));
+    null_e++;
     free(j);
+    printf("%zu malformed tokenizer.json inputs replayed with e == NULL\n", null_e);
 }
 
 /* ----------------------------------------------------------------- fixture */

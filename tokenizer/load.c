@@ -444,7 +444,7 @@ static qpk_status scan_document(const char *json, size_t len, spans *sp, qpk_err
     free(kb);
     qpk_jr_free(&r);
     if (!ok)
-        return e ? e->status : QPK_E_CORRUPT;
+        return r.status;
     if (qpk_jr_peek(&r) != 0)
         return qpk_err_setf(e, QPK_E_CORRUPT, "tokenizer.json has bytes after its JSON value (byte %td)",
                             r.p - json);
@@ -505,30 +505,30 @@ static qpk_status read_vocab(qpk_tokenizer *t, const char *json, const spans *sp
         uint64_t id;
         *list = v;
         if (!qpk_jr_string(&r, &t->pool, &t->pool_cap, t->pool_len, &len))
-            return e->status;
+            return r.status;
         char b[96];
         const char *str = t->pool + t->pool_len;
         if (len > QPK_TOKENIZER_MAX_TOKEN)
             return qpk_err_setf(e, QPK_E_LIMIT, "vocab token '%s' is %zu bytes, past the limit %d",
                                 show(str, len, b), len, QPK_TOKENIZER_MAX_TOKEN);
         if (!qpk_jr_expect(&r, ':', "expected ':'"))
-            return e->status;
+            return r.status;
         if (!qpk_jr_uint(&r, QPK_TOKENIZER_MAX_ID, &id, "id not an integer in [0, 16777215]"))
-            return qpk_err_prefix(e, "vocab token '%s'", show(str, len, b));
+            return qpk_err_prefix(e, r.status, "vocab token '%s'", show(str, len, b));
         v[n++] = (ventry){(uint32_t)t->pool_len, (uint32_t)len, (uint32_t)id};
         t->pool_len += len + 1;
         if ((uint32_t)id > *max_id)
             *max_id = (uint32_t)id;
         char d = qpk_jr_peek(&r);
         if (d != ',' && d != '}')
-            return qpk_jr_fail(&r, QPK_E_CORRUPT, "expected ',' or '}'"), e->status;
+            return qpk_jr_fail(&r, QPK_E_CORRUPT, "expected ',' or '}'"), r.status;
         r.p++;
         more = d == ',';
     }
     *list = v;
     *n_out = (uint32_t)n;
     if (qpk_jr_peek(&r) != 0)
-        return qpk_jr_fail(&r, QPK_E_CORRUPT, "unexpected character"), e->status;
+        return qpk_jr_fail(&r, QPK_E_CORRUPT, "unexpected character"), r.status;
     if (n == 0)
         return qpk_err_setf(e, QPK_E_CORRUPT, "the vocabulary is empty");
     return QPK_OK;
@@ -665,13 +665,13 @@ static qpk_status read_merges(qpk_tokenizer *t, const char *json, const spans *s
         size_t an = 0, bn = 0;
         bool skip;
         if (!read_merge(&r, legacy, &buf, &bcap, &an, &bn, &skip)) {
-            s = e->status;
+            s = r.status;
             break;
         }
         char d = qpk_jr_peek(&r);
         if (d != ',' && d != ']') {
             qpk_jr_fail(&r, QPK_E_CORRUPT, "expected ',' or ']'");
-            s = e->status;
+            s = r.status;
             break;
         }
         r.p++;
@@ -701,7 +701,7 @@ static qpk_status read_merges(qpk_tokenizer *t, const char *json, const spans *s
     }
     free(buf);
     if (s == QPK_OK && qpk_jr_peek(&r) != 0)
-        s = (qpk_jr_fail(&r, QPK_E_CORRUPT, "unexpected character"), e->status);
+        s = (qpk_jr_fail(&r, QPK_E_CORRUPT, "unexpected character"), r.status);
     size_t slots = 16;
     while (s == QPK_OK && slots < n + n / 2)
         slots *= 2;
@@ -869,9 +869,6 @@ qpk_status qpk_tokenizer_load(qpk_tokenizer **out, const char *json, size_t len,
     if (len > QPK_TOKENIZER_MAX_JSON)
         return qpk_err_setf(e, QPK_E_LIMIT, "tokenizer.json is %zu bytes, past the limit %u", len,
                             QPK_TOKENIZER_MAX_JSON);
-    qpk_err local;
-    if (!e)
-        e = &local; /* the reader keeps its first error here */
     spans sp;
     QPK_TRY(scan_document(json, len, &sp, e));
     size_t small_len = 0;

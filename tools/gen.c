@@ -167,7 +167,7 @@ qpk_status qpk_gen_write(const qpk_gen_spec *sp, const char *dir, const qpk_call
     qpk_status s = text ? qpk_config_parse(&check, text, strlen(text), e) : QPK_E_NOMEM;
     free(text);
     if (s != QPK_OK)
-        return qpk_err_prefix(e, "generator config");
+        return qpk_err_prefix(e, s, "generator config");
     if (mkdir(dir, 0755) != 0 && errno != EEXIST)
         return qpk_err_setf(e, QPK_E_IO, "cannot create '%s': %s", dir, strerror(errno));
     size_t n = qpk_model_n_tensors(&sp->cfg) + (sp->cfg.tie_word_embeddings && sp->lm_head_when_tied);

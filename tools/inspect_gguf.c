@@ -206,9 +206,10 @@ int inspect_gguf(cli *c, const char *path, bool json, bool tensors, bool verify)
     if (qpk_gguf_open(&g, path, &e) != QPK_OK)
         return cli_fail(c, &e);
     qpk_config cfg;
-    if (verify && qpk_gguf_qwen2(g, &cfg, &e) != QPK_OK) {
+    qpk_status s;
+    if (verify && (s = qpk_gguf_qwen2(g, &cfg, &e)) != QPK_OK) {
         qpk_gguf_close(g);
-        qpk_err_prefix(&e, "%s", path);
+        qpk_err_prefix(&e, s, "%s", path);
         return cli_fail(c, &e);
     }
     uint64_t size = qpk_gguf_file_size(g);

@@ -232,7 +232,7 @@ int main(int argc, char **argv)
     qpk_status s = qpk_tokenizer_load(&t, json, json_len, &e);
     free(json);
     if (s != QPK_OK) {
-        qpk_err_prefix(&e, "%s", src);
+        qpk_err_prefix(&e, s, "%s", src);
         return cli_fail(&c, &e);
     }
     FILE *in = stdin;

@@ -70,8 +70,13 @@ QPK_API const char *qpk_strerror(qpk_status s);
 QPK_API qpk_status qpk_err_setf(qpk_err *e, qpk_status s, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* Prepends "context: " to an already-filled message (keeps the status). */
-QPK_API qpk_status qpk_err_prefix(qpk_err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/*
+ * Prepends "context: " to the message of e (if not NULL) that the failure s filled, and
+ * returns s: `return qpk_err_prefix(e, s, "tensor '%s'", name);` forwards the failure
+ * whether or not the caller passed an e (e->status becomes s too).
+ */
+QPK_API qpk_status qpk_err_prefix(qpk_err *e, qpk_status s, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* ====================================================================== types == */
 

@@ -37,6 +37,7 @@ typedef struct job {
     qpk_sink_tensor *plan;  /* each tensor as declared, in the canonical order */
     bool *requant;          /* which of them are requantized for the target */
     int n_requantized;
+    uint64_t *calib_work;   /* per layer: the share of the work its calibration counts for */
     void **kept;            /* keep_requantized: the requantized tensors' bytes, by index */
     qpk_sink_file files[3]; /* the model's files (EMBEDDED_FILES present), owned */
     size_t n_files;
@@ -367,6 +368,14 @@ static bool int8z_fits(const qpk_matrix *m)
 #define REQUANT_GROUP 32 /* ggml's blocks */
 
 /*
+ * Progress counts work, not bytes: a tensor written counts its source bytes, and
+ * calibrating a layer counts this many times that layer's bytes (its statistics, search
+ * and two passes over every window dwarf the copy; layers are alike, so the share done
+ * and the time left follow the layers).
+ */
+#define CALIB_WORK_PER_BYTE 9u
+
+/*
  * A linear GGUF cannot hold as it is, requantized: each row decoded exactly, put back in
  * input order (perm may be NULL), quantized to groups of 32 of the same grid (int8z ->
  * int8). keep (may be NULL) receives the bytes too, for the in-memory model.
@@ -423,11 +432,12 @@ static qpk_status write_from_matrix(job *j, size_t i, const char *name, qpk_err 
 /* Calibrates layer l (GPTQ/AWQ): an explicit step at the layer boundary, before its tensors are written. */
 static qpk_status calibrate_layer(job *j, const qpk_config *c, int l, qpk_err *e)
 {
-    double t0 = qpk_seconds();
-    QPK_TRY(qpk_calib_layer(j->calib, l, &j->times, e));
     char what[96];
-    snprintf(what, sizeof what, "%s layer %d/%lld: %.1f s", qpk_method_name(j->o->method), l + 1,
-             (long long)c->n_layers, qpk_seconds() - t0);
+    snprintf(what, sizeof what, "%s: calibrating layer %d of %lld", qpk_method_name(j->o->method), l + 1,
+             (long long)c->n_layers);
+    QPK_TRY(poll(j, what, e));
+    QPK_TRY(qpk_calib_layer(j->calib, l, &j->times, e));
+    j->done += j->calib_work[l];
     return poll(j, what, e);
 }
 
@@ -889,6 +899,10 @@ static qpk_status plan_tensor(job *j, size_t i, qpk_output to, qpk_err *e)
         p->ndim = t->ndim;
         memcpy(p->dims, t->shape, (size_t)t->ndim * sizeof *p->dims);
         j->total += t->nbytes;
+        if (j->calib && p->layer >= 0) { /* calibrating a layer costs far more than writing it */
+            j->calib_work[p->layer] += CALIB_WORK_PER_BYTE * t->nbytes;
+            j->total += CALIB_WORK_PER_BYTE * t->nbytes;
+        }
         return QPK_OK;
     }
     qpk_matrix m;
@@ -949,7 +963,7 @@ static void job_free(job *j)
     free(j->f32), free(j->out), free(j->rows_f32);
     for (size_t i = 0; i < j->n_files; i++)
         free((void *)j->files[i].data);
-    free(j->plan), free(j->requant);
+    free(j->plan), free(j->requant), free(j->calib_work);
 }
 
 static qpk_status run(job *j, qpk_sink *sink, qpk_convert_result *r, qpk_err *e)
@@ -967,7 +981,8 @@ static qpk_status run(job *j, qpk_sink *sink, qpk_convert_result *r, qpk_err *e)
     QPK_TRY(qpk_pool_create(&j->pool, o->n_threads, e));
     if (o->cb.cancel)
         qpk_pool_set_cancel(j->pool, o->cb.cancel, o->cb.ud);
-    if (!(j->plan = calloc(n, sizeof *j->plan)) || !(j->requant = calloc(n, sizeof *j->requant)))
+    if (!(j->plan = calloc(n, sizeof *j->plan)) || !(j->requant = calloc(n, sizeof *j->requant)) ||
+        !(j->calib_work = calloc((size_t)j->cfg->n_layers + 1, sizeof *j->calib_work)))
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     if (j->ck) {
         QPK_TRY(job_buffers(j, j->cfg, e));

@@ -105,9 +105,20 @@ static void on_progress(void *ud, const char *what, uint64_t done, uint64_t tota
     double now = cli_now();
     if (done < total && now - c->last_draw < 0.1)
         return;
+    if (c->first_draw == 0)
+        c->first_draw = now;
     c->last_draw = now;
     c->drawn = true;
-    fprintf(stderr, "\r\033[K[%5.1f%%] %.70s", total ? 100.0 * (double)done / (double)total : 100.0, what);
+    const double share = total ? (double)done / (double)total : 1.0, elapsed = now - c->first_draw;
+    char left[32] = "";
+    if (share > 0.01 && share < 1 && elapsed >= 1) { /* the work is counted so that its rate is steady */
+        const long s = (long)(elapsed * (1 - share) / share + 0.5);
+        if (s >= 3600)
+            snprintf(left, sizeof left, ", %ldh%02ldm left", s / 3600, s / 60 % 60);
+        else
+            snprintf(left, sizeof left, ", %ldm%02lds left", s / 60, s % 60);
+    }
+    fprintf(stderr, "\r\033[K[%5.1f%%] %.60s%s", 100.0 * share, what, left);
     fflush(stderr);
 }
 

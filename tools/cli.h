@@ -24,6 +24,7 @@ typedef struct cli {
     bool quiet;
     bool tty;           /* stderr is a terminal: show progress */
     double last_draw;   /* seconds, for rate limiting */
+    double first_draw;  /* when progress began: the time left is estimated from the rate since */
     bool drawn;
 } cli;
 

@@ -251,243 +251,307 @@ static void usage(void)
            "Exit codes: 0 ok, 2 usage, 3 bad input, 4 I/O error, 5 internal, 130 interrupted.\n");
 }
 
+/* ------------------------------------------------------------------ options */
+
+/* What an option shapes: the checks refuse options that would do nothing for the input or target. */
+enum { FOR_MODEL = 1, FOR_GPTQ = 2, FOR_WINDOWS = 4, FOR_FOLDER = 8, FOR_GROUP = 16 };
+
+typedef enum opt_id {
+    O_HELP, O_VERSION, O_QUIET, O_OUTPUT, O_TO, O_SHARD_SIZE, O_GPTQ_FORMAT, O_DTYPE, O_QUANT, O_PRESET, O_GROUP,
+    O_KEEP, O_EMBED_TYPE, O_METHOD, O_CALIB, O_CALIB_TOKENS, O_CALIB_SAMPLES, O_CALIB_LEN, O_SEED, O_DAMP,
+    O_ACT_ORDER, O_AWQ_FOLD_ONLY, O_REQUANTIZE, O_ALLOW_NONFINITE, O_THREADS
+} opt_id;
+
+static const struct option {
+    const char *name, *alias; /* --long, -s (or NULL) */
+    bool takes_value;
+    unsigned shapes; /* FOR_* */
+    opt_id id;
+} OPTIONS[] = {
+    {"--help", "-h", false, 0, O_HELP},
+    {"--version", NULL, false, 0, O_VERSION},
+    {"--quiet", "-q", false, 0, O_QUIET},
+    {"--output", "-o", true, 0, O_OUTPUT},
+    {"--to", NULL, true, 0, O_TO},
+    {"--shard-size", NULL, true, FOR_FOLDER, O_SHARD_SIZE},
+    {"--gptq-format", NULL, true, FOR_FOLDER, O_GPTQ_FORMAT},
+    {"--dtype", NULL, true, FOR_MODEL, O_DTYPE},
+    {"--quant", NULL, true, FOR_MODEL, O_QUANT},
+    {"--preset", NULL, true, FOR_MODEL, O_PRESET},
+    {"--group", NULL, true, FOR_MODEL | FOR_GROUP, O_GROUP},
+    {"--keep", NULL, true, FOR_MODEL, O_KEEP},
+    {"--embed-type", NULL, true, FOR_MODEL, O_EMBED_TYPE},
+    {"--method", NULL, true, FOR_MODEL, O_METHOD},
+    {"--calib", NULL, true, 0, O_CALIB},
+    {"--calib-tokens", NULL, true, 0, O_CALIB_TOKENS},
+    {"--calib-samples", NULL, true, FOR_WINDOWS, O_CALIB_SAMPLES},
+    {"--calib-len", NULL, true, FOR_WINDOWS, O_CALIB_LEN},
+    {"--seed", NULL, true, FOR_WINDOWS, O_SEED},
+    {"--damp", NULL, true, FOR_GPTQ, O_DAMP},
+    {"--act-order", NULL, false, FOR_GPTQ, O_ACT_ORDER},
+    {"--awq-fold-only", NULL, false, 0, O_AWQ_FOLD_ONLY},
+    {"--requantize", NULL, false, 0, O_REQUANTIZE},
+    {"--allow-nonfinite", NULL, false, FOR_MODEL, O_ALLOW_NONFINITE},
+    {"--threads", "-t", true, 0, O_THREADS},
+};
+
+/* Everything the command line says. */
+typedef struct args {
+    const char *in, *out, *to;
+    const char *calib_path; /* --calib (text) or --calib-tokens */
+    bool calib_text, requant;
+    unsigned shapes; /* FOR_* of the options given */
+    qpk_convert_opts o;
+    qpk_quant_rule rules[64];
+    size_t n_rules, n_embed;
+} args;
+
+/* --embed-type T: rules for the embedding and the head, ahead of the user's own. */
+static int add_embed_rules(cli *c, args *a, const char *v)
+{
+    qpk_err e = {0};
+    const char *names[2] = {"model.embed_tokens.weight", "lm_head.weight"};
+    memmove(a->rules + 2, a->rules, a->n_rules * sizeof *a->rules);
+    for (int k = 0; k < 2; k++) {
+        char text[64];
+        snprintf(text, sizeof text, "%s=%s", names[k], v);
+        if (qpk_quant_rule_parse(text, &a->rules[k], &e) != QPK_OK)
+            return cli_usage_error(c, "--embed-type: %s", e.msg);
+        a->rules[k].implied = true; /* the head's rule does nothing for a tied model: no warning */
+    }
+    a->n_rules += 2, a->n_embed++;
+    return -1;
+}
+
+/* Applies one option (value v, NULL for a flag). Returns -1 to go on, or the exit code. */
+static int set_option(cli *c, args *a, const struct option *opt, const char *v)
+{
+    qpk_convert_opts *o = &a->o;
+    long long n;
+    qpk_type t;
+    qpk_err e = {0};
+    switch (opt->id) {
+    case O_HELP: usage(); return 0;
+    case O_VERSION: printf("qconvert %s\n", QPK_VERSION_STRING); return 0;
+    case O_QUIET: c->quiet = true; return -1;
+    case O_OUTPUT: a->out = v; return -1;
+    case O_TO:
+        for (int k = QPK_OUT_QPK; k <= QPK_OUT_AWQ; k++)
+            if (!strcmp(v, qpk_output_name((qpk_output)k)))
+                return a->to = v, -1;
+        return cli_usage_error(c, "--to takes qpk, gguf, gptq or awq");
+    case O_SHARD_SIZE:
+        return parse_size(v, &o->shard_size)
+                   ? -1
+                   : cli_usage_error(c, "--shard-size takes a size such as 4GB, 500MB, 2GiB or a byte count");
+    case O_GPTQ_FORMAT:
+        if (strcmp(v, "v1") && strcmp(v, "v2"))
+            return cli_usage_error(c, "--gptq-format takes v1 or v2");
+        return o->gptq_v2 = !strcmp(v, "v2"), -1;
+    case O_DTYPE:
+        if (!strcmp(v, "keep"))
+            return o->dtype = -1, -1;
+        if (qpk_type_from_name(v, &t) && !qpk_type_is_quantized(t))
+            return o->dtype = (int)t, -1;
+        return cli_usage_error(c, "--dtype '%s': expected keep, f32, f16 or bf16", v);
+    case O_QUANT:
+        if (!qpk_type_from_name(v, &t) || !qpk_type_is_quant_target(t)) {
+            char types[128];
+            qpk_quant_type_list(types, sizeof types, ", ", " or ");
+            return cli_usage_error(c, "--quant takes %s", types);
+        }
+        return o->quant = (int)t, -1;
+    case O_PRESET:
+        return qpk_preset_from_name(v, &o->preset) ? -1
+                                                   : cli_usage_error(c, "--preset takes q4_k_m, q5_k_m, q6_k or q8_0");
+    case O_GROUP:
+        if (!strcmp(v, "row"))
+            return o->group = QPK_GROUP_ROW, -1;
+        if (cli_parse_int(v, 1, QPK_MAX_GROUP, &n) && qpk_group_ok(QPK_TYPE_INT4, (uint32_t)n, 0))
+            return o->group = (uint32_t)n, -1; /* the rule of every type --quant takes */
+        return cli_usage_error(c, "--group takes a multiple of %d (32, 64, 128, ...) or row", QPK_GROUP_QUANTUM);
+    case O_KEEP:
+    case O_EMBED_TYPE:
+        if (a->n_rules + 2 > sizeof a->rules / sizeof *a->rules)
+            return cli_usage_error(c, "too many --keep rules");
+        if (opt->id == O_EMBED_TYPE)
+            return add_embed_rules(c, a, v);
+        if (qpk_quant_rule_parse(v, &a->rules[a->n_rules], &e) != QPK_OK)
+            return cli_usage_error(c, "%s", e.msg);
+        return a->n_rules++, -1;
+    case O_METHOD:
+        for (int k = QPK_METHOD_RTN; k <= QPK_METHOD_AWQ_GPTQ; k++)
+            if (!strcmp(v, qpk_method_name((qpk_method)k)))
+                return o->method = (qpk_method)k, -1;
+        return cli_usage_error(c, "--method takes rtn, gptq, awq, awq+gptq or imatrix");
+    case O_CALIB:
+    case O_CALIB_TOKENS:
+        if (a->calib_path)
+            return cli_usage_error(c, "give one of --calib and --calib-tokens, once");
+        return a->calib_path = v, a->calib_text = opt->id == O_CALIB, -1;
+    case O_CALIB_SAMPLES:
+    case O_CALIB_LEN:
+        if (!cli_parse_int(v, 1, 1 << 20, &n))
+            return cli_usage_error(c, "%s needs a positive count", opt->name);
+        return *(opt->id == O_CALIB_LEN ? &o->calib.seq_len : &o->calib.samples) = (int)n, -1;
+    case O_SEED:
+        if (!cli_parse_int(v, 0, INT64_MAX, &n))
+            return cli_usage_error(c, "--seed needs a non-negative number");
+        return o->calib.seed = (uint64_t)n, -1;
+    case O_DAMP:
+        if (!cli_parse_double(v, &o->calib.damp) || !(o->calib.damp > 0 && o->calib.damp < 10))
+            return cli_usage_error(c, "--damp needs a number in (0, 10)");
+        return -1;
+    case O_ACT_ORDER: return o->calib.act_order = true, -1;
+    case O_AWQ_FOLD_ONLY: return o->calib.awq_fold_only = true, -1;
+    case O_REQUANTIZE: return a->requant = true, -1;
+    case O_ALLOW_NONFINITE: return o->allow_nonfinite = true, -1;
+    case O_THREADS:
+        if (!cli_parse_int(v, 1, 1024, &n))
+            return cli_usage_error(c, "%s needs a thread count in 1..1024", opt->name);
+        return o->n_threads = (int)n, -1;
+    }
+    return -1;
+}
+
+/* Reads the command line into a. Returns -1 to go on, or the exit code. */
+static int parse(cli *c, args *a, int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i];
+        const struct option *opt = NULL;
+        for (size_t k = 0; k < sizeof OPTIONS / sizeof *OPTIONS && !opt; k++)
+            if (!strcmp(arg, OPTIONS[k].name) || (OPTIONS[k].alias && !strcmp(arg, OPTIONS[k].alias)))
+                opt = &OPTIONS[k];
+        if (!opt && arg[0] == '-' && arg[1])
+            return cli_usage_error(c, "unknown option '%s'", arg);
+        if (!opt) {
+            if (a->in)
+                return cli_usage_error(c, "unexpected argument '%s'", arg);
+            a->in = arg;
+            continue;
+        }
+        const char *v = opt->takes_value ? (i + 1 < argc ? argv[++i] : NULL) : NULL;
+        if (opt->takes_value && !v)
+            return cli_usage_error(c, "%s needs a value", arg);
+        a->shapes |= opt->shapes;
+        int rc = set_option(c, a, opt, v);
+        if (rc >= 0)
+            return rc;
+    }
+    return -1;
+}
+
+/* Options that contradict the target or each other, refused before the input is opened. */
+static int check_target(cli *c, args *a)
+{
+    qpk_convert_opts *o = &a->o;
+    if (!a->in)
+        return cli_usage_error(c, "missing MODEL_DIR");
+    if (!a->out)
+        return cli_usage_error(c, "missing -o OUT.qpk");
+    size_t out_len = strlen(a->out);
+    o->to = out_len >= 5 && !strcmp(a->out + out_len - 5, ".gguf") ? QPK_OUT_GGUF : QPK_OUT_QPK;
+    for (int k = QPK_OUT_QPK; a->to && k <= QPK_OUT_AWQ; k++)
+        if (!strcmp(a->to, qpk_output_name((qpk_output)k)))
+            o->to = (qpk_output)k;
+    const bool to_folder = o->to == QPK_OUT_GPTQ || o->to == QPK_OUT_AWQ, group_given = a->shapes & FOR_GROUP;
+    if (a->requant && o->to != QPK_OUT_GGUF && o->to != QPK_OUT_QPK)
+        return cli_usage_error(c, "--requantize makes act-order linears fit GGUF: it goes with --to gguf (or --to qpk, "
+                                  "for the .qpk such a GGUF is made from)");
+    if ((a->shapes & FOR_FOLDER) && !to_folder)
+        return cli_usage_error(c, "--shard-size and --gptq-format shape GPTQ and AWQ folders: they go with --to gptq or "
+                                  "awq");
+    if (o->gptq_v2 && o->to != QPK_OUT_GPTQ)
+        return cli_usage_error(c, "--gptq-format goes with --to gptq");
+    if (o->to == QPK_OUT_GGUF && !group_given)
+        o->group = 32;
+    const bool k_quant = o->preset || (o->quant && qpk_type_info_of((uint32_t)o->quant)->block);
+    if (k_quant && group_given)
+        return cli_usage_error(c, "K-quants and presets fix their blocks (super-blocks of 256, sub-blocks of 32 or "
+                                  "16): leave out --group");
+    if (o->quant && o->preset)
+        return cli_usage_error(c, "give --quant or --preset, not both");
+    if (o->to == QPK_OUT_GGUF && o->quant && !k_quant && o->group != 32)
+        return cli_usage_error(c, "GGUF's Q8_0, Q4_0 and Q4_1 hold groups of 32: leave out --group or give 32");
+    return -1;
+}
+
+/* Options that do nothing for this input, refused rather than ignored. */
+static int check_input(cli *c, args *a)
+{
+    qpk_convert_opts *o = &a->o;
+    qpk_input_kind kind;
+    qpk_err e = {0};
+    const bool model_opts = a->shapes & FOR_MODEL, gptq_opts = a->shapes & FOR_GPTQ,
+               windows = a->shapes & FOR_WINDOWS;
+    if (qpk_identify(a->in, &kind, &e) != QPK_OK)
+        return cli_fail(c, &e);
+    if (kind != QPK_INPUT_FOLDER && kind != QPK_INPUT_QPK && kind != QPK_INPUT_GGUF) {
+        qpk_err_setf(&e, QPK_E_UNSUPPORTED,
+                     "'%s' is %s: qconvert reads a Hugging Face model folder, a .qpk file or a GGUF file", a->in,
+                     qpk_input_kind_name(kind));
+        return cli_fail(c, &e);
+    }
+    if (kind == QPK_INPUT_GGUF && o->to != QPK_OUT_QPK)
+        return cli_usage_error(c, "%s is a GGUF: qconvert reads it into a .qpk (its tensors as they are)", a->in);
+    if (kind == QPK_INPUT_QPK && o->to == QPK_OUT_QPK && !a->requant)
+        return cli_usage_error(c, "%s is already a .qpk: it can be re-packed as GGUF, GPTQ or AWQ (--to gguf|gptq|awq)",
+                               a->in);
+    if (kind == QPK_INPUT_GGUF &&
+        (model_opts || gptq_opts || windows || o->calib.awq_fold_only || a->calib_path || a->requant))
+        return cli_usage_error(c, "a GGUF is read with its tensors as they are: the quantization options apply to a "
+                                  "Hugging Face folder");
+    if (kind != QPK_INPUT_FOLDER) {
+        if (model_opts || gptq_opts || windows || o->calib.awq_fold_only || (a->calib_path && !a->requant))
+            return cli_usage_error(c, "a .qpk is re-packed with its tensors as they are: --dtype, --quant, --group, "
+                                      "--keep, --embed-type, --method and the calibration options apply to a Hugging "
+                                      "Face folder");
+        return -1;
+    }
+    if (a->n_embed > 1)
+        return cli_usage_error(c, "--embed-type given twice");
+    if (gptq_opts && !qpk_method_uses_gptq(o->method))
+        return cli_usage_error(c, "--damp and --act-order are GPTQ's: they go with --method gptq or awq+gptq");
+    if (o->calib.awq_fold_only && o->method != QPK_METHOD_AWQ)
+        return cli_usage_error(c, "--awq-fold-only goes with --method awq");
+    if (windows && o->method == QPK_METHOD_RTN)
+        return cli_usage_error(c, "--calib-samples, --calib-len and --seed choose calibration windows: they go with "
+                                  "--method gptq or awq");
+    bool quantized_rule = false;
+    for (size_t k = 0; k < a->n_rules; k++)
+        quantized_rule |= qpk_type_is_quantized((uint32_t)a->rules[k].type);
+    if ((a->shapes & FOR_GROUP) && !o->quant && !o->preset && !quantized_rule)
+        return cli_usage_error(c, "--group sets the group of quantized tensors: give --quant (or a --keep rule with a "
+                                  "quantized type)");
+    if (o->method != QPK_METHOD_RTN && !o->quant && !o->preset)
+        return cli_usage_error(c, "--method %s needs --quant or --preset", qpk_method_name(o->method));
+    if (o->method != QPK_METHOD_RTN && !a->calib_path)
+        return cli_usage_error(c, "--method %s needs calibration data: --calib TEXT or --calib-tokens FILE",
+                               qpk_method_name(o->method));
+    if (o->method == QPK_METHOD_RTN && a->calib_path && !a->requant)
+        return cli_usage_error(c, "calibration data goes with --method gptq or awq (or --requantize, to measure on)");
+    return -1;
+}
+
 int main(int argc, char **argv)
 {
     cli c;
     cli_init(&c, "qconvert");
-    const char *in = NULL, *out = NULL, *to = NULL;
-    bool group_given = false, model_opts = false; /* options that only a conversion from a folder takes */
-    bool gptq_opts = false, windows_given = false, folder_opts = false, requant = false;
-    qpk_convert_opts o = {.dtype = -1, .group = 128};
-    qpk_quant_rule rules[64];
-    const char *calib_path = NULL; /* --calib-tokens, or --calib (calib_text) */
-    bool calib_text = false;
-    size_t n_rules = 0, n_embed = 0;
-    qpk_err e = {0};
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            usage();
-            return 0;
-        } else if (!strcmp(a, "--version")) {
-            printf("qconvert %s\n", QPK_VERSION_STRING);
-            return 0;
-        } else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
-            c.quiet = true;
-        } else if (!strcmp(a, "-o") || !strcmp(a, "--output")) {
-            if (!v)
-                return cli_usage_error(&c, "%s needs a path", a);
-            out = v, i++;
-        } else if (!strcmp(a, "--to")) {
-            if (!v || (strcmp(v, "qpk") && strcmp(v, "gguf") && strcmp(v, "gptq") && strcmp(v, "awq")))
-                return cli_usage_error(&c, "--to takes qpk, gguf, gptq or awq");
-            to = v, i++;
-        } else if (!strcmp(a, "--shard-size")) {
-            if (!parse_size(v, &o.shard_size))
-                return cli_usage_error(&c, "--shard-size takes a size such as 4GB, 500MB, 2GiB or a byte count");
-            folder_opts = true, i++;
-        } else if (!strcmp(a, "--gptq-format")) {
-            if (!v || (strcmp(v, "v1") && strcmp(v, "v2")))
-                return cli_usage_error(&c, "--gptq-format takes v1 or v2");
-            o.gptq_v2 = !strcmp(v, "v2"), folder_opts = true, i++;
-        } else if (!strcmp(a, "--dtype")) {
-            model_opts = true;
-            qpk_type t;
-            if (!v)
-                return cli_usage_error(&c, "--dtype needs a value");
-            if (!strcmp(v, "keep"))
-                o.dtype = -1;
-            else if (qpk_type_from_name(v, &t) && !qpk_type_is_quantized(t))
-                o.dtype = (int)t;
-            else
-                return cli_usage_error(&c, "--dtype '%s': expected keep, f32, f16 or bf16", v);
-            i++;
-        } else if (!strcmp(a, "--quant")) {
-            qpk_type t;
-            model_opts = true;
-            if (!v || !qpk_type_from_name(v, &t) || !qpk_type_is_quant_target(t)) {
-                char types[128];
-                qpk_quant_type_list(types, sizeof types, ", ", " or ");
-                return cli_usage_error(&c, "--quant takes %s", types);
-            }
-            o.quant = (int)t, i++;
-        } else if (!strcmp(a, "--preset")) {
-            model_opts = true;
-            if (!v || !qpk_preset_from_name(v, &o.preset))
-                return cli_usage_error(&c, "--preset takes q4_k_m, q5_k_m, q6_k or q8_0");
-            i++;
-        } else if (!strcmp(a, "--group")) {
-            long long g;
-            model_opts = group_given = true;
-            if (v && !strcmp(v, "row"))
-                o.group = QPK_GROUP_ROW;
-            else if (cli_parse_int(v, 1, QPK_MAX_GROUP, &g) && qpk_group_ok(QPK_TYPE_INT4, (uint32_t)g, 0))
-                o.group = (uint32_t)g; /* the rule of every type --quant takes */
-            else
-                return cli_usage_error(&c, "--group takes a multiple of %d (32, 64, 128, ...) or row", QPK_GROUP_QUANTUM);
-            i++;
-        } else if (!strcmp(a, "--keep") || !strcmp(a, "--embed-type")) {
-            if (!v)
-                return cli_usage_error(&c, "%s needs a value", a);
-            model_opts = true;
-            if (n_rules + 2 > sizeof rules / sizeof *rules)
-                return cli_usage_error(&c, "too many --keep rules");
-            if (!strcmp(a, "--keep")) {
-                if (qpk_quant_rule_parse(v, &rules[n_rules], &e) != QPK_OK)
-                    return cli_usage_error(&c, "%s", e.msg);
-                n_rules++;
-            } else {
-                /* --embed-type T: rules for the embedding and the head, ahead of the user's own. */
-                char text[64];
-                const char *names[2] = {"model.embed_tokens.weight", "lm_head.weight"};
-                memmove(rules + 2, rules, n_rules * sizeof *rules);
-                for (int k = 0; k < 2; k++) {
-                    snprintf(text, sizeof text, "%s=%s", names[k], v);
-                    if (qpk_quant_rule_parse(text, &rules[k], &e) != QPK_OK)
-                        return cli_usage_error(&c, "--embed-type: %s", e.msg);
-                    rules[k].implied = true; /* the head's rule does nothing for a tied model: no warning */
-                }
-                n_rules += 2, n_embed++;
-            }
-            i++;
-        } else if (!strcmp(a, "--method")) {
-            if (!v || (strcmp(v, "rtn") && strcmp(v, "gptq") && strcmp(v, "awq") && strcmp(v, "imatrix") &&
-                       strcmp(v, "awq+gptq")))
-                return cli_usage_error(&c, "--method takes rtn, gptq, awq, awq+gptq or imatrix");
-            o.method = !strcmp(v, "gptq")       ? QPK_METHOD_GPTQ
-                       : !strcmp(v, "awq")      ? QPK_METHOD_AWQ
-                       : !strcmp(v, "awq+gptq") ? QPK_METHOD_AWQ_GPTQ
-                       : !strcmp(v, "imatrix")  ? QPK_METHOD_IMATRIX
-                                                : QPK_METHOD_RTN;
-            model_opts = true, i++;
-        } else if (!strcmp(a, "--calib-tokens") || !strcmp(a, "--calib")) {
-            if (!v)
-                return cli_usage_error(&c, "%s needs a path", a);
-            if (calib_path)
-                return cli_usage_error(&c, "give one of --calib and --calib-tokens, once");
-            calib_path = v, calib_text = !strcmp(a, "--calib"), i++;
-        } else if (!strcmp(a, "--calib-samples") || !strcmp(a, "--calib-len")) {
-            long long n;
-            if (!cli_parse_int(v, 1, 1 << 20, &n))
-                return cli_usage_error(&c, "%s needs a positive count", a);
-            *(!strcmp(a, "--calib-len") ? &o.calib.seq_len : &o.calib.samples) = (int)n, i++;
-            windows_given = true;
-        } else if (!strcmp(a, "--seed")) {
-            long long n;
-            if (!cli_parse_int(v, 0, INT64_MAX, &n))
-                return cli_usage_error(&c, "--seed needs a non-negative number");
-            o.calib.seed = (uint64_t)n, i++;
-            windows_given = true;
-        } else if (!strcmp(a, "--damp")) {
-            if (!cli_parse_double(v, &o.calib.damp) || !(o.calib.damp > 0 && o.calib.damp < 10))
-                return cli_usage_error(&c, "--damp needs a number in (0, 10)");
-            i++, gptq_opts = true;
-        } else if (!strcmp(a, "--act-order")) {
-            o.calib.act_order = gptq_opts = true;
-        } else if (!strcmp(a, "--awq-fold-only")) {
-            o.calib.awq_fold_only = true;
-        } else if (!strcmp(a, "--requantize")) {
-            requant = true;
-        } else if (!strcmp(a, "--allow-nonfinite")) {
-            o.allow_nonfinite = model_opts = true;
-        } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
-            long long n;
-            if (!cli_parse_int(v, 1, 1024, &n))
-                return cli_usage_error(&c, "%s needs a thread count in 1..1024", a);
-            o.n_threads = (int)n, i++;
-        } else if (a[0] == '-' && a[1]) {
-            return cli_usage_error(&c, "unknown option '%s'", a);
-        } else if (!in) {
-            in = a;
-        } else {
-            return cli_usage_error(&c, "unexpected argument '%s'", a);
-        }
-    }
-    if (!in)
-        return cli_usage_error(&c, "missing MODEL_DIR");
-    if (!out)
-        return cli_usage_error(&c, "missing -o OUT.qpk");
-    size_t out_len = strlen(out);
-    if (to)
-        o.to = !strcmp(to, "gguf") ? QPK_OUT_GGUF : !strcmp(to, "gptq") ? QPK_OUT_GPTQ : !strcmp(to, "awq") ? QPK_OUT_AWQ : QPK_OUT_QPK;
-    else
-        o.to = out_len >= 5 && !strcmp(out + out_len - 5, ".gguf") ? QPK_OUT_GGUF : QPK_OUT_QPK;
-    bool to_folder = o.to == QPK_OUT_GPTQ || o.to == QPK_OUT_AWQ;
-    if (requant && o.to != QPK_OUT_GGUF && o.to != QPK_OUT_QPK)
-        return cli_usage_error(&c, "--requantize makes act-order linears fit GGUF: it goes with --to gguf (or --to qpk, "
-                                   "for the .qpk such a GGUF is made from)");
-    if (folder_opts && !to_folder)
-        return cli_usage_error(&c, "--shard-size and --gptq-format shape GPTQ and AWQ folders: they go with --to gptq or awq");
-    if (o.gptq_v2 && o.to != QPK_OUT_GPTQ)
-        return cli_usage_error(&c, "--gptq-format goes with --to gptq");
-    if (o.to == QPK_OUT_GGUF && !group_given)
-        o.group = 32;
-    const bool k_quant = o.preset || (o.quant && qpk_type_info_of((uint32_t)o.quant)->block);
-    if (k_quant && group_given)
-        return cli_usage_error(&c, "K-quants and presets fix their blocks (super-blocks of 256, sub-blocks of 32 or "
-                                   "16): leave out --group");
-    if (o.quant && o.preset)
-        return cli_usage_error(&c, "give --quant or --preset, not both");
-    if (o.to == QPK_OUT_GGUF && o.quant && !k_quant && o.group != 32)
-        return cli_usage_error(&c, "GGUF's Q8_0, Q4_0 and Q4_1 hold groups of 32: leave out --group or give 32");
-    qpk_input_kind kind;
-    if (qpk_identify(in, &kind, &e) != QPK_OK)
-        return cli_fail(&c, &e);
-    if (kind != QPK_INPUT_FOLDER && kind != QPK_INPUT_QPK && kind != QPK_INPUT_GGUF) {
-        qpk_err_setf(&e, QPK_E_UNSUPPORTED,
-                     "'%s' is %s: qconvert reads a Hugging Face model folder, a .qpk file or a GGUF file", in,
-                     qpk_input_kind_name(kind));
-        return cli_fail(&c, &e);
-    }
-    if (kind == QPK_INPUT_GGUF && o.to != QPK_OUT_QPK)
-        return cli_usage_error(&c, "%s is a GGUF: qconvert reads it into a .qpk (its tensors as they are)", in);
-    if (kind != QPK_INPUT_FOLDER) {
-        if (kind == QPK_INPUT_QPK && o.to == QPK_OUT_QPK && !requant)
-            return cli_usage_error(&c, "%s is already a .qpk: it can be re-packed as GGUF, GPTQ or AWQ (--to gguf|gptq|awq)",
-                                   in);
-        if (kind == QPK_INPUT_GGUF && (model_opts || gptq_opts || windows_given || o.calib.awq_fold_only || calib_path ||
-                                       requant))
-            return cli_usage_error(&c, "a GGUF is read with its tensors as they are: the quantization options apply "
-                                       "to a Hugging Face folder");
-        if (model_opts || gptq_opts || windows_given || o.calib.awq_fold_only || (calib_path && !requant))
-            return cli_usage_error(&c, "a .qpk is re-packed with its tensors as they are: --dtype, --quant, --group, "
-                                       "--keep, --embed-type, --method and the calibration options apply to a Hugging "
-                                       "Face folder");
-    } else {
-        if (n_embed > 1)
-            return cli_usage_error(&c, "--embed-type given twice");
-        /* Options that would do nothing are refused rather than ignored. */
-        if (gptq_opts && !qpk_method_uses_gptq(o.method))
-            return cli_usage_error(&c, "--damp and --act-order are GPTQ's: they go with --method gptq or awq+gptq");
-        if (o.calib.awq_fold_only && o.method != QPK_METHOD_AWQ)
-            return cli_usage_error(&c, "--awq-fold-only goes with --method awq");
-        if (windows_given && o.method == QPK_METHOD_RTN)
-            return cli_usage_error(&c, "--calib-samples, --calib-len and --seed choose calibration windows: they go "
-                                       "with --method gptq or awq");
-        bool quantized_rule = false;
-        for (size_t k = 0; k < n_rules; k++)
-            quantized_rule |= qpk_type_is_quantized((uint32_t)rules[k].type);
-        if (group_given && !o.quant && !o.preset && !quantized_rule)
-            return cli_usage_error(&c, "--group sets the group of quantized tensors: give --quant (or a --keep rule "
-                                       "with a quantized type)");
-        if (o.method != QPK_METHOD_RTN && !o.quant && !o.preset)
-            return cli_usage_error(&c, "--method %s needs --quant or --preset", qpk_method_name(o.method));
-        if (o.method != QPK_METHOD_RTN && !calib_path)
-            return cli_usage_error(&c, "--method %s needs calibration data: --calib TEXT or --calib-tokens FILE",
-                                   qpk_method_name(o.method));
-        if (o.method == QPK_METHOD_RTN && calib_path && !requant)
-            return cli_usage_error(&c, "calibration data goes with --method gptq or awq (or --requantize, to measure "
-                                       "on)");
-    }
-    if (calib_path && qpk_same_file(out, calib_path))
-        return cli_usage_error(&c, "the output '%s' is the calibration file: refusing to replace an input", out);
+    args a = {.o = {.dtype = -1, .group = 128}};
+    int rc = parse(&c, &a, argc, argv);
+    if (rc < 0)
+        rc = check_target(&c, &a);
+    if (rc < 0)
+        rc = check_input(&c, &a);
+    if (rc < 0 && a.calib_path && qpk_same_file(a.out, a.calib_path))
+        rc = cli_usage_error(&c, "the output '%s' is the calibration file: refusing to replace an input", a.out);
+    if (rc >= 0)
+        return rc;
     char *cmd = cli_command_line(argc, argv);
-    o.command = cmd;
-    o.cb = cli_callbacks(&c);
-    o.rules = rules, o.n_rules = n_rules;
-    o.requantize = requant;
-    int rc = convert(&c, in, out, &o, calib_path, calib_text);
+    a.o.command = cmd, a.o.cb = cli_callbacks(&c);
+    a.o.rules = a.rules, a.o.n_rules = a.n_rules, a.o.requantize = a.requant;
+    rc = convert(&c, a.in, a.out, &a.o, a.calib_path, a.calib_text);
     free(cmd);
     return rc;
 }

@@ -6,9 +6,11 @@
 #   gguf-requant act-order GPTQ folder -> GGUF   --to gguf --requantize
 # each with -t $THREADS (default 2), BEFORE then AFTER per job. For every run: wall time, peak
 # anonymous memory (RssAnon of /proc/PID/status, sampled every 50 ms: the mapped input's
-# file-backed pages are not counted), and peak disk use of the output's folder (a fresh empty
-# folder per run, `du -sb` every 100 ms: staging files written beside the output count), and
-# the final output size. Then cmp: rtn-int4 and hf-gptq must be byte-identical between the
+# file-backed pages are not counted), peak disk use of the output's folder (a fresh empty
+# folder per run, every 100 ms: `du -sb` of it, so named staging files count, plus the sizes
+# of the files under it that qconvert holds open without a name, /proc/PID/fd's "(deleted)":
+# outputs are written to O_TMPFILE files that du cannot see until they are linked at the
+# end), and the final output size. Then cmp: rtn-int4 and hf-gptq must be byte-identical between the
 # builds; for the GGUFs, every metadata key, tensor info and tensor byte is compared and
 # the keys that differ are named (BEFORE run twice: its general.name carried a PID-stamped
 # staging file name, so it differs even from itself).
@@ -66,7 +68,7 @@ echo
 # measure SIDE JOB OUT ARGS...: runs ./qconvert ARGS in $work/SIDE with a fresh empty
 # $work/SIDE/out; sets wall (s), anon (kB), hwm (kB), disk (bytes), final (bytes).
 measure() {
-  local side=$1 job=$2 out=$3 pid k v rest i=0 d t0 t1 rc
+  local side=$1 job=$2 out=$3 pid k v rest i=0 d u t0 t1 rc
   shift 3
   rm -rf "$work/$side/out"; mkdir "$work/$side/out"; sync
   anon=0 hwm=0 disk=0
@@ -81,8 +83,13 @@ measure() {
       esac
     done 2>/dev/null </proc/$pid/status || true
     if ((i++ % 2 == 0)); then
+      # Named files (staging ones included) plus the files qconvert holds open that have no
+      # name there: O_TMPFILE outputs being written, staging files already unlinked.
       d=$(du -sb "$work/$side/out" 2>/dev/null | cut -f1) || true
-      ((${d:-0} > disk)) && disk=$d
+      u=$(find "/proc/$pid/fd" -lname "$work/$side/out/* (deleted)" -print0 2>/dev/null |
+        xargs -0r stat -L -c %s 2>/dev/null | awk '{ s += $1 } END { print s + 0 }') || true
+      d=$((${d:-0} + ${u:-0}))
+      ((d > disk)) && disk=$d
     fi
     sleep 0.05
   done
@@ -190,8 +197,9 @@ for job in "${jobs[@]}"; do
     "$(mb "$d0")" "$(mb "$d1")" "$(mb "$f1")"
 done
 echo
-echo "anon = peak RssAnon (MiB of kB pages, every 50 ms); disk = peak du -sb of the output's fresh"
-echo "folder (every 100 ms), MB = 10^6 bytes; output = AFTER's final output. Final sizes and peak RSS:"
+echo "anon = peak RssAnon, MiB (every 50 ms); disk = peak of du -sb of the output's fresh folder plus"
+echo "the unnamed files under it qconvert holds open (every 100 ms), MB = 10^6 bytes; output = AFTER's"
+echo "final output. Final sizes and peak RSS:"
 for job in "${jobs[@]}"; do
   read -r _ _ _ f0 h0 <<<"${res[$job.before]}"; read -r _ _ _ f1 h1 <<<"${res[$job.after]}"
   printf '  %-12s before %s B, after %s B; peak RSS (VmHWM, mapped input included) %.0f / %.0f MiB\n' \

@@ -178,14 +178,14 @@ static qpk_status check_size(const qpk_calib *c, qpk_method method, int threads,
 {
     const qpk_calib_opts *co = &c->o->calib;
     if (co->n_tokens < (size_t)c->p.seq_len)
-        return qpk_err_setf(e, QPK_E_MISMATCH, "calibration needs at least %d tokens (--calib-len), got %zu",
+        return qpk_err_setf(e, QPK_E_MISMATCH, "calibration needs at least %d tokens (one window), got %zu",
                             c->p.seq_len, co->n_tokens);
     /* Windows start anywhere in the data: there are only so many different ones. */
     uint64_t distinct = (uint64_t)co->n_tokens - (uint64_t)c->p.seq_len + 1;
     if ((uint64_t)c->p.samples > distinct)
         return qpk_err_setf(e, QPK_E_LIMIT,
                             "%d calibration windows of %d tokens: the calibration data (%zu tokens) holds only %llu "
-                            "different ones (lower --calib-samples or --calib-len, or give more data)",
+                            "different ones (fewer or shorter windows, or more data)",
                             c->p.samples, c->p.seq_len, co->n_tokens, (unsigned long long)distinct);
     double need = memory_needed(c->cfg, &c->p, method, threads);
     double have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
@@ -195,7 +195,7 @@ static qpk_status check_size(const qpk_calib *c, qpk_method method, int threads,
     if (c->o->cb.log)
         c->o->cb.log(c->o->cb.ud, QPK_LOG_INFO, msg);
     if (have > 0 && need > have)
-        return qpk_err_setf(e, QPK_E_LIMIT, "%s: more than this machine's %.2f GB (lower --calib-samples or --calib-len)",
+        return qpk_err_setf(e, QPK_E_LIMIT, "%s: more than this machine's %.2f GB (fewer or shorter windows)",
                             msg, have / 1e9);
     return QPK_OK;
 }

@@ -82,7 +82,7 @@ static qpk_status nonfinite(const job *j, const qpk_st_tensor *t, uint64_t index
     int64_t cols = t->shape[t->ndim - 1] ? t->shape[t->ndim - 1] : 1;
     return qpk_err_setf(e, QPK_E_VALUE,
                         "tensor '%s': element %" PRIu64 " (row %" PRIu64 ", column %" PRIu64 ") is %g: non-finite "
-                        "weights are refused (--allow-nonfinite keeps them as they are)",
+                        "weights are refused (unless allowed: then tensors stored as floats keep them)",
                         t->name, index, index / (uint64_t)cols, index % (uint64_t)cols, (double)value);
 }
 
@@ -493,9 +493,9 @@ static qpk_status check_embedded(const job *j, const char *name, const char *dat
     if (qpk_tokenizer_load(&tok, data, len, &why) != QPK_OK) {
         if (why.status == QPK_E_NOMEM)
             return qpk_err_setf(e, why.status, "%s", why.msg);
-        char msg[900];
-        snprintf(msg, sizeof msg, "tokenizer.json is embedded, but qpk's tokenizer cannot read it (%s): --text and "
-                 "--calib will not work with this file", why.msg);
+        char msg[1000];
+        snprintf(msg, sizeof msg, "tokenizer.json is embedded, but qpk's tokenizer cannot read it (%s): no text can be "
+                 "tokenized with this file (for calibration or perplexity)", why.msg);
         if (j->o->cb.log)
             j->o->cb.log(j->o->cb.ud, QPK_LOG_WARN, msg);
         return QPK_OK;
@@ -866,19 +866,19 @@ static qpk_status check_options(const job *j, qpk_sink *sink, qpk_err *e)
     const bool awq = to == QPK_OUT_AWQ;
     const char *layout = awq ? "AWQ" : "GPTQ";
     if (o->calib.awq_fold_only)
-        return qpk_err_setf(e, QPK_E_INVALID_ARG, "--awq-fold-only keeps the linears in f32, which a %s folder cannot "
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "AWQ fold-only keeps the linears in f32, which a %s folder cannot "
                             "hold", layout);
     if (awq && o->quant == QPK_TYPE_INT8)
-        return qpk_err_setf(e, QPK_E_INVALID_ARG, "AWQ's GEMM layout holds 4-bit codes only: --quant int4 or int4s "
-                            "(--to gptq holds int8)");
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "AWQ's GEMM layout holds 4-bit codes only: int4 or int4s "
+                            "(a GPTQ folder holds int8)");
     if (awq && o->quant && o->group == QPK_GROUP_ROW)
-        return qpk_err_setf(e, QPK_E_INVALID_ARG, "AWQ's layout has groups of one size, not one per row: give --group "
-                            "(--to gptq holds per-row groups)");
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "AWQ's layout has groups of one size, not one per row: give a group "
+                            "size (a GPTQ folder holds per-row groups)");
     bool quantized_rule = false;
     for (size_t i = 0; i < o->n_rules; i++)
         quantized_rule |= qpk_type_is_quantized((uint32_t)o->rules[i].type);
     if (j->ck && !o->quant && !quantized_rule && qpk_checkpoint_hfq(j->ck)->method == QPK_HFQ_NONE)
-        return qpk_err_setf(e, QPK_E_INVALID_ARG, "a %s folder stores the linears quantized: give --quant (%s)", layout,
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "a %s folder stores the linears quantized: give a quantization type (%s)", layout,
                             awq ? "int4 or int4s" : "int4, int4s or int8");
     return QPK_OK;
 }

@@ -174,7 +174,7 @@ qpk_status qpk_tensor_plan(const qpk_convert_opts *o, const qpk_config *c, const
     if (!qpk_group_ok(*type, *group, cols))
         return qpk_err_setf(e, QPK_E_INVALID_ARG,
                             "tensor '%s': rows of %lld are not a whole number of groups of %u (groups are multiples "
-                            "of %d dividing the row; try another --group, or a rule for this tensor)",
+                            "of %d dividing the row; try another group size, or a rule for this tensor)",
                             name, (long long)cols, *group, QPK_GROUP_QUANTUM);
     return QPK_OK;
 }

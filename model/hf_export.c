@@ -74,12 +74,12 @@ static qpk_status check_linear(hf_export *x, const hf_linear *w, bool first, qpk
     if (!qpk_type_is_quantized(t))
         return qpk_err_setf(e, QPK_E_UNSUPPORTED,
                             "%s is %s: the %s layout stores every linear of the decoder quantized (convert with "
-                            "--quant, and no --keep rule keeping a linear in float)",
+                            "a quantization type, and no rule keeping a linear in float)",
                             w->name, qpk_type_name(t), layout_name(l));
     const int bits = (int)qpk_type_info_of(t)->bits;
     const bool sym = t == QPK_TYPE_INT4S || t == QPK_TYPE_INT8;
     if (l->awq && bits != 4)
-        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s is %s: AWQ's GEMM layout holds 4-bit codes only (--to gptq "
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s is %s: AWQ's GEMM layout holds 4-bit codes only (a GPTQ folder "
                             "holds 8 bits)", w->name, qpk_type_name(t));
     if (first) {
         l->bits = bits, l->sym = sym;
@@ -109,7 +109,7 @@ static qpk_status check_groups(hf_export *x, const hf_linear *lin, size_t n, qpk
     }
     if (per_row)
         return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s has one group per row: AWQ's layout has groups of one size "
-                            "(--to gptq holds per-row groups as group_size -1)", lin[0].name);
+                            "(a GPTQ folder holds per-row groups as group_size -1)", lin[0].name);
     size_t i = 1;
     while (lin[i].group_size == lin[0].group_size)
         i++;
@@ -169,7 +169,7 @@ static qpk_status plan_tensors(hf_export *x, const qpk_sink_model *m, qpk_err *e
             if (qpk_type_is_quantized(t->type))
                 return qpk_err_setf(e, QPK_E_UNSUPPORTED,
                                     "%s is %s: in %s folders only the decoder's linears are quantized (transformers "
-                                    "and vLLM read the embedding and head as floats): convert with --embed-type f16",
+                                    "and vLLM read the embedding and head as floats): store them as f16 or bf16",
                                     name, qpk_type_name(t->type), layout_name(l));
             QPK_TRY(add_entry(x, name, float_dtype(t->type), t->ndim, t->dims, e));
             continue;
@@ -211,7 +211,7 @@ static qpk_status plan(hf_export *x, const qpk_sink_model *m, qpk_err *e)
         if (s == QPK_OK && t->permuted) {
             if (x->lay.awq)
                 s = qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s takes its input permuted (act-order): AWQ's layout "
-                                 "has no g_idx (--to gptq writes it with desc_act)", lin[k].name);
+                                 "has no g_idx (a GPTQ folder holds it with desc_act)", lin[k].name);
             x->lay.desc_act = true;
         }
         k++;
@@ -291,11 +291,11 @@ static void pack_task(void *arg, int64_t task, int thread)
             uint32_t zs;
             if (!stored_zero(l, z, &zs)) {
                 /* What else holds it: v2 a zero of 0, v1 (the default) one of 2^bits, AWQ 4-bit zeros 0..15. */
-                const char *hint = l->awq          ? (z == 16 ? ": --to gptq (v1) holds it" : "")
+                const char *hint = l->awq          ? (z == 16 ? ": a GPTQ v1 folder holds it" : "")
                                    : l->v2         ? (z == 1 << l->bits ? ": GPTQ v1 (the default) holds it" : "")
-                                   : l->bits == 4 ? ": --gptq-format v2 stores zeros as they are (GPTQModel reads "
-                                                     "it; vLLM reads v1 only), or --to awq"
-                                                   : ": --gptq-format v2 stores zeros as they are (GPTQModel reads "
+                                   : l->bits == 4 ? ": the GPTQ v2 layout stores zeros as they are (GPTQModel reads "
+                                                     "it; vLLM reads v1 only), or an AWQ folder"
+                                                   : ": the GPTQ v2 layout stores zeros as they are (GPTQModel reads "
                                                      "it; vLLM reads v1 only)";
                 p->status[task] = qpk_err_setf(&p->errs[task], QPK_E_UNSUPPORTED,
                                                "%s row %lld group %lld has zero point %d, which %s cannot hold%s",

@@ -4,6 +4,7 @@
  */
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,34 @@
 #include "qpk_json.h"
 
 /* ---------------------------------------------------------------- JSON fields */
+
+/* The integer hyperparameters and their limits, the one home of both (config.json and GGUF readers). */
+static const struct int_field {
+    const char *key; /* config.json's name */
+    size_t at;       /* offset in qpk_config */
+    int64_t lo, hi;
+} INT_FIELDS[] = {
+#define F(key, field, lo, hi) {key, offsetof(qpk_config, field), lo, hi}
+    F("vocab_size", vocab_size, 1, QPK_MAX_VOCAB),
+    F("hidden_size", hidden_size, 1, QPK_MAX_HIDDEN),
+    F("intermediate_size", intermediate_size, 1, 8 * QPK_MAX_HIDDEN),
+    F("num_hidden_layers", n_layers, 1, QPK_MAX_LAYERS),
+    F("num_attention_heads", n_heads, 1, QPK_MAX_HEADS),
+    F("num_key_value_heads", n_kv_heads, 1, QPK_MAX_HEADS),
+    F("max_position_embeddings", max_position_embeddings, 1, 1LL << 24),
+    F("sliding_window", sliding_window, 0, 1LL << 24),
+    F("max_window_layers", max_window_layers, 0, QPK_MAX_LAYERS * 64LL),
+    F("bos_token_id", bos_token_id, -1, QPK_MAX_VOCAB - 1),
+#undef F
+};
+
+static const struct int_field *int_field(const char *key)
+{
+    for (size_t i = 0; i < sizeof INT_FIELDS / sizeof *INT_FIELDS; i++)
+        if (!strcmp(INT_FIELDS[i].key, key))
+            return &INT_FIELDS[i];
+    return NULL;
+}
 
 /* A JSON number that is an integer in [lo, hi]; absent -> *out = dflt unless required. */
 static qpk_status get_int(const cJSON *obj, const char *key, bool required, int64_t dflt,
@@ -32,6 +61,13 @@ static qpk_status get_int(const cJSON *obj, const char *key, bool required, int6
                             key, v, (long long)lo, (long long)hi);
     *out = (int64_t)v;
     return QPK_OK;
+}
+
+/* A field of INT_FIELDS from config.json, within its limits. */
+static qpk_status get_field(const cJSON *obj, const char *key, bool required, int64_t dflt, qpk_config *c, qpk_err *e)
+{
+    const struct int_field *f = int_field(key);
+    return get_int(obj, key, required, dflt, f->lo, f->hi, (int64_t *)((char *)c + f->at), e);
 }
 
 static qpk_status get_real(const cJSON *obj, const char *key, double dflt, double *out, qpk_err *e)
@@ -124,8 +160,23 @@ static qpk_status check_architecture(const cJSON *root, qpk_err *e)
     return QPK_OK;
 }
 
-static qpk_status check_shapes(qpk_config *c, const cJSON *root, qpk_err *e)
+qpk_status qpk_config_check(qpk_config *c, qpk_err *e)
 {
+    for (size_t i = 0; i < sizeof INT_FIELDS / sizeof *INT_FIELDS; i++) {
+        const struct int_field *f = &INT_FIELDS[i];
+        int64_t v;
+        memcpy(&v, (const char *)c + f->at, sizeof v);
+        if (v < f->lo || v > f->hi)
+            return qpk_err_setf(e, QPK_E_CORRUPT, "'%s' = %lld is not an integer in [%lld, %lld]", f->key,
+                                (long long)v, (long long)f->lo, (long long)f->hi);
+    }
+    if (!isfinite(c->rope_theta) || c->rope_theta <= 0)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "'rope_theta' must be a positive finite number");
+    if (!isfinite(c->rms_norm_eps) || c->rms_norm_eps <= 0)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "'rms_norm_eps' must be a positive finite number");
+    if (strcmp(c->hidden_act, "silu") != 0)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "hidden_act \"%s\" is not supported (only silu)",
+                            c->hidden_act);
     if (c->hidden_size % c->n_heads != 0)
         return qpk_err_setf(e, QPK_E_CORRUPT,
                             "hidden_size %lld is not a multiple of num_attention_heads %lld",
@@ -134,12 +185,6 @@ static qpk_status check_shapes(qpk_config *c, const cJSON *root, qpk_err *e)
     if (c->head_dim % 2 != 0)
         return qpk_err_setf(e, QPK_E_UNSUPPORTED, "head_dim %lld is odd; RoPE needs pairs",
                             (long long)c->head_dim);
-    int64_t hd;
-    QPK_TRY(get_int(root, "head_dim", false, c->head_dim, 1, QPK_MAX_HIDDEN, &hd, e));
-    if (hd != c->head_dim)
-        return qpk_err_setf(e, QPK_E_UNSUPPORTED,
-                            "head_dim %lld differs from hidden_size/num_attention_heads = %lld",
-                            (long long)hd, (long long)c->head_dim);
     if (c->n_kv_heads > c->n_heads || c->n_heads % c->n_kv_heads != 0)
         return qpk_err_setf(e, QPK_E_CORRUPT,
                             "num_attention_heads %lld is not a multiple of num_key_value_heads %lld",
@@ -149,8 +194,10 @@ static qpk_status check_shapes(qpk_config *c, const cJSON *root, qpk_err *e)
     if (c->bos_token_id >= c->vocab_size)
         return qpk_err_setf(e, QPK_E_CORRUPT, "bos_token_id %lld >= vocab_size",
                             (long long)c->bos_token_id);
+    if (c->n_eos < 0 || c->n_eos > (int)(sizeof c->eos_token_ids / sizeof *c->eos_token_ids))
+        return qpk_err_setf(e, QPK_E_CORRUPT, "%d eos_token_ids", c->n_eos);
     for (int i = 0; i < c->n_eos; i++)
-        if (c->eos_token_ids[i] >= c->vocab_size)
+        if (c->eos_token_ids[i] < 0 || c->eos_token_ids[i] >= c->vocab_size)
             return qpk_err_setf(e, QPK_E_CORRUPT, "eos_token_id %lld >= vocab_size",
                                 (long long)c->eos_token_ids[i]);
     return QPK_OK;
@@ -164,28 +211,32 @@ static qpk_status config_from_cjson(qpk_config *c, const cJSON *root, qpk_err *e
     if (cJSON_GetArraySize(root) > 4096)
         return qpk_err_setf(e, QPK_E_LIMIT, "more than 4096 keys");
     QPK_TRY(check_architecture(root, e));
-    QPK_TRY(get_int(root, "vocab_size", true, 0, 1, QPK_MAX_VOCAB, &c->vocab_size, e));
-    QPK_TRY(get_int(root, "hidden_size", true, 0, 1, QPK_MAX_HIDDEN, &c->hidden_size, e));
-    QPK_TRY(get_int(root, "intermediate_size", true, 0, 1, 8 * QPK_MAX_HIDDEN, &c->intermediate_size, e));
-    QPK_TRY(get_int(root, "num_hidden_layers", true, 0, 1, QPK_MAX_LAYERS, &c->n_layers, e));
-    QPK_TRY(get_int(root, "num_attention_heads", true, 0, 1, QPK_MAX_HEADS, &c->n_heads, e));
-    QPK_TRY(get_int(root, "num_key_value_heads", false, c->n_heads, 1, QPK_MAX_HEADS, &c->n_kv_heads, e));
-    QPK_TRY(get_int(root, "max_position_embeddings", false, 32768, 1, 1LL << 24, &c->max_position_embeddings, e));
+    QPK_TRY(get_field(root, "vocab_size", true, 0, c, e));
+    QPK_TRY(get_field(root, "hidden_size", true, 0, c, e));
+    QPK_TRY(get_field(root, "intermediate_size", true, 0, c, e));
+    QPK_TRY(get_field(root, "num_hidden_layers", true, 0, c, e));
+    QPK_TRY(get_field(root, "num_attention_heads", true, 0, c, e));
+    QPK_TRY(get_field(root, "num_key_value_heads", false, c->n_heads, c, e));
+    QPK_TRY(get_field(root, "max_position_embeddings", false, 32768, c, e));
     /* Defaults are transformers' Qwen2Config defaults. */
     QPK_TRY(get_real(root, "rope_theta", 10000.0, &c->rope_theta, e));
     QPK_TRY(get_real(root, "rms_norm_eps", 1e-6, &c->rms_norm_eps, e));
     QPK_TRY(get_bool(root, "tie_word_embeddings", false, &c->tie_word_embeddings, e));
     QPK_TRY(get_bool(root, "use_sliding_window", false, &c->use_sliding_window, e));
-    QPK_TRY(get_int(root, "sliding_window", false, 4096, 0, 1LL << 24, &c->sliding_window, e));
-    QPK_TRY(get_int(root, "max_window_layers", false, 28, 0, QPK_MAX_LAYERS * 64LL, &c->max_window_layers, e));
+    QPK_TRY(get_field(root, "sliding_window", false, 4096, c, e));
+    QPK_TRY(get_field(root, "max_window_layers", false, 28, c, e));
     QPK_TRY(get_str(root, "hidden_act", "silu", c->hidden_act, sizeof c->hidden_act, e));
     QPK_TRY(get_str(root, "torch_dtype", "", c->torch_dtype, sizeof c->torch_dtype, e));
     QPK_TRY(get_int(root, "bos_token_id", false, -1, 0, QPK_MAX_VOCAB - 1, &c->bos_token_id, e));
     QPK_TRY(parse_eos(root, c, e));
-    if (strcmp(c->hidden_act, "silu") != 0)
-        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "hidden_act \"%s\" is not supported (only silu)",
-                            c->hidden_act);
-    return check_shapes(c, root, e);
+    int64_t hd;
+    QPK_TRY(get_int(root, "head_dim", false, 0, 1, QPK_MAX_HIDDEN, &hd, e)); /* 0: absent */
+    QPK_TRY(qpk_config_check(c, e));
+    if (hd && hd != c->head_dim)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED,
+                            "head_dim %lld differs from hidden_size/num_attention_heads = %lld",
+                            (long long)hd, (long long)c->head_dim);
+    return QPK_OK;
 }
 
 qpk_status qpk_config_parse(qpk_config *c, const char *json, size_t len, qpk_err *e)

@@ -273,34 +273,32 @@ qpk_status qpk_gguf_qwen2(const qpk_gguf *g, qpk_config *cfg, qpk_err *e)
     const qpk_gguf_tensor *emb = qpk_gguf_find_tensor(g, "token_embd.weight");
     if (emb && emb->n_dims == 2 && emb->ne[1] > vocab)
         vocab = emb->ne[1]; /* rows past the tokenizer (padding), as in qwen's own files */
-    /* The same rules as for config.json, by way of its text. */
-    cJSON *o = cJSON_CreateObject();
+    /* Filled straight from the keys, then the rules every description passes (qpk_config_check). */
+    memset(cfg, 0, sizeof *cfg);
     const struct {
-        const char *key;
-        double v;
-    } nums[] = {{"vocab_size", (double)vocab},         {"hidden_size", (double)embd},
-                {"intermediate_size", (double)ff},     {"num_hidden_layers", (double)layers},
-                {"num_attention_heads", (double)heads}, {"num_key_value_heads", (double)kv_heads},
-                {"max_position_embeddings", (double)ctx}, {"rope_theta", theta},
-                {"rms_norm_eps", eps}};
-    cJSON_AddStringToObject(o, "model_type", "qwen2");
-    for (size_t i = 0; i < sizeof nums / sizeof *nums; i++)
-        cJSON_AddNumberToObject(o, nums[i].key, nums[i].v);
-    cJSON_AddBoolToObject(o, "tie_word_embeddings", !qpk_gguf_find_tensor(g, "output.weight"));
-    static const char *const IDS[2][2] = {{"tokenizer.ggml.bos_token_id", "bos_token_id"},
-                                          {"tokenizer.ggml.eos_token_id", "eos_token_id"}};
-    for (int i = 0; i < 2; i++) {
-        uint64_t id;
-        qpk_gguf_value v;
-        if (qpk_gguf_find(g, IDS[i][0], &v) && get_uint(g, IDS[i][0], true, 0, &id, NULL) == QPK_OK)
-            cJSON_AddNumberToObject(o, IDS[i][1], (double)id);
-    }
-    char *text = cJSON_PrintUnformatted(o);
-    cJSON_Delete(o);
-    if (!text)
-        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
-    qpk_status st = qpk_config_parse(cfg, text, strlen(text), e);
-    free(text);
+        int64_t *field;
+        uint64_t v;
+    } ints[] = {{&cfg->vocab_size, vocab},       {&cfg->hidden_size, embd},
+                {&cfg->intermediate_size, ff},   {&cfg->n_layers, layers},
+                {&cfg->n_heads, heads},          {&cfg->n_kv_heads, kv_heads},
+                {&cfg->max_position_embeddings, ctx}};
+    for (size_t i = 0; i < sizeof ints / sizeof *ints; i++) /* past INT64_MAX reads as -1: refused by the check */
+        *ints[i].field = ints[i].v > INT64_MAX ? -1 : (int64_t)ints[i].v;
+    cfg->rope_theta = theta, cfg->rms_norm_eps = eps;
+    cfg->tie_word_embeddings = !qpk_gguf_find_tensor(g, "output.weight");
+    /* transformers' Qwen2Config defaults for what GGUF does not say */
+    cfg->sliding_window = 4096, cfg->max_window_layers = 28;
+    snprintf(cfg->hidden_act, sizeof cfg->hidden_act, "silu");
+    cfg->bos_token_id = -1;
+    uint64_t id;
+    qpk_gguf_value v;
+    if (qpk_gguf_find(g, "tokenizer.ggml.bos_token_id", &v) &&
+        get_uint(g, "tokenizer.ggml.bos_token_id", true, 0, &id, NULL) == QPK_OK)
+        cfg->bos_token_id = id > INT64_MAX ? INT64_MAX : (int64_t)id;
+    if (qpk_gguf_find(g, "tokenizer.ggml.eos_token_id", &v) &&
+        get_uint(g, "tokenizer.ggml.eos_token_id", true, 0, &id, NULL) == QPK_OK)
+        cfg->eos_token_ids[cfg->n_eos++] = id > INT64_MAX ? INT64_MAX : (int64_t)id;
+    qpk_status st = qpk_config_check(cfg, e);
     if (st != QPK_OK)
         return qpk_err_prefix(e, st, "the GGUF's qwen2 hyperparameters");
     return check_tensors(g, cfg, e);

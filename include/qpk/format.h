@@ -219,6 +219,14 @@ typedef struct qpk_config {
  */
 QPK_API qpk_status qpk_config_parse(qpk_config *c, const char *json, size_t len, qpk_err *e);
 
+/*
+ * The rules every description must pass, whoever filled it (config.json, a GGUF's keys):
+ * each hyperparameter within its limit, rope base and epsilon positive and finite, silu,
+ * consistent head counts (head_dim is set from them), special ids in the vocabulary.
+ * Messages name config.json's keys.
+ */
+QPK_API qpk_status qpk_config_check(qpk_config *c, qpk_err *e);
+
 /* Normalized JSON of c (HF key names, every field present). malloc'd; free() it. NULL on OOM. */
 QPK_API char *qpk_config_to_json(const qpk_config *c);
 

@@ -940,13 +940,9 @@ static void model_name(const qpk_source *src, char *buf, size_t cap)
 }
 
 /* The model as written, in memory: the requantized tensors from their copies, the rest from the source. */
-typedef struct written_model {
-    job *j;
-} written_model;
-
 static qpk_status written_weight(void *ud, qpk_role role, int layer, qpk_matrix *w, qpk_err *e)
 {
-    job *j = ((written_model *)ud)->j;
+    job *j = ud;
     for (size_t i = 0; i < qpk_model_n_tensors(j->cfg); i++)
         if (j->plan[i].role == role && j->plan[i].layer == layer && j->requant[i]) {
             const qpk_sink_tensor *p = &j->plan[i];
@@ -966,13 +962,12 @@ static void job_free(job *j)
     free(j->plan), free(j->requant), free(j->calib_work);
 }
 
-static qpk_status run(job *j, qpk_sink *sink, qpk_convert_result *r, qpk_err *e)
+/* Everything decided before the first byte: options, the pool, calibration's start, every tensor, the files. */
+static qpk_status plan(job *j, qpk_sink *sink, qpk_err *e)
 {
     const qpk_convert_opts *o = j->o;
     const qpk_output to = qpk_sink_kind(sink);
     const size_t n = qpk_model_n_tensors(j->cfg);
-    cJSON *meta = NULL, *prov = NULL;
-    char *text = NULL, *recipe = NULL, name[256];
     QPK_TRY(check_options(j, sink, e));
     if (j->ck)
         QPK_TRY(check_rules_on_imported(j->ck, o, e));
@@ -1000,6 +995,18 @@ static qpk_status run(job *j, qpk_sink *sink, qpk_convert_result *r, qpk_err *e)
     if (to == QPK_OUT_GGUF && !has_tokenizer)
         return qpk_err_setf(e, QPK_E_MISMATCH, "GGUF carries the model's tokenizer, and %s %s no tokenizer.json",
                             qpk_source_path(j->src), qpk_source_kind_of(j->src) == QPK_SOURCE_QPK ? "embeds" : "has");
+    return QPK_OK;
+}
+
+/* Plans, declares, streams every tensor, and finishes the sink with the metadata. */
+static qpk_status run(job *j, qpk_sink *sink, qpk_convert_result *r, qpk_err *e)
+{
+    const qpk_convert_opts *o = j->o;
+    const qpk_output to = qpk_sink_kind(sink);
+    const size_t n = qpk_model_n_tensors(j->cfg);
+    cJSON *meta = NULL, *prov = NULL;
+    char *text = NULL, *recipe = NULL, name[256];
+    QPK_TRY(plan(j, sink, e));
     if (!(meta = build_metadata(j, &prov)))
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     if (o->requantize)
@@ -1036,8 +1043,7 @@ static qpk_status run(job *j, qpk_sink *sink, qpk_convert_result *r, qpk_err *e)
         o->cb.log(o->cb.ud, QPK_LOG_INFO, msg);
     }
     if (s == QPK_OK && r && j->kept) {
-        written_model wm = {j};
-        s = qpk_model_create(&r->model, j->cfg, written_weight, &wm, e);
+        s = qpk_model_create(&r->model, j->cfg, written_weight, j, e);
     }
     free(recipe);
     cJSON_Delete(meta);

@@ -119,19 +119,13 @@ qpk_status qpk_sink_declare(qpk_sink *s, const qpk_sink_model *m, qpk_err *e)
     }
 }
 
-static qpk_status tensor_name(const qpk_sink_tensor *t, char *name, size_t cap)
-{
-    qpk_tensor_name(name, cap, t->role, t->layer);
-    return QPK_OK;
-}
-
 qpk_status qpk_sink_begin_tensor(qpk_sink *s, qpk_err *e)
 {
     if (!s->t || s->open || s->cur >= s->n)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "no declared tensor left to begin");
     const qpk_sink_tensor *t = &s->t[s->cur];
     char name[QPK_MAX_NAME];
-    tensor_name(t, name, sizeof name);
+    qpk_tensor_name(name, sizeof name, t->role, t->layer);
     qpk_status st = QPK_OK;
     if (s->kind == QPK_OUT_QPK)
         st = qpk_writer_begin_tensor(s->w, name, t->type, t->group_size, t->ndim, t->dims, e);

@@ -173,6 +173,8 @@ static int convert(cli *c, const char *in, const char *out, qpk_convert_opts *o,
 
 static void usage(void)
 {
+    char types[128]; /* the types --quant takes, from the type rows */
+    qpk_quant_type_list(types, sizeof types, " | ", " | ");
     printf("Usage: qconvert MODEL_DIR -o OUT.qpk [options]\n"
            "       qconvert MODEL_DIR|IN.qpk --to gguf -o OUT.gguf [options]\n"
            "       qconvert MODEL_DIR|IN.qpk --to gptq|awq -o OUT_DIR [options]\n"
@@ -204,7 +206,7 @@ static void usage(void)
            "                        cannot hold a zero point of 0)\n"
            "      --dtype TYPE      keep | f32 | f16 | bf16   (default keep: each tensor\n"
            "                        as stored; F64 becomes f32)\n"
-           "      --quant TYPE      int8 | int4 | int4s | q4_k | q5_k | q6_k: quantize the\n"
+           "      --quant TYPE      %s: quantize the\n"
            "                        linear weights (q, k, v, o, gate, up, down) by\n"
            "                        round-to-nearest in groups along the input dimension\n"
            "                        (q*_k: llama.cpp's K-quants, super-blocks of 256, their\n"
@@ -248,7 +250,7 @@ static void usage(void)
            "  -h, --help            this help\n"
            "      --version         print the version\n"
            "\n"
-           "Exit codes: 0 ok, 2 usage, 3 bad input, 4 I/O error, 5 internal, 130 interrupted.\n");
+           "Exit codes: 0 ok, 2 usage, 3 bad input, 4 I/O error, 5 internal, 130 interrupted.\n", types);
 }
 
 /* ------------------------------------------------------------------ options */

@@ -569,6 +569,7 @@ static void add_recipe(cJSON *m, const qpk_convert_opts *o)
         cJSON_AddNumberToObject(cal, "seed", (double)p.seed);
         if (o->method == QPK_METHOD_IMATRIX) {
             cJSON_AddStringToObject(cal, "statistic", "mean x^2 per input column");
+            cJSON_AddNumberToObject(cal, "clip_grid", QPK_IMATRIX_CLIP_STEPS); /* grid types: ratio per group */
         }
         if (qpk_method_uses_gptq(o->method)) {
             cJSON_AddNumberToObject(cal, "damp", p.gptq.damp);

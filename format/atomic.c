@@ -4,9 +4,13 @@
  * commit fsyncs it, names it and renames it over the destination in one step.
  * Where O_TMPFILE or /proc is unavailable, a hidden mkstemp file stands in and
  * is unlinked on every failure path. A SIGKILL cannot be caught: it leaves that named
- * temporary behind. Its name says which process made it (.NAME.qpk-tmp.PID.XXXXXX), so
- * the next output into the same folder removes the temporaries of processes that are
- * gone (never those of a process still running).
+ * temporary behind (.NAME.qpk-tmp.PID.XXXXXX). Every temporary, file or folder, carries
+ * an exclusive flock held by its writer from before anyone can take it until the writer
+ * ends, so the next output into the same folder removes exactly the temporaries whose
+ * lock it can take: a lock is released by the kernel when its holder dies, and is valid
+ * across PID namespaces (two containers sharing a folder), where the PID in the name is
+ * not (it is kept there for people only). A temporary whose lock cannot be tried (a
+ * filesystem without flock) is never removed: nothing proves its writer dead.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -15,6 +19,7 @@
 #include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -93,15 +98,33 @@ static qpk_status flush(qpk_outfile *o, qpk_err *e)
 
 #define TMP_TAG ".qpk-tmp."
 
-/* The PID in a temporary's name (.NAME.qpk-tmp.PID.SUFFIX), or 0 if the name is not one of ours. */
-static long temp_owner(const char *name)
+/* Whether a name is one of our temporaries (.NAME.qpk-tmp.PID.SUFFIX). */
+static bool is_temp_name(const char *name)
 {
     const char *t = name[0] == '.' ? strstr(name, TMP_TAG) : NULL;
     if (!t)
-        return 0;
+        return false;
     char *end;
     long pid = strtol(t + strlen(TMP_TAG), &end, 10);
-    return pid > 0 && *end == '.' && end[1] ? pid : 0;
+    return pid > 0 && *end == '.' && end[1];
+}
+
+/* Takes the writer's lock on fd without waiting: true if taken (or already ours). */
+static bool lock_now(int fd) { return flock(fd, LOCK_EX | LOCK_NB) == 0; }
+
+/*
+ * Locks the temporary just created as `name` in dirfd_ through fd, and checks that the
+ * name still leads to it: between its creation and the lock, another process's cleanup
+ * may have taken the (then free) lock and removed it. False: create another. A
+ * filesystem without flock gives no lock, and then nothing is ever removed from it.
+ */
+static bool lock_own_temp(int dirfd_, const char *name, int fd)
+{
+    if (!lock_now(fd)) /* held by a cleanup about to remove it: another name; unsupported: nobody can take it */
+        return errno != EWOULDBLOCK && errno != EINTR;
+    struct stat a, b;
+    return fstat(fd, &a) == 0 && fstatat(dirfd_, name, &b, AT_SYMLINK_NOFOLLOW) == 0 && a.st_dev == b.st_dev &&
+           a.st_ino == b.st_ino;
 }
 
 /* Removes the regular files of folder fd (an output folder never holds anything else), then the folder. */
@@ -123,23 +146,33 @@ static void remove_flat_dir(int parent, const char *name)
     unlinkat(parent, name, AT_REMOVEDIR); /* fails, harmlessly, if anything else was put there */
 }
 
-/* Removes the temporaries in dir that processes now gone left (killed before they could clean up). */
+/*
+ * Removes the temporaries in dir whose writers are gone (killed before they could clean
+ * up): those whose lock this process can take. A live writer holds its lock, whatever
+ * PID namespace it runs in; a lock that cannot be tried keeps the temporary.
+ */
 static void remove_stale_temps(const char *dir)
 {
     DIR *d = opendir(dir);
     if (!d)
         return;
     for (struct dirent *ent; (ent = readdir(d));) {
-        long pid = temp_owner(ent->d_name);
-        struct stat sb;
-        if (!pid || kill((pid_t)pid, 0) == 0 || errno != ESRCH)
-            continue; /* not ours, or its process still exists (or may: EPERM) */
-        if (fstatat(dirfd(d), ent->d_name, &sb, AT_SYMLINK_NOFOLLOW) != 0 || sb.st_uid != geteuid())
+        struct stat sb, now;
+        if (!is_temp_name(ent->d_name) || fstatat(dirfd(d), ent->d_name, &sb, AT_SYMLINK_NOFOLLOW) != 0 ||
+            sb.st_uid != geteuid() || !(S_ISREG(sb.st_mode) || S_ISDIR(sb.st_mode)))
             continue;
-        if (S_ISREG(sb.st_mode))
-            unlinkat(dirfd(d), ent->d_name, 0);
-        else if (S_ISDIR(sb.st_mode))
-            remove_flat_dir(dirfd(d), ent->d_name);
+        int fd = openat(dirfd(d), ent->d_name,
+                        O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | (S_ISDIR(sb.st_mode) ? O_DIRECTORY : 0));
+        if (fd < 0)
+            continue;
+        /* Ours to remove only with its lock held, and only if the name still leads to what was locked. */
+        if (lock_now(fd) && fstat(fd, &now) == 0 && now.st_dev == sb.st_dev && now.st_ino == sb.st_ino) {
+            if (S_ISREG(sb.st_mode))
+                unlinkat(dirfd(d), ent->d_name, 0);
+            else
+                remove_flat_dir(dirfd(d), ent->d_name);
+        }
+        close(fd); /* releases the lock */
     }
     closedir(d);
 }
@@ -156,6 +189,7 @@ static qpk_status open_temp(qpk_outfile *o, qpk_err *e)
         o->fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0644);
         if (o->fd >= 0) {
             free(dir);
+            lock_now(o->fd); /* unnamed until publish, when it is linked under a temporary name */
             return QPK_OK;
         }
     }
@@ -163,13 +197,18 @@ static qpk_status open_temp(qpk_outfile *o, qpk_err *e)
     char *base_copy = strdup(o->path);
     size_t n = strlen(o->path) + strlen(dir) + 64;
     o->tmp_path = malloc(n);
-    if (base_copy && o->tmp_path)
-        snprintf(o->tmp_path, n, "%s/.%s" TMP_TAG "%ld.XXXXXX", dir, basename(base_copy), (long)getpid());
-    free(base_copy);
-    free(dir);
-    if (!o->tmp_path)
+    if (!base_copy || !o->tmp_path) {
+        free(base_copy), free(dir);
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
-    o->fd = mkostemp(o->tmp_path, O_CLOEXEC);
+    }
+    for (int tries = 0;; tries++) {
+        snprintf(o->tmp_path, n, "%s/.%s" TMP_TAG "%ld.XXXXXX", dir, basename(base_copy), (long)getpid());
+        o->fd = mkostemp(o->tmp_path, O_CLOEXEC);
+        if (o->fd < 0 || lock_own_temp(AT_FDCWD, o->tmp_path, o->fd) || tries == 100)
+            break;
+        close(o->fd); /* removed by a cleanup before the lock was ours: another name */
+    }
+    free(base_copy), free(dir);
     if (o->fd < 0) {
         int err = errno;
         free(o->tmp_path);
@@ -210,10 +249,10 @@ void qpk_outfile_discard(qpk_outfile *o)
 {
     if (!o)
         return;
-    if (o->fd >= 0)
-        close(o->fd);
     if (o->tmp_path)
         unlink(o->tmp_path);
+    if (o->fd >= 0)
+        close(o->fd); /* after the unlink: the lock keeps cleanups off it until then */
     free(o->tmp_path);
     free(o->buf);
     free(o->path);
@@ -326,6 +365,7 @@ qpk_status qpk_outfile_commit(qpk_outfile *o, qpk_err *e)
 
 struct qpk_outdir {
     char *path, *tmp;
+    int lock; /* the temporary folder, flock'ed for the writer's life (-1: none) */
 };
 
 const char *qpk_outdir_tmp(const qpk_outdir *d) { return d->tmp; }
@@ -354,16 +394,25 @@ qpk_status qpk_outdir_create(qpk_outdir **out, const char *path, qpk_err *e)
     char *parent = dir_of(path), *base_copy = strdup(path);
     size_t n = strlen(path) * 2 + 64;
     if (d)
-        d->path = strdup(path), d->tmp = malloc(n);
+        d->lock = -1, d->path = strdup(path), d->tmp = malloc(n);
     if (!d || !d->path || !d->tmp || !parent || !base_copy) {
         free(parent), free(base_copy);
         qpk_outdir_discard(d);
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     }
     remove_stale_temps(parent);
-    snprintf(d->tmp, n, "%s/.%s" TMP_TAG "%ld.XXXXXX", parent, basename(base_copy), (long)getpid());
+    bool made = false;
+    for (int tries = 0; tries < 100 && !made; tries++) {
+        snprintf(d->tmp, n, "%s/.%s" TMP_TAG "%ld.XXXXXX", parent, basename(base_copy), (long)getpid());
+        if (!mkdtemp(d->tmp))
+            break;
+        d->lock = open(d->tmp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        made = d->lock >= 0 && lock_own_temp(AT_FDCWD, d->tmp, d->lock);
+        if (!made && d->lock >= 0)
+            close(d->lock), d->lock = -1; /* removed by a cleanup before the lock was ours: another name */
+    }
     free(parent), free(base_copy);
-    if (!mkdtemp(d->tmp)) {
+    if (!made) {
         int err = errno;
         free(d->tmp), d->tmp = NULL;
         qpk_outdir_discard(d);
@@ -380,6 +429,8 @@ void qpk_outdir_discard(qpk_outdir *d)
         return;
     if (d->tmp)
         remove_flat_dir(AT_FDCWD, d->tmp);
+    if (d->lock >= 0)
+        close(d->lock); /* after the removal: until then nobody else may take it */
     free(d->tmp), free(d->path), free(d);
 }
 

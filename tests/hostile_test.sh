@@ -110,20 +110,42 @@ if [ -d "$fx/qwen-tiny-a-outlier" ]; then
   done
 fi
 
-# --- 7. leftovers of a SIGKILL (no O_TMPFILE): named after their process, removed once it is gone
+# --- 7. leftovers (issue 20, class 4): a temporary is removed only when its writer's lock (flock)
+# can be taken. A PID means nothing across PID namespaces; a lock is released only when its holder dies.
 "$bin/qgen" "$tmp/mk" --preset tiny --hidden 256 --intermediate 1024 --layers 8 >/dev/null
-(QPK_NO_TMPFILE=1 exec "$bin/qconvert" -q "$tmp/mk" -o "$tmp/killed.qpk" --dtype f16 -t 1) &
-pid=$!
-for _ in $(seq 100); do ls -a "$tmp" | grep -q "\.killed\.qpk\.qpk-tmp\.$pid\." && break; sleep 0.02; done
-kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
-if ls -a "$tmp" | grep -q "\.killed\.qpk\.qpk-tmp\.$pid\."; then
-  touch "$tmp/.other.qpk.qpk-tmp.$$.live"   # a live process's temporary stays
-  "$bin/qconvert" -q "$tmp/m" -o "$tmp/next.qpk" && ! ls -a "$tmp" | grep -q "\.killed\.qpk\.qpk-tmp\." &&
-    [ -e "$tmp/.other.qpk.qpk-tmp.$$.live" ] && ok || bad "a dead process's temporary was not removed"
-  rm -f "$tmp/.other.qpk.qpk-tmp.$$.live"
-else
-  echo "note: the killed conversion had not created its temporary yet; leftover removal checked by test_convert only"
-fi
+# wait_temp PID PATTERN: until a temporary matching PATTERN appears (true) or 4 s pass (false)
+wait_temp() { for _ in $(seq 200); do ls -a "$tmp" | grep -qE "$2" && return 0; kill -0 "$1" 2>/dev/null || return 1; sleep 0.02; done; return 1; }
+for kind in file folder; do
+  if [ $kind = file ]; then out=live.qpk args=(--dtype f16); else out=live-gptq args=(--to gptq --quant int4); fi
+  (QPK_NO_TMPFILE=1 exec "$bin/qconvert" -q "$tmp/mk" -o "$tmp/$out" "${args[@]}" -t 1) &
+  pid=$!
+  pat="^[.]${out/./[.]}[.]qpk-tmp[.]$pid[.]"
+  if wait_temp $pid "$pat"; then
+    kill -STOP $pid                      # alive, and holding its lock, while another conversion runs
+    "$bin/qconvert" -q "$tmp/m" -o "$tmp/next.qpk" && ls -a "$tmp" | grep -qE "$pat" && ok ||
+      bad "a stopped writer's temporary $kind was removed by another conversion"
+    kill -9 $pid; wait $pid 2>/dev/null   # now dead: its lock is gone, the next run removes the leftover
+    "$bin/qconvert" -q "$tmp/m" -o "$tmp/next.qpk" && ! ls -a "$tmp" | grep -qE "$pat" && ok ||
+      bad "a killed writer's temporary $kind was not removed: $(ls -a "$tmp" | tr '\n' ' ')"
+  else
+    kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
+    echo "note: the $kind conversion ended before its temporary was seen; lock cases below only"
+  fi
+  rm -rf "$tmp/$out"
+done
+# The namespace case: temporaries named with PIDs that exist here ($$, 1) but unlocked are a dead
+# writer's (another namespace's PID); locked ones are kept whatever their PID (999999 exists nowhere).
+touch "$tmp/.a.qpk.qpk-tmp.$$.x1"; mkdir "$tmp/.b.qpk-tmp.1.x2"; touch "$tmp/.b.qpk-tmp.1.x2/model.safetensors"
+touch "$tmp/.c.qpk.qpk-tmp.999999.x3"; mkdir "$tmp/.d.qpk-tmp.999999.x4"
+(exec 8<"$tmp/.c.qpk.qpk-tmp.999999.x3" 9<"$tmp/.d.qpk-tmp.999999.x4"; flock 8; flock 9; exec sleep 30) &
+holder=$!
+for _ in $(seq 100); do flock -n "$tmp/.d.qpk-tmp.999999.x4" true || break; sleep 0.02; done
+"$bin/qconvert" -q "$tmp/m" -o "$tmp/next-gptq" --to gptq --quant int4 --group 32 || bad "the folder conversion failed"
+if [ ! -e "$tmp/.a.qpk.qpk-tmp.$$.x1" ] && [ ! -e "$tmp/.b.qpk-tmp.1.x2" ] && [ -e "$tmp/.c.qpk.qpk-tmp.999999.x3" ] &&
+   [ -d "$tmp/.d.qpk-tmp.999999.x4" ]; then ok; else bad "lock rule: left $(ls -a "$tmp" | grep qpk-tmp | tr '\n' ' ')"; fi
+kill $holder; wait $holder 2>/dev/null
+"$bin/qconvert" -q "$tmp/m" -o "$tmp/next.qpk" && no_leftovers "$tmp" none.qpk
+rm -rf "$tmp/next.qpk" "$tmp/next-gptq"
 
 # --- 6. a folder with both a single file and an index ----------------------------------------
 cp -r "$tmp/sh" "$tmp/both" && rm "$tmp/both/model-00002-of-00002.safetensors" && cp "$tmp/m/model.safetensors" "$tmp/both/"

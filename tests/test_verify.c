@@ -72,6 +72,68 @@ static void test_metrics(const qpk_kernels *k)
     CHECK(fabs(qpk_ppl_stderr(&q) - exp(2) * 1.0) < 1e-12); /* sd 1 over sqrt(n-1) = 1 */
 }
 
+/*
+ * Issue 20, class 3: softmax is invariant under a constant offset, so the metrics must be
+ * too. Logits stored with offsets up to 1e30 (model and reference, each its own) give the
+ * numbers of the direct formula on the stored f32 values (max subtracted in f64), never a
+ * negative KLD or a perplexity below 1; offsets the f32 values carry exactly (1e3) give the
+ * unshifted numbers, and 1e6 (ulp 1/16) within the rounding of the logits.
+ */
+static void test_offsets(const qpk_kernels *k)
+{
+    enum { V = 1001 };
+    static float a[V], b[V], A[V], B[V], scratch[2 * V];
+    uint64_t s = 11;
+    for (int i = 0; i < V; i++) {
+        s = s * 6364136223846793005ull + 1;
+        a[i] = (float)((double)(s >> 40) / 1677721.6 - 5.0);
+        b[i] = a[i] + (float)(0.3 * sin(i));
+    }
+    static const double off[][2] = {{0, 0}, {1e3, -1e3}, {1e6, 0}, {0, 1e6}, {-1e6, 1e6}, {1e30, 1e30}, {0, 1e30},
+                                    {-1e30, 3e38}};
+    const int target = 17;
+    double kl0 = 0, nll0 = 0, nllr0 = 0;
+    for (size_t o = 0; o < sizeof off / sizeof *off; o++) {
+        for (int i = 0; i < V; i++)
+            A[i] = (float)(a[i] + off[o][0]), B[i] = (float)(b[i] + off[o][1]);
+        double ma = -INFINITY, mb = -INFINITY, sa = 0, sb = 0, kl = 0;
+        for (int i = 0; i < V; i++)
+            ma = fmax(ma, A[i]), mb = fmax(mb, B[i]);
+        for (int i = 0; i < V; i++)
+            sa += exp(A[i] - ma), sb += exp(B[i] - mb);
+        for (int i = 0; i < V; i++)
+            kl += exp(B[i] - mb) / sb * (((B[i] - mb) - log(sb)) - ((A[i] - ma) - log(sa)));
+        double nll = log(sa) - (A[target] - ma), nllr = log(sb) - (B[target] - mb);
+        qpk_compare c = {0};
+        qpk_err e = {0};
+        CHECKF(qpk_compare_add(&c, k, A, B, V, target, scratch, &e) == QPK_OK, "%s", e.msg);
+        qpk_verify_result r;
+        qpk_verify_finish(&c, &r);
+        CHECKF(r.kld_mean >= 0 && fabs(r.kld_mean - kl) <= 1e-6 * kl + 1e-9, "%s offsets %g/%g: KLD %.10g vs %.10g",
+               k->name, off[o][0], off[o][1], r.kld_mean, kl);
+        CHECKF(r.ppl >= 1 && r.ppl_ref >= 1 && fabs(log(r.ppl) - nll) < 1e-6 && fabs(log(r.ppl_ref) - nllr) < 1e-6,
+               "%s offsets %g/%g: ppl %.10g/%.10g vs %.10g/%.10g", k->name, off[o][0], off[o][1], r.ppl, r.ppl_ref,
+               exp(nll), exp(nllr));
+        if (o == 0)
+            kl0 = kl, nll0 = nll, nllr0 = nllr;
+        if (o == 1) /* 1e3 keeps these logits to 2^-14: the numbers move by rounding only */
+            CHECKF(fabs(r.kld_mean - kl0) < 1e-4 * kl0 && fabs(log(r.ppl) - nll0) < 1e-3 &&
+                   fabs(log(r.ppl_ref) - nllr0) < 1e-3, "%s 1e3: KLD %.10g vs %.10g", k->name, r.kld_mean, kl0);
+        if (o >= 2 && o <= 4) /* 1e6 rounds each logit by up to 1/32: the KLD stays small */
+            CHECKF(fabs(r.kld_mean - kl0) < 0.01 && fabs(log(r.ppl) - nll0) < 0.07 && fabs(log(r.ppl_ref) - nllr0) < 0.07,
+                   "%s offsets %g/%g: KLD %.10g vs %.10g", k->name, off[o][0], off[o][1], r.kld_mean, kl0);
+        qpk_compare_free(&c);
+    }
+    /* An impossible position (a KLD below zero beyond rounding) is refused, never accumulated. */
+    qpk_position bad = {.nll = 1, .kld = -0.5, .kld_tol = 1e-6}, fine = {.nll = 1, .kld = 0, .kld_tol = 1e-6};
+    const char *what;
+    double v;
+    CHECK(qpk_position_impossible(&bad, &what, &v) && !strcmp(what, "KL divergence") && v == -0.5);
+    CHECK(!qpk_position_impossible(&fine, &what, &v));
+    bad.kld = 0, bad.nll = -0.25;
+    CHECK(qpk_position_impossible(&bad, &what, &v) && strstr(what, "negative log-likelihood"));
+}
+
 /* --------------------------------------------------- malformed reference files */
 
 static char g_dir[] = "/tmp/qpk-test-verify-XXXXXX";
@@ -157,6 +219,32 @@ static void test_ref_files(void)
                cases[i].what, s, e.msg, cases[i].msg);
         e.msg[0] = 0;
     }
+    /*
+     * Offset reference logits (uniform, all equal to the offset): the reference perplexity is
+     * the vocabulary and the KLD that of zeros, whatever the offset (it was 1 and <= 0 at 1e30).
+     */
+    static const float offsets[] = {0, 1e6f, 1e30f, -1e30f, 3e38f};
+    double kld0 = 0;
+    for (size_t i = 0; i < sizeof offsets / sizeof *offsets; i++) {
+        snprintf(path, sizeof path, "%s/ref-offset-%zu.safetensors", g_dir, i);
+        write_ref(path, "I32", 8, "F32", 8, 512, 0, false, -1);
+        FILE *f = fopen(path, "r+b");
+        uint64_t hl = 0;
+        CHECK(fread(&hl, 8, 1, f) == 1);
+        fseek(f, (long)(8 + hl + 4 * 8), SEEK_SET);
+        for (int v = 0; v < 8 * 512; v++)
+            fwrite(&offsets[i], 4, 1, f);
+        fclose(f);
+        qpk_verify_opts o = {.n_threads = 1};
+        qpk_verify_result r;
+        CHECK(tu_open(&ref, path, true, &e) == QPK_OK);
+        CHECKF(qpk_verify_ref_file(tu_model(m), qpk_source_logits(ref), &o, &r, &e) == QPK_OK, "%s", e.msg);
+        if (i == 0)
+            kld0 = r.kld_mean;
+        CHECKF(fabs(r.ppl_ref - 512) < 1e-6 && r.kld_mean > 0 && fabs(r.kld_mean - kld0) < 1e-9 * kld0,
+               "offset %g: ppl_ref %g, KLD %.10g (want 512, %.10g)", (double)offsets[i], r.ppl_ref, r.kld_mean, kld0);
+        tu_close(ref);
+    }
     /* A model given where logits are not allowed is read as a .qpk, and fails as one. */
     CHECK_ERR(tu_open(&ref, path, false, &e), QPK_E_UNSUPPORTED, e, "is a safetensors file; expected a .qpk file");
     CHECK_ERR(tu_open(&ref, "/nonexistent.qpk", true, &e), QPK_E_IO, e, "cannot open");
@@ -233,6 +321,8 @@ int main(void)
         return 2;
     test_metrics(qpk_kernels_best());
     test_metrics(qpk_kernels_scalar());
+    test_offsets(qpk_kernels_best());
+    test_offsets(qpk_kernels_scalar());
     test_ref_files();
     test_runner_errors();
     test_nonfinite_model();

@@ -12,7 +12,7 @@ double qpk_logsumexp(const qpk_kernels *k, const float *x, int64_t n, int64_t *a
     int64_t am = k->argmax(x, n, &mx);
     if (argmax)
         *argmax = am;
-    return (double)mx + log(k->sum_exp(x, n, mx, exps));
+    return (double)mx + log(k->sum_exp(x, n, mx, exps)); /* the offset back in: callers subtract in f64 */
 }
 
 void qpk_ppl_add(qpk_ppl *p, double nll)
@@ -41,6 +41,19 @@ static int64_t first_nonfinite(const float *x, int64_t n)
     return -1;
 }
 
+/*
+ * Normalizer of one row with its maximum already subtracted: log(sum exp(x - max)),
+ * at least 0 (the maximum contributes exp(0) = 1). Every log-probability below is
+ * (x[v] - max) - this, each difference taken in f64 from the f32 logits, so a
+ * constant offset of any size (1e6, 1e30) changes nothing beyond the f32 rounding
+ * of the stored logits themselves.
+ */
+static double log_norm(const qpk_kernels *k, const float *x, int64_t n, int64_t *argmax, float *mx, float *exps)
+{
+    *argmax = k->argmax(x, n, mx);
+    return log(k->sum_exp(x, n, *mx, exps));
+}
+
 void qpk_measure(const qpk_kernels *k, const float *model, const float *ref, int64_t n, int32_t target,
                  float *scratch, qpk_position *out)
 {
@@ -51,28 +64,51 @@ void qpk_measure(const qpk_kernels *k, const float *model, const float *ref, int
     if (out->bad_model >= 0 || out->bad_ref >= 0)
         return;
     int64_t am, bm = -1;
-    double la = qpk_logsumexp(k, model, n, &am, NULL);
-    out->nll = target >= 0 ? la - (double)model[target] : QPK_NO_VALUE;
+    float mxa, mxb;
+    double la = log_norm(k, model, n, &am, &mxa, NULL);
+    out->nll = target >= 0 ? la - ((double)model[target] - (double)mxa) : QPK_NO_VALUE;
     if (!ref)
         return;
     float *eb = scratch;
-    double lb = qpk_logsumexp(k, ref, n, &bm, eb);
-    /* KL(ref || model) = sum_v p_ref(v) (log p_ref(v) - log p_model(v)), p_ref = eb / sum(eb). */
-    double shift = la - lb, kl = 0, sum_abs = 0, max_abs = 0, norm = exp(lb - (double)ref[bm]);
+    double lb = log_norm(k, ref, n, &bm, &mxb, eb);
+    /*
+     * KL(ref || model) = sum_v p_ref(v) (log p_ref(v) - log p_model(v)) with p_ref = eb / sum(eb)
+     * and log p(v) = (x[v] - max) - log_norm: the shifts cancel in f64, never through the offsets.
+     */
+    double kl = 0, dev = 0, sum_abs = 0, max_abs = 0, norm = exp(lb);
     for (int64_t v = 0; v < n; v++) {
-        double d = (double)ref[v] - (double)model[v];
-        kl += (double)eb[v] * (d + shift);
-        double ad = fabs(d);
+        double d = ((double)ref[v] - (double)mxb) - ((double)model[v] - (double)mxa);
+        kl += (double)eb[v] * d;
+        dev += (double)eb[v] * fabs(d);
+        double ad = fabs((double)ref[v] - (double)model[v]);
         sum_abs += ad;
         max_abs = ad > max_abs ? ad : max_abs;
     }
-    out->kld = kl / norm;
+    kl = kl / norm + (la - lb);
+    /*
+     * The f32 exponentials carry 2^-23 of relative error each, so the sum carries at most
+     * about 1e-7 x (1 + E|d|): below zero within that is zero; beyond it, the arithmetic
+     * (or the input) is broken, and the runner refuses the result (a KL divergence is >= 0).
+     */
+    out->kld_tol = QPK_KLD_ROUNDING * (1 + dev / norm + fabs(la - lb));
+    out->kld = kl < 0 && kl >= -out->kld_tol ? 0 : kl;
     out->sum_abs = sum_abs, out->max_abs = max_abs;
     out->top1 = am == bm;
     if (target >= 0) {
-        out->nll_ref = lb - (double)ref[target];
+        out->nll_ref = lb - ((double)ref[target] - (double)mxb);
         out->dp = exp(-out->nll) - exp(-out->nll_ref);
     }
+}
+
+bool qpk_position_impossible(const qpk_position *p, const char **what, double *value)
+{
+    if (p->kld < -p->kld_tol || isnan(p->kld))
+        return *what = "KL divergence", *value = p->kld, true;
+    if (p->nll < 0)
+        return *what = "model's negative log-likelihood", *value = p->nll, true;
+    if (p->nll_ref < 0)
+        return *what = "reference's negative log-likelihood", *value = p->nll_ref, true;
+    return false;
 }
 
 qpk_status qpk_compare_push(qpk_compare *c, const qpk_position *p, int64_t n_values, bool compared, qpk_err *e)
@@ -107,6 +143,12 @@ qpk_status qpk_compare_add(qpk_compare *c, const qpk_kernels *k, const float *mo
 {
     qpk_position p;
     qpk_measure(k, model, ref, n, target, scratch, &p);
+    const char *what;
+    double value;
+    if (p.bad_model >= 0 || p.bad_ref >= 0)
+        return qpk_err_setf(e, QPK_E_VALUE, "the %s's logits are not finite", p.bad_model >= 0 ? "model" : "reference");
+    if (qpk_position_impossible(&p, &what, &value))
+        return qpk_err_setf(e, QPK_E_VALUE, "the %s is %g, which no distribution gives", what, value);
     return qpk_compare_push(c, &p, n, ref != NULL, e);
 }
 

@@ -97,6 +97,12 @@ static qpk_status measure_piece(runner *R, int n, bool compare, bool count_unsco
                                 "is %g): nothing can be measured from them", model ? "model" : "reference", unit,
                                 (long long)seq, (long long)(pos0 + i), (long long)v, (double)x[v]);
         }
+        const char *what;
+        double value;
+        if (qpk_position_impossible(p, &what, &value))
+            return qpk_err_setf(e, QPK_E_VALUE, "the %s at %s %lld, position %lld is %g, which no distribution gives: "
+                                "the logits cannot be measured as they are (a reference in another precision or "
+                                "scale?)", what, unit, (long long)seq, (long long)(pos0 + i), value);
     }
     for (int i = 0; i < n; i++) {
         if (R->targets[i] < 0 && !count_unscored)

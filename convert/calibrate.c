@@ -368,9 +368,7 @@ static qpk_status store(qpk_calib *c, qpk_role r, const float *clip, const float
         for (int64_t g = 0; g < ng && s == QPK_OK; g++) {
             qpk_qparams p;
             float *wg = w + i * cols + g * G;
-            s = imp ? qpk_quantize_group_imp(type, wg, G, imp + g * G, &p, codes, wg, NULL, e)
-                    : qpk_quantize_group(type, wg, G, clip ? clip[i * ng + g] : 1.0f, &p, codes, wg, e);
-            if (s != QPK_OK)
+            if ((s = qpk_quantize_group(type, wg, G, clip ? clip[i * ng + g] : 1.0f, &p, codes, wg, e)) != QPK_OK)
                 qpk_err_prefix(e, s, "row %lld", (long long)i);
             else
                 qpk_pack_group(type, G, &p, codes, c->bytes[r] + (size_t)(i * ng + g) * bb);
@@ -549,11 +547,7 @@ static qpk_status quantize_awq(qpk_calib *c, qpk_err *e)
 
 /* --------------------------------------------------------------- imatrix */
 
-/*
- * Each input column weighed by its mean square activation (llama.cpp's imatrix): ggml's
- * block fits take it as they are; the grid types search each group's clip ratio for the
- * least weighted error (qpk_quantize_group_imp).
- */
+/* Round-to-nearest, ggml's block fits weighing each input column by its mean square (llama.cpp's imatrix). */
 static qpk_status quantize_imatrix(qpk_calib *c, qpk_err *e)
 {
     for (int g = 0; g < N_GROUPS; g++) {

@@ -171,28 +171,6 @@ qpk_status qpk_quantize_group(uint32_t type, const float *w, int64_t n, float cl
     return QPK_OK;
 }
 
-qpk_status qpk_quantize_group_imp(uint32_t type, const float *w, int64_t n, const float *imp, qpk_qparams *p,
-                                  int32_t *q, float *deq, float *clip, qpk_err *e)
-{
-    float best = 1.0f;
-    double best_err = INFINITY;
-    for (int i = 0; i < QPK_IMATRIX_CLIP_STEPS; i++) {
-        float ratio = 1.0f - 0.01f * (float)i;
-        qpk_qparams t;
-        QPK_TRY(qpk_group_params(type, w, n, ratio, &t, e));
-        double err = 0;
-        for (int64_t k = 0; k < n; k++) {
-            double d = (double)w[k] - (double)qpk_dequantize_value(type, &t, qpk_quantize_value(type, &t, w[k]));
-            err += (double)imp[k] * d * d;
-        }
-        if (err < best_err)
-            best_err = err, best = ratio;
-    }
-    if (clip)
-        *clip = best;
-    return qpk_quantize_group(type, w, n, best, p, q, deq, e);
-}
-
 qpk_status qpk_quantize_row_imp(uint32_t type, uint32_t group, const float *x, int64_t n, const float *imp, void *out,
                                 qpk_err *e)
 {

@@ -174,6 +174,10 @@ if [ -d "$a" ]; then
     --quant int4 --group 32 --method awq+gptq --damp 0.02 --calib \"$fx/text/calib.txt\" --calib-samples 2 --calib-len 64 && \
     \"$bin/qinspect\" \"$tmp/c2.qpk\" --no-tensors"
   expect 2 "--method takes rtn, gptq, awq, awq\+gptq or imatrix" -- "$bin/qconvert" "$a" -o "$tmp/c.qpk" --quant int4 --method gptq+awq
+  # imatrix steers ggml's block fits only: on a grid type it would change nothing, so it is refused.
+  expect 2 "int4 is quantized by its grid's rule, which takes no importance" -- "$bin/qconvert" "$a" -o "$tmp/i.qpk" \
+    --quant int4 --method imatrix --calib-tokens "$fx/tokens/eval_public.i32" --calib-samples 2 --calib-len 64
+  expect 1 "" -- test -e "$tmp/i.qpk" # nothing written
   # ... and exports to GGUF as Q4_0 through the same path
   expect 0 "blk.0.ffn_up.weight +Q4_0" -- sh -c "\"$bin/qconvert\" -q \"$tmp/c.qpk\" --to gguf -o \"$tmp/c.gguf\" && \"$bin/qinspect\" \"$tmp/c.gguf\""
   # GPTQ/AWQ checkpoints: imported with their source recorded, exported, refused where a layout cannot hold them.

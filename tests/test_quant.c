@@ -3,7 +3,6 @@
  * IEEE formula in double, f16/bf16 rounding against a nearest-value search.
  */
 #include <math.h>
-#include <string.h>
 
 #include "qpk/quant.h"
 #include "testhelp.h"
@@ -409,42 +408,8 @@ static void test_kernels(void)
     }
 }
 
-/*
- * Issue 20, class 6b: imatrix on grid types searches each group's clip ratio for the least
- * importance-weighted error: never worse than round-to-nearest on that error, RTN exactly
- * when the importance is zero, and a real change where an outlier dominates the range.
- */
-static void test_imatrix_grid(void)
-{
-    static const uint32_t types[] = {QPK_TYPE_INT4, QPK_TYPE_INT4S, QPK_TYPE_INT8};
-    enum { G = 32 };
-    float w[G], imp[G], zero[G] = {0}, deq[G], rtn[G];
-    uint64_t s = 5;
-    for (int k = 0; k < G; k++) {
-        s = s * 6364136223846793005ull + 1;
-        w[k] = (float)((double)(s >> 40) / 8388608.0 - 1.0);
-        imp[k] = k == 3 ? 0.001f : 1.0f + (float)(k % 5);
-    }
-    w[3] = 9; /* an outlier on a column that hardly matters */
-    for (size_t t = 0; t < sizeof types / sizeof *types; t++) {
-        qpk_qparams p;
-        float clip;
-        qpk_err e = {0};
-        CHECK(qpk_quantize_group(types[t], w, G, 1.0f, &p, NULL, rtn, &e) == QPK_OK);
-        CHECK(qpk_quantize_group_imp(types[t], w, G, zero, &p, NULL, deq, &clip, &e) == QPK_OK && clip == 1.0f &&
-              !memcmp(deq, rtn, sizeof deq));
-        CHECK(qpk_quantize_group_imp(types[t], w, G, imp, &p, NULL, deq, &clip, &e) == QPK_OK);
-        double er = 0, ei = 0;
-        for (int k = 0; k < G; k++)
-            er += imp[k] * (w[k] - rtn[k]) * (w[k] - rtn[k]), ei += imp[k] * (w[k] - deq[k]) * (w[k] - deq[k]);
-        CHECKF(ei <= er && (types[t] == QPK_TYPE_INT8 || (clip < 1.0f && ei < 0.9 * er)),
-               "%s: weighted error %g vs RTN %g (clip %g)", qpk_type_name(types[t]), ei, er, (double)clip);
-    }
-}
-
 int main(void)
 {
-    test_imatrix_grid();
     test_f16_decode();
     test_rounding();
     test_rows();

@@ -217,17 +217,6 @@ qpk_status qpk_quantize_group(uint32_t type, const float *w, int64_t n, float cl
                               float *deq, qpk_err *e);
 
 /*
- * The same, the clip ratio chosen to minimize the importance-weighted error
- * sum_k imp[k] (w[k] - deq[k])^2 (imp: each input column's mean square activation,
- * llama.cpp's imatrix; the diagonal of the layer's Hessian) over the ratios
- * 1, 1 - 1/100, ..., 1 - (QPK_IMATRIX_CLIP_STEPS - 1)/100; the first best wins, so a
- * zero importance gives round-to-nearest. Any grid type. *clip (may be NULL): the ratio.
- */
-#define QPK_IMATRIX_CLIP_STEPS 31
-qpk_status qpk_quantize_group_imp(uint32_t type, const float *w, int64_t n, const float *imp, qpk_qparams *p,
-                                  int32_t *q, float *deq, float *clip, qpk_err *e);
-
-/*
  * The compute kernels of one instruction set. Two summation orders, each fixed:
  *
  * gemm (prefill, T >= 2 tokens): y[t][r] is one chain of fused multiply-adds over k in

@@ -1,8 +1,9 @@
 /*
- * A GGUF file as a Qwen2 model: its hyperparameters become the one qpk_config (built as
- * config.json text and parsed by qpk_config_parse, so the same rules hold), and
- * everything a runtime relies on is checked first: the keys' types and values, the
- * tokenizer keys, and every tensor's name, shape and type.
+ * A GGUF file as a Qwen2 model: its hyperparameters become the one qpk_config (checked by
+ * qpk_config_check, so the same rules hold), and everything a runtime relies on is
+ * checked first: the keys' types and values (every qwen2.* key applied or refused), the
+ * tokenizer keys and the tokenizer they describe as qpk's tokenizer loads it, and every
+ * tensor's name, shape and type.
  */
 #include <cjson/cJSON.h>
 #include <inttypes.h>

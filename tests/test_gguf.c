@@ -9,6 +9,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "fixtures.h"
@@ -1260,6 +1261,50 @@ static void test_qwen2_checks(void)
 }
 
 /*
+ * Validation is linear in the keys: 300,000 tokenizer.ggml.*_token_id keys (a 15 MB file,
+ * each key checked against the vocabulary) open as a source about three times as slowly
+ * as 100,000. A scan per key made this minutes (issue 20). The times are printed; only a
+ * generous bound and the ratio (when the times are long enough to measure) are checked.
+ */
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static bool cancel_now(void *ud)
+{
+    (void)ud;
+    return true;
+}
+
+static void test_many_keys(void)
+{
+    const uint32_t N[2] = {100000, 300000};
+    double t[2] = {0, 0};
+    for (int k = 0; k < 2; k++) {
+        const char *path = tmp("keys.gguf");
+        qwen2_defect d = {"many keys", QPK_OK, "", .extra_keys = N[k]};
+        write_qwen2(path, &d);
+        qpk_source *src = NULL;
+        qpk_err e = {0};
+        const double t0 = now_s();
+        CHECKF(qpk_source_open(&src, path, NULL, &e) == QPK_OK, "%u keys: %s", N[k], e.msg);
+        t[k] = now_s() - t0;
+        qpk_source_close(src);
+        const qpk_source_opts cancel = {.cb = {.cancel = cancel_now}}; /* polled between the stages of the open */
+        src = NULL;
+        CHECK_ERR(qpk_source_open(&src, path, &cancel, &e), QPK_E_CANCELLED, e, "cancelled");
+        CHECK(src == NULL);
+        unlink(path);
+    }
+    printf("a qwen2 GGUF with %u / %u *_token_id keys opens in %.3f / %.3f s\n", N[0], N[1], t[0], t[1]);
+    CHECKF(t[1] < 20.0, "%u keys took %.1f s", N[1], t[1]);
+    CHECKF(t[0] < 0.05 || t[1] / t[0] < 6.0, "3x the keys took %.1fx the time", t[1] / t[0]);
+}
+
+/*
  * The ggml types as the reader knows them, written out here from ggml-common.h and
  * llama.h (the library derives them from its type rows): names, block sizes and bytes,
  * the qpk type and group that reads each as it is, and general.file_type per qpk type.
@@ -1322,6 +1367,7 @@ int main(void)
     test_ggml_types();
     test_malformed();
     test_qwen2_checks();
+    test_many_keys();
     const char *fix = fixtures_dir();
     if (fix) {
         test_fixture_exports(fix);

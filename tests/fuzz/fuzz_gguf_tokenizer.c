@@ -290,6 +290,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     build(&b, sc);
     free_script(sc);
     free(sc);
+    const char *dump = getenv("QPK_FUZZ_DUMP"); /* the GGUF written, for seeding fuzz_gguf */
+    FILE *f = dump && !b.oom ? fopen(dump, "wb") : NULL;
+    if (f)
+        fwrite(b.p, 1, b.n, f), fclose(f);
     qpk_gguf *g = NULL;
     qpk_err e;
     if (b.oom)

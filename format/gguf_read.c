@@ -3,6 +3,7 @@
  * overflow-safe arithmetic, so no length in the file can send it past the end.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +33,9 @@ struct qpk_gguf {
     qpk_gguf_tensor *t;
     size_t n_t;
     char *names;
+    /* Lookup indexes built once at open: the key-values and the tensors sorted by name, for
+     * binary search (a scan per lookup made validation quadratic in the number of keys). */
+    const void **kv_by_key, **t_by_name;
 };
 
 typedef struct cursor {
@@ -144,27 +148,50 @@ static qpk_status value(cursor *c, uint32_t type, kv *k)
     return QPK_OK;
 }
 
-static const char *key_of_kv(const void *p) { return ((const kv *)p)->key; }
-static const char *name_of_tensor(const void *p) { return ((const qpk_gguf_tensor *)p)->name; }
+/*
+ * The items indexes sort are structs whose first member is their name (kv.key,
+ * qpk_gguf_tensor.name): a pointer to one, converted, points to that char pointer.
+ */
+static const char *name_of(const void *item) { return *(const char *const *)item; }
+_Static_assert(offsetof(kv, key) == 0 && offsetof(qpk_gguf_tensor, name) == 0, "an indexed item starts with its name");
 
-static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
-
-/* The n names of the items are distinct (sorted copies of the pointers, then neighbours compared). */
-static qpk_status unique(qpk_err *e, size_t n, size_t size, const void *items, const char *(*name)(const void *),
-                         const char *what)
+static int cmp_name(const void *a, const void *b)
 {
-    const char **v = malloc((n ? n : 1) * sizeof *v);
+    return strcmp(name_of(*(const void *const *)a), name_of(*(const void *const *)b));
+}
+
+/* Sorts pointers to the n items (of size bytes each) by name into *index, refusing a name given twice. */
+static qpk_status build_index(qpk_err *e, size_t n, size_t size, const void *items, const void ***index,
+                              const char *what)
+{
+    const void **v = malloc((n ? n : 1) * sizeof *v);
     if (!v)
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     for (size_t i = 0; i < n; i++)
-        v[i] = name((const uint8_t *)items + i * size);
-    qsort(v, n, sizeof *v, cmp_str);
-    qpk_status s = QPK_OK;
-    for (size_t i = 1; i < n && s == QPK_OK; i++)
-        if (!strcmp(v[i - 1], v[i]))
-            s = qpk_err_setf(e, QPK_E_CORRUPT, "%s '%.64s' appears twice", what, v[i]);
-    free(v);
-    return s;
+        v[i] = (const uint8_t *)items + i * size;
+    qsort(v, n, sizeof *v, cmp_name);
+    *index = v;
+    for (size_t i = 1; i < n; i++)
+        if (!strcmp(name_of(v[i - 1]), name_of(v[i])))
+            return qpk_err_setf(e, QPK_E_CORRUPT, "%s '%.64s' appears twice", what, name_of(v[i]));
+    return QPK_OK;
+}
+
+/* The item named name in a sorted index of n, or NULL. */
+static const void *lookup(const void *const *index, size_t n, const char *name)
+{
+    size_t lo = 0, hi = index ? n : 0;
+    while (lo < hi) {
+        const size_t mid = lo + (hi - lo) / 2;
+        const int c = strcmp(name_of(index[mid]), name);
+        if (c == 0)
+            return index[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
 }
 
 static qpk_status parse_kvs(qpk_gguf *g, cursor *c)
@@ -189,7 +216,7 @@ static qpk_status parse_kvs(qpk_gguf *g, cursor *c)
         if (st != QPK_OK)
             return qpk_err_prefix(c->e, st, "key '%.64s'", k->key);
     }
-    QPK_TRY(unique(c->e, g->n_kv, sizeof *g->kvs, g->kvs, key_of_kv, "key"));
+    QPK_TRY(build_index(c->e, g->n_kv, sizeof *g->kvs, g->kvs, &g->kv_by_key, "key"));
     qpk_gguf_value a;
     g->alignment = 32;
     if (qpk_gguf_find(g, "general.alignment", &a)) {
@@ -237,7 +264,7 @@ static qpk_status parse_tensors(qpk_gguf *g, cursor *c)
             return qpk_err_setf(c->e, QPK_E_CORRUPT, "tensor '%s': offset %llu is not aligned to %u", name,
                                 (unsigned long long)t->offset, g->alignment);
     }
-    QPK_TRY(unique(c->e, g->n_t, sizeof *g->t, g->t, name_of_tensor, "tensor name"));
+    QPK_TRY(build_index(c->e, g->n_t, sizeof *g->t, g->t, &g->t_by_name, "tensor name"));
     uint64_t data = align_up(c->pos, g->alignment);
     if (data > g->size && g->n_t)
         return qpk_err_setf(c->e, QPK_E_CORRUPT, "the tensor data would start past the end of the file");
@@ -328,7 +355,7 @@ void qpk_gguf_close(qpk_gguf *g)
         qpk_unmap_file(g->base, (size_t)g->size);
     for (size_t i = 0; g->kvs && i < g->n_kv; i++)
         free(g->kvs[i].key), free(g->kvs[i].str_offsets);
-    free(g->kvs), free(g->t), free(g->names), free(g);
+    free(g->kvs), free(g->t), free(g->names), free(g->kv_by_key), free(g->t_by_name), free(g);
 }
 
 uint32_t qpk_gguf_version(const qpk_gguf *g) { return g->version; }
@@ -347,12 +374,10 @@ const char *qpk_gguf_kv_at(const qpk_gguf *g, size_t i, qpk_gguf_value *v)
 
 bool qpk_gguf_find(const qpk_gguf *g, const char *key, qpk_gguf_value *v)
 {
-    for (size_t i = 0; i < g->n_kv && g->kvs[i].key; i++)
-        if (!strcmp(g->kvs[i].key, key)) {
-            *v = g->kvs[i].v;
-            return true;
-        }
-    return false;
+    const kv *k = lookup(g->kv_by_key, g->n_kv, key);
+    if (k)
+        *v = k->v;
+    return k != NULL;
 }
 
 const char *qpk_gguf_array_string(const qpk_gguf *g, const qpk_gguf_value *v, uint64_t i, uint64_t *len)
@@ -369,8 +394,5 @@ const qpk_gguf_tensor *qpk_gguf_tensor_at(const qpk_gguf *g, size_t i) { return 
 
 const qpk_gguf_tensor *qpk_gguf_find_tensor(const qpk_gguf *g, const char *name)
 {
-    for (size_t i = 0; i < g->n_t; i++)
-        if (!strcmp(g->t[i].name, name))
-            return &g->t[i];
-    return NULL;
+    return lookup(g->t_by_name, g->n_t, name);
 }

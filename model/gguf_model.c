@@ -1,8 +1,9 @@
 /*
- * A GGUF file as a Qwen2 model: its hyperparameters become the one qpk_config (built as
- * config.json text and parsed by qpk_config_parse, so the same rules hold), and
- * everything a runtime relies on is checked first: the keys' types and values, the
- * tokenizer keys, and every tensor's name, shape and type.
+ * A GGUF file as a Qwen2 model: its hyperparameters become the one qpk_config (checked by
+ * qpk_config_check, so the same rules hold), and everything a runtime relies on is
+ * checked first: the keys' types and values (every qwen2.* key applied or refused), the
+ * tokenizer keys and the tokenizer they describe as qpk's tokenizer loads it, and every
+ * tensor's name, shape and type.
  */
 #include <cjson/cJSON.h>
 #include <inttypes.h>
@@ -13,6 +14,7 @@
 
 #include "internal.h"
 #include "qpk/gguf.h"
+#include "qpk/tokenizer.h"
 
 /* llama.cpp's token types: undefined, normal, unknown, control, user-defined, unused, byte. */
 #define MAX_TOKEN_TYPE 6
@@ -249,6 +251,156 @@ void qpk_gguf_tensor_name(char *buf, size_t cap, qpk_role role, int layer)
         snprintf(buf, cap, "%s", GGUF_ROLE[role]);
 }
 
+/* ------------------------------------------------------- the qwen2.* keys */
+
+/*
+ * What each qwen2.* key is to qpk. llama.cpp reads more of them than the eight a Qwen2
+ * model needs, and applies what it reads: a key qpk did not apply would make it compute
+ * another model. So every qwen2.* key is either applied (read into the config above), or
+ * accepted only with the value that changes nothing, or refused by name; a key not in
+ * this table is refused too (it may change the computation in a way qpk cannot know).
+ */
+typedef enum key_rule {
+    APPLIED,     /* read into the config by qpk_gguf_qwen2 */
+    HEAD_DIM,    /* an unsigned integer equal to embedding_length / head_count */
+    ZERO,        /* an unsigned integer 0 */
+    NO_SCALING,  /* a float 0 or 1: llama.cpp's freq scale is 1 / it, 0 meaning none */
+    ONE,         /* a float 1 */
+    NONE_TYPE,   /* the string "none" or "linear" (with no factor: linear by 1) */
+    TRUE_BOOL,   /* the bool true */
+    BOOL_NOTE,   /* any bool: a note that changes no computation */
+    VOCAB,       /* an unsigned integer equal to the tokens or the embedding rows */
+} key_rule;
+
+static const struct {
+    const char *key; /* after "qwen2." */
+    key_rule rule;
+    const char *what; /* what qpk does not implement, for the refusal */
+} QWEN2_KEYS[] = {
+    {"block_count", APPLIED, NULL},
+    {"context_length", APPLIED, NULL},
+    {"embedding_length", APPLIED, NULL},
+    {"feed_forward_length", APPLIED, NULL},
+    {"attention.head_count", APPLIED, NULL},
+    {"attention.head_count_kv", APPLIED, NULL},
+    {"attention.layer_norm_rms_epsilon", APPLIED, NULL},
+    {"rope.freq_base", APPLIED, NULL},
+    {"rope.dimension_count", HEAD_DIM, "partial rotary embeddings (RoPE on part of each head)"},
+    {"attention.key_length", HEAD_DIM, "key heads of another width than embedding_length / head_count"},
+    {"attention.value_length", HEAD_DIM, "value heads of another width than embedding_length / head_count"},
+    {"expert_count", ZERO, "mixture-of-experts layers (qwen2 models are dense)"},
+    {"expert_used_count", ZERO, "mixture-of-experts layers (qwen2 models are dense)"},
+    {"rope.scale_linear", NO_SCALING, "rope scaling"},
+    {"rope.scaling.factor", NO_SCALING, "rope scaling"},
+    {"rope.scaling.attn_factor", ONE, "rope scaling"},
+    {"rope.scaling.type", NONE_TYPE, "rope scaling (YaRN, linear)"},
+    {"rope.scaling.finetuned", BOOL_NOTE, NULL},
+    {"attention.causal", TRUE_BOOL, "non-causal attention"},
+    {"vocab_size", VOCAB, NULL},
+};
+
+#define NOT_RUN "; the file is refused rather than run without it"
+
+/* One qwen2.* key (name: the whole key) against its rule. */
+static qpk_status check_key(const qpk_gguf *g, const char *name, const qpk_gguf_value *v, key_rule rule,
+                            const char *what, const qpk_config *c, uint64_t tokens, qpk_err *e)
+{
+    uint64_t u;
+    switch (rule) {
+    case APPLIED:
+    case BOOL_NOTE:
+        if (rule == BOOL_NOTE && v->type != QPK_GGUF_BOOL)
+            return qpk_err_setf(e, QPK_E_CORRUPT, "%s is not a bool", name);
+        return QPK_OK;
+    case HEAD_DIM:
+        QPK_TRY(get_uint(g, name, true, 0, &u, e));
+        if (u != (uint64_t)c->head_dim)
+            return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s is %" PRIu64 ", not the head dimension %" PRId64
+                                " (embedding_length / head_count): qpk does not implement %s" NOT_RUN, name, u,
+                                c->head_dim, what);
+        return QPK_OK;
+    case ZERO:
+        QPK_TRY(get_uint(g, name, true, 0, &u, e));
+        if (u != 0)
+            return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s is %" PRIu64 ": qpk does not implement %s" NOT_RUN, name, u,
+                                what);
+        return QPK_OK;
+    case NO_SCALING:
+    case ONE:
+        if (v->type != QPK_GGUF_F32 && v->type != QPK_GGUF_F64)
+            return qpk_err_setf(e, QPK_E_CORRUPT, "%s is not a float", name);
+        if (v->num.f != 1.0 && !(rule == NO_SCALING && v->num.f == 0.0))
+            return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s is %g: qpk does not implement %s" NOT_RUN, name, v->num.f,
+                                what);
+        return QPK_OK;
+    case NONE_TYPE:
+        if (v->type != QPK_GGUF_STRING)
+            return qpk_err_setf(e, QPK_E_CORRUPT, "%s is not a string", name);
+        if (!is_string(g, name, "none") && !is_string(g, name, "linear"))
+            return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s is \"%.*s\": qpk does not implement %s" NOT_RUN, name,
+                                (int)(v->len < 32 ? v->len : 32), v->str, what);
+        return QPK_OK;
+    case TRUE_BOOL:
+        if (v->type != QPK_GGUF_BOOL)
+            return qpk_err_setf(e, QPK_E_CORRUPT, "%s is not a bool", name);
+        if (!v->num.u)
+            return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s is false: qpk does not implement %s" NOT_RUN, name, what);
+        return QPK_OK;
+    case VOCAB:
+        QPK_TRY(get_uint(g, name, true, 0, &u, e));
+        if (u != tokens && u != (uint64_t)c->vocab_size)
+            return qpk_err_setf(e, QPK_E_MISMATCH, "%s is %" PRIu64 ", but the file has %" PRIu64 " tokens and %" PRId64
+                                " embedding rows", name, u, tokens, c->vocab_size);
+        return QPK_OK;
+    }
+    return QPK_OK;
+}
+
+/*
+ * The tokenizer a .qpk made from this file will carry, loaded by the code that will load
+ * it then (qtokenize, qverify --text): what qpk's tokenizer refuses (a merge given twice,
+ * a merge whose result is not a token, two control tokens of the same text) is refused
+ * here, and every id it has must have an embedding row.
+ */
+static qpk_status check_tokenizer_loads(const qpk_gguf *g, const qpk_config *c, qpk_err *e)
+{
+    char *json;
+    size_t len;
+    qpk_tokenizer *tok = NULL;
+    qpk_status s = qpk_gguf_tokenizer_json(g, &json, &len, e);
+    if (s == QPK_OK)
+        s = qpk_tokenizer_load(&tok, json, len, e);
+    if (s == QPK_OK)
+        s = qpk_tokenizer_fits(tok, c->vocab_size, e);
+    qpk_tokenizer_free(tok);
+    free(json);
+    return s == QPK_OK ? s : qpk_err_prefix(e, s, "the tokenizer of tokenizer.ggml.*, as qpk's tokenizer reads it");
+}
+
+/* Every qwen2.* key applied, neutral, or refused by name (one pass over the keys). */
+static qpk_status check_qwen2_keys(const qpk_gguf *g, const qpk_config *c, uint64_t tokens, qpk_err *e)
+{
+    for (size_t i = 0; i < qpk_gguf_n_kv(g); i++) {
+        qpk_gguf_value v;
+        const char *key = qpk_gguf_kv_at(g, i, &v);
+        if (strncmp(key, "qwen2.", 6) != 0)
+            continue;
+        size_t k = 0;
+        while (k < sizeof QWEN2_KEYS / sizeof *QWEN2_KEYS && strcmp(key + 6, QWEN2_KEYS[k].key) != 0)
+            k++;
+        if (k < sizeof QWEN2_KEYS / sizeof *QWEN2_KEYS) {
+            QPK_TRY(check_key(g, key, &v, QWEN2_KEYS[k].rule, QWEN2_KEYS[k].what, c, tokens, e));
+            continue;
+        }
+        if (!strncmp(key, "qwen2.rope.scaling.", 19))
+            return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%.200s: qpk does not implement rope scaling (YaRN)" NOT_RUN,
+                                key);
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%.200s is a qwen2 key qpk does not know: it may change the "
+                            "computation (llama.cpp applies the keys it reads)" NOT_RUN, key);
+    }
+    return QPK_OK;
+}
+
 /* ------------------------------------------------------------------- API */
 
 qpk_status qpk_gguf_qwen2(const qpk_gguf *g, qpk_config *cfg, qpk_err *e)
@@ -270,6 +422,7 @@ qpk_status qpk_gguf_qwen2(const qpk_gguf *g, qpk_config *cfg, qpk_err *e)
     QPK_TRY(get_positive(g, "qwen2.rope.freq_base", false, 10000.0, &theta, e)); /* llama.cpp's default */
     QPK_TRY(get_positive(g, "qwen2.attention.layer_norm_rms_epsilon", true, 0, &eps, e));
     QPK_TRY(check_tokenizer(g, &vocab, e));
+    const uint64_t tokens = vocab;
     const qpk_gguf_tensor *emb = qpk_gguf_find_tensor(g, "token_embd.weight");
     if (emb && emb->n_dims == 2 && emb->ne[1] > vocab)
         vocab = emb->ne[1]; /* rows past the tokenizer (padding), as in qwen's own files */
@@ -301,7 +454,9 @@ qpk_status qpk_gguf_qwen2(const qpk_gguf *g, qpk_config *cfg, qpk_err *e)
     qpk_status st = qpk_config_check(cfg, e);
     if (st != QPK_OK)
         return qpk_err_prefix(e, st, "the GGUF's qwen2 hyperparameters");
-    return check_tensors(g, cfg, e);
+    QPK_TRY(check_qwen2_keys(g, cfg, tokens, e));
+    QPK_TRY(check_tensors(g, cfg, e));
+    return check_tokenizer_loads(g, cfg, e);
 }
 
 /* ----------------------------------------------------------- the tensors */

@@ -63,10 +63,17 @@ static qpk_status get_bool(const cJSON *o, const char *key, bool dflt, bool *out
     return QPK_OK;
 }
 
-static const char *get_str(const cJSON *o, const char *key)
+/* A string, or NULL when absent or null; any other type is refused by name. */
+static qpk_status get_str(const cJSON *o, const char *key, const char **out, qpk_err *e)
 {
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, key);
-    return cJSON_IsString(it) ? it->valuestring : NULL;
+    *out = NULL;
+    if (!it || cJSON_IsNull(it))
+        return QPK_OK;
+    if (!cJSON_IsString(it))
+        return qpk_err_setf(e, QPK_E_CORRUPT, "quantization_config: '%s' is not a string", key);
+    *out = it->valuestring;
+    return QPK_OK;
 }
 
 static qpk_status parse_one(const cJSON *qc, qpk_hfq *q, qpk_err *e)
@@ -74,8 +81,9 @@ static qpk_status parse_one(const cJSON *qc, qpk_hfq *q, qpk_err *e)
     memset(q, 0, sizeof *q);
     if (!cJSON_IsObject(qc))
         return qpk_err_setf(e, QPK_E_CORRUPT, "quantization_config is not an object");
-    const char *method = get_str(qc, "quant_method");
+    const char *method;
     int64_t bits;
+    QPK_TRY(get_str(qc, "quant_method", &method, e));
     QPK_TRY(get_int(qc, "bits", 4, &bits, e));
     QPK_TRY(get_int(qc, "group_size", 128, &q->group, e));
     q->bits = (int)bits;
@@ -85,9 +93,11 @@ static qpk_status parse_one(const cJSON *qc, qpk_hfq *q, qpk_err *e)
         q->method = QPK_HFQ_GPTQ;
         QPK_TRY(get_bool(qc, "sym", true, &q->sym, e));
         QPK_TRY(get_bool(qc, "desc_act", false, &q->desc_act, e));
-        const char *fmt = get_str(qc, "checkpoint_format");
+        const char *fmt, *old;
+        QPK_TRY(get_str(qc, "checkpoint_format", &fmt, e));
+        QPK_TRY(get_str(qc, "format", &old, e)); /* GPTQModel's older spelling */
         if (!fmt)
-            fmt = get_str(qc, "format"); /* GPTQModel's older spelling */
+            fmt = old;
         if (fmt && strcmp(fmt, "gptq") && strcmp(fmt, "gptq_v2"))
             return qpk_err_setf(e, QPK_E_UNSUPPORTED, "GPTQ checkpoint_format \"%.32s\": qpk reads gptq and gptq_v2", fmt);
         q->v2 = fmt && !strcmp(fmt, "gptq_v2");
@@ -95,8 +105,9 @@ static qpk_status parse_one(const cJSON *qc, qpk_hfq *q, qpk_err *e)
             return qpk_err_setf(e, QPK_E_UNSUPPORTED, "GPTQ with %d bits: qpk reads 4 and 8", q->bits);
     } else if (!strcmp(method, "awq")) {
         q->method = QPK_HFQ_AWQ;
-        const char *version = get_str(qc, "version");
+        const char *version;
         bool zero_point;
+        QPK_TRY(get_str(qc, "version", &version, e));
         QPK_TRY(get_bool(qc, "zero_point", true, &zero_point, e));
         if (version && strcmp(version, "gemm") && strcmp(version, "GEMM"))
             return qpk_err_setf(e, QPK_E_UNSUPPORTED, "AWQ version \"%.32s\": qpk reads the GEMM layout", version);
@@ -126,6 +137,17 @@ static qpk_status parse_one(const cJSON *qc, qpk_hfq *q, qpk_err *e)
     return QPK_OK;
 }
 
+/* quantize_config.json may leave quant_method out (or null): it then says method. */
+static void default_method(cJSON *o, const char *method)
+{
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(o, "quant_method");
+    if (m && !cJSON_IsNull(m))
+        return;
+    if (m)
+        cJSON_DeleteItemFromObjectCaseSensitive(o, "quant_method");
+    cJSON_AddStringToObject(o, "quant_method", method); /* out of memory: "has no quant_method" */
+}
+
 qpk_status qpk_hfq_parse(const char *config, size_t n, const char *qcfg, size_t qn, qpk_hfq *q, qpk_err *e)
 {
     memset(q, 0, sizeof *q);
@@ -137,8 +159,7 @@ qpk_status qpk_hfq_parse(const char *config, size_t n, const char *qcfg, size_t 
     if (s == QPK_OK && in_config)
         s = parse_one(qc, q, e);
     else if (s == QPK_OK && side) { /* AutoGPTQ's folders may carry it only there, often without quant_method */
-        if (!cJSON_GetObjectItemCaseSensitive(side, "quant_method"))
-            cJSON_AddStringToObject(side, "quant_method", "gptq");
+        default_method(side, "gptq");
         s = parse_one(side, q, e);
         if (s != QPK_OK)
             qpk_err_prefix(e, s, "quantize_config.json");
@@ -146,9 +167,11 @@ qpk_status qpk_hfq_parse(const char *config, size_t n, const char *qcfg, size_t 
     if (s == QPK_OK && in_config && side) { /* both: they must say the same */
         qpk_hfq other;
         cJSON *copy = cJSON_Duplicate(side, true);
-        if (copy && !cJSON_GetObjectItemCaseSensitive(copy, "quant_method"))
-            cJSON_AddStringToObject(copy, "quant_method", q->method == QPK_HFQ_AWQ ? "awq" : "gptq");
+        if (copy)
+            default_method(copy, q->method == QPK_HFQ_AWQ ? "awq" : "gptq");
         s = copy ? parse_one(copy, &other, e) : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+        if (s != QPK_OK && copy)
+            qpk_err_prefix(e, s, "quantize_config.json");
         if (s == QPK_OK && (other.method != q->method || other.bits != q->bits || other.group != q->group ||
                             other.sym != q->sym || other.desc_act != q->desc_act || other.v2 != q->v2))
             s = qpk_err_setf(e, QPK_E_MISMATCH, "quantize_config.json and config.json's quantization_config disagree");

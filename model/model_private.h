@@ -125,8 +125,11 @@ qpk_status qpk_read_blob(const qpk_file *f, const char *name, char **data, size_
  * A GGUF file as a Qwen2 model: checks the architecture, every qwen2 hyperparameter (types,
  * finite positive rope base and norm epsilon), the tokenizer keys (a gpt2 tokenizer with
  * the qwen2 pre-tokenizer; tokens valid UTF-8; token types known; every merge two tokens
- * of the vocabulary; every special id a token) and every tensor's name, shape and type
- * (norms and biases F32), and describes it as the one qpk_config.
+ * of the vocabulary; every special id a token), every other qwen2.* key (applied, with
+ * the value that changes nothing, or refused by name: rope scaling, partial rotary, ...),
+ * every tensor's name, shape and type (norms and biases F32), and the tokenizer those keys
+ * describe as qpk's tokenizer loads it (and fitting the embedding); describes it as the
+ * one qpk_config. Linear (n log n) in the keys, tokens and merges.
  */
 qpk_status qpk_gguf_qwen2(const qpk_gguf *g, qpk_config *cfg, qpk_err *e);
 /* Every quantized block's f16 scales are finite. */

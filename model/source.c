@@ -65,10 +65,20 @@ static qpk_status open_qpk(qpk_source *s, qpk_err *e)
     return add_input(s, NULL, s->path, e);
 }
 
-static qpk_status open_gguf(qpk_source *s, qpk_err *e)
+/* Between the stages of a long open: each stage is linear in the file, the caller's cancel polled after it. */
+static qpk_status poll_cancel(const qpk_callbacks *cb, qpk_err *e)
+{
+    return cb->cancel && cb->cancel(cb->ud) ? qpk_err_setf(e, QPK_E_CANCELLED, "cancelled") : QPK_OK;
+}
+
+static qpk_status open_gguf(qpk_source *s, const qpk_callbacks *cb, qpk_err *e)
 {
     QPK_TRY(qpk_gguf_open(&s->gguf, s->path, e));
-    qpk_status st = qpk_gguf_qwen2(s->gguf, &s->cfg, e);
+    qpk_status st = poll_cancel(cb, e);
+    if (st == QPK_OK)
+        st = qpk_gguf_qwen2(s->gguf, &s->cfg, e);
+    if (st == QPK_OK)
+        st = poll_cancel(cb, e);
     if (st == QPK_OK) /* what the runtime would refuse is refused here, once */
         st = qpk_gguf_check_scales(s->gguf, e);
     if (st != QPK_OK)
@@ -97,7 +107,7 @@ qpk_status qpk_source_open(qpk_source **out, const char *path, const qpk_source_
     switch (kind) {
     case QPK_INPUT_FOLDER: s->kind = QPK_SOURCE_HF, st = open_folder(s, &o->cb, e); break;
     case QPK_INPUT_QPK: s->kind = QPK_SOURCE_QPK, st = open_qpk(s, e); break;
-    case QPK_INPUT_GGUF: s->kind = QPK_SOURCE_GGUF, st = open_gguf(s, e); break;
+    case QPK_INPUT_GGUF: s->kind = QPK_SOURCE_GGUF, st = open_gguf(s, &o->cb, e); break;
     default:
         s->kind = QPK_SOURCE_LOGITS;
         if ((st = qpk_st_open(&s->logits, path, e)) == QPK_OK)

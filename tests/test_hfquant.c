@@ -492,6 +492,12 @@ static void test_malformed(void)
          QPK_E_UNSUPPORTED, "model.layers.0.self_attn.q_proj is stored in float while the checkpoint says gptq"},
         {"unknown method", "gptq-int4", "\"quant_method\": \"gptq\"", "\"quant_method\": \"hqq\"", NULL, KEEP, 0, 0,
          QPK_E_UNSUPPORTED, "quant_method \"hqq\""},
+        {"checkpoint_format of the wrong type", "gptq-int4", "\"checkpoint_format\": \"gptq\"",
+         "\"checkpoint_format\": 5", NULL, KEEP, 0, 0, QPK_E_CORRUPT, "'checkpoint_format' is not a string"},
+        {"quant_method of the wrong type", "gptq-int4", "\"quant_method\": \"gptq\"", "\"quant_method\": 7", NULL,
+         KEEP, 0, 0, QPK_E_CORRUPT, "quantization_config: 'quant_method' is not a string"},
+        {"awq version of the wrong type", "awq", "\"gemm\"", "true", NULL, KEEP, 0, 0, QPK_E_CORRUPT,
+         "'version' is not a string"},
         {"unknown checkpoint_format", "gptq-int4", "\"checkpoint_format\": \"gptq\"",
          "\"checkpoint_format\": \"marlin\"", NULL, KEEP, 0, 0, QPK_E_UNSUPPORTED, "checkpoint_format \"marlin\""},
         {"quantize_config.json disagrees", "gptq-int4", NULL, NULL, NULL, KEEP, 0, 0, QPK_E_MISMATCH,
@@ -526,6 +532,79 @@ static void test_malformed(void)
     }
     fprintf(stderr, "%d malformed quantized checkpoints checked\n", n);
     fprintf(stderr, "%d of them replayed with e == NULL\n", n);
+}
+
+/* ------------------------------------------------ quantization_config's types */
+
+/*
+ * Every key of quantization_config has a type, and a value of another type is refused by
+ * name, never read as the default (null counts as absent). Straight through qpk_hfq_parse.
+ */
+static void test_config_types(void)
+{
+#define GPTQ(x) "{\"quantization_config\": {\"quant_method\": \"gptq\", \"bits\": 4, \"group_size\": 64" x "}}"
+#define AWQ(x) "{\"quantization_config\": {\"quant_method\": \"awq\", \"bits\": 4, \"group_size\": 64" x "}}"
+    static const struct {
+        const char *what, *config, *side;
+        qpk_status want;
+        const char *msg;
+    } T[] = {
+        {"gptq", GPTQ(""), NULL, QPK_OK, ""},
+        {"awq", AWQ(", \"version\": \"gemm\", \"zero_point\": true"), NULL, QPK_OK, ""},
+        {"nulls read as absent", GPTQ(", \"checkpoint_format\": null, \"sym\": null, \"desc_act\": null"), NULL, QPK_OK, ""},
+        {"quant_method 7", "{\"quantization_config\": {\"quant_method\": 7, \"bits\": 4}}", NULL, QPK_E_CORRUPT,
+         "quantization_config: 'quant_method' is not a string"},
+        {"quant_method absent", "{\"quantization_config\": {\"bits\": 4}}", NULL, QPK_E_CORRUPT,
+         "quantization_config has no quant_method"},
+        {"checkpoint_format 5", GPTQ(", \"checkpoint_format\": 5"), NULL, QPK_E_CORRUPT,
+         "quantization_config: 'checkpoint_format' is not a string"},
+        {"checkpoint_format true", GPTQ(", \"checkpoint_format\": true"), NULL, QPK_E_CORRUPT,
+         "quantization_config: 'checkpoint_format' is not a string"},
+        {"checkpoint_format {}", GPTQ(", \"checkpoint_format\": {}"), NULL, QPK_E_CORRUPT,
+         "quantization_config: 'checkpoint_format' is not a string"},
+        {"format []", GPTQ(", \"format\": []"), NULL, QPK_E_CORRUPT, "quantization_config: 'format' is not a string"},
+        {"format 5 beside checkpoint_format", GPTQ(", \"checkpoint_format\": \"gptq\", \"format\": 5"), NULL,
+         QPK_E_CORRUPT, "quantization_config: 'format' is not a string"},
+        {"awq version 1", AWQ(", \"version\": 1"), NULL, QPK_E_CORRUPT, "quantization_config: 'version' is not a string"},
+        {"awq version true", AWQ(", \"version\": true"), NULL, QPK_E_CORRUPT,
+         "quantization_config: 'version' is not a string"},
+        {"awq version {}", AWQ(", \"version\": {}"), NULL, QPK_E_CORRUPT, "quantization_config: 'version' is not a string"},
+        {"awq zero_point 1", AWQ(", \"zero_point\": 1"), NULL, QPK_E_CORRUPT,
+         "quantization_config: 'zero_point' is not true or false"},
+        {"awq modules_to_not_convert a string", AWQ(", \"modules_to_not_convert\": \"lm_head\""), NULL, QPK_E_CORRUPT,
+         "modules_to_not_convert is not a list"},
+        {"bits \"4\"", "{\"quantization_config\": {\"quant_method\": \"gptq\", \"bits\": \"4\"}}", NULL, QPK_E_CORRUPT,
+         "quantization_config: 'bits' is not an integer"},
+        {"group_size true", "{\"quantization_config\": {\"quant_method\": \"gptq\", \"group_size\": true}}", NULL, QPK_E_CORRUPT,
+         "quantization_config: 'group_size' is not an integer"},
+        {"sym \"true\"", GPTQ(", \"sym\": \"true\""), NULL, QPK_E_CORRUPT, "quantization_config: 'sym' is not true or false"},
+        {"desc_act 0", GPTQ(", \"desc_act\": 0"), NULL, QPK_E_CORRUPT,
+         "quantization_config: 'desc_act' is not true or false"},
+        {"quantization_config a string", "{\"quantization_config\": \"gptq\"}", NULL, QPK_E_CORRUPT,
+         "quantization_config is not an object"},
+        {"side file only", "{}", "{\"bits\": 4, \"group_size\": 64}", QPK_OK, ""},
+        {"side file, quant_method null", "{}", "{\"quant_method\": null, \"bits\": 4}", QPK_OK, ""},
+        {"side file, quant_method 7", "{}", "{\"quant_method\": 7, \"bits\": 4}", QPK_E_CORRUPT,
+         "quantize_config.json: quantization_config: 'quant_method' is not a string"},
+        {"side file, checkpoint_format 5", "{}", "{\"bits\": 4, \"checkpoint_format\": 5}", QPK_E_CORRUPT,
+         "quantize_config.json: quantization_config: 'checkpoint_format' is not a string"},
+        {"side file beside the config, desc_act 1", GPTQ(""), "{\"bits\": 4, \"group_size\": 64, \"desc_act\": 1}",
+         QPK_E_CORRUPT, "quantize_config.json: quantization_config: 'desc_act' is not true or false"},
+    };
+#undef GPTQ
+#undef AWQ
+    for (size_t i = 0; i < sizeof T / sizeof *T; i++) {
+        qpk_hfq q;
+        qpk_err e = {0};
+        const qpk_status s = qpk_hfq_parse(T[i].config, strlen(T[i].config), T[i].side,
+                                           T[i].side ? strlen(T[i].side) : 0, &q, &e);
+        CHECKF(s == T[i].want && strstr(e.msg, T[i].msg), "'%s': status %d \"%s\" (want %d \"%s\")", T[i].what, (int)s,
+               e.msg, (int)T[i].want, T[i].msg);
+        const qpk_status s2 = qpk_hfq_parse(T[i].config, strlen(T[i].config), T[i].side,
+                                            T[i].side ? strlen(T[i].side) : 0, &q, NULL);
+        CHECKF(s2 == s, "'%s' with e == NULL: status %d (want %d)", T[i].what, (int)s2, (int)s);
+    }
+    fprintf(stderr, "%zu quantization_config types checked\n", sizeof T / sizeof *T);
 }
 
 /* --------------------------------------------- zero points off the middle code */
@@ -840,6 +919,7 @@ int main(void)
         return 2;
     test_fixtures();
     test_gguf_exact();
+    test_config_types();
     test_malformed();
     test_zero_points();
     test_side_config();

@@ -116,7 +116,7 @@ QPK_API uint32_t qpk_gguf_alignment(const qpk_gguf *g);
 QPK_API size_t qpk_gguf_n_kv(const qpk_gguf *g);
 /* Key i (NUL-terminated copy) and its value. */
 QPK_API const char *qpk_gguf_kv_at(const qpk_gguf *g, size_t i, qpk_gguf_value *v);
-/* The value of key, or false if absent. */
+/* The value of key, or false if absent (a binary search of an index built at open). */
 QPK_API bool qpk_gguf_find(const qpk_gguf *g, const char *key, qpk_gguf_value *v);
 /* Element i of a STRING array value. */
 QPK_API const char *qpk_gguf_array_string(const qpk_gguf *g, const qpk_gguf_value *v, uint64_t i, uint64_t *len);

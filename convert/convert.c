@@ -883,6 +883,10 @@ static qpk_status check_options(const job *j, qpk_sink *sink, qpk_err *e)
     if (awq && o->quant && o->group == QPK_GROUP_ROW)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "AWQ's layout has groups of one size, not one per row: give a group "
                             "size (a GPTQ folder holds per-row groups)");
+    if (o->preset)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "the %s preset mixes ggml's block types, which a %s folder cannot "
+                            "hold: give a quantization type (%s)", qpk_preset_name(o->preset), layout,
+                            awq ? "int4 or int4s" : "int4, int4s or int8");
     bool quantized_rule = false;
     for (size_t i = 0; i < o->n_rules; i++)
         quantized_rule |= qpk_type_is_quantized((uint32_t)o->rules[i].type);
@@ -921,7 +925,11 @@ static qpk_status plan_tensor(job *j, size_t i, qpk_output to, qpk_err *e)
     j->total += q ? qlinear_source_bytes(q) : (uint64_t)qpk_matrix_row_bytes(&m) * (uint64_t)m.rows;
     /* The rule for GGUF (and the .qpk a GGUF is made from): what no ggml type holds as it is, requantized on request. */
     const bool linear = qpk_role_is_per_layer(p->role) && qpk_role_is_matrix(p->role);
-    if ((to == QPK_OUT_GGUF || to == QPK_OUT_QPK) && j->o->requantize && linear &&
+    if (to == QPK_OUT_GGUF && m.perm && !qpk_type_has_grid(m.type))
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s (%s) takes its input permuted: GGUF has no input permutation, "
+                            "and only grid-quantized linears (int4, int4s, int8, int8z) are requantized into input "
+                            "order; store this model without the permutation", name, qpk_type_name(m.type));
+    if ((to == QPK_OUT_GGUF || to == QPK_OUT_QPK) && j->o->requantize && linear && qpk_type_has_grid(m.type) &&
         (m.perm || (m.type == QPK_TYPE_INT8Z && !int8z_fits(&m)))) {
         j->requant[i] = true;
         p->type = m.type == QPK_TYPE_INT8Z ? QPK_TYPE_INT8 : m.type;

@@ -171,6 +171,11 @@ qpk_status qpk_tensor_plan(const qpk_convert_opts *o, const qpk_config *c, const
     k_fallback(type, group, cols);
     if (*group == QPK_GROUP_ROW)
         *group = (uint32_t)cols;
+    if (!qpk_group_ok(*type, *group, cols) && o->preset)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED,
+                            "tensor '%s': rows of %lld are not whole blocks of 32, which every type of the %s preset "
+                            "(and its fallbacks) needs: a rule keeping this tensor in f16 or bf16 (which take any row) "
+                            "makes the rest of the preset apply", name, (long long)cols, qpk_preset_name(o->preset));
     if (!qpk_group_ok(*type, *group, cols))
         return qpk_err_setf(e, QPK_E_INVALID_ARG,
                             "tensor '%s': rows of %lld are not a whole number of groups of %u (groups are multiples "

@@ -398,6 +398,26 @@ static qpk_status claim_quantized(qpk_checkpoint *ck, qpk_err *e)
     return QPK_OK;
 }
 
+/*
+ * A tensor missing as a float .weight but present as packed GPTQ/AWQ parts: say why it
+ * cannot be read (no quantization_config, or a quantized embedding or head), not that it
+ * is missing.
+ */
+static qpk_status explain_packed(const qpk_checkpoint *ck, qpk_role role, const char *name, qpk_err *e)
+{
+    char part[QPK_MAX_NAME + 16];
+    snprintf(part, sizeof part, "%.*s.qweight", (int)(strlen(name) - strlen(".weight")), name);
+    if (!find_any(ck, part))
+        return QPK_OK;
+    if (ck->hfq.method == QPK_HFQ_NONE)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "%s holds packed quantized tensors (%s) but the folder has no "
+                            "quantization_config in config.json and no quantize_config.json: their layout is unknown",
+                            ck->dir, part);
+    return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s is quantized (%s): qpk reads GPTQ/AWQ checkpoints whose %s is "
+                        "float, as their tools write them by default (the linears of the decoder quantized)",
+                        name, part, role == QPK_ROLE_EMBED ? "embedding" : "head");
+}
+
 static qpk_status classify(qpk_checkpoint *ck, const qpk_callbacks *cb, qpk_err *e)
 {
     const qpk_config *c = &ck->cfg;
@@ -434,6 +454,7 @@ static qpk_status classify(qpk_checkpoint *ck, const qpk_callbacks *cb, qpk_err 
             continue;
         if (!t) {
             qpk_tensor_name(name, sizeof name, role, layer);
+            QPK_TRY(explain_packed(ck, role, name, e));
             return qpk_err_setf(e, QPK_E_MISMATCH, "missing tensor '%s'%s", name,
                                 role == QPK_ROLE_LM_HEAD ? " (tie_word_embeddings is false)" : "");
         }

@@ -191,5 +191,25 @@ expect 4 "Too many levels of symbolic links" -- "$bin/qconvert" "$tmp/loop" -o "
 cp -r "$tmp/m" "$tmp/zerodev" && rm "$tmp/zerodev/model.safetensors" && ln -s /dev/zero "$tmp/zerodev/model.safetensors"
 expect 4 "is a character device, not a regular file" -- "$bin/qconvert" "$tmp/zerodev" -o "$tmp/x.qpk"
 
+# --- messages that name the real cause and a remedy that works
+"$bin/qgen" "$tmp/r80" --preset tiny --hidden 80 --intermediate 160 --heads 2 --kv-heads 2 >/dev/null
+expect 3 "rows of 80 are not whole blocks of 32, which every type of the q4_k_m preset .*: a rule keeping this tensor in f16" \
+  -- "$bin/qconvert" "$tmp/r80" -o "$tmp/r80.qpk" --preset q4_k_m
+expect 0 "" -- "$bin/qconvert" -q "$tmp/r80" -o "$tmp/r80.qpk" --preset q4_k_m --keep mlp=f16 --keep self_attn=f16 \
+  --keep embed_tokens=f16
+expect 2 "the q4_k_m preset mixes ggml's block types, which a GPTQ folder cannot hold: give a quantization type" \
+  -- "$bin/qconvert" "$tmp/m" -o "$tmp/pgptq" --preset q4_k_m --to gptq
+no_leftovers "$tmp" pgptq
+# packed GPTQ tensors without their layout
+if [ -d "$fx/qwen-tiny-a-gptq-int4" ]; then
+  g=$fx/qwen-tiny-a-gptq-int4
+  mkdir -p "$tmp/noqc"
+  for f in "$g"/model*.safetensors "$g"/model.safetensors.index.json "$g"/tokenizer.json; do ln -s "$f" "$tmp/noqc/"; done
+  sed '/"quantization_config"/,$d' "$g/config.json" | sed '$ s/,$//' > "$tmp/noqc/config.json" && echo "}" >> "$tmp/noqc/config.json"
+  expect 3 "holds packed quantized tensors \(model.layers.0.self_attn.q_proj.qweight\) but the folder has no quantization_config" \
+    -- "$bin/qconvert" "$tmp/noqc" -o "$tmp/noqc.qpk"
+  no_leftovers "$tmp" noqc.qpk
+fi
+
 echo "hostile_test: $pass passed, $fail failed"
 [ $fail -eq 0 ]

@@ -670,7 +670,9 @@ static bool copy_changed(const char *in, const char *out, const char *name, uint
             memcpy(b, t->data, n);
         if (hit && at < n)
             b[at] = v;
-        ok = ok && qpk_writer_begin_tensor(w, t->name, retype ? (uint32_t)type : t->type, group, t->ndim, t->dims, &e) == QPK_OK &&
+        ok = ok &&
+             qpk_writer_begin_tensor(w, t->name, retype ? (uint32_t)type : t->type, group, t->ndim, t->dims, &e) ==
+                 QPK_OK &&
              qpk_writer_write(w, b, n, &e) == QPK_OK && qpk_writer_end_tensor(w, &e) == QPK_OK;
         free(b);
     }
@@ -940,10 +942,39 @@ static void test_type_refusals(void)
                                                        "(GGUF's blk.1.ffn_norm.weight) is int8: GGUF holds norms and "
                                                        "biases as F32, widened from a float type only");
     CHECK(copy_changed(q, z, "model.layers.0.self_attn.k_proj.bias", 0, 0, QPK_TYPE_Q4_1));
-    expect_declare(z, QPK_OUT_GGUF, QPK_E_UNSUPPORTED, "tensor 'model.layers.0.self_attn.k_proj.bias' (GGUF's blk.0.attn_k.bias) is q4_1");
+    expect_declare(z, QPK_OUT_GGUF, QPK_E_UNSUPPORTED,
+                   "tensor 'model.layers.0.self_attn.k_proj.bias' (GGUF's blk.0.attn_k.bias) is q4_1");
     CHECK_ERR(tu_export_gguf(z, out, &none, &e), QPK_E_MISMATCH, e,
               "tensor 'model.layers.0.self_attn.k_proj.bias' is q4_1: norms and biases");
     unlink(q), unlink(z);
+}
+
+/* The .qpk version follows from the tensors' types (FORMAT.md section 10): 1 unless a type or a permutation needs 2. */
+static void test_file_versions(void)
+{
+    char model[4096], q[4096], gptq8[4096];
+    snprintf(model, sizeof model, "%s/qwen-tiny-a", FX);
+    snprintf(gptq8, sizeof gptq8, "%s/qwen-tiny-a-gptq-int8", FX);
+    snprintf(q, sizeof q, "%s/v.qpk", TMP);
+    qpk_err e = {0};
+    qpk_quant_rule q50;
+    qpk_quant_rule_parse("down_proj=q5_0", &q50, &e);
+    static const struct {
+        const char *in; /* NULL: the float model */
+        int quant, rule;
+        uint32_t version;
+    } C[] = {{NULL, QPK_TYPE_INT4, 0, 1}, {NULL, QPK_TYPE_INT8, 0, 1}, {NULL, QPK_TYPE_INT4S, 1, 2},
+             {NULL, QPK_TYPE_Q5_0, 0, 2}, {"gptq-int8", 0, 0, 1} /* symmetric: int8, not int8z */};
+    for (size_t i = 0; i < sizeof C / sizeof *C; i++) {
+        qpk_convert_opts o = {.dtype = -1, .quant = C[i].quant, .group = 32, .rules = &q50,
+                              .n_rules = (size_t)C[i].rule};
+        qpk_file *f = NULL;
+        CHECKF(tu_convert(C[i].in ? gptq8 : model, q, &o, &e) == QPK_OK, "%s", e.msg);
+        CHECKF(qpk_open(&f, q, NULL, &e) == QPK_OK && qpk_file_version(f) == C[i].version,
+               "case %zu: version %u (want %u)", i, f ? qpk_file_version(f) : 0, C[i].version);
+        qpk_close(f);
+    }
+    unlink(q);
 }
 
 static void test_folders(void)
@@ -1002,6 +1033,7 @@ int main(void)
     test_side_config();
     test_export_refusals();
     test_type_refusals();
+    test_file_versions();
     test_folders();
     test_awq_quality();
     rm_rf(TMP);

@@ -55,15 +55,17 @@ static void cli_wrote(const char *out, double t0)
 /*
  * A size as transformers writes max_shard_size: a decimal integer, then an optional unit
  * ("4GB" is 4e9 bytes, "2GiB" 2^31; a bare number is bytes). Nothing else: no fraction,
- * no sign, no hexadecimal or octal, no exponent, no spaces; at least 1 byte, under 1e18.
+ * no sign, no hexadecimal (leading zeros are decimal), no exponent, no spaces; at least 1 byte,
+ * under 1e18.
  */
 static bool parse_size(const char *v, uint64_t *out)
 {
     static const struct {
         const char *suffix;
         uint64_t mult;
-    } U[] = {{"", 1},         {"B", 1},          {"KB", 1000},           {"MB", 1000000},       {"GB", 1000000000},
-             {"TB", 1000000000000}, {"KiB", 1ull << 10}, {"MiB", 1ull << 20}, {"GiB", 1ull << 30}};
+    } U[] = {{"", 1},           {"B", 1},           {"KB", 1000},        {"MB", 1000000},
+             {"GB", 1000000000}, {"TB", 1000000000000}, {"KiB", 1ull << 10}, {"MiB", 1ull << 20},
+             {"GiB", 1ull << 30}};
     uint64_t x = 0, bytes;
     const char *p = v;
     for (; p && *p >= '0' && *p <= '9'; p++)
@@ -352,8 +354,8 @@ static int set_option(cli *c, args *a, const struct option *opt, const char *v)
     case O_SHARD_SIZE:
         return parse_size(v, &o->shard_size)
                    ? -1
-                   : cli_usage_error(c, "--shard-size takes a whole number of bytes, or one with a unit (B, KB, MB, GB, TB, KiB, "
-                                                     "MiB, GiB) such as 4GB, 500MB or 2GiB");
+                   : cli_usage_error(c, "--shard-size takes a whole number of bytes, or one with a unit (B, KB, MB, "
+                                        "GB, TB, KiB, MiB, GiB) such as 4GB, 500MB or 2GiB");
     case O_GPTQ_FORMAT:
         if (strcmp(v, "v1") && strcmp(v, "v2"))
             return cli_usage_error(c, "--gptq-format takes v1 or v2");

@@ -641,13 +641,21 @@ static void add_import(cJSON *m, const qpk_checkpoint *ck, const qpk_convert_opt
         cJSON_AddItemToArray(rules, cJSON_CreateString(o->rules[i].pattern));
 }
 
-/* The file version follows from the tensors: a permuted input needs version 2. */
+/*
+ * The file version follows from the tensors: the newest version among their types (each
+ * type's row says which version brought it), and 2 for a permuted input (an i32 tensor).
+ * Files that need nothing newer stay version 1, readable by version 1 readers.
+ */
 static int format_version(const job *j)
 {
-    for (size_t i = 0; i < qpk_model_n_tensors(j->cfg); i++)
-        if (j->plan[i].permuted)
-            return 2;
-    return 1;
+    uint32_t v = 1;
+    for (size_t i = 0; i < qpk_model_n_tensors(j->cfg); i++) {
+        const uint32_t tv = qpk_type_info_of(j->plan[i].type)->version;
+        const uint32_t pv = j->plan[i].permuted ? qpk_type_info_of(QPK_TYPE_I32)->version : 1;
+        v = tv > v ? tv : v;
+        v = pv > v ? pv : v;
+    }
+    return (int)v;
 }
 
 static cJSON *folder_metadata(const job *j, const qpk_checkpoint *ck, const qpk_convert_opts *o, cJSON **prov)
@@ -877,9 +885,20 @@ static qpk_status check_options(const job *j, qpk_sink *sink, qpk_err *e)
     if (o->calib.awq_fold_only)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "AWQ fold-only keeps the linears in f32, which a %s folder cannot "
                             "hold", layout);
-    if (awq && o->quant == QPK_TYPE_INT8)
-        return qpk_err_setf(e, QPK_E_INVALID_ARG, "AWQ's GEMM layout holds 4-bit codes only: int4 or int4s "
-                            "(a GPTQ folder holds int8)");
+    const unsigned folder = awq ? QPK_FOLDER_AWQ : QPK_FOLDER_GPTQ;
+    char held[128];
+    qpk_folder_type_list(folder, true, held, sizeof held);
+    if (o->quant && !(qpk_type_info_of((uint32_t)o->quant)->folders & folder))
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "the %s layout holds linears quantized to %s only, not %s%s", layout,
+                            held, qpk_type_name((uint32_t)o->quant),
+                            awq && (qpk_type_info_of((uint32_t)o->quant)->folders & QPK_FOLDER_GPTQ)
+                                ? " (a GPTQ folder holds it)" : "");
+    for (size_t i = 0; i < o->n_rules; i++)
+        if (qpk_type_is_quantized((uint32_t)o->rules[i].type) &&
+            !(qpk_type_info_of((uint32_t)o->rules[i].type)->folders & folder))
+            return qpk_err_setf(e, QPK_E_INVALID_ARG, "the rule '%s' makes tensors %s: the %s layout holds linears "
+                                "quantized to %s only", o->rules[i].pattern, qpk_type_name((uint32_t)o->rules[i].type),
+                                layout, held);
     if (awq && o->quant && o->group == QPK_GROUP_ROW)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "AWQ's layout has groups of one size, not one per row: give a group "
                             "size (a GPTQ folder holds per-row groups)");
@@ -892,7 +911,7 @@ static qpk_status check_options(const job *j, qpk_sink *sink, qpk_err *e)
         quantized_rule |= qpk_type_is_quantized((uint32_t)o->rules[i].type);
     if (j->ck && !o->quant && !quantized_rule && qpk_checkpoint_hfq(j->ck)->method == QPK_HFQ_NONE)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "a %s folder stores the linears quantized: give a quantization type (%s)", layout,
-                            awq ? "int4 or int4s" : "int4, int4s or int8");
+                            held);
     return QPK_OK;
 }
 

@@ -220,12 +220,26 @@ static qpk_status open_temp(qpk_outfile *o, qpk_err *e)
     return QPK_OK;
 }
 
+/* Whether path names a folder by its spelling: it ends in '/', or its last component is "." or "..". */
+static bool names_folder(const char *path)
+{
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    return !*base || !strcmp(base, ".") || !strcmp(base, "..");
+}
+
 qpk_status qpk_outfile_create(qpk_outfile **out, const char *path, qpk_err *e)
 {
     *out = NULL;
     if (!path || !*path)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "empty output path");
-    /* Only a regular file (or a link, which the rename replaces) is ever replaced: never a device, a FIFO, a folder. */
+    if (names_folder(path))
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "the output '%s' names a folder: this output is a file (give its "
+                            "name)", path);
+    /*
+     * Only a regular file, or a symbolic link, is ever replaced: never a device, a FIFO, a folder. The
+     * rename replaces a link itself, never what it leads to (as mv -T does).
+     */
     struct stat sb;
     if (lstat(path, &sb) == 0 && !S_ISREG(sb.st_mode) && !S_ISLNK(sb.st_mode))
         return qpk_err_setf(e, QPK_E_IO, "'%s' exists and is %s: an output replaces only a regular file", path,
@@ -370,16 +384,54 @@ struct qpk_outdir {
 
 const char *qpk_outdir_tmp(const qpk_outdir *d) { return d->tmp; }
 
-qpk_status qpk_outdir_create(qpk_outdir **out, const char *path, qpk_err *e)
+/*
+ * Refuses, before any work, an existing path that commit's rename could never replace:
+ * "." and ".." (EINVAL, EBUSY), a mount point or the root (EBUSY), a symbolic link (a
+ * folder does not replace a link; qpk never writes through one into the folder it leads to).
+ */
+static qpk_status check_dir_target(const char *path, const struct stat *sb, qpk_err *e)
+{
+    if (S_ISLNK(sb->st_mode))
+        return qpk_err_setf(e, QPK_E_IO, "'%s' is a symbolic link: a folder output replaces only an empty folder, "
+                            "never a link (give the folder it leads to, or remove the link)", path);
+    if (!S_ISDIR(sb->st_mode))
+        return qpk_err_setf(e, QPK_E_IO, "'%s' exists and is %s: this output is a folder", path,
+                            qpk_file_kind(sb->st_mode));
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    if (!strcmp(base, ".") || !strcmp(base, ".."))
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "the output '%s' ends in '%s': no folder can be put in its place "
+                            "(give the folder's own name)", path, base);
+    char *up = malloc(strlen(path) + 4);
+    struct stat pb;
+    bool mount = false;
+    if (up) {
+        sprintf(up, "%s/..", path);
+        mount = stat(up, &pb) == 0 && (pb.st_dev != sb->st_dev || pb.st_ino == sb->st_ino);
+    }
+    free(up);
+    if (mount)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "the output '%s' is a mount point: no folder can be put in its "
+                            "place (give a folder inside it)", path);
+    return QPK_OK;
+}
+
+qpk_status qpk_outdir_create(qpk_outdir **out, const char *path_in, qpk_err *e)
 {
     *out = NULL;
-    if (!path || !*path)
+    if (!path_in || !*path_in)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "empty output path");
+    /* "out/" is the folder "out" (a trailing slash would make lstat follow a link, and the rename refuse). */
+    char path[4096];
+    size_t len = strlen(path_in);
+    while (len > 1 && path_in[len - 1] == '/')
+        len--;
+    if (len >= sizeof path)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "output path of %zu bytes: too long", len);
+    memcpy(path, path_in, len), path[len] = '\0';
     struct stat sb;
     if (lstat(path, &sb) == 0) {
-        if (!S_ISDIR(sb.st_mode))
-            return qpk_err_setf(e, QPK_E_IO, "'%s' exists and is %s: this output is a folder", path,
-                                qpk_file_kind(sb.st_mode));
+        QPK_TRY(check_dir_target(path, &sb, e));
         DIR *d = opendir(path);
         bool empty = d != NULL;
         for (struct dirent *ent; d && empty && (ent = readdir(d));)

@@ -16,7 +16,7 @@ const char *qpk_file_kind(unsigned mode)
 {
     return S_ISREG(mode) ? "a regular file" : S_ISDIR(mode) ? "a folder" : S_ISFIFO(mode) ? "a FIFO"
          : S_ISCHR(mode) ? "a character device" : S_ISBLK(mode) ? "a block device"
-         : S_ISSOCK(mode) ? "a socket" : "not a regular file";
+         : S_ISSOCK(mode) ? "a socket" : S_ISLNK(mode) ? "a symbolic link" : "not a regular file";
 }
 
 qpk_status qpk_open_regular(const char *path, int *fd_out, uint64_t *size, bool *missing, qpk_err *e)

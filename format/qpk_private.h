@@ -29,25 +29,29 @@
 static const qpk_type_info QPK_TYPE_TABLE[QPK_TYPE_COUNT_] = {
 #define AT(S, field) ((int32_t)offsetof(S, field))
 /* Plain types: elements of `bytes`; ggml's type of the same bytes. */
-#define PLAIN(n, bytes, ggml, gname, ftype)                                                                      \
-    {.name = n, .elem_bytes = bytes, .ggml_type = ggml, .scale_at = {-1, -1}, .ggml_name = gname, .file_type = ftype}
-    [QPK_TYPE_F32] = PLAIN("f32", 4, 0, "F32", 0),
-    [QPK_TYPE_F16] = PLAIN("f16", 2, 1, "F16", 1),
-    [QPK_TYPE_BF16] = PLAIN("bf16", 2, 30, "BF16", 32),
-    [QPK_TYPE_I32] = PLAIN("i32", 4, -1, NULL, 0), /* input permutations, which GGUF has no place for */
+#define PLAIN(n, bytes, ggml, gname, ftype, ver)                                                                 \
+    {.name = n, .elem_bytes = bytes, .ggml_type = ggml, .scale_at = {-1, -1}, .ggml_name = gname, .file_type = ftype, \
+     .version = ver}
+    [QPK_TYPE_F32] = PLAIN("f32", 4, 0, "F32", 0, 1),
+    [QPK_TYPE_F16] = PLAIN("f16", 2, 1, "F16", 1, 1),
+    [QPK_TYPE_BF16] = PLAIN("bf16", 2, 30, "BF16", 32, 1),
+    [QPK_TYPE_I32] = PLAIN("i32", 4, -1, NULL, 0, 2), /* input permutations, which GGUF has no place for */
 /* Group types: the head struct H (f16 d first), then the codes; in GGUF, ggml's blocks of 32. */
-#define GROUP(n, b, H, ggml, gname, ftype, quant)                                                                \
+/* Every group type is a GPTQ folder's grid (one f16 scale, one zero point per group); the 4-bit ones AWQ's too. */
+#define GROUP(n, b, H, ggml, gname, ftype, quant, ver)                                                           \
     {.name = n, .bits = b, .head_bytes = sizeof(H), .ggml_type = ggml, .scale_at = {AT(H, d), -1},              \
-     .ggml_name = gname, .file_type = ftype, .quant_target = quant}
-    [QPK_TYPE_INT8] = GROUP("int8", 8, qpk_head_int8, 8, "Q8_0", 7, true),
-    [QPK_TYPE_INT4] = GROUP("int4", 4, qpk_head_int4, 3, NULL, 3, true), /* to Q4_1 with m = -d z */
-    [QPK_TYPE_INT4S] = GROUP("int4s", 4, qpk_head_int4s, 2, "Q4_0", 2, true),
+     .ggml_name = gname, .file_type = ftype, .quant_target = quant, .version = ver,                             \
+     .folders = QPK_FOLDER_GPTQ | ((b) == 4 ? QPK_FOLDER_AWQ : 0)}
+    [QPK_TYPE_INT8] = GROUP("int8", 8, qpk_head_int8, 8, "Q8_0", 7, true, 1),
+    [QPK_TYPE_INT4] = GROUP("int4", 4, qpk_head_int4, 3, NULL, 3, true, 1), /* to Q4_1 with m = -d z */
+    [QPK_TYPE_INT4S] = GROUP("int4s", 4, qpk_head_int4s, 2, "Q4_0", 2, true, 1),
     /* To Q8_0 when every q - z fits int8. Imported GPTQ checkpoints' type: qpk's own 8 bits are int8. */
-    [QPK_TYPE_INT8Z] = GROUP("int8z", 8, qpk_head_int8z, 8, NULL, 7, false),
-/* ggml's: the struct S of blk weights at `bits` per code; f16 scales at d (and s1). */
+    [QPK_TYPE_INT8Z] = GROUP("int8z", 8, qpk_head_int8z, 8, NULL, 7, false, 2),
+/* ggml's: the struct S of blk weights at `bits` per code; f16 scales at d (and s1). Version 2 brought them all;
+ * no folder layout holds them (sub-block scales, offsets instead of zero points). */
 #define GGML(n, b, S, blk, ggml, gname, ftype, quant, s1)                                                        \
     {.name = n, .bits = b, .head_bytes = sizeof(S) - (blk) * (b) / 8, .block = blk, .ggml_type = ggml,           \
-     .scale_at = {AT(S, d), s1}, .ggml_name = gname, .file_type = ftype, .quant_target = quant}
+     .scale_at = {AT(S, d), s1}, .ggml_name = gname, .file_type = ftype, .quant_target = quant, .version = 2}
     [QPK_TYPE_Q4_1] = GGML("q4_1", 4, qpk_block_q4_1, 32, 3, "Q4_1", 3, true, AT(qpk_block_q4_1, m)),
     [QPK_TYPE_Q5_0] = GGML("q5_0", 5, qpk_block_q5_0, 32, 6, "Q5_0", 8, true, -1),
     [QPK_TYPE_Q5_1] = GGML("q5_1", 5, qpk_block_q5_1, 32, 7, "Q5_1", 9, true, AT(qpk_block_q5_1, m)),
@@ -63,6 +67,13 @@ static const qpk_type_info QPK_TYPE_TABLE[QPK_TYPE_COUNT_] = {
 #undef GROUP
 #undef GGML
 };
+
+/*
+ * The types a folder layout (QPK_FOLDER_GPTQ or QPK_FOLDER_AWQ) holds, by their rows'
+ * `folders`, in id order as "int4, int4s or int8" (those a conversion quantizes to when
+ * quant), written into buf as snprintf would; returns the whole list's length.
+ */
+size_t qpk_folder_type_list(unsigned folder, bool quant, char *buf, size_t cap);
 
 /* Weights per ggml block of the types with a group (Q8_0, Q4_0, Q4_1): groups travel through GGUF as such blocks. */
 #define QPK_GGML_GROUP 32

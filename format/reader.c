@@ -470,6 +470,10 @@ qpk_status qpk_check_model(const qpk_file *f, qpk_err *e)
             return qpk_err_setf(e, QPK_E_MISMATCH, "missing tensor '%s'", name);
         if (t->type == QPK_TYPE_I32)
             return qpk_err_setf(e, QPK_E_MISMATCH, "tensor '%s' is i32: integers are for permutations only", name);
+        /* Norms and biases are vectors of floats (FORMAT.md section 5): blocks are for matrices' rows. */
+        if (!qpk_role_is_matrix(role) && qpk_type_is_quantized(t->type))
+            return qpk_err_setf(e, QPK_E_MISMATCH, "tensor '%s' is %s: norms and biases are stored as f32, f16 or bf16",
+                                name, qpk_type_name(t->type));
         int nd = qpk_role_shape(c, role, dims);
         if (t->ndim != nd || t->dims[0] != dims[0] || (nd == 2 && t->dims[1] != dims[1]))
             return qpk_err_setf(e, QPK_E_MISMATCH, "tensor '%s' has the wrong shape for the config", name);

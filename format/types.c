@@ -43,15 +43,22 @@ bool qpk_type_is_quant_target(uint32_t type)
     return t && t->quant_target;
 }
 
-size_t qpk_quant_type_list(char *buf, size_t cap, const char *sep, const char *last)
+/* Whether a type's row is listed: a --quant target (quant), held by one of the folder layouts (folders), or both. */
+static bool listed(const qpk_type_info *t, bool quant, unsigned folders)
+{
+    return t->name && (!quant || t->quant_target) && (!folders || (t->folders & folders));
+}
+
+/* The names of the listed types in id order, as qpk_quant_type_list writes them. */
+static size_t type_list(bool quant, unsigned folders, char *buf, size_t cap, const char *sep, const char *last)
 {
     size_t n = 0, left = 0;
     for (uint32_t t = 0; t < QPK_TYPE_COUNT_; t++)
-        left += TYPES[t].quant_target;
+        left += listed(&TYPES[t], quant, folders);
     if (cap)
         buf[0] = '\0';
     for (uint32_t t = 0; t < QPK_TYPE_COUNT_; t++) {
-        if (!TYPES[t].quant_target)
+        if (!listed(&TYPES[t], quant, folders))
             continue;
         const char *before = n == 0 ? "" : left == 1 ? last : sep;
         const int k = snprintf(buf ? buf + (n < cap ? n : cap) : NULL, n < cap ? cap - n : 0, "%s%s", before,
@@ -60,6 +67,16 @@ size_t qpk_quant_type_list(char *buf, size_t cap, const char *sep, const char *l
         left--;
     }
     return n;
+}
+
+size_t qpk_quant_type_list(char *buf, size_t cap, const char *sep, const char *last)
+{
+    return type_list(true, 0, buf, cap, sep, last);
+}
+
+size_t qpk_folder_type_list(unsigned folder, bool quant, char *buf, size_t cap)
+{
+    return type_list(quant, folder, buf, cap, ", ", " or ");
 }
 
 /* The group rule without the row: what a block type accepts as its group size. */

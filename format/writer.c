@@ -260,6 +260,11 @@ static qpk_status finish(qpk_writer *w, const char *meta, size_t meta_len, qpk_e
     qpk_status s = qpk_meta_validate(meta, meta_len, &cfg, &version, e);
     if (s != QPK_OK)
         return qpk_err_prefix(e, s, "refusing to write metadata");
+    for (size_t i = 0; i < w->n_entries; i++) /* a reader of the version written must know every type */
+        if (qpk_type_info_of(w->entries[i].type)->version > version)
+            return qpk_err_setf(e, QPK_E_INVALID_ARG, "tensor '%s' is %s, which format version %u brought: the "
+                                "metadata says version %u", w->entries[i].name, qpk_type_name(w->entries[i].type),
+                                qpk_type_info_of(w->entries[i].type)->version, version);
     uint8_t head[QPK_HEADER_SIZE + 3 * QPK_SECTION_ENTRY_SIZE] = {0};
     uint8_t *dir = head + QPK_HEADER_SIZE;
     uint64_t data_size = qpk_outfile_tell(w->out) - w->data_offset;

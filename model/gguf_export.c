@@ -255,6 +255,13 @@ static qpk_status declare(qpk_gguf_export *x, qpk_role role, int layer, uint32_t
     uint32_t gt = 0;
     qpk_gguf_tensor_name(name, sizeof name, role, layer);
     const bool vector = !qpk_role_is_matrix(role); /* llama.cpp takes norms and biases in f32 only */
+    const qpk_type_info *ti = qpk_type_info_of(type);
+    if (vector && (!ti || !ti->elem_bytes || ti->ggml_type < 0)) { /* widened element by element: floats only */
+        char qname[QPK_MAX_NAME];
+        qpk_tensor_name(qname, sizeof qname, role, layer);
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "tensor '%s' (GGUF's %s) is %s: GGUF holds norms and biases as "
+                            "F32, widened from a float type only", qname, name, ti ? ti->name : "of an unknown type");
+    }
     QPK_TRY(ggml_type_of(vector ? QPK_TYPE_F32 : type, group, name, &gt, e));
     uint64_t ne[4];
     for (int d = 0; d < ndim; d++) /* GGUF lists the contiguous dimension first */

@@ -66,6 +66,21 @@ static const char *layout_name(const hf_layout *l) { return l->awq ? "AWQ" : "GP
 
 /* --------------------------------------------------------------- planning */
 
+/*
+ * A linear whose type the layout cannot hold as it is (the type row's folders), refused
+ * naming it, the types the layout holds and, for an 8-bit type in AWQ, the layout that does.
+ */
+static qpk_status refuse_type(const hf_linear *w, const hf_layout *l, qpk_err *e)
+{
+    char held[128];
+    qpk_folder_type_list(l->awq ? QPK_FOLDER_AWQ : QPK_FOLDER_GPTQ, false, held, sizeof held);
+    const qpk_type_info *ti = qpk_type_info_of(w->type);
+    return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s is %s: the %s layout holds linears of %s only%s", w->name, ti->name,
+                        layout_name(l), held,
+                        l->awq && (ti->folders & QPK_FOLDER_GPTQ) ? " (a GPTQ folder holds it)"
+                                                                 : " (convert the float model to one of them)");
+}
+
 /* Decides the layout from the first linear, and checks every linear against it. */
 static qpk_status check_linear(hf_export *x, const hf_linear *w, bool first, qpk_err *e)
 {
@@ -76,11 +91,11 @@ static qpk_status check_linear(hf_export *x, const hf_linear *w, bool first, qpk
                             "%s is %s: the %s layout stores every linear of the decoder quantized (convert with "
                             "a quantization type, and no rule keeping a linear in float)",
                             w->name, qpk_type_name(t), layout_name(l));
-    const int bits = (int)qpk_type_info_of(t)->bits;
+    const qpk_type_info *ti = qpk_type_info_of(t);
+    const int bits = (int)ti->bits;
     const bool sym = t == QPK_TYPE_INT4S || t == QPK_TYPE_INT8;
-    if (l->awq && bits != 4)
-        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s is %s: AWQ's GEMM layout holds 4-bit codes only (a GPTQ folder "
-                            "holds 8 bits)", w->name, qpk_type_name(t));
+    if (!(ti->folders & (l->awq ? QPK_FOLDER_AWQ : QPK_FOLDER_GPTQ)))
+        return refuse_type(w, l, e);
     if (first) {
         l->bits = bits, l->sym = sym;
         l->group_size = w->group_size;

@@ -46,6 +46,12 @@ static qpk_status get_vector(qpk_weight_fn get, void *ud, const qpk_config *c, q
 {
     qpk_matrix w;
     QPK_TRY(get_matrix(get, ud, c, role, layer, &w, e));
+    if (qpk_type_is_quantized(w.type) || w.perm) { /* every source checks this; a callback may not have */
+        char name[QPK_MAX_NAME];
+        qpk_tensor_name(name, sizeof name, role, layer);
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "tensor '%s' is %s%s: norms and biases are vectors of floats",
+                            name, qpk_type_name(w.type), w.perm ? " with a permutation" : "");
+    }
     qpk_kernels_scalar()->row_to_f32(&w, 0, *cursor);
     *out = *cursor;
     *cursor += w.cols;

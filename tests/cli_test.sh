@@ -192,7 +192,7 @@ if [ -d "$a" ]; then
   expect 3 "takes its input permuted" -- "$bin/qconvert" "$tmp/g.qpk" --to awq -o "$tmp/g-awq"
   expect 0 "" -- test ! -e "$tmp/g-awq"
   expect 2 "go with --to gptq or awq" -- "$bin/qconvert" "$g" -o "$tmp/x.qpk" --shard-size 1GB
-  expect 2 "--shard-size takes a size" -- "$bin/qconvert" "$a" --to gptq -o "$tmp/x" --quant int4 --shard-size 4XB
+  expect 2 "--shard-size takes a whole number of bytes" -- "$bin/qconvert" "$a" --to gptq -o "$tmp/x" --quant int4 --shard-size 4XB
   expect 2 "--gptq-format goes with --to gptq" -- "$bin/qconvert" "$a" --to awq -o "$tmp/x" --quant int4 --gptq-format v2
   expect 2 "it goes with --to gguf" -- "$bin/qconvert" "$g" --to awq -o "$tmp/x" --requantize
 else

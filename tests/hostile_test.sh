@@ -210,6 +210,66 @@ if [ -d "$fx/qwen-tiny-a-gptq-int4" ]; then
     -- "$bin/qconvert" "$tmp/noqc" -o "$tmp/noqc.qpk"
   no_leftovers "$tmp" noqc.qpk
 fi
+# --- issue 20, class 1: types a target cannot hold, refused by name before any work ----------
+"$bin/qgen" "$tmp/mk256" --preset tiny --hidden 256 --intermediate 512 --layers 2 >/dev/null
+"$bin/qconvert" -q "$tmp/mk256" -o "$tmp/k.qpk" --quant q4_k || bad "no q4_k .qpk"
+expect 3 "model.layers.0.self_attn.q_proj.weight is q4_k: the GPTQ layout holds linears of int8, int4, int4s or int8z only" -- \
+  "$bin/qconvert" "$tmp/k.qpk" --to gptq -o "$tmp/kout"
+no_leftovers "$tmp" kout
+"$bin/qconvert" -q "$tmp/m" -o "$tmp/q5.qpk" --quant q5_0 --keep embed_tokens=f16 || bad "no q5_0 .qpk"
+expect 3 "model.layers.0.self_attn.q_proj.weight is q5_0: the AWQ layout holds linears of int4 or int4s only" -- \
+  "$bin/qconvert" "$tmp/q5.qpk" --to awq -o "$tmp/q5out"
+no_leftovers "$tmp" q5out
+expect 2 "the GPTQ layout holds linears quantized to int8, int4 or int4s only, not q4_k" -- \
+  "$bin/qconvert" "$tmp/mk256" --to gptq -o "$tmp/kout" --quant q4_k
+expect 2 "the rule 'down_proj' makes tensors q5_0: the AWQ layout" -- \
+  "$bin/qconvert" "$tmp/m" --to awq -o "$tmp/kout" --quant int4 --group 32 --keep down_proj=q5_0
+no_leftovers "$tmp" kout
+# A norm stored as int8: every reader refuses it by name (it passed them, then --to gguf divided by zero).
+"$bin/qconvert" -q "$tmp/m" -o "$tmp/i8.qpk" --quant int8 --group 32
+"$tbin/retype" "$tmp/i8.qpk" "$tmp/norm8.qpk" model.layers.1.input_layernorm.weight int8 || bad "retype failed"
+norm_msg="tensor 'model.layers.1.input_layernorm.weight' is int8: norms and biases are stored as f32, f16 or bf16"
+expect 3 "$norm_msg" -- "$bin/qinspect" "$tmp/norm8.qpk" --verify
+expect 3 "$norm_msg" -- "$bin/qverify" "$tmp/norm8.qpk" --tokens "$tmp/ids.i32" -c 64
+for to in gguf gptq awq; do
+  expect 3 "$norm_msg" -- "$bin/qconvert" "$tmp/norm8.qpk" --to $to -o "$tmp/n8out"
+done
+no_leftovers "$tmp" n8out
+"$tbin/retype" "$tmp/i8.qpk" "$tmp/bias4.qpk" model.layers.0.self_attn.v_proj.bias q4_1 || bad "retype failed"
+expect 3 "tensor 'model.layers.0.self_attn.v_proj.bias' is q4_1: norms and biases" -- "$bin/qinspect" "$tmp/bias4.qpk" --verify
+expect 3 "tensor 'model.layers.0.self_attn.v_proj.bias' is q4_1: norms and biases" -- "$bin/qconvert" "$tmp/bias4.qpk" --to gguf -o "$tmp/n8out"
+no_leftovers "$tmp" n8out
+
+# --- issue 20, class 8: the file version, --shard-size, outputs no rename can put in place -----
+ver() { "$bin/qinspect" "$1" --no-tensors | sed -n 's/^format *qpk v\([0-9]*\),.*/\1/p'; }
+[ "$(ver "$tmp/i8.qpk")" = 1 ] && [ "$(ver "$tmp/k.qpk")" = 2 ] && [ "$(ver "$tmp/q5.qpk")" = 2 ] && ok ||
+  bad "versions: int8 $(ver "$tmp/i8.qpk") (want 1), q4_k $(ver "$tmp/k.qpk"), q5_0 $(ver "$tmp/q5.qpk") (want 2)"
+for size in 1.5 0x100 1e9 ' 5' -5 +5 0 4GBx 99999999999999999999 010.0; do
+  expect 2 "--shard-size takes a whole number of bytes, or one with a unit" -- \
+    "$bin/qconvert" "$tmp/m" --to gptq -o "$tmp/sout" --quant int4 --group 32 --shard-size "$size"
+done
+expect 0 "" -- "$bin/qconvert" -q "$tmp/m" --to gptq -o "$tmp/sout" --quant int4 --group 32 --shard-size 100KB
+ls "$tmp/sout" | grep -q 'model-00001-of-' && ok || bad "--shard-size 100KB wrote no shards: $(ls "$tmp/sout")"
+mkdir -p "$tmp/cwd/empty"
+for to in gptq awq; do # in an empty folder: it did all the work, then failed with EBUSY
+  expect 2 "the output '\.' ends in '\.': no folder can be put in its place" -- \
+    env -C "$tmp/cwd/empty" "$bin/qconvert" "$tmp/m" --to $to -o . --quant int4 --group 32
+done
+expect 2 "the output '\.\.' ends in '\.\.'" -- env -C "$tmp/cwd/empty" "$bin/qconvert" "$tmp/m" --to gptq -o .. --quant int4 --group 32
+expect 2 "the output '.*/empty/\.' ends in '\.'" -- "$bin/qconvert" "$tmp/m" --to gptq -o "$tmp/cwd/empty/." --quant int4 --group 32
+expect 2 "the output '\.' names a folder: this output is a file" -- "$bin/qconvert" "$tmp/m" -o .
+expect 2 "the output '.*/nowhere/' names a folder: this output is a file" -- "$bin/qconvert" "$tmp/m" -o "$tmp/nowhere/"
+expect 2 "the output '/' is a mount point" -- "$bin/qconvert" "$tmp/m" --to gptq -o / --quant int4 --group 32
+ln -s cwd/empty "$tmp/dirlink"
+expect 4 "dirlink' is a symbolic link: a folder output replaces only an empty folder, never a link" -- \
+  "$bin/qconvert" "$tmp/m" --to gptq -o "$tmp/dirlink" --quant int4 --group 32
+[ -L "$tmp/dirlink" ] && [ -z "$(ls -A "$tmp/cwd/empty")" ] && ok || bad "the link or its folder was touched"
+cp "$tmp/i8.qpk" "$tmp/kept.qpk" && ln -s kept.qpk "$tmp/filelink.qpk"
+expect 0 "" -- "$bin/qconvert" -q "$tmp/m" -o "$tmp/filelink.qpk"
+[ ! -L "$tmp/filelink.qpk" ] && [ -f "$tmp/filelink.qpk" ] && cmp -s "$tmp/kept.qpk" "$tmp/i8.qpk" && ok ||
+  bad "a link output was not replaced itself, or its target was touched"
+no_leftovers "$tmp/cwd/empty" x
+no_leftovers "$tmp" sout.never
 
 echo "hostile_test: $pass passed, $fail failed"
 [ $fail -eq 0 ]

@@ -11,6 +11,7 @@
 #include <xxhash.h>
 
 #include "qpk/format.h"
+#include "qpk_private.h"
 #include "testhelp.h"
 
 static char g_dir[] = "/tmp/qpk-test-format-XXXXXX";
@@ -592,6 +593,110 @@ static void test_nonfinite_scales(void)
     unlink(path);
 }
 
+/*
+ * Issue 20, class 8: the version each type came with (FORMAT.md section 10), the folder
+ * layouts that hold it, and a writer that refuses a tensor newer than the version it writes.
+ */
+static void test_type_versions(void)
+{
+    static const uint32_t V1[] = {QPK_TYPE_F32,  QPK_TYPE_F16,  QPK_TYPE_BF16,
+                                  QPK_TYPE_INT8, QPK_TYPE_INT4, QPK_TYPE_INT4S};
+    for (uint32_t id = 0; id < QPK_TYPE_COUNT_; id++) {
+        const qpk_type_info *t = qpk_type_info_of(id);
+        bool v1 = false;
+        for (size_t i = 0; i < sizeof V1 / sizeof *V1; i++)
+            v1 |= V1[i] == id;
+        CHECKF(!t || t->version == (v1 ? 1u : 2u), "type %u: version %u", id, t ? t->version : 0);
+        const bool gptq = id == QPK_TYPE_INT8 || id == QPK_TYPE_INT4 || id == QPK_TYPE_INT4S || id == QPK_TYPE_INT8Z;
+        const bool awq = id == QPK_TYPE_INT4 || id == QPK_TYPE_INT4S;
+        CHECKF(!t || t->folders == ((gptq ? QPK_FOLDER_GPTQ : 0) | (awq ? QPK_FOLDER_AWQ : 0)), "type %u: folders %u",
+               id, t ? t->folders : 0);
+    }
+    char buf[64];
+    CHECK(qpk_folder_type_list(QPK_FOLDER_GPTQ, false, buf, sizeof buf) == strlen("int8, int4, int4s or int8z") &&
+          !strcmp(buf, "int8, int4, int4s or int8z"));
+    CHECK(qpk_folder_type_list(QPK_FOLDER_GPTQ, true, buf, sizeof buf) == strlen("int8, int4 or int4s"));
+    CHECK(qpk_folder_type_list(QPK_FOLDER_AWQ, true, buf, sizeof buf) && !strcmp(buf, "int4 or int4s"));
+    /* A version 1 file with an i32 tensor: refused at finish, nothing left. */
+    char path[256];
+    snprintf(path, sizeof path, "%s/v1.qpk", g_dir);
+    qpk_writer *w;
+    qpk_err e = {0};
+    const int64_t n = 4;
+    const int32_t perm[4] = {3, 2, 1, 0};
+    char *meta = meta_for(&TINY);
+    CHECK(qpk_writer_create(&w, path, &e) == QPK_OK);
+    CHECK(qpk_writer_begin_tensor(w, "p", QPK_TYPE_I32, 0, 1, &n, &e) == QPK_OK &&
+          qpk_writer_write(w, perm, sizeof perm, &e) == QPK_OK && qpk_writer_end_tensor(w, &e) == QPK_OK);
+    const qpk_status s = qpk_writer_finish(w, meta, strlen(meta), &e);
+    CHECK_ERR(s, QPK_E_INVALID_ARG, e,
+              "tensor 'p' is i32, which format version 2 brought: the metadata says version 1");
+    CHECK(access(path, F_OK) != 0 && count_dir_entries(g_dir) == 1);
+    free(meta);
+}
+
+/*
+ * Issue 20, class 8: outputs a rename can never put in place are refused before any work
+ * ('.', '..', a mount point, a link where a folder goes, a file path spelled as a folder);
+ * a file output that is a link is replaced itself, never what it leads to.
+ */
+static void test_output_paths(void)
+{
+    char dot[300], link[300], target[300], file[300], slash[300], empty[300];
+    snprintf(dot, sizeof dot, "%s/.", g_dir);
+    snprintf(link, sizeof link, "%s/link", g_dir);
+    snprintf(target, sizeof target, "%s/target", g_dir);
+    snprintf(empty, sizeof empty, "%s/empty", g_dir);
+    snprintf(file, sizeof file, "%s/out.qpk", g_dir);
+    snprintf(slash, sizeof slash, "%s/new/", g_dir);
+    qpk_err e = {0};
+    qpk_outdir *d = NULL;
+    qpk_outfile *o = NULL;
+    const int before = count_dir_entries(g_dir);
+    static const struct {
+        const char *path;
+        qpk_status want;
+        const char *msg;
+    } DIRS[] = {
+        {".", QPK_E_INVALID_ARG, "the output '.' ends in '.': no folder can be put in its place"},
+        {"..", QPK_E_INVALID_ARG, "the output '..' ends in '..'"},
+        {"./", QPK_E_INVALID_ARG, "the output '.' ends in '.'"},
+        {"/", QPK_E_INVALID_ARG, "the output '/' is a mount point"},
+    };
+    for (size_t i = 0; i < sizeof DIRS / sizeof *DIRS; i++) {
+        const qpk_status s = qpk_outdir_create(&d, DIRS[i].path, &e);
+        CHECK_ERR(s, DIRS[i].want, e, DIRS[i].msg);
+        CHECK(d == NULL);
+    }
+    qpk_status s = qpk_outdir_create(&d, dot, &e);
+    CHECK_ERR(s, QPK_E_INVALID_ARG, e, "ends in '.'");
+    CHECK(mkdir(empty, 0755) == 0 && symlink("empty", link) == 0);
+    s = qpk_outdir_create(&d, link, &e);
+    CHECK_ERR(s, QPK_E_IO, e, "link' is a symbolic link: a folder output replaces only an empty folder, never a link");
+    CHECK(count_dir_entries(g_dir) == before + 2); /* nothing beside the folder and the link */
+    /* A trailing slash names the folder itself. */
+    CHECK(qpk_outdir_create(&d, slash, &e) == QPK_OK && qpk_outdir_commit(d, &e) == QPK_OK);
+    snprintf(slash, sizeof slash, "%s/new", g_dir);
+    struct stat sb;
+    CHECK(lstat(slash, &sb) == 0 && S_ISDIR(sb.st_mode));
+    rmdir(slash);
+    /* File outputs: spelled as folders, refused; a link replaced itself. */
+    static const char *const FILES[] = {".", "..", "x/", "./x/.."};
+    for (size_t i = 0; i < sizeof FILES / sizeof *FILES; i++) {
+        s = qpk_outfile_create(&o, FILES[i], &e);
+        CHECK_ERR(s, QPK_E_INVALID_ARG, e, "names a folder: this output is a file");
+    }
+    unlink(link);
+    FILE *t = fopen(target, "w");
+    CHECK(t && fputs("kept", t) >= 0 && fclose(t) == 0 && symlink("target", link) == 0);
+    CHECK(qpk_outfile_create(&o, link, &e) == QPK_OK && qpk_outfile_write(o, "new", 3, &e) == QPK_OK &&
+          qpk_outfile_commit(o, &e) == QPK_OK);
+    CHECK(lstat(link, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size == 3);
+    CHECK(lstat(target, &sb) == 0 && sb.st_size == 4);
+    unlink(link), unlink(target), rmdir(empty), unlink(file);
+    CHECK(count_dir_entries(g_dir) == before);
+}
+
 int main(void)
 {
     if (!mkdtemp(g_dir))
@@ -614,6 +719,8 @@ int main(void)
     test_no_folder();
     test_disk_full();
     test_types();
+    test_type_versions();
+    test_output_paths();
     test_err_prefix();
     unlink(path);
     rmdir(g_dir);

@@ -728,7 +728,8 @@ static bool no_temporaries(void)
 
 /*
  * A copy of .qpk `in` with one byte of tensor `name` set to v, and its type set to type unless that is
- * negative (hashes recomputed: a well-formed file, whatever it says).
+ * negative (hashes recomputed, the format version raised to the type's: a well-formed file, whatever it
+ * says). A type of another size (a block type's fixed block, or groups of 32) gets zero bytes (scales of 0).
  */
 static bool copy_changed(const char *in, const char *out, const char *name, uint64_t at, uint8_t v, int type)
 {
@@ -738,21 +739,34 @@ static bool copy_changed(const char *in, const char *out, const char *name, uint
     bool ok = qpk_open(&f, in, NULL, &e) == QPK_OK && qpk_writer_create(&w, out, &e) == QPK_OK;
     for (size_t i = 0; ok && i < qpk_n_tensors(f); i++) {
         const qpk_tensor *t = qpk_tensor_at(f, i);
-        uint8_t *b = malloc(t->nbytes ? t->nbytes : 1);
-        memcpy(b, t->data, t->nbytes);
-        bool hit = !strcmp(t->name, name);
-        if (hit)
+        const bool hit = !strcmp(t->name, name), retype = hit && type >= 0;
+        const qpk_type_info *ti = qpk_type_info_of(retype ? (uint32_t)type : t->type);
+        const uint32_t group = ti->elem_bytes ? 0 : ti->block ? ti->block : t->group_size ? t->group_size : 32;
+        uint64_t n = t->nbytes;
+        ok = !retype || qpk_tensor_nbytes((uint32_t)type, group, t->ndim, t->dims, &n, &e) == QPK_OK;
+        uint8_t *b = calloc(n ? n : 1, 1);
+        if (n == t->nbytes)
+            memcpy(b, t->data, n);
+        if (hit && at < n)
             b[at] = v;
-        ok = qpk_writer_begin_tensor(w, t->name, hit && type >= 0 ? (uint32_t)type : t->type, t->group_size,
-                                     t->ndim, t->dims, &e) == QPK_OK &&
-             qpk_writer_write(w, b, t->nbytes, &e) == QPK_OK && qpk_writer_end_tensor(w, &e) == QPK_OK;
+        ok = ok &&
+             qpk_writer_begin_tensor(w, t->name, retype ? (uint32_t)type : t->type, group, t->ndim, t->dims, &e) ==
+                 QPK_OK &&
+             qpk_writer_write(w, b, n, &e) == QPK_OK && qpk_writer_end_tensor(w, &e) == QPK_OK;
         free(b);
     }
-    size_t len;
-    const char *m = ok ? qpk_metadata(f, &len) : NULL;
-    ok = ok && qpk_writer_finish(w, m, len, &e) == QPK_OK;
+    size_t len = 0;
+    const char *meta = ok ? qpk_metadata(f, &len) : NULL;
+    char *m = meta ? strndup(meta, len) : NULL, *ver = m ? strstr(m, "\"format_version\":") : NULL;
+    if (ver && type >= 0 && qpk_type_info_of((uint32_t)type)->version > qpk_file_version(f))
+        ver[strlen("\"format_version\":")] = (char)('0' + qpk_type_info_of((uint32_t)type)->version);
+    if (ok && m)
+        ok = qpk_writer_finish(w, m, len, &e) == QPK_OK; /* which discards w whatever the outcome */
+    else
+        ok = false, qpk_writer_discard(w);
     if (!ok)
-        qpk_writer_discard(w), fprintf(stderr, "copy_changed: %s\n", e.msg);
+        fprintf(stderr, "copy_changed: %s\n", e.msg);
+    free(m);
     qpk_close(f);
     return ok;
 }
@@ -784,7 +798,8 @@ static void test_export_refusals(void)
         const char *msg;
     } C[] = {
         {0, NULL, QPK_OUT_GPTQ, "model.layers.0.self_attn.q_proj.weight is bf16: the GPTQ layout stores every linear"},
-        {QPK_TYPE_INT8, NULL, QPK_OUT_AWQ, "q_proj.weight is int8: AWQ's GEMM layout holds 4-bit codes only"},
+        {QPK_TYPE_INT8, NULL, QPK_OUT_AWQ, "q_proj.weight is int8: the AWQ layout holds linears of int4 or int4s only (a "
+                                            "GPTQ folder holds it)"},
         {QPK_TYPE_INT4, "down_proj=int8", QPK_OUT_GPTQ, "down_proj.weight is int8 while other linears have 4-bit codes"},
         {QPK_TYPE_INT4, "down_proj=int4/g32", QPK_OUT_GPTQ, "down_proj.weight has groups of 32 and "
                                                            "model.layers.0.self_attn.q_proj.weight of 64"},
@@ -845,7 +860,8 @@ static void test_export_refusals(void)
     char out[4096];
     snprintf(out, sizeof out, "%s/never", TMP);
     qpk_convert_opts fo = {.dtype = -1, .to = QPK_OUT_AWQ, .quant = QPK_TYPE_INT8, .group = 64};
-    CHECK_ERR(tu_convert(model, out, &fo, &e), QPK_E_INVALID_ARG, e, "AWQ's GEMM layout holds 4-bit codes only");
+    CHECK_ERR(tu_convert(model, out, &fo, &e), QPK_E_INVALID_ARG, e,
+              "the AWQ layout holds linears quantized to int4 or int4s only, not int8 (a GPTQ folder holds it)");
     fo.quant = 0, fo.to = QPK_OUT_GPTQ;
     CHECK_ERR(tu_convert(model, out, &fo, &e), QPK_E_INVALID_ARG, e, "a GPTQ folder stores the linears quantized");
     CHECK(access(out, F_OK) != 0 && no_temporaries());
@@ -867,6 +883,178 @@ static void test_export_refusals(void)
 }
 
 /* ------------------------------------------------ folders: atomic, sharded, deterministic */
+
+/* The declared model of .qpk f, tensor by tensor as it stores them. */
+static qpk_sink_tensor *declared_of(const qpk_file *f, size_t *n)
+{
+    const qpk_config *c = qpk_file_config(f);
+    *n = qpk_model_n_tensors(c);
+    qpk_sink_tensor *st = calloc(*n, sizeof *st);
+    for (size_t i = 0; i < *n; i++) {
+        char name[QPK_MAX_NAME];
+        qpk_model_tensor_at(c, i, &st[i].role, &st[i].layer);
+        qpk_tensor_name(name, sizeof name, st[i].role, st[i].layer);
+        const qpk_tensor *t = qpk_find_tensor(f, name);
+        st[i].type = t->type, st[i].group_size = t->group_size, st[i].ndim = t->ndim;
+        memcpy(st[i].dims, t->dims, sizeof st[i].dims);
+    }
+    return st;
+}
+
+/* A sink of kind `to` refuses at its declare step the model of .qpk `in` with status want and msg; nothing is left. */
+static void expect_declare(const char *in, qpk_output to, qpk_status want, const char *msg)
+{
+    char out[4096], tok_path[4096];
+    snprintf(out, sizeof out, "%s/declared", TMP);
+    snprintf(tok_path, sizeof tok_path, "%s/qwen-tiny-a/tokenizer.json", FX);
+    qpk_file *f = NULL;
+    qpk_sink *sink = NULL;
+    qpk_err e = {0};
+    char *tok = NULL;
+    size_t tok_len = 0, n = 0;
+    CHECKF(qpk_open(&f, in, NULL, &e) == QPK_OK, "%s", e.msg);
+    FILE *fp = fopen(tok_path, "rb");
+    if (!f || !fp) {
+        qpk_close(f);
+        if (fp)
+            fclose(fp);
+        return;
+    }
+    fseek(fp, 0, SEEK_END);
+    tok_len = (size_t)ftell(fp);
+    rewind(fp);
+    tok = malloc(tok_len);
+    CHECK(fread(tok, 1, tok_len, fp) == tok_len);
+    fclose(fp);
+    qpk_sink_tensor *st = declared_of(f, &n);
+    qpk_sink_file files[] = {{"tokenizer.json", tok, tok_len}};
+    qpk_sink_model m = {.cfg = qpk_file_config(f), .tensors = st, .n_tensors = n, .files = files, .n_files = 1,
+                        .name = "hostile"};
+    CHECKF(qpk_sink_create(&sink, to, out, NULL, &e) == QPK_OK, "%s", e.msg);
+    const qpk_status got = sink ? qpk_sink_declare(sink, &m, &e) : QPK_E_IO;
+    CHECK_ERR(got, want, e, msg);
+    qpk_sink_discard(sink);
+    CHECKF(access(out, F_OK) != 0 && no_temporaries(), "a refused %s sink left something behind", qpk_output_name(to));
+    free(st), free(tok);
+    qpk_close(f);
+}
+
+/* A model whose vectors come from the file as they are: what reaches the runtime when a source checks nothing. */
+static qpk_status unchecked_weight(void *ud, qpk_role role, int layer, qpk_matrix *w, qpk_err *e)
+{
+    char name[QPK_MAX_NAME];
+    qpk_tensor_name(name, sizeof name, role, layer);
+    const qpk_tensor *t = qpk_find_tensor(ud, name);
+    if (!t)
+        return qpk_err_setf(e, QPK_E_MISMATCH, "missing tensor '%s'", name);
+    *w = (qpk_matrix){t->type, t->group_size, t->ndim == 2 ? t->dims[0] : 1, t->dims[t->ndim - 1], t->data, NULL};
+    return QPK_OK;
+}
+
+/*
+ * Issue 20, class 1: types a target cannot hold, refused by name at the declare step (before
+ * any work, nothing left behind), whatever the type's bits: ggml's block types in GPTQ/AWQ
+ * folders; a norm in a block type refused by every reader, the GGUF sink and the runtime.
+ */
+static void test_type_refusals(void)
+{
+    char model[4096], q[4096], z[4096], out[4096];
+    snprintf(model, sizeof model, "%s/qwen-tiny-a", FX);
+    snprintf(q, sizeof q, "%s/t.qpk", TMP);
+    snprintf(z, sizeof z, "%s/tz.qpk", TMP);
+    snprintf(out, sizeof out, "%s/never.gguf", TMP);
+    qpk_err e = {0};
+    qpk_quant_rule embed;
+    qpk_quant_rule_parse("embed_tokens=bf16", &embed, &e);
+    qpk_convert_opts int4 = {.dtype = -1, .quant = QPK_TYPE_INT4, .group = 32, .rules = &embed, .n_rules = 1};
+    CHECKF(tu_convert(model, q, &int4, &e) == QPK_OK, "%s", e.msg);
+    const char *lin = "model.layers.0.self_attn.q_proj.weight";
+    static const struct {
+        qpk_type type;
+        qpk_output to;
+        const char *msg;
+    } L[] = {
+        {QPK_TYPE_Q4_1, QPK_OUT_GPTQ, "q_proj.weight is q4_1: the GPTQ layout holds linears of int8, int4, int4s or "
+                                      "int8z only (convert the float model to one of them)"},
+        {QPK_TYPE_Q4_1, QPK_OUT_AWQ, "q_proj.weight is q4_1: the AWQ layout holds linears of int4 or int4s only"},
+        {QPK_TYPE_Q5_0, QPK_OUT_AWQ, "q_proj.weight is q5_0: the AWQ layout holds linears of int4 or int4s only"},
+        {QPK_TYPE_Q5_0, QPK_OUT_GPTQ, "q_proj.weight is q5_0: the GPTQ layout holds"},
+        {QPK_TYPE_INT8Z, QPK_OUT_AWQ, "q_proj.weight is int8z: the AWQ layout holds linears of int4 or int4s only (a "
+                                      "GPTQ folder holds it)"},
+    };
+    for (size_t i = 0; i < sizeof L / sizeof *L; i++) {
+        CHECK(copy_changed(q, z, lin, 0, 0, (int)L[i].type));
+        expect_export(z, L[i].to, false, QPK_E_UNSUPPORTED, L[i].msg);
+        expect_declare(z, L[i].to, QPK_E_UNSUPPORTED, L[i].msg);
+    }
+    /* Every type a folder layout says it holds, a GPTQ/AWQ sink takes at its declare step; no other. */
+    for (uint32_t t = 0; t < QPK_TYPE_COUNT_; t++) {
+        const qpk_type_info *ti = qpk_type_info_of(t);
+        CHECKF(!ti || !ti->folders || ((ti->bits == 4 || ti->bits == 8) && !ti->block), "type %u", t);
+        CHECKF(!ti || ti->version == 1 || ti->version == 2, "type %u: version %u", t, ti ? ti->version : 0);
+    }
+    /* A norm stored in a block type: qinspect --verify's and qverify's check, every export, the runtime. */
+    const char *norm = "model.layers.1.post_attention_layernorm.weight";
+    const char *want = "tensor 'model.layers.1.post_attention_layernorm.weight' is int8: norms and biases are stored "
+                       "as f32, f16 or bf16";
+    CHECK(copy_changed(q, z, norm, 0, 0, QPK_TYPE_INT8));
+    qpk_file *f = NULL;
+    CHECKF(qpk_open(&f, z, NULL, &e) == QPK_OK, "%s", e.msg);
+    if (f) {
+        CHECK_ERR(qpk_check_model(f, &e), QPK_E_MISMATCH, e, want);
+        qpk_model *rt = NULL;
+        const qpk_status got = qpk_model_create(&rt, qpk_file_config(f), unchecked_weight, f, &e);
+        CHECK_ERR(got, QPK_E_UNSUPPORTED, e,
+                  "tensor 'model.layers.1.post_attention_layernorm.weight' is int8: norms and biases are vectors of "
+                  "floats");
+        CHECK(rt == NULL);
+        qpk_close(f);
+    }
+    qpk_source *src = NULL;
+    CHECK_ERR(tu_open(&src, z, false, &e), QPK_E_MISMATCH, e, want);
+    tu_close(src);
+    qpk_convert_opts none = {.dtype = -1};
+    CHECK_ERR(tu_export_gguf(z, out, &none, &e), QPK_E_MISMATCH, e, want);
+    CHECK(access(out, F_OK) != 0 && no_temporaries());
+    expect_export(z, QPK_OUT_GPTQ, false, QPK_E_MISMATCH, want);
+    expect_declare(z, QPK_OUT_GGUF, QPK_E_UNSUPPORTED, "tensor 'model.layers.1.post_attention_layernorm.weight' "
+                                                       "(GGUF's blk.1.ffn_norm.weight) is int8: GGUF holds norms and "
+                                                       "biases as F32, widened from a float type only");
+    CHECK(copy_changed(q, z, "model.layers.0.self_attn.k_proj.bias", 0, 0, QPK_TYPE_Q4_1));
+    expect_declare(z, QPK_OUT_GGUF, QPK_E_UNSUPPORTED,
+                   "tensor 'model.layers.0.self_attn.k_proj.bias' (GGUF's blk.0.attn_k.bias) is q4_1");
+    CHECK_ERR(tu_export_gguf(z, out, &none, &e), QPK_E_MISMATCH, e,
+              "tensor 'model.layers.0.self_attn.k_proj.bias' is q4_1: norms and biases");
+    unlink(q), unlink(z);
+}
+
+/* The .qpk version follows from the tensors' types (FORMAT.md section 10): 1 unless a type or a permutation needs 2. */
+static void test_file_versions(void)
+{
+    char model[4096], q[4096], gptq8[4096];
+    snprintf(model, sizeof model, "%s/qwen-tiny-a", FX);
+    snprintf(gptq8, sizeof gptq8, "%s/qwen-tiny-a-gptq-int8", FX);
+    snprintf(q, sizeof q, "%s/v.qpk", TMP);
+    qpk_err e = {0};
+    qpk_quant_rule q50;
+    qpk_quant_rule_parse("down_proj=q5_0", &q50, &e);
+    static const struct {
+        const char *in; /* NULL: the float model */
+        int quant, rule;
+        uint32_t version;
+    } C[] = {{NULL, QPK_TYPE_INT4, 0, 1}, {NULL, QPK_TYPE_INT8, 0, 1}, {NULL, QPK_TYPE_INT4S, 1, 2},
+             {NULL, QPK_TYPE_Q5_0, 0, 2}, {"gptq-int8", 0, 0, 1} /* symmetric: int8, not int8z */};
+    for (size_t i = 0; i < sizeof C / sizeof *C; i++) {
+        qpk_convert_opts o = {.dtype = -1, .quant = C[i].quant, .group = 32, .rules = &q50,
+                              .n_rules = (size_t)C[i].rule};
+        qpk_file *f = NULL;
+        CHECKF(tu_convert(C[i].in ? gptq8 : model, q, &o, &e) == QPK_OK, "%s", e.msg);
+        CHECKF(qpk_open(&f, q, NULL, &e) == QPK_OK && qpk_file_version(f) == C[i].version,
+               "case %zu: version %u (want %u)", i, f ? qpk_file_version(f) : 0, C[i].version);
+        qpk_close(f);
+    }
+    unlink(q);
+}
 
 static void test_folders(void)
 {
@@ -924,6 +1112,8 @@ int main(void)
     test_zero_points();
     test_side_config();
     test_export_refusals();
+    test_type_refusals();
+    test_file_versions();
     test_folders();
     test_awq_quality();
     rm_rf(TMP);

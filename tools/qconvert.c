@@ -52,21 +52,32 @@ static void cli_wrote(const char *out, double t0)
     fprintf(stderr, " in %.2f s\n", dt);
 }
 
-/* A size as transformers writes max_shard_size: "4GB" is 4e9 bytes, "2GiB" 2^31; a bare number is bytes. */
+/*
+ * A size as transformers writes max_shard_size: a decimal integer, then an optional unit
+ * ("4GB" is 4e9 bytes, "2GiB" 2^31; a bare number is bytes). Nothing else: no fraction,
+ * no sign, no hexadecimal (leading zeros are decimal), no exponent, no spaces; at least 1 byte,
+ * under 1e18.
+ */
 static bool parse_size(const char *v, uint64_t *out)
 {
     static const struct {
         const char *suffix;
-        double mult;
-    } U[] = {{"", 1},          {"B", 1},          {"KB", 1e3},          {"MB", 1e6},         {"GB", 1e9},
-             {"TB", 1e12},     {"KiB", 1024.0},   {"MiB", 1048576.0},   {"GiB", 1073741824.0}};
-    char *end;
-    if (!v || !*v)
+        uint64_t mult;
+    } U[] = {{"", 1},           {"B", 1},           {"KB", 1000},        {"MB", 1000000},
+             {"GB", 1000000000}, {"TB", 1000000000000}, {"KiB", 1ull << 10}, {"MiB", 1ull << 20},
+             {"GiB", 1ull << 30}};
+    uint64_t x = 0, bytes;
+    const char *p = v;
+    for (; p && *p >= '0' && *p <= '9'; p++)
+        if (__builtin_mul_overflow(x, 10, &x) || __builtin_add_overflow(x, (uint64_t)(*p - '0'), &x))
+            return false;
+    if (!p || p == v)
         return false;
-    double x = strtod(v, &end);
     for (size_t i = 0; i < sizeof U / sizeof *U; i++)
-        if (!strcmp(end, U[i].suffix) && x * U[i].mult >= 1 && x * U[i].mult < 1e18) {
-            *out = (uint64_t)(x * U[i].mult);
+        if (!strcmp(p, U[i].suffix)) {
+            if (__builtin_mul_overflow(x, U[i].mult, &bytes) || bytes < 1 || bytes >= 1000000000000000000ull)
+                return false;
+            *out = bytes;
             return true;
         }
     return false;
@@ -345,7 +356,8 @@ static int set_option(cli *c, args *a, const struct option *opt, const char *v)
     case O_SHARD_SIZE:
         return parse_size(v, &o->shard_size)
                    ? -1
-                   : cli_usage_error(c, "--shard-size takes a size such as 4GB, 500MB, 2GiB or a byte count");
+                   : cli_usage_error(c, "--shard-size takes a whole number of bytes, or one with a unit (B, KB, MB, "
+                                        "GB, TB, KiB, MiB, GiB) such as 4GB, 500MB or 2GiB");
     case O_GPTQ_FORMAT:
         if (strcmp(v, "v1") && strcmp(v, "v2"))
             return cli_usage_error(c, "--gptq-format takes v1 or v2");

@@ -131,7 +131,14 @@ typedef struct qpk_type_info {
     const char *ggml_name;
     uint32_t file_type; /* llama.cpp's LLAMA_FTYPE of a GGUF whose linears are mostly this type */
     bool quant_target;  /* whether a conversion quantizes linears to it (--quant; qpk_quant_type_list) */
+    uint32_t version;   /* the .qpk format version that brought it (FORMAT.md section 10): a file holding it has at least this */
+    uint32_t folders;   /* the model-folder layouts (QPK_FOLDER_*) whose packed linears hold it as it is */
 } qpk_type_info;
+
+/* qpk_type_info.folders: a GPTQ folder packs 4- or 8-bit codes on a grid with one f16 scale and
+ * one integer zero point per group (int4, int4s, int8, int8z); AWQ's GEMM layout, 4-bit ones. */
+#define QPK_FOLDER_GPTQ 1u
+#define QPK_FOLDER_AWQ 2u
 
 /* Group sizes of the types that take one are multiples of this (whole 16-byte halves of 4-bit codes). */
 #define QPK_GROUP_QUANTUM 32
@@ -378,7 +385,9 @@ QPK_API qpk_status qpk_writer_add_blob(qpk_writer *w, const char *name, const vo
 
 /*
  * Writes metadata (a JSON object, validated), the tensor table and the header,
- * fsyncs, renames into place and fsyncs the folder. Frees w whatever the outcome;
+ * fsyncs, renames into place and fsyncs the folder. The header's version is the
+ * metadata's format_version, which must be at least every tensor type's (the type
+ * row's version: QPK_E_INVALID_ARG naming the tensor otherwise). Frees w whatever the outcome;
  * on failure nothing is left at path (an existing file there is untouched).
  */
 QPK_API qpk_status qpk_writer_finish(qpk_writer *w, const char *meta_json, size_t meta_len, qpk_err *e);

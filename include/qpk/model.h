@@ -176,9 +176,11 @@ typedef struct qpk_sink qpk_sink;
 QPK_API qpk_status qpk_sink_create(qpk_sink **out, qpk_output kind, const char *path, const qpk_sink_opts *opts, qpk_err *e);
 QPK_API qpk_output qpk_sink_kind(const qpk_sink *s);
 /*
- * Declares the model. Refuses, naming the tensor, what the target cannot hold as it is
- * (GGUF: permuted linears, types without a ggml type; folders: linears not quantized to
- * one bit width and group, quantized embeddings, zero points past the layout).
+ * Declares the model. Refuses, naming the tensor, what the target cannot hold as it is,
+ * before any byte is written (GGUF: permuted linears, types without a ggml type, norms and
+ * biases not in a float type; folders: linear types the layout does not hold (the type
+ * row's folders), linears not quantized to one bit width and group, quantized embeddings;
+ * zero points past the layout are found while packing).
  */
 QPK_API qpk_status qpk_sink_declare(qpk_sink *s, const qpk_sink_model *m, qpk_err *e);
 /* The next declared tensor's bytes, in its declared type, in pieces of whole rows. */

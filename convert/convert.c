@@ -350,21 +350,6 @@ static qpk_status copy_matrix(job *j, const qpk_matrix *m, const char *name, qpk
     return out_end(j, m->perm, e);
 }
 
-/* Whether every code of an int8z tensor minus its block's zero point fits an int8 (Q8_0 holds it as it is). */
-static bool int8z_fits(const qpk_matrix *m)
-{
-    const size_t bb = qpk_type_block_bytes(m->type, m->group_size);
-    const uint64_t total = (uint64_t)qpk_matrix_row_bytes(m) * (uint64_t)m->rows;
-    for (const uint8_t *b = m->data, *end = b + total; b < end; b += bb) {
-        const int32_t z = qpk_le16(b + offsetof(qpk_head_int8z, z));
-        const uint8_t *q = b + sizeof(qpk_head_int8z);
-        for (uint32_t i = 0; i < m->group_size; i++)
-            if (q[i] - z < -128 || q[i] - z > 127)
-                return false;
-    }
-    return true;
-}
-
 #define REQUANT_GROUP 32 /* ggml's blocks */
 
 /*
@@ -949,7 +934,9 @@ static qpk_status plan_tensor(job *j, size_t i, qpk_output to, qpk_err *e)
                             "and only grid-quantized linears (int4, int4s, int8, int8z) are requantized into input "
                             "order; store this model without the permutation", name, qpk_type_name(m.type));
     if ((to == QPK_OUT_GGUF || to == QPK_OUT_QPK) && j->o->requantize && linear && qpk_type_has_grid(m.type) &&
-        (m.perm || (m.type == QPK_TYPE_INT8Z && !int8z_fits(&m)))) {
+        (m.perm || (m.type == QPK_TYPE_INT8Z &&
+                   !qpk_gguf_holds_int8z(m.data, m.group_size,
+                                         (uint64_t)m.rows * (uint64_t)(m.cols / m.group_size))))) {
         j->requant[i] = true;
         p->type = m.type == QPK_TYPE_INT8Z ? QPK_TYPE_INT8 : m.type;
         p->group_size = REQUANT_GROUP, p->permuted = false;
@@ -1108,7 +1095,6 @@ qpk_status qpk_convert(qpk_source *src, const qpk_convert_opts *o, qpk_sink *sin
         r->tensors_bytes = j.written;
         if (s == QPK_OK && r->model) {
             r->owned_ = j.kept, j.kept = NULL;
-            r->n_owned_ = qpk_model_n_tensors(j.cfg);
         }
     }
     if (j.kept)
@@ -1127,11 +1113,11 @@ void qpk_convert_result_free(qpk_convert_result *r)
 {
     if (!r)
         return;
-    qpk_model_free(r->model);
-    void **kept = r->owned_;
-    for (size_t i = 0; kept && i < r->n_owned_; i++)
+    void **kept = r->owned_; /* one slot per tensor of the model, set only with the model */
+    for (size_t i = 0; kept && i < qpk_model_n_tensors(qpk_model_config(r->model)); i++)
         free(kept[i]);
     free(kept);
+    qpk_model_free(r->model);
     qpk_source_close(r->source_);
     r->model = NULL, r->owned_ = NULL, r->source_ = NULL;
 }

@@ -319,6 +319,23 @@ static bool q41_offset(qpk_gguf_export *x, const uint8_t *block, uint32_t n, uin
     return true;
 }
 
+/* Whether q - z of an int8z code is one of Q8_0's int8 codes. */
+static bool q8_0_holds(int32_t q_minus_z) { return q_minus_z >= -128 && q_minus_z <= 127; }
+
+bool qpk_gguf_holds_int8z(const void *blocks, uint32_t group, uint64_t n_blocks)
+{
+    const size_t bb = qpk_type_block_bytes(QPK_TYPE_INT8Z, group);
+    const uint8_t *b = blocks;
+    for (uint64_t k = 0; k < n_blocks; k++, b += bb) {
+        const int32_t z = qpk_le16(b + offsetof(qpk_head_int8z, z));
+        const uint8_t *q = b + sizeof(qpk_head_int8z);
+        for (uint32_t i = 0; i < group; i++)
+            if (!q8_0_holds(q[i] - z))
+                return false;
+    }
+    return true;
+}
+
 /*
  * One source block of G weights (FORMAT.md) as G/32 ggml blocks with its scale:
  * int8 -> Q8_0 and int4s -> Q4_0 (their chunks of 32 are ggml's codes as they are),
@@ -343,7 +360,7 @@ static qpk_status to_ggml(qpk_gguf_export *x, const planned *t, const uint8_t *i
         } else if (t->type == QPK_TYPE_INT8Z) {
             for (int i = 0; i < 32; i++) {
                 int32_t q = codes[c * chunk + (size_t)i] - z;
-                if (q < -128 || q > 127)
+                if (!q8_0_holds(q))
                     return qpk_err_setf(e, QPK_E_UNSUPPORTED, "tensor '%s': a code minus its zero point is %d, "
                                         "outside Q8_0's int8: no GGUF type holds this 8-bit block as it is "
                                         "(requantizing it to Q8_0 makes it fit, at a cost the converter measures)",

@@ -140,6 +140,8 @@ qpk_status qpk_gguf_matrix(const qpk_gguf *g, qpk_role role, int layer, qpk_matr
 qpk_status qpk_gguf_tokenizer_json(const qpk_gguf *g, char **json, size_t *len, qpk_err *e);
 /* tokenizer_config.json as far as a GGUF says it (special tokens, chat template); malloc'd, NULL on OOM. */
 char *qpk_gguf_tokenizer_config(const qpk_gguf *g);
+/* Whether GGUF holds n int8z blocks of `group` as they are: every code minus its zero one of Q8_0's int8 codes. */
+bool qpk_gguf_holds_int8z(const void *blocks, uint32_t group, uint64_t n_blocks);
 /* llama.cpp's name of tensor (role, layer): "token_embd.weight", "blk.3.ffn_up.weight" ... */
 void qpk_gguf_tensor_name(char *buf, size_t cap, qpk_role role, int layer);
 

@@ -12,6 +12,7 @@
 #include "qpk/verify.h"
 #include "testhelp.h"
 #include "testutil.h"
+#include "model_private.h"
 
 static uint64_t g_seed = 42;
 static double urand(void) /* uniform in [-1, 1) */
@@ -285,12 +286,13 @@ static void test_model(void)
     qpk_err e = {0};
     qpk_convert_opts co = {.dtype = QPK_TYPE_F32};
     CHECKF(qpk_gen_write(&sp, model, NULL, &e) == QPK_OK && tu_convert(model, out, &co, &e) == QPK_OK, "%s", e.msg);
-    qpk_file *f;
-    qpk_model *m;
-    if (qpk_open(&f, out, NULL, &e) != QPK_OK || tu_model_from_qpk(&m, f, &e) != QPK_OK) {
+    qpk_source *src; /* the file as the runtime reads it, and its tensors for the naive forward */
+    if (tu_open(&src, out, false, &e) != QPK_OK || !tu_model(src)) {
         CHECKF(false, "%s", e.msg);
         return;
     }
+    const qpk_file *f = qpk_source_qpk(src);
+    const qpk_model *m = tu_model(src);
     enum { T = 45 };
     int32_t tok[T];
     for (int i = 0; i < T; i++)
@@ -314,12 +316,12 @@ static void test_model(void)
         free(a), free(b), free(d), free(p);
     }
     /* The same model read straight from the HF folder computes the same bits. */
-    qpk_source *src;
-    CHECKF(tu_open(&src, model, false, &e) == QPK_OK, "%s", e.msg);
-    float *a = run(m, tok, T, 2, false, 512, false), *h = run(tu_model(src), tok, T, 2, false, 512, false);
+    qpk_source *hf;
+    CHECKF(tu_open(&hf, model, false, &e) == QPK_OK, "%s", e.msg);
+    float *a = run(m, tok, T, 2, false, 512, false), *h = run(tu_model(hf), tok, T, 2, false, 512, false);
     CHECK(!memcmp(a, h, (size_t)(T * V) * sizeof *a));
     free(a), free(h);
-    tu_close(src);
+    tu_close(hf);
 
     /* Errors leave the context unchanged. */
     qpk_context *c;
@@ -339,8 +341,7 @@ static void test_model(void)
     o.n_ctx = 40000;
     CHECK_ERR(qpk_context_create(&c, m, &o, &e), QPK_E_LIMIT, e, "exceeds max_position_embeddings");
     free(want);
-    qpk_model_free(m);
-    qpk_close(f);
+    tu_close(src);
 }
 
 /* Quantized weights: the same promises, and the same function as the naive forward of the dequantized weights. */
@@ -361,13 +362,13 @@ static void test_quantized_model(void)
     for (int k = 0; k < 3; k++) {
         snprintf(out, sizeof out, "%s/q%d.qpk", g_dir, k);
         qpk_convert_opts co = {.dtype = -1, .quant = types[k], .group = 32};
-        qpk_file *f;
-        qpk_model *m;
-        if (tu_convert(model, out, &co, &e) != QPK_OK || qpk_open(&f, out, NULL, &e) != QPK_OK ||
-            tu_model_from_qpk(&m, f, &e) != QPK_OK) {
+        qpk_source *src;
+        if (tu_convert(model, out, &co, &e) != QPK_OK || tu_open(&src, out, false, &e) != QPK_OK || !tu_model(src)) {
             CHECKF(false, "%s", e.msg);
             continue;
         }
+        const qpk_file *f = qpk_source_qpk(src);
+        const qpk_model *m = tu_model(src);
         naive_forward(f, tok, T, want);
         for (int s = 0; s < 2; s++) {
             float *a = run(m, tok, T, 2, s, 512, false), *b = run(m, tok, T, 1, s, 512, false);
@@ -380,8 +381,7 @@ static void test_quantized_model(void)
                    max_rel_diff(d, a, (size_t)T * 512));
             free(a), free(b), free(d);
         }
-        qpk_model_free(m);
-        qpk_close(f);
+        tu_close(src);
     }
     free(want);
 }

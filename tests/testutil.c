@@ -181,25 +181,6 @@ qpk_status tu_requantize_for_gguf(const char *in, const char *out, const qpk_con
     return s;
 }
 
-static qpk_status file_weight(void *ud, qpk_role role, int layer, qpk_matrix *w, qpk_err *e)
-{
-    char name[QPK_MAX_NAME];
-    qpk_tensor_name(name, sizeof name, role, layer);
-    const qpk_tensor *t = qpk_find_tensor(ud, name);
-    if (!t)
-        return qpk_err_setf(e, QPK_E_MISMATCH, "missing tensor '%s'", name);
-    *w = (qpk_matrix){t->type, t->group_size, t->ndim == 2 ? t->dims[0] : 1, t->dims[t->ndim - 1], t->data, NULL};
-    const qpk_tensor *p = qpk_perm_name(name, sizeof name, role, layer) ? qpk_find_tensor(ud, name) : NULL;
-    w->perm = p ? p->data : NULL;
-    return QPK_OK;
-}
-
-qpk_status tu_model_from_qpk(qpk_model **m, const qpk_file *f, qpk_err *e)
-{
-    qpk_status s = qpk_check_model(f, e);
-    return s != QPK_OK ? s : qpk_model_create(m, qpk_file_config(f), file_weight, (void *)f, e);
-}
-
 static qpk_status gguf_weight(void *ud, qpk_role role, int layer, qpk_matrix *w, qpk_err *e)
 {
     return qpk_gguf_matrix(ud, role, layer, w, e);

@@ -28,8 +28,6 @@ const qpk_model *tu_model(qpk_source *src); /* built on first use, freed by tu_c
 void tu_close(qpk_source *src);
 /* A text file tokenized with the model at path's tokenizer. */
 qpk_status tu_tokenize_file(const char *model, const char *path, int32_t **ids, size_t *n, uint64_t *hash, qpk_err *e);
-/* A runtime model over an open .qpk file (checked first), for tests that also read its tensors. */
-qpk_status tu_model_from_qpk(qpk_model **m, const qpk_file *f, qpk_err *e);
 /* A runtime model over a Qwen2 GGUF (checked as its source checks it). */
 qpk_status tu_gguf_model(qpk_model **m, const qpk_gguf *g, qpk_err *e);
 /* The engine from paths: as the library's former path-to-path functions (each sets its target). */

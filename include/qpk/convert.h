@@ -132,7 +132,6 @@ typedef struct qpk_convert_result {
      * others views into the source, which must outlive it); NULL when nothing was requantized. */
     qpk_model *model;
     void *owned_;            /* what model uses besides the source (private) */
-    size_t n_owned_;
     qpk_source *source_;     /* qpk_convert_path: the source it opened, when model reads it (private) */
 } qpk_convert_result;
 QPK_API void qpk_convert_result_free(qpk_convert_result *r); /* NULL-safe; frees the model */

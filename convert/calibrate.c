@@ -114,9 +114,10 @@ static qpk_status embed_windows(qpk_calib *c, qpk_err *e)
 
 /* ------------------------------------------------------------ statistics */
 
-static void capture(void *ud, qpk_role role, const float *x, int64_t T, int64_t n)
+static void capture(void *ud, qpk_role role, int expert, const float *x, int64_t T, int64_t n)
 {
     qpk_calib *c = ud;
+    (void)expert;
     int g = role == QPK_ROLE_Q ? G_QKV : role == QPK_ROLE_O ? G_O : role == QPK_ROLE_GATE ? G_GU : G_DOWN;
     group_stats *s = &c->st[g];
     if (qpk_method_uses_gptq(c->o->method)) {
@@ -209,6 +210,13 @@ qpk_status qpk_calib_begin(qpk_calib **out, qpk_source *src, const qpk_convert_o
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     qpk_checkpoint *ck = qpk_source_checkpoint(src);
     c->ck = ck, c->o = o, c->cfg = qpk_checkpoint_config(ck), c->pool = pool, c->k = qpk_kernels_best();
+    if (qpk_config_is_moe(c->cfg)) {
+        qpk_arch arch = c->cfg->arch;
+        free(c);
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s calibration of a mixture-of-experts model (%s) is not "
+                            "supported yet: use round-to-nearest (--method rtn)", qpk_method_name(o->method),
+                            qpk_arch_name(arch));
+    }
     qpk_calib_resolve(&o->calib, &c->p);
     qpk_status s = check_size(c, o->method, qpk_pool_threads(pool), e);
     if (s != QPK_OK) {
@@ -238,7 +246,7 @@ qpk_status qpk_calib_begin(qpk_calib **out, qpk_source *src, const qpk_convert_o
     }
     for (int r = 0; r < QPK_ROLE_COUNT_ && ok; r++) {
         int64_t rows, cols;
-        if (qpk_role_is_per_layer((qpk_role)r))
+        if (qpk_layer_has_role(cf, (qpk_role)r, 0))
             ok = (c->f32[r] = malloc((size_t)numel_of(cf, (qpk_role)r, &rows, &cols) * sizeof(float))) &&
                  (c->bytes[r] = malloc((size_t)(rows * cols) * sizeof(float)));
     }
@@ -269,13 +277,17 @@ static qpk_matrix f32_matrix(const qpk_calib *c, qpk_role r)
     return (qpk_matrix){QPK_TYPE_F32, 0, rows, cols, c->f32[r]};
 }
 
-static qpk_layer_weights layer_view(const qpk_calib *c)
+static qpk_layer_weights layer_view(const qpk_calib *c, int l)
 {
+    const qpk_config *cf = c->cfg;
+#define V(r) (qpk_layer_has_role(cf, r, l) ? c->f32[r] : NULL)
     return (qpk_layer_weights){
-        f32_matrix(c, QPK_ROLE_Q),    f32_matrix(c, QPK_ROLE_K),  f32_matrix(c, QPK_ROLE_V),
-        f32_matrix(c, QPK_ROLE_O),    f32_matrix(c, QPK_ROLE_GATE), f32_matrix(c, QPK_ROLE_UP),
-        f32_matrix(c, QPK_ROLE_DOWN), c->f32[QPK_ROLE_ATTN_NORM], c->f32[QPK_ROLE_FFN_NORM],
-        c->f32[QPK_ROLE_Q_BIAS],      c->f32[QPK_ROLE_K_BIAS],    c->f32[QPK_ROLE_V_BIAS]};
+        .q = f32_matrix(c, QPK_ROLE_Q), .k = f32_matrix(c, QPK_ROLE_K), .v = f32_matrix(c, QPK_ROLE_V),
+        .o = f32_matrix(c, QPK_ROLE_O), .gate = f32_matrix(c, QPK_ROLE_GATE), .up = f32_matrix(c, QPK_ROLE_UP),
+        .down = f32_matrix(c, QPK_ROLE_DOWN), .attn_norm = c->f32[QPK_ROLE_ATTN_NORM],
+        .ffn_norm = c->f32[QPK_ROLE_FFN_NORM], .bq = V(QPK_ROLE_Q_BIAS), .bk = V(QPK_ROLE_K_BIAS),
+        .bv = V(QPK_ROLE_V_BIAS), .bo = V(QPK_ROLE_O_BIAS), .q_norm = V(QPK_ROLE_Q_NORM), .k_norm = V(QPK_ROLE_K_NORM)};
+#undef V
 }
 
 static qpk_status load_layer(qpk_calib *c, int l, qpk_err *e)
@@ -283,6 +295,8 @@ static qpk_status load_layer(qpk_calib *c, int l, qpk_err *e)
     for (int i = 0; i < QPK_LAYER_ROLES; i++) {
         const qpk_role r = qpk_layer_role(i);
         char name[QPK_MAX_NAME];
+        if (!qpk_layer_has_role(c->cfg, r, l))
+            continue;
         qpk_tensor_name(name, sizeof name, r, l);
         const qpk_st_tensor *src = qpk_checkpoint_tensor(c->ck, r, l);
         qpk_st_to_f32(src, 0, (size_t)src->numel, c->f32[r]);
@@ -308,7 +322,7 @@ static qpk_status gather(qpk_calib *c, int l, qpk_err *e)
             memset(s->sumsq, 0, (size_t)s->d * sizeof *s->sumsq);
         s->n_rows = s->n_seen = 0;
     }
-    qpk_layer_weights v = layer_view(c);
+    qpk_layer_weights v = layer_view(c, l);
     size_t window = (size_t)c->p.seq_len * (size_t)c->cfg->hidden_size;
     for (int w = 0; w < c->p.samples; w++) {
         memcpy(c->tmp, c->X + (size_t)w * window, window * sizeof(float));
@@ -320,7 +334,7 @@ static qpk_status gather(qpk_calib *c, int l, qpk_err *e)
 /* Runs the layer as quantized on every window: X becomes the next layer's input. */
 static qpk_status advance(qpk_calib *c, int l, qpk_err *e)
 {
-    qpk_layer_weights v = layer_view(c);
+    qpk_layer_weights v = layer_view(c, l);
     size_t window = (size_t)c->p.seq_len * (size_t)c->cfg->hidden_size;
     for (int w = 0; w < c->p.samples; w++)
         QPK_TRY(qpk_layer_forward(c->ctx, &v, l, c->X + (size_t)w * window, c->p.seq_len, NULL, NULL, e));
@@ -491,7 +505,8 @@ static qpk_status awq_clip_store(qpk_calib *c, float *const scales[N_GROUPS], fl
 {
     /* The folded float layer, when that is what is asked for (the scales were chosen for the planned types). */
     for (int i = 0; i < QPK_LAYER_ROLES; i++)
-        qpk_tensor_stored(c->o, qpk_layer_role(i), &c->type[qpk_layer_role(i)], &c->group[qpk_layer_role(i)]);
+        if (c->f32[qpk_layer_role(i)])
+            qpk_tensor_stored(c->o, qpk_layer_role(i), &c->type[qpk_layer_role(i)], &c->group[qpk_layer_role(i)]);
     /* q and k are not clipped: attention scores are sensitive to their outliers (as AutoAWQ does). */
     qpk_status s = QPK_OK;
     for (int g = 0; g < N_GROUPS && s == QPK_OK; g++) {
@@ -582,7 +597,7 @@ qpk_status qpk_calib_layer(qpk_calib *c, int l, qpk_calib_times *times, qpk_err 
                                              : quantize_imatrix(c, e);
     /* Norms and biases (AWQ may have rescaled some) are stored as planned. */
     for (int i = 0; i < QPK_LAYER_ROLES && s == QPK_OK; i++)
-        if (!qpk_role_is_matrix(qpk_layer_role(i)))
+        if (!qpk_role_is_matrix(qpk_layer_role(i)) && qpk_layer_has_role(c->cfg, qpk_layer_role(i), l))
             s = store(c, qpk_layer_role(i), NULL, NULL, e);
     double t2 = qpk_seconds();
     if (s == QPK_OK)

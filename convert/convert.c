@@ -656,7 +656,7 @@ static cJSON *folder_metadata(const job *j, const qpk_checkpoint *ck, const qpk_
     }
     cJSON_AddStringToObject(m, "format", "qpk");
     cJSON_AddNumberToObject(m, "format_version", format_version(j));
-    cJSON_AddStringToObject(m, "architecture", "qwen2");
+    cJSON_AddStringToObject(m, "architecture", qpk_arch_name(qpk_checkpoint_config(ck)->arch));
     cJSON_AddItemToObject(m, "config", cfg);
     cJSON_AddBoolToObject(m, "tied", qpk_checkpoint_config(ck)->tie_word_embeddings);
     if (qpk_checkpoint_hfq(ck)->method != QPK_HFQ_NONE)
@@ -734,7 +734,7 @@ static cJSON *build_metadata(job *j, cJSON **prov)
     }
     cJSON_AddStringToObject(m, "format", "qpk");
     cJSON_AddNumberToObject(m, "format_version", format_version(j));
-    cJSON_AddStringToObject(m, "architecture", "qwen2");
+    cJSON_AddStringToObject(m, "architecture", qpk_arch_name(j->cfg->arch));
     cJSON_AddItemToObject(m, "config", cfg);
     cJSON_AddBoolToObject(m, "tied", j->cfg->tie_word_embeddings);
     cJSON_AddItemToObject(m, "quantization", gguf_recipe(qpk_source_gguf(j->src), j->cfg));

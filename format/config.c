@@ -31,6 +31,12 @@ static const struct int_field {
     F("sliding_window", sliding_window, 0, 1LL << 24),
     F("max_window_layers", max_window_layers, 0, QPK_MAX_LAYERS * 64LL),
     F("bos_token_id", bos_token_id, -1, QPK_MAX_VOCAB - 1),
+    F("head_dim", head_dim, 2, QPK_MAX_HIDDEN),
+    F("num_experts", n_experts, 0, QPK_MAX_EXPERTS),
+    F("num_experts_per_tok", n_experts_used, 0, QPK_MAX_EXPERTS),
+    F("moe_intermediate_size", moe_intermediate_size, 0, 8 * QPK_MAX_HIDDEN),
+    F("shared_expert_intermediate_size", shared_expert_intermediate_size, 0, 8 * QPK_MAX_HIDDEN),
+    F("decoder_sparse_step", decoder_sparse_step, 0, QPK_MAX_LAYERS),
 #undef F
 };
 
@@ -141,22 +147,180 @@ static qpk_status parse_eos(const cJSON *root, qpk_config *c, qpk_err *e)
     return QPK_OK;
 }
 
-static qpk_status check_architecture(const cJSON *root, qpk_err *e)
+static const char *const ARCH_NAME[QPK_ARCH_COUNT_] = {
+    [QPK_ARCH_QWEN2] = "qwen2", [QPK_ARCH_QWEN2_MOE] = "qwen2_moe",
+    [QPK_ARCH_QWEN3] = "qwen3", [QPK_ARCH_QWEN3_MOE] = "qwen3_moe",
+};
+
+const char *qpk_arch_name(qpk_arch a) { return (unsigned)a < QPK_ARCH_COUNT_ ? ARCH_NAME[a] : "?"; }
+
+bool qpk_config_is_moe(const qpk_config *c) { return c->arch == QPK_ARCH_QWEN2_MOE || c->arch == QPK_ARCH_QWEN3_MOE; }
+
+static bool is_qwen3(const qpk_config *c) { return c->arch == QPK_ARCH_QWEN3 || c->arch == QPK_ARCH_QWEN3_MOE; }
+
+bool qpk_layer_is_sparse(const qpk_config *c, int layer)
+{
+    if (!qpk_config_is_moe(c) || layer < 0 || layer >= c->n_layers)
+        return false;
+    if (c->mlp_only_layers[layer / 64] >> (layer % 64) & 1)
+        return false;
+    return c->decoder_sparse_step > 0 && (layer + 1) % c->decoder_sparse_step == 0;
+}
+
+static qpk_status parse_architecture(const cJSON *root, qpk_config *c, qpk_err *e)
 {
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
     if (!mt)
-        return qpk_err_setf(e, QPK_E_CORRUPT, "missing 'model_type' (expected \"qwen2\")");
+        return qpk_err_setf(e, QPK_E_CORRUPT, "missing 'model_type' (expected \"qwen2\", \"qwen2_moe\", \"qwen3\" or "
+                            "\"qwen3_moe\")");
     if (!cJSON_IsString(mt))
         return qpk_err_setf(e, QPK_E_CORRUPT, "'model_type' is not a string");
-    if (strcmp(mt->valuestring, "qwen2") != 0)
+    for (int a = 0; a < QPK_ARCH_COUNT_; a++)
+        if (!strcmp(mt->valuestring, ARCH_NAME[a])) {
+            c->arch = (qpk_arch)a;
+            return QPK_OK;
+        }
+    return qpk_err_setf(e, QPK_E_UNSUPPORTED,
+                        "model_type \"%.64s\" is not supported: qpk converts the Qwen family's \"qwen2\" "
+                        "(Qwen1.5, Qwen2, Qwen2.5), \"qwen2_moe\", \"qwen3\" and \"qwen3_moe\"",
+                        mt->valuestring);
+}
+
+/* transformers' get_mscale: YaRN's magnitude correction for a context stretched by `scale`. */
+static double yarn_mscale(double scale, double mscale)
+{
+    return scale <= 1 ? 1.0 : 0.1 * mscale * log(scale) + 1.0;
+}
+
+/*
+ * rope_scaling (transformers 4.x) or rope_parameters (5.x): absent, null, the "default"
+ * rope type, or "yarn" with its parameters. Every other rope type changes the positions'
+ * frequencies in a way qpk does not compute, so it is refused by name.
+ */
+static qpk_status parse_rope_scaling(const cJSON *root, qpk_config *c, qpk_err *e)
+{
+    const char *key = "rope_scaling";
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!rs || cJSON_IsNull(rs)) {
+        key = "rope_parameters";
+        if (!(rs = cJSON_GetObjectItemCaseSensitive(root, key)) || cJSON_IsNull(rs))
+            return QPK_OK;
+        const cJSON *theta = cJSON_GetObjectItemCaseSensitive(rs, "rope_theta");
+        if (theta)
+            QPK_TRY(get_real(rs, "rope_theta", 0, &c->rope_theta, e));
+    }
+    if (!cJSON_IsObject(rs))
+        return qpk_err_setf(e, QPK_E_CORRUPT, "'%s' is not an object", key);
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
+    if (!type)
+        type = cJSON_GetObjectItemCaseSensitive(rs, "type");
+    if (!cJSON_IsString(type))
+        return qpk_err_setf(e, QPK_E_CORRUPT, "'%s' has no \"type\" or \"rope_type\" string", key);
+    if (!strcmp(type->valuestring, "default"))
+        return QPK_OK;
+    if (strcmp(type->valuestring, "yarn") != 0)
         return qpk_err_setf(e, QPK_E_UNSUPPORTED,
-                            "model_type \"%.64s\" is not supported: qpk converts "
-                            "\"qwen2\" models (Qwen1.5 and Qwen2)",
-                            mt->valuestring);
-    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
-    if (rs && !cJSON_IsNull(rs))
-        return qpk_err_setf(e, QPK_E_UNSUPPORTED,
-                            "rope_scaling is set; qpk implements plain RoPE only");
+                            "%s type \"%.32s\" is not supported: qpk computes plain RoPE and \"yarn\" (Qwen2.5's "
+                            "long-context setting)", key, type->valuestring);
+    qpk_yarn *y = &c->yarn;
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(rs, "factor");
+    if (!cJSON_IsNumber(f))
+        return qpk_err_setf(e, QPK_E_CORRUPT, "%s: yarn needs a numeric \"factor\"", key);
+    if (!isfinite(f->valuedouble) || f->valuedouble < 1 || f->valuedouble > 1024)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "%s: yarn factor %g is not in [1, 1024] (a factor below 1 would "
+                            "shrink the context)", key, f->valuedouble);
+    y->factor = f->valuedouble;
+    int64_t L;
+    QPK_TRY(get_int(rs, "original_max_position_embeddings", false, c->max_position_embeddings, 1, 1LL << 24, &L, e));
+    y->original_max_position_embeddings = L;
+    QPK_TRY(get_real(rs, "beta_fast", 32, &y->beta_fast, e));
+    QPK_TRY(get_real(rs, "beta_slow", 1, &y->beta_slow, e));
+    if (cJSON_GetObjectItemCaseSensitive(rs, "mscale"))
+        QPK_TRY(get_real(rs, "mscale", 0, &y->mscale, e));
+    if (cJSON_GetObjectItemCaseSensitive(rs, "mscale_all_dim"))
+        QPK_TRY(get_real(rs, "mscale_all_dim", 0, &y->mscale_all_dim, e));
+    if (cJSON_GetObjectItemCaseSensitive(rs, "attention_factor") &&
+        !cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(rs, "attention_factor")))
+        QPK_TRY(get_real(rs, "attention_factor", 1, &y->attention_factor, e));
+    else if (y->mscale > 0 && y->mscale_all_dim > 0)
+        y->attention_factor = yarn_mscale(y->factor, y->mscale) / yarn_mscale(y->factor, y->mscale_all_dim);
+    else
+        y->attention_factor = yarn_mscale(y->factor, 1);
+    return QPK_OK;
+}
+
+/* mlp_only_layers: a list of distinct layer indices, each below num_hidden_layers. */
+static qpk_status parse_mlp_only(const cJSON *root, qpk_config *c, qpk_err *e)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, "mlp_only_layers"), *x;
+    if (!it || cJSON_IsNull(it))
+        return QPK_OK;
+    if (!cJSON_IsArray(it))
+        return qpk_err_setf(e, QPK_E_CORRUPT, "'mlp_only_layers' is not a list");
+    cJSON_ArrayForEach(x, it)
+    {
+        double v = cJSON_IsNumber(x) ? x->valuedouble : -1;
+        if (v != floor(v) || v < 0 || v >= (double)c->n_layers)
+            return qpk_err_setf(e, QPK_E_CORRUPT, "'mlp_only_layers' holds %s, not a layer index below "
+                                "num_hidden_layers = %lld", cJSON_IsNumber(x) ? "an out-of-range value" : "a non-number",
+                                (long long)c->n_layers);
+        c->mlp_only_layers[(int)v / 64] |= 1ull << ((int)v % 64);
+    }
+    return QPK_OK;
+}
+
+/* The keys of each architecture beyond dense Qwen2's, with transformers' config defaults. */
+static qpk_status parse_family(const cJSON *root, qpk_config *c, qpk_err *e)
+{
+    if (is_qwen3(c))
+        QPK_TRY(get_bool(root, "attention_bias", false, &c->attention_bias, e));
+    if (!qpk_config_is_moe(c))
+        return QPK_OK;
+    bool q2 = c->arch == QPK_ARCH_QWEN2_MOE;
+    QPK_TRY(get_field(root, "num_experts", false, q2 ? 60 : 128, c, e));
+    QPK_TRY(get_field(root, "num_experts_per_tok", false, q2 ? 4 : 8, c, e));
+    QPK_TRY(get_field(root, "moe_intermediate_size", false, q2 ? 1408 : 768, c, e));
+    if (q2)
+        QPK_TRY(get_field(root, "shared_expert_intermediate_size", false, 5632, c, e));
+    QPK_TRY(get_field(root, "decoder_sparse_step", false, 1, c, e));
+    QPK_TRY(get_bool(root, "norm_topk_prob", false, &c->norm_topk_prob, e));
+    return parse_mlp_only(root, c, e);
+}
+
+/* The architecture's own rules, after the common ones. */
+static qpk_status check_family(const qpk_config *c, qpk_err *e)
+{
+    if (c->yarn.factor != 0) {
+        const qpk_yarn *y = &c->yarn;
+        if (!(y->factor >= 1) || !isfinite(y->factor) || y->original_max_position_embeddings < 1 ||
+            !(y->attention_factor > 0) || !isfinite(y->attention_factor) || !(y->beta_fast > 0) || !(y->beta_slow > 0) ||
+            !isfinite(y->beta_fast) || !isfinite(y->beta_slow))
+            return qpk_err_setf(e, QPK_E_CORRUPT, "rope_scaling: the yarn parameters are out of range");
+    }
+    if (!qpk_config_is_moe(c)) {
+        if (c->n_experts || c->n_experts_used || c->moe_intermediate_size || c->shared_expert_intermediate_size)
+            return qpk_err_setf(e, QPK_E_CORRUPT, "model_type \"%s\" has no experts", ARCH_NAME[c->arch]);
+        return QPK_OK;
+    }
+    if (c->n_experts < 1)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "num_experts is 0 in a mixture-of-experts model");
+    if (c->n_experts_used < 1 || c->n_experts_used > c->n_experts)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "num_experts_per_tok = %lld is not in [1, num_experts = %lld]",
+                            (long long)c->n_experts_used, (long long)c->n_experts);
+    if (c->moe_intermediate_size < 1)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "moe_intermediate_size must be positive");
+    if (c->arch == QPK_ARCH_QWEN2_MOE && c->shared_expert_intermediate_size < 1)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "shared_expert_intermediate_size must be positive (qwen2_moe's shared "
+                            "expert)");
+    if (c->arch == QPK_ARCH_QWEN3_MOE && c->shared_expert_intermediate_size)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "qwen3_moe has no shared expert (shared_expert_intermediate_size "
+                            "is %lld)", (long long)c->shared_expert_intermediate_size);
+    if (c->decoder_sparse_step < 1)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "decoder_sparse_step must be at least 1");
+    for (int l = 0; l < QPK_MAX_LAYERS; l++)
+        if (l >= c->n_layers && (c->mlp_only_layers[l / 64] >> (l % 64) & 1))
+            return qpk_err_setf(e, QPK_E_CORRUPT, "mlp_only_layers names layer %d of %lld", l, (long long)c->n_layers);
+    /* Dense layers are sized by intermediate_size: it must be positive even when every layer is sparse. */
     return QPK_OK;
 }
 
@@ -177,11 +341,8 @@ qpk_status qpk_config_check(qpk_config *c, qpk_err *e)
     if (strcmp(c->hidden_act, "silu") != 0)
         return qpk_err_setf(e, QPK_E_UNSUPPORTED, "hidden_act \"%s\" is not supported (only silu)",
                             c->hidden_act);
-    if (c->hidden_size % c->n_heads != 0)
-        return qpk_err_setf(e, QPK_E_CORRUPT,
-                            "hidden_size %lld is not a multiple of num_attention_heads %lld",
-                            (long long)c->hidden_size, (long long)c->n_heads);
-    c->head_dim = c->hidden_size / c->n_heads;
+    if ((unsigned)c->arch >= QPK_ARCH_COUNT_)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "unknown architecture %d", (int)c->arch);
     if (c->head_dim % 2 != 0)
         return qpk_err_setf(e, QPK_E_UNSUPPORTED, "head_dim %lld is odd; RoPE needs pairs",
                             (long long)c->head_dim);
@@ -200,7 +361,9 @@ qpk_status qpk_config_check(qpk_config *c, qpk_err *e)
         if (c->eos_token_ids[i] < 0 || c->eos_token_ids[i] >= c->vocab_size)
             return qpk_err_setf(e, QPK_E_CORRUPT, "eos_token_id %lld >= vocab_size",
                                 (long long)c->eos_token_ids[i]);
-    return QPK_OK;
+    if (c->n_heads * c->head_dim > 8 * QPK_MAX_HIDDEN)
+        return qpk_err_setf(e, QPK_E_LIMIT, "num_attention_heads x head_dim is past %lld", 8 * QPK_MAX_HIDDEN);
+    return check_family(c, e);
 }
 
 static qpk_status config_from_cjson(qpk_config *c, const cJSON *root, qpk_err *e)
@@ -210,7 +373,7 @@ static qpk_status config_from_cjson(qpk_config *c, const cJSON *root, qpk_err *e
         return qpk_err_setf(e, QPK_E_CORRUPT, "top level is not an object");
     if (cJSON_GetArraySize(root) > 4096)
         return qpk_err_setf(e, QPK_E_LIMIT, "more than 4096 keys");
-    QPK_TRY(check_architecture(root, e));
+    QPK_TRY(parse_architecture(root, c, e));
     QPK_TRY(get_field(root, "vocab_size", true, 0, c, e));
     QPK_TRY(get_field(root, "hidden_size", true, 0, c, e));
     QPK_TRY(get_field(root, "intermediate_size", true, 0, c, e));
@@ -229,14 +392,21 @@ static qpk_status config_from_cjson(qpk_config *c, const cJSON *root, qpk_err *e
     QPK_TRY(get_str(root, "torch_dtype", "", c->torch_dtype, sizeof c->torch_dtype, e));
     QPK_TRY(get_int(root, "bos_token_id", false, -1, 0, QPK_MAX_VOCAB - 1, &c->bos_token_id, e));
     QPK_TRY(parse_eos(root, c, e));
-    int64_t hd;
-    QPK_TRY(get_int(root, "head_dim", false, 0, 1, QPK_MAX_HIDDEN, &hd, e)); /* 0: absent */
-    QPK_TRY(qpk_config_check(c, e));
-    if (hd && hd != c->head_dim)
-        return qpk_err_setf(e, QPK_E_UNSUPPORTED,
-                            "head_dim %lld differs from hidden_size/num_attention_heads = %lld",
-                            (long long)hd, (long long)c->head_dim);
-    return QPK_OK;
+    /* head_dim: explicit (transformers reads it for every architecture here), else Qwen3's
+     * config default of 128, else hidden_size / num_attention_heads. */
+    const cJSON *hd = cJSON_GetObjectItemCaseSensitive(root, "head_dim");
+    if (hd && !cJSON_IsNull(hd))
+        QPK_TRY(get_field(root, "head_dim", true, 0, c, e));
+    else if (c->arch == QPK_ARCH_QWEN3)
+        c->head_dim = 128;
+    else if (c->hidden_size % c->n_heads != 0)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "hidden_size %lld is not a multiple of num_attention_heads %lld "
+                            "(and head_dim is not given)", (long long)c->hidden_size, (long long)c->n_heads);
+    else
+        c->head_dim = c->hidden_size / c->n_heads;
+    QPK_TRY(parse_rope_scaling(root, c, e));
+    QPK_TRY(parse_family(root, c, e));
+    return qpk_config_check(c, e);
 }
 
 qpk_status qpk_config_parse(qpk_config *c, const char *json, size_t len, qpk_err *e)
@@ -263,10 +433,13 @@ qpk_status qpk_meta_validate(const char *meta, size_t len, qpk_config *cfg, uint
         s = qpk_err_setf(e, QPK_E_CORRUPT, "metadata: \"format\" is not \"qpk\"");
     else if (!cJSON_IsNumber(ver) || (ver->valuedouble != 1 && ver->valuedouble != QPK_FORMAT_VERSION))
         s = qpk_err_setf(e, QPK_E_CORRUPT, "metadata: \"format_version\" is not 1 or %u", QPK_FORMAT_VERSION);
-    else if (!cJSON_IsString(arch) || strcmp(arch->valuestring, "qwen2") != 0)
-        s = qpk_err_setf(e, QPK_E_UNSUPPORTED, "metadata: \"architecture\" is not \"qwen2\"");
+    else if (!cJSON_IsString(arch))
+        s = qpk_err_setf(e, QPK_E_CORRUPT, "metadata: \"architecture\" is not a string");
     else if ((s = config_from_cjson(cfg, cJSON_GetObjectItemCaseSensitive(root, "config"), e)) != QPK_OK)
         qpk_err_prefix(e, s, "metadata \"config\"");
+    else if (strcmp(arch->valuestring, ARCH_NAME[cfg->arch]) != 0)
+        s = qpk_err_setf(e, QPK_E_MISMATCH, "metadata: \"architecture\" \"%.32s\" differs from the config's "
+                         "model_type \"%s\"", arch->valuestring, ARCH_NAME[cfg->arch]);
     else
         *version = (uint32_t)ver->valuedouble;
     cJSON_Delete(root);
@@ -278,7 +451,7 @@ char *qpk_config_to_json(const qpk_config *c)
     cJSON *o = cJSON_CreateObject();
     if (!o)
         return NULL;
-    cJSON_AddStringToObject(o, "model_type", "qwen2");
+    cJSON_AddStringToObject(o, "model_type", ARCH_NAME[c->arch]);
     cJSON_AddNumberToObject(o, "vocab_size", (double)c->vocab_size);
     cJSON_AddNumberToObject(o, "hidden_size", (double)c->hidden_size);
     cJSON_AddNumberToObject(o, "intermediate_size", (double)c->intermediate_size);
@@ -295,6 +468,35 @@ char *qpk_config_to_json(const qpk_config *c)
     cJSON_AddNumberToObject(o, "max_window_layers", (double)c->max_window_layers);
     cJSON_AddStringToObject(o, "hidden_act", c->hidden_act);
     cJSON_AddStringToObject(o, "torch_dtype", c->torch_dtype);
+    if (is_qwen3(c))
+        cJSON_AddBoolToObject(o, "attention_bias", c->attention_bias);
+    if (c->yarn.factor != 0) {
+        const qpk_yarn *y = &c->yarn;
+        cJSON *r = cJSON_AddObjectToObject(o, "rope_scaling");
+        cJSON_AddStringToObject(r, "rope_type", "yarn");
+        cJSON_AddNumberToObject(r, "factor", y->factor);
+        cJSON_AddNumberToObject(r, "original_max_position_embeddings", (double)y->original_max_position_embeddings);
+        cJSON_AddNumberToObject(r, "beta_fast", y->beta_fast);
+        cJSON_AddNumberToObject(r, "beta_slow", y->beta_slow);
+        if (y->mscale > 0)
+            cJSON_AddNumberToObject(r, "mscale", y->mscale);
+        if (y->mscale_all_dim > 0)
+            cJSON_AddNumberToObject(r, "mscale_all_dim", y->mscale_all_dim);
+        cJSON_AddNumberToObject(r, "attention_factor", y->attention_factor);
+    }
+    if (qpk_config_is_moe(c)) {
+        cJSON_AddNumberToObject(o, "num_experts", (double)c->n_experts);
+        cJSON_AddNumberToObject(o, "num_experts_per_tok", (double)c->n_experts_used);
+        cJSON_AddNumberToObject(o, "moe_intermediate_size", (double)c->moe_intermediate_size);
+        if (c->arch == QPK_ARCH_QWEN2_MOE)
+            cJSON_AddNumberToObject(o, "shared_expert_intermediate_size", (double)c->shared_expert_intermediate_size);
+        cJSON_AddNumberToObject(o, "decoder_sparse_step", (double)c->decoder_sparse_step);
+        cJSON_AddBoolToObject(o, "norm_topk_prob", c->norm_topk_prob);
+        cJSON *a = cJSON_AddArrayToObject(o, "mlp_only_layers");
+        for (int l = 0; a && l < c->n_layers; l++)
+            if (c->mlp_only_layers[l / 64] >> (l % 64) & 1)
+                cJSON_AddItemToArray(a, cJSON_CreateNumber(l));
+    }
     if (c->bos_token_id >= 0)
         cJSON_AddNumberToObject(o, "bos_token_id", (double)c->bos_token_id);
     else
@@ -315,9 +517,13 @@ char *qpk_config_to_json(const qpk_config *c)
 
 /* ------------------------------------------------------------- tensor roles */
 
+/* Every per-layer role, in the order files store them and the forward pass reads them. */
 static const qpk_role LAYER_ORDER[QPK_LAYER_ROLES] = {
-    QPK_ROLE_ATTN_NORM, QPK_ROLE_Q, QPK_ROLE_Q_BIAS, QPK_ROLE_K,    QPK_ROLE_K_BIAS, QPK_ROLE_V,
-    QPK_ROLE_V_BIAS,    QPK_ROLE_O, QPK_ROLE_FFN_NORM, QPK_ROLE_GATE, QPK_ROLE_UP,     QPK_ROLE_DOWN,
+    QPK_ROLE_ATTN_NORM, QPK_ROLE_Q,          QPK_ROLE_Q_BIAS,      QPK_ROLE_K,           QPK_ROLE_K_BIAS,
+    QPK_ROLE_V,         QPK_ROLE_V_BIAS,     QPK_ROLE_Q_NORM,      QPK_ROLE_K_NORM,      QPK_ROLE_O,
+    QPK_ROLE_O_BIAS,    QPK_ROLE_FFN_NORM,   QPK_ROLE_GATE,        QPK_ROLE_UP,          QPK_ROLE_DOWN,
+    QPK_ROLE_ROUTER,    QPK_ROLE_EXP_GATE,   QPK_ROLE_EXP_UP,      QPK_ROLE_EXP_DOWN,    QPK_ROLE_SHEXP_ROUTER,
+    QPK_ROLE_SHEXP_GATE, QPK_ROLE_SHEXP_UP,  QPK_ROLE_SHEXP_DOWN,
 };
 
 static const char *const ROLE_SUFFIX[QPK_ROLE_COUNT_] = {
@@ -336,6 +542,17 @@ static const char *const ROLE_SUFFIX[QPK_ROLE_COUNT_] = {
     [QPK_ROLE_DOWN] = "mlp.down_proj.weight",
     [QPK_ROLE_FINAL_NORM] = "model.norm.weight",
     [QPK_ROLE_LM_HEAD] = "lm_head.weight",
+    [QPK_ROLE_Q_NORM] = "self_attn.q_norm.weight",
+    [QPK_ROLE_K_NORM] = "self_attn.k_norm.weight",
+    [QPK_ROLE_O_BIAS] = "self_attn.o_proj.bias",
+    [QPK_ROLE_ROUTER] = "mlp.gate.weight",
+    [QPK_ROLE_EXP_GATE] = "mlp.experts.gate_proj.weight",
+    [QPK_ROLE_EXP_UP] = "mlp.experts.up_proj.weight",
+    [QPK_ROLE_EXP_DOWN] = "mlp.experts.down_proj.weight",
+    [QPK_ROLE_SHEXP_ROUTER] = "mlp.shared_expert_gate.weight",
+    [QPK_ROLE_SHEXP_GATE] = "mlp.shared_expert.gate_proj.weight",
+    [QPK_ROLE_SHEXP_UP] = "mlp.shared_expert.up_proj.weight",
+    [QPK_ROLE_SHEXP_DOWN] = "mlp.shared_expert.down_proj.weight",
 };
 
 qpk_role qpk_layer_role(int i) { return LAYER_ORDER[i]; }
@@ -356,29 +573,84 @@ bool qpk_role_is_matrix(qpk_role r)
     case QPK_ROLE_GATE:
     case QPK_ROLE_UP:
     case QPK_ROLE_DOWN:
+    case QPK_ROLE_EXP_GATE:
+    case QPK_ROLE_EXP_UP:
+    case QPK_ROLE_EXP_DOWN:
+    case QPK_ROLE_SHEXP_GATE:
+    case QPK_ROLE_SHEXP_UP:
+    case QPK_ROLE_SHEXP_DOWN:
     case QPK_ROLE_LM_HEAD: return true;
     default: return false;
     }
 }
 
+bool qpk_role_is_expert(qpk_role r)
+{
+    return r == QPK_ROLE_EXP_GATE || r == QPK_ROLE_EXP_UP || r == QPK_ROLE_EXP_DOWN;
+}
+
+bool qpk_layer_has_role(const qpk_config *c, qpk_role r, int layer)
+{
+    bool qwen3 = is_qwen3(c), sparse = qpk_layer_is_sparse(c, layer);
+    switch (r) {
+    case QPK_ROLE_Q_BIAS:
+    case QPK_ROLE_K_BIAS:
+    case QPK_ROLE_V_BIAS: return !qwen3 || c->attention_bias;
+    case QPK_ROLE_O_BIAS: return qwen3 && c->attention_bias;
+    case QPK_ROLE_Q_NORM:
+    case QPK_ROLE_K_NORM: return qwen3;
+    case QPK_ROLE_GATE:
+    case QPK_ROLE_UP:
+    case QPK_ROLE_DOWN: return !sparse;
+    case QPK_ROLE_ROUTER:
+    case QPK_ROLE_EXP_GATE:
+    case QPK_ROLE_EXP_UP:
+    case QPK_ROLE_EXP_DOWN: return sparse;
+    case QPK_ROLE_SHEXP_ROUTER:
+    case QPK_ROLE_SHEXP_GATE:
+    case QPK_ROLE_SHEXP_UP:
+    case QPK_ROLE_SHEXP_DOWN: return sparse && c->arch == QPK_ARCH_QWEN2_MOE;
+    default: return qpk_role_is_per_layer(r);
+    }
+}
+
+static size_t layer_n_tensors(const qpk_config *c, int layer)
+{
+    size_t n = 0;
+    for (int i = 0; i < QPK_LAYER_ROLES; i++)
+        n += qpk_layer_has_role(c, LAYER_ORDER[i], layer);
+    return n;
+}
+
 size_t qpk_model_n_tensors(const qpk_config *c)
 {
-    return 2 + (size_t)c->n_layers * QPK_LAYER_ROLES + (c->tie_word_embeddings ? 0 : 1);
+    size_t n = 2 + (c->tie_word_embeddings ? 0 : 1);
+    for (int l = 0; l < c->n_layers; l++)
+        n += layer_n_tensors(c, l);
+    return n;
 }
 
 void qpk_model_tensor_at(const qpk_config *c, size_t i, qpk_role *role, int *layer)
 {
-    size_t n_layer_tensors = (size_t)c->n_layers * QPK_LAYER_ROLES;
     *layer = -1;
-    if (i == 0)
+    if (i == 0) {
         *role = QPK_ROLE_EMBED;
-    else if (i <= n_layer_tensors) {
-        *layer = (int)((i - 1) / QPK_LAYER_ROLES);
-        *role = LAYER_ORDER[(i - 1) % QPK_LAYER_ROLES];
-    } else if (i == n_layer_tensors + 1)
-        *role = QPK_ROLE_FINAL_NORM;
-    else
-        *role = QPK_ROLE_LM_HEAD;
+        return;
+    }
+    i--;
+    for (int l = 0; l < c->n_layers; l++) {
+        size_t n = layer_n_tensors(c, l);
+        if (i >= n) {
+            i -= n;
+            continue;
+        }
+        for (int k = 0; k < QPK_LAYER_ROLES; k++)
+            if (qpk_layer_has_role(c, LAYER_ORDER[k], l) && i-- == 0) {
+                *role = LAYER_ORDER[k], *layer = l;
+                return;
+            }
+    }
+    *role = i == 0 ? QPK_ROLE_FINAL_NORM : QPK_ROLE_LM_HEAD;
 }
 
 int qpk_tensor_name(char *buf, size_t cap, qpk_role role, int layer)
@@ -386,6 +658,13 @@ int qpk_tensor_name(char *buf, size_t cap, qpk_role role, int layer)
     if (qpk_role_is_per_layer(role))
         return snprintf(buf, cap, "model.layers.%d.%s", layer, ROLE_SUFFIX[role]);
     return snprintf(buf, cap, "%s", ROLE_SUFFIX[role]);
+}
+
+int qpk_expert_tensor_name(char *buf, size_t cap, qpk_role role, int layer, int expert)
+{
+    static const char *const PROJ[] = {"gate_proj", "up_proj", "down_proj"};
+    return snprintf(buf, cap, "model.layers.%d.mlp.experts.%d.%s.weight", layer, expert,
+                    PROJ[role == QPK_ROLE_EXP_GATE ? 0 : role == QPK_ROLE_EXP_UP ? 1 : 2]);
 }
 
 int qpk_perm_name(char *buf, size_t cap, qpk_role role, int layer)
@@ -398,27 +677,57 @@ int qpk_perm_name(char *buf, size_t cap, qpk_role role, int layer)
 
 int qpk_role_shape(const qpk_config *c, qpk_role role, int64_t dims[2])
 {
-    int64_t q = c->n_heads * c->head_dim, kv = c->n_kv_heads * c->head_dim;
+    int64_t q = c->n_heads * c->head_dim, kv = c->n_kv_heads * c->head_dim, H = c->hidden_size;
+    int64_t E = c->n_experts, mi = c->moe_intermediate_size, si = c->shared_expert_intermediate_size;
     switch (role) {
     case QPK_ROLE_EMBED:
-    case QPK_ROLE_LM_HEAD: dims[0] = c->vocab_size, dims[1] = c->hidden_size; return 2;
-    case QPK_ROLE_Q: dims[0] = q, dims[1] = c->hidden_size; return 2;
+    case QPK_ROLE_LM_HEAD: dims[0] = c->vocab_size, dims[1] = H; return 2;
+    case QPK_ROLE_Q: dims[0] = q, dims[1] = H; return 2;
     case QPK_ROLE_K:
-    case QPK_ROLE_V: dims[0] = kv, dims[1] = c->hidden_size; return 2;
-    case QPK_ROLE_O: dims[0] = c->hidden_size, dims[1] = q; return 2;
+    case QPK_ROLE_V: dims[0] = kv, dims[1] = H; return 2;
+    case QPK_ROLE_O: dims[0] = H, dims[1] = q; return 2;
     case QPK_ROLE_GATE:
-    case QPK_ROLE_UP: dims[0] = c->intermediate_size, dims[1] = c->hidden_size; return 2;
-    case QPK_ROLE_DOWN: dims[0] = c->hidden_size, dims[1] = c->intermediate_size; return 2;
+    case QPK_ROLE_UP: dims[0] = c->intermediate_size, dims[1] = H; return 2;
+    case QPK_ROLE_DOWN: dims[0] = H, dims[1] = c->intermediate_size; return 2;
+    case QPK_ROLE_ROUTER: dims[0] = E, dims[1] = H; return 2;
+    case QPK_ROLE_EXP_GATE:
+    case QPK_ROLE_EXP_UP: dims[0] = E * mi, dims[1] = H; return 2;
+    case QPK_ROLE_EXP_DOWN: dims[0] = E * H, dims[1] = mi; return 2;
+    case QPK_ROLE_SHEXP_ROUTER: dims[0] = 1, dims[1] = H; return 2;
+    case QPK_ROLE_SHEXP_GATE:
+    case QPK_ROLE_SHEXP_UP: dims[0] = si, dims[1] = H; return 2;
+    case QPK_ROLE_SHEXP_DOWN: dims[0] = H, dims[1] = si; return 2;
     case QPK_ROLE_Q_BIAS: dims[0] = q; return 1;
     case QPK_ROLE_K_BIAS:
     case QPK_ROLE_V_BIAS: dims[0] = kv; return 1;
+    case QPK_ROLE_Q_NORM:
+    case QPK_ROLE_K_NORM: dims[0] = c->head_dim; return 1;
+    case QPK_ROLE_O_BIAS:
     case QPK_ROLE_ATTN_NORM:
     case QPK_ROLE_FFN_NORM:
     case QPK_ROLE_FINAL_NORM:
     case QPK_ROLE_COUNT_: break;
     }
-    dims[0] = c->hidden_size;
+    dims[0] = H;
     return 1;
+}
+
+/* The layer index after "model.layers.", or -1; *rest points past its dot. */
+static long parse_layer(const char *name, const qpk_config *c, const char **rest)
+{
+    static const char prefix[] = "model.layers.";
+    if (strncmp(name, prefix, sizeof prefix - 1) != 0)
+        return -1;
+    const char *p = name + sizeof prefix - 1;
+    if (*p < '0' || *p > '9' || (*p == '0' && p[1] != '.'))
+        return -1;
+    long n = 0;
+    while (*p >= '0' && *p <= '9' && n <= QPK_MAX_LAYERS)
+        n = n * 10 + (*p++ - '0');
+    if (*p++ != '.' || n >= c->n_layers)
+        return -1;
+    *rest = p;
+    return n;
 }
 
 bool qpk_tensor_role(const qpk_config *c, const char *name, qpk_role *role, int *layer)
@@ -428,20 +737,41 @@ bool qpk_tensor_role(const qpk_config *c, const char *name, qpk_role *role, int 
             *role = (qpk_role)r, *layer = -1;
             return true;
         }
-    static const char prefix[] = "model.layers.";
-    if (strncmp(name, prefix, sizeof prefix - 1) != 0)
-        return false;
-    const char *p = name + sizeof prefix - 1;
-    if (*p < '0' || *p > '9' || (*p == '0' && p[1] != '.'))
-        return false;
-    long n = 0;
-    while (*p >= '0' && *p <= '9' && n <= QPK_MAX_LAYERS)
-        n = n * 10 + (*p++ - '0');
-    if (*p++ != '.' || n >= c->n_layers)
+    const char *p;
+    long n = parse_layer(name, c, &p);
+    if (n < 0)
         return false;
     for (int i = 0; i < QPK_LAYER_ROLES; i++)
-        if (strcmp(p, ROLE_SUFFIX[LAYER_ORDER[i]]) == 0) {
+        if (strcmp(p, ROLE_SUFFIX[LAYER_ORDER[i]]) == 0 && qpk_layer_has_role(c, LAYER_ORDER[i], (int)n)) {
             *role = LAYER_ORDER[i], *layer = (int)n;
+            return true;
+        }
+    return false;
+}
+
+bool qpk_expert_tensor_role(const qpk_config *c, const char *name, qpk_role *role, int *layer, int *expert)
+{
+    static const char mid[] = "mlp.experts.";
+    const char *p;
+    long n = parse_layer(name, c, &p);
+    if (n < 0 || !qpk_layer_is_sparse(c, (int)n) || strncmp(p, mid, sizeof mid - 1) != 0)
+        return false;
+    p += sizeof mid - 1;
+    if (*p < '0' || *p > '9' || (*p == '0' && p[1] != '.'))
+        return false;
+    long x = 0;
+    while (*p >= '0' && *p <= '9' && x <= QPK_MAX_EXPERTS)
+        x = x * 10 + (*p++ - '0');
+    if (*p++ != '.' || x >= c->n_experts)
+        return false;
+    static const struct {
+        const char *suffix;
+        qpk_role role;
+    } P[] = {{"gate_proj.weight", QPK_ROLE_EXP_GATE}, {"up_proj.weight", QPK_ROLE_EXP_UP},
+             {"down_proj.weight", QPK_ROLE_EXP_DOWN}};
+    for (size_t i = 0; i < sizeof P / sizeof *P; i++)
+        if (!strcmp(p, P[i].suffix)) {
+            *role = P[i].role, *layer = (int)n, *expert = (int)x;
             return true;
         }
     return false;

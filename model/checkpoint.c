@@ -29,7 +29,17 @@ struct qpk_checkpoint {
     size_t n_ignored;
     void **owned; /* what a runtime model needs beyond the mapping: F64 tensors in f32, imported linears */
     size_t n_owned;
+    /* Sparse layers' experts, one safetensors tensor each [layer][3][expert] (NULL: none), and
+     * the stacked tensors made of them (slots point there), whose bytes are gathered on first use. */
+    const qpk_st_tensor **experts;
+    struct stacked {
+        qpk_st_tensor t;
+        char name[QPK_MAX_NAME];
+        void *bytes;
+    } *stacked; /* [layer][3] */
 };
+
+static int expert_kind(qpk_role r) { return r == QPK_ROLE_EXP_GATE ? 0 : r == QPK_ROLE_EXP_UP ? 1 : 2; }
 
 static void logf_(const qpk_callbacks *cb, qpk_log_level lv, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -365,7 +375,7 @@ static qpk_status claim_quantized(qpk_checkpoint *ck, qpk_err *e)
     for (int l = 0; l < c->n_layers; l++)
         for (int i = 0; i < QPK_LAYER_ROLES; i++) {
             qpk_role r = qpk_layer_role(i);
-            if (!qpk_role_is_matrix(r))
+            if (!qpk_role_is_matrix(r) || !qpk_layer_has_role(c, r, l) || qpk_role_is_expert(r))
                 continue;
             qpk_qlinear *q = &ck->qlin[slot(r, l)];
             char name[QPK_MAX_NAME], part[QPK_MAX_NAME + 16];
@@ -418,6 +428,62 @@ static qpk_status explain_packed(const qpk_checkpoint *ck, qpk_role role, const 
                         name, part, role == QPK_ROLE_EMBED ? "embedding" : "head");
 }
 
+/*
+ * Each sparse layer's experts, checked one by one (present, float, [R, C], one dtype), become
+ * one stacked tensor [experts*R, C] in the slot of their role. Its bytes are gathered when
+ * first asked for (qpk_checkpoint_tensor) and may be released after use.
+ */
+static qpk_status stack_experts(qpk_checkpoint *ck, qpk_err *e)
+{
+    const qpk_config *c = &ck->cfg;
+    for (int l = 0; l < c->n_layers; l++) {
+        if (!qpk_layer_is_sparse(c, l))
+            continue;
+        for (int k = 0; k < 3; k++) {
+            const qpk_role r = k == 0 ? QPK_ROLE_EXP_GATE : k == 1 ? QPK_ROLE_EXP_UP : QPK_ROLE_EXP_DOWN;
+            const qpk_st_tensor **parts = &ck->experts[((size_t)l * 3 + (size_t)k) * (size_t)c->n_experts];
+            int64_t dims[2];
+            qpk_role_shape(c, r, dims);
+            const int64_t rows = dims[0] / c->n_experts;
+            char name[QPK_MAX_NAME];
+            for (int x = 0; x < c->n_experts; x++) {
+                const qpk_st_tensor *t = parts[x];
+                qpk_expert_tensor_name(name, sizeof name, r, l, x);
+                if (!t) {
+                    if (x == 0 && ck->slots[slot(r, l)]) /* already stacked in the file (qpk's own name) */
+                        break;
+                    QPK_TRY(explain_packed(ck, r, name, e));
+                    return qpk_err_setf(e, QPK_E_MISMATCH, "missing tensor '%s' (num_experts is %lld)", name,
+                                        (long long)c->n_experts);
+                }
+                if (!is_float(t->dtype))
+                    return qpk_err_setf(e, QPK_E_UNSUPPORTED, "tensor '%s' has dtype %s; weights must be F32, F16, "
+                                        "BF16 or F64", name, qpk_st_dtype_name(t->dtype));
+                if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != dims[1])
+                    return qpk_err_setf(e, QPK_E_MISMATCH, "tensor '%s' is not [%lld, %lld] as config.json implies",
+                                        name, (long long)rows, (long long)dims[1]);
+                if (t->dtype != parts[0]->dtype)
+                    return qpk_err_setf(e, QPK_E_UNSUPPORTED, "tensor '%s' is %s while expert 0 is %s: one layer's "
+                                        "experts share a dtype", name, qpk_st_dtype_name(t->dtype),
+                                        qpk_st_dtype_name(parts[0]->dtype));
+            }
+            if (!parts[0])
+                continue;
+            if (ck->slots[slot(r, l)]) {
+                qpk_tensor_name(name, sizeof name, r, l);
+                return qpk_err_setf(e, QPK_E_CORRUPT, "'%s' is stored both stacked and expert by expert", name);
+            }
+            struct stacked *st = &ck->stacked[(size_t)l * 3 + (size_t)k];
+            qpk_tensor_name(st->name, sizeof st->name, r, l);
+            st->t = (qpk_st_tensor){.name = st->name, .dtype = parts[0]->dtype, .ndim = 2, .shape = {dims[0], dims[1]},
+                                    .numel = parts[0]->numel * (uint64_t)c->n_experts,
+                                    .nbytes = parts[0]->nbytes * (uint64_t)c->n_experts};
+            ck->slots[slot(r, l)] = &st->t;
+        }
+    }
+    return QPK_OK;
+}
+
 static qpk_status classify(qpk_checkpoint *ck, const qpk_callbacks *cb, qpk_err *e)
 {
     const qpk_config *c = &ck->cfg;
@@ -426,15 +492,20 @@ static qpk_status classify(qpk_checkpoint *ck, const qpk_callbacks *cb, qpk_err 
         total += qpk_st_n_tensors(ck->shards[i]);
     ck->slots = calloc((size_t)(c->n_layers + 1) * QPK_ROLE_COUNT_, sizeof *ck->slots);
     ck->ignored = calloc(total ? total : 1, sizeof *ck->ignored);
-    if (!ck->slots || !ck->ignored)
+    size_t n_exp = qpk_config_is_moe(c) ? (size_t)c->n_layers * 3 : 0;
+    ck->experts = calloc(n_exp * (size_t)c->n_experts + 1, sizeof *ck->experts);
+    ck->stacked = calloc(n_exp + 1, sizeof *ck->stacked);
+    if (!ck->slots || !ck->ignored || !ck->experts || !ck->stacked)
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     const qpk_st_tensor *tied_head = NULL;
     for (size_t i = 0; i < ck->n_shards; i++)
         for (size_t j = 0; j < qpk_st_n_tensors(ck->shards[i]); j++) {
             const qpk_st_tensor *t = qpk_st_tensor_at(ck->shards[i], j);
             qpk_role role;
-            int layer;
-            if (!qpk_tensor_role(c, t->name, &role, &layer)) {
+            int layer, x;
+            if (qpk_expert_tensor_role(c, t->name, &role, &layer, &x))
+                ck->experts[((size_t)layer * 3 + (size_t)expert_kind(role)) * (size_t)c->n_experts + (size_t)x] = t;
+            else if (!qpk_tensor_role(c, t->name, &role, &layer)) {
                 if (!is_qpart(ck, t->name))
                     ck->ignored[ck->n_ignored++] = t->name;
             }
@@ -444,6 +515,7 @@ static qpk_status classify(qpk_checkpoint *ck, const qpk_callbacks *cb, qpk_err 
                 ck->slots[slot(role, layer)] = t;
         }
     QPK_TRY(claim_quantized(ck, e));
+    QPK_TRY(stack_experts(ck, e));
     for (size_t i = 0; i < qpk_model_n_tensors(c); i++) {
         qpk_role role;
         int layer;
@@ -532,6 +604,10 @@ void qpk_checkpoint_close(qpk_checkpoint *ck)
     free(ck->qlin);
     free(ck->slots);
     free(ck->ignored);
+    for (size_t i = 0; ck->stacked && qpk_config_is_moe(&ck->cfg) && i < (size_t)ck->cfg.n_layers * 3; i++)
+        free(ck->stacked[i].bytes);
+    free(ck->stacked);
+    free(ck->experts);
     for (size_t i = 0; i < ck->n_owned; i++)
         free(ck->owned[i]);
     free(ck->owned);
@@ -541,6 +617,15 @@ void qpk_checkpoint_close(qpk_checkpoint *ck)
 
 const qpk_config *qpk_checkpoint_config(const qpk_checkpoint *ck) { return &ck->cfg; }
 
+/* The stacked tensor of (role, layer) made by stack_experts, or NULL. */
+static struct stacked *stacked_of(const qpk_checkpoint *ck, qpk_role role, int layer)
+{
+    if (!qpk_role_is_expert(role) || !qpk_layer_is_sparse(&ck->cfg, layer))
+        return NULL;
+    struct stacked *st = &ck->stacked[(size_t)layer * 3 + (size_t)expert_kind(role)];
+    return st->t.name ? st : NULL;
+}
+
 const qpk_st_tensor *qpk_checkpoint_tensor(const qpk_checkpoint *ck, qpk_role role, int layer)
 {
     if (role == QPK_ROLE_LM_HEAD && ck->cfg.tie_word_embeddings)
@@ -549,7 +634,28 @@ const qpk_st_tensor *qpk_checkpoint_tensor(const qpk_checkpoint *ck, qpk_role ro
         layer = -1;
     else if (layer < 0 || layer >= ck->cfg.n_layers)
         return NULL;
+    struct stacked *st = stacked_of(ck, role, layer);
+    if (st && !st->bytes) { /* gathered on first use: a cache, not a change of the checkpoint */
+        const qpk_st_tensor *const *parts =
+            &ck->experts[((size_t)layer * 3 + (size_t)expert_kind(role)) * (size_t)ck->cfg.n_experts];
+        uint8_t *b = malloc((size_t)st->t.nbytes ? (size_t)st->t.nbytes : 1);
+        if (!b)
+            return NULL;
+        for (int64_t x = 0; x < ck->cfg.n_experts; x++)
+            memcpy(b + (size_t)x * (size_t)parts[x]->nbytes, parts[x]->data, (size_t)parts[x]->nbytes);
+        st->bytes = b;
+        st->t.data = b;
+    }
     return ck->slots[slot(role, layer)];
+}
+
+void qpk_checkpoint_release(qpk_checkpoint *ck, qpk_role role, int layer)
+{
+    struct stacked *st = stacked_of(ck, role, layer);
+    if (st) {
+        free(st->bytes);
+        st->bytes = NULL, st->t.data = NULL;
+    }
 }
 
 const qpk_qlinear *qpk_checkpoint_qlinear(const qpk_checkpoint *ck, qpk_role role, int layer)
@@ -606,6 +712,8 @@ qpk_status qpk_checkpoint_matrix(qpk_checkpoint *ck, qpk_role role, int layer, q
         return QPK_OK;
     }
     const qpk_st_tensor *t = qpk_checkpoint_tensor(ck, role, layer);
+    if (!t)
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory gathering the experts of layer %d", layer);
     const void *data = t->data;
     qpk_type type = qpk_st_keep_type(t->dtype);
     if (t->dtype == QPK_ST_F64) {

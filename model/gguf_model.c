@@ -438,6 +438,7 @@ qpk_status qpk_gguf_qwen2(const qpk_gguf *g, qpk_config *cfg, qpk_err *e)
     for (size_t i = 0; i < sizeof ints / sizeof *ints; i++) /* past INT64_MAX reads as -1: refused by the check */
         *ints[i].field = ints[i].v > INT64_MAX ? -1 : (int64_t)ints[i].v;
     cfg->rope_theta = theta, cfg->rms_norm_eps = eps;
+    cfg->head_dim = heads && embd % heads == 0 ? cfg->hidden_size / cfg->n_heads : 0;
     cfg->tie_word_embeddings = !qpk_gguf_find_tensor(g, "output.weight");
     /* transformers' Qwen2Config defaults for what GGUF does not say */
     cfg->sliding_window = 4096, cfg->max_window_layers = 28;

@@ -53,9 +53,13 @@ qpk_status qpk_checkpoint_open(qpk_checkpoint **out, const char *dir, const qpk_
 void qpk_checkpoint_close(qpk_checkpoint *ck); /* NULL-safe */
 const qpk_config *qpk_checkpoint_config(const qpk_checkpoint *ck);
 const char *qpk_checkpoint_dir(const qpk_checkpoint *ck);
-/* The source of (role, layer); the head of a tied model is the embedding. */
+/* The source of (role, layer); the head of a tied model is the embedding. A sparse layer's
+ * experts are one stacked tensor, gathered here on first use (NULL if that runs out of memory). */
 const qpk_st_tensor *qpk_checkpoint_tensor(const qpk_checkpoint *ck, qpk_role role, int layer);
 /* Tensor (role, layer) as a qpk matrix (F64 rounded to an f32 copy, GPTQ/AWQ repacked: both kept by ck). */
+/* Frees the gathered bytes of a stacked expert tensor (gathered again if asked for): the
+ * engine's way to hold one layer's experts at a time. No-op for other tensors. */
+void qpk_checkpoint_release(qpk_checkpoint *ck, qpk_role role, int layer);
 qpk_status qpk_checkpoint_matrix(qpk_checkpoint *ck, qpk_role role, int layer, qpk_matrix *w, qpk_err *e);
 /* The safetensors files read, in order (names relative to the folder). */
 size_t qpk_checkpoint_n_files(const qpk_checkpoint *ck);

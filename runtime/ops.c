@@ -21,14 +21,38 @@ void qpk_op_rope_freqs(float *inv_freq, double theta, int64_t head_dim)
         inv_freq[i] = (float)(1.0 / pow(theta, (double)(2 * i) / (double)head_dim));
 }
 
-void qpk_op_rope_tables(float *cos_t, float *sin_t, const float *inv_freq, int64_t pos0, int64_t T, int64_t half)
+void qpk_op_rope_freqs_yarn(float *inv_freq, double theta, int64_t head_dim, const qpk_yarn *y)
+{
+    /* transformers' _compute_yarn_parameters: the dimensions that turn fewer than beta_fast
+     * times over the pretrained context are interpolated (divided by factor), those that turn
+     * more than beta_slow times kept, with a linear ramp between. */
+    const double d = (double)head_dim, L = (double)y->original_max_position_embeddings, two_pi = 2 * 3.14159265358979323846;
+    double low = floor(d * log(L / (y->beta_fast * two_pi)) / (2 * log(theta)));
+    double high = ceil(d * log(L / (y->beta_slow * two_pi)) / (2 * log(theta)));
+    low = low > 0 ? low : 0;
+    high = high < d - 1 ? high : d - 1;
+    if (low == high)
+        high += 0.001;
+    for (int64_t i = 0; i < head_dim / 2; i++) {
+        /* transformers computes these in f32: base^(2i/d), the ramp, and the blend. */
+        float pos_freq = (float)pow(theta, (double)(float)(2 * i) / d);
+        float extrap = 1.0f / pos_freq, interp = 1.0f / ((float)y->factor * pos_freq);
+        float ramp = (float)(((double)i - low) / (high - low));
+        ramp = ramp < 0 ? 0 : ramp > 1 ? 1 : ramp;
+        float keep = 1.0f - ramp; /* transformers' inv_freq_extrapolation_factor */
+        inv_freq[i] = interp * (1.0f - keep) + extrap * keep;
+    }
+}
+
+void qpk_op_rope_tables(float *cos_t, float *sin_t, const float *inv_freq, int64_t pos0, int64_t T, int64_t half,
+                        float scale)
 {
     for (int64_t t = 0; t < T; t++)
         for (int64_t i = 0; i < half; i++) {
-            /* transformers forms position x inv_freq in f32, then takes cos and sin. */
+            /* transformers forms position x inv_freq in f32, then takes cos and sin (times YaRN's scale). */
             float angle = (float)(pos0 + t) * inv_freq[i];
-            cos_t[t * half + i] = (float)cos((double)angle);
-            sin_t[t * half + i] = (float)sin((double)angle);
+            cos_t[t * half + i] = (float)cos((double)angle) * scale;
+            sin_t[t * half + i] = (float)sin((double)angle) * scale;
         }
 }
 

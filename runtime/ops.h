@@ -5,6 +5,7 @@
 #ifndef QPK_RUNTIME_OPS_H
 #define QPK_RUNTIME_OPS_H
 
+#include "qpk/format.h"
 #include "qpk/quant.h"
 
 /* out[t] = x[t] * rsqrt(mean(x[t]^2) + eps) * w, for T rows of H. */
@@ -14,8 +15,11 @@ void qpk_op_rms_norm(const qpk_kernels *k, const float *x, const float *w, float
 /* inv_freq[i] = 1 / theta^(2i / head_dim), rounded to f32. */
 void qpk_op_rope_freqs(float *inv_freq, double theta, int64_t head_dim);
 
-/* cos/sin[t][i] of angle (f32)(pos0 + t) * inv_freq[i] (the angle rounded to f32 first). */
-void qpk_op_rope_tables(float *cos, float *sin, const float *inv_freq, int64_t pos0, int64_t T, int64_t half);
+/* YaRN's frequencies (transformers' "yarn" rope type) for the context y stretches. */
+void qpk_op_rope_freqs_yarn(float *inv_freq, double theta, int64_t head_dim, const qpk_yarn *y);
+/* cos/sin[t][i] of angle (f32)(pos0 + t) * inv_freq[i] (the angle rounded to f32 first), times scale. */
+void qpk_op_rope_tables(float *cos, float *sin, const float *inv_freq, int64_t pos0, int64_t T, int64_t half,
+                        float scale);
 
 /* rotate_half RoPE in place on v [T][heads][head_dim]: pairs (i, i + head_dim/2). */
 void qpk_op_rope(float *v, const float *cos, const float *sin, int64_t T, int64_t heads, int64_t head_dim);

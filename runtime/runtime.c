@@ -58,14 +58,45 @@ static qpk_status get_vector(qpk_weight_fn get, void *ud, const qpk_config *c, q
     return QPK_OK;
 }
 
+/* A 2-D float tensor (a router) in f32 at *cursor (which advances), as an F32 matrix. */
+static qpk_status get_router(qpk_weight_fn get, void *ud, const qpk_config *c, qpk_role role, int layer,
+                             float **cursor, qpk_matrix *out, qpk_err *e)
+{
+    qpk_matrix w;
+    QPK_TRY(get_matrix(get, ud, c, role, layer, &w, e));
+    if (qpk_type_is_quantized(w.type) || w.perm) {
+        char name[QPK_MAX_NAME];
+        qpk_tensor_name(name, sizeof name, role, layer);
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "tensor '%s' is %s: routers stay float", name, qpk_type_name(w.type));
+    }
+    for (int64_t r = 0; r < w.rows; r++)
+        qpk_kernels_scalar()->row_to_f32(&w, r, *cursor + r * w.cols);
+    *out = (qpk_matrix){QPK_TYPE_F32, 0, w.rows, w.cols, *cursor, NULL};
+    *cursor += w.rows * w.cols;
+    return QPK_OK;
+}
+
+/* Floats the model keeps of its own: every norm, bias and router in f32. */
+static size_t vector_floats(const qpk_config *c)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < qpk_model_n_tensors(c); i++) {
+        qpk_role r;
+        int l;
+        int64_t d[2];
+        qpk_model_tensor_at(c, i, &r, &l);
+        if (!qpk_role_is_matrix(r))
+            n += (size_t)(qpk_role_shape(c, r, d) == 2 ? d[0] * d[1] : d[0]);
+    }
+    return n;
+}
+
 qpk_status qpk_model_create(qpk_model **out, const qpk_config *c, qpk_weight_fn get, void *ud, qpk_err *e)
 {
     *out = NULL;
     qpk_model *m = calloc(1, sizeof *m);
-    int64_t q = c->n_heads * c->head_dim, kv = c->n_kv_heads * c->head_dim;
-    size_t nvec = (size_t)c->hidden_size + (size_t)c->n_layers * (size_t)(2 * c->hidden_size + q + 2 * kv);
     if (!m || !(m->layers = calloc((size_t)c->n_layers, sizeof *m->layers)) ||
-        !(m->vectors = malloc(nvec * sizeof(float)))) {
+        !(m->vectors = malloc(vector_floats(c) * sizeof(float)))) {
         qpk_model_free(m);
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     }
@@ -83,21 +114,37 @@ qpk_status qpk_model_create(qpk_model **out, const qpk_config *c, qpk_weight_fn 
         const struct {
             qpk_role role;
             qpk_matrix *w;
-        } mats[] = {{QPK_ROLE_Q, &L->q},       {QPK_ROLE_K, &L->k},   {QPK_ROLE_V, &L->v},
-                    {QPK_ROLE_O, &L->o},       {QPK_ROLE_GATE, &L->gate}, {QPK_ROLE_UP, &L->up},
-                    {QPK_ROLE_DOWN, &L->down}};
+        } mats[] = {{QPK_ROLE_Q, &L->q},           {QPK_ROLE_K, &L->k},           {QPK_ROLE_V, &L->v},
+                    {QPK_ROLE_O, &L->o},           {QPK_ROLE_GATE, &L->gate},     {QPK_ROLE_UP, &L->up},
+                    {QPK_ROLE_DOWN, &L->down},     {QPK_ROLE_EXP_GATE, &L->exp_gate}, {QPK_ROLE_EXP_UP, &L->exp_up},
+                    {QPK_ROLE_EXP_DOWN, &L->exp_down}, {QPK_ROLE_SHEXP_GATE, &L->sh_gate},
+                    {QPK_ROLE_SHEXP_UP, &L->sh_up}, {QPK_ROLE_SHEXP_DOWN, &L->sh_down}};
         const struct {
             qpk_role role;
             const float **v;
         } vecs[] = {{QPK_ROLE_ATTN_NORM, &L->attn_norm}, {QPK_ROLE_FFN_NORM, &L->ffn_norm},
                     {QPK_ROLE_Q_BIAS, &L->bq},           {QPK_ROLE_K_BIAS, &L->bk},
-                    {QPK_ROLE_V_BIAS, &L->bv}};
+                    {QPK_ROLE_V_BIAS, &L->bv},           {QPK_ROLE_O_BIAS, &L->bo},
+                    {QPK_ROLE_Q_NORM, &L->q_norm},       {QPK_ROLE_K_NORM, &L->k_norm}};
         for (size_t i = 0; i < sizeof mats / sizeof *mats && s == QPK_OK; i++) {
+            if (!qpk_layer_has_role(c, mats[i].role, l))
+                continue;
             s = get_matrix(get, ud, c, mats[i].role, l, mats[i].w, e);
+            if (s == QPK_OK && mats[i].w->perm && qpk_role_is_expert(mats[i].role))
+                s = qpk_err_setf(e, QPK_E_UNSUPPORTED, "layer %d: a stacked expert matrix with an input permutation "
+                                 "is not supported", l);
             m->has_perm |= s == QPK_OK && mats[i].w->perm;
         }
         for (size_t i = 0; i < sizeof vecs / sizeof *vecs && s == QPK_OK; i++)
-            s = get_vector(get, ud, c, vecs[i].role, l, &cur, vecs[i].v, e);
+            if (qpk_layer_has_role(c, vecs[i].role, l))
+                s = get_vector(get, ud, c, vecs[i].role, l, &cur, vecs[i].v, e);
+        if (s == QPK_OK && qpk_layer_has_role(c, QPK_ROLE_ROUTER, l))
+            s = get_router(get, ud, c, QPK_ROLE_ROUTER, l, &cur, &L->router, e);
+        if (s == QPK_OK && qpk_layer_has_role(c, QPK_ROLE_SHEXP_ROUTER, l)) {
+            qpk_matrix g;
+            s = get_router(get, ud, c, QPK_ROLE_SHEXP_ROUTER, l, &cur, &g, e);
+            L->sh_router = g.data;
+        }
     }
     if (s != QPK_OK) {
         qpk_model_free(m);
@@ -105,6 +152,14 @@ qpk_status qpk_model_create(qpk_model **out, const qpk_config *c, qpk_weight_fn 
     }
     *out = m;
     return QPK_OK;
+}
+
+qpk_matrix qpk_expert_view(const qpk_matrix *w, int64_t n_experts, int64_t e)
+{
+    qpk_matrix v = *w;
+    v.rows = w->rows / n_experts;
+    v.data = (const uint8_t *)w->data + (size_t)e * (size_t)v.rows * qpk_matrix_row_bytes(w);
+    return v;
 }
 
 static qpk_status source_weight(void *ud, qpk_role role, int layer, qpk_matrix *w, qpk_err *e)
@@ -145,7 +200,11 @@ uint64_t qpk_model_decode_bytes(const qpk_model *m)
     for (int64_t l = 0; l < m->cfg.n_layers; l++) {
         const qpk_layer_weights *L = &m->layers[l];
         b += matrix_bytes(&L->q) + matrix_bytes(&L->k) + matrix_bytes(&L->v) + matrix_bytes(&L->o) +
-             matrix_bytes(&L->gate) + matrix_bytes(&L->up) + matrix_bytes(&L->down);
+             matrix_bytes(&L->gate) + matrix_bytes(&L->up) + matrix_bytes(&L->down) + matrix_bytes(&L->sh_gate) +
+             matrix_bytes(&L->sh_up) + matrix_bytes(&L->sh_down);
+        if (m->cfg.n_experts) /* a token reads the experts it is routed to */
+            b += (matrix_bytes(&L->exp_gate) + matrix_bytes(&L->exp_up) + matrix_bytes(&L->exp_down)) /
+                 (uint64_t)m->cfg.n_experts * (uint64_t)m->cfg.n_experts_used;
     }
     return b;
 }
@@ -161,7 +220,12 @@ struct qpk_context {
     float **kcache, **vcache;     /* per layer: [kv_heads][cap][head_dim] */
     /* Activations for up to n_batch tokens. */
     float *x, *xn, *q, *kk, *vv, *att, *gate, *up; /* [T,H] [T,H] [T,Q] [T,KV] [T,KV] [T,Q] [T,I] [T,I] */
+    /* Sparse layers: router probabilities, each token's experts and weights, one expert's
+     * tokens (their rows gathered) and its output, the block's sum. */
+    float *probs, *sel_w, *tok_w, *xg, *ey, *moe;   /* [T,E] [T,k] [T] [T,H] [T,H] [T,H] */
+    int32_t *sel, *tok;                              /* [T,k] [T] */
     float *inv_freq;                                 /* [head_dim/2] */
+    float rope_scale;                                /* YaRN's attention factor on cos and sin (else 1) */
     float *cos, *sin;                                /* [T, head_dim/2] for the batch's positions */
     float *scratch;                                  /* per thread: gemm scratch, then attention scores */
     float *xperm;                                    /* [T, widest]: an input gathered for a permuted linear */
@@ -198,6 +262,11 @@ qpk_status qpk_context_create(qpk_context **out, const qpk_model *m, const qpk_c
         qpk_pool_set_cancel(x->pool, o->cancel, o->cancel_ud);
     size_t T = (size_t)n_batch, H = (size_t)c->hidden_size, I = (size_t)c->intermediate_size;
     size_t Q = (size_t)(c->n_heads * c->head_dim), KV = (size_t)(c->n_kv_heads * c->head_dim);
+    size_t E = (size_t)c->n_experts, K = (size_t)c->n_experts_used;
+    if ((size_t)c->moe_intermediate_size > I)
+        I = (size_t)c->moe_intermediate_size;
+    if ((size_t)c->shared_expert_intermediate_size > I)
+        I = (size_t)c->shared_expert_intermediate_size;
     size_t widest = (size_t)(I > Q ? I : Q) > H ? (I > Q ? I : Q) : H;
     x->scratch_per_thread = qpk_gemm_scratch_floats((int64_t)widest);
     if (x->scratch_per_thread < (size_t)n_ctx + 16)
@@ -212,12 +281,23 @@ qpk_status qpk_context_create(qpk_context **out, const qpk_model *m, const qpk_c
     x->cos = alloc_floats(T * (size_t)c->head_dim / 2), x->sin = alloc_floats(T * (size_t)c->head_dim / 2);
     x->scratch = alloc_floats(x->scratch_per_thread * (size_t)qpk_pool_threads(x->pool));
     x->xperm = m->has_perm ? alloc_floats(T * widest) : NULL;
+    bool moe = E > 0;
+    if (moe) {
+        x->probs = alloc_floats(T * E), x->sel_w = alloc_floats(T * K), x->tok_w = alloc_floats(T);
+        x->xg = alloc_floats(T * H), x->ey = alloc_floats(T * H), x->moe = alloc_floats(T * H);
+        x->sel = malloc(T * K * sizeof *x->sel), x->tok = malloc(T * sizeof *x->tok);
+    }
     if (!x->kcache || !x->vcache || !x->x || !x->xn || !x->q || !x->att || !x->kk || !x->vv || !x->gate ||
-        !x->up || !x->inv_freq || !x->cos || !x->sin || !x->scratch || (m->has_perm && !x->xperm)) {
+        !x->up || !x->inv_freq || !x->cos || !x->sin || !x->scratch || (m->has_perm && !x->xperm) ||
+        (moe && (!x->probs || !x->sel_w || !x->tok_w || !x->xg || !x->ey || !x->moe || !x->sel || !x->tok))) {
         qpk_context_free(x);
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory for a context of %d tokens per batch", n_batch);
     }
-    qpk_op_rope_freqs(x->inv_freq, c->rope_theta, c->head_dim);
+    if (c->yarn.factor != 0)
+        qpk_op_rope_freqs_yarn(x->inv_freq, c->rope_theta, c->head_dim, &c->yarn);
+    else
+        qpk_op_rope_freqs(x->inv_freq, c->rope_theta, c->head_dim);
+    x->rope_scale = c->yarn.factor != 0 ? (float)c->yarn.attention_factor : 1.0f;
     *out = x;
     return QPK_OK;
 }
@@ -233,6 +313,7 @@ void qpk_context_free(qpk_context *c)
     free(c->kcache), free(c->vcache);
     free(c->x), free(c->xn), free(c->q), free(c->att), free(c->kk), free(c->vv), free(c->gate), free(c->up);
     free(c->inv_freq), free(c->cos), free(c->sin), free(c->scratch), free(c->xperm);
+    free(c->probs), free(c->sel_w), free(c->tok_w), free(c->xg), free(c->ey), free(c->moe), free(c->sel), free(c->tok);
     if (c->own_pool)
         qpk_pool_free(c->pool);
     free(c);
@@ -293,6 +374,8 @@ static void matmul(qpk_context *c, const qpk_matrix *w, const float *x, int64_t 
 
 static void add_bias(float *y, const float *b, int64_t T, int64_t n)
 {
+    if (!b)
+        return;
     for (int64_t t = 0; t < T; t++)
         for (int64_t i = 0; i < n; i++)
             y[t * n + i] += b[i];
@@ -335,6 +418,97 @@ static void swiglu_task(void *arg, int64_t task, int thread)
 
 /* ============================================================= forward pass */
 
+/* down(silu(gate(x)) * up(x)) of T rows of x into y, through c->gate and c->up; capture sees down's input. */
+static void mlp(qpk_context *c, const qpk_matrix *gate, const qpk_matrix *up, const qpk_matrix *down, const float *x,
+                int64_t T, float *y, qpk_role down_role, int expert, qpk_capture_fn capture, void *ud)
+{
+    matmul(c, gate, x, T, c->gate);
+    matmul(c, up, x, T, c->up);
+    int64_t n = T * gate->rows, per = 4096;
+    swiglu_job sj = {c->gate, c->up, n, per};
+    qpk_pool_run(c->pool, (n + per - 1) / per, swiglu_task, &sj);
+    if (capture)
+        capture(ud, down_role, expert, c->gate, T, gate->rows);
+    matmul(c, down, c->gate, T, y);
+}
+
+/*
+ * Each token's experts: softmax of the router's logits (f32), the k largest (the lower
+ * index first on a tie, so that routing never depends on the thread count), renormalized
+ * when norm_topk_prob.
+ */
+static void route(qpk_context *c, const qpk_layer_weights *L, int64_t T)
+{
+    const qpk_config *cf = &c->m->cfg;
+    const int64_t E = cf->n_experts, K = cf->n_experts_used;
+    matmul(c, &L->router, c->xn, T, c->probs);
+    for (int64_t t = 0; t < T; t++) {
+        float *p = c->probs + t * E, *w = c->sel_w + t * K;
+        int32_t *sel = c->sel + t * K;
+        qpk_op_softmax(p, E);
+        float sum = 0;
+        for (int64_t k = 0; k < K; k++) {
+            int32_t best = -1;
+            for (int64_t x = 0; x < E; x++) {
+                bool taken = false;
+                for (int64_t j = 0; j < k && !taken; j++)
+                    taken = sel[j] == x;
+                if (!taken && (best < 0 || p[x] > p[best]))
+                    best = (int32_t)x;
+            }
+            sel[k] = best, w[k] = p[best], sum += p[best];
+        }
+        if (cf->norm_topk_prob)
+            for (int64_t k = 0; k < K; k++)
+                w[k] /= sum;
+    }
+}
+
+/*
+ * The sparse MoE block on c->xn into c->xn: per expert, the tokens routed to it gathered
+ * into one matrix product (prefill is matrix work per expert, not a product per token),
+ * its output added to theirs with their routing weights, experts in index order; then
+ * qwen2_moe's shared expert, gated by sigmoid(x . shared_expert_gate).
+ */
+static void moe_block(qpk_context *c, const qpk_layer_weights *L, int64_t T, qpk_capture_fn capture, void *ud)
+{
+    const qpk_config *cf = &c->m->cfg;
+    const int64_t E = cf->n_experts, K = cf->n_experts_used, H = cf->hidden_size;
+    route(c, L, T);
+    memset(c->moe, 0, (size_t)(T * H) * sizeof(float));
+    for (int64_t x = 0; x < E; x++) {
+        int64_t n = 0;
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t k = 0; k < K; k++)
+                if (c->sel[t * K + k] == x) {
+                    c->tok[n] = (int32_t)t, c->tok_w[n] = c->sel_w[t * K + k];
+                    memcpy(c->xg + n * H, c->xn + t * H, (size_t)H * sizeof(float));
+                    n++;
+                }
+        if (n == 0)
+            continue;
+        if (capture)
+            capture(ud, QPK_ROLE_EXP_GATE, (int)x, c->xg, n, H);
+        qpk_matrix g = qpk_expert_view(&L->exp_gate, E, x), u = qpk_expert_view(&L->exp_up, E, x),
+                   d = qpk_expert_view(&L->exp_down, E, x);
+        mlp(c, &g, &u, &d, c->xg, n, c->ey, QPK_ROLE_EXP_DOWN, (int)x, capture, ud);
+        for (int64_t i = 0; i < n; i++) {
+            float *dst = c->moe + (int64_t)c->tok[i] * H, w = c->tok_w[i];
+            for (int64_t h = 0; h < H; h++)
+                dst[h] += c->ey[i * H + h] * w;
+        }
+    }
+    if (L->sh_router) {
+        mlp(c, &L->sh_gate, &L->sh_up, &L->sh_down, c->xn, T, c->ey, QPK_ROLE_SHEXP_DOWN, -1, capture, ud);
+        for (int64_t t = 0; t < T; t++) {
+            float z = c->k->dot(c->xn + t * H, L->sh_router, H), gate = 1.0f / (1.0f + expf(-z));
+            for (int64_t h = 0; h < H; h++)
+                c->moe[t * H + h] += gate * c->ey[t * H + h];
+        }
+    }
+    memcpy(c->xn, c->moe, (size_t)(T * H) * sizeof(float));
+}
+
 /*
  * One decoder layer on the T hidden states in c->x: weights L, layer index l (the
  * sliding-window rule), KV cache slot `slot`. capture sees each linear group's input.
@@ -350,13 +524,17 @@ static void forward_layer(qpk_context *c, const qpk_layer_weights *L, int64_t l,
     float eps = (float)cf->rms_norm_eps;
     qpk_op_rms_norm(c->k, c->x, L->attn_norm, c->xn, T, H, eps);
     if (capture)
-        capture(ud, QPK_ROLE_Q, c->xn, T, H);
+        capture(ud, QPK_ROLE_Q, -1, c->xn, T, H);
     matmul(c, &L->q, c->xn, T, c->q);
     matmul(c, &L->k, c->xn, T, c->kk);
     matmul(c, &L->v, c->xn, T, c->vv);
     add_bias(c->q, L->bq, T, Q);
     add_bias(c->kk, L->bk, T, KV);
     add_bias(c->vv, L->bv, T, KV);
+    if (L->q_norm) { /* Qwen3: RMSNorm over each head's values, before RoPE */
+        qpk_op_rms_norm(c->k, c->q, L->q_norm, c->q, T * cf->n_heads, hd, eps);
+        qpk_op_rms_norm(c->k, c->kk, L->k_norm, c->kk, T * cf->n_kv_heads, hd, eps);
+    }
     qpk_op_rope(c->q, c->cos, c->sin, T, cf->n_heads, hd);
     qpk_op_rope(c->kk, c->cos, c->sin, T, cf->n_kv_heads, hd);
     for (int64_t t = 0; t < T; t++)
@@ -368,23 +546,20 @@ static void forward_layer(qpk_context *c, const qpk_layer_weights *L, int64_t l,
     attn_job aj = {c, l, slot, T};
     qpk_pool_run(c->pool, T * cf->n_heads, attn_task, &aj);
     if (capture)
-        capture(ud, QPK_ROLE_O, c->att, T, cf->n_heads * hd);
+        capture(ud, QPK_ROLE_O, -1, c->att, T, cf->n_heads * hd);
     matmul(c, &L->o, c->att, T, c->xn);
+    add_bias(c->xn, L->bo, T, H);
     for (int64_t i = 0; i < T * H; i++)
         c->x[i] += c->xn[i];
 
-    /* MLP block: down(silu(gate(x)) * up(x)). */
+    /* MLP block: down(silu(gate(x)) * up(x)), or the sparse MoE block. */
     qpk_op_rms_norm(c->k, c->x, L->ffn_norm, c->xn, T, H, eps);
     if (capture)
-        capture(ud, QPK_ROLE_GATE, c->xn, T, H);
-    matmul(c, &L->gate, c->xn, T, c->gate);
-    matmul(c, &L->up, c->xn, T, c->up);
-    int64_t n = T * cf->intermediate_size, per = 4096;
-    swiglu_job sj = {c->gate, c->up, n, per};
-    qpk_pool_run(c->pool, (n + per - 1) / per, swiglu_task, &sj);
-    if (capture)
-        capture(ud, QPK_ROLE_DOWN, c->gate, T, cf->intermediate_size);
-    matmul(c, &L->down, c->gate, T, c->xn);
+        capture(ud, QPK_ROLE_GATE, -1, c->xn, T, H);
+    if (L->router.rows)
+        moe_block(c, L, T, capture, ud);
+    else
+        mlp(c, &L->gate, &L->up, &L->down, c->xn, T, c->xn, QPK_ROLE_DOWN, -1, capture, ud);
     for (int64_t i = 0; i < T * H; i++)
         c->x[i] += c->xn[i];
 }
@@ -398,7 +573,7 @@ static qpk_status forward(qpk_context *c, const int32_t *tokens, int64_t T, floa
     QPK_TRY(reserve(c, c->pos + (int)T, e));
     for (int64_t t = 0; t < T; t++)
         c->k->row_to_f32(&c->m->embed, tokens[t], c->x + t * H);
-    qpk_op_rope_tables(c->cos, c->sin, c->inv_freq, c->pos, T, cf->head_dim / 2);
+    qpk_op_rope_tables(c->cos, c->sin, c->inv_freq, c->pos, T, cf->head_dim / 2, c->rope_scale);
     for (int64_t l = 0; l < cf->n_layers; l++)
         forward_layer(c, &c->m->layers[l], l, l, T, NULL, NULL);
     c->pos += (int)T;
@@ -445,7 +620,7 @@ qpk_status qpk_layer_forward(qpk_context *c, const qpk_layer_weights *w, int lay
     QPK_TRY(reserve(c, T, e));
     size_t bytes = (size_t)T * (size_t)cf->hidden_size * sizeof(float);
     memcpy(c->x, x, bytes);
-    qpk_op_rope_tables(c->cos, c->sin, c->inv_freq, 0, T, cf->head_dim / 2);
+    qpk_op_rope_tables(c->cos, c->sin, c->inv_freq, 0, T, cf->head_dim / 2, c->rope_scale);
     forward_layer(c, w, layer, 0, T, capture, ud); /* cache slot 0: the context is reset below */
     memcpy(x, c->x, bytes);
     c->pos = 0;

@@ -76,7 +76,7 @@ static void test_ops(const qpk_kernels *k)
     qpk_op_rope_freqs(inv, 1e6, HD);
     for (int i = 0; i < HD / 2; i++)
         CHECK(fabs(inv[i] - pow(1e6, -2.0 * i / HD)) <= 1e-7 * pow(1e6, -2.0 * i / HD));
-    qpk_op_rope_tables(cs, sn, inv, 31000, 2, HD / 2);
+    qpk_op_rope_tables(cs, sn, inv, 31000, 2, HD / 2, 1.0f);
     for (int i = 0; i < 4 * HD; i++)
         v[i] = v0[i] = (float)urand();
     qpk_op_rope(v, cs, sn, 2, 2, HD);

@@ -186,19 +186,46 @@ QPK_API qpk_status qpk_tensor_nbytes(uint32_t type, uint32_t group_size, int ndi
 
 /* ========================================================== model description == */
 
+/* Limits that keep a hostile config from asking for absurd allocations. */
+#define QPK_MAX_VOCAB (1LL << 24)
+#define QPK_MAX_HIDDEN (1LL << 17)
+#define QPK_MAX_LAYERS 1024
+#define QPK_MAX_EXPERTS 1024
+#define QPK_MAX_HEADS 1024
+
+/* The architectures of the Qwen family, by config.json's model_type. */
+typedef enum qpk_arch {
+    QPK_ARCH_QWEN2 = 0, /* "qwen2": Qwen1.5, Qwen2, Qwen2.5 dense */
+    QPK_ARCH_QWEN2_MOE, /* "qwen2_moe": Qwen1.5-MoE, Qwen2-MoE (shared expert) */
+    QPK_ARCH_QWEN3,     /* "qwen3": q/k norms, explicit head_dim, optional biases */
+    QPK_ARCH_QWEN3_MOE, /* "qwen3_moe": Qwen3 attention, experts without a shared one */
+    QPK_ARCH_COUNT_
+} qpk_arch;
+QPK_API const char *qpk_arch_name(qpk_arch a); /* config.json's model_type */
+
+/* transformers' "yarn" rope type (static); factor 0 when rope_scaling is absent. */
+typedef struct qpk_yarn {
+    double factor;           /* > 1... or exactly 1 */
+    double attention_factor; /* cos/sin scale: given, or from factor and mscale/mscale_all_dim */
+    double beta_fast, beta_slow;
+    double mscale, mscale_all_dim; /* 0 when absent */
+    int64_t original_max_position_embeddings; /* the pretrained context L */
+} qpk_yarn;
+
 /*
- * The one description of a Qwen2 model that the converter, the runtime and the
+ * The one description of a Qwen-family model that the converter, the runtime and the
  * exporters share. Parsed from an HF config.json, or from the "config" object of a
  * .qpk's metadata (the same keys, normalized: every field present).
  */
 typedef struct qpk_config {
+    qpk_arch arch;
     int64_t vocab_size;
     int64_t hidden_size;
-    int64_t intermediate_size;
+    int64_t intermediate_size; /* dense layers' MLP */
     int64_t n_layers;   /* num_hidden_layers */
     int64_t n_heads;    /* num_attention_heads */
     int64_t n_kv_heads; /* num_key_value_heads (absent in old configs: = n_heads) */
-    int64_t head_dim;   /* hidden_size / n_heads */
+    int64_t head_dim;   /* explicit head_dim, else hidden_size / n_heads */
     int64_t max_position_embeddings;
     double rope_theta;
     double rms_norm_eps;
@@ -206,6 +233,16 @@ typedef struct qpk_config {
     bool use_sliding_window;
     int64_t sliding_window;
     int64_t max_window_layers;
+    bool attention_bias;  /* qwen3: biases on q/k/v/o; qwen2 family: always on q/k/v, never o */
+    qpk_yarn yarn;        /* rope_scaling {"type": "yarn", ...}; yarn.factor == 0: plain RoPE */
+    /* Mixture of experts (qwen2_moe, qwen3_moe; 0 elsewhere). */
+    int64_t n_experts;              /* num_experts */
+    int64_t n_experts_used;         /* num_experts_per_tok */
+    int64_t moe_intermediate_size;  /* each expert's */
+    int64_t shared_expert_intermediate_size; /* qwen2_moe only */
+    int64_t decoder_sparse_step;    /* layer i is sparse when (i + 1) % step == 0 ... */
+    bool norm_topk_prob;            /* renormalize the top-k probabilities to sum to 1 */
+    uint64_t mlp_only_layers[QPK_MAX_LAYERS / 64]; /* ... and i is not in this set */
     char hidden_act[16];  /* only "silu" is accepted */
     char torch_dtype[16]; /* informational: "bfloat16", "float32", ... ("" if absent) */
     int64_t bos_token_id; /* -1 if absent or null */
@@ -213,23 +250,22 @@ typedef struct qpk_config {
     int64_t eos_token_ids[8];
 } qpk_config;
 
-/* Limits that keep a hostile config from asking for absurd allocations. */
-#define QPK_MAX_VOCAB (1LL << 24)
-#define QPK_MAX_HIDDEN (1LL << 17)
-#define QPK_MAX_LAYERS 1024
-#define QPK_MAX_HEADS 1024
+/* Whether layer l of c runs the sparse MoE block (else the dense MLP). */
+QPK_API bool qpk_layer_is_sparse(const qpk_config *c, int layer);
+/* Whether c is a mixture-of-experts architecture. */
+QPK_API bool qpk_config_is_moe(const qpk_config *c);
 
 /*
  * Parses config.json text (len bytes, need not be NUL-terminated) into c.
- * Rejects a model_type other than "qwen2" by name, a hidden_act other than silu,
- * rope_scaling, inconsistent head counts, and values past the limits above.
+ * Rejects by name a model_type outside the family, a hidden_act other than silu, a rope
+ * type other than yarn, inconsistent head or expert counts, and values past the limits above.
  */
 QPK_API qpk_status qpk_config_parse(qpk_config *c, const char *json, size_t len, qpk_err *e);
 
 /*
  * The rules every description must pass, whoever filled it (config.json, a GGUF's keys):
  * each hyperparameter within its limit, rope base and epsilon positive and finite, silu,
- * consistent head counts (head_dim is set from them), special ids in the vocabulary.
+ * consistent head and expert counts, yarn parameters in range, special ids in the vocabulary.
  * Messages name config.json's keys.
  */
 QPK_API qpk_status qpk_config_check(qpk_config *c, qpk_err *e);
@@ -254,19 +290,39 @@ typedef enum qpk_role {
     QPK_ROLE_DOWN,      /* ...mlp.down_proj.weight     [hidden, inter] */
     QPK_ROLE_FINAL_NORM,/* model.norm.weight           [hidden] */
     QPK_ROLE_LM_HEAD,   /* lm_head.weight              [vocab, hidden] (untied only) */
+    QPK_ROLE_Q_NORM,    /* ...self_attn.q_norm.weight  [hd] (qwen3) */
+    QPK_ROLE_K_NORM,    /* ...self_attn.k_norm.weight  [hd] (qwen3) */
+    QPK_ROLE_O_BIAS,    /* ...self_attn.o_proj.bias    [hidden] (qwen3 with attention_bias) */
+    QPK_ROLE_ROUTER,    /* ...mlp.gate.weight          [experts, hidden] (sparse layers; float) */
+    /* Sparse layers' experts, stacked: expert e owns rows [e*R, (e+1)*R) of a [experts*R, C] matrix
+     * (HF stores them one by one as ...mlp.experts.E.gate_proj.weight [R, C]). */
+    QPK_ROLE_EXP_GATE,  /* ...mlp.experts.gate_proj.weight [experts*moe_inter, hidden] */
+    QPK_ROLE_EXP_UP,    /* ...mlp.experts.up_proj.weight   [experts*moe_inter, hidden] */
+    QPK_ROLE_EXP_DOWN,  /* ...mlp.experts.down_proj.weight [experts*hidden, moe_inter] */
+    QPK_ROLE_SHEXP_ROUTER, /* ...mlp.shared_expert_gate.weight [1, hidden] (qwen2_moe; float) */
+    QPK_ROLE_SHEXP_GATE,   /* ...mlp.shared_expert.gate_proj.weight [shared_inter, hidden] */
+    QPK_ROLE_SHEXP_UP,
+    QPK_ROLE_SHEXP_DOWN,   /* ...mlp.shared_expert.down_proj.weight [hidden, shared_inter] */
     QPK_ROLE_COUNT_
 } qpk_role;
 
 #define QPK_MAX_NAME 256
 
-/* The roles of one decoder layer, in the order qpk files store them and the forward pass reads them. */
-#define QPK_LAYER_ROLES 12
+/*
+ * Every role a decoder layer may have, in the order qpk files store them and the forward
+ * pass reads them; qpk_layer_has_role says which ones layer l of a model has.
+ */
+#define QPK_LAYER_ROLES 23
 QPK_API qpk_role qpk_layer_role(int i); /* 0 <= i < QPK_LAYER_ROLES */
+QPK_API bool qpk_layer_has_role(const qpk_config *c, qpk_role r, int layer);
 
 /* True for roles that exist once per layer. */
 QPK_API bool qpk_role_is_per_layer(qpk_role r);
-/* True for the 2-D weights that multiply activations (q,k,v,o,gate,up,down, embed, head). */
+/* True for the 2-D weights that multiply activations and may be quantized (linears, experts,
+ * embed, head); routers are 2-D but stay float, as every tool keeps them. */
 QPK_API bool qpk_role_is_matrix(qpk_role r);
+/* True for the stacked expert matrices. */
+QPK_API bool qpk_role_is_expert(qpk_role r);
 
 /*
  * The tensors a model with config c must have, in the canonical order qpk files
@@ -288,8 +344,12 @@ QPK_API int qpk_tensor_name(char *buf, size_t cap, qpk_role role, int layer);
 QPK_API int qpk_perm_name(char *buf, size_t cap, qpk_role role, int layer);
 /* Shape implied by the config. Returns ndim (1 or 2). */
 QPK_API int qpk_role_shape(const qpk_config *c, qpk_role role, int64_t dims[2]);
-/* Inverse of qpk_tensor_name. False if the name is not a Qwen2 tensor of a model with c's layer count. */
+/* Inverse of qpk_tensor_name. False if the name is not a tensor a model with config c has. */
 QPK_API bool qpk_tensor_role(const qpk_config *c, const char *name, qpk_role *role, int *layer);
+/* Hugging Face's name of one expert of a stacked role, "model.layers.3.mlp.experts.7.up_proj.weight". */
+QPK_API int qpk_expert_tensor_name(char *buf, size_t cap, qpk_role role, int layer, int expert);
+/* Its inverse: false unless name is an expert of a sparse layer of c. */
+QPK_API bool qpk_expert_tensor_role(const qpk_config *c, const char *name, qpk_role *role, int *layer, int *expert);
 
 /* ================================================================ .qpk reader == */
 

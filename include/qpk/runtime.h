@@ -65,12 +65,24 @@ QPK_API qpk_status qpk_eval(qpk_context *c, const int32_t *tokens, int n, float 
 /* The runtime's parts for qpk's own calibration and metrics (see qpk/quant.h). */
 #ifdef QPK_STATIC_LINKING_ONLY
 
-/* The weights of one decoder layer: matrices as views, norms and biases in f32. */
+/*
+ * The weights of one decoder layer: matrices as views, norms, biases and routers in f32.
+ * What a layer lacks is NULL (vectors) or has no rows (matrices): qpk_layer_has_role.
+ */
 typedef struct qpk_layer_weights {
-    qpk_matrix q, k, v, o, gate, up, down; /* [Q,H] [KV,H] [KV,H] [H,Q] [I,H] [I,H] [H,I] */
+    qpk_matrix q, k, v, o;                 /* [Q,H] [KV,H] [KV,H] [H,Q] */
+    qpk_matrix gate, up, down;             /* dense layers: [I,H] [I,H] [H,I] */
     const float *attn_norm, *ffn_norm;     /* [H] */
-    const float *bq, *bk, *bv;             /* [Q] [KV] [KV] */
+    const float *bq, *bk, *bv, *bo;        /* [Q] [KV] [KV] [H] */
+    const float *q_norm, *k_norm;          /* [head_dim] (qwen3) */
+    /* Sparse layers: the router [E,H] in f32, the stacked experts, the shared expert and its gate. */
+    qpk_matrix router, exp_gate, exp_up, exp_down; /* [E,H] [E*M,H] [E*M,H] [E*H,M] */
+    qpk_matrix sh_gate, sh_up, sh_down;             /* [S,H] [S,H] [H,S] */
+    const float *sh_router;                         /* [H] */
 } qpk_layer_weights;
+
+/* Expert e of a stacked matrix of n experts: rows [e*R, (e+1)*R) as a matrix of their own. */
+qpk_matrix qpk_expert_view(const qpk_matrix *stacked, int64_t n_experts, int64_t e);
 
 /*
  * Supplies one tensor of the model (role, layer; layer -1 for the others) as a
@@ -89,9 +101,12 @@ qpk_pool *qpk_context_pool(qpk_context *c);
 
 /*
  * Sees the input of each group of linears as a layer runs: role Q (the input of q, k
- * and v), O (of o_proj), GATE (of gate and up), DOWN (of down_proj); T rows of n floats.
+ * and v), O (of o_proj), GATE (of gate and up; in a sparse layer, of the router, every
+ * expert and the shared expert), DOWN (of down_proj), with expert -1; in sparse layers
+ * also EXP_GATE and EXP_DOWN with the expert's index (the T rows are the tokens routed to
+ * it, in order) and SHEXP_DOWN (-1). T rows of n floats.
  */
-typedef void (*qpk_capture_fn)(void *ud, qpk_role role, const float *x, int64_t T, int64_t n);
+typedef void (*qpk_capture_fn)(void *ud, qpk_role role, int expert, const float *x, int64_t T, int64_t n);
 
 /*
  * Runs the decoder layer w (layer index `layer`, for the sliding-window rule) on one

@@ -80,7 +80,8 @@ static float gauss(uint64_t *s)
 
 static void fill(qpk_role role, uint64_t *rng, float *v, size_t n)
 {
-    bool norm = role == QPK_ROLE_ATTN_NORM || role == QPK_ROLE_FFN_NORM || role == QPK_ROLE_FINAL_NORM;
+    bool norm = role == QPK_ROLE_ATTN_NORM || role == QPK_ROLE_FFN_NORM || role == QPK_ROLE_FINAL_NORM ||
+                role == QPK_ROLE_Q_NORM || role == QPK_ROLE_K_NORM;
     for (size_t i = 0; i < n; i++)
         v[i] = norm ? 1.0f + 0.1f * gauss(rng) : 0.02f * gauss(rng);
 }
@@ -106,13 +107,16 @@ static qpk_status write_config(const qpk_gen_spec *sp, const char *dir, qpk_err 
     free(text);
     if (!c)
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    static const char *const CLASS[QPK_ARCH_COUNT_] = {"Qwen2ForCausalLM", "Qwen2MoeForCausalLM", "Qwen3ForCausalLM",
+                                                       "Qwen3MoeForCausalLM"};
     cJSON *arch = cJSON_CreateArray();
-    cJSON_AddItemToArray(arch, cJSON_CreateString("Qwen2ForCausalLM"));
+    cJSON_AddItemToArray(arch, cJSON_CreateString(CLASS[sp->cfg.arch]));
     cJSON_AddItemToObject(c, "architectures", arch);
     cJSON_ReplaceItemInObject(c, "torch_dtype", cJSON_CreateString(sp->dtype == QPK_ST_F32   ? "float32"
                                                                     : sp->dtype == QPK_ST_F16 ? "float16"
                                                                                               : "bfloat16"));
-    cJSON_DeleteItemFromObject(c, "head_dim"); /* real Qwen2 configs do not carry it */
+    if (sp->cfg.arch == QPK_ARCH_QWEN2 && sp->cfg.head_dim * sp->cfg.n_heads == sp->cfg.hidden_size)
+        cJSON_DeleteItemFromObject(c, "head_dim"); /* real Qwen2 configs do not carry it */
     text = cJSON_Print(c);
     cJSON_Delete(c);
     qpk_status s = text ? write_text(dir, "config.json", text, e) : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
@@ -170,7 +174,15 @@ qpk_status qpk_gen_write(const qpk_gen_spec *sp, const char *dir, const qpk_call
         return qpk_err_prefix(e, s, "generator config");
     if (mkdir(dir, 0755) != 0 && errno != EEXIST)
         return qpk_err_setf(e, QPK_E_IO, "cannot create '%s': %s", dir, strerror(errno));
-    size_t n = qpk_model_n_tensors(&sp->cfg) + (sp->cfg.tie_word_embeddings && sp->lm_head_when_tied);
+    /* Hugging Face stores each expert as a tensor of its own: a stacked role is n_experts entries. */
+    const size_t n_model = qpk_model_n_tensors(&sp->cfg);
+    size_t n = (sp->cfg.tie_word_embeddings && sp->lm_head_when_tied);
+    for (size_t i = 0; i < n_model; i++) {
+        qpk_role r;
+        int l;
+        qpk_model_tensor_at(&sp->cfg, i, &r, &l);
+        n += qpk_role_is_expert(r) ? (size_t)sp->cfg.n_experts : 1;
+    }
     if ((size_t)sp->n_shards > n)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "%d shards for %zu tensors", sp->n_shards, n);
     qpk_st_entry *ts = calloc(n, sizeof *ts);
@@ -180,16 +192,26 @@ qpk_status qpk_gen_write(const qpk_gen_spec *sp, const char *dir, const qpk_call
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     }
     uint64_t total = 0, esize = qpk_st_dtype_size(sp->dtype);
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0, m = 0; i < n; i++) {
         qpk_st_entry *t = &ts[i];
         int layer = -1;
         int64_t dims[2];
-        if (i < qpk_model_n_tensors(&sp->cfg))
-            qpk_model_tensor_at(&sp->cfg, i, &roles[i], &layer);
+        if (m < n_model)
+            qpk_model_tensor_at(&sp->cfg, m, &roles[i], &layer);
         else
             roles[i] = QPK_ROLE_LM_HEAD;
-        qpk_tensor_name(t->name, sizeof t->name, roles[i], layer);
         t->ndim = qpk_role_shape(&sp->cfg, roles[i], dims);
+        if (qpk_role_is_expert(roles[i])) { /* expert x of this role: the x-th of its run of entries */
+            int x = 0;
+            while (i - (size_t)x > 0 && roles[i - (size_t)x - 1] == roles[i])
+                x++;
+            qpk_expert_tensor_name(t->name, sizeof t->name, roles[i], layer, x);
+            dims[0] /= sp->cfg.n_experts;
+            m += x + 1 == sp->cfg.n_experts;
+        } else {
+            qpk_tensor_name(t->name, sizeof t->name, roles[i], layer);
+            m++;
+        }
         t->shape[0] = dims[0], t->shape[1] = dims[1];
         t->dtype = sp->dtype;
         t->nbytes = (uint64_t)dims[0] * (uint64_t)(t->ndim == 2 ? dims[1] : 1) * esize;

@@ -21,13 +21,91 @@
 
 #include "internal.h"
 
-/* Linear groups sharing one input: the input of q/k/v, of o, of gate/up, of down. */
-enum { G_QKV, G_O, G_GU, G_DOWN, N_GROUPS };
+/*
+ * A unit: linears (or row slices of them: one expert of a stacked matrix) that take the
+ * same input, calibrated together on its statistics. Dense layers have four: q/k/v, o,
+ * gate/up, down. A sparse layer has q/k/v and o, the shared expert's gate/up and down
+ * (qwen2_moe), and two per expert, whose statistics come only from the tokens routed to it.
+ */
+enum { U_QKV, U_O, U_GU, U_DOWN, U_EXPERTS };
+#define U_EXP_GU(x) (U_EXPERTS + 2 * (x))
+#define U_EXP_DOWN(x) (U_EXPERTS + 2 * (x) + 1)
 
-/* The linears fed by each group's input, and the role whose input the runtime's capture reports for it. */
-static const qpk_role GROUP_ROLES[N_GROUPS][3] = {
-    {QPK_ROLE_Q, QPK_ROLE_K, QPK_ROLE_V}, {QPK_ROLE_O}, {QPK_ROLE_GATE, QPK_ROLE_UP}, {QPK_ROLE_DOWN}};
-static const int GROUP_SIZE[N_GROUPS] = {3, 1, 2, 1};
+/*
+ * Fewer routed tokens than this and an expert is quantized by round-to-nearest: GPTQ's
+ * Hessian and AWQ's activation means from a few dozen tokens describe those tokens, not
+ * the expert's inputs, and their error feedback would fit the noise (RTN uses no data,
+ * so it cannot overfit). 32 is one token per dimension of the smallest quantization group.
+ */
+#define MIN_EXPERT_TOKENS 32
+
+typedef struct slice {
+    qpk_role role;
+    int64_t row0, rows; /* rows [row0, row0 + rows) of the role's matrix */
+} slice;
+
+typedef struct unit {
+    int64_t d;       /* input width */
+    double *H;       /* GPTQ: sum of x x^T (d x d; upper triangle until the plan) */
+    double *absmean; /* AWQ: sum of |x| per channel, then its mean */
+    double *sumsq;   /* AWQ, imatrix: sum of x^2 per channel */
+    float *imp;      /* the importance of each input column for ggml's block fits (mean x^2, AWQ-scaled) */
+    float *rows;     /* AWQ: sampled input rows (sample_rows x d) */
+    int64_t n_rows, n_seen, n_tokens;
+    /* This layer's linears on that input, and what produces it (AWQ folds its scales there). */
+    slice lin[3];
+    int n_lin;
+    qpk_role fold;   /* ATTN_NORM, FFN_NORM, or the linear whose rows produce the input (V, UP...); COUNT_: none */
+    slice prev;      /* its rows, for a linear */
+    bool expert;
+} unit;
+
+static int64_t numel_of(const qpk_config *c, qpk_role r, int64_t *rows, int64_t *cols);
+
+/* The units of layer l, their linears and fold targets (statistics are sized once, at begin). */
+static void plan_units(const qpk_config *cf, int l, unit *u, int n_units)
+{
+    const int64_t H = cf->hidden_size, M = cf->moe_intermediate_size;
+    for (int i = 0; i < n_units; i++)
+        u[i].n_lin = 0, u[i].fold = QPK_ROLE_COUNT_, u[i].expert = i >= U_EXPERTS;
+    int64_t r, cols;
+#define WHOLE(role) ((slice){role, 0, (numel_of(cf, role, &r, &cols), r)})
+    u[U_QKV].lin[0] = WHOLE(QPK_ROLE_Q), u[U_QKV].lin[1] = WHOLE(QPK_ROLE_K), u[U_QKV].lin[2] = WHOLE(QPK_ROLE_V);
+    u[U_QKV].n_lin = 3, u[U_QKV].fold = QPK_ROLE_ATTN_NORM;
+    u[U_O].lin[0] = WHOLE(QPK_ROLE_O), u[U_O].n_lin = 1, u[U_O].fold = QPK_ROLE_V, u[U_O].prev = WHOLE(QPK_ROLE_V);
+    if (!qpk_layer_is_sparse(cf, l)) {
+        u[U_GU].lin[0] = WHOLE(QPK_ROLE_GATE), u[U_GU].lin[1] = WHOLE(QPK_ROLE_UP), u[U_GU].n_lin = 2;
+        u[U_GU].fold = QPK_ROLE_FFN_NORM;
+        u[U_DOWN].lin[0] = WHOLE(QPK_ROLE_DOWN), u[U_DOWN].n_lin = 1;
+        u[U_DOWN].fold = QPK_ROLE_UP, u[U_DOWN].prev = WHOLE(QPK_ROLE_UP);
+        return;
+    }
+    /* The router and every expert read the normed input too: no one scale folds into the norm
+     * for all of them (and the router stays exact), so gate/up units keep their scale at 1. */
+    if (qpk_layer_has_role(cf, QPK_ROLE_SHEXP_GATE, l)) {
+        u[U_GU].lin[0] = WHOLE(QPK_ROLE_SHEXP_GATE), u[U_GU].lin[1] = WHOLE(QPK_ROLE_SHEXP_UP), u[U_GU].n_lin = 2;
+        u[U_DOWN].lin[0] = WHOLE(QPK_ROLE_SHEXP_DOWN), u[U_DOWN].n_lin = 1;
+        u[U_DOWN].fold = QPK_ROLE_SHEXP_UP, u[U_DOWN].prev = WHOLE(QPK_ROLE_SHEXP_UP);
+    }
+    for (int64_t x = 0; x < cf->n_experts; x++) {
+        unit *gu = &u[U_EXP_GU(x)], *dn = &u[U_EXP_DOWN(x)];
+        gu->lin[0] = (slice){QPK_ROLE_EXP_GATE, x * M, M}, gu->lin[1] = (slice){QPK_ROLE_EXP_UP, x * M, M};
+        gu->n_lin = 2;
+        dn->lin[0] = (slice){QPK_ROLE_EXP_DOWN, x * H, H}, dn->n_lin = 1;
+        dn->fold = QPK_ROLE_EXP_UP, dn->prev = (slice){QPK_ROLE_EXP_UP, x * M, M};
+    }
+#undef WHOLE
+}
+
+/* Each unit's input width in layer l: its linears' columns (the buffers are sized for the widest). */
+static void unit_widths(const qpk_config *cf, unit *u, int n_units)
+{
+    for (int i = 0; i < n_units; i++)
+        if (u[i].n_lin) {
+            int64_t rows;
+            numel_of(cf, u[i].lin[0].role, &rows, &u[i].d);
+        }
+}
 
 void qpk_calib_resolve(const qpk_calib_opts *o, qpk_calib_params *p)
 {
@@ -41,16 +119,6 @@ void qpk_calib_resolve(const qpk_calib_opts *o, qpk_calib_params *p)
     };
 }
 
-typedef struct group_stats {
-    int64_t d;       /* input width */
-    double *H;       /* GPTQ: sum of x x^T (d x d; upper triangle until the plan) */
-    double *absmean; /* AWQ: sum of |x| per channel, then its mean */
-    double *sumsq;   /* AWQ, imatrix: sum of x^2 per channel */
-    float *imp;      /* the importance of each input column for ggml's block fits (mean x^2, AWQ-scaled) */
-    float *rows;     /* AWQ: sampled input rows (sample_rows x d) */
-    int64_t n_rows, n_seen;
-} group_stats;
-
 struct qpk_calib {
     qpk_checkpoint *ck;
     const qpk_convert_opts *o;
@@ -63,8 +131,10 @@ struct qpk_calib {
     float *X;         /* [samples][seq_len][H] hidden states entering the current layer */
     float *tmp;       /* one window */
     qpk_gram_ws *gram; /* GPTQ */
-    group_stats st[N_GROUPS];
+    unit *u;           /* U_EXPERTS + 2 x experts */
+    int n_units;
     int64_t sample_stride;
+    int64_t experts_calibrated, experts_rtn; /* sparse layers so far */
     /* The current layer: f32 weights by role, what each is stored as, and its bytes. */
     float *f32[QPK_ROLE_COUNT_];
     uint32_t type[QPK_ROLE_COUNT_], group[QPK_ROLE_COUNT_];
@@ -114,12 +184,23 @@ static qpk_status embed_windows(qpk_calib *c, qpk_err *e)
 
 /* ------------------------------------------------------------ statistics */
 
+static int unit_of(qpk_role role, int expert)
+{
+    switch (role) {
+    case QPK_ROLE_Q: return U_QKV;
+    case QPK_ROLE_O: return U_O;
+    case QPK_ROLE_GATE: return U_GU;
+    case QPK_ROLE_EXP_GATE: return U_EXP_GU(expert);
+    case QPK_ROLE_EXP_DOWN: return U_EXP_DOWN(expert);
+    default: return U_DOWN; /* DOWN, SHEXP_DOWN */
+    }
+}
+
 static void capture(void *ud, qpk_role role, int expert, const float *x, int64_t T, int64_t n)
 {
     qpk_calib *c = ud;
-    (void)expert;
-    int g = role == QPK_ROLE_Q ? G_QKV : role == QPK_ROLE_O ? G_O : role == QPK_ROLE_GATE ? G_GU : G_DOWN;
-    group_stats *s = &c->st[g];
+    unit *s = &c->u[unit_of(role, expert)];
+    s->n_tokens += T;
     if (qpk_method_uses_gptq(c->o->method)) {
         qpk_gram_add_upper(s->H, x, T, n, c->gram, c->pool, c->k);
         if (c->o->method == QPK_METHOD_GPTQ)
@@ -146,8 +227,9 @@ void qpk_calib_end(qpk_calib *c)
         return;
     qpk_context_free(c->ctx);
     qpk_model_free(c->model);
-    for (int g = 0; g < N_GROUPS; g++)
-        free(c->st[g].H), free(c->st[g].absmean), free(c->st[g].rows), free(c->st[g].sumsq), free(c->st[g].imp);
+    for (int i = 0; c->u && i < c->n_units; i++)
+        free(c->u[i].H), free(c->u[i].absmean), free(c->u[i].rows), free(c->u[i].sumsq), free(c->u[i].imp);
+    free(c->u);
     for (int r = 0; r < QPK_ROLE_COUNT_; r++)
         free(c->f32[r]), free(c->bytes[r]);
     qpk_gram_ws_free(c->gram);
@@ -210,13 +292,6 @@ qpk_status qpk_calib_begin(qpk_calib **out, qpk_source *src, const qpk_convert_o
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     qpk_checkpoint *ck = qpk_source_checkpoint(src);
     c->ck = ck, c->o = o, c->cfg = qpk_checkpoint_config(ck), c->pool = pool, c->k = qpk_kernels_best();
-    if (qpk_config_is_moe(c->cfg)) {
-        qpk_arch arch = c->cfg->arch;
-        free(c);
-        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s calibration of a mixture-of-experts model (%s) is not "
-                            "supported yet: use round-to-nearest (--method rtn)", qpk_method_name(o->method),
-                            qpk_arch_name(arch));
-    }
     qpk_calib_resolve(&o->calib, &c->p);
     qpk_status s = check_size(c, o->method, qpk_pool_threads(pool), e);
     if (s != QPK_OK) {
@@ -226,16 +301,19 @@ qpk_status qpk_calib_begin(qpk_calib **out, qpk_source *src, const qpk_convert_o
     const qpk_config *cf = c->cfg;
     const int n = c->p.samples, L = c->p.seq_len;
     int64_t H = cf->hidden_size, I = cf->intermediate_size, Q = cf->n_heads * cf->head_dim;
-    int64_t widths[N_GROUPS] = {H, Q, H, I}, widest = I > H ? I : H;
+    const int64_t S = cf->shared_expert_intermediate_size > I ? cf->shared_expert_intermediate_size : I;
+    int64_t widest = S > H ? S : H;
     widest = widest > Q ? widest : Q;
+    c->n_units = U_EXPERTS + 2 * (int)cf->n_experts;
+    c->u = calloc((size_t)c->n_units, sizeof *c->u);
     c->X = malloc((size_t)n * (size_t)L * (size_t)H * sizeof(float));
     c->tmp = malloc((size_t)L * (size_t)H * sizeof(float));
-    bool ok = c->X && c->tmp;
+    bool ok = c->X && c->tmp && c->u;
     c->sample_stride = (int64_t)n * L / c->p.awq.sample_rows;
     c->sample_stride = c->sample_stride > 0 ? c->sample_stride : 1;
-    for (int g = 0; g < N_GROUPS && ok; g++) {
-        group_stats *st = &c->st[g];
-        st->d = widths[g];
+    for (int g = 0; g < c->n_units && ok; g++) {
+        unit *st = &c->u[g];
+        st->d = g == U_QKV || g == U_GU ? H : g == U_O ? Q : g == U_DOWN ? S : g % 2 == 0 ? H : cf->moe_intermediate_size;
         if (qpk_method_uses_gptq(o->method))
             ok = (st->H = malloc((size_t)(st->d * st->d) * sizeof(double))) != NULL;
         if (ok && qpk_method_uses_awq(o->method))
@@ -246,7 +324,10 @@ qpk_status qpk_calib_begin(qpk_calib **out, qpk_source *src, const qpk_convert_o
     }
     for (int r = 0; r < QPK_ROLE_COUNT_ && ok; r++) {
         int64_t rows, cols;
-        if (qpk_layer_has_role(cf, (qpk_role)r, 0))
+        bool somewhere = false;
+        for (int l = 0; l < cf->n_layers && !somewhere; l++)
+            somewhere = qpk_layer_has_role(cf, (qpk_role)r, l);
+        if (somewhere)
             ok = (c->f32[r] = malloc((size_t)numel_of(cf, (qpk_role)r, &rows, &cols) * sizeof(float))) &&
                  (c->bytes[r] = malloc((size_t)(rows * cols) * sizeof(float)));
     }
@@ -281,13 +362,17 @@ static qpk_layer_weights layer_view(const qpk_calib *c, int l)
 {
     const qpk_config *cf = c->cfg;
 #define V(r) (qpk_layer_has_role(cf, r, l) ? c->f32[r] : NULL)
+#define M(r) (qpk_layer_has_role(cf, r, l) ? f32_matrix(c, r) : (qpk_matrix){0})
     return (qpk_layer_weights){
-        .q = f32_matrix(c, QPK_ROLE_Q), .k = f32_matrix(c, QPK_ROLE_K), .v = f32_matrix(c, QPK_ROLE_V),
-        .o = f32_matrix(c, QPK_ROLE_O), .gate = f32_matrix(c, QPK_ROLE_GATE), .up = f32_matrix(c, QPK_ROLE_UP),
-        .down = f32_matrix(c, QPK_ROLE_DOWN), .attn_norm = c->f32[QPK_ROLE_ATTN_NORM],
+        .q = M(QPK_ROLE_Q), .k = M(QPK_ROLE_K), .v = M(QPK_ROLE_V), .o = M(QPK_ROLE_O), .gate = M(QPK_ROLE_GATE),
+        .up = M(QPK_ROLE_UP), .down = M(QPK_ROLE_DOWN), .attn_norm = c->f32[QPK_ROLE_ATTN_NORM],
         .ffn_norm = c->f32[QPK_ROLE_FFN_NORM], .bq = V(QPK_ROLE_Q_BIAS), .bk = V(QPK_ROLE_K_BIAS),
-        .bv = V(QPK_ROLE_V_BIAS), .bo = V(QPK_ROLE_O_BIAS), .q_norm = V(QPK_ROLE_Q_NORM), .k_norm = V(QPK_ROLE_K_NORM)};
+        .bv = V(QPK_ROLE_V_BIAS), .bo = V(QPK_ROLE_O_BIAS), .q_norm = V(QPK_ROLE_Q_NORM), .k_norm = V(QPK_ROLE_K_NORM),
+        .router = M(QPK_ROLE_ROUTER), .exp_gate = M(QPK_ROLE_EXP_GATE), .exp_up = M(QPK_ROLE_EXP_UP),
+        .exp_down = M(QPK_ROLE_EXP_DOWN), .sh_gate = M(QPK_ROLE_SHEXP_GATE), .sh_up = M(QPK_ROLE_SHEXP_UP),
+        .sh_down = M(QPK_ROLE_SHEXP_DOWN), .sh_router = V(QPK_ROLE_SHEXP_ROUTER)};
 #undef V
+#undef M
 }
 
 static qpk_status load_layer(qpk_calib *c, int l, qpk_err *e)
@@ -299,7 +384,10 @@ static qpk_status load_layer(qpk_calib *c, int l, qpk_err *e)
             continue;
         qpk_tensor_name(name, sizeof name, r, l);
         const qpk_st_tensor *src = qpk_checkpoint_tensor(c->ck, r, l);
+        if (!src)
+            return qpk_err_setf(e, QPK_E_NOMEM, "out of memory gathering the experts of '%s'", name);
         qpk_st_to_f32(src, 0, (size_t)src->numel, c->f32[r]);
+        qpk_checkpoint_release(c->ck, r, l); /* the f32 copy is what calibration reads */
         size_t bad = qpk_first_nonfinite(QPK_TYPE_F32, c->f32[r], (size_t)src->numel);
         if (bad != (size_t)src->numel)
             return qpk_err_setf(e, QPK_E_VALUE, "tensor '%s': element %zu is %g: calibration needs finite weights", name,
@@ -312,15 +400,17 @@ static qpk_status load_layer(qpk_calib *c, int l, qpk_err *e)
 /* Runs the float layer on every window (leaving X as it is), collecting statistics. */
 static qpk_status gather(qpk_calib *c, int l, qpk_err *e)
 {
-    for (int g = 0; g < N_GROUPS; g++) {
-        group_stats *s = &c->st[g];
+    plan_units(c->cfg, l, c->u, c->n_units);
+    unit_widths(c->cfg, c->u, c->n_units);
+    for (int g = 0; g < c->n_units; g++) {
+        unit *s = &c->u[g];
         if (s->H)
             memset(s->H, 0, (size_t)(s->d * s->d) * sizeof *s->H);
         if (s->absmean)
             memset(s->absmean, 0, (size_t)s->d * sizeof *s->absmean);
         if (s->sumsq)
             memset(s->sumsq, 0, (size_t)s->d * sizeof *s->sumsq);
-        s->n_rows = s->n_seen = 0;
+        s->n_rows = s->n_seen = s->n_tokens = 0;
     }
     qpk_layer_weights v = layer_view(c, l);
     size_t window = (size_t)c->p.seq_len * (size_t)c->cfg->hidden_size;
@@ -342,78 +432,101 @@ static qpk_status advance(qpk_calib *c, int l, qpk_err *e)
 }
 
 /*
- * Stores tensor r as planned, from its f32 weights, and puts back into f32[r] what the
- * stored bytes decode to (what the next layer will see). Quantized types: RTN, each
- * group clipped by clip[row * groups + group] when clip is given.
+ * Stores rows sl of tensor sl.role as planned, from its f32 weights, and puts back into
+ * f32 what the stored bytes decode to (what the next layer will see). Quantized types:
+ * RTN, each group clipped by clip[row * groups + group] (rows of the slice) when clip is given.
  */
-static qpk_status store(qpk_calib *c, qpk_role r, const float *clip, const float *imp, qpk_err *e)
+static qpk_status store_slice(qpk_calib *c, slice sl, const float *clip, const float *imp, qpk_err *e)
 {
+    const qpk_role r = sl.role;
     int64_t rows, cols;
     numel_of(c->cfg, r, &rows, &cols);
-    uint32_t type = c->type[r], G = c->group[r];
-    float *w = c->f32[r];
+    const uint32_t type = c->type[r], G = c->group[r];
+    const size_t rb = qpk_type_row_bytes(type, G, cols);
+    float *w = c->f32[r] + sl.row0 * cols;
+    uint8_t *out = c->bytes[r] + (size_t)sl.row0 * rb;
+    c->nbytes[r] = (size_t)rows * rb;
     if (qpk_type_is_quantized(type) && !qpk_type_has_grid(type)) { /* ggml's block types: whole rows, weighted */
-        const size_t rb = qpk_type_row_bytes(type, G, cols);
         qpk_status s = QPK_OK;
-        for (int64_t i = 0; i < rows && s == QPK_OK; i++) {
-            uint8_t *o = c->bytes[r] + (size_t)i * rb;
+        for (int64_t i = 0; i < sl.rows && s == QPK_OK; i++) {
+            uint8_t *o = out + (size_t)i * rb;
             if ((s = qpk_quantize_row_imp(type, G, w + i * cols, cols, imp, o, e)) != QPK_OK)
-                qpk_err_prefix(e, s, "row %lld", (long long)i);
+                qpk_err_prefix(e, s, "row %lld", (long long)(sl.row0 + i));
             else
                 qpk_dequantize_row(type, G, o, cols, w + i * cols);
         }
-        c->nbytes[r] = (size_t)rows * rb;
         return s;
     }
     if (!qpk_type_is_quantized(type)) {
-        size_t esize = qpk_type_info_of(type)->elem_bytes;
-        size_t bad = qpk_row_from_f32(type, w, c->bytes[r], (size_t)(rows * cols));
-        if (bad != (size_t)(rows * cols))
+        size_t n = (size_t)(sl.rows * cols), bad = qpk_row_from_f32(type, w, out, n);
+        if (bad != n)
             return qpk_err_setf(e, QPK_E_VALUE, "a weight (%g) does not fit %s", (double)w[bad], qpk_type_name(type));
-        qpk_row_to_f32(type, c->bytes[r], w, (size_t)(rows * cols));
-        c->nbytes[r] = (size_t)(rows * cols) * esize;
+        qpk_row_to_f32(type, out, w, n);
         return QPK_OK;
     }
     size_t bb = qpk_type_block_bytes(type, G);
     int64_t ng = cols / G;
     int32_t *codes = malloc((size_t)G * sizeof *codes);
     qpk_status s = codes ? QPK_OK : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
-    for (int64_t i = 0; i < rows && s == QPK_OK; i++)
+    for (int64_t i = 0; i < sl.rows && s == QPK_OK; i++)
         for (int64_t g = 0; g < ng && s == QPK_OK; g++) {
             qpk_qparams p;
             float *wg = w + i * cols + g * G;
             if ((s = qpk_quantize_group(type, wg, G, clip ? clip[i * ng + g] : 1.0f, &p, codes, wg, e)) != QPK_OK)
-                qpk_err_prefix(e, s, "row %lld", (long long)i);
+                qpk_err_prefix(e, s, "row %lld", (long long)(sl.row0 + i));
             else
-                qpk_pack_group(type, G, &p, codes, c->bytes[r] + (size_t)(i * ng + g) * bb);
+                qpk_pack_group(type, G, &p, codes, out + (size_t)(i * ng + g) * bb);
         }
     free(codes);
-    c->nbytes[r] = (size_t)(rows * ng) * bb;
     return s;
+}
+
+static qpk_status store(qpk_calib *c, qpk_role r, const float *clip, const float *imp, qpk_err *e)
+{
+    int64_t rows, cols;
+    numel_of(c->cfg, r, &rows, &cols);
+    return store_slice(c, (slice){r, 0, rows}, clip, imp, e);
+}
+
+/* An expert with too few routed tokens: round-to-nearest, unweighted (counted in the report). */
+static bool too_few(const unit *u) { return u->expert && u->n_tokens < MIN_EXPERT_TOKENS; }
+
+static qpk_status store_rtn(qpk_calib *c, const unit *u, qpk_err *e)
+{
+    for (int i = 0; i < u->n_lin; i++)
+        QPK_TRY(store_slice(c, u->lin[i], NULL, NULL, e));
+    return QPK_OK;
 }
 
 /* ------------------------------------------------------------------ GPTQ */
 
 static qpk_status quantize_gptq(qpk_calib *c, qpk_err *e)
 {
-    for (int g = 0; g < N_GROUPS; g++) {
+    for (int g = 0; g < c->n_units; g++) {
+        const unit *u = &c->u[g];
+        if (too_few(u)) {
+            QPK_TRY(store_rtn(c, u, e));
+            continue;
+        }
         qpk_gptq_plan *plan = NULL; /* one factorization for the linears sharing this input */
         qpk_status s = QPK_OK;
-        for (int i = 0; i < GROUP_SIZE[g] && s == QPK_OK; i++) {
-            qpk_role r = GROUP_ROLES[g][i];
+        for (int i = 0; i < u->n_lin && s == QPK_OK; i++) {
+            const slice sl = u->lin[i];
             int64_t rows, cols;
-            numel_of(c->cfg, r, &rows, &cols);
-            if (!qpk_type_is_quantized(c->type[r])) {
-                s = store(c, r, NULL, NULL, e);
+            numel_of(c->cfg, sl.role, &rows, &cols);
+            if (!qpk_type_is_quantized(c->type[sl.role])) {
+                s = store_slice(c, sl, NULL, NULL, e);
                 continue;
             }
             if (!plan) {
-                qpk_gram_mirror(c->st[g].H, c->st[g].d);
-                if ((s = qpk_gptq_plan_create(&plan, c->st[g].H, cols, &c->p.gptq, c->pool, e)) != QPK_OK)
+                qpk_gram_mirror(u->H, u->d);
+                if ((s = qpk_gptq_plan_create(&plan, u->H, cols, &c->p.gptq, c->pool, e)) != QPK_OK)
                     break;
             }
-            s = qpk_gptq_quantize(plan, c->type[r], c->group[r], c->f32[r], rows, c->pool, c->bytes[r], e);
-            c->nbytes[r] = qpk_type_row_bytes(c->type[r], c->group[r], cols) * (size_t)rows;
+            const size_t rb = qpk_type_row_bytes(c->type[sl.role], c->group[sl.role], cols);
+            s = qpk_gptq_quantize(plan, c->type[sl.role], c->group[sl.role], c->f32[sl.role] + sl.row0 * cols, sl.rows,
+                                  c->pool, c->bytes[sl.role] + (size_t)sl.row0 * rb, e);
+            c->nbytes[sl.role] = rb * (size_t)rows;
         }
         qpk_gptq_plan_free(plan);
         QPK_TRY(s);
@@ -423,85 +536,86 @@ static qpk_status quantize_gptq(qpk_calib *c, qpk_err *e)
 
 /* ------------------------------------------------------------------- AWQ */
 
-/* The group's linears as quant/awq.c takes them. */
-static int awq_linears(const qpk_calib *c, int g, qpk_awq_linear lin[3])
+/* The unit's linears as quant/awq.c takes them. */
+static int awq_linears(const qpk_calib *c, const unit *u, qpk_awq_linear lin[3])
 {
-    for (int i = 0; i < GROUP_SIZE[g]; i++) {
-        const qpk_role r = GROUP_ROLES[g][i];
-        qpk_matrix m = f32_matrix(c, r);
-        lin[i] = (qpk_awq_linear){c->f32[r], m.rows, m.cols, c->type[r], c->group[r]};
+    for (int i = 0; i < u->n_lin; i++) {
+        const slice sl = u->lin[i];
+        int64_t rows, cols;
+        numel_of(c->cfg, sl.role, &rows, &cols);
+        lin[i] = (qpk_awq_linear){c->f32[sl.role] + sl.row0 * cols, sl.rows, cols, c->type[sl.role], c->group[sl.role]};
     }
-    return GROUP_SIZE[g];
+    return u->n_lin;
 }
 
 /*
- * Folds scales s into the group's linears (columns x s) and into what produces their
+ * Folds scales s into the unit's linears (columns x s) and into what produces their
  * input (/ s): the norm before q/k/v and before gate/up, the rows (and bias) of v
  * before o, the rows of up before down. In exact arithmetic the layer is unchanged.
  */
-static void awq_fold(qpk_calib *c, int g, const float *s)
+static void awq_fold(qpk_calib *c, const unit *u, const float *s)
 {
-    int64_t d = c->st[g].d;
-    for (int i = 0; i < GROUP_SIZE[g]; i++) {
-        qpk_matrix m = f32_matrix(c, GROUP_ROLES[g][i]);
-        for (int64_t r = 0; r < m.rows; r++)
+    const int64_t d = u->d;
+    for (int i = 0; i < u->n_lin; i++) {
+        float *w = c->f32[u->lin[i].role] + u->lin[i].row0 * d;
+        for (int64_t r = 0; r < u->lin[i].rows; r++)
             for (int64_t k = 0; k < d; k++)
-                c->f32[GROUP_ROLES[g][i]][r * d + k] *= s[k];
+                w[r * d + k] *= s[k];
     }
-    float *prev = NULL, *bias = NULL;
-    int64_t prev_cols = 1;
-    switch (g) {
-    case G_QKV: prev = c->f32[QPK_ROLE_ATTN_NORM]; break;
-    case G_GU: prev = c->f32[QPK_ROLE_FFN_NORM]; break;
-    case G_O:
-        prev = c->f32[QPK_ROLE_V], bias = c->f32[QPK_ROLE_V_BIAS], prev_cols = c->cfg->hidden_size;
-        break;
-    default: prev = c->f32[QPK_ROLE_UP], prev_cols = c->cfg->hidden_size; break;
+    if (u->fold == QPK_ROLE_ATTN_NORM || u->fold == QPK_ROLE_FFN_NORM) {
+        for (int64_t k = 0; k < d; k++)
+            c->f32[u->fold][k] /= s[k];
+        return;
     }
+    int64_t rows, cols;
+    numel_of(c->cfg, u->prev.role, &rows, &cols);
+    float *prev = c->f32[u->prev.role] + u->prev.row0 * cols;
+    float *bias = u->fold == QPK_ROLE_V && c->f32[QPK_ROLE_V_BIAS] && qpk_layer_has_role(c->cfg, QPK_ROLE_V_BIAS, 0)
+                      ? c->f32[QPK_ROLE_V_BIAS] : NULL;
     for (int64_t k = 0; k < d; k++) {
-        for (int64_t j = 0; j < prev_cols; j++)
-            prev[k * prev_cols + j] /= s[k];
+        for (int64_t j = 0; j < cols; j++)
+            prev[k * cols + j] /= s[k];
         if (bias)
             bias[k] /= s[k];
     }
 }
 
-/* AWQ's scales of every group on the float weights, each folded before the next is searched. */
-static qpk_status awq_scales(qpk_calib *c, float *scales[N_GROUPS], qpk_err *e)
+/* AWQ's scales of every unit on the float weights, each folded before the next is searched. */
+static qpk_status awq_scales(qpk_calib *c, float **scales, qpk_err *e)
 {
     const qpk_config *cf = c->cfg;
     qpk_status s = QPK_OK;
-    for (int g = 0; g < N_GROUPS && s == QPK_OK; g++) {
-        group_stats *st = &c->st[g];
-        if (g == G_O && cf->n_kv_heads != cf->n_heads) { /* v's channels do not map one to one onto o's */
-            for (int64_t k = 0; k < st->d; k++)
-                scales[g][k] = 1;
+    for (int g = 0; g < c->n_units && s == QPK_OK; g++) {
+        unit *st = &c->u[g];
+        for (int64_t k = 0; k < st->d; k++)
+            scales[g][k] = 1;
+        /* Nothing to fold into (sparse gate/up), v's channels not one to one onto o's (GQA), no data: scale 1. */
+        if (st->n_lin == 0 || st->fold == QPK_ROLE_COUNT_ || (g == U_O && cf->n_kv_heads != cf->n_heads) || too_few(st))
             continue;
-        }
         for (int64_t k = 0; k < st->d; k++)
             st->absmean[k] /= (double)(st->n_seen ? st->n_seen : 1);
         qpk_awq_linear lin[3];
-        int n = awq_linears(c, g, lin);
+        int n = awq_linears(c, st, lin);
         if ((s = qpk_awq_scales(lin, n, st->absmean, st->rows, st->n_rows, &c->p.awq, c->pool, c->k, scales[g], e)) ==
             QPK_OK)
-            awq_fold(c, g, scales[g]);
+            awq_fold(c, st, scales[g]);
     }
     return s;
 }
 
 /* The folded linears see x / s: their Hessian is diag(1/s) H diag(1/s) (the upper triangle is what is kept). */
-static void scale_hessians(qpk_calib *c, float *const scales[N_GROUPS])
+static void scale_hessians(qpk_calib *c, float *const *scales)
 {
-    for (int g = 0; g < N_GROUPS; g++) {
-        const int64_t d = c->st[g].d;
+    for (int g = 0; g < c->n_units; g++) {
+        const int64_t d = c->u[g].d;
         for (int64_t i = 0; i < d; i++)
             for (int64_t j = i; j < d; j++)
-                c->st[g].H[i * d + j] /= (double)scales[g][i] * scales[g][j];
+                c->u[g].H[i * d + j] /= (double)scales[g][i] * scales[g][j];
     }
 }
 
-/* AWQ after its scales: each group's clip ratios on the scaled weights and inputs, then storage. */
-static qpk_status awq_clip_store(qpk_calib *c, float *const scales[N_GROUPS], float *xs, float *clip, qpk_err *e)
+/* AWQ after its scales: each unit's clip ratios on the scaled weights and inputs, then storage. */
+static qpk_status awq_clip_store(qpk_calib *c, float *const *scales, float *xs, float *clip, qpk_err *e)
 {
     /* The folded float layer, when that is what is asked for (the scales were chosen for the planned types). */
     for (int i = 0; i < QPK_LAYER_ROLES; i++)
@@ -509,8 +623,12 @@ static qpk_status awq_clip_store(qpk_calib *c, float *const scales[N_GROUPS], fl
             qpk_tensor_stored(c->o, qpk_layer_role(i), &c->type[qpk_layer_role(i)], &c->group[qpk_layer_role(i)]);
     /* q and k are not clipped: attention scores are sensitive to their outliers (as AutoAWQ does). */
     qpk_status s = QPK_OK;
-    for (int g = 0; g < N_GROUPS && s == QPK_OK; g++) {
-        group_stats *st = &c->st[g];
+    for (int g = 0; g < c->n_units && s == QPK_OK; g++) {
+        unit *st = &c->u[g];
+        if (too_few(st)) {
+            s = store_rtn(c, st, e);
+            continue;
+        }
         for (int64_t t = 0; t < st->n_rows; t++)
             for (int64_t k = 0; k < st->d; k++)
                 xs[t * st->d + k] = st->rows[t * st->d + k] / scales[g][k];
@@ -518,14 +636,14 @@ static qpk_status awq_clip_store(qpk_calib *c, float *const scales[N_GROUPS], fl
         for (int64_t k = 0; k < st->d; k++)
             st->imp[k] = (float)(st->sumsq[k] / (double)(st->n_seen ? st->n_seen : 1) / ((double)scales[g][k] * scales[g][k]));
         qpk_awq_linear lin[3];
-        awq_linears(c, g, lin);
-        for (int i = 0; i < GROUP_SIZE[g] && s == QPK_OK; i++) {
-            qpk_role r = GROUP_ROLES[g][i];
+        awq_linears(c, st, lin);
+        for (int i = 0; i < st->n_lin && s == QPK_OK; i++) {
+            const qpk_role r = st->lin[i].role;
             bool clipped = qpk_type_has_grid(c->type[r]) && r != QPK_ROLE_Q && r != QPK_ROLE_K;
             if (clipped)
                 s = qpk_awq_clip(&lin[i], xs, st->n_rows, &c->p.awq, c->pool, c->k, clip, e);
             if (s == QPK_OK)
-                s = store(c, r, clipped ? clip : NULL, st->imp, e);
+                s = store_slice(c, st->lin[i], clipped ? clip : NULL, st->imp, e);
         }
     }
     return s;
@@ -534,17 +652,19 @@ static qpk_status awq_clip_store(qpk_calib *c, float *const scales[N_GROUPS], fl
 /* AWQ, and AWQ followed by GPTQ (the scales folded in, then GPTQ on the scaled weights instead of clipping). */
 static qpk_status quantize_awq(qpk_calib *c, qpk_err *e)
 {
-    const qpk_config *cf = c->cfg;
-    int64_t widest = cf->intermediate_size > cf->hidden_size ? cf->intermediate_size : cf->hidden_size, most = 0;
+    int64_t widest = 0, most = 0;
+    for (int g = 0; g < c->n_units; g++)
+        widest = c->u[g].d > widest ? c->u[g].d : widest;
     for (int i = 0; i < QPK_LAYER_ROLES; i++) {
-        int64_t rows, cols, n = numel_of(cf, qpk_layer_role(i), &rows, &cols);
+        int64_t rows, cols, n = numel_of(c->cfg, qpk_layer_role(i), &rows, &cols);
         most = n > most ? n : most;
     }
-    float *scales[N_GROUPS] = {0}, *xs = malloc((size_t)(c->p.awq.sample_rows * widest) * sizeof(float));
+    float **scales = calloc((size_t)c->n_units, sizeof *scales);
+    float *xs = malloc((size_t)(c->p.awq.sample_rows * widest) * sizeof(float));
     float *clip = malloc((size_t)(most / QPK_GROUP_QUANTUM + 1) * sizeof(float));
-    bool ok = xs && clip;
-    for (int g = 0; g < N_GROUPS && ok; g++)
-        ok = (scales[g] = malloc((size_t)c->st[g].d * sizeof(float))) != NULL;
+    bool ok = scales && xs && clip;
+    for (int g = 0; g < c->n_units && ok; g++)
+        ok = (scales[g] = malloc((size_t)c->u[g].d * sizeof(float))) != NULL;
     qpk_status s = ok ? QPK_OK : qpk_err_setf(e, QPK_E_NOMEM, "out of memory for AWQ");
     if (s == QPK_OK)
         s = awq_scales(c, scales, e);
@@ -555,8 +675,9 @@ static qpk_status quantize_awq(qpk_calib *c, qpk_err *e)
         s = awq_clip_store(c, scales, xs, clip, e);
     }
     free(xs), free(clip);
-    for (int g = 0; g < N_GROUPS; g++)
+    for (int g = 0; scales && g < c->n_units; g++)
         free(scales[g]);
+    free(scales);
     return s;
 }
 
@@ -565,12 +686,16 @@ static qpk_status quantize_awq(qpk_calib *c, qpk_err *e)
 /* Round-to-nearest, ggml's block fits weighing each input column by its mean square (llama.cpp's imatrix). */
 static qpk_status quantize_imatrix(qpk_calib *c, qpk_err *e)
 {
-    for (int g = 0; g < N_GROUPS; g++) {
-        group_stats *st = &c->st[g];
+    for (int g = 0; g < c->n_units; g++) {
+        unit *st = &c->u[g];
+        if (too_few(st)) {
+            QPK_TRY(store_rtn(c, st, e));
+            continue;
+        }
         for (int64_t k = 0; k < st->d; k++)
             st->imp[k] = (float)(st->sumsq[k] / (double)(st->n_seen ? st->n_seen : 1));
-        for (int i = 0; i < GROUP_SIZE[g]; i++)
-            QPK_TRY(store(c, GROUP_ROLES[g][i], NULL, st->imp, e));
+        for (int i = 0; i < st->n_lin; i++)
+            QPK_TRY(store_slice(c, st->lin[i], NULL, st->imp, e));
     }
     return QPK_OK;
 }
@@ -591,6 +716,9 @@ qpk_status qpk_calib_layer(qpk_calib *c, int l, qpk_calib_times *times, qpk_err 
     if (s == QPK_OK)
         s = gather(c, l, e);
     double t1 = qpk_seconds();
+    for (int g = U_EXPERTS; s == QPK_OK && g < c->n_units; g += 2) /* counted once per expert, by its gate/up */
+        if (qpk_layer_is_sparse(c->cfg, l))
+            *(too_few(&c->u[g]) || too_few(&c->u[g + 1]) ? &c->experts_rtn : &c->experts_calibrated) += 1;
     if (s == QPK_OK)
         s = c->o->method == QPK_METHOD_GPTQ  ? quantize_gptq(c, e)
             : qpk_method_uses_awq(c->o->method) ? quantize_awq(c, e)
@@ -619,3 +747,8 @@ void qpk_calib_tensor(const qpk_calib *c, qpk_role r, uint32_t *type, uint32_t *
 }
 
 const qpk_calib_params *qpk_calib_params_of(const qpk_calib *c) { return &c->p; }
+
+void qpk_calib_experts(const qpk_calib *c, int64_t *calibrated, int64_t *rtn)
+{
+    *calibrated = c->experts_calibrated, *rtn = c->experts_rtn;
+}

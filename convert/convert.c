@@ -291,7 +291,9 @@ static qpk_status write_imported(job *j, const qpk_qlinear *q, const char *name,
 static qpk_status write_calibrated(job *j, size_t i, const char *name, qpk_err *e)
 {
     const qpk_sink_tensor *p = &j->plan[i];
-    const qpk_st_tensor *t = qpk_checkpoint_tensor(j->ck, p->role, p->layer);
+    const qpk_st_tensor *t = qpk_checkpoint_tensor(j->ck, p->role, p->layer); /* its provenance hash */
+    if (!t)
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory gathering the experts of '%s'", name);
     uint32_t type, group;
     const void *bytes;
     size_t n;
@@ -304,6 +306,7 @@ static qpk_status write_calibrated(job *j, size_t i, const char *name, qpk_err *
     QPK_TRY(out_end(j, NULL, e));
     j->done += t->nbytes;
     note_source(j, t, NULL);
+    qpk_checkpoint_release(j->ck, p->role, p->layer);
     return QPK_OK;
 }
 
@@ -317,17 +320,24 @@ static qpk_status write_from_folder(job *j, size_t i, const char *name, qpk_err 
     if (q)
         return write_imported(j, q, name, e);
     const qpk_st_tensor *t = qpk_checkpoint_tensor(j->ck, p->role, p->layer);
+    if (!t)
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory gathering the experts of '%s'", name);
     const uint32_t type = p->type, group = p->group_size;
     bool as_is = qpk_st_keep_type(t->dtype) == type && t->dtype != QPK_ST_F64;
-    QPK_TRY(out_begin(j, e));
-    QPK_TRY(qpk_type_is_quantized(type) ? quantize_tensor(j, t, type, group, e)
+    qpk_status s = out_begin(j, e);
+    if (s == QPK_OK)
+        s = qpk_type_is_quantized(type) ? quantize_tensor(j, t, type, group, e)
             : as_is                     ? copy_bytes(j, t, e)
-                                        : convert_values(j, t, (qpk_type)type, e));
-    QPK_TRY(out_end(j, NULL, e));
+                                        : convert_values(j, t, (qpk_type)type, e);
+    if (s == QPK_OK)
+        s = out_end(j, NULL, e);
     /* Stored as is: the source's bytes, so the .qpk writer's hash serves both. */
     uint64_t h = qpk_sink_last_xxh3(j->sink);
-    note_source(j, t, as_is && h ? &h : NULL);
-    return QPK_OK;
+    if (s == QPK_OK)
+        note_source(j, t, as_is && h ? &h : NULL);
+    /* The experts gathered for this tensor are not read again: one stacked tensor in memory at a time. */
+    qpk_checkpoint_release(j->ck, p->role, p->layer);
+    return s;
 }
 
 /* ------------------------------------------------ any source's qpk matrices */
@@ -909,7 +919,7 @@ static qpk_status plan_tensor(job *j, size_t i, qpk_output to, qpk_err *e)
     qpk_tensor_name(name, sizeof name, p->role, p->layer);
     const qpk_qlinear *q = j->ck ? qpk_checkpoint_qlinear(j->ck, p->role, p->layer) : NULL;
     if (j->ck && !q) {
-        const qpk_st_tensor *t = qpk_checkpoint_tensor(j->ck, p->role, p->layer);
+        const qpk_st_tensor *t = qpk_checkpoint_tensor_meta(j->ck, p->role, p->layer); /* experts not gathered yet */
         QPK_TRY(qpk_tensor_plan(j->o, j->cfg, t, p->role, p->layer, name, &p->type, &p->group_size, e));
         if (j->calib)
             qpk_tensor_stored(j->o, p->role, &p->type, &p->group_size);
@@ -1064,6 +1074,15 @@ static qpk_status run(job *j, qpk_sink *sink, qpk_convert_result *r, qpk_err *e)
         snprintf(msg, sizeof msg, "calibrated on %d windows of %d tokens: statistics %.1f s, quantization %.1f s, "
                  "quantized passes %.1f s", p->samples, p->seq_len, j->times.gather, j->times.quantize, j->times.forward);
         o->cb.log(o->cb.ud, QPK_LOG_INFO, msg);
+        int64_t calibrated, rtn;
+        qpk_calib_experts(j->calib, &calibrated, &rtn);
+        if (calibrated + rtn > 0) {
+            snprintf(msg, sizeof msg, "experts: %lld calibrated on the tokens routed to them, %lld by round-to-nearest "
+                     "(fewer routed calibration tokens than the floor)", (long long)calibrated, (long long)rtn);
+            o->cb.log(o->cb.ud, QPK_LOG_INFO, msg);
+        }
+        if (r)
+            r->n_experts_calibrated = calibrated, r->n_experts_rtn = rtn;
     }
     if (s == QPK_OK && r && j->kept) {
         s = qpk_model_create(&r->model, j->cfg, written_weight, j, e);

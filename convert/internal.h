@@ -33,6 +33,9 @@ void qpk_calib_tensor(const qpk_calib *c, qpk_role r, uint32_t *type, uint32_t *
                       size_t *nbytes);
 /* The resolved parameters it runs with. */
 const qpk_calib_params *qpk_calib_params_of(const qpk_calib *c);
+/* Experts of the sparse layers calibrated so far, and those that fell back to round-to-nearest
+ * (fewer routed calibration tokens than the floor in calibrate.c). */
+void qpk_calib_experts(const qpk_calib *c, int64_t *calibrated, int64_t *rtn);
 void qpk_calib_end(qpk_calib *c); /* NULL-safe */
 double qpk_seconds(void);
 

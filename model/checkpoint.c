@@ -649,6 +649,17 @@ const qpk_st_tensor *qpk_checkpoint_tensor(const qpk_checkpoint *ck, qpk_role ro
     return ck->slots[slot(role, layer)];
 }
 
+const qpk_st_tensor *qpk_checkpoint_tensor_meta(const qpk_checkpoint *ck, qpk_role role, int layer)
+{
+    if (role == QPK_ROLE_LM_HEAD && ck->cfg.tie_word_embeddings)
+        role = QPK_ROLE_EMBED;
+    if (!qpk_role_is_per_layer(role))
+        layer = -1;
+    else if (layer < 0 || layer >= ck->cfg.n_layers)
+        return NULL;
+    return ck->slots[slot(role, layer)];
+}
+
 void qpk_checkpoint_release(qpk_checkpoint *ck, qpk_role role, int layer)
 {
     struct stacked *st = stacked_of(ck, role, layer);

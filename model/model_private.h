@@ -57,6 +57,8 @@ const char *qpk_checkpoint_dir(const qpk_checkpoint *ck);
  * experts are one stacked tensor, gathered here on first use (NULL if that runs out of memory). */
 const qpk_st_tensor *qpk_checkpoint_tensor(const qpk_checkpoint *ck, qpk_role role, int layer);
 /* Tensor (role, layer) as a qpk matrix (F64 rounded to an f32 copy, GPTQ/AWQ repacked: both kept by ck). */
+/* The same tensor's name, dtype and shape without gathering experts (data may be NULL). */
+const qpk_st_tensor *qpk_checkpoint_tensor_meta(const qpk_checkpoint *ck, qpk_role role, int layer);
 /* Frees the gathered bytes of a stacked expert tensor (gathered again if asked for): the
  * engine's way to hold one layer's experts at a time. No-op for other tensors. */
 void qpk_checkpoint_release(qpk_checkpoint *ck, qpk_role role, int layer);

@@ -127,6 +127,9 @@ typedef struct qpk_convert_opts {
 /* What a conversion did. */
 typedef struct qpk_convert_result {
     int n_requantized;       /* linears requantized for the target (opts.requantize) */
+    /* Calibrated MoE models: experts calibrated on their routed tokens, and those quantized by
+     * round-to-nearest because too few calibration tokens reached them. */
+    int64_t n_experts_calibrated, n_experts_rtn;
     uint64_t tensors_bytes;  /* bytes of tensor data written */
     /* keep_requantized: the model as written (the requantized linears in memory, the
      * others views into the source, which must outlive it); NULL when nothing was requantized. */

@@ -243,16 +243,16 @@ static void import_task(void *arg, int64_t task, int thread)
 /* The source tensors of an imported linear (what it is made of), in the provenance. */
 static void note_sources(job *j, const qpk_qlinear *q)
 {
+    for (int64_t k = 0; q->parts && k < q->n_parts; k++)
+        note_sources(j, &q->parts[k]);
+    if (q->parts)
+        return;
     const qpk_st_tensor *parts[4] = {q->qweight, q->qzeros, q->scales, q->g_idx};
     for (int k = 0; k < 4; k++)
         if (parts[k])
             note_source(j, parts[k], NULL);
 }
 
-static uint64_t qlinear_source_bytes(const qpk_qlinear *q)
-{
-    return q->qweight->nbytes + q->qzeros->nbytes + q->scales->nbytes + (q->g_idx ? q->g_idx->nbytes : 0);
-}
 
 /* A GPTQ/AWQ linear as qpk blocks, exactly, chunk by chunk on the pool; its input permutation with it. */
 static qpk_status write_imported(job *j, const qpk_qlinear *q, const char *name, qpk_err *e)
@@ -264,7 +264,7 @@ static qpk_status write_imported(job *j, const qpk_qlinear *q, const char *name,
     import_job m = {q, 0, 0, row_bytes, malloc((size_t)chunk * row_bytes), calloc((size_t)max_tasks, sizeof(qpk_status)),
                     calloc((size_t)max_tasks, sizeof(qpk_err))};
     qpk_status s = m.out && m.status && m.errs ? out_begin(j, e) : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
-    const double per_row = (double)qlinear_source_bytes(q) / (double)q->rows;
+    const double per_row = (double)qpk_qlinear_source_bytes(q) / (double)q->rows;
     for (int64_t r0 = 0; r0 < q->rows && s == QPK_OK; r0 += chunk) {
         m.row0 = r0, m.n_rows = q->rows - r0 < chunk ? q->rows - r0 : chunk;
         int64_t tasks = (m.n_rows + IMPORT_TASK_ROWS - 1) / IMPORT_TASK_ROWS;
@@ -936,7 +936,7 @@ static qpk_status plan_tensor(job *j, size_t i, qpk_output to, qpk_err *e)
     QPK_TRY(qpk_source_matrix(j->src, p->role, p->layer, &m, e));
     p->type = m.type, p->group_size = m.group_size, p->permuted = m.perm != NULL;
     p->ndim = qpk_role_shape(j->cfg, p->role, p->dims);
-    j->total += q ? qlinear_source_bytes(q) : (uint64_t)qpk_matrix_row_bytes(&m) * (uint64_t)m.rows;
+    j->total += q ? qpk_qlinear_source_bytes(q) : (uint64_t)qpk_matrix_row_bytes(&m) * (uint64_t)m.rows;
     /* The rule for GGUF (and the .qpk a GGUF is made from): what no ggml type holds as it is, requantized on request. */
     const bool linear = qpk_role_is_per_layer(p->role) && qpk_role_is_matrix(p->role);
     if (to == QPK_OUT_GGUF && m.perm && !qpk_type_has_grid(m.type))
@@ -1081,9 +1081,9 @@ static qpk_status run(job *j, qpk_sink *sink, qpk_convert_result *r, qpk_err *e)
                      "(fewer routed calibration tokens than the floor)", (long long)calibrated, (long long)rtn);
             o->cb.log(o->cb.ud, QPK_LOG_INFO, msg);
         }
-        if (r)
-            r->n_experts_calibrated = calibrated, r->n_experts_rtn = rtn;
     }
+    if (s == QPK_OK && r && j->calib)
+        qpk_calib_experts(j->calib, &r->n_experts_calibrated, &r->n_experts_rtn);
     if (s == QPK_OK && r && j->kept) {
         s = qpk_model_create(&r->model, j->cfg, written_weight, j, e);
     }

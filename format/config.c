@@ -154,6 +154,15 @@ static const char *const ARCH_NAME[QPK_ARCH_COUNT_] = {
 
 const char *qpk_arch_name(qpk_arch a) { return (unsigned)a < QPK_ARCH_COUNT_ ? ARCH_NAME[a] : "?"; }
 
+const char *qpk_arch_class(qpk_arch a)
+{
+    static const char *const CLASS[QPK_ARCH_COUNT_] = {
+        [QPK_ARCH_QWEN2] = "Qwen2ForCausalLM", [QPK_ARCH_QWEN2_MOE] = "Qwen2MoeForCausalLM",
+        [QPK_ARCH_QWEN3] = "Qwen3ForCausalLM", [QPK_ARCH_QWEN3_MOE] = "Qwen3MoeForCausalLM",
+    };
+    return (unsigned)a < QPK_ARCH_COUNT_ ? CLASS[a] : "?";
+}
+
 bool qpk_config_is_moe(const qpk_config *c) { return c->arch == QPK_ARCH_QWEN2_MOE || c->arch == QPK_ARCH_QWEN3_MOE; }
 
 static bool is_qwen3(const qpk_config *c) { return c->arch == QPK_ARCH_QWEN3 || c->arch == QPK_ARCH_QWEN3_MOE; }

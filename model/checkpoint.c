@@ -357,11 +357,77 @@ static bool is_qpart(const qpk_checkpoint *ck, const char *name)
         int layer;
         if (n > s && !strcmp(name + n - s, QPARTS[k]) && n - s + 8 < sizeof weight) {
             snprintf(weight, sizeof weight, "%.*s.weight", (int)(n - s), name);
-            if (qpk_tensor_role(&ck->cfg, weight, &role, &layer) && qpk_role_is_per_layer(role) && qpk_role_is_matrix(role))
+            int expert;
+            if ((qpk_tensor_role(&ck->cfg, weight, &role, &layer) && qpk_role_is_per_layer(role) &&
+                 qpk_role_is_matrix(role)) || qpk_expert_tensor_role(&ck->cfg, weight, &role, &layer, &expert))
                 return true;
         }
     }
     return false;
+}
+
+/* The GPTQ/AWQ parts of the linear called name ("model.layers.3.mlp.up_proj"), each NULL when absent. */
+static bool find_parts(const qpk_checkpoint *ck, const char *name, const qpk_st_tensor *t[4])
+{
+    char part[QPK_MAX_NAME + 16];
+    for (int k = 0; k < 4; k++) {
+        snprintf(part, sizeof part, "%s%s", name, QPARTS[k]);
+        t[k] = find_any(ck, part);
+    }
+    return t[0] || t[1] || t[2] || t[3];
+}
+
+/*
+ * A sparse layer's experts of one role, quantized expert by expert as GPTQ/AWQ tools write
+ * them (Qwen1.5-MoE-A2.7B-Chat-GPTQ-Int4's layout), as one stacked linear whose rows run
+ * through them. All or none: a float expert among quantized ones is refused, as are experts
+ * that import as different types or with their own input permutations (act-order), which
+ * one stacked matrix cannot carry.
+ */
+static qpk_status claim_experts(qpk_checkpoint *ck, qpk_role r, int l, qpk_err *e)
+{
+    const qpk_config *c = &ck->cfg;
+    char name[QPK_MAX_NAME];
+    const qpk_st_tensor *t[4];
+    qpk_expert_tensor_name(name, sizeof name, r, l, 0);
+    name[strlen(name) - strlen(".weight")] = 0;
+    if (!find_parts(ck, name, t))
+        return QPK_OK; /* float experts: stack_experts takes them */
+    qpk_qlinear *q = &ck->qlin[slot(r, l)];
+    int64_t dims[2];
+    qpk_role_shape(c, r, dims);
+    const int64_t per = dims[0] / c->n_experts;
+    if (!(q->parts = calloc((size_t)c->n_experts, sizeof *q->parts)))
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    q->n_parts = c->n_experts;
+    for (int x = 0; x < c->n_experts; x++) {
+        qpk_qlinear *p = &q->parts[x];
+        qpk_expert_tensor_name(name, sizeof name, r, l, x);
+        name[strlen(name) - strlen(".weight")] = 0;
+        if (!find_parts(ck, name, t)) {
+            strcat(name, ".weight");
+            return qpk_err_setf(e, QPK_E_MISMATCH, find_any(ck, name) ? "%s is float while expert 0 is quantized: a "
+                                "layer's experts are quantized alike" : "missing tensor '%s.qweight' (num_experts is "
+                                "%lld)", name, (long long)c->n_experts);
+        }
+        *p = (qpk_qlinear){.q = &ck->hfq, .qweight = t[0], .qzeros = t[1], .scales = t[2], .g_idx = t[3], .rows = per,
+                           .cols = dims[1]};
+        snprintf(p->name, sizeof p->name, "%s", name);
+        QPK_TRY(qpk_qlinear_init(p, e));
+        if (p->perm)
+            return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s takes its input permuted (act-order, desc_act): each expert "
+                                "has its own order, which qpk's stacked expert matrix cannot carry", name);
+        if (p->type != q->parts[0].type || p->group != q->parts[0].group)
+            return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s imports as %s/g%u while expert 0 is %s/g%u: a stacked expert "
+                                "matrix has one type", name, qpk_type_name(p->type), p->group,
+                                qpk_type_name(q->parts[0].type), q->parts[0].group);
+    }
+    qpk_tensor_name(name, sizeof name, r, l);
+    name[strlen(name) - strlen(".weight")] = 0;
+    snprintf(q->name, sizeof q->name, "%s", name);
+    q->q = &ck->hfq, q->qweight = q->parts[0].qweight, q->qzeros = q->parts[0].qzeros, q->scales = q->parts[0].scales;
+    q->rows = dims[0], q->cols = dims[1], q->type = q->parts[0].type, q->group = q->parts[0].group;
+    return QPK_OK;
 }
 
 /* Each linear of a GPTQ/AWQ checkpoint: quantized (its parts checked and imported), or float where allowed. */
@@ -375,8 +441,12 @@ static qpk_status claim_quantized(qpk_checkpoint *ck, qpk_err *e)
     for (int l = 0; l < c->n_layers; l++)
         for (int i = 0; i < QPK_LAYER_ROLES; i++) {
             qpk_role r = qpk_layer_role(i);
-            if (!qpk_role_is_matrix(r) || !qpk_layer_has_role(c, r, l) || qpk_role_is_expert(r))
+            if (!qpk_role_is_matrix(r) || !qpk_layer_has_role(c, r, l))
                 continue;
+            if (qpk_role_is_expert(r)) {
+                QPK_TRY(claim_experts(ck, r, l, e));
+                continue;
+            }
             qpk_qlinear *q = &ck->qlin[slot(r, l)];
             char name[QPK_MAX_NAME], part[QPK_MAX_NAME + 16];
             int64_t dims[2];
@@ -450,7 +520,8 @@ static qpk_status stack_experts(qpk_checkpoint *ck, qpk_err *e)
                 const qpk_st_tensor *t = parts[x];
                 qpk_expert_tensor_name(name, sizeof name, r, l, x);
                 if (!t) {
-                    if (x == 0 && ck->slots[slot(r, l)]) /* already stacked in the file (qpk's own name) */
+                    /* already stacked in the file (qpk's own name), or quantized (claim_experts) */
+                    if (x == 0 && (ck->slots[slot(r, l)] || qpk_checkpoint_qlinear(ck, r, l)))
                         break;
                     QPK_TRY(explain_packed(ck, r, name, e));
                     return qpk_err_setf(e, QPK_E_MISMATCH, "missing tensor '%s' (num_experts is %lld)", name,
@@ -469,6 +540,8 @@ static qpk_status stack_experts(qpk_checkpoint *ck, qpk_err *e)
             }
             if (!parts[0])
                 continue;
+            if (qpk_checkpoint_qlinear(ck, r, l))
+                return qpk_err_setf(e, QPK_E_CORRUPT, "%s is stored both quantized and as a float .weight", name);
             if (ck->slots[slot(r, l)]) {
                 qpk_tensor_name(name, sizeof name, r, l);
                 return qpk_err_setf(e, QPK_E_CORRUPT, "'%s' is stored both stacked and expert by expert", name);

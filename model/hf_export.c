@@ -55,6 +55,9 @@ struct qpk_hf_sink {
     size_t n_files;
     hf_linear cur;   /* the tensor being written */
     bool linear;     /* whether it is a linear (gathered, then packed at its end) */
+    int64_t n_parts; /* experts it holds (1: a plain linear) */
+    qpk_role role;
+    int layer;
     uint8_t *buf;    /* its blocks */
     size_t len, need, cap;
 };
@@ -189,22 +192,28 @@ static qpk_status plan_tensors(hf_export *x, const qpk_sink_model *m, qpk_err *e
             QPK_TRY(add_entry(x, name, float_dtype(t->type), t->ndim, t->dims, e));
             continue;
         }
-        const int64_t out = t->dims[0], in = t->dims[1], groups = in / t->group_size, pn = 32 / l->bits;
-        if (l->awq ? out % 8 : in % pn || out % pn)
-            return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s [%lld, %lld]: the %s layout packs %lld codes per word "
-                                "along its %s", name, (long long)out, (long long)in, layout_name(l),
-                                (long long)(l->awq ? 8 : pn), l->awq ? "outputs" : "inputs and outputs");
-        const int64_t qw[2] = {l->awq ? in : in / pn, l->awq ? out / 8 : out};
-        const int64_t qz[2] = {groups, l->awq ? out / 8 : out / pn}, sc[2] = {groups, out};
-        part_name(part, sizeof part, name, "qweight");
-        QPK_TRY(add_entry(x, part, QPK_ST_I32, 2, qw, e));
-        part_name(part, sizeof part, name, "qzeros");
-        QPK_TRY(add_entry(x, part, QPK_ST_I32, 2, qz, e));
-        part_name(part, sizeof part, name, "scales");
-        QPK_TRY(add_entry(x, part, QPK_ST_F16, 2, sc, e));
-        if (!l->awq) {
-            part_name(part, sizeof part, name, "g_idx");
-            QPK_TRY(add_entry(x, part, QPK_ST_I32, 1, &in, e));
+        /* A stacked expert matrix is written as Hugging Face stores it: expert by expert. */
+        const int64_t n_parts = qpk_role_is_expert(t->role) ? x->cfg->n_experts : 1;
+        const int64_t out = t->dims[0] / n_parts, in = t->dims[1], groups = in / t->group_size, pn = 32 / l->bits;
+        for (int64_t k = 0; k < n_parts; k++) {
+            if (n_parts > 1)
+                qpk_expert_tensor_name(name, sizeof name, t->role, t->layer, (int)k);
+            if (l->awq ? out % 8 : in % pn || out % pn)
+                return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s [%lld, %lld]: the %s layout packs %lld codes per word "
+                                    "along its %s", name, (long long)out, (long long)in, layout_name(l),
+                                    (long long)(l->awq ? 8 : pn), l->awq ? "outputs" : "inputs and outputs");
+            const int64_t qw[2] = {l->awq ? in : in / pn, l->awq ? out / 8 : out};
+            const int64_t qz[2] = {groups, l->awq ? out / 8 : out / pn}, sc[2] = {groups, out};
+            part_name(part, sizeof part, name, "qweight");
+            QPK_TRY(add_entry(x, part, QPK_ST_I32, 2, qw, e));
+            part_name(part, sizeof part, name, "qzeros");
+            QPK_TRY(add_entry(x, part, QPK_ST_I32, 2, qz, e));
+            part_name(part, sizeof part, name, "scales");
+            QPK_TRY(add_entry(x, part, QPK_ST_F16, 2, sc, e));
+            if (!l->awq) {
+                part_name(part, sizeof part, name, "g_idx");
+                QPK_TRY(add_entry(x, part, QPK_ST_I32, 1, &in, e));
+            }
         }
     }
     return QPK_OK;
@@ -420,7 +429,7 @@ static qpk_status write_configs(hf_export *x, const char *dir, qpk_err *e)
     if (!cfg)
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     cJSON *arch = cJSON_CreateArray();
-    cJSON_AddItemToArray(arch, cJSON_CreateString("Qwen2ForCausalLM"));
+    cJSON_AddItemToArray(arch, cJSON_CreateString(qpk_arch_class(x->cfg->arch)));
     cJSON_AddItemToObject(cfg, "architectures", arch);
     /* The GPU kernels of both layouts compute in f16, the dtype of the scales; the other tensors keep theirs. */
     cJSON_ReplaceItemInObjectCaseSensitive(cfg, "torch_dtype", cJSON_CreateString("float16"));
@@ -488,6 +497,8 @@ qpk_status qpk_hf_sink_begin(qpk_hf_sink *x, const qpk_sink_tensor *t, qpk_err *
 {
     x->cur = linear_of(t);
     x->linear = is_linear(t->role);
+    x->n_parts = qpk_role_is_expert(t->role) ? x->cfg->n_experts : 1;
+    x->role = t->role, x->layer = t->layer;
     x->len = 0;
     if (!x->linear)
         return QPK_OK;
@@ -519,8 +530,19 @@ qpk_status qpk_hf_sink_end(qpk_hf_sink *x, const int32_t *perm, qpk_err *e)
         return QPK_OK;
     if (x->len != x->need)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "%s: fewer bytes than the tensor holds", x->cur.name);
-    x->cur.data = x->buf;
-    return write_linear(x, x->set, &x->cur, perm, e);
+    if (x->n_parts == 1) {
+        x->cur.data = x->buf;
+        return write_linear(x, x->set, &x->cur, perm, e);
+    }
+    hf_linear part = x->cur; /* expert k: rows [k R, (k + 1) R) of the stacked blocks */
+    part.dims[0] = x->cur.dims[0] / x->n_parts;
+    const size_t bytes = x->need / (size_t)x->n_parts;
+    for (int64_t k = 0; k < x->n_parts; k++) {
+        qpk_expert_tensor_name(part.name, sizeof part.name, x->role, x->layer, (int)k);
+        part.data = x->buf + (size_t)k * bytes;
+        QPK_TRY(write_linear(x, x->set, &part, perm, e));
+    }
+    return QPK_OK;
 }
 
 qpk_status qpk_hf_sink_finish(qpk_hf_sink *x, qpk_err *e)

@@ -367,8 +367,13 @@ qpk_status qpk_qlinear_init(qpk_qlinear *l, qpk_err *e)
 
 void qpk_qlinear_free(qpk_qlinear *l)
 {
-    if (l)
-        free(l->perm), free(l->groups_of), l->perm = NULL, l->groups_of = NULL;
+    if (!l)
+        return;
+    for (int64_t k = 0; l->parts && k < l->n_parts; k++)
+        qpk_qlinear_free(&l->parts[k]);
+    free(l->parts);
+    free(l->perm), free(l->groups_of);
+    l->perm = NULL, l->groups_of = NULL, l->parts = NULL;
 }
 
 /* Codes of outputs [r0, r0 + n) for every input, codes[(o - r0) * in + i]. */
@@ -392,8 +397,29 @@ static void decode_codes(const qpk_qlinear *l, int64_t r0, int64_t n, uint8_t *c
         }
 }
 
+uint64_t qpk_qlinear_source_bytes(const qpk_qlinear *l)
+{
+    if (l->parts) {
+        uint64_t b = 0;
+        for (int64_t k = 0; k < l->n_parts; k++)
+            b += qpk_qlinear_source_bytes(&l->parts[k]);
+        return b;
+    }
+    return l->qweight->nbytes + l->qzeros->nbytes + l->scales->nbytes + (l->g_idx ? l->g_idx->nbytes : 0);
+}
+
 qpk_status qpk_qlinear_rows(const qpk_qlinear *l, int64_t r0, int64_t n, uint8_t *out, qpk_err *e)
 {
+    if (l->parts) {
+        const int64_t per = l->rows / l->n_parts;
+        const size_t row_bytes = qpk_type_row_bytes(l->type, l->group, l->cols);
+        while (n > 0) {
+            const int64_t k = r0 / per, in_part = r0 - k * per, take = per - in_part < n ? per - in_part : n;
+            QPK_TRY(qpk_qlinear_rows(&l->parts[k], in_part, take, out, e));
+            out += (size_t)take * row_bytes, r0 += take, n -= take;
+        }
+        return QPK_OK;
+    }
     const int64_t in = l->cols, G = l->group;
     const size_t row_bytes = qpk_type_row_bytes(l->type, l->group, in), bb = qpk_type_block_bytes(l->type, l->group);
     uint8_t *codes = malloc((size_t)(n * in));

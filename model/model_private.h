@@ -104,12 +104,18 @@ typedef struct qpk_qlinear {
     uint32_t type, group;      /* the qpk type and group it imports as */
     int32_t *perm;             /* act-order: stored column j is input perm[j] (owned); else NULL */
     int32_t *groups_of;        /* g_idx, copied and checked (owned); NULL without one */
+    /* A stacked expert matrix: its experts, each a linear of rows / n_parts rows (the tensors above
+     * are expert 0's); NULL for a plain linear. */
+    struct qpk_qlinear *parts;
+    int64_t n_parts;
 } qpk_qlinear;
 
 /* Checks the tensors against the config and the layout, and decides type, group and permutation. */
 qpk_status qpk_qlinear_init(qpk_qlinear *l, qpk_err *e);
 void qpk_qlinear_free(qpk_qlinear *l);
-/* Rows [r0, r0 + n) as qpk blocks (qpk_type_row_bytes each), exactly. */
+/* Bytes of the checkpoint's tensors it is made of. */
+uint64_t qpk_qlinear_source_bytes(const qpk_qlinear *l);
+/* Rows [r0, r0 + n) as qpk blocks (qpk_type_row_bytes each), exactly; a stacked one's rows run through its experts. */
 qpk_status qpk_qlinear_rows(const qpk_qlinear *l, int64_t r0, int64_t n, uint8_t *out, qpk_err *e);
 
 /* A checkpoint's quantized linear (role, layer), or NULL when that linear is float. */

@@ -107,10 +107,8 @@ static qpk_status write_config(const qpk_gen_spec *sp, const char *dir, qpk_err 
     free(text);
     if (!c)
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
-    static const char *const CLASS[QPK_ARCH_COUNT_] = {"Qwen2ForCausalLM", "Qwen2MoeForCausalLM", "Qwen3ForCausalLM",
-                                                       "Qwen3MoeForCausalLM"};
     cJSON *arch = cJSON_CreateArray();
-    cJSON_AddItemToArray(arch, cJSON_CreateString(CLASS[sp->cfg.arch]));
+    cJSON_AddItemToArray(arch, cJSON_CreateString(qpk_arch_class(sp->cfg.arch)));
     cJSON_AddItemToObject(c, "architectures", arch);
     cJSON_ReplaceItemInObject(c, "torch_dtype", cJSON_CreateString(sp->dtype == QPK_ST_F32   ? "float32"
                                                                     : sp->dtype == QPK_ST_F16 ? "float16"

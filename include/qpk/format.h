@@ -201,7 +201,8 @@ typedef enum qpk_arch {
     QPK_ARCH_QWEN3_MOE, /* "qwen3_moe": Qwen3 attention, experts without a shared one */
     QPK_ARCH_COUNT_
 } qpk_arch;
-QPK_API const char *qpk_arch_name(qpk_arch a); /* config.json's model_type */
+QPK_API const char *qpk_arch_name(qpk_arch a);  /* config.json's model_type */
+QPK_API const char *qpk_arch_class(qpk_arch a); /* its "architectures" entry, "Qwen2MoeForCausalLM" */
 
 /* transformers' "yarn" rope type (static); factor 0 when rope_scaling is absent. */
 typedef struct qpk_yarn {

@@ -1,0 +1,296 @@
+/*
+ * The Qwen family beyond dense Qwen2, against the shared fixtures' independent float64
+ * forward (qwen-tiny-yarn, -moe, -qwen3, -qwen3-moe: 2 x 48 positions, all compared):
+ *  - read from the folder and from its .qpk: max |logit diff| <= 1e-4 (the issue's bound;
+ *    the f32 forward's own error against float64 is ~1e-5 at logits of magnitude ~7), top-1
+ *    100%, and the perplexity of ref-info.json within 1e-4 relative;
+ *  - the sparse MoE block computed per expert over the tokens routed to it gives the same
+ *    logits as one token at a time (decode), within 1e-4 (sums in another order), and the
+ *    logits and the written files do not depend on the thread count (bit for bit);
+ *  - calibrated int4 (GPTQ, AWQ, AWQ+GPTQ) on a MoE model below round-to-nearest's KL
+ *    divergence against the float model, each expert on its own routed tokens; with too
+ *    little calibration data every expert falls back to RTN, counted, and its bytes are
+ *    then RTN's exactly;
+ *  - MoE GPTQ and AWQ folders (experts one by one, routers float) written and read back
+ *    exactly: the same logits, bit for bit.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <unistd.h>
+
+#include "fixtures.h"
+#include "qpk/verify.h"
+#include "testhelp.h"
+#include "testutil.h"
+
+static const char *const ARCHS[] = {"yarn", "moe", "qwen3", "qwen3-moe"};
+
+static char tmpdir[64];
+
+static void path_of(char *buf, size_t cap, const char *fx, const char *arch, const char *file)
+{
+    snprintf(buf, cap, "%s/qwen-tiny-%s%s%s", fx, arch, file ? "/" : "", file ? file : "");
+}
+
+/* ref-info.json's "ppl": the float64 forward's perplexity over positions 0..46 of both sequences. */
+static double ref_ppl(const char *info_path)
+{
+    size_t n;
+    char *text = slurp(info_path, &n), *at = text ? strstr(text, "\"ppl\":") : NULL;
+    double v = at ? strtod(at + 6, NULL) : NAN;
+    free(text);
+    return v;
+}
+
+/* The model at path against the fixture's reference logits and perplexity. */
+static void check_ref(const char *what, const char *path, const char *ref_path, double ppl)
+{
+    qpk_source *src, *ref;
+    qpk_err e = {0};
+    if (tu_open(&src, path, false, &e) != QPK_OK || tu_open(&ref, ref_path, true, &e) != QPK_OK) {
+        CHECKF(false, "%s: %s", what, e.msg);
+        return;
+    }
+    qpk_verify_opts o = {0};
+    qpk_verify_result r;
+    CHECKF(qpk_verify_ref_file(tu_model(src), qpk_source_logits(ref), &o, &r, &e) == QPK_OK, "%s", e.msg);
+    printf("%-28s max |diff| %.3g, top-1 %.1f%%, compared %llu, ppl %.4f (reference %.4f)\n", what, r.max_abs_diff,
+           r.top1_pct, (unsigned long long)r.n_compared, r.ppl, ppl);
+    CHECKF(fabs(r.ppl / ppl - 1) <= 1e-4, "%s: ppl %.6f, reference %.6f", what, r.ppl, ppl);
+    CHECKF(r.n_compared == 96 && r.max_abs_diff <= 1e-4 && r.top1_pct == 100.0, "%s: %llu compared, max diff %g, "
+           "top-1 %g", what, (unsigned long long)r.n_compared, r.max_abs_diff, r.top1_pct);
+    tu_close(src), tu_close(ref);
+}
+
+/* Logits of the 48 tokens of sequence 0, in one batch (prefill) or one token at a time, on n_threads. */
+static float *run(const qpk_model *m, const int32_t *tok, int n, bool one_by_one, int n_threads)
+{
+    const int64_t V = qpk_model_config(m)->vocab_size;
+    float *logits = malloc((size_t)n * (size_t)V * sizeof *logits);
+    qpk_context *ctx;
+    qpk_err e = {0};
+    qpk_context_opts co = {.n_ctx = 64, .n_threads = n_threads};
+    CHECKF(qpk_context_create(&ctx, m, &co, &e) == QPK_OK, "%s", e.msg);
+    if (one_by_one)
+        for (int t = 0; t < n; t++)
+            CHECK(qpk_eval(ctx, tok + t, 1, logits + (size_t)t * (size_t)V, 1, &e) == QPK_OK);
+    else
+        CHECK(qpk_eval(ctx, tok, n, logits, n, &e) == QPK_OK);
+    qpk_context_free(ctx);
+    return logits;
+}
+
+static void check_moe_paths(const char *fx, const char *arch)
+{
+    char dir[4096], tok_path[4096];
+    path_of(dir, sizeof dir, fx, arch, NULL);
+    path_of(tok_path, sizeof tok_path, fx, arch, "tokens.i32");
+    int32_t *tok;
+    size_t n_tok;
+    qpk_source *src;
+    qpk_err e = {0};
+    if (qpk_read_tokens(tok_path, &tok, &n_tok, &e) != QPK_OK || tu_open(&src, dir, false, &e) != QPK_OK) {
+        CHECKF(false, "%s", e.msg);
+        return;
+    }
+    const int n = 48;
+    const size_t V = (size_t)qpk_model_config(tu_model(src))->vocab_size;
+    float *pre1 = run(tu_model(src), tok, n, false, 1), *pre2 = run(tu_model(src), tok, n, false, 2);
+    float *dec = run(tu_model(src), tok, n, true, 2);
+    CHECKF(!memcmp(pre1, pre2, (size_t)n * V * sizeof *pre1), "%s: prefill logits differ between 1 and 2 threads", arch);
+    double worst = 0;
+    for (size_t i = 0; i < (size_t)n * V; i++)
+        worst = fmax(worst, fabs((double)pre1[i] - dec[i]));
+    printf("%-28s prefill (per expert) vs decode: max |diff| %.3g\n", arch, worst);
+    CHECKF(worst <= 1e-4, "%s: prefill and decode differ by %g", arch, worst);
+    free(pre1), free(pre2), free(dec), free(tok);
+    tu_close(src);
+}
+
+/* KL divergence of the model at path against the fixture's float model on the eval tokens. */
+static double kld_of(const char *path, const char *float_dir, const int32_t *tok, size_t n)
+{
+    qpk_source *a, *b;
+    qpk_err e = {0};
+    qpk_verify_result r = {0};
+    if (tu_open(&a, path, false, &e) != QPK_OK || tu_open(&b, float_dir, false, &e) != QPK_OK) {
+        CHECKF(false, "%s", e.msg);
+        return INFINITY;
+    }
+    qpk_verify_opts o = {.n_ctx = 128, .max_chunks = 40};
+    CHECKF(qpk_verify_tokens(tu_model(a), tu_model(b), tok, n, &o, &r, &e) == QPK_OK, "%s", e.msg);
+    tu_close(a), tu_close(b);
+    return r.kld_mean;
+}
+
+static bool same_file(const char *a, const char *b)
+{
+    size_t na, nb;
+    char *x = slurp(a, &na), *y = slurp(b, &nb);
+    bool same = x && y && na == nb && !memcmp(x, y, na);
+    free(x), free(y);
+    return same;
+}
+
+/*
+ * The fixtures' vocabulary is 2048 random ids; the eval text's ids folded into it give a
+ * token stream with real text's frequencies (calibration from its first part, evaluation
+ * from a later part, never overlapping).
+ */
+static int32_t *folded_tokens(const char *fx, size_t from, size_t n)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tokens/eval_public.i32", fx);
+    int32_t *all;
+    size_t total;
+    qpk_err e = {0};
+    if (qpk_read_tokens(path, &all, &total, &e) != QPK_OK || from + n > total) {
+        CHECKF(false, "%s", e.msg);
+        return NULL;
+    }
+    int32_t *out = malloc(n * sizeof *out);
+    for (size_t i = 0; i < n; i++)
+        out[i] = all[from + i] % 2048;
+    free(all);
+    return out;
+}
+
+static void check_calibration(const char *fx)
+{
+    char dir[4096], out[4096], rtn_path[4096];
+    path_of(dir, sizeof dir, fx, "moe", NULL);
+    enum { N_CALIB = 20000, N_EVAL = 40 * 128 };
+    int32_t *calib = folded_tokens(fx, 0, N_CALIB), *eval = folded_tokens(fx, 30000, N_EVAL);
+    if (!calib || !eval)
+        return;
+    const qpk_method methods[] = {QPK_METHOD_RTN, QPK_METHOD_GPTQ, QPK_METHOD_AWQ, QPK_METHOD_AWQ_GPTQ};
+    double kld[4];
+    for (int m = 0; m < 4; m++) {
+        qpk_convert_opts o = {.dtype = -1, .quant = QPK_TYPE_INT4, .group = 32, .method = methods[m],
+                              .calib = {.tokens = calib, .n_tokens = N_CALIB, .samples = 32, .seq_len = 128}};
+        qpk_convert_result r = {0};
+        qpk_err e = {0};
+        snprintf(out, sizeof out, "%s/cal%d.qpk", tmpdir, m);
+        o.to = QPK_OUT_QPK;
+        CHECKF(qpk_convert_path(dir, out, &o, &r, &e) == QPK_OK, "%s", e.msg);
+        kld[m] = kld_of(out, dir, eval, N_EVAL);
+        printf("int4 g32 %-9s KLD vs float %.4f; experts calibrated %lld, RTN %lld\n", qpk_method_name(methods[m]),
+               kld[m], (long long)r.n_experts_calibrated, (long long)r.n_experts_rtn);
+        if (m > 0)
+            CHECKF(r.n_experts_calibrated == 16 && r.n_experts_rtn == 0 && kld[m] < kld[0],
+                   "%s: %lld calibrated, %lld RTN, KLD %g vs RTN %g", qpk_method_name(methods[m]),
+                   (long long)r.n_experts_calibrated, (long long)r.n_experts_rtn, kld[m], kld[0]);
+        qpk_convert_result_free(&r);
+    }
+    /* One window of 16 tokens: each expert sees at most 16 < 32 tokens, so every one falls back
+     * to RTN, and its bytes are RTN's (GPTQ changes nothing else about an expert's weights). */
+    qpk_convert_opts o = {.dtype = -1, .quant = QPK_TYPE_INT4, .group = 32, .method = QPK_METHOD_GPTQ,
+                          .calib = {.tokens = calib, .n_tokens = N_CALIB, .samples = 1, .seq_len = 16}};
+    qpk_convert_result r = {0};
+    qpk_err e = {0};
+    snprintf(out, sizeof out, "%s/few.qpk", tmpdir);
+    snprintf(rtn_path, sizeof rtn_path, "%s/cal0.qpk", tmpdir);
+    CHECKF(qpk_convert_path(dir, out, &o, &r, &e) == QPK_OK, "%s", e.msg);
+    CHECKF(r.n_experts_calibrated == 0 && r.n_experts_rtn == 16, "%lld calibrated, %lld RTN",
+           (long long)r.n_experts_calibrated, (long long)r.n_experts_rtn);
+    qpk_source *a, *b;
+    if (tu_open(&a, out, false, &e) == QPK_OK && tu_open(&b, rtn_path, false, &e) == QPK_OK) {
+        int same = 0;
+        for (int l = 0; l < 3; l++)
+            for (qpk_role role = QPK_ROLE_EXP_GATE; role <= QPK_ROLE_EXP_DOWN; role++) {
+                qpk_matrix x, y;
+                if (!qpk_layer_has_role(qpk_source_config(a), role, l))
+                    continue;
+                CHECK(qpk_source_matrix(a, role, l, &x, &e) == QPK_OK && qpk_source_matrix(b, role, l, &y, &e) == QPK_OK);
+                same += x.type == y.type && !memcmp(x.data, y.data, qpk_matrix_row_bytes(&x) * (size_t)x.rows);
+            }
+        CHECKF(same == 6, "%d of 6 fallen-back expert tensors equal RTN's", same);
+        tu_close(a), tu_close(b);
+    }
+    qpk_convert_result_free(&r);
+    /* The same calibrated file from 1 and 2 threads. */
+    char one[4096], two[4096];
+    snprintf(one, sizeof one, "%s/t1.qpk", tmpdir);
+    snprintf(two, sizeof two, "%s/t2.qpk", tmpdir);
+    o.calib.samples = 8, o.calib.seq_len = 128, o.method = QPK_METHOD_AWQ;
+    o.n_threads = 1;
+    CHECKF(qpk_convert_path(dir, one, &o, NULL, &e) == QPK_OK, "%s", e.msg);
+    o.n_threads = 2;
+    CHECKF(qpk_convert_path(dir, two, &o, NULL, &e) == QPK_OK, "%s", e.msg);
+    CHECKF(same_file(one, two), "AWQ on a MoE model: 1 and 2 threads write different files");
+    free(calib), free(eval);
+}
+
+/* A MoE .qpk -> GPTQ / AWQ folder (experts one by one) -> .qpk: the same logits, bit for bit. */
+static void check_folders(const char *fx)
+{
+    char dir[4096], q[4096], folder[4096], back[4096];
+    path_of(dir, sizeof dir, fx, "moe", NULL);
+    snprintf(q, sizeof q, "%s/m.qpk", tmpdir);
+    qpk_convert_opts o = {.dtype = -1, .quant = QPK_TYPE_INT4, .group = 32, .to = QPK_OUT_QPK};
+    qpk_quant_rule keep[] = {{"embed_tokens", QPK_TYPE_BF16, 0}, {"lm_head", QPK_TYPE_BF16, 0}};
+    o.rules = keep, o.n_rules = 2;
+    qpk_err e = {0};
+    CHECKF(qpk_convert_path(dir, q, &o, NULL, &e) == QPK_OK, "%s", e.msg);
+    for (int awq = 0; awq < 2; awq++) {
+        snprintf(folder, sizeof folder, "%s/%s", tmpdir, awq ? "awq" : "gptq");
+        snprintf(back, sizeof back, "%s/back%d.qpk", tmpdir, awq);
+        qpk_convert_opts x = {.dtype = -1, .to = awq ? QPK_OUT_AWQ : QPK_OUT_GPTQ};
+        CHECKF(qpk_convert_path(q, folder, &x, NULL, &e) == QPK_OK, "%s", e.msg);
+        char expert0[4200];
+        snprintf(expert0, sizeof expert0, "%s/model.safetensors", folder);
+        qpk_safetensors *st;
+        if (qpk_st_open(&st, expert0, &e) == QPK_OK) {
+            CHECK(qpk_st_find(st, "model.layers.0.mlp.experts.7.down_proj.qweight") &&
+                  qpk_st_find(st, "model.layers.0.mlp.shared_expert.up_proj.scales") &&
+                  qpk_st_find(st, "model.layers.0.mlp.gate.weight") &&
+                  qpk_st_find(st, "model.layers.0.mlp.shared_expert_gate.weight") &&
+                  !qpk_st_find(st, "model.layers.0.mlp.experts.gate_proj.qweight"));
+            qpk_st_close(st);
+        }
+        qpk_convert_opts y = {.dtype = -1, .to = QPK_OUT_QPK};
+        CHECKF(qpk_convert_path(folder, back, &y, NULL, &e) == QPK_OK, "%s", e.msg);
+        qpk_source *a, *b;
+        if (tu_open(&a, q, false, &e) == QPK_OK && tu_open(&b, back, false, &e) == QPK_OK) {
+            int32_t tok[16];
+            for (int i = 0; i < 16; i++)
+                tok[i] = (i * 131 + 7) % 2048;
+            float *x1 = run(tu_model(a), tok, 16, false, 2), *x2 = run(tu_model(b), tok, 16, false, 2);
+            CHECKF(!memcmp(x1, x2, 16 * 2048 * sizeof *x1), "%s folder round trip changed the logits", awq ? "AWQ" : "GPTQ");
+            free(x1), free(x2);
+            tu_close(a), tu_close(b);
+        }
+    }
+}
+
+int main(void)
+{
+    const char *fx = fixtures_dir();
+    if (!fx)
+        return fixtures_missing();
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/qpk-test-family-XXXXXX");
+    if (!mkdtemp(tmpdir))
+        return 1;
+    for (size_t i = 0; i < sizeof ARCHS / sizeof *ARCHS; i++) {
+        char dir[4096], ref[4096], info[4096], out[4096], what[64];
+        path_of(dir, sizeof dir, fx, ARCHS[i], NULL);
+        path_of(ref, sizeof ref, fx, ARCHS[i], "ref-logits.safetensors");
+        path_of(info, sizeof info, fx, ARCHS[i], "ref-info.json");
+        const double ppl = ref_ppl(info);
+        snprintf(what, sizeof what, "%s folder", ARCHS[i]);
+        check_ref(what, dir, ref, ppl);
+        snprintf(out, sizeof out, "%s/%s.qpk", tmpdir, ARCHS[i]);
+        qpk_convert_opts o = {.dtype = -1, .to = QPK_OUT_QPK};
+        qpk_err e = {0};
+        CHECKF(qpk_convert_path(dir, out, &o, NULL, &e) == QPK_OK, "%s", e.msg);
+        snprintf(what, sizeof what, "%s .qpk", ARCHS[i]);
+        check_ref(what, out, ref, ppl);
+    }
+    check_moe_paths(fx, "moe");
+    check_moe_paths(fx, "qwen3-moe");
+    check_calibration(fx);
+    check_folders(fx);
+    rm_rf(tmpdir);
+    printf("test_family: %d passed, %d failed\n", th_passed, th_failed);
+    return th_failed != 0;
+}

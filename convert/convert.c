@@ -637,13 +637,14 @@ static void add_import(cJSON *m, const qpk_checkpoint *ck, const qpk_convert_opt
 }
 
 /*
- * The file version follows from the tensors: the newest version among their types (each
- * type's row says which version brought it), and 2 for a permuted input (an i32 tensor).
+ * The file version follows from the model and its tensors: the version that first describes
+ * the config (3 for the family beyond dense qwen2), the newest version among the tensors'
+ * types (each type's row says which version brought it), and 2 for a permuted input.
  * Files that need nothing newer stay version 1, readable by version 1 readers.
  */
 static int format_version(const job *j)
 {
-    uint32_t v = 1;
+    uint32_t v = qpk_config_min_version(j->cfg);
     for (size_t i = 0; i < qpk_model_n_tensors(j->cfg); i++) {
         const uint32_t tv = qpk_type_info_of(j->plan[i].type)->version;
         const uint32_t pv = j->plan[i].permuted ? qpk_type_info_of(QPK_TYPE_I32)->version : 1;

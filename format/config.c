@@ -163,6 +163,14 @@ const char *qpk_arch_class(qpk_arch a)
     return (unsigned)a < QPK_ARCH_COUNT_ ? CLASS[a] : "?";
 }
 
+uint32_t qpk_config_min_version(const qpk_config *c)
+{
+    /* Version 2 described dense qwen2 with plain RoPE and head_dim = hidden / heads only: a
+     * reader of it that ignored the new config keys would compute another model. */
+    bool v2 = c->arch == QPK_ARCH_QWEN2 && c->yarn.factor == 0 && c->head_dim * c->n_heads == c->hidden_size;
+    return v2 ? 1 : 3;
+}
+
 bool qpk_config_is_moe(const qpk_config *c) { return c->arch == QPK_ARCH_QWEN2_MOE || c->arch == QPK_ARCH_QWEN3_MOE; }
 
 static bool is_qwen3(const qpk_config *c) { return c->arch == QPK_ARCH_QWEN3 || c->arch == QPK_ARCH_QWEN3_MOE; }
@@ -440,8 +448,9 @@ qpk_status qpk_meta_validate(const char *meta, size_t len, qpk_config *cfg, uint
         s = qpk_err_setf(e, QPK_E_CORRUPT, "metadata is not a JSON object");
     else if (!cJSON_IsString(fmt) || strcmp(fmt->valuestring, "qpk") != 0)
         s = qpk_err_setf(e, QPK_E_CORRUPT, "metadata: \"format\" is not \"qpk\"");
-    else if (!cJSON_IsNumber(ver) || (ver->valuedouble != 1 && ver->valuedouble != QPK_FORMAT_VERSION))
-        s = qpk_err_setf(e, QPK_E_CORRUPT, "metadata: \"format_version\" is not 1 or %u", QPK_FORMAT_VERSION);
+    else if (!cJSON_IsNumber(ver) || ver->valuedouble != floor(ver->valuedouble) || ver->valuedouble < 1 ||
+             ver->valuedouble > QPK_FORMAT_VERSION)
+        s = qpk_err_setf(e, QPK_E_CORRUPT, "metadata: \"format_version\" is not 1 to %u", QPK_FORMAT_VERSION);
     else if (!cJSON_IsString(arch))
         s = qpk_err_setf(e, QPK_E_CORRUPT, "metadata: \"architecture\" is not a string");
     else if ((s = config_from_cjson(cfg, cJSON_GetObjectItemCaseSensitive(root, "config"), e)) != QPK_OK)
@@ -449,6 +458,10 @@ qpk_status qpk_meta_validate(const char *meta, size_t len, qpk_config *cfg, uint
     else if (strcmp(arch->valuestring, ARCH_NAME[cfg->arch]) != 0)
         s = qpk_err_setf(e, QPK_E_MISMATCH, "metadata: \"architecture\" \"%.32s\" differs from the config's "
                          "model_type \"%s\"", arch->valuestring, ARCH_NAME[cfg->arch]);
+    else if (ver->valuedouble < qpk_config_min_version(cfg))
+        s = qpk_err_setf(e, QPK_E_CORRUPT, "metadata: a %s model%s needs format version %u, the file says %g",
+                         ARCH_NAME[cfg->arch], cfg->yarn.factor != 0 ? " with YaRN" : "", qpk_config_min_version(cfg),
+                         ver->valuedouble);
     else
         *version = (uint32_t)ver->valuedouble;
     cJSON_Delete(root);

@@ -263,6 +263,38 @@ static void check_folders(const char *fx)
     }
 }
 
+/* A MoE model's metadata claiming version 2, or another architecture than its config's: refused, nothing written. */
+static void check_versions(const char *fx)
+{
+    char path[4096], out[4096];
+    path_of(path, sizeof path, fx, "moe", "config.json");
+    snprintf(out, sizeof out, "%s/v.qpk", tmpdir);
+    size_t n;
+    char *text = slurp(path, &n);
+    qpk_config c;
+    qpk_err e = {0};
+    CHECKF(text && qpk_config_parse(&c, text, n, &e) == QPK_OK, "%s", e.msg);
+    free(text);
+    char *cfg = qpk_config_to_json(&c);
+    const struct {
+        int version;
+        const char *arch, *msg;
+    } cases[] = {{2, "qwen2_moe", "a qwen2_moe model needs format version 3, the file says 2"},
+                 {3, "qwen2", "\"architecture\" \"qwen2\" differs from the config's model_type \"qwen2_moe\""},
+                 {4, "qwen2_moe", "\"format_version\" is not 1 to 3"}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char meta[8192];
+        snprintf(meta, sizeof meta, "{\"format\":\"qpk\",\"format_version\":%d,\"architecture\":\"%s\",\"config\":%s}",
+                 cases[i].version, cases[i].arch, cfg);
+        qpk_writer *w;
+        CHECK(qpk_writer_create(&w, out, &e) == QPK_OK);
+        qpk_status s = qpk_writer_finish(w, meta, strlen(meta), &e);
+        CHECKF(s != QPK_OK && strstr(e.msg, cases[i].msg), "version case %zu: \"%s\"", i, e.msg);
+        CHECK(access(out, F_OK) != 0);
+    }
+    free(cfg);
+}
+
 int main(void)
 {
     const char *fx = fixtures_dir();
@@ -290,6 +322,7 @@ int main(void)
     check_moe_paths(fx, "qwen3-moe");
     check_calibration(fx);
     check_folders(fx);
+    check_versions(fx);
     rm_rf(tmpdir);
     printf("test_family: %d passed, %d failed\n", th_passed, th_failed);
     return th_failed != 0;

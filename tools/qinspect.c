@@ -20,7 +20,7 @@ static void usage(void)
            "Options:\n"
            "      --verify     .qpk: also recompute every tensor's and embedded file's\n"
            "                   XXH3 and check the tensors against the model config;\n"
-           "                   GGUF: check the qwen2 keys, tokenizer and every tensor's\n"
+           "                   GGUF: check the architecture's keys, tokenizer and every tensor's\n"
            "                   name and shape\n"
            "      --json       print one JSON object instead of text\n"
            "      --no-tensors leave out the tensor table\n"
@@ -85,12 +85,28 @@ static void print_text(const char *path, const qpk_file *f, const cJSON *meta, b
     putchar('\n');
     printf("size          %" PRIu64 " bytes\n", qpk_file_size(f));
     printf("format        qpk v%u, alignment %u\n", qpk_file_version(f), qpk_file_alignment(f));
-    printf("model         qwen2: vocab %lld, hidden %lld, intermediate %lld, layers %lld\n",
+    printf("model         %s: vocab %lld, hidden %lld, intermediate %lld, layers %lld\n", qpk_arch_name(c->arch),
            (long long)c->vocab_size, (long long)c->hidden_size, (long long)c->intermediate_size,
            (long long)c->n_layers);
-    printf("attention     %lld heads, %lld kv heads, head_dim %lld, rope_theta %g, max positions %lld\n",
+    printf("attention     %lld heads, %lld kv heads, head_dim %lld, rope_theta %g, max positions %lld%s%s\n",
            (long long)c->n_heads, (long long)c->n_kv_heads, (long long)c->head_dim, c->rope_theta,
-           (long long)c->max_position_embeddings);
+           (long long)c->max_position_embeddings, c->arch == QPK_ARCH_QWEN3 || c->arch == QPK_ARCH_QWEN3_MOE ?
+           "; q/k norms" : "", c->attention_bias ? "; biases on q/k/v/o" : "");
+    if (c->yarn.factor != 0)
+        printf("rope scaling  yarn: factor %g over %lld original positions, beta_fast %g, beta_slow %g, "
+               "attention factor %g\n", c->yarn.factor, (long long)c->yarn.original_max_position_embeddings,
+               c->yarn.beta_fast, c->yarn.beta_slow, c->yarn.attention_factor);
+    if (qpk_config_is_moe(c)) {
+        int sparse = 0;
+        for (int l = 0; l < c->n_layers; l++)
+            sparse += qpk_layer_is_sparse(c, l);
+        printf("experts       %lld, %lld per token%s, %lld wide each", (long long)c->n_experts,
+               (long long)c->n_experts_used, c->norm_topk_prob ? " (weights renormalized)" : "",
+               (long long)c->moe_intermediate_size);
+        if (c->shared_expert_intermediate_size)
+            printf("; shared expert %lld wide", (long long)c->shared_expert_intermediate_size);
+        printf("; %d of %lld layers sparse\n", sparse, (long long)c->n_layers);
+    }
     printf("norms         rms_norm_eps %g; embeddings %s\n", c->rms_norm_eps,
            c->tie_word_embeddings ? "tied (one tensor serves the head)" : "untied");
     if (c->bos_token_id >= 0)

@@ -253,6 +253,9 @@ typedef struct qpk_config {
 
 /* Whether layer l of c runs the sparse MoE block (else the dense MLP). */
 QPK_API bool qpk_layer_is_sparse(const qpk_config *c, int layer);
+/* The first .qpk format version that describes c: 1, or 3 for the family beyond dense qwen2
+ * with plain RoPE (FORMAT.md, section 10). */
+QPK_API uint32_t qpk_config_min_version(const qpk_config *c);
 /* Whether c is a mixture-of-experts architecture. */
 QPK_API bool qpk_config_is_moe(const qpk_config *c);
 

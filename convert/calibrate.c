@@ -254,6 +254,16 @@ static double memory_needed(const qpk_config *cf, const qpk_calib_params *p, qpk
     if (method != QPK_METHOD_GPTQ)
         bytes += (double)p->awq.sample_rows * (2 * H + Q + I) * 4 * 2 + 16 * widest * widest / 8;
     bytes += L * (4 * H + 4 * Q + 2 * KV + 2 * I) * 4 + (double)threads * (6 * widest + L) * 4; /* a context */
+    if (qpk_config_is_moe(cf)) { /* per expert: its weights, and its own statistics on both of its inputs */
+        const double E = (double)cf->n_experts, M = (double)cf->moe_intermediate_size;
+        const double S = (double)cf->shared_expert_intermediate_size;
+        bytes += 8 * (3 * E * M * H + 3 * S * H + E * H); /* a sparse layer, f32 + stored */
+        if (qpk_method_uses_gptq(method))
+            bytes += 8 * (E * (H * H + M * M) + S * S);
+        if (method != QPK_METHOD_GPTQ)
+            bytes += E * ((double)p->awq.sample_rows * 4 + 20) * (H + M);
+        bytes += L * (E + 3 * H) * 4; /* routing and one expert's rows in the context */
+    }
     return bytes;
 }
 

@@ -108,20 +108,27 @@ static bool more_bits(int layer, int64_t n_layers)
 }
 
 /*
- * The type of a matrix under a preset, as llama-quantize's mixes choose it for a Qwen2
- * model: the preset's type for the linears; v_proj and down_proj in Q6_K in the layers
- * more_bits picks (_M mixes); the head (the embedding, when tied) in Q6_K (Q8_0 for
- * q8_0); an untied embedding in the preset's type.
+ * The type of a matrix under a preset, as llama-quantize's mixes choose it for the
+ * family: the preset's type for the linears; v_proj and every down projection (dense,
+ * experts', shared expert's) in Q6_K in the layers more_bits picks (_M mixes); the head
+ * (the embedding, when tied) in Q6_K (Q8_0 for q8_0); an untied embedding in the preset's
+ * type. llama-quantize also special-cases models of exactly 8 experts: k_proj and v_proj
+ * in Q8_0, and o_proj in Q5_K under Q4_K_M.
  */
 static uint32_t preset_type(qpk_preset p, qpk_role role, int layer, const qpk_config *c)
 {
     static const uint32_t BASE[] = {[QPK_PRESET_Q4_K_M] = QPK_TYPE_Q4_K, [QPK_PRESET_Q5_K_M] = QPK_TYPE_Q5_K,
                                     [QPK_PRESET_Q6_K] = QPK_TYPE_Q6_K, [QPK_PRESET_Q8_0] = QPK_TYPE_INT8};
     const uint32_t base = BASE[p];
-    const bool mixed = p == QPK_PRESET_Q4_K_M || p == QPK_PRESET_Q5_K_M;
+    const bool mixed = p == QPK_PRESET_Q4_K_M || p == QPK_PRESET_Q5_K_M, eight = c->n_experts == 8;
+    const bool down = role == QPK_ROLE_DOWN || role == QPK_ROLE_EXP_DOWN || role == QPK_ROLE_SHEXP_DOWN;
     if (role == QPK_ROLE_LM_HEAD || (role == QPK_ROLE_EMBED && c->tie_word_embeddings))
         return p == QPK_PRESET_Q8_0 ? QPK_TYPE_INT8 : QPK_TYPE_Q6_K;
-    if (mixed && (role == QPK_ROLE_V || role == QPK_ROLE_DOWN) && more_bits(layer, c->n_layers))
+    if (eight && (role == QPK_ROLE_V || role == QPK_ROLE_K))
+        return QPK_TYPE_INT8;
+    if (eight && role == QPK_ROLE_O && p == QPK_PRESET_Q4_K_M)
+        return QPK_TYPE_Q5_K;
+    if (mixed && (role == QPK_ROLE_V || down) && more_bits(layer, c->n_layers))
         return QPK_TYPE_Q6_K;
     return base;
 }

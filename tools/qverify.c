@@ -16,7 +16,7 @@ static void usage(void)
     printf("Usage: qverify MODEL [--tokens FILE | --text FILE] [--ref REF] [options]\n"
            "\n"
            "MODEL is a .qpk file, a Hugging Face model folder (read in memory, no\n"
-           "conversion file written) or a qwen2 GGUF file (its tensors computed with\n"
+           "conversion file written) or a GGUF file (its tensors computed with\n"
            "exactly as ggml dequantizes them; its tokenizer from its tokenizer.ggml keys).\n"
            "\n"
            "  --tokens FILE     raw little-endian int32 token ids: perplexity in llama.cpp's\n"

@@ -209,6 +209,14 @@ static double yarn_mscale(double scale, double mscale)
     return scale <= 1 ? 1.0 : 0.1 * mscale * log(scale) + 1.0;
 }
 
+/* The attention factor transformers derives when rope_scaling does not give one. */
+static double yarn_default_attention(const qpk_yarn *y)
+{
+    if (y->mscale > 0 && y->mscale_all_dim > 0)
+        return yarn_mscale(y->factor, y->mscale) / yarn_mscale(y->factor, y->mscale_all_dim);
+    return yarn_mscale(y->factor, 1);
+}
+
 /*
  * rope_scaling (transformers 4.x) or rope_parameters (5.x): absent, null, the "default"
  * rope type, or "yarn" with its parameters. Every other rope type changes the positions'
@@ -247,22 +255,25 @@ static qpk_status parse_rope_scaling(const cJSON *root, qpk_config *c, qpk_err *
         return qpk_err_setf(e, QPK_E_CORRUPT, "%s: yarn factor %g is not in [1, 1024] (a factor below 1 would "
                             "shrink the context)", key, f->valuedouble);
     y->factor = f->valuedouble;
+    /* The keys inside name their object: 'beta_fast' alone would not say where to look. */
+    qpk_status s = QPK_OK;
     int64_t L;
-    QPK_TRY(get_int(rs, "original_max_position_embeddings", false, c->max_position_embeddings, 1, 1LL << 24, &L, e));
+    if ((s = get_int(rs, "original_max_position_embeddings", false, c->max_position_embeddings, 1, 1LL << 24, &L,
+                     e)) != QPK_OK ||
+        (s = get_real(rs, "beta_fast", 32, &y->beta_fast, e)) != QPK_OK ||
+        (s = get_real(rs, "beta_slow", 1, &y->beta_slow, e)) != QPK_OK ||
+        (cJSON_GetObjectItemCaseSensitive(rs, "mscale") && (s = get_real(rs, "mscale", 0, &y->mscale, e)) != QPK_OK) ||
+        (cJSON_GetObjectItemCaseSensitive(rs, "mscale_all_dim") &&
+         (s = get_real(rs, "mscale_all_dim", 0, &y->mscale_all_dim, e)) != QPK_OK))
+        return qpk_err_prefix(e, s, "%s", key);
     y->original_max_position_embeddings = L;
-    QPK_TRY(get_real(rs, "beta_fast", 32, &y->beta_fast, e));
-    QPK_TRY(get_real(rs, "beta_slow", 1, &y->beta_slow, e));
-    if (cJSON_GetObjectItemCaseSensitive(rs, "mscale"))
-        QPK_TRY(get_real(rs, "mscale", 0, &y->mscale, e));
-    if (cJSON_GetObjectItemCaseSensitive(rs, "mscale_all_dim"))
-        QPK_TRY(get_real(rs, "mscale_all_dim", 0, &y->mscale_all_dim, e));
     if (cJSON_GetObjectItemCaseSensitive(rs, "attention_factor") &&
-        !cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(rs, "attention_factor")))
-        QPK_TRY(get_real(rs, "attention_factor", 1, &y->attention_factor, e));
-    else if (y->mscale > 0 && y->mscale_all_dim > 0)
-        y->attention_factor = yarn_mscale(y->factor, y->mscale) / yarn_mscale(y->factor, y->mscale_all_dim);
-    else
-        y->attention_factor = yarn_mscale(y->factor, 1);
+        !cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(rs, "attention_factor"))) {
+        if ((s = get_real(rs, "attention_factor", 1, &y->attention_factor, e)) != QPK_OK)
+            return qpk_err_prefix(e, s, "%s", key);
+    } else {
+        y->attention_factor = yarn_default_attention(y);
+    }
     return QPK_OK;
 }
 
@@ -277,10 +288,13 @@ static qpk_status parse_mlp_only(const cJSON *root, qpk_config *c, qpk_err *e)
     cJSON_ArrayForEach(x, it)
     {
         double v = cJSON_IsNumber(x) ? x->valuedouble : -1;
-        if (v != floor(v) || v < 0 || v >= (double)c->n_layers)
+        if (v != floor(v) || v < 0 || v >= (double)c->n_layers) {
+            char what[64] = "a non-number";
+            if (cJSON_IsNumber(x))
+                snprintf(what, sizeof what, "%g", x->valuedouble);
             return qpk_err_setf(e, QPK_E_CORRUPT, "'mlp_only_layers' holds %s, not a layer index below "
-                                "num_hidden_layers = %lld", cJSON_IsNumber(x) ? "an out-of-range value" : "a non-number",
-                                (long long)c->n_layers);
+                                "num_hidden_layers = %lld", what, (long long)c->n_layers);
+        }
         c->mlp_only_layers[(int)v / 64] |= 1ull << ((int)v % 64);
     }
     return QPK_OK;
@@ -297,8 +311,9 @@ static qpk_status parse_family(const cJSON *root, qpk_config *c, qpk_err *e)
     QPK_TRY(get_field(root, "num_experts", false, q2 ? 60 : 128, c, e));
     QPK_TRY(get_field(root, "num_experts_per_tok", false, q2 ? 4 : 8, c, e));
     QPK_TRY(get_field(root, "moe_intermediate_size", false, q2 ? 1408 : 768, c, e));
-    if (q2)
-        QPK_TRY(get_field(root, "shared_expert_intermediate_size", false, 5632, c, e));
+    /* Read for qwen3_moe too, which has no shared expert: 0 is what its configs may say (Qwen3-Coder's do), and
+     * anything else describes weights its model would leave unused. */
+    QPK_TRY(get_field(root, "shared_expert_intermediate_size", false, q2 ? 5632 : 0, c, e));
     QPK_TRY(get_field(root, "decoder_sparse_step", false, 1, c, e));
     QPK_TRY(get_bool(root, "norm_topk_prob", false, &c->norm_topk_prob, e));
     return parse_mlp_only(root, c, e);
@@ -468,6 +483,21 @@ qpk_status qpk_meta_validate(const char *meta, size_t len, qpk_config *cfg, uint
     return s;
 }
 
+/*
+ * A real number as the shortest text that reads back as exactly it. cJSON prints 15 digits whenever they read back
+ * within an epsilon of the value, which can lose its last bit (fuzz_config found a yarn attention factor that did).
+ */
+static void add_real(cJSON *o, const char *key, double v)
+{
+    char buf[40];
+    for (int digits = 15; digits <= 17; digits++) {
+        snprintf(buf, sizeof buf, "%.*g", digits, v);
+        if (strtod(buf, NULL) == v)
+            break;
+    }
+    cJSON_AddItemToObject(o, key, cJSON_CreateRaw(buf));
+}
+
 char *qpk_config_to_json(const qpk_config *c)
 {
     cJSON *o = cJSON_CreateObject();
@@ -482,8 +512,8 @@ char *qpk_config_to_json(const qpk_config *c)
     cJSON_AddNumberToObject(o, "num_key_value_heads", (double)c->n_kv_heads);
     cJSON_AddNumberToObject(o, "head_dim", (double)c->head_dim);
     cJSON_AddNumberToObject(o, "max_position_embeddings", (double)c->max_position_embeddings);
-    cJSON_AddNumberToObject(o, "rope_theta", c->rope_theta);
-    cJSON_AddNumberToObject(o, "rms_norm_eps", c->rms_norm_eps);
+    add_real(o, "rope_theta", c->rope_theta);
+    add_real(o, "rms_norm_eps", c->rms_norm_eps);
     cJSON_AddBoolToObject(o, "tie_word_embeddings", c->tie_word_embeddings);
     cJSON_AddBoolToObject(o, "use_sliding_window", c->use_sliding_window);
     cJSON_AddNumberToObject(o, "sliding_window", (double)c->sliding_window);
@@ -496,15 +526,17 @@ char *qpk_config_to_json(const qpk_config *c)
         const qpk_yarn *y = &c->yarn;
         cJSON *r = cJSON_AddObjectToObject(o, "rope_scaling");
         cJSON_AddStringToObject(r, "rope_type", "yarn");
-        cJSON_AddNumberToObject(r, "factor", y->factor);
+        add_real(r, "factor", y->factor);
         cJSON_AddNumberToObject(r, "original_max_position_embeddings", (double)y->original_max_position_embeddings);
-        cJSON_AddNumberToObject(r, "beta_fast", y->beta_fast);
-        cJSON_AddNumberToObject(r, "beta_slow", y->beta_slow);
+        add_real(r, "beta_fast", y->beta_fast);
+        add_real(r, "beta_slow", y->beta_slow);
         if (y->mscale > 0)
-            cJSON_AddNumberToObject(r, "mscale", y->mscale);
+            add_real(r, "mscale", y->mscale);
         if (y->mscale_all_dim > 0)
-            cJSON_AddNumberToObject(r, "mscale_all_dim", y->mscale_all_dim);
-        cJSON_AddNumberToObject(r, "attention_factor", y->attention_factor);
+            add_real(r, "mscale_all_dim", y->mscale_all_dim);
+        /* Only when given: a derived one is derived again on reading, from the same inputs, bit for bit. */
+        if (y->attention_factor != yarn_default_attention(y))
+            add_real(r, "attention_factor", y->attention_factor);
     }
     if (qpk_config_is_moe(c)) {
         cJSON_AddNumberToObject(o, "num_experts", (double)c->n_experts);

@@ -294,13 +294,13 @@ static bool is_float(qpk_st_dtype d)
     return d == QPK_ST_F32 || d == QPK_ST_F16 || d == QPK_ST_BF16 || d == QPK_ST_F64;
 }
 
-static qpk_status check_tensor(const qpk_checkpoint *ck, const qpk_st_tensor *t, qpk_role role, qpk_err *e)
+/* A float tensor of nd dims, or a message in the words of config.json (name: as the file calls it). */
+static qpk_status check_float_shape(const qpk_st_tensor *t, const char *name, int nd, const int64_t dims[2],
+                                    qpk_err *e)
 {
-    int64_t dims[2];
-    int nd = qpk_role_shape(&ck->cfg, role, dims);
     if (!is_float(t->dtype))
         return qpk_err_setf(e, QPK_E_UNSUPPORTED, "tensor '%s' has dtype %s; weights must be F32, F16, BF16 or F64",
-                            t->name, qpk_st_dtype_name(t->dtype));
+                            name, qpk_st_dtype_name(t->dtype));
     if (t->ndim != nd || t->shape[0] != dims[0] || (nd == 2 && t->shape[1] != dims[1])) {
         char got[64] = "[", want[64];
         for (int i = 0; i < t->ndim && i < 4; i++)
@@ -310,9 +310,16 @@ static qpk_status check_tensor(const qpk_checkpoint *ck, const qpk_st_tensor *t,
             snprintf(want, sizeof want, "[%lld, %lld]", (long long)dims[0], (long long)dims[1]);
         else
             snprintf(want, sizeof want, "[%lld]", (long long)dims[0]);
-        return qpk_err_setf(e, QPK_E_MISMATCH, "tensor '%s' has shape %s; config.json implies %s", t->name, got, want);
+        return qpk_err_setf(e, QPK_E_MISMATCH, "tensor '%s' has shape %s; config.json implies %s", name, got, want);
     }
     return QPK_OK;
+}
+
+static qpk_status check_tensor(const qpk_checkpoint *ck, const qpk_st_tensor *t, qpk_role role, qpk_err *e)
+{
+    int64_t dims[2];
+    int nd = qpk_role_shape(&ck->cfg, role, dims);
+    return check_float_shape(t, t->name, nd, dims, e);
 }
 
 /* Element-wise equality of two float tensors of the same shape, whatever their dtypes. */
@@ -527,12 +534,8 @@ static qpk_status stack_experts(qpk_checkpoint *ck, qpk_err *e)
                     return qpk_err_setf(e, QPK_E_MISMATCH, "missing tensor '%s' (num_experts is %lld)", name,
                                         (long long)c->n_experts);
                 }
-                if (!is_float(t->dtype))
-                    return qpk_err_setf(e, QPK_E_UNSUPPORTED, "tensor '%s' has dtype %s; weights must be F32, F16, "
-                                        "BF16 or F64", name, qpk_st_dtype_name(t->dtype));
-                if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != dims[1])
-                    return qpk_err_setf(e, QPK_E_MISMATCH, "tensor '%s' is not [%lld, %lld] as config.json implies",
-                                        name, (long long)rows, (long long)dims[1]);
+                const int64_t one[2] = {rows, dims[1]};
+                QPK_TRY(check_float_shape(t, name, 2, one, e));
                 if (t->dtype != parts[0]->dtype)
                     return qpk_err_setf(e, QPK_E_UNSUPPORTED, "tensor '%s' is %s while expert 0 is %s: one layer's "
                                         "experts share a dtype", name, qpk_st_dtype_name(t->dtype),
@@ -614,7 +617,8 @@ static qpk_status classify(qpk_checkpoint *ck, const qpk_callbacks *cb, qpk_err 
                   "is ignored and the head uses the embedding (as transformers does)");
     }
     for (size_t i = 0; i < ck->n_ignored; i++)
-        logf_(cb, QPK_LOG_WARN, "unexpected tensor '%s' is not part of a Qwen2 model: ignored", ck->ignored[i]);
+        logf_(cb, QPK_LOG_WARN, "unexpected tensor '%s' is not part of a %s model: ignored", ck->ignored[i],
+              qpk_arch_name(c->arch));
     return QPK_OK;
 }
 

@@ -67,6 +67,114 @@ sed -i 's/"qwen2"/"llama"/' "$tmp/m/config.json"
 expect 3 'model_type "llama" is not supported' -- "$bin/qconvert" "$tmp/m" -o "$tmp/llama.qpk"
 expect 1 "" -- test -e "$tmp/llama.qpk"
 
+# qgen across the family (issue 21): presets of the released shapes, options, refusals.
+expect 0 "qwen3-30b-a3b +Qwen3-30B-A3B: 128 experts, top 8, no shared one" -- "$bin/qgen" --help
+expect 0 "--experts-used K +num_experts_per_tok" -- "$bin/qgen" --help
+# has DIR KEY VALUE: config.json holds "KEY": VALUE (cJSON prints a tab after the colon).
+has() { expect 0 "" -- grep -qE "^[[:space:]]*\"$2\":[[:space:]]*$3,?\$" "$1/config.json"; }
+lacks() { expect 1 "" -- grep -q "\"$2\"" "$1/config.json"; }
+for p in qwen1.5-moe-a2.7b qwen2-57b-a14b qwen2.5-7b-yarn qwen3-0.6b qwen3-8b qwen3-30b-a3b; do
+  expect 0 "" -- "$bin/qgen" "$tmp/c-$p" --preset "$p" --config-only
+  expect 1 "" -- test -e "$tmp/c-$p/model.safetensors"
+done
+# The released config.json files' values (each checked against its Hugging Face copy).
+c=$tmp/c-qwen1.5-moe-a2.7b
+has "$c" model_type '"qwen2_moe"'; has "$c" architectures '\["Qwen2MoeForCausalLM"\]'; has "$c" hidden_size 2048
+has "$c" num_hidden_layers 24; has "$c" num_attention_heads 16; has "$c" num_key_value_heads 16
+has "$c" intermediate_size 5632; has "$c" num_experts 60; has "$c" num_experts_per_tok 4
+has "$c" moe_intermediate_size 1408; has "$c" shared_expert_intermediate_size 5632; has "$c" vocab_size 151936
+has "$c" norm_topk_prob false; has "$c" tie_word_embeddings false; has "$c" max_position_embeddings 8192
+has "$c" decoder_sparse_step 1; has "$c" mlp_only_layers '\[\]'; lacks "$c" head_dim
+c=$tmp/c-qwen2-57b-a14b
+has "$c" hidden_size 3584; has "$c" num_hidden_layers 28; has "$c" num_attention_heads 28; has "$c" num_key_value_heads 4
+has "$c" intermediate_size 18944; has "$c" num_experts 64; has "$c" num_experts_per_tok 8
+has "$c" moe_intermediate_size 2560; has "$c" shared_expert_intermediate_size 20480; has "$c" vocab_size 151936
+has "$c" tie_word_embeddings false; has "$c" max_position_embeddings 131072
+c=$tmp/c-qwen2.5-7b-yarn
+has "$c" model_type '"qwen2"'; has "$c" hidden_size 3584; has "$c" num_key_value_heads 4; has "$c" vocab_size 152064
+has "$c" max_position_embeddings 32768; has "$c" type '"yarn"'; has "$c" factor 4
+has "$c" original_max_position_embeddings 32768; lacks "$c" attention_factor; lacks "$c" beta_fast
+c=$tmp/c-qwen3-0.6b
+has "$c" architectures '\["Qwen3ForCausalLM"\]'; has "$c" hidden_size 1024; has "$c" num_hidden_layers 28
+has "$c" num_attention_heads 16; has "$c" num_key_value_heads 8; has "$c" head_dim 128; has "$c" intermediate_size 3072
+has "$c" tie_word_embeddings true; has "$c" max_position_embeddings 40960; has "$c" rope_theta 1000000
+has "$c" attention_bias false
+c=$tmp/c-qwen3-8b
+has "$c" hidden_size 4096; has "$c" num_hidden_layers 36; has "$c" num_attention_heads 32; has "$c" num_key_value_heads 8
+has "$c" head_dim 128; has "$c" intermediate_size 12288; has "$c" tie_word_embeddings false
+c=$tmp/c-qwen3-30b-a3b
+has "$c" architectures '\["Qwen3MoeForCausalLM"\]'; has "$c" hidden_size 2048; has "$c" num_hidden_layers 48
+has "$c" num_attention_heads 32; has "$c" num_key_value_heads 4; has "$c" head_dim 128; has "$c" intermediate_size 6144
+has "$c" num_experts 128; has "$c" num_experts_per_tok 8; has "$c" moe_intermediate_size 768
+has "$c" norm_topk_prob true; has "$c" tie_word_embeddings false; lacks "$c" shared_expert_intermediate_size
+# Options over a preset, and what they refuse (each would be dropped from config.json, or is no model).
+expect 0 "" -- "$bin/qgen" "$tmp/o" --config-only --arch qwen3_moe --experts 6 --experts-used 3 --moe-intermediate 40 \
+  --norm-topk --sparse-step 2 --mlp-only 0 --head-dim 24 --attention-bias --yarn 2 --yarn-original 4096 --layers 4
+has "$tmp/o" num_experts 6; has "$tmp/o" num_experts_per_tok 3; has "$tmp/o" moe_intermediate_size 40
+has "$tmp/o" norm_topk_prob true; has "$tmp/o" decoder_sparse_step 2; has "$tmp/o" mlp_only_layers '\[0\]'
+has "$tmp/o" head_dim 24; has "$tmp/o" attention_bias true; has "$tmp/o" factor 2
+has "$tmp/o" original_max_position_embeddings 4096
+expect 0 "" -- "$bin/qgen" "$tmp/o" --config-only --preset tiny-moe --arch qwen2
+has "$tmp/o" model_type '"qwen2"'; lacks "$tmp/o" num_experts; lacks "$tmp/o" mlp_only_layers
+expect 0 "" -- "$bin/qgen" "$tmp/o" --config-only --preset qwen3-8b --hidden 2048
+has "$tmp/o" head_dim 128 # Qwen3's head_dim is stated, not derived
+expect 0 "" -- "$bin/qgen" "$tmp/o" --config-only --preset 7b --hidden 2048
+lacks "$tmp/o" head_dim # Qwen2's is derived: 2048 / 32
+expect 2 "^qgen: --arch takes qwen2, qwen2_moe, qwen3 or qwen3_moe$" -- "$bin/qgen" "$tmp/o" --arch llama
+expect 2 "^qgen: unknown preset 'qwen9' \(qgen --help lists them\)$" -- "$bin/qgen" "$tmp/o" --preset qwen9
+expect 2 "^qgen: --experts applies to qwen2_moe and qwen3_moe, not qwen2$" -- "$bin/qgen" "$tmp/o" --experts 4
+expect 2 "^qgen: --no-norm-topk applies to qwen2_moe and qwen3_moe, not qwen3$" -- "$bin/qgen" "$tmp/o" --preset tiny-qwen3 --no-norm-topk
+expect 2 "^qgen: --shared-intermediate applies to qwen2_moe: qwen3_moe has no shared expert$" -- \
+  "$bin/qgen" "$tmp/o" --preset tiny-moe --arch qwen3_moe --shared-intermediate 8
+expect 2 "^qgen: --attention-bias applies to qwen3 and qwen3_moe" -- "$bin/qgen" "$tmp/o" --preset tiny-moe --attention-bias
+expect 2 "^qgen: --mlp-only names layer 5, but the model has 3 layers$" -- "$bin/qgen" "$tmp/o" --preset tiny-moe --mlp-only 1,5
+expect 2 "^qgen: --mlp-only takes layer numbers separated by commas" -- "$bin/qgen" "$tmp/o" --preset tiny-moe --mlp-only 1,
+expect 2 "^qgen: --yarn takes a factor from 1 to 1024$" -- "$bin/qgen" "$tmp/o" --yarn 0.5
+expect 2 "^qgen: --yarn-original goes with --yarn \(or a preset with YaRN\)$" -- "$bin/qgen" "$tmp/o" --yarn-original 4096
+expect 2 "^qgen: the options describe no model qpk reads: num_experts_per_tok = 9 is not in \[1, num_experts = 8\]$" -- \
+  "$bin/qgen" "$tmp/o" --preset tiny-moe --experts-used 9
+expect 2 "^qgen: hidden size 80 is not a multiple of 3 heads: give --head-dim$" -- "$bin/qgen" "$tmp/o" --hidden 80 --heads 3
+expect 2 "^qgen: the options describe no model qpk reads: head_dim 15 is odd; RoPE needs pairs$" -- \
+  "$bin/qgen" "$tmp/o" --arch qwen3 --head-dim 15
+# Each tiny architecture converts, and its .qpk computes the folder's logits bit for bit (F32).
+for i in $(seq 0 255); do printf "\\x$(printf %02x $(( (i * 7 + 3) % 256 )))\\x00\\x00\\x00"; done > "$tmp/f.i32"
+for p in tiny-moe tiny-qwen3 tiny-qwen3-moe tiny-yarn; do
+  expect 0 "" -- "$bin/qgen" -q "$tmp/$p" --preset "$p" --dtype f32
+  expect 0 "wrote" -- "$bin/qconvert" "$tmp/$p" -o "$tmp/$p.qpk"
+  expect 0 "KL divergence +mean 0;" -- "$bin/qverify" "$tmp/$p.qpk" --ref "$tmp/$p" --tokens "$tmp/f.i32" -c 64 \
+    --max-kld 0 --max-abs 0 --min-top1 100 --score-all
+done
+expect 0 "" -- "$bin/qgen" -q "$tmp/made-moe" --preset tiny --arch qwen3_moe --dtype f32 --shards 3
+expect 0 "KL divergence +mean 0;" -- sh -c "\"$bin/qconvert\" -q \"$tmp/made-moe\" -o \"$tmp/made-moe.qpk\" && \
+  \"$bin/qverify\" \"$tmp/made-moe.qpk\" --ref \"$tmp/made-moe\" --tokens \"$tmp/f.i32\" -c 64 --max-abs 0"
+# The experts' tensors as transformers names and shapes them: a literal few, then the whole set against the
+# fixtures' models (written outside qpk, from transformers' definitions), read from the safetensors headers.
+header() { # FILE: "name dtype [shape]" per tensor, sorted
+  local hl
+  hl=$(od -An -tu8 -N8 "$1" | tr -d ' ')
+  head -c $((8 + hl)) "$1" | tail -c "$hl" | grep -oE '"[^"]+":\{"dtype":"[A-Z0-9]+","shape":\[[0-9,]*\]' |
+    sed -E 's/"([^"]+)":\{"dtype":"([A-Z0-9]+)","shape":\[([0-9,]*)\]/\1 \2 [\3]/' | LC_ALL=C sort
+}
+header "$tmp/tiny-moe/model.safetensors" > "$tmp/moe-names.txt"
+for want in 'model.layers.0.mlp.gate.weight F32 \[8,64\]' 'model.layers.0.mlp.experts.0.gate_proj.weight F32 \[32,64\]' \
+  'model.layers.2.mlp.experts.7.up_proj.weight F32 \[32,64\]' 'model.layers.2.mlp.experts.7.down_proj.weight F32 \[64,32\]' \
+  'model.layers.0.mlp.shared_expert.gate_proj.weight F32 \[96,64\]' 'model.layers.0.mlp.shared_expert.down_proj.weight F32 \[64,96\]' \
+  'model.layers.0.mlp.shared_expert_gate.weight F32 \[1,64\]' 'model.layers.1.mlp.gate_proj.weight F32 \[128,64\]' \
+  'lm_head.weight F32 \[2048,64\]'; do
+  expect 0 "" -- grep -qx "$want" "$tmp/moe-names.txt"
+done
+expect 0 "^48$" -- grep -c 'mlp\.experts\.[0-7]\.' "$tmp/moe-names.txt" # 2 sparse layers x 8 experts x 3
+expect 1 "" -- grep -q 'layers\.1\.mlp\.experts' "$tmp/moe-names.txt"  # layer 1 is in mlp_only_layers
+if [ -d "${QPK_FIXTURES:-}/qwen-tiny-moe" ]; then
+  for p in moe qwen3 qwen3-moe yarn; do
+    "$bin/qgen" -q "$tmp/fx-$p" --preset "tiny-$p"
+    header "$tmp/fx-$p/model.safetensors" > "$tmp/ours.txt"
+    header "$QPK_FIXTURES/qwen-tiny-$p/model.safetensors" > "$tmp/theirs.txt"
+    expect 0 "" -- diff "$tmp/ours.txt" "$tmp/theirs.txt"
+    expect 0 "" -- test -s "$tmp/ours.txt"
+  done
+fi
+
 # qverify: perplexity, comparisons, gates, JSON.
 "$bin/qgen" -q "$tmp/v" --preset tiny --dtype f32
 "$bin/qconvert" -q "$tmp/v" -o "$tmp/v32.qpk"

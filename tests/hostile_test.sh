@@ -271,5 +271,43 @@ expect 0 "" -- "$bin/qconvert" -q "$tmp/m" -o "$tmp/filelink.qpk"
 no_leftovers "$tmp/cwd/empty" x
 no_leftovers "$tmp" sout.never
 
+# --- 10. the family's other architectures (issue 21): configs and weights that disagree --------
+# hdr_edit FILE SED: edits a safetensors header in place; the edit keeps its length, so no offset moves.
+hdr_edit() {
+  local f=$1 hl
+  hl=$(od -An -tu8 -N8 "$f" | tr -d ' ')
+  head -c $((8 + hl)) "$f" | tail -c "$hl" | sed -E "$2" > "$tmp/hdr"
+  if [ "$(stat -c %s "$tmp/hdr")" -ne "$hl" ] || cmp -s "$tmp/hdr" <(head -c $((8 + hl)) "$f" | tail -c "$hl"); then
+    bad "the header edit '$2' of $f changed its length or nothing"; return 1
+  fi
+  dd if="$tmp/hdr" of="$f" bs=4096 seek=8 oflag=seek_bytes conv=notrunc 2>/dev/null
+}
+"$bin/qgen" -q "$tmp/moe" --preset tiny-moe --dtype f32 || bad "qgen tiny-moe"
+"$bin/qgen" -q "$tmp/moe16" --preset tiny-moe || bad "qgen tiny-moe bf16"
+"$bin/qgen" -q "$tmp/q3" --preset tiny-qwen3 --dtype f32 || bad "qgen tiny-qwen3"
+"$bin/qgen" -q "$tmp/yarn" --preset tiny-yarn --dtype f32 || bad "qgen tiny-yarn"
+fam() { rm -rf "$tmp/$2" && cp -r "$tmp/$1" "$tmp/$2"; } # fam FROM TO: a copy to break
+fam moe f-expert && hdr_edit "$tmp/f-expert/model.safetensors" 's/(layers\.2\.mlp\.experts\.5\.up_proj\.)weight/\1weighX/'
+expect 3 "^qconvert: error: missing tensor 'model.layers.2.mlp.experts.5.up_proj.weight' \(num_experts is 8\) \(inputs do not match\)$" -- \
+  "$bin/qconvert" "$tmp/f-expert" -o "$tmp/f.qpk"
+fam moe f-router && hdr_edit "$tmp/f-router/model.safetensors" 's/("model\.layers\.0\.mlp\.gate\.weight":\{"dtype":"F32","shape":)\[8,64\]/\1[64,8]/'
+expect 3 "^qconvert: error: tensor 'model.layers.0.mlp.gate.weight' has shape \[64, 8\]; config.json implies \[8, 64\] \(inputs do not match\)$" -- \
+  "$bin/qconvert" "$tmp/f-router" -o "$tmp/f.qpk"
+fam moe16 f-dtype && hdr_edit "$tmp/f-dtype/model.safetensors" 's/("model\.layers\.0\.mlp\.experts\.3\.down_proj\.weight":\{)"dtype":"BF16"/\1"dtype": "F16"/'
+expect 3 "^qconvert: error: tensor 'model.layers.0.mlp.experts.3.down_proj.weight' is F16 while expert 0 is BF16: one layer's experts share a dtype \(unsupported input\)$" -- \
+  "$bin/qconvert" "$tmp/f-dtype" -o "$tmp/f.qpk"
+fam moe f-topk && sed -Ei 's/"num_experts_per_tok":[[:space:]]*4/"num_experts_per_tok": 9/' "$tmp/f-topk/config.json"
+expect 3 "^qconvert: error: .*/f-topk/config.json: num_experts_per_tok = 9 is not in \[1, num_experts = 8\] \(corrupt input\)$" -- "$bin/qconvert" "$tmp/f-topk" -o "$tmp/f.qpk"
+fam q3 f-hd && sed -Ei 's/"head_dim":[[:space:]]*32/"head_dim": 16/' "$tmp/f-hd/config.json"
+expect 3 "^qconvert: error: tensor 'model.layers.0.self_attn.q_proj.weight' has shape \[128, 64\]; config.json implies \[64, 64\] \(inputs do not match\)$" -- \
+  "$bin/qconvert" "$tmp/f-hd" -o "$tmp/f.qpk"
+fam q3 f-qnorm && hdr_edit "$tmp/f-qnorm/model.safetensors" 's/(layers\.1\.self_attn\.q_norm\.)weight/\1weighX/'
+expect 3 "^qconvert: error: missing tensor 'model.layers.1.self_attn.q_norm.weight' \(inputs do not match\)$" -- "$bin/qconvert" "$tmp/f-qnorm" -o "$tmp/f.qpk"
+fam yarn f-rope && sed -Ei 's/"type":[[:space:]]*"yarn"/"type": "llama3"/' "$tmp/f-rope/config.json"
+expect 3 "^qconvert: error: .*/f-rope/config.json: rope_scaling type \"llama3\" is not supported: qpk computes plain RoPE and \"yarn\" \(Qwen2.5's long-context setting\) \(unsupported input\)$" -- \
+  "$bin/qconvert" "$tmp/f-rope" -o "$tmp/f.qpk"
+no_leftovers "$tmp" f.qpk
+expect 0 "" -- "$bin/qconvert" -q "$tmp/moe" -o "$tmp/f.qpk" # the unbroken folder converts
+
 echo "hostile_test: $pass passed, $fail failed"
 [ $fail -eq 0 ]

@@ -171,6 +171,14 @@ static void test_safetensors_valid(void)
 /* ------------------------------------------------------------ config.json */
 
 #define BASE_CFG "\"model_type\":\"qwen2\",\"vocab_size\":64,\"hidden_size\":32,\"intermediate_size\":48,\"num_hidden_layers\":2,\"num_attention_heads\":4"
+/* The other architectures, each key at its transformers default unless a case sets it (a key given twice is refused). */
+#define SHAPE_CFG "\"vocab_size\":64,\"hidden_size\":32,\"intermediate_size\":48,\"num_hidden_layers\":2,\"num_attention_heads\":4"
+#define MOE_CFG "\"model_type\":\"qwen2_moe\"," SHAPE_CFG
+#define Q3_CFG "\"model_type\":\"qwen3\"," SHAPE_CFG
+#define Q3MOE_CFG "\"model_type\":\"qwen3_moe\"," SHAPE_CFG
+#define NOT_ROPE "is not supported: qpk computes plain RoPE and \"yarn\" (Qwen2.5's long-context setting)"
+#define FAMILY "is not supported: qpk converts the Qwen family's \"qwen2\" (Qwen1.5, Qwen2, Qwen2.5), \"qwen2_moe\", " \
+               "\"qwen3\" and \"qwen3_moe\""
 
 static void test_config(void)
 {
@@ -221,6 +229,59 @@ static void test_config(void)
         {"{" BASE_CFG ",\"use_sliding_window\":true,\"sliding_window\":0}", QPK_E_CORRUPT, "an empty window"},
         {"{" BASE_CFG ",\"torch_dtype\":\"bfloat16\\u0000\"}", QPK_E_UNSUPPORTED, "\\u0000"},
     };
+    /* Issue 21: the family's other architectures, each message whole. */
+    static const struct {
+        const char *json;
+        qpk_status want;
+        const char *msg;
+    } whole[] = {
+        {"{" MOE_CFG ",\"num_experts\":8,\"num_experts_per_tok\":9}", QPK_E_CORRUPT,
+         "num_experts_per_tok = 9 is not in [1, num_experts = 8]"},
+        {"{" Q3MOE_CFG ",\"num_experts_per_tok\":0}", QPK_E_CORRUPT, "num_experts_per_tok = 0 is not in [1, num_experts = 128]"},
+        {"{" MOE_CFG ",\"num_experts\":0}", QPK_E_CORRUPT, "num_experts is 0 in a mixture-of-experts model"},
+        {"{" MOE_CFG ",\"num_experts\":2000}", QPK_E_CORRUPT, "'num_experts' = 2000 is not an integer in [0, 1024]"},
+        {"{" MOE_CFG ",\"moe_intermediate_size\":0}", QPK_E_CORRUPT, "moe_intermediate_size must be positive"},
+        {"{" MOE_CFG ",\"shared_expert_intermediate_size\":0}", QPK_E_CORRUPT,
+         "shared_expert_intermediate_size must be positive (qwen2_moe's shared expert)"},
+        {"{" Q3MOE_CFG ",\"shared_expert_intermediate_size\":5632}", QPK_E_UNSUPPORTED,
+         "qwen3_moe has no shared expert (shared_expert_intermediate_size is 5632)"},
+        {"{" MOE_CFG ",\"decoder_sparse_step\":0}", QPK_E_CORRUPT, "decoder_sparse_step must be at least 1"},
+        {"{" MOE_CFG ",\"norm_topk_prob\":\"true\"}", QPK_E_CORRUPT, "'norm_topk_prob' is not true or false"},
+        {"{" MOE_CFG ",\"mlp_only_layers\":[0,2]}", QPK_E_CORRUPT,
+         "'mlp_only_layers' holds 2, not a layer index below num_hidden_layers = 2"},
+        {"{" MOE_CFG ",\"mlp_only_layers\":[0.5]}", QPK_E_CORRUPT,
+         "'mlp_only_layers' holds 0.5, not a layer index below num_hidden_layers = 2"},
+        {"{" Q3MOE_CFG ",\"mlp_only_layers\":[-1]}", QPK_E_CORRUPT,
+         "'mlp_only_layers' holds -1, not a layer index below num_hidden_layers = 2"},
+        {"{" MOE_CFG ",\"mlp_only_layers\":[\"1\"]}", QPK_E_CORRUPT,
+         "'mlp_only_layers' holds a non-number, not a layer index below num_hidden_layers = 2"},
+        {"{" MOE_CFG ",\"mlp_only_layers\":1}", QPK_E_CORRUPT, "'mlp_only_layers' is not a list"},
+        {"{" BASE_CFG ",\"rope_scaling\":{\"type\":\"yarn\",\"factor\":0.5}}", QPK_E_CORRUPT,
+         "rope_scaling: yarn factor 0.5 is not in [1, 1024] (a factor below 1 would shrink the context)"},
+        {"{" BASE_CFG ",\"rope_scaling\":{\"rope_type\":\"yarn\",\"factor\":\"4\"}}", QPK_E_CORRUPT,
+         "rope_scaling: yarn needs a numeric \"factor\""},
+        {"{" BASE_CFG ",\"rope_scaling\":{\"type\":\"yarn\",\"factor\":4,\"original_max_position_embeddings\":0}}",
+         QPK_E_CORRUPT, "rope_scaling: 'original_max_position_embeddings' = 0 is not an integer in [1, 16777216]"},
+        {"{" BASE_CFG ",\"rope_scaling\":{\"type\":\"yarn\",\"factor\":4,\"beta_fast\":-32}}", QPK_E_CORRUPT,
+         "rope_scaling: 'beta_fast' must be a positive finite number"},
+        {"{" BASE_CFG ",\"rope_scaling\":{\"type\":\"yarn\",\"factor\":4,\"attention_factor\":0}}", QPK_E_CORRUPT,
+         "rope_scaling: 'attention_factor' must be a positive finite number"},
+        {"{" BASE_CFG ",\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8}}", QPK_E_UNSUPPORTED,
+         "rope_scaling type \"llama3\" " NOT_ROPE},
+        {"{" BASE_CFG ",\"rope_scaling\":{\"type\":\"dynamic\",\"factor\":2}}", QPK_E_UNSUPPORTED,
+         "rope_scaling type \"dynamic\" " NOT_ROPE},
+        {"{" Q3_CFG ",\"rope_parameters\":{\"rope_type\":\"linear\",\"factor\":2,\"rope_theta\":1e6}}",
+         QPK_E_UNSUPPORTED, "rope_parameters type \"linear\" " NOT_ROPE},
+        {"{" BASE_CFG ",\"rope_scaling\":{\"factor\":4}}", QPK_E_CORRUPT,
+         "'rope_scaling' has no \"type\" or \"rope_type\" string"},
+        {"{" BASE_CFG ",\"rope_scaling\":[4]}", QPK_E_CORRUPT, "'rope_scaling' is not an object"},
+        {"{" Q3_CFG ",\"head_dim\":7}", QPK_E_UNSUPPORTED, "head_dim 7 is odd; RoPE needs pairs"},
+        {"{" Q3_CFG ",\"head_dim\":0}", QPK_E_CORRUPT, "'head_dim' = 0 is not an integer in [2, 131072]"},
+        {"{" Q3_CFG ",\"attention_bias\":1}", QPK_E_CORRUPT, "'attention_bias' is not true or false"},
+        {"{\"model_type\":\"qwen2_vl\"," SHAPE_CFG "}", QPK_E_UNSUPPORTED, "model_type \"qwen2_vl\" " FAMILY},
+        {"{\"model_type\":\"Qwen3\"," SHAPE_CFG "}", QPK_E_UNSUPPORTED, "model_type \"Qwen3\" " FAMILY},
+        {"{\"model_type\":3," SHAPE_CFG "}", QPK_E_CORRUPT, "'model_type' is not a string"},
+    };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         qpk_status s = qpk_config_parse(&c, bad[i].json, strlen(bad[i].json), &e);
         CHECKF(s == bad[i].want && strstr(e.msg, bad[i].msg), "config %zu: status %d \"%s\" (want \"%s\")", i, s,
@@ -228,8 +289,30 @@ static void test_config(void)
         qpk_status s2 = qpk_config_parse(&c, bad[i].json, strlen(bad[i].json), NULL);
         CHECKF(s2 != QPK_OK && s2 == s, "config %zu with e == NULL: status %d (want %d)", i, s2, s);
     }
-    printf("%zu distinct malformed configs checked\n", sizeof bad / sizeof *bad);
-    printf("%zu of them replayed with e == NULL\n", sizeof bad / sizeof *bad);
+    /* What transformers' configs of each architecture default to (Qwen3MoeConfig has no head_dim of its own: hidden
+     * / heads), and Qwen3-Coder's shared size of 0. */
+    const char *moe = "{" MOE_CFG "}", *q3moe = "{" Q3MOE_CFG ",\"shared_expert_intermediate_size\":0}",
+               *yarn = "{" BASE_CFG ",\"max_position_embeddings\":4096,\"rope_scaling\":{\"type\":\"yarn\",\"factor\":4}}";
+    CHECKF(qpk_config_parse(&c, moe, strlen(moe), &e) == QPK_OK, "%s", e.msg);
+    CHECK(c.n_experts == 60 && c.n_experts_used == 4 && c.moe_intermediate_size == 1408 &&
+          c.shared_expert_intermediate_size == 5632 && c.decoder_sparse_step == 1 && !c.norm_topk_prob && c.head_dim == 8);
+    CHECKF(qpk_config_parse(&c, q3moe, strlen(q3moe), &e) == QPK_OK, "%s", e.msg);
+    CHECK(c.n_experts == 128 && c.n_experts_used == 8 && c.moe_intermediate_size == 768 &&
+          c.shared_expert_intermediate_size == 0 && c.head_dim == 8 && !c.attention_bias);
+    CHECKF(qpk_config_parse(&c, yarn, strlen(yarn), &e) == QPK_OK, "%s", e.msg);
+    CHECK(c.yarn.factor == 4 && c.yarn.original_max_position_embeddings == 4096 && c.yarn.beta_fast == 32 &&
+          c.yarn.beta_slow == 1 && fabs(c.yarn.attention_factor - (0.1 * log(4.0) + 1)) < 1e-15);
+    for (size_t i = 0; i < sizeof whole / sizeof *whole; i++) {
+        qpk_status s = qpk_config_parse(&c, whole[i].json, strlen(whole[i].json), &e);
+        CHECKF(s == whole[i].want && !strcmp(e.msg, whole[i].msg), "family config %zu: status %d \"%s\" (want %d \"%s\")",
+               i, s, e.msg, whole[i].want, whole[i].msg);
+        qpk_status s2 = qpk_config_parse(&c, whole[i].json, strlen(whole[i].json), NULL);
+        CHECKF(s2 == s, "family config %zu with e == NULL: status %d (want %d)", i, s2, s);
+    }
+    const size_t n_bad = sizeof bad / sizeof *bad + sizeof whole / sizeof *whole;
+    printf("%zu distinct malformed configs checked (%zu of the qwen2_moe, qwen3, qwen3_moe and yarn keys)\n", n_bad,
+           sizeof whole / sizeof *whole);
+    printf("%zu of them replayed with e == NULL\n", n_bad);
 }
 
 /* ------------------------------------------------------------ checkpoints */
@@ -422,6 +505,193 @@ static void test_checkpoint_defects(void)
     write_file(dir, "model.safetensors", "\x02\0\0\0\0\0\0\0{]", 10);
     expect_convert(dir, QPK_E_CORRUPT, "model.safetensors: header: expected a string at byte 1", NULL);
     printf("%zu malformed checkpoints replayed with e == NULL\n", g_convert_null_e - null_e0);
+}
+
+/* ------------------------------------------------ the family's checkpoints */
+
+/* One change to a generated folder's model.safetensors, written to another folder (each NULL: none). */
+typedef struct st_recast {
+    const char *drop; /* leave this tensor out */
+    const char *bf16; /* store this one as BF16, the others staying F32 */
+    const char *grow; /* give this one an extra row (a vector an extra element), of zeros */
+    const char *add;  /* add a tensor of this name, made of `rows` copies of `like` stacked */
+    const char *like;
+    int64_t rows;
+} st_recast;
+
+static void recast_model(const char *from, const char *to, const st_recast *r)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/model.safetensors", from);
+    qpk_safetensors *st = NULL;
+    qpk_err e = {0};
+    CHECKF(qpk_st_open(&st, path, &e) == QPK_OK, "%s", e.msg);
+    if (!st)
+        return;
+    size_t n = qpk_st_n_tensors(st), m = 0;
+    qpk_st_entry *ts = calloc(n + 1, sizeof *ts);
+    const qpk_st_tensor **src = calloc(n + 1, sizeof *src);
+    for (size_t i = 0; i <= n; i++) {
+        const qpk_st_tensor *t = i < n ? qpk_st_tensor_at(st, i) : r->add ? qpk_st_find(st, r->like) : NULL;
+        if (!t || (i < n && r->drop && !strcmp(t->name, r->drop)))
+            continue;
+        qpk_st_entry *d = &ts[m];
+        snprintf(d->name, sizeof d->name, "%s", i < n ? t->name : r->add);
+        d->ndim = t->ndim;
+        uint64_t numel = 1;
+        for (int k = 0; k < t->ndim; k++)
+            d->shape[k] = t->shape[k];
+        d->shape[0] = i == n ? d->shape[0] * r->rows : d->shape[0] + (r->grow && !strcmp(t->name, r->grow));
+        for (int k = 0; k < t->ndim; k++)
+            numel *= (uint64_t)d->shape[k];
+        d->dtype = i < n && r->bf16 && !strcmp(t->name, r->bf16) ? QPK_ST_BF16 : t->dtype;
+        d->nbytes = numel * qpk_st_dtype_size(d->dtype);
+        src[m++] = t;
+    }
+    qpk_st_set *set = NULL;
+    CHECKF(qpk_st_set_create(&set, to, ts, m, &e) == QPK_OK, "%s", e.msg);
+    for (size_t i = 0; set && i < m; i++) {
+        const qpk_st_tensor *t = src[i];
+        uint8_t *b = calloc(1, ts[i].nbytes ? ts[i].nbytes : 1);
+        if (ts[i].dtype == t->dtype) /* a copy, tiled when stacking, a grown row left zero */
+            for (uint64_t at = 0; at < ts[i].nbytes; at += t->nbytes)
+                memcpy(b + at, t->data, ts[i].nbytes - at < t->nbytes ? ts[i].nbytes - at : t->nbytes);
+        else /* F32 to BF16 by truncation: any value will do, the dtype is the point */
+            for (uint64_t k = 0; k < t->numel; k++)
+                memcpy(b + 2 * k, (const uint8_t *)t->data + 4 * k + 2, 2);
+        CHECKF(qpk_st_set_write(set, b, ts[i].nbytes, &e) == QPK_OK, "%s", e.msg);
+        free(b);
+    }
+    if (set)
+        CHECKF(qpk_st_set_finish(set, &e) == QPK_OK, "%s", e.msg);
+    free(ts), free(src);
+    qpk_st_close(st);
+}
+
+/* A folder of the preset's model in F32, its config.json edited by `cfg` (NULL: none) and its weights by r. */
+static char *family_case(const char *name, const char *preset, void (*cfg)(qpk_config *), const st_recast *r)
+{
+    char src[4096];
+    snprintf(src, sizeof src, "%s/src-%s", g_root, preset);
+    qpk_gen_spec sp;
+    qpk_err e = {0};
+    CHECK(qpk_gen_preset(preset, &sp));
+    sp.dtype = QPK_ST_F32;
+    if (access(src, F_OK) != 0)
+        CHECKF(qpk_gen_write(&sp, src, NULL, &e) == QPK_OK, "%s", e.msg);
+    char *dir = make_dir(name);
+    recast_model(src, dir, r);
+    if (cfg)
+        cfg(&sp.cfg);
+    sp.config_only = true;
+    CHECKF(qpk_gen_write(&sp, dir, NULL, &e) == QPK_OK, "%s", e.msg);
+    return dir;
+}
+
+static void head_dim_16(qpk_config *c) { c->head_dim = 16; }
+static void with_biases(qpk_config *c) { c->attention_bias = true; }
+static void all_sparse(qpk_config *c) { memset(c->mlp_only_layers, 0, sizeof c->mlp_only_layers); }
+static void six_experts(qpk_config *c) { c->n_experts = 6; }
+
+static void test_family_checkpoint_defects(void)
+{
+    const size_t null_e0 = g_convert_null_e;
+    static const struct {
+        const char *dir, *preset;
+        void (*cfg)(qpk_config *);
+        st_recast r;
+        qpk_status want;
+        const char *msg;
+    } cases[] = {
+        {"moe-expert-missing", "tiny-moe", NULL, {.drop = "model.layers.2.mlp.experts.5.up_proj.weight"}, QPK_E_MISMATCH,
+         "missing tensor 'model.layers.2.mlp.experts.5.up_proj.weight' (num_experts is 8)"},
+        {"moe-router-shape", "tiny-moe", NULL, {.grow = "model.layers.0.mlp.gate.weight"}, QPK_E_MISMATCH,
+         "tensor 'model.layers.0.mlp.gate.weight' has shape [9, 64]; config.json implies [8, 64]"},
+        {"moe-router-count", "tiny-moe", six_experts, {0}, QPK_E_MISMATCH,
+         "tensor 'model.layers.0.mlp.gate.weight' has shape [8, 64]; config.json implies [6, 64]"},
+        {"moe-expert-shape", "tiny-moe", NULL, {.grow = "model.layers.2.mlp.experts.7.down_proj.weight"}, QPK_E_MISMATCH,
+         "tensor 'model.layers.2.mlp.experts.7.down_proj.weight' has shape [65, 32]; config.json implies [64, 32]"},
+        {"moe-expert-dtype", "tiny-moe", NULL, {.bf16 = "model.layers.0.mlp.experts.3.down_proj.weight"},
+         QPK_E_UNSUPPORTED,
+         "tensor 'model.layers.0.mlp.experts.3.down_proj.weight' is BF16 while expert 0 is F32: one layer's experts "
+         "share a dtype"},
+        {"moe-stacked-twice", "tiny-moe", NULL,
+         {.add = "model.layers.0.mlp.experts.gate_proj.weight", .like = "model.layers.0.mlp.experts.0.gate_proj.weight",
+          .rows = 8},
+         QPK_E_CORRUPT, "'model.layers.0.mlp.experts.gate_proj.weight' is stored both stacked and expert by expert"},
+        {"moe-shared-gate-missing", "tiny-moe", NULL, {.drop = "model.layers.2.mlp.shared_expert_gate.weight"},
+         QPK_E_MISMATCH, "missing tensor 'model.layers.2.mlp.shared_expert_gate.weight'"},
+        {"moe-shared-gate-shape", "tiny-moe", NULL, {.grow = "model.layers.0.mlp.shared_expert_gate.weight"},
+         QPK_E_MISMATCH, "tensor 'model.layers.0.mlp.shared_expert_gate.weight' has shape [2, 64]; config.json implies [1, 64]"},
+        {"moe-dense-mlp-missing", "tiny-moe", NULL, {.drop = "model.layers.1.mlp.down_proj.weight"}, QPK_E_MISMATCH,
+         "missing tensor 'model.layers.1.mlp.down_proj.weight'"},
+        {"moe-dense-layer-said-sparse", "tiny-moe", all_sparse, {0}, QPK_E_MISMATCH,
+         "missing tensor 'model.layers.1.mlp.experts.0.gate_proj.weight' (num_experts is 8)"},
+        {"qwen3-q-norm-size", "tiny-qwen3", NULL, {.grow = "model.layers.1.self_attn.q_norm.weight"}, QPK_E_MISMATCH,
+         "tensor 'model.layers.1.self_attn.q_norm.weight' has shape [33]; config.json implies [32]"},
+        {"qwen3-k-norm-missing", "tiny-qwen3", NULL, {.drop = "model.layers.2.self_attn.k_norm.weight"}, QPK_E_MISMATCH,
+         "missing tensor 'model.layers.2.self_attn.k_norm.weight'"},
+        {"qwen3-head-dim", "tiny-qwen3", head_dim_16, {0}, QPK_E_MISMATCH,
+         "tensor 'model.layers.0.self_attn.q_proj.weight' has shape [128, 64]; config.json implies [64, 64]"},
+        {"qwen3-bias-said", "tiny-qwen3", with_biases, {0}, QPK_E_MISMATCH,
+         "missing tensor 'model.layers.0.self_attn.q_proj.bias'"},
+        {"qwen3-moe-router-missing", "tiny-qwen3-moe", NULL, {.drop = "model.layers.1.mlp.gate.weight"},
+         QPK_E_MISMATCH, "missing tensor 'model.layers.1.mlp.gate.weight'"},
+        {"qwen3-moe-expert-missing", "tiny-qwen3-moe", NULL, {.drop = "model.layers.0.mlp.experts.0.gate_proj.weight"},
+         QPK_E_MISMATCH, "missing tensor 'model.layers.0.mlp.experts.0.gate_proj.weight' (num_experts is 8)"},
+    };
+    char out[4096];
+    qpk_err e = {0};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char *dir = family_case(cases[i].dir, cases[i].preset, cases[i].cfg, &cases[i].r);
+        expect_convert(dir, cases[i].want, cases[i].msg, NULL);
+        /* The message whole: nothing before or after it. */
+        snprintf(out, sizeof out, "%s/out.qpk", dir);
+        qpk_convert_opts o = {.dtype = -1};
+        qpk_status s = tu_convert(dir, out, &o, &e);
+        CHECKF(s == cases[i].want && !strcmp(e.msg, cases[i].msg), "%s: \"%s\"", cases[i].dir, e.msg);
+    }
+    printf("%zu malformed checkpoints of the family's architectures, %zu replayed with e == NULL\n",
+           sizeof cases / sizeof *cases, g_convert_null_e - null_e0);
+    /* The recast itself changes nothing: untouched, each converts; an expert past num_experts is only a warning. */
+    const char *presets[] = {"tiny-moe", "tiny-qwen3", "tiny-qwen3-moe"};
+    for (size_t i = 0; i < 3; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "untouched-%s", presets[i]);
+        expect_convert(family_case(name, presets[i], NULL, &(st_recast){0}), QPK_OK, "", NULL);
+    }
+    logbook lb = {0};
+    char *dir = family_case("moe-expert-8", "tiny-moe", NULL,
+                            &(st_recast){.add = "model.layers.0.mlp.experts.8.gate_proj.weight",
+                                         .like = "model.layers.0.mlp.experts.0.gate_proj.weight", .rows = 1});
+    expect_convert(dir, QPK_OK, "", &lb);
+    CHECKF(lb.warnings == 1 && !strcmp(lb.last, "unexpected tensor 'model.layers.0.mlp.experts.8.gate_proj.weight' is "
+                                                "not part of a qwen2_moe model: ignored"),
+           "%d warnings, last \"%s\"", lb.warnings, lb.last);
+}
+
+/*
+ * A yarn whose attention factor, derived from mscale and mscale_all_dim, is one that cJSON's 15 digits
+ * read back one bit off: the .qpk's config (its metadata is printed by cJSON) is still the folder's, bit for bit.
+ */
+static void test_yarn_metadata_exact(void)
+{
+    const char *text = "{" BASE_CFG ",\"rope_scaling\":{\"rope_type\":\"yarn\",\"factor\":40,\"mscale\":5.707,"
+                       "\"mscale_all_dim\":0.707}}";
+    qpk_config c;
+    qpk_err e = {0};
+    CHECKF(qpk_config_parse(&c, text, strlen(text), &e) == QPK_OK, "%s", e.msg);
+    char *dir = make_dir("yarn-last-bit"), out[4096];
+    write_model(dir, &c, &(st_edit){0});
+    write_text(dir, "config.json", text);
+    snprintf(out, sizeof out, "%s/out.qpk", dir);
+    qpk_convert_opts o = {.dtype = -1};
+    CHECKF(tu_convert(dir, out, &o, &e) == QPK_OK, "%s", e.msg);
+    qpk_file *f = NULL;
+    CHECKF(qpk_open(&f, out, NULL, &e) == QPK_OK, "%s", e.msg);
+    CHECKF(f && !memcmp(qpk_file_config(f), &c, sizeof c), "attention factor %.17g in the .qpk, %.17g in the folder",
+           f ? qpk_file_config(f)->yarn.attention_factor : 0, c.yarn.attention_factor);
+    qpk_close(f);
 }
 
 static void test_warnings(void)
@@ -968,6 +1238,8 @@ int main(void)
     test_safetensors_valid();
     test_config();
     test_checkpoint_defects();
+    test_family_checkpoint_defects();
+    test_yarn_metadata_exact();
     test_warnings();
     test_shards();
     test_round_trips();

@@ -1,7 +1,7 @@
 /*
- * Checkpoint generator. Weights are N(0, 0.02)-like (Irwin-Hall from a counter-free
- * xoshiro stream seeded per tensor), norms near 1, biases small: enough to exercise
- * every code path with realistic magnitudes. Deterministic for a seed.
+ * Checkpoint generator, for every architecture of the family. Weights are N(0, 0.02)-like
+ * (Irwin-Hall from a counter-free xoshiro stream seeded per tensor), norms near 1, biases
+ * small: enough to exercise every code path with realistic magnitudes. Deterministic for a seed.
  */
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -15,49 +15,148 @@
 #include "gen.h"
 #include "qpk/quant.h"
 
-const char *const QPK_GEN_PRESETS[] = {"tiny", "0.5b", "1.8b", "4b", "7b", "14b", "32b", "72b", NULL};
-
 typedef struct preset {
-    const char *name;
+    const char *name, *about;
+    qpk_arch arch;
     int64_t hidden, layers, heads, kv_heads, inter, vocab;
+    int64_t head_dim; /* 0: hidden / heads (Qwen2's configs do not state it) */
     double rope_theta;
     bool tied;
+    int64_t max_pos, window_layers; /* 0: 32768 and 21, Qwen1.5's */
+    int64_t experts, experts_used, moe_inter, shared_inter;
+    bool norm_topk;
+    uint64_t mlp_only; /* dense layers among the first 64 */
+    double yarn;       /* factor, 0: none */
+    int64_t yarn_original;
 } preset;
 
-/* The released Qwen1.5 shapes (their config.json files), plus a tiny one for tests and the demo. */
+/*
+ * The released shapes, each from its model's config.json on the Hugging Face hub (Qwen1.5's
+ * dense ones; Qwen1.5/Qwen2 MoE; Qwen2.5-7B-Instruct with the rope_scaling its README tells
+ * users to add for long texts; Qwen3 dense and MoE), plus tiny ones for tests and the demo,
+ * the tiny-* ones shaped as the shared fixtures' models of each architecture.
+ */
 static const preset PRESETS[] = {
-    {"tiny", 64, 2, 4, 2, 160, 512, 1e6, true},
-    {"0.5b", 1024, 24, 16, 16, 2816, 151936, 1e6, true},
-    {"1.8b", 2048, 24, 16, 16, 5504, 151936, 1e6, false},
-    {"4b", 2560, 40, 20, 20, 6912, 151936, 5e6, false},
-    {"7b", 4096, 32, 32, 32, 11008, 151936, 1e6, false},
-    {"14b", 5120, 40, 40, 40, 13696, 152064, 1e6, false},
-    {"32b", 5120, 64, 40, 8, 27392, 152064, 1e6, false},
-    {"72b", 8192, 80, 64, 64, 24576, 152064, 1e6, false},
+    {.name = "tiny", .about = "Qwen2, 2 layers, GQA 4/2, tied, vocab 512", .hidden = 64, .layers = 2, .heads = 4,
+     .kv_heads = 2, .inter = 160, .vocab = 512, .rope_theta = 1e6, .tied = true},
+    {.name = "0.5b", .about = "Qwen1.5-0.5B", .hidden = 1024, .layers = 24, .heads = 16, .kv_heads = 16,
+     .inter = 2816, .vocab = 151936, .rope_theta = 1e6, .tied = true},
+    {.name = "1.8b", .about = "Qwen1.5-1.8B", .hidden = 2048, .layers = 24, .heads = 16, .kv_heads = 16,
+     .inter = 5504, .vocab = 151936, .rope_theta = 1e6},
+    {.name = "4b", .about = "Qwen1.5-4B", .hidden = 2560, .layers = 40, .heads = 20, .kv_heads = 20, .inter = 6912,
+     .vocab = 151936, .rope_theta = 5e6},
+    {.name = "7b", .about = "Qwen1.5-7B", .hidden = 4096, .layers = 32, .heads = 32, .kv_heads = 32, .inter = 11008,
+     .vocab = 151936, .rope_theta = 1e6},
+    {.name = "14b", .about = "Qwen1.5-14B", .hidden = 5120, .layers = 40, .heads = 40, .kv_heads = 40,
+     .inter = 13696, .vocab = 152064, .rope_theta = 1e6},
+    {.name = "32b", .about = "Qwen1.5-32B (GQA)", .hidden = 5120, .layers = 64, .heads = 40, .kv_heads = 8,
+     .inter = 27392, .vocab = 152064, .rope_theta = 1e6},
+    {.name = "72b", .about = "Qwen1.5-72B", .hidden = 8192, .layers = 80, .heads = 64, .kv_heads = 64,
+     .inter = 24576, .vocab = 152064, .rope_theta = 1e6},
+    {.name = "qwen1.5-moe-a2.7b", .about = "Qwen1.5-MoE-A2.7B: 60 experts, top 4, shared one",
+     .arch = QPK_ARCH_QWEN2_MOE, .hidden = 2048, .layers = 24, .heads = 16, .kv_heads = 16, .inter = 5632,
+     .vocab = 151936, .rope_theta = 1e6, .max_pos = 8192, .experts = 60, .experts_used = 4, .moe_inter = 1408,
+     .shared_inter = 5632},
+    {.name = "qwen2-57b-a14b", .about = "Qwen2-57B-A14B: 64 experts, top 8, shared one",
+     .arch = QPK_ARCH_QWEN2_MOE, .hidden = 3584, .layers = 28, .heads = 28, .kv_heads = 4, .inter = 18944,
+     .vocab = 151936, .rope_theta = 1e6, .max_pos = 131072, .window_layers = 28, .experts = 64, .experts_used = 8,
+     .moe_inter = 2560, .shared_inter = 20480},
+    {.name = "qwen2.5-7b-yarn", .about = "Qwen2.5-7B-Instruct, YaRN x4 over 32768 positions",
+     .hidden = 3584, .layers = 28, .heads = 28, .kv_heads = 4, .inter = 18944, .vocab = 152064, .rope_theta = 1e6,
+     .window_layers = 28, .yarn = 4, .yarn_original = 32768},
+    {.name = "qwen3-0.6b", .about = "Qwen3-0.6B: head_dim 128 > hidden / heads, tied", .arch = QPK_ARCH_QWEN3,
+     .hidden = 1024, .layers = 28, .heads = 16, .kv_heads = 8, .inter = 3072, .vocab = 151936, .head_dim = 128,
+     .rope_theta = 1e6, .tied = true, .max_pos = 40960, .window_layers = 28},
+    {.name = "qwen3-8b", .about = "Qwen3-8B", .arch = QPK_ARCH_QWEN3, .hidden = 4096, .layers = 36, .heads = 32,
+     .kv_heads = 8, .inter = 12288, .vocab = 151936, .head_dim = 128, .rope_theta = 1e6, .max_pos = 40960,
+     .window_layers = 36},
+    {.name = "qwen3-30b-a3b", .about = "Qwen3-30B-A3B: 128 experts, top 8, no shared one",
+     .arch = QPK_ARCH_QWEN3_MOE, .hidden = 2048, .layers = 48, .heads = 32, .kv_heads = 4, .inter = 6144,
+     .vocab = 151936, .head_dim = 128, .rope_theta = 1e6, .max_pos = 40960, .window_layers = 48, .experts = 128,
+     .experts_used = 8, .moe_inter = 768, .norm_topk = true},
+    {.name = "tiny-moe", .about = "qwen2_moe: 8 experts, top 4, shared, layer 1 dense",
+     .arch = QPK_ARCH_QWEN2_MOE, .hidden = 64, .layers = 3, .heads = 4, .kv_heads = 2, .inter = 128, .vocab = 2048,
+     .rope_theta = 1e6, .experts = 8, .experts_used = 4, .moe_inter = 32, .shared_inter = 96, .mlp_only = 1u << 1},
+    {.name = "tiny-qwen3", .about = "qwen3: head_dim 32 (x 4 heads != hidden 64), tied",
+     .arch = QPK_ARCH_QWEN3, .hidden = 64, .layers = 3, .heads = 4, .kv_heads = 2, .inter = 160, .vocab = 2048,
+     .head_dim = 32, .rope_theta = 1e6, .tied = true},
+    {.name = "tiny-qwen3-moe", .about = "qwen3_moe: 8 experts, top 2, head_dim 32, tied",
+     .arch = QPK_ARCH_QWEN3_MOE, .hidden = 64, .layers = 3, .heads = 4, .kv_heads = 2, .inter = 128, .vocab = 2048,
+     .head_dim = 32, .rope_theta = 1e6, .tied = true, .experts = 8, .experts_used = 2, .moe_inter = 48,
+     .norm_topk = true},
+    {.name = "tiny-yarn", .about = "qwen2: YaRN x4 over 32768 positions, tied", .hidden = 64, .layers = 3,
+     .heads = 4, .kv_heads = 2, .inter = 160, .vocab = 2048, .rope_theta = 1e6, .tied = true, .yarn = 4,
+     .yarn_original = 32768},
 };
+
+static const preset *find_preset(const char *name)
+{
+    for (size_t i = 0; i < sizeof PRESETS / sizeof *PRESETS; i++)
+        if (!strcmp(PRESETS[i].name, name))
+            return &PRESETS[i];
+    return NULL;
+}
+
+const char *qpk_gen_preset_name(size_t i) { return i < sizeof PRESETS / sizeof *PRESETS ? PRESETS[i].name : NULL; }
+
+const char *qpk_gen_preset_about(const char *name)
+{
+    const preset *p = find_preset(name);
+    return p ? p->about : NULL;
+}
 
 bool qpk_gen_preset(const char *name, qpk_gen_spec *spec)
 {
-    for (size_t i = 0; i < sizeof PRESETS / sizeof *PRESETS; i++) {
-        const preset *p = &PRESETS[i];
-        if (strcmp(p->name, name) != 0)
-            continue;
-        memset(spec, 0, sizeof *spec);
-        qpk_config *c = &spec->cfg;
-        c->hidden_size = p->hidden, c->n_layers = p->layers, c->n_heads = p->heads;
-        c->n_kv_heads = p->kv_heads, c->intermediate_size = p->inter, c->vocab_size = p->vocab;
-        c->head_dim = p->hidden / p->heads;
-        c->rope_theta = p->rope_theta, c->rms_norm_eps = 1e-6, c->tie_word_embeddings = p->tied;
-        c->max_position_embeddings = 32768, c->sliding_window = 32768, c->max_window_layers = 21;
-        strcpy(c->hidden_act, "silu");
-        strcpy(c->torch_dtype, "bfloat16");
-        c->bos_token_id = p->vocab > 151643 ? 151643 : -1;
-        c->n_eos = 1;
-        c->eos_token_ids[0] = p->vocab > 151645 ? 151645 : p->vocab - 1;
-        spec->dtype = QPK_ST_BF16, spec->n_shards = 1, spec->seed = 1;
-        return true;
+    const preset *p = find_preset(name);
+    if (!p)
+        return false;
+    memset(spec, 0, sizeof *spec);
+    qpk_config *c = &spec->cfg;
+    c->arch = p->arch;
+    c->hidden_size = p->hidden, c->n_layers = p->layers, c->n_heads = p->heads;
+    c->n_kv_heads = p->kv_heads, c->intermediate_size = p->inter, c->vocab_size = p->vocab;
+    c->head_dim = p->head_dim ? p->head_dim : p->hidden / p->heads;
+    c->rope_theta = p->rope_theta, c->rms_norm_eps = 1e-6, c->tie_word_embeddings = p->tied;
+    c->max_position_embeddings = p->max_pos ? p->max_pos : 32768;
+    c->sliding_window = 32768, c->max_window_layers = p->window_layers ? p->window_layers : 21;
+    c->n_experts = p->experts, c->n_experts_used = p->experts_used, c->moe_intermediate_size = p->moe_inter;
+    c->shared_expert_intermediate_size = p->shared_inter, c->norm_topk_prob = p->norm_topk;
+    c->decoder_sparse_step = qpk_config_is_moe(c) ? 1 : 0;
+    c->mlp_only_layers[0] = p->mlp_only;
+    strcpy(c->hidden_act, "silu");
+    strcpy(c->torch_dtype, "bfloat16");
+    c->bos_token_id = p->vocab > 151643 ? 151643 : -1;
+    c->n_eos = 1;
+    c->eos_token_ids[0] = p->vocab > 151645 ? 151645 : p->vocab - 1;
+    spec->dtype = QPK_ST_BF16, spec->n_shards = 1, spec->seed = 1;
+    /* The table's yarn presets are valid configs: only a lack of memory fails here. */
+    return p->yarn == 0 || qpk_gen_set_yarn(c, p->yarn, p->yarn_original, NULL) == QPK_OK;
+}
+
+qpk_status qpk_gen_set_yarn(qpk_config *c, double factor, int64_t original, qpk_err *e)
+{
+    /* Through the one parser, the home of yarn's defaults (betas, attention factor from the factor); the rest of
+     * the config as its normalized text gives it, which reads back as exactly it. */
+    qpk_config plain = *c;
+    memset(&plain.yarn, 0, sizeof plain.yarn);
+    char *text = qpk_config_to_json(&plain), *full = NULL;
+    size_t n = text ? strlen(text) : 0, cap = n + 160;
+    if (text && (full = malloc(cap)) != NULL) {
+        int k = snprintf(full, cap, "%.*s,\"rope_scaling\":{\"type\":\"yarn\",\"factor\":%.17g", (int)n - 1, text,
+                         factor);
+        if (original > 0)
+            k += snprintf(full + k, cap - (size_t)k, ",\"original_max_position_embeddings\":%lld", (long long)original);
+        snprintf(full + k, cap - (size_t)k, "}}");
     }
-    return false;
+    free(text);
+    if (!full)
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    qpk_config with;
+    qpk_status s = qpk_config_parse(&with, full, strlen(full), e);
+    free(full);
+    if (s == QPK_OK)
+        *c = with;
+    return s;
 }
 
 /* ------------------------------------------------------------------ values */
@@ -113,8 +212,29 @@ static qpk_status write_config(const qpk_gen_spec *sp, const char *dir, qpk_err 
     cJSON_ReplaceItemInObject(c, "torch_dtype", cJSON_CreateString(sp->dtype == QPK_ST_F32   ? "float32"
                                                                     : sp->dtype == QPK_ST_F16 ? "float16"
                                                                                               : "bfloat16"));
-    if (sp->cfg.arch == QPK_ARCH_QWEN2 && sp->cfg.head_dim * sp->cfg.n_heads == sp->cfg.hidden_size)
-        cJSON_DeleteItemFromObject(c, "head_dim"); /* real Qwen2 configs do not carry it */
+    const qpk_config *cf = &sp->cfg;
+    if ((cf->arch == QPK_ARCH_QWEN2 || cf->arch == QPK_ARCH_QWEN2_MOE) && cf->head_dim * cf->n_heads == cf->hidden_size)
+        cJSON_DeleteItemFromObject(c, "head_dim"); /* real Qwen2 and Qwen2-MoE configs do not carry it */
+    if (cf->yarn.factor != 0) {
+        /* The three keys Qwen's READMEs tell users to add, when the parser reads the same yarn from them. */
+        cJSON *r = cJSON_CreateObject();
+        cJSON_AddStringToObject(r, "type", "yarn");
+        cJSON_AddNumberToObject(r, "factor", cf->yarn.factor);
+        cJSON_AddNumberToObject(r, "original_max_position_embeddings",
+                                (double)cf->yarn.original_max_position_embeddings);
+        cJSON *full = cJSON_DetachItemFromObject(c, "rope_scaling");
+        cJSON_AddItemToObject(c, "rope_scaling", r);
+        char *brief = cJSON_PrintUnformatted(c);
+        qpk_config back;
+        if (!brief || qpk_config_parse(&back, brief, strlen(brief), NULL) != QPK_OK ||
+            memcmp(&back.yarn, &cf->yarn, sizeof back.yarn) != 0) {
+            cJSON_DeleteItemFromObject(c, "rope_scaling");
+            cJSON_AddItemToObject(c, "rope_scaling", full);
+            full = NULL;
+        }
+        cJSON_Delete(full);
+        free(brief);
+    }
     text = cJSON_Print(c);
     cJSON_Delete(c);
     qpk_status s = text ? write_text(dir, "config.json", text, e) : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
@@ -183,6 +303,8 @@ qpk_status qpk_gen_write(const qpk_gen_spec *sp, const char *dir, const qpk_call
     }
     if ((size_t)sp->n_shards > n)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "%d shards for %zu tensors", sp->n_shards, n);
+    if (sp->config_only)
+        return write_config(sp, dir, e);
     qpk_st_entry *ts = calloc(n, sizeof *ts);
     qpk_role *roles = calloc(n, sizeof *roles);
     if (!ts || !roles) {

@@ -657,9 +657,7 @@ static int format_version(const job *j)
 static cJSON *folder_metadata(const job *j, const qpk_checkpoint *ck, const qpk_convert_opts *o, cJSON **prov)
 {
     cJSON *m = cJSON_CreateObject();
-    char *cfg_json = qpk_config_to_json(qpk_checkpoint_config(ck));
-    cJSON *cfg = cfg_json ? cJSON_Parse(cfg_json) : NULL;
-    free(cfg_json);
+    cJSON *cfg = qpk_config_cjson(qpk_checkpoint_config(ck));
     if (!m || !cfg) {
         cJSON_Delete(m);
         cJSON_Delete(cfg);
@@ -736,9 +734,7 @@ static cJSON *build_metadata(job *j, cJSON **prov)
         return m;
     }
     cJSON *m = cJSON_CreateObject();
-    char *cfg_json = qpk_config_to_json(j->cfg);
-    cJSON *cfg = cfg_json ? cJSON_Parse(cfg_json) : NULL;
-    free(cfg_json);
+    cJSON *cfg = qpk_config_cjson(j->cfg);
     if (!m || !cfg) {
         cJSON_Delete(m), cJSON_Delete(cfg);
         return NULL;

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "fixtures.h"
+#include "gen.h"
 #include "qpk/verify.h"
 #include "testhelp.h"
 #include "testutil.h"
@@ -295,6 +296,46 @@ static void check_versions(const char *fx)
     free(cfg);
 }
 
+/*
+ * Real hyperparameters that need all 17 digits (here the doubles just past 1e6 and 4) come
+ * back bit for bit from the .qpk's metadata and from a GPTQ folder's config.json.
+ */
+static void check_exact_reals(void)
+{
+    char dir[4096], q[4096], folder[4096], back[4096];
+    snprintf(dir, sizeof dir, "%s/reals", tmpdir);
+    snprintf(q, sizeof q, "%s/reals.qpk", tmpdir);
+    snprintf(folder, sizeof folder, "%s/reals-gptq", tmpdir);
+    snprintf(back, sizeof back, "%s/reals-back.qpk", tmpdir);
+    qpk_gen_spec sp;
+    CHECK(qpk_gen_preset("tiny-yarn", &sp));
+    sp.cfg.rope_theta = nextafter(1e6, 2e6);
+    sp.cfg.yarn.factor = nextafter(4.0, 5.0);
+    sp.cfg.yarn.attention_factor = 0.1 * log(sp.cfg.yarn.factor) + 1.0;
+    qpk_err e = {0};
+    CHECKF(qpk_gen_write(&sp, dir, NULL, &e) == QPK_OK, "%s", e.msg);
+    qpk_convert_opts o = {.dtype = -1, .quant = QPK_TYPE_INT4, .group = 32, .to = QPK_OUT_QPK};
+    qpk_quant_rule keep[] = {{"embed_tokens", QPK_TYPE_BF16, 0, false}};
+    o.rules = keep, o.n_rules = 1;
+    CHECKF(qpk_convert_path(dir, q, &o, NULL, &e) == QPK_OK, "%s", e.msg);
+    qpk_convert_opts x = {.dtype = -1, .to = QPK_OUT_GPTQ};
+    CHECKF(qpk_convert_path(q, folder, &x, NULL, &e) == QPK_OK, "%s", e.msg);
+    qpk_convert_opts y = {.dtype = -1, .to = QPK_OUT_QPK};
+    CHECKF(qpk_convert_path(folder, back, &y, NULL, &e) == QPK_OK, "%s", e.msg);
+    const char *paths[] = {q, back};
+    for (int i = 0; i < 2; i++) {
+        qpk_source *s;
+        if (tu_open(&s, paths[i], false, &e) != QPK_OK) {
+            CHECKF(false, "%s", e.msg);
+            continue;
+        }
+        const qpk_config *c = qpk_source_config(s);
+        CHECKF(c->rope_theta == sp.cfg.rope_theta && c->yarn.factor == sp.cfg.yarn.factor, "%s: rope_theta %.17g, "
+               "yarn factor %.17g", paths[i], c->rope_theta, c->yarn.factor);
+        tu_close(s);
+    }
+}
+
 int main(void)
 {
     const char *fx = fixtures_dir();
@@ -323,6 +364,7 @@ int main(void)
     check_calibration(fx);
     check_folders(fx);
     check_versions(fx);
+    check_exact_reals();
     rm_rf(tmpdir);
     printf("test_family: %d passed, %d failed\n", th_passed, th_failed);
     return th_failed != 0;

@@ -108,10 +108,12 @@ static bool more_bits(int layer, int64_t n_layers)
 }
 
 /*
- * The type of a matrix under a preset, as llama-quantize's mixes choose it for a Qwen2
- * model: the preset's type for the linears; v_proj and down_proj in Q6_K in the layers
+ * The type of a matrix under a preset, as llama-quantize's mixes choose it for the Qwen
+ * family: the preset's type for the linears; v_proj and every down projection (dense,
+ * experts', shared expert's: llama-quantize's ffn_down category) in Q6_K in the layers
  * more_bits picks (_M mixes); the head (the embedding, when tied) in Q6_K (Q8_0 for
- * q8_0); an untied embedding in the preset's type.
+ * q8_0); an untied embedding in the preset's type. Models of exactly 8 experts get
+ * llama-quantize's bump for them: k_proj and v_proj in Q8_0, o_proj in Q5_K under q4_k_m.
  */
 static uint32_t preset_type(qpk_preset p, qpk_role role, int layer, const qpk_config *c)
 {
@@ -119,9 +121,14 @@ static uint32_t preset_type(qpk_preset p, qpk_role role, int layer, const qpk_co
                                     [QPK_PRESET_Q6_K] = QPK_TYPE_Q6_K, [QPK_PRESET_Q8_0] = QPK_TYPE_INT8};
     const uint32_t base = BASE[p];
     const bool mixed = p == QPK_PRESET_Q4_K_M || p == QPK_PRESET_Q5_K_M;
+    const bool down = role == QPK_ROLE_DOWN || role == QPK_ROLE_EXP_DOWN || role == QPK_ROLE_SHEXP_DOWN;
     if (role == QPK_ROLE_LM_HEAD || (role == QPK_ROLE_EMBED && c->tie_word_embeddings))
         return p == QPK_PRESET_Q8_0 ? QPK_TYPE_INT8 : QPK_TYPE_Q6_K;
-    if (mixed && (role == QPK_ROLE_V || role == QPK_ROLE_DOWN) && more_bits(layer, c->n_layers))
+    if (c->n_experts == 8 && (role == QPK_ROLE_K || role == QPK_ROLE_V))
+        return QPK_TYPE_INT8;
+    if (c->n_experts == 8 && role == QPK_ROLE_O && p == QPK_PRESET_Q4_K_M)
+        return QPK_TYPE_Q5_K;
+    if (mixed && (role == QPK_ROLE_V || down) && more_bits(layer, c->n_layers))
         return QPK_TYPE_Q6_K;
     return base;
 }

@@ -336,6 +336,40 @@ static void check_exact_reals(void)
     }
 }
 
+/*
+ * Experts and a shared expert wider than every other row (Qwen2-57B-A14B's shared expert is
+ * wider than its dense MLP): every per-row buffer of the engine and the calibration must be
+ * sized by them (the ASan build of this test catches one that is not).
+ */
+static void check_wide_experts(void)
+{
+    char dir[4096], out[4096];
+    snprintf(dir, sizeof dir, "%s/wide", tmpdir);
+    qpk_gen_spec sp;
+    CHECK(qpk_gen_preset("tiny-moe", &sp));
+    qpk_config *c = &sp.cfg;
+    c->hidden_size = 256, c->intermediate_size = 256, c->n_heads = 4, c->n_kv_heads = 2, c->head_dim = 64;
+    c->n_layers = 2, c->n_experts = 4, c->n_experts_used = 2, c->moe_intermediate_size = 512;
+    c->shared_expert_intermediate_size = 768;
+    memset(c->mlp_only_layers, 0, sizeof c->mlp_only_layers);
+    qpk_err e = {0};
+    CHECKF(qpk_gen_write(&sp, dir, NULL, &e) == QPK_OK, "%s", e.msg);
+    int32_t tok[2048];
+    for (int i = 0; i < 2048; i++)
+        tok[i] = (int32_t)((i * 2654435761u) % 2048);
+    const struct {
+        qpk_method method;
+        int quant;
+    } runs[] = {{QPK_METHOD_RTN, QPK_TYPE_INT8}, {QPK_METHOD_GPTQ, QPK_TYPE_INT4}, {QPK_METHOD_AWQ, QPK_TYPE_INT4S},
+                {QPK_METHOD_IMATRIX, QPK_TYPE_Q4_K}};
+    for (size_t i = 0; i < sizeof runs / sizeof *runs; i++) {
+        qpk_convert_opts o = {.dtype = -1, .quant = runs[i].quant, .group = 32, .method = runs[i].method,
+                              .to = QPK_OUT_QPK, .calib = {.tokens = tok, .n_tokens = 2048, .samples = 4, .seq_len = 64}};
+        snprintf(out, sizeof out, "%s/wide%zu.qpk", tmpdir, i);
+        CHECKF(qpk_convert_path(dir, out, &o, NULL, &e) == QPK_OK, "%s: %s", qpk_method_name(runs[i].method), e.msg);
+    }
+}
+
 int main(void)
 {
     const char *fx = fixtures_dir();
@@ -365,6 +399,7 @@ int main(void)
     check_folders(fx);
     check_versions(fx);
     check_exact_reals();
+    check_wide_experts();
     rm_rf(tmpdir);
     printf("test_family: %d passed, %d failed\n", th_passed, th_failed);
     return th_failed != 0;

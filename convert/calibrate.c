@@ -314,6 +314,7 @@ qpk_status qpk_calib_begin(qpk_calib **out, qpk_source *src, const qpk_convert_o
     const int64_t S = cf->shared_expert_intermediate_size > I ? cf->shared_expert_intermediate_size : I;
     int64_t widest = S > H ? S : H;
     widest = widest > Q ? widest : Q;
+    widest = widest > cf->moe_intermediate_size ? widest : cf->moe_intermediate_size;
     c->n_units = U_EXPERTS + 2 * (int)cf->n_experts;
     c->u = calloc((size_t)c->n_units, sizeof *c->u);
     c->X = malloc((size_t)n * (size_t)L * (size_t)H * sizeof(float));

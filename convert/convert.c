@@ -657,9 +657,7 @@ static int format_version(const job *j)
 static cJSON *folder_metadata(const job *j, const qpk_checkpoint *ck, const qpk_convert_opts *o, cJSON **prov)
 {
     cJSON *m = cJSON_CreateObject();
-    char *cfg_json = qpk_config_to_json(qpk_checkpoint_config(ck));
-    cJSON *cfg = cfg_json ? cJSON_Parse(cfg_json) : NULL;
-    free(cfg_json);
+    cJSON *cfg = qpk_config_cjson(qpk_checkpoint_config(ck));
     if (!m || !cfg) {
         cJSON_Delete(m);
         cJSON_Delete(cfg);
@@ -736,9 +734,7 @@ static cJSON *build_metadata(job *j, cJSON **prov)
         return m;
     }
     cJSON *m = cJSON_CreateObject();
-    char *cfg_json = qpk_config_to_json(j->cfg);
-    cJSON *cfg = cfg_json ? cJSON_Parse(cfg_json) : NULL;
-    free(cfg_json);
+    cJSON *cfg = qpk_config_cjson(j->cfg);
     if (!m || !cfg) {
         cJSON_Delete(m), cJSON_Delete(cfg);
         return NULL;
@@ -775,11 +771,18 @@ static void mark_requantized(cJSON *meta, int n)
     cJSON_AddNumberToObject(r, "linears", n);
 }
 
-/* Room for one source row in f32 per thread. */
+/* Room for one source row in f32 per thread: the widest row of any tensor the model has. */
 static qpk_status job_buffers(job *j, const qpk_config *c, qpk_err *e)
 {
-    int64_t widest = c->hidden_size > c->intermediate_size ? c->hidden_size : c->intermediate_size;
-    widest = widest > c->n_heads * c->head_dim ? widest : c->n_heads * c->head_dim;
+    int64_t widest = 1;
+    for (size_t i = 0; i < qpk_model_n_tensors(c); i++) {
+        qpk_role r;
+        int l;
+        int64_t d[2];
+        qpk_model_tensor_at(c, i, &r, &l);
+        const int64_t cols = qpk_role_shape(c, r, d) == 2 ? d[1] : d[0];
+        widest = cols > widest ? cols : widest;
+    }
     j->widest = (size_t)widest;
     j->rows_f32 = malloc(j->widest * (size_t)qpk_pool_threads(j->pool) * sizeof(float));
     j->f32 = malloc(CHUNK_ELEMS * sizeof(float));

@@ -498,7 +498,7 @@ static void add_real(cJSON *o, const char *key, double v)
     cJSON_AddItemToObject(o, key, cJSON_CreateRaw(buf));
 }
 
-char *qpk_config_to_json(const qpk_config *c)
+cJSON *qpk_config_cjson(const qpk_config *c)
 {
     cJSON *o = cJSON_CreateObject();
     if (!o)
@@ -564,7 +564,13 @@ char *qpk_config_to_json(const qpk_config *c)
         for (int i = 0; a && i < c->n_eos; i++)
             cJSON_AddItemToArray(a, cJSON_CreateNumber((double)c->eos_token_ids[i]));
     }
-    char *s = cJSON_PrintUnformatted(o);
+    return o;
+}
+
+char *qpk_config_to_json(const qpk_config *c)
+{
+    cJSON *o = qpk_config_cjson(c);
+    char *s = o ? cJSON_PrintUnformatted(o) : NULL;
     cJSON_Delete(o);
     return s;
 }

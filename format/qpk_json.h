@@ -73,6 +73,10 @@ bool qpk_jr_fail(qpk_jreader *r, qpk_status s, const char *what);
 
 /* Checks that s[0..n) is one strict JSON value with nothing but whitespace after it. doc names it in messages. */
 qpk_status qpk_json_check(const char *doc, const char *s, size_t n, qpk_err *e);
+/* qpk_config_to_json's object as a tree, for documents that embed it: its real numbers are
+ * raw items, printed as the shortest text that reads back exactly (cJSON's own printing
+ * may drop a last bit). NULL on OOM. */
+cJSON *qpk_config_cjson(const qpk_config *c);
 /* qpk_json_check, then cJSON's tree of it (*out; cJSON_Delete it). */
 qpk_status qpk_json_parse(const char *doc, const char *s, size_t n, cJSON **out, qpk_err *e);
 

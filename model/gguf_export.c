@@ -1,6 +1,7 @@
 /*
- * Qwen2 as llama.cpp reads it from GGUF: metadata keys, tensor names and dimension
- * order, the tokenizer, and the block types. int8 and int4s blocks of 32 are ggml's
+ * The Qwen family as llama.cpp reads it from GGUF (its qwen2, qwen2moe, qwen3 and qwen3moe):
+ * metadata keys, tensor names and dimension order (stacked experts as 3-D tensors), the
+ * tokenizer, and the block types. int8 and int4s blocks of 32 are ggml's
  * Q8_0 and Q4_0 byte for byte; int4 blocks become Q4_1 (m = -d z, exact when it fits
  * an f16, else the nearest f16: counted and reported); int8z blocks become Q8_0 when
  * every q - z fits an int8. A larger group (64, 128, a whole row: imported GPTQ/AWQ
@@ -194,21 +195,97 @@ static qpk_status write_tokenizer(qpk_gguf_writer *w, const qpk_config *c, const
     return write_special_ids(w, c, tok, cfg, e);
 }
 
+/* "<arch>.<suffix>" in buf. */
+static const char *arch_key(char *buf, size_t cap, const char *arch, const char *suffix)
+{
+    snprintf(buf, cap, "%s.%s", arch, suffix);
+    return buf;
+}
+
+/*
+ * The architecture's keys, named and ordered as llama.cpp's converter writes them. YaRN:
+ * llama.cpp scales cos and sin by rope.scaling.attn_factor x (1 + 0.1 ln factor), so a
+ * config's own attention factor is written as its ratio to that (absent when it is 1).
+ */
 static qpk_status write_keys(qpk_gguf_writer *w, const qpk_config *c, const qpk_gguf_meta *m, uint32_t file_type,
                              qpk_err *e)
 {
-    QPK_TRY(qpk_gguf_kv_string(w, "general.architecture", "qwen2", 5, e));
+    const char *a = qpk_gguf_arch_name(c->arch);
+    char k[96];
+    QPK_TRY(qpk_gguf_kv_string(w, "general.architecture", a, strlen(a), e));
     QPK_TRY(qpk_gguf_kv_string(w, "general.name", m->name, strlen(m->name), e));
     QPK_TRY(qpk_gguf_kv_u32(w, "general.file_type", file_type, e));
     QPK_TRY(qpk_gguf_kv_u32(w, "general.quantization_version", 2, e)); /* ggml's, written always as its converter does */
-    QPK_TRY(qpk_gguf_kv_u32(w, "qwen2.block_count", (uint32_t)c->n_layers, e));
-    QPK_TRY(qpk_gguf_kv_u32(w, "qwen2.context_length", (uint32_t)c->max_position_embeddings, e));
-    QPK_TRY(qpk_gguf_kv_u32(w, "qwen2.embedding_length", (uint32_t)c->hidden_size, e));
-    QPK_TRY(qpk_gguf_kv_u32(w, "qwen2.feed_forward_length", (uint32_t)c->intermediate_size, e));
-    QPK_TRY(qpk_gguf_kv_u32(w, "qwen2.attention.head_count", (uint32_t)c->n_heads, e));
-    QPK_TRY(qpk_gguf_kv_u32(w, "qwen2.attention.head_count_kv", (uint32_t)c->n_kv_heads, e));
-    QPK_TRY(qpk_gguf_kv_f32(w, "qwen2.rope.freq_base", (float)c->rope_theta, e));
-    QPK_TRY(qpk_gguf_kv_f32(w, "qwen2.attention.layer_norm_rms_epsilon", (float)c->rms_norm_eps, e));
+    QPK_TRY(qpk_gguf_kv_u32(w, arch_key(k, sizeof k, a, "block_count"), (uint32_t)c->n_layers, e));
+    QPK_TRY(qpk_gguf_kv_u32(w, arch_key(k, sizeof k, a, "context_length"), (uint32_t)c->max_position_embeddings, e));
+    QPK_TRY(qpk_gguf_kv_u32(w, arch_key(k, sizeof k, a, "embedding_length"), (uint32_t)c->hidden_size, e));
+    QPK_TRY(qpk_gguf_kv_u32(w, arch_key(k, sizeof k, a, "feed_forward_length"), (uint32_t)c->intermediate_size, e));
+    QPK_TRY(qpk_gguf_kv_u32(w, arch_key(k, sizeof k, a, "attention.head_count"), (uint32_t)c->n_heads, e));
+    QPK_TRY(qpk_gguf_kv_u32(w, arch_key(k, sizeof k, a, "attention.head_count_kv"), (uint32_t)c->n_kv_heads, e));
+    if (c->yarn.factor != 0) {
+        const qpk_yarn *y = &c->yarn;
+        QPK_TRY(qpk_gguf_kv_string(w, arch_key(k, sizeof k, a, "rope.scaling.type"), "yarn", 4, e));
+        QPK_TRY(qpk_gguf_kv_f32(w, arch_key(k, sizeof k, a, "rope.scaling.factor"), (float)y->factor, e));
+        QPK_TRY(qpk_gguf_kv_u32(w, arch_key(k, sizeof k, a, "rope.scaling.original_context_length"),
+                                (uint32_t)y->original_max_position_embeddings, e));
+        const float ratio = (float)(y->attention_factor / (y->factor > 1 ? 0.1 * log(y->factor) + 1.0 : 1.0));
+        if (ratio != 1.0f)
+            QPK_TRY(qpk_gguf_kv_f32(w, arch_key(k, sizeof k, a, "rope.scaling.attn_factor"), ratio, e));
+    }
+    QPK_TRY(qpk_gguf_kv_f32(w, arch_key(k, sizeof k, a, "rope.freq_base"), (float)c->rope_theta, e));
+    QPK_TRY(qpk_gguf_kv_f32(w, arch_key(k, sizeof k, a, "attention.layer_norm_rms_epsilon"), (float)c->rms_norm_eps, e));
+    if (qpk_config_is_moe(c)) {
+        QPK_TRY(qpk_gguf_kv_u32(w, arch_key(k, sizeof k, a, "expert_count"), (uint32_t)c->n_experts, e));
+        QPK_TRY(qpk_gguf_kv_u32(w, arch_key(k, sizeof k, a, "expert_used_count"), (uint32_t)c->n_experts_used, e));
+    }
+    if (c->arch == QPK_ARCH_QWEN3 || c->arch == QPK_ARCH_QWEN3_MOE) { /* Qwen3's heads need not be hidden / heads wide */
+        QPK_TRY(qpk_gguf_kv_u32(w, arch_key(k, sizeof k, a, "attention.key_length"), (uint32_t)c->head_dim, e));
+        QPK_TRY(qpk_gguf_kv_u32(w, arch_key(k, sizeof k, a, "attention.value_length"), (uint32_t)c->head_dim, e));
+    }
+    if (qpk_config_is_moe(c))
+        QPK_TRY(qpk_gguf_kv_u32(w, arch_key(k, sizeof k, a, "expert_feed_forward_length"),
+                                (uint32_t)c->moe_intermediate_size, e));
+    if (c->arch == QPK_ARCH_QWEN2_MOE)
+        QPK_TRY(qpk_gguf_kv_u32(w, arch_key(k, sizeof k, a, "expert_shared_feed_forward_length"),
+                                (uint32_t)c->shared_expert_intermediate_size, e));
+    return QPK_OK;
+}
+
+/*
+ * What llama.cpp's graphs for these architectures cannot compute, refused by name before
+ * anything is written (a GGUF is for llama.cpp: one it loads as another model, or not at
+ * all, is no export). Read from its models' tensor lists and graphs (src/models/qwen*.cpp).
+ */
+static qpk_status check_llamacpp(const qpk_config *c, qpk_err *e)
+{
+    const char *a = qpk_gguf_arch_name(c->arch);
+    const bool qwen3 = c->arch == QPK_ARCH_QWEN3 || c->arch == QPK_ARCH_QWEN3_MOE;
+    if (!qwen3 && c->n_heads * c->head_dim != c->hidden_size)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "GGUF: llama.cpp's %s takes attn_q as [hidden_size, hidden_size], "
+                            "and this model's %lld heads of head_dim %lld are %lld wide, not hidden_size %lld: it "
+                            "cannot run it", a, (long long)c->n_heads, (long long)c->head_dim,
+                            (long long)(c->n_heads * c->head_dim), (long long)c->hidden_size);
+    if (qwen3 && c->attention_bias)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "GGUF: llama.cpp's %s loads no attn_output.bias, and this model has "
+                            "attention_bias (o_proj.bias): it cannot run it", a);
+    if (c->yarn.factor != 0 && (c->yarn.beta_fast != 32 || c->yarn.beta_slow != 1))
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "GGUF: llama.cpp's %s computes YaRN with beta_fast 32 and beta_slow 1 "
+                            "(it reads no others for this architecture), and this model's rope_scaling has %g and %g",
+                            a, c->yarn.beta_fast, c->yarn.beta_slow);
+    if (!qpk_config_is_moe(c))
+        return QPK_OK;
+    for (int l = 0; l < c->n_layers; l++)
+        if (!qpk_layer_is_sparse(c, l))
+            return qpk_err_setf(e, QPK_E_UNSUPPORTED, "GGUF: llama.cpp's %s runs every layer as mixture-of-experts, and "
+                                "layer %d of this model is dense (mlp_only_layers, decoder_sparse_step): no %s GGUF "
+                                "holds it", a, l, a);
+    if (c->norm_topk_prob != (c->arch == QPK_ARCH_QWEN3_MOE))
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "GGUF: llama.cpp's %s %s the top-k routing weights, and this model "
+                            "has norm_topk_prob %s", a, c->norm_topk_prob ? "does not renormalize" : "renormalizes",
+                            c->norm_topk_prob ? "true" : "false");
+    if (c->arch == QPK_ARCH_QWEN2_MOE && c->tie_word_embeddings)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "GGUF: llama.cpp's qwen2moe needs output.weight, and this model ties "
+                            "its head to the embedding (tie_word_embeddings)");
     return QPK_OK;
 }
 
@@ -248,8 +325,8 @@ static qpk_status write_meta(qpk_gguf_export *x, const qpk_config *c, const qpk_
 /* ---------------------------------------------------------------- tensors */
 
 /* Declares tensor (role, layer) whose bytes come as qpk type/group, dims outermost first (as .qpk). */
-static qpk_status declare(qpk_gguf_export *x, qpk_role role, int layer, uint32_t type, uint32_t group, int ndim,
-                          const int64_t *dims, qpk_err *e)
+static qpk_status declare(qpk_gguf_export *x, const qpk_config *c, qpk_role role, int layer, uint32_t type,
+                          uint32_t group, int ndim, const int64_t *dims, qpk_err *e)
 {
     char name[64];
     uint32_t gt = 0;
@@ -264,9 +341,13 @@ static qpk_status declare(qpk_gguf_export *x, qpk_role role, int layer, uint32_t
     }
     QPK_TRY(ggml_type_of(vector ? QPK_TYPE_F32 : type, group, name, &gt, e));
     uint64_t ne[4];
+    int n_dims = ndim;
     for (int d = 0; d < ndim; d++) /* GGUF lists the contiguous dimension first */
         ne[d] = (uint64_t)dims[ndim - 1 - d];
-    QPK_TRY(qpk_gguf_add_tensor(x->w, name, gt, ndim, ne, e));
+    /* stacked experts as ggml's [cols, rows per expert, experts]: the same bytes */
+    if (qpk_role_is_expert(role) && ndim == 2)
+        ne[1] /= (uint64_t)c->n_experts, ne[2] = (uint64_t)c->n_experts, n_dims = 3;
+    QPK_TRY(qpk_gguf_add_tensor(x->w, name, gt, n_dims, ne, e));
     if (x->n == x->cap) {
         size_t cap = x->cap ? 2 * x->cap : 256;
         planned *t = realloc(x->t, cap * sizeof *t);
@@ -284,6 +365,7 @@ qpk_status qpk_gguf_export_plan(qpk_gguf_export *x, const qpk_config *c, qpk_ggu
                                 const qpk_gguf_meta *m, qpk_err *e)
 {
     uint64_t linear_elems[QPK_TYPE_COUNT_] = {0};
+    QPK_TRY(check_llamacpp(c, e));
     for (size_t i = 0; i < qpk_model_n_tensors(c); i++) {
         qpk_role role;
         int layer, ndim;
@@ -291,7 +373,7 @@ qpk_status qpk_gguf_export_plan(qpk_gguf_export *x, const qpk_config *c, qpk_ggu
         int64_t dims[QPK_MAX_DIMS];
         qpk_model_tensor_at(c, i, &role, &layer);
         QPK_TRY(source(ud, role, layer, &type, &group, &ndim, dims, e));
-        QPK_TRY(declare(x, role, layer, type, group, ndim, dims, e));
+        QPK_TRY(declare(x, c, role, layer, type, group, ndim, dims, e));
         if (qpk_role_is_per_layer(role) && qpk_role_is_matrix(role))
             linear_elems[type] += (uint64_t)dims[0] * (uint64_t)dims[1];
     }

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "qpk_json.h"
 
 #define LINEAR_TASK_OUTPUTS 64 /* outputs per task: a multiple of 8, so no packed word is shared by two tasks */
 
@@ -423,9 +424,7 @@ static qpk_status write_json(const char *dir, const char *name, cJSON *root, qpk
 
 static qpk_status write_configs(hf_export *x, const char *dir, qpk_err *e)
 {
-    char *cfg_text = qpk_config_to_json(x->cfg);
-    cJSON *cfg = cfg_text ? cJSON_Parse(cfg_text) : NULL;
-    free(cfg_text);
+    cJSON *cfg = qpk_config_cjson(x->cfg);
     if (!cfg)
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     cJSON *arch = cJSON_CreateArray();

@@ -134,19 +134,22 @@ qpk_status qpk_read_blob(const qpk_file *f, const char *name, char **data, size_
 /* ---------------------------------------------------------------- GGUF (gguf_model.c) */
 
 /*
- * A GGUF file as a Qwen2 model: checks the architecture, every qwen2 hyperparameter (types,
- * finite positive rope base and norm epsilon), the tokenizer keys (a gpt2 tokenizer with
- * the qwen2 pre-tokenizer; tokens valid UTF-8; token types known; every merge two tokens
- * of the vocabulary; every special id a token), every other qwen2.* key (applied, with
- * the value that changes nothing, or refused by name: rope scaling, partial rotary, ...),
- * every tensor's name, shape and type (norms and biases F32), and the tokenizer those keys
- * describe as qpk's tokenizer loads it (and fitting the embedding); describes it as the
- * one qpk_config. Linear (n log n) in the keys, tokens and merges.
+ * A GGUF file as a Qwen-family model (general.architecture qwen2, qwen2moe, qwen3 or
+ * qwen3moe, as llama.cpp names them): checks the architecture, its hyperparameters
+ * (types, finite positive rope base and norm epsilon, expert counts), the tokenizer keys
+ * (a gpt2 tokenizer with the qwen2 pre-tokenizer; tokens valid UTF-8; token types known;
+ * every merge two tokens of the vocabulary; every special id a token), every other key of
+ * the architecture (applied, such as YaRN, with the value that changes nothing, or refused
+ * by name: partial rotary, other rope scalings, ...), every tensor's name, shape and type
+ * (norms, biases and routers F32; experts 3-D), and the tokenizer those keys describe as
+ * qpk's tokenizer loads it (and fitting the embedding); describes it as the one
+ * qpk_config, computing what llama.cpp computes. Linear (n log n) in the keys, tokens and
+ * merges.
  */
 qpk_status qpk_gguf_qwen2(const qpk_gguf *g, qpk_config *cfg, qpk_err *e);
 /* Every quantized block's f16 scales are finite. */
 qpk_status qpk_gguf_check_scales(const qpk_gguf *g, qpk_err *e);
-/* Tensor (role, layer) of a checked Qwen2 GGUF as a qpk matrix over its mapped bytes. */
+/* Tensor (role, layer) of a checked GGUF as a qpk matrix over its mapped bytes (a 3-D expert tensor: its stacked rows). */
 qpk_status qpk_gguf_matrix(const qpk_gguf *g, qpk_role role, int layer, qpk_matrix *w, qpk_err *e);
 /* The tokenizer.json (malloc'd) that a Qwen2 GGUF's tokenizer.ggml.* keys describe. */
 qpk_status qpk_gguf_tokenizer_json(const qpk_gguf *g, char **json, size_t *len, qpk_err *e);
@@ -154,8 +157,10 @@ qpk_status qpk_gguf_tokenizer_json(const qpk_gguf *g, char **json, size_t *len, 
 char *qpk_gguf_tokenizer_config(const qpk_gguf *g);
 /* Whether GGUF holds n int8z blocks of `group` as they are: every code minus its zero one of Q8_0's int8 codes. */
 bool qpk_gguf_holds_int8z(const void *blocks, uint32_t group, uint64_t n_blocks);
-/* llama.cpp's name of tensor (role, layer): "token_embd.weight", "blk.3.ffn_up.weight" ... */
+/* llama.cpp's name of tensor (role, layer): "token_embd.weight", "blk.3.ffn_up_exps.weight" ... */
 void qpk_gguf_tensor_name(char *buf, size_t cap, qpk_role role, int layer);
+/* llama.cpp's general.architecture of a qpk architecture: "qwen2", "qwen2moe", "qwen3", "qwen3moe". */
+const char *qpk_gguf_arch_name(qpk_arch a);
 
 /* The refusal of an act-order linear (named by %s) in GGUF, wherever it comes from. */
 #define QPK_ACT_ORDER_GGUF_MSG                                                                                         \

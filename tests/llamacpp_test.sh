@@ -10,7 +10,8 @@
 #
 # node-llama-cpp is installed with npm into the build folder (85 MB, once). Without
 # node or the npm registry the test says so and is reported SKIPPED (exit 77), never passed.
-# Usage: llamacpp_test.sh BIN_DIR WORK_DIR   (QPK_FIXTURES locates the fixtures)
+# Usage: llamacpp_test.sh BIN_DIR WORK_DIR FAMILY_GEN   (QPK_FIXTURES locates the fixtures;
+# FAMILY_GEN is tests/llamacpp/family_gen.c built)
 set -u
 bin=$1 work=$2 fx=${QPK_FIXTURES:-}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -83,5 +84,39 @@ done
 # KLD 1.0e-2, top-1 89.8%, ppl 1.3%; gates: KLD 0.03, top-1 80%, ppl 3%.
 "$bin/qconvert" "$fx/qwen-tiny-c-outlier" --preset q4_k_m -o "$tmp/c-q4km.gguf" -q &&
   kcheck "qpk-c-outlier-q4_k_m" "$tmp/c-q4km.gguf" "$tokens" 0.03 80 0.03
+# The Qwen family's other architectures (issue 21): llama.cpp's qwen2 with YaRN, qwen2moe,
+# qwen3 and qwen3moe, each a small random f32 model (tests/llamacpp/family_gen.c: rows of 256,
+# tiny256's tokenizer) exported exactly, so llama.cpp and qpk compute the same function up to
+# rounding. Measured: KLD 2.6e-9 to 3.6e-9, top-1 100%, ppl within 0.002% (llama.cpp's F16 KV
+# cache is most of it). These models' logits are nearly flat (ppl ~ the vocabulary), so a
+# misread hyperparameter moves KLD only a little: qpk computing the YaRN model with the default
+# attention factor instead of its own gives 9.2e-6, with L = 128 instead of 64 4.2e-6, qwen3moe
+# without norm_topk_prob 9.7e-4, qwen2moe with 3 experts per token instead of 2 2.9e-4 (ppl moves
+# at most 0.8%, under the 1% gate). Gates: KLD 1e-7 (30x the measured, 40x under the smallest
+# misreading), top-1 99%, ppl 1%. Then the two MoE models as Q4_K_M (3-D K-quant expert tensors;
+# the 8-expert rules): measured KLD 7.4e-6 (qwen2moe) and 3.2e-5 (qwen3moe, whose few worst
+# positions route a token differently under llama.cpp's 8-bit activations), top-1 98.0-98.8%;
+# gates as the K-quant checks above: KLD 1e-4, top-1 95%, ppl 0.5%.
+fam=${3:-}
+if [ -z "$fam" ] || [ ! -x "$fam" ]; then
+  echo "FAIL: the family generator (third argument) is missing"; fail=$((fail + 1))
+else
+  for a in qwen2-yarn qwen2moe qwen3 qwen3moe; do
+    if ! "$fam" "$tmp/$a" $a; then echo "FAIL: $a: family_gen"; fail=$((fail + 1)); continue; fi
+    cp "$td/tiny256/tokenizer.json" "$td/tiny256/tokenizer_config.json" "$tmp/$a/"
+    if "$bin/qconvert" "$tmp/$a" -o "$tmp/$a.gguf" -q; then
+      kcheck "$a-f32" "$tmp/$a.gguf" "$tmp/k.i32" 1e-7 99 0.01
+    else
+      echo "FAIL: $a: GGUF export"; fail=$((fail + 1))
+    fi
+  done
+  for a in qwen2moe qwen3moe; do
+    if "$bin/qconvert" "$tmp/$a" --preset q4_k_m -o "$tmp/$a-q4km.gguf" -q; then
+      kcheck "$a-q4_k_m" "$tmp/$a-q4km.gguf" "$tmp/k.i32" 1e-4 95 0.005
+    else
+      echo "FAIL: $a: Q4_K_M export"; fail=$((fail + 1))
+    fi
+  done
+fi
 echo "llamacpp_test: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "fixtures.h"
+#include "gen.h"
 #include "qpk/verify.h"
 #include "testhelp.h"
 #include "testutil.h"
@@ -295,6 +296,80 @@ static void check_versions(const char *fx)
     free(cfg);
 }
 
+/*
+ * Real hyperparameters that need all 17 digits (here the doubles just past 1e6 and 4) come
+ * back bit for bit from the .qpk's metadata and from a GPTQ folder's config.json.
+ */
+static void check_exact_reals(void)
+{
+    char dir[4096], q[4096], folder[4096], back[4096];
+    snprintf(dir, sizeof dir, "%s/reals", tmpdir);
+    snprintf(q, sizeof q, "%s/reals.qpk", tmpdir);
+    snprintf(folder, sizeof folder, "%s/reals-gptq", tmpdir);
+    snprintf(back, sizeof back, "%s/reals-back.qpk", tmpdir);
+    qpk_gen_spec sp;
+    CHECK(qpk_gen_preset("tiny-yarn", &sp));
+    sp.cfg.rope_theta = nextafter(1e6, 2e6);
+    sp.cfg.yarn.factor = nextafter(4.0, 5.0);
+    sp.cfg.yarn.attention_factor = 0.1 * log(sp.cfg.yarn.factor) + 1.0;
+    qpk_err e = {0};
+    CHECKF(qpk_gen_write(&sp, dir, NULL, &e) == QPK_OK, "%s", e.msg);
+    qpk_convert_opts o = {.dtype = -1, .quant = QPK_TYPE_INT4, .group = 32, .to = QPK_OUT_QPK};
+    qpk_quant_rule keep[] = {{"embed_tokens", QPK_TYPE_BF16, 0, false}};
+    o.rules = keep, o.n_rules = 1;
+    CHECKF(qpk_convert_path(dir, q, &o, NULL, &e) == QPK_OK, "%s", e.msg);
+    qpk_convert_opts x = {.dtype = -1, .to = QPK_OUT_GPTQ};
+    CHECKF(qpk_convert_path(q, folder, &x, NULL, &e) == QPK_OK, "%s", e.msg);
+    qpk_convert_opts y = {.dtype = -1, .to = QPK_OUT_QPK};
+    CHECKF(qpk_convert_path(folder, back, &y, NULL, &e) == QPK_OK, "%s", e.msg);
+    const char *paths[] = {q, back};
+    for (int i = 0; i < 2; i++) {
+        qpk_source *s;
+        if (tu_open(&s, paths[i], false, &e) != QPK_OK) {
+            CHECKF(false, "%s", e.msg);
+            continue;
+        }
+        const qpk_config *c = qpk_source_config(s);
+        CHECKF(c->rope_theta == sp.cfg.rope_theta && c->yarn.factor == sp.cfg.yarn.factor, "%s: rope_theta %.17g, "
+               "yarn factor %.17g", paths[i], c->rope_theta, c->yarn.factor);
+        tu_close(s);
+    }
+}
+
+/*
+ * Experts and a shared expert wider than every other row (Qwen2-57B-A14B's shared expert is
+ * wider than its dense MLP): every per-row buffer of the engine and the calibration must be
+ * sized by them (the ASan build of this test catches one that is not).
+ */
+static void check_wide_experts(void)
+{
+    char dir[4096], out[4096];
+    snprintf(dir, sizeof dir, "%s/wide", tmpdir);
+    qpk_gen_spec sp;
+    CHECK(qpk_gen_preset("tiny-moe", &sp));
+    qpk_config *c = &sp.cfg;
+    c->hidden_size = 256, c->intermediate_size = 256, c->n_heads = 4, c->n_kv_heads = 2, c->head_dim = 64;
+    c->n_layers = 2, c->n_experts = 4, c->n_experts_used = 2, c->moe_intermediate_size = 512;
+    c->shared_expert_intermediate_size = 768;
+    memset(c->mlp_only_layers, 0, sizeof c->mlp_only_layers);
+    qpk_err e = {0};
+    CHECKF(qpk_gen_write(&sp, dir, NULL, &e) == QPK_OK, "%s", e.msg);
+    int32_t tok[2048];
+    for (int i = 0; i < 2048; i++)
+        tok[i] = (int32_t)((i * 2654435761u) % 2048);
+    const struct {
+        qpk_method method;
+        int quant;
+    } runs[] = {{QPK_METHOD_RTN, QPK_TYPE_INT8}, {QPK_METHOD_GPTQ, QPK_TYPE_INT4}, {QPK_METHOD_AWQ, QPK_TYPE_INT4S},
+                {QPK_METHOD_IMATRIX, QPK_TYPE_Q4_K}};
+    for (size_t i = 0; i < sizeof runs / sizeof *runs; i++) {
+        qpk_convert_opts o = {.dtype = -1, .quant = runs[i].quant, .group = 32, .method = runs[i].method,
+                              .to = QPK_OUT_QPK, .calib = {.tokens = tok, .n_tokens = 2048, .samples = 4, .seq_len = 64}};
+        snprintf(out, sizeof out, "%s/wide%zu.qpk", tmpdir, i);
+        CHECKF(qpk_convert_path(dir, out, &o, NULL, &e) == QPK_OK, "%s: %s", qpk_method_name(runs[i].method), e.msg);
+    }
+}
+
 int main(void)
 {
     const char *fx = fixtures_dir();
@@ -323,6 +398,8 @@ int main(void)
     check_calibration(fx);
     check_folders(fx);
     check_versions(fx);
+    check_exact_reals();
+    check_wide_experts();
     rm_rf(tmpdir);
     printf("test_family: %d passed, %d failed\n", th_passed, th_failed);
     return th_failed != 0;

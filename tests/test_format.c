@@ -173,7 +173,7 @@ typedef struct defect {
 static void d_truncate(uint8_t *b, size_t *n) { (void)b, *n -= 100; }
 static void d_tiny(uint8_t *b, size_t *n) { (void)b, *n = 40; }
 static void d_magic(uint8_t *b, size_t *n) { (void)n, b[0] = 'X'; }
-static void d_version(uint8_t *b, size_t *n) { (void)n, wr32(b + 8, 3); }
+static void d_version(uint8_t *b, size_t *n) { (void)n, wr32(b + 8, 4); }
 static void d_header_size(uint8_t *b, size_t *n) { (void)n, wr32(b + 12, 72); }
 static void d_header_flip(uint8_t *b, size_t *n) { (void)n, b[44] ^= 1; }
 static void d_file_size(uint8_t *b, size_t *n) { (void)n, wr64(b + 16, rd64(b + 16) + 1); }
@@ -305,7 +305,7 @@ static const defect DEFECTS[] = {
     {"truncated file", d_truncate, false, QPK_E_CORRUPT, "truncated"},
     {"shorter than a header", d_tiny, false, QPK_E_CORRUPT, "shorter than the 64-byte header"},
     {"bad magic", d_magic, false, QPK_E_CORRUPT, "bad magic"},
-    {"unknown version", d_version, false, QPK_E_UNSUPPORTED, "format version 3"},
+    {"unknown version", d_version, false, QPK_E_UNSUPPORTED, "format version 4"},
     {"header size", d_header_size, true, QPK_E_CORRUPT, "header size 72"},
     {"header checksum", d_header_flip, false, QPK_E_CHECKSUM, "header checksum"},
     {"file size field", d_file_size, true, QPK_E_CORRUPT, "truncated"},

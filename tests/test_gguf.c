@@ -16,6 +16,8 @@
 #include "gen.h"
 #include "qpk/gguf.h"
 #include "qpk/quant.h"
+#include "qpk/runtime.h"
+#include "qpk/verify.h"
 #include "testhelp.h"
 #include "testutil.h"
 #include "model_private.h"
@@ -1183,24 +1185,33 @@ static void test_qwen2_checks(void)
         {"a vocabulary token given twice", QPK_E_CORRUPT, "the tokenizer of tokenizer.ggml.*, as qpk's tokenizer reads "
          "it: vocab: token 'ab' appears twice", .token261 = "ab", .type261 = 1},
         /* qwen2.* keys: applied, neutral, or refused by name. */
-        {"rope scaling yarn", QPK_E_UNSUPPORTED, "qwen2.rope.scaling.type is \"yarn\": qpk does not implement rope "
-         "scaling (YaRN, linear)" NOT_RUN, KEY_S("qwen2.rope.scaling.type", "yarn")},
+        {"rope scaling longrope", QPK_E_UNSUPPORTED, "qwen2.rope.scaling.type is \"longrope\": qpk computes plain RoPE "
+         "and \"yarn\"" NOT_RUN, KEY_S("qwen2.rope.scaling.type", "longrope")},
+        {"rope scaling yarn without a factor (llama.cpp: a frequency scale of 1)", QPK_OK, "",
+         KEY_S("qwen2.rope.scaling.type", "yarn")},
         {"rope scaling none", QPK_OK, "", KEY_S("qwen2.rope.scaling.type", "none")},
         {"rope scaling type not a string", QPK_E_CORRUPT, "qwen2.rope.scaling.type is not a string",
          KEY_U("qwen2.rope.scaling.type", 2)},
-        {"rope scaling factor 4", QPK_E_UNSUPPORTED, "qwen2.rope.scaling.factor is 4: qpk does not implement rope "
+        {"rope scaling factor 4", QPK_E_UNSUPPORTED, "qwen2.rope.scaling.factor is 4: qpk does not implement linear rope "
          "scaling" NOT_RUN, KEY_F("qwen2.rope.scaling.factor", 4.0f)},
         {"rope scaling factor 1", QPK_OK, "", KEY_F("qwen2.rope.scaling.factor", 1.0f)},
         {"rope scaling factor an integer", QPK_E_CORRUPT, "qwen2.rope.scaling.factor is not a float",
          KEY_U("qwen2.rope.scaling.factor", 1)},
-        {"legacy linear rope scale 2", QPK_E_UNSUPPORTED, "qwen2.rope.scale_linear is 2: qpk does not implement rope "
-         "scaling", KEY_F("qwen2.rope.scale_linear", 2.0f)},
-        {"rope attention factor", QPK_E_UNSUPPORTED, "qwen2.rope.scaling.attn_factor is 0.5",
-         KEY_F("qwen2.rope.scaling.attn_factor", 0.5f)},
-        {"yarn's original context", QPK_E_UNSUPPORTED, "qwen2.rope.scaling.original_context_length: qpk does not "
-         "implement rope scaling (YaRN)" NOT_RUN, KEY_U("qwen2.rope.scaling.original_context_length", 32768)},
-        {"yarn's log multiplier", QPK_E_UNSUPPORTED, "qwen2.rope.scaling.yarn_log_multiplier: qpk does not implement "
-         "rope scaling (YaRN)", KEY_F("qwen2.rope.scaling.yarn_log_multiplier", 0.1f)},
+        {"legacy linear rope scale 2", QPK_E_UNSUPPORTED, "qwen2.rope.scale_linear is 2: qpk does not implement linear "
+         "rope scaling" NOT_RUN, KEY_F("qwen2.rope.scale_linear", 2.0f)},
+        {"rope attention factor without YaRN", QPK_E_UNSUPPORTED, "qwen2.rope.scaling.attn_factor is 0.5: qpk scales "
+         "cos and sin only under YaRN" NOT_RUN, KEY_F("qwen2.rope.scaling.attn_factor", 0.5f)},
+        {"yarn's original context without YaRN (unused)", QPK_OK, "",
+         KEY_U("qwen2.rope.scaling.original_context_length", 32768)},
+        /* keys llama.cpp's converter writes but llama.cpp does not read for Qwen: only its own value */
+        {"yarn's log multiplier", QPK_E_UNSUPPORTED, "qwen2.rope.scaling.yarn_log_multiplier is 0.1, but llama.cpp does "
+         "not read it for this architecture and computes with 0: the file means two things, and qpk refuses it",
+         KEY_F("qwen2.rope.scaling.yarn_log_multiplier", 0.1f)},
+        {"yarn's beta_fast of llama.cpp", QPK_OK, "", KEY_F("qwen2.rope.scaling.yarn_beta_fast", 32.0f)},
+        {"yarn's beta_slow of another", QPK_E_UNSUPPORTED, "qwen2.rope.scaling.yarn_beta_slow is 2, but llama.cpp does "
+         "not read it for this architecture and computes with 1", KEY_F("qwen2.rope.scaling.yarn_beta_slow", 2.0f)},
+        {"yarn's extrapolation without YaRN", QPK_E_UNSUPPORTED, "qwen2.rope.scaling.yarn_ext_factor is 1, but llama.cpp "
+         "does not read it for this architecture and computes with 0", KEY_F("qwen2.rope.scaling.yarn_ext_factor", 1.0f)},
         {"partial rotary", QPK_E_UNSUPPORTED, "qwen2.rope.dimension_count is 8, not the head dimension 16 "
          "(embedding_length / head_count): qpk does not implement partial rotary embeddings (RoPE on part of each "
          "head)" NOT_RUN, KEY_U("qwen2.rope.dimension_count", 8)},
@@ -1360,6 +1371,695 @@ static void test_ggml_types(void)
                    qpk_type_info_of(t)->file_type);
 }
 
+/* ============================================================ the Qwen family == */
+
+/*
+ * GGUF both ways for llama.cpp's qwen2 (with YaRN), qwen2moe, qwen3 and qwen3moe. The
+ * fixtures carry no tokenizer and GGUF carries one: each test folder is the fixture's
+ * config and weights plus tests/data/tiny256's tokenizer (267 ids; the 2048 rows past it
+ * become [PADi] tokens of type unused, as llama.cpp's converter writes a padded vocabulary).
+ */
+
+static void copy_file(const char *from, const char *to)
+{
+    size_t n;
+    char *data = slurp(from, &n);
+    FILE *f = data ? fopen(to, "wb") : NULL;
+    CHECKF(f && fwrite(data, 1, n, f) == n, "copy %s -> %s", from, to);
+    if (f)
+        fclose(f);
+    free(data);
+}
+
+/* tiny256's tokenizer files into dir. */
+static void add_tokenizer(const char *dir)
+{
+    static const char *const F[] = {"tokenizer.json", "tokenizer_config.json"};
+    for (int i = 0; i < 2; i++) {
+        char a[4096], b[4096];
+        snprintf(a, sizeof a, "%s/tiny256/%s", QPK_TEST_DATA, F[i]);
+        snprintf(b, sizeof b, "%s/%s", dir, F[i]);
+        copy_file(a, b);
+    }
+}
+
+/* A fixture's config and weights with tiny256's tokenizer, at dir. */
+static void fixture_with_tokenizer(const char *fixture, const char *dir)
+{
+    static const char *const F[] = {"config.json", "model.safetensors"};
+    mkdir(dir, 0755);
+    for (int i = 0; i < 2; i++) {
+        char a[4096], b[4096];
+        snprintf(a, sizeof a, "%s/%s", fixture, F[i]);
+        snprintf(b, sizeof b, "%s/%s", dir, F[i]);
+        copy_file(a, b);
+    }
+    add_tokenizer(dir);
+}
+
+/* The logits of the model at path (folder, .qpk or GGUF) for S sequences of T tokens, each from an empty cache. */
+static float *logits_of(const char *path, const int32_t *tokens, int S, int T)
+{
+    qpk_source *src = NULL;
+    qpk_context *ctx = NULL;
+    qpk_err e = {0};
+    float *out = NULL;
+    if (tu_open(&src, path, false, &e) == QPK_OK && tu_model(src) &&
+        qpk_context_create(&ctx, tu_model(src), NULL, &e) == QPK_OK) {
+        const int64_t V = qpk_model_config(tu_model(src))->vocab_size;
+        out = malloc((size_t)(S * T * V) * sizeof *out);
+        for (int s = 0; out && s < S; s++) {
+            qpk_context_reset(ctx);
+            if (qpk_eval(ctx, tokens + s * T, T, out + (size_t)(s * T * V), T, &e) != QPK_OK) {
+                free(out);
+                out = NULL;
+            }
+        }
+    }
+    CHECKF(out != NULL, "%s: %s", path, e.msg);
+    qpk_context_free(ctx);
+    tu_close(src);
+    return out;
+}
+
+/* Whether two models give the same logits bit for bit (both computed, same vocabulary). */
+static void same_logits(const char *a, const char *b, const int32_t *tokens, int S, int T, int64_t V)
+{
+    float *x = logits_of(a, tokens, S, T), *y = logits_of(b, tokens, S, T);
+    CHECKF(x && y && !memcmp(x, y, (size_t)(S * T * V) * sizeof *x), "%s and %s: the logits differ", a, b);
+    free(x), free(y);
+}
+
+/* The hyperparameters a GGUF read back must have: the source's, f32 where GGUF stores f32. */
+static void check_config(const qpk_config *g, const qpk_config *c, const char *what)
+{
+    bool ok = g->arch == c->arch && g->vocab_size == c->vocab_size && g->hidden_size == c->hidden_size &&
+              g->intermediate_size == c->intermediate_size && g->n_layers == c->n_layers && g->n_heads == c->n_heads &&
+              g->n_kv_heads == c->n_kv_heads && g->head_dim == c->head_dim &&
+              g->max_position_embeddings == c->max_position_embeddings && g->rope_theta == (float)c->rope_theta &&
+              g->rms_norm_eps == (float)c->rms_norm_eps && g->tie_word_embeddings == c->tie_word_embeddings &&
+              g->attention_bias == c->attention_bias;
+    CHECKF(ok, "%s: hyperparameters differ", what);
+    /* YaRN: the factor is an f32 (4 is exact), the attention factor llama.cpp's 1 + 0.1 ln f, exactly the
+     * source's default; beta 32 and 1 */
+    CHECKF(g->yarn.factor == c->yarn.factor && g->yarn.attention_factor == c->yarn.attention_factor &&
+           g->yarn.beta_fast == c->yarn.beta_fast && g->yarn.beta_slow == c->yarn.beta_slow &&
+           g->yarn.original_max_position_embeddings == c->yarn.original_max_position_embeddings,
+           "%s: yarn %g/%g/%g/%g/%lld, want %g/%g/%g/%g/%lld", what, g->yarn.factor, g->yarn.attention_factor,
+           g->yarn.beta_fast, g->yarn.beta_slow, (long long)g->yarn.original_max_position_embeddings, c->yarn.factor,
+           c->yarn.attention_factor, c->yarn.beta_fast, c->yarn.beta_slow,
+           (long long)c->yarn.original_max_position_embeddings);
+    CHECKF(g->n_experts == c->n_experts && g->n_experts_used == c->n_experts_used &&
+           g->moe_intermediate_size == c->moe_intermediate_size &&
+           g->shared_expert_intermediate_size == c->shared_expert_intermediate_size &&
+           g->norm_topk_prob == c->norm_topk_prob && g->decoder_sparse_step == c->decoder_sparse_step &&
+           !memcmp(g->mlp_only_layers, c->mlp_only_layers, sizeof g->mlp_only_layers), "%s: experts differ", what);
+}
+
+/* The keys and tensors of a family GGUF, by the spec reader, against config c (float tensors). */
+static void check_family_file(const sfile *f, const qpk_config *c)
+{
+    static const char *const ARCH[] = {"qwen2", "qwen2moe", "qwen3", "qwen3moe"};
+    const char *a = ARCH[c->arch];
+    char k[96];
+#define KEY(s) (snprintf(k, sizeof k, "%s.%s", a, s), spec_kv(f, k))
+    CHECK(str_is(spec_kv(f, "general.architecture"), a));
+    CHECK(u32_of(KEY("block_count")) == (uint64_t)c->n_layers &&
+          u32_of(KEY("embedding_length")) == (uint64_t)c->hidden_size);
+    CHECK(u32_of(KEY("attention.head_count")) == (uint64_t)c->n_heads &&
+          u32_of(KEY("attention.head_count_kv")) == (uint64_t)c->n_kv_heads);
+    const bool qwen3 = c->arch == QPK_ARCH_QWEN3 || c->arch == QPK_ARCH_QWEN3_MOE, moe = qpk_config_is_moe(c);
+    /* llama.cpp's converter writes key_length / value_length when config.json has head_dim (Qwen3's do) */
+    CHECK(qwen3 ? u32_of(KEY("attention.key_length")) == (uint64_t)c->head_dim &&
+                      u32_of(KEY("attention.value_length")) == (uint64_t)c->head_dim
+                : !KEY("attention.key_length") && !KEY("attention.value_length"));
+    if (c->yarn.factor != 0) {
+        const sval *factor = KEY("rope.scaling.factor");
+        CHECK(str_is(KEY("rope.scaling.type"), "yarn") && factor && factor->type == 6 && factor->f == c->yarn.factor);
+        CHECK(u32_of(KEY("rope.scaling.original_context_length")) == (uint64_t)c->yarn.original_max_position_embeddings);
+        CHECK(!KEY("rope.scaling.attn_factor")); /* the default: llama.cpp's own 1 + 0.1 ln f */
+    } else {
+        CHECK(!KEY("rope.scaling.type"));
+    }
+    CHECK(moe ? u32_of(KEY("expert_count")) == (uint64_t)c->n_experts &&
+                    u32_of(KEY("expert_used_count")) == (uint64_t)c->n_experts_used &&
+                    u32_of(KEY("expert_feed_forward_length")) == (uint64_t)c->moe_intermediate_size
+              : !KEY("expert_count"));
+    CHECK(c->arch == QPK_ARCH_QWEN2_MOE
+              ? u32_of(KEY("expert_shared_feed_forward_length")) == (uint64_t)c->shared_expert_intermediate_size
+              : !KEY("expert_shared_feed_forward_length"));
+#undef KEY
+    /* Tensors: llama.cpp's names and ne (its llama-model.cpp create_tensor calls), routers and norms F32. */
+    const uint64_t H = (uint64_t)c->hidden_size, E = (uint64_t)c->n_experts, M = (uint64_t)c->moe_intermediate_size;
+    const uint64_t S = (uint64_t)c->shared_expert_intermediate_size, hd = (uint64_t)c->head_dim;
+    for (int l = 0; l < c->n_layers; l++) { /* every layer is sparse in a GGUF of llama.cpp's moe architectures */
+        const struct {
+            const char *name;
+            bool present;
+            uint32_t n_dims;
+            uint64_t ne0, ne1, ne2;
+            bool f32;
+        } T[] = {
+            {"attn_q.weight", true, 2, H, hd * (uint64_t)c->n_heads, 1, false},
+            {"attn_q.bias", !qwen3, 1, hd * (uint64_t)c->n_heads, 1, 1, true},
+            {"attn_q_norm.weight", qwen3, 1, hd, 1, 1, true},
+            {"attn_k_norm.weight", qwen3, 1, hd, 1, 1, true},
+            {"attn_output.weight", true, 2, hd * (uint64_t)c->n_heads, H, 1, false},
+            {"ffn_gate_inp.weight", moe, 2, H, E, 1, true},
+            {"ffn_gate_exps.weight", moe, 3, H, M, E, false},
+            {"ffn_up_exps.weight", moe, 3, H, M, E, false},
+            {"ffn_down_exps.weight", moe, 3, M, H, E, false},
+            {"ffn_gate_inp_shexp.weight", c->arch == QPK_ARCH_QWEN2_MOE, 2, H, 1, 1, true},
+            {"ffn_gate_shexp.weight", c->arch == QPK_ARCH_QWEN2_MOE, 2, H, S, 1, false},
+            {"ffn_down_shexp.weight", c->arch == QPK_ARCH_QWEN2_MOE, 2, S, H, 1, false},
+            {"ffn_gate.weight", !moe, 2, H, (uint64_t)c->intermediate_size, 1, false},
+        };
+        for (size_t i = 0; i < sizeof T / sizeof *T; i++) {
+            char name[80];
+            snprintf(name, sizeof name, "blk.%d.%s", l, T[i].name);
+            const stensor *t = spec_tensor(f, name);
+            CHECKF(T[i].present == (t != NULL), "%s %s", name, t ? "is there" : "is missing");
+            if (!t || !T[i].present)
+                continue;
+            CHECKF(t->n_dims == T[i].n_dims && t->ne[0] == T[i].ne0 && (t->n_dims < 2 || t->ne[1] == T[i].ne1) &&
+                   (t->n_dims < 3 || t->ne[2] == T[i].ne2), "%s: ne [%llu, %llu, %llu]", name,
+                   (unsigned long long)t->ne[0], (unsigned long long)t->ne[1], (unsigned long long)t->ne[2]);
+            CHECKF(!T[i].f32 || t->type == 0, "%s is type %u", name, t->type);
+        }
+    }
+    CHECK(f->n_t == qpk_model_n_tensors(c));
+}
+
+/*
+ * One architecture both ways: the folder as GGUF (its own float types, bf16 -> BF16), by the
+ * spec reader and the library's; its logits bit-identical to the folder's (the same weights
+ * and kernels); as f32 and as q8_0 (.qpk -> GGUF and GGUF -> .qpk) bit-identical to the .qpk
+ * it came from; against the fixture's float64 reference (ref, when given) within 1e-4.
+ */
+static void family_round_trip(const char *dir, const char *label, const int32_t *tokens, int S, int T, const char *ref)
+{
+    char name[128];
+    qpk_err e = {0};
+    qpk_checkpoint *ck = NULL;
+    CHECKF(qpk_checkpoint_open(&ck, dir, NULL, &e) == QPK_OK, "%s: %s", dir, e.msg);
+    if (!ck)
+        return;
+    const qpk_config c = *qpk_checkpoint_config(ck);
+    qpk_checkpoint_close(ck);
+    snprintf(name, sizeof name, "%s-keep.gguf", label);
+    const char *keep = tmp(name);
+    qpk_convert_opts o = opts(QPK_OUT_GGUF, -1, 0);
+    CHECKF(tu_convert(dir, keep, &o, &e) == QPK_OK, "%s: %s", label, e.msg);
+    sfile f;
+    CHECKF(spec_open(&f, keep), "%s does not parse", keep);
+    check_layout(&f);
+    check_family_file(&f, &c);
+    check_library_reader(&f, keep);
+    spec_close(&f);
+    qpk_gguf *g = NULL;
+    qpk_config back;
+    CHECKF(qpk_gguf_open(&g, keep, &e) == QPK_OK && qpk_gguf_qwen2(g, &back, &e) == QPK_OK, "%s: %s", label, e.msg);
+    if (g)
+        check_config(&back, &c, label);
+    qpk_gguf_close(g);
+    same_logits(dir, keep, tokens, S, T, c.vocab_size);
+
+    /* f32 and q8_0: the .qpk, its GGUF, and the GGUF back as .qpk */
+    static const struct {
+        const char *tag;
+        int dtype, quant;
+    } K[] = {{"f32", QPK_TYPE_F32, 0}, {"q8_0", -1, QPK_TYPE_INT8}};
+    for (int k = 0; k < 2; k++) {
+        char qn[128], gn[128], bn[128];
+        snprintf(qn, sizeof qn, "%s-%s.qpk", label, K[k].tag);
+        snprintf(gn, sizeof gn, "%s-%s.gguf", label, K[k].tag);
+        snprintf(bn, sizeof bn, "%s-%s-back.qpk", label, K[k].tag);
+        const char *qpk = tmp(qn), *gguf = tmp(gn), *back_qpk = tmp(bn);
+        o = opts(QPK_OUT_QPK, K[k].dtype, K[k].quant);
+        /* rows that are not whole blocks of 32 (the qwen3moe fixture's experts are 48 wide) stay bf16 */
+        static const qpk_quant_rule narrow = {"experts.down_proj", QPK_TYPE_BF16, 0, false};
+        if (K[k].quant && c.moe_intermediate_size % 32 != 0)
+            o.rules = &narrow, o.n_rules = 1;
+        CHECKF(tu_convert(dir, qpk, &o, &e) == QPK_OK, "%s %s: %s", label, K[k].tag, e.msg);
+        CHECKF(tu_export_gguf(qpk, gguf, NULL, &e) == QPK_OK, "%s %s: %s", label, K[k].tag, e.msg);
+        CHECKF(tu_convert_gguf(gguf, back_qpk, NULL, &e) == QPK_OK, "%s %s back: %s", label, K[k].tag, e.msg);
+        same_logits(qpk, gguf, tokens, S, T, c.vocab_size);
+        same_logits(qpk, back_qpk, tokens, S, T, c.vocab_size);
+        if (k == 1) { /* experts and shared experts quantized like every matrix, routers kept F32 */
+            qpk_gguf *q = NULL;
+            if (qpk_gguf_open(&q, gguf, &e) == QPK_OK && qpk_config_is_moe(&c)) {
+                const qpk_gguf_tensor *x = qpk_gguf_find_tensor(q, "blk.0.ffn_gate_exps.weight");
+                const qpk_gguf_tensor *r = qpk_gguf_find_tensor(q, "blk.0.ffn_gate_inp.weight");
+                CHECK(x && x->type == QPK_GGML_Q8_0 && x->n_dims == 3 && r && r->type == QPK_GGML_F32);
+            }
+            qpk_gguf_close(q);
+        }
+        unlink(qpk), unlink(gguf), unlink(back_qpk);
+    }
+    if (ref) { /* the reference is a float64 forward: f32 computation is within ~2e-5 of it (measured below 2.3e-5) */
+        qpk_source *m = NULL, *r = NULL;
+        qpk_verify_result vr;
+        qpk_verify_opts vo = {0};
+        bool ok = tu_open(&m, keep, false, &e) == QPK_OK && tu_open(&r, ref, true, &e) == QPK_OK &&
+                  qpk_verify_ref_file(tu_model(m), qpk_source_logits(r), &vo, &vr, &e) == QPK_OK;
+        CHECKF(ok && vr.max_abs_diff <= 1e-4 && vr.top1_pct == 100.0, "%s vs %s: max |diff| %g, top-1 %.2f%% (%s)", keep,
+               ref, ok ? vr.max_abs_diff : -1, ok ? vr.top1_pct : -1, e.msg);
+        tu_close(m), tu_close(r);
+    }
+    printf("%s: GGUF both ways, logits bit-identical\n", label);
+}
+
+/* The tokens of a fixture's tokens.i32 (2 x 48). */
+static int32_t *fixture_tokens(const char *fixture, int *S, int *T)
+{
+    char p[4096];
+    snprintf(p, sizeof p, "%s/tokens.i32", fixture);
+    size_t n;
+    int32_t *t = (int32_t *)slurp(p, &n);
+    CHECK(t && n == 2 * 48 * sizeof *t);
+    *S = 2, *T = 48;
+    return t;
+}
+
+/* ----------------------------------------------- malformed family files */
+
+/* An edit of a GGUF, copied key by key and tensor by tensor through the library's writer. */
+typedef struct gguf_edit {
+    const char *drop_key[2];
+    gguf_key set[2];          /* replaced in place, or added at the end */
+    const char *drop_tensor;
+    const char *tensor;       /* reshaped: n_dims, ne (its first bytes kept) */
+    int n_dims;
+    uint64_t ne[3];
+} gguf_edit;
+
+static const char *array_string(void *ud, uint64_t i, size_t *len)
+{
+    const void **a = ud;
+    uint64_t n;
+    const char *s = qpk_gguf_array_string(a[0], a[1], i, &n);
+    *len = (size_t)n;
+    return s;
+}
+
+static void put_key(qpk_gguf_writer *w, const gguf_key *x, qpk_err *e)
+{
+    switch (x->type) {
+    case QPK_GGUF_U32: CHECK(qpk_gguf_kv_u32(w, x->key, x->u, e) == QPK_OK); break;
+    case QPK_GGUF_F32: CHECK(qpk_gguf_kv_f32(w, x->key, x->f, e) == QPK_OK); break;
+    case QPK_GGUF_BOOL: CHECK(qpk_gguf_kv_bool(w, x->key, x->u != 0, e) == QPK_OK); break;
+    default: CHECK(qpk_gguf_kv_string(w, x->key, x->s, strlen(x->s), e) == QPK_OK); break;
+    }
+}
+
+static void rewrite(const char *from, const char *to, const gguf_edit *ed)
+{
+    qpk_gguf *g = NULL;
+    qpk_gguf_writer *w = NULL;
+    qpk_err e = {0};
+    CHECKF(qpk_gguf_open(&g, from, &e) == QPK_OK && qpk_gguf_writer_create(&w, to, &e) == QPK_OK, "%s", e.msg);
+    if (!g || !w) {
+        qpk_gguf_close(g), qpk_gguf_writer_discard(w);
+        return;
+    }
+    bool set_done[2] = {false, false};
+    for (size_t i = 0; i < qpk_gguf_n_kv(g); i++) {
+        qpk_gguf_value v;
+        const char *key = qpk_gguf_kv_at(g, i, &v);
+        bool skip = !strcmp(key, "general.alignment"); /* the writer writes its own */
+        for (int k = 0; k < 2; k++)
+            skip |= ed->drop_key[k] && !strcmp(key, ed->drop_key[k]);
+        for (int k = 0; k < 2 && !skip; k++)
+            if (ed->set[k].key && !strcmp(key, ed->set[k].key)) {
+                put_key(w, &ed->set[k], &e);
+                set_done[k] = skip = true;
+            }
+        if (skip)
+            continue;
+        qpk_status s = QPK_OK;
+        switch (v.type) {
+        case QPK_GGUF_STRING: s = qpk_gguf_kv_string(w, key, v.str, (size_t)v.len, &e); break;
+        case QPK_GGUF_U32: s = qpk_gguf_kv_u32(w, key, (uint32_t)v.num.u, &e); break;
+        case QPK_GGUF_F32: s = qpk_gguf_kv_f32(w, key, (float)v.num.f, &e); break;
+        case QPK_GGUF_BOOL: s = qpk_gguf_kv_bool(w, key, v.num.u != 0, &e); break;
+        case QPK_GGUF_ARRAY:
+            if (v.elem_type == QPK_GGUF_STRING) {
+                const void *ud[2] = {g, &v};
+                s = qpk_gguf_kv_string_array(w, key, v.len, array_string, (void *)ud, &e);
+            } else {
+                CHECK(v.elem_type == QPK_GGUF_I32);
+                int32_t *a = malloc((size_t)v.len * 4 + 4);
+                memcpy(a, v.elems, (size_t)v.len * 4);
+                s = qpk_gguf_kv_i32_array(w, key, a, v.len, &e);
+                free(a);
+            }
+            break;
+        default: CHECKF(false, "key %s of type %u", key, v.type);
+        }
+        CHECKF(s == QPK_OK, "%s", e.msg);
+    }
+    for (int k = 0; k < 2; k++)
+        if (ed->set[k].key && !set_done[k])
+            put_key(w, &ed->set[k], &e);
+    uint64_t *bytes = calloc(qpk_gguf_n_tensors(g) + 1, sizeof *bytes);
+    for (size_t i = 0; i < qpk_gguf_n_tensors(g); i++) {
+        const qpk_gguf_tensor *t = qpk_gguf_tensor_at(g, i);
+        if (ed->drop_tensor && !strcmp(t->name, ed->drop_tensor))
+            continue;
+        const bool reshape = ed->tensor && !strcmp(t->name, ed->tensor);
+        const int n_dims = reshape ? ed->n_dims : t->n_dims;
+        const uint64_t *ne = reshape ? ed->ne : t->ne;
+        CHECK(qpk_gguf_add_tensor(w, t->name, t->type, n_dims, ne, &e) == QPK_OK);
+        CHECK(qpk_ggml_nbytes(t->type, n_dims, ne, &bytes[i], &e) == QPK_OK && bytes[i] <= t->nbytes);
+    }
+    for (size_t i = 0; i < qpk_gguf_n_tensors(g); i++) {
+        const qpk_gguf_tensor *t = qpk_gguf_tensor_at(g, i);
+        if (!(ed->drop_tensor && !strcmp(t->name, ed->drop_tensor)))
+            CHECK(qpk_gguf_write(w, t->data, (size_t)bytes[i], &e) == QPK_OK);
+    }
+    free(bytes);
+    CHECKF(qpk_gguf_finish(w, &e) == QPK_OK, "%s", e.msg);
+    qpk_gguf_close(g);
+}
+
+typedef struct family_defect {
+    const char *base; /* the round trip's <label>-keep.gguf */
+    const char *what;
+    qpk_status want;
+    const char *msg;
+    gguf_edit ed;
+} family_defect;
+
+#define SET_U(k, v) {k, QPK_GGUF_U32, v, 0, NULL}
+#define SET_F(k, v) {k, QPK_GGUF_F32, 0, v, NULL}
+#define SET_S(k, v) {k, QPK_GGUF_STRING, 0, 0, v}
+
+static void test_family_defects(void)
+{
+    static const family_defect D[] = {
+        {"qwen3moe", "valid", QPK_OK, "", {{NULL}}},
+        {"qwen3moe", "an expert tensor missing", QPK_E_MISMATCH, "tensor blk.1.ffn_up_exps.weight is missing",
+         {.drop_tensor = "blk.1.ffn_up_exps.weight"}},
+        {"qwen3moe", "ffn_gate_exps one expert short", QPK_E_MISMATCH,
+         "tensor blk.0.ffn_gate_exps.weight: expected ne [64, 48, 8]",
+         {.tensor = "blk.0.ffn_gate_exps.weight", .n_dims = 3, .ne = {64, 48, 7}}},
+        {"qwen3moe", "ffn_down_exps stacked in 2-D (the same bytes)", QPK_E_MISMATCH,
+         "tensor blk.2.ffn_down_exps.weight: expected ne [48, 64, 8]",
+         {.tensor = "blk.2.ffn_down_exps.weight", .n_dims = 2, .ne = {48, 512}}},
+        {"qwen3moe", "a router of 7 experts", QPK_E_MISMATCH, "tensor blk.0.ffn_gate_inp.weight: expected ne [64, 8]",
+         {.tensor = "blk.0.ffn_gate_inp.weight", .n_dims = 2, .ne = {64, 7}}},
+        {"qwen3moe", "expert_used_count > expert_count", QPK_E_CORRUPT,
+         "qwen3moe.expert_used_count is 9, not in [1, qwen3moe.expert_count = 8]",
+         {.set = {SET_U("qwen3moe.expert_used_count", 9)}}},
+        {"qwen3moe", "no experts", QPK_E_UNSUPPORTED, "qwen3moe.expert_count is 0: a qwen3moe model has 1 to 1024 experts",
+         {.set = {SET_U("qwen3moe.expert_count", 0)}}},
+        {"qwen3moe", "no expert_count", QPK_E_MISMATCH, "no qwen3moe.expert_count", {.drop_key = {"qwen3moe.expert_count"}}},
+        /* llama.cpp's default for an absent expert size: feed_forward_length / expert_used_count = 128 / 2 */
+        {"qwen3moe", "no expert_feed_forward_length", QPK_E_MISMATCH,
+         "tensor blk.0.ffn_gate_exps.weight: expected ne [64, 64, 8]",
+         {.drop_key = {"qwen3moe.expert_feed_forward_length"}}},
+        {"qwen3moe", "a shared expert size (qwen2moe's key)", QPK_E_UNSUPPORTED,
+         "qwen3moe.expert_shared_feed_forward_length is a qwen3moe key qpk does not know: it may change the computation",
+         {.set = {SET_U("qwen3moe.expert_shared_feed_forward_length", 96)}}},
+        {"qwen3moe", "an expert weight scale (read for other architectures)", QPK_E_UNSUPPORTED,
+         "qwen3moe.expert_weights_scale is a qwen3moe key qpk does not know",
+         {.set = {SET_F("qwen3moe.expert_weights_scale", 2.5f)}}},
+        {"qwen3moe", "the keys of another architecture", QPK_E_MISMATCH, "no qwen2moe.block_count",
+         {.set = {SET_S("general.architecture", "qwen2moe")}}},
+        {"qwen3", "valid", QPK_OK, "", {{NULL}}},
+        {"qwen3", "key_length inconsistent with attn_q", QPK_E_MISMATCH,
+         "tensor blk.0.attn_q.weight: expected ne [64, 64]",
+         {.set = {SET_U("qwen3.attention.key_length", 16), SET_U("qwen3.attention.value_length", 16)}}},
+        {"qwen3", "value heads narrower than key heads", QPK_E_UNSUPPORTED,
+         "qwen3.attention.value_length is 16, not the head dimension 32 (attention.key_length): qpk does not implement "
+         "value heads of another width than the key heads" NOT_RUN,
+         {.set = {SET_U("qwen3.attention.value_length", 16)}}},
+        {"qwen3", "partial rotary", QPK_E_UNSUPPORTED, "qwen3.rope.dimension_count is 16, not the head dimension 32 "
+         "(attention.key_length): qpk does not implement partial rotary", {.set = {SET_U("qwen3.rope.dimension_count", 16)}}},
+        {"qwen3", "no key_length (heads of embedding_length / head_count)", QPK_E_UNSUPPORTED,
+         "qwen3.attention.value_length is 32, not the head dimension 16 (embedding_length / head_count)",
+         {.drop_key = {"qwen3.attention.key_length"}}},
+        {"qwen3", "a q norm missing", QPK_E_MISMATCH, "tensor blk.1.attn_q_norm.weight is missing",
+         {.drop_tensor = "blk.1.attn_q_norm.weight"}},
+        {"qwen3", "experts in a dense architecture", QPK_E_UNSUPPORTED, "qwen3.expert_count is 8: qpk does not implement "
+         "mixture-of-experts layers in a dense architecture", {.set = {SET_U("qwen3.expert_count", 8)}}},
+        {"yarn", "valid", QPK_OK, "", {{NULL}}},
+        {"yarn", "an unknown rope scaling type", QPK_E_UNSUPPORTED, "qwen2.rope.scaling.type is \"longrope\": qpk computes "
+         "plain RoPE and \"yarn\"" NOT_RUN, {.set = {SET_S("qwen2.rope.scaling.type", "longrope")}}},
+        {"yarn", "a factor with rope scaling none", QPK_E_UNSUPPORTED, "qwen2.rope.scaling.factor is 4, but "
+         "qwen2.rope.scaling.type is \"none\"", {.set = {SET_S("qwen2.rope.scaling.type", "none")}}},
+        {"yarn", "a YaRN factor below 1", QPK_E_UNSUPPORTED, "qwen2.rope.scaling.factor is 0.5: a YaRN factor below 1",
+         {.set = {SET_F("qwen2.rope.scaling.factor", 0.5f)}}},
+        {"yarn", "the converter's yarn_attn_factor, transformers' default (llama.cpp's)", QPK_OK, "",
+         {.set = {SET_F("qwen2.rope.scaling.yarn_attn_factor", 1.13862944f)}}},
+        {"yarn", "a yarn_attn_factor llama.cpp does not apply", QPK_E_UNSUPPORTED, "qwen2.rope.scaling.yarn_attn_factor "
+         "is 2, but llama.cpp does not read it for this architecture and computes with 1.13863",
+         {.set = {SET_F("qwen2.rope.scaling.yarn_attn_factor", 2.0f)}}},
+        {"yarn", "a yarn_beta_fast llama.cpp does not apply", QPK_E_UNSUPPORTED, "qwen2.rope.scaling.yarn_beta_fast is 16, "
+         "but llama.cpp does not read it for this architecture and computes with 32",
+         {.set = {SET_F("qwen2.rope.scaling.yarn_beta_fast", 16.0f)}}},
+        {"yarn", "YaRN's extrapolation of llama.cpp", QPK_OK, "",
+         {.set = {SET_F("qwen2.rope.scaling.yarn_ext_factor", 1.0f)}}},
+        {"qwen2moe", "valid", QPK_OK, "", {{NULL}}},
+        {"qwen2moe", "the shared expert's gate as llama.cpp's 1-D [H]", QPK_OK, "",
+         {.tensor = "blk.1.ffn_gate_inp_shexp.weight", .n_dims = 1, .ne = {64}}},
+        {"qwen2moe", "the shared expert's gate of 2 rows", QPK_E_MISMATCH, "tensor blk.1.ffn_gate_inp_shexp.weight: "
+         "expected ne [64] (or with a 1 after)", {.tensor = "blk.1.ffn_gate_inp_shexp.weight", .n_dims = 2, .ne = {32, 2}}},
+        /* llama.cpp's default for an absent shared expert size: feed_forward_length */
+        {"qwen2moe", "no expert_shared_feed_forward_length", QPK_E_MISMATCH,
+         "tensor blk.0.ffn_gate_shexp.weight: expected ne [64, 160]",
+         {.drop_key = {"qwen2moe.expert_shared_feed_forward_length"}}},
+        {"qwen2moe", "a shared expert missing", QPK_E_MISMATCH, "tensor blk.0.ffn_down_shexp.weight is missing",
+         {.drop_tensor = "blk.0.ffn_down_shexp.weight"}},
+        {"qwen2moe", "expert_used_count > expert_count", QPK_E_CORRUPT,
+         "qwen2moe.expert_used_count is 5, not in [1, qwen2moe.expert_count = 4]",
+         {.set = {SET_U("qwen2moe.expert_used_count", 5)}}},
+    };
+    qpk_err e = {0};
+    for (size_t i = 0; i < sizeof D / sizeof *D; i++) {
+        char base[128];
+        snprintf(base, sizeof base, "%s-keep.gguf", D[i].base);
+        const char *path = tmp("edited.gguf");
+        rewrite(tmp(base), path, &D[i].ed);
+        qpk_gguf *g = NULL;
+        qpk_config c;
+        CHECKF(qpk_gguf_open(&g, path, &e) == QPK_OK, "%s: %s", D[i].what, e.msg);
+        qpk_status s = g ? qpk_gguf_qwen2(g, &c, &e) : QPK_E_IO;
+        CHECKF(s == D[i].want && strstr(e.msg, D[i].msg), "%s GGUF '%s': status %d \"%s\" (want \"%s\")", D[i].base,
+               D[i].what, (int)s, s ? e.msg : "", D[i].msg);
+        if (g && s != QPK_OK) /* the error contract: without an e, the same failure */
+            CHECK(qpk_gguf_qwen2(g, &c, NULL) == s);
+        if (s == QPK_OK && D[i].ed.tensor) { /* a 1-D shared expert gate reads as the same [1, H] matrix */
+            qpk_matrix m;
+            CHECK(qpk_gguf_matrix(g, QPK_ROLE_SHEXP_ROUTER, 1, &m, &e) == QPK_OK && m.rows == 1 && m.cols == 64);
+        }
+        qpk_gguf_close(g);
+        e.msg[0] = 0;
+    }
+    /* rope.scaling.attn_factor: llama.cpp's cos/sin scale is it times 1 + 0.1 ln factor */
+    const char *path = tmp("edited.gguf");
+    gguf_edit ed = {.set = {SET_F("qwen2.rope.scaling.attn_factor", 0.5f),
+                            SET_U("qwen2.rope.scaling.original_context_length", 4096)}};
+    rewrite(tmp("yarn-keep.gguf"), path, &ed);
+    qpk_gguf *g = NULL;
+    qpk_config c;
+    CHECKF(qpk_gguf_open(&g, path, &e) == QPK_OK && qpk_gguf_qwen2(g, &c, &e) == QPK_OK, "%s", e.msg);
+    CHECK(c.yarn.attention_factor == 0.5 * (0.1 * log(4.0) + 1) && c.yarn.original_max_position_embeddings == 4096 &&
+          c.yarn.factor == 4 && c.yarn.beta_fast == 32 && c.yarn.beta_slow == 1);
+    qpk_gguf_close(g);
+    unlink(path);
+    printf("%zu malformed family GGUF files checked\n", sizeof D / sizeof *D);
+}
+
+/* ------------------------------------------------------ what llama.cpp cannot run */
+
+/* A generated model of the tiny shape, edited, with tiny256's tokenizer: its GGUF export must be refused with msg. */
+static void refused_export(const char *label, void (*edit)(qpk_config *c), const char *msg)
+{
+    qpk_gen_spec sp;
+    qpk_gen_preset("tiny", &sp);
+    edit(&sp.cfg);
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/%s", g_root, label);
+    qpk_err e = {0};
+    CHECKF(qpk_config_check(&sp.cfg, &e) == QPK_OK && qpk_gen_write(&sp, dir, NULL, &e) == QPK_OK, "%s: %s", label, e.msg);
+    add_tokenizer(dir);
+    const char *path = tmp("refused.gguf");
+    qpk_convert_opts o = opts(QPK_OUT_GGUF, -1, 0);
+    CHECK_ERR(tu_convert(dir, path, &o, &e), QPK_E_UNSUPPORTED, e, msg);
+    CHECK(access(path, F_OK) != 0);
+    rm_rf(dir);
+}
+
+static void moe2(qpk_config *c)
+{
+    c->arch = QPK_ARCH_QWEN2_MOE, c->tie_word_embeddings = false;
+    c->n_experts = 4, c->n_experts_used = 2, c->moe_intermediate_size = 32, c->shared_expert_intermediate_size = 96;
+    c->decoder_sparse_step = 1;
+}
+static void moe3(qpk_config *c)
+{
+    c->arch = QPK_ARCH_QWEN3_MOE, c->head_dim = 32;
+    c->n_experts = 8, c->n_experts_used = 2, c->moe_intermediate_size = 48, c->decoder_sparse_step = 1;
+    c->norm_topk_prob = true;
+}
+static void q2_sparse_step(qpk_config *c) { moe2(c), c->decoder_sparse_step = 2; }
+static void q2_norm_topk(qpk_config *c) { moe2(c), c->norm_topk_prob = true; }
+static void q2_tied(qpk_config *c) { moe2(c), c->tie_word_embeddings = true; }
+static void q3m_no_norm_topk(qpk_config *c) { moe3(c), c->norm_topk_prob = false; }
+static void q3_bias(qpk_config *c) { c->arch = QPK_ARCH_QWEN3, c->head_dim = 32, c->attention_bias = true; }
+static void q2_wide_heads(qpk_config *c) { c->head_dim = 32; }
+static void q2_yarn_beta(qpk_config *c)
+{
+    c->yarn = (qpk_yarn){.factor = 4, .attention_factor = 1.1386, .beta_fast = 16, .beta_slow = 1,
+                         .original_max_position_embeddings = 4096};
+}
+
+static void test_family_refusals(const char *fix)
+{
+    char from[4096];
+    snprintf(from, sizeof from, "%s/qwen-tiny-moe", fix);
+    const char *dir = tmp("moe-fixture");
+    fixture_with_tokenizer(from, dir);
+    const char *path = tmp("moe-fixture.gguf");
+    qpk_err e = {0};
+    qpk_convert_opts o = opts(QPK_OUT_GGUF, -1, 0);
+    CHECK_ERR(tu_convert(dir, path, &o, &e), QPK_E_UNSUPPORTED, e,
+              "GGUF: llama.cpp's qwen2moe runs every layer as mixture-of-experts, and layer 1 of this model is dense "
+              "(mlp_only_layers, decoder_sparse_step): no qwen2moe GGUF holds it");
+    CHECK(access(path, F_OK) != 0);
+    rm_rf(dir);
+    refused_export("sparse-step", q2_sparse_step, "layer 0 of this model is dense (mlp_only_layers, decoder_sparse_step)");
+    refused_export("norm-topk", q2_norm_topk, "GGUF: llama.cpp's qwen2moe does not renormalize the top-k routing weights, "
+                   "and this model has norm_topk_prob true");
+    refused_export("no-norm-topk", q3m_no_norm_topk, "GGUF: llama.cpp's qwen3moe renormalizes the top-k routing weights, "
+                   "and this model has norm_topk_prob false");
+    refused_export("tied-moe", q2_tied, "GGUF: llama.cpp's qwen2moe needs output.weight, and this model ties its head "
+                   "to the embedding");
+    refused_export("o-bias", q3_bias, "GGUF: llama.cpp's qwen3 loads no attn_output.bias, and this model has "
+                   "attention_bias (o_proj.bias): it cannot run it");
+    refused_export("wide-heads", q2_wide_heads, "GGUF: llama.cpp's qwen2 takes attn_q as [hidden_size, hidden_size], and "
+                   "this model's 4 heads of head_dim 32 are 128 wide, not hidden_size 64: it cannot run it");
+    refused_export("yarn-beta", q2_yarn_beta, "GGUF: llama.cpp's qwen2 computes YaRN with beta_fast 32 and beta_slow 1 "
+                   "(it reads no others for this architecture), and this model's rope_scaling has 16 and 1");
+}
+
+/*
+ * llama-quantize's Q4_K_M for an 8-expert model (llama-quant.cpp's type selection): attn_k
+ * and attn_v Q8_0 and attn_output Q5_K (its n_expert == 8 rules), ffn_down_exps Q6_K in the
+ * layers use_more_bits picks (of 2 layers, layer 1) and Q4_K elsewhere, gate/up experts
+ * Q4_K, the router F32 (never quantized), the untied head Q6_K, the embedding Q4_K.
+ */
+static void test_moe_preset(void)
+{
+    qpk_gen_spec sp;
+    qpk_gen_preset("tiny", &sp);
+    moe3(&sp.cfg);
+    sp.cfg.hidden_size = 256, sp.cfg.head_dim = 64, sp.cfg.moe_intermediate_size = 256, sp.cfg.tie_word_embeddings = false;
+    const char *dir = tmp("moe8");
+    qpk_err e = {0};
+    CHECKF(qpk_gen_write(&sp, dir, NULL, &e) == QPK_OK, "%s", e.msg);
+    add_tokenizer(dir);
+    const char *path = tmp("moe8.gguf");
+    qpk_convert_opts o = {.to = QPK_OUT_GGUF, .dtype = -1, .preset = QPK_PRESET_Q4_K_M, .n_threads = 2};
+    CHECKF(tu_convert(dir, path, &o, &e) == QPK_OK, "%s", e.msg);
+    sfile f;
+    CHECK(spec_open(&f, path));
+    static const struct {
+        const char *name;
+        uint32_t type;
+    } W[] = {{"blk.0.attn_q.weight", 12},       {"blk.0.attn_k.weight", 8},          {"blk.1.attn_v.weight", 8},
+             {"blk.0.attn_output.weight", 13},  {"blk.0.ffn_gate_inp.weight", 0},    {"blk.0.ffn_gate_exps.weight", 12},
+             {"blk.1.ffn_up_exps.weight", 12},  {"blk.0.ffn_down_exps.weight", 12},  {"blk.1.ffn_down_exps.weight", 14},
+             {"output.weight", 14},             {"token_embd.weight", 12}};
+    for (size_t i = 0; i < sizeof W / sizeof *W; i++) {
+        const stensor *t = spec_tensor(&f, W[i].name);
+        CHECKF(t && t->type == W[i].type, "%s is type %u (want %u)", W[i].name, t ? t->type : 99, W[i].type);
+    }
+    spec_close(&f);
+    rm_rf(dir);
+}
+
+/*
+ * A YaRN attention factor of the model's own (1.25, not 1 + 0.1 ln 4): llama.cpp scales cos
+ * and sin by rope.scaling.attn_factor x (1 + 0.1 ln f), so that key holds the ratio, and reads
+ * back as the factor within the f32 rounding of the ratio (2^-24 relative). The logits move by
+ * that relative change of the rotated q and k: measured 0 here; bound 1e-5 (logits of ~1).
+ */
+static void test_yarn_attention_factor(void)
+{
+    qpk_gen_spec sp;
+    qpk_gen_preset("tiny", &sp);
+    sp.cfg.yarn = (qpk_yarn){.factor = 4, .attention_factor = 1.25, .beta_fast = 32, .beta_slow = 1,
+                             .original_max_position_embeddings = 16};
+    const char *dir = tmp("yarn-af"), *path = tmp("yarn-af.gguf");
+    qpk_err e = {0};
+    CHECKF(qpk_gen_write(&sp, dir, NULL, &e) == QPK_OK, "%s", e.msg);
+    add_tokenizer(dir);
+    qpk_convert_opts o = opts(QPK_OUT_GGUF, -1, 0);
+    CHECKF(tu_convert(dir, path, &o, &e) == QPK_OK, "%s", e.msg);
+    sfile f;
+    CHECK(spec_open(&f, path));
+    const sval *af = spec_kv(&f, "qwen2.rope.scaling.attn_factor");
+    CHECK(af && af->type == 6 && af->f == (float)(1.25 / (0.1 * log(4.0) + 1)));
+    spec_close(&f);
+    qpk_gguf *g = NULL;
+    qpk_config c;
+    CHECKF(qpk_gguf_open(&g, path, &e) == QPK_OK && qpk_gguf_qwen2(g, &c, &e) == QPK_OK, "%s", e.msg);
+    CHECKF(fabs(c.yarn.attention_factor - 1.25) <= 1.25 * 0x1p-24, "attention factor %.17g", c.yarn.attention_factor);
+    qpk_gguf_close(g);
+    int32_t tokens[40];
+    for (int i = 0; i < 40; i++) /* past the pretrained 16 positions */
+        tokens[i] = (int32_t)((i * 53 + 7) % sp.cfg.vocab_size);
+    float *x = logits_of(dir, tokens, 1, 40), *y = logits_of(path, tokens, 1, 40);
+    double worst = 0;
+    for (int64_t i = 0; x && y && i < 40 * sp.cfg.vocab_size; i++)
+        worst = fmax(worst, fabs((double)x[i] - y[i]));
+    CHECKF(x && y && worst <= 1e-5, "max |diff| %g", worst);
+    printf("YaRN attention factor 1.25 through GGUF: %.17g, logits max |diff| %g\n", c.yarn.attention_factor, worst);
+    free(x), free(y);
+    rm_rf(dir);
+}
+
+static void test_family(const char *fix)
+{
+    static const struct {
+        const char *fixture, *label;
+    } F[] = {{"qwen-tiny-yarn", "yarn"}, {"qwen-tiny-qwen3", "qwen3"}, {"qwen-tiny-qwen3-moe", "qwen3moe"}};
+    for (size_t i = 0; i < sizeof F / sizeof *F; i++) {
+        char from[4096], ref[4096];
+        snprintf(from, sizeof from, "%s/%s", fix, F[i].fixture);
+        snprintf(ref, sizeof ref, "%s/ref-logits.safetensors", from);
+        const char *dir = tmp(F[i].label);
+        fixture_with_tokenizer(from, dir);
+        int S, T;
+        int32_t *tokens = fixture_tokens(from, &S, &T);
+        if (tokens)
+            family_round_trip(dir, F[i].label, tokens, S, T, ref);
+        free(tokens);
+        rm_rf(dir);
+    }
+    /* qwen2moe: the fixture has a dense layer, which llama.cpp's qwen2moe cannot hold (test_family_refusals);
+     * a generated one of its structure with every layer sparse */
+    qpk_gen_spec sp;
+    qpk_gen_preset("tiny", &sp);
+    moe2(&sp.cfg);
+    sp.cfg.n_layers = 3;
+    const char *dir = tmp("qwen2moe");
+    qpk_err e = {0};
+    CHECKF(qpk_gen_write(&sp, dir, NULL, &e) == QPK_OK, "%s", e.msg);
+    add_tokenizer(dir);
+    int32_t tokens[2 * 48];
+    for (int i = 0; i < 2 * 48; i++)
+        tokens[i] = (int32_t)((i * 37 + 11) % sp.cfg.vocab_size);
+    family_round_trip(dir, "qwen2moe", tokens, 2, 48, NULL);
+    rm_rf(dir);
+    test_family_defects();
+    test_yarn_attention_factor();
+    test_family_refusals(fix);
+    test_moe_preset();
+}
+
 int main(void)
 {
     if (!mkdtemp(g_root))
@@ -1374,6 +2074,7 @@ int main(void)
         test_hand_blocks(fix);
         test_repack(fix);
         test_untied_gqa(fix);
+        test_family(fix);
     }
     rm_rf(tmp("hand"));
     rm_rf(tmp("untied"));

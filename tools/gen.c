@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "qpk_json.h"
 #include "qpk_private.h"
 #include "gen.h"
 #include "qpk/quant.h"
@@ -201,9 +202,7 @@ static qpk_status write_text(const char *dir, const char *name, const char *text
 
 static qpk_status write_config(const qpk_gen_spec *sp, const char *dir, qpk_err *e)
 {
-    char *text = qpk_config_to_json(&sp->cfg);
-    cJSON *c = text ? cJSON_Parse(text) : NULL;
-    free(text);
+    cJSON *c = qpk_config_cjson(&sp->cfg);
     if (!c)
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     cJSON *arch = cJSON_CreateArray();
@@ -235,7 +234,7 @@ static qpk_status write_config(const qpk_gen_spec *sp, const char *dir, qpk_err 
         cJSON_Delete(full);
         free(brief);
     }
-    text = cJSON_Print(c);
+    char *text = cJSON_Print(c);
     cJSON_Delete(c);
     qpk_status s = text ? write_text(dir, "config.json", text, e) : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     free(text);

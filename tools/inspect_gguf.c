@@ -139,8 +139,9 @@ static void print_text(const char *path, const qpk_gguf *g, uint64_t size, bool 
         print_value(g, &v);
         putchar('\n');
     }
-    if (verified)
-        printf("check         qwen2 tensors and shapes complete\n");
+    qpk_gguf_value arch;
+    if (verified && qpk_gguf_find(g, "general.architecture", &arch)) /* checked: qwen2, qwen2moe, qwen3 or qwen3moe */
+        printf("check         %.*s tensors and shapes complete\n", (int)arch.len, arch.str);
     printf("tensors       %zu\n", qpk_gguf_n_tensors(g));
     for (size_t i = 0; tensors && i < qpk_gguf_n_tensors(g); i++) {
         const qpk_gguf_tensor *t = qpk_gguf_tensor_at(g, i);

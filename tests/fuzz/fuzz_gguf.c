@@ -1,5 +1,5 @@
 /* libFuzzer target: the GGUF reader, every key-value, array element and tensor it exposes,
- * the Qwen2 checks of a GGUF model (hyperparameters, tokenizer keys, tensors), and what passes
+ * the Qwen-family checks of a GGUF model (hyperparameters, tokenizer keys, tensors), and what passes
  * them as a model: the runtime's checks, every weight dequantized, the tokenizer it describes. */
 #include <stdlib.h>
 
@@ -51,7 +51,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             uint32_t type, group;
             if (!qpk_type_of_ggml(t->type, &type, &group))
                 __builtin_trap(); /* the model took a tensor of a type qpk lacks */
-            const int64_t cols = (int64_t)t->ne[0], rows = t->n_dims == 2 ? (int64_t)t->ne[1] : 1;
+            const int64_t cols = (int64_t)t->ne[0];
+            int64_t rows = 1; /* a 3-D expert tensor: experts x rows of cols */
+            for (int d = 1; d < t->n_dims; d++)
+                rows *= (int64_t)t->ne[d];
             const size_t row_bytes = t->nbytes / (uint64_t)rows;
             float *w = malloc((size_t)cols * sizeof *w);
             for (int64_t r = 0; r < rows && w; r++)

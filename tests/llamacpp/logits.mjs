@@ -23,7 +23,9 @@ const ids = new Int32Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + 4 *
 
 const llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error });
 const model = await llama.loadModel({ modelPath: model_path });
-const context = await model.createContext({ contextSize: T, batchSize: T, sequences: 1 });
+// Room past the T positions: a context exactly T long is shifted before the last token (its
+// cached keys re-roped), exact for plain RoPE but not for YaRN, whose cos and sin are scaled.
+const context = await model.createContext({ contextSize: 2 * T, batchSize: T, sequences: 1 });
 const seq = context.getSequence();
 
 async function evaluate(s) {

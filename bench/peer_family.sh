@@ -13,8 +13,10 @@
 # their ratio, the peer's commit and build flags, the CPU. A step that fails prints "fail"
 # in its cells and its command's last lines of stderr under the table; the others go on.
 # llama.cpp is built by hand outside the repository (never committed), e.g.
-#   cmake -S llama.cpp -B llama.cpp/build -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DCMAKE_BUILD_TYPE=Release
+#   cmake -S llama.cpp -B llama.cpp/build -DGGML_NATIVE=ON -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_TESTS=OFF \
+#     -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_OPENSSL=OFF   (2026 trees; older: -DLLAMA_CURL=OFF)
 #   cmake --build llama.cpp/build -j --target llama-bench llama-quantize
+# (qwen3 and qwen3moe need a llama.cpp of April 2025 or later.) About 5 minutes on 2 cores.
 #
 # Usage: bench/peer_family.sh QPK_BUILD_DIR LLAMA_BUILD_DIR WORK_DIR [threads] [fixtures_dir]
 # MODELS="moe dense" (default) picks the models; a model's files in WORK_DIR are reused.

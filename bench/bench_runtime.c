@@ -17,12 +17,21 @@
 #include "limits.h"
 #include "qpk/verify.h"
 
-/* FLOPs of the layers' weight matrices per token (attention scores and the head excluded). */
+/*
+ * FLOPs of the layers' weight matrices per token (attention scores and the head excluded):
+ * a sparse layer counts its router, the experts a token is routed to and the shared expert.
+ */
 static double layer_flops_per_token(const qpk_config *c)
 {
-    double H = (double)c->hidden_size, I = (double)c->intermediate_size;
+    double H = (double)c->hidden_size, I = (double)c->intermediate_size, M = (double)c->moe_intermediate_size;
     double q = (double)(c->n_heads * c->head_dim), kv = (double)(c->n_kv_heads * c->head_dim);
-    return 2 * (double)c->n_layers * (H * q * 2 + H * kv * 2 + 3 * H * I);
+    double f = 0;
+    for (int l = 0; l < c->n_layers; l++)
+        f += 2 * (H * q * 2 + H * kv * 2) +
+             (qpk_layer_is_sparse(c, l) ? 2 * H * (double)c->n_experts + 6 * H * M * (double)c->n_experts_used +
+                                              6 * H * (double)c->shared_expert_intermediate_size
+                                        : 6 * H * I);
+    return f;
 }
 
 int main(int argc, char **argv)

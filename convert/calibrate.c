@@ -293,6 +293,21 @@ static qpk_status check_size(const qpk_calib *c, qpk_method method, int threads,
     return QPK_OK;
 }
 
+/*
+ * The weights of the model that sizes calibration's context (its layers run on the
+ * calibration's own f32 copies): the source's, except the experts, which are never read
+ * through it and so are not gathered (a view of the right shape and no bytes).
+ */
+static qpk_status sizing_weight(void *ud, qpk_role role, int layer, qpk_matrix *w, qpk_err *e)
+{
+    if (!qpk_role_is_expert(role))
+        return qpk_source_matrix(ud, role, layer, w, e);
+    int64_t d[2];
+    qpk_role_shape(qpk_source_config(ud), role, d);
+    *w = (qpk_matrix){QPK_TYPE_F32, 0, d[0], d[1], NULL, NULL};
+    return QPK_OK;
+}
+
 qpk_status qpk_calib_begin(qpk_calib **out, qpk_source *src, const qpk_convert_opts *o, qpk_pool *pool,
                            qpk_err *e)
 {
@@ -346,7 +361,7 @@ qpk_status qpk_calib_begin(qpk_calib **out, qpk_source *src, const qpk_convert_o
     if (s == QPK_OK && qpk_method_uses_gptq(o->method))
         s = qpk_gram_ws_create(&c->gram, widest, L, pool, e);
     if (s == QPK_OK)
-        s = qpk_model_from_source(&c->model, src, e);
+        s = qpk_model_create(&c->model, cf, sizing_weight, src, e);
     qpk_context_opts co = {.n_ctx = L, .n_batch = L, .pool = pool};
     if (s == QPK_OK)
         s = qpk_context_create(&c->ctx, c->model, &co, e);

@@ -412,10 +412,13 @@ static qpk_status claim_experts(qpk_checkpoint *ck, qpk_role r, int l, qpk_err *
         qpk_expert_tensor_name(name, sizeof name, r, l, x);
         name[strlen(name) - strlen(".weight")] = 0;
         if (!find_parts(ck, name, t)) {
-            strcat(name, ".weight");
-            return qpk_err_setf(e, QPK_E_MISMATCH, find_any(ck, name) ? "%s is float while expert 0 is quantized: a "
-                                "layer's experts are quantized alike" : "missing tensor '%s.qweight' (num_experts is "
-                                "%lld)", name, (long long)c->n_experts);
+            char weight[QPK_MAX_NAME + 8];
+            snprintf(weight, sizeof weight, "%s.weight", name);
+            if (find_any(ck, weight))
+                return qpk_err_setf(e, QPK_E_MISMATCH, "%s is float while expert 0 is quantized: a layer's experts are "
+                                    "quantized alike", weight);
+            return qpk_err_setf(e, QPK_E_MISMATCH, "missing tensor '%s.qweight' (num_experts is %lld)", name,
+                                (long long)c->n_experts);
         }
         *p = (qpk_qlinear){.q = &ck->hfq, .qweight = t[0], .qzeros = t[1], .scales = t[2], .g_idx = t[3], .rows = per,
                            .cols = dims[1]};

@@ -16,6 +16,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "fixtures.h"
@@ -222,6 +223,65 @@ static void check_calibration(const char *fx)
     free(calib), free(eval);
 }
 
+/*
+ * The GPTQ folder at from, written to `to` without the parts of the linear `drop` (its
+ * qweight, qzeros, scales, g_idx), and with a float `drop`.weight [rows, cols] when
+ * float_rows > 0; its config files copied.
+ */
+static void drop_linear(const char *from, const char *to, const char *drop, int64_t float_rows, int64_t cols)
+{
+    char path[4096];
+    qpk_err e = {0};
+    mkdir(to, 0755);
+    const char *files[] = {"config.json", "quantize_config.json"};
+    for (int i = 0; i < 2; i++) {
+        size_t n;
+        snprintf(path, sizeof path, "%s/%s", from, files[i]);
+        char *text = slurp(path, &n);
+        snprintf(path, sizeof path, "%s/%s", to, files[i]);
+        FILE *f = fopen(path, "wb");
+        CHECK(text && f && fwrite(text, 1, n, f) == n);
+        if (f)
+            fclose(f);
+        free(text);
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors", from);
+    qpk_safetensors *st;
+    if (qpk_st_open(&st, path, &e) != QPK_OK) {
+        CHECKF(false, "%s", e.msg);
+        return;
+    }
+    size_t n = qpk_st_n_tensors(st), m = 0;
+    qpk_st_entry *ts = calloc(n + 1, sizeof *ts);
+    const qpk_st_tensor **src = calloc(n + 1, sizeof *src);
+    for (size_t i = 0; i < n; i++) {
+        const qpk_st_tensor *t = qpk_st_tensor_at(st, i);
+        if (!strncmp(t->name, drop, strlen(drop)) && t->name[strlen(drop)] == '.')
+            continue;
+        snprintf(ts[m].name, sizeof ts[m].name, "%s", t->name);
+        ts[m].dtype = t->dtype, ts[m].ndim = t->ndim, ts[m].nbytes = t->nbytes;
+        memcpy(ts[m].shape, t->shape, sizeof ts[m].shape);
+        src[m++] = t;
+    }
+    if (float_rows > 0) {
+        snprintf(ts[m].name, sizeof ts[m].name, "%s.weight", drop);
+        ts[m].dtype = QPK_ST_F32, ts[m].ndim = 2, ts[m].shape[0] = float_rows, ts[m].shape[1] = cols;
+        ts[m].nbytes = (uint64_t)(float_rows * cols) * 4;
+        src[m++] = NULL;
+    }
+    qpk_st_set *set = NULL;
+    CHECKF(qpk_st_set_create(&set, to, ts, m, &e) == QPK_OK, "%s", e.msg);
+    for (size_t i = 0; set && i < m; i++) {
+        void *zeros = src[i] ? NULL : calloc(1, (size_t)ts[i].nbytes);
+        CHECKF(qpk_st_set_write(set, src[i] ? src[i]->data : zeros, (size_t)ts[i].nbytes, &e) == QPK_OK, "%s", e.msg);
+        free(zeros);
+    }
+    if (set)
+        CHECKF(qpk_st_set_finish(set, &e) == QPK_OK, "%s", e.msg);
+    free(ts), free(src);
+    qpk_st_close(st);
+}
+
 /* A MoE .qpk -> GPTQ / AWQ folder (experts one by one) -> .qpk: the same logits, bit for bit. */
 static void check_folders(const char *fx)
 {
@@ -251,6 +311,22 @@ static void check_folders(const char *fx)
         }
         qpk_convert_opts y = {.dtype = -1, .to = QPK_OUT_QPK};
         CHECKF(qpk_convert_path(folder, back, &y, NULL, &e) == QPK_OK, "%s", e.msg);
+        if (!awq) { /* an expert missing, and one left in float among quantized ones: refused, nothing written */
+            char bad[4200], out[4200];
+            const char *lin = "model.layers.2.mlp.experts.3.up_proj";
+            const struct {
+                int64_t rows;
+                const char *msg;
+            } cases[] = {{0, "missing tensor 'model.layers.2.mlp.experts.3.up_proj.qweight' (num_experts is 8)"},
+                         {32, "model.layers.2.mlp.experts.3.up_proj.weight is float while expert 0 is quantized"}};
+            for (int k = 0; k < 2; k++) {
+                snprintf(bad, sizeof bad, "%s/bad%d", tmpdir, k);
+                snprintf(out, sizeof out, "%s/bad%d.qpk", tmpdir, k);
+                drop_linear(folder, bad, lin, cases[k].rows, 64);
+                qpk_status rc = qpk_convert_path(bad, out, &y, NULL, &e);
+                CHECKF(rc != QPK_OK && strstr(e.msg, cases[k].msg) && access(out, F_OK) != 0, "case %d: %s", k, e.msg);
+            }
+        }
         qpk_source *a, *b;
         if (tu_open(&a, q, false, &e) == QPK_OK && tu_open(&b, back, false, &e) == QPK_OK) {
             int32_t tok[16];

@@ -30,7 +30,10 @@ static const char *const EMBEDDED_FILES[] = {"tokenizer.json", "tokenizer_config
 
 typedef struct job {
     const qpk_convert_opts *o;
-    const qpk_config *cfg;
+    const qpk_config *cfg;  /* the model as written: the source's, or padded */
+    const qpk_config *scfg; /* the source's: types are planned on its shapes */
+    qpk_config padded;
+    int64_t pad_from, pad_to; /* intermediate_size before and after padding (equal: none) */
     qpk_source *src;
     qpk_checkpoint *ck;     /* a Hugging Face source's folder, else NULL */
     qpk_sink *sink;
@@ -106,29 +109,37 @@ static qpk_status copy_bytes(job *j, const qpk_st_tensor *t, qpk_err *e)
     return QPK_OK;
 }
 
+/* n values x (elements i.. of t) as the float type into o. */
+static qpk_status floats_to(const job *j, const qpk_st_tensor *t, uint64_t i, const float *x, size_t n, qpk_type type,
+                            uint8_t *o, qpk_err *e)
+{
+    const size_t out_size = type == QPK_TYPE_F32 ? 4 : 2;
+    /* Converted piece by piece between the non-finite values, which stay what they are when allowed. */
+    for (size_t done = 0; done < n;) {
+        size_t bad = done + qpk_row_from_f32(type, x + done, o + done * out_size, n - done);
+        if (bad < n && !isfinite(x[bad])) /* the pieces before it are not converted yet: now they are */
+            bad = done + qpk_row_from_f32(type, x + done, o + done * out_size, bad - done);
+        if (bad == n)
+            break;
+        float v = x[bad];
+        if (isfinite(v))
+            return qpk_err_setf(e, QPK_E_VALUE, "tensor '%s': element %" PRIu64 " (%g) is too large for %s", t->name,
+                                i + bad, (double)v, qpk_type_name(type));
+        QPK_TRY(nonfinite(j, t, i + bad, v, e));
+        uint16_t h = type == QPK_TYPE_F16 ? qpk_f32_to_f16(v) : qpk_f32_to_bf16(v);
+        memcpy(o + bad * out_size, type == QPK_TYPE_F32 ? (const void *)&v : (const void *)&h, out_size);
+        done = bad + 1;
+    }
+    return QPK_OK;
+}
+
 static qpk_status convert_values(job *j, const qpk_st_tensor *t, qpk_type type, qpk_err *e)
 {
     size_t out_size = type == QPK_TYPE_F32 ? 4 : 2;
     for (uint64_t i = 0; i < t->numel; i += CHUNK_ELEMS) {
         size_t n = (size_t)(t->numel - i < CHUNK_ELEMS ? t->numel - i : CHUNK_ELEMS);
         qpk_st_to_f32(t, i, n, j->f32);
-        /* Converted piece by piece between the non-finite values, which stay what they are when allowed. */
-        for (size_t done = 0; done < n;) {
-            uint8_t *o = (uint8_t *)j->out;
-            size_t bad = done + qpk_row_from_f32(type, j->f32 + done, o + done * out_size, n - done);
-            if (bad < n && !isfinite(j->f32[bad])) /* the pieces before it are not converted yet: now they are */
-                bad = done + qpk_row_from_f32(type, j->f32 + done, o + done * out_size, bad - done);
-            if (bad == n)
-                break;
-            float v = j->f32[bad];
-            if (isfinite(v))
-                return qpk_err_setf(e, QPK_E_VALUE, "tensor '%s': element %" PRIu64 " (%g) is too large for %s",
-                                    t->name, i + bad, (double)v, qpk_type_name(type));
-            QPK_TRY(nonfinite(j, t, i + bad, v, e));
-            uint16_t h = type == QPK_TYPE_F16 ? qpk_f32_to_f16(v) : qpk_f32_to_bf16(v);
-            memcpy(o + bad * out_size, type == QPK_TYPE_F32 ? (const void *)&v : (const void *)&h, out_size);
-            done = bad + 1;
-        }
+        QPK_TRY(floats_to(j, t, i, j->f32, n, type, j->out, e));
         QPK_TRY(out_write(j, j->out, n * out_size, e));
         j->done += n * qpk_st_dtype_size(t->dtype);
         QPK_TRY(poll(j, t->name, e));
@@ -147,6 +158,8 @@ typedef struct quant_job {
     uint32_t type, group;
     int64_t row0, n_rows, cols;
     size_t row_bytes;
+    const uint8_t *tail; /* padding: zero groups appended to every row (tail_bytes of them) */
+    size_t tail_bytes;
     uint8_t *out;
     qpk_status *status; /* per task, so the first failing row is reported whatever the threads */
     qpk_err *errs;
@@ -160,8 +173,10 @@ static void quant_task(void *arg, int64_t task, int thread)
     q->status[task] = QPK_OK;
     for (int64_t r = task * QUANT_TASK_ROWS; r < r1; r++) {
         qpk_st_to_f32(q->t, (uint64_t)(q->row0 + r) * (uint64_t)q->cols, (size_t)q->cols, x);
-        qpk_status s = q->j->kernels->quantize_row(q->type, q->group, x, q->cols, q->out + (size_t)r * q->row_bytes,
-                                        &q->errs[task]);
+        uint8_t *o = q->out + (size_t)r * (q->row_bytes + q->tail_bytes);
+        qpk_status s = q->j->kernels->quantize_row(q->type, q->group, x, q->cols, o, &q->errs[task]);
+        if (q->tail_bytes)
+            memcpy(o + q->row_bytes, q->tail, q->tail_bytes);
         if (s != QPK_OK) {
             qpk_err_prefix(&q->errs[task], s, "tensor '%s' row %lld", q->t->name, (long long)(q->row0 + r));
             q->status[task] = s;
@@ -170,15 +185,19 @@ static void quant_task(void *arg, int64_t task, int thread)
     }
 }
 
-/* Round-to-nearest quantization of a whole tensor, chunk by chunk of rows, on all threads. */
-static qpk_status quantize_tensor(job *j, const qpk_st_tensor *t, uint32_t type, uint32_t group, qpk_err *e)
+/*
+ * Round-to-nearest quantization of a whole tensor, chunk by chunk of rows, on all threads;
+ * each row followed by tail (padding's zero groups, tail_bytes of them; NULL and 0: none).
+ */
+static qpk_status quantize_tensor(job *j, const qpk_st_tensor *t, uint32_t type, uint32_t group, const uint8_t *tail,
+                                  size_t tail_bytes, qpk_err *e)
 {
     int64_t cols = t->shape[t->ndim - 1], rows = (int64_t)(t->numel / (uint64_t)cols);
-    size_t row_bytes = (size_t)(cols / group) * qpk_type_block_bytes(type, group);
-    int64_t chunk = (int64_t)(QUANT_CHUNK_BYTES / row_bytes);
+    size_t row_bytes = (size_t)(cols / group) * qpk_type_block_bytes(type, group), stride = row_bytes + tail_bytes;
+    int64_t chunk = (int64_t)(QUANT_CHUNK_BYTES / stride);
     chunk = chunk < QUANT_TASK_ROWS ? QUANT_TASK_ROWS : chunk / QUANT_TASK_ROWS * QUANT_TASK_ROWS;
     int64_t max_tasks = chunk / QUANT_TASK_ROWS;
-    quant_job q = {j, t, type, group, 0, 0, cols, row_bytes, malloc((size_t)chunk * row_bytes),
+    quant_job q = {j, t, type, group, 0, 0, cols, row_bytes, tail, tail_bytes, malloc((size_t)chunk * stride),
                    calloc((size_t)max_tasks, sizeof(qpk_status)), calloc((size_t)max_tasks, sizeof(qpk_err))};
     qpk_status s = q.out && q.status && q.errs ? QPK_OK : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     for (int64_t r0 = 0; r0 < rows && s == QPK_OK; r0 += chunk) {
@@ -194,13 +213,153 @@ static qpk_status quantize_tensor(job *j, const qpk_st_tensor *t, uint32_t type,
                 s = q.status[i];
             }
         if (s == QPK_OK)
-            s = out_write(j, q.out, (size_t)q.n_rows * row_bytes, e);
+            s = out_write(j, q.out, (size_t)q.n_rows * stride, e);
         j->done += (uint64_t)q.n_rows * (uint64_t)cols * qpk_st_dtype_size(t->dtype);
         if (s == QPK_OK)
             s = poll(j, t->name, e);
     }
     free(q.out), free(q.status), free(q.errs);
     return s;
+}
+
+/* ------------------------------------------------------- tensor-parallel padding */
+
+#define PAD_MAX_MULTIPLE (1 << 20)
+
+/* The axis of role that padding extends: 0 the rows (gate, up), 1 the columns (down); -1 none. */
+static int pad_axis(const job *j, qpk_role r)
+{
+    if (j->pad_to == j->pad_from)
+        return -1;
+    return r == QPK_ROLE_GATE || r == QPK_ROLE_UP ? 0 : r == QPK_ROLE_DOWN ? 1 : -1;
+}
+
+/*
+ * One group of zero weights as a block of a quantized type. The zero-point types get their
+ * zero point mid-range (8 of int4, 128 of int8z) and codes equal to it, so d * (q - z) is 0
+ * whatever d, and GPTQ v1 (which stores zero - 1, so never a zero point of 0) holds the
+ * block; the other types quantize zeros (scale 0). A type qpk does not quantize to (read
+ * from a GGUF) gets all-zero bytes. Whichever, the block must decode to exact zeros, else
+ * it is refused: padding is exact or not done.
+ */
+static qpk_status zero_block(uint32_t type, uint32_t group, uint8_t *out, const char *name, qpk_err *e)
+{
+    const size_t bb = qpk_type_block_bytes(type, group);
+    float *x = calloc(group, sizeof *x);
+    int32_t *q = malloc(group * sizeof *q);
+    if (!x || !q) {
+        free(x), free(q);
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    }
+    memset(out, 0, bb);
+    qpk_err ignored = {0};
+    if (type == QPK_TYPE_INT4 || type == QPK_TYPE_INT8Z) {
+        const qpk_qparams p = {0.0f, type == QPK_TYPE_INT4 ? 8 : 128};
+        for (uint32_t k = 0; k < group; k++)
+            q[k] = p.z;
+        qpk_pack_group(type, group, &p, q, out);
+    } else if (qpk_quantize_row(type, group, x, group, out, &ignored) != QPK_OK) {
+        memset(out, 0, bb);
+    }
+    qpk_dequantize_row(type, group, out, group, x);
+    bool zero = true;
+    for (uint32_t k = 0; k < group; k++)
+        zero &= x[k] == 0.0f;
+    free(x), free(q);
+    if (!zero)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s is %s: a group of zero weights of that type does not decode to "
+                            "exact zeros, so --pad-intermediate cannot pad it", name, qpk_type_name(type));
+    return QPK_OK;
+}
+
+/* n zero weights of type as stored (whole groups of a quantized type), malloc'd, in *row; its bytes in *bytes. */
+static qpk_status zero_weights(uint32_t type, uint32_t group, int64_t n, const char *name, uint8_t **row, size_t *bytes,
+                               qpk_err *e)
+{
+    const bool quantized = qpk_type_is_quantized(type);
+    *bytes = quantized ? (size_t)(n / group) * qpk_type_block_bytes(type, group)
+                       : (size_t)n * qpk_type_info_of(type)->elem_bytes;
+    if (!(*row = calloc(*bytes ? *bytes : 1, 1)))
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    if (!quantized) /* +0.0 of every float type is all-zero bytes */
+        return QPK_OK;
+    const size_t bb = qpk_type_block_bytes(type, group);
+    qpk_status s = *bytes ? zero_block(type, group, *row, name, e) : QPK_OK;
+    for (size_t off = bb; s == QPK_OK && off < *bytes; off += bb)
+        memcpy(*row + off, *row, bb);
+    if (s != QPK_OK)
+        free(*row), *row = NULL;
+    return s;
+}
+
+/* gate/up's padding: zero rows of cols weights, after the source's rows. */
+static qpk_status write_zero_rows(job *j, uint32_t type, uint32_t group, int64_t cols, const char *name, qpk_err *e)
+{
+    uint8_t *row;
+    size_t bytes;
+    QPK_TRY(zero_weights(type, group, cols, name, &row, &bytes, e));
+    qpk_status s = QPK_OK;
+    for (int64_t r = j->pad_from; r < j->pad_to && s == QPK_OK; r++)
+        s = out_write(j, row, bytes, e);
+    free(row);
+    return s;
+}
+
+/* down's padding for a tensor stored as floats: each source row, then its zero columns. */
+static qpk_status write_float_rows_padded(job *j, const qpk_st_tensor *t, qpk_type type, const char *name, qpk_err *e)
+{
+    const int64_t rows = t->shape[0], cols = t->shape[1];
+    const size_t esize = qpk_type_info_of(type)->elem_bytes;
+    uint8_t *tail = NULL, *row = malloc((size_t)cols * esize);
+    size_t tail_bytes = 0;
+    if (!row)
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    qpk_status s = zero_weights(type, 0, j->pad_to - j->pad_from, name, &tail, &tail_bytes, e);
+    for (int64_t r = 0; r < rows && s == QPK_OK; r++) {
+        const uint64_t first = (uint64_t)r * (uint64_t)cols;
+        qpk_st_to_f32(t, first, (size_t)cols, j->rows_f32); /* exact: every float type widens to f32 */
+        s = floats_to(j, t, first, j->rows_f32, (size_t)cols, type, row, e);
+        if (s == QPK_OK)
+            s = out_write(j, row, (size_t)cols * esize, e);
+        if (s == QPK_OK)
+            s = out_write(j, tail, tail_bytes, e);
+        j->done += (uint64_t)cols * qpk_st_dtype_size(t->dtype);
+        if (s == QPK_OK && (r & 255) == 255)
+            s = poll(j, name, e);
+    }
+    free(tail), free(row);
+    return s;
+}
+
+/*
+ * A padded tensor's plan: its padded shape, and whether padding is exact for its type:
+ * down's new columns whole groups of zeros (a group straddling the old edge would change
+ * the scale of real weights), not behind an input permutation, and zero groups of the
+ * type decoding to exact zeros.
+ */
+static qpk_status pad_plan(job *j, qpk_sink_tensor *p, bool permuted, const char *name, qpk_err *e)
+{
+    const int axis = pad_axis(j, p->role);
+    if (axis < 0)
+        return QPK_OK;
+    const int64_t extra = j->pad_to - j->pad_from;
+    p->dims[axis] = j->pad_to;
+    if (axis == 1 && permuted)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s takes its input permuted (act-order): --pad-intermediate "
+                            "does not pad permuted columns; store this model without the permutation", name);
+    if (!qpk_type_is_quantized(p->type))
+        return QPK_OK;
+    if (axis == 1 && extra % p->group_size)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s is %s in groups of %u: padding intermediate_size %lld to %lld "
+                            "adds %lld column(s), not whole groups, so the padded groups would not be exact zeros; "
+                            "choose a multiple that pads by whole groups of %u", name, qpk_type_name(p->type),
+                            p->group_size, (long long)j->pad_from, (long long)j->pad_to, (long long)extra,
+                            p->group_size);
+    uint8_t *row;
+    size_t bytes;
+    QPK_TRY(zero_weights(p->type, p->group_size, p->group_size, name, &row, &bytes, e));
+    free(row);
+    return QPK_OK;
 }
 
 /* Records a source tensor in the .qpk's provenance; `hash` is its XXH3 when already known. */
@@ -323,12 +482,21 @@ static qpk_status write_from_folder(job *j, size_t i, const char *name, qpk_err 
     if (!t)
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory gathering the experts of '%s'", name);
     const uint32_t type = p->type, group = p->group_size;
-    bool as_is = qpk_st_keep_type(t->dtype) == type && t->dtype != QPK_ST_F64;
+    const int axis = pad_axis(j, p->role);
+    bool as_is = qpk_st_keep_type(t->dtype) == type && t->dtype != QPK_ST_F64 && axis != 1;
+    uint8_t *tail = NULL;
+    size_t tail_bytes = 0;
     qpk_status s = out_begin(j, e);
+    if (s == QPK_OK && axis == 1 && qpk_type_is_quantized(type))
+        s = zero_weights(type, group, j->pad_to - j->pad_from, name, &tail, &tail_bytes, e);
     if (s == QPK_OK)
-        s = qpk_type_is_quantized(type) ? quantize_tensor(j, t, type, group, e)
+        s = qpk_type_is_quantized(type) ? quantize_tensor(j, t, type, group, tail, tail_bytes, e)
+            : axis == 1                 ? write_float_rows_padded(j, t, (qpk_type)type, name, e)
             : as_is                     ? copy_bytes(j, t, e)
                                         : convert_values(j, t, (qpk_type)type, e);
+    free(tail);
+    if (s == QPK_OK && axis == 0)
+        s = write_zero_rows(j, type, group, t->shape[1], name, e);
     if (s == QPK_OK)
         s = out_end(j, NULL, e);
     /* Stored as is: the source's bytes, so the .qpk writer's hash serves both. */
@@ -344,19 +512,42 @@ static qpk_status write_from_folder(job *j, size_t i, const char *name, qpk_err 
 
 #define COPY_ROWS_BYTES (16u << 20) /* bytes per write when copying a stored tensor: whole rows */
 
-/* A tensor kept as the source stores it: its bytes (checked once more), in pieces of whole rows. */
-static qpk_status copy_matrix(job *j, const qpk_matrix *m, const char *name, qpk_err *e)
+/*
+ * A tensor kept as the source stores it: its bytes (checked once more), in pieces of whole
+ * rows; padded, its zero rows after them (gate, up) or its zero groups after each row (down).
+ */
+static qpk_status copy_matrix(job *j, const qpk_matrix *m, qpk_role role, const char *name, qpk_err *e)
 {
     const size_t row = qpk_matrix_row_bytes(m);
     const uint64_t total = (uint64_t)row * (uint64_t)m->rows;
     const uint64_t chunk = row >= COPY_ROWS_BYTES ? row : COPY_ROWS_BYTES / row * row;
+    const int axis = pad_axis(j, role);
     QPK_TRY(out_begin(j, e));
+    if (axis == 1) {
+        uint8_t *tail;
+        size_t tail_bytes;
+        QPK_TRY(zero_weights(m->type, m->group_size, j->pad_to - j->pad_from, name, &tail, &tail_bytes, e));
+        qpk_status s = QPK_OK;
+        for (int64_t r = 0; r < m->rows && s == QPK_OK; r++) {
+            s = out_write(j, (const uint8_t *)m->data + (size_t)r * row, row, e);
+            if (s == QPK_OK)
+                s = out_write(j, tail, tail_bytes, e);
+            j->done += row;
+            if (s == QPK_OK && (r & 255) == 255)
+                s = poll(j, name, e);
+        }
+        free(tail);
+        QPK_TRY(s);
+        return out_end(j, m->perm, e);
+    }
     for (uint64_t off = 0; off < total; off += chunk) {
         size_t n = (size_t)(total - off < chunk ? total - off : chunk);
         QPK_TRY(out_write(j, (const uint8_t *)m->data + off, n, e));
         j->done += n;
         QPK_TRY(poll(j, name, e));
     }
+    if (axis == 0)
+        QPK_TRY(write_zero_rows(j, m->type, m->group_size, m->cols, name, e));
     return out_end(j, m->perm, e);
 }
 
@@ -421,7 +612,7 @@ static qpk_status write_from_matrix(job *j, size_t i, const char *name, qpk_err 
     qpk_matrix m;
     QPK_TRY(qpk_source_matrix(j->src, p->role, p->layer, &m, e));
     QPK_TRY(qpk_source_verify(j->src, p->role, p->layer, e));
-    return j->requant[i] ? requantize_matrix(j, &m, i, name, e) : copy_matrix(j, &m, name, e);
+    return j->requant[i] ? requantize_matrix(j, &m, i, name, e) : copy_matrix(j, &m, p->role, name, e);
 }
 
 /* Calibrates layer l (GPTQ/AWQ): an explicit step at the layer boundary, before its tensors are written. */
@@ -657,7 +848,7 @@ static int format_version(const job *j)
 static cJSON *folder_metadata(const job *j, const qpk_checkpoint *ck, const qpk_convert_opts *o, cJSON **prov)
 {
     cJSON *m = cJSON_CreateObject();
-    cJSON *cfg = qpk_config_cjson(qpk_checkpoint_config(ck));
+    cJSON *cfg = qpk_config_cjson(j->cfg); /* padded or not */
     if (!m || !cfg) {
         cJSON_Delete(m);
         cJSON_Delete(cfg);
@@ -731,6 +922,9 @@ static cJSON *build_metadata(job *j, cJSON **prov)
         cJSON *m = cJSON_ParseWithLength(text, len);
         if (m)
             cJSON_ReplaceItemInObjectCaseSensitive(m, "format_version", cJSON_CreateNumber(format_version(j)));
+        cJSON *cfg = m && j->cfg != j->scfg ? qpk_config_cjson(j->cfg) : NULL;
+        if (cfg)
+            cJSON_ReplaceItemInObjectCaseSensitive(m, "config", cfg);
         return m;
     }
     cJSON *m = cJSON_CreateObject();
@@ -750,6 +944,31 @@ static cJSON *build_metadata(job *j, cJSON **prov)
     cJSON_AddStringToObject(*prov, "version", QPK_VERSION_STRING);
     add_text(*prov, "command", j->o->command);
     return m;
+}
+
+/*
+ * The config holds the padded size (what the tensors are); the provenance the size the
+ * model had, so the padding can be told and undone. A model padded twice keeps its first size.
+ */
+static void note_padding(cJSON *meta, const job *j)
+{
+    if (j->pad_to == j->pad_from)
+        return;
+    cJSON *prov = cJSON_GetObjectItemCaseSensitive(meta, "provenance");
+    if (!cJSON_IsObject(prov)) {
+        cJSON_DeleteItemFromObjectCaseSensitive(meta, "provenance");
+        prov = cJSON_AddObjectToObject(meta, "provenance");
+    }
+    const cJSON *old = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(prov, "padding"), "from");
+    const double from = cJSON_IsNumber(old) ? old->valuedouble : (double)j->pad_from;
+    cJSON_DeleteItemFromObjectCaseSensitive(prov, "padding");
+    cJSON *pad = cJSON_AddObjectToObject(prov, "padding");
+    cJSON_AddStringToObject(pad, "size", "intermediate_size");
+    cJSON_AddNumberToObject(pad, "from", from);
+    cJSON_AddNumberToObject(pad, "to", (double)j->pad_to);
+    cJSON_AddNumberToObject(pad, "multiple", (double)j->o->pad_intermediate);
+    cJSON_AddStringToObject(pad, "how", "zero rows appended to gate_proj and up_proj, zero columns to down_proj "
+                            "(whole zero groups when quantized): the logits are the unpadded model's");
 }
 
 /* The recipe says what was requantized for the target, and why. */
@@ -924,11 +1143,13 @@ static qpk_status plan_tensor(job *j, size_t i, qpk_output to, qpk_err *e)
     const qpk_qlinear *q = j->ck ? qpk_checkpoint_qlinear(j->ck, p->role, p->layer) : NULL;
     if (j->ck && !q) {
         const qpk_st_tensor *t = qpk_checkpoint_tensor_meta(j->ck, p->role, p->layer); /* experts not gathered yet */
-        QPK_TRY(qpk_tensor_plan(j->o, j->cfg, t, p->role, p->layer, name, &p->type, &p->group_size, e));
+        /* On the source's shapes: padding by whole groups leaves every real weight's group as it was. */
+        QPK_TRY(qpk_tensor_plan(j->o, j->scfg, t, p->role, p->layer, name, &p->type, &p->group_size, e));
         if (j->calib)
             qpk_tensor_stored(j->o, p->role, &p->type, &p->group_size);
         p->ndim = t->ndim;
         memcpy(p->dims, t->shape, (size_t)t->ndim * sizeof *p->dims);
+        QPK_TRY(pad_plan(j, p, false, name, e));
         j->total += t->nbytes;
         if (j->calib && p->layer >= 0) { /* calibrating a layer costs far more than writing it */
             j->calib_work[p->layer] += CALIB_WORK_PER_BYTE * t->nbytes;
@@ -940,6 +1161,7 @@ static qpk_status plan_tensor(job *j, size_t i, qpk_output to, qpk_err *e)
     QPK_TRY(qpk_source_matrix(j->src, p->role, p->layer, &m, e));
     p->type = m.type, p->group_size = m.group_size, p->permuted = m.perm != NULL;
     p->ndim = qpk_role_shape(j->cfg, p->role, p->dims);
+    QPK_TRY(pad_plan(j, p, m.perm != NULL, name, e));
     j->total += q ? qpk_qlinear_source_bytes(q) : (uint64_t)qpk_matrix_row_bytes(&m) * (uint64_t)m.rows;
     /* The rule for GGUF (and the .qpk a GGUF is made from): what no ggml type holds as it is, requantized on request. */
     const bool linear = qpk_role_is_per_layer(p->role) && qpk_role_is_matrix(p->role);
@@ -999,6 +1221,49 @@ static void job_free(job *j)
     free(j->plan), free(j->requant), free(j->calib_work);
 }
 
+/*
+ * --pad-intermediate: the padded config, or why not. Padding is the dense MLPs' (Qwen's
+ * tensor-parallel note pads intermediate_size); MoE models are refused: their experts and
+ * shared expert have sizes of their own, which that note does not cover, and a flag that
+ * padded only the dense size would silently leave them unpadded. Calibration runs
+ * on the model as it is and an imported folder is copied exactly, so both are padded in a
+ * second conversion, of the .qpk they make.
+ */
+static qpk_status check_padding(job *j, qpk_err *e)
+{
+    const qpk_convert_opts *o = j->o;
+    const int64_t n = o->pad_intermediate;
+    if (!n)
+        return QPK_OK;
+    if (n < 0 || n > PAD_MAX_MULTIPLE)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "--pad-intermediate %lld: the multiple must be in 1..%d",
+                            (long long)n, PAD_MAX_MULTIPLE);
+    const qpk_config *c = j->scfg;
+    if (c->n_experts > 0)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s is a mixture of experts (%s): --pad-intermediate pads the dense "
+                            "MLPs' intermediate_size, and the experts' and shared expert's sizes are not padded",
+                            qpk_source_path(j->src), qpk_arch_name(c->arch));
+    if (o->method != QPK_METHOD_RTN)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "--pad-intermediate with --method %s: calibration runs on the model as "
+                            "it is; calibrate to a .qpk without padding, then pad that .qpk (exact zero groups)",
+                            qpk_method_name(o->method));
+    if (j->ck && qpk_checkpoint_hfq(j->ck)->method != QPK_HFQ_NONE)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "--pad-intermediate on %s (%s): its linears are imported as they are, "
+                            "not padded; convert it to .qpk, then pad that .qpk", qpk_source_path(j->src),
+                            qpk_source_format(j->src));
+    if (o->requantize)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "--pad-intermediate with --requantize: requantize to a .qpk first, "
+                            "then pad that .qpk");
+    if (c->intermediate_size <= 0)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "%s has no dense intermediate_size to pad", qpk_source_path(j->src));
+    j->pad_from = c->intermediate_size;
+    j->pad_to = (c->intermediate_size + n - 1) / n * n;
+    j->padded = *c;
+    j->padded.intermediate_size = j->pad_to;
+    j->cfg = &j->padded;
+    return QPK_OK;
+}
+
 /* Everything decided before the first byte: options, the pool, calibration's start, every tensor, the files. */
 static qpk_status plan(job *j, qpk_sink *sink, qpk_err *e)
 {
@@ -1006,6 +1271,7 @@ static qpk_status plan(job *j, qpk_sink *sink, qpk_err *e)
     const qpk_output to = qpk_sink_kind(sink);
     const size_t n = qpk_model_n_tensors(j->cfg);
     QPK_TRY(check_options(j, sink, e));
+    QPK_TRY(check_padding(j, e));
     if (j->ck)
         QPK_TRY(check_rules_on_imported(j->ck, o, e));
     if (j->ck)
@@ -1048,6 +1314,7 @@ static qpk_status run(job *j, qpk_sink *sink, qpk_convert_result *r, qpk_err *e)
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     if (o->requantize)
         mark_requantized(meta, j->n_requantized);
+    note_padding(meta, j);
     const cJSON *q = cJSON_GetObjectItemCaseSensitive(meta, "quantization");
     qpk_status s = cJSON_IsObject(q) && !(recipe = cJSON_PrintUnformatted(q)) ? qpk_err_setf(e, QPK_E_NOMEM, "out of memory")
                                                                               : QPK_OK;
@@ -1109,8 +1376,8 @@ qpk_status qpk_convert(qpk_source *src, const qpk_convert_opts *o, qpk_sink *sin
         qpk_sink_discard(sink);
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "'%s' is not a model", qpk_source_path(src));
     }
-    job j = {.o = o, .src = src, .cfg = qpk_source_config(src), .ck = qpk_source_checkpoint(src),
-             .sink = sink, .kernels = qpk_kernels_best()};
+    job j = {.o = o, .src = src, .cfg = qpk_source_config(src), .scfg = qpk_source_config(src),
+             .ck = qpk_source_checkpoint(src), .sink = sink, .kernels = qpk_kernels_best()};
     qpk_status s = run(&j, sink, r, e);
     qpk_sink_discard(j.sink); /* what run did not finish leaves nothing behind */
     if (r) {

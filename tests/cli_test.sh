@@ -233,6 +233,8 @@ expect 3 "no tokenizer.json" -- "$bin/qconvert" "$tmp/g" -o "$tmp/m.gguf"
 expect 2 "groups of 32: leave out --group" -- "$bin/qconvert" "$tmp/g" -o "$tmp/m.gguf" --quant int8 --group 128
 expect 2 "qpk, gguf, gptq or awq" -- "$bin/qconvert" "$tmp/g" -o "$tmp/m.gguf" --to ggml
 expect 2 "already a .qpk" -- "$bin/qconvert" "$tmp/m.qpk" -o "$tmp/again.qpk"
+expect 2 "pad-intermediate takes a multiple in 1..1048576" -- "$bin/qconvert" "$tmp/m.qpk" -o "$tmp/again.qpk" --pad-intermediate 0
+expect 2 "pad-intermediate takes a multiple in 1..1048576" -- "$bin/qconvert" "$tmp/m.qpk" -o "$tmp/again.qpk" --pad-intermediate -8
 expect 2 "re-packed with its tensors as they are" -- "$bin/qconvert" "$tmp/m.qpk" -o "$tmp/m.gguf" --quant int8
 expect 3 "embeds no tokenizer.json" -- "$bin/qconvert" "$tmp/m.qpk" -o "$tmp/m.gguf"
 expect 1 "" -- test -e "$tmp/m.gguf"
@@ -243,6 +245,9 @@ if [ -d "$a" ]; then
   expect 0 "wrote" -- "$bin/qconvert" "$a" -o "$tmp/a.gguf" --quant int4s
   expect 0 "check +qwen2 tensors and shapes complete" -- "$bin/qinspect" "$tmp/a.gguf" --verify
   expect 0 "blk.3.ffn_down.weight +Q4_0 +\\[384, 128\\]" -- "$bin/qinspect" "$tmp/a.gguf"
+  expect 0 "wrote" -- "$bin/qconvert" "$a" -o "$tmp/a-pad.gguf" --quant int4s --pad-intermediate 256
+  expect 0 "blk.3.ffn_down.weight +Q4_0 +\\[512, 128\\]" -- "$bin/qinspect" "$tmp/a-pad.gguf"
+  expect 3 "int4s in groups of 32: padding intermediate_size 384 to 385 adds 1 column" -- "$bin/qconvert" "$a" -o "$tmp/a-pad5.gguf" --quant int4s --pad-intermediate 5
   expect 0 '"format":[[:space:]]*"gguf"' -- "$bin/qinspect" "$tmp/a.gguf" --json --no-tensors
   expect 0 "wrote" -- "$bin/qconvert" "$a" -o "$tmp/a4.qpk" --quant int4 --group 32
   expect 0 "Q4_1: [0-9]+ of [0-9]+ blocks" -- "$bin/qconvert" "$tmp/a4.qpk" -o "$tmp/a4.bin" --to gguf

@@ -258,6 +258,13 @@ static void usage(void)
            "                        with --to qpk, writes the .qpk such a GGUF is made from\n"
            "      --allow-nonfinite keep NaN and infinite weights of tensors stored as floats\n"
            "                        (by default a non-finite weight is refused, named)\n"
+           "      --pad-intermediate N\n"
+           "                        pad the dense MLPs' intermediate_size up to a multiple\n"
+           "                        of N (unchanged if it is one) for tensor-parallel\n"
+           "                        shards: zero rows of gate/up, zero columns of down,\n"
+           "                        the logits unchanged; quantized padding must be whole\n"
+           "                        groups of down's type; not for MoE models or --method\n"
+           "                        (pad the calibrated .qpk in a second conversion)\n"
            "  -t, --threads N       worker threads (default: all cores)\n"
            "  -q, --quiet           no progress or notes, only warnings and errors\n"
            "  -h, --help            this help\n"
@@ -274,7 +281,7 @@ enum { FOR_MODEL = 1, FOR_GPTQ = 2, FOR_WINDOWS = 4, FOR_FOLDER = 8, FOR_GROUP =
 typedef enum opt_id {
     O_HELP, O_VERSION, O_QUIET, O_OUTPUT, O_TO, O_SHARD_SIZE, O_GPTQ_FORMAT, O_DTYPE, O_QUANT, O_PRESET, O_GROUP,
     O_KEEP, O_EMBED_TYPE, O_METHOD, O_CALIB, O_CALIB_TOKENS, O_CALIB_SAMPLES, O_CALIB_LEN, O_SEED, O_DAMP,
-    O_ACT_ORDER, O_AWQ_FOLD_ONLY, O_REQUANTIZE, O_ALLOW_NONFINITE, O_THREADS
+    O_ACT_ORDER, O_AWQ_FOLD_ONLY, O_REQUANTIZE, O_ALLOW_NONFINITE, O_THREADS, O_PAD_INTERMEDIATE
 } opt_id;
 
 static const struct option {
@@ -307,6 +314,7 @@ static const struct option {
     {"--awq-fold-only", NULL, false, 0, O_AWQ_FOLD_ONLY},
     {"--requantize", NULL, false, 0, O_REQUANTIZE},
     {"--allow-nonfinite", NULL, false, FOR_MODEL, O_ALLOW_NONFINITE},
+    {"--pad-intermediate", NULL, true, 0, O_PAD_INTERMEDIATE},
     {"--threads", "-t", true, 0, O_THREADS},
 };
 
@@ -422,6 +430,11 @@ static int set_option(cli *c, args *a, const struct option *opt, const char *v)
     case O_AWQ_FOLD_ONLY: return o->calib.awq_fold_only = true, -1;
     case O_REQUANTIZE: return a->requant = true, -1;
     case O_ALLOW_NONFINITE: return o->allow_nonfinite = true, -1;
+    case O_PAD_INTERMEDIATE:
+        if (!cli_parse_int(v, 1, 1 << 20, &n))
+            return cli_usage_error(c, "--pad-intermediate takes a multiple in 1..1048576 (e.g. 1024: 8 shards of "
+                                      "groups of 128)");
+        return o->pad_intermediate = n, -1;
     case O_THREADS:
         if (!cli_parse_int(v, 1, 1024, &n))
             return cli_usage_error(c, "%s needs a thread count in 1..1024", opt->name);
@@ -511,9 +524,9 @@ static int check_input(cli *c, args *a)
     }
     if (kind == QPK_INPUT_GGUF && o->to != QPK_OUT_QPK)
         return cli_usage_error(c, "%s is a GGUF: qconvert reads it into a .qpk (its tensors as they are)", a->in);
-    if (kind == QPK_INPUT_QPK && o->to == QPK_OUT_QPK && !a->requant)
-        return cli_usage_error(c, "%s is already a .qpk: it can be re-packed as GGUF, GPTQ or AWQ (--to gguf|gptq|awq)",
-                               a->in);
+    if (kind == QPK_INPUT_QPK && o->to == QPK_OUT_QPK && !a->requant && !o->pad_intermediate)
+        return cli_usage_error(c, "%s is already a .qpk: it can be re-packed as GGUF, GPTQ or AWQ (--to gguf|gptq|awq), "
+                               "or padded (--pad-intermediate)", a->in);
     if (kind == QPK_INPUT_GGUF &&
         (model_opts || gptq_opts || windows || o->calib.awq_fold_only || a->calib_path || a->requant))
         return cli_usage_error(c, "a GGUF is read with its tensors as they are: the quantization options apply to a "

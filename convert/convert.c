@@ -55,6 +55,14 @@ typedef struct job {
     float *f32;
     void *out;
     cJSON *prov_tensors;
+    /* The certificate of a conversion from a quantized source: each matrix carried exactly,
+     * or changed (requantized by the engine, or rounded by the target's layout) and by how
+     * much. cert: the .qpk provenance's per-tensor record (NULL for other targets). */
+    bool certify;
+    cJSON *cert;
+    double req_max, req_err2, req_ref2; /* the tensor being requantized: max |dw|, sum dw^2, sum w^2 */
+    int64_t n_exact, n_changed;
+    double worst_change, worst_rel;
 } job;
 
 static qpk_status poll(job *j, const char *what, qpk_err *e)
@@ -585,6 +593,14 @@ static qpk_status requantize_matrix(job *j, const qpk_matrix *m, size_t i, const
         }
         uint8_t *dst = kept ? kept + (size_t)r * out_row : row;
         s = qpk_quantize_row(type, REQUANT_GROUP, x, cols, dst, e);
+        if (s == QPK_OK) { /* the certificate's measure: the new weights against the exact ones */
+            qpk_dequantize_row(type, REQUANT_GROUP, dst, cols, stored);
+            for (int64_t c = 0; c < cols; c++) {
+                const double d = (double)stored[c] - x[c];
+                j->req_max = fabs(d) > j->req_max ? fabs(d) : j->req_max;
+                j->req_err2 += d * d, j->req_ref2 += (double)x[c] * x[c];
+            }
+        }
         if (s == QPK_OK)
             s = out_write(j, dst, out_row, e);
         else
@@ -627,6 +643,37 @@ static qpk_status calibrate_layer(job *j, const qpk_config *c, int l, qpk_err *e
     return poll(j, what, e);
 }
 
+/*
+ * Tensor i, just written, in the certificate: exact (its stored values carried bit for bit:
+ * tests read every exact path back and compare the weights), or how it changed: the
+ * engine requantized it (max |dw| and the relative Frobenius error ||dW|| / ||W|| against
+ * the exact weights), or the target's layout rounded it (the sink's largest change).
+ */
+static void certify(job *j, size_t i, const char *name)
+{
+    if (!j->certify || !qpk_role_is_matrix(j->plan[i].role))
+        return;
+    const double rounded = qpk_sink_last_change(j->sink);
+    const double change = j->requant[i] ? j->req_max : rounded;
+    const double rel = j->requant[i] && j->req_ref2 > 0 ? sqrt(j->req_err2 / j->req_ref2) : 0;
+    if (!j->requant[i] && rounded == 0) {
+        j->n_exact++;
+        if (j->cert)
+            cJSON_AddStringToObject(j->cert, name, "exact");
+        return;
+    }
+    j->n_changed++;
+    j->worst_change = change > j->worst_change ? change : j->worst_change;
+    j->worst_rel = rel > j->worst_rel ? rel : j->worst_rel;
+    if (!j->cert)
+        return;
+    cJSON *o = cJSON_AddObjectToObject(j->cert, name);
+    cJSON_AddStringToObject(o, "how", j->requant[i] ? "requantized" : "rounded by the layout");
+    cJSON_AddNumberToObject(o, "max_abs_change", change);
+    if (j->requant[i])
+        cJSON_AddNumberToObject(o, "rel_frobenius", rel);
+}
+
 /* Every tensor in the canonical order: embedding, layer by layer (calibrated first), final norm, head. */
 static qpk_status write_tensors(job *j, qpk_err *e)
 {
@@ -640,7 +687,9 @@ static qpk_status write_tensors(job *j, qpk_err *e)
             QPK_TRY(calibrate_layer(j, c, p->layer, e));
             calibrated = p->layer;
         }
+        j->req_max = j->req_err2 = j->req_ref2 = 0;
         QPK_TRY(j->ck && !j->requant[i] ? write_from_folder(j, i, name, e) : write_from_matrix(j, i, name, e));
+        certify(j, i, name);
         const qpk_qlinear *q = j->ck && j->requant[i] ? qpk_checkpoint_qlinear(j->ck, p->role, p->layer) : NULL;
         if (q) /* requantized from an imported linear: its parts are still what it was made of */
             note_sources(j, q);
@@ -1326,6 +1375,13 @@ static qpk_status run(job *j, qpk_sink *sink, qpk_convert_result *r, qpk_err *e)
         s = qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     if (s == QPK_OK && to == QPK_OUT_QPK && j->ck)
         j->prov_tensors = cJSON_AddObjectToObject(prov, "source_tensors");
+    /* A conversion between quantized formats says, per matrix, what it carried exactly. */
+    j->certify = !(j->ck && qpk_checkpoint_hfq(j->ck)->method == QPK_HFQ_NONE);
+    cJSON *cert = NULL;
+    if (s == QPK_OK && j->certify && prov && to == QPK_OUT_QPK) {
+        cert = cJSON_AddObjectToObject(prov, "certificate");
+        j->cert = cJSON_AddObjectToObject(cert, "tensors");
+    }
     if (s == QPK_OK)
         s = write_tensors(j, e);
     if (s == QPK_OK && j->ck && to == QPK_OUT_QPK) {
@@ -1336,6 +1392,24 @@ static qpk_status run(job *j, qpk_sink *sink, qpk_convert_result *r, qpk_err *e)
         cJSON *list = cJSON_AddArrayToObject(prov, "embedded_files");
         for (size_t i = 0; i < j->n_files; i++)
             cJSON_AddItemToArray(list, cJSON_CreateString(j->files[i].name));
+    }
+    if (s == QPK_OK && cert) {
+        cJSON_AddNumberToObject(cert, "exact", (double)j->n_exact);
+        cJSON_AddNumberToObject(cert, "changed", (double)j->n_changed);
+        cJSON_AddNumberToObject(cert, "max_abs_change", j->worst_change);
+        cJSON_AddNumberToObject(cert, "max_rel_frobenius", j->worst_rel);
+    }
+    if (s == QPK_OK && j->certify && o->cb.log) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "certificate: %lld of %lld matrices carried exactly, bit for bit%s", (long long)j->n_exact,
+                 (long long)(j->n_exact + j->n_changed), j->n_changed ? "" : " (the output's weights are the input's)");
+        if (j->n_changed)
+            snprintf(msg + strlen(msg), sizeof msg - strlen(msg), "; %lld changed: largest weight change %.3g",
+                     (long long)j->n_changed, j->worst_change);
+        if (j->n_requantized)
+            snprintf(msg + strlen(msg), sizeof msg - strlen(msg), ", worst relative Frobenius error of the "
+                     "requantized %.3g", j->worst_rel);
+        o->cb.log(o->cb.ud, QPK_LOG_INFO, msg);
     }
     if (s == QPK_OK && !(text = cJSON_PrintUnformatted(meta)))
         s = qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
@@ -1383,6 +1457,8 @@ qpk_status qpk_convert(qpk_source *src, const qpk_convert_opts *o, qpk_sink *sin
     if (r) {
         r->n_requantized = j.n_requantized;
         r->tensors_bytes = j.written;
+        r->n_exact = j.n_exact, r->n_changed = j.n_changed;
+        r->max_change = j.worst_change, r->max_rel_frobenius = j.worst_rel;
         if (s == QPK_OK && r->model) {
             r->owned_ = j.kept, j.kept = NULL;
         }

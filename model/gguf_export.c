@@ -34,6 +34,7 @@ struct qpk_gguf_export {
     size_t blocks_cap;
     uint64_t q41_blocks, q41_inexact; /* int4 -> Q4_1 blocks, and those whose m was rounded */
     double q41_max_change;            /* the largest weight change that rounding caused */
+    double tensor_change;             /* the same within the tensor being written */
 };
 
 /* The ggml type of a qpk tensor type and group (its row's), or a refusal naming the tensor. */
@@ -397,6 +398,7 @@ static bool q41_offset(qpk_gguf_export *x, const uint8_t *block, uint32_t n, uin
     if (back != m) {
         x->q41_inexact += n;
         x->q41_max_change = fabs((double)back - m) > x->q41_max_change ? fabs((double)back - m) : x->q41_max_change;
+        x->tensor_change = fabs((double)back - m) > x->tensor_change ? fabs((double)back - m) : x->tensor_change;
     }
     return true;
 }
@@ -504,7 +506,12 @@ qpk_status qpk_gguf_export_write(qpk_gguf_export *x, const void *data, size_t n,
 }
 
 /* Marks the current tensor done (its bytes all given). */
-void qpk_gguf_export_next(qpk_gguf_export *x) { x->cur++; }
+void qpk_gguf_export_next(qpk_gguf_export *x, double *max_change)
+{
+    *max_change = x->tensor_change;
+    x->tensor_change = 0;
+    x->cur++;
+}
 
 qpk_status qpk_gguf_export_finish(qpk_gguf_export *x, const qpk_callbacks *cb, qpk_err *e)
 {

@@ -40,7 +40,8 @@ qpk_status qpk_gguf_export_plan(qpk_gguf_export *x, const qpk_config *c, qpk_ggu
  * are widened to f32, int4 blocks become Q4_1); next() after each tensor.
  */
 qpk_status qpk_gguf_export_write(qpk_gguf_export *x, const void *data, size_t n, qpk_err *e);
-void qpk_gguf_export_next(qpk_gguf_export *x);
+/* Ends the tensor: the largest change its weights took on the way (int4 -> Q4_1 offsets rounded; 0: exact). */
+void qpk_gguf_export_next(qpk_gguf_export *x, double *max_change);
 /* Commits the file; x is freed whatever the outcome. */
 qpk_status qpk_gguf_export_finish(qpk_gguf_export *x, const qpk_callbacks *cb, qpk_err *e);
 

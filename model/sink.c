@@ -21,6 +21,7 @@ struct qpk_sink {
     qpk_writer *w;         /* QPK_OUT_QPK */
     qpk_gguf_export *gguf; /* QPK_OUT_GGUF */
     qpk_hf_sink *hf;       /* QPK_OUT_GPTQ, QPK_OUT_AWQ */
+    double last_change;    /* the last tensor's largest weight change in the layout (0: carried exactly) */
 };
 
 const char *qpk_output_name(qpk_output o)
@@ -155,6 +156,7 @@ qpk_status qpk_sink_end_tensor(qpk_sink *s, const int32_t *perm, qpk_err *e)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "a permutation goes with exactly the tensors declared permuted");
     s->open = false;
     s->cur++;
+    s->last_change = 0;
     switch (s->kind) {
     case QPK_OUT_QPK: {
         QPK_TRY(qpk_writer_end_tensor(s->w, e));
@@ -167,12 +169,14 @@ qpk_status qpk_sink_end_tensor(qpk_sink *s, const int32_t *perm, qpk_err *e)
         QPK_TRY(qpk_writer_write(s->w, perm, (size_t)cols * sizeof *perm, e)); /* little-endian, as the format */
         return qpk_writer_end_tensor(s->w, e);
     }
-    case QPK_OUT_GGUF: qpk_gguf_export_next(s->gguf); return QPK_OK;
+    case QPK_OUT_GGUF: qpk_gguf_export_next(s->gguf, &s->last_change); return QPK_OK;
     default: return qpk_hf_sink_end(s->hf, perm, e);
     }
 }
 
 uint64_t qpk_sink_last_xxh3(const qpk_sink *s) { return s->kind == QPK_OUT_QPK ? qpk_writer_last_xxh3(s->w) : 0; }
+
+double qpk_sink_last_change(const qpk_sink *s) { return s->last_change; }
 
 qpk_status qpk_sink_finish(qpk_sink *s, const char *meta, size_t meta_len, qpk_err *e)
 {

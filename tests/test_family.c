@@ -446,6 +446,88 @@ static void check_wide_experts(void)
     }
 }
 
+/* The largest |w_a - w_b| over every matrix of two models of the same config, read back from their files. */
+static double max_weight_diff(qpk_source *a, qpk_source *b)
+{
+    const qpk_config *c = qpk_source_config(a);
+    double worst = 0;
+    qpk_err e = {0};
+    for (size_t i = 0; i < qpk_model_n_tensors(c); i++) {
+        qpk_role role;
+        int layer;
+        qpk_model_tensor_at(c, i, &role, &layer);
+        qpk_matrix x, y;
+        if (!qpk_role_is_matrix(role) || qpk_source_matrix(a, role, layer, &x, &e) != QPK_OK ||
+            qpk_source_matrix(b, role, layer, &y, &e) != QPK_OK) {
+            CHECKF(qpk_role_is_matrix(role) == false, "%s", e.msg);
+            continue;
+        }
+        /* Both rows scattered into input order (an act-order source's columns are permuted). */
+        float *u = malloc((size_t)x.cols * sizeof *u), *v = malloc((size_t)x.cols * sizeof *v);
+        float *ux = malloc((size_t)x.cols * sizeof *ux), *vy = malloc((size_t)x.cols * sizeof *vy);
+        for (int64_t r = 0; r < x.rows; r++) {
+            qpk_kernels_scalar()->row_to_f32(&x, r, u);
+            qpk_kernels_scalar()->row_to_f32(&y, r, v);
+            for (int64_t k = 0; k < x.cols; k++) {
+                int32_t px = (int32_t)k, py = (int32_t)k;
+                if (x.perm)
+                    memcpy(&px, x.perm + k, 4);
+                if (y.perm)
+                    memcpy(&py, y.perm + k, 4);
+                ux[px] = u[k], vy[py] = v[k];
+            }
+            for (int64_t k = 0; k < x.cols; k++)
+                worst = fmax(worst, fabs((double)ux[k] - vy[k]));
+        }
+        free(ux), free(vy);
+        free(u), free(v);
+    }
+    return worst;
+}
+
+/*
+ * The certificate of conversions between quantized formats, checked against the weights read
+ * back: a GPTQ checkpoint to .qpk and to GGUF (int4s: Q4_0) says every matrix is exact, and
+ * the weights read back equal the source's; an act-order checkpoint requantized for GGUF says
+ * which matrices changed and the largest change, which equals the largest difference read back;
+ * AWQ's int4 as GGUF's Q4_1, whose offsets are rounded to f16 in some blocks, likewise.
+ */
+static void check_certificate(const char *fx)
+{
+    char src[4096], q[4096];
+    qpk_err e = {0};
+    const struct {
+        const char *fixture;
+        qpk_output to;
+        bool requantize;
+        int64_t exact, changed;
+    } cases[] = {{"qwen-tiny-a-gptq-int4", QPK_OUT_QPK, false, 29, 0},
+                 {"qwen-tiny-a-gptq-int8", QPK_OUT_GGUF, false, 29, 0},
+                 {"qwen-tiny-a-gptq-int4-actorder", QPK_OUT_QPK, true, 1, 28},
+                 {"qwen-tiny-a-awq", QPK_OUT_GGUF, false, 1, 28}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        snprintf(src, sizeof src, "%s/%s", fx, cases[i].fixture);
+        snprintf(q, sizeof q, "%s/cert%zu.%s", tmpdir, i, cases[i].to == QPK_OUT_GGUF ? "gguf" : "qpk");
+        qpk_convert_opts o = {.dtype = -1, .to = cases[i].to, .requantize = cases[i].requantize};
+        qpk_convert_result r = {0};
+        CHECKF(qpk_convert_path(src, q, &o, &r, &e) == QPK_OK, "%s: %s", cases[i].fixture, e.msg);
+        CHECKF(r.n_exact == cases[i].exact && r.n_changed == cases[i].changed, "%s: %lld exact, %lld changed",
+               cases[i].fixture, (long long)r.n_exact, (long long)r.n_changed);
+        qpk_source *a, *b;
+        if (tu_open(&a, src, false, &e) == QPK_OK && tu_open(&b, q, false, &e) == QPK_OK) {
+            double d = max_weight_diff(a, b);
+            printf("certificate %-32s %lld exact, %lld changed (max %.3g, rel Frobenius %.3g); read back: max |dw| %.3g\n",
+                   cases[i].fixture, (long long)r.n_exact, (long long)r.n_changed, r.max_change, r.max_rel_frobenius, d);
+            /* Q4_1 decodes d q + m in f32 where the source has d (q - z): a few ulps of the weights apart */
+            CHECKF(fabs(d - r.max_change) <= 1e-6 * fmax(d, 1e-30) + 1e-9, "%s: the certificate says %g, the weights "
+                   "read back differ by %g", cases[i].fixture, r.max_change, d);
+            CHECK(!cases[i].requantize || (r.max_rel_frobenius > 0 && r.max_rel_frobenius < 0.2));
+            tu_close(a), tu_close(b);
+        }
+        qpk_convert_result_free(&r);
+    }
+}
+
 int main(void)
 {
     const char *fx = fixtures_dir();
@@ -476,6 +558,7 @@ int main(void)
     check_versions(fx);
     check_exact_reals();
     check_wide_experts();
+    check_certificate(fx);
     rm_rf(tmpdir);
     printf("test_family: %d passed, %d failed\n", th_passed, th_failed);
     return th_failed != 0;

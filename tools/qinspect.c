@@ -137,6 +137,30 @@ static void print_text(const char *path, const qpk_file *f, const cJSON *meta, b
         }
         putchar('\n');
     }
+    /* The certificate of a conversion from a quantized source: what was carried bit for bit. */
+    const cJSON *cert = cJSON_GetObjectItemCaseSensitive(prov, "certificate");
+    const cJSON *exact = cJSON_GetObjectItemCaseSensitive(cert, "exact"), *changed = cJSON_GetObjectItemCaseSensitive(cert, "changed");
+    if (cJSON_IsNumber(exact) && cJSON_IsNumber(changed)) {
+        printf("certificate   %.0f of %.0f matrices carried exactly from the quantized source", exact->valuedouble,
+               exact->valuedouble + changed->valuedouble);
+        const cJSON *t, *list = cJSON_GetObjectItemCaseSensitive(cert, "tensors");
+        cJSON_ArrayForEach(t, list)
+        {
+            const cJSON *how = cJSON_GetObjectItemCaseSensitive(t, "how");
+            const cJSON *max = cJSON_GetObjectItemCaseSensitive(t, "max_abs_change");
+            const cJSON *rel = cJSON_GetObjectItemCaseSensitive(t, "rel_frobenius");
+            if (!cJSON_IsString(how) || !cJSON_IsNumber(max))
+                continue;
+            printf("\n              ");
+            cli_print_msg(stdout, t->string);
+            printf(": ");
+            cli_print_msg(stdout, how->valuestring);
+            printf(", max |dw| %.3g", max->valuedouble);
+            if (cJSON_IsNumber(rel))
+                printf(", relative Frobenius error %.3g", rel->valuedouble);
+        }
+        putchar('\n');
+    }
     printf("embedded      %zu file(s)", qpk_n_blobs(f));
     for (size_t i = 0; i < qpk_n_blobs(f); i++) {
         uint64_t size;

@@ -138,6 +138,12 @@ typedef struct qpk_convert_result {
      * round-to-nearest because too few calibration tokens reached them. */
     int64_t n_experts_calibrated, n_experts_rtn;
     uint64_t tensors_bytes;  /* bytes of tensor data written */
+    /* The certificate of a conversion from a quantized source (GPTQ/AWQ folder, .qpk, GGUF):
+     * matrices carried bit for bit, and those changed (requantized, or rounded by the target's
+     * layout) with the largest weight change and the worst relative Frobenius error. A .qpk
+     * output records it per tensor in its provenance. */
+    int64_t n_exact, n_changed;
+    double max_change, max_rel_frobenius;
     /* keep_requantized: the model as written (the requantized linears in memory, the
      * others views into the source, which must outlive it); NULL when nothing was requantized. */
     qpk_model *model;

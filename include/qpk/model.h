@@ -190,6 +190,9 @@ QPK_API qpk_status qpk_sink_write(qpk_sink *s, const void *data, size_t n, qpk_e
 QPK_API qpk_status qpk_sink_end_tensor(qpk_sink *s, const int32_t *perm, qpk_err *e);
 /* A .qpk sink: the XXH3 of the tensor last ended (what its table holds); 0 for the others. */
 QPK_API uint64_t qpk_sink_last_xxh3(const qpk_sink *s);
+/* The largest change a weight of the last tensor took to fit the target's layout: 0 when it
+ * is carried exactly (GGUF's int4 -> Q4_1 rounds an offset to f16 in some blocks). */
+QPK_API double qpk_sink_last_change(const qpk_sink *s);
 /* Makes the output appear complete (meta: a .qpk's metadata JSON; the others ignore it). Frees s. */
 QPK_API qpk_status qpk_sink_finish(qpk_sink *s, const char *meta, size_t meta_len, qpk_err *e);
 /* Leaves nothing at the path. NULL-safe. */

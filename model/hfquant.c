@@ -88,58 +88,70 @@ static qpk_status check_pattern(const char *what, const char *t, qpk_err *e)
 {
     if (strncmp(t, "re:", 3))
         return QPK_OK;
+    bool any = false; /* the previous character is an unescaped '.', which a '*' may follow */
     for (const char *p = t + 3; *p; p++) {
         if (*p == '\\') {
             if (p[1] != '.' && p[1] != '_' && p[1] != '-')
                 return qpk_err_setf(e, QPK_E_UNSUPPORTED, "quantization_config: %s \"%.80s\" uses the escape '\\%c': "
                                     "qpk matches literal text, '.', '.*', '\\.', '^' and '$'", what, t, p[1] ? p[1] : ' ');
             p++;
-        } else if (strchr("[](){}|+?", *p) || (*p == '*' && (p == t + 3 || p[-1] != '.')) ||
-                   (*p == '^' && p != t + 3) || (*p == '$' && p[1])) {
+            any = false;
+            continue;
+        }
+        if (strchr("[](){}|+?", *p) || (*p == '*' && !any) || (*p == '^' && p != t + 3) || (*p == '$' && p[1]))
             return qpk_err_setf(e, QPK_E_UNSUPPORTED, "quantization_config: %s \"%.80s\" uses '%c': qpk matches "
                                 "literal text, '.', '.*', '\\.', '^' and '$'", what, t, *p);
-        }
+        any = *p == '.';
     }
     return QPK_OK;
 }
 
-/* Pattern p (checked) against s from here on; true when it matches a prefix (re.match). */
-static bool match_here(const char *p, const char *s)
-{
-    for (;;) {
-        if (!*p)
-            return true;
-        if (p[0] == '$' && !p[1])
-            return !*s;
-        if (p[0] == '.' && p[1] == '*') {
-            for (const char *t = s;; t++) { /* shortest first; backtracks over every split */
-                if (match_here(p + 2, t))
-                    return true;
-                if (!*t)
-                    return false;
-            }
-        }
-        if (!*s)
-            return false;
-        if (p[0] == '\\') {
-            if (*s != p[1])
-                return false;
-            p += 2;
-        } else {
-            if (p[0] != '.' && p[0] != *s)
-                return false;
-            p++;
-        }
-        s++;
-    }
-}
+/*
+ * Within that subset a pattern is a glob ('.*' any run, '.' any one character) matched at
+ * the start of the name, reaching its end only with '$'; matched as globs are, remembering
+ * only the last '.*', so a hostile pattern of many '.*' costs time linear in each length's
+ * product, never exponential.
+ */
+enum { ANY_RUN = -1, ANY_ONE = -2 };
 
 bool qpk_ct_match(const char *target, const char *name)
 {
     if (strncmp(target, "re:", 3))
         return !strcmp(target, name);
+    int tok[128], n = 0;
     const char *p = target + 3;
-    return match_here(p[0] == '^' ? p + 1 : p, name);
+    if (*p == '^')
+        p++;
+    bool anchored_end = false;
+    while (*p && n < 126) {
+        if (p[0] == '$' && !p[1])
+            anchored_end = true, p++;
+        else if (p[0] == '.' && p[1] == '*')
+            tok[n++] = ANY_RUN, p += 2;
+        else if (p[0] == '.')
+            tok[n++] = ANY_ONE, p++;
+        else if (p[0] == '\\' && p[1])
+            tok[n++] = (unsigned char)p[1], p += 2;
+        else
+            tok[n++] = (unsigned char)*p++;
+    }
+    if (!anchored_end) /* re.match: a prefix is enough */
+        tok[n++] = ANY_RUN;
+    size_t i = 0, len = strlen(name), mark = 0;
+    int k = 0, star = -1;
+    while (i < len) {
+        if (k < n && (tok[k] == ANY_ONE || tok[k] == (unsigned char)name[i]))
+            k++, i++;
+        else if (k < n && tok[k] == ANY_RUN)
+            star = k++, mark = i;
+        else if (star >= 0)
+            k = star + 1, i = ++mark;
+        else
+            return false;
+    }
+    while (k < n && tok[k] == ANY_RUN)
+        k++;
+    return k == n;
 }
 
 /* A list of names or patterns (targets, ignore) into dst; at most cap of at most len - 1 bytes. */

@@ -231,7 +231,7 @@ done
 "$bin/qgen" "$tmp/g" --preset tiny >/dev/null
 expect 3 "no tokenizer.json" -- "$bin/qconvert" "$tmp/g" -o "$tmp/m.gguf"
 expect 2 "groups of 32: leave out --group" -- "$bin/qconvert" "$tmp/g" -o "$tmp/m.gguf" --quant int8 --group 128
-expect 2 "qpk, gguf, gptq or awq" -- "$bin/qconvert" "$tmp/g" -o "$tmp/m.gguf" --to ggml
+expect 2 "qpk, gguf, gptq, awq or compressed-tensors" -- "$bin/qconvert" "$tmp/g" -o "$tmp/m.gguf" --to ggml
 expect 2 "already a .qpk" -- "$bin/qconvert" "$tmp/m.qpk" -o "$tmp/again.qpk"
 expect 2 "re-packed with its tensors as they are" -- "$bin/qconvert" "$tmp/m.qpk" -o "$tmp/m.gguf" --quant int8
 expect 3 "embeds no tokenizer.json" -- "$bin/qconvert" "$tmp/m.qpk" -o "$tmp/m.gguf"

@@ -1337,6 +1337,8 @@ static void test_ct_config(void)
         {CTC("", ", \"ignore\": [\"re:model\\\\d+\"]"), QPK_E_UNSUPPORTED,
          "quantization_config: ignore \"re:model\\d+\" uses the escape '\\d'"},
         {CTC("", ", \"ignore\": [\"re:a*\"]"), QPK_E_UNSUPPORTED, "quantization_config: ignore \"re:a*\" uses '*'"},
+        {CTC("", ", \"ignore\": [\"re:a\\\\.*\"]"), QPK_E_UNSUPPORTED,
+         "quantization_config: ignore \"re:a\\.*\" uses '*'"}, /* '\.*': dots repeated, not '.*' */
         {CTC("", ", \"transform_config\": {\"quip\": {}}"), QPK_E_UNSUPPORTED,
          "compressed-tensors transform_config (rotations of the weights)"},
         {"{\"quantization_config\": {\"quant_method\": \"compressed-tensors\", \"format\": \"pack-quantized\"}}",
@@ -1378,6 +1380,11 @@ static void test_ct_config(void)
         {"re:self_attn", "model.layers.0.self_attn.q_proj", false},
         {"re:.*self_attn.*proj$", "model.layers.0.self_attn.o_proj", true},
         {"re:.*", "", true},
+        /* many '.*' and no match: linear backtracking, not exponential (this would take years otherwise) */
+        {"re:.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*x$",
+         "model.layers.0.self_attn.q_proj.model.layers.0.self_attn.q_proj.model.layers.0.self_attn.q_proj", false},
+        {"re:.*a.*b.*c$", "xaxbxc", true},
+        {"re:.*a.*b.*c$", "xaxbxcx", false},
     };
     for (size_t i = 0; i < sizeof M / sizeof *M; i++)
         CHECKF(qpk_ct_match(M[i].target, M[i].name) == M[i].match, "'%s' against '%s': want %d", M[i].target,

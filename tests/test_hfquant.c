@@ -284,6 +284,33 @@ static void test_ct_fixtures(void)
         check_ref_logits(fixture, out);
         rm_rf(out), unlink(back), unlink(qpk);
     }
+    /* Mixed schemes (int4 g32 asym, int4s for q_proj, int8 for down_proj): three config groups, two naming their
+     * modules, and the same .qpk back byte for byte. */
+    {
+        char a[4096], mixed[4096], mixed_back[4096];
+        qpk_quant_rule rules[3];
+        qpk_err e = {0};
+        CHECK(qpk_quant_rule_parse("down_proj=int8", &rules[0], &e) == QPK_OK &&
+              qpk_quant_rule_parse("q_proj=int4s", &rules[1], &e) == QPK_OK &&
+              qpk_quant_rule_parse("embed_tokens=f16", &rules[2], &e) == QPK_OK); /* folders keep it float */
+        snprintf(a, sizeof a, "%s/qwen-tiny-a", FX);
+        snprintf(qpk, sizeof qpk, "%s/mixed.qpk", TMP);
+        snprintf(mixed, sizeof mixed, "%s/mixed.ct", TMP);
+        snprintf(mixed_back, sizeof mixed_back, "%s/mixed.back.qpk", TMP);
+        qpk_convert_opts q = {.dtype = -1, .quant = QPK_TYPE_INT4, .group = 32, .rules = rules, .n_rules = 3};
+        qpk_convert_opts x = {.to = QPK_OUT_CT}, o = {.dtype = -1};
+        CHECKF(tu_convert(a, qpk, &q, &e) == QPK_OK, "%s", e.msg);
+        CHECKF(tu_export_hf(qpk, mixed, &x, &e) == QPK_OK, "%s", e.msg);
+        CHECKF(tu_convert(mixed, mixed_back, &o, &e) == QPK_OK, "%s", e.msg);
+        check_same_qpk(qpk, mixed_back);
+        size_t len;
+        char p[4096], *cfg = slurp(path2(p, mixed, "config.json"), &len);
+        CHECKF(cfg && strstr(cfg, "\"group_2\"") && !strstr(cfg, "\"group_3\"") &&
+                   strstr(cfg, "\"model.layers.3.mlp.down_proj\"") && strstr(cfg, "\"model.layers.0.self_attn.q_proj\""),
+               "%s: not three config groups naming down_proj and q_proj", mixed);
+        free(cfg);
+        rm_rf(mixed), unlink(qpk), unlink(mixed_back);
+    }
     /* GPTQ and AWQ folders as compressed-tensors: the same .qpk as the folder itself gives, bit for bit. */
     for (size_t k = 0; k < sizeof FIXTURES / sizeof *FIXTURES; k++) {
         snprintf(fixture, sizeof fixture, "%s/qwen-tiny-a-%s", FX, FIXTURES[k]);

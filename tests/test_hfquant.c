@@ -460,7 +460,8 @@ static void test_awq_quality(void)
 
 /* --------------------------------------------------- malformed checkpoints */
 
-/* NARROW: one column fewer; F16_TO_F32: the same values stored as F32. */
+/* NARROW: one column fewer; F16_TO_F32: the same values stored as F32 (then element index set to the bits value,
+ * when value is not 0). */
 typedef enum action { KEEP, DROP, TRUNCATE, AS_F32, SET_WORD, SET_HALF, ZERO_ALL, TO_FLOAT, NARROW, F16_TO_F32 } action;
 
 typedef struct defect {
@@ -516,6 +517,8 @@ static bool make_variant(const defect *d, const char *dir)
                     memcpy(&h, (const uint8_t *)t->data + 2 * j, 2);
                     fv[j] = qpk_f16_to_f32(h);
                 }
+                if (d->value)
+                    memcpy(&fv[d->index], &d->value, 4);
                 free(data[k]);
                 data[k] = (uint8_t *)fv;
                 x->dtype = QPK_ST_F32, x->nbytes = t->numel * 4;
@@ -1259,6 +1262,10 @@ static void test_ct_malformed(void)
          Q ".weight_packed has dtype F32, not I32"},
         {"scale NaN", B, NULL, NULL, Q ".weight_scale", SET_HALF, 5, 0x7e00, QPK_E_VALUE,
          Q ".weight_scale[5][0] is nan: not finite"},
+        {"an F32 scale no f16 holds", A, NULL, NULL, Q ".weight_scale", F16_TO_F32, 9, 0x3dcccccd /* 0.1f */,
+         QPK_E_VALUE,
+         Q ".weight_scale[2][1] is 0.1: not exact in f16 (qpk's blocks hold f16 scales, so this linear cannot be "
+           "imported exactly)"},
         {"bits 3", A, "\"num_bits\": 4", "\"num_bits\": 3", NULL, KEEP, 0, 0, QPK_E_UNSUPPORTED,
          "compressed-tensors config group group_0 has 3-bit weights: qpk reads 4 and 8"},
         {"a config group whose targets match nothing", A, "\"config_groups\": {", "\"config_groups\": {\"extra\": " GROUP8 ", ",

@@ -368,6 +368,11 @@ static cJSON *ct_quant_config(const hf_export *x)
     }
     cJSON *ignore = cJSON_AddArrayToObject(q, "ignore");
     cJSON_AddItemToArray(ignore, cJSON_CreateString("lm_head"));
+    /* The routers are Linear modules too, kept float: without these, "Linear" would claim them. */
+    if (qpk_config_is_moe(x->cfg))
+        cJSON_AddItemToArray(ignore, cJSON_CreateString("re:.*mlp\\.gate$"));
+    if (qpk_config_is_moe(x->cfg) && x->cfg->shared_expert_intermediate_size > 0)
+        cJSON_AddItemToArray(ignore, cJSON_CreateString("re:.*mlp\\.shared_expert_gate$"));
     cJSON_AddNullToObject(q, "kv_cache_scheme");
     cJSON_AddObjectToObject(q, "sparsity_config");
     cJSON_AddObjectToObject(q, "transform_config");

@@ -500,6 +500,13 @@ static qpk_status claim_quantized(qpk_checkpoint *ck, qpk_err *e)
     for (int l = 0; l < c->n_layers; l++)
         for (int i = 0; i < QPK_LAYER_ROLES; i++) {
             qpk_role r = qpk_layer_role(i);
+            if ((r == QPK_ROLE_ROUTER || r == QPK_ROLE_SHEXP_ROUTER) && ck->hfq.method == QPK_HFQ_CT &&
+                qpk_layer_has_role(c, r, l)) { /* float here whatever the config says; ignore may name them */
+                char router[QPK_MAX_NAME];
+                qpk_tensor_name(router, sizeof router, r, l);
+                router[strlen(router) - strlen(".weight")] = 0;
+                qpk_hfq_ct_mark_ignored(&ck->hfq, router);
+            }
             if (!qpk_role_is_matrix(r) || !qpk_layer_has_role(c, r, l))
                 continue;
             if (qpk_role_is_expert(r)) {
@@ -534,8 +541,10 @@ static qpk_status claim_quantized(qpk_checkpoint *ck, qpk_err *e)
             snprintf(q->name, sizeof q->name, "%s", name);
             QPK_TRY(qpk_qlinear_init(q, e));
         }
-    if (ck->hfq.method == QPK_HFQ_CT)
+    if (ck->hfq.method == QPK_HFQ_CT) {
+        qpk_hfq_ct_mark_ignored(&ck->hfq, "model.embed_tokens");
         QPK_TRY(qpk_hfq_ct_check_used(&ck->hfq, e));
+    }
     return QPK_OK;
 }
 

@@ -347,6 +347,13 @@ qpk_status qpk_hfq_ct_scheme(qpk_hfq *q, const char *name, int *k, qpk_err *e)
     return QPK_OK;
 }
 
+void qpk_hfq_ct_mark_ignored(qpk_hfq *q, const char *name)
+{
+    for (int i = 0; i < q->n_skip; i++)
+        if (qpk_ct_match(q->skip[i], name))
+            q->skip_used[i] = true;
+}
+
 qpk_status qpk_hfq_ct_check_used(const qpk_hfq *q, qpk_err *e)
 {
     for (int g = 0; g < q->n_ct; g++)

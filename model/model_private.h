@@ -118,6 +118,9 @@ bool qpk_hfq_skips(const qpk_hfq *q, const char *name);
  * groups and ignore entries that matched.
  */
 qpk_status qpk_hfq_ct_scheme(qpk_hfq *q, const char *name, int *k, qpk_err *e);
+/* Marks the ignore entries naming a module that is no quantizable linear (a router, the embedding): named is not
+ * missing. */
+void qpk_hfq_ct_mark_ignored(qpk_hfq *q, const char *name);
 /* After every module was looked up: each config group quantized one, and each ignore entry that is a plain name
  * named one (lm_head always exists). */
 qpk_status qpk_hfq_ct_check_used(const qpk_hfq *q, qpk_err *e);

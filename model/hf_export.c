@@ -319,6 +319,71 @@ static void add_target(cJSON *list, const char *weight_name)
     cJSON_AddItemToArray(list, cJSON_CreateString(name));
 }
 
+/*
+ * The "re:" pattern of a role in every layer ("re:.*\.mlp\.down_proj$"; experts:
+ * "re:.*\.mlp\.experts\..*\.down_proj$"), within the subset the readers match: one
+ * target for a role a scheme holds whole, where naming its modules would take one per layer.
+ */
+static void role_pattern(qpk_role r, int layer, char *buf, size_t cap)
+{
+    char name[QPK_MAX_NAME], prefix[32];
+    if (qpk_role_is_expert(r))
+        qpk_expert_tensor_name(name, sizeof name, r, layer, 0);
+    else
+        qpk_tensor_name(name, sizeof name, r, layer);
+    snprintf(prefix, sizeof prefix, "model.layers.%d.", layer);
+    size_t n = (size_t)snprintf(buf, cap, "re:.*\\.");
+    const size_t end = strlen(name) - strlen(".weight");
+    for (size_t i = strlen(prefix); i < end && n + 8 < cap; i++) {
+        if (qpk_role_is_expert(r) && !strncmp(name + i, "experts.0.", 10)) {
+            n += (size_t)snprintf(buf + n, cap - n, "experts\\..*\\.");
+            i += 9;
+        } else if (name[i] == '.') {
+            n += (size_t)snprintf(buf + n, cap - n, "\\.");
+        } else {
+            buf[n++] = name[i], buf[n] = 0;
+        }
+    }
+    snprintf(buf + n, cap - n, "$");
+}
+
+/* Whether scheme k holds role r in every layer that has it. */
+static bool holds_role(const hf_export *x, int k, qpk_role r)
+{
+    for (size_t i = 0; i < x->n_decl; i++)
+        if (x->decl[i].role == r && x->decl[i].scheme != k)
+            return false;
+    return true;
+}
+
+/* The targets of scheme k (not the main one): a pattern per role it holds whole, else its modules' names. */
+static void scheme_targets(const hf_export *x, int k, cJSON *targets)
+{
+    for (size_t i = 0; i < x->n_decl; i++) {
+        const struct ct_decl *d = &x->decl[i];
+        char name[QPK_MAX_NAME + 32];
+        if (d->scheme != k)
+            continue;
+        if (holds_role(x, k, d->role)) {
+            bool first = true; /* the role's first layer in the declaration: one pattern for them all */
+            for (size_t j = 0; j < i && first; j++)
+                first = x->decl[j].role != d->role;
+            if (first) {
+                role_pattern(d->role, d->layer, name, sizeof name);
+                cJSON_AddItemToArray(targets, cJSON_CreateString(name));
+            }
+            continue;
+        }
+        for (int p = 0; p < (qpk_role_is_expert(d->role) ? x->cfg->n_experts : 1); p++) {
+            if (qpk_role_is_expert(d->role))
+                qpk_expert_tensor_name(name, sizeof name, d->role, d->layer, p);
+            else
+                qpk_tensor_name(name, sizeof name, d->role, d->layer);
+            add_target(targets, name);
+        }
+    }
+}
+
 /* compressed-tensors' quantization_config: one config group per scheme. */
 static cJSON *ct_quant_config(const hf_export *x)
 {
@@ -334,19 +399,8 @@ static cJSON *ct_quant_config(const hf_export *x)
         cJSON *g = cJSON_AddObjectToObject(groups, gname), *targets = cJSON_AddArrayToObject(g, "targets");
         if (k == x->main_scheme)
             cJSON_AddItemToArray(targets, cJSON_CreateString("Linear"));
-        for (size_t i = 0; k != x->main_scheme && i < x->n_decl; i++) {
-            const struct ct_decl *d = &x->decl[i];
-            char name[QPK_MAX_NAME];
-            if (d->scheme != k)
-                continue;
-            for (int p = 0; p < (qpk_role_is_expert(d->role) ? x->cfg->n_experts : 1); p++) {
-                if (qpk_role_is_expert(d->role))
-                    qpk_expert_tensor_name(name, sizeof name, d->role, d->layer, p);
-                else
-                    qpk_tensor_name(name, sizeof name, d->role, d->layer);
-                add_target(targets, name);
-            }
-        }
+        else
+            scheme_targets(x, k, targets);
         cJSON *w = cJSON_AddObjectToObject(g, "weights");
         cJSON_AddNumberToObject(w, "num_bits", s->bits);
         cJSON_AddStringToObject(w, "type", "int");
@@ -409,6 +463,16 @@ static qpk_status ct_plan(hf_export *x, const qpk_sink_model *m, qpk_err *e)
             x->main_scheme = k;
     if (!(x->ct_config = ct_quant_config(x)))
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    /* Readers hold a bounded list of targets per group (qpk's: QPK_CT_TARGETS): a longer one is refused here. */
+    const cJSON *g;
+    cJSON_ArrayForEach(g, cJSON_GetObjectItemCaseSensitive(x->ct_config, "config_groups"))
+    {
+        const int n = cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(g, "targets"));
+        if (n > QPK_CT_TARGETS)
+            return qpk_err_setf(e, QPK_E_LIMIT, "config group %s would name %d modules (its linears are scattered "
+                                "over roles and layers): qpk writes at most %d targets per group", g->string, n,
+                                QPK_CT_TARGETS);
+    }
     return QPK_OK;
 }
 

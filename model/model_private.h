@@ -75,7 +75,7 @@ const char *qpk_checkpoint_ignored(const qpk_checkpoint *ck, size_t i);
 typedef enum qpk_hfq_method { QPK_HFQ_NONE = 0, QPK_HFQ_GPTQ, QPK_HFQ_AWQ, QPK_HFQ_CT } qpk_hfq_method;
 
 #define QPK_CT_GROUPS 8   /* config groups of a compressed-tensors checkpoint */
-#define QPK_CT_TARGETS 16 /* targets of one group */
+#define QPK_CT_TARGETS 64 /* targets of one group */
 
 /* One config group of a compressed-tensors pack-quantized checkpoint (weight-only int). */
 typedef struct qpk_ct_group {

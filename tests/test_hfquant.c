@@ -284,14 +284,14 @@ static void test_ct_fixtures(void)
         check_ref_logits(fixture, out);
         rm_rf(out), unlink(back), unlink(qpk);
     }
-    /* Mixed schemes (int4 g32 asym, int4s for q_proj, int8 for down_proj): three config groups, two naming their
-     * modules, and the same .qpk back byte for byte. */
+    /* Mixed schemes (int4 g32 asym, int8 for down_proj, int4s for layer 0's q_proj): three config groups, one
+     * targeting down_proj by a pattern (a role held whole), one naming its module, and the same .qpk back. */
     {
         char a[4096], mixed[4096], mixed_back[4096];
         qpk_quant_rule rules[3];
         qpk_err e = {0};
         CHECK(qpk_quant_rule_parse("down_proj=int8", &rules[0], &e) == QPK_OK &&
-              qpk_quant_rule_parse("q_proj=int4s", &rules[1], &e) == QPK_OK &&
+              qpk_quant_rule_parse("layers.0.self_attn.q_proj=int4s", &rules[1], &e) == QPK_OK &&
               qpk_quant_rule_parse("embed_tokens=f16", &rules[2], &e) == QPK_OK); /* folders keep it float */
         snprintf(a, sizeof a, "%s/qwen-tiny-a", FX);
         snprintf(qpk, sizeof qpk, "%s/mixed.qpk", TMP);
@@ -306,8 +306,9 @@ static void test_ct_fixtures(void)
         size_t len;
         char p[4096], *cfg = slurp(path2(p, mixed, "config.json"), &len);
         CHECKF(cfg && strstr(cfg, "\"group_2\"") && !strstr(cfg, "\"group_3\"") &&
-                   strstr(cfg, "\"model.layers.3.mlp.down_proj\"") && strstr(cfg, "\"model.layers.0.self_attn.q_proj\""),
-               "%s: not three config groups naming down_proj and q_proj", mixed);
+                   strstr(cfg, "[\"re:.*\\\\.mlp\\\\.down_proj$\"]") &&
+                   strstr(cfg, "[\"model.layers.0.self_attn.q_proj\"]") && !strstr(cfg, "model.layers.3.mlp.down_proj"),
+               "%s: not three config groups, down_proj by its pattern and q_proj by its name", mixed);
         free(cfg);
         rm_rf(mixed), unlink(qpk), unlink(mixed_back);
     }
@@ -316,15 +317,16 @@ static void test_ct_fixtures(void)
     static const char *const MOE[] = {"qwen-tiny-moe"};
     for (size_t k = 0; k < sizeof MOE / sizeof *MOE; k++) {
         char src[4096], ct[4096], ct_back[4096];
-        qpk_quant_rule rules[2];
+        qpk_quant_rule rules[3];
         qpk_err e = {0};
         CHECK(qpk_quant_rule_parse("embed_tokens=f16", &rules[0], &e) == QPK_OK &&
-              qpk_quant_rule_parse("lm_head=f16", &rules[1], &e) == QPK_OK);
+              qpk_quant_rule_parse("lm_head=f16", &rules[1], &e) == QPK_OK &&
+              qpk_quant_rule_parse("experts.down_proj=int4s", &rules[2], &e) == QPK_OK); /* a second scheme */
         snprintf(src, sizeof src, "%s/%s", FX, MOE[k]);
         snprintf(qpk, sizeof qpk, "%s/%s.qpk", TMP, MOE[k]);
         snprintf(ct, sizeof ct, "%s/%s.ct", TMP, MOE[k]);
         snprintf(ct_back, sizeof ct_back, "%s/%s.back.qpk", TMP, MOE[k]);
-        qpk_convert_opts q = {.dtype = -1, .quant = QPK_TYPE_INT8, .group = QPK_GROUP_ROW, .rules = rules, .n_rules = 2};
+        qpk_convert_opts q = {.dtype = -1, .quant = QPK_TYPE_INT8, .group = QPK_GROUP_ROW, .rules = rules, .n_rules = 3};
         qpk_convert_opts x = {.to = QPK_OUT_CT}, o = {.dtype = -1};
         CHECKF(tu_convert(src, qpk, &q, &e) == QPK_OK, "%s: %s", src, e.msg);
         CHECKF(tu_export_hf(qpk, ct, &x, &e) == QPK_OK, "%s: %s", ct, e.msg);
@@ -332,8 +334,9 @@ static void test_ct_fixtures(void)
         check_same_qpk(qpk, ct_back);
         size_t len;
         char p[4096], *cfg = slurp(path2(p, ct, "config.json"), &len);
-        CHECKF(cfg && strstr(cfg, "\"re:.*mlp\\\\.gate$\"") && strstr(cfg, "\"strategy\":\t\"channel\""),
-               "%s: no router in ignore, or not per channel", ct);
+        CHECKF(cfg && strstr(cfg, "\"re:.*mlp\\\\.gate$\"") && strstr(cfg, "\"strategy\":\t\"channel\"") &&
+                   strstr(cfg, "[\"re:.*\\\\.mlp\\\\.experts\\\\..*\\\\.down_proj$\"]"),
+               "%s: no router in ignore, not per channel, or the experts' down_proj not by their pattern", ct);
         /* The routers named one by one, as some releases list them: read alike; a router of a dense layer: none. */
         static const char *const ROUTERS[2] = {
             "\"model.layers.0.mlp.gate\", \"model.layers.2.mlp.gate\", \"model.layers.2.mlp.shared_expert_gate\"",

@@ -330,18 +330,24 @@ qpk_status qpk_hfq_ct_scheme(qpk_hfq *q, const char *name, int *k, qpk_err *e)
             q->skip_used[i] = ignored = true;
     if (ignored)
         return QPK_OK;
-    int best = 0; /* 3: a module name, 2: a pattern, 1: the class Linear */
-    for (int g = 0; g < q->n_ct; g++)
+    /* Each group's most specific match (3: a module name, 2: a pattern, 1: the class Linear), then the best. */
+    int rank[QPK_CT_GROUPS] = {0}, best = 0;
+    for (int g = 0; g < q->n_ct; g++) {
         for (int t = 0; t < q->ct[g].n_targets; t++) {
             const char *tg = q->ct[g].targets[t];
-            const int rank = !strcmp(tg, "Linear") ? 1 : qpk_ct_match(tg, name) ? (strncmp(tg, "re:", 3) ? 3 : 2) : 0;
-            if (!rank || rank < best || (rank == best && *k == g))
-                continue;
-            if (rank == best)
-                return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s is targeted by config groups %s and %s alike: which "
-                                    "one quantizes it is ambiguous", name, q->ct[*k].name, q->ct[g].name);
-            best = rank, *k = g;
+            const int r = !strcmp(tg, "Linear") ? 1 : qpk_ct_match(tg, name) ? (strncmp(tg, "re:", 3) ? 3 : 2) : 0;
+            rank[g] = r > rank[g] ? r : rank[g];
         }
+        best = rank[g] > best ? rank[g] : best;
+    }
+    for (int g = 0; best && g < q->n_ct; g++) {
+        if (rank[g] != best)
+            continue;
+        if (*k >= 0)
+            return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s is targeted by config groups %s and %s alike: which "
+                                "one quantizes it is ambiguous", name, q->ct[*k].name, q->ct[g].name);
+        *k = g;
+    }
     if (*k >= 0)
         q->ct[*k].used = true;
     return QPK_OK;

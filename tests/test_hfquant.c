@@ -1447,6 +1447,27 @@ static void test_ct_config(void)
         CHECKF(s == T[i].want && strstr(e.msg, T[i].msg), "case %zu: status %d \"%s\" (want %d \"%s\")", i, (int)s,
                e.msg, (int)T[i].want, T[i].msg);
     }
+    /* The most specific target wins, whatever the order of the groups; equal ones are ambiguous. */
+    {
+        static const char PREC[] =
+            "{\"quantization_config\": {\"quant_method\": \"compressed-tensors\", \"format\": \"pack-quantized\", "
+            "\"config_groups\": {"
+            "\"a\": {\"targets\": [\"Linear\"], \"weights\": {\"num_bits\": 8, \"type\": \"int\", \"strategy\": \"channel\"}}, "
+            "\"b\": {\"targets\": [\"Linear\"], \"weights\": {\"num_bits\": 4, \"type\": \"int\", \"strategy\": \"channel\"}}, "
+            "\"c\": {\"targets\": [\"re:.*q_proj$\"], \"weights\": {\"num_bits\": 4, \"type\": \"int\", \"strategy\": "
+            "\"channel\"}}, "
+            "\"d\": {\"targets\": [\"model.layers.0.self_attn.q_proj\"], \"weights\": {\"num_bits\": 8, \"type\": "
+            "\"int\", \"strategy\": \"channel\"}}}}}";
+        static qpk_hfq q;
+        qpk_err e = {0};
+        int k = -2;
+        CHECKF(qpk_hfq_parse(PREC, strlen(PREC), NULL, 0, &q, &e) == QPK_OK && q.n_ct == 4, "%s", e.msg);
+        CHECK(qpk_hfq_ct_scheme(&q, "model.layers.0.self_attn.q_proj", &k, &e) == QPK_OK && k == 3);
+        CHECK(qpk_hfq_ct_scheme(&q, "model.layers.1.self_attn.q_proj", &k, &e) == QPK_OK && k == 2);
+        CHECK(qpk_hfq_ct_scheme(&q, "model.layers.1.self_attn.k_proj", &k, &e) == QPK_E_UNSUPPORTED &&
+              !strcmp(e.msg, "model.layers.1.self_attn.k_proj is targeted by config groups a and b alike: which one "
+                             "quantizes it is ambiguous"));
+    }
     /* The subset of Python's re.match: anchored at the start, not at the end unless '$'. */
     static const struct {
         const char *target, *name;

@@ -785,7 +785,8 @@ static void add_recipe(cJSON *m, const qpk_convert_opts *o)
         cJSON_AddStringToObject(q, "group", "row");
     else
         cJSON_AddNumberToObject(q, "group", o->group);
-    bool float_embedding = (!o->quant && !o->preset) || o->to == QPK_OUT_GPTQ || o->to == QPK_OUT_AWQ;
+    bool float_embedding = (!o->quant && !o->preset) || o->to == QPK_OUT_GPTQ || o->to == QPK_OUT_AWQ ||
+                           o->to == QPK_OUT_CT;
     cJSON_AddStringToObject(q, "embedding", o->preset ? "as the preset" : float_embedding ? "as --dtype" : "int8");
     cJSON_AddStringToObject(q, "norms_and_biases", o->quant || o->preset ? "f32" : "as --dtype");
     if (o->method != QPK_METHOD_RTN) {
@@ -843,15 +844,31 @@ static void add_import(cJSON *m, const qpk_checkpoint *ck, const qpk_convert_opt
     cJSON *q = cJSON_AddObjectToObject(m, "quantization");
     cJSON_AddStringToObject(q, "method", "imported");
     cJSON *src = cJSON_AddObjectToObject(q, "source");
-    cJSON_AddStringToObject(src, "format", h->method == QPK_HFQ_GPTQ ? "gptq" : "awq");
-    cJSON_AddStringToObject(src, "layout", h->method == QPK_HFQ_AWQ ? "gemm" : h->v2 ? "gptq_v2" : "gptq");
-    cJSON_AddNumberToObject(src, "bits", h->bits);
-    if (h->group == -1)
-        cJSON_AddStringToObject(src, "group_size", "row");
-    else
-        cJSON_AddNumberToObject(src, "group_size", (double)h->group);
-    cJSON_AddBoolToObject(src, "sym", h->sym);
-    cJSON_AddBoolToObject(src, "desc_act", h->desc_act);
+    if (h->method == QPK_HFQ_CT) { /* one scheme per config group */
+        cJSON_AddStringToObject(src, "format", "compressed-tensors");
+        cJSON_AddStringToObject(src, "layout", "pack-quantized");
+        cJSON *groups = cJSON_AddObjectToObject(src, "config_groups");
+        for (int k = 0; k < h->n_ct; k++) {
+            cJSON *g = cJSON_AddObjectToObject(groups, h->ct[k].name);
+            cJSON_AddNumberToObject(g, "bits", h->ct[k].bits);
+            if (h->ct[k].group == -1)
+                cJSON_AddStringToObject(g, "group_size", "row");
+            else
+                cJSON_AddNumberToObject(g, "group_size", (double)h->ct[k].group);
+            cJSON_AddBoolToObject(g, "sym", h->ct[k].sym);
+            cJSON_AddBoolToObject(g, "actorder_group", h->ct[k].actorder);
+        }
+    } else {
+        cJSON_AddStringToObject(src, "format", h->method == QPK_HFQ_GPTQ ? "gptq" : "awq");
+        cJSON_AddStringToObject(src, "layout", h->method == QPK_HFQ_AWQ ? "gemm" : h->v2 ? "gptq_v2" : "gptq");
+        cJSON_AddNumberToObject(src, "bits", h->bits);
+        if (h->group == -1)
+            cJSON_AddStringToObject(src, "group_size", "row");
+        else
+            cJSON_AddNumberToObject(src, "group_size", (double)h->group);
+        cJSON_AddBoolToObject(src, "sym", h->sym);
+        cJSON_AddBoolToObject(src, "desc_act", h->desc_act);
+    }
     /* How many linears became each qpk type, and how many take their input permuted. */
     int count[QPK_TYPE_COUNT_] = {0}, permuted = 0, floats = 0;
     for (int l = 0; l < c->n_layers; l++)
@@ -1144,15 +1161,15 @@ static qpk_status check_options(const job *j, qpk_sink *sink, qpk_err *e)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "%s is already quantized (%s): its linears are imported exactly, "
                             "never requantized; a quantization type or method does not apply", qpk_source_path(j->src),
                             qpk_source_format(j->src));
-    if (to != QPK_OUT_GPTQ && to != QPK_OUT_AWQ)
+    if (to != QPK_OUT_GPTQ && to != QPK_OUT_AWQ && to != QPK_OUT_CT)
         return QPK_OK;
-    /* What a GPTQ/AWQ folder cannot hold, known from the options alone. */
+    /* What a GPTQ/AWQ/compressed-tensors folder cannot hold, known from the options alone. */
     const bool awq = to == QPK_OUT_AWQ;
-    const char *layout = awq ? "AWQ" : "GPTQ";
+    const char *layout = awq ? "AWQ" : to == QPK_OUT_CT ? "compressed-tensors" : "GPTQ";
     if (o->calib.awq_fold_only)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "AWQ fold-only keeps the linears in f32, which a %s folder cannot "
                             "hold", layout);
-    const unsigned folder = awq ? QPK_FOLDER_AWQ : QPK_FOLDER_GPTQ;
+    const unsigned folder = awq ? QPK_FOLDER_AWQ : to == QPK_OUT_CT ? QPK_FOLDER_CT : QPK_FOLDER_GPTQ;
     char held[128];
     qpk_folder_type_list(folder, true, held, sizeof held);
     if (o->quant && !(qpk_type_info_of((uint32_t)o->quant)->folders & folder))

@@ -152,7 +152,8 @@ qpk_status qpk_tensor_plan(const qpk_convert_opts *o, const qpk_config *c, const
         *type = vector ? QPK_TYPE_F32 : preset_type(o->preset, role, layer, c);
         *group = qpk_type_is_quantized(*type) ? 32 : 0;
     } else if (o->quant) {
-        bool hf = o->to == QPK_OUT_GPTQ || o->to == QPK_OUT_AWQ; /* those layouts keep the embedding float */
+        /* those layouts keep the embedding float */
+        bool hf = o->to == QPK_OUT_GPTQ || o->to == QPK_OUT_AWQ || o->to == QPK_OUT_CT;
         *type = vector ? QPK_TYPE_F32
                 : (role == QPK_ROLE_EMBED || role == QPK_ROLE_LM_HEAD)
                     ? (hf ? (o->dtype < 0 ? qpk_st_keep_type(src->dtype) : (uint32_t)o->dtype) : QPK_TYPE_INT8)

@@ -41,7 +41,7 @@ static const qpk_type_info QPK_TYPE_TABLE[QPK_TYPE_COUNT_] = {
 #define GROUP(n, b, H, ggml, gname, ftype, quant, ver)                                                           \
     {.name = n, .bits = b, .head_bytes = sizeof(H), .ggml_type = ggml, .scale_at = {AT(H, d), -1},              \
      .ggml_name = gname, .file_type = ftype, .quant_target = quant, .version = ver,                             \
-     .folders = QPK_FOLDER_GPTQ | ((b) == 4 ? QPK_FOLDER_AWQ : 0)}
+     .folders = QPK_FOLDER_GPTQ | QPK_FOLDER_CT | ((b) == 4 ? QPK_FOLDER_AWQ : 0)}
     [QPK_TYPE_INT8] = GROUP("int8", 8, qpk_head_int8, 8, "Q8_0", 7, true, 1),
     [QPK_TYPE_INT4] = GROUP("int4", 4, qpk_head_int4, 3, NULL, 3, true, 1), /* to Q4_1 with m = -d z */
     [QPK_TYPE_INT4S] = GROUP("int4s", 4, qpk_head_int4s, 2, "Q4_0", 2, true, 1),

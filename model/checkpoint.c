@@ -20,6 +20,7 @@ struct qpk_checkpoint {
     char *dir;
     qpk_config cfg;
     qpk_hfq hfq;          /* a GPTQ/AWQ checkpoint's quantization (method NONE: float) */
+    qpk_hfq *schemes;     /* compressed-tensors: each config group's layout, which its linears point to */
     qpk_qlinear *qlin;    /* [(layer + 1) * QPK_ROLE_COUNT_ + role]: its quantized linears (rows 0: float) */
     qpk_safetensors **shards;
     char **shard_names;
@@ -350,19 +351,28 @@ static const qpk_st_tensor *find_any(const qpk_checkpoint *ck, const char *name)
     return NULL;
 }
 
-static const char *const QPARTS[4] = {".qweight", ".qzeros", ".scales", ".g_idx"};
+static const char *const QPARTS[5] = {".qweight", ".qzeros", ".scales", ".g_idx", ""};
+/* compressed-tensors' names of the same parts, and the weight's shape. */
+static const char *const CT_QPARTS[5] = {".weight_packed", ".weight_zero_point", ".weight_scale", ".weight_g_idx",
+                                         ".weight_shape"};
+
+static const char *const *qparts(const qpk_checkpoint *ck)
+{
+    return ck->hfq.method == QPK_HFQ_CT ? CT_QPARTS : QPARTS;
+}
 
 /* Whether name is a part of a quantized linear of this checkpoint (P.qweight, ...). */
 static bool is_qpart(const qpk_checkpoint *ck, const char *name)
 {
     if (ck->hfq.method == QPK_HFQ_NONE)
         return false;
-    for (int k = 0; k < 4; k++) {
-        size_t n = strlen(name), s = strlen(QPARTS[k]);
+    const char *const *parts = qparts(ck);
+    for (int k = 0; k < 5 && parts[k][0]; k++) {
+        size_t n = strlen(name), s = strlen(parts[k]);
         char weight[QPK_MAX_NAME];
         qpk_role role;
         int layer;
-        if (n > s && !strcmp(name + n - s, QPARTS[k]) && n - s + 8 < sizeof weight) {
+        if (n > s && !strcmp(name + n - s, parts[k]) && n - s + 8 < sizeof weight) {
             snprintf(weight, sizeof weight, "%.*s.weight", (int)(n - s), name);
             int expert;
             if ((qpk_tensor_role(&ck->cfg, weight, &role, &layer) && qpk_role_is_per_layer(role) &&
@@ -373,15 +383,41 @@ static bool is_qpart(const qpk_checkpoint *ck, const char *name)
     return false;
 }
 
-/* The GPTQ/AWQ parts of the linear called name ("model.layers.3.mlp.up_proj"), each NULL when absent. */
-static bool find_parts(const qpk_checkpoint *ck, const char *name, const qpk_st_tensor *t[4])
+/* The GPTQ/AWQ/compressed-tensors parts of the linear called name ("model.layers.3.mlp.up_proj"), each NULL when
+ * absent (t[4], the weight's shape, compressed-tensors' only). */
+static bool find_parts(const qpk_checkpoint *ck, const char *name, const qpk_st_tensor *t[5])
 {
-    char part[QPK_MAX_NAME + 16];
-    for (int k = 0; k < 4; k++) {
-        snprintf(part, sizeof part, "%s%s", name, QPARTS[k]);
-        t[k] = find_any(ck, part);
+    char part[QPK_MAX_NAME + 24];
+    const char *const *parts = qparts(ck);
+    for (int k = 0; k < 5; k++) {
+        snprintf(part, sizeof part, "%s%s", name, parts[k]);
+        t[k] = parts[k][0] ? find_any(ck, part) : NULL;
     }
-    return t[0] || t[1] || t[2] || t[3];
+    return t[0] || t[1] || t[2] || t[3] || t[4];
+}
+
+/*
+ * The layout the linear called name follows: the checkpoint's (GPTQ/AWQ), or its config
+ * group's (compressed-tensors); NULL when the config leaves it in float. A
+ * compressed-tensors linear stored packed that the config leaves in float, or the reverse,
+ * is refused naming it.
+ */
+static qpk_status layout_of(qpk_checkpoint *ck, const char *name, bool packed, bool float_weight,
+                            const qpk_hfq **out, qpk_err *e)
+{
+    *out = &ck->hfq;
+    if (ck->hfq.method != QPK_HFQ_CT)
+        return QPK_OK;
+    int k;
+    QPK_TRY(qpk_hfq_ct_scheme(&ck->hfq, name, &k, e));
+    *out = k >= 0 ? &ck->schemes[k] : NULL;
+    if (k < 0 && packed)
+        return qpk_err_setf(e, QPK_E_MISMATCH, "%s is stored packed while the config leaves it in float (%s)", name,
+                            qpk_hfq_skips(&ck->hfq, name) ? "it is in ignore" : "no config group targets it");
+    if (k >= 0 && float_weight)
+        return qpk_err_setf(e, QPK_E_MISMATCH, "%s is stored in float while config group %s quantizes it (it is not in "
+                            "ignore)", name, ck->hfq.ct[k].name);
+    return QPK_OK;
 }
 
 /*
@@ -395,11 +431,15 @@ static qpk_status claim_experts(qpk_checkpoint *ck, qpk_role r, int l, qpk_err *
 {
     const qpk_config *c = &ck->cfg;
     char name[QPK_MAX_NAME];
-    const qpk_st_tensor *t[4];
+    const qpk_st_tensor *t[5];
     qpk_expert_tensor_name(name, sizeof name, r, l, 0);
     name[strlen(name) - strlen(".weight")] = 0;
-    if (!find_parts(ck, name, t))
-        return QPK_OK; /* float experts: stack_experts takes them */
+    if (!find_parts(ck, name, t)) {
+        char weight[QPK_MAX_NAME + 8];
+        const qpk_hfq *lay;
+        snprintf(weight, sizeof weight, "%s.weight", name);
+        return layout_of(ck, name, false, find_any(ck, weight) != NULL, &lay, e); /* float experts: stack_experts */
+    }
     qpk_qlinear *q = &ck->qlin[slot(r, l)];
     int64_t dims[2];
     qpk_role_shape(c, r, dims);
@@ -417,11 +457,13 @@ static qpk_status claim_experts(qpk_checkpoint *ck, qpk_role r, int l, qpk_err *
             if (find_any(ck, weight))
                 return qpk_err_setf(e, QPK_E_MISMATCH, "%s is float while expert 0 is quantized: a layer's experts are "
                                     "quantized alike", weight);
-            return qpk_err_setf(e, QPK_E_MISMATCH, "missing tensor '%s.qweight' (num_experts is %lld)", name,
-                                (long long)c->n_experts);
+            return qpk_err_setf(e, QPK_E_MISMATCH, "missing tensor '%s%s' (num_experts is %lld)", name,
+                                qparts(ck)[0], (long long)c->n_experts);
         }
-        *p = (qpk_qlinear){.q = &ck->hfq, .qweight = t[0], .qzeros = t[1], .scales = t[2], .g_idx = t[3], .rows = per,
-                           .cols = dims[1]};
+        const qpk_hfq *lay;
+        QPK_TRY(layout_of(ck, name, true, false, &lay, e));
+        *p = (qpk_qlinear){.q = lay, .qweight = t[0], .qzeros = t[1], .scales = t[2], .g_idx = t[3], .shape = t[4],
+                           .rows = per, .cols = dims[1]};
         snprintf(p->name, sizeof p->name, "%s", name);
         QPK_TRY(qpk_qlinear_init(p, e));
         if (p->perm)
@@ -435,7 +477,8 @@ static qpk_status claim_experts(qpk_checkpoint *ck, qpk_role r, int l, qpk_err *
     qpk_tensor_name(name, sizeof name, r, l);
     name[strlen(name) - strlen(".weight")] = 0;
     snprintf(q->name, sizeof q->name, "%s", name);
-    q->q = &ck->hfq, q->qweight = q->parts[0].qweight, q->qzeros = q->parts[0].qzeros, q->scales = q->parts[0].scales;
+    q->q = q->parts[0].q, q->qweight = q->parts[0].qweight, q->qzeros = q->parts[0].qzeros;
+    q->scales = q->parts[0].scales, q->shape = q->parts[0].shape;
     q->rows = dims[0], q->cols = dims[1], q->type = q->parts[0].type, q->group = q->parts[0].group;
     return QPK_OK;
 }
@@ -448,9 +491,22 @@ static qpk_status claim_quantized(qpk_checkpoint *ck, qpk_err *e)
         return QPK_OK;
     if (!(ck->qlin = calloc((size_t)(c->n_layers + 1) * QPK_ROLE_COUNT_, sizeof *ck->qlin)))
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    if (ck->hfq.method == QPK_HFQ_CT) {
+        if (!(ck->schemes = calloc((size_t)ck->hfq.n_ct, sizeof *ck->schemes)))
+            return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+        for (int k = 0; k < ck->hfq.n_ct; k++)
+            qpk_hfq_ct_layout(&ck->hfq, k, &ck->schemes[k]);
+    }
     for (int l = 0; l < c->n_layers; l++)
         for (int i = 0; i < QPK_LAYER_ROLES; i++) {
             qpk_role r = qpk_layer_role(i);
+            if ((r == QPK_ROLE_ROUTER || r == QPK_ROLE_SHEXP_ROUTER) && ck->hfq.method == QPK_HFQ_CT &&
+                qpk_layer_has_role(c, r, l)) { /* float here whatever the config says; ignore may name them */
+                char router[QPK_MAX_NAME];
+                qpk_tensor_name(router, sizeof router, r, l);
+                router[strlen(router) - strlen(".weight")] = 0;
+                qpk_hfq_ct_mark_ignored(&ck->hfq, router);
+            }
             if (!qpk_role_is_matrix(r) || !qpk_layer_has_role(c, r, l))
                 continue;
             if (qpk_role_is_expert(r)) {
@@ -458,19 +514,19 @@ static qpk_status claim_quantized(qpk_checkpoint *ck, qpk_err *e)
                 continue;
             }
             qpk_qlinear *q = &ck->qlin[slot(r, l)];
-            char name[QPK_MAX_NAME], part[QPK_MAX_NAME + 16];
+            char name[QPK_MAX_NAME];
             int64_t dims[2];
             qpk_tensor_name(name, sizeof name, r, l);
             name[strlen(name) - strlen(".weight")] = 0;
-            const qpk_st_tensor *t[4];
-            for (int k = 0; k < 4; k++) {
-                snprintf(part, sizeof part, "%s%s", name, QPARTS[k]);
-                t[k] = find_any(ck, part);
-            }
-            bool any = t[0] || t[1] || t[2] || t[3];
+            const qpk_st_tensor *t[5];
+            const bool any = find_parts(ck, name, t);
             const qpk_st_tensor *fw = ck->slots[slot(r, l)];
             if (any && fw)
                 return qpk_err_setf(e, QPK_E_CORRUPT, "%s is stored both quantized and as a float .weight", name);
+            const qpk_hfq *lay;
+            QPK_TRY(layout_of(ck, name, any, fw != NULL, &lay, e));
+            if (ck->hfq.method == QPK_HFQ_CT && !any)
+                continue; /* float as the config says, or missing: the model check names it */
             if (!any) {
                 if (fw && !qpk_hfq_skips(&ck->hfq, name))
                     return qpk_err_setf(e, QPK_E_UNSUPPORTED,
@@ -480,11 +536,15 @@ static qpk_status claim_quantized(qpk_checkpoint *ck, qpk_err *e)
                 continue; /* a float linear, or a missing one: the model check names it */
             }
             qpk_role_shape(c, r, dims);
-            *q = (qpk_qlinear){.q = &ck->hfq, .qweight = t[0], .qzeros = t[1], .scales = t[2], .g_idx = t[3],
-                               .rows = dims[0], .cols = dims[1]};
+            *q = (qpk_qlinear){.q = lay, .qweight = t[0], .qzeros = t[1], .scales = t[2], .g_idx = t[3],
+                               .shape = t[4], .rows = dims[0], .cols = dims[1]};
             snprintf(q->name, sizeof q->name, "%s", name);
             QPK_TRY(qpk_qlinear_init(q, e));
         }
+    if (ck->hfq.method == QPK_HFQ_CT) {
+        qpk_hfq_ct_mark_ignored(&ck->hfq, "model.embed_tokens");
+        QPK_TRY(qpk_hfq_ct_check_used(&ck->hfq, e));
+    }
     return QPK_OK;
 }
 
@@ -496,7 +556,8 @@ static qpk_status claim_quantized(qpk_checkpoint *ck, qpk_err *e)
 static qpk_status explain_packed(const qpk_checkpoint *ck, qpk_role role, const char *name, qpk_err *e)
 {
     char part[QPK_MAX_NAME + 16];
-    snprintf(part, sizeof part, "%.*s.qweight", (int)(strlen(name) - strlen(".weight")), name);
+    snprintf(part, sizeof part, "%.*s%s", (int)(strlen(name) - strlen(".weight")), name,
+             ck->hfq.method == QPK_HFQ_CT ? ".weight_packed" : ".qweight");
     if (!find_any(ck, part))
         return QPK_OK;
     if (ck->hfq.method == QPK_HFQ_NONE)
@@ -682,6 +743,7 @@ void qpk_checkpoint_close(qpk_checkpoint *ck)
     for (size_t i = 0; ck->qlin && i < (size_t)(ck->cfg.n_layers + 1) * QPK_ROLE_COUNT_; i++)
         qpk_qlinear_free(&ck->qlin[i]);
     free(ck->qlin);
+    free(ck->schemes);
     free(ck->slots);
     free(ck->ignored);
     for (size_t i = 0; ck->stacked && qpk_config_is_moe(&ck->cfg) && i < (size_t)ck->cfg.n_layers * 3; i++)

@@ -11,6 +11,15 @@
  * 8-bit or permuted or per-row linears in AWQ, a quantized embedding, a zero point out
  * of the layout's range (GPTQ v1 stores zero - 1, so it holds 1..2^bits and not 0).
  * The folder appears complete or not at all (qpk_outdir).
+ *
+ * compressed-tensors (pack-quantized, llm-compressor's and vLLM's): per linear P,
+ * P.weight_packed I32 [out, ceil(in bits / 32)] (codes from 0, input i at bit i bits of
+ * the row's stream), P.weight_scale F16 [out, groups], P.weight_shape I64 [out, in],
+ * P.weight_zero_point I32 [ceil(out bits / 32), groups] for the types with a zero point,
+ * P.weight_g_idx I32 [in] for a permuted input (actorder "group"). Linears may differ:
+ * one config group per scheme (bits, symmetric, group size or channel, actorder), the
+ * most common one targeting "Linear", the others naming their modules (a name is more
+ * specific than a class, so it wins).
  */
 #include <cjson/cJSON.h>
 #include <inttypes.h>
@@ -29,6 +38,7 @@ static const int AWQ_INVERSE[8] = {0, 4, 1, 5, 2, 6, 3, 7};
 /* The layout's parameters, the same for every linear. */
 typedef struct hf_layout {
     bool awq, v2;       /* AWQ GEMM; else GPTQ, v2 storing zeros as they are */
+    bool ct;            /* compressed-tensors: the fields below are per linear (ct_scheme) */
     int bits;           /* 4 or 8 */
     int64_t group_size; /* -1: one group per row */
     bool sym, desc_act;
@@ -42,11 +52,29 @@ typedef struct hf_linear {
     const void *data;
 } hf_linear;
 
+/* A compressed-tensors config group: one scheme, and how many linears it holds. */
+typedef struct ct_scheme {
+    int bits;
+    bool sym, actorder;
+    int64_t group_size; /* -1: strategy channel */
+    size_t n;
+} ct_scheme;
+
+#define CT_MAX_SCHEMES 8 /* as many as the reader takes */
+
 struct qpk_hf_sink {
     const qpk_config *cfg;
     qpk_config cfg_copy;
     qpk_sink_opts o;
     hf_layout lay;
+    ct_scheme schemes[CT_MAX_SCHEMES];
+    int n_schemes, main_scheme; /* main: the one targeting "Linear" */
+    struct ct_decl {            /* compressed-tensors: each declared linear's scheme */
+        qpk_role role;
+        int layer, scheme;
+    } *decl;
+    size_t n_decl;
+    cJSON *ct_config;           /* its quantization_config, made at declaration */
     qpk_outdir *dir;
     qpk_st_set *set;
     qpk_st_entry *ent;
@@ -57,6 +85,7 @@ struct qpk_hf_sink {
     hf_linear cur;   /* the tensor being written */
     bool linear;     /* whether it is a linear (gathered, then packed at its end) */
     int64_t n_parts; /* experts it holds (1: a plain linear) */
+    bool permuted;   /* it takes its input permuted (compressed-tensors: it has a weight_g_idx) */
     qpk_role role;
     int layer;
     uint8_t *buf;    /* its blocks */
@@ -66,7 +95,12 @@ typedef struct qpk_hf_sink hf_export;
 
 static bool is_linear(qpk_role r) { return qpk_role_is_per_layer(r) && qpk_role_is_matrix(r); }
 
-static const char *layout_name(const hf_layout *l) { return l->awq ? "AWQ" : "GPTQ"; }
+static const char *layout_name(const hf_layout *l) { return l->ct ? "compressed-tensors" : l->awq ? "AWQ" : "GPTQ"; }
+
+static unsigned layout_folder(const hf_layout *l)
+{
+    return l->ct ? QPK_FOLDER_CT : l->awq ? QPK_FOLDER_AWQ : QPK_FOLDER_GPTQ;
+}
 
 /* --------------------------------------------------------------- planning */
 
@@ -77,7 +111,7 @@ static const char *layout_name(const hf_layout *l) { return l->awq ? "AWQ" : "GP
 static qpk_status refuse_type(const hf_linear *w, const hf_layout *l, qpk_err *e)
 {
     char held[128];
-    qpk_folder_type_list(l->awq ? QPK_FOLDER_AWQ : QPK_FOLDER_GPTQ, false, held, sizeof held);
+    qpk_folder_type_list(layout_folder(l), false, held, sizeof held);
     const qpk_type_info *ti = qpk_type_info_of(w->type);
     return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s is %s: the %s layout holds linears of %s only%s", w->name, ti->name,
                         layout_name(l), held,
@@ -98,8 +132,10 @@ static qpk_status check_linear(hf_export *x, const hf_linear *w, bool first, qpk
     const qpk_type_info *ti = qpk_type_info_of(t);
     const int bits = (int)ti->bits;
     const bool sym = t == QPK_TYPE_INT4S || t == QPK_TYPE_INT8;
-    if (!(ti->folders & (l->awq ? QPK_FOLDER_AWQ : QPK_FOLDER_GPTQ)))
+    if (!(ti->folders & layout_folder(l)))
         return refuse_type(w, l, e);
+    if (l->ct)
+        return QPK_OK; /* each linear its own scheme */
     if (first) {
         l->bits = bits, l->sym = sym;
         l->group_size = w->group_size;
@@ -176,6 +212,37 @@ static hf_linear linear_of(const qpk_sink_tensor *t)
     return l;
 }
 
+/* A compressed-tensors linear's parts (each expert's, for a stacked one), in the order write_linear_ct writes them. */
+static qpk_status ct_plan_tensor(hf_export *x, const qpk_sink_tensor *t, int64_t n_parts, qpk_err *e)
+{
+    const int bits = (int)qpk_type_info_of(t->type)->bits, pn = 32 / bits;
+    const bool sym = t->type == QPK_TYPE_INT4S || t->type == QPK_TYPE_INT8;
+    const int64_t out = t->dims[0] / n_parts, in = t->dims[1], groups = in / t->group_size;
+    const int64_t packed[2] = {out, (in + pn - 1) / pn}, scale[2] = {out, groups}, two = 2;
+    const int64_t zp[2] = {(out + pn - 1) / pn, groups};
+    char name[QPK_MAX_NAME], part[QPK_MAX_NAME + 24];
+    qpk_tensor_name(name, sizeof name, t->role, t->layer);
+    for (int64_t k = 0; k < n_parts; k++) {
+        if (n_parts > 1)
+            qpk_expert_tensor_name(name, sizeof name, t->role, t->layer, (int)k);
+        part_name(part, sizeof part, name, "weight_packed");
+        QPK_TRY(add_entry(x, part, QPK_ST_I32, 2, packed, e));
+        part_name(part, sizeof part, name, "weight_scale");
+        QPK_TRY(add_entry(x, part, QPK_ST_F16, 2, scale, e));
+        part_name(part, sizeof part, name, "weight_shape");
+        QPK_TRY(add_entry(x, part, QPK_ST_I64, 1, &two, e));
+        if (!sym) {
+            part_name(part, sizeof part, name, "weight_zero_point");
+            QPK_TRY(add_entry(x, part, QPK_ST_I32, 2, zp, e));
+        }
+        if (t->permuted) {
+            part_name(part, sizeof part, name, "weight_g_idx");
+            QPK_TRY(add_entry(x, part, QPK_ST_I32, 1, &in, e));
+        }
+    }
+    return QPK_OK;
+}
+
 /* The folder's tensors, declared in the model's order, each linear as its packed parts. */
 static qpk_status plan_tensors(hf_export *x, const qpk_sink_model *m, qpk_err *e)
 {
@@ -195,6 +262,10 @@ static qpk_status plan_tensors(hf_export *x, const qpk_sink_model *m, qpk_err *e
         }
         /* A stacked expert matrix is written as Hugging Face stores it: expert by expert. */
         const int64_t n_parts = qpk_role_is_expert(t->role) ? x->cfg->n_experts : 1;
+        if (l->ct) {
+            QPK_TRY(ct_plan_tensor(x, t, n_parts, e));
+            continue;
+        }
         const int64_t out = t->dims[0] / n_parts, in = t->dims[1], groups = in / t->group_size, pn = 32 / l->bits;
         for (int64_t k = 0; k < n_parts; k++) {
             if (n_parts > 1)
@@ -220,6 +291,191 @@ static qpk_status plan_tensors(hf_export *x, const qpk_sink_model *m, qpk_err *e
     return QPK_OK;
 }
 
+/* The config group of a linear: bits, symmetry, group size (-1: channel) and actorder alike. */
+static qpk_status ct_scheme_of(hf_export *x, const ct_scheme *want, size_t linears, int *k, qpk_err *e)
+{
+    for (*k = 0; *k < x->n_schemes; (*k)++) {
+        const ct_scheme *s = &x->schemes[*k];
+        if (s->bits == want->bits && s->sym == want->sym && s->actorder == want->actorder &&
+            s->group_size == want->group_size) {
+            x->schemes[*k].n += linears;
+            return QPK_OK;
+        }
+    }
+    if (x->n_schemes == CT_MAX_SCHEMES)
+        return qpk_err_setf(e, QPK_E_LIMIT, "the linears have more than %d schemes (bits, symmetry, group size, "
+                            "act-order): a compressed-tensors folder of qpk's has at most %d config groups",
+                            CT_MAX_SCHEMES, CT_MAX_SCHEMES);
+    x->schemes[x->n_schemes] = *want;
+    x->schemes[x->n_schemes++].n = linears;
+    return QPK_OK;
+}
+
+/* A module's name (a linear's, without ".weight") added to a list of targets. */
+static void add_target(cJSON *list, const char *weight_name)
+{
+    char name[QPK_MAX_NAME];
+    snprintf(name, sizeof name, "%.*s", (int)(strlen(weight_name) - strlen(".weight")), weight_name);
+    cJSON_AddItemToArray(list, cJSON_CreateString(name));
+}
+
+/*
+ * The "re:" pattern of a role in every layer ("re:.*\.mlp\.down_proj$"; experts:
+ * "re:.*\.mlp\.experts\..*\.down_proj$"), within the subset the readers match: one
+ * target for a role a scheme holds whole, where naming its modules would take one per layer.
+ */
+static void role_pattern(qpk_role r, int layer, char *buf, size_t cap)
+{
+    char name[QPK_MAX_NAME], prefix[32];
+    if (qpk_role_is_expert(r))
+        qpk_expert_tensor_name(name, sizeof name, r, layer, 0);
+    else
+        qpk_tensor_name(name, sizeof name, r, layer);
+    snprintf(prefix, sizeof prefix, "model.layers.%d.", layer);
+    size_t n = (size_t)snprintf(buf, cap, "re:.*\\.");
+    const size_t end = strlen(name) - strlen(".weight");
+    for (size_t i = strlen(prefix); i < end && n + 8 < cap; i++) {
+        if (qpk_role_is_expert(r) && !strncmp(name + i, "experts.0.", 10)) {
+            n += (size_t)snprintf(buf + n, cap - n, "experts\\..*\\.");
+            i += 9;
+        } else if (name[i] == '.') {
+            n += (size_t)snprintf(buf + n, cap - n, "\\.");
+        } else {
+            buf[n++] = name[i], buf[n] = 0;
+        }
+    }
+    snprintf(buf + n, cap - n, "$");
+}
+
+/* Whether scheme k holds role r in every layer that has it. */
+static bool holds_role(const hf_export *x, int k, qpk_role r)
+{
+    for (size_t i = 0; i < x->n_decl; i++)
+        if (x->decl[i].role == r && x->decl[i].scheme != k)
+            return false;
+    return true;
+}
+
+/* The targets of scheme k (not the main one): a pattern per role it holds whole, else its modules' names. */
+static void scheme_targets(const hf_export *x, int k, cJSON *targets)
+{
+    for (size_t i = 0; i < x->n_decl; i++) {
+        const struct ct_decl *d = &x->decl[i];
+        char name[QPK_MAX_NAME + 32];
+        if (d->scheme != k)
+            continue;
+        if (holds_role(x, k, d->role)) {
+            bool first = true; /* the role's first layer in the declaration: one pattern for them all */
+            for (size_t j = 0; j < i && first; j++)
+                first = x->decl[j].role != d->role;
+            if (first) {
+                role_pattern(d->role, d->layer, name, sizeof name);
+                cJSON_AddItemToArray(targets, cJSON_CreateString(name));
+            }
+            continue;
+        }
+        for (int p = 0; p < (qpk_role_is_expert(d->role) ? x->cfg->n_experts : 1); p++) {
+            if (qpk_role_is_expert(d->role))
+                qpk_expert_tensor_name(name, sizeof name, d->role, d->layer, p);
+            else
+                qpk_tensor_name(name, sizeof name, d->role, d->layer);
+            add_target(targets, name);
+        }
+    }
+}
+
+/* compressed-tensors' quantization_config: one config group per scheme. */
+static cJSON *ct_quant_config(const hf_export *x)
+{
+    cJSON *q = cJSON_CreateObject(), *groups;
+    cJSON_AddStringToObject(q, "quant_method", "compressed-tensors");
+    cJSON_AddStringToObject(q, "format", "pack-quantized");
+    cJSON_AddStringToObject(q, "quantization_status", "compressed");
+    groups = cJSON_AddObjectToObject(q, "config_groups");
+    for (int k = 0; k < x->n_schemes; k++) {
+        const ct_scheme *s = &x->schemes[k];
+        char gname[16];
+        snprintf(gname, sizeof gname, "group_%d", k);
+        cJSON *g = cJSON_AddObjectToObject(groups, gname), *targets = cJSON_AddArrayToObject(g, "targets");
+        if (k == x->main_scheme)
+            cJSON_AddItemToArray(targets, cJSON_CreateString("Linear"));
+        else
+            scheme_targets(x, k, targets);
+        cJSON *w = cJSON_AddObjectToObject(g, "weights");
+        cJSON_AddNumberToObject(w, "num_bits", s->bits);
+        cJSON_AddStringToObject(w, "type", "int");
+        cJSON_AddBoolToObject(w, "symmetric", s->sym);
+        if (s->group_size == -1)
+            cJSON_AddNullToObject(w, "group_size");
+        else
+            cJSON_AddNumberToObject(w, "group_size", (double)s->group_size);
+        cJSON_AddStringToObject(w, "strategy", s->group_size == -1 ? "channel" : "group");
+        cJSON_AddNullToObject(w, "block_structure");
+        cJSON_AddBoolToObject(w, "dynamic", false);
+        if (s->actorder)
+            cJSON_AddStringToObject(w, "actorder", "group");
+        else
+            cJSON_AddNullToObject(w, "actorder");
+        cJSON_AddNullToObject(g, "input_activations");
+        cJSON_AddNullToObject(g, "output_activations");
+        cJSON_AddStringToObject(g, "format", "pack-quantized");
+    }
+    cJSON *ignore = cJSON_AddArrayToObject(q, "ignore");
+    cJSON_AddItemToArray(ignore, cJSON_CreateString("lm_head"));
+    /* The routers are Linear modules too, kept float: without these, "Linear" would claim them. */
+    if (qpk_config_is_moe(x->cfg))
+        cJSON_AddItemToArray(ignore, cJSON_CreateString("re:.*mlp\\.gate$"));
+    if (qpk_config_is_moe(x->cfg) && x->cfg->shared_expert_intermediate_size > 0)
+        cJSON_AddItemToArray(ignore, cJSON_CreateString("re:.*mlp\\.shared_expert_gate$"));
+    cJSON_AddNullToObject(q, "kv_cache_scheme");
+    cJSON_AddObjectToObject(q, "sparsity_config");
+    cJSON_AddObjectToObject(q, "transform_config");
+    return q;
+}
+
+/*
+ * compressed-tensors: each linear's scheme. A linear with one group per row is strategy
+ * channel, unless other linears have groups of that very size (then it is one of them).
+ */
+static qpk_status ct_plan(hf_export *x, const qpk_sink_model *m, qpk_err *e)
+{
+    if (!(x->decl = calloc(m->n_tensors + 1, sizeof *x->decl)))
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    for (size_t i = 0; i < m->n_tensors; i++) {
+        const qpk_sink_tensor *t = &m->tensors[i];
+        if (!is_linear(t->role))
+            continue;
+        bool shared = false;
+        for (size_t j = 0; j < m->n_tensors && !shared; j++)
+            shared = is_linear(m->tensors[j].role) && m->tensors[j].group_size == t->group_size &&
+                     m->tensors[j].dims[1] > (int64_t)t->group_size;
+        const bool channel = (int64_t)t->group_size == t->dims[1] && !shared && !t->permuted;
+        const ct_scheme want = {.bits = (int)qpk_type_info_of(t->type)->bits,
+                                .sym = t->type == QPK_TYPE_INT4S || t->type == QPK_TYPE_INT8,
+                                .actorder = t->permuted,
+                                .group_size = channel ? -1 : (int64_t)t->group_size};
+        struct ct_decl *d = &x->decl[x->n_decl++];
+        d->role = t->role, d->layer = t->layer;
+        QPK_TRY(ct_scheme_of(x, &want, (size_t)(qpk_role_is_expert(t->role) ? x->cfg->n_experts : 1), &d->scheme, e));
+    }
+    for (int k = 1; k < x->n_schemes; k++)
+        if (x->schemes[k].n > x->schemes[x->main_scheme].n)
+            x->main_scheme = k;
+    if (!(x->ct_config = ct_quant_config(x)))
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    /* Readers hold a bounded list of targets per group (qpk's: QPK_CT_TARGETS): a longer one is refused here. */
+    const cJSON *g;
+    cJSON_ArrayForEach(g, cJSON_GetObjectItemCaseSensitive(x->ct_config, "config_groups"))
+    {
+        const int n = cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(g, "targets"));
+        if (n > QPK_CT_TARGETS)
+            return qpk_err_setf(e, QPK_E_LIMIT, "config group %s would name %d modules (its linears are scattered "
+                                "over roles and layers): qpk writes at most %d targets per group", g->string, n,
+                                QPK_CT_TARGETS);
+    }
+    return QPK_OK;
+}
+
 static qpk_status plan(hf_export *x, const qpk_sink_model *m, qpk_err *e)
 {
     hf_linear *lin = malloc((m->n_tensors ? m->n_tensors : 1) * sizeof *lin);
@@ -233,7 +489,7 @@ static qpk_status plan(hf_export *x, const qpk_sink_model *m, qpk_err *e)
             continue;
         lin[k] = linear_of(t);
         s = check_linear(x, &lin[k], k == 0, e);
-        if (s == QPK_OK && t->permuted) {
+        if (s == QPK_OK && t->permuted && !x->lay.ct) {
             if (x->lay.awq)
                 s = qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s takes its input permuted (act-order): AWQ's layout "
                                  "has no g_idx (a GPTQ folder holds it with desc_act)", lin[k].name);
@@ -241,8 +497,10 @@ static qpk_status plan(hf_export *x, const qpk_sink_model *m, qpk_err *e)
         }
         k++;
     }
-    if (s == QPK_OK && k)
+    if (s == QPK_OK && k && !x->lay.ct)
         s = check_groups(x, lin, k, e);
+    if (s == QPK_OK && x->lay.ct)
+        s = ct_plan(x, m, e);
     free(lin);
     return s == QPK_OK ? plan_tensors(x, m, e) : s;
 }
@@ -341,7 +599,99 @@ static void pack_task(void *arg, int64_t task, int thread)
     free(q);
 }
 
+/* compressed-tensors: rows of outputs into weight_packed, weight_scale and weight_zero_point (asymmetric types). */
+static void ct_pack_task(void *arg, int64_t task, int thread)
+{
+    (void)thread;
+    pack_job *p = arg;
+    const uint32_t type = p->w->type, G = p->w->group_size, bits = qpk_type_info_of(type)->bits, pn = 32 / bits;
+    const size_t row_bytes = qpk_type_row_bytes(type, G, p->in), bb = qpk_type_block_bytes(type, G);
+    const int64_t words = (p->in + pn - 1) / pn;
+    const bool sym = type == QPK_TYPE_INT4S || type == QPK_TYPE_INT8;
+    const int32_t mid = sym ? 1 << (bits - 1) : 0, top = (1 << bits) - 1;
+    const int64_t o0 = task * LINEAR_TASK_OUTPUTS;
+    const int64_t o1 = o0 + LINEAR_TASK_OUTPUTS < p->out ? o0 + LINEAR_TASK_OUTPUTS : p->out;
+    int32_t *q = malloc(G * sizeof *q);
+    p->status[task] = q ? QPK_OK : qpk_err_setf(&p->errs[task], QPK_E_NOMEM, "out of memory");
+    for (int64_t o = o0; o < o1 && q; o++) {
+        const uint8_t *row = (const uint8_t *)p->w->data + (size_t)o * row_bytes;
+        uint32_t *packed = p->qweight + (size_t)(o * words);
+        for (int64_t g = 0; g < p->groups; g++) {
+            const uint8_t *b = row + (size_t)g * bb;
+            qpk_qparams prm;
+            qpk_unpack_group(type, G, b, &prm, q);
+            for (uint32_t j = 0; j < G; j++) {
+                int64_t i = g * G + j;
+                if (p->perm) {
+                    int32_t v;
+                    memcpy(&v, p->perm + i, 4); /* mapped file data */
+                    i = v;
+                }
+                packed[i / pn] |= (uint32_t)(q[j] + mid) << (bits * (uint32_t)(i % pn));
+            }
+            if (!sym) { /* the zero as stored: the signed zero point + 2^(bits-1), from 0 like the codes */
+                if (prm.z < 0 || prm.z > top) {
+                    p->status[task] = qpk_err_setf(&p->errs[task], QPK_E_UNSUPPORTED,
+                                                   "%s row %lld group %lld has zero point %d, which compressed-tensors' "
+                                                   "%u-bit zero points cannot hold (0..%d)", p->w->name, (long long)o,
+                                                   (long long)g, prm.z, bits, top);
+                    free(q);
+                    return;
+                }
+                p->qzeros[(o / pn) * p->groups + g] |= (uint32_t)prm.z << (bits * (uint32_t)(o % pn));
+            }
+            memcpy(&p->scales[o * p->groups + g], b + qpk_type_info_of(type)->scale_at[0], 2); /* the f16 as stored */
+        }
+    }
+    free(q);
+}
+
 /* --------------------------------------------------------------- writing */
+
+static qpk_status write_linear_ct(hf_export *x, qpk_st_set *set, const hf_linear *w, const int32_t *perm, bool permuted,
+                                  qpk_err *e)
+{
+    const uint32_t bits = qpk_type_info_of(w->type)->bits, pn = 32 / bits;
+    const bool sym = w->type == QPK_TYPE_INT4S || w->type == QPK_TYPE_INT8;
+    const int64_t out = w->dims[0], in = w->dims[1], G = w->group_size, groups = in / G;
+    const size_t packed_words = (size_t)(out * ((in + pn - 1) / pn)), zp_words = (size_t)(((out + pn - 1) / pn) * groups);
+    const int64_t tasks = (out + LINEAR_TASK_OUTPUTS - 1) / LINEAR_TASK_OUTPUTS;
+    pack_job p = {&x->lay, w, perm, out, in, groups, calloc(packed_words, 4), sym ? NULL : calloc(zp_words, 4),
+                  malloc((size_t)(groups * out) * 2), calloc((size_t)tasks, sizeof(qpk_status)),
+                  calloc((size_t)tasks, sizeof(qpk_err))};
+    int32_t *g_idx = permuted ? malloc((size_t)in * sizeof *g_idx) : NULL;
+    qpk_status s = p.qweight && (sym || p.qzeros) && p.scales && p.status && p.errs && (!permuted || g_idx)
+                       ? QPK_OK
+                       : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    if (s == QPK_OK) {
+        qpk_pool_run(x->pool, tasks, ct_pack_task, &p);
+        if (qpk_pool_cancelled(x->pool))
+            s = qpk_err_setf(e, QPK_E_CANCELLED, "export cancelled");
+        for (int64_t i = 0; i < tasks && s == QPK_OK; i++)
+            if (p.status[i] != QPK_OK)
+                s = qpk_err_setf(e, p.status[i], "%s", p.errs[i].msg);
+    }
+    /* actorder "group": the group of each input, its stored column's (every source checks its permutations). */
+    for (int64_t j = 0; g_idx && s == QPK_OK && j < in; j++) {
+        int32_t i = (int32_t)j;
+        if (perm)
+            memcpy(&i, perm + j, 4);
+        g_idx[i] = (int32_t)(j / G);
+    }
+    const int64_t shape[2] = {out, in};
+    if (s == QPK_OK)
+        s = qpk_st_set_write(set, p.qweight, packed_words * 4, e);
+    if (s == QPK_OK)
+        s = qpk_st_set_write(set, p.scales, (size_t)(groups * out) * 2, e);
+    if (s == QPK_OK)
+        s = qpk_st_set_write(set, shape, sizeof shape, e);
+    if (s == QPK_OK && !sym)
+        s = qpk_st_set_write(set, p.qzeros, zp_words * 4, e);
+    if (s == QPK_OK && g_idx)
+        s = qpk_st_set_write(set, g_idx, (size_t)in * sizeof *g_idx, e);
+    free(p.qweight), free(p.qzeros), free(p.scales), free(p.status), free(p.errs), free(g_idx);
+    return s;
+}
 
 static qpk_status write_linear(hf_export *x, qpk_st_set *set, const hf_linear *w, const int32_t *perm, qpk_err *e)
 {
@@ -432,10 +782,15 @@ static qpk_status write_configs(hf_export *x, const char *dir, qpk_err *e)
     cJSON_AddItemToObject(cfg, "architectures", arch);
     /* The GPU kernels of both layouts compute in f16, the dtype of the scales; the other tensors keep theirs. */
     cJSON_ReplaceItemInObjectCaseSensitive(cfg, "torch_dtype", cJSON_CreateString("float16"));
-    cJSON_AddItemToObject(cfg, "quantization_config", quant_config(&x->lay));
+    if (x->lay.ct) {
+        cJSON_AddItemToObject(cfg, "quantization_config", x->ct_config);
+        x->ct_config = NULL; /* cfg owns it now */
+    } else {
+        cJSON_AddItemToObject(cfg, "quantization_config", quant_config(&x->lay));
+    }
     qpk_status s = write_json(dir, "config.json", cfg, e);
     cJSON_Delete(cfg);
-    if (s != QPK_OK || x->lay.awq)
+    if (s != QPK_OK || x->lay.awq || x->lay.ct)
         return s;
     cJSON *side = quant_config(&x->lay); /* AutoGPTQ's and GPTQModel's own file says the same */
     s = write_json(dir, "quantize_config.json", side, e);
@@ -464,14 +819,15 @@ static qpk_status copy_files(hf_export *x, const char *dir, qpk_err *e)
 
 /* ------------------------------------------------------------------ the sink */
 
-qpk_status qpk_hf_sink_create(qpk_hf_sink **out, bool awq, const char *path, const qpk_sink_opts *o, qpk_err *e)
+qpk_status qpk_hf_sink_create(qpk_hf_sink **out, qpk_output kind, const char *path, const qpk_sink_opts *o,
+                              qpk_err *e)
 {
     *out = NULL;
     hf_export *x = calloc(1, sizeof *x);
     if (!x)
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     x->o = *o;
-    x->lay = (hf_layout){.awq = awq, .v2 = o->gptq_v2};
+    x->lay = (hf_layout){.awq = kind == QPK_OUT_AWQ, .ct = kind == QPK_OUT_CT, .v2 = o->gptq_v2};
     qpk_status s = qpk_outdir_create(&x->dir, path, e);
     if (s == QPK_OK && (s = qpk_pool_create(&x->pool, o->n_threads, e)) == QPK_OK && o->cb.cancel)
         qpk_pool_set_cancel(x->pool, o->cb.cancel, o->cb.ud);
@@ -498,6 +854,7 @@ qpk_status qpk_hf_sink_begin(qpk_hf_sink *x, const qpk_sink_tensor *t, qpk_err *
     x->linear = is_linear(t->role);
     x->n_parts = qpk_role_is_expert(t->role) ? x->cfg->n_experts : 1;
     x->role = t->role, x->layer = t->layer;
+    x->permuted = t->permuted;
     x->len = 0;
     if (!x->linear)
         return QPK_OK;
@@ -531,7 +888,8 @@ qpk_status qpk_hf_sink_end(qpk_hf_sink *x, const int32_t *perm, qpk_err *e)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "%s: fewer bytes than the tensor holds", x->cur.name);
     if (x->n_parts == 1) {
         x->cur.data = x->buf;
-        return write_linear(x, x->set, &x->cur, perm, e);
+        return x->lay.ct ? write_linear_ct(x, x->set, &x->cur, perm, x->permuted, e)
+                         : write_linear(x, x->set, &x->cur, perm, e);
     }
     hf_linear part = x->cur; /* expert k: rows [k R, (k + 1) R) of the stacked blocks */
     part.dims[0] = x->cur.dims[0] / x->n_parts;
@@ -539,7 +897,8 @@ qpk_status qpk_hf_sink_end(qpk_hf_sink *x, const int32_t *perm, qpk_err *e)
     for (int64_t k = 0; k < x->n_parts; k++) {
         qpk_expert_tensor_name(part.name, sizeof part.name, x->role, x->layer, (int)k);
         part.data = x->buf + (size_t)k * bytes;
-        QPK_TRY(write_linear(x, x->set, &part, perm, e));
+        QPK_TRY(x->lay.ct ? write_linear_ct(x, x->set, &part, perm, x->permuted, e)
+                          : write_linear(x, x->set, &part, perm, e));
     }
     return QPK_OK;
 }
@@ -569,5 +928,7 @@ void qpk_hf_sink_discard(qpk_hf_sink *x)
     qpk_pool_free(x->pool);
     free(x->ent);
     free(x->buf);
+    free(x->decl);
+    cJSON_Delete(x->ct_config);
     free(x);
 }

@@ -76,6 +76,304 @@ static qpk_status get_str(const cJSON *o, const char *key, const char **out, qpk
     return QPK_OK;
 }
 
+
+/* ------------------------------------------------- compressed-tensors' config */
+
+/*
+ * A "re:" pattern is a Python regular expression; the ones llm-compressor's recipes write
+ * use literal text, '.', '.*', '\.' and an anchoring '^' or '$'. Those are matched here;
+ * any other feature is refused by name rather than matched wrongly.
+ */
+static qpk_status check_pattern(const char *what, const char *t, qpk_err *e)
+{
+    if (strncmp(t, "re:", 3))
+        return QPK_OK;
+    bool any = false; /* the previous character is an unescaped '.', which a '*' may follow */
+    for (const char *p = t + 3; *p; p++) {
+        if (*p == '\\') {
+            if (p[1] != '.' && p[1] != '_' && p[1] != '-')
+                return qpk_err_setf(e, QPK_E_UNSUPPORTED, "quantization_config: %s \"%.80s\" uses the escape '\\%c': "
+                                    "qpk matches literal text, '.', '.*', '\\.', '^' and '$'", what, t, p[1] ? p[1] : ' ');
+            p++;
+            any = false;
+            continue;
+        }
+        if (strchr("[](){}|+?", *p) || (*p == '*' && !any) || (*p == '^' && p != t + 3) || (*p == '$' && p[1]))
+            return qpk_err_setf(e, QPK_E_UNSUPPORTED, "quantization_config: %s \"%.80s\" uses '%c': qpk matches "
+                                "literal text, '.', '.*', '\\.', '^' and '$'", what, t, *p);
+        any = *p == '.';
+    }
+    return QPK_OK;
+}
+
+/*
+ * Within that subset a pattern is a glob ('.*' any run, '.' any one character) matched at
+ * the start of the name, reaching its end only with '$'; matched as globs are, remembering
+ * only the last '.*', so a hostile pattern of many '.*' costs time linear in each length's
+ * product, never exponential.
+ */
+enum { ANY_RUN = -1, ANY_ONE = -2 };
+
+bool qpk_ct_match(const char *target, const char *name)
+{
+    if (strncmp(target, "re:", 3))
+        return !strcmp(target, name);
+    int tok[128], n = 0;
+    const char *p = target + 3;
+    if (*p == '^')
+        p++;
+    bool anchored_end = false;
+    while (*p && n < 126) {
+        if (p[0] == '$' && !p[1])
+            anchored_end = true, p++;
+        else if (p[0] == '.' && p[1] == '*')
+            tok[n++] = ANY_RUN, p += 2;
+        else if (p[0] == '.')
+            tok[n++] = ANY_ONE, p++;
+        else if (p[0] == '\\' && p[1])
+            tok[n++] = (unsigned char)p[1], p += 2;
+        else
+            tok[n++] = (unsigned char)*p++;
+    }
+    if (!anchored_end) /* re.match: a prefix is enough */
+        tok[n++] = ANY_RUN;
+    size_t i = 0, len = strlen(name), mark = 0;
+    int k = 0, star = -1;
+    while (i < len) {
+        if (k < n && (tok[k] == ANY_ONE || tok[k] == (unsigned char)name[i]))
+            k++, i++;
+        else if (k < n && tok[k] == ANY_RUN)
+            star = k++, mark = i;
+        else if (star >= 0)
+            k = star + 1, i = ++mark;
+        else
+            return false;
+    }
+    while (k < n && tok[k] == ANY_RUN)
+        k++;
+    return k == n;
+}
+
+/* A list of names or patterns (targets, ignore) into dst; at most cap of at most len - 1 bytes. */
+static qpk_status get_names(const cJSON *o, const char *key, const char *where, char (*dst)[96], int cap, int *n,
+                            bool required, qpk_err *e)
+{
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(o, key), *it;
+    *n = 0;
+    if (!a || cJSON_IsNull(a)) {
+        if (required)
+            return qpk_err_setf(e, QPK_E_CORRUPT, "quantization_config: %s has no %s", where, key);
+        return QPK_OK;
+    }
+    if (!cJSON_IsArray(a))
+        return qpk_err_setf(e, QPK_E_CORRUPT, "quantization_config: %s's %s is not a list", where, key);
+    cJSON_ArrayForEach(it, a)
+    {
+        if (!cJSON_IsString(it) || !it->valuestring[0] || strlen(it->valuestring) >= 96)
+            return qpk_err_setf(e, QPK_E_CORRUPT, "quantization_config: an entry of %s's %s is not a name", where, key);
+        if (*n == cap)
+            return qpk_err_setf(e, QPK_E_LIMIT, "quantization_config: %s has more than %d %s", where, cap, key);
+        QPK_TRY(check_pattern(key, it->valuestring, e));
+        snprintf(dst[(*n)++], 96, "%s", it->valuestring);
+    }
+    if (required && !*n)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "quantization_config: %s's %s is empty", where, key);
+    return QPK_OK;
+}
+
+/* A format other than pack-quantized, refused with what it is. */
+static qpk_status refuse_format(const char *where, const char *fmt, qpk_err *e)
+{
+    const char *why = !strcmp(fmt, "int-quantized")     ? " (8-bit weights and activations, W8A8)"
+                      : !strcmp(fmt, "float-quantized") ? " (FP8 weights)"
+                      : !strncmp(fmt, "nvfp4", 5)       ? " (NVFP4 weights)"
+                      : !strcmp(fmt, "naive-quantized") ? " (unpacked integer weights)"
+                      : !strcmp(fmt, "marlin-24")       ? " (2:4 sparse Marlin)"
+                                                        : "";
+    return qpk_err_setf(e, QPK_E_UNSUPPORTED, "compressed-tensors %s format \"%.40s\"%s: qpk reads pack-quantized "
+                        "(weight-only int4/int8)", where, fmt, why);
+}
+
+/* The weights of one config group; everything not weight-only int 4/8-bit refused by name. */
+static qpk_status parse_ct_group(const cJSON *g, const char *top_fmt, qpk_ct_group *cg, qpk_err *e)
+{
+    const char *n = cg->name, *fmt, *type, *strategy, *actorder = NULL;
+    if (!cJSON_IsObject(g))
+        return qpk_err_setf(e, QPK_E_CORRUPT, "quantization_config: config group %s is not an object", n);
+    QPK_TRY(get_names(g, "targets", n, cg->targets, QPK_CT_TARGETS, &cg->n_targets, true, e));
+    QPK_TRY(get_str(g, "format", &fmt, e));
+    if (!fmt)
+        fmt = top_fmt;
+    if (!fmt)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "quantization_config: config group %s has no format, nor has the config",
+                            n);
+    if (strcmp(fmt, "pack-quantized")) {
+        char where[64];
+        snprintf(where, sizeof where, "config group %s's", n);
+        return refuse_format(where, fmt, e);
+    }
+    static const char *const ACTS[2] = {"input_activations", "output_activations"};
+    for (int i = 0; i < 2; i++) {
+        const cJSON *a = cJSON_GetObjectItemCaseSensitive(g, ACTS[i]);
+        if (a && !cJSON_IsNull(a))
+            return qpk_err_setf(e, QPK_E_UNSUPPORTED, "compressed-tensors config group %s quantizes its %s (a "
+                                "W8A8-style scheme): qpk reads weight-only schemes (%s null)", n, ACTS[i], ACTS[i]);
+    }
+    const cJSON *w = cJSON_GetObjectItemCaseSensitive(g, "weights");
+    if (!cJSON_IsObject(w))
+        return qpk_err_setf(e, QPK_E_CORRUPT, "quantization_config: config group %s has no weights object", n);
+    int64_t bits, group;
+    bool dynamic;
+    QPK_TRY(get_int(w, "num_bits", -1, &bits, e));
+    QPK_TRY(get_str(w, "type", &type, e));
+    QPK_TRY(get_bool(w, "symmetric", true, &cg->sym, e));
+    QPK_TRY(get_str(w, "strategy", &strategy, e));
+    QPK_TRY(get_int(w, "group_size", -1, &group, e));
+    QPK_TRY(get_bool(w, "dynamic", false, &dynamic, e));
+    const cJSON *ao = cJSON_GetObjectItemCaseSensitive(w, "actorder"), *bs = cJSON_GetObjectItemCaseSensitive(w, "block_structure");
+    if (ao && cJSON_IsString(ao))
+        actorder = ao->valuestring;
+    else if (ao && !cJSON_IsNull(ao) && !cJSON_IsFalse(ao))
+        return qpk_err_setf(e, QPK_E_CORRUPT, "quantization_config: config group %s's actorder is not a string", n);
+    if (!type || strcmp(type, "int"))
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "compressed-tensors config group %s has weights of type \"%.16s\"%s: "
+                            "qpk reads type int", n, type ? type : "(none)",
+                            type && !strcmp(type, "float") ? " (FP8/FP4)" : "");
+    if (bits == -1)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "quantization_config: config group %s's weights have no num_bits", n);
+    if (bits != 4 && bits != 8)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "compressed-tensors config group %s has %lld-bit weights: qpk reads 4 "
+                            "and 8", n, (long long)bits);
+    if (dynamic)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "compressed-tensors config group %s quantizes its weights "
+                            "dynamically: qpk reads static weights", n);
+    if (bs && !cJSON_IsNull(bs))
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "compressed-tensors config group %s has a block_structure: qpk reads "
+                            "strategies group and channel", n);
+    if (!strategy || (strcmp(strategy, "group") && strcmp(strategy, "channel")))
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "compressed-tensors config group %s has strategy \"%.16s\": qpk reads "
+                            "group and channel", n, strategy ? strategy : "(none)");
+    if (!strcmp(strategy, "channel"))
+        group = -1;
+    else if (group <= 0)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "quantization_config: config group %s has strategy group and group_size "
+                            "%lld", n, (long long)group);
+    if (actorder && strcmp(actorder, "group") && strcmp(actorder, "weight"))
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "compressed-tensors config group %s has actorder \"%.16s\": qpk "
+                            "reads group, weight and null", n, actorder);
+    cg->bits = (int)bits, cg->group = group;
+    /* "weight" reorders only the quantizer's pass: the stored groups stay in column order, with no g_idx. */
+    cg->actorder = actorder && !strcmp(actorder, "group");
+    if (cg->actorder && group == -1)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "quantization_config: config group %s has actorder group with strategy "
+                            "channel (one group per row has no order)", n);
+    return QPK_OK;
+}
+
+static qpk_status parse_ct(const cJSON *qc, qpk_hfq *q, qpk_err *e)
+{
+    const char *fmt, *status;
+    QPK_TRY(get_str(qc, "format", &fmt, e));
+    QPK_TRY(get_str(qc, "quantization_status", &status, e));
+    q->method = QPK_HFQ_CT;
+    if (fmt && strcmp(fmt, "pack-quantized") && strcmp(fmt, "mixed-precision"))
+        QPK_TRY(refuse_format("checkpoint", fmt, e));
+    if (status && strcmp(status, "compressed"))
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "compressed-tensors quantization_status \"%.32s\": qpk reads "
+                            "compressed checkpoints (the weights packed)", status);
+    const cJSON *sp = cJSON_GetObjectItemCaseSensitive(qc, "sparsity_config");
+    if (sp && !cJSON_IsNull(sp) && (!cJSON_IsObject(sp) || sp->child)) {
+        const cJSON *sf = cJSON_IsObject(sp) ? cJSON_GetObjectItemCaseSensitive(sp, "format") : NULL;
+        if (!cJSON_IsString(sf) || strcmp(sf->valuestring, "dense"))
+            return qpk_err_setf(e, QPK_E_UNSUPPORTED, "compressed-tensors sparsity_config (format %.32s): qpk reads "
+                                "dense checkpoints", cJSON_IsString(sf) ? sf->valuestring : "unknown");
+    }
+    const cJSON *tc = cJSON_GetObjectItemCaseSensitive(qc, "transform_config");
+    if (tc && !cJSON_IsNull(tc) && (!cJSON_IsObject(tc) || tc->child))
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "compressed-tensors transform_config (rotations of the weights): qpk "
+                            "reads checkpoints without transforms");
+    const cJSON *kv = cJSON_GetObjectItemCaseSensitive(qc, "kv_cache_scheme");
+    if (kv && !cJSON_IsNull(kv))
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "compressed-tensors kv_cache_scheme: qpk's runtime keeps the KV "
+                            "cache in float, so it would not compute what the checkpoint describes");
+    QPK_TRY(get_names(qc, "ignore", "the config", q->skip, (int)(sizeof q->skip / sizeof q->skip[0]), &q->n_skip,
+                      false, e));
+    const cJSON *groups = cJSON_GetObjectItemCaseSensitive(qc, "config_groups"), *g;
+    if (!cJSON_IsObject(groups) || !groups->child)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "quantization_config: compressed-tensors without config_groups");
+    cJSON_ArrayForEach(g, groups)
+    {
+        if (q->n_ct == QPK_CT_GROUPS)
+            return qpk_err_setf(e, QPK_E_LIMIT, "quantization_config: more than %d config groups", QPK_CT_GROUPS);
+        qpk_ct_group *cg = &q->ct[q->n_ct++];
+        snprintf(cg->name, sizeof cg->name, "%.31s", g->string ? g->string : "?");
+        QPK_TRY(parse_ct_group(g, fmt, cg, e));
+    }
+    /* The first group's scheme stands for the checkpoint where one is asked for (recipes, fuzzers). */
+    q->bits = q->ct[0].bits, q->group = q->ct[0].group, q->sym = q->ct[0].sym, q->desc_act = q->ct[0].actorder;
+    return QPK_OK;
+}
+
+void qpk_hfq_ct_layout(const qpk_hfq *q, int k, qpk_hfq *out)
+{
+    *out = *q;
+    out->bits = q->ct[k].bits, out->group = q->ct[k].group, out->sym = q->ct[k].sym;
+    out->desc_act = q->ct[k].actorder;
+}
+
+qpk_status qpk_hfq_ct_scheme(qpk_hfq *q, const char *name, int *k, qpk_err *e)
+{
+    *k = -1;
+    bool ignored = false;
+    for (int i = 0; i < q->n_skip; i++)
+        if (qpk_ct_match(q->skip[i], name))
+            q->skip_used[i] = ignored = true;
+    if (ignored)
+        return QPK_OK;
+    /* Each group's most specific match (3: a module name, 2: a pattern, 1: the class Linear), then the best. */
+    int rank[QPK_CT_GROUPS] = {0}, best = 0;
+    for (int g = 0; g < q->n_ct; g++) {
+        for (int t = 0; t < q->ct[g].n_targets; t++) {
+            const char *tg = q->ct[g].targets[t];
+            const int r = !strcmp(tg, "Linear") ? 1 : qpk_ct_match(tg, name) ? (strncmp(tg, "re:", 3) ? 3 : 2) : 0;
+            rank[g] = r > rank[g] ? r : rank[g];
+        }
+        best = rank[g] > best ? rank[g] : best;
+    }
+    for (int g = 0; best && g < q->n_ct; g++) {
+        if (rank[g] != best)
+            continue;
+        if (*k >= 0)
+            return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s is targeted by config groups %s and %s alike: which "
+                                "one quantizes it is ambiguous", name, q->ct[*k].name, q->ct[g].name);
+        *k = g;
+    }
+    if (*k >= 0)
+        q->ct[*k].used = true;
+    return QPK_OK;
+}
+
+void qpk_hfq_ct_mark_ignored(qpk_hfq *q, const char *name)
+{
+    for (int i = 0; i < q->n_skip; i++)
+        if (qpk_ct_match(q->skip[i], name))
+            q->skip_used[i] = true;
+}
+
+qpk_status qpk_hfq_ct_check_used(const qpk_hfq *q, qpk_err *e)
+{
+    for (int g = 0; g < q->n_ct; g++)
+        if (!q->ct[g].used)
+            return qpk_err_setf(e, QPK_E_MISMATCH, "quantization_config: config group %s (targets %s%s) matches no "
+                                "linear of the model", q->ct[g].name, q->ct[g].targets[0],
+                                q->ct[g].n_targets > 1 ? ", ..." : "");
+    for (int i = 0; i < q->n_skip; i++)
+        if (!q->skip_used[i] && strncmp(q->skip[i], "re:", 3) && strcmp(q->skip[i], "lm_head"))
+            return qpk_err_setf(e, QPK_E_MISMATCH, "quantization_config: ignore names %s, which is no linear of the "
+                                "model", q->skip[i]);
+    return QPK_OK;
+}
+
 static qpk_status parse_one(const cJSON *qc, qpk_hfq *q, qpk_err *e)
 {
     memset(q, 0, sizeof *q);
@@ -89,6 +387,8 @@ static qpk_status parse_one(const cJSON *qc, qpk_hfq *q, qpk_err *e)
     q->bits = (int)bits;
     if (!method)
         return qpk_err_setf(e, QPK_E_CORRUPT, "quantization_config has no quant_method");
+    if (!strcmp(method, "compressed-tensors"))
+        return parse_ct(qc, q, e);
     if (!strcmp(method, "gptq")) {
         q->method = QPK_HFQ_GPTQ;
         QPK_TRY(get_bool(qc, "sym", true, &q->sym, e));
@@ -129,7 +429,8 @@ static qpk_status parse_one(const cJSON *qc, qpk_hfq *q, qpk_err *e)
             snprintf(q->skip[q->n_skip++], sizeof q->skip[0], "%s", it->valuestring);
         }
     } else {
-        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "quant_method \"%.32s\": qpk reads gptq and awq checkpoints",
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "quant_method \"%.32s\": qpk reads gptq, awq and compressed-tensors "
+                            "checkpoints",
                             method);
     }
     if (q->group != -1 && q->group <= 0)
@@ -201,6 +502,12 @@ static uint32_t rd32(const qpk_st_tensor *t, uint64_t i)
 
 static int64_t zero_at(const qpk_qlinear *l, int64_t g, int64_t o)
 {
+    if (l->q->method == QPK_HFQ_CT) { /* [ceil(out bits / 32), groups]: a bit stream down each group's column */
+        const int bits = l->q->bits, pn = 32 / bits;
+        if (l->q->sym)
+            return 1 << (bits - 1);
+        return rd32(l->qzeros, (uint64_t)((o / pn) * l->groups + g)) >> (bits * (o % pn)) & ((1u << bits) - 1);
+    }
     if (l->q->method == QPK_HFQ_AWQ)
         return rd32(l->qzeros, (uint64_t)(g * (l->rows / 8) + o / 8)) >> (4 * AWQ_INVERSE[o % 8]) & 15;
     const int bits = l->q->bits, pn = 32 / bits;
@@ -212,7 +519,8 @@ static int64_t zero_at(const qpk_qlinear *l, int64_t g, int64_t o)
 /* The scale of (group g, output o) as an f32 holding an f16 value; false if it is not one. */
 static bool scale_at(const qpk_qlinear *l, int64_t g, int64_t o, float *out)
 {
-    const uint8_t *p = (const uint8_t *)l->scales->data + (size_t)(g * l->rows + o) * qpk_st_dtype_size(l->scales->dtype);
+    const int64_t at = l->q->method == QPK_HFQ_CT ? o * l->groups + g : g * l->rows + o; /* CT: [out, groups] */
+    const uint8_t *p = (const uint8_t *)l->scales->data + (size_t)at * qpk_st_dtype_size(l->scales->dtype);
     uint16_t h;
     float x;
     switch (l->scales->dtype) {
@@ -255,9 +563,64 @@ static qpk_status expect_shape(const qpk_qlinear *l, const qpk_st_tensor *t, con
     return QPK_OK;
 }
 
+static const char *const CT_PART[4] = {"weight_packed", "weight_zero_point", "weight_scale", "weight_g_idx"};
+
+/*
+ * compressed-tensors: weight_packed I32 [out, ceil(in bits / 32)], weight_shape [out, in],
+ * weight_scale [out, groups], weight_zero_point I32 [ceil(out bits / 32), groups] when
+ * asymmetric, weight_g_idx I32 [in] with actorder group; anything else refused by name.
+ */
+static qpk_status check_ct(qpk_qlinear *l, qpk_err *e)
+{
+    const qpk_hfq *q = l->q;
+    const int64_t in = l->cols, out = l->rows, pn = 32 / q->bits, group = q->group == -1 ? in : q->group;
+    if (!l->qweight || !l->scales || !l->shape)
+        return qpk_err_setf(e, QPK_E_MISMATCH, "%s has no %s (a compressed-tensors pack-quantized linear stores "
+                            "weight_packed, weight_scale and weight_shape)", l->name,
+                            !l->qweight ? "weight_packed" : !l->scales ? "weight_scale" : "weight_shape");
+    if (q->sym && l->qzeros)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "%s has a weight_zero_point while its config group is symmetric", l->name);
+    if (!q->sym && !l->qzeros)
+        return qpk_err_setf(e, QPK_E_MISMATCH, "%s has no weight_zero_point while its config group is asymmetric",
+                            l->name);
+    if (!q->desc_act && l->g_idx)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "%s has a weight_g_idx while its config group's actorder is not group",
+                            l->name);
+    if (q->desc_act && !l->g_idx)
+        return qpk_err_setf(e, QPK_E_MISMATCH, "%s has no weight_g_idx while its config group's actorder is group",
+                            l->name);
+    const qpk_st_tensor *t[4] = {l->qweight, l->qzeros, l->scales, l->g_idx};
+    for (int i = 0; i < 4; i++)
+        if (t[i] && i != 2 && t[i]->dtype != QPK_ST_I32)
+            return qpk_err_setf(e, QPK_E_CORRUPT, "%s.%s has dtype %s, not I32", l->name, CT_PART[i],
+                                qpk_st_dtype_name(t[i]->dtype));
+    if (l->scales->dtype != QPK_ST_F16 && l->scales->dtype != QPK_ST_BF16 && l->scales->dtype != QPK_ST_F32)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "%s.weight_scale has dtype %s, not F16, BF16 or F32", l->name,
+                            qpk_st_dtype_name(l->scales->dtype));
+    if (l->shape->dtype != QPK_ST_I64 || l->shape->ndim != 1 || l->shape->shape[0] != 2)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "%s.weight_shape is not I64 [2]", l->name);
+    int64_t ws[2];
+    memcpy(ws, l->shape->data, sizeof ws);
+    if (ws[0] != out || ws[1] != in)
+        return qpk_err_setf(e, QPK_E_MISMATCH, "%s.weight_shape is [%lld, %lld]; config.json implies [%lld, %lld]",
+                            l->name, (long long)ws[0], (long long)ws[1], (long long)out, (long long)in);
+    if (in % group != 0)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s: group_size %lld does not divide its %lld inputs", l->name,
+                            (long long)group, (long long)in);
+    l->groups = in / group;
+    QPK_TRY(expect_shape(l, l->qweight, "weight_packed", out, (in + pn - 1) / pn, e));
+    if (l->qzeros)
+        QPK_TRY(expect_shape(l, l->qzeros, "weight_zero_point", (out + pn - 1) / pn, l->groups, e));
+    if (l->g_idx)
+        QPK_TRY(expect_shape(l, l->g_idx, "weight_g_idx", in, 0, e));
+    return expect_shape(l, l->scales, "weight_scale", out, l->groups, e);
+}
+
 static qpk_status check_tensors(qpk_qlinear *l, qpk_err *e)
 {
     const qpk_hfq *q = l->q;
+    if (q->method == QPK_HFQ_CT)
+        return check_ct(l, e);
     const int64_t in = l->cols, out = l->rows, pn = 32 / q->bits;
     const int64_t group = q->group == -1 ? in : q->group;
     static const char *const PART[4] = {"qweight", "qzeros", "scales", "g_idx"};
@@ -312,8 +675,9 @@ static qpk_status order_columns(qpk_qlinear *l, qpk_err *e)
         int32_t g = group_of(l, i);
         if (g < 0 || g >= l->groups) {
             free(count);
-            return qpk_err_setf(e, QPK_E_CORRUPT, "%s.g_idx[%lld] is %d, outside its %lld groups", l->name, (long long)i,
-                                g, (long long)l->groups);
+            return qpk_err_setf(e, QPK_E_CORRUPT, "%s.%s[%lld] is %d, outside its %lld groups", l->name,
+                                l->q->method == QPK_HFQ_CT ? "weight_g_idx" : "g_idx", (long long)i, g,
+                                (long long)l->groups);
         }
         count[g]++;
         contiguous &= g == i / group;
@@ -345,9 +709,15 @@ static qpk_status choose_type(qpk_qlinear *l, qpk_err *e)
         for (int64_t o = 0; o < l->rows; o++) {
             float d;
             if (!scale_at(l, g, o, &d))
-                return qpk_err_setf(e, QPK_E_VALUE, "%s.scales[%lld][%lld] is %g: %s", l->name, (long long)g,
-                                    (long long)o, (double)d,
-                                    isfinite(d) ? "not exact in f16 (qpk's blocks hold f16 scales)" : "not finite");
+                return l->q->method == QPK_HFQ_CT
+                           ? qpk_err_setf(e, QPK_E_VALUE, "%s.weight_scale[%lld][%lld] is %g: %s", l->name,
+                                          (long long)o, (long long)g, (double)d,
+                                          isfinite(d) ? "not exact in f16 (qpk's blocks hold f16 scales, so this "
+                                                        "linear cannot be imported exactly)"
+                                                      : "not finite")
+                           : qpk_err_setf(e, QPK_E_VALUE, "%s.scales[%lld][%lld] is %g: %s", l->name, (long long)g,
+                                          (long long)o, (double)d,
+                                          isfinite(d) ? "not exact in f16 (qpk's blocks hold f16 scales)" : "not finite");
             all_mid &= zero_at(l, g, o) == mid;
         }
     l->type = l->q->bits == 4 ? (all_mid ? QPK_TYPE_INT4S : QPK_TYPE_INT4) : (all_mid ? QPK_TYPE_INT8 : QPK_TYPE_INT8Z);
@@ -380,6 +750,16 @@ void qpk_qlinear_free(qpk_qlinear *l)
 static void decode_codes(const qpk_qlinear *l, int64_t r0, int64_t n, uint8_t *codes)
 {
     const int64_t in = l->cols, out = l->rows;
+    if (l->q->method == QPK_HFQ_CT) { /* row o: one little-endian bit stream, input i at bit i bits */
+        const int bits = l->q->bits, pn = 32 / bits;
+        const uint32_t mask = (1u << bits) - 1;
+        const int64_t words = (in + pn - 1) / pn;
+        for (int64_t o = r0; o < r0 + n; o++)
+            for (int64_t i = 0; i < in; i++)
+                codes[(o - r0) * in + i] = (uint8_t)(rd32(l->qweight, (uint64_t)(o * words + i / pn)) >>
+                                                     (bits * (i % pn)) & mask);
+        return;
+    }
     if (l->q->method == QPK_HFQ_AWQ) {
         for (int64_t i = 0; i < in; i++)
             for (int64_t o = r0; o < r0 + n; o++)
@@ -405,7 +785,8 @@ uint64_t qpk_qlinear_source_bytes(const qpk_qlinear *l)
             b += qpk_qlinear_source_bytes(&l->parts[k]);
         return b;
     }
-    return l->qweight->nbytes + l->qzeros->nbytes + l->scales->nbytes + (l->g_idx ? l->g_idx->nbytes : 0);
+    return l->qweight->nbytes + (l->qzeros ? l->qzeros->nbytes : 0) + l->scales->nbytes +
+           (l->g_idx ? l->g_idx->nbytes : 0) + (l->shape ? l->shape->nbytes : 0);
 }
 
 qpk_status qpk_qlinear_rows(const qpk_qlinear *l, int64_t r0, int64_t n, uint8_t *out, qpk_err *e)

@@ -51,7 +51,8 @@ qpk_status qpk_gguf_export_finish(qpk_gguf_export *x, const qpk_callbacks *cb, q
 typedef struct qpk_hf_sink qpk_hf_sink;
 
 /* A GPTQ (awq false) or AWQ folder at path, built in a hidden temporary folder beside it. */
-qpk_status qpk_hf_sink_create(qpk_hf_sink **out, bool awq, const char *path, const qpk_sink_opts *o, qpk_err *e);
+qpk_status qpk_hf_sink_create(qpk_hf_sink **out, qpk_output kind, const char *path, const qpk_sink_opts *o,
+                              qpk_err *e);
 /* Checks every declared tensor against the layout (one bit width and group, ...) and starts the safetensors. */
 qpk_status qpk_hf_sink_declare(qpk_hf_sink *h, const qpk_sink_model *m, qpk_err *e);
 qpk_status qpk_hf_sink_begin(qpk_hf_sink *h, const qpk_sink_tensor *t, qpk_err *e);

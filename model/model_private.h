@@ -72,7 +72,21 @@ const char *qpk_checkpoint_ignored(const qpk_checkpoint *ck, size_t i);
 
 /* ------------------------------------------ GPTQ / AWQ checkpoints (hfquant.c) */
 
-typedef enum qpk_hfq_method { QPK_HFQ_NONE = 0, QPK_HFQ_GPTQ, QPK_HFQ_AWQ } qpk_hfq_method;
+typedef enum qpk_hfq_method { QPK_HFQ_NONE = 0, QPK_HFQ_GPTQ, QPK_HFQ_AWQ, QPK_HFQ_CT } qpk_hfq_method;
+
+#define QPK_CT_GROUPS 8   /* config groups of a compressed-tensors checkpoint */
+#define QPK_CT_TARGETS 64 /* targets of one group */
+
+/* One config group of a compressed-tensors pack-quantized checkpoint (weight-only int). */
+typedef struct qpk_ct_group {
+    char name[32];                         /* "group_0" */
+    int bits;                              /* 4 or 8 */
+    int64_t group;                         /* group_size; -1: strategy channel */
+    bool sym, actorder;                    /* actorder "group": weight_g_idx */
+    char targets[QPK_CT_TARGETS][96];      /* "Linear", module names, "re:" patterns */
+    int n_targets;
+    bool used;                             /* some linear took it (set while claiming) */
+} qpk_ct_group;
 
 /* A checkpoint's quantization_config (or quantize_config.json), as far as the layout goes. */
 typedef struct qpk_hfq {
@@ -81,8 +95,11 @@ typedef struct qpk_hfq {
     int64_t group;     /* group_size; -1: one group per row */
     bool sym, desc_act;
     bool v2;           /* GPTQ checkpoint_format gptq_v2: zeros stored as they are (v1: zero - 1) */
-    char skip[16][64]; /* AWQ's modules_to_not_convert */
+    char skip[16][96]; /* AWQ's modules_to_not_convert; compressed-tensors' ignore */
     int n_skip;
+    bool skip_used[16];              /* compressed-tensors: an ignore entry matched a module */
+    qpk_ct_group ct[QPK_CT_GROUPS];  /* compressed-tensors' config groups (method QPK_HFQ_CT) */
+    int n_ct;
 } qpk_hfq;
 
 /*
@@ -93,12 +110,32 @@ typedef struct qpk_hfq {
 qpk_status qpk_hfq_parse(const char *config, size_t n, const char *qcfg, size_t qn, qpk_hfq *q, qpk_err *e);
 /* Whether the linear called name is one the config leaves in float (AWQ's modules_to_not_convert). */
 bool qpk_hfq_skips(const qpk_hfq *q, const char *name);
+/*
+ * compressed-tensors: the config group that quantizes the linear called name (*k), or -1
+ * when the config leaves it in float (in ignore, or targeted by no group). The most
+ * specific target wins (a module name, then a "re:" pattern, then the class "Linear"), as
+ * compressed-tensors resolves them; two groups equally specific are refused. Marks the
+ * groups and ignore entries that matched.
+ */
+qpk_status qpk_hfq_ct_scheme(qpk_hfq *q, const char *name, int *k, qpk_err *e);
+/* Marks the ignore entries naming a module that is no quantizable linear (a router, the embedding): named is not
+ * missing. */
+void qpk_hfq_ct_mark_ignored(qpk_hfq *q, const char *name);
+/* After every module was looked up: each config group quantized one, and each ignore entry that is a plain name
+ * named one (lm_head always exists). */
+qpk_status qpk_hfq_ct_check_used(const qpk_hfq *q, qpk_err *e);
+/* The quantization of config group k as a layout of its own (method QPK_HFQ_CT). */
+void qpk_hfq_ct_layout(const qpk_hfq *q, int k, qpk_hfq *out);
+/* Whether name matches a compressed-tensors target (plain name, or "re:" pattern anchored at its start). */
+bool qpk_ct_match(const char *target, const char *name);
 
 /* One quantized linear of such a checkpoint, and how it imports into qpk blocks. */
 typedef struct qpk_qlinear {
     const qpk_hfq *q;
     char name[QPK_MAX_NAME];   /* "model.layers.3.mlp.up_proj" */
+    /* compressed-tensors: weight_packed, weight_zero_point, weight_scale, weight_g_idx, and shape its weight_shape */
     const qpk_st_tensor *qweight, *qzeros, *scales, *g_idx; /* g_idx may be NULL */
+    const qpk_st_tensor *shape;
     int64_t rows, cols;        /* out, in (from the config) */
     int64_t groups;            /* the checkpoint's groups per row */
     uint32_t type, group;      /* the qpk type and group it imports as */

@@ -20,20 +20,20 @@ struct qpk_sink {
     size_t n_files;
     qpk_writer *w;         /* QPK_OUT_QPK */
     qpk_gguf_export *gguf; /* QPK_OUT_GGUF */
-    qpk_hf_sink *hf;       /* QPK_OUT_GPTQ, QPK_OUT_AWQ */
+    qpk_hf_sink *hf;       /* QPK_OUT_GPTQ, QPK_OUT_AWQ, QPK_OUT_CT */
     double last_change;    /* the last tensor's largest weight change in the layout (0: carried exactly) */
 };
 
 const char *qpk_output_name(qpk_output o)
 {
-    static const char *const NAMES[] = {"qpk", "gguf", "gptq", "awq"};
+    static const char *const NAMES[] = {"qpk", "gguf", "gptq", "awq", "compressed-tensors"};
     return (unsigned)o < sizeof NAMES / sizeof *NAMES ? NAMES[o] : "?";
 }
 
 qpk_status qpk_sink_create(qpk_sink **out, qpk_output kind, const char *path, const qpk_sink_opts *opts, qpk_err *e)
 {
     *out = NULL;
-    if ((unsigned)kind > QPK_OUT_AWQ)
+    if ((unsigned)kind > QPK_OUT_CT)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "unknown output kind %d", (int)kind);
     if (opts && opts->gptq_v2 && kind != QPK_OUT_GPTQ)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "the GPTQ v2 layout applies to GPTQ folders only");
@@ -47,7 +47,7 @@ qpk_status qpk_sink_create(qpk_sink **out, qpk_output kind, const char *path, co
     switch (kind) {
     case QPK_OUT_QPK: st = qpk_writer_create(&s->w, path, e); break;
     case QPK_OUT_GGUF: st = qpk_gguf_export_create(&s->gguf, path, e); break;
-    default: st = qpk_hf_sink_create(&s->hf, kind == QPK_OUT_AWQ, path, &s->o, e); break;
+    default: st = qpk_hf_sink_create(&s->hf, kind, path, &s->o, e); break;
     }
     if (st != QPK_OK) {
         free(s);

@@ -609,7 +609,8 @@ static void test_type_versions(void)
         CHECKF(!t || t->version == (v1 ? 1u : 2u), "type %u: version %u", id, t ? t->version : 0);
         const bool gptq = id == QPK_TYPE_INT8 || id == QPK_TYPE_INT4 || id == QPK_TYPE_INT4S || id == QPK_TYPE_INT8Z;
         const bool awq = id == QPK_TYPE_INT4 || id == QPK_TYPE_INT4S;
-        CHECKF(!t || t->folders == ((gptq ? QPK_FOLDER_GPTQ : 0) | (awq ? QPK_FOLDER_AWQ : 0)), "type %u: folders %u",
+        CHECKF(!t || t->folders == ((gptq ? QPK_FOLDER_GPTQ | QPK_FOLDER_CT : 0) | (awq ? QPK_FOLDER_AWQ : 0)),
+               "type %u: folders %u",
                id, t ? t->folders : 0);
     }
     char buf[64];
@@ -617,6 +618,7 @@ static void test_type_versions(void)
           !strcmp(buf, "int8, int4, int4s or int8z"));
     CHECK(qpk_folder_type_list(QPK_FOLDER_GPTQ, true, buf, sizeof buf) == strlen("int8, int4 or int4s"));
     CHECK(qpk_folder_type_list(QPK_FOLDER_AWQ, true, buf, sizeof buf) && !strcmp(buf, "int4 or int4s"));
+    CHECK(qpk_folder_type_list(QPK_FOLDER_CT, false, buf, sizeof buf) && !strcmp(buf, "int8, int4, int4s or int8z"));
     /* A version 1 file with an i32 tensor: refused at finish, nothing left. */
     char path[256];
     snprintf(path, sizeof path, "%s/v1.qpk", g_dir);

@@ -232,6 +232,152 @@ static void test_fixtures(void)
     }
 }
 
+/* ------------------------------------------------------- compressed-tensors */
+
+/* Every tensor of .qpk a is in .qpk b with the same type, group, shape and bytes, and b has no more. */
+static void check_same_qpk(const char *a_path, const char *b_path)
+{
+    qpk_file *a = NULL, *b = NULL;
+    qpk_err e = {0};
+    bool ok = qpk_open(&a, a_path, NULL, &e) == QPK_OK && qpk_open(&b, b_path, NULL, &e) == QPK_OK;
+    CHECKF(ok, "%s / %s: %s", a_path, b_path, e.msg);
+    size_t differ = 0;
+    for (size_t i = 0; ok && i < qpk_n_tensors(a); i++) {
+        const qpk_tensor *x = qpk_tensor_at(a, i), *y = qpk_find_tensor(b, x->name);
+        bool same = y && x->type == y->type && x->group_size == y->group_size && x->ndim == y->ndim &&
+                    !memcmp(x->dims, y->dims, sizeof x->dims) && x->nbytes == y->nbytes &&
+                    !memcmp(x->data, y->data, x->nbytes);
+        if (!same && differ++ < 3)
+            fprintf(stderr, "  %s differs in %s\n", x->name, b_path);
+    }
+    CHECKF(ok && differ == 0 && qpk_n_tensors(a) == qpk_n_tensors(b), "%s vs %s: %zu tensors differ", a_path, b_path,
+           differ);
+    qpk_close(a), qpk_close(b);
+}
+
+/*
+ * The compressed-tensors fixtures (independent packer): every weight equals
+ * dequant-expected bit for bit, the folder and its .qpk reproduce ref-logits, the .qpk
+ * written back as compressed-tensors is the fixture's very tensors, and reads back as the
+ * same .qpk byte for byte.
+ */
+static void test_ct_fixtures(void)
+{
+    static const char *const CT[] = {"ct-w4a16-asym-actorder", "ct-w8a16"};
+    char fixture[4096], qpk[4096], out[4096], back[4096];
+    for (size_t k = 0; k < sizeof CT / sizeof *CT; k++) {
+        snprintf(fixture, sizeof fixture, "%s/qwen-tiny-a-%s", FX, CT[k]);
+        snprintf(qpk, sizeof qpk, "%s/%s.qpk", TMP, CT[k]);
+        snprintf(out, sizeof out, "%s/%s.out", TMP, CT[k]);
+        snprintf(back, sizeof back, "%s/%s.back.qpk", TMP, CT[k]);
+        qpk_convert_opts o = {.dtype = -1};
+        qpk_err e = {0};
+        CHECKF(tu_convert(fixture, qpk, &o, &e) == QPK_OK, "%s: %s", fixture, e.msg);
+        CHECKF(check_exact(fixture, qpk) == 28, "%s: not every linear checked", fixture);
+        check_ref_logits(fixture, fixture);
+        check_ref_logits(fixture, qpk);
+        qpk_convert_opts x = {.to = QPK_OUT_CT, .n_threads = 1 + (int)k};
+        CHECKF(tu_export_hf(qpk, out, &x, &e) == QPK_OK, "%s: %s", out, e.msg);
+        check_same_tensors(fixture, out);
+        CHECKF(tu_convert(out, back, &o, &e) == QPK_OK, "%s: %s", out, e.msg);
+        check_same_qpk(qpk, back);
+        check_ref_logits(fixture, out);
+        rm_rf(out), unlink(back), unlink(qpk);
+    }
+    /* Mixed schemes (int4 g32 asym, int8 for down_proj, int4s for layer 0's q_proj): three config groups, one
+     * targeting down_proj by a pattern (a role held whole), one naming its module, and the same .qpk back. */
+    {
+        char a[4096], mixed[4096], mixed_back[4096];
+        qpk_quant_rule rules[3];
+        qpk_err e = {0};
+        CHECK(qpk_quant_rule_parse("down_proj=int8", &rules[0], &e) == QPK_OK &&
+              qpk_quant_rule_parse("layers.0.self_attn.q_proj=int4s", &rules[1], &e) == QPK_OK &&
+              qpk_quant_rule_parse("embed_tokens=f16", &rules[2], &e) == QPK_OK); /* folders keep it float */
+        snprintf(a, sizeof a, "%s/qwen-tiny-a", FX);
+        snprintf(qpk, sizeof qpk, "%s/mixed.qpk", TMP);
+        snprintf(mixed, sizeof mixed, "%s/mixed.ct", TMP);
+        snprintf(mixed_back, sizeof mixed_back, "%s/mixed.back.qpk", TMP);
+        qpk_convert_opts q = {.dtype = -1, .quant = QPK_TYPE_INT4, .group = 32, .rules = rules, .n_rules = 3};
+        qpk_convert_opts x = {.to = QPK_OUT_CT}, o = {.dtype = -1};
+        CHECKF(tu_convert(a, qpk, &q, &e) == QPK_OK, "%s", e.msg);
+        CHECKF(tu_export_hf(qpk, mixed, &x, &e) == QPK_OK, "%s", e.msg);
+        CHECKF(tu_convert(mixed, mixed_back, &o, &e) == QPK_OK, "%s", e.msg);
+        check_same_qpk(qpk, mixed_back);
+        size_t len;
+        char p[4096], *cfg = slurp(path2(p, mixed, "config.json"), &len);
+        CHECKF(cfg && strstr(cfg, "\"group_2\"") && !strstr(cfg, "\"group_3\"") &&
+                   strstr(cfg, "[\"re:.*\\\\.mlp\\\\.down_proj$\"]") &&
+                   strstr(cfg, "[\"model.layers.0.self_attn.q_proj\"]") && !strstr(cfg, "model.layers.3.mlp.down_proj"),
+               "%s: not three config groups, down_proj by its pattern and q_proj by its name", mixed);
+        free(cfg);
+        rm_rf(mixed), unlink(qpk), unlink(mixed_back);
+    }
+    /* MoE: experts written one by one, read back through the stacked matrices; the routers ignored. (Qwen3-MoE's
+     * tiny experts have rows of 48, which no qpk group divides.) */
+    static const char *const MOE[] = {"qwen-tiny-moe"};
+    for (size_t k = 0; k < sizeof MOE / sizeof *MOE; k++) {
+        char src[4096], ct[4096], ct_back[4096];
+        qpk_quant_rule rules[3];
+        qpk_err e = {0};
+        CHECK(qpk_quant_rule_parse("embed_tokens=f16", &rules[0], &e) == QPK_OK &&
+              qpk_quant_rule_parse("lm_head=f16", &rules[1], &e) == QPK_OK &&
+              qpk_quant_rule_parse("experts.down_proj=int4s", &rules[2], &e) == QPK_OK); /* a second scheme */
+        snprintf(src, sizeof src, "%s/%s", FX, MOE[k]);
+        snprintf(qpk, sizeof qpk, "%s/%s.qpk", TMP, MOE[k]);
+        snprintf(ct, sizeof ct, "%s/%s.ct", TMP, MOE[k]);
+        snprintf(ct_back, sizeof ct_back, "%s/%s.back.qpk", TMP, MOE[k]);
+        qpk_convert_opts q = {.dtype = -1, .quant = QPK_TYPE_INT8, .group = QPK_GROUP_ROW, .rules = rules, .n_rules = 3};
+        qpk_convert_opts x = {.to = QPK_OUT_CT}, o = {.dtype = -1};
+        CHECKF(tu_convert(src, qpk, &q, &e) == QPK_OK, "%s: %s", src, e.msg);
+        CHECKF(tu_export_hf(qpk, ct, &x, &e) == QPK_OK, "%s: %s", ct, e.msg);
+        CHECKF(tu_convert(ct, ct_back, &o, &e) == QPK_OK, "%s: %s", ct, e.msg);
+        check_same_qpk(qpk, ct_back);
+        size_t len;
+        char p[4096], *cfg = slurp(path2(p, ct, "config.json"), &len);
+        CHECKF(cfg && strstr(cfg, "\"re:.*mlp\\\\.gate$\"") && strstr(cfg, "\"strategy\":\t\"channel\"") &&
+                   strstr(cfg, "[\"re:.*\\\\.mlp\\\\.experts\\\\..*\\\\.down_proj$\"]"),
+               "%s: no router in ignore, not per channel, or the experts' down_proj not by their pattern", ct);
+        /* The routers named one by one, as some releases list them: read alike; a router of a dense layer: none. */
+        static const char *const ROUTERS[2] = {
+            "\"model.layers.0.mlp.gate\", \"model.layers.2.mlp.gate\", \"model.layers.2.mlp.shared_expert_gate\"",
+            "\"model.layers.1.mlp.gate\""};
+        for (int r = 0; cfg && r < 2; r++) {
+            char *at = strstr(cfg, "\"re:.*mlp\\\\.gate$\"");
+            FILE *f = at ? fopen(p, "w") : NULL;
+            if (f)
+                fprintf(f, "%.*s%s%s", (int)(at - cfg), cfg, ROUTERS[r], at + strlen("\"re:.*mlp\\\\.gate$\"")), fclose(f);
+            unlink(ct_back);
+            const qpk_status st = tu_convert(ct, ct_back, &o, &e);
+            if (r == 0) {
+                CHECKF(f && st == QPK_OK, "%s with the routers named: %s", ct, e.msg);
+                check_same_qpk(qpk, ct_back);
+            } else {
+                CHECKF(f && st == QPK_E_MISMATCH &&
+                           strstr(e.msg, "quantization_config: ignore names model.layers.1.mlp.gate, which is no linear "
+                                         "of the model"),
+                       "%s with a dense layer's router named: %d %s", ct, (int)st, e.msg);
+            }
+        }
+        free(cfg);
+        rm_rf(ct), unlink(qpk), unlink(ct_back);
+    }
+    /* GPTQ and AWQ folders as compressed-tensors: the same .qpk as the folder itself gives, bit for bit. */
+    for (size_t k = 0; k < sizeof FIXTURES / sizeof *FIXTURES; k++) {
+        snprintf(fixture, sizeof fixture, "%s/qwen-tiny-a-%s", FX, FIXTURES[k]);
+        snprintf(qpk, sizeof qpk, "%s/%s.qpk", TMP, FIXTURES[k]);
+        snprintf(out, sizeof out, "%s/%s.ct", TMP, FIXTURES[k]);
+        snprintf(back, sizeof back, "%s/%s.ct.qpk", TMP, FIXTURES[k]);
+        qpk_convert_opts o = {.dtype = -1}, x = {.to = QPK_OUT_CT, .dtype = -1};
+        qpk_err e = {0};
+        CHECKF(tu_convert(fixture, qpk, &o, &e) == QPK_OK, "%s: %s", fixture, e.msg);
+        CHECKF(tu_convert(fixture, out, &x, &e) == QPK_OK, "%s: %s", out, e.msg);
+        CHECKF(tu_convert(out, back, &o, &e) == QPK_OK, "%s: %s", out, e.msg);
+        check_same_qpk(qpk, back);
+        check_exact(fixture, back);
+        rm_rf(out), unlink(back), unlink(qpk);
+    }
+}
+
 /* ------------------------------------------------------------ GGUF, exactly */
 
 /* ggml's dequantization of one block of 32, written from ggml-common.h's layouts. */
@@ -364,7 +510,9 @@ static void test_awq_quality(void)
 
 /* --------------------------------------------------- malformed checkpoints */
 
-typedef enum action { KEEP, DROP, TRUNCATE, AS_F32, SET_WORD, SET_HALF, ZERO_ALL, TO_FLOAT } action;
+/* NARROW: one column fewer; F16_TO_F32: the same values stored as F32 (then element index set to the bits value,
+ * when value is not 0). */
+typedef enum action { KEEP, DROP, TRUNCATE, AS_F32, SET_WORD, SET_HALF, ZERO_ALL, TO_FLOAT, NARROW, F16_TO_F32 } action;
 
 typedef struct defect {
     const char *what, *fixture;
@@ -406,6 +554,25 @@ static bool make_variant(const defect *d, const char *dir)
             memcpy(data[k], t->data, t->nbytes);
             if (hit && d->act == TRUNCATE)
                 x->shape[0]--, x->nbytes -= t->nbytes / (uint64_t)t->shape[0];
+            if (hit && d->act == NARROW) { /* rows of shape[1] - 1 elements */
+                const size_t es = qpk_st_dtype_size(t->dtype), w = (size_t)t->shape[1];
+                for (int64_t r = 0; r < t->shape[0]; r++)
+                    memmove(data[k] + (size_t)r * (w - 1) * es, (const uint8_t *)t->data + (size_t)r * w * es, (w - 1) * es);
+                x->shape[1]--, x->nbytes = (uint64_t)t->shape[0] * (w - 1) * es;
+            }
+            if (hit && d->act == F16_TO_F32) {
+                float *fv = malloc(t->numel * 4);
+                for (uint64_t j = 0; j < t->numel; j++) {
+                    uint16_t h;
+                    memcpy(&h, (const uint8_t *)t->data + 2 * j, 2);
+                    fv[j] = qpk_f16_to_f32(h);
+                }
+                if (d->value)
+                    memcpy(&fv[d->index], &d->value, 4);
+                free(data[k]);
+                data[k] = (uint8_t *)fv;
+                x->dtype = QPK_ST_F32, x->nbytes = t->numel * 4;
+            }
             if (hit && d->act == AS_F32)
                 x->dtype = QPK_ST_F32;
             if (hit && d->act == SET_WORD)
@@ -457,6 +624,8 @@ static bool make_variant(const defect *d, const char *dir)
     return ok;
 }
 
+static int run_defects(const defect *DEFECTS, size_t count);
+
 static void test_malformed(void)
 {
 #define Q "model.layers.0.self_attn.q_proj."
@@ -506,8 +675,16 @@ static void test_malformed(void)
     };
 #undef Q
 #undef D
+    const int n = run_defects(DEFECTS, sizeof DEFECTS / sizeof *DEFECTS);
+    fprintf(stderr, "%d malformed quantized checkpoints checked\n", n);
+    fprintf(stderr, "%d of them replayed with e == NULL\n", n);
+}
+
+/* Each defect made, converted: refused with its status and message, no output, and the same without an e. */
+static int run_defects(const defect *DEFECTS, size_t count)
+{
     int n = 0;
-    for (size_t i = 0; i < sizeof DEFECTS / sizeof *DEFECTS; i++) {
+    for (size_t i = 0; i < count; i++) {
         const defect *d = &DEFECTS[i];
         char dir[4096], out[4096];
         snprintf(dir, sizeof dir, "%s/bad-%zu", TMP, i);
@@ -530,8 +707,7 @@ static void test_malformed(void)
         n++;
         rm_rf(dir);
     }
-    fprintf(stderr, "%d malformed quantized checkpoints checked\n", n);
-    fprintf(stderr, "%d of them replayed with e == NULL\n", n);
+    return n;
 }
 
 /* ------------------------------------------------ quantization_config's types */
@@ -1098,13 +1274,243 @@ static void test_folders(void)
     CHECK(no_temporaries());
 }
 
-int main(void)
+/*
+ * compressed-tensors checkpoints one defect away from the fixtures: refused by name with no
+ * output; and variants that stay exact (scales stored as F32, a second config group taking
+ * some linears by pattern, an ignore pattern matching nothing).
+ */
+static void test_ct_malformed(void)
+{
+#define A "ct-w4a16-asym-actorder"
+#define B "ct-w8a16"
+#define Q "model.layers.0.self_attn.q_proj"
+#define D "model.layers.1.mlp.down_proj"
+#define GROUP8 "{\"targets\": [\"re:.*conv$\"], \"weights\": {\"num_bits\": 8, \"type\": \"int\", \"strategy\": \"channel\"}}"
+    static const defect DEFECTS[] = {
+        {"packed width not matching weight_shape", A, NULL, NULL, Q ".weight_packed", NARROW, 0, 0, QPK_E_MISMATCH,
+         Q ".weight_packed has shape [128, 15]; config.json implies [128, 16]"},
+        {"packed rows not matching weight_shape", B, NULL, NULL, D ".weight_packed", TRUNCATE, 0, 0, QPK_E_MISMATCH,
+         D ".weight_packed has shape [127, 96]; config.json implies [128, 96]"},
+        {"weight_shape not the config's", A, NULL, NULL, Q ".weight_shape", SET_WORD, 2, 256, QPK_E_MISMATCH,
+         Q ".weight_shape is [128, 256]; config.json implies [128, 128]"},
+        {"weight_shape missing", A, NULL, NULL, Q ".weight_shape", DROP, 0, 0, QPK_E_MISMATCH,
+         Q " has no weight_shape (a compressed-tensors pack-quantized linear stores weight_packed, weight_scale and "
+           "weight_shape)"},
+        {"zero point of the wrong shape", A, NULL, NULL, Q ".weight_zero_point", TRUNCATE, 0, 0, QPK_E_MISMATCH,
+         Q ".weight_zero_point has shape [15, 4]; config.json implies [16, 4]"},
+        {"zero point missing (asymmetric)", A, NULL, NULL, Q ".weight_zero_point", DROP, 0, 0, QPK_E_MISMATCH,
+         Q " has no weight_zero_point while its config group is asymmetric"},
+        {"g_idx out of range", A, NULL, NULL, D ".weight_g_idx", SET_WORD, 7, 99, QPK_E_CORRUPT,
+         D ".weight_g_idx[7] is 99, outside its 12 groups"},
+        {"g_idx groups uneven", A, NULL, NULL, Q ".weight_g_idx", ZERO_ALL, 0, 0, QPK_E_UNSUPPORTED,
+         Q ": group 0 has 128 columns, not group_size 32"},
+        {"g_idx missing with actorder group", A, NULL, NULL, Q ".weight_g_idx", DROP, 0, 0, QPK_E_MISMATCH,
+         Q " has no weight_g_idx while its config group's actorder is group"},
+        {"g_idx without actorder group", A, "\"actorder\": \"group\"", "\"actorder\": null", NULL, KEEP, 0, 0,
+         QPK_E_CORRUPT, "has a weight_g_idx while its config group's actorder is not group"},
+        {"weight_packed not I32", A, NULL, NULL, Q ".weight_packed", AS_F32, 0, 0, QPK_E_CORRUPT,
+         Q ".weight_packed has dtype F32, not I32"},
+        {"scale NaN", B, NULL, NULL, Q ".weight_scale", SET_HALF, 5, 0x7e00, QPK_E_VALUE,
+         Q ".weight_scale[5][0] is nan: not finite"},
+        {"an F32 scale no f16 holds", A, NULL, NULL, Q ".weight_scale", F16_TO_F32, 9, 0x3dcccccd /* 0.1f */,
+         QPK_E_VALUE,
+         Q ".weight_scale[2][1] is 0.1: not exact in f16 (qpk's blocks hold f16 scales, so this linear cannot be "
+           "imported exactly)"},
+        {"bits 3", A, "\"num_bits\": 4", "\"num_bits\": 3", NULL, KEEP, 0, 0, QPK_E_UNSUPPORTED,
+         "compressed-tensors config group group_0 has 3-bit weights: qpk reads 4 and 8"},
+        {"a config group whose targets match nothing", A, "\"config_groups\": {", "\"config_groups\": {\"extra\": " GROUP8 ", ",
+         NULL, KEEP, 0, 0, QPK_E_MISMATCH,
+         "quantization_config: config group extra (targets re:.*conv$) matches no linear of the model"},
+        {"two config groups alike", A, "\"config_groups\": {",
+         "\"config_groups\": {\"extra\": {\"targets\": [\"Linear\"], \"weights\": {\"num_bits\": 8, \"type\": \"int\", "
+         "\"strategy\": \"channel\"}}, ", NULL, KEEP, 0, 0, QPK_E_UNSUPPORTED,
+         Q " is targeted by config groups extra and group_0 alike: which one quantizes it is ambiguous"},
+        {"an ignore naming a missing module", A, "\"lm_head\"", "\"lm_head\", \"model.layers.9.mlp.up_proj\"", NULL, KEEP,
+         0, 0, QPK_E_MISMATCH, "quantization_config: ignore names model.layers.9.mlp.up_proj, which is no linear of the model"},
+        {"an ignored linear stored packed", A, "\"lm_head\"", "\"lm_head\", \"model.layers.2.mlp.up_proj\"", NULL, KEEP, 0,
+         0, QPK_E_MISMATCH,
+         "model.layers.2.mlp.up_proj is stored packed while the config leaves it in float (it is in ignore)"},
+        {"an ignore pattern beyond the subset", A, "\"lm_head\"", "\"re:.*(gate|up)_proj\"", NULL, KEEP, 0, 0,
+         QPK_E_UNSUPPORTED,
+         "quantization_config: ignore \"re:.*(gate|up)_proj\" uses '(': qpk matches literal text, '.', '.*', '\\.', '^' "
+         "and '$'"},
+        {"unsupported format", A, "\"format\": \"pack-quantized\"", "\"format\": \"sparse-bitmask\"", NULL, KEEP, 0, 0,
+         QPK_E_UNSUPPORTED,
+         "compressed-tensors checkpoint format \"sparse-bitmask\": qpk reads pack-quantized (weight-only int4/int8)"},
+        {"FP8 (float-quantized)", B, "\"format\": \"pack-quantized\"", "\"format\": \"float-quantized\"", NULL, KEEP, 0,
+         0, QPK_E_UNSUPPORTED,
+         "compressed-tensors checkpoint format \"float-quantized\" (FP8 weights): qpk reads pack-quantized"},
+        {"FP8 weights (type float)", B, "\"type\": \"int\"", "\"type\": \"float\"", NULL, KEEP, 0, 0, QPK_E_UNSUPPORTED,
+         "compressed-tensors config group group_0 has weights of type \"float\" (FP8/FP4): qpk reads type int"},
+        {"W8A8 activations", B, "\"input_activations\": null",
+         "\"input_activations\": {\"num_bits\": 8, \"type\": \"int\", \"strategy\": \"token\", \"dynamic\": true}",
+         NULL, KEEP, 0, 0, QPK_E_UNSUPPORTED,
+         "compressed-tensors config group group_0 quantizes its input_activations (a W8A8-style scheme): qpk reads "
+         "weight-only schemes (input_activations null)"},
+        {"W8A8 (int-quantized)", B, "\"format\": \"pack-quantized\"", "\"format\": \"int-quantized\"", NULL, KEEP, 0, 0,
+         QPK_E_UNSUPPORTED, "format \"int-quantized\" (8-bit weights and activations, W8A8)"},
+        {"nvfp4", B, "\"format\": \"pack-quantized\"", "\"format\": \"nvfp4-pack-quantized\"", NULL, KEEP, 0, 0,
+         QPK_E_UNSUPPORTED, "format \"nvfp4-pack-quantized\" (NVFP4 weights)"},
+        {"sparsity", A, "\"sparsity_config\": {}",
+         "\"sparsity_config\": {\"format\": \"sparse-24-bitmask\", \"sparsity_structure\": \"2:4\"}", NULL, KEEP, 0, 0,
+         QPK_E_UNSUPPORTED, "compressed-tensors sparsity_config (format sparse-24-bitmask): qpk reads dense checkpoints"},
+        {"strategy tensor", B, "\"strategy\": \"channel\"", "\"strategy\": \"tensor\"", NULL, KEEP, 0, 0,
+         QPK_E_UNSUPPORTED, "compressed-tensors config group group_0 has strategy \"tensor\": qpk reads group and channel"},
+        {"kv cache quantized", B, "\"kv_cache_scheme\": null", "\"kv_cache_scheme\": {\"num_bits\": 8, \"type\": \"float\"}",
+         NULL, KEEP, 0, 0, QPK_E_UNSUPPORTED, "compressed-tensors kv_cache_scheme: qpk's runtime keeps the KV cache in float"},
+        {"not compressed", B, "\"quantization_status\": \"compressed\"", "\"quantization_status\": \"frozen\"", NULL, KEEP,
+         0, 0, QPK_E_UNSUPPORTED, "compressed-tensors quantization_status \"frozen\": qpk reads compressed checkpoints"},
+        {"dynamic weights", B, "\"dynamic\": false", "\"dynamic\": true", NULL, KEEP, 0, 0, QPK_E_UNSUPPORTED,
+         "config group group_0 quantizes its weights dynamically"},
+        {"a zero point in a symmetric group", B, "\"symmetric\": true", "\"symmetric\": false", NULL, KEEP, 0, 0,
+         QPK_E_MISMATCH, " has no weight_zero_point while its config group is asymmetric"},
+    };
+    const int n = run_defects(DEFECTS, sizeof DEFECTS / sizeof *DEFECTS);
+    fprintf(stderr, "%d malformed compressed-tensors checkpoints checked (and replayed with e == NULL)\n", n);
+    CHECK(n == (int)(sizeof DEFECTS / sizeof *DEFECTS));
+    /* Variants that stay exact. */
+    static const defect EXACT[] = {
+        {"scales stored as F32", A, NULL, NULL, Q ".weight_scale", F16_TO_F32, 0, 0, QPK_OK, ""},
+        {"q_proj by a pattern in a group of its own", A, "\"config_groups\": {",
+         "\"config_groups\": {\"attn\": {\"targets\": [\"re:.*self_attn\\\\.q_proj$\"], \"weights\": {\"num_bits\": 4, "
+         "\"type\": \"int\", \"symmetric\": false, \"group_size\": 32, \"strategy\": \"group\", \"actorder\": "
+         "\"group\"}}, ", NULL, KEEP, 0, 0, QPK_OK, ""},
+        {"an ignore pattern matching nothing", B, "\"lm_head\"", "\"lm_head\", \"re:.*mlp\\\\.gate$\"", NULL, KEEP, 0, 0,
+         QPK_OK, ""},
+    };
+    for (size_t i = 0; i < sizeof EXACT / sizeof *EXACT; i++) {
+        char dir[4096], out[4096], fixture[4096];
+        snprintf(dir, sizeof dir, "%s/ok-%zu", TMP, i);
+        snprintf(out, sizeof out, "%s/ok-%zu.qpk", TMP, i);
+        snprintf(fixture, sizeof fixture, "%s/qwen-tiny-a-%s", FX, EXACT[i].fixture);
+        qpk_convert_opts o = {.dtype = -1};
+        qpk_err e = {0};
+        CHECKF(make_variant(&EXACT[i], dir), "could not make '%s'", EXACT[i].what);
+        CHECKF(tu_convert(dir, out, &o, &e) == QPK_OK, "'%s': %s", EXACT[i].what, e.msg);
+        CHECKF(check_exact(fixture, out) == 28, "'%s': not exact", EXACT[i].what);
+        rm_rf(dir), unlink(out);
+    }
+#undef A
+#undef B
+#undef Q
+#undef D
+#undef GROUP8
+}
+
+/* quantization_config straight through qpk_hfq_parse, and the "re:" subset qpk matches. */
+static void test_ct_config(void)
+{
+#define CTC(g, x)                                                                                                    \
+    "{\"quantization_config\": {\"quant_method\": \"compressed-tensors\", \"format\": \"pack-quantized\", "          \
+    "\"config_groups\": {\"g\": {\"targets\": [\"Linear\"], \"weights\": {\"num_bits\": 4, \"type\": \"int\", "     \
+    "\"strategy\": \"group\", \"group_size\": 128" g "}}}" x "}}"
+    static const struct {
+        const char *config;
+        qpk_status want;
+        const char *msg;
+    } T[] = {
+        {CTC("", ""), QPK_OK, ""},
+        {CTC(", \"actorder\": \"weight\"", ""), QPK_OK, ""},
+        {CTC(", \"actorder\": \"static\"", ""), QPK_E_UNSUPPORTED,
+         "compressed-tensors config group g has actorder \"static\": qpk reads group, weight and null"},
+        {CTC(", \"actorder\": 3", ""), QPK_E_CORRUPT, "quantization_config: config group g's actorder is not a string"},
+        {CTC(", \"num_bits\": 2", ""), QPK_E_CORRUPT, "key 'num_bits' appears twice in one object"},
+        {CTC(", \"block_structure\": [128, 128]", ""), QPK_E_UNSUPPORTED,
+         "compressed-tensors config group g has a block_structure: qpk reads strategies group and channel"},
+        {CTC("", ", \"ignore\": \"lm_head\""), QPK_E_CORRUPT, "quantization_config: the config's ignore is not a list"},
+        {CTC("", ", \"ignore\": [\"re:model\\\\d+\"]"), QPK_E_UNSUPPORTED,
+         "quantization_config: ignore \"re:model\\d+\" uses the escape '\\d'"},
+        {CTC("", ", \"ignore\": [\"re:a*\"]"), QPK_E_UNSUPPORTED, "quantization_config: ignore \"re:a*\" uses '*'"},
+        {CTC("", ", \"ignore\": [\"re:a\\\\.*\"]"), QPK_E_UNSUPPORTED,
+         "quantization_config: ignore \"re:a\\.*\" uses '*'"}, /* '\.*': dots repeated, not '.*' */
+        {CTC("", ", \"transform_config\": {\"quip\": {}}"), QPK_E_UNSUPPORTED,
+         "compressed-tensors transform_config (rotations of the weights)"},
+        {"{\"quantization_config\": {\"quant_method\": \"compressed-tensors\", \"format\": \"pack-quantized\"}}",
+         QPK_E_CORRUPT, "quantization_config: compressed-tensors without config_groups"},
+        {"{\"quantization_config\": {\"quant_method\": \"compressed-tensors\", \"config_groups\": {\"g\": "
+         "{\"targets\": [\"Linear\"], \"weights\": {\"num_bits\": 8, \"type\": \"int\", \"strategy\": \"channel\"}}}}}",
+         QPK_E_CORRUPT, "quantization_config: config group g has no format, nor has the config"},
+        {"{\"quantization_config\": {\"quant_method\": \"compressed-tensors\", \"format\": \"pack-quantized\", "
+         "\"config_groups\": {\"g\": {\"targets\": [], \"weights\": {\"num_bits\": 8, \"type\": \"int\", \"strategy\": "
+         "\"channel\"}}}}}",
+         QPK_E_CORRUPT, "quantization_config: g's targets is empty"},
+        {"{\"quantization_config\": {\"quant_method\": \"compressed-tensors\", \"format\": \"pack-quantized\", "
+         "\"config_groups\": {\"g\": {\"targets\": [\"Linear\"], \"weights\": {\"num_bits\": 8, \"type\": \"int\", "
+         "\"strategy\": \"group\"}}}}}",
+         QPK_E_CORRUPT, "quantization_config: config group g has strategy group and group_size -1"},
+    };
+#undef CTC
+    for (size_t i = 0; i < sizeof T / sizeof *T; i++) {
+        qpk_hfq q;
+        qpk_err e = {0};
+        const qpk_status s = qpk_hfq_parse(T[i].config, strlen(T[i].config), NULL, 0, &q, &e);
+        CHECKF(s == T[i].want && strstr(e.msg, T[i].msg), "case %zu: status %d \"%s\" (want %d \"%s\")", i, (int)s,
+               e.msg, (int)T[i].want, T[i].msg);
+    }
+    /* The most specific target wins, whatever the order of the groups; equal ones are ambiguous. */
+    {
+        static const char PREC[] =
+            "{\"quantization_config\": {\"quant_method\": \"compressed-tensors\", \"format\": \"pack-quantized\", "
+            "\"config_groups\": {"
+            "\"a\": {\"targets\": [\"Linear\"], \"weights\": {\"num_bits\": 8, \"type\": \"int\", \"strategy\": \"channel\"}}, "
+            "\"b\": {\"targets\": [\"Linear\"], \"weights\": {\"num_bits\": 4, \"type\": \"int\", \"strategy\": \"channel\"}}, "
+            "\"c\": {\"targets\": [\"re:.*q_proj$\"], \"weights\": {\"num_bits\": 4, \"type\": \"int\", \"strategy\": "
+            "\"channel\"}}, "
+            "\"d\": {\"targets\": [\"model.layers.0.self_attn.q_proj\"], \"weights\": {\"num_bits\": 8, \"type\": "
+            "\"int\", \"strategy\": \"channel\"}}}}}";
+        static qpk_hfq q;
+        qpk_err e = {0};
+        int k = -2;
+        CHECKF(qpk_hfq_parse(PREC, strlen(PREC), NULL, 0, &q, &e) == QPK_OK && q.n_ct == 4, "%s", e.msg);
+        CHECK(qpk_hfq_ct_scheme(&q, "model.layers.0.self_attn.q_proj", &k, &e) == QPK_OK && k == 3);
+        CHECK(qpk_hfq_ct_scheme(&q, "model.layers.1.self_attn.q_proj", &k, &e) == QPK_OK && k == 2);
+        CHECK(qpk_hfq_ct_scheme(&q, "model.layers.1.self_attn.k_proj", &k, &e) == QPK_E_UNSUPPORTED &&
+              !strcmp(e.msg, "model.layers.1.self_attn.k_proj is targeted by config groups a and b alike: which one "
+                             "quantizes it is ambiguous"));
+    }
+    /* The subset of Python's re.match: anchored at the start, not at the end unless '$'. */
+    static const struct {
+        const char *target, *name;
+        bool match;
+    } M[] = {
+        {"lm_head", "lm_head", true},
+        {"lm_head", "model.lm_head", false},
+        {"re:.*lm_head", "model.lm_head", true},
+        {"re:.*mlp\\.gate$", "model.layers.0.mlp.gate", true},
+        {"re:.*mlp\\.gate$", "model.layers.0.mlp.gate_proj", false},
+        {"re:.*mlp.gate", "model.layers.0.mlp.gate_proj", true},
+        {"re:model.layers.1.*", "model.layers.10.mlp.up_proj", true},
+        {"re:model\\.layers\\.1\\..*", "model.layers.10.mlp.up_proj", false},
+        {"re:^model.*q_proj$", "model.layers.0.self_attn.q_proj", true},
+        {"re:self_attn", "model.layers.0.self_attn.q_proj", false},
+        {"re:.*self_attn.*proj$", "model.layers.0.self_attn.o_proj", true},
+        {"re:.*", "", true},
+        /* many '.*' and no match: linear backtracking, not exponential (this would take years otherwise) */
+        {"re:.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*.*x$",
+         "model.layers.0.self_attn.q_proj.model.layers.0.self_attn.q_proj.model.layers.0.self_attn.q_proj", false},
+        {"re:.*a.*b.*c$", "xaxbxc", true},
+        {"re:.*a.*b.*c$", "xaxbxcx", false},
+    };
+    for (size_t i = 0; i < sizeof M / sizeof *M; i++)
+        CHECKF(qpk_ct_match(M[i].target, M[i].name) == M[i].match, "'%s' against '%s': want %d", M[i].target,
+               M[i].name, (int)M[i].match);
+}
+
+/* "test_hfquant ct" runs the compressed-tensors tests only (ctest's test_ct); no argument, the others. */
+int main(int argc, char **argv)
 {
     FX = fixtures_dir();
     if (!FX)
         return fixtures_missing();
     if (!mkdtemp(TMP))
         return 2;
+    if (argc > 1 && !strcmp(argv[1], "ct")) {
+        test_ct_fixtures();
+        test_ct_malformed();
+        test_ct_config();
+        rm_rf(TMP);
+        return th_summary("test_ct");
+    }
     test_fixtures();
     test_gguf_exact();
     test_config_types();

@@ -188,7 +188,7 @@ static void usage(void)
     qpk_quant_type_list(types, sizeof types, " | ", " | ");
     printf("Usage: qconvert MODEL_DIR -o OUT.qpk [options]\n"
            "       qconvert MODEL_DIR|IN.qpk --to gguf -o OUT.gguf [options]\n"
-           "       qconvert MODEL_DIR|IN.qpk --to gptq|awq -o OUT_DIR [options]\n"
+           "       qconvert MODEL_DIR|IN.qpk --to gptq|awq|compressed-tensors -o OUT_DIR [options]\n"
            "       qconvert IN.gguf -o OUT.qpk\n"
            "\n"
            "Converts a Hugging Face checkpoint folder of the Qwen family (qwen2: Qwen1.5,\n"
@@ -203,15 +203,18 @@ static void usage(void)
            "The output appears only when complete.\n"
            "\n"
            "Options:\n"
-           "  -o, --output PATH     output file, or folder for gptq and awq (required)\n"
-           "      --to FORMAT       qpk | gguf | gptq | awq (default: gguf when PATH ends\n"
+           "  -o, --output PATH     output file, or folder for gptq, awq, compressed-tensors\n"
+           "      --to FORMAT       qpk | gguf | gptq | awq | compressed-tensors (default:\n"
+           "                        gguf when PATH ends\n"
            "                        in .gguf, else qpk).\n"
            "                        GGUF holds int8/int4s/int4 in groups of 32 as ggml's\n"
            "                        Q8_0/Q4_0/Q4_1 (--group defaults to 32), q4_k etc.\n"
            "                        as themselves; norms and biases are f32.\n"
            "                        GPTQ: int4 (sym false), int4s (sym true), int8 (8-bit);\n"
            "                        AWQ (GEMM): int4, int4s. One bit width and group size\n"
-           "                        for every linear; the embedding and head stay floats\n"
+           "                        for every linear; the embedding and head stay floats.\n"
+           "                        compressed-tensors (pack-quantized, vLLM's): int4,\n"
+           "                        int4s, int8, int8z, one config group per scheme\n"
            "      --shard-size N    gptq/awq: bytes of tensors per safetensors shard, e.g.\n"
            "                        4GB (default, as transformers), 500MB, 2GiB\n"
            "      --gptq-format F   v1 (default: what vLLM and transformers read) | v2\n"
@@ -359,10 +362,10 @@ static int set_option(cli *c, args *a, const struct option *opt, const char *v)
     case O_QUIET: c->quiet = true; return -1;
     case O_OUTPUT: a->out = v; return -1;
     case O_TO:
-        for (int k = QPK_OUT_QPK; k <= QPK_OUT_AWQ; k++)
+        for (int k = QPK_OUT_QPK; k <= QPK_OUT_CT; k++)
             if (!strcmp(v, qpk_output_name((qpk_output)k)))
                 return a->to = v, -1;
-        return cli_usage_error(c, "--to takes qpk, gguf, gptq or awq");
+        return cli_usage_error(c, "--to takes qpk, gguf, gptq, awq or compressed-tensors");
     case O_SHARD_SIZE:
         return parse_size(v, &o->shard_size)
                    ? -1
@@ -481,10 +484,10 @@ static int check_target(cli *c, args *a)
         return cli_usage_error(c, "missing -o OUT.qpk");
     size_t out_len = strlen(a->out);
     o->to = out_len >= 5 && !strcmp(a->out + out_len - 5, ".gguf") ? QPK_OUT_GGUF : QPK_OUT_QPK;
-    for (int k = QPK_OUT_QPK; a->to && k <= QPK_OUT_AWQ; k++)
+    for (int k = QPK_OUT_QPK; a->to && k <= QPK_OUT_CT; k++)
         if (!strcmp(a->to, qpk_output_name((qpk_output)k)))
             o->to = (qpk_output)k;
-    const bool to_folder = o->to == QPK_OUT_GPTQ || o->to == QPK_OUT_AWQ, group_given = a->shapes & FOR_GROUP;
+    const bool to_folder = o->to == QPK_OUT_GPTQ || o->to == QPK_OUT_AWQ || o->to == QPK_OUT_CT, group_given = a->shapes & FOR_GROUP;
     if (a->requant && o->to != QPK_OUT_GGUF && o->to != QPK_OUT_QPK)
         return cli_usage_error(c, "--requantize makes act-order linears fit GGUF: it goes with --to gguf (or --to qpk, "
                                   "for the .qpk such a GGUF is made from)");
@@ -525,8 +528,9 @@ static int check_input(cli *c, args *a)
     if (kind == QPK_INPUT_GGUF && o->to != QPK_OUT_QPK)
         return cli_usage_error(c, "%s is a GGUF: qconvert reads it into a .qpk (its tensors as they are)", a->in);
     if (kind == QPK_INPUT_QPK && o->to == QPK_OUT_QPK && !a->requant && !o->pad_intermediate)
-        return cli_usage_error(c, "%s is already a .qpk: it can be re-packed as GGUF, GPTQ or AWQ (--to gguf|gptq|awq), "
-                               "or padded (--pad-intermediate)", a->in);
+        return cli_usage_error(c, "%s is already a .qpk: it can be re-packed as GGUF, GPTQ, AWQ or compressed-tensors "
+                                  "(--to gguf|gptq|awq|compressed-tensors), or padded (--pad-intermediate)",
+                               a->in);
     if (kind == QPK_INPUT_GGUF &&
         (model_opts || gptq_opts || windows || o->calib.awq_fold_only || a->calib_path || a->requant))
         return cli_usage_error(c, "a GGUF is read with its tensors as they are: the quantization options apply to a "

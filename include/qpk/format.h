@@ -136,9 +136,11 @@ typedef struct qpk_type_info {
 } qpk_type_info;
 
 /* qpk_type_info.folders: a GPTQ folder packs 4- or 8-bit codes on a grid with one f16 scale and
- * one integer zero point per group (int4, int4s, int8, int8z); AWQ's GEMM layout, 4-bit ones. */
+ * one integer zero point per group (int4, int4s, int8, int8z); AWQ's GEMM layout, 4-bit ones;
+ * compressed-tensors' pack-quantized, the same as GPTQ (symmetric ones without zero points). */
 #define QPK_FOLDER_GPTQ 1u
 #define QPK_FOLDER_AWQ 2u
+#define QPK_FOLDER_CT 4u
 
 /* Group sizes of the types that take one are multiples of this (whole 16-byte halves of 4-bit codes). */
 #define QPK_GROUP_QUANTUM 32

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the seeds of tests/fuzz/corpus/hfquant (run once; the outputs are committed).
 
-From the fixtures' GPTQ/AWQ folders: layer 0's q_proj (128 x 128) parts as a small
+From the fixtures' GPTQ/AWQ/compressed-tensors folders: layer 0's q_proj (128 x 128) parts as a small
 safetensors file behind fuzz_hfquant's 4-byte layout prefix, and each folder's
 config.json behind the 0x80 byte that selects quantization_config parsing.
 Usage: hfquant_seeds.py FIXTURES_DIR OUT_DIR
@@ -12,8 +12,12 @@ import struct
 import sys
 
 fx, out = sys.argv[1], sys.argv[2]
-LAYOUT = {"gptq-int4": 0b00100, "gptq-int4-actorder": 0b01000, "gptq-int8": 0b00101, "awq": 0b00011}
-GROUP = {"gptq-int4": 1, "gptq-int4-actorder": 0, "gptq-int8": 2, "awq": 1}
+LAYOUT = {"gptq-int4": 0b00100, "gptq-int4-actorder": 0b01000, "gptq-int8": 0b00101, "awq": 0b00011,
+          # compressed-tensors: 0x60, bit 0 8-bit, bit 2 symmetric, bit 3 actorder group
+          "ct-w4a16-asym-actorder": 0x68, "ct-w8a16": 0x65}
+GROUP = {"gptq-int4": 1, "gptq-int4-actorder": 0, "gptq-int8": 2, "awq": 1, "ct-w4a16-asym-actorder": 0, "ct-w8a16": 3}
+PARTS = ("qweight", "qzeros", "scales", "g_idx")
+CT_PARTS = ("weight_packed", "weight_zero_point", "weight_scale", "weight_g_idx", "weight_shape")
 
 def tensors(folder):
     found = {}
@@ -37,7 +41,7 @@ for m, bits in LAYOUT.items():
     folder = os.path.join(fx, "qwen-tiny-a-" + m)
     t = tensors(folder)
     parts, header, off = [], {}, 0
-    for p in ("qweight", "qzeros", "scales", "g_idx"):
+    for p in CT_PARTS if m.startswith("ct-") else PARTS:
         k = "model.layers.0.self_attn.q_proj." + p
         if k in t:
             dtype, shape, raw = t[k]

@@ -394,7 +394,7 @@ static cJSON *ct_quant_config(const hf_export *x)
     groups = cJSON_AddObjectToObject(q, "config_groups");
     for (int k = 0; k < x->n_schemes; k++) {
         const ct_scheme *s = &x->schemes[k];
-        char gname[16];
+        char gname[24]; /* "group_" and any int */
         snprintf(gname, sizeof gname, "group_%d", k);
         cJSON *g = cJSON_AddObjectToObject(groups, gname), *targets = cJSON_AddArrayToObject(g, "targets");
         if (k == x->main_scheme)

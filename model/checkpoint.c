@@ -770,13 +770,8 @@ static struct stacked *stacked_of(const qpk_checkpoint *ck, qpk_role role, int l
 
 const qpk_st_tensor *qpk_checkpoint_tensor(const qpk_checkpoint *ck, qpk_role role, int layer)
 {
-    if (role == QPK_ROLE_LM_HEAD && ck->cfg.tie_word_embeddings)
-        role = QPK_ROLE_EMBED;
-    if (!qpk_role_is_per_layer(role))
-        layer = -1;
-    else if (layer < 0 || layer >= ck->cfg.n_layers)
-        return NULL;
-    struct stacked *st = stacked_of(ck, role, layer);
+    const qpk_st_tensor *t = qpk_checkpoint_tensor_meta(ck, role, layer);
+    struct stacked *st = t ? stacked_of(ck, role, layer) : NULL;
     if (st && !st->bytes) { /* gathered on first use: a cache, not a change of the checkpoint */
         const qpk_st_tensor *const *parts =
             &ck->experts[((size_t)layer * 3 + (size_t)expert_kind(role)) * (size_t)ck->cfg.n_experts];
@@ -788,7 +783,7 @@ const qpk_st_tensor *qpk_checkpoint_tensor(const qpk_checkpoint *ck, qpk_role ro
         st->bytes = b;
         st->t.data = b;
     }
-    return ck->slots[slot(role, layer)];
+    return t;
 }
 
 const qpk_st_tensor *qpk_checkpoint_tensor_meta(const qpk_checkpoint *ck, qpk_role role, int layer)

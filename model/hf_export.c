@@ -599,6 +599,29 @@ static void pack_task(void *arg, int64_t task, int thread)
     free(q);
 }
 
+/* Runs a linear's packing tasks on the pool: the first failing task's error, or cancellation. */
+static qpk_status run_pack(hf_export *x, int64_t tasks, void (*task)(void *, int64_t, int), pack_job *p, qpk_err *e)
+{
+    qpk_pool_run(x->pool, tasks, task, p);
+    if (qpk_pool_cancelled(x->pool))
+        return qpk_err_setf(e, QPK_E_CANCELLED, "export cancelled");
+    for (int64_t i = 0; i < tasks; i++)
+        if (p->status[i] != QPK_OK)
+            return qpk_err_setf(e, p->status[i], "%s", p->errs[i].msg);
+    return QPK_OK;
+}
+
+/* The group of each input: its stored column's (every source checks its permutations; perm may be NULL). */
+static void fill_g_idx(int32_t *g_idx, const int32_t *perm, int64_t in, int64_t G)
+{
+    for (int64_t j = 0; j < in; j++) {
+        int32_t i = (int32_t)j;
+        if (perm)
+            memcpy(&i, perm + j, 4);
+        g_idx[i] = (int32_t)(j / G);
+    }
+}
+
 /* compressed-tensors: rows of outputs into weight_packed, weight_scale and weight_zero_point (asymmetric types). */
 static void ct_pack_task(void *arg, int64_t task, int thread)
 {
@@ -663,21 +686,10 @@ static qpk_status write_linear_ct(hf_export *x, qpk_st_set *set, const hf_linear
     qpk_status s = p.qweight && (sym || p.qzeros) && p.scales && p.status && p.errs && (!permuted || g_idx)
                        ? QPK_OK
                        : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
-    if (s == QPK_OK) {
-        qpk_pool_run(x->pool, tasks, ct_pack_task, &p);
-        if (qpk_pool_cancelled(x->pool))
-            s = qpk_err_setf(e, QPK_E_CANCELLED, "export cancelled");
-        for (int64_t i = 0; i < tasks && s == QPK_OK; i++)
-            if (p.status[i] != QPK_OK)
-                s = qpk_err_setf(e, p.status[i], "%s", p.errs[i].msg);
-    }
-    /* actorder "group": the group of each input, its stored column's (every source checks its permutations). */
-    for (int64_t j = 0; g_idx && s == QPK_OK && j < in; j++) {
-        int32_t i = (int32_t)j;
-        if (perm)
-            memcpy(&i, perm + j, 4);
-        g_idx[i] = (int32_t)(j / G);
-    }
+    if (s == QPK_OK)
+        s = run_pack(x, tasks, ct_pack_task, &p, e);
+    if (s == QPK_OK && g_idx) /* actorder "group" */
+        fill_g_idx(g_idx, perm, in, G);
     const int64_t shape[2] = {out, in};
     if (s == QPK_OK)
         s = qpk_st_set_write(set, p.qweight, packed_words * 4, e);
@@ -706,21 +718,10 @@ static qpk_status write_linear(hf_export *x, qpk_st_set *set, const hf_linear *w
     qpk_status s = p.qweight && p.qzeros && p.scales && p.status && p.errs && (l->awq || g_idx)
                        ? QPK_OK
                        : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
-    if (s == QPK_OK) {
-        qpk_pool_run(x->pool, tasks, pack_task, &p);
-        if (qpk_pool_cancelled(x->pool))
-            s = qpk_err_setf(e, QPK_E_CANCELLED, "export cancelled");
-        for (int64_t i = 0; i < tasks && s == QPK_OK; i++)
-            if (p.status[i] != QPK_OK)
-                s = qpk_err_setf(e, p.status[i], "%s", p.errs[i].msg);
-    }
-    /* The group of each input: its stored column's (every source checks its permutations). */
-    for (int64_t j = 0; g_idx && s == QPK_OK && j < in; j++) {
-        int32_t i = (int32_t)j;
-        if (p.perm)
-            memcpy(&i, p.perm + j, 4);
-        g_idx[i] = (int32_t)(j / G);
-    }
+    if (s == QPK_OK)
+        s = run_pack(x, tasks, pack_task, &p, e);
+    if (s == QPK_OK && g_idx)
+        fill_g_idx(g_idx, p.perm, in, G);
     if (s == QPK_OK)
         s = qpk_st_set_write(set, p.qweight, qw_words * 4, e);
     if (s == QPK_OK)

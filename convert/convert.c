@@ -785,9 +785,9 @@ static void add_recipe(cJSON *m, const qpk_convert_opts *o)
         cJSON_AddStringToObject(q, "group", "row");
     else
         cJSON_AddNumberToObject(q, "group", o->group);
-    bool float_embedding = (!o->quant && !o->preset) || o->to == QPK_OUT_GPTQ || o->to == QPK_OUT_AWQ ||
-                           o->to == QPK_OUT_CT;
-    cJSON_AddStringToObject(q, "embedding", o->preset ? "as the preset" : float_embedding ? "as --dtype" : "int8");
+    bool float_embedding = (!o->quant && !o->preset) || (qpk_output_is_folder(o->to) && o->to != QPK_OUT_MLX);
+    cJSON_AddStringToObject(q, "embedding", o->preset ? "as the preset" : float_embedding ? "as --dtype"
+                                            : o->to == QPK_OUT_MLX ? "as the linears" : "int8");
     cJSON_AddStringToObject(q, "norms_and_biases", o->quant || o->preset ? "f32" : "as --dtype");
     if (o->method != QPK_METHOD_RTN) {
         const qpk_calib_opts *co = &o->calib;
@@ -857,6 +857,21 @@ static void add_import(cJSON *m, const qpk_checkpoint *ck, const qpk_convert_opt
                 cJSON_AddNumberToObject(g, "group_size", (double)h->ct[k].group);
             cJSON_AddBoolToObject(g, "sym", h->ct[k].sym);
             cJSON_AddBoolToObject(g, "actorder_group", h->ct[k].actorder);
+        }
+    } else if (h->method == QPK_HFQ_MLX) { /* the model's scheme, and each module's own */
+        cJSON_AddStringToObject(src, "format", "mlx");
+        cJSON_AddStringToObject(src, "layout", "affine");
+        cJSON_AddNumberToObject(src, "bits", h->bits);
+        cJSON_AddNumberToObject(src, "group_size", (double)h->group);
+        cJSON *mods = h->n_mlx ? cJSON_AddObjectToObject(src, "modules") : NULL;
+        for (int k = 0; k < h->n_mlx; k++) {
+            if (!h->mlx[k].bits) {
+                cJSON_AddFalseToObject(mods, h->mlx[k].name);
+                continue;
+            }
+            cJSON *g = cJSON_AddObjectToObject(mods, h->mlx[k].name);
+            cJSON_AddNumberToObject(g, "bits", h->mlx[k].bits);
+            cJSON_AddNumberToObject(g, "group_size", (double)h->mlx[k].group);
         }
     } else {
         cJSON_AddStringToObject(src, "format", h->method == QPK_HFQ_GPTQ ? "gptq" : "awq");
@@ -1161,15 +1176,15 @@ static qpk_status check_options(const job *j, qpk_sink *sink, qpk_err *e)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "%s is already quantized (%s): its linears are imported exactly, "
                             "never requantized; a quantization type or method does not apply", qpk_source_path(j->src),
                             qpk_source_format(j->src));
-    if (to != QPK_OUT_GPTQ && to != QPK_OUT_AWQ && to != QPK_OUT_CT)
+    if (!qpk_output_is_folder(to))
         return QPK_OK;
-    /* What a GPTQ/AWQ/compressed-tensors folder cannot hold, known from the options alone. */
-    const bool awq = to == QPK_OUT_AWQ;
-    const char *layout = awq ? "AWQ" : to == QPK_OUT_CT ? "compressed-tensors" : "GPTQ";
+    /* What a GPTQ/AWQ/compressed-tensors/MLX folder cannot hold, known from the options alone. */
+    const bool awq = to == QPK_OUT_AWQ, mlx = to == QPK_OUT_MLX;
+    const char *layout = awq ? "AWQ" : to == QPK_OUT_CT ? "compressed-tensors" : mlx ? "MLX" : "GPTQ";
     if (o->calib.awq_fold_only)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "AWQ fold-only keeps the linears in f32, which a %s folder cannot "
                             "hold", layout);
-    const unsigned folder = awq ? QPK_FOLDER_AWQ : to == QPK_OUT_CT ? QPK_FOLDER_CT : QPK_FOLDER_GPTQ;
+    const unsigned folder = awq ? QPK_FOLDER_AWQ : to == QPK_OUT_CT ? QPK_FOLDER_CT : mlx ? QPK_FOLDER_MLX : QPK_FOLDER_GPTQ;
     char held[128];
     qpk_folder_type_list(folder, true, held, sizeof held);
     if (o->quant && !(qpk_type_info_of((uint32_t)o->quant)->folders & folder))
@@ -1186,14 +1201,16 @@ static qpk_status check_options(const job *j, qpk_sink *sink, qpk_err *e)
     if (awq && o->quant && o->group == QPK_GROUP_ROW)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "AWQ's layout has groups of one size, not one per row: give a group "
                             "size (a GPTQ folder holds per-row groups)");
+    if (mlx && o->quant && o->group != 32 && o->group != 64 && o->group != 128)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "MLX's groups are 32, 64 or 128 weights, not %s", 
+                            o->group == QPK_GROUP_ROW ? "one per row" : "that group size");
     if (o->preset)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "the %s preset mixes ggml's block types, which a %s folder cannot "
-                            "hold: give a quantization type (%s)", qpk_preset_name(o->preset), layout,
-                            awq ? "int4 or int4s" : "int4, int4s or int8");
+                            "hold: give a quantization type (%s)", qpk_preset_name(o->preset), layout, held);
     bool quantized_rule = false;
     for (size_t i = 0; i < o->n_rules; i++)
         quantized_rule |= qpk_type_is_quantized((uint32_t)o->rules[i].type);
-    if (j->ck && !o->quant && !quantized_rule && qpk_checkpoint_hfq(j->ck)->method == QPK_HFQ_NONE)
+    if (j->ck && !o->quant && !quantized_rule && qpk_checkpoint_hfq(j->ck)->method == QPK_HFQ_NONE && !mlx)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "a %s folder stores the linears quantized: give a quantization type (%s)", layout,
                             held);
     return QPK_OK;

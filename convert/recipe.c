@@ -152,11 +152,12 @@ qpk_status qpk_tensor_plan(const qpk_convert_opts *o, const qpk_config *c, const
         *type = vector ? QPK_TYPE_F32 : preset_type(o->preset, role, layer, c);
         *group = qpk_type_is_quantized(*type) ? 32 : 0;
     } else if (o->quant) {
-        /* those layouts keep the embedding float */
-        bool hf = o->to == QPK_OUT_GPTQ || o->to == QPK_OUT_AWQ || o->to == QPK_OUT_CT;
+        /* GPTQ, AWQ and compressed-tensors folders keep the embedding float; MLX quantizes it as the linears (mlx-lm) */
+        bool hf = qpk_output_is_folder(o->to) && o->to != QPK_OUT_MLX;
         *type = vector ? QPK_TYPE_F32
                 : (role == QPK_ROLE_EMBED || role == QPK_ROLE_LM_HEAD)
-                    ? (hf ? (o->dtype < 0 ? qpk_st_keep_type(src->dtype) : (uint32_t)o->dtype) : QPK_TYPE_INT8)
+                    ? (hf ? (o->dtype < 0 ? qpk_st_keep_type(src->dtype) : (uint32_t)o->dtype)
+                          : o->to == QPK_OUT_MLX ? (uint32_t)o->quant : QPK_TYPE_INT8)
                     : (uint32_t)o->quant;
         *group = qpk_type_is_quantized(*type) ? o->group : 0;
     } else {

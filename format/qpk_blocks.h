@@ -120,10 +120,19 @@ typedef struct qpk_head_int8z {
 } qpk_head_int8z;
 QPK_BLOCK_SIZE(qpk_head_int8z, 2 + 2);
 
+/* MLX's affine group: scale and bias as 16-bit floats of the model's dtype (bf16 or f16), then the codes as int4's or
+ * int8z's (w = s q + b). At f16 and 4 bits a group of 32 is byte for byte ggml's Q4_1 (d = s, m = b). */
+typedef struct qpk_head_affine {
+    uint16_t s, b;
+} qpk_head_affine;
+QPK_BLOCK_SIZE(qpk_head_affine, 2 + 2);
+
 /* What GGUF export copies as it is: int8 and int4s blocks of 32 are Q8_0 and Q4_0, int4's codes sit where Q4_1's do. */
 _Static_assert(sizeof(qpk_head_int8) + 32 == sizeof(qpk_block_q8_0), "int8 at 32 is Q8_0");
 _Static_assert(sizeof(qpk_head_int4s) + 16 == sizeof(qpk_block_q4_0), "int4s at 32 is Q4_0");
 _Static_assert(sizeof(qpk_head_int4) == offsetof(qpk_block_q4_1, qs), "int4's codes where Q4_1's are");
+_Static_assert(sizeof(qpk_head_affine) == offsetof(qpk_block_q4_1, qs), "an affine group's codes where Q4_1's are");
+_Static_assert(offsetof(qpk_head_affine, b) == offsetof(qpk_block_q4_1, m), "an affine group's bias where Q4_1's m is");
 _Static_assert(offsetof(qpk_block_q4_0, qs) == offsetof(qpk_block_q8_0, qs), "Q4_0's and Q8_0's codes after d alone");
 
 /* A little-endian u16 at p, which may sit at any byte. */

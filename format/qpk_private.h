@@ -62,7 +62,19 @@ static const qpk_type_info QPK_TYPE_TABLE[QPK_TYPE_COUNT_] = {
     [QPK_TYPE_Q4_K] = GGML("q4_k", 4, qpk_block_q4_k, 256, 12, "Q4_K", 15, true, AT(qpk_block_q4_k, dmin)),
     [QPK_TYPE_Q5_K] = GGML("q5_k", 5, qpk_block_q5_k, 256, 13, "Q5_K", 17, true, AT(qpk_block_q5_k, dmin)),
     [QPK_TYPE_Q6_K] = GGML("q6_k", 6, qpk_block_q6_k, 256, 14, "Q6_K", 18, true, -1),
+/* MLX's affine groups (version 4): scale and bias, then int4's or int8z's codes; only MLX folders hold them as they
+ * are. GGUF takes them as Q4_1 (a 4-bit group of 32 with f16 s and b is one, byte for byte) or Q8_0, exactly where
+ * the values fit (model/gguf_export.c). */
+#define AFFINE(n, nbits, bf16, ggml, ftype)                                                                      \
+    {.name = n, .bits = nbits, .head_bytes = sizeof(qpk_head_affine), .ggml_type = ggml,                            \
+     .scale_at = {AT(qpk_head_affine, s), AT(qpk_head_affine, b)}, .scale_bf16 = bf16, .file_type = ftype,       \
+     .quant_target = true, .version = 4, .folders = QPK_FOLDER_MLX}
+    [QPK_TYPE_MLX4] = AFFINE("mlx4", 4, true, 3, 3),
+    [QPK_TYPE_MLX8] = AFFINE("mlx8", 8, true, 8, 7),
+    [QPK_TYPE_MLX4_F16] = AFFINE("mlx4_f16", 4, false, 3, 3),
+    [QPK_TYPE_MLX8_F16] = AFFINE("mlx8_f16", 8, false, 8, 7),
 #undef AT
+#undef AFFINE
 #undef PLAIN
 #undef GROUP
 #undef GGML

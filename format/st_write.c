@@ -22,7 +22,13 @@ struct qpk_st_set {
     uint64_t cur_left;     /* its bytes still to come */
     int n_shards, open_shard;
     qpk_outfile *o;        /* the shard being written */
+    char format[16];       /* __metadata__'s format */
 };
+
+void qpk_st_set_format(qpk_st_set *s, const char *format)
+{
+    snprintf(s->format, sizeof s->format, "%s", format);
+}
 
 static void shard_file(char *buf, size_t cap, int i, int n)
 {
@@ -54,6 +60,7 @@ qpk_status qpk_st_set_create(qpk_st_set **out, const char *dir, const qpk_st_ent
     }
     memcpy(s->t, t, n * sizeof *t);
     s->n = n, s->open_shard = -1;
+    qpk_st_set_format(s, "pt");
     for (size_t i = 0; i < n; i++) {
         if (i && (t[i].shard < t[i - 1].shard || t[i].shard > t[i - 1].shard + 1)) {
             qpk_st_set_discard(s);
@@ -78,7 +85,7 @@ void qpk_st_set_discard(qpk_st_set *s)
 static qpk_status open_shard(qpk_st_set *s, int k, qpk_err *e)
 {
     cJSON *h = cJSON_CreateObject();
-    cJSON_AddStringToObject(cJSON_AddObjectToObject(h, "__metadata__"), "format", "pt");
+    cJSON_AddStringToObject(cJSON_AddObjectToObject(h, "__metadata__"), "format", s->format);
     uint64_t off = 0;
     for (size_t i = 0; i < s->n; i++) {
         if (s->t[i].shard != k)

@@ -107,9 +107,11 @@ uint64_t qpk_first_bad_scale(uint32_t type, uint32_t group, const void *blocks, 
     const size_t bb = qpk_type_block_bytes(type, group);
     const uint8_t *p = blocks;
     for (uint64_t b = 0; bb && b < n; b++)
-        for (int k = 0; k < 2 && t->scale_at[k] >= 0; k++)
-            if ((p[b * bb + (size_t)t->scale_at[k] + 1] & 0x7c) == 0x7c) /* f16 exponent all ones */
+        for (int k = 0; k < 2 && t->scale_at[k] >= 0; k++) {
+            const uint8_t *h = p + b * bb + (size_t)t->scale_at[k];
+            if (t->scale_bf16 ? (h[1] & 0x7f) == 0x7f && (h[0] & 0x80) : (h[1] & 0x7c) == 0x7c) /* exponent all ones */
                 return b;
+        }
     return n;
 }
 

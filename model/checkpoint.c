@@ -356,9 +356,12 @@ static const char *const QPARTS[5] = {".qweight", ".qzeros", ".scales", ".g_idx"
 static const char *const CT_QPARTS[5] = {".weight_packed", ".weight_zero_point", ".weight_scale", ".weight_g_idx",
                                          ".weight_shape"};
 
+/* MLX's: the codes take the float weight's name (as U32); biases where a zero point would be. */
+static const char *const MLX_QPARTS[5] = {".weight", ".biases", ".scales", "", ""};
+
 static const char *const *qparts(const qpk_checkpoint *ck)
 {
-    return ck->hfq.method == QPK_HFQ_CT ? CT_QPARTS : QPARTS;
+    return ck->hfq.method == QPK_HFQ_CT ? CT_QPARTS : ck->hfq.method == QPK_HFQ_MLX ? MLX_QPARTS : QPARTS;
 }
 
 /* Whether name is a part of a quantized linear of this checkpoint (P.qweight, ...). */
@@ -375,8 +378,10 @@ static bool is_qpart(const qpk_checkpoint *ck, const char *name)
         if (n > s && !strcmp(name + n - s, parts[k]) && n - s + 8 < sizeof weight) {
             snprintf(weight, sizeof weight, "%.*s.weight", (int)(n - s), name);
             int expert;
-            if ((qpk_tensor_role(&ck->cfg, weight, &role, &layer) && qpk_role_is_per_layer(role) &&
-                 qpk_role_is_matrix(role)) || qpk_expert_tensor_role(&ck->cfg, weight, &role, &layer, &expert))
+            /* MLX quantizes the embedding and the head too */
+            if ((qpk_tensor_role(&ck->cfg, weight, &role, &layer) && qpk_role_is_matrix(role) &&
+                 (qpk_role_is_per_layer(role) || ck->hfq.method == QPK_HFQ_MLX)) ||
+                qpk_expert_tensor_role(&ck->cfg, weight, &role, &layer, &expert))
                 return true;
         }
     }
@@ -483,6 +488,58 @@ static qpk_status claim_experts(qpk_checkpoint *ck, qpk_role r, int l, qpk_err *
     return QPK_OK;
 }
 
+/*
+ * MLX: each module stored with scales is quantized (mlx-lm's rule), under its own override or
+ * the model's scheme; an override's float (false) or scheme must match how the module is stored.
+ */
+static qpk_status claim_mlx(qpk_checkpoint *ck, qpk_err *e)
+{
+    const qpk_config *c = &ck->cfg;
+    if (qpk_config_is_moe(c))
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "an MLX %s checkpoint: qpk reads MLX's dense models (mlx-lm stacks "
+                            "experts as switch_mlp, which qpk does not read yet)", qpk_arch_name(c->arch));
+    if (!(ck->schemes = calloc((size_t)ck->hfq.n_mlx + 1, sizeof *ck->schemes)))
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    for (int k = 0; k < ck->hfq.n_mlx; k++)
+        qpk_mlx_layout(&ck->hfq, k, &ck->schemes[k]);
+    for (size_t i = 0; i < qpk_model_n_tensors(c); i++) {
+        qpk_role r;
+        int l;
+        qpk_model_tensor_at(c, i, &r, &l);
+        if (!qpk_role_is_matrix(r) || (r == QPK_ROLE_LM_HEAD && c->tie_word_embeddings))
+            continue;
+        char name[QPK_MAX_NAME];
+        qpk_tensor_name(name, sizeof name, r, l);
+        name[strlen(name) - strlen(".weight")] = 0;
+        const qpk_st_tensor *t[5], *w = ck->slots[slot(r, l)];
+        find_parts(ck, name, t);
+        int k;
+        qpk_mlx_module_scheme(&ck->hfq, name, &k);
+        const bool packed = t[1] || t[2] || (w && w->dtype == QPK_ST_U32);
+        if (k >= 0 && ck->hfq.mlx[k].bits == 0) {
+            if (packed)
+                return qpk_err_setf(e, QPK_E_MISMATCH, "%s is stored quantized while config.json's quantization "
+                                    "leaves it in float", name);
+            continue;
+        }
+        if (!packed) {
+            if (k >= 0 && w)
+                return qpk_err_setf(e, QPK_E_MISMATCH, "%s is stored in float while config.json's quantization "
+                                    "gives it %d bits", name, ck->hfq.mlx[k].bits);
+            continue; /* float (mlx-lm leaves a module whose rows are not whole groups so), or missing */
+        }
+        qpk_qlinear *q = &ck->qlin[slot(r, l)];
+        int64_t dims[2];
+        qpk_role_shape(c, r, dims);
+        *q = (qpk_qlinear){.q = k >= 0 ? &ck->schemes[k] : &ck->hfq, .qweight = w, .qzeros = t[1], .scales = t[2],
+                           .rows = dims[0], .cols = dims[1]};
+        snprintf(q->name, sizeof q->name, "%s", name);
+        QPK_TRY(qpk_qlinear_init(q, e));
+        ck->slots[slot(r, l)] = NULL; /* not a float tensor: the model check asks qpk_checkpoint_qlinear */
+    }
+    return qpk_mlx_check_used(&ck->hfq, e);
+}
+
 /* Each linear of a GPTQ/AWQ checkpoint: quantized (its parts checked and imported), or float where allowed. */
 static qpk_status claim_quantized(qpk_checkpoint *ck, qpk_err *e)
 {
@@ -491,6 +548,8 @@ static qpk_status claim_quantized(qpk_checkpoint *ck, qpk_err *e)
         return QPK_OK;
     if (!(ck->qlin = calloc((size_t)(c->n_layers + 1) * QPK_ROLE_COUNT_, sizeof *ck->qlin)))
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    if (ck->hfq.method == QPK_HFQ_MLX)
+        return claim_mlx(ck, e);
     if (ck->hfq.method == QPK_HFQ_CT) {
         if (!(ck->schemes = calloc((size_t)ck->hfq.n_ct, sizeof *ck->schemes)))
             return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
@@ -744,6 +803,7 @@ void qpk_checkpoint_close(qpk_checkpoint *ck)
         qpk_qlinear_free(&ck->qlin[i]);
     free(ck->qlin);
     free(ck->schemes);
+    qpk_hfq_free(&ck->hfq);
     free(ck->slots);
     free(ck->ignored);
     for (size_t i = 0; ck->stacked && qpk_config_is_moe(&ck->cfg) && i < (size_t)ck->cfg.n_layers * 3; i++)
@@ -808,7 +868,13 @@ void qpk_checkpoint_release(qpk_checkpoint *ck, qpk_role role, int layer)
 
 const qpk_qlinear *qpk_checkpoint_qlinear(const qpk_checkpoint *ck, qpk_role role, int layer)
 {
-    if (!ck->qlin || !qpk_role_is_per_layer(role) || layer < 0 || layer >= ck->cfg.n_layers)
+    if (role == QPK_ROLE_LM_HEAD && ck->cfg.tie_word_embeddings)
+        role = QPK_ROLE_EMBED;
+    if (!qpk_role_is_per_layer(role))
+        layer = -1; /* MLX's quantized embedding and head */
+    else if (layer < 0 || layer >= ck->cfg.n_layers)
+        return NULL;
+    if (!ck->qlin)
         return NULL;
     const qpk_qlinear *q = &ck->qlin[slot(role, layer)];
     return q->qweight ? q : NULL;

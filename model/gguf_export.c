@@ -32,8 +32,10 @@ struct qpk_gguf_export {
     size_t n, cap, cur;
     uint8_t *blocks; /* one source block as ggml blocks of 32 */
     size_t blocks_cap;
-    uint64_t q41_blocks, q41_inexact; /* int4 -> Q4_1 blocks, and those whose m was rounded */
+    uint64_t q41_blocks, q41_inexact; /* int4 and mlx4 -> Q4_1 blocks, and those whose d or m was rounded */
     double q41_max_change;            /* the largest weight change that rounding caused */
+    uint64_t q80_blocks, q80_inexact; /* mlx8 -> Q8_0 blocks, and those requantized */
+    double q80_max_change;
     double tensor_change;             /* the same within the tensor being written */
 };
 
@@ -384,6 +386,18 @@ qpk_status qpk_gguf_export_plan(qpk_gguf_export *x, const qpk_config *c, qpk_ggu
     return write_meta(x, c, m, qpk_type_info_of(most)->file_type, e);
 }
 
+static bool q8_0_holds(int32_t q_minus_z);
+
+/* Notes a block's largest weight change (0: exact) in the tensor's and the file's counts. */
+static void count_change(qpk_gguf_export *x, double change, uint32_t n, uint64_t *inexact, double *max_change)
+{
+    if (change == 0)
+        return;
+    *inexact += n;
+    *max_change = change > *max_change ? change : *max_change;
+    x->tensor_change = change > x->tensor_change ? change : x->tensor_change;
+}
+
 /* An int4 block's offset m = -d z as Q4_1's f16 (its n blocks of 32 counted when rounded); false past f16's range. */
 static bool q41_offset(qpk_gguf_export *x, const uint8_t *block, uint32_t n, uint16_t *mh)
 {
@@ -395,12 +409,56 @@ static bool q41_offset(qpk_gguf_export *x, const uint8_t *block, uint32_t n, uin
     float back = qpk_f16_to_f32(*mh);
     if (!isfinite(back))
         return false;
-    if (back != m) {
-        x->q41_inexact += n;
-        x->q41_max_change = fabs((double)back - m) > x->q41_max_change ? fabs((double)back - m) : x->q41_max_change;
-        x->tensor_change = fabs((double)back - m) > x->tensor_change ? fabs((double)back - m) : x->tensor_change;
-    }
+    count_change(x, fabs((double)back - m), n, &x->q41_inexact, &x->q41_max_change);
     return true;
+}
+
+/*
+ * An affine group's s and b as Q4_1's f16 d and m (exact for mlx4_f16; mlx4's bf16 values too unless they fall among
+ * f16's subnormals or past its range, where they are rounded and counted); false past f16's range.
+ */
+static bool q41_affine(qpk_gguf_export *x, uint32_t type, const uint8_t *block, uint32_t n, uint16_t *dh, uint16_t *mh)
+{
+    qpk_qparams p;
+    int32_t q[QPK_GROUP_QUANTUM];
+    qpk_unpack_group(type, QPK_GROUP_QUANTUM, block, &p, q); /* the head; one chunk of codes, unused */
+    *dh = qpk_f32_to_f16(p.d), *mh = qpk_f32_to_f16(p.m);
+    const double dd = (double)qpk_f16_to_f32(*dh) - p.d, dm = (double)qpk_f16_to_f32(*mh) - p.m;
+    if (!isfinite(dd) || !isfinite(dm))
+        return false;
+    count_change(x, fmax(fabs(dm), fabs(15 * dd + dm)), n, &x->q41_inexact, &x->q41_max_change);
+    return true;
+}
+
+/*
+ * 32 weights of an mlx8 group as a Q8_0 block: exactly when s is an f16 value and b = -s z with every q - z an int8
+ * (a symmetric grid written as affine); else quantized again by round-to-nearest, the change counted.
+ */
+static qpk_status q80_affine(qpk_gguf_export *x, const planned *t, const qpk_qparams *p, const int32_t *q,
+                             uint8_t *out, qpk_err *e)
+{
+    const float z = p->d != 0 ? nearbyintf(-p->m / p->d) : 0;
+    bool exact = qpk_f16_to_f32(qpk_f32_to_f16(p->d)) == p->d && -p->d * z == p->m;
+    for (int i = 0; i < 32 && exact; i++)
+        exact = q8_0_holds(q[i] - (int32_t)z);
+    x->q80_blocks++;
+    if (exact) {
+        const uint16_t dh = qpk_f32_to_f16(p->d);
+        memcpy(out, &dh, 2);
+        for (int i = 0; i < 32; i++)
+            out[offsetof(qpk_block_q8_0, qs) + (size_t)i] = (uint8_t)(int8_t)(q[i] - (int32_t)z);
+        return QPK_OK;
+    }
+    float w[32], back[32];
+    for (int i = 0; i < 32; i++)
+        w[i] = qpk_dequantize_value(t->type, p, q[i]);
+    QPK_TRY(qpk_quantize_row(QPK_TYPE_INT8, 32, w, 32, out, e)); /* int8 in groups of 32 is Q8_0 */
+    qpk_dequantize_row(QPK_TYPE_INT8, 32, out, 32, back);
+    double change = 0;
+    for (int i = 0; i < 32; i++)
+        change = fmax(change, fabs((double)back[i] - w[i]));
+    count_change(x, change, 1, &x->q80_inexact, &x->q80_max_change);
+    return QPK_OK;
 }
 
 /* Whether q - z of an int8z code is one of Q8_0's int8 codes. */
@@ -435,9 +493,26 @@ static qpk_status to_ggml(qpk_gguf_export *x, const planned *t, const uint8_t *i
         return qpk_err_setf(e, QPK_E_VALUE, "tensor '%s': an int4 block's offset -d*z is beyond f16's range: no "
                             "Q4_1 holds it", t->name);
     const int32_t z = t->type == QPK_TYPE_INT8Z ? qpk_le16(in + offsetof(qpk_head_int8z, z)) : 0;
+    const bool affine4 = t->type == QPK_TYPE_MLX4 || t->type == QPK_TYPE_MLX4_F16;
+    const bool affine8 = t->type == QPK_TYPE_MLX8 || t->type == QPK_TYPE_MLX8_F16;
+    uint16_t dh;
+    memcpy(&dh, in, 2);
+    if (affine4 && !q41_affine(x, t->type, in, t->group / 32, &dh, &mh))
+        return qpk_err_setf(e, QPK_E_VALUE, "tensor '%s': an %s group's scale or bias is beyond f16's range: no Q4_1 "
+                            "holds it", t->name, qpk_type_name(t->type));
     for (uint32_t c = 0; c < t->group / 32; c++) {
-        memcpy(out, in, 2); /* d */
-        if (t->type == QPK_TYPE_INT4) {
+        if (affine8) {
+            qpk_qparams p;
+            int32_t q[32];
+            qpk_unpack_group(t->type, 32, in, &p, q); /* the head (and chunk 0) */
+            for (int i = 0; i < 32; i++)
+                q[i] = codes[c * chunk + (size_t)i];
+            QPK_TRY(q80_affine(x, t, &p, q, out, e));
+            out += sizeof(qpk_block_q8_0);
+            continue;
+        }
+        memcpy(out, &dh, 2); /* d */
+        if (t->type == QPK_TYPE_INT4 || affine4) {
             memcpy(out + offsetof(qpk_block_q4_1, m), &mh, 2);
             memcpy(out + offsetof(qpk_block_q4_1, qs), codes + c * chunk, chunk);
             out += sizeof(qpk_block_q4_1), x->q41_blocks++;
@@ -518,9 +593,17 @@ qpk_status qpk_gguf_export_finish(qpk_gguf_export *x, const qpk_callbacks *cb, q
     if (cb && cb->log && x->q41_blocks) {
         char msg[256];
         snprintf(msg, sizeof msg,
-                 "int4 -> Q4_1: %llu of %llu blocks needed m = -d z rounded to f16 (largest weight change %.3g); "
-                 "the others are exact",
+                 "int4/mlx4 -> Q4_1: %llu of %llu blocks needed their offset (m = -d z, or the bias) or scale "
+                 "rounded to f16 (largest weight change %.3g); the others are exact",
                  (unsigned long long)x->q41_inexact, (unsigned long long)x->q41_blocks, x->q41_max_change);
+        cb->log(cb->ud, QPK_LOG_INFO, msg);
+    }
+    if (cb && cb->log && x->q80_blocks) {
+        char msg[256];
+        snprintf(msg, sizeof msg,
+                 "mlx8 -> Q8_0: %llu of %llu blocks were quantized again (Q8_0 has no offset; largest weight change "
+                 "%.3g); the others are exact", (unsigned long long)x->q80_inexact, (unsigned long long)x->q80_blocks,
+                 x->q80_max_change);
         cb->log(cb->ud, QPK_LOG_INFO, msg);
     }
     qpk_status s = qpk_gguf_finish(x->w, e);

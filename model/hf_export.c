@@ -20,9 +20,18 @@
  * one config group per scheme (bits, symmetric, group size or channel, actorder), the
  * most common one targeting "Linear", the others naming their modules (a name is more
  * specific than a class, so it wins).
+ *
+ * MLX (mlx-lm's layout, model/mlx.c reads it): per quantized module P (linears, and the
+ * embedding and head when quantized) P.weight U32 [out, in bits / 32] (unsigned codes, one
+ * little-endian bit stream per row), P.scales and P.biases [out, in / G]; w = s q + b.
+ * The affine types go as they are; int4, int4s, int8, int8z and q4_1 groups are affine
+ * too (s = d, b = the weight of the lowest code, in f16), exactly unless that b is not an
+ * f16 value (then rounded, and the tensor's largest change reported). config.json's
+ * "quantization" holds the most common scheme and each other module's own (false: float).
  */
 #include <cjson/cJSON.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +48,7 @@ static const int AWQ_INVERSE[8] = {0, 4, 1, 5, 2, 6, 3, 7};
 typedef struct hf_layout {
     bool awq, v2;       /* AWQ GEMM; else GPTQ, v2 storing zeros as they are */
     bool ct;            /* compressed-tensors: the fields below are per linear (ct_scheme) */
+    bool mlx;           /* MLX: per module too (mlx_decl) */
     int bits;           /* 4 or 8 */
     int64_t group_size; /* -1: one group per row */
     bool sym, desc_act;
@@ -62,6 +72,14 @@ typedef struct ct_scheme {
 
 #define CT_MAX_SCHEMES 8 /* as many as the reader takes */
 
+/* An MLX folder's matrix: its scheme (bits 0: float), the affine type it is written as. */
+typedef struct mlx_decl {
+    qpk_role role;
+    int layer;
+    int bits;
+    uint32_t group, type;
+} mlx_decl;
+
 struct qpk_hf_sink {
     const qpk_config *cfg;
     qpk_config cfg_copy;
@@ -75,6 +93,11 @@ struct qpk_hf_sink {
     } *decl;
     size_t n_decl;
     cJSON *ct_config;           /* its quantization_config, made at declaration */
+    mlx_decl *mlx;              /* MLX: each matrix, in declaration order */
+    size_t n_mlx, cur_mlx;
+    int mlx_bits;               /* MLX: the most common scheme (bits 0: nothing quantized) */
+    uint32_t mlx_group;
+    double change;              /* the tensor just written: its weights' largest change (0: exact) */
     qpk_outdir *dir;
     qpk_st_set *set;
     qpk_st_entry *ent;
@@ -95,11 +118,14 @@ typedef struct qpk_hf_sink hf_export;
 
 static bool is_linear(qpk_role r) { return qpk_role_is_per_layer(r) && qpk_role_is_matrix(r); }
 
-static const char *layout_name(const hf_layout *l) { return l->ct ? "compressed-tensors" : l->awq ? "AWQ" : "GPTQ"; }
+static const char *layout_name(const hf_layout *l)
+{
+    return l->ct ? "compressed-tensors" : l->mlx ? "MLX" : l->awq ? "AWQ" : "GPTQ";
+}
 
 static unsigned layout_folder(const hf_layout *l)
 {
-    return l->ct ? QPK_FOLDER_CT : l->awq ? QPK_FOLDER_AWQ : QPK_FOLDER_GPTQ;
+    return l->ct ? QPK_FOLDER_CT : l->mlx ? QPK_FOLDER_MLX : l->awq ? QPK_FOLDER_AWQ : QPK_FOLDER_GPTQ;
 }
 
 /* --------------------------------------------------------------- planning */
@@ -476,8 +502,155 @@ static qpk_status ct_plan(hf_export *x, const qpk_sink_model *m, qpk_err *e)
     return QPK_OK;
 }
 
+/* ------------------------------------------------------------------- MLX */
+
+/* The affine type an MLX folder holds a type's groups as (its own; q4_1's are mlx4_f16's bytes), or 0 for none. */
+static uint32_t mlx_type_of(uint32_t type)
+{
+    if (qpk_type_info_of(type)->folders & QPK_FOLDER_MLX)
+        return type;
+    switch (type) {
+    case QPK_TYPE_INT4:
+    case QPK_TYPE_INT4S:
+    case QPK_TYPE_Q4_1: return QPK_TYPE_MLX4_F16;
+    case QPK_TYPE_INT8:
+    case QPK_TYPE_INT8Z: return QPK_TYPE_MLX8_F16;
+    default: return 0;
+    }
+}
+
+/* Each matrix's scheme; the parts of the quantized ones, the float tensors as they are. */
+static qpk_status mlx_plan(hf_export *x, const qpk_sink_model *m, qpk_err *e)
+{
+    if (qpk_config_is_moe(x->cfg))
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "an MLX folder of a %s model: qpk writes MLX's dense models (mlx-lm "
+                            "stacks experts as switch_mlp, which qpk does not write yet)", qpk_arch_name(x->cfg->arch));
+    if (!(x->mlx = calloc(m->n_tensors + 1, sizeof *x->mlx)))
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    size_t count[2][3] = {{0}}; /* [4 or 8 bits][group 32, 64, 128] */
+    for (size_t i = 0; i < m->n_tensors; i++) {
+        const qpk_sink_tensor *t = &m->tensors[i];
+        char name[QPK_MAX_NAME], part[QPK_MAX_NAME + 8];
+        qpk_tensor_name(name, sizeof name, t->role, t->layer);
+        if (!qpk_type_is_quantized(t->type)) {
+            if (qpk_role_is_matrix(t->role))
+                x->mlx[x->n_mlx++] = (mlx_decl){t->role, t->layer, 0, 0, t->type};
+            QPK_TRY(add_entry(x, name, float_dtype(t->type), t->ndim, t->dims, e));
+            continue;
+        }
+        const uint32_t type = mlx_type_of(t->type), G = t->group_size;
+        if (!type)
+            return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s is %s: the MLX layout holds affine groups (mlx4, mlx8, "
+                                "mlx4_f16, mlx8_f16; int4, int4s, int8, int8z and q4_1 become them) only: convert "
+                                "the float model with one of those types", name, qpk_type_name(t->type));
+        if (G != 32 && G != 64 && G != 128)
+            return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s has groups of %u: MLX's groups are 32, 64 or 128 weights",
+                                name, G);
+        if (t->permuted)
+            return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s takes its input permuted (act-order): MLX has no input "
+                                "permutation", name);
+        const int bits = (int)qpk_type_info_of(type)->bits;
+        const qpk_st_dtype half = qpk_type_info_of(type)->scale_bf16 ? QPK_ST_BF16 : QPK_ST_F16;
+        x->mlx[x->n_mlx++] = (mlx_decl){t->role, t->layer, bits, G, type};
+        count[bits == 8][G == 32 ? 0 : G == 64 ? 1 : 2]++;
+        const int64_t out = t->dims[0], in = t->dims[1];
+        const int64_t codes[2] = {out, in * bits / 32}, halves[2] = {out, in / G};
+        part_name(part, sizeof part, name, "weight");
+        QPK_TRY(add_entry(x, part, QPK_ST_U32, 2, codes, e));
+        part_name(part, sizeof part, name, "scales");
+        QPK_TRY(add_entry(x, part, half, 2, halves, e));
+        part_name(part, sizeof part, name, "biases");
+        QPK_TRY(add_entry(x, part, half, 2, halves, e));
+    }
+    for (int b = 0; b < 2; b++)
+        for (int g = 0; g < 3; g++)
+            if (count[b][g] > (x->mlx_bits ? count[x->mlx_bits == 8][x->mlx_group == 32 ? 0 : x->mlx_group == 64 ? 1 : 2]
+                                            : 0))
+                x->mlx_bits = b ? 8 : 4, x->mlx_group = 32u << g;
+    return QPK_OK;
+}
+
+/* A group of any type mlx_type_of takes as scale s, bias b (f32 values of the affine type's half) and codes from 0. */
+static void mlx_group(uint32_t type, uint32_t G, const uint8_t *block, float *s, float *b, int32_t *u)
+{
+    qpk_qparams p;
+    if (type == QPK_TYPE_Q4_1) /* a Q4_1 block is an mlx4_f16 group of 32, byte for byte */
+        type = QPK_TYPE_MLX4_F16;
+    qpk_unpack_group(type, G, block, &p, u);
+    int32_t qmin, qmax;
+    qpk_type_code_range(type, &qmin, &qmax);
+    for (uint32_t i = 0; i < G; i++)
+        u[i] -= qmin;
+    *s = p.d;
+    *b = qpk_dequantize_value(type, &p, qmin); /* the weight of code 0: exact (d times an integer of 9 bits) */
+}
+
+/* One matrix's codes, scales and biases (gathered whole in x->buf), written in its parts' order. */
+static qpk_status write_mlx(hf_export *x, const hf_linear *w, const mlx_decl *d, qpk_err *e)
+{
+    const int64_t out = w->dims[0], in = w->dims[1], G = d->group, groups = in / G;
+    const int bits = d->bits;
+    const bool bf16 = qpk_type_info_of(d->type)->scale_bf16;
+    const size_t row_bytes = qpk_type_row_bytes(w->type, w->group_size, in), bb = qpk_type_block_bytes(w->type, w->group_size);
+    uint8_t *codes = calloc((size_t)(out * in * bits / 8), 1);
+    uint16_t *halves = malloc((size_t)(2 * out * groups) * sizeof *halves);
+    qpk_status s = codes && halves ? QPK_OK : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    int32_t u[128];
+    double change = 0;
+    for (int64_t o = 0; o < out && s == QPK_OK; o++)
+        for (int64_t g = 0; g < groups && s == QPK_OK; g++) {
+            const uint8_t *block = (const uint8_t *)w->data + (size_t)o * row_bytes + (size_t)g * bb;
+            float sc, bi;
+            mlx_group(w->type, (uint32_t)G, block, &sc, &bi, u);
+            const uint16_t sh = bf16 ? qpk_f32_to_bf16(sc) : qpk_f32_to_f16(sc);
+            const uint16_t bh = bf16 ? qpk_f32_to_bf16(bi) : qpk_f32_to_f16(bi);
+            const float back = bf16 ? qpk_bf16_to_f32(bh) : qpk_f16_to_f32(bh);
+            if (!isfinite(back))
+                s = qpk_err_setf(e, QPK_E_VALUE, "%s: the bias %g of group %lld of row %lld is past f16's range: no "
+                                 "MLX group holds it", w->name, (double)bi, (long long)g, (long long)o);
+            change = fmax(change, fabs((double)back - bi)); /* 0 for the affine types: their own halves */
+            halves[o * groups + g] = sh, halves[out * groups + o * groups + g] = bh;
+            uint8_t *row = codes + (size_t)(o * in * bits / 8) + (size_t)(g * G * bits / 8);
+            for (int64_t i = 0; i < G; i++) /* input i at bit i bits of the row's stream */
+                row[i * bits / 8] |= (uint8_t)(u[i] << (i * bits % 8));
+        }
+    if (s == QPK_OK)
+        s = qpk_st_set_write(x->set, codes, (size_t)(out * in * bits / 8), e);
+    if (s == QPK_OK)
+        s = qpk_st_set_write(x->set, halves, (size_t)(2 * out * groups) * sizeof *halves, e);
+    free(codes), free(halves);
+    x->change = change;
+    return s;
+}
+
+/* config.json's "quantization": the main scheme, and each matrix that differs (a scheme of its own, or false). */
+static cJSON *mlx_quant_config(const hf_export *x)
+{
+    cJSON *q = cJSON_CreateObject();
+    cJSON_AddNumberToObject(q, "group_size", x->mlx_group);
+    cJSON_AddNumberToObject(q, "bits", x->mlx_bits);
+    for (size_t i = 0; i < x->n_mlx; i++) {
+        const mlx_decl *d = &x->mlx[i];
+        if (d->bits == x->mlx_bits && d->group == x->mlx_group)
+            continue;
+        char name[QPK_MAX_NAME];
+        qpk_tensor_name(name, sizeof name, d->role, d->layer);
+        name[strlen(name) - strlen(".weight")] = 0;
+        if (!d->bits) {
+            cJSON_AddFalseToObject(q, name);
+            continue;
+        }
+        cJSON *m = cJSON_AddObjectToObject(q, name);
+        cJSON_AddNumberToObject(m, "group_size", d->group);
+        cJSON_AddNumberToObject(m, "bits", d->bits);
+    }
+    return q;
+}
+
 static qpk_status plan(hf_export *x, const qpk_sink_model *m, qpk_err *e)
 {
+    if (x->lay.mlx)
+        return mlx_plan(x, m, e);
     hf_linear *lin = malloc((m->n_tensors ? m->n_tensors : 1) * sizeof *lin);
     if (!lin)
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
@@ -781,6 +954,15 @@ static qpk_status write_configs(hf_export *x, const char *dir, qpk_err *e)
     cJSON *arch = cJSON_CreateArray();
     cJSON_AddItemToArray(arch, cJSON_CreateString(qpk_arch_class(x->cfg->arch)));
     cJSON_AddItemToObject(cfg, "architectures", arch);
+    if (x->lay.mlx) { /* mlx-lm's key, and transformers' copy; torch_dtype as the model's */
+        if (x->mlx_bits) {
+            cJSON_AddItemToObject(cfg, "quantization", mlx_quant_config(x));
+            cJSON_AddItemToObject(cfg, "quantization_config", mlx_quant_config(x));
+        }
+        qpk_status s = write_json(dir, "config.json", cfg, e);
+        cJSON_Delete(cfg);
+        return s;
+    }
     /* The GPU kernels of both layouts compute in f16, the dtype of the scales; the other tensors keep theirs. */
     cJSON_ReplaceItemInObjectCaseSensitive(cfg, "torch_dtype", cJSON_CreateString("float16"));
     if (x->lay.ct) {
@@ -828,7 +1010,7 @@ qpk_status qpk_hf_sink_create(qpk_hf_sink **out, qpk_output kind, const char *pa
     if (!x)
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     x->o = *o;
-    x->lay = (hf_layout){.awq = kind == QPK_OUT_AWQ, .ct = kind == QPK_OUT_CT, .v2 = o->gptq_v2};
+    x->lay = (hf_layout){.awq = kind == QPK_OUT_AWQ, .ct = kind == QPK_OUT_CT, .mlx = kind == QPK_OUT_MLX, .v2 = o->gptq_v2};
     qpk_status s = qpk_outdir_create(&x->dir, path, e);
     if (s == QPK_OK && (s = qpk_pool_create(&x->pool, o->n_threads, e)) == QPK_OK && o->cb.cancel)
         qpk_pool_set_cancel(x->pool, o->cb.cancel, o->cb.ud);
@@ -846,13 +1028,17 @@ qpk_status qpk_hf_sink_declare(qpk_hf_sink *x, const qpk_sink_model *m, qpk_err 
     x->files = m->files, x->n_files = m->n_files;
     QPK_TRY(plan(x, m, e));
     qpk_st_assign_shards(x->ent, x->n_ent, x->o.shard_size ? x->o.shard_size : QPK_SHARD_SIZE);
-    return qpk_st_set_create(&x->set, qpk_outdir_tmp(x->dir), x->ent, x->n_ent, e);
+    QPK_TRY(qpk_st_set_create(&x->set, qpk_outdir_tmp(x->dir), x->ent, x->n_ent, e));
+    if (x->lay.mlx)
+        qpk_st_set_format(x->set, "mlx"); /* what mlx-lm writes, and what MLX's loader looks for */
+    return QPK_OK;
 }
 
 qpk_status qpk_hf_sink_begin(qpk_hf_sink *x, const qpk_sink_tensor *t, qpk_err *e)
 {
     x->cur = linear_of(t);
-    x->linear = is_linear(t->role);
+    /* MLX: every quantized matrix is gathered (its codes, scales and biases are three tensors) */
+    x->linear = x->lay.mlx ? qpk_type_is_quantized(t->type) : is_linear(t->role);
     x->n_parts = qpk_role_is_expert(t->role) ? x->cfg->n_experts : 1;
     x->role = t->role, x->layer = t->layer;
     x->permuted = t->permuted;
@@ -881,12 +1067,20 @@ qpk_status qpk_hf_sink_write(qpk_hf_sink *x, const void *data, size_t n, qpk_err
     return QPK_OK;
 }
 
-qpk_status qpk_hf_sink_end(qpk_hf_sink *x, const int32_t *perm, qpk_err *e)
+qpk_status qpk_hf_sink_end(qpk_hf_sink *x, const int32_t *perm, double *max_change, qpk_err *e)
 {
+    *max_change = 0;
+    const mlx_decl *d = x->lay.mlx && qpk_role_is_matrix(x->role) && x->cur_mlx < x->n_mlx ? &x->mlx[x->cur_mlx++] : NULL;
     if (!x->linear)
         return QPK_OK;
     if (x->len != x->need)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "%s: fewer bytes than the tensor holds", x->cur.name);
+    if (x->lay.mlx) {
+        x->cur.data = x->buf;
+        QPK_TRY(write_mlx(x, &x->cur, d, e));
+        *max_change = x->change;
+        return QPK_OK;
+    }
     if (x->n_parts == 1) {
         x->cur.data = x->buf;
         return x->lay.ct ? write_linear_ct(x, x->set, &x->cur, perm, x->permuted, e)
@@ -930,6 +1124,7 @@ void qpk_hf_sink_discard(qpk_hf_sink *x)
     free(x->ent);
     free(x->buf);
     free(x->decl);
+    free(x->mlx);
     cJSON_Delete(x->ct_config);
     free(x);
 }

@@ -454,6 +454,19 @@ qpk_status qpk_hfq_parse(const char *config, size_t n, const char *qcfg, size_t 
     memset(q, 0, sizeof *q);
     cJSON *root = NULL, *side = NULL;
     QPK_TRY(qpk_json_parse("config.json", config, n, &root, e));
+    const cJSON *mlx = cJSON_GetObjectItemCaseSensitive(root, "quantization"); /* mlx-lm's key */
+    if (mlx && !cJSON_IsNull(mlx)) {
+        const cJSON *qc = cJSON_GetObjectItemCaseSensitive(root, "quantization_config");
+        const cJSON *method = cJSON_GetObjectItemCaseSensitive(qc, "quant_method");
+        qpk_status s = method && !cJSON_IsNull(method)
+                           ? qpk_err_setf(e, QPK_E_CORRUPT, "config.json has MLX's quantization and a "
+                                          "quantization_config with a quant_method: which one describes the tensors?")
+                           : qpk_mlx_parse(mlx, qc, q, e);
+        cJSON_Delete(root);
+        if (s != QPK_OK)
+            qpk_hfq_free(q);
+        return s;
+    }
     qpk_status s = qcfg ? qpk_json_parse("quantize_config.json", qcfg, qn, &side, e) : QPK_OK;
     const cJSON *qc = cJSON_GetObjectItemCaseSensitive(root, "quantization_config");
     bool in_config = qc && !cJSON_IsNull(qc);
@@ -481,6 +494,12 @@ qpk_status qpk_hfq_parse(const char *config, size_t n, const char *qcfg, size_t 
     cJSON_Delete(root);
     cJSON_Delete(side);
     return s;
+}
+
+void qpk_hfq_free(qpk_hfq *q)
+{
+    free(q->mlx);
+    q->mlx = NULL, q->n_mlx = 0;
 }
 
 bool qpk_hfq_skips(const qpk_hfq *q, const char *name)
@@ -730,6 +749,8 @@ static qpk_status choose_type(qpk_qlinear *l, qpk_err *e)
 
 qpk_status qpk_qlinear_init(qpk_qlinear *l, qpk_err *e)
 {
+    if (l->q->method == QPK_HFQ_MLX)
+        return qpk_mlx_linear_init(l, e);
     QPK_TRY(check_tensors(l, e));
     QPK_TRY(order_columns(l, e));
     return choose_type(l, e);
@@ -799,6 +820,10 @@ qpk_status qpk_qlinear_rows(const qpk_qlinear *l, int64_t r0, int64_t n, uint8_t
             QPK_TRY(qpk_qlinear_rows(&l->parts[k], in_part, take, out, e));
             out += (size_t)take * row_bytes, r0 += take, n -= take;
         }
+        return QPK_OK;
+    }
+    if (l->q->method == QPK_HFQ_MLX) {
+        qpk_mlx_linear_rows(l, r0, n, out);
         return QPK_OK;
     }
     const int64_t in = l->cols, G = l->group;

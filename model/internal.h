@@ -57,7 +57,8 @@ qpk_status qpk_hf_sink_create(qpk_hf_sink **out, qpk_output kind, const char *pa
 qpk_status qpk_hf_sink_declare(qpk_hf_sink *h, const qpk_sink_model *m, qpk_err *e);
 qpk_status qpk_hf_sink_begin(qpk_hf_sink *h, const qpk_sink_tensor *t, qpk_err *e);
 qpk_status qpk_hf_sink_write(qpk_hf_sink *h, const void *data, size_t n, qpk_err *e);
-qpk_status qpk_hf_sink_end(qpk_hf_sink *h, const int32_t *perm, qpk_err *e);
+/* Ends a tensor: the largest change its weights took (MLX's f16 bias of a zero-point group rounded; 0: exact). */
+qpk_status qpk_hf_sink_end(qpk_hf_sink *h, const int32_t *perm, double *max_change, qpk_err *e);
 /* Writes the configs and files and makes the folder appear; frees h whatever the outcome. */
 qpk_status qpk_hf_sink_finish(qpk_hf_sink *h, qpk_err *e);
 void qpk_hf_sink_discard(qpk_hf_sink *h); /* NULL-safe */

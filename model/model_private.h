@@ -72,7 +72,7 @@ const char *qpk_checkpoint_ignored(const qpk_checkpoint *ck, size_t i);
 
 /* ------------------------------------------ GPTQ / AWQ checkpoints (hfquant.c) */
 
-typedef enum qpk_hfq_method { QPK_HFQ_NONE = 0, QPK_HFQ_GPTQ, QPK_HFQ_AWQ, QPK_HFQ_CT } qpk_hfq_method;
+typedef enum qpk_hfq_method { QPK_HFQ_NONE = 0, QPK_HFQ_GPTQ, QPK_HFQ_AWQ, QPK_HFQ_CT, QPK_HFQ_MLX } qpk_hfq_method;
 
 #define QPK_CT_GROUPS 8   /* config groups of a compressed-tensors checkpoint */
 #define QPK_CT_TARGETS 64 /* targets of one group */
@@ -88,6 +88,14 @@ typedef struct qpk_ct_group {
     bool used;                             /* some linear took it (set while claiming) */
 } qpk_ct_group;
 
+/* A module MLX's quantization names: its own bits and group size, or float (bits 0). */
+typedef struct qpk_mlx_module {
+    char name[QPK_MAX_NAME]; /* "model.layers.0.mlp.down_proj" */
+    int bits;
+    int64_t group;
+    bool used; /* some module of the model has that name (set while claiming) */
+} qpk_mlx_module;
+
 /* A checkpoint's quantization_config (or quantize_config.json), as far as the layout goes. */
 typedef struct qpk_hfq {
     qpk_hfq_method method;
@@ -100,6 +108,8 @@ typedef struct qpk_hfq {
     bool skip_used[16];              /* compressed-tensors: an ignore entry matched a module */
     qpk_ct_group ct[QPK_CT_GROUPS];  /* compressed-tensors' config groups (method QPK_HFQ_CT) */
     int n_ct;
+    qpk_mlx_module *mlx; /* MLX's per-module overrides (owned: qpk_hfq_free) */
+    int n_mlx;
 } qpk_hfq;
 
 /*
@@ -108,6 +118,8 @@ typedef struct qpk_hfq {
  * QPK_HFQ_NONE for a float checkpoint. Unknown methods, bits, layouts are refused by name.
  */
 qpk_status qpk_hfq_parse(const char *config, size_t n, const char *qcfg, size_t qn, qpk_hfq *q, qpk_err *e);
+/* Frees what a parse allocated (MLX's overrides); q stays a valid empty layout. */
+void qpk_hfq_free(qpk_hfq *q);
 /* Whether the linear called name is one the config leaves in float (AWQ's modules_to_not_convert). */
 bool qpk_hfq_skips(const qpk_hfq *q, const char *name);
 /*
@@ -128,6 +140,17 @@ qpk_status qpk_hfq_ct_check_used(const qpk_hfq *q, qpk_err *e);
 void qpk_hfq_ct_layout(const qpk_hfq *q, int k, qpk_hfq *out);
 /* Whether name matches a compressed-tensors target (plain name, or "re:" pattern anchored at its start). */
 bool qpk_ct_match(const char *target, const char *name);
+
+/*
+ * MLX (mlx.c): config.json's "quantization" (quant) and transformers' copy of it (qc, may be
+ * NULL; it must agree); the module called name's override (*k, -1 when none; marks it used),
+ * an override as a layout of its own, and the check that every override named a module.
+ */
+typedef struct cJSON cJSON;
+qpk_status qpk_mlx_parse(const cJSON *quant, const cJSON *qc, qpk_hfq *q, qpk_err *e);
+void qpk_mlx_module_scheme(qpk_hfq *q, const char *name, int *k);
+void qpk_mlx_layout(const qpk_hfq *q, int k, qpk_hfq *out);
+qpk_status qpk_mlx_check_used(const qpk_hfq *q, qpk_err *e);
 
 /* One quantized linear of such a checkpoint, and how it imports into qpk blocks. */
 typedef struct qpk_qlinear {
@@ -154,6 +177,9 @@ void qpk_qlinear_free(qpk_qlinear *l);
 uint64_t qpk_qlinear_source_bytes(const qpk_qlinear *l);
 /* Rows [r0, r0 + n) as qpk blocks (qpk_type_row_bytes each), exactly; a stacked one's rows run through its experts. */
 qpk_status qpk_qlinear_rows(const qpk_qlinear *l, int64_t r0, int64_t n, uint8_t *out, qpk_err *e);
+/* The same for an MLX module (weight, biases as qzeros, scales). */
+qpk_status qpk_mlx_linear_init(qpk_qlinear *l, qpk_err *e);
+void qpk_mlx_linear_rows(const qpk_qlinear *l, int64_t r0, int64_t n, uint8_t *out);
 
 /* A checkpoint's quantized linear (role, layer), or NULL when that linear is float. */
 const qpk_qlinear *qpk_checkpoint_qlinear(const qpk_checkpoint *ck, qpk_role role, int layer);

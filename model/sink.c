@@ -20,20 +20,20 @@ struct qpk_sink {
     size_t n_files;
     qpk_writer *w;         /* QPK_OUT_QPK */
     qpk_gguf_export *gguf; /* QPK_OUT_GGUF */
-    qpk_hf_sink *hf;       /* QPK_OUT_GPTQ, QPK_OUT_AWQ, QPK_OUT_CT */
+    qpk_hf_sink *hf;       /* the folders: QPK_OUT_GPTQ, QPK_OUT_AWQ, QPK_OUT_CT, QPK_OUT_MLX */
     double last_change;    /* the last tensor's largest weight change in the layout (0: carried exactly) */
 };
 
 const char *qpk_output_name(qpk_output o)
 {
-    static const char *const NAMES[] = {"qpk", "gguf", "gptq", "awq", "compressed-tensors"};
+    static const char *const NAMES[] = {"qpk", "gguf", "gptq", "awq", "compressed-tensors", "mlx"};
     return (unsigned)o < sizeof NAMES / sizeof *NAMES ? NAMES[o] : "?";
 }
 
 qpk_status qpk_sink_create(qpk_sink **out, qpk_output kind, const char *path, const qpk_sink_opts *opts, qpk_err *e)
 {
     *out = NULL;
-    if ((unsigned)kind > QPK_OUT_CT)
+    if ((unsigned)kind > QPK_OUT_LAST)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "unknown output kind %d", (int)kind);
     if (opts && opts->gptq_v2 && kind != QPK_OUT_GPTQ)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "the GPTQ v2 layout applies to GPTQ folders only");
@@ -170,7 +170,7 @@ qpk_status qpk_sink_end_tensor(qpk_sink *s, const int32_t *perm, qpk_err *e)
         return qpk_writer_end_tensor(s->w, e);
     }
     case QPK_OUT_GGUF: qpk_gguf_export_next(s->gguf, &s->last_change); return QPK_OK;
-    default: return qpk_hf_sink_end(s->hf, perm, e);
+    default: return qpk_hf_sink_end(s->hf, perm, &s->last_change, e);
     }
 }
 

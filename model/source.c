@@ -159,6 +159,7 @@ const char *qpk_source_format(const qpk_source *s)
     return q->method == QPK_HFQ_GPTQ  ? "gptq"
            : q->method == QPK_HFQ_AWQ ? "awq"
            : q->method == QPK_HFQ_CT  ? "compressed-tensors"
+           : q->method == QPK_HFQ_MLX ? "mlx"
                                       : "hf";
 }
 

@@ -25,6 +25,35 @@ static uint16_t f16_round_up(float x)
     return h;
 }
 
+/* An affine type's half (bf16 or f16): to and from f32, and the neighbour of a finite h toward +inf (up) or -inf. */
+static float half_to_f32(uint32_t type, uint16_t h)
+{
+    return qpk_type_info_of(type)->scale_bf16 ? qpk_bf16_to_f32(h) : qpk_f16_to_f32(h);
+}
+
+static uint16_t half_from_f32(uint32_t type, float x)
+{
+    return qpk_type_info_of(type)->scale_bf16 ? qpk_f32_to_bf16(x) : qpk_f32_to_f16(x);
+}
+
+static uint16_t half_step(uint16_t h, bool up)
+{
+    if ((h & 0x7fffu) == 0) /* either zero: the smallest subnormal of the direction's sign */
+        return up ? 1 : 0x8001u;
+    return (h & 0x8000u) == (up ? 0 : 0x8000u) ? (uint16_t)(h + 1) : (uint16_t)(h - 1); /* magnitudes order as bits */
+}
+
+/* The half nearest x on the side asked for (up: >= x, else <= x); false past the half's range. */
+static bool half_bound(uint32_t type, float x, bool up, float *out)
+{
+    uint16_t h = half_from_f32(type, x);
+    float v = half_to_f32(type, h);
+    if (up ? v < x : v > x)
+        v = half_to_f32(type, h = half_step(h, up));
+    *out = v;
+    return isfinite(v);
+}
+
 static const qpk_grid *grid_of(uint32_t type)
 {
     return type < QPK_TYPE_COUNT_ && QPK_QUANT_TRAITS[type].grid.rule ? &QPK_QUANT_TRAITS[type].grid : NULL;
@@ -32,13 +61,23 @@ static const qpk_grid *grid_of(uint32_t type)
 
 bool qpk_type_has_grid(uint32_t type) { return grid_of(type) != NULL; }
 
+void qpk_type_code_range(uint32_t type, int32_t *qmin, int32_t *qmax)
+{
+    const int32_t bits = (int32_t)qpk_type_info_of(type)->bits;
+    *qmin = grid_of(type)->qmin < 0 ? -(1 << (bits - 1)) : 0;
+    *qmax = *qmin + (1 << bits) - 1;
+}
+
 bool qpk_type_can_quantize(uint32_t type) { return grid_of(type) != NULL || qpk_ggml_can_quantize(type); }
 
 qpk_status qpk_group_params(uint32_t type, const float *x, int64_t n, float clip, qpk_qparams *p, qpk_err *e)
 {
     if (!grid_of(type))
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "type %s has no group quantizer", qpk_type_name(type));
-    float lo = 0, hi = 0; /* 0 is always in the range: an all-zero or constant group needs it */
+    /* 0 is always in the range of a zero-point or symmetric grid (an all-zero or constant group needs it); an affine
+     * grid's offset places it anywhere. */
+    const bool affine = grid_of(type)->rule == QPK_RULE_AFFINE;
+    float lo = affine && n ? INFINITY : 0, hi = affine && n ? -INFINITY : 0;
     for (int64_t i = 0; i < n; i++) {
         if (!isfinite(x[i]))
             return qpk_err_setf(e, QPK_E_VALUE, "weight %lld of a group is %g", (long long)i, (double)x[i]);
@@ -53,7 +92,20 @@ qpk_status qpk_params_from_range(uint32_t type, float lo, float hi, float clip, 
     const qpk_grid *gr = grid_of(type);
     lo *= clip, hi *= clip;
     float ideal;
-    p->z = 0;
+    p->z = 0, p->m = 0;
+    if (gr->rule == QPK_RULE_AFFINE) {
+        if (lo == hi) { /* a constant group: every code 0, the offset the value itself where the half holds it */
+            p->d = 0;
+            if (!half_bound(type, lo, false, &p->m))
+                return qpk_err_setf(e, QPK_E_VALUE, "a group's weight %g is past the %s range", (double)lo,
+                                    qpk_type_name(type));
+            return QPK_OK;
+        }
+        if (!half_bound(type, lo, false, &p->m) || !half_bound(type, (hi - p->m) / (float)gr->qmax, true, &p->d))
+            return qpk_err_setf(e, QPK_E_VALUE, "a group's range %g .. %g is past the range of %s's scales",
+                                (double)lo, (double)hi, qpk_type_name(type));
+        return QPK_OK;
+    }
     switch (gr->rule) {
     case QPK_RULE_ABSMAX: ideal = fmaxf(-lo, hi) / (float)gr->qmax; break;
     case QPK_RULE_SIGNED_EXTREME: ideal = (-lo > hi ? lo : hi) / (float)gr->qmin; break; /* d may be negative */
@@ -81,13 +133,18 @@ int32_t qpk_quantize_value(uint32_t type, const qpk_qparams *p, float x)
     const bool zp = gr->rule == QPK_RULE_ZERO_POINT;
     if (p->d == 0)
         return zp ? p->z : 0; /* the all-zero group: no division by a zero scale */
+    if (gr->rule == QPK_RULE_AFFINE)
+        x -= p->m;
     float q = nearbyintf(x / p->d) + (zp ? (float)p->z : 0.0f);
     return (int32_t)fminf(fmaxf(q, (float)gr->qmin), (float)gr->qmax);
 }
 
 float qpk_dequantize_value(uint32_t type, const qpk_qparams *p, int32_t q)
 {
-    return p->d * (float)(grid_of(type)->rule == QPK_RULE_ZERO_POINT ? q - p->z : q);
+    const qpk_scale_rule rule = grid_of(type)->rule;
+    if (rule == QPK_RULE_AFFINE) /* rounded once, as the exact s q + b rounds to f32 */
+        return fmaf(p->d, (float)q, p->m);
+    return p->d * (float)(rule == QPK_RULE_ZERO_POINT ? q - p->z : q);
 }
 
 /*
@@ -99,17 +156,28 @@ float qpk_dequantize_value(uint32_t type, const qpk_qparams *p, int32_t q)
  */
 void qpk_put_block_header(uint32_t type, const qpk_qparams *p, uint8_t *b)
 {
-    put16(b, qpk_f32_to_f16(p->d)); /* d is an f16 value: exact */
     const qpk_grid *gr = grid_of(type);
+    if (gr->rule == QPK_RULE_AFFINE) { /* d and m are values of the type's half: exact */
+        put16(b + offsetof(qpk_head_affine, s), half_from_f32(type, p->d));
+        put16(b + offsetof(qpk_head_affine, b), half_from_f32(type, p->m));
+        return;
+    }
+    put16(b, qpk_f32_to_f16(p->d)); /* d is an f16 value: exact */
     if (gr->rule == QPK_RULE_ZERO_POINT) /* then a zero byte (int4) or the high byte (int8z) */
         b[gr->zero_at] = (uint8_t)p->z, b[gr->zero_at + 1] = (uint8_t)(gr->zero_bytes == 2 ? p->z >> 8 : 0);
 }
 
 static void get_header(uint32_t type, const uint8_t *b, qpk_qparams *p)
 {
-    p->d = qpk_f16_to_f32(get16(b));
     const qpk_grid *gr = grid_of(type);
+    if (gr->rule == QPK_RULE_AFFINE) {
+        *p = (qpk_qparams){half_to_f32(type, get16(b + offsetof(qpk_head_affine, s))), 0,
+                           half_to_f32(type, get16(b + offsetof(qpk_head_affine, b)))};
+        return;
+    }
+    p->d = qpk_f16_to_f32(get16(b));
     p->z = gr->rule == QPK_RULE_ZERO_POINT ? qpk_grid_zero(gr, b) : 0;
+    p->m = 0;
 }
 
 /* Codes of chunk c (elements 32c .. 32c+31 of the group). */

@@ -18,6 +18,7 @@ typedef enum qpk_scale_rule {
     QPK_RULE_ABSMAX,         /* d = max|w| / qmax, rounded up to an f16 */
     QPK_RULE_SIGNED_EXTREME, /* d = (the extreme weight, signed) / qmin: it lands exactly on qmin */
     QPK_RULE_ZERO_POINT,     /* an integer zero point z first, then the smallest d covering both ends */
+    QPK_RULE_AFFINE,         /* MLX's: an offset m at the low end, then the smallest d reaching the high end */
 } qpk_scale_rule;
 
 typedef struct qpk_grid {
@@ -58,6 +59,10 @@ static const qpk_quant_traits QPK_QUANT_TRAITS[QPK_TYPE_COUNT_] = {
     [QPK_TYPE_INT4] = {{QPK_RULE_ZERO_POINT, 0, 15, 0, ZERO(qpk_head_int4)}},
     [QPK_TYPE_INT4S] = {{QPK_RULE_SIGNED_EXTREME, -8, 7, 8, 0, 0}},
     [QPK_TYPE_INT8Z] = {{QPK_RULE_ZERO_POINT, 0, 255, 0, ZERO(qpk_head_int8z)}},
+    [QPK_TYPE_MLX4] = {{QPK_RULE_AFFINE, 0, 15, 0, 0, 0}},
+    [QPK_TYPE_MLX8] = {{QPK_RULE_AFFINE, 0, 255, 0, 0, 0}},
+    [QPK_TYPE_MLX4_F16] = {{QPK_RULE_AFFINE, 0, 15, 0, 0, 0}},
+    [QPK_TYPE_MLX8_F16] = {{QPK_RULE_AFFINE, 0, 255, 0, 0, 0}},
 /* ggml's types: read only, or also written (codes in lo..hi; the scales of the type named). */
 #define READ(t) {.to_f32 = qpk_##t##_to_f32}
 #define WRITTEN(lo, hi, t, scales)                                                                               \

@@ -231,7 +231,7 @@ done
 "$bin/qgen" "$tmp/g" --preset tiny >/dev/null
 expect 3 "no tokenizer.json" -- "$bin/qconvert" "$tmp/g" -o "$tmp/m.gguf"
 expect 2 "groups of 32: leave out --group" -- "$bin/qconvert" "$tmp/g" -o "$tmp/m.gguf" --quant int8 --group 128
-expect 2 "qpk, gguf, gptq, awq or compressed-tensors" -- "$bin/qconvert" "$tmp/g" -o "$tmp/m.gguf" --to ggml
+expect 2 "qpk, gguf, gptq, awq, compressed-tensors or mlx" -- "$bin/qconvert" "$tmp/g" -o "$tmp/m.gguf" --to ggml
 expect 2 "already a .qpk" -- "$bin/qconvert" "$tmp/m.qpk" -o "$tmp/again.qpk"
 expect 2 "pad-intermediate takes a multiple in 1..1048576" -- "$bin/qconvert" "$tmp/m.qpk" -o "$tmp/again.qpk" --pad-intermediate 0
 expect 2 "pad-intermediate takes a multiple in 1..1048576" -- "$bin/qconvert" "$tmp/m.qpk" -o "$tmp/again.qpk" --pad-intermediate -8
@@ -308,7 +308,7 @@ if [ -d "$a" ]; then
   expect 0 'actorder.:[[:space:]]+"group"' -- sh -c "\"$bin/qconvert\" -q \"$g\" --to compressed-tensors -o \"$tmp/g-ct\" && cat \"$tmp/g-ct/config.json\""
   expect 0 '"source":\{"format":"compressed-tensors","layout":"pack-quantized"' \
     -- sh -c "\"$bin/qconvert\" -q \"$tmp/g-ct\" -o \"$tmp/g-ct.qpk\" && \"$bin/qinspect\" \"$tmp/g-ct.qpk\" --no-tensors"
-  expect 2 "qpk, gguf, gptq, awq or compressed-tensors" -- "$bin/qconvert" "$g" --to ct -o "$tmp/x"
+  expect 2 "qpk, gguf, gptq, awq, compressed-tensors or mlx" -- "$bin/qconvert" "$g" --to ct -o "$tmp/x"
   expect 2 "go with --to gptq or awq" -- "$bin/qconvert" "$g" -o "$tmp/x.qpk" --shard-size 1GB
   expect 2 "--shard-size takes a whole number of bytes" -- "$bin/qconvert" "$a" --to gptq -o "$tmp/x" --quant int4 --shard-size 4XB
   expect 2 "--gptq-format goes with --to gptq" -- "$bin/qconvert" "$a" --to awq -o "$tmp/x" --quant int4 --gptq-format v2

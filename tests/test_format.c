@@ -173,7 +173,7 @@ typedef struct defect {
 static void d_truncate(uint8_t *b, size_t *n) { (void)b, *n -= 100; }
 static void d_tiny(uint8_t *b, size_t *n) { (void)b, *n = 40; }
 static void d_magic(uint8_t *b, size_t *n) { (void)n, b[0] = 'X'; }
-static void d_version(uint8_t *b, size_t *n) { (void)n, wr32(b + 8, 4); }
+static void d_version(uint8_t *b, size_t *n) { (void)n, wr32(b + 8, 5); }
 static void d_header_size(uint8_t *b, size_t *n) { (void)n, wr32(b + 12, 72); }
 static void d_header_flip(uint8_t *b, size_t *n) { (void)n, b[44] ^= 1; }
 static void d_file_size(uint8_t *b, size_t *n) { (void)n, wr64(b + 16, rd64(b + 16) + 1); }
@@ -305,7 +305,7 @@ static const defect DEFECTS[] = {
     {"truncated file", d_truncate, false, QPK_E_CORRUPT, "truncated"},
     {"shorter than a header", d_tiny, false, QPK_E_CORRUPT, "shorter than the 64-byte header"},
     {"bad magic", d_magic, false, QPK_E_CORRUPT, "bad magic"},
-    {"unknown version", d_version, false, QPK_E_UNSUPPORTED, "format version 4"},
+    {"unknown version", d_version, false, QPK_E_UNSUPPORTED, "format version 5"},
     {"header size", d_header_size, true, QPK_E_CORRUPT, "header size 72"},
     {"header checksum", d_header_flip, false, QPK_E_CHECKSUM, "header checksum"},
     {"file size field", d_file_size, true, QPK_E_CORRUPT, "truncated"},
@@ -526,13 +526,15 @@ static void test_types(void)
     CHECK(!qpk_type_from_name("int3", &t));
     CHECK(qpk_type_name(63) == NULL);
     /* What --quant takes, from the rows: int8z (imported GPTQ's) and the read-only Q2_K, Q3_K are not among them. */
-    static const char LIST[] = "int8, int4, int4s, q4_1, q5_0, q5_1, q4_k, q5_k or q6_k";
+    static const char LIST[] = "int8, int4, int4s, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, mlx4, mlx8, mlx4_f16 or mlx8_f16";
     char buf[sizeof LIST + 8], small[8];
     CHECK(qpk_quant_type_list(buf, sizeof buf, ", ", " or ") == strlen(LIST) && !strcmp(buf, LIST));
     CHECK(qpk_quant_type_list(small, sizeof small, ", ", " or ") == strlen(LIST) && !strcmp(small, "int8, i"));
-    CHECK(qpk_quant_type_list(NULL, 0, " | ", " | ") == strlen("int8 | int4 | int4s | q4_1 | q5_0 | q5_1 | q4_k | q5_k | q6_k"));
-    static const uint32_t TARGETS[] = {QPK_TYPE_INT8, QPK_TYPE_INT4, QPK_TYPE_INT4S, QPK_TYPE_Q4_1, QPK_TYPE_Q5_0,
-                                       QPK_TYPE_Q5_1, QPK_TYPE_Q4_K, QPK_TYPE_Q5_K, QPK_TYPE_Q6_K};
+    CHECK(qpk_quant_type_list(NULL, 0, " | ", " | ") ==
+          strlen("int8 | int4 | int4s | q4_1 | q5_0 | q5_1 | q4_k | q5_k | q6_k | mlx4 | mlx8 | mlx4_f16 | mlx8_f16"));
+    static const uint32_t TARGETS[] = {QPK_TYPE_INT8, QPK_TYPE_INT4, QPK_TYPE_INT4S,   QPK_TYPE_Q4_1,    QPK_TYPE_Q5_0,
+                                       QPK_TYPE_Q5_1, QPK_TYPE_Q4_K, QPK_TYPE_Q5_K,    QPK_TYPE_Q6_K,    QPK_TYPE_MLX4,
+                                       QPK_TYPE_MLX8, QPK_TYPE_MLX4_F16, QPK_TYPE_MLX8_F16};
     for (uint32_t id = 0; id < 64; id++) {
         bool listed = false;
         for (size_t i = 0; i < sizeof TARGETS / sizeof *TARGETS; i++)
@@ -606,10 +608,12 @@ static void test_type_versions(void)
         bool v1 = false;
         for (size_t i = 0; i < sizeof V1 / sizeof *V1; i++)
             v1 |= V1[i] == id;
-        CHECKF(!t || t->version == (v1 ? 1u : 2u), "type %u: version %u", id, t ? t->version : 0);
+        const bool mlx = id >= QPK_TYPE_MLX4 && id <= QPK_TYPE_MLX8_F16; /* MLX's affine groups came with version 4 */
+        CHECKF(!t || t->version == (v1 ? 1u : mlx ? 4u : 2u), "type %u: version %u", id, t ? t->version : 0);
         const bool gptq = id == QPK_TYPE_INT8 || id == QPK_TYPE_INT4 || id == QPK_TYPE_INT4S || id == QPK_TYPE_INT8Z;
         const bool awq = id == QPK_TYPE_INT4 || id == QPK_TYPE_INT4S;
-        CHECKF(!t || t->folders == ((gptq ? QPK_FOLDER_GPTQ | QPK_FOLDER_CT : 0) | (awq ? QPK_FOLDER_AWQ : 0)),
+        CHECKF(!t || t->folders == ((gptq ? QPK_FOLDER_GPTQ | QPK_FOLDER_CT : 0) | (awq ? QPK_FOLDER_AWQ : 0) |
+                                    (mlx ? QPK_FOLDER_MLX : 0)),
                "type %u: folders %u",
                id, t ? t->folders : 0);
     }

@@ -1364,6 +1364,7 @@ static void test_ggml_types(void)
         [QPK_TYPE_F16] = 1,   [QPK_TYPE_BF16] = 32, [QPK_TYPE_INT8] = 7,  [QPK_TYPE_INT4] = 3,  [QPK_TYPE_INT4S] = 2,
         [QPK_TYPE_INT8Z] = 7, [QPK_TYPE_Q4_1] = 3,  [QPK_TYPE_Q5_0] = 8,  [QPK_TYPE_Q5_1] = 9,  [QPK_TYPE_Q2_K] = 10,
         [QPK_TYPE_Q3_K] = 12, [QPK_TYPE_Q4_K] = 15, [QPK_TYPE_Q5_K] = 17, [QPK_TYPE_Q6_K] = 18,
+        [QPK_TYPE_MLX4] = 3,  [QPK_TYPE_MLX8] = 7,  [QPK_TYPE_MLX4_F16] = 3, [QPK_TYPE_MLX8_F16] = 7, /* as Q4_1, Q8_0 */
     };
     for (uint32_t t = 0; t < QPK_TYPE_COUNT_; t++)
         if (qpk_type_info_of(t))

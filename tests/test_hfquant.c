@@ -544,7 +544,8 @@ static bool make_variant(const defect *d, const char *dir)
         for (size_t i = 0; i < qpk_st_n_tensors(f.st[s]); i++) {
             const qpk_st_tensor *t = qpk_st_tensor_at(f.st[s], i);
             bool hit = d->tensor && !strcmp(t->name, d->tensor);
-            if ((hit && d->act == DROP) || (*prefix && !strncmp(t->name, prefix, strlen(prefix)) && !hit))
+            const bool part = *prefix && !strncmp(t->name, prefix, strlen(prefix)) && strcmp(t->name + strlen(prefix), "bias");
+            if ((hit && d->act == DROP) || (part && !hit)) /* the linear's bias stays */
                 continue;
             qpk_st_entry *x = &ent[k];
             snprintf(x->name, sizeof x->name, "%s", t->name);
@@ -1155,6 +1156,10 @@ static void test_type_refusals(void)
         {QPK_TYPE_Q4_1, QPK_OUT_AWQ, "q_proj.weight is q4_1: the AWQ layout holds linears of int4 or int4s only"},
         {QPK_TYPE_Q5_0, QPK_OUT_AWQ, "q_proj.weight is q5_0: the AWQ layout holds linears of int4 or int4s only"},
         {QPK_TYPE_Q5_0, QPK_OUT_GPTQ, "q_proj.weight is q5_0: the GPTQ layout holds"},
+        {QPK_TYPE_Q5_0, QPK_OUT_MLX, "q_proj.weight is q5_0: the MLX layout holds affine groups (mlx4, mlx8, mlx4_f16, "
+                                     "mlx8_f16; int4, int4s, int8, int8z and q4_1 become them) only"},
+        {QPK_TYPE_MLX4, QPK_OUT_GPTQ, "q_proj.weight is mlx4: the GPTQ layout holds linears of int8, int4, int4s or "
+                                      "int8z only"},
         {QPK_TYPE_INT8Z, QPK_OUT_AWQ, "q_proj.weight is int8z: the AWQ layout holds linears of int4 or int4s only (a "
                                       "GPTQ folder holds it)"},
     };
@@ -1167,7 +1172,8 @@ static void test_type_refusals(void)
     for (uint32_t t = 0; t < QPK_TYPE_COUNT_; t++) {
         const qpk_type_info *ti = qpk_type_info_of(t);
         CHECKF(!ti || !ti->folders || ((ti->bits == 4 || ti->bits == 8) && !ti->block), "type %u", t);
-        CHECKF(!ti || ti->version == 1 || ti->version == 2, "type %u: version %u", t, ti ? ti->version : 0);
+        CHECKF(!ti || ti->version == 1 || ti->version == 2 || (ti->folders & QPK_FOLDER_MLX), "type %u: version %u", t,
+               ti ? ti->version : 0);
     }
     /* A norm stored in a block type: qinspect --verify's and qverify's check, every export, the runtime. */
     const char *norm = "model.layers.1.post_attention_layernorm.weight";
@@ -1397,6 +1403,155 @@ static void test_ct_malformed(void)
 #undef GROUP8
 }
 
+/*
+ * The MLX fixture (independent packer; 4 bits, groups of 64, BF16 scales and biases, the tied
+ * embedding quantized too): every linear equals dequant-expected bit for bit, the folder and its
+ * .qpk reproduce ref-logits, and the .qpk written back as MLX is the fixture's very tensors
+ * (metadata "mlx"), which read back as the same .qpk; a model quantized by qpk to mlx8 with
+ * per-module schemes goes out and back the same way.
+ */
+static void test_mlx_fixture(void)
+{
+    char fixture[4096], qpk[4096], out[4096], back[4096];
+    snprintf(fixture, sizeof fixture, "%s/qwen-tiny-a-mlx-4bit", FX);
+    snprintf(qpk, sizeof qpk, "%s/mlx.qpk", TMP);
+    snprintf(out, sizeof out, "%s/mlx.out", TMP);
+    snprintf(back, sizeof back, "%s/mlx.back.qpk", TMP);
+    qpk_convert_opts o = {.dtype = -1};
+    qpk_err e = {0};
+    CHECKF(tu_convert(fixture, qpk, &o, &e) == QPK_OK, "%s: %s", fixture, e.msg);
+    CHECKF(check_exact(fixture, qpk) == 28, "%s: not every linear checked", fixture);
+    qpk_file *f = NULL;
+    CHECKF(qpk_open(&f, qpk, NULL, &e) == QPK_OK, "%s", e.msg);
+    const qpk_tensor *emb = f ? qpk_find_tensor(f, "model.embed_tokens.weight") : NULL;
+    CHECKF(emb && emb->type == QPK_TYPE_MLX4 && emb->group_size == 64 && qpk_file_version(f) == 4,
+           "the embedding is not mlx4/g64 in a version 4 file");
+    qpk_close(f);
+    check_ref_logits(fixture, fixture);
+    check_ref_logits(fixture, qpk);
+    qpk_convert_opts x = {.to = QPK_OUT_MLX, .n_threads = 2};
+    CHECKF(tu_export_hf(qpk, out, &x, &e) == QPK_OK, "%s: %s", out, e.msg);
+    check_same_tensors(fixture, out);
+    char p[4096];
+    size_t len;
+    char *head = slurp(path2(p, out, "model.safetensors"), &len);
+    CHECKF(head && len > 64 && memmem(head, 200, "\"__metadata__\":{\"format\":\"mlx\"}", 31),
+           "%s: no {\"format\":\"mlx\"} metadata", out);
+    free(head);
+    CHECKF(tu_convert(out, back, &o, &e) == QPK_OK, "%s: %s", out, e.msg);
+    check_same_qpk(qpk, back);
+    check_ref_logits(fixture, out);
+    rm_rf(out), unlink(back), unlink(qpk);
+
+    /* qpk's own mlx8 (f16 halves) with down_proj at mlx4/g32 and layer 0's q_proj left float: three schemes in
+     * config.json's quantization, sharded (mlx-lm's names), and the same .qpk back. */
+    char a[4096];
+    qpk_quant_rule rules[3];
+    CHECK(qpk_quant_rule_parse("down_proj=mlx4/g32", &rules[0], &e) == QPK_OK &&
+          qpk_quant_rule_parse("layers.0.self_attn.q_proj=bf16", &rules[1], &e) == QPK_OK &&
+          qpk_quant_rule_parse("embed_tokens=mlx8_f16", &rules[2], &e) == QPK_OK); /* a .qpk's default is int8 */
+    snprintf(a, sizeof a, "%s/qwen-tiny-a", FX);
+    qpk_convert_opts q = {.dtype = -1, .quant = QPK_TYPE_MLX8_F16, .group = 128, .rules = rules, .n_rules = 3,
+                          .to = QPK_OUT_MLX};
+    CHECKF(tu_convert(a, qpk, &(qpk_convert_opts){.dtype = -1, .quant = QPK_TYPE_MLX8_F16, .group = 128,
+                                                  .rules = rules, .n_rules = 3}, &e) == QPK_OK, "%s", e.msg);
+    x.shard_size = 8000000; /* the 20 MB embedding alone, then the layers */
+    CHECKF(tu_export_hf(qpk, out, &x, &e) == QPK_OK, "%s", e.msg);
+    CHECKF(tu_convert(out, back, &o, &e) == QPK_OK, "%s", e.msg);
+    check_same_qpk(qpk, back);
+    char *cfg = slurp(path2(p, out, "config.json"), &len);
+    CHECKF(cfg && strstr(cfg, "\"model.layers.3.mlp.down_proj\":\t{\n\t\t\t\"group_size\":\t32,\n\t\t\t\"bits\":\t4") &&
+               strstr(cfg, "\"model.layers.0.self_attn.q_proj\":\tfalse") && strstr(cfg, "\"bits\":\t8"),
+           "%s: not the main scheme, down_proj's own and q_proj float", out);
+    free(cfg);
+    CHECKF(access(path2(p, out, "model.safetensors.index.json"), F_OK) == 0 &&
+               access(path2(p, out, "model-00001-of-00002.safetensors"), F_OK) == 0,
+           "%s: not sharded as mlx-lm names shards", out);
+    /* Written straight from the float model too: the same bytes. */
+    char direct[4096];
+    snprintf(direct, sizeof direct, "%s/mlx.direct", TMP);
+    q.shard_size = 8000000;
+    CHECKF(tu_convert(a, direct, &q, &e) == QPK_OK, "%s", e.msg);
+    check_same_tensors(out, direct);
+    rm_rf(out), rm_rf(direct), unlink(back), unlink(qpk);
+}
+
+static void test_mlx_malformed(void)
+{
+#define M "mlx-4bit"
+#define Q "model.layers.0.self_attn.q_proj"
+#define QZ "\"quantization\": {"
+#define QC "\"quantization_config\": {"
+    static const defect DEFECTS[] = {
+        {"packed width", M, NULL, NULL, Q ".weight", NARROW, 0, 0, QPK_E_MISMATCH,
+         Q ".weight has shape [128, 15]; config.json implies [128, 16] (4 bits, groups of 64)"},
+        {"packed rows", M, NULL, NULL, Q ".weight", TRUNCATE, 0, 0, QPK_E_MISMATCH,
+         Q ".weight has shape [127, 16]; config.json implies [128, 16]"},
+        {"scales of the wrong shape", M, NULL, NULL, Q ".scales", NARROW, 0, 0, QPK_E_MISMATCH,
+         Q ".scales has shape [128, 1]; config.json implies [128, 2]"},
+        {"biases of the wrong shape", M, NULL, NULL, Q ".biases", TRUNCATE, 0, 0, QPK_E_MISMATCH,
+         Q ".biases has shape [127, 2]; config.json implies [128, 2]"},
+        {"biases missing", M, NULL, NULL, Q ".biases", DROP, 0, 0, QPK_E_MISMATCH, Q " is quantized but has no .biases"},
+        {"scales missing", M, NULL, NULL, Q ".scales", DROP, 0, 0, QPK_E_MISMATCH, Q " is quantized but has no .scales"},
+        {"scale NaN", M, NULL, NULL, Q ".scales", SET_HALF, 3, 0x7fc0, QPK_E_VALUE, Q ".scales[1][1] is not finite"},
+        {"bias infinite", M, NULL, NULL, "model.embed_tokens.biases", SET_HALF, 0, 0xff80, QPK_E_VALUE,
+         "model.embed_tokens.biases[0][0] is not finite"},
+        {"codes not U32", M, NULL, NULL, Q ".weight", AS_F32, 0, 0, QPK_E_UNSUPPORTED,
+         Q ".weight is F32 next to .scales: MLX packs codes in U32"},
+        {"scales F32 beside BF16 biases", M, NULL, NULL, Q ".scales", F16_TO_F32, 0, 0, QPK_E_UNSUPPORTED,
+         Q ": scales F32, biases BF16: qpk reads MLX scales and biases both BF16 or both F16"},
+        {"bits 3", M, "\"bits\": 4", "\"bits\": 3", NULL, KEEP, 0, 0, QPK_E_UNSUPPORTED,
+         "quantization: 3-bit MLX quantization: qpk reads 4 and 8 bits"},
+        {"group_size 48", M, "\"group_size\": 64", "\"group_size\": 48", NULL, KEEP, 0, 0, QPK_E_UNSUPPORTED,
+         "quantization: group_size 48: MLX's groups are 32, 64 or 128"},
+        {"bits not a number", M, "\"bits\": 4", "\"bits\": \"4\"", NULL, KEEP, 0, 0, QPK_E_CORRUPT,
+         "quantization: bits and group_size must be numbers"},
+        {"mode mxfp4", M, QZ, QZ "\"mode\": \"mxfp4\", ", NULL, KEEP, 0, 0, QPK_E_UNSUPPORTED,
+         "quantization: mode mxfp4: qpk reads MLX's affine quantization"},
+        {"an override naming no module", M, QZ, QZ "\"model.layers.9.mlp.up_proj\": false, ", NULL, KEEP, 0, 0,
+         QPK_E_MISMATCH, "quantization names model.layers.9.mlp.up_proj, which is no module of the model"},
+        {"an override false on a quantized module", M, QZ, QZ "\"model.layers.2.mlp.up_proj\": false, ", NULL, KEEP, 0,
+         0, QPK_E_MISMATCH,
+         "model.layers.2.mlp.up_proj is stored quantized while config.json's quantization leaves it in float"},
+        {"an override of other bits than stored", M, QZ, QZ "\"model.layers.1.mlp.down_proj\": {\"bits\": 8}, ", NULL,
+         KEEP, 0, 0, QPK_E_MISMATCH,
+         "model.layers.1.mlp.down_proj.weight has shape [128, 48]; config.json implies [128, 96] (8 bits, groups of 64)"},
+        {"an override neither object nor false", M, QZ, QZ "\"model.layers.2.mlp.up_proj\": 4, ", NULL, KEEP, 0, 0,
+         QPK_E_CORRUPT, "quantization[\"model.layers.2.mlp.up_proj\"] is neither an object nor false"},
+        {"an override quantizing a float module", M, QZ, QZ "\"" Q "\": {\"bits\": 4}, ", Q ".weight", TO_FLOAT, 0, 0,
+         QPK_E_MISMATCH, Q " is stored in float while config.json's quantization gives it 4 bits"},
+        {"quantization_config disagrees", M, QC "\n    \"group_size\": 64", QC "\n    \"group_size\": 128", NULL, KEEP,
+         0, 0, QPK_E_MISMATCH, "quantization says 4 bits in groups of 64, quantization_config 4 in groups of 128"},
+        {"a quant_method beside MLX's quantization", M, QC, QC "\"quant_method\": \"gptq\", ", NULL, KEEP, 0, 0,
+         QPK_E_CORRUPT, "config.json has MLX's quantization and a quantization_config with a quant_method"},
+        {"MoE", M, "\"model_type\": \"qwen2\"", "\"model_type\": \"qwen2_moe\", \"num_experts\": 4, "
+         "\"num_experts_per_tok\": 2, \"moe_intermediate_size\": 64, \"shared_expert_intermediate_size\": 64",
+         NULL, KEEP, 0, 0, QPK_E_UNSUPPORTED, "an MLX qwen2_moe checkpoint: qpk reads MLX's dense models"},
+    };
+    const int n = run_defects(DEFECTS, sizeof DEFECTS / sizeof *DEFECTS);
+    fprintf(stderr, "%d malformed MLX checkpoints checked (and replayed with e == NULL)\n", n);
+    CHECK(n == (int)(sizeof DEFECTS / sizeof *DEFECTS));
+    /* Variants that stay exact: no quantization_config (mlx-lm's own key alone); a module float by mlx-lm's rule. */
+    static const defect OK[] = {
+        {"quantization alone", M, QC, "\"unused_config\": {", NULL, KEEP, 0, 0, QPK_OK, ""},
+        {"an override false on a float module", M, QZ, QZ "\"" Q "\": false, ", Q ".weight", TO_FLOAT, 0, 0, QPK_OK, ""},
+    };
+    for (size_t i = 0; i < sizeof OK / sizeof *OK; i++) {
+        char dir[4096], out[4096];
+        snprintf(dir, sizeof dir, "%s/mlx-ok-%zu", TMP, i);
+        snprintf(out, sizeof out, "%s/mlx-ok-%zu.qpk", TMP, i);
+        qpk_convert_opts o = {.dtype = -1};
+        qpk_err e = {0};
+        CHECKF(make_variant(&OK[i], dir), "could not make '%s'", OK[i].what);
+        CHECKF(tu_convert(dir, out, &o, &e) == QPK_OK, "'%s': %s", OK[i].what, e.msg);
+        rm_rf(dir), unlink(out);
+    }
+#undef M
+#undef Q
+#undef QZ
+#undef QC
+}
+
 /* quantization_config straight through qpk_hfq_parse, and the "re:" subset qpk matches. */
 static void test_ct_config(void)
 {
@@ -1510,6 +1665,12 @@ int main(int argc, char **argv)
         test_ct_config();
         rm_rf(TMP);
         return th_summary("test_ct");
+    }
+    if (argc > 1 && !strcmp(argv[1], "mlx")) {
+        test_mlx_fixture();
+        test_mlx_malformed();
+        rm_rf(TMP);
+        return th_summary("test_mlx");
     }
     test_fixtures();
     test_gguf_exact();

@@ -362,10 +362,10 @@ static int set_option(cli *c, args *a, const struct option *opt, const char *v)
     case O_QUIET: c->quiet = true; return -1;
     case O_OUTPUT: a->out = v; return -1;
     case O_TO:
-        for (int k = QPK_OUT_QPK; k <= QPK_OUT_CT; k++)
+        for (int k = QPK_OUT_QPK; k <= QPK_OUT_LAST; k++)
             if (!strcmp(v, qpk_output_name((qpk_output)k)))
                 return a->to = v, -1;
-        return cli_usage_error(c, "--to takes qpk, gguf, gptq, awq or compressed-tensors");
+        return cli_usage_error(c, "--to takes qpk, gguf, gptq, awq, compressed-tensors or mlx");
     case O_SHARD_SIZE:
         return parse_size(v, &o->shard_size)
                    ? -1
@@ -484,10 +484,10 @@ static int check_target(cli *c, args *a)
         return cli_usage_error(c, "missing -o OUT.qpk");
     size_t out_len = strlen(a->out);
     o->to = out_len >= 5 && !strcmp(a->out + out_len - 5, ".gguf") ? QPK_OUT_GGUF : QPK_OUT_QPK;
-    for (int k = QPK_OUT_QPK; a->to && k <= QPK_OUT_CT; k++)
+    for (int k = QPK_OUT_QPK; a->to && k <= QPK_OUT_LAST; k++)
         if (!strcmp(a->to, qpk_output_name((qpk_output)k)))
             o->to = (qpk_output)k;
-    const bool to_folder = o->to == QPK_OUT_GPTQ || o->to == QPK_OUT_AWQ || o->to == QPK_OUT_CT, group_given = a->shapes & FOR_GROUP;
+    const bool to_folder = qpk_output_is_folder(o->to), group_given = a->shapes & FOR_GROUP;
     if (a->requant && o->to != QPK_OUT_GGUF && o->to != QPK_OUT_QPK)
         return cli_usage_error(c, "--requantize makes act-order linears fit GGUF: it goes with --to gguf (or --to qpk, "
                                   "for the .qpk such a GGUF is made from)");

@@ -106,6 +106,11 @@ typedef enum qpk_type {
     QPK_TYPE_Q4_K = 25, /* 256 weights in 8 of 32: 6-bit scales and mins, 4-bit codes */
     QPK_TYPE_Q5_K = 26, /* 256 weights in 8 of 32: 6-bit scales and mins, 5-bit codes */
     QPK_TYPE_Q6_K = 27, /* 256 weights in 16 of 16: 8-bit scales, 6-bit codes */
+    /* MLX's affine groups (mlx-lm's quantized checkpoints), scale s and bias b in the model's dtype: w = s q + b */
+    QPK_TYPE_MLX4 = 28,     /* bf16 s, bf16 b, 4-bit codes */
+    QPK_TYPE_MLX8 = 29,     /* bf16 s, bf16 b, 8-bit codes */
+    QPK_TYPE_MLX4_F16 = 30, /* f16 s, f16 b, 4-bit codes */
+    QPK_TYPE_MLX8_F16 = 31, /* f16 s, f16 b, 8-bit codes */
     QPK_TYPE_COUNT_ /* one past the largest id this build knows */
 } qpk_type;
 
@@ -124,7 +129,8 @@ typedef struct qpk_type_info {
     uint32_t head_bytes; /* block types: bytes of a block besides its codes (before them, except in ggml's types) */
     uint32_t block;      /* weights per block when the type fixes it; 0: the tensor's group size */
     int32_t ggml_type;   /* the GGUF type it is written as (types with a group: in blocks of 32), or -1 */
-    int32_t scale_at[2]; /* block types: byte offsets of the f16 scales in a block (-1: none) */
+    int32_t scale_at[2]; /* block types: byte offsets of the scales in a block (-1: none), f16 unless scale_bf16 */
+    bool scale_bf16;     /* the scales at scale_at are bf16 */
     /* ggml's name for ggml_type when a GGUF tensor of that type is read as this type, its bytes
      * as they are (at `block`, or in groups of 32); NULL when ggml_type is only what this type
      * is written as (int4 as Q4_1, int8z as Q8_0), or none. */
@@ -141,6 +147,8 @@ typedef struct qpk_type_info {
 #define QPK_FOLDER_GPTQ 1u
 #define QPK_FOLDER_AWQ 2u
 #define QPK_FOLDER_CT 4u
+/* MLX (mlx-lm): the affine types as they are, in groups of 32, 64 or 128 */
+#define QPK_FOLDER_MLX 8u
 
 /* Group sizes of the types that take one are multiples of this (whole 16-byte halves of 4-bit codes). */
 #define QPK_GROUP_QUANTUM 32
@@ -172,7 +180,7 @@ QPK_API size_t qpk_quant_type_list(char *buf, size_t cap, const char *sep, const
 QPK_API bool qpk_group_ok(uint32_t type, uint32_t group, int64_t cols);
 /* Bytes of one block of `group` weights (its parameters and codes); 0 for plain types. */
 QPK_API size_t qpk_type_block_bytes(uint32_t type, uint32_t group);
-/* The first of n blocks whose f16 scale (or min) is NaN or infinite, or n: such a block poisons every sum it enters. */
+/* The first of n blocks whose scale (or min, or bias) is NaN or infinite, or n: such a block poisons every sum it enters. */
 QPK_API uint64_t qpk_first_bad_scale(uint32_t type, uint32_t group, const void *blocks, uint64_t n);
 /* Bytes of one row of cols weights, or 0 when the type is unknown or the group breaks the rule. */
 QPK_API size_t qpk_type_row_bytes(uint32_t type, uint32_t group, int64_t cols);

@@ -129,8 +129,11 @@ QPK_API qpk_status qpk_read_tokens(const char *path, int32_t **ids, size_t *n, q
 /* ==================================================================== sinks == */
 
 /* What a sink writes. */
-typedef enum qpk_output { QPK_OUT_QPK = 0, QPK_OUT_GGUF, QPK_OUT_GPTQ, QPK_OUT_AWQ, QPK_OUT_CT } qpk_output;
-QPK_API const char *qpk_output_name(qpk_output o); /* "qpk", "gguf", "gptq", "awq", "compressed-tensors" */
+typedef enum qpk_output { QPK_OUT_QPK = 0, QPK_OUT_GGUF, QPK_OUT_GPTQ, QPK_OUT_AWQ, QPK_OUT_CT, QPK_OUT_MLX } qpk_output;
+#define QPK_OUT_LAST QPK_OUT_MLX
+QPK_API const char *qpk_output_name(qpk_output o); /* "qpk", "gguf", "gptq", "awq", "compressed-tensors", "mlx" */
+/* Whether o is a model folder (GPTQ, AWQ, compressed-tensors, MLX) rather than one file. */
+static inline bool qpk_output_is_folder(qpk_output o) { return o >= QPK_OUT_GPTQ && o <= QPK_OUT_LAST; }
 
 /* Safetensors shards of GPTQ/AWQ folders hold at most this many bytes of tensors by default. */
 #define QPK_SHARD_SIZE 4000000000ull

@@ -174,12 +174,14 @@ typedef struct qpk_awq_opts {
 #ifdef QPK_STATIC_LINKING_ONLY
 
 /*
- * One group's quantization parameters: w = d * q (int8, int4s) or d * (q - z) (int4).
- * d is an f16 value (stored as such), z an integer in [0, 15].
+ * One group's quantization parameters: w = d * q (int8, int4s), d * (q - z) (int4,
+ * int8z) or d * q + m (MLX's affine types, rounded once: fmaf). d is an f16 value (the
+ * affine types: a value of their half type, as m), z an integer in the code range.
  */
 typedef struct qpk_qparams {
     float d;
     int32_t z;
+    float m;
 } qpk_qparams;
 
 /*
@@ -193,8 +195,10 @@ typedef struct qpk_qparams {
  *          up to an f16 (so d may be negative, as in ggml's Q4_0): every weight within
  *          |d|/2, except those on the far side whose code +8 clamps to +7 (within |d|);
  *   int4:  z = round(-min / ((max - min) / 15)), then d = the smallest f16 >= the
- *          scale covering both min and max with that z: every weight within d/2.
- * min and max are taken with 0 included. An all-zero group gets d = 0 (it decodes to
+ *          scale covering both min and max with that z: every weight within d/2;
+ *   mlx4, mlx8 (affine): m = the largest half <= min, d = the smallest half >= (max - m)
+ *          / qmax (half: the type's bf16 or f16): every weight within d/2.
+ * min and max are taken with 0 included (the affine types: without). An all-zero group gets d = 0 (it decodes to
  * zeros, never NaN). Fails with QPK_E_VALUE on a non-finite weight or a scale past
  * the f16 range (65504).
  */
@@ -203,6 +207,9 @@ qpk_status qpk_group_params(uint32_t type, const float *x, int64_t n, float clip
 int32_t qpk_quantize_value(uint32_t type, const qpk_qparams *p, float x);
 /* The weight a code stands for (exact in f32). */
 float qpk_dequantize_value(uint32_t type, const qpk_qparams *p, int32_t q);
+/* The codes a block of a grid type (qpk_type_has_grid) can hold, as qpk_unpack_group numbers them: every value of its
+ * bits (an imported int8 checkpoint may use -128, which qpk's own quantizer does not). */
+void qpk_type_code_range(uint32_t type, int32_t *qmin, int32_t *qmax);
 /* Writes one block (FORMAT.md layout) from its parameters and its group's codes. */
 void qpk_pack_group(uint32_t type, uint32_t group, const qpk_qparams *p, const int32_t *q, void *block);
 /* Reads one block back: parameters and codes. */

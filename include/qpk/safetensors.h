@@ -80,6 +80,8 @@ typedef struct qpk_st_set qpk_st_set;
 QPK_API void qpk_st_assign_shards(qpk_st_entry *t, size_t n, uint64_t max_bytes);
 QPK_API qpk_status qpk_st_set_create(qpk_st_set **out, const char *dir, const qpk_st_entry *t, size_t n, qpk_err *e);
 QPK_API qpk_status qpk_st_set_write(qpk_st_set *s, const void *data, size_t n, qpk_err *e);
+/* The format every shard's header names in its __metadata__ ("pt" unless set; mlx-lm writes "mlx"); before any write. */
+QPK_API void qpk_st_set_format(qpk_st_set *s, const char *format);
 /* Commits the last shard and, for several, the index; frees s whatever the outcome. */
 QPK_API qpk_status qpk_st_set_finish(qpk_st_set *s, qpk_err *e);
 QPK_API void qpk_st_set_discard(qpk_st_set *s); /* NULL-safe; committed shards stay */

@@ -13,8 +13,10 @@
 #ifndef QPK_BLOCKS_H
 #define QPK_BLOCKS_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* The struct is n bytes: its fields with no padding between or after them. */
 #define QPK_BLOCK_SIZE(type, n) _Static_assert(sizeof(type) == (n), #type " must be " #n " bytes, without padding")
@@ -126,6 +128,15 @@ typedef struct qpk_head_affine {
     uint16_t s, b;
 } qpk_head_affine;
 QPK_BLOCK_SIZE(qpk_head_affine, 2 + 2);
+
+/* The weight of a bf16 affine group's largest code, s (2^bits - 1) + b, rounded once: what overflows first. */
+static inline float qpk_affine_top(const uint8_t *block, uint32_t bits)
+{
+    uint32_t s = (uint32_t)(block[0] | block[1] << 8) << 16, b = (uint32_t)(block[2] | block[3] << 8) << 16;
+    float fs, fb;
+    memcpy(&fs, &s, 4), memcpy(&fb, &b, 4);
+    return fmaf(fs, (float)((1u << bits) - 1), fb);
+}
 
 /* What GGUF export copies as it is: int8 and int4s blocks of 32 are Q8_0 and Q4_0, int4's codes sit where Q4_1's do. */
 _Static_assert(sizeof(qpk_head_int8) + 32 == sizeof(qpk_block_q8_0), "int8 at 32 is Q8_0");

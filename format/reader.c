@@ -190,6 +190,12 @@ static qpk_status parse_entry(qpk_file *f, const layout *L, const uint8_t *p, co
     if (expect != t->nbytes)
         return qpk_err_setf(e, QPK_E_CORRUPT, "tensor '%s': %llu bytes stored, its type and shape need %llu",
                             t->name, (unsigned long long)t->nbytes, (unsigned long long)expect);
+    /* Types that came after version 3 only in files of their version (older qpk builds wrote version 2's types
+     * into version 1 files, which stay readable; no build wrote these early). */
+    const uint32_t tv = qpk_type_info_of(t->type)->version;
+    if (tv > 3 && tv > f->version)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "tensor '%s' is %s, which format version %u brought: the file says "
+                            "version %u", t->name, qpk_type_name(t->type), tv, f->version);
     if (t->offset % f->alignment)
         return qpk_err_setf(e, QPK_E_CORRUPT, "tensor '%s' at byte %llu is not aligned to %u", t->name,
                             (unsigned long long)t->offset, f->alignment);

@@ -3,6 +3,7 @@
  * (qpk_private.h). Kernels (quant/) and exporters (GGUF) key their own per-type code
  * on the same ids.
  */
+#include <math.h>
 #include <stdio.h>
 #include <strings.h>
 
@@ -106,12 +107,16 @@ uint64_t qpk_first_bad_scale(uint32_t type, uint32_t group, const void *blocks, 
     const qpk_type_info *t = qpk_type_info_of(type);
     const size_t bb = qpk_type_block_bytes(type, group);
     const uint8_t *p = blocks;
-    for (uint64_t b = 0; bb && b < n; b++)
+    for (uint64_t b = 0; bb && b < n; b++) {
         for (int k = 0; k < 2 && t->scale_at[k] >= 0; k++) {
             const uint8_t *h = p + b * bb + (size_t)t->scale_at[k];
             if (t->scale_bf16 ? (h[1] & 0x7f) == 0x7f && (h[0] & 0x80) : (h[1] & 0x7c) == 0x7c) /* exponent all ones */
                 return b;
         }
+        /* bf16 halves reach f32's range: the largest code's weight s qmax + b must stay finite too */
+        if (t->scale_bf16 && !isfinite(qpk_affine_top(p + b * bb, t->bits)))
+            return b;
+    }
     return n;
 }
 

@@ -16,6 +16,7 @@
  * .weight is float unless an override says otherwise.
  */
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -160,6 +161,16 @@ qpk_status qpk_mlx_linear_init(qpk_qlinear *l, qpk_err *e)
             return qpk_err_setf(e, QPK_E_VALUE, "%s.%s[%lld][%lld] is not finite", l->name, k ? "biases" : "scales",
                                 (long long)(bad / (size_t)l->groups), (long long)(bad % (size_t)l->groups));
     }
+    if (dt == QPK_ST_BF16) /* bf16 reaches f32's range: the largest code's weight s qmax + b must be finite too */
+        for (uint64_t i = 0; i < l->scales->numel; i++) {
+            uint8_t head[4];
+            memcpy(head, (const uint8_t *)l->scales->data + 2 * i, 2);
+            memcpy(head + 2, (const uint8_t *)l->qzeros->data + 2 * i, 2);
+            if (!isfinite(qpk_affine_top(head, (uint32_t)bits)))
+                return qpk_err_setf(e, QPK_E_VALUE, "%s: group %llu of row %llu overflows f32 (scale times %d plus "
+                                    "bias)", l->name, (unsigned long long)(i % (uint64_t)l->groups),
+                                    (unsigned long long)(i / (uint64_t)l->groups), (1 << bits) - 1);
+        }
     return QPK_OK;
 }
 

@@ -101,7 +101,17 @@ qpk_status qpk_params_from_range(uint32_t type, float lo, float hi, float clip, 
                                     qpk_type_name(type));
             return QPK_OK;
         }
-        if (!half_bound(type, lo, false, &p->m) || !half_bound(type, (hi - p->m) / (float)gr->qmax, true, &p->d))
+        bool ok;
+        if (lo < 0 && hi > 0) { /* zero on a code, as int4's zero point puts it: weights near 0 stay near 0 */
+            const float d0 = (hi - lo) / (float)gr->qmax, z = fminf(fmaxf(nearbyintf(-lo / d0), 0), (float)gr->qmax);
+            ok = half_bound(type, fmaxf(z > 0 ? -lo / z : 0, z < (float)gr->qmax ? hi / ((float)gr->qmax - z) : 0),
+                            true, &p->d);
+            p->m = half_to_f32(type, half_from_f32(type, -p->d * z)); /* 0 is then within a half's rounding of a code */
+            ok = ok && isfinite(p->m);
+        } else { /* one sign: the whole grid spans the weights */
+            ok = half_bound(type, lo, false, &p->m) && half_bound(type, (hi - p->m) / (float)gr->qmax, true, &p->d);
+        }
+        if (!ok)
             return qpk_err_setf(e, QPK_E_VALUE, "a group's range %g .. %g is past the range of %s's scales",
                                 (double)lo, (double)hi, qpk_type_name(type));
         return QPK_OK;

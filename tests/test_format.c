@@ -638,7 +638,33 @@ static void test_type_versions(void)
     CHECK_ERR(s, QPK_E_INVALID_ARG, e,
               "tensor 'p' is i32, which format version 2 brought: the metadata says version 1");
     CHECK(access(path, F_OK) != 0 && count_dir_entries(g_dir) == 1);
+    /* A version 1 file whose int4 tensor says mlx4_f16 (the same bytes), checksums resealed: the reader refuses it. */
+    const int64_t dims[2] = {2, 64};
+    uint8_t zeros[256] = {0};
+    CHECK(qpk_writer_create(&w, path, &e) == QPK_OK &&
+          qpk_writer_begin_tensor(w, "x", QPK_TYPE_INT4, 32, 2, dims, &e) == QPK_OK &&
+          qpk_writer_write(w, zeros, 2 * qpk_type_row_bytes(QPK_TYPE_INT4, 32, 64), &e) == QPK_OK &&
+          qpk_writer_end_tensor(w, &e) == QPK_OK && qpk_writer_finish(w, meta, strlen(meta), &e) == QPK_OK);
+    size_t len;
+    uint8_t *b = slurp(path, &len);
+    CHECK(qpk_type_row_bytes(QPK_TYPE_MLX4_F16, 32, 64) == qpk_type_row_bytes(QPK_TYPE_INT4, 32, 64));
+    wr32(entry(b, 0) + 56, QPK_TYPE_MLX4_F16);
+    reseal(b, len);
+    qpk_file *f = NULL;
+    CHECK_ERR(qpk_open_memory(&f, b, len, NULL, &e), QPK_E_CORRUPT, e,
+              "tensor 'x' is mlx4_f16, which format version 4 brought: the file says version 1");
+    free(b), unlink(path);
     free(meta);
+    /* The affine types' scale and bias are bf16 (mlx4, mlx8) or f16: a NaN or infinity in either is found. */
+    uint8_t blocks[3 * (4 + 16)] = {0};
+    blocks[20 + 2] = 0xc0, blocks[20 + 3] = 0x7f;          /* block 1's bias: bf16 NaN (0x7fc0) */
+    CHECK(qpk_first_bad_scale(QPK_TYPE_MLX4, 32, blocks, 3) == 1);
+    CHECK(qpk_first_bad_scale(QPK_TYPE_MLX4_F16, 32, blocks, 3) == 1); /* 0x7fc0 is an f16 NaN too */
+    blocks[20 + 2] = 0, blocks[20 + 3] = 0x7c;             /* 0x7c00: f16 infinity, bf16 2^121 */
+    CHECK(qpk_first_bad_scale(QPK_TYPE_MLX4_F16, 32, blocks, 3) == 1);
+    CHECK(qpk_first_bad_scale(QPK_TYPE_MLX4, 32, blocks, 3) == 3);
+    blocks[40] = 0x80, blocks[41] = 0xff;                  /* block 2's scale: bf16 -infinity (0xff80) */
+    CHECK(qpk_first_bad_scale(QPK_TYPE_MLX4, 32, blocks, 3) == 2);
 }
 
 /*

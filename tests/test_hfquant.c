@@ -1494,6 +1494,8 @@ static void test_mlx_malformed(void)
         {"biases missing", M, NULL, NULL, Q ".biases", DROP, 0, 0, QPK_E_MISMATCH, Q " is quantized but has no .biases"},
         {"scales missing", M, NULL, NULL, Q ".scales", DROP, 0, 0, QPK_E_MISMATCH, Q " is quantized but has no .scales"},
         {"scale NaN", M, NULL, NULL, Q ".scales", SET_HALF, 3, 0x7fc0, QPK_E_VALUE, Q ".scales[1][1] is not finite"},
+        {"a group overflowing f32", M, NULL, NULL, Q ".scales", SET_HALF, 2, 0x7f7f /* bf16's largest */, QPK_E_VALUE,
+         Q ": group 0 of row 1 overflows f32 (scale times 15 plus bias)"},
         {"bias infinite", M, NULL, NULL, "model.embed_tokens.biases", SET_HALF, 0, 0xff80, QPK_E_VALUE,
          "model.embed_tokens.biases[0][0] is not finite"},
         {"codes not U32", M, NULL, NULL, Q ".weight", AS_F32, 0, 0, QPK_E_UNSUPPORTED,

@@ -232,6 +232,64 @@ static void test_hand_blocks(void)
     CHECK((b[2] & 15) == 0);              /* x0 = 16 -> q = -8 -> nibble 0 */
 }
 
+/*
+ * MLX's affine types: round-to-nearest puts every weight within d/2 of its code's weight (plus
+ * the rounding of the bias m to the type's half), a group of both signs has 0 within that
+ * rounding of a code, and a weight is exactly fmaf(d, q, m); the hand-worked block below.
+ */
+static void test_affine(void)
+{
+    enum { N = 256 };
+    static const uint32_t TYPES[4] = {QPK_TYPE_MLX4, QPK_TYPE_MLX8, QPK_TYPE_MLX4_F16, QPK_TYPE_MLX8_F16};
+    float x[N], w[N];
+    uint8_t blocks[2 * N];
+    for (int t = 0; t < 4; t++)
+        for (int dist = 0; dist < 5; dist++)
+            for (uint32_t G = 32; G <= 128; G *= 2) {
+                const uint32_t type = TYPES[t];
+                const bool bf16 = t < 2;
+                for (int i = 0; i < N; i++) {
+                    float v = gauss() * 0.02f;
+                    x[i] = dist == 0 ? v : dist == 1 ? fabsf(v) + 0.01f /* one sign */
+                           : dist == 2 ? (i % 53 == 0 ? 50 * v : v) : dist == 3 ? 0.37f : v * 1e-3f;
+                }
+                qpk_err e = {0};
+                CHECKF(qpk_quantize_row(type, G, x, N, blocks, &e) == QPK_OK, "%s", e.msg);
+                qpk_dequantize_row(type, G, blocks, N, w);
+                const size_t bb = qpk_type_block_bytes(type, G);
+                int bad = 0;
+                for (int g = 0; g < N / (int)G; g++) {
+                    qpk_qparams p;
+                    int32_t q[128];
+                    qpk_unpack_group(type, G, blocks + (size_t)g * bb, &p, q);
+                    const double m_round = fabs(p.m) * (bf16 ? 0x1p-8 : 0x1p-11); /* the half's rounding of m */
+                    float lo = x[g * G], hi = x[g * G];
+                    for (uint32_t i = 0; i < G; i++) {
+                        const int k = g * (int)G + (int)i;
+                        lo = fminf(lo, x[k]), hi = fmaxf(hi, x[k]);
+                        bad += fabs((double)x[k] - w[k]) > fabs(p.d) / 2 * (1 + 1e-6) + m_round;
+                        bad += w[k] != fmaf(p.d, (float)q[i], p.m); /* FORMAT.md: s q + b, rounded once */
+                    }
+                    if (lo < 0 && hi > 0) /* 0 on a code, within m's rounding */
+                        bad += fabs(fmaf(p.d, nearbyintf(-p.m / p.d), p.m)) > m_round;
+                }
+                CHECKF(bad == 0, "%s g%u distribution %d: %d weights off", qpk_type_name(type), G, dist, bad);
+            }
+    /* x_i = i - 16 as mlx4_f16: z = round(16 / (31/15)) = 8, d = the smallest f16 >= max(16/8, 15/7) = 0x404A
+     * (2.14453125, as int4's), m = f16(-8 d) = -17.15625 = 0xCC4A exactly; q = round((x - m) / d): x = -16 -> 0.54
+     * -> 1, x = 0 -> 8.0 -> 8, x = 15 -> 14.99 -> 15. Byte j of the codes: q_j | q_(j+16) << 4. */
+    float h[32];
+    uint8_t b[20];
+    qpk_err e = {0};
+    for (int i = 0; i < 32; i++)
+        h[i] = (float)(i - 16);
+    CHECK(qpk_quantize_row(QPK_TYPE_MLX4_F16, 32, h, 32, b, &e) == QPK_OK);
+    CHECK(b[0] == 0x4A && b[1] == 0x40 && b[2] == 0x4A && b[3] == 0xCC);
+    CHECK(b[4] == 0x81 && b[4 + 15] == 0xF8); /* q0 = 1, q16 = 8; q15 (x = -1: 7.53) = 8, q31 = 15 */
+    h[3] = NAN;
+    CHECK_ERR(qpk_quantize_row(QPK_TYPE_MLX8, 32, h, 32, b, &e), QPK_E_VALUE, e, "weight 3 of a group is nan");
+}
+
 /* --------------------------------------------------------------- kernels */
 
 static void fill_matrix(qpk_matrix *m, uint32_t type, uint32_t group, int64_t rows, int64_t cols, float *f32)
@@ -416,6 +474,7 @@ int main(void)
     test_rtn_bound();
     test_rtn_errors();
     test_hand_blocks();
+    test_affine();
     test_kernels();
     return th_summary("test_quant");
 }

@@ -188,23 +188,26 @@ static void usage(void)
     qpk_quant_type_list(types, sizeof types, " | ", " | ");
     printf("Usage: qconvert MODEL_DIR -o OUT.qpk [options]\n"
            "       qconvert MODEL_DIR|IN.qpk --to gguf -o OUT.gguf [options]\n"
-           "       qconvert MODEL_DIR|IN.qpk --to gptq|awq|compressed-tensors -o OUT_DIR [options]\n"
+           "       qconvert MODEL_DIR|IN.qpk --to gptq|awq|compressed-tensors|mlx -o OUT_DIR [options]\n"
            "       qconvert IN.gguf -o OUT.qpk\n"
            "\n"
            "Converts a Hugging Face checkpoint folder of the Qwen family (qwen2: Qwen1.5,\n"
            "Qwen2, Qwen2.5, with or without YaRN; qwen2_moe; qwen3; qwen3_moe: config.json,\n"
            "model.safetensors or sharded model-*.safetensors with their index,\n"
-           "tokenizer files) into one .qpk file, a GGUF file for llama.cpp, or a GPTQ or\n"
-           "AWQ folder for transformers, vLLM, SGLang and ExLlamaV2. A folder that is\n"
-           "already GPTQ or AWQ (Qwen's -GPTQ-Int4, -GPTQ-Int8, -AWQ releases) is read\n"
-           "exactly, never requantized. A .qpk input is re-packed with its tensors as they\n"
+           "tokenizer files) into one .qpk file, a GGUF file for llama.cpp, a GPTQ, AWQ\n"
+           "or compressed-tensors folder for transformers, vLLM, SGLang and ExLlamaV2, or\n"
+           "an MLX folder for mlx-lm. A folder that is already GPTQ, AWQ,\n"
+           "compressed-tensors or MLX (Qwen's -GPTQ-Int4, -GPTQ-Int8, -AWQ releases,\n"
+           "llm-compressor's, mlx-community's) is read exactly, never requantized. A .qpk input is re-packed with its tensors as they\n"
            "are; so is a GGUF file of the family (llama.cpp's types kept, Q4_K_M stays\n"
            "Q4_K_M).\n"
            "The output appears only when complete.\n"
            "\n"
            "Options:\n"
-           "  -o, --output PATH     output file, or folder for gptq, awq, compressed-tensors\n"
-           "      --to FORMAT       qpk | gguf | gptq | awq | compressed-tensors (default:\n"
+           "  -o, --output PATH     output file, or folder for gptq, awq, compressed-tensors,\n"
+           "                        mlx\n"
+           "      --to FORMAT       qpk | gguf | gptq | awq | compressed-tensors | mlx\n"
+           "                        (default:\n"
            "                        gguf when PATH ends\n"
            "                        in .gguf, else qpk).\n"
            "                        GGUF holds int8/int4s/int4 in groups of 32 as ggml's\n"
@@ -214,8 +217,12 @@ static void usage(void)
            "                        AWQ (GEMM): int4, int4s. One bit width and group size\n"
            "                        for every linear; the embedding and head stay floats.\n"
            "                        compressed-tensors (pack-quantized, vLLM's): int4,\n"
-           "                        int4s, int8, int8z, one config group per scheme\n"
-           "      --shard-size N    gptq/awq: bytes of tensors per safetensors shard, e.g.\n"
+           "                        int4s, int8, int8z, one config group per scheme.\n"
+           "                        MLX (mlx-lm): mlx4, mlx8, mlx4_f16, mlx8_f16 in groups\n"
+           "                        of 32, 64, 128 (int4, int4s, int8, int8z, q4_1 carried\n"
+           "                        as affine groups), embedding and head quantized as the\n"
+           "                        linears; a scheme per module where they differ\n"
+           "      --shard-size N    folders: bytes of tensors per safetensors shard, e.g.\n"
            "                        4GB (default, as transformers), 500MB, 2GiB\n"
            "      --gptq-format F   v1 (default: what vLLM and transformers read) | v2\n"
            "                        (zeros stored as they are; v1 stores zero - 1 and so\n"
@@ -231,7 +238,8 @@ static void usage(void)
            "                        head) become int8, norms and biases f32\n"
            "      --preset MIX      q4_k_m | q5_k_m | q6_k | q8_0: every matrix's type as\n"
            "                        llama-quantize's mix of that name chooses it\n"
-           "      --group G         32 | 64 | 128 (default) | row: weights per scale\n"
+           "      --group G         32 | 64 | 128 (default; 32 for gguf, 64 for mlx) | row:\n"
+           "                        weights per scale\n"
            "      --embed-type TYPE the embedding's and head's type (default int8 with\n"
            "                        --quant): f32, f16, bf16, int8, int4, int4s\n"
            "      --keep PAT=TYPE[/gN|/row]\n"
@@ -492,12 +500,14 @@ static int check_target(cli *c, args *a)
         return cli_usage_error(c, "--requantize makes act-order linears fit GGUF: it goes with --to gguf (or --to qpk, "
                                   "for the .qpk such a GGUF is made from)");
     if ((a->shapes & FOR_FOLDER) && !to_folder)
-        return cli_usage_error(c, "--shard-size and --gptq-format shape GPTQ and AWQ folders: they go with --to gptq or "
-                                  "awq");
+        return cli_usage_error(c, "--shard-size and --gptq-format shape model folders: they go with --to gptq, awq, "
+                                  "compressed-tensors or mlx");
     if (o->gptq_v2 && o->to != QPK_OUT_GPTQ)
         return cli_usage_error(c, "--gptq-format goes with --to gptq");
     if (o->to == QPK_OUT_GGUF && !group_given)
         o->group = 32;
+    if (o->to == QPK_OUT_MLX && !group_given)
+        o->group = 64; /* mlx-lm's default */
     const bool k_quant = o->preset || (o->quant && qpk_type_info_of((uint32_t)o->quant)->block);
     if (k_quant && group_given)
         return cli_usage_error(c, "K-quants and presets fix their blocks (super-blocks of 256, sub-blocks of 32 or "
@@ -528,8 +538,8 @@ static int check_input(cli *c, args *a)
     if (kind == QPK_INPUT_GGUF && o->to != QPK_OUT_QPK)
         return cli_usage_error(c, "%s is a GGUF: qconvert reads it into a .qpk (its tensors as they are)", a->in);
     if (kind == QPK_INPUT_QPK && o->to == QPK_OUT_QPK && !a->requant && !o->pad_intermediate)
-        return cli_usage_error(c, "%s is already a .qpk: it can be re-packed as GGUF, GPTQ, AWQ or compressed-tensors "
-                                  "(--to gguf|gptq|awq|compressed-tensors), or padded (--pad-intermediate)",
+        return cli_usage_error(c, "%s is already a .qpk: it can be re-packed as GGUF, GPTQ, AWQ, compressed-tensors or "
+                                  "MLX (--to gguf|gptq|awq|compressed-tensors|mlx), or padded (--pad-intermediate)",
                                a->in);
     if (kind == QPK_INPUT_GGUF &&
         (model_opts || gptq_opts || windows || o->calib.awq_fold_only || a->calib_path || a->requant))

@@ -196,8 +196,12 @@ typedef struct qpk_qparams {
  *          |d|/2, except those on the far side whose code +8 clamps to +7 (within |d|);
  *   int4:  z = round(-min / ((max - min) / 15)), then d = the smallest f16 >= the
  *          scale covering both min and max with that z: every weight within d/2;
- *   mlx4, mlx8 (affine): m = the largest half <= min, d = the smallest half >= (max - m)
- *          / qmax (half: the type's bf16 or f16): every weight within d/2.
+ *   mlx4, mlx8 (affine; half: the type's bf16 or f16): when the group has both signs,
+ *          int4's rule (z = round(-min / ((max - min) / qmax)), d the smallest half
+ *          covering both ends) with m = -d z rounded to a half, so that 0 sits within a
+ *          half's rounding of a code (as MLX's own quantizer places it; measured on the
+ *          outlier fixture, leaving 0 between codes doubled the KLD); else m = the largest
+ *          half <= min and d = the smallest half >= (max - m) / qmax.
  * min and max are taken with 0 included (the affine types: without). An all-zero group gets d = 0 (it decodes to
  * zeros, never NaN). Fails with QPK_E_VALUE on a non-finite weight or a scale past
  * the f16 range (65504).

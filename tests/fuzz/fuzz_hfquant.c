@@ -5,6 +5,7 @@
  *   bits 5-6 both set: a compressed-tensors linear (bit 0 8-bit, bit 2 symmetric, bit 3
  *   actorder group), tensors L.weight_packed, L.weight_zero_point, L.weight_scale,
  *   L.weight_g_idx, L.weight_shape;
+ *   bit 6 alone: an MLX module (bit 0 8-bit), tensors L.weight, L.scales, L.biases;
  *   else: a layout (bits 0-1 method/bits, 2 sym, 3 desc_act, 4 v2; byte 1 the group
  *   code; bytes 2-3 the linear's outputs / 8 and inputs / 32, small) then a safetensors
  *   file holding L.qweight, L.qzeros, L.scales and perhaps L.g_idx, which are checked,
@@ -28,6 +29,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             return 0;
         if (q.bits != 4 && q.bits != 8)
             __builtin_trap(); /* a parse that passes gives a layout the importer knows */
+        for (int k = 0; k < q.n_mlx; k++)
+            if ((q.mlx[k].bits && q.mlx[k].bits != 4 && q.mlx[k].bits != 8) || !q.mlx[k].name[0])
+                __builtin_trap();
+        if (q.method == QPK_HFQ_MLX) {
+            int k;
+            qpk_mlx_module_scheme(&q, "model.layers.0.self_attn.q_proj", &k);
+            if (k < -1 || k >= q.n_mlx)
+                __builtin_trap();
+            qpk_mlx_check_used(&q, &e);
+            qpk_hfq_free(&q);
+            return 0;
+        }
         for (int k = 0; k < q.n_ct; k++)
             if ((q.ct[k].bits != 4 && q.ct[k].bits != 8) || (q.ct[k].group <= 0 && q.ct[k].group != -1))
                 __builtin_trap();
@@ -45,10 +58,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size < 4)
         return 0;
     static const int64_t GROUPS[4] = {32, 64, 128, -1};
-    const bool ct = (data[0] & 0x60) == 0x60;
+    const bool ct = (data[0] & 0x60) == 0x60, mlx = (data[0] & 0x60) == 0x40;
     static qpk_hfq q;
     memset(&q, 0, sizeof q);
-    if (ct)
+    if (mlx)
+        q = (qpk_hfq){.method = QPK_HFQ_MLX, .bits = data[0] & 1 ? 8 : 4, .group = 32 << (data[1] % 3)};
+    else if (ct)
         q = (qpk_hfq){.method = QPK_HFQ_CT,
                       .bits = data[0] & 1 ? 8 : 4,
                       .group = GROUPS[data[1] & 3],
@@ -65,8 +80,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (qpk_st_open_memory(&st, data + 4, size - 4, &e) != QPK_OK)
         return 0;
     qpk_qlinear l = {.q = &q,
-                     .qweight = qpk_st_find(st, ct ? "L.weight_packed" : "L.qweight"),
-                     .qzeros = qpk_st_find(st, ct ? "L.weight_zero_point" : "L.qzeros"),
+                     .qweight = qpk_st_find(st, ct ? "L.weight_packed" : mlx ? "L.weight" : "L.qweight"),
+                     .qzeros = qpk_st_find(st, ct ? "L.weight_zero_point" : mlx ? "L.biases" : "L.qzeros"),
                      .scales = qpk_st_find(st, ct ? "L.weight_scale" : "L.scales"),
                      .g_idx = qpk_st_find(st, ct ? "L.weight_g_idx" : "L.g_idx"),
                      .shape = ct ? qpk_st_find(st, "L.weight_shape") : NULL,

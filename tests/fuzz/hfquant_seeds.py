@@ -14,15 +14,19 @@ import sys
 fx, out = sys.argv[1], sys.argv[2]
 LAYOUT = {"gptq-int4": 0b00100, "gptq-int4-actorder": 0b01000, "gptq-int8": 0b00101, "awq": 0b00011,
           # compressed-tensors: 0x60, bit 0 8-bit, bit 2 symmetric, bit 3 actorder group
-          "ct-w4a16-asym-actorder": 0x68, "ct-w8a16": 0x65}
-GROUP = {"gptq-int4": 1, "gptq-int4-actorder": 0, "gptq-int8": 2, "awq": 1, "ct-w4a16-asym-actorder": 0, "ct-w8a16": 3}
+          "ct-w4a16-asym-actorder": 0x68, "ct-w8a16": 0x65,
+          # MLX: 0x40, bit 0 8-bit
+          "mlx-4bit": 0x40}
+GROUP = {"gptq-int4": 1, "gptq-int4-actorder": 0, "gptq-int8": 2, "awq": 1, "ct-w4a16-asym-actorder": 0, "ct-w8a16": 3,
+         "mlx-4bit": 1}
 PARTS = ("qweight", "qzeros", "scales", "g_idx")
 CT_PARTS = ("weight_packed", "weight_zero_point", "weight_scale", "weight_g_idx", "weight_shape")
+MLX_PARTS = ("weight", "scales", "biases")
 
 def tensors(folder):
     found = {}
     for name in sorted(os.listdir(folder)):
-        if not name.startswith("model-") or not name.endswith(".safetensors"):
+        if not name.startswith("model") or not name.endswith(".safetensors"):
             continue
         path = os.path.join(folder, name)
         data = open(path, "rb").read()
@@ -41,7 +45,7 @@ for m, bits in LAYOUT.items():
     folder = os.path.join(fx, "qwen-tiny-a-" + m)
     t = tensors(folder)
     parts, header, off = [], {}, 0
-    for p in CT_PARTS if m.startswith("ct-") else PARTS:
+    for p in CT_PARTS if m.startswith("ct-") else MLX_PARTS if m.startswith("mlx") else PARTS:
         k = "model.layers.0.self_attn.q_proj." + p
         if k in t:
             dtype, shape, raw = t[k]

@@ -381,8 +381,7 @@ qpk_status qpk_hfq_ct_check_used(const qpk_hfq *q, qpk_err *e)
 /* ------------------------------------------------------------ AutoRound's config */
 
 /*
- * Intel's auto-round names its packing in packing_format ("backend" before April 2025).
- * Its exporter (auto_round/export/export_to_autoround/export.py) packs the gptq names with
+ * Intel's auto-round names its packing in packing_format (since April 2025). Its exporter (auto_round/export/export_to_autoround/export.py) packs the gptq names with
  * auto_round_extension/torch/qlinear_torch_zp.py (zero - 1, GPTQ v1), the native
  * "auto_round" and "auto_round:gptqmodel" with qlinear_torch.py (zeros as they are, GPTQ
  * v2; native is written only when asymmetric, symmetric ones become auto_round:auto_gptq),
@@ -399,6 +398,28 @@ static const struct {
     {"auto_round:gptqmodel", QPK_HFQ_GPTQ, true},  {"auto_round:auto_awq", QPK_HFQ_AWQ, false},
     {"auto_round:awq", QPK_HFQ_AWQ, false},        {"auto_awq", QPK_HFQ_AWQ, false},
 };
+
+/*
+ * Before, the key was "backend", a packing and a kernel ("autoround:exllamav2" in 2024's
+ * Intel/Qwen2-7B-int4-inc, "auto_round:gptq:exllamav2" in OPEA's Qwen2.5 -int4-sym-inc).
+ * Every release packed a name with awq as AWQ, one with gptq (not gptqmodel) through
+ * AutoGPTQ's or its own zero - 1 packer, and its own name with triton or exllamav2 in it
+ * with zeros as they are (auto_round_extension/cuda/qliner_triton.py, qlinear_triton.py,
+ * qlinear_tritonv2.py: their "zeros -= 1" left out). Its own name alone meant v1 in late
+ * 2024 (AutoGPTQ's packer) and v2 by April 2025 (qlinear_tritonv2.py): refused, as is any
+ * other. False when b is none of these.
+ */
+static bool ar_legacy_backend(const char *b, qpk_hfq *q)
+{
+    const bool own = !strncmp(b, "autoround:", 10) || !strncmp(b, "auto_round:", 11) || !strncmp(b, "auto-round:", 11);
+    if (strstr(b, "awq"))
+        q->method = QPK_HFQ_AWQ;
+    else if (strstr(b, "gptq") && !strstr(b, "gptqmodel"))
+        q->method = QPK_HFQ_GPTQ;
+    else if (own && (strstr(b, "triton") || strstr(b, "exllamav2")))
+        q->method = QPK_HFQ_GPTQ, q->v2 = true;
+    return q->method != QPK_HFQ_NONE;
+}
 
 typedef struct ar_scheme {
     int64_t bits, group;
@@ -474,19 +495,23 @@ static qpk_status parse_autoround(const cJSON *qc, qpk_hfq *q, qpk_err *e)
     const char *packing, *backend;
     QPK_TRY(get_str(qc, "packing_format", &packing, e));
     QPK_TRY(get_str(qc, "backend", &backend, e));
-    if (!packing)
-        packing = backend;
-    if (!packing)
+    if (!packing && !backend)
         return qpk_err_setf(e, QPK_E_CORRUPT, "AutoRound quantization_config has no packing_format: its layout is "
                             "unknown");
     size_t i = 0;
-    while (i < sizeof AR_PACKINGS / sizeof *AR_PACKINGS && strcmp(AR_PACKINGS[i].name, packing))
+    while (packing && i < sizeof AR_PACKINGS / sizeof *AR_PACKINGS && strcmp(AR_PACKINGS[i].name, packing))
         i++;
-    if (i == sizeof AR_PACKINGS / sizeof *AR_PACKINGS)
+    if (packing && i == sizeof AR_PACKINGS / sizeof *AR_PACKINGS)
         return qpk_err_setf(e, QPK_E_UNSUPPORTED, "AutoRound packing_format \"%.48s\": qpk reads auto_round:auto_gptq "
                             "(also auto_round:gptq, auto_gptq), auto_round (also auto_round:gptqmodel) and "
                             "auto_round:auto_awq (also auto_round:awq, auto_awq)", packing);
-    q->method = AR_PACKINGS[i].method, q->v2 = AR_PACKINGS[i].v2, q->autoround = true;
+    if (packing)
+        q->method = AR_PACKINGS[i].method, q->v2 = AR_PACKINGS[i].v2;
+    else if (!ar_legacy_backend(backend, q))
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "AutoRound backend \"%.48s\" (an export before April 2025): qpk "
+                            "reads those naming gptq or awq, and auto_round's own with triton or exllamav2 (its "
+                            "zero convention changed between releases otherwise)", backend);
+    q->autoround = true;
     const ar_scheme dflt = {.bits = 4, .group = 128, .sym = true};
     ar_scheme top;
     QPK_TRY(ar_scheme_of(qc, &dflt, q, &top, e));

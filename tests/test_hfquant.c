@@ -1587,7 +1587,7 @@ static void test_ct_config(void)
     "\"0.6.0\", \"block_name_to_quantize\": \"model.layers\", \"quant_method\": \"auto-round\", \"packing_format\": \"" \
     packing "\"" x "}"
 
-/* Before April 2025 the packing was "backend" (and before mid 2024 the method "intel/auto-round"). */
+/* Before April 2025 the packing was "backend" (and until late 2024 the method "intel/auto-round"). */
 #define AR_OLD(bits, group, sym, backend)                                                                            \
     "{\"bits\": " #bits ", \"group_size\": " #group ", \"sym\": " #sym ", \"data_type\": \"int\", \"iters\": 200, "    \
     "\"quant_method\": \"intel/auto-round\", \"backend\": \"" backend "\"}"
@@ -1640,7 +1640,10 @@ static void test_autoround_fixtures(void)
         {"auto_round:auto_gptq int4", "gptq-int4", .qcfg = AR_CFG(4, 64, true, "auto_round:auto_gptq", "")},
         {"auto_round:gptq", "gptq-int4", .qcfg = AR_CFG(4, 64, true, "auto_round:gptq", "")},
         {"auto_gptq", "gptq-int4", .qcfg = AR_CFG(4, 64, true, "auto_gptq", "")},
-        {"intel/auto-round with backend", "gptq-int4", .qcfg = AR_OLD(4, 64, true, "auto_round:gptq")},
+        {"intel/auto-round with backend", "gptq-int4", .qcfg = AR_OLD(4, 64, true, "auto_round:gptq:exllamav2")},
+        {"backend autoround:exllamav2 (zeros as they are)", "gptq-int4", .act = ZEROS_V2,
+         .qcfg = AR_OLD(4, 64, false, "autoround:exllamav2")},
+        {"backend auto_awq", "awq", .qcfg = AR_OLD(4, 64, false, "auto_round:auto_awq")},
         {"auto_round:auto_gptq int8", "gptq-int8", .qcfg = AR_CFG(8, 128, true, "auto_round:auto_gptq", "")},
         {"auto_round:auto_awq", "awq", .qcfg = AR_CFG(4, 64, false, "auto_round:auto_awq", "")},
         {"auto_awq", "awq", .qcfg = AR_CFG(4, 64, false, "auto_awq", "")},
@@ -1691,6 +1694,11 @@ static void test_autoround_malformed(void)
         {"no packing_format", "gptq-int4", .qcfg = AR_OLD(4, 64, true, "x"), .cfg_from = ", \"backend\": \"x\"",
          .cfg_to = "", .want = QPK_E_CORRUPT,
          .msg = "AutoRound quantization_config has no packing_format: its layout is unknown"},
+        {"backend auto_round alone", "gptq-int4", .qcfg = AR_OLD(4, 64, false, "auto_round"),
+         .want = QPK_E_UNSUPPORTED, .msg = "AutoRound backend \"auto_round\" (an export before April 2025): qpk reads "
+                                          "those naming gptq or awq"},
+        {"backend qbits", "gptq-int4", .qcfg = AR_OLD(4, 64, false, "qbits"), .want = QPK_E_UNSUPPORTED,
+         .msg = "AutoRound backend \"qbits\""},
         {"packing_format not a string", "gptq-int4", .qcfg = AR4(""), .cfg_from = "\"auto_round:auto_gptq\"",
          .cfg_to = "5", .want = QPK_E_CORRUPT, .msg = "quantization_config: 'packing_format' is not a string"},
         {"data_type mx_fp", "gptq-int4", .qcfg = AR4(""), .cfg_from = "\"data_type\": \"int\"",

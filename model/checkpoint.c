@@ -520,6 +520,8 @@ static qpk_status claim_quantized(qpk_checkpoint *ck, qpk_err *e)
     const qpk_config *c = &ck->cfg;
     if (ck->hfq.method == QPK_HFQ_NONE)
         return QPK_OK;
+    if (ck->hfq.autoround) /* its names first: a pattern is no module, whatever it would match */
+        QPK_TRY(check_extra_config(ck, e));
     if (!(ck->qlin = calloc((size_t)(c->n_layers + 1) * QPK_ROLE_COUNT_, sizeof *ck->qlin)))
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     if (ck->hfq.n_ct) {
@@ -576,8 +578,6 @@ static qpk_status claim_quantized(qpk_checkpoint *ck, qpk_err *e)
         qpk_hfq_ct_mark_ignored(&ck->hfq, "model.embed_tokens");
         QPK_TRY(qpk_hfq_ct_check_used(&ck->hfq, e));
     }
-    if (ck->hfq.autoround)
-        QPK_TRY(check_extra_config(ck, e));
     return QPK_OK;
 }
 

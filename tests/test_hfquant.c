@@ -1632,7 +1632,8 @@ static bool mixed_expected(const char *dir, const char *fixture, const char *fro
  * The GPTQ and AWQ fixtures as AutoRound exports them: the same tensors (its auto_gptq
  * packing stores zero - 1 as GPTQ v1 does: qlinear_torch_zp.py), the native and gptqmodel
  * packings' zeros as they are (qlinear_torch.py), one linear at 8 bits or kept float by
- * extra_config; every weight equal to dequant-expected, bit for bit.
+ * extra_config; every weight equal to dequant-expected, bit for bit, and the folder read in
+ * place reproducing ref-logits.
  */
 static void test_autoround_fixtures(void)
 {
@@ -1675,6 +1676,8 @@ static void test_autoround_fixtures(void)
         qpk_err e = {0};
         CHECKF(tu_convert(dir, out, &o, &e) == QPK_OK, "'%s': %s", d->what, e.msg);
         CHECKF(check_exact(exp, out) == 28, "'%s': not every linear as expected", d->what);
+        if (d->act != SWAP) /* the folder read in place computes the fixture's float64 logits */
+            check_ref_logits(exp, dir);
         rm_rf(dir), unlink(out);
         if (d->act == SWAP)
             rm_rf(exp);
@@ -1728,6 +1731,8 @@ static void test_autoround_malformed(void)
          .msg = "quantization_config: extra_config names model.layers.9.mlp.up_proj, which is no module of the model"},
         {"extra_config names a pattern", "gptq-int4", .qcfg = AR_EXTRA(".*down_proj", "{\"bits\": 16}"),
          .want = QPK_E_MISMATCH, .msg = "quantization_config: extra_config names .*down_proj, which is no module"},
+        {"extra_config names a compressed-tensors pattern", "gptq-int4", .qcfg = AR_EXTRA("re:.*", "{\"bits\": 16}"),
+         .want = QPK_E_MISMATCH, .msg = "quantization_config: extra_config names re:.*, which is no module"},
         {"extra_config float, stored packed", "gptq-int4", .qcfg = AR_EXTRA(AR_Q, "{\"bits\": 16, \"data_type\": \"fp\"}"),
          .want = QPK_E_MISMATCH,
          .msg = AR_Q " is stored packed while the config leaves it in float (extra_config keeps it float)"},

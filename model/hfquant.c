@@ -381,7 +381,8 @@ qpk_status qpk_hfq_ct_check_used(const qpk_hfq *q, qpk_err *e)
 /* ------------------------------------------------------------ AutoRound's config */
 
 /*
- * Intel's auto-round names its packing in packing_format (since April 2025). Its exporter (auto_round/export/export_to_autoround/export.py) packs the gptq names with
+ * Intel's auto-round names its packing in packing_format (since April 2025). Its exporter
+ * (auto_round/export/export_to_autoround/export.py) packs the gptq names with
  * auto_round_extension/torch/qlinear_torch_zp.py (zero - 1, GPTQ v1), the native
  * "auto_round" and "auto_round:gptqmodel" with qlinear_torch.py (zeros as they are, GPTQ
  * v2; native is written only when asymmetric, symmetric ones become auto_round:auto_gptq),

@@ -403,25 +403,56 @@ static bool find_parts(const qpk_checkpoint *ck, const char *name, const qpk_st_
 
 /*
  * The layout the linear called name follows: the checkpoint's (GPTQ/AWQ), or its config
- * group's (compressed-tensors); NULL when the config leaves it in float. A
- * compressed-tensors linear stored packed that the config leaves in float, or the reverse,
- * is refused naming it.
+ * group's (compressed-tensors, AutoRound: per-linear schemes); NULL when the config leaves
+ * it in float. A linear with its own scheme stored packed that the config leaves in float,
+ * or the reverse, is refused naming it.
  */
 static qpk_status layout_of(qpk_checkpoint *ck, const char *name, bool packed, bool float_weight,
                             const qpk_hfq **out, qpk_err *e)
 {
     *out = &ck->hfq;
-    if (ck->hfq.method != QPK_HFQ_CT)
+    if (!ck->hfq.n_ct)
         return QPK_OK;
     int k;
     QPK_TRY(qpk_hfq_ct_scheme(&ck->hfq, name, &k, e));
     *out = k >= 0 ? &ck->schemes[k] : NULL;
+    const bool ar = ck->hfq.autoround;
     if (k < 0 && packed)
         return qpk_err_setf(e, QPK_E_MISMATCH, "%s is stored packed while the config leaves it in float (%s)", name,
-                            qpk_hfq_skips(&ck->hfq, name) ? "it is in ignore" : "no config group targets it");
+                            ar ? "extra_config keeps it float" : qpk_hfq_skips(&ck->hfq, name) ? "it is in ignore"
+                                                                                    : "no config group targets it");
+    if (k >= 0 && float_weight && ar)
+        return qpk_err_setf(e, QPK_E_MISMATCH, "%s is stored in float while the config quantizes it (extra_config does "
+                            "not keep it float)", name);
     if (k >= 0 && float_weight)
         return qpk_err_setf(e, QPK_E_MISMATCH, "%s is stored in float while config group %s quantizes it (it is not in "
                             "ignore)", name, ck->hfq.ct[k].name);
+    return QPK_OK;
+}
+
+/*
+ * AutoRound: every module extra_config names is one of the model's (a linear, a router or
+ * the embedding or head left float), and those it quantizes are linears qpk imports; an
+ * entry for another model, or a pattern, is refused by name rather than ignored.
+ */
+static qpk_status check_extra_config(const qpk_checkpoint *ck, qpk_err *e)
+{
+    const qpk_hfq *q = &ck->hfq;
+    for (int g = 0; g <= q->n_ct; g++) /* g == n_ct: the modules kept float */
+        for (int t = g == 0; t < (g < q->n_ct ? q->ct[g].n_targets : q->n_skip); t++) {
+            const char *name = g < q->n_ct ? q->ct[g].targets[t] : q->skip[t];
+            char weight[QPK_MAX_NAME + 8];
+            qpk_role role;
+            int layer, expert;
+            snprintf(weight, sizeof weight, "%s.weight", name);
+            const bool expert_of = qpk_expert_tensor_role(&ck->cfg, weight, &role, &layer, &expert);
+            if (!expert_of && !qpk_tensor_role(&ck->cfg, weight, &role, &layer))
+                return qpk_err_setf(e, QPK_E_MISMATCH, "quantization_config: extra_config names %s, which is no "
+                                    "module of the model", name);
+            if (g < q->n_ct && !expert_of && (!qpk_role_is_matrix(role) || !qpk_role_is_per_layer(role)))
+                return qpk_err_setf(e, QPK_E_UNSUPPORTED, "quantization_config: extra_config quantizes %s: qpk reads "
+                                    "AutoRound checkpoints whose embedding, head and routers are float", name);
+        }
     return QPK_OK;
 }
 
@@ -546,11 +577,13 @@ static qpk_status claim_quantized(qpk_checkpoint *ck, qpk_err *e)
     const qpk_config *c = &ck->cfg;
     if (ck->hfq.method == QPK_HFQ_NONE)
         return QPK_OK;
+    if (ck->hfq.autoround) /* its names first: a pattern is no module, whatever it would match */
+        QPK_TRY(check_extra_config(ck, e));
     if (!(ck->qlin = calloc((size_t)(c->n_layers + 1) * QPK_ROLE_COUNT_, sizeof *ck->qlin)))
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     if (ck->hfq.method == QPK_HFQ_MLX)
         return claim_mlx(ck, e);
-    if (ck->hfq.method == QPK_HFQ_CT) {
+    if (ck->hfq.n_ct) {
         if (!(ck->schemes = calloc((size_t)ck->hfq.n_ct, sizeof *ck->schemes)))
             return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
         for (int k = 0; k < ck->hfq.n_ct; k++)
@@ -559,7 +592,7 @@ static qpk_status claim_quantized(qpk_checkpoint *ck, qpk_err *e)
     for (int l = 0; l < c->n_layers; l++)
         for (int i = 0; i < QPK_LAYER_ROLES; i++) {
             qpk_role r = qpk_layer_role(i);
-            if ((r == QPK_ROLE_ROUTER || r == QPK_ROLE_SHEXP_ROUTER) && ck->hfq.method == QPK_HFQ_CT &&
+            if ((r == QPK_ROLE_ROUTER || r == QPK_ROLE_SHEXP_ROUTER) && ck->hfq.n_ct &&
                 qpk_layer_has_role(c, r, l)) { /* float here whatever the config says; ignore may name them */
                 char router[QPK_MAX_NAME];
                 qpk_tensor_name(router, sizeof router, r, l);
@@ -584,7 +617,7 @@ static qpk_status claim_quantized(qpk_checkpoint *ck, qpk_err *e)
                 return qpk_err_setf(e, QPK_E_CORRUPT, "%s is stored both quantized and as a float .weight", name);
             const qpk_hfq *lay;
             QPK_TRY(layout_of(ck, name, any, fw != NULL, &lay, e));
-            if (ck->hfq.method == QPK_HFQ_CT && !any)
+            if (ck->hfq.n_ct && !any)
                 continue; /* float as the config says, or missing: the model check names it */
             if (!any) {
                 if (fw && !qpk_hfq_skips(&ck->hfq, name))

@@ -19,6 +19,10 @@
  * weights those runtimes compute with; the zero fits the block's zero point (int4: a
  * byte; int8z: 16 bits).
  *
+ * AutoRound's folders (Intel's auto-round) use these same layouts, named by their
+ * packing_format, with per-module schemes (extra_config) resolved per linear as
+ * compressed-tensors' config groups are.
+ *
  * An act-order checkpoint (desc_act: groups follow g_idx, not column order) becomes
  * contiguous groups by storing the columns sorted by group, with the input permutation
  * beside the weight (FORMAT.md, version 2), as ExLlama does.
@@ -374,6 +378,176 @@ qpk_status qpk_hfq_ct_check_used(const qpk_hfq *q, qpk_err *e)
     return QPK_OK;
 }
 
+/* ------------------------------------------------------------ AutoRound's config */
+
+/*
+ * Intel's auto-round names its packing in packing_format (since April 2025). Its exporter
+ * (auto_round/export/export_to_autoround/export.py) packs the gptq names with
+ * auto_round_extension/torch/qlinear_torch_zp.py (zero - 1, GPTQ v1), the native
+ * "auto_round" and "auto_round:gptqmodel" with qlinear_torch.py (zeros as they are, GPTQ
+ * v2; native is written only when asymmetric, symmetric ones become auto_round:auto_gptq),
+ * the awq names with AWQ's WQLinear_GEMM; its loader (auto_round/inference/backend.py)
+ * reads them so. Any other packing (fp8, nvfp4, mlx, llm-compressor's) is refused by name.
+ */
+static const struct {
+    const char *name;
+    qpk_hfq_method method;
+    bool v2;
+} AR_PACKINGS[] = {
+    {"auto_round:auto_gptq", QPK_HFQ_GPTQ, false}, {"auto_round:gptq", QPK_HFQ_GPTQ, false},
+    {"auto_gptq", QPK_HFQ_GPTQ, false},            {"auto_round", QPK_HFQ_GPTQ, true},
+    {"auto_round:gptqmodel", QPK_HFQ_GPTQ, true},  {"auto_round:auto_awq", QPK_HFQ_AWQ, false},
+    {"auto_round:awq", QPK_HFQ_AWQ, false},        {"auto_awq", QPK_HFQ_AWQ, false},
+};
+
+/*
+ * Before, the key was "backend", a packing and a kernel ("autoround:exllamav2" in 2024's
+ * Intel/Qwen2-7B-int4-inc, "auto_round:gptq:exllamav2" in OPEA's Qwen2.5 -int4-sym-inc).
+ * Every release packed a name with awq as AWQ, one with gptq (not gptqmodel) through
+ * AutoGPTQ's or its own zero - 1 packer, and its own name with triton or exllamav2 in it
+ * with zeros as they are (auto_round_extension/cuda/qliner_triton.py, qlinear_triton.py,
+ * qlinear_tritonv2.py: their "zeros -= 1" left out). Its own name alone meant v1 in late
+ * 2024 (AutoGPTQ's packer) and v2 by April 2025 (qlinear_tritonv2.py): refused, as is any
+ * other. False when b is none of these.
+ */
+static bool ar_legacy_backend(const char *b, qpk_hfq *q)
+{
+    const bool own = !strncmp(b, "autoround:", 10) || !strncmp(b, "auto_round:", 11) || !strncmp(b, "auto-round:", 11);
+    if (strstr(b, "awq"))
+        q->method = QPK_HFQ_AWQ;
+    else if (strstr(b, "gptq") && !strstr(b, "gptqmodel"))
+        q->method = QPK_HFQ_GPTQ;
+    else if (own && (strstr(b, "triton") || strstr(b, "exllamav2")))
+        q->method = QPK_HFQ_GPTQ, q->v2 = true;
+    return q->method != QPK_HFQ_NONE;
+}
+
+typedef struct ar_scheme {
+    int64_t bits, group;
+    bool sym, is_float; /* is_float: bits 16 (or 32), or data_type float: the module stays a float .weight */
+} ar_scheme;
+
+/*
+ * One scheme: o's keys over d (the config's, for an extra_config entry; its data_type int).
+ * Weight-only integers of 4 or 8 bits (AWQ's layout: 4), or float; anything else refused by name.
+ */
+static qpk_status ar_scheme_of(const cJSON *o, const ar_scheme *d, const qpk_hfq *q, ar_scheme *s, qpk_err *e)
+{
+    const char *type;
+    int64_t act_bits;
+    QPK_TRY(get_int(o, "bits", d->bits, &s->bits, e));
+    QPK_TRY(get_int(o, "group_size", d->group, &s->group, e));
+    QPK_TRY(get_bool(o, "sym", d->sym, &s->sym, e));
+    QPK_TRY(get_str(o, "data_type", &type, e));
+    QPK_TRY(get_int(o, "act_bits", 16, &act_bits, e));
+    s->is_float = s->bits == 16 || s->bits == 32 || (type && !strcmp(type, "float"));
+    if (s->is_float)
+        return QPK_OK;
+    if (type && strcmp(type, "int"))
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "AutoRound data_type \"%.32s\": qpk reads int (weight-only integers)",
+                            type);
+    if (act_bits < 16)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "AutoRound act_bits %lld (activations quantized too): qpk reads "
+                            "weight-only checkpoints (act_bits 16)", (long long)act_bits);
+    if (s->bits != 4 && s->bits != 8)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "AutoRound with %lld bits: qpk reads 4 and 8", (long long)s->bits);
+    if (q->method == QPK_HFQ_AWQ && s->bits != 4)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "AutoRound packed as AWQ with %lld bits: the GEMM layout holds 4",
+                            (long long)s->bits);
+    if (s->group != -1 && s->group <= 0)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "quantization_config: group_size %lld", (long long)s->group);
+    return QPK_OK;
+}
+
+/* An extra_config entry's scheme joins the group of the same scheme with room, else a group of its own. */
+static qpk_status ar_add(qpk_hfq *q, const char *name, const ar_scheme *s, qpk_err *e)
+{
+    if (s->is_float) {
+        if (q->n_skip == (int)(sizeof q->skip / sizeof q->skip[0]))
+            return qpk_err_setf(e, QPK_E_LIMIT, "quantization_config: extra_config keeps more than %d modules float",
+                                (int)(sizeof q->skip / sizeof q->skip[0]));
+        snprintf(q->skip[q->n_skip++], sizeof q->skip[0], "%s", name);
+        return QPK_OK;
+    }
+    int g = 0;
+    while (g < q->n_ct && (q->ct[g].bits != s->bits || q->ct[g].group != s->group || q->ct[g].sym != s->sym ||
+                           q->ct[g].n_targets == QPK_CT_TARGETS))
+        g++;
+    if (g == q->n_ct) {
+        if (g == QPK_CT_GROUPS)
+            return qpk_err_setf(e, QPK_E_LIMIT, "quantization_config: extra_config needs more than %d groups of "
+                                "modules (%d each) sharing a scheme", QPK_CT_GROUPS, QPK_CT_TARGETS);
+        q->n_ct++;
+        snprintf(q->ct[g].name, sizeof q->ct[g].name, "extra_config %d", g);
+        q->ct[g].bits = (int)s->bits, q->ct[g].group = s->group, q->ct[g].sym = s->sym;
+    }
+    snprintf(q->ct[g].targets[q->ct[g].n_targets++], sizeof q->ct[g].targets[0], "%s", name);
+    return QPK_OK;
+}
+
+/*
+ * quant_method "auto-round" (older: "intel/auto-round"): the GPTQ or AWQ layout its
+ * packing names, the config's scheme as config group 0 (targeting "Linear") and
+ * extra_config's per-module schemes as groups targeting the modules by name, so each
+ * linear finds its own as compressed-tensors' do (a name beats "Linear").
+ */
+static qpk_status parse_autoround(const cJSON *qc, qpk_hfq *q, qpk_err *e)
+{
+    const char *packing, *backend;
+    QPK_TRY(get_str(qc, "packing_format", &packing, e));
+    QPK_TRY(get_str(qc, "backend", &backend, e));
+    if (!packing && !backend)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "AutoRound quantization_config has no packing_format: its layout is "
+                            "unknown");
+    size_t i = 0;
+    while (packing && i < sizeof AR_PACKINGS / sizeof *AR_PACKINGS && strcmp(AR_PACKINGS[i].name, packing))
+        i++;
+    if (packing && i == sizeof AR_PACKINGS / sizeof *AR_PACKINGS)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "AutoRound packing_format \"%.48s\": qpk reads auto_round:auto_gptq "
+                            "(also auto_round:gptq, auto_gptq), auto_round (also auto_round:gptqmodel) and "
+                            "auto_round:auto_awq (also auto_round:awq, auto_awq)", packing);
+    if (packing)
+        q->method = AR_PACKINGS[i].method, q->v2 = AR_PACKINGS[i].v2;
+    else if (!ar_legacy_backend(backend, q))
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "AutoRound backend \"%.48s\" (an export before April 2025): qpk "
+                            "reads those naming gptq or awq, and auto_round's own with triton or exllamav2 (its "
+                            "zero convention changed between releases otherwise)", backend);
+    q->autoround = true;
+    const ar_scheme dflt = {.bits = 4, .group = 128, .sym = true};
+    ar_scheme top;
+    QPK_TRY(ar_scheme_of(qc, &dflt, q, &top, e));
+    if (top.is_float)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "AutoRound config with %lld-bit float weights quantizes nothing: qpk "
+                            "reads 4 and 8 bits", (long long)top.bits);
+    q->bits = (int)top.bits, q->group = top.group, q->sym = top.sym;
+    q->n_ct = 1;
+    qpk_ct_group *g0 = &q->ct[0];
+    snprintf(g0->name, sizeof g0->name, "the config");
+    snprintf(g0->targets[0], sizeof g0->targets[0], "Linear");
+    g0->n_targets = 1, g0->bits = q->bits, g0->group = q->group, g0->sym = q->sym;
+    g0->used = true; /* every linear extra_config names may differ from it */
+    const cJSON *extra = cJSON_GetObjectItemCaseSensitive(qc, "extra_config"), *it;
+    if (!extra || cJSON_IsNull(extra))
+        return QPK_OK;
+    if (!cJSON_IsObject(extra))
+        return qpk_err_setf(e, QPK_E_CORRUPT, "quantization_config: extra_config is not an object");
+    cJSON_ArrayForEach(it, extra)
+    {
+        const char *name = it->string ? it->string : "";
+        if (!name[0] || strlen(name) >= sizeof q->skip[0])
+            return qpk_err_setf(e, QPK_E_CORRUPT, "quantization_config: extra_config has a key that is no module "
+                                "name (%zu bytes)", strlen(name));
+        if (!cJSON_IsObject(it))
+            return qpk_err_setf(e, QPK_E_CORRUPT, "quantization_config: extra_config's %s is not an object", name);
+        ar_scheme s;
+        qpk_status st = ar_scheme_of(it, &top, q, &s, e);
+        if (st != QPK_OK)
+            return qpk_err_prefix(e, st, "extra_config's %s", name);
+        QPK_TRY(ar_add(q, name, &s, e));
+    }
+    return QPK_OK;
+}
+
 static qpk_status parse_one(const cJSON *qc, qpk_hfq *q, qpk_err *e)
 {
     memset(q, 0, sizeof *q);
@@ -389,6 +563,8 @@ static qpk_status parse_one(const cJSON *qc, qpk_hfq *q, qpk_err *e)
         return qpk_err_setf(e, QPK_E_CORRUPT, "quantization_config has no quant_method");
     if (!strcmp(method, "compressed-tensors"))
         return parse_ct(qc, q, e);
+    if (!strcmp(method, "auto-round") || !strcmp(method, "intel/auto-round"))
+        return parse_autoround(qc, q, e);
     if (!strcmp(method, "gptq")) {
         q->method = QPK_HFQ_GPTQ;
         QPK_TRY(get_bool(qc, "sym", true, &q->sym, e));
@@ -429,8 +605,8 @@ static qpk_status parse_one(const cJSON *qc, qpk_hfq *q, qpk_err *e)
             snprintf(q->skip[q->n_skip++], sizeof q->skip[0], "%s", it->valuestring);
         }
     } else {
-        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "quant_method \"%.32s\": qpk reads gptq, awq and compressed-tensors "
-                            "checkpoints",
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "quant_method \"%.32s\": qpk reads gptq, awq, compressed-tensors "
+                            "and auto-round checkpoints",
                             method);
     }
     if (q->group != -1 && q->group <= 0)

@@ -103,10 +103,15 @@ typedef struct qpk_hfq {
     int64_t group;     /* group_size; -1: one group per row */
     bool sym, desc_act;
     bool v2;           /* GPTQ checkpoint_format gptq_v2: zeros stored as they are (v1: zero - 1) */
-    char skip[16][96]; /* AWQ's modules_to_not_convert; compressed-tensors' ignore */
+    bool autoround;    /* AutoRound's config over the GPTQ or AWQ layout (per-linear schemes in ct) */
+    /* AWQ's modules_to_not_convert; compressed-tensors' ignore; AutoRound's modules extra_config keeps float
+     * (an MoE model's routers, one per layer, among them) */
+    char skip[64][96];
     int n_skip;
-    bool skip_used[16];              /* compressed-tensors: an ignore entry matched a module */
-    qpk_ct_group ct[QPK_CT_GROUPS];  /* compressed-tensors' config groups (method QPK_HFQ_CT) */
+    bool skip_used[64];              /* compressed-tensors: an ignore entry matched a module */
+    /* compressed-tensors' config groups (method QPK_HFQ_CT); AutoRound's schemes (group 0 the config's, targeting
+     * "Linear"; the others extra_config's, targeting the modules that share one) */
+    qpk_ct_group ct[QPK_CT_GROUPS];
     int n_ct;
     qpk_mlx_module *mlx; /* MLX's per-module overrides (owned: qpk_hfq_free) */
     int n_mlx;
@@ -123,7 +128,7 @@ void qpk_hfq_free(qpk_hfq *q);
 /* Whether the linear called name is one the config leaves in float (AWQ's modules_to_not_convert). */
 bool qpk_hfq_skips(const qpk_hfq *q, const char *name);
 /*
- * compressed-tensors: the config group that quantizes the linear called name (*k), or -1
+ * compressed-tensors and AutoRound: the config group that quantizes the linear called name (*k), or -1
  * when the config leaves it in float (in ignore, or targeted by no group). The most
  * specific target wins (a module name, then a "re:" pattern, then the class "Linear"), as
  * compressed-tensors resolves them; two groups equally specific are refused. Marks the
@@ -136,7 +141,7 @@ void qpk_hfq_ct_mark_ignored(qpk_hfq *q, const char *name);
 /* After every module was looked up: each config group quantized one, and each ignore entry that is a plain name
  * named one (lm_head always exists). */
 qpk_status qpk_hfq_ct_check_used(const qpk_hfq *q, qpk_err *e);
-/* The quantization of config group k as a layout of its own (method QPK_HFQ_CT). */
+/* The quantization of config group k as a layout of its own (compressed-tensors, AutoRound). */
 void qpk_hfq_ct_layout(const qpk_hfq *q, int k, qpk_hfq *out);
 /* Whether name matches a compressed-tensors target (plain name, or "re:" pattern anchored at its start). */
 bool qpk_ct_match(const char *target, const char *name);

@@ -156,7 +156,8 @@ const char *qpk_source_format(const qpk_source *s)
     case QPK_SOURCE_HF: break;
     }
     const qpk_hfq *q = qpk_checkpoint_hfq(s->ck);
-    return q->method == QPK_HFQ_GPTQ  ? "gptq"
+    return q->autoround               ? "auto-round"
+           : q->method == QPK_HFQ_GPTQ ? "gptq"
            : q->method == QPK_HFQ_AWQ ? "awq"
            : q->method == QPK_HFQ_CT  ? "compressed-tensors"
            : q->method == QPK_HFQ_MLX ? "mlx"

@@ -511,8 +511,13 @@ static void test_awq_quality(void)
 /* --------------------------------------------------- malformed checkpoints */
 
 /* NARROW: one column fewer; F16_TO_F32: the same values stored as F32 (then element index set to the bits value,
- * when value is not 0). */
-typedef enum action { KEEP, DROP, TRUNCATE, AS_F32, SET_WORD, SET_HALF, ZERO_ALL, TO_FLOAT, NARROW, F16_TO_F32 } action;
+ * when value is not 0). ZEROS_V2: every qzeros nibble + 1 (GPTQ v1's zero - 1 stored as the zero, 4-bit);
+ * SWAP: the parts of the linear `tensor` (a prefix) as fixture `from` has them; AS_EXPECTED: that linear as an F32
+ * .weight holding its dequant-expected rows. */
+typedef enum action {
+    KEEP, DROP, TRUNCATE, AS_F32, SET_WORD, SET_HALF, ZERO_ALL, TO_FLOAT, NARROW, F16_TO_F32, ZEROS_V2, SWAP,
+    AS_EXPECTED
+} action;
 
 typedef struct defect {
     const char *what, *fixture;
@@ -524,26 +529,77 @@ typedef struct defect {
     qpk_status want;
     const char *msg;
     const char *side_config;       /* a quantize_config.json beside it */
+    const char *qcfg;              /* config.json's quantization_config replaced by this (before the edit) */
+    const char *from;              /* SWAP: the fixture the linear comes from */
 } defect;
+
+/* config.json's text with its quantization_config object replaced by qcfg (malloc'd), or NULL. */
+static char *with_qcfg(const char *cfg, const char *qcfg)
+{
+    const char *k = strstr(cfg, "\"quantization_config\""), *open = k ? strchr(k, '{') : NULL, *p = open;
+    for (int depth = 0; p && *p; p++) /* the fixtures' configs hold no braces in strings */
+        if (*p == '{')
+            depth++;
+        else if (*p == '}' && --depth == 0)
+            break;
+    if (!p || !*p)
+        return NULL;
+    size_t n = strlen(cfg) + strlen(qcfg) + 1;
+    char *out = malloc(n);
+    if (out)
+        snprintf(out, n, "%.*s%s%s", (int)(open - cfg), cfg, qcfg, p + 1);
+    return out;
+}
+
+/* GPTQ v1's packed zero - 1 words as v2 stores them (the zero), 4-bit; false when a zero of 0 (stored 15) has no v2
+ * spelling in 4 bits. */
+static bool zeros_v2(uint8_t *w, uint64_t nbytes)
+{
+    for (uint64_t i = 0; i + 4 <= nbytes; i += 4) {
+        uint32_t v, out = 0;
+        memcpy(&v, w + i, 4);
+        for (int k = 0; k < 8; k++) {
+            const uint32_t z = (v >> (4 * k) & 15) + 1;
+            if (z > 15)
+                return false;
+            out |= z << (4 * k);
+        }
+        memcpy(w + i, &out, 4);
+    }
+    return true;
+}
 
 /* The fixture rewritten as one model.safetensors with one defect, and its config.json edited. */
 static bool make_variant(const defect *d, const char *dir)
 {
     char src[4096], p[4096];
     snprintf(src, sizeof src, "%s/qwen-tiny-a-%s", FX, d->fixture);
-    folder f;
+    folder f, donor = {0};
+    qpk_safetensors *exp = NULL;
+    qpk_err e = {0};
     if (!folder_open(&f, src) || mkdir(dir, 0755) != 0)
         return false;
+    bool ok = true;
+    if (d->act == SWAP) {
+        snprintf(p, sizeof p, "%s/qwen-tiny-a-%s", FX, d->from);
+        ok = folder_open(&donor, p);
+    }
+    if (d->act == AS_EXPECTED)
+        ok = qpk_st_open(&exp, path2(p, src, "dequant-expected.safetensors"), &e) == QPK_OK;
     size_t n = folder_count(&f), k = 0;
     qpk_st_entry *ent = calloc(n + 1, sizeof *ent);
     uint8_t **data = calloc(n + 1, sizeof *data);
     char prefix[256] = "";
-    if (d->act == TO_FLOAT) /* the linear whose parts become one float weight */
+    if (d->act == TO_FLOAT || d->act == AS_EXPECTED) /* the linear whose parts become one float weight */
         snprintf(prefix, sizeof prefix, "%.*s", (int)(strrchr(d->tensor, '.') - d->tensor + 1), d->tensor);
     for (int s = 0; s < f.n; s++)
         for (size_t i = 0; i < qpk_st_n_tensors(f.st[s]); i++) {
             const qpk_st_tensor *t = qpk_st_tensor_at(f.st[s], i);
             bool hit = d->tensor && !strcmp(t->name, d->tensor);
+            const qpk_st_tensor *swap = d->act == SWAP && !strncmp(t->name, d->tensor, strlen(d->tensor))
+                                            ? folder_find(&donor, t->name) : NULL;
+            if (swap) /* the other fixture's part of the same name */
+                t = swap;
             const bool part = *prefix && !strncmp(t->name, prefix, strlen(prefix)) && strcmp(t->name + strlen(prefix), "bias");
             if ((hit && d->act == DROP) || (part && !hit)) /* the linear's bias stays */
                 continue;
@@ -584,6 +640,21 @@ static bool make_variant(const defect *d, const char *dir)
             }
             if (hit && d->act == ZERO_ALL)
                 memset(data[k], 0, t->nbytes);
+            const size_t tn = strlen(t->name);
+            if (d->act == ZEROS_V2 && tn > 7 && !strcmp(t->name + tn - 7, ".qzeros"))
+                ok = ok && zeros_v2(data[k], t->nbytes);
+            if (hit && d->act == AS_EXPECTED) { /* the linear's weight as dequant-expected has it, F32 */
+                snprintf(x->name, sizeof x->name, "%sweight", prefix);
+                const qpk_st_tensor *w = exp ? qpk_st_find(exp, x->name) : NULL;
+                ok = ok && w;
+                if (w) {
+                    x->dtype = w->dtype, x->ndim = w->ndim, x->nbytes = w->nbytes;
+                    memcpy(x->shape, w->shape, sizeof x->shape);
+                    free(data[k]);
+                    data[k] = malloc(w->nbytes);
+                    memcpy(data[k], w->data, w->nbytes);
+                }
+            }
             if (hit && d->act == TO_FLOAT) { /* q_proj.weight F16 [128, 128], zeros */
                 snprintf(x->name, sizeof x->name, "%sweight", prefix);
                 x->dtype = QPK_ST_F16, x->ndim = 2, x->shape[0] = x->shape[1] = 128, x->nbytes = 128 * 128 * 2;
@@ -592,14 +663,20 @@ static bool make_variant(const defect *d, const char *dir)
             }
             k++;
         }
-    qpk_err e = {0};
     qpk_st_set *set = NULL;
-    bool ok = qpk_st_set_create(&set, dir, ent, k, &e) == QPK_OK;
+    ok = ok && qpk_st_set_create(&set, dir, ent, k, &e) == QPK_OK;
     for (size_t i = 0; ok && i < k; i++)
         ok = qpk_st_set_write(set, data[i], ent[i].nbytes, &e) == QPK_OK;
     ok = ok && qpk_st_set_finish(set, &e) == QPK_OK;
     size_t len;
-    char *cfg = slurp(path2(p, src, "config.json"), &len), *at = cfg && d->cfg_from ? strstr(cfg, d->cfg_from) : NULL;
+    char *cfg = slurp(path2(p, src, "config.json"), &len);
+    if (cfg && d->qcfg) {
+        char *x = with_qcfg(cfg, d->qcfg);
+        free(cfg);
+        cfg = x;
+        ok = ok && cfg;
+    }
+    char *at = cfg && d->cfg_from ? strstr(cfg, d->cfg_from) : NULL;
     FILE *out = fopen(path2(p, dir, "config.json"), "w");
     if (out && cfg) {
         if (at)
@@ -621,7 +698,7 @@ static bool make_variant(const defect *d, const char *dir)
     for (size_t i = 0; i < k; i++)
         free(data[i]);
     free(data), free(ent), free(cfg);
-    folder_close(&f);
+    folder_close(&f), folder_close(&donor), qpk_st_close(exp);
     return ok;
 }
 
@@ -1705,7 +1782,237 @@ static void test_ct_config(void)
                M[i].name, (int)M[i].match);
 }
 
-/* "test_hfquant ct" runs the compressed-tensors tests only (ctest's test_ct); no argument, the others. */
+/* ---------------------------------------------------------------- AutoRound */
+
+/*
+ * AutoRound's quantization_config as its exporter writes it (auto_round/export/export_to_autoround/export.py:
+ * the run's scheme and tuning keys, then quant_method, packing_format and extra_config); x: keys after those.
+ */
+#define AR_CFG(bits, group, sym, packing, x)                                                                         \
+    "{\"bits\": " #bits ", \"group_size\": " #group ", \"sym\": " #sym ", \"data_type\": \"int\", \"act_bits\": 16, " \
+    "\"act_data_type\": \"int\", \"act_dynamic\": true, \"act_group_size\": 128, \"act_sym\": null, \"iters\": 200, " \
+    "\"lr\": 0.005, \"minmax_lr\": 0.005, \"nsamples\": 128, \"seqlen\": 2048, \"batch_size\": 8, \"scale_dtype\": "   \
+    "\"torch.float16\", \"enable_quanted_input\": true, \"enable_minmax_tuning\": true, \"autoround_version\": "       \
+    "\"0.6.0\", \"block_name_to_quantize\": \"model.layers\", \"quant_method\": \"auto-round\", \"packing_format\": \"" \
+    packing "\"" x "}"
+
+/* Before April 2025 the packing was "backend" (and until late 2024 the method "intel/auto-round"). */
+#define AR_OLD(bits, group, sym, backend)                                                                            \
+    "{\"bits\": " #bits ", \"group_size\": " #group ", \"sym\": " #sym ", \"data_type\": \"int\", \"iters\": 200, "    \
+    "\"quant_method\": \"intel/auto-round\", \"backend\": \"" backend "\"}"
+
+#define AR_Q "model.layers.0.self_attn.q_proj"
+#define AR_O "model.layers.0.self_attn.o_proj"
+#define AR_D "model.layers.1.mlp.down_proj"
+
+/* The fixture's dequant-expected with linear `swap` (name of its weight) from fixture `from`'s, as dir/. */
+static bool mixed_expected(const char *dir, const char *fixture, const char *from, const char *swap)
+{
+    char a[4096], b[4096], p[4096], q[4096];
+    qpk_safetensors *x = NULL, *y = NULL;
+    qpk_err e = {0};
+    snprintf(a, sizeof a, "%s/qwen-tiny-a-%s/dequant-expected.safetensors", FX, fixture);
+    snprintf(b, sizeof b, "%s/qwen-tiny-a-%s/dequant-expected.safetensors", FX, from);
+    bool ok = mkdir(dir, 0755) == 0 && qpk_st_open(&x, a, &e) == QPK_OK && qpk_st_open(&y, b, &e) == QPK_OK;
+    const size_t n = ok ? qpk_st_n_tensors(x) : 0;
+    qpk_st_entry *ent = calloc(n + 1, sizeof *ent);
+    const qpk_st_tensor **t = calloc(n + 1, sizeof *t);
+    for (size_t i = 0; ok && i < n; i++) {
+        t[i] = qpk_st_tensor_at(x, i);
+        if (!strcmp(t[i]->name, swap))
+            ok = (t[i] = qpk_st_find(y, swap)) != NULL;
+        if (!ok)
+            break;
+        snprintf(ent[i].name, sizeof ent[i].name, "%s", t[i]->name);
+        ent[i].dtype = t[i]->dtype, ent[i].ndim = t[i]->ndim, ent[i].nbytes = t[i]->nbytes;
+        memcpy(ent[i].shape, t[i]->shape, sizeof ent[i].shape);
+    }
+    qpk_st_set *set = NULL;
+    ok = ok && qpk_st_set_create(&set, dir, ent, n, &e) == QPK_OK;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = qpk_st_set_write(set, t[i]->data, t[i]->nbytes, &e) == QPK_OK;
+    ok = ok && qpk_st_set_finish(set, &e) == QPK_OK &&
+         rename(path2(p, dir, "model.safetensors"), path2(q, dir, "dequant-expected.safetensors")) == 0;
+    qpk_st_close(x), qpk_st_close(y), free(ent), free(t);
+    return ok;
+}
+
+/*
+ * The GPTQ and AWQ fixtures as AutoRound exports them: the same tensors (its auto_gptq
+ * packing stores zero - 1 as GPTQ v1 does: qlinear_torch_zp.py), the native and gptqmodel
+ * packings' zeros as they are (qlinear_torch.py), one linear at 8 bits or kept float by
+ * extra_config; every weight equal to dequant-expected, bit for bit, and the folder read in
+ * place reproducing ref-logits.
+ */
+static void test_autoround_fixtures(void)
+{
+    static const defect OK[] = {
+        {"auto_round:auto_gptq int4", "gptq-int4", .qcfg = AR_CFG(4, 64, true, "auto_round:auto_gptq", "")},
+        {"auto_round:gptq", "gptq-int4", .qcfg = AR_CFG(4, 64, true, "auto_round:gptq", "")},
+        {"auto_gptq", "gptq-int4", .qcfg = AR_CFG(4, 64, true, "auto_gptq", "")},
+        {"intel/auto-round with backend", "gptq-int4", .qcfg = AR_OLD(4, 64, true, "auto_round:gptq:exllamav2")},
+        {"backend autoround:exllamav2 (zeros as they are)", "gptq-int4", .act = ZEROS_V2,
+         .qcfg = AR_OLD(4, 64, false, "autoround:exllamav2")},
+        {"backend auto_awq", "awq", .qcfg = AR_OLD(4, 64, false, "auto_round:auto_awq")},
+        {"auto_round:auto_gptq int8", "gptq-int8", .qcfg = AR_CFG(8, 128, true, "auto_round:auto_gptq", "")},
+        {"auto_round:auto_awq", "awq", .qcfg = AR_CFG(4, 64, false, "auto_round:auto_awq", "")},
+        {"auto_awq", "awq", .qcfg = AR_CFG(4, 64, false, "auto_awq", "")},
+        {"auto_round (native: zeros as they are)", "gptq-int4", .act = ZEROS_V2,
+         .qcfg = AR_CFG(4, 64, false, "auto_round", "")},
+        {"auto_round:gptqmodel", "gptq-int4", .act = ZEROS_V2, .qcfg = AR_CFG(4, 64, false, "auto_round:gptqmodel", "")},
+        {"extra_config: one linear at 8 bits", "gptq-int4", .tensor = AR_D ".", .act = SWAP, .from = "gptq-int8",
+         .qcfg = AR_CFG(4, 64, true, "auto_round:auto_gptq",
+                        ", \"extra_config\": {\"" AR_D "\": {\"bits\": 8, \"group_size\": 128}}")},
+        {"extra_config: one linear kept float", "gptq-int4", .tensor = AR_O ".qweight", .act = AS_EXPECTED,
+         .qcfg = AR_CFG(4, 64, true, "auto_round:auto_gptq",
+                        ", \"extra_config\": {\"" AR_O "\": {\"bits\": 16, \"data_type\": \"fp\"}}")},
+    };
+    for (size_t i = 0; i < sizeof OK / sizeof *OK; i++) {
+        const defect *d = &OK[i];
+        char dir[4096], exp[4096], out[4096];
+        snprintf(dir, sizeof dir, "%s/ar-%zu", TMP, i);
+        snprintf(exp, sizeof exp, "%s/ar-%zu.expected", TMP, i);
+        snprintf(out, sizeof out, "%s/ar-%zu.qpk", TMP, i);
+        if (d->act == SWAP)
+            CHECKF(mixed_expected(exp, d->fixture, d->from, AR_D ".weight"), "'%s': no expected weights", d->what);
+        else
+            snprintf(exp, sizeof exp, "%s/qwen-tiny-a-%s", FX, d->fixture);
+        if (!make_variant(d, dir)) {
+            CHECKF(false, "could not make '%s'", d->what);
+            continue;
+        }
+        qpk_convert_opts o = {.dtype = -1};
+        qpk_err e = {0};
+        CHECKF(tu_convert(dir, out, &o, &e) == QPK_OK, "'%s': %s", d->what, e.msg);
+        CHECKF(check_exact(exp, out) == 28, "'%s': not every linear as expected", d->what);
+        if (d->act != SWAP) /* the folder read in place computes the fixture's float64 logits */
+            check_ref_logits(exp, dir);
+        rm_rf(dir), unlink(out);
+        if (d->act == SWAP)
+            rm_rf(exp);
+    }
+}
+
+static void test_autoround_malformed(void)
+{
+#define AR4(x) AR_CFG(4, 64, true, "auto_round:auto_gptq", x)
+#define AR_EXTRA(name, v) AR4(", \"extra_config\": {\"" name "\": " v "}")
+    static const defect DEFECTS[] = {
+        {"unknown packing_format", "gptq-int4", .qcfg = AR_CFG(4, 64, true, "auto_round:fp8_static", ""),
+         .want = QPK_E_UNSUPPORTED, .msg = "AutoRound packing_format \"auto_round:fp8_static\": qpk reads "
+                                          "auto_round:auto_gptq"},
+        {"mlx packing", "gptq-int4", .qcfg = AR_CFG(4, 64, true, "auto_round:mlx", ""), .want = QPK_E_UNSUPPORTED,
+         .msg = "AutoRound packing_format \"auto_round:mlx\""},
+        {"no packing_format", "gptq-int4", .qcfg = AR_OLD(4, 64, true, "x"), .cfg_from = ", \"backend\": \"x\"",
+         .cfg_to = "", .want = QPK_E_CORRUPT,
+         .msg = "AutoRound quantization_config has no packing_format: its layout is unknown"},
+        {"backend auto_round alone", "gptq-int4", .qcfg = AR_OLD(4, 64, false, "auto_round"),
+         .want = QPK_E_UNSUPPORTED, .msg = "AutoRound backend \"auto_round\" (an export before April 2025): qpk reads "
+                                          "those naming gptq or awq"},
+        {"backend qbits", "gptq-int4", .qcfg = AR_OLD(4, 64, false, "qbits"), .want = QPK_E_UNSUPPORTED,
+         .msg = "AutoRound backend \"qbits\""},
+        {"packing_format not a string", "gptq-int4", .qcfg = AR4(""), .cfg_from = "\"auto_round:auto_gptq\"",
+         .cfg_to = "5", .want = QPK_E_CORRUPT, .msg = "quantization_config: 'packing_format' is not a string"},
+        {"data_type mx_fp", "gptq-int4", .qcfg = AR4(""), .cfg_from = "\"data_type\": \"int\"",
+         .cfg_to = "\"data_type\": \"mx_fp\"", .want = QPK_E_UNSUPPORTED,
+         .msg = "AutoRound data_type \"mx_fp\": qpk reads int (weight-only integers)"},
+        {"data_type nv_fp", "gptq-int4", .qcfg = AR4(""), .cfg_from = "\"data_type\": \"int\"",
+         .cfg_to = "\"data_type\": \"nv_fp\"", .want = QPK_E_UNSUPPORTED, .msg = "AutoRound data_type \"nv_fp\""},
+        {"bits 3", "gptq-int4", .qcfg = AR_CFG(3, 64, true, "auto_round:auto_gptq", ""), .want = QPK_E_UNSUPPORTED,
+         .msg = "AutoRound with 3 bits: qpk reads 4 and 8"},
+        {"AWQ with 8 bits", "awq", .qcfg = AR_CFG(8, 64, false, "auto_round:auto_awq", ""), .want = QPK_E_UNSUPPORTED,
+         .msg = "AutoRound packed as AWQ with 8 bits: the GEMM layout holds 4"},
+        {"group_size 0", "gptq-int4", .qcfg = AR_CFG(4, 0, true, "auto_round:auto_gptq", ""), .want = QPK_E_CORRUPT,
+         .msg = "quantization_config: group_size 0"},
+        {"sym not a bool", "gptq-int4", .qcfg = AR_CFG(4, 64, "yes", "auto_round:auto_gptq", ""),
+         .want = QPK_E_CORRUPT, .msg = "quantization_config: 'sym' is not true or false"},
+        {"activations quantized", "gptq-int4", .qcfg = AR4(""), .cfg_from = "\"act_bits\": 16",
+         .cfg_to = "\"act_bits\": 8", .want = QPK_E_UNSUPPORTED,
+         .msg = "AutoRound act_bits 8 (activations quantized too): qpk reads weight-only checkpoints (act_bits 16)"},
+        {"float config", "gptq-int4", .qcfg = AR_CFG(16, 64, true, "auto_round:auto_gptq", ""),
+         .want = QPK_E_UNSUPPORTED, .msg = "AutoRound config with 16-bit float weights quantizes nothing"},
+        {"extra_config not an object", "gptq-int4", .qcfg = AR4(", \"extra_config\": [\"" AR_Q "\"]"),
+         .want = QPK_E_CORRUPT, .msg = "quantization_config: extra_config is not an object"},
+        {"extra_config entry not an object", "gptq-int4", .qcfg = AR_EXTRA(AR_Q, "8"), .want = QPK_E_CORRUPT,
+         .msg = "quantization_config: extra_config's " AR_Q " is not an object"},
+        {"extra_config names a missing module", "gptq-int4", .qcfg = AR_EXTRA("model.layers.9.mlp.up_proj", "{\"bits\": 8}"),
+         .want = QPK_E_MISMATCH,
+         .msg = "quantization_config: extra_config names model.layers.9.mlp.up_proj, which is no module of the model"},
+        {"extra_config names a pattern", "gptq-int4", .qcfg = AR_EXTRA(".*down_proj", "{\"bits\": 16}"),
+         .want = QPK_E_MISMATCH, .msg = "quantization_config: extra_config names .*down_proj, which is no module"},
+        {"extra_config names a compressed-tensors pattern", "gptq-int4", .qcfg = AR_EXTRA("re:.*", "{\"bits\": 16}"),
+         .want = QPK_E_MISMATCH, .msg = "quantization_config: extra_config names re:.*, which is no module"},
+        {"extra_config float, stored packed", "gptq-int4", .qcfg = AR_EXTRA(AR_Q, "{\"bits\": 16, \"data_type\": \"fp\"}"),
+         .want = QPK_E_MISMATCH,
+         .msg = AR_Q " is stored packed while the config leaves it in float (extra_config keeps it float)"},
+        {"stored float, extra_config silent", "gptq-int4", .tensor = AR_O ".qweight", .act = TO_FLOAT, .qcfg = AR4(""),
+         .want = QPK_E_MISMATCH,
+         .msg = AR_O " is stored in float while the config quantizes it (extra_config does not keep it float)"},
+        {"extra_config 8 bits, stored 4", "gptq-int4", .qcfg = AR_EXTRA(AR_O, "{\"bits\": 8}"),
+         .want = QPK_E_MISMATCH, .msg = AR_O ".qweight has shape [16, 128]; config.json implies [32, 128]"},
+        {"extra_config data_type fp8", "gptq-int4", .qcfg = AR_EXTRA(AR_O, "{\"bits\": 8, \"data_type\": \"fp8\"}"),
+         .want = QPK_E_UNSUPPORTED, .msg = "extra_config's " AR_O ": AutoRound data_type \"fp8\": qpk reads int"},
+        {"extra_config bits 2", "gptq-int4", .qcfg = AR_EXTRA(AR_O, "{\"bits\": 2}"), .want = QPK_E_UNSUPPORTED,
+         .msg = "extra_config's " AR_O ": AutoRound with 2 bits: qpk reads 4 and 8"},
+        {"extra_config bits a string", "gptq-int4", .qcfg = AR_EXTRA(AR_O, "{\"bits\": \"8\"}"),
+         .want = QPK_E_CORRUPT, .msg = "extra_config's " AR_O ": quantization_config: 'bits' is not an integer"},
+        {"extra_config group_size 0", "gptq-int4", .qcfg = AR_EXTRA(AR_O, "{\"group_size\": 0}"),
+         .want = QPK_E_CORRUPT, .msg = "extra_config's " AR_O ": quantization_config: group_size 0"},
+        {"extra_config quantizes the head", "gptq-int4", .qcfg = AR_EXTRA("lm_head", "{\"bits\": 8}"),
+         .want = QPK_E_UNSUPPORTED, .msg = "quantization_config: extra_config quantizes lm_head: qpk reads AutoRound "
+                                          "checkpoints whose embedding, head and routers are float"},
+        {"AWQ packing, extra_config 8 bits", "awq",
+         .qcfg = AR_CFG(4, 64, false, "auto_round:auto_awq", ", \"extra_config\": {\"" AR_O "\": {\"bits\": 8}}"),
+         .want = QPK_E_UNSUPPORTED, .msg = "AutoRound packed as AWQ with 8 bits"},
+    };
+#undef AR4
+#undef AR_EXTRA
+    const int n = run_defects(DEFECTS, sizeof DEFECTS / sizeof *DEFECTS);
+    fprintf(stderr, "%d malformed AutoRound checkpoints checked\n", n);
+}
+
+/* Straight through qpk_hfq_parse: packings to layouts, and extra_config's modules grouped by scheme. */
+static void test_autoround_config(void)
+{
+    static const struct {
+        const char *packing;
+        qpk_hfq_method method;
+        bool v2;
+    } P[] = {
+        {"\"auto_round:auto_gptq\"", QPK_HFQ_GPTQ, false}, {"\"auto_round:gptq\"", QPK_HFQ_GPTQ, false},
+        {"\"auto_gptq\"", QPK_HFQ_GPTQ, false},            {"\"auto_round\"", QPK_HFQ_GPTQ, true},
+        {"\"auto_round:gptqmodel\"", QPK_HFQ_GPTQ, true},  {"\"auto_round:auto_awq\"", QPK_HFQ_AWQ, false},
+        {"\"auto_round:awq\"", QPK_HFQ_AWQ, false},        {"\"auto_awq\"", QPK_HFQ_AWQ, false},
+    };
+    static qpk_hfq q;
+    for (size_t i = 0; i < sizeof P / sizeof *P; i++) {
+        char cfg[512];
+        snprintf(cfg, sizeof cfg, "{\"quantization_config\": {\"quant_method\": \"auto-round\", \"bits\": 4, "
+                 "\"group_size\": 128, \"sym\": false, \"packing_format\": %s}}", P[i].packing);
+        qpk_err e = {0};
+        CHECKF(qpk_hfq_parse(cfg, strlen(cfg), NULL, 0, &q, &e) == QPK_OK && q.autoround && q.method == P[i].method &&
+                   q.v2 == P[i].v2 && q.n_ct == 1 && !strcmp(q.ct[0].targets[0], "Linear"),
+               "%s: %s", P[i].packing, e.msg);
+    }
+    static const char MIX[] =
+        "{\"quantization_config\": " AR_CFG(4, 128, true, "auto_round:auto_gptq",
+        ", \"extra_config\": {\"model.layers.0.mlp.down_proj\": {\"bits\": 8}, \"model.layers.1.mlp.down_proj\": "
+        "{\"bits\": 8}, \"model.layers.0.mlp.gate\": {\"bits\": 16, \"data_type\": \"float\"}, "
+        "\"model.layers.0.self_attn.q_proj\": {\"sym\": false}, \"model.layers.1.self_attn.q_proj\": {\"bits\": 4}}") "}";
+    qpk_err e = {0};
+    int k = -2;
+    CHECKF(qpk_hfq_parse(MIX, strlen(MIX), NULL, 0, &q, &e) == QPK_OK, "%s", e.msg);
+    CHECKF(q.n_ct == 3 && q.ct[1].bits == 8 && q.ct[1].n_targets == 2 && !q.ct[2].sym && q.ct[0].n_targets == 2 &&
+               q.n_skip == 1 && !strcmp(q.skip[0], "model.layers.0.mlp.gate"),
+           "groups %d, skips %d", q.n_ct, q.n_skip);
+    CHECK(qpk_hfq_ct_scheme(&q, "model.layers.1.mlp.down_proj", &k, &e) == QPK_OK && k == 1);
+    CHECK(qpk_hfq_ct_scheme(&q, "model.layers.0.self_attn.q_proj", &k, &e) == QPK_OK && k == 2);
+    CHECK(qpk_hfq_ct_scheme(&q, "model.layers.2.mlp.down_proj", &k, &e) == QPK_OK && k == 0);
+    CHECK(qpk_hfq_ct_scheme(&q, "model.layers.0.mlp.gate", &k, &e) == QPK_OK && k == -1);
+}
+
+/* "test_hfquant ct" runs the compressed-tensors tests only (ctest's test_ct), "test_hfquant autoround" AutoRound's
+ * (test_autoround); no argument, the others. */
 int main(int argc, char **argv)
 {
     FX = fixtures_dir();
@@ -1726,6 +2033,13 @@ int main(int argc, char **argv)
         test_mlx_malformed();
         rm_rf(TMP);
         return th_summary("test_mlx");
+    }
+    if (argc > 1 && !strcmp(argv[1], "autoround")) {
+        test_autoround_config();
+        test_autoround_fixtures();
+        test_autoround_malformed();
+        rm_rf(TMP);
+        return th_summary("test_autoround");
     }
     test_fixtures();
     test_gguf_exact();

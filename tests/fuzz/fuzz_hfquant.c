@@ -1,7 +1,7 @@
 /*
  * libFuzzer target: the GPTQ/AWQ/compressed-tensors readers. The first byte chooses what the rest is:
  *   bit 7 set: config.json text, for quantization_config parsing (compressed-tensors' config
- *   groups and their targets matched against a few module names too);
+ *   groups and AutoRound's extra_config schemes matched against a few module names too);
  *   bits 5-6 both set: a compressed-tensors linear (bit 0 8-bit, bit 2 symmetric, bit 3
  *   actorder group), tensors L.weight_packed, L.weight_zero_point, L.weight_scale,
  *   L.weight_g_idx, L.weight_shape;
@@ -46,7 +46,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 __builtin_trap();
         static const char *const NAMES[] = {"model.layers.0.self_attn.q_proj", "model.layers.11.mlp.down_proj",
                                             "model.layers.3.mlp.experts.7.up_proj", "lm_head", ""};
-        for (size_t i = 0; q.method == QPK_HFQ_CT && i < sizeof NAMES / sizeof *NAMES; i++) {
+        if (q.autoround && (q.method == QPK_HFQ_CT || q.n_ct < 1 || strcmp(q.ct[0].targets[0], "Linear")))
+            __builtin_trap(); /* AutoRound: a GPTQ/AWQ layout, the config's scheme first */
+        for (size_t i = 0; q.n_ct && i < sizeof NAMES / sizeof *NAMES; i++) {
             int k;
             if (qpk_hfq_ct_scheme(&q, NAMES[i], &k, &e) == QPK_OK && (k < -1 || k >= q.n_ct))
                 __builtin_trap();

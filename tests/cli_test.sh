@@ -309,7 +309,7 @@ if [ -d "$a" ]; then
   expect 0 '"source":\{"format":"compressed-tensors","layout":"pack-quantized"' \
     -- sh -c "\"$bin/qconvert\" -q \"$tmp/g-ct\" -o \"$tmp/g-ct.qpk\" && \"$bin/qinspect\" \"$tmp/g-ct.qpk\" --no-tensors"
   expect 2 "qpk, gguf, gptq, awq, compressed-tensors or mlx" -- "$bin/qconvert" "$g" --to ct -o "$tmp/x"
-  expect 2 "go with --to gptq or awq" -- "$bin/qconvert" "$g" -o "$tmp/x.qpk" --shard-size 1GB
+  expect 2 "go with --to gptq, awq, compressed-tensors or mlx" -- "$bin/qconvert" "$g" -o "$tmp/x.qpk" --shard-size 1GB
   expect 2 "--shard-size takes a whole number of bytes" -- "$bin/qconvert" "$a" --to gptq -o "$tmp/x" --quant int4 --shard-size 4XB
   expect 2 "--gptq-format goes with --to gptq" -- "$bin/qconvert" "$a" --to awq -o "$tmp/x" --quant int4 --gptq-format v2
   expect 2 "it goes with --to gguf" -- "$bin/qconvert" "$g" --to awq -o "$tmp/x" --requantize

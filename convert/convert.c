@@ -33,7 +33,7 @@ typedef struct job {
     const qpk_config *cfg;  /* the model as written: the source's, or padded */
     const qpk_config *scfg; /* the source's: types are planned on its shapes */
     qpk_config padded;
-    int64_t pad_from, pad_to; /* intermediate_size before and after padding (equal: none) */
+    struct pad_size { int64_t from, to; } pad[3]; /* PAD_DENSE, PAD_EXPERT, PAD_SHARED: before and after (equal: none) */
     qpk_source *src;
     qpk_checkpoint *ck;     /* a Hugging Face source's folder, else NULL */
     qpk_sink *sink;
@@ -234,12 +234,28 @@ static qpk_status quantize_tensor(job *j, const qpk_st_tensor *t, uint32_t type,
 
 #define PAD_MAX_MULTIPLE (1 << 20)
 
-/* The axis of role that padding extends: 0 the rows (gate, up), 1 the columns (down); -1 none. */
-static int pad_axis(const job *j, qpk_role r)
+/* The intermediate sizes padding extends, each a config field: the dense MLPs', each expert's, the shared expert's. */
+enum { PAD_DENSE, PAD_EXPERT, PAD_SHARED };
+static const char *const PAD_FIELD[3] = {"intermediate_size", "moe_intermediate_size", "shared_expert_intermediate_size"};
+
+/*
+ * The axis of role that padding extends: 0 the rows (gate, up), 1 the columns (down); -1
+ * none. *ps: the size it pads; *parts: the blocks of rows each padded on its own (a stacked
+ * expert matrix's experts; 1 for the others).
+ */
+static int pad_axis(const job *j, qpk_role r, const struct pad_size **ps, int64_t *parts)
 {
-    if (j->pad_to == j->pad_from)
+    const int k = r == QPK_ROLE_GATE || r == QPK_ROLE_UP || r == QPK_ROLE_DOWN ? PAD_DENSE
+                  : r == QPK_ROLE_SHEXP_GATE || r == QPK_ROLE_SHEXP_UP || r == QPK_ROLE_SHEXP_DOWN ? PAD_SHARED
+                  : qpk_role_is_expert(r) ? PAD_EXPERT : -1;
+    if (k < 0 || j->pad[k].to == j->pad[k].from)
         return -1;
-    return r == QPK_ROLE_GATE || r == QPK_ROLE_UP ? 0 : r == QPK_ROLE_DOWN ? 1 : -1;
+    *ps = &j->pad[k];
+    *parts = k == PAD_EXPERT ? j->scfg->n_experts : 1;
+    return r == QPK_ROLE_GATE || r == QPK_ROLE_UP || r == QPK_ROLE_SHEXP_GATE || r == QPK_ROLE_SHEXP_UP ||
+                   r == QPK_ROLE_EXP_GATE || r == QPK_ROLE_EXP_UP
+               ? 0
+               : 1;
 }
 
 /*
@@ -300,21 +316,23 @@ static qpk_status zero_weights(uint32_t type, uint32_t group, int64_t n, const c
     return s;
 }
 
-/* gate/up's padding: zero rows of cols weights, after the source's rows. */
-static qpk_status write_zero_rows(job *j, uint32_t type, uint32_t group, int64_t cols, const char *name, qpk_err *e)
+/* gate/up's padding: n zero rows of cols weights, after the source's rows (each expert's). */
+static qpk_status write_zero_rows(job *j, uint32_t type, uint32_t group, int64_t cols, int64_t n, const char *name,
+                                  qpk_err *e)
 {
     uint8_t *row;
     size_t bytes;
     QPK_TRY(zero_weights(type, group, cols, name, &row, &bytes, e));
     qpk_status s = QPK_OK;
-    for (int64_t r = j->pad_from; r < j->pad_to && s == QPK_OK; r++)
+    for (int64_t r = 0; r < n && s == QPK_OK; r++)
         s = out_write(j, row, bytes, e);
     free(row);
     return s;
 }
 
-/* down's padding for a tensor stored as floats: each source row, then its zero columns. */
-static qpk_status write_float_rows_padded(job *j, const qpk_st_tensor *t, qpk_type type, const char *name, qpk_err *e)
+/* down's padding for a tensor stored as floats: each source row, then its extra zero columns. */
+static qpk_status write_float_rows_padded(job *j, const qpk_st_tensor *t, qpk_type type, int64_t extra,
+                                          const char *name, qpk_err *e)
 {
     const int64_t rows = t->shape[0], cols = t->shape[1];
     const size_t esize = qpk_type_info_of(type)->elem_bytes;
@@ -322,7 +340,7 @@ static qpk_status write_float_rows_padded(job *j, const qpk_st_tensor *t, qpk_ty
     size_t tail_bytes = 0;
     if (!row)
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
-    qpk_status s = zero_weights(type, 0, j->pad_to - j->pad_from, name, &tail, &tail_bytes, e);
+    qpk_status s = zero_weights(type, 0, extra, name, &tail, &tail_bytes, e);
     for (int64_t r = 0; r < rows && s == QPK_OK; r++) {
         const uint64_t first = (uint64_t)r * (uint64_t)cols;
         qpk_st_to_f32(t, first, (size_t)cols, j->rows_f32); /* exact: every float type widens to f32 */
@@ -347,21 +365,23 @@ static qpk_status write_float_rows_padded(job *j, const qpk_st_tensor *t, qpk_ty
  */
 static qpk_status pad_plan(job *j, qpk_sink_tensor *p, bool permuted, const char *name, qpk_err *e)
 {
-    const int axis = pad_axis(j, p->role);
+    const struct pad_size *ps;
+    int64_t parts;
+    const int axis = pad_axis(j, p->role, &ps, &parts);
     if (axis < 0)
         return QPK_OK;
-    const int64_t extra = j->pad_to - j->pad_from;
-    p->dims[axis] = j->pad_to;
+    const int64_t extra = ps->to - ps->from;
+    p->dims[axis] = axis == 0 ? parts * ps->to : ps->to;
     if (axis == 1 && permuted)
         return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s takes its input permuted (act-order): --pad-intermediate "
                             "does not pad permuted columns; store this model without the permutation", name);
     if (!qpk_type_is_quantized(p->type))
         return QPK_OK;
     if (axis == 1 && extra % p->group_size)
-        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s is %s in groups of %u: padding intermediate_size %lld to %lld "
-                            "adds %lld column(s), not whole groups, so the padded groups would not be exact zeros; "
-                            "choose a multiple that pads by whole groups of %u", name, qpk_type_name(p->type),
-                            p->group_size, (long long)j->pad_from, (long long)j->pad_to, (long long)extra,
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s is %s in groups of %u: padding %s %lld to %lld adds %lld "
+                            "column(s), not whole groups, so the padded groups would not be exact zeros; choose a "
+                            "multiple that pads by whole groups of %u", name, qpk_type_name(p->type), p->group_size,
+                            PAD_FIELD[ps - j->pad], (long long)ps->from, (long long)ps->to, (long long)extra,
                             p->group_size);
     uint8_t *row;
     size_t bytes;
@@ -490,27 +510,41 @@ static qpk_status write_from_folder(job *j, size_t i, const char *name, qpk_err 
     if (!t)
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory gathering the experts of '%s'", name);
     const uint32_t type = p->type, group = p->group_size;
-    const int axis = pad_axis(j, p->role);
+    const struct pad_size *ps = NULL;
+    int64_t parts = 1;
+    const int axis = pad_axis(j, p->role, &ps, &parts);
+    const int64_t extra = axis >= 0 ? ps->to - ps->from : 0;
     bool as_is = qpk_st_keep_type(t->dtype) == type && t->dtype != QPK_ST_F64 && axis != 1;
     uint8_t *tail = NULL;
     size_t tail_bytes = 0;
     qpk_status s = out_begin(j, e);
     if (s == QPK_OK && axis == 1 && qpk_type_is_quantized(type))
-        s = zero_weights(type, group, j->pad_to - j->pad_from, name, &tail, &tail_bytes, e);
-    if (s == QPK_OK)
-        s = qpk_type_is_quantized(type) ? quantize_tensor(j, t, type, group, tail, tail_bytes, e)
-            : axis == 1                 ? write_float_rows_padded(j, t, (qpk_type)type, name, e)
-            : as_is                     ? copy_bytes(j, t, e)
-                                        : convert_values(j, t, (qpk_type)type, e);
+        s = zero_weights(type, group, extra, name, &tail, &tail_bytes, e);
+    /* gate/up padded: each block of rows (each expert's, or the whole matrix), then its zero rows */
+    if (axis != 0)
+        parts = 1;
+    const uint64_t part_rows = (uint64_t)t->shape[0] / (uint64_t)parts, cols = (uint64_t)t->shape[t->ndim - 1];
+    for (int64_t k = 0; k < parts && s == QPK_OK; k++) {
+        qpk_st_tensor part = *t;
+        if (parts > 1) {
+            part.shape[0] = (int64_t)part_rows, part.numel = part_rows * cols;
+            part.nbytes = part.numel * qpk_st_dtype_size(t->dtype);
+            part.data = (const uint8_t *)t->data + (uint64_t)k * part.nbytes;
+        }
+        s = qpk_type_is_quantized(type) ? quantize_tensor(j, &part, type, group, tail, tail_bytes, e)
+            : axis == 1                 ? write_float_rows_padded(j, &part, (qpk_type)type, extra, name, e)
+            : as_is                     ? copy_bytes(j, &part, e)
+                                        : convert_values(j, &part, (qpk_type)type, e);
+        if (s == QPK_OK && axis == 0)
+            s = write_zero_rows(j, type, group, (int64_t)cols, extra, name, e);
+    }
     free(tail);
-    if (s == QPK_OK && axis == 0)
-        s = write_zero_rows(j, type, group, t->shape[1], name, e);
     if (s == QPK_OK)
         s = out_end(j, NULL, e);
-    /* Stored as is: the source's bytes, so the .qpk writer's hash serves both. */
+    /* Stored as is (and not padded): the source's bytes, so the .qpk writer's hash serves both. */
     uint64_t h = qpk_sink_last_xxh3(j->sink);
     if (s == QPK_OK)
-        note_source(j, t, as_is && h ? &h : NULL);
+        note_source(j, t, as_is && axis < 0 && h ? &h : NULL);
     /* The experts gathered for this tensor are not read again: one stacked tensor in memory at a time. */
     qpk_checkpoint_release(j->ck, p->role, p->layer);
     return s;
@@ -529,12 +563,14 @@ static qpk_status copy_matrix(job *j, const qpk_matrix *m, qpk_role role, const 
     const size_t row = qpk_matrix_row_bytes(m);
     const uint64_t total = (uint64_t)row * (uint64_t)m->rows;
     const uint64_t chunk = row >= COPY_ROWS_BYTES ? row : COPY_ROWS_BYTES / row * row;
-    const int axis = pad_axis(j, role);
+    const struct pad_size *ps = NULL;
+    int64_t parts = 1;
+    const int axis = pad_axis(j, role, &ps, &parts);
     QPK_TRY(out_begin(j, e));
     if (axis == 1) {
         uint8_t *tail;
         size_t tail_bytes;
-        QPK_TRY(zero_weights(m->type, m->group_size, j->pad_to - j->pad_from, name, &tail, &tail_bytes, e));
+        QPK_TRY(zero_weights(m->type, m->group_size, ps->to - ps->from, name, &tail, &tail_bytes, e));
         qpk_status s = QPK_OK;
         for (int64_t r = 0; r < m->rows && s == QPK_OK; r++) {
             s = out_write(j, (const uint8_t *)m->data + (size_t)r * row, row, e);
@@ -548,14 +584,20 @@ static qpk_status copy_matrix(job *j, const qpk_matrix *m, qpk_role role, const 
         QPK_TRY(s);
         return out_end(j, m->perm, e);
     }
-    for (uint64_t off = 0; off < total; off += chunk) {
-        size_t n = (size_t)(total - off < chunk ? total - off : chunk);
-        QPK_TRY(out_write(j, (const uint8_t *)m->data + off, n, e));
-        j->done += n;
-        QPK_TRY(poll(j, name, e));
+    /* gate/up padded: each block of rows (each expert's, or the whole matrix), then its zero rows */
+    if (axis != 0)
+        parts = 1;
+    const uint64_t part_bytes = total / (uint64_t)parts;
+    for (int64_t k = 0; k < parts; k++) {
+        for (uint64_t off = 0; off < part_bytes; off += chunk) {
+            size_t n = (size_t)(part_bytes - off < chunk ? part_bytes - off : chunk);
+            QPK_TRY(out_write(j, (const uint8_t *)m->data + (uint64_t)k * part_bytes + off, n, e));
+            j->done += n;
+            QPK_TRY(poll(j, name, e));
+        }
+        if (axis == 0)
+            QPK_TRY(write_zero_rows(j, m->type, m->group_size, m->cols, ps->to - ps->from, name, e));
     }
-    if (axis == 0)
-        QPK_TRY(write_zero_rows(j, m->type, m->group_size, m->cols, name, e));
     return out_end(j, m->perm, e);
 }
 
@@ -1033,23 +1075,32 @@ static cJSON *build_metadata(job *j, cJSON **prov)
  */
 static void note_padding(cJSON *meta, const job *j)
 {
-    if (j->pad_to == j->pad_from)
+    bool any = false;
+    for (int k = 0; k < 3; k++)
+        any |= j->pad[k].to != j->pad[k].from;
+    if (!any)
         return;
     cJSON *prov = cJSON_GetObjectItemCaseSensitive(meta, "provenance");
     if (!cJSON_IsObject(prov)) {
         cJSON_DeleteItemFromObjectCaseSensitive(meta, "provenance");
         prov = cJSON_AddObjectToObject(meta, "provenance");
     }
-    const cJSON *old = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(prov, "padding"), "from");
-    const double from = cJSON_IsNumber(old) ? old->valuedouble : (double)j->pad_from;
-    cJSON_DeleteItemFromObjectCaseSensitive(prov, "padding");
-    cJSON *pad = cJSON_AddObjectToObject(prov, "padding");
-    cJSON_AddStringToObject(pad, "size", "intermediate_size");
-    cJSON_AddNumberToObject(pad, "from", from);
-    cJSON_AddNumberToObject(pad, "to", (double)j->pad_to);
+    cJSON *old = cJSON_DetachItemFromObjectCaseSensitive(prov, "padding");
+    const cJSON *old_sizes = cJSON_GetObjectItemCaseSensitive(old, "sizes");
+    cJSON *pad = cJSON_AddObjectToObject(prov, "padding"), *sizes = cJSON_AddObjectToObject(pad, "sizes");
+    for (int k = 0; k < 3; k++) {
+        if (j->pad[k].to == j->pad[k].from)
+            continue;
+        const cJSON *was = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(old_sizes, PAD_FIELD[k]),
+                                                            "from");
+        cJSON *sz = cJSON_AddObjectToObject(sizes, PAD_FIELD[k]);
+        cJSON_AddNumberToObject(sz, "from", cJSON_IsNumber(was) ? was->valuedouble : (double)j->pad[k].from);
+        cJSON_AddNumberToObject(sz, "to", (double)j->pad[k].to);
+    }
+    cJSON_Delete(old);
     cJSON_AddNumberToObject(pad, "multiple", (double)j->o->pad_intermediate);
-    cJSON_AddStringToObject(pad, "how", "zero rows appended to gate_proj and up_proj, zero columns to down_proj "
-                            "(whole zero groups when quantized): the logits are the unpadded model's");
+    cJSON_AddStringToObject(pad, "how", "zero rows appended to gate_proj and up_proj (each expert's), zero columns to "
+                            "down_proj (whole zero groups when quantized): the logits are the unpadded model's");
 }
 
 /* The recipe says what was requantized for the target, and why. */
@@ -1305,10 +1356,9 @@ static void job_free(job *j)
 }
 
 /*
- * --pad-intermediate: the padded config, or why not. Padding is the dense MLPs' (Qwen's
- * tensor-parallel note pads intermediate_size); MoE models are refused: their experts and
- * shared expert have sizes of their own, which that note does not cover, and a flag that
- * padded only the dense size would silently leave them unpadded. Calibration runs
+ * --pad-intermediate: the padded config, or why not. Every intermediate size is padded (Qwen's
+ * tensor-parallel note pads intermediate_size; a MoE's experts and shared expert have sizes of
+ * their own, which shard the same way, and leaving them unpadded would be a silent half). Calibration runs
  * on the model as it is and an imported folder is copied exactly, so both are padded in a
  * second conversion, of the .qpk they make.
  */
@@ -1322,10 +1372,6 @@ static qpk_status check_padding(job *j, qpk_err *e)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "--pad-intermediate %lld: the multiple must be in 1..%d",
                             (long long)n, PAD_MAX_MULTIPLE);
     const qpk_config *c = j->scfg;
-    if (c->n_experts > 0)
-        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "%s is a mixture of experts (%s): --pad-intermediate pads the dense "
-                            "MLPs' intermediate_size, and the experts' and shared expert's sizes are not padded",
-                            qpk_source_path(j->src), qpk_arch_name(c->arch));
     if (o->method != QPK_METHOD_RTN)
         return qpk_err_setf(e, QPK_E_UNSUPPORTED, "--pad-intermediate with --method %s: calibration runs on the model as "
                             "it is; calibrate to a .qpk without padding, then pad that .qpk (exact zero groups)",
@@ -1337,12 +1383,15 @@ static qpk_status check_padding(job *j, qpk_err *e)
     if (o->requantize)
         return qpk_err_setf(e, QPK_E_UNSUPPORTED, "--pad-intermediate with --requantize: requantize to a .qpk first, "
                             "then pad that .qpk");
-    if (c->intermediate_size <= 0)
-        return qpk_err_setf(e, QPK_E_INVALID_ARG, "%s has no dense intermediate_size to pad", qpk_source_path(j->src));
-    j->pad_from = c->intermediate_size;
-    j->pad_to = (c->intermediate_size + n - 1) / n * n;
+    /* Every intermediate size the model has, each to the multiple: a size left unpadded would split unevenly. */
     j->padded = *c;
-    j->padded.intermediate_size = j->pad_to;
+    int64_t *const field[3] = {&j->padded.intermediate_size, &j->padded.moe_intermediate_size,
+                               &j->padded.shared_expert_intermediate_size};
+    for (int k = 0; k < 3; k++) {
+        const int64_t from = *field[k];
+        j->pad[k] = (struct pad_size){from, from > 0 ? (from + n - 1) / n * n : from};
+        *field[k] = j->pad[k].to;
+    }
     j->cfg = &j->padded;
     return QPK_OK;
 }

@@ -21,8 +21,9 @@ static const int32_t TOKENS[N_TOK] = {9707, 11, 847, 829, 374, 1207, 16948, 13, 
                                       4128, 1614, 14, 3465, 553, 54364, 14817, 13, 151643, 785, 3974, 198};
 static char tmp[4096], fx[4096];
 
-/* Logits of TOKENS by the model at path (prefill, 2 threads), or NULL after a failed check. */
-static float *logits_of(const char *path)
+/* Logits of TOKENS (each mod the vocabulary: the MoE fixtures have 2048) by the model at path (prefill, 2 threads),
+ * or NULL after a failed check; *vocab its vocabulary. */
+static float *logits_of(const char *path, size_t *vocab)
 {
     qpk_source *src;
     qpk_err e = {0};
@@ -31,13 +32,16 @@ static float *logits_of(const char *path)
         return NULL;
     }
     const qpk_model *m = tu_model(src);
-    const size_t V = (size_t)qpk_model_config(m)->vocab_size;
+    const size_t V = *vocab = (size_t)qpk_model_config(m)->vocab_size;
     float *logits = malloc((size_t)N_TOK * V * sizeof *logits);
+    int32_t ids[N_TOK];
+    for (int i = 0; i < N_TOK; i++)
+        ids[i] = TOKENS[i] % (int32_t)V;
     qpk_context *ctx;
     qpk_context_opts co = {.n_ctx = 64, .n_threads = 2};
     qpk_status s = qpk_context_create(&ctx, m, &co, &e);
     if (s == QPK_OK)
-        s = qpk_eval(ctx, TOKENS, N_TOK, logits, N_TOK, &e);
+        s = qpk_eval(ctx, ids, N_TOK, logits, N_TOK, &e);
     CHECKF(s == QPK_OK, "%s: %s", path, e.msg);
     if (s == QPK_OK)
         qpk_context_free(ctx);
@@ -50,9 +54,10 @@ static float *logits_of(const char *path)
 /* Whether the models at a and b give the same logits, bit for bit (the largest difference printed). */
 static void same_logits(const char *a, const char *b, const char *what)
 {
-    float *x = logits_of(a), *y = logits_of(b);
-    if (x && y) {
-        const size_t n = (size_t)N_TOK * 151936;
+    size_t va = 0, vb = 0;
+    float *x = logits_of(a, &va), *y = logits_of(b, &vb);
+    if (x && y && va == vb) {
+        const size_t n = (size_t)N_TOK * va;
         double worst = 0;
         for (size_t i = 0; i < n; i++)
             worst = fmax(worst, fabs((double)x[i] - y[i]));
@@ -148,7 +153,9 @@ static void check_note(const char *path, int64_t to, int64_t n)
     if (!n) {
         CHECKF(!pad, "%s: a padding note though nothing was padded", path);
     } else {
-        const cJSON *from = cJSON_GetObjectItemCaseSensitive(pad, "from"), *t = cJSON_GetObjectItemCaseSensitive(pad, "to");
+        const cJSON *sz = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(pad, "sizes"),
+                                                           "intermediate_size");
+        const cJSON *from = cJSON_GetObjectItemCaseSensitive(sz, "from"), *t = cJSON_GetObjectItemCaseSensitive(sz, "to");
         const cJSON *mult = cJSON_GetObjectItemCaseSensitive(pad, "multiple");
         CHECKF(cJSON_IsNumber(from) && from->valuedouble == 384 && cJSON_IsNumber(t) && t->valuedouble == (double)to &&
                cJSON_IsNumber(mult) && mult->valuedouble == (double)n, "%s: padding note", path);
@@ -248,6 +255,86 @@ static void test_outputs(void)
     rm_rf(c), rm_rf(d);
 }
 
+/*
+ * Mixtures of experts: every intermediate size padded to the multiple (the dense layer's,
+ * each expert's, the shared expert's); the logits the unpadded model's bit for bit (float,
+ * and int4 from the folder and from the unpadded .qpk alike); each expert's new rows of
+ * gate/up and columns of down exact zeros, its real weights as they were.
+ */
+static void test_moe(void)
+{
+    static const struct {
+        const char *fixture;
+        int64_t sizes[3], padded[3]; /* intermediate, each expert's, shared (0: none) at multiple 64 */
+        bool quantized;               /* rows of 48 (Qwen3-MoE's tiny experts) take no group of 32 unpadded */
+    } M[] = {{"qwen-tiny-moe", {128, 32, 96}, {128, 64, 128}, true},
+             {"qwen-tiny-qwen3-moe", {128, 48, 0}, {128, 64, 0}, false}};
+    for (size_t k = 0; k < sizeof M / sizeof *M; k++) {
+        char src[4096], a[4096], b[4096], c[4096], what[96];
+        qpk_err e = {0};
+        snprintf(src, sizeof src, "%s/%s", fixtures_dir(), M[k].fixture);
+        for (int q = 0; q < 1 + M[k].quantized; q++) {
+            const int quant = q ? QPK_TYPE_INT4 : 0;
+            snprintf(what, sizeof what, "%s %s", M[k].fixture, q ? "int4" : "bf16");
+            snprintf(a, sizeof a, "%s/moe-%zu-%d.qpk", tmp, k, q);
+            snprintf(b, sizeof b, "%s/moe-%zu-%d-64.qpk", tmp, k, q);
+            snprintf(c, sizeof c, "%s/moe-%zu-%d-64-from-qpk.qpk", tmp, k, q);
+            CHECKF(convert(src, a, QPK_OUT_QPK, quant, 0, 0, &e) == QPK_OK, "%s: %s", what, e.msg);
+            CHECKF(convert(src, b, QPK_OUT_QPK, quant, 0, 64, &e) == QPK_OK, "%s: %s", what, e.msg);
+            CHECKF(convert(a, c, QPK_OUT_QPK, 0, 0, 64, &e) == QPK_OK, "%s: %s", what, e.msg);
+            same_logits(a, b, what);
+            same_logits(a, c, what);
+            qpk_source *pa, *pb;
+            if (qpk_source_open(&pa, a, NULL, &e) != QPK_OK || qpk_source_open(&pb, b, NULL, &e) != QPK_OK) {
+                CHECKF(false, "%s: %s", what, e.msg);
+                continue;
+            }
+            const qpk_config *ca = qpk_source_config(pa), *cb = qpk_source_config(pb);
+            CHECKF(cb->intermediate_size == M[k].padded[0] && cb->moe_intermediate_size == M[k].padded[1] &&
+                       cb->shared_expert_intermediate_size == M[k].padded[2] && ca->moe_intermediate_size == M[k].sizes[1],
+                   "%s: padded sizes %lld %lld %lld", what, (long long)cb->intermediate_size,
+                   (long long)cb->moe_intermediate_size, (long long)cb->shared_expert_intermediate_size);
+            const int64_t R = ca->moe_intermediate_size, P = cb->moe_intermediate_size, E = ca->n_experts;
+            int64_t nonzero = 0, differ = 0, padded = 0;
+            float x[256], y[256];
+            for (int l = 0; l < ca->n_layers; l++) {
+                if (!qpk_layer_is_sparse(ca, l))
+                    continue;
+                const qpk_role roles[3] = {QPK_ROLE_EXP_GATE, QPK_ROLE_EXP_UP, QPK_ROLE_EXP_DOWN};
+                for (int r = 0; r < 3; r++) {
+                    qpk_matrix m, u;
+                    if (qpk_source_matrix(pb, roles[r], l, &m, &e) != QPK_OK ||
+                        qpk_source_matrix(pa, roles[r], l, &u, &e) != QPK_OK) {
+                        CHECKF(false, "%s: %s", what, e.msg);
+                        continue;
+                    }
+                    const bool down = roles[r] == QPK_ROLE_EXP_DOWN;
+                    CHECKF(down ? m.rows == E * ca->hidden_size && m.cols == P : m.rows == E * P,
+                           "%s layer %d: %lld x %lld", what, l, (long long)m.rows, (long long)m.cols);
+                    for (int64_t i = 0; i < m.rows; i++) { /* expert i / P's row i % P (gate, up) */
+                        const bool pad_row = !down && i % P >= R;
+                        row_f32(&m, i, x);
+                        if (!pad_row)
+                            row_f32(&u, down ? i : i / P * R + i % P, y);
+                        for (int64_t col = 0; col < m.cols; col++) {
+                            const bool pad = pad_row || (down && col >= R);
+                            padded += pad;
+                            nonzero += pad && x[col] != 0.0f;
+                            differ += !pad && memcmp(&x[col], &y[col], sizeof *x) != 0;
+                        }
+                    }
+                }
+            }
+            printf("%-34s %lld padded expert weights: %lld nonzero; real weights differing: %lld\n", what,
+                   (long long)padded, (long long)nonzero, (long long)differ);
+            CHECKF(padded > 0 && nonzero == 0 && differ == 0, "%s: %lld padded, %lld nonzero, %lld real ones changed",
+                   what, (long long)padded, (long long)nonzero, (long long)differ);
+            qpk_source_close(pa), qpk_source_close(pb);
+            unlink(a), unlink(b), unlink(c);
+        }
+    }
+}
+
 static void test_refused(void)
 {
     char out[4096], moe[4096];
@@ -257,9 +344,10 @@ static void test_refused(void)
     CHECK_ERR(s, QPK_E_INVALID_ARG, e, "--pad-intermediate -1: the multiple must be in 1..1048576");
     s = convert(fx, out, QPK_OUT_QPK, 0, 0, 1 << 21, &e);
     CHECK_ERR(s, QPK_E_INVALID_ARG, e, "the multiple must be in 1..");
+    /* The MoE fixture's experts quantized in groups of 32: padding its experts' 32 columns to 48 is not whole groups. */
     snprintf(moe, sizeof moe, "%s/qwen-tiny-moe", fixtures_dir());
-    s = convert(moe, out, QPK_OUT_QPK, 0, 0, 256, &e);
-    CHECK_ERR(s, QPK_E_UNSUPPORTED, e, "is a mixture of experts (qwen2_moe)");
+    s = convert(moe, out, QPK_OUT_QPK, QPK_TYPE_INT4, 0, 48, &e);
+    CHECK_ERR(s, QPK_E_UNSUPPORTED, e, "padding moe_intermediate_size 32 to 48 adds 16 column(s), not whole groups");
     qpk_convert_opts o = {.dtype = -1, .quant = QPK_TYPE_INT4, .group = 32, .method = QPK_METHOD_GPTQ,
                           .calib = {.tokens = TOKENS, .n_tokens = N_TOK}, .pad_intermediate = 256};
     s = qpk_convert_path(fx, out, &o, NULL, &e);
@@ -290,6 +378,7 @@ int main(void)
     test_quant(QPK_TYPE_INT4S, 0, "int4s");
     test_quant(0, QPK_PRESET_Q4_K_M, "q4_k_m");
     test_outputs();
+    test_moe();
     test_refused();
     rm_rf(tmp);
     printf("%d passed, %d failed\n", th_passed, th_failed);

@@ -86,8 +86,9 @@ int main(int argc, char **argv)
     } shapes[] = {{"gate/up 2816x1024", 2816, 1024}, {"down 1024x2816", 1024, 2816}, {"head 151936x1024", 151936, 1024}};
     const struct {
         uint32_t type, group;
-    } types[] = {{QPK_TYPE_F32, 0},   {QPK_TYPE_BF16, 0},  {QPK_TYPE_F16, 0},    {QPK_TYPE_INT8, 32},
-                 {QPK_TYPE_INT4S, 32}, {QPK_TYPE_INT4, 32}, {QPK_TYPE_INT4, 128}};
+    } types[] = {{QPK_TYPE_F32, 0},    {QPK_TYPE_BF16, 0},  {QPK_TYPE_F16, 0},    {QPK_TYPE_INT8, 32},
+                 {QPK_TYPE_INT4S, 32}, {QPK_TYPE_INT4, 32}, {QPK_TYPE_INT4, 128}, {QPK_TYPE_MLX4, 64},
+                 {QPK_TYPE_MLX8, 64}};
     printf("%-18s %-9s %14s %8s %14s %8s\n", "matrix", "type", "gemm T=512", "of peak", "gemv GB/s", "of bw");
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
         for (size_t t = 0; t < sizeof types / sizeof *types; t++) {

@@ -54,12 +54,23 @@ static inline float load1(uint32_t type, const uint8_t *row, int64_t k)
 
 /* ------------------------------------------------------ group-quantized codes */
 
-/* The f16 scale at the head of a block, broadcast. */
-static inline __m256 block_scale(const uint8_t *b)
+/* The 16-bit float at p: bf16 or f16. */
+static inline float half_at(const uint8_t *p, bool bf16)
 {
     uint16_t h;
-    memcpy(&h, b, 2);
-    return _mm256_set1_ps(_cvtsh_ss(h));
+    memcpy(&h, p, 2);
+    if (!bf16)
+        return _cvtsh_ss(h);
+    const uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* The scale at the head of a block (f16 d, or an affine type's s), broadcast. */
+static inline __m256 block_scale(uint32_t type, const uint8_t *b)
+{
+    return _mm256_set1_ps(half_at(b, QPK_TYPE_TABLE[type].scale_bf16));
 }
 
 /* 32 weights in order, as four vectors (named: arrays of vectors would live on the stack). */
@@ -73,7 +84,8 @@ typedef struct w32 {
 
 /*
  * The 32 weights whose codes start at p: d * (q - z) computed exactly (the products
- * have at most 18 significant bits), as the reference does.
+ * have at most 18 significant bits), or an affine type's s q + b by one fused
+ * multiply-add, as the reference does.
  */
 static inline __attribute__((always_inline)) w32 dequant32(uint32_t type, const uint8_t *p, __m256 d, __m256 zero)
 {
@@ -84,19 +96,21 @@ static inline __attribute__((always_inline)) w32 dequant32(uint32_t type, const 
 #undef Q8
         return w;
     }
-    if (QPK_TYPE_TABLE[type].bits == 8) { /* unsigned codes and a zero point */
-#define U8(off)                                                                                                   \
-    _mm256_mul_ps(d, _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p + off)))), \
-                                   zero))
+    /* unsigned codes: d (q - z), or an affine type's s q + b, one rounding (zero is then b) */
+    const bool affine = QPK_QUANT_TRAITS[type].grid.rule == QPK_RULE_AFFINE;
+#define W(q) (affine ? _mm256_fmadd_ps(d, (q), zero) : _mm256_mul_ps(d, _mm256_sub_ps((q), zero)))
+    if (QPK_TYPE_TABLE[type].bits == 8) {
+#define U8(off) W(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p + off)))))
         w.a = U8(0), w.b = U8(8), w.c = U8(16), w.d = U8(24);
 #undef U8
         return w;
     }
     const __m128i m = _mm_set1_epi8(15), raw = _mm_loadu_si128((const __m128i *)p);
     const __m128i lo = _mm_and_si128(raw, m), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m); /* codes 0..15, 16..31 */
-#define Q4(v) _mm256_mul_ps(d, _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)), zero))
+#define Q4(v) W(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)))
     w.a = Q4(lo), w.b = Q4(_mm_srli_si128(lo, 8)), w.c = Q4(hi), w.d = Q4(_mm_srli_si128(hi, 8));
 #undef Q4
+#undef W
     return w;
 }
 
@@ -104,6 +118,8 @@ static inline __attribute__((always_inline)) w32 dequant32(uint32_t type, const 
 static inline float block_zero_f(uint32_t type, const uint8_t *b)
 {
     const qpk_grid *g = &QPK_QUANT_TRAITS[type].grid;
+    if (g->rule == QPK_RULE_AFFINE) /* its bias b: the weight of code 0 */
+        return half_at(b + offsetof(qpk_head_affine, b), QPK_TYPE_TABLE[type].scale_bf16);
     return g->rule == QPK_RULE_ZERO_POINT ? (float)qpk_grid_zero(g, b) : (float)g->bias;
 }
 
@@ -114,7 +130,7 @@ static inline __attribute__((always_inline)) void dequant_row_t(uint32_t type, u
 {
     const size_t bb = qpk_type_block_bytes(type, group);
     for (int64_t g = 0; g < n; g += group, row += bb) {
-        const __m256 d = block_scale(row), z = block_zero(type, row);
+        const __m256 d = block_scale(type, row), z = block_zero(type, row);
         const uint8_t *codes = row + CODES_AT(type);
         for (int64_t k = g; k < g + group; k += 32, codes += CHUNK_BYTES(type)) {
             w32 w = dequant32(type, codes, d, z);
@@ -200,7 +216,7 @@ static inline __attribute__((always_inline)) float gemv_qrow(uint32_t type, uint
     const size_t bb = qpk_type_block_bytes(type, group);
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     for (int64_t g = 0; g < K; g += group, row += bb) {
-        const __m256 d = block_scale(row), z = block_zero(type, row);
+        const __m256 d = block_scale(type, row), z = block_zero(type, row);
         const uint8_t *codes = row + CODES_AT(type);
         for (int64_t k = g; k < g + group; k += 32, codes += CHUNK_BYTES(type)) {
             w32 w = dequant32(type, codes, d, z);
@@ -245,6 +261,10 @@ BLOCK_ROWS(INT8)
 BLOCK_ROWS(INT4)
 BLOCK_ROWS(INT4S)
 BLOCK_ROWS(INT8Z)
+BLOCK_ROWS(MLX4)
+BLOCK_ROWS(MLX8)
+BLOCK_ROWS(MLX4_F16)
+BLOCK_ROWS(MLX8_F16)
 
 /*
  * ggml's block types. Q4_K and Q6_K (the K-quant mixes' bulk) are decoded eight weights per
@@ -391,6 +411,8 @@ static const qpk_type_kernels AVX2_TYPES[QPK_TYPE_COUNT_] = {
     [QPK_TYPE_Q4_1] = GGML_ROWS, [QPK_TYPE_Q5_0] = GGML_ROWS, [QPK_TYPE_Q5_1] = GGML_ROWS,
     [QPK_TYPE_Q2_K] = GGML_ROWS, [QPK_TYPE_Q3_K] = GGML_ROWS, [QPK_TYPE_Q4_K] = {ggml_row_to_f32, dot_q4_k},
     [QPK_TYPE_Q5_K] = GGML_ROWS, [QPK_TYPE_Q6_K] = {ggml_row_to_f32, dot_q6_k},
+    [QPK_TYPE_MLX4] = {to_f32_MLX4, dot_MLX4}, [QPK_TYPE_MLX8] = {to_f32_MLX8, dot_MLX8},
+    [QPK_TYPE_MLX4_F16] = {to_f32_MLX4_F16, dot_MLX4_F16}, [QPK_TYPE_MLX8_F16] = {to_f32_MLX8_F16, dot_MLX8_F16},
 };
 
 /* Row kernels for w's type from table t, the scalar reference's where t has none. */
@@ -801,7 +823,7 @@ const qpk_kernels qpk_kernels_avx2_table = {"avx2", row_to_f32, gemv, gemm, dot,
 /* ------------------------------------------------------ AVX-512: 4-bit codes */
 
 /*
- * With AVX-512, the 16 weights a 4-bit block can hold, d * (q - z) for q = 0..15, are
+ * With AVX-512, the 16 weights a 4-bit block can hold, d * (q - z) (or s q + b) for q = 0..15, are
  * formed once per block (exactly, as above) and each code becomes its weight with one
  * permute: about 2 instructions per 16 weights instead of 8 (prefill, which dequantizes
  * rows for the gemm tiles, gains about 25%). Each 512-bit accumulator carries two of the
@@ -812,11 +834,11 @@ const qpk_kernels qpk_kernels_avx2_table = {"avx2", row_to_f32, gemv, gemm, dot,
 
 AVX512 static inline __m512 q4_weights(uint32_t type, const uint8_t *block)
 {
-    uint16_t h;
-    memcpy(&h, block, 2);
     const __m512 q = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512 d = _mm512_set1_ps(half_at(block, QPK_TYPE_TABLE[type].scale_bf16));
     const __m512 z = _mm512_set1_ps(block_zero_f(type, block));
-    return _mm512_mul_ps(_mm512_set1_ps(_cvtsh_ss(h)), _mm512_sub_ps(q, z));
+    return QPK_QUANT_TRAITS[type].grid.rule == QPK_RULE_AFFINE ? _mm512_fmadd_ps(d, q, z) /* s q + b */
+                                                               : _mm512_mul_ps(d, _mm512_sub_ps(q, z));
 }
 
 /*
@@ -881,6 +903,8 @@ AVX512 static void q4_row_to_f32(uint32_t type, uint32_t group, const uint8_t *r
     }
 Q4_ROWS(INT4)
 Q4_ROWS(INT4S)
+Q4_ROWS(MLX4)
+Q4_ROWS(MLX4_F16)
 
 /* AVX2's rows, with AVX-512's for the 4-bit types. */
 static const qpk_type_kernels AVX512_TYPES[QPK_TYPE_COUNT_] = {
@@ -891,6 +915,8 @@ static const qpk_type_kernels AVX512_TYPES[QPK_TYPE_COUNT_] = {
     [QPK_TYPE_Q4_1] = GGML_ROWS, [QPK_TYPE_Q5_0] = GGML_ROWS, [QPK_TYPE_Q5_1] = GGML_ROWS,
     [QPK_TYPE_Q2_K] = GGML_ROWS, [QPK_TYPE_Q3_K] = GGML_ROWS, [QPK_TYPE_Q4_K] = {ggml_row_to_f32, dot_q4_k},
     [QPK_TYPE_Q5_K] = GGML_ROWS, [QPK_TYPE_Q6_K] = {ggml_row_to_f32, dot_q6_k},
+    [QPK_TYPE_MLX4] = {to_f32_512_MLX4, dot_512_MLX4}, [QPK_TYPE_MLX8] = {to_f32_MLX8, dot_MLX8},
+    [QPK_TYPE_MLX4_F16] = {to_f32_512_MLX4_F16, dot_512_MLX4_F16}, [QPK_TYPE_MLX8_F16] = {to_f32_MLX8_F16, dot_MLX8_F16},
 };
 
 static void row_to_f32_512(const qpk_matrix *w, int64_t r, float *dst) { rows_of(AVX512_TYPES, w).to_f32(w, r, dst); }

@@ -1,6 +1,6 @@
 #!/bin/bash
 # A real llama.cpp reads what qpk writes, and qpk reads what llama.cpp writes: the GGUF made from each of Qwen's quantized
-# checkpoint layouts (the fixtures' GPTQ int4 / int4 act-order / int8 and AWQ folders)
+# checkpoint layouts (the fixtures' GPTQ int4 / int4 act-order / int8, AWQ and MLX folders)
 # is run by node-llama-cpp's prebuilt llama.cpp (CPU), and its logits are compared by
 # qverify with qpk's own run of the exact model the GGUF holds:
 #   perplexity within 1% (the issue's bound), KLD mean <= 1e-3, top-1 >= 95%.
@@ -34,7 +34,7 @@ tmp=$(mktemp -d /tmp/qpk-llamacpp-XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 tokens=$fx/tokens/eval_public.i32
 pass=0 fail=0
-for m in gptq-int4 gptq-int4-actorder gptq-int8 awq; do
+for m in gptq-int4 gptq-int4-actorder gptq-int8 awq mlx-4bit; do
   src=$fx/qwen-tiny-a-$m exact=$src
   if [ $m = gptq-int4-actorder ]; then # no GGUF type holds act-order groups: requantized, on request
     "$bin/qconvert" "$src" --requantize --to qpk -o "$tmp/$m.qpk" -q 2>/dev/null || { echo "FAIL: $m: requantize"; fail=$((fail + 1)); continue; }

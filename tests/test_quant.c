@@ -331,6 +331,8 @@ static void test_kernels_of(const qpk_kernels *best, const qpk_kernels *prev)
         {QPK_TYPE_INT8Z, 32, 40, 2176},
         {QPK_TYPE_Q4_K, 256, 9, 512},  {QPK_TYPE_Q6_K, 256, 7, 768}, {QPK_TYPE_Q5_K, 256, 5, 256},
         {QPK_TYPE_Q4_1, 32, 6, 96},    {QPK_TYPE_Q5_0, 32, 5, 64},   {QPK_TYPE_Q5_1, 32, 35, 128},
+        {QPK_TYPE_MLX4, 64, 13, 192},  {QPK_TYPE_MLX8, 32, 9, 96},   {QPK_TYPE_MLX4_F16, 128, 35, 256},
+        {QPK_TYPE_MLX8_F16, 64, 7, 2176},
     };
     for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
         int64_t R = cases[c].rows, K = cases[c].cols, T = 1 + (int64_t)c % 11;

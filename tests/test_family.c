@@ -548,6 +548,30 @@ static void check_certificate(const char *fx)
         }
         qpk_convert_result_free(&r);
     }
+    /* Across formats in a chain, GPTQ -> compressed-tensors -> MLX -> GGUF: every hop exact, and the last file's
+     * weights the first folder's, bit for bit. */
+    static const qpk_output CHAIN[] = {QPK_OUT_CT, QPK_OUT_MLX, QPK_OUT_GGUF};
+    char prev[4096];
+    snprintf(prev, sizeof prev, "%s/qwen-tiny-a-gptq-int4", fx);
+    snprintf(src, sizeof src, "%s", prev);
+    for (size_t i = 0; i < sizeof CHAIN / sizeof *CHAIN; i++) {
+        snprintf(q, sizeof q, "%s/chain%zu.%s", tmpdir, i, qpk_output_name(CHAIN[i]));
+        qpk_convert_opts o = {.dtype = -1, .to = CHAIN[i]};
+        qpk_convert_result r = {0};
+        CHECKF(qpk_convert_path(prev, q, &o, &r, &e) == QPK_OK && r.n_exact == 29 && r.n_changed == 0,
+               "chain to %s: %s (%lld exact)", qpk_output_name(CHAIN[i]), e.msg, (long long)r.n_exact);
+        qpk_convert_result_free(&r);
+        snprintf(prev, sizeof prev, "%s", q);
+    }
+    qpk_source *a, *b;
+    if (tu_open(&a, src, false, &e) == QPK_OK && tu_open(&b, prev, false, &e) == QPK_OK) {
+        const double d = max_weight_diff(a, b);
+        printf("certificate chain gptq -> compressed-tensors -> mlx -> gguf: read back max |dw| %g\n", d);
+        CHECKF(d == 0, "the chain's weights differ from the GPTQ folder's by %g", d);
+        tu_close(a), tu_close(b);
+    } else {
+        CHECKF(false, "%s", e.msg);
+    }
 }
 
 int main(void)

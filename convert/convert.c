@@ -25,8 +25,11 @@
 #define CHUNK_ELEMS (1u << 18)       /* f32 staging for conversions: 1 MiB */
 #define COPY_CHUNK (64ull << 20)     /* bytes per write when copying as is */
 
-/* Files of the model folder carried into the .qpk, when present. */
-static const char *const EMBEDDED_FILES[] = {"tokenizer.json", "tokenizer_config.json", "generation_config.json"};
+/* Files of the model folder carried into the .qpk, when present (transformers >= 4.43 saves the chat template as
+ * chat_template.jinja instead of in tokenizer_config.json). */
+static const char *const EMBEDDED_FILES[] = {"tokenizer.json", "tokenizer_config.json", "generation_config.json",
+                                             "chat_template.jinja"};
+#define N_EMBEDDED (sizeof EMBEDDED_FILES / sizeof *EMBEDDED_FILES)
 
 typedef struct job {
     const qpk_convert_opts *o;
@@ -42,7 +45,7 @@ typedef struct job {
     int n_requantized;
     uint64_t *calib_work;   /* per layer: the share of the work its calibration counts for */
     void **kept;            /* keep_requantized: the requantized tensors' bytes, by index */
-    qpk_sink_file files[3]; /* the model's files (EMBEDDED_FILES present), owned */
+    qpk_sink_file files[N_EMBEDDED]; /* the model's files (EMBEDDED_FILES present), owned */
     size_t n_files;
     uint64_t written;
     qpk_pool *pool;
@@ -762,6 +765,10 @@ static void folder_name(const char *dir, char *buf, size_t cap)
  */
 static qpk_status check_embedded(const job *j, const char *name, const char *data, size_t len, qpk_err *e)
 {
+    if (!strcmp(name, "chat_template.jinja")) /* a template: text, carried as it is into every output */
+        return qpk_utf8_valid_prefix(data, len) == len && !memchr(data, 0, len)
+                   ? QPK_OK
+                   : qpk_err_setf(e, QPK_E_CORRUPT, "chat_template.jinja is not UTF-8 text");
     QPK_TRY(qpk_json_check(name, data, len, e));
     if (strcmp(name, "tokenizer.json") != 0)
         return QPK_OK;
@@ -790,7 +797,7 @@ static qpk_status gather_files(job *j, qpk_err *e)
         size_t len;
         QPK_TRY(qpk_source_file(j->src, EMBEDDED_FILES[i], &data, &len, e));
         if (!data) {
-            if (j->ck && j->o->cb.log) {
+            if (j->ck && j->o->cb.log && strcmp(EMBEDDED_FILES[i], "chat_template.jinja")) { /* optional, usually absent */
                 char msg[128];
                 snprintf(msg, sizeof msg, "no %s in the model folder: not embedded", EMBEDDED_FILES[i]);
                 j->o->cb.log(j->o->cb.ud, QPK_LOG_INFO, msg);

@@ -174,10 +174,53 @@ static qpk_status write_special_ids(qpk_gguf_writer *w, const qpk_config *c, con
         QPK_TRY(qpk_gguf_kv_u32(w, "tokenizer.ggml.padding_token_id", (uint32_t)pad, e));
     const cJSON *add_bos = cJSON_GetObjectItemCaseSensitive(cfg, "add_bos_token");
     QPK_TRY(qpk_gguf_kv_bool(w, "tokenizer.ggml.add_bos_token", cJSON_IsTrue(add_bos), e));
-    const char *tmpl = cfg_string(cfg, "chat_template");
-    if (tmpl)
-        QPK_TRY(qpk_gguf_kv_string(w, "tokenizer.chat_template", tmpl, strlen(tmpl), e));
     return QPK_OK;
+}
+
+static const char *name_at(void *ud, uint64_t i, size_t *len)
+{
+    const char *s = ((const char *const *)ud)[i];
+    *len = strlen(s);
+    return s;
+}
+
+/*
+ * The chat template, where llama.cpp's converter puts it: chat_template.jinja's text (what
+ * transformers loads first), else tokenizer_config.json's chat_template: a string, or a list
+ * of named templates ("default" as tokenizer.chat_template, each other as
+ * tokenizer.chat_template.NAME, their names in tokenizer.chat_templates).
+ */
+static qpk_status write_chat_template(qpk_gguf_writer *w, const qpk_gguf_meta *m, const cJSON *cfg, qpk_err *e)
+{
+    if (m->chat_template)
+        return qpk_gguf_kv_string(w, "tokenizer.chat_template", m->chat_template, m->tmpl_len, e);
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(cfg, "chat_template"), *it;
+    if (cJSON_IsString(t))
+        return qpk_gguf_kv_string(w, "tokenizer.chat_template", t->valuestring, strlen(t->valuestring), e);
+    if (!cJSON_IsArray(t))
+        return QPK_OK;
+    const char *names[64];
+    uint64_t n = 0;
+    cJSON_ArrayForEach(it, t)
+    {
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(it, "name"), *text = cJSON_GetObjectItemCaseSensitive(it, "template");
+        if (!cJSON_IsString(name) || !cJSON_IsString(text) || !name->valuestring[0] ||
+            strlen(name->valuestring) > 64 || strspn(name->valuestring, "abcdefghijklmnopqrstuvwxyz"
+                                                                     "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") !=
+                                                  strlen(name->valuestring))
+            return qpk_err_setf(e, QPK_E_CORRUPT, "tokenizer_config.json: a named chat template needs a name (letters, "
+                                "digits, '_', '-') and a template string");
+        char key[96];
+        const bool dflt = !strcmp(name->valuestring, "default");
+        snprintf(key, sizeof key, dflt ? "tokenizer.chat_template" : "tokenizer.chat_template.%s", name->valuestring);
+        QPK_TRY(qpk_gguf_kv_string(w, key, text->valuestring, strlen(text->valuestring), e));
+        if (!dflt && n == sizeof names / sizeof *names)
+            return qpk_err_setf(e, QPK_E_LIMIT, "tokenizer_config.json: more than %zu named chat templates",
+                                sizeof names / sizeof *names);
+        if (!dflt)
+            names[n++] = name->valuestring;
+    }
+    return n ? qpk_gguf_kv_string_array(w, "tokenizer.chat_templates", n, name_at, (void *)names, e) : QPK_OK;
 }
 
 /* The tokenizer: every row of the vocabulary (padded rows included), types, merges, special ids. */
@@ -314,6 +357,8 @@ static qpk_status write_meta(qpk_gguf_export *x, const qpk_config *c, const qpk_
         s = write_keys(x->w, c, m, file_type, e);
     if (s == QPK_OK)
         s = write_tokenizer(x->w, c, tok, cfg, types, &v, e);
+    if (s == QPK_OK)
+        s = write_chat_template(x->w, m, cfg, e);
     if (s == QPK_OK && m->recipe)
         s = qpk_gguf_kv_string(x->w, "qpk.quantization", m->recipe, strlen(m->recipe), e);
     if (s == QPK_OK)

@@ -787,6 +787,47 @@ qpk_status qpk_gguf_tokenizer_json(const qpk_gguf *g, char **json, size_t *len, 
     return s;
 }
 
+/*
+ * Named chat templates (tokenizer.chat_templates lists them, tokenizer.chat_template.NAME holds
+ * each): tokenizer_config.json's list form, the default first, as transformers writes it.
+ */
+static void add_named_templates(const qpk_gguf *g, cJSON *o)
+{
+    qpk_gguf_value names, v;
+    if (!qpk_gguf_find(g, "tokenizer.chat_templates", &names) || names.type != QPK_GGUF_ARRAY ||
+        names.elem_type != QPK_GGUF_STRING || names.len == 0 || names.len > 64)
+        return;
+    cJSON *list = cJSON_CreateArray();
+    const cJSON *dflt = cJSON_GetObjectItemCaseSensitive(o, "chat_template");
+    if (cJSON_IsString(dflt)) {
+        cJSON *d = cJSON_CreateObject();
+        cJSON_AddStringToObject(d, "name", "default");
+        cJSON_AddStringToObject(d, "template", dflt->valuestring);
+        cJSON_AddItemToArray(list, d);
+    }
+    for (uint64_t i = 0; i < names.len; i++) {
+        uint64_t n;
+        const char *s = qpk_gguf_array_string(g, &names, i, &n);
+        char key[96];
+        if (!s || n == 0 || n > 64 || memchr(s, 0, (size_t)n))
+            continue;
+        snprintf(key, sizeof key, "tokenizer.chat_template.%.*s", (int)n, s);
+        if (!qpk_gguf_find(g, key, &v) || v.type != QPK_GGUF_STRING)
+            continue;
+        char *name = strndup(s, (size_t)n), *text = strndup(v.str, (size_t)v.len);
+        char *safe_name = name ? qpk_utf8_dup(name) : NULL, *safe = text ? qpk_utf8_dup(text) : NULL;
+        if (safe_name && safe) {
+            cJSON *t = cJSON_CreateObject();
+            cJSON_AddStringToObject(t, "name", safe_name);
+            cJSON_AddStringToObject(t, "template", safe);
+            cJSON_AddItemToArray(list, t);
+        }
+        free(name), free(text), free(safe_name), free(safe);
+    }
+    cJSON_DeleteItemFromObjectCaseSensitive(o, "chat_template");
+    cJSON_AddItemToObject(o, "chat_template", list);
+}
+
 /* tokenizer_config.json as far as a GGUF says it: special tokens and the chat template. */
 char *qpk_gguf_tokenizer_config(const qpk_gguf *g)
 {
@@ -813,6 +854,7 @@ char *qpk_gguf_tokenizer_config(const qpk_gguf *g)
             cJSON_AddStringToObject(o, "chat_template", safe);
         free(z), free(safe);
     }
+    add_named_templates(g, o);
     char *text = cJSON_Print(o);
     cJSON_Delete(o);
     return text;

@@ -984,14 +984,15 @@ static qpk_status write_configs(hf_export *x, const char *dir, qpk_err *e)
 /* The tokenizer and generation files the model carries, byte for byte. */
 static qpk_status copy_files(hf_export *x, const char *dir, qpk_err *e)
 {
-    static const char *const FILES[] = {"tokenizer.json", "tokenizer_config.json", "generation_config.json"};
+    static const char *const FILES[] = {"tokenizer.json", "tokenizer_config.json", "generation_config.json",
+                                        "chat_template.jinja"};
     for (size_t i = 0; i < sizeof FILES / sizeof *FILES; i++) {
         const qpk_sink_file *f = NULL;
         for (size_t k = 0; k < x->n_files && !f; k++)
             f = !strcmp(x->files[k].name, FILES[i]) ? &x->files[k] : NULL;
         if (f) {
             QPK_TRY(qpk_write_text_file(dir, FILES[i], f->data, f->len, e));
-        } else if (x->o.cb.log) {
+        } else if (x->o.cb.log && strcmp(FILES[i], "chat_template.jinja")) { /* optional, usually absent */
             char msg[160];
             snprintf(msg, sizeof msg, "the model has no %s: the folder has none", FILES[i]);
             x->o.cb.log(x->o.cb.ud, !strcmp(FILES[i], "tokenizer.json") ? QPK_LOG_WARN : QPK_LOG_INFO, msg);

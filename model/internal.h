@@ -20,6 +20,8 @@ typedef struct qpk_gguf_meta {
     const char *tok_cfg;            /* tokenizer_config.json (may be NULL) */
     size_t cfg_len;
     const char *recipe;             /* the qpk recipe, JSON (may be NULL) */
+    const char *chat_template;      /* chat_template.jinja (may be NULL): before tokenizer_config.json's, as transformers */
+    size_t tmpl_len;
 } qpk_gguf_meta;
 
 /* How tensor (role, layer) comes to the exporter: its qpk type, group and dims (outermost first). */

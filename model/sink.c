@@ -93,11 +93,12 @@ static const qpk_sink_file *find_file(const qpk_sink_model *m, const char *name)
 static qpk_status gguf_declare(qpk_sink *s, const qpk_sink_model *m, qpk_err *e)
 {
     const qpk_sink_file *tok = find_file(m, "tokenizer.json"), *cfg = find_file(m, "tokenizer_config.json");
+    const qpk_sink_file *tmpl = find_file(m, "chat_template.jinja");
     if (!tok)
         return qpk_err_setf(e, QPK_E_MISMATCH, "GGUF carries the model's tokenizer, and the model has no tokenizer.json");
     gguf_cursor c = {s, 0};
     qpk_gguf_meta gm = {m->name ? m->name : "", tok->data, tok->len, cfg ? cfg->data : NULL, cfg ? cfg->len : 0,
-                        m->recipe};
+                        m->recipe, tmpl ? tmpl->data : NULL, tmpl ? tmpl->len : 0};
     return qpk_gguf_export_plan(s->gguf, m->cfg, declared_tensor, &c, &gm, e);
 }
 

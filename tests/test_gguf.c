@@ -2061,6 +2061,131 @@ static void test_family(const char *fix)
     test_moe_preset();
 }
 
+/* dir/name in buf. */
+static const char *path_in(char *dst, const char *dir, const char *name)
+{
+    snprintf(dst, 4096, "%s/%s", dir, name);
+    return dst;
+}
+
+/* Writes text as dir/name. */
+static void put_text(const char *dir, const char *name, const char *text)
+{
+    char p[4096];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    FILE *f = fopen(p, "wb");
+    CHECKF(f && fwrite(text, 1, strlen(text), f) == strlen(text), "%s", p);
+    if (f)
+        fclose(f);
+}
+
+/* dir's tokenizer_config.json with its chat_template replaced by the JSON value tmpl (NULL: removed). */
+static void set_template(const char *dir, const char *tmpl)
+{
+    char p[4096];
+    size_t n;
+    snprintf(p, sizeof p, "%s/tokenizer_config.json", dir);
+    char *text = slurp(p, &n);
+    cJSON *cfg = text ? cJSON_ParseWithLength(text, n) : NULL;
+    cJSON_DeleteItemFromObjectCaseSensitive(cfg, "chat_template");
+    if (tmpl)
+        cJSON_AddItemToObject(cfg, "chat_template", cJSON_Parse(tmpl));
+    char *out = cJSON_Print(cfg);
+    CHECK(out != NULL);
+    if (out)
+        put_text(dir, "tokenizer_config.json", out);
+    free(out), free(text);
+    cJSON_Delete(cfg);
+}
+
+/*
+ * The chat template into GGUF as llama.cpp's converter writes it: named templates (the default
+ * as tokenizer.chat_template, the others as tokenizer.chat_template.NAME listed in
+ * tokenizer.chat_templates) and back as tokenizer_config.json's list; chat_template.jinja (what
+ * transformers writes since 4.43) carried into the .qpk and folders as it is, and into GGUF.
+ */
+static void test_chat_template(const char *fix)
+{
+    char src[4096], dir[4096], jdir[4096], gguf[4096], back[4096], out[4096], p[4096];
+    qpk_err e = {0};
+    snprintf(src, sizeof src, "%s/qwen-tiny-qwen3", fix);
+    snprintf(dir, sizeof dir, "%s", tmp("tmpl-named"));
+    fixture_with_tokenizer(src, dir);
+    static const char NAMED[] = "[{\"name\": \"default\", \"template\": \"{{ messages }}\"}, "
+                                "{\"name\": \"tool_use\", \"template\": \"{{ tools }}{{ messages }}\"}, "
+                                "{\"name\": \"rag\", \"template\": \"{{ documents }}\"}]";
+    set_template(dir, NAMED);
+    snprintf(gguf, sizeof gguf, "%s", tmp("tmpl-named.gguf"));
+    qpk_convert_opts o = {.dtype = -1};
+    CHECKF(tu_export_gguf(dir, gguf, &o, &e) == QPK_OK, "%s", e.msg);
+    sfile f;
+    if (spec_open(&f, gguf)) {
+        const sval *names = spec_kv(&f, "tokenizer.chat_templates");
+        CHECK(str_is(spec_kv(&f, "tokenizer.chat_template"), "{{ messages }}"));
+        CHECK(str_is(spec_kv(&f, "tokenizer.chat_template.tool_use"), "{{ tools }}{{ messages }}"));
+        CHECK(str_is(spec_kv(&f, "tokenizer.chat_template.rag"), "{{ documents }}"));
+        CHECKF(names && names->type == 9 && names->elem_type == 8 && names->len == 2, "tokenizer.chat_templates");
+        spec_close(&f);
+    } else {
+        CHECKF(false, "%s: not a GGUF", gguf);
+    }
+    /* GGUF -> .qpk: tokenizer_config.json's list again, the default first. */
+    snprintf(back, sizeof back, "%s", tmp("tmpl-named.qpk"));
+    CHECKF(tu_convert(gguf, back, &o, &e) == QPK_OK, "%s", e.msg);
+    qpk_file *q = NULL;
+    char cfg_text[65536];
+    size_t len = 0;
+    if (qpk_open(&q, back, NULL, &e) == QPK_OK &&
+        qpk_blob_read(q, "tokenizer_config.json", cfg_text, sizeof cfg_text - 1, &len, &e) == QPK_OK) {
+        cJSON *got = cJSON_ParseWithLength(cfg_text, len), *want = cJSON_Parse(NAMED);
+        CHECKF(cJSON_Compare(cJSON_GetObjectItemCaseSensitive(got, "chat_template"), want, true),
+               "the GGUF's named templates did not come back as tokenizer_config.json's list");
+        cJSON_Delete(got), cJSON_Delete(want);
+    } else {
+        CHECKF(false, "%s", e.msg);
+    }
+    qpk_close(q);
+    /* A named template without a name: refused, nothing written. */
+    set_template(dir, "[{\"template\": \"{{ messages }}\"}]");
+    snprintf(out, sizeof out, "%s", tmp("tmpl-bad.gguf"));
+    CHECK_ERR(tu_export_gguf(dir, out, &o, &e), QPK_E_CORRUPT, e, "a named chat template needs a name");
+    CHECK(access(out, F_OK) != 0);
+
+    /* chat_template.jinja (no chat_template in tokenizer_config.json): into the .qpk, GGUF and a folder as it is. */
+    static const char JINJA[] = "{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+                                "{%- endfor %}\n";
+    snprintf(jdir, sizeof jdir, "%s", tmp("tmpl-jinja"));
+    fixture_with_tokenizer(src, jdir);
+    set_template(jdir, NULL);
+    put_text(jdir, "chat_template.jinja", JINJA);
+    snprintf(back, sizeof back, "%s", tmp("tmpl-jinja.qpk"));
+    CHECKF(tu_convert(jdir, back, &o, &e) == QPK_OK, "%s", e.msg);
+    q = NULL;
+    if (qpk_open(&q, back, NULL, &e) == QPK_OK &&
+        qpk_blob_read(q, "chat_template.jinja", cfg_text, sizeof cfg_text - 1, &len, &e) == QPK_OK)
+        CHECKF(len == strlen(JINJA) && !memcmp(cfg_text, JINJA, len), "the .qpk's chat_template.jinja differs");
+    else
+        CHECKF(false, "%s: %s", back, e.msg);
+    qpk_close(q);
+    snprintf(gguf, sizeof gguf, "%s", tmp("tmpl-jinja.gguf"));
+    CHECKF(tu_export_gguf(back, gguf, &o, &e) == QPK_OK, "%s", e.msg);
+    if (spec_open(&f, gguf)) {
+        CHECK(str_is(spec_kv(&f, "tokenizer.chat_template"), JINJA));
+        spec_close(&f);
+    }
+    snprintf(out, sizeof out, "%s", tmp("tmpl-jinja-ct"));
+    qpk_convert_opts ct = {.dtype = -1, .quant = QPK_TYPE_INT4, .group = 32, .to = QPK_OUT_CT};
+    CHECKF(tu_convert(jdir, out, &ct, &e) == QPK_OK, "%s", e.msg);
+    char *copied = slurp(path_in(p, out, "chat_template.jinja"), &len);
+    CHECKF(copied && len == strlen(JINJA) && !memcmp(copied, JINJA, len), "%s: no chat_template.jinja as it was", out);
+    free(copied);
+    rm_rf(out);
+    /* A template that is not UTF-8 text: refused, naming the file. */
+    put_text(jdir, "chat_template.jinja", "{{ messages }}\xff\xfe");
+    CHECK_ERR(tu_convert(jdir, tmp("tmpl-bad.qpk"), &o, &e), QPK_E_CORRUPT, e, "chat_template.jinja is not UTF-8 text");
+    rm_rf(dir), rm_rf(jdir);
+}
+
 int main(void)
 {
     if (!mkdtemp(g_root))
@@ -2076,6 +2201,7 @@ int main(void)
         test_repack(fix);
         test_untied_gqa(fix);
         test_family(fix);
+        test_chat_template(fix);
     }
     rm_rf(tmp("hand"));
     rm_rf(tmp("untied"));

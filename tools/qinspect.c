@@ -77,6 +77,51 @@ static qpk_status verify_all(cli *c, const qpk_file *f, qpk_err *e)
     return qpk_check_model(f, e);
 }
 
+/* An embedded file's bytes, malloc'd and NUL-terminated, or NULL. */
+static char *blob_text(const qpk_file *f, const char *name, size_t *len)
+{
+    qpk_err e = {0};
+    char *buf = NULL;
+    if (qpk_blob_read(f, name, NULL, 0, len, &e) != QPK_OK || !(buf = malloc(*len + 1)) ||
+        qpk_blob_read(f, name, buf, *len, len, &e) != QPK_OK) {
+        free(buf);
+        return NULL;
+    }
+    buf[*len] = 0;
+    return buf;
+}
+
+/*
+ * The chat template the model carries (what llama.cpp and Ollama chat with): chat_template.jinja,
+ * else tokenizer_config.json's chat_template, a string or named templates. Its size and first line.
+ */
+static void print_chat_template(const qpk_file *f)
+{
+    size_t len = 0;
+    char *jinja = blob_text(f, "chat_template.jinja", &len), *cfg = jinja ? NULL : blob_text(f, "tokenizer_config.json", &len);
+    cJSON *root = cfg ? cJSON_ParseWithLength(cfg, len) : NULL;
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "chat_template"), *it;
+    const char *text = jinja ? jinja : cJSON_IsString(t) ? t->valuestring : NULL;
+    if (text) {
+        size_t first = strcspn(text, "\n");
+        printf("chat template %zu bytes (%s): %.*s%s\n", strlen(text), jinja ? "chat_template.jinja" : "tokenizer_config.json",
+               (int)(first < 60 ? first : 60), text, first > 60 || text[first] ? " ..." : "");
+    } else if (cJSON_IsArray(t)) {
+        printf("chat template named:");
+        cJSON_ArrayForEach(it, t)
+        {
+            const cJSON *n = cJSON_GetObjectItemCaseSensitive(it, "name"), *s = cJSON_GetObjectItemCaseSensitive(it, "template");
+            if (cJSON_IsString(n) && cJSON_IsString(s))
+                printf(" %s (%zu bytes)", n->valuestring, strlen(s->valuestring));
+        }
+        putchar('\n');
+    } else {
+        printf("chat template none\n");
+    }
+    cJSON_Delete(root);
+    free(jinja), free(cfg);
+}
+
 static void print_text(const char *path, const qpk_file *f, const cJSON *meta, bool tensors, bool verified)
 {
     const qpk_config *c = qpk_file_config(f);
@@ -168,6 +213,7 @@ static void print_text(const char *path, const qpk_file *f, const cJSON *meta, b
         printf("%s %s (%" PRIu64 " bytes)", i ? "," : ":", name, size);
     }
     printf("\n");
+    print_chat_template(f);
     uint64_t per_type[QPK_TYPE_COUNT_] = {0}, bytes = 0;
     for (size_t i = 0; i < qpk_n_tensors(f); i++) {
         const qpk_tensor *t = qpk_tensor_at(f, i);

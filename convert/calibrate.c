@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "qpk/imatrix.h"
 
 /*
  * A unit: linears (or row slices of them: one expert of a stacked matrix) that take the
@@ -140,6 +141,7 @@ struct qpk_calib {
     uint32_t type[QPK_ROLE_COUNT_], group[QPK_ROLE_COUNT_];
     uint8_t *bytes[QPK_ROLE_COUNT_];
     size_t nbytes[QPK_ROLE_COUNT_];
+    qpk_imatrix *save; /* --save-imatrix: each layer's statistics, recorded before it is quantized */
 };
 
 static int64_t numel_of(const qpk_config *c, qpk_role r, int64_t *rows, int64_t *cols)
@@ -230,6 +232,7 @@ void qpk_calib_end(qpk_calib *c)
     for (int i = 0; c->u && i < c->n_units; i++)
         free(c->u[i].H), free(c->u[i].absmean), free(c->u[i].rows), free(c->u[i].sumsq), free(c->u[i].imp);
     free(c->u);
+    qpk_imatrix_free(c->save);
     for (int r = 0; r < QPK_ROLE_COUNT_; r++)
         free(c->f32[r]), free(c->bytes[r]);
     qpk_gram_ws_free(c->gram);
@@ -317,6 +320,15 @@ qpk_status qpk_calib_begin(qpk_calib **out, qpk_source *src, const qpk_convert_o
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     qpk_checkpoint *ck = qpk_source_checkpoint(src);
     c->ck = ck, c->o = o, c->cfg = qpk_checkpoint_config(ck), c->pool = pool, c->k = qpk_kernels_best();
+    if (o->save_imatrix) {
+        qpk_calib_params p;
+        qpk_calib_resolve(&o->calib, &p);
+        qpk_status s = qpk_imatrix_create(&c->save, o->calib.source, (uint32_t)p.samples, (uint32_t)p.seq_len, e);
+        if (s != QPK_OK) {
+            free(c);
+            return s;
+        }
+    }
     qpk_calib_resolve(&o->calib, &c->p);
     qpk_status s = check_size(c, o->method, qpk_pool_threads(pool), e);
     if (s != QPK_OK) {
@@ -709,6 +721,63 @@ static qpk_status quantize_awq(qpk_calib *c, qpk_err *e)
 
 /* --------------------------------------------------------------- imatrix */
 
+/*
+ * Layer l's statistics as importance-matrix entries, before the layer is quantized: each
+ * linear's input, the sum of each column's squares (GPTQ's Hessian diagonal, or the sums AWQ
+ * and imatrix keep) over the tokens that reached it, named as llama.cpp names the weight; a
+ * sparse layer's experts as one entry per projection of n_experts matrices (an expert's
+ * tokens are those routed to it). The inputs are the ones calibration sees: the previous
+ * layers already quantized, where llama-imatrix runs the float model.
+ */
+static qpk_status record_imatrix(qpk_calib *c, int l, qpk_err *e)
+{
+    const qpk_config *cf = c->cfg;
+    const int64_t E = qpk_layer_is_sparse(cf, l) ? cf->n_experts : 0;
+    float *exp_sum[2] = {NULL, NULL}, *exp_cnt[2] = {NULL, NULL};
+    int64_t exp_d[2] = {0, 0};
+    char name[QPK_MAX_NAME];
+    qpk_status s = QPK_OK;
+    for (int g = 0; g < c->n_units && s == QPK_OK; g++) {
+        const unit *st = &c->u[g];
+        if (!st->n_lin)
+            continue;
+        const int64_t d = st->d;
+        float *sum = malloc((size_t)d * sizeof *sum);
+        if (!sum)
+            return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+        for (int64_t k = 0; k < d; k++)
+            sum[k] = (float)(st->sumsq ? st->sumsq[k] : st->H[k * d + k]);
+        const float count = (float)st->n_tokens;
+        if (!st->expert) {
+            for (int i = 0; i < st->n_lin && s == QPK_OK; i++) {
+                qpk_gguf_tensor_name(name, sizeof name, st->lin[i].role, l);
+                s = qpk_imatrix_add(c->save, name, d, 1, sum, &count, e);
+            }
+        } else {
+            const int kind = (g - U_EXPERTS) % 2, x = (g - U_EXPERTS) / 2; /* 0: gate/up's input, 1: down's */
+            if (!exp_sum[kind]) {
+                exp_sum[kind] = calloc((size_t)(E * d), sizeof(float)), exp_cnt[kind] = calloc((size_t)E, sizeof(float));
+                exp_d[kind] = d;
+                if (!exp_sum[kind] || !exp_cnt[kind])
+                    s = qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+            }
+            if (s == QPK_OK)
+                memcpy(exp_sum[kind] + x * d, sum, (size_t)d * sizeof *sum), exp_cnt[kind][x] = count;
+        }
+        free(sum);
+    }
+    static const qpk_role EXP_ROLES[2][2] = {{QPK_ROLE_EXP_GATE, QPK_ROLE_EXP_UP}, {QPK_ROLE_EXP_DOWN, QPK_ROLE_COUNT_}};
+    for (int kind = 0; kind < 2; kind++)
+        for (int i = 0; i < 2 && s == QPK_OK && exp_sum[kind] && EXP_ROLES[kind][i] != QPK_ROLE_COUNT_; i++) {
+            qpk_gguf_tensor_name(name, sizeof name, EXP_ROLES[kind][i], l);
+            s = qpk_imatrix_add(c->save, name, exp_d[kind], E, exp_sum[kind], exp_cnt[kind], e);
+        }
+    free(exp_sum[0]), free(exp_sum[1]), free(exp_cnt[0]), free(exp_cnt[1]);
+    return s;
+}
+
+const qpk_imatrix *qpk_calib_imatrix(const qpk_calib *c) { return c->save; }
+
 /* Round-to-nearest, ggml's block fits weighing each input column by its mean square (llama.cpp's imatrix). */
 static qpk_status quantize_imatrix(qpk_calib *c, qpk_err *e)
 {
@@ -741,6 +810,8 @@ qpk_status qpk_calib_layer(qpk_calib *c, int l, qpk_calib_times *times, qpk_err 
     qpk_status s = load_layer(c, l, e);
     if (s == QPK_OK)
         s = gather(c, l, e);
+    if (s == QPK_OK && c->save)
+        s = record_imatrix(c, l, e);
     double t1 = qpk_seconds();
     for (int g = U_EXPERTS; s == QPK_OK && g < c->n_units; g += 2) /* counted once per expert, by its gate/up */
         if (qpk_layer_is_sparse(c->cfg, l))

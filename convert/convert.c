@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "qpk/imatrix.h"
 #include "qpk/gguf.h"
 #include "qpk/tokenizer.h"
 #include "qpk_json.h"
@@ -36,6 +37,7 @@ typedef struct job {
     const qpk_config *cfg;  /* the model as written: the source's, or padded */
     const qpk_config *scfg; /* the source's: types are planned on its shapes */
     qpk_config padded;
+    qpk_imatrix *imat;      /* --imatrix: llama.cpp's importance matrix, weighing ggml types' fits */
     struct pad_size { int64_t from, to; } pad[3]; /* PAD_DENSE, PAD_EXPERT, PAD_SHARED: before and after (equal: none) */
     qpk_source *src;
     qpk_checkpoint *ck;     /* a Hugging Face source's folder, else NULL */
@@ -171,6 +173,8 @@ typedef struct quant_job {
     size_t row_bytes;
     const uint8_t *tail; /* padding: zero groups appended to every row (tail_bytes of them) */
     size_t tail_bytes;
+    const float *imp;    /* --imatrix: each column's importance, a vector per imp_rows rows; NULL: none */
+    int64_t imp_rows;
     uint8_t *out;
     qpk_status *status; /* per task, so the first failing row is reported whatever the threads */
     qpk_err *errs;
@@ -185,7 +189,10 @@ static void quant_task(void *arg, int64_t task, int thread)
     for (int64_t r = task * QUANT_TASK_ROWS; r < r1; r++) {
         qpk_st_to_f32(q->t, (uint64_t)(q->row0 + r) * (uint64_t)q->cols, (size_t)q->cols, x);
         uint8_t *o = q->out + (size_t)r * (q->row_bytes + q->tail_bytes);
-        qpk_status s = q->j->kernels->quantize_row(q->type, q->group, x, q->cols, o, &q->errs[task]);
+        qpk_status s = q->imp ? qpk_quantize_row_imp(q->type, q->group, x, q->cols,
+                                                     q->imp + (size_t)((q->row0 + r) / q->imp_rows * q->cols), o,
+                                                     &q->errs[task])
+                              : q->j->kernels->quantize_row(q->type, q->group, x, q->cols, o, &q->errs[task]);
         if (q->tail_bytes)
             memcpy(o + q->row_bytes, q->tail, q->tail_bytes);
         if (s != QPK_OK) {
@@ -201,15 +208,16 @@ static void quant_task(void *arg, int64_t task, int thread)
  * each row followed by tail (padding's zero groups, tail_bytes of them; NULL and 0: none).
  */
 static qpk_status quantize_tensor(job *j, const qpk_st_tensor *t, uint32_t type, uint32_t group, const uint8_t *tail,
-                                  size_t tail_bytes, qpk_err *e)
+                                  size_t tail_bytes, const float *imp, int64_t imp_rows, qpk_err *e)
 {
     int64_t cols = t->shape[t->ndim - 1], rows = (int64_t)(t->numel / (uint64_t)cols);
     size_t row_bytes = (size_t)(cols / group) * qpk_type_block_bytes(type, group), stride = row_bytes + tail_bytes;
     int64_t chunk = (int64_t)(QUANT_CHUNK_BYTES / stride);
     chunk = chunk < QUANT_TASK_ROWS ? QUANT_TASK_ROWS : chunk / QUANT_TASK_ROWS * QUANT_TASK_ROWS;
     int64_t max_tasks = chunk / QUANT_TASK_ROWS;
-    quant_job q = {j, t, type, group, 0, 0, cols, row_bytes, tail, tail_bytes, malloc((size_t)chunk * stride),
-                   calloc((size_t)max_tasks, sizeof(qpk_status)), calloc((size_t)max_tasks, sizeof(qpk_err))};
+    quant_job q = {j,           t,         type, group, 0, 0, cols, row_bytes, tail, tail_bytes, imp, imp_rows,
+                   malloc((size_t)chunk * stride), calloc((size_t)max_tasks, sizeof(qpk_status)),
+                   calloc((size_t)max_tasks, sizeof(qpk_err))};
     qpk_status s = q.out && q.status && q.errs ? QPK_OK : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     for (int64_t r0 = 0; r0 < rows && s == QPK_OK; r0 += chunk) {
         q.row0 = r0, q.n_rows = rows - r0 < chunk ? rows - r0 : chunk;
@@ -500,6 +508,45 @@ static qpk_status write_calibrated(job *j, size_t i, const char *name, qpk_err *
     return QPK_OK;
 }
 
+/*
+ * --imatrix: the importance of each input column of tensor (role, layer), the mean square
+ * llama-imatrix measured (sum2 / counts; a matrix nothing reached weighs its columns alike),
+ * one vector per matrix (a stacked expert tensor: per expert), malloc'd in *imp; NULL when the
+ * type takes none (qpk's grids) or the file has no entry for the tensor (said once, as
+ * llama-quantize does: it is then quantized unweighted).
+ */
+static qpk_status imp_for(job *j, const qpk_sink_tensor *p, int64_t cols, const char *name, float **imp,
+                          int64_t *n_mat, qpk_err *e)
+{
+    *imp = NULL, *n_mat = 1;
+    if (!j->imat || !qpk_type_is_quantized(p->type) || qpk_type_has_grid(p->type) || !qpk_role_is_matrix(p->role))
+        return QPK_OK;
+    char gname[QPK_MAX_NAME];
+    qpk_gguf_tensor_name(gname, sizeof gname, p->role, p->layer);
+    const qpk_imatrix_entry *x = qpk_imatrix_find(j->imat, gname);
+    if (!x) {
+        if (j->o->cb.log) {
+            char msg[QPK_MAX_NAME * 2 + 64];
+            snprintf(msg, sizeof msg, "%s has no entry %s in the importance matrix: quantized unweighted", name, gname);
+            j->o->cb.log(j->o->cb.ud, QPK_LOG_WARN, msg);
+        }
+        return QPK_OK;
+    }
+    const int64_t experts = qpk_role_is_expert(p->role) ? j->scfg->n_experts : 1;
+    if (x->n_per_row != cols || (x->n_mat != 1 && x->n_mat != experts))
+        return qpk_err_setf(e, QPK_E_MISMATCH, "importance matrix entry %s has %lld values per row in %lld matrices; "
+                            "%s has %lld columns%s", gname, (long long)x->n_per_row, (long long)x->n_mat, name,
+                            (long long)cols, experts > 1 ? " and an entry per expert" : "");
+    if (!(*imp = malloc((size_t)(x->n_mat * cols) * sizeof **imp)))
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    for (int64_t k = 0; k < x->n_mat * cols; k++) {
+        const float count = x->counts[k / cols];
+        (*imp)[k] = count > 0 ? x->sum2[k] / count : 1.0f;
+    }
+    *n_mat = x->n_mat;
+    return QPK_OK;
+}
+
 /* A tensor of a Hugging Face folder: from the calibration, imported, or from its float values. */
 static qpk_status write_from_folder(job *j, size_t i, const char *name, qpk_err *e)
 {
@@ -527,6 +574,10 @@ static qpk_status write_from_folder(job *j, size_t i, const char *name, qpk_err 
     if (axis != 0)
         parts = 1;
     const uint64_t part_rows = (uint64_t)t->shape[0] / (uint64_t)parts, cols = (uint64_t)t->shape[t->ndim - 1];
+    float *imp = NULL;
+    int64_t n_mat = 1;
+    if (s == QPK_OK)
+        s = imp_for(j, p, (int64_t)cols, name, &imp, &n_mat, e);
     for (int64_t k = 0; k < parts && s == QPK_OK; k++) {
         qpk_st_tensor part = *t;
         if (parts > 1) {
@@ -534,14 +585,17 @@ static qpk_status write_from_folder(job *j, size_t i, const char *name, qpk_err 
             part.nbytes = part.numel * qpk_st_dtype_size(t->dtype);
             part.data = (const uint8_t *)t->data + (uint64_t)k * part.nbytes;
         }
-        s = qpk_type_is_quantized(type) ? quantize_tensor(j, &part, type, group, tail, tail_bytes, e)
+        /* one importance vector per expert: each part is one when padded, else the rows split among them */
+        const float *part_imp = imp ? imp + (n_mat > 1 && parts > 1 ? (size_t)k * cols : 0) : NULL;
+        const int64_t imp_rows = parts > 1 || n_mat == 1 ? (int64_t)part_rows : (int64_t)part_rows / n_mat;
+        s = qpk_type_is_quantized(type) ? quantize_tensor(j, &part, type, group, tail, tail_bytes, part_imp, imp_rows, e)
             : axis == 1                 ? write_float_rows_padded(j, &part, (qpk_type)type, extra, name, e)
             : as_is                     ? copy_bytes(j, &part, e)
                                         : convert_values(j, &part, (qpk_type)type, e);
         if (s == QPK_OK && axis == 0)
             s = write_zero_rows(j, type, group, (int64_t)cols, extra, name, e);
     }
-    free(tail);
+    free(tail), free(imp);
     if (s == QPK_OK)
         s = out_end(j, NULL, e);
     /* Stored as is (and not padded): the source's bytes, so the .qpk writer's hash serves both. */
@@ -826,7 +880,7 @@ static void add_recipe(cJSON *m, const qpk_convert_opts *o)
         return;
     }
     cJSON *q = cJSON_AddObjectToObject(m, "quantization");
-    cJSON_AddStringToObject(q, "method", qpk_method_name(o->method));
+    cJSON_AddStringToObject(q, "method", qpk_method_name(o->imatrix ? QPK_METHOD_IMATRIX : o->method));
     if (o->preset)
         cJSON_AddStringToObject(q, "preset", qpk_preset_name(o->preset));
     cJSON_AddStringToObject(q, "type", o->quant ? qpk_type_name((uint32_t)o->quant) : "none");
@@ -838,7 +892,12 @@ static void add_recipe(cJSON *m, const qpk_convert_opts *o)
     cJSON_AddStringToObject(q, "embedding", o->preset ? "as the preset" : float_embedding ? "as --dtype"
                                             : o->to == QPK_OUT_MLX ? "as the linears" : "int8");
     cJSON_AddStringToObject(q, "norms_and_biases", o->quant || o->preset ? "f32" : "as --dtype");
-    if (o->method != QPK_METHOD_RTN) {
+    if (o->imatrix) { /* llama.cpp's statistics instead of a calibration run */
+        cJSON *im = cJSON_AddObjectToObject(q, "importance_matrix");
+        add_text(im, "file", o->imatrix);
+        cJSON_AddStringToObject(im, "statistic", "mean x^2 per input column, as llama-imatrix measured it");
+        cJSON_AddStringToObject(im, "applies_to", "ggml block types");
+    } else if (o->method != QPK_METHOD_RTN) {
         const qpk_calib_opts *co = &o->calib;
         qpk_calib_params p;
         qpk_calib_resolve(co, &p);
@@ -1211,12 +1270,24 @@ static qpk_status check_options(const job *j, qpk_sink *sink, qpk_err *e)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "a type for the linears and a preset mix: one or the other");
     if (o->method != QPK_METHOD_RTN && !o->quant && !o->preset)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "%s needs the type it calibrates for", qpk_method_name(o->method));
-    if (o->method != QPK_METHOD_RTN && !o->calib.tokens)
+    if (o->imatrix && o->method != QPK_METHOD_RTN && o->method != QPK_METHOD_IMATRIX)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "an importance matrix holds each input column's mean square: %s "
+                            "needs more (GPTQ the whole input covariance, AWQ activation magnitudes and samples), so "
+                            "it calibrates with --calib; --imatrix goes with --method imatrix", qpk_method_name(o->method));
+    if (o->imatrix && o->calib.tokens)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "--imatrix takes the place of a calibration run: give it or "
+                            "calibration data, not both");
+    if (o->imatrix && !o->quant && !o->preset)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "--imatrix weighs quantization: give a type or a preset");
+    if (o->method != QPK_METHOD_RTN && !o->calib.tokens && !o->imatrix)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "%s needs calibration tokens", qpk_method_name(o->method));
+    if (o->save_imatrix && (o->method == QPK_METHOD_RTN || !o->calib.tokens))
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "--save-imatrix writes a calibration run's statistics: it goes "
+                            "with --method gptq, awq, awq+gptq or imatrix and calibration data");
     /* The importance weights steer ggml's block fits; qpk's grid rules take none (a weighted clip search
      * was tried: on the outlier fixture it helped int4 g32 by 12% and hurt g128 by 14%), so the
      * recipe would record what did not happen. */
-    if (o->method == QPK_METHOD_IMATRIX && o->quant && qpk_type_has_grid((uint32_t)o->quant))
+    if ((o->method == QPK_METHOD_IMATRIX || o->imatrix) && o->quant && qpk_type_has_grid((uint32_t)o->quant))
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "imatrix weighs the scale searches of ggml's block types (q4_1 ... "
                             "q6_k, the presets); %s is quantized by its grid's rule, which takes no importance: "
                             "round-to-nearest, GPTQ or AWQ apply to it", qpk_type_name((uint32_t)o->quant));
@@ -1355,6 +1426,7 @@ static qpk_status written_weight(void *ud, qpk_role role, int layer, qpk_matrix 
 static void job_free(job *j)
 {
     qpk_calib_end(j->calib);
+    qpk_imatrix_free(j->imat);
     qpk_pool_free(j->pool);
     free(j->f32), free(j->out), free(j->rows_f32);
     for (size_t i = 0; i < j->n_files; i++)
@@ -1423,8 +1495,10 @@ static qpk_status plan(job *j, qpk_sink *sink, qpk_err *e)
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     if (j->ck) {
         QPK_TRY(job_buffers(j, j->cfg, e));
-        if (o->method != QPK_METHOD_RTN)
+        if (o->method != QPK_METHOD_RTN && !o->imatrix)
             QPK_TRY(qpk_calib_begin(&j->calib, j->src, o, j->pool, e));
+        if (o->imatrix)
+            QPK_TRY(qpk_imatrix_read(&j->imat, o->imatrix, e));
     }
     for (size_t i = 0; i < n; i++)
         QPK_TRY(plan_tensor(j, i, to, e));
@@ -1524,6 +1598,12 @@ static qpk_status run(job *j, qpk_sink *sink, qpk_convert_result *r, qpk_err *e)
     }
     free(recipe);
     cJSON_Delete(meta);
+    /* The statistics next to the model, before the model appears (each file is atomic on its own). */
+    if (s == QPK_OK && j->calib && j->o->save_imatrix) {
+        s = qpk_imatrix_write(qpk_calib_imatrix(j->calib), j->o->save_imatrix, j->o->save_imatrix_dat, e);
+        if (s != QPK_OK)
+            qpk_err_prefix(e, s, "--save-imatrix %s", j->o->save_imatrix);
+    }
     if (s == QPK_OK) {
         j->sink = NULL; /* finish consumes it, whatever the outcome */
         s = qpk_sink_finish(sink, text, strlen(text), e);

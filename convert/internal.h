@@ -26,6 +26,8 @@ typedef struct qpk_calib_times {
 /* Draws the calibration windows and embeds them; ready for layer 0. src: a float Hugging Face folder. */
 qpk_status qpk_calib_begin(qpk_calib **out, qpk_source *src, const qpk_convert_opts *o, qpk_pool *pool,
                            qpk_err *e);
+/* The calibration's statistics so far as llama.cpp's importance matrix (opts save_imatrix), or NULL. */
+const struct qpk_imatrix *qpk_calib_imatrix(const qpk_calib *c);
 /* Calibrates and quantizes layer l (layers in order, from 0); times (may be NULL) accumulate. */
 qpk_status qpk_calib_layer(qpk_calib *c, int l, qpk_calib_times *times, qpk_err *e);
 /* The stored form of tensor r of the layer last calibrated (valid until the next layer). */

@@ -270,6 +270,13 @@ static void usage(void)
            "                        with --to qpk, writes the .qpk such a GGUF is made from\n"
            "      --allow-nonfinite keep NaN and infinite weights of tensors stored as floats\n"
            "                        (by default a non-finite weight is refused, named)\n"
+           "      --imatrix FILE    llama.cpp's importance matrix (llama-imatrix's GGUF or\n"
+           "                        legacy .dat) weighing the scale searches of ggml's\n"
+           "                        types (--method imatrix without a calibration run)\n"
+           "      --save-imatrix F  write the calibration run's statistics (the sum of\n"
+           "                        each linear input's squares and the tokens seen) as\n"
+           "                        an importance matrix llama-quantize reads (GGUF;\n"
+           "                        --imatrix-dat: the legacy .dat)\n"
            "      --pad-intermediate N\n"
            "                        pad every intermediate size (dense, each expert's, the\n"
            "                        shared expert's) up to a multiple of N (unchanged if\n"
@@ -294,7 +301,8 @@ enum { FOR_MODEL = 1, FOR_GPTQ = 2, FOR_WINDOWS = 4, FOR_FOLDER = 8, FOR_GROUP =
 typedef enum opt_id {
     O_HELP, O_VERSION, O_QUIET, O_OUTPUT, O_TO, O_SHARD_SIZE, O_GPTQ_FORMAT, O_DTYPE, O_QUANT, O_PRESET, O_GROUP,
     O_KEEP, O_EMBED_TYPE, O_METHOD, O_CALIB, O_CALIB_TOKENS, O_CALIB_SAMPLES, O_CALIB_LEN, O_SEED, O_DAMP,
-    O_ACT_ORDER, O_AWQ_FOLD_ONLY, O_REQUANTIZE, O_ALLOW_NONFINITE, O_THREADS, O_PAD_INTERMEDIATE
+    O_ACT_ORDER, O_AWQ_FOLD_ONLY, O_REQUANTIZE, O_ALLOW_NONFINITE, O_THREADS, O_PAD_INTERMEDIATE, O_IMATRIX,
+    O_SAVE_IMATRIX, O_IMATRIX_DAT
 } opt_id;
 
 static const struct option {
@@ -328,6 +336,9 @@ static const struct option {
     {"--requantize", NULL, false, 0, O_REQUANTIZE},
     {"--allow-nonfinite", NULL, false, FOR_MODEL, O_ALLOW_NONFINITE},
     {"--pad-intermediate", NULL, true, 0, O_PAD_INTERMEDIATE},
+    {"--imatrix", NULL, true, FOR_MODEL, O_IMATRIX},
+    {"--save-imatrix", NULL, true, FOR_MODEL, O_SAVE_IMATRIX},
+    {"--imatrix-dat", NULL, false, FOR_MODEL, O_IMATRIX_DAT},
     {"--threads", "-t", true, 0, O_THREADS},
 };
 
@@ -448,6 +459,9 @@ static int set_option(cli *c, args *a, const struct option *opt, const char *v)
             return cli_usage_error(c, "--pad-intermediate takes a multiple in 1..1048576 (e.g. 1024: 8 shards of "
                                       "groups of 128)");
         return o->pad_intermediate = n, -1;
+    case O_IMATRIX: return o->imatrix = v, -1;
+    case O_SAVE_IMATRIX: return o->save_imatrix = v, -1;
+    case O_IMATRIX_DAT: return o->save_imatrix_dat = true, -1;
     case O_THREADS:
         if (!cli_parse_int(v, 1, 1024, &n))
             return cli_usage_error(c, "%s needs a thread count in 1..1024", opt->name);
@@ -571,7 +585,11 @@ static int check_input(cli *c, args *a)
                                   "quantized type)");
     if (o->method != QPK_METHOD_RTN && !o->quant && !o->preset)
         return cli_usage_error(c, "--method %s needs --quant or --preset", qpk_method_name(o->method));
-    if (o->method != QPK_METHOD_RTN && !a->calib_path)
+    if (o->imatrix && o->method == QPK_METHOD_RTN)
+        o->method = QPK_METHOD_IMATRIX; /* an importance matrix is what --method imatrix weighs with */
+    if (o->save_imatrix_dat && !o->save_imatrix)
+        return cli_usage_error(c, "--imatrix-dat chooses the legacy form of --save-imatrix's file");
+    if (o->method != QPK_METHOD_RTN && !a->calib_path && !o->imatrix)
         return cli_usage_error(c, "--method %s needs calibration data: --calib TEXT or --calib-tokens FILE",
                                qpk_method_name(o->method));
     if (o->method == QPK_METHOD_RTN && a->calib_path && !a->requant)

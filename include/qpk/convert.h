@@ -120,13 +120,20 @@ typedef struct qpk_convert_opts {
     qpk_calib_opts calib; /* for GPTQ and AWQ */
     int n_threads;        /* 0: all cores; the output does not depend on it */
     bool allow_nonfinite; /* keep NaN and infinite weights of tensors not quantized (else refused, named) */
-    /* Tensor-parallel padding: the dense MLPs' intermediate_size becomes the smallest multiple of
-     * this that is >= it (nothing changes when it already is one; 0: no padding), gate_proj and
-     * up_proj getting zero rows and down_proj zero columns, so the logits do not change
-     * (silu(0) * 0 = 0). Quantized padding is whole zero groups of down's type, exactly 0 when
-     * decoded; padding that is not whole groups is refused, as are MoE models, calibration,
-     * imported GPTQ/AWQ folders and input-permuted linears (see README). */
+    /* Tensor-parallel padding: every intermediate size (the dense MLPs', each expert's, the shared
+     * expert's) becomes the smallest multiple of this that is >= it (nothing changes when it
+     * already is one; 0: no padding), gate_proj and up_proj getting zero rows and down_proj zero
+     * columns, so the logits do not change (silu(0) * 0 = 0). Quantized padding is whole zero
+     * groups of down's type, exactly 0 when decoded; padding that is not whole groups is refused,
+     * as are calibration, imported GPTQ/AWQ folders and input-permuted linears (see README). */
     int64_t pad_intermediate;
+    /* llama.cpp's importance matrix (qpk/imatrix.h, either form) weighing the scale searches of
+     * ggml's block types, in place of a calibration run (method rtn or imatrix; NULL: none). */
+    const char *imatrix;
+    /* Where the calibration run's statistics go as an importance matrix llama-quantize reads
+     * (the GGUF form; legacy .dat with save_imatrix_dat); NULL: nowhere. */
+    const char *save_imatrix;
+    bool save_imatrix_dat;
     const char *command;  /* recorded in the provenance (callers leave out thread counts) */
     qpk_callbacks cb;
 } qpk_convert_opts;

@@ -46,7 +46,7 @@ static int by_name(const void *a, const void *b)
 const qpk_imatrix_entry *qpk_imatrix_find(const qpk_imatrix *m, const char *name)
 {
     qpk_imatrix_entry key;
-    if (!m || strlen(name) > QPK_IMATRIX_MAX_NAME)
+    if (!m || !m->n || strlen(name) > QPK_IMATRIX_MAX_NAME)
         return NULL;
     snprintf(key.name, sizeof key.name, "%s", name);
     return bsearch(&key, m->entries, m->n, sizeof *m->entries, by_name);

@@ -414,8 +414,11 @@ static qpk_status join(qpk_gguf **parts, size_t n, const char *const *labels, qp
     if (n == 1 && count > 1)
         return qpk_err_setf(e, QPK_E_MISMATCH, "%s is the first shard of a split set of %u: the other shards are needed",
                             labels[0], count);
+    if (n != count && !k0.present)
+        return qpk_err_setf(e, QPK_E_MISMATCH, "%s has no split.count but %zu shards were given", labels[0], n);
     if (n != count)
-        return qpk_err_setf(e, QPK_E_MISMATCH, "%s: split.count is %u but %zu shards were given", labels[0], count, n);
+        return qpk_err_setf(e, QPK_E_MISMATCH, "%s: split.count is %u but %zu shards were given", labels[0], k0.count,
+                            n);
     for (size_t i = 1; i < n; i++) {
         s = read_split_keys(parts[i], &k, e);
         if (s != QPK_OK)

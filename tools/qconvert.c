@@ -2,6 +2,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "qpk_private.h"
@@ -36,6 +38,35 @@ static void file_weights(const char *path, uint64_t *n, uint64_t *bytes)
         }
         qpk_gguf_close(g);
     }
+}
+
+/*
+ * The first shard of the split set just written for -o OUT.gguf: OUT-00001-of-NNNNN.gguf, the
+ * newest such file (an older set of another count may lie beside it). NULL if none.
+ */
+static char *first_shard(const char *out)
+{
+    size_t n = strlen(out);
+    char *prefix = strdup(out), *best = NULL;
+    if (!prefix)
+        return NULL;
+    if (n > 5 && !strcmp(prefix + n - 5, ".gguf"))
+        prefix[n - 5] = 0;
+    struct timespec newest = {0, 0};
+    size_t plen = strlen(prefix), cap = plen + 32;
+    char *name = malloc(cap);
+    for (unsigned count = 1; name && count <= 65535; count++) {
+        struct stat sb;
+        snprintf(name, cap, "%s-00001-of-%05u.gguf", prefix, count);
+        if (stat(name, &sb) == 0 && (!best || sb.st_mtim.tv_sec > newest.tv_sec ||
+                                      (sb.st_mtim.tv_sec == newest.tv_sec && sb.st_mtim.tv_nsec > newest.tv_nsec))) {
+            free(best);
+            best = strdup(name);
+            newest = sb.st_mtim;
+        }
+    }
+    free(name), free(prefix);
+    return best;
 }
 
 /* As llama.cpp reports a model: its tensors' size, and their bits over the weights they hold. */
@@ -178,8 +209,10 @@ static int convert(cli *c, const char *in, const char *out, qpk_convert_opts *o,
         return cli_fail(c, &e);
     }
     cli_progress_done(c);
+    char *first = o->split_max_size || o->split_max_tensors ? first_shard(out) : NULL;
     if (!c->quiet)
-        cli_wrote(out, t0);
+        cli_wrote(first ? first : out, t0);
+    free(first);
     return 0;
 }
 

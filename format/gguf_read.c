@@ -412,8 +412,8 @@ static qpk_status join(qpk_gguf **parts, size_t n, const char *const *labels, qp
                             k0.no + 1, k0.count);
     const uint32_t count = k0.count > 1 ? k0.count : 1;
     if (n == 1 && count > 1)
-        return qpk_err_setf(e, QPK_E_MISMATCH, "%s is the first shard of a split set of %u: the other shards are needed",
-                            labels[0], count);
+        return qpk_err_setf(e, QPK_E_MISMATCH,
+                            "%s is the first shard of a split set of %u: the other shards are needed", labels[0], count);
     if (n != count && !k0.present)
         return qpk_err_setf(e, QPK_E_MISMATCH, "%s has no split.count but %zu shards were given", labels[0], n);
     if (n != count)
@@ -426,14 +426,16 @@ static qpk_status join(qpk_gguf **parts, size_t n, const char *const *labels, qp
         if (!k.present)
             return qpk_err_setf(e, QPK_E_MISMATCH, "%s has no split.count: not a shard of a split set", labels[i]);
         if (k.count != count)
-            return qpk_err_setf(e, QPK_E_MISMATCH, "%s: split.count %u, the first shard's is %u: a shard of another set",
-                                labels[i], k.count, count);
+            return qpk_err_setf(e, QPK_E_MISMATCH,
+                                "%s: split.count %u, the first shard's is %u: a shard of another set", labels[i],
+                                k.count, count);
         if (k.no < i)
             return qpk_err_setf(e, QPK_E_MISMATCH, "%s holds shard %u again (split.no %u): a repeated shard", labels[i],
                                 k.no + 1, k.no);
         if (k.no > i)
-            return qpk_err_setf(e, QPK_E_MISMATCH, "%s holds shard %u (split.no %u), not shard %zu: shards out of order",
-                                labels[i], k.no + 1, k.no, i + 1);
+            return qpk_err_setf(e, QPK_E_MISMATCH,
+                                "%s holds shard %u (split.no %u), not shard %zu: shards out of order", labels[i],
+                                k.no + 1, k.no, i + 1);
         if (k.n_tensors != k0.n_tensors)
             return qpk_err_setf(e, QPK_E_MISMATCH,
                                 "%s: split.tensors.count %lld, the first shard's is %lld: a shard of another set",
@@ -447,8 +449,9 @@ static qpk_status join(qpk_gguf **parts, size_t n, const char *const *labels, qp
     for (size_t i = 0; i < n; i++)
         total += parts[i]->n_t;
     if (count > 1 && total != (uint64_t)k0.n_tensors)
-        return qpk_err_setf(e, QPK_E_MISMATCH, "%s: the set's %zu shard%s hold %llu tensors, split.tensors.count says %lld",
-                            labels[0], n, n == 1 ? "" : "s", (unsigned long long)total, (long long)k0.n_tensors);
+        return qpk_err_setf(e, QPK_E_MISMATCH,
+                            "%s: the set's %zu shard%s hold %llu tensors, split.tensors.count says %lld", labels[0], n,
+                            n == 1 ? "" : "s", (unsigned long long)total, (long long)k0.n_tensors);
     if (n == 1)
         return QPK_OK;
     qpk_gguf_tensor *t = calloc((size_t)total, sizeof *t);
@@ -601,7 +604,8 @@ qpk_status qpk_gguf_open(qpk_gguf **out, const char *path, qpk_err *e)
     if (s != QPK_OK)
         s = qpk_err_prefix(e, s, "%s", path);
     else if (k.count > 1 && k.no != 0) {
-        char *prefix = split_prefix(path, k.no, k.count), *first = prefix ? qpk_gguf_split_path(prefix, 0, k.count) : NULL;
+        char *prefix = split_prefix(path, k.no, k.count);
+        char *first = prefix ? qpk_gguf_split_path(prefix, 0, k.count) : NULL;
         if (first)
             s = qpk_err_setf(e, QPK_E_INVALID_ARG, "%s is shard %u of %u of a split set: give the first, %s", path,
                              k.no + 1, k.count, first);

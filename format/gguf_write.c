@@ -234,7 +234,8 @@ static qpk_status plan_shards(qpk_gguf_writer *w, qpk_err *e)
         if (cnt && ((w->split_tensors && cnt >= w->split_tensors) ||
                     (w->split_bytes && (padded > w->split_bytes || acc + padded > w->split_bytes)))) {
             if (k + 1 >= 65535)
-                return qpk_err_setf(e, QPK_E_LIMIT, "a GGUF split set of more than 65535 shards (split.count is a u16)");
+                return qpk_err_setf(e, QPK_E_LIMIT,
+                                    "a GGUF split set of more than 65535 shards (split.count is a u16)");
             k++, acc = 0, cnt = 0;
         }
         t->shard = k, t->offset = acc;

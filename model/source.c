@@ -87,7 +87,8 @@ static qpk_status open_gguf(qpk_source *s, const qpk_callbacks *cb, qpk_err *e)
     /* A split set's other shards are inputs too (the path, its first, ends -00001-of-NNNNN.gguf). */
     const size_t n = qpk_gguf_n_shards(s->gguf), len = strlen(s->path);
     for (size_t i = 1; i < n && st == QPK_OK && len > 20; i++) {
-        char *prefix = strndup(s->path, len - 20), *name = prefix ? qpk_gguf_split_path(prefix, (uint32_t)i, (uint32_t)n) : NULL;
+        char *prefix = strndup(s->path, len - 20);
+        char *name = prefix ? qpk_gguf_split_path(prefix, (uint32_t)i, (uint32_t)n) : NULL;
         st = name ? add_input(s, NULL, name, e) : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
         free(prefix), free(name);
     }

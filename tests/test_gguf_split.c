@@ -19,7 +19,8 @@
 
 #define N_TOK 16
 
-static const int32_t TOKENS[N_TOK] = {9707, 11, 847, 829, 374, 1207, 16948, 13, 358, 1079, 264, 3460, 4128, 1614, 14, 198};
+static const int32_t TOKENS[N_TOK] = {9707, 11,  847, 829,  374,  1207, 16948, 13,
+                                      358,  1079, 264, 3460, 4128, 1614, 14,    198};
 static char tmp[4096], fx[4096];
 
 /* The status is want and the message exactly msg. */

@@ -498,13 +498,9 @@ qpk_status qpk_gguf_open_set_memory(qpk_gguf **out, const void *const *bufs, con
         if (s != QPK_OK && n > 1)
             s = qpk_err_prefix(e, s, "%s", labels[i]);
     }
+    const char *one = "the file"; /* one buffer: a set's first shard alone is refused as incomplete */
     if (s == QPK_OK)
-        s = n == 1 ? QPK_OK : join(parts, n, lp, e);
-    if (s == QPK_OK && n == 1) {
-        /* one buffer: a set's first shard alone is refused as incomplete */
-        const char *one = "the file";
-        s = join(parts, 1, &one, e);
-    }
+        s = join(parts, n, n == 1 ? &one : lp, e);
     if (s == QPK_OK)
         *out = parts[0];
     else if (parts)

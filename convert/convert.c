@@ -1664,7 +1664,8 @@ qpk_status qpk_convert_path(const char *in, const char *out, const qpk_convert_o
     qpk_source *src = NULL;
     qpk_sink *sink = NULL;
     const qpk_source_opts so = {.cb = o->cb};
-    const qpk_sink_opts ko = {o->shard_size, o->gptq_v2, o->n_threads, o->cb};
+    const qpk_sink_opts ko = {o->shard_size, o->gptq_v2, o->n_threads, o->cb, o->split_max_size,
+                              o->split_max_tensors};
     qpk_status s = qpk_source_open(&src, in, &so, e);
     for (size_t i = 0; s == QPK_OK && i < qpk_source_n_inputs(src); i++)
         s = qpk_check_not_input(out, qpk_source_input(src, i), e);

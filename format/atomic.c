@@ -280,6 +280,8 @@ qpk_status qpk_outfile_write(qpk_outfile *o, const void *p, size_t n, qpk_err *e
 {
     if (o->failed)
         return qpk_err_setf(e, o->failed, "an earlier write to '%s' failed", o->path);
+    if (!o->buf)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "a write to '%s' after it was synced", o->path);
     if (o->len + n <= OUT_BUF) {
         memcpy(o->buf + o->len, p, n);
         o->len += n;
@@ -361,6 +363,17 @@ static qpk_status publish(qpk_outfile *o, qpk_err *e)
     free(o->tmp_path);
     o->tmp_path = NULL; /* the real file now: discard must not unlink it */
     return sync_dir(o->path, e);
+}
+
+qpk_status qpk_outfile_sync(qpk_outfile *o, qpk_err *e)
+{
+    qpk_status s = o->failed ? qpk_err_setf(e, o->failed, "an earlier write to '%s' failed", o->path)
+                             : flush(o, e);
+    if (s == QPK_OK && fsync(o->fd) != 0)
+        s = fail_io(o, e, strerror(errno));
+    free(o->buf);
+    o->buf = NULL;
+    return s;
 }
 
 qpk_status qpk_outfile_commit(qpk_outfile *o, qpk_err *e)

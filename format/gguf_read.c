@@ -4,6 +4,7 @@
  */
 #include <errno.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +37,10 @@ struct qpk_gguf {
     /* Lookup indexes built once at open: the key-values and the tensors sorted by name, for
      * binary search (a scan per lookup made validation quadratic in the number of keys). */
     const void **kv_by_key, **t_by_name;
+    /* A split set (gguf-split's): this handle is shard 0 (its key-values are the model's), the
+     * others are parts[1..n_parts-1]; t and t_by_name then hold every shard's tensors. */
+    qpk_gguf **parts;
+    size_t n_parts;
 };
 
 typedef struct cursor {
@@ -316,7 +321,8 @@ static qpk_status parse(qpk_gguf *g, qpk_err *e)
     return parse_tensors(g, &c);
 }
 
-qpk_status qpk_gguf_open_memory(qpk_gguf **out, const void *buf, size_t size, qpk_err *e)
+/* Parses one buffer into a handle of its own (no split logic). */
+static qpk_status open_one(qpk_gguf **out, const void *buf, size_t size, qpk_err *e)
 {
     *out = NULL;
     qpk_gguf *g = calloc(1, sizeof *g);
@@ -332,13 +338,191 @@ qpk_status qpk_gguf_open_memory(qpk_gguf **out, const void *buf, size_t size, qp
     return QPK_OK;
 }
 
-qpk_status qpk_gguf_open(qpk_gguf **out, const char *path, qpk_err *e)
+/* ------------------------------------------------------------ split sets */
+
+/* A shard's split keys as gguf-split writes them: split.no (u16, 0-based), split.count (u16),
+ * split.tensors.count (i32, tensors in the whole set). present: split.count is there. */
+typedef struct split_keys {
+    bool present;
+    uint32_t no, count;
+    int64_t n_tensors;
+} split_keys;
+
+static qpk_status split_key(const qpk_gguf *g, const char *key, uint32_t type, const char *type_name, int64_t *v,
+                            qpk_err *e)
+{
+    qpk_gguf_value x;
+    if (!qpk_gguf_find(g, key, &x))
+        return qpk_err_setf(e, QPK_E_CORRUPT, "split.count without %s", key);
+    if (x.type != type)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "%s is not %s", key, type_name);
+    *v = type == QPK_GGUF_I32 ? x.num.i : (int64_t)x.num.u;
+    return QPK_OK;
+}
+
+static qpk_status read_split_keys(const qpk_gguf *g, split_keys *k, qpk_err *e)
+{
+    qpk_gguf_value x;
+    memset(k, 0, sizeof *k);
+    if (!qpk_gguf_find(g, "split.count", &x))
+        return QPK_OK;
+    k->present = true;
+    if (x.type != QPK_GGUF_U16)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "split.count is not a u16");
+    k->count = (uint32_t)x.num.u;
+    /* 0 or 1: one file, as llama.cpp reads it (gguf-split --merge writes split.count 0) */
+    if (k->count < 2)
+        return QPK_OK;
+    int64_t no;
+    QPK_TRY(split_key(g, "split.no", QPK_GGUF_U16, "a u16", &no, e));
+    k->no = (uint32_t)no;
+    if (k->no >= k->count)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "split.no %u is out of range for split.count %u", k->no, k->count);
+    QPK_TRY(split_key(g, "split.tensors.count", QPK_GGUF_I32, "an i32", &k->n_tensors, e));
+    if (k->n_tensors < 0)
+        return qpk_err_setf(e, QPK_E_CORRUPT, "split.tensors.count is %lld", (long long)k->n_tensors);
+    return QPK_OK;
+}
+
+/* The first tensor of shard i also found in an earlier shard, or NULL. */
+static const char *tensor_in_earlier(qpk_gguf *const *parts, size_t i, size_t *earlier)
+{
+    for (size_t t = 0; t < parts[i]->n_t; t++)
+        for (size_t j = 0; j < i; j++)
+            if (lookup(parts[j]->t_by_name, parts[j]->n_t, parts[i]->t[t].name)) {
+                *earlier = j;
+                return parts[i]->t[t].name;
+            }
+    return NULL;
+}
+
+/*
+ * Checks the n parsed shards as one set (labels[i] names shard i in messages) and, when they are
+ * one, gives parts[0] every shard's tensors. Takes the parts (parts[0] stays the caller's).
+ */
+static qpk_status join(qpk_gguf **parts, size_t n, const char *const *labels, qpk_err *e)
+{
+    qpk_gguf *g = parts[0];
+    split_keys k0, k;
+    qpk_status s = read_split_keys(g, &k0, e);
+    if (s != QPK_OK)
+        return qpk_err_prefix(e, s, "%s", labels[0]);
+    if (k0.count > 1 && k0.no != 0)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "%s is shard %u of %u of a split set, not the first", labels[0],
+                            k0.no + 1, k0.count);
+    const uint32_t count = k0.count > 1 ? k0.count : 1;
+    if (n == 1 && count > 1)
+        return qpk_err_setf(e, QPK_E_MISMATCH,
+                            "%s is the first shard of a split set of %u: the other shards are needed", labels[0], count);
+    if (n != count && !k0.present)
+        return qpk_err_setf(e, QPK_E_MISMATCH, "%s has no split.count but %zu shards were given", labels[0], n);
+    if (n != count)
+        return qpk_err_setf(e, QPK_E_MISMATCH, "%s: split.count is %u but %zu shards were given", labels[0], k0.count,
+                            n);
+    for (size_t i = 1; i < n; i++) {
+        s = read_split_keys(parts[i], &k, e);
+        if (s != QPK_OK)
+            return qpk_err_prefix(e, s, "%s", labels[i]);
+        if (!k.present)
+            return qpk_err_setf(e, QPK_E_MISMATCH, "%s has no split.count: not a shard of a split set", labels[i]);
+        if (k.count != count)
+            return qpk_err_setf(e, QPK_E_MISMATCH,
+                                "%s: split.count %u, the first shard's is %u: a shard of another set", labels[i],
+                                k.count, count);
+        if (k.no < i)
+            return qpk_err_setf(e, QPK_E_MISMATCH, "%s holds shard %u again (split.no %u): a repeated shard", labels[i],
+                                k.no + 1, k.no);
+        if (k.no > i)
+            return qpk_err_setf(e, QPK_E_MISMATCH,
+                                "%s holds shard %u (split.no %u), not shard %zu: shards out of order", labels[i],
+                                k.no + 1, k.no, i + 1);
+        if (k.n_tensors != k0.n_tensors)
+            return qpk_err_setf(e, QPK_E_MISMATCH,
+                                "%s: split.tensors.count %lld, the first shard's is %lld: a shard of another set",
+                                labels[i], (long long)k.n_tensors, (long long)k0.n_tensors);
+        size_t j;
+        const char *dup = tensor_in_earlier(parts, i, &j);
+        if (dup)
+            return qpk_err_setf(e, QPK_E_CORRUPT, "tensor '%s' is in both %s and %s", dup, labels[j], labels[i]);
+    }
+    uint64_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += parts[i]->n_t;
+    if (count > 1 && total != (uint64_t)k0.n_tensors)
+        return qpk_err_setf(e, QPK_E_MISMATCH,
+                            "%s: the set's %zu shard%s hold %llu tensors, split.tensors.count says %lld", labels[0], n,
+                            n == 1 ? "" : "s", (unsigned long long)total, (long long)k0.n_tensors);
+    if (n == 1)
+        return QPK_OK;
+    qpk_gguf_tensor *t = calloc((size_t)total, sizeof *t);
+    qpk_gguf **keep = malloc(n * sizeof *keep);
+    if (!t || !keep) {
+        free(t), free(keep);
+        return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    }
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < parts[i]->n_t; j++) {
+            t[m] = parts[i]->t[j];
+            t[m++].shard = (uint32_t)i;
+        }
+    memcpy(keep, parts, n * sizeof *keep);
+    free(g->t), free(g->t_by_name);
+    g->t = t, g->n_t = (size_t)total, g->t_by_name = NULL;
+    g->parts = keep, g->n_parts = n;
+    for (size_t i = 1; i < n; i++)
+        parts[i] = NULL; /* g owns them now */
+    return build_index(e, g->n_t, sizeof *g->t, g->t, &g->t_by_name, "tensor name");
+}
+
+static void close_parts(qpk_gguf **parts, size_t n)
+{
+    for (size_t i = 1; parts && i < n; i++)
+        qpk_gguf_close(parts[i]);
+}
+
+qpk_status qpk_gguf_open_set_memory(qpk_gguf **out, const void *const *bufs, const size_t *sizes, size_t n,
+                                    qpk_err *e)
+{
+    *out = NULL;
+    if (n == 0 || n > 65535)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "a split set of %zu shards (1..65535)", n);
+    qpk_gguf **parts = calloc(n, sizeof *parts);
+    char (*labels)[32] = calloc(n, sizeof *labels);
+    const char **lp = calloc(n, sizeof *lp);
+    qpk_status s = parts && labels && lp ? QPK_OK : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    for (size_t i = 0; i < n && s == QPK_OK; i++) {
+        snprintf(labels[i], sizeof labels[i], "shard %zu", i + 1);
+        lp[i] = labels[i];
+        s = open_one(&parts[i], bufs[i], sizes[i], e);
+        if (s != QPK_OK && n > 1)
+            s = qpk_err_prefix(e, s, "%s", labels[i]);
+    }
+    const char *one = "the file"; /* one buffer: a set's first shard alone is refused as incomplete */
+    if (s == QPK_OK)
+        s = join(parts, n, n == 1 ? &one : lp, e);
+    if (s == QPK_OK)
+        *out = parts[0];
+    else if (parts)
+        qpk_gguf_close(parts[0]);
+    close_parts(parts, n);
+    free(parts), free(labels), free(lp);
+    return s;
+}
+
+qpk_status qpk_gguf_open_memory(qpk_gguf **out, const void *buf, size_t size, qpk_err *e)
+{
+    return qpk_gguf_open_set_memory(out, &buf, &size, 1, e);
+}
+
+/* Maps and parses one file; errors name it. */
+static qpk_status open_file(qpk_gguf **out, const char *path, qpk_err *e)
 {
     *out = NULL;
     const void *p;
     size_t size;
     QPK_TRY(qpk_map_file(path, 0, &p, &size, e));
-    qpk_status s = qpk_gguf_open_memory(out, p, size, e);
+    qpk_status s = open_one(out, p, size, e);
     if (s != QPK_OK) {
         qpk_unmap_file(p, size);
         return qpk_err_prefix(e, s, "%s", path);
@@ -347,10 +531,104 @@ qpk_status qpk_gguf_open(qpk_gguf **out, const char *path, qpk_err *e)
     return QPK_OK;
 }
 
+/*
+ * The prefix of a shard's path, as llama.cpp's llama_split_prefix takes it: the path less
+ * "-%05d-of-%05d.gguf" (shard no+1 of count); NULL if the path does not end so.
+ */
+static char *split_prefix(const char *path, uint32_t no, uint32_t count)
+{
+    char tail[48];
+    snprintf(tail, sizeof tail, "-%05u-of-%05u.gguf", no + 1, count);
+    size_t n = strlen(path), k = strlen(tail);
+    if (n <= k || strcmp(path + n - k, tail) != 0)
+        return NULL;
+    char *p = malloc(n - k + 1);
+    if (p) {
+        memcpy(p, path, n - k);
+        p[n - k] = 0;
+    }
+    return p;
+}
+
+char *qpk_gguf_split_path(const char *prefix, uint32_t no, uint32_t count)
+{
+    size_t n = strlen(prefix) + 48;
+    char *p = malloc(n);
+    if (p)
+        snprintf(p, n, "%s-%05u-of-%05u.gguf", prefix, no + 1, count);
+    return p;
+}
+
+/* The other shards of the set whose first shard g (at path) says it has count shards. */
+static qpk_status open_set(qpk_gguf **gp, const char *path, uint32_t count, qpk_err *e)
+{
+    char *prefix = split_prefix(path, 0, count);
+    if (!prefix)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG,
+                            "%s: the first shard of a split set of %u, but its name does not end in "
+                            "-00001-of-%05u.gguf, the name the other shards are found by", path, count, count);
+    qpk_gguf **parts = calloc(count, sizeof *parts);
+    char **names = calloc(count, sizeof *names);
+    qpk_status s = parts && names ? QPK_OK : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    if (s == QPK_OK) {
+        parts[0] = *gp;
+        names[0] = strdup(path);
+        s = names[0] ? QPK_OK : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+    }
+    for (uint32_t i = 1; i < count && s == QPK_OK; i++) {
+        if (!(names[i] = qpk_gguf_split_path(prefix, i, count)))
+            s = qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+        else if ((s = open_file(&parts[i], names[i], e)) != QPK_OK)
+            s = qpk_err_prefix(e, s, "split set %s: shard %u of %u", path, i + 1, count);
+    }
+    if (s == QPK_OK)
+        s = join(parts, count, (const char *const *)names, e);
+    close_parts(parts, count);
+    for (uint32_t i = 0; names && i < count; i++)
+        free(names[i]);
+    free(parts), free(names), free(prefix);
+    return s;
+}
+
+qpk_status qpk_gguf_open(qpk_gguf **out, const char *path, qpk_err *e)
+{
+    *out = NULL;
+    qpk_gguf *g;
+    QPK_TRY(open_file(&g, path, e));
+    split_keys k;
+    qpk_status s = read_split_keys(g, &k, e);
+    if (s != QPK_OK)
+        s = qpk_err_prefix(e, s, "%s", path);
+    else if (k.count > 1 && k.no != 0) {
+        char *prefix = split_prefix(path, k.no, k.count);
+        char *first = prefix ? qpk_gguf_split_path(prefix, 0, k.count) : NULL;
+        if (first)
+            s = qpk_err_setf(e, QPK_E_INVALID_ARG, "%s is shard %u of %u of a split set: give the first, %s", path,
+                             k.no + 1, k.count, first);
+        else
+            s = qpk_err_setf(e, QPK_E_INVALID_ARG, "%s is shard %u of %u of a split set: give the first, "
+                             "NAME-00001-of-%05u.gguf", path, k.no + 1, k.count, k.count);
+        free(prefix), free(first);
+    } else if (k.count > 1)
+        s = open_set(&g, path, k.count, e);
+    else {
+        const char *one = path;
+        s = join(&g, 1, &one, e);
+    }
+    if (s != QPK_OK) {
+        qpk_gguf_close(g);
+        return s;
+    }
+    *out = g;
+    return QPK_OK;
+}
+
 void qpk_gguf_close(qpk_gguf *g)
 {
     if (!g)
         return;
+    close_parts(g->parts, g->n_parts);
+    free(g->parts);
     if (g->mapped)
         qpk_unmap_file(g->base, (size_t)g->size);
     for (size_t i = 0; g->kvs && i < g->n_kv; i++)
@@ -359,7 +637,14 @@ void qpk_gguf_close(qpk_gguf *g)
 }
 
 uint32_t qpk_gguf_version(const qpk_gguf *g) { return g->version; }
-uint64_t qpk_gguf_file_size(const qpk_gguf *g) { return g->size; }
+uint64_t qpk_gguf_file_size(const qpk_gguf *g)
+{
+    uint64_t n = g->size;
+    for (size_t i = 1; i < g->n_parts; i++)
+        n += g->parts[i]->size;
+    return n;
+}
+size_t qpk_gguf_n_shards(const qpk_gguf *g) { return g->n_parts ? g->n_parts : 1; }
 uint32_t qpk_gguf_alignment(const qpk_gguf *g) { return g->alignment; }
 size_t qpk_gguf_n_kv(const qpk_gguf *g) { return g->n_kv; }
 size_t qpk_gguf_n_tensors(const qpk_gguf *g) { return g->n_t; }

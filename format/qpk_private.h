@@ -152,6 +152,12 @@ void qpk_unmap_file(const void *data, size_t size); /* NULL-safe */
 /* Whether path is a readable file whose first n (<= 16) bytes are magic. */
 bool qpk_file_starts_with(const char *path, const void *magic, size_t n);
 
+/*
+ * Shard no (0-based) of a GGUF split set of count, named as llama.cpp names them:
+ * "PREFIX-%05d-of-%05d.gguf" with no + 1. Malloc'd; NULL when out of memory.
+ */
+char *qpk_gguf_split_path(const char *prefix, uint32_t no, uint32_t count);
+
 /* ------------------------------------------------------------ atomic output */
 
 /*
@@ -170,6 +176,11 @@ qpk_status qpk_outfile_pad(qpk_outfile *o, uint64_t align, qpk_err *e);
 qpk_status qpk_outfile_pwrite(qpk_outfile *o, const void *p, size_t n, uint64_t off, qpk_err *e);
 uint64_t qpk_outfile_tell(const qpk_outfile *o);
 const char *qpk_outfile_path(const qpk_outfile *o);
+/*
+ * Flushes and fsyncs what was written and frees the buffer: o is complete, waiting for its
+ * commit (a set of files renamed only once every one of them is complete). No write after it.
+ */
+qpk_status qpk_outfile_sync(qpk_outfile *o, qpk_err *e);
 /* Flushes, fsyncs, renames over the path, fsyncs the folder; frees o whatever the outcome. */
 qpk_status qpk_outfile_commit(qpk_outfile *o, qpk_err *e);
 /* Drops everything written; nothing appears at the path. NULL-safe. */

@@ -53,14 +53,18 @@ static qpk_status ggml_type_of(uint32_t type, uint32_t group, const char *name, 
 
 /* --------------------------------------------------------------- create */
 
-qpk_status qpk_gguf_export_create(qpk_gguf_export **out, const char *path, qpk_err *e)
+qpk_status qpk_gguf_export_create(qpk_gguf_export **out, const char *path, uint64_t split_bytes,
+                                  uint64_t split_tensors, qpk_err *e)
 {
     *out = NULL;
     qpk_gguf_export *x = calloc(1, sizeof *x);
     if (!x)
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     qpk_status s = qpk_gguf_writer_create(&x->w, path, e);
+    if (s == QPK_OK && (split_bytes || split_tensors))
+        s = qpk_gguf_writer_split(x->w, split_bytes, split_tensors, e);
     if (s != QPK_OK) {
+        qpk_gguf_writer_discard(x->w);
         free(x);
         return s;
     }

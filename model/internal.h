@@ -9,7 +9,9 @@
 
 typedef struct qpk_gguf_export qpk_gguf_export;
 
-qpk_status qpk_gguf_export_create(qpk_gguf_export **out, const char *path, qpk_err *e);
+/* split_bytes / split_tensors: a split set (qpk_gguf_writer_split), both 0: one file. */
+qpk_status qpk_gguf_export_create(qpk_gguf_export **out, const char *path, uint64_t split_bytes,
+                                  uint64_t split_tensors, qpk_err *e);
 /* Nothing appears at the path. NULL-safe. */
 void qpk_gguf_export_discard(qpk_gguf_export *x);
 /* What a GGUF says besides its tensors. */

@@ -37,6 +37,8 @@ qpk_status qpk_sink_create(qpk_sink **out, qpk_output kind, const char *path, co
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "unknown output kind %d", (int)kind);
     if (opts && opts->gptq_v2 && kind != QPK_OUT_GPTQ)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "the GPTQ v2 layout applies to GPTQ folders only");
+    if (opts && (opts->split_max_size || opts->split_max_tensors) && kind != QPK_OUT_GGUF)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "a split set applies to GGUF only");
     qpk_sink *s = calloc(1, sizeof *s);
     if (!s)
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
@@ -46,7 +48,9 @@ qpk_status qpk_sink_create(qpk_sink **out, qpk_output kind, const char *path, co
     qpk_status st;
     switch (kind) {
     case QPK_OUT_QPK: st = qpk_writer_create(&s->w, path, e); break;
-    case QPK_OUT_GGUF: st = qpk_gguf_export_create(&s->gguf, path, e); break;
+    case QPK_OUT_GGUF:
+        st = qpk_gguf_export_create(&s->gguf, path, s->o.split_max_size, s->o.split_max_tensors, e);
+        break;
     default: st = qpk_hf_sink_create(&s->hf, kind, path, &s->o, e); break;
     }
     if (st != QPK_OK) {

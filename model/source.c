@@ -83,7 +83,16 @@ static qpk_status open_gguf(qpk_source *s, const qpk_callbacks *cb, qpk_err *e)
         st = qpk_gguf_check_scales(s->gguf, e);
     if (st != QPK_OK)
         return qpk_err_prefix(e, st, "%s", s->path);
-    return add_input(s, NULL, s->path, e);
+    st = add_input(s, NULL, s->path, e);
+    /* A split set's other shards are inputs too (the path, its first, ends -00001-of-NNNNN.gguf). */
+    const size_t n = qpk_gguf_n_shards(s->gguf), len = strlen(s->path);
+    for (size_t i = 1; i < n && st == QPK_OK && len > 20; i++) {
+        char *prefix = strndup(s->path, len - 20);
+        char *name = prefix ? qpk_gguf_split_path(prefix, (uint32_t)i, (uint32_t)n) : NULL;
+        st = name ? add_input(s, NULL, name, e) : qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
+        free(prefix), free(name);
+    }
+    return st;
 }
 
 qpk_status qpk_source_open(qpk_source **out, const char *path, const qpk_source_opts *opts, qpk_err *e)

@@ -313,6 +313,15 @@ if [ -d "$a" ]; then
   expect 2 "--shard-size takes a whole number of bytes" -- "$bin/qconvert" "$a" --to gptq -o "$tmp/x" --quant int4 --shard-size 4XB
   expect 2 "--gptq-format goes with --to gptq" -- "$bin/qconvert" "$a" --to awq -o "$tmp/x" --quant int4 --gptq-format v2
   expect 2 "it goes with --to gguf" -- "$bin/qconvert" "$g" --to awq -o "$tmp/x" --requantize
+  # GGUF split sets: written as gguf-split names them, read from the first shard, a later one named
+  expect 2 "split a GGUF into a set: they go with --to gguf" -- "$bin/qconvert" "$a" -o "$tmp/x.qpk" --split-max-tensors 9
+  expect 2 "--split-max-size takes a whole number of bytes" -- "$bin/qconvert" "$a" -o "$tmp/x.gguf" --split-max-size 2XB
+  expect 2 "--split-max-tensors takes a whole number" -- "$bin/qconvert" "$a" -o "$tmp/x.gguf" --split-max-tensors 0
+  expect 0 "wrote .*/s-00001-of-00005.gguf" -- "$bin/qconvert" "$a" --quant int4 -o "$tmp/s.gguf" --split-max-tensors 10
+  expect 0 "" -- test ! -e "$tmp/s.gguf"
+  expect 0 "in 5 files \(a split set\)" -- "$bin/qinspect" "$tmp/s-00001-of-00005.gguf" --verify --no-tensors
+  expect 2 "is shard 2 of 5 of a split set: give the first, .*/s-00001-of-00005.gguf" \
+    -- "$bin/qinspect" "$tmp/s-00002-of-00005.gguf"
 else
   echo "cli_test: no fixtures at '${QPK_FIXTURES:-}': GGUF export checks skipped" >&2
 fi

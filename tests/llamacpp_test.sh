@@ -118,5 +118,12 @@ else
     fi
   done
 fi
+# A split set as llama.cpp's gguf-split writes it (--split-max-tensors 10: five shards, the metadata in the first):
+# llama.cpp loads it from its first shard, qpk reads the same set as one model.
+if "$bin/qconvert" "$fx/qwen-tiny-a" --quant int4 --split-max-tensors 10 -o "$tmp/split.gguf" -q; then
+  kcheck "qpk-split-set" "$tmp/split-00001-of-00005.gguf" "$tokens" 1e-3 95 0.01
+else
+  echo "FAIL: split set export"; fail=$((fail + 1))
+fi
 echo "llamacpp_test: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

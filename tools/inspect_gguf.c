@@ -127,7 +127,10 @@ static void print_text(const char *path, const qpk_gguf *g, uint64_t size, bool 
     printf("file          ");
     cli_print_msg(stdout, path);
     putchar('\n');
-    printf("size          %" PRIu64 " bytes\n", size);
+    printf("size          %" PRIu64 " bytes", size);
+    if (qpk_gguf_n_shards(g) > 1)
+        printf(" in %zu files (a split set)", qpk_gguf_n_shards(g));
+    printf("\n");
     printf("format        GGUF v%u, alignment %u\n", qpk_gguf_version(g), qpk_gguf_alignment(g));
     printf("metadata      %zu keys\n", qpk_gguf_n_kv(g));
     for (size_t i = 0; i < qpk_gguf_n_kv(g); i++) {
@@ -152,8 +155,11 @@ static void print_text(const char *path, const qpk_gguf *g, uint64_t size, bool 
         snprintf(shape + n, sizeof shape - (size_t)n, "]");
         printf("  ");
         size_t w = cli_put_escaped(stdout, t->name, strlen(t->name), SIZE_MAX, false);
-        printf("%*s %-5s %-16s %12" PRIu64 " bytes at %" PRIu64 "\n", w < 32 ? (int)(32 - w) : 0, "",
+        printf("%*s %-5s %-16s %12" PRIu64 " bytes at %" PRIu64, w < 32 ? (int)(32 - w) : 0, "",
                qpk_ggml_type_name(t->type), shape, t->nbytes, t->offset);
+        if (qpk_gguf_n_shards(g) > 1) /* a split set: the offset is in that file */
+            printf(" of shard %u", t->shard + 1);
+        printf("\n");
     }
 }
 
@@ -167,6 +173,8 @@ static void print_json(const char *path, const qpk_gguf *g, uint64_t size, bool 
     cJSON_AddNumberToObject(o, "size", (double)size);
     cJSON_AddNumberToObject(o, "format_version", qpk_gguf_version(g));
     cJSON_AddNumberToObject(o, "alignment", qpk_gguf_alignment(g));
+    if (qpk_gguf_n_shards(g) > 1)
+        cJSON_AddNumberToObject(o, "shards", (double)qpk_gguf_n_shards(g));
     for (size_t i = 0; i < qpk_gguf_n_kv(g); i++) {
         qpk_gguf_value v;
         const char *key = qpk_gguf_kv_at(g, i, &v);
@@ -188,6 +196,8 @@ static void print_json(const char *path, const qpk_gguf *g, uint64_t size, bool 
             cJSON_AddStringToObject(x, "type", qpk_ggml_type_name(t->type));
             cJSON_AddItemToObject(x, "ne", ne);
             cJSON_AddNumberToObject(x, "offset", (double)t->offset);
+            if (qpk_gguf_n_shards(g) > 1)
+                cJSON_AddNumberToObject(x, "shard", t->shard + 1);
             cJSON_AddNumberToObject(x, "bytes", (double)t->nbytes);
             cJSON_AddItemToArray(arr, x);
         }

@@ -2,6 +2,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "qpk_private.h"
@@ -36,6 +38,35 @@ static void file_weights(const char *path, uint64_t *n, uint64_t *bytes)
         }
         qpk_gguf_close(g);
     }
+}
+
+/*
+ * The first shard of the split set just written for -o OUT.gguf: OUT-00001-of-NNNNN.gguf, the
+ * newest such file (an older set of another count may lie beside it). NULL if none.
+ */
+static char *first_shard(const char *out)
+{
+    size_t n = strlen(out);
+    char *prefix = strdup(out), *best = NULL;
+    if (!prefix)
+        return NULL;
+    if (n > 5 && !strcmp(prefix + n - 5, ".gguf"))
+        prefix[n - 5] = 0;
+    struct timespec newest = {0, 0};
+    size_t plen = strlen(prefix), cap = plen + 32;
+    char *name = malloc(cap);
+    for (unsigned count = 1; name && count <= 65535; count++) {
+        struct stat sb;
+        snprintf(name, cap, "%s-00001-of-%05u.gguf", prefix, count);
+        if (stat(name, &sb) == 0 && (!best || sb.st_mtim.tv_sec > newest.tv_sec ||
+                                      (sb.st_mtim.tv_sec == newest.tv_sec && sb.st_mtim.tv_nsec > newest.tv_nsec))) {
+            free(best);
+            best = strdup(name);
+            newest = sb.st_mtim;
+        }
+    }
+    free(name), free(prefix);
+    return best;
 }
 
 /* As llama.cpp reports a model: its tensors' size, and their bits over the weights they hold. */
@@ -143,7 +174,8 @@ static int convert(cli *c, const char *in, const char *out, qpk_convert_opts *o,
     int32_t *calib = NULL;
     qpk_convert_result r = {0};
     const qpk_source_opts so = {.cb = o->cb};
-    const qpk_sink_opts ko = {o->shard_size, o->gptq_v2, o->n_threads, o->cb};
+    const qpk_sink_opts ko = {o->shard_size, o->gptq_v2, o->n_threads, o->cb, o->split_max_size,
+                              o->split_max_tensors};
     double t0 = cli_now();
     qpk_status s = qpk_source_open(&src, in, &so, &e);
     if (s == QPK_OK && calib_path && calib_text)
@@ -177,8 +209,10 @@ static int convert(cli *c, const char *in, const char *out, qpk_convert_opts *o,
         return cli_fail(c, &e);
     }
     cli_progress_done(c);
+    char *first = o->split_max_size || o->split_max_tensors ? first_shard(out) : NULL;
     if (!c->quiet)
-        cli_wrote(out, t0);
+        cli_wrote(first ? first : out, t0);
+    free(first);
     return 0;
 }
 
@@ -225,6 +259,11 @@ static void usage(void)
            "                        linears; a scheme per module where they differ\n"
            "      --shard-size N    folders: bytes of tensors per safetensors shard, e.g.\n"
            "                        4GB (default, as transformers), 500MB, 2GiB\n"
+           "      --split-max-size N      GGUF: a split set as llama.cpp's gguf-split writes\n"
+           "      --split-max-tensors N   it, at most N bytes (2GB, 500MB...: tensor bytes,\n"
+           "                        metadata not counted) or N tensors per shard; -o x.gguf\n"
+           "                        writes x-00001-of-0000K.gguf .. K, the model's metadata\n"
+           "                        in the first; llama.cpp, qverify etc. load the first\n"
            "      --gptq-format F   v1 (default: what vLLM and transformers read) | v2\n"
            "                        (zeros stored as they are; v1 stores zero - 1 and so\n"
            "                        cannot hold a zero point of 0)\n"
@@ -296,13 +335,13 @@ static void usage(void)
 /* ------------------------------------------------------------------ options */
 
 /* What an option shapes: the checks refuse options that would do nothing for the input or target. */
-enum { FOR_MODEL = 1, FOR_GPTQ = 2, FOR_WINDOWS = 4, FOR_FOLDER = 8, FOR_GROUP = 16 };
+enum { FOR_MODEL = 1, FOR_GPTQ = 2, FOR_WINDOWS = 4, FOR_FOLDER = 8, FOR_GROUP = 16, FOR_SPLIT = 32 };
 
 typedef enum opt_id {
     O_HELP, O_VERSION, O_QUIET, O_OUTPUT, O_TO, O_SHARD_SIZE, O_GPTQ_FORMAT, O_DTYPE, O_QUANT, O_PRESET, O_GROUP,
     O_KEEP, O_EMBED_TYPE, O_METHOD, O_CALIB, O_CALIB_TOKENS, O_CALIB_SAMPLES, O_CALIB_LEN, O_SEED, O_DAMP,
     O_ACT_ORDER, O_AWQ_FOLD_ONLY, O_REQUANTIZE, O_ALLOW_NONFINITE, O_THREADS, O_PAD_INTERMEDIATE, O_IMATRIX,
-    O_SAVE_IMATRIX, O_IMATRIX_DAT
+    O_SAVE_IMATRIX, O_IMATRIX_DAT, O_SPLIT_SIZE, O_SPLIT_TENSORS
 } opt_id;
 
 static const struct option {
@@ -318,6 +357,8 @@ static const struct option {
     {"--to", NULL, true, 0, O_TO},
     {"--shard-size", NULL, true, FOR_FOLDER, O_SHARD_SIZE},
     {"--gptq-format", NULL, true, FOR_FOLDER, O_GPTQ_FORMAT},
+    {"--split-max-size", NULL, true, FOR_SPLIT, O_SPLIT_SIZE},
+    {"--split-max-tensors", NULL, true, FOR_SPLIT, O_SPLIT_TENSORS},
     {"--dtype", NULL, true, FOR_MODEL, O_DTYPE},
     {"--quant", NULL, true, FOR_MODEL, O_QUANT},
     {"--preset", NULL, true, FOR_MODEL, O_PRESET},
@@ -392,6 +433,15 @@ static int set_option(cli *c, args *a, const struct option *opt, const char *v)
                    ? -1
                    : cli_usage_error(c, "--shard-size takes a whole number of bytes, or one with a unit (B, KB, MB, "
                                         "GB, TB, KiB, MiB, GiB) such as 4GB, 500MB or 2GiB");
+    case O_SPLIT_SIZE:
+        return parse_size(v, &o->split_max_size)
+                   ? -1
+                   : cli_usage_error(c, "--split-max-size takes a whole number of bytes, or one with a unit (B, KB, "
+                                        "MB, GB, TB, KiB, MiB, GiB) such as 2GB or 500MB");
+    case O_SPLIT_TENSORS:
+        if (!cli_parse_int(v, 1, 1000000, &n))
+            return cli_usage_error(c, "--split-max-tensors takes a whole number from 1 to 1000000");
+        return o->split_max_tensors = (uint64_t)n, -1;
     case O_GPTQ_FORMAT:
         if (strcmp(v, "v1") && strcmp(v, "v2"))
             return cli_usage_error(c, "--gptq-format takes v1 or v2");
@@ -520,6 +570,9 @@ static int check_target(cli *c, args *a)
                                   "compressed-tensors or mlx");
     if (o->gptq_v2 && o->to != QPK_OUT_GPTQ)
         return cli_usage_error(c, "--gptq-format goes with --to gptq");
+    if ((a->shapes & FOR_SPLIT) && o->to != QPK_OUT_GGUF)
+        return cli_usage_error(c, "--split-max-size and --split-max-tensors split a GGUF into a set: they go with "
+                                  "--to gguf");
     if (o->to == QPK_OUT_GGUF && !group_given)
         o->group = 32;
     if (o->to == QPK_OUT_MLX && !group_given)

@@ -99,6 +99,9 @@ typedef struct qpk_convert_opts {
                            * AWQ folder (the embedding and head then stay floats by default) */
     uint64_t shard_size;  /* GPTQ/AWQ folders: bytes of tensors per shard (0: QPK_SHARD_SIZE) */
     bool gptq_v2;         /* GPTQ folders: checkpoint_format gptq_v2 (zeros as they are; v1 stores zero - 1) */
+    /* GGUF: a split set as llama.cpp's gguf-split writes one (qpk_gguf_writer_split): at most this
+     * many bytes of tensors / tensors per shard (0: no such limit; both 0: one file). */
+    uint64_t split_max_size, split_max_tensors;
     /* Linears a GGUF cannot hold as they are (act-order ones, whose groups gather scattered
      * input columns; int8z ones with a code whose offset from its zero leaves Q8_0's int8)
      * are requantized by round-to-nearest in groups of 32 in input order from their exact

@@ -53,6 +53,18 @@ typedef struct qpk_gguf_writer qpk_gguf_writer;
 QPK_API qpk_status qpk_gguf_writer_create(qpk_gguf_writer **out, const char *path, qpk_err *e);
 QPK_API void qpk_gguf_writer_discard(qpk_gguf_writer *w); /* nothing appears at the path; NULL-safe */
 
+/*
+ * Makes the output a split set as llama.cpp's gguf-split writes one: PATH less ".gguf", then
+ * -00001-of-0000N.gguf .. N (given model.gguf: model-00001-of-00003.gguf ...), a new shard when the
+ * current one holds max_tensors tensors or the next tensor (padded) would take its tensor bytes
+ * past max_bytes (0: no such limit; a larger tensor gets a shard of its own). Every key-value
+ * goes into the first shard, and split.no (u16), split.count (u16), split.tensors.count (i32)
+ * into every one. Nothing appears at PATH; the shards appear at finish, each renamed into place
+ * only once all are complete. Before the first qpk_gguf_write.
+ * @return QPK_OK, QPK_E_INVALID_ARG (after the data began, or no limit given)
+ */
+QPK_API qpk_status qpk_gguf_writer_split(qpk_gguf_writer *w, uint64_t max_bytes, uint64_t max_tensors, qpk_err *e);
+
 /* Key-values, written in the order given (keys: ASCII, up to 65535 bytes). */
 QPK_API qpk_status qpk_gguf_kv_string(qpk_gguf_writer *w, const char *key, const char *s, size_t len, qpk_err *e);
 QPK_API qpk_status qpk_gguf_kv_u32(qpk_gguf_writer *w, const char *key, uint32_t v, qpk_err *e);
@@ -98,6 +110,7 @@ typedef struct qpk_gguf_tensor {
     uint64_t offset; /* absolute, in the file */
     uint64_t nbytes;
     const void *data;
+    uint32_t shard;  /* which file of a split set holds it (0-based; 0 for a single file) */
 } qpk_gguf_tensor;
 
 /*
@@ -108,10 +121,29 @@ typedef struct qpk_gguf_tensor {
  */
 QPK_API qpk_status qpk_gguf_open(qpk_gguf **out, const char *path, qpk_err *e);
 QPK_API qpk_status qpk_gguf_open_memory(qpk_gguf **out, const void *buf, size_t size, qpk_err *e);
+/*
+ * Split sets, as llama.cpp's gguf-split writes them: NAME-00001-of-0000N.gguf .. N, each a GGUF
+ * with split.no (u16, 0-based), split.count (u16) and split.tensors.count (i32, the whole set's
+ * tensors); the model's key-values are the first shard's. qpk_gguf_open given the first shard
+ * opens the others by that naming rule and returns one handle: the first shard's key-values,
+ * every shard's tensors (qpk_gguf_tensor.shard says which file; offsets are in that file). It
+ * refuses, before exposing anything, a later shard given as the path (naming the first), a
+ * missing shard, a repeated or misplaced one (split.no not its position), a shard of another
+ * set (split.count or split.tensors.count disagreeing), a tensor in two shards, and a set whose
+ * tensors do not add up to split.tensors.count. A single file that is a set's first shard
+ * (qpk_gguf_open_memory) is refused as incomplete; a set of one is a plain file.
+ * qpk_gguf_open_set_memory does the same over n buffers, bufs[i] being shard i+1.
+ * @return QPK_OK, QPK_E_MISMATCH (shards that are not one set), QPK_E_INVALID_ARG (not the
+ *         first shard), QPK_E_CORRUPT, QPK_E_IO (a shard that cannot be read)...
+ */
+QPK_API qpk_status qpk_gguf_open_set_memory(qpk_gguf **out, const void *const *bufs, const size_t *sizes, size_t n,
+                                            qpk_err *e);
+/* Files the handle reads: split.count for a split set, else 1. */
+QPK_API size_t qpk_gguf_n_shards(const qpk_gguf *g);
 QPK_API void qpk_gguf_close(qpk_gguf *g); /* NULL-safe */
 
 QPK_API uint32_t qpk_gguf_version(const qpk_gguf *g);
-QPK_API uint64_t qpk_gguf_file_size(const qpk_gguf *g);
+QPK_API uint64_t qpk_gguf_file_size(const qpk_gguf *g); /* a split set: all its files' bytes */
 QPK_API uint32_t qpk_gguf_alignment(const qpk_gguf *g);
 QPK_API size_t qpk_gguf_n_kv(const qpk_gguf *g);
 /* Key i (NUL-terminated copy) and its value. */

@@ -143,6 +143,9 @@ typedef struct qpk_sink_opts {
     bool gptq_v2;        /* GPTQ folders: checkpoint_format gptq_v2 (zeros as they are; v1 stores zero - 1) */
     int n_threads;       /* packing folders' linears; 0: all cores */
     qpk_callbacks cb;    /* notes (Q4_1 offsets rounded, files absent) and cancellation */
+    /* GGUF: a split set, at most this many bytes of tensors / tensors per shard (0: no such limit;
+     * both 0: one file). See qpk_gguf_writer_split. */
+    uint64_t split_max_size, split_max_tensors;
 } qpk_sink_opts;
 
 /* One tensor as the sink will receive it. */

@@ -1,20 +1,22 @@
 /* libFuzzer target: the GGUF reader, every key-value, array element and tensor it exposes,
  * the Qwen-family checks of a GGUF model (hyperparameters, tokenizer keys, tensors), and what passes
- * them as a model: the runtime's checks, every weight dequantized, the tokenizer it describes. */
+ * them as a model: the runtime's checks, every weight dequantized, the tokenizer it describes.
+ * The input is read as one file, and, when "GGUF" occurs past its start, also as a split set:
+ * cut before each later "GGUF", each piece a shard (at most 8), as qpk_gguf_open_set_memory
+ * takes them. The split-* seeds are gguf-split sets of the other seeds, concatenated
+ * (llama-gguf-split --split --split-max-tensors N, then cat NAME-0000*). */
 #include <stdlib.h>
+#include <string.h>
 
 #include "qpk/convert.h"
 #include "qpk/gguf.h"
 #include "qpk/runtime.h"
 #include "model_private.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+/* Everything a handle exposes, read; size bounds every offset (of a file or of a shard in it). */
+static void exercise(qpk_gguf *g, size_t size)
 {
-    qpk_gguf *g;
     qpk_err e;
-    if (qpk_gguf_open_memory(&g, data, size, &e) != QPK_OK)
-        return 0;
     volatile uint8_t sink = 0; /* every byte the reader points at must be readable */
     for (size_t i = 0; i < qpk_gguf_n_kv(g); i++) {
         qpk_gguf_value v, w;
@@ -67,5 +69,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             free(json);
     }
     qpk_gguf_close(g);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    qpk_gguf *g;
+    qpk_err e;
+    if (qpk_gguf_open_memory(&g, data, size, &e) == QPK_OK)
+        exercise(g, size);
+    const void *p[8];
+    size_t n[8], k = 0, start = 0;
+    for (size_t i = 4; i + 4 <= size && k < 7; i++)
+        if (!memcmp(data + i, "GGUF", 4))
+            p[k] = data + start, n[k++] = i - start, start = i;
+    if (k > 0) {
+        p[k] = data + start, n[k++] = size - start;
+        if (qpk_gguf_open_set_memory(&g, p, n, k, &e) == QPK_OK) {
+            if (qpk_gguf_n_shards(g) != k)
+                __builtin_trap();
+            exercise(g, size);
+        }
+    }
     return 0;
 }

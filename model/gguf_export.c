@@ -435,7 +435,8 @@ qpk_status qpk_gguf_export_plan(qpk_gguf_export *x, const qpk_config *c, qpk_ggu
     return write_meta(x, c, m, qpk_type_info_of(most)->file_type, e);
 }
 
-static bool q8_0_holds(int32_t q_minus_z);
+/* Whether q - z of an int8z code is one of Q8_0's int8 codes. */
+static bool q8_0_holds(int32_t q_minus_z) { return q_minus_z >= -128 && q_minus_z <= 127; }
 
 /* Notes a block's largest weight change (0: exact) in the tensor's and the file's counts. */
 static void count_change(qpk_gguf_export *x, double change, uint32_t n, uint64_t *inexact, double *max_change)
@@ -509,9 +510,6 @@ static qpk_status q80_affine(qpk_gguf_export *x, const planned *t, const qpk_qpa
     count_change(x, change, 1, &x->q80_inexact, &x->q80_max_change);
     return QPK_OK;
 }
-
-/* Whether q - z of an int8z code is one of Q8_0's int8 codes. */
-static bool q8_0_holds(int32_t q_minus_z) { return q_minus_z >= -128 && q_minus_z <= 127; }
 
 bool qpk_gguf_holds_int8z(const void *blocks, uint32_t group, uint64_t n_blocks)
 {

@@ -468,17 +468,14 @@ static void test_gguf_exact(void)
 
 static void test_awq_quality(void)
 {
-    char model[4096], p[4096], rtn[4096], awq[4096];
+    char model[4096], rtn[4096], awq[4096];
     snprintf(model, sizeof model, "%s/qwen-tiny-a-outlier", FX); /* activation outliers: what AWQ is for */
     snprintf(rtn, sizeof rtn, "%s/rtn-awq", TMP);
     snprintf(awq, sizeof awq, "%s/calibrated-awq", TMP);
     int32_t *calib = NULL, *eval = NULL;
     size_t n_calib = 0, n_eval = 0;
     qpk_err e = {0};
-    snprintf(p, sizeof p, "%s/text/calib.txt", FX);
-    CHECKF(tu_tokenize_file(model, p, &calib, &n_calib, NULL, &e) == QPK_OK, "%s", e.msg);
-    snprintf(p, sizeof p, "%s/tokens/eval_public.i32", FX);
-    CHECKF(qpk_read_tokens(p, &eval, &n_eval, &e) == QPK_OK, "%s", e.msg);
+    CHECKF(tu_calib_and_eval(FX, model, &calib, &n_calib, &eval, &n_eval, &e) == QPK_OK, "%s", e.msg);
     qpk_convert_opts o = {.to = QPK_OUT_AWQ, .dtype = -1, .quant = QPK_TYPE_INT4, .group = 64};
     CHECKF(tu_convert(model, rtn, &o, &e) == QPK_OK, "%s", e.msg);
     o.method = QPK_METHOD_AWQ;
@@ -490,15 +487,8 @@ static void test_awq_quality(void)
     qpk_source *ref = NULL;
     CHECKF(tu_open(&ref, model, false, &e) == QPK_OK, "%s", e.msg);
     for (int k = 0; k < 2 && ref; k++) {
-        qpk_source *m = NULL;
-        qpk_verify_result r;
-        qpk_verify_opts vo = {.n_ctx = 256, .max_chunks = 8};
-        if (tu_open(&m, dirs[k], false, &e) == QPK_OK &&
-            qpk_verify_tokens(tu_model(m), tu_model(ref), eval, n_eval, &vo, &r, &e) == QPK_OK)
-            kld[k] = r.kld_mean;
-        else
-            CHECKF(false, "%s: %s", dirs[k], e.msg);
-        tu_close(m);
+        kld[k] = tu_kld(dirs[k], ref, eval, n_eval, 256, 8, &e);
+        CHECKF(!isnan(kld[k]), "%s: %s", dirs[k], e.msg);
     }
     /* Measured: AWQ's KLD is a fraction of RTN's on this model (the quality gates hold it at a third). */
     fprintf(stderr, "int4 g64 as AWQ folders, KLD vs BF16: RTN %.4g, AWQ %.4g\n", kld[0], kld[1]);
@@ -1638,13 +1628,12 @@ static void test_mlx_malformed(void)
  */
 static void test_ct_calibrated(void)
 {
-    char model[4096], p[4096], ct[4096], qpk[4096], back[4096];
+    char model[4096], ct[4096], qpk[4096], back[4096];
     snprintf(model, sizeof model, "%s/qwen-tiny-a-outlier", FX);
     int32_t *calib = NULL, *eval = NULL;
     size_t n_calib = 0, n_eval = 0;
     qpk_err e = {0};
-    CHECKF(tu_tokenize_file(model, path2(p, FX, "text/calib.txt"), &calib, &n_calib, NULL, &e) == QPK_OK, "%s", e.msg);
-    CHECKF(qpk_read_tokens(path2(p, FX, "tokens/eval_public.i32"), &eval, &n_eval, &e) == QPK_OK, "%s", e.msg);
+    CHECKF(tu_calib_and_eval(FX, model, &calib, &n_calib, &eval, &n_eval, &e) == QPK_OK, "%s", e.msg);
     qpk_source *ref = NULL;
     CHECKF(tu_open(&ref, model, false, &e) == QPK_OK, "%s", e.msg);
     static const qpk_method METHODS[] = {QPK_METHOD_RTN, QPK_METHOD_GPTQ, QPK_METHOD_AWQ, QPK_METHOD_AWQ_GPTQ};
@@ -1664,15 +1653,8 @@ static void test_ct_calibrated(void)
         CHECKF(tu_convert(model, ct, &o, &e) == QPK_OK, "%s", e.msg);
         CHECKF(tu_convert(ct, back, &(qpk_convert_opts){.dtype = -1}, &e) == QPK_OK, "%s", e.msg);
         check_same_qpk(qpk, back);
-        qpk_source *m = NULL;
-        qpk_verify_result r;
-        qpk_verify_opts vo = {.n_ctx = 256, .max_chunks = 8};
-        if (tu_open(&m, ct, false, &e) == QPK_OK &&
-            qpk_verify_tokens(tu_model(m), tu_model(ref), eval, n_eval, &vo, &r, &e) == QPK_OK)
-            kld[k] = r.kld_mean;
-        else
-            CHECKF(false, "%s: %s", ct, e.msg);
-        tu_close(m);
+        kld[k] = tu_kld(ct, ref, eval, n_eval, 256, 8, &e);
+        CHECKF(!isnan(kld[k]), "%s: %s", ct, e.msg);
         rm_rf(ct), unlink(qpk), unlink(back);
     }
     fprintf(stderr, "int4 g64 as compressed-tensors, KLD vs BF16: RTN %.4g, GPTQ %.4g, AWQ %.4g, AWQ+GPTQ %.4g\n",

@@ -13,7 +13,6 @@
 #include "fixtures.h"
 #include "qpk/gguf.h"
 #include "qpk/imatrix.h"
-#include "qpk/verify.h"
 #include "testhelp.h"
 #include "testutil.h"
 
@@ -205,15 +204,9 @@ static void test_malformed(void)
 /* KLD of the model at path against the float model on the eval text's first 8 chunks of 256. */
 static double kld_of(const char *path, qpk_source *ref, const int32_t *eval, size_t n_eval)
 {
-    qpk_source *m = NULL;
     qpk_err e = {0};
-    qpk_verify_result r;
-    qpk_verify_opts vo = {.n_ctx = 256, .max_chunks = 8};
-    double k = NAN;
-    if (tu_open(&m, path, false, &e) == QPK_OK && qpk_verify_tokens(tu_model(m), tu_model(ref), eval, n_eval, &vo, &r, &e) == QPK_OK)
-        k = r.kld_mean;
+    const double k = tu_kld(path, ref, eval, n_eval, 256, 8, &e);
     CHECKF(!isnan(k), "%s: %s", path, e.msg);
-    tu_close(m);
     return k;
 }
 
@@ -225,15 +218,12 @@ static double kld_of(const char *path, qpk_source *ref, const int32_t *eval, siz
  */
 static void test_engine(const char *fx)
 {
-    char model[4096], p[4096];
+    char model[4096];
     snprintf(model, sizeof model, "%s/qwen-tiny-a-outlier", fx);
     int32_t *calib = NULL, *eval = NULL;
     size_t n_calib = 0, n_eval = 0;
     qpk_err e = {0};
-    snprintf(p, sizeof p, "%s/text/calib.txt", fx);
-    CHECKF(tu_tokenize_file(model, p, &calib, &n_calib, NULL, &e) == QPK_OK, "%s", e.msg);
-    snprintf(p, sizeof p, "%s/tokens/eval_public.i32", fx);
-    CHECKF(qpk_read_tokens(p, &eval, &n_eval, &e) == QPK_OK, "%s", e.msg);
+    CHECKF(tu_calib_and_eval(fx, model, &calib, &n_calib, &eval, &n_eval, &e) == QPK_OK, "%s", e.msg);
     qpk_convert_opts o = {.dtype = -1, .preset = QPK_PRESET_Q4_K_M, .method = QPK_METHOD_IMATRIX,
                           .calib = {.tokens = calib, .n_tokens = n_calib, .samples = 16, .seq_len = 256, .source = "calib.txt"},
                           .save_imatrix = path("run.gguf")};

@@ -1,4 +1,5 @@
 /* Helpers shared by the test programs. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,6 +9,7 @@
 #include "testutil.h"
 #include "model_private.h"
 #include "qpk/quant.h"
+#include "qpk/verify.h"
 
 /* Every tensor of out equals its source converted to the stored type. */
 bool check_against_source(const char *dir, const char *out, int dtype)
@@ -204,4 +206,29 @@ qpk_status tu_tokenize_file(const char *model, const char *path, int32_t **ids, 
         s = qpk_source_tokenize_file(src, path, ids, n, hash, e);
     qpk_source_close(src);
     return s;
+}
+
+qpk_status tu_calib_and_eval(const char *fixtures, const char *model, int32_t **calib, size_t *n_calib, int32_t **eval,
+                             size_t *n_eval, qpk_err *e)
+{
+    char p[4096];
+    *calib = *eval = NULL;
+    snprintf(p, sizeof p, "%s/text/calib.txt", fixtures);
+    qpk_status s = tu_tokenize_file(model, p, calib, n_calib, NULL, e);
+    snprintf(p, sizeof p, "%s/tokens/eval_public.i32", fixtures);
+    return s == QPK_OK ? qpk_read_tokens(p, eval, n_eval, e) : s;
+}
+
+double tu_kld(const char *path, qpk_source *ref, const int32_t *eval, size_t n_eval, int n_ctx, int max_chunks,
+              qpk_err *e)
+{
+    qpk_source *m = NULL;
+    qpk_verify_result r;
+    qpk_verify_opts vo = {.n_ctx = n_ctx, .max_chunks = max_chunks};
+    double kld = NAN;
+    if (tu_open(&m, path, false, e) == QPK_OK && tu_model(m) &&
+        qpk_verify_tokens(tu_model(m), tu_model(ref), eval, n_eval, &vo, &r, e) == QPK_OK)
+        kld = r.kld_mean;
+    tu_close(m);
+    return kld;
 }

@@ -28,6 +28,13 @@ const qpk_model *tu_model(qpk_source *src); /* built on first use, freed by tu_c
 void tu_close(qpk_source *src);
 /* A text file tokenized with the model at path's tokenizer. */
 qpk_status tu_tokenize_file(const char *model, const char *path, int32_t **ids, size_t *n, uint64_t *hash, qpk_err *e);
+/* The fixtures' calibration text tokenized with model's tokenizer, and eval_public's token ids (both malloc'd). */
+qpk_status tu_calib_and_eval(const char *fixtures, const char *model, int32_t **calib, size_t *n_calib, int32_t **eval,
+                             size_t *n_eval, qpk_err *e);
+/* Mean KL divergence of the model at path against ref over eval's first max_chunks chunks of n_ctx tokens; NAN on
+ * failure (e says why). */
+double tu_kld(const char *path, qpk_source *ref, const int32_t *eval, size_t n_eval, int n_ctx, int max_chunks,
+              qpk_err *e);
 /* A runtime model over a Qwen2 GGUF (checked as its source checks it). */
 qpk_status tu_gguf_model(qpk_model **m, const qpk_gguf *g, qpk_err *e);
 /* The engine from paths: as the library's former path-to-path functions (each sets its target). */

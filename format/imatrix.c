@@ -109,13 +109,20 @@ static qpk_status finish_entries(qpk_imatrix *m, qpk_err *e)
     return QPK_OK;
 }
 
+/* Entries stay sorted as they are added: the new one moves to its place (a reader sorts once, at the end). */
 qpk_status qpk_imatrix_add(qpk_imatrix *m, const char *name, int64_t n_per_row, int64_t n_mat, const float *sum2,
                            const float *counts, qpk_err *e)
 {
     if (qpk_imatrix_find(m, name))
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "imatrix: %s added twice", name);
     QPK_TRY(append(m, name, strlen(name), n_per_row, n_mat, sum2, counts, e));
-    return finish_entries(m, e);
+    size_t at = m->n - 1;
+    while (at > 0 && strcmp(m->entries[at - 1].name, m->entries[m->n - 1].name) > 0)
+        at--;
+    const qpk_imatrix_entry added = m->entries[m->n - 1];
+    memmove(&m->entries[at + 1], &m->entries[at], (m->n - 1 - at) * sizeof *m->entries);
+    m->entries[at] = added;
+    return QPK_OK;
 }
 
 /* ------------------------------------------------------------- legacy .dat */

@@ -10,7 +10,7 @@
 /* Layout constants of .qpk v1 (FORMAT.md is the normative text). */
 #define QPK_MAGIC "QPKF\r\n\x1a\n"
 #define QPK_MAGIC_LEN 8
-#define QPK_FORMAT_VERSION 4u /* the newest this build reads and writes; versions 1 and 2 read as ever */
+#define QPK_FORMAT_VERSION 5u /* the newest this build reads and writes; versions 1 and 2 read as ever */
 #define QPK_HEADER_SIZE 64u
 #define QPK_SECTION_ENTRY_SIZE 32u
 #define QPK_TENSOR_ENTRY_SIZE 80u

@@ -97,6 +97,21 @@ typedef struct qpk_block_q6_k {
 } qpk_block_q6_k;
 QPK_BLOCK_SIZE(qpk_block_q6_k, 128 + 64 + 16 + 2);
 
+/* ggml's i-quants: codes that index a codebook (ggml-common.h's tables; FORMAT.md section 6). */
+typedef struct qpk_block_iq4_nl {
+    uint16_t d;
+    uint8_t qs[16]; /* indices into the 16 non-linear values, as q4_0's nibbles */
+} qpk_block_iq4_nl;
+QPK_BLOCK_SIZE(qpk_block_iq4_nl, 2 + 16);
+
+typedef struct qpk_block_iq4_xs {
+    uint16_t d;
+    uint16_t scales_h;  /* bits 4-5 of the 8 6-bit scales, two per scale */
+    uint8_t scales_l[4]; /* bits 0-3, a nibble per scale */
+    uint8_t qs[128];    /* per 32 weights, 16 bytes as iq4_nl's */
+} qpk_block_iq4_xs;
+QPK_BLOCK_SIZE(qpk_block_iq4_xs, 2 + 2 + 4 + 128);
+
 /* ------------------------------------------- heads of qpk's group types */
 
 typedef struct qpk_head_int8 {

@@ -62,6 +62,13 @@ static const qpk_type_info QPK_TYPE_TABLE[QPK_TYPE_COUNT_] = {
     [QPK_TYPE_Q4_K] = GGML("q4_k", 4, qpk_block_q4_k, 256, 12, "Q4_K", 15, true, AT(qpk_block_q4_k, dmin)),
     [QPK_TYPE_Q5_K] = GGML("q5_k", 5, qpk_block_q5_k, 256, 13, "Q5_K", 17, true, AT(qpk_block_q5_k, dmin)),
     [QPK_TYPE_Q6_K] = GGML("q6_k", 6, qpk_block_q6_k, 256, 14, "Q6_K", 18, true, -1),
+#define IQUANT(n, b, S, blk, ggml, gname, ftype, quant)                                                           \
+    {.name = n, .bits = b, .head_bytes = sizeof(S) - (blk) * (b) / 8, .block = blk, .ggml_type = ggml,           \
+     .scale_at = {AT(S, d), -1}, .ggml_name = gname, .file_type = ftype, .quant_target = quant, .version = 5}
+    /* i-quants (version 5): IQ4_NL is also llama-quantize's type for the rows of IQ4_XS and the lower i-quants that
+     * are not whole super-blocks. */
+    [QPK_TYPE_IQ4_NL] = IQUANT("iq4_nl", 4, qpk_block_iq4_nl, 32, 20, "IQ4_NL", 25, false),
+    [QPK_TYPE_IQ4_XS] = IQUANT("iq4_xs", 4, qpk_block_iq4_xs, 256, 23, "IQ4_XS", 30, false),
 /* MLX's affine groups (version 4): scale and bias, then int4's or int8z's codes; only MLX folders hold them as they
  * are. GGUF takes them as Q4_1 (a 4-bit group of 32 with f16 s and b is one, byte for byte) or Q8_0, exactly where
  * the values fit (model/gguf_export.c). */
@@ -78,6 +85,7 @@ static const qpk_type_info QPK_TYPE_TABLE[QPK_TYPE_COUNT_] = {
 #undef PLAIN
 #undef GROUP
 #undef GGML
+#undef IQUANT
 };
 
 /*

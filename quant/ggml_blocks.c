@@ -157,6 +157,37 @@ void qpk_q6_k_to_f32(const uint8_t *b, float *y)
         }
 }
 
+/* IQ4_NL's codebook (ggml-common.h's kvalues_iq4nl): 16 int8 values, denser near 0 where weights are. */
+const int8_t qpk_iq4nl_values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+/* 32 weights of IQ4_NL's nibble layout (byte j: weight j low, weight j+16 high) at scale d; d v exact (11 + 7 bits). */
+static void iq4_weights(const uint8_t *qs, float d, float *y)
+{
+    for (int j = 0; j < 16; j++) {
+        y[j] = d * (float)qpk_iq4nl_values[qs[j] & 15];
+        y[j + 16] = d * (float)qpk_iq4nl_values[qs[j] >> 4];
+    }
+}
+
+void qpk_iq4_nl_to_f32(const uint8_t *b, float *y)
+{
+    iq4_weights(b + offsetof(qpk_block_iq4_nl, qs), f16_at(b + offsetof(qpk_block_iq4_nl, d)), y);
+}
+
+/* IQ4_XS scale s (0..7) of a block: low nibble from scales_l, high two bits from scales_h; stored + 32. */
+static inline int iq4_xs_scale(const uint8_t *b, int s)
+{
+    const int lo = b[offsetof(qpk_block_iq4_xs, scales_l) + s / 2] >> 4 * (s % 2) & 15;
+    return (lo | (qpk_le16(b + offsetof(qpk_block_iq4_xs, scales_h)) >> 2 * s & 3) << 4) - 32;
+}
+
+void qpk_iq4_xs_to_f32(const uint8_t *b, float *y)
+{
+    const float d = f16_at(b + offsetof(qpk_block_iq4_xs, d));
+    for (int s = 0; s < 8; s++) /* d (sc - 32) exact (11 + 6 bits), then times v exact */
+        iq4_weights(b + offsetof(qpk_block_iq4_xs, qs) + 16 * s, d * (float)iq4_xs_scale(b, s), y + 32 * s);
+}
+
 bool qpk_ggml_type(uint32_t type) { return type < QPK_TYPE_COUNT_ && QPK_QUANT_TRAITS[type].to_f32; }
 
 void qpk_ggml_dequantize_row(uint32_t type, const void *in, int64_t n, float *out)

@@ -47,7 +47,7 @@ typedef struct qpk_quant_traits {
 
 /* ggml_blocks.c, written from ggml-quants.c's dequantize_row_* and ggml-common.h's structs. */
 qpk_block_to_f32_fn qpk_q4_1_to_f32, qpk_q5_0_to_f32, qpk_q5_1_to_f32, qpk_q2_k_to_f32, qpk_q3_k_to_f32,
-    qpk_q4_k_to_f32, qpk_q5_k_to_f32, qpk_q6_k_to_f32;
+    qpk_q4_k_to_f32, qpk_q5_k_to_f32, qpk_q6_k_to_f32, qpk_iq4_nl_to_f32, qpk_iq4_xs_to_f32;
 qpk_block_quantize_fn qpk_q4_1_quantize, qpk_q5_0_quantize, qpk_q5_1_quantize, qpk_q4_k_quantize,
     qpk_q5_k_quantize, qpk_q6_k_quantize;
 qpk_block_scales_fn qpk_q4_1_scales, qpk_q5_0_scales, qpk_q4_k_scales, qpk_q6_k_scales;
@@ -75,6 +75,8 @@ static const qpk_quant_traits QPK_QUANT_TRAITS[QPK_TYPE_COUNT_] = {
     [QPK_TYPE_Q4_K] = WRITTEN(0, 15, q4_k, q4_k),
     [QPK_TYPE_Q5_K] = WRITTEN(0, 31, q5_k, q4_k), /* Q4_K's head */
     [QPK_TYPE_Q6_K] = WRITTEN(-32, 31, q6_k, q6_k),
+    [QPK_TYPE_IQ4_NL] = READ(iq4_nl),
+    [QPK_TYPE_IQ4_XS] = READ(iq4_xs),
 #undef ZERO
 #undef READ
 #undef WRITTEN

@@ -173,7 +173,7 @@ typedef struct defect {
 static void d_truncate(uint8_t *b, size_t *n) { (void)b, *n -= 100; }
 static void d_tiny(uint8_t *b, size_t *n) { (void)b, *n = 40; }
 static void d_magic(uint8_t *b, size_t *n) { (void)n, b[0] = 'X'; }
-static void d_version(uint8_t *b, size_t *n) { (void)n, wr32(b + 8, 5); }
+static void d_version(uint8_t *b, size_t *n) { (void)n, wr32(b + 8, 6); }
 static void d_header_size(uint8_t *b, size_t *n) { (void)n, wr32(b + 12, 72); }
 static void d_header_flip(uint8_t *b, size_t *n) { (void)n, b[44] ^= 1; }
 static void d_file_size(uint8_t *b, size_t *n) { (void)n, wr64(b + 16, rd64(b + 16) + 1); }
@@ -305,7 +305,7 @@ static const defect DEFECTS[] = {
     {"truncated file", d_truncate, false, QPK_E_CORRUPT, "truncated"},
     {"shorter than a header", d_tiny, false, QPK_E_CORRUPT, "shorter than the 64-byte header"},
     {"bad magic", d_magic, false, QPK_E_CORRUPT, "bad magic"},
-    {"unknown version", d_version, false, QPK_E_UNSUPPORTED, "format version 5"},
+    {"unknown version", d_version, false, QPK_E_UNSUPPORTED, "format version 6"},
     {"header size", d_header_size, true, QPK_E_CORRUPT, "header size 72"},
     {"header checksum", d_header_flip, false, QPK_E_CHECKSUM, "header checksum"},
     {"file size field", d_file_size, true, QPK_E_CORRUPT, "truncated"},
@@ -609,7 +609,8 @@ static void test_type_versions(void)
         for (size_t i = 0; i < sizeof V1 / sizeof *V1; i++)
             v1 |= V1[i] == id;
         const bool mlx = id >= QPK_TYPE_MLX4 && id <= QPK_TYPE_MLX8_F16; /* MLX's affine groups came with version 4 */
-        CHECKF(!t || t->version == (v1 ? 1u : mlx ? 4u : 2u), "type %u: version %u", id, t ? t->version : 0);
+        const bool iq = id >= QPK_TYPE_IQ4_NL; /* ggml's i-quants came with version 5 */
+        CHECKF(!t || t->version == (v1 ? 1u : mlx ? 4u : iq ? 5u : 2u), "type %u: version %u", id, t ? t->version : 0);
         const bool gptq = id == QPK_TYPE_INT8 || id == QPK_TYPE_INT4 || id == QPK_TYPE_INT4S || id == QPK_TYPE_INT8Z;
         const bool awq = id == QPK_TYPE_INT4 || id == QPK_TYPE_INT4S;
         CHECKF(!t || t->folders == ((gptq ? QPK_FOLDER_GPTQ | QPK_FOLDER_CT : 0) | (awq ? QPK_FOLDER_AWQ : 0) |

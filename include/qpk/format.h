@@ -111,6 +111,9 @@ typedef enum qpk_type {
     QPK_TYPE_MLX8 = 29,     /* bf16 s, bf16 b, 8-bit codes */
     QPK_TYPE_MLX4_F16 = 30, /* f16 s, f16 b, 4-bit codes */
     QPK_TYPE_MLX8_F16 = 31, /* f16 s, f16 b, 8-bit codes */
+    /* ggml's i-quants (format version 5): codes index ggml's codebooks */
+    QPK_TYPE_IQ4_NL = 32, /* 32 weights: f16 d, 4-bit indices into 16 non-linear values v; w = d v[q] */
+    QPK_TYPE_IQ4_XS = 33, /* 256 weights in 8 of 32: 6-bit scales, IQ4_NL's values; w = (d (sc - 32)) v[q] */
     QPK_TYPE_COUNT_ /* one past the largest id this build knows */
 } qpk_type;
 

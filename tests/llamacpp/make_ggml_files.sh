@@ -14,7 +14,7 @@ trap 'rm -rf "$tmp"' EXIT
 cp "$here/../data/tiny256/tokenizer.json" "$here/../data/tiny256/tokenizer_config.json" "$tmp/m/"
 "$bin/qconvert" "$tmp/m" --dtype f32 -o "$tmp/f32.gguf" -q
 mkdir -p "$out"
-for t in Q2_K Q3_K_M Q4_K_M Q5_K_M Q6_K Q4_1 Q5_0 Q5_1; do
+for t in Q2_K Q3_K_M Q4_K_M Q5_K_M Q6_K Q4_1 Q5_0 Q5_1 IQ4_NL IQ4_XS; do
   "$llama/build/bin/llama-quantize" "$tmp/f32.gguf" "$out/tiny-$t.gguf" $t 1 >/dev/null 2>&1
 done
 cc -O2 "$here/ggml_hashes.c" -I"$llama/ggml/include" -L"$llama/build/bin" -lggml-base -lggml -lxxhash \

@@ -87,13 +87,13 @@ bool qpk_method_uses_awq(qpk_method m) { return m == QPK_METHOD_AWQ || m == QPK_
 
 const char *qpk_preset_name(qpk_preset p)
 {
-    static const char *const NAMES[] = {"none", "q4_k_m", "q5_k_m", "q6_k", "q8_0"};
-    return p <= QPK_PRESET_Q8_0 ? NAMES[p] : "?";
+    static const char *const NAMES[] = {"none", "q4_k_m", "q5_k_m", "q6_k", "q8_0", "iq4_xs", "iq4_nl"};
+    return p <= QPK_PRESET_IQ4_NL ? NAMES[p] : "?";
 }
 
 bool qpk_preset_from_name(const char *name, qpk_preset *out)
 {
-    for (int p = QPK_PRESET_Q4_K_M; p <= QPK_PRESET_Q8_0; p++)
+    for (int p = QPK_PRESET_Q4_K_M; p <= QPK_PRESET_IQ4_NL; p++)
         if (!strcmp(name, qpk_preset_name((qpk_preset)p))) {
             *out = (qpk_preset)p;
             return true;
@@ -113,33 +113,45 @@ static bool more_bits(int layer, int64_t n_layers)
  * experts', shared expert's) in Q6_K in the layers more_bits picks (_M mixes); the head
  * (the embedding, when tied) in Q6_K (Q8_0 for q8_0); an untied embedding in the preset's
  * type. llama-quantize also special-cases models of exactly 8 experts: k_proj and v_proj
- * in Q8_0, and o_proj in Q5_K under Q4_K_M.
+ * in Q8_0, and o_proj in Q5_K under Q4_K_M, IQ4_XS and IQ4_NL. Under IQ4_XS and IQ4_NL,
+ * v_proj is Q5_K where n_heads / n_kv_heads >= 4, and the down projections of the first
+ * eighth of the layers are Q5_K unless the weights are calibrated (llama-quantize's "no
+ * imatrix" guard; qpk's calibrated methods are its imatrix and more).
  */
-static uint32_t preset_type(qpk_preset p, qpk_role role, int layer, const qpk_config *c)
+static uint32_t preset_type(qpk_preset p, qpk_role role, int layer, const qpk_config *c, bool calibrated)
 {
     static const uint32_t BASE[] = {[QPK_PRESET_Q4_K_M] = QPK_TYPE_Q4_K, [QPK_PRESET_Q5_K_M] = QPK_TYPE_Q5_K,
-                                    [QPK_PRESET_Q6_K] = QPK_TYPE_Q6_K, [QPK_PRESET_Q8_0] = QPK_TYPE_INT8};
+                                    [QPK_PRESET_Q6_K] = QPK_TYPE_Q6_K,   [QPK_PRESET_Q8_0] = QPK_TYPE_INT8,
+                                    [QPK_PRESET_IQ4_XS] = QPK_TYPE_IQ4_XS, [QPK_PRESET_IQ4_NL] = QPK_TYPE_IQ4_NL};
     const uint32_t base = BASE[p];
     const bool mixed = p == QPK_PRESET_Q4_K_M || p == QPK_PRESET_Q5_K_M, eight = c->n_experts == 8;
+    const bool iq4 = p == QPK_PRESET_IQ4_XS || p == QPK_PRESET_IQ4_NL;
     const bool down = role == QPK_ROLE_DOWN || role == QPK_ROLE_EXP_DOWN || role == QPK_ROLE_SHEXP_DOWN;
     if (role == QPK_ROLE_LM_HEAD || (role == QPK_ROLE_EMBED && c->tie_word_embeddings))
         return p == QPK_PRESET_Q8_0 ? QPK_TYPE_INT8 : QPK_TYPE_Q6_K;
     if (eight && (role == QPK_ROLE_V || role == QPK_ROLE_K))
         return QPK_TYPE_INT8;
-    if (eight && role == QPK_ROLE_O && p == QPK_PRESET_Q4_K_M)
+    if (eight && role == QPK_ROLE_O && (p == QPK_PRESET_Q4_K_M || iq4))
         return QPK_TYPE_Q5_K;
     if (mixed && (role == QPK_ROLE_V || down) && more_bits(layer, c->n_layers))
         return QPK_TYPE_Q6_K;
+    if (iq4 && role == QPK_ROLE_V && c->n_heads >= 4 * c->n_kv_heads)
+        return QPK_TYPE_Q5_K;
+    if (iq4 && down && !calibrated && layer < c->n_layers / 8)
+        return QPK_TYPE_Q5_K;
     return base;
 }
 
-/* A K-quant whose rows are not whole super-blocks of 256 falls back as llama.cpp's do. */
+/* A type of super-blocks whose rows are not whole super-blocks of 256 falls back as llama.cpp's do. */
 static void k_fallback(uint32_t *type, uint32_t *group, int64_t cols)
 {
     const qpk_type_info *t = qpk_type_info_of(*type);
     if (!t || t->block != 256 || cols % 256 == 0)
         return;
-    *type = *type == QPK_TYPE_Q4_K ? QPK_TYPE_Q5_0 : *type == QPK_TYPE_Q5_K ? QPK_TYPE_Q5_1 : QPK_TYPE_INT8;
+    *type = *type == QPK_TYPE_Q4_K    ? QPK_TYPE_Q5_0
+            : *type == QPK_TYPE_Q5_K  ? QPK_TYPE_Q5_1
+            : *type == QPK_TYPE_IQ4_XS ? QPK_TYPE_IQ4_NL
+                                      : QPK_TYPE_INT8;
     *group = 32;
 }
 
@@ -149,7 +161,8 @@ qpk_status qpk_tensor_plan(const qpk_convert_opts *o, const qpk_config *c, const
     bool vector = !qpk_role_is_matrix(role);
     *group = 0;
     if (o->preset) {
-        *type = vector ? QPK_TYPE_F32 : preset_type(o->preset, role, layer, c);
+        const bool calibrated = o->method != QPK_METHOD_RTN || o->imatrix != NULL;
+        *type = vector ? QPK_TYPE_F32 : preset_type(o->preset, role, layer, c, calibrated);
         *group = qpk_type_is_quantized(*type) ? 32 : 0;
     } else if (o->quant) {
         /* GPTQ, AWQ and compressed-tensors folders keep the embedding float; MLX quantizes it as the linears (mlx-lm) */

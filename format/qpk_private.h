@@ -67,8 +67,8 @@ static const qpk_type_info QPK_TYPE_TABLE[QPK_TYPE_COUNT_] = {
      .scale_at = {AT(S, d), -1}, .ggml_name = gname, .file_type = ftype, .quant_target = quant, .version = 5}
     /* i-quants (version 5): IQ4_NL is also llama-quantize's type for the rows of IQ4_XS and the lower i-quants that
      * are not whole super-blocks. */
-    [QPK_TYPE_IQ4_NL] = IQUANT("iq4_nl", 4, qpk_block_iq4_nl, 32, 20, "IQ4_NL", 25, false),
-    [QPK_TYPE_IQ4_XS] = IQUANT("iq4_xs", 4, qpk_block_iq4_xs, 256, 23, "IQ4_XS", 30, false),
+    [QPK_TYPE_IQ4_NL] = IQUANT("iq4_nl", 4, qpk_block_iq4_nl, 32, 20, "IQ4_NL", 25, true),
+    [QPK_TYPE_IQ4_XS] = IQUANT("iq4_xs", 4, qpk_block_iq4_xs, 256, 23, "IQ4_XS", 30, true),
 /* MLX's affine groups (version 4): scale and bias, then int4's or int8z's codes; only MLX folders hold them as they
  * are. GGUF takes them as Q4_1 (a 4-bit group of 32 with f16 s and b is one, byte for byte) or Q8_0, exactly where
  * the values fit (model/gguf_export.c). */

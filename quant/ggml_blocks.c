@@ -558,6 +558,135 @@ static void quantize_q50(const float *x, const float *imp, uint8_t *b)
     memcpy(b + offsetof(qpk_block_q5_0, qh), &qh, 4);
 }
 
+/*
+ * IQ4_NL and IQ4_XS: codes index the 16 values v of the codebook (w = a v[q]). The nearest
+ * value of t is v[0] plus every step v[i+1] - v[i] whose midpoint t passes: branch-free, so
+ * the sweep over candidate scales vectorizes as the linear types' does. A tie takes the
+ * lower value.
+ */
+typedef struct iq4_book {
+    float mid[15], step[15];
+} iq4_book;
+
+static iq4_book iq4_book_of(void)
+{
+    iq4_book k;
+    for (int i = 0; i < 15; i++) {
+        const float lo = qpk_iq4nl_values[i], hi = qpk_iq4nl_values[i + 1];
+        k.mid[i] = 0.5f * (lo + hi), k.step[i] = hi - lo;
+    }
+    return k;
+}
+
+static inline float iq4_level(const iq4_book *k, float t)
+{
+    float l = qpk_iq4nl_values[0];
+    for (int i = 0; i < 15; i++)
+        l += t > k->mid[i] ? k->step[i] : 0;
+    return l;
+}
+
+static inline int iq4_index(const iq4_book *k, float t)
+{
+    int q = 0;
+    for (int i = 0; i < 15; i++)
+        q += t > k->mid[i];
+    return q;
+}
+
+enum { IQ4_STEPS = 7, IQ4_CAND = 2 * (2 * IQ4_STEPS + 1) };
+
+/*
+ * The scale a of n weights on the codebook (x ~ a v[L]): the extreme weight mapped near either
+ * end of the codebook (which is not symmetric: a's sign picks the end), nudged a step at a time,
+ * each candidate's codes refitted by weighted least squares; the best fit's a. 0 for zeros.
+ */
+static float fit_iq4(const iq4_book *k, int n, const float *x, const float *w)
+{
+    float ext = 0;
+    for (int i = 0; i < n; i++)
+        ext = fabsf(x[i]) > fabsf(ext) ? x[i] : ext;
+    if (ext == 0)
+        return 0;
+    float iscale[IQ4_CAND], sl2[IQ4_CAND] = {0}, sxl[IQ4_CAND] = {0};
+    for (int c = 0; c <= 2 * IQ4_STEPS; c++) {
+        iscale[c] = ((float)qpk_iq4nl_values[0] + (float)(c - IQ4_STEPS)) / ext;
+        iscale[c + 2 * IQ4_STEPS + 1] = ((float)qpk_iq4nl_values[15] + (float)(c - IQ4_STEPS)) / ext;
+    }
+    for (int i = 0; i < n; i++)
+        for (int c = 0; c < IQ4_CAND; c++) {
+            const float l = iq4_level(k, iscale[c] * x[i]);
+            sl2[c] += w[i] * l * l, sxl[c] += w[i] * l * x[i];
+        }
+    float best_a = ext / qpk_iq4nl_values[0];
+    double best = -1; /* the fit's error is sum w x^2 - sxl^2 / sl2: the largest sxl^2 / sl2 wins */
+    for (int c = 0; c < IQ4_CAND; c++)
+        if (sl2[c] > 0 && (double)sxl[c] * sxl[c] / sl2[c] > best)
+            best = (double)sxl[c] * sxl[c] / sl2[c], best_a = sxl[c] / sl2[c];
+    return best_a;
+}
+
+/* Codes of 32 weights at the decoded scale a, and their weighted error. */
+static double codes_iq4(const iq4_book *k, const float *x, const float *w, float a, int32_t *L)
+{
+    const float inv = a != 0 ? 1 / a : 0;
+    double e = 0;
+    for (int i = 0; i < 32; i++) {
+        L[i] = iq4_index(k, x[i] * inv);
+        const double r = (double)(a * (float)qpk_iq4nl_values[L[i]]) - x[i]; /* as ggml decodes it */
+        e += w[i] * r * r;
+    }
+    return e;
+}
+
+void qpk_iq4_nl_quantize(const float *x, const float *imp, uint8_t *b)
+{
+    const iq4_book k = iq4_book_of();
+    float w[32];
+    int32_t L[32];
+    error_weights(x, 32, imp, w);
+    const uint16_t dh = qpk_f32_to_f16(fit_iq4(&k, 32, x, w));
+    codes_iq4(&k, x, w, qpk_f16_to_f32(dh), L); /* codes for the stored d */
+    memcpy(b + offsetof(qpk_block_iq4_nl, d), &dh, 2);
+    qpk_iq4_nl_pack(b, L);
+}
+
+/* IQ4_XS: 8 sub-blocks of 32, each scale a 6-bit signed multiple (-32..31) of one f16 d. */
+void qpk_iq4_xs_quantize(const float *x, const float *imp, uint8_t *b)
+{
+    const iq4_book k = iq4_book_of();
+    float w[256], scale[8], ext = 0;
+    int32_t L[256], Lt[32];
+    error_weights(x, 256, imp, w);
+    for (int j = 0; j < 8; j++) {
+        scale[j] = fit_iq4(&k, 32, x + 32 * j, w + 32 * j);
+        ext = fabsf(scale[j]) > fabsf(ext) ? scale[j] : ext;
+    }
+    /* The extreme sub-scale on -32, the one end the 6 bits reach in both signs' magnitude. */
+    const uint16_t dh = qpk_f32_to_f16(ext / -32.0f);
+    const float d = qpk_f16_to_f32(dh);
+    uint16_t scales_h = 0;
+    uint8_t *scales_l = b + offsetof(qpk_block_iq4_xs, scales_l);
+    memset(scales_l, 0, QPK_FIELD_SIZE(qpk_block_iq4_xs, scales_l));
+    for (int j = 0; j < 8; j++) { /* the quantized sub-scale, or one step either way, whichever decodes closest */
+        const int l0 = d != 0 ? code_of(scale[j] / d, -32, 31) : 0;
+        double best = INFINITY;
+        int bl = l0;
+        for (int l = l0 - 1; l <= l0 + 1; l++) {
+            if (l < -32 || l > 31)
+                continue;
+            const double e = codes_iq4(&k, x + 32 * j, w + 32 * j, d * (float)l, Lt);
+            if (e < best)
+                best = e, bl = l, memcpy(L + 32 * j, Lt, sizeof Lt);
+        }
+        scales_l[j / 2] |= (uint8_t)(((bl + 32) & 15) << 4 * (j % 2));
+        scales_h |= (uint16_t)(((bl + 32) >> 4) << 2 * j);
+    }
+    memcpy(b + offsetof(qpk_block_iq4_xs, d), &dh, 2);
+    memcpy(b + offsetof(qpk_block_iq4_xs, scales_h), &scales_h, 2);
+    qpk_iq4_xs_pack(b, L);
+}
+
 void qpk_q4_1_quantize(const float *x, const float *imp, uint8_t *b) { quantize_x1(15, x, imp, b); }
 void qpk_q5_0_quantize(const float *x, const float *imp, uint8_t *b) { quantize_q50(x, imp, b); }
 void qpk_q5_1_quantize(const float *x, const float *imp, uint8_t *b) { quantize_x1(31, x, imp, b); }
@@ -635,6 +764,20 @@ int qpk_q6_k_scales(const uint8_t *b, float *a, float *m)
     return 16;
 }
 
+int qpk_iq4_nl_scales(const uint8_t *b, float *a, float *m)
+{
+    a[0] = f16_at(b + offsetof(qpk_block_iq4_nl, d)), m[0] = 0;
+    return 32;
+}
+
+int qpk_iq4_xs_scales(const uint8_t *b, float *a, float *m)
+{
+    const float d = f16_at(b + offsetof(qpk_block_iq4_xs, d));
+    for (int j = 0; j < 8; j++)
+        a[j] = d * (float)iq4_xs_scale(b, j), m[j] = 0;
+    return 32;
+}
+
 int qpk_ggml_grid(uint32_t type, const uint8_t *b, float *a, float *m, int *qmin, int *qmax)
 {
     const qpk_quant_traits *t = &QPK_QUANT_TRAITS[type];
@@ -696,6 +839,34 @@ void qpk_q5_0_pack(uint8_t *b, const int32_t *q)
 void qpk_q5_1_pack(uint8_t *b, const int32_t *q)
 {
     pack_32(b, q, 0, offsetof(qpk_block_q5_1, qs), offsetof(qpk_block_q5_1, qh));
+}
+
+/* IQ4_NL, and each sub-block of IQ4_XS: byte j holds code j (low) and code j + 16 (high). */
+static void pack_iq4_codes(uint8_t *qs, const int32_t *q, int n)
+{
+    for (int s = 0; s < n; s += 32, qs += 16, q += 32)
+        for (int j = 0; j < 16; j++)
+            qs[j] = (uint8_t)(q[j] | q[j + 16] << 4);
+}
+
+void qpk_iq4_nl_pack(uint8_t *b, const int32_t *q) { pack_iq4_codes(b + offsetof(qpk_block_iq4_nl, qs), q, 32); }
+void qpk_iq4_xs_pack(uint8_t *b, const int32_t *q) { pack_iq4_codes(b + offsetof(qpk_block_iq4_xs, qs), q, 256); }
+
+int qpk_ggml_code(uint32_t type, float a, float m, float x, float *w)
+{
+    const qpk_grid *g = &QPK_QUANT_TRAITS[type].grid;
+    const float t = a != 0 ? (x + m) / a : 0;
+    int q;
+    if (g->values) { /* the nearest of the codebook's values (sorted), ties to the lower */
+        q = g->qmin;
+        while (q < g->qmax && t > 0.5f * ((float)g->values[q - g->qmin] + (float)g->values[q + 1 - g->qmin]))
+            q++;
+        *w = a * (float)g->values[q - g->qmin] - m;
+    } else {
+        q = a != 0 ? code_of(t, g->qmin, g->qmax) : 0;
+        *w = a * (float)q - m;
+    }
+    return q;
 }
 
 void qpk_ggml_pack_codes(uint32_t type, uint8_t *b, const int32_t *q) { QPK_QUANT_TRAITS[type].pack(b, q); }

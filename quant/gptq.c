@@ -289,9 +289,7 @@ static void ggml_code(const gptq_job *j, int64_t row, int64_t col, float x, int3
     float a[16], m[16];
     int qmin, qmax;
     const int sub = qpk_ggml_grid(j->type, b, a, m, &qmin, &qmax), s = (int)(col % j->group) / sub;
-    int v = a[s] != 0 ? (int)nearbyintf((x + m[s]) / a[s]) : 0;
-    v = v < qmin ? qmin : v > qmax ? qmax : v;
-    *q = v, *deq = a[s] * (float)v - m[s]; /* as the dequantization computes it */
+    *q = qpk_ggml_code(j->type, a[s], m[s], x, deq);
 }
 
 static void gptq_task(void *arg, int64_t task, int thread)

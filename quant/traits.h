@@ -27,6 +27,7 @@ typedef struct qpk_grid {
     int32_t bias;        /* a code is stored as q + bias (w = d * (stored - bias)) */
     uint32_t zero_at;    /* QPK_RULE_ZERO_POINT: the byte of the block where z starts (w = d * (q - z)) */
     uint32_t zero_bytes; /* and its width, little-endian (1 or 2) */
+    const int8_t *values; /* a codebook (ggml's i-quants): code q stands for values[q - qmin]; NULL: for q itself */
 } qpk_grid;
 
 /* One block of a ggml type: its weights as ggml decodes them; x (and importance imp, may be NULL) quantized into it. */
@@ -49,9 +50,12 @@ typedef struct qpk_quant_traits {
 qpk_block_to_f32_fn qpk_q4_1_to_f32, qpk_q5_0_to_f32, qpk_q5_1_to_f32, qpk_q2_k_to_f32, qpk_q3_k_to_f32,
     qpk_q4_k_to_f32, qpk_q5_k_to_f32, qpk_q6_k_to_f32, qpk_iq4_nl_to_f32, qpk_iq4_xs_to_f32;
 qpk_block_quantize_fn qpk_q4_1_quantize, qpk_q5_0_quantize, qpk_q5_1_quantize, qpk_q4_k_quantize,
-    qpk_q5_k_quantize, qpk_q6_k_quantize;
-qpk_block_scales_fn qpk_q4_1_scales, qpk_q5_0_scales, qpk_q4_k_scales, qpk_q6_k_scales;
-qpk_block_pack_fn qpk_q4_1_pack, qpk_q5_0_pack, qpk_q5_1_pack, qpk_q4_k_pack, qpk_q5_k_pack, qpk_q6_k_pack;
+    qpk_q5_k_quantize, qpk_q6_k_quantize, qpk_iq4_nl_quantize, qpk_iq4_xs_quantize;
+qpk_block_scales_fn qpk_q4_1_scales, qpk_q5_0_scales, qpk_q4_k_scales, qpk_q6_k_scales, qpk_iq4_nl_scales,
+    qpk_iq4_xs_scales;
+qpk_block_pack_fn qpk_q4_1_pack, qpk_q5_0_pack, qpk_q5_1_pack, qpk_q4_k_pack, qpk_q5_k_pack, qpk_q6_k_pack,
+    qpk_iq4_nl_pack, qpk_iq4_xs_pack;
+extern const int8_t qpk_iq4nl_values[16]; /* IQ4_NL's and IQ4_XS's codebook */
 
 static const qpk_quant_traits QPK_QUANT_TRAITS[QPK_TYPE_COUNT_] = {
 #define ZERO(H) offsetof(H, z), QPK_FIELD_SIZE(H, z)
@@ -75,11 +79,14 @@ static const qpk_quant_traits QPK_QUANT_TRAITS[QPK_TYPE_COUNT_] = {
     [QPK_TYPE_Q4_K] = WRITTEN(0, 15, q4_k, q4_k),
     [QPK_TYPE_Q5_K] = WRITTEN(0, 31, q5_k, q4_k), /* Q4_K's head */
     [QPK_TYPE_Q6_K] = WRITTEN(-32, 31, q6_k, q6_k),
-    [QPK_TYPE_IQ4_NL] = READ(iq4_nl),
-    [QPK_TYPE_IQ4_XS] = READ(iq4_xs),
+/* ggml's i-quants: codes index a codebook (the grid numbers the codebook's entries). */
+#define CODEBOOK(n, t, v) {{QPK_RULE_NONE, 0, (n) - 1, 0, 0, 0, v}, qpk_##t##_to_f32, qpk_##t##_quantize, qpk_##t##_scales, qpk_##t##_pack}
+    [QPK_TYPE_IQ4_NL] = CODEBOOK(16, iq4_nl, qpk_iq4nl_values),
+    [QPK_TYPE_IQ4_XS] = CODEBOOK(16, iq4_xs, qpk_iq4nl_values),
 #undef ZERO
 #undef READ
 #undef WRITTEN
+#undef CODEBOOK
 };
 
 /* The zero point stored in block b of a type with QPK_RULE_ZERO_POINT. */

@@ -138,8 +138,8 @@ static void check_truncated(const char *dir)
 /* qpk's own quantizers: rows of random weights (with outliers), written and decoded. */
 static void check_quantizers(void)
 {
-    static const uint32_t types[] = {QPK_TYPE_Q4_K, QPK_TYPE_Q5_K, QPK_TYPE_Q6_K, QPK_TYPE_Q4_1, QPK_TYPE_Q5_0,
-                                     QPK_TYPE_Q5_1};
+    static const uint32_t types[] = {QPK_TYPE_Q4_K, QPK_TYPE_Q5_K, QPK_TYPE_Q6_K,   QPK_TYPE_Q4_1,
+                                     QPK_TYPE_Q5_0, QPK_TYPE_Q5_1, QPK_TYPE_IQ4_NL, QPK_TYPE_IQ4_XS};
     enum { N = 1024 };
     float x[N], y[N], imp[N];
     uint8_t b[N * 2], again[N * 2];
@@ -149,7 +149,7 @@ static void check_quantizers(void)
         x[i] = ((float)(s % 20001) / 10000.0f - 1.0f) * (i % 97 == 0 ? 20.0f : 1.0f);
         imp[i] = 1.0f + (float)(i % 7);
     }
-    double rel[6] = {0};
+    double rel[8] = {0};
     for (size_t k = 0; k < sizeof types / sizeof *types; k++) {
         const uint32_t type = types[k], block = qpk_type_info_of(type)->block;
         qpk_err e = {0};
@@ -180,8 +180,9 @@ static void check_quantizers(void)
             const int sub = qpk_ggml_grid(type, bk, a, m, &qmin, &qmax);
             for (uint32_t i = 0; i < block; i++) {
                 const int j = (int)i / sub;
-                q[i] = a[j] != 0 ? (int32_t)nearbyintf((y[blk * block + i] + m[j]) / a[j]) : 0;
-                same &= q[i] >= qmin && q[i] <= qmax && a[j] * (float)q[i] - m[j] == y[blk * block + i];
+                float w;
+                q[i] = qpk_ggml_code(type, a[j], m[j], y[blk * block + i], &w);
+                same &= q[i] >= qmin && q[i] <= qmax && w == y[blk * block + i];
             }
             memcpy(again + blk * bb, bk, bb);
             qpk_ggml_pack_codes(type, again + blk * bb, q);

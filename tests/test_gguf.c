@@ -15,6 +15,7 @@
 #include "fixtures.h"
 #include "gen.h"
 #include "qpk/gguf.h"
+#include "qpk/imatrix.h"
 #include "qpk/quant.h"
 #include "qpk/runtime.h"
 #include "qpk/verify.h"
@@ -1984,6 +1985,80 @@ static void test_moe_preset(void)
 }
 
 /*
+ * The IQ4_XS and IQ4_NL presets against llama-quantize itself, tensor for tensor, without and
+ * with an importance matrix, on the 896-wide model of tests/llamacpp/make_mix_896.sh (its
+ * choices are tests/data/ggml/mix-896.json): the fallbacks of rows that are not whole
+ * super-blocks and the mix's rules (v_proj Q5_K for 7 query heads a key head, the first
+ * eighth's down_proj Q5_K without an importance matrix).
+ */
+static void test_iq4_mix_896(void)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/ggml/mix-896.json", QPK_TEST_DATA);
+    size_t n;
+    char *text = slurp(path, &n);
+    cJSON *want = text ? cJSON_Parse(text) : NULL;
+    CHECKF(want != NULL, "cannot read %s", path);
+    qpk_gen_spec sp;
+    qpk_gen_preset("tiny", &sp);
+    sp.cfg.hidden_size = 896, sp.cfg.intermediate_size = 256, sp.cfg.n_layers = 8, sp.cfg.n_heads = 14;
+    sp.cfg.n_kv_heads = 2, sp.cfg.head_dim = 64; /* the vocabulary does not matter: the embedding is 896 wide */
+    const char *dir = tmp("mix896"), *imatrix = tmp("mix896-imatrix.gguf");
+    qpk_err e = {0};
+    if (!want || qpk_gen_write(&sp, dir, NULL, &e) != QPK_OK) {
+        CHECKF(false, "%s", e.msg);
+        cJSON_Delete(want), free(text);
+        return;
+    }
+    add_tokenizer(dir);
+    /* Which matrix it weighs does not matter: llama-quantize's choices depend on having one. */
+    float ones[896], count = 1;
+    for (int i = 0; i < 896; i++)
+        ones[i] = 1;
+    qpk_imatrix *m = NULL;
+    CHECKF(qpk_imatrix_create(&m, "test", 1, 64, &e) == QPK_OK &&
+               qpk_imatrix_add(m, "blk.0.attn_q.weight", 896, 1, ones, &count, &e) == QPK_OK &&
+               qpk_imatrix_write(m, imatrix, false, &e) == QPK_OK, "%s", e.msg);
+    qpk_imatrix_free(m);
+    static const struct {
+        const char *key;
+        qpk_preset preset;
+        bool imatrix;
+    } V[] = {{"IQ4_XS", QPK_PRESET_IQ4_XS, false}, {"IQ4_XS+imatrix", QPK_PRESET_IQ4_XS, true},
+             {"IQ4_NL", QPK_PRESET_IQ4_NL, false}, {"IQ4_NL+imatrix", QPK_PRESET_IQ4_NL, true}};
+    for (size_t v = 0; v < sizeof V / sizeof *V; v++) {
+        const cJSON *types = cJSON_GetObjectItemCaseSensitive(want, V[v].key);
+        const char *out = tmp("mix896.gguf");
+        qpk_convert_opts o = {.to = QPK_OUT_GGUF, .dtype = -1, .preset = V[v].preset, .n_threads = 2,
+                              .imatrix = V[v].imatrix ? imatrix : NULL};
+        CHECKF(tu_convert(dir, out, &o, &e) == QPK_OK, "%s: %s", V[v].key, e.msg);
+        sfile f;
+        CHECK(spec_open(&f, out));
+        int checked = 0, differ = 0;
+        const cJSON *t;
+        cJSON_ArrayForEach(t, types)
+        {
+            const stensor *st = spec_tensor(&f, t->string);
+            const char *got = st ? qpk_ggml_type_name(st->type) : NULL;
+            checked++;
+            if (!got || strcmp(got, t->valuestring)) {
+                differ++;
+                fprintf(stderr, "  %s: %s is %s, llama-quantize's %s\n", V[v].key, t->string, got ? got : "?",
+                        t->valuestring);
+            }
+        }
+        CHECKF(checked == 8 * 7 + 1 && differ == 0, "%s: %d of %d tensors typed unlike llama-quantize", V[v].key,
+               differ, checked);
+        spec_close(&f);
+        unlink(out);
+    }
+    cJSON_Delete(want);
+    free(text);
+    unlink(imatrix);
+    rm_rf(dir);
+}
+
+/*
  * A YaRN attention factor of the model's own (1.25, not 1 + 0.1 ln 4): llama.cpp scales cos
  * and sin by rope.scaling.attn_factor x (1 + 0.1 ln f), so that key holds the ratio, and reads
  * back as the factor within the f32 rounding of the ratio (2^-24 relative). The logits move by
@@ -2061,6 +2136,7 @@ static void test_family(const char *fix)
     test_yarn_attention_factor();
     test_family_refusals(fix);
     test_moe_preset();
+    test_iq4_mix_896();
 }
 
 /* dir/name in buf. */

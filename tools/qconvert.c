@@ -272,12 +272,14 @@ static void usage(void)
            "      --quant TYPE      %s: quantize the\n"
            "                        linear weights (q, k, v, o, gate, up, down, experts) by\n"
            "                        round-to-nearest in groups along the input dimension\n"
-           "                        (q*_k: llama.cpp's K-quants, super-blocks of 256, their\n"
-           "                        scales searched; rows not of 256 fall back to\n"
-           "                        q5_0/q5_1/q8_0 as llama.cpp does); the embedding (and\n"
+           "                        (q*_k, iq4_xs: llama.cpp's K-quants and i-quants,\n"
+           "                        super-blocks of 256, their scales searched; rows not\n"
+           "                        of 256 fall back to q5_0/q5_1/q8_0/iq4_nl as\n"
+           "                        llama.cpp does); the embedding (and\n"
            "                        head) become int8, norms and biases f32\n"
-           "      --preset MIX      q4_k_m | q5_k_m | q6_k | q8_0: every matrix's type as\n"
-           "                        llama-quantize's mix of that name chooses it\n"
+           "      --preset MIX      q4_k_m | q5_k_m | q6_k | q8_0 | iq4_xs | iq4_nl: every\n"
+           "                        matrix's type as llama-quantize's mix of that name\n"
+           "                        chooses it\n"
            "      --group G         32 | 64 | 128 (default; 32 for gguf, 64 for mlx) | row:\n"
            "                        weights per scale\n"
            "      --embed-type TYPE the embedding's and head's type (default int8 with\n"
@@ -461,7 +463,7 @@ static int set_option(cli *c, args *a, const struct option *opt, const char *v)
         return o->quant = (int)t, -1;
     case O_PRESET:
         return qpk_preset_from_name(v, &o->preset) ? -1
-                                                   : cli_usage_error(c, "--preset takes q4_k_m, q5_k_m, q6_k or q8_0");
+                                                   : cli_usage_error(c, "--preset takes q4_k_m, q5_k_m, q6_k, q8_0, iq4_xs or iq4_nl");
     case O_GROUP:
         if (!strcmp(v, "row"))
             return o->group = QPK_GROUP_ROW, -1;

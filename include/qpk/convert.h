@@ -56,11 +56,21 @@ QPK_API bool qpk_method_uses_awq(qpk_method m);
 
 /*
  * llama-quantize's mixes (llama_tensor_get_type, for Qwen2): Q4_K_M and Q5_K_M (Q4_K/Q5_K,
- * with v_proj and down_proj in Q6_K in a third of the layers), Q6_K and Q8_0; the head (the
- * tied embedding) in Q6_K (Q8_0 for q8_0); rows that are not whole super-blocks of 256
- * fall back to Q5_0, Q5_1 and Q8_0 as llama.cpp's do.
+ * with v_proj and down_proj in Q6_K in a third of the layers), Q6_K and Q8_0; IQ4_XS and
+ * IQ4_NL (v_proj in Q5_K when 4 or more query heads share a key head, down_proj of the first
+ * eighth of the layers in Q5_K unless calibrated); the head (the tied embedding) in Q6_K
+ * (Q8_0 for q8_0); rows that are not whole super-blocks of 256 fall back to Q5_0, Q5_1,
+ * Q8_0 and IQ4_NL as llama.cpp's do.
  */
-typedef enum qpk_preset { QPK_PRESET_NONE = 0, QPK_PRESET_Q4_K_M, QPK_PRESET_Q5_K_M, QPK_PRESET_Q6_K, QPK_PRESET_Q8_0 } qpk_preset;
+typedef enum qpk_preset {
+    QPK_PRESET_NONE = 0,
+    QPK_PRESET_Q4_K_M,
+    QPK_PRESET_Q5_K_M,
+    QPK_PRESET_Q6_K,
+    QPK_PRESET_Q8_0,
+    QPK_PRESET_IQ4_XS,
+    QPK_PRESET_IQ4_NL,
+} qpk_preset;
 QPK_API const char *qpk_preset_name(qpk_preset p); /* "q4_k_m", ... */
 QPK_API bool qpk_preset_from_name(const char *name, qpk_preset *out);
 

@@ -525,7 +525,8 @@ static qpk_status imp_for(job *j, const qpk_sink_tensor *p, int64_t cols, const 
     qpk_gguf_tensor_name(gname, sizeof gname, p->role, p->layer);
     const qpk_imatrix_entry *x = qpk_imatrix_find(j->imat, gname);
     if (!x) {
-        if (j->o->cb.log) {
+        /* llama-imatrix never has the embedding (a row lookup, no product to collect from): no news */
+        if (j->o->cb.log && p->role != QPK_ROLE_EMBED) {
             char msg[QPK_MAX_NAME * 2 + 64];
             snprintf(msg, sizeof msg, "%s has no entry %s in the importance matrix: quantized unweighted", name, gname);
             j->o->cb.log(j->o->cb.ud, QPK_LOG_WARN, msg);

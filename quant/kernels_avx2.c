@@ -385,6 +385,72 @@ static float dot_q6_k(const qpk_matrix *w, int64_t r, const float *x, float *scr
     return hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
 }
 
+/*
+ * IQ4_NL and IQ4_XS: a byte shuffle looks 16 codes up in the codebook at once (it is 16
+ * int8 values), then eight at a time become f32 and take the sub-block's scale: d v and
+ * (d (sc - 32)) v are exact, so each weight is the reference's.
+ */
+static inline __attribute__((always_inline)) void iq4_weights(const uint8_t *qs, float scale, __m256 wv[4])
+{
+    const __m128i book = _mm_loadu_si128((const __m128i *)qpk_iq4nl_values), low = _mm_set1_epi8(15);
+    const __m128i u = _mm_loadu_si128((const __m128i *)qs);
+    const __m128i lo = _mm_shuffle_epi8(book, _mm_and_si128(u, low));
+    const __m128i hi = _mm_shuffle_epi8(book, _mm_and_si128(_mm_srli_epi16(u, 4), low));
+    const __m128i c[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+    const __m256 dl = _mm256_set1_ps(scale);
+    for (int k = 0; k < 4; k++)
+        wv[k] = _mm256_mul_ps(dl, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c[k])));
+}
+
+/* The scale of 32-weight sub-block j of an IQ4_NL (j = 0: its one block) or IQ4_XS block b, and its codes. */
+static inline float iq4_scale(uint32_t type, const uint8_t *b, int j, const uint8_t **qs)
+{
+    if (type == QPK_TYPE_IQ4_NL) {
+        *qs = b + offsetof(qpk_block_iq4_nl, qs);
+        return qpk_f16_to_f32(qpk_le16(b + offsetof(qpk_block_iq4_nl, d)));
+    }
+    const int lo = b[offsetof(qpk_block_iq4_xs, scales_l) + j / 2] >> 4 * (j % 2) & 15;
+    const int sc = lo | (qpk_le16(b + offsetof(qpk_block_iq4_xs, scales_h)) >> 2 * j & 3) << 4;
+    *qs = b + offsetof(qpk_block_iq4_xs, qs) + 16 * j;
+    return qpk_f16_to_f32(qpk_le16(b + offsetof(qpk_block_iq4_xs, d))) * (float)(sc - 32);
+}
+
+static void iq4_row(uint32_t type, const uint8_t *b, int64_t n, float *y)
+{
+    const int sub = QPK_TYPE_TABLE[type].block / 32;
+    const size_t bb = qpk_type_block_bytes(type, QPK_TYPE_TABLE[type].block);
+    for (int64_t i = 0; i < n; i += 32 * sub, b += bb)
+        for (int j = 0; j < sub; j++, y += 32) {
+            const uint8_t *qs;
+            const float scale = iq4_scale(type, b, j, &qs);
+            __m256 wv[4];
+            iq4_weights(qs, scale, wv);
+            for (int k = 0; k < 4; k++)
+                _mm256_storeu_ps(y + 8 * k, wv[k]);
+        }
+}
+
+/* As dot_q4_k: weight k of the row enters chain (k % 32) / 8 in increasing k. */
+static float dot_iq4(const qpk_matrix *w, int64_t r, const float *x, float *scratch)
+{
+    (void)scratch;
+    const uint32_t type = w->type;
+    const int sub = QPK_TYPE_TABLE[type].block / 32;
+    const size_t bb = qpk_type_block_bytes(type, QPK_TYPE_TABLE[type].block);
+    const uint8_t *b = qpk_row_ptr(w, r);
+    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t i = 0; i < w->cols; b += bb)
+        for (int j = 0; j < sub; j++, i += 32) {
+            const uint8_t *qs;
+            const float scale = iq4_scale(type, b, j, &qs);
+            __m256 wv[4];
+            iq4_weights(qs, scale, wv);
+            for (int k = 0; k < 4; k++)
+                a[k] = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8 * k), wv[k], a[k]);
+        }
+    return hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
+}
+
 static void ggml_row_to_f32(const qpk_matrix *w, int64_t r, float *dst)
 {
     const uint8_t *row = qpk_row_ptr(w, r);
@@ -392,6 +458,8 @@ static void ggml_row_to_f32(const qpk_matrix *w, int64_t r, float *dst)
         q4_k_row(row, w->cols, dst);
     else if (w->type == QPK_TYPE_Q6_K)
         q6_k_row(row, w->cols, dst);
+    else if (w->type == QPK_TYPE_IQ4_NL || w->type == QPK_TYPE_IQ4_XS)
+        iq4_row(w->type, row, w->cols, dst);
     else
         qpk_dequantize_row(w->type, w->group_size, row, w->cols, dst);
 }
@@ -411,6 +479,7 @@ static const qpk_type_kernels AVX2_TYPES[QPK_TYPE_COUNT_] = {
     [QPK_TYPE_Q4_1] = GGML_ROWS, [QPK_TYPE_Q5_0] = GGML_ROWS, [QPK_TYPE_Q5_1] = GGML_ROWS,
     [QPK_TYPE_Q2_K] = GGML_ROWS, [QPK_TYPE_Q3_K] = GGML_ROWS, [QPK_TYPE_Q4_K] = {ggml_row_to_f32, dot_q4_k},
     [QPK_TYPE_Q5_K] = GGML_ROWS, [QPK_TYPE_Q6_K] = {ggml_row_to_f32, dot_q6_k},
+    [QPK_TYPE_IQ4_NL] = {ggml_row_to_f32, dot_iq4}, [QPK_TYPE_IQ4_XS] = {ggml_row_to_f32, dot_iq4},
     [QPK_TYPE_MLX4] = {to_f32_MLX4, dot_MLX4}, [QPK_TYPE_MLX8] = {to_f32_MLX8, dot_MLX8},
     [QPK_TYPE_MLX4_F16] = {to_f32_MLX4_F16, dot_MLX4_F16}, [QPK_TYPE_MLX8_F16] = {to_f32_MLX8_F16, dot_MLX8_F16},
 };
@@ -915,6 +984,7 @@ static const qpk_type_kernels AVX512_TYPES[QPK_TYPE_COUNT_] = {
     [QPK_TYPE_Q4_1] = GGML_ROWS, [QPK_TYPE_Q5_0] = GGML_ROWS, [QPK_TYPE_Q5_1] = GGML_ROWS,
     [QPK_TYPE_Q2_K] = GGML_ROWS, [QPK_TYPE_Q3_K] = GGML_ROWS, [QPK_TYPE_Q4_K] = {ggml_row_to_f32, dot_q4_k},
     [QPK_TYPE_Q5_K] = GGML_ROWS, [QPK_TYPE_Q6_K] = {ggml_row_to_f32, dot_q6_k},
+    [QPK_TYPE_IQ4_NL] = {ggml_row_to_f32, dot_iq4}, [QPK_TYPE_IQ4_XS] = {ggml_row_to_f32, dot_iq4},
     [QPK_TYPE_MLX4] = {to_f32_512_MLX4, dot_512_MLX4}, [QPK_TYPE_MLX8] = {to_f32_MLX8, dot_MLX8},
     [QPK_TYPE_MLX4_F16] = {to_f32_512_MLX4_F16, dot_512_MLX4_F16}, [QPK_TYPE_MLX8_F16] = {to_f32_MLX8_F16, dot_MLX8_F16},
 };

@@ -72,11 +72,12 @@ kcheck() { # label GGUF TOKENS max-kld min-top1 max-dppl
     fail=$((fail + 1)); echo "FAIL: $1:"; cat "$tmp/$1.txt"
   fi
 }
-for p in q4_k_m q5_k_m q6_k; do
+for p in q4_k_m q5_k_m q6_k iq4_xs iq4_nl; do
   "$bin/qconvert" "$tmp/k" --preset $p -o "$tmp/k-$p.gguf" -q && kcheck "qpk-$p" "$tmp/k-$p.gguf" "$tmp/k.i32" 1e-4 95 0.005
 done
-for t in Q2_K Q3_K_M Q4_K_M Q5_K_M Q6_K Q4_1 Q5_0 Q5_1; do
-  kcheck "llama-quantize-$t" "$td/ggml/tiny-$t.gguf" "$tmp/k.i32" 1e-4 95 0.005
+for g in "$td"/ggml/tiny-*.gguf; do # every type of tests/data/ggml: K-quants, legacy, i-quants
+  t=$(basename "$g" .gguf)
+  kcheck "llama-quantize-${t#tiny-}" "$g" "$tmp/k.i32" 1e-4 95 0.005
 done
 # The outlier fixture as Q4_K_M: llama.cpp quantizes activations to 8 bits per block of 256 in
 # K-quant dot products, and this model's planted activation outliers make that visible (the
@@ -84,6 +85,10 @@ done
 # KLD 1.0e-2, top-1 89.8%, ppl 1.3%; gates: KLD 0.03, top-1 80%, ppl 3%.
 "$bin/qconvert" "$fx/qwen-tiny-c-outlier" --preset q4_k_m -o "$tmp/c-q4km.gguf" -q &&
   kcheck "qpk-c-outlier-q4_k_m" "$tmp/c-q4km.gguf" "$tokens" 0.03 80 0.03
+# And as IQ4_XS (llama.cpp's IQ4_XS dot products take 8-bit activations too). Measured: see the
+# issue 23 note; gates as Q4_K_M's.
+"$bin/qconvert" "$fx/qwen-tiny-c-outlier" --preset iq4_xs -o "$tmp/c-iq4xs.gguf" -q &&
+  kcheck "qpk-c-outlier-iq4_xs" "$tmp/c-iq4xs.gguf" "$tokens" 0.03 80 0.03
 # The Qwen family's other architectures (issue 21): llama.cpp's qwen2 with YaRN, qwen2moe,
 # qwen3 and qwen3moe, each a small random f32 model (tests/llamacpp/family_gen.c: rows of 256,
 # tiny256's tokenizer) exported exactly, so llama.cpp and qpk compute the same function up to

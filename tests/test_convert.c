@@ -981,7 +981,7 @@ static void test_quantized(void)
     unlink(out);
     o.quant = QPK_TYPE_INT8Z;
     CHECK_ERR(tu_convert(dir, out, &o, &e), QPK_E_INVALID_ARG, e,
-              "int8z is not a type qpk quantizes to: int8, int4, int4s, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, mlx4, mlx8, mlx4_f16 or mlx8_f16");
+              "int8z is not a type qpk quantizes to: int8, int4, int4s, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, mlx4, mlx8, mlx4_f16, mlx8_f16, iq4_nl or iq4_xs");
     CHECK(!exists(out));
     o.quant = QPK_TYPE_INT4;
 

@@ -358,7 +358,7 @@ static void check_versions(const char *fx)
         const char *arch, *msg;
     } cases[] = {{2, "qwen2_moe", "a qwen2_moe model needs format version 3, the file says 2"},
                  {3, "qwen2", "\"architecture\" \"qwen2\" differs from the config's model_type \"qwen2_moe\""},
-                 {5, "qwen2_moe", "\"format_version\" is not 1 to 4"}};
+                 {6, "qwen2_moe", "\"format_version\" is not 1 to 5"}};
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         char meta[8192];
         snprintf(meta, sizeof meta, "{\"format\":\"qpk\",\"format_version\":%d,\"architecture\":\"%s\",\"config\":%s}",

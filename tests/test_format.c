@@ -525,16 +525,18 @@ static void test_types(void)
     CHECK(qpk_type_from_name("BF16", &t) && t == QPK_TYPE_BF16);
     CHECK(!qpk_type_from_name("int3", &t));
     CHECK(qpk_type_name(63) == NULL);
-    /* What --quant takes, from the rows: int8z (imported GPTQ's) and the read-only Q2_K, Q3_K are not among them. */
-    static const char LIST[] = "int8, int4, int4s, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, mlx4, mlx8, mlx4_f16 or mlx8_f16";
+    /* What --quant takes, from the rows: int8z (imported GPTQ's) and the read-only Q2_K, Q3_K (and i-quants) are not
+     * among them. */
+    static const char LIST[] = "int8, int4, int4s, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, mlx4, mlx8, mlx4_f16, mlx8_f16, iq4_nl or iq4_xs";
     char buf[sizeof LIST + 8], small[8];
     CHECK(qpk_quant_type_list(buf, sizeof buf, ", ", " or ") == strlen(LIST) && !strcmp(buf, LIST));
     CHECK(qpk_quant_type_list(small, sizeof small, ", ", " or ") == strlen(LIST) && !strcmp(small, "int8, i"));
     CHECK(qpk_quant_type_list(NULL, 0, " | ", " | ") ==
-          strlen("int8 | int4 | int4s | q4_1 | q5_0 | q5_1 | q4_k | q5_k | q6_k | mlx4 | mlx8 | mlx4_f16 | mlx8_f16"));
+          strlen("int8 | int4 | int4s | q4_1 | q5_0 | q5_1 | q4_k | q5_k | q6_k | mlx4 | mlx8 | mlx4_f16 | mlx8_f16 | "
+                 "iq4_nl | iq4_xs"));
     static const uint32_t TARGETS[] = {QPK_TYPE_INT8, QPK_TYPE_INT4, QPK_TYPE_INT4S,   QPK_TYPE_Q4_1,    QPK_TYPE_Q5_0,
                                        QPK_TYPE_Q5_1, QPK_TYPE_Q4_K, QPK_TYPE_Q5_K,    QPK_TYPE_Q6_K,    QPK_TYPE_MLX4,
-                                       QPK_TYPE_MLX8, QPK_TYPE_MLX4_F16, QPK_TYPE_MLX8_F16};
+                                       QPK_TYPE_MLX8, QPK_TYPE_MLX4_F16, QPK_TYPE_MLX8_F16, QPK_TYPE_IQ4_NL, QPK_TYPE_IQ4_XS};
     for (uint32_t id = 0; id < 64; id++) {
         bool listed = false;
         for (size_t i = 0; i < sizeof TARGETS / sizeof *TARGETS; i++)

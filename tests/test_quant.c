@@ -332,7 +332,7 @@ static void test_kernels_of(const qpk_kernels *best, const qpk_kernels *prev)
         {QPK_TYPE_Q4_K, 256, 9, 512},  {QPK_TYPE_Q6_K, 256, 7, 768}, {QPK_TYPE_Q5_K, 256, 5, 256},
         {QPK_TYPE_Q4_1, 32, 6, 96},    {QPK_TYPE_Q5_0, 32, 5, 64},   {QPK_TYPE_Q5_1, 32, 35, 128},
         {QPK_TYPE_MLX4, 64, 13, 192},  {QPK_TYPE_MLX8, 32, 9, 96},   {QPK_TYPE_MLX4_F16, 128, 35, 256},
-        {QPK_TYPE_MLX8_F16, 64, 7, 2176},
+        {QPK_TYPE_MLX8_F16, 64, 7, 2176}, {QPK_TYPE_IQ4_NL, 32, 9, 96}, {QPK_TYPE_IQ4_XS, 256, 7, 768},
     };
     for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
         int64_t R = cases[c].rows, K = cases[c].cols, T = 1 + (int64_t)c % 11;
@@ -370,8 +370,8 @@ static void test_kernels_of(const qpk_kernels *best, const qpk_kernels *prev)
                 prev->gemv(&m, x + t * K, yp + t * R, 0, R, scratch);
             CHECKF(!memcmp(yv, yp, (size_t)(T * R) * 4), "case %zu: %s and %s gemv differ", c, best->name, prev->name);
         }
-        if (qpk_type_info_of(m.type)->ggml_type >= 0 && qpk_type_info_of(m.type)->block >= 256) {
-            /* ggml's K-quants: decode's dot products are the f32 row's, bit for bit (weights made in registers). */
+        if (qpk_type_info_of(m.type)->block) {
+            /* ggml's types: decode's dot products are the f32 row's, bit for bit (weights made in registers). */
             float *w32 = malloc((size_t)(R * K) * 4);
             for (int64_t r = 0; r < R; r++)
                 best->row_to_f32(&m, r, w32 + r * K);

@@ -40,8 +40,8 @@ qc "$work/qpk-iq4_nl-imatrix.gguf" --preset iq4_nl --method imatrix "${cal[@]}"
 
 echo "llama.cpp $(git -C "$lbin/../.." rev-parse --short HEAD 2>/dev/null || echo ?), qpk $(git -C "$(dirname "$0")" rev-parse --short HEAD 2>/dev/null || echo ?); $threads threads"
 echo
-echo "| file | MiB | BPW (llama.cpp) | KLD exact (qverify) | top-1 % | KLD in llama.cpp | top-1 % (llama.cpp) |"
-echo "|---|---:|---:|---:|---:|---:|---:|"
+echo "| file | file MiB | KLD exact (qverify) | top-1 % | KLD in llama.cpp | top-1 % (llama.cpp) |"
+echo "|---|---:|---:|---:|---:|---:|"
 for f in llama-iq4_xs qpk-iq4_xs llama-iq4_xs-imatrix llama-iq4_xs-qpk_imatrix qpk-iq4_xs-llama_imatrix \
          qpk-iq4_xs-imatrix qpk-iq4_xs-awq qpk-iq4_xs-gptq qpk-iq4_xs-awq+gptq \
          llama-iq4_nl qpk-iq4_nl llama-iq4_nl-imatrix qpk-iq4_nl-imatrix; do
@@ -50,8 +50,7 @@ for f in llama-iq4_xs qpk-iq4_xs llama-iq4_xs-imatrix llama-iq4_xs-qpk_imatrix q
   l=$("$lbin/llama-perplexity" -m "$g" -f "$text" -c 128 --chunks "$chunks" -t "$threads" \
       --kl-divergence-base "$work/base.kld" --kl-divergence 2>&1)
   echo "$l" >> "$log"
-  size=$(echo "$l" | sed -n 's/.*file size *= *\([0-9.]*\) MiB (\([0-9.]*\) BPW).*/\1 \2/p' | head -1)
-  printf "| %s | %s | %s | %.3g | %.2f | %s | %s |\n" "$f" ${size:-? ?} \
+  printf "| %s | %.3f | %.3g | %.2f | %s | %s |\n" "$f" "$(echo "$(stat -c %s "$g") / 1048576" | bc -l)" \
     "$(echo "$j" | grep -m1 '"kld_mean"' | sed -e 's/.*: *//' -e 's/,$//')" \
     "$(echo "$j" | grep -m1 '"top1_pct"' | sed -e 's/.*: *//' -e 's/,$//')" \
     "$(echo "$l" | awk '/^Mean +KLD:/ {print $3}')" \

@@ -138,6 +138,30 @@ static void test_beats_rtn(qpk_pool *pool1, qpk_pool *pool2)
 }
 
 /*
+ * ggml's blocks of 32: GPTQ chooses codes on each block's grid after fitting its scales
+ * (the nearest value of IQ4_NL's codebook, the nearest step of Q5_0's and Q4_1's), and must
+ * beat the same blocks' round-to-nearest; the blocks decode to what GPTQ left in W.
+ */
+static void test_ggml_blocks_beat_rtn(qpk_pool *pool)
+{
+    static uint8_t a[R * D * 2], b[R * D * 2];
+    static float wq[R * D], dec[R * D];
+    make_inputs(false);
+    const uint32_t types[] = {QPK_TYPE_IQ4_NL, QPK_TYPE_Q5_0, QPK_TYPE_Q4_1};
+    for (size_t t = 0; t < sizeof types / sizeof *types; t++) {
+        rtn(types[t], 32, W, a);
+        CHECK(gptq(types[t], 32, false, pool, b, wq) == QPK_OK);
+        const double er = output_error(types[t], 32, a), eg = output_error(types[t], 32, b);
+        printf("%-6s: output error GPTQ / RTN = %.3f\n", qpk_type_name(types[t]), eg / er);
+        CHECKF(eg < er, "%s: GPTQ %g not below RTN %g", qpk_type_name(types[t]), eg, er);
+        const size_t rb = (size_t)(D / 32) * qpk_type_block_bytes(types[t], 32);
+        for (int r = 0; r < R; r++)
+            qpk_dequantize_row(types[t], 32, b + (size_t)r * rb, D, dec + r * D);
+        CHECKF(!memcmp(dec, wq, sizeof dec), "%s: the blocks do not decode to GPTQ's weights", qpk_type_name(types[t]));
+    }
+}
+
+/*
  * The paper's algorithm written plainly, in f64: the explicit inverse of the damped,
  * permuted H (Gauss-Jordan), and after each column the inverse over the columns left
  * (the OBS downdate). The library's Cholesky form is the same computation
@@ -287,6 +311,7 @@ int main(void)
     test_matches_reference();
     test_identity_is_rtn();
     test_dead_inputs_and_errors();
+    test_ggml_blocks_beat_rtn(p2); /* last: it draws inputs of its own */
     qpk_pool_free(p1);
     qpk_pool_free(p2);
     return th_summary("test_gptq");

@@ -579,13 +579,13 @@ static int check_target(cli *c, args *a)
         o->group = 32;
     if (o->to == QPK_OUT_MLX && !group_given)
         o->group = 64; /* mlx-lm's default */
-    const bool k_quant = o->preset || (o->quant && qpk_type_info_of((uint32_t)o->quant)->block);
-    if (k_quant && group_given)
-        return cli_usage_error(c, "K-quants and presets fix their blocks (super-blocks of 256, sub-blocks of 32 or "
-                                  "16): leave out --group");
+    const bool fixed_block = o->preset || (o->quant && qpk_type_info_of((uint32_t)o->quant)->block);
+    if (fixed_block && group_given)
+        return cli_usage_error(c, "ggml's block types (K-quants, i-quants) and presets fix their blocks: leave out "
+                                  "--group");
     if (o->quant && o->preset)
         return cli_usage_error(c, "give --quant or --preset, not both");
-    if (o->to == QPK_OUT_GGUF && o->quant && !k_quant && o->group != 32)
+    if (o->to == QPK_OUT_GGUF && o->quant && !fixed_block && o->group != 32)
         return cli_usage_error(c, "GGUF's Q8_0, Q4_0 and Q4_1 hold groups of 32: leave out --group or give 32");
     return -1;
 }

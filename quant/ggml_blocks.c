@@ -852,20 +852,24 @@ static void pack_iq4_codes(uint8_t *qs, const int32_t *q, int n)
 void qpk_iq4_nl_pack(uint8_t *b, const int32_t *q) { pack_iq4_codes(b + offsetof(qpk_block_iq4_nl, qs), q, 32); }
 void qpk_iq4_xs_pack(uint8_t *b, const int32_t *q) { pack_iq4_codes(b + offsetof(qpk_block_iq4_xs, qs), q, 256); }
 
+float qpk_ggml_code_value(uint32_t type, int q)
+{
+    const qpk_grid *g = &QPK_QUANT_TRAITS[type].grid;
+    return g->values ? (float)g->values[q - g->qmin] : (float)q;
+}
+
 int qpk_ggml_code(uint32_t type, float a, float m, float x, float *w)
 {
     const qpk_grid *g = &QPK_QUANT_TRAITS[type].grid;
     const float t = a != 0 ? (x + m) / a : 0;
     int q;
-    if (g->values) { /* the nearest of the codebook's values (sorted), ties to the lower */
-        q = g->qmin;
-        while (q < g->qmax && t > 0.5f * ((float)g->values[q - g->qmin] + (float)g->values[q + 1 - g->qmin]))
-            q++;
-        *w = a * (float)g->values[q - g->qmin] - m;
+    if (g->values) { /* IQ4's codebook, the only one qpk writes: its quantizers' rule */
+        const iq4_book k = iq4_book_of();
+        q = iq4_index(&k, t);
     } else {
         q = a != 0 ? code_of(t, g->qmin, g->qmax) : 0;
-        *w = a * (float)q - m;
     }
+    *w = a * qpk_ggml_code_value(type, q) - m;
     return q;
 }
 

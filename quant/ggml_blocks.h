@@ -26,6 +26,8 @@ int qpk_ggml_grid(uint32_t type, const uint8_t *block, float *a, float *m, int *
  * codebook's values v (ggml's i-quants).
  */
 int qpk_ggml_code(uint32_t type, float a, float m, float x, float *w);
+/* What code q of such a grid stands for: q itself, or the codebook's value (weight: a value - m). */
+float qpk_ggml_code_value(uint32_t type, int q);
 /* Writes the block's codes (q[i] as qpk_ggml_grid numbers them), its scales left as they are. */
 void qpk_ggml_pack_codes(uint32_t type, uint8_t *block, const int32_t *q);
 

@@ -52,6 +52,9 @@ qpk_block_quantize_fn qpk_q4_1_quantize, qpk_q5_0_quantize, qpk_q5_1_quantize, q
     qpk_q5_k_quantize, qpk_q6_k_quantize;
 qpk_block_scales_fn qpk_q4_1_scales, qpk_q5_0_scales, qpk_q4_k_scales, qpk_q6_k_scales;
 qpk_block_pack_fn qpk_q4_1_pack, qpk_q5_0_pack, qpk_q5_1_pack, qpk_q4_k_pack, qpk_q5_k_pack, qpk_q6_k_pack;
+/* iq_blocks.c, written from FORMAT.md's layouts of the lower i-quants and ternary types. */
+qpk_block_to_f32_fn qpk_iq2_xxs_to_f32, qpk_iq2_xs_to_f32, qpk_iq2_s_to_f32, qpk_iq3_xxs_to_f32, qpk_iq3_s_to_f32,
+    qpk_iq1_s_to_f32, qpk_iq1_m_to_f32, qpk_tq1_0_to_f32, qpk_tq2_0_to_f32;
 
 static const qpk_quant_traits QPK_QUANT_TRAITS[QPK_TYPE_COUNT_] = {
 #define ZERO(H) offsetof(H, z), QPK_FIELD_SIZE(H, z)
@@ -77,6 +80,15 @@ static const qpk_quant_traits QPK_QUANT_TRAITS[QPK_TYPE_COUNT_] = {
     [QPK_TYPE_Q6_K] = WRITTEN(-32, 31, q6_k, q6_k),
     [QPK_TYPE_IQ4_NL] = READ(iq4_nl),
     [QPK_TYPE_IQ4_XS] = READ(iq4_xs),
+    [QPK_TYPE_IQ2_XXS] = READ(iq2_xxs),
+    [QPK_TYPE_IQ2_XS] = READ(iq2_xs),
+    [QPK_TYPE_IQ2_S] = READ(iq2_s),
+    [QPK_TYPE_IQ3_XXS] = READ(iq3_xxs),
+    [QPK_TYPE_IQ3_S] = READ(iq3_s),
+    [QPK_TYPE_IQ1_S] = READ(iq1_s),
+    [QPK_TYPE_IQ1_M] = READ(iq1_m),
+    [QPK_TYPE_TQ1_0] = READ(tq1_0),
+    [QPK_TYPE_TQ2_0] = READ(tq2_0),
 #undef ZERO
 #undef READ
 #undef WRITTEN

@@ -12,9 +12,19 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static const uint32_t types[] = {QPK_TYPE_Q4_1, QPK_TYPE_Q5_0, QPK_TYPE_Q5_1, QPK_TYPE_Q2_K,
-                                 QPK_TYPE_Q3_K, QPK_TYPE_Q4_K, QPK_TYPE_Q5_K, QPK_TYPE_Q6_K};
 enum { MAX_BLOCKS = 8, MAX_W = 256 * MAX_BLOCKS };
+
+/* The k-th of the ggml types qpk decodes (every one, as the type table grows), cycling. */
+static uint32_t ggml_type_at(unsigned k)
+{
+    uint32_t n = 0;
+    for (uint32_t t = 0; t < QPK_TYPE_COUNT_; t++)
+        n += qpk_ggml_type(t);
+    k %= n;
+    for (uint32_t t = 0;; t++)
+        if (qpk_ggml_type(t) && k-- == 0)
+            return t;
+}
 
 /* Arbitrary blocks: dequantize, and pack random codes onto each block's grid. */
 static void blocks(uint32_t type, const uint8_t *data, size_t size)
@@ -92,7 +102,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 2)
         return 0;
-    const uint32_t type = types[data[0] % (sizeof types / sizeof *types)];
+    const uint32_t type = ggml_type_at(data[0] & 0x3f);
     if (data[0] & 0x80)
         rows(type, data[0] & 0x40, data + 1, size - 1);
     else

@@ -1,4 +1,5 @@
-/* libFuzzer target: ggml's block types as qpk reads and writes them. For arbitrary blocks:
+/* libFuzzer target: ggml's block types as qpk reads and writes them (every type with a reference
+ * dequantization, the first byte choosing; the first 8 as ever, so old inputs keep their type). For arbitrary blocks:
  * dequantization touches only the row's bytes and gives finite weights wherever the block's
  * f16 scales are finite (the check the GGUF reader makes); for the types qpk writes, the grid
  * GPTQ quantizes on is the dequantization's own (codes packed onto it dequantize to a * q - m exactly). For

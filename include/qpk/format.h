@@ -111,7 +111,7 @@ typedef enum qpk_type {
     QPK_TYPE_MLX8 = 29,     /* bf16 s, bf16 b, 8-bit codes */
     QPK_TYPE_MLX4_F16 = 30, /* f16 s, f16 b, 4-bit codes */
     QPK_TYPE_MLX8_F16 = 31, /* f16 s, f16 b, 8-bit codes */
-    /* ggml's i-quants (format version 5): codes index ggml's codebooks */
+    /* ggml's i-quants (format version 5): codes index ggml's codebooks; then its ternary types */
     QPK_TYPE_IQ4_NL = 32, /* 32 weights: f16 d, 4-bit indices into 16 non-linear values v; w = d v[q] */
     QPK_TYPE_IQ4_XS = 33, /* 256 weights in 8 of 32: 6-bit scales, IQ4_NL's values; w = (d (sc - 32)) v[q] */
     /* 256 weights, each 8 (4) a codebook entry with signs, scaled per sub-block of 32 (16) */

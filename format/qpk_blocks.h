@@ -112,6 +112,81 @@ typedef struct qpk_block_iq4_xs {
 } qpk_block_iq4_xs;
 QPK_BLOCK_SIZE(qpk_block_iq4_xs, 2 + 2 + 4 + 128);
 
+/* The lower i-quants: 256 weights in 8 sub-blocks of 32, each 4 groups of 8 whose values are a codebook entry. */
+typedef struct qpk_block_iq2_xxs {
+    uint16_t d;
+    uint8_t qs[64]; /* per sub-block: 4 entry indices, then a u32 of 4 7-bit sign sets and a 4-bit scale */
+} qpk_block_iq2_xxs;
+QPK_BLOCK_SIZE(qpk_block_iq2_xxs, 2 + 64);
+
+typedef struct qpk_block_iq2_xs {
+    uint16_t d;
+    uint8_t qs[64];    /* per group a u16: 9-bit entry index, 7-bit sign set */
+    uint8_t scales[8]; /* per sub-block two 4-bit scales, one per 16 weights */
+} qpk_block_iq2_xs;
+QPK_BLOCK_SIZE(qpk_block_iq2_xs, 2 + 64 + 8);
+
+typedef struct qpk_block_iq2_s {
+    uint16_t d;
+    uint8_t qs[64];    /* 32 low bytes of the 10-bit entry indices, then 32 bytes of 8 signs per group */
+    uint8_t qh[8];     /* per sub-block the indices' top 2 bits */
+    uint8_t scales[8]; /* as iq2_xs's */
+} qpk_block_iq2_s;
+QPK_BLOCK_SIZE(qpk_block_iq2_s, 2 + 64 + 8 + 8);
+
+typedef struct qpk_block_iq3_xxs {
+    uint16_t d;
+    uint8_t qs[96]; /* 64 entry indices (4 values each), then per sub-block a u32 as iq2_xxs's */
+} qpk_block_iq3_xxs;
+QPK_BLOCK_SIZE(qpk_block_iq3_xxs, 2 + 96);
+
+typedef struct qpk_block_iq3_s {
+    uint16_t d;
+    uint8_t qs[64];    /* low bytes of the 9-bit entry indices (4 values each) */
+    uint8_t qh[8];     /* per sub-block the 8 indices' top bits */
+    uint8_t signs[32]; /* per group 8 signs */
+    uint8_t scales[4]; /* a 4-bit scale per sub-block */
+} qpk_block_iq3_s;
+QPK_BLOCK_SIZE(qpk_block_iq3_s, 2 + 64 + 8 + 32 + 4);
+
+typedef struct qpk_block_iq1_s {
+    uint16_t d;
+    uint8_t qs[32]; /* low bytes of the 11-bit entry indices */
+    uint8_t qh[16]; /* per sub-block a u16: 4 x 3 index bits, a 3-bit scale, the delta's sign */
+} qpk_block_iq1_s;
+QPK_BLOCK_SIZE(qpk_block_iq1_s, 2 + 32 + 16);
+
+/* No d field: its f16 is the top nibbles of the four u16 of scales (qpk_iq1_m_scale). */
+typedef struct qpk_block_iq1_m {
+    uint8_t qs[32];    /* low bytes of the 11-bit entry indices */
+    uint8_t qh[16];    /* per group a nibble: 3 index bits, the delta's sign */
+    uint8_t scales[8]; /* 16 3-bit scales (two per sub-block), and the f16's nibbles */
+} qpk_block_iq1_m;
+QPK_BLOCK_SIZE(qpk_block_iq1_m, 32 + 16 + 8);
+
+/* The f16 bits of an IQ1_M block's scale from its scales field: bits 12..15 of each u16, the first lowest. */
+static inline uint16_t qpk_iq1_m_scale(const uint8_t *scales)
+{
+    uint16_t h = 0;
+    for (int k = 0; k < 4; k++)
+        h |= (uint16_t)(scales[2 * k + 1] >> 4 << 4 * k);
+    return h;
+}
+
+/* Ternary: weights d (t - 1), t in {0, 1, 2}; d after the codes. */
+typedef struct qpk_block_tq1_0 {
+    uint8_t qs[48]; /* 5 trits a byte, as a base-3 fraction of 256 */
+    uint8_t qh[4];  /* 4 trits a byte, the same way */
+    uint16_t d;
+} qpk_block_tq1_0;
+QPK_BLOCK_SIZE(qpk_block_tq1_0, 48 + 4 + 2);
+
+typedef struct qpk_block_tq2_0 {
+    uint8_t qs[64]; /* 2 bits per weight */
+    uint16_t d;
+} qpk_block_tq2_0;
+QPK_BLOCK_SIZE(qpk_block_tq2_0, 64 + 2);
+
 /* ------------------------------------------- heads of qpk's group types */
 
 typedef struct qpk_head_int8 {

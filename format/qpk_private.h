@@ -62,13 +62,29 @@ static const qpk_type_info QPK_TYPE_TABLE[QPK_TYPE_COUNT_] = {
     [QPK_TYPE_Q4_K] = GGML("q4_k", 4, qpk_block_q4_k, 256, 12, "Q4_K", 15, true, AT(qpk_block_q4_k, dmin)),
     [QPK_TYPE_Q5_K] = GGML("q5_k", 5, qpk_block_q5_k, 256, 13, "Q5_K", 17, true, AT(qpk_block_q5_k, dmin)),
     [QPK_TYPE_Q6_K] = GGML("q6_k", 6, qpk_block_q6_k, 256, 14, "Q6_K", 18, true, -1),
-#define IQUANT(n, b, S, blk, ggml, gname, ftype, quant)                                                           \
+/* bits: the whole bits per weight (the codes' share of the block; the rest counts as head). at: the f16 scale's offset,
+ * nibbles: spread over four u16s' top nibbles there (IQ1_M, which has no d). */
+#define IQUANT_AT(n, b, S, blk, ggml, gname, ftype, quant, at, nibbles)                                              \
     {.name = n, .bits = b, .head_bytes = sizeof(S) - (blk) * (b) / 8, .block = blk, .ggml_type = ggml,           \
-     .scale_at = {AT(S, d), -1}, .ggml_name = gname, .file_type = ftype, .quant_target = quant, .version = 5}
+     .scale_at = {at, -1}, .scale_nibbles = nibbles, .ggml_name = gname, .file_type = ftype, .quant_target = quant, \
+     .version = 5}
+#define IQUANT(n, b, S, blk, ggml, gname, ftype, quant)                                                           \
+    IQUANT_AT(n, b, S, blk, ggml, gname, ftype, quant, AT(S, d), false)
     /* i-quants (version 5): IQ4_NL is also llama-quantize's type for the rows of IQ4_XS and the lower i-quants that
      * are not whole super-blocks. */
     [QPK_TYPE_IQ4_NL] = IQUANT("iq4_nl", 4, qpk_block_iq4_nl, 32, 20, "IQ4_NL", 25, true),
     [QPK_TYPE_IQ4_XS] = IQUANT("iq4_xs", 4, qpk_block_iq4_xs, 256, 23, "IQ4_XS", 30, true),
+    /* The lower ones, read only too; file types are llama.cpp's presets of each name (IQ3_S: 26, not IQ3_M's 27). */
+    [QPK_TYPE_IQ2_XXS] = IQUANT("iq2_xxs", 2, qpk_block_iq2_xxs, 256, 16, "IQ2_XXS", 19, false),
+    [QPK_TYPE_IQ2_XS] = IQUANT("iq2_xs", 2, qpk_block_iq2_xs, 256, 17, "IQ2_XS", 20, false),
+    [QPK_TYPE_IQ2_S] = IQUANT("iq2_s", 2, qpk_block_iq2_s, 256, 22, "IQ2_S", 28, false),
+    [QPK_TYPE_IQ3_XXS] = IQUANT("iq3_xxs", 3, qpk_block_iq3_xxs, 256, 18, "IQ3_XXS", 23, false),
+    [QPK_TYPE_IQ3_S] = IQUANT("iq3_s", 3, qpk_block_iq3_s, 256, 21, "IQ3_S", 26, false),
+    [QPK_TYPE_IQ1_S] = IQUANT("iq1_s", 1, qpk_block_iq1_s, 256, 19, "IQ1_S", 24, false),
+    [QPK_TYPE_IQ1_M] = IQUANT_AT("iq1_m", 1, qpk_block_iq1_m, 256, 29, "IQ1_M", 31, false, AT(qpk_block_iq1_m, scales),
+                                 true),
+    [QPK_TYPE_TQ1_0] = IQUANT("tq1_0", 1, qpk_block_tq1_0, 256, 34, "TQ1_0", 36, false),
+    [QPK_TYPE_TQ2_0] = IQUANT("tq2_0", 2, qpk_block_tq2_0, 256, 35, "TQ2_0", 37, false),
 /* MLX's affine groups (version 4): scale and bias, then int4's or int8z's codes; only MLX folders hold them as they
  * are. GGUF takes them as Q4_1 (a 4-bit group of 32 with f16 s and b is one, byte for byte) or Q8_0, exactly where
  * the values fit (model/gguf_export.c). */
@@ -86,6 +102,7 @@ static const qpk_type_info QPK_TYPE_TABLE[QPK_TYPE_COUNT_] = {
 #undef GROUP
 #undef GGML
 #undef IQUANT
+#undef IQUANT_AT
 };
 
 /*

@@ -109,8 +109,9 @@ uint64_t qpk_first_bad_scale(uint32_t type, uint32_t group, const void *blocks, 
     const uint8_t *p = blocks;
     for (uint64_t b = 0; bb && b < n; b++) {
         for (int k = 0; k < 2 && t->scale_at[k] >= 0; k++) {
-            const uint8_t *h = p + b * bb + (size_t)t->scale_at[k];
-            if (t->scale_bf16 ? (h[1] & 0x7f) == 0x7f && (h[0] & 0x80) : (h[1] & 0x7c) == 0x7c) /* exponent all ones */
+            const uint8_t *at = p + b * bb + (size_t)t->scale_at[k];
+            const uint16_t h = t->scale_nibbles ? qpk_iq1_m_scale(at) : qpk_le16(at);
+            if ((h & (t->scale_bf16 ? 0x7f80 : 0x7c00)) == (t->scale_bf16 ? 0x7f80 : 0x7c00)) /* exponent all ones */
                 return b;
         }
         /* bf16 halves reach f32's range: the largest code's weight s qmax + b must stay finite too */

@@ -11,6 +11,7 @@
 #define QPK_QUANT_TRAITS_H
 
 #include "qpk/quant.h"
+#include "iq_grids.h" /* qpk_iq4nl_values */
 #include "qpk_private.h"
 
 typedef enum qpk_scale_rule {
@@ -55,7 +56,9 @@ qpk_block_scales_fn qpk_q4_1_scales, qpk_q5_0_scales, qpk_q4_k_scales, qpk_q6_k_
     qpk_iq4_xs_scales;
 qpk_block_pack_fn qpk_q4_1_pack, qpk_q5_0_pack, qpk_q5_1_pack, qpk_q4_k_pack, qpk_q5_k_pack, qpk_q6_k_pack,
     qpk_iq4_nl_pack, qpk_iq4_xs_pack;
-extern const int8_t qpk_iq4nl_values[16]; /* IQ4_NL's and IQ4_XS's codebook */
+/* iq_blocks.c, written from FORMAT.md's layouts of the lower i-quants and ternary types. */
+qpk_block_to_f32_fn qpk_iq2_xxs_to_f32, qpk_iq2_xs_to_f32, qpk_iq2_s_to_f32, qpk_iq3_xxs_to_f32, qpk_iq3_s_to_f32,
+    qpk_iq1_s_to_f32, qpk_iq1_m_to_f32, qpk_tq1_0_to_f32, qpk_tq2_0_to_f32;
 
 static const qpk_quant_traits QPK_QUANT_TRAITS[QPK_TYPE_COUNT_] = {
 #define ZERO(H) offsetof(H, z), QPK_FIELD_SIZE(H, z)
@@ -83,6 +86,15 @@ static const qpk_quant_traits QPK_QUANT_TRAITS[QPK_TYPE_COUNT_] = {
 #define CODEBOOK(n, t, v) {{QPK_RULE_NONE, 0, (n) - 1, 0, 0, 0, v}, qpk_##t##_to_f32, qpk_##t##_quantize, qpk_##t##_scales, qpk_##t##_pack}
     [QPK_TYPE_IQ4_NL] = CODEBOOK(16, iq4_nl, qpk_iq4nl_values),
     [QPK_TYPE_IQ4_XS] = CODEBOOK(16, iq4_xs, qpk_iq4nl_values),
+    [QPK_TYPE_IQ2_XXS] = READ(iq2_xxs),
+    [QPK_TYPE_IQ2_XS] = READ(iq2_xs),
+    [QPK_TYPE_IQ2_S] = READ(iq2_s),
+    [QPK_TYPE_IQ3_XXS] = READ(iq3_xxs),
+    [QPK_TYPE_IQ3_S] = READ(iq3_s),
+    [QPK_TYPE_IQ1_S] = READ(iq1_s),
+    [QPK_TYPE_IQ1_M] = READ(iq1_m),
+    [QPK_TYPE_TQ1_0] = READ(tq1_0),
+    [QPK_TYPE_TQ2_0] = READ(tq2_0),
 #undef ZERO
 #undef READ
 #undef WRITTEN

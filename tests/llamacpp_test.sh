@@ -53,9 +53,9 @@ for m in gptq-int4 gptq-int4-actorder gptq-int8 awq mlx-4bit; do
 done
 
 # K-quants, both ways. qpk's own Q4_K_M / Q5_K_M / Q6_K files (a generated model whose rows are
-# 256 wide), and llama-quantize's own files (tests/data/ggml), each run by llama.cpp and by
-# qpk reading the same GGUF. Measured: KLD 6e-6 to 1.1e-5, ppl within 0.07%, top-1 100% on
-# llama-quantize's files and 98.0-99.6% on qpk's (random weights: near-ties among flat logits
+# 256 wide), and llama-quantize's own files (tests/data/ggml: the i-quants and ternary types
+# too), each run by llama.cpp and by qpk reading the same GGUF. Measured: KLD 6e-6 to 1.2e-5
+# (the i-quants 6.4e-6 to 1.2e-5), ppl within 0.07%, top-1 100% on llama-quantize's files and 98.0-99.6% on qpk's (random weights: near-ties among flat logits
 # flip under 8-bit activations); gates: KLD 1e-4, top-1 95%, ppl 0.5%.
 td=$here/data
 "$bin/qgen" "$tmp/k" --hidden 256 --intermediate 256 --layers 2 --heads 4 --kv-heads 2 --vocab 320 --dtype f32 -q

@@ -249,7 +249,7 @@ static void d_past_data(uint8_t *b, size_t *n) { (void)n, wr64(entry(b, 3), (rd6
 static void d_misaligned(uint8_t *b, size_t *n) { (void)n, wr64(entry(b, 2), rd64(entry(b, 2)) + 4); }
 static void d_overlap(uint8_t *b, size_t *n) { (void)n, wr64(entry(b, 2), rd64(entry(b, 1))); }
 static void d_nbytes(uint8_t *b, size_t *n) { (void)n, wr64(entry(b, 1) + 8, rd64(entry(b, 1) + 8) + 4); }
-static void d_type(uint8_t *b, size_t *n) { (void)n, wr32(entry(b, 1) + 56, 40); }
+static void d_type(uint8_t *b, size_t *n) { (void)n, wr32(entry(b, 1) + 56, 43); }
 static void d_group(uint8_t *b, size_t *n) { (void)n, wr32(entry(b, 1) + 60, 32); }
 static void d_ndim0(uint8_t *b, size_t *n) { (void)n, wr32(entry(b, 1) + 64, 0); }
 static void d_ndim5(uint8_t *b, size_t *n) { (void)n, wr32(entry(b, 1) + 64, 5); }
@@ -332,7 +332,7 @@ static const defect DEFECTS[] = {
     {"misaligned tensor", d_misaligned, true, QPK_E_CORRUPT, "not aligned"},
     {"overlapping tensors", d_overlap, true, QPK_E_CORRUPT, "overlaps"},
     {"size vs shape", d_nbytes, true, QPK_E_CORRUPT, "its type and shape need"},
-    {"unknown type", d_type, true, QPK_E_UNSUPPORTED, "unknown tensor type id 40"},
+    {"unknown type", d_type, true, QPK_E_UNSUPPORTED, "unknown tensor type id 43"},
     {"group size on a float type", d_group, true, QPK_E_CORRUPT, "takes no group size"},
     {"ndim 0", d_ndim0, true, QPK_E_CORRUPT, "ndim 0"},
     {"ndim 5", d_ndim5, true, QPK_E_CORRUPT, "ndim 5"},

@@ -4,7 +4,8 @@
  * XXH3 of every tensor as ggml's own to_float dequantizes it (tests/llamacpp/make_ggml_files.sh).
  * qpk's reference dequantization and every kernel table must give those bits; the files
  * must read as models and run; qpk's own quantizers must write blocks that decode as
- * their grids say; a NaN scale in a K-quant block, and a type qpk lacks, are refused.
+ * their grids say; a NaN scale in a K-quant or i-quant block is refused; qpk's codebooks
+ * of the i-quants are ggml's, entry for entry.
  */
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -15,6 +16,7 @@
 #include "qpk/quant.h"
 #include "qpk/runtime.h"
 #include "ggml_blocks.h"
+#include "iq_grids.h"
 #include "testhelp.h"
 #include "testutil.h"
 #include "model_private.h"
@@ -84,11 +86,25 @@ static void check_file(const char *dir, const char *file, const cJSON *want, boo
     qpk_gguf_close(g);
 }
 
-/* A copy of a file with two bytes of a tensor's first block set (an f16 scale made NaN). */
-static void check_nan_scale(const char *dir)
+/* Makes block b's f16 scale h, where the type keeps it (bytes of the block at p). */
+typedef void scale_setter(uint8_t *p, uint16_t h);
+static void set_q4_k(uint8_t *p, uint16_t h) { memcpy(p + offsetof(qpk_block_q4_k, d), &h, 2); }
+static void set_tq1_0(uint8_t *p, uint16_t h) { memcpy(p + offsetof(qpk_block_tq1_0, d), &h, 2); }
+/* IQ1_M has no d: its f16 is the top nibbles of the four u16 scales. */
+static void set_iq1_m(uint8_t *p, uint16_t h)
 {
-    char src[4096], dst[] = "/tmp/qpk-test-ggml-XXXXXX";
-    snprintf(src, sizeof src, "%s/tiny-Q4_K_M.gguf", dir);
+    for (int k = 0; k < 4; k++) {
+        uint8_t *hi = p + offsetof(qpk_block_iq1_m, scales) + 2 * k + 1;
+        *hi = (uint8_t)((*hi & 15) | (h >> 4 * k & 15) << 4);
+    }
+}
+
+/* A copy of a file with block 3 of a tensor given a NaN or infinite f16 scale h: refused, the tensor and block named. */
+static void check_bad_scale(const char *dir, const char *file, const char *tensor, uint32_t ggml_type, size_t block_bytes,
+                            scale_setter *set, uint16_t h)
+{
+    char src[4096], dst[] = "/tmp/qpk-test-ggml-XXXXXX", want[256];
+    snprintf(src, sizeof src, "%s/%s", dir, file);
     size_t n;
     char *bytes = slurp(src, &n);
     qpk_gguf *g = NULL;
@@ -99,20 +115,79 @@ static void check_nan_scale(const char *dir)
         free(bytes);
         return;
     }
-    const qpk_gguf_tensor *t = qpk_gguf_find_tensor(g, "blk.0.ffn_up.weight");
-    CHECK(t && t->type == QPK_GGML_Q4_K);
-    const uint16_t nan = 0x7e00;
-    memcpy(bytes + t->offset + 144 * 3, &nan, 2); /* block 3's d */
+    const qpk_gguf_tensor *t = qpk_gguf_find_tensor(g, tensor);
+    CHECKF(t && t->type == ggml_type && qpk_ggml_type_name(ggml_type), "%s: %s", file, tensor);
+    if (t)
+        set((uint8_t *)bytes + t->offset + block_bytes * 3, h);
     qpk_gguf_close(g);
     CHECK(write(fd, bytes, n) == (ssize_t)n);
     close(fd);
     qpk_model *m = NULL;
     g = NULL;
     CHECK(qpk_gguf_open(&g, dst, &e) == QPK_OK);
-    CHECK_ERR(tu_gguf_model(&m, g, &e), QPK_E_VALUE, e, "tensor blk.0.ffn_up.weight: block 3 has a NaN or infinite scale (Q4_K)");
+    snprintf(want, sizeof want, "tensor %s: block 3 has a NaN or infinite scale (%s)", tensor,
+             qpk_ggml_type_name(ggml_type));
+    CHECK_ERR(tu_gguf_model(&m, g, &e), QPK_E_VALUE, e, want);
     qpk_model_free(m), qpk_gguf_close(g);
     unlink(dst);
     free(bytes);
+}
+
+static void check_nan_scale(const char *dir)
+{
+    check_bad_scale(dir, "tiny-Q4_K_M.gguf", "blk.0.ffn_up.weight", QPK_GGML_Q4_K, 144, set_q4_k, 0x7e00);
+    enum { GGML_IQ1_M = 29, GGML_TQ1_0 = 34 }; /* ggml.h's numbers */
+    check_bad_scale(dir, "tiny-IQ1_M.gguf", "blk.0.ffn_gate.weight", GGML_IQ1_M, sizeof(qpk_block_iq1_m), set_iq1_m,
+                    0x7e00);
+    check_bad_scale(dir, "tiny-IQ1_M.gguf", "blk.0.attn_q.weight", GGML_IQ1_M, sizeof(qpk_block_iq1_m), set_iq1_m,
+                    0xfc00); /* -inf */
+    check_bad_scale(dir, "tiny-TQ1_0.gguf", "blk.0.ffn_down.weight", GGML_TQ1_0, sizeof(qpk_block_tq1_0), set_tq1_0,
+                    0x7c00); /* d after the codes */
+    /* The scale is IQ1_M's top nibbles alone: the rest of those u16s all ones is a finite block. */
+    uint8_t b[sizeof(qpk_block_iq1_m)] = {0};
+    memset(b + offsetof(qpk_block_iq1_m, scales), 0xff, 8);
+    set_iq1_m(b, 0x3c00);
+    CHECK(qpk_first_bad_scale(QPK_TYPE_IQ1_M, 256, b, 1) == 1);
+    set_iq1_m(b, 0x7c01);
+    CHECK(qpk_first_bad_scale(QPK_TYPE_IQ1_M, 256, b, 1) == 0);
+}
+
+/* The hash expected.json's "codebooks" give ggml's table `name` (0 if it has none). */
+static uint64_t ggml_table_hash(const cJSON *want, const char *name)
+{
+    const char *h = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(want, name), "xxh3"));
+    return h ? strtoull(h, NULL, 16) : 0;
+}
+
+/* qpk's codebooks of the i-quants expand to ggml-common.h's tables byte for byte (their hashes in expected.json's
+ * "codebooks", from ggml_hashes.c): every entry, not only those the files use. */
+static void check_codebooks(const cJSON *want)
+{
+    uint8_t bytes[2048 * 8];
+    int checked = 0;
+    for (int g = 0; g < QPK_IQ_GRID_COUNT_; g++) {
+        const qpk_iq_grid *grid = &QPK_IQ_GRIDS[g];
+        for (uint32_t i = 0; i < grid->n; i++)
+            qpk_iq_grid_entry(grid, i, (int8_t *)bytes + grid->width * i);
+        const size_t n = (size_t)grid->n * grid->width;
+        CHECKF(qpk_xxh3(bytes, n) == ggml_table_hash(want, grid->name), "%s differs from ggml's", grid->name);
+        checked++;
+    }
+    for (unsigned s = 0; s < 128; s++)
+        bytes[s] = (uint8_t)qpk_iq_signs(s);
+    for (unsigned j = 0; j < 8; j++) /* the sign of weight j is bit j */
+        bytes[128 + j] = (uint8_t)(1u << j);
+    const struct {
+        const char *name;
+        const void *ours;
+        size_t n;
+    } OTHER[] = {{"ksigns_iq2xs", bytes, 128}, {"kmask_iq2xs", bytes + 128, 8}, {"kvalues_iq4nl", qpk_iq4nl_values, 16}};
+    for (size_t k = 0; k < sizeof OTHER / sizeof *OTHER; k++) {
+        CHECKF(qpk_xxh3(OTHER[k].ours, OTHER[k].n) == ggml_table_hash(want, OTHER[k].name), "%s differs from ggml's",
+               OTHER[k].name);
+        checked++;
+    }
+    CHECK(checked == cJSON_GetArraySize(want));
 }
 
 /* The same file cut 100 bytes short: its last tensor's blocks end past the data, named before any use. */
@@ -207,7 +282,9 @@ int main(void)
     const cJSON *f;
     bool seen[QPK_TYPE_COUNT_] = {0};
     cJSON_ArrayForEach(f, want)
-        check_file(dir, f->string, f, seen);
+        if (strcmp(f->string, "codebooks"))
+            check_file(dir, f->string, f, seen);
+    check_codebooks(cJSON_GetObjectItemCaseSensitive(want, "codebooks"));
     /* Every ggml type qpk decodes is held to ggml's bits by some file. */
     for (uint32_t t = 0; t < QPK_TYPE_COUNT_; t++)
         CHECKF(!qpk_ggml_type(t) || seen[t], "no llama-quantize file of %s in %s", qpk_type_name(t), dir);

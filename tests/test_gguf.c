@@ -1336,10 +1336,15 @@ static void test_ggml_types(void)
         {10, "Q2_K", 256, 84, QPK_TYPE_Q2_K, 256},   {11, "Q3_K", 256, 110, QPK_TYPE_Q3_K, 256},
         {12, "Q4_K", 256, 144, QPK_TYPE_Q4_K, 256},  {13, "Q5_K", 256, 176, QPK_TYPE_Q5_K, 256},
         {14, "Q6_K", 256, 210, QPK_TYPE_Q6_K, 256},  {15, "Q8_K", 256, 292, -1, -1},
-        {20, "IQ4_NL", 32, 18, QPK_TYPE_IQ4_NL, 32}, {23, "IQ4_XS", 256, 136, QPK_TYPE_IQ4_XS, 256},
+        {16, "IQ2_XXS", 256, 66, QPK_TYPE_IQ2_XXS, 256}, {17, "IQ2_XS", 256, 74, QPK_TYPE_IQ2_XS, 256},
+        {18, "IQ3_XXS", 256, 98, QPK_TYPE_IQ3_XXS, 256}, {19, "IQ1_S", 256, 50, QPK_TYPE_IQ1_S, 256},
+        {20, "IQ4_NL", 32, 18, QPK_TYPE_IQ4_NL, 32}, {21, "IQ3_S", 256, 110, QPK_TYPE_IQ3_S, 256},
+        {22, "IQ2_S", 256, 82, QPK_TYPE_IQ2_S, 256}, {23, "IQ4_XS", 256, 136, QPK_TYPE_IQ4_XS, 256},
         {24, "I8", 1, 1, -1, -1},                    {25, "I16", 1, 2, -1, -1},
         {26, "I32", 1, 4, -1, -1},                   {27, "I64", 1, 8, -1, -1},
-        {28, "F64", 1, 8, -1, -1},                   {30, "BF16", 1, 2, QPK_TYPE_BF16, 0},
+        {28, "F64", 1, 8, -1, -1},                   {29, "IQ1_M", 256, 56, QPK_TYPE_IQ1_M, 256},
+        {30, "BF16", 1, 2, QPK_TYPE_BF16, 0},        {34, "TQ1_0", 256, 54, QPK_TYPE_TQ1_0, 256},
+        {35, "TQ2_0", 256, 66, QPK_TYPE_TQ2_0, 256},
     };
     size_t k = 0;
     for (uint32_t id = 0; id < 64; id++) {
@@ -1367,7 +1372,9 @@ static void test_ggml_types(void)
         [QPK_TYPE_INT8Z] = 7, [QPK_TYPE_Q4_1] = 3,  [QPK_TYPE_Q5_0] = 8,  [QPK_TYPE_Q5_1] = 9,  [QPK_TYPE_Q2_K] = 10,
         [QPK_TYPE_Q3_K] = 12, [QPK_TYPE_Q4_K] = 15, [QPK_TYPE_Q5_K] = 17, [QPK_TYPE_Q6_K] = 18,
         [QPK_TYPE_MLX4] = 3,  [QPK_TYPE_MLX8] = 7,  [QPK_TYPE_MLX4_F16] = 3, [QPK_TYPE_MLX8_F16] = 7, /* as Q4_1, Q8_0 */
-        [QPK_TYPE_IQ4_NL] = 25, [QPK_TYPE_IQ4_XS] = 30,
+        [QPK_TYPE_IQ4_NL] = 25, [QPK_TYPE_IQ4_XS] = 30, [QPK_TYPE_IQ2_XXS] = 19, [QPK_TYPE_IQ2_XS] = 20,
+        [QPK_TYPE_IQ2_S] = 28,  [QPK_TYPE_IQ3_XXS] = 23, [QPK_TYPE_IQ3_S] = 26, [QPK_TYPE_IQ1_S] = 24,
+        [QPK_TYPE_IQ1_M] = 31,  [QPK_TYPE_TQ1_0] = 36, [QPK_TYPE_TQ2_0] = 37,
     };
     for (uint32_t t = 0; t < QPK_TYPE_COUNT_; t++)
         if (qpk_type_info_of(t))

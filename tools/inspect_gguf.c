@@ -155,7 +155,7 @@ static void print_text(const char *path, const qpk_gguf *g, uint64_t size, bool 
         snprintf(shape + n, sizeof shape - (size_t)n, "]");
         printf("  ");
         size_t w = cli_put_escaped(stdout, t->name, strlen(t->name), SIZE_MAX, false);
-        printf("%*s %-5s %-16s %12" PRIu64 " bytes at %" PRIu64, w < 32 ? (int)(32 - w) : 0, "",
+        printf("%*s %-7s %-16s %12" PRIu64 " bytes at %" PRIu64, w < 32 ? (int)(32 - w) : 0, "",
                qpk_ggml_type_name(t->type), shape, t->nbytes, t->offset);
         if (qpk_gguf_n_shards(g) > 1) /* a split set: the offset is in that file */
             printf(" of shard %u", t->shard + 1);

@@ -111,9 +111,19 @@ typedef enum qpk_type {
     QPK_TYPE_MLX8 = 29,     /* bf16 s, bf16 b, 8-bit codes */
     QPK_TYPE_MLX4_F16 = 30, /* f16 s, f16 b, 4-bit codes */
     QPK_TYPE_MLX8_F16 = 31, /* f16 s, f16 b, 8-bit codes */
-    /* ggml's i-quants (format version 5): codes index ggml's codebooks */
+    /* ggml's i-quants (format version 5): codes index ggml's codebooks; then its ternary types */
     QPK_TYPE_IQ4_NL = 32, /* 32 weights: f16 d, 4-bit indices into 16 non-linear values v; w = d v[q] */
     QPK_TYPE_IQ4_XS = 33, /* 256 weights in 8 of 32: 6-bit scales, IQ4_NL's values; w = (d (sc - 32)) v[q] */
+    /* 256 weights, each 8 (4) a codebook entry with signs, scaled per sub-block of 32 (16) */
+    QPK_TYPE_IQ2_XXS = 34, /* 2.0625 bits: 8-bit entries of 8, 7-bit sign sets, 4-bit scales */
+    QPK_TYPE_IQ2_XS = 35,  /* 2.3125 bits: 9-bit entries of 8, 7-bit sign sets, 4-bit scales per 16 */
+    QPK_TYPE_IQ2_S = 36,   /* 2.5625 bits: 10-bit entries of 8, 8 signs, 4-bit scales per 16 */
+    QPK_TYPE_IQ3_XXS = 37, /* 3.0625 bits: 8-bit entries of 4, 7-bit sign sets, 4-bit scales */
+    QPK_TYPE_IQ3_S = 38,   /* 3.4375 bits: 9-bit entries of 4, 8 signs, 4-bit scales */
+    QPK_TYPE_IQ1_S = 39,   /* 1.5625 bits: 11-bit entries of 8 values -1..1, a shift of +-1/8, 3-bit scales */
+    QPK_TYPE_IQ1_M = 40,   /* 1.75 bits: as IQ1_S, 3-bit scales per 16, the f16 d spread over the scales */
+    QPK_TYPE_TQ1_0 = 41,   /* 1.6875 bits: ternary, 5 trits a byte; w = d (t - 1) */
+    QPK_TYPE_TQ2_0 = 42,   /* 2.0625 bits: ternary in 2-bit codes; w = d (q - 1) */
     QPK_TYPE_COUNT_ /* one past the largest id this build knows */
 } qpk_type;
 
@@ -134,6 +144,7 @@ typedef struct qpk_type_info {
     int32_t ggml_type;   /* the GGUF type it is written as (types with a group: in blocks of 32), or -1 */
     int32_t scale_at[2]; /* block types: byte offsets of the scales in a block (-1: none), f16 unless scale_bf16 */
     bool scale_bf16;     /* the scales at scale_at are bf16 */
+    bool scale_nibbles;  /* the f16 at scale_at[0] is the top nibbles of four u16s, the first lowest (ggml's IQ1_M) */
     /* ggml's name for ggml_type when a GGUF tensor of that type is read as this type, its bytes
      * as they are (at `block`, or in groups of 32); NULL when ggml_type is only what this type
      * is written as (int4 as Q4_1, int8z as Q8_0), or none. */

@@ -1,9 +1,10 @@
-/* libFuzzer target: ggml's block types as qpk reads and writes them. For arbitrary blocks:
- * dequantization touches only the row's bytes and gives finite weights wherever the block's
- * f16 scales are finite (the check the GGUF reader makes); for the types qpk writes, the grid
- * GPTQ quantizes on is the dequantization's own (codes packed onto it dequantize to a * q - m exactly). For
- * arbitrary finite rows: every quantizer's row dequantizes to finite weights no further
- * from the input than the largest magnitude of its block of 256. */
+/* libFuzzer target: ggml's block types as qpk reads and writes them (every type with a reference
+ * dequantization, the first byte choosing; the first 8 as ever, so old inputs keep their type). For
+ * arbitrary blocks: dequantization touches only the row's bytes and gives finite weights wherever the
+ * block's f16 scales are finite (the check the GGUF reader makes); for the types qpk writes, the grid
+ * GPTQ quantizes on is the dequantization's own (codes packed onto it dequantize to a v(q) - m exactly,
+ * v(q) the code or its codebook value). For arbitrary finite rows: every quantizer's row dequantizes to
+ * finite weights no further from the input than the largest magnitude of its block of 256. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,9 +13,19 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static const uint32_t types[] = {QPK_TYPE_Q4_1, QPK_TYPE_Q5_0, QPK_TYPE_Q5_1, QPK_TYPE_Q2_K,
-                                 QPK_TYPE_Q3_K, QPK_TYPE_Q4_K, QPK_TYPE_Q5_K, QPK_TYPE_Q6_K};
 enum { MAX_BLOCKS = 8, MAX_W = 256 * MAX_BLOCKS };
+
+/* The k-th of the ggml types qpk decodes (every one, as the type table grows), cycling. */
+static uint32_t ggml_type_at(unsigned k)
+{
+    uint32_t n = 0;
+    for (uint32_t t = 0; t < QPK_TYPE_COUNT_; t++)
+        n += qpk_ggml_type(t);
+    k %= n;
+    for (uint32_t t = 0;; t++)
+        if (qpk_ggml_type(t) && k-- == 0)
+            return t;
+}
 
 /* Arbitrary blocks: dequantize, and pack random codes onto each block's grid. */
 static void blocks(uint32_t type, const uint8_t *data, size_t size)
@@ -45,7 +56,7 @@ static void blocks(uint32_t type, const uint8_t *data, size_t size)
         float back[256];
         qpk_ggml_dequantize_row(type, blk, (int64_t)n, back);
         for (size_t i = 0; i < n; i++) {
-            const float want = a[i / (size_t)sub] * (float)q[i] - m[i / (size_t)sub];
+            const float want = a[i / (size_t)sub] * qpk_ggml_code_value(type, q[i]) - m[i / (size_t)sub];
             if (memcmp(&want, &back[i], sizeof want) && !(isnan(want) && isnan(back[i])))
                 __builtin_trap();
         }
@@ -92,7 +103,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 2)
         return 0;
-    const uint32_t type = types[data[0] % (sizeof types / sizeof *types)];
+    const uint32_t type = ggml_type_at(data[0] & 0x3f);
     if (data[0] & 0x80)
         rows(type, data[0] & 0x40, data + 1, size - 1);
     else

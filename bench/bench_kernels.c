@@ -88,7 +88,8 @@ int main(int argc, char **argv)
         uint32_t type, group;
     } types[] = {{QPK_TYPE_F32, 0},    {QPK_TYPE_BF16, 0},  {QPK_TYPE_F16, 0},    {QPK_TYPE_INT8, 32},
                  {QPK_TYPE_INT4S, 32}, {QPK_TYPE_INT4, 32}, {QPK_TYPE_INT4, 128}, {QPK_TYPE_MLX4, 64},
-                 {QPK_TYPE_MLX8, 64}};
+                 {QPK_TYPE_MLX8, 64},  {QPK_TYPE_Q4_K, 256}, {QPK_TYPE_Q6_K, 256}, {QPK_TYPE_IQ4_XS, 256},
+                 {QPK_TYPE_IQ4_NL, 32}};
     printf("%-18s %-9s %14s %8s %14s %8s\n", "matrix", "type", "gemm T=512", "of peak", "gemv GB/s", "of bw");
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
         for (size_t t = 0; t < sizeof types / sizeof *types; t++) {

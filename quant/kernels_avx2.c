@@ -267,10 +267,11 @@ BLOCK_ROWS(MLX4_F16)
 BLOCK_ROWS(MLX8_F16)
 
 /*
- * ggml's block types. Q4_K and Q6_K (the K-quant mixes' bulk) are decoded eight weights per
- * instruction, each weight the reference's: Q4_K's (d sc) q is exact (17 + 4 bits) before
- * its one subtraction, Q6_K's (d sc) q rounds once. The other types are decoded by the
- * reference into scratch, then dotted as an f32 row (the scalar table's summation order).
+ * ggml's block types. Q4_K, Q5_K and Q6_K (the K-quant mixes' bulk) and IQ4_NL/IQ4_XS are
+ * decoded eight weights per instruction, each weight the reference's: Q4_K's and Q5_K's
+ * (d sc) q is exact (17 + 5 bits) before its one subtraction, Q6_K's (d sc) q rounds once.
+ * The other types are decoded by the reference into scratch, then dotted as an f32 row
+ * (the scalar table's summation order).
  */
 
 /* The f16 scales of a Q4_K or Q6_K block. */
@@ -278,11 +279,15 @@ static inline float q4_k_d(const uint8_t *b) { return qpk_f16_to_f32(qpk_le16(b 
 static inline float q4_k_dmin(const uint8_t *b) { return qpk_f16_to_f32(qpk_le16(b + offsetof(qpk_block_q4_k, dmin))); }
 static inline float q6_k_d(const uint8_t *b) { return qpk_f16_to_f32(qpk_le16(b + offsetof(qpk_block_q6_k, d))); }
 
-/* The 32 weights of Q4_K sub-block j (0..7) of block b, as four vectors of 8 in order. */
-static inline __attribute__((always_inline)) void q4_k_weights(const uint8_t *b, float d, float dmin, int j,
-                                                               __m256 wv[4])
+/*
+ * The 32 weights of Q4_K (qh NULL) or Q5_K sub-block j (0..7) of block b, as four vectors of 8
+ * in order: Q5_K's bit 4 of weight l is bit j of qh[l] (a 16-bit shift keeps each byte's bit j
+ * at bit 0 of that byte).
+ */
+static inline __attribute__((always_inline)) void k4_weights(const uint8_t *b, const uint8_t *qs, const uint8_t *qh,
+                                                             float d, float dmin, int j, __m256 wv[4])
 {
-    const uint8_t *sc = b + offsetof(qpk_block_q4_k, scales), *q = b + offsetof(qpk_block_q4_k, qs) + 32 * (j / 2);
+    const uint8_t *sc = b + offsetof(qpk_block_q4_k, scales), *q = qs + 32 * (j / 2);
     const int sj = j < 4 ? sc[j] & 63 : (sc[j + 4] & 15) | (sc[j - 4] >> 6) << 4;
     const int mj = j < 4 ? sc[j + 4] & 63 : (sc[j + 4] >> 4) | (sc[j] >> 6) << 4;
     const __m256 dl = _mm256_set1_ps(d * (float)sj), ml = _mm256_set1_ps(dmin * (float)mj);
@@ -290,6 +295,12 @@ static inline __attribute__((always_inline)) void q4_k_weights(const uint8_t *b,
     __m128i u = _mm_loadu_si128((const __m128i *)q), v = _mm_loadu_si128((const __m128i *)(q + 16));
     u = j % 2 ? _mm_and_si128(_mm_srli_epi16(u, 4), low) : _mm_and_si128(u, low);
     v = j % 2 ? _mm_and_si128(_mm_srli_epi16(v, 4), low) : _mm_and_si128(v, low);
+    if (qh) {
+        const __m128i one = _mm_set1_epi8(1);
+        const __m128i h0 = _mm_and_si128(_mm_srli_epi16(_mm_loadu_si128((const __m128i *)qh), j), one);
+        const __m128i h1 = _mm_and_si128(_mm_srli_epi16(_mm_loadu_si128((const __m128i *)(qh + 16)), j), one);
+        u = _mm_or_si128(u, _mm_slli_epi16(h0, 4)), v = _mm_or_si128(v, _mm_slli_epi16(h1, 4));
+    }
     const __m128i c[4] = {u, _mm_srli_si128(u, 8), v, _mm_srli_si128(v, 8)};
     for (int k = 0; k < 4; k++)
         wv[k] = _mm256_sub_ps(_mm256_mul_ps(dl, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c[k]))), ml);
@@ -313,13 +324,24 @@ static inline __attribute__((always_inline)) void q6_k_weights(const uint8_t *ql
         wv[k] = _mm256_mul_ps(_mm256_set1_ps(d * (float)sc[l / 16 + 2 * k]), _mm256_cvtepi32_ps(_mm256_sub_epi32(q[k], bias)));
 }
 
-static void q4_k_row(const uint8_t *b, int64_t n, float *y)
+/* Q4_K's and Q5_K's codes (and Q5_K's high bits) in block b. */
+static inline const uint8_t *k4_qs(uint32_t type, const uint8_t *b)
 {
-    for (int64_t i = 0; i < n; i += 256, b += sizeof(qpk_block_q4_k)) {
+    return b + (type == QPK_TYPE_Q5_K ? offsetof(qpk_block_q5_k, qs) : offsetof(qpk_block_q4_k, qs));
+}
+static inline const uint8_t *k4_qh(uint32_t type, const uint8_t *b)
+{
+    return type == QPK_TYPE_Q5_K ? b + offsetof(qpk_block_q5_k, qh) : NULL;
+}
+
+static void k4_row(uint32_t type, const uint8_t *b, int64_t n, float *y)
+{
+    const size_t bb = qpk_type_block_bytes(type, 256);
+    for (int64_t i = 0; i < n; i += 256, b += bb) {
         const float d = q4_k_d(b), dmin = q4_k_dmin(b);
         for (int j = 0; j < 8; j++, y += 32) {
             __m256 wv[4];
-            q4_k_weights(b, d, dmin, j, wv);
+            k4_weights(b, k4_qs(type, b), k4_qh(type, b), d, dmin, j, wv);
             for (int k = 0; k < 4; k++)
                 _mm256_storeu_ps(y + 8 * k, wv[k]);
         }
@@ -343,21 +365,23 @@ static void q6_k_row(const uint8_t *b, int64_t n, float *y)
 }
 
 /*
- * Decode's dot products over Q4_K and Q6_K rows, the weights made in registers: each
- * weight is the one q4_k_row/q6_k_row writes, and weight k enters chain (k % 32) / 8 in
+ * Decode's dot products over Q4_K, Q5_K and Q6_K rows, the weights made in registers: each
+ * weight is the one k4_row/q6_k_row writes, and weight k enters chain (k % 32) / 8 in
  * increasing k, as in the f32 row's gemv_row: the same bits, without the round trip
  * through memory.
  */
-static float dot_q4_k(const qpk_matrix *w, int64_t r, const float *x, float *scratch)
+static float dot_k4(const qpk_matrix *w, int64_t r, const float *x, float *scratch)
 {
     (void)scratch;
+    const uint32_t type = w->type;
+    const size_t bb = qpk_type_block_bytes(type, 256);
     const uint8_t *b = qpk_row_ptr(w, r);
     __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int64_t i = 0; i < w->cols; i += 256, b += sizeof(qpk_block_q4_k)) {
+    for (int64_t i = 0; i < w->cols; i += 256, b += bb) {
         const float d = q4_k_d(b), dmin = q4_k_dmin(b);
         for (int j = 0; j < 8; j++) {
             __m256 wv[4];
-            q4_k_weights(b, d, dmin, j, wv);
+            k4_weights(b, k4_qs(type, b), k4_qh(type, b), d, dmin, j, wv);
             for (int k = 0; k < 4; k++)
                 a[k] = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 32 * j + 8 * k), wv[k], a[k]);
         }
@@ -402,60 +426,67 @@ static inline __attribute__((always_inline)) void iq4_weights(const uint8_t *qs,
         wv[k] = _mm256_mul_ps(dl, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c[k])));
 }
 
-/* The scale of 32-weight sub-block j of an IQ4_NL (j = 0: its one block) or IQ4_XS block b, and its codes. */
-static inline float iq4_scale(uint32_t type, const uint8_t *b, int j, const uint8_t **qs)
+/* The scales of the 32-weight sub-blocks of an IQ4_NL block (one) or an IQ4_XS block (eight); returns their count. */
+static inline int iq4_scales(uint32_t type, const uint8_t *b, float *scale)
 {
     if (type == QPK_TYPE_IQ4_NL) {
-        *qs = b + offsetof(qpk_block_iq4_nl, qs);
-        return qpk_f16_to_f32(qpk_le16(b + offsetof(qpk_block_iq4_nl, d)));
+        scale[0] = qpk_f16_to_f32(qpk_le16(b + offsetof(qpk_block_iq4_nl, d)));
+        return 1;
     }
-    const int lo = b[offsetof(qpk_block_iq4_xs, scales_l) + j / 2] >> 4 * (j % 2) & 15;
-    const int sc = lo | (qpk_le16(b + offsetof(qpk_block_iq4_xs, scales_h)) >> 2 * j & 3) << 4;
-    *qs = b + offsetof(qpk_block_iq4_xs, qs) + 16 * j;
-    return qpk_f16_to_f32(qpk_le16(b + offsetof(qpk_block_iq4_xs, d))) * (float)(sc - 32);
+    const float d = qpk_f16_to_f32(qpk_le16(b + offsetof(qpk_block_iq4_xs, d)));
+    const int hi = qpk_le16(b + offsetof(qpk_block_iq4_xs, scales_h));
+    const uint8_t *lo = b + offsetof(qpk_block_iq4_xs, scales_l);
+    for (int s = 0; s < 8; s++)
+        scale[s] = d * (float)(((lo[s / 2] >> 4 * (s % 2) & 15) | (hi >> 2 * s & 3) << 4) - 32);
+    return 8;
+}
+
+static inline const uint8_t *iq4_qs(uint32_t type, const uint8_t *b)
+{
+    return b + (type == QPK_TYPE_IQ4_NL ? offsetof(qpk_block_iq4_nl, qs) : offsetof(qpk_block_iq4_xs, qs));
 }
 
 static void iq4_row(uint32_t type, const uint8_t *b, int64_t n, float *y)
 {
-    const int sub = QPK_TYPE_TABLE[type].block / 32;
     const size_t bb = qpk_type_block_bytes(type, QPK_TYPE_TABLE[type].block);
-    for (int64_t i = 0; i < n; i += 32 * sub, b += bb)
-        for (int j = 0; j < sub; j++, y += 32) {
-            const uint8_t *qs;
-            const float scale = iq4_scale(type, b, j, &qs);
+    float scale[8];
+    for (int64_t i = 0; i < n; b += bb) {
+        const int sub = iq4_scales(type, b, scale);
+        for (int j = 0; j < sub; j++, i += 32, y += 32) {
             __m256 wv[4];
-            iq4_weights(qs, scale, wv);
+            iq4_weights(iq4_qs(type, b) + 16 * j, scale[j], wv);
             for (int k = 0; k < 4; k++)
                 _mm256_storeu_ps(y + 8 * k, wv[k]);
         }
+    }
 }
 
-/* As dot_q4_k: weight k of the row enters chain (k % 32) / 8 in increasing k. */
+/* As dot_k4: weight k of the row enters chain (k % 32) / 8 in increasing k. */
 static float dot_iq4(const qpk_matrix *w, int64_t r, const float *x, float *scratch)
 {
     (void)scratch;
     const uint32_t type = w->type;
-    const int sub = QPK_TYPE_TABLE[type].block / 32;
     const size_t bb = qpk_type_block_bytes(type, QPK_TYPE_TABLE[type].block);
     const uint8_t *b = qpk_row_ptr(w, r);
+    float scale[8];
     __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int64_t i = 0; i < w->cols; b += bb)
+    for (int64_t i = 0; i < w->cols; b += bb) {
+        const int sub = iq4_scales(type, b, scale);
         for (int j = 0; j < sub; j++, i += 32) {
-            const uint8_t *qs;
-            const float scale = iq4_scale(type, b, j, &qs);
             __m256 wv[4];
-            iq4_weights(qs, scale, wv);
+            iq4_weights(iq4_qs(type, b) + 16 * j, scale[j], wv);
             for (int k = 0; k < 4; k++)
                 a[k] = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8 * k), wv[k], a[k]);
         }
+    }
     return hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
 }
 
 static void ggml_row_to_f32(const qpk_matrix *w, int64_t r, float *dst)
 {
     const uint8_t *row = qpk_row_ptr(w, r);
-    if (w->type == QPK_TYPE_Q4_K)
-        q4_k_row(row, w->cols, dst);
+    if (w->type == QPK_TYPE_Q4_K || w->type == QPK_TYPE_Q5_K)
+        k4_row(w->type, row, w->cols, dst);
     else if (w->type == QPK_TYPE_Q6_K)
         q6_k_row(row, w->cols, dst);
     else if (w->type == QPK_TYPE_IQ4_NL || w->type == QPK_TYPE_IQ4_XS)
@@ -477,8 +508,8 @@ static const qpk_type_kernels AVX2_TYPES[QPK_TYPE_COUNT_] = {
     [QPK_TYPE_INT4] = {to_f32_INT4, dot_INT4}, [QPK_TYPE_INT4S] = {to_f32_INT4S, dot_INT4S},
     [QPK_TYPE_INT8Z] = {to_f32_INT8Z, dot_INT8Z},
     [QPK_TYPE_Q4_1] = GGML_ROWS, [QPK_TYPE_Q5_0] = GGML_ROWS, [QPK_TYPE_Q5_1] = GGML_ROWS,
-    [QPK_TYPE_Q2_K] = GGML_ROWS, [QPK_TYPE_Q3_K] = GGML_ROWS, [QPK_TYPE_Q4_K] = {ggml_row_to_f32, dot_q4_k},
-    [QPK_TYPE_Q5_K] = GGML_ROWS, [QPK_TYPE_Q6_K] = {ggml_row_to_f32, dot_q6_k},
+    [QPK_TYPE_Q2_K] = GGML_ROWS, [QPK_TYPE_Q3_K] = GGML_ROWS, [QPK_TYPE_Q4_K] = {ggml_row_to_f32, dot_k4},
+    [QPK_TYPE_Q5_K] = {ggml_row_to_f32, dot_k4}, [QPK_TYPE_Q6_K] = {ggml_row_to_f32, dot_q6_k},
     [QPK_TYPE_IQ4_NL] = {ggml_row_to_f32, dot_iq4}, [QPK_TYPE_IQ4_XS] = {ggml_row_to_f32, dot_iq4},
     [QPK_TYPE_MLX4] = {to_f32_MLX4, dot_MLX4}, [QPK_TYPE_MLX8] = {to_f32_MLX8, dot_MLX8},
     [QPK_TYPE_MLX4_F16] = {to_f32_MLX4_F16, dot_MLX4_F16}, [QPK_TYPE_MLX8_F16] = {to_f32_MLX8_F16, dot_MLX8_F16},
@@ -982,8 +1013,8 @@ static const qpk_type_kernels AVX512_TYPES[QPK_TYPE_COUNT_] = {
     [QPK_TYPE_INT4] = {to_f32_512_INT4, dot_512_INT4}, [QPK_TYPE_INT4S] = {to_f32_512_INT4S, dot_512_INT4S},
     [QPK_TYPE_INT8Z] = {to_f32_INT8Z, dot_INT8Z},
     [QPK_TYPE_Q4_1] = GGML_ROWS, [QPK_TYPE_Q5_0] = GGML_ROWS, [QPK_TYPE_Q5_1] = GGML_ROWS,
-    [QPK_TYPE_Q2_K] = GGML_ROWS, [QPK_TYPE_Q3_K] = GGML_ROWS, [QPK_TYPE_Q4_K] = {ggml_row_to_f32, dot_q4_k},
-    [QPK_TYPE_Q5_K] = GGML_ROWS, [QPK_TYPE_Q6_K] = {ggml_row_to_f32, dot_q6_k},
+    [QPK_TYPE_Q2_K] = GGML_ROWS, [QPK_TYPE_Q3_K] = GGML_ROWS, [QPK_TYPE_Q4_K] = {ggml_row_to_f32, dot_k4},
+    [QPK_TYPE_Q5_K] = {ggml_row_to_f32, dot_k4}, [QPK_TYPE_Q6_K] = {ggml_row_to_f32, dot_q6_k},
     [QPK_TYPE_IQ4_NL] = {ggml_row_to_f32, dot_iq4}, [QPK_TYPE_IQ4_XS] = {ggml_row_to_f32, dot_iq4},
     [QPK_TYPE_MLX4] = {to_f32_512_MLX4, dot_512_MLX4}, [QPK_TYPE_MLX8] = {to_f32_MLX8, dot_MLX8},
     [QPK_TYPE_MLX4_F16] = {to_f32_512_MLX4_F16, dot_512_MLX4_F16}, [QPK_TYPE_MLX8_F16] = {to_f32_MLX8_F16, dot_MLX8_F16},

@@ -85,8 +85,8 @@ done
 # KLD 1.0e-2, top-1 89.8%, ppl 1.3%; gates: KLD 0.03, top-1 80%, ppl 3%.
 "$bin/qconvert" "$fx/qwen-tiny-c-outlier" --preset q4_k_m -o "$tmp/c-q4km.gguf" -q &&
   kcheck "qpk-c-outlier-q4_k_m" "$tmp/c-q4km.gguf" "$tokens" 0.03 80 0.03
-# And as IQ4_XS (llama.cpp's IQ4_XS dot products take 8-bit activations too). Measured: see the
-# issue 23 note; gates as Q4_K_M's.
+# And as IQ4_XS (llama.cpp's IQ4_XS dot products take 8-bit activations too). Measured: KLD
+# 1.06e-2, top-1 91.4%, ppl 0.8% (Q4_K_M in the same run: 1.0e-2, 90.2%, 1.1%); gates as Q4_K_M's.
 "$bin/qconvert" "$fx/qwen-tiny-c-outlier" --preset iq4_xs -o "$tmp/c-iq4xs.gguf" -q &&
   kcheck "qpk-c-outlier-iq4_xs" "$tmp/c-iq4xs.gguf" "$tokens" 0.03 80 0.03
 # The Qwen family's other architectures (issue 21): llama.cpp's qwen2 with YaRN, qwen2moe,

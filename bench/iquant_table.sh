@@ -10,19 +10,9 @@
 set -eu
 bin=$1 lbin=$2 fx=$3 work=$4 chunks=${5:-100} samples=${6:-32}
 m=$fx/qwen-tiny-c-outlier text=$fx/text/eval_public.txt calib=$fx/text/calib.txt
-threads=$(nproc)
 mkdir -p "$work"
-log=$work/log.txt
-: > "$log"
-
-"$bin/qconvert" -q "$m" -o "$work/f32.gguf" --dtype f32
-"$lbin/llama-perplexity" -m "$work/f32.gguf" -f "$text" -c 128 --chunks "$chunks" -t "$threads" \
-  --kl-divergence-base "$work/base.kld" >> "$log" 2>&1
-"$lbin/llama-imatrix" -m "$work/f32.gguf" -f "$calib" -c 512 --chunks "$samples" -t "$threads" \
-  -o "$work/llama-imatrix.gguf" >> "$log" 2>&1
-lq() { "$lbin/llama-quantize" "$@" "$threads" >> "$log" 2>&1; }
-qc() { out=$1; shift; "$bin/qconvert" "$m" -o "$out" "$@" 2>> "$log"; }
-cal=(--calib "$calib" --calib-samples "$samples" --calib-len 512)
+. "$(dirname "$0")/table_lib.sh"
+table_setup "$work/llama-imatrix.gguf"
 
 qc "$work/qpk-iq4_xs-imatrix.gguf" --preset iq4_xs --method imatrix "${cal[@]}" --save-imatrix "$work/qpk-imatrix.gguf"
 lq "$work/f32.gguf" "$work/llama-iq4_xs.gguf" IQ4_XS
@@ -38,21 +28,9 @@ qc "$work/qpk-iq4_xs-awq+gptq.gguf" --preset iq4_xs --method awq+gptq "${cal[@]}
 qc "$work/qpk-iq4_nl.gguf" --preset iq4_nl
 qc "$work/qpk-iq4_nl-imatrix.gguf" --preset iq4_nl --method imatrix "${cal[@]}"
 
-echo "llama.cpp $(git -C "$lbin/../.." rev-parse --short HEAD 2>/dev/null || echo ?), qpk $(git -C "$(dirname "$0")" rev-parse --short HEAD 2>/dev/null || echo ?); $threads threads"
-echo
-echo "| file | file MiB | KLD exact (qverify) | top-1 % | KLD in llama.cpp | top-1 % (llama.cpp) |"
-echo "|---|---:|---:|---:|---:|---:|"
+table_header
 for f in llama-iq4_xs qpk-iq4_xs llama-iq4_xs-imatrix llama-iq4_xs-qpk_imatrix qpk-iq4_xs-llama_imatrix \
          qpk-iq4_xs-imatrix qpk-iq4_xs-awq qpk-iq4_xs-gptq qpk-iq4_xs-awq+gptq \
          llama-iq4_nl qpk-iq4_nl llama-iq4_nl-imatrix qpk-iq4_nl-imatrix; do
-  g=$work/$f.gguf
-  j=$("$bin/qverify" "$g" --ref "$m" --tokens "$fx/tokens/eval_public.i32" -c 128 --chunks "$chunks" --json)
-  l=$("$lbin/llama-perplexity" -m "$g" -f "$text" -c 128 --chunks "$chunks" -t "$threads" \
-      --kl-divergence-base "$work/base.kld" --kl-divergence 2>&1)
-  echo "$l" >> "$log"
-  printf "| %s | %.3f | %.3g | %.2f | %s | %s |\n" "$f" "$(echo "$(stat -c %s "$g") / 1048576" | bc -l)" \
-    "$(echo "$j" | grep -m1 '"kld_mean"' | sed -e 's/.*: *//' -e 's/,$//')" \
-    "$(echo "$j" | grep -m1 '"top1_pct"' | sed -e 's/.*: *//' -e 's/,$//')" \
-    "$(echo "$l" | awk '/^Mean +KLD:/ {print $3}')" \
-    "$(echo "$l" | awk '/^Same top p:/ {print $4}')"
+  table_row "$f"
 done

@@ -34,18 +34,7 @@ for t in Q8_0 Q4_0; do
   [ -f "$work/m-$t.gguf" ] || "$lbin/llama-quantize" "$work/m-f16.gguf" "$work/m-$t.gguf" $t "$threads" >/dev/null 2>&1
 done
 
-# llama-bench: avg tokens/s of pp128, pp512, tg64 (csv columns by name).
-lbench() {
-  "$lbin/llama-bench" -m "$1" -p 128,512 -n 64 -t "$threads" -o csv 2>/dev/null |
-    awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) { gsub(/"/, "", $i); col[$i] = i } next }
-             { gsub(/"/, ""); p = $col["n_prompt"]; g = $col["n_gen"]; v = $col["avg_ts"];
-               if (g == 0) print "pp" p, v; else print "tg" g, v }'
-}
-# bench_runtime: the same three figures.
-qbench() {
-  "$qb/bench/bench_runtime" "$1" "$threads" |
-    awk '/^prefill pp/ { print $2, $3 } /^decode tg/ { print $2, $3 }'
-}
+. "$(dirname "$0")/peer_lib.sh" # secs, median, lbench, qbench
 declare -A L Q
 for pair in "F16 m-f16.gguf m-bf16.qpk bf16" "Q8_0 m-Q8_0.gguf m-int8.qpk int8" "Q4_0 m-Q4_0.gguf m-int4s.qpk int4s"; do
   set -- $pair
@@ -54,8 +43,6 @@ for pair in "F16 m-f16.gguf m-bf16.qpk bf16" "Q8_0 m-Q8_0.gguf m-int8.qpk int8" 
 done
 
 # Quantization, paired: each command's wall time, the median of three.
-secs() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null 2>&1; t1=$(date +%s.%N); echo "$t1 - $t0" | bc; }
-median() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
 declare -A QL QQ
 for t in Q8_0 Q4_0; do
   a=() b=()

@@ -16,8 +16,7 @@ fx=${5:-$(cd "$(dirname "$0")/.." && pwd)/../shared/fixtures} samples=${6:-32}
 bin=$qb/tools lbin=$lb/bin model=$work/qwen1.5-0.5b-bf16 calib=$fx/text/calib.txt
 [ -f "$work/m-bf16.gguf" ] || { echo "run bench/peer.sh first (it makes $work/m-bf16.gguf)"; exit 1; }
 
-secs() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null 2>&1; t1=$(date +%s.%N); echo "$t1 - $t0" | bc; }
-median() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
+. "$(dirname "$0")/peer_lib.sh"
 rtn_l=0 rtn_q=0 imx_l=0 imx_q=0 awq_q=0
 if [ -z "${RUNTIME_ONLY:-}" ]; then
 a=() b=()
@@ -42,17 +41,11 @@ declare -A L Q
 for t in Q4_K_M Q6_K; do
   [ -f "$work/m-$t.gguf" ] || "$lbin/llama-quantize" "$work/m-f16.gguf" "$work/m-$t.gguf" $t "$threads" >/dev/null 2>&1
   "$bin/qconvert" -q "$work/m-$t.gguf" -o "$work/m-$t.qpk"
-  while read -r k v; do L[$t.$k]=$v; done < <("$lbin/llama-bench" -m "$work/m-$t.gguf" -p 128,512 -n 64 -t "$threads" -o csv \
-    2>/dev/null | awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) { gsub(/"/, "", $i); col[$i] = i } next }
-      { gsub(/"/, ""); p = $col["n_prompt"]; g = $col["n_gen"]; v = $col["avg_ts"]; if (g == 0) print "pp" p, v; else print "tg" g, v }')
-  while read -r k v; do Q[$t.$k]=$v; done < <("$qb/bench/bench_runtime" "$work/m-$t.qpk" "$threads" |
-    awk '/^prefill pp/ { print $2, $3 } /^decode tg/ { print $2, $3 }')
+  while read -r k v; do L[$t.$k]=$v; done < <(lbench "$work/m-$t.gguf")
+  while read -r k v; do Q[$t.$k]=$v; done < <(qbench "$work/m-$t.qpk")
 done
 
-commit=$(git -C "$lb/.." rev-parse --short HEAD 2>/dev/null || echo "?")
-flags=$(grep -E '^(GGML_NATIVE|CMAKE_BUILD_TYPE):' "$lb/CMakeCache.txt" 2>/dev/null | tr '\n' ' ')
-echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) CPUs; $threads threads"
-echo "peer: llama.cpp $commit ($flags); qpk $(git -C "$(dirname "$0")" rev-parse --short HEAD 2>/dev/null || echo ?)"
+provenance
 echo
 printf '| %-52s | %10s | %10s | %9s |\n' figure llama.cpp qpk "qpk/peer"
 printf '|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..54})" "------------" "------------" "-----------"

@@ -1,7 +1,8 @@
 #!/bin/bash
 # Development tool (run by hand; its outputs are committed under tests/data/ggml/):
-# GGUF files written by llama.cpp's own llama-quantize (b4747, built by hand outside the
-# repository), of a tiny generated Qwen2 model whose rows are all 256 wide, so that every
+# GGUF files written by llama.cpp's own llama-quantize (built by hand outside the repository:
+# b4747 first, 3f545becc since the i-quants, which rewrote the older files byte for byte
+# the same), of a tiny generated Qwen2 model whose rows are all 256 wide, so that every
 # type is llama.cpp's own choice and layout; and expected.json, the XXH3 of every tensor as
 # ggml itself dequantizes it (ggml_hashes.c, linked against that build).
 # Usage: tests/llamacpp/make_ggml_files.sh QPK_BIN_DIR LLAMA_DIR

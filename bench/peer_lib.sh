@@ -1,0 +1,29 @@
+# Shared by the side-by-side scripts (sourced, not run): timing, llama-bench's and
+# bench_runtime's figures, and the provenance lines every table starts with. The caller
+# sets lbin (llama.cpp's bin folder), lb (its build folder), qb (qpk's build folder) and threads.
+
+# A command's wall time in seconds (its output discarded).
+secs() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null 2>&1; t1=$(date +%s.%N); echo "$t1 - $t0" | bc; }
+# The middle of three numbers.
+median() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
+# llama-bench: avg tokens/s of pp128, pp512, tg64 (csv columns by name), as "pp128 V" lines.
+lbench() {
+  "$lbin/llama-bench" -m "$1" -p 128,512 -n 64 -t "$threads" -o csv 2>/dev/null |
+    awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) { gsub(/"/, "", $i); col[$i] = i } next }
+             { gsub(/"/, ""); p = $col["n_prompt"]; g = $col["n_gen"]; v = $col["avg_ts"];
+               if (g == 0) print "pp" p, v; else print "tg" g, v }'
+}
+# bench_runtime: the same three figures.
+qbench() {
+  "$qb/bench/bench_runtime" "$1" "$threads" |
+    awk '/^prefill pp/ { print $2, $3 } /^decode tg/ { print $2, $3 }'
+}
+# The machine, the peer's commit and build flags, qpk's commit.
+provenance() {
+  local commit flags
+  commit=$(git -C "$lb/.." rev-parse --short HEAD 2>/dev/null || echo "?")
+  flags=$(grep -E '^(GGML_NATIVE|CMAKE_BUILD_TYPE|GGML_AVX512|GGML_AVX2):' "$lb/CMakeCache.txt" 2>/dev/null | tr '\n' ' ')
+  echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) CPUs; $threads threads;" \
+    "$(grep -o -m1 'avx512f' /proc/cpuinfo || echo 'no AVX-512')"
+  echo "peer: llama.cpp $commit ($flags); qpk $(git -C "$(dirname "${BASH_SOURCE[0]}")" rev-parse --short HEAD 2>/dev/null || echo ?)"
+}

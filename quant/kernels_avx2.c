@@ -279,28 +279,43 @@ static inline float q4_k_d(const uint8_t *b) { return qpk_f16_to_f32(qpk_le16(b 
 static inline float q4_k_dmin(const uint8_t *b) { return qpk_f16_to_f32(qpk_le16(b + offsetof(qpk_block_q4_k, dmin))); }
 static inline float q6_k_d(const uint8_t *b) { return qpk_f16_to_f32(qpk_le16(b + offsetof(qpk_block_q6_k, d))); }
 
-/*
- * The 32 weights of Q4_K (qh NULL) or Q5_K sub-block j (0..7) of block b, as four vectors of 8
- * in order: Q5_K's bit 4 of weight l is bit j of qh[l] (a 16-bit shift keeps each byte's bit j
- * at bit 0 of that byte).
- */
-static inline __attribute__((always_inline)) void k4_weights(const uint8_t *b, const uint8_t *qs, const uint8_t *qh,
-                                                             float d, float dmin, int j, __m256 wv[4])
+/* Q4_K's and Q5_K's 6-bit scale and min of sub-block j (0..7) from the 12 bytes at sc. */
+static inline void k4_scale_min(const uint8_t *sc, int j, int *s, int *m)
 {
-    const uint8_t *sc = b + offsetof(qpk_block_q4_k, scales), *q = qs + 32 * (j / 2);
-    const int sj = j < 4 ? sc[j] & 63 : (sc[j + 4] & 15) | (sc[j - 4] >> 6) << 4;
-    const int mj = j < 4 ? sc[j + 4] & 63 : (sc[j + 4] >> 4) | (sc[j] >> 6) << 4;
-    const __m256 dl = _mm256_set1_ps(d * (float)sj), ml = _mm256_set1_ps(dmin * (float)mj);
+    *s = j < 4 ? sc[j] & 63 : (sc[j + 4] & 15) | (sc[j - 4] >> 6) << 4;
+    *m = j < 4 ? sc[j + 4] & 63 : (sc[j + 4] >> 4) | (sc[j] >> 6) << 4;
+}
+
+/*
+ * The 32 codes of Q4_K (qh NULL) or Q5_K sub-block j (0..7), codes 0..15 in *u and 16..31 in
+ * *v, a byte each: Q5_K's bit 4 of code l is bit j of qh[l] (a 16-bit shift keeps each byte's
+ * bit j at bit 0 of that byte).
+ */
+static inline __attribute__((always_inline)) void k4_codes(const uint8_t *qs, const uint8_t *qh, int j, __m128i *u,
+                                                           __m128i *v)
+{
+    const uint8_t *q = qs + 32 * (j / 2);
     const __m128i low = _mm_set1_epi8(15);
-    __m128i u = _mm_loadu_si128((const __m128i *)q), v = _mm_loadu_si128((const __m128i *)(q + 16));
-    u = j % 2 ? _mm_and_si128(_mm_srli_epi16(u, 4), low) : _mm_and_si128(u, low);
-    v = j % 2 ? _mm_and_si128(_mm_srli_epi16(v, 4), low) : _mm_and_si128(v, low);
+    *u = _mm_loadu_si128((const __m128i *)q), *v = _mm_loadu_si128((const __m128i *)(q + 16));
+    *u = j % 2 ? _mm_and_si128(_mm_srli_epi16(*u, 4), low) : _mm_and_si128(*u, low);
+    *v = j % 2 ? _mm_and_si128(_mm_srli_epi16(*v, 4), low) : _mm_and_si128(*v, low);
     if (qh) {
         const __m128i one = _mm_set1_epi8(1);
         const __m128i h0 = _mm_and_si128(_mm_srli_epi16(_mm_loadu_si128((const __m128i *)qh), j), one);
         const __m128i h1 = _mm_and_si128(_mm_srli_epi16(_mm_loadu_si128((const __m128i *)(qh + 16)), j), one);
-        u = _mm_or_si128(u, _mm_slli_epi16(h0, 4)), v = _mm_or_si128(v, _mm_slli_epi16(h1, 4));
+        *u = _mm_or_si128(*u, _mm_slli_epi16(h0, 4)), *v = _mm_or_si128(*v, _mm_slli_epi16(h1, 4));
     }
+}
+
+/* The 32 weights of Q4_K (qh NULL) or Q5_K sub-block j (0..7) of block b, as four vectors of 8 in order. */
+static inline __attribute__((always_inline)) void k4_weights(const uint8_t *b, const uint8_t *qs, const uint8_t *qh,
+                                                             float d, float dmin, int j, __m256 wv[4])
+{
+    int sj, mj;
+    k4_scale_min(b + offsetof(qpk_block_q4_k, scales), j, &sj, &mj);
+    const __m256 dl = _mm256_set1_ps(d * (float)sj), ml = _mm256_set1_ps(dmin * (float)mj);
+    __m128i u, v;
+    k4_codes(qs, qh, j, &u, &v);
     const __m128i c[4] = {u, _mm_srli_si128(u, 8), v, _mm_srli_si128(v, 8)};
     for (int k = 0; k < 4; k++)
         wv[k] = _mm256_sub_ps(_mm256_mul_ps(dl, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c[k]))), ml);
@@ -1006,16 +1021,129 @@ Q4_ROWS(INT4S)
 Q4_ROWS(MLX4)
 Q4_ROWS(MLX4_F16)
 
-/* AVX2's rows, with AVX-512's for the 4-bit types. */
+/*
+ * ggml's 4-bit block types the same way, a table per sub-block of 32: Q4_K's 16 weights
+ * (d sc) q - (dmin m) for q = 0..15 (Q5_K's 32, two tables the index's bit 4 chooses between),
+ * IQ4's 16 codebook values times the sub-block's scale, each formed exactly as the AVX2 rows
+ * form a weight. IQ4's codes are laid out as int4's (q4_indices); Q4_K's sub-block j has its
+ * 32 codes in the low (j even) or high nibbles of 32 consecutive bytes.
+ */
+AVX512 static inline __m512 iq4_table(float scale)
+{
+    const __m512 v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)qpk_iq4nl_values)));
+    return _mm512_mul_ps(_mm512_set1_ps(scale), v);
+}
+
+/* Sub-block j's table(s) of a Q4_K or Q5_K block, and its 32 codes' indices (bits 0..4) in two vectors of 16. */
+AVX512 static inline __attribute__((always_inline)) void k4_tables(const uint8_t *b, const uint8_t *qs,
+                                                                   const uint8_t *qh, float d, float dmin, int j,
+                                                                   __m512 t[2], __m512i idx[2])
+{
+    int sj, mj;
+    k4_scale_min(b + offsetof(qpk_block_q4_k, scales), j, &sj, &mj);
+    const __m512 dl = _mm512_set1_ps(d * (float)sj), ml = _mm512_set1_ps(dmin * (float)mj);
+    const __m512 iota = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    t[0] = _mm512_sub_ps(_mm512_mul_ps(dl, iota), ml);
+    /* Q5_K's codes 16..31 (Q4_K's never index it) */
+    t[1] = qh ? _mm512_sub_ps(_mm512_mul_ps(dl, _mm512_add_ps(iota, _mm512_set1_ps(16))), ml) : t[0];
+    __m128i u, v;
+    k4_codes(qs, qh, j, &u, &v);
+    idx[0] = _mm512_cvtepu8_epi32(u), idx[1] = _mm512_cvtepu8_epi32(v);
+}
+
+/* Weights 16 at a time from a sub-block's table(s): bit 4 of the index picks Q5_K's second table. */
+AVX512 static inline __m512 k4_lookup(__m512i idx, const __m512 t[2], bool five)
+{
+    return five ? _mm512_permutex2var_ps(t[0], idx, t[1]) : _mm512_permutexvar_ps(idx, t[0]);
+}
+
+AVX512 static void k4_row_512(const qpk_matrix *w, int64_t r, float *y)
+{
+    const uint32_t type = w->type;
+    const bool five = type == QPK_TYPE_Q5_K;
+    const size_t bb = qpk_type_block_bytes(type, 256);
+    const uint8_t *b = qpk_row_ptr(w, r);
+    for (int64_t i = 0; i < w->cols; i += 256, b += bb) {
+        const float d = q4_k_d(b), dmin = q4_k_dmin(b);
+        for (int j = 0; j < 8; j++, y += 32) {
+            __m512 t[2];
+            __m512i idx[2];
+            k4_tables(b, k4_qs(type, b), k4_qh(type, b), d, dmin, j, t, idx);
+            _mm512_storeu_ps(y, k4_lookup(idx[0], t, five));
+            _mm512_storeu_ps(y + 16, k4_lookup(idx[1], t, five));
+        }
+    }
+}
+
+AVX512 static float dot_k4_512(const qpk_matrix *w, int64_t r, const float *x, float *scratch)
+{
+    (void)scratch;
+    const uint32_t type = w->type;
+    const bool five = type == QPK_TYPE_Q5_K;
+    const size_t bb = qpk_type_block_bytes(type, 256);
+    const uint8_t *b = qpk_row_ptr(w, r);
+    __m512 a01 = _mm512_setzero_ps(), a23 = a01;
+    for (int64_t i = 0; i < w->cols; i += 256, b += bb) {
+        const float d = q4_k_d(b), dmin = q4_k_dmin(b);
+        for (int j = 0; j < 8; j++) {
+            __m512 t[2];
+            __m512i idx[2];
+            k4_tables(b, k4_qs(type, b), k4_qh(type, b), d, dmin, j, t, idx);
+            a01 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 32 * j), k4_lookup(idx[0], t, five), a01);
+            a23 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 32 * j + 16), k4_lookup(idx[1], t, five), a23);
+        }
+    }
+    return hsum(_mm256_add_ps(_mm256_add_ps(half(a01, 0), half(a01, 1)), _mm256_add_ps(half(a23, 0), half(a23, 1))));
+}
+
+AVX512 static void iq4_row_512(const qpk_matrix *w, int64_t r, float *y)
+{
+    const uint32_t type = w->type;
+    const size_t bb = qpk_type_block_bytes(type, QPK_TYPE_TABLE[type].block);
+    const uint8_t *b = qpk_row_ptr(w, r);
+    float scale[8];
+    for (int64_t i = 0; i < w->cols; b += bb) {
+        const int sub = iq4_scales(type, b, scale);
+        for (int j = 0; j < sub; j++, i += 32, y += 32) {
+            const __m512 table = iq4_table(scale[j]);
+            const __m512i both = q4_indices(iq4_qs(type, b) + 16 * j);
+            _mm512_storeu_ps(y, _mm512_permutexvar_ps(both, table));
+            _mm512_storeu_ps(y + 16, _mm512_permutexvar_ps(_mm512_srli_epi32(both, 4), table));
+        }
+    }
+}
+
+AVX512 static float dot_iq4_512(const qpk_matrix *w, int64_t r, const float *x, float *scratch)
+{
+    (void)scratch;
+    const uint32_t type = w->type;
+    const size_t bb = qpk_type_block_bytes(type, QPK_TYPE_TABLE[type].block);
+    const uint8_t *b = qpk_row_ptr(w, r);
+    float scale[8];
+    __m512 a01 = _mm512_setzero_ps(), a23 = a01;
+    for (int64_t i = 0; i < w->cols; b += bb) {
+        const int sub = iq4_scales(type, b, scale);
+        for (int j = 0; j < sub; j++, i += 32) {
+            const __m512 table = iq4_table(scale[j]);
+            const __m512i both = q4_indices(iq4_qs(type, b) + 16 * j);
+            a01 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_permutexvar_ps(both, table), a01);
+            a23 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 16), _mm512_permutexvar_ps(_mm512_srli_epi32(both, 4), table),
+                                  a23);
+        }
+    }
+    return hsum(_mm256_add_ps(_mm256_add_ps(half(a01, 0), half(a01, 1)), _mm256_add_ps(half(a23, 0), half(a23, 1))));
+}
+
+/* AVX2's rows, with AVX-512's for the 4-bit types (qpk's, MLX's, ggml's Q4_K, Q5_K and IQ4). */
 static const qpk_type_kernels AVX512_TYPES[QPK_TYPE_COUNT_] = {
     [QPK_TYPE_F32] = {to_f32_F32, dot_F32},            [QPK_TYPE_F16] = {to_f32_F16, dot_F16},
     [QPK_TYPE_BF16] = {to_f32_BF16, dot_BF16},         [QPK_TYPE_INT8] = {to_f32_INT8, dot_INT8},
     [QPK_TYPE_INT4] = {to_f32_512_INT4, dot_512_INT4}, [QPK_TYPE_INT4S] = {to_f32_512_INT4S, dot_512_INT4S},
     [QPK_TYPE_INT8Z] = {to_f32_INT8Z, dot_INT8Z},
     [QPK_TYPE_Q4_1] = GGML_ROWS, [QPK_TYPE_Q5_0] = GGML_ROWS, [QPK_TYPE_Q5_1] = GGML_ROWS,
-    [QPK_TYPE_Q2_K] = GGML_ROWS, [QPK_TYPE_Q3_K] = GGML_ROWS, [QPK_TYPE_Q4_K] = {ggml_row_to_f32, dot_k4},
-    [QPK_TYPE_Q5_K] = {ggml_row_to_f32, dot_k4}, [QPK_TYPE_Q6_K] = {ggml_row_to_f32, dot_q6_k},
-    [QPK_TYPE_IQ4_NL] = {ggml_row_to_f32, dot_iq4}, [QPK_TYPE_IQ4_XS] = {ggml_row_to_f32, dot_iq4},
+    [QPK_TYPE_Q2_K] = GGML_ROWS, [QPK_TYPE_Q3_K] = GGML_ROWS, [QPK_TYPE_Q4_K] = {k4_row_512, dot_k4_512},
+    [QPK_TYPE_Q5_K] = {k4_row_512, dot_k4_512}, [QPK_TYPE_Q6_K] = {ggml_row_to_f32, dot_q6_k},
+    [QPK_TYPE_IQ4_NL] = {iq4_row_512, dot_iq4_512}, [QPK_TYPE_IQ4_XS] = {iq4_row_512, dot_iq4_512},
     [QPK_TYPE_MLX4] = {to_f32_512_MLX4, dot_512_MLX4}, [QPK_TYPE_MLX8] = {to_f32_MLX8, dot_MLX8},
     [QPK_TYPE_MLX4_F16] = {to_f32_512_MLX4_F16, dot_512_MLX4_F16}, [QPK_TYPE_MLX8_F16] = {to_f32_MLX8_F16, dot_MLX8_F16},
 };

@@ -10,6 +10,7 @@
 #     bench_runtime on the .qpk read from it, and qpk's IQ4_XS against its Q4_K_M (same weights
 #     as llama-quantize's Q4_K_M) for the prefill it must match.
 # Usage: bench/peer_iquant.sh QPK_BUILD_DIR LLAMA_BUILD_DIR WORK_DIR [threads] [fixtures_dir] [samples]
+# RUNTIME_ONLY=1 skips the quantization timings (the runtime rows alone take a few minutes).
 set -eu
 qb=$(cd "$1" && pwd) lb=$(cd "$2" && pwd) work=$3 threads=${4:-$(nproc)}
 fx=${5:-$(cd "$(dirname "$0")/.." && pwd)/../shared/fixtures} samples=${6:-32}
@@ -21,24 +22,27 @@ for f in tokenizer.json tokenizer_config.json; do [ -e "$model/$f" ] || cp "$fx/
 [ -f "$work/m-bf16.gguf" ] || "$bin/qconvert" "$model" -q -o "$work/m-bf16.gguf"
 
 . "$(dirname "$0")/peer_lib.sh"
-a=() b=() c=() d=()
-"$lbin/llama-imatrix" -m "$work/m-f16.gguf" -f "$calib" -c 512 --chunks "$samples" -t "$threads" \
-  -o "$work/imatrix.gguf" >/dev/null 2>&1
-for i in 1 2 3; do
-  rm -f "$work/lq.gguf" "$work/qq.gguf"; sync
-  a+=("$(secs "$lbin/llama-quantize" "$work/m-bf16.gguf" "$work/lq.gguf" IQ4_XS "$threads")")
-  b+=("$(secs "$bin/qconvert" "$model" -q -t "$threads" -o "$work/qq.gguf" --preset iq4_xs)")
-  rm -f "$work/lq.gguf" "$work/qq.gguf"; sync
-  c+=("$(secs "$lbin/llama-quantize" --imatrix "$work/imatrix.gguf" "$work/m-bf16.gguf" "$work/lq.gguf" IQ4_XS "$threads")")
-  d+=("$(secs "$bin/qconvert" "$model" -q -t "$threads" -o "$work/qq.gguf" --preset iq4_xs --imatrix "$work/imatrix.gguf")")
-done
-rtn_l=$(median "${a[@]}") rtn_q=$(median "${b[@]}") imq_l=$(median "${c[@]}") imq_q=$(median "${d[@]}")
-cal_l=$(echo "$(secs "$lbin/llama-imatrix" -m "$work/m-f16.gguf" -f "$calib" -c 512 --chunks "$samples" -t "$threads" \
-  -o "$work/imatrix2.gguf") + $(secs "$lbin/llama-quantize" --imatrix "$work/imatrix2.gguf" "$work/m-bf16.gguf" \
-  "$work/lq.gguf" IQ4_XS "$threads")" | bc)
-cal_q=$(secs "$bin/qconvert" "$model" -q -t "$threads" -o "$work/qq.gguf" --preset iq4_xs --method imatrix \
-  --calib "$calib" --calib-samples "$samples" --calib-len 512)
-rm -f "$work/lq.gguf" "$work/qq.gguf" "$work/imatrix2.gguf"
+rtn_l=0 rtn_q=0 imq_l=0 imq_q=0 cal_l=0 cal_q=0
+if [ -z "${RUNTIME_ONLY:-}" ]; then
+  a=() b=() c=() d=()
+  "$lbin/llama-imatrix" -m "$work/m-f16.gguf" -f "$calib" -c 512 --chunks "$samples" -t "$threads" \
+    -o "$work/imatrix.gguf" >/dev/null 2>&1
+  for i in 1 2 3; do
+    rm -f "$work/lq.gguf" "$work/qq.gguf"; sync
+    a+=("$(secs "$lbin/llama-quantize" "$work/m-bf16.gguf" "$work/lq.gguf" IQ4_XS "$threads")")
+    b+=("$(secs "$bin/qconvert" "$model" -q -t "$threads" -o "$work/qq.gguf" --preset iq4_xs)")
+    rm -f "$work/lq.gguf" "$work/qq.gguf"; sync
+    c+=("$(secs "$lbin/llama-quantize" --imatrix "$work/imatrix.gguf" "$work/m-bf16.gguf" "$work/lq.gguf" IQ4_XS "$threads")")
+    d+=("$(secs "$bin/qconvert" "$model" -q -t "$threads" -o "$work/qq.gguf" --preset iq4_xs --imatrix "$work/imatrix.gguf")")
+  done
+  rtn_l=$(median "${a[@]}") rtn_q=$(median "${b[@]}") imq_l=$(median "${c[@]}") imq_q=$(median "${d[@]}")
+  cal_l=$(echo "$(secs "$lbin/llama-imatrix" -m "$work/m-f16.gguf" -f "$calib" -c 512 --chunks "$samples" -t "$threads" \
+    -o "$work/imatrix2.gguf") + $(secs "$lbin/llama-quantize" --imatrix "$work/imatrix2.gguf" "$work/m-bf16.gguf" \
+    "$work/lq.gguf" IQ4_XS "$threads")" | bc)
+  cal_q=$(secs "$bin/qconvert" "$model" -q -t "$threads" -o "$work/qq.gguf" --preset iq4_xs --method imatrix \
+    --calib "$calib" --calib-samples "$samples" --calib-len 512)
+  rm -f "$work/lq.gguf" "$work/qq.gguf" "$work/imatrix2.gguf"
+fi
 
 declare -A L Q
 for t in IQ4_XS Q4_K_M; do
@@ -53,9 +57,11 @@ echo
 printf '| %-58s | %10s | %10s | %9s |\n' figure llama.cpp qpk "qpk/peer"
 printf '|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..60})" "------------" "------------" "-----------"
 row() { printf "| %-58s | %10.${4:-1}f | %10.${4:-1}f | %9.2f |\n" "$1" "$2" "$3" "$(echo "$3 / $2" | bc -l)"; }
-row "RTN IQ4_XS from BF16 (s, median 3)" "$rtn_l" "$rtn_q" 2
-row "IQ4_XS with llama-imatrix's file (s, median 3)" "$imq_l" "$imq_q" 2
-row "calibrated IQ4_XS, $samples x 512 (s; llama: imatrix + quantize)" "$cal_l" "$cal_q" 2
+if [ -z "${RUNTIME_ONLY:-}" ]; then
+  row "RTN IQ4_XS from BF16 (s, median 3)" "$rtn_l" "$rtn_q" 2
+  row "IQ4_XS with llama-imatrix's file (s, median 3)" "$imq_l" "$imq_q" 2
+  row "calibrated IQ4_XS, $samples x 512 (s; llama: imatrix + quantize)" "$cal_l" "$cal_q" 2
+fi
 row "prefill pp512, IQ4_XS, the same weights (tok/s)" "${L[IQ4_XS.pp512]}" "${Q[IQ4_XS.pp512]}"
 row "prefill pp128, IQ4_XS (tok/s)" "${L[IQ4_XS.pp128]}" "${Q[IQ4_XS.pp128]}"
 row "decode tg64, IQ4_XS (tok/s)" "${L[IQ4_XS.tg64]}" "${Q[IQ4_XS.tg64]}"

@@ -65,6 +65,9 @@ fi
 row "prefill pp512, IQ4_XS, the same weights (tok/s)" "${L[IQ4_XS.pp512]}" "${Q[IQ4_XS.pp512]}"
 row "prefill pp128, IQ4_XS (tok/s)" "${L[IQ4_XS.pp128]}" "${Q[IQ4_XS.pp128]}"
 row "decode tg64, IQ4_XS (tok/s)" "${L[IQ4_XS.tg64]}" "${Q[IQ4_XS.tg64]}"
+row "prefill pp512, Q4_K_M, the same weights (tok/s)" "${L[Q4_K_M.pp512]}" "${Q[Q4_K_M.pp512]}"
+row "prefill pp128, Q4_K_M (tok/s)" "${L[Q4_K_M.pp128]}" "${Q[Q4_K_M.pp128]}"
+row "decode tg64, Q4_K_M (tok/s)" "${L[Q4_K_M.tg64]}" "${Q[Q4_K_M.tg64]}"
 echo
 echo "qpk's IQ4_XS against its Q4_K_M (both llama-quantize's weights): prefill pp512 $(echo "${Q[IQ4_XS.pp512]} / ${Q[Q4_K_M.pp512]}" | bc -l | cut -c1-4)x," \
   "pp128 $(echo "${Q[IQ4_XS.pp128]} / ${Q[Q4_K_M.pp128]}" | bc -l | cut -c1-4)x, decode $(echo "${Q[IQ4_XS.tg64]} / ${Q[Q4_K_M.tg64]}" | bc -l | cut -c1-4)x"

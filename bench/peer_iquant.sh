@@ -45,29 +45,20 @@ if [ -z "${RUNTIME_ONLY:-}" ]; then
 fi
 
 declare -A L Q
-for t in IQ4_XS Q4_K_M; do
-  [ -f "$work/m-$t.gguf" ] || "$lbin/llama-quantize" "$work/m-f16.gguf" "$work/m-$t.gguf" $t "$threads" >/dev/null 2>&1
-  "$bin/qconvert" -q "$work/m-$t.gguf" -o "$work/m-$t.qpk"
-  while read -r k v; do L[$t.$k]=$v; done < <(lbench "$work/m-$t.gguf")
-  while read -r k v; do Q[$t.$k]=$v; done < <(qbench "$work/m-$t.qpk")
-done
+same_weights IQ4_XS Q4_K_M
 
-provenance
-echo
-printf '| %-58s | %10s | %10s | %9s |\n' figure llama.cpp qpk "qpk/peer"
-printf '|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..60})" "------------" "------------" "-----------"
-row() { printf "| %-58s | %10.${4:-1}f | %10.${4:-1}f | %9.2f |\n" "$1" "$2" "$3" "$(echo "$3 / $2" | bc -l)"; }
+peer_table 58
 if [ -z "${RUNTIME_ONLY:-}" ]; then
-  row "RTN IQ4_XS from BF16 (s, median 3)" "$rtn_l" "$rtn_q" 2
-  row "IQ4_XS with llama-imatrix's file (s, median 3)" "$imq_l" "$imq_q" 2
-  row "calibrated IQ4_XS, $samples x 512 (s; llama: imatrix + quantize)" "$cal_l" "$cal_q" 2
+  peer_row "RTN IQ4_XS from BF16 (s, median 3)" "$rtn_l" "$rtn_q" 2
+  peer_row "IQ4_XS with llama-imatrix's file (s, median 3)" "$imq_l" "$imq_q" 2
+  peer_row "calibrated IQ4_XS, $samples x 512 (s; llama: imatrix + quantize)" "$cal_l" "$cal_q" 2
 fi
-row "prefill pp512, IQ4_XS, the same weights (tok/s)" "${L[IQ4_XS.pp512]}" "${Q[IQ4_XS.pp512]}"
-row "prefill pp128, IQ4_XS (tok/s)" "${L[IQ4_XS.pp128]}" "${Q[IQ4_XS.pp128]}"
-row "decode tg64, IQ4_XS (tok/s)" "${L[IQ4_XS.tg64]}" "${Q[IQ4_XS.tg64]}"
-row "prefill pp512, Q4_K_M, the same weights (tok/s)" "${L[Q4_K_M.pp512]}" "${Q[Q4_K_M.pp512]}"
-row "prefill pp128, Q4_K_M (tok/s)" "${L[Q4_K_M.pp128]}" "${Q[Q4_K_M.pp128]}"
-row "decode tg64, Q4_K_M (tok/s)" "${L[Q4_K_M.tg64]}" "${Q[Q4_K_M.tg64]}"
+peer_row "prefill pp512, IQ4_XS, the same weights (tok/s)" "${L[IQ4_XS.pp512]}" "${Q[IQ4_XS.pp512]}"
+peer_row "prefill pp128, IQ4_XS (tok/s)" "${L[IQ4_XS.pp128]}" "${Q[IQ4_XS.pp128]}"
+peer_row "decode tg64, IQ4_XS (tok/s)" "${L[IQ4_XS.tg64]}" "${Q[IQ4_XS.tg64]}"
+peer_row "prefill pp512, Q4_K_M, the same weights (tok/s)" "${L[Q4_K_M.pp512]}" "${Q[Q4_K_M.pp512]}"
+peer_row "prefill pp128, Q4_K_M (tok/s)" "${L[Q4_K_M.pp128]}" "${Q[Q4_K_M.pp128]}"
+peer_row "decode tg64, Q4_K_M (tok/s)" "${L[Q4_K_M.tg64]}" "${Q[Q4_K_M.tg64]}"
 echo
 echo "qpk's IQ4_XS against its Q4_K_M (both llama-quantize's weights): prefill pp512 $(echo "${Q[IQ4_XS.pp512]} / ${Q[Q4_K_M.pp512]}" | bc -l | cut -c1-4)x," \
   "pp128 $(echo "${Q[IQ4_XS.pp128]} / ${Q[Q4_K_M.pp128]}" | bc -l | cut -c1-4)x, decode $(echo "${Q[IQ4_XS.tg64]} / ${Q[Q4_K_M.tg64]}" | bc -l | cut -c1-4)x"

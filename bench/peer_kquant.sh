@@ -38,27 +38,18 @@ rm -f "$work/lq.gguf" "$work/qq.gguf"
 fi
 
 declare -A L Q
-for t in Q4_K_M Q6_K; do
-  [ -f "$work/m-$t.gguf" ] || "$lbin/llama-quantize" "$work/m-f16.gguf" "$work/m-$t.gguf" $t "$threads" >/dev/null 2>&1
-  "$bin/qconvert" -q "$work/m-$t.gguf" -o "$work/m-$t.qpk"
-  while read -r k v; do L[$t.$k]=$v; done < <(lbench "$work/m-$t.gguf")
-  while read -r k v; do Q[$t.$k]=$v; done < <(qbench "$work/m-$t.qpk")
-done
+same_weights Q4_K_M Q6_K
 
-provenance
-echo
-printf '| %-52s | %10s | %10s | %9s |\n' figure llama.cpp qpk "qpk/peer"
-printf '|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..54})" "------------" "------------" "-----------"
-row() { printf "| %-52s | %10.${4:-1}f | %10.${4:-1}f | %9.2f |\n" "$1" "$2" "$3" "$(echo "$3 / $2" | bc -l)"; }
+peer_table 52
 if [ -z "${RUNTIME_ONLY:-}" ]; then
-  row "RTN Q4_K_M from BF16 (s, median 3)" "$rtn_l" "$rtn_q" 2
-  row "imatrix Q4_K_M, $samples x 512 (s; llama: imatrix + quantize)" "$imx_l" "$imx_q" 2
-  row "AWQ Q4_K_M, $samples x 512 (s) vs llama's imatrix Q4_K_M" "$imx_l" "$awq_q" 2
+  peer_row "RTN Q4_K_M from BF16 (s, median 3)" "$rtn_l" "$rtn_q" 2
+  peer_row "imatrix Q4_K_M, $samples x 512 (s; llama: imatrix + quantize)" "$imx_l" "$imx_q" 2
+  peer_row "AWQ Q4_K_M, $samples x 512 (s) vs llama's imatrix Q4_K_M" "$imx_l" "$awq_q" 2
 fi
 for t in Q4_K_M Q6_K; do
-  row "prefill pp512, $t, the same weights (tok/s)" "${L[$t.pp512]}" "${Q[$t.pp512]}"
-  row "prefill pp128, $t (tok/s)" "${L[$t.pp128]}" "${Q[$t.pp128]}"
-  row "decode tg64, $t (tok/s)" "${L[$t.tg64]}" "${Q[$t.tg64]}"
+  peer_row "prefill pp512, $t, the same weights (tok/s)" "${L[$t.pp512]}" "${Q[$t.pp512]}"
+  peer_row "prefill pp128, $t (tok/s)" "${L[$t.pp128]}" "${Q[$t.pp128]}"
+  peer_row "decode tg64, $t (tok/s)" "${L[$t.tg64]}" "${Q[$t.tg64]}"
 done
 echo
 echo "Seconds: lower is better (qpk/peer < 1: qpk faster). Tokens/s: higher is better. qpk computes"

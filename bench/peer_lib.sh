@@ -27,3 +27,28 @@ provenance() {
     "$(grep -o -m1 'avx512f' /proc/cpuinfo || echo 'no AVX-512')"
   echo "peer: llama.cpp $commit ($flags); qpk $(git -C "$(dirname "${BASH_SOURCE[0]}")" rev-parse --short HEAD 2>/dev/null || echo ?)"
 }
+
+# For each TYPE: llama-quantize's file of work/m-f16.gguf (made once), the .qpk qconvert reads
+# from it, and both runtimes' figures on those same weights, into L[TYPE.pp128] ... and
+# Q[TYPE.pp128] ... (associative arrays the caller declares). Needs bin and work too.
+same_weights() {
+  local t k v
+  for t in "$@"; do
+    [ -f "$work/m-$t.gguf" ] || "$lbin/llama-quantize" "$work/m-f16.gguf" "$work/m-$t.gguf" "$t" "$threads" >/dev/null 2>&1
+    "$bin/qconvert" -q "$work/m-$t.gguf" -o "$work/m-$t.qpk"
+    while read -r k v; do L[$t.$k]=$v; done < <(lbench "$work/m-$t.gguf")
+    while read -r k v; do Q[$t.$k]=$v; done < <(qbench "$work/m-$t.qpk")
+  done
+}
+
+# The provenance and a table's head, its figure column WIDTH wide; then peer_row FIGURE PEER QPK [DECIMALS].
+peer_table() {
+  peer_width=$1
+  provenance
+  echo
+  printf "| %-${peer_width}s | %10s | %10s | %9s |\n" figure llama.cpp qpk "qpk/peer"
+  printf '|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' $(seq 1 $((peer_width + 2))))" "------------" "------------" "-----------"
+}
+peer_row() {
+  printf "| %-${peer_width}s | %10.${4:-1}f | %10.${4:-1}f | %9.2f |\n" "$1" "$2" "$3" "$(echo "$3 / $2" | bc -l)"
+}

@@ -152,12 +152,12 @@ static size_t supported(const qpk_kernels *out[3])
 #if defined(__x86_64__) && defined(__GNUC__)
     /* F16C by its CPUID bit (leaf 1, ECX bit 29): clang 14 has no "f16c" for
      * __builtin_cpu_supports. AVX2's check already covers the OS saving YMM state,
-     * and AVX-512F's the ZMM state. */
+     * and AVX-512F's the ZMM state; the byte shifts of Q6_K's rows need AVX-512BW. */
     unsigned a, b, c, d;
     bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c >> 29 & 1);
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c) {
         out[n++] = &qpk_kernels_avx2_table;
-        if (__builtin_cpu_supports("avx512f"))
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw"))
             out[n++] = &qpk_kernels_avx512_table;
     }
 #endif

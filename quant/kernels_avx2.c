@@ -945,7 +945,7 @@ const qpk_kernels qpk_kernels_avx2_table = {"avx2", row_to_f32, gemv, gemm, dot,
  * 8-lane chains, so every sum is the AVX2 path's, bit for bit. Everything else is the
  * AVX2 table's.
  */
-#define AVX512 __attribute__((target("avx512f")))
+#define AVX512 __attribute__((target("avx512f,avx512bw")))
 
 AVX512 static inline __m512 q4_weights(uint32_t type, const uint8_t *block)
 {
@@ -1134,6 +1134,83 @@ AVX512 static float dot_iq4_512(const qpk_matrix *w, int64_t r, const float *x, 
     return hsum(_mm256_add_ps(_mm256_add_ps(half(a01, 0), half(a01, 1)), _mm256_add_ps(half(a23, 0), half(a23, 1))));
 }
 
+/*
+ * Q6_K: a half block's 128 codes come out of its 64 ql and 32 qh bytes in two 512-bit
+ * registers of bytes (16-bit shifts whose stray bits the masks drop), already minus 32;
+ * 16 at a time they widen to f32 and take their sub-block's scale d sc, one product
+ * rounded once, as q6_k_weights forms it. Positions p .. p + 15 (p % 16 == 0) are one
+ * sub-block and chains (p % 32) / 8 and the next, so a01 takes p % 32 == 0 and a23 the
+ * rest, each chain in increasing p: the AVX2 row's sums, bit for bit.
+ */
+AVX512 static inline __attribute__((always_inline)) void q6_k_codes(const uint8_t *ql, const uint8_t *qh, __m512i c[2])
+{
+    const __m512i l = _mm512_loadu_si512(ql);
+    const __m512i h = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)qh));
+    const __m512i low = _mm512_set1_epi8(15), top = _mm512_set1_epi8(0x30), bias = _mm512_set1_epi8(32);
+    /* the two bits of positions 0..31 (32..63) sit at bits 0, 1 (2, 3) of qh, of 64..95 (96..127) at 4, 5 (6, 7) */
+    const __m512i up = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
+    const __m512i down = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+    c[0] = _mm512_or_si512(_mm512_and_si512(l, low), _mm512_and_si512(_mm512_sllv_epi16(h, up), top));
+    c[1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), low),
+                           _mm512_and_si512(_mm512_srlv_epi16(h, down), top));
+    c[0] = _mm512_sub_epi8(c[0], bias), c[1] = _mm512_sub_epi8(c[1], bias);
+}
+
+/* Codes 16 i .. 16 i + 15 of a half block as weights: sub-block i, scale ds[i] (q6_k_weights' sc[l / 16 + 2 k]). */
+AVX512 static inline __attribute__((always_inline)) __m512 q6_k_lane(const __m512i c[2], int i, const float *ds)
+{
+    const __m128i q = i % 4 == 0   ? _mm512_castsi512_si128(c[i / 4])
+                      : i % 4 == 1 ? _mm512_extracti32x4_epi32(c[i / 4], 1)
+                      : i % 4 == 2 ? _mm512_extracti32x4_epi32(c[i / 4], 2)
+                                   : _mm512_extracti32x4_epi32(c[i / 4], 3);
+    return _mm512_mul_ps(_mm512_set1_ps(ds[i]), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)));
+}
+
+/* The eight sub-block scales d sc of each half of block b: ds[8 h + s], exact. */
+AVX512 static inline void q6_k_scales(const uint8_t *b, float ds[16])
+{
+    const __m128i sc = _mm_loadu_si128((const __m128i *)(b + offsetof(qpk_block_q6_k, scales)));
+    _mm512_storeu_ps(ds, _mm512_mul_ps(_mm512_set1_ps(q6_k_d(b)), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc))));
+}
+
+AVX512 static void q6_k_row_512(const qpk_matrix *w, int64_t r, float *y)
+{
+    const uint8_t *b = qpk_row_ptr(w, r);
+    float ds[16];
+    for (int64_t i = 0; i < w->cols; i += 256, b += sizeof(qpk_block_q6_k)) {
+        q6_k_scales(b, ds);
+        for (int h = 0; h < 2; h++, y += 128) {
+            __m512i c[2];
+            q6_k_codes(b + offsetof(qpk_block_q6_k, ql) + 64 * h, b + offsetof(qpk_block_q6_k, qh) + 32 * h, c);
+#pragma GCC unroll 8
+            for (int p = 0; p < 8; p++)
+                _mm512_storeu_ps(y + 16 * p, q6_k_lane(c, p, ds + 8 * h));
+        }
+    }
+}
+
+AVX512 static float dot_q6_k_512(const qpk_matrix *w, int64_t r, const float *x, float *scratch)
+{
+    (void)scratch;
+    const uint8_t *b = qpk_row_ptr(w, r);
+    float ds[16];
+    __m512 a01 = _mm512_setzero_ps(), a23 = a01;
+    for (int64_t i = 0; i < w->cols; i += 256, b += sizeof(qpk_block_q6_k)) {
+        q6_k_scales(b, ds);
+        for (int h = 0; h < 2; h++) {
+            __m512i c[2];
+            q6_k_codes(b + offsetof(qpk_block_q6_k, ql) + 64 * h, b + offsetof(qpk_block_q6_k, qh) + 32 * h, c);
+            const float *xh = x + i + 128 * h;
+#pragma GCC unroll 4
+            for (int p = 0; p < 8; p += 2) {
+                a01 = _mm512_fmadd_ps(_mm512_loadu_ps(xh + 16 * p), q6_k_lane(c, p, ds + 8 * h), a01);
+                a23 = _mm512_fmadd_ps(_mm512_loadu_ps(xh + 16 * p + 16), q6_k_lane(c, p + 1, ds + 8 * h), a23);
+            }
+        }
+    }
+    return hsum(_mm256_add_ps(_mm256_add_ps(half(a01, 0), half(a01, 1)), _mm256_add_ps(half(a23, 0), half(a23, 1))));
+}
+
 /* AVX2's rows, with AVX-512's for the 4-bit types (qpk's, MLX's, ggml's Q4_K, Q5_K and IQ4). */
 static const qpk_type_kernels AVX512_TYPES[QPK_TYPE_COUNT_] = {
     [QPK_TYPE_F32] = {to_f32_F32, dot_F32},            [QPK_TYPE_F16] = {to_f32_F16, dot_F16},
@@ -1142,7 +1219,7 @@ static const qpk_type_kernels AVX512_TYPES[QPK_TYPE_COUNT_] = {
     [QPK_TYPE_INT8Z] = {to_f32_INT8Z, dot_INT8Z},
     [QPK_TYPE_Q4_1] = GGML_ROWS, [QPK_TYPE_Q5_0] = GGML_ROWS, [QPK_TYPE_Q5_1] = GGML_ROWS,
     [QPK_TYPE_Q2_K] = GGML_ROWS, [QPK_TYPE_Q3_K] = GGML_ROWS, [QPK_TYPE_Q4_K] = {k4_row_512, dot_k4_512},
-    [QPK_TYPE_Q5_K] = {k4_row_512, dot_k4_512}, [QPK_TYPE_Q6_K] = {ggml_row_to_f32, dot_q6_k},
+    [QPK_TYPE_Q5_K] = {k4_row_512, dot_k4_512}, [QPK_TYPE_Q6_K] = {q6_k_row_512, dot_q6_k_512},
     [QPK_TYPE_IQ4_NL] = {iq4_row_512, dot_iq4_512}, [QPK_TYPE_IQ4_XS] = {iq4_row_512, dot_iq4_512},
     [QPK_TYPE_MLX4] = {to_f32_512_MLX4, dot_512_MLX4}, [QPK_TYPE_MLX8] = {to_f32_MLX8, dot_MLX8},
     [QPK_TYPE_MLX4_F16] = {to_f32_512_MLX4_F16, dot_512_MLX4_F16}, [QPK_TYPE_MLX8_F16] = {to_f32_MLX8_F16, dot_MLX8_F16},

@@ -66,16 +66,16 @@ static void axpy(float a, const float *x, float *y, int64_t n)
 }
 
 /* Rows are converted (f32 ones copied) into scratch first: weights may be unaligned. */
-float qpk_scalar_row_dot(const qpk_matrix *w, int64_t r, const float *x, float *scratch)
+float qpk_scalar_row_dot(const qpk_matrix *w, const uint8_t *row, const float *x, float *scratch)
 {
-    qpk_scalar_row_to_f32(w, r, scratch);
+    qpk_dequantize_row(w->type, w->group_size, row, w->cols, scratch);
     return dot4(x, scratch, w->cols);
 }
 
 static void gemv(const qpk_matrix *w, const float *x, float *y, int64_t r0, int64_t r1, float *scratch)
 {
     for (int64_t r = r0; r < r1; r++)
-        y[r] = qpk_scalar_row_dot(w, r, x, scratch);
+        y[r] = qpk_scalar_row_dot(w, qpk_row_ptr(w, r), x, scratch);
 }
 
 /* The gemm sum of every table: one chain of fused multiply-adds over k, in order. */

@@ -21,20 +21,25 @@ static inline const uint8_t *qpk_row_ptr(const qpk_matrix *w, int64_t r)
 
 /*
  * What a kernel table does for one tensor type: row r of w to f32, and the dot product
- * of row r with x in the summation order of qpk/quant.h (scratch: the caller's
- * qpk_gemm_scratch_floats). gemv and gemm are written once per instruction set over
- * these; adding a type adds a row to each table that has a faster way than the scalar one.
+ * with x of the row at `row` (gemv finds the rows by one stride per matrix) in the
+ * summation order of qpk/quant.h (scratch: the caller's qpk_gemm_scratch_floats); where
+ * it has one, dot2 does the rows at row and row + stride at once, y[0] and y[1], which
+ * keeps twice the FMA chains in flight of one row. gemv and gemm are written once per
+ * instruction set over these; adding a type adds a row to each table that has a faster
+ * way than the scalar one.
  */
 typedef void qpk_row_fn(const qpk_matrix *w, int64_t r, float *dst);
-typedef float qpk_dot_fn(const qpk_matrix *w, int64_t r, const float *x, float *scratch);
+typedef float qpk_dot_fn(const qpk_matrix *w, const uint8_t *row, const float *x, float *scratch);
+typedef void qpk_dot2_fn(const qpk_matrix *w, const uint8_t *row, size_t stride, const float *x, float y[2]);
 typedef struct qpk_type_kernels {
     qpk_row_fn *to_f32;
     qpk_dot_fn *dot;
+    qpk_dot2_fn *dot2; /* NULL: one row at a time */
 } qpk_type_kernels;
 
 /* The scalar row kernels of any type (the reference; what other tables fall back to). */
 void qpk_scalar_row_to_f32(const qpk_matrix *w, int64_t r, float *dst);
-float qpk_scalar_row_dot(const qpk_matrix *w, int64_t r, const float *x, float *scratch);
+float qpk_scalar_row_dot(const qpk_matrix *w, const uint8_t *row, const float *x, float *scratch);
 
 extern const qpk_kernels qpk_kernels_avx2_table;
 extern const qpk_kernels qpk_kernels_avx512_table; /* AVX2's, with 4-bit codes by AVX-512 permutes, Q6_K by byte ops (F and BW) */

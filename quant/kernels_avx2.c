@@ -239,20 +239,20 @@ static inline __attribute__((always_inline)) float gemv_qrow(uint32_t type, uint
     {                                                                                                            \
         plain_row_t(QPK_TYPE_##T, qpk_row_ptr(w, r), w->cols, dst);                                              \
     }                                                                                                            \
-    static float dot_##T(const qpk_matrix *w, int64_t r, const float *x, float *scratch)                        \
+    static float dot_##T(const qpk_matrix *w, const uint8_t *row, const float *x, float *scratch)                        \
     {                                                                                                            \
         (void)scratch;                                                                                           \
-        return gemv_row(QPK_TYPE_##T, qpk_row_ptr(w, r), x, w->cols);                                            \
+        return gemv_row(QPK_TYPE_##T, row, x, w->cols);                                            \
     }
 #define BLOCK_ROWS(T)                                                                                             \
     static void to_f32_##T(const qpk_matrix *w, int64_t r, float *dst)                                          \
     {                                                                                                            \
         dequant_row_t(QPK_TYPE_##T, w->group_size, qpk_row_ptr(w, r), w->cols, dst);                             \
     }                                                                                                            \
-    static float dot_##T(const qpk_matrix *w, int64_t r, const float *x, float *scratch)                        \
+    static float dot_##T(const qpk_matrix *w, const uint8_t *row, const float *x, float *scratch)                        \
     {                                                                                                            \
         (void)scratch;                                                                                           \
-        return gemv_qrow(QPK_TYPE_##T, w->group_size, qpk_row_ptr(w, r), x, w->cols);                            \
+        return gemv_qrow(QPK_TYPE_##T, w->group_size, row, x, w->cols);                            \
     }
 PLAIN_ROWS(F32)
 PLAIN_ROWS(F16)
@@ -385,12 +385,12 @@ static void q6_k_row(const uint8_t *b, int64_t n, float *y)
  * increasing k, as in the f32 row's gemv_row: the same bits, without the round trip
  * through memory.
  */
-static float dot_k4(const qpk_matrix *w, int64_t r, const float *x, float *scratch)
+static float dot_k4(const qpk_matrix *w, const uint8_t *row, const float *x, float *scratch)
 {
     (void)scratch;
     const uint32_t type = w->type;
     const size_t bb = qpk_type_block_bytes(type, 256);
-    const uint8_t *b = qpk_row_ptr(w, r);
+    const uint8_t *b = row;
     __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int64_t i = 0; i < w->cols; i += 256, b += bb) {
         const float d = q4_k_d(b), dmin = q4_k_dmin(b);
@@ -404,10 +404,10 @@ static float dot_k4(const qpk_matrix *w, int64_t r, const float *x, float *scrat
     return hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
 }
 
-static float dot_q6_k(const qpk_matrix *w, int64_t r, const float *x, float *scratch)
+static float dot_q6_k(const qpk_matrix *w, const uint8_t *row, const float *x, float *scratch)
 {
     (void)scratch;
-    const uint8_t *b = qpk_row_ptr(w, r);
+    const uint8_t *b = row;
     __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int64_t i = 0; i < w->cols; i += 256, b += sizeof(qpk_block_q6_k)) {
         const float d = q6_k_d(b);
@@ -477,12 +477,12 @@ static void iq4_row(uint32_t type, const uint8_t *b, int64_t n, float *y)
 }
 
 /* As dot_k4: weight k of the row enters chain (k % 32) / 8 in increasing k. */
-static float dot_iq4(const qpk_matrix *w, int64_t r, const float *x, float *scratch)
+static float dot_iq4(const qpk_matrix *w, const uint8_t *row, const float *x, float *scratch)
 {
     (void)scratch;
     const uint32_t type = w->type;
     const size_t bb = qpk_type_block_bytes(type, QPK_TYPE_TABLE[type].block);
-    const uint8_t *b = qpk_row_ptr(w, r);
+    const uint8_t *b = row;
     float scale[8];
     __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int64_t i = 0; i < w->cols; b += bb) {
@@ -497,9 +497,9 @@ static float dot_iq4(const qpk_matrix *w, int64_t r, const float *x, float *scra
     return hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
 }
 
-static void ggml_row_to_f32(const qpk_matrix *w, int64_t r, float *dst)
+/* A row of ggml's types at row (bytes) to f32. */
+static void ggml_bytes_to_f32(const qpk_matrix *w, const uint8_t *row, float *dst)
 {
-    const uint8_t *row = qpk_row_ptr(w, r);
     if (w->type == QPK_TYPE_Q4_K || w->type == QPK_TYPE_Q5_K)
         k4_row(w->type, row, w->cols, dst);
     else if (w->type == QPK_TYPE_Q6_K)
@@ -510,9 +510,11 @@ static void ggml_row_to_f32(const qpk_matrix *w, int64_t r, float *dst)
         qpk_dequantize_row(w->type, w->group_size, row, w->cols, dst);
 }
 
-static float dot_ggml(const qpk_matrix *w, int64_t r, const float *x, float *scratch)
+static void ggml_row_to_f32(const qpk_matrix *w, int64_t r, float *dst) { ggml_bytes_to_f32(w, qpk_row_ptr(w, r), dst); }
+
+static float dot_ggml(const qpk_matrix *w, const uint8_t *row, const float *x, float *scratch)
 {
-    ggml_row_to_f32(w, r, scratch);
+    ggml_bytes_to_f32(w, row, scratch);
     return gemv_row(QPK_TYPE_F32, (const uint8_t *)scratch, x, w->cols);
 }
 #define GGML_ROWS {ggml_row_to_f32, dot_ggml}
@@ -534,15 +536,34 @@ static const qpk_type_kernels AVX2_TYPES[QPK_TYPE_COUNT_] = {
 static inline qpk_type_kernels rows_of(const qpk_type_kernels *t, const qpk_matrix *w)
 {
     qpk_type_kernels k = t[w->type];
-    return (qpk_type_kernels){k.to_f32 ? k.to_f32 : qpk_scalar_row_to_f32, k.dot ? k.dot : qpk_scalar_row_dot};
+    return (qpk_type_kernels){k.to_f32 ? k.to_f32 : qpk_scalar_row_to_f32, k.dot ? k.dot : qpk_scalar_row_dot,
+                              k.dot2};
 }
 
+/*
+ * The rows in pairs where the type has a two-row kernel (each row its own chains: the
+ * same bits). A pair is row r and the row half the range further on: two long forward
+ * streams, which the hardware prefetchers follow (adjacent rows read as one interleaved
+ * stream ran at a third of the bandwidth from DRAM on Zen 4).
+ */
 static void gemv_with(const qpk_type_kernels *t, const qpk_matrix *w, const float *x, float *y, int64_t r0,
                       int64_t r1, float *scratch)
 {
-    qpk_dot_fn *dot_row = rows_of(t, w).dot;
-    for (int64_t r = r0; r < r1; r++)
-        y[r] = dot_row(w, r, x, scratch);
+    const qpk_type_kernels k = rows_of(t, w);
+    const size_t stride = qpk_matrix_row_bytes(w);
+    const uint8_t *row = (const uint8_t *)w->data + (size_t)r0 * stride;
+    int64_t r = r0;
+    if (k.dot2) {
+        const int64_t half = (r1 - r0) / 2;
+        float y2[2];
+        for (; r < r0 + half; r++, row += stride) {
+            k.dot2(w, row, (size_t)half * stride, x, y2);
+            y[r] = y2[0], y[r + half] = y2[1];
+        }
+        r += half, row += (size_t)half * stride;
+    }
+    for (; r < r1; r++, row += stride)
+        y[r] = k.dot(w, row, x, scratch);
 }
 
 static void row_to_f32(const qpk_matrix *w, int64_t r, float *dst) { rows_of(AVX2_TYPES, w).to_f32(w, r, dst); }
@@ -973,23 +994,37 @@ AVX512 static inline __m256 half(__m512 v, int hi)
     return hi ? _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)) : _mm512_castps512_ps256(v);
 }
 
-AVX512 static inline __attribute__((always_inline)) float gemv_q4row(uint32_t type, uint32_t group,
-                                                                     const uint8_t *row, const float *x, int64_t K)
+/*
+ * R rows (1 or 2) at row, row + stride, ... into y[0..R): each row its own two
+ * accumulators, so that two rows keep four FMA chains in flight where one row's wait on
+ * the FMA latency.
+ */
+AVX512 static inline __attribute__((always_inline)) void gemv_q4rows(const int R, uint32_t type, uint32_t group,
+                                                                     const uint8_t *row, size_t stride,
+                                                                     const float *x, int64_t K, float *y)
 {
     const size_t bb = qpk_type_block_bytes(type, group);
-    __m512 a01 = _mm512_setzero_ps(), a23 = a01;
+    __m512 a01[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, a23[2] = {a01[0], a01[0]};
     for (int64_t g = 0; g < K; g += group, row += bb) {
-        const __m512 table = q4_weights(type, row);
-        const uint8_t *codes = row + CODES_AT(type);
-        for (int64_t k = g; k < g + group; k += 32, codes += 16) {
-            const __m512i both = q4_indices(codes);
-            a01 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k), _mm512_permutexvar_ps(both, table), a01);
-            a23 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k + 16),
-                                  _mm512_permutexvar_ps(_mm512_srli_epi32(both, 4), table), a23);
+        __m512 table[2];
+#pragma GCC unroll 2
+        for (int i = 0; i < R; i++)
+            table[i] = q4_weights(type, row + i * stride);
+        for (int64_t k = g; k < g + group; k += 32) {
+            const __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
+#pragma GCC unroll 2
+            for (int i = 0; i < R; i++) {
+                const __m512i both = q4_indices(row + i * stride + CODES_AT(type) + (k - g) / 2);
+                a01[i] = _mm512_fmadd_ps(x0, _mm512_permutexvar_ps(both, table[i]), a01[i]);
+                a23[i] = _mm512_fmadd_ps(x1, _mm512_permutexvar_ps(_mm512_srli_epi32(both, 4), table[i]), a23[i]);
+            }
         }
     }
-    const __m256 c[4] = {half(a01, 0), half(a01, 1), half(a23, 0), half(a23, 1)};
-    return combine(c, x, row, type, K, K);
+#pragma GCC unroll 2
+    for (int i = 0; i < R; i++) {
+        const __m256 c[4] = {half(a01[i], 0), half(a01[i], 1), half(a23[i], 0), half(a23[i], 1)};
+        y[i] = combine(c, x, row, type, K, K);
+    }
 }
 
 AVX512 static void q4_row_to_f32(uint32_t type, uint32_t group, const uint8_t *row, int64_t n, float *dst)
@@ -1011,10 +1046,17 @@ AVX512 static void q4_row_to_f32(uint32_t type, uint32_t group, const uint8_t *r
     {                                                                                                            \
         q4_row_to_f32(QPK_TYPE_##T, w->group_size, qpk_row_ptr(w, r), w->cols, dst);                             \
     }                                                                                                            \
-    AVX512 static float dot_512_##T(const qpk_matrix *w, int64_t r, const float *x, float *scratch)             \
+    AVX512 static float dot_512_##T(const qpk_matrix *w, const uint8_t *row, const float *x, float *scratch)    \
     {                                                                                                            \
         (void)scratch;                                                                                           \
-        return gemv_q4row(QPK_TYPE_##T, w->group_size, qpk_row_ptr(w, r), x, w->cols);                           \
+        float y;                                                                                                 \
+        gemv_q4rows(1, QPK_TYPE_##T, w->group_size, row, 0, x, w->cols, &y);                                     \
+        return y;                                                                                                \
+    }                                                                                                            \
+    AVX512 static void dot2_512_##T(const qpk_matrix *w, const uint8_t *row, size_t stride, const float *x,     \
+                                    float y[2])                                                                  \
+    {                                                                                                            \
+        gemv_q4rows(2, QPK_TYPE_##T, w->group_size, row, stride, x, w->cols, y);                                 \
     }
 Q4_ROWS(INT4)
 Q4_ROWS(INT4S)
@@ -1075,26 +1117,114 @@ AVX512 static void k4_row_512(const qpk_matrix *w, int64_t r, float *y)
     }
 }
 
-AVX512 static float dot_k4_512(const qpk_matrix *w, int64_t r, const float *x, float *scratch)
+/* The sum of a row's two accumulators, in the order of gemv_row's four chains. */
+AVX512 static inline float sum_chains(__m512 a01, __m512 a23)
 {
-    (void)scratch;
-    const uint32_t type = w->type;
-    const bool five = type == QPK_TYPE_Q5_K;
-    const size_t bb = qpk_type_block_bytes(type, 256);
-    const uint8_t *b = qpk_row_ptr(w, r);
-    __m512 a01 = _mm512_setzero_ps(), a23 = a01;
-    for (int64_t i = 0; i < w->cols; i += 256, b += bb) {
-        const float d = q4_k_d(b), dmin = q4_k_dmin(b);
-        for (int j = 0; j < 8; j++) {
-            __m512 t[2];
-            __m512i idx[2];
-            k4_tables(b, k4_qs(type, b), k4_qh(type, b), d, dmin, j, t, idx);
-            a01 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 32 * j), k4_lookup(idx[0], t, five), a01);
-            a23 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 32 * j + 16), k4_lookup(idx[1], t, five), a23);
-        }
-    }
     return hsum(_mm256_add_ps(_mm256_add_ps(half(a01, 0), half(a01, 1)), _mm256_add_ps(half(a23, 0), half(a23, 1))));
 }
+
+/* One row's dot product (dot_NAME) and two rows' (dot2_NAME) from NAME_rows(R, ...), R rows at a stride. */
+#define DOT_1_2(NAME)                                                                                            \
+    AVX512 static float dot_##NAME(const qpk_matrix *w, const uint8_t *row, const float *x, float *scratch)     \
+    {                                                                                                            \
+        (void)scratch;                                                                                           \
+        float y;                                                                                                 \
+        NAME##_rows(1, w, row, 0, x, &y);                                                                        \
+        return y;                                                                                                \
+    }                                                                                                            \
+    AVX512 static void dot2_##NAME(const qpk_matrix *w, const uint8_t *row, size_t stride, const float *x,      \
+                                   float y[2])                                                                   \
+    {                                                                                                            \
+        NAME##_rows(2, w, row, stride, x, y);                                                                    \
+    }
+
+AVX512 static inline __attribute__((always_inline)) void k4_rows(const int R, uint32_t type, const qpk_matrix *w,
+                                                                 const uint8_t *row, size_t stride, const float *x,
+                                                                 float *y)
+{
+    const bool five = type == QPK_TYPE_Q5_K;
+    const size_t bb = qpk_type_block_bytes(type, 256);
+    __m512 a01[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, a23[2] = {a01[0], a01[0]};
+    for (int64_t i = 0; i < w->cols; i += 256, row += bb) {
+        float d[2], dmin[2];
+#pragma GCC unroll 2
+        for (int r = 0; r < R; r++)
+            d[r] = q4_k_d(row + r * stride), dmin[r] = q4_k_dmin(row + r * stride);
+        for (int j = 0; j < 8; j++) {
+            const __m512 x0 = _mm512_loadu_ps(x + i + 32 * j), x1 = _mm512_loadu_ps(x + i + 32 * j + 16);
+#pragma GCC unroll 2
+            for (int r = 0; r < R; r++) {
+                const uint8_t *b = row + r * stride;
+                __m512 t[2];
+                __m512i idx[2];
+                k4_tables(b, k4_qs(type, b), k4_qh(type, b), d[r], dmin[r], j, t, idx);
+                a01[r] = _mm512_fmadd_ps(x0, k4_lookup(idx[0], t, five), a01[r]);
+                a23[r] = _mm512_fmadd_ps(x1, k4_lookup(idx[1], t, five), a23[r]);
+            }
+        }
+    }
+#pragma GCC unroll 2
+    for (int r = 0; r < R; r++)
+        y[r] = sum_chains(a01[r], a23[r]);
+}
+
+/*
+ * Q4_K in decode, leaner than k4_tables: the eight sub-blocks' d sc and dmin m at once
+ * from the 12 scale bytes (the same exact products), a sub-block's table in one fused
+ * (d sc) q - dmin m (its product is exact, so the one rounding is the subtraction's),
+ * and a pair of sub-blocks' 64 codes from one widening of their 32 bytes (the permute
+ * reads only an index's low nibble; the high one is the odd sub-block's, shifted down).
+ */
+AVX512 static inline void q4_k_scales(const uint8_t *b, float ds[8], float dm[8])
+{
+    const uint8_t *sc = b + offsetof(qpk_block_q4_k, scales);
+    uint32_t u0, u1, u2;
+    memcpy(&u0, sc, 4), memcpy(&u1, sc + 4, 4), memcpy(&u2, sc + 8, 4);
+    /* k4_scale_min's bit fields, four sub-blocks per 32-bit word */
+    const uint64_t s = (u0 & 0x3f3f3f3fu) | (uint64_t)((u2 & 0x0f0f0f0fu) | (u0 >> 2 & 0x30303030u)) << 32;
+    const uint64_t m = (u1 & 0x3f3f3f3fu) | (uint64_t)((u2 >> 4 & 0x0f0f0f0fu) | (u1 >> 2 & 0x30303030u)) << 32;
+    const __m256 sv = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)s)));
+    const __m256 mv = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)m)));
+    _mm256_storeu_ps(ds, _mm256_mul_ps(_mm256_set1_ps(q4_k_d(b)), sv));
+    _mm256_storeu_ps(dm, _mm256_mul_ps(_mm256_set1_ps(q4_k_dmin(b)), mv));
+}
+
+AVX512 static inline __attribute__((always_inline)) void Q4_K_rows(const int R, const qpk_matrix *w,
+                                                                   const uint8_t *row, size_t stride, const float *x,
+                                                                   float *y)
+{
+    const __m512 iota = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    float ds[2][8], dm[2][8];
+    __m512 a01[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, a23[2] = {a01[0], a01[0]};
+    for (int64_t i = 0; i < w->cols; i += 256, row += sizeof(qpk_block_q4_k)) {
+#pragma GCC unroll 2
+        for (int r = 0; r < R; r++)
+            q4_k_scales(row + r * stride, ds[r], dm[r]);
+        for (int j = 0; j < 8; j += 2) {
+            const float *xj = x + i + 32 * j;
+#pragma GCC unroll 2
+            for (int r = 0; r < R; r++) {
+                const uint8_t *qs = row + r * stride + offsetof(qpk_block_q4_k, qs) + 16 * j;
+                const __m512i u = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)qs));
+                const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(qs + 16)));
+                const __m512 t0 = _mm512_fmsub_ps(_mm512_set1_ps(ds[r][j]), iota, _mm512_set1_ps(dm[r][j]));
+                const __m512 t1 = _mm512_fmsub_ps(_mm512_set1_ps(ds[r][j + 1]), iota, _mm512_set1_ps(dm[r][j + 1]));
+                a01[r] = _mm512_fmadd_ps(_mm512_loadu_ps(xj), _mm512_permutexvar_ps(u, t0), a01[r]);
+                a23[r] = _mm512_fmadd_ps(_mm512_loadu_ps(xj + 16), _mm512_permutexvar_ps(v, t0), a23[r]);
+                a01[r] = _mm512_fmadd_ps(_mm512_loadu_ps(xj + 32),
+                                         _mm512_permutexvar_ps(_mm512_srli_epi32(u, 4), t1), a01[r]);
+                a23[r] = _mm512_fmadd_ps(_mm512_loadu_ps(xj + 48),
+                                         _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), t1), a23[r]);
+            }
+        }
+    }
+#pragma GCC unroll 2
+    for (int r = 0; r < R; r++)
+        y[r] = sum_chains(a01[r], a23[r]);
+}
+#define Q5_K_rows(R, w, row, stride, x, y) k4_rows(R, QPK_TYPE_Q5_K, w, row, stride, x, y)
+DOT_1_2(Q4_K)
+DOT_1_2(Q5_K)
 
 AVX512 static void iq4_row_512(const qpk_matrix *w, int64_t r, float *y)
 {
@@ -1113,26 +1243,37 @@ AVX512 static void iq4_row_512(const qpk_matrix *w, int64_t r, float *y)
     }
 }
 
-AVX512 static float dot_iq4_512(const qpk_matrix *w, int64_t r, const float *x, float *scratch)
+AVX512 static inline __attribute__((always_inline)) void iq4_rows(const int R, uint32_t type, const qpk_matrix *w,
+                                                                  const uint8_t *row, size_t stride, const float *x,
+                                                                  float *y)
 {
-    (void)scratch;
-    const uint32_t type = w->type;
     const size_t bb = qpk_type_block_bytes(type, QPK_TYPE_TABLE[type].block);
-    const uint8_t *b = qpk_row_ptr(w, r);
-    float scale[8];
-    __m512 a01 = _mm512_setzero_ps(), a23 = a01;
-    for (int64_t i = 0; i < w->cols; b += bb) {
-        const int sub = iq4_scales(type, b, scale);
+    float scale[2][8];
+    __m512 a01[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, a23[2] = {a01[0], a01[0]};
+    for (int64_t i = 0; i < w->cols; row += bb) {
+        int sub = 0;
+#pragma GCC unroll 2
+        for (int r = 0; r < R; r++)
+            sub = iq4_scales(type, row + r * stride, scale[r]);
         for (int j = 0; j < sub; j++, i += 32) {
-            const __m512 table = iq4_table(scale[j]);
-            const __m512i both = q4_indices(iq4_qs(type, b) + 16 * j);
-            a01 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_permutexvar_ps(both, table), a01);
-            a23 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 16), _mm512_permutexvar_ps(_mm512_srli_epi32(both, 4), table),
-                                  a23);
+            const __m512 x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + 16);
+#pragma GCC unroll 2
+            for (int r = 0; r < R; r++) {
+                const __m512 table = iq4_table(scale[r][j]);
+                const __m512i both = q4_indices(iq4_qs(type, row + r * stride) + 16 * j);
+                a01[r] = _mm512_fmadd_ps(x0, _mm512_permutexvar_ps(both, table), a01[r]);
+                a23[r] = _mm512_fmadd_ps(x1, _mm512_permutexvar_ps(_mm512_srli_epi32(both, 4), table), a23[r]);
+            }
         }
     }
-    return hsum(_mm256_add_ps(_mm256_add_ps(half(a01, 0), half(a01, 1)), _mm256_add_ps(half(a23, 0), half(a23, 1))));
+#pragma GCC unroll 2
+    for (int r = 0; r < R; r++)
+        y[r] = sum_chains(a01[r], a23[r]);
 }
+#define IQ4_NL_rows(R, w, row, stride, x, y) iq4_rows(R, QPK_TYPE_IQ4_NL, w, row, stride, x, y)
+#define IQ4_XS_rows(R, w, row, stride, x, y) iq4_rows(R, QPK_TYPE_IQ4_XS, w, row, stride, x, y)
+DOT_1_2(IQ4_NL)
+DOT_1_2(IQ4_XS)
 
 /*
  * Q6_K: a half block's 128 codes come out of its 64 ql and 32 qh bytes in two 512-bit
@@ -1189,40 +1330,55 @@ AVX512 static void q6_k_row_512(const qpk_matrix *w, int64_t r, float *y)
     }
 }
 
-AVX512 static float dot_q6_k_512(const qpk_matrix *w, int64_t r, const float *x, float *scratch)
+AVX512 static inline __attribute__((always_inline)) void Q6_K_rows(const int R, const qpk_matrix *w,
+                                                                   const uint8_t *row, size_t stride, const float *x,
+                                                                   float *y)
 {
-    (void)scratch;
-    const uint8_t *b = qpk_row_ptr(w, r);
-    float ds[16];
-    __m512 a01 = _mm512_setzero_ps(), a23 = a01;
-    for (int64_t i = 0; i < w->cols; i += 256, b += sizeof(qpk_block_q6_k)) {
-        q6_k_scales(b, ds);
+    float ds[2][16];
+    __m512 a01[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, a23[2] = {a01[0], a01[0]};
+    for (int64_t i = 0; i < w->cols; i += 256, row += sizeof(qpk_block_q6_k)) {
+#pragma GCC unroll 2
+        for (int r = 0; r < R; r++)
+            q6_k_scales(row + r * stride, ds[r]);
         for (int h = 0; h < 2; h++) {
-            __m512i c[2];
-            q6_k_codes(b + offsetof(qpk_block_q6_k, ql) + 64 * h, b + offsetof(qpk_block_q6_k, qh) + 32 * h, c);
+            __m512i c[2][2];
+#pragma GCC unroll 2
+            for (int r = 0; r < R; r++)
+                q6_k_codes(row + r * stride + offsetof(qpk_block_q6_k, ql) + 64 * h,
+                           row + r * stride + offsetof(qpk_block_q6_k, qh) + 32 * h, c[r]);
             const float *xh = x + i + 128 * h;
 #pragma GCC unroll 4
             for (int p = 0; p < 8; p += 2) {
-                a01 = _mm512_fmadd_ps(_mm512_loadu_ps(xh + 16 * p), q6_k_lane(c, p, ds + 8 * h), a01);
-                a23 = _mm512_fmadd_ps(_mm512_loadu_ps(xh + 16 * p + 16), q6_k_lane(c, p + 1, ds + 8 * h), a23);
+                const __m512 x0 = _mm512_loadu_ps(xh + 16 * p), x1 = _mm512_loadu_ps(xh + 16 * p + 16);
+#pragma GCC unroll 2
+                for (int r = 0; r < R; r++) {
+                    a01[r] = _mm512_fmadd_ps(x0, q6_k_lane(c[r], p, ds[r] + 8 * h), a01[r]);
+                    a23[r] = _mm512_fmadd_ps(x1, q6_k_lane(c[r], p + 1, ds[r] + 8 * h), a23[r]);
+                }
             }
         }
     }
-    return hsum(_mm256_add_ps(_mm256_add_ps(half(a01, 0), half(a01, 1)), _mm256_add_ps(half(a23, 0), half(a23, 1))));
+#pragma GCC unroll 2
+    for (int r = 0; r < R; r++)
+        y[r] = sum_chains(a01[r], a23[r]);
 }
+DOT_1_2(Q6_K)
 
 /* AVX2's rows, with AVX-512's for the 4-bit types (qpk's, MLX's, ggml's Q4_K, Q5_K and IQ4). */
 static const qpk_type_kernels AVX512_TYPES[QPK_TYPE_COUNT_] = {
     [QPK_TYPE_F32] = {to_f32_F32, dot_F32},            [QPK_TYPE_F16] = {to_f32_F16, dot_F16},
     [QPK_TYPE_BF16] = {to_f32_BF16, dot_BF16},         [QPK_TYPE_INT8] = {to_f32_INT8, dot_INT8},
-    [QPK_TYPE_INT4] = {to_f32_512_INT4, dot_512_INT4}, [QPK_TYPE_INT4S] = {to_f32_512_INT4S, dot_512_INT4S},
+    [QPK_TYPE_INT4] = {to_f32_512_INT4, dot_512_INT4, dot2_512_INT4},
+    [QPK_TYPE_INT4S] = {to_f32_512_INT4S, dot_512_INT4S, dot2_512_INT4S},
     [QPK_TYPE_INT8Z] = {to_f32_INT8Z, dot_INT8Z},
     [QPK_TYPE_Q4_1] = GGML_ROWS, [QPK_TYPE_Q5_0] = GGML_ROWS, [QPK_TYPE_Q5_1] = GGML_ROWS,
-    [QPK_TYPE_Q2_K] = GGML_ROWS, [QPK_TYPE_Q3_K] = GGML_ROWS, [QPK_TYPE_Q4_K] = {k4_row_512, dot_k4_512},
-    [QPK_TYPE_Q5_K] = {k4_row_512, dot_k4_512}, [QPK_TYPE_Q6_K] = {q6_k_row_512, dot_q6_k_512},
-    [QPK_TYPE_IQ4_NL] = {iq4_row_512, dot_iq4_512}, [QPK_TYPE_IQ4_XS] = {iq4_row_512, dot_iq4_512},
-    [QPK_TYPE_MLX4] = {to_f32_512_MLX4, dot_512_MLX4}, [QPK_TYPE_MLX8] = {to_f32_MLX8, dot_MLX8},
-    [QPK_TYPE_MLX4_F16] = {to_f32_512_MLX4_F16, dot_512_MLX4_F16}, [QPK_TYPE_MLX8_F16] = {to_f32_MLX8_F16, dot_MLX8_F16},
+    [QPK_TYPE_Q2_K] = GGML_ROWS, [QPK_TYPE_Q3_K] = GGML_ROWS, 
+    [QPK_TYPE_Q4_K] = {k4_row_512, dot_Q4_K, dot2_Q4_K}, [QPK_TYPE_Q5_K] = {k4_row_512, dot_Q5_K, dot2_Q5_K},
+    [QPK_TYPE_Q6_K] = {q6_k_row_512, dot_Q6_K, dot2_Q6_K},
+    [QPK_TYPE_IQ4_NL] = {iq4_row_512, dot_IQ4_NL, dot2_IQ4_NL}, [QPK_TYPE_IQ4_XS] = {iq4_row_512, dot_IQ4_XS, dot2_IQ4_XS},
+    [QPK_TYPE_MLX4] = {to_f32_512_MLX4, dot_512_MLX4, dot2_512_MLX4}, [QPK_TYPE_MLX8] = {to_f32_MLX8, dot_MLX8},
+    [QPK_TYPE_MLX4_F16] = {to_f32_512_MLX4_F16, dot_512_MLX4_F16, dot2_512_MLX4_F16},
+    [QPK_TYPE_MLX8_F16] = {to_f32_MLX8_F16, dot_MLX8_F16},
 };
 
 static void row_to_f32_512(const qpk_matrix *w, int64_t r, float *dst) { rows_of(AVX512_TYPES, w).to_f32(w, r, dst); }

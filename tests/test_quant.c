@@ -365,6 +365,14 @@ static void test_kernels_of(const qpk_kernels *best, const qpk_kernels *prev)
         CHECKF(!memcmp(yg, yp, (size_t)(T * R) * 4), "case %zu: %s gemm depends on the split", c, best->name);
         for (int64_t t = 0; t < T; t++)
             best->gemv(&m, x + t * K, yv + t * R, 0, R, scratch);
+        /* Any split of the rows, odd and even ranges (gemv pairs rows inside a range), gives the same bits. */
+        for (int64_t s0 = 1; s0 <= 3 && s0 < R; s0++) {
+            memset(yp, 0xff, (size_t)R * 4);
+            best->gemv(&m, x, yp, 0, s0, scratch);
+            best->gemv(&m, x, yp, s0, R, scratch);
+            CHECKF(!memcmp(yv, yp, (size_t)R * 4), "case %zu: %s gemv depends on the split at row %lld", c, best->name,
+                   (long long)s0);
+        }
         if (prev) { /* another SIMD table: the same gemv arithmetic, so the same bits */
             for (int64_t t = 0; t < T; t++)
                 prev->gemv(&m, x + t * K, yp + t * R, 0, R, scratch);

@@ -1063,6 +1063,57 @@ Q4_ROWS(INT4S)
 Q4_ROWS(MLX4)
 Q4_ROWS(MLX4_F16)
 
+/* The sum of a row's two accumulators, in the order of gemv_row's four chains. */
+AVX512 static inline float sum_chains(__m512 a01, __m512 a23)
+{
+    return hsum(_mm256_add_ps(_mm256_add_ps(half(a01, 0), half(a01, 1)), _mm256_add_ps(half(a23, 0), half(a23, 1))));
+}
+
+/* One row's dot product (dot_512_NAME) and two rows' (dot2_512_NAME) from NAME_rows(R, ...), R rows at a stride. */
+#define DOT_1_2(NAME)                                                                                            \
+    AVX512 static float dot_512_##NAME(const qpk_matrix *w, const uint8_t *row, const float *x, float *scratch) \
+    {                                                                                                            \
+        (void)scratch;                                                                                           \
+        float y;                                                                                                 \
+        NAME##_rows(1, w, row, 0, x, &y);                                                                        \
+        return y;                                                                                                \
+    }                                                                                                            \
+    AVX512 static void dot2_512_##NAME(const qpk_matrix *w, const uint8_t *row, size_t stride, const float *x,  \
+                                       float y[2])                                                               \
+    {                                                                                                            \
+        NAME##_rows(2, w, row, stride, x, y);                                                                    \
+    }
+
+/* int8 (Q8_0's blocks), R rows at a stride: 16 codes widen to f32 and take d, an exact product, as dequant32's. */
+AVX512 static inline __attribute__((always_inline)) void INT8_rows(const int R, const qpk_matrix *w,
+                                                                   const uint8_t *row, size_t stride, const float *x,
+                                                                   float *y)
+{
+    const size_t bb = qpk_type_block_bytes(QPK_TYPE_INT8, w->group_size);
+    __m512 a01[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, a23[2] = {a01[0], a01[0]};
+    for (int64_t g = 0; g < w->cols; g += w->group_size, row += bb) {
+        __m512 d[2];
+#pragma GCC unroll 2
+        for (int r = 0; r < R; r++)
+            d[r] = _mm512_set1_ps(half_at(row + r * stride, QPK_TYPE_TABLE[QPK_TYPE_INT8].scale_bf16));
+        for (int64_t k = g; k < g + w->group_size; k += 32) {
+            const __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
+#pragma GCC unroll 2
+            for (int r = 0; r < R; r++) {
+                const uint8_t *q = row + r * stride + CODES_AT(QPK_TYPE_INT8) + (k - g);
+                const __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q)));
+                const __m512 w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + 16))));
+                a01[r] = _mm512_fmadd_ps(x0, _mm512_mul_ps(d[r], w0), a01[r]);
+                a23[r] = _mm512_fmadd_ps(x1, _mm512_mul_ps(d[r], w1), a23[r]);
+            }
+        }
+    }
+#pragma GCC unroll 2
+    for (int r = 0; r < R; r++)
+        y[r] = sum_chains(a01[r], a23[r]);
+}
+DOT_1_2(INT8)
+
 /*
  * ggml's 4-bit block types the same way, a table per sub-block of 32: Q4_K's 16 weights
  * (d sc) q - (dmin m) for q = 0..15 (Q5_K's 32, two tables the index's bit 4 chooses between),
@@ -1116,27 +1167,6 @@ AVX512 static void k4_row_512(const qpk_matrix *w, int64_t r, float *y)
         }
     }
 }
-
-/* The sum of a row's two accumulators, in the order of gemv_row's four chains. */
-AVX512 static inline float sum_chains(__m512 a01, __m512 a23)
-{
-    return hsum(_mm256_add_ps(_mm256_add_ps(half(a01, 0), half(a01, 1)), _mm256_add_ps(half(a23, 0), half(a23, 1))));
-}
-
-/* One row's dot product (dot_NAME) and two rows' (dot2_NAME) from NAME_rows(R, ...), R rows at a stride. */
-#define DOT_1_2(NAME)                                                                                            \
-    AVX512 static float dot_##NAME(const qpk_matrix *w, const uint8_t *row, const float *x, float *scratch)     \
-    {                                                                                                            \
-        (void)scratch;                                                                                           \
-        float y;                                                                                                 \
-        NAME##_rows(1, w, row, 0, x, &y);                                                                        \
-        return y;                                                                                                \
-    }                                                                                                            \
-    AVX512 static void dot2_##NAME(const qpk_matrix *w, const uint8_t *row, size_t stride, const float *x,      \
-                                   float y[2])                                                                   \
-    {                                                                                                            \
-        NAME##_rows(2, w, row, stride, x, y);                                                                    \
-    }
 
 AVX512 static inline __attribute__((always_inline)) void k4_rows(const int R, uint32_t type, const qpk_matrix *w,
                                                                  const uint8_t *row, size_t stride, const float *x,
@@ -1367,15 +1397,15 @@ DOT_1_2(Q6_K)
 /* AVX2's rows, with AVX-512's for the 4-bit types (qpk's, MLX's, ggml's Q4_K, Q5_K and IQ4). */
 static const qpk_type_kernels AVX512_TYPES[QPK_TYPE_COUNT_] = {
     [QPK_TYPE_F32] = {to_f32_F32, dot_F32},            [QPK_TYPE_F16] = {to_f32_F16, dot_F16},
-    [QPK_TYPE_BF16] = {to_f32_BF16, dot_BF16},         [QPK_TYPE_INT8] = {to_f32_INT8, dot_INT8},
+    [QPK_TYPE_BF16] = {to_f32_BF16, dot_BF16},         [QPK_TYPE_INT8] = {to_f32_INT8, dot_512_INT8, dot2_512_INT8},
     [QPK_TYPE_INT4] = {to_f32_512_INT4, dot_512_INT4, dot2_512_INT4},
     [QPK_TYPE_INT4S] = {to_f32_512_INT4S, dot_512_INT4S, dot2_512_INT4S},
     [QPK_TYPE_INT8Z] = {to_f32_INT8Z, dot_INT8Z},
     [QPK_TYPE_Q4_1] = GGML_ROWS, [QPK_TYPE_Q5_0] = GGML_ROWS, [QPK_TYPE_Q5_1] = GGML_ROWS,
     [QPK_TYPE_Q2_K] = GGML_ROWS, [QPK_TYPE_Q3_K] = GGML_ROWS, 
-    [QPK_TYPE_Q4_K] = {k4_row_512, dot_Q4_K, dot2_Q4_K}, [QPK_TYPE_Q5_K] = {k4_row_512, dot_Q5_K, dot2_Q5_K},
-    [QPK_TYPE_Q6_K] = {q6_k_row_512, dot_Q6_K, dot2_Q6_K},
-    [QPK_TYPE_IQ4_NL] = {iq4_row_512, dot_IQ4_NL, dot2_IQ4_NL}, [QPK_TYPE_IQ4_XS] = {iq4_row_512, dot_IQ4_XS, dot2_IQ4_XS},
+    [QPK_TYPE_Q4_K] = {k4_row_512, dot_512_Q4_K, dot2_512_Q4_K}, [QPK_TYPE_Q5_K] = {k4_row_512, dot_512_Q5_K, dot2_512_Q5_K},
+    [QPK_TYPE_Q6_K] = {q6_k_row_512, dot_512_Q6_K, dot2_512_Q6_K},
+    [QPK_TYPE_IQ4_NL] = {iq4_row_512, dot_512_IQ4_NL, dot2_512_IQ4_NL}, [QPK_TYPE_IQ4_XS] = {iq4_row_512, dot_512_IQ4_XS, dot2_512_IQ4_XS},
     [QPK_TYPE_MLX4] = {to_f32_512_MLX4, dot_512_MLX4, dot2_512_MLX4}, [QPK_TYPE_MLX8] = {to_f32_MLX8, dot_MLX8},
     [QPK_TYPE_MLX4_F16] = {to_f32_512_MLX4_F16, dot_512_MLX4_F16, dot2_512_MLX4_F16},
     [QPK_TYPE_MLX8_F16] = {to_f32_MLX8_F16, dot_MLX8_F16},

@@ -172,32 +172,48 @@ void qpk_pool_run(qpk_pool *p, int64_t n_tasks, qpk_task_fn fn, void *ctx)
 
 typedef struct matmul_job {
     const qpk_kernels *k;
-    const qpk_matrix *w;
+    const qpk_matrix *w[QPK_MATMUL_MAX];
     const float *x;
-    float *y, *scratch;
-    int64_t T, rows_per_task;
+    float *y[QPK_MATMUL_MAX], *scratch;
+    int64_t T, rows_per_task[QPK_MATMUL_MAX], first_task[QPK_MATMUL_MAX + 1];
+    int n;
     size_t scratch_per_thread;
 } matmul_job;
 
 static void matmul_task(void *arg, int64_t task, int thread)
 {
     matmul_job *j = arg;
-    int64_t r0 = task * j->rows_per_task, r1 = r0 + j->rows_per_task;
-    r1 = r1 < j->w->rows ? r1 : j->w->rows;
+    int i = 0;
+    while (task >= j->first_task[i + 1])
+        i++;
+    const qpk_matrix *w = j->w[i];
+    int64_t r0 = (task - j->first_task[i]) * j->rows_per_task[i], r1 = r0 + j->rows_per_task[i];
+    r1 = r1 < w->rows ? r1 : w->rows;
     float *scratch = j->scratch + (size_t)thread * j->scratch_per_thread;
     if (j->T == 1)
-        j->k->gemv(j->w, j->x, j->y, r0, r1, scratch);
+        j->k->gemv(w, j->x, j->y[i], r0, r1, scratch);
     else
-        j->k->gemm(j->w, j->x, j->T, j->w->cols, j->y, j->w->rows, r0, r1, scratch);
+        j->k->gemm(w, j->x, j->T, w->cols, j->y[i], w->rows, r0, r1, scratch);
+}
+
+void qpk_matmul_many(qpk_pool *pool, const qpk_kernels *k, int n, const qpk_matrix *const w[], const float *x,
+                     int64_t T, float *const y[], float *scratch)
+{
+    int threads = qpk_pool_threads(pool);
+    matmul_job j = {.k = k, .x = x, .scratch = scratch, .T = T, .n = n,
+                    .scratch_per_thread = qpk_gemm_scratch_floats(w[0]->cols)};
+    for (int i = 0; i < n; i++) {
+        /* About 4 tasks per thread for balance, in whole gemm panels. */
+        int64_t per = (w[i]->rows + 4 * threads - 1) / (4 * threads);
+        per = (per + QPK_GEMM_PANEL - 1) / QPK_GEMM_PANEL * QPK_GEMM_PANEL;
+        j.w[i] = w[i], j.y[i] = y[i], j.rows_per_task[i] = per;
+        j.first_task[i + 1] = j.first_task[i] + (w[i]->rows + per - 1) / per;
+    }
+    qpk_pool_run(pool, j.first_task[n], matmul_task, &j);
 }
 
 void qpk_matmul(qpk_pool *pool, const qpk_kernels *k, const qpk_matrix *w, const float *x, int64_t T, float *y,
                 float *scratch)
 {
-    int threads = qpk_pool_threads(pool);
-    /* About 4 tasks per thread for balance, in whole gemm panels. */
-    int64_t per = (w->rows + 4 * threads - 1) / (4 * threads);
-    per = (per + QPK_GEMM_PANEL - 1) / QPK_GEMM_PANEL * QPK_GEMM_PANEL;
-    matmul_job j = {k, w, x, y, scratch, T, per, qpk_gemm_scratch_floats(w->cols)};
-    qpk_pool_run(pool, (w->rows + per - 1) / per, matmul_task, &j);
+    qpk_matmul_many(pool, k, 1, &w, x, T, &y, scratch);
 }

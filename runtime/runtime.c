@@ -372,6 +372,21 @@ static void matmul(qpk_context *c, const qpk_matrix *w, const float *x, int64_t 
     qpk_matmul(c->pool, c->k, w, x, T, y, c->scratch);
 }
 
+/* Matrices that read the same x, in one pass of the pool (each on its own where one takes a permuted x). */
+static void matmul_many(qpk_context *c, int n, const qpk_matrix *const w[], const float *x, int64_t T,
+                        float *const y[])
+{
+    bool permuted = false;
+    for (int i = 0; i < n; i++)
+        permuted |= w[i]->perm != NULL;
+    if (!permuted) {
+        qpk_matmul_many(c->pool, c->k, n, w, x, T, y, c->scratch);
+        return;
+    }
+    for (int i = 0; i < n; i++)
+        matmul(c, w[i], x, T, y[i]);
+}
+
 static void add_bias(float *y, const float *b, int64_t T, int64_t n)
 {
     if (!b)
@@ -422,8 +437,7 @@ static void swiglu_task(void *arg, int64_t task, int thread)
 static void mlp(qpk_context *c, const qpk_matrix *gate, const qpk_matrix *up, const qpk_matrix *down, const float *x,
                 int64_t T, float *y, qpk_role down_role, int expert, qpk_capture_fn capture, void *ud)
 {
-    matmul(c, gate, x, T, c->gate);
-    matmul(c, up, x, T, c->up);
+    matmul_many(c, 2, (const qpk_matrix *[]){gate, up}, x, T, (float *[]){c->gate, c->up});
     int64_t n = T * gate->rows, per = 4096;
     swiglu_job sj = {c->gate, c->up, n, per};
     qpk_pool_run(c->pool, (n + per - 1) / per, swiglu_task, &sj);
@@ -525,9 +539,7 @@ static void forward_layer(qpk_context *c, const qpk_layer_weights *L, int64_t l,
     qpk_op_rms_norm(c->k, c->x, L->attn_norm, c->xn, T, H, eps);
     if (capture)
         capture(ud, QPK_ROLE_Q, -1, c->xn, T, H);
-    matmul(c, &L->q, c->xn, T, c->q);
-    matmul(c, &L->k, c->xn, T, c->kk);
-    matmul(c, &L->v, c->xn, T, c->vv);
+    matmul_many(c, 3, (const qpk_matrix *[]){&L->q, &L->k, &L->v}, c->xn, T, (float *[]){c->q, c->kk, c->vv});
     add_bias(c->q, L->bq, T, Q);
     add_bias(c->kk, L->bk, T, KV);
     add_bias(c->vv, L->bv, T, KV);

@@ -323,6 +323,14 @@ bool qpk_pool_cancelled(qpk_pool *p);
  */
 void qpk_matmul(qpk_pool *pool, const qpk_kernels *k, const qpk_matrix *w, const float *x, int64_t T, float *y,
                 float *scratch);
+/*
+ * qpk_matmul of n <= QPK_MATMUL_MAX matrices of the same cols that read the same x (q, k
+ * and v; gate and up) into y[0..n), in one pass of the pool: one wait for the threads
+ * instead of n, and the rows of all of them to balance.
+ */
+#define QPK_MATMUL_MAX 4
+void qpk_matmul_many(qpk_pool *pool, const qpk_kernels *k, int n, const qpk_matrix *const w[], const float *x,
+                     int64_t T, float *const y[], float *scratch);
 
 /*
  * GPTQ's statistics: H += x^T x over T rows of n inputs (the f32 Gram matrix of x's

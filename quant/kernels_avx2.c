@@ -1254,6 +1254,27 @@ AVX512 static inline __attribute__((always_inline)) void Q4_K_rows(const int R, 
 }
 #define Q5_K_rows(R, w, row, stride, x, y) k4_rows(R, QPK_TYPE_Q5_K, w, row, stride, x, y)
 DOT_1_2(Q4_K)
+
+AVX512 static void q4_k_row_512(const qpk_matrix *w, int64_t r, float *y)
+{
+    const __m512 iota = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const uint8_t *b = qpk_row_ptr(w, r);
+    float ds[8], dm[8];
+    for (int64_t i = 0; i < w->cols; i += 256, b += sizeof(qpk_block_q4_k), y += 256) {
+        q4_k_scales(b, ds, dm);
+        for (int j = 0; j < 8; j += 2) {
+            const uint8_t *qs = b + offsetof(qpk_block_q4_k, qs) + 16 * j;
+            const __m512i u = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)qs));
+            const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(qs + 16)));
+            const __m512 t0 = _mm512_fmsub_ps(_mm512_set1_ps(ds[j]), iota, _mm512_set1_ps(dm[j]));
+            const __m512 t1 = _mm512_fmsub_ps(_mm512_set1_ps(ds[j + 1]), iota, _mm512_set1_ps(dm[j + 1]));
+            _mm512_storeu_ps(y + 32 * j, _mm512_permutexvar_ps(u, t0));
+            _mm512_storeu_ps(y + 32 * j + 16, _mm512_permutexvar_ps(v, t0));
+            _mm512_storeu_ps(y + 32 * j + 32, _mm512_permutexvar_ps(_mm512_srli_epi32(u, 4), t1));
+            _mm512_storeu_ps(y + 32 * j + 48, _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), t1));
+        }
+    }
+}
 DOT_1_2(Q5_K)
 
 AVX512 static void iq4_row_512(const qpk_matrix *w, int64_t r, float *y)
@@ -1403,7 +1424,7 @@ static const qpk_type_kernels AVX512_TYPES[QPK_TYPE_COUNT_] = {
     [QPK_TYPE_INT8Z] = {to_f32_INT8Z, dot_INT8Z},
     [QPK_TYPE_Q4_1] = GGML_ROWS, [QPK_TYPE_Q5_0] = GGML_ROWS, [QPK_TYPE_Q5_1] = GGML_ROWS,
     [QPK_TYPE_Q2_K] = GGML_ROWS, [QPK_TYPE_Q3_K] = GGML_ROWS, 
-    [QPK_TYPE_Q4_K] = {k4_row_512, dot_512_Q4_K, dot2_512_Q4_K}, [QPK_TYPE_Q5_K] = {k4_row_512, dot_512_Q5_K, dot2_512_Q5_K},
+    [QPK_TYPE_Q4_K] = {q4_k_row_512, dot_512_Q4_K, dot2_512_Q4_K}, [QPK_TYPE_Q5_K] = {k4_row_512, dot_512_Q5_K, dot2_512_Q5_K},
     [QPK_TYPE_Q6_K] = {q6_k_row_512, dot_512_Q6_K, dot2_512_Q6_K},
     [QPK_TYPE_IQ4_NL] = {iq4_row_512, dot_512_IQ4_NL, dot2_512_IQ4_NL}, [QPK_TYPE_IQ4_XS] = {iq4_row_512, dot_512_IQ4_XS, dot2_512_IQ4_XS},
     [QPK_TYPE_MLX4] = {to_f32_512_MLX4, dot_512_MLX4, dot2_512_MLX4}, [QPK_TYPE_MLX8] = {to_f32_MLX8, dot_MLX8},

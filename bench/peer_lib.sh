@@ -13,10 +13,11 @@ lbench() {
              { gsub(/"/, ""); p = $col["n_prompt"]; g = $col["n_gen"]; v = $col["avg_ts"];
                if (g == 0) print "pp" p, v; else print "tg" g, v }'
 }
-# bench_runtime: the same three figures.
+# bench_runtime: the same three figures, and "bw N": decode's weight reads as N% of the bandwidth it measured.
 qbench() {
   "$qb/bench/bench_runtime" "$1" "$threads" |
-    awk '/^prefill pp/ { print $2, $3 } /^decode tg/ { print $2, $3 }'
+    awk '/^prefill pp/ { print $2, $3 }
+         /^decode tg/ { print $2, $3; if (match($0, /-> [0-9]+%/)) print "bw", substr($0, RSTART + 3, RLENGTH - 4) }'
 }
 # The machine, the peer's commit and build flags, qpk's commit.
 provenance() {

@@ -42,6 +42,7 @@ void qpk_scalar_row_to_f32(const qpk_matrix *w, int64_t r, float *dst);
 float qpk_scalar_row_dot(const qpk_matrix *w, const uint8_t *row, const float *x, float *scratch);
 
 extern const qpk_kernels qpk_kernels_avx2_table;
-extern const qpk_kernels qpk_kernels_avx512_table; /* AVX2's, with 4-bit codes by AVX-512 permutes, Q6_K by byte ops (F and BW) */
+/* AVX2's, with 4-bit codes by AVX-512 permutes, Q6_K by byte ops, int8 16 lanes wide (AVX-512F and BW) */
+extern const qpk_kernels qpk_kernels_avx512_table;
 
 #endif

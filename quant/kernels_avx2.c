@@ -239,7 +239,7 @@ static inline __attribute__((always_inline)) float gemv_qrow(uint32_t type, uint
     {                                                                                                            \
         plain_row_t(QPK_TYPE_##T, qpk_row_ptr(w, r), w->cols, dst);                                              \
     }                                                                                                            \
-    static float dot_##T(const qpk_matrix *w, const uint8_t *row, const float *x, float *scratch)                        \
+    static float dot_##T(const qpk_matrix *w, const uint8_t *row, const float *x, float *scratch)                \
     {                                                                                                            \
         (void)scratch;                                                                                           \
         return gemv_row(QPK_TYPE_##T, row, x, w->cols);                                            \
@@ -249,7 +249,7 @@ static inline __attribute__((always_inline)) float gemv_qrow(uint32_t type, uint
     {                                                                                                            \
         dequant_row_t(QPK_TYPE_##T, w->group_size, qpk_row_ptr(w, r), w->cols, dst);                             \
     }                                                                                                            \
-    static float dot_##T(const qpk_matrix *w, const uint8_t *row, const float *x, float *scratch)                        \
+    static float dot_##T(const qpk_matrix *w, const uint8_t *row, const float *x, float *scratch)                \
     {                                                                                                            \
         (void)scratch;                                                                                           \
         return gemv_qrow(QPK_TYPE_##T, w->group_size, row, x, w->cols);                            \
@@ -510,7 +510,10 @@ static void ggml_bytes_to_f32(const qpk_matrix *w, const uint8_t *row, float *ds
         qpk_dequantize_row(w->type, w->group_size, row, w->cols, dst);
 }
 
-static void ggml_row_to_f32(const qpk_matrix *w, int64_t r, float *dst) { ggml_bytes_to_f32(w, qpk_row_ptr(w, r), dst); }
+static void ggml_row_to_f32(const qpk_matrix *w, int64_t r, float *dst)
+{
+    ggml_bytes_to_f32(w, qpk_row_ptr(w, r), dst);
+}
 
 static float dot_ggml(const qpk_matrix *w, const uint8_t *row, const float *x, float *scratch)
 {
@@ -1424,9 +1427,11 @@ static const qpk_type_kernels AVX512_TYPES[QPK_TYPE_COUNT_] = {
     [QPK_TYPE_INT8Z] = {to_f32_INT8Z, dot_INT8Z},
     [QPK_TYPE_Q4_1] = GGML_ROWS, [QPK_TYPE_Q5_0] = GGML_ROWS, [QPK_TYPE_Q5_1] = GGML_ROWS,
     [QPK_TYPE_Q2_K] = GGML_ROWS, [QPK_TYPE_Q3_K] = GGML_ROWS, 
-    [QPK_TYPE_Q4_K] = {q4_k_row_512, dot_512_Q4_K, dot2_512_Q4_K}, [QPK_TYPE_Q5_K] = {k4_row_512, dot_512_Q5_K, dot2_512_Q5_K},
+    [QPK_TYPE_Q4_K] = {q4_k_row_512, dot_512_Q4_K, dot2_512_Q4_K},
+    [QPK_TYPE_Q5_K] = {k4_row_512, dot_512_Q5_K, dot2_512_Q5_K},
     [QPK_TYPE_Q6_K] = {q6_k_row_512, dot_512_Q6_K, dot2_512_Q6_K},
-    [QPK_TYPE_IQ4_NL] = {iq4_row_512, dot_512_IQ4_NL, dot2_512_IQ4_NL}, [QPK_TYPE_IQ4_XS] = {iq4_row_512, dot_512_IQ4_XS, dot2_512_IQ4_XS},
+    [QPK_TYPE_IQ4_NL] = {iq4_row_512, dot_512_IQ4_NL, dot2_512_IQ4_NL},
+    [QPK_TYPE_IQ4_XS] = {iq4_row_512, dot_512_IQ4_XS, dot2_512_IQ4_XS},
     [QPK_TYPE_MLX4] = {to_f32_512_MLX4, dot_512_MLX4, dot2_512_MLX4}, [QPK_TYPE_MLX8] = {to_f32_MLX8, dot_MLX8},
     [QPK_TYPE_MLX4_F16] = {to_f32_512_MLX4_F16, dot_512_MLX4_F16, dot2_512_MLX4_F16},
     [QPK_TYPE_MLX8_F16] = {to_f32_MLX8_F16, dot_MLX8_F16},

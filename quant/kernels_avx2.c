@@ -235,24 +235,24 @@ static inline __attribute__((always_inline)) float gemv_qrow(uint32_t type, uint
  * each instance). A type without a row in a table takes the scalar reference's.
  */
 #define PLAIN_ROWS(T)                                                                                             \
-    static void to_f32_##T(const qpk_matrix *w, int64_t r, float *dst)                                          \
+    static void to_f32_##T(const qpk_matrix *w, int64_t r, float *dst)                                           \
     {                                                                                                            \
         plain_row_t(QPK_TYPE_##T, qpk_row_ptr(w, r), w->cols, dst);                                              \
     }                                                                                                            \
     static float dot_##T(const qpk_matrix *w, const uint8_t *row, const float *x, float *scratch)                \
     {                                                                                                            \
         (void)scratch;                                                                                           \
-        return gemv_row(QPK_TYPE_##T, row, x, w->cols);                                            \
+        return gemv_row(QPK_TYPE_##T, row, x, w->cols);                                                          \
     }
 #define BLOCK_ROWS(T)                                                                                             \
-    static void to_f32_##T(const qpk_matrix *w, int64_t r, float *dst)                                          \
+    static void to_f32_##T(const qpk_matrix *w, int64_t r, float *dst)                                           \
     {                                                                                                            \
         dequant_row_t(QPK_TYPE_##T, w->group_size, qpk_row_ptr(w, r), w->cols, dst);                             \
     }                                                                                                            \
     static float dot_##T(const qpk_matrix *w, const uint8_t *row, const float *x, float *scratch)                \
     {                                                                                                            \
         (void)scratch;                                                                                           \
-        return gemv_qrow(QPK_TYPE_##T, w->group_size, row, x, w->cols);                            \
+        return gemv_qrow(QPK_TYPE_##T, w->group_size, row, x, w->cols);                                          \
     }
 PLAIN_ROWS(F32)
 PLAIN_ROWS(F16)
@@ -1045,7 +1045,7 @@ AVX512 static void q4_row_to_f32(uint32_t type, uint32_t group, const uint8_t *r
 }
 
 #define Q4_ROWS(T)                                                                                                \
-    static void to_f32_512_##T(const qpk_matrix *w, int64_t r, float *dst)                                      \
+    static void to_f32_512_##T(const qpk_matrix *w, int64_t r, float *dst)                                       \
     {                                                                                                            \
         q4_row_to_f32(QPK_TYPE_##T, w->group_size, qpk_row_ptr(w, r), w->cols, dst);                             \
     }                                                                                                            \

@@ -1049,14 +1049,14 @@ AVX512 static void q4_row_to_f32(uint32_t type, uint32_t group, const uint8_t *r
     {                                                                                                            \
         q4_row_to_f32(QPK_TYPE_##T, w->group_size, qpk_row_ptr(w, r), w->cols, dst);                             \
     }                                                                                                            \
-    AVX512 static float dot_512_##T(const qpk_matrix *w, const uint8_t *row, const float *x, float *scratch)    \
+    AVX512 static float dot_512_##T(const qpk_matrix *w, const uint8_t *row, const float *x, float *scratch)     \
     {                                                                                                            \
         (void)scratch;                                                                                           \
         float y;                                                                                                 \
         gemv_q4rows(1, QPK_TYPE_##T, w->group_size, row, 0, x, w->cols, &y);                                     \
         return y;                                                                                                \
     }                                                                                                            \
-    AVX512 static void dot2_512_##T(const qpk_matrix *w, const uint8_t *row, size_t stride, const float *x,     \
+    AVX512 static void dot2_512_##T(const qpk_matrix *w, const uint8_t *row, size_t stride, const float *x,      \
                                     float y[2])                                                                  \
     {                                                                                                            \
         gemv_q4rows(2, QPK_TYPE_##T, w->group_size, row, stride, x, w->cols, y);                                 \

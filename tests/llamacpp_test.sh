@@ -34,6 +34,17 @@ tmp=$(mktemp -d /tmp/qpk-llamacpp-XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 tokens=$fx/tokens/eval_public.i32
 pass=0 fail=0
+# Every check is queued first (its GGUF written, its llama.cpp job listed), then one node
+# process runs all the jobs (its start and llama.cpp's load dominated a run per check), then
+# qverify judges each: queue LABEL GGUF TOKENS QPK_MODEL MESSAGE QVERIFY-GATES...
+jobs=$tmp/jobs.txt labels=() models=() msgs=() gates=()
+: >"$jobs"
+queue() {
+  echo "$2 $3 2 128 $tmp/$1.logits" >>"$jobs"
+  labels+=("$1") models+=("$4") msgs+=("$5")
+  shift 5
+  gates+=("$*")
+}
 for m in gptq-int4 gptq-int4-actorder gptq-int8 awq mlx-4bit; do
   src=$fx/qwen-tiny-a-$m exact=$src
   if [ $m = gptq-int4-actorder ]; then # no GGUF type holds act-order groups: requantized, on request
@@ -41,15 +52,7 @@ for m in gptq-int4 gptq-int4-actorder gptq-int8 awq mlx-4bit; do
     exact=$tmp/$m.qpk src=$tmp/$m.qpk
   fi
   if ! "$bin/qconvert" "$src" -o "$tmp/$m.gguf" -q; then echo "FAIL: $m: GGUF export"; fail=$((fail + 1)); continue; fi
-  if ! node "$nlc/logits.mjs" "$tmp/$m.gguf" "$tokens" 2 128 "$tmp/$m.logits"; then
-    echo "FAIL: $m: llama.cpp did not run the GGUF"; fail=$((fail + 1)); continue
-  fi
-  if "$bin/qverify" "$exact" --ref "$tmp/$m.logits" -q --max-dppl 0.01 --max-kld 1e-3 --min-top1 95 >"$tmp/$m.txt" 2>&1; then
-    pass=$((pass + 1))
-    echo "$m: llama.cpp vs qpk: $(grep -E 'reference ppl|KL divergence' "$tmp/$m.txt" | tr -s ' ' | tr '\n' ';')"
-  else
-    fail=$((fail + 1)); echo "FAIL: $m:"; cat "$tmp/$m.txt"
-  fi
+  queue "$m" "$tmp/$m.gguf" "$tokens" "$exact" "llama.cpp vs qpk" --max-dppl 0.01 --max-kld 1e-3 --min-top1 95
 done
 
 # K-quants, both ways. qpk's own Q4_K_M / Q5_K_M / Q6_K files (a generated model whose rows are
@@ -62,15 +65,7 @@ td=$here/data
 cp "$td/tiny256/tokenizer.json" "$td/tiny256/tokenizer_config.json" "$tmp/k/"
 "$bin/qtokenize" "$td/tiny256/tokenizer.json" "$fx/text/eval_public.txt" --i32 >"$tmp/k.i32"
 kcheck() { # label GGUF TOKENS max-kld min-top1 max-dppl
-  if ! node "$nlc/logits.mjs" "$2" "$3" 2 128 "$tmp/$1.logits" >/dev/null; then
-    echo "FAIL: $1: llama.cpp did not run it"; fail=$((fail + 1)); return
-  fi
-  if "$bin/qverify" "$2" --ref "$tmp/$1.logits" -q --max-kld "$4" --min-top1 "$5" --max-dppl "$6" >"$tmp/$1.txt" 2>&1; then
-    pass=$((pass + 1))
-    echo "$1: llama.cpp vs qpk on the same GGUF: $(grep -E 'reference ppl|KL divergence|top-1' "$tmp/$1.txt" | tr -s ' ' | tr '\n' ';')"
-  else
-    fail=$((fail + 1)); echo "FAIL: $1:"; cat "$tmp/$1.txt"
-  fi
+  queue "$1" "$2" "$3" "$2" "llama.cpp vs qpk on the same GGUF" --max-kld "$4" --min-top1 "$5" --max-dppl "$6"
 }
 for p in q4_k_m q5_k_m q6_k iq4_xs iq4_nl; do
   "$bin/qconvert" "$tmp/k" --preset $p -o "$tmp/k-$p.gguf" -q && kcheck "qpk-$p" "$tmp/k-$p.gguf" "$tmp/k.i32" 1e-4 95 0.005
@@ -130,5 +125,24 @@ if "$bin/qconvert" "$fx/qwen-tiny-a" --quant int4 --split-max-tensors 10 -o "$tm
 else
   echo "FAIL: split set export"; fail=$((fail + 1))
 fi
+
+if node "$nlc/logits.mjs" --jobs "$jobs" >"$tmp/node.txt" 2>&1; then
+  grep -m1 -o 'node-llama-cpp .*CPU)' "$tmp/node.txt"
+else # a failed job leaves no .logits, and its check fails below
+  echo "llama.cpp failed:"; grep -v 'node-llama-cpp .*CPU)' "$tmp/node.txt" | tail -20
+fi
+for i in "${!labels[@]}"; do
+  l=${labels[$i]}
+  if [ ! -f "$tmp/$l.logits" ]; then
+    echo "FAIL: $l: llama.cpp did not run it"; fail=$((fail + 1)); continue
+  fi
+  # shellcheck disable=SC2086 # the gates are words
+  if "$bin/qverify" "${models[$i]}" --ref "$tmp/$l.logits" -q ${gates[$i]} >"$tmp/$l.txt" 2>&1; then
+    pass=$((pass + 1))
+    echo "$l: ${msgs[$i]}: $(grep -E 'reference ppl|KL divergence|top-1' "$tmp/$l.txt" | tr -s ' ' | tr '\n' ';')"
+  else
+    fail=$((fail + 1)); echo "FAIL: $l:"; cat "$tmp/$l.txt"
+  fi
+done
 echo "llamacpp_test: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -7,6 +7,8 @@
  * Converted with --dtype f32 and --dtype keep, and read straight from the HF folder.
  * QPK_PPL_CHUNKS=N limits the perplexity to the first N chunks (sanitizer builds);
  * the reference is then the mean of those chunks' per-chunk NLLs.
+ * "test_fixture_parity outlier" checks qwen-tiny-a-outlier (ctest's test_fixture_parity_outlier),
+ * no argument qwen-tiny-a: two tests, which two cores finish sooner than one twice as long.
  */
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -74,7 +76,7 @@ static void check_ppl(const char *what, qpk_source *src, const char *model_dir, 
     free(text);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     const char *fx = fixtures_dir();
     if (!fx)
@@ -88,7 +90,12 @@ int main(void)
     snprintf(tokens_path, sizeof tokens_path, "%s/tokens/eval_public.i32", fx);
     int32_t *tok = (int32_t *)slurp(tokens_path, &tlen);
     const char *models[2] = {"qwen-tiny-a", "qwen-tiny-a-outlier"};
-    for (int mi = 0; mi < 2; mi++) {
+    const bool outlier = argc > 1 && !strcmp(argv[1], "outlier");
+    if (argc > 1 && !outlier) {
+        fprintf(stderr, "usage: test_fixture_parity [outlier]\n");
+        return 2;
+    }
+    for (int mi = outlier; mi < 1 + outlier; mi++) {
         snprintf(dir, sizeof dir, "%s/%s", fx, models[mi]);
         const int dtypes[2] = {QPK_TYPE_F32, -1};
         for (int k = 0; k < 3; k++) {
@@ -119,5 +126,5 @@ int main(void)
     }
     free(tok);
     rmdir(tmp);
-    return th_summary("test_fixture_parity");
+    return th_summary(outlier ? "test_fixture_parity_outlier" : "test_fixture_parity");
 }

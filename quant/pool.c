@@ -194,6 +194,8 @@ static void matmul_task(void *arg, int64_t task, int thread)
 void qpk_matmul(qpk_pool *pool, const qpk_kernels *k, const qpk_matrix *w, const float *x, int64_t T, float *y,
                 float *scratch)
 {
+    if (w->rows == 0) /* nothing to compute (calibration leaves out a product whose output it never reads) */
+        return;
     int threads = qpk_pool_threads(pool);
     /* About 4 tasks per thread for balance, in whole gemm panels. */
     int64_t per = (w->rows + 4 * threads - 1) / (4 * threads);

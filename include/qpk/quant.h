@@ -282,6 +282,13 @@ struct qpk_kernels {
      */
     void (*gemm_sub_f64)(const double *x, int64_t ldx, int64_t T, const double *p, int64_t ldp, int64_t K,
                          double *y, int64_t ldy, int64_t J);
+    /*
+     * y[s * T + t] = dot(x + t * ldx, w + s * ldw, n) for t < T, s < S: each the table's
+     * dot, bit for bit, many at once (AWQ's clip search: every sampled row against each
+     * clip ratio's weight errors).
+     */
+    void (*dot_rows)(const float *x, int64_t ldx, int64_t T, const float *w, int64_t ldw, int64_t S, int64_t n,
+                     float *y);
 };
 
 /* The best table this CPU runs: "avx512" (AVX2's with AVX-512F for 4-bit codes), "avx2"

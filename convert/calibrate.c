@@ -132,6 +132,7 @@ struct qpk_calib {
     float *X;         /* [samples][seq_len][H] hidden states entering the current layer */
     float *tmp;       /* one window */
     qpk_gram_ws *gram; /* GPTQ */
+    qpk_gptq_plan *plan; /* GPTQ: refitted for each input, its memory allocated once */
     unit *u;           /* U_EXPERTS + 2 x experts */
     int n_units;
     int64_t sample_stride;
@@ -236,6 +237,7 @@ void qpk_calib_end(qpk_calib *c)
     for (int r = 0; r < QPK_ROLE_COUNT_; r++)
         free(c->f32[r]), free(c->bytes[r]);
     qpk_gram_ws_free(c->gram);
+    qpk_gptq_plan_free(c->plan);
     free(c->X), free(c->tmp);
     free(c);
 }
@@ -372,6 +374,8 @@ qpk_status qpk_calib_begin(qpk_calib **out, qpk_source *src, const qpk_convert_o
     s = ok ? QPK_OK : qpk_err_setf(e, QPK_E_NOMEM, "out of memory for %d calibration windows of %d tokens", n, L);
     if (s == QPK_OK && qpk_method_uses_gptq(o->method))
         s = qpk_gram_ws_create(&c->gram, widest, L, pool, e);
+    if (s == QPK_OK && qpk_method_uses_gptq(o->method))
+        s = qpk_gptq_plan_alloc(&c->plan, widest, e);
     if (s == QPK_OK)
         s = qpk_model_create(&c->model, cf, sizing_weight, src, e);
     qpk_context_opts co = {.n_ctx = L, .n_batch = L, .pool = pool};
@@ -451,6 +455,10 @@ static qpk_status gather(qpk_calib *c, int l, qpk_err *e)
         s->n_rows = s->n_seen = s->n_tokens = 0;
     }
     qpk_layer_weights v = layer_view(c, l);
+    /* The float layer's output is never read (advance makes the next layer's input), and
+     * down's input is captured before its product: a dense layer's down is left out (no rows). */
+    if (!qpk_layer_is_sparse(c->cfg, l))
+        v.down.rows = 0;
     size_t window = (size_t)c->p.seq_len * (size_t)c->cfg->hidden_size;
     for (int w = 0; w < c->p.samples; w++) {
         memcpy(c->tmp, c->X + (size_t)w * window, window * sizeof(float));
@@ -546,7 +554,7 @@ static qpk_status quantize_gptq(qpk_calib *c, qpk_err *e)
             QPK_TRY(store_rtn(c, u, e));
             continue;
         }
-        qpk_gptq_plan *plan = NULL; /* one factorization for the linears sharing this input */
+        bool fitted = false; /* one factorization for the linears sharing this input */
         qpk_status s = QPK_OK;
         for (int i = 0; i < u->n_lin && s == QPK_OK; i++) {
             const slice sl = u->lin[i];
@@ -556,17 +564,17 @@ static qpk_status quantize_gptq(qpk_calib *c, qpk_err *e)
                 s = store_slice(c, sl, NULL, NULL, e);
                 continue;
             }
-            if (!plan) {
+            if (!fitted) {
                 qpk_gram_mirror(u->H, u->d);
-                if ((s = qpk_gptq_plan_create(&plan, u->H, cols, &c->p.gptq, c->pool, e)) != QPK_OK)
+                if ((s = qpk_gptq_plan_refit(c->plan, u->H, cols, &c->p.gptq, c->pool, e)) != QPK_OK)
                     break;
+                fitted = true;
             }
             const size_t rb = qpk_type_row_bytes(c->type[sl.role], c->group[sl.role], cols);
-            s = qpk_gptq_quantize(plan, c->type[sl.role], c->group[sl.role], c->f32[sl.role] + sl.row0 * cols, sl.rows,
+            s = qpk_gptq_quantize(c->plan, c->type[sl.role], c->group[sl.role], c->f32[sl.role] + sl.row0 * cols, sl.rows,
                                   c->pool, c->bytes[sl.role] + (size_t)sl.row0 * rb, e);
             c->nbytes[sl.role] = rb * (size_t)rows;
         }
-        qpk_gptq_plan_free(plan);
         QPK_TRY(s);
     }
     return QPK_OK;

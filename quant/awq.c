@@ -11,38 +11,50 @@
 
 #define FQ_TASK_ROWS 16
 #define CLIP_TASK_ROWS 8
+#define QPK_AWQ_CLIP_STEPS_MAX 20 /* ratios 1.00 down to 0.05: the grid has no more */
 
 typedef struct fq_job {
     const qpk_awq_linear *lin;
     const float *s; /* column scales */
     float *out;
+    const qpk_kernels *k;
+    uint8_t *bytes; /* per thread: one quantized row */
+    size_t row_bytes;
 } fq_job;
 
-/* out = W diag(s), each group quantized and decoded (RTN), diag(1/s): the weights AWQ would use. */
+/*
+ * out = W diag(s), each group quantized and decoded (RTN), diag(1/s): the weights AWQ would use.
+ * A row goes through its stored bytes with the table's quantize_row and row_to_f32 (the
+ * bytes of qpk_quantize_row, decoded exactly: the values qpk_quantize_group gives, a
+ * vector at a time); a row they refuse, group by group as qpk_quantize_group leaves it.
+ */
 static void fq_task(void *arg, int64_t task, int thread)
 {
-    (void)thread;
     const fq_job *j = arg;
     const qpk_awq_linear *l = j->lin;
     const int64_t r1 = (task + 1) * FQ_TASK_ROWS < l->rows ? (task + 1) * FQ_TASK_ROWS : l->rows;
-    /* ggml's block types quantize whole rows: their bytes go through this buffer. */
-    const bool rows = !qpk_type_has_grid(l->type);
-    uint8_t *bytes = rows ? malloc(qpk_type_row_bytes(l->type, l->group, l->cols)) : NULL;
+    const bool grid = qpk_type_has_grid(l->type);
+    uint8_t *bytes = j->bytes + (size_t)thread * j->row_bytes;
+    const qpk_matrix row = {l->type, l->group, 1, l->cols, bytes, NULL};
     for (int64_t i = task * FQ_TASK_ROWS; i < r1; i++) {
         float *o = j->out + i * l->cols;
         for (int64_t k = 0; k < l->cols; k++)
             o[k] = l->w[i * l->cols + k] * j->s[k];
         /* A non-finite weight leaves its group (row) as it is: the store that follows refuses it by name. */
-        if (rows && bytes && qpk_quantize_row(l->type, l->group, o, l->cols, bytes, NULL) == QPK_OK)
-            qpk_dequantize_row(l->type, l->group, bytes, l->cols, o);
-        for (int64_t g = 0; !rows && g < l->cols; g += l->group) {
-            qpk_qparams p;
-            qpk_quantize_group(l->type, o + g, l->group, 1.0f, &p, NULL, o + g, NULL);
+        if (!grid) {
+            if (qpk_quantize_row(l->type, l->group, o, l->cols, bytes, NULL) == QPK_OK)
+                qpk_dequantize_row(l->type, l->group, bytes, l->cols, o);
+        } else if (j->k->quantize_row(l->type, l->group, o, l->cols, bytes, NULL) == QPK_OK) {
+            j->k->row_to_f32(&row, 0, o);
+        } else {
+            for (int64_t g = 0; g < l->cols; g += l->group) {
+                qpk_qparams p;
+                qpk_quantize_group(l->type, o + g, l->group, 1.0f, &p, NULL, o + g, NULL);
+            }
         }
         for (int64_t k = 0; k < l->cols; k++)
             o[k] /= j->s[k];
     }
-    free(bytes);
 }
 
 typedef struct search {
@@ -53,6 +65,8 @@ typedef struct search {
     qpk_pool *pool;
     const qpk_kernels *k;
     float *wq, *y, *yref[3], *scratch;
+    uint8_t *bytes; /* per thread: a quantized row of the widest linear */
+    size_t row_bytes;
 } search;
 
 /* Sum over the quantized linears of |X W^T - X Wq^T|^2 on the sampled rows X, for scales s. */
@@ -63,7 +77,7 @@ static double loss_of(search *S, const float *s)
         const qpk_awq_linear *l = &S->lin[i];
         if (!qpk_type_is_quantized(l->type))
             continue;
-        fq_job fj = {l, s, S->wq};
+        fq_job fj = {l, s, S->wq, S->k, S->bytes, qpk_type_row_bytes(l->type, l->group, l->cols)};
         qpk_pool_run(S->pool, (l->rows + FQ_TASK_ROWS - 1) / FQ_TASK_ROWS, fq_task, &fj);
         qpk_matrix mq = {QPK_TYPE_F32, 0, l->rows, l->cols, S->wq};
         qpk_matmul(S->pool, S->k, &mq, S->rows, S->n_rows, S->y, S->scratch);
@@ -96,7 +110,11 @@ qpk_status qpk_awq_scales(const qpk_awq_linear *lin, int n_lin, const double *me
                 malloc((size_t)(n_rows * most_rows) * sizeof(float)), {NULL, NULL, NULL},
                 malloc((size_t)qpk_pool_threads(pool) * qpk_gemm_scratch_floats(d) * sizeof(float))};
     float *s = malloc((size_t)d * sizeof *s);
-    bool ok = S.wq && S.y && S.scratch && s;
+    for (int i = 0; i < n_lin; i++)
+        if (qpk_type_is_quantized(lin[i].type) && qpk_type_row_bytes(lin[i].type, lin[i].group, d) > S.row_bytes)
+            S.row_bytes = qpk_type_row_bytes(lin[i].type, lin[i].group, d);
+    S.bytes = malloc((size_t)qpk_pool_threads(pool) * S.row_bytes + 1);
+    bool ok = S.wq && S.y && S.scratch && s && S.bytes;
     for (int i = 0; i < n_lin && ok; i++)
         ok = (S.yref[i] = malloc((size_t)(n_rows * lin[i].rows) * sizeof(float))) != NULL;
     qpk_status st = ok ? QPK_OK : qpk_err_setf(e, QPK_E_NOMEM, "AWQ: out of memory for the scale search");
@@ -127,7 +145,7 @@ qpk_status qpk_awq_scales(const qpk_awq_linear *lin, int n_lin, const double *me
             memcpy(best_s, s, (size_t)d * sizeof *best_s);
         }
     }
-    free(S.wq), free(S.y), free(S.scratch), free(s);
+    free(S.wq), free(S.y), free(S.scratch), free(S.bytes), free(s);
     for (int i = 0; i < n_lin; i++)
         free(S.yref[i]);
     return st;
@@ -140,47 +158,60 @@ typedef struct clip_job {
     const float *xs;
     int64_t n_rows;
     float *clip; /* [rows][groups] */
-    float *dw;   /* per thread: one group's weight errors */
+    float *work; /* per thread: each ratio's weight errors of one group [clip_steps][G], their outputs [clip_steps][n_rows] */
+    size_t per_thread;
 } clip_job;
 
+/*
+ * Every ratio's weight errors of a group first, then all their outputs on the sampled
+ * rows in one dot_rows (the rows' loads shared by the ratios, many dots in flight), then
+ * the ratios compared in order: each error sum is the same chain of the same dots.
+ */
 static void clip_task(void *arg, int64_t task, int thread)
 {
     const clip_job *j = arg;
     const qpk_awq_linear *l = j->lin;
-    const int64_t G = l->group, ng = l->cols / G;
+    const int64_t G = l->group, ng = l->cols / G, T = j->n_rows;
     const int64_t r1 = (task + 1) * CLIP_TASK_ROWS < l->rows ? (task + 1) * CLIP_TASK_ROWS : l->rows;
-    float *dw = j->dw + (size_t)thread * (size_t)G;
+    float *dw = j->work + (size_t)thread * j->per_thread, *y = dw + (size_t)j->o->clip_steps * (size_t)G;
     for (int64_t i = task * CLIP_TASK_ROWS; i < r1; i++)
         for (int64_t g = 0; g < ng; g++) {
             const float *w = l->w + i * l->cols + g * G;
-            double best = INFINITY;
-            j->clip[i * ng + g] = 1;
-            for (int step = 0; step < j->o->clip_steps; step++) {
-                float ratio = 1.0f - 0.05f * (float)step;
+            int steps = 0;
+            for (; steps < j->o->clip_steps; steps++) {
+                float ratio = 1.0f - 0.05f * (float)steps, *d = dw + steps * G;
                 qpk_qparams p;
-                if (qpk_quantize_group(l->type, w, G, ratio, &p, NULL, dw, NULL) != QPK_OK)
+                if (qpk_quantize_group(l->type, w, G, ratio, &p, NULL, d, NULL) != QPK_OK)
                     break;
                 for (int64_t c = 0; c < G; c++)
-                    dw[c] = w[c] - dw[c];
-                double err = 0;
-                for (int64_t t = 0; t < j->n_rows; t++) {
-                    double y = j->k->dot(j->xs + t * l->cols + g * G, dw, G);
-                    err += y * y;
-                }
-                if (err < best)
-                    best = err, j->clip[i * ng + g] = ratio;
+                    d[c] = w[c] - d[c];
             }
+            j->k->dot_rows(j->xs + g * G, l->cols, T, dw, G, steps, G, y);
+            double err[QPK_AWQ_CLIP_STEPS_MAX] = {0}, best = INFINITY;
+            for (int64_t t = 0; t < T; t++) /* the ratios' sums side by side, each in the rows' order */
+                for (int step = 0; step < steps; step++) {
+                    double v = y[step * T + t];
+                    err[step] += v * v;
+                }
+            j->clip[i * ng + g] = 1;
+            for (int step = 0; step < steps; step++)
+                if (err[step] < best)
+                    best = err[step], j->clip[i * ng + g] = 1.0f - 0.05f * (float)step;
         }
 }
 
 qpk_status qpk_awq_clip(const qpk_awq_linear *lin, const float *xs, int64_t n_rows, const qpk_awq_opts *o,
                         qpk_pool *pool, const qpk_kernels *k, float *clip, qpk_err *e)
 {
-    float *dw = malloc((size_t)qpk_pool_threads(pool) * lin->group * sizeof *dw);
-    if (!dw)
+    if (o->clip_steps > QPK_AWQ_CLIP_STEPS_MAX)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "AWQ: %d clip ratios (at most %d)", o->clip_steps,
+                            QPK_AWQ_CLIP_STEPS_MAX);
+    const size_t per_thread = (size_t)(o->clip_steps > 0 ? o->clip_steps : 0) * (size_t)(lin->group + n_rows);
+    float *work = malloc((size_t)qpk_pool_threads(pool) * per_thread * sizeof *work + 1);
+    if (!work)
         return qpk_err_setf(e, QPK_E_NOMEM, "AWQ: out of memory for the clip search");
-    clip_job j = {lin, o, k, xs, n_rows, clip, dw};
+    clip_job j = {lin, o, k, xs, n_rows, clip, work, per_thread};
     qpk_pool_run(pool, (lin->rows + CLIP_TASK_ROWS - 1) / CLIP_TASK_ROWS, clip_task, &j);
-    free(dw);
+    free(work);
     return qpk_pool_cancelled(pool) ? qpk_err_setf(e, QPK_E_CANCELLED, "cancelled") : QPK_OK;
 }

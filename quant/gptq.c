@@ -194,12 +194,19 @@ static bool upper_factor_of_inverse(double *A, int64_t n, double *X, double *P, 
 
 /* -------------------------------------------------------------- statistics */
 
-#define GRAM_SLABS 8 /* row slabs of the symmetric x^T x: 1/2 + 1/16 of the full product */
+/*
+ * x^T x in square tiles of H, one tile per task, each tile's products added to H by the
+ * task that made them while they are still in cache: the accumulation into H (f64,
+ * memory-bound on wide inputs) runs on every thread, not after the product on one. A
+ * tile's products are one gemm_acc from zero over the batch's rows in order, the chain
+ * the kernels give every output: the same f32 sums whatever the tiling.
+ */
+#define GRAM_TILE 64 /* rows and columns of H per task: a multiple of the kernels' 32-column panels */
 
 struct qpk_gram_ws {
-    float *xt;      /* the batch transposed: [n][T] */
-    float *xtx;     /* one slab's products */
-    float *scratch; /* matmul scratch of every thread */
+    float *xt;    /* the batch transposed: [n][T] */
+    float *work;  /* per thread: the tile's columns of x [T][GRAM_TILE], then its products [GRAM_TILE][GRAM_TILE] */
+    size_t per_thread;
 };
 
 qpk_status qpk_gram_ws_create(qpk_gram_ws **out, int64_t n_max, int64_t t_max, qpk_pool *pool, qpk_err *e)
@@ -207,11 +214,11 @@ qpk_status qpk_gram_ws_create(qpk_gram_ws **out, int64_t n_max, int64_t t_max, q
     *out = NULL;
     qpk_gram_ws *ws = calloc(1, sizeof *ws);
     if (ws) {
+        ws->per_thread = (size_t)(t_max + GRAM_TILE) * GRAM_TILE;
         ws->xt = malloc((size_t)(n_max * t_max) * sizeof(float));
-        ws->xtx = malloc((size_t)(n_max * n_max) * sizeof(float));
-        ws->scratch = malloc((size_t)qpk_pool_threads(pool) * qpk_gemm_scratch_floats(t_max) * sizeof(float));
+        ws->work = malloc((size_t)qpk_pool_threads(pool) * ws->per_thread * sizeof(float));
     }
-    if (!ws || !ws->xt || !ws->xtx || !ws->scratch) {
+    if (!ws || !ws->xt || !ws->work) {
         qpk_gram_ws_free(ws);
         return qpk_err_setf(e, QPK_E_NOMEM, "GPTQ: out of memory for the statistics of %lld inputs", (long long)n_max);
     }
@@ -222,26 +229,65 @@ qpk_status qpk_gram_ws_create(qpk_gram_ws **out, int64_t n_max, int64_t t_max, q
 void qpk_gram_ws_free(qpk_gram_ws *ws)
 {
     if (ws)
-        free(ws->xt), free(ws->xtx), free(ws->scratch), free(ws);
+        free(ws->xt), free(ws->work), free(ws);
+}
+
+typedef struct gram_job {
+    double *H;
+    const float *x;
+    int64_t T, n, tiles; /* tiles: per side of H */
+    qpk_gram_ws *ws;
+    const qpk_kernels *k;
+} gram_job;
+
+/* Columns [i0, i0 + GRAM_TILE) of x into rows of xt, 16 rows of x at a time (they stay in L1). */
+static void gram_transpose_task(void *arg, int64_t task, int thread)
+{
+    (void)thread;
+    const gram_job *j = arg;
+    const int64_t i0 = task * GRAM_TILE, i1 = i0 + GRAM_TILE < j->n ? i0 + GRAM_TILE : j->n;
+    for (int64_t t0 = 0; t0 < j->T; t0 += 16) {
+        const int64_t t1 = t0 + 16 < j->T ? t0 + 16 : j->T;
+        for (int64_t i = i0; i < i1; i++)
+            for (int64_t t = t0; t < t1; t++)
+                j->ws->xt[i * j->T + t] = j->x[t * j->n + i];
+    }
+}
+
+/* Tile (ta, tb), tb >= ta, of the upper triangle: its products, then H += them. */
+static void gram_tile_task(void *arg, int64_t task, int thread)
+{
+    const gram_job *j = arg;
+    const int64_t n = j->n, T = j->T;
+    int64_t ta = 0;
+    while (task >= j->tiles - ta) /* the tiles are numbered row by row of the triangle */
+        task -= j->tiles - ta, ta++;
+    const int64_t tb = ta + task, a0 = ta * GRAM_TILE, a1 = a0 + GRAM_TILE < n ? a0 + GRAM_TILE : n;
+    const int64_t b0 = tb * GRAM_TILE, b1 = b0 + GRAM_TILE < n ? b0 + GRAM_TILE : n, w = b1 - b0;
+    float *panel = j->ws->work + (size_t)thread * j->ws->per_thread, *y = panel + (size_t)T * GRAM_TILE;
+    for (int64_t t = 0; t < T; t++)
+        memcpy(panel + t * GRAM_TILE, j->x + t * n + b0, (size_t)w * sizeof *panel);
+    memset(y, 0, (size_t)(GRAM_TILE * GRAM_TILE) * sizeof *y);
+    /* On the diagonal, each 32-row half only from its own columns on: the lower quarter is not needed. */
+    const int64_t half = ta == tb ? 32 : GRAM_TILE;
+    for (int64_t r = 0; r < a1 - a0; r += half) {
+        const int64_t c = ta == tb ? r : 0, rows = a1 - a0 - r < half ? a1 - a0 - r : half;
+        if (c < w)
+            j->k->gemm_acc(j->ws->xt + (a0 + r) * T, T, rows, panel + c, GRAM_TILE, T, y + r * GRAM_TILE + c,
+                           GRAM_TILE, w - c);
+    }
+    for (int64_t a = a0; a < a1; a++)
+        for (int64_t b = a > b0 ? a : b0; b < b1; b++)
+            j->H[a * n + b] += y[(a - a0) * GRAM_TILE + (b - b0)];
 }
 
 void qpk_gram_add_upper(double *H, const float *x, int64_t T, int64_t n, qpk_gram_ws *ws, qpk_pool *pool,
                         const qpk_kernels *k)
 {
-    /* Slab by slab of rows, the columns from the slab's first row on: the upper triangle and a little more. */
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t i = 0; i < n; i++)
-            ws->xt[i * T + t] = x[t * n + i];
-    for (int slab = 0; slab < GRAM_SLABS; slab++) {
-        const int64_t a0 = n * slab / GRAM_SLABS, a1 = n * (slab + 1) / GRAM_SLABS, w = n - a0;
-        if (a1 == a0)
-            continue;
-        qpk_matrix m = {QPK_TYPE_F32, 0, w, T, ws->xt + a0 * T};
-        qpk_matmul(pool, k, &m, ws->xt + a0 * T, a1 - a0, ws->xtx, ws->scratch);
-        for (int64_t a = a0; a < a1; a++)
-            for (int64_t b = a; b < n; b++)
-                H[a * n + b] += ws->xtx[(a - a0) * w + (b - a0)];
-    }
+    const int64_t tiles = (n + GRAM_TILE - 1) / GRAM_TILE;
+    gram_job j = {H, x, T, n, tiles, ws, k};
+    qpk_pool_run(pool, tiles, gram_transpose_task, &j);
+    qpk_pool_run(pool, tiles * (tiles + 1) / 2, gram_tile_task, &j);
 }
 
 void qpk_gram_mirror(double *H, int64_t n)
@@ -357,39 +403,66 @@ static int cmp_items(const void *a, const void *b)
 }
 
 struct qpk_gptq_plan {
-    int64_t n;
+    int64_t n, n_max;
     bool act_order;
     int64_t *perm; /* processing position -> column */
     bool *dead;    /* columns whose input was never nonzero */
     float *U;      /* n x n: upper Cholesky factor of the damped, permuted H^-1 */
     float *imp;    /* H's diagonal (each input's mean square): what ggml's block fits weigh errors by */
+    /* The factorization's work, kept for the next H: buffers this size come from fresh pages
+     * (their first touch faults) each time they are allocated. */
+    sort_item *items;
+    double *B, *work, *panel;
 };
 
 void qpk_gptq_plan_free(qpk_gptq_plan *p)
 {
     if (p)
-        free(p->perm), free(p->dead), free(p->U), free(p->imp), free(p);
+        free(p->perm), free(p->dead), free(p->U), free(p->imp), free(p->items), free(p->B), free(p->work),
+            free(p->panel), free(p);
 }
 
 qpk_status qpk_gptq_plan_create(qpk_gptq_plan **out, const double *H, int64_t n, const qpk_gptq_opts *o,
                                 qpk_pool *pool, qpk_err *e)
 {
     *out = NULL;
+    qpk_gptq_plan *p;
+    qpk_status s = qpk_gptq_plan_alloc(&p, n, e);
+    if (s == QPK_OK && (s = qpk_gptq_plan_refit(p, H, n, o, pool, e)) != QPK_OK)
+        qpk_gptq_plan_free(p), p = NULL;
+    *out = p;
+    return s;
+}
+
+qpk_status qpk_gptq_plan_alloc(qpk_gptq_plan **out, int64_t n_max, qpk_err *e)
+{
+    *out = NULL;
+    qpk_gptq_plan *p = calloc(1, sizeof *p);
+    const size_t n = (size_t)n_max;
+    if (p)
+        p->n_max = n_max, p->perm = malloc(n * sizeof *p->perm), p->dead = malloc(n * sizeof *p->dead),
+        p->U = malloc(n * n * sizeof *p->U), p->imp = malloc(n * sizeof *p->imp), p->items = malloc(n * sizeof *p->items),
+        p->B = malloc(n * n * sizeof *p->B), p->work = malloc(n * n * sizeof *p->work),
+        p->panel = malloc(n * PANEL * sizeof *p->panel);
+    if (!p || !p->perm || !p->dead || !p->U || !p->imp || !p->items || !p->B || !p->work || !p->panel) {
+        qpk_gptq_plan_free(p);
+        return qpk_err_setf(e, QPK_E_NOMEM, "GPTQ: out of memory for a Hessian of %lld columns", (long long)n_max);
+    }
+    *out = p;
+    return QPK_OK;
+}
+
+qpk_status qpk_gptq_plan_refit(qpk_gptq_plan *p, const double *H, int64_t n, const qpk_gptq_opts *o, qpk_pool *pool,
+                               qpk_err *e)
+{
     if (!(o->damp > 0))
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "GPTQ: the dampening must be positive (got %g)", o->damp);
-    qpk_gptq_plan *p = calloc(1, sizeof *p);
-    sort_item *items = malloc((size_t)n * sizeof *items);
-    double *B = malloc((size_t)(n * n) * sizeof *B), *work = malloc((size_t)(n * n) * sizeof *work);
-    double *panel = malloc((size_t)n * PANEL * sizeof *panel);
-    if (p)
-        p->n = n, p->act_order = o->act_order, p->perm = malloc((size_t)n * sizeof *p->perm),
-        p->dead = malloc((size_t)n * sizeof *p->dead), p->U = malloc((size_t)(n * n) * sizeof *p->U),
-        p->imp = malloc((size_t)n * sizeof *p->imp);
-    qpk_status s = QPK_OK;
-    if (!p || !items || !B || !work || !panel || !p->perm || !p->dead || !p->U || !p->imp) {
-        s = qpk_err_setf(e, QPK_E_NOMEM, "GPTQ: out of memory for a Hessian of %lld columns", (long long)n);
-        goto out;
-    }
+    if (n > p->n_max)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "GPTQ: a plan for %lld columns cannot take %lld",
+                            (long long)p->n_max, (long long)n);
+    p->n = n, p->act_order = o->act_order;
+    sort_item *items = p->items;
+    double *B = p->B;
     /* Dead inputs carry no information: their weights are zeroed, and a unit diagonal keeps H invertible. */
     double mean = 0;
     for (int64_t i = 0; i < n; i++) {
@@ -411,21 +484,14 @@ qpk_status qpk_gptq_plan_create(qpk_gptq_plan **out, const double *H, int64_t n,
                 const int64_t a = p->perm[n - 1 - i], b = p->perm[n - 1 - j];
                 B[i * n + j] = (a == b && p->dead[a] ? 1.0 : H[a * n + b]) + (i == j ? damp * mean : 0.0);
             }
-        ok = upper_factor_of_inverse(B, n, work, panel, p->U, pool);
-        if (pool && qpk_pool_cancelled(pool)) {
-            s = qpk_err_setf(e, QPK_E_CANCELLED, "cancelled");
-            goto out;
-        }
+        ok = upper_factor_of_inverse(B, n, p->work, p->panel, p->U, pool);
+        if (pool && qpk_pool_cancelled(pool))
+            return qpk_err_setf(e, QPK_E_CANCELLED, "cancelled");
     }
     if (!ok)
-        s = qpk_err_setf(e, QPK_E_VALUE, "GPTQ: the Hessian is not positive definite even with damping %g", damp / 10);
-out:
-    free(items), free(B), free(work), free(panel);
-    if (s != QPK_OK)
-        qpk_gptq_plan_free(p);
-    else
-        *out = p;
-    return s;
+        return qpk_err_setf(e, QPK_E_VALUE, "GPTQ: the Hessian is not positive definite even with damping %g",
+                            damp / 10);
+    return QPK_OK;
 }
 
 qpk_status qpk_gptq_quantize(const qpk_gptq_plan *p, uint32_t type, uint32_t group, float *W, int64_t rows,

@@ -59,6 +59,14 @@ static float dot(const float *x, const float *y, int64_t n)
     return s;
 }
 
+static void dot_rows(const float *x, int64_t ldx, int64_t T, const float *w, int64_t ldw, int64_t S, int64_t n,
+                     float *y)
+{
+    for (int64_t s = 0; s < S; s++)
+        for (int64_t t = 0; t < T; t++)
+            y[s * T + t] = dot(x + t * ldx, w + s * ldw, n);
+}
+
 static void axpy(float a, const float *x, float *y, int64_t n)
 {
     for (int64_t i = 0; i < n; i++)
@@ -140,7 +148,7 @@ static void gemm_sub_f64(const double *x, int64_t ldx, int64_t T, const double *
 }
 
 static const qpk_kernels SCALAR = {"scalar", qpk_scalar_row_to_f32, gemv, gemm, dot, axpy, sum_exp, argmax,
-                                   qpk_quantize_row, gemm_acc, gemm_sub_f64};
+                                   qpk_quantize_row, gemm_acc, gemm_sub_f64, dot_rows};
 
 const qpk_kernels *qpk_kernels_scalar(void) { return &SCALAR; }
 

@@ -957,7 +957,7 @@ static void gemm_sub_f64(const double *x, int64_t ldx, int64_t T, const double *
 }
 
 const qpk_kernels qpk_kernels_avx2_table = {"avx2", row_to_f32, gemv, gemm, dot, axpy, sum_exp, argmax,
-                                            quantize_row, gemm_acc, gemm_sub_f64};
+                                            quantize_row, gemm_acc, gemm_sub_f64, qpk_dot_rows_avx2};
 
 /* ------------------------------------------------------ AVX-512: 4-bit codes */
 
@@ -1550,4 +1550,5 @@ AVX512 static void gemm_sub_f64_512(const double *x, int64_t ldx, int64_t T, con
 }
 
 const qpk_kernels qpk_kernels_avx512_table = {"avx512", row_to_f32_512, gemv_512, gemm_512, dot, axpy, sum_exp,
-                                              argmax, quantize_row, gemm_acc_512, gemm_sub_f64_512};
+                                              argmax, quantize_row, gemm_acc_512, gemm_sub_f64_512,
+                                              qpk_dot_rows_avx2};

@@ -205,8 +205,9 @@ void qpk_matmul_many(qpk_pool *pool, const qpk_kernels *k, int n, const qpk_matr
     for (int i = 0; i < n; i++) {
         /* About 4 tasks per thread for balance, in whole gemm panels. */
         int64_t per = (w[i]->rows + 4 * threads - 1) / (4 * threads);
-        per = (per + QPK_GEMM_PANEL - 1) / QPK_GEMM_PANEL * QPK_GEMM_PANEL;
+        per = per ? (per + QPK_GEMM_PANEL - 1) / QPK_GEMM_PANEL * QPK_GEMM_PANEL : 1;
         j.w[i] = w[i], j.y[i] = y[i], j.rows_per_task[i] = per;
+        /* a matrix of 0 rows has no tasks (calibration leaves out a product whose output it never reads) */
         j.first_task[i + 1] = j.first_task[i] + (w[i]->rows + per - 1) / per;
     }
     qpk_pool_run(pool, j.first_task[n], matmul_task, &j);

@@ -282,6 +282,13 @@ struct qpk_kernels {
      */
     void (*gemm_sub_f64)(const double *x, int64_t ldx, int64_t T, const double *p, int64_t ldp, int64_t K,
                          double *y, int64_t ldy, int64_t J);
+    /*
+     * y[s * T + t] = dot(x + t * ldx, w + s * ldw, n) for t < T, s < S: each the table's
+     * dot, bit for bit, many at once (AWQ's clip search: every sampled row against each
+     * clip ratio's weight errors).
+     */
+    void (*dot_rows)(const float *x, int64_t ldx, int64_t T, const float *w, int64_t ldw, int64_t S, int64_t n,
+                     float *y);
 };
 
 /* The best table this CPU runs: "avx512" (AVX2's with AVX-512F for 4-bit codes), "avx2"
@@ -362,6 +369,14 @@ typedef struct qpk_gptq_plan qpk_gptq_plan;
 qpk_status qpk_gptq_plan_create(qpk_gptq_plan **out, const double *H, int64_t cols, const qpk_gptq_opts *o,
                                 qpk_pool *pool, qpk_err *e);
 void qpk_gptq_plan_free(qpk_gptq_plan *p); /* NULL-safe */
+/*
+ * The same in two steps, for a caller with many inputs: a plan's memory for up to n_max
+ * columns, then refit for each H of cols <= n_max columns (no allocation; the same U as
+ * qpk_gptq_plan_create). A failed refit leaves the plan to be refitted or freed.
+ */
+qpk_status qpk_gptq_plan_alloc(qpk_gptq_plan **out, int64_t n_max, qpk_err *e);
+qpk_status qpk_gptq_plan_refit(qpk_gptq_plan *p, const double *H, int64_t cols, const qpk_gptq_opts *o,
+                               qpk_pool *pool, qpk_err *e);
 qpk_status qpk_gptq_quantize(const qpk_gptq_plan *p, uint32_t type, uint32_t group, float *W, int64_t rows,
                              qpk_pool *pool, void *out, qpk_err *e);
 /* Both steps for one matrix. */

@@ -41,10 +41,6 @@ typedef struct qpk_type_kernels {
 void qpk_scalar_row_to_f32(const qpk_matrix *w, int64_t r, float *dst);
 float qpk_scalar_row_dot(const qpk_matrix *w, const uint8_t *row, const float *x, float *scratch);
 
-/* The AVX2 tables' dot_rows (kernels_rows_avx2.c). */
-void qpk_dot_rows_avx2(const float *x, int64_t ldx, int64_t T, const float *w, int64_t ldw, int64_t S, int64_t n,
-                       float *y);
-
 extern const qpk_kernels qpk_kernels_avx2_table;
 /* AVX2's, with 4-bit codes by AVX-512 permutes, Q6_K by byte ops, int8 16 lanes wide (AVX-512F and BW) */
 extern const qpk_kernels qpk_kernels_avx512_table;

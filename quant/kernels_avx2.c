@@ -172,6 +172,62 @@ static void axpy(float a, const float *x, float *y, int64_t n)
         y[i] = fma1(a, x[i], y[i]);
 }
 
+/*
+ * dot over many rows at once (AWQ's clip search: hundreds of thousands of dots per matrix
+ * against the same few vectors), each the dot above bit for bit: one 8-lane FMA chain
+ * over k in order, the same horizontal sum, the tail by scalar FMAs. dot alone waits on
+ * its chain's FMA latency; a tile of 4 rows x 2 vectors keeps 8 chains in flight, each
+ * row's loads shared by both vectors.
+ */
+/* R rows x S vectors: y[s * T + t] for the tile's (t, s). */
+static inline __attribute__((always_inline)) void dot_tile(const int R, const int S, const float *x, int64_t ldx,
+                                                           const float *w, int64_t ldw, int64_t n, float *y,
+                                                           int64_t T)
+{
+    __m256 acc[4][2];
+    for (int r = 0; r < R; r++)
+        for (int s = 0; s < S; s++)
+            acc[r][s] = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+        __m256 wv[2];
+        for (int s = 0; s < S; s++)
+            wv[s] = _mm256_loadu_ps(w + s * ldw + k);
+        for (int r = 0; r < R; r++) {
+            const __m256 xv = _mm256_loadu_ps(x + r * ldx + k);
+            for (int s = 0; s < S; s++)
+                acc[r][s] = _mm256_fmadd_ps(xv, wv[s], acc[r][s]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int s = 0; s < S; s++) {
+            float v = hsum(acc[r][s]);
+            for (int64_t kk = k; kk < n; kk++)
+                v = fma1(x[r * ldx + kk], w[s * ldw + kk], v);
+            y[s * T + r] = v;
+        }
+}
+
+static void dot_rows(const float *x, int64_t ldx, int64_t T, const float *w, int64_t ldw, int64_t S, int64_t n,
+                     float *y)
+{
+    int64_t s = 0;
+    for (; s + 2 <= S; s += 2) {
+        int64_t t = 0;
+        for (; t + 4 <= T; t += 4)
+            dot_tile(4, 2, x + t * ldx, ldx, w + s * ldw, ldw, n, y + s * T + t, T);
+        for (; t < T; t++)
+            dot_tile(1, 2, x + t * ldx, ldx, w + s * ldw, ldw, n, y + s * T + t, T);
+    }
+    for (; s < S; s++) {
+        int64_t t = 0;
+        for (; t + 4 <= T; t += 4)
+            dot_tile(4, 1, x + t * ldx, ldx, w + s * ldw, ldw, n, y + s * T + t, T);
+        for (; t < T; t++)
+            dot_tile(1, 1, x + t * ldx, ldx, w + s * ldw, ldw, n, y + s * T + t, T);
+    }
+}
+
 /* ---------------------------------------------------------------- gemv */
 
 /* The chains added lane-wise as (c0 + c1) + (c2 + c3), reduced, then the tail in order: as dot4. */
@@ -957,7 +1013,7 @@ static void gemm_sub_f64(const double *x, int64_t ldx, int64_t T, const double *
 }
 
 const qpk_kernels qpk_kernels_avx2_table = {"avx2", row_to_f32, gemv, gemm, dot, axpy, sum_exp, argmax,
-                                            quantize_row, gemm_acc, gemm_sub_f64, qpk_dot_rows_avx2};
+                                            quantize_row, gemm_acc, gemm_sub_f64, dot_rows};
 
 /* ------------------------------------------------------ AVX-512: 4-bit codes */
 
@@ -1551,4 +1607,4 @@ AVX512 static void gemm_sub_f64_512(const double *x, int64_t ldx, int64_t T, con
 
 const qpk_kernels qpk_kernels_avx512_table = {"avx512", row_to_f32_512, gemv_512, gemm_512, dot, axpy, sum_exp,
                                               argmax, quantize_row, gemm_acc_512, gemm_sub_f64_512,
-                                              qpk_dot_rows_avx2};
+                                              dot_rows};

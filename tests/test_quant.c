@@ -464,6 +464,27 @@ static void test_gemm_acc(const qpk_kernels *k)
     CHECKF(!memcmp(yd, zd, sizeof yd), "%s gemm_sub_f64 on a corner differs", k->name);
 }
 
+/* dot_rows is the table's dot, bit for bit, for every (row, vector) of odd shapes with tails. */
+static void test_dot_rows(const qpk_kernels *k)
+{
+    enum { T = 7, S = 5, LD = 53 };
+    float x[T * LD], w[S * LD], y[S * T];
+    for (int i = 0; i < T * LD; i++)
+        x[i] = gauss();
+    for (int i = 0; i < S * LD; i++)
+        w[i] = gauss();
+    for (int64_t n = 1; n <= LD; n += 13) {
+        bool same = true;
+        k->dot_rows(x, LD, T, w, LD, S, n, y);
+        for (int s = 0; s < S; s++)
+            for (int t = 0; t < T; t++) {
+                float d = k->dot(x + t * LD, w + s * LD, n);
+                same &= !memcmp(&d, y + s * T + t, 4);
+            }
+        CHECKF(same, "%s dot_rows differs from its dot (n = %lld)", k->name, (long long)n);
+    }
+}
+
 static void test_kernels(void)
 {
     const qpk_kernels *prev = NULL;
@@ -471,6 +492,7 @@ static void test_kernels(void)
         test_kernels_of(qpk_kernels_available(i), prev);
         test_quantize_rows(qpk_kernels_available(i));
         test_gemm_acc(qpk_kernels_available(i));
+        test_dot_rows(qpk_kernels_available(i));
         printf("kernels %s checked\n", qpk_kernels_available(i)->name);
         prev = qpk_kernels_available(i);
     }

@@ -291,7 +291,7 @@ struct qpk_kernels {
                      float *y);
 };
 
-/* The best table this CPU runs: "avx512" (AVX2's with AVX-512F for 4-bit codes), "avx2"
+/* The best table this CPU runs: "avx512" (AVX2's with AVX-512F and BW for the quantized rows), "avx2"
  * (AVX2+FMA+F16C) or "scalar". avx512 and avx2 give the same bits. */
 const qpk_kernels *qpk_kernels_best(void);
 const qpk_kernels *qpk_kernels_scalar(void);

@@ -1186,55 +1186,48 @@ AVX512 static inline __m512 iq4_table(float scale)
     return _mm512_mul_ps(_mm512_set1_ps(scale), v);
 }
 
-/* Sub-block j's table(s) of a Q4_K or Q5_K block, and its 32 codes' indices (bits 0..4) in two vectors of 16. */
-AVX512 static inline __attribute__((always_inline)) void k4_tables(const uint8_t *b, const uint8_t *qs,
-                                                                   const uint8_t *qh, float d, float dmin, int j,
-                                                                   __m512 t[2], __m512i idx[2])
+/* Sub-block j's two tables of a Q5_K block, and its 32 codes' indices (bits 0..4) in two vectors of 16. */
+AVX512 static inline __attribute__((always_inline)) void q5_k_tables(const uint8_t *b, float d, float dmin, int j,
+                                                                     __m512 t[2], __m512i idx[2])
 {
     int sj, mj;
     k4_scale_min(b + offsetof(qpk_block_q4_k, scales), j, &sj, &mj);
     const __m512 dl = _mm512_set1_ps(d * (float)sj), ml = _mm512_set1_ps(dmin * (float)mj);
     const __m512 iota = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     t[0] = _mm512_sub_ps(_mm512_mul_ps(dl, iota), ml);
-    /* Q5_K's codes 16..31 (Q4_K's never index it) */
-    t[1] = qh ? _mm512_sub_ps(_mm512_mul_ps(dl, _mm512_add_ps(iota, _mm512_set1_ps(16))), ml) : t[0];
+    t[1] = _mm512_sub_ps(_mm512_mul_ps(dl, _mm512_add_ps(iota, _mm512_set1_ps(16))), ml); /* codes 16..31 */
     __m128i u, v;
-    k4_codes(qs, qh, j, &u, &v);
+    k4_codes(k4_qs(QPK_TYPE_Q5_K, b), k4_qh(QPK_TYPE_Q5_K, b), j, &u, &v);
     idx[0] = _mm512_cvtepu8_epi32(u), idx[1] = _mm512_cvtepu8_epi32(v);
 }
 
-/* Weights 16 at a time from a sub-block's table(s): bit 4 of the index picks Q5_K's second table. */
-AVX512 static inline __m512 k4_lookup(__m512i idx, const __m512 t[2], bool five)
+/* Weights 16 at a time from a sub-block's tables: bit 4 of the index picks the second. */
+AVX512 static inline __m512 q5_k_lookup(__m512i idx, const __m512 t[2])
 {
-    return five ? _mm512_permutex2var_ps(t[0], idx, t[1]) : _mm512_permutexvar_ps(idx, t[0]);
+    return _mm512_permutex2var_ps(t[0], idx, t[1]);
 }
 
-AVX512 static void k4_row_512(const qpk_matrix *w, int64_t r, float *y)
+AVX512 static void q5_k_row_512(const qpk_matrix *w, int64_t r, float *y)
 {
-    const uint32_t type = w->type;
-    const bool five = type == QPK_TYPE_Q5_K;
-    const size_t bb = qpk_type_block_bytes(type, 256);
     const uint8_t *b = qpk_row_ptr(w, r);
-    for (int64_t i = 0; i < w->cols; i += 256, b += bb) {
+    for (int64_t i = 0; i < w->cols; i += 256, b += sizeof(qpk_block_q5_k)) {
         const float d = q4_k_d(b), dmin = q4_k_dmin(b);
         for (int j = 0; j < 8; j++, y += 32) {
             __m512 t[2];
             __m512i idx[2];
-            k4_tables(b, k4_qs(type, b), k4_qh(type, b), d, dmin, j, t, idx);
-            _mm512_storeu_ps(y, k4_lookup(idx[0], t, five));
-            _mm512_storeu_ps(y + 16, k4_lookup(idx[1], t, five));
+            q5_k_tables(b, d, dmin, j, t, idx);
+            _mm512_storeu_ps(y, q5_k_lookup(idx[0], t));
+            _mm512_storeu_ps(y + 16, q5_k_lookup(idx[1], t));
         }
     }
 }
 
-AVX512 static inline __attribute__((always_inline)) void k4_rows(const int R, uint32_t type, const qpk_matrix *w,
-                                                                 const uint8_t *row, size_t stride, const float *x,
-                                                                 float *y)
+AVX512 static inline __attribute__((always_inline)) void Q5_K_rows(const int R, const qpk_matrix *w,
+                                                                   const uint8_t *row, size_t stride, const float *x,
+                                                                   float *y)
 {
-    const bool five = type == QPK_TYPE_Q5_K;
-    const size_t bb = qpk_type_block_bytes(type, 256);
     __m512 a01[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, a23[2] = {a01[0], a01[0]};
-    for (int64_t i = 0; i < w->cols; i += 256, row += bb) {
+    for (int64_t i = 0; i < w->cols; i += 256, row += sizeof(qpk_block_q5_k)) {
         float d[2], dmin[2];
 #pragma GCC unroll 2
         for (int r = 0; r < R; r++)
@@ -1243,12 +1236,11 @@ AVX512 static inline __attribute__((always_inline)) void k4_rows(const int R, ui
             const __m512 x0 = _mm512_loadu_ps(x + i + 32 * j), x1 = _mm512_loadu_ps(x + i + 32 * j + 16);
 #pragma GCC unroll 2
             for (int r = 0; r < R; r++) {
-                const uint8_t *b = row + r * stride;
                 __m512 t[2];
                 __m512i idx[2];
-                k4_tables(b, k4_qs(type, b), k4_qh(type, b), d[r], dmin[r], j, t, idx);
-                a01[r] = _mm512_fmadd_ps(x0, k4_lookup(idx[0], t, five), a01[r]);
-                a23[r] = _mm512_fmadd_ps(x1, k4_lookup(idx[1], t, five), a23[r]);
+                q5_k_tables(row + r * stride, d[r], dmin[r], j, t, idx);
+                a01[r] = _mm512_fmadd_ps(x0, q5_k_lookup(idx[0], t), a01[r]);
+                a23[r] = _mm512_fmadd_ps(x1, q5_k_lookup(idx[1], t), a23[r]);
             }
         }
     }
@@ -1258,7 +1250,7 @@ AVX512 static inline __attribute__((always_inline)) void k4_rows(const int R, ui
 }
 
 /*
- * Q4_K in decode, leaner than k4_tables: the eight sub-blocks' d sc and dmin m at once
+ * Q4_K, leaner than Q5_K's q5_k_tables: the eight sub-blocks' d sc and dmin m at once
  * from the 12 scale bytes (the same exact products), a sub-block's table in one fused
  * (d sc) q - dmin m (its product is exact, so the one rounding is the subtraction's),
  * and a pair of sub-blocks' 64 codes from one widening of their 32 bytes (the permute
@@ -1311,7 +1303,6 @@ AVX512 static inline __attribute__((always_inline)) void Q4_K_rows(const int R, 
     for (int r = 0; r < R; r++)
         y[r] = sum_chains(a01[r], a23[r]);
 }
-#define Q5_K_rows(R, w, row, stride, x, y) k4_rows(R, QPK_TYPE_Q5_K, w, row, stride, x, y)
 DOT_1_2(Q4_K)
 
 AVX512 static void q4_k_row_512(const qpk_matrix *w, int64_t r, float *y)
@@ -1484,7 +1475,7 @@ static const qpk_type_kernels AVX512_TYPES[QPK_TYPE_COUNT_] = {
     [QPK_TYPE_Q4_1] = GGML_ROWS, [QPK_TYPE_Q5_0] = GGML_ROWS, [QPK_TYPE_Q5_1] = GGML_ROWS,
     [QPK_TYPE_Q2_K] = GGML_ROWS, [QPK_TYPE_Q3_K] = GGML_ROWS, 
     [QPK_TYPE_Q4_K] = {q4_k_row_512, dot_512_Q4_K, dot2_512_Q4_K},
-    [QPK_TYPE_Q5_K] = {k4_row_512, dot_512_Q5_K, dot2_512_Q5_K},
+    [QPK_TYPE_Q5_K] = {q5_k_row_512, dot_512_Q5_K, dot2_512_Q5_K},
     [QPK_TYPE_Q6_K] = {q6_k_row_512, dot_512_Q6_K, dot2_512_Q6_K},
     [QPK_TYPE_IQ4_NL] = {iq4_row_512, dot_512_IQ4_NL, dot2_512_IQ4_NL},
     [QPK_TYPE_IQ4_XS] = {iq4_row_512, dot_512_IQ4_XS, dot2_512_IQ4_XS},

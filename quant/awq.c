@@ -158,6 +158,7 @@ typedef struct clip_job {
     const float *xs;
     int64_t n_rows;
     float *clip; /* [rows][groups] */
+    float ratios[QPK_AWQ_CLIP_STEPS_MAX];
     float *work; /* per thread: each ratio's weight errors of one group [clip_steps][G], their outputs [clip_steps][n_rows] */
     size_t per_thread;
 } clip_job;
@@ -177,15 +178,10 @@ static void clip_task(void *arg, int64_t task, int thread)
     for (int64_t i = task * CLIP_TASK_ROWS; i < r1; i++)
         for (int64_t g = 0; g < ng; g++) {
             const float *w = l->w + i * l->cols + g * G;
-            int steps = 0;
-            for (; steps < j->o->clip_steps; steps++) {
-                float ratio = 1.0f - 0.05f * (float)steps, *d = dw + steps * G;
-                qpk_qparams p;
-                if (qpk_quantize_group(l->type, w, G, ratio, &p, NULL, d, NULL) != QPK_OK)
-                    break;
+            const int steps = j->k->quantize_group_ratios(l->type, w, G, j->ratios, j->o->clip_steps, dw);
+            for (int step = 0; step < steps; step++)
                 for (int64_t c = 0; c < G; c++)
-                    d[c] = w[c] - d[c];
-            }
+                    dw[step * G + c] = w[c] - dw[step * G + c];
             j->k->dot_rows(j->xs + g * G, l->cols, T, dw, G, steps, G, y);
             double err[QPK_AWQ_CLIP_STEPS_MAX] = {0}, best = INFINITY;
             for (int64_t t = 0; t < T; t++) /* the ratios' sums side by side, each in the rows' order */
@@ -196,7 +192,7 @@ static void clip_task(void *arg, int64_t task, int thread)
             j->clip[i * ng + g] = 1;
             for (int step = 0; step < steps; step++)
                 if (err[step] < best)
-                    best = err[step], j->clip[i * ng + g] = 1.0f - 0.05f * (float)step;
+                    best = err[step], j->clip[i * ng + g] = j->ratios[step];
         }
 }
 
@@ -210,7 +206,9 @@ qpk_status qpk_awq_clip(const qpk_awq_linear *lin, const float *xs, int64_t n_ro
     float *work = malloc((size_t)qpk_pool_threads(pool) * per_thread * sizeof *work + 1);
     if (!work)
         return qpk_err_setf(e, QPK_E_NOMEM, "AWQ: out of memory for the clip search");
-    clip_job j = {lin, o, k, xs, n_rows, clip, work, per_thread};
+    clip_job j = {lin, o, k, xs, n_rows, clip, {0}, work, per_thread};
+    for (int step = 0; step < o->clip_steps; step++)
+        j.ratios[step] = 1.0f - 0.05f * (float)step;
     qpk_pool_run(pool, (lin->rows + CLIP_TASK_ROWS - 1) / CLIP_TASK_ROWS, clip_task, &j);
     free(work);
     return qpk_pool_cancelled(pool) ? qpk_err_setf(e, QPK_E_CANCELLED, "cancelled") : QPK_OK;

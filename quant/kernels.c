@@ -147,8 +147,20 @@ static void gemm_sub_f64(const double *x, int64_t ldx, int64_t T, const double *
         }
 }
 
-static const qpk_kernels SCALAR = {"scalar", qpk_scalar_row_to_f32, gemv, gemm, dot, axpy, sum_exp, argmax,
-                                   qpk_quantize_row, gemm_acc, gemm_sub_f64, dot_rows};
+int qpk_scalar_quantize_group_ratios(uint32_t type, const float *w, int64_t n, const float *ratios, int n_ratios,
+                                     float *out)
+{
+    int i = 0;
+    qpk_qparams p;
+    while (i < n_ratios && qpk_quantize_group(type, w, n, ratios[i], &p, NULL, out + i * n, NULL) == QPK_OK)
+        i++;
+    return i;
+}
+
+static const qpk_kernels SCALAR = {"scalar",     qpk_scalar_row_to_f32, gemv,   gemm,
+                                   dot,          axpy,                  sum_exp, argmax,
+                                   qpk_quantize_row, gemm_acc,          gemm_sub_f64, dot_rows,
+                                   qpk_scalar_quantize_group_ratios};
 
 const qpk_kernels *qpk_kernels_scalar(void) { return &SCALAR; }
 
@@ -160,12 +172,14 @@ static size_t supported(const qpk_kernels *out[3])
 #if defined(__x86_64__) && defined(__GNUC__)
     /* F16C by its CPUID bit (leaf 1, ECX bit 29): clang 14 has no "f16c" for
      * __builtin_cpu_supports. AVX2's check already covers the OS saving YMM state,
-     * and AVX-512F's the ZMM state; the byte shifts of Q6_K's rows need AVX-512BW. */
+     * and AVX-512F's the ZMM state; the byte shifts of Q6_K's rows need AVX-512BW,
+     * and 256-bit operations on registers 16-31 (dot_rows' tiles) AVX-512VL. */
     unsigned a, b, c, d;
     bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c >> 29 & 1);
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c) {
         out[n++] = &qpk_kernels_avx2_table;
-        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw"))
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+            __builtin_cpu_supports("avx512vl"))
             out[n++] = &qpk_kernels_avx512_table;
     }
 #endif

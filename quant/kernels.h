@@ -41,6 +41,10 @@ typedef struct qpk_type_kernels {
 void qpk_scalar_row_to_f32(const qpk_matrix *w, int64_t r, float *dst);
 float qpk_scalar_row_dot(const qpk_matrix *w, const uint8_t *row, const float *x, float *scratch);
 
+/* The scalar table's quantize_group_ratios: qpk_quantize_group once per ratio. */
+int qpk_scalar_quantize_group_ratios(uint32_t type, const float *w, int64_t n, const float *ratios, int n_ratios,
+                                     float *out);
+
 extern const qpk_kernels qpk_kernels_avx2_table;
 /* AVX2's, with 4-bit codes by AVX-512 permutes, Q6_K by byte ops, int8 16 lanes wide (AVX-512F and BW) */
 extern const qpk_kernels qpk_kernels_avx512_table;

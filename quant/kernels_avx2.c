@@ -9,6 +9,7 @@
  */
 #include <immintrin.h>
 #include <math.h>
+#include <string.h>
 
 #include "traits.h"
 #include "kernels.h"
@@ -176,56 +177,136 @@ static void axpy(float a, const float *x, float *y, int64_t n)
  * dot over many rows at once (AWQ's clip search: hundreds of thousands of dots per matrix
  * against the same few vectors), each the dot above bit for bit: one 8-lane FMA chain
  * over k in order, the same horizontal sum, the tail by scalar FMAs. dot alone waits on
- * its chain's FMA latency; a tile of 4 rows x 2 vectors keeps 8 chains in flight, each
- * row's loads shared by both vectors.
+ * its chain's FMA latency; a tile of R rows x S vectors keeps R S chains in flight, each
+ * row's loads shared by the vectors, and finishes eight chains' horizontal sums at once.
  */
-/* R rows x S vectors: y[s * T + t] for the tile's (t, s). */
-static inline __attribute__((always_inline)) void dot_tile(const int R, const int S, const float *x, int64_t ldx,
-                                                           const float *w, int64_t ldw, int64_t n, float *y,
-                                                           int64_t T)
+
+/*
+ * hsum of eight chains side by side: lane i of the result is hsum(c[i]), the same
+ * additions on the same operands ((v0 + v4) + (v2 + v6)) + ((v1 + v5) + (v3 + v7)),
+ * each a column of a transposed sum instead of a lane of a shuffled one.
+ */
+static inline __m256 hsum8(const __m256 c[8])
 {
-    __m256 acc[4][2];
-    for (int r = 0; r < R; r++)
-        for (int s = 0; s < S; s++)
-            acc[r][s] = _mm256_setzero_ps();
-    int64_t k = 0;
-    for (; k + 8 <= n; k += 8) {
-        __m256 wv[2];
-        for (int s = 0; s < S; s++)
-            wv[s] = _mm256_loadu_ps(w + s * ldw + k);
-        for (int r = 0; r < R; r++) {
-            const __m256 xv = _mm256_loadu_ps(x + r * ldx + k);
-            for (int s = 0; s < S; s++)
-                acc[r][s] = _mm256_fmadd_ps(xv, wv[s], acc[r][s]);
-        }
-    }
-    for (int r = 0; r < R; r++)
-        for (int s = 0; s < S; s++) {
-            float v = hsum(acc[r][s]);
-            for (int64_t kk = k; kk < n; kk++)
-                v = fma1(x[r * ldx + kk], w[s * ldw + kk], v);
-            y[s * T + r] = v;
-        }
+    __m256 p[4];
+    for (int i = 0; i < 4; i++) /* [c_i, c_i+4]: each chain's low half plus its high half */
+        p[i] = _mm256_add_ps(_mm256_permute2f128_ps(c[i], c[i + 4], 0x20), _mm256_permute2f128_ps(c[i], c[i + 4], 0x31));
+    const __m256 q0 = _mm256_add_ps(_mm256_shuffle_ps(p[0], p[1], 0x44), _mm256_shuffle_ps(p[0], p[1], 0xee));
+    const __m256 q1 = _mm256_add_ps(_mm256_shuffle_ps(p[2], p[3], 0x44), _mm256_shuffle_ps(p[2], p[3], 0xee));
+    return _mm256_add_ps(_mm256_shuffle_ps(q0, q1, 0x88), _mm256_shuffle_ps(q0, q1, 0xdd));
 }
 
+/* 4 rows x S vectors (S even): y[s * T + r] for the tile's (r, s). */
+static inline __attribute__((always_inline)) void dot_tile(const int S, const float *x, int64_t ldx, const float *w,
+                                                           int64_t ldw, int64_t n, float *y, int64_t T)
+{
+    __m256 acc[4][4];
+#pragma GCC unroll 4
+    for (int s = 0; s < S; s++)
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++)
+            acc[s][r] = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+        __m256 xv[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++)
+            xv[r] = _mm256_loadu_ps(x + r * ldx + k);
+#pragma GCC unroll 4
+        for (int s = 0; s < S; s++) {
+            const __m256 wv = _mm256_loadu_ps(w + s * ldw + k);
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++)
+                acc[s][r] = _mm256_fmadd_ps(xv[r], wv, acc[s][r]);
+        }
+    }
+    for (int s = 0; s < S; s += 2) {
+        const __m256 sums = hsum8(acc[s]);
+        if (k == n) { /* no tail: rows 0-3 of vectors s and s + 1 */
+            _mm_storeu_ps(y + s * T, _mm256_castps256_ps128(sums));
+            _mm_storeu_ps(y + (s + 1) * T, _mm256_extractf128_ps(sums, 1));
+            continue;
+        }
+        float v[8];
+        _mm256_storeu_ps(v, sums);
+        for (int i = 0; i < 8; i++) {
+            const int r = i % 4, si = s + i / 4;
+            for (int64_t kk = k; kk < n; kk++)
+                v[i] = fma1(x[r * ldx + kk], w[si * ldw + kk], v[i]);
+            y[si * T + r] = v[i];
+        }
+    }
+}
+
+/* 8 rows x 1 vector: y[r] for the tile's rows. */
+static inline __attribute__((always_inline)) void dot_tile8(const float *x, int64_t ldx, const float *w, int64_t n,
+                                                            float *y)
+{
+    __m256 acc[8];
+#pragma GCC unroll 8
+    for (int r = 0; r < 8; r++)
+        acc[r] = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+        const __m256 wv = _mm256_loadu_ps(w + k);
+#pragma GCC unroll 8
+        for (int r = 0; r < 8; r++)
+            acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * ldx + k), wv, acc[r]);
+    }
+    if (k == n) {
+        _mm256_storeu_ps(y, hsum8(acc));
+        return;
+    }
+    float v[8];
+    _mm256_storeu_ps(v, hsum8(acc));
+    for (int r = 0; r < 8; r++) {
+        for (int64_t kk = k; kk < n; kk++)
+            v[r] = fma1(x[r * ldx + kk], w[kk], v[r]);
+        y[r] = v[r];
+    }
+}
+
+/* One row x one vector: dot itself. */
+static inline void dot_one(const float *x, int64_t ldx, int64_t T, const float *w, int64_t ldw, int64_t n,
+                           float *y, int64_t t0, int64_t s)
+{
+    for (int64_t t = t0; t < T; t++)
+        y[s * T + t] = dot(x + t * ldx, w + s * ldw, n);
+}
+
+/* Tiles of 4 rows x S vectors, then pairs, then 8 rows x 1; the rows the tiles leave one dot each. */
+static inline __attribute__((always_inline)) void dot_rows_by(const int S, const float *x, int64_t ldx, int64_t T,
+                                                              const float *w, int64_t ldw, int64_t n_vec, int64_t n,
+                                                              float *y)
+{
+    int64_t s = 0;
+    for (; s + S <= n_vec; s += S) {
+        int64_t t = 0;
+        for (; t + 4 <= T; t += 4)
+            dot_tile(S, x + t * ldx, ldx, w + s * ldw, ldw, n, y + s * T + t, T);
+        for (int64_t si = s; si < s + S; si++)
+            dot_one(x, ldx, T, w, ldw, n, y, t, si);
+    }
+    for (; s + 2 <= n_vec; s += 2) {
+        int64_t t = 0;
+        for (; t + 4 <= T; t += 4)
+            dot_tile(2, x + t * ldx, ldx, w + s * ldw, ldw, n, y + s * T + t, T);
+        dot_one(x, ldx, T, w, ldw, n, y, t, s);
+        dot_one(x, ldx, T, w, ldw, n, y, t, s + 1);
+    }
+    for (; s < n_vec; s++) {
+        int64_t t = 0;
+        for (; t + 8 <= T; t += 8)
+            dot_tile8(x + t * ldx, ldx, w + s * ldw, n, y + s * T + t);
+        dot_one(x, ldx, T, w, ldw, n, y, t, s);
+    }
+}
+
+/* 4 x 2 tiles: 8 accumulators, 4 rows and a vector in the 16 AVX2 registers. */
 static void dot_rows(const float *x, int64_t ldx, int64_t T, const float *w, int64_t ldw, int64_t S, int64_t n,
                      float *y)
 {
-    int64_t s = 0;
-    for (; s + 2 <= S; s += 2) {
-        int64_t t = 0;
-        for (; t + 4 <= T; t += 4)
-            dot_tile(4, 2, x + t * ldx, ldx, w + s * ldw, ldw, n, y + s * T + t, T);
-        for (; t < T; t++)
-            dot_tile(1, 2, x + t * ldx, ldx, w + s * ldw, ldw, n, y + s * T + t, T);
-    }
-    for (; s < S; s++) {
-        int64_t t = 0;
-        for (; t + 4 <= T; t += 4)
-            dot_tile(4, 1, x + t * ldx, ldx, w + s * ldw, ldw, n, y + s * T + t, T);
-        for (; t < T; t++)
-            dot_tile(1, 1, x + t * ldx, ldx, w + s * ldw, ldw, n, y + s * T + t, T);
-    }
+    dot_rows_by(2, x, ldx, T, w, ldw, S, n, y);
 }
 
 /* ---------------------------------------------------------------- gemv */
@@ -889,6 +970,54 @@ static qpk_status quantize_row(uint32_t type, uint32_t group, const float *x, in
     }
 }
 
+/*
+ * The clip search's groups: the range found once (as quantize_row_t finds it), then per
+ * ratio the reference's parameters and, 8 weights at a time, the same division, rounding,
+ * zero point, clamp and d (q - z) as qpk_quantize_value and qpk_dequantize_value: exact
+ * IEEE operations, the same values. Affine grids, groups not a multiple of 8 and groups
+ * holding a non-finite weight go to the reference.
+ */
+static int quantize_group_ratios(uint32_t type, const float *w, int64_t n, const float *ratios, int n_ratios,
+                                 float *out)
+{
+    if (!qpk_type_has_grid(type) || QPK_QUANT_TRAITS[type].grid.rule == QPK_RULE_AFFINE || n % 8 != 0 || n == 0)
+        return qpk_scalar_quantize_group_ratios(type, w, n, ratios, n_ratios, out);
+    const qpk_grid *gr = &QPK_QUANT_TRAITS[type].grid;
+    const bool zp = gr->rule == QPK_RULE_ZERO_POINT;
+    __m256 lo = _mm256_setzero_ps(), hi = lo, bad = lo;
+    const __m256 inf = _mm256_set1_ps(INFINITY);
+    for (int64_t k = 0; k < n; k += 8) {
+        const __m256 v = _mm256_loadu_ps(w + k);
+        lo = _mm256_min_ps(lo, v), hi = _mm256_max_ps(hi, v);
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), v), inf, _CMP_NLT_UQ));
+    }
+    if (!_mm256_testz_ps(bad, bad))
+        return qpk_scalar_quantize_group_ratios(type, w, n, ratios, n_ratios, out); /* refuses every ratio */
+    __m128 l4 = _mm_min_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps(lo, 1));
+    __m128 h4 = _mm_max_ps(_mm256_castps256_ps128(hi), _mm256_extractf128_ps(hi, 1));
+    l4 = _mm_min_ps(l4, _mm_movehl_ps(l4, l4)), h4 = _mm_max_ps(h4, _mm_movehl_ps(h4, h4));
+    l4 = _mm_min_ss(l4, _mm_shuffle_ps(l4, l4, 1)), h4 = _mm_max_ss(h4, _mm_shuffle_ps(h4, h4, 1));
+    const __m256 qmin = _mm256_set1_ps((float)gr->qmin), qmax = _mm256_set1_ps((float)gr->qmax);
+    for (int i = 0; i < n_ratios; i++) {
+        qpk_qparams p;
+        if (qpk_params_from_range(type, _mm_cvtss_f32(l4), _mm_cvtss_f32(h4), ratios[i], &p, NULL) != QPK_OK)
+            return i;
+        float *o = out + i * n;
+        if (p.d == 0) { /* the all-zero group: every code the zero point, every weight 0 */
+            memset(o, 0, (size_t)n * sizeof *o);
+            continue;
+        }
+        const __m256 d = _mm256_set1_ps(p.d), z = _mm256_set1_ps(zp ? (float)p.z : 0.0f);
+        for (int64_t k = 0; k < n; k += 8) {
+            __m256 q = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(w + k), d),
+                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            q = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(q, z), qmin), qmax);
+            _mm256_storeu_ps(o + k, _mm256_mul_ps(d, _mm256_sub_ps(q, z)));
+        }
+    }
+    return n_ratios;
+}
+
 /* ---------------------------------------------------------------- softmax */
 
 /*
@@ -1013,7 +1142,8 @@ static void gemm_sub_f64(const double *x, int64_t ldx, int64_t T, const double *
 }
 
 const qpk_kernels qpk_kernels_avx2_table = {"avx2", row_to_f32, gemv, gemm, dot, axpy, sum_exp, argmax,
-                                            quantize_row, gemm_acc, gemm_sub_f64, dot_rows};
+                                            quantize_row, gemm_acc, gemm_sub_f64, dot_rows,
+                                            quantize_group_ratios};
 
 /* ------------------------------------------------------ AVX-512: 4-bit codes */
 
@@ -1025,7 +1155,7 @@ const qpk_kernels qpk_kernels_avx2_table = {"avx2", row_to_f32, gemv, gemm, dot,
  * 8-lane chains, so every sum is the AVX2 path's, bit for bit. Everything else is the
  * AVX2 table's.
  */
-#define AVX512 __attribute__((target("avx512f,avx512bw")))
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
 
 AVX512 static inline __m512 q4_weights(uint32_t type, const uint8_t *block)
 {
@@ -1596,6 +1726,13 @@ AVX512 static void gemm_sub_f64_512(const double *x, int64_t ldx, int64_t T, con
     }
 }
 
+/* The same dots with 4 x 4 tiles: 16 accumulators fit in AVX-512's 32 registers, half a load per FMA. */
+AVX512 static void dot_rows_512(const float *x, int64_t ldx, int64_t T, const float *w, int64_t ldw, int64_t S,
+                                int64_t n, float *y)
+{
+    dot_rows_by(4, x, ldx, T, w, ldw, S, n, y);
+}
+
 const qpk_kernels qpk_kernels_avx512_table = {"avx512", row_to_f32_512, gemv_512, gemm_512, dot, axpy, sum_exp,
                                               argmax, quantize_row, gemm_acc_512, gemm_sub_f64_512,
-                                              dot_rows};
+                                              dot_rows_512, quantize_group_ratios};

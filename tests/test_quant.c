@@ -438,6 +438,44 @@ static void test_quantize_rows(const qpk_kernels *k)
            e2.msg);
 }
 
+/*
+ * quantize_group_ratios against qpk_quantize_group at each ratio, bit for bit: every grid
+ * type (the affine one by the reference), groups of odd and usual sizes, small, large, zero,
+ * constant and one-signed groups, and a non-finite weight (no ratio done).
+ */
+static void test_group_ratios(const qpk_kernels *k)
+{
+    static const uint32_t types[] = {QPK_TYPE_INT8, QPK_TYPE_INT4, QPK_TYPE_INT4S, QPK_TYPE_INT8Z, QPK_TYPE_MLX4};
+    static const int64_t groups[] = {32, 64, 128, 36};
+    static const float ratios[] = {1.0f, 0.95f, 0.9f, 0.75f, 0.5f, 0.05f};
+    enum { R = sizeof ratios / sizeof *ratios, G = 128 };
+    float w[G], want[G], got[R * G];
+    for (size_t t = 0; t < sizeof types / sizeof *types; t++)
+        for (size_t gi = 0; gi < sizeof groups / sizeof *groups; gi++)
+            for (int trial = 0; trial < 6; trial++) {
+                const int64_t n = groups[gi];
+                for (int64_t i = 0; i < n; i++) {
+                    float v = gauss() * (trial == 1 ? 1e-6f : trial == 2 ? 3e3f : 1.0f);
+                    w[i] = trial == 3 ? 0.0f : trial == 4 ? 0.5f : trial == 5 ? fabsf(v) : v;
+                }
+                memset(got, 0xAA, sizeof got);
+                int done = k->quantize_group_ratios(types[t], w, n, ratios, R, got);
+                bool same = done == R;
+                for (int r = 0; r < R && same; r++) {
+                    qpk_qparams p;
+                    same = qpk_quantize_group(types[t], w, n, ratios[r], &p, NULL, want, NULL) == QPK_OK &&
+                           !memcmp(want, got + r * n, (size_t)n * sizeof *want);
+                }
+                CHECKF(same, "%s quantize_group_ratios %s/g%lld trial %d: %d ratios, or other values", k->name,
+                       qpk_type_name(types[t]), (long long)n, trial, done);
+            }
+    w[7] = INFINITY;
+    CHECKF(k->quantize_group_ratios(QPK_TYPE_INT4, w, 32, ratios, R, got) == 0, "%s: a group with inf was quantized",
+           k->name);
+    CHECKF(k->quantize_group_ratios(QPK_TYPE_Q4_K, w, 32, ratios, R, got) == 0, "%s: Q4_K has no group quantizer",
+           k->name);
+}
+
 /* Each table's accumulating products (GPTQ's deferred updates, its factorizations) against the scalar ones, bit for bit. */
 static void test_gemm_acc(const qpk_kernels *k)
 {
@@ -467,7 +505,7 @@ static void test_gemm_acc(const qpk_kernels *k)
 /* dot_rows is the table's dot, bit for bit, for every (row, vector) of odd shapes with tails. */
 static void test_dot_rows(const qpk_kernels *k)
 {
-    enum { T = 7, S = 5, LD = 53 };
+    enum { T = 11, S = 7, LD = 53 }; /* 4-vector tiles, a pair, one left; tiles of 4 and 8 rows and rows left */
     float x[T * LD], w[S * LD], y[S * T];
     for (int i = 0; i < T * LD; i++)
         x[i] = gauss();
@@ -493,6 +531,7 @@ static void test_kernels(void)
         test_quantize_rows(qpk_kernels_available(i));
         test_gemm_acc(qpk_kernels_available(i));
         test_dot_rows(qpk_kernels_available(i));
+        test_group_ratios(qpk_kernels_available(i));
         printf("kernels %s checked\n", qpk_kernels_available(i)->name);
         prev = qpk_kernels_available(i);
     }

@@ -289,6 +289,14 @@ struct qpk_kernels {
      */
     void (*dot_rows)(const float *x, int64_t ldx, int64_t T, const float *w, int64_t ldw, int64_t S, int64_t n,
                      float *y);
+    /*
+     * The group w[0..n) quantized and decoded once per clip ratio, ratio i's weights at
+     * out + i n: qpk_quantize_group's values, bit for bit (AWQ's clip search). Returns how
+     * many ratios were done: it stops at the first qpk_quantize_group refuses (all of them
+     * for a non-finite weight or a type without a group quantizer).
+     */
+    int (*quantize_group_ratios)(uint32_t type, const float *w, int64_t n, const float *ratios, int n_ratios,
+                                 float *out);
 };
 
 /* The best table this CPU runs: "avx512" (AVX2's with AVX-512F and BW for the quantized rows), "avx2"

@@ -69,21 +69,34 @@ typedef struct search {
     size_t row_bytes;
 } search;
 
-/* Sum over the quantized linears of |X W^T - X Wq^T|^2 on the sampled rows X, for scales s. */
-static double loss_of(search *S, const float *s)
+/*
+ * Sum over the quantized linears of |X W^T - X Wq^T|^2 on the sampled rows X, for scales
+ * s, linear by linear and LOSS_ROWS rows of X at a time; it stops once the sum reaches
+ * `best`. Each term is >= 0 and a rounded sum never falls below its larger operand, so a
+ * partial sum at or past best means the whole one is too: the scales chosen are those of
+ * the complete sums. Each output is the same whichever rows share its product (gemm's
+ * chain over k does not depend on them), so the sums are the ones of one product per linear.
+ */
+#define LOSS_ROWS 128
+
+static double loss_of(search *S, const float *s, double best)
 {
     double loss = 0;
-    for (int i = 0; i < S->n_lin; i++) {
+    for (int i = 0; i < S->n_lin && loss < best; i++) {
         const qpk_awq_linear *l = &S->lin[i];
         if (!qpk_type_is_quantized(l->type))
             continue;
         fq_job fj = {l, s, S->wq, S->k, S->bytes, qpk_type_row_bytes(l->type, l->group, l->cols)};
         qpk_pool_run(S->pool, (l->rows + FQ_TASK_ROWS - 1) / FQ_TASK_ROWS, fq_task, &fj);
         qpk_matrix mq = {QPK_TYPE_F32, 0, l->rows, l->cols, S->wq};
-        qpk_matmul(S->pool, S->k, &mq, S->rows, S->n_rows, S->y, S->scratch);
-        for (int64_t t = 0; t < S->n_rows * l->rows; t++) {
-            double d = (double)S->y[t] - (double)S->yref[i][t];
-            loss += d * d;
+        for (int64_t t0 = 0; t0 < S->n_rows && loss < best; t0 += LOSS_ROWS) {
+            const int64_t n = S->n_rows - t0 < LOSS_ROWS ? S->n_rows - t0 : LOSS_ROWS;
+            qpk_matmul(S->pool, S->k, &mq, S->rows + t0 * l->cols, n, S->y, S->scratch);
+            const float *ref = S->yref[i] + t0 * l->rows;
+            for (int64_t t = 0; t < n * l->rows; t++) {
+                double d = (double)S->y[t] - (double)ref[t];
+                loss += d * d;
+            }
         }
     }
     return loss;
@@ -107,7 +120,7 @@ qpk_status qpk_awq_scales(const qpk_awq_linear *lin, int n_lin, const double *me
     if (n_lin > 3)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "AWQ: %d linears share an input (at most 3)", n_lin);
     search S = {lin, n_lin, rows, n_rows, pool, k, malloc((size_t)(most_rows * d) * sizeof(float)),
-                malloc((size_t)(n_rows * most_rows) * sizeof(float)), {NULL, NULL, NULL},
+                malloc((size_t)((n_rows < LOSS_ROWS ? n_rows : LOSS_ROWS) * most_rows) * sizeof(float)), {NULL, NULL, NULL},
                 malloc((size_t)qpk_pool_threads(pool) * qpk_gemm_scratch_floats(d) * sizeof(float))};
     float *s = malloc((size_t)d * sizeof *s);
     for (int i = 0; i < n_lin; i++)
@@ -135,7 +148,7 @@ qpk_status qpk_awq_scales(const qpk_awq_linear *lin, int n_lin, const double *me
         float norm = (float)sqrt(mx * mn);
         for (int64_t c = 0; c < d; c++)
             s[c] /= norm;
-        double loss = loss_of(&S, s);
+        double loss = loss_of(&S, s, best);
         if (qpk_pool_cancelled(pool))
             st = qpk_err_setf(e, QPK_E_CANCELLED, "cancelled");
         else if (!isfinite(loss))
@@ -175,8 +188,8 @@ static void clip_task(void *arg, int64_t task, int thread)
     const int64_t G = l->group, ng = l->cols / G, T = j->n_rows;
     const int64_t r1 = (task + 1) * CLIP_TASK_ROWS < l->rows ? (task + 1) * CLIP_TASK_ROWS : l->rows;
     float *dw = j->work + (size_t)thread * j->per_thread, *y = dw + (size_t)j->o->clip_steps * (size_t)G;
-    for (int64_t i = task * CLIP_TASK_ROWS; i < r1; i++)
-        for (int64_t g = 0; g < ng; g++) {
+    for (int64_t g = 0; g < ng; g++) /* a group's sampled inputs (T x G) stay in L2 for the task's rows */
+        for (int64_t i = task * CLIP_TASK_ROWS; i < r1; i++) {
             const float *w = l->w + i * l->cols + g * G;
             const int steps = j->k->quantize_group_ratios(l->type, w, G, j->ratios, j->o->clip_steps, dw);
             for (int step = 0; step < steps; step++)

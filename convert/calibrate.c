@@ -7,8 +7,9 @@
  *   2. quantizes the layer's linears: GPTQ with one plan per shared input (quant/gptq.c),
  *      or AWQ's scales (quant/awq.c) folded into what produces each input, then its clip
  *      search and round-to-nearest;
- *   3. runs the quantized layer to make the next layer's inputs, so that each layer is
- *      calibrated on what the quantized model really feeds it.
+ *   3. makes the next layer's inputs: GPTQ runs the quantized layer, so that each layer
+ *      is calibrated on what the quantized model really feeds it; AWQ and imatrix keep
+ *      the float layer's outputs from step 1 (qpk_calib_feeds_float).
  * The math lives in quant/; this file knows the model's structure. Memory: the windows'
  * hidden states, one layer in f32 and its statistics.
  */
@@ -439,7 +440,7 @@ static qpk_status load_layer(qpk_calib *c, int l, qpk_err *e)
     return QPK_OK;
 }
 
-/* Runs the float layer on every window (leaving X as it is), collecting statistics. */
+/* Runs the float layer on every window, collecting statistics; X becomes its output where that feeds the next layer. */
 static qpk_status gather(qpk_calib *c, int l, qpk_err *e)
 {
     plan_units(c->cfg, l, c->u, c->n_units);
@@ -455,14 +456,17 @@ static qpk_status gather(qpk_calib *c, int l, qpk_err *e)
         s->n_rows = s->n_seen = s->n_tokens = 0;
     }
     qpk_layer_weights v = layer_view(c, l);
-    /* The float layer's output is never read (advance makes the next layer's input), and
+    /* Where advance makes the next layer's input, the float layer's output is never read and
      * down's input is captured before its product: a dense layer's down is left out (no rows). */
-    if (!qpk_layer_is_sparse(c->cfg, l))
+    const bool feeds = qpk_calib_feeds_float(c->o->method);
+    if (!qpk_layer_is_sparse(c->cfg, l) && !feeds)
         v.down.rows = 0;
     size_t window = (size_t)c->p.seq_len * (size_t)c->cfg->hidden_size;
     for (int w = 0; w < c->p.samples; w++) {
-        memcpy(c->tmp, c->X + (size_t)w * window, window * sizeof(float));
-        QPK_TRY(qpk_layer_forward(c->ctx, &v, l, c->tmp, c->p.seq_len, capture, c, e));
+        float *x = c->X + (size_t)w * window;
+        if (!feeds)
+            x = memcpy(c->tmp, x, window * sizeof(float));
+        QPK_TRY(qpk_layer_forward(c->ctx, &v, l, x, c->p.seq_len, capture, c, e));
     }
     return QPK_OK;
 }
@@ -734,8 +738,8 @@ static qpk_status quantize_awq(qpk_calib *c, qpk_err *e)
  * linear's input, the sum of each column's squares (GPTQ's Hessian diagonal, or the sums AWQ
  * and imatrix keep) over the tokens that reached it, named as llama.cpp names the weight; a
  * sparse layer's experts as one entry per projection of n_experts matrices (an expert's
- * tokens are those routed to it). The inputs are the ones calibration sees: the previous
- * layers already quantized, where llama-imatrix runs the float model.
+ * tokens are those routed to it). The inputs are the ones calibration sees: the float
+ * model's for imatrix and AWQ (as llama-imatrix's), the quantized earlier layers' for GPTQ.
  */
 static qpk_status record_imatrix(qpk_calib *c, int l, qpk_err *e)
 {
@@ -833,7 +837,7 @@ qpk_status qpk_calib_layer(qpk_calib *c, int l, qpk_calib_times *times, qpk_err 
         if (!qpk_role_is_matrix(qpk_layer_role(i)) && qpk_layer_has_role(c->cfg, qpk_layer_role(i), l))
             s = store(c, qpk_layer_role(i), NULL, NULL, e);
     double t2 = qpk_seconds();
-    if (s == QPK_OK)
+    if (s == QPK_OK && !qpk_calib_feeds_float(c->o->method))
         s = advance(c, l, e);
     if (s != QPK_OK)
         return qpk_err_prefix(e, s, "calibrating layer %d", l);
@@ -852,6 +856,8 @@ void qpk_calib_tensor(const qpk_calib *c, qpk_role r, uint32_t *type, uint32_t *
 }
 
 const qpk_calib_params *qpk_calib_params_of(const qpk_calib *c) { return &c->p; }
+
+bool qpk_calib_feeds_float(qpk_method m) { return m == QPK_METHOD_AWQ || m == QPK_METHOD_IMATRIX; }
 
 void qpk_calib_experts(const qpk_calib *c, int64_t *calibrated, int64_t *rtn)
 {

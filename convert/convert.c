@@ -912,6 +912,7 @@ static void add_recipe(cJSON *m, const qpk_convert_opts *o)
         cJSON_AddNumberToObject(cal, "samples", p.samples);
         cJSON_AddNumberToObject(cal, "length", p.seq_len);
         cJSON_AddNumberToObject(cal, "seed", (double)p.seed);
+        cJSON_AddStringToObject(cal, "next_layer_inputs", qpk_calib_feeds_float(o->method) ? "float" : "quantized");
         if (o->method == QPK_METHOD_IMATRIX) {
             cJSON_AddStringToObject(cal, "statistic", "mean x^2 per input column");
             cJSON_AddStringToObject(cal, "applies_to", "ggml block types; grid-type tensors (int8, int4, int4s) are "
@@ -1581,8 +1582,10 @@ static qpk_status run(job *j, qpk_sink *sink, qpk_convert_result *r, qpk_err *e)
     if (s == QPK_OK && j->calib && o->cb.log) {
         char msg[200];
         const qpk_calib_params *p = qpk_calib_params_of(j->calib);
-        snprintf(msg, sizeof msg, "calibrated on %d windows of %d tokens: statistics %.1f s, quantization %.1f s, "
-                 "quantized passes %.1f s", p->samples, p->seq_len, j->times.gather, j->times.quantize, j->times.forward);
+        int len = snprintf(msg, sizeof msg, "calibrated on %d windows of %d tokens: statistics %.1f s, quantization %.1f s",
+                           p->samples, p->seq_len, j->times.gather, j->times.quantize);
+        if (!qpk_calib_feeds_float(o->method) && len > 0 && (size_t)len < sizeof msg)
+            snprintf(msg + len, sizeof msg - (size_t)len, ", quantized passes %.1f s", j->times.forward);
         o->cb.log(o->cb.ud, QPK_LOG_INFO, msg);
         int64_t calibrated, rtn;
         qpk_calib_experts(j->calib, &calibrated, &rtn);

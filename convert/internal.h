@@ -20,7 +20,7 @@ void qpk_tensor_stored(const qpk_convert_opts *o, qpk_role role, uint32_t *type,
 
 typedef struct qpk_calib qpk_calib;
 typedef struct qpk_calib_times {
-    double gather, quantize, forward; /* seconds, summed over layers */
+    double gather, quantize, forward; /* seconds, summed over layers (forward: the quantized layers' passes) */
 } qpk_calib_times;
 
 /* Draws the calibration windows and embeds them; ready for layer 0. src: a float Hugging Face folder. */
@@ -33,6 +33,13 @@ qpk_status qpk_calib_layer(qpk_calib *c, int l, qpk_calib_times *times, qpk_err 
 /* The stored form of tensor r of the layer last calibrated (valid until the next layer). */
 void qpk_calib_tensor(const qpk_calib *c, qpk_role r, uint32_t *type, uint32_t *group, const void **bytes,
                       size_t *nbytes);
+/*
+ * Which layer makes the next layer's calibration inputs: the quantized one for methods
+ * with GPTQ (its error feedback is fitted to what the quantized model feeds each layer,
+ * as GPTQModel does), the float one for AWQ and imatrix (as AutoAWQ and llama-imatrix
+ * do), whose float forward during the statistics then serves for both.
+ */
+bool qpk_calib_feeds_float(qpk_method m);
 /* The resolved parameters it runs with. */
 const qpk_calib_params *qpk_calib_params_of(const qpk_calib *c);
 /* Experts of the sparse layers calibrated so far, and those that fell back to round-to-nearest

@@ -119,8 +119,9 @@ qpk_status qpk_awq_scales(const qpk_awq_linear *lin, int n_lin, const double *me
         return QPK_OK;
     if (n_lin > 3)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "AWQ: %d linears share an input (at most 3)", n_lin);
+    const int64_t chunk = n_rows < LOSS_ROWS ? n_rows : LOSS_ROWS;
     search S = {lin, n_lin, rows, n_rows, pool, k, malloc((size_t)(most_rows * d) * sizeof(float)),
-                malloc((size_t)((n_rows < LOSS_ROWS ? n_rows : LOSS_ROWS) * most_rows) * sizeof(float)), {NULL, NULL, NULL},
+                malloc((size_t)(chunk * most_rows) * sizeof(float)), {NULL, NULL, NULL},
                 malloc((size_t)qpk_pool_threads(pool) * qpk_gemm_scratch_floats(d) * sizeof(float))};
     float *s = malloc((size_t)d * sizeof *s);
     for (int i = 0; i < n_lin; i++)

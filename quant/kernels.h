@@ -46,7 +46,8 @@ int qpk_scalar_quantize_group_ratios(uint32_t type, const float *w, int64_t n, c
                                      float *out);
 
 extern const qpk_kernels qpk_kernels_avx2_table;
-/* AVX2's, with 4-bit codes by AVX-512 permutes, Q6_K by byte ops, int8 16 lanes wide (AVX-512F and BW) */
+/* AVX2's, with 4-bit codes by AVX-512 permutes, Q6_K by byte ops, int8 16 lanes wide, dot_rows in 32 registers
+ * (AVX-512F, BW and VL) */
 extern const qpk_kernels qpk_kernels_avx512_table;
 
 #endif

@@ -190,7 +190,8 @@ static inline __m256 hsum8(const __m256 c[8])
 {
     __m256 p[4];
     for (int i = 0; i < 4; i++) /* [c_i, c_i+4]: each chain's low half plus its high half */
-        p[i] = _mm256_add_ps(_mm256_permute2f128_ps(c[i], c[i + 4], 0x20), _mm256_permute2f128_ps(c[i], c[i + 4], 0x31));
+        p[i] = _mm256_add_ps(_mm256_permute2f128_ps(c[i], c[i + 4], 0x20),
+                             _mm256_permute2f128_ps(c[i], c[i + 4], 0x31));
     const __m256 q0 = _mm256_add_ps(_mm256_shuffle_ps(p[0], p[1], 0x44), _mm256_shuffle_ps(p[0], p[1], 0xee));
     const __m256 q1 = _mm256_add_ps(_mm256_shuffle_ps(p[2], p[3], 0x44), _mm256_shuffle_ps(p[2], p[3], 0xee));
     return _mm256_add_ps(_mm256_shuffle_ps(q0, q1, 0x88), _mm256_shuffle_ps(q0, q1, 0xdd));

@@ -299,7 +299,7 @@ struct qpk_kernels {
                                  float *out);
 };
 
-/* The best table this CPU runs: "avx512" (AVX2's with AVX-512F and BW for the quantized rows), "avx2"
+/* The best table this CPU runs: "avx512" (AVX2's with AVX-512F, BW and VL for the quantized rows), "avx2"
  * (AVX2+FMA+F16C) or "scalar". avx512 and avx2 give the same bits. */
 const qpk_kernels *qpk_kernels_best(void);
 const qpk_kernels *qpk_kernels_scalar(void);

@@ -302,7 +302,7 @@ void qpk_gram_mirror(double *H, int64_t n)
 #define ROWS_PER_TASK 16 /* rows quantized together share each read of a row of U */
 /*
  * Columns per block: inside a block each quantized column updates the block's later
- * columns at once (axpy); the columns past the block get the block's updates in one
+ * columns at once (axpy_rows); the columns past the block get the block's updates in one
  * deferred, register-tiled pass (gemm_acc: GPTQ's "lazy batch"). Each weight still gets
  * the same FMAs in the same order, so the result is the unblocked algorithm's, bit for bit.
  */
@@ -378,8 +378,9 @@ static void gptq_task(void *arg, int64_t task, int thread)
             const float e = (wr[i] - deq) / ui[i];
             j->codes[(r0 + r) * n + col] = q;
             wr[i] = deq;
-            k->axpy(-e, ui + i + 1, wr + i + 1, b1 - i - 1); /* the block's later columns absorb the error */
-            neg_err[r * GPTQ_BLOCK + (i - b0)] = -e;
+            const float ne = -e;
+            k->axpy_rows(&ne, ui + i + 1, 0, 1, wr + i + 1, b1 - i - 1); /* the block's later columns absorb it */
+            neg_err[r * GPTQ_BLOCK + (i - b0)] = ne;
         }
         if (i + 1 == b1 && b1 < n) /* the columns past the block absorb its errors */
             k->gemm_acc(neg_err, GPTQ_BLOCK, nr, j->U + b0 * n + b1, n, b1 - b0, w + b1, n, n - b1);

@@ -67,10 +67,11 @@ static void dot_rows(const float *x, int64_t ldx, int64_t T, const float *w, int
             y[s * T + t] = dot(x + t * ldx, w + s * ldw, n);
 }
 
-static void axpy(float a, const float *x, float *y, int64_t n)
+static void axpy_rows(const float *a, const float *x, int64_t ldx, int64_t T, float *y, int64_t n)
 {
-    for (int64_t i = 0; i < n; i++)
-        y[i] += a * x[i];
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t i = 0; i < n; i++)
+            y[i] += a[t] * x[t * ldx + i];
 }
 
 /* Rows are converted (f32 ones copied) into scratch first: weights may be unaligned. */
@@ -158,7 +159,7 @@ int qpk_scalar_quantize_group_ratios(uint32_t type, const float *w, int64_t n, c
 }
 
 static const qpk_kernels SCALAR = {"scalar",     qpk_scalar_row_to_f32, gemv,   gemm,
-                                   dot,          axpy,                  sum_exp, argmax,
+                                   dot,          axpy_rows,             sum_exp, argmax,
                                    qpk_quantize_row, gemm_acc,          gemm_sub_f64, dot_rows,
                                    qpk_scalar_quantize_group_ratios};
 

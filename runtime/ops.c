@@ -87,12 +87,14 @@ void qpk_op_attend(const qpk_kernels *k, const float *q, const float *keys, cons
 {
     /* transformers divides by sqrt(head_dim) as a Python float, i.e. rounded to f32. */
     float root = (float)sqrt((double)head_dim);
+    const int64_t n = last - first + 1;
+    /* Every key against q at once (each score dot(q, key): the products commute). */
+    k->dot_rows(keys + first * head_dim, head_dim, n, q, head_dim, 1, head_dim, scores + first);
     for (int64_t i = first; i <= last; i++)
-        scores[i] = k->dot(q, keys + i * head_dim, head_dim) / root;
-    qpk_op_softmax(scores + first, last - first + 1);
+        scores[i] /= root;
+    qpk_op_softmax(scores + first, n);
     memset(out, 0, (size_t)head_dim * sizeof *out);
-    for (int64_t i = first; i <= last; i++)
-        k->axpy(scores[i], vals + i * head_dim, out, head_dim);
+    k->axpy_rows(scores + first, vals + first * head_dim, head_dim, n, out, head_dim);
 }
 
 void qpk_op_swiglu(float *gate, const float *up, int64_t n)

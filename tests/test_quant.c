@@ -523,15 +523,46 @@ static void test_dot_rows(const qpk_kernels *k)
     }
 }
 
+/*
+ * axpy_rows against its definition, element by element: one fused multiply-add per row in
+ * order (AVX tables), or a rounded product then a sum (scalar); lengths with 64-, 8- and
+ * 1-element pieces, one row and many.
+ */
+static void test_axpy_rows(const qpk_kernels *k)
+{
+    enum { T = 9, LD = 151 };
+    float a[T], x[T * LD], y[LD], want[LD];
+    for (int t = 0; t < T; t++)
+        a[t] = gauss();
+    for (int i = 0; i < T * LD; i++)
+        x[i] = gauss();
+    const bool fused = strcmp(k->name, "scalar") != 0;
+    for (int64_t n = 1; n <= LD; n += 25)
+        for (int64_t rows = 1; rows <= T; rows += 8) {
+            for (int64_t i = 0; i < n; i++)
+                y[i] = want[i] = gauss();
+            for (int64_t t = 0; t < rows; t++)
+                for (int64_t i = 0; i < n; i++) {
+                    volatile float p = a[t] * x[t * LD + i]; /* rounded, whatever the compiler contracts */
+                    want[i] = fused ? fmaf(a[t], x[t * LD + i], want[i]) : want[i] + p;
+                }
+            k->axpy_rows(a, x, LD, rows, y, n);
+            CHECKF(!memcmp(y, want, (size_t)n * sizeof *y), "%s axpy_rows differs (n = %lld, rows = %lld)", k->name,
+                   (long long)n, (long long)rows);
+        }
+}
+
 static void test_kernels(void)
 {
     const qpk_kernels *prev = NULL;
+    test_axpy_rows(qpk_kernels_scalar());
     for (size_t i = 1; qpk_kernels_available(i); i++) {
         test_kernels_of(qpk_kernels_available(i), prev);
         test_quantize_rows(qpk_kernels_available(i));
         test_gemm_acc(qpk_kernels_available(i));
         test_dot_rows(qpk_kernels_available(i));
         test_group_ratios(qpk_kernels_available(i));
+        test_axpy_rows(qpk_kernels_available(i));
         printf("kernels %s checked\n", qpk_kernels_available(i)->name);
         prev = qpk_kernels_available(i);
     }

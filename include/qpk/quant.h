@@ -256,8 +256,12 @@ struct qpk_kernels {
                  int64_t r0, int64_t r1, float *scratch);
     /* dot of two f32 vectors (attention scores). */
     float (*dot)(const float *a, const float *b, int64_t n);
-    /* y += a * x (attention values). */
-    void (*axpy)(float a, const float *x, float *y, int64_t n);
+    /*
+     * y += a[t] * x[t] for t = 0 .. T-1 in order, rows x[t] = x + t ldx (attention's
+     * values): per element one chain over t, each step one fused multiply-add (scalar:
+     * a product and a sum); y stays in registers across the rows.
+     */
+    void (*axpy_rows)(const float *a, const float *x, int64_t ldx, int64_t T, float *y, int64_t n);
     /*
      * sum of exp(x[i] - shift), the exponentials in f32 (within 2 ulp of expf), the sum
      * in f64; if out is not NULL, out[i] = that exponential. For log-softmax over a
@@ -271,7 +275,7 @@ struct qpk_kernels {
     /*
      * y[t][j] += sum over k of x[t][k] p[k][j] for t < T, j < J, on top of y: each output
      * one FMA chain over k in order, as gemm (GPTQ's deferred updates of the later columns:
-     * the same FMAs, in the same order, as one axpy per k).
+     * the same FMAs, in the same order, as one axpy_rows over k).
      */
     void (*gemm_acc)(const float *x, int64_t ldx, int64_t T, const float *p, int64_t ldp, int64_t K, float *y,
                      int64_t ldy, int64_t J);

@@ -929,6 +929,9 @@ static void add_recipe(cJSON *m, const qpk_convert_opts *o)
                 cJSON_AddBoolToObject(cal, "fold_only", p.awq_fold_only);
             }
             cJSON_AddNumberToObject(cal, "search_rows", p.awq.sample_rows);
+            char proxy[64];
+            snprintf(proxy, sizeof proxy, "%s/g%d", qpk_type_name(QPK_AWQ_PROXY_TYPE), QPK_AWQ_PROXY_GROUP);
+            cJSON_AddStringToObject(cal, "block_types_searched_as", proxy);
         }
         cJSON_AddStringToObject(q, "embedding_and_head", "rtn");
     }

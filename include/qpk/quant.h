@@ -158,6 +158,9 @@ typedef struct qpk_gptq_opts {
 #define QPK_AWQ_ALPHA_GRID 20   /* alphas 0, 1/20, ..., 19/20 */
 #define QPK_AWQ_CLIP_STEPS 11   /* clip ratios 1.00, 0.95, ..., 0.50 */
 #define QPK_AWQ_SAMPLE_ROWS 512 /* input rows kept per shared input for the searches */
+/* The scale search stands in this grid type and group for ggml's block types (awq.c says why). */
+#define QPK_AWQ_PROXY_TYPE QPK_TYPE_INT4
+#define QPK_AWQ_PROXY_GROUP 32
 
 typedef struct qpk_awq_opts {
     int alpha_grid; /* alphas a / alpha_grid for a in [0, alpha_grid) */
@@ -405,8 +408,9 @@ typedef struct qpk_awq_linear {
 /*
  * The scales (d = cols of every linear) from mean_abs[d] (mean |x| per channel) and
  * n_rows sampled input rows [n_rows][d]; normalized so that max(s) min(s) = 1. alpha = 0
- * is plain RTN, so the choice is never worse than RTN on the samples. All 1 when no
- * linear is quantized or there are no samples.
+ * is plain RTN, so the choice is never worse than RTN on the samples (for ggml's block
+ * types: RTN in QPK_AWQ_PROXY_TYPE, which the search uses in their place). All 1 when no
+ * linear is quantized or there are no samples. At most 3 linears.
  */
 qpk_status qpk_awq_scales(const qpk_awq_linear *lin, int n_lin, const double *mean_abs, const float *rows,
                           int64_t n_rows, const qpk_awq_opts *o, qpk_pool *pool, const qpk_kernels *k, float *s,

@@ -158,9 +158,8 @@ int qpk_scalar_quantize_group_ratios(uint32_t type, const float *w, int64_t n, c
     return i;
 }
 
-static const qpk_kernels SCALAR = {"scalar",     qpk_scalar_row_to_f32, gemv,   gemm,
-                                   dot,          axpy_rows,             sum_exp, argmax,
-                                   qpk_quantize_row, gemm_acc,          gemm_sub_f64, dot_rows,
+static const qpk_kernels SCALAR = {"scalar", qpk_scalar_row_to_f32, gemv, gemm, dot, axpy_rows, sum_exp, argmax,
+                                   qpk_quantize_row, gemm_acc, gemm_sub_f64, dot_rows,
                                    qpk_scalar_quantize_group_ratios};
 
 const qpk_kernels *qpk_kernels_scalar(void) { return &SCALAR; }

@@ -165,7 +165,7 @@ static float dot(const float *a, const float *b, int64_t n)
 
 /*
  * 64 elements of y at a time in eight registers while every row goes by (one load and one
- * FMA per 8 weights, no store in between), then 8 at a time, then the tail element by element.
+ * FMA per 8 elements, no store in between), then 8 at a time, then the tail element by element.
  */
 static void axpy_rows(const float *a, const float *x, int64_t ldx, int64_t T, float *y, int64_t n)
 {

@@ -913,8 +913,7 @@ static void gemm_acc(const float *x, int64_t ldx, int64_t T, const float *p, int
 /* ------------------------------------------------------- round to nearest */
 
 /*
- * qpk_quantize_row's arithmetic, 8 weights at a time: the group's range by vector min and
- * max (the reference's compares, in another order: min and max do not depend on it), the
+ * qpk_quantize_row's arithmetic, 8 weights at a time: the group's range (group_range), the
  * same qpk_params_from_range, then per weight the same division, rounding to nearest
  * even, zero point and clamp, all exact IEEE operations: the same codes. A group holding
  * a non-finite weight goes to the reference, which names it.
@@ -927,6 +926,28 @@ static inline __attribute__((always_inline)) __m256i codes8(const float *x, __m2
     return _mm256_cvtps_epi32(q);
 }
 
+/*
+ * A group's range for a zero-point or symmetric grid: min and max of 0 and its weights (the
+ * reference's compares, in another order: min and max do not depend on it); false when a
+ * weight is not finite, for the reference to name.
+ */
+static inline bool group_range(const float *x, int64_t n, float *lo_out, float *hi_out)
+{
+    __m256 lo = _mm256_setzero_ps(), hi = lo, bad = lo;
+    const __m256 inf = _mm256_set1_ps(INFINITY);
+    for (int64_t k = 0; k < n; k += 8) {
+        const __m256 v = _mm256_loadu_ps(x + k);
+        lo = _mm256_min_ps(lo, v), hi = _mm256_max_ps(hi, v);
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), v), inf, _CMP_NLT_UQ));
+    }
+    __m128 l4 = _mm_min_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps(lo, 1));
+    __m128 h4 = _mm_max_ps(_mm256_castps256_ps128(hi), _mm256_extractf128_ps(hi, 1));
+    l4 = _mm_min_ps(l4, _mm_movehl_ps(l4, l4)), h4 = _mm_max_ps(h4, _mm_movehl_ps(h4, h4));
+    l4 = _mm_min_ss(l4, _mm_shuffle_ps(l4, l4, 1)), h4 = _mm_max_ss(h4, _mm_shuffle_ps(h4, h4, 1));
+    *lo_out = _mm_cvtss_f32(l4), *hi_out = _mm_cvtss_f32(h4);
+    return _mm256_testz_ps(bad, bad);
+}
+
 static inline __attribute__((always_inline)) qpk_status quantize_row_t(uint32_t type, uint32_t group, const float *x,
                                                                        int64_t n, uint8_t *o, qpk_err *e)
 {
@@ -936,21 +957,11 @@ static inline __attribute__((always_inline)) qpk_status quantize_row_t(uint32_t 
     const __m256 qmin = _mm256_set1_ps((float)gr->qmin), qmax = _mm256_set1_ps((float)gr->qmax);
     const __m256i bias = _mm256_set1_epi32(gr->bias), order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for (int64_t g = 0; g < n; g += group, o += bb) {
-        __m256 lo = _mm256_setzero_ps(), hi = lo, bad = lo;
-        const __m256 inf = _mm256_set1_ps(INFINITY);
-        for (int64_t k = g; k < g + group; k += 8) {
-            const __m256 v = _mm256_loadu_ps(x + k);
-            lo = _mm256_min_ps(lo, v), hi = _mm256_max_ps(hi, v);
-            bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), v), inf, _CMP_NLT_UQ));
-        }
-        if (!_mm256_testz_ps(bad, bad))
+        float lo, hi;
+        if (!group_range(x + g, group, &lo, &hi))
             return qpk_quantize_row(type, group, x, n, o - g / group * bb, e); /* names the weight */
-        __m128 l4 = _mm_min_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps(lo, 1));
-        __m128 h4 = _mm_max_ps(_mm256_castps256_ps128(hi), _mm256_extractf128_ps(hi, 1));
-        l4 = _mm_min_ps(l4, _mm_movehl_ps(l4, l4)), h4 = _mm_max_ps(h4, _mm_movehl_ps(h4, h4));
-        l4 = _mm_min_ss(l4, _mm_shuffle_ps(l4, l4, 1)), h4 = _mm_max_ss(h4, _mm_shuffle_ps(h4, h4, 1));
         qpk_qparams p;
-        qpk_status s = qpk_params_from_range(type, _mm_cvtss_f32(l4), _mm_cvtss_f32(h4), 1.0f, &p, e);
+        qpk_status s = qpk_params_from_range(type, lo, hi, 1.0f, &p, e);
         if (s != QPK_OK)
             return qpk_err_prefix(e, s, "weights %lld..%lld", (long long)g, (long long)(g + group - 1));
         qpk_put_block_header(type, &p, o);
@@ -996,7 +1007,7 @@ static qpk_status quantize_row(uint32_t type, uint32_t group, const float *x, in
 }
 
 /*
- * The clip search's groups: the range found once (as quantize_row_t finds it), then per
+ * The clip search's groups: the range found once (group_range), then per
  * ratio the reference's parameters and, 8 weights at a time, the same division, rounding,
  * zero point, clamp and d (q - z) as qpk_quantize_value and qpk_dequantize_value: exact
  * IEEE operations, the same values. Affine grids, groups not a multiple of 8 and groups
@@ -1009,23 +1020,13 @@ static int quantize_group_ratios(uint32_t type, const float *w, int64_t n, const
         return qpk_scalar_quantize_group_ratios(type, w, n, ratios, n_ratios, out);
     const qpk_grid *gr = &QPK_QUANT_TRAITS[type].grid;
     const bool zp = gr->rule == QPK_RULE_ZERO_POINT;
-    __m256 lo = _mm256_setzero_ps(), hi = lo, bad = lo;
-    const __m256 inf = _mm256_set1_ps(INFINITY);
-    for (int64_t k = 0; k < n; k += 8) {
-        const __m256 v = _mm256_loadu_ps(w + k);
-        lo = _mm256_min_ps(lo, v), hi = _mm256_max_ps(hi, v);
-        bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), v), inf, _CMP_NLT_UQ));
-    }
-    if (!_mm256_testz_ps(bad, bad))
+    float lo, hi;
+    if (!group_range(w, n, &lo, &hi))
         return qpk_scalar_quantize_group_ratios(type, w, n, ratios, n_ratios, out); /* refuses every ratio */
-    __m128 l4 = _mm_min_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps(lo, 1));
-    __m128 h4 = _mm_max_ps(_mm256_castps256_ps128(hi), _mm256_extractf128_ps(hi, 1));
-    l4 = _mm_min_ps(l4, _mm_movehl_ps(l4, l4)), h4 = _mm_max_ps(h4, _mm_movehl_ps(h4, h4));
-    l4 = _mm_min_ss(l4, _mm_shuffle_ps(l4, l4, 1)), h4 = _mm_max_ss(h4, _mm_shuffle_ps(h4, h4, 1));
     const __m256 qmin = _mm256_set1_ps((float)gr->qmin), qmax = _mm256_set1_ps((float)gr->qmax);
     for (int i = 0; i < n_ratios; i++) {
         qpk_qparams p;
-        if (qpk_params_from_range(type, _mm_cvtss_f32(l4), _mm_cvtss_f32(h4), ratios[i], &p, NULL) != QPK_OK)
+        if (qpk_params_from_range(type, lo, hi, ratios[i], &p, NULL) != QPK_OK)
             return i;
         float *o = out + i * n;
         if (p.d == 0) { /* the all-zero group: every code the zero point, every weight 0 */

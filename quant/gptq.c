@@ -379,7 +379,8 @@ static void gptq_task(void *arg, int64_t task, int thread)
             j->codes[(r0 + r) * n + col] = q;
             wr[i] = deq;
             const float ne = -e;
-            k->axpy_rows(&ne, ui + i + 1, 0, 1, wr + i + 1, b1 - i - 1); /* the block's later columns absorb it */
+            /* the block's later columns absorb it */
+            k->axpy_rows(&ne, 0, 1, ui + i + 1, 0, 1, wr + i + 1, 0, b1 - i - 1);
             neg_err[r * GPTQ_BLOCK + (i - b0)] = ne;
         }
         if (i + 1 == b1 && b1 < n) /* the columns past the block absorb its errors */

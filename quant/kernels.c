@@ -67,11 +67,13 @@ static void dot_rows(const float *x, int64_t ldx, int64_t T, const float *w, int
             y[s * T + t] = dot(x + t * ldx, w + s * ldw, n);
 }
 
-static void axpy_rows(const float *a, const float *x, int64_t ldx, int64_t T, float *y, int64_t n)
+static void axpy_rows(const float *a, int64_t lda, int64_t Q, const float *x, int64_t ldx, int64_t T, float *y,
+                      int64_t ldy, int64_t n)
 {
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t i = 0; i < n; i++)
-            y[i] += a[t] * x[t * ldx + i];
+    for (int64_t q = 0; q < Q; q++)
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t i = 0; i < n; i++)
+                y[q * ldy + i] += a[q * lda + t] * x[t * ldx + i];
 }
 
 /* Rows are converted (f32 ones copied) into scratch first: weights may be unaligned. */

@@ -167,7 +167,7 @@ static float dot(const float *a, const float *b, int64_t n)
  * 64 elements of y at a time in eight registers while every row goes by (one load and one
  * FMA per 8 elements, no store in between), then 8 at a time, then the tail element by element.
  */
-static void axpy_rows(const float *a, const float *x, int64_t ldx, int64_t T, float *y, int64_t n)
+static void axpy_row(const float *a, const float *x, int64_t ldx, int64_t T, float *y, int64_t n)
 {
     int64_t i = 0;
     for (; i + 64 <= n; i += 64) {
@@ -195,6 +195,13 @@ static void axpy_rows(const float *a, const float *x, int64_t ldx, int64_t T, fl
     for (; i < n; i++)
         for (int64_t t = 0; t < T; t++)
             y[i] = fma1(a[t], x[t * ldx + i], y[i]);
+}
+
+static void axpy_rows(const float *a, int64_t lda, int64_t Q, const float *x, int64_t ldx, int64_t T, float *y,
+                      int64_t ldy, int64_t n)
+{
+    for (int64_t q = 0; q < Q; q++)
+        axpy_row(a + q * lda, x, ldx, T, y + q * ldy, n);
 }
 
 /*
@@ -1759,6 +1766,69 @@ AVX512 static void dot_rows_512(const float *x, int64_t ldx, int64_t T, const fl
     dot_rows_by(4, x, ldx, T, w, ldw, S, n, y);
 }
 
-const qpk_kernels qpk_kernels_avx512_table = {"avx512", row_to_f32_512, gemv_512, gemm_512, dot, axpy_rows, sum_exp,
+/*
+ * Q rows of y (at most 4) x V vectors of 16 elements in registers while every row of x goes
+ * by: per row V loads shared by the Q, Q broadcasts, Q V FMAs. The last vector's lanes past
+ * the row's end are masked off (tail: its lanes in use).
+ */
+AVX512 static inline __attribute__((always_inline)) void axpy_tile_512(const int Q, const int V, const float *a,
+                                                                      int64_t lda, const float *x, int64_t ldx,
+                                                                      int64_t T, float *y, int64_t ldy, __mmask16 tail)
+{
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int q = 0; q < Q; q++)
+#pragma GCC unroll 4
+        for (int v = 0; v < V; v++)
+            acc[q][v] = _mm512_maskz_loadu_ps(v == V - 1 ? tail : 0xffff, y + q * ldy + 16 * v);
+    for (int64_t t = 0; t < T; t++) {
+        __m512 xv[4];
+#pragma GCC unroll 4
+        for (int v = 0; v < V; v++)
+            xv[v] = _mm512_maskz_loadu_ps(v == V - 1 ? tail : 0xffff, x + t * ldx + 16 * v);
+#pragma GCC unroll 4
+        for (int q = 0; q < Q; q++) {
+            const __m512 av = _mm512_set1_ps(a[q * lda + t]);
+#pragma GCC unroll 4
+            for (int v = 0; v < V; v++)
+                acc[q][v] = _mm512_fmadd_ps(av, xv[v], acc[q][v]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int q = 0; q < Q; q++)
+#pragma GCC unroll 4
+        for (int v = 0; v < V; v++)
+            _mm512_mask_storeu_ps(y + q * ldy + 16 * v, v == V - 1 ? tail : 0xffff, acc[q][v]);
+}
+
+AVX512 static inline __attribute__((always_inline)) void axpy_tiles_512(const int V, const float *a, int64_t lda,
+                                                                       int64_t Q, const float *x, int64_t ldx,
+                                                                       int64_t T, float *y, int64_t ldy,
+                                                                       __mmask16 tail)
+{
+    int64_t q = 0;
+    for (; q + 4 <= Q; q += 4)
+        axpy_tile_512(4, V, a + q * lda, lda, x, ldx, T, y + q * ldy, ldy, tail);
+    switch (Q - q) {
+    case 3: axpy_tile_512(3, V, a + q * lda, lda, x, ldx, T, y + q * ldy, ldy, tail); break;
+    case 2: axpy_tile_512(2, V, a + q * lda, lda, x, ldx, T, y + q * ldy, ldy, tail); break;
+    case 1: axpy_tile_512(1, V, a + q * lda, lda, x, ldx, T, y + q * ldy, ldy, tail); break;
+    default: break;
+    }
+}
+
+/* 64 elements of 4 rows of y at a time (16 registers), then 16, then the masked tail: each element the AVX2 chain. */
+AVX512 static void axpy_rows_512(const float *a, int64_t lda, int64_t Q, const float *x, int64_t ldx, int64_t T,
+                                 float *y, int64_t ldy, int64_t n)
+{
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64)
+        axpy_tiles_512(4, a, lda, Q, x + i, ldx, T, y + i, ldy, 0xffff);
+    for (; i < n; i += 16)
+        axpy_tiles_512(1, a, lda, Q, x + i, ldx, T, y + i, ldy,
+                       n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1));
+}
+
+const qpk_kernels qpk_kernels_avx512_table = {"avx512", row_to_f32_512, gemv_512, gemm_512, dot, axpy_rows_512, sum_exp,
                                               argmax, quantize_row, gemm_acc_512, gemm_sub_f64_512,
                                               dot_rows_512, quantize_group_ratios};

@@ -28,11 +28,15 @@ void qpk_op_rope(float *v, const float *cos, const float *sin, int64_t T, int64_
 void qpk_op_softmax(float *s, int64_t n);
 
 /*
- * One query head over keys/values [first, last] (rows of head_dim):
- * out = softmax(q . k_i / sqrt(head_dim)) . v. scores: last + 1 floats.
+ * Causal attention of nq consecutive queries of one head, at positions p0 .. p0 + nq - 1
+ * (query s at q + s ldq, its output at out + s ldo), over the keys/values (rows of
+ * head_dim) at positions [first(p), p], first(p) = max(0, p - window + 1) with a sliding
+ * window (window > 0), else 0: out = softmax(q . k_i / sqrt(head_dim)) . v. Each query's
+ * output is the same bits whatever nq. scores: nq (p0 + nq) floats.
  */
-void qpk_op_attend(const qpk_kernels *k, const float *q, const float *keys, const float *vals, int64_t first,
-                   int64_t last, int64_t head_dim, float *scores, float *out);
+void qpk_op_attend(const qpk_kernels *k, const float *q, int64_t ldq, int64_t nq, const float *keys,
+                   const float *vals, int64_t p0, int64_t window, int64_t head_dim, float *scores, float *out,
+                   int64_t ldo);
 
 /* gate[i] = silu(gate[i]) * up[i], silu(x) = x * sigmoid(x). */
 void qpk_op_swiglu(float *gate, const float *up, int64_t n);

@@ -211,6 +211,13 @@ uint64_t qpk_model_decode_bytes(const qpk_model *m)
 
 /* ==================================================================== context */
 
+/*
+ * Queries per attention task: each key and value row is loaded once for this many queries
+ * of a head (the kernels' tiles take 4 at a time), at the cost of a triangle of scores past
+ * the queries' positions.
+ */
+#define ATTEND_BLOCK 8
+
 struct qpk_context {
     const qpk_model *m;
     const qpk_kernels *k;
@@ -269,8 +276,9 @@ qpk_status qpk_context_create(qpk_context **out, const qpk_model *m, const qpk_c
         I = (size_t)c->shared_expert_intermediate_size;
     size_t widest = (size_t)(I > Q ? I : Q) > H ? (I > Q ? I : Q) : H;
     x->scratch_per_thread = qpk_gemm_scratch_floats((int64_t)widest);
-    if (x->scratch_per_thread < (size_t)n_ctx + 16)
-        x->scratch_per_thread = (size_t)n_ctx + 16;
+    const size_t scores = (size_t)(n_batch < ATTEND_BLOCK ? n_batch : ATTEND_BLOCK) * (size_t)n_ctx;
+    if (x->scratch_per_thread < scores + 16)
+        x->scratch_per_thread = scores + 16;
     x->kcache = calloc((size_t)c->n_layers, sizeof *x->kcache);
     x->vcache = calloc((size_t)c->n_layers, sizeof *x->vcache);
     x->x = alloc_floats(T * H), x->xn = alloc_floats(T * H);
@@ -401,20 +409,20 @@ typedef struct attn_job {
     int64_t layer, slot, T;
 } attn_job;
 
-/* One (query token, head): attention over the visible positions of the cache. */
+/* One (block of query tokens, head), the last blocks (the most positions) first. */
 static void attn_task(void *arg, int64_t task, int thread)
 {
     attn_job *j = arg;
     qpk_context *c = j->c;
     const qpk_config *cf = &c->m->cfg;
-    int64_t hd = cf->head_dim, t = task / cf->n_heads, h = task % cf->n_heads;
-    int64_t kvh = h / (cf->n_heads / cf->n_kv_heads), p = c->pos + t, first = 0;
-    if (cf->use_sliding_window && j->layer >= cf->max_window_layers && p - cf->sliding_window + 1 > 0)
-        first = p - cf->sliding_window + 1;
-    size_t head = (size_t)kvh * (size_t)c->cap * (size_t)hd;
-    qpk_op_attend(c->k, c->q + (t * cf->n_heads + h) * hd, c->kcache[j->slot] + head, c->vcache[j->slot] + head,
-                  first, p, hd, c->scratch + (size_t)thread * c->scratch_per_thread,
-                  c->att + (t * cf->n_heads + h) * hd);
+    const int64_t hd = cf->head_dim, blocks = (j->T + ATTEND_BLOCK - 1) / ATTEND_BLOCK;
+    const int64_t t = (blocks - 1 - task / cf->n_heads) * ATTEND_BLOCK, h = task % cf->n_heads;
+    const int64_t nq = j->T - t < ATTEND_BLOCK ? j->T - t : ATTEND_BLOCK, kvh = h / (cf->n_heads / cf->n_kv_heads);
+    const int64_t window = cf->use_sliding_window && j->layer >= cf->max_window_layers ? cf->sliding_window : 0;
+    const size_t head = (size_t)kvh * (size_t)c->cap * (size_t)hd, ld = (size_t)(cf->n_heads * hd);
+    qpk_op_attend(c->k, c->q + t * ld + h * hd, ld, nq, c->kcache[j->slot] + head, c->vcache[j->slot] + head,
+                  c->pos + t, window, hd, c->scratch + (size_t)thread * c->scratch_per_thread,
+                  c->att + t * ld + h * hd, ld);
 }
 
 typedef struct swiglu_job {
@@ -556,7 +564,7 @@ static void forward_layer(qpk_context *c, const qpk_layer_weights *L, int64_t l,
             memcpy(c->vcache[slot] + at, c->vv + (t * cf->n_kv_heads + h) * hd, (size_t)hd * sizeof(float));
         }
     attn_job aj = {c, l, slot, T};
-    qpk_pool_run(c->pool, T * cf->n_heads, attn_task, &aj);
+    qpk_pool_run(c->pool, (T + ATTEND_BLOCK - 1) / ATTEND_BLOCK * cf->n_heads, attn_task, &aj);
     if (capture)
         capture(ud, QPK_ROLE_O, -1, c->att, T, cf->n_heads * hd);
     matmul(c, &L->o, c->att, T, c->xn);

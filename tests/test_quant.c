@@ -525,31 +525,35 @@ static void test_dot_rows(const qpk_kernels *k)
 
 /*
  * axpy_rows against its definition, element by element: one fused multiply-add per row in
- * order (AVX tables), or a rounded product then a sum (scalar); lengths with 64-, 8- and
- * 1-element pieces, one row and many.
+ * order (AVX tables), or a rounded product then a sum (scalar); lengths with 64-, 16-, 8-
+ * and 1-element pieces, one row and many, one query and every tile of queries (1 to 9).
  */
 static void test_axpy_rows(const qpk_kernels *k)
 {
-    enum { T = 9, LD = 151 };
-    float a[T], x[T * LD], y[LD], want[LD];
-    for (int t = 0; t < T; t++)
-        a[t] = gauss();
+    enum { T = 9, LD = 151, QMAX = 9, LDA = 11, LDY = 157 };
+    float a[QMAX * LDA], x[T * LD], y[QMAX * LDY], want[QMAX * LDY];
+    for (int i = 0; i < QMAX * LDA; i++)
+        a[i] = gauss();
     for (int i = 0; i < T * LD; i++)
         x[i] = gauss();
     const bool fused = strcmp(k->name, "scalar") != 0;
-    for (int64_t n = 1; n <= LD; n += 25)
-        for (int64_t rows = 1; rows <= T; rows += 8) {
-            for (int64_t i = 0; i < n; i++)
-                y[i] = want[i] = gauss();
-            for (int64_t t = 0; t < rows; t++)
-                for (int64_t i = 0; i < n; i++) {
-                    volatile float p = a[t] * x[t * LD + i]; /* rounded, whatever the compiler contracts */
-                    want[i] = fused ? fmaf(a[t], x[t * LD + i], want[i]) : want[i] + p;
-                }
-            k->axpy_rows(a, x, LD, rows, y, n);
-            CHECKF(!memcmp(y, want, (size_t)n * sizeof *y), "%s axpy_rows differs (n = %lld, rows = %lld)", k->name,
-                   (long long)n, (long long)rows);
-        }
+    for (int64_t Q = 1; Q <= QMAX; Q += Q < 5 ? 1 : 4)
+        for (int64_t n = 1; n <= LD; n += 25)
+            for (int64_t rows = 1; rows <= T; rows += 8) {
+                for (int i = 0; i < QMAX * LDY; i++)
+                    y[i] = want[i] = gauss();
+                for (int64_t q = 0; q < Q; q++)
+                    for (int64_t t = 0; t < rows; t++)
+                        for (int64_t i = 0; i < n; i++) {
+                            const float at = a[q * LDA + t], xt = x[t * LD + i];
+                            volatile float p = at * xt; /* rounded, whatever the compiler contracts */
+                            want[q * LDY + i] = fused ? fmaf(at, xt, want[q * LDY + i]) : want[q * LDY + i] + p;
+                        }
+                k->axpy_rows(a, LDA, Q, x, LD, rows, y, LDY, n);
+                /* The whole of y: an element past a row's end or a row past Q is not written. */
+                CHECKF(!memcmp(y, want, sizeof y), "%s axpy_rows differs (Q = %lld, n = %lld, rows = %lld)", k->name,
+                       (long long)Q, (long long)n, (long long)rows);
+            }
 }
 
 static void test_kernels(void)

@@ -109,7 +109,7 @@ static void test_ops(const qpk_kernels *k)
         q[i] = (float)urand();
     for (int i = 0; i < N * HD; i++)
         keys[i] = (float)urand(), vals[i] = (float)urand();
-    qpk_op_attend(k, q, keys, vals, 5, N - 1, HD, scores, att);
+    qpk_op_attend(k, q, HD, 1, keys, vals, N - 1, N - 5, HD, scores, att, HD); /* window N - 5: from 5 */
     mx = -1e300, sum = 0;
     for (int j = 5; j < N; j++) {
         double d = 0;
@@ -124,6 +124,27 @@ static void test_ops(const qpk_kernels *k)
         for (int i = 0; i < HD; i++)
             aw[i] += exp(sc[j] - mx) / sum * vals[j * HD + i];
     CHECKF(max_rel_err(att, aw, HD) < 1e-5, "attention error %g", max_rel_err(att, aw, HD));
+
+    /*
+     * A block of queries gives each query its one-query bits: without a window, with one
+     * wider than the block (each query's own prefix), narrower (no positions in common), and
+     * blocks of every size up to 11 (the kernels' tiles of 4 and their leftovers).
+     */
+    enum { NQ = 11 };
+    static float qs[NQ * HD], block_out[NQ * HD], one[HD], block_scores[NQ * N];
+    for (int i = 0; i < NQ * HD; i++)
+        qs[i] = (float)urand() - 0.5f;
+    for (int window = 0; window < 40; window += window ? 17 : 3)
+        for (int nq = 1; nq <= NQ; nq += nq < 5 ? 1 : 3) {
+            const int p0 = N - nq - (nq % 3); /* blocks that end before the last position too */
+            qpk_op_attend(k, qs, HD, nq, keys, vals, p0, window, HD, block_scores, block_out, HD);
+            bool same = true;
+            for (int j = 0; j < nq; j++) {
+                qpk_op_attend(k, qs + j * HD, HD, 1, keys, vals, p0 + j, window, HD, scores, one, HD);
+                same &= !memcmp(one, block_out + j * HD, sizeof one);
+            }
+            CHECKF(same, "%s attention of %d queries (window %d) differs from one at a time", k->name, nq, window);
+        }
 
     float g[5] = {-3, -0.5f, 0, 0.5f, 4}, u[5] = {1, 2, 3, 4, 5};
     qpk_op_swiglu(g, u, 5);
@@ -416,8 +437,8 @@ int main(void)
 {
     if (!mkdtemp(g_dir))
         return 2;
-    test_ops(qpk_kernels_best());
-    test_ops(qpk_kernels_scalar());
+    for (size_t i = 0; qpk_kernels_available(i); i++)
+        test_ops(qpk_kernels_available(i));
     test_model();
     test_long_context();
     test_quantized_model();

@@ -260,11 +260,13 @@ struct qpk_kernels {
     /* dot of two f32 vectors (attention scores). */
     float (*dot)(const float *a, const float *b, int64_t n);
     /*
-     * y += a[t] * x[t] for t = 0 .. T-1 in order, rows x[t] = x + t ldx (attention's
-     * values): per element one chain over t, each step one fused multiply-add (scalar:
-     * a product and a sum); y stays in registers across the rows.
+     * y[q] += a[q][t] * x[t] for t = 0 .. T-1 in order, for each of Q rows a[q] = a + q lda
+     * and y[q] = y + q ldy, rows x[t] = x + t ldx (attention's values, Q queries at once):
+     * per element one chain over t, each step one fused multiply-add (scalar: a product and
+     * a sum); y stays in registers across the rows, each row of x loaded once for the Q.
      */
-    void (*axpy_rows)(const float *a, const float *x, int64_t ldx, int64_t T, float *y, int64_t n);
+    void (*axpy_rows)(const float *a, int64_t lda, int64_t Q, const float *x, int64_t ldx, int64_t T, float *y,
+                      int64_t ldy, int64_t n);
     /*
      * sum of exp(x[i] - shift), the exponentials in f32 (within 2 ulp of expf), the sum
      * in f64; if out is not NULL, out[i] = that exponential. For log-softmax over a

@@ -878,12 +878,15 @@ static inline __attribute__((always_inline)) void gemm_panels(qpk_row_fn *conver
                                                               int64_t r1, float *scratch)
 {
     const int64_t K = w->cols;
-    const size_t ld = SCRATCH_STRIDE(K);
-    float *rows = scratch, *packed = align64(scratch + (size_t)PANEL * ld);
+    /* f32 rows (calibration's forward passes) are packed from where they are, not copied first. */
+    const bool f32 = w->type == QPK_TYPE_F32 && (uintptr_t)w->data % sizeof(float) == 0;
+    const size_t ld = f32 ? (size_t)K : SCRATCH_STRIDE(K);
+    float *packed = align64(scratch + (size_t)PANEL * SCRATCH_STRIDE(K));
     for (int64_t r = r0; r < r1; r += PANEL) {
         const int nr = r1 - r < PANEL ? (int)(r1 - r) : PANEL;
-        for (int j = 0; j < nr; j++)
-            convert(w, r + j, rows + (size_t)j * ld);
+        const float *rows = f32 ? (const float *)qpk_row_ptr(w, r) : scratch;
+        for (int j = 0; !f32 && j < nr; j++)
+            convert(w, r + j, scratch + (size_t)j * ld);
         for (int64_t k0 = 0; k0 < K; k0 += QPK_GEMM_KC) {
             const int64_t kc = K - k0 < QPK_GEMM_KC ? K - k0 : QPK_GEMM_KC;
             pack_panel(rows, ld, nr, k0, kc, packed);

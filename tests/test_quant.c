@@ -328,6 +328,7 @@ static void test_kernels_of(const qpk_kernels *best, const qpk_kernels *prev)
         {QPK_TYPE_INT8, 64, 7, 384}, {QPK_TYPE_INT4, 32, 11, 64}, {QPK_TYPE_INT4, 128, 9, 384},
         {QPK_TYPE_INT4S, 32, 21, 96}, {QPK_TYPE_INT4S, 96, 8, 288}, {QPK_TYPE_INT4, 384, 3, 384},
         {QPK_TYPE_BF16, 0, 67, 2100}, /* rows past a panel and columns past a packed chunk */
+        {QPK_TYPE_F32, 0, 45, 2090},  /* the same for rows packed where they are */
         {QPK_TYPE_INT8Z, 32, 40, 2176},
         {QPK_TYPE_Q4_K, 256, 9, 512},  {QPK_TYPE_Q6_K, 256, 7, 768}, {QPK_TYPE_Q5_K, 256, 5, 256},
         {QPK_TYPE_Q4_1, 32, 6, 96},    {QPK_TYPE_Q5_0, 32, 5, 64},   {QPK_TYPE_Q5_1, 32, 35, 128},

@@ -24,17 +24,19 @@ static inline const uint8_t *qpk_row_ptr(const qpk_matrix *w, int64_t r)
  * with x of the row at `row` (gemv finds the rows by one stride per matrix) in the
  * summation order of qpk/quant.h (scratch: the caller's qpk_gemm_scratch_floats); where
  * it has one, dot2 does the rows at row and row + stride at once, y[0] and y[1], which
- * keeps twice the FMA chains in flight of one row. gemv and gemm are written once per
+ * keeps twice the FMA chains in flight of one row (dot4: four rows, y[0..3]). gemv and gemm are written once per
  * instruction set over these; adding a type adds a row to each table that has a faster
  * way than the scalar one.
  */
 typedef void qpk_row_fn(const qpk_matrix *w, int64_t r, float *dst);
 typedef float qpk_dot_fn(const qpk_matrix *w, const uint8_t *row, const float *x, float *scratch);
 typedef void qpk_dot2_fn(const qpk_matrix *w, const uint8_t *row, size_t stride, const float *x, float y[2]);
+typedef void qpk_dot4_fn(const qpk_matrix *w, const uint8_t *row, size_t stride, const float *x, float y[4]);
 typedef struct qpk_type_kernels {
     qpk_row_fn *to_f32;
     qpk_dot_fn *dot;
     qpk_dot2_fn *dot2; /* NULL: one row at a time */
+    qpk_dot4_fn *dot4; /* rows row + i stride, i < 4: NULL: two at a time where dot2 is */
 } qpk_type_kernels;
 
 /* The scalar row kernels of any type (the reference; what other tables fall back to). */

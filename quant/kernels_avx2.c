@@ -709,7 +709,7 @@ static inline qpk_type_kernels rows_of(const qpk_type_kernels *t, const qpk_matr
 {
     qpk_type_kernels k = t[w->type];
     return (qpk_type_kernels){k.to_f32 ? k.to_f32 : qpk_scalar_row_to_f32, k.dot ? k.dot : qpk_scalar_row_dot,
-                              k.dot2};
+                              k.dot2, k.dot4};
 }
 
 /*
@@ -725,6 +725,17 @@ static void gemv_with(const qpk_type_kernels *t, const qpk_matrix *w, const floa
     const size_t stride = qpk_matrix_row_bytes(w);
     const uint8_t *row = (const uint8_t *)w->data + (size_t)r0 * stride;
     int64_t r = r0;
+    if (k.dot4) { /* four streams a quarter of the rows apart */
+        const int64_t quarter = (r1 - r0) / 4;
+        float y4[4];
+        for (; r < r0 + quarter; r++, row += stride) {
+            k.dot4(w, row, (size_t)quarter * stride, x, y4);
+            for (int i = 0; i < 4; i++)
+                y[r + i * quarter] = y4[i];
+        }
+        r += 3 * quarter, row += (size_t)(3 * quarter) * stride;
+        r0 = r;
+    }
     if (k.dot2) {
         const int64_t half = (r1 - r0) / 2;
         float y2[2];
@@ -1193,6 +1204,9 @@ const qpk_kernels qpk_kernels_avx2_table = {"avx2", row_to_f32, gemv, gemm, dot,
  */
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
 
+/* Rows a gemv kernel runs at once, at most: their chains in flight hide the FMA latency (four: 1.4x two). */
+#define GEMV_ROWS 4
+
 AVX512 static inline __m512 q4_weights(uint32_t type, const uint8_t *block)
 {
     const __m512 q = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
@@ -1220,8 +1234,8 @@ AVX512 static inline __m256 half(__m512 v, int hi)
 }
 
 /*
- * R rows (1 or 2) at row, row + stride, ... into y[0..R): each row its own two
- * accumulators, so that two rows keep four FMA chains in flight where one row's wait on
+ * R rows (1, 2 or 4) at row, row + stride, ... into y[0..R): each row its own two
+ * accumulators, so that four rows keep eight FMA chains in flight where one row's wait on
  * the FMA latency.
  */
 AVX512 static inline __attribute__((always_inline)) void gemv_q4rows(const int R, uint32_t type, uint32_t group,
@@ -1229,15 +1243,15 @@ AVX512 static inline __attribute__((always_inline)) void gemv_q4rows(const int R
                                                                      const float *x, int64_t K, float *y)
 {
     const size_t bb = qpk_type_block_bytes(type, group);
-    __m512 a01[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, a23[2] = {a01[0], a01[0]};
+    __m512 a01[GEMV_ROWS] = {_mm512_setzero_ps()}, a23[GEMV_ROWS] = {_mm512_setzero_ps()};
     for (int64_t g = 0; g < K; g += group, row += bb) {
-        __m512 table[2];
-#pragma GCC unroll 2
+        __m512 table[GEMV_ROWS];
+#pragma GCC unroll 4
         for (int i = 0; i < R; i++)
             table[i] = q4_weights(type, row + i * stride);
         for (int64_t k = g; k < g + group; k += 32) {
             const __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
-#pragma GCC unroll 2
+#pragma GCC unroll 4
             for (int i = 0; i < R; i++) {
                 const __m512i both = q4_indices(row + i * stride + CODES_AT(type) + (k - g) / 2);
                 a01[i] = _mm512_fmadd_ps(x0, _mm512_permutexvar_ps(both, table[i]), a01[i]);
@@ -1245,7 +1259,7 @@ AVX512 static inline __attribute__((always_inline)) void gemv_q4rows(const int R
             }
         }
     }
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int i = 0; i < R; i++) {
         const __m256 c[4] = {half(a01[i], 0), half(a01[i], 1), half(a23[i], 0), half(a23[i], 1)};
         y[i] = combine(c, x, row, type, K, K);
@@ -1282,6 +1296,11 @@ AVX512 static void q4_row_to_f32(uint32_t type, uint32_t group, const uint8_t *r
                                     float y[2])                                                                  \
     {                                                                                                            \
         gemv_q4rows(2, QPK_TYPE_##T, w->group_size, row, stride, x, w->cols, y);                                 \
+    }                                                                                                            \
+    AVX512 static void dot4_512_##T(const qpk_matrix *w, const uint8_t *row, size_t stride, const float *x,      \
+                                    float y[4])                                                                  \
+    {                                                                                                            \
+        gemv_q4rows(4, QPK_TYPE_##T, w->group_size, row, stride, x, w->cols, y);                                 \
     }
 Q4_ROWS(INT4)
 Q4_ROWS(INT4S)
@@ -1294,8 +1313,11 @@ AVX512 static inline float sum_chains(__m512 a01, __m512 a23)
     return hsum(_mm256_add_ps(_mm256_add_ps(half(a01, 0), half(a01, 1)), _mm256_add_ps(half(a23, 0), half(a23, 1))));
 }
 
-/* One row's dot product (dot_512_NAME) and two rows' (dot2_512_NAME) from NAME_rows(R, ...), R rows at a stride. */
-#define DOT_1_2(NAME)                                                                                            \
+/*
+ * One row's dot product (dot_512_NAME), two rows' (dot2_512_NAME) and four rows' (dot4_512_NAME) from
+ * NAME_rows(R, ...), R rows at a stride: each row's chains are the same whatever R.
+ */
+#define DOT_1_2_4(NAME)                                                                                          \
     AVX512 static float dot_512_##NAME(const qpk_matrix *w, const uint8_t *row, const float *x, float *scratch) \
     {                                                                                                            \
         (void)scratch;                                                                                           \
@@ -1307,6 +1329,11 @@ AVX512 static inline float sum_chains(__m512 a01, __m512 a23)
                                        float y[2])                                                               \
     {                                                                                                            \
         NAME##_rows(2, w, row, stride, x, y);                                                                    \
+    }                                                                                                            \
+    AVX512 static void dot4_512_##NAME(const qpk_matrix *w, const uint8_t *row, size_t stride, const float *x,  \
+                                       float y[4])                                                               \
+    {                                                                                                            \
+        NAME##_rows(4, w, row, stride, x, y);                                                                    \
     }
 
 /* int8 (Q8_0's blocks), R rows at a stride: 16 codes widen to f32 and take d, an exact product, as dequant32's. */
@@ -1315,15 +1342,15 @@ AVX512 static inline __attribute__((always_inline)) void INT8_rows(const int R, 
                                                                    float *y)
 {
     const size_t bb = qpk_type_block_bytes(QPK_TYPE_INT8, w->group_size);
-    __m512 a01[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, a23[2] = {a01[0], a01[0]};
+    __m512 a01[GEMV_ROWS] = {_mm512_setzero_ps()}, a23[GEMV_ROWS] = {_mm512_setzero_ps()};
     for (int64_t g = 0; g < w->cols; g += w->group_size, row += bb) {
-        __m512 d[2];
-#pragma GCC unroll 2
+        __m512 d[GEMV_ROWS];
+#pragma GCC unroll 4
         for (int r = 0; r < R; r++)
             d[r] = _mm512_set1_ps(half_at(row + r * stride, QPK_TYPE_TABLE[QPK_TYPE_INT8].scale_bf16));
         for (int64_t k = g; k < g + w->group_size; k += 32) {
             const __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
-#pragma GCC unroll 2
+#pragma GCC unroll 4
             for (int r = 0; r < R; r++) {
                 const uint8_t *q = row + r * stride + CODES_AT(QPK_TYPE_INT8) + (k - g);
                 const __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q)));
@@ -1333,11 +1360,11 @@ AVX512 static inline __attribute__((always_inline)) void INT8_rows(const int R, 
             }
         }
     }
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int r = 0; r < R; r++)
         y[r] = sum_chains(a01[r], a23[r]);
 }
-DOT_1_2(INT8)
+DOT_1_2_4(INT8)
 
 /*
  * ggml's 4-bit block types the same way, a table per sub-block of 32: Q4_K's 16 weights
@@ -1392,15 +1419,15 @@ AVX512 static inline __attribute__((always_inline)) void Q5_K_rows(const int R, 
                                                                    const uint8_t *row, size_t stride, const float *x,
                                                                    float *y)
 {
-    __m512 a01[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, a23[2] = {a01[0], a01[0]};
+    __m512 a01[GEMV_ROWS] = {_mm512_setzero_ps()}, a23[GEMV_ROWS] = {_mm512_setzero_ps()};
     for (int64_t i = 0; i < w->cols; i += 256, row += sizeof(qpk_block_q5_k)) {
-        float d[2], dmin[2];
-#pragma GCC unroll 2
+        float d[GEMV_ROWS], dmin[GEMV_ROWS];
+#pragma GCC unroll 4
         for (int r = 0; r < R; r++)
             d[r] = q4_k_d(row + r * stride), dmin[r] = q4_k_dmin(row + r * stride);
         for (int j = 0; j < 8; j++) {
             const __m512 x0 = _mm512_loadu_ps(x + i + 32 * j), x1 = _mm512_loadu_ps(x + i + 32 * j + 16);
-#pragma GCC unroll 2
+#pragma GCC unroll 4
             for (int r = 0; r < R; r++) {
                 __m512 t[2];
                 __m512i idx[2];
@@ -1410,7 +1437,7 @@ AVX512 static inline __attribute__((always_inline)) void Q5_K_rows(const int R, 
             }
         }
     }
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int r = 0; r < R; r++)
         y[r] = sum_chains(a01[r], a23[r]);
 }
@@ -1441,15 +1468,15 @@ AVX512 static inline __attribute__((always_inline)) void Q4_K_rows(const int R, 
                                                                    float *y)
 {
     const __m512 iota = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-    float ds[2][8], dm[2][8];
-    __m512 a01[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, a23[2] = {a01[0], a01[0]};
+    float ds[GEMV_ROWS][8], dm[GEMV_ROWS][8];
+    __m512 a01[GEMV_ROWS] = {_mm512_setzero_ps()}, a23[GEMV_ROWS] = {_mm512_setzero_ps()};
     for (int64_t i = 0; i < w->cols; i += 256, row += sizeof(qpk_block_q4_k)) {
-#pragma GCC unroll 2
+#pragma GCC unroll 4
         for (int r = 0; r < R; r++)
             q4_k_scales(row + r * stride, ds[r], dm[r]);
         for (int j = 0; j < 8; j += 2) {
             const float *xj = x + i + 32 * j;
-#pragma GCC unroll 2
+#pragma GCC unroll 4
             for (int r = 0; r < R; r++) {
                 const uint8_t *qs = row + r * stride + offsetof(qpk_block_q4_k, qs) + 16 * j;
                 const __m512i u = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)qs));
@@ -1465,11 +1492,11 @@ AVX512 static inline __attribute__((always_inline)) void Q4_K_rows(const int R, 
             }
         }
     }
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int r = 0; r < R; r++)
         y[r] = sum_chains(a01[r], a23[r]);
 }
-DOT_1_2(Q4_K)
+DOT_1_2_4(Q4_K)
 
 AVX512 static void q4_k_row_512(const qpk_matrix *w, int64_t r, float *y)
 {
@@ -1491,7 +1518,7 @@ AVX512 static void q4_k_row_512(const qpk_matrix *w, int64_t r, float *y)
         }
     }
 }
-DOT_1_2(Q5_K)
+DOT_1_2_4(Q5_K)
 
 AVX512 static void iq4_row_512(const qpk_matrix *w, int64_t r, float *y)
 {
@@ -1515,16 +1542,16 @@ AVX512 static inline __attribute__((always_inline)) void iq4_rows(const int R, u
                                                                   float *y)
 {
     const size_t bb = qpk_type_block_bytes(type, QPK_TYPE_TABLE[type].block);
-    float scale[2][8];
-    __m512 a01[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, a23[2] = {a01[0], a01[0]};
+    float scale[GEMV_ROWS][8];
+    __m512 a01[GEMV_ROWS] = {_mm512_setzero_ps()}, a23[GEMV_ROWS] = {_mm512_setzero_ps()};
     for (int64_t i = 0; i < w->cols; row += bb) {
         int sub = 0;
-#pragma GCC unroll 2
+#pragma GCC unroll 4
         for (int r = 0; r < R; r++)
             sub = iq4_scales(type, row + r * stride, scale[r]);
         for (int j = 0; j < sub; j++, i += 32) {
             const __m512 x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + 16);
-#pragma GCC unroll 2
+#pragma GCC unroll 4
             for (int r = 0; r < R; r++) {
                 const __m512 table = iq4_table(scale[r][j]);
                 const __m512i both = q4_indices(iq4_qs(type, row + r * stride) + 16 * j);
@@ -1533,14 +1560,14 @@ AVX512 static inline __attribute__((always_inline)) void iq4_rows(const int R, u
             }
         }
     }
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int r = 0; r < R; r++)
         y[r] = sum_chains(a01[r], a23[r]);
 }
 #define IQ4_NL_rows(R, w, row, stride, x, y) iq4_rows(R, QPK_TYPE_IQ4_NL, w, row, stride, x, y)
 #define IQ4_XS_rows(R, w, row, stride, x, y) iq4_rows(R, QPK_TYPE_IQ4_XS, w, row, stride, x, y)
-DOT_1_2(IQ4_NL)
-DOT_1_2(IQ4_XS)
+DOT_1_2_4(IQ4_NL)
+DOT_1_2_4(IQ4_XS)
 
 /*
  * Q6_K: a half block's 128 codes come out of its 64 ql and 32 qh bytes in two 512-bit
@@ -1601,15 +1628,15 @@ AVX512 static inline __attribute__((always_inline)) void Q6_K_rows(const int R, 
                                                                    const uint8_t *row, size_t stride, const float *x,
                                                                    float *y)
 {
-    float ds[2][16];
-    __m512 a01[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, a23[2] = {a01[0], a01[0]};
+    float ds[GEMV_ROWS][16];
+    __m512 a01[GEMV_ROWS] = {_mm512_setzero_ps()}, a23[GEMV_ROWS] = {_mm512_setzero_ps()};
     for (int64_t i = 0; i < w->cols; i += 256, row += sizeof(qpk_block_q6_k)) {
-#pragma GCC unroll 2
+#pragma GCC unroll 4
         for (int r = 0; r < R; r++)
             q6_k_scales(row + r * stride, ds[r]);
         for (int h = 0; h < 2; h++) {
-            __m512i c[2][2];
-#pragma GCC unroll 2
+            __m512i c[GEMV_ROWS][2];
+#pragma GCC unroll 4
             for (int r = 0; r < R; r++)
                 q6_k_codes(row + r * stride + offsetof(qpk_block_q6_k, ql) + 64 * h,
                            row + r * stride + offsetof(qpk_block_q6_k, qh) + 32 * h, c[r]);
@@ -1617,7 +1644,7 @@ AVX512 static inline __attribute__((always_inline)) void Q6_K_rows(const int R, 
 #pragma GCC unroll 4
             for (int p = 0; p < 8; p += 2) {
                 const __m512 x0 = _mm512_loadu_ps(xh + 16 * p), x1 = _mm512_loadu_ps(xh + 16 * p + 16);
-#pragma GCC unroll 2
+#pragma GCC unroll 4
                 for (int r = 0; r < R; r++) {
                     a01[r] = _mm512_fmadd_ps(x0, q6_k_lane(c[r], p, ds[r] + 8 * h), a01[r]);
                     a23[r] = _mm512_fmadd_ps(x1, q6_k_lane(c[r], p + 1, ds[r] + 8 * h), a23[r]);
@@ -1625,28 +1652,30 @@ AVX512 static inline __attribute__((always_inline)) void Q6_K_rows(const int R, 
             }
         }
     }
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int r = 0; r < R; r++)
         y[r] = sum_chains(a01[r], a23[r]);
 }
-DOT_1_2(Q6_K)
+DOT_1_2_4(Q6_K)
 
 /* AVX2's rows, with AVX-512's for the 4-bit types (qpk's, MLX's, ggml's Q4_K, Q5_K and IQ4). */
 static const qpk_type_kernels AVX512_TYPES[QPK_TYPE_COUNT_] = {
     [QPK_TYPE_F32] = {to_f32_F32, dot_F32},            [QPK_TYPE_F16] = {to_f32_F16, dot_F16},
-    [QPK_TYPE_BF16] = {to_f32_BF16, dot_BF16},         [QPK_TYPE_INT8] = {to_f32_INT8, dot_512_INT8, dot2_512_INT8},
-    [QPK_TYPE_INT4] = {to_f32_512_INT4, dot_512_INT4, dot2_512_INT4},
-    [QPK_TYPE_INT4S] = {to_f32_512_INT4S, dot_512_INT4S, dot2_512_INT4S},
+    [QPK_TYPE_BF16] = {to_f32_BF16, dot_BF16},
+    [QPK_TYPE_INT8] = {to_f32_INT8, dot_512_INT8, dot2_512_INT8, dot4_512_INT8},
+    [QPK_TYPE_INT4] = {to_f32_512_INT4, dot_512_INT4, dot2_512_INT4, dot4_512_INT4},
+    [QPK_TYPE_INT4S] = {to_f32_512_INT4S, dot_512_INT4S, dot2_512_INT4S, dot4_512_INT4S},
     [QPK_TYPE_INT8Z] = {to_f32_INT8Z, dot_INT8Z},
     [QPK_TYPE_Q4_1] = GGML_ROWS, [QPK_TYPE_Q5_0] = GGML_ROWS, [QPK_TYPE_Q5_1] = GGML_ROWS,
     [QPK_TYPE_Q2_K] = GGML_ROWS, [QPK_TYPE_Q3_K] = GGML_ROWS, 
-    [QPK_TYPE_Q4_K] = {q4_k_row_512, dot_512_Q4_K, dot2_512_Q4_K},
-    [QPK_TYPE_Q5_K] = {q5_k_row_512, dot_512_Q5_K, dot2_512_Q5_K},
-    [QPK_TYPE_Q6_K] = {q6_k_row_512, dot_512_Q6_K, dot2_512_Q6_K},
-    [QPK_TYPE_IQ4_NL] = {iq4_row_512, dot_512_IQ4_NL, dot2_512_IQ4_NL},
-    [QPK_TYPE_IQ4_XS] = {iq4_row_512, dot_512_IQ4_XS, dot2_512_IQ4_XS},
-    [QPK_TYPE_MLX4] = {to_f32_512_MLX4, dot_512_MLX4, dot2_512_MLX4}, [QPK_TYPE_MLX8] = {to_f32_MLX8, dot_MLX8},
-    [QPK_TYPE_MLX4_F16] = {to_f32_512_MLX4_F16, dot_512_MLX4_F16, dot2_512_MLX4_F16},
+    [QPK_TYPE_Q4_K] = {q4_k_row_512, dot_512_Q4_K, dot2_512_Q4_K, dot4_512_Q4_K},
+    [QPK_TYPE_Q5_K] = {q5_k_row_512, dot_512_Q5_K, dot2_512_Q5_K, dot4_512_Q5_K},
+    [QPK_TYPE_Q6_K] = {q6_k_row_512, dot_512_Q6_K, dot2_512_Q6_K, dot4_512_Q6_K},
+    [QPK_TYPE_IQ4_NL] = {iq4_row_512, dot_512_IQ4_NL, dot2_512_IQ4_NL, dot4_512_IQ4_NL},
+    [QPK_TYPE_IQ4_XS] = {iq4_row_512, dot_512_IQ4_XS, dot2_512_IQ4_XS, dot4_512_IQ4_XS},
+    [QPK_TYPE_MLX4] = {to_f32_512_MLX4, dot_512_MLX4, dot2_512_MLX4, dot4_512_MLX4},
+    [QPK_TYPE_MLX8] = {to_f32_MLX8, dot_MLX8},
+    [QPK_TYPE_MLX4_F16] = {to_f32_512_MLX4_F16, dot_512_MLX4_F16, dot2_512_MLX4_F16, dot4_512_MLX4_F16},
     [QPK_TYPE_MLX8_F16] = {to_f32_MLX8_F16, dot_MLX8_F16},
 };
 

@@ -610,18 +610,30 @@ static inline __attribute__((always_inline)) void iq4_weights(const uint8_t *qs,
         wv[k] = _mm256_mul_ps(dl, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c[k])));
 }
 
-/* The scales of the 32-weight sub-blocks of an IQ4_NL block (one) or an IQ4_XS block (eight); returns their count. */
+/*
+ * The scales of the 32-weight sub-blocks of an IQ4_NL block (one) or an IQ4_XS block (eight);
+ * returns their count. IQ4_XS's eight at once, each sub-block's 4 low and 2 high bits of
+ * sc + 32 shifted into a lane of its own, then d (sc - 32), exact (a scalar loop here was a
+ * third of the AVX-512 gemv's time).
+ */
 static inline int iq4_scales(uint32_t type, const uint8_t *b, float *scale)
 {
     if (type == QPK_TYPE_IQ4_NL) {
         scale[0] = qpk_f16_to_f32(qpk_le16(b + offsetof(qpk_block_iq4_nl, d)));
         return 1;
     }
+    uint32_t lo;
+    memcpy(&lo, b + offsetof(qpk_block_iq4_xs, scales_l), 4);
+    const __m256i l = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)lo),
+                                                         _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28)),
+                                       _mm256_set1_epi32(15));
+    const __m256i h = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(qpk_le16(b + offsetof(qpk_block_iq4_xs,
+                                                                                                  scales_h))),
+                                                         _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)),
+                                       _mm256_set1_epi32(3));
+    const __m256i sc = _mm256_sub_epi32(_mm256_or_si256(l, _mm256_slli_epi32(h, 4)), _mm256_set1_epi32(32));
     const float d = qpk_f16_to_f32(qpk_le16(b + offsetof(qpk_block_iq4_xs, d)));
-    const int hi = qpk_le16(b + offsetof(qpk_block_iq4_xs, scales_h));
-    const uint8_t *lo = b + offsetof(qpk_block_iq4_xs, scales_l);
-    for (int s = 0; s < 8; s++)
-        scale[s] = d * (float)(((lo[s / 2] >> 4 * (s % 2) & 15) | (hi >> 2 * s & 3) << 4) - 32);
+    _mm256_storeu_ps(scale, _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sc)));
     return 8;
 }
 

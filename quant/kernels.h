@@ -24,9 +24,9 @@ static inline const uint8_t *qpk_row_ptr(const qpk_matrix *w, int64_t r)
  * with x of the row at `row` (gemv finds the rows by one stride per matrix) in the
  * summation order of qpk/quant.h (scratch: the caller's qpk_gemm_scratch_floats); where
  * it has one, dot2 does the rows at row and row + stride at once, y[0] and y[1], which
- * keeps twice the FMA chains in flight of one row (dot4: four rows, y[0..3]). gemv and gemm are written once per
- * instruction set over these; adding a type adds a row to each table that has a faster
- * way than the scalar one.
+ * keeps twice the FMA chains in flight of one row (dot4: four rows, y[0..3]). gemv and
+ * gemm are written once per instruction set over these; adding a type adds a row to each
+ * table that has a faster way than the scalar one.
  */
 typedef void qpk_row_fn(const qpk_matrix *w, int64_t r, float *dst);
 typedef float qpk_dot_fn(const qpk_matrix *w, const uint8_t *row, const float *x, float *scratch);

@@ -6,24 +6,28 @@
  */
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
+#include "kernels.h"
 #include "qpk/quant.h"
 
-#define FQ_TASK_ROWS 16
 #define CLIP_TASK_ROWS 8
 #define QPK_AWQ_CLIP_STEPS_MAX 20 /* ratios 1.00 down to 0.05: the grid has no more */
 
 typedef struct fq_job {
     const qpk_awq_linear *lin;
     const float *s; /* column scales */
-    float *out;
+    float *out;     /* panels of QPK_GEMM_PANEL rows, each column-major: row j's column k at [k][j] */
     const qpk_kernels *k;
     uint8_t *bytes; /* per thread: one quantized row */
     size_t row_bytes;
+    float *rows; /* per thread: a panel's rows in f32 */
 } fq_job;
 
 /*
- * out = W diag(s), each group quantized and decoded (RTN), diag(1/s): the weights AWQ would use.
+ * W diag(s), each group quantized and decoded (RTN), diag(1/s): the weights AWQ would use,
+ * written as gemm packs its panels (so that the products over the chunks of rows that
+ * follow read them as they are, without packing them again for each chunk).
  * A row goes through its stored bytes with the table's quantize_row and row_to_f32 (the
  * bytes of qpk_quantize_row, decoded exactly: the values qpk_quantize_group gives, a
  * vector at a time); a row they refuse, group by group as qpk_quantize_group leaves it.
@@ -32,14 +36,16 @@ static void fq_task(void *arg, int64_t task, int thread)
 {
     const fq_job *j = arg;
     const qpk_awq_linear *l = j->lin;
-    const int64_t r1 = (task + 1) * FQ_TASK_ROWS < l->rows ? (task + 1) * FQ_TASK_ROWS : l->rows;
+    const int64_t r0 = task * QPK_GEMM_PANEL, nr = l->rows - r0 < QPK_GEMM_PANEL ? l->rows - r0 : QPK_GEMM_PANEL;
     const bool grid = qpk_type_has_grid(l->type);
     uint8_t *bytes = j->bytes + (size_t)thread * j->row_bytes;
     const qpk_matrix row = {l->type, l->group, 1, l->cols, bytes, NULL};
-    for (int64_t i = task * FQ_TASK_ROWS; i < r1; i++) {
-        float *o = j->out + i * l->cols;
+    float *rows = j->rows + (size_t)thread * QPK_GEMM_PANEL * (size_t)l->cols;
+    for (int64_t i = 0; i < nr; i++) {
+        float *o = rows + i * l->cols;
+        const float *w = l->w + (r0 + i) * l->cols;
         for (int64_t k = 0; k < l->cols; k++)
-            o[k] = l->w[i * l->cols + k] * j->s[k];
+            o[k] = w[k] * j->s[k];
         /* A non-finite weight leaves its group (row) as it is: the store that follows refuses it by name. */
         if (!grid) {
             if (qpk_quantize_row(l->type, l->group, o, l->cols, bytes, NULL) == QPK_OK)
@@ -55,6 +61,28 @@ static void fq_task(void *arg, int64_t task, int thread)
         for (int64_t k = 0; k < l->cols; k++)
             o[k] /= j->s[k];
     }
+    float *panel = j->out + r0 * l->cols;
+    for (int64_t k = 0; k < l->cols; k++)
+        for (int64_t i = 0; i < nr; i++)
+            panel[k * QPK_GEMM_PANEL + i] = rows[i * l->cols + k];
+}
+
+typedef struct product_job {
+    const qpk_kernels *k;
+    const float *x, *panels;
+    float *y;
+    int64_t n, rows, cols;
+} product_job;
+
+/* y = x W^T for the panel `task` of W (packed by fq_task): gemm's tiles from 0, the same sums. */
+static void product_task(void *arg, int64_t task, int thread)
+{
+    (void)thread;
+    const product_job *j = arg;
+    const int64_t r = task * QPK_GEMM_PANEL, nr = j->rows - r < QPK_GEMM_PANEL ? j->rows - r : QPK_GEMM_PANEL;
+    for (int64_t t = 0; t < j->n; t++)
+        memset(j->y + t * j->rows + r, 0, (size_t)nr * sizeof(float));
+    j->k->gemm_acc(j->x, j->cols, j->n, j->panels + r * j->cols, QPK_GEMM_PANEL, j->cols, j->y + r, j->rows, nr);
 }
 
 typedef struct search {
@@ -64,7 +92,7 @@ typedef struct search {
     int64_t n_rows;
     qpk_pool *pool;
     const qpk_kernels *k;
-    float *wq, *y, *yref[3], *scratch;
+    float *wq, *y, *yref[3], *scratch, *rows_f32;
     uint8_t *bytes; /* per thread: a quantized row of the widest linear */
     size_t row_bytes;
 } search;
@@ -75,7 +103,8 @@ typedef struct search {
  * `best`. Each term is >= 0 and a rounded sum never falls below its larger operand, so a
  * partial sum at or past best means the whole one is too: the scales chosen are those of
  * the complete sums. Each output is the same whichever rows share its product (gemm's
- * chain over k does not depend on them), so the sums are the ones of one product per linear.
+ * chain over k does not depend on them), so the sums are the ones of one product per linear
+ * (a chunk of one row too: its product is gemm's, not gemv's).
  */
 #define LOSS_ROWS 128
 
@@ -86,12 +115,12 @@ static double loss_of(search *S, const float *s, double best)
         const qpk_awq_linear *l = &S->lin[i];
         if (!qpk_type_is_quantized(l->type))
             continue;
-        fq_job fj = {l, s, S->wq, S->k, S->bytes, qpk_type_row_bytes(l->type, l->group, l->cols)};
-        qpk_pool_run(S->pool, (l->rows + FQ_TASK_ROWS - 1) / FQ_TASK_ROWS, fq_task, &fj);
-        qpk_matrix mq = {QPK_TYPE_F32, 0, l->rows, l->cols, S->wq};
+        fq_job fj = {l, s, S->wq, S->k, S->bytes, qpk_type_row_bytes(l->type, l->group, l->cols), S->rows_f32};
+        qpk_pool_run(S->pool, (l->rows + QPK_GEMM_PANEL - 1) / QPK_GEMM_PANEL, fq_task, &fj);
         for (int64_t t0 = 0; t0 < S->n_rows && loss < best; t0 += LOSS_ROWS) {
             const int64_t n = S->n_rows - t0 < LOSS_ROWS ? S->n_rows - t0 : LOSS_ROWS;
-            qpk_matmul(S->pool, S->k, &mq, S->rows + t0 * l->cols, n, S->y, S->scratch);
+            product_job pj = {S->k, S->rows + t0 * l->cols, S->wq, S->y, n, l->rows, l->cols};
+            qpk_pool_run(S->pool, (l->rows + QPK_GEMM_PANEL - 1) / QPK_GEMM_PANEL, product_task, &pj);
             const float *ref = S->yref[i] + t0 * l->rows;
             for (int64_t t = 0; t < n * l->rows; t++) {
                 double d = (double)S->y[t] - (double)ref[t];
@@ -140,15 +169,18 @@ qpk_status qpk_awq_scales(const qpk_awq_linear *real, int n_lin, const double *m
     if (!any || n_rows == 0)
         return QPK_OK;
     const int64_t chunk = n_rows < LOSS_ROWS ? n_rows : LOSS_ROWS;
-    search S = {lin, n_lin, rows, n_rows, pool, k, malloc((size_t)(most_rows * d) * sizeof(float)),
+    const int64_t panel_rows = (most_rows + QPK_GEMM_PANEL - 1) / QPK_GEMM_PANEL * QPK_GEMM_PANEL;
+    /* The panels aligned as gemm's are: each tile's loads then stay within cache lines. */
+    search S = {lin, n_lin, rows, n_rows, pool, k, aligned_alloc(64, (size_t)(panel_rows * d) * sizeof(float)),
                 malloc((size_t)(chunk * most_rows) * sizeof(float)), {NULL, NULL, NULL},
-                malloc((size_t)qpk_pool_threads(pool) * qpk_gemm_scratch_floats(d) * sizeof(float))};
+                malloc((size_t)qpk_pool_threads(pool) * qpk_gemm_scratch_floats(d) * sizeof(float)),
+                malloc((size_t)qpk_pool_threads(pool) * QPK_GEMM_PANEL * (size_t)d * sizeof(float))};
     float *s = malloc((size_t)d * sizeof *s);
     for (int i = 0; i < n_lin; i++)
         if (qpk_type_is_quantized(lin[i].type) && qpk_type_row_bytes(lin[i].type, lin[i].group, d) > S.row_bytes)
             S.row_bytes = qpk_type_row_bytes(lin[i].type, lin[i].group, d);
     S.bytes = malloc((size_t)qpk_pool_threads(pool) * S.row_bytes + 1);
-    bool ok = S.wq && S.y && S.scratch && s && S.bytes;
+    bool ok = S.wq && S.y && S.scratch && S.rows_f32 && s && S.bytes;
     for (int i = 0; i < n_lin && ok; i++)
         ok = (S.yref[i] = malloc((size_t)(n_rows * lin[i].rows) * sizeof(float))) != NULL;
     qpk_status st = ok ? QPK_OK : qpk_err_setf(e, QPK_E_NOMEM, "AWQ: out of memory for the scale search");
@@ -179,7 +211,7 @@ qpk_status qpk_awq_scales(const qpk_awq_linear *real, int n_lin, const double *m
             memcpy(best_s, s, (size_t)d * sizeof *best_s);
         }
     }
-    free(S.wq), free(S.y), free(S.scratch), free(S.bytes), free(s);
+    free(S.wq), free(S.y), free(S.scratch), free(S.rows_f32), free(S.bytes), free(s);
     for (int i = 0; i < n_lin; i++)
         free(S.yref[i]);
     return st;

@@ -215,6 +215,23 @@ void qpk_ggml_dequantize_row(uint32_t type, const void *in, int64_t n, float *ou
  */
 #define FIT_STEPS 12 /* candidate scales each side of the plain one */
 
+/*
+ * The fits are loops over candidates, in f32 and f64, that the vectorizer takes: each block
+ * quantizer is built for AVX-512, AVX2 and the baseline, picked when the program loads, with
+ * its helpers inlined into each. The bits are the same on all three: each candidate's sums
+ * stay one chain in order (no reassociation without -ffast-math), nothing is contracted into
+ * an FMA (-ffp-contract=off, set for this file) and the rest is exact (min, max, conversions,
+ * IEEE division and square roots).
+ */
+#ifndef FIT_CLONES /* a build may pin one (e.g. -DFIT_CLONES= for the baseline alone) */
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__ELF__)
+#define FIT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FIT_CLONES
+#endif
+#endif
+#define FIT static inline __attribute__((always_inline))
+
 /* x rounded to the nearest code in [lo, hi], clamped before the conversion: a tiny scale
  * may make x huge or infinite, and 0/0 NaN (which takes lo). */
 static inline int code_of(float x, int lo, int hi)
@@ -227,7 +244,7 @@ static inline int code_of(float x, int lo, int hi)
 }
 
 /* The weights of the error for the 256 (or 32) weights of a super-block. */
-static void error_weights(const float *x, int n, const float *imp, float *w)
+FIT void error_weights(const float *x, int n, const float *imp, float *w)
 {
     double s2 = 0;
     for (int i = 0; i < n; i++)
@@ -254,7 +271,7 @@ enum { N_CAND = 2 * FIT_STEPS + 1 };
  */
 
 /* x ~ a L - m with L in [0, nmax], m >= 0: a (0 for a constant group), *m, L; weighted error in *err. */
-static float fit_asym(int n, int nmax, const float *x, const float *w, uint8_t *L, float *m, double *err)
+FIT float fit_asym(int n, int nmax, const float *x, const float *w, uint8_t *L, float *m, double *err)
 {
     float lo = 0, hi = x[0];
     for (int i = 0; i < n; i++)
@@ -301,7 +318,7 @@ static float fit_asym(int n, int nmax, const float *x, const float *w, uint8_t *
 }
 
 /* x ~ a L with L in [-(nmax+1), nmax]: a (signed), L. */
-static float fit_sym(int n, int nmax, const float *x, const float *w, int8_t *L)
+FIT float fit_sym(int n, int nmax, const float *x, const float *w, int8_t *L)
 {
     float ext = 0;
     for (int i = 0; i < n; i++)
@@ -339,7 +356,7 @@ static float fit_sym(int n, int nmax, const float *x, const float *w, int8_t *L)
  * value among a few candidates around max/qmax, and their weighted least-squares refits,
  * that reproduces v best (weights sw). Returns it; q gets the quantized sub-scales.
  */
-static float fit_super(int n, int qmax, const float *v, const float *sw, uint8_t *q)
+FIT float fit_super(int n, int qmax, const float *v, const float *sw, uint8_t *q)
 {
     float max = 0;
     for (int i = 0; i < n; i++)
@@ -384,21 +401,42 @@ static float fit_super(int n, int qmax, const float *v, const float *sw, uint8_t
     return best_d;
 }
 
-/* Codes of 32 weights for a decoded scale d and min m (x ~ d L - m), and their weighted error. */
-static double codes_asym(const float *x, const float *w, int nmax, float d, float m, uint8_t *L)
+/*
+ * The pair (scale, min) among the 3 x 3 around the quantized one (steps s0 - 1 .. s0 + 1 and
+ * m0 - 1 .. m0 + 1 of dd and dm, within [0, 63]) whose 32 weights decode closest, as ggml
+ * decodes them (x ~ d L - m): the first of the smallest weighted errors, in that order. The
+ * pairs go together, weight by weight, each its own chain of sums (the loop over pairs
+ * vectorizes); L gets the winner's codes.
+ */
+FIT void step_asym(const float *x, const float *w, int nmax, float dd, float dm, uint8_t *s0, uint8_t *m0, uint8_t *L)
 {
-    double e = 0;
-    for (int i = 0; i < 32; i++) {
-        const int l = d > 0 ? code_of((x[i] + m) / d, 0, nmax) : 0;
-        L[i] = (uint8_t)l;
-        const float y = d * (float)l - m; /* as ggml decodes it */
-        e += w[i] * ((double)y - x[i]) * ((double)y - x[i]);
+    enum { PAIRS = 9 };
+    float d[PAIRS], m[PAIRS];
+    double e[PAIRS] = {0};
+    for (int c = 0; c < PAIRS; c++)
+        d[c] = dd * (float)(*s0 + c / 3 - 1), m[c] = dm * (float)(*m0 + c % 3 - 1);
+    for (int i = 0; i < 32; i++)
+        for (int c = 0; c < PAIRS; c++) {
+            const float l = d[c] > 0 ? code_f((x[i] + m[c]) / d[c], 0, (float)nmax) : 0;
+            const double r = (double)(d[c] * l - m[c]) - x[i];
+            e[c] += w[i] * r * r;
+        }
+    double best = INFINITY;
+    int c0 = -1;
+    for (int c = 0; c < PAIRS; c++) {
+        const int s = *s0 + c / 3 - 1, mq = *m0 + c % 3 - 1;
+        if (s >= 0 && s <= 63 && mq >= 0 && mq <= 63 && e[c] < best)
+            best = e[c], c0 = c;
     }
-    return e;
+    if (c0 < 0) /* no finite error: the codes of the fit stay */
+        return;
+    for (int i = 0; i < 32; i++)
+        L[i] = (uint8_t)(d[c0] > 0 ? code_f((x[i] + m[c0]) / d[c0], 0, (float)nmax) : 0);
+    *s0 = (uint8_t)(*s0 + c0 / 3 - 1), *m0 = (uint8_t)(*m0 + c0 % 3 - 1);
 }
 
 /* Q4_K (nmax 15) and Q5_K (31): 8 sub-blocks of 32 with 6-bit scales and mins. */
-static void quantize_kx(int nmax, const float *x, const float *imp, uint8_t *b)
+FIT void quantize_kx(int nmax, const float *x, const float *imp, uint8_t *b)
 {
     float w[256], scale[8], min[8], sw[8];
     uint8_t L[256], qs[8], qm[8];
@@ -413,22 +451,8 @@ static void quantize_kx(int nmax, const float *x, const float *imp, uint8_t *b)
     const float d = fit_super(8, 63, scale, sw, qs), dmin = fit_super(8, 63, min, sw, qm);
     const uint16_t dh = qpk_f32_to_f16(d), mh = qpk_f32_to_f16(dmin);
     const float dd = qpk_f16_to_f32(dh), dm = qpk_f16_to_f32(mh);
-    /* Each sub-block: its quantized scale and min, or one step either way, whichever decodes closest. */
-    for (int j = 0; j < 8; j++) {
-        double best = INFINITY;
-        int bs = qs[j], bm = qm[j];
-        uint8_t Lt[32];
-        for (int ds = -1; ds <= 1; ds++)
-            for (int dmn = -1; dmn <= 1; dmn++) {
-                const int s = qs[j] + ds, mq = qm[j] + dmn;
-                if (s < 0 || s > 63 || mq < 0 || mq > 63)
-                    continue;
-                const double e = codes_asym(x + 32 * j, w + 32 * j, nmax, dd * (float)s, dm * (float)mq, Lt);
-                if (e < best)
-                    best = e, bs = s, bm = mq, memcpy(L + 32 * j, Lt, 32);
-            }
-        qs[j] = (uint8_t)bs, qm[j] = (uint8_t)bm;
-    }
+    for (int j = 0; j < 8; j++) /* each sub-block: its quantized scale and min, or one step either way */
+        step_asym(x + 32 * j, w + 32 * j, nmax, dd, dm, &qs[j], &qm[j], L + 32 * j);
     memcpy(b + offsetof(qpk_block_q4_k, d), &dh, 2), memcpy(b + offsetof(qpk_block_q4_k, dmin), &mh, 2);
     uint8_t *sc = b + offsetof(qpk_block_q4_k, scales);
     memset(sc, 0, QPK_FIELD_SIZE(qpk_block_q4_k, scales));
@@ -448,7 +472,7 @@ static void quantize_kx(int nmax, const float *x, const float *imp, uint8_t *b)
 }
 
 /* Q6_K: 16 sub-blocks of 16, 8-bit scales against one f16, codes in [-32, 31]. */
-static void quantize_q6k(const float *x, const float *imp, uint8_t *b)
+FIT void quantize_q6k(const float *x, const float *imp, uint8_t *b)
 {
     float w[256], scale[16];
     int8_t L[256];
@@ -466,26 +490,36 @@ static void quantize_q6k(const float *x, const float *imp, uint8_t *b)
         for (int j = 0; j < 16; j++)
             sc[j] = (int8_t)code_of(scale[j] / d, -128, 127);
     }
-    for (int j = 0; j < 16; j++) { /* the quantized scale, or one step either way */
-        double best = INFINITY;
-        int bs = sc[j];
-        for (int ds = -1; ds <= 1; ds++) {
-            const int s = sc[j] + ds;
-            if (s < -128 || s > 127)
-                continue;
-            const float ds_ = d * (float)s, inv = ds_ != 0 ? 1 / ds_ : 0;
-            float e = 0, Lt[16];
-            for (int i = 0; i < 16; i++) {
-                Lt[i] = code_f(x[16 * j + i] * inv, -32, 31);
-                const float r = ds_ * Lt[i] - x[16 * j + i]; /* ds_ * l is the weight as ggml decodes it */
-                e += w[16 * j + i] * r * r;
+    /* Each sub-block's quantized scale, or one step either way, whichever decodes closest (the
+     * first of the smallest errors, as ggml decodes the weights: ds * l): the sub-blocks go side
+     * by side, x and w transposed, each its own chain of sums (the loop over them vectorizes). */
+    float xt[16][16], wt[16][16], e[3][16];
+    for (int i = 0; i < 16; i++)
+        for (int j = 0; j < 16; j++)
+            xt[i][j] = x[16 * j + i], wt[i][j] = w[16 * j + i];
+    for (int c = 0; c < 3; c++) {
+        float ds[16], inv[16];
+        for (int j = 0; j < 16; j++)
+            ds[j] = d * (float)(sc[j] + c - 1), inv[j] = ds[j] != 0 ? 1 / ds[j] : 0, e[c][j] = 0;
+        for (int i = 0; i < 16; i++)
+            for (int j = 0; j < 16; j++) {
+                const float r = ds[j] * code_f(xt[i][j] * inv[j], -32, 31) - xt[i][j];
+                e[c][j] += wt[i][j] * r * r;
             }
-            if (e < best) {
-                best = e, bs = s;
-                for (int i = 0; i < 16; i++)
-                    L[16 * j + i] = (int8_t)Lt[i];
-            }
+    }
+    for (int j = 0; j < 16; j++) {
+        float best = INFINITY;
+        int bs = 256; /* none: the codes of the fit stay */
+        for (int c = 0; c < 3; c++) {
+            const int s = sc[j] + c - 1;
+            if (s >= -128 && s <= 127 && e[c][j] < best)
+                best = e[c][j], bs = s;
         }
+        if (bs == 256)
+            continue;
+        const float ds = d * (float)bs, inv = ds != 0 ? 1 / ds : 0;
+        for (int i = 0; i < 16; i++)
+            L[16 * j + i] = (int8_t)code_f(x[16 * j + i] * inv, -32, 31);
         sc[j] = (int8_t)bs;
     }
     int32_t codes[256];
@@ -498,7 +532,7 @@ static void quantize_q6k(const float *x, const float *imp, uint8_t *b)
 }
 
 /* Q4_1 (nmax 15) and Q5_1 (31): 32 weights, f16 d and m (w = d q + m). */
-static void quantize_x1(int nmax, const float *x, const float *imp, uint8_t *b)
+FIT void quantize_x1(int nmax, const float *x, const float *imp, uint8_t *b)
 {
     float w[32], m;
     uint8_t L[32];
@@ -522,7 +556,7 @@ static void quantize_x1(int nmax, const float *x, const float *imp, uint8_t *b)
 }
 
 /* Q5_0: 32 weights, f16 d, codes in [-16, 15]. */
-static void quantize_q50(const float *x, const float *imp, uint8_t *b)
+FIT void quantize_q50(const float *x, const float *imp, uint8_t *b)
 {
     float w[32];
     int8_t L[32];
@@ -568,7 +602,7 @@ typedef struct iq4_book {
     float mid[15], step[15];
 } iq4_book;
 
-static iq4_book iq4_book_of(void)
+FIT iq4_book iq4_book_of(void)
 {
     iq4_book k;
     for (int i = 0; i < 15; i++) {
@@ -601,7 +635,7 @@ enum { IQ4_STEPS = 7, IQ4_CAND = 2 * (2 * IQ4_STEPS + 1) };
  * end of the codebook (which is not symmetric: a's sign picks the end), nudged a step at a time,
  * each candidate's codes refitted by weighted least squares; the best fit's a. 0 for zeros.
  */
-static float fit_iq4(const iq4_book *k, int n, const float *x, const float *w)
+FIT float fit_iq4(const iq4_book *k, int n, const float *x, const float *w)
 {
     float ext = 0;
     for (int i = 0; i < n; i++)
@@ -627,7 +661,7 @@ static float fit_iq4(const iq4_book *k, int n, const float *x, const float *w)
 }
 
 /* Codes of 32 weights at the decoded scale a, and their weighted error. */
-static double codes_iq4(const iq4_book *k, const float *x, const float *w, float a, int32_t *L)
+FIT double codes_iq4(const iq4_book *k, const float *x, const float *w, float a, int32_t *L)
 {
     const float inv = a != 0 ? 1 / a : 0;
     double e = 0;
@@ -639,7 +673,7 @@ static double codes_iq4(const iq4_book *k, const float *x, const float *w, float
     return e;
 }
 
-void qpk_iq4_nl_quantize(const float *x, const float *imp, uint8_t *b)
+FIT void iq4_nl_quantize(const float *x, const float *imp, uint8_t *b)
 {
     const iq4_book k = iq4_book_of();
     float w[32];
@@ -652,7 +686,7 @@ void qpk_iq4_nl_quantize(const float *x, const float *imp, uint8_t *b)
 }
 
 /* IQ4_XS: 8 sub-blocks of 32, each scale a 6-bit signed multiple (-32..31) of one f16 d. */
-void qpk_iq4_xs_quantize(const float *x, const float *imp, uint8_t *b)
+FIT void iq4_xs_quantize(const float *x, const float *imp, uint8_t *b)
 {
     const iq4_book k = iq4_book_of();
     float w[256], scale[8], ext = 0;
@@ -687,12 +721,18 @@ void qpk_iq4_xs_quantize(const float *x, const float *imp, uint8_t *b)
     qpk_iq4_xs_pack(b, L);
 }
 
-void qpk_q4_1_quantize(const float *x, const float *imp, uint8_t *b) { quantize_x1(15, x, imp, b); }
-void qpk_q5_0_quantize(const float *x, const float *imp, uint8_t *b) { quantize_q50(x, imp, b); }
-void qpk_q5_1_quantize(const float *x, const float *imp, uint8_t *b) { quantize_x1(31, x, imp, b); }
-void qpk_q4_k_quantize(const float *x, const float *imp, uint8_t *b) { quantize_kx(15, x, imp, b); }
-void qpk_q5_k_quantize(const float *x, const float *imp, uint8_t *b) { quantize_kx(31, x, imp, b); }
-void qpk_q6_k_quantize(const float *x, const float *imp, uint8_t *b) { quantize_q6k(x, imp, b); }
+/* Each type's quantizer behind the name traits.h declares: the clones stay local to this file. */
+#define QUANTIZER(t, call)                                                                                       \
+    FIT_CLONES static void t##_fit(const float *x, const float *imp, uint8_t *b) { call; }                      \
+    void qpk_##t##_quantize(const float *x, const float *imp, uint8_t *b) { t##_fit(x, imp, b); }
+QUANTIZER(q4_1, quantize_x1(15, x, imp, b))
+QUANTIZER(q5_0, quantize_q50(x, imp, b))
+QUANTIZER(q5_1, quantize_x1(31, x, imp, b))
+QUANTIZER(q4_k, quantize_kx(15, x, imp, b))
+QUANTIZER(q5_k, quantize_kx(31, x, imp, b))
+QUANTIZER(q6_k, quantize_q6k(x, imp, b))
+QUANTIZER(iq4_nl, iq4_nl_quantize(x, imp, b))
+QUANTIZER(iq4_xs, iq4_xs_quantize(x, imp, b))
 
 bool qpk_ggml_can_quantize(uint32_t type) { return type < QPK_TYPE_COUNT_ && QPK_QUANT_TRAITS[type].quantize; }
 

@@ -573,6 +573,75 @@ static void test_kernels(void)
     }
 }
 
+/*
+ * The ggml block quantizers' bytes against those of qpk 9db23ea, the last build with one
+ * baseline (x86-64, SSE2) version of them: the fits are now built for AVX-512, AVX2 and the
+ * baseline, one picked when the library loads, and must give the same bytes on each (this
+ * checks the one this CPU picks; the three were checked on one host by building each alone,
+ * -DFIT_CLONES). Rows of ordinary, tiny, huge, outlying, one-signed, zero and constant
+ * weights, without and with importance. Hashes: FNV-1a of the row's blocks.
+ */
+static uint64_t fit_hash(const uint8_t *b, size_t n, uint64_t h)
+{
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+
+static void fit_rows(float *x, float *imp, int n)
+{
+    for (int i = 0; i < n; i++) {
+        const int kind = i / 512; /* eight kinds of 512 weights */
+        float v = gauss();
+        if (kind == 1)
+            v *= 1e-3f;
+        else if (kind == 2)
+            v = i % 97 == 0 ? 40 * v : v; /* outliers */
+        else if (kind == 3)
+            v = i % 64 < 32 ? 0 : v; /* zero sub-blocks */
+        else if (kind == 4)
+            v = fabsf(v); /* one-signed */
+        else if (kind == 5)
+            v = i % 256 < 128 ? 0.25f : v; /* constant half blocks */
+        else if (kind == 6)
+            v *= 3e3f;
+        x[i] = v;
+        imp[i] = (float)(rnd32() % 1000) / 100.0f + (i % 7 == 0 ? 50.0f : 0.0f);
+    }
+}
+
+static void test_fit_bytes(void)
+{
+    static const struct {
+        uint32_t type, block;
+        uint64_t plain, imp;
+    } want[] = {
+        {QPK_TYPE_Q4_1, 32, 0xa78e3c721db67ed5ull, 0xe4d6c86eaf2026a1ull},
+        {QPK_TYPE_Q5_0, 32, 0x04e867aad756f4f9ull, 0xba4f21752a0d9362ull},
+        {QPK_TYPE_Q5_1, 32, 0x519e84fff26c0206ull, 0x8eefdd46be912fadull},
+        {QPK_TYPE_Q4_K, 256, 0xf352d8184140087cull, 0xab1e96b86448c1bdull},
+        {QPK_TYPE_Q5_K, 256, 0x1670edf2c387cb77ull, 0x7d6a193d5919819full},
+        {QPK_TYPE_Q6_K, 256, 0x36eda1aaf8dc5108ull, 0xd8a061ac691cb139ull},
+        {QPK_TYPE_IQ4_NL, 32, 0x0ee0582f657f665cull, 0xdafbb808d8e48955ull},
+        {QPK_TYPE_IQ4_XS, 256, 0x1487c70680189024ull, 0x74809f75f011186cull},
+    };
+    enum { N = 4096 };
+    static float x[N], imp[N];
+    static uint8_t b[N * 2];
+    const uint64_t saved = g_rng;
+    g_rng = 0x5eed;
+    fit_rows(x, imp, N);
+    for (size_t t = 0; t < sizeof want / sizeof *want; t++)
+        for (int w = 0; w < 2; w++) {
+            qpk_err e = {0};
+            const qpk_status s = qpk_quantize_row_imp(want[t].type, want[t].block, x, N, w ? imp : NULL, b, &e);
+            const uint64_t h = fit_hash(b, qpk_type_row_bytes(want[t].type, want[t].block, N), 0xcbf29ce484222325ull);
+            CHECKF(s == QPK_OK && h == (w ? want[t].imp : want[t].plain), "%s (%s importance): %s",
+                   qpk_type_name(want[t].type), w ? "with" : "without", s == QPK_OK ? "other bytes" : e.msg);
+        }
+    g_rng = saved;
+}
+
 int main(void)
 {
     test_f16_decode();
@@ -583,5 +652,6 @@ int main(void)
     test_hand_blocks();
     test_affine();
     test_kernels();
+    test_fit_bytes();
     return th_summary("test_quant");
 }

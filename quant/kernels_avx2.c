@@ -1228,8 +1228,9 @@ const qpk_kernels qpk_kernels_avx2_table = {"avx2", row_to_f32, gemv, gemm, dot,
  * The 4- to 6-bit row kernels ask for each stream's bytes GEMV_PREFETCH ahead of the block
  * they work on. A task's streams are short (a quarter of its rows: 18 KB for a 1024-wide
  * Q4_K matrix), too short for the hardware prefetchers to ramp up on; with the request, two
- * threads read Q4_K rows from DRAM at 28-33 GB/s instead of 22-24 (Zen 5). int8's rows,
- * twice as long, gained nothing and go without.
+ * threads read Q4_K rows from DRAM at 28-33 GB/s instead of 22-24, Q6_K's at 31-32 instead
+ * of 21-24 (tasks of 128 rows, Zen 5). int8's rows, twice as long, gained nothing and go
+ * without.
  */
 #define GEMV_PREFETCH 1024
 
@@ -1485,9 +1486,9 @@ AVX512 static inline __attribute__((always_inline)) void Q5_K_rows(const int R, 
  * one fused (d sc) q - dmin m (its product is exact, so the one rounding is the
  * subtraction's), and a pair of sub-blocks' 64 codes from one widening of their 32 bytes
  * (the permute reads only an index's low nibble; the high one is the odd sub-block's,
- * shifted down). Q4_K's and Q6_K's row kernels form each block's scales while the block
- * before it is worked on: formed just before their use, the tables' broadcasts waited on
- * them (a 1024 x 1024 Q4_K gemv in L2 took 32.3 us that way, 27.1 us this way, Zen 5).
+ * shifted down). The row kernel forms each block's scales while the block before it is
+ * worked on: formed just before their use, the tables' broadcasts waited on them (a 1024 x
+ * 1024 gemv in L2 took 32.3 us that way, 27.1 us this way, Zen 5; Q6_K's gained nothing).
  */
 AVX512 static inline void q4_k_scales(const uint8_t *b, float dsm[16])
 {
@@ -1686,21 +1687,14 @@ AVX512 static inline __attribute__((always_inline)) void Q6_K_rows(const int R, 
                                                                    const uint8_t *row, size_t stride, const float *x,
                                                                    float *y)
 {
-    float scales[2][GEMV_ROWS][16]; /* this block's and the next's */
+    float ds[GEMV_ROWS][16];
     __m512 a01[GEMV_ROWS] = {_mm512_setzero_ps()}, a23[GEMV_ROWS] = {_mm512_setzero_ps()};
-#pragma GCC unroll 4
-    for (int r = 0; r < R; r++)
-        q6_k_scales(row + r * stride, scales[0][r]);
     for (int64_t i = 0; i < w->cols; i += 256, row += sizeof(qpk_block_q6_k)) {
-        float(*ds)[16] = scales[i / 256 % 2];
-        if (i + 256 < w->cols) {
 #pragma GCC unroll 4
-            for (int r = 0; r < R; r++)
-                q6_k_scales(row + sizeof(qpk_block_q6_k) + r * stride, scales[(i / 256 + 1) % 2][r]);
-        }
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++)
+        for (int r = 0; r < R; r++) {
+            q6_k_scales(row + r * stride, ds[r]);
             prefetch_ahead(row + r * stride, sizeof(qpk_block_q6_k));
+        }
         for (int h = 0; h < 2; h++) {
             __m512i c[GEMV_ROWS][2];
 #pragma GCC unroll 4

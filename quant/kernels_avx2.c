@@ -900,27 +900,41 @@ static void tile_avx2(int mr, const float *x, int64_t ldx, const float *p, int64
 typedef void tile_fn(int mr, const float *x, int64_t ldx, const float *p, int64_t ldp, int64_t kc, float *y,
                      int64_t ldy, int nr, bool first);
 
-static inline __attribute__((always_inline)) void gemm_panels(qpk_row_fn *convert, tile_fn *tile, const int MR,
-                                                              const qpk_matrix *w, const float *x, int64_t T,
-                                                              int64_t ldx, float *y, int64_t ldy, int64_t r0,
-                                                              int64_t r1, float *scratch)
+typedef void pack_fn(const float *rows, size_t ld, int nr, int64_t k0, int64_t kc, float *packed);
+
+static inline __attribute__((always_inline)) void gemm_panels(qpk_row_fn *convert, pack_fn *pack, tile_fn *tile,
+                                                              const int MR, const qpk_matrix *w, const float *x,
+                                                              int64_t T, int64_t ldx, float *y, int64_t ldy,
+                                                              int64_t r0, int64_t r1, float *scratch)
 {
     const int64_t K = w->cols;
     /* f32 rows (calibration's forward passes) are packed from where they are, not copied first. */
     const bool f32 = w->type == QPK_TYPE_F32 && (uintptr_t)w->data % sizeof(float) == 0;
     const size_t ld = f32 ? (size_t)K : SCRATCH_STRIDE(K);
     float *packed = align64(scratch + (size_t)PANEL * SCRATCH_STRIDE(K));
+    const size_t row_bytes = qpk_matrix_row_bytes(w);
+    const int64_t tiles = (K + QPK_GEMM_KC - 1) / QPK_GEMM_KC * ((T + MR - 1) / MR);
     for (int64_t r = r0; r < r1; r += PANEL) {
         const int nr = r1 - r < PANEL ? (int)(r1 - r) : PANEL;
         const float *rows = f32 ? (const float *)qpk_row_ptr(w, r) : scratch;
         for (int j = 0; !f32 && j < nr; j++)
             convert(w, r + j, scratch + (size_t)j * ld);
+        /* The next panel's stored rows, a slice after each tile: read only after all of this
+           panel's tiles, their lines would otherwise come from DRAM with nothing to overlap. */
+        const uint8_t *next = (const uint8_t *)qpk_row_ptr(w, r) + (size_t)nr * row_bytes;
+        const size_t next_bytes = r1 - r > PANEL ? (size_t)(r1 - r - PANEL < PANEL ? r1 - r - PANEL : PANEL) * row_bytes
+                                                 : 0;
+        const size_t slice = (next_bytes / (size_t)tiles + 64) & ~(size_t)63;
+        size_t fetched = 0;
         for (int64_t k0 = 0; k0 < K; k0 += QPK_GEMM_KC) {
             const int64_t kc = K - k0 < QPK_GEMM_KC ? K - k0 : QPK_GEMM_KC;
-            pack_panel(rows, ld, nr, k0, kc, packed);
-            for (int64_t t = 0; t < T; t += MR)
+            pack(rows, ld, nr, k0, kc, packed);
+            for (int64_t t = 0; t < T; t += MR) {
                 tile(T - t < MR ? (int)(T - t) : MR, x + t * ldx + k0, ldx, packed, PANEL, kc, y + t * ldy + r, ldy,
                      nr, k0 == 0);
+                for (const size_t end = fetched + slice; fetched < end && fetched < next_bytes; fetched += 64)
+                    __builtin_prefetch(next + fetched, 0, 2);
+            }
         }
     }
 }
@@ -928,7 +942,7 @@ static inline __attribute__((always_inline)) void gemm_panels(qpk_row_fn *conver
 static void gemm(const qpk_matrix *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy, int64_t r0,
                  int64_t r1, float *scratch)
 {
-    gemm_panels(rows_of(AVX2_TYPES, w).to_f32, tile_avx2, AVX2_MR, w, x, T, ldx, y, ldy, r0, r1, scratch);
+    gemm_panels(rows_of(AVX2_TYPES, w).to_f32, pack_panel, tile_avx2, AVX2_MR, w, x, T, ldx, y, ldy, r0, r1, scratch);
 }
 
 /* y[t][j] += x[t] . p[.][j] over an unpacked k-major matrix, in tiles of 32 columns: the gemm tile with first = 0. */
@@ -1778,6 +1792,47 @@ AVX512 static inline __attribute__((always_inline)) void tile32(const int MR, co
 
 #define AVX512_MR 8
 
+/* v[0..15] transposed in place: v[i][j] <- v[j][i] (4 x 4 blocks in each 128-bit lane, then the lanes). */
+AVX512 static inline __attribute__((always_inline)) void transpose16(__m512 v[16])
+{
+    __m512 t[16], u[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(v[i], v[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(v[i], v[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        u[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xee);
+        u[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xee);
+    }
+    /* u[4 i + c], lane L: rows 4 i .. 4 i + 3 of column 4 L + c */
+    for (int c = 0; c < 4; c++) {
+        const __m512 x0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88), x1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xdd);
+        const __m512 y0 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88);
+        const __m512 y1 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xdd);
+        v[c] = _mm512_shuffle_f32x4(x0, y0, 0x88), v[8 + c] = _mm512_shuffle_f32x4(x0, y0, 0xdd);
+        v[4 + c] = _mm512_shuffle_f32x4(x1, y1, 0x88), v[12 + c] = _mm512_shuffle_f32x4(x1, y1, 0xdd);
+    }
+}
+
+/* pack_panel 16 x 16 at a time (half the loads, stores and shuffles per weight), AVX2's for the last < 16 columns. */
+AVX512 static void pack_panel_512(const float *rows, size_t ld, int nr, int64_t k0, int64_t kc, float *packed)
+{
+    int64_t k = 0;
+    for (; k + 16 <= kc; k += 16)
+        for (int j0 = 0; j0 < PANEL; j0 += 16) {
+            __m512 v[16];
+            for (int i = 0; i < 16; i++)
+                v[i] = j0 + i < nr ? _mm512_loadu_ps(rows + (size_t)(j0 + i) * ld + k0 + k) : _mm512_setzero_ps();
+            transpose16(v);
+            for (int i = 0; i < 16; i++)
+                _mm512_store_ps(packed + (k + i) * PANEL + j0, v[i]);
+        }
+    if (k < kc)
+        pack_panel(rows, ld, nr, k0 + k, kc - k, packed + k * PANEL);
+}
+
 AVX512 static void tile_avx512(int mr, const float *x, int64_t ldx, const float *p, int64_t ldp, int64_t kc, float *y,
                                int64_t ldy, int nr, bool first)
 {
@@ -1802,7 +1857,8 @@ static void gemm_acc_512(const float *x, int64_t ldx, int64_t T, const float *p,
 static void gemm_512(const qpk_matrix *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy, int64_t r0,
                      int64_t r1, float *scratch)
 {
-    gemm_panels(rows_of(AVX512_TYPES, w).to_f32, tile_avx512, AVX512_MR, w, x, T, ldx, y, ldy, r0, r1, scratch);
+    gemm_panels(rows_of(AVX512_TYPES, w).to_f32, pack_panel_512, tile_avx512, AVX512_MR, w, x, T, ldx, y, ldy, r0, r1,
+                scratch);
 }
 
 /* gemm_sub_f64 with MR rows by 32 columns (four 8-double vectors): the same chains, the same bits. */

@@ -924,7 +924,7 @@ static inline __attribute__((always_inline)) void gemm_panels(qpk_row_fn *conver
         const uint8_t *next = (const uint8_t *)qpk_row_ptr(w, r) + (size_t)nr * row_bytes;
         const size_t next_bytes = r1 - r > PANEL ? (size_t)(r1 - r - PANEL < PANEL ? r1 - r - PANEL : PANEL) * row_bytes
                                                  : 0;
-        const size_t slice = (next_bytes / (size_t)tiles + 64) & ~(size_t)63;
+        const size_t slice = tiles ? (next_bytes / (size_t)tiles + 64) & ~(size_t)63 : 0;
         size_t fetched = 0;
         for (int64_t k0 = 0; k0 < K; k0 += QPK_GEMM_KC) {
             const int64_t kc = K - k0 < QPK_GEMM_KC ? K - k0 : QPK_GEMM_KC;
@@ -1816,7 +1816,8 @@ AVX512 static inline __attribute__((always_inline)) void transpose16(__m512 v[16
     }
 }
 
-/* pack_panel 16 x 16 at a time (half the loads, stores and shuffles per weight), AVX2's for the last < 16 columns. */
+/* pack_panel 16 x 16 at a time (per weight half the loads and stores, two thirds of the shuffles), AVX2's for the
+ * last < 16 columns. */
 AVX512 static void pack_panel_512(const float *rows, size_t ld, int nr, int64_t k0, int64_t kc, float *packed)
 {
     int64_t k = 0;

@@ -3,6 +3,7 @@
  * IEEE formula in double, f16/bf16 rounding against a nearest-value search.
  */
 #include <math.h>
+#include <xxhash.h>
 
 #include "qpk/quant.h"
 #include "testhelp.h"
@@ -579,15 +580,8 @@ static void test_kernels(void)
  * baseline, one picked when the library loads, and must give the same bytes on each (this
  * checks the one this CPU picks; the three were checked on one host by building each alone,
  * -DFIT_CLONES). Rows of ordinary, tiny, huge, outlying, one-signed, zero and constant
- * weights, without and with importance. Hashes: FNV-1a of the row's blocks.
+ * weights, without and with importance. Hashes: XXH3 of the row's blocks.
  */
-static uint64_t fit_hash(const uint8_t *b, size_t n, uint64_t h)
-{
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ b[i]) * 0x100000001b3ull;
-    return h;
-}
-
 static void fit_rows(float *x, float *imp, int n)
 {
     for (int i = 0; i < n; i++) {
@@ -616,14 +610,14 @@ static void test_fit_bytes(void)
         uint32_t type, block;
         uint64_t plain, imp;
     } want[] = {
-        {QPK_TYPE_Q4_1, 32, 0xa78e3c721db67ed5ull, 0xe4d6c86eaf2026a1ull},
-        {QPK_TYPE_Q5_0, 32, 0x04e867aad756f4f9ull, 0xba4f21752a0d9362ull},
-        {QPK_TYPE_Q5_1, 32, 0x519e84fff26c0206ull, 0x8eefdd46be912fadull},
-        {QPK_TYPE_Q4_K, 256, 0xf352d8184140087cull, 0xab1e96b86448c1bdull},
-        {QPK_TYPE_Q5_K, 256, 0x1670edf2c387cb77ull, 0x7d6a193d5919819full},
-        {QPK_TYPE_Q6_K, 256, 0x36eda1aaf8dc5108ull, 0xd8a061ac691cb139ull},
-        {QPK_TYPE_IQ4_NL, 32, 0x0ee0582f657f665cull, 0xdafbb808d8e48955ull},
-        {QPK_TYPE_IQ4_XS, 256, 0x1487c70680189024ull, 0x74809f75f011186cull},
+        {QPK_TYPE_Q4_1, 32, 0xed037360fdbb4277ull, 0x920e88242907ef0dull},
+        {QPK_TYPE_Q5_0, 32, 0xa8eda1b43a6bfba7ull, 0x42f724995e11ad11ull},
+        {QPK_TYPE_Q5_1, 32, 0x7f0146f37698f6f8ull, 0xf360decd170ef4eeull},
+        {QPK_TYPE_Q4_K, 256, 0x452eaf4d16f88126ull, 0xf041af53aa458fddull},
+        {QPK_TYPE_Q5_K, 256, 0x0cf119409613b558ull, 0x2a2455e5e050b0dcull},
+        {QPK_TYPE_Q6_K, 256, 0xd462bf744a244af6ull, 0x92fe8349a3190ec1ull},
+        {QPK_TYPE_IQ4_NL, 32, 0xc5bbc560b4c92781ull, 0x65a0e01bafe13815ull},
+        {QPK_TYPE_IQ4_XS, 256, 0x5e16b648ac9f391eull, 0x1fef46fd9a062179ull},
     };
     enum { N = 4096 };
     static float x[N], imp[N];
@@ -635,7 +629,7 @@ static void test_fit_bytes(void)
         for (int w = 0; w < 2; w++) {
             qpk_err e = {0};
             const qpk_status s = qpk_quantize_row_imp(want[t].type, want[t].block, x, N, w ? imp : NULL, b, &e);
-            const uint64_t h = fit_hash(b, qpk_type_row_bytes(want[t].type, want[t].block, N), 0xcbf29ce484222325ull);
+            const uint64_t h = XXH3_64bits(b, qpk_type_row_bytes(want[t].type, want[t].block, N));
             CHECKF(s == QPK_OK && h == (w ? want[t].imp : want[t].plain), "%s (%s importance): %s",
                    qpk_type_name(want[t].type), w ? "with" : "without", s == QPK_OK ? "other bytes" : e.msg);
         }

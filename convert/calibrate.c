@@ -255,7 +255,7 @@ static double memory_needed(const qpk_config *cf, const qpk_calib_params *p, qpk
     double bytes = ((double)p->samples + 1) * L * H * 4;                /* hidden states, one window */
     bytes += 8 * (2 * H * Q + 2 * H * KV + 3 * H * I + 2 * H + Q + 2 * KV); /* a layer, f32 + stored */
     if (qpk_method_uses_gptq(method))
-        bytes += 8 * (2 * H * H + Q * Q + I * I) + 4 * (widest * L + widest * widest) /* H, Gram work */
+        bytes += 8 * (2 * H * H + Q * Q + I * I) + 4 * (2 * widest * L + widest * widest) /* H, Gram work */
                  + 8.0 * widest * widest + 12.0 * widest * widest;                   /* one plan */
     if (method != QPK_METHOD_GPTQ)
         bytes += (double)p->awq.sample_rows * (2 * H + Q + I) * 4 * 2 + 16 * widest * widest / 8 +

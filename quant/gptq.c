@@ -205,20 +205,21 @@ static bool upper_factor_of_inverse(double *A, int64_t n, double *X, double *P, 
 
 struct qpk_gram_ws {
     float *xt;    /* the batch transposed: [n][T] */
-    float *work;  /* per thread: the tile's columns of x [T][GRAM_TILE], then its products [GRAM_TILE][GRAM_TILE] */
-    size_t per_thread;
+    float *cols;  /* the batch's columns by tile: tile i's [T][GRAM_TILE] (its x[t][i GRAM_TILE + c] at [t][c]) */
+    float *y;     /* per thread: a tile's products [GRAM_TILE][GRAM_TILE] */
 };
 
 qpk_status qpk_gram_ws_create(qpk_gram_ws **out, int64_t n_max, int64_t t_max, qpk_pool *pool, qpk_err *e)
 {
     *out = NULL;
     qpk_gram_ws *ws = calloc(1, sizeof *ws);
+    const size_t padded = (size_t)((n_max + GRAM_TILE - 1) / GRAM_TILE * GRAM_TILE);
     if (ws) {
-        ws->per_thread = (size_t)(t_max + GRAM_TILE) * GRAM_TILE;
         ws->xt = malloc((size_t)(n_max * t_max) * sizeof(float));
-        ws->work = malloc((size_t)qpk_pool_threads(pool) * ws->per_thread * sizeof(float));
+        ws->cols = malloc(padded * (size_t)t_max * sizeof(float));
+        ws->y = malloc((size_t)qpk_pool_threads(pool) * GRAM_TILE * GRAM_TILE * sizeof(float));
     }
-    if (!ws || !ws->xt || !ws->work) {
+    if (!ws || !ws->xt || !ws->cols || !ws->y) {
         qpk_gram_ws_free(ws);
         return qpk_err_setf(e, QPK_E_NOMEM, "GPTQ: out of memory for the statistics of %lld inputs", (long long)n_max);
     }
@@ -229,7 +230,7 @@ qpk_status qpk_gram_ws_create(qpk_gram_ws **out, int64_t n_max, int64_t t_max, q
 void qpk_gram_ws_free(qpk_gram_ws *ws)
 {
     if (ws)
-        free(ws->xt), free(ws->work), free(ws);
+        free(ws->xt), free(ws->cols), free(ws->y), free(ws);
 }
 
 typedef struct gram_job {
@@ -240,17 +241,28 @@ typedef struct gram_job {
     const qpk_kernels *k;
 } gram_job;
 
-/* Columns [i0, i0 + GRAM_TILE) of x into rows of xt, 16 rows of x at a time (they stay in L1). */
+/*
+ * Tile `task`'s columns of x, [i0, i0 + GRAM_TILE), both ways: transposed into rows of xt
+ * and copied as the tile's column panel. x's rows are a power-of-two apart on common widths,
+ * so reading down a column would land every row in one L1 set: each pass reads 16
+ * consecutive floats (one line) of 16 rows and writes them transposed.
+ */
 static void gram_transpose_task(void *arg, int64_t task, int thread)
 {
     (void)thread;
     const gram_job *j = arg;
-    const int64_t i0 = task * GRAM_TILE, i1 = i0 + GRAM_TILE < j->n ? i0 + GRAM_TILE : j->n;
-    for (int64_t t0 = 0; t0 < j->T; t0 += 16) {
-        const int64_t t1 = t0 + 16 < j->T ? t0 + 16 : j->T;
-        for (int64_t i = i0; i < i1; i++)
+    const int64_t i0 = task * GRAM_TILE, i1 = i0 + GRAM_TILE < j->n ? i0 + GRAM_TILE : j->n, T = j->T;
+    float *panel = j->ws->cols + (size_t)(task * T) * GRAM_TILE;
+    for (int64_t t = 0; t < T; t++)
+        memcpy(panel + t * GRAM_TILE, j->x + t * j->n + i0, (size_t)(i1 - i0) * sizeof *panel);
+    for (int64_t t0 = 0; t0 < T; t0 += 16) {
+        const int64_t t1 = t0 + 16 < T ? t0 + 16 : T;
+        for (int64_t c0 = i0; c0 < i1; c0 += 16) {
+            const int64_t c1 = c0 + 16 < i1 ? c0 + 16 : i1;
             for (int64_t t = t0; t < t1; t++)
-                j->ws->xt[i * j->T + t] = j->x[t * j->n + i];
+                for (int64_t i = c0; i < c1; i++)
+                    j->ws->xt[i * T + t] = j->x[t * j->n + i];
+        }
     }
 }
 
@@ -264,9 +276,12 @@ static void gram_tile_task(void *arg, int64_t task, int thread)
         task -= j->tiles - ta, ta++;
     const int64_t tb = ta + task, a0 = ta * GRAM_TILE, a1 = a0 + GRAM_TILE < n ? a0 + GRAM_TILE : n;
     const int64_t b0 = tb * GRAM_TILE, b1 = b0 + GRAM_TILE < n ? b0 + GRAM_TILE : n, w = b1 - b0;
-    float *panel = j->ws->work + (size_t)thread * j->ws->per_thread, *y = panel + (size_t)T * GRAM_TILE;
-    for (int64_t t = 0; t < T; t++)
-        memcpy(panel + t * GRAM_TILE, j->x + t * n + b0, (size_t)w * sizeof *panel);
+    const float *panel = j->ws->cols + (size_t)(tb * T) * GRAM_TILE;
+    float *y = j->ws->y + (size_t)thread * GRAM_TILE * GRAM_TILE;
+    /* H's tile comes from memory (a wide input's H is tens of MB): asked for now, it arrives during the products. */
+    for (int64_t a = a0; a < a1; a++)
+        for (int64_t b = a > b0 ? a : b0; b < b1; b += 8)
+            __builtin_prefetch(j->H + a * n + b, 1);
     memset(y, 0, (size_t)(GRAM_TILE * GRAM_TILE) * sizeof *y);
     /* On the diagonal, each 32-row half only from its own columns on: the lower quarter is not needed. */
     const int64_t half = ta == tb ? 32 : GRAM_TILE;
@@ -276,9 +291,12 @@ static void gram_tile_task(void *arg, int64_t task, int thread)
             j->k->gemm_acc(j->ws->xt + (a0 + r) * T, T, rows, panel + c, GRAM_TILE, T, y + r * GRAM_TILE + c,
                            GRAM_TILE, w - c);
     }
-    for (int64_t a = a0; a < a1; a++)
-        for (int64_t b = a > b0 ? a : b0; b < b1; b++)
-            j->H[a * n + b] += y[(a - a0) * GRAM_TILE + (b - b0)];
+    for (int64_t a = a0; a < a1; a++) {
+        double *h = j->H + a * n + b0;
+        const float *ya = y + (a - a0) * GRAM_TILE;
+        for (int64_t b = a > b0 ? a - b0 : 0; b < w; b++)
+            h[b] += ya[b];
+    }
 }
 
 void qpk_gram_add_upper(double *H, const float *x, int64_t T, int64_t n, qpk_gram_ws *ws, qpk_pool *pool,
@@ -328,14 +346,23 @@ typedef struct gptq_job {
     const float *imp; /* [cols], original order */
 } gptq_job;
 
-/* The nearest code of x at (row, col) on its ggml block's grid, and the weight it decodes to. */
-static void ggml_code(const gptq_job *j, int64_t row, int64_t col, float x, int32_t *q, float *deq)
-{
-    const uint8_t *b = j->blocks + ((size_t)row * (size_t)(j->cols / j->group) + (size_t)(col / j->group)) * j->bb;
+/* A ggml block's grid, decoded once for the weights of its group (block: its index, -1 for none). */
+typedef struct block_grid {
     float a[16], m[16];
-    int qmin, qmax;
-    const int sub = qpk_ggml_grid(j->type, b, a, m, &qmin, &qmax), s = (int)(col % j->group) / sub;
-    *q = qpk_ggml_code(j->type, a[s], m[s], x, deq);
+    int sub;
+    int64_t block;
+} block_grid;
+
+/* The nearest code of x at (row, col) on its ggml block's grid, and the weight it decodes to. */
+static void ggml_code(const gptq_job *j, block_grid *g, int64_t row, int64_t col, float x, int32_t *q, float *deq)
+{
+    const int64_t block = row * (j->cols / j->group) + col / j->group;
+    if (g->block != block) {
+        int qmin, qmax;
+        g->sub = qpk_ggml_grid(j->type, j->blocks + (size_t)block * j->bb, g->a, g->m, &qmin, &qmax);
+        g->block = block;
+    }
+    *q = qpk_ggml_code(j->type, g->a[(col % j->group) / g->sub], g->m[(col % j->group) / g->sub], x, deq);
 }
 
 static void gptq_task(void *arg, int64_t task, int thread)
@@ -345,6 +372,9 @@ static void gptq_task(void *arg, int64_t task, int thread)
     const int64_t nr = j->rows - r0 < ROWS_PER_TASK ? j->rows - r0 : ROWS_PER_TASK;
     float *w = j->work + (size_t)thread * ROWS_PER_TASK * (size_t)(n + GPTQ_BLOCK), *neg_err = w + ROWS_PER_TASK * n;
     const qpk_kernels *k = j->k;
+    block_grid grids[ROWS_PER_TASK];
+    for (int64_t r = 0; r < nr; r++)
+        grids[r].block = -1;
     j->status[task] = QPK_OK;
     for (int64_t r = 0; r < nr; r++)
         for (int64_t i = 0; i < n; i++)
@@ -372,7 +402,7 @@ static void gptq_task(void *arg, int64_t task, int thread)
             int32_t q;
             float deq;
             if (j->blocks)
-                ggml_code(j, r0 + r, col, wr[i], &q, &deq);
+                ggml_code(j, &grids[r], r0 + r, col, wr[i], &q, &deq);
             else
                 q = qpk_quantize_value(j->type, p, wr[i]), deq = qpk_dequantize_value(j->type, p, q);
             const float e = (wr[i] - deq) / ui[i];

@@ -61,10 +61,7 @@ static void fq_task(void *arg, int64_t task, int thread)
         for (int64_t k = 0; k < l->cols; k++)
             o[k] /= j->s[k];
     }
-    float *panel = j->out + r0 * l->cols;
-    for (int64_t k = 0; k < l->cols; k++)
-        for (int64_t i = 0; i < nr; i++)
-            panel[k * QPK_GEMM_PANEL + i] = rows[i * l->cols + k];
+    j->k->pack_panel(rows, (size_t)l->cols, (int)nr, 0, l->cols, j->out + r0 * l->cols);
 }
 
 typedef struct product_job {

@@ -160,9 +160,18 @@ int qpk_scalar_quantize_group_ratios(uint32_t type, const float *w, int64_t n, c
     return i;
 }
 
+/* A line of each row at a time: rows a power of two apart would all land in one L1 set going down a column. */
+static void pack_panel(const float *rows, size_t ld, int nr, int64_t k0, int64_t kc, float *packed)
+{
+    for (int64_t c = 0; c < kc; c += 16)
+        for (int j = 0; j < QPK_GEMM_PANEL; j++)
+            for (int64_t k = c; k < kc && k < c + 16; k++)
+                packed[k * QPK_GEMM_PANEL + j] = j < nr ? rows[(size_t)j * ld + k0 + k] : 0.0f;
+}
+
 static const qpk_kernels SCALAR = {"scalar", qpk_scalar_row_to_f32, gemv, gemm, dot, axpy_rows, sum_exp, argmax,
                                    qpk_quantize_row, gemm_acc, gemm_sub_f64, dot_rows,
-                                   qpk_scalar_quantize_group_ratios};
+                                   qpk_scalar_quantize_group_ratios, pack_panel};
 
 const qpk_kernels *qpk_kernels_scalar(void) { return &SCALAR; }
 

@@ -1221,7 +1221,7 @@ static void gemm_sub_f64(const double *x, int64_t ldx, int64_t T, const double *
 
 const qpk_kernels qpk_kernels_avx2_table = {"avx2", row_to_f32, gemv, gemm, dot, axpy_rows, sum_exp, argmax,
                                             quantize_row, gemm_acc, gemm_sub_f64, dot_rows,
-                                            quantize_group_ratios};
+                                            quantize_group_ratios, pack_panel};
 
 /* ------------------------------------------------------ AVX-512: 4-bit codes */
 
@@ -1981,4 +1981,4 @@ AVX512 static void axpy_rows_512(const float *a, int64_t lda, int64_t Q, const f
 
 const qpk_kernels qpk_kernels_avx512_table = {"avx512", row_to_f32_512, gemv_512, gemm_512, dot, axpy_rows_512, sum_exp,
                                               argmax, quantize_row, gemm_acc_512, gemm_sub_f64_512,
-                                              dot_rows_512, quantize_group_ratios};
+                                              dot_rows_512, quantize_group_ratios, pack_panel_512};

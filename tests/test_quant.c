@@ -504,6 +504,30 @@ static void test_gemm_acc(const qpk_kernels *k)
     CHECKF(!memcmp(yd, zd, sizeof yd), "%s gemm_sub_f64 on a corner differs", k->name);
 }
 
+/* pack_panel against the scalar table's: full and partial panels, a window of columns with a tail. */
+static void test_pack_panel(const qpk_kernels *k)
+{
+    enum { LD = 53, P = 32 }; /* gemm's panel */
+    static float rows[P * LD];
+    _Alignas(64) static float want[LD * P], got[LD * P];
+    for (int i = 0; i < P * LD; i++)
+        rows[i] = gauss();
+    const int nrs[] = {P, 7};
+    const int64_t windows[][2] = {{0, LD}, {3, 37}, {16, 16}};
+    for (int a = 0; a < 2; a++)
+        for (int b = 0; b < 3; b++) {
+            memset(want, 0xa5, sizeof want), memset(got, 0xa5, sizeof got);
+            qpk_kernels_scalar()->pack_panel(rows, LD, nrs[a], windows[b][0], windows[b][1], want);
+            k->pack_panel(rows, LD, nrs[a], windows[b][0], windows[b][1], got);
+            CHECKF(!memcmp(want, got, sizeof want), "%s pack_panel differs (nr %d, columns %lld + %lld)", k->name,
+                   nrs[a], (long long)windows[b][0], (long long)windows[b][1]);
+            const int64_t k0 = windows[b][0], last = windows[b][1] - 1;
+            CHECKF(want[P + 1] == rows[LD + k0 + 1] &&
+                       want[last * P + P - 1] == (nrs[a] == P ? rows[(P - 1) * LD + k0 + last] : 0.0f),
+                   "the scalar pack_panel misplaces a weight");
+        }
+}
+
 /* dot_rows is the table's dot, bit for bit, for every (row, vector) of odd shapes with tails. */
 static void test_dot_rows(const qpk_kernels *k)
 {
@@ -567,6 +591,7 @@ static void test_kernels(void)
         test_quantize_rows(qpk_kernels_available(i));
         test_gemm_acc(qpk_kernels_available(i));
         test_dot_rows(qpk_kernels_available(i));
+        test_pack_panel(qpk_kernels_available(i));
         test_group_ratios(qpk_kernels_available(i));
         test_axpy_rows(qpk_kernels_available(i));
         printf("kernels %s checked\n", qpk_kernels_available(i)->name);

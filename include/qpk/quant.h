@@ -306,6 +306,12 @@ struct qpk_kernels {
      */
     int (*quantize_group_ratios)(uint32_t type, const float *w, int64_t n, const float *ratios, int n_ratios,
                                  float *out);
+    /*
+     * packed[k * 32 + j] = rows[j * ld + k0 + k] for k < kc, j < 32 (rows j >= nr as 0):
+     * 32 rows as gemm packs its panels, for gemm_acc (AWQ's candidate weights). packed is
+     * 64-byte aligned. A copy: every table the same floats.
+     */
+    void (*pack_panel)(const float *rows, size_t ld, int nr, int64_t k0, int64_t kc, float *packed);
 };
 
 /* The best table this CPU runs: "avx512" (AVX2's with AVX-512F, BW and VL for the quantized rows), "avx2"

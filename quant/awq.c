@@ -12,6 +12,9 @@
 #include "qpk/quant.h"
 
 #define CLIP_TASK_ROWS 8
+#define SCREEN_STEP 4 /* the scale search's screen: every fourth sampled row */
+#define FINALISTS 3   /* alphas the screen passes on to the loss on every row */
+#define ALPHA_GRID_MAX 64
 #define QPK_AWQ_CLIP_STEPS_MAX 20 /* ratios 1.00 down to 0.05: the grid has no more */
 
 typedef struct fq_job {
@@ -68,7 +71,7 @@ typedef struct product_job {
     const qpk_kernels *k;
     const float *x, *panels;
     float *y;
-    int64_t n, rows, cols;
+    int64_t n, rows, cols, ldx;
 } product_job;
 
 /* y = x W^T for the panel `task` of W (packed by fq_task): gemm's tiles from 0, the same sums. */
@@ -79,7 +82,7 @@ static void product_task(void *arg, int64_t task, int thread)
     const int64_t r = task * QPK_GEMM_PANEL, nr = j->rows - r < QPK_GEMM_PANEL ? j->rows - r : QPK_GEMM_PANEL;
     for (int64_t t = 0; t < j->n; t++)
         memset(j->y + t * j->rows + r, 0, (size_t)nr * sizeof(float));
-    j->k->gemm_acc(j->x, j->cols, j->n, j->panels + r * j->cols, QPK_GEMM_PANEL, j->cols, j->y + r, j->rows, nr);
+    j->k->gemm_acc(j->x, j->ldx, j->n, j->panels + r * j->cols, QPK_GEMM_PANEL, j->cols, j->y + r, j->rows, nr);
 }
 
 typedef struct search {
@@ -95,33 +98,36 @@ typedef struct search {
 } search;
 
 /*
- * Sum over the quantized linears of |X W^T - X Wq^T|^2 on the sampled rows X, for scales
- * s, linear by linear and LOSS_ROWS rows of X at a time; it stops once the sum reaches
- * `best`. Each term is >= 0 and a rounded sum never falls below its larger operand, so a
- * partial sum at or past best means the whole one is too: the scales chosen are those of
- * the complete sums. Each output is the same whichever rows share its product (gemm's
- * chain over k does not depend on them), so the sums are the ones of one product per linear
- * (a chunk of one row too: its product is gemm's, not gemv's).
+ * Sum over the quantized linears of |X W^T - X Wq^T|^2 on every step-th sampled row X,
+ * for scales s, linear by linear and LOSS_ROWS of those rows at a time; it stops once the
+ * sum passes `best`. Each term is >= 0 and a rounded sum never falls below its larger
+ * operand, so a partial sum past best means the whole one is too: the scales chosen, and a
+ * tie, are those of the complete sums. Each output is the same whichever rows share its
+ * product (gemm's chain over k does not depend on them), so the sums are the ones of one
+ * product per linear (a chunk of one row too: its product is gemm's, not gemv's).
  */
 #define LOSS_ROWS 128
 
-static double loss_of(search *S, const float *s, double best)
+static double loss_of(search *S, const float *s, int64_t step, double best)
 {
+    const int64_t used = (S->n_rows + step - 1) / step;
     double loss = 0;
-    for (int i = 0; i < S->n_lin && loss < best; i++) {
+    for (int i = 0; i < S->n_lin && loss <= best; i++) {
         const qpk_awq_linear *l = &S->lin[i];
         if (!qpk_type_is_quantized(l->type))
             continue;
         fq_job fj = {l, s, S->wq, S->k, S->bytes, qpk_type_row_bytes(l->type, l->group, l->cols), S->rows_f32};
         qpk_pool_run(S->pool, (l->rows + QPK_GEMM_PANEL - 1) / QPK_GEMM_PANEL, fq_task, &fj);
-        for (int64_t t0 = 0; t0 < S->n_rows && loss < best; t0 += LOSS_ROWS) {
-            const int64_t n = S->n_rows - t0 < LOSS_ROWS ? S->n_rows - t0 : LOSS_ROWS;
-            product_job pj = {S->k, S->rows + t0 * l->cols, S->wq, S->y, n, l->rows, l->cols};
+        for (int64_t u0 = 0; u0 < used && loss <= best; u0 += LOSS_ROWS) {
+            const int64_t n = used - u0 < LOSS_ROWS ? used - u0 : LOSS_ROWS;
+            product_job pj = {S->k, S->rows + u0 * step * l->cols, S->wq, S->y, n, l->rows, l->cols, step * l->cols};
             qpk_pool_run(S->pool, (l->rows + QPK_GEMM_PANEL - 1) / QPK_GEMM_PANEL, product_task, &pj);
-            const float *ref = S->yref[i] + t0 * l->rows;
-            for (int64_t t = 0; t < n * l->rows; t++) {
-                double d = (double)S->y[t] - (double)ref[t];
-                loss += d * d;
+            for (int64_t u = 0; u < n; u++) {
+                const float *y = S->y + u * l->rows, *ref = S->yref[i] + (u0 + u) * step * l->rows;
+                for (int64_t r = 0; r < l->rows; r++) {
+                    double d = (double)y[r] - (double)ref[r];
+                    loss += d * d;
+                }
             }
         }
     }
@@ -145,12 +151,39 @@ static qpk_awq_linear search_proxy(qpk_awq_linear l)
     return l;
 }
 
+/* Scales mean|x|^alpha for alpha = a / grid, divided by the geometric mean of their extremes. */
+static void alpha_scales(const double *mean_abs, int64_t d, int a, int grid, float *s)
+{
+    double alpha = (double)a / grid, mx = 0, mn = INFINITY;
+    for (int64_t c = 0; c < d; c++) {
+        double m = mean_abs[c];
+        s[c] = (float)pow(m > 1e-8 ? m : 1e-8, alpha);
+        mx = s[c] > mx ? s[c] : mx;
+        mn = s[c] < mn ? s[c] : mn;
+    }
+    float norm = (float)sqrt(mx * mn);
+    for (int64_t c = 0; c < d; c++)
+        s[c] /= norm;
+}
+
+static qpk_status checked(const search *S, double loss, int a, int grid, qpk_err *e)
+{
+    if (qpk_pool_cancelled(S->pool))
+        return qpk_err_setf(e, QPK_E_CANCELLED, "cancelled");
+    if (!isfinite(loss))
+        return qpk_err_setf(e, QPK_E_VALUE, "AWQ: the search loss is not finite (alpha %g)", (double)a / grid);
+    return QPK_OK;
+}
+
 qpk_status qpk_awq_scales(const qpk_awq_linear *real, int n_lin, const double *mean_abs, const float *rows,
                           int64_t n_rows, const qpk_awq_opts *o, qpk_pool *pool, const qpk_kernels *k, float *best_s,
                           qpk_err *e)
 {
     if (n_lin > 3)
         return qpk_err_setf(e, QPK_E_INVALID_ARG, "AWQ: %d linears share an input (at most 3)", n_lin);
+    if (o->alpha_grid > ALPHA_GRID_MAX)
+        return qpk_err_setf(e, QPK_E_INVALID_ARG, "AWQ: a grid of %d alphas (at most %d)", o->alpha_grid,
+                            ALPHA_GRID_MAX);
     qpk_awq_linear lin[3];
     for (int i = 0; i < n_lin; i++)
         lin[i] = search_proxy(real[i]);
@@ -186,25 +219,42 @@ qpk_status qpk_awq_scales(const qpk_awq_linear *real, int n_lin, const double *m
         if (qpk_type_is_quantized(lin[i].type))
             qpk_matmul(pool, k, &m, rows, n_rows, S.yref[i], S.scratch);
     }
-    double best = INFINITY;
-    for (int a = 0; a < o->alpha_grid && st == QPK_OK; a++) {
-        double alpha = (double)a / o->alpha_grid, mx = 0, mn = INFINITY;
-        for (int64_t c = 0; c < d; c++) {
-            double m = mean_abs[c];
-            s[c] = (float)pow(m > 1e-8 ? m : 1e-8, alpha);
-            mx = s[c] > mx ? s[c] : mx;
-            mn = s[c] < mn ? s[c] : mn;
+    /*
+     * A screen, then the finalists: every alpha's loss on a quarter of the sampled rows
+     * (every SCREEN_STEP-th, spread over all the windows), then the FINALISTS best of those
+     * on all the rows, the least screen loss first so that the others stop early, and alpha
+     * 0 (round-to-nearest) last if the screen left it out. The winner is the least loss on
+     * all the rows (the smaller alpha of equals): never worse than round-to-nearest's.
+     */
+    const int grid = o->alpha_grid, finalists = grid < FINALISTS ? grid : FINALISTS;
+    double screen[ALPHA_GRID_MAX], best = INFINITY;
+    int order[FINALISTS + 1], n_order = 0, best_a = -1;
+    for (int a = 0; a < grid && st == QPK_OK; a++) {
+        alpha_scales(mean_abs, d, a, grid, s);
+        const double bar = n_order == finalists ? screen[order[finalists - 1]] : INFINITY; /* to enter the ranking */
+        screen[a] = grid > FINALISTS ? loss_of(&S, s, SCREEN_STEP, bar) : 0;
+        if ((st = checked(&S, screen[a], a, grid, e)) != QPK_OK)
+            break;
+        int at = n_order; /* after its equals */
+        while (at > 0 && screen[order[at - 1]] > screen[a])
+            at--;
+        if (at < finalists) {
+            n_order += n_order < finalists;
+            memmove(order + at + 1, order + at, (size_t)(n_order - 1 - at) * sizeof *order);
+            order[at] = a;
         }
-        float norm = (float)sqrt(mx * mn);
-        for (int64_t c = 0; c < d; c++)
-            s[c] /= norm;
-        double loss = loss_of(&S, s, best);
-        if (qpk_pool_cancelled(pool))
-            st = qpk_err_setf(e, QPK_E_CANCELLED, "cancelled");
-        else if (!isfinite(loss))
-            st = qpk_err_setf(e, QPK_E_VALUE, "AWQ: the search loss is not finite (alpha %g)", alpha);
-        else if (loss < best) {
-            best = loss;
+    }
+    bool has_zero = false;
+    for (int f = 0; f < n_order; f++)
+        has_zero |= order[f] == 0;
+    if (!has_zero && grid > 0)
+        order[n_order++] = 0;
+    for (int f = 0; f < n_order && st == QPK_OK; f++) {
+        const int a = order[f];
+        alpha_scales(mean_abs, d, a, grid, s);
+        double loss = loss_of(&S, s, 1, best);
+        if ((st = checked(&S, loss, a, grid, e)) == QPK_OK && (loss < best || (loss == best && a < best_a))) {
+            best = loss, best_a = a;
             memcpy(best_s, s, (size_t)d * sizeof *best_s);
         }
     }

@@ -259,7 +259,7 @@ static double memory_needed(const qpk_config *cf, const qpk_calib_params *p, qpk
                  + 8.0 * widest * widest + 12.0 * widest * widest;                   /* one plan */
     if (method != QPK_METHOD_GPTQ)
         bytes += (double)p->awq.sample_rows * (2 * H + Q + I) * 4 * 2 + 16 * widest * widest / 8 +
-                 (double)threads * 32 * widest * 4; /* the search's rows of a panel per thread */
+                 (double)threads * (2 * 32 * widest + 128 * 32) * 4; /* per thread: the search's panel, its products */
     bytes += L * (4 * H + 4 * Q + 2 * KV + 2 * I) * 4 + (double)threads * (6 * widest + L) * 4; /* a context */
     if (qpk_config_is_moe(cf)) { /* per expert: its weights, and its own statistics on both of its inputs */
         const double E = (double)cf->n_experts, M = (double)cf->moe_intermediate_size;

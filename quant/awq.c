@@ -17,74 +17,6 @@
 #define ALPHA_GRID_MAX 64
 #define QPK_AWQ_CLIP_STEPS_MAX 20 /* ratios 1.00 down to 0.05: the grid has no more */
 
-typedef struct fq_job {
-    const qpk_awq_linear *lin;
-    const float *s; /* column scales */
-    float *out;     /* panels of QPK_GEMM_PANEL rows, each column-major: row j's column k at [k][j] */
-    const qpk_kernels *k;
-    uint8_t *bytes; /* per thread: one quantized row */
-    size_t row_bytes;
-    float *rows; /* per thread: a panel's rows in f32 */
-} fq_job;
-
-/*
- * W diag(s), each group quantized and decoded (RTN), diag(1/s): the weights AWQ would use,
- * written as gemm packs its panels (so that the products over the chunks of rows that
- * follow read them as they are, without packing them again for each chunk).
- * A row goes through its stored bytes with the table's quantize_row and row_to_f32 (the
- * bytes of qpk_quantize_row, decoded exactly: the values qpk_quantize_group gives, a
- * vector at a time); a row they refuse, group by group as qpk_quantize_group leaves it.
- */
-static void fq_task(void *arg, int64_t task, int thread)
-{
-    const fq_job *j = arg;
-    const qpk_awq_linear *l = j->lin;
-    const int64_t r0 = task * QPK_GEMM_PANEL, nr = l->rows - r0 < QPK_GEMM_PANEL ? l->rows - r0 : QPK_GEMM_PANEL;
-    const bool grid = qpk_type_has_grid(l->type);
-    uint8_t *bytes = j->bytes + (size_t)thread * j->row_bytes;
-    const qpk_matrix row = {l->type, l->group, 1, l->cols, bytes, NULL};
-    float *rows = j->rows + (size_t)thread * QPK_GEMM_PANEL * (size_t)l->cols;
-    for (int64_t i = 0; i < nr; i++) {
-        float *o = rows + i * l->cols;
-        const float *w = l->w + (r0 + i) * l->cols;
-        for (int64_t k = 0; k < l->cols; k++)
-            o[k] = w[k] * j->s[k];
-        /* A non-finite weight leaves its group (row) as it is: the store that follows refuses it by name. */
-        if (!grid) {
-            if (qpk_quantize_row(l->type, l->group, o, l->cols, bytes, NULL) == QPK_OK)
-                qpk_dequantize_row(l->type, l->group, bytes, l->cols, o);
-        } else if (j->k->quantize_row(l->type, l->group, o, l->cols, bytes, NULL) == QPK_OK) {
-            j->k->row_to_f32(&row, 0, o);
-        } else {
-            for (int64_t g = 0; g < l->cols; g += l->group) {
-                qpk_qparams p;
-                qpk_quantize_group(l->type, o + g, l->group, 1.0f, &p, NULL, o + g, NULL);
-            }
-        }
-        for (int64_t k = 0; k < l->cols; k++)
-            o[k] /= j->s[k];
-    }
-    j->k->pack_panel(rows, (size_t)l->cols, (int)nr, 0, l->cols, j->out + r0 * l->cols);
-}
-
-typedef struct product_job {
-    const qpk_kernels *k;
-    const float *x, *panels;
-    float *y;
-    int64_t n, rows, cols, ldx;
-} product_job;
-
-/* y = x W^T for the panel `task` of W (packed by fq_task): gemm's tiles from 0, the same sums. */
-static void product_task(void *arg, int64_t task, int thread)
-{
-    (void)thread;
-    const product_job *j = arg;
-    const int64_t r = task * QPK_GEMM_PANEL, nr = j->rows - r < QPK_GEMM_PANEL ? j->rows - r : QPK_GEMM_PANEL;
-    for (int64_t t = 0; t < j->n; t++)
-        memset(j->y + t * j->rows + r, 0, (size_t)nr * sizeof(float));
-    j->k->gemm_acc(j->x, j->ldx, j->n, j->panels + r * j->cols, QPK_GEMM_PANEL, j->cols, j->y + r, j->rows, nr);
-}
-
 typedef struct search {
     const qpk_awq_linear *lin;
     int n_lin;
@@ -92,43 +24,120 @@ typedef struct search {
     int64_t n_rows;
     qpk_pool *pool;
     const qpk_kernels *k;
-    float *wq, *y, *yref[3], *scratch, *rows_f32;
-    uint8_t *bytes; /* per thread: a quantized row of the widest linear */
-    size_t row_bytes;
+    float *yref[3], *scratch;
+    /* Per thread: a panel's rows in f32 and packed, its products, a quantized row of the widest linear. */
+    float *rows_f32, *packed, *y;
+    uint8_t *bytes;
+    size_t row_bytes, packed_floats;
 } search;
 
 /*
- * Sum over the quantized linears of |X W^T - X Wq^T|^2 on every step-th sampled row X,
- * for scales s, linear by linear and LOSS_ROWS of those rows at a time; it stops once the
- * sum passes `best`. Each term is >= 0 and a rounded sum never falls below its larger
- * operand, so a partial sum past best means the whole one is too: the scales chosen, and a
- * tie, are those of the complete sums. Each output is the same whichever rows share its
- * product (gemm's chain over k does not depend on them), so the sums are the ones of one
- * product per linear (a chunk of one row too: its product is gemm's, not gemv's).
+ * Rows [r0, r0 + nr) of W diag(s), each group quantized and decoded (RTN), diag(1/s): the
+ * weights AWQ would use, packed as gemm packs a panel. A row goes through its stored bytes
+ * with the table's quantize_row and row_to_f32 (the bytes of qpk_quantize_row, decoded
+ * exactly: the values qpk_quantize_group gives, a vector at a time); a row they refuse,
+ * group by group as qpk_quantize_group leaves it.
  */
-#define LOSS_ROWS 128
+static void fake_quantize_panel(const search *S, const qpk_awq_linear *l, const float *s, int64_t r0, int64_t nr,
+                                int thread, float *packed)
+{
+    const bool grid = qpk_type_has_grid(l->type);
+    uint8_t *bytes = S->bytes + (size_t)thread * S->row_bytes;
+    const qpk_matrix row = {l->type, l->group, 1, l->cols, bytes, NULL};
+    float *rows = S->rows_f32 + (size_t)thread * QPK_GEMM_PANEL * (size_t)l->cols;
+    for (int64_t i = 0; i < nr; i++) {
+        float *o = rows + i * l->cols;
+        const float *w = l->w + (r0 + i) * l->cols;
+        for (int64_t k = 0; k < l->cols; k++)
+            o[k] = w[k] * s[k];
+        /* A non-finite weight leaves its group (row) as it is: the store that follows refuses it by name. */
+        if (!grid) {
+            if (qpk_quantize_row(l->type, l->group, o, l->cols, bytes, NULL) == QPK_OK)
+                qpk_dequantize_row(l->type, l->group, bytes, l->cols, o);
+        } else if (S->k->quantize_row(l->type, l->group, o, l->cols, bytes, NULL) == QPK_OK) {
+            S->k->row_to_f32(&row, 0, o);
+        } else {
+            for (int64_t g = 0; g < l->cols; g += l->group) {
+                qpk_qparams p;
+                qpk_quantize_group(l->type, o + g, l->group, 1.0f, &p, NULL, o + g, NULL);
+            }
+        }
+        for (int64_t k = 0; k < l->cols; k++)
+            o[k] /= s[k];
+    }
+    S->k->pack_panel(rows, (size_t)l->cols, (int)nr, 0, l->cols, packed);
+}
 
+/*
+ * The loss is summed a batch of PANELS_PER_RUN panels (of QPK_GEMM_PANEL output rows) at a
+ * time, each panel's share in order, so that a loss past the best stops within a linear.
+ */
+#define PANELS_PER_RUN 16
+#define LOSS_ROWS 128 /* sampled rows per product: a panel's outputs for them stay in L1 */
+
+typedef struct loss_job {
+    const search *S;
+    const qpk_awq_linear *l;
+    const float *s, *ref;
+    int64_t step, used, panel0;
+    double share[PANELS_PER_RUN];
+} loss_job;
+
+/*
+ * Panel panel0 + task of the linear: its candidate weights, made and packed in cache, then
+ * its outputs for every step-th sampled row (gemm's tiles from zero: each output the same
+ * chain over k as any product of these rows gives), and their squared errors summed in
+ * the rows' order.
+ */
+static void loss_task(void *arg, int64_t task, int thread)
+{
+    loss_job *j = arg;
+    const search *S = j->S;
+    const qpk_awq_linear *l = j->l;
+    const int64_t r0 = (j->panel0 + task) * QPK_GEMM_PANEL;
+    const int64_t nr = l->rows - r0 < QPK_GEMM_PANEL ? l->rows - r0 : QPK_GEMM_PANEL;
+    float *packed = S->packed + (size_t)thread * S->packed_floats;
+    float *y = S->y + (size_t)thread * LOSS_ROWS * QPK_GEMM_PANEL;
+    fake_quantize_panel(S, l, j->s, r0, nr, thread, packed);
+    double loss = 0;
+    for (int64_t u0 = 0; u0 < j->used; u0 += LOSS_ROWS) {
+        const int64_t n = j->used - u0 < LOSS_ROWS ? j->used - u0 : LOSS_ROWS;
+        memset(y, 0, (size_t)(n * QPK_GEMM_PANEL) * sizeof *y);
+        S->k->gemm_acc(S->rows + u0 * j->step * l->cols, j->step * l->cols, n, packed, QPK_GEMM_PANEL, l->cols, y,
+                       QPK_GEMM_PANEL, nr);
+        for (int64_t u = 0; u < n; u++) {
+            const float *ref = j->ref + (u0 + u) * j->step * l->rows + r0;
+            for (int64_t r = 0; r < nr; r++) {
+                double d = (double)y[u * QPK_GEMM_PANEL + r] - (double)ref[r];
+                loss += d * d;
+            }
+        }
+    }
+    j->share[task] = loss;
+}
+
+/*
+ * Sum over the quantized linears of |X W^T - X Wq^T|^2 on every step-th sampled row X,
+ * for scales s, linear by linear, panel by panel; it stops once the sum passes `best`.
+ * Each term is >= 0 and a rounded sum never falls below its larger operand, so a partial
+ * sum past best means the whole one is too: the scales chosen, and a tie, are those of the
+ * complete sums. The sums do not depend on the threads: each panel's share is one chain,
+ * added in the panels' order.
+ */
 static double loss_of(search *S, const float *s, int64_t step, double best)
 {
-    const int64_t used = (S->n_rows + step - 1) / step;
     double loss = 0;
     for (int i = 0; i < S->n_lin && loss <= best; i++) {
         const qpk_awq_linear *l = &S->lin[i];
         if (!qpk_type_is_quantized(l->type))
             continue;
-        fq_job fj = {l, s, S->wq, S->k, S->bytes, qpk_type_row_bytes(l->type, l->group, l->cols), S->rows_f32};
-        qpk_pool_run(S->pool, (l->rows + QPK_GEMM_PANEL - 1) / QPK_GEMM_PANEL, fq_task, &fj);
-        for (int64_t u0 = 0; u0 < used && loss <= best; u0 += LOSS_ROWS) {
-            const int64_t n = used - u0 < LOSS_ROWS ? used - u0 : LOSS_ROWS;
-            product_job pj = {S->k, S->rows + u0 * step * l->cols, S->wq, S->y, n, l->rows, l->cols, step * l->cols};
-            qpk_pool_run(S->pool, (l->rows + QPK_GEMM_PANEL - 1) / QPK_GEMM_PANEL, product_task, &pj);
-            for (int64_t u = 0; u < n; u++) {
-                const float *y = S->y + u * l->rows, *ref = S->yref[i] + (u0 + u) * step * l->rows;
-                for (int64_t r = 0; r < l->rows; r++) {
-                    double d = (double)y[r] - (double)ref[r];
-                    loss += d * d;
-                }
-            }
+        const int64_t panels = (l->rows + QPK_GEMM_PANEL - 1) / QPK_GEMM_PANEL;
+        loss_job j = {S, l, s, S->yref[i], step, (S->n_rows + step - 1) / step, 0, {0}};
+        for (; j.panel0 < panels && loss <= best; j.panel0 += PANELS_PER_RUN) {
+            const int64_t n = panels - j.panel0 < PANELS_PER_RUN ? panels - j.panel0 : PANELS_PER_RUN;
+            qpk_pool_run(S->pool, n, loss_task, &j);
+            for (int64_t t = 0; t < n; t++)
+                loss += j.share[t];
         }
     }
     return loss;
@@ -188,29 +197,27 @@ qpk_status qpk_awq_scales(const qpk_awq_linear *real, int n_lin, const double *m
     for (int i = 0; i < n_lin; i++)
         lin[i] = search_proxy(real[i]);
     const int64_t d = real[0].cols;
-    int64_t most_rows = 0;
     bool any = false;
     for (int64_t c = 0; c < d; c++)
         best_s[c] = 1;
-    for (int i = 0; i < n_lin; i++) {
+    for (int i = 0; i < n_lin; i++)
         any |= qpk_type_is_quantized(lin[i].type);
-        most_rows = lin[i].rows > most_rows ? lin[i].rows : most_rows;
-    }
     if (!any || n_rows == 0)
         return QPK_OK;
-    const int64_t chunk = n_rows < LOSS_ROWS ? n_rows : LOSS_ROWS;
-    const int64_t panel_rows = (most_rows + QPK_GEMM_PANEL - 1) / QPK_GEMM_PANEL * QPK_GEMM_PANEL;
-    /* The panels aligned as gemm's are: each tile's loads then stay within cache lines. */
-    search S = {lin, n_lin, rows, n_rows, pool, k, aligned_alloc(64, (size_t)(panel_rows * d) * sizeof(float)),
-                malloc((size_t)(chunk * most_rows) * sizeof(float)), {NULL, NULL, NULL},
-                malloc((size_t)qpk_pool_threads(pool) * qpk_gemm_scratch_floats(d) * sizeof(float)),
-                malloc((size_t)qpk_pool_threads(pool) * QPK_GEMM_PANEL * (size_t)d * sizeof(float))};
+    const int threads = qpk_pool_threads(pool);
+    search S = {.lin = lin, .n_lin = n_lin, .rows = rows, .n_rows = n_rows, .pool = pool, .k = k,
+                .scratch = malloc((size_t)threads * qpk_gemm_scratch_floats(d) * sizeof(float)),
+                .rows_f32 = malloc((size_t)threads * QPK_GEMM_PANEL * (size_t)d * sizeof(float)),
+                .y = malloc((size_t)threads * LOSS_ROWS * QPK_GEMM_PANEL * sizeof(float)),
+                .packed_floats = ((size_t)d * QPK_GEMM_PANEL + 15) / 16 * 16};
+    /* Each thread's panel aligned as gemm's are: each tile's loads then stay within cache lines. */
+    S.packed = aligned_alloc(64, (size_t)threads * S.packed_floats * sizeof(float));
     float *s = malloc((size_t)d * sizeof *s);
     for (int i = 0; i < n_lin; i++)
         if (qpk_type_is_quantized(lin[i].type) && qpk_type_row_bytes(lin[i].type, lin[i].group, d) > S.row_bytes)
             S.row_bytes = qpk_type_row_bytes(lin[i].type, lin[i].group, d);
-    S.bytes = malloc((size_t)qpk_pool_threads(pool) * S.row_bytes + 1);
-    bool ok = S.wq && S.y && S.scratch && S.rows_f32 && s && S.bytes;
+    S.bytes = malloc((size_t)threads * S.row_bytes + 1);
+    bool ok = S.scratch && S.rows_f32 && S.packed && S.y && s && S.bytes;
     for (int i = 0; i < n_lin && ok; i++)
         ok = (S.yref[i] = malloc((size_t)(n_rows * lin[i].rows) * sizeof(float))) != NULL;
     qpk_status st = ok ? QPK_OK : qpk_err_setf(e, QPK_E_NOMEM, "AWQ: out of memory for the scale search");
@@ -258,7 +265,7 @@ qpk_status qpk_awq_scales(const qpk_awq_linear *real, int n_lin, const double *m
             memcpy(best_s, s, (size_t)d * sizeof *best_s);
         }
     }
-    free(S.wq), free(S.y), free(S.scratch), free(S.rows_f32), free(S.bytes), free(s);
+    free(S.scratch), free(S.rows_f32), free(S.packed), free(S.y), free(S.bytes), free(s);
     for (int i = 0; i < n_lin; i++)
         free(S.yref[i]);
     return st;

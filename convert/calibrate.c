@@ -8,8 +8,8 @@
  *      or AWQ's scales (quant/awq.c) folded into what produces each input, then its clip
  *      search and round-to-nearest;
  *   3. makes the next layer's inputs: GPTQ runs the quantized layer, so that each layer
- *      is calibrated on what the quantized model really feeds it; AWQ and imatrix keep
- *      the float layer's outputs from step 1 (qpk_calib_feeds_float).
+ *      is calibrated on what the quantized model really feeds it; AWQ, AWQ+GPTQ and
+ *      imatrix keep the float layer's outputs from step 1 (qpk_calib_feeds_float).
  * The math lives in quant/; this file knows the model's structure. Memory: the windows'
  * hidden states, one layer in f32 and its statistics.
  */
@@ -740,7 +740,8 @@ static qpk_status quantize_awq(qpk_calib *c, qpk_err *e)
  * and imatrix keep) over the tokens that reached it, named as llama.cpp names the weight; a
  * sparse layer's experts as one entry per projection of n_experts matrices (an expert's
  * tokens are those routed to it). The inputs are the ones calibration sees: the float
- * model's for imatrix and AWQ (as llama-imatrix's), the quantized earlier layers' for GPTQ.
+ * model's for imatrix, AWQ and AWQ+GPTQ (as llama-imatrix's), the quantized earlier
+ * layers' for GPTQ.
  */
 static qpk_status record_imatrix(qpk_calib *c, int l, qpk_err *e)
 {
@@ -858,7 +859,10 @@ void qpk_calib_tensor(const qpk_calib *c, qpk_role r, uint32_t *type, uint32_t *
 
 const qpk_calib_params *qpk_calib_params_of(const qpk_calib *c) { return &c->p; }
 
-bool qpk_calib_feeds_float(qpk_method m) { return m == QPK_METHOD_AWQ || m == QPK_METHOD_IMATRIX; }
+bool qpk_calib_feeds_float(qpk_method m)
+{
+    return m == QPK_METHOD_AWQ || m == QPK_METHOD_AWQ_GPTQ || m == QPK_METHOD_IMATRIX;
+}
 
 void qpk_calib_experts(const qpk_calib *c, int64_t *calibrated, int64_t *rtn)
 {

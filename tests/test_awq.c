@@ -15,15 +15,7 @@ enum { N = 512, D = 128, R = 48, GRID = 20 };
 #define GROUP 32
 
 static uint64_t g_rng = 0x5eed0a3cull;
-static double gauss(void)
-{
-    double s = 0;
-    for (int i = 0; i < 12; i++) {
-        g_rng = g_rng * 6364136223846793005ull + 1442695040888963407ull;
-        s += (double)(g_rng >> 11) / 9007199254740992.0;
-    }
-    return s - 6.0;
-}
+static double gauss(void) { return th_gauss(&g_rng); }
 
 static float X[N * D], W[R * D];
 static double mean_abs[D];

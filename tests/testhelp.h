@@ -5,6 +5,7 @@
 #ifndef QPK_TESTHELP_H
 #define QPK_TESTHELP_H
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +39,17 @@ static int th_passed, th_failed;
     CHECKF((got) == (want) && strstr((err).msg, (substr)) != NULL,                                 \
            "status %d (want %d), message \"%s\" (want \"%s\")", (int)(got), (int)(want), (err).msg, \
            (substr))
+
+/* About normal (mean 0, variance 1): twelve uniforms of an LCG less 6, from the caller's state. */
+static inline double th_gauss(uint64_t *state)
+{
+    double s = 0;
+    for (int i = 0; i < 12; i++) {
+        *state = *state * 6364136223846793005ull + 1442695040888963407ull;
+        s += (double)(*state >> 11) / 9007199254740992.0;
+    }
+    return s - 6.0;
+}
 
 static inline int th_summary(const char *name)
 {

@@ -243,7 +243,7 @@ typedef struct gram_job {
 
 /*
  * Tile `task`'s columns of x, [i0, i0 + GRAM_TILE), both ways: transposed into rows of xt
- * and copied as the tile's column panel. x's rows are a power-of-two apart on common widths,
+ * and copied as the tile's column panel. x's rows are a power of two apart on common widths,
  * so reading down a column would land every row in one L1 set: each pass reads 16
  * consecutive floats (one line) of 16 rows and writes them transposed.
  */

@@ -4,10 +4,11 @@
  * one, as llama-bench does) against the f32 FMA peak, and decode tokens/s against
  * the memory-bandwidth floor (weight bytes read per token / streaming bandwidth).
  *
- * Usage: bench_runtime MODEL [threads] [--scalar | --decode-only]
+ * Usage: bench_runtime MODEL [threads] [--scalar | --decode-only | --prefill-only]
  *   MODEL: a .qpk or an HF folder (e.g. from `qgen DIR --preset 0.5b`).
  *   --decode-only: 256 decode tokens and nothing else, for a profiler (perf record):
- *   where one token's time goes, op by op. Decode is also timed without the head
+ *   where one token's time goes, op by op. --prefill-only: the two prompts, 8 times each
+ *   rather than 3, and no decode. Decode is also timed without the head
  *   (no logits asked for), which splits the head from the layers.
  */
 #include <stdio.h>
@@ -37,11 +38,12 @@ static double layer_flops_per_token(const qpk_config *c)
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: bench_runtime MODEL [threads] [--scalar | --decode-only]\n");
+        fprintf(stderr, "usage: bench_runtime MODEL [threads] [--scalar | --decode-only | --prefill-only]\n");
         return 2;
     }
     int threads = argc > 2 ? atoi(argv[2]) : 0;
     bool scalar = argc > 3 && !strcmp(argv[3], "--scalar"), decode_only = argc > 3 && !strcmp(argv[3], "--decode-only");
+    bool prefill_only = argc > 3 && !strcmp(argv[3], "--prefill-only");
     qpk_err e = {0};
     qpk_source *src = NULL;
     qpk_model *m = NULL;
@@ -75,7 +77,7 @@ int main(int argc, char **argv)
     const int prompts[2] = {128, 512};
     for (int p = 0; p < 2 && !decode_only; p++) {
         double best = 1e30;
-        for (int rep = 0; rep < 3; rep++) {
+        for (int rep = 0; rep < (prefill_only ? 8 : 3); rep++) {
             qpk_context_reset(ctx);
             double t = bench_now();
             qpk_eval(ctx, tok, prompts[p], logits, 1, &e);
@@ -91,7 +93,7 @@ int main(int argc, char **argv)
     /* Decode: 64 tokens after a 16-token prompt, logits of each; then the same without the head. */
     const int n = decode_only ? 256 : 64;
     double t[2];
-    for (int head = 1; head >= 0; head--) {
+    for (int head = 1; head >= 0 && !prefill_only; head--) {
         qpk_context_reset(ctx);
         qpk_eval(ctx, tok, 16, logits, 1, &e);
         t[head] = bench_now();
@@ -99,11 +101,14 @@ int main(int argc, char **argv)
             qpk_eval(ctx, tok + 16 + (i % 256), 1, logits, head, &e);
         t[head] = bench_now() - t[head];
     }
-    double bytes = (double)qpk_model_decode_bytes(m), floor_tps = bw * 1e9 / bytes, tps = n / t[1];
-    printf("decode tg%-5d %8.1f tokens/s  %7.2f GB/s of weights; floor %.1f tokens/s (%.0f MB/token) -> %.0f%% of it\n",
-           n, tps, tps * bytes / 1e9, floor_tps, bytes / 1e6, 100 * tps / floor_tps);
-    printf("decode split   %8.2f ms/token: layers %.2f ms, head %.2f ms\n", 1e3 * t[1] / n, 1e3 * t[0] / n,
-           1e3 * (t[1] - t[0]) / n);
+    if (!prefill_only) {
+        double bytes = (double)qpk_model_decode_bytes(m), floor_tps = bw * 1e9 / bytes, tps = n / t[1];
+        printf("decode tg%-5d %8.1f tokens/s  %7.2f GB/s of weights; floor %.1f tokens/s (%.0f MB/token) -> %.0f%% "
+               "of it\n",
+               n, tps, tps * bytes / 1e9, floor_tps, bytes / 1e6, 100 * tps / floor_tps);
+        printf("decode split   %8.2f ms/token: layers %.2f ms, head %.2f ms\n", 1e3 * t[1] / n, 1e3 * t[0] / n,
+               1e3 * (t[1] - t[0]) / n);
+    }
     free(tok), free(logits);
     qpk_context_free(ctx);
     qpk_model_free(m);

@@ -32,11 +32,15 @@ typedef void qpk_row_fn(const qpk_matrix *w, int64_t r, float *dst);
 typedef float qpk_dot_fn(const qpk_matrix *w, const uint8_t *row, const float *x, float *scratch);
 typedef void qpk_dot2_fn(const qpk_matrix *w, const uint8_t *row, size_t stride, const float *x, float y[2]);
 typedef void qpk_dot4_fn(const qpk_matrix *w, const uint8_t *row, size_t stride, const float *x, float y[4]);
+/* Rows [r, r + nr) of w, columns [k0, k0 + kc), as gemm's packed panel: row j of column k at
+ * packed[(k - k0) * QPK_GEMM_PANEL + j], rows j >= nr as 0; the values to_f32 gives. */
+typedef void qpk_panel_fn(const qpk_matrix *w, int64_t r, int nr, int64_t k0, int64_t kc, float *packed);
 typedef struct qpk_type_kernels {
     qpk_row_fn *to_f32;
     qpk_dot_fn *dot;
-    qpk_dot2_fn *dot2; /* NULL: one row at a time */
-    qpk_dot4_fn *dot4; /* rows row + i stride, i < 4: NULL: two at a time where dot2 is */
+    qpk_dot2_fn *dot2;         /* NULL: one row at a time */
+    qpk_dot4_fn *dot4;         /* rows row + i stride, i < 4: NULL: two at a time where dot2 is */
+    qpk_panel_fn *to_panel;    /* NULL: gemm converts whole rows with to_f32, then packs them */
 } qpk_type_kernels;
 
 /* The scalar row kernels of any type (the reference; what other tables fall back to). */

@@ -726,7 +726,7 @@ static inline qpk_type_kernels rows_of(const qpk_type_kernels *t, const qpk_matr
 {
     qpk_type_kernels k = t[w->type];
     return (qpk_type_kernels){k.to_f32 ? k.to_f32 : qpk_scalar_row_to_f32, k.dot ? k.dot : qpk_scalar_row_dot,
-                              k.dot2, k.dot4};
+                              k.dot2, k.dot4, k.to_panel};
 }
 
 /*
@@ -902,14 +902,16 @@ typedef void tile_fn(int mr, const float *x, int64_t ldx, const float *p, int64_
 
 typedef void pack_fn(const float *rows, size_t ld, int nr, int64_t k0, int64_t kc, float *packed);
 
-static inline __attribute__((always_inline)) void gemm_panels(qpk_row_fn *convert, pack_fn *pack, tile_fn *tile,
+static inline __attribute__((always_inline)) void gemm_panels(const qpk_type_kernels k, pack_fn *pack, tile_fn *tile,
                                                               const int MR, const qpk_matrix *w, const float *x,
                                                               int64_t T, int64_t ldx, float *y, int64_t ldy,
                                                               int64_t r0, int64_t r1, float *scratch)
 {
     const int64_t K = w->cols;
-    /* f32 rows (calibration's forward passes) are packed from where they are, not copied first. */
+    /* f32 rows (calibration's forward passes) are packed from where they are, not copied first;
+       a type with a to_panel kernel goes from its blocks to the panel at once. */
     const bool f32 = w->type == QPK_TYPE_F32 && (uintptr_t)w->data % sizeof(float) == 0;
+    const bool direct = !f32 && k.to_panel;
     const size_t ld = f32 ? (size_t)K : SCRATCH_STRIDE(K);
     float *packed = align64(scratch + (size_t)PANEL * SCRATCH_STRIDE(K));
     const size_t row_bytes = qpk_matrix_row_bytes(w);
@@ -917,8 +919,8 @@ static inline __attribute__((always_inline)) void gemm_panels(qpk_row_fn *conver
     for (int64_t r = r0; r < r1; r += PANEL) {
         const int nr = r1 - r < PANEL ? (int)(r1 - r) : PANEL;
         const float *rows = f32 ? (const float *)qpk_row_ptr(w, r) : scratch;
-        for (int j = 0; !f32 && j < nr; j++)
-            convert(w, r + j, scratch + (size_t)j * ld);
+        for (int j = 0; !f32 && !direct && j < nr; j++)
+            k.to_f32(w, r + j, scratch + (size_t)j * ld);
         /* The next panel's stored rows, a slice after each tile: read only after all of this
            panel's tiles, their lines would otherwise come from DRAM with nothing to overlap. */
         const uint8_t *next = (const uint8_t *)qpk_row_ptr(w, r) + (size_t)nr * row_bytes;
@@ -928,7 +930,10 @@ static inline __attribute__((always_inline)) void gemm_panels(qpk_row_fn *conver
         size_t fetched = 0;
         for (int64_t k0 = 0; k0 < K; k0 += QPK_GEMM_KC) {
             const int64_t kc = K - k0 < QPK_GEMM_KC ? K - k0 : QPK_GEMM_KC;
-            pack(rows, ld, nr, k0, kc, packed);
+            if (direct)
+                k.to_panel(w, r, nr, k0, kc, packed);
+            else
+                pack(rows, ld, nr, k0, kc, packed);
             for (int64_t t = 0; t < T; t += MR) {
                 tile(T - t < MR ? (int)(T - t) : MR, x + t * ldx + k0, ldx, packed, PANEL, kc, y + t * ldy + r, ldy,
                      nr, k0 == 0);
@@ -942,7 +947,7 @@ static inline __attribute__((always_inline)) void gemm_panels(qpk_row_fn *conver
 static void gemm(const qpk_matrix *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy, int64_t r0,
                  int64_t r1, float *scratch)
 {
-    gemm_panels(rows_of(AVX2_TYPES, w).to_f32, pack_panel, tile_avx2, AVX2_MR, w, x, T, ldx, y, ldy, r0, r1, scratch);
+    gemm_panels(rows_of(AVX2_TYPES, w), pack_panel, tile_avx2, AVX2_MR, w, x, T, ldx, y, ldy, r0, r1, scratch);
 }
 
 /* y[t][j] += x[t] . p[.][j] over an unpacked k-major matrix, in tiles of 32 columns: the gemm tile with first = 0. */
@@ -1330,10 +1335,17 @@ AVX512 static void q4_row_to_f32(uint32_t type, uint32_t group, const uint8_t *r
     }
 }
 
+AVX512 static void q4_panel(uint32_t type, const qpk_matrix *w, int64_t r, int nr, int64_t k0, int64_t kc,
+                            float *packed);
+
 #define Q4_ROWS(T)                                                                                                \
     static void to_f32_512_##T(const qpk_matrix *w, int64_t r, float *dst)                                       \
     {                                                                                                            \
         q4_row_to_f32(QPK_TYPE_##T, w->group_size, qpk_row_ptr(w, r), w->cols, dst);                             \
+    }                                                                                                            \
+    static void panel_512_##T(const qpk_matrix *w, int64_t r, int nr, int64_t k0, int64_t kc, float *packed)     \
+    {                                                                                                            \
+        q4_panel(QPK_TYPE_##T, w, r, nr, k0, kc, packed);                                                        \
     }                                                                                                            \
     AVX512 static float dot_512_##T(const qpk_matrix *w, const uint8_t *row, const float *x, float *scratch)     \
     {                                                                                                            \
@@ -1738,8 +1750,8 @@ static const qpk_type_kernels AVX512_TYPES[QPK_TYPE_COUNT_] = {
     [QPK_TYPE_F32] = {to_f32_F32, dot_F32},            [QPK_TYPE_F16] = {to_f32_F16, dot_F16},
     [QPK_TYPE_BF16] = {to_f32_BF16, dot_BF16},
     [QPK_TYPE_INT8] = {to_f32_INT8, dot_512_INT8, dot2_512_INT8, dot4_512_INT8},
-    [QPK_TYPE_INT4] = {to_f32_512_INT4, dot_512_INT4, dot2_512_INT4, dot4_512_INT4},
-    [QPK_TYPE_INT4S] = {to_f32_512_INT4S, dot_512_INT4S, dot2_512_INT4S, dot4_512_INT4S},
+    [QPK_TYPE_INT4] = {to_f32_512_INT4, dot_512_INT4, dot2_512_INT4, dot4_512_INT4, panel_512_INT4},
+    [QPK_TYPE_INT4S] = {to_f32_512_INT4S, dot_512_INT4S, dot2_512_INT4S, dot4_512_INT4S, panel_512_INT4S},
     [QPK_TYPE_INT8Z] = {to_f32_INT8Z, dot_INT8Z},
     [QPK_TYPE_Q4_1] = GGML_ROWS, [QPK_TYPE_Q5_0] = GGML_ROWS, [QPK_TYPE_Q5_1] = GGML_ROWS,
     [QPK_TYPE_Q2_K] = GGML_ROWS, [QPK_TYPE_Q3_K] = GGML_ROWS, 
@@ -1748,9 +1760,9 @@ static const qpk_type_kernels AVX512_TYPES[QPK_TYPE_COUNT_] = {
     [QPK_TYPE_Q6_K] = {q6_k_row_512, dot_512_Q6_K, dot2_512_Q6_K, dot4_512_Q6_K},
     [QPK_TYPE_IQ4_NL] = {iq4_row_512, dot_512_IQ4_NL, dot2_512_IQ4_NL, dot4_512_IQ4_NL},
     [QPK_TYPE_IQ4_XS] = {iq4_row_512, dot_512_IQ4_XS, dot2_512_IQ4_XS, dot4_512_IQ4_XS},
-    [QPK_TYPE_MLX4] = {to_f32_512_MLX4, dot_512_MLX4, dot2_512_MLX4, dot4_512_MLX4},
+    [QPK_TYPE_MLX4] = {to_f32_512_MLX4, dot_512_MLX4, dot2_512_MLX4, dot4_512_MLX4, panel_512_MLX4},
     [QPK_TYPE_MLX8] = {to_f32_MLX8, dot_MLX8},
-    [QPK_TYPE_MLX4_F16] = {to_f32_512_MLX4_F16, dot_512_MLX4_F16, dot2_512_MLX4_F16, dot4_512_MLX4_F16},
+    [QPK_TYPE_MLX4_F16] = {to_f32_512_MLX4_F16, dot_512_MLX4_F16, dot2_512_MLX4_F16, dot4_512_MLX4_F16, panel_512_MLX4_F16},
     [QPK_TYPE_MLX8_F16] = {to_f32_MLX8_F16, dot_MLX8_F16},
 };
 
@@ -1796,10 +1808,12 @@ AVX512 static inline __attribute__((always_inline)) void tile32(const int MR, co
 AVX512 static inline __attribute__((always_inline)) void transpose16(__m512 v[16])
 {
     __m512 t[16], u[16];
+#pragma GCC unroll 8
     for (int i = 0; i < 16; i += 2) {
         t[i] = _mm512_unpacklo_ps(v[i], v[i + 1]);
         t[i + 1] = _mm512_unpackhi_ps(v[i], v[i + 1]);
     }
+#pragma GCC unroll 4
     for (int i = 0; i < 16; i += 4) {
         u[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
         u[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xee);
@@ -1807,12 +1821,51 @@ AVX512 static inline __attribute__((always_inline)) void transpose16(__m512 v[16
         u[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xee);
     }
     /* u[4 i + c], lane L: rows 4 i .. 4 i + 3 of column 4 L + c */
+#pragma GCC unroll 4
     for (int c = 0; c < 4; c++) {
         const __m512 x0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88), x1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xdd);
         const __m512 y0 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88);
         const __m512 y1 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xdd);
         v[c] = _mm512_shuffle_f32x4(x0, y0, 0x88), v[8 + c] = _mm512_shuffle_f32x4(x0, y0, 0xdd);
         v[4 + c] = _mm512_shuffle_f32x4(x1, y1, 0x88), v[12 + c] = _mm512_shuffle_f32x4(x1, y1, 0xdd);
+    }
+}
+
+/*
+ * A 4-bit matrix's gemm panel straight from its blocks, 16 rows x 16 columns at a time:
+ * each row's 16 weights by one permute of its block's table (q4_row_to_f32's values),
+ * transposed in registers. Converting a panel's rows into scratch and packing them from
+ * there took a sixth of the tiles' time at 128 tokens: the scratch's lines, evicted by the
+ * tiles' stream of x, came back for every panel.
+ */
+AVX512 static void q4_panel(uint32_t type, const qpk_matrix *w, int64_t r, int nr, int64_t k0, int64_t kc,
+                            float *packed)
+{
+    const int64_t group = w->group_size;
+    const size_t bb = qpk_type_block_bytes(type, (uint32_t)group), rb = qpk_matrix_row_bytes(w);
+    for (int j0 = 0; j0 < PANEL; j0 += 16) {
+        const uint8_t *rows = qpk_row_ptr(w, r) + (size_t)j0 * rb;
+        const int n = nr - j0; /* rows i >= n are 0 (none of this half when n <= 0) */
+        __m512 table[16];
+        /* Columns go 16 at a time within a group (a multiple of 32 long): a chunk's low or high nibbles. */
+        for (int64_t k = k0; k < k0 + kc; k += 16) {
+            const int64_t g = k / group, o = k - g * group;
+            if (k == k0 || o == 0)
+                for (int i = 0; i < 16; i++)
+                    table[i] = i < n ? q4_weights(type, rows + (size_t)i * rb + (size_t)g * bb) : _mm512_setzero_ps();
+            const size_t at = (size_t)g * bb + CODES_AT(type) + (size_t)(o / 32) * 16;
+            const __m128i shift = _mm_cvtsi32_si128(o & 16 ? 4 : 0);
+            __m512 v[16];
+#pragma GCC unroll 16
+            for (int i = 0; i < 16; i++)
+                v[i] = i < n ? _mm512_permutexvar_ps(_mm512_srl_epi32(q4_indices(rows + (size_t)i * rb + at), shift),
+                                                     table[i])
+                             : _mm512_setzero_ps();
+            transpose16(v);
+#pragma GCC unroll 16
+            for (int i = 0; i < 16; i++)
+                _mm512_store_ps(packed + (k - k0 + i) * PANEL + j0, v[i]);
+        }
     }
 }
 
@@ -1824,9 +1877,11 @@ AVX512 static void pack_panel_512(const float *rows, size_t ld, int nr, int64_t 
     for (; k + 16 <= kc; k += 16)
         for (int j0 = 0; j0 < PANEL; j0 += 16) {
             __m512 v[16];
+#pragma GCC unroll 16
             for (int i = 0; i < 16; i++)
                 v[i] = j0 + i < nr ? _mm512_loadu_ps(rows + (size_t)(j0 + i) * ld + k0 + k) : _mm512_setzero_ps();
             transpose16(v);
+#pragma GCC unroll 16
             for (int i = 0; i < 16; i++)
                 _mm512_store_ps(packed + (k + i) * PANEL + j0, v[i]);
         }
@@ -1858,7 +1913,7 @@ static void gemm_acc_512(const float *x, int64_t ldx, int64_t T, const float *p,
 static void gemm_512(const qpk_matrix *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy, int64_t r0,
                      int64_t r1, float *scratch)
 {
-    gemm_panels(rows_of(AVX512_TYPES, w).to_f32, pack_panel_512, tile_avx512, AVX512_MR, w, x, T, ldx, y, ldy, r0, r1,
+    gemm_panels(rows_of(AVX512_TYPES, w), pack_panel_512, tile_avx512, AVX512_MR, w, x, T, ldx, y, ldy, r0, r1,
                 scratch);
 }
 

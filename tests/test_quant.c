@@ -331,6 +331,9 @@ static void test_kernels_of(const qpk_kernels *best, const qpk_kernels *prev)
         {QPK_TYPE_BF16, 0, 67, 2100}, /* rows past a panel and columns past a packed chunk */
         {QPK_TYPE_F32, 0, 45, 2090},  /* the same for rows packed where they are */
         {QPK_TYPE_INT8Z, 32, 40, 2176},
+        /* 4-bit panels made straight from blocks: rows past a panel and half of one, a chunk's
+           boundary inside a group (2048 = 21 x 96 + 32), the high nibbles first after it */
+        {QPK_TYPE_INT4S, 96, 41, 2304}, {QPK_TYPE_MLX4, 32, 12, 2112},
         {QPK_TYPE_Q4_K, 256, 9, 512},  {QPK_TYPE_Q6_K, 256, 7, 768}, {QPK_TYPE_Q5_K, 256, 5, 256},
         {QPK_TYPE_Q4_1, 32, 6, 96},    {QPK_TYPE_Q5_0, 32, 5, 64},   {QPK_TYPE_Q5_1, 32, 35, 128},
         {QPK_TYPE_MLX4, 64, 13, 192},  {QPK_TYPE_MLX8, 32, 9, 96},   {QPK_TYPE_MLX4_F16, 128, 35, 256},

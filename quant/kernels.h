@@ -33,7 +33,8 @@ typedef float qpk_dot_fn(const qpk_matrix *w, const uint8_t *row, const float *x
 typedef void qpk_dot2_fn(const qpk_matrix *w, const uint8_t *row, size_t stride, const float *x, float y[2]);
 typedef void qpk_dot4_fn(const qpk_matrix *w, const uint8_t *row, size_t stride, const float *x, float y[4]);
 /* Rows [r, r + nr) of w, columns [k0, k0 + kc), as gemm's packed panel: row j of column k at
- * packed[(k - k0) * QPK_GEMM_PANEL + j], rows j >= nr as 0; the values to_f32 gives. */
+ * packed[(k - k0) * QPK_GEMM_PANEL + j], rows j >= nr as 0; the values to_f32 gives. k0 and kc
+ * are multiples of 32 (gemm's chunks of a 4-bit row are: QPK_GEMM_KC and the row's groups). */
 typedef void qpk_panel_fn(const qpk_matrix *w, int64_t r, int nr, int64_t k0, int64_t kc, float *packed);
 typedef struct qpk_type_kernels {
     qpk_row_fn *to_f32;

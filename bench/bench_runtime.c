@@ -7,9 +7,9 @@
  * Usage: bench_runtime MODEL [threads] [--scalar | --decode-only | --prefill-only]
  *   MODEL: a .qpk or an HF folder (e.g. from `qgen DIR --preset 0.5b`).
  *   --decode-only: 256 decode tokens and nothing else, for a profiler (perf record):
- *   where one token's time goes, op by op. --prefill-only: the two prompts, 8 times each
- *   rather than 3, and no decode. Decode is also timed without the head
+ *   where one token's time goes, op by op. Decode is also timed without the head
  *   (no logits asked for), which splits the head from the layers.
+ *   --prefill-only: the two prompts, 8 times each rather than 3, and no decode (the same use).
  */
 #include <stdio.h>
 #include <stdlib.h>

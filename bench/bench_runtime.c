@@ -90,22 +90,33 @@ int main(int argc, char **argv)
         printf("prefill pp%-4d %8.1f tokens/s  %7.1f GFLOP/s = %3.0f%% of the FMA peak\n", prompts[p], tps, gflops,
                100 * gflops / peak);
     }
-    /* Decode: 64 tokens after a 16-token prompt, logits of each; then the same without the head. */
+    /*
+     * Decode: 64 tokens after a 16-token prompt, logits of each; then the same without the head.
+     * Twice each, the best kept: the first pass also grows the KV cache (new pages), which
+     * would count against whichever pass came first.
+     */
     const int n = decode_only ? 256 : 64;
-    double t[2];
-    for (int head = 1; head >= 0 && !prefill_only; head--) {
+    double t[2] = {1e30, 1e30};
+    for (int pass = 0; pass < 4 && !prefill_only; pass++) {
+        int head = !(pass & 1);
         qpk_context_reset(ctx);
         qpk_eval(ctx, tok, 16, logits, 1, &e);
-        t[head] = bench_now();
+        double dt = bench_now();
         for (int i = 0; i < n; i++)
             qpk_eval(ctx, tok + 16 + (i % 256), 1, logits, head, &e);
-        t[head] = bench_now() - t[head];
+        dt = bench_now() - dt;
+        t[head] = dt < t[head] ? dt : t[head];
     }
     if (!prefill_only) {
         double bytes = (double)qpk_model_decode_bytes(m), floor_tps = bw * 1e9 / bytes, tps = n / t[1];
+        /* The f32 K and V rows read per token at the run's mean position (16 + (n - 1) / 2 before it). */
+        double kv = (double)c->n_layers * 2 * (double)(c->n_kv_heads * c->head_dim) * 4 * (16 + (n + 1) / 2.0);
         printf("decode tg%-5d %8.1f tokens/s  %7.2f GB/s of weights; floor %.1f tokens/s (%.0f MB/token) -> %.0f%% "
                "of it\n",
                n, tps, tps * bytes / 1e9, floor_tps, bytes / 1e6, 100 * tps / floor_tps);
+        printf("decode reads   %8.2f GB/s of weights and KV cache (%.0f + %.0f MB/token) = %.0f%% of the streaming "
+               "read\n",
+               tps * (bytes + kv) / 1e9, bytes / 1e6, kv / 1e6, 100 * tps * (bytes + kv) / 1e9 / bw);
         printf("decode split   %8.2f ms/token: layers %.2f ms, head %.2f ms\n", 1e3 * t[1] / n, 1e3 * t[0] / n,
                1e3 * (t[1] - t[0]) / n);
     }

@@ -1246,10 +1246,11 @@ const qpk_kernels qpk_kernels_avx2_table = {"avx2", row_to_f32, gemv, gemm, dot,
 /*
  * The 4- to 6-bit row kernels ask for each stream's bytes GEMV_PREFETCH ahead of the block
  * they work on. A task's streams are short (a quarter of its rows: 18 KB for a 1024-wide
- * Q4_K matrix), too short for the hardware prefetchers to ramp up on; with the request, two
- * threads read Q4_K rows from DRAM at 28-33 GB/s instead of 22-24, Q6_K's at 31-32 instead
- * of 21-24 (tasks of 128 rows, Zen 5). int8's rows, twice as long, gained nothing and go
- * without.
+ * Q4_K matrix in tasks of 128 rows), too short for the hardware prefetchers to ramp up on;
+ * with the request, two threads read Q4_K rows from DRAM at 28-33 GB/s instead of 22-24, Q6_K's
+ * at 31-32 instead of 21-24 (Zen 5). With one gemv task per thread (pool.c), streams four times
+ * as long, it still gives decode 0-25% (Q4_K_M, Q6_K, Q4_0 files). int8's rows, twice as long,
+ * gained nothing and go without.
  */
 #define GEMV_PREFETCH 1024
 

@@ -17,40 +17,16 @@
 
 /* ------------------------------------------------------------ kernels */
 
-typedef struct mm_job {
-    const qpk_kernels *k;
-    const qpk_matrix *w;
-    const float *x;
-    float *y;
-    int64_t T, per;
-    float *scratch;
-    size_t scratch_per;
-} mm_job;
-
-static void mm_task(void *arg, int64_t task, int thread)
-{
-    mm_job *j = arg;
-    int64_t r0 = task * j->per, r1 = r0 + j->per < j->w->rows ? r0 + j->per : j->w->rows;
-    float *s = j->scratch + (size_t)thread * j->scratch_per;
-    if (j->T == 1)
-        j->k->gemv(j->w, j->x, j->y, r0, r1, s);
-    else
-        j->k->gemm(j->w, j->x, j->T, j->w->cols, j->y, j->w->rows, r0, r1, s);
-}
-
+/* qpk_matmul itself, so that the tasks are the runtime's */
 static double run_mm(qpk_pool *pool, const qpk_kernels *k, const qpk_matrix *w, const float *x, float *y, int64_t T,
                      int reps)
 {
-    int threads = qpk_pool_threads(pool);
     size_t sp = qpk_gemm_scratch_floats(w->cols);
-    float *scratch = malloc(sp * (size_t)threads * sizeof(float));
-    int64_t per = (w->rows + 4 * threads - 1) / (4 * threads);
-    per = (per + 31) / 32 * 32; /* whole gemm panels, as qpk_matmul */
-    mm_job j = {k, w, x, y, T, per, scratch, sp};
+    float *scratch = malloc(sp * (size_t)qpk_pool_threads(pool) * sizeof(float));
     double best = 1e30;
     for (int r = 0; r < reps; r++) {
         double t = bench_now();
-        qpk_pool_run(pool, (w->rows + per - 1) / per, mm_task, &j);
+        qpk_matmul(pool, k, w, x, T, y, scratch);
         t = bench_now() - t;
         best = t < best ? t : best;
     }

@@ -3,7 +3,8 @@
 # type, llama-quantize's GGUF of peer.sh's Qwen1.5-0.5B-shaped model (run peer.sh first: it
 # makes WORK_DIR/m-f16.gguf), read by qconvert into a .qpk, so that both runtimes read the same
 # bytes. llama-bench against bench_runtime: pp512, pp128 and tg64 with their ratios, then qpk's
-# decode as a share of the streaming-read bandwidth bench_runtime measures in its own run.
+# decode as a share of the streaming-read bandwidth bench_runtime measures in its own run (weights
+# alone, and weights with the KV cache).
 # Usage: bench/peer_decode.sh QPK_BUILD LLAMA_BUILD WORK_DIR [threads]
 # TYPES="Q4_0 Q6_K" runs some of the types (default: Q4_0 Q8_0 Q4_K_M Q6_K IQ4_XS).
 set -eu
@@ -24,7 +25,8 @@ for t in $types; do
 done
 echo
 for t in $types; do
-  echo "$t: qpk's decode reads its weights at ${Q[$t.bw]}% of the measured streaming-read bandwidth"
+  echo "$t: qpk's decode reads its weights at ${Q[$t.bw]}% of the measured streaming-read bandwidth" \
+    "(weights and KV cache: ${Q[$t.bwkv]}%)"
 done
 echo
 echo "Tokens/s: higher is better (qpk/peer > 1: qpk faster). Both read the same bytes; qpk computes"

@@ -108,7 +108,7 @@ int main(int argc, char **argv)
     }
     if (!prefill_only) {
         double bytes = (double)qpk_model_decode_bytes(m), floor_tps = bw * 1e9 / bytes, tps = n / t[1];
-        /* The f32 K and V rows read per token at the run's mean position (16 + (n - 1) / 2 before it). */
+        /* The f32 K and V rows a token reads at the run's mean position: 16 + (n - 1) / 2 before it, and its own. */
         double kv = (double)c->n_layers * 2 * (double)(c->n_kv_heads * c->head_dim) * 4 * (16 + (n + 1) / 2.0);
         printf("decode tg%-5d %8.1f tokens/s  %7.2f GB/s of weights; floor %.1f tokens/s (%.0f MB/token) -> %.0f%% "
                "of it\n",

@@ -33,29 +33,28 @@ typedef struct search {
 
 /*
  * Rows [r0, r0 + nr) of W diag(s), each group quantized and decoded (RTN), diag(1/s): the
- * weights AWQ would use, packed as gemm packs a panel. A row goes through its stored bytes
- * with the table's quantize_row and row_to_f32 (the bytes of qpk_quantize_row, decoded
- * exactly: the values qpk_quantize_group gives, a vector at a time); a row they refuse,
- * group by group as qpk_quantize_group leaves it.
+ * weights AWQ would use, packed as gemm packs a panel. A row of a grid type is the table's
+ * fake_quantize_row (qpk_quantize_group's values, a vector at a time, nothing stored); any
+ * other row goes through qpk_quantize_row's bytes, and a row either refuses group by group
+ * as qpk_quantize_group leaves it.
  */
 static void fake_quantize_panel(const search *S, const qpk_awq_linear *l, const float *s, int64_t r0, int64_t nr,
                                 int thread, float *packed)
 {
     const bool grid = qpk_type_has_grid(l->type);
     uint8_t *bytes = S->bytes + (size_t)thread * S->row_bytes;
-    const qpk_matrix row = {l->type, l->group, 1, l->cols, bytes, NULL};
     float *rows = S->rows_f32 + (size_t)thread * QPK_GEMM_PANEL * (size_t)l->cols;
     for (int64_t i = 0; i < nr; i++) {
         float *o = rows + i * l->cols;
         const float *w = l->w + (r0 + i) * l->cols;
+        if (grid && S->k->fake_quantize_row(l->type, l->group, w, s, l->cols, o))
+            continue;
         for (int64_t k = 0; k < l->cols; k++)
             o[k] = w[k] * s[k];
         /* A non-finite weight leaves its group (row) as it is: the store that follows refuses it by name. */
         if (!grid) {
             if (qpk_quantize_row(l->type, l->group, o, l->cols, bytes, NULL) == QPK_OK)
                 qpk_dequantize_row(l->type, l->group, bytes, l->cols, o);
-        } else if (S->k->quantize_row(l->type, l->group, o, l->cols, bytes, NULL) == QPK_OK) {
-            S->k->row_to_f32(&row, 0, o);
         } else {
             for (int64_t g = 0; g < l->cols; g += l->group) {
                 qpk_qparams p;

@@ -160,6 +160,23 @@ int qpk_scalar_quantize_group_ratios(uint32_t type, const float *w, int64_t n, c
     return i;
 }
 
+bool qpk_scalar_fake_quantize_row(uint32_t type, uint32_t group, const float *w, const float *s, int64_t n,
+                                  float *out)
+{
+    if (!qpk_type_has_grid(type) || group == 0 || n % group != 0)
+        return false;
+    for (int64_t k = 0; k < n; k++)
+        out[k] = w[k] * s[k];
+    for (int64_t g = 0; g < n; g += group) {
+        qpk_qparams p;
+        if (qpk_quantize_group(type, out + g, group, 1.0f, &p, NULL, out + g, NULL) != QPK_OK)
+            return false;
+    }
+    for (int64_t k = 0; k < n; k++)
+        out[k] /= s[k];
+    return true;
+}
+
 /* A line of each row at a time: rows a power of two apart would all land in one L1 set going down a column. */
 static void pack_panel(const float *rows, size_t ld, int nr, int64_t k0, int64_t kc, float *packed)
 {
@@ -171,7 +188,7 @@ static void pack_panel(const float *rows, size_t ld, int nr, int64_t k0, int64_t
 
 static const qpk_kernels SCALAR = {"scalar", qpk_scalar_row_to_f32, gemv, gemm, dot, axpy_rows, sum_exp, argmax,
                                    qpk_quantize_row, gemm_acc, gemm_sub_f64, dot_rows,
-                                   qpk_scalar_quantize_group_ratios, pack_panel};
+                                   qpk_scalar_quantize_group_ratios, qpk_scalar_fake_quantize_row, pack_panel};
 
 const qpk_kernels *qpk_kernels_scalar(void) { return &SCALAR; }
 

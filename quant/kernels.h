@@ -48,6 +48,9 @@ typedef struct qpk_type_kernels {
 void qpk_scalar_row_to_f32(const qpk_matrix *w, int64_t r, float *dst);
 float qpk_scalar_row_dot(const qpk_matrix *w, const uint8_t *row, const float *x, float *scratch);
 
+/* The scalar table's fake_quantize_row: the scaled row, qpk_quantize_group per group, the scales divided out. */
+bool qpk_scalar_fake_quantize_row(uint32_t type, uint32_t group, const float *w, const float *s, int64_t n,
+                                  float *out);
 /* The scalar table's quantize_group_ratios: qpk_quantize_group once per ratio. */
 int qpk_scalar_quantize_group_ratios(uint32_t type, const float *w, int64_t n, const float *ratios, int n_ratios,
                                      float *out);

@@ -1101,6 +1101,93 @@ static int quantize_group_ratios(uint32_t type, const float *w, int64_t n, const
     return n_ratios;
 }
 
+/*
+ * qpk_params_from_range's zero-point rule for 8 groups' ranges at once, the same IEEE
+ * operations lane by lane: d0 = (hi - lo) / qmax, z = round(-lo / d0) (0 where d0 is not
+ * above 0) clamped to the codes, the least scale covering both ends from z, rounded up to
+ * an f16 (F16C's conversion toward +inf: the reference's nearest-even and one step up
+ * when that fell short). The scale is >= 0 here (lo <= 0 <= hi). false if a scale is past
+ * f16, which the reference refuses.
+ */
+static inline bool zero_point_params8(__m256 lo, __m256 hi, float qmin_f, float qmax_f, __m256 *d, __m256 *z)
+{
+    const __m256 zero = _mm256_setzero_ps(), qmin = _mm256_set1_ps(qmin_f), qmax = _mm256_set1_ps(qmax_f);
+    const __m256 neg_lo = _mm256_xor_ps(lo, _mm256_set1_ps(-0.0f));
+    const __m256 d0 = _mm256_div_ps(_mm256_sub_ps(hi, lo), qmax);
+    __m256 zz = _mm256_round_ps(_mm256_div_ps(neg_lo, d0), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    zz = _mm256_and_ps(zz, _mm256_cmp_ps(d0, zero, _CMP_GT_OQ));
+    zz = _mm256_min_ps(_mm256_max_ps(zz, qmin), qmax);
+    const __m256 below = _mm256_and_ps(_mm256_div_ps(neg_lo, zz), _mm256_cmp_ps(zz, zero, _CMP_NEQ_UQ));
+    const __m256 above = _mm256_and_ps(_mm256_div_ps(hi, _mm256_sub_ps(qmax, zz)), _mm256_cmp_ps(zz, qmax, _CMP_LT_OQ));
+    const __m256 ideal = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), _mm256_max_ps(below, above));
+    const __m128i h = _mm256_cvtps_ph(ideal, _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC);
+    const __m128i exp = _mm_and_si128(h, _mm_set1_epi16(0x7c00));
+    if (!_mm_testz_si128(_mm_cmpeq_epi16(exp, _mm_set1_epi16(0x7c00)), _mm_set1_epi16(-1)))
+        return false;
+    *d = _mm256_cvtph_ps(h);
+    *z = _mm256_and_ps(zz, _mm256_cmp_ps(*d, zero, _CMP_NEQ_UQ)); /* a zero scale: the zero point 0 */
+    return true;
+}
+
+/*
+ * AWQ's candidate row, 8 groups at a time: the scaled weights and their ranges (group_range),
+ * the 8 groups' parameters (vectorized for the zero-point rule, else the reference's per
+ * group), then per weight the division, rounding, zero point, clamp and d (q - z) of
+ * quantize_group_ratios and the division by the scale: the reference's operations, so its
+ * values.
+ */
+static bool fake_quantize_row(uint32_t type, uint32_t group, const float *w, const float *s, int64_t n, float *out)
+{
+    if (!qpk_type_has_grid(type) || QPK_QUANT_TRAITS[type].grid.rule == QPK_RULE_AFFINE || group == 0 ||
+        group % 8 != 0 || n % group != 0)
+        return qpk_scalar_fake_quantize_row(type, group, w, s, n, out);
+    const qpk_grid *gr = &QPK_QUANT_TRAITS[type].grid;
+    const bool zp = gr->rule == QPK_RULE_ZERO_POINT;
+    const __m256 qmin = _mm256_set1_ps((float)gr->qmin), qmax = _mm256_set1_ps((float)gr->qmax);
+    for (int64_t g0 = 0; g0 < n; g0 += 8 * (int64_t)group) {
+        const int ng = n - g0 >= 8 * (int64_t)group ? 8 : (int)((n - g0) / group);
+        float lo[8] = {0}, hi[8] = {0}, dv[8], zv[8];
+        for (int i = 0; i < ng; i++) {
+            const int64_t at = g0 + i * (int64_t)group;
+            for (int64_t k = at; k < at + group; k += 8)
+                _mm256_storeu_ps(out + k, _mm256_mul_ps(_mm256_loadu_ps(w + k), _mm256_loadu_ps(s + k)));
+            if (!group_range(out + at, group, &lo[i], &hi[i]))
+                return false;
+        }
+        if (zp) {
+            __m256 d, z;
+            if (!zero_point_params8(_mm256_loadu_ps(lo), _mm256_loadu_ps(hi), (float)gr->qmin, (float)gr->qmax, &d,
+                                    &z))
+                return false;
+            _mm256_storeu_ps(dv, d), _mm256_storeu_ps(zv, z);
+        } else {
+            for (int i = 0; i < ng; i++) {
+                qpk_qparams p;
+                if (qpk_params_from_range(type, lo[i], hi[i], 1.0f, &p, NULL) != QPK_OK)
+                    return false;
+                dv[i] = p.d, zv[i] = 0;
+            }
+        }
+        for (int i = 0; i < ng; i++) {
+            const int64_t at = g0 + i * (int64_t)group;
+            if (dv[i] == 0) { /* the all-zero group: every code the zero point, every weight d 0 */
+                const __m256 v = _mm256_set1_ps(dv[i] * 0.0f);
+                for (int64_t k = at; k < at + group; k += 8)
+                    _mm256_storeu_ps(out + k, _mm256_div_ps(v, _mm256_loadu_ps(s + k)));
+                continue;
+            }
+            const __m256 d = _mm256_set1_ps(dv[i]), z = _mm256_set1_ps(zv[i]);
+            for (int64_t k = at; k < at + group; k += 8) {
+                __m256 q = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(out + k), d),
+                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                q = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(q, z), qmin), qmax);
+                _mm256_storeu_ps(out + k, _mm256_div_ps(_mm256_mul_ps(d, _mm256_sub_ps(q, z)), _mm256_loadu_ps(s + k)));
+            }
+        }
+    }
+    return true;
+}
+
 /* ---------------------------------------------------------------- softmax */
 
 /*
@@ -1226,7 +1313,7 @@ static void gemm_sub_f64(const double *x, int64_t ldx, int64_t T, const double *
 
 const qpk_kernels qpk_kernels_avx2_table = {"avx2", row_to_f32, gemv, gemm, dot, axpy_rows, sum_exp, argmax,
                                             quantize_row, gemm_acc, gemm_sub_f64, dot_rows,
-                                            quantize_group_ratios, pack_panel};
+                                            quantize_group_ratios, fake_quantize_row, pack_panel};
 
 /* ------------------------------------------------------ AVX-512: 4-bit codes */
 
@@ -2048,4 +2135,5 @@ AVX512 static void axpy_rows_512(const float *a, int64_t lda, int64_t Q, const f
 
 const qpk_kernels qpk_kernels_avx512_table = {"avx512", row_to_f32_512, gemv_512, gemm_512, dot, axpy_rows_512, sum_exp,
                                               argmax, quantize_row, gemm_acc_512, gemm_sub_f64_512,
-                                              dot_rows_512, quantize_group_ratios, pack_panel_512};
+                                              dot_rows_512, quantize_group_ratios, fake_quantize_row,
+                                              pack_panel_512};

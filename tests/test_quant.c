@@ -481,6 +481,58 @@ static void test_group_ratios(const qpk_kernels *k)
            k->name);
 }
 
+/*
+ * fake_quantize_row against what AWQ's search did before it: the scaled row through
+ * qpk_quantize_row and qpk_dequantize_row, the scales divided out, bit for bit. Every grid
+ * type, rows of 1 to 11 groups (the SIMD tables take 8 groups at a time), usual and odd
+ * group sizes, small (f16-subnormal scales), large, zero, constant, one-signed groups and
+ * signed zeros; then the rows the reference refuses: inf, a scale past f16, no grid.
+ */
+static void test_fake_quantize_row(const qpk_kernels *k)
+{
+    static const uint32_t types[] = {QPK_TYPE_INT8, QPK_TYPE_INT4, QPK_TYPE_INT4S, QPK_TYPE_INT8Z, QPK_TYPE_MLX4};
+    static const int64_t groups[] = {32, 64, 128, 40};
+    static const int counts[] = {1, 3, 8, 11};
+    enum { N = 11 * 128 };
+    static float w[N], s[N], want[N], got[N];
+    static uint8_t bytes[N * 2];
+    for (size_t t = 0; t < sizeof types / sizeof *types; t++)
+        for (size_t gi = 0; gi < sizeof groups / sizeof *groups; gi++)
+            for (size_t ci = 0; ci < sizeof counts / sizeof *counts; ci++)
+                for (int trial = 0; trial < 7; trial++) {
+                    const int64_t G = groups[gi], n = G * counts[ci];
+                    if (!qpk_group_ok(types[t], (uint32_t)G, n))
+                        continue;
+                    for (int64_t i = 0; i < n; i++) {
+                        float v = gauss() * (trial == 1 ? 1e-6f : trial == 2 ? 3e3f : 1.0f);
+                        /* Whole groups zero, constant or of one sign, and here and there a signed zero. */
+                        const int64_t g = i / G;
+                        w[i] = trial == 3 && g % 2 == 0 ? 0.0f : trial == 4 ? 0.5f : trial == 5 ? fabsf(v)
+                               : trial == 6 ? (i % 5 == 0 ? -0.0f : -fabsf(v)) : v;
+                        s[i] = expf(gauss());
+                    }
+                    for (int64_t i = 0; i < n; i++)
+                        want[i] = w[i] * s[i];
+                    qpk_err e;
+                    CHECK(qpk_quantize_row(types[t], (uint32_t)G, want, n, bytes, &e) == QPK_OK);
+                    qpk_dequantize_row(types[t], (uint32_t)G, bytes, n, want);
+                    for (int64_t i = 0; i < n; i++)
+                        want[i] /= s[i];
+                    memset(got, 0xAA, sizeof got);
+                    bool done = k->fake_quantize_row(types[t], (uint32_t)G, w, s, n, got);
+                    CHECKF(done && !memcmp(want, got, (size_t)n * sizeof *got),
+                           "%s fake_quantize_row %s/g%lld, %d groups, trial %d: %s", k->name,
+                           qpk_type_name(types[t]), (long long)G, counts[ci], trial, done ? "other values" : "refused");
+                }
+    for (int i = 0; i < 8 * 32; i++)
+        w[i] = gauss(), s[i] = 1.0f;
+    w[200] = INFINITY;
+    CHECKF(!k->fake_quantize_row(QPK_TYPE_INT4, 32, w, s, 8 * 32, got), "%s: a row with inf was quantized", k->name);
+    w[200] = 1e6f; /* int4's scale 2e6 / 15 > 65504 */
+    CHECKF(!k->fake_quantize_row(QPK_TYPE_INT4, 32, w, s, 8 * 32, got), "%s: a scale past f16 was quantized", k->name);
+    CHECKF(!k->fake_quantize_row(QPK_TYPE_Q4_K, 256, w, s, 256, got), "%s: Q4_K has no group quantizer", k->name);
+}
+
 /* Each table's accumulating products (GPTQ's deferred updates, its factorizations) against the scalar ones, bit for bit. */
 static void test_gemm_acc(const qpk_kernels *k)
 {
@@ -589,6 +641,7 @@ static void test_kernels(void)
 {
     const qpk_kernels *prev = NULL;
     test_axpy_rows(qpk_kernels_scalar());
+    test_fake_quantize_row(qpk_kernels_scalar());
     for (size_t i = 1; qpk_kernels_available(i); i++) {
         test_kernels_of(qpk_kernels_available(i), prev);
         test_quantize_rows(qpk_kernels_available(i));
@@ -596,6 +649,7 @@ static void test_kernels(void)
         test_dot_rows(qpk_kernels_available(i));
         test_pack_panel(qpk_kernels_available(i));
         test_group_ratios(qpk_kernels_available(i));
+        test_fake_quantize_row(qpk_kernels_available(i));
         test_axpy_rows(qpk_kernels_available(i));
         printf("kernels %s checked\n", qpk_kernels_available(i)->name);
         prev = qpk_kernels_available(i);

@@ -307,6 +307,14 @@ struct qpk_kernels {
     int (*quantize_group_ratios)(uint32_t type, const float *w, int64_t n, const float *ratios, int n_ratios,
                                  float *out);
     /*
+     * out[k] = (w[k] s[k] rounded to the nearest in groups of `group`, decoded) / s[k] for a
+     * row of n weights of a type with a grid (AWQ's candidate weights): the values of
+     * qpk_quantize_group at clip 1 on the scaled row, bit for bit. false (out undefined) for
+     * a row that qpk_quantize_group refuses (a non-finite weight, a scale past f16) or that
+     * is not whole groups: the caller goes group by group.
+     */
+    bool (*fake_quantize_row)(uint32_t type, uint32_t group, const float *w, const float *s, int64_t n, float *out);
+    /*
      * packed[k * 32 + j] = rows[j * ld + k0 + k] for k < kc, j < 32 (rows j >= nr as 0):
      * 32 rows as gemm packs its panels, for gemm_acc (AWQ's candidate weights). packed is
      * 64-byte aligned. A copy: every table the same floats.

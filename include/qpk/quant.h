@@ -424,8 +424,9 @@ typedef struct qpk_awq_linear {
 /*
  * The scales (d = cols of every linear) from mean_abs[d] (mean |x| per channel) and
  * n_rows sampled input rows [n_rows][d]; normalized so that max(s) min(s) = 1. Every
- * alpha is screened on every fourth row; the three best, and alpha 0, compete on all of
- * them. alpha 0 is plain RTN, so the choice is never worse than RTN on the samples (for
+ * alpha is screened on every fourth row (and a wide linear on a quarter to a half of its
+ * outputs); the five best, and alpha 0, compete on all of them. alpha 0 is plain RTN, so
+ * the choice is never worse than RTN on the samples (for
  * ggml's block types: RTN in QPK_AWQ_PROXY_TYPE, which the search uses in their place).
  * All 1 when no linear is quantized or there are no samples. At most 3 linears, and a grid
  * of at most 64 alphas.

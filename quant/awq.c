@@ -119,11 +119,12 @@ static void loss_task(void *arg, int64_t task, int thread)
 
 /*
  * Sum over the quantized linears of |X W^T - X Wq^T|^2 on every step-th sampled row X and
- * every panel_step-th panel of output rows, for scales s, linear by linear, panel by
- * panel; it stops once the sum passes `best`. Each term is >= 0 and a rounded sum never
- * falls below its larger operand, so a partial sum past best means the whole one is too:
- * the scales chosen, and a tie, are those of the complete sums. The sums do not depend on
- * the threads: each panel's share is one chain, added in the panels' order.
+ * every panel_step-th panel of output rows (fewer apart where a linear would keep under
+ * SCREEN_PANELS_MIN), for scales s, linear by linear, panel by panel; it stops once the
+ * sum passes `best`. Each term is >= 0 and a rounded sum never falls below its larger
+ * operand, so a partial sum past best means the whole one is too: the scales chosen, and a
+ * tie, are those of the complete sums. The sums do not depend on the threads: each panel's
+ * share is one chain, added in the panels' order.
  */
 static double loss_of(search *S, const float *s, int64_t step, int64_t panel_step, double best)
 {

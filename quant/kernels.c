@@ -163,7 +163,7 @@ int qpk_scalar_quantize_group_ratios(uint32_t type, const float *w, int64_t n, c
 bool qpk_scalar_fake_quantize_row(uint32_t type, uint32_t group, const float *w, const float *s, int64_t n,
                                   float *out)
 {
-    if (!qpk_type_has_grid(type) || group == 0 || n % group != 0)
+    if (!qpk_type_has_grid(type) || !qpk_group_ok(type, group, n))
         return false;
     for (int64_t k = 0; k < n; k++)
         out[k] = w[k] * s[k];

@@ -975,12 +975,16 @@ static void gemm_acc(const float *x, int64_t ldx, int64_t T, const float *p, int
  * even, zero point and clamp, all exact IEEE operations: the same codes. A group holding
  * a non-finite weight goes to the reference, which names it.
  */
+static inline __attribute__((always_inline)) __m256 nearest8(__m256 x, __m256 d, __m256 z, __m256 qmin, __m256 qmax)
+{
+    __m256 q = _mm256_round_ps(_mm256_div_ps(x, d), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(q, z), qmin), qmax);
+}
+
 static inline __attribute__((always_inline)) __m256i codes8(const float *x, __m256 d, __m256 z, __m256 qmin,
                                                              __m256 qmax)
 {
-    __m256 q = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x), d), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    q = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(q, z), qmin), qmax);
-    return _mm256_cvtps_epi32(q);
+    return _mm256_cvtps_epi32(nearest8(_mm256_loadu_ps(x), d, z, qmin, qmax));
 }
 
 /*
@@ -1092,9 +1096,7 @@ static int quantize_group_ratios(uint32_t type, const float *w, int64_t n, const
         }
         const __m256 d = _mm256_set1_ps(p.d), z = _mm256_set1_ps(zp ? (float)p.z : 0.0f);
         for (int64_t k = 0; k < n; k += 8) {
-            __m256 q = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(w + k), d),
-                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-            q = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(q, z), qmin), qmax);
+            const __m256 q = nearest8(_mm256_loadu_ps(w + k), d, z, qmin, qmax);
             _mm256_storeu_ps(o + k, _mm256_mul_ps(d, _mm256_sub_ps(q, z)));
         }
     }
@@ -1138,9 +1140,9 @@ static inline bool zero_point_params8(__m256 lo, __m256 hi, float qmin_f, float 
  */
 static bool fake_quantize_row(uint32_t type, uint32_t group, const float *w, const float *s, int64_t n, float *out)
 {
-    if (!qpk_type_has_grid(type) || QPK_QUANT_TRAITS[type].grid.rule == QPK_RULE_AFFINE || group == 0 ||
-        group % 8 != 0 || n % group != 0)
-        return qpk_scalar_fake_quantize_row(type, group, w, s, n, out);
+    if (!qpk_type_has_grid(type) || !qpk_group_ok(type, group, n) ||
+        QPK_QUANT_TRAITS[type].grid.rule == QPK_RULE_AFFINE || group % 8 != 0)
+        return qpk_scalar_fake_quantize_row(type, group, w, s, n, out); /* refuses, or takes the affine grid */
     const qpk_grid *gr = &QPK_QUANT_TRAITS[type].grid;
     const bool zp = gr->rule == QPK_RULE_ZERO_POINT;
     const __m256 qmin = _mm256_set1_ps((float)gr->qmin), qmax = _mm256_set1_ps((float)gr->qmax);
@@ -1178,9 +1180,7 @@ static bool fake_quantize_row(uint32_t type, uint32_t group, const float *w, con
             }
             const __m256 d = _mm256_set1_ps(dv[i]), z = _mm256_set1_ps(zv[i]);
             for (int64_t k = at; k < at + group; k += 8) {
-                __m256 q = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(out + k), d),
-                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-                q = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(q, z), qmin), qmax);
+                const __m256 q = nearest8(_mm256_loadu_ps(out + k), d, z, qmin, qmax);
                 _mm256_storeu_ps(out + k, _mm256_div_ps(_mm256_mul_ps(d, _mm256_sub_ps(q, z)), _mm256_loadu_ps(s + k)));
             }
         }

@@ -486,7 +486,8 @@ static void test_group_ratios(const qpk_kernels *k)
  * qpk_quantize_row and qpk_dequantize_row, the scales divided out, bit for bit. Every grid
  * type, rows of 1 to 11 groups (the SIMD tables take 8 groups at a time), usual and odd
  * group sizes, small (f16-subnormal scales), large, zero, constant, one-signed groups and
- * signed zeros; then the rows the reference refuses: inf, a scale past f16, no grid.
+ * signed zeros; then the rows the reference refuses: inf, a scale past f16, no grid, a
+ * group size qpk_group_ok refuses.
  */
 static void test_fake_quantize_row(const qpk_kernels *k)
 {
@@ -531,6 +532,10 @@ static void test_fake_quantize_row(const qpk_kernels *k)
     w[200] = 1e6f; /* int4's scale 2e6 / 15 > 65504 */
     CHECKF(!k->fake_quantize_row(QPK_TYPE_INT4, 32, w, s, 8 * 32, got), "%s: a scale past f16 was quantized", k->name);
     CHECKF(!k->fake_quantize_row(QPK_TYPE_Q4_K, 256, w, s, 256, got), "%s: Q4_K has no group quantizer", k->name);
+    for (int i = 0; i < 8 * 40; i++) /* a row the reference takes, but for its groups' size */
+        w[i] = gauss(), s[i] = 1.0f;
+    CHECKF(!qpk_group_ok(QPK_TYPE_INT4, 40, 8 * 40) && !k->fake_quantize_row(QPK_TYPE_INT4, 40, w, s, 8 * 40, got),
+           "%s: a group qpk_group_ok refuses was quantized", k->name);
 }
 
 /* Each table's accumulating products (GPTQ's deferred updates, its factorizations) against the scalar ones, bit for bit. */

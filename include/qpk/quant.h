@@ -310,8 +310,8 @@ struct qpk_kernels {
      * out[k] = (w[k] s[k] rounded to the nearest in groups of `group`, decoded) / s[k] for a
      * row of n weights of a type with a grid (AWQ's candidate weights): the values of
      * qpk_quantize_group at clip 1 on the scaled row, bit for bit. false (out undefined) for
-     * a row that qpk_quantize_group refuses (a non-finite weight, a scale past f16) or that
-     * is not whole groups: the caller goes group by group.
+     * a row that qpk_quantize_group refuses (a non-finite weight, a scale past f16) or whose
+     * groups qpk_group_ok refuses, as qpk_quantize_row would: the caller goes group by group.
      */
     bool (*fake_quantize_row)(uint32_t type, uint32_t group, const float *w, const float *s, int64_t n, float *out);
     /*

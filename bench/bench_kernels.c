@@ -5,7 +5,7 @@
  *  - gemm (prefill) GFLOP/s and gemv (decode) GB/s of weights, for each weight type,
  *    on Qwen1.5-0.5B shapes, each as a fraction of the limit that bounds it.
  *
- * Usage: bench_kernels [threads] [--scalar|--avx2|--avx512]
+ * Usage: bench_kernels [threads] [--scalar|--avx2|--avx512|--avx512vbmi]
  */
 #include <immintrin.h>
 #include <stdio.h>
@@ -37,7 +37,7 @@ static double run_mm(qpk_pool *pool, const qpk_kernels *k, const qpk_matrix *w, 
 int main(int argc, char **argv)
 {
     int threads = argc > 1 ? atoi(argv[1]) : 0;
-    const char *table = argc > 2 && !strncmp(argv[2], "--", 2) ? argv[2] + 2 : NULL; /* --scalar, --avx2, --avx512 */
+    const char *table = argc > 2 && !strncmp(argv[2], "--", 2) ? argv[2] + 2 : NULL; /* a table by name: --avx512 ... */
     qpk_pool *pool;
     qpk_err e;
     if (qpk_pool_create(&pool, threads, &e) != QPK_OK)

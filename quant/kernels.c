@@ -193,7 +193,8 @@ static const qpk_kernels SCALAR = {"scalar", qpk_scalar_row_to_f32, gemv, gemm, 
 const qpk_kernels *qpk_kernels_scalar(void) { return &SCALAR; }
 
 /* The tables this CPU runs, from the plainest (scalar) to the best. */
-static size_t supported(const qpk_kernels *out[3])
+#define TABLES_MAX 4
+static size_t supported(const qpk_kernels *out[TABLES_MAX])
 {
     size_t n = 0;
     out[n++] = &SCALAR;
@@ -201,14 +202,18 @@ static size_t supported(const qpk_kernels *out[3])
     /* F16C by its CPUID bit (leaf 1, ECX bit 29): clang 14 has no "f16c" for
      * __builtin_cpu_supports. AVX2's check already covers the OS saving YMM state,
      * and AVX-512F's the ZMM state; the byte shifts of Q6_K's rows need AVX-512BW,
-     * and 256-bit operations on registers 16-31 (dot_rows' tiles) AVX-512VL. */
+     * and 256-bit operations on registers 16-31 (dot_rows' tiles) AVX-512VL; VBMI's byte
+     * permutes (Q6_K's rows) have their own table, so that AVX-512 without them keeps the rest. */
     unsigned a, b, c, d;
     bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c >> 29 & 1);
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c) {
         out[n++] = &qpk_kernels_avx2_table;
         if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-            __builtin_cpu_supports("avx512vl"))
+            __builtin_cpu_supports("avx512vl")) {
             out[n++] = &qpk_kernels_avx512_table;
+            if (__builtin_cpu_supports("avx512vbmi"))
+                out[n++] = &qpk_kernels_avx512vbmi_table;
+        }
     }
 #endif
     return n;
@@ -216,12 +221,12 @@ static size_t supported(const qpk_kernels *out[3])
 
 const qpk_kernels *qpk_kernels_best(void)
 {
-    const qpk_kernels *t[3];
+    const qpk_kernels *t[TABLES_MAX];
     return t[supported(t) - 1];
 }
 
 const qpk_kernels *qpk_kernels_available(size_t i)
 {
-    const qpk_kernels *t[3];
+    const qpk_kernels *t[TABLES_MAX];
     return i < supported(t) ? t[i] : NULL;
 }

@@ -59,5 +59,7 @@ extern const qpk_kernels qpk_kernels_avx2_table;
 /* AVX2's, with 4-bit codes by AVX-512 permutes, Q6_K by byte ops, int8 16 lanes wide, dot_rows in 32 registers
  * (AVX-512F, BW and VL) */
 extern const qpk_kernels qpk_kernels_avx512_table;
+/* AVX-512's, Q6_K's codes placed by byte permutes (AVX-512 VBMI) */
+extern const qpk_kernels qpk_kernels_avx512vbmi_table;
 
 #endif

@@ -246,7 +246,7 @@ qpk_status qpk_quantize_group(uint32_t type, const float *w, int64_t n, float cl
  * SIMD tables agree bit for bit; gemv and gemm agree within the rounding of two f32 sums.
  */
 struct qpk_kernels {
-    const char *name; /* "avx512", "avx2" or "scalar" */
+    const char *name; /* "avx512vbmi", "avx512", "avx2" or "scalar" */
     /* dst[0..cols) = row r of w, in f32. */
     void (*row_to_f32)(const qpk_matrix *w, int64_t r, float *dst);
     /*
@@ -322,8 +322,8 @@ struct qpk_kernels {
     void (*pack_panel)(const float *rows, size_t ld, int nr, int64_t k0, int64_t kc, float *packed);
 };
 
-/* The best table this CPU runs: "avx512" (AVX2's with AVX-512F, BW and VL for the quantized rows), "avx2"
- * (AVX2+FMA+F16C) or "scalar". avx512 and avx2 give the same bits. */
+/* The best table this CPU runs: "avx512vbmi" (avx512's with AVX-512 VBMI for Q6_K's rows), "avx512" (AVX2's
+ * with AVX-512F, BW and VL for the quantized rows), "avx2" (AVX2+FMA+F16C) or "scalar". All give the same bits. */
 const qpk_kernels *qpk_kernels_best(void);
 const qpk_kernels *qpk_kernels_scalar(void);
 /* Table i of those this CPU runs (0: scalar), NULL past the last: for tests and benchmarks. */

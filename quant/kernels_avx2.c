@@ -1377,58 +1377,23 @@ AVX512 static inline __m256 half(__m512 v, int hi)
 }
 
 /*
- * The f16 scales of Q4_0 blocks b .. b + 3 (int4s at 32: 18-byte blocks, d first) of four
- * rows, ds[4 i + j] for row i, block b + j: one 64-byte load per row (the four scales are
- * words 0, 9, 18 and 27), two word permutes and one conversion for all 16. One conversion
- * per block and row, a broadcast scale turned into a vector, kept the shuffle units from the
- * code permutes: four Q4_0 rows in L1 at 2.9 cycles per 32 weights each that way, 2.7 this
- * way (Zen 5, a throwaway benchmark).
- */
-AVX512 static inline void q4_0_scales16(const uint8_t *block, size_t stride, float ds[16])
-{
-    const __m512i pick = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 59, 50, 41, 32, 27, 18, 9, 0,
-                                          59, 50, 41, 32, 27, 18, 9, 0);
-    const __m512i r01 = _mm512_permutex2var_epi16(_mm512_loadu_si512(block), pick,
-                                                  _mm512_loadu_si512(block + stride));
-    const __m512i r23 = _mm512_permutex2var_epi16(_mm512_loadu_si512(block + 2 * stride), pick,
-                                                  _mm512_loadu_si512(block + 3 * stride));
-    const __m256i all = _mm256_permute2x128_si256(_mm512_castsi512_si256(r01), _mm512_castsi512_si256(r23), 0x20);
-    _mm512_storeu_ps(ds, _mm512_cvtph_ps(all));
-}
-
-/*
  * R rows (1, 2 or 4) at row, row + stride, ... into y[0..R): each row its own two
  * accumulators, so that four rows keep eight FMA chains in flight where one row's wait on
- * the FMA latency. Four Q4_0 rows take their scales from q4_0_scales16, a step of four
- * blocks ahead (its stores are read back four blocks later, not straight away), the
- * tables d (q - 8) as q4_weights forms them.
+ * the FMA latency. (Tried for Q4_0: four rows' scales of four blocks gathered by word
+ * permutes and converted at once, a step ahead: 9% faster in L1, but no faster or slower
+ * in decode, whose rows come from DRAM, measured token by token on Zen 5.)
  */
 AVX512 static inline __attribute__((always_inline)) void gemv_q4rows(const int R, uint32_t type, uint32_t group,
                                                                      const uint8_t *row, size_t stride,
                                                                      const float *x, int64_t K, float *y)
 {
     const size_t bb = qpk_type_block_bytes(type, group);
-    const bool q4_0 = R == 4 && type == QPK_TYPE_INT4S && group == 32;
-    const int64_t ahead_end = q4_0 ? K / 128 * 128 : 0; /* blocks before it come in whole steps of four */
-    float ds[2][16];
-    if (ahead_end)
-        q4_0_scales16(row, stride, ds[0]);
     __m512 a01[GEMV_ROWS] = {_mm512_setzero_ps()}, a23[GEMV_ROWS] = {_mm512_setzero_ps()};
     for (int64_t g = 0; g < K; g += group, row += bb) {
         __m512 table[GEMV_ROWS];
-        if (g < ahead_end) {
-            const int64_t step = g / 128;
-            if (g % 128 == 0 && g + 128 < ahead_end)
-                q4_0_scales16(row + 4 * bb, stride, ds[(step + 1) % 2]);
-            const __m512 q = _mm512_set_ps(7, 6, 5, 4, 3, 2, 1, 0, -1, -2, -3, -4, -5, -6, -7, -8);
 #pragma GCC unroll 4
-            for (int i = 0; i < R; i++)
-                table[i] = _mm512_mul_ps(_mm512_set1_ps(ds[step % 2][4 * i + g / 32 % 4]), q);
-        } else {
-#pragma GCC unroll 4
-            for (int i = 0; i < R; i++)
-                table[i] = q4_weights(type, row + i * stride);
-        }
+        for (int i = 0; i < R; i++)
+            table[i] = q4_weights(type, row + i * stride);
         /* Q4_0's 18-byte blocks are asked for four at a time (two lines per stream), not one by one. */
         if (group > 32 || g % 128 == 0)
 #pragma GCC unroll 4

@@ -328,7 +328,7 @@ static void test_kernels_of(const qpk_kernels *best, const qpk_kernels *prev)
         {QPK_TYPE_BF16, 0, 5, 8},    {QPK_TYPE_F32, 0, 3, 3},     {QPK_TYPE_INT8, 32, 13, 96},
         {QPK_TYPE_INT8, 64, 7, 384}, {QPK_TYPE_INT4, 32, 11, 64}, {QPK_TYPE_INT4, 128, 9, 384},
         {QPK_TYPE_INT4S, 32, 21, 96}, {QPK_TYPE_INT4S, 96, 8, 288}, {QPK_TYPE_INT4, 384, 3, 384},
-        /* Q4_0's four-row scales, gathered a step of four blocks ahead: one step, three and a tail */
+        /* Q4_0 rows of 128 and of 480 (four rows at a time, then the rest) */
         {QPK_TYPE_INT4S, 32, 8, 128},  {QPK_TYPE_INT4S, 32, 9, 480},
         {QPK_TYPE_BF16, 0, 67, 2100}, /* rows past a panel and columns past a packed chunk */
         {QPK_TYPE_F32, 0, 45, 2090},  /* the same for rows packed where they are */

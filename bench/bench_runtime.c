@@ -4,12 +4,16 @@
  * one, as llama-bench does) against the f32 FMA peak, and decode tokens/s against
  * the memory-bandwidth floor (weight bytes read per token / streaming bandwidth).
  *
- * Usage: bench_runtime MODEL [threads] [--scalar | --decode-only | --prefill-only]
+ * Usage: bench_runtime MODEL [threads] [--scalar | --decode-only | --prefill-only | --tables A,B]
  *   MODEL: a .qpk or an HF folder (e.g. from `qgen DIR --preset 0.5b`).
  *   --decode-only: 256 decode tokens and nothing else, for a profiler (perf record):
  *   where one token's time goes, op by op. Decode is also timed without the head
  *   (no logits asked for), which splits the head from the layers.
  *   --prefill-only: the two prompts, 8 times each rather than 3, and no decode (the same use).
+ *   --tables A,B: decode with kernel table A against table B side by side, token by token
+ *   (two contexts on one pool, each token to one then the other, the order alternating),
+ *   so that both see the same machine: this VM's neighbours move a whole run by 10-25%,
+ *   far more than a kernel change. Also checks that both give the same logits.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,10 +39,64 @@ static double layer_flops_per_token(const qpk_config *c)
     return f;
 }
 
+/*
+ * Decode with tables a and b, token by token on one pool: 4 passes of 16 prompt tokens and
+ * 256 decoded ones (logits of each), every token's time to its table. Returns 0 when both
+ * gave the same logits throughout.
+ */
+static int decode_ab(qpk_model *m, int threads, const char *a, const char *b)
+{
+    const qpk_config *c = qpk_model_config(m);
+    const char *names[2] = {a, b};
+    qpk_err e = {0};
+    qpk_pool *pool;
+    qpk_context *ctx[2] = {NULL, NULL};
+    if (qpk_pool_create(&pool, threads, &e) != QPK_OK) {
+        fprintf(stderr, "%s\n", e.msg);
+        return 1;
+    }
+    for (int i = 0; i < 2; i++) {
+        qpk_context_opts o = {.n_ctx = 1024, .n_batch = 512, .pool = pool, .kernels = names[i]};
+        if (qpk_context_create(&ctx[i], m, &o, &e) != QPK_OK) {
+            fprintf(stderr, "%s\n", e.msg);
+            qpk_context_free(ctx[0]), qpk_pool_free(pool);
+            return 1;
+        }
+    }
+    const int prompt = 16, n = 256, passes = 4;
+    int32_t *tok = malloc((size_t)(prompt + n) * sizeof *tok);
+    float *logits[2] = {malloc((size_t)c->vocab_size * 4), malloc((size_t)c->vocab_size * 4)};
+    for (int i = 0; i < prompt + n; i++)
+        tok[i] = (int32_t)((i * 7919 + 13) % c->vocab_size);
+    double t[2] = {0, 0};
+    bool same = true;
+    for (int pass = 0; pass < passes; pass++) {
+        for (int i = 0; i < 2; i++) {
+            qpk_context_reset(ctx[i]);
+            qpk_eval(ctx[i], tok, prompt, logits[i], 1, &e);
+        }
+        for (int j = 0; j < n; j++) {
+            for (int r = 0; r < 2; r++) {
+                const int i = (j + pass + r) % 2;
+                double t0 = bench_now();
+                qpk_eval(ctx[i], tok + prompt + j, 1, logits[i], 1, &e);
+                t[i] += bench_now() - t0;
+            }
+            same &= !memcmp(logits[0], logits[1], (size_t)c->vocab_size * 4);
+        }
+    }
+    const double tps[2] = {passes * n / t[0], passes * n / t[1]};
+    printf("decode tg%d x %d, token by token: %s %.1f tokens/s, %s %.1f tokens/s, %s/%s %.3f; logits %s\n", n,
+           passes, a, tps[0], b, tps[1], b, a, tps[1] / tps[0], same ? "identical" : "DIFFER");
+    free(tok), free(logits[0]), free(logits[1]);
+    qpk_context_free(ctx[0]), qpk_context_free(ctx[1]), qpk_pool_free(pool);
+    return same ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: bench_runtime MODEL [threads] [--scalar | --decode-only | --prefill-only]\n");
+        fprintf(stderr, "usage: bench_runtime MODEL [threads] [--scalar | --decode-only | --prefill-only | --tables A,B]\n");
         return 2;
     }
     int threads = argc > 2 ? atoi(argv[2]) : 0;
@@ -54,6 +112,19 @@ int main(int argc, char **argv)
         return 1;
     }
     const qpk_config *c = qpk_model_config(m);
+    if (argc > 3 && !strcmp(argv[3], "--tables")) {
+        char a[64];
+        const char *comma = argc > 4 ? strchr(argv[4], ',') : NULL;
+        int threads_run = qpk_pool_threads(pool), rc = 2;
+        qpk_pool_free(pool);
+        if (!comma || comma - argv[4] >= (long)sizeof a)
+            fprintf(stderr, "--tables A,B: two kernel tables by name, e.g. avx512,avx512vbmi\n");
+        else
+            snprintf(a, sizeof a, "%.*s", (int)(comma - argv[4]), argv[4]), rc = decode_ab(m, threads_run, a, comma + 1);
+        qpk_model_free(m);
+        qpk_source_close(src);
+        return rc;
+    }
     double peak = bench_fma_peak(pool), bw = bench_read_bandwidth(pool);
     int n_threads = qpk_pool_threads(pool);
     qpk_pool_free(pool);

@@ -412,6 +412,60 @@ static void test_quantized_model(void)
     free(want);
 }
 
+/*
+ * Each kernel table by name (qpk_context_opts.kernels): the vector tables decode a Q6_K
+ * model (the type whose rows differ between avx512 and avx512vbmi) to the same bits, the
+ * scalar table by name is .scalar's, and a table this CPU lacks is an error.
+ */
+static void test_tables_by_name(void)
+{
+    qpk_gen_spec sp;
+    qpk_gen_preset("tiny", &sp);
+    sp.cfg.hidden_size = 256, sp.cfg.n_heads = 4, sp.cfg.n_kv_heads = 2, sp.cfg.head_dim = 64;
+    sp.cfg.intermediate_size = 512, sp.cfg.n_layers = 1;
+    char model[600], out[600];
+    snprintf(model, sizeof model, "%s/q6k", g_dir);
+    snprintf(out, sizeof out, "%s/q6k.qpk", g_dir);
+    qpk_err e = {0};
+    qpk_convert_opts co = {.dtype = -1, .quant = QPK_TYPE_Q6_K, .group = 256};
+    qpk_source *src;
+    if (qpk_gen_write(&sp, model, NULL, &e) != QPK_OK || tu_convert(model, out, &co, &e) != QPK_OK ||
+        tu_open(&src, out, false, &e) != QPK_OK || !tu_model(src)) {
+        CHECKF(false, "%s", e.msg);
+        return;
+    }
+    const qpk_model *m = tu_model(src);
+    enum { T = 9, V = 512 };
+    int32_t tok[T];
+    for (int i = 0; i < T; i++)
+        tok[i] = (int32_t)((i * 131 + 7) % V);
+    float *first = NULL;
+    for (size_t i = 1; qpk_kernels_available(i); i++) { /* 0 is scalar, the reference: its exponentials differ */
+        qpk_context *c;
+        qpk_context_opts o = {.n_ctx = 64, .n_threads = 2, .kernels = qpk_kernels_available(i)->name};
+        float *lg = malloc((size_t)T * V * sizeof *lg);
+        CHECKF(qpk_context_create(&c, m, &o, &e) == QPK_OK, "%s", e.msg);
+        CHECK(!strcmp(qpk_context_kernels(c), o.kernels));
+        for (int t = 0; t < T; t++)
+            qpk_eval(c, tok + t, 1, lg + (size_t)t * V, 1, &e);
+        qpk_context_free(c);
+        if (first)
+            CHECKF(!memcmp(first, lg, (size_t)T * V * sizeof *lg), "%s decodes other bits than %s", o.kernels,
+                   qpk_kernels_available(1)->name);
+        else
+            first = lg, lg = NULL;
+        free(lg);
+    }
+    free(first);
+    qpk_context *c;
+    qpk_context_opts o = {.n_ctx = 64, .n_threads = 1, .kernels = "scalar"};
+    CHECK(qpk_context_create(&c, m, &o, &e) == QPK_OK && !strcmp(qpk_context_kernels(c), "scalar"));
+    qpk_context_free(c);
+    o.kernels = "avx1024";
+    CHECK_ERR(qpk_context_create(&c, m, &o, &e), QPK_E_UNSUPPORTED, e, "no 'avx1024' kernels on this CPU");
+    tu_close(src);
+}
+
 /* A long context grows the KV cache several times; decode must still agree with prefill. */
 static void test_long_context(void)
 {
@@ -447,6 +501,7 @@ int main(void)
     test_model();
     test_long_context();
     test_quantized_model();
+    test_tables_by_name();
     if (!th_failed)
         rm_rf(g_dir);
     return th_summary("test_runtime");

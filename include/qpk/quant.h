@@ -323,7 +323,8 @@ struct qpk_kernels {
 };
 
 /* The best table this CPU runs: "avx512vbmi" (avx512's with AVX-512 VBMI for Q6_K's rows), "avx512" (AVX2's
- * with AVX-512F, BW and VL for the quantized rows), "avx2" (AVX2+FMA+F16C) or "scalar". All give the same bits. */
+ * with AVX-512F, BW and VL for the quantized rows), "avx2" (AVX2+FMA+F16C) or "scalar". avx512vbmi, avx512 and
+ * avx2 give the same bits. */
 const qpk_kernels *qpk_kernels_best(void);
 const qpk_kernels *qpk_kernels_scalar(void);
 /* Table i of those this CPU runs (0: scalar), NULL past the last: for tests and benchmarks. */

@@ -43,6 +43,9 @@ typedef struct qpk_context_opts {
     /* Polled as work runs (a new pool only): once true, qpk_eval stops with QPK_E_CANCELLED. */
     bool (*cancel)(void *ud);
     void *cancel_ud;
+    /* NULL: the best kernel table this CPU runs; else one by name ("avx512vbmi", "avx512", "avx2" or
+     * "scalar"): for comparisons, the vector ones compute the same bits. scalar, if set, wins. */
+    const char *kernels;
 } qpk_context_opts;
 
 /* KV memory grows with the positions in use, not with n_ctx. opts may be NULL. */
@@ -51,7 +54,7 @@ QPK_API void qpk_context_free(qpk_context *c); /* NULL-safe */
 /* Forgets all positions (the next token is position 0). */
 QPK_API void qpk_context_reset(qpk_context *c);
 QPK_API int qpk_context_pos(const qpk_context *c);
-QPK_API const char *qpk_context_kernels(const qpk_context *c); /* "avx2" or "scalar" */
+QPK_API const char *qpk_context_kernels(const qpk_context *c); /* its kernel table: "avx512vbmi" ... "scalar" */
 /*
  * Appends n tokens at the current position and runs them through the model.
  * logits receives n_logits x vocab_size floats: the logits of the last n_logits of

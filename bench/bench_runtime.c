@@ -70,33 +70,38 @@ static int decode_ab(qpk_model *m, int threads, const char *a, const char *b)
         tok[i] = (int32_t)((i * 7919 + 13) % c->vocab_size);
     double t[2] = {0, 0};
     bool same = true;
-    for (int pass = 0; pass < passes; pass++) {
-        for (int i = 0; i < 2; i++) {
+    qpk_status s = QPK_OK;
+    for (int pass = 0; pass < passes && s == QPK_OK; pass++) {
+        for (int i = 0; i < 2 && s == QPK_OK; i++) {
             qpk_context_reset(ctx[i]);
-            qpk_eval(ctx[i], tok, prompt, logits[i], 1, &e);
+            s = qpk_eval(ctx[i], tok, prompt, logits[i], 1, &e);
         }
-        for (int j = 0; j < n; j++) {
-            for (int r = 0; r < 2; r++) {
+        for (int j = 0; j < n && s == QPK_OK; j++) {
+            for (int r = 0; r < 2 && s == QPK_OK; r++) {
                 const int i = (j + pass + r) % 2;
                 double t0 = bench_now();
-                qpk_eval(ctx[i], tok + prompt + j, 1, logits[i], 1, &e);
+                s = qpk_eval(ctx[i], tok + prompt + j, 1, logits[i], 1, &e);
                 t[i] += bench_now() - t0;
             }
             same &= !memcmp(logits[0], logits[1], (size_t)c->vocab_size * 4);
         }
     }
+    if (s != QPK_OK)
+        fprintf(stderr, "%s\n", e.msg);
     const double tps[2] = {passes * n / t[0], passes * n / t[1]};
-    printf("decode tg%d x %d, token by token: %s %.1f tokens/s, %s %.1f tokens/s, %s/%s %.3f; logits %s\n", n,
-           passes, a, tps[0], b, tps[1], b, a, tps[1] / tps[0], same ? "identical" : "DIFFER");
+    if (s == QPK_OK)
+        printf("decode tg%d x %d, token by token: %s %.1f tokens/s, %s %.1f tokens/s, %s/%s %.3f; logits %s\n",
+               n, passes, a, tps[0], b, tps[1], b, a, tps[1] / tps[0], same ? "identical" : "DIFFER");
     free(tok), free(logits[0]), free(logits[1]);
     qpk_context_free(ctx[0]), qpk_context_free(ctx[1]), qpk_pool_free(pool);
-    return same ? 0 : 1;
+    return same && s == QPK_OK ? 0 : 1;
 }
 
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: bench_runtime MODEL [threads] [--scalar | --decode-only | --prefill-only | --tables A,B]\n");
+        fprintf(stderr,
+                "usage: bench_runtime MODEL [threads] [--scalar | --decode-only | --prefill-only | --tables A,B]\n");
         return 2;
     }
     int threads = argc > 2 ? atoi(argv[2]) : 0;
@@ -117,10 +122,12 @@ int main(int argc, char **argv)
         const char *comma = argc > 4 ? strchr(argv[4], ',') : NULL;
         int threads_run = qpk_pool_threads(pool), rc = 2;
         qpk_pool_free(pool);
-        if (!comma || comma - argv[4] >= (long)sizeof a)
+        if (!comma || comma - argv[4] >= (long)sizeof a) {
             fprintf(stderr, "--tables A,B: two kernel tables by name, e.g. avx512,avx512vbmi\n");
-        else
-            snprintf(a, sizeof a, "%.*s", (int)(comma - argv[4]), argv[4]), rc = decode_ab(m, threads_run, a, comma + 1);
+        } else {
+            snprintf(a, sizeof a, "%.*s", (int)(comma - argv[4]), argv[4]);
+            rc = decode_ab(m, threads_run, a, comma + 1);
+        }
         qpk_model_free(m);
         qpk_source_close(src);
         return rc;

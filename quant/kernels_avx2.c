@@ -1722,20 +1722,33 @@ AVX512 static void iq4_row_512(const qpk_matrix *w, int64_t r, float *y)
     }
 }
 
+/*
+ * IQ4_NL's and IQ4_XS's rows, R at a stride. A block's sub-block scales are formed while the
+ * block before it is worked on, as Q4_K's: formed just before their use, the tables waited on
+ * them (one Zen 5 thread, IQ4_XS rows in L1/L2: 3.0-3.1 cycles per 32 weights that way,
+ * 2.8-2.9 this way; decode of an IQ4_XS file 2.2-2.5% faster, token by token).
+ */
 AVX512 static inline __attribute__((always_inline)) void iq4_rows(const int R, uint32_t type, const qpk_matrix *w,
                                                                   const uint8_t *row, size_t stride, const float *x,
                                                                   float *y)
 {
     const size_t bb = qpk_type_block_bytes(type, QPK_TYPE_TABLE[type].block);
-    float scale[GEMV_ROWS][8];
+    const int sub = (int)(QPK_TYPE_TABLE[type].block / 32); /* sub-blocks per block: iq4_scales' count */
+    float scales[2][GEMV_ROWS][8]; /* this block's and the next's, formed a block ahead as Q4_K's are */
     __m512 a01[GEMV_ROWS] = {_mm512_setzero_ps()}, a23[GEMV_ROWS] = {_mm512_setzero_ps()};
-    for (int64_t i = 0; i < w->cols; row += bb) {
-        int sub = 0;
 #pragma GCC unroll 4
-        for (int r = 0; r < R; r++) {
-            sub = iq4_scales(type, row + r * stride, scale[r]);
-            prefetch_ahead(row + r * stride, bb);
+    for (int r = 0; r < R; r++)
+        iq4_scales(type, row + r * stride, scales[0][r]);
+    for (int64_t i = 0, b = 0; i < w->cols; row += bb, b++) {
+        float(*scale)[8] = scales[b % 2];
+        if (i + 32 * sub < w->cols) {
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++)
+                iq4_scales(type, row + bb + r * stride, scales[(b + 1) % 2][r]);
         }
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++)
+            prefetch_ahead(row + r * stride, bb);
         for (int j = 0; j < sub; j++, i += 32) {
             const __m512 x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + 16);
 #pragma GCC unroll 4

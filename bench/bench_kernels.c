@@ -42,11 +42,8 @@ int main(int argc, char **argv)
     qpk_err e;
     if (qpk_pool_create(&pool, threads, &e) != QPK_OK)
         return 1;
-    const qpk_kernels *k = qpk_kernels_best();
-    for (size_t i = 0; table && qpk_kernels_available(i); i++)
-        if (!strcmp(qpk_kernels_available(i)->name, table))
-            k = qpk_kernels_available(i);
-    if (table && strcmp(k->name, table)) {
+    const qpk_kernels *k = table ? qpk_kernels_named(table) : qpk_kernels_best();
+    if (!k) {
         fprintf(stderr, "no '%s' kernels on this CPU\n", table);
         return 2;
     }

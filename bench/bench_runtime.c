@@ -44,30 +44,22 @@ static double layer_flops_per_token(const qpk_config *c)
  * 256 decoded ones (logits of each), every token's time to its table. Returns 0 when both
  * gave the same logits throughout.
  */
-static int decode_ab(qpk_model *m, int threads, const char *a, const char *b)
+static int decode_ab(qpk_model *m, qpk_pool *pool, const int32_t *tok, const char *a, const char *b)
 {
     const qpk_config *c = qpk_model_config(m);
     const char *names[2] = {a, b};
     qpk_err e = {0};
-    qpk_pool *pool;
     qpk_context *ctx[2] = {NULL, NULL};
-    if (qpk_pool_create(&pool, threads, &e) != QPK_OK) {
-        fprintf(stderr, "%s\n", e.msg);
-        return 1;
-    }
     for (int i = 0; i < 2; i++) {
         qpk_context_opts o = {.n_ctx = 1024, .n_batch = 512, .pool = pool, .kernels = names[i]};
         if (qpk_context_create(&ctx[i], m, &o, &e) != QPK_OK) {
             fprintf(stderr, "%s\n", e.msg);
-            qpk_context_free(ctx[0]), qpk_pool_free(pool);
+            qpk_context_free(ctx[0]);
             return 1;
         }
     }
-    const int prompt = 16, n = 256, passes = 4;
-    int32_t *tok = malloc((size_t)(prompt + n) * sizeof *tok);
+    const int prompt = 16, n = 256, passes = 4; /* tok holds prompt + n tokens and more */
     float *logits[2] = {malloc((size_t)c->vocab_size * 4), malloc((size_t)c->vocab_size * 4)};
-    for (int i = 0; i < prompt + n; i++)
-        tok[i] = (int32_t)((i * 7919 + 13) % c->vocab_size);
     double t[2] = {0, 0};
     bool same = true;
     qpk_status s = QPK_OK;
@@ -92,8 +84,8 @@ static int decode_ab(qpk_model *m, int threads, const char *a, const char *b)
     if (s == QPK_OK)
         printf("decode tg%d x %d, token by token: %s %.1f tokens/s, %s %.1f tokens/s, %s/%s %.3f; logits %s\n",
                n, passes, a, tps[0], b, tps[1], b, a, tps[1] / tps[0], same ? "identical" : "DIFFER");
-    free(tok), free(logits[0]), free(logits[1]);
-    qpk_context_free(ctx[0]), qpk_context_free(ctx[1]), qpk_pool_free(pool);
+    free(logits[0]), free(logits[1]);
+    qpk_context_free(ctx[0]), qpk_context_free(ctx[1]);
     return same && s == QPK_OK ? 0 : 1;
 }
 
@@ -117,17 +109,21 @@ int main(int argc, char **argv)
         return 1;
     }
     const qpk_config *c = qpk_model_config(m);
+    int32_t *tok = malloc(512 * sizeof *tok);
+    for (int i = 0; i < 512; i++)
+        tok[i] = (int32_t)((i * 7919 + 13) % c->vocab_size);
     if (argc > 3 && !strcmp(argv[3], "--tables")) {
         char a[64];
         const char *comma = argc > 4 ? strchr(argv[4], ',') : NULL;
-        int threads_run = qpk_pool_threads(pool), rc = 2;
-        qpk_pool_free(pool);
+        int rc = 2;
         if (!comma || comma - argv[4] >= (long)sizeof a) {
             fprintf(stderr, "--tables A,B: two kernel tables by name, e.g. avx512,avx512vbmi\n");
         } else {
             snprintf(a, sizeof a, "%.*s", (int)(comma - argv[4]), argv[4]);
-            rc = decode_ab(m, threads_run, a, comma + 1);
+            rc = decode_ab(m, pool, tok, a, comma + 1);
         }
+        free(tok);
+        qpk_pool_free(pool);
         qpk_model_free(m);
         qpk_source_close(src);
         return rc;
@@ -142,9 +138,6 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s\n", e.msg);
         return 1;
     }
-    int32_t *tok = malloc(512 * sizeof *tok);
-    for (int i = 0; i < 512; i++)
-        tok[i] = (int32_t)((i * 7919 + 13) % c->vocab_size);
     float *logits = malloc((size_t)c->vocab_size * sizeof *logits);
     qpk_eval(ctx, tok, 8, logits, 1, &e); /* warm the mapping and the caches */
     printf("model %s: hidden %lld, layers %lld, vocab %lld; %d threads, kernels %s\n", argv[1],

@@ -6,6 +6,7 @@
 #include <cpuid.h>
 #endif
 #include <math.h>
+#include <string.h>
 
 #include "kernels.h"
 
@@ -229,4 +230,13 @@ const qpk_kernels *qpk_kernels_available(size_t i)
 {
     const qpk_kernels *t[TABLES_MAX];
     return i < supported(t) ? t[i] : NULL;
+}
+
+const qpk_kernels *qpk_kernels_named(const char *name)
+{
+    const qpk_kernels *t[TABLES_MAX];
+    for (size_t i = 0, n = supported(t); i < n; i++)
+        if (!strcmp(t[i]->name, name))
+            return t[i];
+    return NULL;
 }

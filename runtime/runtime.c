@@ -254,15 +254,11 @@ qpk_status qpk_context_create(qpk_context **out, const qpk_model *m, const qpk_c
         return qpk_err_setf(e, QPK_E_LIMIT, "n_ctx %d exceeds max_position_embeddings %lld", n_ctx,
                             (long long)c->max_position_embeddings);
     n_batch = n_batch < n_ctx ? n_batch : n_ctx;
-    const qpk_kernels *k = o->scalar ? qpk_kernels_scalar() : qpk_kernels_best();
-    if (!o->scalar && o->kernels) {
-        k = NULL;
-        for (size_t i = 0; qpk_kernels_available(i); i++)
-            if (!strcmp(qpk_kernels_available(i)->name, o->kernels))
-                k = qpk_kernels_available(i);
-        if (!k)
-            return qpk_err_setf(e, QPK_E_UNSUPPORTED, "no '%s' kernels on this CPU", o->kernels);
-    }
+    const qpk_kernels *k = o->scalar    ? qpk_kernels_scalar()
+                           : o->kernels ? qpk_kernels_named(o->kernels)
+                                        : qpk_kernels_best();
+    if (!k)
+        return qpk_err_setf(e, QPK_E_UNSUPPORTED, "no '%s' kernels on this CPU", o->kernels);
     qpk_context *x = calloc(1, sizeof *x);
     if (!x)
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");

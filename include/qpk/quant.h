@@ -329,6 +329,8 @@ const qpk_kernels *qpk_kernels_best(void);
 const qpk_kernels *qpk_kernels_scalar(void);
 /* Table i of those this CPU runs (0: scalar), NULL past the last: for tests and benchmarks. */
 const qpk_kernels *qpk_kernels_available(size_t i);
+/* The table of that name if this CPU runs it, else NULL. */
+const qpk_kernels *qpk_kernels_named(const char *name);
 size_t qpk_gemm_scratch_floats(int64_t cols);
 
 /* =============================================================== thread pool == */

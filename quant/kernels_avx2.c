@@ -1331,6 +1331,47 @@ const qpk_kernels qpk_kernels_avx2_table = {"avx2", row_to_f32, gemv, gemm, dot,
 #define GEMV_ROWS 4
 
 /*
+ * Arithmetic with a scalar from memory broadcast by the instruction itself. Zen 4 runs every
+ * 512-bit permute, widening, broadcast and f16 conversion on its shuffle pipes, one per cycle,
+ * and these are what the 4-bit rows spend their time on; an embedded broadcast costs no
+ * shuffle. Compilers given _mm512_set1_ps broadcast into a register instead (GCC 12 even from
+ * memory), hence the asm. bcast_of makes the broadcast an OR with zero, an integer op.
+ */
+AVX512 static inline __m512 mul_by(__m512 v, const float *s)
+{
+    __m512 r;
+    __asm__("vmulps %2%{1to16%}, %1, %0" : "=v"(r) : "v"(v), "m"(*s));
+    return r;
+}
+
+AVX512 static inline __m512 sub_of(__m512 v, const float *s)
+{
+    __m512 r;
+    __asm__("vsubps %2%{1to16%}, %1, %0" : "=v"(r) : "v"(v), "m"(*s));
+    return r;
+}
+
+/* v s + c and v s - c, one rounding */
+AVX512 static inline __m512 fma_by(__m512 v, const float *s, __m512 c)
+{
+    __asm__("vfmadd132ps %2%{1to16%}, %1, %0" : "+v"(v) : "v"(c), "m"(*s));
+    return v;
+}
+
+AVX512 static inline __m512 fms_by(__m512 v, const float *s, __m512 c)
+{
+    __asm__("vfmsub132ps %2%{1to16%}, %1, %0" : "+v"(v) : "v"(c), "m"(*s));
+    return v;
+}
+
+AVX512 static inline __m512 bcast_of(const float *s)
+{
+    __m512i r;
+    __asm__("vpord %2%{1to16%}, %1, %0" : "=v"(r) : "v"(_mm512_setzero_si512()), "m"(*s));
+    return _mm512_castsi512_ps(r);
+}
+
+/*
  * The 4- to 6-bit row kernels ask for each stream's bytes GEMV_PREFETCH ahead of the block
  * they work on. A task's streams are short (a quarter of its rows: 18 KB for a 1024-wide
  * Q4_K matrix in tasks of 128 rows), too short for the hardware prefetchers to ramp up on;
@@ -1348,17 +1389,6 @@ AVX512 static inline void prefetch_ahead(const uint8_t *block, size_t bytes)
         __builtin_prefetch(block + GEMV_PREFETCH + o, 0, 3);
 }
 
-AVX512 static inline __m512 q4_weights(uint32_t type, const uint8_t *block)
-{
-    const __m512 q = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-    /* an f16 scale broadcast first, then converted: fewer shuffles than converting one and broadcasting it */
-    const __m512 d = QPK_TYPE_TABLE[type].scale_bf16 ? _mm512_set1_ps(half_at(block, true))
-                                                     : _mm512_cvtph_ps(_mm256_set1_epi16((short)qpk_le16(block)));
-    const __m512 z = _mm512_set1_ps(block_zero_f(type, block));
-    return QPK_QUANT_TRAITS[type].grid.rule == QPK_RULE_AFFINE ? _mm512_fmadd_ps(d, q, z) /* s q + b */
-                                                               : _mm512_mul_ps(d, _mm512_sub_ps(q, z));
-}
-
 /*
  * The 16 code bytes of a chunk of 32 weights, one per 32-bit lane: byte i holds code i
  * in its low nibble and code 16 + i in its high one. A permute reads only the low 4 bits
@@ -1368,6 +1398,59 @@ AVX512 static inline __m512 q4_weights(uint32_t type, const uint8_t *block)
 AVX512 static inline __m512i q4_indices(const uint8_t *codes)
 {
     return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)codes));
+}
+
+/*
+ * The head scale d of the blocks at row + i stride, i < R, as f32 in memory for the broadcast
+ * operands above, f16 ones four at a time by one 128-bit conversion: a broadcast and a 512-bit
+ * conversion per block and row were two of a Q4_0 row's ~6 cycles per 32 weights on Zen 4.
+ */
+_Static_assert(GEMV_ROWS == 4, "block_scales converts four f16 scales at once");
+AVX512 static inline __attribute__((always_inline)) void block_scales(const int R, uint32_t type, const uint8_t *row,
+                                                                      size_t stride, float d[GEMV_ROWS])
+{
+    if (QPK_TYPE_TABLE[type].scale_bf16) {
+#pragma GCC unroll 4
+        for (int i = 0; i < R; i++)
+            d[i] = half_at(row + i * stride, true);
+        return;
+    }
+    uint64_t h = 0;
+#pragma GCC unroll 4
+    for (int i = 0; i < R; i++)
+        h |= (uint64_t)qpk_le16(row + i * stride) << 16 * i;
+    _mm_storeu_ps(d, _mm_cvtph_ps(_mm_cvtsi64_si128((long long)h)));
+}
+
+/* block_scales, and each block's zero z (an affine type's b) */
+AVX512 static inline __attribute__((always_inline)) void q4_block_params(const int R, uint32_t type,
+                                                                         const uint8_t *row, size_t stride,
+                                                                         float d[GEMV_ROWS], float z[GEMV_ROWS])
+{
+    block_scales(R, type, row, stride, d);
+#pragma GCC unroll 4
+    for (int i = 0; i < R; i++)
+        z[i] = block_zero_f(type, row + i * stride);
+}
+
+/* The 16 weights a block's codes stand for, d (q - z) or s q + b, from its d and z (q4_block_params'), as dequant32
+ * forms them. */
+AVX512 static inline __attribute__((always_inline)) __m512 q4_table(uint32_t type, const float *d, const float *z)
+{
+    const __m512 q = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const qpk_grid *g = &QPK_QUANT_TRAITS[type].grid;
+    if (g->rule == QPK_RULE_AFFINE)
+        return fma_by(q, d, bcast_of(z));
+    /* a type's constant bias folds into q at compile time */
+    return mul_by(g->rule == QPK_RULE_ZERO_POINT ? sub_of(q, z) : _mm512_sub_ps(q, _mm512_set1_ps(*z)), d);
+}
+
+/* q4_table of one block */
+AVX512 static inline __m512 q4_weights(uint32_t type, const uint8_t *block)
+{
+    float d[GEMV_ROWS], z[GEMV_ROWS];
+    q4_block_params(1, type, block, 0, d, z);
+    return q4_table(type, d, z);
 }
 
 /* The two halves of a 512-bit accumulator: chains (lo, hi). */
@@ -1391,9 +1474,11 @@ AVX512 static inline __attribute__((always_inline)) void gemv_q4rows(const int R
     __m512 a01[GEMV_ROWS] = {_mm512_setzero_ps()}, a23[GEMV_ROWS] = {_mm512_setzero_ps()};
     for (int64_t g = 0; g < K; g += group, row += bb) {
         __m512 table[GEMV_ROWS];
+        float d[GEMV_ROWS], z[GEMV_ROWS];
+        q4_block_params(R, type, row, stride, d, z);
 #pragma GCC unroll 4
         for (int i = 0; i < R; i++)
-            table[i] = q4_weights(type, row + i * stride);
+            table[i] = q4_table(type, d + i, z + i);
         /* Q4_0's 18-byte blocks are asked for four at a time (two lines per stream), not one by one. */
         if (group > 32 || g % 128 == 0)
 #pragma GCC unroll 4
@@ -1508,10 +1593,8 @@ AVX512 static inline __attribute__((always_inline)) void INT8_rows(const int R, 
     const size_t bb = qpk_type_block_bytes(QPK_TYPE_INT8, w->group_size);
     __m512 a01[GEMV_ROWS] = {_mm512_setzero_ps()}, a23[GEMV_ROWS] = {_mm512_setzero_ps()};
     for (int64_t g = 0; g < w->cols; g += w->group_size, row += bb) {
-        __m512 d[GEMV_ROWS];
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++)
-            d[r] = _mm512_set1_ps(half_at(row + r * stride, QPK_TYPE_TABLE[QPK_TYPE_INT8].scale_bf16));
+        float d[GEMV_ROWS];
+        block_scales(R, QPK_TYPE_INT8, row, stride, d);
         for (int64_t k = g; k < g + w->group_size; k += 32) {
             const __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
 #pragma GCC unroll 4
@@ -1519,8 +1602,8 @@ AVX512 static inline __attribute__((always_inline)) void INT8_rows(const int R, 
                 const uint8_t *q = row + r * stride + CODES_AT(QPK_TYPE_INT8) + (k - g);
                 const __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q)));
                 const __m512 w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + 16))));
-                a01[r] = _mm512_fmadd_ps(x0, _mm512_mul_ps(d[r], w0), a01[r]);
-                a23[r] = _mm512_fmadd_ps(x1, _mm512_mul_ps(d[r], w1), a23[r]);
+                a01[r] = _mm512_fmadd_ps(x0, mul_by(w0, d + r), a01[r]);
+                a23[r] = _mm512_fmadd_ps(x1, mul_by(w1, d + r), a23[r]);
             }
         }
     }
@@ -1665,9 +1748,8 @@ AVX512 static inline __attribute__((always_inline)) void Q4_K_rows(const int R, 
                 const uint8_t *qs = row + r * stride + offsetof(qpk_block_q4_k, qs) + 16 * j;
                 const __m512i u = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)qs));
                 const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(qs + 16)));
-                const __m512 t0 = _mm512_fmsub_ps(_mm512_set1_ps(dsm[r][j]), iota, _mm512_set1_ps(dsm[r][8 + j]));
-                const __m512 t1 = _mm512_fmsub_ps(_mm512_set1_ps(dsm[r][j + 1]), iota,
-                                                  _mm512_set1_ps(dsm[r][9 + j]));
+                const __m512 t0 = fms_by(iota, &dsm[r][j], bcast_of(&dsm[r][8 + j]));
+                const __m512 t1 = fms_by(iota, &dsm[r][j + 1], bcast_of(&dsm[r][9 + j]));
                 a01[r] = _mm512_fmadd_ps(_mm512_loadu_ps(xj), _mm512_permutexvar_ps(u, t0), a01[r]);
                 a23[r] = _mm512_fmadd_ps(_mm512_loadu_ps(xj + 16), _mm512_permutexvar_ps(v, t0), a23[r]);
                 a01[r] = _mm512_fmadd_ps(_mm512_loadu_ps(xj + 32),

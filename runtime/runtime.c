@@ -451,7 +451,11 @@ static void mlp(qpk_context *c, const qpk_matrix *gate, const qpk_matrix *up, co
                 int64_t T, float *y, qpk_role down_role, int expert, qpk_capture_fn capture, void *ud)
 {
     matmul_many(c, 2, (const qpk_matrix *[]){gate, up}, x, T, (float *[]){c->gate, c->up});
-    int64_t n = T * gate->rows, per = 4096;
+    /* Pieces of at most 4096, at least one per thread: decode's one row (2816 of the 0.5B shape) was one task, its
+       exponentials run on one thread while the others waited. */
+    const int64_t n = T * gate->rows, threads = qpk_pool_threads(c->pool);
+    int64_t per = (n + threads - 1) / threads;
+    per = per < 64 ? 64 : per < 4096 ? (per + 63) / 64 * 64 : 4096;
     swiglu_job sj = {c->gate, c->up, n, per};
     qpk_pool_run(c->pool, (n + per - 1) / per, swiglu_task, &sj);
     if (capture)

@@ -187,9 +187,16 @@ static void pack_panel(const float *rows, size_t ld, int nr, int64_t k0, int64_t
                 packed[k * QPK_GEMM_PANEL + j] = j < nr ? rows[(size_t)j * ld + k0 + k] : 0.0f;
 }
 
+static void exp_shifted(const float *x, int64_t n, float shift, float *out)
+{
+    for (int64_t i = 0; i < n; i++)
+        out[i] = expf(x[i] - shift);
+}
+
 static const qpk_kernels SCALAR = {"scalar", qpk_scalar_row_to_f32, gemv, gemm, dot, axpy_rows, sum_exp, argmax,
                                    qpk_quantize_row, gemm_acc, gemm_sub_f64, dot_rows,
-                                   qpk_scalar_quantize_group_ratios, qpk_scalar_fake_quantize_row, pack_panel};
+                                   qpk_scalar_quantize_group_ratios, qpk_scalar_fake_quantize_row, pack_panel,
+                                   exp_shifted};
 
 const qpk_kernels *qpk_kernels_scalar(void) { return &SCALAR; }
 

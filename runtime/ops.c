@@ -71,7 +71,7 @@ void qpk_op_rope(float *v, const float *cos_t, const float *sin_t, int64_t T, in
         }
 }
 
-void qpk_op_softmax(float *s, int64_t n)
+void qpk_op_softmax(const qpk_kernels *k, float *s, int64_t n)
 {
     /*
      * The sequential definition's numbers, in fewer cycles: the maximum from eight running
@@ -89,8 +89,7 @@ void qpk_op_softmax(float *s, int64_t n)
     float mx = m[0], sum = 0;
     for (int j = 1; j < 8; j++)
         mx = m[j] > mx ? m[j] : mx;
-    for (i = 0; i < n; i++)
-        s[i] = expf(s[i] - mx);
+    k->exp_shifted(s, n, mx, s);
     for (i = 0; i < n; i++)
         sum += s[i];
     for (i = 0; i + 8 <= n; i += 8)
@@ -123,7 +122,7 @@ void qpk_op_attend(const qpk_kernels *k, const float *q, int64_t ldq, int64_t nq
         float *row = scores + s * n + (f - lo);
         for (int64_t i = 0; i < len; i++)
             row[i] /= root;
-        qpk_op_softmax(row, len);
+        qpk_op_softmax(k, row, len);
         memset(out + s * ldo, 0, (size_t)hd * sizeof *out);
     }
     /*
@@ -144,20 +143,21 @@ void qpk_op_attend(const qpk_kernels *k, const float *q, int64_t ldq, int64_t nq
         k->axpy_rows(scores + s * n + (p0 + 1 - lo), n, 1, vals + (p0 + 1) * hd, hd, s, out + s * ldo, ldo, hd);
 }
 
-/* The exponentials' calls back to back, then the arithmetic (which vectorizes when m is a constant). */
-static inline void swiglu_piece(float *restrict gate, const float *restrict up, int64_t m)
+/* The exponentials at once, then the arithmetic (which vectorizes when m is a constant). */
+static inline void swiglu_piece(const qpk_kernels *k, float *restrict gate, const float *restrict up, int64_t m)
 {
     float e[64];
     for (int64_t i = 0; i < m; i++)
-        e[i] = expf(-gate[i]);
+        e[i] = -gate[i];
+    k->exp_shifted(e, m, 0.0f, e); /* x - 0 is x, -0 included */
     for (int64_t i = 0; i < m; i++)
         gate[i] = gate[i] * (1.0f / (1.0f + e[i])) * up[i];
 }
 
-void qpk_op_swiglu(float *gate, const float *up, int64_t n)
+void qpk_op_swiglu(const qpk_kernels *k, float *gate, const float *up, int64_t n)
 {
     int64_t i = 0;
     for (; i + 64 <= n; i += 64)
-        swiglu_piece(gate + i, up + i, 64);
-    swiglu_piece(gate + i, up + i, n - i);
+        swiglu_piece(k, gate + i, up + i, 64);
+    swiglu_piece(k, gate + i, up + i, n - i);
 }

@@ -25,7 +25,7 @@ void qpk_op_rope_tables(float *cos, float *sin, const float *inv_freq, int64_t p
 void qpk_op_rope(float *v, const float *cos, const float *sin, int64_t T, int64_t heads, int64_t head_dim);
 
 /* s[0..n) = softmax(s), in place (max-subtracted, f32). */
-void qpk_op_softmax(float *s, int64_t n);
+void qpk_op_softmax(const qpk_kernels *k, float *s, int64_t n);
 
 /*
  * Causal attention of nq consecutive queries of one head, at positions p0 .. p0 + nq - 1
@@ -39,6 +39,6 @@ void qpk_op_attend(const qpk_kernels *k, const float *q, int64_t ldq, int64_t nq
                    int64_t ldo);
 
 /* gate[i] = silu(gate[i]) * up[i], silu(x) = x * sigmoid(x). */
-void qpk_op_swiglu(float *gate, const float *up, int64_t n);
+void qpk_op_swiglu(const qpk_kernels *k, float *gate, const float *up, int64_t n);
 
 #endif

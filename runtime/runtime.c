@@ -431,6 +431,7 @@ static void attn_task(void *arg, int64_t task, int thread)
 }
 
 typedef struct swiglu_job {
+    const qpk_kernels *k;
     float *gate;
     const float *up;
     int64_t n, per;
@@ -441,7 +442,7 @@ static void swiglu_task(void *arg, int64_t task, int thread)
     (void)thread;
     swiglu_job *j = arg;
     int64_t i0 = task * j->per, i1 = i0 + j->per < j->n ? i0 + j->per : j->n;
-    qpk_op_swiglu(j->gate + i0, j->up + i0, i1 - i0);
+    qpk_op_swiglu(j->k, j->gate + i0, j->up + i0, i1 - i0);
 }
 
 /* ============================================================= forward pass */
@@ -456,7 +457,7 @@ static void mlp(qpk_context *c, const qpk_matrix *gate, const qpk_matrix *up, co
     const int64_t n = T * gate->rows, threads = qpk_pool_threads(c->pool);
     int64_t per = (n + threads - 1) / threads;
     per = per < 64 ? 64 : per < 4096 ? (per + 63) / 64 * 64 : 4096;
-    swiglu_job sj = {c->gate, c->up, n, per};
+    swiglu_job sj = {c->k, c->gate, c->up, n, per};
     qpk_pool_run(c->pool, (n + per - 1) / per, swiglu_task, &sj);
     if (capture)
         capture(ud, down_role, expert, c->gate, T, gate->rows);
@@ -476,7 +477,7 @@ static void route(qpk_context *c, const qpk_layer_weights *L, int64_t T)
     for (int64_t t = 0; t < T; t++) {
         float *p = c->probs + t * E, *w = c->sel_w + t * K;
         int32_t *sel = c->sel + t * K;
-        qpk_op_softmax(p, E);
+        qpk_op_softmax(c->k, p, E);
         float sum = 0;
         for (int64_t k = 0; k < K; k++) {
             int32_t best = -1;

@@ -644,11 +644,56 @@ static void test_axpy_rows(const qpk_kernels *k)
             }
 }
 
+/*
+ * exp_shifted against expf(x - shift) bit for bit, over a sweep of every float pattern (NaN, inf,
+ * subnormals, the overflow and underflow edges among them) and a dense run where softmax lives,
+ * in pieces of odd lengths (the vector tables' tails) and in place. The vector tables compute
+ * glibc's expf themselves: elsewhere they need not match the C library's.
+ */
+static void test_exp_shifted(const qpk_kernels *k)
+{
+#if !defined(__GLIBC__) || (__GLIBC__ == 2 && __GLIBC_MINOR__ < 28)
+    if (strcmp(k->name, "scalar")) {
+        printf("exp_shifted of %s: not glibc 2.28 or later, skipped\n", k->name);
+        return;
+    }
+#endif
+    enum { N = 1 << 16 };
+    static float x[N], y[N];
+    const float shifts[] = {0.0f, 1.75f, -3.0f};
+    int bad = 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (uint64_t base = 0; base < (pass ? 1u << 23 : 1ull << 32); base += (uint64_t)N * (pass ? 3 : 4099)) {
+            for (int i = 0; i < N; i++) {
+                /* pass 0: every 4099th pattern; pass 1: every third float of [-64, -32) */
+                uint32_t u = pass ? 0xc2000000u + (uint32_t)(base + (uint64_t)i * 3) : (uint32_t)(base + (uint64_t)i * 4099);
+                memcpy(&x[i], &u, 4);
+            }
+            for (size_t si = 0; si < sizeof shifts / sizeof *shifts; si++) {
+                for (int at = 0, len = 1; at < N; at += len, len = len * 3 + 1)
+                    k->exp_shifted(x + at, at + len <= N ? len : N - at, shifts[si], y + at);
+                for (int i = 0; i < N; i++) {
+                    const float want = expf(x[i] - shifts[si]);
+                    if (memcmp(&want, &y[i], 4) && !(isnan(want) && isnan(y[i])) && bad++ < 5)
+                        printf("%s exp_shifted(%a - %g) = %a, expf %a\n", k->name, x[i], shifts[si], y[i], want);
+                }
+            }
+        }
+    memcpy(y, x, sizeof y);
+    k->exp_shifted(y, N, 0.5f, y);
+    for (int i = 0; i < N; i++) {
+        const float want = expf(x[i] - 0.5f);
+        bad += memcmp(&want, &y[i], 4) && !(isnan(want) && isnan(y[i]));
+    }
+    CHECKF(bad == 0, "%s exp_shifted differs from expf in %d values", k->name, bad);
+}
+
 static void test_kernels(void)
 {
     const qpk_kernels *prev = NULL;
     test_axpy_rows(qpk_kernels_scalar());
     test_fake_quantize_row(qpk_kernels_scalar());
+    test_exp_shifted(qpk_kernels_scalar());
     for (size_t i = 1; qpk_kernels_available(i); i++) {
         test_kernels_of(qpk_kernels_available(i), prev);
         test_quantize_rows(qpk_kernels_available(i));
@@ -658,6 +703,7 @@ static void test_kernels(void)
         test_group_ratios(qpk_kernels_available(i));
         test_fake_quantize_row(qpk_kernels_available(i));
         test_axpy_rows(qpk_kernels_available(i));
+        test_exp_shifted(qpk_kernels_available(i));
         printf("kernels %s checked\n", qpk_kernels_available(i)->name);
         prev = qpk_kernels_available(i);
     }

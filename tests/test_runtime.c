@@ -99,7 +99,7 @@ static void test_ops(const qpk_kernels *k)
         sum += exp(s[i] - mx);
     for (int i = 0; i < N; i++)
         sw[i] = exp(s[i] - mx) / sum;
-    qpk_op_softmax(s, N);
+    qpk_op_softmax(k, s, N);
     CHECKF(max_rel_err(s, sw, N) < 1e-6, "softmax error %g", max_rel_err(s, sw, N));
 
     /* One head attending over positions 5..N-1 (as a sliding window would). */
@@ -147,7 +147,7 @@ static void test_ops(const qpk_kernels *k)
         }
 
     float g[5] = {-3, -0.5f, 0, 0.5f, 4}, u[5] = {1, 2, 3, 4, 5};
-    qpk_op_swiglu(g, u, 5);
+    qpk_op_swiglu(k, g, u, 5);
     for (int i = 0; i < 5; i++) {
         double x0 = (double[]){-3, -0.5, 0, 0.5, 4}[i];
         CHECK(fabs(g[i] - x0 / (1 + exp(-x0)) * u[i]) < 1e-6 * (1 + fabs(x0 * u[i])));

@@ -320,6 +320,12 @@ struct qpk_kernels {
      * 64-byte aligned. A copy: every table the same floats.
      */
     void (*pack_panel)(const float *rows, size_t ld, int nr, int64_t k0, int64_t kc, float *packed);
+    /*
+     * out[i] = expf(x[i] - shift) (out may be x): the runtime's softmax and SwiGLU. The scalar
+     * table calls expf; the vector tables compute glibc's expf (2.28 and later) step for step,
+     * eight or sixteen at a time, and give its bits (expf itself for |x| >= 88 and NaN).
+     */
+    void (*exp_shifted)(const float *x, int64_t n, float shift, float *out);
 };
 
 /* The best table this CPU runs: "avx512vbmi" (avx512's with AVX-512 VBMI for Q6_K's rows), "avx512" (AVX2's

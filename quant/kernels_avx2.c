@@ -2347,13 +2347,14 @@ AVX512 static void exp_shifted_512(const float *x, int64_t n, float shift, float
         const __m512 v = _mm512_sub_ps(_mm512_loadu_ps(x + i), sh);
         const __m512i top = _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7ff00000));
         const __mmask16 slow = _mm512_cmpge_epu32_mask(top, _mm512_set1_epi32(0x42a00000));
-        const __m256 lo = exp8_libm_bits(_mm512_castps512_ps256(v));
-        const __m256 hi = exp8_libm_bits(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-        _mm256_storeu_ps(out + i, lo);
-        _mm256_storeu_ps(out + i + 8, hi);
-        for (int j = 0; slow && j < 16; j++) /* rare: expf's own edge cases */
+        float args[16]; /* rare: expf's own edge cases, from the arguments (out may be x) */
+        if (slow)
+            _mm512_storeu_ps(args, v);
+        _mm256_storeu_ps(out + i, exp8_libm_bits(_mm512_castps512_ps256(v)));
+        _mm256_storeu_ps(out + i + 8, exp8_libm_bits(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
+        for (int j = 0; slow && j < 16; j++)
             if (slow >> j & 1)
-                out[i + j] = expf(x[i + j] - shift);
+                out[i + j] = expf(args[j]);
     }
     for (; i < n; i++)
         out[i] = expf_libm_bits(x[i] - shift);

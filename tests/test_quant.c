@@ -666,7 +666,8 @@ static void test_exp_shifted(const qpk_kernels *k)
         for (uint64_t base = 0; base < (pass ? 1u << 23 : 1ull << 32); base += (uint64_t)N * (pass ? 3 : 4099)) {
             for (int i = 0; i < N; i++) {
                 /* pass 0: every 4099th pattern; pass 1: every third float of [-64, -32) */
-                uint32_t u = pass ? 0xc2000000u + (uint32_t)(base + (uint64_t)i * 3) : (uint32_t)(base + (uint64_t)i * 4099);
+                const uint64_t at = base + (uint64_t)i * (pass ? 3 : 4099);
+                const uint32_t u = pass ? 0xc2000000u + (uint32_t)at : (uint32_t)at;
                 memcpy(&x[i], &u, 4);
             }
             for (size_t si = 0; si < sizeof shifts / sizeof *shifts; si++) {
@@ -679,6 +680,10 @@ static void test_exp_shifted(const qpk_kernels *k)
                 }
             }
         }
+    for (int i = 0; i < N; i++) { /* in place, over every 65537th pattern: the edge cases' lanes too */
+        const uint32_t u = (uint32_t)i * 65537u;
+        memcpy(&x[i], &u, 4);
+    }
     memcpy(y, x, sizeof y);
     k->exp_shifted(y, N, 0.5f, y);
     for (int i = 0; i < N; i++) {

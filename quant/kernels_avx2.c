@@ -1261,14 +1261,8 @@ static const uint64_t EXP2_32[32] = {
 #define EXP_C0 0x1.c6af84b912394p-20
 #define EXP_C1 0x1.ebfce50fac4f3p-13
 #define EXP_C2 0x1.62e42ff0c52d6p-6
-#define EXP_SLOW(x) ((qpk_f32_bits(x) >> 20 & 0x7ff) >= 0x42a) /* |x| >= 88 or NaN */
-
-static inline uint32_t qpk_f32_bits(float x)
-{
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    return u;
-}
+/* expf's own path from here: the top 12 bits of |x|'s f32 pattern at least this (|x| >= 88, inf, NaN) */
+#define EXP_SLOW_TOP 0x42a
 
 static inline double fma_sd(double a, double b, double c)
 {
@@ -1277,7 +1271,9 @@ static inline double fma_sd(double a, double b, double c)
 
 static float expf_libm_bits(float x)
 {
-    if (EXP_SLOW(x))
+    uint32_t bits;
+    memcpy(&bits, &x, 4);
+    if ((bits >> 20 & 0x7ff) >= EXP_SLOW_TOP)
         return expf(x);
     const double xd = x, z = fma_sd(EXP_N_LN2, xd, EXP_SHIFT), kd = z - EXP_SHIFT;
     uint64_t ki, sbits;
@@ -2345,8 +2341,8 @@ AVX512 static void exp_shifted_512(const float *x, int64_t n, float shift, float
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
         const __m512 v = _mm512_sub_ps(_mm512_loadu_ps(x + i), sh);
-        const __m512i top = _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7ff00000));
-        const __mmask16 slow = _mm512_cmpge_epu32_mask(top, _mm512_set1_epi32(0x42a00000));
+        const __m512i top = _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7ff << 20));
+        const __mmask16 slow = _mm512_cmpge_epu32_mask(top, _mm512_set1_epi32(EXP_SLOW_TOP << 20));
         float args[16]; /* rare: expf's own edge cases, from the arguments (out may be x) */
         if (slow)
             _mm512_storeu_ps(args, v);

@@ -440,7 +440,7 @@ static void test_tables_by_name(void)
     for (int i = 0; i < T; i++)
         tok[i] = (int32_t)((i * 131 + 7) % V);
     float *first = NULL;
-    for (size_t i = 1; qpk_kernels_available(i); i++) { /* 0 is scalar, the reference: its exponentials differ */
+    for (size_t i = 1; qpk_kernels_available(i); i++) { /* 0 is scalar: its axpy_rows rounds products the others fuse */
         qpk_context *c;
         qpk_context_opts o = {.n_ctx = 64, .n_threads = 2, .kernels = qpk_kernels_available(i)->name};
         float *lg = malloc((size_t)T * V * sizeof *lg);

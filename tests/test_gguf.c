@@ -1274,9 +1274,12 @@ static void test_qwen2_checks(void)
 
 /*
  * Validation is linear in the keys: 300,000 tokenizer.ggml.*_token_id keys (a 15 MB file,
- * each key checked against the vocabulary) open as a source about three times as slowly
- * as 100,000. A scan per key made this minutes (issue 20). The times are printed; only a
- * generous bound and the ratio (when the times are long enough to measure) are checked.
+ * each key checked against the vocabulary) open as a source about ten times as slowly as
+ * 30,000. A scan per key made this minutes (issue 20). The times (best of three opens, so
+ * that a neighbour's burst is not counted) are printed; a generous bound is checked, and the
+ * ratio when the times are long enough to measure: linear reads 10x (14-19x in a Release build on
+ * a Zen 4 VM, the larger file outgrowing the caches), quadratic 100x, and the bound of 40x leaves room for an ASan build sharing the machine with other tests (one run
+ * there read 6.2x for 3x the keys with single timings).
  */
 static double now_s(void)
 {
@@ -1293,27 +1296,31 @@ static bool cancel_now(void *ud)
 
 static void test_many_keys(void)
 {
-    const uint32_t N[2] = {100000, 300000};
+    const uint32_t N[2] = {30000, 300000};
     double t[2] = {0, 0};
     for (int k = 0; k < 2; k++) {
         const char *path = tmp("keys.gguf");
         qwen2_defect d = {"many keys", QPK_OK, "", .extra_keys = N[k]};
         write_qwen2(path, &d);
-        qpk_source *src = NULL;
         qpk_err e = {0};
-        const double t0 = now_s();
-        CHECKF(qpk_source_open(&src, path, NULL, &e) == QPK_OK, "%u keys: %s", N[k], e.msg);
-        t[k] = now_s() - t0;
-        qpk_source_close(src);
+        for (int rep = 0; rep < 3; rep++) {
+            qpk_source *src = NULL;
+            const double t0 = now_s();
+            CHECKF(qpk_source_open(&src, path, NULL, &e) == QPK_OK, "%u keys: %s", N[k], e.msg);
+            const double dt = now_s() - t0;
+            t[k] = rep == 0 || dt < t[k] ? dt : t[k];
+            qpk_source_close(src);
+        }
         const qpk_source_opts cancel = {.cb = {.cancel = cancel_now}}; /* polled between the stages of the open */
-        src = NULL;
+        qpk_source *src = NULL;
         CHECK_ERR(qpk_source_open(&src, path, &cancel, &e), QPK_E_CANCELLED, e, "cancelled");
         CHECK(src == NULL);
         unlink(path);
     }
-    printf("a qwen2 GGUF with %u / %u *_token_id keys opens in %.3f / %.3f s\n", N[0], N[1], t[0], t[1]);
+    printf("a qwen2 GGUF with %u / %u *_token_id keys opens in %.3f / %.3f s (best of 3)\n", N[0], N[1], t[0],
+           t[1]);
     CHECKF(t[1] < 20.0, "%u keys took %.1f s", N[1], t[1]);
-    CHECKF(t[0] < 0.05 || t[1] / t[0] < 6.0, "3x the keys took %.1fx the time", t[1] / t[0]);
+    CHECKF(t[0] < 0.005 || t[1] / t[0] < 40.0, "10x the keys took %.1fx the time", t[1] / t[0]);
 }
 
 /*

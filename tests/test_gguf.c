@@ -1276,10 +1276,11 @@ static void test_qwen2_checks(void)
  * Validation is linear in the keys: 300,000 tokenizer.ggml.*_token_id keys (a 15 MB file,
  * each key checked against the vocabulary) open as a source about ten times as slowly as
  * 30,000. A scan per key made this minutes (issue 20). The times (best of three opens, so
- * that a neighbour's burst is not counted) are printed; a generous bound is checked, and the
- * ratio when the times are long enough to measure: linear reads 10x (14-19x in a Release build on
- * a Zen 4 VM, the larger file outgrowing the caches), quadratic 100x, and the bound of 40x leaves room for an ASan build sharing the machine with other tests (one run
- * there read 6.2x for 3x the keys with single timings).
+ * that a neighbour's burst is not counted) are printed; a generous bound is checked, and
+ * the ratio when the times are long enough to measure: linear reads 10x (14-19x in a
+ * Release build on a Zen 4 VM, the larger file outgrowing the caches), quadratic 100x, and
+ * the bound of 40x leaves room for an ASan build sharing the machine with other tests (one
+ * run there read 6.2x for 3x the keys with single timings).
  */
 static double now_s(void)
 {

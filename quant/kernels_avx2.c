@@ -742,7 +742,7 @@ static void gemv_with(const qpk_type_kernels *t, const qpk_matrix *w, const floa
     const size_t stride = qpk_matrix_row_bytes(w);
     const uint8_t *row = (const uint8_t *)w->data + (size_t)r0 * stride;
     int64_t r = r0;
-    if (k.dot4) { /* four streams a quarter of the rows apart */
+    if (k.dot4) { /* four streams a quarter of the rows apart (four adjacent rows: decode 0.6x, Zen 4) */
         const int64_t quarter = (r1 - r0) / 4;
         float y4[4];
         for (; r < r0 + quarter; r++, row += stride) {

@@ -206,7 +206,9 @@ void qpk_matmul_many(qpk_pool *pool, const qpk_kernels *k, int n, const qpk_matr
      * Tasks per thread: about 4 for the gemm, for balance; one for a gemv, whose task's rows are
      * its streams' lengths (gemv_with reads four at once), and longer streams read faster: decode of
      * the 0.5B shape on 2 Zen 5 threads (tg256), Q4_0 layers 7.3-7.7 -> 6.4-7.3 ms per token, Q6_K
-     * 62-65 -> 81-82 tokens/s. Whole gemm panels either way.
+     * 62-65 -> 81-82 tokens/s. Whole gemm panels either way. Work stealing (each thread's share in
+     * order, then others' last tasks) with 2-8 gemv tasks per thread gained nothing on Zen 4
+     * (0.98-1.00 token by token): the shorter streams cost what the balance saves.
      */
     const int per_thread = T == 1 ? 1 : 4;
     for (int i = 0; i < n; i++) {

@@ -90,6 +90,13 @@ static void gemv(const qpk_matrix *w, const float *x, float *y, int64_t r0, int6
         y[r] = qpk_scalar_row_dot(w, qpk_row_ptr(w, r), x, scratch);
 }
 
+static void gemv4(const qpk_matrix *w, const float *x, float *y, int64_t r0, int64_t r1, int64_t quarter,
+                  float *scratch)
+{
+    for (int i = 0; i < 4; i++)
+        gemv(w, x, y, r0 + i * quarter, r1 + i * quarter, scratch);
+}
+
 /* The gemm sum of every table: one chain of fused multiply-adds over k, in order. */
 static void gemm(const qpk_matrix *w, const float *x, int64_t T, int64_t ldx, float *y, int64_t ldy,
                  int64_t r0, int64_t r1, float *scratch)
@@ -196,7 +203,7 @@ static void exp_shifted(const float *x, int64_t n, float shift, float *out)
 static const qpk_kernels SCALAR = {"scalar", qpk_scalar_row_to_f32, gemv, gemm, dot, axpy_rows, sum_exp, argmax,
                                    qpk_quantize_row, gemm_acc, gemm_sub_f64, dot_rows,
                                    qpk_scalar_quantize_group_ratios, qpk_scalar_fake_quantize_row, pack_panel,
-                                   exp_shifted};
+                                   exp_shifted, gemv4};
 
 const qpk_kernels *qpk_kernels_scalar(void) { return &SCALAR; }
 

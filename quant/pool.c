@@ -1,11 +1,15 @@
 /*
- * A small thread pool for data-parallel loops. A job is a task count and a function;
- * threads (the caller included) claim task indices from an atomic counter. Idle
- * workers spin briefly before sleeping, because decode issues a few hundred short
- * jobs per token and a condition-variable wake-up per job would cost more than the work.
+ * A small thread pool for data-parallel loops. A job is a task count and a function. Each
+ * thread owns a contiguous share of the tasks and takes them from its front, in order (a
+ * gemv's pieces continue one another, pool's matmul below), and a thread whose share is
+ * done takes tasks from the back of the largest share left: a thread slowed by its core's
+ * neighbours costs the others one task's wait, not the rest of its share. Idle workers
+ * spin briefly before sleeping, because decode issues a few hundred short jobs per token
+ * and a condition-variable wake-up per job would cost more than the work.
  */
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -13,15 +17,28 @@
 
 #define SPIN_ROUNDS 20000
 
+/*
+ * A thread's share of the job in one word, front in the low half and end in the high one:
+ * the owner takes the front by an add (the old front is its task while below the end), a
+ * thief the last task by a compare-exchange, so no task runs twice. Each share has its own
+ * cache line. A job runs at most SHARE_MAX tasks at once (qpk_pool_run runs more in
+ * rounds), so the front, one past the end at most, stays in its half.
+ */
+#define SHARE_MAX ((int64_t)1 << 31)
+
+typedef struct share {
+    _Alignas(64) _Atomic uint64_t span;
+} share;
+
 struct qpk_pool {
     int n_threads;
     pthread_t *threads;
+    share *shares; /* one per thread */
     pthread_mutex_t mu;
     pthread_cond_t wake, done;
     atomic_uint_fast64_t generation; /* bumped once per job */
-    atomic_int_fast64_t next;        /* next unclaimed task */
     atomic_int pending;              /* workers not yet finished with the job */
-    int64_t n_tasks;
+    int64_t first;                   /* the job's tasks are first + [0, n) */
     qpk_task_fn fn;
     void *ctx;
     atomic_bool stop;
@@ -55,14 +72,46 @@ void qpk_pool_set_cancel(qpk_pool *p, bool (*cancel)(void *ud), void *ud)
     atomic_store(&p->cancelled, false);
 }
 
-static void drain(qpk_pool *p, int thread)
+/* The next task of the thread's own share. */
+static bool take_own(share *sh, int64_t *task)
+{
+    const uint64_t v = atomic_fetch_add_explicit(&sh->span, 1, memory_order_relaxed);
+    *task = (int64_t)(uint32_t)v;
+    return (uint32_t)v < (uint32_t)(v >> 32);
+}
+
+/* The last task of the share with the most left; false once every share is done. */
+static bool steal(qpk_pool *p, int64_t *task)
 {
     for (;;) {
-        int64_t i = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
-        if (i >= p->n_tasks || (p->cancel && qpk_pool_cancelled(p)))
-            return;
-        p->fn(p->ctx, i, thread);
+        int victim = -1;
+        uint32_t most = 0;
+        for (int t = 0; t < p->n_threads; t++) {
+            const uint64_t v = atomic_load_explicit(&p->shares[t].span, memory_order_relaxed);
+            const uint32_t lo = (uint32_t)v, hi = (uint32_t)(v >> 32);
+            if (lo < hi && hi - lo > most)
+                most = hi - lo, victim = t;
+        }
+        if (victim < 0)
+            return false;
+        uint64_t v = atomic_load_explicit(&p->shares[victim].span, memory_order_relaxed);
+        while ((uint32_t)v < (uint32_t)(v >> 32))
+            if (atomic_compare_exchange_weak_explicit(&p->shares[victim].span, &v, v - ((uint64_t)1 << 32),
+                                                      memory_order_relaxed, memory_order_relaxed)) {
+                *task = (int64_t)(v >> 32) - 1;
+                return true;
+            }
     }
+}
+
+/* The thread's own share, then the others' last tasks (its front passes its end once). */
+static void drain(qpk_pool *p, int thread)
+{
+    int64_t i;
+    while (!(p->cancel && qpk_pool_cancelled(p)) && take_own(&p->shares[thread], &i))
+        p->fn(p->ctx, p->first + i, thread);
+    while (!(p->cancel && qpk_pool_cancelled(p)) && steal(p, &i))
+        p->fn(p->ctx, p->first + i, thread);
 }
 
 static void *worker(void *arg)
@@ -101,10 +150,15 @@ qpk_status qpk_pool_create(qpk_pool **out, int n_threads, qpk_err *e)
         n_threads = n > 0 ? (int)n : 1;
     }
     qpk_pool *p = calloc(1, sizeof *p);
-    if (!p || !(p->threads = calloc((size_t)n_threads, sizeof *p->threads))) {
+    if (!p || !(p->threads = calloc((size_t)n_threads, sizeof *p->threads)) ||
+        !(p->shares = aligned_alloc(_Alignof(share), (size_t)n_threads * sizeof(share)))) {
+        if (p)
+            free(p->threads);
         free(p);
         return qpk_err_setf(e, QPK_E_NOMEM, "out of memory");
     }
+    for (int t = 0; t < n_threads; t++)
+        atomic_init(&p->shares[t].span, 0);
     p->n_threads = 1;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->wake, NULL);
@@ -136,6 +190,7 @@ void qpk_pool_free(qpk_pool *p)
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->wake);
     pthread_cond_destroy(&p->done);
+    free(p->shares);
     free(p->threads);
     free(p);
 }
@@ -149,36 +204,64 @@ void qpk_pool_run(qpk_pool *p, int64_t n_tasks, qpk_task_fn fn, void *ctx)
             fn(ctx, i, 0);
         return;
     }
-    p->n_tasks = n_tasks, p->fn = fn, p->ctx = ctx;
-    atomic_store_explicit(&p->next, 0, memory_order_relaxed);
-    atomic_store_explicit(&p->pending, p->n_threads - 1, memory_order_relaxed);
-    pthread_mutex_lock(&p->mu);
-    atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);
-    pthread_cond_broadcast(&p->wake);
-    pthread_mutex_unlock(&p->mu);
-    drain(p, 0);
-    int spins = 0;
-    while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0 && spins < SPIN_ROUNDS)
-        cpu_relax(), spins++;
-    if (atomic_load_explicit(&p->pending, memory_order_acquire) > 0) {
+    for (int64_t first = 0; first < n_tasks; first += SHARE_MAX) {
+        const int64_t n = n_tasks - first < SHARE_MAX ? n_tasks - first : SHARE_MAX, N = p->n_threads;
+        p->first = first, p->fn = fn, p->ctx = ctx;
+        for (int64_t t = 0; t < N; t++) /* n t < 2^62 */
+            atomic_store_explicit(&p->shares[t].span, (uint64_t)(n * t / N) | (uint64_t)(n * (t + 1) / N) << 32,
+                                  memory_order_relaxed);
+        atomic_store_explicit(&p->pending, p->n_threads - 1, memory_order_relaxed);
         pthread_mutex_lock(&p->mu);
-        while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0)
-            pthread_cond_wait(&p->done, &p->mu);
+        atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);
+        pthread_cond_broadcast(&p->wake);
         pthread_mutex_unlock(&p->mu);
+        drain(p, 0);
+        int spins = 0;
+        while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0 && spins < SPIN_ROUNDS)
+            cpu_relax(), spins++;
+        if (atomic_load_explicit(&p->pending, memory_order_acquire) > 0) {
+            pthread_mutex_lock(&p->mu);
+            while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0)
+                pthread_cond_wait(&p->done, &p->mu);
+            pthread_mutex_unlock(&p->mu);
+        }
     }
 }
 
 /* ------------------------------------------------------------------ matmul */
+
+/*
+ * A gemv's rows: each of `shares` (one per thread) equal shares is read as four streams a
+ * quarter of it apart (gemv4) and cut into GEMV_PIECES tasks that continue the streams, so
+ * the thread that owns a share reads four long runs, while a thread done early can take the
+ * last pieces of another's. Cutting a share into separate tasks instead restarts the streams
+ * at each: 2 to 8 tasks per thread gave 0.98-1.00x. Token by token on a 2-thread Zen 4 VM
+ * whose worker ran the same rows 7% slower than the main thread, which then waited 5.5% of
+ * decode: Q4_0 decode 1.018-1.038x against one task per share, for 8 to 64 pieces.
+ */
+#define GEMV_PIECES 16
 
 typedef struct matmul_job {
     const qpk_kernels *k;
     const qpk_matrix *w[QPK_MATMUL_MAX];
     const float *x;
     float *y[QPK_MATMUL_MAX], *scratch;
-    int64_t T, rows_per_task[QPK_MATMUL_MAX], first_task[QPK_MATMUL_MAX + 1];
+    int64_t T, rows_per_task[QPK_MATMUL_MAX], first_task[QPK_MATMUL_MAX + 1], shares;
     int n;
     size_t scratch_per_thread;
 } matmul_job;
+
+/* Piece `piece` of share `s` of w's rows: rows [o0, o1) of each quarter, and the rows past the quarters last. */
+static void gemv_piece(const matmul_job *j, const qpk_matrix *w, float *y, int64_t s, int64_t piece,
+                       float *scratch)
+{
+    const int64_t b = w->rows * s / j->shares, e = w->rows * (s + 1) / j->shares, quarter = (e - b) / 4;
+    const int64_t o0 = quarter * piece / GEMV_PIECES, o1 = quarter * (piece + 1) / GEMV_PIECES;
+    if (o1 > o0)
+        j->k->gemv4(w, j->x, y, b + o0, b + o1, quarter, scratch);
+    if (piece == GEMV_PIECES - 1 && b + 4 * quarter < e)
+        j->k->gemv(w, j->x, y, b + 4 * quarter, e, scratch);
+}
 
 static void matmul_task(void *arg, int64_t task, int thread)
 {
@@ -187,35 +270,34 @@ static void matmul_task(void *arg, int64_t task, int thread)
     while (task >= j->first_task[i + 1])
         i++;
     const qpk_matrix *w = j->w[i];
-    int64_t r0 = (task - j->first_task[i]) * j->rows_per_task[i], r1 = r0 + j->rows_per_task[i];
-    r1 = r1 < w->rows ? r1 : w->rows;
     float *scratch = j->scratch + (size_t)thread * j->scratch_per_thread;
-    if (j->T == 1)
-        j->k->gemv(w, j->x, j->y[i], r0, r1, scratch);
-    else
-        j->k->gemm(w, j->x, j->T, w->cols, j->y[i], w->rows, r0, r1, scratch);
+    task -= j->first_task[i];
+    if (j->T == 1) {
+        gemv_piece(j, w, j->y[i], task / GEMV_PIECES, task % GEMV_PIECES, scratch);
+        return;
+    }
+    int64_t r0 = task * j->rows_per_task[i], r1 = r0 + j->rows_per_task[i];
+    r1 = r1 < w->rows ? r1 : w->rows;
+    j->k->gemm(w, j->x, j->T, w->cols, j->y[i], w->rows, r0, r1, scratch);
 }
 
 void qpk_matmul_many(qpk_pool *pool, const qpk_kernels *k, int n, const qpk_matrix *const w[], const float *x,
                      int64_t T, float *const y[], float *scratch)
 {
     int threads = qpk_pool_threads(pool);
-    matmul_job j = {.k = k, .x = x, .scratch = scratch, .T = T, .n = n,
+    matmul_job j = {.k = k, .x = x, .scratch = scratch, .T = T, .n = n, .shares = threads,
                     .scratch_per_thread = qpk_gemm_scratch_floats(w[0]->cols)};
-    /*
-     * Tasks per thread: about 4 for the gemm, for balance; one for a gemv, whose task's rows are
-     * its streams' lengths (gemv_with reads four at once), and longer streams read faster: decode of
-     * the 0.5B shape on 2 Zen 5 threads (tg256), Q4_0 layers 7.3-7.7 -> 6.4-7.3 ms per token, Q6_K
-     * 62-65 -> 81-82 tokens/s. Whole gemm panels either way. Work stealing (each thread's share in
-     * order, then others' last tasks) with 2-8 gemv tasks per thread gained nothing on Zen 4
-     * (0.98-1.00 token by token): the shorter streams cost what the balance saves.
-     */
-    const int per_thread = T == 1 ? 1 : 4;
     for (int i = 0; i < n; i++) {
-        int64_t per = (w[i]->rows + per_thread * threads - 1) / (per_thread * threads);
-        per = per ? (per + QPK_GEMM_PANEL - 1) / QPK_GEMM_PANEL * QPK_GEMM_PANEL : 1;
-        j.w[i] = w[i], j.y[i] = y[i], j.rows_per_task[i] = per;
+        j.w[i] = w[i], j.y[i] = y[i];
         /* a matrix of 0 rows has no tasks (calibration leaves out a product whose output it never reads) */
+        if (T == 1) {
+            j.first_task[i + 1] = j.first_task[i] + (w[i]->rows ? threads * GEMV_PIECES : 0);
+            continue;
+        }
+        /* about 4 tasks per thread, for balance, in whole panels */
+        int64_t per = (w[i]->rows + 4 * threads - 1) / (4 * threads);
+        per = per ? (per + QPK_GEMM_PANEL - 1) / QPK_GEMM_PANEL * QPK_GEMM_PANEL : 1;
+        j.rows_per_task[i] = per;
         j.first_task[i + 1] = j.first_task[i] + (w[i]->rows + per - 1) / per;
     }
     qpk_pool_run(pool, j.first_task[n], matmul_task, &j);

@@ -380,6 +380,24 @@ static void test_kernels_of(const qpk_kernels *best, const qpk_kernels *prev)
             CHECKF(!memcmp(yv, yp, (size_t)R * 4), "case %zu: %s gemv depends on the split at row %lld", c, best->name,
                    (long long)s0);
         }
+        /*
+         * gemv4's four streams, cut in two pieces as the pool cuts a share, the rows past the
+         * quarters by gemv: each row's bits as gemv's (quarters of R / 4 rows and fewer).
+         */
+        float *yr = malloc((size_t)R * 4);
+        ref->gemv(&m, x, yr, 0, R, scratch); /* the scalar table's own gemv */
+        for (int64_t q = R / 4; q >= 1 && q >= R / 4 - 1; q--) {
+            const qpk_kernels *tk[2] = {best, ref};
+            for (int i = 0; i < 2; i++) {
+                memset(yp, 0xff, (size_t)R * 4);
+                tk[i]->gemv4(&m, x, yp, 0, q / 2, q, scratch);
+                tk[i]->gemv4(&m, x, yp, q / 2, q, q, scratch);
+                tk[i]->gemv(&m, x, yp, 4 * q, R, scratch);
+                CHECKF(!memcmp(i ? yr : yv, yp, (size_t)R * 4), "case %zu (%s): %s gemv4 (quarter %lld) differs "
+                       "from gemv", c, qpk_type_name(m.type), tk[i]->name, (long long)q);
+            }
+        }
+        free(yr);
         if (prev) { /* another SIMD table: the same gemv arithmetic, so the same bits */
             for (int64_t t = 0; t < T; t++)
                 prev->gemv(&m, x + t * K, yp + t * R, 0, R, scratch);

@@ -326,6 +326,14 @@ struct qpk_kernels {
      * eight or sixteen at a time, and give its bits (expf itself for |x| >= 88 and NaN).
      */
     void (*exp_shifted)(const float *x, int64_t n, float shift, float *out);
+    /*
+     * gemv over four streams `quarter` rows apart: y[r + i quarter] = dot(W[r + i quarter], x)
+     * for r in [r0, r1), i < 4, each row as gemv computes it. gemv reads its rows this way
+     * (quarter (r1 - r0) / 4); the pool cuts a share of rows into pieces that continue the
+     * same four streams.
+     */
+    void (*gemv4)(const qpk_matrix *w, const float *x, float *y, int64_t r0, int64_t r1, int64_t quarter,
+                  float *scratch);
 };
 
 /* The best table this CPU runs: "avx512vbmi" (avx512's with AVX-512 VBMI for Q6_K's rows), "avx512" (AVX2's

@@ -1,8 +1,8 @@
 /*
  * A small thread pool for data-parallel loops. A job is a task count and a function. Each
- * thread owns a contiguous share of the tasks and takes them from its front, in order (a
- * gemv's pieces continue one another, pool's matmul below), and a thread whose share is
- * done takes tasks from the back of the largest share left: a thread slowed by its core's
+ * thread owns a contiguous share of the tasks and takes them from its front, in order
+ * (decode's gemv pieces, below, continue one another), and a thread whose share is done
+ * takes tasks from the back of the largest share left: a thread slowed by its core's
  * neighbours costs the others one task's wait, not the rest of its share. Idle workers
  * spin briefly before sleeping, because decode issues a few hundred short jobs per token
  * and a condition-variable wake-up per job would cost more than the work.
@@ -235,9 +235,10 @@ void qpk_pool_run(qpk_pool *p, int64_t n_tasks, qpk_task_fn fn, void *ctx)
  * quarter of it apart (gemv4) and cut into GEMV_PIECES tasks that continue the streams, so
  * the thread that owns a share reads four long runs, while a thread done early can take the
  * last pieces of another's. Cutting a share into separate tasks instead restarts the streams
- * at each: 2 to 8 tasks per thread gave 0.98-1.00x. Token by token on a 2-thread Zen 4 VM
- * whose worker ran the same rows 7% slower than the main thread, which then waited 5.5% of
- * decode: Q4_0 decode 1.018-1.038x against one task per share, for 8 to 64 pieces.
+ * at each: 2 to 8 tasks per thread gave 0.98-1.00x (one task per thread had replaced four
+ * for that reason: Q6_K decode 62-65 -> 81-82 tokens/s, Zen 5). Token by token on a 2-thread
+ * Zen 4 VM whose worker ran the same rows 7% slower than the main thread, which then waited
+ * 5.5% of decode: Q4_0 decode 1.018-1.038x against one task per share, for 8 to 64 pieces.
  */
 #define GEMV_PIECES 16
 

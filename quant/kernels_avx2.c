@@ -730,15 +730,11 @@ static inline qpk_type_kernels rows_of(const qpk_type_kernels *t, const qpk_matr
 }
 
 /*
- * The rows in pairs where the type has a two-row kernel (each row its own chains: the
- * same bits). A pair is row r and the row half the range further on: two long forward
- * streams, which the hardware prefetchers follow (adjacent rows read as one interleaved
- * stream ran at a third of the bandwidth from DRAM on Zen 4).
- */
-/*
- * Rows r, r + quarter, r + 2 quarter and r + 3 quarter for r in [r0, r1): four streams, each
- * read in order, which the memory system serves far better than four adjacent rows (decode
- * 0.6x as fast that way, Zen 4; the prefetches run 1024 bytes ahead within a stream).
+ * Rows r, r + quarter, r + 2 quarter and r + 3 quarter for r in [r0, r1), four or two rows
+ * at a time where the type has such kernels (each row its own chains: the same bits): four
+ * long forward streams, which the prefetchers follow (the row kernels' run 1024 bytes ahead
+ * within a stream). Four adjacent rows at a time, one interleaved stream, decoded 0.6x as
+ * fast on Zen 4.
  */
 static void streams_with(const qpk_type_kernels *t, const qpk_matrix *w, const float *x, float *y, int64_t r0,
                          int64_t r1, int64_t quarter, float *scratch)
@@ -762,6 +758,12 @@ static void streams_with(const qpk_type_kernels *t, const qpk_matrix *w, const f
     }
 }
 
+/*
+ * Rows [r0, r1): as four streams a quarter of the range apart where the type has a four-row
+ * kernel, the rest in pairs of row r and the row half the rest further on (two streams;
+ * adjacent rows read as one interleaved stream ran at a third of the bandwidth from DRAM on
+ * Zen 4), then one by one.
+ */
 static void gemv_with(const qpk_type_kernels *t, const qpk_matrix *w, const float *x, float *y, int64_t r0,
                       int64_t r1, float *scratch)
 {

@@ -238,7 +238,8 @@ void qpk_pool_run(qpk_pool *p, int64_t n_tasks, qpk_task_fn fn, void *ctx)
  * at each: 2 to 8 tasks per thread gave 0.98-1.00x (one task per thread had replaced four
  * for that reason: Q6_K decode 62-65 -> 81-82 tokens/s, Zen 5). Token by token on a 2-thread
  * Zen 4 VM whose worker ran the same rows 7% slower than the main thread, which then waited
- * 5.5-10% of its time: Q4_0 decode 1.018-1.038x against one task per share, for 8 to 64 pieces.
+ * 5.5-10% of its time, Q4_0 decode against one piece per share: 16 pieces 0.998-1.013x (six
+ * runs), 32 pieces 1.010-1.038x (three), the more the busier the VM's neighbours were.
  */
 #define GEMV_PIECES 16
 

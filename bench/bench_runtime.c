@@ -2,7 +2,8 @@
  * Whole-model benchmark of the runtime, with the machine's limits measured in the
  * same run: prefill tokens/s (prompts of 128 and 512 tokens, logits of the last
  * one, as llama-bench does) against the f32 FMA peak, and decode tokens/s against
- * the memory-bandwidth floor (weight bytes read per token / streaming bandwidth).
+ * the memory-bandwidth floor (weight bytes read per token / streaming bandwidth) and
+ * against the ceiling the gemv kernels alone set on this machine (kernel_seconds).
  *
  * Usage: bench_runtime MODEL [threads] [--scalar | --decode-only | --prefill-only | --tables A,B]
  *   MODEL: a .qpk or an HF folder (e.g. from `qgen DIR --preset 0.5b`).
@@ -87,6 +88,70 @@ static int decode_ab(qpk_model *m, qpk_pool *pool, const int32_t *tok, const cha
     free(logits[0]), free(logits[1]);
     qpk_context_free(ctx[0]), qpk_context_free(ctx[1]);
     return same && s == QPK_OK ? 0 : 1;
+}
+
+/*
+ * The decode rate the kernels alone allow on this machine: each matrix a token reads, as one
+ * thread's gemv over a slice of its rows small enough to stay in L2 (best of many calls),
+ * scaled to all the rows a token reads and shared evenly by the threads. No memory traffic
+ * and no other op counts, so where this ceiling is below the bandwidth floor, decode is bound
+ * by the kernels' instructions here and no prefetching or threading can bring it to the floor.
+ */
+#define SLICE_BYTES (192 << 10)
+
+typedef struct {
+    uint32_t type, group;
+    int64_t cols;
+    double seconds_per_row;
+} kernel_rate;
+
+/* One thread's seconds per row of w's kind (type, group, width), measured once per kind. */
+static double row_seconds(const qpk_kernels *k, const qpk_matrix *w, kernel_rate *rates, int *n_rates)
+{
+    for (int i = 0; i < *n_rates; i++)
+        if (rates[i].type == w->type && rates[i].group == w->group_size && rates[i].cols == w->cols)
+            return rates[i].seconds_per_row;
+    int64_t r = (int64_t)(SLICE_BYTES / qpk_matrix_row_bytes(w));
+    r = r < 4 ? 4 : r > w->rows ? w->rows : r;
+    float *x = malloc((size_t)w->cols * sizeof *x), *y = malloc((size_t)r * sizeof *y);
+    float *scratch = malloc(qpk_gemm_scratch_floats(w->cols) * sizeof *scratch);
+    for (int64_t i = 0; i < w->cols; i++)
+        x[i] = (float)(i % 13) * 0.1f - 0.6f;
+    double best = 1e30, spent = 0;
+    for (int call = 0; call < 2000 && (call < 20 || spent < 0.05); call++) {
+        double t = bench_now();
+        k->gemv(w, x, y, 0, r, scratch);
+        t = bench_now() - t;
+        spent += t, best = t < best ? t : best;
+    }
+    free(x), free(y), free(scratch);
+    if (*n_rates < 32)
+        rates[(*n_rates)++] = (kernel_rate){w->type, w->group_size, w->cols, best / (double)r};
+    return best / (double)r;
+}
+
+/* The kernels' seconds per token on `threads` threads: the layers' matrices and the head's. */
+static void kernel_seconds(const qpk_model *m, const qpk_kernels *k, int threads, double *layers, double *head)
+{
+    const qpk_config *c = qpk_model_config(m);
+    kernel_rate rates[32];
+    int n_rates = 0;
+    double s = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        const qpk_layer_weights *L = qpk_model_layer(m, l);
+        const qpk_matrix *dense[] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down,
+                                     &L->sh_gate, &L->sh_up, &L->sh_down};
+        const qpk_matrix *experts[] = {&L->exp_gate, &L->exp_up, &L->exp_down};
+        for (size_t i = 0; i < sizeof dense / sizeof *dense; i++)
+            if (dense[i]->rows)
+                s += (double)dense[i]->rows * row_seconds(k, dense[i], rates, &n_rates);
+        for (size_t i = 0; i < sizeof experts / sizeof *experts; i++)
+            if (experts[i]->rows) /* a token reads the experts it is routed to */
+                s += (double)experts[i]->rows / (double)c->n_experts * (double)c->n_experts_used *
+                     row_seconds(k, experts[i], rates, &n_rates);
+    }
+    *layers = s / threads;
+    *head = (double)qpk_model_head(m)->rows * row_seconds(k, qpk_model_head(m), rates, &n_rates) / threads;
 }
 
 int main(int argc, char **argv)
@@ -189,6 +254,11 @@ int main(int argc, char **argv)
                tps * (bytes + kv) / 1e9, bytes / 1e6, kv / 1e6, 100 * tps * (bytes + kv) / 1e9 / bw);
         printf("decode split   %8.2f ms/token: layers %.2f ms, head %.2f ms\n", 1e3 * t[1] / n, 1e3 * t[0] / n,
                1e3 * (t[1] - t[0]) / n);
+        double kl, kh;
+        kernel_seconds(m, qpk_context_kernel_table(ctx), n_threads, &kl, &kh);
+        printf("decode ceiling %8.1f tokens/s from the kernels alone (layers %.2f ms, head %.2f ms: each matrix's "
+               "gemv from L2 on one thread, shared by %d) = %.0f%% of the floor; decode ran at %.0f%% of it\n",
+               1 / (kl + kh), 1e3 * kl, 1e3 * kh, n_threads, 100 / (kl + kh) / floor_tps, 100 * tps * (kl + kh));
     }
     free(tok), free(logits);
     qpk_context_free(ctx);

@@ -4,7 +4,7 @@
 # makes WORK_DIR/m-f16.gguf), read by qconvert into a .qpk, so that both runtimes read the same
 # bytes. llama-bench against bench_runtime: pp512, pp128 and tg64 with their ratios, then qpk's
 # decode as a share of the streaming-read bandwidth bench_runtime measures in its own run (weights
-# alone, and weights with the KV cache).
+# alone, and weights with the KV cache), and the ceiling qpk's gemv kernels alone set there.
 # Usage: bench/peer_decode.sh QPK_BUILD LLAMA_BUILD WORK_DIR [threads]
 # TYPES="Q4_0 Q6_K" runs some of the types (default: Q4_0 Q8_0 Q4_K_M Q6_K IQ4_XS).
 set -eu
@@ -26,7 +26,8 @@ done
 echo
 for t in $types; do
   echo "$t: qpk's decode reads its weights at ${Q[$t.bw]}% of the measured streaming-read bandwidth" \
-    "(weights and KV cache: ${Q[$t.bwkv]}%)"
+    "(weights and KV cache: ${Q[$t.bwkv]}%); its gemv kernels alone, from L2, allow ${Q[$t.ceil]} tok/s," \
+    "${Q[$t.ceilbw]}% of the bandwidth floor (llama.cpp's decode: $(echo "100 * ${L[$t.tg64]} / ${Q[$t.ceil]}" | bc)% of that)"
 done
 echo
 echo "Tokens/s: higher is better (qpk/peer > 1: qpk faster). Both read the same bytes; qpk computes"

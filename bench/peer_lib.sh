@@ -14,12 +14,15 @@ lbench() {
                if (g == 0) print "pp" p, v; else print "tg" g, v }'
 }
 # bench_runtime: the same three figures, "bw N": decode's weight reads as N% of the bandwidth it measured,
-# and "bwkv N": its weight and KV-cache reads.
+# "bwkv N": its weight and KV-cache reads, "ceil N": the tokens/s its gemv kernels alone allow,
+# "ceilbw N": that ceiling as N% of the bandwidth floor.
 qbench() {
   "$qb/bench/bench_runtime" "$1" "$threads" |
     awk '/^prefill pp/ { print $2, $3 }
          /^decode tg/ { print $2, $3; if (match($0, /-> [0-9]+%/)) print "bw", substr($0, RSTART + 3, RLENGTH - 4) }
-         /^decode reads/ { if (match($0, /= [0-9]+%/)) print "bwkv", substr($0, RSTART + 2, RLENGTH - 3) }'
+         /^decode reads/ { if (match($0, /= [0-9]+%/)) print "bwkv", substr($0, RSTART + 2, RLENGTH - 3) }
+         /^decode ceiling/ { print "ceil", $3
+                             if (match($0, /= [0-9]+%/)) print "ceilbw", substr($0, RSTART + 2, RLENGTH - 3) }'
 }
 # The machine, the peer's commit and build flags, qpk's commit.
 provenance() {

@@ -181,6 +181,8 @@ const qpk_layer_weights *qpk_model_layer(const qpk_model *m, int l)
     return l >= 0 && l < m->cfg.n_layers ? &m->layers[l] : NULL;
 }
 
+const qpk_matrix *qpk_model_head(const qpk_model *m) { return &m->head; }
+
 void qpk_model_free(qpk_model *m)
 {
     if (!m)

@@ -98,6 +98,8 @@ typedef qpk_status (*qpk_weight_fn)(void *ud, qpk_role role, int layer, qpk_matr
 qpk_status qpk_model_create(qpk_model **out, const qpk_config *cfg, qpk_weight_fn get, void *ud, qpk_err *e);
 /* Layer l's weights (0 <= l < n_layers). */
 const qpk_layer_weights *qpk_model_layer(const qpk_model *m, int l);
+/* The output head [V,H] (the embedding when tied). */
+const qpk_matrix *qpk_model_head(const qpk_model *m);
 /* The context's kernel table and thread pool, for work alongside the model (metrics). */
 const qpk_kernels *qpk_context_kernel_table(const qpk_context *c);
 qpk_pool *qpk_context_pool(qpk_context *c);

@@ -93,9 +93,10 @@ static int decode_ab(qpk_model *m, qpk_pool *pool, const int32_t *tok, const cha
 /*
  * The decode rate the kernels alone allow on this machine: each matrix a token reads, as one
  * thread's gemv over a slice of its rows small enough to stay in L2 (best of many calls),
- * scaled to all the rows a token reads and shared evenly by the threads. No memory traffic
- * and no other op counts, so where this ceiling is below the bandwidth floor, decode is bound
- * by the kernels' instructions here and no prefetching or threading can bring it to the floor.
+ * scaled to all the rows a token reads and shared evenly by the threads (each on a core of its
+ * own: SMT siblings share one core's pipes, and for them the ceiling is too high). No memory
+ * traffic and no other op counts, so where this ceiling is below the bandwidth floor, decode is
+ * bound by the kernels' instructions here and no prefetching or threading can bring it there.
  */
 #define SLICE_BYTES (192 << 10)
 

@@ -106,12 +106,19 @@ typedef struct {
     double seconds_per_row;
 } kernel_rate;
 
+typedef struct {
+    const qpk_kernels *k;
+    kernel_rate rates[32]; /* the kinds of matrix measured so far */
+    int n_rates;
+    double layers, head; /* one thread's seconds per token */
+} kernel_sum;
+
 /* One thread's seconds per row of w's kind (type, group, width), measured once per kind. */
-static double row_seconds(const qpk_kernels *k, const qpk_matrix *w, kernel_rate *rates, int *n_rates)
+static double row_seconds(kernel_sum *s, const qpk_matrix *w)
 {
-    for (int i = 0; i < *n_rates; i++)
-        if (rates[i].type == w->type && rates[i].group == w->group_size && rates[i].cols == w->cols)
-            return rates[i].seconds_per_row;
+    for (int i = 0; i < s->n_rates; i++)
+        if (s->rates[i].type == w->type && s->rates[i].group == w->group_size && s->rates[i].cols == w->cols)
+            return s->rates[i].seconds_per_row;
     int64_t r = (int64_t)(SLICE_BYTES / qpk_matrix_row_bytes(w));
     r = r < 4 ? 4 : r > w->rows ? w->rows : r;
     float *x = malloc((size_t)w->cols * sizeof *x), *y = malloc((size_t)r * sizeof *y);
@@ -121,38 +128,33 @@ static double row_seconds(const qpk_kernels *k, const qpk_matrix *w, kernel_rate
     double best = 1e30, spent = 0;
     for (int call = 0; call < 2000 && (call < 20 || spent < 0.05); call++) {
         double t = bench_now();
-        k->gemv(w, x, y, 0, r, scratch);
+        s->k->gemv(w, x, y, 0, r, scratch);
         t = bench_now() - t;
         spent += t, best = t < best ? t : best;
     }
     free(x), free(y), free(scratch);
-    if (*n_rates < 32)
-        rates[(*n_rates)++] = (kernel_rate){w->type, w->group_size, w->cols, best / (double)r};
+    if (s->n_rates < (int)(sizeof s->rates / sizeof *s->rates))
+        s->rates[s->n_rates++] = (kernel_rate){w->type, w->group_size, w->cols, best / (double)r};
     return best / (double)r;
+}
+
+/* The matrices qpk_model_decode_reads lists, but for the embedding's row (a copy, not a gemv). */
+static void add_kernel_seconds(void *ud, qpk_role role, int layer, const qpk_matrix *w, int64_t rows)
+{
+    kernel_sum *s = ud;
+    (void)layer;
+    if (role == QPK_ROLE_EMBED)
+        return;
+    const double t = (double)rows * row_seconds(s, w);
+    *(role == QPK_ROLE_LM_HEAD ? &s->head : &s->layers) += t;
 }
 
 /* The kernels' seconds per token on `threads` threads: the layers' matrices and the head's. */
 static void kernel_seconds(const qpk_model *m, const qpk_kernels *k, int threads, double *layers, double *head)
 {
-    const qpk_config *c = qpk_model_config(m);
-    kernel_rate rates[32];
-    int n_rates = 0;
-    double s = 0;
-    for (int l = 0; l < c->n_layers; l++) {
-        const qpk_layer_weights *L = qpk_model_layer(m, l);
-        const qpk_matrix *dense[] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down,
-                                     &L->sh_gate, &L->sh_up, &L->sh_down};
-        const qpk_matrix *experts[] = {&L->exp_gate, &L->exp_up, &L->exp_down};
-        for (size_t i = 0; i < sizeof dense / sizeof *dense; i++)
-            if (dense[i]->rows)
-                s += (double)dense[i]->rows * row_seconds(k, dense[i], rates, &n_rates);
-        for (size_t i = 0; i < sizeof experts / sizeof *experts; i++)
-            if (experts[i]->rows) /* a token reads the experts it is routed to */
-                s += (double)experts[i]->rows / (double)c->n_experts * (double)c->n_experts_used *
-                     row_seconds(k, experts[i], rates, &n_rates);
-    }
-    *layers = s / threads;
-    *head = (double)qpk_model_head(m)->rows * row_seconds(k, qpk_model_head(m), rates, &n_rates) / threads;
+    kernel_sum s = {.k = k};
+    qpk_model_decode_reads(m, add_kernel_seconds, &s);
+    *layers = s.layers / threads, *head = s.head / threads;
 }
 
 int main(int argc, char **argv)

@@ -3,6 +3,7 @@
  * the batch, H hidden, I intermediate, Q = heads x head_dim, KV = kv_heads x head_dim.
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -91,6 +92,26 @@ static size_t vector_floats(const qpk_config *c)
     return n;
 }
 
+/* A layer's weight matrices by role (the routers, copied to f32, are read apart and not counted). */
+static const struct {
+    qpk_role role;
+    size_t at; /* offset of the qpk_matrix in qpk_layer_weights */
+} LAYER_MATRICES[] = {
+    {QPK_ROLE_Q, offsetof(qpk_layer_weights, q)},
+    {QPK_ROLE_K, offsetof(qpk_layer_weights, k)},
+    {QPK_ROLE_V, offsetof(qpk_layer_weights, v)},
+    {QPK_ROLE_O, offsetof(qpk_layer_weights, o)},
+    {QPK_ROLE_GATE, offsetof(qpk_layer_weights, gate)},
+    {QPK_ROLE_UP, offsetof(qpk_layer_weights, up)},
+    {QPK_ROLE_DOWN, offsetof(qpk_layer_weights, down)},
+    {QPK_ROLE_EXP_GATE, offsetof(qpk_layer_weights, exp_gate)},
+    {QPK_ROLE_EXP_UP, offsetof(qpk_layer_weights, exp_up)},
+    {QPK_ROLE_EXP_DOWN, offsetof(qpk_layer_weights, exp_down)},
+    {QPK_ROLE_SHEXP_GATE, offsetof(qpk_layer_weights, sh_gate)},
+    {QPK_ROLE_SHEXP_UP, offsetof(qpk_layer_weights, sh_up)},
+    {QPK_ROLE_SHEXP_DOWN, offsetof(qpk_layer_weights, sh_down)},
+};
+
 qpk_status qpk_model_create(qpk_model **out, const qpk_config *c, qpk_weight_fn get, void *ud, qpk_err *e)
 {
     *out = NULL;
@@ -113,27 +134,21 @@ qpk_status qpk_model_create(qpk_model **out, const qpk_config *c, qpk_weight_fn 
         qpk_layer_weights *L = &m->layers[l];
         const struct {
             qpk_role role;
-            qpk_matrix *w;
-        } mats[] = {{QPK_ROLE_Q, &L->q},           {QPK_ROLE_K, &L->k},           {QPK_ROLE_V, &L->v},
-                    {QPK_ROLE_O, &L->o},           {QPK_ROLE_GATE, &L->gate},     {QPK_ROLE_UP, &L->up},
-                    {QPK_ROLE_DOWN, &L->down},     {QPK_ROLE_EXP_GATE, &L->exp_gate}, {QPK_ROLE_EXP_UP, &L->exp_up},
-                    {QPK_ROLE_EXP_DOWN, &L->exp_down}, {QPK_ROLE_SHEXP_GATE, &L->sh_gate},
-                    {QPK_ROLE_SHEXP_UP, &L->sh_up}, {QPK_ROLE_SHEXP_DOWN, &L->sh_down}};
-        const struct {
-            qpk_role role;
             const float **v;
         } vecs[] = {{QPK_ROLE_ATTN_NORM, &L->attn_norm}, {QPK_ROLE_FFN_NORM, &L->ffn_norm},
                     {QPK_ROLE_Q_BIAS, &L->bq},           {QPK_ROLE_K_BIAS, &L->bk},
                     {QPK_ROLE_V_BIAS, &L->bv},           {QPK_ROLE_O_BIAS, &L->bo},
                     {QPK_ROLE_Q_NORM, &L->q_norm},       {QPK_ROLE_K_NORM, &L->k_norm}};
-        for (size_t i = 0; i < sizeof mats / sizeof *mats && s == QPK_OK; i++) {
-            if (!qpk_layer_has_role(c, mats[i].role, l))
+        for (size_t i = 0; i < sizeof LAYER_MATRICES / sizeof *LAYER_MATRICES && s == QPK_OK; i++) {
+            const qpk_role role = LAYER_MATRICES[i].role;
+            qpk_matrix *w = (qpk_matrix *)((char *)L + LAYER_MATRICES[i].at);
+            if (!qpk_layer_has_role(c, role, l))
                 continue;
-            s = get_matrix(get, ud, c, mats[i].role, l, mats[i].w, e);
-            if (s == QPK_OK && mats[i].w->perm && qpk_role_is_expert(mats[i].role))
+            s = get_matrix(get, ud, c, role, l, w, e);
+            if (s == QPK_OK && w->perm && qpk_role_is_expert(role))
                 s = qpk_err_setf(e, QPK_E_UNSUPPORTED, "layer %d: a stacked expert matrix with an input permutation "
                                  "is not supported", l);
-            m->has_perm |= s == QPK_OK && mats[i].w->perm;
+            m->has_perm |= s == QPK_OK && w->perm;
         }
         for (size_t i = 0; i < sizeof vecs / sizeof *vecs && s == QPK_OK; i++)
             if (qpk_layer_has_role(c, vecs[i].role, l))
@@ -181,8 +196,6 @@ const qpk_layer_weights *qpk_model_layer(const qpk_model *m, int l)
     return l >= 0 && l < m->cfg.n_layers ? &m->layers[l] : NULL;
 }
 
-const qpk_matrix *qpk_model_head(const qpk_model *m) { return &m->head; }
-
 void qpk_model_free(qpk_model *m)
 {
     if (!m)
@@ -194,20 +207,34 @@ void qpk_model_free(qpk_model *m)
 
 const qpk_config *qpk_model_config(const qpk_model *m) { return &m->cfg; }
 
-static uint64_t matrix_bytes(const qpk_matrix *w) { return (uint64_t)w->rows * qpk_matrix_row_bytes(w); }
+void qpk_model_decode_reads(const qpk_model *m, qpk_read_fn f, void *ud)
+{
+    const qpk_config *c = &m->cfg;
+    f(ud, QPK_ROLE_EMBED, -1, &m->embed, 1);
+    for (int l = 0; l < c->n_layers; l++) {
+        for (size_t i = 0; i < sizeof LAYER_MATRICES / sizeof *LAYER_MATRICES; i++) {
+            const qpk_role role = LAYER_MATRICES[i].role;
+            const qpk_matrix *w = (const qpk_matrix *)((const char *)&m->layers[l] + LAYER_MATRICES[i].at);
+            const bool experts = qpk_role_is_expert(role);
+            if (!w->rows || (experts && !c->n_experts))
+                continue;
+            /* a token reads the experts it is routed to: of E stacked blocks of rows, n_used */
+            f(ud, role, l, w, experts ? w->rows / c->n_experts * c->n_experts_used : w->rows);
+        }
+    }
+    f(ud, QPK_ROLE_LM_HEAD, -1, &m->head, m->head.rows);
+}
+
+static void add_bytes(void *ud, qpk_role role, int layer, const qpk_matrix *w, int64_t rows)
+{
+    (void)role, (void)layer;
+    *(uint64_t *)ud += (uint64_t)rows * qpk_matrix_row_bytes(w);
+}
 
 uint64_t qpk_model_decode_bytes(const qpk_model *m)
 {
-    uint64_t b = matrix_bytes(&m->head) + qpk_matrix_row_bytes(&m->embed);
-    for (int64_t l = 0; l < m->cfg.n_layers; l++) {
-        const qpk_layer_weights *L = &m->layers[l];
-        b += matrix_bytes(&L->q) + matrix_bytes(&L->k) + matrix_bytes(&L->v) + matrix_bytes(&L->o) +
-             matrix_bytes(&L->gate) + matrix_bytes(&L->up) + matrix_bytes(&L->down) + matrix_bytes(&L->sh_gate) +
-             matrix_bytes(&L->sh_up) + matrix_bytes(&L->sh_down);
-        if (m->cfg.n_experts) /* a token reads the experts it is routed to */
-            b += (matrix_bytes(&L->exp_gate) + matrix_bytes(&L->exp_up) + matrix_bytes(&L->exp_down)) /
-                 (uint64_t)m->cfg.n_experts * (uint64_t)m->cfg.n_experts_used;
-    }
+    uint64_t b = 0;
+    qpk_model_decode_reads(m, add_bytes, &b);
     return b;
 }
 

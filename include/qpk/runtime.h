@@ -98,8 +98,14 @@ typedef qpk_status (*qpk_weight_fn)(void *ud, qpk_role role, int layer, qpk_matr
 qpk_status qpk_model_create(qpk_model **out, const qpk_config *cfg, qpk_weight_fn get, void *ud, qpk_err *e);
 /* Layer l's weights (0 <= l < n_layers). */
 const qpk_layer_weights *qpk_model_layer(const qpk_model *m, int l);
-/* The output head [V,H] (the embedding when tied). */
-const qpk_matrix *qpk_model_head(const qpk_model *m);
+/*
+ * Each matrix one decoded token reads, with the rows it reads of it: the embedding's one
+ * row, every layer's linears (of the stacked experts, the n_experts_used of n_experts it is
+ * routed to), the head last (QPK_ROLE_LM_HEAD, the embedding when tied); layer -1 for the
+ * embedding and the head. The list qpk_model_decode_bytes sums.
+ */
+typedef void (*qpk_read_fn)(void *ud, qpk_role role, int layer, const qpk_matrix *w, int64_t rows);
+void qpk_model_decode_reads(const qpk_model *m, qpk_read_fn f, void *ud);
 /* The context's kernel table and thread pool, for work alongside the model (metrics). */
 const qpk_kernels *qpk_context_kernel_table(const qpk_context *c);
 qpk_pool *qpk_context_pool(qpk_context *c);
